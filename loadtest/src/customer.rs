@@ -1,0 +1,234 @@
+//! Simulated webchat customers, closed loop: each worker runs conversations one
+//! after another; a conversation opens a session and its socket, sends
+//! `lt #<n> t=<nanos>`, waits for the ack and the agent's `re: <seq> #<n>` reply,
+//! repeats `--messages` times, then says `bye` and waits for `conversation.ended`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::time::{timeout_at, Instant};
+
+use crate::net::{self, Failure, Ws};
+use crate::report::{now_nanos, replied_seq_of, stamp_of, tag_of, Counters, Lat};
+use crate::Ctx;
+
+/// One customer slot of `--concurrency`: takes conversation numbers from `next`
+/// until `total` are taken or the run's deadline has passed. Only the worker's
+/// first connection is paced by `--ramp`; later ones replace a finished
+/// conversation, which the closed loop already limits.
+pub async fn worker(ctx: Arc<Ctx>, next: Arc<AtomicUsize>, total: usize) {
+    let c = &ctx.stats.c;
+    let mut first = true;
+    loop {
+        if Instant::now() >= ctx.deadline {
+            break;
+        }
+        let idx = next.fetch_add(1, Ordering::Relaxed);
+        if idx >= total {
+            break;
+        }
+        Counters::inc(&c.conversations_started);
+        match timeout_at(ctx.deadline, conversation(&ctx, idx, first)).await {
+            Err(_) => Counters::inc(&c.aborted_at_deadline),
+            Ok(Ok(())) => Counters::inc(&c.conversations_completed),
+            Ok(Err(f)) => {
+                Counters::inc(&c.conversations_failed);
+                ctx.stats.error(&Failure::new(
+                    f.code,
+                    format!("customer {idx}: {}", f.detail),
+                ));
+            }
+        }
+        first = false;
+    }
+}
+
+async fn conversation(ctx: &Ctx, idx: usize, paced: bool) -> Result<(), Failure> {
+    let (_, body) = net::http_json(
+        ctx.http(idx),
+        Method::POST,
+        ctx.target.http("/v1/webchat/sessions"),
+        None,
+        Some(&json!({ "name": format!("lt-customer-{}-{idx}", ctx.run_id) })),
+    )
+    .await?;
+    let token = body["token"].as_str().ok_or_else(|| {
+        Failure::new(
+            "harness.bad_session_body",
+            format!("POST /v1/webchat/sessions: no token in {body}"),
+        )
+    })?;
+    if paced {
+        ctx.pacer.wait().await;
+    }
+    let url = ctx.target.ws("/v1/webchat/ws", token);
+    let mut ws = net::connect_ws(&ctx.target, ctx.sources.pick(), &url).await?;
+    let mut s = Session {
+        ctx,
+        conv_id: None,
+        acks: HashMap::new(),
+        replies: HashMap::new(),
+        ended: false,
+    };
+    let result = s.talk(&mut ws, idx).await;
+    net::close_ws(ws).await;
+    result
+}
+
+struct Session<'a> {
+    ctx: &'a Ctx,
+    /// The conversation, learned from the first ack.
+    conv_id: Option<String>,
+    /// client_msg_id → seq from its ack.
+    acks: HashMap<String, u64>,
+    /// message number → the seq the agent's reply says it answers.
+    replies: HashMap<u32, u64>,
+    ended: bool,
+}
+
+impl Session<'_> {
+    async fn talk(&mut self, ws: &mut Ws, idx: usize) -> Result<(), Failure> {
+        for n in 1..=self.ctx.messages {
+            let cmid = format!("c{idx}-{n}");
+            let text = format!("lt #{n} t={}", now_nanos());
+            net::send_json(
+                ws,
+                &json!({"type": "message", "text": text, "attachments": [], "client_msg_id": cmid}),
+            )
+            .await?;
+            self.wait(ws, "reply", |s| {
+                s.acks.contains_key(&cmid) && s.replies.contains_key(&n)
+            })
+            .await?;
+            let (acked, replied) = (self.acks[&cmid], self.replies[&n]);
+            if acked != replied {
+                return Err(Failure::new(
+                    "harness.reply_seq_mismatch",
+                    format!("message #{n} acked as seq {acked}, agent answered seq {replied}"),
+                ));
+            }
+        }
+        let cmid = format!("c{idx}-bye");
+        net::send_json(
+            ws,
+            &json!({"type": "message", "text": "bye", "attachments": [], "client_msg_id": cmid}),
+        )
+        .await?;
+        self.wait(ws, "end", |s| s.acks.contains_key(&cmid) && s.ended)
+            .await?;
+        Counters::inc(&self.ctx.stats.c.conversations_ended);
+        Ok(())
+    }
+
+    /// Reads events until `done` holds, at most `--step-timeout`.
+    async fn wait(
+        &mut self,
+        ws: &mut Ws,
+        what: &str,
+        done: impl Fn(&Self) -> bool,
+    ) -> Result<(), Failure> {
+        let limit = Instant::now() + self.ctx.step_timeout;
+        while !done(self) {
+            let ev = timeout_at(limit, net::recv_json(ws)).await.map_err(|_| {
+                Failure::new(
+                    format!("harness.timeout_waiting_for_{what}"),
+                    format!(
+                        "nothing for {:?} (conversation {:?})",
+                        self.ctx.step_timeout, self.conv_id
+                    ),
+                )
+            })??;
+            self.on_event(&ev)?;
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: &Value) -> Result<(), Failure> {
+        match ev["type"].as_str().unwrap_or_default() {
+            "ack" => {
+                self.same_conversation(ev)?;
+                let (Some(cmid), Some(seq)) = (ev["client_msg_id"].as_str(), ev["seq"].as_u64())
+                else {
+                    return Err(Failure::new(
+                        "harness.bad_event",
+                        format!("ack without ids: {ev}"),
+                    ));
+                };
+                if self.acks.insert(cmid.to_string(), seq).is_some() {
+                    return Err(Failure::new("harness.duplicate_ack", format!("{ev}")));
+                }
+            }
+            "message" => {
+                self.same_conversation(ev)?;
+                let m = &ev["message"];
+                if m["from"].as_str() != Some("agent") {
+                    return Ok(());
+                }
+                if self.ended {
+                    return Err(Failure::new(
+                        "harness.message_after_end",
+                        format!("agent message after conversation.ended: {m}"),
+                    ));
+                }
+                let text = m["text"].as_str().unwrap_or_default();
+                let (Some(n), Some(seq), Some(sent)) =
+                    (tag_of(text), replied_seq_of(text), stamp_of(text))
+                else {
+                    return Err(Failure::new(
+                        "harness.bad_text",
+                        format!("agent text {text:?}"),
+                    ));
+                };
+                self.ctx.stats.record_since(Lat::AgentToCustomer, sent);
+                Counters::inc(&self.ctx.stats.c.agent_to_customer);
+                if self.replies.insert(n, seq).is_some() {
+                    return Err(Failure::new(
+                        "harness.duplicate_reply",
+                        format!("second reply to #{n}: {text:?}"),
+                    ));
+                }
+            }
+            "conversation.ended" => {
+                self.same_conversation(ev)?;
+                if self.ended {
+                    return Err(Failure::new("harness.duplicate_end", format!("{ev}")));
+                }
+                self.ended = true;
+            }
+            "error" => {
+                return Err(Failure::new(
+                    ev["code"].as_str().unwrap_or("error_without_code"),
+                    format!(
+                        "{} (ref {})",
+                        ev["message"].as_str().unwrap_or_default(),
+                        ev["ref"]
+                    ),
+                ));
+            }
+            // history (empty for a new session), agent.joined, typing, and newer events.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Every event of one conversation must name the same conversation id.
+    fn same_conversation(&mut self, ev: &Value) -> Result<(), Failure> {
+        let Some(id) = ev["conversation_id"].as_str() else {
+            return Ok(());
+        };
+        match &self.conv_id {
+            None => self.conv_id = Some(id.to_string()),
+            Some(known) if known != id => {
+                return Err(Failure::new(
+                    "harness.conversation_changed",
+                    format!("event for {id} while talking in {known}: {ev}"),
+                ))
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+}

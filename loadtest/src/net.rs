@@ -1,0 +1,389 @@
+//! Socket and HTTP helpers: the loopback-only target, source-address spreading,
+//! the connection pacer (`--ramp`), WebSocket connect/send/receive, JSON over HTTP,
+//! and raising `RLIMIT_NOFILE`.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Client, Method, StatusCode, Url};
+use serde_json::Value;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// A client WebSocket over a plain loopback TCP stream.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Why something failed, classified by a short code. Server error codes are kept
+/// as the server sent them (`capacity_exceeded`); failures found by the harness
+/// start with `harness.`, transport failures with `io.`, and HTTP answers without
+/// an error body with `http.<status>`.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub code: String,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(code: impl Into<String>, detail: impl Into<String>) -> Self {
+        Failure {
+            code: code.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+/// The server under test. Only loopback addresses are accepted.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub base: Url,
+    pub addr: SocketAddr,
+}
+
+impl Target {
+    /// Parses `--url`, refusing anything that is not `http://` on a loopback host.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let base = Url::parse(url).map_err(|e| format!("--url {url:?}: {e}"))?;
+        if base.scheme() != "http" {
+            return Err(format!("--url {url:?}: only http:// is supported"));
+        }
+        let port = base
+            .port_or_known_default()
+            .ok_or_else(|| format!("--url {url:?}: no port"))?;
+        let host = base.host_str().unwrap_or_default();
+        let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| {
+                    format!("--url {url:?}: host must be a loopback IP address or localhost")
+                })?
+        };
+        if !ip.is_loopback() {
+            return Err(format!(
+                "--url {url:?}: {ip} is not a loopback address; this harness only targets loopback"
+            ));
+        }
+        Ok(Target {
+            base,
+            addr: SocketAddr::new(ip, port),
+        })
+    }
+
+    /// An absolute HTTP URL for `path` (which starts with `/`).
+    pub fn http(&self, path: &str) -> Url {
+        let mut u = self.base.clone();
+        u.set_path(path);
+        u.set_query(None);
+        u
+    }
+
+    /// A `ws://` URL for `path` with `?token=`.
+    pub fn ws(&self, path: &str, token: &str) -> Url {
+        let mut u = self.http(path);
+        // http -> ws is a change between two "special" schemes, which Url allows.
+        u.set_scheme("ws").expect("http to ws scheme change");
+        u.query_pairs_mut().append_pair("token", token);
+        u
+    }
+}
+
+/// Source IP addresses that client sockets are spread over, round robin.
+pub struct SourcePool {
+    addrs: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl SourcePool {
+    /// `count` addresses 127.0.0.1, 127.0.0.2, ... when the target is IPv4
+    /// loopback; none (the kernel picks) otherwise or when `count` is 0.
+    pub fn new(target: &Target, count: usize) -> SourcePool {
+        let addrs = match target.addr.ip() {
+            IpAddr::V4(_) if count > 0 => (0..count.min(250))
+                .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        SourcePool {
+            addrs,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn addrs(&self) -> &[IpAddr] {
+        &self.addrs
+    }
+
+    /// The next source address, or `None` to let the kernel choose.
+    pub fn pick(&self) -> Option<IpAddr> {
+        if self.addrs.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(self.addrs[i % self.addrs.len()])
+    }
+}
+
+/// Spaces connection attempts `1/rate` seconds apart (`--ramp`); a rate of 0 means
+/// no pacing.
+pub struct Pacer {
+    interval: Option<Duration>,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    pub fn new(per_second: f64) -> Pacer {
+        let interval = (per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / per_second));
+        Pacer {
+            interval,
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for this caller's slot.
+    pub async fn wait(&self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let slot = {
+            let mut next = self.next.lock().expect("pacer lock");
+            let slot = (*next).max(Instant::now());
+            *next = slot + interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// Opens a TCP connection to the target from `source` (if given) and performs the
+/// WebSocket handshake for `url`.
+pub async fn connect_ws(target: &Target, source: Option<IpAddr>, url: &Url) -> Result<Ws, Failure> {
+    let socket = match target.addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| Failure::new("io.socket", e.to_string()))?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| Failure::new("io.bind", format!("bind {ip}: {e}")))?;
+    }
+    let stream = socket
+        .connect(target.addr)
+        .await
+        .map_err(|e| Failure::new("io.connect", format!("connect {}: {e}", target.addr)))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| Failure::new("io.socket", e.to_string()))?;
+    match tokio_tungstenite::client_async(url.as_str(), stream).await {
+        Ok((ws, _response)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp.body().as_deref().unwrap_or_default();
+            Err(http_failure(status, body, &format!("GET {}", url.path())))
+        }
+        Err(e) => Err(Failure::new("io.handshake", format!("{}: {e}", url.path()))),
+    }
+}
+
+/// Sends one JSON object as a text frame.
+pub async fn send_json(ws: &mut Ws, value: &Value) -> Result<(), Failure> {
+    ws.send(Message::Text(value.to_string().into()))
+        .await
+        .map_err(|e| Failure::new("io.send", e.to_string()))
+}
+
+/// Queues one JSON object without flushing; call [`flush`] after a batch.
+pub async fn feed_json(ws: &mut Ws, value: &Value) -> Result<(), Failure> {
+    ws.feed(Message::Text(value.to_string().into()))
+        .await
+        .map_err(|e| Failure::new("io.send", e.to_string()))
+}
+
+pub async fn flush(ws: &mut Ws) -> Result<(), Failure> {
+    ws.flush()
+        .await
+        .map_err(|e| Failure::new("io.send", e.to_string()))
+}
+
+/// Reads the next JSON event, skipping control frames. A close frame, end of
+/// stream, a binary frame or a frame that is not a JSON object is a failure.
+pub async fn recv_json(ws: &mut Ws) -> Result<Value, Failure> {
+    loop {
+        let msg = match ws.next().await {
+            None => {
+                return Err(Failure::new(
+                    "io.closed",
+                    "socket ended without a close frame",
+                ))
+            }
+            Some(Err(e)) => return Err(Failure::new("io.recv", e.to_string())),
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            Message::Text(text) => {
+                return match serde_json::from_str::<Value>(&text) {
+                    Ok(v) if v.is_object() => Ok(v),
+                    _ => Err(Failure::new(
+                        "harness.bad_frame",
+                        format!("not a JSON object: {}", clip(&text, 200)),
+                    )),
+                };
+            }
+            Message::Binary(_) => {
+                return Err(Failure::new("harness.bad_frame", "unexpected binary frame"))
+            }
+            Message::Close(frame) => {
+                let detail = match frame {
+                    Some(f) => format!("close {} {}", u16::from(f.code), f.reason),
+                    None => "close without code".to_string(),
+                };
+                return Err(Failure::new("io.closed", detail));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+}
+
+/// Closes a WebSocket politely, waiting a short, bounded time for the server's
+/// close frame.
+pub async fn close_ws(mut ws: Ws) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if ws.close(None).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+/// Sends a JSON request (with a Bearer token if given) and returns the JSON body
+/// of a 2xx answer (`Null` when empty). `body` of `None` sends no body.
+pub async fn http_json(
+    client: &Client,
+    method: Method,
+    url: Url,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> Result<(StatusCode, Value), Failure> {
+    let what = format!("{method} {}", url.path());
+    let mut req = client.request(method, url);
+    if let Some(token) = bearer {
+        req = req.bearer_auth(token);
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Failure::new("io.http", format!("{what}: {e}")))?;
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Failure::new("io.http", format!("{what}: {e}")))?;
+    if !status.is_success() {
+        return Err(http_failure(status.as_u16(), &bytes, &what));
+    }
+    if bytes.is_empty() {
+        return Ok((status, Value::Null));
+    }
+    let v = serde_json::from_slice(&bytes).map_err(|_| {
+        Failure::new(
+            "harness.bad_http_body",
+            format!("{what}: {status} body is not JSON: {}", clip_bytes(&bytes)),
+        )
+    })?;
+    Ok((status, v))
+}
+
+/// Classifies a non-2xx answer by the contract's `{"error":{"code","message"}}`
+/// body, or by its status when the body is not that shape.
+fn http_failure(status: u16, body: &[u8], what: &str) -> Failure {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let code = parsed
+        .as_ref()
+        .and_then(|v| v["error"]["code"].as_str())
+        .map(str::to_string);
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v["error"]["message"].as_str())
+        .map(str::to_string);
+    match code {
+        Some(code) => Failure::new(
+            code,
+            format!("{what}: {status} {}", message.unwrap_or_default()),
+        ),
+        None => Failure::new(
+            format!("http.{status}"),
+            format!("{what}: {status} without error body: {}", clip_bytes(body)),
+        ),
+    }
+}
+
+fn clip_bytes(b: &[u8]) -> String {
+    clip(&String::from_utf8_lossy(b), 200)
+}
+
+/// At most `max` bytes of `s`, cut on a character boundary.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// What happened to the open-files limit.
+#[derive(Debug, Clone, Copy)]
+pub struct NofileLimit {
+    pub before: u64,
+    pub after: u64,
+    pub hard: u64,
+}
+
+/// Raises this process's `RLIMIT_NOFILE` soft limit to its hard limit.
+pub fn raise_nofile_limit() -> Result<NofileLimit, String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for getrlimit to fill in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+    }
+    // rlim_t is u64 here but not on every platform.
+    #[allow(clippy::unnecessary_cast)]
+    let (before, hard) = (lim.rlim_cur as u64, lim.rlim_max as u64);
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit whose soft limit does not exceed its hard limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(format!(
+                "setrlimit to {hard}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(NofileLimit {
+        before,
+        after: hard,
+        hard,
+    })
+}

@@ -1,0 +1,622 @@
+//! One actor per agent: its profile, activity, open tasks (as the desktop sees
+//! them), its desktop socket and the disconnect-grace timer. It turns desktop
+//! commands into messages for the router (accept, reject, activity, outbound)
+//! and for conversations (send, typing, end, complete), and forwards what
+//! conversations and the router tell it to the socket.
+//!
+//! Capacity and load are *not* decided here: the router owns them. The load
+//! this actor reports is the count of tasks it has been told about.
+//!
+//! Handles: [`Connect`], [`Disconnect`], [`FromDesk`], [`ToAgent`],
+//! [`Rescind`], [`UpdateProfile`], [`Retire`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web_actors::ws::CloseCode;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{AgentEntry, Broker};
+use crate::channel::webchat::OpenOutbound;
+use crate::conversation::{validate_content, AgentComplete, AgentEnd, AgentSend, AgentTyping, Conversation, Resync};
+use crate::error::ApiError;
+use crate::protocol::{
+    frame, ok_frame, Activity, AgentCommand, AgentView, ChannelKind, Frame, Id, PerChannel,
+    TaskState, TaskView,
+};
+use crate::router::{self, RescindReason};
+use crate::ws::{LinkDown, SocketLink};
+
+/// An agent's editable profile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentProfile {
+    pub id: Id,
+    pub name: String,
+    pub capacity: PerChannel,
+    pub skills: Vec<String>,
+}
+
+struct OpenTask {
+    view: TaskView,
+    /// After a reconnect, until the conversation re-sends the task with its
+    /// history: live frames for it are dropped (the history will hold them).
+    resyncing: bool,
+}
+
+/// Every change the agent actor makes to its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AgentEvent {
+    ProfileChanged(AgentProfile),
+    ActivityChanged(Activity),
+    TaskTracked(TaskView),
+    TaskStateChanged { task_id: Id, state: TaskState },
+    TaskDropped { task_id: Id },
+}
+
+pub struct Agent {
+    broker: Arc<Broker>,
+    profile: AgentProfile,
+    activity: Activity,
+    session: Option<SocketLink>,
+    tasks: HashMap<Id, OpenTask>,
+    by_conversation: HashMap<Id, Id>,
+    /// Running while disconnected and within the grace period.
+    grace: Option<SpawnHandle>,
+}
+
+impl Agent {
+    /// Register a new agent: start its actor on a shard, index it, tell the
+    /// router. `conflict` if the id is taken.
+    pub fn create(broker: &Arc<Broker>, profile: AgentProfile) -> Result<String, ApiError> {
+        let token = crate::ids::token();
+        match broker.agents.entry(profile.id.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(_) => Err(ApiError::Conflict(format!(
+                "agent {} already exists",
+                profile.id
+            ))),
+            dashmap::mapref::entry::Entry::Vacant(slot) => {
+                let actor = Agent {
+                    broker: broker.clone(),
+                    profile: profile.clone(),
+                    activity: Activity::Offline,
+                    session: None,
+                    tasks: HashMap::new(),
+                    by_conversation: HashMap::new(),
+                    grace: None,
+                };
+                let addr = Agent::start_in_arbiter(&broker.shard(), move |_| actor);
+                broker.router.do_send(router::UpsertAgent {
+                    id: profile.id.clone(),
+                    name: profile.name,
+                    capacity: profile.capacity,
+                    skills: profile.skills,
+                    addr: addr.clone(),
+                });
+                broker.agent_tokens.insert(token.clone(), profile.id);
+                slot.insert(AgentEntry {
+                    addr,
+                    token: token.clone(),
+                });
+                Ok(token)
+            }
+        }
+    }
+
+    /// The one place agent state changes.
+    fn apply(&mut self, event: AgentEvent) {
+        match event {
+            AgentEvent::ProfileChanged(p) => self.profile = p,
+            AgentEvent::ActivityChanged(a) => self.activity = a,
+            AgentEvent::TaskTracked(view) => {
+                self.by_conversation
+                    .insert(view.conversation_id.clone(), view.id.clone());
+                self.tasks.insert(
+                    view.id.clone(),
+                    OpenTask {
+                        view,
+                        resyncing: false,
+                    },
+                );
+            }
+            AgentEvent::TaskStateChanged { task_id, state } => {
+                if let Some(t) = self.tasks.get_mut(&task_id) {
+                    t.view.state = state;
+                }
+            }
+            AgentEvent::TaskDropped { task_id } => {
+                if let Some(t) = self.tasks.remove(&task_id) {
+                    self.by_conversation.remove(&t.view.conversation_id);
+                }
+            }
+        }
+    }
+
+    fn view(&self) -> AgentView {
+        let mut load = PerChannel::default();
+        for t in self.tasks.values() {
+            *load.get_mut(t.view.channel) += 1;
+        }
+        AgentView {
+            id: self.profile.id.clone(),
+            name: self.profile.name.clone(),
+            capacity: self.profile.capacity,
+            skills: self.profile.skills.clone(),
+            activity: self.activity,
+            connected: self.session.is_some(),
+            load,
+        }
+    }
+
+    /// Hand a frame to the desktop, applying the slow-consumer policy.
+    fn push(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        let Some(link) = &self.session else {
+            // Disconnected: the history keeps everything; the desktop gets it
+            // back with `task.assigned` on reconnect.
+            return;
+        };
+        if let Err(down) = link.send(frame, &self.broker.metrics) {
+            if down == LinkDown::Slow {
+                tracing::warn!(agent = %self.profile.id, "desktop socket is a slow consumer; disconnected");
+            }
+            let id = link.id;
+            self.session_lost(id, ctx);
+        }
+    }
+
+    fn push_error(&mut self, err: ApiError, reference: Option<&str>, ctx: &mut Context<Self>) {
+        self.push(err.to_frame(reference), ctx);
+    }
+
+    fn session_lost(&mut self, session_id: u64, ctx: &mut Context<Self>) {
+        if self.session.as_ref().map(|s| s.id) != Some(session_id) {
+            return;
+        }
+        self.session = None;
+        self.broker.router.do_send(router::AgentPresence {
+            id: self.profile.id.clone(),
+            connected: false,
+            activity: self.activity,
+        });
+        let grace = self.broker.config.disconnect_grace;
+        self.grace = Some(ctx.run_later(grace, |act, _| {
+            act.grace = None;
+            act.apply(AgentEvent::ActivityChanged(Activity::Offline));
+            act.broker.router.do_send(router::GraceExpired {
+                id: act.profile.id.clone(),
+            });
+        }));
+    }
+
+    /// The conversation this agent holds, or why not.
+    fn conversation(&self, conversation_id: &str) -> Result<Addr<Conversation>, ApiError> {
+        if self.by_conversation.contains_key(conversation_id) {
+            if let Some(addr) = self.broker.conversation(conversation_id) {
+                return Ok(addr);
+            }
+        }
+        if self.broker.conversations.contains_key(conversation_id) {
+            Err(ApiError::NotYourTask(format!(
+                "conversation {conversation_id} is not assigned to you"
+            )))
+        } else {
+            Err(ApiError::NotFound(format!(
+                "conversation {conversation_id} does not exist"
+            )))
+        }
+    }
+
+    /// Run a router request and report its error (or `ok`) on the socket.
+    fn ask_router<M>(&mut self, msg: M, reference: Option<String>, ok: bool, ctx: &mut Context<Self>)
+    where
+        M: Message<Result = Result<(), ApiError>> + Send + 'static,
+        router::Router: Handler<M>,
+    {
+        let fut = self.broker.router.send(msg);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            match res.map_err(ApiError::mailbox).and_then(|r| r) {
+                Ok(()) if ok => act.push(ok_frame(reference.as_deref()), ctx),
+                Ok(()) => {}
+                Err(e) => act.push_error(e, reference.as_deref(), ctx),
+            }
+        }));
+    }
+
+    fn command(&mut self, cmd: AgentCommand, ctx: &mut Context<Self>) {
+        let me = self.profile.id.clone();
+        match cmd {
+            AgentCommand::Activity {
+                activity,
+                reference,
+            } => {
+                self.apply(AgentEvent::ActivityChanged(activity));
+                self.broker
+                    .router
+                    .do_send(router::AgentActivity { id: me, activity });
+                self.push(ok_frame(reference.as_deref()), ctx);
+            }
+            AgentCommand::Accept { task_id, reference } => {
+                let msg = router::Accept {
+                    agent_id: me,
+                    task_id,
+                    reference: reference.clone(),
+                };
+                self.ask_router(msg, reference, false, ctx);
+            }
+            AgentCommand::Reject { task_id, reference } => {
+                let msg = router::Reject {
+                    agent_id: me,
+                    task_id,
+                };
+                self.ask_router(msg, reference, true, ctx);
+            }
+            AgentCommand::Send {
+                conversation_id,
+                text,
+                attachments,
+                client_msg_id,
+                reference,
+            } => match self.conversation(&conversation_id) {
+                Ok(conv) => conv.do_send(AgentSend {
+                    agent_id: me,
+                    from: ctx.address(),
+                    text,
+                    attachments,
+                    client_msg_id,
+                    reference,
+                }),
+                Err(e) => self.push_error(e, reference.as_deref(), ctx),
+            },
+            AgentCommand::Typing {
+                conversation_id,
+                reference,
+            } => match self.conversation(&conversation_id) {
+                Ok(conv) => conv.do_send(AgentTyping {
+                    agent_id: me,
+                    from: ctx.address(),
+                    reference,
+                }),
+                Err(e) => self.push_error(e, reference.as_deref(), ctx),
+            },
+            AgentCommand::End {
+                conversation_id,
+                reference,
+            } => match self.conversation(&conversation_id) {
+                Ok(conv) => conv.do_send(AgentEnd {
+                    agent_id: me,
+                    from: ctx.address(),
+                    reference,
+                }),
+                Err(e) => self.push_error(e, reference.as_deref(), ctx),
+            },
+            AgentCommand::Complete {
+                task_id,
+                disposition,
+                notes,
+                reference,
+            } => {
+                let conv = match self.tasks.get(task_id.as_str()) {
+                    Some(t) => self.conversation(&t.view.conversation_id),
+                    None if self.broker.tasks.contains_key(task_id.as_str()) => Err(
+                        ApiError::NotYourTask(format!("task {task_id} is not yours")),
+                    ),
+                    None => Err(ApiError::UnknownTask(task_id)),
+                };
+                match conv {
+                    Ok(conv) => conv.do_send(AgentComplete {
+                        agent_id: me,
+                        from: ctx.address(),
+                        disposition,
+                        notes,
+                        reference,
+                    }),
+                    Err(e) => self.push_error(e, reference.as_deref(), ctx),
+                }
+            }
+            AgentCommand::Outbound {
+                channel,
+                to,
+                text,
+                attachments,
+                client_msg_id,
+                reference,
+            } => self.outbound(channel, to, text, attachments, client_msg_id, reference, ctx),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn outbound(
+        &mut self,
+        channel: ChannelKind,
+        to: String,
+        text: String,
+        attachments: Vec<String>,
+        client_msg_id: Option<String>,
+        reference: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        if channel != ChannelKind::Webchat {
+            return self.push_error(crate::channel::disabled(channel), reference.as_deref(), ctx);
+        }
+        let attachments = match validate_content(&self.broker, channel, &text, &attachments) {
+            Ok(a) => a,
+            Err(e) => return self.push_error(e, reference.as_deref(), ctx),
+        };
+        let broker = self.broker.clone();
+        let task_id = broker.ids.task();
+        let open = OpenOutbound {
+            to,
+            task_id: task_id.clone(),
+            agent_id: self.profile.id.clone(),
+            agent_name: self.profile.name.clone(),
+            agent: ctx.address(),
+            text,
+            attachments,
+            client_msg_id,
+            reference: reference.clone(),
+        };
+        let reserve = router::ReserveOutbound {
+            agent_id: self.profile.id.clone(),
+            task_id: task_id.clone(),
+            channel,
+        };
+        let fut = async move {
+            broker
+                .router
+                .send(reserve)
+                .await
+                .map_err(ApiError::mailbox)??;
+            let opened = broker
+                .webchat
+                .send(open)
+                .await
+                .map_err(ApiError::mailbox)
+                .and_then(|r| r);
+            match opened {
+                Ok((conversation_id, conversation)) => {
+                    broker.router.do_send(router::BindOutbound {
+                        task_id,
+                        conversation_id,
+                        conversation,
+                    });
+                    Ok(())
+                }
+                Err(e) => {
+                    broker.router.do_send(router::TaskClosed { task_id });
+                    Err(e)
+                }
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if let Err(e) = res {
+                act.push_error(e, reference.as_deref(), ctx);
+            }
+        }));
+    }
+}
+
+impl Actor for Agent {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Conversations and the router send with do_send; the bound matters
+        // only for `send` callers (HTTP), which may wait.
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+/// A desktop socket opened for this agent.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connect {
+    pub link: SocketLink,
+}
+
+impl Handler<Connect> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) {
+        if let Some(old) = self.session.take() {
+            old.close(CloseCode::Policy, "replaced by a new connection");
+        }
+        // Back within the grace period: keep the activity. Otherwise a fresh
+        // connection starts offline until the agent says otherwise.
+        if let Some(grace) = self.grace.take() {
+            ctx.cancel_future(grace);
+        } else {
+            self.apply(AgentEvent::ActivityChanged(Activity::Offline));
+        }
+        self.session = Some(msg.link);
+        self.broker.router.do_send(router::AgentPresence {
+            id: self.profile.id.clone(),
+            connected: true,
+            activity: self.activity,
+        });
+        let mut tasks: Vec<TaskView> = self.tasks.values().map(|t| t.view.clone()).collect();
+        tasks.sort_by_key(|t| t.created_at);
+        let hello = frame(&serde_json::json!({
+            "type": "hello",
+            "agent": self.view(),
+            "activity": self.activity,
+            "tasks": tasks,
+        }));
+        self.push(hello, ctx);
+        let me = self.profile.id.clone();
+        for task in self.tasks.values_mut() {
+            if matches!(task.view.state, TaskState::Assigned | TaskState::Wrapping) {
+                task.resyncing = true;
+                if let Some(conv) = self.broker.conversation(&task.view.conversation_id) {
+                    conv.do_send(Resync {
+                        agent_id: me.clone(),
+                        agent: ctx.address(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The desktop socket closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub session_id: u64,
+}
+
+impl Handler<Disconnect> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
+        self.session_lost(msg.session_id, ctx);
+    }
+}
+
+/// A command from the desktop socket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FromDesk {
+    pub session_id: u64,
+    pub command: AgentCommand,
+}
+
+impl Handler<FromDesk> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromDesk, ctx: &mut Context<Self>) {
+        // A replaced socket's late frames are ignored.
+        if self.session.as_ref().map(|s| s.id) == Some(msg.session_id) {
+            self.command(msg.command, ctx);
+        }
+    }
+}
+
+/// What a frame from a conversation means for the agent's task list.
+pub enum AgentFrameKind {
+    Offered(TaskView),
+    Assigned(TaskView),
+    Resync(TaskView),
+    Message,
+    Ended,
+    Completed,
+    Rescinded,
+    /// Errors and other replies: always delivered.
+    Other,
+}
+
+/// A frame from one of the agent's conversations.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ToAgent {
+    pub conversation_id: Id,
+    pub task_id: Id,
+    pub kind: AgentFrameKind,
+    pub frame: Frame,
+}
+
+impl Handler<ToAgent> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToAgent, ctx: &mut Context<Self>) {
+        let resyncing = self.tasks.get(&msg.task_id).is_some_and(|t| t.resyncing);
+        match msg.kind {
+            AgentFrameKind::Offered(view) | AgentFrameKind::Assigned(view) => {
+                self.apply(AgentEvent::TaskTracked(view))
+            }
+            AgentFrameKind::Resync(view) => self.apply(AgentEvent::TaskTracked(view)),
+            AgentFrameKind::Message if resyncing => return,
+            AgentFrameKind::Message | AgentFrameKind::Other => {}
+            AgentFrameKind::Ended => {
+                self.apply(AgentEvent::TaskStateChanged {
+                    task_id: msg.task_id.clone(),
+                    state: TaskState::Wrapping,
+                });
+                if resyncing {
+                    return;
+                }
+            }
+            AgentFrameKind::Completed | AgentFrameKind::Rescinded => {
+                self.apply(AgentEvent::TaskDropped {
+                    task_id: msg.task_id.clone(),
+                })
+            }
+        }
+        self.push(msg.frame, ctx);
+    }
+}
+
+/// Router: a task left this agent (offer timeout, customer left, re-queued).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Rescind {
+    pub task_id: Id,
+    pub reason: RescindReason,
+}
+
+impl Handler<Rescind> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, msg: Rescind, ctx: &mut Context<Self>) {
+        self.apply(AgentEvent::TaskDropped {
+            task_id: msg.task_id.clone(),
+        });
+        let f = frame(&serde_json::json!({
+            "type": "task.rescinded",
+            "task_id": msg.task_id,
+            "reason": msg.reason.as_str(),
+        }));
+        self.push(f, ctx);
+    }
+}
+
+/// `PATCH /v1/agents/{id}`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UpdateProfile {
+    pub name: Option<String>,
+    pub capacity: Option<PerChannel>,
+    pub skills: Option<Vec<String>>,
+}
+
+impl Handler<UpdateProfile> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpdateProfile, ctx: &mut Context<Self>) {
+        let mut profile = self.profile.clone();
+        if let Some(name) = msg.name {
+            profile.name = name;
+        }
+        if let Some(capacity) = msg.capacity {
+            profile.capacity = capacity;
+        }
+        if let Some(skills) = msg.skills {
+            profile.skills = skills;
+        }
+        self.apply(AgentEvent::ProfileChanged(profile.clone()));
+        self.broker.router.do_send(router::UpsertAgent {
+            id: profile.id,
+            name: profile.name,
+            capacity: profile.capacity,
+            skills: profile.skills,
+            addr: ctx.address(),
+        });
+    }
+}
+
+/// `DELETE /v1/agents/{id}`: close the desktop, hand the tasks back, stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+impl Handler<Retire> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        if let Some(link) = self.session.take() {
+            link.close(CloseCode::Normal, "agent deleted");
+        }
+        self.broker.router.do_send(router::RemoveAgent {
+            id: self.profile.id.clone(),
+        });
+        ctx.stop();
+    }
+}

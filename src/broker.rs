@@ -1,0 +1,118 @@
+//! The handles every actor and HTTP route shares: configuration, actor
+//! addresses, id lookups and counters. Built once at start-up, then read-only
+//! apart from the lookup maps.
+//!
+//! The `DashMap`s are *indexes* (id → address, token → id). They hold no state
+//! that must change together with anything else: each entry is written once when
+//! its actor is created and removed when it goes. Looking an address up in a
+//! sharded map beats asking a registry actor, which would put every lookup from
+//! every worker thread through one mailbox.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use dashmap::DashMap;
+
+use crate::agent::Agent;
+use crate::attachments::AttachmentStore;
+use crate::channel::webchat::WebchatChannel;
+use crate::config::Config;
+use crate::conversation::Conversation;
+use crate::ids::IdGen;
+use crate::metrics::Metrics;
+use crate::protocol::Id;
+use crate::router::Router;
+use crate::supervisor::SupervisorHub;
+
+/// One registered agent: its actor and its credential.
+#[derive(Clone)]
+pub struct AgentEntry {
+    pub addr: Addr<Agent>,
+    pub token: String,
+}
+
+pub struct Broker {
+    pub config: Config,
+    pub admin_token: String,
+    pub ids: IdGen,
+    pub metrics: Metrics,
+    pub attachments: AttachmentStore,
+
+    pub router: Addr<Router>,
+    pub webchat: Addr<WebchatChannel>,
+    pub supervisor: Addr<SupervisorHub>,
+
+    /// agent id → actor and token.
+    pub agents: DashMap<Id, AgentEntry>,
+    /// agent token → agent id (bearer auth on agent HTTP calls).
+    pub agent_tokens: DashMap<String, Id>,
+    /// conversation id → actor.
+    pub conversations: DashMap<Id, Addr<Conversation>>,
+    /// task id → conversation id.
+    pub tasks: DashMap<Id, Id>,
+    /// webchat token → session id.
+    pub webchat_tokens: DashMap<String, Id>,
+    /// Supervisors connected: events are only encoded when someone listens.
+    pub supervisors: AtomicUsize,
+
+    /// Arbiters that host conversation and agent actors (one per core), so the
+    /// per-chat work spreads over every core instead of the main thread.
+    shards: Vec<ArbiterHandle>,
+    next_shard: AtomicUsize,
+}
+
+/// The parts of a [`Broker`] fixed before its actors start.
+pub struct BrokerParts {
+    pub config: Config,
+    pub admin_token: String,
+    pub router: Addr<Router>,
+    pub webchat: Addr<WebchatChannel>,
+    pub supervisor: Addr<SupervisorHub>,
+    pub shards: Vec<ArbiterHandle>,
+}
+
+impl Broker {
+    pub fn new(parts: BrokerParts) -> Arc<Broker> {
+        Arc::new(Broker {
+            config: parts.config,
+            admin_token: parts.admin_token,
+            ids: IdGen::default(),
+            metrics: Metrics::default(),
+            attachments: AttachmentStore::default(),
+            router: parts.router,
+            webchat: parts.webchat,
+            supervisor: parts.supervisor,
+            agents: DashMap::new(),
+            agent_tokens: DashMap::new(),
+            conversations: DashMap::new(),
+            tasks: DashMap::new(),
+            webchat_tokens: DashMap::new(),
+            supervisors: AtomicUsize::new(0),
+            shards: parts.shards,
+            next_shard: AtomicUsize::new(0),
+        })
+    }
+
+    /// The next shard arbiter, round robin.
+    pub fn shard(&self) -> ArbiterHandle {
+        let n = self.next_shard.fetch_add(1, Ordering::Relaxed);
+        self.shards[n % self.shards.len()].clone()
+    }
+
+    pub fn conversation(&self, id: &str) -> Option<Addr<Conversation>> {
+        self.conversations.get(id).map(|e| e.value().clone())
+    }
+
+    pub fn agent(&self, id: &str) -> Option<AgentEntry> {
+        self.agents.get(id).map(|e| e.value().clone())
+    }
+
+    /// Publish a supervisor event, encoding it only if someone listens.
+    pub fn publish(&self, event: impl FnOnce() -> serde_json::Value) {
+        if self.supervisors.load(Ordering::Relaxed) > 0 {
+            self.supervisor
+                .do_send(crate::supervisor::Publish(crate::protocol::frame(&event())));
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The webchat channel actor: owns webchat customer sessions (name, required
+//! skills, open and last conversation, connected sockets), opens conversations
+//! for them, and delivers what conversations say to every socket of the
+//! customer.
+//!
+//! Handles: [`CreateSession`], [`CustomerConnected`], [`CustomerDisconnected`],
+//! [`FromCustomer`], [`OpenOutbound`], and [`ToCustomer`] from conversations.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Agent;
+use crate::broker::Broker;
+use crate::channel::{CustomerEvent, SocketId, ToCustomer};
+use crate::conversation::{
+    validate_content, Conversation, CustomerLeft, CustomerMessage, CustomerTyping, OpenSpec,
+    Opening, SendHistory,
+};
+use crate::error::ApiError;
+use crate::protocol::{
+    error_frame, frame, AttachmentMeta, ChannelKind, Customer, CustomerCommand, Id,
+};
+use crate::ws::SocketLink;
+
+struct Socket {
+    link: SocketLink,
+    /// False until its history has been sent: live events before that are
+    /// already in the history.
+    ready: bool,
+}
+
+struct Session {
+    name: String,
+    skills: Vec<String>,
+    open: Option<(Id, Addr<Conversation>)>,
+    last: Option<(Id, Addr<Conversation>)>,
+    sockets: Vec<Socket>,
+}
+
+/// Every change the webchat channel makes to its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WebchatEvent {
+    SessionCreated {
+        id: Id,
+        name: String,
+        skills: Vec<String>,
+    },
+    ConversationOpened {
+        session: Id,
+        conversation: Id,
+    },
+    ConversationEnded {
+        session: Id,
+        conversation: Id,
+    },
+}
+
+pub struct WebchatChannel {
+    broker: Arc<Broker>,
+    sessions: HashMap<Id, Session>,
+}
+
+impl WebchatChannel {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        WebchatChannel {
+            broker,
+            sessions: HashMap::new(),
+        }
+    }
+
+    /// The one place session state changes (socket lists aside: sockets are
+    /// connections, not state to journal).
+    fn apply(&mut self, event: WebchatEvent, addr: Option<Addr<Conversation>>) {
+        match event {
+            WebchatEvent::SessionCreated { id, name, skills } => {
+                self.sessions.insert(
+                    id,
+                    Session {
+                        name,
+                        skills,
+                        open: None,
+                        last: None,
+                        sockets: Vec::new(),
+                    },
+                );
+            }
+            WebchatEvent::ConversationOpened {
+                session,
+                conversation,
+            } => {
+                if let (Some(s), Some(addr)) = (self.sessions.get_mut(&session), addr) {
+                    s.open = Some((conversation.clone(), addr.clone()));
+                    s.last = Some((conversation, addr));
+                }
+            }
+            WebchatEvent::ConversationEnded {
+                session,
+                conversation,
+            } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    if s.open.as_ref().is_some_and(|(id, _)| *id == conversation) {
+                        s.open = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_conversation(
+        &mut self,
+        session_id: &Id,
+        opening: Opening,
+        previous: Option<Id>,
+        task_id: Option<Id>,
+        ctx: &mut Context<Self>,
+    ) -> Option<(Id, Addr<Conversation>)> {
+        let session = self.sessions.get(session_id)?;
+        let spec = OpenSpec {
+            channel: ChannelKind::Webchat,
+            customer: Customer {
+                address: session_id.to_string(),
+                name: session.name.clone(),
+            },
+            skills: session.skills.clone(),
+            previous,
+            channel_addr: ctx.address().recipient(),
+            opening,
+            task_id,
+        };
+        let (id, addr) = Conversation::open(&self.broker, spec);
+        self.apply(
+            WebchatEvent::ConversationOpened {
+                session: session_id.clone(),
+                conversation: id.clone(),
+            },
+            Some(addr.clone()),
+        );
+        Some((id, addr))
+    }
+
+    /// Send to one socket of a session; drop the socket if it is gone or slow.
+    fn send_to(&mut self, session_id: &Id, socket: SocketId, frame: crate::protocol::Frame) {
+        let metrics = &self.broker.metrics;
+        if let Some(s) = self.sessions.get_mut(session_id) {
+            s.sockets.retain(|sock| {
+                sock.link.id != socket || sock.link.send(frame.clone(), metrics).is_ok()
+            });
+        }
+    }
+
+    fn broadcast(&mut self, session_id: &Id, frame: crate::protocol::Frame) {
+        let metrics = &self.broker.metrics;
+        if let Some(s) = self.sessions.get_mut(session_id) {
+            s.sockets
+                .retain(|sock| !sock.ready || sock.link.send(frame.clone(), metrics).is_ok());
+        }
+    }
+}
+
+impl Actor for WebchatChannel {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+/// `POST /v1/webchat/sessions`: returns (session id, token).
+#[derive(Message)]
+#[rtype(result = "(Id, String)")]
+pub struct CreateSession {
+    pub name: String,
+    pub skills: Vec<String>,
+}
+
+impl Handler<CreateSession> for WebchatChannel {
+    type Result = MessageResult<CreateSession>;
+
+    fn handle(&mut self, msg: CreateSession, _: &mut Context<Self>) -> Self::Result {
+        let id = self.broker.ids.webchat_session();
+        let token = crate::ids::token();
+        self.apply(
+            WebchatEvent::SessionCreated {
+                id: id.clone(),
+                name: msg.name,
+                skills: msg.skills,
+            },
+            None,
+        );
+        self.broker.webchat_tokens.insert(token.clone(), id.clone());
+        MessageResult((id, token))
+    }
+}
+
+/// A customer socket connected.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CustomerConnected {
+    pub session: Id,
+    pub link: SocketLink,
+}
+
+impl Handler<CustomerConnected> for WebchatChannel {
+    type Result = ();
+
+    fn handle(&mut self, msg: CustomerConnected, _: &mut Context<Self>) {
+        let Some(s) = self.sessions.get_mut(&msg.session) else {
+            msg.link.close(
+                actix_web_actors::ws::CloseCode::Policy,
+                "unknown webchat session",
+            );
+            return;
+        };
+        let socket = msg.link.id;
+        let current = s.open.clone().or_else(|| s.last.clone());
+        match current {
+            Some((_, conv)) => {
+                s.sockets.push(Socket {
+                    link: msg.link,
+                    ready: false,
+                });
+                conv.do_send(SendHistory { socket });
+            }
+            None => {
+                s.sockets.push(Socket {
+                    link: msg.link,
+                    ready: true,
+                });
+                let empty = frame(&serde_json::json!({
+                    "type": "history",
+                    "conversation_id": null,
+                    "messages": [],
+                }));
+                self.send_to(&msg.session, socket, empty);
+            }
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CustomerDisconnected {
+    pub session: Id,
+    pub socket: SocketId,
+}
+
+impl Handler<CustomerDisconnected> for WebchatChannel {
+    type Result = ();
+
+    fn handle(&mut self, msg: CustomerDisconnected, _: &mut Context<Self>) {
+        if let Some(s) = self.sessions.get_mut(&msg.session) {
+            s.sockets.retain(|sock| sock.link.id != msg.socket);
+        }
+    }
+}
+
+/// A command from a customer socket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FromCustomer {
+    pub session: Id,
+    pub socket: SocketId,
+    pub command: CustomerCommand,
+}
+
+impl Handler<FromCustomer> for WebchatChannel {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromCustomer, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get(&msg.session) else {
+            return;
+        };
+        let open = s.open.clone();
+        match msg.command {
+            CustomerCommand::Message {
+                text,
+                attachments,
+                client_msg_id,
+                reference,
+            } => {
+                let message = CustomerMessage {
+                    socket: Some(msg.socket),
+                    text,
+                    attachments,
+                    client_msg_id,
+                    reference,
+                };
+                match open {
+                    Some((_, conv)) => conv.do_send(message),
+                    None => self.start_inbound(&msg.session, message, ctx),
+                }
+            }
+            CustomerCommand::Typing { .. } => {
+                if let Some((_, conv)) = open {
+                    conv.do_send(CustomerTyping);
+                }
+            }
+            CustomerCommand::Leave { reference } => match open {
+                Some((_, conv)) => conv.do_send(CustomerLeft {
+                    socket: Some(msg.socket),
+                    reference,
+                }),
+                None => {
+                    let f = error_frame(
+                        "invalid_state",
+                        "there is no open conversation to leave",
+                        reference.as_deref(),
+                    );
+                    self.send_to(&msg.session, msg.socket, f);
+                }
+            },
+        }
+    }
+}
+
+impl WebchatChannel {
+    /// A first message with no open conversation: validate, then open one
+    /// (linked to the last, if any).
+    fn start_inbound(&mut self, session: &Id, message: CustomerMessage, ctx: &mut Context<Self>) {
+        if let Err(e) = validate_content(
+            &self.broker,
+            ChannelKind::Webchat,
+            &message.text,
+            &message.attachments,
+        ) {
+            if let Some(socket) = message.socket {
+                self.send_to(session, socket, e.to_frame(message.reference.as_deref()));
+            }
+            return;
+        }
+        let previous = self
+            .sessions
+            .get(session)
+            .and_then(|s| s.last.as_ref().map(|(id, _)| id.clone()));
+        // Sockets see the new conversation's events live: its history starts
+        // with the message they are about to be acknowledged for.
+        if let Some(s) = self.sessions.get_mut(session) {
+            for sock in &mut s.sockets {
+                sock.ready = true;
+            }
+        }
+        self.open_conversation(session, Opening::Inbound(message), previous, None, ctx);
+    }
+}
+
+/// An agent starts a webchat conversation with an existing session.
+#[derive(Message)]
+#[rtype(result = "Result<(Id, Addr<Conversation>), ApiError>")]
+pub struct OpenOutbound {
+    pub to: String,
+    pub task_id: Id,
+    pub agent_id: Id,
+    pub agent_name: String,
+    pub agent: Addr<Agent>,
+    pub text: String,
+    pub attachments: Vec<AttachmentMeta>,
+    pub client_msg_id: Option<String>,
+    pub reference: Option<String>,
+}
+
+impl Handler<OpenOutbound> for WebchatChannel {
+    type Result = Result<(Id, Addr<Conversation>), ApiError>;
+
+    fn handle(&mut self, msg: OpenOutbound, ctx: &mut Context<Self>) -> Self::Result {
+        let session: Id = msg.to.as_str().into();
+        let s = self.sessions.get(&session).ok_or_else(|| {
+            ApiError::NotFound(format!("webchat session {} does not exist", msg.to))
+        })?;
+        if let Some((open, _)) = &s.open {
+            return Err(ApiError::Conflict(format!(
+                "webchat session {} already has an open conversation ({open})",
+                msg.to
+            )));
+        }
+        let previous = s.last.as_ref().map(|(id, _)| id.clone());
+        let opening = Opening::Outbound {
+            agent_id: msg.agent_id,
+            agent_name: msg.agent_name,
+            agent: msg.agent,
+            text: msg.text,
+            attachments: msg.attachments,
+            client_msg_id: msg.client_msg_id,
+            reference: msg.reference,
+        };
+        if let Some(s) = self.sessions.get_mut(&session) {
+            for sock in &mut s.sockets {
+                sock.ready = true;
+            }
+        }
+        self.open_conversation(&session, opening, previous, Some(msg.task_id), ctx)
+            .ok_or_else(|| ApiError::NotFound(format!("webchat session {} does not exist", msg.to)))
+    }
+}
+
+impl Handler<ToCustomer> for WebchatChannel {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToCustomer, ctx: &mut Context<Self>) {
+        let session = msg.customer;
+        match msg.event {
+            CustomerEvent::History { socket, frame } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    for sock in &mut s.sockets {
+                        if sock.link.id == socket {
+                            sock.ready = true;
+                        }
+                    }
+                }
+                self.send_to(&session, socket, frame);
+            }
+            CustomerEvent::Direct { socket, frame } => self.send_to(&session, socket, frame),
+            CustomerEvent::Broadcast(frame) => self.broadcast(&session, frame),
+            CustomerEvent::Ended(frame) => {
+                self.apply(
+                    WebchatEvent::ConversationEnded {
+                        session: session.clone(),
+                        conversation: msg.conversation_id,
+                    },
+                    None,
+                );
+                self.broadcast(&session, frame);
+            }
+            CustomerEvent::Reopen(message) => {
+                let open = self.sessions.get(&session).and_then(|s| s.open.clone());
+                match open {
+                    // Another message already opened the follow-up conversation.
+                    Some((_, conv)) => conv.do_send(*message),
+                    None => self.start_inbound(&session, *message, ctx),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1107 @@
+//! One actor per conversation: it owns the ordered history (gap-free `seq`),
+//! the task's state machine, disposition and notes, and fans every new message
+//! out to the assigned agent and to the customer's channel.
+//!
+//! It is the serialisation point of a chat: a customer message goes
+//! channel → conversation → agent; a reply goes agent → conversation → channel.
+//! Each message is encoded to JSON once and the same bytes go to every recipient.
+//!
+//! Every state change is a [`ConversationEvent`] applied by
+//! [`ConversationState::apply`], the one place the state changes (ready for the
+//! journal). Handles: [`CustomerMessage`], [`CustomerTyping`], [`CustomerLeft`],
+//! [`SendHistory`], [`Reserve`], [`Assign`], [`Requeued`], [`AgentSend`],
+//! [`AgentTyping`], [`AgentEnd`], [`AgentComplete`], [`Resync`], [`GetSnapshot`],
+//! [`GetMessages`].
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::agent::{Agent, AgentFrameKind, ToAgent};
+use crate::broker::Broker;
+use crate::channel::{check_attachment, CustomerEvent, SocketId, ToCustomer};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    frame, rfc3339, AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Frame, Id,
+    Message, TaskState, TaskView,
+};
+use crate::router::{EnqueueTask, RescindReason, RoutableTask, TaskClosed, TaskWrapping};
+
+/// The state a conversation owns: everything needed to rebuild it by replaying
+/// its events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConversationState {
+    pub id: Id,
+    pub task_id: Id,
+    pub channel: ChannelKind,
+    pub customer: Customer,
+    pub skills: Vec<String>,
+    pub previous: Option<Id>,
+    pub created_at: SystemTime,
+    pub ended_at: Option<SystemTime>,
+    pub task_state: TaskState,
+    pub agent_id: Option<Id>,
+    pub agent_name: Option<String>,
+    pub disposition: Option<String>,
+    pub notes: Option<String>,
+    pub messages: Vec<Message>,
+}
+
+/// Every change a conversation makes to its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ConversationEvent {
+    MessageAppended(Message),
+    TaskMoved {
+        state: TaskState,
+        agent_id: Option<Id>,
+        agent_name: Option<String>,
+    },
+    Ended {
+        at: SystemTime,
+    },
+    Completed {
+        disposition: String,
+        notes: String,
+        at: SystemTime,
+    },
+}
+
+impl ConversationState {
+    /// The one place conversation state changes.
+    pub fn apply(&mut self, event: ConversationEvent) {
+        match event {
+            ConversationEvent::MessageAppended(m) => self.messages.push(m),
+            ConversationEvent::TaskMoved {
+                state,
+                agent_id,
+                agent_name,
+            } => {
+                self.task_state = state;
+                self.agent_id = agent_id;
+                self.agent_name = agent_name;
+                if state == TaskState::Canceled {
+                    self.ended_at.get_or_insert_with(SystemTime::now);
+                }
+            }
+            ConversationEvent::Ended { at } => {
+                self.task_state = TaskState::Wrapping;
+                self.ended_at = Some(at);
+            }
+            ConversationEvent::Completed {
+                disposition,
+                notes,
+                at,
+            } => {
+                self.task_state = TaskState::Completed;
+                self.disposition = Some(disposition);
+                self.notes = Some(notes);
+                self.ended_at.get_or_insert(at);
+            }
+        }
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.messages.len() as u64 + 1
+    }
+
+    /// Has the conversation ended for the customer?
+    pub fn ended(&self) -> bool {
+        self.ended_at.is_some()
+    }
+
+    pub fn task_view(&self) -> TaskView {
+        let preview = self
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.from == Author::Customer)
+            .or(self.messages.last())
+            .map(|m| preview_of(&m.text))
+            .unwrap_or_default();
+        TaskView {
+            id: self.task_id.clone(),
+            conversation_id: self.id.clone(),
+            channel: self.channel,
+            customer: self.customer.clone(),
+            preview,
+            created_at: self.created_at,
+            state: self.task_state,
+        }
+    }
+}
+
+fn preview_of(text: &str) -> String {
+    const MAX: usize = 140;
+    match text.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+/// Check a message's text and attachments against the limits and the channel's
+/// rules before anything is stored or sent.
+pub fn validate_content(
+    broker: &Broker,
+    channel: ChannelKind,
+    text: &str,
+    attachments: &[String],
+) -> Result<Vec<AttachmentMeta>, ApiError> {
+    let max = broker.config.max_text;
+    let chars = text.chars().count();
+    if chars > max {
+        return Err(ApiError::TextTooLong(format!(
+            "text has {chars} characters; the limit is {max}"
+        )));
+    }
+    if text.trim().is_empty() && attachments.is_empty() {
+        return Err(ApiError::BadRequest(
+            "a message needs text or at least one attachment".into(),
+        ));
+    }
+    let files = broker.attachments.resolve(attachments)?;
+    for f in &files {
+        check_attachment(
+            channel,
+            &f.meta.content_type,
+            f.meta.size,
+            broker.config.max_upload,
+        )?;
+    }
+    Ok(files.iter().map(|f| f.meta.clone()).collect())
+}
+
+/// How a conversation starts.
+pub enum Opening {
+    /// A customer wrote in: the task goes to the router.
+    Inbound(CustomerMessage),
+    /// An agent starts it: assigned to that agent at once (capacity already
+    /// reserved with the router).
+    Outbound {
+        agent_id: Id,
+        agent_name: String,
+        agent: Addr<Agent>,
+        text: String,
+        attachments: Vec<AttachmentMeta>,
+        client_msg_id: Option<String>,
+        reference: Option<String>,
+    },
+}
+
+/// What a channel needs to open a conversation.
+pub struct OpenSpec {
+    pub channel: ChannelKind,
+    pub customer: Customer,
+    pub skills: Vec<String>,
+    pub previous: Option<Id>,
+    pub channel_addr: Recipient<ToCustomer>,
+    pub opening: Opening,
+    /// For outbound: the task id the router already reserved capacity under.
+    pub task_id: Option<Id>,
+}
+
+pub struct Conversation {
+    broker: Arc<Broker>,
+    channel: Recipient<ToCustomer>,
+    state: ConversationState,
+    agent: Option<Addr<Agent>>,
+    wrapup: Option<SpawnHandle>,
+    opening: Option<Opening>,
+}
+
+impl Conversation {
+    /// Create the actor on a shard arbiter and register it. Returns at once; the
+    /// opening message is processed as the actor's first act.
+    pub fn open(broker: &Arc<Broker>, spec: OpenSpec) -> (Id, Addr<Conversation>) {
+        let id = broker.ids.conversation();
+        let task_id = spec.task_id.unwrap_or_else(|| broker.ids.task());
+        let state = ConversationState {
+            id: id.clone(),
+            task_id: task_id.clone(),
+            channel: spec.channel,
+            customer: spec.customer,
+            skills: spec.skills,
+            previous: spec.previous,
+            created_at: crate::protocol::now(),
+            ended_at: None,
+            task_state: TaskState::Queued,
+            agent_id: None,
+            agent_name: None,
+            disposition: None,
+            notes: None,
+            messages: Vec::new(),
+        };
+        broker.metrics.task_moved(None, TaskState::Queued);
+        Metrics::bump(&broker.metrics.conversations_opened);
+        let actor = Conversation {
+            broker: broker.clone(),
+            channel: spec.channel_addr,
+            state,
+            agent: None,
+            wrapup: None,
+            opening: Some(spec.opening),
+        };
+        let addr = Conversation::start_in_arbiter(&broker.shard(), move |_| actor);
+        broker.conversations.insert(id.clone(), addr.clone());
+        broker.tasks.insert(task_id, id.clone());
+        (id, addr)
+    }
+
+    fn apply(&mut self, event: ConversationEvent) {
+        let before = self.state.task_state;
+        self.state.apply(event);
+        let after = self.state.task_state;
+        if before != after {
+            self.broker.metrics.task_moved(Some(before), after);
+            let (task_id, conversation_id, channel, agent_id) = (
+                self.state.task_id.clone(),
+                self.state.id.clone(),
+                self.state.channel,
+                self.state.agent_id.clone(),
+            );
+            self.broker.publish(|| {
+                serde_json::json!({
+                    "type": "task.state",
+                    "task_id": task_id,
+                    "conversation_id": conversation_id,
+                    "channel": channel,
+                    "state": after,
+                    "agent_id": agent_id,
+                })
+            });
+        }
+    }
+
+    fn to_customer(&self, event: CustomerEvent) {
+        self.channel.do_send(ToCustomer {
+            customer: self.state.customer.address.as_str().into(),
+            conversation_id: self.state.id.clone(),
+            event,
+        });
+    }
+
+    fn to_agent(&self, agent: &Addr<Agent>, kind: AgentFrameKind, frame: Frame) {
+        agent.do_send(ToAgent {
+            conversation_id: self.state.id.clone(),
+            task_id: self.state.task_id.clone(),
+            kind,
+            frame,
+        });
+    }
+
+    fn agent_error(&self, agent: &Addr<Agent>, err: ApiError, reference: Option<&str>) {
+        self.to_agent(agent, AgentFrameKind::Other, err.to_frame(reference));
+    }
+
+    /// Is `agent_id` the agent holding this conversation?
+    fn check_agent(&self, agent_id: &Id) -> Result<(), ApiError> {
+        let holds = self.state.agent_id.as_ref() == Some(agent_id)
+            && matches!(
+                self.state.task_state,
+                TaskState::Assigned | TaskState::Wrapping
+            );
+        if holds {
+            Ok(())
+        } else {
+            Err(ApiError::NotYourTask(format!(
+                "conversation {} is not assigned to you",
+                self.state.id
+            )))
+        }
+    }
+
+    fn append(
+        &mut self,
+        from: Author,
+        text: String,
+        attachments: Vec<AttachmentMeta>,
+        client_msg_id: Option<String>,
+    ) -> Message {
+        if self.state.channel == ChannelKind::Webchat {
+            let session: Id = self.state.customer.address.as_str().into();
+            for a in &attachments {
+                if let Some(stored) = self.broker.attachments.get(&a.id) {
+                    stored.grant(&session);
+                }
+            }
+        }
+        let message = Message {
+            id: self.broker.ids.message(),
+            conversation_id: self.state.id.clone(),
+            seq: self.state.next_seq(),
+            from,
+            agent_id: match from {
+                Author::Agent => self.state.agent_id.clone(),
+                _ => None,
+            },
+            text,
+            attachments,
+            created_at: crate::protocol::now(),
+            status: DeliveryStatus::Accepted,
+            client_msg_id,
+        };
+        self.apply(ConversationEvent::MessageAppended(message.clone()));
+        message
+    }
+
+    fn message_frame(&self, message: &Message, reference: Option<&str>) -> Frame {
+        frame(&MessageEvent {
+            kind: "message",
+            conversation_id: &self.state.id,
+            message,
+            reference,
+        })
+    }
+
+    fn assigned_frame(&self, reference: Option<&str>) -> Frame {
+        frame(&serde_json::json!({
+            "type": "task.assigned",
+            "task": self.state.task_view(),
+            "history": self.state.messages,
+            "ref": reference,
+        }))
+    }
+
+    fn simple_frame(&self, kind: &str) -> Frame {
+        frame(&serde_json::json!({"type": kind, "conversation_id": self.state.id}))
+    }
+
+    fn accept_customer_message(&mut self, msg: CustomerMessage) {
+        let content = validate_content(
+            &self.broker,
+            self.state.channel,
+            &msg.text,
+            &msg.attachments,
+        );
+        let attachments = match content {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(socket) = msg.socket {
+                    let frame = e.to_frame(msg.reference.as_deref());
+                    self.to_customer(CustomerEvent::Direct { socket, frame });
+                }
+                return;
+            }
+        };
+        let message = self.append(
+            Author::Customer,
+            msg.text,
+            attachments,
+            msg.client_msg_id.clone(),
+        );
+        Metrics::bump(&self.broker.metrics.messages_in);
+        if let Some(socket) = msg.socket {
+            let ack = frame(&serde_json::json!({
+                "type": "ack",
+                "conversation_id": self.state.id,
+                "client_msg_id": msg.client_msg_id,
+                "message_id": message.id,
+                "seq": message.seq,
+                "ref": msg.reference,
+            }));
+            self.to_customer(CustomerEvent::Direct { socket, frame: ack });
+        }
+        let frame = self.message_frame(&message, None);
+        if self.state.task_state == TaskState::Assigned {
+            if let Some(agent) = &self.agent {
+                self.to_agent(agent, AgentFrameKind::Message, frame.clone());
+            }
+        }
+        self.to_customer(CustomerEvent::Broadcast(frame));
+    }
+
+    fn end(&mut self, reference: Option<&str>, ctx: &mut Context<Self>) {
+        self.apply(ConversationEvent::Ended {
+            at: crate::protocol::now(),
+        });
+        let agent_frame = frame(&serde_json::json!({
+            "type": "conversation.ended",
+            "conversation_id": self.state.id,
+            "task_id": self.state.task_id,
+            "ref": reference,
+        }));
+        if let Some(agent) = &self.agent {
+            self.to_agent(agent, AgentFrameKind::Ended, agent_frame);
+        }
+        self.to_customer(CustomerEvent::Ended(
+            self.simple_frame("conversation.ended"),
+        ));
+        self.broker.router.do_send(TaskWrapping {
+            task_id: self.state.task_id.clone(),
+        });
+        let timeout = self.broker.config.wrapup_timeout;
+        self.wrapup = Some(ctx.run_later(timeout, |act, ctx| {
+            act.wrapup = None;
+            let disposition = act.broker.config.wrapup_disposition.clone();
+            act.complete(disposition, String::new(), None, ctx);
+        }));
+    }
+
+    fn complete(
+        &mut self,
+        disposition: String,
+        notes: String,
+        reference: Option<&str>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(timer) = self.wrapup.take() {
+            ctx.cancel_future(timer);
+        }
+        self.apply(ConversationEvent::Completed {
+            disposition: disposition.clone(),
+            notes,
+            at: crate::protocol::now(),
+        });
+        if let Some(agent) = &self.agent {
+            let done = frame(&serde_json::json!({
+                "type": "task.completed",
+                "task_id": self.state.task_id,
+                "conversation_id": self.state.id,
+                "disposition": disposition,
+                "ref": reference,
+            }));
+            self.to_agent(agent, AgentFrameKind::Completed, done);
+        }
+        self.broker.router.do_send(TaskClosed {
+            task_id: self.state.task_id.clone(),
+        });
+    }
+}
+
+#[derive(Serialize)]
+struct MessageEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    conversation_id: &'a str,
+    message: &'a Message,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+}
+
+impl Actor for Conversation {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        match self.opening.take() {
+            Some(Opening::Inbound(first)) => {
+                self.accept_customer_message(first);
+                self.broker
+                    .router
+                    .do_send(EnqueueTask(self.routable(ctx.address())));
+            }
+            Some(Opening::Outbound {
+                agent_id,
+                agent_name,
+                agent,
+                text,
+                attachments,
+                client_msg_id,
+                reference,
+            }) => {
+                self.apply(ConversationEvent::TaskMoved {
+                    state: TaskState::Assigned,
+                    agent_id: Some(agent_id),
+                    agent_name: Some(agent_name.clone()),
+                });
+                let message = self.append(Author::Agent, text, attachments, client_msg_id);
+                Metrics::bump(&self.broker.metrics.messages_out);
+                self.to_agent(
+                    &agent,
+                    AgentFrameKind::Assigned(self.state.task_view()),
+                    self.assigned_frame(reference.as_deref()),
+                );
+                self.agent = Some(agent);
+                self.to_customer(CustomerEvent::Broadcast(frame(&serde_json::json!({
+                    "type": "agent.joined",
+                    "conversation_id": self.state.id,
+                    "agent": {"name": agent_name},
+                }))));
+                let frame = self.message_frame(&message, None);
+                self.to_customer(CustomerEvent::Broadcast(frame));
+            }
+            None => {}
+        }
+    }
+}
+
+impl Conversation {
+    /// What the router needs to route this conversation's task.
+    fn routable(&self, addr: Addr<Conversation>) -> RoutableTask {
+        RoutableTask {
+            task_id: self.state.task_id.clone(),
+            conversation_id: self.state.id.clone(),
+            channel: self.state.channel,
+            skills: Arc::from(self.state.skills.clone()),
+            conversation: Some(addr),
+            order: 0,
+            enqueued_at: std::time::Instant::now(),
+            declined: Vec::new(),
+            offered_before: false,
+        }
+    }
+}
+
+/// A customer message from the channel.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct CustomerMessage {
+    /// The socket to acknowledge (webchat); None for provider channels.
+    pub socket: Option<SocketId>,
+    pub text: String,
+    pub attachments: Vec<String>,
+    pub client_msg_id: Option<String>,
+    pub reference: Option<String>,
+}
+
+impl Handler<CustomerMessage> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: CustomerMessage, _: &mut Context<Self>) {
+        if self.state.ended() {
+            // Writing again after the end opens a new conversation.
+            self.to_customer(CustomerEvent::Reopen(Box::new(msg)));
+            return;
+        }
+        self.accept_customer_message(msg);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CustomerTyping;
+
+impl Handler<CustomerTyping> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, _: CustomerTyping, _: &mut Context<Self>) {
+        if self.state.task_state == TaskState::Assigned {
+            if let Some(agent) = &self.agent {
+                self.to_agent(agent, AgentFrameKind::Message, self.simple_frame("typing"));
+            }
+        }
+    }
+}
+
+/// The customer leaves: cancel before assignment, end after.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CustomerLeft {
+    pub socket: Option<SocketId>,
+    pub reference: Option<String>,
+}
+
+impl Handler<CustomerLeft> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: CustomerLeft, ctx: &mut Context<Self>) {
+        match self.state.task_state {
+            TaskState::Queued | TaskState::Reserved => {
+                self.apply(ConversationEvent::TaskMoved {
+                    state: TaskState::Canceled,
+                    agent_id: None,
+                    agent_name: None,
+                });
+                self.broker.router.do_send(TaskClosed {
+                    task_id: self.state.task_id.clone(),
+                });
+                self.to_customer(CustomerEvent::Ended(
+                    self.simple_frame("conversation.ended"),
+                ));
+            }
+            TaskState::Assigned => self.end(None, ctx),
+            _ => {
+                if let Some(socket) = msg.socket {
+                    let err = ApiError::InvalidState("the conversation has already ended".into());
+                    self.to_customer(CustomerEvent::Direct {
+                        socket,
+                        frame: err.to_frame(msg.reference.as_deref()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A customer socket connected: send it the history.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendHistory {
+    pub socket: SocketId,
+}
+
+impl Handler<SendHistory> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendHistory, _: &mut Context<Self>) {
+        let frame = frame(&serde_json::json!({
+            "type": "history",
+            "conversation_id": self.state.id,
+            "messages": self.state.messages,
+        }));
+        self.to_customer(CustomerEvent::History {
+            socket: msg.socket,
+            frame,
+        });
+        if self.state.task_state == TaskState::Assigned {
+            if let Some(name) = &self.state.agent_name {
+                let joined = frame_agent_joined(&self.state.id, name);
+                self.to_customer(CustomerEvent::Direct {
+                    socket: msg.socket,
+                    frame: joined,
+                });
+            }
+        }
+    }
+}
+
+fn frame_agent_joined(conversation_id: &str, name: &str) -> Frame {
+    frame(&serde_json::json!({
+        "type": "agent.joined",
+        "conversation_id": conversation_id,
+        "agent": {"name": name},
+    }))
+}
+
+/// Router: the task is offered to `agent_id`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reserve {
+    pub agent_id: Id,
+    pub agent: Addr<Agent>,
+    pub expires_at: SystemTime,
+}
+
+impl Handler<Reserve> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reserve, _: &mut Context<Self>) {
+        if self.state.task_state != TaskState::Queued {
+            return;
+        }
+        self.apply(ConversationEvent::TaskMoved {
+            state: TaskState::Reserved,
+            agent_id: Some(msg.agent_id),
+            agent_name: None,
+        });
+        let task = self.state.task_view();
+        let offered = frame(&OfferEvent {
+            kind: "task.offered",
+            task: &task,
+            expires_at: msg.expires_at,
+        });
+        self.to_agent(&msg.agent, AgentFrameKind::Offered(task.clone()), offered);
+    }
+}
+
+#[derive(Serialize)]
+struct OfferEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    task: &'a TaskView,
+    #[serde(with = "rfc3339")]
+    expires_at: SystemTime,
+}
+
+/// Router: the agent accepted; from now on this conversation talks to it directly.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Assign {
+    pub agent_id: Id,
+    pub agent_name: String,
+    pub agent: Addr<Agent>,
+    pub reference: Option<String>,
+}
+
+impl Handler<Assign> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: Assign, _: &mut Context<Self>) {
+        if self.state.task_state != TaskState::Reserved {
+            // The customer left while the accept was on its way.
+            let gone = frame(&serde_json::json!({
+                "type": "task.rescinded",
+                "task_id": self.state.task_id,
+                "reason": RescindReason::CustomerLeft.as_str(),
+            }));
+            self.to_agent(&msg.agent, AgentFrameKind::Rescinded, gone);
+            return;
+        }
+        self.apply(ConversationEvent::TaskMoved {
+            state: TaskState::Assigned,
+            agent_id: Some(msg.agent_id),
+            agent_name: Some(msg.agent_name.clone()),
+        });
+        self.to_agent(
+            &msg.agent,
+            AgentFrameKind::Assigned(self.state.task_view()),
+            self.assigned_frame(msg.reference.as_deref()),
+        );
+        self.agent = Some(msg.agent);
+        self.to_customer(CustomerEvent::Broadcast(frame_agent_joined(
+            &self.state.id,
+            &msg.agent_name,
+        )));
+    }
+}
+
+/// Router: the task is back in the queue (reject, timeout, or its agent left).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Requeued {
+    pub reason: RescindReason,
+}
+
+impl Handler<Requeued> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, _: Requeued, _: &mut Context<Self>) {
+        if !matches!(
+            self.state.task_state,
+            TaskState::Reserved | TaskState::Assigned
+        ) {
+            return;
+        }
+        self.agent = None;
+        self.apply(ConversationEvent::TaskMoved {
+            state: TaskState::Queued,
+            agent_id: None,
+            agent_name: None,
+        });
+    }
+}
+
+/// An agent's reply.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentSend {
+    pub agent_id: Id,
+    pub from: Addr<Agent>,
+    pub text: String,
+    pub attachments: Vec<String>,
+    pub client_msg_id: Option<String>,
+    pub reference: Option<String>,
+}
+
+impl Handler<AgentSend> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentSend, _: &mut Context<Self>) {
+        let checked = self.check_agent(&msg.agent_id).and_then(|_| {
+            if self.state.task_state != TaskState::Assigned {
+                return Err(ApiError::InvalidState(format!(
+                    "conversation {} has ended",
+                    self.state.id
+                )));
+            }
+            validate_content(
+                &self.broker,
+                self.state.channel,
+                &msg.text,
+                &msg.attachments,
+            )
+        });
+        let attachments = match checked {
+            Ok(a) => a,
+            Err(e) => return self.agent_error(&msg.from, e, msg.reference.as_deref()),
+        };
+        let message = self.append(Author::Agent, msg.text, attachments, msg.client_msg_id);
+        Metrics::bump(&self.broker.metrics.messages_out);
+        let to_customer = self.message_frame(&message, None);
+        let echo = match msg.reference.as_deref() {
+            Some(r) => self.message_frame(&message, Some(r)),
+            None => to_customer.clone(),
+        };
+        self.to_agent(&msg.from, AgentFrameKind::Message, echo);
+        self.to_customer(CustomerEvent::Broadcast(to_customer));
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentTyping {
+    pub agent_id: Id,
+    pub from: Addr<Agent>,
+    pub reference: Option<String>,
+}
+
+impl Handler<AgentTyping> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentTyping, _: &mut Context<Self>) {
+        match self.check_agent(&msg.agent_id) {
+            Ok(()) if self.state.task_state == TaskState::Assigned => {
+                self.to_customer(CustomerEvent::Broadcast(self.simple_frame("typing")));
+            }
+            Ok(()) => {}
+            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
+        }
+    }
+}
+
+/// End Chat: the task goes to wrap-up, capacity still held.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentEnd {
+    pub agent_id: Id,
+    pub from: Addr<Agent>,
+    pub reference: Option<String>,
+}
+
+impl Handler<AgentEnd> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentEnd, ctx: &mut Context<Self>) {
+        let checked = self.check_agent(&msg.agent_id).and_then(|_| {
+            if self.state.task_state == TaskState::Assigned {
+                Ok(())
+            } else {
+                Err(ApiError::InvalidState(format!(
+                    "conversation {} has already ended",
+                    self.state.id
+                )))
+            }
+        });
+        match checked {
+            Ok(()) => self.end(msg.reference.as_deref(), ctx),
+            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
+        }
+    }
+}
+
+/// Complete: disposition and notes, then capacity is freed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentComplete {
+    pub agent_id: Id,
+    pub from: Addr<Agent>,
+    pub disposition: String,
+    pub notes: String,
+    pub reference: Option<String>,
+}
+
+impl Handler<AgentComplete> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentComplete, ctx: &mut Context<Self>) {
+        let config = &self.broker.config;
+        let checked = self.check_agent(&msg.agent_id).and_then(|_| {
+            if self.state.task_state != TaskState::Wrapping {
+                return Err(ApiError::InvalidState(format!(
+                    "task {} is {}: end the conversation before completing it",
+                    self.state.task_id,
+                    self.state.task_state.as_str()
+                )));
+            }
+            if !config.dispositions.contains(&msg.disposition) {
+                return Err(ApiError::InvalidDisposition(format!(
+                    "{:?} is not a disposition; use one of: {}",
+                    msg.disposition,
+                    config.dispositions.join(", ")
+                )));
+            }
+            let chars = msg.notes.chars().count();
+            if chars > config.max_notes {
+                return Err(ApiError::TextTooLong(format!(
+                    "notes have {chars} characters; the limit is {}",
+                    config.max_notes
+                )));
+            }
+            Ok(())
+        });
+        match checked {
+            Ok(()) => self.complete(msg.disposition, msg.notes, msg.reference.as_deref(), ctx),
+            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
+        }
+    }
+}
+
+/// The agent reconnected: send its task again with the full history.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync {
+    pub agent_id: Id,
+    pub agent: Addr<Agent>,
+}
+
+impl Handler<Resync> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resync, _: &mut Context<Self>) {
+        if self.check_agent(&msg.agent_id).is_ok() {
+            self.agent = Some(msg.agent.clone());
+            self.to_agent(
+                &msg.agent,
+                AgentFrameKind::Resync(self.state.task_view()),
+                self.assigned_frame(None),
+            );
+        } else {
+            // Lost the task meanwhile (re-queued): tell the desktop.
+            let gone = frame(&serde_json::json!({
+                "type": "task.rescinded",
+                "task_id": self.state.task_id,
+                "reason": RescindReason::Reassigned.as_str(),
+            }));
+            self.to_agent(&msg.agent, AgentFrameKind::Rescinded, gone);
+        }
+    }
+}
+
+/// `GET /v1/conversations/{id}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationSnapshot {
+    pub id: Id,
+    pub channel: ChannelKind,
+    pub state: &'static str,
+    pub customer: Customer,
+    pub agent_id: Option<Id>,
+    pub task: TaskRef,
+    pub disposition: Option<String>,
+    pub notes: Option<String>,
+    pub previous_conversation_id: Option<Id>,
+    #[serde(with = "rfc3339")]
+    pub created_at: SystemTime,
+    #[serde(with = "rfc3339::option")]
+    pub ended_at: Option<SystemTime>,
+    pub message_count: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRef {
+    pub id: Id,
+    pub state: TaskState,
+}
+
+#[derive(Message)]
+#[rtype(result = "ConversationSnapshot")]
+pub struct GetSnapshot;
+
+impl Handler<GetSnapshot> for Conversation {
+    type Result = MessageResult<GetSnapshot>;
+
+    fn handle(&mut self, _: GetSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let s = &self.state;
+        MessageResult(ConversationSnapshot {
+            id: s.id.clone(),
+            channel: s.channel,
+            state: if s.ended() { "ended" } else { "open" },
+            customer: s.customer.clone(),
+            agent_id: s.agent_id.clone(),
+            task: TaskRef {
+                id: s.task_id.clone(),
+                state: s.task_state,
+            },
+            disposition: s.disposition.clone(),
+            notes: s.notes.clone(),
+            previous_conversation_id: s.previous.clone(),
+            created_at: s.created_at,
+            ended_at: s.ended_at,
+            message_count: s.messages.len(),
+        })
+    }
+}
+
+/// A page of history: messages with `seq > after_seq`, at most `limit`.
+#[derive(Message)]
+#[rtype(result = "(Vec<Message>, bool)")]
+pub struct GetMessages {
+    pub after_seq: u64,
+    pub limit: usize,
+}
+
+impl Handler<GetMessages> for Conversation {
+    type Result = MessageResult<GetMessages>;
+
+    fn handle(&mut self, msg: GetMessages, _: &mut Context<Self>) -> Self::Result {
+        // seq n sits at index n-1: paging is a slice, not a search.
+        let start = (msg.after_seq as usize).min(self.state.messages.len());
+        let end = start.saturating_add(msg.limit).min(self.state.messages.len());
+        let page = self.state.messages[start..end].to_vec();
+        MessageResult((page, end < self.state.messages.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ConversationState {
+        ConversationState {
+            id: "cv_1".into(),
+            task_id: "tk_1".into(),
+            channel: ChannelKind::Webchat,
+            customer: Customer {
+                address: "wc_1".into(),
+                name: "Dana".into(),
+            },
+            skills: vec![],
+            previous: None,
+            created_at: crate::protocol::now(),
+            ended_at: None,
+            task_state: TaskState::Queued,
+            agent_id: None,
+            agent_name: None,
+            disposition: None,
+            notes: None,
+            messages: vec![],
+        }
+    }
+
+    fn msg(seq: u64, from: Author, text: &str) -> Message {
+        Message {
+            id: format!("m_{seq}"),
+            conversation_id: "cv_1".into(),
+            seq,
+            from,
+            agent_id: None,
+            text: text.into(),
+            attachments: vec![],
+            created_at: crate::protocol::now(),
+            status: DeliveryStatus::Accepted,
+            client_msg_id: None,
+        }
+    }
+
+    #[test]
+    fn events_drive_the_state_and_round_trip_through_the_codec() {
+        let mut s = state();
+        let events = vec![
+            ConversationEvent::MessageAppended(msg(1, Author::Customer, "hello")),
+            ConversationEvent::TaskMoved {
+                state: TaskState::Assigned,
+                agent_id: Some("alice".into()),
+                agent_name: Some("Alice".into()),
+            },
+            ConversationEvent::MessageAppended(msg(2, Author::Agent, "hi!")),
+            ConversationEvent::Ended {
+                at: crate::protocol::now(),
+            },
+            ConversationEvent::Completed {
+                disposition: "resolved".into(),
+                notes: "ok".into(),
+                at: crate::protocol::now(),
+            },
+        ];
+        let mut replayed = state();
+        for ev in events {
+            let bytes = crate::codec::encode(&ev).unwrap();
+            replayed.apply(crate::codec::decode(&bytes).unwrap());
+            s.apply(ev);
+        }
+        assert_eq!(s.task_state, TaskState::Completed);
+        assert_eq!(s.next_seq(), 3);
+        assert_eq!(s.task_view().preview, "hello");
+        assert_eq!(replayed.messages, s.messages);
+        assert_eq!(replayed.disposition.as_deref(), Some("resolved"));
+        assert!(replayed.ended());
+    }
+
+    #[test]
+    fn preview_is_cut_on_a_char_boundary() {
+        let long = "é".repeat(200);
+        let p = preview_of(&long);
+        assert_eq!(p.chars().count(), 141);
+        assert!(p.ends_with('…'));
+    }
+}

@@ -1,0 +1,134 @@
+//! The broker's one error type at the client boundary, and the single place
+//! where each error maps to its wire `code` and HTTP status.
+//!
+//! Actors return `ApiError` from their handlers; the HTTP layer turns it into
+//! `{"error":{"code","message"}}` and the socket layer into an `error` frame.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::protocol::{error_frame, Frame};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("task {0} does not exist")]
+    UnknownTask(String),
+    #[error("{0}")]
+    NotYourTask(String),
+    #[error("{0}")]
+    CapacityExceeded(String),
+    #[error("{0}")]
+    InvalidDisposition(String),
+    #[error("{0}")]
+    TextTooLong(String),
+    #[error("{0}")]
+    AttachmentNotSupported(String),
+    #[error("{0}")]
+    AttachmentTooLarge(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("{0}")]
+    ChannelDisabled(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// The snake_case code of the wire protocol.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::UnknownTask(_) => "unknown_task",
+            ApiError::NotYourTask(_) => "not_your_task",
+            ApiError::CapacityExceeded(_) => "capacity_exceeded",
+            ApiError::InvalidDisposition(_) => "invalid_disposition",
+            ApiError::TextTooLong(_) => "text_too_long",
+            ApiError::AttachmentNotSupported(_) => "attachment_not_supported",
+            ApiError::AttachmentTooLarge(_) => "attachment_too_large",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::InvalidState(_) => "invalid_state",
+            ApiError::ChannelDisabled(_) => "channel_disabled",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::TextTooLong(_) => StatusCode::BAD_REQUEST,
+            ApiError::AttachmentNotSupported(_) | ApiError::InvalidDisposition(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::NotYourTask(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) | ApiError::UnknownTask(_) | ApiError::ChannelDisabled(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::Conflict(_) | ApiError::InvalidState(_) | ApiError::CapacityExceeded(_) => {
+                StatusCode::CONFLICT
+            }
+            ApiError::AttachmentTooLarge(_) | ApiError::PayloadTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The WebSocket `error` frame for this error, answering `reference`.
+    pub fn to_frame(&self, reference: Option<&str>) -> Frame {
+        error_frame(self.code(), &self.to_string(), reference)
+    }
+
+    /// An actor the request needed has stopped (only during shutdown).
+    pub fn mailbox(_: actix::MailboxError) -> Self {
+        ApiError::Unavailable("the broker is shutting down".into())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status()).json(serde_json::json!({
+            "error": {"code": self.code(), "message": self.to_string()}
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_statuses() {
+        let e = ApiError::UnknownTask("t9".into());
+        assert_eq!(e.code(), "unknown_task");
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(e.to_string(), "task t9 does not exist");
+        let f = e.to_frame(Some("r1"));
+        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["ref"], "r1");
+        assert_eq!(
+            ApiError::AttachmentTooLarge(String::new()).status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

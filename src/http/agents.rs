@@ -1,0 +1,181 @@
+//! `/v1/agents`: create, list, get, patch, delete (admin; an agent may read
+//! itself).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use crate::agent::{Agent, AgentProfile, Retire, UpdateProfile};
+use crate::error::ApiError;
+use crate::http::{authenticate, require_admin, Principal, State};
+use crate::protocol::{Activity, AgentView, PerChannel};
+use crate::router::GetAgents;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub capacity: PerChannel,
+    #[serde(default)]
+    pub skills: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchAgent {
+    pub name: Option<String>,
+    pub capacity: Option<PerChannel>,
+    pub skills: Option<Vec<String>>,
+}
+
+fn valid_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "id must be 1-64 characters of letters, digits, '-', '_', '.', '@'".into(),
+        ))
+    }
+}
+
+fn valid_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        Err(ApiError::BadRequest("name must be 1-100 characters".into()))
+    } else {
+        Ok(())
+    }
+}
+
+const MAX_CAPACITY: u32 = 1000;
+
+fn valid_capacity(c: &PerChannel) -> Result<(), ApiError> {
+    if [c.webchat, c.sms, c.whatsapp, c.messenger]
+        .iter()
+        .any(|n| *n > MAX_CAPACITY)
+    {
+        Err(ApiError::BadRequest(format!(
+            "capacity per channel must be at most {MAX_CAPACITY}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+pub async fn create(
+    req: HttpRequest,
+    state: State,
+    body: web::Json<CreateAgent>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let body = body.into_inner();
+    valid_id(&body.id)?;
+    let name = body.name.unwrap_or_else(|| body.id.clone());
+    valid_name(&name)?;
+    valid_capacity(&body.capacity)?;
+    let profile = AgentProfile {
+        id: body.id.as_str().into(),
+        name,
+        capacity: body.capacity,
+        skills: body.skills,
+    };
+    let token = Agent::create(&state, profile.clone())?;
+    let view = AgentView {
+        id: profile.id,
+        name: profile.name,
+        capacity: profile.capacity,
+        skills: profile.skills,
+        activity: Activity::Offline,
+        connected: false,
+        load: PerChannel::default(),
+    };
+    let mut json = serde_json::to_value(view).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    json["token"] = serde_json::Value::String(token);
+    Ok(HttpResponse::Created().json(json))
+}
+
+pub async fn list(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let views = state
+        .router
+        .send(GetAgents { id: None })
+        .await
+        .map_err(ApiError::mailbox)?;
+    Ok(HttpResponse::Ok().json(views))
+}
+
+async fn view_of(state: &State, id: &str) -> Result<AgentView, ApiError> {
+    state
+        .router
+        .send(GetAgents {
+            id: Some(id.into()),
+        })
+        .await
+        .map_err(ApiError::mailbox)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::NotFound(format!("agent {id} does not exist")))
+}
+
+pub async fn get(
+    req: HttpRequest,
+    state: State,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    match authenticate(&req, &state)? {
+        Principal::Admin => {}
+        Principal::Agent(me) if *me == *id.as_str() => {}
+        _ => return Err(ApiError::Unauthorized("this endpoint needs the admin token".into())),
+    }
+    Ok(HttpResponse::Ok().json(view_of(&state, &id).await?))
+}
+
+pub async fn update(
+    req: HttpRequest,
+    state: State,
+    id: web::Path<String>,
+    body: web::Json<PatchAgent>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let body = body.into_inner();
+    if let Some(name) = &body.name {
+        valid_name(name)?;
+    }
+    if let Some(c) = &body.capacity {
+        valid_capacity(c)?;
+    }
+    let entry = state
+        .agent(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("agent {id} does not exist")))?;
+    entry
+        .addr
+        .send(UpdateProfile {
+            name: body.name,
+            capacity: body.capacity,
+            skills: body.skills,
+        })
+        .await
+        .map_err(ApiError::mailbox)?;
+    Ok(HttpResponse::Ok().json(view_of(&state, &id).await?))
+}
+
+pub async fn delete(
+    req: HttpRequest,
+    state: State,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let (_, entry) = state
+        .agents
+        .remove(id.as_str())
+        .ok_or_else(|| ApiError::NotFound(format!("agent {id} does not exist")))?;
+    state.agent_tokens.remove(&entry.token);
+    entry.addr.do_send(Retire);
+    Ok(HttpResponse::NoContent().finish())
+}

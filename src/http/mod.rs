@@ -1,0 +1,162 @@
+//! HTTP routes: thin handlers that authenticate, parse, ask an actor and
+//! translate its answer. One file per resource:
+//! `agents.rs`, `conversations.rs`, `attachments.rs`, `webchat.rs`,
+//! `sockets.rs` (WebSocket upgrades) and `ops.rs` (health, stats, metrics,
+//! dispositions). Errors are [`ApiError`]s, rendered as
+//! `{"error":{"code","message"}}`.
+
+pub mod agents;
+pub mod attachments;
+pub mod conversations;
+pub mod ops;
+pub mod sockets;
+pub mod webchat;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::broker::Broker;
+use crate::error::ApiError;
+use crate::protocol::Id;
+
+/// The shared state every handler gets.
+pub type State = web::Data<Arc<Broker>>;
+
+/// Largest JSON body accepted on the HTTP API.
+const JSON_LIMIT: usize = 256 * 1024;
+
+/// Mount every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let json = web::JsonConfig::default()
+        .limit(JSON_LIMIT)
+        .error_handler(|err, _| {
+            use actix_web::error::JsonPayloadError as E;
+            let api = match &err {
+                E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => {
+                    ApiError::PayloadTooLarge(format!("JSON body larger than {limit} bytes"))
+                }
+                E::ContentType => {
+                    ApiError::BadRequest("expected Content-Type: application/json".into())
+                }
+                E::Deserialize(e) => ApiError::BadRequest(format!("invalid JSON body: {e}")),
+                other => ApiError::BadRequest(format!("invalid JSON body: {other}")),
+            };
+            api.into()
+        });
+    let query = web::QueryConfig::default()
+        .error_handler(|err, _| ApiError::BadRequest(format!("invalid query: {err}")).into());
+    let path = web::PathConfig::default()
+        .error_handler(|err, _| ApiError::BadRequest(format!("invalid path: {err}")).into());
+    cfg.app_data(json)
+        .app_data(query)
+        .app_data(path)
+        .route("/healthz", web::get().to(ops::healthz))
+        .route("/metrics", web::get().to(ops::metrics))
+        .service(
+            web::scope("/v1")
+                .route("/stats", web::get().to(ops::stats))
+                .route("/dispositions", web::get().to(ops::dispositions))
+                .route("/agents", web::post().to(agents::create))
+                .route("/agents", web::get().to(agents::list))
+                .route("/agents/{id}", web::get().to(agents::get))
+                .route("/agents/{id}", web::patch().to(agents::update))
+                .route("/agents/{id}", web::delete().to(agents::delete))
+                .route("/agents/{id}/ws", web::get().to(sockets::agent))
+                .route("/conversations/{id}", web::get().to(conversations::get))
+                .route(
+                    "/conversations/{id}/messages",
+                    web::get().to(conversations::messages),
+                )
+                .route("/attachments", web::post().to(attachments::upload))
+                .route("/attachments/{id}", web::get().to(attachments::download))
+                .route("/webchat/sessions", web::post().to(webchat::create_session))
+                .route("/webchat/ws", web::get().to(sockets::webchat))
+                .route("/supervisor/ws", web::get().to(sockets::supervisor)),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Admin,
+    Agent(Id),
+    Customer(Id),
+}
+
+/// The bearer token of a request: `Authorization: Bearer …`, else `?token=`.
+pub fn bearer(req: &HttpRequest) -> Option<String> {
+    if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))?;
+        return Some(token.trim().to_owned());
+    }
+    web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("token").cloned())
+}
+
+/// Compare secrets without an early exit, so timing tells nothing.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn authenticate(req: &HttpRequest, broker: &Broker) -> Result<Principal, ApiError> {
+    let token = bearer(req).ok_or_else(|| {
+        ApiError::Unauthorized("missing credentials: send Authorization: Bearer <token>".into())
+    })?;
+    if same_secret(&token, &broker.admin_token) {
+        return Ok(Principal::Admin);
+    }
+    if let Some(agent) = broker.agent_tokens.get(&token) {
+        return Ok(Principal::Agent(agent.value().clone()));
+    }
+    if let Some(session) = broker.webchat_tokens.get(&token) {
+        return Ok(Principal::Customer(session.value().clone()));
+    }
+    Err(ApiError::Unauthorized("invalid token".into()))
+}
+
+pub fn require_admin(req: &HttpRequest, broker: &Broker) -> Result<(), ApiError> {
+    match authenticate(req, broker)? {
+        Principal::Admin => Ok(()),
+        _ => Err(ApiError::Unauthorized("this endpoint needs the admin token".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+    }
+
+    #[test]
+    fn bearer_from_header_or_query() {
+        let req = actix_web::test::TestRequest::default()
+            .insert_header(("Authorization", "Bearer t1"))
+            .to_http_request();
+        assert_eq!(bearer(&req).as_deref(), Some("t1"));
+        let req = actix_web::test::TestRequest::with_uri("/x?token=t2").to_http_request();
+        assert_eq!(bearer(&req).as_deref(), Some("t2"));
+        let req = actix_web::test::TestRequest::default().to_http_request();
+        assert_eq!(bearer(&req), None);
+    }
+}

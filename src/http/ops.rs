@@ -1,0 +1,171 @@
+//! Operations: `/healthz`, `/v1/stats` (admin), `/metrics` (Prometheus text)
+//! and `/v1/dispositions`.
+
+use std::fmt::Write;
+
+use actix_web::{HttpRequest, HttpResponse};
+
+use crate::error::ApiError;
+use crate::http::{require_admin, State};
+use crate::metrics::Metrics;
+use crate::protocol::{ChannelKind, TaskState};
+use crate::router::{GetStats, RouterStats};
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn dispositions(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(&state.config.dispositions)
+}
+
+async fn router_stats(state: &State) -> Result<RouterStats, ApiError> {
+    state.router.send(GetStats).await.map_err(ApiError::mailbox)
+}
+
+pub async fn stats(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let r = router_stats(&state).await?;
+    let m = &state.metrics;
+    let tasks: serde_json::Map<String, serde_json::Value> = TaskState::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), m.tasks_in(*s).max(0).into()))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "agents": {
+            "total": r.agents_total,
+            "connected": r.agents_connected,
+            "available": r.agents_available,
+            "break": r.agents_break,
+            "offline": r.agents_offline,
+        },
+        "tasks": tasks,
+        "queue": {
+            "length": r.queue_length,
+            "by_channel": r.queue_by_channel,
+            "oldest_wait_ms": r.oldest_wait.as_millis() as u64,
+        },
+        "messages": {
+            "in": Metrics::count(&m.messages_in),
+            "out": Metrics::count(&m.messages_out),
+        },
+        "conversations": {
+            "opened": Metrics::count(&m.conversations_opened),
+        },
+        "slow_consumers": Metrics::count(&m.slow_consumers),
+        "routing_latency_ms": {
+            "p50": r.latency_p50_ms,
+            "p90": r.latency_p90_ms,
+            "p99": r.latency_p99_ms,
+            "max": r.latency_max_ms,
+            "count": r.latency_count,
+        },
+    })))
+}
+
+/// Prometheus text exposition format, version 0.0.4.
+pub async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
+    let r = router_stats(&state).await?;
+    let m = &state.metrics;
+    let mut out = String::with_capacity(2048);
+    let mut gauge = |name: &str, help: &str, kind: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP switchboard_{name} {help}");
+        let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "switchboard_{name}{labels} {value}");
+        }
+    };
+    gauge(
+        "agents",
+        "Agents by activity.",
+        "gauge",
+        &[
+            ("{activity=\"available\"}".into(), r.agents_available as f64),
+            ("{activity=\"break\"}".into(), r.agents_break as f64),
+            ("{activity=\"offline\"}".into(), r.agents_offline as f64),
+        ],
+    );
+    gauge(
+        "agents_connected",
+        "Agents with a desktop socket.",
+        "gauge",
+        &[(String::new(), r.agents_connected as f64)],
+    );
+    let tasks: Vec<(String, f64)> = TaskState::ALL
+        .iter()
+        .filter(|s| s.is_open())
+        .map(|s| (format!("{{state=\"{}\"}}", s.as_str()), m.tasks_in(*s) as f64))
+        .collect();
+    gauge("tasks", "Open tasks by state.", "gauge", &tasks);
+    gauge(
+        "tasks_finished_total",
+        "Tasks completed or canceled since start.",
+        "counter",
+        &[
+            (
+                "{state=\"completed\"}".into(),
+                m.tasks_in(TaskState::Completed) as f64,
+            ),
+            (
+                "{state=\"canceled\"}".into(),
+                m.tasks_in(TaskState::Canceled) as f64,
+            ),
+        ],
+    );
+    let queue: Vec<(String, f64)> = ChannelKind::ALL
+        .iter()
+        .map(|c| {
+            (
+                format!("{{channel=\"{}\"}}", c.as_str()),
+                r.queue_by_channel.get(*c) as f64,
+            )
+        })
+        .collect();
+    gauge("queue_length", "Tasks waiting for an agent.", "gauge", &queue);
+    gauge(
+        "queue_oldest_wait_seconds",
+        "Wait of the oldest queued task.",
+        "gauge",
+        &[(String::new(), r.oldest_wait.as_secs_f64())],
+    );
+    gauge(
+        "messages_total",
+        "Messages accepted, by direction.",
+        "counter",
+        &[
+            (
+                "{direction=\"in\"}".into(),
+                Metrics::count(&m.messages_in) as f64,
+            ),
+            (
+                "{direction=\"out\"}".into(),
+                Metrics::count(&m.messages_out) as f64,
+            ),
+        ],
+    );
+    gauge(
+        "slow_consumers_total",
+        "Sockets closed because their client stopped reading.",
+        "counter",
+        &[(String::new(), Metrics::count(&m.slow_consumers) as f64)],
+    );
+    gauge(
+        "routing_latency_seconds",
+        "Task arrival to first offer, by quantile since start.",
+        "gauge",
+        &[
+            ("{quantile=\"0.5\"}".into(), r.latency_p50_ms / 1000.0),
+            ("{quantile=\"0.9\"}".into(), r.latency_p90_ms / 1000.0),
+            ("{quantile=\"0.99\"}".into(), r.latency_p99_ms / 1000.0),
+        ],
+    );
+    gauge(
+        "routed_tasks_total",
+        "Tasks offered at least once since start.",
+        "counter",
+        &[(String::new(), r.latency_count as f64)],
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out))
+}

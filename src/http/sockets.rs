@@ -1,0 +1,66 @@
+//! WebSocket upgrades: authenticate, then hand the socket to its session actor.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+
+use crate::error::ApiError;
+use crate::http::{bearer, require_admin, same_secret, State};
+use crate::ws::agent_session::AgentSession;
+use crate::ws::customer_session::CustomerSession;
+use crate::ws::supervisor_session::SupervisorSession;
+
+fn upgrade_failed(e: actix_web::Error) -> ApiError {
+    ApiError::BadRequest(format!("WebSocket upgrade failed: {e}"))
+}
+
+/// `GET /v1/agents/{id}/ws?token=…`
+pub async fn agent(
+    req: HttpRequest,
+    state: State,
+    id: web::Path<String>,
+    stream: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = bearer(&req).ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
+    let entry = state
+        .agent(&id)
+        .filter(|e| same_secret(&e.token, &token))
+        .ok_or_else(|| ApiError::Unauthorized("invalid agent id or token".into()))?;
+    let session = AgentSession::new(entry.addr, &state.config);
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(state.config.max_frame)
+        .start()
+        .map_err(upgrade_failed)
+}
+
+/// `GET /v1/webchat/ws?token=…`
+pub async fn webchat(
+    req: HttpRequest,
+    state: State,
+    stream: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = bearer(&req).ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
+    let session_id = state
+        .webchat_tokens
+        .get(&token)
+        .map(|e| e.value().clone())
+        .ok_or_else(|| ApiError::Unauthorized("invalid webchat token".into()))?;
+    let session = CustomerSession::new(session_id, state.webchat.clone(), &state.config);
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(state.config.max_frame)
+        .start()
+        .map_err(upgrade_failed)
+}
+
+/// `GET /v1/supervisor/ws` (admin).
+pub async fn supervisor(
+    req: HttpRequest,
+    state: State,
+    stream: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let session = SupervisorSession::new(state.supervisor.clone(), &state.config);
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(state.config.max_frame)
+        .start()
+        .map_err(upgrade_failed)
+}

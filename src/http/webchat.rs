@@ -1,0 +1,41 @@
+//! `POST /v1/webchat/sessions`: a customer opens the widget (no auth: the
+//! returned token is the customer's credential from then on).
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use crate::channel::webchat::CreateSession;
+use crate::error::ApiError;
+use crate::http::State;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSession {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub skills: Vec<String>,
+}
+
+pub async fn create_session(
+    state: State,
+    body: web::Json<NewSession>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let name = body.name.unwrap_or_else(|| "Guest".into());
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::BadRequest("name must be 1-100 characters".into()));
+    }
+    let (session_id, token) = state
+        .webchat
+        .send(CreateSession {
+            name,
+            skills: body.skills,
+        })
+        .await
+        .map_err(ApiError::mailbox)?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "session_id": session_id,
+        "token": token,
+    })))
+}

@@ -1,0 +1,26 @@
+//! Switchboard: an actor-based, in-memory chat broker for contact centers.
+//!
+//! Start at `ARCHITECTURE.md` for the actor map. In short: [`router`] assigns
+//! tasks by capacity; [`agent`] is one actor per agent; [`conversation`] one per
+//! conversation; [`channel`] one per channel kind; [`ws`] holds the thin socket
+//! session actors and [`http`] the thin routes; [`server`] wires it all.
+
+pub mod agent;
+pub mod attachments;
+pub mod broker;
+pub mod channel;
+pub mod codec;
+pub mod config;
+pub mod conversation;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod supervisor;
+pub mod ws;
+
+pub use config::Config;
+pub use error::ApiError;

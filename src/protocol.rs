@@ -1,0 +1,429 @@
+//! Serde types of the wire protocol (HTTP and WebSocket JSON), shared by the
+//! server, the tests and the load harness.
+//!
+//! Inbound commands are typed enums parsed once at the socket edge; outbound
+//! events are built here and encoded to JSON exactly once (see [`Frame`]) so the
+//! same bytes go to every recipient.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+
+/// Shared, immutable id string. Ids are cloned into many messages; an `Arc<str>`
+/// makes that a pointer copy.
+pub type Id = Arc<str>;
+
+/// The channels a customer can write in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Webchat,
+    Sms,
+    Whatsapp,
+    Messenger,
+}
+
+impl ChannelKind {
+    pub const ALL: [ChannelKind; 4] = [
+        ChannelKind::Webchat,
+        ChannelKind::Sms,
+        ChannelKind::Whatsapp,
+        ChannelKind::Messenger,
+    ];
+
+    /// Dense index for per-channel arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Webchat => "webchat",
+            ChannelKind::Sms => "sms",
+            ChannelKind::Whatsapp => "whatsapp",
+            ChannelKind::Messenger => "messenger",
+        }
+    }
+}
+
+/// A number per channel (capacity, load). Serialized as
+/// `{"webchat":n,"sms":n,"whatsapp":n,"messenger":n}`; missing keys are 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PerChannel {
+    pub webchat: u32,
+    pub sms: u32,
+    pub whatsapp: u32,
+    pub messenger: u32,
+}
+
+impl PerChannel {
+    pub fn get(&self, ch: ChannelKind) -> u32 {
+        match ch {
+            ChannelKind::Webchat => self.webchat,
+            ChannelKind::Sms => self.sms,
+            ChannelKind::Whatsapp => self.whatsapp,
+            ChannelKind::Messenger => self.messenger,
+        }
+    }
+
+    pub fn get_mut(&mut self, ch: ChannelKind) -> &mut u32 {
+        match ch {
+            ChannelKind::Webchat => &mut self.webchat,
+            ChannelKind::Sms => &mut self.sms,
+            ChannelKind::Whatsapp => &mut self.whatsapp,
+            ChannelKind::Messenger => &mut self.messenger,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activity {
+    Available,
+    Break,
+    Offline,
+}
+
+/// Task life cycle: `queued → reserved → assigned → wrapping → completed`, or
+/// `canceled` when the customer leaves before assignment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Queued,
+    Reserved,
+    Assigned,
+    Wrapping,
+    Completed,
+    Canceled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Queued,
+        TaskState::Reserved,
+        TaskState::Assigned,
+        TaskState::Wrapping,
+        TaskState::Completed,
+        TaskState::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Reserved => "reserved",
+            TaskState::Assigned => "assigned",
+            TaskState::Wrapping => "wrapping",
+            TaskState::Completed => "completed",
+            TaskState::Canceled => "canceled",
+        }
+    }
+
+    /// Still holds (or waits for) an agent's attention.
+    pub fn is_open(self) -> bool {
+        !matches!(self, TaskState::Completed | TaskState::Canceled)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Author {
+    Customer,
+    Agent,
+    System,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Accepted,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    pub address: String,
+    pub name: String,
+}
+
+/// Metadata of an uploaded file, as it appears in messages and upload replies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentMeta {
+    pub id: String,
+    pub content_type: String,
+    pub size: u64,
+    pub filename: String,
+    pub url: String,
+}
+
+/// One message of a conversation's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: Id,
+    pub seq: u64,
+    pub from: Author,
+    /// Null unless `from` is `agent`. Optional fields are written as null,
+    /// never skipped, so the same type also encodes with the journal codec.
+    #[serde(default)]
+    pub agent_id: Option<Id>,
+    pub text: String,
+    pub attachments: Vec<AttachmentMeta>,
+    #[serde(with = "rfc3339")]
+    pub created_at: SystemTime,
+    pub status: DeliveryStatus,
+    #[serde(default)]
+    pub client_msg_id: Option<String>,
+}
+
+/// A task as shown to agents (`task.offered`, `task.assigned`, `hello`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: Id,
+    pub conversation_id: Id,
+    pub channel: ChannelKind,
+    pub customer: Customer,
+    pub preview: String,
+    #[serde(with = "rfc3339")]
+    pub created_at: SystemTime,
+    pub state: TaskState,
+}
+
+/// An agent as shown over HTTP and in `hello`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentView {
+    pub id: Id,
+    pub name: String,
+    pub capacity: PerChannel,
+    pub skills: Vec<String>,
+    pub activity: Activity,
+    pub connected: bool,
+    pub load: PerChannel,
+}
+
+/// Commands an agent desktop sends over its socket.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AgentCommand {
+    Activity {
+        activity: Activity,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    Accept {
+        task_id: String,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    Reject {
+        task_id: String,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    Send {
+        conversation_id: String,
+        #[serde(default)]
+        text: String,
+        #[serde(default)]
+        attachments: Vec<String>,
+        #[serde(default)]
+        client_msg_id: Option<String>,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    End {
+        conversation_id: String,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    Complete {
+        task_id: String,
+        disposition: String,
+        #[serde(default)]
+        notes: String,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    Outbound {
+        channel: ChannelKind,
+        to: String,
+        #[serde(default)]
+        text: String,
+        #[serde(default)]
+        attachments: Vec<String>,
+        #[serde(default)]
+        client_msg_id: Option<String>,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    Typing {
+        conversation_id: String,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+}
+
+/// Commands a webchat customer sends over its socket.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CustomerCommand {
+    Message {
+        #[serde(default)]
+        text: String,
+        #[serde(default)]
+        attachments: Vec<String>,
+        #[serde(default)]
+        client_msg_id: Option<String>,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    Typing {
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    Leave {
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+}
+
+/// Pull the client's `ref` out of a frame that failed typed parsing, so even a
+/// rejected command's error carries it.
+pub fn salvage_ref(text: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    value.get("ref")?.as_str().map(str::to_owned)
+}
+
+/// An encoded JSON text frame. Cloning shares the bytes.
+pub type Frame = ByteString;
+
+/// Encode any serializable event once.
+pub fn frame<T: Serialize>(value: &T) -> Frame {
+    // Serializing our own plain structs cannot fail (no maps with non-string
+    // keys, no failing Serialize impls); fall back to an error frame regardless.
+    match serde_json::to_string(value) {
+        Ok(s) => ByteString::from(s),
+        Err(e) => ByteString::from(format!(
+            r#"{{"type":"error","code":"internal","message":"encode failed: {e}","ref":null}}"#
+        )),
+    }
+}
+
+/// Build a `{"type":"error",...}` frame.
+pub fn error_frame(code: &str, message: &str, reference: Option<&str>) -> Frame {
+    frame(&serde_json::json!({
+        "type": "error",
+        "code": code,
+        "message": message,
+        "ref": reference,
+    }))
+}
+
+/// Build a `{"type":"ok","ref":...}` frame.
+pub fn ok_frame(reference: Option<&str>) -> Frame {
+    frame(&serde_json::json!({"type": "ok", "ref": reference}))
+}
+
+/// Now, truncated to whole milliseconds: the precision of the wire format, so a
+/// time survives encoding (JSON or journal) unchanged.
+pub fn now() -> SystemTime {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(since.as_millis() as u64)
+}
+
+/// Serde adapter: `SystemTime` as an RFC 3339 UTC string.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// Same for `Option<SystemTime>` (null when absent).
+    pub mod option {
+        use std::time::SystemTime;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
+            let s = Option::<String>::deserialize(d)?;
+            s.map(|s| humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_command_parses_with_ref() {
+        let cmd: AgentCommand =
+            serde_json::from_str(r#"{"type":"accept","task_id":"t1","ref":"r9"}"#).unwrap();
+        match cmd {
+            AgentCommand::Accept { task_id, reference } => {
+                assert_eq!(task_id, "t1");
+                assert_eq!(reference.as_deref(), Some("r9"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_command_is_an_error_and_ref_is_salvaged() {
+        let text = r#"{"type":"dance","ref":"x"}"#;
+        assert!(serde_json::from_str::<AgentCommand>(text).is_err());
+        assert_eq!(salvage_ref(text).as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn per_channel_defaults_missing_keys() {
+        let p: PerChannel = serde_json::from_str(r#"{"sms":2}"#).unwrap();
+        assert_eq!(p.get(ChannelKind::Sms), 2);
+        assert_eq!(p.get(ChannelKind::Webchat), 0);
+    }
+
+    #[test]
+    fn message_time_round_trips() {
+        let m = Message {
+            id: "m1".into(),
+            conversation_id: "c1".into(),
+            seq: 1,
+            from: Author::Customer,
+            agent_id: None,
+            text: "hi".into(),
+            attachments: vec![],
+            created_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+            status: DeliveryStatus::Accepted,
+            client_msg_id: None,
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"created_at\":\"2023-11-14T22:13:20.123Z\""));
+        let back: Message = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+    }
+}

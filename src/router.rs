@@ -1,0 +1,1017 @@
+//! The router: the single owner of the queue and of every agent's routing state
+//! (activity, presence, capacity, load). It decides who gets which task; nothing
+//! else changes load, so there is no double assignment and no capacity overrun.
+//!
+//! It sees every new task, accept, reject, offer timeout and capacity change —
+//! never chat messages: once a task is assigned the conversation talks to the
+//! agent directly.
+//!
+//! Data structures, chosen for the access pattern:
+//! - per channel, an ordered index of *eligible* agents keyed by
+//!   (most free capacity, longest idle, id): the best agent is the first entry,
+//!   found in O(log n) without scanning all agents;
+//! - per channel, the queue as a `BTreeMap` keyed by the task's original arrival
+//!   order, so a task re-queued after reject/timeout goes back ahead of newer ones.
+//!
+//! Every state change is a [`RouterEvent`] applied by [`Router::apply`], the one
+//! place routing state changes (ready for the journal). Messages handled:
+//! [`UpsertAgent`], [`RemoveAgent`], [`AgentPresence`], [`AgentActivity`],
+//! [`GraceExpired`], [`EnqueueTask`], [`Accept`], [`Reject`], [`TaskWrapping`],
+//! [`TaskClosed`], [`ReserveOutbound`], [`BindOutbound`], [`GetAgents`],
+//! [`GetStats`].
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::agent::{Agent, Rescind};
+use crate::broker::Broker;
+use crate::conversation::{Assign, Conversation, Requeued, Reserve};
+use crate::error::ApiError;
+use crate::protocol::{Activity, AgentView, ChannelKind, Id, PerChannel};
+
+/// Why a task left an agent before completion (the `task.rescinded` reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RescindReason {
+    Timeout,
+    CustomerLeft,
+    Reassigned,
+}
+
+impl RescindReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RescindReason::Timeout => "timeout",
+            RescindReason::CustomerLeft => "customer_left",
+            RescindReason::Reassigned => "reassigned",
+        }
+    }
+}
+
+/// A task waiting for, or held by, an agent: what the router needs to route it
+/// and to put it back.
+#[derive(Clone)]
+pub struct RoutableTask {
+    pub task_id: Id,
+    pub conversation_id: Id,
+    pub channel: ChannelKind,
+    pub skills: Arc<[String]>,
+    pub conversation: Option<Addr<Conversation>>,
+    /// Arrival order: position in the queue, kept across re-queues.
+    pub order: u64,
+    pub enqueued_at: Instant,
+    /// Agents who rejected it or let its offer time out: never offered again.
+    pub declined: Vec<Id>,
+    pub offered_before: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    Reserved { offer: u64 },
+    Assigned,
+    Wrapping,
+}
+
+struct HeldTask {
+    task: RoutableTask,
+    agent: Id,
+    hold: Hold,
+    timer: Option<SpawnHandle>,
+}
+
+struct RoutedAgent {
+    view: AgentView,
+    addr: Addr<Agent>,
+    /// Monotonic tick of the agent's last offer or of becoming available.
+    idle_since: u64,
+    /// Index keys currently inserted, per channel, to remove them exactly.
+    keys: [Option<(Reverse<u32>, u64)>; 4],
+    /// Tasks this agent holds (reserved, assigned or wrapping).
+    held: Vec<Id>,
+}
+
+impl RoutedAgent {
+    fn free(&self, ch: ChannelKind) -> u32 {
+        self.view
+            .capacity
+            .get(ch)
+            .saturating_sub(self.view.load.get(ch))
+    }
+
+    fn eligible(&self, ch: ChannelKind) -> bool {
+        self.view.connected && self.view.activity == Activity::Available && self.free(ch) > 0
+    }
+
+    fn has_skills(&self, skills: &[String]) -> bool {
+        skills.iter().all(|s| self.view.skills.contains(s))
+    }
+}
+
+/// Every change the router makes to its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RouterEvent {
+    AgentUpserted {
+        id: Id,
+        name: String,
+        capacity: PerChannel,
+        skills: Vec<String>,
+    },
+    AgentRemoved {
+        id: Id,
+    },
+    PresenceChanged {
+        id: Id,
+        connected: bool,
+    },
+    ActivityChanged {
+        id: Id,
+        activity: Activity,
+    },
+    Enqueued {
+        task_id: Id,
+        conversation_id: Id,
+        channel: ChannelKind,
+        order: u64,
+    },
+    Offered {
+        task_id: Id,
+        agent_id: Id,
+        offer: u64,
+    },
+    Accepted {
+        task_id: Id,
+    },
+    /// Offer declined (reject/timeout) or assignment withdrawn: back to the queue.
+    Requeued {
+        task_id: Id,
+        declined_by: Option<Id>,
+    },
+    Wrapping {
+        task_id: Id,
+    },
+    /// Completed, canceled, or dropped with its agent: no longer routed.
+    Closed {
+        task_id: Id,
+    },
+    AssignedDirect {
+        task_id: Id,
+        agent_id: Id,
+        channel: ChannelKind,
+    },
+}
+
+pub struct Router {
+    broker: Arc<Broker>,
+    agents: HashMap<Id, RoutedAgent>,
+    /// Agents' addresses, known before their upsert is applied.
+    addrs: HashMap<Id, Addr<Agent>>,
+    index: [BTreeSet<(Reverse<u32>, u64, Id)>; 4],
+    queues: [BTreeMap<u64, RoutableTask>; 4],
+    /// task id → (channel, order) while queued.
+    queued: HashMap<Id, (ChannelKind, u64)>,
+    held: HashMap<Id, HeldTask>,
+    next_order: u64,
+    tick: u64,
+    next_offer: u64,
+    /// Arrival → first offer, in microseconds.
+    latency: Histogram<u64>,
+}
+
+impl Router {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Router {
+            broker,
+            agents: HashMap::new(),
+            addrs: HashMap::new(),
+            index: Default::default(),
+            queues: Default::default(),
+            queued: HashMap::new(),
+            held: HashMap::new(),
+            next_order: 0,
+            tick: 0,
+            next_offer: 0,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .unwrap_or_else(|_| Histogram::new(3).expect("3 significant figures is valid")),
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    fn unindex(&mut self, id: &Id) {
+        if let Some(agent) = self.agents.get_mut(id) {
+            for ch in ChannelKind::ALL {
+                if let Some((free, idle)) = agent.keys[ch.index()].take() {
+                    self.index[ch.index()].remove(&(free, idle, id.clone()));
+                }
+            }
+        }
+    }
+
+    fn reindex(&mut self, id: &Id) {
+        self.unindex(id);
+        if let Some(agent) = self.agents.get_mut(id) {
+            for ch in ChannelKind::ALL {
+                if agent.eligible(ch) {
+                    let key = (Reverse(agent.free(ch)), agent.idle_since);
+                    agent.keys[ch.index()] = Some(key);
+                    self.index[ch.index()].insert((key.0, key.1, id.clone()));
+                }
+            }
+        }
+    }
+
+    fn change_load(&mut self, agent_id: &Id, ch: ChannelKind, up: bool) {
+        if let Some(agent) = self.agents.get_mut(agent_id) {
+            let load = agent.view.load.get_mut(ch);
+            *load = if up {
+                *load + 1
+            } else {
+                load.saturating_sub(1)
+            };
+        }
+    }
+
+    /// The one place routing state changes.
+    fn apply(&mut self, event: RouterEvent) {
+        match event {
+            RouterEvent::AgentUpserted {
+                id,
+                name,
+                capacity,
+                skills,
+            } => {
+                let tick = self.tick();
+                if let Some(agent) = self.agents.get_mut(&id) {
+                    agent.view.name = name;
+                    agent.view.capacity = capacity;
+                    agent.view.skills = skills;
+                } else if let Some(addr) = self.addrs.get(&id).cloned() {
+                    self.agents.insert(
+                        id.clone(),
+                        RoutedAgent {
+                            view: AgentView {
+                                id: id.clone(),
+                                name,
+                                capacity,
+                                skills,
+                                activity: Activity::Offline,
+                                connected: false,
+                                load: PerChannel::default(),
+                            },
+                            addr,
+                            idle_since: tick,
+                            keys: [None; 4],
+                            held: Vec::new(),
+                        },
+                    );
+                }
+                self.reindex(&id);
+            }
+            RouterEvent::AgentRemoved { id } => {
+                self.unindex(&id);
+                self.agents.remove(&id);
+                self.addrs.remove(&id);
+            }
+            RouterEvent::PresenceChanged { id, connected } => {
+                if let Some(agent) = self.agents.get_mut(&id) {
+                    agent.view.connected = connected;
+                }
+                self.reindex(&id);
+            }
+            RouterEvent::ActivityChanged { id, activity } => {
+                let tick = self.tick();
+                if let Some(agent) = self.agents.get_mut(&id) {
+                    if activity == Activity::Available && agent.view.activity != activity {
+                        agent.idle_since = tick;
+                    }
+                    agent.view.activity = activity;
+                }
+                self.reindex(&id);
+            }
+            RouterEvent::Enqueued { task_id, .. } => {
+                // The task body travels with the message; see `enqueue`.
+                debug_assert!(self.queued.contains_key(&task_id));
+            }
+            RouterEvent::Offered {
+                task_id,
+                agent_id,
+                offer,
+            } => {
+                let Some((ch, order)) = self.queued.remove(&task_id) else {
+                    return;
+                };
+                let Some(task) = self.queues[ch.index()].remove(&order) else {
+                    return;
+                };
+                let tick = self.tick();
+                self.change_load(&agent_id, ch, true);
+                if let Some(agent) = self.agents.get_mut(&agent_id) {
+                    agent.idle_since = tick;
+                    agent.held.push(task_id.clone());
+                }
+                self.reindex(&agent_id);
+                self.held.insert(
+                    task_id,
+                    HeldTask {
+                        task,
+                        agent: agent_id,
+                        hold: Hold::Reserved { offer },
+                        timer: None,
+                    },
+                );
+            }
+            RouterEvent::Accepted { task_id } => {
+                if let Some(h) = self.held.get_mut(&task_id) {
+                    h.hold = Hold::Assigned;
+                    h.timer = None;
+                }
+            }
+            RouterEvent::Requeued {
+                task_id,
+                declined_by,
+            } => {
+                if let Some(h) = self.release(&task_id) {
+                    let mut task = h.task;
+                    if let Some(agent) = declined_by {
+                        task.declined.push(agent);
+                    }
+                    if task.conversation.is_some() {
+                        self.queued
+                            .insert(task.task_id.clone(), (task.channel, task.order));
+                        self.queues[task.channel.index()].insert(task.order, task);
+                    }
+                }
+            }
+            RouterEvent::Wrapping { task_id } => {
+                if let Some(h) = self.held.get_mut(&task_id) {
+                    h.hold = Hold::Wrapping;
+                }
+            }
+            RouterEvent::Closed { task_id } => {
+                if let Some((ch, order)) = self.queued.remove(&task_id) {
+                    self.queues[ch.index()].remove(&order);
+                }
+                self.release(&task_id);
+            }
+            RouterEvent::AssignedDirect {
+                task_id,
+                agent_id,
+                channel,
+            } => {
+                let order = self.next_order;
+                self.next_order += 1;
+                self.change_load(&agent_id, channel, true);
+                if let Some(agent) = self.agents.get_mut(&agent_id) {
+                    agent.held.push(task_id.clone());
+                }
+                self.reindex(&agent_id);
+                self.held.insert(
+                    task_id.clone(),
+                    HeldTask {
+                        task: RoutableTask {
+                            task_id,
+                            conversation_id: Id::from(""),
+                            channel,
+                            skills: Arc::from(Vec::new()),
+                            conversation: None,
+                            order,
+                            enqueued_at: Instant::now(),
+                            declined: Vec::new(),
+                            offered_before: true,
+                        },
+                        agent: agent_id,
+                        hold: Hold::Assigned,
+                        timer: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Drop a held task and give its capacity back.
+    fn release(&mut self, task_id: &Id) -> Option<HeldTask> {
+        let h = self.held.remove(task_id)?;
+        self.change_load(&h.agent, h.task.channel, false);
+        if let Some(agent) = self.agents.get_mut(&h.agent) {
+            agent.held.retain(|t| t != task_id);
+        }
+        self.reindex(&h.agent);
+        Some(h)
+    }
+
+    fn enqueue(&mut self, mut task: RoutableTask) {
+        task.order = self.next_order;
+        self.next_order += 1;
+        let event = RouterEvent::Enqueued {
+            task_id: task.task_id.clone(),
+            conversation_id: task.conversation_id.clone(),
+            channel: task.channel,
+            order: task.order,
+        };
+        self.queued
+            .insert(task.task_id.clone(), (task.channel, task.order));
+        self.queues[task.channel.index()].insert(task.order, task);
+        self.apply(event);
+    }
+
+    /// Best eligible agent for a task: first in index order with the skills and
+    /// not among those who declined it.
+    fn pick(&self, task: &RoutableTask) -> Option<Id> {
+        self.index[task.channel.index()]
+            .iter()
+            .find(|(_, _, id)| {
+                !task.declined.contains(id)
+                    && self
+                        .agents
+                        .get(id)
+                        .is_some_and(|a| a.has_skills(&task.skills))
+            })
+            .map(|(_, _, id)| id.clone())
+    }
+
+    /// Offer as many queued tasks of `ch` as there are eligible agents, oldest
+    /// first. Tasks nobody eligible can take are skipped, not blocking newer ones.
+    fn dispatch(&mut self, ch: ChannelKind, ctx: &mut Context<Self>) {
+        let mut cursor = 0u64;
+        while !self.index[ch.index()].is_empty() {
+            let Some((order, task)) = self.queues[ch.index()].range(cursor..).next() else {
+                break;
+            };
+            cursor = order + 1;
+            if let Some(agent_id) = self.pick(task) {
+                let task_id = task.task_id.clone();
+                self.offer(task_id, agent_id, ctx);
+            }
+        }
+    }
+
+    fn dispatch_all(&mut self, ctx: &mut Context<Self>) {
+        for ch in ChannelKind::ALL {
+            self.dispatch(ch, ctx);
+        }
+    }
+
+    fn offer(&mut self, task_id: Id, agent_id: Id, ctx: &mut Context<Self>) {
+        self.next_offer += 1;
+        let offer = self.next_offer;
+        self.apply(RouterEvent::Offered {
+            task_id: task_id.clone(),
+            agent_id: agent_id.clone(),
+            offer,
+        });
+        let timeout = self.broker.config.offer_timeout;
+        let timer = ctx.run_later(timeout, {
+            let task_id = task_id.clone();
+            move |act, ctx| act.offer_expired(task_id, offer, ctx)
+        });
+        let Some(held) = self.held.get_mut(&task_id) else {
+            return;
+        };
+        held.timer = Some(timer);
+        if !held.task.offered_before {
+            held.task.offered_before = true;
+            let micros = held.task.enqueued_at.elapsed().as_micros() as u64;
+            let _ = self.latency.record(micros.max(1));
+        }
+        let Some(agent) = self.agents.get(&agent_id) else {
+            return;
+        };
+        if let Some(conv) = &held.task.conversation {
+            conv.do_send(Reserve {
+                agent_id: agent_id.clone(),
+                agent: agent.addr.clone(),
+                expires_at: crate::protocol::now() + timeout,
+            });
+        }
+    }
+
+    fn offer_expired(&mut self, task_id: Id, offer: u64, ctx: &mut Context<Self>) {
+        let current = self
+            .held
+            .get(&task_id)
+            .is_some_and(|h| h.hold == Hold::Reserved { offer });
+        if current {
+            self.withdraw(&task_id, RescindReason::Timeout, true, ctx);
+        }
+    }
+
+    /// Take a held task away from its agent and put it back in the queue.
+    fn withdraw(
+        &mut self,
+        task_id: &Id,
+        reason: RescindReason,
+        decline: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(h) = self.held.get_mut(task_id) else {
+            return;
+        };
+        if let Some(timer) = h.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let agent_id = h.agent.clone();
+        let channel = h.task.channel;
+        let conversation = h.task.conversation.clone();
+        if let Some(agent) = self.agents.get(&agent_id) {
+            agent.addr.do_send(Rescind {
+                task_id: task_id.clone(),
+                reason,
+            });
+        }
+        self.apply(RouterEvent::Requeued {
+            task_id: task_id.clone(),
+            declined_by: decline.then(|| agent_id.clone()),
+        });
+        if let Some(conv) = conversation {
+            conv.do_send(Requeued { reason });
+        }
+        self.dispatch(channel, ctx);
+    }
+
+    /// Withdraw an agent's offers (and, when `assigned_too`, its assigned tasks).
+    fn withdraw_agent_tasks(&mut self, agent_id: &Id, assigned_too: bool, ctx: &mut Context<Self>) {
+        let held: Vec<Id> = self
+            .agents
+            .get(agent_id)
+            .map(|a| a.held.clone())
+            .unwrap_or_default();
+        for task_id in held {
+            let hold = self.held.get(&task_id).map(|h| h.hold);
+            match hold {
+                Some(Hold::Reserved { .. }) => {
+                    self.withdraw(&task_id, RescindReason::Reassigned, false, ctx)
+                }
+                Some(Hold::Assigned) if assigned_too => {
+                    self.withdraw(&task_id, RescindReason::Reassigned, false, ctx)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn publish_agent(&self, id: &Id) {
+        if let Some(agent) = self.agents.get(id) {
+            let view = agent.view.clone();
+            self.broker
+                .publish(|| serde_json::json!({"type": "agent.state", "agent": view}));
+        }
+    }
+
+    /// Classify why `agent_id` cannot act on `task_id`'s offer.
+    fn offer_error(&self, agent_id: &Id, task_id: &str) -> ApiError {
+        match self.held.get(task_id) {
+            Some(h) if &h.agent != agent_id => {
+                ApiError::NotYourTask(format!("task {task_id} is not offered to you"))
+            }
+            Some(_) => ApiError::InvalidState(format!("task {task_id} is already accepted")),
+            None if self.queued.contains_key(task_id) || self.broker.tasks.contains_key(task_id) => {
+                ApiError::InvalidState(format!(
+                    "task {task_id} is not offered to you: the offer expired or was withdrawn"
+                ))
+            }
+            None => ApiError::UnknownTask(task_id.to_owned()),
+        }
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // The router is fed by every agent and conversation; a small bounded
+        // mailbox would only make senders that use `send` wait.
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+/// Create or update an agent's routing profile.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UpsertAgent {
+    pub id: Id,
+    pub name: String,
+    pub capacity: PerChannel,
+    pub skills: Vec<String>,
+    pub addr: Addr<Agent>,
+}
+
+impl Handler<UpsertAgent> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpsertAgent, ctx: &mut Context<Self>) {
+        self.addrs.insert(msg.id.clone(), msg.addr);
+        let id = msg.id.clone();
+        self.apply(RouterEvent::AgentUpserted {
+            id: msg.id,
+            name: msg.name,
+            capacity: msg.capacity,
+            skills: msg.skills,
+        });
+        self.publish_agent(&id);
+        self.dispatch_all(ctx);
+    }
+}
+
+/// An agent was deleted: its open tasks go back to the queue.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoveAgent {
+    pub id: Id,
+}
+
+impl Handler<RemoveAgent> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoveAgent, ctx: &mut Context<Self>) {
+        self.withdraw_agent_tasks(&msg.id, true, ctx);
+        // Wrapping tasks stay with their conversations (the wrap-up timeout
+        // completes them); the router just stops counting them.
+        let rest: Vec<Id> = self
+            .agents
+            .get(&msg.id)
+            .map(|a| a.held.clone())
+            .unwrap_or_default();
+        for task_id in rest {
+            self.apply(RouterEvent::Closed { task_id });
+        }
+        self.apply(RouterEvent::AgentRemoved { id: msg.id.clone() });
+        self.broker.publish(
+            || serde_json::json!({"type": "agent.removed", "agent_id": msg.id}),
+        );
+    }
+}
+
+/// The agent's desktop socket connected or went away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentPresence {
+    pub id: Id,
+    pub connected: bool,
+    pub activity: Activity,
+}
+
+impl Handler<AgentPresence> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentPresence, ctx: &mut Context<Self>) {
+        self.apply(RouterEvent::ActivityChanged {
+            id: msg.id.clone(),
+            activity: msg.activity,
+        });
+        self.apply(RouterEvent::PresenceChanged {
+            id: msg.id.clone(),
+            connected: msg.connected,
+        });
+        if !msg.connected {
+            // Nobody will answer these offers: give them to someone else now.
+            self.withdraw_agent_tasks(&msg.id, false, ctx);
+        }
+        self.publish_agent(&msg.id);
+        self.dispatch_all(ctx);
+    }
+}
+
+/// The agent chose an activity.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentActivity {
+    pub id: Id,
+    pub activity: Activity,
+}
+
+impl Handler<AgentActivity> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentActivity, ctx: &mut Context<Self>) {
+        self.apply(RouterEvent::ActivityChanged {
+            id: msg.id.clone(),
+            activity: msg.activity,
+        });
+        if msg.activity == Activity::Offline {
+            self.withdraw_agent_tasks(&msg.id, true, ctx);
+        }
+        self.publish_agent(&msg.id);
+        self.dispatch_all(ctx);
+    }
+}
+
+/// A disconnected agent did not come back in time: re-queue its tasks.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GraceExpired {
+    pub id: Id,
+}
+
+impl Handler<GraceExpired> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: GraceExpired, ctx: &mut Context<Self>) {
+        self.apply(RouterEvent::ActivityChanged {
+            id: msg.id.clone(),
+            activity: Activity::Offline,
+        });
+        self.withdraw_agent_tasks(&msg.id, true, ctx);
+        self.publish_agent(&msg.id);
+        self.dispatch_all(ctx);
+    }
+}
+
+/// A new task waits for an agent.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EnqueueTask(pub RoutableTask);
+
+impl Handler<EnqueueTask> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: EnqueueTask, ctx: &mut Context<Self>) {
+        let ch = msg.0.channel;
+        self.enqueue(msg.0);
+        self.dispatch(ch, ctx);
+    }
+}
+
+/// The agent accepts its offer. `reference` travels on to `task.assigned`.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct Accept {
+    pub agent_id: Id,
+    pub task_id: String,
+    pub reference: Option<String>,
+}
+
+impl Handler<Accept> for Router {
+    type Result = Result<(), ApiError>;
+
+    fn handle(&mut self, msg: Accept, ctx: &mut Context<Self>) -> Self::Result {
+        let ok = self
+            .held
+            .get(msg.task_id.as_str())
+            .is_some_and(|h| h.agent == msg.agent_id && matches!(h.hold, Hold::Reserved { .. }));
+        if !ok {
+            return Err(self.offer_error(&msg.agent_id, &msg.task_id));
+        }
+        let task_id: Id = msg.task_id.as_str().into();
+        if let Some(timer) = self.held.get_mut(&task_id).and_then(|h| h.timer.take()) {
+            ctx.cancel_future(timer);
+        }
+        self.apply(RouterEvent::Accepted {
+            task_id: task_id.clone(),
+        });
+        let (Some(held), Some(agent)) = (self.held.get(&task_id), self.agents.get(&msg.agent_id))
+        else {
+            return Err(ApiError::UnknownTask(msg.task_id));
+        };
+        if let Some(conv) = &held.task.conversation {
+            conv.do_send(Assign {
+                agent_id: msg.agent_id.clone(),
+                agent_name: agent.view.name.clone(),
+                agent: agent.addr.clone(),
+                reference: msg.reference,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The agent declines its offer: the task goes to someone else, never back to it.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct Reject {
+    pub agent_id: Id,
+    pub task_id: String,
+}
+
+impl Handler<Reject> for Router {
+    type Result = Result<(), ApiError>;
+
+    fn handle(&mut self, msg: Reject, ctx: &mut Context<Self>) -> Self::Result {
+        let ok = self
+            .held
+            .get(msg.task_id.as_str())
+            .is_some_and(|h| h.agent == msg.agent_id && matches!(h.hold, Hold::Reserved { .. }));
+        if !ok {
+            return Err(self.offer_error(&msg.agent_id, &msg.task_id));
+        }
+        let task_id: Id = msg.task_id.as_str().into();
+        let Some(h) = self.held.get_mut(&task_id) else {
+            return Ok(());
+        };
+        if let Some(timer) = h.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let channel = h.task.channel;
+        let conversation = h.task.conversation.clone();
+        self.apply(RouterEvent::Requeued {
+            task_id,
+            declined_by: Some(msg.agent_id),
+        });
+        if let Some(conv) = conversation {
+            conv.do_send(Requeued {
+                reason: RescindReason::Reassigned,
+            });
+        }
+        self.dispatch(channel, ctx);
+        Ok(())
+    }
+}
+
+/// The conversation ended: the task is in wrap-up (capacity still held) and is
+/// no longer re-queued if its agent goes away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TaskWrapping {
+    pub task_id: Id,
+}
+
+impl Handler<TaskWrapping> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: TaskWrapping, _: &mut Context<Self>) {
+        self.apply(RouterEvent::Wrapping {
+            task_id: msg.task_id,
+        });
+    }
+}
+
+/// The task is completed or canceled: stop routing it and free its capacity.
+/// A pending offer is rescinded with `customer_left`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TaskClosed {
+    pub task_id: Id,
+}
+
+impl Handler<TaskClosed> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: TaskClosed, ctx: &mut Context<Self>) {
+        let mut channel = self.queued.get(&msg.task_id).map(|(ch, _)| *ch);
+        if let Some(h) = self.held.get_mut(&msg.task_id) {
+            channel = Some(h.task.channel);
+            if let Some(timer) = h.timer.take() {
+                ctx.cancel_future(timer);
+            }
+            if matches!(h.hold, Hold::Reserved { .. }) {
+                if let Some(agent) = self.agents.get(&h.agent) {
+                    agent.addr.do_send(Rescind {
+                        task_id: msg.task_id.clone(),
+                        reason: RescindReason::CustomerLeft,
+                    });
+                }
+            }
+        }
+        self.apply(RouterEvent::Closed {
+            task_id: msg.task_id,
+        });
+        if let Some(ch) = channel {
+            self.dispatch(ch, ctx);
+        }
+    }
+}
+
+/// An agent starts an outbound conversation: take one unit of its capacity on
+/// that channel now, or answer `capacity_exceeded`.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct ReserveOutbound {
+    pub agent_id: Id,
+    pub task_id: Id,
+    pub channel: ChannelKind,
+}
+
+impl Handler<ReserveOutbound> for Router {
+    type Result = Result<(), ApiError>;
+
+    fn handle(&mut self, msg: ReserveOutbound, _: &mut Context<Self>) -> Self::Result {
+        let agent = self
+            .agents
+            .get(&msg.agent_id)
+            .ok_or_else(|| ApiError::NotFound(format!("agent {} does not exist", msg.agent_id)))?;
+        if agent.free(msg.channel) == 0 {
+            return Err(ApiError::CapacityExceeded(format!(
+                "no free {} capacity: {} of {} in use",
+                msg.channel.as_str(),
+                agent.view.load.get(msg.channel),
+                agent.view.capacity.get(msg.channel)
+            )));
+        }
+        self.apply(RouterEvent::AssignedDirect {
+            task_id: msg.task_id,
+            agent_id: msg.agent_id,
+            channel: msg.channel,
+        });
+        Ok(())
+    }
+}
+
+/// The outbound conversation exists: attach it to the reservation so it can be
+/// re-queued like any task if its agent goes away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BindOutbound {
+    pub task_id: Id,
+    pub conversation_id: Id,
+    pub conversation: Addr<Conversation>,
+}
+
+impl Handler<BindOutbound> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: BindOutbound, _: &mut Context<Self>) {
+        if let Some(h) = self.held.get_mut(&msg.task_id) {
+            h.task.conversation_id = msg.conversation_id;
+            h.task.conversation = Some(msg.conversation);
+        }
+    }
+}
+
+/// Agent views (with live load), all or one.
+#[derive(Message)]
+#[rtype(result = "Vec<AgentView>")]
+pub struct GetAgents {
+    pub id: Option<Id>,
+}
+
+impl Handler<GetAgents> for Router {
+    type Result = MessageResult<GetAgents>;
+
+    fn handle(&mut self, msg: GetAgents, _: &mut Context<Self>) -> Self::Result {
+        let mut views: Vec<AgentView> = match msg.id {
+            Some(id) => self.agents.get(&id).map(|a| a.view.clone()).into_iter().collect(),
+            None => self.agents.values().map(|a| a.view.clone()).collect(),
+        };
+        views.sort_by(|a, b| a.id.cmp(&b.id));
+        MessageResult(views)
+    }
+}
+
+/// Routing figures for `/v1/stats` and `/metrics`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterStats {
+    pub agents_total: usize,
+    pub agents_connected: usize,
+    pub agents_available: usize,
+    pub agents_break: usize,
+    pub agents_offline: usize,
+    pub queue_length: usize,
+    pub queue_by_channel: PerChannel,
+    pub oldest_wait: Duration,
+    pub latency_p50_ms: f64,
+    pub latency_p90_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+    pub latency_count: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "RouterStats")]
+pub struct GetStats;
+
+impl Handler<GetStats> for Router {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        let count = |a: Activity| {
+            self.agents
+                .values()
+                .filter(|x| x.view.activity == a)
+                .count()
+        };
+        let mut by_channel = PerChannel::default();
+        let mut oldest: Option<Instant> = None;
+        for ch in ChannelKind::ALL {
+            let q = &self.queues[ch.index()];
+            *by_channel.get_mut(ch) = q.len() as u32;
+            // Keyed by arrival order, so the first entry waited longest.
+            if let Some(t) = q.values().next() {
+                oldest = Some(oldest.map_or(t.enqueued_at, |o| o.min(t.enqueued_at)));
+            }
+        }
+        let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
+        MessageResult(RouterStats {
+            agents_total: self.agents.len(),
+            agents_connected: self.agents.values().filter(|a| a.view.connected).count(),
+            agents_available: count(Activity::Available),
+            agents_break: count(Activity::Break),
+            agents_offline: count(Activity::Offline),
+            queue_length: self.queued.len(),
+            queue_by_channel: by_channel,
+            oldest_wait: oldest.map(|o| o.elapsed()).unwrap_or_default(),
+            latency_p50_ms: ms(0.5),
+            latency_p90_ms: ms(0.9),
+            latency_p99_ms: ms(0.99),
+            latency_max_ms: self.latency.max() as f64 / 1000.0,
+            latency_count: self.latency.len(),
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! An agent desktop's socket: parses JSON commands and hands them to the
+//! agent's actor; writes whatever the agent actor pushes. Nothing else.
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+
+use crate::agent::{Agent, Connect, Disconnect, FromDesk};
+use crate::protocol::{error_frame, salvage_ref, AgentCommand};
+use crate::ws::{close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, SocketLink};
+
+pub struct AgentSession {
+    id: u64,
+    agent: Addr<Agent>,
+    backlog: usize,
+    max_frame: usize,
+    hb: Heartbeat,
+}
+
+impl AgentSession {
+    pub fn new(agent: Addr<Agent>, config: &crate::config::Config) -> Self {
+        AgentSession {
+            id: crate::ws::next_session_id(),
+            agent,
+            backlog: config.socket_backlog,
+            max_frame: config.max_frame,
+            hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
+        }
+    }
+}
+
+impl Actor for AgentSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.backlog);
+        self.hb.start(ctx, |s| &mut s.hb);
+        self.agent.do_send(Connect {
+            link: SocketLink::new(self.id, &ctx.address()),
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.agent.do_send(Disconnect {
+            session_id: self.id,
+        });
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for AgentSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let Some(text) = handle_frame(msg, &mut self.hb, self.max_frame, ctx) else {
+            return;
+        };
+        match serde_json::from_str::<AgentCommand>(&text) {
+            Ok(command) => self.agent.do_send(FromDesk {
+                session_id: self.id,
+                command,
+            }),
+            Err(e) => ctx.text(error_frame(
+                "bad_request",
+                &format!("invalid command: {e}"),
+                salvage_ref(&text).as_deref(),
+            )),
+        }
+    }
+}
+
+impl Handler<Push> for AgentSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        push_text(msg.0, ctx);
+    }
+}
+
+impl Handler<CloseSession> for AgentSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        close_with(msg, ctx);
+    }
+}

@@ -1,0 +1,87 @@
+//! A webchat customer's socket: parses JSON commands and hands them to the
+//! webchat channel actor; writes whatever the channel pushes. Nothing else.
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+
+use crate::channel::webchat::{CustomerConnected, CustomerDisconnected, FromCustomer, WebchatChannel};
+use crate::protocol::{error_frame, salvage_ref, CustomerCommand, Id};
+use crate::ws::{close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, SocketLink};
+
+pub struct CustomerSession {
+    id: u64,
+    session: Id,
+    channel: Addr<WebchatChannel>,
+    backlog: usize,
+    max_frame: usize,
+    hb: Heartbeat,
+}
+
+impl CustomerSession {
+    pub fn new(session: Id, channel: Addr<WebchatChannel>, config: &crate::config::Config) -> Self {
+        CustomerSession {
+            id: crate::ws::next_session_id(),
+            session,
+            channel,
+            backlog: config.socket_backlog,
+            max_frame: config.max_frame,
+            hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
+        }
+    }
+}
+
+impl Actor for CustomerSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.backlog);
+        self.hb.start(ctx, |s| &mut s.hb);
+        self.channel.do_send(CustomerConnected {
+            session: self.session.clone(),
+            link: SocketLink::new(self.id, &ctx.address()),
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.channel.do_send(CustomerDisconnected {
+            session: self.session.clone(),
+            socket: self.id,
+        });
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CustomerSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let Some(text) = handle_frame(msg, &mut self.hb, self.max_frame, ctx) else {
+            return;
+        };
+        match serde_json::from_str::<CustomerCommand>(&text) {
+            Ok(command) => self.channel.do_send(FromCustomer {
+                session: self.session.clone(),
+                socket: self.id,
+                command,
+            }),
+            Err(e) => ctx.text(error_frame(
+                "bad_request",
+                &format!("invalid command: {e}"),
+                salvage_ref(&text).as_deref(),
+            )),
+        }
+    }
+}
+
+impl Handler<Push> for CustomerSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        push_text(msg.0, ctx);
+    }
+}
+
+impl Handler<CloseSession> for CustomerSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        close_with(msg, ctx);
+    }
+}

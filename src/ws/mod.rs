@@ -1,0 +1,216 @@
+//! Socket session actors: one per WebSocket, each only translating frames ↔
+//! actor messages. They hold no broker state, so moving from
+//! `actix-web-actors` to `actix-ws` touches this folder only.
+//!
+//! - `agent_session.rs`: an agent desktop, talking to its `Agent` actor.
+//! - `customer_session.rs`: a webchat customer, talking to the webchat channel.
+//! - `supervisor_session.rs`: a supervisor, fed by the supervisor hub.
+//!
+//! Outbound frames reach a session as [`Push`] through a [`SocketLink`], which
+//! enforces the slow-consumer policy: each session's mailbox is bounded at
+//! `socket_backlog` frames; when it is full the client is not reading, so the
+//! sender closes the socket (`1008 slow_consumer`) and forgets it instead of
+//! buffering without bound. A session actor whose client stops reading is not
+//! polled at all (actix drives it from the response stream), so the policy has
+//! to live on the sending side, here.
+
+pub mod agent_session;
+pub mod customer_session;
+pub mod supervisor_session;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::dev::SendError;
+use actix::prelude::*;
+use actix_web_actors::ws;
+
+use crate::metrics::Metrics;
+use crate::protocol::Frame;
+
+/// Close reason sent to a client that stopped reading.
+pub const SLOW_CONSUMER: &str = "slow_consumer";
+
+/// A text frame for the client.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Push(pub Frame);
+
+/// Close the socket with this code and reason, then stop.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub code: ws::CloseCode,
+    pub reason: String,
+}
+
+/// Unique per socket within the process.
+pub fn next_session_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Why a frame could not be handed to a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkDown {
+    /// The session already stopped.
+    Closed,
+    /// Its queue was full: it has been told to close as a slow consumer.
+    Slow,
+}
+
+/// The sending side's handle on one socket session.
+#[derive(Clone)]
+pub struct SocketLink {
+    pub id: u64,
+    push: Recipient<Push>,
+    close: Recipient<CloseSession>,
+}
+
+impl SocketLink {
+    pub fn new<A>(id: u64, addr: &Addr<A>) -> Self
+    where
+        A: Actor + Handler<Push> + Handler<CloseSession>,
+        A::Context: actix::dev::ToEnvelope<A, Push> + actix::dev::ToEnvelope<A, CloseSession>,
+    {
+        SocketLink {
+            id,
+            push: addr.clone().recipient(),
+            close: addr.clone().recipient(),
+        }
+    }
+
+    /// Queue a frame, never blocking and never growing past the backlog.
+    pub fn send(&self, frame: Frame, metrics: &Metrics) -> Result<(), LinkDown> {
+        match self.push.try_send(Push(frame)) {
+            Ok(()) => Ok(()),
+            Err(SendError::Closed(_)) => Err(LinkDown::Closed),
+            Err(SendError::Full(_)) => {
+                Metrics::bump(&metrics.slow_consumers);
+                self.close(ws::CloseCode::Policy, SLOW_CONSUMER);
+                Err(LinkDown::Slow)
+            }
+        }
+    }
+
+    /// Ask the session to close (queued past the bound: it must get through).
+    pub fn close(&self, code: ws::CloseCode, reason: &str) {
+        self.close.do_send(CloseSession {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+/// Liveness shared by every session: ping every `interval`, close after
+/// `timeout` without any frame from the client.
+pub struct Heartbeat {
+    pub last_seen: Instant,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Heartbeat {
+    pub fn new(interval: Duration, timeout: Duration) -> Self {
+        Heartbeat {
+            last_seen: Instant::now(),
+            interval,
+            timeout,
+        }
+    }
+
+    /// Start the ping timer on a session's context.
+    pub fn start<A>(&self, ctx: &mut ws::WebsocketContext<A>, beat: fn(&mut A) -> &mut Heartbeat)
+    where
+        A: Actor<Context = ws::WebsocketContext<A>>,
+    {
+        ctx.run_interval(self.interval, move |act, ctx| {
+            let hb = beat(act);
+            if hb.last_seen.elapsed() > hb.timeout {
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Away,
+                    description: Some("heartbeat timeout".into()),
+                }));
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+}
+
+/// Shared handling of control frames and protocol errors. Returns the text of a
+/// text frame for the session to parse, or None when the frame was handled here.
+pub fn handle_frame<A>(
+    msg: Result<ws::Message, ws::ProtocolError>,
+    hb: &mut Heartbeat,
+    max_frame: usize,
+    ctx: &mut ws::WebsocketContext<A>,
+) -> Option<bytestring::ByteString>
+where
+    A: Actor<Context = ws::WebsocketContext<A>>,
+{
+    hb.last_seen = Instant::now();
+    match msg {
+        Ok(ws::Message::Text(text)) => Some(text),
+        Ok(ws::Message::Ping(p)) => {
+            ctx.pong(&p);
+            None
+        }
+        Ok(ws::Message::Pong(_)) => None,
+        Ok(ws::Message::Binary(_)) => {
+            ctx.text(crate::protocol::error_frame(
+                "bad_request",
+                "binary frames are not supported: send JSON text frames",
+                None,
+            ));
+            None
+        }
+        Ok(ws::Message::Close(reason)) => {
+            ctx.close(reason);
+            ctx.stop();
+            None
+        }
+        Ok(ws::Message::Continuation(_)) | Ok(ws::Message::Nop) => None,
+        Err(ws::ProtocolError::Overflow) => {
+            ctx.text(crate::protocol::error_frame(
+                "payload_too_large",
+                &format!("frame larger than {max_frame} bytes"),
+                None,
+            ));
+            ctx.close(Some(ws::CloseReason {
+                code: ws::CloseCode::Size,
+                description: Some("payload_too_large".into()),
+            }));
+            ctx.stop();
+            None
+        }
+        Err(e) => {
+            ctx.close(Some(ws::CloseReason {
+                code: ws::CloseCode::Protocol,
+                description: Some(e.to_string()),
+            }));
+            ctx.stop();
+            None
+        }
+    }
+}
+
+/// Shared `Push`/`CloseSession` behaviour.
+pub fn push_text<A>(frame: Frame, ctx: &mut ws::WebsocketContext<A>)
+where
+    A: Actor<Context = ws::WebsocketContext<A>>,
+{
+    ctx.text(frame);
+}
+
+pub fn close_with<A>(msg: CloseSession, ctx: &mut ws::WebsocketContext<A>)
+where
+    A: Actor<Context = ws::WebsocketContext<A>>,
+{
+    ctx.close(Some(ws::CloseReason {
+        code: msg.code,
+        description: Some(msg.reason),
+    }));
+    ctx.stop();
+}

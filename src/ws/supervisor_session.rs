@@ -1,0 +1,72 @@
+//! A supervisor's socket: receives the event stream from the supervisor hub.
+//! Supervisors only listen; any command gets a `bad_request` error.
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+
+use crate::protocol::{error_frame, salvage_ref};
+use crate::supervisor::{Subscribe, SupervisorHub, Unsubscribe};
+use crate::ws::{close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, SocketLink};
+
+pub struct SupervisorSession {
+    id: u64,
+    hub: Addr<SupervisorHub>,
+    backlog: usize,
+    max_frame: usize,
+    hb: Heartbeat,
+}
+
+impl SupervisorSession {
+    pub fn new(hub: Addr<SupervisorHub>, config: &crate::config::Config) -> Self {
+        SupervisorSession {
+            id: crate::ws::next_session_id(),
+            hub,
+            backlog: config.socket_backlog,
+            max_frame: config.max_frame,
+            hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
+        }
+    }
+}
+
+impl Actor for SupervisorSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.backlog);
+        self.hb.start(ctx, |s| &mut s.hb);
+        self.hub
+            .do_send(Subscribe(SocketLink::new(self.id, &ctx.address())));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.hub.do_send(Unsubscribe(self.id));
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SupervisorSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        if let Some(text) = handle_frame(msg, &mut self.hb, self.max_frame, ctx) {
+            ctx.text(error_frame(
+                "bad_request",
+                "the supervisor stream takes no commands",
+                salvage_ref(&text).as_deref(),
+            ));
+        }
+    }
+}
+
+impl Handler<Push> for SupervisorSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        push_text(msg.0, ctx);
+    }
+}
+
+impl Handler<CloseSession> for SupervisorSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        close_with(msg, ctx);
+    }
+}
