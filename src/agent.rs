@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::{AgentEntry, Broker};
 use crate::channel::webchat::OpenOutbound;
-use crate::conversation::{validate_content, AgentComplete, AgentEnd, AgentSend, AgentTyping, Conversation, Resync};
+use crate::conversation::{
+    validate_content, AgentComplete, AgentEnd, AgentSend, AgentTyping, Conversation, Resync,
+};
 use crate::error::ApiError;
 use crate::protocol::{
     frame, ok_frame, Activity, AgentCommand, AgentView, ChannelKind, Frame, Id, PerChannel,
@@ -207,8 +209,13 @@ impl Agent {
     }
 
     /// Run a router request and report its error (or `ok`) on the socket.
-    fn ask_router<M>(&mut self, msg: M, reference: Option<String>, ok: bool, ctx: &mut Context<Self>)
-    where
+    fn ask_router<M>(
+        &mut self,
+        msg: M,
+        reference: Option<String>,
+        ok: bool,
+        ctx: &mut Context<Self>,
+    ) where
         M: Message<Result = Result<(), ApiError>> + Send + 'static,
         router::Router: Handler<M>,
     {
@@ -320,7 +327,15 @@ impl Agent {
                 attachments,
                 client_msg_id,
                 reference,
-            } => self.outbound(channel, to, text, attachments, client_msg_id, reference, ctx),
+            } => self.outbound(
+                channel,
+                to,
+                text,
+                attachments,
+                client_msg_id,
+                reference,
+                ctx,
+            ),
         }
     }
 

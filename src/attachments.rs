@@ -92,14 +92,20 @@ mod tests {
     #[test]
     fn readers_and_resolve() {
         let store = AttachmentStore::default();
-        store.insert(meta("att_1"), Bytes::from_static(b"abc"), Some("wc_1".into()));
+        store.insert(
+            meta("att_1"),
+            Bytes::from_static(b"abc"),
+            Some("wc_1".into()),
+        );
         let a = store.get("att_1").unwrap();
         assert!(a.readable_by("wc_1"));
         assert!(!a.readable_by("wc_2"));
         a.grant(&"wc_2".into());
         assert!(a.readable_by("wc_2"));
         assert!(store.resolve(&["att_1".into()]).is_ok());
-        let err = store.resolve(&["att_1".into(), "att_x".into()]).unwrap_err();
+        let err = store
+            .resolve(&["att_1".into(), "att_x".into()])
+            .unwrap_err();
         assert_eq!(err.code(), "not_found");
     }
 }

@@ -48,11 +48,17 @@ mod tests {
 
     #[test]
     fn round_trip_and_trailing_bytes() {
-        let ev = Ev::A { id: "x".into(), n: 7 };
+        let ev = Ev::A {
+            id: "x".into(),
+            n: 7,
+        };
         let mut bytes = encode(&ev).unwrap();
         assert_eq!(decode::<Ev>(&bytes).unwrap(), ev);
         bytes.push(0);
         assert!(matches!(decode::<Ev>(&bytes), Err(CodecError::Trailing(1))));
-        assert_eq!(decode::<Ev>(&encode(&Ev::B(None)).unwrap()).unwrap(), Ev::B(None));
+        assert_eq!(
+            decode::<Ev>(&encode(&Ev::B(None)).unwrap()).unwrap(),
+            Ev::B(None)
+        );
     }
 }

@@ -158,7 +158,11 @@ fn parse_list(s: &str) -> Vec<String> {
 
 /// Command-line flags; each also reads its `SWITCHBOARD_*` variable.
 #[derive(Debug, Default, Parser)]
-#[command(name = "switchboard", version, about = "Actor-based chat broker for contact centers")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Actor-based chat broker for contact centers"
+)]
 pub struct Args {
     /// TOML configuration file.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
@@ -389,7 +393,11 @@ mod tests {
             wrapup_disposition: "gone".into(),
             ..Config::default()
         };
-        assert!(cfg.validate().unwrap_err().to_string().contains("wrapup_disposition"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("wrapup_disposition"));
     }
 
     #[test]

@@ -1016,7 +1016,9 @@ impl Handler<GetMessages> for Conversation {
     fn handle(&mut self, msg: GetMessages, _: &mut Context<Self>) -> Self::Result {
         // seq n sits at index n-1: paging is a slice, not a search.
         let start = (msg.after_seq as usize).min(self.state.messages.len());
-        let end = start.saturating_add(msg.limit).min(self.state.messages.len());
+        let end = start
+            .saturating_add(msg.limit)
+            .min(self.state.messages.len());
         let page = self.state.messages[start..end].to_vec();
         MessageResult((page, end < self.state.messages.len()))
     }

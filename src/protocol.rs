@@ -208,7 +208,7 @@ pub struct AgentView {
 
 /// Commands an agent desktop sends over its socket.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum AgentCommand {
     Activity {
         activity: Activity,
@@ -270,7 +270,7 @@ pub enum AgentCommand {
 
 /// Commands a webchat customer sends over its socket.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum CustomerCommand {
     Message {
         #[serde(default)]
@@ -417,7 +417,8 @@ mod tests {
             agent_id: None,
             text: "hi".into(),
             attachments: vec![],
-            created_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+            created_at: SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_millis(1_700_000_000_123),
             status: DeliveryStatus::Accepted,
             client_msg_id: None,
         };

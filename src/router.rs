@@ -573,7 +573,9 @@ impl Router {
                 ApiError::NotYourTask(format!("task {task_id} is not offered to you"))
             }
             Some(_) => ApiError::InvalidState(format!("task {task_id} is already accepted")),
-            None if self.queued.contains_key(task_id) || self.broker.tasks.contains_key(task_id) => {
+            None if self.queued.contains_key(task_id)
+                || self.broker.tasks.contains_key(task_id) =>
+            {
                 ApiError::InvalidState(format!(
                     "task {task_id} is not offered to you: the offer expired or was withdrawn"
                 ))
@@ -644,9 +646,8 @@ impl Handler<RemoveAgent> for Router {
             self.apply(RouterEvent::Closed { task_id });
         }
         self.apply(RouterEvent::AgentRemoved { id: msg.id.clone() });
-        self.broker.publish(
-            || serde_json::json!({"type": "agent.removed", "agent_id": msg.id}),
-        );
+        self.broker
+            .publish(|| serde_json::json!({"type": "agent.removed", "agent_id": msg.id}));
     }
 }
 
@@ -947,7 +948,12 @@ impl Handler<GetAgents> for Router {
 
     fn handle(&mut self, msg: GetAgents, _: &mut Context<Self>) -> Self::Result {
         let mut views: Vec<AgentView> = match msg.id {
-            Some(id) => self.agents.get(&id).map(|a| a.view.clone()).into_iter().collect(),
+            Some(id) => self
+                .agents
+                .get(&id)
+                .map(|a| a.view.clone())
+                .into_iter()
+                .collect(),
             None => self.agents.values().map(|a| a.view.clone()).collect(),
         };
         views.sort_by(|a, b| a.id.cmp(&b.id));

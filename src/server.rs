@@ -172,12 +172,7 @@ pub fn spawn(config: Config) -> std::io::Result<RunningServer> {
                 match start(config) {
                     Ok(started) => {
                         let handle = started.server.handle();
-                        let _ = tx.send(Ok((
-                            started.addrs,
-                            started.admin_token,
-                            handle,
-                            sys,
-                        )));
+                        let _ = tx.send(Ok((started.addrs, started.admin_token, handle, sys)));
                         let _ = started.server.await;
                         for a in started.arbiters {
                             a.stop();

@@ -73,6 +73,7 @@ async fn slow_agent_is_disconnected_and_nothing_is_lost() {
         "alice never showed connected:false after {sent} messages of {TEXT_LEN} chars \
          (socket_backlog 16)"
     );
+    eprintln!("slow consumer: connected:false seen after {cut_at:?} messages, {sent} sent");
     let v = h
         .wait_agent("alice", "connected:false", |v| v["connected"] == false)
         .await;

@@ -216,11 +216,17 @@ mod tests {
     fn whatsapp_classes() {
         let ok = |ct, size| check_attachment(ChannelKind::Whatsapp, ct, size, 200 * MB);
         assert!(ok("image/jpeg", 5 * MB).is_ok());
-        assert_eq!(ok("image/gif", 10).unwrap_err().code(), "attachment_not_supported");
+        assert_eq!(
+            ok("image/gif", 10).unwrap_err().code(),
+            "attachment_not_supported"
+        );
         assert!(ok("application/pdf", 90 * MB).is_ok());
         assert!(ok("text/plain; charset=utf-8", 10).is_ok());
         assert!(ok("video/mp4", 16 * MB).is_ok());
-        assert_eq!(ok("audio/ogg", 17 * MB).unwrap_err().code(), "attachment_too_large");
+        assert_eq!(
+            ok("audio/ogg", 17 * MB).unwrap_err().code(),
+            "attachment_too_large"
+        );
     }
 
     #[test]

@@ -131,7 +131,11 @@ pub async fn get(
     match authenticate(&req, &state)? {
         Principal::Admin => {}
         Principal::Agent(me) if *me == *id.as_str() => {}
-        _ => return Err(ApiError::Unauthorized("this endpoint needs the admin token".into())),
+        _ => {
+            return Err(ApiError::Unauthorized(
+                "this endpoint needs the admin token".into(),
+            ))
+        }
     }
     Ok(HttpResponse::Ok().json(view_of(&state, &id).await?))
 }

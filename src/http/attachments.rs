@@ -95,7 +95,9 @@ pub async fn download(
         .ok_or_else(|| ApiError::NotFound(format!("attachment {id} does not exist")))?;
     if let Principal::Customer(session) = &who {
         if !file.readable_by(session) {
-            return Err(ApiError::NotFound(format!("attachment {id} does not exist")));
+            return Err(ApiError::NotFound(format!(
+                "attachment {id} does not exist"
+            )));
         }
     }
     let disposition = format!(

@@ -133,7 +133,9 @@ pub fn authenticate(req: &HttpRequest, broker: &Broker) -> Result<Principal, Api
 pub fn require_admin(req: &HttpRequest, broker: &Broker) -> Result<(), ApiError> {
     match authenticate(req, broker)? {
         Principal::Admin => Ok(()),
-        _ => Err(ApiError::Unauthorized("this endpoint needs the admin token".into())),
+        _ => Err(ApiError::Unauthorized(
+            "this endpoint needs the admin token".into(),
+        )),
     }
 }
 

@@ -94,7 +94,12 @@ pub async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
     let tasks: Vec<(String, f64)> = TaskState::ALL
         .iter()
         .filter(|s| s.is_open())
-        .map(|s| (format!("{{state=\"{}\"}}", s.as_str()), m.tasks_in(*s) as f64))
+        .map(|s| {
+            (
+                format!("{{state=\"{}\"}}", s.as_str()),
+                m.tasks_in(*s) as f64,
+            )
+        })
         .collect();
     gauge("tasks", "Open tasks by state.", "gauge", &tasks);
     gauge(
@@ -121,7 +126,12 @@ pub async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
             )
         })
         .collect();
-    gauge("queue_length", "Tasks waiting for an agent.", "gauge", &queue);
+    gauge(
+        "queue_length",
+        "Tasks waiting for an agent.",
+        "gauge",
+        &queue,
+    );
     gauge(
         "queue_oldest_wait_seconds",
         "Wait of the oldest queued task.",

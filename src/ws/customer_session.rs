@@ -4,7 +4,9 @@
 use actix::prelude::*;
 use actix_web_actors::ws;
 
-use crate::channel::webchat::{CustomerConnected, CustomerDisconnected, FromCustomer, WebchatChannel};
+use crate::channel::webchat::{
+    CustomerConnected, CustomerDisconnected, FromCustomer, WebchatChannel,
+};
 use crate::protocol::{error_frame, salvage_ref, CustomerCommand, Id};
 use crate::ws::{close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, SocketLink};
 
