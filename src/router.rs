@@ -634,6 +634,12 @@ impl Handler<RemoveAgent> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: RemoveAgent, ctx: &mut Context<Self>) {
+        // Make it ineligible first, so the withdrawn tasks are not offered
+        // straight back to the agent being removed.
+        self.apply(RouterEvent::PresenceChanged {
+            id: msg.id.clone(),
+            connected: false,
+        });
         self.withdraw_agent_tasks(&msg.id, true, ctx);
         // Wrapping tasks stay with their conversations (the wrap-up timeout
         // completes them); the router just stops counting them.

@@ -312,8 +312,7 @@ async fn after_grace_task_is_requeued_with_history() {
 
     let (_s, mut cust, ack) = h.customer_with_message("Dana", "m1").await;
     let conv = s(&ack["conversation_id"]);
-    let (offer, _assigned) = a.take_offer().await;
-    let task_id = s(&offer["task"]["id"]);
+    a.take_offer().await;
     a.agent_send(&conv, "m2", "a-m2").await;
     cust.recv_message_text("m2").await;
 
@@ -329,15 +328,14 @@ async fn after_grace_task_is_requeued_with_history() {
     assert_eq!(texts(&assigned["history"]), vec!["m1", "m2"], "{assigned}");
     let c = h.conversation(&conv).await;
     assert_eq!(c["agent_id"], "bob", "{c}");
-    let joined = cust.recv_where("agent.joined bob", |v| {
+    cust.recv_where("agent.joined bob", |v| {
         v["type"] == "agent.joined" && v["agent"]["name"] == "Agent bob"
-    });
-    joined.await;
+    })
+    .await;
 
     // Alice reconnecting later has nothing left.
     let (_a2, hello) = h.connect_agent(&alice).await;
     assert_eq!(hello["tasks"], json!([]), "{hello}");
-    let _ = task_id;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! Simulated agents: created over the admin API, then one desktop WebSocket each
 //! that goes `available`, accepts every offer, answers every customer message
 //! with `re: <seq> #<n> t=<nanos>`, ends the conversation when the customer says
-//! `bye`, and completes the task with disposition `resolved`.
+//! `bye`, and completes the task with disposition `resolved`. Offers for
+//! customers of another run are rejected.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -117,6 +118,7 @@ pub async fn run(
         convs: HashMap::new(),
         accept_sent: HashMap::new(),
         next_msg: 0,
+        customer_prefix: crate::customer::name_prefix(&ctx.run_id),
         ready: Some(ready),
         out: Vec::new(),
     };
@@ -184,6 +186,8 @@ struct Agent {
     /// Task id → when `accept` was sent (nanos).
     accept_sent: HashMap<String, u64>,
     next_msg: u64,
+    /// Customer names of this run start with this.
+    customer_prefix: String,
     ready: Option<oneshot::Sender<bool>>,
     /// Commands to send after the current event.
     out: Vec<Value>,
@@ -247,6 +251,18 @@ impl Agent {
                         "bad_event",
                         format!("offer on channel {}", task["channel"]),
                     );
+                }
+                // A task from another run or client (left in the queue, say) would
+                // hold capacity forever: reject it, and it is not offered here again.
+                let customer = task["customer"]["name"].as_str().unwrap_or_default();
+                if !customer.starts_with(&self.customer_prefix) {
+                    Counters::inc(&c.foreign_offers_rejected);
+                    self.out.push(json!({
+                        "type": "reject",
+                        "task_id": task_id,
+                        "ref": format!("reject:{task_id}"),
+                    }));
+                    return;
                 }
                 // The preview is the latest customer text: the first message, stamped.
                 let preview = task["preview"].as_str().unwrap_or_default();

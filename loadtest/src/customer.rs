@@ -2,6 +2,7 @@
 //! after another; a conversation opens a session and its socket, sends
 //! `lt #<n> t=<nanos>`, waits for the ack and the agent's `re: <seq> #<n>` reply,
 //! repeats `--messages` times, then says `bye` and waits for `conversation.ended`.
+//! A conversation that fails or meets the deadline sends `leave` before closing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,11 +10,18 @@ use std::sync::Arc;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::time::{timeout_at, Instant};
+use std::time::Duration;
+
+use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::net::{self, Failure, Ws};
 use crate::report::{now_nanos, replied_seq_of, stamp_of, tag_of, Counters, Lat};
 use crate::Ctx;
+
+/// Customer names of run `run_id` start with this; agents reject other offers.
+pub fn name_prefix(run_id: &str) -> String {
+    format!("lt-customer-{run_id}-")
+}
 
 /// One customer slot of `--concurrency`: takes conversation numbers from `next`
 /// until `total` are taken or the run's deadline has passed. Only the worker's
@@ -31,10 +39,10 @@ pub async fn worker(ctx: Arc<Ctx>, next: Arc<AtomicUsize>, total: usize) {
             break;
         }
         Counters::inc(&c.conversations_started);
-        match timeout_at(ctx.deadline, conversation(&ctx, idx, first)).await {
-            Err(_) => Counters::inc(&c.aborted_at_deadline),
-            Ok(Ok(())) => Counters::inc(&c.conversations_completed),
-            Ok(Err(f)) => {
+        match conversation(&ctx, idx, first).await {
+            Ok(Outcome::Completed) => Counters::inc(&c.conversations_completed),
+            Ok(Outcome::Aborted) => Counters::inc(&c.aborted_at_deadline),
+            Err(f) => {
                 Counters::inc(&c.conversations_failed);
                 ctx.stats.error(&Failure::new(
                     f.code,
@@ -46,13 +54,47 @@ pub async fn worker(ctx: Arc<Ctx>, next: Arc<AtomicUsize>, total: usize) {
     }
 }
 
-async fn conversation(ctx: &Ctx, idx: usize, paced: bool) -> Result<(), Failure> {
+enum Outcome {
+    Completed,
+    /// The run's deadline came first.
+    Aborted,
+}
+
+async fn conversation(ctx: &Ctx, idx: usize, paced: bool) -> Result<Outcome, Failure> {
+    let Ok(ws) = timeout_at(ctx.deadline, open(ctx, idx, paced)).await else {
+        return Ok(Outcome::Aborted);
+    };
+    let mut ws = ws?;
+    let mut s = Session {
+        ctx,
+        conv_id: None,
+        acks: HashMap::new(),
+        replies: HashMap::new(),
+        ended: false,
+    };
+    let result = match timeout_at(ctx.deadline, s.talk(&mut ws, idx)).await {
+        Ok(Ok(())) => Ok(Outcome::Completed),
+        Ok(Err(f)) => Err(f),
+        Err(_) => Ok(Outcome::Aborted),
+    };
+    if !matches!(result, Ok(Outcome::Completed)) {
+        // Leave, so the conversation does not wait in the broker for a customer
+        // who is gone (and get offered to the agents of a later run).
+        let leave = json!({"type": "leave"});
+        let _ = timeout(Duration::from_secs(1), net::send_json(&mut ws, &leave)).await;
+    }
+    net::close_ws(ws).await;
+    result
+}
+
+/// Opens a webchat session and its socket.
+async fn open(ctx: &Ctx, idx: usize, paced: bool) -> Result<Ws, Failure> {
     let (_, body) = net::http_json(
         ctx.http(idx),
         Method::POST,
         ctx.target.http("/v1/webchat/sessions"),
         None,
-        Some(&json!({ "name": format!("lt-customer-{}-{idx}", ctx.run_id) })),
+        Some(&json!({ "name": format!("{}{idx}", name_prefix(&ctx.run_id)) })),
     )
     .await?;
     let token = body["token"].as_str().ok_or_else(|| {
@@ -65,17 +107,7 @@ async fn conversation(ctx: &Ctx, idx: usize, paced: bool) -> Result<(), Failure>
         ctx.pacer.wait().await;
     }
     let url = ctx.target.ws("/v1/webchat/ws", token);
-    let mut ws = net::connect_ws(&ctx.target, ctx.sources.pick(), &url).await?;
-    let mut s = Session {
-        ctx,
-        conv_id: None,
-        acks: HashMap::new(),
-        replies: HashMap::new(),
-        ended: false,
-    };
-    let result = s.talk(&mut ws, idx).await;
-    net::close_ws(ws).await;
-    result
+    net::connect_ws(&ctx.target, ctx.sources.pick(), &url).await
 }
 
 struct Session<'a> {

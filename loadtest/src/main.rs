@@ -69,6 +69,9 @@ struct Args {
     /// Leave the run's agents on the server instead of deleting them at the end.
     #[arg(long)]
     keep_agents: bool,
+    /// Print the first N WebSocket frames sent or received to stderr (debugging).
+    #[arg(long, default_value_t = 0)]
+    trace_frames: usize,
     /// Also write the report as JSON to this path.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -195,6 +198,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<bool, String> {
     let wall_start = Instant::now();
     report::now_nanos();
+    net::trace_frames(args.trace_frames);
     let target = Target::parse(&args.url)?;
     let concurrency = args.concurrency();
 

@@ -199,8 +199,30 @@ pub async fn connect_ws(target: &Target, source: Option<IpAddr>, url: &Url) -> R
     }
 }
 
+/// How many more frames `--trace-frames` prints.
+static TRACE_BUDGET: AtomicUsize = AtomicUsize::new(0);
+
+/// Prints the next `n` frames sent or received, on any socket, to stderr.
+pub fn trace_frames(n: usize) {
+    TRACE_BUDGET.store(n, Ordering::Relaxed);
+}
+
+fn trace(ws: &Ws, dir: &str, text: &str) {
+    let take =
+        TRACE_BUDGET.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1));
+    if take.is_ok() {
+        let port = ws.get_ref().local_addr().map(|a| a.port()).unwrap_or(0);
+        eprintln!(
+            "[{:>10.3}ms :{port}] {dir} {}",
+            crate::report::now_nanos() as f64 / 1e6,
+            clip(text, 600)
+        );
+    }
+}
+
 /// Sends one JSON object as a text frame.
 pub async fn send_json(ws: &mut Ws, value: &Value) -> Result<(), Failure> {
+    trace(ws, "->", &value.to_string());
     ws.send(Message::Text(value.to_string().into()))
         .await
         .map_err(|e| Failure::new("io.send", e.to_string()))
@@ -208,6 +230,7 @@ pub async fn send_json(ws: &mut Ws, value: &Value) -> Result<(), Failure> {
 
 /// Queues one JSON object without flushing; call [`flush`] after a batch.
 pub async fn feed_json(ws: &mut Ws, value: &Value) -> Result<(), Failure> {
+    trace(ws, "->", &value.to_string());
     ws.feed(Message::Text(value.to_string().into()))
         .await
         .map_err(|e| Failure::new("io.send", e.to_string()))
@@ -235,6 +258,7 @@ pub async fn recv_json(ws: &mut Ws) -> Result<Value, Failure> {
         };
         match msg {
             Message::Text(text) => {
+                trace(ws, "<-", &text);
                 return match serde_json::from_str::<Value>(&text) {
                     Ok(v) if v.is_object() => Ok(v),
                     _ => Err(Failure::new(

@@ -95,6 +95,7 @@ fn new_histogram() -> Histogram<u64> {
 pub struct Counters {
     pub agents_ready: AtomicU64,
     pub offers: AtomicU64,
+    pub foreign_offers_rejected: AtomicU64,
     pub accepts_sent: AtomicU64,
     pub assigned: AtomicU64,
     pub ends_sent: AtomicU64,
@@ -222,6 +223,7 @@ pub fn to_json(stats: &Stats, info: &RunInfo, ok: bool) -> Value {
             "created": info.agents_created,
             "ready": g(&c.agents_ready),
             "offers": g(&c.offers),
+            "foreign_offers_rejected": g(&c.foreign_offers_rejected),
             "accepts_sent": g(&c.accepts_sent),
             "assigned": g(&c.assigned),
             "ends_sent": g(&c.ends_sent),
@@ -298,10 +300,11 @@ pub fn human(report: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "agents: {} created, {} ready; offers {}, assigned {}, tasks completed {}, open at end {}",
+        "agents: {} created, {} ready; offers {} ({} from other runs rejected), assigned {}, tasks completed {}, open at end {}",
         n(&agents["created"]),
         n(&agents["ready"]),
         n(&agents["offers"]),
+        n(&agents["foreign_offers_rejected"]),
         n(&agents["assigned"]),
         n(&agents["tasks_completed"]),
         n(&agents["open_tasks_at_end"]),

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::agent::{Agent, AgentProfile, Retire, UpdateProfile};
 use crate::error::ApiError;
-use crate::http::{authenticate, require_admin, Principal, State};
+use crate::http::{authenticate, read_json, require_admin, Principal, State};
 use crate::protocol::{Activity, AgentView, PerChannel};
 use crate::router::GetAgents;
 
@@ -71,10 +71,10 @@ fn valid_capacity(c: &PerChannel) -> Result<(), ApiError> {
 pub async fn create(
     req: HttpRequest,
     state: State,
-    body: web::Json<CreateAgent>,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
-    let body = body.into_inner();
+    let body: CreateAgent = read_json(body).await?;
     valid_id(&body.id)?;
     let name = body.name.unwrap_or_else(|| body.id.clone());
     valid_name(&name)?;
@@ -144,10 +144,10 @@ pub async fn update(
     req: HttpRequest,
     state: State,
     id: web::Path<String>,
-    body: web::Json<PatchAgent>,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
-    let body = body.into_inner();
+    let body: PatchAgent = read_json(body).await?;
     if let Some(name) = &body.name {
         valid_name(name)?;
     }

@@ -86,6 +86,27 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
+/// Read a JSON body after the caller has been authenticated (the `Json`
+/// extractor would parse before the handler runs, so an unauthenticated caller
+/// would learn about validation instead of getting `unauthorized`).
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    mut payload: web::Payload,
+) -> Result<T, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("body interrupted: {e}")))?;
+        if body.len() + chunk.len() > JSON_LIMIT {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "JSON body larger than {JSON_LIMIT} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
