@@ -43,6 +43,46 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// A socket silent (no frame, no pong) for this long is closed.
     pub client_timeout: Duration,
+
+    /// Externally visible base URL (Twilio signs it; provider links use it).
+    /// Default: `http://<bind>`.
+    pub public_url: Option<String>,
+    /// SMS (Twilio): enabled when SID, auth token and a from-number are set.
+    pub twilio_account_sid: Option<String>,
+    pub twilio_auth_token: Option<String>,
+    /// Business number(s) replies come from; the first starts outbound SMS.
+    pub sms_from: Vec<String>,
+    pub twilio_api_base: String,
+    /// WhatsApp (Cloud API): enabled when token, app secret, verify token and
+    /// phone number id are set.
+    pub whatsapp_token: Option<String>,
+    pub whatsapp_app_secret: Option<String>,
+    pub whatsapp_verify_token: Option<String>,
+    pub whatsapp_phone_number_id: Option<String>,
+    /// Messenger: enabled when page token, app secret and verify token are set.
+    pub messenger_page_token: Option<String>,
+    pub messenger_app_secret: Option<String>,
+    pub messenger_verify_token: Option<String>,
+    /// Graph API base for both Meta channels.
+    pub graph_api_base: String,
+    /// WhatsApp/Messenger free-form window after the customer's last message.
+    pub messaging_window: Duration,
+    /// Per-request timeout towards providers.
+    pub provider_timeout: Duration,
+    /// Retries of a transient send failure before it is reported failed.
+    pub provider_retries: u32,
+    /// First retry delay; doubles each time, with jitter.
+    pub provider_backoff: Duration,
+    /// Sends in flight at once per provider channel.
+    pub provider_in_flight: usize,
+    /// Sends waiting per provider channel before agents get `rate_limited`.
+    pub provider_queue: usize,
+    /// Provider message ids remembered to drop webhook retries.
+    pub webhook_dedupe: usize,
+    /// Largest webhook body, in bytes.
+    pub max_webhook_body: u64,
+    /// Lifetime of signed attachment links handed to providers.
+    pub attachment_link_ttl: Duration,
 }
 
 impl Default for Config {
@@ -65,6 +105,28 @@ impl Default for Config {
             workers: 0,
             heartbeat_interval: Duration::from_secs(15),
             client_timeout: Duration::from_secs(60),
+            public_url: None,
+            twilio_account_sid: None,
+            twilio_auth_token: None,
+            sms_from: Vec::new(),
+            twilio_api_base: "https://api.twilio.com".into(),
+            whatsapp_token: None,
+            whatsapp_app_secret: None,
+            whatsapp_verify_token: None,
+            whatsapp_phone_number_id: None,
+            messenger_page_token: None,
+            messenger_app_secret: None,
+            messenger_verify_token: None,
+            graph_api_base: "https://graph.facebook.com/v21.0".into(),
+            messaging_window: Duration::from_secs(24 * 3600),
+            provider_timeout: Duration::from_secs(10),
+            provider_retries: 5,
+            provider_backoff: Duration::from_millis(500),
+            provider_in_flight: 16,
+            provider_queue: 10_000,
+            webhook_dedupe: 100_000,
+            max_webhook_body: 1024 * 1024,
+            attachment_link_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -98,13 +160,40 @@ impl Config {
         if let Some(path) = &args.config {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
-            let file: FileConfig = toml::from_str(&text)
+            let file: Args = toml::from_str(&text)
                 .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
-            file.apply(&mut cfg)?;
+            file.apply(&mut cfg);
         }
         args.apply(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The base URL providers see.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.bind),
+        }
+    }
+
+    pub fn sms_enabled(&self) -> bool {
+        self.twilio_account_sid.is_some()
+            && self.twilio_auth_token.is_some()
+            && !self.sms_from.is_empty()
+    }
+
+    pub fn whatsapp_enabled(&self) -> bool {
+        self.whatsapp_token.is_some()
+            && self.whatsapp_app_secret.is_some()
+            && self.whatsapp_verify_token.is_some()
+            && self.whatsapp_phone_number_id.is_some()
+    }
+
+    pub fn messenger_enabled(&self) -> bool {
+        self.messenger_page_token.is_some()
+            && self.messenger_app_secret.is_some()
+            && self.messenger_verify_token.is_some()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -148,24 +237,28 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{e} (use e.g. 512KiB, 25MiB)"))
 }
 
-fn parse_list(s: &str) -> Vec<String> {
-    s.split(',')
+fn parse_list(s: &str) -> Result<Vec<String>, String> {
+    Ok(s.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(String::from)
-        .collect()
+        .collect())
 }
 
-/// Command-line flags; each also reads its `SWITCHBOARD_*` variable.
-#[derive(Debug, Default, Parser)]
+/// Every setting, as a flag, a `SWITCHBOARD_*` variable (clap reads both, flag
+/// first) and a key of the TOML file (the same struct, deserialized). One list,
+/// so the three ways to configure cannot drift apart.
+#[derive(Debug, Default, Parser, Deserialize)]
 #[command(
     name = "switchboard",
     version,
     about = "Actor-based chat broker for contact centers"
 )]
+#[serde(deny_unknown_fields)]
 pub struct Args {
     /// TOML configuration file.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Listen address, e.g. 127.0.0.1:8080.
     #[arg(long, env = "SWITCHBOARD_BIND")]
@@ -175,164 +268,194 @@ pub struct Args {
     pub admin_token: Option<String>,
     /// Offer timeout, e.g. 30s.
     #[arg(long, env = "SWITCHBOARD_OFFER_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
     pub offer_timeout: Option<Duration>,
     /// Disconnect grace period, e.g. 60s.
     #[arg(long, env = "SWITCHBOARD_DISCONNECT_GRACE", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
     pub disconnect_grace: Option<Duration>,
     /// Wrap-up timeout, e.g. 10m.
     #[arg(long, env = "SWITCHBOARD_WRAPUP_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
     pub wrapup_timeout: Option<Duration>,
     /// Disposition used by the wrap-up timeout.
     #[arg(long, env = "SWITCHBOARD_WRAPUP_DISPOSITION")]
     pub wrapup_disposition: Option<String>,
     /// Largest upload, e.g. 25MiB.
     #[arg(long, env = "SWITCHBOARD_MAX_UPLOAD", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de::size")]
     pub max_upload: Option<u64>,
     /// Longest message text in characters.
     #[arg(long, env = "SWITCHBOARD_MAX_TEXT")]
     pub max_text: Option<usize>,
+    /// Longest wrap-up notes in characters.
+    #[arg(long, env = "SWITCHBOARD_MAX_NOTES")]
+    pub max_notes: Option<usize>,
     /// Largest WebSocket frame from a client, e.g. 64KiB.
     #[arg(long, env = "SWITCHBOARD_MAX_FRAME", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de::size")]
     pub max_frame: Option<u64>,
     /// Frames queued per socket before the client is a slow consumer.
     #[arg(long, env = "SWITCHBOARD_SOCKET_BACKLOG")]
     pub socket_backlog: Option<usize>,
-    /// Comma-separated disposition codes.
-    #[arg(long, env = "SWITCHBOARD_DISPOSITIONS")]
-    pub dispositions: Option<String>,
+    /// Comma-separated disposition codes (a list in the TOML file).
+    #[arg(long, env = "SWITCHBOARD_DISPOSITIONS", value_parser = parse_list)]
+    #[serde(default, deserialize_with = "de::list")]
+    pub dispositions: Option<Vec<String>>,
     /// Worker threads (0 = one per core).
     #[arg(long, env = "SWITCHBOARD_WORKERS")]
     pub workers: Option<usize>,
     /// Socket ping interval, e.g. 15s.
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
     pub heartbeat_interval: Option<Duration>,
     /// Close sockets silent for this long, e.g. 60s.
     #[arg(long, env = "SWITCHBOARD_CLIENT_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
     pub client_timeout: Option<Duration>,
+
+    /// Externally visible base URL, e.g. https://chat.example.com.
+    #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Twilio account SID (SMS).
+    #[arg(long, env = "SWITCHBOARD_TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+    /// Twilio auth token (SMS).
+    #[arg(long, env = "SWITCHBOARD_TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<String>,
+    /// Business number(s) SMS replies come from, comma-separated.
+    #[arg(long, env = "SWITCHBOARD_SMS_FROM", value_parser = parse_list)]
+    #[serde(default, deserialize_with = "de::list")]
+    pub sms_from: Option<Vec<String>>,
+    /// Twilio API base URL.
+    #[arg(long, env = "SWITCHBOARD_TWILIO_API_BASE")]
+    pub twilio_api_base: Option<String>,
+    /// WhatsApp Cloud API access token.
+    #[arg(long, env = "SWITCHBOARD_WHATSAPP_TOKEN", hide_env_values = true)]
+    pub whatsapp_token: Option<String>,
+    /// WhatsApp app secret (webhook signatures).
+    #[arg(long, env = "SWITCHBOARD_WHATSAPP_APP_SECRET", hide_env_values = true)]
+    pub whatsapp_app_secret: Option<String>,
+    /// WhatsApp webhook verify token.
+    #[arg(long, env = "SWITCHBOARD_WHATSAPP_VERIFY_TOKEN", hide_env_values = true)]
+    pub whatsapp_verify_token: Option<String>,
+    /// WhatsApp business phone number id.
+    #[arg(long, env = "SWITCHBOARD_WHATSAPP_PHONE_NUMBER_ID")]
+    pub whatsapp_phone_number_id: Option<String>,
+    /// Messenger page access token.
+    #[arg(long, env = "SWITCHBOARD_MESSENGER_PAGE_TOKEN", hide_env_values = true)]
+    pub messenger_page_token: Option<String>,
+    /// Messenger app secret (webhook signatures).
+    #[arg(long, env = "SWITCHBOARD_MESSENGER_APP_SECRET", hide_env_values = true)]
+    pub messenger_app_secret: Option<String>,
+    /// Messenger webhook verify token.
+    #[arg(long, env = "SWITCHBOARD_MESSENGER_VERIFY_TOKEN", hide_env_values = true)]
+    pub messenger_verify_token: Option<String>,
+    /// Graph API base URL for WhatsApp and Messenger.
+    #[arg(long, env = "SWITCHBOARD_GRAPH_API_BASE")]
+    pub graph_api_base: Option<String>,
+    /// WhatsApp/Messenger free-form messaging window, e.g. 24h.
+    #[arg(long, env = "SWITCHBOARD_MESSAGING_WINDOW", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub messaging_window: Option<Duration>,
+    /// Timeout of one provider request, e.g. 10s.
+    #[arg(long, env = "SWITCHBOARD_PROVIDER_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub provider_timeout: Option<Duration>,
+    /// Retries of a transient provider failure.
+    #[arg(long, env = "SWITCHBOARD_PROVIDER_RETRIES")]
+    pub provider_retries: Option<u32>,
+    /// First retry delay (doubles each retry, with jitter), e.g. 500ms.
+    #[arg(long, env = "SWITCHBOARD_PROVIDER_BACKOFF", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub provider_backoff: Option<Duration>,
+    /// Provider sends in flight at once, per channel.
+    #[arg(long, env = "SWITCHBOARD_PROVIDER_IN_FLIGHT")]
+    pub provider_in_flight: Option<usize>,
+    /// Provider sends waiting per channel before `rate_limited`.
+    #[arg(long, env = "SWITCHBOARD_PROVIDER_QUEUE")]
+    pub provider_queue: Option<usize>,
+    /// Provider message ids remembered to drop webhook retries.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_DEDUPE")]
+    pub webhook_dedupe: Option<usize>,
+    /// Largest webhook body, e.g. 1MiB.
+    #[arg(long, env = "SWITCHBOARD_MAX_WEBHOOK_BODY", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de::size")]
+    pub max_webhook_body: Option<u64>,
+    /// Lifetime of signed attachment links given to providers, e.g. 1h.
+    #[arg(long, env = "SWITCHBOARD_ATTACHMENT_LINK_TTL", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub attachment_link_ttl: Option<Duration>,
+}
+
+/// Copy every setting that is present over the configuration.
+macro_rules! overlay {
+    ($from:ident, $cfg:ident; $($field:ident),* ; $($opt:ident),*) => {
+        $( if let Some(v) = $from.$field { $cfg.$field = v; } )*
+        $( if let Some(v) = $from.$opt { $cfg.$opt = Some(v); } )*
+    };
 }
 
 impl Args {
     fn apply(self, cfg: &mut Config) {
-        if let Some(v) = self.bind {
-            cfg.bind = v;
-        }
-        if let Some(v) = self.admin_token {
-            cfg.admin_token = Some(v);
-        }
-        if let Some(v) = self.offer_timeout {
-            cfg.offer_timeout = v;
-        }
-        if let Some(v) = self.disconnect_grace {
-            cfg.disconnect_grace = v;
-        }
-        if let Some(v) = self.wrapup_timeout {
-            cfg.wrapup_timeout = v;
-        }
-        if let Some(v) = self.wrapup_disposition {
-            cfg.wrapup_disposition = v;
-        }
-        if let Some(v) = self.max_upload {
-            cfg.max_upload = v;
-        }
-        if let Some(v) = self.max_text {
-            cfg.max_text = v;
-        }
-        if let Some(v) = self.max_frame {
+        let max_frame = self.max_frame;
+        overlay!(self, cfg;
+            bind, offer_timeout, disconnect_grace, wrapup_timeout, wrapup_disposition,
+            max_upload, max_text, max_notes, socket_backlog, dispositions, workers,
+            heartbeat_interval, client_timeout, sms_from, twilio_api_base, graph_api_base,
+            messaging_window, provider_timeout, provider_retries, provider_backoff,
+            provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,
+            attachment_link_ttl;
+            admin_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
+            whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
+            messenger_page_token, messenger_app_secret, messenger_verify_token
+        );
+        if let Some(v) = max_frame {
             cfg.max_frame = v as usize;
-        }
-        if let Some(v) = self.socket_backlog {
-            cfg.socket_backlog = v;
-        }
-        if let Some(v) = self.dispositions {
-            cfg.dispositions = parse_list(&v);
-        }
-        if let Some(v) = self.workers {
-            cfg.workers = v;
-        }
-        if let Some(v) = self.heartbeat_interval {
-            cfg.heartbeat_interval = v;
-        }
-        if let Some(v) = self.client_timeout {
-            cfg.client_timeout = v;
         }
     }
 }
 
-/// The TOML file: the same settings as the flags, in snake_case.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    bind: Option<String>,
-    admin_token: Option<String>,
-    offer_timeout: Option<String>,
-    disconnect_grace: Option<String>,
-    wrapup_timeout: Option<String>,
-    wrapup_disposition: Option<String>,
-    max_upload: Option<String>,
-    max_text: Option<usize>,
-    max_notes: Option<usize>,
-    max_frame: Option<String>,
-    socket_backlog: Option<usize>,
-    dispositions: Option<Vec<String>>,
-    workers: Option<usize>,
-    heartbeat_interval: Option<String>,
-    client_timeout: Option<String>,
-}
+/// TOML deserializers that share the flags' parsers, so a file value and a
+/// flag value mean the same thing and fail with the same message.
+mod de {
+    use std::time::Duration;
 
-impl FileConfig {
-    fn apply(self, cfg: &mut Config) -> Result<(), ConfigError> {
-        let dur = |name: &str, v: &str| {
-            parse_duration(v).map_err(|e| ConfigError(format!("{name}: {v:?}: {e}")))
-        };
-        let size = |name: &str, v: &str| {
-            parse_size(v).map_err(|e| ConfigError(format!("{name}: {v:?}: {e}")))
-        };
-        if let Some(v) = self.bind {
-            cfg.bind = v;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Size {
+            Bytes(u64),
+            Text(String),
         }
-        if let Some(v) = self.admin_token {
-            cfg.admin_token = Some(v);
+        match Size::deserialize(d)? {
+            Size::Bytes(n) => Ok(Some(n)),
+            Size::Text(s) => super::parse_size(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
         }
-        if let Some(v) = self.offer_timeout {
-            cfg.offer_timeout = dur("offer_timeout", &v)?;
+    }
+
+    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum List {
+            Items(Vec<String>),
+            Text(String),
         }
-        if let Some(v) = self.disconnect_grace {
-            cfg.disconnect_grace = dur("disconnect_grace", &v)?;
-        }
-        if let Some(v) = self.wrapup_timeout {
-            cfg.wrapup_timeout = dur("wrapup_timeout", &v)?;
-        }
-        if let Some(v) = self.wrapup_disposition {
-            cfg.wrapup_disposition = v;
-        }
-        if let Some(v) = self.max_upload {
-            cfg.max_upload = size("max_upload", &v)?;
-        }
-        if let Some(v) = self.max_text {
-            cfg.max_text = v;
-        }
-        if let Some(v) = self.max_notes {
-            cfg.max_notes = v;
-        }
-        if let Some(v) = self.max_frame {
-            cfg.max_frame = size("max_frame", &v)? as usize;
-        }
-        if let Some(v) = self.socket_backlog {
-            cfg.socket_backlog = v;
-        }
-        if let Some(v) = self.dispositions {
-            cfg.dispositions = v;
-        }
-        if let Some(v) = self.workers {
-            cfg.workers = v;
-        }
-        if let Some(v) = self.heartbeat_interval {
-            cfg.heartbeat_interval = dur("heartbeat_interval", &v)?;
-        }
-        if let Some(v) = self.client_timeout {
-            cfg.client_timeout = dur("client_timeout", &v)?;
-        }
-        Ok(())
+        Ok(Some(match List::deserialize(d)? {
+            List::Items(v) => v,
+            List::Text(s) => super::parse_list(&s).unwrap_or_default(),
+        }))
     }
 }
 
@@ -381,12 +504,10 @@ mod tests {
         let err = Args::try_parse_from(["switchboard", "--offer-timeout", "soon"]).unwrap_err();
         assert!(err.to_string().contains("--offer-timeout"), "{err}");
 
-        let mut cfg = Config::default();
-        let file: FileConfig = toml::from_str("wrapup_timeout = \"ten\"").unwrap();
-        let err = file.apply(&mut cfg).unwrap_err();
+        let err = toml::from_str::<Args>("wrapup_timeout = \"ten\"").unwrap_err();
         assert!(err.to_string().contains("wrapup_timeout"), "{err}");
 
-        let file: Result<FileConfig, _> = toml::from_str("offer_timout = \"1s\"");
+        let file: Result<Args, _> = toml::from_str("offer_timout = \"1s\"");
         assert!(file.is_err(), "unknown keys are rejected");
 
         let cfg = Config {
@@ -402,6 +523,10 @@ mod tests {
 
     #[test]
     fn dispositions_list_parses() {
-        assert_eq!(parse_list(" a, b ,,c"), vec!["a", "b", "c"]);
+        assert_eq!(parse_list(" a, b ,,c").unwrap(), vec!["a", "b", "c"]);
+        let file: Args =
+            toml::from_str("dispositions = [\"x\", \"y\"]\nsms_from = \"+1555,+1666\"").unwrap();
+        assert_eq!(file.dispositions.unwrap(), vec!["x", "y"]);
+        assert_eq!(file.sms_from.unwrap(), vec!["+1555", "+1666"]);
     }
 }
