@@ -18,7 +18,7 @@ use actix_web_actors::ws::CloseCode;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{AgentEntry, Broker};
-use crate::channel::webchat::OpenOutbound;
+use crate::channel::{OpenOutbound, Template};
 use crate::conversation::{
     validate_content, AgentComplete, AgentEnd, AgentSend, AgentTyping, Conversation, Resync,
 };
@@ -326,54 +326,64 @@ impl Agent {
                 text,
                 attachments,
                 client_msg_id,
+                template,
                 reference,
             } => self.outbound(
-                channel,
-                to,
-                text,
-                attachments,
-                client_msg_id,
+                OutboundRequest {
+                    channel,
+                    to,
+                    text,
+                    attachments,
+                    client_msg_id,
+                    template,
+                },
                 reference,
                 ctx,
             ),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Start a conversation: reserve capacity with the router, then have the
+    /// channel open it (already assigned to this agent).
     fn outbound(
         &mut self,
-        channel: ChannelKind,
-        to: String,
-        text: String,
-        attachments: Vec<String>,
-        client_msg_id: Option<String>,
+        req: OutboundRequest,
         reference: Option<String>,
         ctx: &mut Context<Self>,
     ) {
-        if channel != ChannelKind::Webchat {
-            return self.push_error(crate::channel::disabled(channel), reference.as_deref(), ctx);
-        }
-        let attachments = match validate_content(&self.broker, channel, &text, &attachments) {
+        let target = match self.broker.channels.outbound(req.channel) {
+            Ok(t) => t,
+            Err(e) => return self.push_error(e, reference.as_deref(), ctx),
+        };
+        let template_only =
+            req.template.is_some() && req.text.trim().is_empty() && req.attachments.is_empty();
+        let attachments = if template_only {
+            Ok(Vec::new())
+        } else {
+            validate_content(&self.broker, req.channel, &req.text, &req.attachments)
+        };
+        let attachments = match attachments {
             Ok(a) => a,
             Err(e) => return self.push_error(e, reference.as_deref(), ctx),
         };
         let broker = self.broker.clone();
         let task_id = broker.ids.task();
         let open = OpenOutbound {
-            to,
+            to: req.to,
             task_id: task_id.clone(),
             agent_id: self.profile.id.clone(),
             agent_name: self.profile.name.clone(),
             agent: ctx.address(),
-            text,
+            text: req.text,
             attachments,
-            client_msg_id,
+            client_msg_id: req.client_msg_id,
             reference: reference.clone(),
+            template: req.template,
         };
         let reserve = router::ReserveOutbound {
             agent_id: self.profile.id.clone(),
             task_id: task_id.clone(),
-            channel,
+            channel: req.channel,
         };
         let fut = async move {
             broker
@@ -381,8 +391,7 @@ impl Agent {
                 .send(reserve)
                 .await
                 .map_err(ApiError::mailbox)??;
-            let opened = broker
-                .webchat
+            let opened = target
                 .send(open)
                 .await
                 .map_err(ApiError::mailbox)
@@ -408,6 +417,16 @@ impl Agent {
             }
         }));
     }
+}
+
+/// An agent's `outbound` command, minus its `ref`.
+struct OutboundRequest {
+    channel: ChannelKind,
+    to: String,
+    text: String,
+    attachments: Vec<String>,
+    client_msg_id: Option<String>,
+    template: Option<Template>,
 }
 
 impl Actor for Agent {

@@ -86,6 +86,7 @@ mod tests {
             size: 3,
             filename: "a.png".into(),
             url: format!("/v1/attachments/{id}"),
+            error: None,
         }
     }
 

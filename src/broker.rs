@@ -16,7 +16,7 @@ use dashmap::DashMap;
 
 use crate::agent::Agent;
 use crate::attachments::AttachmentStore;
-use crate::channel::webchat::WebchatChannel;
+use crate::channel::Channels;
 use crate::config::Config;
 use crate::conversation::Conversation;
 use crate::ids::IdGen;
@@ -24,6 +24,24 @@ use crate::metrics::Metrics;
 use crate::protocol::Id;
 use crate::router::Router;
 use crate::supervisor::SupervisorHub;
+
+/// Create an actor's address before the actor runs, so it can be registered
+/// (or handed to other actors) first; call the returned function to start it
+/// on `arbiter`.
+pub fn prepare<A>(arbiter: &ArbiterHandle) -> (Addr<A>, impl FnOnce(A) + Send)
+where
+    A: Actor<Context = Context<A>> + Send,
+{
+    let (tx, rx) = actix::dev::channel::channel::<A>(16);
+    let addr = Addr::new(tx);
+    let arbiter = arbiter.clone();
+    let run = move |actor: A| {
+        arbiter.spawn_fn(move || {
+            Context::with_receiver(rx).run(actor);
+        });
+    };
+    (addr, run)
+}
 
 /// One registered agent: its actor and its credential.
 #[derive(Clone)]
@@ -40,8 +58,15 @@ pub struct Broker {
     pub attachments: AttachmentStore,
 
     pub router: Addr<Router>,
-    pub webchat: Addr<WebchatChannel>,
+    pub channels: Channels,
     pub supervisor: Addr<SupervisorHub>,
+    /// Pooled HTTP client for provider APIs and media (timeouts set).
+    pub http: reqwest::Client,
+    /// Key of signed attachment links (random per process: links die with it,
+    /// as do the files).
+    pub link_key: [u8; 32],
+    /// Agent messages handed to each provider channel and not yet answered.
+    pub outbound_pending: [AtomicUsize; 4],
 
     /// agent id → actor and token.
     pub agents: DashMap<Id, AgentEntry>,
@@ -67,9 +92,10 @@ pub struct BrokerParts {
     pub config: Config,
     pub admin_token: String,
     pub router: Addr<Router>,
-    pub webchat: Addr<WebchatChannel>,
+    pub channels: Channels,
     pub supervisor: Addr<SupervisorHub>,
     pub shards: Vec<ArbiterHandle>,
+    pub http: reqwest::Client,
 }
 
 impl Broker {
@@ -81,8 +107,11 @@ impl Broker {
             metrics: Metrics::default(),
             attachments: AttachmentStore::default(),
             router: parts.router,
-            webchat: parts.webchat,
+            channels: parts.channels,
             supervisor: parts.supervisor,
+            http: parts.http,
+            link_key: rand::random(),
+            outbound_pending: Default::default(),
             agents: DashMap::new(),
             agent_tokens: DashMap::new(),
             conversations: DashMap::new(),

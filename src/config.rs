@@ -237,12 +237,19 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{e} (use e.g. 512KiB, 25MiB)"))
 }
 
-fn parse_list(s: &str) -> Result<Vec<String>, String> {
-    Ok(s.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect())
+/// A comma-separated list on the command line, a list (or such a string) in
+/// the file. A newtype, so clap takes it as one value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct List(pub Vec<String>);
+
+fn parse_list(s: &str) -> Result<List, String> {
+    Ok(List(
+        s.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    ))
 }
 
 /// Every setting, as a flag, a `SWITCHBOARD_*` variable (clap reads both, flag
@@ -301,7 +308,7 @@ pub struct Args {
     /// Comma-separated disposition codes (a list in the TOML file).
     #[arg(long, env = "SWITCHBOARD_DISPOSITIONS", value_parser = parse_list)]
     #[serde(default, deserialize_with = "de::list")]
-    pub dispositions: Option<Vec<String>>,
+    pub dispositions: Option<List>,
     /// Worker threads (0 = one per core).
     #[arg(long, env = "SWITCHBOARD_WORKERS")]
     pub workers: Option<usize>,
@@ -326,7 +333,7 @@ pub struct Args {
     /// Business number(s) SMS replies come from, comma-separated.
     #[arg(long, env = "SWITCHBOARD_SMS_FROM", value_parser = parse_list)]
     #[serde(default, deserialize_with = "de::list")]
-    pub sms_from: Option<Vec<String>>,
+    pub sms_from: Option<List>,
     /// Twilio API base URL.
     #[arg(long, env = "SWITCHBOARD_TWILIO_API_BASE")]
     pub twilio_api_base: Option<String>,
@@ -337,7 +344,11 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_WHATSAPP_APP_SECRET", hide_env_values = true)]
     pub whatsapp_app_secret: Option<String>,
     /// WhatsApp webhook verify token.
-    #[arg(long, env = "SWITCHBOARD_WHATSAPP_VERIFY_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WHATSAPP_VERIFY_TOKEN",
+        hide_env_values = true
+    )]
     pub whatsapp_verify_token: Option<String>,
     /// WhatsApp business phone number id.
     #[arg(long, env = "SWITCHBOARD_WHATSAPP_PHONE_NUMBER_ID")]
@@ -349,7 +360,11 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_MESSENGER_APP_SECRET", hide_env_values = true)]
     pub messenger_app_secret: Option<String>,
     /// Messenger webhook verify token.
-    #[arg(long, env = "SWITCHBOARD_MESSENGER_VERIFY_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MESSENGER_VERIFY_TOKEN",
+        hide_env_values = true
+    )]
     pub messenger_verify_token: Option<String>,
     /// Graph API base URL for WhatsApp and Messenger.
     #[arg(long, env = "SWITCHBOARD_GRAPH_API_BASE")]
@@ -399,10 +414,16 @@ macro_rules! overlay {
 impl Args {
     fn apply(self, cfg: &mut Config) {
         let max_frame = self.max_frame;
+        if let Some(List(v)) = self.dispositions {
+            cfg.dispositions = v;
+        }
+        if let Some(List(v)) = self.sms_from {
+            cfg.sms_from = v;
+        }
         overlay!(self, cfg;
             bind, offer_timeout, disconnect_grace, wrapup_timeout, wrapup_disposition,
-            max_upload, max_text, max_notes, socket_backlog, dispositions, workers,
-            heartbeat_interval, client_timeout, sms_from, twilio_api_base, graph_api_base,
+            max_upload, max_text, max_notes, socket_backlog, workers,
+            heartbeat_interval, client_timeout, twilio_api_base, graph_api_base,
             messaging_window, provider_timeout, provider_retries, provider_backoff,
             provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,
             attachment_link_ttl;
@@ -445,7 +466,7 @@ mod de {
         }
     }
 
-    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<super::List>, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum List {
@@ -453,7 +474,7 @@ mod de {
             Text(String),
         }
         Ok(Some(match List::deserialize(d)? {
-            List::Items(v) => v,
+            List::Items(v) => super::List(v),
             List::Text(s) => super::parse_list(&s).unwrap_or_default(),
         }))
     }
@@ -523,10 +544,14 @@ mod tests {
 
     #[test]
     fn dispositions_list_parses() {
-        assert_eq!(parse_list(" a, b ,,c").unwrap(), vec!["a", "b", "c"]);
+        assert_eq!(parse_list(" a, b ,,c").unwrap().0, vec!["a", "b", "c"]);
         let file: Args =
             toml::from_str("dispositions = [\"x\", \"y\"]\nsms_from = \"+1555,+1666\"").unwrap();
-        assert_eq!(file.dispositions.unwrap(), vec!["x", "y"]);
-        assert_eq!(file.sms_from.unwrap(), vec!["+1555", "+1666"]);
+        assert_eq!(file.dispositions.unwrap().0, vec!["x", "y"]);
+        assert_eq!(file.sms_from.unwrap().0, vec!["+1555", "+1666"]);
+        let args =
+            Args::try_parse_from(["switchboard", "--dispositions", "a,b", "--sms-from", "+1"])
+                .unwrap();
+        assert_eq!(args.dispositions.unwrap().0, vec!["a", "b"]);
     }
 }

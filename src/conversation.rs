@@ -21,7 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, AgentFrameKind, ToAgent};
 use crate::broker::Broker;
-use crate::channel::{check_attachment, CustomerEvent, SocketId, ToCustomer};
+use crate::channel::{
+    check_attachment, has_messaging_window, text_limit, CustomerEvent, SocketId, Template,
+    ToCustomer,
+};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -38,8 +41,12 @@ pub struct ConversationState {
     pub task_id: Id,
     pub channel: ChannelKind,
     pub customer: Customer,
+    /// The business address the customer wrote to (provider channels).
+    pub business: Option<String>,
     pub skills: Vec<String>,
     pub previous: Option<Id>,
+    /// When the customer last wrote (opens the WhatsApp/Messenger window).
+    pub last_customer_at: Option<SystemTime>,
     pub created_at: SystemTime,
     pub ended_at: Option<SystemTime>,
     pub task_state: TaskState,
@@ -67,13 +74,30 @@ pub enum ConversationEvent {
         notes: String,
         at: SystemTime,
     },
+    StatusChanged {
+        seq: u64,
+        status: DeliveryStatus,
+    },
 }
 
 impl ConversationState {
     /// The one place conversation state changes.
     pub fn apply(&mut self, event: ConversationEvent) {
         match event {
-            ConversationEvent::MessageAppended(m) => self.messages.push(m),
+            ConversationEvent::MessageAppended(m) => {
+                if m.from == Author::Customer {
+                    self.last_customer_at = Some(m.created_at);
+                }
+                self.messages.push(m);
+            }
+            ConversationEvent::StatusChanged { seq, status } => {
+                if let Some(m) = seq
+                    .checked_sub(1)
+                    .and_then(|i| self.messages.get_mut(i as usize))
+                {
+                    m.status = status;
+                }
+            }
             ConversationEvent::TaskMoved {
                 state,
                 agent_id,
@@ -149,11 +173,12 @@ pub fn validate_content(
     text: &str,
     attachments: &[String],
 ) -> Result<Vec<AttachmentMeta>, ApiError> {
-    let max = broker.config.max_text;
+    let max = text_limit(channel).map_or(broker.config.max_text, |l| l.min(broker.config.max_text));
     let chars = text.chars().count();
     if chars > max {
         return Err(ApiError::TextTooLong(format!(
-            "text has {chars} characters; the limit is {max}"
+            "text has {chars} characters; the limit on {} is {max}",
+            channel.as_str()
         )));
     }
     if text.trim().is_empty() && attachments.is_empty() {
@@ -187,6 +212,7 @@ pub enum Opening {
         attachments: Vec<AttachmentMeta>,
         client_msg_id: Option<String>,
         reference: Option<String>,
+        template: Option<Template>,
     },
 }
 
@@ -194,8 +220,11 @@ pub enum Opening {
 pub struct OpenSpec {
     pub channel: ChannelKind,
     pub customer: Customer,
+    pub business: Option<String>,
     pub skills: Vec<String>,
     pub previous: Option<Id>,
+    /// When the customer last wrote on this thread, if known.
+    pub window_opened_at: Option<SystemTime>,
     pub channel_addr: Recipient<ToCustomer>,
     pub opening: Opening,
     /// For outbound: the task id the router already reserved capacity under.
@@ -222,8 +251,10 @@ impl Conversation {
             task_id: task_id.clone(),
             channel: spec.channel,
             customer: spec.customer,
+            business: spec.business,
             skills: spec.skills,
             previous: spec.previous,
+            last_customer_at: spec.window_opened_at,
             created_at: crate::protocol::now(),
             ended_at: None,
             task_state: TaskState::Queued,
@@ -243,9 +274,12 @@ impl Conversation {
             wrapup: None,
             opening: Some(spec.opening),
         };
-        let addr = Conversation::start_in_arbiter(&broker.shard(), move |_| actor);
+        // Registered before it runs: its first act queues the task, and the
+        // agent who accepts must find it by id.
+        let (addr, run) = crate::broker::prepare::<Conversation>(&broker.shard());
         broker.conversations.insert(id.clone(), addr.clone());
         broker.tasks.insert(task_id, id.clone());
+        run(actor);
         (id, addr)
     }
 
@@ -277,6 +311,7 @@ impl Conversation {
     fn to_customer(&self, event: CustomerEvent) {
         self.channel.do_send(ToCustomer {
             customer: self.state.customer.address.as_str().into(),
+            business: self.state.business.as_deref().map(Id::from),
             conversation_id: self.state.id.clone(),
             event,
         });
@@ -369,12 +404,22 @@ impl Conversation {
     }
 
     fn accept_customer_message(&mut self, msg: CustomerMessage) {
-        let content = validate_content(
-            &self.broker,
-            self.state.channel,
-            &msg.text,
-            &msg.attachments,
-        );
+        let content = if msg.provided.is_empty()
+            && msg.attachments.is_empty()
+            && msg.author == Author::System
+        {
+            Ok(Vec::new())
+        } else if !msg.provided.is_empty() {
+            // Files a provider sent: stored (or failed) already, shown as they are.
+            Ok(msg.provided.clone())
+        } else {
+            validate_content(
+                &self.broker,
+                self.state.channel,
+                &msg.text,
+                &msg.attachments,
+            )
+        };
         let attachments = match content {
             Ok(a) => a,
             Err(e) => {
@@ -385,12 +430,7 @@ impl Conversation {
                 return;
             }
         };
-        let message = self.append(
-            Author::Customer,
-            msg.text,
-            attachments,
-            msg.client_msg_id.clone(),
-        );
+        let message = self.append(msg.author, msg.text, attachments, msg.client_msg_id.clone());
         Metrics::bump(&self.broker.metrics.messages_in);
         if let Some(socket) = msg.socket {
             let ack = frame(&serde_json::json!({
@@ -409,7 +449,53 @@ impl Conversation {
                 self.to_agent(agent, AgentFrameKind::Message, frame.clone());
             }
         }
-        self.to_customer(CustomerEvent::Broadcast(frame));
+        self.message_to_customer(message, frame, None);
+    }
+
+    /// Hand a new message to the channel: sockets show it, providers send
+    /// agent messages out (counted against the channel's outbound queue).
+    fn message_to_customer(&self, message: Message, frame: Frame, template: Option<Template>) {
+        if message.from == Author::Agent && self.state.channel != ChannelKind::Webchat {
+            self.broker.outbound_pending[self.state.channel.index()]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.to_customer(CustomerEvent::Message {
+            message: Box::new(message),
+            frame,
+            template,
+        });
+    }
+
+    /// Provider-channel rules an agent's free-form message must meet.
+    fn check_provider_rules(&self) -> Result<(), ApiError> {
+        let channel = self.state.channel;
+        if channel == ChannelKind::Webchat {
+            return Ok(());
+        }
+        let pending = self.broker.outbound_pending[channel.index()]
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if pending >= self.broker.config.provider_queue {
+            return Err(ApiError::RateLimited(format!(
+                "{} has {pending} messages waiting for the provider; try again shortly",
+                channel.as_str()
+            )));
+        }
+        if has_messaging_window(channel) {
+            let window = self.broker.config.messaging_window;
+            let inside = self
+                .state
+                .last_customer_at
+                .and_then(|at| at.elapsed().ok())
+                .is_some_and(|age| age <= window);
+            if !inside {
+                return Err(ApiError::OutsideMessagingWindow(format!(
+                    "the customer has not written in the last {}: {} allows no free-form message now",
+                    humantime::format_duration(window),
+                    channel.as_str()
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn end(&mut self, reference: Option<&str>, ctx: &mut Context<Self>) {
@@ -499,12 +585,17 @@ impl Actor for Conversation {
                 attachments,
                 client_msg_id,
                 reference,
+                template,
             }) => {
                 self.apply(ConversationEvent::TaskMoved {
                     state: TaskState::Assigned,
                     agent_id: Some(agent_id),
                     agent_name: Some(agent_name.clone()),
                 });
+                let text = match (&template, text.is_empty()) {
+                    (Some(t), true) => format!("Template {} ({})", t.name, t.language),
+                    _ => text,
+                };
                 let message = self.append(Author::Agent, text, attachments, client_msg_id);
                 Metrics::bump(&self.broker.metrics.messages_out);
                 self.to_agent(
@@ -519,7 +610,7 @@ impl Actor for Conversation {
                     "agent": {"name": agent_name},
                 }))));
                 let frame = self.message_frame(&message, None);
-                self.to_customer(CustomerEvent::Broadcast(frame));
+                self.message_to_customer(message, frame, template);
             }
             None => {}
         }
@@ -549,8 +640,13 @@ impl Conversation {
 pub struct CustomerMessage {
     /// The socket to acknowledge (webchat); None for provider channels.
     pub socket: Option<SocketId>,
+    /// `customer`, or `system` for a provider event shown as a note.
+    pub author: Author,
     pub text: String,
+    /// Uploaded files the customer refers to by id (webchat).
     pub attachments: Vec<String>,
+    /// Files a provider delivered with the message, already stored.
+    pub provided: Vec<AttachmentMeta>,
     pub client_msg_id: Option<String>,
     pub reference: Option<String>,
 }
@@ -795,6 +891,7 @@ impl Handler<AgentSend> for Conversation {
                     self.state.id
                 )));
             }
+            self.check_provider_rules()?;
             validate_content(
                 &self.broker,
                 self.state.channel,
@@ -814,7 +911,7 @@ impl Handler<AgentSend> for Conversation {
             None => to_customer.clone(),
         };
         self.to_agent(&msg.from, AgentFrameKind::Message, echo);
-        self.to_customer(CustomerEvent::Broadcast(to_customer));
+        self.message_to_customer(message, to_customer, None);
     }
 }
 
@@ -948,6 +1045,97 @@ impl Handler<Resync> for Conversation {
     }
 }
 
+/// A provider reported a new delivery status for one of the agent's messages.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliveryUpdate {
+    pub message_id: String,
+    pub status: DeliveryStatus,
+    pub error: Option<String>,
+}
+
+/// Status order: a late `sent` never overrides `delivered`; `failed` is final.
+fn status_rank(s: DeliveryStatus) -> u8 {
+    match s {
+        DeliveryStatus::Accepted => 0,
+        DeliveryStatus::Sent => 1,
+        DeliveryStatus::Delivered => 2,
+        DeliveryStatus::Read => 3,
+        DeliveryStatus::Failed => 4,
+    }
+}
+
+impl Conversation {
+    fn set_status(&mut self, seq: u64, status: DeliveryStatus, error: Option<String>) {
+        let Some(current) = seq
+            .checked_sub(1)
+            .and_then(|i| self.state.messages.get(i as usize))
+            .map(|m| m.status)
+        else {
+            return;
+        };
+        let forward =
+            status_rank(status) > status_rank(current) && current != DeliveryStatus::Failed;
+        if !forward {
+            return;
+        }
+        let message_id = self.state.messages[(seq - 1) as usize].id.clone();
+        self.apply(ConversationEvent::StatusChanged { seq, status });
+        if let Some(agent) = &self.agent {
+            let f = frame(&serde_json::json!({
+                "type": "message.status",
+                "conversation_id": self.state.id,
+                "message_id": message_id,
+                "status": status,
+                "error": error,
+            }));
+            self.to_agent(agent, AgentFrameKind::Other, f);
+        }
+    }
+}
+
+impl Handler<DeliveryUpdate> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeliveryUpdate, _: &mut Context<Self>) {
+        let seq = self
+            .state
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.id == msg.message_id)
+            .map(|m| m.seq);
+        if let Some(seq) = seq {
+            self.set_status(seq, msg.status, msg.error);
+        }
+    }
+}
+
+/// Messenger read receipt: every agent message sent before `watermark` is read.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReadUpTo {
+    pub watermark: SystemTime,
+}
+
+impl Handler<ReadUpTo> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReadUpTo, _: &mut Context<Self>) {
+        let seqs: Vec<u64> = self
+            .state
+            .messages
+            .iter()
+            .filter(|m| m.from == Author::Agent && m.created_at <= msg.watermark)
+            .filter(|m| matches!(m.status, DeliveryStatus::Sent | DeliveryStatus::Delivered))
+            .map(|m| m.seq)
+            .collect();
+        for seq in seqs {
+            self.set_status(seq, DeliveryStatus::Read, None);
+        }
+    }
+}
+
 /// `GET /v1/conversations/{id}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConversationSnapshot {
@@ -1037,8 +1225,10 @@ mod tests {
                 address: "wc_1".into(),
                 name: "Dana".into(),
             },
+            business: None,
             skills: vec![],
             previous: None,
+            last_customer_at: None,
             created_at: crate::protocol::now(),
             ended_at: None,
             task_state: TaskState::Queued,

@@ -42,6 +42,12 @@ pub enum ApiError {
     #[error("{0}")]
     ChannelDisabled(String),
     #[error("{0}")]
+    BadSignature(String),
+    #[error("{0}")]
+    OutsideMessagingWindow(String),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("{0}")]
     Unavailable(String),
 }
 
@@ -64,6 +70,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::InvalidState(_) => "invalid_state",
             ApiError::ChannelDisabled(_) => "channel_disabled",
+            ApiError::BadSignature(_) => "bad_signature",
+            ApiError::OutsideMessagingWindow(_) => "outside_messaging_window",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
         }
     }
@@ -85,6 +94,9 @@ impl ApiError {
             ApiError::AttachmentTooLarge(_) | ApiError::PayloadTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            ApiError::BadSignature(_) => StatusCode::FORBIDDEN,
+            ApiError::OutsideMessagingWindow(_) => StatusCode::CONFLICT,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

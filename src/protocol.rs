@@ -159,6 +159,10 @@ pub struct AttachmentMeta {
     pub size: u64,
     pub filename: String,
     pub url: String,
+    /// Set when a provider's file could not be fetched (then `id` and `url`
+    /// are empty); null otherwise.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One message of a conversation's history.
@@ -258,6 +262,9 @@ pub enum AgentCommand {
         attachments: Vec<String>,
         #[serde(default)]
         client_msg_id: Option<String>,
+        /// WhatsApp: a template to write first outside the messaging window.
+        #[serde(default)]
+        template: Option<crate::channel::Template>,
         #[serde(default, rename = "ref")]
         reference: Option<String>,
     },

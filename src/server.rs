@@ -11,33 +11,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use actix::dev::channel;
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 
-use crate::broker::{Broker, BrokerParts};
+use crate::broker::{prepare, Broker, BrokerParts};
+use crate::channel::messenger::MessengerApi;
+use crate::channel::provider::{ProviderApi, ProviderChannel};
+use crate::channel::sms::SmsApi;
 use crate::channel::webchat::WebchatChannel;
+use crate::channel::whatsapp::WhatsappApi;
+use crate::channel::Channels;
 use crate::config::Config;
 use crate::router::Router;
 use crate::supervisor::{Attach, SupervisorHub};
-
-/// Start an actor on `arbiter` with an address created beforehand, so actors
-/// that need each other's addresses can be wired before any of them runs.
-fn start_later<A>(arbiter: &ArbiterHandle) -> (Addr<A>, impl FnOnce(A) + Send)
-where
-    A: Actor<Context = Context<A>> + Send,
-{
-    let (tx, rx) = channel::channel::<A>(16);
-    let addr = Addr::new(tx);
-    let arbiter = arbiter.clone();
-    let run = move |actor: A| {
-        arbiter.spawn_fn(move || {
-            Context::with_receiver(rx).run(actor);
-        });
-    };
-    (addr, run)
-}
 
 /// A broker bound and running, with what a client needs to reach it.
 pub struct Started {
@@ -63,19 +50,60 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     let shards: Vec<ArbiterHandle> = (0..workers).map(|_| arbiter()).collect();
 
     let supervisor = SupervisorHub::new().start();
-    let (router, run_router) = start_later::<Router>(&router_arbiter);
-    let (webchat, run_webchat) = start_later::<WebchatChannel>(&channel_arbiter);
+    let (router, run_router) = prepare::<Router>(&router_arbiter);
+    let (webchat, run_webchat) = prepare::<WebchatChannel>(&channel_arbiter);
+    let provider = |enabled: bool| enabled.then(|| prepare::<ProviderChannel>(&channel_arbiter));
+    let sms = provider(config.sms_enabled());
+    let whatsapp = provider(config.whatsapp_enabled());
+    let messenger = provider(config.messenger_enabled());
+    let http = reqwest::Client::builder()
+        .timeout(config.provider_timeout)
+        .connect_timeout(config.provider_timeout)
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build()
+        .map_err(std::io::Error::other)?;
     let broker = Broker::new(BrokerParts {
         config: config.clone(),
         admin_token: admin_token.clone(),
         router,
-        webchat,
+        channels: Channels {
+            webchat,
+            sms: sms.as_ref().map(|(addr, _)| addr.clone()),
+            whatsapp: whatsapp.as_ref().map(|(addr, _)| addr.clone()),
+            messenger: messenger.as_ref().map(|(addr, _)| addr.clone()),
+        },
         supervisor: supervisor.clone(),
         shards,
+        http: http.clone(),
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
     run_router(Router::new(broker.clone()));
     run_webchat(WebchatChannel::new(broker.clone()));
+    let graph = config.graph_api_base.clone();
+    if let Some((_, run)) = sms {
+        let api = ProviderApi::Sms(SmsApi {
+            api_base: config.twilio_api_base.clone(),
+            account_sid: config.twilio_account_sid.clone().unwrap_or_default(),
+            auth_token: config.twilio_auth_token.clone().unwrap_or_default(),
+            status_callback: format!("{}/v1/channels/sms/status", config.public_base()),
+        });
+        run(ProviderChannel::new(broker.clone(), api, http.clone()));
+    }
+    if let Some((_, run)) = whatsapp {
+        let api = ProviderApi::Whatsapp(WhatsappApi {
+            graph_base: graph.clone(),
+            token: config.whatsapp_token.clone().unwrap_or_default(),
+            phone_number_id: config.whatsapp_phone_number_id.clone().unwrap_or_default(),
+        });
+        run(ProviderChannel::new(broker.clone(), api, http.clone()));
+    }
+    if let Some((_, run)) = messenger {
+        let api = ProviderApi::Messenger(MessengerApi {
+            graph_base: graph,
+            page_token: config.messenger_page_token.clone().unwrap_or_default(),
+        });
+        run(ProviderChannel::new(broker.clone(), api, http));
+    }
 
     let data = web::Data::new(broker);
     let server = HttpServer::new(move || {
@@ -84,6 +112,9 @@ pub fn start(config: Config) -> std::io::Result<Started> {
             .configure(crate::http::routes)
     })
     .workers(workers)
+    // Chat frames are small: send them at once instead of waiting to
+    // coalesce (Nagle + delayed ACK would add ~40 ms per frame).
+    .tcp_nodelay(true)
     .shutdown_timeout(5)
     .bind(&config.bind)?;
     let addrs = server.addrs();

@@ -8,12 +8,19 @@
 //! channel kind is a new actor that handles that message — the channel "trait"
 //! is that message contract plus the rule table below.
 
+pub mod messenger;
+pub mod provider;
+pub mod sms;
 pub mod webchat;
+pub mod whatsapp;
 
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 
+use crate::agent::Agent;
+use crate::conversation::Conversation;
 use crate::error::ApiError;
-use crate::protocol::{ChannelKind, Frame, Id};
+use crate::protocol::{AttachmentMeta, ChannelKind, Frame, Id, Message};
 
 /// Identifies one customer socket within a channel (webchat can have several
 /// tabs open for one session).
@@ -25,6 +32,8 @@ pub type SocketId = u64;
 pub struct ToCustomer {
     /// Channel-specific customer address (the webchat session id, a phone number…).
     pub customer: Id,
+    /// The business address (number, page) the conversation runs on.
+    pub business: Option<Id>,
     pub conversation_id: Id,
     pub event: CustomerEvent,
 }
@@ -35,7 +44,15 @@ pub enum CustomerEvent {
     History { socket: SocketId, frame: Frame },
     /// A reply meant for one socket only (`ack`, `error`).
     Direct { socket: SocketId, frame: Frame },
-    /// A live event for every socket of the customer (`message`, `typing`,
+    /// A new message of the conversation (either side). Socket channels
+    /// broadcast the frame; provider channels send agent messages out.
+    Message {
+        message: Box<Message>,
+        frame: Frame,
+        /// WhatsApp template that opens an outbound conversation.
+        template: Option<Template>,
+    },
+    /// A live event for every socket of the customer (`typing`,
     /// `agent.joined`).
     Broadcast(Frame),
     /// The conversation ended: broadcast, and the customer's next message opens a
@@ -44,6 +61,80 @@ pub enum CustomerEvent {
     /// A message that reached the conversation after it ended: the channel opens
     /// a new conversation with it, linked to this one.
     Reopen(Box<crate::conversation::CustomerMessage>),
+}
+
+/// A WhatsApp message template (needed to write first, outside the window).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub name: String,
+    pub language: String,
+}
+
+/// An agent starts a conversation on a channel. Every channel actor handles
+/// it: it checks the address, then opens the conversation, already assigned.
+#[derive(Message)]
+#[rtype(result = "Result<(Id, Addr<Conversation>), ApiError>")]
+pub struct OpenOutbound {
+    pub to: String,
+    pub task_id: Id,
+    pub agent_id: Id,
+    pub agent_name: String,
+    pub agent: Addr<Agent>,
+    pub text: String,
+    pub attachments: Vec<AttachmentMeta>,
+    pub client_msg_id: Option<String>,
+    pub reference: Option<String>,
+    pub template: Option<Template>,
+}
+
+/// The channel actors running on this broker; provider channels are `None`
+/// until configured.
+#[derive(Clone)]
+pub struct Channels {
+    pub webchat: Addr<webchat::WebchatChannel>,
+    pub sms: Option<Addr<provider::ProviderChannel>>,
+    pub whatsapp: Option<Addr<provider::ProviderChannel>>,
+    pub messenger: Option<Addr<provider::ProviderChannel>>,
+}
+
+impl Channels {
+    /// The provider channel actor of `kind`, or `channel_disabled`.
+    pub fn provider(
+        &self,
+        kind: ChannelKind,
+    ) -> Result<&Addr<provider::ProviderChannel>, ApiError> {
+        let addr = match kind {
+            ChannelKind::Webchat => None,
+            ChannelKind::Sms => self.sms.as_ref(),
+            ChannelKind::Whatsapp => self.whatsapp.as_ref(),
+            ChannelKind::Messenger => self.messenger.as_ref(),
+        };
+        addr.ok_or_else(|| disabled(kind))
+    }
+
+    /// Where an agent's outbound conversation on `kind` is opened.
+    pub fn outbound(&self, kind: ChannelKind) -> Result<Recipient<OpenOutbound>, ApiError> {
+        match kind {
+            ChannelKind::Webchat => Ok(self.webchat.clone().recipient()),
+            other => Ok(self.provider(other)?.clone().recipient()),
+        }
+    }
+}
+
+/// Longest text a channel carries, in characters (None: the broker's limit).
+pub fn text_limit(channel: ChannelKind) -> Option<usize> {
+    match channel {
+        ChannelKind::Webchat => None,
+        ChannelKind::Sms => Some(1600),
+        ChannelKind::Whatsapp => Some(4096),
+        ChannelKind::Messenger => Some(2000),
+    }
+}
+
+/// Channels where free-form messages are allowed only within the messaging
+/// window after the customer's last message.
+pub fn has_messaging_window(channel: ChannelKind) -> bool {
+    matches!(channel, ChannelKind::Whatsapp | ChannelKind::Messenger)
 }
 
 /// What a channel accepts as attachments, checked before anything is sent.
@@ -186,8 +277,7 @@ pub fn check_attachment(
     }
 }
 
-/// Channels that have an actor on this broker. Provider channels are disabled
-/// until configured; asking for one answers `channel_disabled`.
+/// A provider channel that is not configured answers `channel_disabled`.
 pub fn disabled(channel: ChannelKind) -> ApiError {
     ApiError::ChannelDisabled(format!(
         "the {} channel is not configured on this broker",

@@ -12,17 +12,14 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::Agent;
 use crate::broker::Broker;
-use crate::channel::{CustomerEvent, SocketId, ToCustomer};
+use crate::channel::{CustomerEvent, OpenOutbound, SocketId, ToCustomer};
 use crate::conversation::{
     validate_content, Conversation, CustomerLeft, CustomerMessage, CustomerTyping, OpenSpec,
     Opening, SendHistory,
 };
 use crate::error::ApiError;
-use crate::protocol::{
-    error_frame, frame, AttachmentMeta, ChannelKind, Customer, CustomerCommand, Id,
-};
+use crate::protocol::{error_frame, frame, ChannelKind, Customer, CustomerCommand, Id};
 use crate::ws::SocketLink;
 
 struct Socket {
@@ -124,8 +121,10 @@ impl WebchatChannel {
                 address: session_id.to_string(),
                 name: session.name.clone(),
             },
+            business: None,
             skills: session.skills.clone(),
             previous,
+            window_opened_at: None,
             channel_addr: ctx.address().recipient(),
             opening,
             task_id,
@@ -283,8 +282,10 @@ impl Handler<FromCustomer> for WebchatChannel {
             } => {
                 let message = CustomerMessage {
                     socket: Some(msg.socket),
+                    author: crate::protocol::Author::Customer,
                     text,
                     attachments,
+                    provided: Vec::new(),
                     client_msg_id,
                     reference,
                 };
@@ -346,25 +347,15 @@ impl WebchatChannel {
     }
 }
 
-/// An agent starts a webchat conversation with an existing session.
-#[derive(Message)]
-#[rtype(result = "Result<(Id, Addr<Conversation>), ApiError>")]
-pub struct OpenOutbound {
-    pub to: String,
-    pub task_id: Id,
-    pub agent_id: Id,
-    pub agent_name: String,
-    pub agent: Addr<Agent>,
-    pub text: String,
-    pub attachments: Vec<AttachmentMeta>,
-    pub client_msg_id: Option<String>,
-    pub reference: Option<String>,
-}
-
 impl Handler<OpenOutbound> for WebchatChannel {
     type Result = Result<(Id, Addr<Conversation>), ApiError>;
 
     fn handle(&mut self, msg: OpenOutbound, ctx: &mut Context<Self>) -> Self::Result {
+        if msg.template.is_some() {
+            return Err(ApiError::BadRequest(
+                "templates are only for whatsapp".into(),
+            ));
+        }
         let session: Id = msg.to.as_str().into();
         let s = self.sessions.get(&session).ok_or_else(|| {
             ApiError::NotFound(format!("webchat session {} does not exist", msg.to))
@@ -384,6 +375,7 @@ impl Handler<OpenOutbound> for WebchatChannel {
             attachments: msg.attachments,
             client_msg_id: msg.client_msg_id,
             reference: msg.reference,
+            template: None,
         };
         if let Some(s) = self.sessions.get_mut(&session) {
             for sock in &mut s.sockets {
@@ -412,7 +404,9 @@ impl Handler<ToCustomer> for WebchatChannel {
                 self.send_to(&session, socket, frame);
             }
             CustomerEvent::Direct { socket, frame } => self.send_to(&session, socket, frame),
-            CustomerEvent::Broadcast(frame) => self.broadcast(&session, frame),
+            CustomerEvent::Broadcast(frame) | CustomerEvent::Message { frame, .. } => {
+                self.broadcast(&session, frame)
+            }
             CustomerEvent::Ended(frame) => {
                 self.apply(
                     WebchatEvent::ConversationEnded {

@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use crate::channel::provider::verify_link;
 use crate::error::ApiError;
 use crate::http::{authenticate, Principal, State};
 use crate::protocol::AttachmentMeta;
@@ -72,6 +73,7 @@ pub async fn upload(
         content_type,
         size: bytes.len() as u64,
         filename: clean_filename(query.filename.as_deref()),
+        error: None,
     };
     let uploader = match who {
         Principal::Customer(session) => Some(session),
@@ -83,12 +85,42 @@ pub async fn upload(
     Ok(HttpResponse::Created().json(meta))
 }
 
+/// A signed link handed to a provider (`?expires=…&signature=…`).
+#[derive(Debug, Deserialize)]
+pub struct SignedLink {
+    pub expires: Option<u64>,
+    pub signature: Option<String>,
+}
+
+/// Admin, any agent, a customer the file was sent to or who uploaded it, or
+/// anyone with a valid signed link.
 pub async fn download(
     req: HttpRequest,
     state: State,
     id: web::Path<String>,
+    link: web::Query<SignedLink>,
 ) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(&req, &state)?;
+    let signed = match (link.expires, link.signature.as_deref()) {
+        (Some(expires), Some(signature)) => {
+            if !verify_link(&state.link_key, &id, expires, signature) {
+                return Err(ApiError::BadSignature(
+                    "the link's signature is wrong or it has expired".into(),
+                ));
+            }
+            true
+        }
+        (None, None) => false,
+        _ => {
+            return Err(ApiError::BadSignature(
+                "a signed link needs both expires and signature".into(),
+            ))
+        }
+    };
+    let who = if signed {
+        Principal::Admin
+    } else {
+        authenticate(&req, &state)?
+    };
     let file = state
         .attachments
         .get(&id)

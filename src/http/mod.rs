@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod attachments;
+pub mod channels;
 pub mod conversations;
 pub mod ops;
 pub mod sockets;
@@ -73,7 +74,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/attachments/{id}", web::get().to(attachments::download))
                 .route("/webchat/sessions", web::post().to(webchat::create_session))
                 .route("/webchat/ws", web::get().to(sockets::webchat))
-                .route("/supervisor/ws", web::get().to(sockets::supervisor)),
+                .route("/supervisor/ws", web::get().to(sockets::supervisor))
+                .route(
+                    "/channels/sms/inbound",
+                    web::post().to(channels::sms_inbound),
+                )
+                .route("/channels/sms/status", web::post().to(channels::sms_status))
+                .route(
+                    "/channels/whatsapp/webhook",
+                    web::get().to(channels::whatsapp_verify),
+                )
+                .route(
+                    "/channels/whatsapp/webhook",
+                    web::post().to(channels::whatsapp_webhook),
+                )
+                .route(
+                    "/channels/messenger/webhook",
+                    web::get().to(channels::messenger_verify),
+                )
+                .route(
+                    "/channels/messenger/webhook",
+                    web::post().to(channels::messenger_webhook),
+                ),
         )
         .default_service(web::to(not_found));
 }

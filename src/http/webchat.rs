@@ -27,6 +27,7 @@ pub async fn create_session(
         return Err(ApiError::BadRequest("name must be 1-100 characters".into()));
     }
     let (session_id, token) = state
+        .channels
         .webchat
         .send(CreateSession {
             name,

@@ -1,0 +1,954 @@
+// Switchboard agent desktop (/desk). Talks the agent protocol of
+// docs/protocol.md: one WebSocket for events and commands, HTTP with the
+// agent's bearer token for attachments and the disposition list.
+'use strict';
+
+(function () {
+  const { h, $, icon, channelIcon, channelName, duration, clock, uid, humanize, api, upload,
+    attachmentView, upsertMessage, toast, Socket, wsUrl, session, enterToSend } = window.SB;
+
+  const TYPING_SHOWN_MS = 5000;
+  const TYPING_SEND_EVERY_MS = 3000;
+  const NOTES_MAX = 4000;
+
+  const S = {
+    agentId: null,
+    token: null,
+    socket: null,
+    agent: null,
+    activity: 'offline',
+    tasks: new Map(), // task id -> task record (see track())
+    byConv: new Map(), // conversation id -> task id
+    selected: null, // task id in view
+    dispositions: [],
+    refs: new Map(), // command ref -> { kind, ... }
+    everConnected: false,
+    lastTypingSent: 0,
+  };
+
+  // ---- Sign-in ------------------------------------------------------------
+
+  function showSignin(error) {
+    $('#app').hidden = true;
+    $('#signin').hidden = false;
+    const box = $('#signin-error');
+    box.hidden = !error;
+    box.textContent = error || '';
+    $('#agent-id').value = S.agentId || $('#agent-id').value;
+    (S.agentId ? $('#agent-token') : $('#agent-id')).focus();
+  }
+
+  async function checkCredentials(id, token) {
+    return api('GET', '/v1/agents/' + encodeURIComponent(id), token);
+  }
+
+  async function onSignin(ev) {
+    ev.preventDefault();
+    const id = $('#agent-id').value.trim();
+    const token = $('#agent-token').value.trim();
+    if (!id || !token) {
+      showSignin('Enter your agent id and token.');
+      return;
+    }
+    const button = $('#signin-button');
+    button.disabled = true;
+    try {
+      await checkCredentials(id, token);
+    } catch (e) {
+      button.disabled = false;
+      showSignin(e.status === 401 || e.status === 404 ? 'That agent id and token do not match.' : e.message);
+      return;
+    }
+    button.disabled = false;
+    if ('Notification' in window && Notification.permission === 'default') {
+      // Asked on the click, as browsers require.
+      Notification.requestPermission().catch(() => {});
+    }
+    session.set('switchboard.desk', { id, token });
+    start(id, token);
+  }
+
+  function signOut(message) {
+    if (S.socket) S.socket.close();
+    S.socket = null;
+    session.set('switchboard.desk', null);
+    S.tasks.clear();
+    S.byConv.clear();
+    S.selected = null;
+    S.token = null;
+    $('#agent-token').value = '';
+    showSignin(message);
+  }
+
+  function start(id, token) {
+    S.agentId = id;
+    S.token = token;
+    S.everConnected = false;
+    $('#signin').hidden = true;
+    $('#app').hidden = false;
+    $('#agent-id-label').textContent = id;
+    $('#agent-name').textContent = id;
+    renderAll();
+    S.socket = new Socket(
+      () => wsUrl('/v1/agents/' + encodeURIComponent(id) + '/ws?token=' + encodeURIComponent(token)),
+      { onmessage: onEvent, onstatus: onStatus, shouldRetry, onfatal },
+    );
+  }
+
+  // ---- Connection -----------------------------------------------------------
+
+  function shouldRetry(ev) {
+    if (ev.code === 1008 && /replaced/.test(ev.reason || '')) return false;
+    if (ev.code === 1000 && /deleted/.test(ev.reason || '')) return false;
+    return true;
+  }
+
+  function onfatal(ev) {
+    if (/deleted/.test(ev.reason || '')) {
+      signOut('This agent was deleted by an administrator.');
+      return;
+    }
+    setBanner('This desk was opened in another window, so this one stopped. Reload the page to use it here.');
+  }
+
+  async function onStatus(status) {
+    const conn = $('#conn');
+    conn.dataset.state = status;
+    if (status === 'open') {
+      conn.textContent = 'Connected';
+      setBanner(null);
+      S.everConnected = true;
+    } else if (status === 'connecting') {
+      conn.textContent = S.everConnected ? 'Reconnecting…' : 'Connecting…';
+    } else {
+      conn.textContent = 'Offline';
+      if (S.everConnected) {
+        setBanner('Connection lost. Reconnecting… your chats are kept and come back when the connection does.');
+      }
+      // A refused socket gives no status: check the credentials once.
+      if (S.token) {
+        try {
+          await checkCredentials(S.agentId, S.token);
+        } catch (e) {
+          if (e.status === 401 || e.status === 404) signOut('Your session is no longer valid. Sign in again.');
+        }
+      }
+    }
+  }
+
+  function setBanner(text) {
+    const b = $('#banner');
+    b.hidden = !text;
+    b.textContent = text || '';
+  }
+
+  function command(kind, body, extra) {
+    const ref = uid(kind);
+    S.refs.set(ref, Object.assign({ kind }, extra || {}));
+    const sent = S.socket && S.socket.send(Object.assign({}, body, { ref }));
+    if (!sent) {
+      S.refs.delete(ref);
+      return null;
+    }
+    return ref;
+  }
+
+  // ---- Task records ---------------------------------------------------------
+
+  function track(task) {
+    let t = S.tasks.get(task.id);
+    if (!t) {
+      t = {
+        id: task.id,
+        task,
+        state: task.state,
+        messages: [],
+        unread: 0,
+        expiresAt: null,
+        typingUntil: 0,
+        draft: '',
+        files: [],
+        wrap: { disposition: '', notes: '' },
+        endedBy: null,
+        notes: [],
+      };
+      S.tasks.set(task.id, t);
+    }
+    t.task = Object.assign({}, t.task, task);
+    t.state = task.state || t.state;
+    S.byConv.set(task.conversation_id, task.id);
+    return t;
+  }
+
+  function forget(taskId) {
+    const t = S.tasks.get(taskId);
+    if (!t) return null;
+    S.tasks.delete(taskId);
+    if (S.byConv.get(t.task.conversation_id) === taskId) S.byConv.delete(t.task.conversation_id);
+    if (S.selected === taskId) S.selected = null;
+    return t;
+  }
+
+  function byConversation(conversationId) {
+    const id = S.byConv.get(conversationId);
+    return id ? S.tasks.get(id) : null;
+  }
+
+  function customerName(t) {
+    const c = t.task.customer || {};
+    return c.name || c.address || 'Customer';
+  }
+
+  function isOffer(t) {
+    return t.state === 'reserved' || t.state === 'queued';
+  }
+
+  function lastCustomerText(t) {
+    for (let i = t.messages.length - 1; i >= 0; i -= 1) {
+      const m = t.messages[i];
+      if (m.from === 'customer') {
+        if (m.text) return m.text;
+        if (m.attachments && m.attachments.length) return '📎 ' + (m.attachments[0].filename || 'file');
+      }
+    }
+    return t.task.preview || '';
+  }
+
+  function firstOpenTask() {
+    const list = sortedTasks().filter((t) => !isOffer(t));
+    return list.length ? list[0].id : null;
+  }
+
+  function sortedTasks() {
+    return Array.from(S.tasks.values()).sort((a, b) => {
+      const ao = isOffer(a) ? 0 : 1;
+      const bo = isOffer(b) ? 0 : 1;
+      if (ao !== bo) return ao - bo;
+      return String(a.task.created_at).localeCompare(String(b.task.created_at));
+    });
+  }
+
+  // ---- Events from the broker -----------------------------------------------
+
+  function onEvent(msg) {
+    const handler = EVENTS[msg.type];
+    if (handler) handler(msg);
+  }
+
+  const EVENTS = {
+    hello(msg) {
+      S.agent = msg.agent;
+      $('#agent-name').textContent = msg.agent.name || msg.agent.id;
+      setActivity(msg.activity);
+      const live = new Set((msg.tasks || []).map((t) => t.id));
+      for (const id of Array.from(S.tasks.keys())) {
+        if (!live.has(id)) forget(id);
+      }
+      for (const task of msg.tasks || []) track(task);
+      if (S.selected && !S.tasks.has(S.selected)) S.selected = null;
+      renderAll();
+    },
+
+    'task.offered'(msg) {
+      const t = track(msg.task);
+      t.state = 'reserved';
+      t.expiresAt = Date.parse(msg.expires_at) || null;
+      renderQueue();
+      notify('New chat from ' + customerName(t), msg.task.preview || channelName(msg.task.channel), t.id);
+    },
+
+    'task.rescinded'(msg) {
+      const t = forget(msg.task_id);
+      if (!t) return;
+      if (!isOffer(t) && msg.reason === 'reassigned') {
+        toast('The chat with ' + customerName(t) + ' was handed back to the queue.', 'error');
+      } else if (isOffer(t) && msg.reason === 'customer_left') {
+        toast(customerName(t) + ' left before the chat started.');
+      }
+      renderAll();
+    },
+
+    'task.assigned'(msg) {
+      const t = track(msg.task);
+      t.expiresAt = null;
+      // Full history: replace, keeping only local messages still unsent.
+      const unsent = t.messages.filter((m) => m.pending && !m.failed);
+      t.messages = [];
+      for (const m of msg.history || []) upsertMessage(t.messages, m);
+      for (const m of unsent) upsertMessage(t.messages, m);
+      const pending = msg.ref ? S.refs.get(msg.ref) : null;
+      if (msg.ref) S.refs.delete(msg.ref);
+      if (pending && pending.kind === 'outbound') closeOutbound();
+      if ((pending && (pending.kind === 'accept' || pending.kind === 'outbound')) || !S.selected) {
+        select(t.id);
+      } else {
+        renderAll();
+      }
+    },
+
+    message(msg) {
+      const t = byConversation(msg.conversation_id);
+      if (!t) return;
+      if (msg.ref) S.refs.delete(msg.ref);
+      const added = upsertMessage(t.messages, msg.message);
+      if (msg.message.from === 'customer') {
+        t.task.preview = lastCustomerText(t);
+        t.typingUntil = 0;
+        const inView = S.selected === t.id && !document.hidden;
+        if (added && !inView) {
+          t.unread += 1;
+          notify(customerName(t), t.task.preview, t.id);
+        }
+      }
+      renderQueue();
+      if (S.selected === t.id) renderMessages(true);
+    },
+
+    'message.status'(msg) {
+      const t = byConversation(msg.conversation_id);
+      if (!t) return;
+      const m = t.messages.find((x) => x.id === msg.message_id);
+      if (!m) return;
+      m.status = msg.status;
+      m.error = msg.error || null;
+      if (msg.status === 'failed') toast('A message to ' + customerName(t) + ' failed: ' + (msg.error || 'delivery failed'), 'error');
+      if (S.selected === t.id) renderMessages(false);
+    },
+
+    typing(msg) {
+      const t = byConversation(msg.conversation_id);
+      if (!t) return;
+      t.typingUntil = Date.now() + TYPING_SHOWN_MS;
+      renderTyping();
+    },
+
+    'conversation.ended'(msg) {
+      const t = byConversation(msg.conversation_id);
+      if (!t) return;
+      const pending = msg.ref ? S.refs.get(msg.ref) : null;
+      if (msg.ref) S.refs.delete(msg.ref);
+      t.state = 'wrapping';
+      t.typingUntil = 0;
+      if (!t.endedBy) {
+        t.endedBy = pending ? 'agent' : 'customer';
+        if (!pending && !msg.ref) {
+          t.notes.push({ text: customerName(t) + ' ended the chat', kind: 'ended' });
+          if (S.selected !== t.id) t.unread += 1;
+          notify(customerName(t) + ' ended the chat', 'Wrap up to free the slot.', t.id);
+        }
+      }
+      renderAll();
+      if (S.selected === t.id && pending) $('#disposition').focus();
+    },
+
+    'task.completed'(msg) {
+      if (msg.ref) S.refs.delete(msg.ref);
+      const t = forget(msg.task_id);
+      if (t) toast('Chat with ' + customerName(t) + ' completed: ' + humanize(msg.disposition || ''));
+      if (!S.selected) S.selected = firstOpenTask();
+      renderAll();
+    },
+
+    ok(msg) {
+      if (msg.ref) S.refs.delete(msg.ref);
+    },
+
+    error(msg) {
+      const pending = msg.ref ? S.refs.get(msg.ref) : null;
+      if (msg.ref) S.refs.delete(msg.ref);
+      const text = msg.message || msg.code;
+      if (!pending) {
+        toast(text, 'error');
+        return;
+      }
+      switch (pending.kind) {
+        case 'send': {
+          const t = byConversation(pending.conversationId);
+          if (t) {
+            const m = t.messages.find((x) => x.pending && x.client_msg_id === pending.clientMsgId);
+            if (m) {
+              m.failed = true;
+              m.error = text;
+            }
+            if (S.selected === t.id) {
+              renderMessages(false);
+              showComposerError(refusal(t.task.channel, msg.code, text));
+              const box = $('#reply');
+              if (!box.value && pending.text) box.value = pending.text;
+            } else {
+              toast('Not sent to ' + customerName(t) + ': ' + text, 'error');
+            }
+          }
+          break;
+        }
+        case 'complete':
+          showWrapupError(msg.code === 'invalid_disposition' ? 'Choose one of the listed dispositions. ' + text : text);
+          $('#complete').disabled = false;
+          break;
+        case 'outbound':
+          showOutboundError(refusal($('#ob-channel').value, msg.code, text));
+          break;
+        case 'accept':
+          toast('Could not accept: ' + text, 'error');
+          if (msg.code === 'invalid_state' && pending.taskId) {
+            forget(pending.taskId);
+            renderAll();
+          }
+          break;
+        case 'activity':
+          toast('Activity not changed: ' + text, 'error');
+          setActivity(S.activity);
+          break;
+        default:
+          toast(text, 'error');
+      }
+    },
+  };
+
+  /** A channel's refusal, said plainly. */
+  function refusal(channel, code, text) {
+    const name = channelName(channel);
+    switch (code) {
+      case 'channel_disabled':
+        return name + ' is not enabled on this broker. ' + text;
+      case 'attachment_not_supported':
+        return name + ' does not accept this file. ' + text;
+      case 'attachment_too_large':
+        return 'This file is too large for ' + name + '. ' + text;
+      case 'text_too_long':
+        return 'The message is too long for ' + name + '. ' + text;
+      case 'outside_messaging_window':
+        return name + ' allows a free-form message only within the messaging window. ' + text;
+      default:
+        return 'Not sent: ' + text;
+    }
+  }
+
+  // ---- Notifications ------------------------------------------------------
+
+  function notify(title, body, taskId) {
+    updateTitle();
+    if (!('Notification' in window) || Notification.permission !== 'granted') return;
+    if (!document.hidden && S.selected === taskId) return;
+    try {
+      const n = new Notification(title, { body: body || '', tag: 'switchboard-' + taskId });
+      n.onclick = () => {
+        window.focus();
+        if (S.tasks.has(taskId) && !isOffer(S.tasks.get(taskId))) select(taskId);
+        n.close();
+      };
+    } catch (e) {
+      // Some browsers only allow notifications from a service worker.
+    }
+  }
+
+  function updateTitle() {
+    let n = 0;
+    for (const t of S.tasks.values()) n += isOffer(t) ? 1 : t.unread;
+    document.title = (n ? '(' + n + ') ' : '') + 'Switchboard Desk';
+  }
+
+  // ---- Activity -------------------------------------------------------------
+
+  function setActivity(activity) {
+    S.activity = activity;
+    const input = $('#act-' + activity);
+    if (input) input.checked = true;
+  }
+
+  function onActivity(ev) {
+    const value = ev.target.value;
+    if (!command('activity', { type: 'activity', activity: value })) {
+      toast('Not connected: activity not changed.', 'error');
+      setActivity(S.activity);
+      return;
+    }
+    S.activity = value;
+  }
+
+  // ---- Rendering: queue -----------------------------------------------------
+
+  function renderAll() {
+    renderQueue();
+    renderConversation();
+  }
+
+  function renderQueue() {
+    const list = $('#queue');
+    const focusKey = document.activeElement && document.activeElement.dataset
+      ? document.activeElement.dataset.key : null;
+    list.replaceChildren(...sortedTasks().map(queueItem));
+    $('#queue-empty').hidden = S.tasks.size > 0;
+    $('#queue-count').textContent = S.tasks.size ? '(' + S.tasks.size + ')' : '';
+    if (focusKey) {
+      const again = list.querySelector('[data-key="' + CSS.escape(focusKey) + '"]');
+      if (again) again.focus();
+    }
+    tick();
+    updateTitle();
+  }
+
+  function queueItem(t) {
+    const name = customerName(t);
+    const offer = isOffer(t);
+    const selected = S.selected === t.id;
+    const li = h('li', {
+      class: 'task' + (offer ? ' offer' : ' selectable') + (selected ? ' selected' : ''),
+      dataset: { task: t.id },
+      'aria-current': selected ? 'true' : null,
+    });
+    li.appendChild(channelIcon(t.task.channel));
+    const stateText = offer ? 'Offer' : t.state === 'wrapping' ? 'Wrap up' : '';
+    li.appendChild(h('div', { class: 'line1' },
+      h('span', { class: 'customer', text: name }),
+      stateText ? h('span', { class: 'state ' + (offer ? 'offer' : t.state), text: stateText }) : null));
+    li.appendChild(h('div', { class: 'preview', text: t.task.preview || lastCustomerText(t) || ' ' }));
+    const side = h('div', { class: 'side' },
+      h('span', { class: 'wait', dataset: { created: t.task.created_at, expires: t.expiresAt || '' } }));
+    if (offer) {
+      side.appendChild(h('div', { class: 'offer-actions' },
+        h('button', {
+          type: 'button', class: 'reject', 'aria-label': 'Reject chat from ' + name, title: 'Reject',
+          dataset: { key: 'reject-' + t.id }, onclick: () => reject(t.id),
+        }, icon('close')),
+        h('button', {
+          type: 'button', class: 'accept', 'aria-label': 'Accept chat from ' + name, title: 'Accept',
+          dataset: { key: 'accept-' + t.id }, onclick: () => accept(t.id),
+        }, icon('check'))));
+    } else if (t.unread > 0) {
+      side.appendChild(h('span', {
+        class: 'unread', 'aria-label': t.unread + ' unread', text: String(t.unread),
+      }));
+    }
+    li.appendChild(side);
+    if (!offer) {
+      li.appendChild(h('button', {
+        type: 'button', class: 'open-button',
+        'aria-label': 'Open conversation with ' + name + (t.unread ? ', ' + t.unread + ' unread' : ''),
+        dataset: { key: 'open-' + t.id },
+        onclick: () => select(t.id),
+      }));
+    }
+    return li;
+  }
+
+  /** Every second: waiting times, offer countdowns, typing indicator. */
+  function tick() {
+    const now = Date.now();
+    for (const el of document.querySelectorAll('#queue .wait')) {
+      const created = Date.parse(el.dataset.created);
+      const expires = Number(el.dataset.expires);
+      let text = Number.isNaN(created) ? '' : duration(now - created);
+      if (expires) text += ' · ' + Math.max(0, Math.ceil((expires - now) / 1000)) + 's left';
+      el.textContent = text;
+      el.title = Number.isNaN(created) ? '' : 'Waiting since ' + clock(el.dataset.created);
+    }
+    // An offer past its expiry that the broker has not withdrawn yet (lost
+    // event, sleeping laptop) is dropped here; the broker re-queues it anyway.
+    let dropped = false;
+    for (const t of Array.from(S.tasks.values())) {
+      if (isOffer(t) && t.expiresAt && now > t.expiresAt + 3000) {
+        forget(t.id);
+        dropped = true;
+      }
+    }
+    if (dropped) renderQueue();
+    renderTyping();
+  }
+
+  // ---- Commands from the queue --------------------------------------------
+
+  function accept(taskId) {
+    const ref = command('accept', { type: 'accept', task_id: taskId }, { taskId });
+    if (!ref) toast('Not connected: cannot accept right now.', 'error');
+  }
+
+  function reject(taskId) {
+    const ref = command('reject', { type: 'reject', task_id: taskId }, { taskId });
+    if (!ref) {
+      toast('Not connected: cannot reject right now.', 'error');
+      return;
+    }
+    forget(taskId);
+    renderQueue();
+  }
+
+  function select(taskId) {
+    const prev = S.selected ? S.tasks.get(S.selected) : null;
+    if (prev && prev.id !== taskId) saveDraft(prev);
+    S.selected = taskId;
+    const t = S.tasks.get(taskId);
+    if (t) t.unread = 0;
+    renderAll();
+    if (t) {
+      const box = t.state === 'wrapping' ? $('#disposition') : $('#reply');
+      box.focus();
+    }
+  }
+
+  function saveDraft(t) {
+    t.draft = $('#reply').value;
+    t.wrap.notes = $('#notes').value;
+    t.wrap.disposition = $('#disposition').value;
+  }
+
+  // ---- Rendering: conversation ------------------------------------------
+
+  function renderConversation() {
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    $('#conv-empty').hidden = !!t;
+    $('#conv').hidden = !t;
+    if (!t) return;
+    const name = customerName(t);
+    $('#conv-channel').replaceChildren(channelIcon(t.task.channel));
+    $('#conv-name').textContent = name;
+    const addr = (t.task.customer && t.task.customer.address) || '';
+    $('#conv-sub').textContent = channelName(t.task.channel) + (addr && addr !== name ? ' · ' + addr : '') +
+      ' · started ' + clock(t.task.created_at);
+    const pill = $('#conv-state');
+    pill.className = 'pill ' + t.state;
+    pill.textContent = t.state === 'wrapping' ? 'Wrap Up' : humanize(t.state);
+    const wrapping = t.state === 'wrapping';
+    $('#end-chat').hidden = wrapping;
+    $('#composer').hidden = wrapping;
+    $('#wrapup').hidden = !wrapping;
+    if (!wrapping) {
+      const box = $('#reply');
+      if (box.dataset.task !== t.id) {
+        box.value = t.draft || '';
+        box.dataset.task = t.id;
+        growReply();
+        hideComposerError();
+      }
+      renderFiles(t);
+    } else {
+      const form = $('#wrapup');
+      if (form.dataset.task !== t.id) {
+        form.dataset.task = t.id;
+        fillDispositions(t.wrap.disposition);
+        $('#notes').value = t.wrap.notes || '';
+        updateCounter();
+        showWrapupError(null);
+        $('#complete').disabled = false;
+      }
+    }
+    renderMessages(true);
+    renderTyping();
+  }
+
+  function renderMessages(scrollIfNear) {
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    if (!t) return;
+    const box = $('#messages');
+    const nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80 || box.dataset.task !== t.id;
+    const nodes = t.messages.map((m) => messageView(m, t));
+    for (const note of t.notes) nodes.push(h('div', { class: 'event-note ' + (note.kind || ''), text: note.text }));
+    if (t.state === 'wrapping' && !t.notes.length) {
+      nodes.push(h('div', { class: 'event-note ended', text: 'Chat ended' }));
+    }
+    box.replaceChildren(...nodes);
+    if ((scrollIfNear && nearBottom) || box.dataset.task !== t.id) box.scrollTop = box.scrollHeight;
+    box.dataset.task = t.id;
+    // Images load after layout: keep the newest in view.
+    for (const img of box.querySelectorAll('img')) {
+      img.addEventListener('load', () => {
+        if (nearBottom) box.scrollTop = box.scrollHeight;
+      }, { once: true });
+    }
+  }
+
+  function messageView(m, t) {
+    const from = m.from || 'system';
+    const cls = 'msg ' + from + (m.pending ? ' pending' : '') + (m.failed ? ' failed' : '');
+    const bubble = h('div', { class: 'bubble' });
+    if (m.text) bubble.appendChild(h('span', { class: 'text', text: m.text }));
+    for (const a of m.attachments || []) bubble.appendChild(attachmentView(a, S.token));
+    const who = from === 'customer' ? customerName(t)
+      : from === 'agent' ? (m.agent_id && m.agent_id !== S.agentId ? m.agent_id : 'You') : 'System';
+    const meta = h('div', { class: 'meta' }, h('span', { text: who }),
+      h('span', { text: m.created_at ? clock(m.created_at) : '' }));
+    if (m.failed) {
+      meta.appendChild(h('span', { class: 'status-failed', text: 'Not sent' + (m.error ? ': ' + m.error : '') }));
+    } else if (m.pending) {
+      meta.appendChild(h('span', { text: 'Sending…' }));
+    } else if (from === 'agent' && m.status && m.status !== 'accepted') {
+      meta.appendChild(h('span', {
+        class: m.status === 'failed' ? 'status-failed' : '',
+        text: humanize(m.status) + (m.error ? ': ' + m.error : ''),
+      }));
+    }
+    return h('div', { class: cls, dataset: { seq: m.seq || '' } }, bubble, meta);
+  }
+
+  function renderTyping() {
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    const el = $('#typing');
+    const on = t && t.typingUntil > Date.now();
+    const text = on ? customerName(t) + ' is typing' : '';
+    if (el.dataset.text !== text) {
+      el.replaceChildren(on ? h('span', {}, text, h('span', { class: 'dots' })) : '');
+      el.dataset.text = text;
+    }
+  }
+
+  // ---- Composer -----------------------------------------------------------
+
+  let growReply = () => {};
+
+  function renderFiles(t) {
+    const host = $('#pending-files');
+    host.replaceChildren(...t.files.map((f) => {
+      const chip = h('span', { class: 'chip' + (f.meta ? '' : ' uploading') },
+        icon('file'), h('span', { text: f.name + (f.meta ? '' : ' (uploading…)') }));
+      if (f.meta) {
+        chip.appendChild(h('button', {
+          type: 'button', class: 'icon-button', 'aria-label': 'Remove ' + f.name,
+          onclick: () => {
+            t.files = t.files.filter((x) => x !== f);
+            renderFiles(t);
+          },
+        }, icon('close')));
+      }
+      return chip;
+    }));
+    $('#send').disabled = t.files.some((f) => !f.meta);
+  }
+
+  async function onFiles(ev) {
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    const files = Array.from(ev.target.files || []);
+    ev.target.value = '';
+    if (!t) return;
+    hideComposerError();
+    await Promise.all(files.map(async (file) => {
+      const entry = { name: file.name, meta: null };
+      t.files.push(entry);
+      if (S.selected === t.id) renderFiles(t);
+      try {
+        entry.meta = await upload(file, S.token);
+      } catch (e) {
+        t.files = t.files.filter((x) => x !== entry);
+        const msg = file.name + ' cannot be sent. ' + refusal(t.task.channel, e.code, e.message);
+        if (S.selected === t.id) showComposerError(msg);
+        else toast(msg, 'error');
+      }
+      if (S.selected === t.id) renderFiles(t);
+    }));
+  }
+
+  function onSend(ev) {
+    if (ev) ev.preventDefault();
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    if (!t || t.state === 'wrapping') return;
+    const box = $('#reply');
+    const text = box.value.trim();
+    if (t.files.some((f) => !f.meta)) return;
+    const attachments = t.files.map((f) => f.meta);
+    if (!text && !attachments.length) return;
+    hideComposerError();
+    const clientMsgId = uid('a');
+    const body = {
+      type: 'send',
+      conversation_id: t.task.conversation_id,
+      text,
+      attachments: attachments.map((a) => a.id),
+      client_msg_id: clientMsgId,
+    };
+    const ref = command('send', body, { conversationId: t.task.conversation_id, clientMsgId, text: box.value });
+    if (!ref) {
+      showComposerError('Not connected: the message was not sent. It is still in the box; send again when the connection is back.');
+      return;
+    }
+    upsertMessage(t.messages, {
+      pending: true, sentAt: Date.now(), client_msg_id: clientMsgId, from: 'agent', text, attachments,
+      agent_id: S.agentId,
+    });
+    box.value = '';
+    t.draft = '';
+    t.files = [];
+    growReply();
+    renderFiles(t);
+    renderMessages(true);
+    $('#messages').scrollTop = $('#messages').scrollHeight;
+  }
+
+  function onReplyInput() {
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    if (!t || !S.socket) return;
+    const now = Date.now();
+    if (now - S.lastTypingSent > TYPING_SEND_EVERY_MS && $('#reply').value.trim()) {
+      S.lastTypingSent = now;
+      S.socket.send({ type: 'typing', conversation_id: t.task.conversation_id });
+    }
+  }
+
+  function showComposerError(text) {
+    const box = $('#composer-error');
+    box.textContent = text;
+    box.hidden = false;
+  }
+
+  function hideComposerError() {
+    $('#composer-error').hidden = true;
+  }
+
+  // ---- End chat and wrap-up -------------------------------------------------
+
+  function onEnd() {
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    if (!t) return;
+    saveDraft(t);
+    if (!command('end', { type: 'end', conversation_id: t.task.conversation_id }, { taskId: t.id })) {
+      toast('Not connected: the chat was not ended.', 'error');
+    }
+  }
+
+  async function loadDispositions() {
+    try {
+      const list = await api('GET', '/v1/dispositions');
+      if (Array.isArray(list)) S.dispositions = list;
+    } catch (e) {
+      toast('Could not load dispositions: ' + e.message, 'error');
+    }
+  }
+
+  function fillDispositions(current) {
+    const select = $('#disposition');
+    const options = [h('option', { value: '', text: 'Choose a disposition…' })];
+    for (const code of S.dispositions) options.push(h('option', { value: code, text: humanize(code) }));
+    select.replaceChildren(...options);
+    select.value = S.dispositions.includes(current) ? current : '';
+  }
+
+  function updateCounter() {
+    $('#notes-counter').textContent = $('#notes').value.length + ' / ' + NOTES_MAX;
+  }
+
+  function showWrapupError(text) {
+    const box = $('#wrapup-error');
+    box.hidden = !text;
+    box.textContent = text || '';
+  }
+
+  function onComplete(ev) {
+    ev.preventDefault();
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    if (!t) return;
+    const disposition = $('#disposition').value;
+    if (!disposition) {
+      showWrapupError('Choose a disposition first.');
+      $('#disposition').focus();
+      return;
+    }
+    saveDraft(t);
+    showWrapupError(null);
+    const ref = command('complete', {
+      type: 'complete', task_id: t.id, disposition, notes: $('#notes').value,
+    }, { taskId: t.id });
+    if (!ref) {
+      showWrapupError('Not connected: try again when the connection is back.');
+      return;
+    }
+    $('#complete').disabled = true;
+  }
+
+  // ---- Outbound -------------------------------------------------------------
+
+  const TO_HINTS = {
+    webchat: 'webchat session id, e.g. wc_12',
+    sms: 'phone number, e.g. +15551230000',
+    whatsapp: 'WhatsApp number, e.g. 15551230000',
+    messenger: 'Messenger page-scoped id',
+  };
+
+  function openOutbound() {
+    showOutboundError(null);
+    $('#ob-send').disabled = false;
+    updateToHint();
+    $('#outbound-dialog').showModal();
+    $('#ob-to').focus();
+  }
+
+  function closeOutbound() {
+    const d = $('#outbound-dialog');
+    if (d.open) d.close();
+    $('#ob-text').value = '';
+    $('#ob-to').value = '';
+  }
+
+  function updateToHint() {
+    $('#ob-to-hint').textContent = '(' + TO_HINTS[$('#ob-channel').value] + ')';
+  }
+
+  function showOutboundError(text) {
+    const box = $('#ob-error');
+    box.hidden = !text;
+    box.textContent = text || '';
+    $('#ob-send').disabled = false;
+  }
+
+  function onOutbound(ev) {
+    ev.preventDefault();
+    const channel = $('#ob-channel').value;
+    const to = $('#ob-to').value.trim();
+    const text = $('#ob-text').value.trim();
+    if (!to || !text) {
+      showOutboundError('Fill in the address and the first message.');
+      return;
+    }
+    const ref = command('outbound', { type: 'outbound', channel, to, text, client_msg_id: uid('o') });
+    if (!ref) {
+      showOutboundError('Not connected: try again when the connection is back.');
+      return;
+    }
+    showOutboundError(null);
+    $('#ob-send').disabled = true;
+  }
+
+  // ---- Start-up -------------------------------------------------------------
+
+  function init() {
+    $('#signin-mark').appendChild(icon('chat'));
+    $('#top-mark').appendChild(icon('chat'));
+    $('#empty-icon').appendChild(icon('chat'));
+    $('#attach').appendChild(icon('clip'));
+    $('#end-chat').prepend(icon('end'));
+    $('#new-outbound').prepend(icon('plus'));
+
+    $('#signin-form').addEventListener('submit', onSignin);
+    $('#signout').addEventListener('click', () => signOut(null));
+    $('#activity').addEventListener('change', onActivity);
+    $('#composer').addEventListener('submit', onSend);
+    growReply = enterToSend($('#reply'), () => onSend(null));
+    $('#reply').addEventListener('input', onReplyInput);
+    $('#attach').addEventListener('click', () => $('#file-input').click());
+    $('#file-input').addEventListener('change', onFiles);
+    $('#end-chat').addEventListener('click', onEnd);
+    $('#wrapup').addEventListener('submit', onComplete);
+    $('#notes').addEventListener('input', updateCounter);
+    $('#new-outbound').addEventListener('click', openOutbound);
+    $('#ob-cancel').addEventListener('click', closeOutbound);
+    $('#ob-channel').addEventListener('change', updateToHint);
+    $('#outbound-form').addEventListener('submit', onOutbound);
+    window.addEventListener('online', () => S.socket && S.socket.kick());
+    document.addEventListener('visibilitychange', () => {
+      if (!document.hidden && S.selected && S.tasks.has(S.selected)) {
+        S.tasks.get(S.selected).unread = 0;
+        renderQueue();
+      }
+    });
+    setInterval(tick, 1000);
+    loadDispositions();
+
+    const saved = session.get('switchboard.desk');
+    const params = new URLSearchParams(location.search);
+    if (params.get('agent')) $('#agent-id').value = params.get('agent');
+    if (saved && saved.id && saved.token) {
+      start(saved.id, saved.token);
+    } else {
+      showSignin(null);
+    }
+  }
+
+  init();
+})();
