@@ -21,6 +21,9 @@ pub struct Config {
     pub offer_timeout: Duration,
     /// How long a disconnected agent keeps its tasks.
     pub disconnect_grace: Duration,
+    /// How long a webchat customer with no socket left may stay away before
+    /// a conversation still waiting for an agent is canceled.
+    pub customer_grace: Duration,
     /// How long a task may stay in wrap-up before it is completed automatically.
     pub wrapup_timeout: Duration,
     /// Disposition used when the wrap-up timeout completes a task.
@@ -92,6 +95,7 @@ impl Default for Config {
             admin_token: None,
             offer_timeout: Duration::from_secs(30),
             disconnect_grace: Duration::from_secs(60),
+            customer_grace: Duration::from_secs(60),
             wrapup_timeout: Duration::from_secs(600),
             wrapup_disposition: "no_response".into(),
             max_upload: 25 * 1024 * 1024,
@@ -281,6 +285,10 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_DISCONNECT_GRACE", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub disconnect_grace: Option<Duration>,
+    /// Webchat customer away this long before a waiting task is canceled, e.g. 60s.
+    #[arg(long, env = "SWITCHBOARD_CUSTOMER_GRACE", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub customer_grace: Option<Duration>,
     /// Wrap-up timeout, e.g. 10m.
     #[arg(long, env = "SWITCHBOARD_WRAPUP_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
@@ -421,7 +429,7 @@ impl Args {
             cfg.sms_from = v;
         }
         overlay!(self, cfg;
-            bind, offer_timeout, disconnect_grace, wrapup_timeout, wrapup_disposition,
+            bind, offer_timeout, disconnect_grace, customer_grace, wrapup_timeout, wrapup_disposition,
             max_upload, max_text, max_notes, socket_backlog, workers,
             heartbeat_interval, client_timeout, twilio_api_base, graph_api_base,
             messaging_window, provider_timeout, provider_retries, provider_backoff,

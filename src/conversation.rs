@@ -720,6 +720,32 @@ impl Handler<CustomerLeft> for Conversation {
     }
 }
 
+/// The customer's last socket has been gone for the customer grace period:
+/// a task still waiting for an agent is canceled (an assigned conversation is
+/// left to its agent).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CustomerAbandoned;
+
+impl Handler<CustomerAbandoned> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, _: CustomerAbandoned, ctx: &mut Context<Self>) {
+        if matches!(
+            self.state.task_state,
+            TaskState::Queued | TaskState::Reserved
+        ) {
+            self.handle(
+                CustomerLeft {
+                    socket: None,
+                    reference: None,
+                },
+                ctx,
+            );
+        }
+    }
+}
+
 /// A customer socket connected: send it the history.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::broker::Broker;
 use crate::channel::{CustomerEvent, OpenOutbound, SocketId, ToCustomer};
 use crate::conversation::{
-    validate_content, Conversation, CustomerLeft, CustomerMessage, CustomerTyping, OpenSpec,
-    Opening, SendHistory,
+    validate_content, Conversation, CustomerAbandoned, CustomerLeft, CustomerMessage,
+    CustomerTyping, OpenSpec, Opening, SendHistory,
 };
 use crate::error::ApiError;
 use crate::protocol::{error_frame, frame, ChannelKind, Customer, CustomerCommand, Id};
@@ -30,6 +30,8 @@ struct Socket {
 }
 
 struct Session {
+    /// Running while the customer has no socket and a conversation is open.
+    away: Option<SpawnHandle>,
     name: String,
     skills: Vec<String>,
     open: Option<(Id, Addr<Conversation>)>,
@@ -76,6 +78,7 @@ impl WebchatChannel {
                 self.sessions.insert(
                     id,
                     Session {
+                        away: None,
                         name,
                         skills,
                         open: None,
@@ -205,7 +208,7 @@ pub struct CustomerConnected {
 impl Handler<CustomerConnected> for WebchatChannel {
     type Result = ();
 
-    fn handle(&mut self, msg: CustomerConnected, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: CustomerConnected, ctx: &mut Context<Self>) {
         let Some(s) = self.sessions.get_mut(&msg.session) else {
             msg.link.close(
                 actix_web_actors::ws::CloseCode::Policy,
@@ -214,6 +217,9 @@ impl Handler<CustomerConnected> for WebchatChannel {
             return;
         };
         let socket = msg.link.id;
+        if let Some(timer) = s.away.take() {
+            ctx.cancel_future(timer);
+        }
         let current = s.open.clone().or_else(|| s.last.clone());
         match current {
             Some((_, conv)) => {
@@ -249,9 +255,21 @@ pub struct CustomerDisconnected {
 impl Handler<CustomerDisconnected> for WebchatChannel {
     type Result = ();
 
-    fn handle(&mut self, msg: CustomerDisconnected, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: CustomerDisconnected, ctx: &mut Context<Self>) {
+        let grace = self.broker.config.customer_grace;
         if let Some(s) = self.sessions.get_mut(&msg.session) {
             s.sockets.retain(|sock| sock.link.id != msg.socket);
+            if s.sockets.is_empty() && s.open.is_some() && s.away.is_none() {
+                let session = msg.session.clone();
+                s.away = Some(ctx.run_later(grace, move |act, _| {
+                    if let Some(s) = act.sessions.get_mut(&session) {
+                        s.away = None;
+                        if let (true, Some((_, conv))) = (s.sockets.is_empty(), &s.open) {
+                            conv.do_send(CustomerAbandoned);
+                        }
+                    }
+                }));
+            }
         }
     }
 }
