@@ -334,6 +334,7 @@ impl Agent {
                     );
                 } else {
                     Counters::inc(&c.tasks_completed);
+                    Counters::dec(&c.open_tasks);
                 }
             }
             "error" => {
@@ -388,6 +389,7 @@ impl Agent {
             );
             return;
         }
+        Counters::inc(&c.open_tasks);
         self.convs.insert(
             conv_id.to_string(),
             Conv {

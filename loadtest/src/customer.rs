@@ -40,7 +40,7 @@ pub async fn worker(ctx: Arc<Ctx>, next: Arc<AtomicUsize>, total: usize) {
         }
         Counters::inc(&c.conversations_started);
         match conversation(&ctx, idx, first).await {
-            Ok(Outcome::Completed) => Counters::inc(&c.conversations_completed),
+            Ok(Outcome::Completed) => c.conversation_completed(),
             Ok(Outcome::Aborted) => Counters::inc(&c.aborted_at_deadline),
             Err(f) => {
                 Counters::inc(&c.conversations_failed);

@@ -54,7 +54,7 @@ struct Args {
     duration: Duration,
     /// New WebSocket connections per second while ramping up (agents, then the
     /// first connection of each customer slot); 0 = no pacing.
-    #[arg(long, default_value_t = 200.0)]
+    #[arg(long, default_value_t = 1000.0)]
     ramp: f64,
     /// Longest wait for any single expected event (reply, end, readiness).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -354,6 +354,7 @@ async fn run(args: Args) -> Result<bool, String> {
 
     // Conversations.
     let phase_start = Instant::now();
+    let phase_start_nanos = report::now_nanos();
     if ready == creds.len() {
         let next = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = (0..concurrency)
@@ -374,10 +375,12 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     let phase = phase_start.elapsed();
 
-    // Let the last `complete`s land, then take the agents down.
+    // Let the last `complete`s land (also for conversations whose customer gave
+    // up and left), then take the agents down.
     let c = &ctx.stats.c;
     let drain_until = Instant::now() + args.step_timeout.min(Duration::from_secs(10));
-    while Counters::get(&c.tasks_completed) < Counters::get(&c.conversations_ended)
+    while (Counters::get(&c.tasks_completed) < Counters::get(&c.conversations_ended)
+        || Counters::get(&c.open_tasks) > 0)
         && Instant::now() < drain_until
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -429,6 +432,7 @@ async fn run(args: Args) -> Result<bool, String> {
         config,
         wall: wall_start.elapsed(),
         phase,
+        phase_start_nanos,
         requested,
         agents_created: creds.len() as u64,
         agents_open_tasks_at_end: open_tasks,

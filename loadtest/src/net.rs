@@ -282,12 +282,17 @@ pub async fn recv_json(ws: &mut Ws) -> Result<Value, Failure> {
     }
 }
 
-/// Closes a WebSocket politely, waiting a short, bounded time for the server's
-/// close frame.
+/// Closes a WebSocket: sends a close frame and waits (at most 2 s) for the
+/// server's close frame, then drops the connection without waiting for the
+/// server to end TCP too (this broker holds it about a second longer).
 pub async fn close_ws(mut ws: Ws) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         if ws.close(None).await.is_ok() {
-            while let Some(Ok(_)) = ws.next().await {}
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
         }
     })
     .await;

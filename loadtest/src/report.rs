@@ -101,6 +101,8 @@ pub struct Counters {
     pub ends_sent: AtomicU64,
     pub completes_sent: AtomicU64,
     pub tasks_completed: AtomicU64,
+    /// Tasks assigned to this run's agents and not completed yet.
+    pub open_tasks: AtomicU64,
     pub customer_to_agent: AtomicU64,
     pub agent_to_customer: AtomicU64,
     pub conversations_started: AtomicU64,
@@ -108,14 +110,25 @@ pub struct Counters {
     pub conversations_completed: AtomicU64,
     pub conversations_failed: AtomicU64,
     pub aborted_at_deadline: AtomicU64,
+    /// [`now_nanos`] when the latest conversation completed.
+    pub last_completion_nanos: AtomicU64,
 }
 
 impl Counters {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn dec(c: &AtomicU64) {
+        c.fetch_sub(1, Ordering::Relaxed);
+    }
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+    /// Counts a completed conversation and notes when.
+    pub fn conversation_completed(&self) {
+        Counters::inc(&self.conversations_completed);
+        self.last_completion_nanos
+            .fetch_max(now_nanos(), Ordering::Relaxed);
     }
 }
 
@@ -184,6 +197,8 @@ pub struct RunInfo {
     pub config: Value,
     pub wall: Duration,
     pub phase: Duration,
+    /// [`now_nanos`] when the conversation phase started.
+    pub phase_start_nanos: u64,
     pub requested: u64,
     pub agents_created: u64,
     pub agents_open_tasks_at_end: u64,
@@ -203,6 +218,13 @@ pub fn to_json(stats: &Stats, info: &RunInfo, ok: bool) -> Value {
     let a2c = g(&c.agent_to_customer);
     let secs = info.phase.as_secs_f64().max(1e-9);
     let started = g(&c.conversations_started);
+    let completed = g(&c.conversations_completed);
+    // Until the last completion: a straggler waiting out --step-timeout does not
+    // dilute the rate the rest achieved.
+    let active =
+        Duration::from_nanos(g(&c.last_completion_nanos).saturating_sub(info.phase_start_nanos))
+            .as_secs_f64()
+            .max(1e-9);
     json!({
         "ok": ok,
         "run_id": info.run_id,
@@ -212,12 +234,14 @@ pub fn to_json(stats: &Stats, info: &RunInfo, ok: bool) -> Value {
         "conversations": {
             "requested": info.requested,
             "started": started,
-            "completed": g(&c.conversations_completed),
+            "completed": completed,
             "ended_seen_by_customer": g(&c.conversations_ended),
             "failed": g(&c.conversations_failed),
             "aborted_at_deadline": g(&c.aborted_at_deadline),
             "not_started": info.requested.saturating_sub(started),
-            "per_second": g(&c.conversations_completed) as f64 / secs,
+            "per_second": completed as f64 / secs,
+            "seconds_to_last_completion": if completed > 0 { active } else { 0.0 },
+            "per_second_to_last_completion": if completed > 0 { completed as f64 / active } else { 0.0 },
         },
         "agents": {
             "created": info.agents_created,
@@ -237,6 +261,7 @@ pub fn to_json(stats: &Stats, info: &RunInfo, ok: bool) -> Value {
             "agent_to_customer": a2c,
             "total": c2a + a2c,
             "per_second": (c2a + a2c) as f64 / secs,
+            "per_second_to_last_completion": if completed > 0 { (c2a + a2c) as f64 / active } else { 0.0 },
         },
         "latency_ms": latency,
         "errors": inner.errors,
@@ -321,6 +346,15 @@ pub fn human(report: &Value) -> String {
         n(&msgs["total"]),
         f(&msgs["per_second"]),
     );
+    if f(&conv["seconds_to_last_completion"]) + 0.5 < f(&r["phase_seconds"]) {
+        let _ = writeln!(
+            s,
+            "  until the last completion ({:.2}s): {:.1} conversations/s, {:.1} msg/s",
+            f(&conv["seconds_to_last_completion"]),
+            f(&conv["per_second_to_last_completion"]),
+            f(&msgs["per_second_to_last_completion"]),
+        );
+    }
     let _ = writeln!(
         s,
         "latency (ms)                   count      p50      p90      p99    p99.9      max"
@@ -389,6 +423,7 @@ mod tests {
             config: json!({}),
             wall: Duration::from_secs(1),
             phase: Duration::from_secs(1),
+            phase_start_nanos: 0,
             requested: 1,
             agents_created: 1,
             agents_open_tasks_at_end: 0,
