@@ -86,6 +86,21 @@ pub struct Config {
     pub max_webhook_body: u64,
     /// Lifetime of signed attachment links handed to providers.
     pub attachment_link_ttl: Duration,
+
+    /// Simulated agents started inside the broker (0: none).
+    pub sim_agents: usize,
+    /// Their capacity on every channel.
+    pub sim_capacity: u32,
+    /// Mean delays (exponentially distributed) before accepting, replying and
+    /// completing.
+    pub sim_accept_delay: Duration,
+    pub sim_reply_delay: Duration,
+    pub sim_wrapup_delay: Duration,
+    /// Replies per conversation before a simulated agent ends it.
+    pub sim_replies: u32,
+    pub sim_disposition: String,
+    /// Seed of the simulated agents' random draws.
+    pub sim_seed: u64,
 }
 
 impl Default for Config {
@@ -131,6 +146,14 @@ impl Default for Config {
             webhook_dedupe: 100_000,
             max_webhook_body: 1024 * 1024,
             attachment_link_ttl: Duration::from_secs(3600),
+            sim_agents: 0,
+            sim_capacity: 5,
+            sim_accept_delay: Duration::from_millis(500),
+            sim_reply_delay: Duration::from_secs(2),
+            sim_wrapup_delay: Duration::from_secs(1),
+            sim_replies: 3,
+            sim_disposition: "resolved".into(),
+            sim_seed: 1,
         }
     }
 }
@@ -209,6 +232,15 @@ impl Config {
                 "wrapup_disposition: {:?} is not one of the dispositions {:?}",
                 self.wrapup_disposition, self.dispositions
             )));
+        }
+        if self.sim_agents > 0 && !self.dispositions.contains(&self.sim_disposition) {
+            return Err(ConfigError(format!(
+                "sim_disposition: {:?} is not one of the dispositions {:?}",
+                self.sim_disposition, self.dispositions
+            )));
+        }
+        if self.provider_in_flight == 0 {
+            return Err(ConfigError("provider_in_flight: must be at least 1".into()));
         }
         if self.socket_backlog == 0 {
             return Err(ConfigError("socket_backlog: must be at least 1".into()));
@@ -409,6 +441,34 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_ATTACHMENT_LINK_TTL", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub attachment_link_ttl: Option<Duration>,
+
+    /// Simulated agents to start inside the broker.
+    #[arg(long, env = "SWITCHBOARD_SIM_AGENTS")]
+    pub sim_agents: Option<usize>,
+    /// Simulated agents' capacity on every channel.
+    #[arg(long, env = "SWITCHBOARD_SIM_CAPACITY")]
+    pub sim_capacity: Option<u32>,
+    /// Mean delay before a simulated agent accepts, e.g. 500ms.
+    #[arg(long, env = "SWITCHBOARD_SIM_ACCEPT_DELAY", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub sim_accept_delay: Option<Duration>,
+    /// Mean delay before a simulated agent replies, e.g. 2s.
+    #[arg(long, env = "SWITCHBOARD_SIM_REPLY_DELAY", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub sim_reply_delay: Option<Duration>,
+    /// Mean wrap-up time of a simulated agent, e.g. 1s.
+    #[arg(long, env = "SWITCHBOARD_SIM_WRAPUP_DELAY", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub sim_wrapup_delay: Option<Duration>,
+    /// Replies per conversation before a simulated agent ends it.
+    #[arg(long, env = "SWITCHBOARD_SIM_REPLIES")]
+    pub sim_replies: Option<u32>,
+    /// Disposition simulated agents choose.
+    #[arg(long, env = "SWITCHBOARD_SIM_DISPOSITION")]
+    pub sim_disposition: Option<String>,
+    /// Seed of the simulated agents' random draws.
+    #[arg(long, env = "SWITCHBOARD_SIM_SEED")]
+    pub sim_seed: Option<u64>,
 }
 
 /// Copy every setting that is present over the configuration.
@@ -434,7 +494,8 @@ impl Args {
             heartbeat_interval, client_timeout, twilio_api_base, graph_api_base,
             messaging_window, provider_timeout, provider_retries, provider_backoff,
             provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,
-            attachment_link_ttl;
+            attachment_link_ttl, sim_agents, sim_capacity, sim_accept_delay, sim_reply_delay,
+            sim_wrapup_delay, sim_replies, sim_disposition, sim_seed;
             admin_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token

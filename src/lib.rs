@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod router;
 pub mod server;
+pub mod sim;
 pub mod supervisor;
 pub mod ws;
 

@@ -105,6 +105,24 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         run(ProviderChannel::new(broker.clone(), api, http));
     }
 
+    if config.sim_agents > 0 {
+        crate::sim::start(
+            &broker,
+            config.sim_agents,
+            crate::sim::SimBehaviour {
+                capacity: config.sim_capacity,
+                accept_delay: config.sim_accept_delay,
+                reply_delay: config.sim_reply_delay,
+                wrapup_delay: config.sim_wrapup_delay,
+                replies: config.sim_replies,
+                disposition: config.sim_disposition.clone(),
+                seed: config.sim_seed,
+            },
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        tracing::info!(count = config.sim_agents, "simulated agents started");
+    }
+
     let data = web::Data::new(broker);
     let server = HttpServer::new(move || {
         App::new()
