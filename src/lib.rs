@@ -21,6 +21,7 @@ pub mod router;
 pub mod server;
 pub mod sim;
 pub mod supervisor;
+pub mod web;
 pub mod ws;
 
 pub use config::Config;

@@ -97,6 +97,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::post().to(channels::messenger_webhook),
                 ),
         )
+        .configure(crate::web::routes)
         .default_service(web::to(not_found));
 }
 

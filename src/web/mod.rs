@@ -134,7 +134,8 @@ fn not_modified(req: &HttpRequest, etag: &str) -> bool {
 
 fn serve(asset: &Asset, req: &HttpRequest) -> HttpResponse {
     let etag = format!("\"{:016x}\"", asset.etag);
-    let mut resp = if not_modified(req, &etag) {
+    let fresh = not_modified(req, &etag);
+    let mut resp = if fresh {
         HttpResponse::NotModified()
     } else {
         HttpResponse::Ok()
@@ -171,7 +172,7 @@ fn serve(asset: &Asset, req: &HttpRequest) -> HttpResponse {
             ));
         }
     }
-    if resp.status() == actix_web::http::StatusCode::NOT_MODIFIED {
+    if fresh {
         return resp.finish();
     }
     resp.content_type(asset.content_type)

@@ -6,7 +6,7 @@
 
 (function () {
   const { h, $, icon, uid, upload, attachmentView, upsertMessage, Socket, wsUrl, store, enterToSend,
-    clock } = window.SB;
+    clock, sentence } = window.SB;
 
   const KEY = 'switchboard.webchat';
   const TYPING_SHOWN_MS = 5000;
@@ -210,7 +210,7 @@
         if (!box.value && pending.text) box.value = pending.text;
         renderMessages();
       }
-      showComposerError(msg.message || msg.code);
+      showComposerError(sentence(msg.message || msg.code));
     },
   };
 
@@ -356,13 +356,14 @@
         entry.meta = await upload(file, C.saved.token);
       } catch (e) {
         C.files = C.files.filter((x) => x !== entry);
-        showComposerError(file.name + ' cannot be sent: ' + e.message);
+        showComposerError(file.name + ' cannot be sent. ' + sentence(e.message));
       }
       renderFiles();
     }));
   }
 
   function onInput() {
+    showComposerError(null);
     const now = Date.now();
     if (C.socket && C.conversationId && !C.ended && !C.fresh &&
         now - C.lastTypingSent > TYPING_SEND_EVERY_MS && $('#text').value.trim()) {

@@ -119,6 +119,14 @@
     return (n / (1024 * 1024)).toFixed(1) + ' MB';
   }
 
+  /** A server message as a sentence: capital first letter, sizes readable, full stop. */
+  function sentence(text) {
+    let s = String(text || '').trim().replace(/\b(\d{4,}) bytes\b/g, (_, n) => bytes(Number(n)));
+    if (!s) return s;
+    s = s.charAt(0).toUpperCase() + s.slice(1);
+    return /[.!?]$/.test(s) ? s : s + '.';
+  }
+
   let counter = 0;
   /** A unique id for client_msg_id / ref. */
   function uid(prefix) {
@@ -439,7 +447,7 @@
 
   window.SB = {
     icon, channelIcon, channelName, h, $, duration, clock, bytes, uid, humanize,
-    api, upload, attachmentUrl, attachmentView, isImage, upsertMessage, toast,
+    api, upload, attachmentUrl, attachmentView, isImage, upsertMessage, toast, sentence,
     Socket, wsUrl, store, session, enterToSend, ApiError, CHANNEL_NAMES,
   };
 })();

@@ -5,7 +5,7 @@
 
 (function () {
   const { h, $, icon, channelIcon, channelName, duration, clock, uid, humanize, api, upload,
-    attachmentView, upsertMessage, toast, Socket, wsUrl, session, enterToSend } = window.SB;
+    attachmentView, upsertMessage, toast, Socket, wsUrl, session, enterToSend, sentence } = window.SB;
 
   const TYPING_SHOWN_MS = 5000;
   const TYPING_SEND_EVERY_MS = 3000;
@@ -406,8 +406,9 @@
   };
 
   /** A channel's refusal, said plainly. */
-  function refusal(channel, code, text) {
+  function refusal(channel, code, message) {
     const name = channelName(channel);
+    const text = sentence(message);
     switch (code) {
       case 'channel_disabled':
         return name + ' is not enabled on this broker. ' + text;
@@ -502,11 +503,10 @@
     li.appendChild(h('div', { class: 'line1' },
       h('span', { class: 'customer', text: name }),
       stateText ? h('span', { class: 'state ' + (offer ? 'offer' : t.state), text: stateText }) : null));
+    li.appendChild(h('span', { class: 'wait', dataset: { created: t.task.created_at, expires: t.expiresAt || '' } }));
     li.appendChild(h('div', { class: 'preview', text: t.task.preview || lastCustomerText(t) || ' ' }));
-    const side = h('div', { class: 'side' },
-      h('span', { class: 'wait', dataset: { created: t.task.created_at, expires: t.expiresAt || '' } }));
     if (offer) {
-      side.appendChild(h('div', { class: 'offer-actions' },
+      li.appendChild(h('div', { class: 'offer-actions' },
         h('button', {
           type: 'button', class: 'reject', 'aria-label': 'Reject chat from ' + name, title: 'Reject',
           dataset: { key: 'reject-' + t.id }, onclick: () => reject(t.id),
@@ -516,11 +516,10 @@
           dataset: { key: 'accept-' + t.id }, onclick: () => accept(t.id),
         }, icon('check'))));
     } else if (t.unread > 0) {
-      side.appendChild(h('span', {
+      li.appendChild(h('span', {
         class: 'unread', 'aria-label': t.unread + ' unread', text: String(t.unread),
       }));
     }
-    li.appendChild(side);
     if (!offer) {
       li.appendChild(h('button', {
         type: 'button', class: 'open-button',
@@ -773,6 +772,7 @@
   }
 
   function onReplyInput() {
+    hideComposerError();
     const t = S.selected ? S.tasks.get(S.selected) : null;
     if (!t || !S.socket) return;
     const now = Date.now();
@@ -921,6 +921,7 @@
     $('#composer').addEventListener('submit', onSend);
     growReply = enterToSend($('#reply'), () => onSend(null));
     $('#reply').addEventListener('input', onReplyInput);
+    $('#disposition').addEventListener('change', () => showWrapupError(null));
     $('#attach').addEventListener('click', () => $('#file-input').click());
     $('#file-input').addEventListener('change', onFiles);
     $('#end-chat').addEventListener('click', onEnd);

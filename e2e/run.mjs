@@ -1,0 +1,68 @@
+// Runs the e2e suite: `node run.mjs` (from e2e/) or `npm test`.
+// Builds target/debug/switchboard unless E2E_SKIP_BUILD=1, starts it on a free
+// loopback port, runs story.mjs in Debian's Chromium, saves screenshots under
+// target/e2e/, and ends with the line "N passed, N failed" (exit 1 on failure).
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  CHROMIUM, OUT, build, log, removeProfiles, runSteps, startBroker, startHostSite, startProxy,
+} from './harness.mjs';
+import { closeBrowsers, env, failureShots } from './story.mjs';
+
+const OFFER_TIMEOUT_MS = 5000;
+/** The whole run, build excluded, must finish within this. */
+const BUDGET_MS = 150000;
+
+async function main() {
+  const started = Date.now();
+  fs.mkdirSync(OUT, { recursive: true });
+  for (const f of fs.readdirSync(OUT)) {
+    if (f.endsWith('.png')) fs.rmSync(path.join(OUT, f));
+  }
+  if (!fs.existsSync(CHROMIUM)) {
+    log('Chromium not found at ' + CHROMIUM + ' (apt-get install chromium, or set CHROMIUM)');
+    log('0 passed, 1 failed');
+    return 1;
+  }
+  if (process.env.E2E_SKIP_BUILD !== '1') build();
+
+  const broker = await startBroker({
+    SWITCHBOARD_OFFER_TIMEOUT: OFFER_TIMEOUT_MS + 'ms',
+    // Small, so the refusal of a large file is quick to show.
+    SWITCHBOARD_MAX_UPLOAD: '1MiB',
+  });
+  const proxy = await startProxy(broker.port);
+  const site = await startHostSite(broker.base);
+  Object.assign(env, { broker, proxy, site, offerTimeoutMs: OFFER_TIMEOUT_MS });
+  log('broker at ' + broker.base + ' (agent through ' + proxy.base + ', shop at ' + site.url + ')');
+
+  const watchdog = setTimeout(() => {
+    log('the e2e run took longer than ' + BUDGET_MS / 1000 + 's; stopping');
+    log('0 passed, 1 failed');
+    broker.stop().finally(() => process.exit(1));
+  }, BUDGET_MS);
+
+  const t0 = Date.now();
+  let result;
+  try {
+    result = await runSteps(failureShots);
+  } finally {
+    clearTimeout(watchdog);
+    await closeBrowsers();
+    await proxy.close();
+    await site.close();
+    await broker.stop();
+    removeProfiles();
+  }
+  log('');
+  log('screenshots: ' + path.relative(process.cwd(), OUT) + '/  ·  steps ' + ((Date.now() - t0) / 1000).toFixed(1) +
+    's, total ' + ((Date.now() - started) / 1000).toFixed(1) + 's');
+  log(result.passed + ' passed, ' + result.failed + ' failed' + (result.skipped ? ', ' + result.skipped + ' skipped' : ''));
+  return result.failed ? 1 : 0;
+}
+
+main().then((code) => process.exit(code), (e) => {
+  log(String(e && e.stack ? e.stack : e));
+  log('0 passed, 1 failed');
+  process.exit(1);
+});
