@@ -9,7 +9,10 @@ use std::time::SystemTime;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchboard::channel::check_attachment;
 use switchboard::conversation::ConversationEvent;
-use switchboard::protocol::{frame, AgentCommand, Author, ChannelKind, DeliveryStatus, Message};
+use switchboard::protocol::{
+    frame, AgentCommand, Author, ChannelKind, DeliveryStatus, Id, Message,
+};
+use switchboard::router::index::AgentIndex;
 
 fn message(text: &str) -> Message {
     Message {
@@ -69,5 +72,34 @@ fn attachments(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, frames, journal, attachments);
+/// The router's decision with 10,000 eligible agents: pick the best agent
+/// (most free capacity, longest idle), then re-key it with one less free slot,
+/// as an offer does.
+fn routing(c: &mut Criterion) {
+    let mut index = AgentIndex::default();
+    let ids: Vec<Id> = (0..10_000)
+        .map(|i| Id::from(format!("agent-{i:05}")))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        index.update(id, [Some(5), Some(3), None, None], i as u64);
+    }
+    let mut tick = 10_000u64;
+    c.bench_function("route: pick best of 10k agents and re-key it", |b| {
+        b.iter(|| {
+            let best = index
+                .best(ChannelKind::Webchat, |_| true)
+                .expect("someone is free");
+            tick += 1;
+            // Keep the population steady: the chosen agent rejoins at the back.
+            index.update(&best, [Some(5), Some(3), None, None], tick);
+            black_box(best)
+        })
+    });
+    let declined: Vec<Id> = ids.iter().take(50).cloned().collect();
+    c.bench_function("route: pick skipping 50 declined agents", |b| {
+        b.iter(|| index.best(ChannelKind::Webchat, |id| !declined.contains(id)))
+    });
+}
+
+criterion_group!(benches, frames, journal, attachments, routing);
 criterion_main!(benches);

@@ -20,8 +20,9 @@
 //! [`TaskClosed`], [`ReserveOutbound`], [`BindOutbound`], [`GetAgents`],
 //! [`GetStats`].
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+pub mod index;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,8 +91,6 @@ struct RoutedAgent {
     addr: Addr<Agent>,
     /// Monotonic tick of the agent's last offer or of becoming available.
     idle_since: u64,
-    /// Index keys currently inserted, per channel, to remove them exactly.
-    keys: [Option<(Reverse<u32>, u64)>; 4],
     /// Tasks this agent holds (reserved, assigned or wrapping).
     held: Vec<Id>,
 }
@@ -171,7 +170,7 @@ pub struct Router {
     agents: HashMap<Id, RoutedAgent>,
     /// Agents' addresses, known before their upsert is applied.
     addrs: HashMap<Id, Addr<Agent>>,
-    index: [BTreeSet<(Reverse<u32>, u64, Id)>; 4],
+    index: index::AgentIndex,
     queues: [BTreeMap<u64, RoutableTask>; 4],
     /// task id → (channel, order) while queued.
     queued: HashMap<Id, (ChannelKind, u64)>,
@@ -189,7 +188,7 @@ impl Router {
             broker,
             agents: HashMap::new(),
             addrs: HashMap::new(),
-            index: Default::default(),
+            index: index::AgentIndex::default(),
             queues: Default::default(),
             queued: HashMap::new(),
             held: HashMap::new(),
@@ -207,25 +206,16 @@ impl Router {
     }
 
     fn unindex(&mut self, id: &Id) {
-        if let Some(agent) = self.agents.get_mut(id) {
-            for ch in ChannelKind::ALL {
-                if let Some((free, idle)) = agent.keys[ch.index()].take() {
-                    self.index[ch.index()].remove(&(free, idle, id.clone()));
-                }
-            }
-        }
+        self.index.remove(id);
     }
 
     fn reindex(&mut self, id: &Id) {
-        self.unindex(id);
-        if let Some(agent) = self.agents.get_mut(id) {
-            for ch in ChannelKind::ALL {
-                if agent.eligible(ch) {
-                    let key = (Reverse(agent.free(ch)), agent.idle_since);
-                    agent.keys[ch.index()] = Some(key);
-                    self.index[ch.index()].insert((key.0, key.1, id.clone()));
-                }
+        match self.agents.get(id) {
+            Some(agent) => {
+                let free = ChannelKind::ALL.map(|ch| agent.eligible(ch).then(|| agent.free(ch)));
+                self.index.update(id, free, agent.idle_since);
             }
+            None => self.index.remove(id),
         }
     }
 
@@ -269,7 +259,6 @@ impl Router {
                             },
                             addr,
                             idle_since: tick,
-                            keys: [None; 4],
                             held: Vec::new(),
                         },
                     );
@@ -426,23 +415,20 @@ impl Router {
     /// Best eligible agent for a task: first in index order with the skills and
     /// not among those who declined it.
     fn pick(&self, task: &RoutableTask) -> Option<Id> {
-        self.index[task.channel.index()]
-            .iter()
-            .find(|(_, _, id)| {
-                !task.declined.contains(id)
-                    && self
-                        .agents
-                        .get(id)
-                        .is_some_and(|a| a.has_skills(&task.skills))
-            })
-            .map(|(_, _, id)| id.clone())
+        self.index.best(task.channel, |id| {
+            !task.declined.contains(id)
+                && self
+                    .agents
+                    .get(id)
+                    .is_some_and(|a| a.has_skills(&task.skills))
+        })
     }
 
     /// Offer as many queued tasks of `ch` as there are eligible agents, oldest
     /// first. Tasks nobody eligible can take are skipped, not blocking newer ones.
     fn dispatch(&mut self, ch: ChannelKind, ctx: &mut Context<Self>) {
         let mut cursor = 0u64;
-        while !self.index[ch.index()].is_empty() {
+        while !self.index.is_empty(ch) {
             let Some((order, task)) = self.queues[ch.index()].range(cursor..).next() else {
                 break;
             };
