@@ -389,12 +389,40 @@ step('supervisor board shows the queue, agents with load per channel, and tasks 
   // A task event arrives live: Sam's chat ends.
   await s.desk.getByRole('button', { name: 'End Chat' }).click();
   await seeText(s.board.locator('#tasks'), /Wrapping/);
+  s.samSession = (await s.desk.locator('#conv-sub').innerText()).split(' · ')[1];
+  assert(/^wc_/.test(s.samSession), 'Sam\'s webchat address shown: ' + s.samSession);
   await shot(s.board, 'board');
   await s.widget.locator('#ended').waitFor();
   await s.desk.getByLabel('Disposition').selectOption('follow_up');
   await s.desk.getByRole('button', { name: 'Complete' }).click();
   await queueItem(SAM).waitFor({ state: 'detached' });
   await seeText(s.board.locator('#tasks'), /Completed/);
+});
+
+step('agent starts an outbound webchat conversation from "New message"', async () => {
+  await s.desk.locator('label[for=act-available]').click();
+  await s.desk.getByRole('button', { name: 'New message' }).click();
+  await s.desk.getByLabel('Channel').selectOption('webchat');
+  await s.desk.getByLabel(/^To \(/).fill(s.samSession);
+  await s.desk.locator('#ob-text').fill('Hi Sam, your parcel is out for delivery today.');
+  await s.desk.locator('#ob-send').click();
+  await s.desk.locator('#outbound-dialog').waitFor({ state: 'hidden' });
+  await seeText(s.desk.locator('#conv-name'), /Sam Okafor/);
+  await s.desk.locator('#messages .msg.agent:not(.pending)', { hasText: 'out for delivery' }).waitFor();
+  await queueItem(SAM).waitFor();
+  // The widget leaves its ended state for the new conversation.
+  await s.widget.locator('#messages .msg.agent', { hasText: 'out for delivery' }).waitFor();
+  await s.widget.locator('#ended').waitFor({ state: 'hidden' });
+  equal((await bubbles(s.widget)).length, 1, 'the new conversation starts with the agent\'s message');
+});
+
+step('a waiting customer ends the chat; the board follows live', async () => {
+  await seeText(s.board.locator('#queue-length'), /^2$/);
+  await s.lee.getByRole('button', { name: 'End chat' }).click();
+  await s.lee.locator('#ended').waitFor();
+  await seeText(s.lee.locator('#chat-sub'), /Conversation ended/);
+  await seeText(s.board.locator('#queue-length'), /^1$/, 4000);
+  await seeText(s.board.locator('#tasks'), /Canceled/);
 });
 
 step('no script errors on any page', async () => {

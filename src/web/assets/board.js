@@ -75,7 +75,7 @@
   function onStatus(status) {
     const conn = $('#conn');
     conn.dataset.state = status;
-    conn.textContent = status === 'open' ? 'Live' : status === 'connecting' ? 'Connecting…' : 'Offline';
+    conn.textContent = status === 'open' ? 'Live' : B.everConnected ? 'Reconnecting…' : 'Connecting…';
     const banner = $('#banner');
     if (status === 'open') {
       B.everConnected = true;

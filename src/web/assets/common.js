@@ -190,11 +190,12 @@
   }
 
   // Attachments need the bearer header, so they are fetched and shown through
-  // blob: URLs, cached per attachment id for the page's life.
+  // blob: URLs, cached per attachment id for the page's life. The address is
+  // always built from the id on this origin, so the token never goes elsewhere.
   const blobCache = new Map();
   function attachmentUrl(meta, token) {
     if (!blobCache.has(meta.id)) {
-      const p = fetch(meta.url || ('/v1/attachments/' + encodeURIComponent(meta.id)), {
+      const p = fetch('/v1/attachments/' + encodeURIComponent(meta.id), {
         headers: { Authorization: 'Bearer ' + token },
       }).then(async (resp) => {
         if (!resp.ok) throw new ApiError(resp.status, 'download', 'Download failed (' + resp.status + ').');

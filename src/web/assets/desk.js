@@ -121,7 +121,7 @@
     } else if (status === 'connecting') {
       conn.textContent = S.everConnected ? 'Reconnecting…' : 'Connecting…';
     } else {
-      conn.textContent = 'Offline';
+      conn.textContent = S.everConnected ? 'Reconnecting…' : 'Not connected';
       if (S.everConnected) {
         setBanner('Connection lost. Reconnecting… your chats are kept and come back when the connection does.');
       }
