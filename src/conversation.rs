@@ -474,9 +474,11 @@ impl Conversation {
         }
         let pending = self.broker.outbound_pending[channel.index()]
             .load(std::sync::atomic::Ordering::Relaxed);
-        if pending >= self.broker.config.provider_queue {
+        // `pending` counts sends in flight as well as those waiting for a slot.
+        let config = &self.broker.config;
+        if pending >= config.provider_queue + config.provider_in_flight {
             return Err(ApiError::RateLimited(format!(
-                "{} has {pending} messages waiting for the provider; try again shortly",
+                "{} has {pending} messages in flight or waiting for the provider; try again shortly",
                 channel.as_str()
             )));
         }
@@ -573,9 +575,10 @@ impl Actor for Conversation {
         match self.opening.take() {
             Some(Opening::Inbound(first)) => {
                 self.accept_customer_message(first);
-                self.broker
-                    .router
-                    .do_send(EnqueueTask(self.routable(ctx.address())));
+                self.broker.router.do_send(EnqueueTask {
+                    task: self.routable(),
+                    conversation: ctx.address(),
+                });
             }
             Some(Opening::Outbound {
                 agent_id,
@@ -619,13 +622,12 @@ impl Actor for Conversation {
 
 impl Conversation {
     /// What the router needs to route this conversation's task.
-    fn routable(&self, addr: Addr<Conversation>) -> RoutableTask {
+    fn routable(&self) -> RoutableTask {
         RoutableTask {
             task_id: self.state.task_id.clone(),
             conversation_id: self.state.id.clone(),
             channel: self.state.channel,
             skills: Arc::from(self.state.skills.clone()),
-            conversation: Some(addr),
             order: 0,
             enqueued_at: std::time::Instant::now(),
             declined: Vec::new(),

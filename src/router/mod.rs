@@ -56,23 +56,24 @@ impl RescindReason {
 }
 
 /// A task waiting for, or held by, an agent: what the router needs to route it
-/// and to put it back.
-#[derive(Clone)]
+/// and to put it back. (The conversation's address is wiring, kept apart.)
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoutableTask {
     pub task_id: Id,
     pub conversation_id: Id,
     pub channel: ChannelKind,
     pub skills: Arc<[String]>,
-    pub conversation: Option<Addr<Conversation>>,
     /// Arrival order: position in the queue, kept across re-queues.
     pub order: u64,
+    /// For the wait and routing-latency figures only.
+    #[serde(skip, default = "Instant::now")]
     pub enqueued_at: Instant,
     /// Agents who rejected it or let its offer time out: never offered again.
     pub declined: Vec<Id>,
     pub offered_before: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Hold {
     Reserved { offer: u64 },
     Assigned,
@@ -83,7 +84,6 @@ struct HeldTask {
     task: RoutableTask,
     agent: Id,
     hold: Hold,
-    timer: Option<SpawnHandle>,
 }
 
 struct RoutedAgent {
@@ -133,10 +133,7 @@ pub enum RouterEvent {
         activity: Activity,
     },
     Enqueued {
-        task_id: Id,
-        conversation_id: Id,
-        channel: ChannelKind,
-        order: u64,
+        task: RoutableTask,
     },
     Offered {
         task_id: Id,
@@ -163,6 +160,11 @@ pub enum RouterEvent {
         agent_id: Id,
         channel: ChannelKind,
     },
+    /// The outbound conversation behind a direct assignment exists.
+    OutboundBound {
+        task_id: Id,
+        conversation_id: Id,
+    },
 }
 
 pub struct Router {
@@ -175,6 +177,10 @@ pub struct Router {
     /// task id → (channel, order) while queued.
     queued: HashMap<Id, (ChannelKind, u64)>,
     held: HashMap<Id, HeldTask>,
+    /// Wiring, not state: each routed task's conversation, and running offer
+    /// timers.
+    conversations: HashMap<Id, Addr<Conversation>>,
+    timers: HashMap<Id, SpawnHandle>,
     next_order: u64,
     tick: u64,
     next_offer: u64,
@@ -192,6 +198,8 @@ impl Router {
             queues: Default::default(),
             queued: HashMap::new(),
             held: HashMap::new(),
+            conversations: HashMap::new(),
+            timers: HashMap::new(),
             next_order: 0,
             tick: 0,
             next_offer: 0,
@@ -286,9 +294,11 @@ impl Router {
                 }
                 self.reindex(&id);
             }
-            RouterEvent::Enqueued { task_id, .. } => {
-                // The task body travels with the message; see `enqueue`.
-                debug_assert!(self.queued.contains_key(&task_id));
+            RouterEvent::Enqueued { task } => {
+                self.next_order = self.next_order.max(task.order + 1);
+                self.queued
+                    .insert(task.task_id.clone(), (task.channel, task.order));
+                self.queues[task.channel.index()].insert(task.order, task);
             }
             RouterEvent::Offered {
                 task_id,
@@ -298,9 +308,14 @@ impl Router {
                 let Some((ch, order)) = self.queued.remove(&task_id) else {
                     return;
                 };
-                let Some(task) = self.queues[ch.index()].remove(&order) else {
+                let Some(mut task) = self.queues[ch.index()].remove(&order) else {
                     return;
                 };
+                if !task.offered_before {
+                    task.offered_before = true;
+                    let micros = task.enqueued_at.elapsed().as_micros() as u64;
+                    let _ = self.latency.record(micros.max(1));
+                }
                 let tick = self.tick();
                 self.change_load(&agent_id, ch, true);
                 if let Some(agent) = self.agents.get_mut(&agent_id) {
@@ -314,14 +329,12 @@ impl Router {
                         task,
                         agent: agent_id,
                         hold: Hold::Reserved { offer },
-                        timer: None,
                     },
                 );
             }
             RouterEvent::Accepted { task_id } => {
                 if let Some(h) = self.held.get_mut(&task_id) {
                     h.hold = Hold::Assigned;
-                    h.timer = None;
                 }
             }
             RouterEvent::Requeued {
@@ -333,7 +346,9 @@ impl Router {
                     if let Some(agent) = declined_by {
                         task.declined.push(agent);
                     }
-                    if task.conversation.is_some() {
+                    // An outbound reservation whose conversation never came
+                    // has nothing to route.
+                    if !task.conversation_id.is_empty() {
                         self.queued
                             .insert(task.task_id.clone(), (task.channel, task.order));
                         self.queues[task.channel.index()].insert(task.order, task);
@@ -371,7 +386,6 @@ impl Router {
                             conversation_id: Id::from(""),
                             channel,
                             skills: Arc::from(Vec::new()),
-                            conversation: None,
                             order,
                             enqueued_at: Instant::now(),
                             declined: Vec::new(),
@@ -379,11 +393,31 @@ impl Router {
                         },
                         agent: agent_id,
                         hold: Hold::Assigned,
-                        timer: None,
                     },
                 );
             }
+            RouterEvent::OutboundBound {
+                task_id,
+                conversation_id,
+            } => {
+                if let Some(h) = self.held.get_mut(&task_id) {
+                    h.task.conversation_id = conversation_id;
+                }
+            }
         }
+    }
+
+    /// Stop routing a task: state first, then its wiring.
+    fn close(&mut self, task_id: Id, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.timers.remove(&task_id) {
+            ctx.cancel_future(timer);
+        }
+        self.conversations.remove(&task_id);
+        self.apply(RouterEvent::Closed { task_id });
+    }
+
+    fn conversation_of(&self, task_id: &Id) -> Option<Addr<Conversation>> {
+        self.conversations.get(task_id).cloned()
     }
 
     /// Drop a held task and give its capacity back.
@@ -399,17 +433,7 @@ impl Router {
 
     fn enqueue(&mut self, mut task: RoutableTask) {
         task.order = self.next_order;
-        self.next_order += 1;
-        let event = RouterEvent::Enqueued {
-            task_id: task.task_id.clone(),
-            conversation_id: task.conversation_id.clone(),
-            channel: task.channel,
-            order: task.order,
-        };
-        self.queued
-            .insert(task.task_id.clone(), (task.channel, task.order));
-        self.queues[task.channel.index()].insert(task.order, task);
-        self.apply(event);
+        self.apply(RouterEvent::Enqueued { task });
     }
 
     /// Best eligible agent for a task: first in index order with the skills and
@@ -459,19 +483,11 @@ impl Router {
             let task_id = task_id.clone();
             move |act, ctx| act.offer_expired(task_id, offer, ctx)
         });
-        let Some(held) = self.held.get_mut(&task_id) else {
-            return;
-        };
-        held.timer = Some(timer);
-        if !held.task.offered_before {
-            held.task.offered_before = true;
-            let micros = held.task.enqueued_at.elapsed().as_micros() as u64;
-            let _ = self.latency.record(micros.max(1));
-        }
+        self.timers.insert(task_id.clone(), timer);
         let Some(agent) = self.agents.get(&agent_id) else {
             return;
         };
-        if let Some(conv) = &held.task.conversation {
+        if let Some(conv) = self.conversations.get(&task_id) {
             conv.do_send(Reserve {
                 agent_id: agent_id.clone(),
                 agent: agent.addr.clone(),
@@ -498,15 +514,15 @@ impl Router {
         decline: bool,
         ctx: &mut Context<Self>,
     ) {
-        let Some(h) = self.held.get_mut(task_id) else {
+        let Some(h) = self.held.get(task_id) else {
             return;
         };
-        if let Some(timer) = h.timer.take() {
-            ctx.cancel_future(timer);
-        }
         let agent_id = h.agent.clone();
         let channel = h.task.channel;
-        let conversation = h.task.conversation.clone();
+        if let Some(timer) = self.timers.remove(task_id) {
+            ctx.cancel_future(timer);
+        }
+        let conversation = self.conversation_of(task_id);
         if let Some(agent) = self.agents.get(&agent_id) {
             agent.addr.do_send(Rescind {
                 task_id: task_id.clone(),
@@ -635,7 +651,7 @@ impl Handler<RemoveAgent> for Router {
             .map(|a| a.held.clone())
             .unwrap_or_default();
         for task_id in rest {
-            self.apply(RouterEvent::Closed { task_id });
+            self.close(task_id, ctx);
         }
         self.apply(RouterEvent::AgentRemoved { id: msg.id.clone() });
         self.broker
@@ -721,14 +737,19 @@ impl Handler<GraceExpired> for Router {
 /// A new task waits for an agent.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct EnqueueTask(pub RoutableTask);
+pub struct EnqueueTask {
+    pub task: RoutableTask,
+    pub conversation: Addr<Conversation>,
+}
 
 impl Handler<EnqueueTask> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: EnqueueTask, ctx: &mut Context<Self>) {
-        let ch = msg.0.channel;
-        self.enqueue(msg.0);
+        let ch = msg.task.channel;
+        self.conversations
+            .insert(msg.task.task_id.clone(), msg.conversation);
+        self.enqueue(msg.task);
         self.dispatch(ch, ctx);
     }
 }
@@ -754,17 +775,16 @@ impl Handler<Accept> for Router {
             return Err(self.offer_error(&msg.agent_id, &msg.task_id));
         }
         let task_id: Id = msg.task_id.as_str().into();
-        if let Some(timer) = self.held.get_mut(&task_id).and_then(|h| h.timer.take()) {
+        if let Some(timer) = self.timers.remove(&task_id) {
             ctx.cancel_future(timer);
         }
         self.apply(RouterEvent::Accepted {
             task_id: task_id.clone(),
         });
-        let (Some(held), Some(agent)) = (self.held.get(&task_id), self.agents.get(&msg.agent_id))
-        else {
+        let Some(agent) = self.agents.get(&msg.agent_id) else {
             return Err(ApiError::UnknownTask(msg.task_id));
         };
-        if let Some(conv) = &held.task.conversation {
+        if let Some(conv) = self.conversations.get(&task_id) {
             conv.do_send(Assign {
                 agent_id: msg.agent_id.clone(),
                 agent_name: agent.view.name.clone(),
@@ -796,14 +816,13 @@ impl Handler<Reject> for Router {
             return Err(self.offer_error(&msg.agent_id, &msg.task_id));
         }
         let task_id: Id = msg.task_id.as_str().into();
-        let Some(h) = self.held.get_mut(&task_id) else {
+        let Some(channel) = self.held.get(&task_id).map(|h| h.task.channel) else {
             return Ok(());
         };
-        if let Some(timer) = h.timer.take() {
+        if let Some(timer) = self.timers.remove(&task_id) {
             ctx.cancel_future(timer);
         }
-        let channel = h.task.channel;
-        let conversation = h.task.conversation.clone();
+        let conversation = self.conversation_of(&task_id);
         self.apply(RouterEvent::Requeued {
             task_id,
             declined_by: Some(msg.agent_id),
@@ -849,11 +868,8 @@ impl Handler<TaskClosed> for Router {
 
     fn handle(&mut self, msg: TaskClosed, ctx: &mut Context<Self>) {
         let mut channel = self.queued.get(&msg.task_id).map(|(ch, _)| *ch);
-        if let Some(h) = self.held.get_mut(&msg.task_id) {
+        if let Some(h) = self.held.get(&msg.task_id) {
             channel = Some(h.task.channel);
-            if let Some(timer) = h.timer.take() {
-                ctx.cancel_future(timer);
-            }
             if matches!(h.hold, Hold::Reserved { .. }) {
                 if let Some(agent) = self.agents.get(&h.agent) {
                     agent.addr.do_send(Rescind {
@@ -863,9 +879,7 @@ impl Handler<TaskClosed> for Router {
                 }
             }
         }
-        self.apply(RouterEvent::Closed {
-            task_id: msg.task_id,
-        });
+        self.close(msg.task_id, ctx);
         if let Some(ch) = channel {
             self.dispatch(ch, ctx);
         }
@@ -921,9 +935,13 @@ impl Handler<BindOutbound> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: BindOutbound, _: &mut Context<Self>) {
-        if let Some(h) = self.held.get_mut(&msg.task_id) {
-            h.task.conversation_id = msg.conversation_id;
-            h.task.conversation = Some(msg.conversation);
+        if self.held.contains_key(&msg.task_id) {
+            self.conversations
+                .insert(msg.task_id.clone(), msg.conversation);
+            self.apply(RouterEvent::OutboundBound {
+                task_id: msg.task_id,
+                conversation_id: msg.conversation_id,
+            });
         }
     }
 }
