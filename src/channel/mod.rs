@@ -87,6 +87,22 @@ pub struct OpenOutbound {
     pub template: Option<Template>,
 }
 
+impl OpenOutbound {
+    /// The conversation's opening: assigned to the agent, first message theirs.
+    pub fn into_opening(self) -> crate::conversation::Opening {
+        crate::conversation::Opening::Outbound {
+            agent_id: self.agent_id,
+            agent_name: self.agent_name,
+            agent: self.agent,
+            text: self.text,
+            attachments: self.attachments,
+            client_msg_id: self.client_msg_id,
+            reference: self.reference,
+            template: self.template,
+        }
+    }
+}
+
 /// The channel actors running on this broker; provider channels are `None`
 /// until configured.
 #[derive(Clone)]

@@ -830,16 +830,7 @@ impl Handler<OpenOutbound> for ProviderChannel {
                 )));
             }
         }
-        let opening = Opening::Outbound {
-            agent_id: msg.agent_id,
-            agent_name: msg.agent_name,
-            agent: msg.agent,
-            text: msg.text,
-            attachments: msg.attachments,
-            client_msg_id: msg.client_msg_id,
-            reference: msg.reference,
-            template: msg.template,
-        };
-        Ok(self.open_conversation(&to, &business, opening, Some(msg.task_id), ctx))
+        let task_id = msg.task_id.clone();
+        Ok(self.open_conversation(&to, &business, msg.into_opening(), Some(task_id), ctx))
     }
 }

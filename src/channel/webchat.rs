@@ -385,23 +385,15 @@ impl Handler<OpenOutbound> for WebchatChannel {
             )));
         }
         let previous = s.last.as_ref().map(|(id, _)| id.clone());
-        let opening = Opening::Outbound {
-            agent_id: msg.agent_id,
-            agent_name: msg.agent_name,
-            agent: msg.agent,
-            text: msg.text,
-            attachments: msg.attachments,
-            client_msg_id: msg.client_msg_id,
-            reference: msg.reference,
-            template: None,
-        };
+        let task_id = msg.task_id.clone();
+        let opening = msg.into_opening();
         if let Some(s) = self.sessions.get_mut(&session) {
             for sock in &mut s.sockets {
                 sock.ready = true;
             }
         }
-        self.open_conversation(&session, opening, previous, Some(msg.task_id), ctx)
-            .ok_or_else(|| ApiError::NotFound(format!("webchat session {} does not exist", msg.to)))
+        self.open_conversation(&session, opening, previous, Some(task_id), ctx)
+            .ok_or_else(|| ApiError::NotFound(format!("webchat session {session} does not exist")))
     }
 }
 

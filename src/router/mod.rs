@@ -724,13 +724,14 @@ impl Handler<GraceExpired> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: GraceExpired, ctx: &mut Context<Self>) {
-        self.apply(RouterEvent::ActivityChanged {
-            id: msg.id.clone(),
-            activity: Activity::Offline,
-        });
-        self.withdraw_agent_tasks(&msg.id, true, ctx);
-        self.publish_agent(&msg.id);
-        self.dispatch_all(ctx);
+        // Same as the agent going offline.
+        self.handle(
+            AgentActivity {
+                id: msg.id,
+                activity: Activity::Offline,
+            },
+            ctx,
+        );
     }
 }
 
