@@ -256,9 +256,18 @@ step('several conversations: unread badge and notification, switching keeps both
 
   await openTask(SAM);
   await s.desk.locator('#messages .msg.customer', { hasText: 'Harbour Street' }).waitFor();
+  // Sam closes the panel; the reply raises a badge on the widget's button.
+  await s.widget.getByRole('button', { name: 'Close the chat window' }).click();
+  await s.shop.locator('iframe[title="Chat with us"]').waitFor({ state: 'hidden' });
   await s.desk.getByLabel('Reply').fill('Thanks Sam, updated to 12 Harbour Street.');
   await s.desk.getByLabel('Reply').press('Enter');
+  const unread = s.shop.getByRole('button', { name: 'Chat with us, 1 new' });
+  await unread.waitFor();
+  await seeText(unread, /1/);
+  await shot(s.shop, 'widget-unread');
+  await unread.click();
   await s.widget.locator('#messages .msg.agent', { hasText: 'updated to 12 Harbour' }).waitFor();
+  equal(await s.shop.getByRole('button', { name: 'Chat with us' }).getAttribute('aria-label'), null, 'badge cleared');
   fs.copyFileSync(await shot(s.shop, 'widget-open'), path.join(OUT, 'widget.png'));
 });
 

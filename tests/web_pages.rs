@@ -109,6 +109,10 @@ async fn head_trailing_slash_and_unknown_files() {
         .expect("HEAD");
     assert_eq!(resp.status(), 200);
     assert!(header_of(&resp, header::CONTENT_TYPE).starts_with("text/html"));
+    let length: usize = header_of(&resp, header::CONTENT_LENGTH)
+        .parse()
+        .unwrap_or(0);
+    assert!(length > 1000, "HEAD tells the page's length, got {length}");
 
     let resp = http
         .get(format!("{}/desk/?agent=alice", srv.base_url()))

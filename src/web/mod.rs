@@ -175,12 +175,8 @@ fn serve(asset: &Asset, req: &HttpRequest) -> HttpResponse {
     if fresh {
         return resp.finish();
     }
-    resp.content_type(asset.content_type)
-        .body(if req.method() == actix_web::http::Method::HEAD {
-            &[][..]
-        } else {
-            asset.body
-        })
+    // For HEAD, actix sends the headers (Content-Length included) and no body.
+    resp.content_type(asset.content_type).body(asset.body)
 }
 
 #[cfg(test)]

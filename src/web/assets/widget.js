@@ -82,6 +82,7 @@
     ensureFrame();
     panel.hidden = false;
     button.setAttribute('aria-expanded', 'true');
+    button.removeAttribute('aria-label');
     badge.hidden = true;
     post({ type: 'switchboard:open' });
     frame.focus();
@@ -107,7 +108,8 @@
       var n = Number(data.count) || 0;
       badge.textContent = String(n);
       badge.hidden = n === 0 || !panel.hidden;
-      label.textContent = n ? title + ' (' + n + ' new)' : title;
+      if (n && panel.hidden) button.setAttribute('aria-label', title + ', ' + n + ' new');
+      else button.removeAttribute('aria-label');
     }
   });
 
