@@ -323,6 +323,16 @@ export function parcelPicture() {
   });
 }
 
+/** A small picture of a till receipt. */
+export function receiptPicture() {
+  return png(150, 210, (x, y) => {
+    const paper = x > 15 && x < 135 && y > 10 && y < 200;
+    if (!paper) return [70, 78, 92];
+    const line = (y - 30) % 18 < 4 && y > 30 && y < 170 && x > 28 && x < (y % 36 < 18 ? 122 : 96);
+    return line ? [120, 124, 130] : [250, 249, 245];
+  });
+}
+
 // ---- Steps -----------------------------------------------------------------------
 
 const steps = [];

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  OUT, assert, call, equal, parcelPicture, person, seeText, shot, sleep, step, until,
+  OUT, assert, call, equal, parcelPicture, person, receiptPicture, seeText, shot, sleep, step, until,
 } from './harness.mjs';
 
 /** Filled in by run.mjs before the steps run. */
@@ -173,6 +173,15 @@ step('agent attaches an image and a PDF; both sides show a thumbnail and a file 
   const download = s.dana.waitForEvent('download');
   await s.dana.locator('#messages a.attachment-file', { hasText: 'delivery-note.pdf' }).click();
   equal((await download).suggestedFilename(), 'delivery-note.pdf', 'downloaded file name');
+
+  // The customer attaches a photo too.
+  await s.dana.locator('#file-input').setInputFiles({ name: 'receipt.png', mimeType: 'image/png', buffer: receiptPicture() });
+  await s.dana.locator('#pending-files .chip:not(.uploading)', { hasText: 'receipt.png' }).waitFor();
+  await s.dana.getByLabel('Message', { exact: true }).fill('Here is my receipt.');
+  await s.dana.getByLabel('Message', { exact: true }).press('Enter');
+  danaExpected.push(['customer', 'Here is my receipt.']);
+  await imageLoaded(s.dana.locator('#messages .msg.customer:not(.pending) img.thumb').last());
+  await imageLoaded(s.desk.locator('#messages .msg.customer img.thumb').last());
   await shot(s.desk, 'desk-attachments');
   await shot(s.dana, 'chat-attachments');
 });
@@ -398,6 +407,7 @@ step('supervisor board shows the queue, agents with load per channel, and tasks 
   // A task event arrives live: Sam's chat ends.
   await s.desk.getByRole('button', { name: 'End Chat' }).click();
   await seeText(s.board.locator('#tasks'), /Wrapping/);
+  await seeText(s.board.locator('#state-counts'), /Wrapping 1/);
   s.samSession = (await s.desk.locator('#conv-sub').innerText()).split(' · ')[1];
   assert(/^wc_/.test(s.samSession), 'Sam\'s webchat address shown: ' + s.samSession);
   await shot(s.board, 'board');

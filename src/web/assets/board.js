@@ -106,13 +106,13 @@
   }
 
   let soon = null;
-  /** Task events change the queue figures: fetch them again, at most every 300 ms. */
+  /** Task events change the queue figures: fetch them again, at most every 150 ms. */
   function refreshSoon() {
     if (soon) return;
     soon = setTimeout(() => {
       soon = null;
       refresh();
-    }, 300);
+    }, 150);
   }
 
   function onEvent(msg) {
