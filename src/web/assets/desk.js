@@ -76,6 +76,8 @@
     S.byConv.clear();
     S.selected = null;
     S.token = null;
+    S.agent = null;
+    S.activity = 'offline';
     $('#agent-token').value = '';
     showSignin(message);
   }
@@ -237,6 +239,10 @@
 
   const EVENTS = {
     hello(msg) {
+      if (S.agent && S.activity !== 'offline' && msg.activity === 'offline') {
+        toast('You were disconnected for longer than the grace period, so you are Offline now. ' +
+          'Choose Available to take chats again.', 'error');
+      }
       S.agent = msg.agent;
       $('#agent-name').textContent = msg.agent.name || msg.agent.id;
       setActivity(msg.activity);
@@ -388,13 +394,24 @@
         case 'outbound':
           showOutboundError(refusal($('#ob-channel').value, msg.code, text));
           break;
-        case 'accept':
+        case 'accept': {
           toast('Could not accept: ' + text, 'error');
-          if (msg.code === 'invalid_state' && pending.taskId) {
-            forget(pending.taskId);
+          const t = S.tasks.get(pending.taskId);
+          if (t && isOffer(t)) {
+            // The offer is gone (expired or withdrawn): drop it; otherwise let it be tried again.
+            if (msg.code === 'invalid_state' || msg.code === 'unknown_task') forget(t.id);
+            else t.accepting = false;
             renderAll();
           }
           break;
+        }
+        case 'end': {
+          toast('Could not end the chat: ' + text, 'error');
+          const t = S.tasks.get(pending.taskId);
+          if (t) t.ending = false;
+          renderConversation();
+          break;
+        }
         case 'activity':
           toast('Activity not changed: ' + text, 'error');
           setActivity(S.activity);
@@ -513,7 +530,7 @@
         }, icon('close')),
         h('button', {
           type: 'button', class: 'accept', 'aria-label': 'Accept chat from ' + name, title: 'Accept',
-          dataset: { key: 'accept-' + t.id }, onclick: () => accept(t.id),
+          dataset: { key: 'accept-' + t.id }, onclick: () => accept(t.id), disabled: !!t.accepting,
         }, icon('check'))));
     } else if (t.unread > 0) {
       li.appendChild(h('span', {
@@ -558,8 +575,15 @@
   // ---- Commands from the queue --------------------------------------------
 
   function accept(taskId) {
+    const t = S.tasks.get(taskId);
+    if (!t || t.accepting) return;
     const ref = command('accept', { type: 'accept', task_id: taskId }, { taskId });
-    if (!ref) toast('Not connected: cannot accept right now.', 'error');
+    if (!ref) {
+      toast('Not connected: cannot accept right now.', 'error');
+      return;
+    }
+    t.accepting = true;
+    renderQueue();
   }
 
   function reject(taskId) {
@@ -609,6 +633,7 @@
     pill.textContent = t.state === 'wrapping' ? 'Wrap Up' : humanize(t.state);
     const wrapping = t.state === 'wrapping';
     $('#end-chat').hidden = wrapping;
+    $('#end-chat').disabled = !!t.ending;
     $('#composer').hidden = wrapping;
     $('#wrapup').hidden = !wrapping;
     if (!wrapping) {
@@ -797,10 +822,14 @@
   function onEnd() {
     const t = S.selected ? S.tasks.get(S.selected) : null;
     if (!t) return;
+    if (t.ending) return;
     saveDraft(t);
     if (!command('end', { type: 'end', conversation_id: t.task.conversation_id }, { taskId: t.id })) {
       toast('Not connected: the chat was not ended.', 'error');
+      return;
     }
+    t.ending = true;
+    $('#end-chat').disabled = true;
   }
 
   async function loadDispositions() {
