@@ -15,6 +15,8 @@ import zlib from 'node:zlib';
 import { chromium } from 'playwright-core';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+/** Cargo's target directory (CARGO_TARGET_DIR if set), where the binary is built. */
+export const TARGET = process.env.CARGO_TARGET_DIR ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target');
 export const OUT = path.join(ROOT, 'target', 'e2e');
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 export const CHROMIUM_ARGS = [
@@ -67,7 +69,7 @@ export async function startBroker(env) {
   const port = await freePort();
   const admin = 'e2e-admin-' + crypto.randomBytes(8).toString('hex');
   const logFile = fs.openSync(path.join(OUT, 'server.log'), 'w');
-  const bin = path.join(ROOT, 'target', 'debug', 'switchboard');
+  const bin = path.join(TARGET, 'debug', 'switchboard');
   const child = spawn(bin, ['--bind', '127.0.0.1:' + port], {
     cwd: ROOT,
     env: Object.assign({}, process.env, { SWITCHBOARD_ADMIN_TOKEN: admin, RUST_LOG: 'switchboard=info' }, env),
