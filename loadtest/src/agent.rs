@@ -1,20 +1,26 @@
-//! Simulated agents: created over the admin API, then one desktop WebSocket each
-//! that goes `available`, accepts every offer, answers every customer message
-//! with `re: <seq> #<n> t=<nanos>`, ends the conversation when the customer says
-//! `bye`, and completes the task with disposition `resolved`. Offers for
-//! customers of another run are rejected.
+//! Simulated agents: created over the admin API (or made up, against the
+//! baseline relay), then one desktop WebSocket each that goes `available`,
+//! accepts every offer of this run after `--accept-delay`, answers every
+//! customer message after `--reply-delay` with `re: <seq> #<n> t=<intended
+//! nanos>`, ends the conversation when the customer says `bye`, and completes
+//! the task after `--handle-time` with a disposition from `--disposition`.
+//! Offers for customers of another run are rejected.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
 use crate::net::{self, Failure, Ws};
-use crate::report::{now_nanos, stamp_of, tag_of, Counters, Lat, Stats};
-use crate::Ctx;
+use crate::report::{instant_at, now_nanos, stamp_of, tag_of, Counters, Gauge, Lat, Stats};
+use crate::run::{Ctx, Kind};
 
 /// How many agent-creation requests are in flight at once.
 const CREATE_PARALLELISM: usize = 32;
@@ -25,15 +31,16 @@ const READY_REF: &str = "ready";
 /// An agent created for this run.
 #[derive(Debug, Clone)]
 pub struct Creds {
+    pub n: usize,
     pub id: String,
     pub token: String,
 }
 
-/// Creates `count` agents `lt-agent-<run>-<n>` with capacity `capacity` on
-/// webchat. Returns those created and the failures.
-pub async fn create_agents(ctx: &Ctx, count: usize, capacity: u32) -> (Vec<Creds>, Vec<Failure>) {
-    let results: Vec<Result<Creds, Failure>> = stream::iter(0..count)
-        .map(|n| create_one(ctx, n, capacity))
+/// Creates the agents numbered `numbers` (`lt-agent-<run>-<n>`). Returns those
+/// created and the failures.
+pub async fn create_agents(ctx: &Ctx, numbers: &[usize]) -> (Vec<Creds>, Vec<Failure>) {
+    let results: Vec<Result<Creds, Failure>> = stream::iter(numbers.iter().copied())
+        .map(|n| create_one(ctx, n))
         .buffer_unordered(CREATE_PARALLELISM)
         .collect()
         .await;
@@ -45,15 +52,28 @@ pub async fn create_agents(ctx: &Ctx, count: usize, capacity: u32) -> (Vec<Creds
             Err(f) => failed.push(f),
         }
     }
+    created.sort_by_key(|c| c.n);
     (created, failed)
 }
 
-async fn create_one(ctx: &Ctx, n: usize, capacity: u32) -> Result<Creds, Failure> {
+async fn create_one(ctx: &Ctx, n: usize) -> Result<Creds, Failure> {
     let id = format!("lt-agent-{}-{n}", ctx.run_id);
+    if ctx.kind == Kind::Baseline {
+        // The relay has no admin API: it takes any agent id and token.
+        return Ok(Creds {
+            n,
+            id,
+            token: format!("baseline-{n}"),
+        });
+    }
+    let mut capacity = json!({ "webchat": ctx.plan.capacity });
+    if ctx.plan.sms_capacity > 0 {
+        capacity["sms"] = json!(ctx.plan.sms_capacity);
+    }
     let body = json!({
         "id": id,
         "name": format!("Load test agent {n}"),
-        "capacity": { "webchat": capacity },
+        "capacity": capacity,
         "skills": [],
     });
     let (_, v) = net::http_json(
@@ -77,6 +97,7 @@ async fn create_one(ctx: &Ctx, n: usize, capacity: u32) -> Result<Creds, Failure
         ));
     }
     Ok(Creds {
+        n,
         id,
         token: token.to_string(),
     })
@@ -84,11 +105,14 @@ async fn create_one(ctx: &Ctx, n: usize, capacity: u32) -> Result<Creds, Failure
 
 /// Deletes the run's agents; returns how many deletions failed.
 pub async fn delete_agents(ctx: &Ctx, agents: &[Creds]) -> usize {
-    let results: Vec<Result<(), Failure>> = stream::iter(agents.iter().enumerate())
-        .map(|(n, a)| async move {
+    if ctx.kind == Kind::Baseline {
+        return 0;
+    }
+    let results: Vec<Result<(), Failure>> = stream::iter(agents.iter())
+        .map(|a| async move {
             let url = ctx.target.http(&format!("/v1/agents/{}", a.id));
             net::http_json(
-                ctx.http(n),
+                ctx.http(a.n),
                 Method::DELETE,
                 url,
                 Some(&ctx.admin_token),
@@ -115,12 +139,18 @@ pub async fn run(
     let mut agent = Agent {
         ctx: ctx.clone(),
         id: creds.id.clone(),
+        rng: StdRng::seed_from_u64(ctx.seed ^ 0xA6E7_0000_0000_0000 ^ creds.n as u64),
         convs: HashMap::new(),
         accept_sent: HashMap::new(),
+        pending_status: HashMap::new(),
+        sent_by_id: HashMap::new(),
         next_msg: 0,
         customer_prefix: crate::customer::name_prefix(&ctx.run_id),
+        sms_prefix: crate::twilio::number_prefix(ctx.sms_tag),
         ready: Some(ready),
         out: Vec::new(),
+        later: BinaryHeap::new(),
+        later_seq: 0,
     };
     ctx.pacer.wait().await;
     let url = ctx
@@ -136,29 +166,34 @@ pub async fn run(
             return 0;
         }
     };
+    let _conn = Gauge::up(&ctx.stats.c.connections);
     loop {
+        let next_due = agent.later.peek().map(|Reverse((due, _, _))| *due);
         tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     break;
                 }
             }
+            _ = tokio::time::sleep_until(instant_at(next_due.unwrap_or(0))), if next_due.is_some() => {
+                agent.take_due();
+            }
             ev = net::recv_json(&mut ws) => match ev {
-                Ok(ev) => {
-                    agent.handle(&ev);
-                    if let Err(f) = agent.flush(&mut ws).await {
-                        agent.fail(f);
-                        return agent.convs.len();
-                    }
-                }
+                Ok(ev) => agent.handle(&ev),
                 Err(f) => {
                     agent.fail(Failure::new(f.code, format!("agent {}: {}", agent.id, f.detail)));
                     return agent.convs.len();
                 }
             }
         }
+        if let Err(f) = agent.flush(&mut ws).await {
+            agent.fail(f);
+            return agent.convs.len();
+        }
     }
-    let _ = net::send_json(&mut ws, &json!({"type": "activity", "activity": "offline"})).await;
+    if ctx.kind == Kind::Switchboard {
+        let _ = net::send_json(&mut ws, &json!({"type": "activity", "activity": "offline"})).await;
+    }
     net::close_ws(ws).await;
     agent.convs.len()
 }
@@ -176,21 +211,58 @@ struct Conv {
     task_id: String,
     last_seq: u64,
     end_sent: bool,
+    sms: bool,
+}
+
+/// Something the agent does later: the command, and for an `accept` its task.
+enum Later {
+    Accept(String),
+    Send(Value),
 }
 
 struct Agent {
     ctx: Arc<Ctx>,
     id: String,
+    rng: StdRng,
     /// Assigned conversations by conversation id.
     convs: HashMap<String, Conv>,
     /// Task id → when `accept` was sent (nanos).
     accept_sent: HashMap<String, u64>,
+    /// SMS: client_msg_id → intended send time, until the echo names the message.
+    pending_status: HashMap<String, u64>,
+    /// SMS: message id → intended send time, until `delivered` or `failed`.
+    sent_by_id: HashMap<String, u64>,
     next_msg: u64,
     /// Customer names of this run start with this.
     customer_prefix: String,
+    /// SMS customer numbers of this run start with this.
+    sms_prefix: String,
     ready: Option<oneshot::Sender<bool>>,
     /// Commands to send after the current event.
     out: Vec<Value>,
+    /// Commands to send later: (due nanos, order, command).
+    later: BinaryHeap<Reverse<(u64, u64, LaterBox)>>,
+    later_seq: u64,
+}
+
+/// Orders [`Later`] entries by due time and insertion only.
+struct LaterBox(Later);
+
+impl PartialEq for LaterBox {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for LaterBox {}
+impl PartialOrd for LaterBox {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for LaterBox {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
 }
 
 impl Agent {
@@ -209,6 +281,46 @@ impl Agent {
             net::feed_json(ws, &cmd).await?;
         }
         net::flush(ws).await
+    }
+
+    /// Sends `later` now when `delay` is zero, else schedules it.
+    fn after(&mut self, delay: Duration, later: Later) {
+        if delay.is_zero() {
+            self.run_later(later);
+        } else {
+            self.later_seq += 1;
+            let due = now_nanos() + delay.as_nanos() as u64;
+            self.later
+                .push(Reverse((due, self.later_seq, LaterBox(later))));
+        }
+    }
+
+    fn take_due(&mut self) {
+        let now = now_nanos();
+        while let Some(Reverse((due, _, _))) = self.later.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((_, _, LaterBox(l)))) = self.later.pop() else {
+                break;
+            };
+            self.run_later(l);
+        }
+    }
+
+    fn run_later(&mut self, later: Later) {
+        match later {
+            Later::Accept(task_id) => {
+                self.accept_sent.insert(task_id.clone(), now_nanos());
+                Counters::inc(&self.ctx.stats.c.accepts_sent);
+                self.out.push(json!({
+                    "type": "accept",
+                    "task_id": task_id,
+                    "ref": format!("accept:{task_id}"),
+                }));
+            }
+            Later::Send(cmd) => self.out.push(cmd),
+        }
     }
 
     fn handle(&mut self, ev: &Value) {
@@ -232,51 +344,7 @@ impl Agent {
                     let _ = ready.send(true);
                 }
             }
-            "task.offered" => {
-                Counters::inc(&c.offers);
-                let task = &ev["task"];
-                let Some(task_id) = task["id"].as_str() else {
-                    harness(
-                        &self.ctx.stats,
-                        &self.id,
-                        "bad_event",
-                        format!("task.offered without task.id: {ev}"),
-                    );
-                    return;
-                };
-                if task["channel"].as_str() != Some("webchat") {
-                    harness(
-                        &self.ctx.stats,
-                        &self.id,
-                        "bad_event",
-                        format!("offer on channel {}", task["channel"]),
-                    );
-                }
-                // A task from another run or client (left in the queue, say) would
-                // hold capacity forever: reject it, and it is not offered here again.
-                let customer = task["customer"]["name"].as_str().unwrap_or_default();
-                if !customer.starts_with(&self.customer_prefix) {
-                    Counters::inc(&c.foreign_offers_rejected);
-                    self.out.push(json!({
-                        "type": "reject",
-                        "task_id": task_id,
-                        "ref": format!("reject:{task_id}"),
-                    }));
-                    return;
-                }
-                // The preview is the latest customer text: the first message, stamped.
-                let preview = task["preview"].as_str().unwrap_or_default();
-                if let (Some(1), Some(sent)) = (tag_of(preview), stamp_of(preview)) {
-                    self.ctx.stats.record_since(Lat::FirstToOffered, sent);
-                }
-                self.accept_sent.insert(task_id.to_string(), now_nanos());
-                Counters::inc(&c.accepts_sent);
-                self.out.push(json!({
-                    "type": "accept",
-                    "task_id": task_id,
-                    "ref": format!("accept:{task_id}"),
-                }));
-            }
+            "task.offered" => self.on_offered(ev),
             "task.rescinded" => {
                 let reason = ev["reason"].as_str().unwrap_or("(none)");
                 self.ctx.stats.rescinded(reason);
@@ -292,6 +360,7 @@ impl Agent {
                     .to_string();
                 self.on_message(&conv_id, &ev["message"], true);
             }
+            "message.status" => self.on_status(ev),
             "conversation.ended" => {
                 let conv_id = ev["conversation_id"].as_str().unwrap_or_default();
                 let Some(conv) = self.convs.get(conv_id) else {
@@ -313,13 +382,26 @@ impl Agent {
                     }
                 }
                 Counters::inc(&c.completes_sent);
-                self.out.push(json!({
-                    "type": "complete",
-                    "task_id": task_id,
-                    "disposition": "resolved",
-                    "notes": "load test",
-                    "ref": format!("complete:{task_id}"),
-                }));
+                let plan = &self.ctx.plan;
+                let disposition = if plan.dispositions.len() > 1 {
+                    plan.dispositions[self.rng.random_range(0..plan.dispositions.len())].clone()
+                } else {
+                    plan.dispositions
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "resolved".into())
+                };
+                let delay = plan.handle_time.sample(&mut self.rng);
+                self.after(
+                    delay,
+                    Later::Send(json!({
+                        "type": "complete",
+                        "task_id": task_id,
+                        "disposition": disposition,
+                        "notes": "load test",
+                        "ref": format!("complete:{task_id}"),
+                    })),
+                );
             }
             "task.completed" => {
                 let task_id = ev["task_id"].as_str().unwrap_or_default();
@@ -353,9 +435,57 @@ impl Agent {
                     self.ctx.stats.error(&f);
                 }
             }
-            // typing, message.status and anything newer carry nothing to act on.
+            // typing and anything newer carry nothing to act on.
             _ => {}
         }
+    }
+
+    fn on_offered(&mut self, ev: &Value) {
+        let c = &self.ctx.stats.c;
+        Counters::inc(&c.offers);
+        let task = &ev["task"];
+        let Some(task_id) = task["id"].as_str() else {
+            harness(
+                &self.ctx.stats,
+                &self.id,
+                "bad_event",
+                format!("task.offered without task.id: {ev}"),
+            );
+            return;
+        };
+        // A task from another run or client (left in the queue, say) would hold
+        // capacity forever: reject it, and it is not offered here again.
+        let ours = match task["channel"].as_str() {
+            // The baseline relay serves this run only and knows no names.
+            Some("webchat") => {
+                self.ctx.kind == Kind::Baseline
+                    || task["customer"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with(&self.customer_prefix)
+            }
+            Some("sms") => task["customer"]["address"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&self.sms_prefix),
+            _ => false,
+        };
+        if !ours {
+            Counters::inc(&c.foreign_offers_rejected);
+            self.out.push(json!({
+                "type": "reject",
+                "task_id": task_id,
+                "ref": format!("reject:{task_id}"),
+            }));
+            return;
+        }
+        // The preview is the latest customer text: the first message, stamped.
+        let preview = task["preview"].as_str().unwrap_or_default();
+        if let (Some(1), Some(sent)) = (tag_of(preview), stamp_of(preview)) {
+            self.ctx.stats.record_since(Lat::FirstToOffered, sent);
+        }
+        let delay = self.ctx.plan.accept_delay.sample(&mut self.rng);
+        self.after(delay, Later::Accept(task_id.to_string()));
     }
 
     fn on_assigned(&mut self, ev: &Value) {
@@ -396,6 +526,7 @@ impl Agent {
                 task_id: task_id.to_string(),
                 last_seq: 0,
                 end_sent: false,
+                sms: task["channel"].as_str() == Some("sms"),
             },
         );
         // Messages that arrived while the task waited come in the history.
@@ -403,6 +534,33 @@ impl Agent {
             for m in history {
                 self.on_message(conv_id, m, false);
             }
+        }
+    }
+
+    fn on_status(&mut self, ev: &Value) {
+        let status = ev["status"].as_str().unwrap_or("(none)");
+        self.ctx.stats.status(status);
+        let Some(id) = ev["message_id"].as_str() else {
+            return;
+        };
+        match status {
+            "delivered" => {
+                if let Some(sent) = self.sent_by_id.remove(id) {
+                    self.ctx.stats.record_since(Lat::SendToDelivered, sent);
+                }
+            }
+            "failed" => {
+                self.sent_by_id.remove(id);
+                self.ctx.stats.error(&Failure::new(
+                    "delivery_failed",
+                    format!(
+                        "agent {}: message {id}: {}",
+                        self.id,
+                        ev["error"].as_str().unwrap_or("(no reason)")
+                    ),
+                ));
+            }
+            _ => {}
         }
     }
 
@@ -439,6 +597,18 @@ impl Agent {
             );
         }
         conv.last_seq = seq;
+        let sms = conv.sms;
+        if m["from"].as_str() == Some("agent") {
+            // The echo of our own send names the message that statuses refer to.
+            if let (true, Some(cmid), Some(id)) =
+                (sms, m["client_msg_id"].as_str(), m["id"].as_str())
+            {
+                if let Some(sent) = self.pending_status.remove(cmid) {
+                    self.sent_by_id.insert(id.to_string(), sent);
+                }
+            }
+            return;
+        }
         if m["from"].as_str() != Some("customer") {
             return;
         }
@@ -475,13 +645,22 @@ impl Agent {
         }
         self.next_msg += 1;
         let client_msg_id = format!("{}-m{}", self.id, self.next_msg);
-        self.out.push(json!({
-            "type": "send",
-            "conversation_id": conv_id,
-            "text": format!("re: {seq} #{tag} t={}", now_nanos()),
-            "attachments": [],
-            "client_msg_id": client_msg_id,
-            "ref": client_msg_id,
-        }));
+        let delay = self.ctx.plan.reply_delay.sample(&mut self.rng);
+        // Stamped with the intended send time: a late send counts against the run.
+        let intended = now_nanos() + delay.as_nanos() as u64;
+        if sms && self.ctx.plan.track_delivery {
+            self.pending_status.insert(client_msg_id.clone(), intended);
+        }
+        self.after(
+            delay,
+            Later::Send(json!({
+                "type": "send",
+                "conversation_id": conv_id,
+                "text": format!("re: {seq} #{tag} t={intended}"),
+                "attachments": [],
+                "client_msg_id": client_msg_id,
+                "ref": client_msg_id,
+            })),
+        );
     }
 }

@@ -1,78 +1,59 @@
-//! Simulated webchat customers, closed loop: each worker runs conversations one
-//! after another; a conversation opens a session and its socket, sends
-//! `lt #<n> t=<nanos>`, waits for the ack and the agent's `re: <seq> #<n>` reply,
-//! repeats `--messages` times, then says `bye` and waits for `conversation.ended`.
-//! A conversation that fails or meets the deadline sends `leave` before closing.
+//! Simulated webchat customers. A conversation opens a session and its socket,
+//! sends `lt #<n> t=<intended nanos>`, waits for the ack and the agent's
+//! `re: <seq> #<n>` reply, thinks (`--think-time`), repeats `--messages` times,
+//! idles with heartbeats for `--hold`, then says `bye` and waits for
+//! `conversation.ended`. A conversation that fails or meets the deadline sends
+//! `leave` before closing.
+//!
+//! Every message is stamped with the time it was meant to be sent (the arrival
+//! time for the first one in open loop; reply + think time for the next), so a
+//! harness or broker that falls behind shows up as latency instead of hiding it
+//! (no coordinated omission).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use reqwest::Method;
-use serde_json::{json, Value};
 use std::time::Duration;
 
+use futures_util::SinkExt;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use reqwest::Method;
+use serde_json::{json, Value};
 use tokio::time::{timeout, timeout_at, Instant};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::net::{self, Failure, Ws};
-use crate::report::{now_nanos, replied_seq_of, stamp_of, tag_of, Counters, Lat};
-use crate::Ctx;
+use crate::report::{
+    instant_at, now_nanos, replied_seq_of, stamp_of, tag_of, Counters, Gauge, Lat,
+};
+use crate::run::{Ctx, Kind, Outcome};
 
 /// Customer names of run `run_id` start with this; agents reject other offers.
 pub fn name_prefix(run_id: &str) -> String {
     format!("lt-customer-{run_id}-")
 }
 
-/// One customer slot of `--concurrency`: takes conversation numbers from `next`
-/// until `total` are taken or the run's deadline has passed. Only the worker's
-/// first connection is paced by `--ramp`; later ones replace a finished
-/// conversation, which the closed loop already limits.
-pub async fn worker(ctx: Arc<Ctx>, next: Arc<AtomicUsize>, total: usize) {
-    let c = &ctx.stats.c;
-    let mut first = true;
-    loop {
-        if Instant::now() >= ctx.deadline {
-            break;
-        }
-        let idx = next.fetch_add(1, Ordering::Relaxed);
-        if idx >= total {
-            break;
-        }
-        Counters::inc(&c.conversations_started);
-        match conversation(&ctx, idx, first).await {
-            Ok(Outcome::Completed) => c.conversation_completed(),
-            Ok(Outcome::Aborted) => Counters::inc(&c.aborted_at_deadline),
-            Err(f) => {
-                Counters::inc(&c.conversations_failed);
-                ctx.stats.error(&Failure::new(
-                    f.code,
-                    format!("customer {idx}: {}", f.detail),
-                ));
-            }
-        }
-        first = false;
-    }
-}
-
-enum Outcome {
-    Completed,
-    /// The run's deadline came first.
-    Aborted,
-}
-
-async fn conversation(ctx: &Ctx, idx: usize, paced: bool) -> Result<Outcome, Failure> {
+/// Runs webchat conversation `idx`, its first message meant for `start`
+/// ([`now_nanos`] time). `paced`: the socket waits for a `--ramp` slot.
+pub async fn conversation(
+    ctx: &Ctx,
+    idx: usize,
+    start: Option<u64>,
+    paced: bool,
+) -> Result<Outcome, Failure> {
     let Ok(ws) = timeout_at(ctx.deadline, open(ctx, idx, paced)).await else {
         return Ok(Outcome::Aborted);
     };
     let mut ws = ws?;
+    let _conn = Gauge::up(&ctx.stats.c.connections);
     let mut s = Session {
         ctx,
+        rng: StdRng::seed_from_u64(ctx.seed ^ 0xC057_0000_0000_0000 ^ idx as u64),
         conv_id: None,
         acks: HashMap::new(),
         replies: HashMap::new(),
         ended: false,
     };
-    let result = match timeout_at(ctx.deadline, s.talk(&mut ws, idx)).await {
+    let result = match timeout_at(ctx.deadline, s.talk(&mut ws, idx, start)).await {
         Ok(Ok(())) => Ok(Outcome::Completed),
         Ok(Err(f)) => Err(f),
         Err(_) => Ok(Outcome::Aborted),
@@ -89,29 +70,37 @@ async fn conversation(ctx: &Ctx, idx: usize, paced: bool) -> Result<Outcome, Fai
 
 /// Opens a webchat session and its socket.
 async fn open(ctx: &Ctx, idx: usize, paced: bool) -> Result<Ws, Failure> {
-    let (_, body) = net::http_json(
-        ctx.http(idx),
-        Method::POST,
-        ctx.target.http("/v1/webchat/sessions"),
-        None,
-        Some(&json!({ "name": format!("{}{idx}", name_prefix(&ctx.run_id)) })),
-    )
-    .await?;
-    let token = body["token"].as_str().ok_or_else(|| {
-        Failure::new(
-            "harness.bad_session_body",
-            format!("POST /v1/webchat/sessions: no token in {body}"),
+    let token = if ctx.kind == Kind::Baseline {
+        format!("baseline-c{idx}")
+    } else {
+        let (_, body) = net::http_json(
+            ctx.http(idx),
+            Method::POST,
+            ctx.target.http("/v1/webchat/sessions"),
+            None,
+            Some(&json!({ "name": format!("{}{idx}", name_prefix(&ctx.run_id)) })),
         )
-    })?;
+        .await?;
+        body["token"]
+            .as_str()
+            .ok_or_else(|| {
+                Failure::new(
+                    "harness.bad_session_body",
+                    format!("POST /v1/webchat/sessions: no token in {body}"),
+                )
+            })?
+            .to_string()
+    };
     if paced {
         ctx.pacer.wait().await;
     }
-    let url = ctx.target.ws("/v1/webchat/ws", token);
+    let url = ctx.target.ws("/v1/webchat/ws", &token);
     net::connect_ws(&ctx.target, ctx.sources.pick(), &url).await
 }
 
 struct Session<'a> {
     ctx: &'a Ctx,
+    rng: StdRng,
     /// The conversation, learned from the first ack.
     conv_id: Option<String>,
     /// client_msg_id → seq from its ack.
@@ -122,10 +111,16 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn talk(&mut self, ws: &mut Ws, idx: usize) -> Result<(), Failure> {
-        for n in 1..=self.ctx.messages {
+    async fn talk(&mut self, ws: &mut Ws, idx: usize, start: Option<u64>) -> Result<(), Failure> {
+        let plan = &self.ctx.plan;
+        let mut intended = start.unwrap_or_else(now_nanos);
+        for n in 1..=plan.messages {
+            if n > 1 {
+                intended = now_nanos() + plan.think.sample(&mut self.rng).as_nanos() as u64;
+            }
+            tokio::time::sleep_until(instant_at(intended)).await;
             let cmid = format!("c{idx}-{n}");
-            let text = format!("lt #{n} t={}", now_nanos());
+            let text = format!("lt #{n} t={intended}");
             net::send_json(
                 ws,
                 &json!({"type": "message", "text": text, "attachments": [], "client_msg_id": cmid}),
@@ -143,6 +138,9 @@ impl Session<'_> {
                 ));
             }
         }
+        if !plan.hold.is_zero() {
+            self.hold(ws).await?;
+        }
         let cmid = format!("c{idx}-bye");
         net::send_json(
             ws,
@@ -153,6 +151,32 @@ impl Session<'_> {
             .await?;
         Counters::inc(&self.ctx.stats.c.conversations_ended);
         Ok(())
+    }
+
+    /// Stays connected and idle for `--hold`, reading (which answers the
+    /// broker's pings) and sending a ping every `--heartbeat`.
+    async fn hold(&mut self, ws: &mut Ws) -> Result<(), Failure> {
+        let until = Instant::now() + self.ctx.plan.hold;
+        let beat = self.ctx.plan.heartbeat;
+        let mut next_beat = Instant::now() + beat;
+        loop {
+            let wake = next_beat.min(until);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= until {
+                        return Ok(());
+                    }
+                    ws.send(Message::Ping(Vec::new().into()))
+                        .await
+                        .map_err(|e| Failure::new("io.send", e.to_string()))?;
+                    next_beat += beat;
+                }
+                ev = net::recv_json(ws) => {
+                    let ev = ev?;
+                    self.on_event(&ev)?;
+                }
+            }
+        }
     }
 
     /// Reads events until `done` holds, at most `--step-timeout`.

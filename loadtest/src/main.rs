@@ -1,132 +1,399 @@
-//! Closed-loop load test for a Switchboard broker on loopback: creates agents,
-//! connects their desktops, runs webchat conversations through them and reports
-//! throughput, latency percentiles and errors by code.
+//! Load harness for a Switchboard broker on loopback: agents on desktop
+//! sockets, webchat customers on sockets and SMS customers through signed
+//! Twilio webhooks (with a provider sink playing Twilio's send API), in closed
+//! loop (max throughput) or open loop (Poisson arrivals, no coordinated
+//! omission); optionally the same load against a bare tokio-tungstenite relay
+//! for comparison. Reports throughput, latency percentiles, errors by code and
+//! the broker's RSS/CPU; checks SLOs; draws a chart; spreads its sockets over
+//! worker processes when one process would hold too many.
 //!
-//! `cargo run --release -p loadtest -- --url http://127.0.0.1:8080 --admin-token T`
+//! `cargo run --release -p loadtest -- --scenario loadtest/scenarios/smoke.toml`
 
 mod agent;
+mod chart;
 mod customer;
+mod dist;
 mod net;
+mod procstat;
+mod progress;
+mod relay;
 mod report;
+mod run;
+mod scenario;
+mod sink;
+mod slo;
+mod sms;
+mod twilio;
+mod workers;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use reqwest::{Client, Method};
-use serde_json::json;
-use tokio::sync::{oneshot, watch};
-use tokio::time::{timeout, timeout_at, Instant};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
-use net::{Failure, Pacer, SourcePool, Target};
-use report::{Counters, RunInfo, Stats};
+use dist::{parse_duration, parse_duration_or_zero, Dist};
+use net::{Failure, Target};
+use progress::{Collector, Mode, Sample, Tick};
+use report::Snapshot;
+use run::{Kind, Local, Plan, Setup, Slice};
+use sink::{Callbacks, Sink};
+use sms::SmsSide;
+use twilio::TwilioCfg;
 
-/// Closed-loop load test for Switchboard (webchat customers ↔ agent desktops).
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
+/// Sockets one harness process holds at most before `--workers auto` splits
+/// the load (a process may open 20,000 files here).
+const SOCKETS_PER_PROCESS: usize = 18_000;
+
+/// Load harness for Switchboard: webchat and SMS customers, agent desktops,
+/// closed or open loop, with an optional baseline relay for comparison.
+#[derive(Parser, Debug, Clone)]
+#[command(version, args_override_self = true)]
+pub struct Args {
+    /// Scenario file (TOML, keys are these flags' long names); flags given on
+    /// the command line override it.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Multiplies agents, conversations, concurrency, rates and --max-in-flight
+    /// (e.g. 0.02 to try a big scenario small).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
     /// Base URL of the broker; loopback addresses only.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Admin token for creating and deleting agents.
-    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     admin_token: String,
-    /// Number of agents (M).
+
+    // --- Agents
+    /// Number of agents.
     #[arg(long, default_value_t = 20)]
     agents: usize,
-    /// Webchat capacity of each agent (K).
+    /// Webchat capacity of each agent.
     #[arg(long, default_value_t = 5)]
     capacity: u32,
-    /// Conversations to run in total (N).
+    /// SMS capacity of each agent [default: --capacity when there is SMS traffic].
+    #[arg(long)]
+    sms_capacity: Option<u32>,
+    /// Offer → accept, e.g. fixed:50ms, exp:200ms, uniform:10ms..100ms.
+    #[arg(long, default_value = "fixed:0ms")]
+    accept_delay: Dist,
+    /// Customer message → the agent's reply.
+    #[arg(long, default_value = "fixed:0ms")]
+    reply_delay: Dist,
+    /// Wrap-up: conversation ended → complete.
+    #[arg(long, default_value = "fixed:0ms")]
+    handle_time: Dist,
+    /// Disposition(s) for complete; several (comma-separated) are drawn at random.
+    #[arg(long, default_value = "resolved")]
+    disposition: String,
+
+    // --- Customers
+    /// Webchat conversations to run in total.
     #[arg(long, default_value_t = 200)]
     conversations: usize,
-    /// Messages per direction per conversation (X), before the closing "bye".
+    /// Messages per conversation (each answered by the agent) before "bye".
     #[arg(long, default_value_t = 5)]
     messages: u32,
-    /// Customers in flight at once [default: min(conversations, agents × capacity)].
+    /// Reply received → the customer's next message.
+    #[arg(long, default_value = "fixed:0ms")]
+    think_time: Dist,
+    /// Idle time after the last reply, before "bye" (webchat sockets stay open
+    /// with heartbeats): holds conversations open for scale runs.
+    #[arg(long, default_value = "0", value_parser = parse_duration_or_zero)]
+    hold: Duration,
+    /// WebSocket ping interval of idle customers during --hold.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    heartbeat: Duration,
+
+    // --- Load model
+    /// Open loop: new webchat conversations per second (Poisson). Without it
+    /// (and without --sms-rate) the run is closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed loop: webchat customers at once [default: min(conversations, agents × capacity)].
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Hard limit for the run (setup and conversations), e.g. 90s, 10m.
+    /// Open loop: conversations running at once per process, at most; later
+    /// arrivals are dropped and counted as errors.
+    #[arg(long, default_value_t = 18_000)]
+    max_in_flight: usize,
+    /// SMS conversations, through signed Twilio webhooks and the provider sink.
+    #[arg(long, default_value_t = 0)]
+    sms_conversations: usize,
+    /// Open loop: new SMS conversations per second [default: --rate].
+    #[arg(long)]
+    sms_rate: Option<f64>,
+    /// Closed loop: SMS customers at once [default: min(sms conversations, agents × sms capacity)].
+    #[arg(long)]
+    sms_concurrency: Option<usize>,
+    /// Seed for arrivals and delays [default: from the clock; printed].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Hard limit for one target's run (setup and conversations), e.g. 90s, 10m.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     duration: Duration,
     /// New WebSocket connections per second while ramping up (agents, then the
-    /// first connection of each customer slot); 0 = no pacing.
+    /// first connection of each closed-loop customer slot); 0 = no pacing.
     #[arg(long, default_value_t = 1000.0)]
     ramp: f64,
     /// Longest wait for any single expected event (reply, end, readiness).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     step_timeout: Duration,
     /// Loopback source addresses to spread client sockets over (127.0.0.1, .2, ...)
-    /// [default: one per 10,000 connections, at most 64].
+    /// [default: one per 10,000 sockets].
     #[arg(long)]
     source_addrs: Option<usize>,
-    /// Tag for agent ids (lt-agent-<run>-<n>) [default: derived from the clock and pid].
+    /// Tag for agent ids and customer names [default: from the clock and pid].
     #[arg(long)]
     run_id: Option<String>,
-    /// Leave the run's agents on the server instead of deleting them at the end.
+    /// Leave the run's agents on the server instead of deleting them.
     #[arg(long)]
     keep_agents: bool,
     /// Print the first N WebSocket frames sent or received to stderr (debugging).
     #[arg(long, default_value_t = 0)]
     trace_frames: usize,
-    /// Also write the report as JSON to this path.
-    #[arg(long)]
-    json: Option<PathBuf>,
-}
 
-/// Parses `500ms`, `30s`, `10m`, `1h` or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m or h)")),
-    };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("duration {s:?} must be positive"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    // --- Playing Twilio
+    /// The provider sink's base URL; the broker's SWITCHBOARD_TWILIO_API_BASE.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TWILIO_API_BASE",
+        default_value = "http://127.0.0.1:18090"
+    )]
+    twilio_api_base: String,
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TWILIO_ACCOUNT_SID",
+        default_value = "AC10ad7e5700000000000000000000000f"
+    )]
+    twilio_account_sid: String,
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TWILIO_AUTH_TOKEN",
+        default_value = "loadtest-twilio-auth-token"
+    )]
+    twilio_auth_token: String,
+    /// The business number (first of a comma-separated list).
+    #[arg(long, env = "SWITCHBOARD_SMS_FROM", default_value = "+15550001111")]
+    sms_from: String,
+    /// The broker's public URL, which webhooks are signed over [default: --url].
+    #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Status callbacks the sink posts back per sent SMS: none, delivered, or
+    /// sent,delivered.
+    #[arg(long, default_value = "delivered")]
+    status_callbacks: String,
+    /// Delay before each status callback.
+    #[arg(long, default_value = "fixed:10ms")]
+    status_delay: Dist,
+    /// Print the environment the broker needs for SMS runs, and exit.
+    #[arg(long)]
+    print_env: bool,
+
+    // --- Comparison and measures
+    /// Run the same load against a bare tokio-tungstenite relay first (webchat
+    /// only) and report Switchboard / baseline.
+    #[arg(long)]
+    baseline_relay: bool,
+    /// Port of the baseline relay (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    baseline_port: u16,
+    /// The broker's pid for RSS/CPU sampling [default: found by --url's port].
+    #[arg(long)]
+    broker_pid: Option<u32>,
+
+    // --- Output
+    /// Write the JSON report here.
+    #[arg(long, alias = "json")]
+    report: Option<PathBuf>,
+    /// Draw throughput and latency over time as SVG here.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Targets that make the run fail, e.g. p99=5ms,p999=20ms,errors=0,min-throughput=5000,max-rss=512.
+    #[arg(long)]
+    slo: Option<String>,
+    /// Live progress: auto (a bar on a terminal, plain lines otherwise), bar, plain, off.
+    #[arg(long, default_value = "auto")]
+    progress: Mode,
+    /// Harness processes: auto (one per 18,000 sockets) or a number.
+    #[arg(long, default_value = "auto")]
+    workers: String,
+
+    // --- Internal: a worker process's part.
+    #[arg(long, hide = true)]
+    worker: Option<String>,
+    #[arg(long, hide = true)]
+    worker_report: Option<PathBuf>,
+    #[arg(long, hide = true, default_value = "switchboard")]
+    target_kind: String,
 }
 
 impl Args {
+    fn apply_scale(&mut self) {
+        let f = self.scale;
+        if f == 1.0 {
+            return;
+        }
+        let n = |x: usize| ((x as f64 * f).round() as usize).max(1);
+        self.agents = n(self.agents);
+        self.conversations = if self.conversations == 0 {
+            0
+        } else {
+            n(self.conversations)
+        };
+        self.sms_conversations = if self.sms_conversations == 0 {
+            0
+        } else {
+            n(self.sms_conversations)
+        };
+        self.concurrency = self.concurrency.map(n);
+        self.sms_concurrency = self.sms_concurrency.map(n);
+        self.max_in_flight = n(self.max_in_flight);
+        self.rate = self.rate.map(|r| r * f);
+        self.sms_rate = self.sms_rate.map(|r| r * f);
+    }
+
+    fn sms_capacity(&self) -> u32 {
+        self.sms_capacity.unwrap_or(if self.sms_conversations > 0 {
+            self.capacity
+        } else {
+            0
+        })
+    }
+
+    fn open_loop(&self) -> bool {
+        self.rate.is_some() || self.sms_rate.is_some()
+    }
+
     fn concurrency(&self) -> usize {
         self.concurrency
             .unwrap_or_else(|| self.conversations.min(self.agents * self.capacity as usize))
+    }
+
+    fn sms_concurrency(&self) -> usize {
+        self.sms_concurrency.unwrap_or_else(|| {
+            self.sms_conversations
+                .min(self.agents * self.sms_capacity() as usize)
+        })
+    }
+
+    fn twilio(&self) -> TwilioCfg {
+        TwilioCfg {
+            account_sid: self.twilio_account_sid.clone(),
+            auth_token: self.twilio_auth_token.clone(),
+            from: self
+                .sms_from
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            public_url: self
+                .public_url
+                .clone()
+                .unwrap_or_else(|| self.url.clone())
+                .trim_end_matches('/')
+                .to_string(),
+            api_base: self.twilio_api_base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn statuses(&self) -> Vec<String> {
+        self.status_callbacks
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && *s != "none")
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Worker processes for this run.
+    fn worker_count(&self) -> Result<usize, String> {
+        if self.workers == "auto" {
+            let sockets = self.agents
+                + if self.open_loop() {
+                    self.conversations.min(self.max_in_flight)
+                } else {
+                    self.concurrency()
+                };
+            return Ok(sockets.div_ceil(SOCKETS_PER_PROCESS).max(1));
+        }
+        self.workers
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| format!("--workers {:?}: use auto or 1..=64", self.workers))
     }
 
     /// Keeps every count and time bounded.
     fn validate(&self) -> Result<(), String> {
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
         check(
-            (1..=10_000).contains(&self.agents),
-            "--agents must be 1..=10000",
+            self.scale > 0.0 && self.scale <= 100.0,
+            "--scale must be in (0, 100]",
+        )?;
+        check(
+            (1..=100_000).contains(&self.agents),
+            "--agents must be 1..=100000",
         )?;
         check(
             (1..=1_000).contains(&self.capacity),
             "--capacity must be 1..=1000",
         )?;
         check(
-            (1..=10_000_000).contains(&self.conversations),
-            "--conversations must be 1..=10000000",
+            self.sms_capacity() <= 1_000,
+            "--sms-capacity must be at most 1000",
         )?;
-        check(self.messages <= 10_000, "--messages must be at most 10000")?;
         check(
-            (1..=100_000).contains(&self.concurrency()),
-            "--concurrency must be 1..=100000",
+            self.conversations <= 10_000_000 && self.sms_conversations <= 10_000_000,
+            "--conversations and --sms-conversations must be at most 10000000",
         )?;
+        check(
+            self.conversations + self.sms_conversations > 0,
+            "nothing to do: --conversations and --sms-conversations are both 0",
+        )?;
+        check(
+            (1..=10_000).contains(&self.messages),
+            "--messages must be 1..=10000",
+        )?;
+        check(
+            self.concurrency() <= 1_000_000,
+            "--concurrency must be at most 1000000",
+        )?;
+        check(
+            self.conversations == 0 || self.open_loop() || self.concurrency() >= 1,
+            "--concurrency must be at least 1",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.max_in_flight),
+            "--max-in-flight must be 1..=1000000",
+        )?;
+        for (name, r) in [("--rate", self.rate), ("--sms-rate", self.sms_rate)] {
+            if let Some(r) = r {
+                check(
+                    r.is_finite() && r > 0.0 && r <= 1_000_000.0,
+                    &format!("{name} must be in (0, 1000000]"),
+                )?;
+            }
+        }
         check(
             self.duration <= Duration::from_secs(24 * 3600),
             "--duration must be at most 24h",
+        )?;
+        check(
+            self.hold < self.duration,
+            "--hold must be shorter than --duration",
         )?;
         check(
             self.step_timeout <= Duration::from_secs(600),
@@ -150,318 +417,616 @@ impl Args {
                 "--run-id must be 1..=40 of [A-Za-z0-9_-]",
             )?;
         }
+        check(
+            !self.disposition.trim().is_empty(),
+            "--disposition must not be empty",
+        )?;
+        for s in self.statuses() {
+            check(
+                ["sent", "delivered", "read", "failed", "undelivered"].contains(&s.as_str()),
+                "--status-callbacks: use none or a list of sent, delivered, read, failed, undelivered",
+            )?;
+        }
+        if let Some(slo) = &self.slo {
+            slo::parse(slo)?;
+        }
+        self.worker_count()?;
+        Target::parse(&self.url)?;
+        if self.sms_conversations > 0 {
+            Target::parse(&self.twilio_api_base).map_err(|e| format!("--twilio-api-base: {e}"))?;
+            check(
+                twilio::valid_e164(&self.twilio().from),
+                "--sms-from must be an E.164 number (+ and 7 to 15 digits)",
+            )?;
+        }
+        check(self.admin_token.len() <= 1_000, "--admin-token is too long")?;
         Ok(())
     }
-}
 
-/// What every agent and customer task shares.
-pub struct Ctx {
-    pub target: Target,
-    pub admin_token: String,
-    pub run_id: String,
-    pub messages: u32,
-    pub step_timeout: Duration,
-    /// The run stops by itself here.
-    pub deadline: Instant,
-    pub stats: Stats,
-    pub pacer: Pacer,
-    pub sources: SourcePool,
-    clients: Vec<Client>,
-}
-
-impl Ctx {
-    /// An HTTP client, one per source address, chosen by `n`.
-    pub fn http(&self, n: usize) -> &Client {
-        &self.clients[n % self.clients.len()]
-    }
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Err(e) = args.validate() {
-        eprintln!("loadtest: {e}");
-        return ExitCode::from(2);
-    }
-    match run(args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("loadtest: {e}");
-            ExitCode::from(2)
+    fn plan(&self) -> Plan {
+        Plan {
+            messages: self.messages,
+            think: self.think_time,
+            hold: self.hold,
+            heartbeat: self.heartbeat,
+            accept_delay: self.accept_delay,
+            reply_delay: self.reply_delay,
+            handle_time: self.handle_time,
+            dispositions: self
+                .disposition
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            capacity: self.capacity,
+            sms_capacity: self.sms_capacity(),
+            track_delivery: self.statuses().iter().any(|s| s == "delivered"),
         }
     }
-}
 
-/// Runs the test; `Ok(verdict)` once a report was made, `Err` when the run could
-/// not start.
-async fn run(args: Args) -> Result<bool, String> {
-    let wall_start = Instant::now();
-    report::now_nanos();
-    net::trace_frames(args.trace_frames);
-    let target = Target::parse(&args.url)?;
-    let concurrency = args.concurrency();
-
-    let nofile = net::raise_nofile_limit()?;
-    println!(
-        "RLIMIT_NOFILE: soft {} -> {} (hard {})",
-        nofile.before, nofile.after, nofile.hard
-    );
-    let sockets_needed = (args.agents + concurrency) as u64 + 64;
-    if sockets_needed > nofile.after {
-        return Err(format!(
-            "needs about {sockets_needed} open files for {} agents + {concurrency} customers; \
-             the limit is {}",
-            args.agents, nofile.after
-        ));
-    }
-
-    let source_count = args.source_addrs.unwrap_or_else(|| {
-        (args.agents + args.conversations)
-            .div_ceil(10_000)
-            .clamp(1, 64)
-    });
-    let sources = SourcePool::new(&target, source_count);
-    let mut clients = Vec::new();
-    let locals: Vec<Option<std::net::IpAddr>> = if sources.addrs().is_empty() {
-        vec![None]
-    } else {
-        sources.addrs().iter().copied().map(Some).collect()
-    };
-    for local in locals {
-        clients.push(
-            Client::builder()
-                .local_address(local)
-                .timeout(args.step_timeout)
-                .tcp_nodelay(true)
-                .build()
-                .map_err(|e| format!("http client: {e}"))?,
-        );
-    }
-
-    let run_id = args.run_id.clone().unwrap_or_else(|| {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        format!("{secs:x}-{:x}", std::process::id())
-    });
-    let config = json!({
-        "url": args.url,
-        "agents": args.agents,
-        "capacity": args.capacity,
-        "conversations": args.conversations,
-        "messages": args.messages,
-        "concurrency": concurrency,
-        "duration_seconds": args.duration.as_secs_f64(),
-        "ramp_per_second": args.ramp,
-        "step_timeout_seconds": args.step_timeout.as_secs_f64(),
-        "source_addresses": sources.addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "nofile": { "before": nofile.before, "after": nofile.after, "hard": nofile.hard },
-    });
-    println!(
-        "run {run_id}: {} agents x cap {}, {} conversations x {} messages, concurrency {concurrency}, \
-         limit {:?}, ramp {}/s, {} source address(es) -> {}",
-        args.agents,
-        args.capacity,
-        args.conversations,
-        args.messages,
-        args.duration,
-        args.ramp,
-        sources.addrs().len().max(1),
-        target.base,
-    );
-
-    let ctx = Arc::new(Ctx {
-        target,
-        admin_token: args.admin_token.clone(),
-        run_id: run_id.clone(),
-        messages: args.messages,
-        step_timeout: args.step_timeout,
-        deadline: wall_start + args.duration,
-        stats: Stats::new(),
-        pacer: Pacer::new(args.ramp),
-        sources,
-        clients,
-    });
-
-    // The server must answer before anything is created.
-    let health = net::http_json(
-        ctx.http(0),
-        Method::GET,
-        ctx.target.http("/healthz"),
-        None,
-        None,
-    )
-    .await
-    .map_err(|f| format!("server not healthy at {}: {f}", ctx.target.base))?;
-    if health.1["status"] != "ok" {
-        return Err(format!("GET /healthz answered {}", health.1));
-    }
-
-    // Agents: create, connect, wait until every one is available.
-    let (creds, create_errors) = agent::create_agents(&ctx, args.agents, args.capacity).await;
-    if let Some(f) = create_errors.first() {
-        let failed = agent::delete_agents(&ctx, &creds).await;
-        return Err(format!(
-            "creating agents failed ({} of {}): {f}{}",
-            create_errors.len(),
-            args.agents,
-            if failed > 0 {
-                format!("; {failed} created agents could not be deleted")
+    /// Worker `i` of `n`'s share of the load against `kind`.
+    fn slice(&self, i: usize, n: usize, kind: Kind) -> Slice {
+        let share = |total: usize| total / n + usize::from(i < total % n);
+        let sms_here = kind == Kind::Switchboard && i == 0;
+        let web_rate = self.rate.or(self.sms_rate).map(|r| r / n as f64);
+        Slice {
+            agents: (0..self.agents).filter(|a| a % n == i).collect(),
+            webchat: (0..self.conversations).filter(|c| c % n == i).collect(),
+            sms: if sms_here {
+                (0..self.sms_conversations).collect()
             } else {
-                String::new()
+                Vec::new()
             },
-        ));
-    }
-    println!("created {} agents", creds.len());
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut agent_tasks = Vec::new();
-    let mut readies = Vec::new();
-    for c in &creds {
-        let (tx, rx) = oneshot::channel();
-        readies.push(rx);
-        agent_tasks.push(tokio::spawn(agent::run(
-            ctx.clone(),
-            c.clone(),
-            tx,
-            shutdown_rx.clone(),
-        )));
-    }
-    let ramp_time = if args.ramp > 0.0 {
-        Duration::from_secs_f64(args.agents as f64 / args.ramp)
-    } else {
-        Duration::ZERO
-    };
-    let ready_limit = (Instant::now() + ramp_time + args.step_timeout).min(ctx.deadline);
-    let mut ready = 0usize;
-    for rx in readies {
-        if let Ok(Ok(true)) = timeout_at(ready_limit, rx).await {
-            ready += 1;
+            web_concurrency: share(self.concurrency()),
+            sms_concurrency: if sms_here { self.sms_concurrency() } else { 0 },
+            web_rate: if self.open_loop() { web_rate } else { None },
+            sms_rate: if self.open_loop() {
+                self.sms_rate.or(self.rate)
+            } else {
+                None
+            },
+            max_in_flight: self.max_in_flight,
         }
     }
-    println!("{ready} of {} agents available", creds.len());
-    if ready < creds.len() {
-        ctx.stats.error(&Failure::new(
-            "harness.agents_not_ready",
-            format!(
-                "{} of {} agents did not become available",
-                creds.len() - ready,
-                creds.len()
-            ),
-        ));
+
+    /// The run's conversations against `kind` (the baseline runs no SMS).
+    fn requested(&self, kind: Kind) -> u64 {
+        (self.conversations
+            + if kind == Kind::Switchboard {
+                self.sms_conversations
+            } else {
+                0
+            }) as u64
     }
 
-    // Conversations.
-    let phase_start = Instant::now();
-    let phase_start_nanos = report::now_nanos();
-    if ready == creds.len() {
-        let next = Arc::new(AtomicUsize::new(0));
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| {
-                tokio::spawn(customer::worker(
-                    ctx.clone(),
-                    next.clone(),
-                    args.conversations,
-                ))
-            })
-            .collect();
-        for w in workers {
-            if let Err(e) = w.await {
-                ctx.stats
-                    .error(&Failure::new("harness.task_panicked", e.to_string()));
+    fn config_json(&self, workers: usize) -> Value {
+        json!({
+            "url": self.url,
+            "mode": if self.open_loop() { "open" } else { "closed" },
+            "agents": self.agents,
+            "capacity": self.capacity,
+            "sms_capacity": self.sms_capacity(),
+            "conversations": self.conversations,
+            "sms_conversations": self.sms_conversations,
+            "messages": self.messages,
+            "concurrency": (!self.open_loop()).then(|| self.concurrency()),
+            "sms_concurrency": (!self.open_loop() && self.sms_conversations > 0).then(|| self.sms_concurrency()),
+            "rate": self.rate,
+            "sms_rate": if self.open_loop() && self.sms_conversations > 0 { self.sms_rate.or(self.rate) } else { None },
+            "max_in_flight": self.max_in_flight,
+            "think_time": self.think_time.to_string(),
+            "hold_seconds": self.hold.as_secs_f64(),
+            "accept_delay": self.accept_delay.to_string(),
+            "reply_delay": self.reply_delay.to_string(),
+            "handle_time": self.handle_time.to_string(),
+            "disposition": self.disposition,
+            "duration_seconds": self.duration.as_secs_f64(),
+            "ramp_per_second": self.ramp,
+            "step_timeout_seconds": self.step_timeout.as_secs_f64(),
+            "status_callbacks": self.statuses(),
+            "scale": self.scale,
+            "workers": workers,
+            "slo": self.slo,
+        })
+    }
+
+    fn setup(
+        &self,
+        kind: Kind,
+        url: &str,
+        run_id: &str,
+        seed: u64,
+        sms: Option<SmsSide>,
+    ) -> Result<Setup, String> {
+        Ok(Setup {
+            target: Target::parse(url)?,
+            kind,
+            admin_token: self.admin_token.clone(),
+            run_id: run_id.to_string(),
+            seed,
+            plan: self.plan(),
+            step_timeout: self.step_timeout,
+            duration: self.duration,
+            ramp: self.ramp,
+            source_addrs: self.source_addrs,
+            keep_agents: self.keep_agents,
+            sms,
+        })
+    }
+}
+
+/// The provider sink, one per process, started on first use.
+static SINK: OnceCell<Arc<Sink>> = OnceCell::const_new();
+
+/// The sink, ready for a run against `target` with this run's callbacks.
+async fn sink_for(args: &Args, target: &Target) -> Result<Arc<Sink>, String> {
+    let sink = SINK
+        .get_or_try_init(|| Sink::start(args.twilio()))
+        .await?
+        .clone();
+    let cfg = args.twilio();
+    println!("provider sink (Twilio send API) on http://{}", sink.addr);
+    if sink.cfg.api_base != cfg.api_base || sink.cfg.auth_token != cfg.auth_token {
+        return Err("a scenario's runs must share one Twilio configuration".into());
+    }
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    sink.begin_run(Some(Callbacks {
+        target: target.clone(),
+        statuses: args.statuses(),
+        delay: args.status_delay,
+        client,
+    }));
+    Ok(sink)
+}
+
+fn new_run_id() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{secs:x}-{:x}", std::process::id())
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtest: runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(real_main(argv))
+}
+
+async fn real_main(argv: Vec<String>) -> ExitCode {
+    report::now_nanos();
+    let first = match Args::try_parse_from(&argv) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    net::trace_frames(first.trace_frames);
+    if first.worker.is_some() {
+        return workers::child_main(first).await;
+    }
+    let specs = match &first.scenario {
+        Some(path) => {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("scenario")
+                .to_string();
+            match std::fs::read_to_string(path)
+                .map_err(|e| format!("--scenario {}: {e}", path.display()))
+                .and_then(|text| scenario::parse(&text, &name))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("loadtest: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => vec![scenario::RunSpec {
+            name: "run".into(),
+            args: Vec::new(),
+        }],
+    };
+    let multi = specs.len() > 1;
+    let mut worst = 0u8;
+    let mut all = Vec::new();
+    for spec in specs {
+        // Scenario flags first, then the command line's, which win.
+        let mut full = vec![argv[0].clone()];
+        full.extend(spec.args.iter().cloned());
+        full.extend(argv[1..].iter().cloned());
+        let mut args = match Args::try_parse_from(&full) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("loadtest: scenario run {}: {e}", spec.name);
+                return ExitCode::from(2);
+            }
+        };
+        args.apply_scale();
+        if let Err(e) = args.validate() {
+            eprintln!(
+                "loadtest: {}{e}",
+                if multi {
+                    format!("run {}: ", spec.name)
+                } else {
+                    String::new()
+                }
+            );
+            return ExitCode::from(2);
+        }
+        if args.print_env {
+            println!("{}", args.twilio().env_line());
+            return ExitCode::SUCCESS;
+        }
+        if multi {
+            println!("=== scenario run {} ===", spec.name);
+        }
+        match orchestrate(&spec.name, &args, &full).await {
+            Ok(report) => {
+                let ok = report["ok"].as_bool() == Some(true);
+                if !ok {
+                    worst = worst.max(1);
+                }
+                if let Err(e) = write_outputs(&args, &report, multi.then_some(spec.name.as_str())) {
+                    eprintln!("loadtest: {e}");
+                    worst = 2;
+                }
+                all.push(report);
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                return ExitCode::from(2);
             }
         }
     }
-    let phase = phase_start.elapsed();
-
-    // Let the last `complete`s land (also for conversations whose customer gave
-    // up and left), then take the agents down.
-    let c = &ctx.stats.c;
-    let drain_until = Instant::now() + args.step_timeout.min(Duration::from_secs(10));
-    while (Counters::get(&c.tasks_completed) < Counters::get(&c.conversations_ended)
-        || Counters::get(&c.open_tasks) > 0)
-        && Instant::now() < drain_until
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if multi {
+        let verdicts: Vec<String> = all
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["name"].as_str().unwrap_or("?"),
+                    if r["ok"].as_bool() == Some(true) {
+                        "OK"
+                    } else {
+                        "FAILED"
+                    }
+                )
+            })
+            .collect();
+        println!("scenario: {}", verdicts.join(", "));
     }
-    let _ = shutdown_tx.send(true);
-    let mut open_tasks = 0u64;
-    for t in agent_tasks {
-        match timeout(Duration::from_secs(10), t).await {
-            Ok(Ok(n)) => open_tasks += n as u64,
-            Ok(Err(e)) => ctx
-                .stats
-                .error(&Failure::new("harness.task_panicked", e.to_string())),
-            Err(_) => ctx.stats.error(&Failure::new(
-                "harness.agent_stuck",
-                "agent did not stop in 10s",
-            )),
-        }
-    }
+    ExitCode::from(worst)
+}
 
-    let server_stats = net::http_json(
-        ctx.http(0),
-        Method::GET,
-        ctx.target.http("/v1/stats"),
-        Some(&ctx.admin_token),
-        None,
-    )
-    .await
-    .ok()
-    .map(|(_, v)| v);
-
-    if !args.keep_agents {
-        let failed = agent::delete_agents(&ctx, &creds).await;
-        if failed > 0 {
-            ctx.stats.error(&Failure::new(
-                "harness.cleanup",
-                format!("{failed} agents could not be deleted"),
-            ));
-        }
-    }
-
-    let requested = args.conversations as u64;
-    let ok = ready == creds.len()
-        && Counters::get(&c.conversations_completed) == requested
-        && Counters::get(&c.tasks_completed) == requested
-        && open_tasks == 0
-        && ctx.stats.error_count() == 0;
-    let info = RunInfo {
-        run_id,
-        config,
-        wall: wall_start.elapsed(),
-        phase,
-        phase_start_nanos,
-        requested,
-        agents_created: creds.len() as u64,
-        agents_open_tasks_at_end: open_tasks,
-        server_stats,
+/// `out.json` → `out-<name>.json` when a scenario has several runs.
+fn with_suffix(path: &Path, name: Option<&str>) -> PathBuf {
+    let Some(name) = name else {
+        return path.to_path_buf();
     };
-    let json = report::to_json(&ctx.stats, &info, ok);
-    print!("{}", report::human(&json));
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&json).expect("report serializes");
-        std::fs::write(path, text + "\n")
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    let file = match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) => format!("{stem}-{name}.{ext}"),
+        None => format!("{stem}-{name}"),
+    };
+    path.with_file_name(file)
+}
+
+fn write_outputs(args: &Args, report: &Value, name: Option<&str>) -> Result<(), String> {
+    if let Some(path) = &args.report {
+        let path = with_suffix(path, name);
+        let text = serde_json::to_string_pretty(report).expect("report serializes");
+        std::fs::write(&path, text + "\n")
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         println!("JSON report: {}", path.display());
     }
-    Ok(ok)
+    if let Some(path) = &args.chart {
+        let path = with_suffix(path, name);
+        let timeline = |r: &Value| -> Vec<Sample> {
+            r["timeline"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| Sample {
+                    t: s["t"].as_f64().unwrap_or(0.0),
+                    msgs_per_s: s["msgs_per_s"].as_f64().unwrap_or(0.0),
+                    p50: s["p50_ms"].as_f64(),
+                    p99: s["p99_ms"].as_f64(),
+                    p999: s["p999_ms"].as_f64(),
+                    ..Sample::default()
+                })
+                .collect()
+        };
+        let mut series = Vec::new();
+        if report["switchboard"].is_object() {
+            series.push(("switchboard".to_string(), timeline(&report["switchboard"])));
+            series.push(("baseline relay".to_string(), timeline(&report["baseline"])));
+        } else {
+            series.push(("switchboard".to_string(), timeline(report)));
+        }
+        chart::draw(&path, report["name"].as_str().unwrap_or("run"), &series)?;
+        println!("chart: {}", path.display());
+    }
+    Ok(())
+}
+
+/// One run of a scenario: the baseline (if asked) and Switchboard, each with
+/// the same load; returns the report.
+async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, String> {
+    let run_id = args.run_id.clone().unwrap_or_else(new_run_id);
+    let seed = args
+        .seed
+        .unwrap_or_else(|| report::now_nanos() % 1_000_000_007);
+    let workers = args.worker_count()?;
+    let target = Target::parse(&args.url)?;
+    if args.admin_token.is_empty() {
+        return Err("needs --admin-token or SWITCHBOARD_ADMIN_TOKEN".into());
+    }
+    println!(
+        "run {run_id} seed {seed}: {} agents x cap {} (sms {}), {} webchat + {} SMS conversations x {} messages, {}, {} worker process(es) -> {}",
+        args.agents,
+        args.capacity,
+        args.sms_capacity(),
+        args.conversations,
+        args.sms_conversations,
+        args.messages,
+        if args.open_loop() {
+            format!(
+                "open loop at {}/s webchat{}",
+                args.rate.or(args.sms_rate).unwrap_or(0.0),
+                if args.sms_conversations > 0 {
+                    format!(" + {}/s SMS", args.sms_rate.or(args.rate).unwrap_or(0.0))
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            format!("closed loop, {} customers at once", args.concurrency() + if args.sms_conversations > 0 { args.sms_concurrency() } else { 0 })
+        },
+        workers,
+        target.base,
+    );
+    if args.sms_conversations > 0 {
+        println!(
+            "SMS: the broker must run with\n  {}",
+            args.twilio().env_line()
+        );
+    }
+    let pid = args
+        .broker_pid
+        .or_else(|| procstat::pid_listening_on(target.addr.port()));
+    match pid {
+        Some(p) => println!("sampling broker pid {p} (RSS, CPU)"),
+        None => println!("broker pid not found (give --broker-pid to sample RSS and CPU)"),
+    }
+
+    let mut baseline = None;
+    if args.baseline_relay {
+        if args.conversations == 0 {
+            println!("baseline relay skipped: it runs webchat only and this run has none");
+        } else {
+            let relay = relay::start(args.baseline_port, args.capacity).await?;
+            let url = format!("http://{}", relay.addr);
+            println!("baseline relay on {url}");
+            let r = run_target(
+                args,
+                argv,
+                Kind::Baseline,
+                &url,
+                &format!("{run_id}b"),
+                seed,
+                None,
+                workers,
+            )
+            .await?;
+            drop(relay);
+            baseline = Some(r);
+        }
+    }
+    let sw = run_target(
+        args,
+        argv,
+        Kind::Switchboard,
+        &args.url,
+        &run_id,
+        seed,
+        pid,
+        workers,
+    )
+    .await?;
+
+    let mut out = Vec::new();
+    for (kind, r) in [
+        (Kind::Baseline, baseline.as_ref()),
+        (Kind::Switchboard, Some(&sw)),
+    ] {
+        let Some(r) = r else { continue };
+        let mut rep = report::measurements_json(&r.snap, args.requested(kind));
+        rep["name"] = json!(name);
+        rep["target"] = json!(kind.name());
+        rep["mode"] = json!(if args.open_loop() { "open" } else { "closed" });
+        rep["run_id"] = json!(if kind == Kind::Baseline {
+            format!("{run_id}b")
+        } else {
+            run_id.clone()
+        });
+        rep["seed"] = json!(seed);
+        rep["config"] = args.config_json(workers);
+        rep["wall_seconds"] = json!(r.wall.as_secs_f64());
+        rep["timeline"] = Value::Array(r.samples.iter().map(Sample::to_json).collect());
+        if kind == Kind::Switchboard {
+            rep["broker"] = progress::broker_json(pid, &r.samples, 0.2);
+            rep["server_stats"] = r.server_stats.clone().unwrap_or(Value::Null);
+            if let Some(sink) = &r.sink {
+                rep["sms"] = json!({"sink": sink, "broker_env": args.twilio().env_line()});
+            }
+        }
+        let complete = report::complete(&r.snap, args.requested(kind), args.agents as u64);
+        let slo_results = match (&args.slo, kind) {
+            (Some(s), Kind::Switchboard) => slo::evaluate(&slo::parse(s)?, &rep),
+            _ => Vec::new(),
+        };
+        let slo_ok = slo_results
+            .iter()
+            .all(|t| t["pass"].as_bool() == Some(true));
+        rep["complete"] = json!(complete);
+        rep["slo"] = Value::Array(slo_results);
+        rep["ok"] = json!(complete && slo_ok);
+        print!("{}", report::human(&rep));
+        out.push(rep);
+    }
+    let sw_rep = out.pop().expect("switchboard report");
+    let Some(b_rep) = out.pop() else {
+        return Ok(sw_rep);
+    };
+    let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) if b > 0.0 => json!(a / b),
+        _ => Value::Null,
+    };
+    let comparison = json!({
+        "throughput_ratio": ratio(&sw_rep["messages"]["per_second"], &b_rep["messages"]["per_second"]),
+        "p50_ratio": ratio(&sw_rep["latency_ms"]["message"]["p50"], &b_rep["latency_ms"]["message"]["p50"]),
+        "p99_ratio": ratio(&sw_rep["latency_ms"]["message"]["p99"], &b_rep["latency_ms"]["message"]["p99"]),
+        "switchboard": {"msgs_per_s": sw_rep["messages"]["per_second"], "p50_ms": sw_rep["latency_ms"]["message"]["p50"], "p99_ms": sw_rep["latency_ms"]["message"]["p99"]},
+        "baseline": {"msgs_per_s": b_rep["messages"]["per_second"], "p50_ms": b_rep["latency_ms"]["message"]["p50"], "p99_ms": b_rep["latency_ms"]["message"]["p99"]},
+        "note": "baseline: bare tokio-tungstenite relay in the harness process, webchat only; SMS traffic is not part of the comparison",
+    });
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "Switchboard / baseline: throughput {:.0} / {:.0} msg/s = {:.2}x; p50 {:.2} / {:.2} ms = {:.2}x; p99 {:.2} / {:.2} ms = {:.2}x",
+        f(&sw_rep["messages"]["per_second"]),
+        f(&b_rep["messages"]["per_second"]),
+        f(&comparison["throughput_ratio"]),
+        f(&sw_rep["latency_ms"]["message"]["p50"]),
+        f(&b_rep["latency_ms"]["message"]["p50"]),
+        f(&comparison["p50_ratio"]),
+        f(&sw_rep["latency_ms"]["message"]["p99"]),
+        f(&b_rep["latency_ms"]["message"]["p99"]),
+        f(&comparison["p99_ratio"]),
+    );
+    Ok(json!({
+        "name": name,
+        "ok": sw_rep["ok"],
+        "switchboard": sw_rep,
+        "baseline": b_rep,
+        "comparison": comparison,
+    }))
+}
+
+/// What one target's run produced.
+pub struct TargetRun {
+    snap: Snapshot,
+    samples: Vec<Sample>,
+    wall: Duration,
+    server_stats: Option<Value>,
+    sink: Option<Value>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_target(
+    args: &Args,
+    argv: &[String],
+    kind: Kind,
+    url: &str,
+    run_id: &str,
+    seed: u64,
+    pid: Option<u32>,
+    workers: usize,
+) -> Result<TargetRun, String> {
+    let wall = Instant::now();
+    let target = Target::parse(url)?;
+    let requested = args.requested(kind);
+    let label = kind.name().to_string();
+    let (mut snap, samples, sink) = if workers <= 1 {
+        let sink = if kind == Kind::Switchboard && args.sms_conversations > 0 {
+            Some(sink_for(args, &target).await?)
+        } else {
+            None
+        };
+        let sms = sink.clone().map(|sink| SmsSide {
+            cfg: args.twilio(),
+            sink,
+        });
+        let mut local = Local::setup(
+            args.setup(kind, url, run_id, seed, sms)?,
+            args.slice(0, 1, kind),
+        )
+        .await?;
+        println!(
+            "[{label}] {} agents ready",
+            local.ctx.stats.c.to_map()["agents_ready"]
+        );
+        let ctx = local.ctx.clone();
+        let source: progress::Source = Arc::new(move || Tick {
+            counters: ctx.stats.c.to_map(),
+            errors: ctx.stats.error_count(),
+            hist: ctx.stats.take_interval(),
+        });
+        let collector = Collector::start(
+            label,
+            source,
+            pid.filter(|_| kind == Kind::Switchboard),
+            args.progress,
+            requested,
+        );
+        local.load().await;
+        let samples = collector.stop().await;
+        let snap = local.finish().await;
+        let sink_figures = sink.map(|s| {
+            let (m, problems) = s.figures();
+            (json!(m), problems)
+        });
+        (snap, samples, sink_figures)
+    } else {
+        let w = workers::run_parent(args, argv, kind, url, run_id, seed, pid, workers, requested)
+            .await?;
+        (w.snap, w.samples, w.sink)
+    };
+    let sink = sink.map(|(figures, problems)| {
+        for p in &problems {
+            snap.add_error(&Failure::new("sink.problem", p.clone()));
+        }
+        figures
+    });
+    let server_stats = if kind == Kind::Switchboard {
+        let client = reqwest::Client::new();
+        net::http_json(
+            &client,
+            Method::GET,
+            target.http("/v1/stats"),
+            Some(&args.admin_token),
+            None,
+        )
+        .await
+        .ok()
+        .map(|(_, v)| v)
+    } else {
+        None
+    };
+    Ok(TargetRun {
+        snap,
+        samples,
+        wall: wall.elapsed(),
+        server_stats,
+        sink,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
 
     #[test]
     fn only_loopback_targets() {
@@ -478,12 +1043,87 @@ mod tests {
         );
     }
 
+    fn parse(extra: &[&str]) -> Args {
+        let mut v = vec!["loadtest", "--admin-token", "x"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).unwrap()
+    }
+
     #[test]
-    fn defaults_validate() {
-        let args = Args::parse_from(["loadtest", "--admin-token", "x"]);
+    fn defaults_validate_and_later_flags_win() {
+        let args = parse(&[]);
         assert_eq!(args.concurrency(), 100);
         assert!(args.validate().is_ok());
-        let bad = Args::parse_from(["loadtest", "--admin-token", "x", "--agents", "0"]);
-        assert!(bad.validate().is_err());
+        assert!(parse(&["--agents", "0"]).validate().is_err());
+        assert!(parse(&[
+            "--sms-conversations",
+            "1",
+            "--twilio-api-base",
+            "http://10.1.1.1:1"
+        ])
+        .validate()
+        .is_err());
+        // Scenario flags come first; the command line's override them.
+        let a = parse(&["--agents", "7", "--agents", "9"]);
+        assert_eq!(a.agents, 9);
+        assert_eq!(a.worker_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn slices_cover_the_load_once() {
+        let mut a = parse(&[
+            "--agents",
+            "10",
+            "--conversations",
+            "101",
+            "--sms-conversations",
+            "7",
+            "--rate",
+            "30",
+        ]);
+        a.apply_scale();
+        let slices: Vec<Slice> = (0..3).map(|i| a.slice(i, 3, Kind::Switchboard)).collect();
+        let mut agents: Vec<usize> = slices.iter().flat_map(|s| s.agents.clone()).collect();
+        agents.sort();
+        assert_eq!(agents, (0..10).collect::<Vec<_>>());
+        assert_eq!(slices.iter().map(|s| s.webchat.len()).sum::<usize>(), 101);
+        assert_eq!(slices[0].sms.len(), 7);
+        assert!(slices[1].sms.is_empty());
+        assert_eq!(slices[1].web_rate, Some(10.0));
+        assert_eq!(slices[0].sms_rate, Some(30.0));
+        assert!(a.slice(0, 1, Kind::Baseline).sms.is_empty());
+        let mut s = parse(&[
+            "--agents",
+            "1000",
+            "--conversations",
+            "5000",
+            "--scale",
+            "0.02",
+        ]);
+        s.apply_scale();
+        assert_eq!((s.agents, s.conversations), (20, 100));
+        let big = parse(&[
+            "--agents",
+            "1000",
+            "--conversations",
+            "40000",
+            "--rate",
+            "100",
+            "--max-in-flight",
+            "40000",
+        ]);
+        assert_eq!(big.worker_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn output_names_per_run() {
+        assert_eq!(
+            with_suffix(Path::new("/tmp/r.json"), Some("closed")),
+            PathBuf::from("/tmp/r-closed.json")
+        );
+        assert_eq!(
+            with_suffix(Path::new("r.json"), None),
+            PathBuf::from("r.json")
+        );
     }
 }

@@ -140,6 +140,7 @@ impl SourcePool {
 /// Spaces connection attempts `1/rate` seconds apart (`--ramp`); a rate of 0 means
 /// no pacing.
 pub struct Pacer {
+    per_second: f64,
     interval: Option<Duration>,
     next: Mutex<Instant>,
 }
@@ -148,9 +149,14 @@ impl Pacer {
     pub fn new(per_second: f64) -> Pacer {
         let interval = (per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / per_second));
         Pacer {
+            per_second: per_second.max(0.0),
             interval,
             next: Mutex::new(Instant::now()),
         }
+    }
+
+    pub fn per_second(&self) -> f64 {
+        self.per_second
     }
 
     /// Waits for this caller's slot.
@@ -341,7 +347,7 @@ pub async fn http_json(
 
 /// Classifies a non-2xx answer by the contract's `{"error":{"code","message"}}`
 /// body, or by its status when the body is not that shape.
-fn http_failure(status: u16, body: &[u8], what: &str) -> Failure {
+pub fn http_failure(status: u16, body: &[u8], what: &str) -> Failure {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let code = parsed
         .as_ref()

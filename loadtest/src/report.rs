@@ -1,26 +1,37 @@
 //! Measurement and reporting: the shared clock and the timestamps the harness
 //! puts into message texts, the run-wide counters and HDR latency histograms,
-//! errors by code, and the human and JSON summaries.
+//! errors by code, snapshots that worker processes hand to their parent and
+//! that merge, and the human and JSON summaries.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::net::Failure;
 
 // ---------------------------------------------------------------------------
 // Clock and text stamps
 
-static BASE: OnceLock<Instant> = OnceLock::new();
-
-/// Nanoseconds since the process-wide base instant. Agents and customers run in
-/// this one process, so a stamp written by one side is comparable on the other.
+/// Nanoseconds on the machine's monotonic clock (`CLOCK_MONOTONIC`). Every
+/// process on this machine reads the same clock, so a stamp written by one
+/// worker process (or the provider sink) is comparable in another.
 pub fn now_nanos() -> u64 {
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A tokio instant for a [`now_nanos`] time (now, if it has passed).
+pub fn instant_at(nanos: u64) -> tokio::time::Instant {
+    let now = now_nanos();
+    tokio::time::Instant::now() + std::time::Duration::from_nanos(nanos.saturating_sub(now))
 }
 
 /// The `t=<nanos>` stamp in a harness text, if any.
@@ -48,27 +59,32 @@ pub fn replied_seq_of(text: &str) -> Option<u64> {
 // Histograms
 
 /// The latencies the harness measures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lat {
-    /// Customer `message` sent → the agent's `message` event (live, not history).
+    /// Customer message (its intended send time) → the agent's `message` event.
     CustomerToAgent,
-    /// Agent `send` → the customer's `message` event.
+    /// Agent `send` (its intended time) → the customer's `message` event (or the
+    /// provider sink's receipt, on SMS).
     AgentToCustomer,
-    /// Customer's first message sent → `task.offered` at the agent.
+    /// Customer's first message → `task.offered` at the agent.
     FirstToOffered,
     /// Agent `accept` sent → `task.assigned`.
     AcceptToAssigned,
-    /// Customer's first message sent → `task.assigned` (queue wait + offer + accept).
+    /// Customer's first message → `task.assigned` (queue wait + offer + accept).
     FirstToAssigned,
+    /// SMS: agent `send` → `message.status` `delivered` at the agent (through the
+    /// sink and its signed status callback).
+    SendToDelivered,
 }
 
 impl Lat {
-    pub const ALL: [Lat; 5] = [
+    pub const ALL: [Lat; 6] = [
         Lat::CustomerToAgent,
         Lat::AgentToCustomer,
         Lat::FirstToOffered,
         Lat::AcceptToAssigned,
         Lat::FirstToAssigned,
+        Lat::SendToDelivered,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,41 +94,103 @@ impl Lat {
             Lat::FirstToOffered => "first_message_to_offered",
             Lat::AcceptToAssigned => "accept_to_assigned",
             Lat::FirstToAssigned => "first_message_to_assigned",
+            Lat::SendToDelivered => "sms_send_to_delivered",
         }
+    }
+
+    fn is_message(self) -> bool {
+        matches!(self, Lat::CustomerToAgent | Lat::AgentToCustomer)
     }
 }
 
 /// Histograms hold microseconds from 1 µs to 1 h with 3 significant digits.
-fn new_histogram() -> Histogram<u64> {
+pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A histogram as `[[value, count], ...]`, for worker reports.
+pub fn hist_to_raw(h: &Histogram<u64>) -> Value {
+    Value::Array(
+        h.iter_recorded()
+            .map(|v| json!([v.value_iterated_to(), v.count_at_value()]))
+            .collect(),
+    )
+}
+
+/// Adds `[[value, count], ...]` into `h`.
+pub fn hist_add_raw(h: &mut Histogram<u64>, raw: &Value) {
+    for pair in raw.as_array().into_iter().flatten() {
+        if let (Some(v), Some(c)) = (pair[0].as_u64(), pair[1].as_u64()) {
+            let _ = h.record_n(v.max(1), c);
+        }
+    }
+}
+
+pub fn hist_json(h: &Histogram<u64>) -> Value {
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    if h.is_empty() {
+        return json!({ "count": 0 });
+    }
+    json!({
+        "count": h.len(),
+        "mean": h.mean() / 1000.0,
+        "p50": ms(h.value_at_quantile(0.50)),
+        "p90": ms(h.value_at_quantile(0.90)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "p99_9": ms(h.value_at_quantile(0.999)),
+        "max": ms(h.max()),
+    })
 }
 
 // ---------------------------------------------------------------------------
 // Run-wide state
 
-/// Counters shared by every task of the run.
-#[derive(Default)]
-pub struct Counters {
-    pub agents_ready: AtomicU64,
-    pub offers: AtomicU64,
-    pub foreign_offers_rejected: AtomicU64,
-    pub accepts_sent: AtomicU64,
-    pub assigned: AtomicU64,
-    pub ends_sent: AtomicU64,
-    pub completes_sent: AtomicU64,
-    pub tasks_completed: AtomicU64,
-    /// Tasks assigned to this run's agents and not completed yet.
-    pub open_tasks: AtomicU64,
-    pub customer_to_agent: AtomicU64,
-    pub agent_to_customer: AtomicU64,
-    pub conversations_started: AtomicU64,
-    pub conversations_ended: AtomicU64,
-    pub conversations_completed: AtomicU64,
-    pub conversations_failed: AtomicU64,
-    pub aborted_at_deadline: AtomicU64,
-    /// [`now_nanos`] when the latest conversation completed.
-    pub last_completion_nanos: AtomicU64,
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// Counters shared by every task of the run.
+        #[derive(Default)]
+        pub struct Counters {
+            $(pub $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            pub fn to_map(&self) -> BTreeMap<String, u64> {
+                let mut m = BTreeMap::new();
+                $(m.insert(stringify!($name).to_string(), self.$name.load(Ordering::Relaxed));)*
+                m
+            }
+        }
+    };
 }
+
+counters!(
+    agents_ready,
+    offers,
+    foreign_offers_rejected,
+    accepts_sent,
+    assigned,
+    ends_sent,
+    completes_sent,
+    tasks_completed,
+    // Tasks assigned to this run's agents and not completed yet.
+    open_tasks,
+    customer_to_agent,
+    agent_to_customer,
+    conversations_started,
+    conversations_ended,
+    conversations_completed,
+    conversations_failed,
+    aborted_at_deadline,
+    // Open loop: arrivals not started because --max-in-flight were running.
+    arrivals_dropped,
+    // Conversations running now (gauge).
+    in_flight,
+    // WebSocket connections open now (gauge).
+    connections,
+    webhooks_sent,
+    // now_nanos() when the latest conversation completed.
+    last_completion_nanos,
+);
 
 impl Counters {
     pub fn inc(c: &AtomicU64) {
@@ -132,14 +210,33 @@ impl Counters {
     }
 }
 
+/// Holds a gauge up while alive.
+pub struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    pub fn up(c: &'a AtomicU64) -> Gauge<'a> {
+        Counters::inc(c);
+        Gauge(c)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        Counters::dec(self.0);
+    }
+}
+
 struct Inner {
     hist: Vec<Histogram<u64>>,
+    /// Message latencies since the last [`Stats::take_interval`].
+    interval: Histogram<u64>,
     errors: BTreeMap<String, u64>,
     samples: Vec<String>,
     rescinded: BTreeMap<String, u64>,
+    statuses: BTreeMap<String, u64>,
 }
 
-/// Everything measured during a run.
+/// Everything measured during a run by one process.
 pub struct Stats {
     pub c: Counters,
     inner: Mutex<Inner>,
@@ -147,15 +244,23 @@ pub struct Stats {
 
 const MAX_SAMPLES: usize = 20;
 
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
 impl Stats {
     pub fn new() -> Stats {
         Stats {
             c: Counters::default(),
             inner: Mutex::new(Inner {
                 hist: Lat::ALL.iter().map(|_| new_histogram()).collect(),
+                interval: new_histogram(),
                 errors: BTreeMap::new(),
                 samples: Vec::new(),
                 rescinded: BTreeMap::new(),
+                statuses: BTreeMap::new(),
             }),
         }
     }
@@ -166,8 +271,17 @@ impl Stats {
 
     /// Records the time from `sent_nanos` (a stamp from [`now_nanos`]) to now.
     pub fn record_since(&self, lat: Lat, sent_nanos: u64) {
-        let micros = now_nanos().saturating_sub(sent_nanos) / 1_000;
-        self.lock().hist[lat as usize].saturating_record(micros.max(1));
+        self.record_between(lat, sent_nanos, now_nanos());
+    }
+
+    /// Records the time from `from` to `to` (both [`now_nanos`] stamps).
+    pub fn record_between(&self, lat: Lat, from: u64, to: u64) {
+        let micros = (to.saturating_sub(from) / 1_000).max(1);
+        let mut inner = self.lock();
+        inner.hist[lat as usize].saturating_record(micros);
+        if lat.is_message() {
+            inner.interval.saturating_record(micros);
+        }
     }
 
     /// Counts an error by its code and keeps the first few for the report.
@@ -183,114 +297,281 @@ impl Stats {
         *self.lock().rescinded.entry(reason.to_string()).or_default() += 1;
     }
 
+    /// Counts a `message.status` seen by an agent.
+    pub fn status(&self, status: &str) {
+        *self.lock().statuses.entry(status.to_string()).or_default() += 1;
+    }
+
     pub fn error_count(&self) -> u64 {
         self.lock().errors.values().sum()
+    }
+
+    /// The message-latency histogram since the last call, and a fresh one.
+    pub fn take_interval(&self) -> Histogram<u64> {
+        std::mem::replace(&mut self.lock().interval, new_histogram())
+    }
+
+    /// Everything measured so far, in mergeable form.
+    pub fn snapshot(&self, phase_seconds: f64, phase_start_nanos: u64) -> Snapshot {
+        let counters = self.c.to_map();
+        let inner = self.lock();
+        let last = counters["last_completion_nanos"];
+        Snapshot {
+            counters,
+            errors: inner.errors.clone(),
+            samples: inner.samples.clone(),
+            rescinded: inner.rescinded.clone(),
+            statuses: inner.statuses.clone(),
+            hists: Lat::ALL
+                .iter()
+                .map(|l| (l.name().to_string(), inner.hist[*l as usize].clone()))
+                .collect(),
+            phase_seconds,
+            active_seconds: if last > phase_start_nanos {
+                (last - phase_start_nanos) as f64 / 1e9
+            } else {
+                0.0
+            },
+            extra: Map::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Snapshots
+
+/// The measurements of one process (or several, merged).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub counters: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub samples: Vec<String>,
+    pub rescinded: BTreeMap<String, u64>,
+    pub statuses: BTreeMap<String, u64>,
+    pub hists: BTreeMap<String, Histogram<u64>>,
+    pub phase_seconds: f64,
+    /// Phase start → the latest conversation completion.
+    pub active_seconds: f64,
+    /// Numbers added by the process outside the counters (agents created,
+    /// open tasks at the end, sink figures): summed on merge.
+    pub extra: Map<String, Value>,
+}
+
+fn map_json(m: &BTreeMap<String, u64>) -> Value {
+    json!(m)
+}
+
+fn map_from(v: &Value) -> BTreeMap<String, u64> {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+        .collect()
+}
+
+impl Snapshot {
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    pub fn extra_u64(&self, name: &str) -> u64 {
+        self.extra.get(name).and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    pub fn error_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Counts an error found after the run (cleanup, sink mismatch).
+    pub fn add_error(&mut self, f: &Failure) {
+        *self.errors.entry(f.code.clone()).or_default() += 1;
+        if self.samples.len() < MAX_SAMPLES {
+            self.samples.push(f.to_string());
+        }
+    }
+
+    /// The lossless form a worker process writes for its parent.
+    pub fn to_raw(&self) -> Value {
+        json!({
+            "counters": map_json(&self.counters),
+            "errors": map_json(&self.errors),
+            "samples": self.samples,
+            "rescinded": map_json(&self.rescinded),
+            "statuses": map_json(&self.statuses),
+            "hists": self.hists.iter().map(|(k, h)| (k.clone(), hist_to_raw(h))).collect::<Map<_, _>>(),
+            "phase_seconds": self.phase_seconds,
+            "active_seconds": self.active_seconds,
+            "extra": self.extra,
+        })
+    }
+
+    pub fn from_raw(v: &Value) -> Snapshot {
+        let mut hists = BTreeMap::new();
+        for lat in Lat::ALL {
+            let mut h = new_histogram();
+            hist_add_raw(&mut h, &v["hists"][lat.name()]);
+            hists.insert(lat.name().to_string(), h);
+        }
+        Snapshot {
+            counters: map_from(&v["counters"]),
+            errors: map_from(&v["errors"]),
+            samples: v["samples"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect(),
+            rescinded: map_from(&v["rescinded"]),
+            statuses: map_from(&v["statuses"]),
+            hists,
+            phase_seconds: v["phase_seconds"].as_f64().unwrap_or(0.0),
+            active_seconds: v["active_seconds"].as_f64().unwrap_or(0.0),
+            extra: v["extra"].as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Adds another process's measurements: counts add, histograms merge,
+    /// durations take the longest (the processes ran at the same time).
+    pub fn merge(&mut self, other: &Snapshot) {
+        let add = |a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
+            for (k, v) in b {
+                *a.entry(k.clone()).or_default() += v;
+            }
+        };
+        // A time, not a count: the latest wins.
+        let last = self
+            .counter("last_completion_nanos")
+            .max(other.counter("last_completion_nanos"));
+        add(&mut self.counters, &other.counters);
+        self.counters.insert("last_completion_nanos".into(), last);
+        add(&mut self.errors, &other.errors);
+        add(&mut self.rescinded, &other.rescinded);
+        add(&mut self.statuses, &other.statuses);
+        for s in &other.samples {
+            if self.samples.len() < MAX_SAMPLES {
+                self.samples.push(s.clone());
+            }
+        }
+        for (k, h) in &other.hists {
+            match self.hists.get_mut(k) {
+                Some(mine) => {
+                    let _ = mine.add(h);
+                }
+                None => {
+                    self.hists.insert(k.clone(), h.clone());
+                }
+            }
+        }
+        self.phase_seconds = self.phase_seconds.max(other.phase_seconds);
+        self.active_seconds = self.active_seconds.max(other.active_seconds);
+        for (k, v) in &other.extra {
+            let sum = match (self.extra.get(k).and_then(Value::as_u64), v.as_u64()) {
+                (Some(a), Some(b)) => json!(a + b),
+                (None, _) => v.clone(),
+                (Some(_), None) => continue,
+            };
+            self.extra.insert(k.clone(), sum);
+        }
+    }
+
+    /// Customer→agent and agent→customer together.
+    pub fn message_hist(&self) -> Histogram<u64> {
+        let mut h = new_histogram();
+        for lat in [Lat::CustomerToAgent, Lat::AgentToCustomer] {
+            if let Some(x) = self.hists.get(lat.name()) {
+                let _ = h.add(x);
+            }
+        }
+        h
     }
 }
 
 // ---------------------------------------------------------------------------
 // Summary
 
-/// What the report says about the run besides the measurements.
-pub struct RunInfo {
-    pub run_id: String,
-    pub config: Value,
-    pub wall: Duration,
-    pub phase: Duration,
-    /// [`now_nanos`] when the conversation phase started.
-    pub phase_start_nanos: u64,
-    pub requested: u64,
-    pub agents_created: u64,
-    pub agents_open_tasks_at_end: u64,
-    pub server_stats: Option<Value>,
-}
-
-/// Builds the JSON report; `ok` is the run's verdict.
-pub fn to_json(stats: &Stats, info: &RunInfo, ok: bool) -> Value {
-    let c = &stats.c;
-    let g = Counters::get;
-    let inner = stats.lock();
-    let mut latency = serde_json::Map::new();
+/// Builds the measurement part of the JSON report from a (merged) snapshot.
+/// `requested` is the number of conversations the run asked for.
+pub fn measurements_json(s: &Snapshot, requested: u64) -> Value {
+    let g = |k: &str| s.counter(k);
+    let mut latency = Map::new();
+    latency.insert("message".into(), hist_json(&s.message_hist()));
     for lat in Lat::ALL {
-        latency.insert(lat.name().to_string(), hist_json(&inner.hist[lat as usize]));
+        if let Some(h) = s.hists.get(lat.name()) {
+            latency.insert(lat.name().to_string(), hist_json(h));
+        }
     }
-    let c2a = g(&c.customer_to_agent);
-    let a2c = g(&c.agent_to_customer);
-    let secs = info.phase.as_secs_f64().max(1e-9);
-    let started = g(&c.conversations_started);
-    let completed = g(&c.conversations_completed);
+    let c2a = g("customer_to_agent");
+    let a2c = g("agent_to_customer");
+    let secs = s.phase_seconds.max(1e-9);
+    let started = g("conversations_started");
+    let completed = g("conversations_completed");
+    let active = s.active_seconds.max(1e-9);
     // Until the last completion: a straggler waiting out --step-timeout does not
     // dilute the rate the rest achieved.
-    let active =
-        Duration::from_nanos(g(&c.last_completion_nanos).saturating_sub(info.phase_start_nanos))
-            .as_secs_f64()
-            .max(1e-9);
+    let rate = |n: u64| {
+        if completed > 0 {
+            n as f64 / active
+        } else {
+            n as f64 / secs
+        }
+    };
     json!({
-        "ok": ok,
-        "run_id": info.run_id,
-        "config": info.config,
-        "wall_seconds": info.wall.as_secs_f64(),
-        "phase_seconds": info.phase.as_secs_f64(),
+        "phase_seconds": s.phase_seconds,
         "conversations": {
-            "requested": info.requested,
+            "requested": requested,
             "started": started,
             "completed": completed,
-            "ended_seen_by_customer": g(&c.conversations_ended),
-            "failed": g(&c.conversations_failed),
-            "aborted_at_deadline": g(&c.aborted_at_deadline),
-            "not_started": info.requested.saturating_sub(started),
-            "per_second": completed as f64 / secs,
+            "ended_seen_by_customer": g("conversations_ended"),
+            "failed": g("conversations_failed"),
+            "aborted_at_deadline": g("aborted_at_deadline"),
+            "arrivals_dropped": g("arrivals_dropped"),
+            "not_started": requested.saturating_sub(started),
+            "per_second": rate(completed),
             "seconds_to_last_completion": if completed > 0 { active } else { 0.0 },
-            "per_second_to_last_completion": if completed > 0 { completed as f64 / active } else { 0.0 },
         },
         "agents": {
-            "created": info.agents_created,
-            "ready": g(&c.agents_ready),
-            "offers": g(&c.offers),
-            "foreign_offers_rejected": g(&c.foreign_offers_rejected),
-            "accepts_sent": g(&c.accepts_sent),
-            "assigned": g(&c.assigned),
-            "ends_sent": g(&c.ends_sent),
-            "completes_sent": g(&c.completes_sent),
-            "tasks_completed": g(&c.tasks_completed),
-            "open_tasks_at_end": info.agents_open_tasks_at_end,
-            "rescinded": inner.rescinded,
+            "created": s.extra_u64("agents_created"),
+            "ready": g("agents_ready"),
+            "offers": g("offers"),
+            "foreign_offers_rejected": g("foreign_offers_rejected"),
+            "accepts_sent": g("accepts_sent"),
+            "assigned": g("assigned"),
+            "ends_sent": g("ends_sent"),
+            "completes_sent": g("completes_sent"),
+            "tasks_completed": g("tasks_completed"),
+            "open_tasks_at_end": s.extra_u64("open_tasks_at_end"),
+            "rescinded": s.rescinded,
+            "message_statuses": s.statuses,
         },
         "messages": {
             "customer_to_agent": c2a,
             "agent_to_customer": a2c,
             "total": c2a + a2c,
-            "per_second": (c2a + a2c) as f64 / secs,
-            "per_second_to_last_completion": if completed > 0 { (c2a + a2c) as f64 / active } else { 0.0 },
+            "per_second": rate(c2a + a2c),
+            "per_second_whole_phase": (c2a + a2c) as f64 / secs,
+            "webhooks_sent": g("webhooks_sent"),
         },
         "latency_ms": latency,
-        "errors": inner.errors,
-        "error_samples": inner.samples,
-        "server_stats": info.server_stats,
+        "errors": s.errors,
+        "errors_total": s.error_total(),
+        "error_samples": s.samples,
     })
 }
 
-fn hist_json(h: &Histogram<u64>) -> Value {
-    let ms = |micros: u64| micros as f64 / 1000.0;
-    if h.is_empty() {
-        return json!({ "count": 0 });
-    }
-    json!({
-        "count": h.len(),
-        "mean": h.mean() / 1000.0,
-        "p50": ms(h.value_at_quantile(0.50)),
-        "p90": ms(h.value_at_quantile(0.90)),
-        "p99": ms(h.value_at_quantile(0.99)),
-        "p99_9": ms(h.value_at_quantile(0.999)),
-        "max": ms(h.max()),
-    })
+/// The run's verdict before SLOs: every conversation and task completed, every
+/// agent ready, no error.
+pub fn complete(s: &Snapshot, requested: u64, agents: u64) -> bool {
+    s.counter("agents_ready") == agents
+        && s.counter("conversations_completed") == requested
+        && s.counter("tasks_completed") == requested
+        && s.extra_u64("open_tasks_at_end") == 0
+        && s.error_total() == 0
 }
 
-/// Renders the JSON report for a human.
-pub fn human(report: &Value) -> String {
+/// Renders one target's JSON report for a human.
+pub fn human(r: &Value) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let r = report;
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     let conv = &r["conversations"];
@@ -298,12 +579,15 @@ pub fn human(report: &Value) -> String {
     let msgs = &r["messages"];
     let _ = writeln!(
         s,
-        "== Switchboard load test {} ==",
-        r["run_id"].as_str().unwrap_or("")
+        "== {} ({} loop) run {} seed {} ==",
+        r["target"].as_str().unwrap_or("?"),
+        r["mode"].as_str().unwrap_or("?"),
+        r["run_id"].as_str().unwrap_or(""),
+        r["seed"],
     );
     let _ = writeln!(
         s,
-        "verdict: {}   wall {:.2}s, conversation phase {:.2}s",
+        "verdict: {}   wall {:.2}s, load phase {:.2}s",
         if r["ok"].as_bool() == Some(true) {
             "OK"
         } else {
@@ -314,18 +598,19 @@ pub fn human(report: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "conversations: {} completed of {} requested ({} started, {} failed, {} aborted at deadline, {} not started), {:.1}/s",
+        "conversations: {} completed of {} ({} started, {} failed, {} aborted at deadline, {} dropped arrivals, {} not started), {:.1}/s",
         n(&conv["completed"]),
         n(&conv["requested"]),
         n(&conv["started"]),
         n(&conv["failed"]),
         n(&conv["aborted_at_deadline"]),
+        n(&conv["arrivals_dropped"]),
         n(&conv["not_started"]),
         f(&conv["per_second"]),
     );
     let _ = writeln!(
         s,
-        "agents: {} created, {} ready; offers {} ({} from other runs rejected), assigned {}, tasks completed {}, open at end {}",
+        "agents: {} created, {} ready; offers {} ({} foreign rejected), assigned {}, tasks completed {}, open at end {}",
         n(&agents["created"]),
         n(&agents["ready"]),
         n(&agents["offers"]),
@@ -334,41 +619,52 @@ pub fn human(report: &Value) -> String {
         n(&agents["tasks_completed"]),
         n(&agents["open_tasks_at_end"]),
     );
-    if let Some(m) = agents["rescinded"].as_object().filter(|m| !m.is_empty()) {
-        let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = writeln!(s, "rescinded offers: {}", parts.join(", "));
+    for (label, key) in [
+        ("rescinded offers", "rescinded"),
+        ("message statuses", "message_statuses"),
+    ] {
+        if let Some(m) = agents[key].as_object().filter(|m| !m.is_empty()) {
+            let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "{label}: {}", parts.join(", "));
+        }
     }
     let _ = writeln!(
         s,
-        "messages: {} customer->agent + {} agent->customer = {}, {:.1} msg/s end to end",
+        "messages: {} customer->agent + {} agent->customer = {}, {:.1} msg/s end to end{}",
         n(&msgs["customer_to_agent"]),
         n(&msgs["agent_to_customer"]),
         n(&msgs["total"]),
         f(&msgs["per_second"]),
+        if n(&msgs["webhooks_sent"]) > 0 {
+            format!(" ({} SMS webhooks)", n(&msgs["webhooks_sent"]))
+        } else {
+            String::new()
+        },
     );
-    if f(&conv["seconds_to_last_completion"]) + 0.5 < f(&r["phase_seconds"]) {
-        let _ = writeln!(
-            s,
-            "  until the last completion ({:.2}s): {:.1} conversations/s, {:.1} msg/s",
-            f(&conv["seconds_to_last_completion"]),
-            f(&conv["per_second_to_last_completion"]),
-            f(&msgs["per_second_to_last_completion"]),
-        );
+    if let Some(sink) = r["sms"]["sink"].as_object() {
+        let parts: Vec<String> = sink.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(s, "provider sink: {}", parts.join(", "));
     }
     let _ = writeln!(
         s,
         "latency (ms)                   count      p50      p90      p99    p99.9      max"
     );
-    for lat in Lat::ALL {
-        let h = &r["latency_ms"][lat.name()];
+    let lat = &r["latency_ms"];
+    for name in std::iter::once("message").chain(Lat::ALL.iter().map(|l| l.name())) {
+        let h = &lat[name];
+        if h.is_null() {
+            continue;
+        }
         if n(&h["count"]) == 0 {
-            let _ = writeln!(s, "  {:<27} {:>6}        -", lat.name(), 0);
+            if name != Lat::SendToDelivered.name() {
+                let _ = writeln!(s, "  {name:<27} {:>6}        -", 0);
+            }
             continue;
         }
         let _ = writeln!(
             s,
             "  {:<27} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            lat.name(),
+            name,
             n(&h["count"]),
             f(&h["p50"]),
             f(&h["p90"]),
@@ -376,6 +672,30 @@ pub fn human(report: &Value) -> String {
             f(&h["p99_9"]),
             f(&h["max"]),
         );
+    }
+    let b = &r["broker"];
+    if b["samples"].as_u64().unwrap_or(0) > 0 {
+        let _ = writeln!(
+            s,
+            "broker pid {}: RSS {:.1} MiB at start, {:.1} max, {:.1} at end; CPU {:.0}% mean, {:.0}% max{}",
+            b["pid"],
+            f(&b["rss_kib"]["start"]) / 1024.0,
+            f(&b["rss_kib"]["max"]) / 1024.0,
+            f(&b["rss_kib"]["end"]) / 1024.0,
+            f(&b["cpu_percent"]["mean"]),
+            f(&b["cpu_percent"]["max"]),
+            match b["rss_growth_kib_per_min_after_warmup"].as_f64() {
+                Some(g) => format!("; RSS growth after warm-up {g:.0} KiB/min"),
+                None => String::new(),
+            }
+        );
+        if let Some(per) = b["rss_kib_per_open_conversation"].as_f64() {
+            let _ = writeln!(
+                s,
+                "  RSS per open conversation: {:.2} KiB (peak {} open)",
+                per, b["peak_open_conversations"]
+            );
+        }
     }
     match r["errors"].as_object() {
         Some(m) if !m.is_empty() => {
@@ -393,6 +713,28 @@ pub fn human(report: &Value) -> String {
         _ => {
             let _ = writeln!(s, "errors: none");
         }
+    }
+    if let Some(slo) = r["slo"].as_array().filter(|a| !a.is_empty()) {
+        let parts: Vec<String> = slo
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {} (target {}, got {})",
+                    t["name"].as_str().unwrap_or("?"),
+                    if t["pass"].as_bool() == Some(true) {
+                        "ok"
+                    } else {
+                        "MISSED"
+                    },
+                    t["target"],
+                    match t["actual"].as_f64() {
+                        Some(x) => format!("{x:.3}"),
+                        None => "nothing".into(),
+                    }
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "SLO: {}", parts.join("; "));
     }
     s
 }
@@ -418,20 +760,65 @@ mod tests {
         stats.error(&Failure::new("capacity_exceeded", "x"));
         stats.error(&Failure::new("capacity_exceeded", "y"));
         stats.record_since(Lat::CustomerToAgent, now_nanos());
-        let info = RunInfo {
-            run_id: "t".into(),
-            config: json!({}),
-            wall: Duration::from_secs(1),
-            phase: Duration::from_secs(1),
-            phase_start_nanos: 0,
-            requested: 1,
-            agents_created: 1,
-            agents_open_tasks_at_end: 0,
-            server_stats: None,
-        };
-        let r = to_json(&stats, &info, false);
+        let snap = stats.snapshot(1.0, 0);
+        let r = measurements_json(&snap, 1);
         assert_eq!(r["errors"]["capacity_exceeded"], 2);
+        assert_eq!(r["errors_total"], 2);
         assert_eq!(r["latency_ms"]["customer_to_agent"]["count"], 1);
+        assert_eq!(r["latency_ms"]["message"]["count"], 1);
         assert!(human(&r).contains("capacity_exceeded"));
+        assert_eq!(stats.take_interval().len(), 1);
+        assert_eq!(stats.take_interval().len(), 0);
+    }
+
+    #[test]
+    fn snapshots_merge_through_their_raw_form() {
+        let a = Stats::new();
+        let b = Stats::new();
+        for _ in 0..3 {
+            Counters::inc(&a.c.customer_to_agent);
+        }
+        Counters::inc(&b.c.customer_to_agent);
+        a.c.last_completion_nanos
+            .store(5_000_000_000, Ordering::Relaxed);
+        b.c.last_completion_nanos
+            .store(7_000_000_000, Ordering::Relaxed);
+        a.error(&Failure::new("io.closed", "x"));
+        b.error(&Failure::new("io.closed", "y"));
+        b.error(&Failure::new("rate_limited", "z"));
+        b.status("delivered");
+        // a: 1 ms and 2 ms; b: 100 ms.
+        {
+            let mut i = a.lock();
+            i.hist[Lat::CustomerToAgent as usize].record(1_000).unwrap();
+            i.hist[Lat::CustomerToAgent as usize].record(2_000).unwrap();
+        }
+        b.lock().hist[Lat::AgentToCustomer as usize]
+            .record(100_000)
+            .unwrap();
+        let mut sa = a.snapshot(10.0, 1_000_000_000);
+        sa.extra.insert("agents_created".into(), json!(2));
+        let mut sb = b.snapshot(12.0, 1_000_000_000);
+        sb.extra.insert("agents_created".into(), json!(3));
+        // Through JSON text, as between processes.
+        let ra = Snapshot::from_raw(&serde_json::from_str(&sa.to_raw().to_string()).unwrap());
+        let rb = Snapshot::from_raw(&serde_json::from_str(&sb.to_raw().to_string()).unwrap());
+        let mut m = ra;
+        m.merge(&rb);
+        assert_eq!(m.counter("customer_to_agent"), 4);
+        assert_eq!(m.counter("last_completion_nanos"), 7_000_000_000);
+        assert_eq!(m.errors["io.closed"], 2);
+        assert_eq!(m.errors["rate_limited"], 1);
+        assert_eq!(m.statuses["delivered"], 1);
+        assert_eq!(m.extra_u64("agents_created"), 5);
+        assert_eq!(m.phase_seconds, 12.0);
+        assert_eq!(m.active_seconds, 6.0);
+        let h = m.message_hist();
+        assert_eq!(h.len(), 3);
+        assert!(h.max() >= 100_000 && h.max() < 100_100);
+        assert_eq!(h.value_at_quantile(0.5) / 100, 20);
+        let r = measurements_json(&m, 4);
+        assert_eq!(r["messages"]["customer_to_agent"], 4);
+        assert_eq!(r["latency_ms"]["message"]["count"], 3);
     }
 }

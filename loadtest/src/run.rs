@@ -1,0 +1,466 @@
+//! One process's part of one run against one target: set up agents, run the
+//! conversations (closed loop: a fixed number of customers back to back; open
+//! loop: Poisson arrivals at a set rate), drain, clean up, and hand back a
+//! snapshot of the measurements.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::{Client, Method};
+use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::agent::{self, Creds};
+use crate::dist::Dist;
+use crate::net::{self, Failure, Pacer, SourcePool, Target};
+use crate::report::{instant_at, now_nanos, Counters, Gauge, Snapshot, Stats};
+use crate::sms::{self, SmsSide};
+use crate::{customer, twilio};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Switchboard,
+    Baseline,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Switchboard => "switchboard",
+            Kind::Baseline => "baseline",
+        }
+    }
+}
+
+pub enum Outcome {
+    Completed,
+    /// The run's deadline came first.
+    Aborted,
+}
+
+/// How customers and agents behave.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub messages: u32,
+    pub think: Dist,
+    pub hold: Duration,
+    pub heartbeat: Duration,
+    pub accept_delay: Dist,
+    pub reply_delay: Dist,
+    pub handle_time: Dist,
+    pub dispositions: Vec<String>,
+    pub capacity: u32,
+    pub sms_capacity: u32,
+    /// Agents time SMS sends until `delivered` (status callbacks are on).
+    pub track_delivery: bool,
+}
+
+/// What every agent and customer task of this process shares.
+pub struct Ctx {
+    pub target: Target,
+    pub kind: Kind,
+    pub admin_token: String,
+    pub run_id: String,
+    pub seed: u64,
+    /// Tag in this run's SMS customer numbers.
+    pub sms_tag: u32,
+    pub plan: Plan,
+    pub step_timeout: Duration,
+    /// The run stops by itself here.
+    pub deadline: Instant,
+    pub stats: Stats,
+    pub pacer: Pacer,
+    pub sources: SourcePool,
+    pub sms: Option<SmsSide>,
+    clients: Vec<Client>,
+}
+
+impl Ctx {
+    /// An HTTP client, one per source address, chosen by `n`.
+    pub fn http(&self, n: usize) -> &Client {
+        &self.clients[n % self.clients.len()]
+    }
+}
+
+/// This process's share of the load.
+#[derive(Debug, Clone, Default)]
+pub struct Slice {
+    pub agents: Vec<usize>,
+    pub webchat: Vec<usize>,
+    pub sms: Vec<usize>,
+    /// Closed loop: customers at once, per channel.
+    pub web_concurrency: usize,
+    pub sms_concurrency: usize,
+    /// Open loop: arrivals per second, per channel.
+    pub web_rate: Option<f64>,
+    pub sms_rate: Option<f64>,
+    /// Open loop: conversations running at once, at most.
+    pub max_in_flight: usize,
+}
+
+impl Slice {
+    pub fn open_loop(&self) -> bool {
+        self.web_rate.is_some() || self.sms_rate.is_some()
+    }
+
+    /// Sockets this slice holds at most (agents + webchat customers).
+    pub fn sockets(&self) -> usize {
+        let web = if self.open_loop() {
+            self.webchat.len().min(self.max_in_flight)
+        } else {
+            self.web_concurrency
+        };
+        self.agents.len() + web
+    }
+}
+
+/// Settings to build a [`Ctx`].
+pub struct Setup {
+    pub target: Target,
+    pub kind: Kind,
+    pub admin_token: String,
+    pub run_id: String,
+    pub seed: u64,
+    pub plan: Plan,
+    pub step_timeout: Duration,
+    pub duration: Duration,
+    pub ramp: f64,
+    pub source_addrs: Option<usize>,
+    pub keep_agents: bool,
+    pub sms: Option<SmsSide>,
+}
+
+/// A process's run, between its phases.
+pub struct Local {
+    pub ctx: Arc<Ctx>,
+    slice: Slice,
+    creds: Vec<Creds>,
+    agent_tasks: Vec<JoinHandle<usize>>,
+    shutdown: watch::Sender<bool>,
+    ready: usize,
+    phase_start: Instant,
+    phase_start_nanos: u64,
+    phase: Duration,
+    keep_agents: bool,
+}
+
+impl Local {
+    /// Checks the target, creates and connects the slice's agents and waits
+    /// until they are available. `Err` when the run cannot start.
+    pub async fn setup(s: Setup, slice: Slice) -> Result<Local, String> {
+        let start = Instant::now();
+        let nofile = net::raise_nofile_limit()?;
+        let needed = slice.sockets() as u64 + 256;
+        if needed > nofile.after {
+            return Err(format!(
+                "needs about {needed} open files for {} agents and the customers' sockets; \
+                 the limit is {} (soft limit was {}, hard {}; use --workers)",
+                slice.agents.len(),
+                nofile.after,
+                nofile.before,
+                nofile.hard
+            ));
+        }
+        let keep_agents = s.keep_agents;
+        let source_count = s
+            .source_addrs
+            .unwrap_or_else(|| slice.sockets().div_ceil(10_000).clamp(1, 64));
+        let sources = SourcePool::new(&s.target, source_count);
+        let locals: Vec<Option<std::net::IpAddr>> = if sources.addrs().is_empty() {
+            vec![None]
+        } else {
+            sources.addrs().iter().copied().map(Some).collect()
+        };
+        let mut clients = Vec::new();
+        for local in locals {
+            clients.push(
+                Client::builder()
+                    .local_address(local)
+                    .timeout(s.step_timeout)
+                    .tcp_nodelay(true)
+                    .pool_max_idle_per_host(256)
+                    .build()
+                    .map_err(|e| format!("http client: {e}"))?,
+            );
+        }
+        let ctx = Arc::new(Ctx {
+            target: s.target,
+            kind: s.kind,
+            admin_token: s.admin_token,
+            sms_tag: twilio::run_tag(&s.run_id),
+            run_id: s.run_id,
+            seed: s.seed,
+            plan: s.plan,
+            step_timeout: s.step_timeout,
+            deadline: start + s.duration,
+            stats: Stats::new(),
+            pacer: Pacer::new(s.ramp),
+            sources,
+            sms: s.sms,
+            clients,
+        });
+
+        if ctx.kind == Kind::Switchboard {
+            let health = net::http_json(
+                ctx.http(0),
+                Method::GET,
+                ctx.target.http("/healthz"),
+                None,
+                None,
+            )
+            .await
+            .map_err(|f| format!("server not healthy at {}: {f}", ctx.target.base))?;
+            if health.1["status"] != "ok" {
+                return Err(format!("GET /healthz answered {}", health.1));
+            }
+            if let Some(sms) = &ctx.sms {
+                if !slice.sms.is_empty() {
+                    sms::preflight(&ctx, sms).await?;
+                }
+            }
+        }
+
+        let (creds, create_errors) = agent::create_agents(&ctx, &slice.agents).await;
+        if let Some(f) = create_errors.first() {
+            let failed = agent::delete_agents(&ctx, &creds).await;
+            return Err(format!(
+                "creating agents failed ({} of {}): {f}{}",
+                create_errors.len(),
+                slice.agents.len(),
+                if failed > 0 {
+                    format!("; {failed} created agents could not be deleted")
+                } else {
+                    String::new()
+                },
+            ));
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut agent_tasks = Vec::new();
+        let mut readies = Vec::new();
+        for c in &creds {
+            let (tx, rx) = oneshot::channel();
+            readies.push(rx);
+            agent_tasks.push(tokio::spawn(agent::run(
+                ctx.clone(),
+                c.clone(),
+                tx,
+                shutdown_rx.clone(),
+            )));
+        }
+        let ramp_time = if ctx.pacer.per_second() > 0.0 {
+            Duration::from_secs_f64(creds.len() as f64 / ctx.pacer.per_second())
+        } else {
+            Duration::ZERO
+        };
+        let ready_limit = (Instant::now() + ramp_time + ctx.step_timeout).min(ctx.deadline);
+        let mut ready = 0usize;
+        for rx in readies {
+            if let Ok(Ok(true)) = timeout_at(ready_limit, rx).await {
+                ready += 1;
+            }
+        }
+        if ready < creds.len() {
+            ctx.stats.error(&Failure::new(
+                "harness.agents_not_ready",
+                format!(
+                    "{} of {} agents did not become available",
+                    creds.len() - ready,
+                    creds.len()
+                ),
+            ));
+        }
+        Ok(Local {
+            ctx,
+            slice,
+            creds,
+            agent_tasks,
+            shutdown,
+            ready,
+            phase_start: Instant::now(),
+            phase_start_nanos: now_nanos(),
+            phase: Duration::ZERO,
+            keep_agents,
+        })
+    }
+
+    pub fn agents_ready(&self) -> bool {
+        self.ready == self.creds.len()
+    }
+
+    /// Runs every conversation of the slice; returns when all are done or the
+    /// deadline passed.
+    pub async fn load(&mut self) {
+        self.phase_start = Instant::now();
+        self.phase_start_nanos = now_nanos();
+        if self.agents_ready() {
+            let ctx = &self.ctx;
+            let s = &self.slice;
+            let mut set = JoinSet::new();
+            let channels = [
+                (Ch::Web, s.webchat.clone(), s.web_rate, s.web_concurrency),
+                (Ch::Sms, s.sms.clone(), s.sms_rate, s.sms_concurrency),
+            ];
+            for (ch, idxs, rate, concurrency) in channels {
+                if idxs.is_empty() {
+                    continue;
+                }
+                if s.open_loop() {
+                    let rate = rate.unwrap_or(1.0);
+                    set.spawn(open_loop(ctx.clone(), ch, idxs, rate, s.max_in_flight));
+                } else {
+                    let idxs = Arc::new(idxs);
+                    let next = Arc::new(AtomicUsize::new(0));
+                    for _ in 0..concurrency.max(1) {
+                        set.spawn(closed_worker(ctx.clone(), ch, idxs.clone(), next.clone()));
+                    }
+                }
+            }
+            while let Some(r) = set.join_next().await {
+                if let Err(e) = r {
+                    ctx.stats
+                        .error(&Failure::new("harness.task_panicked", e.to_string()));
+                }
+            }
+        }
+        self.phase = self.phase_start.elapsed();
+    }
+
+    /// Waits for the agents' last `complete`s (at most 10 s), takes them down,
+    /// deletes them, and returns the measurements.
+    pub async fn finish(self) -> Snapshot {
+        let ctx = self.ctx;
+        let c = &ctx.stats.c;
+        let drain_until = Instant::now() + ctx.step_timeout.min(Duration::from_secs(10));
+        while Counters::get(&c.open_tasks) > 0 && Instant::now() < drain_until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.shutdown.send(true);
+        let mut open_tasks = 0u64;
+        for t in self.agent_tasks {
+            match timeout(Duration::from_secs(10), t).await {
+                Ok(Ok(n)) => open_tasks += n as u64,
+                Ok(Err(e)) => ctx
+                    .stats
+                    .error(&Failure::new("harness.task_panicked", e.to_string())),
+                Err(_) => ctx.stats.error(&Failure::new(
+                    "harness.agent_stuck",
+                    "agent did not stop in 10s",
+                )),
+            }
+        }
+        let failed = if self.keep_agents {
+            0
+        } else {
+            agent::delete_agents(&ctx, &self.creds).await
+        };
+        if failed > 0 {
+            ctx.stats.error(&Failure::new(
+                "harness.cleanup",
+                format!("{failed} agents could not be deleted"),
+            ));
+        }
+        let mut snap = ctx
+            .stats
+            .snapshot(self.phase.as_secs_f64(), self.phase_start_nanos);
+        snap.extra
+            .insert("agents_created".into(), self.creds.len().into());
+        snap.extra
+            .insert("open_tasks_at_end".into(), open_tasks.into());
+        snap
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ch {
+    Web,
+    Sms,
+}
+
+/// One conversation, counted.
+/// `start`: open loop, the arrival time the first message is stamped with;
+/// closed loop (None), the customer sends as soon as it is connected.
+async fn one(ctx: Arc<Ctx>, ch: Ch, idx: usize, start: Option<u64>, paced: bool) {
+    let c = &ctx.stats.c;
+    Counters::inc(&c.conversations_started);
+    let _running = Gauge::up(&c.in_flight);
+    let result = match (ch, &ctx.sms) {
+        (Ch::Web, _) => customer::conversation(&ctx, idx, start, paced).await,
+        (Ch::Sms, Some(sms)) => sms::conversation(&ctx, sms, idx, start).await,
+        (Ch::Sms, None) => Err(Failure::new(
+            "harness.no_sink",
+            "SMS conversation without a provider sink in this process",
+        )),
+    };
+    match result {
+        Ok(Outcome::Completed) => c.conversation_completed(),
+        Ok(Outcome::Aborted) => Counters::inc(&c.aborted_at_deadline),
+        Err(f) => {
+            Counters::inc(&c.conversations_failed);
+            let who = match ch {
+                Ch::Web => "customer",
+                Ch::Sms => "sms customer",
+            };
+            ctx.stats
+                .error(&Failure::new(f.code, format!("{who} {idx}: {}", f.detail)));
+        }
+    }
+}
+
+/// Closed loop: one customer slot taking conversations from `idxs` one after
+/// another until none is left or the deadline passed. Only the slot's first
+/// socket waits for a `--ramp` slot.
+async fn closed_worker(ctx: Arc<Ctx>, ch: Ch, idxs: Arc<Vec<usize>>, next: Arc<AtomicUsize>) {
+    let mut first = true;
+    while Instant::now() < ctx.deadline {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(&idx) = idxs.get(i) else {
+            break;
+        };
+        one(ctx.clone(), ch, idx, None, first).await;
+        first = false;
+    }
+}
+
+/// Open loop: conversations arrive as a Poisson process at `rate` per second
+/// (seeded), whatever the broker does; each is stamped from its arrival time.
+/// An arrival finding `max_in_flight` conversations of its channel running is
+/// dropped and counted (as an error) rather than delayed.
+async fn open_loop(ctx: Arc<Ctx>, ch: Ch, idxs: Vec<usize>, rate: f64, max_in_flight: usize) {
+    let salt = match ch {
+        Ch::Web => 0x0A11_0000_0000_0001,
+        Ch::Sms => 0x0A11_0000_0000_0002,
+    };
+    let mut rng =
+        StdRng::seed_from_u64(ctx.seed ^ salt ^ idxs.first().copied().unwrap_or(0) as u64);
+    let deadline_nanos = now_nanos()
+        + ctx
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .as_nanos() as u64;
+    let mut t = now_nanos();
+    let mut set = JoinSet::new();
+    for idx in idxs {
+        let u: f64 = rng.random::<f64>();
+        let gap = -(1.0 - u).ln() / rate.max(1e-9);
+        t += (gap * 1e9) as u64;
+        if t >= deadline_nanos {
+            break;
+        }
+        tokio::time::sleep_until(instant_at(t)).await;
+        while set.try_join_next().is_some() {}
+        if set.len() >= max_in_flight {
+            Counters::inc(&ctx.stats.c.arrivals_dropped);
+            ctx.stats.error(&Failure::new(
+                "harness.arrival_dropped",
+                format!("conversation {idx}: {max_in_flight} conversations already running (--max-in-flight)"),
+            ));
+            continue;
+        }
+        set.spawn(one(ctx.clone(), ch, idx, Some(t), false));
+    }
+    while set.join_next().await.is_some() {}
+}
