@@ -762,6 +762,7 @@ impl Handler<SendHistory> for Conversation {
         let frame = frame(&serde_json::json!({
             "type": "history",
             "conversation_id": self.state.id,
+            "ended": self.state.ended(),
             "messages": self.state.messages,
         }));
         self.to_customer(CustomerEvent::History {

@@ -197,6 +197,30 @@ impl Handler<CreateSession> for WebchatChannel {
     }
 }
 
+/// `GET /v1/webchat/session`: the session behind a customer token.
+#[derive(Message)]
+#[rtype(result = "Option<serde_json::Value>")]
+pub struct GetSession {
+    pub session: Id,
+}
+
+impl Handler<GetSession> for WebchatChannel {
+    type Result = Option<serde_json::Value>;
+
+    fn handle(&mut self, msg: GetSession, _: &mut Context<Self>) -> Self::Result {
+        let s = self.sessions.get(&msg.session)?;
+        let open = s.open.as_ref().map(|(id, _)| id.clone());
+        let last = s.last.as_ref().map(|(id, _)| id.clone());
+        Some(serde_json::json!({
+            "session_id": msg.session,
+            "name": s.name,
+            "conversation_id": open.clone().or(last),
+            "open": open.is_some(),
+            "connected_sockets": s.sockets.len(),
+        }))
+    }
+}
+
 /// A customer socket connected.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -237,6 +261,7 @@ impl Handler<CustomerConnected> for WebchatChannel {
                 let empty = frame(&serde_json::json!({
                     "type": "history",
                     "conversation_id": null,
+                    "ended": false,
                     "messages": [],
                 }));
                 self.send_to(&msg.session, socket, empty);

@@ -73,6 +73,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/attachments", web::post().to(attachments::upload))
                 .route("/attachments/{id}", web::get().to(attachments::download))
                 .route("/webchat/sessions", web::post().to(webchat::create_session))
+                .route("/webchat/session", web::get().to(webchat::get_session))
                 .route("/webchat/ws", web::get().to(sockets::webchat))
                 .route("/supervisor/ws", web::get().to(sockets::supervisor))
                 .route(

@@ -4,9 +4,11 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use crate::channel::webchat::CreateSession;
+use actix_web::HttpRequest;
+
+use crate::channel::webchat::{CreateSession, GetSession};
 use crate::error::ApiError;
-use crate::http::State;
+use crate::http::{authenticate, Principal, State};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,6 +17,25 @@ pub struct NewSession {
     pub name: Option<String>,
     #[serde(default)]
     pub skills: Vec<String>,
+}
+
+/// `GET /v1/webchat/session` with the customer's token: is the session
+/// still known (a widget checks after a reconnect), and its current
+/// conversation.
+pub async fn get_session(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
+    let Principal::Customer(session) = authenticate(&req, &state)? else {
+        return Err(ApiError::Unauthorized(
+            "this endpoint takes a webchat session token".into(),
+        ));
+    };
+    state
+        .channels
+        .webchat
+        .send(GetSession { session })
+        .await
+        .map_err(ApiError::mailbox)?
+        .map(|v| HttpResponse::Ok().json(v))
+        .ok_or_else(|| ApiError::Unauthorized("unknown webchat session".into()))
 }
 
 pub async fn create_session(

@@ -86,7 +86,7 @@
       if (C.everOpen) setBanner('Connection lost. Reconnecting…');
       // Is the session still known to the broker? (It forgets on restart.)
       try {
-        await SB.api('GET', '/v1/attachments/session-check', C.saved.token);
+        await SB.api('GET', '/v1/webchat/session', C.saved.token);
       } catch (e) {
         if (e.status === 401) {
           C.socket.close();
@@ -141,7 +141,7 @@
       for (const m of msg.messages || []) upsertMessage(C.messages, m);
       for (const m of pending) upsertMessage(C.messages, m);
       const id = msg.conversation_id;
-      C.ended = !!id && C.saved.ended === id;
+      C.ended = !!id && (msg.ended === true || C.saved.ended === id);
       C.fresh = !!id && C.saved.cleared === id;
       render();
     },
