@@ -19,7 +19,9 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
 use crate::net::{self, Failure, Ws};
-use crate::report::{instant_at, now_nanos, stamp_of, tag_of, Counters, Gauge, Lat, Stats};
+use crate::report::{
+    instant_at, now_nanos, send_stamp, stamp_of, tag_of, Counters, Gauge, Lat, Stats,
+};
 use crate::run::{Ctx, Kind};
 
 /// How many agent-creation requests are in flight at once.
@@ -218,6 +220,9 @@ struct Conv {
 enum Later {
     Accept(String),
     Send(Value),
+    /// A reply: the command without its text, the text before the stamp, and
+    /// when it was meant to go.
+    Reply(Value, String, u64),
 }
 
 struct Agent {
@@ -320,6 +325,16 @@ impl Agent {
                 }));
             }
             Later::Send(cmd) => self.out.push(cmd),
+            Later::Reply(mut cmd, text, intended) => {
+                let stamp = send_stamp(intended);
+                cmd["text"] = json!(format!("{text} t={stamp}"));
+                if let Some(cmid) = cmd["client_msg_id"].as_str() {
+                    if let Some(t) = self.pending_status.get_mut(cmid) {
+                        *t = stamp;
+                    }
+                }
+                self.out.push(cmd);
+            }
         }
     }
 
@@ -653,14 +668,17 @@ impl Agent {
         }
         self.after(
             delay,
-            Later::Send(json!({
-                "type": "send",
-                "conversation_id": conv_id,
-                "text": format!("re: {seq} #{tag} t={intended}"),
-                "attachments": [],
-                "client_msg_id": client_msg_id,
-                "ref": client_msg_id,
-            })),
+            Later::Reply(
+                json!({
+                    "type": "send",
+                    "conversation_id": conv_id,
+                    "attachments": [],
+                    "client_msg_id": client_msg_id,
+                    "ref": client_msg_id,
+                }),
+                format!("re: {seq} #{tag}"),
+                intended,
+            ),
         );
     }
 }

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::net::{self, Failure, Ws};
 use crate::report::{
-    instant_at, now_nanos, replied_seq_of, stamp_of, tag_of, Counters, Gauge, Lat,
+    instant_at, now_nanos, replied_seq_of, send_stamp, stamp_of, tag_of, Counters, Gauge, Lat,
 };
 use crate::run::{Ctx, Kind, Outcome};
 
@@ -120,7 +120,7 @@ impl Session<'_> {
             }
             tokio::time::sleep_until(instant_at(intended)).await;
             let cmid = format!("c{idx}-{n}");
-            let text = format!("lt #{n} t={intended}");
+            let text = format!("lt #{n} t={}", send_stamp(intended));
             net::send_json(
                 ws,
                 &json!({"type": "message", "text": text, "attachments": [], "client_msg_id": cmid}),

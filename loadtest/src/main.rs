@@ -31,7 +31,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, Parser};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
@@ -262,6 +263,61 @@ impl Args {
         self.max_in_flight = n(self.max_in_flight);
         self.rate = self.rate.map(|r| r * f);
         self.sms_rate = self.sms_rate.map(|r| r * f);
+    }
+
+    /// Takes the scaled value of every count and rate the command line did
+    /// not give itself: `--scale` applies to the scenario and the defaults,
+    /// never to a flag typed on the command line.
+    fn scale_from(&mut self, scaled: &Args, given: impl Fn(&str) -> bool) {
+        macro_rules! take {
+            ($($f:ident),*) => {$(
+                if !given(stringify!($f)) {
+                    self.$f = scaled.$f.clone();
+                }
+            )*};
+        }
+        take!(
+            agents,
+            conversations,
+            sms_conversations,
+            concurrency,
+            sms_concurrency,
+            max_in_flight,
+            rate,
+            sms_rate
+        );
+    }
+
+    /// The resolved counts and rates as flags, for worker processes (which
+    /// then run with `--scale 1`).
+    fn resolved_flags(&self) -> Vec<String> {
+        let mut v = vec![
+            "--scale".to_string(),
+            "1".to_string(),
+            "--agents".to_string(),
+            self.agents.to_string(),
+            "--conversations".to_string(),
+            self.conversations.to_string(),
+            "--sms-conversations".to_string(),
+            self.sms_conversations.to_string(),
+            "--max-in-flight".to_string(),
+            self.max_in_flight.to_string(),
+        ];
+        for (flag, value) in [
+            ("--concurrency", self.concurrency.map(|c| c.to_string())),
+            (
+                "--sms-concurrency",
+                self.sms_concurrency.map(|c| c.to_string()),
+            ),
+            ("--rate", self.rate.map(|r| r.to_string())),
+            ("--sms-rate", self.sms_rate.map(|r| r.to_string())),
+        ] {
+            if let Some(value) = value {
+                v.push(flag.to_string());
+                v.push(value);
+            }
+        }
+        v
     }
 
     fn sms_capacity(&self) -> u32 {
@@ -640,6 +696,11 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
         }],
     };
     let multi = specs.len() > 1;
+    // What the command line itself gave (not the scenario, env or defaults).
+    let user = match Args::command().try_get_matches_from(&argv) {
+        Ok(m) => m,
+        Err(e) => e.exit(),
+    };
     let mut worst = 0u8;
     let mut all = Vec::new();
     for spec in specs {
@@ -654,7 +715,24 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        args.apply_scale();
+        if args.scale != 1.0 {
+            // The scenario and defaults alone, scaled.
+            let mut base = vec![argv[0].clone()];
+            base.extend(spec.args.iter().cloned());
+            base.extend(["--scale".to_string(), args.scale.to_string()]);
+            match Args::try_parse_from(&base) {
+                Ok(mut scaled) => {
+                    scaled.apply_scale();
+                    args.scale_from(&scaled, |id| {
+                        user.value_source(id) == Some(ValueSource::CommandLine)
+                    });
+                }
+                Err(e) => {
+                    eprintln!("loadtest: scenario run {}: {e}", spec.name);
+                    return ExitCode::from(2);
+                }
+            }
+        }
         if let Err(e) = args.validate() {
             eprintln!(
                 "loadtest: {}{e}",
@@ -1113,6 +1191,41 @@ mod tests {
             "40000",
         ]);
         assert_eq!(big.worker_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn scale_spares_flags_typed_on_the_command_line() {
+        let mut scaled = parse(&[
+            "--agents",
+            "1000",
+            "--conversations",
+            "5000",
+            "--rate",
+            "500",
+            "--scale",
+            "0.02",
+        ]);
+        scaled.apply_scale();
+        let mut args = parse(&[
+            "--agents",
+            "1000",
+            "--conversations",
+            "300",
+            "--rate",
+            "500",
+        ]);
+        args.scale_from(&scaled, |id| id == "conversations");
+        assert_eq!(
+            (args.agents, args.conversations, args.rate),
+            (20, 300, Some(10.0))
+        );
+        let flags = args.resolved_flags();
+        let again = parse(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            (again.agents, again.conversations, again.rate),
+            (20, 300, Some(10.0))
+        );
+        assert_eq!(again.scale, 1.0);
     }
 
     #[test]

@@ -28,6 +28,22 @@ pub fn now_nanos() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// How late a timer may wake (tokio's timers round up to whole milliseconds) before
+/// the lateness counts against the run.
+pub const TIMER_SLACK_NANOS: u64 = 2_500_000;
+
+/// The stamp for a message meant for `intended` and sent now: now, when the
+/// wake-up was within the timer's granularity; otherwise `intended`, so that a
+/// harness or machine that fell behind shows up as latency.
+pub fn send_stamp(intended: u64) -> u64 {
+    let now = now_nanos();
+    if now <= intended.saturating_add(TIMER_SLACK_NANOS) {
+        now
+    } else {
+        intended
+    }
+}
+
 /// A tokio instant for a [`now_nanos`] time (now, if it has passed).
 pub fn instant_at(nanos: u64) -> tokio::time::Instant {
     let now = now_nanos();
@@ -752,6 +768,18 @@ mod tests {
         assert_eq!(stamp_of("bye"), None);
         assert_eq!(tag_of("lt #x t=1"), None);
         assert_eq!(replied_seq_of("lt #1 t=5"), None);
+    }
+
+    #[test]
+    fn send_stamps_forgive_timer_granularity_only() {
+        let now = now_nanos();
+        let s = send_stamp(now - 500_000);
+        assert!(s >= now, "0.5 ms late: stamped when sent");
+        assert_eq!(
+            send_stamp(now - 50_000_000),
+            now - 50_000_000,
+            "50 ms late: counts"
+        );
     }
 
     #[test]

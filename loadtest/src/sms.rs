@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use tokio::time::{timeout_at, Instant};
 
 use crate::net::{self, Failure};
-use crate::report::{instant_at, now_nanos, stamp_of, tag_of, Counters, Lat};
+use crate::report::{instant_at, now_nanos, send_stamp, stamp_of, tag_of, Counters, Lat};
 use crate::run::{Ctx, Outcome};
 use crate::sink::Sink;
 use crate::twilio::{self, TwilioCfg};
@@ -52,7 +52,8 @@ pub async fn conversation(
                 intended = now_nanos() + plan.think.sample(&mut rng).as_nanos() as u64;
             }
             tokio::time::sleep_until(instant_at(intended)).await;
-            webhook(ctx, sms, idx, n, &number, &format!("lt #{n} t={intended}")).await?;
+            let text = format!("lt #{n} t={}", send_stamp(intended));
+            webhook(ctx, sms, idx, n, &number, &text).await?;
             let limit = Instant::now() + ctx.step_timeout;
             let msg = timeout_at(limit, rx.recv())
                 .await

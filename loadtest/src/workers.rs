@@ -82,6 +82,7 @@ pub async fn run_parent(
         let _ = std::fs::remove_file(&path);
         let mut cmd = Command::new(&exe);
         cmd.args(&argv[1..])
+            .args(args.resolved_flags())
             .args(["--worker", &format!("{i}/{n}")])
             .arg("--worker-report")
             .arg(&path)
