@@ -28,6 +28,9 @@ pub struct Config {
     pub wrapup_timeout: Duration,
     /// Disposition used when the wrap-up timeout completes a task.
     pub wrapup_disposition: String,
+    /// How long a finished conversation stays readable before it is dropped
+    /// from memory.
+    pub history_retention: Duration,
     /// Largest accepted upload, in bytes.
     pub max_upload: u64,
     /// Longest message text, in characters.
@@ -113,6 +116,7 @@ impl Default for Config {
             customer_grace: Duration::from_secs(60),
             wrapup_timeout: Duration::from_secs(600),
             wrapup_disposition: "no_response".into(),
+            history_retention: Duration::from_secs(3600),
             max_upload: 25 * 1024 * 1024,
             max_text: 4096,
             max_notes: 4000,
@@ -141,7 +145,7 @@ impl Default for Config {
             provider_timeout: Duration::from_secs(10),
             provider_retries: 5,
             provider_backoff: Duration::from_millis(500),
-            provider_in_flight: 16,
+            provider_in_flight: 64,
             provider_queue: 10_000,
             webhook_dedupe: 100_000,
             max_webhook_body: 1024 * 1024,
@@ -328,6 +332,10 @@ pub struct Args {
     /// Disposition used by the wrap-up timeout.
     #[arg(long, env = "SWITCHBOARD_WRAPUP_DISPOSITION")]
     pub wrapup_disposition: Option<String>,
+    /// How long a finished conversation stays readable, e.g. 1h.
+    #[arg(long, env = "SWITCHBOARD_HISTORY_RETENTION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub history_retention: Option<Duration>,
     /// Largest upload, e.g. 25MiB.
     #[arg(long, env = "SWITCHBOARD_MAX_UPLOAD", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
@@ -490,6 +498,7 @@ impl Args {
         }
         overlay!(self, cfg;
             bind, offer_timeout, disconnect_grace, customer_grace, wrapup_timeout, wrapup_disposition,
+            history_retention,
             max_upload, max_text, max_notes, socket_backlog, workers,
             heartbeat_interval, client_timeout, twilio_api_base, graph_api_base,
             messaging_window, provider_timeout, provider_retries, provider_backoff,

@@ -555,6 +555,20 @@ impl Conversation {
         self.broker.router.do_send(TaskClosed {
             task_id: self.state.task_id.clone(),
         });
+        self.schedule_eviction(ctx);
+    }
+
+    /// A finished conversation stays readable for the history retention, then
+    /// is forgotten: unregistered, its channel told, its actor stopped. This
+    /// is what keeps an in-memory broker's memory flat under churn.
+    fn schedule_eviction(&mut self, ctx: &mut Context<Self>) {
+        let retention = self.broker.config.history_retention;
+        ctx.run_later(retention, |act, ctx| {
+            act.broker.conversations.remove(&act.state.id);
+            act.broker.tasks.remove(&act.state.task_id);
+            act.to_customer(CustomerEvent::Forgotten);
+            ctx.stop();
+        });
     }
 }
 
@@ -707,6 +721,7 @@ impl Handler<CustomerLeft> for Conversation {
                 self.to_customer(CustomerEvent::Ended(
                     self.simple_frame("conversation.ended"),
                 ));
+                self.schedule_eviction(ctx);
             }
             TaskState::Assigned => self.end(None, ctx),
             _ => {

@@ -133,6 +133,11 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     // Chat frames are small: send them at once instead of waiting to
     // coalesce (Nagle + delayed ACK would add ~40 ms per frame).
     .tcp_nodelay(true)
+    // Bursts of new sockets (a shift starting, a load test ramping) queue in
+    // the kernel and wait instead of failing: a deep accept backlog and a
+    // generous time for slow handshakes under load.
+    .backlog(4096)
+    .client_request_timeout(std::time::Duration::from_secs(30))
     .shutdown_timeout(5)
     .bind(&config.bind)?;
     let addrs = server.addrs();

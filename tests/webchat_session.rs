@@ -28,7 +28,10 @@ async fn session_lookup_and_ended_history() {
     assert_eq!(history["ended"], false, "{history}");
     c.say("hello").await;
     let (offer, _) = a.take_offer().await;
-    let conv = offer["task"]["conversation_id"].as_str().expect("conv").to_owned();
+    let conv = offer["task"]["conversation_id"]
+        .as_str()
+        .expect("conv")
+        .to_owned();
     let r = h.get("/v1/webchat/session", Some(&s.token)).await;
     assert_eq!(r.body["conversation_id"], json!(conv));
     assert_eq!(r.body["open"], true);

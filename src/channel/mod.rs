@@ -61,6 +61,8 @@ pub enum CustomerEvent {
     /// A message that reached the conversation after it ended: the channel opens
     /// a new conversation with it, linked to this one.
     Reopen(Box<crate::conversation::CustomerMessage>),
+    /// The conversation is past its history retention and gone: forget it.
+    Forgotten,
 }
 
 /// A WhatsApp message template (needed to write first, outside the window).

@@ -764,6 +764,28 @@ impl Handler<ToCustomer> for ProviderChannel {
                     }
                 }
             }
+            CustomerEvent::Forgotten => {
+                if let Some(key) = self.by_conversation.remove(&msg.conversation_id) {
+                    let window = self.broker.config.messaging_window;
+                    let empty = self.threads.get_mut(&key).is_some_and(|t| {
+                        if t.last
+                            .as_ref()
+                            .is_some_and(|(id, _)| *id == msg.conversation_id)
+                        {
+                            t.last = None;
+                        }
+                        // Keep the window clock while it still matters.
+                        let window_over = t
+                            .last_inbound
+                            .and_then(|at| at.elapsed().ok())
+                            .is_none_or(|age| age > window);
+                        t.open.is_none() && t.last.is_none() && window_over
+                    });
+                    if empty {
+                        self.threads.remove(&key);
+                    }
+                }
+            }
             // No sockets: customer-side echoes, typing, joins and histories
             // have nowhere to go on a provider channel.
             _ => {}

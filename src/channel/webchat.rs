@@ -30,6 +30,7 @@ struct Socket {
 }
 
 struct Session {
+    token: String,
     /// Running while the customer has no socket and a conversation is open.
     away: Option<SpawnHandle>,
     name: String,
@@ -44,6 +45,7 @@ struct Session {
 pub enum WebchatEvent {
     SessionCreated {
         id: Id,
+        token: String,
         name: String,
         skills: Vec<String>,
     },
@@ -74,10 +76,16 @@ impl WebchatChannel {
     /// connections, not state to journal).
     fn apply(&mut self, event: WebchatEvent, addr: Option<Addr<Conversation>>) {
         match event {
-            WebchatEvent::SessionCreated { id, name, skills } => {
+            WebchatEvent::SessionCreated {
+                id,
+                token,
+                name,
+                skills,
+            } => {
                 self.sessions.insert(
                     id,
                     Session {
+                        token,
                         away: None,
                         name,
                         skills,
@@ -187,6 +195,7 @@ impl Handler<CreateSession> for WebchatChannel {
         self.apply(
             WebchatEvent::SessionCreated {
                 id: id.clone(),
+                token: token.clone(),
                 name: msg.name,
                 skills: msg.skills,
             },
@@ -451,6 +460,23 @@ impl Handler<ToCustomer> for WebchatChannel {
                     None,
                 );
                 self.broadcast(&session, frame);
+            }
+            CustomerEvent::Forgotten => {
+                let gone = self.sessions.get_mut(&session).is_some_and(|s| {
+                    if s.last
+                        .as_ref()
+                        .is_some_and(|(id, _)| *id == msg.conversation_id)
+                    {
+                        s.last = None;
+                    }
+                    s.open.is_none() && s.last.is_none() && s.sockets.is_empty()
+                });
+                if gone {
+                    // Nothing left to show: the session and its token go too.
+                    if let Some(s) = self.sessions.remove(&session) {
+                        self.broker.webchat_tokens.remove(&s.token);
+                    }
+                }
             }
             CustomerEvent::Reopen(message) => {
                 let open = self.sessions.get(&session).and_then(|s| s.open.clone());
