@@ -25,6 +25,7 @@
     typingUntil: 0,
     files: [],
     refs: new Map(),
+    outbox: [], // messages written while the socket was down, sent on (re)connect
     lastTypingSent: 0,
     panelOpen: !embed,
     unread: 0,
@@ -82,6 +83,9 @@
     if (status === 'open') {
       C.everOpen = true;
       setBanner(null);
+      for (const payload of C.outbox.splice(0)) {
+        if (!C.socket || !C.socket.send(payload)) C.outbox.push(payload);
+      }
     } else if (status === 'closed') {
       if (C.everOpen) setBanner('Connection lost. Reconnecting…');
       // Is the session still known to the broker? (It forgets on restart.)
@@ -326,13 +330,12 @@
     showComposerError(null);
     const clientMsgId = uid('c');
     const ref = uid('m');
-    const sent = C.socket && C.socket.send({
+    const payload = {
       type: 'message', text, attachments: attachments.map((a) => a.id), client_msg_id: clientMsgId, ref,
-    });
-    if (!sent) {
-      showComposerError('Not connected right now. Your message is still in the box; send it again in a moment.');
-      return;
-    }
+    };
+    // Not connected yet (or reconnecting): keep it and send it once the socket
+    // is open; it shows as "Sending…" meanwhile.
+    if (!(C.socket && C.socket.send(payload))) C.outbox.push(payload);
     C.refs.set(ref, { kind: 'message', clientMsgId, text: box.value });
     upsertMessage(C.messages, {
       pending: true, sentAt: Date.now(), client_msg_id: clientMsgId, from: 'customer', text, attachments,
