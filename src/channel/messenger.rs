@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 
 use crate::channel::provider::{
-    classify, InboundEvent, InboundMessage, MediaRef, MediaSource, Outgoing, SendError,
+    classify, media_family, InboundEvent, InboundMessage, MediaRef, MediaSource, Outgoing,
+    SendError,
 };
 use crate::channel::whatsapp::graph_reason;
 use crate::error::ApiError;
@@ -119,16 +120,7 @@ fn parse_message(m: &Value, sender: &str, recipient: &str) -> Result<InboundEven
 }
 
 fn attachment_kind(content_type: &str) -> &'static str {
-    let ct = content_type.to_ascii_lowercase();
-    if ct.starts_with("image/") {
-        "image"
-    } else if ct.starts_with("audio/") {
-        "audio"
-    } else if ct.starts_with("video/") {
-        "video"
-    } else {
-        "file"
-    }
+    media_family(content_type).unwrap_or("file")
 }
 
 pub struct MessengerApi {

@@ -88,6 +88,15 @@ pub struct OutgoingMedia {
     pub filename: String,
 }
 
+/// The family of a file for provider APIs that type attachments: `image`,
+/// `audio` or `video`; None for anything else (a document / file).
+pub fn media_family(content_type: &str) -> Option<&'static str> {
+    let ct = content_type.to_ascii_lowercase();
+    ["image", "audio", "video"]
+        .into_iter()
+        .find(|family| ct.starts_with(&format!("{family}/")))
+}
+
 /// Why a send did not go through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {

@@ -5,7 +5,8 @@
 use serde_json::{json, Value};
 
 use crate::channel::provider::{
-    classify, InboundEvent, InboundMessage, MediaRef, MediaSource, Outgoing, SendError,
+    classify, media_family, InboundEvent, InboundMessage, MediaRef, MediaSource, Outgoing,
+    SendError,
 };
 use crate::error::ApiError;
 use crate::protocol::DeliveryStatus;
@@ -148,16 +149,7 @@ pub fn graph_reason(body: &Value) -> Option<String> {
 }
 
 fn media_kind(content_type: &str) -> &'static str {
-    let ct = content_type.to_ascii_lowercase();
-    if ct.starts_with("image/") {
-        "image"
-    } else if ct.starts_with("audio/") {
-        "audio"
-    } else if ct.starts_with("video/") {
-        "video"
-    } else {
-        "document"
-    }
+    media_family(content_type).unwrap_or("document")
 }
 
 pub struct WhatsappApi {

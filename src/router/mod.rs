@@ -568,6 +568,16 @@ impl Router {
         }
     }
 
+    /// The task, if it is currently offered to `agent_id`; why not otherwise.
+    fn offered_to(&self, agent_id: &Id, task_id: &str) -> Result<Id, ApiError> {
+        match self.held.get(task_id) {
+            Some(h) if &h.agent == agent_id && matches!(h.hold, Hold::Reserved { .. }) => {
+                Ok(task_id.into())
+            }
+            _ => Err(self.offer_error(agent_id, task_id)),
+        }
+    }
+
     /// Classify why `agent_id` cannot act on `task_id`'s offer.
     fn offer_error(&self, agent_id: &Id, task_id: &str) -> ApiError {
         match self.held.get(task_id) {
@@ -768,14 +778,7 @@ impl Handler<Accept> for Router {
     type Result = Result<(), ApiError>;
 
     fn handle(&mut self, msg: Accept, ctx: &mut Context<Self>) -> Self::Result {
-        let ok = self
-            .held
-            .get(msg.task_id.as_str())
-            .is_some_and(|h| h.agent == msg.agent_id && matches!(h.hold, Hold::Reserved { .. }));
-        if !ok {
-            return Err(self.offer_error(&msg.agent_id, &msg.task_id));
-        }
-        let task_id: Id = msg.task_id.as_str().into();
+        let task_id = self.offered_to(&msg.agent_id, &msg.task_id)?;
         if let Some(timer) = self.timers.remove(&task_id) {
             ctx.cancel_future(timer);
         }
@@ -809,14 +812,7 @@ impl Handler<Reject> for Router {
     type Result = Result<(), ApiError>;
 
     fn handle(&mut self, msg: Reject, ctx: &mut Context<Self>) -> Self::Result {
-        let ok = self
-            .held
-            .get(msg.task_id.as_str())
-            .is_some_and(|h| h.agent == msg.agent_id && matches!(h.hold, Hold::Reserved { .. }));
-        if !ok {
-            return Err(self.offer_error(&msg.agent_id, &msg.task_id));
-        }
-        let task_id: Id = msg.task_id.as_str().into();
+        let task_id = self.offered_to(&msg.agent_id, &msg.task_id)?;
         let Some(channel) = self.held.get(&task_id).map(|h| h.task.channel) else {
             return Ok(());
         };
