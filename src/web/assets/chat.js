@@ -6,7 +6,7 @@
 
 (function () {
   const { h, $, icon, uid, upload, attachmentView, upsertMessage, Socket, wsUrl, store, enterToSend,
-    clock, sentence } = window.SB;
+    clock, sentence, renderFileChips } = window.SB;
 
   const KEY = 'switchboard.webchat';
   const TYPING_SHOWN_MS = 5000;
@@ -238,7 +238,7 @@
     else sub.textContent = 'We usually answer within a few minutes';
     renderMessages();
     renderTyping();
-    renderFiles();
+    renderFileChips(C);
   }
 
   function renderMessages() {
@@ -294,24 +294,6 @@
     }
   }
 
-  function renderFiles() {
-    $('#pending-files').replaceChildren(...C.files.map((f) => {
-      const chip = h('span', { class: 'chip' + (f.meta ? '' : ' uploading') },
-        icon('file'), h('span', { text: f.name + (f.meta ? '' : ' (uploading…)') }));
-      if (f.meta) {
-        chip.appendChild(h('button', {
-          type: 'button', class: 'icon-button', 'aria-label': 'Remove ' + f.name,
-          onclick: () => {
-            C.files = C.files.filter((x) => x !== f);
-            renderFiles();
-          },
-        }, icon('close')));
-      }
-      return chip;
-    }));
-    $('#send').disabled = C.files.some((f) => !f.meta);
-  }
-
   function showComposerError(text) {
     const box = $('#composer-error');
     box.hidden = !text;
@@ -354,14 +336,14 @@
     await Promise.all(files.map(async (file) => {
       const entry = { name: file.name, meta: null };
       C.files.push(entry);
-      renderFiles();
+      renderFileChips(C);
       try {
         entry.meta = await upload(file, C.saved.token);
       } catch (e) {
         C.files = C.files.filter((x) => x !== entry);
         showComposerError(file.name + ' cannot be sent. ' + sentence(e.message));
       }
-      renderFiles();
+      renderFileChips(C);
     }));
   }
 

@@ -446,8 +446,31 @@
     return grow;
   }
 
+  /**
+   * The composer's pending files: a chip per file, "uploading…" until its
+   * upload is done, then a remove button. `holder.files` is the list; Send is
+   * disabled while any upload runs.
+   */
+  function renderFileChips(holder) {
+    $('#pending-files').replaceChildren(...holder.files.map((f) => {
+      const chip = h('span', { class: 'chip' + (f.meta ? '' : ' uploading') },
+        icon('file'), h('span', { text: f.name + (f.meta ? '' : ' (uploading…)') }));
+      if (f.meta) {
+        chip.appendChild(h('button', {
+          type: 'button', class: 'icon-button', 'aria-label': 'Remove ' + f.name,
+          onclick: () => {
+            holder.files = holder.files.filter((x) => x !== f);
+            renderFileChips(holder);
+          },
+        }, icon('close')));
+      }
+      return chip;
+    }));
+    $('#send').disabled = holder.files.some((f) => !f.meta);
+  }
+
   window.SB = {
-    icon, channelIcon, channelName, h, $, duration, clock, bytes, uid, humanize,
+    renderFileChips, icon, channelIcon, channelName, h, $, duration, clock, bytes, uid, humanize,
     api, upload, attachmentUrl, attachmentView, isImage, upsertMessage, toast, sentence,
     Socket, wsUrl, store, session, enterToSend, ApiError, CHANNEL_NAMES,
   };

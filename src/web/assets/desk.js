@@ -5,7 +5,7 @@
 
 (function () {
   const { h, $, icon, channelIcon, channelName, duration, clock, uid, humanize, api, upload,
-    attachmentView, upsertMessage, toast, Socket, wsUrl, session, enterToSend, sentence } = window.SB;
+    attachmentView, upsertMessage, toast, Socket, wsUrl, session, enterToSend, sentence, renderFileChips } = window.SB;
 
   const TYPING_SHOWN_MS = 5000;
   const TYPING_SEND_EVERY_MS = 3000;
@@ -644,7 +644,7 @@
         growReply();
         hideComposerError();
       }
-      renderFiles(t);
+      renderFileChips(t);
     } else {
       const form = $('#wrapup');
       if (form.dataset.task !== t.id) {
@@ -719,25 +719,6 @@
 
   let growReply = () => {};
 
-  function renderFiles(t) {
-    const host = $('#pending-files');
-    host.replaceChildren(...t.files.map((f) => {
-      const chip = h('span', { class: 'chip' + (f.meta ? '' : ' uploading') },
-        icon('file'), h('span', { text: f.name + (f.meta ? '' : ' (uploading…)') }));
-      if (f.meta) {
-        chip.appendChild(h('button', {
-          type: 'button', class: 'icon-button', 'aria-label': 'Remove ' + f.name,
-          onclick: () => {
-            t.files = t.files.filter((x) => x !== f);
-            renderFiles(t);
-          },
-        }, icon('close')));
-      }
-      return chip;
-    }));
-    $('#send').disabled = t.files.some((f) => !f.meta);
-  }
-
   async function onFiles(ev) {
     const t = S.selected ? S.tasks.get(S.selected) : null;
     const files = Array.from(ev.target.files || []);
@@ -747,7 +728,7 @@
     await Promise.all(files.map(async (file) => {
       const entry = { name: file.name, meta: null };
       t.files.push(entry);
-      if (S.selected === t.id) renderFiles(t);
+      if (S.selected === t.id) renderFileChips(t);
       try {
         entry.meta = await upload(file, S.token);
       } catch (e) {
@@ -756,7 +737,7 @@
         if (S.selected === t.id) showComposerError(msg);
         else toast(msg, 'error');
       }
-      if (S.selected === t.id) renderFiles(t);
+      if (S.selected === t.id) renderFileChips(t);
     }));
   }
 
@@ -791,7 +772,7 @@
     t.draft = '';
     t.files = [];
     growReply();
-    renderFiles(t);
+    renderFileChips(t);
     renderMessages(true);
     $('#messages').scrollTop = $('#messages').scrollHeight;
   }
