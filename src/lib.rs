@@ -12,6 +12,7 @@ pub mod channel;
 pub mod codec;
 pub mod config;
 pub mod conversation;
+pub mod deadlines;
 pub mod error;
 pub mod http;
 pub mod ids;

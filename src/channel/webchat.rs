@@ -18,6 +18,7 @@ use crate::conversation::{
     validate_content, Conversation, CustomerAbandoned, CustomerLeft, CustomerMessage,
     CustomerTyping, OpenSpec, Opening, SendHistory,
 };
+use crate::deadlines::Deadlines;
 use crate::error::ApiError;
 use crate::protocol::{error_frame, frame, ChannelKind, Customer, CustomerCommand, Id};
 use crate::ws::SocketLink;
@@ -31,8 +32,6 @@ struct Socket {
 
 struct Session {
     token: String,
-    /// Running while the customer has no socket and a conversation is open.
-    away: Option<SpawnHandle>,
     name: String,
     skills: Vec<String>,
     open: Option<(Id, Addr<Conversation>)>,
@@ -62,6 +61,9 @@ pub enum WebchatEvent {
 pub struct WebchatChannel {
     broker: Arc<Broker>,
     sessions: HashMap<Id, Session>,
+    /// Sessions whose customer has no socket while a conversation is open:
+    /// when the grace period ends, the conversation hears the customer left.
+    away: Deadlines<Id, ()>,
 }
 
 impl WebchatChannel {
@@ -69,6 +71,7 @@ impl WebchatChannel {
         WebchatChannel {
             broker,
             sessions: HashMap::new(),
+            away: Deadlines::default(),
         }
     }
 
@@ -86,7 +89,6 @@ impl WebchatChannel {
                     id,
                     Session {
                         token,
-                        away: None,
                         name,
                         skills,
                         open: None,
@@ -241,7 +243,7 @@ pub struct CustomerConnected {
 impl Handler<CustomerConnected> for WebchatChannel {
     type Result = ();
 
-    fn handle(&mut self, msg: CustomerConnected, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: CustomerConnected, _: &mut Context<Self>) {
         let Some(s) = self.sessions.get_mut(&msg.session) else {
             msg.link.close(
                 actix_web_actors::ws::CloseCode::Policy,
@@ -250,9 +252,7 @@ impl Handler<CustomerConnected> for WebchatChannel {
             return;
         };
         let socket = msg.link.id;
-        if let Some(timer) = s.away.take() {
-            ctx.cancel_future(timer);
-        }
+        self.away.remove(&msg.session);
         let current = s.open.clone().or_else(|| s.last.clone());
         match current {
             Some((_, conv)) => {
@@ -293,18 +293,27 @@ impl Handler<CustomerDisconnected> for WebchatChannel {
         let grace = self.broker.config.customer_grace;
         if let Some(s) = self.sessions.get_mut(&msg.session) {
             s.sockets.retain(|sock| sock.link.id != msg.socket);
-            if s.sockets.is_empty() && s.open.is_some() && s.away.is_none() {
-                let session = msg.session.clone();
-                s.away = Some(ctx.run_later(grace, move |act, _| {
-                    if let Some(s) = act.sessions.get_mut(&session) {
-                        s.away = None;
-                        if let (true, Some((_, conv))) = (s.sockets.is_empty(), &s.open) {
-                            conv.do_send(CustomerAbandoned);
-                        }
-                    }
-                }));
+            if s.sockets.is_empty() && s.open.is_some() && !self.away.contains(&msg.session) {
+                self.away
+                    .insert(msg.session, std::time::Instant::now() + grace, ());
+                self.away.arm(ctx, WebchatChannel::grace_ended);
             }
         }
+    }
+}
+
+impl WebchatChannel {
+    /// The away timer fired: conversations whose customer did not come back
+    /// within the grace period hear that the customer left.
+    fn grace_ended(&mut self, ctx: &mut Context<Self>) {
+        for (session, ()) in self.away.take_expired() {
+            if let Some(s) = self.sessions.get(&session) {
+                if let (true, Some((_, conv))) = (s.sockets.is_empty(), &s.open) {
+                    conv.do_send(CustomerAbandoned);
+                }
+            }
+        }
+        self.away.arm(ctx, WebchatChannel::grace_ended);
     }
 }
 

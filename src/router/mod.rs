@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::{Agent, Rescind};
 use crate::broker::Broker;
 use crate::conversation::{Assign, Conversation, Requeued, Reserve};
+use crate::deadlines::Deadlines;
 use crate::error::ApiError;
 use crate::protocol::{Activity, AgentView, ChannelKind, Id, PerChannel};
 
@@ -177,10 +178,10 @@ pub struct Router {
     /// task id → (channel, order) while queued.
     queued: HashMap<Id, (ChannelKind, u64)>,
     held: HashMap<Id, HeldTask>,
-    /// Wiring, not state: each routed task's conversation, and running offer
-    /// timers.
+    /// Wiring, not state: each routed task's conversation, and the running
+    /// offers' timeouts (task → offer number).
     conversations: HashMap<Id, Addr<Conversation>>,
-    timers: HashMap<Id, SpawnHandle>,
+    timers: Deadlines<Id, u64>,
     next_order: u64,
     tick: u64,
     next_offer: u64,
@@ -199,7 +200,7 @@ impl Router {
             queued: HashMap::new(),
             held: HashMap::new(),
             conversations: HashMap::new(),
-            timers: HashMap::new(),
+            timers: Deadlines::default(),
             next_order: 0,
             tick: 0,
             next_offer: 0,
@@ -408,10 +409,8 @@ impl Router {
     }
 
     /// Stop routing a task: state first, then its wiring.
-    fn close(&mut self, task_id: Id, ctx: &mut Context<Self>) {
-        if let Some(timer) = self.timers.remove(&task_id) {
-            ctx.cancel_future(timer);
-        }
+    fn close(&mut self, task_id: Id) {
+        self.timers.remove(&task_id);
         self.conversations.remove(&task_id);
         self.apply(RouterEvent::Closed { task_id });
     }
@@ -479,11 +478,9 @@ impl Router {
             offer,
         });
         let timeout = self.broker.config.offer_timeout;
-        let timer = ctx.run_later(timeout, {
-            let task_id = task_id.clone();
-            move |act, ctx| act.offer_expired(task_id, offer, ctx)
-        });
-        self.timers.insert(task_id.clone(), timer);
+        self.timers
+            .insert(task_id.clone(), Instant::now() + timeout, offer);
+        self.timers.arm(ctx, Router::offers_expired);
         let Some(agent) = self.agents.get(&agent_id) else {
             return;
         };
@@ -494,6 +491,14 @@ impl Router {
                 expires_at: crate::protocol::now() + timeout,
             });
         }
+    }
+
+    /// The offer timer fired: withdraw every offer whose time is up.
+    fn offers_expired(&mut self, ctx: &mut Context<Self>) {
+        for (task_id, offer) in self.timers.take_expired() {
+            self.offer_expired(task_id, offer, ctx);
+        }
+        self.timers.arm(ctx, Router::offers_expired);
     }
 
     fn offer_expired(&mut self, task_id: Id, offer: u64, ctx: &mut Context<Self>) {
@@ -519,9 +524,7 @@ impl Router {
         };
         let agent_id = h.agent.clone();
         let channel = h.task.channel;
-        if let Some(timer) = self.timers.remove(task_id) {
-            ctx.cancel_future(timer);
-        }
+        self.timers.remove(task_id);
         let conversation = self.conversation_of(task_id);
         if let Some(agent) = self.agents.get(&agent_id) {
             agent.addr.do_send(Rescind {
@@ -661,7 +664,7 @@ impl Handler<RemoveAgent> for Router {
             .map(|a| a.held.clone())
             .unwrap_or_default();
         for task_id in rest {
-            self.close(task_id, ctx);
+            self.close(task_id);
         }
         self.apply(RouterEvent::AgentRemoved { id: msg.id.clone() });
         self.broker
@@ -777,11 +780,9 @@ pub struct Accept {
 impl Handler<Accept> for Router {
     type Result = Result<(), ApiError>;
 
-    fn handle(&mut self, msg: Accept, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Accept, _: &mut Context<Self>) -> Self::Result {
         let task_id = self.offered_to(&msg.agent_id, &msg.task_id)?;
-        if let Some(timer) = self.timers.remove(&task_id) {
-            ctx.cancel_future(timer);
-        }
+        self.timers.remove(&task_id);
         self.apply(RouterEvent::Accepted {
             task_id: task_id.clone(),
         });
@@ -816,9 +817,7 @@ impl Handler<Reject> for Router {
         let Some(channel) = self.held.get(&task_id).map(|h| h.task.channel) else {
             return Ok(());
         };
-        if let Some(timer) = self.timers.remove(&task_id) {
-            ctx.cancel_future(timer);
-        }
+        self.timers.remove(&task_id);
         let conversation = self.conversation_of(&task_id);
         self.apply(RouterEvent::Requeued {
             task_id,
@@ -876,7 +875,7 @@ impl Handler<TaskClosed> for Router {
                 }
             }
         }
-        self.close(msg.task_id, ctx);
+        self.close(msg.task_id);
         if let Some(ch) = channel {
             self.dispatch(ch, ctx);
         }
