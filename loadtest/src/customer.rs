@@ -70,9 +70,22 @@ pub async fn conversation(
 
 /// Opens a webchat session and its socket.
 async fn open(ctx: &Ctx, idx: usize, paced: bool) -> Result<Ws, Failure> {
+    // A customer's connection is its session and its socket: both are paced.
+    if paced {
+        ctx.pacer.wait().await;
+    }
+    let began = now_nanos();
+    let ws = open_unpaced(ctx, idx).await?;
+    ctx.stats.record_since(Lat::Connect, began);
+    ctx.stats.c.customer_socket_opened();
+    Ok(ws)
+}
+
+async fn open_unpaced(ctx: &Ctx, idx: usize) -> Result<Ws, Failure> {
     let token = if ctx.kind == Kind::Baseline {
         format!("baseline-c{idx}")
     } else {
+        let began = now_nanos();
         let (_, body) = net::http_json(
             ctx.http(idx),
             Method::POST,
@@ -81,6 +94,7 @@ async fn open(ctx: &Ctx, idx: usize, paced: bool) -> Result<Ws, Failure> {
             Some(&json!({ "name": format!("{}{idx}", name_prefix(&ctx.run_id)) })),
         )
         .await?;
+        ctx.stats.record_since(Lat::Session, began);
         body["token"]
             .as_str()
             .ok_or_else(|| {
@@ -91,9 +105,6 @@ async fn open(ctx: &Ctx, idx: usize, paced: bool) -> Result<Ws, Failure> {
             })?
             .to_string()
     };
-    if paced {
-        ctx.pacer.wait().await;
-    }
     let url = ctx.target.ws("/v1/webchat/ws", &token);
     net::connect_ws(&ctx.target, ctx.sources.pick(), &url).await
 }
@@ -233,9 +244,12 @@ impl Session<'_> {
                 let (Some(n), Some(seq), Some(sent)) =
                     (tag_of(text), replied_seq_of(text), stamp_of(text))
                 else {
+                    // Not one of this run's agents (e.g. the broker's own
+                    // --sim-agents took the conversation): the harness cannot
+                    // time or match the reply, so the run cannot count it.
                     return Err(Failure::new(
-                        "harness.bad_text",
-                        format!("agent text {text:?}"),
+                        "harness.foreign_reply",
+                        format!("a reply not from this run's agents: {text:?}"),
                     ));
                 };
                 self.ctx.stats.record_since(Lat::AgentToCustomer, sent);

@@ -151,8 +151,8 @@ pub struct Args {
     /// Longest wait for any single expected event (reply, end, readiness).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     step_timeout: Duration,
-    /// Loopback source addresses to spread client sockets over (127.0.0.1, .2, ...)
-    /// [default: one per 10,000 sockets].
+    /// Loopback source addresses to spread client sockets over (127.0.0.1, .2, ...;
+    /// worker process w uses 127.0.w.1, ...) [default: one per 2,000 sockets].
     #[arg(long)]
     source_addrs: Option<usize>,
     /// Tag for agent ids and customer names [default: from the clock and pid].
@@ -318,6 +318,13 @@ impl Args {
             }
         }
         v
+    }
+
+    /// This worker process's part `(index, of)` from `--worker i/n`, if valid.
+    pub fn worker_part(&self) -> Option<(usize, usize)> {
+        let (i, n) = self.worker.as_deref()?.split_once('/')?;
+        let (i, n) = (i.parse().ok()?, n.parse().ok()?);
+        (i < n).then_some((i, n))
     }
 
     fn sms_capacity(&self) -> u32 {
@@ -604,8 +611,10 @@ impl Args {
             plan: self.plan(),
             step_timeout: self.step_timeout,
             duration: self.duration,
-            ramp: self.ramp,
+            // --ramp is the whole harness's rate: each worker paces its share.
+            ramp: self.ramp / self.worker_part().map_or(1, |(_, n)| n) as f64,
             source_addrs: self.source_addrs,
+            worker_index: self.worker_part().map_or(0, |(i, _)| i),
             keep_agents: self.keep_agents,
             sms,
         })

@@ -108,12 +108,15 @@ pub struct SourcePool {
 }
 
 impl SourcePool {
-    /// `count` addresses 127.0.0.1, 127.0.0.2, ... when the target is IPv4
-    /// loopback; none (the kernel picks) otherwise or when `count` is 0.
-    pub fn new(target: &Target, count: usize) -> SourcePool {
+    /// `count` addresses 127.0.`w`.1, 127.0.`w`.2, ... (`w`: this worker
+    /// process's index, so that workers never share a source address) when the
+    /// target is IPv4 loopback; none (the kernel picks) otherwise or when
+    /// `count` is 0.
+    pub fn new(target: &Target, count: usize, worker: usize) -> SourcePool {
+        let w = worker.min(255) as u8;
         let addrs = match target.addr.ip() {
             IpAddr::V4(_) if count > 0 => (0..count.min(250))
-                .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8)))
+                .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, w, 1 + i as u8)))
                 .collect(),
             _ => Vec::new(),
         };
@@ -174,6 +177,15 @@ impl Pacer {
     }
 }
 
+/// The WebSocket settings of every socket the harness opens or (as the baseline
+/// relay) accepts. tungstenite allocates and zeroes its read buffer up front,
+/// 128 KiB by default: at thousands of sockets a second that page-faulting was a
+/// large share of the harness's CPU during a ramp. Chat frames are small; the
+/// buffer still grows for a large one.
+pub fn ws_config() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
+
 /// Opens a TCP connection to the target from `source` (if given) and performs the
 /// WebSocket handshake for `url`.
 pub async fn connect_ws(target: &Target, source: Option<IpAddr>, url: &Url) -> Result<Ws, Failure> {
@@ -183,6 +195,7 @@ pub async fn connect_ws(target: &Target, source: Option<IpAddr>, url: &Url) -> R
     }
     .map_err(|e| Failure::new("io.socket", e.to_string()))?;
     if let Some(ip) = source {
+        defer_port_choice(&socket);
         socket
             .bind(SocketAddr::new(ip, 0))
             .map_err(|e| Failure::new("io.bind", format!("bind {ip}: {e}")))?;
@@ -194,7 +207,8 @@ pub async fn connect_ws(target: &Target, source: Option<IpAddr>, url: &Url) -> R
     stream
         .set_nodelay(true)
         .map_err(|e| Failure::new("io.socket", e.to_string()))?;
-    match tokio_tungstenite::client_async(url.as_str(), stream).await {
+    match tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config())).await
+    {
         Ok((ws, _response)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => {
             let status = resp.status().as_u16();
@@ -204,6 +218,32 @@ pub async fn connect_ws(target: &Target, source: Option<IpAddr>, url: &Url) -> R
         Err(e) => Err(Failure::new("io.handshake", format!("{}: {e}", url.path()))),
     }
 }
+
+/// Asks the kernel to choose the source port at `connect` rather than at `bind`
+/// (`IP_BIND_ADDRESS_NO_PORT`). A `bind` to port 0 must find a port that no
+/// other socket on that address uses, whatever its peer; with thousands of
+/// sockets that search runs in the kernel under a lock and was the harness's
+/// connection-ramp stall (the profile showed `inet_csk_get_port` on both
+/// cores). At `connect` the port only has to make the 4-tuple unique, which is
+/// cheap. Best effort: without it the bind still works, only slower.
+#[cfg(target_os = "linux")]
+fn defer_port_choice(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn defer_port_choice(_socket: &TcpSocket) {}
 
 /// How many more frames `--trace-frames` prints.
 static TRACE_BUDGET: AtomicUsize = AtomicUsize::new(0);

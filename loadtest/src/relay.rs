@@ -12,10 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::net;
 
 type Tx = mpsc::UnboundedSender<Message>;
 
@@ -113,18 +115,31 @@ impl Drop for Relay {
 /// Starts the relay on a loopback port (`port` 0: any free one). `capacity` is
 /// each agent's number of simultaneous conversations.
 pub async fn start(port: u16, capacity: u32) -> Result<Relay, String> {
-    let listener = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("baseline relay: cannot listen on 127.0.0.1:{port}: {e}"))?;
+    // The same listen backlog as the broker's (tokio's bind would give 1,024).
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+        socket.listen(4096)
+    };
+    let listener =
+        listen().map_err(|e| format!("baseline relay: cannot listen on 127.0.0.1:{port}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = Arc::new(Mutex::new(State {
         capacity,
         ..State::default()
     }));
     let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(serve(stream, state.clone()));
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(serve(stream, state.clone()));
+                }
+                // Out of file descriptors and the like: pause, then go on
+                // accepting (the broker's accept loop does the same).
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
         }
     });
     Ok(Relay { addr, task })
@@ -139,10 +154,14 @@ enum Who {
 #[allow(clippy::result_large_err)]
 async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
     let mut path = String::new();
-    let ws = tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp: Response| {
-        path = req.uri().path().to_string();
-        Ok(resp)
-    })
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        |req: &Request, resp: Response| {
+            path = req.uri().path().to_string();
+            Ok(resp)
+        },
+        Some(net::ws_config()),
+    )
     .await;
     let Ok(ws) = ws else {
         return;

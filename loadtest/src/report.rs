@@ -91,16 +91,23 @@ pub enum Lat {
     /// SMS: agent `send` → `message.status` `delivered` at the agent (through the
     /// sink and its signed status callback).
     SendToDelivered,
+    /// Webchat: `POST /v1/webchat/sessions` → its answer.
+    Session,
+    /// Webchat: the connection's start (its `--ramp` slot, if paced) → session
+    /// created and socket open.
+    Connect,
 }
 
 impl Lat {
-    pub const ALL: [Lat; 6] = [
+    pub const ALL: [Lat; 8] = [
         Lat::CustomerToAgent,
         Lat::AgentToCustomer,
         Lat::FirstToOffered,
         Lat::AcceptToAssigned,
         Lat::FirstToAssigned,
         Lat::SendToDelivered,
+        Lat::Session,
+        Lat::Connect,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +118,8 @@ impl Lat {
             Lat::AcceptToAssigned => "accept_to_assigned",
             Lat::FirstToAssigned => "first_message_to_assigned",
             Lat::SendToDelivered => "sms_send_to_delivered",
+            Lat::Session => "webchat_session",
+            Lat::Connect => "webchat_connect",
         }
     }
 
@@ -203,6 +212,9 @@ counters!(
     in_flight,
     // WebSocket connections open now (gauge).
     connections,
+    // Webchat customer sockets opened, and now_nanos() of the latest.
+    customer_sockets_opened,
+    last_socket_open_nanos,
     webhooks_sent,
     // now_nanos() when the latest conversation completed.
     last_completion_nanos,
@@ -217,6 +229,12 @@ impl Counters {
     }
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+    /// Counts an opened customer socket and notes when.
+    pub fn customer_socket_opened(&self) {
+        Counters::inc(&self.customer_sockets_opened);
+        self.last_socket_open_nanos
+            .fetch_max(now_nanos(), Ordering::Relaxed);
     }
     /// Counts a completed conversation and notes when.
     pub fn conversation_completed(&self) {
@@ -332,6 +350,7 @@ impl Stats {
         let counters = self.c.to_map();
         let inner = self.lock();
         let last = counters["last_completion_nanos"];
+        let last_open = counters["last_socket_open_nanos"];
         Snapshot {
             counters,
             errors: inner.errors.clone(),
@@ -345,6 +364,11 @@ impl Stats {
             phase_seconds,
             active_seconds: if last > phase_start_nanos {
                 (last - phase_start_nanos) as f64 / 1e9
+            } else {
+                0.0
+            },
+            connect_seconds: if last_open > phase_start_nanos {
+                (last_open - phase_start_nanos) as f64 / 1e9
             } else {
                 0.0
             },
@@ -368,6 +392,8 @@ pub struct Snapshot {
     pub phase_seconds: f64,
     /// Phase start → the latest conversation completion.
     pub active_seconds: f64,
+    /// Phase start → the latest customer socket opened.
+    pub connect_seconds: f64,
     /// Numbers added by the process outside the counters (agents created,
     /// open tasks at the end, sink figures): summed on merge.
     pub extra: Map<String, Value>,
@@ -417,6 +443,7 @@ impl Snapshot {
             "hists": self.hists.iter().map(|(k, h)| (k.clone(), hist_to_raw(h))).collect::<Map<_, _>>(),
             "phase_seconds": self.phase_seconds,
             "active_seconds": self.active_seconds,
+            "connect_seconds": self.connect_seconds,
             "extra": self.extra,
         })
     }
@@ -442,6 +469,7 @@ impl Snapshot {
             hists,
             phase_seconds: v["phase_seconds"].as_f64().unwrap_or(0.0),
             active_seconds: v["active_seconds"].as_f64().unwrap_or(0.0),
+            connect_seconds: v["connect_seconds"].as_f64().unwrap_or(0.0),
             extra: v["extra"].as_object().cloned().unwrap_or_default(),
         }
     }
@@ -455,11 +483,12 @@ impl Snapshot {
             }
         };
         // A time, not a count: the latest wins.
-        let last = self
-            .counter("last_completion_nanos")
-            .max(other.counter("last_completion_nanos"));
+        let times = ["last_completion_nanos", "last_socket_open_nanos"]
+            .map(|k| (k, self.counter(k).max(other.counter(k))));
         add(&mut self.counters, &other.counters);
-        self.counters.insert("last_completion_nanos".into(), last);
+        for (k, t) in times {
+            self.counters.insert(k.into(), t);
+        }
         add(&mut self.errors, &other.errors);
         add(&mut self.rescinded, &other.rescinded);
         add(&mut self.statuses, &other.statuses);
@@ -480,6 +509,7 @@ impl Snapshot {
         }
         self.phase_seconds = self.phase_seconds.max(other.phase_seconds);
         self.active_seconds = self.active_seconds.max(other.active_seconds);
+        self.connect_seconds = self.connect_seconds.max(other.connect_seconds);
         for (k, v) in &other.extra {
             let sum = match (self.extra.get(k).and_then(Value::as_u64), v.as_u64()) {
                 (Some(a), Some(b)) => json!(a + b),
@@ -566,6 +596,17 @@ pub fn measurements_json(s: &Snapshot, requested: u64) -> Value {
             "per_second": rate(c2a + a2c),
             "per_second_whole_phase": (c2a + a2c) as f64 / secs,
             "webhooks_sent": g("webhooks_sent"),
+        },
+        "connections": {
+            "customer_sockets_opened": g("customer_sockets_opened"),
+            "seconds_to_last_open": s.connect_seconds,
+            // The ramp: meaningful when every customer connects at the start
+            // (closed loop, or a --hold longer than the ramp).
+            "per_second": if s.connect_seconds > 0.0 {
+                g("customer_sockets_opened") as f64 / s.connect_seconds
+            } else {
+                0.0
+            },
         },
         "latency_ms": latency,
         "errors": s.errors,
@@ -657,6 +698,16 @@ pub fn human(r: &Value) -> String {
             String::new()
         },
     );
+    let conns = &r["connections"];
+    if n(&conns["customer_sockets_opened"]) > 0 {
+        let _ = writeln!(
+            s,
+            "customer sockets: {} opened, the last {:.2}s into the load phase ({:.0}/s)",
+            n(&conns["customer_sockets_opened"]),
+            f(&conns["seconds_to_last_open"]),
+            f(&conns["per_second"]),
+        );
+    }
     if let Some(sink) = r["sms"]["sink"].as_object() {
         let parts: Vec<String> = sink.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(s, "provider sink: {}", parts.join(", "));
@@ -672,7 +723,10 @@ pub fn human(r: &Value) -> String {
             continue;
         }
         if n(&h["count"]) == 0 {
-            if name != Lat::SendToDelivered.name() {
+            if !matches!(
+                name,
+                "sms_send_to_delivered" | "webchat_session" | "webchat_connect"
+            ) {
                 let _ = writeln!(s, "  {name:<27} {:>6}        -", 0);
             }
             continue;

@@ -271,14 +271,9 @@ fn say(line: &str) {
 /// A worker process: its slice of one target's load, driven by the parent.
 pub async fn child_main(mut args: Args) -> ExitCode {
     args.apply_scale();
-    let (i, n) = match args
-        .worker
-        .as_deref()
-        .and_then(|w| w.split_once('/'))
-        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
-    {
-        Some((i, n)) if i < n => (i, n),
-        _ => {
+    let (i, n) = match args.worker_part() {
+        Some(part) => part,
+        None => {
             say("LT ERR bad --worker");
             return ExitCode::from(2);
         }
