@@ -381,22 +381,40 @@ impl Args {
             .collect()
     }
 
+    /// WebSocket client sockets the whole run holds at most.
+    fn sockets(&self) -> usize {
+        self.agents
+            + if self.open_loop() {
+                self.conversations.min(self.max_in_flight)
+            } else {
+                self.concurrency()
+            }
+    }
+
     /// Worker processes for this run.
     fn worker_count(&self) -> Result<usize, String> {
         if self.workers == "auto" {
-            let sockets = self.agents
-                + if self.open_loop() {
-                    self.conversations.min(self.max_in_flight)
-                } else {
-                    self.concurrency()
-                };
-            return Ok(sockets.div_ceil(SOCKETS_PER_PROCESS).max(1));
+            let sockets = self.sockets();
+            let n = sockets.div_ceil(SOCKETS_PER_PROCESS).max(1);
+            // The baseline relay runs in this process and holds the other end
+            // of every client socket: alone, this process would need both.
+            let relay_too = self.baseline_relay && 2 * sockets > SOCKETS_PER_PROCESS;
+            return Ok(if relay_too { n.max(2) } else { n });
         }
-        self.workers
+        let n = self
+            .workers
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=64).contains(n))
-            .ok_or_else(|| format!("--workers {:?}: use auto or 1..=64", self.workers))
+            .ok_or_else(|| format!("--workers {:?}: use auto or 1..=64", self.workers))?;
+        if n == 1 && self.baseline_relay && 2 * self.sockets() > SOCKETS_PER_PROCESS {
+            return Err(format!(
+                "--baseline-relay with --workers 1: this process would hold both ends of \
+                 {} sockets, past its open-file limit; use --workers 2 or more (or auto)",
+                self.sockets()
+            ));
+        }
+        Ok(n)
     }
 
     /// Keeps every count and time bounded.
@@ -1200,6 +1218,28 @@ mod tests {
             "40000",
         ]);
         assert_eq!(big.worker_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn baseline_relay_keeps_its_sockets_out_of_the_clients_process() {
+        let sockets = [
+            "--agents",
+            "1000",
+            "--capacity",
+            "15",
+            "--conversations",
+            "15000",
+        ];
+        assert_eq!(parse(&sockets).worker_count().unwrap(), 1);
+        let mut with_relay = sockets.to_vec();
+        with_relay.push("--baseline-relay");
+        assert_eq!(parse(&with_relay).worker_count().unwrap(), 2);
+        with_relay.extend(["--workers", "1"]);
+        let err = parse(&with_relay).worker_count().unwrap_err();
+        assert!(err.contains("--workers 2"), "{err}");
+        // Small runs fit in one process with their relay.
+        let small = parse(&["--conversations", "2000", "--baseline-relay"]);
+        assert_eq!(small.worker_count().unwrap(), 1);
     }
 
     #[test]
