@@ -24,6 +24,9 @@ pub struct Config {
     /// How long a webchat customer with no socket left may stay away before
     /// a conversation still waiting for an agent is canceled.
     pub customer_grace: Duration,
+    /// How long a webchat session with no socket and nothing to show (no open
+    /// or retained conversation) is kept before it and its token are forgotten.
+    pub webchat_session_idle: Duration,
     /// How long a task may stay in wrap-up before it is completed automatically.
     pub wrapup_timeout: Duration,
     /// Disposition used when the wrap-up timeout completes a task.
@@ -114,6 +117,7 @@ impl Default for Config {
             offer_timeout: Duration::from_secs(30),
             disconnect_grace: Duration::from_secs(60),
             customer_grace: Duration::from_secs(60),
+            webchat_session_idle: Duration::from_secs(30 * 60),
             wrapup_timeout: Duration::from_secs(600),
             wrapup_disposition: "no_response".into(),
             history_retention: Duration::from_secs(3600),
@@ -325,6 +329,10 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_CUSTOMER_GRACE", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub customer_grace: Option<Duration>,
+    /// Unused webchat session (no socket, no conversation) forgotten after, e.g. 30m.
+    #[arg(long, env = "SWITCHBOARD_WEBCHAT_SESSION_IDLE", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub webchat_session_idle: Option<Duration>,
     /// Wrap-up timeout, e.g. 10m.
     #[arg(long, env = "SWITCHBOARD_WRAPUP_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
@@ -497,7 +505,8 @@ impl Args {
             cfg.sms_from = v;
         }
         overlay!(self, cfg;
-            bind, offer_timeout, disconnect_grace, customer_grace, wrapup_timeout, wrapup_disposition,
+            bind, offer_timeout, disconnect_grace, customer_grace, webchat_session_idle,
+            wrapup_timeout, wrapup_disposition,
             history_retention,
             max_upload, max_text, max_notes, socket_backlog, workers,
             heartbeat_interval, client_timeout, twilio_api_base, graph_api_base,

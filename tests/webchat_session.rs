@@ -45,3 +45,59 @@ async fn session_lookup_and_ended_history() {
     assert_eq!(r.body["open"], false);
     assert_eq!(r.body["conversation_id"], json!(conv));
 }
+
+/// GETs the session behind `token` until it answers `status`, for at most 5 s.
+async fn wait_session_status(h: &Harness, token: &str, status: u16) -> Resp {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = h.get("/v1/webchat/session", Some(token)).await;
+        if r.status == status || tokio::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_sessions_are_forgotten_after_the_idle_time() {
+    let idle = std::time::Duration::from_millis(300);
+    let mut cfg = test_config();
+    cfg.webchat_session_idle = idle;
+    let h = start_with(cfg);
+
+    // Never connected: forgotten, and its token no longer opens a socket.
+    let unused = h.create_session("Una", None).await;
+    // Connected: kept while the socket is open, forgotten once it closes.
+    let connected = h.create_session("Cole", None).await;
+    let (socket, _) = h.connect_customer(&connected).await;
+    // Wrote in: the conversation keeps the session after the socket closes.
+    let (talked, talked_ws, _) = h.customer_with_message("Tali", "hello").await;
+    drop(talked_ws);
+
+    let r = wait_session_status(&h, &unused.token, 401).await;
+    assert_eq!(r.status, 401, "unused session still known: {}", r.text);
+    assert_eq!(
+        try_connect(&h.customer_ws_url(&unused)).await.err(),
+        Some(401),
+        "a forgotten token must not open a socket"
+    );
+
+    tokio::time::sleep(idle * 3).await;
+    let r = h.get("/v1/webchat/session", Some(&connected.token)).await;
+    assert_eq!(r.status, 200, "connected session forgotten: {}", r.text);
+    let r = h.get("/v1/webchat/session", Some(&talked.token)).await;
+    assert_eq!(
+        r.status, 200,
+        "session with a conversation forgotten: {}",
+        r.text
+    );
+    assert_eq!(r.body["open"], true, "{}", r.text);
+
+    drop(socket);
+    let r = wait_session_status(&h, &connected.token, 401).await;
+    assert_eq!(
+        r.status, 401,
+        "closed, unused session still known: {}",
+        r.text
+    );
+}

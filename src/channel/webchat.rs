@@ -56,6 +56,15 @@ pub enum WebchatEvent {
         session: Id,
         conversation: Id,
     },
+    /// The conversation left memory (history retention): nothing to show.
+    ConversationForgotten {
+        session: Id,
+        conversation: Id,
+    },
+    /// The session and its token are gone.
+    SessionForgotten {
+        session: Id,
+    },
 }
 
 pub struct WebchatChannel {
@@ -64,6 +73,9 @@ pub struct WebchatChannel {
     /// Sessions whose customer has no socket while a conversation is open:
     /// when the grace period ends, the conversation hears the customer left.
     away: Deadlines<Id, ()>,
+    /// Sessions with no socket and nothing to show: forgotten when their time
+    /// (`webchat_session_idle`) is up, unless they were used again.
+    idle: Deadlines<Id, ()>,
 }
 
 impl WebchatChannel {
@@ -72,6 +84,7 @@ impl WebchatChannel {
             broker,
             sessions: HashMap::new(),
             away: Deadlines::default(),
+            idle: Deadlines::default(),
         }
     }
 
@@ -116,7 +129,48 @@ impl WebchatChannel {
                     }
                 }
             }
+            WebchatEvent::ConversationForgotten {
+                session,
+                conversation,
+            } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    if s.last.as_ref().is_some_and(|(id, _)| *id == conversation) {
+                        s.last = None;
+                    }
+                }
+            }
+            WebchatEvent::SessionForgotten { session } => {
+                if let Some(s) = self.sessions.remove(&session) {
+                    self.broker.webchat_tokens.remove(&s.token);
+                }
+            }
         }
+    }
+
+    /// True when the session has no socket and nothing to show.
+    fn is_idle(&self, session: &Id) -> bool {
+        self.sessions
+            .get(session)
+            .is_some_and(|s| s.sockets.is_empty() && s.open.is_none() && s.last.is_none())
+    }
+
+    /// Starts the idle clock of a session that has just become idle.
+    fn watch_idle(&mut self, session: &Id, ctx: &mut Context<Self>) {
+        if self.is_idle(session) {
+            let at = std::time::Instant::now() + self.broker.config.webchat_session_idle;
+            self.idle.insert(session.clone(), at, ());
+            self.idle.arm(ctx, WebchatChannel::idle_expired);
+        }
+    }
+
+    /// The idle timer fired: sessions still unused are forgotten.
+    fn idle_expired(&mut self, ctx: &mut Context<Self>) {
+        for (session, ()) in self.idle.take_expired() {
+            if self.is_idle(&session) {
+                self.apply(WebchatEvent::SessionForgotten { session }, None);
+            }
+        }
+        self.idle.arm(ctx, WebchatChannel::idle_expired);
     }
 
     fn open_conversation(
@@ -191,7 +245,7 @@ pub struct CreateSession {
 impl Handler<CreateSession> for WebchatChannel {
     type Result = MessageResult<CreateSession>;
 
-    fn handle(&mut self, msg: CreateSession, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: CreateSession, ctx: &mut Context<Self>) -> Self::Result {
         let id = self.broker.ids.webchat_session();
         let token = crate::ids::token();
         self.apply(
@@ -204,6 +258,7 @@ impl Handler<CreateSession> for WebchatChannel {
             None,
         );
         self.broker.webchat_tokens.insert(token.clone(), id.clone());
+        self.watch_idle(&id, ctx);
         MessageResult((id, token))
     }
 }
@@ -244,6 +299,7 @@ impl Handler<CustomerConnected> for WebchatChannel {
     type Result = ();
 
     fn handle(&mut self, msg: CustomerConnected, _: &mut Context<Self>) {
+        self.idle.remove(&msg.session);
         let Some(s) = self.sessions.get_mut(&msg.session) else {
             msg.link.close(
                 actix_web_actors::ws::CloseCode::Policy,
@@ -295,10 +351,11 @@ impl Handler<CustomerDisconnected> for WebchatChannel {
             s.sockets.retain(|sock| sock.link.id != msg.socket);
             if s.sockets.is_empty() && s.open.is_some() && !self.away.contains(&msg.session) {
                 self.away
-                    .insert(msg.session, std::time::Instant::now() + grace, ());
+                    .insert(msg.session.clone(), std::time::Instant::now() + grace, ());
                 self.away.arm(ctx, WebchatChannel::grace_ended);
             }
         }
+        self.watch_idle(&msg.session, ctx);
     }
 }
 
@@ -471,20 +528,16 @@ impl Handler<ToCustomer> for WebchatChannel {
                 self.broadcast(&session, frame);
             }
             CustomerEvent::Forgotten => {
-                let gone = self.sessions.get_mut(&session).is_some_and(|s| {
-                    if s.last
-                        .as_ref()
-                        .is_some_and(|(id, _)| *id == msg.conversation_id)
-                    {
-                        s.last = None;
-                    }
-                    s.open.is_none() && s.last.is_none() && s.sockets.is_empty()
-                });
-                if gone {
+                self.apply(
+                    WebchatEvent::ConversationForgotten {
+                        session: session.clone(),
+                        conversation: msg.conversation_id,
+                    },
+                    None,
+                );
+                if self.is_idle(&session) {
                     // Nothing left to show: the session and its token go too.
-                    if let Some(s) = self.sessions.remove(&session) {
-                        self.broker.webchat_tokens.remove(&s.token);
-                    }
+                    self.apply(WebchatEvent::SessionForgotten { session }, None);
                 }
             }
             CustomerEvent::Reopen(message) => {
