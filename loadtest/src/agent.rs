@@ -60,12 +60,12 @@ pub async fn create_agents(ctx: &Ctx, numbers: &[usize]) -> (Vec<Creds>, Vec<Fai
 
 async fn create_one(ctx: &Ctx, n: usize) -> Result<Creds, Failure> {
     let id = format!("lt-agent-{}-{n}", ctx.run_id);
-    if ctx.kind == Kind::Baseline {
-        // The relay has no admin API: it takes any agent id and token.
+    if ctx.kind.is_relay() {
+        // The relays have no admin API: they take any agent id and token.
         return Ok(Creds {
             n,
             id,
-            token: format!("baseline-{n}"),
+            token: format!("{}-{n}", ctx.kind.name()),
         });
     }
     let mut capacity = json!({ "webchat": ctx.plan.capacity });
@@ -107,7 +107,7 @@ async fn create_one(ctx: &Ctx, n: usize) -> Result<Creds, Failure> {
 
 /// Deletes the run's agents; returns how many deletions failed.
 pub async fn delete_agents(ctx: &Ctx, agents: &[Creds]) -> usize {
-    if ctx.kind == Kind::Baseline {
+    if ctx.kind.is_relay() {
         return 0;
     }
     let results: Vec<Result<(), Failure>> = stream::iter(agents.iter())
@@ -471,9 +471,9 @@ impl Agent {
         // A task from another run or client (left in the queue, say) would hold
         // capacity forever: reject it, and it is not offered here again.
         let ours = match task["channel"].as_str() {
-            // The baseline relay serves this run only and knows no names.
+            // The relays serve this run only and know no names.
             Some("webchat") => {
-                self.ctx.kind == Kind::Baseline
+                self.ctx.kind.is_relay()
                     || task["customer"]["name"]
                         .as_str()
                         .unwrap_or_default()

@@ -25,7 +25,7 @@ use crate::net::{self, Failure, Ws};
 use crate::report::{
     instant_at, now_nanos, replied_seq_of, send_stamp, stamp_of, tag_of, Counters, Gauge, Lat,
 };
-use crate::run::{Ctx, Kind, Outcome};
+use crate::run::{Ctx, Outcome};
 
 /// Customer names of run `run_id` start with this; agents reject other offers.
 pub fn name_prefix(run_id: &str) -> String {
@@ -82,8 +82,8 @@ async fn open(ctx: &Ctx, idx: usize, paced: bool) -> Result<Ws, Failure> {
 }
 
 async fn open_unpaced(ctx: &Ctx, idx: usize) -> Result<Ws, Failure> {
-    let token = if ctx.kind == Kind::Baseline {
-        format!("baseline-c{idx}")
+    let token = if ctx.kind.is_relay() {
+        format!("{}-c{idx}", ctx.kind.name())
     } else {
         let began = now_nanos();
         let (_, body) = net::http_json(

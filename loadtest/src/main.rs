@@ -3,9 +3,10 @@
 //! Twilio webhooks (with a provider sink playing Twilio's send API), in closed
 //! loop (max throughput) or open loop (Poisson arrivals, no coordinated
 //! omission); optionally the same load against a bare tokio-tungstenite relay
-//! for comparison. Reports throughput, latency percentiles, errors by code and
-//! the broker's RSS/CPU; checks SLOs; draws a chart; spreads its sockets over
-//! worker processes when one process would hold too many.
+//! and a Node.js Socket.IO relay for comparison. Reports throughput, latency
+//! percentiles, errors by code and the broker's RSS/CPU; checks SLOs; draws a
+//! chart; spreads its sockets over worker processes when one process would
+//! hold too many.
 //!
 //! `cargo run --release -p loadtest -- --scenario loadtest/scenarios/smoke.toml`
 
@@ -23,6 +24,7 @@ mod scenario;
 mod sink;
 mod slo;
 mod sms;
+mod socketio;
 mod twilio;
 mod workers;
 
@@ -52,7 +54,8 @@ use twilio::TwilioCfg;
 const SOCKETS_PER_PROCESS: usize = 18_000;
 
 /// Load harness for Switchboard: webchat and SMS customers, agent desktops,
-/// closed or open loop, with an optional baseline relay for comparison.
+/// closed or open loop, with an optional baseline relay and Socket.IO peer for
+/// comparison.
 #[derive(Parser, Debug, Clone)]
 #[command(version, args_override_self = true)]
 pub struct Args {
@@ -210,6 +213,14 @@ pub struct Args {
     /// Port of the baseline relay (0: any free port).
     #[arg(long, default_value_t = 0)]
     baseline_port: u16,
+    /// Run the same load against a Node.js Socket.IO relay too (webchat only;
+    /// needs node and npm) and report Switchboard / Socket.IO peer.
+    #[arg(long)]
+    socketio_peer: bool,
+    /// The Socket.IO peer's directory (relay.js, package.json) [default:
+    /// loadtest/peers/socketio].
+    #[arg(long)]
+    socketio_peer_dir: Option<PathBuf>,
     /// The broker's pid for RSS/CPU sampling [default: found by --url's port].
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -571,7 +582,7 @@ impl Args {
         }
     }
 
-    /// The run's conversations against `kind` (the baseline runs no SMS).
+    /// The run's conversations against `kind` (the relays run no SMS).
     fn requested(&self, kind: Kind) -> u64 {
         (self.conversations
             + if kind == Kind::Switchboard {
@@ -620,8 +631,10 @@ impl Args {
         seed: u64,
         sms: Option<SmsSide>,
     ) -> Result<Setup, String> {
+        let mut target = Target::parse(url)?;
+        target.socketio = kind == Kind::SocketIo;
         Ok(Setup {
-            target: Target::parse(url)?,
+            target,
             kind,
             admin_token: self.admin_token.clone(),
             run_id: run_id.to_string(),
@@ -857,7 +870,14 @@ fn write_outputs(args: &Args, report: &Value, name: Option<&str>) -> Result<(), 
         let mut series = Vec::new();
         if report["switchboard"].is_object() {
             series.push(("switchboard".to_string(), timeline(&report["switchboard"])));
-            series.push(("baseline relay".to_string(), timeline(&report["baseline"])));
+            for (kind, label) in [
+                (Kind::Baseline, "baseline relay"),
+                (Kind::SocketIo, "Socket.IO peer"),
+            ] {
+                if report[kind.name()].is_object() {
+                    series.push((label.to_string(), timeline(&report[kind.name()])));
+                }
+            }
         } else {
             series.push(("switchboard".to_string(), timeline(report)));
         }
@@ -867,8 +887,8 @@ fn write_outputs(args: &Args, report: &Value, name: Option<&str>) -> Result<(), 
     Ok(())
 }
 
-/// One run of a scenario: the baseline (if asked) and Switchboard, each with
-/// the same load; returns the report.
+/// One run of a scenario: the baseline relay and the Socket.IO peer (if asked)
+/// and Switchboard, each with the same load; returns the report.
 async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, String> {
     let run_id = args.run_id.clone().unwrap_or_else(new_run_id);
     let seed = args
@@ -917,7 +937,8 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
         None => println!("broker pid not found (give --broker-pid to sample RSS and CPU)"),
     }
 
-    let mut baseline = None;
+    // (kind, run, the pid sampled for RSS and CPU), the relays first.
+    let mut runs: Vec<(Kind, TargetRun, Option<u32>)> = Vec::new();
     if args.baseline_relay {
         if args.conversations == 0 {
             println!("baseline relay skipped: it runs webchat only and this run has none");
@@ -930,14 +951,37 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
                 argv,
                 Kind::Baseline,
                 &url,
-                &format!("{run_id}b"),
+                &run_id_for(&run_id, Kind::Baseline),
                 seed,
                 None,
                 workers,
             )
             .await?;
             drop(relay);
-            baseline = Some(r);
+            runs.push((Kind::Baseline, r, None));
+        }
+    }
+    if args.socketio_peer {
+        if args.conversations == 0 {
+            println!("Socket.IO peer skipped: it runs webchat only and this run has none");
+        } else {
+            let peer = socketio::start(args.socketio_peer_dir.as_deref(), args.capacity).await?;
+            let url = format!("http://{}", peer.addr);
+            println!("Socket.IO peer (node pid {}) on {url}", peer.pid);
+            let peer_pid = Some(peer.pid);
+            let r = run_target(
+                args,
+                argv,
+                Kind::SocketIo,
+                &url,
+                &run_id_for(&run_id, Kind::SocketIo),
+                seed,
+                peer_pid,
+                workers,
+            )
+            .await;
+            peer.stop().await;
+            runs.push((Kind::SocketIo, r?, peer_pid));
         }
     }
     let sw = run_target(
@@ -951,32 +995,31 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
         workers,
     )
     .await?;
+    runs.push((Kind::Switchboard, sw, pid));
 
     let mut out = Vec::new();
-    for (kind, r) in [
-        (Kind::Baseline, baseline.as_ref()),
-        (Kind::Switchboard, Some(&sw)),
-    ] {
-        let Some(r) = r else { continue };
+    for (kind, r, pid) in &runs {
+        let (kind, pid) = (*kind, *pid);
         let mut rep = report::measurements_json(&r.snap, args.requested(kind));
         rep["name"] = json!(name);
         rep["target"] = json!(kind.name());
         rep["mode"] = json!(if args.open_loop() { "open" } else { "closed" });
-        rep["run_id"] = json!(if kind == Kind::Baseline {
-            format!("{run_id}b")
-        } else {
-            run_id.clone()
-        });
+        rep["run_id"] = json!(run_id_for(&run_id, kind));
         rep["seed"] = json!(seed);
         rep["config"] = args.config_json(workers);
         rep["wall_seconds"] = json!(r.wall.as_secs_f64());
         rep["timeline"] = Value::Array(r.samples.iter().map(Sample::to_json).collect());
-        if kind == Kind::Switchboard {
-            rep["broker"] = progress::broker_json(pid, &r.samples, 0.2);
-            rep["server_stats"] = r.server_stats.clone().unwrap_or(Value::Null);
-            if let Some(sink) = &r.sink {
-                rep["sms"] = json!({"sink": sink, "broker_env": args.twilio().env_line()});
+        match kind {
+            Kind::Switchboard => {
+                rep["broker"] = progress::broker_json(pid, &r.samples, 0.2);
+                rep["server_stats"] = r.server_stats.clone().unwrap_or(Value::Null);
+                if let Some(sink) = &r.sink {
+                    rep["sms"] = json!({"sink": sink, "broker_env": args.twilio().env_line()});
+                }
             }
+            // The node process's RSS and CPU, sampled like the broker's.
+            Kind::SocketIo => rep["peer_process"] = progress::broker_json(pid, &r.samples, 0.2),
+            Kind::Baseline => {}
         }
         let complete = report::complete(&r.snap, args.requested(kind), args.agents as u64);
         let slo_results = match (&args.slo, kind) {
@@ -990,44 +1033,73 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
         rep["slo"] = Value::Array(slo_results);
         rep["ok"] = json!(complete && slo_ok);
         print!("{}", report::human(&rep));
-        out.push(rep);
+        out.push((kind, rep));
     }
-    let sw_rep = out.pop().expect("switchboard report");
-    let Some(b_rep) = out.pop() else {
+    let (_, sw_rep) = out.pop().expect("switchboard report");
+    if out.is_empty() {
         return Ok(sw_rep);
-    };
+    }
     let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
         (Some(a), Some(b)) if b > 0.0 => json!(a / b),
         _ => Value::Null,
     };
-    let comparison = json!({
-        "throughput_ratio": ratio(&sw_rep["messages"]["per_second"], &b_rep["messages"]["per_second"]),
-        "p50_ratio": ratio(&sw_rep["latency_ms"]["message"]["p50"], &b_rep["latency_ms"]["message"]["p50"]),
-        "p99_ratio": ratio(&sw_rep["latency_ms"]["message"]["p99"], &b_rep["latency_ms"]["message"]["p99"]),
-        "switchboard": {"msgs_per_s": sw_rep["messages"]["per_second"], "p50_ms": sw_rep["latency_ms"]["message"]["p50"], "p99_ms": sw_rep["latency_ms"]["message"]["p99"]},
-        "baseline": {"msgs_per_s": b_rep["messages"]["per_second"], "p50_ms": b_rep["latency_ms"]["message"]["p50"], "p99_ms": b_rep["latency_ms"]["message"]["p99"]},
-        "note": "baseline: bare tokio-tungstenite relay in the harness process, webchat only; SMS traffic is not part of the comparison",
-    });
+    let figures = |r: &Value| json!({"msgs_per_s": r["messages"]["per_second"], "p50_ms": r["latency_ms"]["message"]["p50"], "p99_ms": r["latency_ms"]["message"]["p99"]});
+    let pick = |r: &Value, q: &str| match q {
+        "throughput" => r["messages"]["per_second"].clone(),
+        p => r["latency_ms"]["message"][p].clone(),
+    };
+    let mut comparison = json!({ "switchboard": figures(&sw_rep) });
+    let mut notes = Vec::new();
+    let mut top = json!({ "name": name, "ok": sw_rep["ok"] });
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    println!(
-        "Switchboard / baseline: throughput {:.0} / {:.0} msg/s = {:.2}x; p50 {:.2} / {:.2} ms = {:.2}x; p99 {:.2} / {:.2} ms = {:.2}x",
-        f(&sw_rep["messages"]["per_second"]),
-        f(&b_rep["messages"]["per_second"]),
-        f(&comparison["throughput_ratio"]),
-        f(&sw_rep["latency_ms"]["message"]["p50"]),
-        f(&b_rep["latency_ms"]["message"]["p50"]),
-        f(&comparison["p50_ratio"]),
-        f(&sw_rep["latency_ms"]["message"]["p99"]),
-        f(&b_rep["latency_ms"]["message"]["p99"]),
-        f(&comparison["p99_ratio"]),
-    );
-    Ok(json!({
-        "name": name,
-        "ok": sw_rep["ok"],
-        "switchboard": sw_rep,
-        "baseline": b_rep,
-        "comparison": comparison,
-    }))
+    for (kind, rep) in out {
+        // The baseline's ratios keep their original, unprefixed keys.
+        let (prefix, label, note) = match kind {
+            Kind::SocketIo => (
+                "socketio_",
+                "Socket.IO peer",
+                "socketio: Node.js relay on socket.io (loadtest/peers/socketio) in its own process, WebSocket transport only, webchat only",
+            ),
+            _ => (
+                "",
+                "baseline",
+                "baseline: bare tokio-tungstenite relay in the harness process, webchat only",
+            ),
+        };
+        for q in ["throughput", "p50", "p99"] {
+            comparison[format!("{prefix}{q}_ratio")] = ratio(&pick(&sw_rep, q), &pick(&rep, q));
+        }
+        comparison[kind.name()] = figures(&rep);
+        notes.push(note);
+        println!(
+            "Switchboard / {label}: throughput {:.0} / {:.0} msg/s = {:.2}x; p50 {:.2} / {:.2} ms = {:.2}x; p99 {:.2} / {:.2} ms = {:.2}x",
+            f(&sw_rep["messages"]["per_second"]),
+            f(&rep["messages"]["per_second"]),
+            f(&comparison[format!("{prefix}throughput_ratio")]),
+            f(&sw_rep["latency_ms"]["message"]["p50"]),
+            f(&rep["latency_ms"]["message"]["p50"]),
+            f(&comparison[format!("{prefix}p50_ratio")]),
+            f(&sw_rep["latency_ms"]["message"]["p99"]),
+            f(&rep["latency_ms"]["message"]["p99"]),
+            f(&comparison[format!("{prefix}p99_ratio")]),
+        );
+        top[kind.name()] = rep;
+    }
+    notes.push("SMS traffic is not part of the comparison");
+    comparison["note"] = json!(notes.join("; "));
+    top["switchboard"] = sw_rep;
+    top["comparison"] = comparison;
+    Ok(top)
+}
+
+/// The run id a target's agents and customers are named with: the relays'
+/// get a suffix, so that no two targets of one run share names.
+fn run_id_for(run_id: &str, kind: Kind) -> String {
+    match kind {
+        Kind::Switchboard => run_id.to_string(),
+        Kind::Baseline => format!("{run_id}b"),
+        Kind::SocketIo => format!("{run_id}s"),
+    }
 }
 
 /// What one target's run produced.
@@ -1039,6 +1111,8 @@ pub struct TargetRun {
     sink: Option<Value>,
 }
 
+/// Runs the load against one target; `pid` is the process whose RSS and CPU
+/// are sampled (the broker, or the Socket.IO peer's node).
 #[allow(clippy::too_many_arguments)]
 async fn run_target(
     args: &Args,
@@ -1079,13 +1153,7 @@ async fn run_target(
             errors: ctx.stats.error_count(),
             hist: ctx.stats.take_interval(),
         });
-        let collector = Collector::start(
-            label,
-            source,
-            pid.filter(|_| kind == Kind::Switchboard),
-            args.progress,
-            requested,
-        );
+        let collector = Collector::start(label, source, pid, args.progress, requested);
         local.load().await;
         let samples = collector.stop().await;
         let snap = local.finish().await;
@@ -1218,6 +1286,43 @@ mod tests {
             "40000",
         ]);
         assert_eq!(big.worker_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn socketio_peer_is_a_relay_target_of_its_own() {
+        let specs = scenario::parse("socketio-peer = true\nsms-conversations = 3\n", "t").unwrap();
+        let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), "x".into()];
+        argv.extend(specs[0].args.iter().cloned());
+        argv.extend(["--socketio-peer-dir".into(), "peer".into()]);
+        let args = Args::try_parse_from(&argv).unwrap();
+        assert!(args.socketio_peer && !args.baseline_relay);
+        assert_eq!(args.socketio_peer_dir, Some(PathBuf::from("peer")));
+        for kind in [Kind::Switchboard, Kind::Baseline, Kind::SocketIo] {
+            assert_eq!(Kind::from_name(kind.name()), kind);
+            assert_eq!(kind.is_relay(), kind != Kind::Switchboard);
+        }
+        // Webchat only, like the baseline.
+        assert!(args.slice(0, 1, Kind::SocketIo).sms.is_empty());
+        assert_eq!(args.requested(Kind::SocketIo), 200);
+        assert_eq!(args.requested(Kind::Switchboard), 203);
+        // Its sockets speak Socket.IO; the others' do not.
+        let peer = args
+            .setup(Kind::SocketIo, "http://127.0.0.1:4000", "r1s", 1, None)
+            .unwrap();
+        assert!(peer
+            .target
+            .ws("/v1/webchat/ws", "t")
+            .as_str()
+            .starts_with("ws://127.0.0.1:4000/socket.io/?EIO=4&transport=websocket&path="));
+        let sw = args
+            .setup(Kind::Switchboard, "http://127.0.0.1:4000", "r1", 1, None)
+            .unwrap();
+        assert!(!sw.target.socketio);
+        let ids: Vec<String> = [Kind::Switchboard, Kind::Baseline, Kind::SocketIo]
+            .into_iter()
+            .map(|k| run_id_for("r1", k))
+            .collect();
+        assert_eq!(ids, ["r1", "r1b", "r1s"]);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Socket and HTTP helpers: the loopback-only target, source-address spreading,
-//! the connection pacer (`--ramp`), WebSocket connect/send/receive, JSON over HTTP,
-//! and raising `RLIMIT_NOFILE`.
+//! the connection pacer (`--ramp`), WebSocket connect/send/receive (plain, or
+//! Socket.IO framed against the Socket.IO peer), JSON over HTTP, and raising
+//! `RLIMIT_NOFILE`.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,8 +18,30 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-/// A client WebSocket over a plain loopback TCP stream.
-pub type Ws = WebSocketStream<TcpStream>;
+use crate::socketio;
+
+/// A client WebSocket over a plain loopback TCP stream. Against the Socket.IO
+/// peer each JSON object travels as a Socket.IO event ([`socketio`]); the
+/// helpers below do the framing, so agents and customers do not see it.
+pub struct Ws {
+    stream: WebSocketStream<TcpStream>,
+    socketio: bool,
+    /// An Engine.IO ping was read and its pong is not sent yet.
+    pong_due: bool,
+}
+
+impl Deref for Ws {
+    type Target = WebSocketStream<TcpStream>;
+    fn deref(&self) -> &Self::Target {
+        &self.stream
+    }
+}
+
+impl DerefMut for Ws {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.stream
+    }
+}
 
 /// Why something failed, classified by a short code. Server error codes are kept
 /// as the server sent them (`capacity_exceeded`); failures found by the harness
@@ -49,6 +73,8 @@ impl fmt::Display for Failure {
 pub struct Target {
     pub base: Url,
     pub addr: SocketAddr,
+    /// The Socket.IO peer: its WebSocket URLs and frames are Socket.IO's.
+    pub socketio: bool,
 }
 
 impl Target {
@@ -80,6 +106,7 @@ impl Target {
         Ok(Target {
             base,
             addr: SocketAddr::new(ip, port),
+            socketio: false,
         })
     }
 
@@ -91,8 +118,12 @@ impl Target {
         u
     }
 
-    /// A `ws://` URL for `path` with `?token=`.
+    /// A `ws://` URL for `path` with `?token=` (the Socket.IO peer's
+    /// endpoint with both as query parameters).
     pub fn ws(&self, path: &str, token: &str) -> Url {
+        if self.socketio {
+            return socketio::url(&self.base, path, token);
+        }
         let mut u = self.http(path);
         // http -> ws is a change between two "special" schemes, which Url allows.
         u.set_scheme("ws").expect("http to ws scheme change");
@@ -187,7 +218,7 @@ pub fn ws_config() -> tungstenite::protocol::WebSocketConfig {
 }
 
 /// Opens a TCP connection to the target from `source` (if given) and performs the
-/// WebSocket handshake for `url`.
+/// WebSocket handshake for `url` (and the Socket.IO one against the peer).
 pub async fn connect_ws(target: &Target, source: Option<IpAddr>, url: &Url) -> Result<Ws, Failure> {
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -209,7 +240,16 @@ pub async fn connect_ws(target: &Target, source: Option<IpAddr>, url: &Url) -> R
         .map_err(|e| Failure::new("io.socket", e.to_string()))?;
     match tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config())).await
     {
-        Ok((ws, _response)) => Ok(ws),
+        Ok((mut stream, _response)) => {
+            if target.socketio {
+                socketio::connect(&mut stream).await?;
+            }
+            Ok(Ws {
+                stream,
+                socketio: target.socketio,
+                pong_due: false,
+            })
+        }
         Err(tungstenite::Error::Http(resp)) => {
             let status = resp.status().as_u16();
             let body = resp.body().as_deref().unwrap_or_default();
@@ -266,18 +306,44 @@ fn trace(ws: &Ws, dir: &str, text: &str) {
     }
 }
 
+/// One JSON object as the text of a frame.
+fn frame(ws: &Ws, value: &Value) -> String {
+    if ws.socketio {
+        socketio::encode(value)
+    } else {
+        value.to_string()
+    }
+}
+
+/// Sends an Engine.IO pong owed since a ping was read (a cancelled read or
+/// send must not lose it).
+async fn pong(ws: &mut Ws) -> Result<(), Failure> {
+    if ws.pong_due {
+        ws.stream
+            .feed(Message::Text(socketio::PONG.into()))
+            .await
+            .map_err(|e| Failure::new("io.send", e.to_string()))?;
+        ws.pong_due = false;
+    }
+    Ok(())
+}
+
 /// Sends one JSON object as a text frame.
 pub async fn send_json(ws: &mut Ws, value: &Value) -> Result<(), Failure> {
-    trace(ws, "->", &value.to_string());
-    ws.send(Message::Text(value.to_string().into()))
+    let text = frame(ws, value);
+    trace(ws, "->", &text);
+    pong(ws).await?;
+    ws.send(Message::Text(text.into()))
         .await
         .map_err(|e| Failure::new("io.send", e.to_string()))
 }
 
 /// Queues one JSON object without flushing; call [`flush`] after a batch.
 pub async fn feed_json(ws: &mut Ws, value: &Value) -> Result<(), Failure> {
-    trace(ws, "->", &value.to_string());
-    ws.feed(Message::Text(value.to_string().into()))
+    let text = frame(ws, value);
+    trace(ws, "->", &text);
+    pong(ws).await?;
+    ws.feed(Message::Text(text.into()))
         .await
         .map_err(|e| Failure::new("io.send", e.to_string()))
 }
@@ -305,7 +371,21 @@ pub async fn recv_json(ws: &mut Ws) -> Result<Value, Failure> {
         match msg {
             Message::Text(text) => {
                 trace(ws, "<-", &text);
-                return match serde_json::from_str::<Value>(&text) {
+                let parsed = if ws.socketio {
+                    match socketio::decode(&text)? {
+                        socketio::Incoming::Event(v) => Ok(v),
+                        socketio::Incoming::Ping => {
+                            ws.pong_due = true;
+                            pong(ws).await?;
+                            flush(ws).await?;
+                            continue;
+                        }
+                        socketio::Incoming::Skip => continue,
+                    }
+                } else {
+                    serde_json::from_str::<Value>(&text)
+                };
+                return match parsed {
                     Ok(v) if v.is_object() => Ok(v),
                     _ => Err(Failure::new(
                         "harness.bad_frame",

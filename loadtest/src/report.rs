@@ -743,11 +743,16 @@ pub fn human(r: &Value) -> String {
             f(&h["max"]),
         );
     }
-    let b = &r["broker"];
+    // The broker's process, or the Socket.IO peer's node.
+    let (who, b) = if r["broker"].is_object() {
+        ("broker", &r["broker"])
+    } else {
+        ("Socket.IO peer", &r["peer_process"])
+    };
     if b["samples"].as_u64().unwrap_or(0) > 0 {
         let _ = writeln!(
             s,
-            "broker pid {}: RSS {:.1} MiB at start, {:.1} max, {:.1} at end; CPU {:.0}% mean, {:.0}% max{}",
+            "{who} pid {}: RSS {:.1} MiB at start, {:.1} max, {:.1} at end; CPU {:.0}% mean, {:.0}% max{}",
             b["pid"],
             f(&b["rss_kib"]["start"]) / 1024.0,
             f(&b["rss_kib"]["max"]) / 1024.0,

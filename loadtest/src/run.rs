@@ -21,10 +21,14 @@ use crate::report::{instant_at, now_nanos, Counters, Gauge, Snapshot, Stats};
 use crate::sms::{self, SmsSide};
 use crate::{customer, twilio};
 
+/// What a run targets: the broker, or one of the relays it is compared with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Switchboard,
+    /// The bare tokio-tungstenite relay inside the harness (`relay`).
     Baseline,
+    /// The Node.js Socket.IO relay (`socketio`).
+    SocketIo,
 }
 
 impl Kind {
@@ -32,7 +36,22 @@ impl Kind {
         match self {
             Kind::Switchboard => "switchboard",
             Kind::Baseline => "baseline",
+            Kind::SocketIo => "socketio",
         }
+    }
+
+    /// The kind called `name` (unknown names: Switchboard).
+    pub fn from_name(name: &str) -> Kind {
+        [Kind::Baseline, Kind::SocketIo]
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(Kind::Switchboard)
+    }
+
+    /// A comparison relay: no HTTP API (the harness makes up agents and
+    /// tokens), any token accepted, only this run's customers, webchat only.
+    pub fn is_relay(self) -> bool {
+        self != Kind::Switchboard
     }
 }
 

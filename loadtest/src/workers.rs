@@ -184,7 +184,7 @@ pub async fn run_parent(
     let collector = Collector::start(
         kind.name().to_string(),
         source,
-        pid.filter(|_| kind == Kind::Switchboard),
+        pid,
         args.progress,
         requested,
     );
@@ -278,11 +278,7 @@ pub async fn child_main(mut args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let kind = if args.target_kind == "baseline" {
-        Kind::Baseline
-    } else {
-        Kind::Switchboard
-    };
+    let kind = Kind::from_name(&args.target_kind);
     let (Some(run_id), Some(seed), Some(report_path)) =
         (args.run_id.clone(), args.seed, args.worker_report.clone())
     else {
