@@ -354,6 +354,9 @@ impl Conversation {
         attachments: Vec<AttachmentMeta>,
         client_msg_id: Option<String>,
     ) -> Message {
+        for a in &attachments {
+            self.broker.attachments.acquire(&a.id);
+        }
         if self.state.channel == ChannelKind::Webchat {
             let session: Id = self.state.customer.address.as_str().into();
             for a in &attachments {
@@ -566,6 +569,9 @@ impl Conversation {
         ctx.run_later(retention, |act, ctx| {
             act.broker.conversations.remove(&act.state.id);
             act.broker.tasks.remove(&act.state.task_id);
+            for a in act.state.messages.iter().flat_map(|m| &m.attachments) {
+                act.broker.attachments.release(&a.id);
+            }
             act.to_customer(CustomerEvent::Forgotten);
             ctx.stop();
         });

@@ -34,6 +34,31 @@ pub struct Started {
     pub arbiters: Vec<Arbiter>,
 }
 
+/// Drops uploads that were never sent once they are older than the history
+/// retention (files that were sent go with their conversations). Ends with
+/// the broker.
+async fn sweep_unused_attachments(broker: std::sync::Weak<Broker>) {
+    let Some(retention) = broker.upgrade().map(|b| b.config.history_retention) else {
+        return;
+    };
+    let period = (retention / 2).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        let swept = broker.attachments.sweep_unused(retention);
+        if swept > 0 {
+            tracing::debug!(swept, "unused uploads dropped");
+        }
+    }
+}
+
 /// Build everything inside the current actix system and bind.
 pub fn start(config: Config) -> std::io::Result<Started> {
     let workers = config.effective_workers();
@@ -79,6 +104,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
     run_router(Router::new(broker.clone()));
     run_webchat(WebchatChannel::new(broker.clone()));
+    channel_arbiter.spawn(sweep_unused_attachments(Arc::downgrade(&broker)));
     let graph = config.graph_api_base.clone();
     if let Some((_, run)) = sms {
         let api = ProviderApi::Sms(SmsApi {
