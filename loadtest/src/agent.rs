@@ -72,6 +72,9 @@ async fn create_one(ctx: &Ctx, n: usize) -> Result<Creds, Failure> {
     if ctx.plan.sms_capacity > 0 {
         capacity["sms"] = json!(ctx.plan.sms_capacity);
     }
+    if ctx.plan.whatsapp_capacity > 0 {
+        capacity["whatsapp"] = json!(ctx.plan.whatsapp_capacity);
+    }
     let body = json!({
         "id": id,
         "name": format!("Load test agent {n}"),
@@ -149,6 +152,7 @@ pub async fn run(
         next_msg: 0,
         customer_prefix: crate::customer::name_prefix(&ctx.run_id),
         sms_prefix: crate::twilio::number_prefix(ctx.sms_tag),
+        wa_prefix: crate::meta::number_prefix(ctx.sms_tag),
         ready: Some(ready),
         out: Vec::new(),
         later: BinaryHeap::new(),
@@ -213,7 +217,8 @@ struct Conv {
     task_id: String,
     last_seq: u64,
     end_sent: bool,
-    sms: bool,
+    /// Provider channels: the histogram `send` → `delivered` goes to.
+    delivery: Option<Lat>,
 }
 
 /// Something the agent does later: the command, and for an `accept` its task.
@@ -233,15 +238,19 @@ struct Agent {
     convs: HashMap<String, Conv>,
     /// Task id → when `accept` was sent (nanos).
     accept_sent: HashMap<String, u64>,
-    /// SMS: client_msg_id → intended send time, until the echo names the message.
-    pending_status: HashMap<String, u64>,
-    /// SMS: message id → intended send time, until `delivered` or `failed`.
-    sent_by_id: HashMap<String, u64>,
+    /// SMS and WhatsApp: client_msg_id → intended send time (and the
+    /// channel's delivery histogram), until the echo names the message.
+    pending_status: HashMap<String, (u64, Lat)>,
+    /// SMS and WhatsApp: message id → intended send time (and histogram),
+    /// until `delivered` or `failed`.
+    sent_by_id: HashMap<String, (u64, Lat)>,
     next_msg: u64,
     /// Customer names of this run start with this.
     customer_prefix: String,
     /// SMS customer numbers of this run start with this.
     sms_prefix: String,
+    /// WhatsApp customer numbers (wa_id) of this run start with this.
+    wa_prefix: String,
     ready: Option<oneshot::Sender<bool>>,
     /// Commands to send after the current event.
     out: Vec<Value>,
@@ -330,7 +339,7 @@ impl Agent {
                 cmd["text"] = json!(format!("{text} t={stamp}"));
                 if let Some(cmid) = cmd["client_msg_id"].as_str() {
                     if let Some(t) = self.pending_status.get_mut(cmid) {
-                        *t = stamp;
+                        t.0 = stamp;
                     }
                 }
                 self.out.push(cmd);
@@ -483,6 +492,10 @@ impl Agent {
                 .as_str()
                 .unwrap_or_default()
                 .starts_with(&self.sms_prefix),
+            Some("whatsapp") => task["customer"]["address"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&self.wa_prefix),
             _ => false,
         };
         if !ours {
@@ -541,7 +554,11 @@ impl Agent {
                 task_id: task_id.to_string(),
                 last_seq: 0,
                 end_sent: false,
-                sms: task["channel"].as_str() == Some("sms"),
+                delivery: match task["channel"].as_str() {
+                    Some("sms") => Some(Lat::SendToDelivered),
+                    Some("whatsapp") => Some(Lat::WhatsappSendToDelivered),
+                    _ => None,
+                },
             },
         );
         // Messages that arrived while the task waited come in the history.
@@ -560,12 +577,15 @@ impl Agent {
         };
         match status {
             "delivered" => {
-                if let Some(sent) = self.sent_by_id.remove(id) {
-                    self.ctx.stats.record_since(Lat::SendToDelivered, sent);
+                if let Some((sent, lat)) = self.sent_by_id.remove(id) {
+                    Counters::dec(&self.ctx.stats.c.awaiting_delivery);
+                    self.ctx.stats.record_since(lat, sent);
                 }
             }
             "failed" => {
-                self.sent_by_id.remove(id);
+                if self.sent_by_id.remove(id).is_some() {
+                    Counters::dec(&self.ctx.stats.c.awaiting_delivery);
+                }
                 self.ctx.stats.error(&Failure::new(
                     "delivery_failed",
                     format!(
@@ -612,11 +632,11 @@ impl Agent {
             );
         }
         conv.last_seq = seq;
-        let sms = conv.sms;
+        let delivery = conv.delivery;
         if m["from"].as_str() == Some("agent") {
             // The echo of our own send names the message that statuses refer to.
-            if let (true, Some(cmid), Some(id)) =
-                (sms, m["client_msg_id"].as_str(), m["id"].as_str())
+            if let (Some(_), Some(cmid), Some(id)) =
+                (delivery, m["client_msg_id"].as_str(), m["id"].as_str())
             {
                 if let Some(sent) = self.pending_status.remove(cmid) {
                     self.sent_by_id.insert(id.to_string(), sent);
@@ -663,8 +683,10 @@ impl Agent {
         let delay = self.ctx.plan.reply_delay.sample(&mut self.rng);
         // Stamped with the intended send time: a late send counts against the run.
         let intended = now_nanos() + delay.as_nanos() as u64;
-        if sms && self.ctx.plan.track_delivery {
-            self.pending_status.insert(client_msg_id.clone(), intended);
+        if let Some(lat) = delivery.filter(|_| self.ctx.plan.track_delivery) {
+            self.pending_status
+                .insert(client_msg_id.clone(), (intended, lat));
+            Counters::inc(&c.awaiting_delivery);
         }
         self.after(
             delay,

@@ -1,6 +1,7 @@
 //! Load harness for a Switchboard broker on loopback: agents on desktop
-//! sockets, webchat customers on sockets and SMS customers through signed
-//! Twilio webhooks (with a provider sink playing Twilio's send API), in closed
+//! sockets, webchat customers on sockets, SMS customers through signed
+//! Twilio webhooks and WhatsApp customers through signed Cloud API webhooks
+//! (with a provider sink playing Twilio's and the Graph API's send APIs), in closed
 //! loop (max throughput) or open loop (Poisson arrivals, no coordinated
 //! omission); optionally the same load against a bare tokio-tungstenite relay
 //! and a Node.js Socket.IO relay for comparison. Reports throughput, latency
@@ -14,6 +15,7 @@ mod agent;
 mod chart;
 mod customer;
 mod dist;
+mod meta;
 mod net;
 mod procstat;
 mod progress;
@@ -26,6 +28,7 @@ mod slo;
 mod sms;
 mod socketio;
 mod twilio;
+mod whatsapp;
 mod workers;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +44,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use dist::{parse_duration, parse_duration_or_zero, Dist};
+use meta::WhatsappCfg;
 use net::{Failure, Target};
 use progress::{Collector, Mode, Sample, Tick};
 use report::Snapshot;
@@ -48,12 +52,17 @@ use run::{Kind, Local, Plan, Setup, Slice};
 use sink::{Callbacks, Sink};
 use sms::SmsSide;
 use twilio::TwilioCfg;
+use whatsapp::WhatsappSide;
 
 /// Sockets one harness process holds at most before `--workers auto` splits
 /// the load (a process may open 20,000 files here).
 const SOCKETS_PER_PROCESS: usize = 18_000;
 
-/// Load harness for Switchboard: webchat and SMS customers, agent desktops,
+/// The WhatsApp business number in the webhooks' metadata (the broker keys
+/// threads by `phone_number_id`; this is for show).
+const WHATSAPP_DISPLAY_NUMBER: &str = "15550002222";
+
+/// Load harness for Switchboard: webchat, SMS and WhatsApp customers, agent desktops,
 /// closed or open loop, with an optional baseline relay and Socket.IO peer for
 /// comparison.
 #[derive(Parser, Debug, Clone)]
@@ -89,6 +98,10 @@ pub struct Args {
     /// SMS capacity of each agent [default: --capacity when there is SMS traffic].
     #[arg(long)]
     sms_capacity: Option<u32>,
+    /// WhatsApp capacity of each agent [default: --capacity when there is
+    /// WhatsApp traffic].
+    #[arg(long)]
+    whatsapp_capacity: Option<u32>,
     /// Offer → accept, e.g. fixed:50ms, exp:200ms, uniform:10ms..100ms.
     #[arg(long, default_value = "fixed:0ms")]
     accept_delay: Dist,
@@ -141,6 +154,17 @@ pub struct Args {
     /// Closed loop: SMS customers at once [default: min(sms conversations, agents × sms capacity)].
     #[arg(long)]
     sms_concurrency: Option<usize>,
+    /// WhatsApp conversations, through signed Cloud API webhooks and the
+    /// provider sink's Graph API.
+    #[arg(long, default_value_t = 0)]
+    whatsapp_conversations: usize,
+    /// Open loop: new WhatsApp conversations per second [default: --rate].
+    #[arg(long)]
+    whatsapp_rate: Option<f64>,
+    /// Closed loop: WhatsApp customers at once [default: min(whatsapp
+    /// conversations, agents × whatsapp capacity)].
+    #[arg(long)]
+    whatsapp_concurrency: Option<usize>,
     /// Seed for arrivals and delays [default: from the clock; printed].
     #[arg(long)]
     seed: Option<u64>,
@@ -194,16 +218,48 @@ pub struct Args {
     /// The broker's public URL, which webhooks are signed over [default: --url].
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
     public_url: Option<String>,
-    /// Status callbacks the sink posts back per sent SMS: none, delivered, or
-    /// sent,delivered.
+    /// Status callbacks the sink posts back per sent SMS or WhatsApp message:
+    /// none, delivered, or sent,delivered (WhatsApp: as `statuses` webhooks;
+    /// read and failed too).
     #[arg(long, default_value = "delivered")]
     status_callbacks: String,
     /// Delay before each status callback.
     #[arg(long, default_value = "fixed:10ms")]
     status_delay: Dist,
-    /// Print the environment the broker needs for SMS runs, and exit.
+    /// Print the environment the broker needs for SMS and WhatsApp runs, and exit.
     #[arg(long)]
     print_env: bool,
+
+    // --- Playing WhatsApp (Cloud API)
+    /// The Graph API base the broker calls; the broker's
+    /// SWITCHBOARD_GRAPH_API_BASE [default: --twilio-api-base + /v21.0, the
+    /// same sink].
+    #[arg(long, env = "SWITCHBOARD_GRAPH_API_BASE")]
+    graph_api_base: Option<String>,
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WHATSAPP_TOKEN",
+        default_value = "loadtest-whatsapp-token"
+    )]
+    whatsapp_token: String,
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WHATSAPP_APP_SECRET",
+        default_value = "loadtest-whatsapp-app-secret"
+    )]
+    whatsapp_app_secret: String,
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WHATSAPP_VERIFY_TOKEN",
+        default_value = "loadtest-whatsapp-verify-token"
+    )]
+    whatsapp_verify_token: String,
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WHATSAPP_PHONE_NUMBER_ID",
+        default_value = "109900000000001"
+    )]
+    whatsapp_phone_number_id: String,
 
     // --- Comparison and measures
     /// Run the same load against a bare tokio-tungstenite relay first (webchat
@@ -269,11 +325,18 @@ impl Args {
         } else {
             n(self.sms_conversations)
         };
+        self.whatsapp_conversations = if self.whatsapp_conversations == 0 {
+            0
+        } else {
+            n(self.whatsapp_conversations)
+        };
         self.concurrency = self.concurrency.map(n);
         self.sms_concurrency = self.sms_concurrency.map(n);
+        self.whatsapp_concurrency = self.whatsapp_concurrency.map(n);
         self.max_in_flight = n(self.max_in_flight);
         self.rate = self.rate.map(|r| r * f);
         self.sms_rate = self.sms_rate.map(|r| r * f);
+        self.whatsapp_rate = self.whatsapp_rate.map(|r| r * f);
     }
 
     /// Takes the scaled value of every count and rate the command line did
@@ -291,11 +354,14 @@ impl Args {
             agents,
             conversations,
             sms_conversations,
+            whatsapp_conversations,
             concurrency,
             sms_concurrency,
+            whatsapp_concurrency,
             max_in_flight,
             rate,
-            sms_rate
+            sms_rate,
+            whatsapp_rate
         );
     }
 
@@ -311,6 +377,8 @@ impl Args {
             self.conversations.to_string(),
             "--sms-conversations".to_string(),
             self.sms_conversations.to_string(),
+            "--whatsapp-conversations".to_string(),
+            self.whatsapp_conversations.to_string(),
             "--max-in-flight".to_string(),
             self.max_in_flight.to_string(),
         ];
@@ -320,8 +388,13 @@ impl Args {
                 "--sms-concurrency",
                 self.sms_concurrency.map(|c| c.to_string()),
             ),
+            (
+                "--whatsapp-concurrency",
+                self.whatsapp_concurrency.map(|c| c.to_string()),
+            ),
             ("--rate", self.rate.map(|r| r.to_string())),
             ("--sms-rate", self.sms_rate.map(|r| r.to_string())),
+            ("--whatsapp-rate", self.whatsapp_rate.map(|r| r.to_string())),
         ] {
             if let Some(value) = value {
                 v.push(flag.to_string());
@@ -346,8 +419,32 @@ impl Args {
         })
     }
 
+    fn whatsapp_capacity(&self) -> u32 {
+        self.whatsapp_capacity
+            .unwrap_or(if self.whatsapp_conversations > 0 {
+                self.capacity
+            } else {
+                0
+            })
+    }
+
     fn open_loop(&self) -> bool {
-        self.rate.is_some() || self.sms_rate.is_some()
+        self.rate.is_some() || self.sms_rate.is_some() || self.whatsapp_rate.is_some()
+    }
+
+    /// Open loop: the SMS arrival rate (its own, else --rate, else WhatsApp's).
+    fn sms_rate(&self) -> Option<f64> {
+        self.sms_rate.or(self.rate).or(self.whatsapp_rate)
+    }
+
+    /// Open loop: the WhatsApp arrival rate (its own, else --rate, else SMS's).
+    fn whatsapp_rate(&self) -> Option<f64> {
+        self.whatsapp_rate.or(self.rate).or(self.sms_rate)
+    }
+
+    /// Whether the run has provider traffic, which needs the sink.
+    fn provider_traffic(&self) -> bool {
+        self.sms_conversations + self.whatsapp_conversations > 0
     }
 
     fn concurrency(&self) -> usize {
@@ -360,6 +457,38 @@ impl Args {
             self.sms_conversations
                 .min(self.agents * self.sms_capacity() as usize)
         })
+    }
+
+    fn whatsapp_concurrency(&self) -> usize {
+        self.whatsapp_concurrency.unwrap_or_else(|| {
+            self.whatsapp_conversations
+                .min(self.agents * self.whatsapp_capacity() as usize)
+        })
+    }
+
+    fn whatsapp(&self) -> WhatsappCfg {
+        WhatsappCfg {
+            token: self.whatsapp_token.clone(),
+            app_secret: self.whatsapp_app_secret.clone(),
+            verify_token: self.whatsapp_verify_token.clone(),
+            phone_number_id: self.whatsapp_phone_number_id.clone(),
+            display_number: WHATSAPP_DISPLAY_NUMBER.to_string(),
+            graph_base: self
+                .graph_api_base
+                .clone()
+                .unwrap_or_else(|| format!("{}/v21.0", self.twilio_api_base.trim_end_matches('/')))
+                .trim_end_matches('/')
+                .to_string(),
+        }
+    }
+
+    /// The environment a broker needs for this harness's SMS and WhatsApp.
+    fn env_line(&self) -> String {
+        format!(
+            "{} {}",
+            self.twilio().env_line(),
+            self.whatsapp().env_line()
+        )
     }
 
     fn twilio(&self) -> TwilioCfg {
@@ -448,12 +577,18 @@ impl Args {
             "--sms-capacity must be at most 1000",
         )?;
         check(
-            self.conversations <= 10_000_000 && self.sms_conversations <= 10_000_000,
-            "--conversations and --sms-conversations must be at most 10000000",
+            self.whatsapp_capacity() <= 1_000,
+            "--whatsapp-capacity must be at most 1000",
         )?;
         check(
-            self.conversations + self.sms_conversations > 0,
-            "nothing to do: --conversations and --sms-conversations are both 0",
+            self.conversations <= 10_000_000
+                && self.sms_conversations <= 10_000_000
+                && self.whatsapp_conversations <= 10_000_000,
+            "--conversations, --sms-conversations and --whatsapp-conversations must be at most 10000000",
+        )?;
+        check(
+            self.conversations + self.sms_conversations + self.whatsapp_conversations > 0,
+            "nothing to do: --conversations, --sms-conversations and --whatsapp-conversations are all 0",
         )?;
         check(
             (1..=10_000).contains(&self.messages),
@@ -471,7 +606,11 @@ impl Args {
             (1..=1_000_000).contains(&self.max_in_flight),
             "--max-in-flight must be 1..=1000000",
         )?;
-        for (name, r) in [("--rate", self.rate), ("--sms-rate", self.sms_rate)] {
+        for (name, r) in [
+            ("--rate", self.rate),
+            ("--sms-rate", self.sms_rate),
+            ("--whatsapp-rate", self.whatsapp_rate),
+        ] {
             if let Some(r) = r {
                 check(
                     r.is_finite() && r > 0.0 && r <= 1_000_000.0,
@@ -531,6 +670,37 @@ impl Args {
                 "--sms-from must be an E.164 number (+ and 7 to 15 digits)",
             )?;
         }
+        if self.provider_traffic() {
+            // The sink serves both APIs, whichever the run uses.
+            Target::parse(&self.twilio_api_base).map_err(|e| format!("--twilio-api-base: {e}"))?;
+            let wa = self.whatsapp();
+            let graph =
+                Target::parse(&wa.graph_base).map_err(|e| format!("--graph-api-base: {e}"))?;
+            // The broker posts to {base}/{phone_number_id}/messages; the sink
+            // takes an optional version segment before the id.
+            let id = &wa.phone_number_id;
+            check(
+                (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit()),
+                "--whatsapp-phone-number-id must be 1 to 32 digits",
+            )?;
+            check(
+                meta::is_send_path(
+                    &format!("{}/{id}/messages", graph.base.path().trim_end_matches('/')),
+                    id,
+                ),
+                "--graph-api-base: its path must be empty or one version segment like /v21.0",
+            )?;
+            for (name, v) in [
+                ("--whatsapp-token", &wa.token),
+                ("--whatsapp-app-secret", &wa.app_secret),
+                ("--whatsapp-verify-token", &wa.verify_token),
+            ] {
+                check(
+                    !v.is_empty() && v.len() <= 1_000 && !v.contains(char::is_whitespace),
+                    &format!("{name} must be 1 to 1000 characters without spaces"),
+                )?;
+            }
+        }
         check(self.admin_token.len() <= 1_000, "--admin-token is too long")?;
         Ok(())
     }
@@ -553,6 +723,7 @@ impl Args {
                 .collect(),
             capacity: self.capacity,
             sms_capacity: self.sms_capacity(),
+            whatsapp_capacity: self.whatsapp_capacity(),
             track_delivery: self.statuses().iter().any(|s| s == "delivered"),
         }
     }
@@ -560,8 +731,13 @@ impl Args {
     /// Worker `i` of `n`'s share of the load against `kind`.
     fn slice(&self, i: usize, n: usize, kind: Kind) -> Slice {
         let share = |total: usize| total / n + usize::from(i < total % n);
+        // Provider customers hold no socket: all in worker 0, with the sink.
         let sms_here = kind == Kind::Switchboard && i == 0;
-        let web_rate = self.rate.or(self.sms_rate).map(|r| r / n as f64);
+        let web_rate = self
+            .rate
+            .or(self.sms_rate)
+            .or(self.whatsapp_rate)
+            .map(|r| r / n as f64);
         Slice {
             agents: (0..self.agents).filter(|a| a % n == i).collect(),
             webchat: (0..self.conversations).filter(|c| c % n == i).collect(),
@@ -571,10 +747,25 @@ impl Args {
                 Vec::new()
             },
             web_concurrency: share(self.concurrency()),
+            whatsapp: if sms_here {
+                (0..self.whatsapp_conversations).collect()
+            } else {
+                Vec::new()
+            },
             sms_concurrency: if sms_here { self.sms_concurrency() } else { 0 },
+            whatsapp_concurrency: if sms_here {
+                self.whatsapp_concurrency()
+            } else {
+                0
+            },
             web_rate: if self.open_loop() { web_rate } else { None },
             sms_rate: if self.open_loop() {
-                self.sms_rate.or(self.rate)
+                self.sms_rate()
+            } else {
+                None
+            },
+            whatsapp_rate: if self.open_loop() {
+                self.whatsapp_rate()
             } else {
                 None
             },
@@ -582,11 +773,11 @@ impl Args {
         }
     }
 
-    /// The run's conversations against `kind` (the relays run no SMS).
+    /// The run's conversations against `kind` (the relays run no SMS or WhatsApp).
     fn requested(&self, kind: Kind) -> u64 {
         (self.conversations
             + if kind == Kind::Switchboard {
-                self.sms_conversations
+                self.sms_conversations + self.whatsapp_conversations
             } else {
                 0
             }) as u64
@@ -599,13 +790,17 @@ impl Args {
             "agents": self.agents,
             "capacity": self.capacity,
             "sms_capacity": self.sms_capacity(),
+            "whatsapp_capacity": self.whatsapp_capacity(),
             "conversations": self.conversations,
             "sms_conversations": self.sms_conversations,
+            "whatsapp_conversations": self.whatsapp_conversations,
             "messages": self.messages,
             "concurrency": (!self.open_loop()).then(|| self.concurrency()),
             "sms_concurrency": (!self.open_loop() && self.sms_conversations > 0).then(|| self.sms_concurrency()),
             "rate": self.rate,
-            "sms_rate": if self.open_loop() && self.sms_conversations > 0 { self.sms_rate.or(self.rate) } else { None },
+            "whatsapp_concurrency": (!self.open_loop() && self.whatsapp_conversations > 0).then(|| self.whatsapp_concurrency()),
+            "sms_rate": if self.open_loop() && self.sms_conversations > 0 { self.sms_rate() } else { None },
+            "whatsapp_rate": if self.open_loop() && self.whatsapp_conversations > 0 { self.whatsapp_rate() } else { None },
             "max_in_flight": self.max_in_flight,
             "think_time": self.think_time.to_string(),
             "hold_seconds": self.hold.as_secs_f64(),
@@ -629,7 +824,7 @@ impl Args {
         url: &str,
         run_id: &str,
         seed: u64,
-        sms: Option<SmsSide>,
+        sink: Option<Arc<Sink>>,
     ) -> Result<Setup, String> {
         let mut target = Target::parse(url)?;
         target.socketio = kind == Kind::SocketIo;
@@ -647,7 +842,19 @@ impl Args {
             source_addrs: self.source_addrs,
             worker_index: self.worker_part().map_or(0, |(i, _)| i),
             keep_agents: self.keep_agents,
-            sms,
+            sms: sink
+                .clone()
+                .filter(|_| self.sms_conversations > 0)
+                .map(|sink| SmsSide {
+                    cfg: self.twilio(),
+                    sink,
+                }),
+            whatsapp: sink
+                .filter(|_| self.whatsapp_conversations > 0)
+                .map(|sink| WhatsappSide {
+                    cfg: self.whatsapp(),
+                    sink,
+                }),
         })
     }
 }
@@ -658,13 +865,30 @@ static SINK: OnceCell<Arc<Sink>> = OnceCell::const_new();
 /// The sink, ready for a run against `target` with this run's callbacks.
 async fn sink_for(args: &Args, target: &Target) -> Result<Arc<Sink>, String> {
     let sink = SINK
-        .get_or_try_init(|| Sink::start(args.twilio()))
+        .get_or_try_init(|| Sink::start(args.twilio(), args.whatsapp()))
         .await?
         .clone();
-    let cfg = args.twilio();
-    println!("provider sink (Twilio send API) on http://{}", sink.addr);
+    let (cfg, wa) = (args.twilio(), args.whatsapp());
+    if sink.addr == sink.graph_addr {
+        println!(
+            "provider sink (Twilio and WhatsApp Graph send APIs) on http://{}",
+            sink.addr
+        );
+    } else {
+        println!(
+            "provider sink: Twilio send API on http://{}, WhatsApp Graph send API on http://{}",
+            sink.addr, sink.graph_addr
+        );
+    }
     if sink.cfg.api_base != cfg.api_base || sink.cfg.auth_token != cfg.auth_token {
         return Err("a scenario's runs must share one Twilio configuration".into());
+    }
+    if sink.wa.graph_base != wa.graph_base
+        || sink.wa.token != wa.token
+        || sink.wa.app_secret != wa.app_secret
+        || sink.wa.phone_number_id != wa.phone_number_id
+    {
+        return Err("a scenario's runs must share one WhatsApp configuration".into());
     }
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
@@ -785,7 +1009,7 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
         if args.print_env {
-            println!("{}", args.twilio().env_line());
+            println!("{}", args.env_line());
             return ExitCode::SUCCESS;
         }
         if multi {
@@ -900,25 +1124,37 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
         return Err("needs --admin-token or SWITCHBOARD_ADMIN_TOKEN".into());
     }
     println!(
-        "run {run_id} seed {seed}: {} agents x cap {} (sms {}), {} webchat + {} SMS conversations x {} messages, {}, {} worker process(es) -> {}",
+        "run {run_id} seed {seed}: {} agents x cap {} (sms {}, whatsapp {}), {} webchat + {} SMS + {} WhatsApp conversations x {} messages, {}, {} worker process(es) -> {}",
         args.agents,
         args.capacity,
         args.sms_capacity(),
+        args.whatsapp_capacity(),
         args.conversations,
         args.sms_conversations,
+        args.whatsapp_conversations,
         args.messages,
         if args.open_loop() {
             format!(
-                "open loop at {}/s webchat{}",
-                args.rate.or(args.sms_rate).unwrap_or(0.0),
+                "open loop at {}/s webchat{}{}",
+                args.rate.or(args.sms_rate).or(args.whatsapp_rate).unwrap_or(0.0),
                 if args.sms_conversations > 0 {
-                    format!(" + {}/s SMS", args.sms_rate.or(args.rate).unwrap_or(0.0))
+                    format!(" + {}/s SMS", args.sms_rate().unwrap_or(0.0))
+                } else {
+                    String::new()
+                },
+                if args.whatsapp_conversations > 0 {
+                    format!(" + {}/s WhatsApp", args.whatsapp_rate().unwrap_or(0.0))
                 } else {
                     String::new()
                 }
             )
         } else {
-            format!("closed loop, {} customers at once", args.concurrency() + if args.sms_conversations > 0 { args.sms_concurrency() } else { 0 })
+            format!(
+                "closed loop, {} customers at once",
+                args.concurrency()
+                    + if args.sms_conversations > 0 { args.sms_concurrency() } else { 0 }
+                    + if args.whatsapp_conversations > 0 { args.whatsapp_concurrency() } else { 0 }
+            )
         },
         workers,
         target.base,
@@ -927,6 +1163,12 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
         println!(
             "SMS: the broker must run with\n  {}",
             args.twilio().env_line()
+        );
+    }
+    if args.whatsapp_conversations > 0 {
+        println!(
+            "WhatsApp: the broker must run with\n  {}",
+            args.whatsapp().env_line()
         );
     }
     let pid = args
@@ -1014,7 +1256,14 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
                 rep["broker"] = progress::broker_json(pid, &r.samples, 0.2);
                 rep["server_stats"] = r.server_stats.clone().unwrap_or(Value::Null);
                 if let Some(sink) = &r.sink {
-                    rep["sms"] = json!({"sink": sink, "broker_env": args.twilio().env_line()});
+                    let (sms, wa) = split_sink_figures(sink);
+                    if args.sms_conversations > 0 {
+                        rep["sms"] = json!({"sink": sms, "broker_env": args.twilio().env_line()});
+                    }
+                    if args.whatsapp_conversations > 0 {
+                        rep["whatsapp"] =
+                            json!({"sink": wa, "broker_env": args.whatsapp().env_line()});
+                    }
                 }
             }
             // The node process's RSS and CPU, sampled like the broker's.
@@ -1085,11 +1334,25 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
         );
         top[kind.name()] = rep;
     }
-    notes.push("SMS traffic is not part of the comparison");
+    notes.push("SMS and WhatsApp traffic is not part of the comparison");
     comparison["note"] = json!(notes.join("; "));
     top["switchboard"] = sw_rep;
     top["comparison"] = comparison;
     Ok(top)
+}
+
+/// The sink's figures as (Twilio's, WhatsApp's), the latter without their
+/// prefix.
+fn split_sink_figures(figures: &Value) -> (Value, Value) {
+    let mut sms = serde_json::Map::new();
+    let mut wa = serde_json::Map::new();
+    for (k, v) in figures.as_object().into_iter().flatten() {
+        match k.strip_prefix(sink::WHATSAPP_PREFIX) {
+            Some(rest) => wa.insert(rest.to_string(), v.clone()),
+            None => sms.insert(k.clone(), v.clone()),
+        };
+    }
+    (Value::Object(sms), Value::Object(wa))
 }
 
 /// The run id a target's agents and customers are named with: the relays'
@@ -1129,17 +1392,13 @@ async fn run_target(
     let requested = args.requested(kind);
     let label = kind.name().to_string();
     let (mut snap, samples, sink) = if workers <= 1 {
-        let sink = if kind == Kind::Switchboard && args.sms_conversations > 0 {
+        let sink = if kind == Kind::Switchboard && args.provider_traffic() {
             Some(sink_for(args, &target).await?)
         } else {
             None
         };
-        let sms = sink.clone().map(|sink| SmsSide {
-            cfg: args.twilio(),
-            sink,
-        });
         let mut local = Local::setup(
-            args.setup(kind, url, run_id, seed, sms)?,
+            args.setup(kind, url, run_id, seed, sink.clone())?,
             args.slice(0, 1, kind),
         )
         .await?;
@@ -1251,6 +1510,8 @@ mod tests {
             "101",
             "--sms-conversations",
             "7",
+            "--whatsapp-conversations",
+            "5",
             "--rate",
             "30",
         ]);
@@ -1261,10 +1522,15 @@ mod tests {
         assert_eq!(agents, (0..10).collect::<Vec<_>>());
         assert_eq!(slices.iter().map(|s| s.webchat.len()).sum::<usize>(), 101);
         assert_eq!(slices[0].sms.len(), 7);
-        assert!(slices[1].sms.is_empty());
+        assert_eq!(slices[0].whatsapp.len(), 5);
+        assert!(slices[1].sms.is_empty() && slices[2].whatsapp.is_empty());
         assert_eq!(slices[1].web_rate, Some(10.0));
         assert_eq!(slices[0].sms_rate, Some(30.0));
+        assert_eq!(slices[0].whatsapp_rate, Some(30.0));
         assert!(a.slice(0, 1, Kind::Baseline).sms.is_empty());
+        assert!(a.slice(0, 1, Kind::Baseline).whatsapp.is_empty());
+        assert_eq!(a.requested(Kind::Switchboard), 113);
+        assert_eq!(a.requested(Kind::Baseline), 101);
         let mut s = parse(&[
             "--agents",
             "1000",
@@ -1380,6 +1646,92 @@ mod tests {
             (20, 300, Some(10.0))
         );
         assert_eq!(again.scale, 1.0);
+    }
+
+    #[test]
+    fn whatsapp_flags_capacity_and_environment() {
+        let a = parse(&[
+            "--agents",
+            "4",
+            "--capacity",
+            "3",
+            "--whatsapp-conversations",
+            "100",
+            "--whatsapp-rate",
+            "50",
+        ]);
+        assert!(a.validate().is_ok());
+        assert_eq!((a.sms_capacity(), a.whatsapp_capacity()), (0, 3));
+        assert_eq!(a.plan().whatsapp_capacity, 3);
+        assert!(a.open_loop());
+        // Webchat, with no --rate of its own, arrives at the other channels' rate.
+        assert_eq!(a.slice(0, 1, Kind::Switchboard).web_rate, Some(50.0));
+        let closed = parse(&["--agents", "4", "--whatsapp-conversations", "100"]);
+        assert_eq!(closed.whatsapp_concurrency(), 20);
+        assert_eq!(
+            closed.slice(0, 1, Kind::Switchboard).whatsapp_concurrency,
+            20
+        );
+        // The Graph base defaults to the sink (the Twilio base) with a version.
+        let wa = a.whatsapp();
+        assert_eq!(wa.graph_base, "http://127.0.0.1:18090/v21.0");
+        let env = a.env_line();
+        for key in [
+            "SWITCHBOARD_TWILIO_API_BASE=http://127.0.0.1:18090 ",
+            "SWITCHBOARD_GRAPH_API_BASE=http://127.0.0.1:18090/v21.0 ",
+            "SWITCHBOARD_WHATSAPP_TOKEN=",
+            "SWITCHBOARD_WHATSAPP_APP_SECRET=",
+            "SWITCHBOARD_WHATSAPP_VERIFY_TOKEN=",
+            "SWITCHBOARD_WHATSAPP_PHONE_NUMBER_ID=109900000000001",
+        ] {
+            assert!(env.contains(key), "{key} in {env}");
+        }
+        assert!(parse(&[
+            "--whatsapp-conversations",
+            "1",
+            "--graph-api-base",
+            "http://10.0.0.1:1"
+        ])
+        .validate()
+        .is_err());
+        assert!(parse(&[
+            "--whatsapp-conversations",
+            "1",
+            "--graph-api-base",
+            "http://127.0.0.1:1/graph/x"
+        ])
+        .validate()
+        .is_err());
+        assert!(parse(&[
+            "--whatsapp-conversations",
+            "1",
+            "--whatsapp-phone-number-id",
+            "ab"
+        ])
+        .validate()
+        .is_err());
+        let specs =
+            scenario::parse("whatsapp-conversations = 1000\nwhatsapp-rate = 100\n", "t").unwrap();
+        let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), "x".into()];
+        argv.extend(specs[0].args.iter().cloned());
+        argv.extend(["--scale".into(), "0.1".into()]);
+        let mut scaled = Args::try_parse_from(&argv).unwrap();
+        scaled.apply_scale();
+        assert_eq!(
+            (scaled.whatsapp_conversations, scaled.whatsapp_rate),
+            (100, Some(10.0))
+        );
+        let flags = scaled.resolved_flags();
+        let again = parse(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            (again.whatsapp_conversations, again.whatsapp_rate),
+            (100, Some(10.0))
+        );
+        let (sms, wa) = split_sink_figures(&json!({"requests": 2, "whatsapp_requests": 3}));
+        assert_eq!(
+            (sms["requests"].as_u64(), wa["requests"].as_u64()),
+            (Some(2), Some(3))
+        );
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub enum Lat {
     /// SMS: agent `send` → `message.status` `delivered` at the agent (through the
     /// sink and its signed status callback).
     SendToDelivered,
+    /// WhatsApp: the same, through the sink's Graph API and its signed
+    /// `statuses` webhook.
+    WhatsappSendToDelivered,
     /// Webchat: `POST /v1/webchat/sessions` → its answer.
     Session,
     /// Webchat: the connection's start (its `--ramp` slot, if paced) → session
@@ -99,13 +102,14 @@ pub enum Lat {
 }
 
 impl Lat {
-    pub const ALL: [Lat; 8] = [
+    pub const ALL: [Lat; 9] = [
         Lat::CustomerToAgent,
         Lat::AgentToCustomer,
         Lat::FirstToOffered,
         Lat::AcceptToAssigned,
         Lat::FirstToAssigned,
         Lat::SendToDelivered,
+        Lat::WhatsappSendToDelivered,
         Lat::Session,
         Lat::Connect,
     ];
@@ -118,6 +122,7 @@ impl Lat {
             Lat::AcceptToAssigned => "accept_to_assigned",
             Lat::FirstToAssigned => "first_message_to_assigned",
             Lat::SendToDelivered => "sms_send_to_delivered",
+            Lat::WhatsappSendToDelivered => "whatsapp_send_to_delivered",
             Lat::Session => "webchat_session",
             Lat::Connect => "webchat_connect",
         }
@@ -212,10 +217,16 @@ counters!(
     in_flight,
     // WebSocket connections open now (gauge).
     connections,
+    // SMS and WhatsApp replies whose `delivered` status agents still wait
+    // for (gauge; only with delivered status callbacks).
+    awaiting_delivery,
     // Webchat customer sockets opened, and now_nanos() of the latest.
     customer_sockets_opened,
     last_socket_open_nanos,
+    // Signed Twilio webhooks (SMS customers) and Cloud API webhooks
+    // (WhatsApp customers) the broker accepted.
     webhooks_sent,
+    whatsapp_webhooks_sent,
     // now_nanos() when the latest conversation completed.
     last_completion_nanos,
 );
@@ -596,6 +607,7 @@ pub fn measurements_json(s: &Snapshot, requested: u64) -> Value {
             "per_second": rate(c2a + a2c),
             "per_second_whole_phase": (c2a + a2c) as f64 / secs,
             "webhooks_sent": g("webhooks_sent"),
+            "whatsapp_webhooks_sent": g("whatsapp_webhooks_sent"),
         },
         "connections": {
             "customer_sockets_opened": g("customer_sockets_opened"),
@@ -692,10 +704,20 @@ pub fn human(r: &Value) -> String {
         n(&msgs["agent_to_customer"]),
         n(&msgs["total"]),
         f(&msgs["per_second"]),
-        if n(&msgs["webhooks_sent"]) > 0 {
-            format!(" ({} SMS webhooks)", n(&msgs["webhooks_sent"]))
-        } else {
-            String::new()
+        {
+            let hooks: Vec<String> = [
+                ("SMS", "webhooks_sent"),
+                ("WhatsApp", "whatsapp_webhooks_sent"),
+            ]
+            .iter()
+            .filter(|(_, k)| n(&msgs[*k]) > 0)
+            .map(|(label, k)| format!("{} {label} webhooks", n(&msgs[*k])))
+            .collect();
+            if hooks.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", hooks.join(", "))
+            }
         },
     );
     let conns = &r["connections"];
@@ -708,9 +730,14 @@ pub fn human(r: &Value) -> String {
             f(&conns["per_second"]),
         );
     }
-    if let Some(sink) = r["sms"]["sink"].as_object() {
-        let parts: Vec<String> = sink.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = writeln!(s, "provider sink: {}", parts.join(", "));
+    for (label, key) in [
+        ("provider sink", "sms"),
+        ("provider sink, WhatsApp (Graph API)", "whatsapp"),
+    ] {
+        if let Some(sink) = r[key]["sink"].as_object() {
+            let parts: Vec<String> = sink.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "{label}: {}", parts.join(", "));
+        }
     }
     let _ = writeln!(
         s,
@@ -725,7 +752,10 @@ pub fn human(r: &Value) -> String {
         if n(&h["count"]) == 0 {
             if !matches!(
                 name,
-                "sms_send_to_delivered" | "webchat_session" | "webchat_connect"
+                "sms_send_to_delivered"
+                    | "whatsapp_send_to_delivered"
+                    | "webchat_session"
+                    | "webchat_connect"
             ) {
                 let _ = writeln!(s, "  {name:<27} {:>6}        -", 0);
             }
@@ -856,6 +886,36 @@ mod tests {
         assert!(human(&r).contains("capacity_exceeded"));
         assert_eq!(stats.take_interval().len(), 1);
         assert_eq!(stats.take_interval().len(), 0);
+    }
+
+    #[test]
+    fn whatsapp_counts_next_to_sms() {
+        let stats = Stats::new();
+        Counters::inc(&stats.c.webhooks_sent);
+        for _ in 0..2 {
+            Counters::inc(&stats.c.whatsapp_webhooks_sent);
+        }
+        stats.record_since(Lat::WhatsappSendToDelivered, now_nanos());
+        let snap = Snapshot::from_raw(&stats.snapshot(1.0, 0).to_raw());
+        let mut r = measurements_json(&snap, 2);
+        assert_eq!(r["messages"]["webhooks_sent"], 1);
+        assert_eq!(r["messages"]["whatsapp_webhooks_sent"], 2);
+        assert_eq!(r["latency_ms"]["whatsapp_send_to_delivered"]["count"], 1);
+        assert_eq!(r["latency_ms"]["sms_send_to_delivered"]["count"], 0);
+        r["sms"] = json!({"sink": {"requests": 1}});
+        r["whatsapp"] = json!({"sink": {"requests": 2}});
+        let text = human(&r);
+        assert!(
+            text.contains("(1 SMS webhooks, 2 WhatsApp webhooks)"),
+            "{text}"
+        );
+        assert!(text.contains("provider sink: requests=1"), "{text}");
+        assert!(
+            text.contains("provider sink, WhatsApp (Graph API): requests=2"),
+            "{text}"
+        );
+        assert!(text.contains("whatsapp_send_to_delivered"), "{text}");
+        assert!(!text.contains("sms_send_to_delivered"), "{text}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::dist::Dist;
 use crate::net::{self, Failure, Pacer, SourcePool, Target};
 use crate::report::{instant_at, now_nanos, Counters, Gauge, Snapshot, Stats};
 use crate::sms::{self, SmsSide};
+use crate::whatsapp::{self, WhatsappSide};
 use crate::{customer, twilio};
 
 /// What a run targets: the broker, or one of the relays it is compared with.
@@ -74,7 +75,9 @@ pub struct Plan {
     pub dispositions: Vec<String>,
     pub capacity: u32,
     pub sms_capacity: u32,
-    /// Agents time SMS sends until `delivered` (status callbacks are on).
+    pub whatsapp_capacity: u32,
+    /// Agents time SMS and WhatsApp sends until `delivered` (status callbacks
+    /// are on).
     pub track_delivery: bool,
 }
 
@@ -85,7 +88,7 @@ pub struct Ctx {
     pub admin_token: String,
     pub run_id: String,
     pub seed: u64,
-    /// Tag in this run's SMS customer numbers.
+    /// Tag in this run's SMS and WhatsApp customer numbers.
     pub sms_tag: u32,
     pub plan: Plan,
     pub step_timeout: Duration,
@@ -95,6 +98,7 @@ pub struct Ctx {
     pub pacer: Pacer,
     pub sources: SourcePool,
     pub sms: Option<SmsSide>,
+    pub whatsapp: Option<WhatsappSide>,
     clients: Vec<Client>,
 }
 
@@ -117,19 +121,22 @@ pub struct Slice {
     pub agents: Vec<usize>,
     pub webchat: Vec<usize>,
     pub sms: Vec<usize>,
+    pub whatsapp: Vec<usize>,
     /// Closed loop: customers at once, per channel.
     pub web_concurrency: usize,
     pub sms_concurrency: usize,
+    pub whatsapp_concurrency: usize,
     /// Open loop: arrivals per second, per channel.
     pub web_rate: Option<f64>,
     pub sms_rate: Option<f64>,
+    pub whatsapp_rate: Option<f64>,
     /// Open loop: conversations running at once, at most.
     pub max_in_flight: usize,
 }
 
 impl Slice {
     pub fn open_loop(&self) -> bool {
-        self.web_rate.is_some() || self.sms_rate.is_some()
+        self.web_rate.is_some() || self.sms_rate.is_some() || self.whatsapp_rate.is_some()
     }
 
     /// Sockets this slice holds at most (agents + webchat customers).
@@ -159,6 +166,7 @@ pub struct Setup {
     pub worker_index: usize,
     pub keep_agents: bool,
     pub sms: Option<SmsSide>,
+    pub whatsapp: Option<WhatsappSide>,
 }
 
 /// A process's run, between its phases.
@@ -235,6 +243,7 @@ impl Local {
             pacer: Pacer::new(s.ramp),
             sources,
             sms: s.sms,
+            whatsapp: s.whatsapp,
             clients,
         });
 
@@ -254,6 +263,11 @@ impl Local {
             if let Some(sms) = &ctx.sms {
                 if !slice.sms.is_empty() {
                     sms::preflight(&ctx, sms).await?;
+                }
+            }
+            if let Some(wa) = &ctx.whatsapp {
+                if !slice.whatsapp.is_empty() {
+                    whatsapp::preflight(&ctx, wa).await?;
                 }
             }
         }
@@ -337,6 +351,12 @@ impl Local {
             let channels = [
                 (Ch::Web, s.webchat.clone(), s.web_rate, s.web_concurrency),
                 (Ch::Sms, s.sms.clone(), s.sms_rate, s.sms_concurrency),
+                (
+                    Ch::Whatsapp,
+                    s.whatsapp.clone(),
+                    s.whatsapp_rate,
+                    s.whatsapp_concurrency,
+                ),
             ];
             for (ch, idxs, rate, concurrency) in channels {
                 if idxs.is_empty() {
@@ -363,13 +383,16 @@ impl Local {
         self.phase = self.phase_start.elapsed();
     }
 
-    /// Waits for the agents' last `complete`s (at most 10 s), takes them down,
-    /// deletes them, and returns the measurements.
+    /// Waits for the agents' last `complete`s and the `delivered` statuses
+    /// of the last provider replies (at most 10 s), takes them down, deletes
+    /// them, and returns the measurements.
     pub async fn finish(self) -> Snapshot {
         let ctx = self.ctx;
         let c = &ctx.stats.c;
         let drain_until = Instant::now() + ctx.step_timeout.min(Duration::from_secs(10));
-        while Counters::get(&c.open_tasks) > 0 && Instant::now() < drain_until {
+        while (Counters::get(&c.open_tasks) > 0 || Counters::get(&c.awaiting_delivery) > 0)
+            && Instant::now() < drain_until
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = self.shutdown.send(true);
@@ -412,6 +435,7 @@ impl Local {
 enum Ch {
     Web,
     Sms,
+    Whatsapp,
 }
 
 /// One conversation, counted.
@@ -421,12 +445,13 @@ async fn one(ctx: Arc<Ctx>, ch: Ch, idx: usize, start: Option<u64>, paced: bool)
     let c = &ctx.stats.c;
     Counters::inc(&c.conversations_started);
     let _running = Gauge::up(&c.in_flight);
-    let result = match (ch, &ctx.sms) {
-        (Ch::Web, _) => customer::conversation(&ctx, idx, start, paced).await,
-        (Ch::Sms, Some(sms)) => sms::conversation(&ctx, sms, idx, start).await,
-        (Ch::Sms, None) => Err(Failure::new(
+    let result = match (ch, &ctx.sms, &ctx.whatsapp) {
+        (Ch::Web, _, _) => customer::conversation(&ctx, idx, start, paced).await,
+        (Ch::Sms, Some(sms), _) => sms::conversation(&ctx, sms, idx, start).await,
+        (Ch::Whatsapp, _, Some(wa)) => whatsapp::conversation(&ctx, wa, idx, start).await,
+        (Ch::Sms | Ch::Whatsapp, _, _) => Err(Failure::new(
             "harness.no_sink",
-            "SMS conversation without a provider sink in this process",
+            "SMS or WhatsApp conversation without a provider sink in this process",
         )),
     };
     match result {
@@ -437,6 +462,7 @@ async fn one(ctx: Arc<Ctx>, ch: Ch, idx: usize, start: Option<u64>, paced: bool)
             let who = match ch {
                 Ch::Web => "customer",
                 Ch::Sms => "sms customer",
+                Ch::Whatsapp => "whatsapp customer",
             };
             ctx.stats
                 .error(&Failure::new(f.code, format!("{who} {idx}: {}", f.detail)));
@@ -467,6 +493,7 @@ async fn open_loop(ctx: Arc<Ctx>, ch: Ch, idxs: Vec<usize>, rate: f64, max_in_fl
     let salt = match ch {
         Ch::Web => 0x0A11_0000_0000_0001,
         Ch::Sms => 0x0A11_0000_0000_0002,
+        Ch::Whatsapp => 0x0A11_0000_0000_0003,
     };
     let mut rng =
         StdRng::seed_from_u64(ctx.seed ^ salt ^ idxs.first().copied().unwrap_or(0) as u64);

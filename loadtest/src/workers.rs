@@ -1,6 +1,6 @@
 //! `--workers N`: the harness re-executes itself N times, each child with a
 //! slice of the load (agents and webchat conversations by index modulo N; all
-//! SMS conversations and the provider sink in worker 0), and merges their
+//! SMS and WhatsApp conversations and the provider sink in worker 0), and merges their
 //! measurements. Latency stamps use the machine's monotonic clock, so a
 //! customer in one process and an agent in another measure correctly.
 //!
@@ -27,7 +27,6 @@ use crate::net::Failure;
 use crate::progress::{Collector, Sample, Source, Tick};
 use crate::report::{hist_add_raw, hist_to_raw, new_histogram, Snapshot};
 use crate::run::{Kind, Local};
-use crate::sms::SmsSide;
 use crate::Args;
 
 /// What the workers produced together.
@@ -305,16 +304,16 @@ async fn child(
 ) -> Result<(), String> {
     let slice = args.slice(i, n, kind);
     let target = crate::net::Target::parse(&args.url)?;
-    let sink = if !slice.sms.is_empty() {
+    let sink = if !slice.sms.is_empty() || !slice.whatsapp.is_empty() {
         Some(crate::sink_for(args, &target).await?)
     } else {
         None
     };
-    let sms = sink.clone().map(|sink| SmsSide {
-        cfg: args.twilio(),
-        sink,
-    });
-    let mut local = Local::setup(args.setup(kind, &args.url, run_id, seed, sms)?, slice).await?;
+    let mut local = Local::setup(
+        args.setup(kind, &args.url, run_id, seed, sink.clone())?,
+        slice,
+    )
+    .await?;
     say("LT READY");
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     match stdin.next_line().await {
