@@ -27,6 +27,7 @@ mod sink;
 mod slo;
 mod sms;
 mod socketio;
+mod texting;
 mod twilio;
 mod whatsapp;
 mod workers;

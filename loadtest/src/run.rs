@@ -19,6 +19,7 @@ use crate::dist::Dist;
 use crate::net::{self, Failure, Pacer, SourcePool, Target};
 use crate::report::{instant_at, now_nanos, Counters, Gauge, Snapshot, Stats};
 use crate::sms::{self, SmsSide};
+use crate::texting;
 use crate::whatsapp::{self, WhatsappSide};
 use crate::{customer, twilio};
 
@@ -447,8 +448,8 @@ async fn one(ctx: Arc<Ctx>, ch: Ch, idx: usize, start: Option<u64>, paced: bool)
     let _running = Gauge::up(&c.in_flight);
     let result = match (ch, &ctx.sms, &ctx.whatsapp) {
         (Ch::Web, _, _) => customer::conversation(&ctx, idx, start, paced).await,
-        (Ch::Sms, Some(sms), _) => sms::conversation(&ctx, sms, idx, start).await,
-        (Ch::Whatsapp, _, Some(wa)) => whatsapp::conversation(&ctx, wa, idx, start).await,
+        (Ch::Sms, Some(sms), _) => texting::conversation(&ctx, sms, idx, start).await,
+        (Ch::Whatsapp, _, Some(wa)) => texting::conversation(&ctx, wa, idx, start).await,
         (Ch::Sms | Ch::Whatsapp, _, _) => Err(Failure::new(
             "harness.no_sink",
             "SMS or WhatsApp conversation without a provider sink in this process",
