@@ -441,18 +441,7 @@ pub async fn http_json(
     if let Some(b) = body {
         req = req.json(b);
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| Failure::new("io.http", format!("{what}: {e}")))?;
-    let status = resp.status();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| Failure::new("io.http", format!("{what}: {e}")))?;
-    if !status.is_success() {
-        return Err(http_failure(status.as_u16(), &bytes, &what));
-    }
+    let (status, bytes) = send_checked(req, &what).await?;
     if bytes.is_empty() {
         return Ok((status, Value::Null));
     }
@@ -463,6 +452,28 @@ pub async fn http_json(
         )
     })?;
     Ok((status, v))
+}
+
+/// Sends `req` (described as `what` in failures) and returns a 2xx answer's
+/// status and body; any other answer becomes a [`Failure`] named after the
+/// server's error code ([`http_failure`]).
+pub async fn send_checked(
+    req: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<(StatusCode, bytes::Bytes), Failure> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Failure::new("io.http", format!("{what}: {e}")))?;
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Failure::new("io.http", format!("{what}: {e}")))?;
+    if !status.is_success() {
+        return Err(http_failure(status.as_u16(), &bytes, what));
+    }
+    Ok((status, bytes))
 }
 
 /// Classifies a non-2xx answer by the contract's `{"error":{"code","message"}}`

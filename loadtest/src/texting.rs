@@ -131,25 +131,7 @@ async fn send<P: Provider>(
     text: &str,
 ) -> Result<(), Failure> {
     let req = provider.webhook(ctx, idx, n, from, text)?;
-    post(req, &format!("POST {}", P::WEBHOOK_PATH)).await?;
+    net::send_checked(req, &format!("POST {}", P::WEBHOOK_PATH)).await?;
     provider.count_webhook(ctx);
-    Ok(())
-}
-
-/// Sends `req` and expects a `2xx`; any other answer becomes a [`Failure`]
-/// named after the server's error code (see [`net::http_failure`]).
-pub async fn post(req: RequestBuilder, what: &str) -> Result<(), Failure> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| Failure::new("io.http", format!("{what}: {e}")))?;
-    let status = resp.status();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| Failure::new("io.http", format!("{what}: {e}")))?;
-    if !status.is_success() {
-        return Err(net::http_failure(status.as_u16(), &bytes, what));
-    }
     Ok(())
 }
