@@ -1,16 +1,20 @@
 //! Micro-benchmarks of per-message work on the hot path: parsing a desktop
-//! command, encoding a `message` event once for fan-out, the journal codec,
-//! and the channel attachment check.
+//! command, encoding a `message` event once for fan-out, a conversation's
+//! append and fan-out, the journal codec, the channel attachment check, the
+//! router's decision among 10,000 agents with a deep queue, and the offer
+//! timers' deadline queue.
 //!
 //! Run with `cargo bench`; each group takes a few seconds.
 
-use std::time::SystemTime;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchboard::channel::check_attachment;
-use switchboard::conversation::ConversationEvent;
+use switchboard::conversation::{ConversationEvent, ConversationState};
+use switchboard::deadlines::Deadlines;
 use switchboard::protocol::{
-    frame, AgentCommand, Author, ChannelKind, DeliveryStatus, Id, Message,
+    frame, AgentCommand, Author, ChannelKind, Customer, DeliveryStatus, Id, Message, TaskState,
 };
 use switchboard::router::index::AgentIndex;
 
@@ -42,6 +46,53 @@ fn frames(c: &mut Criterion) {
                 "conversation_id": black_box(&m.conversation_id),
                 "message": black_box(&m),
             }))
+        })
+    });
+}
+
+/// A message arriving in an assigned conversation with some history: the
+/// state change (one event applied), the `message` event encoded once, and
+/// the frame handed to the agent's socket and two customer tabs (reference
+/// counted, not re-encoded).
+fn conversation(c: &mut Criterion) {
+    let now = SystemTime::now();
+    let mut state = ConversationState {
+        id: "cv_1f".into(),
+        task_id: "tk_1f".into(),
+        channel: ChannelKind::Webchat,
+        customer: Customer {
+            address: "wc_1f".into(),
+            name: "Dana".into(),
+        },
+        business: None,
+        skills: vec![],
+        previous: None,
+        last_customer_at: None,
+        created_at: now,
+        ended_at: None,
+        task_state: TaskState::Assigned,
+        agent_id: Some("alice".into()),
+        agent_name: Some("Alice".into()),
+        disposition: None,
+        notes: None,
+        messages: (0..20).map(|_| message("earlier message")).collect(),
+    };
+    let incoming = message("Hello, my order 4411 has not arrived yet, can you check?");
+    c.bench_function("conversation: append + encode once + fan out to 3", |b| {
+        b.iter(|| {
+            let mut m = incoming.clone();
+            m.seq = state.messages.len() as u64 + 1;
+            state.apply(ConversationEvent::MessageAppended(m));
+            let appended = state.messages.last().expect("just appended");
+            let f = frame(&serde_json::json!({
+                "type": "message",
+                "conversation_id": &state.id,
+                "message": appended,
+            }));
+            let out = [f.clone(), f.clone(), f];
+            // Keep the history at a steady length.
+            state.messages.pop();
+            black_box(out)
         })
     });
 }
@@ -99,7 +150,54 @@ fn routing(c: &mut Criterion) {
     c.bench_function("route: pick skipping 50 declined agents", |b| {
         b.iter(|| index.best(ChannelKind::Webchat, |id| !declined.contains(id)))
     });
+    // A deep queue: 10,000 tasks waiting in arrival order. One dispatch takes
+    // the oldest, picks and re-keys an agent; the task rejoins at the back so
+    // the queue stays deep.
+    let mut queue: BTreeMap<u64, Id> = (0..10_000u64)
+        .map(|i| (i, Id::from(format!("tk_{i:05}"))))
+        .collect();
+    let mut next_order = 10_000u64;
+    c.bench_function("route: oldest of 10k queued to best of 10k agents", |b| {
+        b.iter(|| {
+            let (_, task) = queue.pop_first().expect("queue is deep");
+            let best = index
+                .best(ChannelKind::Webchat, |_| true)
+                .expect("someone is free");
+            tick += 1;
+            index.update(&best, [Some(5), Some(3), None, None], tick);
+            next_order += 1;
+            queue.insert(next_order, task);
+            black_box(best)
+        })
+    });
 }
 
-criterion_group!(benches, frames, journal, attachments, routing);
+/// The router's offer timeouts with 15,000 offers pending: one offer made
+/// (deadline set) and one accepted (deadline cancelled).
+fn offer_timers(c: &mut Criterion) {
+    let start = Instant::now();
+    let mut timers: Deadlines<u64, u64> = Deadlines::default();
+    for i in 0..15_000u64 {
+        timers.insert(i, start + Duration::from_millis(i), i);
+    }
+    let mut next = 15_000u64;
+    c.bench_function("offer timers: set one, cancel one, 15k pending", |b| {
+        b.iter(|| {
+            timers.insert(next, start + Duration::from_millis(next), next);
+            let cancelled = timers.remove(&(next - 15_000));
+            next += 1;
+            black_box(cancelled)
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    frames,
+    conversation,
+    journal,
+    attachments,
+    routing,
+    offer_timers
+);
 criterion_main!(benches);
