@@ -237,6 +237,22 @@ impl Sink {
     }
 
     /// Hands `text` to the customer `to` waits with; false when none does.
+    /// Posts one status callback to the broker and counts it in `counts`; a
+    /// failure is noted as a problem and ends that message's callbacks (false).
+    async fn callback(&self, counts: &Counts, what: &str, req: reqwest::RequestBuilder) -> bool {
+        match crate::net::send_checked(req, what).await {
+            Ok(_) => {
+                bump(&counts.callbacks_ok);
+                true
+            }
+            Err(f) => {
+                bump(&counts.callback_errors);
+                self.problem(format!("{what} failed: {f}"));
+                false
+            }
+        }
+    }
+
     fn deliver(&self, to: &str, text: &str, at: u64) -> bool {
         let reg = self.registry.lock().expect("sink lock");
         reg.get(to)
@@ -338,32 +354,15 @@ impl Sink {
             }
             let body = meta::status_body(&self.wa, wamid, to, status, meta::unix_secs());
             let signature = meta::signature(&self.wa.app_secret, body.as_bytes());
-            let result = cb
+            let req = cb
                 .client
                 .post(cb.target.http(meta::WEBHOOK_PATH))
                 .header("X-Hub-Signature-256", signature)
                 .header("Content-Type", "application/json")
                 .timeout(Duration::from_secs(10))
-                .body(body)
-                .send()
-                .await;
-            match result {
-                Ok(r) if r.status().is_success() => bump(&c.callbacks_ok),
-                Ok(r) => {
-                    bump(&c.callback_errors);
-                    let status_code = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    self.problem(format!(
-                        "whatsapp: status webhook answered {status_code}: {}",
-                        crate::net::clip(&text, 200)
-                    ));
-                    return;
-                }
-                Err(e) => {
-                    bump(&c.callback_errors);
-                    self.problem(format!("whatsapp: status webhook failed: {e}"));
-                    return;
-                }
+                .body(body);
+            if !self.callback(c, "whatsapp: status webhook", req).await {
+                return;
             }
         }
     }
@@ -490,32 +489,15 @@ impl Sink {
             let body = serde_urlencoded::to_string(&form).unwrap_or_default();
             let mut target = cb.target.http(path.split('?').next().unwrap_or(path));
             target.set_query(path.split_once('?').map(|(_, q)| q));
-            let result = cb
+            let req = cb
                 .client
                 .post(target)
                 .header("X-Twilio-Signature", signature)
                 .header("Content-Type", "application/x-www-form-urlencoded")
                 .timeout(Duration::from_secs(10))
-                .body(body)
-                .send()
-                .await;
-            match result {
-                Ok(r) if r.status().is_success() => bump(&self.counts.callbacks_ok),
-                Ok(r) => {
-                    bump(&self.counts.callback_errors);
-                    let status_code = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    self.problem(format!(
-                        "status callback answered {status_code}: {}",
-                        crate::net::clip(&text, 200)
-                    ));
-                    return;
-                }
-                Err(e) => {
-                    bump(&self.counts.callback_errors);
-                    self.problem(format!("status callback failed: {e}"));
-                    return;
-                }
+                .body(body);
+            if !self.callback(&self.counts, "status callback", req).await {
+                return;
             }
         }
     }
