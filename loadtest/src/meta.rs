@@ -47,20 +47,11 @@ impl WhatsappCfg {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 /// Hex HMAC-SHA256 of `body` keyed with `key`.
 pub fn hmac_sha256_hex(key: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
     mac.update(body);
-    hex(&mac.finalize().into_bytes())
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// `X-Hub-Signature-256`: `sha256=` + hex HMAC-SHA256 of the raw body with
