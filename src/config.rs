@@ -19,6 +19,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// How long an offer waits for accept/reject before it goes to the next agent.
     pub offer_timeout: Duration,
+    /// How long an agent who declined a task (reject or offer timeout) is
+    /// passed over for it while nobody else takes it; after that it is offered
+    /// the task again, the longest-ago decline first.
+    pub reoffer_cooldown: Duration,
     /// How long a disconnected agent keeps its tasks.
     pub disconnect_grace: Duration,
     /// How long a webchat customer with no socket left may stay away before
@@ -115,6 +119,7 @@ impl Default for Config {
             bind: "127.0.0.1:8080".into(),
             admin_token: None,
             offer_timeout: Duration::from_secs(30),
+            reoffer_cooldown: Duration::from_secs(30),
             disconnect_grace: Duration::from_secs(60),
             customer_grace: Duration::from_secs(60),
             webchat_session_idle: Duration::from_secs(30 * 60),
@@ -321,6 +326,10 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_OFFER_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub offer_timeout: Option<Duration>,
+    /// An agent who declined a task is offered it again after this, if nobody else took it, e.g. 30s.
+    #[arg(long, env = "SWITCHBOARD_REOFFER_COOLDOWN", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub reoffer_cooldown: Option<Duration>,
     /// Disconnect grace period, e.g. 60s.
     #[arg(long, env = "SWITCHBOARD_DISCONNECT_GRACE", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
@@ -505,7 +514,7 @@ impl Args {
             cfg.sms_from = v;
         }
         overlay!(self, cfg;
-            bind, offer_timeout, disconnect_grace, customer_grace, webchat_session_idle,
+            bind, offer_timeout, reoffer_cooldown, disconnect_grace, customer_grace, webchat_session_idle,
             wrapup_timeout, wrapup_disposition,
             history_retention,
             max_upload, max_text, max_notes, socket_backlog, workers,
@@ -576,6 +585,7 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.bind, "127.0.0.1:8080");
         assert_eq!(c.offer_timeout, Duration::from_secs(30));
+        assert_eq!(c.reoffer_cooldown, Duration::from_secs(30));
         assert_eq!(c.disconnect_grace, Duration::from_secs(60));
         assert_eq!(c.wrapup_timeout, Duration::from_secs(600));
         assert_eq!(c.max_upload, 25 * 1024 * 1024);
