@@ -10,6 +10,7 @@
 //! Handles: [`Connect`], [`Disconnect`], [`FromDesk`], [`ToAgent`],
 //! [`Rescind`], [`UpdateProfile`], [`Retire`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use crate::conversation::{
 };
 use crate::error::ApiError;
 use crate::protocol::{
-    frame, ok_frame, Activity, AgentCommand, AgentView, ChannelKind, Customer, Frame, Id,
+    ok_frame, Activity, AgentCommand, AgentView, ChannelKind, Customer, Event, Frame, Id,
     PerChannel, TaskState, TaskView,
 };
 use crate::router::{self, RescindReason};
@@ -466,12 +467,12 @@ impl Handler<Connect> for Agent {
         });
         let mut tasks: Vec<TaskView> = self.tasks.values().map(|t| t.view.clone()).collect();
         tasks.sort_by_key(|t| t.created_at);
-        let hello = frame(&serde_json::json!({
-            "type": "hello",
-            "agent": self.view(),
-            "activity": self.activity,
-            "tasks": tasks,
-        }));
+        let hello = Event::Hello {
+            agent: Cow::Owned(self.view()),
+            activity: self.activity,
+            tasks,
+        }
+        .frame();
         self.push(hello, ctx);
         let me = self.profile.id.clone();
         for task in self.tasks.values_mut() {
@@ -591,11 +592,11 @@ impl Handler<Rescind> for Agent {
         self.apply(AgentEvent::TaskDropped {
             task_id: msg.task_id.clone(),
         });
-        let f = frame(&serde_json::json!({
-            "type": "task.rescinded",
-            "task_id": msg.task_id,
-            "reason": msg.reason.as_str(),
-        }));
+        let f = Event::TaskRescinded {
+            task_id: msg.task_id,
+            reason: msg.reason,
+        }
+        .frame();
         self.push(f, ctx);
     }
 }

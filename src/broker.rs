@@ -137,11 +137,12 @@ impl Broker {
         self.agents.get(id).map(|e| e.value().clone())
     }
 
-    /// Publish a supervisor event, encoding it only if someone listens.
-    pub fn publish(&self, event: impl FnOnce() -> serde_json::Value) {
+    /// Publish a supervisor event, building and encoding it only if someone
+    /// listens.
+    pub fn publish<'a>(&self, event: impl FnOnce() -> crate::protocol::Event<'a>) {
         if self.supervisors.load(Ordering::Relaxed) > 0 {
             self.supervisor
-                .do_send(crate::supervisor::Publish(crate::protocol::frame(&event())));
+                .do_send(crate::supervisor::Publish(event().frame()));
         }
     }
 }

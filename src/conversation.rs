@@ -13,6 +13,7 @@
 //! [`AgentTyping`], [`AgentEnd`], [`AgentComplete`], [`Resync`], [`GetSnapshot`],
 //! [`GetMessages`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -27,8 +28,9 @@ use crate::channel::{
 };
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::protocol::event::{self, AgentName};
 use crate::protocol::{
-    frame, rfc3339, AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Frame, Id,
+    rfc3339, AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Event, Frame, Id,
     Message, TaskState, TaskSummary, TaskView,
 };
 use crate::router::{
@@ -320,15 +322,14 @@ impl Conversation {
     fn publish_task_state(&self) {
         self.broker.publish(|| {
             let task = self.state.task_summary();
-            serde_json::json!({
-                "type": "task.state",
-                "task_id": task.id,
-                "conversation_id": task.conversation_id,
-                "channel": task.channel,
-                "state": task.state,
-                "agent_id": task.agent_id,
-                "task": task,
-            })
+            Event::TaskStateChanged {
+                task_id: task.id.clone(),
+                conversation_id: task.conversation_id.clone(),
+                channel: task.channel,
+                state: task.state,
+                agent_id: task.agent_id.clone(),
+                task,
+            }
         });
     }
 
@@ -409,25 +410,46 @@ impl Conversation {
     }
 
     fn message_frame(&self, message: &Message, reference: Option<&str>) -> Frame {
-        frame(&MessageEvent {
-            kind: "message",
-            conversation_id: &self.state.id,
-            message,
-            reference,
-        })
+        Event::Message {
+            conversation_id: self.state.id.clone(),
+            message: Cow::Borrowed(message),
+            reference: event::reference(reference),
+        }
+        .frame()
     }
 
     fn assigned_frame(&self, reference: Option<&str>) -> Frame {
-        frame(&serde_json::json!({
-            "type": "task.assigned",
-            "task": self.state.task_view(),
-            "history": self.state.messages,
-            "ref": reference,
-        }))
+        Event::TaskAssigned {
+            task: Cow::Owned(self.state.task_view()),
+            history: Cow::Borrowed(&self.state.messages),
+            reference: event::reference(reference),
+        }
+        .frame()
     }
 
-    fn simple_frame(&self, kind: &str) -> Frame {
-        frame(&serde_json::json!({"type": kind, "conversation_id": self.state.id}))
+    /// `conversation.ended` as the customer gets it (no task, no `ref`).
+    fn ended_frame(&self) -> Frame {
+        Event::ConversationEnded {
+            conversation_id: self.state.id.clone(),
+            task_id: None,
+            reference: None,
+        }
+        .frame()
+    }
+
+    fn typing_frame(&self) -> Frame {
+        Event::Typing {
+            conversation_id: self.state.id.clone(),
+        }
+        .frame()
+    }
+
+    fn rescinded_frame(&self, reason: RescindReason) -> Frame {
+        Event::TaskRescinded {
+            task_id: self.state.task_id.clone(),
+            reason,
+        }
+        .frame()
     }
 
     fn accept_customer_message(&mut self, msg: CustomerMessage) {
@@ -460,14 +482,14 @@ impl Conversation {
         let message = self.append(msg.author, msg.text, attachments, msg.client_msg_id.clone());
         Metrics::bump(&self.broker.metrics.messages_in);
         if let Some(socket) = msg.socket {
-            let ack = frame(&serde_json::json!({
-                "type": "ack",
-                "conversation_id": self.state.id,
-                "client_msg_id": msg.client_msg_id,
-                "message_id": message.id,
-                "seq": message.seq,
-                "ref": msg.reference,
-            }));
+            let ack = Event::Ack {
+                conversation_id: self.state.id.clone(),
+                client_msg_id: msg.client_msg_id.as_deref().map(Cow::Borrowed),
+                message_id: Cow::Borrowed(&message.id),
+                seq: message.seq,
+                reference: event::reference(msg.reference.as_deref()),
+            }
+            .frame();
             self.to_customer(CustomerEvent::Direct { socket, frame: ack });
         }
         let frame = self.message_frame(&message, None);
@@ -531,18 +553,16 @@ impl Conversation {
         self.apply(ConversationEvent::Ended {
             at: crate::protocol::now(),
         });
-        let agent_frame = frame(&serde_json::json!({
-            "type": "conversation.ended",
-            "conversation_id": self.state.id,
-            "task_id": self.state.task_id,
-            "ref": reference,
-        }));
+        let agent_frame = Event::ConversationEnded {
+            conversation_id: self.state.id.clone(),
+            task_id: Some(self.state.task_id.clone()),
+            reference: event::reference(reference),
+        }
+        .frame();
         if let Some(agent) = &self.agent {
             self.to_agent(agent, AgentFrameKind::Ended, agent_frame);
         }
-        self.to_customer(CustomerEvent::Ended(
-            self.simple_frame("conversation.ended"),
-        ));
+        self.to_customer(CustomerEvent::Ended(self.ended_frame()));
         self.broker.router.do_send(TaskWrapping {
             task_id: self.state.task_id.clone(),
         });
@@ -570,13 +590,13 @@ impl Conversation {
             at: crate::protocol::now(),
         });
         if let Some(agent) = &self.agent {
-            let done = frame(&serde_json::json!({
-                "type": "task.completed",
-                "task_id": self.state.task_id,
-                "conversation_id": self.state.id,
-                "disposition": disposition,
-                "ref": reference,
-            }));
+            let done = Event::TaskCompleted {
+                task_id: self.state.task_id.clone(),
+                conversation_id: self.state.id.clone(),
+                disposition: Cow::Borrowed(&disposition),
+                reference: event::reference(reference),
+            }
+            .frame();
             self.to_agent(agent, AgentFrameKind::Completed, done);
         }
         self.broker.router.do_send(TaskClosed {
@@ -600,16 +620,6 @@ impl Conversation {
             ctx.stop();
         });
     }
-}
-
-#[derive(Serialize)]
-struct MessageEvent<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    conversation_id: &'a str,
-    message: &'a Message,
-    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-    reference: Option<&'a str>,
 }
 
 impl Actor for Conversation {
@@ -658,11 +668,10 @@ impl Actor for Conversation {
                     self.assigned_frame(reference.as_deref()),
                 );
                 self.agent = Some(agent);
-                self.to_customer(CustomerEvent::Broadcast(frame(&serde_json::json!({
-                    "type": "agent.joined",
-                    "conversation_id": self.state.id,
-                    "agent": {"name": agent_name},
-                }))));
+                self.to_customer(CustomerEvent::Broadcast(frame_agent_joined(
+                    &self.state.id,
+                    &agent_name,
+                )));
                 let frame = self.message_frame(&message, None);
                 self.message_to_customer(message, frame, template);
             }
@@ -731,7 +740,7 @@ impl Handler<CustomerTyping> for Conversation {
     fn handle(&mut self, _: CustomerTyping, _: &mut Context<Self>) {
         if self.state.task_state == TaskState::Assigned {
             if let Some(agent) = &self.agent {
-                self.to_agent(agent, AgentFrameKind::Message, self.simple_frame("typing"));
+                self.to_agent(agent, AgentFrameKind::Message, self.typing_frame());
             }
         }
     }
@@ -759,9 +768,7 @@ impl Handler<CustomerLeft> for Conversation {
                 self.broker.router.do_send(TaskClosed {
                     task_id: self.state.task_id.clone(),
                 });
-                self.to_customer(CustomerEvent::Ended(
-                    self.simple_frame("conversation.ended"),
-                ));
+                self.to_customer(CustomerEvent::Ended(self.ended_frame()));
                 self.schedule_eviction(ctx);
             }
             TaskState::Assigned => self.end(None, ctx),
@@ -815,12 +822,12 @@ impl Handler<SendHistory> for Conversation {
     type Result = ();
 
     fn handle(&mut self, msg: SendHistory, _: &mut Context<Self>) {
-        let frame = frame(&serde_json::json!({
-            "type": "history",
-            "conversation_id": self.state.id,
-            "ended": self.state.ended(),
-            "messages": self.state.messages,
-        }));
+        let frame = Event::History {
+            conversation_id: Some(self.state.id.clone()),
+            ended: self.state.ended(),
+            messages: Cow::Borrowed(&self.state.messages),
+        }
+        .frame();
         self.to_customer(CustomerEvent::History {
             socket: msg.socket,
             frame,
@@ -837,12 +844,14 @@ impl Handler<SendHistory> for Conversation {
     }
 }
 
-fn frame_agent_joined(conversation_id: &str, name: &str) -> Frame {
-    frame(&serde_json::json!({
-        "type": "agent.joined",
-        "conversation_id": conversation_id,
-        "agent": {"name": name},
-    }))
+fn frame_agent_joined(conversation_id: &Id, name: &str) -> Frame {
+    Event::AgentJoined {
+        conversation_id: conversation_id.clone(),
+        agent: AgentName {
+            name: Cow::Borrowed(name),
+        },
+    }
+    .frame()
 }
 
 /// Router: the task is offered to `agent_id`.
@@ -867,22 +876,13 @@ impl Handler<Reserve> for Conversation {
             agent_name: None,
         });
         let task = self.state.task_view();
-        let offered = frame(&OfferEvent {
-            kind: "task.offered",
-            task: &task,
+        let offered = Event::TaskOffered {
+            task: Cow::Borrowed(&task),
             expires_at: msg.expires_at,
-        });
+        }
+        .frame();
         self.to_agent(&msg.agent, AgentFrameKind::Offered(task.clone()), offered);
     }
-}
-
-#[derive(Serialize)]
-struct OfferEvent<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    task: &'a TaskView,
-    #[serde(with = "rfc3339")]
-    expires_at: SystemTime,
 }
 
 /// Router: the agent accepted; from now on this conversation talks to it directly.
@@ -901,11 +901,7 @@ impl Handler<Assign> for Conversation {
     fn handle(&mut self, msg: Assign, _: &mut Context<Self>) {
         if self.state.task_state != TaskState::Reserved {
             // The customer left while the accept was on its way.
-            let gone = frame(&serde_json::json!({
-                "type": "task.rescinded",
-                "task_id": self.state.task_id,
-                "reason": RescindReason::CustomerLeft.as_str(),
-            }));
+            let gone = self.rescinded_frame(RescindReason::CustomerLeft);
             self.to_agent(&msg.agent, AgentFrameKind::Rescinded, gone);
             return;
         }
@@ -1014,7 +1010,7 @@ impl Handler<AgentTyping> for Conversation {
     fn handle(&mut self, msg: AgentTyping, _: &mut Context<Self>) {
         match self.check_agent(&msg.agent_id) {
             Ok(()) if self.state.task_state == TaskState::Assigned => {
-                self.to_customer(CustomerEvent::Broadcast(self.simple_frame("typing")));
+                self.to_customer(CustomerEvent::Broadcast(self.typing_frame()));
             }
             Ok(()) => {}
             Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
@@ -1120,11 +1116,7 @@ impl Handler<Resync> for Conversation {
             );
         } else {
             // Lost the task meanwhile (re-queued): tell the desktop.
-            let gone = frame(&serde_json::json!({
-                "type": "task.rescinded",
-                "task_id": self.state.task_id,
-                "reason": RescindReason::Reassigned.as_str(),
-            }));
+            let gone = self.rescinded_frame(RescindReason::Reassigned);
             self.to_agent(&msg.agent, AgentFrameKind::Rescinded, gone);
         }
     }
@@ -1167,13 +1159,13 @@ impl Conversation {
         let message_id = self.state.messages[(seq - 1) as usize].id.clone();
         self.apply(ConversationEvent::StatusChanged { seq, status });
         if let Some(agent) = &self.agent {
-            let f = frame(&serde_json::json!({
-                "type": "message.status",
-                "conversation_id": self.state.id,
-                "message_id": message_id,
-                "status": status,
-                "error": error,
-            }));
+            let f = Event::MessageStatus {
+                conversation_id: self.state.id.clone(),
+                message_id: Cow::Borrowed(&message_id),
+                status,
+                error: error.as_deref().map(Cow::Borrowed),
+            }
+            .frame();
             self.to_agent(agent, AgentFrameKind::Other, f);
         }
     }

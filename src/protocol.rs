@@ -1,9 +1,14 @@
-//! Serde types of the wire protocol (HTTP and WebSocket JSON), shared by the
-//! server, the tests and the load harness.
+//! Serde types of the wire protocol (HTTP and WebSocket JSON) as the broker
+//! builds and reads them. (Tests and the load harness are clients: they speak
+//! the JSON of `docs/protocol.md` on their own, as any client would.)
 //!
 //! Inbound commands are typed enums parsed once at the socket edge; outbound
-//! events are built here and encoded to JSON exactly once (see [`Frame`]) so the
-//! same bytes go to every recipient.
+//! events are the [`Event`] enum (`event.rs`), encoded to JSON exactly once
+//! (see [`Frame`]) so the same bytes go to every recipient.
+
+pub mod event;
+
+pub use event::{Event, RescindReason};
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -351,17 +356,20 @@ pub fn frame<T: Serialize>(value: &T) -> Frame {
 
 /// Build a `{"type":"error",...}` frame.
 pub fn error_frame(code: &str, message: &str, reference: Option<&str>) -> Frame {
-    frame(&serde_json::json!({
-        "type": "error",
-        "code": code,
-        "message": message,
-        "ref": reference,
-    }))
+    Event::Error {
+        code: code.into(),
+        message: message.into(),
+        reference: event::reference(reference),
+    }
+    .frame()
 }
 
 /// Build a `{"type":"ok","ref":...}` frame.
 pub fn ok_frame(reference: Option<&str>) -> Frame {
-    frame(&serde_json::json!({"type": "ok", "ref": reference}))
+    Event::Ok {
+        reference: event::reference(reference),
+    }
+    .frame()
 }
 
 /// Now, truncated to whole milliseconds: the precision of the wire format, so a

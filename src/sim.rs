@@ -21,12 +21,11 @@ use std::time::Duration;
 use actix::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 
 use crate::agent::{Agent, AgentProfile, Connect, FromDesk};
 use crate::broker::Broker;
 use crate::error::ApiError;
-use crate::protocol::{Activity, AgentCommand, PerChannel};
+use crate::protocol::{Activity, AgentCommand, Author, Event, PerChannel};
 use crate::ws::{CloseSession, Push, SocketLink};
 
 /// How simulated agents behave.
@@ -114,53 +113,51 @@ impl SimDesk {
         });
     }
 
-    fn on_frame(&mut self, v: Value, ctx: &mut Context<Self>) {
-        let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
-        match v["type"].as_str().unwrap_or_default() {
-            "hello" => self.agent.do_send(FromDesk {
+    fn on_frame(&mut self, event: Event<'static>, ctx: &mut Context<Self>) {
+        match event {
+            Event::Hello { .. } => self.agent.do_send(FromDesk {
                 session_id: self.session_id,
                 command: AgentCommand::Activity {
                     activity: Activity::Available,
                     reference: None,
                 },
             }),
-            "task.offered" => {
-                let task_id = text(&v["task"], "id");
+            Event::TaskOffered { task, .. } => {
                 let delay = self.behaviour.accept_delay;
                 self.later(
                     delay,
                     ctx,
                     AgentCommand::Accept {
-                        task_id,
+                        task_id: task.id.to_string(),
                         reference: None,
                     },
                 );
             }
-            "task.assigned" => {
-                let conversation_id = text(&v["task"], "conversation_id");
-                let task_id = text(&v["task"], "id");
+            Event::TaskAssigned { task, history, .. } => {
+                let conversation_id = task.conversation_id.to_string();
                 self.conversations
                     .entry(conversation_id.clone())
                     .or_insert(SimConversation {
-                        task_id,
+                        task_id: task.id.to_string(),
                         replies: 0,
                         ending: false,
                     });
-                let waiting = v["history"]
-                    .as_array()
-                    .and_then(|h| h.last())
-                    .is_some_and(|m| m["from"] == "customer");
+                let waiting = history.last().is_some_and(|m| m.from == Author::Customer);
                 if waiting {
                     self.reply(&conversation_id, ctx);
                 }
             }
-            "message" if v["message"]["from"] == "customer" => {
-                let conversation_id = text(&v, "conversation_id");
+            Event::Message {
+                conversation_id,
+                message,
+                ..
+            } if message.from == Author::Customer => {
                 self.reply(&conversation_id, ctx);
             }
-            "conversation.ended" => {
-                let conversation_id = text(&v, "conversation_id");
-                if let Some(conv) = self.conversations.get_mut(&conversation_id) {
+            Event::ConversationEnded {
+                conversation_id, ..
+            } => {
+                if let Some(conv) = self.conversations.get_mut(&*conversation_id) {
                     conv.ending = true;
                     let task_id = conv.task_id.clone();
                     let (delay, disposition) = (
@@ -179,9 +176,8 @@ impl SimDesk {
                     );
                 }
             }
-            "task.completed" | "task.rescinded" => {
-                let task_id = text(&v, "task_id");
-                self.conversations.retain(|_, c| c.task_id != task_id);
+            Event::TaskCompleted { task_id, .. } | Event::TaskRescinded { task_id, .. } => {
+                self.conversations.retain(|_, c| *c.task_id != *task_id);
             }
             _ => {}
         }
@@ -204,8 +200,8 @@ impl Handler<Push> for SimDesk {
 
     fn handle(&mut self, msg: Push, ctx: &mut Context<Self>) {
         // Our own frames, encoded by the broker: they always parse.
-        if let Ok(v) = serde_json::from_str::<Value>(&msg.0) {
-            self.on_frame(v, ctx);
+        if let Ok(event) = Event::parse(&msg.0) {
+            self.on_frame(event, ctx);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Handles: [`CreateSession`], [`CustomerConnected`], [`CustomerDisconnected`],
 //! [`FromCustomer`], [`OpenOutbound`], and [`ToCustomer`] from conversations.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use crate::conversation::{
 };
 use crate::deadlines::Deadlines;
 use crate::error::ApiError;
-use crate::protocol::{error_frame, frame, ChannelKind, Customer, CustomerCommand, Id};
+use crate::protocol::{error_frame, ChannelKind, Customer, CustomerCommand, Event, Id};
 use crate::ws::SocketLink;
 
 struct Socket {
@@ -328,12 +329,12 @@ impl Handler<CustomerConnected> for WebchatChannel {
                     link: msg.link,
                     ready: true,
                 });
-                let empty = frame(&serde_json::json!({
-                    "type": "history",
-                    "conversation_id": null,
-                    "ended": false,
-                    "messages": [],
-                }));
+                let empty = Event::History {
+                    conversation_id: None,
+                    ended: false,
+                    messages: Cow::Borrowed(&[]),
+                }
+                .frame();
                 self.send_to(&msg.session, socket, empty);
             }
         }

@@ -27,6 +27,7 @@
 
 pub mod index;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -41,27 +42,10 @@ use crate::conversation::{Assign, Conversation, Requeued, Reserve};
 use crate::deadlines::Deadlines;
 use crate::error::ApiError;
 use crate::protocol::{
-    Activity, AgentView, ChannelKind, Customer, Id, PerChannel, TaskState, TaskSummary,
+    Activity, AgentView, ChannelKind, Customer, Event, Id, PerChannel, TaskState, TaskSummary,
 };
 
-/// Why a task left an agent before completion (the `task.rescinded` reason).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RescindReason {
-    Timeout,
-    CustomerLeft,
-    Reassigned,
-}
-
-impl RescindReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RescindReason::Timeout => "timeout",
-            RescindReason::CustomerLeft => "customer_left",
-            RescindReason::Reassigned => "reassigned",
-        }
-    }
-}
+pub use crate::protocol::RescindReason;
 
 /// A task waiting for, or held by, an agent: what the router needs to route it
 /// and to put it back, and what supervisors see of it. (The conversation's
@@ -684,9 +668,9 @@ impl Router {
 
     fn publish_agent(&self, id: &Id) {
         if let Some(agent) = self.agents.get(id) {
-            let view = agent.view.clone();
-            self.broker
-                .publish(|| serde_json::json!({"type": "agent.state", "agent": view}));
+            self.broker.publish(|| Event::AgentState {
+                agent: Cow::Borrowed(&agent.view),
+            });
         }
     }
 
@@ -787,7 +771,7 @@ impl Handler<RemoveAgent> for Router {
         }
         self.apply(RouterEvent::AgentRemoved { id: msg.id.clone() });
         self.broker
-            .publish(|| serde_json::json!({"type": "agent.removed", "agent_id": msg.id}));
+            .publish(|| Event::AgentRemoved { agent_id: msg.id });
     }
 }
 

@@ -1,0 +1,387 @@
+//! Every frame the broker sends to a client: one enum, tagged on `type`, one
+//! variant per event of `docs/protocol.md`. Actors build an [`Event`] and
+//! encode it once with [`Event::frame`]; the in-process simulated agents read
+//! the same enum back. Nothing else writes an outbound frame by hand, so the
+//! wire has one source.
+//!
+//! Large parts (a message, the history, a task) are borrowed where the sender
+//! has them, so building an event copies no text; decoding yields owned
+//! values.
+
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    rfc3339, Activity, AgentView, ChannelKind, DeliveryStatus, Frame, Id, Message, TaskState,
+    TaskSummary, TaskView,
+};
+
+/// Why a task left an agent before completion (the `task.rescinded` reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RescindReason {
+    Timeout,
+    CustomerLeft,
+    Reassigned,
+}
+
+impl RescindReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RescindReason::Timeout => "timeout",
+            RescindReason::CustomerLeft => "customer_left",
+            RescindReason::Reassigned => "reassigned",
+        }
+    }
+}
+
+/// The agent named in `agent.joined`: customers see only the name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentName<'a> {
+    pub name: Cow<'a, str>,
+}
+
+/// A client's `ref`, echoed as given (`null` when the command had none).
+type Ref<'a> = Option<Cow<'a, str>>;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Event<'a> {
+    // -- agent desktop --------------------------------------------------
+    /// On connect: the agent, its activity and its open tasks.
+    #[serde(rename = "hello")]
+    Hello {
+        agent: Cow<'a, AgentView>,
+        activity: Activity,
+        tasks: Vec<TaskView>,
+    },
+    #[serde(rename = "task.offered")]
+    TaskOffered {
+        task: Cow<'a, TaskView>,
+        #[serde(with = "rfc3339")]
+        expires_at: SystemTime,
+    },
+    #[serde(rename = "task.rescinded")]
+    TaskRescinded { task_id: Id, reason: RescindReason },
+    /// After accept (and on a reconnect's resync): the task and its history.
+    #[serde(rename = "task.assigned")]
+    TaskAssigned {
+        task: Cow<'a, TaskView>,
+        history: Cow<'a, [Message]>,
+        #[serde(rename = "ref", default)]
+        reference: Ref<'a>,
+    },
+    #[serde(rename = "message.status")]
+    MessageStatus {
+        conversation_id: Id,
+        message_id: Cow<'a, str>,
+        status: DeliveryStatus,
+        error: Option<Cow<'a, str>>,
+    },
+    #[serde(rename = "task.completed")]
+    TaskCompleted {
+        task_id: Id,
+        conversation_id: Id,
+        disposition: Cow<'a, str>,
+        #[serde(rename = "ref", default)]
+        reference: Ref<'a>,
+    },
+    /// A command's success, for commands that answer nothing else.
+    #[serde(rename = "ok")]
+    Ok {
+        #[serde(rename = "ref", default)]
+        reference: Ref<'a>,
+    },
+
+    // -- both sides of a conversation ------------------------------------
+    /// A new message in the conversation (to the customer, and to the agent
+    /// with its own replies echoed carrying the send's `ref`).
+    #[serde(rename = "message")]
+    Message {
+        conversation_id: Id,
+        message: Cow<'a, Message>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Ref<'a>,
+    },
+    #[serde(rename = "typing")]
+    Typing { conversation_id: Id },
+    /// The chat ended. The agent's carries its task and the `end`'s `ref`.
+    #[serde(rename = "conversation.ended")]
+    ConversationEnded {
+        conversation_id: Id,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task_id: Option<Id>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Ref<'a>,
+    },
+    #[serde(rename = "error")]
+    Error {
+        code: Cow<'a, str>,
+        message: Cow<'a, str>,
+        #[serde(rename = "ref", default)]
+        reference: Ref<'a>,
+    },
+
+    // -- webchat customer --------------------------------------------------
+    /// On connect: the session's current (or last) conversation, if any.
+    #[serde(rename = "history")]
+    History {
+        conversation_id: Option<Id>,
+        ended: bool,
+        messages: Cow<'a, [Message]>,
+    },
+    /// The broker holds the customer's message.
+    #[serde(rename = "ack")]
+    Ack {
+        conversation_id: Id,
+        client_msg_id: Option<Cow<'a, str>>,
+        message_id: Cow<'a, str>,
+        seq: u64,
+        #[serde(rename = "ref", default)]
+        reference: Ref<'a>,
+    },
+    #[serde(rename = "agent.joined")]
+    AgentJoined {
+        conversation_id: Id,
+        agent: AgentName<'a>,
+    },
+
+    // -- supervisors ---------------------------------------------------------
+    #[serde(rename = "agent.state")]
+    AgentState { agent: Cow<'a, AgentView> },
+    #[serde(rename = "agent.removed")]
+    AgentRemoved { agent_id: Id },
+    /// A task was created or moved. The flat fields predate `task`.
+    #[serde(rename = "task.state")]
+    TaskStateChanged {
+        task_id: Id,
+        conversation_id: Id,
+        channel: ChannelKind,
+        state: TaskState,
+        agent_id: Option<Id>,
+        task: TaskSummary,
+    },
+}
+
+impl Event<'_> {
+    /// Encode once; every recipient shares the bytes.
+    pub fn frame(&self) -> Frame {
+        super::frame(self)
+    }
+
+    /// Decode a frame the broker wrote.
+    pub fn parse(text: &str) -> Result<Event<'static>, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// A borrowed `ref` from a command's optional one.
+pub fn reference(r: Option<&str>) -> Ref<'_> {
+    r.map(Cow::Borrowed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Author, Customer, PerChannel};
+    use serde_json::{json, Value};
+
+    fn message() -> Message {
+        Message {
+            id: "m_1".into(),
+            conversation_id: "cv_1".into(),
+            seq: 1,
+            from: Author::Customer,
+            agent_id: None,
+            text: "hi".into(),
+            attachments: vec![],
+            created_at: crate::protocol::now(),
+            status: DeliveryStatus::Accepted,
+            client_msg_id: None,
+        }
+    }
+
+    fn task() -> TaskView {
+        TaskView {
+            id: "tk_1".into(),
+            conversation_id: "cv_1".into(),
+            channel: ChannelKind::Webchat,
+            customer: Customer {
+                address: "wc_1".into(),
+                name: "Dana".into(),
+            },
+            preview: "hi".into(),
+            created_at: crate::protocol::now(),
+            state: TaskState::Reserved,
+        }
+    }
+
+    fn agent() -> AgentView {
+        AgentView {
+            id: "alice".into(),
+            name: "Alice".into(),
+            capacity: PerChannel::default(),
+            skills: vec![],
+            activity: Activity::Available,
+            connected: true,
+            load: PerChannel::default(),
+        }
+    }
+
+    /// One of every variant.
+    fn every_event() -> Vec<Event<'static>> {
+        let summary = TaskSummary {
+            id: "tk_1".into(),
+            conversation_id: "cv_1".into(),
+            channel: ChannelKind::Webchat,
+            customer: Customer {
+                address: "wc_1".into(),
+                name: "Dana".into(),
+            },
+            queue: "default".into(),
+            priority: 0,
+            state: TaskState::Queued,
+            agent_id: None,
+            created_at: crate::protocol::now(),
+            waiting_since: crate::protocol::now(),
+        };
+        vec![
+            Event::Hello {
+                agent: Cow::Owned(agent()),
+                activity: Activity::Offline,
+                tasks: vec![task()],
+            },
+            Event::TaskOffered {
+                task: Cow::Owned(task()),
+                expires_at: crate::protocol::now(),
+            },
+            Event::TaskRescinded {
+                task_id: "tk_1".into(),
+                reason: RescindReason::CustomerLeft,
+            },
+            Event::TaskAssigned {
+                task: Cow::Owned(task()),
+                history: Cow::Owned(vec![message()]),
+                reference: Some("r1".into()),
+            },
+            Event::MessageStatus {
+                conversation_id: "cv_1".into(),
+                message_id: "m_1".into(),
+                status: DeliveryStatus::Failed,
+                error: Some("unreachable".into()),
+            },
+            Event::TaskCompleted {
+                task_id: "tk_1".into(),
+                conversation_id: "cv_1".into(),
+                disposition: "resolved".into(),
+                reference: None,
+            },
+            Event::Ok { reference: None },
+            Event::Message {
+                conversation_id: "cv_1".into(),
+                message: Cow::Owned(message()),
+                reference: None,
+            },
+            Event::Typing {
+                conversation_id: "cv_1".into(),
+            },
+            Event::ConversationEnded {
+                conversation_id: "cv_1".into(),
+                task_id: Some("tk_1".into()),
+                reference: Some("e1".into()),
+            },
+            Event::Error {
+                code: "bad_request".into(),
+                message: "no".into(),
+                reference: None,
+            },
+            Event::History {
+                conversation_id: None,
+                ended: false,
+                messages: Cow::Owned(vec![]),
+            },
+            Event::Ack {
+                conversation_id: "cv_1".into(),
+                client_msg_id: Some("c1".into()),
+                message_id: "m_1".into(),
+                seq: 1,
+                reference: None,
+            },
+            Event::AgentJoined {
+                conversation_id: "cv_1".into(),
+                agent: AgentName {
+                    name: "Alice".into(),
+                },
+            },
+            Event::AgentState {
+                agent: Cow::Owned(agent()),
+            },
+            Event::AgentRemoved {
+                agent_id: "alice".into(),
+            },
+            Event::TaskStateChanged {
+                task_id: "tk_1".into(),
+                conversation_id: "cv_1".into(),
+                channel: ChannelKind::Webchat,
+                state: TaskState::Queued,
+                agent_id: None,
+                task: summary,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_event_round_trips_through_its_frame() {
+        for event in every_event() {
+            let frame = event.frame();
+            let back = Event::parse(&frame).unwrap_or_else(|e| panic!("{frame}: {e}"));
+            assert_eq!(back, event, "{frame}");
+        }
+    }
+
+    #[test]
+    fn frames_keep_the_documented_shape() {
+        let v: Value = serde_json::from_str(
+            &Event::TaskRescinded {
+                task_id: "tk_1".into(),
+                reason: RescindReason::CustomerLeft,
+            }
+            .frame(),
+        )
+        .expect("json");
+        assert_eq!(
+            v,
+            json!({"type": "task.rescinded", "task_id": "tk_1", "reason": "customer_left"})
+        );
+        // Errors and accepts always carry `ref`, null when the command had none.
+        let v: Value = serde_json::from_str(
+            &Event::Error {
+                code: "bad_request".into(),
+                message: "no".into(),
+                reference: None,
+            }
+            .frame(),
+        )
+        .expect("json");
+        assert_eq!(
+            v,
+            json!({"type": "error", "code": "bad_request", "message": "no", "ref": null})
+        );
+        // The customer's `conversation.ended` names only the conversation.
+        let v: Value = serde_json::from_str(
+            &Event::ConversationEnded {
+                conversation_id: "cv_1".into(),
+                task_id: None,
+                reference: None,
+            }
+            .frame(),
+        )
+        .expect("json");
+        assert_eq!(
+            v,
+            json!({"type": "conversation.ended", "conversation_id": "cv_1"})
+        );
+    }
+}
