@@ -31,6 +31,8 @@ print. In transcripts, lines are:
                      for terminal N; it is run for real.
   > {"type":…}       a line typed into terminal N's client (sent as a frame)
   < {"type":…}       the next frame terminal N's client shows
+  ^D                 end of input: the client closes the socket and exits; the
+                     lines after it that have no prefix are what it prints last
   # …                a comment
 
 An expected line that looks like JSON is compared as JSON (key order does not
@@ -288,11 +290,13 @@ def expect(pattern, actual, bindings):
     Returns None or a reason."""
     pattern, actual = pattern.strip(), actual.strip()
     found = {}
+    pat = None
     if pattern[:1] in "{[":
         try:
             pat = pattern_to_json(substitute_bound(pattern, bindings))
-        except ValueError as e:
-            return f"the expected JSON does not parse ({e}): {pattern}"
+        except ValueError:
+            pass  # e.g. JSON followed by a status code: compared as text
+    if pat is not None:
         try:
             act = json.loads(actual)
         except ValueError:
@@ -534,11 +538,12 @@ class FileRun:
         if kind in ("run", "broker"):
             if kind == "broker":
                 self.ensure_broker(block.line)
-            segs = []
+            # One run per expectation, so a value captured from one command's
+            # output can be used by the next command of the same block.
             for code, expected, line in segments(block.lines):
-                segs.append((self.bound(self.subst(code), block.line), expected and
-                             self.subst(expected), line or block.line))
-            self.shell(segs, block.line, int(block.attrs.get("timeout", 120)))
+                seg = (self.bound(self.subst(code), block.line),
+                       expected and self.subst(expected), line or block.line)
+                self.shell([seg], block.line, int(block.attrs.get("timeout", 120)))
         elif kind == "env":
             code = self.bound(self.subst("\n".join(l for _, l in block.lines)), block.line)
             dump = "\nenv -0 > " + shlex.quote(self.state + ".env")
@@ -598,10 +603,18 @@ class FileRun:
                     i += 1
                 expected = []
                 while i < len(lines) and lines[i][1].strip() and not re.match(
-                        r"^(\$ |> |< |#)", lines[i][1]):
+                        r"^(\$ |> |< |#|\^D)", lines[i][1]):
                     expected.append(lines[i])
                     i += 1
                 self.command(term, "\n".join(cmd), expected, n)
+            elif text.strip() == "^D":
+                client = self.client(term, n)
+                expected = []
+                while i < len(lines) and lines[i][1].strip() and not re.match(
+                        r"^(\$ |> |< |#|\^D)", lines[i][1]):
+                    expected.append(lines[i])
+                    i += 1
+                self.quit(term, client, expected, n)
             elif text.startswith("> "):
                 client = self.client(term, n)
                 client.send(self.bound(self.subst(text[2:]), n))
@@ -617,6 +630,21 @@ class FileRun:
             else:
                 raise Failure(n, "a transcript line starts with '$ ', '> ', '< ' or '#', "
                                  "or follows a command as its output")
+
+    def quit(self, term, client, expected, line):
+        extra = client.leftovers()
+        if extra:
+            raise Failure(line, "frames the transcript does not show:\n"
+                          + "\n".join("< " + f for f in extra))
+        client.close()
+        del self.clients[term]
+        for n, want in expected:
+            got = client.next(client.output)
+            if got is None:
+                raise Failure(n, f"the client printed nothing more; expected\n    {want}")
+            why = expect(self.subst(want), got, self.bindings)
+            if why:
+                raise Failure(n, why)
 
     def client(self, term, line):
         c = self.clients.get(term)
