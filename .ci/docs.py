@@ -440,11 +440,11 @@ class FileRun:
 
     # -- substitution
 
-    def subst(self, text, serves=False):
-        base = f"http://127.0.0.1:{self.port}"
-        text = text.replace("https://chat.example.com", base)
-        text = text.replace("localhost:8080", f"localhost:{self.port}")
-        text = text.replace("127.0.0.1:8080", f"127.0.0.1:{self.port}")
+    def subst(self, text, serves=False, port=None):
+        port = port or self.port
+        text = text.replace("https://chat.example.com", f"http://127.0.0.1:{port}")
+        text = text.replace("localhost:8080", f"localhost:{port}")
+        text = text.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
         if serves:
             text = re.sub(r"cargo run --release(?: --(?=\s|$))?", shlex.quote(self.binary), text)
             text = text.replace("./target/release/switchboard", shlex.quote(self.binary))
@@ -558,17 +558,17 @@ class FileRun:
             for line, cmd in commands(block.lines):
                 if cmd.strip().startswith("#") or not cmd.strip():
                     continue
-                self.serve(self.subst(cmd, serves=True), line)
+                port = free_port()  # apart from this file's broker
+                self.serve(self.subst(cmd, serves=True, port=port), port, line)
         elif kind == "transcript":
             self.transcript(block)
 
-    def serve(self, cmd, line):
+    def serve(self, cmd, port, line):
         cmd = re.sub(r"\s*&\s*$", "", cmd.strip())
         if "--bind" not in cmd and "SWITCHBOARD_BIND" not in cmd:
-            cmd += f" --bind 127.0.0.1:{self.port}"
-        if f":{self.port}" not in cmd:
+            cmd += f" --bind 127.0.0.1:{port}"
+        if f":{port}" not in cmd:
             raise Failure(line, "a serves command must listen on 127.0.0.1:8080 or say nothing")
-        self.stop_broker()
         log = self.broker_log + ".serves"
         with open(log, "w") as out:
             proc = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, env=self.env(), stdout=out,
@@ -578,7 +578,7 @@ class FileRun:
             while time.time() < deadline:
                 if proc.poll() is not None:
                     raise Failure(line, f"exited with status {proc.returncode}:\n{tail(log)}")
-                if healthy(self.port):
+                if healthy(port):
                     return
                 time.sleep(0.05)
             raise Failure(line, f"no answer on /healthz in 20 s:\n{tail(log)}")
