@@ -325,9 +325,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def healthy(port):
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+        with LOCAL.open(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
             return r.status == 200
     except OSError:
         return False
@@ -703,6 +706,9 @@ def main():
     workdir = os.path.join(ROOT, "target", "docs")
     os.makedirs(workdir, exist_ok=True)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    # The broker is on loopback: never through a proxy (pip still may use one).
+    for var in ("NO_PROXY", "no_proxy"):
+        base_env[var] = ",".join(filter(None, [base_env.get(var), "localhost,127.0.0.1"]))
     passed = failed = 0
 
     def report(ok, block, msg=None, line=None):
