@@ -360,8 +360,7 @@ def tail(path, n=20):
 class Client:
     """The interactive WebSocket client of one terminal, run for real."""
 
-    def __init__(self, command, env, line):
-        self.line = line
+    def __init__(self, command, env):
         self.proc = subprocess.Popen(
             ["bash", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"},
@@ -470,10 +469,10 @@ class FileRun:
             return
         env = self.env()
         env.setdefault("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
-        log = open(self.broker_log, "a")
-        self.broker = subprocess.Popen(
-            [self.binary, "--bind", f"127.0.0.1:{self.port}"], env=env, cwd=ROOT,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.broker_log, "a") as log:
+            self.broker = subprocess.Popen(
+                [self.binary, "--bind", f"127.0.0.1:{self.port}"], env=env, cwd=ROOT,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.broker.poll() is not None:
@@ -661,7 +660,7 @@ class FileRun:
             if term in self.clients:
                 raise Failure(line, f"terminal {term} already runs a client")
             script = f"source {shlex.quote(self.state)}\nexec {cmd}"
-            c = self.clients[term] = Client(script, self.env(), line)
+            c = self.clients[term] = Client(script, self.env())
             for n, want in expected:
                 got = c.next(c.output)
                 if got is None:
