@@ -209,23 +209,17 @@ impl Agent {
         }
     }
 
-    /// Run a router request and report its error (or `ok`) on the socket.
-    fn ask_router<M>(
-        &mut self,
-        msg: M,
-        reference: Option<String>,
-        ok: bool,
-        ctx: &mut Context<Self>,
-    ) where
+    /// Run a router request and report its error on the socket (success
+    /// shows in the frames that follow).
+    fn ask_router<M>(&mut self, msg: M, reference: Option<String>, ctx: &mut Context<Self>)
+    where
         M: Message<Result = Result<(), ApiError>> + Send + 'static,
         router::Router: Handler<M>,
     {
         let fut = self.broker.router.send(msg);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            match res.map_err(ApiError::mailbox).and_then(|r| r) {
-                Ok(()) if ok => act.push(ok_frame(reference.as_deref()), ctx),
-                Ok(()) => {}
-                Err(e) => act.push_error(e, reference.as_deref(), ctx),
+            if let Err(e) = res.map_err(ApiError::mailbox).and_then(|r| r) {
+                act.push_error(e, reference.as_deref(), ctx);
             }
         }));
     }
@@ -249,14 +243,25 @@ impl Agent {
                     task_id,
                     reference: reference.clone(),
                 };
-                self.ask_router(msg, reference, false, ctx);
+                self.ask_router(msg, reference, ctx);
             }
             AgentCommand::Reject { task_id, reference } => {
-                let msg = router::Reject {
+                let dropped: Id = task_id.as_str().into();
+                let fut = self.broker.router.send(router::Reject {
                     agent_id: me,
                     task_id,
-                };
-                self.ask_router(msg, reference, true, ctx);
+                });
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                    match res.map_err(ApiError::mailbox).and_then(|r| r) {
+                        // The desk forgets the offer too: a reconnect's
+                        // `hello` must not list it.
+                        Ok(()) => {
+                            act.apply(AgentEvent::TaskDropped { task_id: dropped });
+                            act.push(ok_frame(reference.as_deref()), ctx);
+                        }
+                        Err(e) => act.push_error(e, reference.as_deref(), ctx),
+                    }
+                }));
             }
             AgentCommand::Send {
                 conversation_id,

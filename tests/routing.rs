@@ -501,3 +501,20 @@ async fn customer_leaving_before_assignment_cancels() {
     let o2 = a.offer().await;
     assert_eq!(o2["task"]["conversation_id"], ack2["conversation_id"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_offer_is_gone_from_the_desk_after_a_reconnect() {
+    let h = start();
+    let alice = h.create_agent("alice", 2, &[]).await;
+    let mut a = h.agent_online(&alice).await;
+    let (_s, _c, _ack) = h.customer_with_message("Dana", "hi").await;
+    let offer = a.offer().await;
+    a.reject(&s(&offer["task"]["id"])).await;
+    drop(a);
+    h.wait_agent("alice", "disconnected", |v| v["connected"] == false)
+        .await;
+
+    let (_a, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"], serde_json::json!([]), "{hello}");
+    assert_eq!(hello["agent"]["load"]["webchat"], 0, "{hello}");
+}
