@@ -357,7 +357,7 @@ impl Agent {
         reference: Option<String>,
         ctx: &mut Context<Self>,
     ) {
-        let target = match self.broker.channels.outbound(req.channel) {
+        let target = match self.broker.channels.outbound(req.channel, &req.to) {
             Ok(t) => t,
             Err(e) => return self.push_error(e, reference.as_deref(), ctx),
         };

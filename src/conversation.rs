@@ -252,6 +252,9 @@ pub struct OpenSpec {
     pub opening: Opening,
     /// For outbound: the task id the router already reserved capacity under.
     pub task_id: Option<Id>,
+    /// The arbiter to run on (its channel's, to keep their messages on one
+    /// thread); None: the next shard, round robin.
+    pub home: Option<ArbiterHandle>,
 }
 
 pub struct Conversation {
@@ -301,7 +304,8 @@ impl Conversation {
         };
         // Registered before it runs: its first act queues the task, and the
         // agent who accepts must find it by id.
-        let (addr, run) = crate::broker::prepare::<Conversation>(&broker.shard());
+        let arbiter = spec.home.unwrap_or_else(|| broker.shard());
+        let (addr, run) = crate::broker::prepare::<Conversation>(&arbiter);
         broker.conversations.insert(id.clone(), addr.clone());
         broker.tasks.insert(task_id, id.clone());
         run(actor);
@@ -553,6 +557,11 @@ impl Conversation {
         self.apply(ConversationEvent::Ended {
             at: crate::protocol::now(),
         });
+        // The router first: whoever hears of the end from the agent's
+        // frames and asks the router (`GET /v1/tasks`) finds it moved.
+        self.broker.router.do_send(TaskWrapping {
+            task_id: self.state.task_id.clone(),
+        });
         let agent_frame = Event::ConversationEnded {
             conversation_id: self.state.id.clone(),
             task_id: Some(self.state.task_id.clone()),
@@ -563,9 +572,6 @@ impl Conversation {
             self.to_agent(agent, AgentFrameKind::Ended, agent_frame);
         }
         self.to_customer(CustomerEvent::Ended(self.ended_frame()));
-        self.broker.router.do_send(TaskWrapping {
-            task_id: self.state.task_id.clone(),
-        });
         let timeout = self.broker.config.wrapup_timeout;
         self.wrapup = Some(ctx.run_later(timeout, |act, ctx| {
             act.wrapup = None;
@@ -589,6 +595,10 @@ impl Conversation {
             notes,
             at: crate::protocol::now(),
         });
+        // The router first (see `end`).
+        self.broker.router.do_send(TaskClosed {
+            task_id: self.state.task_id.clone(),
+        });
         if let Some(agent) = &self.agent {
             let done = Event::TaskCompleted {
                 task_id: self.state.task_id.clone(),
@@ -599,9 +609,6 @@ impl Conversation {
             .frame();
             self.to_agent(agent, AgentFrameKind::Completed, done);
         }
-        self.broker.router.do_send(TaskClosed {
-            task_id: self.state.task_id.clone(),
-        });
         self.schedule_eviction(ctx);
     }
 

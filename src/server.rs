@@ -3,9 +3,11 @@
 //!
 //! Threads: actix-web runs one HTTP worker per core (socket session actors
 //! live on the worker that accepted them); conversations and agents are spread
-//! round robin over one shard arbiter per core; the router and the webchat
-//! channel each get an arbiter of their own, so neither waits behind chat
-//! traffic on a shared thread; the supervisor hub lives on the system arbiter.
+//! round robin over one shard arbiter per core, and each shard arbiter runs one
+//! shard of the webchat channel with the conversations of its sessions; the
+//! router gets an arbiter of its own, so it never waits behind chat traffic,
+//! and the provider channels share another; the supervisor hub lives on the
+//! system arbiter.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use crate::broker::{prepare, Broker, BrokerParts};
 use crate::channel::messenger::MessengerApi;
 use crate::channel::provider::{ProviderApi, ProviderChannel};
 use crate::channel::sms::SmsApi;
-use crate::channel::webchat::WebchatChannel;
+use crate::channel::webchat::{WebchatChannel, WebchatShards};
 use crate::channel::whatsapp::WhatsappApi;
 use crate::channel::Channels;
 use crate::config::Config;
@@ -76,7 +78,9 @@ pub fn start(config: Config) -> std::io::Result<Started> {
 
     let supervisor = SupervisorHub::new().start();
     let (router, run_router) = prepare::<Router>(&router_arbiter);
-    let (webchat, run_webchat) = prepare::<WebchatChannel>(&channel_arbiter);
+    // One webchat channel shard per shard arbiter (see channel/webchat.rs).
+    let (webchat, run_webchat): (Vec<_>, Vec<_>) =
+        shards.iter().map(prepare::<WebchatChannel>).unzip();
     let provider = |enabled: bool| enabled.then(|| prepare::<ProviderChannel>(&channel_arbiter));
     let sms = provider(config.sms_enabled());
     let whatsapp = provider(config.whatsapp_enabled());
@@ -92,7 +96,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         admin_token: admin_token.clone(),
         router,
         channels: Channels {
-            webchat,
+            webchat: WebchatShards::new(webchat),
             sms: sms.as_ref().map(|(addr, _)| addr.clone()),
             whatsapp: whatsapp.as_ref().map(|(addr, _)| addr.clone()),
             messenger: messenger.as_ref().map(|(addr, _)| addr.clone()),
@@ -103,7 +107,9 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
     run_router(Router::new(broker.clone()));
-    run_webchat(WebchatChannel::new(broker.clone()));
+    for run in run_webchat {
+        run(WebchatChannel::new(broker.clone()));
+    }
     channel_arbiter.spawn(sweep_unused_attachments(Arc::downgrade(&broker)));
     let graph = config.graph_api_base.clone();
     if let Some((_, run)) = sms {

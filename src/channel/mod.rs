@@ -109,7 +109,7 @@ impl OpenOutbound {
 /// until configured.
 #[derive(Clone)]
 pub struct Channels {
-    pub webchat: Addr<webchat::WebchatChannel>,
+    pub webchat: webchat::WebchatShards,
     pub sms: Option<Addr<provider::ProviderChannel>>,
     pub whatsapp: Option<Addr<provider::ProviderChannel>>,
     pub messenger: Option<Addr<provider::ProviderChannel>>,
@@ -130,10 +130,14 @@ impl Channels {
         addr.ok_or_else(|| disabled(kind))
     }
 
-    /// Where an agent's outbound conversation on `kind` is opened.
-    pub fn outbound(&self, kind: ChannelKind) -> Result<Recipient<OpenOutbound>, ApiError> {
+    /// Where an agent's outbound conversation on `kind` to `to` is opened.
+    pub fn outbound(
+        &self,
+        kind: ChannelKind,
+        to: &str,
+    ) -> Result<Recipient<OpenOutbound>, ApiError> {
         match kind {
-            ChannelKind::Webchat => Ok(self.webchat.clone().recipient()),
+            ChannelKind::Webchat => Ok(self.webchat.for_session(to).clone().recipient()),
             other => Ok(self.provider(other)?.clone().recipient()),
         }
     }

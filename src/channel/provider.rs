@@ -511,6 +511,7 @@ impl ProviderChannel {
             channel_addr: ctx.address().recipient(),
             opening,
             task_id,
+            home: None,
         };
         let (id, addr) = Conversation::open(&self.broker, spec);
         self.apply(

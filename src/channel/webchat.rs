@@ -1,7 +1,14 @@
-//! The webchat channel actor: owns webchat customer sessions (name, required
-//! skills, open and last conversation, connected sockets), opens conversations
-//! for them, and delivers what conversations say to every socket of the
+//! The webchat channel actors: own webchat customer sessions (name, required
+//! skills, open and last conversation, connected sockets), open conversations
+//! for them, and deliver what conversations say to every socket of the
 //! customer.
+//!
+//! One actor per shard arbiter, not one for the broker: every customer message
+//! passes its channel three times (in, `ack` out, echo out), so a single
+//! channel actor would carry every chat on one thread. A session lives in the
+//! shard its id hashes to ([`WebchatShards::for_session`]) and its
+//! conversations are started on that shard's arbiter, so the channel and the
+//! conversation it feeds never cross a thread to talk to each other.
 //!
 //! Handles: [`CreateSession`], [`CustomerConnected`], [`CustomerDisconnected`],
 //! [`FromCustomer`], [`OpenOutbound`], and [`ToCustomer`] from conversations.
@@ -15,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
 use crate::channel::{CustomerEvent, OpenOutbound, SocketId, ToCustomer};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
 use crate::conversation::{
     validate_content, Conversation, CustomerAbandoned, CustomerLeft, CustomerMessage,
     CustomerTyping, OpenSpec, Opening, SendHistory,
@@ -66,6 +75,37 @@ pub enum WebchatEvent {
     SessionForgotten {
         session: Id,
     },
+}
+
+/// The webchat channel's shards, and which one holds a session.
+#[derive(Clone)]
+pub struct WebchatShards {
+    shards: Arc<[Addr<WebchatChannel>]>,
+}
+
+impl WebchatShards {
+    /// At least one shard.
+    pub fn new(shards: Vec<Addr<WebchatChannel>>) -> Self {
+        assert!(!shards.is_empty(), "the webchat channel needs a shard");
+        WebchatShards {
+            shards: shards.into(),
+        }
+    }
+
+    /// The shard that holds `session` (a stable hash of its id).
+    pub fn for_session(&self, session: &str) -> &Addr<WebchatChannel> {
+        let mut h = DefaultHasher::new();
+        session.hash(&mut h);
+        &self.shards[(h.finish() % self.shards.len() as u64) as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
 }
 
 pub struct WebchatChannel {
@@ -201,6 +241,8 @@ impl WebchatChannel {
             channel_addr: ctx.address().recipient(),
             opening,
             task_id,
+            // Next to this shard: channel ↔ conversation stays on one thread.
+            home: Some(Arbiter::current()),
         };
         let (id, addr) = Conversation::open(&self.broker, spec);
         self.apply(
@@ -240,10 +282,12 @@ impl Actor for WebchatChannel {
     }
 }
 
-/// `POST /v1/webchat/sessions`: returns (session id, token).
+/// `POST /v1/webchat/sessions`, sent to the shard of the new session's id:
+/// returns its token.
 #[derive(Message)]
-#[rtype(result = "(Id, String)")]
+#[rtype(result = "String")]
 pub struct CreateSession {
+    pub id: Id,
     pub name: String,
     pub skills: Vec<String>,
 }
@@ -252,7 +296,7 @@ impl Handler<CreateSession> for WebchatChannel {
     type Result = MessageResult<CreateSession>;
 
     fn handle(&mut self, msg: CreateSession, ctx: &mut Context<Self>) -> Self::Result {
-        let id = self.broker.ids.webchat_session();
+        let id = msg.id;
         let token = crate::ids::token();
         self.apply(
             WebchatEvent::SessionCreated {
@@ -265,7 +309,7 @@ impl Handler<CreateSession> for WebchatChannel {
         );
         self.broker.webchat_tokens.insert(token.clone(), id.clone());
         self.watch_idle(&id, ctx);
-        MessageResult((id, token))
+        MessageResult(token)
     }
 }
 

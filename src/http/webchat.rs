@@ -31,6 +31,8 @@ pub async fn get_session(req: HttpRequest, state: State) -> Result<HttpResponse,
     state
         .channels
         .webchat
+        .for_session(&session)
+        .clone()
         .send(GetSession { session })
         .await
         .map_err(ApiError::mailbox)?
@@ -47,10 +49,13 @@ pub async fn create_session(
     if name.trim().is_empty() || name.chars().count() > 100 {
         return Err(ApiError::BadRequest("name must be 1-100 characters".into()));
     }
-    let (session_id, token) = state
+    let session_id = state.ids.webchat_session();
+    let token = state
         .channels
         .webchat
+        .for_session(&session_id)
         .send(CreateSession {
+            id: session_id.clone(),
             name,
             skills: body.skills,
         })
