@@ -17,7 +17,7 @@ use actix::prelude::*;
 use actix_web_actors::ws::CloseCode;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{AgentEntry, Broker};
+use crate::broker::Broker;
 use crate::channel::{OpenOutbound, Template};
 use crate::conversation::{
     validate_content, AgentComplete, AgentEnd, AgentSend, AgentTyping, Conversation, Resync,
@@ -30,6 +30,9 @@ use crate::protocol::{
 use crate::router::{self, RescindReason};
 use crate::ws::{LinkDown, SocketLink};
 
+/// Largest capacity per channel.
+pub const MAX_CAPACITY: u32 = 1000;
+
 /// An agent's editable profile.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentProfile {
@@ -37,6 +40,64 @@ pub struct AgentProfile {
     pub name: String,
     pub capacity: PerChannel,
     pub skills: Vec<String>,
+}
+
+impl AgentProfile {
+    /// A new agent's profile, checked: the rules of `POST /v1/agents` and of
+    /// `[[agents]]` in the configuration file. The name defaults to the id.
+    pub fn new(
+        id: &str,
+        name: Option<String>,
+        capacity: PerChannel,
+        skills: Vec<String>,
+    ) -> Result<AgentProfile, ApiError> {
+        valid_id(id)?;
+        let name = name.unwrap_or_else(|| id.to_owned());
+        valid_name(&name)?;
+        valid_capacity(&capacity)?;
+        Ok(AgentProfile {
+            id: id.into(),
+            name,
+            capacity,
+            skills,
+        })
+    }
+}
+
+pub fn valid_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "id must be 1-64 characters of letters, digits, '-', '_', '.', '@'".into(),
+        ))
+    }
+}
+
+pub fn valid_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        Err(ApiError::BadRequest("name must be 1-100 characters".into()))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn valid_capacity(c: &PerChannel) -> Result<(), ApiError> {
+    if [c.webchat, c.sms, c.whatsapp, c.messenger]
+        .iter()
+        .any(|n| *n > MAX_CAPACITY)
+    {
+        Err(ApiError::BadRequest(format!(
+            "capacity per channel must be at most {MAX_CAPACITY}"
+        )))
+    } else {
+        Ok(())
+    }
 }
 
 struct OpenTask {
@@ -68,41 +129,38 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Register a new agent: start its actor on a shard, index it, tell the
-    /// router. `conflict` if the id is taken.
-    pub fn create(broker: &Arc<Broker>, profile: AgentProfile) -> Result<String, ApiError> {
-        let token = crate::ids::token();
-        match broker.agents.entry(profile.id.clone()) {
-            dashmap::mapref::entry::Entry::Occupied(_) => Err(ApiError::Conflict(format!(
-                "agent {} already exists",
-                profile.id
-            ))),
-            dashmap::mapref::entry::Entry::Vacant(slot) => {
-                let actor = Agent {
-                    broker: broker.clone(),
-                    profile: profile.clone(),
-                    activity: Activity::Offline,
-                    session: None,
-                    tasks: HashMap::new(),
-                    by_conversation: HashMap::new(),
-                    grace: None,
-                };
-                let addr = Agent::start_in_arbiter(&broker.shard(), move |_| actor);
-                broker.router.do_send(router::UpsertAgent {
-                    id: profile.id.clone(),
-                    name: profile.name,
-                    capacity: profile.capacity,
-                    skills: profile.skills,
-                    addr: addr.clone(),
-                });
-                broker.agent_tokens.insert(token.clone(), profile.id);
-                slot.insert(AgentEntry {
-                    addr,
-                    token: token.clone(),
-                });
-                Ok(token)
-            }
-        }
+    /// Register a new agent: start its actor on a shard, index it under its
+    /// id and token, tell the router. The one way agents are made:
+    /// `POST /v1/agents`, `[[agents]]` in the configuration file and the
+    /// simulated agents all come here. `token` is generated when `None`.
+    /// Returns the token; `conflict` if the id is taken.
+    pub fn create(
+        broker: &Arc<Broker>,
+        profile: AgentProfile,
+        token: Option<String>,
+    ) -> Result<String, ApiError> {
+        let token = token.unwrap_or_else(crate::ids::token);
+        broker.insert_agent(profile.id.clone(), token.clone(), || {
+            let actor = Agent {
+                broker: broker.clone(),
+                profile: profile.clone(),
+                activity: Activity::Offline,
+                session: None,
+                tasks: HashMap::new(),
+                by_conversation: HashMap::new(),
+                grace: None,
+            };
+            let addr = Agent::start_in_arbiter(&broker.shard(), move |_| actor);
+            broker.router.do_send(router::UpsertAgent {
+                id: profile.id,
+                name: profile.name,
+                capacity: profile.capacity,
+                skills: profile.skills,
+                addr: addr.clone(),
+            });
+            addr
+        })?;
+        Ok(token)
     }
 
     /// The one place agent state changes.

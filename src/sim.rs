@@ -235,7 +235,7 @@ pub fn start(broker: &Arc<Broker>, count: usize, behaviour: SimBehaviour) -> Res
             },
             skills: Vec::new(),
         };
-        Agent::create(broker, profile)?;
+        Agent::create(broker, profile, None)?;
         let agent = broker
             .agent(&id)
             .ok_or_else(|| ApiError::NotFound(format!("agent {id} vanished")))?
