@@ -8,7 +8,7 @@
 //! this actor reports is the count of tasks it has been told about.
 //!
 //! Handles: [`Connect`], [`Disconnect`], [`FromDesk`], [`ToAgent`],
-//! [`Rescind`], [`UpdateProfile`], [`Retire`].
+//! [`Rescind`], [`UpdateProfile`], [`TokenRotated`], [`Retire`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,12 +23,19 @@ use crate::conversation::{
     validate_content, AgentComplete, AgentEnd, AgentSend, AgentTyping, Conversation, Resync,
 };
 use crate::error::ApiError;
+use crate::http::same_secret;
 use crate::protocol::{
     frame, ok_frame, Activity, AgentCommand, AgentView, ChannelKind, Frame, Id, PerChannel,
     TaskState, TaskView,
 };
 use crate::router::{self, RescindReason};
 use crate::ws::{LinkDown, SocketLink};
+
+/// Close reason of a desktop socket whose agent's token was rotated
+/// (`POST /v1/agents/{id}/token`); code 1008.
+pub const TOKEN_ROTATED: &str = "token rotated";
+/// Close reason of a desktop socket whose agent was deleted; code 1000.
+pub const AGENT_DELETED: &str = "agent deleted";
 
 /// Largest capacity per channel.
 pub const MAX_CAPACITY: u32 = 1000;
@@ -122,6 +129,9 @@ pub struct Agent {
     profile: AgentProfile,
     activity: Activity,
     session: Option<SocketLink>,
+    /// The token the current desktop authenticated with (`None` for
+    /// in-process desks): a rotation closes it.
+    session_token: Option<String>,
     tasks: HashMap<Id, OpenTask>,
     by_conversation: HashMap<Id, Id>,
     /// Running while disconnected and within the grace period.
@@ -146,6 +156,7 @@ impl Agent {
                 profile: profile.clone(),
                 activity: Activity::Offline,
                 session: None,
+                session_token: None,
                 tasks: HashMap::new(),
                 by_conversation: HashMap::new(),
                 grace: None,
@@ -161,6 +172,18 @@ impl Agent {
             addr
         })?;
         Ok(token)
+    }
+
+    /// Whether a desktop that authenticated with `token` may stay: `None` if
+    /// so, else the close code and reason to give it.
+    fn stale_credential(&self, token: &str) -> Option<(CloseCode, &'static str)> {
+        match self.broker.agent(&self.profile.id) {
+            None => Some((CloseCode::Normal, AGENT_DELETED)),
+            Some(entry) if !same_secret(&entry.token, token) => {
+                Some((CloseCode::Policy, TOKEN_ROTATED))
+            }
+            Some(_) => None,
+        }
     }
 
     /// The one place agent state changes.
@@ -233,6 +256,7 @@ impl Agent {
             return;
         }
         self.session = None;
+        self.session_token = None;
         self.broker.router.do_send(router::AgentPresence {
             id: self.profile.id.clone(),
             connected: false,
@@ -502,12 +526,21 @@ impl Actor for Agent {
 #[rtype(result = "()")]
 pub struct Connect {
     pub link: SocketLink,
+    /// The agent token the socket was opened with, checked again here: it may
+    /// have been rotated since the upgrade. `None` for in-process desks.
+    pub token: Option<String>,
 }
 
 impl Handler<Connect> for Agent {
     type Result = ();
 
     fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) {
+        if let Some(token) = &msg.token {
+            if let Some((code, reason)) = self.stale_credential(token) {
+                msg.link.close(code, reason);
+                return;
+            }
+        }
         if let Some(old) = self.session.take() {
             old.close(CloseCode::Policy, "replaced by a new connection");
         }
@@ -519,6 +552,7 @@ impl Handler<Connect> for Agent {
             self.apply(AgentEvent::ActivityChanged(Activity::Offline));
         }
         self.session = Some(msg.link);
+        self.session_token = msg.token;
         self.broker.router.do_send(router::AgentPresence {
             id: self.profile.id.clone(),
             connected: true,
@@ -694,6 +728,31 @@ impl Handler<UpdateProfile> for Agent {
     }
 }
 
+/// `POST /v1/agents/{id}/token`: the broker's token map already holds the new
+/// token; a desktop opened with an older one is closed (`1008 token rotated`)
+/// and the agent counts as disconnected (grace period) until it comes back
+/// with the new token.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TokenRotated;
+
+impl Handler<TokenRotated> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, _: TokenRotated, ctx: &mut Context<Self>) {
+        let stale = match (&self.session, &self.session_token) {
+            (Some(link), Some(token)) => self
+                .stale_credential(token)
+                .map(|(code, reason)| (link.clone(), code, reason)),
+            _ => None,
+        };
+        if let Some((link, code, reason)) = stale {
+            link.close(code, reason);
+            self.session_lost(link.id, ctx);
+        }
+    }
+}
+
 /// `DELETE /v1/agents/{id}`: close the desktop, hand the tasks back, stop.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -704,7 +763,7 @@ impl Handler<Retire> for Agent {
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         if let Some(link) = self.session.take() {
-            link.close(CloseCode::Normal, "agent deleted");
+            link.close(CloseCode::Normal, AGENT_DELETED);
         }
         self.broker.router.do_send(router::RemoveAgent {
             id: self.profile.id.clone(),

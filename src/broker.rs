@@ -5,8 +5,8 @@
 //! The `DashMap`s are *indexes* (id → address, token → id). Each entry is
 //! written when its actor is created and removed when it goes. The two agent
 //! maps (`agents`, `agent_tokens`) change together, and only through
-//! [`Broker::insert_agent`] and [`Broker::remove_agent`], which take the
-//! `agents` entry first and the
+//! [`Broker::insert_agent`], [`Broker::remove_agent`] and
+//! [`Broker::rotate_agent_token`], which take the `agents` entry first and the
 //! `agent_tokens` entry second, so a token always points at a registered agent
 //! and an agent's token is always in the token map. Looking an address up in a
 //! sharded map beats asking a registry actor, which would put every lookup from
@@ -175,6 +175,24 @@ impl Broker {
             }
             Entry::Vacant(_) => None,
         }
+    }
+
+    /// Give an agent a new token; the old one stops working at once.
+    /// `not_found` for an unknown agent.
+    pub fn rotate_agent_token(&self, id: &str, token: String) -> Result<AgentEntry, ApiError> {
+        let Entry::Occupied(mut slot) = self.agents.entry(id.into()) else {
+            return Err(ApiError::NotFound(format!("agent {id} does not exist")));
+        };
+        let Entry::Vacant(by_token) = self.agent_tokens.entry(token.clone()) else {
+            return Err(ApiError::Conflict(format!(
+                "agent {id}: that token is already in use"
+            )));
+        };
+        by_token.insert(slot.key().clone());
+        let entry = slot.get_mut();
+        self.agent_tokens.remove(&entry.token);
+        entry.token = token;
+        Ok(entry.clone())
     }
 
     /// Publish a supervisor event, encoding it only if someone listens.

@@ -195,6 +195,7 @@ impl Actor for SimDesk {
         ctx.set_mailbox_capacity(self.backlog);
         self.agent.do_send(Connect {
             link: SocketLink::new(self.session_id, &ctx.address()),
+            token: None,
         });
     }
 }

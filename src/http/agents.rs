@@ -1,10 +1,12 @@
-//! `/v1/agents`: create, list, get, patch, delete (admin; an agent may read
-//! itself).
+//! `/v1/agents`: create, list, get, patch, delete, rotate the token (admin;
+//! an agent may read itself).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use crate::agent::{valid_capacity, valid_name, Agent, AgentProfile, Retire, UpdateProfile};
+use crate::agent::{
+    valid_capacity, valid_name, Agent, AgentProfile, Retire, TokenRotated, UpdateProfile,
+};
 use crate::error::ApiError;
 use crate::http::{authenticate, read_json, require_admin, Principal, State};
 use crate::protocol::{Activity, AgentView, PerChannel};
@@ -133,4 +135,19 @@ pub async fn delete(
         .ok_or_else(|| ApiError::NotFound(format!("agent {id} does not exist")))?;
     entry.addr.do_send(Retire);
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /v1/agents/{id}/token`: a new generated token; the old one stops
+/// working at once (HTTP and new sockets) and a desktop opened with it is
+/// closed with `1008 token rotated`.
+pub async fn rotate_token(
+    req: HttpRequest,
+    state: State,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let token = crate::ids::token();
+    let entry = state.rotate_agent_token(&id, token.clone())?;
+    entry.addr.do_send(TokenRotated);
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id.as_str(), "token": token })))
 }
