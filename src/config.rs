@@ -3,6 +3,7 @@
 //! flag > env > file > default. Any bad value stops start-up with a message
 //! naming the setting.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -237,20 +238,32 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        valid_bind(&self.bind)?;
         if self.dispositions.is_empty() {
             return Err(ConfigError("dispositions: at least one is needed".into()));
         }
+        // Say which setting the value comes from and what to change: the user
+        // may have touched only one of the two.
+        let missing_disposition = |what: &str, setting: &str, code: &str| {
+            ConfigError(format!(
+                "dispositions: {} does not include {what} {code:?} ({setting}); \
+                 add it to dispositions or set {setting} to one of them",
+                show_list(&self.dispositions)
+            ))
+        };
         if !self.dispositions.contains(&self.wrapup_disposition) {
-            return Err(ConfigError(format!(
-                "wrapup_disposition: {:?} is not one of the dispositions {:?}",
-                self.wrapup_disposition, self.dispositions
-            )));
+            return Err(missing_disposition(
+                "the wrap-up timeout's disposition",
+                "wrapup_disposition",
+                &self.wrapup_disposition,
+            ));
         }
         if self.sim_agents > 0 && !self.dispositions.contains(&self.sim_disposition) {
-            return Err(ConfigError(format!(
-                "sim_disposition: {:?} is not one of the dispositions {:?}",
-                self.sim_disposition, self.dispositions
-            )));
+            return Err(missing_disposition(
+                "the simulated agents' disposition",
+                "sim_disposition",
+                &self.sim_disposition,
+            ));
         }
         if self.provider_in_flight == 0 {
             return Err(ConfigError("provider_in_flight: must be at least 1".into()));
@@ -270,6 +283,33 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An address:port, or a host name and a port (resolved when binding).
+fn valid_bind(bind: &str) -> Result<(), ConfigError> {
+    let named_host = |host: &str| {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+    };
+    let ok = bind.parse::<SocketAddr>().is_ok()
+        || bind
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| named_host(host) && port.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "bind: {bind:?} is not an address:port, e.g. 127.0.0.1:8080"
+        )))
+    }
+}
+
+/// `["a","b"]`, as the list would be written in the file.
+fn show_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+    format!("[{}]", quoted.join(","))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -637,6 +677,80 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("wrapup_disposition"));
+    }
+
+    /// Load `text` as the configuration file, plus these flags.
+    fn load_file(name: &str, text: &str, flags: &[&str]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let mut argv = vec!["switchboard", "--config", path.to_str().unwrap()];
+        argv.extend_from_slice(flags);
+        Config::load(Args::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn a_missing_disposition_names_both_settings_and_the_fix() {
+        let err = load_file(
+            "dispositions",
+            "dispositions = [\"resolved\", \"callback\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: dispositions: [\"resolved\",\"callback\"] does not include \
+             the wrap-up timeout's disposition \"no_response\" (wrapup_disposition); add it to \
+             dispositions or set wrapup_disposition to one of them"
+        );
+        let err = load_file(
+            "sim-dispositions",
+            "dispositions = [\"no_response\", \"callback\"]\nsim_agents = 2\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: dispositions: [\"no_response\",\"callback\"] does not include \
+             the simulated agents' disposition \"resolved\" (sim_disposition); add it to \
+             dispositions or set sim_disposition to one of them"
+        );
+        // Without simulated agents their disposition does not matter.
+        assert!(load_file("no-sim", "dispositions = [\"no_response\"]\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn bind_must_be_an_address_and_port() {
+        for ok in [
+            "127.0.0.1:0",
+            "0.0.0.0:8080",
+            "[::1]:8080",
+            "localhost:8080",
+        ] {
+            let cfg = Config {
+                bind: ok.into(),
+                ..Config::default()
+            };
+            assert!(cfg.validate().is_ok(), "{ok}");
+        }
+        for bad in [
+            "19240",
+            "localhost",
+            ":8080",
+            "127.0.0.1:99999",
+            "http://127.0.0.1:8080",
+        ] {
+            let cfg = Config {
+                bind: bad.into(),
+                ..Config::default()
+            };
+            let err = cfg.validate().unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("invalid configuration: bind: {bad:?} is not an address:port, e.g. 127.0.0.1:8080")
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,19 @@ pub struct Started {
     pub arbiters: Vec<Arbiter>,
 }
 
+/// `bind` failed: say which address and which setting.
+fn bind_error(bind: &str, e: std::io::Error) -> std::io::Error {
+    let mut why = e.to_string();
+    if let Some(code) = e.raw_os_error() {
+        // "Address already in use (os error 98)": the number says nothing more.
+        let suffix = format!(" (os error {code})");
+        if why.ends_with(&suffix) {
+            why.truncate(why.len() - suffix.len());
+        }
+    }
+    std::io::Error::new(e.kind(), format!("cannot listen on {bind} (bind): {why}"))
+}
+
 /// Drops uploads that were never sent once they are older than the history
 /// retention (files that were sent go with their conversations). Ends with
 /// the broker.
@@ -165,7 +178,8 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     .backlog(4096)
     .client_request_timeout(std::time::Duration::from_secs(30))
     .shutdown_timeout(5)
-    .bind(&config.bind)?;
+    .bind(&config.bind)
+    .map_err(|e| bind_error(&config.bind, e))?;
     let addrs = server.addrs();
     Ok(Started {
         server: server.run(),

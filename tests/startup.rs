@@ -1,16 +1,42 @@
 //! The real binary: embedded defaults print the admin token, and a bad
-//! setting stops start-up with a message naming it.
+//! setting stops start-up with a message naming it (and, when two settings
+//! disagree, what to change).
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary, with none of this machine's `SWITCHBOARD_*` settings, log
+/// filter or colour preference leaking in.
 fn binary() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    cmd.env_remove("SWITCHBOARD_ADMIN_TOKEN")
-        .env_remove("SWITCHBOARD_BIND")
-        .env_remove("SWITCHBOARD_CONFIG");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SWITCHBOARD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("RUST_LOG").env_remove("NO_COLOR");
     cmd
+}
+
+/// A file in a scratch directory of this test process.
+fn scratch_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sb-startup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+/// Run to completion (a start-up that must fail); returns (exit code, stderr).
+fn fails(cmd: &mut Command) -> (Option<i32>, String) {
+    let out = cmd.output().expect("run");
+    assert!(!out.status.success(), "expected a failure: {out:?}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -105,4 +131,54 @@ fn embedded_defaults_print_a_generated_admin_token_that_works() {
     let _ = child.wait();
     assert_eq!(ok.ok(), Some(200));
     assert_eq!(bad.ok(), Some(401));
+}
+
+#[test]
+fn a_missing_disposition_says_which_setting_and_what_to_do() {
+    let (code, err) = fails(binary().args(["--dispositions", "resolved,callback"]));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(
+            "dispositions: [\"resolved\",\"callback\"] does not include the wrap-up timeout's \
+             disposition \"no_response\" (wrapup_disposition); add it to dispositions or set \
+             wrapup_disposition to one of them"
+        ),
+        "{err}"
+    );
+    let file = scratch_file(
+        "sim-disposition.toml",
+        "dispositions = [\"no_response\", \"callback\"]\nsim_agents = 1\n",
+    );
+    let (code, err) = fails(binary().arg("--config").arg(&file));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(
+            "does not include the simulated agents' disposition \"resolved\" (sim_disposition); \
+             add it to dispositions or set sim_disposition to one of them"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bind_that_is_not_an_address_names_the_setting() {
+    let (code, err) = fails(binary().args(["--bind", "19240"]));
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err.trim(),
+        "switchboard: invalid configuration: bind: \"19240\" is not an address:port, \
+         e.g. 127.0.0.1:8080"
+    );
+}
+
+#[test]
+fn a_port_in_use_names_the_address_and_the_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let (code, err) = fails(binary().args(["--bind", &addr.to_string()]));
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim(),
+        format!("switchboard: cannot listen on {addr} (bind): Address already in use")
+    );
 }
