@@ -7,12 +7,34 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    // One readable line per event; coloured only when stderr is a terminal.
+    // (Plain comments: doc comments here would switch `--help` to its long
+    // layout.)
+    #[default]
+    Text,
+    // One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
 
 /// Everything the broker can be tuned with. Public fields so tests and embedders
 /// can build one directly.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Listen address.
     pub bind: String,
@@ -57,6 +79,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// A socket silent (no frame, no pong) for this long is closed.
     pub client_timeout: Duration,
+    /// Log lines as text or JSON.
+    pub log_format: LogFormat,
 
     /// Externally visible base URL (Twilio signs it; provider links use it).
     /// Default: `http://<bind>`.
@@ -138,6 +162,7 @@ impl Default for Config {
             workers: 0,
             heartbeat_interval: Duration::from_secs(15),
             client_timeout: Duration::from_secs(60),
+            log_format: LogFormat::Text,
             public_url: None,
             twilio_account_sid: None,
             twilio_auth_token: None,
@@ -356,44 +381,44 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Listen address, e.g. 127.0.0.1:8080.
+    /// Listen address (address:port; port 0 picks a free one).
     #[arg(long, env = "SWITCHBOARD_BIND")]
     pub bind: Option<String>,
-    /// Admin bearer token (generated and printed when not set).
+    /// Admin bearer token, at least 8 characters.
     #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Offer timeout, e.g. 30s.
+    /// How long an offer waits for accept or reject.
     #[arg(long, env = "SWITCHBOARD_OFFER_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub offer_timeout: Option<Duration>,
-    /// An agent who declined a task is offered it again after this, if nobody else took it, e.g. 30s.
+    /// An agent who declined a task is offered it again after this, if nobody else took it.
     #[arg(long, env = "SWITCHBOARD_REOFFER_COOLDOWN", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub reoffer_cooldown: Option<Duration>,
-    /// Disconnect grace period, e.g. 60s.
+    /// How long a disconnected agent keeps its tasks.
     #[arg(long, env = "SWITCHBOARD_DISCONNECT_GRACE", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub disconnect_grace: Option<Duration>,
-    /// Webchat customer away this long before a waiting task is canceled, e.g. 60s.
+    /// Webchat customer away this long before a waiting task is canceled.
     #[arg(long, env = "SWITCHBOARD_CUSTOMER_GRACE", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub customer_grace: Option<Duration>,
-    /// Unused webchat session (no socket, no conversation) forgotten after, e.g. 30m.
+    /// Unused webchat session (no socket, no conversation) forgotten after.
     #[arg(long, env = "SWITCHBOARD_WEBCHAT_SESSION_IDLE", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub webchat_session_idle: Option<Duration>,
-    /// Wrap-up timeout, e.g. 10m.
+    /// Wrap-up after which a task is completed automatically.
     #[arg(long, env = "SWITCHBOARD_WRAPUP_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub wrapup_timeout: Option<Duration>,
     /// Disposition used by the wrap-up timeout.
     #[arg(long, env = "SWITCHBOARD_WRAPUP_DISPOSITION")]
     pub wrapup_disposition: Option<String>,
-    /// How long a finished conversation stays readable, e.g. 1h.
+    /// How long a finished conversation stays readable.
     #[arg(long, env = "SWITCHBOARD_HISTORY_RETENTION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub history_retention: Option<Duration>,
-    /// Largest upload, e.g. 25MiB.
+    /// Largest upload.
     #[arg(long, env = "SWITCHBOARD_MAX_UPLOAD", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
     pub max_upload: Option<u64>,
@@ -403,7 +428,7 @@ pub struct Args {
     /// Longest wrap-up notes in characters.
     #[arg(long, env = "SWITCHBOARD_MAX_NOTES")]
     pub max_notes: Option<usize>,
-    /// Largest WebSocket frame from a client, e.g. 64KiB.
+    /// Largest WebSocket frame from a client.
     #[arg(long, env = "SWITCHBOARD_MAX_FRAME", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
     pub max_frame: Option<u64>,
@@ -417,14 +442,17 @@ pub struct Args {
     /// Worker threads (0 = one per core).
     #[arg(long, env = "SWITCHBOARD_WORKERS")]
     pub workers: Option<usize>,
-    /// Socket ping interval, e.g. 15s.
+    /// Socket ping interval.
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub heartbeat_interval: Option<Duration>,
-    /// Close sockets silent for this long, e.g. 60s.
+    /// Close sockets silent for this long.
     #[arg(long, env = "SWITCHBOARD_CLIENT_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub client_timeout: Option<Duration>,
+    /// Log lines on stderr: text (coloured only on a terminal) or json (one object per line).
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 
     /// Externally visible base URL, e.g. https://chat.example.com.
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
@@ -474,18 +502,18 @@ pub struct Args {
     /// Graph API base URL for WhatsApp and Messenger.
     #[arg(long, env = "SWITCHBOARD_GRAPH_API_BASE")]
     pub graph_api_base: Option<String>,
-    /// WhatsApp/Messenger free-form messaging window, e.g. 24h.
+    /// WhatsApp/Messenger free-form messaging window.
     #[arg(long, env = "SWITCHBOARD_MESSAGING_WINDOW", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub messaging_window: Option<Duration>,
-    /// Timeout of one provider request, e.g. 10s.
+    /// Timeout of one provider request.
     #[arg(long, env = "SWITCHBOARD_PROVIDER_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub provider_timeout: Option<Duration>,
     /// Retries of a transient provider failure.
     #[arg(long, env = "SWITCHBOARD_PROVIDER_RETRIES")]
     pub provider_retries: Option<u32>,
-    /// First retry delay (doubles each retry, with jitter), e.g. 500ms.
+    /// First retry delay (doubles each retry, with jitter).
     #[arg(long, env = "SWITCHBOARD_PROVIDER_BACKOFF", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub provider_backoff: Option<Duration>,
@@ -498,11 +526,11 @@ pub struct Args {
     /// Provider message ids remembered to drop webhook retries.
     #[arg(long, env = "SWITCHBOARD_WEBHOOK_DEDUPE")]
     pub webhook_dedupe: Option<usize>,
-    /// Largest webhook body, e.g. 1MiB.
+    /// Largest webhook body.
     #[arg(long, env = "SWITCHBOARD_MAX_WEBHOOK_BODY", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
     pub max_webhook_body: Option<u64>,
-    /// Lifetime of signed attachment links given to providers, e.g. 1h.
+    /// Lifetime of signed attachment links given to providers.
     #[arg(long, env = "SWITCHBOARD_ATTACHMENT_LINK_TTL", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub attachment_link_ttl: Option<Duration>,
@@ -513,15 +541,15 @@ pub struct Args {
     /// Simulated agents' capacity on every channel.
     #[arg(long, env = "SWITCHBOARD_SIM_CAPACITY")]
     pub sim_capacity: Option<u32>,
-    /// Mean delay before a simulated agent accepts, e.g. 500ms.
+    /// Mean delay before a simulated agent accepts.
     #[arg(long, env = "SWITCHBOARD_SIM_ACCEPT_DELAY", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub sim_accept_delay: Option<Duration>,
-    /// Mean delay before a simulated agent replies, e.g. 2s.
+    /// Mean delay before a simulated agent replies.
     #[arg(long, env = "SWITCHBOARD_SIM_REPLY_DELAY", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub sim_reply_delay: Option<Duration>,
-    /// Mean wrap-up time of a simulated agent, e.g. 1s.
+    /// Mean wrap-up time of a simulated agent.
     #[arg(long, env = "SWITCHBOARD_SIM_WRAPUP_DELAY", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub sim_wrapup_delay: Option<Duration>,
@@ -534,6 +562,115 @@ pub struct Args {
     /// Seed of the simulated agents' random draws.
     #[arg(long, env = "SWITCHBOARD_SIM_SEED")]
     pub sim_seed: Option<u64>,
+}
+
+impl Args {
+    /// The command line, each setting's default at the end of its help. The
+    /// default is only shown: clap does not apply it, so every field stays
+    /// `None` unless given, and a file or env value still beats a default.
+    pub fn command_with_defaults() -> clap::Command {
+        let defaults = Config::default();
+        Args::command().mut_args(|arg| {
+            let text = match shown_default(&defaults, arg.get_id().as_str()) {
+                Some(Shown::Value(v)) => v,
+                Some(Shown::Note(n)) => n.to_owned(),
+                None => return arg,
+            };
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!("{help} [default: {text}]"))
+        })
+    }
+
+    /// Flags and `SWITCHBOARD_*` variables of this process; on a bad value,
+    /// `--help` or `--version`, prints and exits as clap does.
+    pub fn from_command_line() -> Args {
+        let matches = Self::command_with_defaults().get_matches();
+        Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// A default as `--help` shows it.
+enum Shown {
+    /// What one would write on the command line to get it.
+    Value(String),
+    /// Computed or generated at start.
+    Note(&'static str),
+}
+
+/// Each setting's default, from [`Config::default`] so the help cannot drift
+/// from it. `None`: no default (provider credentials, the file itself).
+fn shown_default(c: &Config, id: &str) -> Option<Shown> {
+    let value = |v: String| Some(Shown::Value(v));
+    let duration = |d: Duration| value(show_duration(d));
+    match id {
+        "bind" => value(c.bind.clone()),
+        "admin_token" => Some(Shown::Note("generated, printed at start")),
+        "offer_timeout" => duration(c.offer_timeout),
+        "reoffer_cooldown" => duration(c.reoffer_cooldown),
+        "disconnect_grace" => duration(c.disconnect_grace),
+        "customer_grace" => duration(c.customer_grace),
+        "webchat_session_idle" => duration(c.webchat_session_idle),
+        "wrapup_timeout" => duration(c.wrapup_timeout),
+        "wrapup_disposition" => value(c.wrapup_disposition.clone()),
+        "history_retention" => duration(c.history_retention),
+        "max_upload" => value(show_size(c.max_upload)),
+        "max_text" => value(c.max_text.to_string()),
+        "max_notes" => value(c.max_notes.to_string()),
+        "max_frame" => value(show_size(c.max_frame as u64)),
+        "socket_backlog" => value(c.socket_backlog.to_string()),
+        "dispositions" => value(c.dispositions.join(",")),
+        "workers" => value(c.workers.to_string()),
+        "heartbeat_interval" => duration(c.heartbeat_interval),
+        "client_timeout" => duration(c.client_timeout),
+        "log_format" => value(c.log_format.as_str().to_owned()),
+        "public_url" => Some(Shown::Note("http://<bind>")),
+        "twilio_api_base" => value(c.twilio_api_base.clone()),
+        "graph_api_base" => value(c.graph_api_base.clone()),
+        "messaging_window" => duration(c.messaging_window),
+        "provider_timeout" => duration(c.provider_timeout),
+        "provider_retries" => value(c.provider_retries.to_string()),
+        "provider_backoff" => duration(c.provider_backoff),
+        "provider_in_flight" => value(c.provider_in_flight.to_string()),
+        "provider_queue" => value(c.provider_queue.to_string()),
+        "webhook_dedupe" => value(c.webhook_dedupe.to_string()),
+        "max_webhook_body" => value(show_size(c.max_webhook_body)),
+        "attachment_link_ttl" => duration(c.attachment_link_ttl),
+        "sim_agents" => value(c.sim_agents.to_string()),
+        "sim_capacity" => value(c.sim_capacity.to_string()),
+        "sim_accept_delay" => duration(c.sim_accept_delay),
+        "sim_reply_delay" => duration(c.sim_reply_delay),
+        "sim_wrapup_delay" => duration(c.sim_wrapup_delay),
+        "sim_replies" => value(c.sim_replies.to_string()),
+        "sim_disposition" => value(c.sim_disposition.clone()),
+        "sim_seed" => value(c.sim_seed.to_string()),
+        _ => None,
+    }
+}
+
+/// `500ms`, `60s`, `10m`, `24h`: the largest unit that divides it (seconds
+/// up to two minutes).
+fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    match d.as_secs() {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 120 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `25MiB`, `64KiB`, or bytes.
+fn show_size(n: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * 1024;
+    match n {
+        0 => "0".into(),
+        n if n % MIB == 0 => format!("{}MiB", n / MIB),
+        n if n % KIB == 0 => format!("{}KiB", n / KIB),
+        n => n.to_string(),
+    }
 }
 
 /// Copy every setting that is present over the configuration.
@@ -558,7 +695,7 @@ impl Args {
             wrapup_timeout, wrapup_disposition,
             history_retention,
             max_upload, max_text, max_notes, socket_backlog, workers,
-            heartbeat_interval, client_timeout, twilio_api_base, graph_api_base,
+            heartbeat_interval, client_timeout, log_format, twilio_api_base, graph_api_base,
             messaging_window, provider_timeout, provider_retries, provider_backoff,
             provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,
             attachment_link_ttl, sim_agents, sim_capacity, sim_accept_delay, sim_reply_delay,
@@ -690,6 +827,81 @@ mod tests {
         Config::load(Args::try_parse_from(argv).unwrap())
     }
 
+    /// Every setting of the command line, by its TOML key.
+    fn setting_ids() -> Vec<String> {
+        Args::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|id| !matches!(id.as_str(), "config" | "help" | "version"))
+            .collect()
+    }
+
+    #[test]
+    fn help_shows_each_default_without_applying_it() {
+        let defaults = Config::default();
+        let no_default: Vec<String> = setting_ids()
+            .into_iter()
+            .filter(|id| shown_default(&defaults, id).is_none())
+            .collect();
+        assert_eq!(
+            no_default,
+            [
+                "twilio_account_sid",
+                "twilio_auth_token",
+                "sms_from",
+                "whatsapp_token",
+                "whatsapp_app_secret",
+                "whatsapp_verify_token",
+                "whatsapp_phone_number_id",
+                "messenger_page_token",
+                "messenger_app_secret",
+                "messenger_verify_token",
+            ],
+            "a new setting needs its default in shown_default"
+        );
+
+        let help = Args::command_with_defaults().render_help().to_string();
+        for shown in [
+            "[default: 127.0.0.1:8080]",
+            "[default: 30s]",
+            "[default: 25MiB]",
+            "[default: text]",
+            "[default: resolved,follow_up,escalated,spam,no_response]",
+        ] {
+            assert!(help.contains(shown), "{shown} missing from:\n{help}");
+        }
+
+        // Shown, not applied: nothing given, nothing set, so a file still wins.
+        let matches = Args::command_with_defaults()
+            .try_get_matches_from(["switchboard"])
+            .unwrap();
+        let args = Args::from_arg_matches(&matches).unwrap();
+        assert!(args.bind.is_none() && args.offer_timeout.is_none() && args.log_format.is_none());
+
+        // And what is shown is the default: passing every shown value as a
+        // flag changes nothing.
+        let mut argv = vec!["switchboard".to_owned()];
+        for arg in Args::command().get_arguments() {
+            if let Some(Shown::Value(v)) = shown_default(&defaults, arg.get_id().as_str()) {
+                argv.push(format!("--{}", arg.get_long().unwrap()));
+                argv.push(v);
+            }
+        }
+        let cfg = Config::load(Args::try_parse_from(argv).unwrap()).unwrap();
+        assert_eq!(cfg, defaults);
+    }
+
+    #[test]
+    fn durations_and_sizes_show_as_typed() {
+        let shown: Vec<String> = [500, 1_000, 60_000, 90_000, 600_000, 3_600_000, 86_400_000]
+            .map(|ms| show_duration(Duration::from_millis(ms)))
+            .to_vec();
+        assert_eq!(shown, ["500ms", "1s", "60s", "90s", "10m", "1h", "24h"]);
+        assert_eq!(show_size(25 * 1024 * 1024), "25MiB");
+        assert_eq!(show_size(64 * 1024), "64KiB");
+        assert_eq!(show_size(1000), "1000");
+    }
+
     #[test]
     fn a_missing_disposition_names_both_settings_and_the_fix() {
         let err = load_file(
@@ -751,6 +963,23 @@ mod tests {
                 format!("invalid configuration: bind: {bad:?} is not an address:port, e.g. 127.0.0.1:8080")
             );
         }
+    }
+
+    #[test]
+    fn log_format_from_file_env_or_flag() {
+        let cfg = load_file("log-json", "log_format = \"json\"\n", &[]).unwrap();
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        let cfg = load_file(
+            "log-flag",
+            "log_format = \"json\"\n",
+            &["--log-format", "text"],
+        )
+        .unwrap();
+        assert_eq!(cfg.log_format, LogFormat::Text);
+        let err = toml::from_str::<Args>("log_format = \"xml\"").unwrap_err();
+        assert!(err.to_string().contains("log_format"), "{err}");
+        let err = Args::try_parse_from(["switchboard", "--log-format", "xml"]).unwrap_err();
+        assert!(err.to_string().contains("--log-format"), "{err}");
     }
 
     #[test]

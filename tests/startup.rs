@@ -1,11 +1,14 @@
 //! The real binary: embedded defaults print the admin token, and a bad
 //! setting stops start-up with a message naming it (and, when two settings
-//! disagree, what to change).
+//! disagree, what to change); --help shows the defaults; logs.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// The binary, with none of this machine's `SWITCHBOARD_*` settings, log
 /// filter or colour preference leaking in.
@@ -37,6 +40,92 @@ fn fails(cmd: &mut Command) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Which stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// A running broker process; killed when dropped. Keeps every line it printed.
+struct Broker {
+    child: Child,
+    lines: Receiver<(Stream, String)>,
+    seen: Vec<(Stream, String)>,
+}
+
+impl Broker {
+    fn start(cmd: &mut Command) -> Broker {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send((Stream::Out, line));
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send((Stream::Err, line));
+            }
+        });
+        Broker {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Read lines until one from `stream` matches; returns it.
+    fn wait_for(&mut self, stream: Stream, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        if let Some((_, l)) = self.seen.iter().find(|(s, l)| *s == stream && pred(l)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok((s, line)) => {
+                    self.seen.push((s, line.clone()));
+                    if s == stream && pred(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!("no {what} on {stream:?}; printed so far: {:#?}", self.seen);
+    }
+
+    /// Stop it and return everything printed on `stream`.
+    fn stop(mut self, stream: Stream) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The readers end with the pipes.
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
+        self.seen
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
@@ -181,4 +270,73 @@ fn a_port_in_use_names_the_address_and_the_setting() {
         err.trim(),
         format!("switchboard: cannot listen on {addr} (bind): Address already in use")
     );
+}
+
+#[test]
+fn help_shows_the_defaults() {
+    let out = binary().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let entry = |flag: &str| -> String {
+        // A flag's entry: its line and the help under it, up to the next flag.
+        let start = help
+            .find(&format!("--{flag} <"))
+            .unwrap_or_else(|| panic!("--{flag} missing from:\n{help}"));
+        let rest = &help[start..];
+        let end = rest[2..].find("\n      --").map_or(rest.len(), |i| i + 2);
+        rest[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    for (flag, default) in [
+        ("bind", "127.0.0.1:8080"),
+        ("offer-timeout", "30s"),
+        ("reoffer-cooldown", "30s"),
+        ("max-upload", "25MiB"),
+        ("max-notes", "4000"),
+        ("log-format", "text"),
+        ("admin-token", "generated, printed at start"),
+    ] {
+        let entry = entry(flag);
+        assert!(
+            entry.contains(&format!("[default: {default}]")),
+            "--{flag}: {entry}"
+        );
+    }
+}
+
+/// Start with logs on a pipe and return what reached stderr.
+fn logs_on_a_pipe(format: &[&str]) -> Vec<String> {
+    let mut broker = Broker::start(
+        binary()
+            .args(["--bind", "127.0.0.1:0", "--sim-agents", "2"])
+            .args(format)
+            .env("RUST_LOG", "switchboard=info"),
+    );
+    broker.wait_for(Stream::Err, "the simulated agents' log line", |l| {
+        l.contains("simulated agents started")
+    });
+    broker.wait_for(Stream::Err, "the listening log line", |l| {
+        l.contains("listening on")
+    });
+    broker.stop(Stream::Err)
+}
+
+#[test]
+fn logs_on_a_pipe_have_no_colour_codes() {
+    let logs = logs_on_a_pipe(&[]);
+    assert!(logs.len() >= 2, "{logs:?}");
+    for line in &logs {
+        assert!(!line.contains("\x1b["), "escape codes in {line:?}");
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let logs = logs_on_a_pipe(&["--log-format", "json"]);
+    assert!(logs.len() >= 2, "{logs:?}");
+    for line in logs.iter().filter(|l| !l.trim().is_empty()) {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{v}");
+        assert!(v["fields"]["message"].is_string(), "{v}");
+    }
 }
