@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::protocol::ChannelKind;
+
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -243,23 +245,69 @@ impl Config {
         }
     }
 
+    /// The settings a channel still needs, by their environment names
+    /// (empty: the channel is enabled; webchat always is).
+    pub fn channel_missing(&self, channel: ChannelKind) -> Vec<&'static str> {
+        let needs = match channel {
+            ChannelKind::Webchat => vec![],
+            ChannelKind::Sms => vec![
+                (
+                    self.twilio_account_sid.is_some(),
+                    "SWITCHBOARD_TWILIO_ACCOUNT_SID",
+                ),
+                (
+                    self.twilio_auth_token.is_some(),
+                    "SWITCHBOARD_TWILIO_AUTH_TOKEN",
+                ),
+                (!self.sms_from.is_empty(), "SWITCHBOARD_SMS_FROM"),
+            ],
+            ChannelKind::Whatsapp => vec![
+                (self.whatsapp_token.is_some(), "SWITCHBOARD_WHATSAPP_TOKEN"),
+                (
+                    self.whatsapp_app_secret.is_some(),
+                    "SWITCHBOARD_WHATSAPP_APP_SECRET",
+                ),
+                (
+                    self.whatsapp_verify_token.is_some(),
+                    "SWITCHBOARD_WHATSAPP_VERIFY_TOKEN",
+                ),
+                (
+                    self.whatsapp_phone_number_id.is_some(),
+                    "SWITCHBOARD_WHATSAPP_PHONE_NUMBER_ID",
+                ),
+            ],
+            ChannelKind::Messenger => vec![
+                (
+                    self.messenger_page_token.is_some(),
+                    "SWITCHBOARD_MESSENGER_PAGE_TOKEN",
+                ),
+                (
+                    self.messenger_app_secret.is_some(),
+                    "SWITCHBOARD_MESSENGER_APP_SECRET",
+                ),
+                (
+                    self.messenger_verify_token.is_some(),
+                    "SWITCHBOARD_MESSENGER_VERIFY_TOKEN",
+                ),
+            ],
+        };
+        needs
+            .into_iter()
+            .filter(|(set, _)| !set)
+            .map(|(_, name)| name)
+            .collect()
+    }
+
     pub fn sms_enabled(&self) -> bool {
-        self.twilio_account_sid.is_some()
-            && self.twilio_auth_token.is_some()
-            && !self.sms_from.is_empty()
+        self.channel_missing(ChannelKind::Sms).is_empty()
     }
 
     pub fn whatsapp_enabled(&self) -> bool {
-        self.whatsapp_token.is_some()
-            && self.whatsapp_app_secret.is_some()
-            && self.whatsapp_verify_token.is_some()
-            && self.whatsapp_phone_number_id.is_some()
+        self.channel_missing(ChannelKind::Whatsapp).is_empty()
     }
 
     pub fn messenger_enabled(&self) -> bool {
-        self.messenger_page_token.is_some()
-            && self.messenger_app_secret.is_some()
-            && self.messenger_verify_token.is_some()
+        self.channel_missing(ChannelKind::Messenger).is_empty()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -980,6 +1028,23 @@ mod tests {
         assert!(err.to_string().contains("log_format"), "{err}");
         let err = Args::try_parse_from(["switchboard", "--log-format", "xml"]).unwrap_err();
         assert!(err.to_string().contains("--log-format"), "{err}");
+    }
+
+    #[test]
+    fn channels_say_what_they_miss() {
+        let cfg = Config {
+            twilio_account_sid: Some("AC1".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            cfg.channel_missing(ChannelKind::Webchat),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            cfg.channel_missing(ChannelKind::Sms),
+            ["SWITCHBOARD_TWILIO_AUTH_TOKEN", "SWITCHBOARD_SMS_FROM"]
+        );
+        assert!(!cfg.sms_enabled());
     }
 
     #[test]

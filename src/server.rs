@@ -23,6 +23,7 @@ use crate::channel::webchat::WebchatChannel;
 use crate::channel::whatsapp::WhatsappApi;
 use crate::channel::Channels;
 use crate::config::Config;
+use crate::protocol::ChannelKind;
 use crate::router::Router;
 use crate::supervisor::{Attach, SupervisorHub};
 
@@ -45,6 +46,56 @@ fn bind_error(bind: &str, e: std::io::Error) -> std::io::Error {
         }
     }
     std::io::Error::new(e.kind(), format!("cannot listen on {bind} (bind): {why}"))
+}
+
+/// What `switchboard` prints on stdout once it listens on `addr`: one line per
+/// page or API with its URL, then one per channel saying whether it is on and,
+/// if not, what to set.
+pub fn banner(config: &Config, addr: SocketAddr) -> Vec<String> {
+    let line = |label: &str, value: String| format!("{:<11}{value}", format!("{label}:"));
+    let base = format!("http://{addr}");
+    let mut lines: Vec<String> = [
+        ("desk", "/desk"),
+        ("chat", "/chat"),
+        ("board", "/board"),
+        ("api", "/v1"),
+        ("health", "/healthz"),
+    ]
+    .into_iter()
+    .map(|(label, path)| line(label, format!("{base}{path}")))
+    .collect();
+    // Where providers reach us: the public URL, else the address bound.
+    let public = match &config.public_url {
+        Some(_) => config.public_base(),
+        None => base.clone(),
+    };
+    for (channel, webhook) in [
+        (ChannelKind::Webchat, None),
+        (ChannelKind::Sms, Some("/v1/channels/sms/inbound")),
+        (ChannelKind::Whatsapp, Some("/v1/channels/whatsapp/webhook")),
+        (
+            ChannelKind::Messenger,
+            Some("/v1/channels/messenger/webhook"),
+        ),
+    ] {
+        let missing = config.channel_missing(channel);
+        let state = match (missing.as_slice(), webhook) {
+            ([], None) => "on".to_owned(),
+            ([], Some(path)) => format!("on (webhook {public}{path})"),
+            (missing, _) => format!("off (set {})", and_list(missing)),
+        };
+        lines.push(line(channel.as_str(), state));
+    }
+    lines
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
 }
 
 /// Drops uploads that were never sent once they are older than the history
@@ -190,16 +241,23 @@ pub fn start(config: Config) -> std::io::Result<Started> {
 }
 
 /// Run until Ctrl-C / SIGTERM. Used by `main`.
+///
+/// Prints on stdout, once listening: the [`banner`] (URLs and channels), then
+/// `admin token: …` when it was generated. Logs go to stderr.
 pub fn run(config: Config) -> std::io::Result<()> {
     let generated = config.admin_token.is_none();
     let system = actix::System::new();
     system.block_on(async move {
-        let started = start(config)?;
+        let started = start(config.clone())?;
         for addr in &started.addrs {
             tracing::info!("switchboard listening on http://{addr}");
         }
+        if let Some(addr) = started.addrs.first() {
+            for line in banner(&config, *addr) {
+                println!("{line}");
+            }
+        }
         if generated {
-            // The one thing printed on embedded defaults: how to call the admin API.
             println!("admin token: {}", started.admin_token);
         }
         let result = started.server.await;

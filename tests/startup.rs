@@ -1,6 +1,7 @@
 //! The real binary: embedded defaults print the admin token, and a bad
 //! setting stops start-up with a message naming it (and, when two settings
-//! disagree, what to change); --help shows the defaults; logs.
+//! disagree, what to change); --help shows the defaults; logs; what it
+//! prints where.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -105,6 +106,13 @@ impl Broker {
         panic!("no {what} on {stream:?}; printed so far: {:#?}", self.seen);
     }
 
+    /// The value of the stdout line `label: value`.
+    fn stdout_value(&mut self, label: &str) -> String {
+        let prefix = format!("{label}:");
+        let line = self.wait_for(Stream::Out, &prefix, |l| l.starts_with(&prefix));
+        line[prefix.len()..].trim().to_owned()
+    }
+
     /// Stop it and return everything printed on `stream`.
     fn stop(mut self, stream: Stream) -> Vec<String> {
         let _ = self.child.kill();
@@ -126,6 +134,24 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+/// GET with an optional bearer token: (status, body).
+async fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
 }
 
 #[test]
@@ -339,4 +365,87 @@ fn json_logs_are_one_object_per_line() {
         assert!(v["level"].is_string() && v["timestamp"].is_string(), "{v}");
         assert!(v["fields"]["message"].is_string(), "{v}");
     }
+}
+
+#[test]
+fn start_prints_each_url_with_the_real_port_and_the_channels_on_stdout() {
+    let mut broker = Broker::start(binary().args(["--bind", "127.0.0.1:0"]));
+    let token = broker.stdout_value("admin token");
+    let urls: Vec<(&str, String)> = ["desk", "chat", "board", "api", "health"]
+        .into_iter()
+        .map(|label| (label, broker.stdout_value(label)))
+        .collect();
+    let base = urls[0].1.trim_end_matches("/desk").to_owned();
+    assert!(
+        base.starts_with("http://127.0.0.1:") && !base.ends_with(":0"),
+        "{urls:?}"
+    );
+    for ((label, url), path) in urls
+        .iter()
+        .zip(["/desk", "/chat", "/board", "/v1", "/healthz"])
+    {
+        assert_eq!(url, &format!("{base}{path}"), "{label}");
+    }
+    assert_eq!(broker.stdout_value("webchat"), "on");
+    assert_eq!(
+        broker.stdout_value("sms"),
+        "off (set SWITCHBOARD_TWILIO_ACCOUNT_SID, SWITCHBOARD_TWILIO_AUTH_TOKEN and \
+         SWITCHBOARD_SMS_FROM)"
+    );
+    assert!(
+        broker
+            .stdout_value("whatsapp")
+            .starts_with("off (set SWITCHBOARD_WHATSAPP_TOKEN, "),
+        "{:?}",
+        broker.seen
+    );
+    assert!(
+        broker
+            .stdout_value("messenger")
+            .starts_with("off (set SWITCHBOARD_MESSENGER_PAGE_TOKEN, "),
+        "{:?}",
+        broker.seen
+    );
+    runtime().block_on(async {
+        for (label, url) in &urls {
+            let url = if *label == "api" {
+                format!("{url}/dispositions")
+            } else {
+                url.clone()
+            };
+            assert_eq!(get(&url, None).await.0, 200, "{url}");
+        }
+        assert_eq!(get(&format!("{base}/v1/agents"), Some(&token)).await.0, 200);
+    });
+    // Logs only on stderr: none of the stdout lines went there.
+    let stderr = broker.stop(Stream::Err);
+    assert!(
+        !stderr
+            .iter()
+            .any(|l| l.starts_with("desk:") || l.starts_with("admin token:")),
+        "{stderr:?}"
+    );
+}
+
+#[test]
+fn a_configured_channel_shows_on_with_its_webhook() {
+    let mut broker = Broker::start(
+        binary()
+            .args(["--bind", "127.0.0.1:0", "--admin-token", "admin-secret-1"])
+            .env("SWITCHBOARD_TWILIO_ACCOUNT_SID", "AC0000")
+            .env("SWITCHBOARD_TWILIO_AUTH_TOKEN", "twilio-secret")
+            .env("SWITCHBOARD_SMS_FROM", "+15550001111")
+            .env("SWITCHBOARD_PUBLIC_URL", "https://chat.example.com/"),
+    );
+    assert_eq!(
+        broker.stdout_value("sms"),
+        "on (webhook https://chat.example.com/v1/channels/sms/inbound)"
+    );
+    assert!(broker.stdout_value("whatsapp").starts_with("off"));
+    // A token that was given is not printed.
+    let stdout = broker.stop(Stream::Out);
+    assert!(
+        !stdout.iter().any(|l| l.contains("admin-secret-1")),
+        "{stdout:?}"
+    );
 }
