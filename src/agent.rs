@@ -37,6 +37,8 @@ pub const TOKEN_ROTATED: &str = "token rotated";
 /// Close reason of a desktop socket whose agent was deleted; code 1000.
 pub const AGENT_DELETED: &str = "agent deleted";
 
+/// Shortest agent token accepted from the configuration file.
+pub const MIN_TOKEN_LEN: usize = 16;
 /// Largest capacity per channel.
 pub const MAX_CAPACITY: u32 = 1000;
 
@@ -105,6 +107,25 @@ pub fn valid_capacity(c: &PerChannel) -> Result<(), ApiError> {
     } else {
         Ok(())
     }
+}
+
+/// A token chosen by the operator (generated ones are 32 hex characters):
+/// long enough to resist guessing, and plain enough to go in a URL
+/// (`?token=`) as it is.
+pub fn valid_token(token: &str) -> Result<(), String> {
+    if token.chars().count() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "must be at least {MIN_TOKEN_LEN} characters (this one has {})",
+            token.chars().count()
+        ));
+    }
+    if !token
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+    {
+        return Err("use only letters, digits, '-', '_', '.' and '~' (it goes in URLs)".into());
+    }
+    Ok(())
 }
 
 struct OpenTask {

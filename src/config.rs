@@ -3,6 +3,7 @@
 //! flag > env > file > default. Any bad value stops start-up with a message
 //! naming the setting.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
 
-use crate::protocol::ChannelKind;
+use crate::agent::{valid_token, AgentProfile};
+use crate::protocol::{ChannelKind, PerChannel};
 
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -32,6 +34,24 @@ impl LogFormat {
             LogFormat::Json => "json",
         }
     }
+}
+
+/// An agent created at start: an `[[agents]]` table of the configuration
+/// file. Checked like `POST /v1/agents`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSeed {
+    pub id: String,
+    /// Defaults to the id.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub capacity: PerChannel,
+    #[serde(default)]
+    pub skills: Vec<String>,
+    /// At least 16 characters; generated and printed at start when absent.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// Everything the broker can be tuned with. Public fields so tests and embedders
@@ -83,6 +103,8 @@ pub struct Config {
     pub client_timeout: Duration,
     /// Log lines as text or JSON.
     pub log_format: LogFormat,
+    /// Agents created at start.
+    pub agents: Vec<AgentSeed>,
 
     /// Externally visible base URL (Twilio signs it; provider links use it).
     /// Default: `http://<bind>`.
@@ -165,6 +187,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(15),
             client_timeout: Duration::from_secs(60),
             log_format: LogFormat::Text,
+            agents: Vec::new(),
             public_url: None,
             twilio_account_sid: None,
             twilio_auth_token: None,
@@ -354,8 +377,61 @@ impl Config {
                 ));
             }
         }
+        self.validate_agents()
+    }
+
+    /// `[[agents]]`: each one as `POST /v1/agents` would check it, ids and
+    /// tokens unique.
+    fn validate_agents(&self) -> Result<(), ConfigError> {
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        let mut tokens: HashMap<&str, usize> = HashMap::new();
+        for (i, seed) in self.agents.iter().enumerate() {
+            AgentProfile::new(
+                &seed.id,
+                seed.name.clone(),
+                seed.capacity,
+                seed.skills.clone(),
+            )
+            .map_err(|e| ConfigError(format!("agents[{i}] ({:?}): {e}", seed.id)))?;
+            if let Some(first) = ids.insert(&seed.id, i) {
+                return Err(ConfigError(format!(
+                    "agents[{i}].id: {:?} is already the id of agents[{first}]; \
+                     each agent needs its own id",
+                    seed.id
+                )));
+            }
+            if is_sim_id(&seed.id, self.sim_agents) {
+                return Err(ConfigError(format!(
+                    "agents[{i}].id: {:?} is the id of a simulated agent \
+                     (sim_agents = {}); choose another id",
+                    seed.id, self.sim_agents
+                )));
+            }
+            let Some(token) = &seed.token else {
+                continue;
+            };
+            valid_token(token).map_err(|e| ConfigError(format!("agents[{i}].token: {e}")))?;
+            if let Some(first) = tokens.insert(token, i) {
+                return Err(ConfigError(format!(
+                    "agents[{i}].token: the same as agents[{first}].token; \
+                     each agent needs its own token"
+                )));
+            }
+            if self.admin_token.as_deref() == Some(token.as_str()) {
+                return Err(ConfigError(format!(
+                    "agents[{i}].token: the same as admin_token; an agent needs its own token"
+                )));
+            }
+        }
         Ok(())
     }
+}
+
+/// `sim-00001` … `sim-<n>`: the ids `--sim-agents n` takes.
+fn is_sim_id(id: &str, sim_agents: usize) -> bool {
+    id.strip_prefix("sim-")
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|n| (1..=sim_agents).contains(&n) && id == format!("sim-{n:05}"))
 }
 
 /// An address:port, or a host name and a port (resolved when binding).
@@ -610,6 +686,11 @@ pub struct Args {
     /// Seed of the simulated agents' random draws.
     #[arg(long, env = "SWITCHBOARD_SIM_SEED")]
     pub sim_seed: Option<u64>,
+
+    /// Agents created at start: `[[agents]]` tables, in the file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub agents: Vec<AgentSeed>,
 }
 
 impl Args {
@@ -732,6 +813,9 @@ macro_rules! overlay {
 impl Args {
     fn apply(self, cfg: &mut Config) {
         let max_frame = self.max_frame;
+        if !self.agents.is_empty() {
+            cfg.agents = self.agents;
+        }
         if let Some(List(v)) = self.dispositions {
             cfg.dispositions = v;
         }
@@ -1028,6 +1112,96 @@ mod tests {
         assert!(err.to_string().contains("log_format"), "{err}");
         let err = Args::try_parse_from(["switchboard", "--log-format", "xml"]).unwrap_err();
         assert!(err.to_string().contains("--log-format"), "{err}");
+    }
+
+    const TWO_AGENTS: &str = r#"
+[[agents]]
+id = "alice"
+name = "Alice"
+capacity = { webchat = 3, sms = 2 }
+skills = ["spanish"]
+token = "alice-token-0123456789"
+
+[[agents]]
+id = "bob"
+"#;
+
+    #[test]
+    fn agents_come_from_the_file() {
+        let cfg = load_file("agents", TWO_AGENTS, &[]).unwrap();
+        assert_eq!(
+            cfg.agents,
+            vec![
+                AgentSeed {
+                    id: "alice".into(),
+                    name: Some("Alice".into()),
+                    capacity: PerChannel {
+                        webchat: 3,
+                        sms: 2,
+                        ..PerChannel::default()
+                    },
+                    skills: vec!["spanish".into()],
+                    token: Some("alice-token-0123456789".into()),
+                },
+                AgentSeed {
+                    id: "bob".into(),
+                    name: None,
+                    capacity: PerChannel::default(),
+                    skills: vec![],
+                    token: None,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_agents_name_the_entry_and_field() {
+        let cases = [
+            (
+                TWO_AGENTS.replace("alice-token-0123456789", "short"),
+                "agents[0].token: must be at least 16 characters (this one has 5)",
+            ),
+            (
+                TWO_AGENTS.replace("alice-token-0123456789", "has spaces in it, sadly"),
+                "agents[0].token: use only letters, digits",
+            ),
+            (
+                TWO_AGENTS.replace("id = \"bob\"", "id = \"alice\""),
+                "agents[1].id: \"alice\" is already the id of agents[0]; each agent needs its own id",
+            ),
+            (
+                TWO_AGENTS.replace("id = \"bob\"", "id = \"bob\"\ntoken = \"alice-token-0123456789\""),
+                "agents[1].token: the same as agents[0].token",
+            ),
+            (
+                TWO_AGENTS.replace("id = \"bob\"", "id = \"b o b\""),
+                "agents[1] (\"b o b\"): id must be",
+            ),
+            (
+                TWO_AGENTS.replace("webchat = 3", "webchat = 3000"),
+                "agents[0] (\"alice\"): capacity per channel must be at most 1000",
+            ),
+        ];
+        for (file, want) in cases {
+            let err = load_file("bad-agents", &file, &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+        let err = load_file(
+            "sim-clash",
+            "[[agents]]\nid = \"sim-00002\"\n",
+            &["--sim-agents", "3"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("agents[0].id: \"sim-00002\" is the id of a simulated agent"),
+            "{err}"
+        );
+        // Unknown keys in an agent are refused, naming them.
+        let err = load_file("agent-typo", "[[agents]]\nid = \"a\"\ncapacty = {}\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capacty"), "{err}");
     }
 
     #[test]

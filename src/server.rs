@@ -15,6 +15,7 @@ use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 
+use crate::agent::{Agent, AgentProfile};
 use crate::broker::{prepare, Broker, BrokerParts};
 use crate::channel::messenger::MessengerApi;
 use crate::channel::provider::{ProviderApi, ProviderChannel};
@@ -32,7 +33,34 @@ pub struct Started {
     pub server: actix_web::dev::Server,
     pub addrs: Vec<SocketAddr>,
     pub admin_token: String,
+    /// Tokens generated for `[[agents]]` configured without one: (id, token).
+    pub generated_agent_tokens: Vec<(String, String)>,
     pub arbiters: Vec<Arbiter>,
+}
+
+/// Create the `[[agents]]` of the configuration, as `POST /v1/agents` does.
+/// Returns the tokens generated for those configured without one.
+fn seed_agents(broker: &Arc<Broker>, config: &Config) -> std::io::Result<Vec<(String, String)>> {
+    let mut generated = Vec::new();
+    for (i, seed) in config.agents.iter().enumerate() {
+        let invalid =
+            |e: crate::ApiError| std::io::Error::other(format!("agents[{i}] ({:?}): {e}", seed.id));
+        let profile = AgentProfile::new(
+            &seed.id,
+            seed.name.clone(),
+            seed.capacity,
+            seed.skills.clone(),
+        )
+        .map_err(invalid)?;
+        let token = Agent::create(broker, profile, seed.token.clone()).map_err(invalid)?;
+        if seed.token.is_none() {
+            generated.push((seed.id.clone(), token));
+        }
+    }
+    if !config.agents.is_empty() {
+        tracing::info!(count = config.agents.len(), "configured agents created");
+    }
+    Ok(generated)
 }
 
 /// `bind` failed: say which address and which setting.
@@ -195,6 +223,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         run(ProviderChannel::new(broker.clone(), api, http));
     }
 
+    let generated_agent_tokens = seed_agents(&broker, &config)?;
     if config.sim_agents > 0 {
         crate::sim::start(
             &broker,
@@ -236,6 +265,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         server: server.run(),
         addrs,
         admin_token,
+        generated_agent_tokens,
         arbiters,
     })
 }
@@ -243,7 +273,8 @@ pub fn start(config: Config) -> std::io::Result<Started> {
 /// Run until Ctrl-C / SIGTERM. Used by `main`.
 ///
 /// Prints on stdout, once listening: the [`banner`] (URLs and channels), then
-/// `admin token: …` when it was generated. Logs go to stderr.
+/// `admin token: …` when it was generated and `agent <id> token: …` for each
+/// configured agent whose token was generated. Logs go to stderr.
 pub fn run(config: Config) -> std::io::Result<()> {
     let generated = config.admin_token.is_none();
     let system = actix::System::new();
@@ -259,6 +290,9 @@ pub fn run(config: Config) -> std::io::Result<()> {
         }
         if generated {
             println!("admin token: {}", started.admin_token);
+        }
+        for (id, token) in &started.generated_agent_tokens {
+            println!("agent {id} token: {token}");
         }
         let result = started.server.await;
         for a in started.arbiters {

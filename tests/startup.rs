@@ -1,7 +1,7 @@
 //! The real binary: embedded defaults print the admin token, and a bad
-//! setting stops start-up with a message naming it (and, when two settings
-//! disagree, what to change); --help shows the defaults; logs; what it
-//! prints where.
+//! setting stops start-up with a message naming it; what it prints where;
+//! agents from the configuration file.
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -447,5 +447,93 @@ fn a_configured_channel_shows_on_with_its_webhook() {
     assert!(
         !stdout.iter().any(|l| l.contains("admin-secret-1")),
         "{stdout:?}"
+    );
+}
+
+const TWO_AGENTS: &str = r#"
+[[agents]]
+id = "alice"
+name = "Alice"
+capacity = { webchat = 3, sms = 2 }
+skills = ["spanish"]
+token = "alice-desk-token-0001"
+
+[[agents]]
+id = "bob"
+capacity = { webchat = 1 }
+"#;
+
+#[test]
+fn agents_from_the_config_file_exist_and_their_tokens_open_the_desk() {
+    let file = scratch_file("agents.toml", TWO_AGENTS);
+    let mut broker = Broker::start(
+        binary()
+            .args(["--bind", "127.0.0.1:0", "--admin-token", "admin-secret-1"])
+            .arg("--config")
+            .arg(&file),
+    );
+    let base = broker
+        .stdout_value("desk")
+        .trim_end_matches("/desk")
+        .to_owned();
+    let bob_token = broker.stdout_value("agent bob token");
+    assert_eq!(bob_token.len(), 32, "{bob_token}");
+    let ws_base = base.replacen("http://", "ws://", 1);
+    runtime().block_on(async {
+        let (status, body) = get(&format!("{base}/v1/agents"), Some("admin-secret-1")).await;
+        assert_eq!(status, 200, "{body}");
+        let agents: Value = serde_json::from_str(&body).expect("json");
+        let agents = agents.as_array().expect("array");
+        assert_eq!(agents.len(), 2, "{agents:?}");
+        assert_eq!(agents[0]["id"], "alice");
+        assert_eq!(agents[0]["name"], "Alice");
+        assert_eq!(agents[0]["capacity"]["webchat"], 3);
+        assert_eq!(agents[0]["capacity"]["sms"], 2);
+        assert_eq!(agents[0]["skills"], serde_json::json!(["spanish"]));
+        assert_eq!(agents[1]["id"], "bob");
+        assert_eq!(agents[1]["name"], "bob");
+
+        for (id, token) in [
+            ("alice", "alice-desk-token-0001"),
+            ("bob", bob_token.as_str()),
+        ] {
+            let url = format!("{ws_base}/v1/agents/{id}/ws?token={token}");
+            let mut desk = common::Ws::connect(&url).await;
+            let hello = desk.recv_type("hello").await;
+            assert_eq!(hello["agent"]["id"], id, "{hello}");
+            let (status, _) = get(&format!("{base}/v1/agents/{id}"), Some(token)).await;
+            assert_eq!(status, 200, "{id} reads itself with its token");
+        }
+        let wrong = format!("{ws_base}/v1/agents/alice/ws?token={bob_token}");
+        assert_eq!(common::try_connect(&wrong).await.err(), Some(401));
+    });
+    // A token from the file is not printed; a generated one is.
+    let stdout = broker.stop(Stream::Out);
+    assert!(
+        !stdout
+            .iter()
+            .any(|l| l.contains("alice-desk-token-0001") || l.starts_with("agent alice")),
+        "{stdout:?}"
+    );
+}
+
+#[test]
+fn bad_agents_in_the_config_file_stop_startup_naming_them() {
+    let dup = TWO_AGENTS.replace("id = \"bob\"", "id = \"alice\"");
+    let file = scratch_file("dup-agents.toml", &dup);
+    let (code, err) = fails(binary().arg("--config").arg(&file));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("agents[1].id: \"alice\" is already the id of agents[0]"),
+        "{err}"
+    );
+
+    let short = TWO_AGENTS.replace("alice-desk-token-0001", "alice-token");
+    let file = scratch_file("short-token.toml", &short);
+    let (code, err) = fails(binary().arg("--config").arg(&file));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("agents[0].token: must be at least 16 characters (this one has 11)"),
+        "{err}"
     );
 }
