@@ -497,7 +497,10 @@ fn parse_list(s: &str) -> Result<List, String> {
 #[command(
     name = "switchboard",
     version,
-    about = "Actor-based chat broker for contact centers"
+    about = "Actor-based chat broker for contact centers",
+    after_help = "In the --config file, each key is the flag's name with _ for - \
+                  (--offer-timeout: offer_timeout); switchboard.example.toml has them all. \
+                  Flag > env > file > default."
 )]
 #[serde(deny_unknown_fields)]
 pub struct Args {
@@ -959,6 +962,19 @@ mod tests {
         Config::load(Args::try_parse_from(argv).unwrap())
     }
 
+    const EXAMPLE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/switchboard.example.toml");
+
+    fn example() -> String {
+        std::fs::read_to_string(EXAMPLE_PATH).unwrap()
+    }
+
+    /// The key of a `key = value` line, commented out or not.
+    fn setting_key(line: &str) -> Option<&str> {
+        let line = line.strip_prefix("# ").unwrap_or(line);
+        let (key, _) = line.split_once(" = ")?;
+        (!key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')).then_some(key)
+    }
+
     /// Every setting of the command line, by its TOML key.
     fn setting_ids() -> Vec<String> {
         Args::command()
@@ -966,6 +982,79 @@ mod tests {
             .map(|a| a.get_id().to_string())
             .filter(|id| !matches!(id.as_str(), "config" | "help" | "version"))
             .collect()
+    }
+
+    #[test]
+    fn example_file_loads_and_holds_the_defaults() {
+        let args = Args::try_parse_from(["switchboard", "--config", EXAMPLE_PATH]).unwrap();
+        let cfg = Config::load(args).unwrap();
+        assert_eq!(
+            cfg,
+            Config::default(),
+            "switchboard.example.toml must show the defaults"
+        );
+    }
+
+    #[test]
+    fn example_file_documents_every_setting() {
+        let text = example();
+        let lines: Vec<&str> = text.lines().collect();
+        let ids = setting_ids();
+        assert!(ids.len() > 40, "{ids:?}");
+        for id in &ids {
+            let at: Vec<usize> = (0..lines.len())
+                .filter(|&i| setting_key(lines[i]) == Some(id.as_str()))
+                .collect();
+            assert_eq!(
+                at.len(),
+                1,
+                "switchboard.example.toml must have `{id} = …` (or `# {id} = …`) exactly once, \
+                 with a comment above it"
+            );
+            let above = lines[..at[0]]
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .copied()
+                .unwrap_or_default();
+            assert!(
+                above.starts_with('#') && setting_key(above).is_none(),
+                "{id}: the line above it must be a comment describing it, not {above:?}"
+            );
+        }
+        // Every top-level key is a setting (the [[agents]] example aside).
+        let agents_at = lines
+            .iter()
+            .position(|l| l.contains("[[agents]]"))
+            .expect("an [[agents]] example");
+        for line in &lines[..agents_at] {
+            if let Some(key) = setting_key(line) {
+                assert!(ids.iter().any(|id| id == key), "{key} is not a setting");
+            }
+        }
+        assert!(
+            text.contains("with `_` for `-`"),
+            "the header says how keys are named"
+        );
+    }
+
+    #[test]
+    fn example_file_commented_values_are_valid_too() {
+        let text = example();
+        let uncommented: Vec<&str> = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if setting_key(rest).is_some() || rest == "[[agents]]" => rest,
+                _ => l,
+            })
+            .collect();
+        let cfg = load_file("example-uncommented", &uncommented.join("\n"), &[]).unwrap();
+        assert!(cfg.admin_token.is_some() && cfg.public_url.is_some());
+        assert!(cfg.sms_enabled() && cfg.whatsapp_enabled() && cfg.messenger_enabled());
+        let ids: Vec<&str> = cfg.agents.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["alice", "bob"]);
+        assert_eq!(cfg.agents[0].capacity.sms, 2);
+        assert_eq!(cfg.agents[1].token, None);
     }
 
     #[test]
