@@ -8,7 +8,7 @@
 //! this actor reports is the count of tasks it has been told about.
 //!
 //! Handles: [`Connect`], [`Disconnect`], [`FromDesk`], [`ToAgent`],
-//! [`Rescind`], [`UpdateProfile`], [`Retire`].
+//! [`Rescind`], [`UpdateProfile`], [`TokenRotated`], [`Retire`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -18,18 +18,30 @@ use actix::prelude::*;
 use actix_web_actors::ws::CloseCode;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{AgentEntry, Broker};
+use crate::broker::Broker;
 use crate::channel::{OpenOutbound, Template};
 use crate::conversation::{
     validate_content, AgentComplete, AgentEnd, AgentSend, AgentTyping, Conversation, Resync,
 };
 use crate::error::ApiError;
+use crate::http::same_secret;
 use crate::protocol::{
     ok_frame, Activity, AgentCommand, AgentView, ChannelKind, Customer, Event, Frame, Id,
     PerChannel, TaskState, TaskView,
 };
 use crate::router::{self, RescindReason};
 use crate::ws::{LinkDown, SocketLink};
+
+/// Close reason of a desktop socket whose agent's token was rotated
+/// (`POST /v1/agents/{id}/token`); code 1008.
+pub const TOKEN_ROTATED: &str = "token rotated";
+/// Close reason of a desktop socket whose agent was deleted; code 1000.
+pub const AGENT_DELETED: &str = "agent deleted";
+
+/// Shortest agent token accepted from the configuration file.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Largest capacity per channel.
+pub const MAX_CAPACITY: u32 = 1000;
 
 /// An agent's editable profile.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +50,83 @@ pub struct AgentProfile {
     pub name: String,
     pub capacity: PerChannel,
     pub skills: Vec<String>,
+}
+
+impl AgentProfile {
+    /// A new agent's profile, checked: the rules of `POST /v1/agents` and of
+    /// `[[agents]]` in the configuration file. The name defaults to the id.
+    pub fn new(
+        id: &str,
+        name: Option<String>,
+        capacity: PerChannel,
+        skills: Vec<String>,
+    ) -> Result<AgentProfile, ApiError> {
+        valid_id(id)?;
+        let name = name.unwrap_or_else(|| id.to_owned());
+        valid_name(&name)?;
+        valid_capacity(&capacity)?;
+        Ok(AgentProfile {
+            id: id.into(),
+            name,
+            capacity,
+            skills,
+        })
+    }
+}
+
+pub fn valid_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "id must be 1-64 characters of letters, digits, '-', '_', '.', '@'".into(),
+        ))
+    }
+}
+
+pub fn valid_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        Err(ApiError::BadRequest("name must be 1-100 characters".into()))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn valid_capacity(c: &PerChannel) -> Result<(), ApiError> {
+    if [c.webchat, c.sms, c.whatsapp, c.messenger]
+        .iter()
+        .any(|n| *n > MAX_CAPACITY)
+    {
+        Err(ApiError::BadRequest(format!(
+            "capacity per channel must be at most {MAX_CAPACITY}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// A token chosen by the operator (generated ones are 32 hex characters):
+/// long enough to resist guessing, and plain enough to go in a URL
+/// (`?token=`) as it is.
+pub fn valid_token(token: &str) -> Result<(), String> {
+    if token.chars().count() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "must be at least {MIN_TOKEN_LEN} characters (this one has {})",
+            token.chars().count()
+        ));
+    }
+    if !token
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+    {
+        return Err("use only letters, digits, '-', '_', '.' and '~' (it goes in URLs)".into());
+    }
+    Ok(())
 }
 
 struct OpenTask {
@@ -62,6 +151,9 @@ pub struct Agent {
     profile: AgentProfile,
     activity: Activity,
     session: Option<SocketLink>,
+    /// The token the current desktop authenticated with (`None` for
+    /// in-process desks): a rotation closes it.
+    session_token: Option<String>,
     tasks: HashMap<Id, OpenTask>,
     by_conversation: HashMap<Id, Id>,
     /// Running while disconnected and within the grace period.
@@ -69,40 +161,50 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Register a new agent: start its actor on a shard, index it, tell the
-    /// router. `conflict` if the id is taken.
-    pub fn create(broker: &Arc<Broker>, profile: AgentProfile) -> Result<String, ApiError> {
-        let token = crate::ids::token();
-        match broker.agents.entry(profile.id.clone()) {
-            dashmap::mapref::entry::Entry::Occupied(_) => Err(ApiError::Conflict(format!(
-                "agent {} already exists",
-                profile.id
-            ))),
-            dashmap::mapref::entry::Entry::Vacant(slot) => {
-                let actor = Agent {
-                    broker: broker.clone(),
-                    profile: profile.clone(),
-                    activity: Activity::Offline,
-                    session: None,
-                    tasks: HashMap::new(),
-                    by_conversation: HashMap::new(),
-                    grace: None,
-                };
-                let addr = Agent::start_in_arbiter(&broker.shard(), move |_| actor);
-                broker.router.do_send(router::UpsertAgent {
-                    id: profile.id.clone(),
-                    name: profile.name,
-                    capacity: profile.capacity,
-                    skills: profile.skills,
-                    addr: addr.clone(),
-                });
-                broker.agent_tokens.insert(token.clone(), profile.id);
-                slot.insert(AgentEntry {
-                    addr,
-                    token: token.clone(),
-                });
-                Ok(token)
+    /// Register a new agent: start its actor on a shard, index it under its
+    /// id and token, tell the router. The one way agents are made:
+    /// `POST /v1/agents`, `[[agents]]` in the configuration file and the
+    /// simulated agents all come here. `token` is generated when `None`.
+    /// Returns the token; `conflict` if the id is taken.
+    pub fn create(
+        broker: &Arc<Broker>,
+        profile: AgentProfile,
+        token: Option<String>,
+    ) -> Result<String, ApiError> {
+        let token = token.unwrap_or_else(crate::ids::token);
+        broker.insert_agent(profile.id.clone(), token.clone(), || {
+            let actor = Agent {
+                broker: broker.clone(),
+                profile: profile.clone(),
+                activity: Activity::Offline,
+                session: None,
+                session_token: None,
+                tasks: HashMap::new(),
+                by_conversation: HashMap::new(),
+                grace: None,
+            };
+            let addr = Agent::start_in_arbiter(&broker.shard(), move |_| actor);
+            broker.router.do_send(router::UpsertAgent {
+                id: profile.id,
+                name: profile.name,
+                capacity: profile.capacity,
+                skills: profile.skills,
+                addr: addr.clone(),
+            });
+            addr
+        })?;
+        Ok(token)
+    }
+
+    /// Whether a desktop that authenticated with `token` may stay: `None` if
+    /// so, else the close code and reason to give it.
+    fn stale_credential(&self, token: &str) -> Option<(CloseCode, &'static str)> {
+        match self.broker.agent(&self.profile.id) {
+            None => Some((CloseCode::Normal, AGENT_DELETED)),
+            Some(entry) if !same_secret(&entry.token, token) => {
+                Some((CloseCode::Policy, TOKEN_ROTATED))
             }
+            Some(_) => None,
         }
     }
 
@@ -176,6 +278,7 @@ impl Agent {
             return;
         }
         self.session = None;
+        self.session_token = None;
         self.broker.router.do_send(router::AgentPresence {
             id: self.profile.id.clone(),
             connected: false,
@@ -448,12 +551,21 @@ impl Actor for Agent {
 #[rtype(result = "()")]
 pub struct Connect {
     pub link: SocketLink,
+    /// The agent token the socket was opened with, checked again here: it may
+    /// have been rotated since the upgrade. `None` for in-process desks.
+    pub token: Option<String>,
 }
 
 impl Handler<Connect> for Agent {
     type Result = ();
 
     fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) {
+        if let Some(token) = &msg.token {
+            if let Some((code, reason)) = self.stale_credential(token) {
+                msg.link.close(code, reason);
+                return;
+            }
+        }
         if let Some(old) = self.session.take() {
             old.close(CloseCode::Policy, "replaced by a new connection");
         }
@@ -465,6 +577,7 @@ impl Handler<Connect> for Agent {
             self.apply(AgentEvent::ActivityChanged(Activity::Offline));
         }
         self.session = Some(msg.link);
+        self.session_token = msg.token;
         self.broker.router.do_send(router::AgentPresence {
             id: self.profile.id.clone(),
             connected: true,
@@ -640,6 +753,31 @@ impl Handler<UpdateProfile> for Agent {
     }
 }
 
+/// `POST /v1/agents/{id}/token`: the broker's token map already holds the new
+/// token; a desktop opened with an older one is closed (`1008 token rotated`)
+/// and the agent counts as disconnected (grace period) until it comes back
+/// with the new token.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TokenRotated;
+
+impl Handler<TokenRotated> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, _: TokenRotated, ctx: &mut Context<Self>) {
+        let stale = match (&self.session, &self.session_token) {
+            (Some(link), Some(token)) => self
+                .stale_credential(token)
+                .map(|(code, reason)| (link.clone(), code, reason)),
+            _ => None,
+        };
+        if let Some((link, code, reason)) = stale {
+            link.close(code, reason);
+            self.session_lost(link.id, ctx);
+        }
+    }
+}
+
 /// `DELETE /v1/agents/{id}`: close the desktop, hand the tasks back, stop.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -650,7 +788,7 @@ impl Handler<Retire> for Agent {
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         if let Some(link) = self.session.take() {
-            link.close(CloseCode::Normal, "agent deleted");
+            link.close(CloseCode::Normal, AGENT_DELETED);
         }
         self.broker.router.do_send(router::RemoveAgent {
             id: self.profile.id.clone(),

@@ -2,9 +2,13 @@
 //! addresses, id lookups and counters. Built once at start-up, then read-only
 //! apart from the lookup maps.
 //!
-//! The `DashMap`s are *indexes* (id → address, token → id). They hold no state
-//! that must change together with anything else: each entry is written once when
-//! its actor is created and removed when it goes. Looking an address up in a
+//! The `DashMap`s are *indexes* (id → address, token → id). Each entry is
+//! written when its actor is created and removed when it goes. The two agent
+//! maps (`agents`, `agent_tokens`) change together, and only through
+//! [`Broker::insert_agent`], [`Broker::remove_agent`] and
+//! [`Broker::rotate_agent_token`], which take the `agents` entry first and the
+//! `agent_tokens` entry second, so a token always points at a registered agent
+//! and an agent's token is always in the token map. Looking an address up in a
 //! sharded map beats asking a registry actor, which would put every lookup from
 //! every worker thread through one mailbox.
 
@@ -12,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::agent::Agent;
@@ -19,6 +24,7 @@ use crate::attachments::AttachmentStore;
 use crate::channel::Channels;
 use crate::config::Config;
 use crate::conversation::Conversation;
+use crate::error::ApiError;
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
 use crate::protocol::Id;
@@ -135,6 +141,58 @@ impl Broker {
 
     pub fn agent(&self, id: &str) -> Option<AgentEntry> {
         self.agents.get(id).map(|e| e.value().clone())
+    }
+
+    /// Register a new agent under its id and token. `start` runs only when
+    /// both are free, and returns the agent's actor. `conflict` if the id (or
+    /// the token) is taken.
+    pub fn insert_agent(
+        &self,
+        id: Id,
+        token: String,
+        start: impl FnOnce() -> Addr<Agent>,
+    ) -> Result<(), ApiError> {
+        let Entry::Vacant(slot) = self.agents.entry(id.clone()) else {
+            return Err(ApiError::Conflict(format!("agent {id} already exists")));
+        };
+        let Entry::Vacant(by_token) = self.agent_tokens.entry(token.clone()) else {
+            return Err(ApiError::Conflict(format!(
+                "agent {id}: that token is already in use"
+            )));
+        };
+        let addr = start();
+        by_token.insert(id);
+        slot.insert(AgentEntry { addr, token });
+        Ok(())
+    }
+
+    /// Forget an agent: its id and its token stop working together.
+    pub fn remove_agent(&self, id: &str) -> Option<AgentEntry> {
+        match self.agents.entry(id.into()) {
+            Entry::Occupied(slot) => {
+                self.agent_tokens.remove(&slot.get().token);
+                Some(slot.remove())
+            }
+            Entry::Vacant(_) => None,
+        }
+    }
+
+    /// Give an agent a new token; the old one stops working at once.
+    /// `not_found` for an unknown agent.
+    pub fn rotate_agent_token(&self, id: &str, token: String) -> Result<AgentEntry, ApiError> {
+        let Entry::Occupied(mut slot) = self.agents.entry(id.into()) else {
+            return Err(ApiError::NotFound(format!("agent {id} does not exist")));
+        };
+        let Entry::Vacant(by_token) = self.agent_tokens.entry(token.clone()) else {
+            return Err(ApiError::Conflict(format!(
+                "agent {id}: that token is already in use"
+            )));
+        };
+        by_token.insert(slot.key().clone());
+        let entry = slot.get_mut();
+        self.agent_tokens.remove(&entry.token);
+        entry.token = token;
+        Ok(entry.clone())
     }
 
     /// Publish a supervisor event, building and encoding it only if someone

@@ -3,15 +3,60 @@
 //! flag > env > file > default. Any bad value stops start-up with a message
 //! naming the setting.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
+
+use crate::agent::{valid_token, AgentProfile};
+use crate::protocol::{ChannelKind, PerChannel};
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    // One readable line per event; coloured only when stderr is a terminal.
+    // (Plain comments: doc comments here would switch `--help` to its long
+    // layout.)
+    #[default]
+    Text,
+    // One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// An agent created at start: an `[[agents]]` table of the configuration
+/// file. Checked like `POST /v1/agents`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSeed {
+    pub id: String,
+    /// Defaults to the id.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub capacity: PerChannel,
+    #[serde(default)]
+    pub skills: Vec<String>,
+    /// At least 16 characters; generated and printed at start when absent.
+    #[serde(default)]
+    pub token: Option<String>,
+}
 
 /// Everything the broker can be tuned with. Public fields so tests and embedders
 /// can build one directly.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Listen address.
     pub bind: String,
@@ -56,6 +101,10 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// A socket silent (no frame, no pong) for this long is closed.
     pub client_timeout: Duration,
+    /// Log lines as text or JSON.
+    pub log_format: LogFormat,
+    /// Agents created at start.
+    pub agents: Vec<AgentSeed>,
 
     /// Externally visible base URL (Twilio signs it; provider links use it).
     /// Default: `http://<bind>`.
@@ -137,6 +186,8 @@ impl Default for Config {
             workers: 0,
             heartbeat_interval: Duration::from_secs(15),
             client_timeout: Duration::from_secs(60),
+            log_format: LogFormat::Text,
+            agents: Vec::new(),
             public_url: None,
             twilio_account_sid: None,
             twilio_auth_token: None,
@@ -217,40 +268,98 @@ impl Config {
         }
     }
 
+    /// The settings a channel still needs, by their environment names
+    /// (empty: the channel is enabled; webchat always is).
+    pub fn channel_missing(&self, channel: ChannelKind) -> Vec<&'static str> {
+        let needs = match channel {
+            ChannelKind::Webchat => vec![],
+            ChannelKind::Sms => vec![
+                (
+                    self.twilio_account_sid.is_some(),
+                    "SWITCHBOARD_TWILIO_ACCOUNT_SID",
+                ),
+                (
+                    self.twilio_auth_token.is_some(),
+                    "SWITCHBOARD_TWILIO_AUTH_TOKEN",
+                ),
+                (!self.sms_from.is_empty(), "SWITCHBOARD_SMS_FROM"),
+            ],
+            ChannelKind::Whatsapp => vec![
+                (self.whatsapp_token.is_some(), "SWITCHBOARD_WHATSAPP_TOKEN"),
+                (
+                    self.whatsapp_app_secret.is_some(),
+                    "SWITCHBOARD_WHATSAPP_APP_SECRET",
+                ),
+                (
+                    self.whatsapp_verify_token.is_some(),
+                    "SWITCHBOARD_WHATSAPP_VERIFY_TOKEN",
+                ),
+                (
+                    self.whatsapp_phone_number_id.is_some(),
+                    "SWITCHBOARD_WHATSAPP_PHONE_NUMBER_ID",
+                ),
+            ],
+            ChannelKind::Messenger => vec![
+                (
+                    self.messenger_page_token.is_some(),
+                    "SWITCHBOARD_MESSENGER_PAGE_TOKEN",
+                ),
+                (
+                    self.messenger_app_secret.is_some(),
+                    "SWITCHBOARD_MESSENGER_APP_SECRET",
+                ),
+                (
+                    self.messenger_verify_token.is_some(),
+                    "SWITCHBOARD_MESSENGER_VERIFY_TOKEN",
+                ),
+            ],
+        };
+        needs
+            .into_iter()
+            .filter(|(set, _)| !set)
+            .map(|(_, name)| name)
+            .collect()
+    }
+
     pub fn sms_enabled(&self) -> bool {
-        self.twilio_account_sid.is_some()
-            && self.twilio_auth_token.is_some()
-            && !self.sms_from.is_empty()
+        self.channel_missing(ChannelKind::Sms).is_empty()
     }
 
     pub fn whatsapp_enabled(&self) -> bool {
-        self.whatsapp_token.is_some()
-            && self.whatsapp_app_secret.is_some()
-            && self.whatsapp_verify_token.is_some()
-            && self.whatsapp_phone_number_id.is_some()
+        self.channel_missing(ChannelKind::Whatsapp).is_empty()
     }
 
     pub fn messenger_enabled(&self) -> bool {
-        self.messenger_page_token.is_some()
-            && self.messenger_app_secret.is_some()
-            && self.messenger_verify_token.is_some()
+        self.channel_missing(ChannelKind::Messenger).is_empty()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        valid_bind(&self.bind)?;
         if self.dispositions.is_empty() {
             return Err(ConfigError("dispositions: at least one is needed".into()));
         }
+        // Say which setting the value comes from and what to change: the user
+        // may have touched only one of the two.
+        let missing_disposition = |what: &str, setting: &str, code: &str| {
+            ConfigError(format!(
+                "dispositions: {} does not include {what} {code:?} ({setting}); \
+                 add it to dispositions or set {setting} to one of them",
+                show_list(&self.dispositions)
+            ))
+        };
         if !self.dispositions.contains(&self.wrapup_disposition) {
-            return Err(ConfigError(format!(
-                "wrapup_disposition: {:?} is not one of the dispositions {:?}",
-                self.wrapup_disposition, self.dispositions
-            )));
+            return Err(missing_disposition(
+                "the wrap-up timeout's disposition",
+                "wrapup_disposition",
+                &self.wrapup_disposition,
+            ));
         }
         if self.sim_agents > 0 && !self.dispositions.contains(&self.sim_disposition) {
-            return Err(ConfigError(format!(
-                "sim_disposition: {:?} is not one of the dispositions {:?}",
-                self.sim_disposition, self.dispositions
-            )));
+            return Err(missing_disposition(
+                "the simulated agents' disposition",
+                "sim_disposition",
+                &self.sim_disposition,
+            ));
         }
         if self.provider_in_flight == 0 {
             return Err(ConfigError("provider_in_flight: must be at least 1".into()));
@@ -268,8 +377,88 @@ impl Config {
                 ));
             }
         }
+        self.validate_agents()
+    }
+
+    /// `[[agents]]`: each one as `POST /v1/agents` would check it, ids and
+    /// tokens unique.
+    fn validate_agents(&self) -> Result<(), ConfigError> {
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        let mut tokens: HashMap<&str, usize> = HashMap::new();
+        for (i, seed) in self.agents.iter().enumerate() {
+            AgentProfile::new(
+                &seed.id,
+                seed.name.clone(),
+                seed.capacity,
+                seed.skills.clone(),
+            )
+            .map_err(|e| ConfigError(format!("agents[{i}] ({:?}): {e}", seed.id)))?;
+            if let Some(first) = ids.insert(&seed.id, i) {
+                return Err(ConfigError(format!(
+                    "agents[{i}].id: {:?} is already the id of agents[{first}]; \
+                     each agent needs its own id",
+                    seed.id
+                )));
+            }
+            if is_sim_id(&seed.id, self.sim_agents) {
+                return Err(ConfigError(format!(
+                    "agents[{i}].id: {:?} is the id of a simulated agent \
+                     (sim_agents = {}); choose another id",
+                    seed.id, self.sim_agents
+                )));
+            }
+            let Some(token) = &seed.token else {
+                continue;
+            };
+            valid_token(token).map_err(|e| ConfigError(format!("agents[{i}].token: {e}")))?;
+            if let Some(first) = tokens.insert(token, i) {
+                return Err(ConfigError(format!(
+                    "agents[{i}].token: the same as agents[{first}].token; \
+                     each agent needs its own token"
+                )));
+            }
+            if self.admin_token.as_deref() == Some(token.as_str()) {
+                return Err(ConfigError(format!(
+                    "agents[{i}].token: the same as admin_token; an agent needs its own token"
+                )));
+            }
+        }
         Ok(())
     }
+}
+
+/// `sim-00001` … `sim-<n>`: the ids `--sim-agents n` takes.
+fn is_sim_id(id: &str, sim_agents: usize) -> bool {
+    id.strip_prefix("sim-")
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|n| (1..=sim_agents).contains(&n) && id == format!("sim-{n:05}"))
+}
+
+/// An address:port, or a host name and a port (resolved when binding).
+fn valid_bind(bind: &str) -> Result<(), ConfigError> {
+    let named_host = |host: &str| {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+    };
+    let ok = bind.parse::<SocketAddr>().is_ok()
+        || bind
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| named_host(host) && port.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "bind: {bind:?} is not an address:port, e.g. 127.0.0.1:8080"
+        )))
+    }
+}
+
+/// `["a","b"]`, as the list would be written in the file.
+fn show_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+    format!("[{}]", quoted.join(","))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,7 +497,10 @@ fn parse_list(s: &str) -> Result<List, String> {
 #[command(
     name = "switchboard",
     version,
-    about = "Actor-based chat broker for contact centers"
+    about = "Actor-based chat broker for contact centers",
+    after_help = "In the --config file, each key is the flag's name with _ for - \
+                  (--offer-timeout: offer_timeout); switchboard.example.toml has them all. \
+                  Flag > env > file > default."
 )]
 #[serde(deny_unknown_fields)]
 pub struct Args {
@@ -316,44 +508,44 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Listen address, e.g. 127.0.0.1:8080.
+    /// Listen address (address:port; port 0 picks a free one).
     #[arg(long, env = "SWITCHBOARD_BIND")]
     pub bind: Option<String>,
-    /// Admin bearer token (generated and printed when not set).
+    /// Admin bearer token, at least 8 characters.
     #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Offer timeout, e.g. 30s.
+    /// How long an offer waits for accept or reject.
     #[arg(long, env = "SWITCHBOARD_OFFER_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub offer_timeout: Option<Duration>,
-    /// An agent who declined a task is offered it again after this, if nobody else took it, e.g. 30s.
+    /// An agent who declined a task is offered it again after this, if nobody else took it.
     #[arg(long, env = "SWITCHBOARD_REOFFER_COOLDOWN", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub reoffer_cooldown: Option<Duration>,
-    /// Disconnect grace period, e.g. 60s.
+    /// How long a disconnected agent keeps its tasks.
     #[arg(long, env = "SWITCHBOARD_DISCONNECT_GRACE", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub disconnect_grace: Option<Duration>,
-    /// Webchat customer away this long before a waiting task is canceled, e.g. 60s.
+    /// Webchat customer away this long before a waiting task is canceled.
     #[arg(long, env = "SWITCHBOARD_CUSTOMER_GRACE", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub customer_grace: Option<Duration>,
-    /// Unused webchat session (no socket, no conversation) forgotten after, e.g. 30m.
+    /// Unused webchat session (no socket, no conversation) forgotten after.
     #[arg(long, env = "SWITCHBOARD_WEBCHAT_SESSION_IDLE", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub webchat_session_idle: Option<Duration>,
-    /// Wrap-up timeout, e.g. 10m.
+    /// Wrap-up after which a task is completed automatically.
     #[arg(long, env = "SWITCHBOARD_WRAPUP_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub wrapup_timeout: Option<Duration>,
     /// Disposition used by the wrap-up timeout.
     #[arg(long, env = "SWITCHBOARD_WRAPUP_DISPOSITION")]
     pub wrapup_disposition: Option<String>,
-    /// How long a finished conversation stays readable, e.g. 1h.
+    /// How long a finished conversation stays readable.
     #[arg(long, env = "SWITCHBOARD_HISTORY_RETENTION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub history_retention: Option<Duration>,
-    /// Largest upload, e.g. 25MiB.
+    /// Largest upload.
     #[arg(long, env = "SWITCHBOARD_MAX_UPLOAD", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
     pub max_upload: Option<u64>,
@@ -363,7 +555,7 @@ pub struct Args {
     /// Longest wrap-up notes in characters.
     #[arg(long, env = "SWITCHBOARD_MAX_NOTES")]
     pub max_notes: Option<usize>,
-    /// Largest WebSocket frame from a client, e.g. 64KiB.
+    /// Largest WebSocket frame from a client.
     #[arg(long, env = "SWITCHBOARD_MAX_FRAME", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
     pub max_frame: Option<u64>,
@@ -377,14 +569,17 @@ pub struct Args {
     /// Worker threads (0 = one per core).
     #[arg(long, env = "SWITCHBOARD_WORKERS")]
     pub workers: Option<usize>,
-    /// Socket ping interval, e.g. 15s.
+    /// Socket ping interval.
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub heartbeat_interval: Option<Duration>,
-    /// Close sockets silent for this long, e.g. 60s.
+    /// Close sockets silent for this long.
     #[arg(long, env = "SWITCHBOARD_CLIENT_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub client_timeout: Option<Duration>,
+    /// Log lines on stderr: text (coloured only on a terminal) or json (one object per line).
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 
     /// Externally visible base URL, e.g. https://chat.example.com.
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
@@ -434,18 +629,18 @@ pub struct Args {
     /// Graph API base URL for WhatsApp and Messenger.
     #[arg(long, env = "SWITCHBOARD_GRAPH_API_BASE")]
     pub graph_api_base: Option<String>,
-    /// WhatsApp/Messenger free-form messaging window, e.g. 24h.
+    /// WhatsApp/Messenger free-form messaging window.
     #[arg(long, env = "SWITCHBOARD_MESSAGING_WINDOW", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub messaging_window: Option<Duration>,
-    /// Timeout of one provider request, e.g. 10s.
+    /// Timeout of one provider request.
     #[arg(long, env = "SWITCHBOARD_PROVIDER_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub provider_timeout: Option<Duration>,
     /// Retries of a transient provider failure.
     #[arg(long, env = "SWITCHBOARD_PROVIDER_RETRIES")]
     pub provider_retries: Option<u32>,
-    /// First retry delay (doubles each retry, with jitter), e.g. 500ms.
+    /// First retry delay (doubles each retry, with jitter).
     #[arg(long, env = "SWITCHBOARD_PROVIDER_BACKOFF", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub provider_backoff: Option<Duration>,
@@ -458,11 +653,11 @@ pub struct Args {
     /// Provider message ids remembered to drop webhook retries.
     #[arg(long, env = "SWITCHBOARD_WEBHOOK_DEDUPE")]
     pub webhook_dedupe: Option<usize>,
-    /// Largest webhook body, e.g. 1MiB.
+    /// Largest webhook body.
     #[arg(long, env = "SWITCHBOARD_MAX_WEBHOOK_BODY", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
     pub max_webhook_body: Option<u64>,
-    /// Lifetime of signed attachment links given to providers, e.g. 1h.
+    /// Lifetime of signed attachment links given to providers.
     #[arg(long, env = "SWITCHBOARD_ATTACHMENT_LINK_TTL", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub attachment_link_ttl: Option<Duration>,
@@ -473,15 +668,15 @@ pub struct Args {
     /// Simulated agents' capacity on every channel.
     #[arg(long, env = "SWITCHBOARD_SIM_CAPACITY")]
     pub sim_capacity: Option<u32>,
-    /// Mean delay before a simulated agent accepts, e.g. 500ms.
+    /// Mean delay before a simulated agent accepts.
     #[arg(long, env = "SWITCHBOARD_SIM_ACCEPT_DELAY", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub sim_accept_delay: Option<Duration>,
-    /// Mean delay before a simulated agent replies, e.g. 2s.
+    /// Mean delay before a simulated agent replies.
     #[arg(long, env = "SWITCHBOARD_SIM_REPLY_DELAY", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub sim_reply_delay: Option<Duration>,
-    /// Mean wrap-up time of a simulated agent, e.g. 1s.
+    /// Mean wrap-up time of a simulated agent.
     #[arg(long, env = "SWITCHBOARD_SIM_WRAPUP_DELAY", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub sim_wrapup_delay: Option<Duration>,
@@ -494,6 +689,120 @@ pub struct Args {
     /// Seed of the simulated agents' random draws.
     #[arg(long, env = "SWITCHBOARD_SIM_SEED")]
     pub sim_seed: Option<u64>,
+
+    /// Agents created at start: `[[agents]]` tables, in the file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub agents: Vec<AgentSeed>,
+}
+
+impl Args {
+    /// The command line, each setting's default at the end of its help. The
+    /// default is only shown: clap does not apply it, so every field stays
+    /// `None` unless given, and a file or env value still beats a default.
+    pub fn command_with_defaults() -> clap::Command {
+        let defaults = Config::default();
+        Args::command().mut_args(|arg| {
+            let text = match shown_default(&defaults, arg.get_id().as_str()) {
+                Some(Shown::Value(v)) => v,
+                Some(Shown::Note(n)) => n.to_owned(),
+                None => return arg,
+            };
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!("{help} [default: {text}]"))
+        })
+    }
+
+    /// Flags and `SWITCHBOARD_*` variables of this process; on a bad value,
+    /// `--help` or `--version`, prints and exits as clap does.
+    pub fn from_command_line() -> Args {
+        let matches = Self::command_with_defaults().get_matches();
+        Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// A default as `--help` shows it.
+enum Shown {
+    /// What one would write on the command line to get it.
+    Value(String),
+    /// Computed or generated at start.
+    Note(&'static str),
+}
+
+/// Each setting's default, from [`Config::default`] so the help cannot drift
+/// from it. `None`: no default (provider credentials, the file itself).
+fn shown_default(c: &Config, id: &str) -> Option<Shown> {
+    let value = |v: String| Some(Shown::Value(v));
+    let duration = |d: Duration| value(show_duration(d));
+    match id {
+        "bind" => value(c.bind.clone()),
+        "admin_token" => Some(Shown::Note("generated, printed at start")),
+        "offer_timeout" => duration(c.offer_timeout),
+        "reoffer_cooldown" => duration(c.reoffer_cooldown),
+        "disconnect_grace" => duration(c.disconnect_grace),
+        "customer_grace" => duration(c.customer_grace),
+        "webchat_session_idle" => duration(c.webchat_session_idle),
+        "wrapup_timeout" => duration(c.wrapup_timeout),
+        "wrapup_disposition" => value(c.wrapup_disposition.clone()),
+        "history_retention" => duration(c.history_retention),
+        "max_upload" => value(show_size(c.max_upload)),
+        "max_text" => value(c.max_text.to_string()),
+        "max_notes" => value(c.max_notes.to_string()),
+        "max_frame" => value(show_size(c.max_frame as u64)),
+        "socket_backlog" => value(c.socket_backlog.to_string()),
+        "dispositions" => value(c.dispositions.join(",")),
+        "workers" => value(c.workers.to_string()),
+        "heartbeat_interval" => duration(c.heartbeat_interval),
+        "client_timeout" => duration(c.client_timeout),
+        "log_format" => value(c.log_format.as_str().to_owned()),
+        "public_url" => Some(Shown::Note("http://<bind>")),
+        "twilio_api_base" => value(c.twilio_api_base.clone()),
+        "graph_api_base" => value(c.graph_api_base.clone()),
+        "messaging_window" => duration(c.messaging_window),
+        "provider_timeout" => duration(c.provider_timeout),
+        "provider_retries" => value(c.provider_retries.to_string()),
+        "provider_backoff" => duration(c.provider_backoff),
+        "provider_in_flight" => value(c.provider_in_flight.to_string()),
+        "provider_queue" => value(c.provider_queue.to_string()),
+        "webhook_dedupe" => value(c.webhook_dedupe.to_string()),
+        "max_webhook_body" => value(show_size(c.max_webhook_body)),
+        "attachment_link_ttl" => duration(c.attachment_link_ttl),
+        "sim_agents" => value(c.sim_agents.to_string()),
+        "sim_capacity" => value(c.sim_capacity.to_string()),
+        "sim_accept_delay" => duration(c.sim_accept_delay),
+        "sim_reply_delay" => duration(c.sim_reply_delay),
+        "sim_wrapup_delay" => duration(c.sim_wrapup_delay),
+        "sim_replies" => value(c.sim_replies.to_string()),
+        "sim_disposition" => value(c.sim_disposition.clone()),
+        "sim_seed" => value(c.sim_seed.to_string()),
+        _ => None,
+    }
+}
+
+/// `500ms`, `60s`, `10m`, `24h`: the largest unit that divides it (seconds
+/// up to two minutes).
+fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    match d.as_secs() {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 120 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `25MiB`, `64KiB`, or bytes.
+fn show_size(n: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * 1024;
+    match n {
+        0 => "0".into(),
+        n if n % MIB == 0 => format!("{}MiB", n / MIB),
+        n if n % KIB == 0 => format!("{}KiB", n / KIB),
+        n => n.to_string(),
+    }
 }
 
 /// Copy every setting that is present over the configuration.
@@ -507,6 +816,9 @@ macro_rules! overlay {
 impl Args {
     fn apply(self, cfg: &mut Config) {
         let max_frame = self.max_frame;
+        if !self.agents.is_empty() {
+            cfg.agents = self.agents;
+        }
         if let Some(List(v)) = self.dispositions {
             cfg.dispositions = v;
         }
@@ -518,7 +830,7 @@ impl Args {
             wrapup_timeout, wrapup_disposition,
             history_retention,
             max_upload, max_text, max_notes, socket_backlog, workers,
-            heartbeat_interval, client_timeout, twilio_api_base, graph_api_base,
+            heartbeat_interval, client_timeout, log_format, twilio_api_base, graph_api_base,
             messaging_window, provider_timeout, provider_retries, provider_backoff,
             provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,
             attachment_link_ttl, sim_agents, sim_capacity, sim_accept_delay, sim_reply_delay,
@@ -637,6 +949,365 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("wrapup_disposition"));
+    }
+
+    /// Load `text` as the configuration file, plus these flags.
+    fn load_file(name: &str, text: &str, flags: &[&str]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let mut argv = vec!["switchboard", "--config", path.to_str().unwrap()];
+        argv.extend_from_slice(flags);
+        Config::load(Args::try_parse_from(argv).unwrap())
+    }
+
+    const EXAMPLE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/switchboard.example.toml");
+
+    fn example() -> String {
+        std::fs::read_to_string(EXAMPLE_PATH).unwrap()
+    }
+
+    /// The key of a `key = value` line, commented out or not.
+    fn setting_key(line: &str) -> Option<&str> {
+        let line = line.strip_prefix("# ").unwrap_or(line);
+        let (key, _) = line.split_once(" = ")?;
+        (!key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')).then_some(key)
+    }
+
+    /// Every setting of the command line, by its TOML key.
+    fn setting_ids() -> Vec<String> {
+        Args::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|id| !matches!(id.as_str(), "config" | "help" | "version"))
+            .collect()
+    }
+
+    #[test]
+    fn example_file_loads_and_holds_the_defaults() {
+        let args = Args::try_parse_from(["switchboard", "--config", EXAMPLE_PATH]).unwrap();
+        let cfg = Config::load(args).unwrap();
+        assert_eq!(
+            cfg,
+            Config::default(),
+            "switchboard.example.toml must show the defaults"
+        );
+    }
+
+    #[test]
+    fn example_file_documents_every_setting() {
+        let text = example();
+        let lines: Vec<&str> = text.lines().collect();
+        let ids = setting_ids();
+        assert!(ids.len() > 40, "{ids:?}");
+        for id in &ids {
+            let at: Vec<usize> = (0..lines.len())
+                .filter(|&i| setting_key(lines[i]) == Some(id.as_str()))
+                .collect();
+            assert_eq!(
+                at.len(),
+                1,
+                "switchboard.example.toml must have `{id} = …` (or `# {id} = …`) exactly once, \
+                 with a comment above it"
+            );
+            let above = lines[..at[0]]
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .copied()
+                .unwrap_or_default();
+            assert!(
+                above.starts_with('#') && setting_key(above).is_none(),
+                "{id}: the line above it must be a comment describing it, not {above:?}"
+            );
+        }
+        // Every top-level key is a setting (the [[agents]] example aside).
+        let agents_at = lines
+            .iter()
+            .position(|l| l.contains("[[agents]]"))
+            .expect("an [[agents]] example");
+        for line in &lines[..agents_at] {
+            if let Some(key) = setting_key(line) {
+                assert!(ids.iter().any(|id| id == key), "{key} is not a setting");
+            }
+        }
+        assert!(
+            text.contains("with `_` for `-`"),
+            "the header says how keys are named"
+        );
+    }
+
+    #[test]
+    fn example_file_commented_values_are_valid_too() {
+        let text = example();
+        let uncommented: Vec<&str> = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if setting_key(rest).is_some() || rest == "[[agents]]" => rest,
+                _ => l,
+            })
+            .collect();
+        let cfg = load_file("example-uncommented", &uncommented.join("\n"), &[]).unwrap();
+        assert!(cfg.admin_token.is_some() && cfg.public_url.is_some());
+        assert!(cfg.sms_enabled() && cfg.whatsapp_enabled() && cfg.messenger_enabled());
+        let ids: Vec<&str> = cfg.agents.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["alice", "bob"]);
+        assert_eq!(cfg.agents[0].capacity.sms, 2);
+        assert_eq!(cfg.agents[1].token, None);
+    }
+
+    #[test]
+    fn help_shows_each_default_without_applying_it() {
+        let defaults = Config::default();
+        let no_default: Vec<String> = setting_ids()
+            .into_iter()
+            .filter(|id| shown_default(&defaults, id).is_none())
+            .collect();
+        assert_eq!(
+            no_default,
+            [
+                "twilio_account_sid",
+                "twilio_auth_token",
+                "sms_from",
+                "whatsapp_token",
+                "whatsapp_app_secret",
+                "whatsapp_verify_token",
+                "whatsapp_phone_number_id",
+                "messenger_page_token",
+                "messenger_app_secret",
+                "messenger_verify_token",
+            ],
+            "a new setting needs its default in shown_default"
+        );
+
+        let help = Args::command_with_defaults().render_help().to_string();
+        for shown in [
+            "[default: 127.0.0.1:8080]",
+            "[default: 30s]",
+            "[default: 25MiB]",
+            "[default: text]",
+            "[default: resolved,follow_up,escalated,spam,no_response]",
+        ] {
+            assert!(help.contains(shown), "{shown} missing from:\n{help}");
+        }
+
+        // Shown, not applied: nothing given, nothing set, so a file still wins.
+        let matches = Args::command_with_defaults()
+            .try_get_matches_from(["switchboard"])
+            .unwrap();
+        let args = Args::from_arg_matches(&matches).unwrap();
+        assert!(args.bind.is_none() && args.offer_timeout.is_none() && args.log_format.is_none());
+
+        // And what is shown is the default: passing every shown value as a
+        // flag changes nothing.
+        let mut argv = vec!["switchboard".to_owned()];
+        for arg in Args::command().get_arguments() {
+            if let Some(Shown::Value(v)) = shown_default(&defaults, arg.get_id().as_str()) {
+                argv.push(format!("--{}", arg.get_long().unwrap()));
+                argv.push(v);
+            }
+        }
+        let cfg = Config::load(Args::try_parse_from(argv).unwrap()).unwrap();
+        assert_eq!(cfg, defaults);
+    }
+
+    #[test]
+    fn durations_and_sizes_show_as_typed() {
+        let shown: Vec<String> = [500, 1_000, 60_000, 90_000, 600_000, 3_600_000, 86_400_000]
+            .map(|ms| show_duration(Duration::from_millis(ms)))
+            .to_vec();
+        assert_eq!(shown, ["500ms", "1s", "60s", "90s", "10m", "1h", "24h"]);
+        assert_eq!(show_size(25 * 1024 * 1024), "25MiB");
+        assert_eq!(show_size(64 * 1024), "64KiB");
+        assert_eq!(show_size(1000), "1000");
+    }
+
+    #[test]
+    fn a_missing_disposition_names_both_settings_and_the_fix() {
+        let err = load_file(
+            "dispositions",
+            "dispositions = [\"resolved\", \"callback\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: dispositions: [\"resolved\",\"callback\"] does not include \
+             the wrap-up timeout's disposition \"no_response\" (wrapup_disposition); add it to \
+             dispositions or set wrapup_disposition to one of them"
+        );
+        let err = load_file(
+            "sim-dispositions",
+            "dispositions = [\"no_response\", \"callback\"]\nsim_agents = 2\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: dispositions: [\"no_response\",\"callback\"] does not include \
+             the simulated agents' disposition \"resolved\" (sim_disposition); add it to \
+             dispositions or set sim_disposition to one of them"
+        );
+        // Without simulated agents their disposition does not matter.
+        assert!(load_file("no-sim", "dispositions = [\"no_response\"]\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn bind_must_be_an_address_and_port() {
+        for ok in [
+            "127.0.0.1:0",
+            "0.0.0.0:8080",
+            "[::1]:8080",
+            "localhost:8080",
+        ] {
+            let cfg = Config {
+                bind: ok.into(),
+                ..Config::default()
+            };
+            assert!(cfg.validate().is_ok(), "{ok}");
+        }
+        for bad in [
+            "19240",
+            "localhost",
+            ":8080",
+            "127.0.0.1:99999",
+            "http://127.0.0.1:8080",
+        ] {
+            let cfg = Config {
+                bind: bad.into(),
+                ..Config::default()
+            };
+            let err = cfg.validate().unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("invalid configuration: bind: {bad:?} is not an address:port, e.g. 127.0.0.1:8080")
+            );
+        }
+    }
+
+    #[test]
+    fn log_format_from_file_env_or_flag() {
+        let cfg = load_file("log-json", "log_format = \"json\"\n", &[]).unwrap();
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        let cfg = load_file(
+            "log-flag",
+            "log_format = \"json\"\n",
+            &["--log-format", "text"],
+        )
+        .unwrap();
+        assert_eq!(cfg.log_format, LogFormat::Text);
+        let err = toml::from_str::<Args>("log_format = \"xml\"").unwrap_err();
+        assert!(err.to_string().contains("log_format"), "{err}");
+        let err = Args::try_parse_from(["switchboard", "--log-format", "xml"]).unwrap_err();
+        assert!(err.to_string().contains("--log-format"), "{err}");
+    }
+
+    const TWO_AGENTS: &str = r#"
+[[agents]]
+id = "alice"
+name = "Alice"
+capacity = { webchat = 3, sms = 2 }
+skills = ["spanish"]
+token = "alice-token-0123456789"
+
+[[agents]]
+id = "bob"
+"#;
+
+    #[test]
+    fn agents_come_from_the_file() {
+        let cfg = load_file("agents", TWO_AGENTS, &[]).unwrap();
+        assert_eq!(
+            cfg.agents,
+            vec![
+                AgentSeed {
+                    id: "alice".into(),
+                    name: Some("Alice".into()),
+                    capacity: PerChannel {
+                        webchat: 3,
+                        sms: 2,
+                        ..PerChannel::default()
+                    },
+                    skills: vec!["spanish".into()],
+                    token: Some("alice-token-0123456789".into()),
+                },
+                AgentSeed {
+                    id: "bob".into(),
+                    name: None,
+                    capacity: PerChannel::default(),
+                    skills: vec![],
+                    token: None,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_agents_name_the_entry_and_field() {
+        let cases = [
+            (
+                TWO_AGENTS.replace("alice-token-0123456789", "short"),
+                "agents[0].token: must be at least 16 characters (this one has 5)",
+            ),
+            (
+                TWO_AGENTS.replace("alice-token-0123456789", "has spaces in it, sadly"),
+                "agents[0].token: use only letters, digits",
+            ),
+            (
+                TWO_AGENTS.replace("id = \"bob\"", "id = \"alice\""),
+                "agents[1].id: \"alice\" is already the id of agents[0]; each agent needs its own id",
+            ),
+            (
+                TWO_AGENTS.replace("id = \"bob\"", "id = \"bob\"\ntoken = \"alice-token-0123456789\""),
+                "agents[1].token: the same as agents[0].token",
+            ),
+            (
+                TWO_AGENTS.replace("id = \"bob\"", "id = \"b o b\""),
+                "agents[1] (\"b o b\"): id must be",
+            ),
+            (
+                TWO_AGENTS.replace("webchat = 3", "webchat = 3000"),
+                "agents[0] (\"alice\"): capacity per channel must be at most 1000",
+            ),
+        ];
+        for (file, want) in cases {
+            let err = load_file("bad-agents", &file, &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+        let err = load_file(
+            "sim-clash",
+            "[[agents]]\nid = \"sim-00002\"\n",
+            &["--sim-agents", "3"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("agents[0].id: \"sim-00002\" is the id of a simulated agent"),
+            "{err}"
+        );
+        // Unknown keys in an agent are refused, naming them.
+        let err = load_file("agent-typo", "[[agents]]\nid = \"a\"\ncapacty = {}\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capacty"), "{err}");
+    }
+
+    #[test]
+    fn channels_say_what_they_miss() {
+        let cfg = Config {
+            twilio_account_sid: Some("AC1".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            cfg.channel_missing(ChannelKind::Webchat),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            cfg.channel_missing(ChannelKind::Sms),
+            ["SWITCHBOARD_TWILIO_AUTH_TOKEN", "SWITCHBOARD_SMS_FROM"]
+        );
+        assert!(!cfg.sms_enabled());
     }
 
     #[test]

@@ -1,25 +1,43 @@
 //! `switchboard`: parse the configuration, start the broker, wait.
+//!
+//! Output: stdout gets what a person (or a script) needs to use the broker —
+//! where it listens, which channels are on, generated tokens; stderr gets the
+//! logs and start-up errors.
 
-use clap::Parser;
-use switchboard::config::{Args, Config};
+use std::io::IsTerminal;
+
+use switchboard::config::{Args, Config, LogFormat};
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "switchboard=info,actix_web=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = match Config::load(Args::parse()) {
+    let config = match Config::load(Args::from_command_line()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchboard: {e}");
             std::process::exit(2);
         }
     };
+    init_logs(config.log_format);
     if let Err(e) = switchboard::server::run(config) {
         eprintln!("switchboard: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG`. Text is coloured only when
+/// stderr is a terminal (and `NO_COLOR` is unset), so a file or a pipe gets
+/// no escape codes; JSON is one object per line.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "switchboard=info,actix_web=warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            logs.with_ansi(std::io::stderr().is_terminal() && !no_color)
+                .init()
+        }
+        LogFormat::Json => logs.with_ansi(false).json().init(),
     }
 }

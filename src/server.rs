@@ -17,6 +17,7 @@ use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 
+use crate::agent::{Agent, AgentProfile};
 use crate::broker::{prepare, Broker, BrokerParts};
 use crate::channel::messenger::MessengerApi;
 use crate::channel::provider::{ProviderApi, ProviderChannel};
@@ -25,6 +26,7 @@ use crate::channel::webchat::{WebchatChannel, WebchatShards};
 use crate::channel::whatsapp::WhatsappApi;
 use crate::channel::Channels;
 use crate::config::Config;
+use crate::protocol::ChannelKind;
 use crate::router::Router;
 use crate::supervisor::{Attach, SupervisorHub};
 
@@ -33,7 +35,97 @@ pub struct Started {
     pub server: actix_web::dev::Server,
     pub addrs: Vec<SocketAddr>,
     pub admin_token: String,
+    /// Tokens generated for `[[agents]]` configured without one: (id, token).
+    pub generated_agent_tokens: Vec<(String, String)>,
     pub arbiters: Vec<Arbiter>,
+}
+
+/// Create the `[[agents]]` of the configuration, as `POST /v1/agents` does.
+/// Returns the tokens generated for those configured without one.
+fn seed_agents(broker: &Arc<Broker>, config: &Config) -> std::io::Result<Vec<(String, String)>> {
+    let mut generated = Vec::new();
+    for (i, seed) in config.agents.iter().enumerate() {
+        let invalid =
+            |e: crate::ApiError| std::io::Error::other(format!("agents[{i}] ({:?}): {e}", seed.id));
+        let profile = AgentProfile::new(
+            &seed.id,
+            seed.name.clone(),
+            seed.capacity,
+            seed.skills.clone(),
+        )
+        .map_err(invalid)?;
+        let token = Agent::create(broker, profile, seed.token.clone()).map_err(invalid)?;
+        if seed.token.is_none() {
+            generated.push((seed.id.clone(), token));
+        }
+    }
+    if !config.agents.is_empty() {
+        tracing::info!(count = config.agents.len(), "configured agents created");
+    }
+    Ok(generated)
+}
+
+/// `bind` failed: say which address and which setting.
+fn bind_error(bind: &str, e: std::io::Error) -> std::io::Error {
+    let mut why = e.to_string();
+    if let Some(code) = e.raw_os_error() {
+        // "Address already in use (os error 98)": the number says nothing more.
+        let suffix = format!(" (os error {code})");
+        if why.ends_with(&suffix) {
+            why.truncate(why.len() - suffix.len());
+        }
+    }
+    std::io::Error::new(e.kind(), format!("cannot listen on {bind} (bind): {why}"))
+}
+
+/// What `switchboard` prints on stdout once it listens on `addr`: one line per
+/// page or API with its URL, then one per channel saying whether it is on and,
+/// if not, what to set.
+pub fn banner(config: &Config, addr: SocketAddr) -> Vec<String> {
+    let line = |label: &str, value: String| format!("{:<11}{value}", format!("{label}:"));
+    let base = format!("http://{addr}");
+    let mut lines: Vec<String> = [
+        ("desk", "/desk"),
+        ("chat", "/chat"),
+        ("board", "/board"),
+        ("api", "/v1"),
+        ("health", "/healthz"),
+    ]
+    .into_iter()
+    .map(|(label, path)| line(label, format!("{base}{path}")))
+    .collect();
+    // Where providers reach us: the public URL, else the address bound.
+    let public = match &config.public_url {
+        Some(_) => config.public_base(),
+        None => base.clone(),
+    };
+    for (channel, webhook) in [
+        (ChannelKind::Webchat, None),
+        (ChannelKind::Sms, Some("/v1/channels/sms/inbound")),
+        (ChannelKind::Whatsapp, Some("/v1/channels/whatsapp/webhook")),
+        (
+            ChannelKind::Messenger,
+            Some("/v1/channels/messenger/webhook"),
+        ),
+    ] {
+        let missing = config.channel_missing(channel);
+        let state = match (missing.as_slice(), webhook) {
+            ([], None) => "on".to_owned(),
+            ([], Some(path)) => format!("on (webhook {public}{path})"),
+            (missing, _) => format!("off (set {})", and_list(missing)),
+        };
+        lines.push(line(channel.as_str(), state));
+    }
+    lines
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
 }
 
 /// Drops uploads that were never sent once they are older than the history
@@ -137,6 +229,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         run(ProviderChannel::new(broker.clone(), api, http));
     }
 
+    let generated_agent_tokens = seed_agents(&broker, &config)?;
     if config.sim_agents > 0 {
         crate::sim::start(
             &broker,
@@ -171,28 +264,41 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     .backlog(4096)
     .client_request_timeout(std::time::Duration::from_secs(30))
     .shutdown_timeout(5)
-    .bind(&config.bind)?;
+    .bind(&config.bind)
+    .map_err(|e| bind_error(&config.bind, e))?;
     let addrs = server.addrs();
     Ok(Started {
         server: server.run(),
         addrs,
         admin_token,
+        generated_agent_tokens,
         arbiters,
     })
 }
 
 /// Run until Ctrl-C / SIGTERM. Used by `main`.
+///
+/// Prints on stdout, once listening: the [`banner`] (URLs and channels), then
+/// `admin token: …` when it was generated and `agent <id> token: …` for each
+/// configured agent whose token was generated. Logs go to stderr.
 pub fn run(config: Config) -> std::io::Result<()> {
     let generated = config.admin_token.is_none();
     let system = actix::System::new();
     system.block_on(async move {
-        let started = start(config)?;
+        let started = start(config.clone())?;
         for addr in &started.addrs {
             tracing::info!("switchboard listening on http://{addr}");
         }
+        if let Some(addr) = started.addrs.first() {
+            for line in banner(&config, *addr) {
+                println!("{line}");
+            }
+        }
         if generated {
-            // The one thing printed on embedded defaults: how to call the admin API.
             println!("admin token: {}", started.admin_token);
+        }
+        for (id, token) in &started.generated_agent_tokens {
+            println!("agent {id} token: {token}");
         }
         let result = started.server.await;
         for a in started.arbiters {

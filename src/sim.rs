@@ -191,6 +191,7 @@ impl Actor for SimDesk {
         ctx.set_mailbox_capacity(self.backlog);
         self.agent.do_send(Connect {
             link: SocketLink::new(self.session_id, &ctx.address()),
+            token: None,
         });
     }
 }
@@ -231,7 +232,7 @@ pub fn start(broker: &Arc<Broker>, count: usize, behaviour: SimBehaviour) -> Res
             },
             skills: Vec::new(),
         };
-        Agent::create(broker, profile)?;
+        Agent::create(broker, profile, None)?;
         let agent = broker
             .agent(&id)
             .ok_or_else(|| ApiError::NotFound(format!("agent {id} vanished")))?

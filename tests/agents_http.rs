@@ -149,6 +149,7 @@ async fn admin_endpoints_need_the_admin_token() {
             (Method::GET, "/v1/agents/alice", None),
             (Method::PATCH, "/v1/agents/alice", Some(&patch)),
             (Method::DELETE, "/v1/agents/alice", None),
+            (Method::POST, "/v1/agents/alice/token", None),
             (Method::GET, "/v1/stats", None),
         ];
         for (m, path, b) in cases {
@@ -179,6 +180,8 @@ async fn admin_endpoints_need_the_admin_token() {
     // Nothing was changed by the rejected calls.
     let got = h.admin_get_ok("/v1/agents/alice").await;
     assert_eq!(got["name"], "Agent alice");
+    let r = h.get("/v1/agents/alice", Some(&alice.token)).await;
+    assert_eq!(r.status, 200, "alice's token still works: {}", r.text);
     let r = h.admin_get("/v1/agents/x").await;
     assert_eq!(r.status, 404, "{}", r.text);
 }
@@ -325,6 +328,70 @@ async fn unknown_agent_is_not_found() {
     assert_eq!(r.status, 204, "{}", r.text);
     let r = h
         .request(Method::DELETE, "/v1/agents/alice", Some(&admin), None)
+        .await;
+    assert_error(&r, 404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_token_locks_the_old_one_out_at_once() {
+    let h = start();
+    let admin = h.admin.clone();
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let (mut bob_desk, _) = h.connect_agent(&bob).await;
+    // Alice holds a conversation across the rotation.
+    let (_session, _customer, ack) = h.customer_with_message("Dana", "hello").await;
+    let conversation = s(&ack["conversation_id"]);
+    let (offer, _assigned) = desk.take_offer().await;
+    let task = s(&offer["task"]["id"]);
+
+    let r = h
+        .request(Method::POST, "/v1/agents/alice/token", Some(&admin), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["id"], "alice", "{}", r.text);
+    let token = s(&r.body["token"]);
+    assert_eq!(token.len(), 32, "{token}");
+    assert_ne!(token, alice.token);
+    assert_eq!(
+        r.body.as_object().map(|o| o.len()),
+        Some(2),
+        "only id and token: {}",
+        r.text
+    );
+
+    // The desk opened with the old token is closed, saying why.
+    let (code, reason) = desk.recv_close().await;
+    assert_eq!(code, 1008, "close code");
+    assert_eq!(reason, "token rotated");
+
+    // The old token no longer works, for HTTP or for a new socket.
+    let r = h.get("/v1/agents/alice", Some(&alice.token)).await;
+    assert_error(&r, 401, "unauthorized");
+    assert_eq!(try_connect(&h.agent_ws_url(&alice)).await.err(), Some(401));
+
+    // The new one does, and the agent gets its conversation back.
+    let rotated = Agent {
+        token,
+        ..alice.clone()
+    };
+    let r = h.get("/v1/agents/alice", Some(&rotated.token)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (mut desk, hello) = h.connect_agent(&rotated).await;
+    assert_eq!(hello["tasks"][0]["id"], task.as_str(), "{hello}");
+    let resync = desk.recv_type("task.assigned").await;
+    assert_eq!(resync["task"]["conversation_id"], conversation.as_str());
+    // Bob's token and socket are untouched (a closed socket would panic here).
+    let r = h.get("/v1/agents/bob", Some(&bob.token)).await;
+    assert_eq!(r.status, 200, "bob is untouched: {}", r.text);
+    bob_desk
+        .expect_none("a frame for bob", QUIET, |v| v["type"] == "error")
+        .await;
+
+    // Unknown agent.
+    let r = h
+        .request(Method::POST, "/v1/agents/nobody/token", Some(&admin), None)
         .await;
     assert_error(&r, 404, "not_found");
 }

@@ -1,10 +1,12 @@
-//! `/v1/agents`: create, list, get, patch, delete (admin; an agent may read
-//! itself).
+//! `/v1/agents`: create, list, get, patch, delete, rotate the token (admin;
+//! an agent may read itself).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use crate::agent::{Agent, AgentProfile, Retire, UpdateProfile};
+use crate::agent::{
+    valid_capacity, valid_name, Agent, AgentProfile, Retire, TokenRotated, UpdateProfile,
+};
 use crate::error::ApiError;
 use crate::http::{authenticate, read_json, require_admin, Principal, State};
 use crate::protocol::{Activity, AgentView, PerChannel};
@@ -30,44 +32,6 @@ pub struct PatchAgent {
     pub skills: Option<Vec<String>>,
 }
 
-fn valid_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(
-            "id must be 1-64 characters of letters, digits, '-', '_', '.', '@'".into(),
-        ))
-    }
-}
-
-fn valid_name(name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() || name.chars().count() > 100 {
-        Err(ApiError::BadRequest("name must be 1-100 characters".into()))
-    } else {
-        Ok(())
-    }
-}
-
-const MAX_CAPACITY: u32 = 1000;
-
-fn valid_capacity(c: &PerChannel) -> Result<(), ApiError> {
-    if [c.webchat, c.sms, c.whatsapp, c.messenger]
-        .iter()
-        .any(|n| *n > MAX_CAPACITY)
-    {
-        Err(ApiError::BadRequest(format!(
-            "capacity per channel must be at most {MAX_CAPACITY}"
-        )))
-    } else {
-        Ok(())
-    }
-}
-
 pub async fn create(
     req: HttpRequest,
     state: State,
@@ -75,17 +39,8 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
     let body: CreateAgent = read_json(body).await?;
-    valid_id(&body.id)?;
-    let name = body.name.unwrap_or_else(|| body.id.clone());
-    valid_name(&name)?;
-    valid_capacity(&body.capacity)?;
-    let profile = AgentProfile {
-        id: body.id.as_str().into(),
-        name,
-        capacity: body.capacity,
-        skills: body.skills,
-    };
-    let token = Agent::create(&state, profile.clone())?;
+    let profile = AgentProfile::new(&body.id, body.name, body.capacity, body.skills)?;
+    let token = Agent::create(&state, profile.clone(), None)?;
     let view = AgentView {
         id: profile.id,
         name: profile.name,
@@ -175,11 +130,24 @@ pub async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
-    let (_, entry) = state
-        .agents
-        .remove(id.as_str())
+    let entry = state
+        .remove_agent(&id)
         .ok_or_else(|| ApiError::NotFound(format!("agent {id} does not exist")))?;
-    state.agent_tokens.remove(&entry.token);
     entry.addr.do_send(Retire);
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /v1/agents/{id}/token`: a new generated token; the old one stops
+/// working at once (HTTP and new sockets) and a desktop opened with it is
+/// closed with `1008 token rotated`.
+pub async fn rotate_token(
+    req: HttpRequest,
+    state: State,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let token = crate::ids::token();
+    let entry = state.rotate_agent_token(&id, token.clone())?;
+    entry.addr.do_send(TokenRotated);
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id.as_str(), "token": token })))
 }

@@ -65,6 +65,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/agents/{id}", web::get().to(agents::get))
                 .route("/agents/{id}", web::patch().to(agents::update))
                 .route("/agents/{id}", web::delete().to(agents::delete))
+                .route("/agents/{id}/token", web::post().to(agents::rotate_token))
                 .route("/agents/{id}/ws", web::get().to(sockets::agent))
                 .route("/tasks", web::get().to(tasks::list))
                 .route("/conversations/{id}", web::get().to(conversations::get))

@@ -25,7 +25,7 @@ pub async fn agent(
         .agent(&id)
         .filter(|e| same_secret(&e.token, &token))
         .ok_or_else(|| ApiError::Unauthorized("invalid agent id or token".into()))?;
-    let session = AgentSession::new(entry.addr, &state.config);
+    let session = AgentSession::new(entry.addr, token, &state.config);
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.config.max_frame)
         .start()

@@ -11,16 +11,19 @@ use crate::ws::{close_with, handle_frame, push_text, CloseSession, Heartbeat, Pu
 pub struct AgentSession {
     id: u64,
     agent: Addr<Agent>,
+    /// The token this socket was opened with; the agent actor checks it again.
+    token: String,
     backlog: usize,
     max_frame: usize,
     hb: Heartbeat,
 }
 
 impl AgentSession {
-    pub fn new(agent: Addr<Agent>, config: &crate::config::Config) -> Self {
+    pub fn new(agent: Addr<Agent>, token: String, config: &crate::config::Config) -> Self {
         AgentSession {
             id: crate::ws::next_session_id(),
             agent,
+            token,
             backlog: config.socket_backlog,
             max_frame: config.max_frame,
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
@@ -36,6 +39,7 @@ impl Actor for AgentSession {
         self.hb.start(ctx, |s| &mut s.hb);
         self.agent.do_send(Connect {
             link: SocketLink::new(self.id, &ctx.address()),
+            token: Some(self.token.clone()),
         });
     }
 
