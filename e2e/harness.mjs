@@ -339,21 +339,26 @@ export function receiptPicture() {
 
 const steps = [];
 
-/** Register a step; steps run in order and share state. */
-export function step(name, fn) {
-  steps.push({ name, fn });
+/**
+ * Register a step; steps run in order and share state. `options.check`: the
+ * step only looks (an audit), so the story goes on when it fails.
+ */
+export function step(name, fn, options) {
+  steps.push({ name, fn, check: !!(options && options.check) });
 }
 
 /**
  * Run the steps. A failed step stops the story (later steps depend on it):
- * they are counted as skipped. `onFailure(name)` can save screenshots.
+ * they are counted as skipped; a failed check does not stop it. `onFailure(name)`
+ * can save screenshots.
  */
 export async function runSteps(onFailure) {
   let passed = 0;
   let failed = 0;
   let skipped = 0;
+  let stopped = false;
   for (const s of steps) {
-    if (failed) {
+    if (stopped) {
       skipped += 1;
       log('- ' + s.name + ' (skipped)');
       continue;
@@ -365,6 +370,7 @@ export async function runSteps(onFailure) {
       log('✓ ' + s.name + ' (' + ((Date.now() - t0) / 1000).toFixed(1) + 's)');
     } catch (e) {
       failed += 1;
+      if (!s.check) stopped = true;
       log('✗ ' + s.name + ' (' + ((Date.now() - t0) / 1000).toFixed(1) + 's)');
       log('  ' + String(e && e.stack ? e.stack : e).split('\n').slice(0, 6).join('\n  '));
       if (onFailure) await onFailure(s.name).catch(() => {});

@@ -6,6 +6,7 @@ import path from 'node:path';
 import {
   OUT, assert, call, equal, parcelPicture, person, receiptPicture, seeText, shot, sleep, step, until,
 } from './harness.mjs';
+import { audit } from './axe.mjs';
 
 /** Filled in by run.mjs before the steps run. */
 export const env = {
@@ -280,6 +281,18 @@ step('several conversations: unread badge and notification, switching keeps both
   fs.copyFileSync(await shot(s.shop, 'widget-open'), path.join(OUT, 'widget.png'));
 });
 
+step('accessibility: the desk with a live conversation passes axe (WCAG 2.1 AA)', async () => {
+  await seeText(s.desk.locator('#conv-state'), /Assigned/);
+  await s.desk.locator('#messages .msg.agent').first().waitFor();
+  await audit(s.desk, 'desk');
+}, { check: true });
+
+step('accessibility: the widget with messages passes axe (WCAG 2.1 AA)', async () => {
+  await s.widget.locator('#messages .msg.agent .meta').first().waitFor();
+  const frame = await (await s.shop.locator('iframe[title="Chat with us"]').elementHandle()).contentFrame();
+  await audit(frame, 'widget');
+}, { check: true });
+
 step('an offer that is not answered times out and disappears', async () => {
   s.lee = await s.custCtx.newPage();
   // Another origin for the same broker, so Lee gets a session of his own.
@@ -417,6 +430,12 @@ step('supervisor board shows the queue, agents with load per channel, and tasks 
   await queueItem(SAM).waitFor({ state: 'detached' });
   await seeText(s.board.locator('#tasks'), /Completed/);
 });
+
+step('accessibility: the board with data passes axe (WCAG 2.1 AA)', async () => {
+  await s.board.locator('#agents tr[data-agent="alice"]').waitFor();
+  await s.board.locator('#tasks tr[data-task]').first().waitFor();
+  await audit(s.board, 'board');
+}, { check: true });
 
 step('agent starts an outbound webchat conversation from "New message"', async () => {
   await s.desk.locator('label[for=act-available]').click();
