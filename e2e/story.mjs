@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  OUT, assert, call, equal, parcelPicture, person, receiptPicture, seeText, shot, sleep, step, until,
+  OUT, assert, call, equal, parcelPicture, person, receiptPicture, seeText, shot, sleep, step, story, until,
 } from './harness.mjs';
 import { audit } from './axe.mjs';
 
@@ -54,6 +54,8 @@ async function imageLoaded(locator) {
 }
 
 // ---- The story -------------------------------------------------------------------
+
+story('the contact center: an agent, two customers and a supervisor');
 
 step('agent signs in (a wrong token is refused) and goes Available', async () => {
   const created = await call(env.broker.base, 'POST', '/v1/agents', env.broker.admin, {
@@ -431,12 +433,6 @@ step('supervisor board shows the queue, agents with load per channel, and tasks 
   await seeText(s.board.locator('#tasks'), /Completed/);
 });
 
-step('accessibility: the board with data passes axe (WCAG 2.1 AA)', async () => {
-  await s.board.locator('#agents tr[data-agent="alice"]').waitFor();
-  await s.board.locator('#tasks tr[data-task]').first().waitFor();
-  await audit(s.board, 'board');
-}, { check: true });
-
 step('agent starts an outbound webchat conversation from "New message"', async () => {
   await s.desk.locator('label[for=act-available]').click();
   await s.desk.getByRole('button', { name: 'New message' }).click();
@@ -463,13 +459,17 @@ step('a waiting customer ends the chat; the board follows live', async () => {
   await seeText(s.board.locator('#tasks'), /Canceled/);
 });
 
-step('no script errors on any page', async () => {
-  await sleep(200);
-  const errors = [s.agentCtx, s.custCtx, s.shopCtx].flatMap((c) => (c ? c.pageErrors : []))
-    // The proxy cut makes Chromium log the failed socket and fetch attempts.
-    .filter((e) => !/ERR_CONNECTION|ERR_EMPTY_RESPONSE|WebSocket connection|Failed to load resource|net::/.test(e));
-  equal(errors, [], 'page errors');
-});
+/** The last step, after every story: no page logged a script error. `more()` gives other stories' contexts. */
+export function finalCheck(more) {
+  story('every page');
+  step('no script errors on any page', async () => {
+    await sleep(200);
+    const errors = [s.agentCtx, s.custCtx, s.shopCtx].concat(more ? more() : []).flatMap((c) => (c ? c.pageErrors : []))
+      // The proxy cuts make Chromium log the failed socket and fetch attempts.
+      .filter((e) => !/ERR_CONNECTION|ERR_EMPTY_RESPONSE|WebSocket connection|Failed to load resource|net::/.test(e));
+    equal(errors, [], 'page errors');
+  });
+}
 
 /** Screenshots of every open page, for a failed step. */
 export async function failureShots(name) {
