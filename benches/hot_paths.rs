@@ -66,6 +66,8 @@ fn conversation(c: &mut Criterion) {
         },
         business: None,
         skills: vec![],
+        queue: "default".into(),
+        priority: 0,
         previous: None,
         last_customer_at: None,
         created_at: now,

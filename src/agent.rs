@@ -24,8 +24,8 @@ use crate::conversation::{
 };
 use crate::error::ApiError;
 use crate::protocol::{
-    frame, ok_frame, Activity, AgentCommand, AgentView, ChannelKind, Frame, Id, PerChannel,
-    TaskState, TaskView,
+    frame, ok_frame, Activity, AgentCommand, AgentView, ChannelKind, Customer, Frame, Id,
+    PerChannel, TaskState, TaskView,
 };
 use crate::router::{self, RescindReason};
 use crate::ws::{LinkDown, SocketLink};
@@ -384,6 +384,10 @@ impl Agent {
             agent_id: self.profile.id.clone(),
             task_id: task_id.clone(),
             channel: req.channel,
+            customer: Customer {
+                name: open.to.clone(),
+                address: open.to.clone(),
+            },
         };
         let fut = async move {
             broker
@@ -396,15 +400,9 @@ impl Agent {
                 .await
                 .map_err(ApiError::mailbox)
                 .and_then(|r| r);
+            // The conversation binds itself to the reservation when it starts.
             match opened {
-                Ok((conversation_id, conversation)) => {
-                    broker.router.do_send(router::BindOutbound {
-                        task_id,
-                        conversation_id,
-                        conversation,
-                    });
-                    Ok(())
-                }
+                Ok(_) => Ok(()),
                 Err(e) => {
                     broker.router.do_send(router::TaskClosed { task_id });
                     Err(e)

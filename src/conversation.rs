@@ -29,9 +29,11 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::protocol::{
     frame, rfc3339, AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Frame, Id,
-    Message, TaskState, TaskView,
+    Message, TaskState, TaskSummary, TaskView,
 };
-use crate::router::{EnqueueTask, RescindReason, RoutableTask, TaskClosed, TaskWrapping};
+use crate::router::{
+    BindOutbound, EnqueueTask, RescindReason, RoutableTask, TaskClosed, TaskWrapping,
+};
 
 /// The state a conversation owns: everything needed to rebuild it by replaying
 /// its events.
@@ -44,6 +46,9 @@ pub struct ConversationState {
     /// The business address the customer wrote to (provider channels).
     pub business: Option<String>,
     pub skills: Vec<String>,
+    /// The queue its task waits in, and the task's priority there.
+    pub queue: String,
+    pub priority: u8,
     pub previous: Option<Id>,
     /// When the customer last wrote (opens the WhatsApp/Messenger window).
     pub last_customer_at: Option<SystemTime>,
@@ -134,6 +139,22 @@ impl ConversationState {
     /// Has the conversation ended for the customer?
     pub fn ended(&self) -> bool {
         self.ended_at.is_some()
+    }
+
+    /// What supervisors see of the task.
+    pub fn task_summary(&self) -> TaskSummary {
+        TaskSummary {
+            id: self.task_id.clone(),
+            conversation_id: self.id.clone(),
+            channel: self.channel,
+            customer: self.customer.clone(),
+            queue: self.queue.clone(),
+            priority: self.priority,
+            state: self.task_state,
+            agent_id: self.agent_id.clone(),
+            created_at: self.created_at,
+            waiting_since: self.created_at,
+        }
     }
 
     pub fn task_view(&self) -> TaskView {
@@ -253,6 +274,8 @@ impl Conversation {
             customer: spec.customer,
             business: spec.business,
             skills: spec.skills,
+            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
+            priority: 0,
             previous: spec.previous,
             last_customer_at: spec.window_opened_at,
             created_at: crate::protocol::now(),
@@ -289,23 +312,24 @@ impl Conversation {
         let after = self.state.task_state;
         if before != after {
             self.broker.metrics.task_moved(Some(before), after);
-            let (task_id, conversation_id, channel, agent_id) = (
-                self.state.task_id.clone(),
-                self.state.id.clone(),
-                self.state.channel,
-                self.state.agent_id.clone(),
-            );
-            self.broker.publish(|| {
-                serde_json::json!({
-                    "type": "task.state",
-                    "task_id": task_id,
-                    "conversation_id": conversation_id,
-                    "channel": channel,
-                    "state": after,
-                    "agent_id": agent_id,
-                })
-            });
+            self.publish_task_state();
         }
+    }
+
+    /// Tell supervisors where the task stands (on creation and every move).
+    fn publish_task_state(&self) {
+        self.broker.publish(|| {
+            let task = self.state.task_summary();
+            serde_json::json!({
+                "type": "task.state",
+                "task_id": task.id,
+                "conversation_id": task.conversation_id,
+                "channel": task.channel,
+                "state": task.state,
+                "agent_id": task.agent_id,
+                "task": task,
+            })
+        });
     }
 
     fn to_customer(&self, event: CustomerEvent) {
@@ -594,6 +618,7 @@ impl Actor for Conversation {
     fn started(&mut self, ctx: &mut Context<Self>) {
         match self.opening.take() {
             Some(Opening::Inbound(first)) => {
+                self.publish_task_state();
                 self.accept_customer_message(first);
                 self.broker.router.do_send(EnqueueTask {
                     task: self.routable(),
@@ -614,6 +639,12 @@ impl Actor for Conversation {
                     state: TaskState::Assigned,
                     agent_id: Some(agent_id),
                     agent_name: Some(agent_name.clone()),
+                });
+                self.broker.router.do_send(BindOutbound {
+                    task_id: self.state.task_id.clone(),
+                    conversation_id: self.state.id.clone(),
+                    conversation: ctx.address(),
+                    customer: self.state.customer.clone(),
                 });
                 let text = match (&template, text.is_empty()) {
                     (Some(t), true) => format!("Template {} ({})", t.name, t.language),
@@ -648,6 +679,10 @@ impl Conversation {
             conversation_id: self.state.id.clone(),
             channel: self.state.channel,
             skills: Arc::from(self.state.skills.clone()),
+            customer: self.state.customer.clone(),
+            queue: self.state.queue.clone(),
+            priority: self.state.priority,
+            created_at: self.state.created_at,
             order: 0,
             enqueued_at: std::time::Instant::now(),
             declined: Vec::new(),
@@ -1277,6 +1312,8 @@ mod tests {
             },
             business: None,
             skills: vec![],
+            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
+            priority: 0,
             previous: None,
             last_customer_at: None,
             created_at: crate::protocol::now(),

@@ -125,6 +125,10 @@ impl TaskState {
     pub fn is_open(self) -> bool {
         !matches!(self, TaskState::Completed | TaskState::Canceled)
     }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|t| t.as_str() == s)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +200,30 @@ pub struct TaskView {
     #[serde(with = "rfc3339")]
     pub created_at: SystemTime,
     pub state: TaskState,
+}
+
+/// The queue every task is in until named queues exist.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// A task as supervisors and integrations see it (`GET /v1/tasks`, the
+/// supervisor stream's `task.state`): who waits, where, how long, and who
+/// holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub id: Id,
+    pub conversation_id: Id,
+    pub channel: ChannelKind,
+    pub customer: Customer,
+    pub queue: String,
+    pub priority: u8,
+    pub state: TaskState,
+    pub agent_id: Option<Id>,
+    #[serde(with = "rfc3339")]
+    pub created_at: SystemTime,
+    /// When the task first entered the queue; kept when it is re-queued
+    /// (it keeps its place, too).
+    #[serde(with = "rfc3339")]
+    pub waiting_since: SystemTime,
 }
 
 /// An agent as shown over HTTP and in `hello`.

@@ -57,7 +57,7 @@ async fn stats_and_metrics_follow_a_conversation() {
     let r = h.get("/metrics", None).await;
     assert_eq!(r.status, 200);
     for line in [
-        "switchboard_agents{activity=\"available\"} 1",
+        "switchboard_agents{state=\"available\"} 1",
         "switchboard_tasks_finished_total{state=\"completed\"} 1",
         "switchboard_messages_total{direction=\"in\"} 1",
         "switchboard_queue_length{channel=\"webchat\"} 0",

@@ -64,7 +64,7 @@ async fn equal_capacity_longest_idle_wins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reject_reoffers_elsewhere_never_to_the_rejecter() {
+async fn reject_reoffers_elsewhere_not_to_the_rejecter() {
     let h = start();
     let alice = h.create_agent("alice", 1, &[]).await;
     let bob = h.create_agent("bob", 1, &[]).await;
@@ -93,7 +93,7 @@ async fn reject_reoffers_elsewhere_never_to_the_rejecter() {
     assert_eq!(o2["task"]["id"], task_id.as_str(), "{o2}");
     second_ws.reject(&task_id).await;
 
-    // Both rejected: nobody gets it again.
+    // Both rejected: nobody gets it again within the re-offer cool-down.
     first_ws
         .expect_none("re-offer to a rejecting agent", QUIET, is_offer)
         .await;
@@ -114,6 +114,120 @@ async fn reject_reoffers_elsewhere_never_to_the_rejecter() {
     assert_eq!(o3["task"]["id"], task_id.as_str(), "{o3}");
     let assigned = c.accept(&task_id).await;
     assert_eq!(texts(&assigned["history"]), vec!["hi"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_reject_and_it_comes_back_to_the_first_after_the_cooldown() {
+    let mut cfg = test_config();
+    cfg.reoffer_cooldown = Duration::from_millis(1500);
+    let h = start_with(cfg);
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut a = h.agent_online(&alice).await;
+    let mut b = h.agent_online(&bob).await;
+
+    let (_s, _c, ack) = h.customer_with_message("Dana", "hi").await;
+    let conv = s(&ack["conversation_id"]);
+    let (a_first, offer) = tokio::select! {
+        v = a.recv_where("offer", is_offer) => (true, v),
+        v = b.recv_where("offer", is_offer) => (false, v),
+    };
+    let (first, second) = if a_first {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let task_id = s(&offer["task"]["id"]);
+    first.reject(&task_id).await;
+    let rejected_first = std::time::Instant::now();
+    let o2 = second.offer().await;
+    assert_eq!(o2["task"]["id"], task_id.as_str(), "{o2}");
+    second.reject(&task_id).await;
+
+    // Within the cool-down nobody is offered it; then the agent who declined
+    // longest ago is, and only that one.
+    first
+        .expect_none("re-offer within the cool-down", QUIET, is_offer)
+        .await;
+    let again = first
+        .recv_where_within(
+            "re-offer after the cool-down",
+            Duration::from_secs(5),
+            is_offer,
+        )
+        .await;
+    assert!(
+        rejected_first.elapsed() >= Duration::from_millis(1400),
+        "re-offered {:?} after the first decline, before the cool-down",
+        rejected_first.elapsed()
+    );
+    assert_eq!(again["task"]["id"], task_id.as_str(), "{again}");
+    second
+        .expect_none("re-offer to the later decliner", QUIET, is_offer)
+        .await;
+    let assigned = first.accept(&task_id).await;
+    assert_eq!(texts(&assigned["history"]), vec!["hi"]);
+    let c = h.conversation(&conv).await;
+    assert_eq!(c["task"]["state"], "assigned", "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_offer_comes_back_to_the_only_agent_after_the_cooldown() {
+    let mut cfg = test_config();
+    cfg.offer_timeout = Duration::from_millis(300);
+    cfg.reoffer_cooldown = Duration::from_millis(1000);
+    let h = start_with(cfg);
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut a = h.agent_online(&alice).await;
+
+    let (_s, mut cust, ack) = h.customer_with_message("Dana", "hello?").await;
+    let o1 = a.offer().await;
+    let task_id = s(&o1["task"]["id"]);
+    let r = a.recv_type("task.rescinded").await;
+    assert_eq!(r["reason"], "timeout", "{r}");
+    a.expect_none("re-offer within the cool-down", QUIET, is_offer)
+        .await;
+    // The customer writes again meanwhile: kept for the agent.
+    cust.say("still there?").await;
+
+    let o2 = a
+        .recv_where_within(
+            "re-offer after the cool-down",
+            Duration::from_secs(5),
+            is_offer,
+        )
+        .await;
+    assert_eq!(o2["task"]["id"], task_id.as_str(), "{o2}");
+    assert_eq!(o2["task"]["conversation_id"], ack["conversation_id"]);
+    let assigned = a.accept(&task_id).await;
+    assert_eq!(texts(&assigned["history"]), vec!["hello?", "still there?"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decliner_is_passed_over_for_a_fresh_agent_during_the_cooldown() {
+    let mut cfg = test_config();
+    cfg.reoffer_cooldown = Duration::from_millis(1500);
+    let h = start_with(cfg);
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut a = h.agent_online(&alice).await;
+    let (_s, _c, _ack) = h.customer_with_message("Dana", "hi").await;
+    let o = a.offer().await;
+    let task_id = s(&o["task"]["id"]);
+    a.reject(&task_id).await;
+
+    // Bob arrives during alice's cool-down and gets it at once.
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut b = h.agent_online(&bob).await;
+    let ob = b.offer().await;
+    assert_eq!(ob["task"]["id"], task_id.as_str(), "{ob}");
+    b.accept(&task_id).await;
+    // ... and alice is not offered it when her cool-down ends.
+    a.expect_none(
+        "offer of a task someone else took",
+        Duration::from_millis(2000),
+        is_offer,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,8 @@
 //! HTTP routes: thin handlers that authenticate, parse, ask an actor and
 //! translate its answer. One file per resource:
 //! `agents.rs`, `conversations.rs`, `attachments.rs`, `webchat.rs`,
-//! `sockets.rs` (WebSocket upgrades) and `ops.rs` (health, stats, metrics,
-//! dispositions). Errors are [`ApiError`]s, rendered as
+//! `tasks.rs`, `sockets.rs` (WebSocket upgrades) and `ops.rs` (health, stats,
+//! metrics, dispositions). Errors are [`ApiError`]s, rendered as
 //! `{"error":{"code","message"}}`.
 
 pub mod agents;
@@ -11,6 +11,7 @@ pub mod channels;
 pub mod conversations;
 pub mod ops;
 pub mod sockets;
+pub mod tasks;
 pub mod webchat;
 
 use std::collections::HashMap;
@@ -65,6 +66,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/agents/{id}", web::patch().to(agents::update))
                 .route("/agents/{id}", web::delete().to(agents::delete))
                 .route("/agents/{id}/ws", web::get().to(sockets::agent))
+                .route("/tasks", web::get().to(tasks::list))
                 .route("/conversations/{id}", web::get().to(conversations::get))
                 .route(
                     "/conversations/{id}/messages",

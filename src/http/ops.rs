@@ -35,9 +35,15 @@ pub async fn stats(req: HttpRequest, state: State) -> Result<HttpResponse, ApiEr
         "agents": {
             "total": r.agents_total,
             "connected": r.agents_connected,
-            "available": r.agents_available,
-            "break": r.agents_break,
-            "offline": r.agents_offline,
+            "available": r.agents.available,
+            "busy": r.agents.busy,
+            "break": r.agents.on_break,
+            "offline": r.agents.offline,
+            "disconnected": r.agents.disconnected,
+            "by_channel": ChannelKind::ALL
+                .iter()
+                .map(|ch| (ch.as_str(), r.agents_by_channel[ch.index()]))
+                .collect::<std::collections::BTreeMap<_, _>>(),
         },
         "tasks": tasks,
         "queue": {
@@ -75,15 +81,38 @@ pub async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
             let _ = writeln!(out, "switchboard_{name}{labels} {value}");
         }
     };
+    let by_state = |c: &crate::router::AgentCounts, labels: &str| -> Vec<(String, f64)> {
+        [
+            ("available", c.available),
+            ("busy", c.busy),
+            ("break", c.on_break),
+            ("offline", c.offline),
+            ("disconnected", c.disconnected),
+        ]
+        .iter()
+        .map(|(state, n)| (format!("{{{labels}state=\"{state}\"}}"), *n as f64))
+        .collect()
+    };
     gauge(
         "agents",
-        "Agents by activity.",
+        "Agents by state: available (free capacity), busy (full), break, offline, disconnected (in grace).",
         "gauge",
-        &[
-            ("{activity=\"available\"}".into(), r.agents_available as f64),
-            ("{activity=\"break\"}".into(), r.agents_break as f64),
-            ("{activity=\"offline\"}".into(), r.agents_offline as f64),
-        ],
+        &by_state(&r.agents, ""),
+    );
+    let per_channel: Vec<(String, f64)> = ChannelKind::ALL
+        .iter()
+        .flat_map(|ch| {
+            by_state(
+                &r.agents_by_channel[ch.index()],
+                &format!("channel=\"{}\",", ch.as_str()),
+            )
+        })
+        .collect();
+    gauge(
+        "channel_agents",
+        "Agents with capacity on a channel, by state on that channel.",
+        "gauge",
+        &per_channel,
     );
     gauge(
         "agents_connected",

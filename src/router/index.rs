@@ -57,6 +57,13 @@ impl AgentIndex {
             .map(|(_, _, id)| id.clone())
     }
 
+    /// Is `id` eligible on `channel` (free capacity there, available, connected)?
+    pub fn contains(&self, channel: ChannelKind, id: &Id) -> bool {
+        self.keys
+            .get(id)
+            .is_some_and(|keys| keys[channel.index()].is_some())
+    }
+
     /// Is anyone eligible on `channel`?
     pub fn is_empty(&self, channel: ChannelKind) -> bool {
         self.sets[channel.index()].is_empty()

@@ -18,13 +18,18 @@
 //! [`UpsertAgent`], [`RemoveAgent`], [`AgentPresence`], [`AgentActivity`],
 //! [`GraceExpired`], [`EnqueueTask`], [`Accept`], [`Reject`], [`TaskWrapping`],
 //! [`TaskClosed`], [`ReserveOutbound`], [`BindOutbound`], [`GetAgents`],
-//! [`GetStats`].
+//! [`ListTasks`], [`GetStats`].
+//!
+//! Declines: an agent who rejects a task or lets its offer time out is passed
+//! over for it while anyone else eligible can take it, and is offered it again
+//! `reoffer_cooldown` after its decline if nobody has (longest-ago decline
+//! first): a task never waits forever on the one agent who once let it lapse.
 
 pub mod index;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use hdrhistogram::Histogram;
@@ -35,7 +40,9 @@ use crate::broker::Broker;
 use crate::conversation::{Assign, Conversation, Requeued, Reserve};
 use crate::deadlines::Deadlines;
 use crate::error::ApiError;
-use crate::protocol::{Activity, AgentView, ChannelKind, Id, PerChannel};
+use crate::protocol::{
+    Activity, AgentView, ChannelKind, Customer, Id, PerChannel, TaskState, TaskSummary,
+};
 
 /// Why a task left an agent before completion (the `task.rescinded` reason).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,21 +64,68 @@ impl RescindReason {
 }
 
 /// A task waiting for, or held by, an agent: what the router needs to route it
-/// and to put it back. (The conversation's address is wiring, kept apart.)
+/// and to put it back, and what supervisors see of it. (The conversation's
+/// address is wiring, kept apart.)
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoutableTask {
     pub task_id: Id,
     pub conversation_id: Id,
     pub channel: ChannelKind,
     pub skills: Arc<[String]>,
+    pub customer: Customer,
+    pub queue: String,
+    pub priority: u8,
+    /// When the conversation was created: the task's `waiting_since`.
+    pub created_at: SystemTime,
     /// Arrival order: position in the queue, kept across re-queues.
     pub order: u64,
     /// For the wait and routing-latency figures only.
     #[serde(skip, default = "Instant::now")]
     pub enqueued_at: Instant,
-    /// Agents who rejected it or let its offer time out: never offered again.
-    pub declined: Vec<Id>,
+    /// Agents who rejected it or let its offer time out, oldest decline first
+    /// (one entry per agent). Passed over while anyone else can take the task;
+    /// offered it again `reoffer_cooldown` after their decline.
+    pub declined: Vec<Decline>,
     pub offered_before: bool,
+}
+
+/// An agent declined a task (reject or offer timeout) at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decline {
+    pub agent: Id,
+    pub at: SystemTime,
+}
+
+impl RoutableTask {
+    fn declined_by(&self, agent: &Id) -> bool {
+        self.declined.iter().any(|d| &d.agent == agent)
+    }
+
+    /// What supervisors see of it in `state`, held by `agent`.
+    fn summary(&self, state: TaskState, agent: Option<&Id>) -> TaskSummary {
+        TaskSummary {
+            id: self.task_id.clone(),
+            conversation_id: self.conversation_id.clone(),
+            channel: self.channel,
+            customer: self.customer.clone(),
+            queue: self.queue.clone(),
+            priority: self.priority,
+            state,
+            agent_id: agent.cloned(),
+            created_at: self.created_at,
+            waiting_since: self.created_at,
+        }
+    }
+}
+
+/// Who, if anyone, should be offered a task now.
+#[derive(Debug, PartialEq, Eq)]
+enum Pick {
+    Agent(Id),
+    /// Only agents who declined it could take it, and the first of them may
+    /// be offered it again at this time.
+    CoolingDown(SystemTime),
+    Nobody,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +202,7 @@ pub enum RouterEvent {
     Requeued {
         task_id: Id,
         declined_by: Option<Id>,
+        at: SystemTime,
     },
     Wrapping {
         task_id: Id,
@@ -160,11 +215,13 @@ pub enum RouterEvent {
         task_id: Id,
         agent_id: Id,
         channel: ChannelKind,
+        customer: Customer,
     },
     /// The outbound conversation behind a direct assignment exists.
     OutboundBound {
         task_id: Id,
         conversation_id: Id,
+        customer: Customer,
     },
 }
 
@@ -182,6 +239,9 @@ pub struct Router {
     /// offers' timeouts (task → offer number).
     conversations: HashMap<Id, Addr<Conversation>>,
     timers: Deadlines<Id, u64>,
+    /// Tasks that only agents in their re-offer cool-down could take, and
+    /// when the first cool-down ends: dispatch again then.
+    cooldowns: Deadlines<Id, ChannelKind>,
     next_order: u64,
     tick: u64,
     next_offer: u64,
@@ -201,6 +261,7 @@ impl Router {
             held: HashMap::new(),
             conversations: HashMap::new(),
             timers: Deadlines::default(),
+            cooldowns: Deadlines::default(),
             next_order: 0,
             tick: 0,
             next_offer: 0,
@@ -341,11 +402,13 @@ impl Router {
             RouterEvent::Requeued {
                 task_id,
                 declined_by,
+                at,
             } => {
                 if let Some(h) = self.release(&task_id) {
                     let mut task = h.task;
                     if let Some(agent) = declined_by {
-                        task.declined.push(agent);
+                        task.declined.retain(|d| d.agent != agent);
+                        task.declined.push(Decline { agent, at });
                     }
                     // An outbound reservation whose conversation never came
                     // has nothing to route.
@@ -371,6 +434,7 @@ impl Router {
                 task_id,
                 agent_id,
                 channel,
+                customer,
             } => {
                 let order = self.next_order;
                 self.next_order += 1;
@@ -387,6 +451,10 @@ impl Router {
                             conversation_id: Id::from(""),
                             channel,
                             skills: Arc::from(Vec::new()),
+                            customer,
+                            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
+                            priority: 0,
+                            created_at: SystemTime::now(),
                             order,
                             enqueued_at: Instant::now(),
                             declined: Vec::new(),
@@ -400,9 +468,11 @@ impl Router {
             RouterEvent::OutboundBound {
                 task_id,
                 conversation_id,
+                customer,
             } => {
                 if let Some(h) = self.held.get_mut(&task_id) {
                     h.task.conversation_id = conversation_id;
+                    h.task.customer = customer;
                 }
             }
         }
@@ -411,6 +481,7 @@ impl Router {
     /// Stop routing a task: state first, then its wiring.
     fn close(&mut self, task_id: Id) {
         self.timers.remove(&task_id);
+        self.cooldowns.remove(&task_id);
         self.conversations.remove(&task_id);
         self.apply(RouterEvent::Closed { task_id });
     }
@@ -435,32 +506,79 @@ impl Router {
         self.apply(RouterEvent::Enqueued { task });
     }
 
-    /// Best eligible agent for a task: first in index order with the skills and
-    /// not among those who declined it.
-    fn pick(&self, task: &RoutableTask) -> Option<Id> {
-        self.index.best(task.channel, |id| {
-            !task.declined.contains(id)
-                && self
-                    .agents
-                    .get(id)
-                    .is_some_and(|a| a.has_skills(&task.skills))
-        })
+    /// Who gets a task now: the best eligible agent in index order with the
+    /// skills who has not declined it; failing that, the eligible agent who
+    /// declined it longest ago, once its `reoffer_cooldown` has passed. So a
+    /// decline passes an agent over while someone else can take the task, and
+    /// never strands the task when nobody else can.
+    fn pick(&self, task: &RoutableTask, now: SystemTime) -> Pick {
+        let skilled = |id: &Id| {
+            self.agents
+                .get(id)
+                .is_some_and(|a| a.has_skills(&task.skills))
+        };
+        if let Some(id) = self
+            .index
+            .best(task.channel, |id| !task.declined_by(id) && skilled(id))
+        {
+            return Pick::Agent(id);
+        }
+        let cooldown = self.broker.config.reoffer_cooldown;
+        let first_eligible = task
+            .declined
+            .iter()
+            .find(|d| self.index.contains(task.channel, &d.agent) && skilled(&d.agent));
+        match first_eligible {
+            Some(d) if d.at + cooldown <= now => Pick::Agent(d.agent.clone()),
+            Some(d) => Pick::CoolingDown(d.at + cooldown),
+            None => Pick::Nobody,
+        }
     }
 
     /// Offer as many queued tasks of `ch` as there are eligible agents, oldest
-    /// first. Tasks nobody eligible can take are skipped, not blocking newer ones.
+    /// first. Tasks nobody eligible can take are skipped, not blocking newer
+    /// ones; a task only decliners in their cool-down could take is looked at
+    /// again when the first cool-down ends.
     fn dispatch(&mut self, ch: ChannelKind, ctx: &mut Context<Self>) {
+        let now = SystemTime::now();
         let mut cursor = 0u64;
+        let mut cooling = Vec::new();
         while !self.index.is_empty(ch) {
             let Some((order, task)) = self.queues[ch.index()].range(cursor..).next() else {
                 break;
             };
             cursor = order + 1;
-            if let Some(agent_id) = self.pick(task) {
-                let task_id = task.task_id.clone();
-                self.offer(task_id, agent_id, ctx);
+            match self.pick(task, now) {
+                Pick::Agent(agent_id) => {
+                    let task_id = task.task_id.clone();
+                    self.offer(task_id, agent_id, ctx);
+                }
+                Pick::CoolingDown(at) => cooling.push((task.task_id.clone(), at)),
+                Pick::Nobody => {}
             }
         }
+        if !cooling.is_empty() {
+            let base = Instant::now();
+            for (task_id, at) in cooling {
+                let wait = at.duration_since(now).unwrap_or_default();
+                self.cooldowns.insert(task_id, base + wait, ch);
+            }
+            self.cooldowns.arm(ctx, Router::cooldowns_ended);
+        }
+    }
+
+    /// A re-offer cool-down ended: those tasks' decliners may take them now.
+    fn cooldowns_ended(&mut self, ctx: &mut Context<Self>) {
+        let mut channels = [false; 4];
+        for (_, ch) in self.cooldowns.take_expired() {
+            channels[ch.index()] = true;
+        }
+        for ch in ChannelKind::ALL {
+            if channels[ch.index()] {
+                self.dispatch(ch, ctx);
+            }
+        }
+        self.cooldowns.arm(ctx, Router::cooldowns_ended);
     }
 
     fn dispatch_all(&mut self, ctx: &mut Context<Self>) {
@@ -535,6 +653,7 @@ impl Router {
         self.apply(RouterEvent::Requeued {
             task_id: task_id.clone(),
             declined_by: decline.then(|| agent_id.clone()),
+            at: SystemTime::now(),
         });
         if let Some(conv) = conversation {
             conv.do_send(Requeued { reason });
@@ -801,7 +920,8 @@ impl Handler<Accept> for Router {
     }
 }
 
-/// The agent declines its offer: the task goes to someone else, never back to it.
+/// The agent declines its offer: the task goes to someone else, and comes back
+/// to this agent only when nobody else took it within `reoffer_cooldown`.
 #[derive(Message)]
 #[rtype(result = "Result<(), ApiError>")]
 pub struct Reject {
@@ -822,6 +942,7 @@ impl Handler<Reject> for Router {
         self.apply(RouterEvent::Requeued {
             task_id,
             declined_by: Some(msg.agent_id),
+            at: SystemTime::now(),
         });
         if let Some(conv) = conversation {
             conv.do_send(Requeued {
@@ -890,6 +1011,7 @@ pub struct ReserveOutbound {
     pub agent_id: Id,
     pub task_id: Id,
     pub channel: ChannelKind,
+    pub customer: Customer,
 }
 
 impl Handler<ReserveOutbound> for Router {
@@ -912,6 +1034,7 @@ impl Handler<ReserveOutbound> for Router {
             task_id: msg.task_id,
             agent_id: msg.agent_id,
             channel: msg.channel,
+            customer: msg.customer,
         });
         Ok(())
     }
@@ -925,6 +1048,8 @@ pub struct BindOutbound {
     pub task_id: Id,
     pub conversation_id: Id,
     pub conversation: Addr<Conversation>,
+    /// As the channel knows them (a returning customer's name).
+    pub customer: Customer,
 }
 
 impl Handler<BindOutbound> for Router {
@@ -937,8 +1062,52 @@ impl Handler<BindOutbound> for Router {
             self.apply(RouterEvent::OutboundBound {
                 task_id: msg.task_id,
                 conversation_id: msg.conversation_id,
+                customer: msg.customer,
             });
         }
+    }
+}
+
+/// Open tasks (queued, reserved, assigned, wrapping) that pass the filters,
+/// longest waiting first.
+#[derive(Message, Default)]
+#[rtype(result = "Vec<TaskSummary>")]
+pub struct ListTasks {
+    /// Only these states (all open ones when empty).
+    pub states: Vec<TaskState>,
+    pub channel: Option<ChannelKind>,
+    pub queue: Option<String>,
+}
+
+impl Handler<ListTasks> for Router {
+    type Result = MessageResult<ListTasks>;
+
+    fn handle(&mut self, msg: ListTasks, _: &mut Context<Self>) -> Self::Result {
+        let wanted = |t: &RoutableTask, state: TaskState| {
+            (msg.states.is_empty() || msg.states.contains(&state))
+                && msg.channel.is_none_or(|ch| ch == t.channel)
+                && msg.queue.as_ref().is_none_or(|q| *q == t.queue)
+        };
+        let queued = self
+            .queues
+            .iter()
+            .flat_map(|q| q.values())
+            .filter(|t| wanted(t, TaskState::Queued))
+            .map(|t| (t.order, t.summary(TaskState::Queued, None)));
+        let held = self.held.values().filter_map(|h| {
+            let state = match h.hold {
+                Hold::Reserved { .. } => TaskState::Reserved,
+                Hold::Assigned => TaskState::Assigned,
+                Hold::Wrapping => TaskState::Wrapping,
+            };
+            // An outbound reservation whose conversation is not open yet.
+            let bound = !h.task.conversation_id.is_empty();
+            (bound && wanted(&h.task, state))
+                .then(|| (h.task.order, h.task.summary(state, Some(&h.agent))))
+        });
+        let mut tasks: Vec<(u64, TaskSummary)> = queued.chain(held).collect();
+        tasks.sort_by_key(|(order, t)| (t.waiting_since, *order));
+        MessageResult(tasks.into_iter().map(|(_, t)| t).collect())
     }
 }
 
@@ -967,14 +1136,44 @@ impl Handler<GetAgents> for Router {
     }
 }
 
+/// Agents by what they can do now. Every agent is in exactly one of these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AgentCounts {
+    /// Connected, available, with free capacity.
+    pub available: usize,
+    /// Connected and available, but full.
+    pub busy: usize,
+    /// Connected, on break.
+    #[serde(rename = "break")]
+    pub on_break: usize,
+    /// Logged out (activity `offline`).
+    pub offline: usize,
+    /// Socket gone, tasks kept for the disconnect grace period.
+    pub disconnected: usize,
+}
+
+impl AgentCounts {
+    /// Count `agent`, as able to take work if `free` (on the channel counted).
+    fn count(&mut self, view: &AgentView, free: bool) {
+        let slot = match (view.activity, view.connected) {
+            (Activity::Offline, _) => &mut self.offline,
+            (_, false) => &mut self.disconnected,
+            (Activity::Break, true) => &mut self.on_break,
+            (Activity::Available, true) if free => &mut self.available,
+            (Activity::Available, true) => &mut self.busy,
+        };
+        *slot += 1;
+    }
+}
+
 /// Routing figures for `/v1/stats` and `/metrics`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RouterStats {
     pub agents_total: usize,
     pub agents_connected: usize,
-    pub agents_available: usize,
-    pub agents_break: usize,
-    pub agents_offline: usize,
+    pub agents: AgentCounts,
+    /// Per channel, the agents with capacity on it.
+    pub agents_by_channel: [AgentCounts; 4],
     pub queue_length: usize,
     pub queue_by_channel: PerChannel,
     pub oldest_wait: Duration,
@@ -993,12 +1192,18 @@ impl Handler<GetStats> for Router {
     type Result = MessageResult<GetStats>;
 
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
-        let count = |a: Activity| {
-            self.agents
-                .values()
-                .filter(|x| x.view.activity == a)
-                .count()
-        };
+        let mut agents = AgentCounts::default();
+        let mut agents_by_channel = [AgentCounts::default(); 4];
+        for a in self.agents.values() {
+            let has = |ch: ChannelKind| a.view.capacity.get(ch) > 0;
+            agents.count(
+                &a.view,
+                ChannelKind::ALL.iter().any(|&ch| has(ch) && a.free(ch) > 0),
+            );
+            for ch in ChannelKind::ALL.into_iter().filter(|&ch| has(ch)) {
+                agents_by_channel[ch.index()].count(&a.view, a.free(ch) > 0);
+            }
+        }
         let mut by_channel = PerChannel::default();
         let mut oldest: Option<Instant> = None;
         for ch in ChannelKind::ALL {
@@ -1013,9 +1218,8 @@ impl Handler<GetStats> for Router {
         MessageResult(RouterStats {
             agents_total: self.agents.len(),
             agents_connected: self.agents.values().filter(|a| a.view.connected).count(),
-            agents_available: count(Activity::Available),
-            agents_break: count(Activity::Break),
-            agents_offline: count(Activity::Offline),
+            agents,
+            agents_by_channel,
             queue_length: self.queued.len(),
             queue_by_channel: by_channel,
             oldest_wait: oldest.map(|o| o.elapsed()).unwrap_or_default(),
