@@ -121,6 +121,10 @@ step('board opened while three customers wait: three rows with their names and a
 
   b.supCtx = await person('supervisor', { width: 1360, height: 860 });
   b.board = await b.supCtx.newPage();
+  b.snapshots = 0;
+  b.board.on('request', (r) => {
+    if (new URL(r.url()).pathname === '/v1/tasks') b.snapshots += 1;
+  });
   await b.board.goto(boardEnv.proxy.base + '/board');
   await b.board.getByLabel('Admin token').fill(boardEnv.broker.admin);
   await b.board.getByRole('button', { name: 'Open board' }).click();
@@ -141,7 +145,8 @@ step('board opened while three customers wait: three rows with their names and a
 
 step('a customer arriving while the board is open appears live', async () => {
   await customerWrites(ROSA, 'Do you ship to Norway?');
-  await row(ROSA).waitFor();
+  // Sooner than any poll or re-snapshot could bring it: the task.state frame did.
+  await row(ROSA).waitFor({ timeout: 2000 });
   equal(await table(), [[NORA, 'queued'], [OMAR, 'queued'], [PRIYA, 'queued'], [ROSA, 'queued']], 'the newcomer is last');
   await seeText(row(ROSA).locator('td.wait'), /^\d+s$/);
   await seeText(b.board.locator('#queue-length'), /^4$/);
@@ -175,6 +180,8 @@ step('agent figures per channel: free, full, on break, offline and disconnected'
   // The four chats went to Fern and Gus: the rows follow, with the agents' names.
   await until('four assigned rows', async () => (await table()).every(([, st]) => st === 'assigned') && (await rows().count()) === 4);
   for (const name of [NORA, OMAR, PRIYA, ROSA]) await seeText(row(name).locator('td.agent'), /^(Fern Alvarez|Gus Brandt)$/);
+  // Everything since the board opened came from frames on top of one snapshot.
+  equal(b.snapshots, 1, 'snapshots taken');
   await shot(b.board, 'board-agents');
 });
 
@@ -193,6 +200,7 @@ step('after its connection drops, the board catches up from a new snapshot; a re
   await until('the broker to take Sol\'s chat to Gus', async () => (await assignedTo('gus')) === 4);
   await seeText(b.board.locator('#conn'), /^Live$/, 15000);
   await row(SOL).waitFor();
+  assert(b.snapshots >= 2, 'a new snapshot after the reconnect');
   await until('Priya\'s chat in wrap-up', async () => (await row(PRIYA).getAttribute('data-state')) === 'wrapping');
   await seeText(row(SOL).locator('td.agent'), /^Gus Brandt$/);
   const before = await table();
