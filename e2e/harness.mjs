@@ -52,7 +52,7 @@ export function freePort() {
 
 async function waitHealthy(base, child, deadline) {
   while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error('the broker exited with ' + child.exitCode + ' (see target/e2e/server.log)');
+    if (child.exitCode !== null) throw new Error('the broker exited with ' + child.exitCode + ' (see its log in target/e2e/)');
     try {
       const r = await fetch(base + '/healthz');
       if (r.ok) return;
@@ -64,11 +64,11 @@ async function waitHealthy(base, child, deadline) {
   throw new Error('the broker did not answer /healthz in time');
 }
 
-/** Start target/debug/switchboard; resolves to { base, admin, port, stop }. */
-export async function startBroker(env) {
+/** Start target/debug/switchboard, logging to target/e2e/<name>.log; resolves to { base, admin, port, stop }. */
+export async function startBroker(env, name) {
   const port = await freePort();
   const admin = 'e2e-admin-' + crypto.randomBytes(8).toString('hex');
-  const logFile = fs.openSync(path.join(OUT, 'server.log'), 'w');
+  const logFile = fs.openSync(path.join(OUT, (name || 'server') + '.log'), 'w');
   const bin = path.join(TARGET, 'debug', 'switchboard');
   const child = spawn(bin, ['--bind', '127.0.0.1:' + port], {
     cwd: ROOT,
@@ -339,21 +339,36 @@ export function receiptPicture() {
 
 const steps = [];
 
-/** Register a step; steps run in order and share state. */
-export function step(name, fn) {
-  steps.push({ name, fn });
+/**
+ * Register a step; steps run in order and share state. `options.check`: the
+ * step only looks (an audit), so the story goes on when it fails.
+ */
+export function step(name, fn, options) {
+  steps.push({ name, fn, check: !!(options && options.check) });
+}
+
+/** Start a new story: its steps run even when an earlier story failed. */
+export function story(name) {
+  steps.push({ name, story: true });
 }
 
 /**
- * Run the steps. A failed step stops the story (later steps depend on it):
- * they are counted as skipped. `onFailure(name)` can save screenshots.
+ * Run the steps. A failed step stops its story (later steps depend on it):
+ * they are counted as skipped; a failed check does not stop it. `onFailure(name)`
+ * can save screenshots.
  */
 export async function runSteps(onFailure) {
   let passed = 0;
   let failed = 0;
   let skipped = 0;
+  let stopped = false;
   for (const s of steps) {
-    if (failed) {
+    if (s.story) {
+      stopped = false;
+      log('== ' + s.name);
+      continue;
+    }
+    if (stopped) {
       skipped += 1;
       log('- ' + s.name + ' (skipped)');
       continue;
@@ -365,6 +380,7 @@ export async function runSteps(onFailure) {
       log('✓ ' + s.name + ' (' + ((Date.now() - t0) / 1000).toFixed(1) + 's)');
     } catch (e) {
       failed += 1;
+      if (!s.check) stopped = true;
       log('✗ ' + s.name + ' (' + ((Date.now() - t0) / 1000).toFixed(1) + 's)');
       log('  ' + String(e && e.stack ? e.stack : e).split('\n').slice(0, 6).join('\n  '));
       if (onFailure) await onFailure(s.name).catch(() => {});

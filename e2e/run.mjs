@@ -1,13 +1,18 @@
 // Runs the e2e suite: `node run.mjs` (from e2e/) or `npm test`.
-// Builds target/debug/switchboard unless E2E_SKIP_BUILD=1, starts it on a free
-// loopback port, runs story.mjs in Debian's Chromium, saves screenshots under
-// target/e2e/, and ends with the line "N passed, N failed" (exit 1 on failure).
+// Builds target/debug/switchboard unless E2E_SKIP_BUILD=1, starts it on free
+// loopback ports (one broker for story.mjs, one for board-story.mjs), runs both
+// stories in Debian's Chromium, saves screenshots under target/e2e/, and ends
+// with the line "N passed, N failed" (exit 1 on failure).
 import fs from 'node:fs';
 import path from 'node:path';
 import {
   CHROMIUM, OUT, build, log, removeProfiles, runSteps, startBroker, startHostSite, startProxy,
 } from './harness.mjs';
-import { closeBrowsers, env, failureShots } from './story.mjs';
+import { closeBrowsers, env, failureShots, finalCheck } from './story.mjs';
+import { boardContexts, boardEnv, boardFailureShots, closeBoardBrowsers } from './board-story.mjs';
+
+// After both stories (their steps are registered as the modules load).
+finalCheck(boardContexts);
 
 const OFFER_TIMEOUT_MS = 5000;
 /** The whole run, build excluded, must finish within this. */
@@ -35,23 +40,34 @@ async function main() {
   const site = await startHostSite(broker.base);
   Object.assign(env, { broker, proxy, site, offerTimeoutMs: OFFER_TIMEOUT_MS });
   log('broker at ' + broker.base + ' (agent through ' + proxy.base + ', shop at ' + site.url + ')');
+  // The supervisor's story has a broker of its own; a long grace keeps a lost agent "disconnected".
+  const broker2 = await startBroker({ SWITCHBOARD_DISCONNECT_GRACE: '120s' }, 'server-board');
+  const proxy2 = await startProxy(broker2.port);
+  Object.assign(boardEnv, { broker: broker2, proxy: proxy2 });
+  log('board story broker at ' + broker2.base + ' (board through ' + proxy2.base + ')');
 
   const watchdog = setTimeout(() => {
     log('the e2e run took longer than ' + BUDGET_MS / 1000 + 's; stopping');
     log('0 passed, 1 failed');
-    broker.stop().finally(() => process.exit(1));
+    Promise.all([broker.stop(), broker2.stop()]).finally(() => process.exit(1));
   }, BUDGET_MS);
 
   const t0 = Date.now();
   let result;
   try {
-    result = await runSteps(failureShots);
+    result = await runSteps(async (name) => {
+      await failureShots(name);
+      await boardFailureShots(name);
+    });
   } finally {
     clearTimeout(watchdog);
     await closeBrowsers();
+    await closeBoardBrowsers();
     await proxy.close();
+    await proxy2.close();
     await site.close();
     await broker.stop();
+    await broker2.stop();
     removeProfiles();
   }
   log('');

@@ -4,8 +4,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  OUT, assert, call, equal, parcelPicture, person, receiptPicture, seeText, shot, sleep, step, until,
+  OUT, assert, call, equal, parcelPicture, person, receiptPicture, seeText, shot, sleep, step, story, until,
 } from './harness.mjs';
+import { audit } from './axe.mjs';
 
 /** Filled in by run.mjs before the steps run. */
 export const env = {
@@ -53,6 +54,8 @@ async function imageLoaded(locator) {
 }
 
 // ---- The story -------------------------------------------------------------------
+
+story('the contact center: an agent, two customers and a supervisor');
 
 step('agent signs in (a wrong token is refused) and goes Available', async () => {
   const created = await call(env.broker.base, 'POST', '/v1/agents', env.broker.admin, {
@@ -280,6 +283,18 @@ step('several conversations: unread badge and notification, switching keeps both
   fs.copyFileSync(await shot(s.shop, 'widget-open'), path.join(OUT, 'widget.png'));
 });
 
+step('accessibility: the desk with a live conversation passes axe (WCAG 2.1 AA)', async () => {
+  await seeText(s.desk.locator('#conv-state'), /Assigned/);
+  await s.desk.locator('#messages .msg.agent').first().waitFor();
+  await audit(s.desk, 'desk');
+}, { check: true });
+
+step('accessibility: the widget with messages passes axe (WCAG 2.1 AA)', async () => {
+  await s.widget.locator('#messages .msg.agent .meta').first().waitFor();
+  const frame = await (await s.shop.locator('iframe[title="Chat with us"]').elementHandle()).contentFrame();
+  await audit(frame, 'widget');
+}, { check: true });
+
 step('an offer that is not answered times out and disappears', async () => {
   s.lee = await s.custCtx.newPage();
   // Another origin for the same broker, so Lee gets a session of his own.
@@ -444,13 +459,17 @@ step('a waiting customer ends the chat; the board follows live', async () => {
   await seeText(s.board.locator('#tasks'), /Canceled/);
 });
 
-step('no script errors on any page', async () => {
-  await sleep(200);
-  const errors = [s.agentCtx, s.custCtx, s.shopCtx].flatMap((c) => (c ? c.pageErrors : []))
-    // The proxy cut makes Chromium log the failed socket and fetch attempts.
-    .filter((e) => !/ERR_CONNECTION|ERR_EMPTY_RESPONSE|WebSocket connection|Failed to load resource|net::/.test(e));
-  equal(errors, [], 'page errors');
-});
+/** The last step, after every story: no page logged a script error. `more()` gives other stories' contexts. */
+export function finalCheck(more) {
+  story('every page');
+  step('no script errors on any page', async () => {
+    await sleep(200);
+    const errors = [s.agentCtx, s.custCtx, s.shopCtx].concat(more ? more() : []).flatMap((c) => (c ? c.pageErrors : []))
+      // The proxy cuts make Chromium log the failed socket and fetch attempts.
+      .filter((e) => !/ERR_CONNECTION|ERR_EMPTY_RESPONSE|WebSocket connection|Failed to load resource|net::/.test(e));
+    equal(errors, [], 'page errors');
+  });
+}
 
 /** Screenshots of every open page, for a failed step. */
 export async function failureShots(name) {

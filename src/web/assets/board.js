@@ -1,15 +1,28 @@
 // Switchboard supervisor board (/board): live queue, agents and tasks.
-// Figures come from GET /v1/stats and GET /v1/agents (admin bearer), polled;
-// agent and task changes arrive at once on /v1/supervisor/ws.
+// Each time /v1/supervisor/ws opens (first and after every reconnect) the board
+// takes a snapshot of the open tasks (GET /v1/tasks) and then applies the
+// task.state frames; agent.state frames keep the agent list current. Figures
+// come from GET /v1/stats and GET /v1/agents (admin bearer), polled and
+// fetched again shortly after every event.
 'use strict';
 
 (function () {
-  const { h, $, icon, channelIcon, channelName, duration, humanize, api, Socket, wsUrl, session } = window.SB;
+  const { h, $, icon, channelIcon, channelName, duration, humanize, api, ApiError, Socket, wsUrl, session } = window.SB;
 
   const POLL_MS = 5000;
-  const KEEP_FINISHED_MS = 60000;
+  /** Completed and canceled tasks stay in the table, greyed, this long. */
+  const KEEP_FINISHED_MS = 10000;
+  /** At most this many task rows are drawn: waiting customers first, longest wait first. */
+  const MAX_ROWS = 200;
+  /**
+   * Open-task counts that disagree with /v1/stats for this long mean a frame
+   * was missed or applied out of order: take a new snapshot (at most this often).
+   */
+  const DRIFT_MS = 4000;
   const CHANNELS = ['webchat', 'sms', 'whatsapp', 'messenger'];
   const OPEN_STATES = ['queued', 'reserved', 'assigned', 'wrapping'];
+  const FINAL_STATES = ['completed', 'canceled'];
+  const FIGURES = ['available', 'busy', 'break', 'offline', 'disconnected'];
 
   const B = {
     token: null,
@@ -17,7 +30,20 @@
     stats: null,
     statsAt: 0,
     agents: new Map(),
-    tasks: new Map(), // task id -> { task_id, conversation_id, channel, state, agent_id, since }
+    /** task id -> task summary (as GET /v1/tasks) plus waitingMs and finishedAt (local ms, 0 while open). */
+    tasks: new Map(),
+    /** task id -> its <tr>, reused while the task does not change. */
+    rows: new Map(),
+    /** true once GET /v1/tasks answered; false on a broker without it (rows then come from frames only). */
+    tasksApi: null,
+    snapshotGen: 0,
+    /** task.state frames that arrived while a snapshot was on its way, to apply again on top of it. */
+    buffer: null,
+    lastSnapshot: 0,
+    /** The broker's clock minus this browser's, when they differ by more than 2 s. */
+    clockOffset: 0,
+    frames: 0,
+    driftSince: 0,
     poller: null,
     everConnected: false,
   };
@@ -56,6 +82,12 @@
     clearInterval(B.poller);
     session.set('switchboard.board', null);
     B.token = null;
+    B.snapshotGen += 1;
+    B.buffer = null;
+    B.tasks.clear();
+    B.rows.clear();
+    B.tasksApi = null;
+    B.everConnected = false;
     $('#admin-token').value = '';
     showSignin(message);
   }
@@ -64,6 +96,7 @@
     B.token = token;
     $('#signin').hidden = true;
     $('#app').hidden = false;
+    renderTasks();
     refresh();
     B.poller = setInterval(refresh, POLL_MS);
     B.socket = new Socket(() => wsUrl('/v1/supervisor/ws?token=' + encodeURIComponent(token)), {
@@ -80,6 +113,8 @@
     if (status === 'open') {
       B.everConnected = true;
       banner.hidden = true;
+      // Frames missed while the socket was down are not replayed: start again from a snapshot.
+      snapshot();
       refresh();
     } else if (status === 'closed' && B.everConnected) {
       banner.hidden = false;
@@ -87,18 +122,23 @@
     }
   }
 
+  // ---- Data ---------------------------------------------------------------------
+
   async function refresh() {
     if (!B.token) return;
+    const framesBefore = B.frames;
     try {
       const [stats, agents] = await Promise.all([
         api('GET', '/v1/stats', B.token),
         api('GET', '/v1/agents', B.token),
       ]);
+      if (!B.token) return;
       B.stats = stats;
       B.statsAt = Date.now();
       B.agents = new Map(agents.map((a) => [a.id, a]));
       $('#updated').textContent = 'Updated ' + new Date().toLocaleTimeString();
       render();
+      checkDrift(B.frames === framesBefore);
     } catch (e) {
       if (e.status === 401) signOut('The admin token is no longer accepted.');
       else $('#updated').textContent = 'Update failed: ' + e.message;
@@ -106,7 +146,7 @@
   }
 
   let soon = null;
-  /** Task events change the queue figures: fetch them again, at most every 150 ms. */
+  /** Events change the figures: fetch them again, at most every 150 ms. */
   function refreshSoon() {
     if (soon) return;
     soon = setTimeout(() => {
@@ -115,28 +155,207 @@
     }, 150);
   }
 
+  /** GET /v1/tasks (every open task, oldest wait first); also reads the broker's clock from `Date`. */
+  async function fetchTasks() {
+    const sent = Date.now();
+    let resp;
+    try {
+      resp = await fetch('/v1/tasks', { headers: { Authorization: 'Bearer ' + B.token }, cache: 'no-store' });
+    } catch (e) {
+      throw new ApiError(0, 'network', 'The server cannot be reached.');
+    }
+    const text = await resp.text();
+    let json = null;
+    try {
+      json = text ? JSON.parse(text) : null;
+    } catch (e) {
+      json = null;
+    }
+    if (!resp.ok) {
+      const err = json && json.error ? json.error : {};
+      throw new ApiError(resp.status, err.code || 'http_' + resp.status, err.message || 'The server answered ' + resp.status + '.');
+    }
+    const date = Date.parse(resp.headers.get('Date') || '');
+    if (!Number.isNaN(date)) {
+      // `Date` has whole seconds: only a clearly wrong clock is corrected.
+      const offset = date - (sent + Date.now()) / 2;
+      B.clockOffset = Math.abs(offset) > 2000 ? offset : 0;
+    }
+    return Array.isArray(json) ? json : [];
+  }
+
+  /** Replace the open tasks with the broker's list, then re-apply the frames that raced it. */
+  async function snapshot() {
+    if (!B.token) return;
+    const gen = ++B.snapshotGen;
+    B.buffer = [];
+    B.lastSnapshot = Date.now();
+    let list;
+    try {
+      list = await fetchTasks();
+    } catch (e) {
+      if (gen !== B.snapshotGen) return;
+      B.buffer = null;
+      if (e.status === 401) {
+        signOut('The admin token is no longer accepted.');
+      } else if (e.status === 404 || e.status === 405) {
+        B.tasksApi = false; // An older broker: show the changes seen since the board opened.
+        renderTasks();
+      } else {
+        setTimeout(() => {
+          if (gen === B.snapshotGen && B.socket && B.socket.open) snapshot();
+        }, 3000);
+      }
+      return;
+    }
+    if (gen !== B.snapshotGen) return;
+    const raced = B.buffer || [];
+    B.buffer = null;
+    B.tasksApi = true;
+    B.driftSince = 0;
+    const fresh = new Map();
+    for (const t of list) {
+      if (t && t.id && !FINAL_STATES.includes(t.state)) fresh.set(t.id, record(t, null));
+    }
+    // Recently finished rows stay greyed until they expire.
+    for (const [id, t] of B.tasks) {
+      if (t.finishedAt && !fresh.has(id)) fresh.set(id, t);
+    }
+    B.tasks = fresh;
+    for (const msg of raced) applyFrame(msg, true);
+    renderTasks();
+  }
+
+  /** The row's data from a task summary, keeping what an older frame knew. */
+  function record(t, old) {
+    const o = old || {};
+    const waiting = t.waiting_since || o.waiting_since || null;
+    let waitingMs = waiting ? Date.parse(waiting) : NaN;
+    if (Number.isNaN(waitingMs)) waitingMs = o.waitingMs || serverNow();
+    return {
+      id: t.id,
+      conversation_id: t.conversation_id || o.conversation_id || '',
+      channel: t.channel || o.channel || '',
+      customer: t.customer || o.customer || null,
+      queue: t.queue || o.queue || '',
+      state: t.state,
+      agent_id: t.agent_id === undefined ? o.agent_id || null : t.agent_id,
+      waiting_since: waiting,
+      waitingMs,
+      finishedAt: FINAL_STATES.includes(t.state) ? o.finishedAt || Date.now() : 0,
+    };
+  }
+
+  function rank(state) {
+    if (FINAL_STATES.includes(state)) return OPEN_STATES.length;
+    const i = OPEN_STATES.indexOf(state);
+    return i < 0 ? 0 : i;
+  }
+
+  /**
+   * Apply one task.state frame. `replayed`: the frame arrived while the
+   * snapshot was being taken, so the snapshot may already be newer; such a
+   * frame never moves a task back (a real step back, say an offer that timed
+   * out in that instant, is caught by the drift check).
+   */
+  function applyFrame(msg, replayed) {
+    const id = (msg.task && msg.task.id) || msg.task_id;
+    const state = msg.state || (msg.task && msg.task.state);
+    if (!id || !state) return;
+    const old = B.tasks.get(id);
+    if (replayed && old && rank(state) < rank(old.state)) return;
+    // A task that finished unseen: nothing to show, except on a broker without
+    // GET /v1/tasks, where frames are all the board knows.
+    if (FINAL_STATES.includes(state) && !old && !msg.task && B.tasksApi !== false) return;
+    const t = msg.task ? Object.assign({}, msg.task, { id, state }) : {
+      id, state, conversation_id: msg.conversation_id, channel: msg.channel, agent_id: msg.agent_id,
+    };
+    if (!msg.task && msg.agent_id === undefined) delete t.agent_id;
+    B.tasks.set(id, record(t, old));
+  }
+
+  /** Compare open tasks by state with /v1/stats; `clean`: no frame arrived while the figures were fetched. */
+  function checkDrift(clean) {
+    if (!B.tasksApi || !B.stats || !B.stats.tasks || B.buffer || !B.socket || !B.socket.open) {
+      B.driftSince = 0;
+      return;
+    }
+    if (!clean) return; // Frames raced the figures: this sample tells nothing.
+    const counts = {};
+    for (const t of B.tasks.values()) {
+      if (!t.finishedAt) counts[t.state] = (counts[t.state] || 0) + 1;
+    }
+    if (OPEN_STATES.every((st) => (counts[st] || 0) === (B.stats.tasks[st] || 0))) {
+      B.driftSince = 0;
+      return;
+    }
+    const now = Date.now();
+    if (!B.driftSince) B.driftSince = now;
+    else if (now - B.driftSince >= DRIFT_MS && now - B.lastSnapshot >= DRIFT_MS) snapshot();
+  }
+
   function onEvent(msg) {
     if (msg.type === 'agent.state' && msg.agent) {
       const old = B.agents.get(msg.agent.id);
       B.agents.set(msg.agent.id, Object.assign({}, old || {}, msg.agent));
       renderAgents();
+      renderTasksSoon();
+      refreshSoon();
     } else if (msg.type === 'agent.removed') {
       B.agents.delete(msg.agent_id);
       renderAgents();
-    } else if (msg.type === 'task.state') {
       refreshSoon();
-      const old = B.tasks.get(msg.task_id);
-      B.tasks.set(msg.task_id, {
-        task_id: msg.task_id,
-        conversation_id: msg.conversation_id,
-        channel: msg.channel,
-        state: msg.state,
-        agent_id: msg.agent_id,
-        since: old && old.state === msg.state ? old.since : Date.now(),
-        first: old ? old.first : Date.now(),
-      });
-      renderTasks();
+    } else if (msg.type === 'task.state') {
+      B.frames += 1;
+      if (B.buffer) B.buffer.push(msg);
+      applyFrame(msg, false);
+      renderTasksSoon();
+      refreshSoon();
     }
+  }
+
+  function serverNow() {
+    return Date.now() + B.clockOffset;
+  }
+
+  // ---- Agents -------------------------------------------------------------------
+
+  function capacityOf(a, c) {
+    return (a.capacity && a.capacity[c]) || 0;
+  }
+
+  function loadOf(a, c) {
+    return (a.load && a.load[c]) || 0;
+  }
+
+  /**
+   * One agent as the figures count it, overall or on one channel: available
+   * (free capacity), busy (available but full), break, offline, or
+   * disconnected (socket gone, still within the grace period).
+   */
+  function agentState(a, channel) {
+    if (!a.connected) return a.activity === 'offline' ? 'offline' : 'disconnected';
+    if (a.activity === 'break') return 'break';
+    if (a.activity !== 'available') return 'offline';
+    const channels = channel ? [channel] : CHANNELS.filter((c) => capacityOf(a, c) > 0);
+    return channels.some((c) => loadOf(a, c) < capacityOf(a, c)) ? 'available' : 'busy';
+  }
+
+  /** Figures from /v1/stats when the broker gives them per channel, else counted from the agent list. */
+  function figures() {
+    const s = B.stats && B.stats.agents;
+    if (s && s.by_channel) return { all: s, byChannel: s.by_channel };
+    const zero = () => ({ available: 0, busy: 0, break: 0, offline: 0, disconnected: 0 });
+    const all = zero();
+    const byChannel = {};
+    for (const c of CHANNELS) byChannel[c] = zero();
+    for (const a of B.agents.values()) {
+      all[agentState(a)] += 1;
+      for (const c of CHANNELS) {
+        if (capacityOf(a, c) > 0) byChannel[c][agentState(a, c)] += 1;
+      }
+    }
+    return { all, byChannel };
   }
 
   // ---- Rendering ----------------------------------------------------------------
@@ -160,7 +379,6 @@
     set('queue-detail', byChannel.length ? byChannel.join(' · ') : 'no one waiting');
     $('#tile-queue').classList.toggle('alert', s.queue.length > 0);
     tickWait();
-    renderAgentTile();
     set('tasks-assigned', String(s.tasks.assigned));
     set('tasks-detail', s.tasks.wrapping + ' in wrap-up · ' + s.tasks.reserved + ' offered');
     set('tasks-completed', String(s.tasks.completed));
@@ -168,7 +386,7 @@
     set('messages-in', String(s.messages.in));
     set('messages-detail', 'in · ' + s.messages.out + ' out');
     const counts = $('#state-counts');
-    counts.replaceChildren(...OPEN_STATES.concat(['completed', 'canceled']).map((state) =>
+    counts.replaceChildren(...OPEN_STATES.concat(FINAL_STATES).map((state) =>
       h('span', { class: 'pill ' + state, text: humanize(state) + ' ' + (s.tasks[state] || 0) })));
   }
 
@@ -180,19 +398,29 @@
     $('#tile-wait').classList.toggle('alert', wait > 60000);
   }
 
-  /** Agents by activity: from the live agent list (the stream keeps it current). */
-  function renderAgentTile() {
-    const count = { available: 0, break: 0, offline: 0, connected: 0 };
-    for (const a of B.agents.values()) {
-      count[a.activity] = (count[a.activity] || 0) + 1;
-      if (a.connected) count.connected += 1;
+  function renderFigures() {
+    const f = figures();
+    const n = (o, k) => Number((o && o[k]) || 0);
+    set('agents-available', String(n(f.all, 'available')));
+    set('agents-detail', n(f.all, 'busy') + ' busy · ' + n(f.all, 'break') + ' on break · ' +
+      n(f.all, 'offline') + ' offline · ' + n(f.all, 'disconnected') + ' disconnected');
+    const channels = CHANNELS.concat(Object.keys(f.byChannel || {}).filter((c) => !CHANNELS.includes(c)))
+      .filter((c) => f.byChannel && FIGURES.some((k) => n(f.byChannel[c], k) > 0));
+    const body = $('#figures');
+    if (!channels.length) {
+      body.replaceChildren(h('tr', { class: 'empty-row' }, h('td', { colspan: '6', text: 'No agent has capacity on any channel yet.' })));
+      return;
     }
-    set('agents-available', String(count.available));
-    set('agents-detail', count.break + ' on break · ' + count.offline + ' offline · ' + count.connected + ' connected');
+    body.replaceChildren(...channels.map((c) => h('tr', { dataset: { channel: c } },
+      h('th', { scope: 'row', class: 'small-channel' }, channelIcon(c), ' ', h('span', { text: channelName(c) })),
+      ...FIGURES.map((k) => {
+        const v = n(f.byChannel[c], k);
+        return h('td', { class: 'num figure' + (v ? ' ' + k : ' zero'), dataset: { figure: k }, text: String(v) });
+      }))));
   }
 
   function renderAgents() {
-    renderAgentTile();
+    renderFigures();
     const rows = Array.from(B.agents.values()).sort((a, b) => String(a.id).localeCompare(String(b.id)));
     set('agents-count', rows.length ? rows.filter((a) => a.connected).length + ' of ' + rows.length + ' connected' : '');
     const body = $('#agents');
@@ -203,50 +431,111 @@
     body.replaceChildren(...rows.map((a) => {
       const loads = h('div', { class: 'loads' });
       for (const c of CHANNELS) {
-        const cap = (a.capacity && a.capacity[c]) || 0;
-        const load = (a.load && a.load[c]) || 0;
+        const cap = capacityOf(a, c);
+        const load = loadOf(a, c);
         if (!cap && !load) continue;
         loads.appendChild(h('span', {
           class: 'load small-channel' + (load >= cap ? ' full' : ''),
           title: channelName(c) + ': ' + load + ' of ' + cap,
         }, channelIcon(c), load + '/' + cap));
       }
+      const state = agentState(a);
       return h('tr', { dataset: { agent: a.id } },
         h('td', {}, h('span', { class: 'dot' + (a.connected ? ' on' : ''), title: a.connected ? 'Connected' : 'Not connected' }),
           h('strong', { text: a.name || a.id }), ' ', h('span', { class: 'muted', text: a.id })),
-        h('td', {}, h('span', { class: 'pill ' + a.activity, text: humanize(a.activity) })),
+        h('td', {}, h('span', { class: 'pill ' + state, text: humanize(state) })),
         h('td', {}, loads));
     }));
   }
 
+  let renderTimer = null;
+  /** Frames can come in bursts: draw the table once per burst. */
+  function renderTasksSoon() {
+    if (renderTimer) return;
+    renderTimer = setTimeout(() => {
+      renderTimer = null;
+      renderTasks();
+    }, 30);
+  }
+
+  function customerLabel(t) {
+    const c = t.customer || {};
+    return { name: c.name || c.address || t.conversation_id || t.id, address: c.name && c.address ? c.address : '' };
+  }
+
+  function agentLabel(t) {
+    if (!t.agent_id) return '—';
+    const a = B.agents.get(t.agent_id);
+    return a && a.name ? a.name : t.agent_id;
+  }
+
+  /** The row of a task, built again only when something it shows has changed. */
+  function rowFor(t) {
+    const who = customerLabel(t);
+    const agent = agentLabel(t);
+    const key = JSON.stringify([t.state, agent, who.name, who.address, t.channel, t.waitingMs, !!t.finishedAt]);
+    const old = B.rows.get(t.id);
+    if (old && old.dataset.key === key) return old;
+    const wait = h('td', { class: 'num wait' });
+    if (t.finishedAt) wait.textContent = duration(t.finishedAt + B.clockOffset - t.waitingMs);
+    else {
+      wait.dataset.since = String(t.waitingMs);
+      wait.textContent = duration(serverNow() - t.waitingMs);
+    }
+    const tr = h('tr', { class: t.finishedAt ? 'fade' : null, dataset: { task: t.id, state: t.state } },
+      h('td', { class: 'customer' }, h('strong', { text: who.name }),
+        who.address ? h('span', { class: 'muted address', text: who.address }) : null),
+      h('td', { class: 'small-channel' }, channelIcon(t.channel)),
+      h('td', {}, h('span', { class: 'pill ' + t.state, text: humanize(t.state) })),
+      h('td', { class: 'agent', text: agent }),
+      wait);
+    tr.dataset.key = key;
+    B.rows.set(t.id, tr);
+    return tr;
+  }
+
   function renderTasks() {
+    if (renderTimer) {
+      clearTimeout(renderTimer);
+      renderTimer = null;
+    }
     const now = Date.now();
     for (const [id, t] of B.tasks) {
-      if (!OPEN_STATES.includes(t.state) && now - t.since > KEEP_FINISHED_MS) B.tasks.delete(id);
+      if (t.finishedAt && now - t.finishedAt > KEEP_FINISHED_MS) B.tasks.delete(id);
     }
-    const order = (t) => (OPEN_STATES.includes(t.state) ? OPEN_STATES.indexOf(t.state) : 9);
-    const rows = Array.from(B.tasks.values()).sort((a, b) => order(a) - order(b) || a.first - b.first);
+    set('tasks-note', B.tasksApi === false ? 'changes since this board opened' : 'open tasks, live');
+    const list = Array.from(B.tasks.values()).sort((a, b) =>
+      (a.finishedAt ? 1 : 0) - (b.finishedAt ? 1 : 0) || rank(a.state) - rank(b.state) ||
+      a.waitingMs - b.waitingMs || String(a.id).localeCompare(String(b.id)));
     const body = $('#tasks');
-    if (!rows.length) {
-      body.replaceChildren(h('tr', { class: 'empty-row' }, h('td', { colspan: '5', text: 'No task activity since this board opened.' })));
+    if (!list.length) {
+      B.rows.clear();
+      const text = !B.token || B.tasksApi === null ? 'Loading…'
+        : B.tasksApi ? 'No open tasks.' : 'No task activity since this board opened.';
+      body.replaceChildren(h('tr', { class: 'empty-row' }, h('td', { colspan: '5', text })));
       return;
     }
-    body.replaceChildren(...rows.map((t) => h('tr', {
-      class: OPEN_STATES.includes(t.state) ? '' : 'fade', dataset: { task: t.task_id },
-    },
-    h('td', { class: 'small-channel' }, channelIcon(t.channel)),
-    h('td', {}, h('span', { text: t.task_id }), ' ', h('span', { class: 'muted', text: t.conversation_id })),
-    h('td', {}, h('span', { class: 'pill ' + t.state, text: humanize(t.state) })),
-    h('td', { text: t.agent_id || '—' }),
-    h('td', { class: 'num since', dataset: { since: String(t.since) }, text: duration(now - t.since) }))));
+    const shown = list.slice(0, MAX_ROWS);
+    const rows = shown.map(rowFor);
+    const keep = new Set(shown.map((t) => t.id));
+    for (const id of B.rows.keys()) {
+      if (!keep.has(id)) B.rows.delete(id);
+    }
+    if (list.length > shown.length) {
+      rows.push(h('tr', { class: 'empty-row more-row' },
+        h('td', { colspan: '5', text: 'and ' + (list.length - shown.length) + ' more' })));
+    }
+    const current = body.children;
+    if (current.length !== rows.length || rows.some((tr, i) => current[i] !== tr)) body.replaceChildren(...rows);
   }
 
   function tick() {
     tickWait();
-    const now = Date.now();
-    for (const el of document.querySelectorAll('#tasks .since')) {
+    const now = serverNow();
+    for (const el of document.querySelectorAll('#tasks td.wait[data-since]')) {
       el.textContent = duration(now - Number(el.dataset.since));
     }
+    if (Array.from(B.tasks.values()).some((t) => t.finishedAt && Date.now() - t.finishedAt > KEEP_FINISHED_MS)) renderTasks();
   }
 
   function init() {
