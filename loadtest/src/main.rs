@@ -69,7 +69,8 @@ const WHATSAPP_DISPLAY_NUMBER: &str = "15550002222";
 #[derive(Parser, Debug, Clone)]
 #[command(version, args_override_self = true)]
 pub struct Args {
-    /// Scenario file (TOML, keys are these flags' long names); flags given on
+    /// Scenario file (TOML, keys are these flags' long names in snake_case,
+    /// e.g. think_time; kebab-case is accepted too); flags given on
     /// the command line override it.
     #[arg(long)]
     scenario: Option<PathBuf>,
@@ -904,6 +905,22 @@ async fn sink_for(args: &Args, target: &Target) -> Result<Arc<Sink>, String> {
     Ok(sink)
 }
 
+/// The long flag names a scenario key may name (snake_case or as here):
+/// every visible flag and alias but `--scenario`.
+fn scenario_flags() -> Vec<String> {
+    Args::command()
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .flat_map(|a| {
+            a.get_long()
+                .into_iter()
+                .chain(a.get_all_aliases().into_iter().flatten())
+        })
+        .filter(|l| !matches!(*l, "scenario" | "help" | "version"))
+        .map(str::to_string)
+        .collect()
+}
+
 fn new_run_id() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -946,7 +963,7 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
                 .to_string();
             match std::fs::read_to_string(path)
                 .map_err(|e| format!("--scenario {}: {e}", path.display()))
-                .and_then(|text| scenario::parse(&text, &name))
+                .and_then(|text| scenario::parse(&text, &name, &scenario_flags()))
             {
                 Ok(s) => s,
                 Err(e) => {
@@ -1557,7 +1574,12 @@ mod tests {
 
     #[test]
     fn socketio_peer_is_a_relay_target_of_its_own() {
-        let specs = scenario::parse("socketio-peer = true\nsms-conversations = 3\n", "t").unwrap();
+        let specs = scenario::parse(
+            "socketio-peer = true\nsms-conversations = 3\n",
+            "t",
+            &scenario_flags(),
+        )
+        .unwrap();
         let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), "x".into()];
         argv.extend(specs[0].args.iter().cloned());
         argv.extend(["--socketio-peer-dir".into(), "peer".into()]);
@@ -1711,8 +1733,12 @@ mod tests {
         ])
         .validate()
         .is_err());
-        let specs =
-            scenario::parse("whatsapp-conversations = 1000\nwhatsapp-rate = 100\n", "t").unwrap();
+        let specs = scenario::parse(
+            "whatsapp_conversations = 1000\nwhatsapp_rate = 100\n",
+            "t",
+            &scenario_flags(),
+        )
+        .unwrap();
         let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), "x".into()];
         argv.extend(specs[0].args.iter().cloned());
         argv.extend(["--scale".into(), "0.1".into()]);
@@ -1733,6 +1759,47 @@ mod tests {
             (sms["requests"].as_u64(), wa["requests"].as_u64()),
             (Some(2), Some(3))
         );
+    }
+
+    #[test]
+    fn every_scenario_file_parses_with_snake_case_keys() {
+        let files = [
+            ("churn", include_str!("../scenarios/churn.toml")),
+            ("latency", include_str!("../scenarios/latency.toml")),
+            ("ramp", include_str!("../scenarios/ramp.toml")),
+            ("scale", include_str!("../scenarios/scale.toml")),
+            ("smoke", include_str!("../scenarios/smoke.toml")),
+            ("throughput", include_str!("../scenarios/throughput.toml")),
+        ];
+        let flags = scenario_flags();
+        assert!(flags.iter().any(|f| f == "step-timeout"));
+        assert!(flags.iter().any(|f| f == "json"), "aliases count too");
+        assert!(!flags.iter().any(|f| f == "worker" || f == "scenario"));
+        for (name, text) in files {
+            let table: toml::Table = text.parse().unwrap();
+            let mut keys: Vec<&String> = table.keys().collect();
+            for run in table
+                .get("run")
+                .and_then(|r| r.as_array())
+                .into_iter()
+                .flatten()
+            {
+                keys.extend(run.as_table().unwrap().keys());
+            }
+            assert!(
+                keys.iter().all(|k| !k.contains('-')),
+                "{name}: kebab-case key in {keys:?}"
+            );
+            for spec in scenario::parse(text, name, &flags).unwrap() {
+                let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), "x".into()];
+                argv.extend(spec.args.iter().cloned());
+                let args = Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{name}: {e}"));
+                args.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+        // A key that is no flag is refused with its name.
+        let e = scenario::parse("agents = 2\nthink_tiem = \"1s\"\n", "t", &flags).unwrap_err();
+        assert!(e.contains("\"think_tiem\""), "{e}");
     }
 
     #[test]
