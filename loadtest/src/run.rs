@@ -110,6 +110,46 @@ impl Ctx {
     }
 }
 
+#[cfg(test)]
+impl Ctx {
+    /// A context for unit tests of what agents and customers count: no
+    /// server, no socket, nothing sent.
+    pub fn for_test(messages: u32) -> Ctx {
+        let target = Target::parse("http://127.0.0.1:9").expect("loopback");
+        let zero: Dist = "0ms".parse().expect("a duration");
+        Ctx {
+            sources: SourcePool::new(&target, 0, 0),
+            target,
+            kind: Kind::Switchboard,
+            admin_token: String::new(),
+            run_id: "t1".into(),
+            seed: 1,
+            sms_tag: twilio::run_tag("t1"),
+            plan: Plan {
+                messages,
+                think: zero,
+                hold: Duration::ZERO,
+                heartbeat: Duration::from_secs(15),
+                accept_delay: zero,
+                reply_delay: zero,
+                handle_time: zero,
+                dispositions: vec!["resolved".into()],
+                capacity: 5,
+                sms_capacity: 0,
+                whatsapp_capacity: 0,
+                track_delivery: false,
+            },
+            step_timeout: Duration::from_secs(1),
+            deadline: Instant::now() + Duration::from_secs(60),
+            stats: Stats::new(),
+            pacer: Pacer::new(0.0),
+            sms: None,
+            whatsapp: None,
+            clients: vec![Client::new()],
+        }
+    }
+}
+
 /// Client sockets per loopback source address by default. The kernel finds a
 /// free port for a (source, destination) pair by probing the 28,000 or so
 /// ephemeral ports, and sockets in TIME_WAIT from a previous run still count:
