@@ -141,23 +141,7 @@ pub async fn run(
     ready: oneshot::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) -> usize {
-    let mut agent = Agent {
-        ctx: ctx.clone(),
-        id: creds.id.clone(),
-        rng: StdRng::seed_from_u64(ctx.seed ^ 0xA6E7_0000_0000_0000 ^ creds.n as u64),
-        convs: HashMap::new(),
-        accept_sent: HashMap::new(),
-        pending_status: HashMap::new(),
-        sent_by_id: HashMap::new(),
-        next_msg: 0,
-        customer_prefix: crate::customer::name_prefix(&ctx.run_id),
-        sms_prefix: crate::twilio::number_prefix(ctx.sms_tag),
-        wa_prefix: crate::meta::number_prefix(ctx.sms_tag),
-        ready: Some(ready),
-        out: Vec::new(),
-        later: BinaryHeap::new(),
-        later_seq: 0,
-    };
+    let mut agent = Agent::new(ctx.clone(), &creds, ready);
     ctx.pacer.wait().await;
     let url = ctx
         .target
@@ -280,6 +264,26 @@ impl Ord for LaterBox {
 }
 
 impl Agent {
+    fn new(ctx: Arc<Ctx>, creds: &Creds, ready: oneshot::Sender<bool>) -> Agent {
+        Agent {
+            id: creds.id.clone(),
+            rng: StdRng::seed_from_u64(ctx.seed ^ 0xA6E7_0000_0000_0000 ^ creds.n as u64),
+            convs: HashMap::new(),
+            accept_sent: HashMap::new(),
+            pending_status: HashMap::new(),
+            sent_by_id: HashMap::new(),
+            next_msg: 0,
+            customer_prefix: crate::customer::name_prefix(&ctx.run_id),
+            sms_prefix: crate::twilio::number_prefix(ctx.sms_tag),
+            wa_prefix: crate::meta::number_prefix(ctx.sms_tag),
+            ready: Some(ready),
+            out: Vec::new(),
+            later: BinaryHeap::new(),
+            later_seq: 0,
+            ctx,
+        }
+    }
+
     fn fail(&mut self, f: Failure) {
         self.ctx.stats.error(&f);
         if let Some(ready) = self.ready.take() {
@@ -647,9 +651,12 @@ impl Agent {
         if m["from"].as_str() != Some("customer") {
             return;
         }
+        // Every customer message counts; only those received live are timed
+        // (see report::MESSAGES_NOTE).
         Counters::inc(&c.customer_to_agent);
         let text = m["text"].as_str().unwrap_or_default();
         if text == "bye" {
+            Counters::inc(&c.customer_to_agent_closing);
             if !conv.end_sent {
                 conv.end_sent = true;
                 Counters::inc(&c.ends_sent);
@@ -660,6 +667,9 @@ impl Agent {
                 }));
             }
             return;
+        }
+        if !live {
+            Counters::inc(&c.customer_to_agent_with_assignment);
         }
         if conv.end_sent {
             return;
@@ -676,6 +686,7 @@ impl Agent {
         if live {
             if let Some(sent) = stamp_of(text) {
                 self.ctx.stats.record_since(Lat::CustomerToAgent, sent);
+                Counters::inc(&c.customer_to_agent_timed);
             }
         }
         self.next_msg += 1;
@@ -702,5 +713,108 @@ impl Agent {
                 intended,
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{human, measurements_json};
+
+    /// A customer message event as the broker sends it.
+    fn message(seq: u64, text: &str) -> Value {
+        json!({"seq": seq, "from": "customer", "text": text, "id": format!("m{seq}")})
+    }
+
+    #[test]
+    fn message_counts_reconcile_with_the_histograms() {
+        // 3 conversations x 4 messages: the first of each comes with the
+        // assignment, #2..#4 live, then "bye"; the agent answers each #n.
+        let ctx = Arc::new(Ctx::for_test(4));
+        let creds = Creds {
+            n: 0,
+            id: "lt-agent-t1-0".into(),
+            token: String::new(),
+        };
+        let (tx, _rx) = oneshot::channel();
+        let mut agent = Agent::new(ctx.clone(), &creds, tx);
+        let (convs, messages) = (3u64, 4u64);
+        for c in 0..convs {
+            let conv = format!("conv-{c}");
+            let first = message(1, &format!("lt #1 t={}", now_nanos()));
+            agent.handle(&json!({
+                "type": "task.assigned",
+                "task": {"id": format!("task-{c}"), "conversation_id": conv, "channel": "webchat",
+                         "preview": first["text"]},
+                "history": [first],
+            }));
+            // The agent's replies are echoed to it and take a seq each.
+            let mut seq = 2;
+            for n in 2..=messages {
+                agent.handle(&json!({"type": "message", "conversation_id": conv,
+                    "message": {"seq": seq, "from": "agent", "text": "re"}}));
+                seq += 1;
+                agent.handle(&json!({"type": "message", "conversation_id": conv,
+                    "message": message(seq, &format!("lt #{n} t={}", now_nanos()))}));
+                seq += 1;
+            }
+            agent.handle(&json!({"type": "message", "conversation_id": conv,
+                "message": {"seq": seq, "from": "agent", "text": "re"}}));
+            agent.handle(&json!({"type": "message", "conversation_id": conv,
+                "message": message(seq + 1, "bye")}));
+        }
+        // The customers' side: every reply received and timed.
+        for _ in 0..convs * messages {
+            ctx.stats.record_since(Lat::AgentToCustomer, now_nanos());
+            Counters::inc(&ctx.stats.c.agent_to_customer);
+        }
+        assert_eq!(ctx.stats.error_count(), 0);
+        let r = measurements_json(&ctx.stats.snapshot(1.0, 0), convs);
+        let m = &r["messages"];
+        let lat = &r["latency_ms"];
+        // Sent: messages + bye per conversation one way, messages the other.
+        assert_eq!(m["customer_to_agent"], convs * (messages + 1));
+        assert_eq!(m["agent_to_customer"], convs * messages);
+        // Timed: #2..#n one way, every reply the other; the histograms agree.
+        assert_eq!(m["timed"]["customer_to_agent"], convs * (messages - 1));
+        assert_eq!(
+            lat["customer_to_agent"]["count"],
+            m["timed"]["customer_to_agent"]
+        );
+        assert_eq!(
+            lat["agent_to_customer"]["count"],
+            m["timed"]["agent_to_customer"]
+        );
+        assert_eq!(lat["message"]["count"], m["timed"]["total"]);
+        assert_eq!(lat["first_message_to_assigned"]["count"], convs);
+        // And what is left out adds up to the difference.
+        let u = &m["untimed"];
+        assert_eq!(u["customer_to_agent_with_assignment"], convs);
+        assert_eq!(u["customer_to_agent_closing"], convs);
+        assert_eq!(u["customer_to_agent_other"], 0);
+        assert_eq!(u["agent_to_customer"], 0);
+        let sum = |v: &Value| {
+            v.as_object()
+                .unwrap()
+                .values()
+                .map(|x| x.as_u64().unwrap())
+                .sum::<u64>()
+        };
+        assert_eq!(
+            m["timed"]["total"].as_u64().unwrap() + sum(u),
+            m["total"].as_u64().unwrap()
+        );
+        assert!(m["note"]
+            .as_str()
+            .unwrap()
+            .contains("first_message_to_assigned"));
+        let text = human(&r);
+        assert!(
+            text.contains("timed in the latency histograms: 9 customer->agent + 12 agent->customer = 21; not timed: 3 first messages"),
+            "{text}"
+        );
+        assert!(text.contains("3 closing \"bye\""), "{text}");
+        // The agent ended each conversation on its bye.
+        assert_eq!(Counters::get(&ctx.stats.c.ends_sent), convs);
     }
 }

@@ -69,7 +69,8 @@ const WHATSAPP_DISPLAY_NUMBER: &str = "15550002222";
 #[derive(Parser, Debug, Clone)]
 #[command(version, args_override_self = true)]
 pub struct Args {
-    /// Scenario file (TOML, keys are these flags' long names); flags given on
+    /// Scenario file (TOML, keys are these flags' long names in snake_case,
+    /// e.g. think_time; kebab-case is accepted too); flags given on
     /// the command line override it.
     #[arg(long)]
     scenario: Option<PathBuf>,
@@ -77,9 +78,14 @@ pub struct Args {
     /// (e.g. 0.02 to try a big scenario small).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
-    /// Base URL of the broker; loopback addresses only.
+    /// Base URL of the broker; loopback addresses only, unless --allow-remote.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Allow a --url that is not a loopback address (a staging broker, never
+    /// one in production); a warning on stderr names it. Webchat only: the
+    /// provider sink listens on loopback, out of a remote broker's reach.
+    #[arg(long)]
+    allow_remote: bool,
     /// Admin token for creating and deleting agents.
     #[arg(
         long,
@@ -309,6 +315,11 @@ pub struct Args {
 }
 
 impl Args {
+    /// `--url` as a target (or `url`, another target of this run: a relay).
+    fn target(&self, url: &str) -> Result<Target, String> {
+        Target::parse_with(url, self.allow_remote)
+    }
+
     fn apply_scale(&mut self) {
         let f = self.scale;
         if f == 1.0 {
@@ -663,7 +674,13 @@ impl Args {
             slo::parse(slo)?;
         }
         self.worker_count()?;
-        Target::parse(&self.url)?;
+        let target = self.target(&self.url)?;
+        check(
+            !(target.remote && self.provider_traffic()),
+            "SMS and WhatsApp runs need the broker to reach the harness's provider sink, \
+             which listens on loopback only: against a remote broker (--allow-remote) run \
+             webchat only",
+        )?;
         if self.sms_conversations > 0 {
             Target::parse(&self.twilio_api_base).map_err(|e| format!("--twilio-api-base: {e}"))?;
             check(
@@ -827,7 +844,7 @@ impl Args {
         seed: u64,
         sink: Option<Arc<Sink>>,
     ) -> Result<Setup, String> {
-        let mut target = Target::parse(url)?;
+        let mut target = self.target(url)?;
         target.socketio = kind == Kind::SocketIo;
         Ok(Setup {
             target,
@@ -904,6 +921,34 @@ async fn sink_for(args: &Args, target: &Target) -> Result<Arc<Sink>, String> {
     Ok(sink)
 }
 
+/// The long flag names a scenario key may name (snake_case or as here):
+/// every visible flag and alias but `--scenario`.
+fn scenario_flags() -> Vec<String> {
+    Args::command()
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .flat_map(|a| {
+            a.get_long()
+                .into_iter()
+                .chain(a.get_all_aliases().into_iter().flatten())
+        })
+        .filter(|l| !matches!(*l, "scenario" | "help" | "version"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The warning for a target that is not on loopback (`--allow-remote`).
+fn remote_warning(target: &Target) -> Option<String> {
+    target.remote.then(|| {
+        format!(
+            "loadtest: WARNING: --allow-remote: the load goes to {} ({}), not to this \
+             machine's loopback. Make sure it is a broker you may load (staging, never \
+             production); the run creates and deletes agents there.",
+            target.base, target.addr
+        )
+    })
+}
+
 fn new_run_id() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -946,7 +991,7 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
                 .to_string();
             match std::fs::read_to_string(path)
                 .map_err(|e| format!("--scenario {}: {e}", path.display()))
-                .and_then(|text| scenario::parse(&text, &name))
+                .and_then(|text| scenario::parse(&text, &name, &scenario_flags()))
             {
                 Ok(s) => s,
                 Err(e) => {
@@ -1120,9 +1165,12 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
         .seed
         .unwrap_or_else(|| report::now_nanos() % 1_000_000_007);
     let workers = args.worker_count()?;
-    let target = Target::parse(&args.url)?;
+    let target = args.target(&args.url)?;
     if args.admin_token.is_empty() {
         return Err("needs --admin-token or SWITCHBOARD_ADMIN_TOKEN".into());
+    }
+    if let Some(warning) = remote_warning(&target) {
+        eprintln!("{warning}");
     }
     println!(
         "run {run_id} seed {seed}: {} agents x cap {} (sms {}, whatsapp {}), {} webchat + {} SMS + {} WhatsApp conversations x {} messages, {}, {} worker process(es) -> {}",
@@ -1172,11 +1220,15 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
             args.whatsapp().env_line()
         );
     }
-    let pid = args
-        .broker_pid
-        .or_else(|| procstat::pid_listening_on(target.addr.port()));
+    // A remote broker's port says nothing about the processes here.
+    let pid = args.broker_pid.or_else(|| {
+        (!target.remote)
+            .then(|| procstat::pid_listening_on(target.addr.port()))
+            .flatten()
+    });
     match pid {
         Some(p) => println!("sampling broker pid {p} (RSS, CPU)"),
+        None if target.remote => println!("remote broker: its RSS and CPU are not sampled"),
         None => println!("broker pid not found (give --broker-pid to sample RSS and CPU)"),
     }
 
@@ -1389,7 +1441,7 @@ async fn run_target(
     workers: usize,
 ) -> Result<TargetRun, String> {
     let wall = Instant::now();
-    let target = Target::parse(url)?;
+    let target = args.target(url)?;
     let requested = args.requested(kind);
     let label = kind.name().to_string();
     let (mut snap, samples, sink) = if workers <= 1 {
@@ -1460,6 +1512,59 @@ async fn run_target(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_targets_only_with_allow_remote() {
+        use std::net::IpAddr;
+        let lan: IpAddr = "10.0.0.1".parse().unwrap();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(net::check_reach("u", lo, false), Ok(false));
+        assert_eq!(net::check_reach("u", lo, true), Ok(false));
+        assert_eq!(net::check_reach("u", lan, true), Ok(true));
+        let e = net::check_reach("http://10.0.0.1:8080", lan, false).unwrap_err();
+        assert!(
+            e.contains("--allow-remote") && e.contains("10.0.0.1"),
+            "{e}"
+        );
+        // Without the flag: refused, naming the flag (names are not even resolved).
+        for url in [
+            "http://10.0.0.1:8080",
+            "http://staging.example.invalid:8080",
+        ] {
+            let e = parse(&["--url", url]).validate().unwrap_err();
+            assert!(e.contains("--allow-remote"), "{e}");
+        }
+        // With it: allowed, marked remote, warned about by name.
+        let args = parse(&["--url", "http://10.0.0.1:8080", "--allow-remote"]);
+        assert!(args.validate().is_ok());
+        let t = args.target(&args.url).unwrap();
+        assert!(t.remote);
+        let w = remote_warning(&t).unwrap();
+        assert!(
+            w.contains("WARNING") && w.contains("http://10.0.0.1:8080/"),
+            "{w}"
+        );
+        // Sockets to it are not bound to loopback source addresses.
+        assert!(net::SourcePool::new(&t, 4, 0).addrs().is_empty());
+        // Loopback stays loopback, with no warning, flag or not.
+        let local = parse(&["--allow-remote"]);
+        let t = local.target(&local.url).unwrap();
+        assert!(!t.remote && remote_warning(&t).is_none());
+        assert_eq!(net::SourcePool::new(&t, 4, 0).addrs().len(), 4);
+        // The provider sink listens on loopback: no SMS or WhatsApp to a remote broker.
+        let e = parse(&[
+            "--url",
+            "http://10.0.0.1:8080",
+            "--allow-remote",
+            "--sms-conversations",
+            "1",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("webchat only"), "{e}");
+        // The relays and the sink stay on loopback whatever the flag.
+        assert!(Target::parse("http://10.0.0.1:8080").is_err());
+    }
 
     #[test]
     fn only_loopback_targets() {
@@ -1557,7 +1662,12 @@ mod tests {
 
     #[test]
     fn socketio_peer_is_a_relay_target_of_its_own() {
-        let specs = scenario::parse("socketio-peer = true\nsms-conversations = 3\n", "t").unwrap();
+        let specs = scenario::parse(
+            "socketio-peer = true\nsms-conversations = 3\n",
+            "t",
+            &scenario_flags(),
+        )
+        .unwrap();
         let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), "x".into()];
         argv.extend(specs[0].args.iter().cloned());
         argv.extend(["--socketio-peer-dir".into(), "peer".into()]);
@@ -1711,8 +1821,12 @@ mod tests {
         ])
         .validate()
         .is_err());
-        let specs =
-            scenario::parse("whatsapp-conversations = 1000\nwhatsapp-rate = 100\n", "t").unwrap();
+        let specs = scenario::parse(
+            "whatsapp_conversations = 1000\nwhatsapp_rate = 100\n",
+            "t",
+            &scenario_flags(),
+        )
+        .unwrap();
         let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), "x".into()];
         argv.extend(specs[0].args.iter().cloned());
         argv.extend(["--scale".into(), "0.1".into()]);
@@ -1733,6 +1847,47 @@ mod tests {
             (sms["requests"].as_u64(), wa["requests"].as_u64()),
             (Some(2), Some(3))
         );
+    }
+
+    #[test]
+    fn every_scenario_file_parses_with_snake_case_keys() {
+        let files = [
+            ("churn", include_str!("../scenarios/churn.toml")),
+            ("latency", include_str!("../scenarios/latency.toml")),
+            ("ramp", include_str!("../scenarios/ramp.toml")),
+            ("scale", include_str!("../scenarios/scale.toml")),
+            ("smoke", include_str!("../scenarios/smoke.toml")),
+            ("throughput", include_str!("../scenarios/throughput.toml")),
+        ];
+        let flags = scenario_flags();
+        assert!(flags.iter().any(|f| f == "step-timeout"));
+        assert!(flags.iter().any(|f| f == "json"), "aliases count too");
+        assert!(!flags.iter().any(|f| f == "worker" || f == "scenario"));
+        for (name, text) in files {
+            let table: toml::Table = text.parse().unwrap();
+            let mut keys: Vec<&String> = table.keys().collect();
+            for run in table
+                .get("run")
+                .and_then(|r| r.as_array())
+                .into_iter()
+                .flatten()
+            {
+                keys.extend(run.as_table().unwrap().keys());
+            }
+            assert!(
+                keys.iter().all(|k| !k.contains('-')),
+                "{name}: kebab-case key in {keys:?}"
+            );
+            for spec in scenario::parse(text, name, &flags).unwrap() {
+                let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), "x".into()];
+                argv.extend(spec.args.iter().cloned());
+                let args = Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{name}: {e}"));
+                args.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+        // A key that is no flag is refused with its name.
+        let e = scenario::parse("agents = 2\nthink_tiem = \"1s\"\n", "t", &flags).unwrap_err();
+        assert!(e.contains("\"think_tiem\""), "{e}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Socket and HTTP helpers: the loopback-only target, source-address spreading,
+//! Socket and HTTP helpers: the target (loopback only unless
+//! `--allow-remote`), source-address spreading,
 //! the connection pacer (`--ramp`), WebSocket connect/send/receive (plain, or
 //! Socket.IO framed against the Socket.IO peer), JSON over HTTP, and raising
 //! `RLIMIT_NOFILE`.
@@ -68,18 +69,42 @@ impl fmt::Display for Failure {
     }
 }
 
-/// The server under test. Only loopback addresses are accepted.
+/// The server under test: on loopback, or (with `--allow-remote`) anywhere.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub base: Url,
     pub addr: SocketAddr,
     /// The Socket.IO peer: its WebSocket URLs and frames are Socket.IO's.
     pub socketio: bool,
+    /// Not a loopback address (allowed by `--allow-remote`).
+    pub remote: bool,
+}
+
+/// Whether the harness may load `ip`: a loopback address always (`Ok(false)`),
+/// another one only when `allow_remote` (`Ok(true)`: remote).
+pub fn check_reach(url: &str, ip: IpAddr, allow_remote: bool) -> Result<bool, String> {
+    if ip.is_loopback() {
+        Ok(false)
+    } else if allow_remote {
+        Ok(true)
+    } else {
+        Err(format!(
+            "--url {url:?}: {ip} is not a loopback address; the harness targets loopback \
+             unless given --allow-remote (for a staging broker: never one in production)"
+        ))
+    }
 }
 
 impl Target {
-    /// Parses `--url`, refusing anything that is not `http://` on a loopback host.
+    /// Parses a URL the harness itself serves or that must be on this
+    /// machine (the relays, the provider sink): `http://` on a loopback host.
     pub fn parse(url: &str) -> Result<Target, String> {
+        Target::parse_with(url, false)
+    }
+
+    /// Parses `--url`: `http://` on a loopback host, or on any host (a name
+    /// is resolved here) when `allow_remote`.
+    pub fn parse_with(url: &str, allow_remote: bool) -> Result<Target, String> {
         let base = Url::parse(url).map_err(|e| format!("--url {url:?}: {e}"))?;
         if base.scheme() != "http" {
             return Err(format!("--url {url:?}: only http:// is supported"));
@@ -88,25 +113,31 @@ impl Target {
             .port_or_known_default()
             .ok_or_else(|| format!("--url {url:?}: no port"))?;
         let host = base.host_str().unwrap_or_default();
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
         let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else if let Ok(ip) = literal.parse() {
+            ip
+        } else if allow_remote {
+            use std::net::ToSocketAddrs;
+            (host, port)
+                .to_socket_addrs()
+                .map_err(|e| format!("--url {url:?}: resolving {host}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("--url {url:?}: {host} has no address"))?
+                .ip()
         } else {
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse()
-                .map_err(|_| {
-                    format!("--url {url:?}: host must be a loopback IP address or localhost")
-                })?
-        };
-        if !ip.is_loopback() {
             return Err(format!(
-                "--url {url:?}: {ip} is not a loopback address; this harness only targets loopback"
+                "--url {url:?}: host must be a loopback IP address or localhost \
+                 (another host needs --allow-remote)"
             ));
-        }
+        };
+        let remote = check_reach(url, ip, allow_remote)?;
         Ok(Target {
             base,
             addr: SocketAddr::new(ip, port),
             socketio: false,
+            remote,
         })
     }
 
@@ -146,7 +177,7 @@ impl SourcePool {
     pub fn new(target: &Target, count: usize, worker: usize) -> SourcePool {
         let w = worker.min(255) as u8;
         let addrs = match target.addr.ip() {
-            IpAddr::V4(_) if count > 0 => (0..count.min(250))
+            IpAddr::V4(ip) if count > 0 && ip.is_loopback() => (0..count.min(250))
                 .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, w, 1 + i as u8)))
                 .collect(),
             _ => Vec::new(),

@@ -30,8 +30,38 @@ pub type Source = Arc<dyn Fn() -> Tick + Send + Sync>;
 /// How often the timeline is sampled (and workers report).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Plain progress lines are printed every this many samples (2 s).
-const PLAIN_EVERY: usize = 8;
+/// Plain progress lines are printed every this many seconds of the run, and
+/// once when it stops.
+const PLAIN_EVERY_SECONDS: f64 = 2.0;
+
+/// When a plain progress line is due.
+#[derive(Debug)]
+struct PlainLines {
+    /// Seconds into the run of the next line.
+    next: f64,
+}
+
+impl PlainLines {
+    fn new() -> PlainLines {
+        PlainLines {
+            next: PLAIN_EVERY_SECONDS,
+        }
+    }
+
+    /// Whether the sample at `t` seconds gets a line: the first at or after
+    /// each multiple of [`PLAIN_EVERY_SECONDS`] (late ticks under load
+    /// included), and the last one (`stopping`), so that even a run shorter
+    /// than the interval prints one.
+    fn due(&mut self, t: f64, stopping: bool) -> bool {
+        if t < self.next {
+            return stopping;
+        }
+        while self.next <= t {
+            self.next += PLAIN_EVERY_SECONDS;
+        }
+        true
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -149,6 +179,7 @@ impl Collector {
             let mut interval = tokio::time::interval_at(start + SAMPLE_INTERVAL, SAMPLE_INTERVAL);
             interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
             let mut last_t = start;
+            let mut plain = PlainLines::new();
             loop {
                 let stopping = tokio::select! {
                     _ = interval.tick() => false,
@@ -191,7 +222,7 @@ impl Collector {
                     cpu_percent,
                 };
                 let line = format!(
-                    "[{label}] {:>5.0}s  conns {:>6}  running {:>6}  done {}/{}  {:>7} msg/s  p99 {}  errors {}{}",
+                    "[{label}] {:>5.1}s  conns {:>6}  running {:>6}  done {}/{}  {:>7} msg/s  p99 {}  errors {}{}",
                     s.t,
                     s.connections,
                     s.in_flight,
@@ -208,9 +239,7 @@ impl Collector {
                 );
                 match (&bar, mode) {
                     (Some(b), _) => b.set_message(line),
-                    (None, Mode::Plain) if !stopping && samples.len() % PLAIN_EVERY == 0 => {
-                        eprintln!("{line}")
-                    }
+                    (None, Mode::Plain) if plain.due(s.t, stopping) => eprintln!("{line}"),
                     _ => {}
                 }
                 samples.push(s);
@@ -291,6 +320,28 @@ pub fn slope(points: &[(f64, f64)]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_lines_every_two_seconds_and_at_the_end() {
+        let mut p = PlainLines::new();
+        // A 5.1 s run sampled every 250 ms: lines at 2 s, 4 s and the end.
+        let ticks: Vec<f64> = (1..=20).map(|i| i as f64 * 0.25).collect();
+        let mut at: Vec<f64> = ticks.iter().copied().filter(|t| p.due(*t, false)).collect();
+        if p.due(5.1, true) {
+            at.push(5.1);
+        }
+        assert_eq!(at, [2.0, 4.0, 5.1]);
+        // Late ticks (a loaded machine) still give one line per interval.
+        let mut p = PlainLines::new();
+        let late: Vec<bool> = [1.9, 2.3, 3.1, 6.7, 6.9, 8.0]
+            .iter()
+            .map(|t| p.due(*t, false))
+            .collect();
+        assert_eq!(late, [false, true, false, true, false, true]);
+        // A run shorter than the interval prints its last sample.
+        let mut p = PlainLines::new();
+        assert!(!p.due(0.25, false) && !p.due(0.5, false) && p.due(0.78, true));
+    }
 
     #[test]
     fn slope_and_broker_figures() {

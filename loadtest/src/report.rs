@@ -204,7 +204,14 @@ counters!(
     tasks_completed,
     // Tasks assigned to this run's agents and not completed yet.
     open_tasks,
+    // Every customer message an agent received, and of those: the ones timed
+    // in the customer_to_agent histogram (received live, stamped), the ones
+    // that came with task.assigned (the first), and the closing "bye".
     customer_to_agent,
+    customer_to_agent_timed,
+    customer_to_agent_with_assignment,
+    customer_to_agent_closing,
+    // Every agent reply a customer received (all timed in agent_to_customer).
     agent_to_customer,
     conversations_started,
     conversations_ended,
@@ -546,6 +553,15 @@ impl Snapshot {
 // ---------------------------------------------------------------------------
 // Summary
 
+/// Which messages the counts and the latency histograms hold, for the JSON
+/// report (the README says the same).
+pub const MESSAGES_NOTE: &str = "customer_to_agent and agent_to_customer count every message \
+an agent or a customer received (throughput counts them all); the latency histograms of the \
+same names (and message, both together) count the timed ones only: every agent reply, and \
+every customer message an agent received live except the closing bye. A conversation's \
+first message reaches the agent with task.assigned, after the offer and the accept, so it \
+is timed as first_message_to_assigned instead; the bye is not stamped.";
+
 /// Builds the measurement part of the JSON report from a (merged) snapshot.
 /// `requested` is the number of conversations the run asked for.
 pub fn measurements_json(s: &Snapshot, requested: u64) -> Value {
@@ -559,6 +575,11 @@ pub fn measurements_json(s: &Snapshot, requested: u64) -> Value {
     }
     let c2a = g("customer_to_agent");
     let a2c = g("agent_to_customer");
+    let timed_c2a = g("customer_to_agent_timed");
+    let with_assignment = g("customer_to_agent_with_assignment");
+    let closing = g("customer_to_agent_closing");
+    let hist_count = |lat: Lat| s.hists.get(lat.name()).map_or(0, Histogram::len);
+    let timed_a2c = hist_count(Lat::AgentToCustomer);
     let secs = s.phase_seconds.max(1e-9);
     let started = g("conversations_started");
     let completed = g("conversations_completed");
@@ -604,6 +625,20 @@ pub fn measurements_json(s: &Snapshot, requested: u64) -> Value {
             "customer_to_agent": c2a,
             "agent_to_customer": a2c,
             "total": c2a + a2c,
+            // What the latency histograms count (customer_to_agent,
+            // agent_to_customer, message), and what they leave out.
+            "timed": {
+                "customer_to_agent": timed_c2a,
+                "agent_to_customer": timed_a2c,
+                "total": timed_c2a + timed_a2c,
+            },
+            "untimed": {
+                "customer_to_agent_with_assignment": with_assignment,
+                "customer_to_agent_closing": closing,
+                "customer_to_agent_other": c2a.saturating_sub(timed_c2a + with_assignment + closing),
+                "agent_to_customer": a2c.saturating_sub(timed_a2c),
+            },
+            "note": MESSAGES_NOTE,
             "per_second": rate(c2a + a2c),
             "per_second_whole_phase": (c2a + a2c) as f64 / secs,
             "webhooks_sent": g("webhooks_sent"),
@@ -720,6 +755,36 @@ pub fn human(r: &Value) -> String {
             }
         },
     );
+    let timed = &msgs["timed"];
+    let untimed = &msgs["untimed"];
+    if timed.is_object() {
+        let mut left_out = Vec::new();
+        for (key, what) in [
+            (
+                "customer_to_agent_with_assignment",
+                "first messages (they reach the agent with task.assigned: see first_message_to_assigned)",
+            ),
+            ("customer_to_agent_closing", "closing \"bye\""),
+            ("customer_to_agent_other", "other customer->agent"),
+            ("agent_to_customer", "agent->customer"),
+        ] {
+            if n(&untimed[key]) > 0 {
+                left_out.push(format!("{} {what}", n(&untimed[key])));
+            }
+        }
+        let _ = writeln!(
+            s,
+            "  timed in the latency histograms: {} customer->agent + {} agent->customer = {}{}",
+            n(&timed["customer_to_agent"]),
+            n(&timed["agent_to_customer"]),
+            n(&timed["total"]),
+            if left_out.is_empty() {
+                String::new()
+            } else {
+                format!("; not timed: {}", left_out.join(", "))
+            },
+        );
+    }
     let conns = &r["connections"];
     if n(&conns["customer_sockets_opened"]) > 0 {
         let _ = writeln!(

@@ -110,6 +110,46 @@ impl Ctx {
     }
 }
 
+#[cfg(test)]
+impl Ctx {
+    /// A context for unit tests of what agents and customers count: no
+    /// server, no socket, nothing sent.
+    pub fn for_test(messages: u32) -> Ctx {
+        let target = Target::parse("http://127.0.0.1:9").expect("loopback");
+        let zero: Dist = "0ms".parse().expect("a duration");
+        Ctx {
+            sources: SourcePool::new(&target, 0, 0),
+            target,
+            kind: Kind::Switchboard,
+            admin_token: String::new(),
+            run_id: "t1".into(),
+            seed: 1,
+            sms_tag: twilio::run_tag("t1"),
+            plan: Plan {
+                messages,
+                think: zero,
+                hold: Duration::ZERO,
+                heartbeat: Duration::from_secs(15),
+                accept_delay: zero,
+                reply_delay: zero,
+                handle_time: zero,
+                dispositions: vec!["resolved".into()],
+                capacity: 5,
+                sms_capacity: 0,
+                whatsapp_capacity: 0,
+                track_delivery: false,
+            },
+            step_timeout: Duration::from_secs(1),
+            deadline: Instant::now() + Duration::from_secs(60),
+            stats: Stats::new(),
+            pacer: Pacer::new(0.0),
+            sms: None,
+            whatsapp: None,
+            clients: vec![Client::new()],
+        }
+    }
+}
+
 /// Client sockets per loopback source address by default. The kernel finds a
 /// free port for a (source, destination) pair by probing the 28,000 or so
 /// ephemeral ports, and sockets in TIME_WAIT from a previous run still count:
@@ -249,18 +289,7 @@ impl Local {
         });
 
         if ctx.kind == Kind::Switchboard {
-            let health = net::http_json(
-                ctx.http(0),
-                Method::GET,
-                ctx.target.http("/healthz"),
-                None,
-                None,
-            )
-            .await
-            .map_err(|f| format!("server not healthy at {}: {f}", ctx.target.base))?;
-            if health.1["status"] != "ok" {
-                return Err(format!("GET /healthz answered {}", health.1));
-            }
+            check_health(&ctx).await?;
             if let Some(sms) = &ctx.sms {
                 if !slice.sms.is_empty() {
                     sms::preflight(&ctx, sms).await?;
@@ -277,13 +306,19 @@ impl Local {
         if let Some(f) = create_errors.first() {
             let failed = agent::delete_agents(&ctx, &creds).await;
             return Err(format!(
-                "creating agents failed ({} of {}): {f}{}",
+                "creating agents failed ({} of {}): {f}{}{}",
                 create_errors.len(),
                 slice.agents.len(),
                 if failed > 0 {
                     format!("; {failed} created agents could not be deleted")
                 } else {
                     String::new()
+                },
+                if is_auth_failure(&f.code) {
+                    "; the harness's SWITCHBOARD_ADMIN_TOKEN (or --admin-token) must be the \
+                     broker's admin token"
+                } else {
+                    ""
                 },
             ));
         }
@@ -432,6 +467,72 @@ impl Local {
     }
 }
 
+/// How long the harness waits for a broker that does not answer yet (one
+/// started in the background a moment before the harness).
+const HEALTH_WAIT: Duration = Duration::from_secs(5);
+
+/// `GET /healthz` must answer `{"status":"ok"}`; a broker that refuses
+/// connections is retried for [`HEALTH_WAIT`].
+async fn check_health(ctx: &Ctx) -> Result<(), String> {
+    let until = Instant::now() + HEALTH_WAIT;
+    loop {
+        let answer = net::http_json(
+            ctx.http(0),
+            Method::GET,
+            ctx.target.http("/healthz"),
+            None,
+            None,
+        )
+        .await;
+        match answer {
+            Ok((_, body)) if body["status"] == "ok" => return Ok(()),
+            Ok((status, body)) => {
+                return Err(unhealthy(
+                    ctx.target.base.as_str(),
+                    &format!("GET /healthz answered {status} {body}"),
+                    &ctx.admin_token,
+                ))
+            }
+            Err(f) if f.code == "io.http" && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(f) => {
+                return Err(unhealthy(
+                    ctx.target.base.as_str(),
+                    &f.to_string(),
+                    &ctx.admin_token,
+                ))
+            }
+        }
+    }
+}
+
+/// The broker's admin token must be at least this long, or it does not start.
+const MIN_ADMIN_TOKEN: usize = 8;
+
+/// What to say when the broker at `url` is not reachable or not healthy.
+fn unhealthy(url: &str, detail: &str, admin_token: &str) -> String {
+    let mut s = format!(
+        "the broker at {url} is not reachable or not healthy ({detail}).\n  \
+         Check that it started and still runs (its log: a broker that refuses its \
+         settings stops at start) and that it listens on that address, and that \
+         SWITCHBOARD_ADMIN_TOKEN is the same for the broker and the harness."
+    );
+    if admin_token.len() < MIN_ADMIN_TOKEN {
+        s.push_str(&format!(
+            "\n  This SWITCHBOARD_ADMIN_TOKEN has {} characters: the broker refuses one \
+             shorter than {MIN_ADMIN_TOKEN} and does not start.",
+            admin_token.len()
+        ));
+    }
+    s
+}
+
+/// A failure that says the admin token was not accepted.
+fn is_auth_failure(code: &str) -> bool {
+    matches!(code, "unauthorized" | "forbidden" | "http.401" | "http.403")
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Ch {
     Web,
@@ -525,4 +626,53 @@ async fn open_loop(ctx: Arc<Ctx>, ch: Ch, idxs: Vec<usize>, rate: f64, max_in_fl
         set.spawn(one(ctx.clone(), ch, idx, Some(t), false));
     }
     while set.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unhealthy_broker_message_names_the_url_and_what_to_check() {
+        let m = unhealthy(
+            "http://127.0.0.1:8080/",
+            "io.http: GET /healthz: connection refused",
+            "loadtest-token-1",
+        );
+        assert!(m.contains("http://127.0.0.1:8080/"), "{m}");
+        assert!(m.contains("connection refused"), "{m}");
+        assert!(m.contains("its log"), "{m}");
+        assert!(m.contains("SWITCHBOARD_ADMIN_TOKEN is the same"), "{m}");
+        assert!(!m.contains("characters"), "{m}");
+        // A token the broker refuses at start is named as the likely cause.
+        let short = unhealthy("http://127.0.0.1:8080/", "x", "lt");
+        assert!(short.contains("has 2 characters"), "{short}");
+        assert!(short.contains("shorter than 8"), "{short}");
+        assert!(is_auth_failure("unauthorized") && is_auth_failure("http.401"));
+        assert!(!is_auth_failure("io.http"));
+    }
+
+    #[tokio::test]
+    async fn health_check_of_a_closed_port_says_where_it_looked() {
+        // A port nobody listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let client = Client::new();
+        let f = net::http_json(
+            &client,
+            Method::GET,
+            Target::parse(&url).unwrap().http("/healthz"),
+            None,
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(f.code, "io.http");
+        let m = unhealthy(&url, &f.to_string(), "");
+        assert!(m.contains(&url) && m.contains("has 0 characters"), "{m}");
+    }
 }

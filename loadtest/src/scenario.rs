@@ -1,8 +1,12 @@
-//! Scenario files: TOML whose keys are the long flag names (`agents = 1000`,
-//! `think-time = "exp:2s"`, `slo = "p99=5ms"`). Top-level keys apply to every
-//! run; each `[[run]]` table (with a `name`) is one run, executed in order, with
-//! its own keys on top. A file without `[[run]]` is one run. Flags given on the
-//! command line override the file.
+//! Scenario files: TOML whose keys are the long flag names in snake_case, as
+//! in the broker's own TOML file (`agents = 1000`, `think_time = "exp:2s"`,
+//! `slo = "p99=5ms"`); the kebab-case spelling of the flag (`think-time`) is
+//! accepted too. Top-level keys apply to every run; each `[[run]]` table (with
+//! a `name`) is one run, executed in order, with its own keys on top. A file
+//! without `[[run]]` is one run. Flags given on the command line override the
+//! file. A key that names no flag is refused.
+
+use std::collections::BTreeMap;
 
 use toml::{Table, Value};
 
@@ -16,7 +20,18 @@ pub struct RunSpec {
 /// Keys that describe the file and are not flags.
 const META: &[&str] = &["name", "description"];
 
-fn flag_args(table: &Table, out: &mut Vec<String>) -> Result<(), String> {
+/// The flag a key stands for (`think_time` and `think-time`: `think-time`),
+/// if `flags` (long names, kebab-case) has it.
+fn flag_name<'a>(key: &str, flags: &'a [String]) -> Option<&'a str> {
+    let kebab = key.replace('_', "-");
+    flags.iter().find(|f| **f == kebab).map(String::as_str)
+}
+
+/// The table's keys as flags, in the order of the flags' names (so that both
+/// spellings of a file give the same arguments).
+fn flag_args(table: &Table, flags: &[String], out: &mut Vec<String>) -> Result<(), String> {
+    // Flag → the key that gave it and its arguments.
+    let mut seen: BTreeMap<&str, (&str, Vec<String>)> = BTreeMap::new();
     for (key, value) in table {
         if META.contains(&key.as_str()) || key == "run" {
             continue;
@@ -24,16 +39,28 @@ fn flag_args(table: &Table, out: &mut Vec<String>) -> Result<(), String> {
         if key == "scenario" {
             return Err("a scenario cannot name another scenario".into());
         }
-        let flag = format!("--{}", key.replace('_', "-"));
+        let Some(name) = flag_name(key, flags) else {
+            return Err(format!(
+                "unknown key {key:?} (keys are the long flag names, in snake_case like \
+                 think_time or kebab-case like think-time; see --help)"
+            ));
+        };
+        if let Some((other, _)) = seen.get(name) {
+            return Err(format!("{other:?} and {key:?} are the same key"));
+        }
+        let flag = format!("--{name}");
         let text = match value {
             Value::String(s) => s.clone(),
             Value::Integer(i) => i.to_string(),
             Value::Float(f) => f.to_string(),
             Value::Boolean(true) => {
-                out.push(flag);
+                seen.insert(name, (key, vec![flag]));
                 continue;
             }
-            Value::Boolean(false) => continue,
+            Value::Boolean(false) => {
+                seen.insert(name, (key, Vec::new()));
+                continue;
+            }
             Value::Array(items) => items
                 .iter()
                 .map(|v| match v {
@@ -46,19 +73,20 @@ fn flag_args(table: &Table, out: &mut Vec<String>) -> Result<(), String> {
                 .join(","),
             _ => return Err(format!("{key}: unsupported value {value}")),
         };
-        out.push(flag);
-        out.push(text);
+        seen.insert(name, (key, vec![flag, text]));
     }
+    out.extend(seen.into_values().flat_map(|(_, args)| args));
     Ok(())
 }
 
-/// Parses a scenario's text into its runs.
-pub fn parse(text: &str, file_name: &str) -> Result<Vec<RunSpec>, String> {
+/// Parses a scenario's text into its runs; `flags` are the long flag names
+/// (kebab-case) a key may name.
+pub fn parse(text: &str, file_name: &str, flags: &[String]) -> Result<Vec<RunSpec>, String> {
     let table: Table = text
         .parse()
         .map_err(|e| format!("scenario {file_name}: {e}"))?;
     let mut common = Vec::new();
-    flag_args(&table, &mut common).map_err(|e| format!("scenario {file_name}: {e}"))?;
+    flag_args(&table, flags, &mut common).map_err(|e| format!("scenario {file_name}: {e}"))?;
     let base_name = table
         .get("name")
         .and_then(Value::as_str)
@@ -79,7 +107,8 @@ pub fn parse(text: &str, file_name: &str) -> Result<Vec<RunSpec>, String> {
             .as_table()
             .ok_or_else(|| format!("scenario {file_name}: run {i} is not a table"))?;
         let mut args = common.clone();
-        flag_args(t, &mut args).map_err(|e| format!("scenario {file_name}, run {i}: {e}"))?;
+        flag_args(t, flags, &mut args)
+            .map_err(|e| format!("scenario {file_name}, run {i}: {e}"))?;
         let name = t
             .get("name")
             .and_then(Value::as_str)
@@ -96,6 +125,25 @@ pub fn parse(text: &str, file_name: &str) -> Result<Vec<RunSpec>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flags() -> Vec<String> {
+        [
+            "agents",
+            "think-time",
+            "baseline-relay",
+            "keep-agents",
+            "rate",
+            "duration",
+            "slo",
+            "step-timeout",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn parse(text: &str, file_name: &str) -> Result<Vec<RunSpec>, String> {
+        super::parse(text, file_name, &flags())
+    }
 
     #[test]
     fn one_run_from_top_level_keys() {
@@ -147,6 +195,50 @@ mod tests {
         );
         assert_eq!(runs[1].name, "smoke.toml-1");
         assert_eq!(runs[1].args[4..], ["--rate".to_string(), "10".to_string()]);
+    }
+
+    #[test]
+    fn snake_case_and_kebab_case_keys_parse_the_same() {
+        let snake = r#"
+            name = "s"
+            step_timeout = "10s"
+            baseline_relay = true
+            [[run]]
+            name = "a"
+            think_time = "exp:1s"
+            keep_agents = false
+        "#;
+        let kebab = snake
+            .replace("step_timeout", "step-timeout")
+            .replace("baseline_relay", "baseline-relay")
+            .replace("think_time", "think-time")
+            .replace("keep_agents", "keep-agents");
+        assert_ne!(snake, kebab);
+        let (a, b) = (parse(snake, "s").unwrap(), parse(&kebab, "s").unwrap());
+        assert_eq!(a, b);
+        assert_eq!(
+            a[0].args,
+            [
+                "--baseline-relay",
+                "--step-timeout",
+                "10s",
+                "--think-time",
+                "exp:1s"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_and_doubled_keys_are_refused_by_name() {
+        let e = parse("agents = 1\nthink_tme = \"1s\"\n", "s").unwrap_err();
+        assert!(e.contains("unknown key \"think_tme\""), "{e}");
+        let e = parse("[[run]]\nname = \"x\"\nstep_timeuot = \"1s\"\n", "s").unwrap_err();
+        assert!(e.contains("run 0") && e.contains("\"step_timeuot\""), "{e}");
+        let e = parse("think_time = \"1s\"\nthink-time = \"2s\"\n", "s").unwrap_err();
+        assert!(e.contains("are the same key"), "{e}");
+        // One spelling at the top and the other in a run: the run's wins.
+        let runs = parse("think_time = \"1s\"\n[[run]]\nthink-time = \"2s\"\n", "s").unwrap();
+        assert_eq!(runs[0].args, ["--think-time", "1s", "--think-time", "2s"]);
     }
 
     #[test]

@@ -303,7 +303,7 @@ async fn child(
     report_path: PathBuf,
 ) -> Result<(), String> {
     let slice = args.slice(i, n, kind);
-    let target = crate::net::Target::parse(&args.url)?;
+    let target = args.target(&args.url)?;
     let sink = if !slice.sms.is_empty() || !slice.whatsapp.is_empty() {
         Some(crate::sink_for(args, &target).await?)
     } else {
