@@ -595,10 +595,6 @@ impl Conversation {
             notes,
             at: crate::protocol::now(),
         });
-        // The router first (see `end`).
-        self.broker.router.do_send(TaskClosed {
-            task_id: self.state.task_id.clone(),
-        });
         if let Some(agent) = &self.agent {
             let done = Event::TaskCompleted {
                 task_id: self.state.task_id.clone(),
@@ -609,6 +605,13 @@ impl Conversation {
             .frame();
             self.to_agent(agent, AgentFrameKind::Completed, done);
         }
+        // The agent first, then the router: the capacity this frees may bring
+        // the agent its next offer at once, and that offer (router →
+        // conversation → agent) must not overtake this `task.completed`, or
+        // the desk would see itself over capacity.
+        self.broker.router.do_send(TaskClosed {
+            task_id: self.state.task_id.clone(),
+        });
         self.schedule_eviction(ctx);
     }
 

@@ -133,7 +133,10 @@ pub async fn delete(
     let entry = state
         .remove_agent(&id)
         .ok_or_else(|| ApiError::NotFound(format!("agent {id} does not exist")))?;
-    entry.addr.do_send(Retire);
+    // Answer once the agent has told the router: a client's next question
+    // (GET /v1/agents) then finds the agent gone. An agent actor already
+    // stopped has nothing left to tell.
+    let _ = entry.addr.send(Retire).await;
     Ok(HttpResponse::NoContent().finish())
 }
 
