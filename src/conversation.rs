@@ -28,7 +28,7 @@ use crate::channel::{
 };
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::protocol::event::{self, AgentName};
+use crate::protocol::event::{self, AgentName, EndedTask};
 use crate::protocol::{
     rfc3339, AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Event, Frame, Id,
     Message, TaskState, TaskSummary, TaskView,
@@ -435,8 +435,7 @@ impl Conversation {
     fn ended_frame(&self) -> Frame {
         Event::ConversationEnded {
             conversation_id: self.state.id.clone(),
-            task_id: None,
-            reference: None,
+            task: None,
         }
         .frame()
     }
@@ -564,8 +563,10 @@ impl Conversation {
         });
         let agent_frame = Event::ConversationEnded {
             conversation_id: self.state.id.clone(),
-            task_id: Some(self.state.task_id.clone()),
-            reference: event::reference(reference),
+            task: Some(EndedTask {
+                task_id: self.state.task_id.clone(),
+                reference: event::reference(reference),
+            }),
         }
         .frame();
         if let Some(agent) = &self.agent {

@@ -43,6 +43,15 @@ pub struct AgentName<'a> {
     pub name: Cow<'a, str>,
 }
 
+/// What the agent's `conversation.ended` adds: the task now in wrap-up, and
+/// the `ref` of the `end` that ended it (`null` when the customer did).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedTask<'a> {
+    pub task_id: Id,
+    #[serde(rename = "ref", default)]
+    pub reference: Option<Cow<'a, str>>,
+}
+
 /// A client's `ref`, echoed as given (`null` when the command had none).
 type Ref<'a> = Option<Cow<'a, str>>;
 
@@ -107,14 +116,13 @@ pub enum Event<'a> {
     },
     #[serde(rename = "typing")]
     Typing { conversation_id: Id },
-    /// The chat ended. The agent's carries its task and the `end`'s `ref`.
+    /// The chat ended. The agent's carries its task and the `end`'s `ref`;
+    /// the customer's neither.
     #[serde(rename = "conversation.ended")]
     ConversationEnded {
         conversation_id: Id,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        task_id: Option<Id>,
-        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
-        reference: Ref<'a>,
+        #[serde(flatten)]
+        task: Option<EndedTask<'a>>,
     },
     #[serde(rename = "error")]
     Error {
@@ -289,8 +297,21 @@ mod tests {
             },
             Event::ConversationEnded {
                 conversation_id: "cv_1".into(),
-                task_id: Some("tk_1".into()),
-                reference: Some("e1".into()),
+                task: Some(EndedTask {
+                    task_id: "tk_1".into(),
+                    reference: Some("e1".into()),
+                }),
+            },
+            Event::ConversationEnded {
+                conversation_id: "cv_1".into(),
+                task: Some(EndedTask {
+                    task_id: "tk_1".into(),
+                    reference: None,
+                }),
+            },
+            Event::ConversationEnded {
+                conversation_id: "cv_1".into(),
+                task: None,
             },
             Event::Error {
                 code: "bad_request".into(),
@@ -373,8 +394,7 @@ mod tests {
         let v: Value = serde_json::from_str(
             &Event::ConversationEnded {
                 conversation_id: "cv_1".into(),
-                task_id: None,
-                reference: None,
+                task: None,
             }
             .frame(),
         )
@@ -382,6 +402,23 @@ mod tests {
         assert_eq!(
             v,
             json!({"type": "conversation.ended", "conversation_id": "cv_1"})
+        );
+        // The agent's always says which `end` it answers, null if none.
+        let v: Value = serde_json::from_str(
+            &Event::ConversationEnded {
+                conversation_id: "cv_1".into(),
+                task: Some(EndedTask {
+                    task_id: "tk_1".into(),
+                    reference: None,
+                }),
+            }
+            .frame(),
+        )
+        .expect("json");
+        assert_eq!(
+            v,
+            json!({"type": "conversation.ended", "conversation_id": "cv_1",
+                   "task_id": "tk_1", "ref": null})
         );
     }
 }
