@@ -183,7 +183,7 @@ impl Agent {
                 by_conversation: HashMap::new(),
                 grace: None,
             };
-            let addr = Agent::start_in_arbiter(&broker.shard(), move |_| actor);
+            let addr = broker.shards.start(actor);
             broker.router.do_send(router::UpsertAgent {
                 id: profile.id,
                 name: profile.name,

@@ -29,6 +29,7 @@ use crate::ids::IdGen;
 use crate::metrics::Metrics;
 use crate::protocol::Id;
 use crate::router::Router;
+use crate::shards::Shards;
 use crate::supervisor::SupervisorHub;
 
 /// Create an actor's address before the actor runs, so it can be registered
@@ -87,10 +88,8 @@ pub struct Broker {
     /// Supervisors connected: events are only encoded when someone listens.
     pub supervisors: AtomicUsize,
 
-    /// Arbiters that host conversation and agent actors (one per core), so the
-    /// per-chat work spreads over every core instead of the main thread.
-    shards: Vec<ArbiterHandle>,
-    next_shard: AtomicUsize,
+    /// Where conversations and agents run: the HTTP workers' arbiters.
+    pub shards: Shards,
 }
 
 /// The parts of a [`Broker`] fixed before its actors start.
@@ -100,7 +99,6 @@ pub struct BrokerParts {
     pub router: Addr<Router>,
     pub channels: Channels,
     pub supervisor: Addr<SupervisorHub>,
-    pub shards: Vec<ArbiterHandle>,
     pub http: reqwest::Client,
 }
 
@@ -124,15 +122,8 @@ impl Broker {
             tasks: DashMap::new(),
             webchat_tokens: DashMap::new(),
             supervisors: AtomicUsize::new(0),
-            shards: parts.shards,
-            next_shard: AtomicUsize::new(0),
+            shards: Shards::new(),
         })
-    }
-
-    /// The next shard arbiter, round robin.
-    pub fn shard(&self) -> ArbiterHandle {
-        let n = self.next_shard.fetch_add(1, Ordering::Relaxed);
-        self.shards[n % self.shards.len()].clone()
     }
 
     pub fn conversation(&self, id: &str) -> Option<Addr<Conversation>> {

@@ -304,11 +304,15 @@ impl Conversation {
         };
         // Registered before it runs: its first act queues the task, and the
         // agent who accepts must find it by id.
-        let arbiter = spec.home.unwrap_or_else(|| broker.shard());
-        let (addr, run) = crate::broker::prepare::<Conversation>(&arbiter);
+        let (addr, mailbox) = crate::shards::mailbox::<Conversation>();
         broker.conversations.insert(id.clone(), addr.clone());
         broker.tasks.insert(task_id, id.clone());
-        run(actor);
+        match spec.home {
+            Some(arbiter) => mailbox.run_on(&arbiter, actor),
+            None => broker
+                .shards
+                .place(move |arbiter| mailbox.run_on(arbiter, actor)),
+        }
         (id, addr)
     }
 

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod router;
 pub mod server;
+pub mod shards;
 pub mod sim;
 pub mod supervisor;
 pub mod web;

@@ -2,20 +2,22 @@
 //! handles, binds the HTTP server.
 //!
 //! Threads: actix-web runs one HTTP worker per core (socket session actors
-//! live on the worker that accepted them); conversations and agents are spread
-//! round robin over one shard arbiter per core, and each shard arbiter runs one
-//! shard of the webchat channel with the conversations of its sessions; the
-//! router gets an arbiter of its own, so it never waits behind chat traffic,
-//! and the provider channels share another; the supervisor hub lives on the
-//! system arbiter.
+//! live on the worker that accepted them), and the workers are the shards
+//! (`shards.rs`): each runs one shard of the webchat channel with the
+//! conversations of its sessions, and a share of the agents and provider
+//! conversations; the router gets an arbiter of its own, so it never waits
+//! behind chat traffic, and the provider channels share another; the
+//! supervisor hub lives on the system arbiter.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
+use parking_lot::Mutex;
 
 use crate::agent::{Agent, AgentProfile};
 use crate::broker::{prepare, Broker, BrokerParts};
@@ -28,6 +30,7 @@ use crate::channel::Channels;
 use crate::config::Config;
 use crate::protocol::ChannelKind;
 use crate::router::Router;
+use crate::shards::{mailbox, Mailbox};
 use crate::supervisor::{Attach, SupervisorHub};
 
 /// A broker bound and running, with what a client needs to reach it.
@@ -153,6 +156,29 @@ async fn sweep_unused_attachments(broker: std::sync::Weak<Broker>) {
     }
 }
 
+thread_local! {
+    /// Whether this thread's arbiter is a shard already: actix-web builds an
+    /// app per worker and per listening address.
+    static IS_SHARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run on each HTTP worker as it builds its app: the worker's arbiter becomes
+/// a home for conversations and agents, and runs one webchat channel shard.
+fn join_as_shard(
+    broker: &web::Data<Arc<Broker>>,
+    webchat: &Mutex<Vec<Option<Mailbox<WebchatChannel>>>>,
+    next: &AtomicUsize,
+) {
+    if IS_SHARD.with(|s| s.replace(true)) {
+        return;
+    }
+    let i = next.fetch_add(1, Ordering::Relaxed);
+    if let Some(mailbox) = webchat.lock().get_mut(i).and_then(Option::take) {
+        mailbox.run_here(WebchatChannel::new(Arc::clone(broker)));
+    }
+    broker.shards.register(Arbiter::current());
+}
+
 /// Build everything inside the current actix system and bind.
 pub fn start(config: Config) -> std::io::Result<Started> {
     let workers = config.effective_workers();
@@ -166,13 +192,13 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     };
     let router_arbiter = arbiter();
     let channel_arbiter = arbiter();
-    let shards: Vec<ArbiterHandle> = (0..workers).map(|_| arbiter()).collect();
 
     let supervisor = SupervisorHub::new().start();
     let (router, run_router) = prepare::<Router>(&router_arbiter);
-    // One webchat channel shard per shard arbiter (see channel/webchat.rs).
-    let (webchat, run_webchat): (Vec<_>, Vec<_>) =
-        shards.iter().map(prepare::<WebchatChannel>).unzip();
+    // One webchat channel shard per HTTP worker (see channel/webchat.rs),
+    // started by the worker itself on its own thread (see shards.rs).
+    let (webchat, webchat_mailboxes): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| mailbox::<WebchatChannel>()).unzip();
     let provider = |enabled: bool| enabled.then(|| prepare::<ProviderChannel>(&channel_arbiter));
     let sms = provider(config.sms_enabled());
     let whatsapp = provider(config.whatsapp_enabled());
@@ -194,14 +220,14 @@ pub fn start(config: Config) -> std::io::Result<Started> {
             messenger: messenger.as_ref().map(|(addr, _)| addr.clone()),
         },
         supervisor: supervisor.clone(),
-        shards,
         http: http.clone(),
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
     run_router(Router::new(broker.clone()));
-    for run in run_webchat {
-        run(WebchatChannel::new(broker.clone()));
-    }
+    let webchat_mailboxes: Arc<Mutex<Vec<_>>> = Arc::new(Mutex::new(
+        webchat_mailboxes.into_iter().map(Some).collect(),
+    ));
+    let next_worker = Arc::new(AtomicUsize::new(0));
     channel_arbiter.spawn(sweep_unused_attachments(Arc::downgrade(&broker)));
     let graph = config.graph_api_base.clone();
     if let Some((_, run)) = sms {
@@ -250,6 +276,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
 
     let data = web::Data::new(broker);
     let server = HttpServer::new(move || {
+        join_as_shard(&data, &webchat_mailboxes, &next_worker);
         App::new()
             .app_data(data.clone())
             .configure(crate::http::routes)

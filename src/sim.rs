@@ -245,7 +245,7 @@ pub fn start(broker: &Arc<Broker>, count: usize, behaviour: SimBehaviour) -> Res
             conversations: HashMap::new(),
             backlog: broker.config.socket_backlog,
         };
-        SimDesk::start_in_arbiter(&broker.shard(), move |_| desk);
+        broker.shards.start(desk);
     }
     Ok(())
 }
