@@ -1,6 +1,7 @@
 //! One actor per conversation: it owns the ordered history (gap-free `seq`),
-//! the task's state machine, disposition and notes, and fans every new message
-//! out to the assigned agent and to the customer's channel.
+//! the task's state machine, disposition and notes, and the wrap-up timer, and
+//! fans every new message out to the assigned agent and to the customer's
+//! channel.
 //!
 //! It is the serialisation point of a chat: a customer message goes
 //! channel → conversation → agent; a reply goes agent → conversation → channel.
@@ -8,13 +9,39 @@
 //!
 //! Every state change is a [`ConversationEvent`] applied by
 //! [`ConversationState::apply`], the one place the state changes (ready for the
-//! journal). Handles: [`CustomerMessage`], [`CustomerTyping`], [`CustomerLeft`],
-//! [`SendHistory`], [`Reserve`], [`Assign`], [`Requeued`], [`AgentSend`],
-//! [`AgentTyping`], [`AgentEnd`], [`AgentComplete`], [`Resync`], [`GetSnapshot`],
-//! [`GetMessages`].
+//! journal); both live in `state.rs`, apart from the actor. The messages it
+//! handles, by sender, each in its counterpart's file with its handler:
+//! - the customer's channel (`customer.rs`): [`CustomerMessage`] from webchat
+//!   and provider channels; [`CustomerTyping`], [`CustomerLeft`],
+//!   [`CustomerAbandoned`] and [`SendHistory`] from webchat;
+//! - the router (`routing.rs`): [`Reserve`], [`Assign`], [`Requeued`];
+//! - the agent (`agent.rs`): [`AgentSend`], [`AgentTyping`], [`AgentEnd`],
+//!   [`AgentComplete`], [`Resync`];
+//! - provider channels, on delivery (`delivery.rs`): [`DeliveryUpdate`],
+//!   [`ReadUpTo`];
+//! - HTTP routes (`queries.rs`): [`GetSnapshot`], [`GetMessages`].
+//!
+//! It sends `ToCustomer` to its channel, `ToAgent` to its agent, and to the
+//! router `EnqueueTask` or `BindOutbound` (as it opens), `TaskWrapping` and
+//! `TaskClosed`; supervisors get `task.state` on every move of the task.
+//!
+//! This file is the actor itself: opening, the first act, and what every
+//! counterpart's handlers share — applying and publishing, frames, the sends to
+//! customer and agent, appending a message, and ending, completing and
+//! forgetting the conversation (both the customer and the agent can end it).
 
+mod agent;
+mod customer;
+mod delivery;
+mod queries;
+mod routing;
 mod state;
 
+pub use agent::{AgentComplete, AgentEnd, AgentSend, AgentTyping, Resync};
+pub use customer::{CustomerAbandoned, CustomerLeft, CustomerMessage, CustomerTyping, SendHistory};
+pub use delivery::{DeliveryUpdate, ReadUpTo};
+pub use queries::{ConversationSnapshot, GetMessages, GetSnapshot, TaskRef};
+pub use routing::{Assign, Requeued, Reserve};
 pub use state::{ConversationEvent, ConversationState};
 
 use std::borrow::Cow;
@@ -22,24 +49,18 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use actix::prelude::*;
-use serde::Serialize;
 
 use crate::agent::{Agent, AgentFrameKind, ToAgent};
 use crate::broker::Broker;
-use crate::channel::{
-    check_attachment, has_messaging_window, text_limit, CustomerEvent, SocketId, Template,
-    ToCustomer,
-};
+use crate::channel::{check_attachment, text_limit, CustomerEvent, Template, ToCustomer};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::protocol::event::{self, AgentName, EndedTask};
 use crate::protocol::{
-    rfc3339, AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Event, Frame, Id,
-    Message, TaskState,
+    AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Event, Frame, Id, Message,
+    TaskState,
 };
-use crate::router::{
-    BindOutbound, EnqueueTask, RescindReason, RoutableTask, TaskClosed, TaskWrapping,
-};
+use crate::router::{BindOutbound, EnqueueTask, RescindReason, TaskClosed, TaskWrapping};
 
 /// Check a message's text and attachments against the limits and the channel's
 /// rules before anything is stored or sent.
@@ -109,7 +130,8 @@ pub struct OpenSpec {
     /// thread); None: the next shard, round robin.
     pub home: Option<ArbiterHandle>,
 }
-
+/// The actor: its state, and the wiring around it (broker, channel, the
+/// assigned agent's address, the wrap-up timer, the opening still to process).
 pub struct Conversation {
     broker: Arc<Broker>,
     channel: Recipient<ToCustomer>,
@@ -312,55 +334,6 @@ impl Conversation {
         .frame()
     }
 
-    fn accept_customer_message(&mut self, msg: CustomerMessage) {
-        let content = if msg.provided.is_empty()
-            && msg.attachments.is_empty()
-            && msg.author == Author::System
-        {
-            Ok(Vec::new())
-        } else if !msg.provided.is_empty() {
-            // Files a provider sent: stored (or failed) already, shown as they are.
-            Ok(msg.provided.clone())
-        } else {
-            validate_content(
-                &self.broker,
-                self.state.channel,
-                &msg.text,
-                &msg.attachments,
-            )
-        };
-        let attachments = match content {
-            Ok(a) => a,
-            Err(e) => {
-                if let Some(socket) = msg.socket {
-                    let frame = e.to_frame(msg.reference.as_deref());
-                    self.to_customer(CustomerEvent::Direct { socket, frame });
-                }
-                return;
-            }
-        };
-        let message = self.append(msg.author, msg.text, attachments, msg.client_msg_id.clone());
-        Metrics::bump(&self.broker.metrics.messages_in);
-        if let Some(socket) = msg.socket {
-            let ack = Event::Ack {
-                conversation_id: self.state.id.clone(),
-                client_msg_id: msg.client_msg_id.as_deref().map(Cow::Borrowed),
-                message_id: Cow::Borrowed(&message.id),
-                seq: message.seq,
-                reference: event::reference(msg.reference.as_deref()),
-            }
-            .frame();
-            self.to_customer(CustomerEvent::Direct { socket, frame: ack });
-        }
-        let frame = self.message_frame(&message, None);
-        if self.state.task_state == TaskState::Assigned {
-            if let Some(agent) = &self.agent {
-                self.to_agent(agent, AgentFrameKind::Message, frame.clone());
-            }
-        }
-        self.message_to_customer(message, frame, None);
-    }
-
     /// Hand a new message to the channel: sockets show it, providers send
     /// agent messages out (counted against the channel's outbound queue).
     fn message_to_customer(&self, message: Message, frame: Frame, template: Option<Template>) {
@@ -375,40 +348,10 @@ impl Conversation {
         });
     }
 
-    /// Provider-channel rules an agent's free-form message must meet.
-    fn check_provider_rules(&self) -> Result<(), ApiError> {
-        let channel = self.state.channel;
-        if channel == ChannelKind::Webchat {
-            return Ok(());
-        }
-        let pending = self.broker.outbound_pending[channel.index()]
-            .load(std::sync::atomic::Ordering::Relaxed);
-        // `pending` counts sends in flight as well as those waiting for a slot.
-        let config = &self.broker.config;
-        if pending >= config.provider_queue + config.provider_in_flight {
-            return Err(ApiError::RateLimited(format!(
-                "{} has {pending} messages in flight or waiting for the provider; try again shortly",
-                channel.as_str()
-            )));
-        }
-        if has_messaging_window(channel) {
-            let window = self.broker.config.messaging_window;
-            let inside = self
-                .state
-                .last_customer_at
-                .and_then(|at| at.elapsed().ok())
-                .is_some_and(|age| age <= window);
-            if !inside {
-                return Err(ApiError::OutsideMessagingWindow(format!(
-                    "the customer has not written in the last {}: {} allows no free-form message now",
-                    humantime::format_duration(window),
-                    channel.as_str()
-                )));
-            }
-        }
-        Ok(())
-    }
-
+    /// End the chat (the agent's End Chat, or the customer leaving once
+    /// assigned): the task goes to wrap-up, capacity still held, and the
+    /// wrap-up timer completes it with the default disposition if the agent
+    /// does not.
     fn end(&mut self, reference: Option<&str>, ctx: &mut Context<Self>) {
         self.apply(ConversationEvent::Ended {
             at: crate::protocol::now(),
@@ -438,6 +381,8 @@ impl Conversation {
         }));
     }
 
+    /// Record the disposition and notes, tell the agent, then free the
+    /// capacity with the router.
     fn complete(
         &mut self,
         disposition: String,
@@ -548,170 +493,8 @@ impl Actor for Conversation {
     }
 }
 
-impl Conversation {
-    /// What the router needs to route this conversation's task.
-    fn routable(&self) -> RoutableTask {
-        RoutableTask {
-            task_id: self.state.task_id.clone(),
-            conversation_id: self.state.id.clone(),
-            channel: self.state.channel,
-            skills: Arc::from(self.state.skills.clone()),
-            customer: self.state.customer.clone(),
-            queue: self.state.queue.clone(),
-            priority: self.state.priority,
-            created_at: self.state.created_at,
-            order: 0,
-            enqueued_at: std::time::Instant::now(),
-            declined: Vec::new(),
-            offered_before: false,
-        }
-    }
-}
-
-/// A customer message from the channel.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct CustomerMessage {
-    /// The socket to acknowledge (webchat); None for provider channels.
-    pub socket: Option<SocketId>,
-    /// `customer`, or `system` for a provider event shown as a note.
-    pub author: Author,
-    pub text: String,
-    /// Uploaded files the customer refers to by id (webchat).
-    pub attachments: Vec<String>,
-    /// Files a provider delivered with the message, already stored.
-    pub provided: Vec<AttachmentMeta>,
-    pub client_msg_id: Option<String>,
-    pub reference: Option<String>,
-}
-
-impl Handler<CustomerMessage> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: CustomerMessage, _: &mut Context<Self>) {
-        if self.state.ended() {
-            // Writing again after the end opens a new conversation.
-            self.to_customer(CustomerEvent::Reopen(Box::new(msg)));
-            return;
-        }
-        self.accept_customer_message(msg);
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CustomerTyping;
-
-impl Handler<CustomerTyping> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, _: CustomerTyping, _: &mut Context<Self>) {
-        if self.state.task_state == TaskState::Assigned {
-            if let Some(agent) = &self.agent {
-                self.to_agent(agent, AgentFrameKind::Message, self.typing_frame());
-            }
-        }
-    }
-}
-
-/// The customer leaves: cancel before assignment, end after.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CustomerLeft {
-    pub socket: Option<SocketId>,
-    pub reference: Option<String>,
-}
-
-impl Handler<CustomerLeft> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: CustomerLeft, ctx: &mut Context<Self>) {
-        match self.state.task_state {
-            TaskState::Queued | TaskState::Reserved => {
-                self.apply(ConversationEvent::TaskMoved {
-                    state: TaskState::Canceled,
-                    agent_id: None,
-                    agent_name: None,
-                });
-                self.broker.router.do_send(TaskClosed {
-                    task_id: self.state.task_id.clone(),
-                });
-                self.to_customer(CustomerEvent::Ended(self.ended_frame()));
-                self.schedule_eviction(ctx);
-            }
-            TaskState::Assigned => self.end(None, ctx),
-            _ => {
-                if let Some(socket) = msg.socket {
-                    let err = ApiError::InvalidState("the conversation has already ended".into());
-                    self.to_customer(CustomerEvent::Direct {
-                        socket,
-                        frame: err.to_frame(msg.reference.as_deref()),
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// The customer's last socket has been gone for the customer grace period:
-/// a task still waiting for an agent is canceled (an assigned conversation is
-/// left to its agent).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CustomerAbandoned;
-
-impl Handler<CustomerAbandoned> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, _: CustomerAbandoned, ctx: &mut Context<Self>) {
-        if matches!(
-            self.state.task_state,
-            TaskState::Queued | TaskState::Reserved
-        ) {
-            self.handle(
-                CustomerLeft {
-                    socket: None,
-                    reference: None,
-                },
-                ctx,
-            );
-        }
-    }
-}
-
-/// A customer socket connected: send it the history.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SendHistory {
-    pub socket: SocketId,
-}
-
-impl Handler<SendHistory> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: SendHistory, _: &mut Context<Self>) {
-        let frame = Event::History {
-            conversation_id: Some(self.state.id.clone()),
-            ended: self.state.ended(),
-            messages: Cow::Borrowed(&self.state.messages),
-        }
-        .frame();
-        self.to_customer(CustomerEvent::History {
-            socket: msg.socket,
-            frame,
-        });
-        if self.state.task_state == TaskState::Assigned {
-            if let Some(name) = &self.state.agent_name {
-                let joined = frame_agent_joined(&self.state.id, name);
-                self.to_customer(CustomerEvent::Direct {
-                    socket: msg.socket,
-                    frame: joined,
-                });
-            }
-        }
-    }
-}
-
+/// `agent.joined` for the customer: on assignment, and again with the history
+/// to a socket that connects later.
 fn frame_agent_joined(conversation_id: &Id, name: &str) -> Frame {
     Event::AgentJoined {
         conversation_id: conversation_id.clone(),
@@ -720,439 +503,4 @@ fn frame_agent_joined(conversation_id: &Id, name: &str) -> Frame {
         },
     }
     .frame()
-}
-
-/// Router: the task is offered to `agent_id`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Reserve {
-    pub agent_id: Id,
-    pub agent: Addr<Agent>,
-    pub expires_at: SystemTime,
-}
-
-impl Handler<Reserve> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: Reserve, _: &mut Context<Self>) {
-        if self.state.task_state != TaskState::Queued {
-            return;
-        }
-        self.apply(ConversationEvent::TaskMoved {
-            state: TaskState::Reserved,
-            agent_id: Some(msg.agent_id),
-            agent_name: None,
-        });
-        let task = self.state.task_view();
-        let offered = Event::TaskOffered {
-            task: Cow::Borrowed(&task),
-            expires_at: msg.expires_at,
-        }
-        .frame();
-        self.to_agent(&msg.agent, AgentFrameKind::Offered(task.clone()), offered);
-    }
-}
-
-/// Router: the agent accepted; from now on this conversation talks to it directly.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Assign {
-    pub agent_id: Id,
-    pub agent_name: String,
-    pub agent: Addr<Agent>,
-    pub reference: Option<String>,
-}
-
-impl Handler<Assign> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: Assign, _: &mut Context<Self>) {
-        if self.state.task_state != TaskState::Reserved {
-            // The customer left while the accept was on its way.
-            let gone = self.rescinded_frame(RescindReason::CustomerLeft);
-            self.to_agent(&msg.agent, AgentFrameKind::Rescinded, gone);
-            return;
-        }
-        self.apply(ConversationEvent::TaskMoved {
-            state: TaskState::Assigned,
-            agent_id: Some(msg.agent_id),
-            agent_name: Some(msg.agent_name.clone()),
-        });
-        self.to_agent(
-            &msg.agent,
-            AgentFrameKind::Assigned(self.state.task_view()),
-            self.assigned_frame(msg.reference.as_deref()),
-        );
-        self.agent = Some(msg.agent);
-        self.to_customer(CustomerEvent::Broadcast(frame_agent_joined(
-            &self.state.id,
-            &msg.agent_name,
-        )));
-    }
-}
-
-/// Router: the task is back in the queue (reject, timeout, or its agent left).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Requeued {
-    pub reason: RescindReason,
-}
-
-impl Handler<Requeued> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, _: Requeued, _: &mut Context<Self>) {
-        if !matches!(
-            self.state.task_state,
-            TaskState::Reserved | TaskState::Assigned
-        ) {
-            return;
-        }
-        self.agent = None;
-        self.apply(ConversationEvent::TaskMoved {
-            state: TaskState::Queued,
-            agent_id: None,
-            agent_name: None,
-        });
-    }
-}
-
-/// An agent's reply.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AgentSend {
-    pub agent_id: Id,
-    pub from: Addr<Agent>,
-    pub text: String,
-    pub attachments: Vec<String>,
-    pub client_msg_id: Option<String>,
-    pub reference: Option<String>,
-}
-
-impl Handler<AgentSend> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: AgentSend, _: &mut Context<Self>) {
-        let checked = self.check_agent(&msg.agent_id).and_then(|_| {
-            if self.state.task_state != TaskState::Assigned {
-                return Err(ApiError::InvalidState(format!(
-                    "conversation {} has ended",
-                    self.state.id
-                )));
-            }
-            self.check_provider_rules()?;
-            validate_content(
-                &self.broker,
-                self.state.channel,
-                &msg.text,
-                &msg.attachments,
-            )
-        });
-        let attachments = match checked {
-            Ok(a) => a,
-            Err(e) => return self.agent_error(&msg.from, e, msg.reference.as_deref()),
-        };
-        let message = self.append(Author::Agent, msg.text, attachments, msg.client_msg_id);
-        Metrics::bump(&self.broker.metrics.messages_out);
-        let to_customer = self.message_frame(&message, None);
-        let echo = match msg.reference.as_deref() {
-            Some(r) => self.message_frame(&message, Some(r)),
-            None => to_customer.clone(),
-        };
-        self.to_agent(&msg.from, AgentFrameKind::Message, echo);
-        self.message_to_customer(message, to_customer, None);
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AgentTyping {
-    pub agent_id: Id,
-    pub from: Addr<Agent>,
-    pub reference: Option<String>,
-}
-
-impl Handler<AgentTyping> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: AgentTyping, _: &mut Context<Self>) {
-        match self.check_agent(&msg.agent_id) {
-            Ok(()) if self.state.task_state == TaskState::Assigned => {
-                self.to_customer(CustomerEvent::Broadcast(self.typing_frame()));
-            }
-            Ok(()) => {}
-            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
-        }
-    }
-}
-
-/// End Chat: the task goes to wrap-up, capacity still held.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AgentEnd {
-    pub agent_id: Id,
-    pub from: Addr<Agent>,
-    pub reference: Option<String>,
-}
-
-impl Handler<AgentEnd> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: AgentEnd, ctx: &mut Context<Self>) {
-        let checked = self.check_agent(&msg.agent_id).and_then(|_| {
-            if self.state.task_state == TaskState::Assigned {
-                Ok(())
-            } else {
-                Err(ApiError::InvalidState(format!(
-                    "conversation {} has already ended",
-                    self.state.id
-                )))
-            }
-        });
-        match checked {
-            Ok(()) => self.end(msg.reference.as_deref(), ctx),
-            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
-        }
-    }
-}
-
-/// Complete: disposition and notes, then capacity is freed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AgentComplete {
-    pub agent_id: Id,
-    pub from: Addr<Agent>,
-    pub disposition: String,
-    pub notes: String,
-    pub reference: Option<String>,
-}
-
-impl Handler<AgentComplete> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: AgentComplete, ctx: &mut Context<Self>) {
-        let config = &self.broker.config;
-        let checked = self.check_agent(&msg.agent_id).and_then(|_| {
-            if self.state.task_state != TaskState::Wrapping {
-                return Err(ApiError::InvalidState(format!(
-                    "task {} is {}: end the conversation before completing it",
-                    self.state.task_id,
-                    self.state.task_state.as_str()
-                )));
-            }
-            if !config.dispositions.contains(&msg.disposition) {
-                return Err(ApiError::InvalidDisposition(format!(
-                    "{:?} is not a disposition; use one of: {}",
-                    msg.disposition,
-                    config.dispositions.join(", ")
-                )));
-            }
-            let chars = msg.notes.chars().count();
-            if chars > config.max_notes {
-                return Err(ApiError::TextTooLong(format!(
-                    "notes have {chars} characters; the limit is {}",
-                    config.max_notes
-                )));
-            }
-            Ok(())
-        });
-        match checked {
-            Ok(()) => self.complete(msg.disposition, msg.notes, msg.reference.as_deref(), ctx),
-            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
-        }
-    }
-}
-
-/// The agent reconnected: send its task again with the full history.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Resync {
-    pub agent_id: Id,
-    pub agent: Addr<Agent>,
-}
-
-impl Handler<Resync> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: Resync, _: &mut Context<Self>) {
-        if self.check_agent(&msg.agent_id).is_ok() {
-            self.agent = Some(msg.agent.clone());
-            self.to_agent(
-                &msg.agent,
-                AgentFrameKind::Resync(self.state.task_view()),
-                self.assigned_frame(None),
-            );
-        } else {
-            // Lost the task meanwhile (re-queued): tell the desktop.
-            let gone = self.rescinded_frame(RescindReason::Reassigned);
-            self.to_agent(&msg.agent, AgentFrameKind::Rescinded, gone);
-        }
-    }
-}
-
-/// A provider reported a new delivery status for one of the agent's messages.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DeliveryUpdate {
-    pub message_id: String,
-    pub status: DeliveryStatus,
-    pub error: Option<String>,
-}
-
-/// Status order: a late `sent` never overrides `delivered`; `failed` is final.
-fn status_rank(s: DeliveryStatus) -> u8 {
-    match s {
-        DeliveryStatus::Accepted => 0,
-        DeliveryStatus::Sent => 1,
-        DeliveryStatus::Delivered => 2,
-        DeliveryStatus::Read => 3,
-        DeliveryStatus::Failed => 4,
-    }
-}
-
-impl Conversation {
-    fn set_status(&mut self, seq: u64, status: DeliveryStatus, error: Option<String>) {
-        let Some(current) = seq
-            .checked_sub(1)
-            .and_then(|i| self.state.messages.get(i as usize))
-            .map(|m| m.status)
-        else {
-            return;
-        };
-        let forward =
-            status_rank(status) > status_rank(current) && current != DeliveryStatus::Failed;
-        if !forward {
-            return;
-        }
-        let message_id = self.state.messages[(seq - 1) as usize].id.clone();
-        self.apply(ConversationEvent::StatusChanged { seq, status });
-        if let Some(agent) = &self.agent {
-            let f = Event::MessageStatus {
-                conversation_id: self.state.id.clone(),
-                message_id: Cow::Borrowed(&message_id),
-                status,
-                error: error.as_deref().map(Cow::Borrowed),
-            }
-            .frame();
-            self.to_agent(agent, AgentFrameKind::Other, f);
-        }
-    }
-}
-
-impl Handler<DeliveryUpdate> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: DeliveryUpdate, _: &mut Context<Self>) {
-        let seq = self
-            .state
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.id == msg.message_id)
-            .map(|m| m.seq);
-        if let Some(seq) = seq {
-            self.set_status(seq, msg.status, msg.error);
-        }
-    }
-}
-
-/// Messenger read receipt: every agent message sent before `watermark` is read.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ReadUpTo {
-    pub watermark: SystemTime,
-}
-
-impl Handler<ReadUpTo> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: ReadUpTo, _: &mut Context<Self>) {
-        let seqs: Vec<u64> = self
-            .state
-            .messages
-            .iter()
-            .filter(|m| m.from == Author::Agent && m.created_at <= msg.watermark)
-            .filter(|m| matches!(m.status, DeliveryStatus::Sent | DeliveryStatus::Delivered))
-            .map(|m| m.seq)
-            .collect();
-        for seq in seqs {
-            self.set_status(seq, DeliveryStatus::Read, None);
-        }
-    }
-}
-
-/// `GET /v1/conversations/{id}`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConversationSnapshot {
-    pub id: Id,
-    pub channel: ChannelKind,
-    pub state: &'static str,
-    pub customer: Customer,
-    pub agent_id: Option<Id>,
-    pub task: TaskRef,
-    pub disposition: Option<String>,
-    pub notes: Option<String>,
-    pub previous_conversation_id: Option<Id>,
-    #[serde(with = "rfc3339")]
-    pub created_at: SystemTime,
-    #[serde(with = "rfc3339::option")]
-    pub ended_at: Option<SystemTime>,
-    pub message_count: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskRef {
-    pub id: Id,
-    pub state: TaskState,
-}
-
-#[derive(Message)]
-#[rtype(result = "ConversationSnapshot")]
-pub struct GetSnapshot;
-
-impl Handler<GetSnapshot> for Conversation {
-    type Result = MessageResult<GetSnapshot>;
-
-    fn handle(&mut self, _: GetSnapshot, _: &mut Context<Self>) -> Self::Result {
-        let s = &self.state;
-        MessageResult(ConversationSnapshot {
-            id: s.id.clone(),
-            channel: s.channel,
-            state: if s.ended() { "ended" } else { "open" },
-            customer: s.customer.clone(),
-            agent_id: s.agent_id.clone(),
-            task: TaskRef {
-                id: s.task_id.clone(),
-                state: s.task_state,
-            },
-            disposition: s.disposition.clone(),
-            notes: s.notes.clone(),
-            previous_conversation_id: s.previous.clone(),
-            created_at: s.created_at,
-            ended_at: s.ended_at,
-            message_count: s.messages.len(),
-        })
-    }
-}
-
-/// A page of history: messages with `seq > after_seq`, at most `limit`.
-#[derive(Message)]
-#[rtype(result = "(Vec<Message>, bool)")]
-pub struct GetMessages {
-    pub after_seq: u64,
-    pub limit: usize,
-}
-
-impl Handler<GetMessages> for Conversation {
-    type Result = MessageResult<GetMessages>;
-
-    fn handle(&mut self, msg: GetMessages, _: &mut Context<Self>) -> Self::Result {
-        // seq n sits at index n-1: paging is a slice, not a search.
-        let start = (msg.after_seq as usize).min(self.state.messages.len());
-        let end = start
-            .saturating_add(msg.limit)
-            .min(self.state.messages.len());
-        let page = self.state.messages[start..end].to_vec();
-        MessageResult((page, end < self.state.messages.len()))
-    }
 }
