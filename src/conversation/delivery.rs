@@ -24,46 +24,6 @@ pub struct DeliveryUpdate {
     pub error: Option<String>,
 }
 
-/// Status order: a late `sent` never overrides `delivered`; `failed` is final.
-fn status_rank(s: DeliveryStatus) -> u8 {
-    match s {
-        DeliveryStatus::Accepted => 0,
-        DeliveryStatus::Sent => 1,
-        DeliveryStatus::Delivered => 2,
-        DeliveryStatus::Read => 3,
-        DeliveryStatus::Failed => 4,
-    }
-}
-
-impl Conversation {
-    fn set_status(&mut self, seq: u64, status: DeliveryStatus, error: Option<String>) {
-        let Some(current) = seq
-            .checked_sub(1)
-            .and_then(|i| self.state.messages.get(i as usize))
-            .map(|m| m.status)
-        else {
-            return;
-        };
-        let forward =
-            status_rank(status) > status_rank(current) && current != DeliveryStatus::Failed;
-        if !forward {
-            return;
-        }
-        let message_id = self.state.messages[(seq - 1) as usize].id.clone();
-        self.apply(ConversationEvent::StatusChanged { seq, status });
-        if let Some(agent) = &self.agent {
-            let f = Event::MessageStatus {
-                conversation_id: self.state.id.clone(),
-                message_id: Cow::Borrowed(&message_id),
-                status,
-                error: error.as_deref().map(Cow::Borrowed),
-            }
-            .frame();
-            self.to_agent(agent, AgentFrameKind::Other, f);
-        }
-    }
-}
-
 impl Handler<DeliveryUpdate> for Conversation {
     type Result = ();
 
@@ -102,6 +62,71 @@ impl Handler<ReadUpTo> for Conversation {
             .collect();
         for seq in seqs {
             self.set_status(seq, DeliveryStatus::Read, None);
+        }
+    }
+}
+
+impl Conversation {
+    /// Move message `seq` to `status` if that is forward, and tell the agent.
+    fn set_status(&mut self, seq: u64, status: DeliveryStatus, error: Option<String>) {
+        let Some(current) = seq
+            .checked_sub(1)
+            .and_then(|i| self.state.messages.get(i as usize))
+            .map(|m| m.status)
+        else {
+            return;
+        };
+        if !moves_forward(current, status) {
+            return;
+        }
+        let message_id = self.state.messages[(seq - 1) as usize].id.clone();
+        self.apply(ConversationEvent::StatusChanged { seq, status });
+        if let Some(agent) = &self.agent {
+            let f = Event::MessageStatus {
+                conversation_id: self.state.id.clone(),
+                message_id: Cow::Borrowed(&message_id),
+                status,
+                error: error.as_deref().map(Cow::Borrowed),
+            }
+            .frame();
+            self.to_agent(agent, AgentFrameKind::Other, f);
+        }
+    }
+}
+
+/// Does a report of `status` move a message now at `current` forward? Reports
+/// arrive in any order: a late `sent` never overrides `delivered`, and
+/// `failed` is final.
+fn moves_forward(current: DeliveryStatus, status: DeliveryStatus) -> bool {
+    status_rank(status) > status_rank(current) && current != DeliveryStatus::Failed
+}
+
+/// Status order: accepted < sent < delivered < read < failed.
+fn status_rank(s: DeliveryStatus) -> u8 {
+    match s {
+        DeliveryStatus::Accepted => 0,
+        DeliveryStatus::Sent => 1,
+        DeliveryStatus::Delivered => 2,
+        DeliveryStatus::Read => 3,
+        DeliveryStatus::Failed => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DeliveryStatus::*;
+
+    #[test]
+    fn statuses_only_move_forward_and_failed_is_final() {
+        assert!(moves_forward(Accepted, Sent));
+        assert!(moves_forward(Sent, Read));
+        assert!(moves_forward(Delivered, Failed));
+        // A late `sent` after `delivered`, or a repeat, changes nothing.
+        assert!(!moves_forward(Delivered, Sent));
+        assert!(!moves_forward(Read, Read));
+        for later in [Accepted, Sent, Delivered, Read, Failed] {
+            assert!(!moves_forward(Failed, later));
         }
     }
 }
