@@ -26,15 +26,15 @@
 //! first): a task never waits forever on the one agent who once let it lapse.
 
 pub mod index;
+mod state;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
-use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::agent::{Agent, Rescind};
 use crate::broker::Broker;
@@ -46,179 +46,17 @@ use crate::protocol::{
 };
 
 pub use crate::protocol::RescindReason;
+pub use state::{AgentCounts, Decline, RoutableTask, RouterEvent, RouterState};
 
-/// A task waiting for, or held by, an agent: what the router needs to route it
-/// and to put it back, and what supervisors see of it. (The conversation's
-/// address is wiring, kept apart.)
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RoutableTask {
-    pub task_id: Id,
-    pub conversation_id: Id,
-    pub channel: ChannelKind,
-    pub skills: Arc<[String]>,
-    pub customer: Customer,
-    pub queue: String,
-    pub priority: u8,
-    /// When the conversation was created: the task's `waiting_since`.
-    pub created_at: SystemTime,
-    /// Arrival order: position in the queue, kept across re-queues.
-    pub order: u64,
-    /// For the wait and routing-latency figures only.
-    #[serde(skip, default = "Instant::now")]
-    pub enqueued_at: Instant,
-    /// Agents who rejected it or let its offer time out, oldest decline first
-    /// (one entry per agent). Passed over while anyone else can take the task;
-    /// offered it again `reoffer_cooldown` after their decline.
-    pub declined: Vec<Decline>,
-    pub offered_before: bool,
-}
+use state::{Hold, Pick};
 
-/// An agent declined a task (reject or offer timeout) at a time.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decline {
-    pub agent: Id,
-    pub at: SystemTime,
-}
-
-impl RoutableTask {
-    fn declined_by(&self, agent: &Id) -> bool {
-        self.declined.iter().any(|d| &d.agent == agent)
-    }
-
-    /// What supervisors see of it in `state`, held by `agent`.
-    fn summary(&self, state: TaskState, agent: Option<&Id>) -> TaskSummary {
-        TaskSummary {
-            id: self.task_id.clone(),
-            conversation_id: self.conversation_id.clone(),
-            channel: self.channel,
-            customer: self.customer.clone(),
-            queue: self.queue.clone(),
-            priority: self.priority,
-            state,
-            agent_id: agent.cloned(),
-            created_at: self.created_at,
-            waiting_since: self.created_at,
-        }
-    }
-}
-
-/// Who, if anyone, should be offered a task now.
-#[derive(Debug, PartialEq, Eq)]
-enum Pick {
-    Agent(Id),
-    /// Only agents who declined it could take it, and the first of them may
-    /// be offered it again at this time.
-    CoolingDown(SystemTime),
-    Nobody,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-enum Hold {
-    Reserved { offer: u64 },
-    Assigned,
-    Wrapping,
-}
-
-struct HeldTask {
-    task: RoutableTask,
-    agent: Id,
-    hold: Hold,
-}
-
-struct RoutedAgent {
-    view: AgentView,
-    addr: Addr<Agent>,
-    /// Monotonic tick of the agent's last offer or of becoming available.
-    idle_since: u64,
-    /// Tasks this agent holds (reserved, assigned or wrapping).
-    held: Vec<Id>,
-}
-
-impl RoutedAgent {
-    fn free(&self, ch: ChannelKind) -> u32 {
-        self.view
-            .capacity
-            .get(ch)
-            .saturating_sub(self.view.load.get(ch))
-    }
-
-    fn eligible(&self, ch: ChannelKind) -> bool {
-        self.view.connected && self.view.activity == Activity::Available && self.free(ch) > 0
-    }
-
-    fn has_skills(&self, skills: &[String]) -> bool {
-        skills.iter().all(|s| self.view.skills.contains(s))
-    }
-}
-
-/// Every change the router makes to its state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum RouterEvent {
-    AgentUpserted {
-        id: Id,
-        name: String,
-        capacity: PerChannel,
-        skills: Vec<String>,
-    },
-    AgentRemoved {
-        id: Id,
-    },
-    PresenceChanged {
-        id: Id,
-        connected: bool,
-    },
-    ActivityChanged {
-        id: Id,
-        activity: Activity,
-    },
-    Enqueued {
-        task: RoutableTask,
-    },
-    Offered {
-        task_id: Id,
-        agent_id: Id,
-        offer: u64,
-    },
-    Accepted {
-        task_id: Id,
-    },
-    /// Offer declined (reject/timeout) or assignment withdrawn: back to the queue.
-    Requeued {
-        task_id: Id,
-        declined_by: Option<Id>,
-        at: SystemTime,
-    },
-    Wrapping {
-        task_id: Id,
-    },
-    /// Completed, canceled, or dropped with its agent: no longer routed.
-    Closed {
-        task_id: Id,
-    },
-    AssignedDirect {
-        task_id: Id,
-        agent_id: Id,
-        channel: ChannelKind,
-        customer: Customer,
-    },
-    /// The outbound conversation behind a direct assignment exists.
-    OutboundBound {
-        task_id: Id,
-        conversation_id: Id,
-        customer: Customer,
-    },
-}
-
+/// The actor: the routing state, and the wiring around it (addresses, timers,
+/// the offer counter).
 pub struct Router {
     broker: Arc<Broker>,
-    agents: HashMap<Id, RoutedAgent>,
-    /// Agents' addresses, known before their upsert is applied.
+    state: RouterState,
+    /// Agents' addresses, as each first registered (wiring, not state).
     addrs: HashMap<Id, Addr<Agent>>,
-    index: index::AgentIndex,
-    queues: [BTreeMap<u64, RoutableTask>; 4],
-    /// task id → (channel, order) while queued.
-    queued: HashMap<Id, (ChannelKind, u64)>,
-    held: HashMap<Id, HeldTask>,
     /// Wiring, not state: each routed task's conversation, and the running
     /// offers' timeouts (task → offer number).
     conversations: HashMap<Id, Addr<Conversation>>,
@@ -226,240 +64,25 @@ pub struct Router {
     /// Tasks that only agents in their re-offer cool-down could take, and
     /// when the first cool-down ends: dispatch again then.
     cooldowns: Deadlines<Id, ChannelKind>,
-    next_order: u64,
-    tick: u64,
     next_offer: u64,
-    /// Arrival → first offer, in microseconds.
-    latency: Histogram<u64>,
 }
 
 impl Router {
     pub fn new(broker: Arc<Broker>) -> Self {
         Router {
             broker,
-            agents: HashMap::new(),
+            state: RouterState::default(),
             addrs: HashMap::new(),
-            index: index::AgentIndex::default(),
-            queues: Default::default(),
-            queued: HashMap::new(),
-            held: HashMap::new(),
             conversations: HashMap::new(),
             timers: Deadlines::default(),
             cooldowns: Deadlines::default(),
-            next_order: 0,
-            tick: 0,
             next_offer: 0,
-            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .unwrap_or_else(|_| Histogram::new(3).expect("3 significant figures is valid")),
         }
     }
 
-    fn tick(&mut self) -> u64 {
-        self.tick += 1;
-        self.tick
-    }
-
-    fn unindex(&mut self, id: &Id) {
-        self.index.remove(id);
-    }
-
-    fn reindex(&mut self, id: &Id) {
-        match self.agents.get(id) {
-            Some(agent) => {
-                let free = ChannelKind::ALL.map(|ch| agent.eligible(ch).then(|| agent.free(ch)));
-                self.index.update(id, free, agent.idle_since);
-            }
-            None => self.index.remove(id),
-        }
-    }
-
-    fn change_load(&mut self, agent_id: &Id, ch: ChannelKind, up: bool) {
-        if let Some(agent) = self.agents.get_mut(agent_id) {
-            let load = agent.view.load.get_mut(ch);
-            *load = if up {
-                *load + 1
-            } else {
-                load.saturating_sub(1)
-            };
-        }
-    }
-
-    /// The one place routing state changes.
+    /// The one place routing state changes: [`RouterState::apply`].
     fn apply(&mut self, event: RouterEvent) {
-        match event {
-            RouterEvent::AgentUpserted {
-                id,
-                name,
-                capacity,
-                skills,
-            } => {
-                let tick = self.tick();
-                if let Some(agent) = self.agents.get_mut(&id) {
-                    agent.view.name = name;
-                    agent.view.capacity = capacity;
-                    agent.view.skills = skills;
-                } else if let Some(addr) = self.addrs.get(&id).cloned() {
-                    self.agents.insert(
-                        id.clone(),
-                        RoutedAgent {
-                            view: AgentView {
-                                id: id.clone(),
-                                name,
-                                capacity,
-                                skills,
-                                activity: Activity::Offline,
-                                connected: false,
-                                load: PerChannel::default(),
-                            },
-                            addr,
-                            idle_since: tick,
-                            held: Vec::new(),
-                        },
-                    );
-                }
-                self.reindex(&id);
-            }
-            RouterEvent::AgentRemoved { id } => {
-                self.unindex(&id);
-                self.agents.remove(&id);
-                self.addrs.remove(&id);
-            }
-            RouterEvent::PresenceChanged { id, connected } => {
-                if let Some(agent) = self.agents.get_mut(&id) {
-                    agent.view.connected = connected;
-                }
-                self.reindex(&id);
-            }
-            RouterEvent::ActivityChanged { id, activity } => {
-                let tick = self.tick();
-                if let Some(agent) = self.agents.get_mut(&id) {
-                    if activity == Activity::Available && agent.view.activity != activity {
-                        agent.idle_since = tick;
-                    }
-                    agent.view.activity = activity;
-                }
-                self.reindex(&id);
-            }
-            RouterEvent::Enqueued { task } => {
-                self.next_order = self.next_order.max(task.order + 1);
-                self.queued
-                    .insert(task.task_id.clone(), (task.channel, task.order));
-                self.queues[task.channel.index()].insert(task.order, task);
-            }
-            RouterEvent::Offered {
-                task_id,
-                agent_id,
-                offer,
-            } => {
-                let Some((ch, order)) = self.queued.remove(&task_id) else {
-                    return;
-                };
-                let Some(mut task) = self.queues[ch.index()].remove(&order) else {
-                    return;
-                };
-                if !task.offered_before {
-                    task.offered_before = true;
-                    let micros = task.enqueued_at.elapsed().as_micros() as u64;
-                    let _ = self.latency.record(micros.max(1));
-                }
-                let tick = self.tick();
-                self.change_load(&agent_id, ch, true);
-                if let Some(agent) = self.agents.get_mut(&agent_id) {
-                    agent.idle_since = tick;
-                    agent.held.push(task_id.clone());
-                }
-                self.reindex(&agent_id);
-                self.held.insert(
-                    task_id,
-                    HeldTask {
-                        task,
-                        agent: agent_id,
-                        hold: Hold::Reserved { offer },
-                    },
-                );
-            }
-            RouterEvent::Accepted { task_id } => {
-                if let Some(h) = self.held.get_mut(&task_id) {
-                    h.hold = Hold::Assigned;
-                }
-            }
-            RouterEvent::Requeued {
-                task_id,
-                declined_by,
-                at,
-            } => {
-                if let Some(h) = self.release(&task_id) {
-                    let mut task = h.task;
-                    if let Some(agent) = declined_by {
-                        task.declined.retain(|d| d.agent != agent);
-                        task.declined.push(Decline { agent, at });
-                    }
-                    // An outbound reservation whose conversation never came
-                    // has nothing to route.
-                    if !task.conversation_id.is_empty() {
-                        self.queued
-                            .insert(task.task_id.clone(), (task.channel, task.order));
-                        self.queues[task.channel.index()].insert(task.order, task);
-                    }
-                }
-            }
-            RouterEvent::Wrapping { task_id } => {
-                if let Some(h) = self.held.get_mut(&task_id) {
-                    h.hold = Hold::Wrapping;
-                }
-            }
-            RouterEvent::Closed { task_id } => {
-                if let Some((ch, order)) = self.queued.remove(&task_id) {
-                    self.queues[ch.index()].remove(&order);
-                }
-                self.release(&task_id);
-            }
-            RouterEvent::AssignedDirect {
-                task_id,
-                agent_id,
-                channel,
-                customer,
-            } => {
-                let order = self.next_order;
-                self.next_order += 1;
-                self.change_load(&agent_id, channel, true);
-                if let Some(agent) = self.agents.get_mut(&agent_id) {
-                    agent.held.push(task_id.clone());
-                }
-                self.reindex(&agent_id);
-                self.held.insert(
-                    task_id.clone(),
-                    HeldTask {
-                        task: RoutableTask {
-                            task_id,
-                            conversation_id: Id::from(""),
-                            channel,
-                            skills: Arc::from(Vec::new()),
-                            customer,
-                            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
-                            priority: 0,
-                            created_at: SystemTime::now(),
-                            order,
-                            enqueued_at: Instant::now(),
-                            declined: Vec::new(),
-                            offered_before: true,
-                        },
-                        agent: agent_id,
-                        hold: Hold::Assigned,
-                    },
-                );
-            }
-            RouterEvent::OutboundBound {
-                task_id,
-                conversation_id,
-                customer,
-            } => {
-                if let Some(h) = self.held.get_mut(&task_id) {
-                    h.task.conversation_id = conversation_id;
-                    h.task.customer = customer;
-                }
-            }
-        }
+        self.state.apply(event);
     }
 
     /// Stop routing a task: state first, then its wiring.
@@ -474,49 +97,9 @@ impl Router {
         self.conversations.get(task_id).cloned()
     }
 
-    /// Drop a held task and give its capacity back.
-    fn release(&mut self, task_id: &Id) -> Option<HeldTask> {
-        let h = self.held.remove(task_id)?;
-        self.change_load(&h.agent, h.task.channel, false);
-        if let Some(agent) = self.agents.get_mut(&h.agent) {
-            agent.held.retain(|t| t != task_id);
-        }
-        self.reindex(&h.agent);
-        Some(h)
-    }
-
     fn enqueue(&mut self, mut task: RoutableTask) {
-        task.order = self.next_order;
+        task.order = self.state.next_order;
         self.apply(RouterEvent::Enqueued { task });
-    }
-
-    /// Who gets a task now: the best eligible agent in index order with the
-    /// skills who has not declined it; failing that, the eligible agent who
-    /// declined it longest ago, once its `reoffer_cooldown` has passed. So a
-    /// decline passes an agent over while someone else can take the task, and
-    /// never strands the task when nobody else can.
-    fn pick(&self, task: &RoutableTask, now: SystemTime) -> Pick {
-        let skilled = |id: &Id| {
-            self.agents
-                .get(id)
-                .is_some_and(|a| a.has_skills(&task.skills))
-        };
-        if let Some(id) = self
-            .index
-            .best(task.channel, |id| !task.declined_by(id) && skilled(id))
-        {
-            return Pick::Agent(id);
-        }
-        let cooldown = self.broker.config.reoffer_cooldown;
-        let first_eligible = task
-            .declined
-            .iter()
-            .find(|d| self.index.contains(task.channel, &d.agent) && skilled(&d.agent));
-        match first_eligible {
-            Some(d) if d.at + cooldown <= now => Pick::Agent(d.agent.clone()),
-            Some(d) => Pick::CoolingDown(d.at + cooldown),
-            None => Pick::Nobody,
-        }
     }
 
     /// Offer as many queued tasks of `ch` as there are eligible agents, oldest
@@ -527,12 +110,15 @@ impl Router {
         let now = SystemTime::now();
         let mut cursor = 0u64;
         let mut cooling = Vec::new();
-        while !self.index.is_empty(ch) {
-            let Some((order, task)) = self.queues[ch.index()].range(cursor..).next() else {
+        while !self.state.index.is_empty(ch) {
+            let Some((order, task)) = self.state.queues[ch.index()].range(cursor..).next() else {
                 break;
             };
             cursor = order + 1;
-            match self.pick(task, now) {
+            match self
+                .state
+                .pick(task, now, self.broker.config.reoffer_cooldown)
+            {
                 Pick::Agent(agent_id) => {
                     let task_id = task.task_id.clone();
                     self.offer(task_id, agent_id, ctx);
@@ -583,13 +169,13 @@ impl Router {
         self.timers
             .insert(task_id.clone(), Instant::now() + timeout, offer);
         self.timers.arm(ctx, Router::offers_expired);
-        let Some(agent) = self.agents.get(&agent_id) else {
+        let Some(agent) = self.addrs.get(&agent_id) else {
             return;
         };
         if let Some(conv) = self.conversations.get(&task_id) {
             conv.do_send(Reserve {
                 agent_id: agent_id.clone(),
-                agent: agent.addr.clone(),
+                agent: agent.clone(),
                 expires_at: crate::protocol::now() + timeout,
             });
         }
@@ -605,6 +191,7 @@ impl Router {
 
     fn offer_expired(&mut self, task_id: Id, offer: u64, ctx: &mut Context<Self>) {
         let current = self
+            .state
             .held
             .get(&task_id)
             .is_some_and(|h| h.hold == Hold::Reserved { offer });
@@ -621,15 +208,15 @@ impl Router {
         decline: bool,
         ctx: &mut Context<Self>,
     ) {
-        let Some(h) = self.held.get(task_id) else {
+        let Some(h) = self.state.held.get(task_id) else {
             return;
         };
         let agent_id = h.agent.clone();
         let channel = h.task.channel;
         self.timers.remove(task_id);
         let conversation = self.conversation_of(task_id);
-        if let Some(agent) = self.agents.get(&agent_id) {
-            agent.addr.do_send(Rescind {
+        if let Some(agent) = self.addrs.get(&agent_id) {
+            agent.do_send(Rescind {
                 task_id: task_id.clone(),
                 reason,
             });
@@ -648,12 +235,13 @@ impl Router {
     /// Withdraw an agent's offers (and, when `assigned_too`, its assigned tasks).
     fn withdraw_agent_tasks(&mut self, agent_id: &Id, assigned_too: bool, ctx: &mut Context<Self>) {
         let held: Vec<Id> = self
+            .state
             .agents
             .get(agent_id)
             .map(|a| a.held.clone())
             .unwrap_or_default();
         for task_id in held {
-            let hold = self.held.get(&task_id).map(|h| h.hold);
+            let hold = self.state.held.get(&task_id).map(|h| h.hold);
             match hold {
                 Some(Hold::Reserved { .. }) => {
                     self.withdraw(&task_id, RescindReason::Reassigned, false, ctx)
@@ -667,7 +255,7 @@ impl Router {
     }
 
     fn publish_agent(&self, id: &Id) {
-        if let Some(agent) = self.agents.get(id) {
+        if let Some(agent) = self.state.agents.get(id) {
             self.broker.publish(|| Event::AgentState {
                 agent: Cow::Borrowed(&agent.view),
             });
@@ -676,7 +264,7 @@ impl Router {
 
     /// The task, if it is currently offered to `agent_id`; why not otherwise.
     fn offered_to(&self, agent_id: &Id, task_id: &str) -> Result<Id, ApiError> {
-        match self.held.get(task_id) {
+        match self.state.held.get(task_id) {
             Some(h) if &h.agent == agent_id && matches!(h.hold, Hold::Reserved { .. }) => {
                 Ok(task_id.into())
             }
@@ -686,12 +274,12 @@ impl Router {
 
     /// Classify why `agent_id` cannot act on `task_id`'s offer.
     fn offer_error(&self, agent_id: &Id, task_id: &str) -> ApiError {
-        match self.held.get(task_id) {
+        match self.state.held.get(task_id) {
             Some(h) if &h.agent != agent_id => {
                 ApiError::NotYourTask(format!("task {task_id} is not offered to you"))
             }
             Some(_) => ApiError::InvalidState(format!("task {task_id} is already accepted")),
-            None if self.queued.contains_key(task_id)
+            None if self.state.queued.contains_key(task_id)
                 || self.broker.tasks.contains_key(task_id) =>
             {
                 ApiError::InvalidState(format!(
@@ -728,7 +316,7 @@ impl Handler<UpsertAgent> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: UpsertAgent, ctx: &mut Context<Self>) {
-        self.addrs.insert(msg.id.clone(), msg.addr);
+        self.addrs.entry(msg.id.clone()).or_insert(msg.addr);
         let id = msg.id.clone();
         self.apply(RouterEvent::AgentUpserted {
             id: msg.id,
@@ -762,6 +350,7 @@ impl Handler<RemoveAgent> for Router {
         // Wrapping tasks stay with their conversations (the wrap-up timeout
         // completes them); the router just stops counting them.
         let rest: Vec<Id> = self
+            .state
             .agents
             .get(&msg.id)
             .map(|a| a.held.clone())
@@ -770,6 +359,7 @@ impl Handler<RemoveAgent> for Router {
             self.close(task_id);
         }
         self.apply(RouterEvent::AgentRemoved { id: msg.id.clone() });
+        self.addrs.remove(&msg.id);
         self.broker
             .publish(|| Event::AgentRemoved { agent_id: msg.id });
     }
@@ -889,14 +479,17 @@ impl Handler<Accept> for Router {
         self.apply(RouterEvent::Accepted {
             task_id: task_id.clone(),
         });
-        let Some(agent) = self.agents.get(&msg.agent_id) else {
+        let (Some(agent), Some(addr)) = (
+            self.state.agents.get(&msg.agent_id),
+            self.addrs.get(&msg.agent_id),
+        ) else {
             return Err(ApiError::UnknownTask(msg.task_id));
         };
         if let Some(conv) = self.conversations.get(&task_id) {
             conv.do_send(Assign {
                 agent_id: msg.agent_id.clone(),
                 agent_name: agent.view.name.clone(),
-                agent: agent.addr.clone(),
+                agent: addr.clone(),
                 reference: msg.reference,
             });
         }
@@ -918,7 +511,7 @@ impl Handler<Reject> for Router {
 
     fn handle(&mut self, msg: Reject, ctx: &mut Context<Self>) -> Self::Result {
         let task_id = self.offered_to(&msg.agent_id, &msg.task_id)?;
-        let Some(channel) = self.held.get(&task_id).map(|h| h.task.channel) else {
+        let Some(channel) = self.state.held.get(&task_id).map(|h| h.task.channel) else {
             return Ok(());
         };
         self.timers.remove(&task_id);
@@ -968,12 +561,12 @@ impl Handler<TaskClosed> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: TaskClosed, ctx: &mut Context<Self>) {
-        let mut channel = self.queued.get(&msg.task_id).map(|(ch, _)| *ch);
-        if let Some(h) = self.held.get(&msg.task_id) {
+        let mut channel = self.state.queued.get(&msg.task_id).map(|(ch, _)| *ch);
+        if let Some(h) = self.state.held.get(&msg.task_id) {
             channel = Some(h.task.channel);
             if matches!(h.hold, Hold::Reserved { .. }) {
-                if let Some(agent) = self.agents.get(&h.agent) {
-                    agent.addr.do_send(Rescind {
+                if let Some(agent) = self.addrs.get(&h.agent) {
+                    agent.do_send(Rescind {
                         task_id: msg.task_id.clone(),
                         reason: RescindReason::CustomerLeft,
                     });
@@ -1002,10 +595,10 @@ impl Handler<ReserveOutbound> for Router {
     type Result = Result<(), ApiError>;
 
     fn handle(&mut self, msg: ReserveOutbound, _: &mut Context<Self>) -> Self::Result {
-        let agent = self
-            .agents
-            .get(&msg.agent_id)
-            .ok_or_else(|| ApiError::NotFound(format!("agent {} does not exist", msg.agent_id)))?;
+        let agent =
+            self.state.agents.get(&msg.agent_id).ok_or_else(|| {
+                ApiError::NotFound(format!("agent {} does not exist", msg.agent_id))
+            })?;
         if agent.free(msg.channel) == 0 {
             return Err(ApiError::CapacityExceeded(format!(
                 "no free {} capacity: {} of {} in use",
@@ -1040,7 +633,7 @@ impl Handler<BindOutbound> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: BindOutbound, _: &mut Context<Self>) {
-        if self.held.contains_key(&msg.task_id) {
+        if self.state.held.contains_key(&msg.task_id) {
             self.conversations
                 .insert(msg.task_id.clone(), msg.conversation);
             self.apply(RouterEvent::OutboundBound {
@@ -1073,12 +666,13 @@ impl Handler<ListTasks> for Router {
                 && msg.queue.as_ref().is_none_or(|q| *q == t.queue)
         };
         let queued = self
+            .state
             .queues
             .iter()
             .flat_map(|q| q.values())
             .filter(|t| wanted(t, TaskState::Queued))
             .map(|t| (t.order, t.summary(TaskState::Queued, None)));
-        let held = self.held.values().filter_map(|h| {
+        let held = self.state.held.values().filter_map(|h| {
             let state = match h.hold {
                 Hold::Reserved { .. } => TaskState::Reserved,
                 Hold::Assigned => TaskState::Assigned,
@@ -1108,45 +702,16 @@ impl Handler<GetAgents> for Router {
     fn handle(&mut self, msg: GetAgents, _: &mut Context<Self>) -> Self::Result {
         let mut views: Vec<AgentView> = match msg.id {
             Some(id) => self
+                .state
                 .agents
                 .get(&id)
                 .map(|a| a.view.clone())
                 .into_iter()
                 .collect(),
-            None => self.agents.values().map(|a| a.view.clone()).collect(),
+            None => self.state.agents.values().map(|a| a.view.clone()).collect(),
         };
         views.sort_by(|a, b| a.id.cmp(&b.id));
         MessageResult(views)
-    }
-}
-
-/// Agents by what they can do now. Every agent is in exactly one of these.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct AgentCounts {
-    /// Connected, available, with free capacity.
-    pub available: usize,
-    /// Connected and available, but full.
-    pub busy: usize,
-    /// Connected, on break.
-    #[serde(rename = "break")]
-    pub on_break: usize,
-    /// Logged out (activity `offline`).
-    pub offline: usize,
-    /// Socket gone, tasks kept for the disconnect grace period.
-    pub disconnected: usize,
-}
-
-impl AgentCounts {
-    /// Count `agent`, as able to take work if `free` (on the channel counted).
-    fn count(&mut self, view: &AgentView, free: bool) {
-        let slot = match (view.activity, view.connected) {
-            (Activity::Offline, _) => &mut self.offline,
-            (_, false) => &mut self.disconnected,
-            (Activity::Break, true) => &mut self.on_break,
-            (Activity::Available, true) if free => &mut self.available,
-            (Activity::Available, true) => &mut self.busy,
-        };
-        *slot += 1;
     }
 }
 
@@ -1178,7 +743,7 @@ impl Handler<GetStats> for Router {
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         let mut agents = AgentCounts::default();
         let mut agents_by_channel = [AgentCounts::default(); 4];
-        for a in self.agents.values() {
+        for a in self.state.agents.values() {
             let has = |ch: ChannelKind| a.view.capacity.get(ch) > 0;
             agents.count(
                 &a.view,
@@ -1191,27 +756,32 @@ impl Handler<GetStats> for Router {
         let mut by_channel = PerChannel::default();
         let mut oldest: Option<Instant> = None;
         for ch in ChannelKind::ALL {
-            let q = &self.queues[ch.index()];
+            let q = &self.state.queues[ch.index()];
             *by_channel.get_mut(ch) = q.len() as u32;
             // Keyed by arrival order, so the first entry waited longest.
             if let Some(t) = q.values().next() {
                 oldest = Some(oldest.map_or(t.enqueued_at, |o| o.min(t.enqueued_at)));
             }
         }
-        let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
+        let ms = |q: f64| self.state.latency.value_at_quantile(q) as f64 / 1000.0;
         MessageResult(RouterStats {
-            agents_total: self.agents.len(),
-            agents_connected: self.agents.values().filter(|a| a.view.connected).count(),
+            agents_total: self.state.agents.len(),
+            agents_connected: self
+                .state
+                .agents
+                .values()
+                .filter(|a| a.view.connected)
+                .count(),
             agents,
             agents_by_channel,
-            queue_length: self.queued.len(),
+            queue_length: self.state.queued.len(),
             queue_by_channel: by_channel,
             oldest_wait: oldest.map(|o| o.elapsed()).unwrap_or_default(),
             latency_p50_ms: ms(0.5),
             latency_p90_ms: ms(0.9),
             latency_p99_ms: ms(0.99),
-            latency_max_ms: self.latency.max() as f64 / 1000.0,
-            latency_count: self.latency.len(),
+            latency_max_ms: self.state.latency.max() as f64 / 1000.0,
+            latency_count: self.state.latency.len(),
         })
     }
 }
