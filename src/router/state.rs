@@ -501,3 +501,221 @@ impl AgentCounts {
         *slot += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COOLDOWN: Duration = Duration::from_secs(30);
+
+    fn agent_event(id: &str) -> RouterEvent {
+        RouterEvent::AgentUpserted {
+            id: id.into(),
+            name: id.to_uppercase(),
+            capacity: PerChannel {
+                webchat: 1,
+                ..PerChannel::default()
+            },
+            skills: vec![],
+        }
+    }
+
+    /// `ids` on webchat with capacity 1, connected and available, in that
+    /// order (so the first has been idle longest).
+    fn with_agents(ids: &[&str]) -> RouterState {
+        let mut s = RouterState::default();
+        for id in ids {
+            s.apply(agent_event(id));
+            s.apply(RouterEvent::PresenceChanged {
+                id: (*id).into(),
+                connected: true,
+            });
+            s.apply(RouterEvent::ActivityChanged {
+                id: (*id).into(),
+                activity: Activity::Available,
+            });
+        }
+        s
+    }
+
+    fn task(id: &str, order: u64) -> RoutableTask {
+        RoutableTask {
+            task_id: id.into(),
+            conversation_id: format!("cv_{id}").as_str().into(),
+            channel: ChannelKind::Webchat,
+            skills: Arc::from(Vec::new()),
+            customer: Customer {
+                address: "wc_1".into(),
+                name: "Dana".into(),
+            },
+            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
+            priority: 0,
+            created_at: SystemTime::UNIX_EPOCH,
+            order,
+            enqueued_at: Instant::now(),
+            declined: Vec::new(),
+            offered_before: false,
+        }
+    }
+
+    fn queued(s: &RouterState, order: u64) -> RoutableTask {
+        s.queues[ChannelKind::Webchat.index()][&order].clone()
+    }
+
+    fn load(s: &RouterState, id: &str) -> u32 {
+        s.agents[&Id::from(id)].view.load.webchat
+    }
+
+    #[test]
+    fn an_offer_takes_capacity_and_a_decline_gives_it_back_in_place() {
+        let mut s = with_agents(&["ann"]);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let events = vec![
+            RouterEvent::Enqueued {
+                task: task("tk_1", 0),
+            },
+            RouterEvent::Enqueued {
+                task: task("tk_2", 1),
+            },
+            RouterEvent::Offered {
+                task_id: "tk_1".into(),
+                agent_id: "ann".into(),
+                offer: 1,
+            },
+        ];
+        let mut replayed = with_agents(&["ann"]);
+        for ev in events {
+            let bytes = crate::codec::encode(&ev).unwrap();
+            replayed.apply(crate::codec::decode(&bytes).unwrap());
+            s.apply(ev);
+        }
+        for st in [&s, &replayed] {
+            assert_eq!(load(st, "ann"), 1);
+            // Full: no longer eligible.
+            assert!(!st.index.contains(ChannelKind::Webchat, &"ann".into()));
+            assert!(matches!(
+                st.held[&Id::from("tk_1")].hold,
+                Hold::Reserved { offer: 1 }
+            ));
+            assert_eq!(st.queued.len(), 1);
+        }
+
+        s.apply(RouterEvent::Requeued {
+            task_id: "tk_1".into(),
+            declined_by: Some("ann".into()),
+            at: t0,
+        });
+        assert_eq!(load(&s, "ann"), 0);
+        assert!(s.held.is_empty());
+        assert!(s.index.contains(ChannelKind::Webchat, &"ann".into()));
+        // Back ahead of the newer task, with the decline recorded.
+        let first = s.queues[ChannelKind::Webchat.index()]
+            .values()
+            .next()
+            .unwrap();
+        assert_eq!(first.task_id, Id::from("tk_1"));
+        assert_eq!(
+            first.declined,
+            vec![Decline {
+                agent: "ann".into(),
+                at: t0
+            }]
+        );
+        assert!(s.agents[&Id::from("ann")].held.is_empty());
+
+        s.apply(RouterEvent::Closed {
+            task_id: "tk_1".into(),
+        });
+        assert_eq!(s.queued.len(), 1);
+        assert!(!s.queued.contains_key("tk_1"));
+    }
+
+    #[test]
+    fn a_decliner_is_passed_over_while_another_can_take_it_then_picked_after_the_cooldown() {
+        // Ann has been idle longest, so she would be first.
+        let mut s = with_agents(&["ann", "bob"]);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        s.apply(RouterEvent::Enqueued {
+            task: task("tk_1", 0),
+        });
+        assert_eq!(
+            s.pick(&queued(&s, 0), t0, COOLDOWN),
+            Pick::Agent("ann".into())
+        );
+        s.apply(RouterEvent::Offered {
+            task_id: "tk_1".into(),
+            agent_id: "ann".into(),
+            offer: 1,
+        });
+        s.apply(RouterEvent::Requeued {
+            task_id: "tk_1".into(),
+            declined_by: Some("ann".into()),
+            at: t0,
+        });
+        let t = queued(&s, 0);
+        // Bob is eligible: Ann is passed over.
+        let soon = t0 + Duration::from_secs(1);
+        assert_eq!(s.pick(&t, soon, COOLDOWN), Pick::Agent("bob".into()));
+        // Bob goes on break: only Ann could take it, once her cool-down ends.
+        s.apply(RouterEvent::ActivityChanged {
+            id: "bob".into(),
+            activity: Activity::Break,
+        });
+        assert_eq!(s.pick(&t, soon, COOLDOWN), Pick::CoolingDown(t0 + COOLDOWN));
+        assert_eq!(
+            s.pick(&t, t0 + COOLDOWN, COOLDOWN),
+            Pick::Agent("ann".into())
+        );
+        // Ann away as well: nobody.
+        s.apply(RouterEvent::PresenceChanged {
+            id: "ann".into(),
+            connected: false,
+        });
+        assert_eq!(s.pick(&t, t0 + COOLDOWN, COOLDOWN), Pick::Nobody);
+    }
+
+    #[test]
+    fn pick_needs_every_skill_of_the_task() {
+        let mut s = with_agents(&["ann", "bob"]);
+        s.apply(RouterEvent::AgentUpserted {
+            id: "bob".into(),
+            name: "Bob".into(),
+            capacity: PerChannel {
+                webchat: 1,
+                ..PerChannel::default()
+            },
+            skills: vec!["billing".into(), "spanish".into()],
+        });
+        let mut t = task("tk_1", 0);
+        t.skills = Arc::from(vec!["billing".to_owned()]);
+        let now = SystemTime::UNIX_EPOCH;
+        assert_eq!(s.pick(&t, now, COOLDOWN), Pick::Agent("bob".into()));
+        t.skills = Arc::from(vec!["billing".to_owned(), "french".to_owned()]);
+        assert_eq!(s.pick(&t, now, COOLDOWN), Pick::Nobody);
+    }
+
+    #[test]
+    fn every_agent_is_counted_once() {
+        let mut counts = AgentCounts::default();
+        let s = with_agents(&["ann"]);
+        let mut view = s.agents[&Id::from("ann")].view.clone();
+        counts.count(&view, true);
+        counts.count(&view, false);
+        view.activity = Activity::Break;
+        counts.count(&view, true);
+        view.connected = false;
+        counts.count(&view, true);
+        view.activity = Activity::Offline;
+        counts.count(&view, true);
+        assert_eq!(
+            counts,
+            AgentCounts {
+                available: 1,
+                busy: 1,
+                on_break: 1,
+                offline: 1,
+                disconnected: 1,
+            }
+        );
+    }
+}
