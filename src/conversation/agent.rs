@@ -3,8 +3,9 @@
 //! [`AgentEnd`] (End Chat: into wrap-up), [`AgentComplete`] (disposition and
 //! notes: capacity freed) and [`Resync`] (the desktop reconnected).
 //!
-//! Each checks that the sender holds the conversation (`check_agent`) and
-//! answers a refusal to that agent only, with the command's `ref`.
+//! Each checks that the sender holds the conversation (`check_agent`); a
+//! refusal goes to that agent only, with the command's `ref`, and a resync
+//! that finds the task gone answers `task.rescinded`.
 
 use actix::prelude::*;
 

@@ -5,7 +5,8 @@
 //! agent accepted) and [`Requeued`] (back in the queue after a reject, an offer
 //! timeout or the agent leaving). The conversation only mirrors these moves in
 //! its task state and tells the agent and customer; the router decides them.
-//! To the router: the [`RoutableTask`] it enqueues as its first act.
+//! To the router: the [`RoutableTask`] an inbound conversation enqueues as its
+//! first act.
 
 use std::borrow::Cow;
 use std::sync::Arc;
