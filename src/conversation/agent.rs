@@ -1,0 +1,227 @@
+//! What the assigned agent asks of a conversation, all from the `Agent` actor
+//! on its desktop's behalf: [`AgentSend`] (a reply), [`AgentTyping`],
+//! [`AgentEnd`] (End Chat: into wrap-up), [`AgentComplete`] (disposition and
+//! notes: capacity freed) and [`Resync`] (the desktop reconnected).
+//!
+//! Each checks that the sender holds the conversation (`check_agent`); a
+//! refusal goes to that agent only, with the command's `ref`, and a resync
+//! that finds the task gone answers `task.rescinded`.
+
+use actix::prelude::*;
+
+use super::{validate_content, Conversation};
+use crate::agent::{Agent, AgentFrameKind};
+use crate::channel::{has_messaging_window, CustomerEvent};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::protocol::{Author, ChannelKind, Id, TaskState};
+use crate::router::RescindReason;
+
+/// An agent's reply.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentSend {
+    pub agent_id: Id,
+    pub from: Addr<Agent>,
+    pub text: String,
+    pub attachments: Vec<String>,
+    pub client_msg_id: Option<String>,
+    pub reference: Option<String>,
+}
+
+impl Handler<AgentSend> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentSend, _: &mut Context<Self>) {
+        let checked = self.check_agent(&msg.agent_id).and_then(|_| {
+            if self.state.task_state != TaskState::Assigned {
+                return Err(ApiError::InvalidState(format!(
+                    "conversation {} has ended",
+                    self.state.id
+                )));
+            }
+            self.check_provider_rules()?;
+            validate_content(
+                &self.broker,
+                self.state.channel,
+                &msg.text,
+                &msg.attachments,
+            )
+        });
+        let attachments = match checked {
+            Ok(a) => a,
+            Err(e) => return self.agent_error(&msg.from, e, msg.reference.as_deref()),
+        };
+        let message = self.append(Author::Agent, msg.text, attachments, msg.client_msg_id);
+        Metrics::bump(&self.broker.metrics.messages_out);
+        let to_customer = self.message_frame(&message, None);
+        let echo = match msg.reference.as_deref() {
+            Some(r) => self.message_frame(&message, Some(r)),
+            None => to_customer.clone(),
+        };
+        self.to_agent(&msg.from, AgentFrameKind::Message, echo);
+        self.message_to_customer(message, to_customer, None);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentTyping {
+    pub agent_id: Id,
+    pub from: Addr<Agent>,
+    pub reference: Option<String>,
+}
+
+impl Handler<AgentTyping> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentTyping, _: &mut Context<Self>) {
+        match self.check_agent(&msg.agent_id) {
+            Ok(()) if self.state.task_state == TaskState::Assigned => {
+                self.to_customer(CustomerEvent::Broadcast(self.typing_frame()));
+            }
+            Ok(()) => {}
+            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
+        }
+    }
+}
+
+/// End Chat: the task goes to wrap-up, capacity still held.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentEnd {
+    pub agent_id: Id,
+    pub from: Addr<Agent>,
+    pub reference: Option<String>,
+}
+
+impl Handler<AgentEnd> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentEnd, ctx: &mut Context<Self>) {
+        let checked = self.check_agent(&msg.agent_id).and_then(|_| {
+            if self.state.task_state == TaskState::Assigned {
+                Ok(())
+            } else {
+                Err(ApiError::InvalidState(format!(
+                    "conversation {} has already ended",
+                    self.state.id
+                )))
+            }
+        });
+        match checked {
+            Ok(()) => self.end(msg.reference.as_deref(), ctx),
+            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
+        }
+    }
+}
+
+/// Complete: disposition and notes, then capacity is freed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentComplete {
+    pub agent_id: Id,
+    pub from: Addr<Agent>,
+    pub disposition: String,
+    pub notes: String,
+    pub reference: Option<String>,
+}
+
+impl Handler<AgentComplete> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentComplete, ctx: &mut Context<Self>) {
+        let config = &self.broker.config;
+        let checked = self.check_agent(&msg.agent_id).and_then(|_| {
+            if self.state.task_state != TaskState::Wrapping {
+                return Err(ApiError::InvalidState(format!(
+                    "task {} is {}: end the conversation before completing it",
+                    self.state.task_id,
+                    self.state.task_state.as_str()
+                )));
+            }
+            if !config.dispositions.contains(&msg.disposition) {
+                return Err(ApiError::InvalidDisposition(format!(
+                    "{:?} is not a disposition; use one of: {}",
+                    msg.disposition,
+                    config.dispositions.join(", ")
+                )));
+            }
+            let chars = msg.notes.chars().count();
+            if chars > config.max_notes {
+                return Err(ApiError::TextTooLong(format!(
+                    "notes have {chars} characters; the limit is {}",
+                    config.max_notes
+                )));
+            }
+            Ok(())
+        });
+        match checked {
+            Ok(()) => self.complete(msg.disposition, msg.notes, msg.reference.as_deref(), ctx),
+            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
+        }
+    }
+}
+
+/// The agent reconnected: send its task again with the full history.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync {
+    pub agent_id: Id,
+    pub agent: Addr<Agent>,
+}
+
+impl Handler<Resync> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resync, _: &mut Context<Self>) {
+        if self.check_agent(&msg.agent_id).is_ok() {
+            self.agent = Some(msg.agent.clone());
+            self.to_agent(
+                &msg.agent,
+                AgentFrameKind::Resync(self.state.task_view()),
+                self.assigned_frame(None),
+            );
+        } else {
+            // Lost the task meanwhile (re-queued): tell the desktop.
+            let gone = self.rescinded_frame(RescindReason::Reassigned);
+            self.to_agent(&msg.agent, AgentFrameKind::Rescinded, gone);
+        }
+    }
+}
+
+impl Conversation {
+    /// Provider-channel rules an agent's free-form message must meet.
+    fn check_provider_rules(&self) -> Result<(), ApiError> {
+        let channel = self.state.channel;
+        if channel == ChannelKind::Webchat {
+            return Ok(());
+        }
+        let pending = self.broker.outbound_pending[channel.index()]
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // `pending` counts sends in flight as well as those waiting for a slot.
+        let config = &self.broker.config;
+        if pending >= config.provider_queue + config.provider_in_flight {
+            return Err(ApiError::RateLimited(format!(
+                "{} has {pending} messages in flight or waiting for the provider; try again shortly",
+                channel.as_str()
+            )));
+        }
+        if has_messaging_window(channel) {
+            let window = self.broker.config.messaging_window;
+            let inside = self
+                .state
+                .last_customer_at
+                .and_then(|at| at.elapsed().ok())
+                .is_some_and(|age| age <= window);
+            if !inside {
+                return Err(ApiError::OutsideMessagingWindow(format!(
+                    "the customer has not written in the last {}: {} allows no free-form message now",
+                    humantime::format_duration(window),
+                    channel.as_str()
+                )));
+            }
+        }
+        Ok(())
+    }
+}

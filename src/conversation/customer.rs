@@ -1,0 +1,215 @@
+//! What the customer's channel tells a conversation, and how it answers.
+//!
+//! [`CustomerMessage`] comes from either kind of channel (a webchat shard, or a
+//! provider channel for SMS, WhatsApp and Messenger); [`CustomerTyping`],
+//! [`CustomerLeft`], [`CustomerAbandoned`] and [`SendHistory`] come from the
+//! webchat shard only, since only webchat has sockets, typing and a Leave
+//! button. Answers go back through the channel as `ToCustomer`.
+
+use std::borrow::Cow;
+
+use actix::prelude::*;
+
+use super::{frame_agent_joined, validate_content, Conversation, ConversationEvent};
+use crate::agent::AgentFrameKind;
+use crate::channel::{CustomerEvent, SocketId};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::protocol::event;
+use crate::protocol::{AttachmentMeta, Author, Event, TaskState};
+use crate::router::TaskClosed;
+
+/// A customer message from the channel.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct CustomerMessage {
+    /// The socket to acknowledge (webchat); None for provider channels.
+    pub socket: Option<SocketId>,
+    /// `customer`, or `system` for a provider event shown as a note.
+    pub author: Author,
+    pub text: String,
+    /// Uploaded files the customer refers to by id (webchat).
+    pub attachments: Vec<String>,
+    /// Files a provider delivered with the message, already stored.
+    pub provided: Vec<AttachmentMeta>,
+    pub client_msg_id: Option<String>,
+    pub reference: Option<String>,
+}
+
+impl Handler<CustomerMessage> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: CustomerMessage, _: &mut Context<Self>) {
+        if self.state.ended() {
+            // Writing again after the end opens a new conversation.
+            self.to_customer(CustomerEvent::Reopen(Box::new(msg)));
+            return;
+        }
+        self.accept_customer_message(msg);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CustomerTyping;
+
+impl Handler<CustomerTyping> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, _: CustomerTyping, _: &mut Context<Self>) {
+        if self.state.task_state == TaskState::Assigned {
+            if let Some(agent) = &self.agent {
+                self.to_agent(agent, AgentFrameKind::Message, self.typing_frame());
+            }
+        }
+    }
+}
+
+/// The customer leaves: cancel before assignment, end after.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CustomerLeft {
+    pub socket: Option<SocketId>,
+    pub reference: Option<String>,
+}
+
+impl Handler<CustomerLeft> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: CustomerLeft, ctx: &mut Context<Self>) {
+        match self.state.task_state {
+            TaskState::Queued | TaskState::Reserved => {
+                self.apply(ConversationEvent::TaskMoved {
+                    state: TaskState::Canceled,
+                    agent_id: None,
+                    agent_name: None,
+                });
+                self.broker.router.do_send(TaskClosed {
+                    task_id: self.state.task_id.clone(),
+                });
+                self.to_customer(CustomerEvent::Ended(self.ended_frame()));
+                self.schedule_eviction(ctx);
+            }
+            TaskState::Assigned => self.end(None, ctx),
+            _ => {
+                if let Some(socket) = msg.socket {
+                    let err = ApiError::InvalidState("the conversation has already ended".into());
+                    self.to_customer(CustomerEvent::Direct {
+                        socket,
+                        frame: err.to_frame(msg.reference.as_deref()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The customer's last socket has been gone for the customer grace period:
+/// a task still waiting for an agent is canceled (an assigned conversation is
+/// left to its agent).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CustomerAbandoned;
+
+impl Handler<CustomerAbandoned> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, _: CustomerAbandoned, ctx: &mut Context<Self>) {
+        if matches!(
+            self.state.task_state,
+            TaskState::Queued | TaskState::Reserved
+        ) {
+            self.handle(
+                CustomerLeft {
+                    socket: None,
+                    reference: None,
+                },
+                ctx,
+            );
+        }
+    }
+}
+
+/// A customer socket connected: send it the history.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendHistory {
+    pub socket: SocketId,
+}
+
+impl Handler<SendHistory> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendHistory, _: &mut Context<Self>) {
+        let frame = Event::History {
+            conversation_id: Some(self.state.id.clone()),
+            ended: self.state.ended(),
+            messages: Cow::Borrowed(&self.state.messages),
+        }
+        .frame();
+        self.to_customer(CustomerEvent::History {
+            socket: msg.socket,
+            frame,
+        });
+        if self.state.task_state == TaskState::Assigned {
+            if let Some(name) = &self.state.agent_name {
+                let joined = frame_agent_joined(&self.state.id, name);
+                self.to_customer(CustomerEvent::Direct {
+                    socket: msg.socket,
+                    frame: joined,
+                });
+            }
+        }
+    }
+}
+
+impl Conversation {
+    pub(super) fn accept_customer_message(&mut self, msg: CustomerMessage) {
+        let content = if msg.provided.is_empty()
+            && msg.attachments.is_empty()
+            && msg.author == Author::System
+        {
+            Ok(Vec::new())
+        } else if !msg.provided.is_empty() {
+            // Files a provider sent: stored (or failed) already, shown as they are.
+            Ok(msg.provided.clone())
+        } else {
+            validate_content(
+                &self.broker,
+                self.state.channel,
+                &msg.text,
+                &msg.attachments,
+            )
+        };
+        let attachments = match content {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(socket) = msg.socket {
+                    let frame = e.to_frame(msg.reference.as_deref());
+                    self.to_customer(CustomerEvent::Direct { socket, frame });
+                }
+                return;
+            }
+        };
+        let message = self.append(msg.author, msg.text, attachments, msg.client_msg_id.clone());
+        Metrics::bump(&self.broker.metrics.messages_in);
+        if let Some(socket) = msg.socket {
+            let ack = Event::Ack {
+                conversation_id: self.state.id.clone(),
+                client_msg_id: msg.client_msg_id.as_deref().map(Cow::Borrowed),
+                message_id: Cow::Borrowed(&message.id),
+                seq: message.seq,
+                reference: event::reference(msg.reference.as_deref()),
+            }
+            .frame();
+            self.to_customer(CustomerEvent::Direct { socket, frame: ack });
+        }
+        let frame = self.message_frame(&message, None);
+        if self.state.task_state == TaskState::Assigned {
+            if let Some(agent) = &self.agent {
+                self.to_agent(agent, AgentFrameKind::Message, frame.clone());
+            }
+        }
+        self.message_to_customer(message, frame, None);
+    }
+}

@@ -1,0 +1,506 @@
+//! One actor per conversation: it owns the ordered history (gap-free `seq`),
+//! the task's state machine, disposition and notes, and the wrap-up timer, and
+//! fans every new message out to the assigned agent and to the customer's
+//! channel.
+//!
+//! It is the serialisation point of a chat: a customer message goes
+//! channel → conversation → agent; a reply goes agent → conversation → channel.
+//! Each message is encoded to JSON once and the same bytes go to every recipient.
+//!
+//! Every state change is a [`ConversationEvent`] applied by
+//! [`ConversationState::apply`], the one place the state changes (ready for the
+//! journal); both live in `state.rs`, apart from the actor. The messages it
+//! handles, by sender, each in its counterpart's file with its handler:
+//! - the customer's channel (`customer.rs`): [`CustomerMessage`] from webchat
+//!   and provider channels; [`CustomerTyping`], [`CustomerLeft`],
+//!   [`CustomerAbandoned`] and [`SendHistory`] from webchat;
+//! - the router (`routing.rs`): [`Reserve`], [`Assign`], [`Requeued`];
+//! - the agent (`agent.rs`): [`AgentSend`], [`AgentTyping`], [`AgentEnd`],
+//!   [`AgentComplete`], [`Resync`];
+//! - provider channels, on delivery (`delivery.rs`): [`DeliveryUpdate`],
+//!   [`ReadUpTo`];
+//! - HTTP routes (`queries.rs`): [`GetSnapshot`], [`GetMessages`].
+//!
+//! It sends `ToCustomer` to its channel, `ToAgent` to its agent, and to the
+//! router `EnqueueTask` or `BindOutbound` (as it opens), `TaskWrapping` and
+//! `TaskClosed`; supervisors get `task.state` on every move of the task.
+//!
+//! This file is the actor itself: opening, the first act, and what every
+//! counterpart's handlers share — applying and publishing, frames, the sends to
+//! customer and agent, appending a message, and ending, completing and
+//! forgetting the conversation (both the customer and the agent can end it).
+
+mod agent;
+mod customer;
+mod delivery;
+mod queries;
+mod routing;
+mod state;
+
+pub use agent::{AgentComplete, AgentEnd, AgentSend, AgentTyping, Resync};
+pub use customer::{CustomerAbandoned, CustomerLeft, CustomerMessage, CustomerTyping, SendHistory};
+pub use delivery::{DeliveryUpdate, ReadUpTo};
+pub use queries::{ConversationSnapshot, GetMessages, GetSnapshot, TaskRef};
+pub use routing::{Assign, Requeued, Reserve};
+pub use state::{ConversationEvent, ConversationState};
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix::prelude::*;
+
+use crate::agent::{Agent, AgentFrameKind, ToAgent};
+use crate::broker::Broker;
+use crate::channel::{check_attachment, text_limit, CustomerEvent, Template, ToCustomer};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::protocol::event::{self, AgentName, EndedTask};
+use crate::protocol::{
+    AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Event, Frame, Id, Message,
+    TaskState,
+};
+use crate::router::{BindOutbound, EnqueueTask, RescindReason, TaskClosed, TaskWrapping};
+
+/// Check a message's text and attachments against the limits and the channel's
+/// rules before anything is stored or sent.
+pub fn validate_content(
+    broker: &Broker,
+    channel: ChannelKind,
+    text: &str,
+    attachments: &[String],
+) -> Result<Vec<AttachmentMeta>, ApiError> {
+    let max = text_limit(channel).map_or(broker.config.max_text, |l| l.min(broker.config.max_text));
+    let chars = text.chars().count();
+    if chars > max {
+        return Err(ApiError::TextTooLong(format!(
+            "text has {chars} characters; the limit on {} is {max}",
+            channel.as_str()
+        )));
+    }
+    if text.trim().is_empty() && attachments.is_empty() {
+        return Err(ApiError::BadRequest(
+            "a message needs text or at least one attachment".into(),
+        ));
+    }
+    let files = broker.attachments.resolve(attachments)?;
+    for f in &files {
+        check_attachment(
+            channel,
+            &f.meta.content_type,
+            f.meta.size,
+            broker.config.max_upload,
+        )?;
+    }
+    Ok(files.iter().map(|f| f.meta.clone()).collect())
+}
+
+/// How a conversation starts.
+pub enum Opening {
+    /// A customer wrote in: the task goes to the router.
+    Inbound(CustomerMessage),
+    /// An agent starts it: assigned to that agent at once (capacity already
+    /// reserved with the router).
+    Outbound {
+        agent_id: Id,
+        agent_name: String,
+        agent: Addr<Agent>,
+        text: String,
+        attachments: Vec<AttachmentMeta>,
+        client_msg_id: Option<String>,
+        reference: Option<String>,
+        template: Option<Template>,
+    },
+}
+
+/// What a channel needs to open a conversation.
+pub struct OpenSpec {
+    pub channel: ChannelKind,
+    pub customer: Customer,
+    pub business: Option<String>,
+    pub skills: Vec<String>,
+    pub previous: Option<Id>,
+    /// When the customer last wrote on this thread, if known.
+    pub window_opened_at: Option<SystemTime>,
+    pub channel_addr: Recipient<ToCustomer>,
+    pub opening: Opening,
+    /// For outbound: the task id the router already reserved capacity under.
+    pub task_id: Option<Id>,
+    /// The arbiter to run on (its channel's, to keep their messages on one
+    /// thread); None: the next shard, round robin.
+    pub home: Option<ArbiterHandle>,
+}
+/// The actor: its state, and the wiring around it (broker, channel, the
+/// assigned agent's address, the wrap-up timer, the opening still to process).
+pub struct Conversation {
+    broker: Arc<Broker>,
+    channel: Recipient<ToCustomer>,
+    state: ConversationState,
+    agent: Option<Addr<Agent>>,
+    wrapup: Option<SpawnHandle>,
+    opening: Option<Opening>,
+}
+
+impl Conversation {
+    /// Create the actor on a shard arbiter and register it. Returns at once; the
+    /// opening message is processed as the actor's first act.
+    pub fn open(broker: &Arc<Broker>, spec: OpenSpec) -> (Id, Addr<Conversation>) {
+        let id = broker.ids.conversation();
+        let task_id = spec.task_id.unwrap_or_else(|| broker.ids.task());
+        let state = ConversationState {
+            id: id.clone(),
+            task_id: task_id.clone(),
+            channel: spec.channel,
+            customer: spec.customer,
+            business: spec.business,
+            skills: spec.skills,
+            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
+            priority: 0,
+            previous: spec.previous,
+            last_customer_at: spec.window_opened_at,
+            created_at: crate::protocol::now(),
+            ended_at: None,
+            task_state: TaskState::Queued,
+            agent_id: None,
+            agent_name: None,
+            disposition: None,
+            notes: None,
+            messages: Vec::new(),
+        };
+        broker.metrics.task_moved(None, TaskState::Queued);
+        Metrics::bump(&broker.metrics.conversations_opened);
+        let actor = Conversation {
+            broker: broker.clone(),
+            channel: spec.channel_addr,
+            state,
+            agent: None,
+            wrapup: None,
+            opening: Some(spec.opening),
+        };
+        // Registered before it runs: its first act queues the task, and the
+        // agent who accepts must find it by id.
+        let (addr, mailbox) = crate::shards::mailbox::<Conversation>();
+        broker.conversations.insert(id.clone(), addr.clone());
+        broker.tasks.insert(task_id, id.clone());
+        match spec.home {
+            Some(arbiter) => mailbox.run_on(&arbiter, actor),
+            None => broker
+                .shards
+                .place(move |arbiter| mailbox.run_on(arbiter, actor)),
+        }
+        (id, addr)
+    }
+
+    fn apply(&mut self, event: ConversationEvent) {
+        let before = self.state.task_state;
+        self.state.apply(event);
+        let after = self.state.task_state;
+        if before != after {
+            self.broker.metrics.task_moved(Some(before), after);
+            self.publish_task_state();
+        }
+    }
+
+    /// Tell supervisors where the task stands (on creation and every move).
+    fn publish_task_state(&self) {
+        self.broker.publish(|| {
+            let task = self.state.task_summary();
+            Event::TaskStateChanged {
+                task_id: task.id.clone(),
+                conversation_id: task.conversation_id.clone(),
+                channel: task.channel,
+                state: task.state,
+                agent_id: task.agent_id.clone(),
+                task,
+            }
+        });
+    }
+
+    fn to_customer(&self, event: CustomerEvent) {
+        self.channel.do_send(ToCustomer {
+            customer: self.state.customer.address.as_str().into(),
+            business: self.state.business.as_deref().map(Id::from),
+            conversation_id: self.state.id.clone(),
+            event,
+        });
+    }
+
+    fn to_agent(&self, agent: &Addr<Agent>, kind: AgentFrameKind, frame: Frame) {
+        agent.do_send(ToAgent {
+            conversation_id: self.state.id.clone(),
+            task_id: self.state.task_id.clone(),
+            kind,
+            frame,
+        });
+    }
+
+    fn agent_error(&self, agent: &Addr<Agent>, err: ApiError, reference: Option<&str>) {
+        self.to_agent(agent, AgentFrameKind::Other, err.to_frame(reference));
+    }
+
+    /// Is `agent_id` the agent holding this conversation?
+    fn check_agent(&self, agent_id: &Id) -> Result<(), ApiError> {
+        let holds = self.state.agent_id.as_ref() == Some(agent_id)
+            && matches!(
+                self.state.task_state,
+                TaskState::Assigned | TaskState::Wrapping
+            );
+        if holds {
+            Ok(())
+        } else {
+            Err(ApiError::NotYourTask(format!(
+                "conversation {} is not assigned to you",
+                self.state.id
+            )))
+        }
+    }
+
+    fn append(
+        &mut self,
+        from: Author,
+        text: String,
+        attachments: Vec<AttachmentMeta>,
+        client_msg_id: Option<String>,
+    ) -> Message {
+        for a in &attachments {
+            self.broker.attachments.acquire(&a.id);
+        }
+        if self.state.channel == ChannelKind::Webchat {
+            let session: Id = self.state.customer.address.as_str().into();
+            for a in &attachments {
+                if let Some(stored) = self.broker.attachments.get(&a.id) {
+                    stored.grant(&session);
+                }
+            }
+        }
+        let message = Message {
+            id: self.broker.ids.message(),
+            conversation_id: self.state.id.clone(),
+            seq: self.state.next_seq(),
+            from,
+            agent_id: match from {
+                Author::Agent => self.state.agent_id.clone(),
+                _ => None,
+            },
+            text,
+            attachments,
+            created_at: crate::protocol::now(),
+            status: DeliveryStatus::Accepted,
+            client_msg_id,
+        };
+        self.apply(ConversationEvent::MessageAppended(message.clone()));
+        message
+    }
+
+    fn message_frame(&self, message: &Message, reference: Option<&str>) -> Frame {
+        Event::Message {
+            conversation_id: self.state.id.clone(),
+            message: Cow::Borrowed(message),
+            reference: event::reference(reference),
+        }
+        .frame()
+    }
+
+    fn assigned_frame(&self, reference: Option<&str>) -> Frame {
+        Event::TaskAssigned {
+            task: Cow::Owned(self.state.task_view()),
+            history: Cow::Borrowed(&self.state.messages),
+            reference: event::reference(reference),
+        }
+        .frame()
+    }
+
+    /// `conversation.ended` as the customer gets it (no task, no `ref`).
+    fn ended_frame(&self) -> Frame {
+        Event::ConversationEnded {
+            conversation_id: self.state.id.clone(),
+            task: None,
+        }
+        .frame()
+    }
+
+    fn typing_frame(&self) -> Frame {
+        Event::Typing {
+            conversation_id: self.state.id.clone(),
+        }
+        .frame()
+    }
+
+    fn rescinded_frame(&self, reason: RescindReason) -> Frame {
+        Event::TaskRescinded {
+            task_id: self.state.task_id.clone(),
+            reason,
+        }
+        .frame()
+    }
+
+    /// Hand a new message to the channel: sockets show it, providers send
+    /// agent messages out (counted against the channel's outbound queue).
+    fn message_to_customer(&self, message: Message, frame: Frame, template: Option<Template>) {
+        if message.from == Author::Agent && self.state.channel != ChannelKind::Webchat {
+            self.broker.outbound_pending[self.state.channel.index()]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.to_customer(CustomerEvent::Message {
+            message: Box::new(message),
+            frame,
+            template,
+        });
+    }
+
+    /// End the chat (the agent's End Chat, or the customer leaving once
+    /// assigned): the task goes to wrap-up, capacity still held, and the
+    /// wrap-up timer completes it with the default disposition if the agent
+    /// does not.
+    fn end(&mut self, reference: Option<&str>, ctx: &mut Context<Self>) {
+        self.apply(ConversationEvent::Ended {
+            at: crate::protocol::now(),
+        });
+        // The router first: whoever hears of the end from the agent's
+        // frames and asks the router (`GET /v1/tasks`) finds it moved.
+        self.broker.router.do_send(TaskWrapping {
+            task_id: self.state.task_id.clone(),
+        });
+        let agent_frame = Event::ConversationEnded {
+            conversation_id: self.state.id.clone(),
+            task: Some(EndedTask {
+                task_id: self.state.task_id.clone(),
+                reference: event::reference(reference),
+            }),
+        }
+        .frame();
+        if let Some(agent) = &self.agent {
+            self.to_agent(agent, AgentFrameKind::Ended, agent_frame);
+        }
+        self.to_customer(CustomerEvent::Ended(self.ended_frame()));
+        let timeout = self.broker.config.wrapup_timeout;
+        self.wrapup = Some(ctx.run_later(timeout, |act, ctx| {
+            act.wrapup = None;
+            let disposition = act.broker.config.wrapup_disposition.clone();
+            act.complete(disposition, String::new(), None, ctx);
+        }));
+    }
+
+    /// Record the disposition and notes, tell the agent, then free the
+    /// capacity with the router.
+    fn complete(
+        &mut self,
+        disposition: String,
+        notes: String,
+        reference: Option<&str>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(timer) = self.wrapup.take() {
+            ctx.cancel_future(timer);
+        }
+        self.apply(ConversationEvent::Completed {
+            disposition: disposition.clone(),
+            notes,
+            at: crate::protocol::now(),
+        });
+        if let Some(agent) = &self.agent {
+            let done = Event::TaskCompleted {
+                task_id: self.state.task_id.clone(),
+                conversation_id: self.state.id.clone(),
+                disposition: Cow::Borrowed(&disposition),
+                reference: event::reference(reference),
+            }
+            .frame();
+            self.to_agent(agent, AgentFrameKind::Completed, done);
+        }
+        // The agent first, then the router: the capacity this frees may bring
+        // the agent its next offer at once, and that offer (router →
+        // conversation → agent) must not overtake this `task.completed`, or
+        // the desk would see itself over capacity.
+        self.broker.router.do_send(TaskClosed {
+            task_id: self.state.task_id.clone(),
+        });
+        self.schedule_eviction(ctx);
+    }
+
+    /// A finished conversation stays readable for the history retention, then
+    /// is forgotten: unregistered, its channel told, its actor stopped. This
+    /// is what keeps an in-memory broker's memory flat under churn.
+    fn schedule_eviction(&mut self, ctx: &mut Context<Self>) {
+        let retention = self.broker.config.history_retention;
+        ctx.run_later(retention, |act, ctx| {
+            act.broker.conversations.remove(&act.state.id);
+            act.broker.tasks.remove(&act.state.task_id);
+            for a in act.state.messages.iter().flat_map(|m| &m.attachments) {
+                act.broker.attachments.release(&a.id);
+            }
+            act.to_customer(CustomerEvent::Forgotten);
+            ctx.stop();
+        });
+    }
+}
+
+impl Actor for Conversation {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        match self.opening.take() {
+            Some(Opening::Inbound(first)) => {
+                self.publish_task_state();
+                self.accept_customer_message(first);
+                self.broker.router.do_send(EnqueueTask {
+                    task: self.routable(),
+                    conversation: ctx.address(),
+                });
+            }
+            Some(Opening::Outbound {
+                agent_id,
+                agent_name,
+                agent,
+                text,
+                attachments,
+                client_msg_id,
+                reference,
+                template,
+            }) => {
+                self.apply(ConversationEvent::TaskMoved {
+                    state: TaskState::Assigned,
+                    agent_id: Some(agent_id),
+                    agent_name: Some(agent_name.clone()),
+                });
+                self.broker.router.do_send(BindOutbound {
+                    task_id: self.state.task_id.clone(),
+                    conversation_id: self.state.id.clone(),
+                    conversation: ctx.address(),
+                    customer: self.state.customer.clone(),
+                });
+                let text = match (&template, text.is_empty()) {
+                    (Some(t), true) => format!("Template {} ({})", t.name, t.language),
+                    _ => text,
+                };
+                let message = self.append(Author::Agent, text, attachments, client_msg_id);
+                Metrics::bump(&self.broker.metrics.messages_out);
+                self.to_agent(
+                    &agent,
+                    AgentFrameKind::Assigned(self.state.task_view()),
+                    self.assigned_frame(reference.as_deref()),
+                );
+                self.agent = Some(agent);
+                self.to_customer(CustomerEvent::Broadcast(frame_agent_joined(
+                    &self.state.id,
+                    &agent_name,
+                )));
+                let frame = self.message_frame(&message, None);
+                self.message_to_customer(message, frame, template);
+            }
+            None => {}
+        }
+    }
+}
+
+/// `agent.joined` for the customer: on assignment, and again with the history
+/// to a socket that connects later.
+fn frame_agent_joined(conversation_id: &Id, name: &str) -> Frame {
+    Event::AgentJoined {
+        conversation_id: conversation_id.clone(),
+        agent: AgentName {
+            name: Cow::Borrowed(name),
+        },
+    }
+    .frame()
+}

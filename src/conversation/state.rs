@@ -1,0 +1,256 @@
+//! What a conversation is, apart from the actor that runs it: the state it
+//! owns ([`ConversationState`]), every change it can make to it
+//! ([`ConversationEvent`]), and [`ConversationState::apply`], the one place the
+//! state changes. Also what others see of it: the supervisors' task summary
+//! and the desktop's task view.
+//!
+//! Pure data, no actors: the events derive serde and go through the journal
+//! codec, so a replay calls the same `apply` (the unit tests below do), and the
+//! benches drive it alone.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{
+    Author, ChannelKind, Customer, DeliveryStatus, Id, Message, TaskState, TaskSummary, TaskView,
+};
+
+/// The state a conversation owns: everything needed to rebuild it by replaying
+/// its events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConversationState {
+    pub id: Id,
+    pub task_id: Id,
+    pub channel: ChannelKind,
+    pub customer: Customer,
+    /// The business address the customer wrote to (provider channels).
+    pub business: Option<String>,
+    pub skills: Vec<String>,
+    /// The queue its task waits in, and the task's priority there.
+    pub queue: String,
+    pub priority: u8,
+    pub previous: Option<Id>,
+    /// When the customer last wrote (opens the WhatsApp/Messenger window).
+    pub last_customer_at: Option<SystemTime>,
+    pub created_at: SystemTime,
+    pub ended_at: Option<SystemTime>,
+    pub task_state: TaskState,
+    pub agent_id: Option<Id>,
+    pub agent_name: Option<String>,
+    pub disposition: Option<String>,
+    pub notes: Option<String>,
+    pub messages: Vec<Message>,
+}
+
+/// Every change a conversation makes to its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ConversationEvent {
+    MessageAppended(Message),
+    TaskMoved {
+        state: TaskState,
+        agent_id: Option<Id>,
+        agent_name: Option<String>,
+    },
+    Ended {
+        at: SystemTime,
+    },
+    Completed {
+        disposition: String,
+        notes: String,
+        at: SystemTime,
+    },
+    StatusChanged {
+        seq: u64,
+        status: DeliveryStatus,
+    },
+}
+
+impl ConversationState {
+    /// The one place conversation state changes.
+    pub fn apply(&mut self, event: ConversationEvent) {
+        match event {
+            ConversationEvent::MessageAppended(m) => {
+                if m.from == Author::Customer {
+                    self.last_customer_at = Some(m.created_at);
+                }
+                self.messages.push(m);
+            }
+            ConversationEvent::StatusChanged { seq, status } => {
+                if let Some(m) = seq
+                    .checked_sub(1)
+                    .and_then(|i| self.messages.get_mut(i as usize))
+                {
+                    m.status = status;
+                }
+            }
+            ConversationEvent::TaskMoved {
+                state,
+                agent_id,
+                agent_name,
+            } => {
+                self.task_state = state;
+                self.agent_id = agent_id;
+                self.agent_name = agent_name;
+                if state == TaskState::Canceled {
+                    self.ended_at.get_or_insert_with(SystemTime::now);
+                }
+            }
+            ConversationEvent::Ended { at } => {
+                self.task_state = TaskState::Wrapping;
+                self.ended_at = Some(at);
+            }
+            ConversationEvent::Completed {
+                disposition,
+                notes,
+                at,
+            } => {
+                self.task_state = TaskState::Completed;
+                self.disposition = Some(disposition);
+                self.notes = Some(notes);
+                self.ended_at.get_or_insert(at);
+            }
+        }
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.messages.len() as u64 + 1
+    }
+
+    /// Has the conversation ended for the customer?
+    pub fn ended(&self) -> bool {
+        self.ended_at.is_some()
+    }
+
+    /// What supervisors see of the task.
+    pub fn task_summary(&self) -> TaskSummary {
+        TaskSummary {
+            id: self.task_id.clone(),
+            conversation_id: self.id.clone(),
+            channel: self.channel,
+            customer: self.customer.clone(),
+            queue: self.queue.clone(),
+            priority: self.priority,
+            state: self.task_state,
+            agent_id: self.agent_id.clone(),
+            created_at: self.created_at,
+            waiting_since: self.created_at,
+        }
+    }
+
+    pub fn task_view(&self) -> TaskView {
+        let preview = self
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.from == Author::Customer)
+            .or(self.messages.last())
+            .map(|m| preview_of(&m.text))
+            .unwrap_or_default();
+        TaskView {
+            id: self.task_id.clone(),
+            conversation_id: self.id.clone(),
+            channel: self.channel,
+            customer: self.customer.clone(),
+            preview,
+            created_at: self.created_at,
+            state: self.task_state,
+        }
+    }
+}
+
+fn preview_of(text: &str) -> String {
+    const MAX: usize = 140;
+    match text.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ConversationState {
+        ConversationState {
+            id: "cv_1".into(),
+            task_id: "tk_1".into(),
+            channel: ChannelKind::Webchat,
+            customer: Customer {
+                address: "wc_1".into(),
+                name: "Dana".into(),
+            },
+            business: None,
+            skills: vec![],
+            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
+            priority: 0,
+            previous: None,
+            last_customer_at: None,
+            created_at: crate::protocol::now(),
+            ended_at: None,
+            task_state: TaskState::Queued,
+            agent_id: None,
+            agent_name: None,
+            disposition: None,
+            notes: None,
+            messages: vec![],
+        }
+    }
+
+    fn msg(seq: u64, from: Author, text: &str) -> Message {
+        Message {
+            id: format!("m_{seq}"),
+            conversation_id: "cv_1".into(),
+            seq,
+            from,
+            agent_id: None,
+            text: text.into(),
+            attachments: vec![],
+            created_at: crate::protocol::now(),
+            status: DeliveryStatus::Accepted,
+            client_msg_id: None,
+        }
+    }
+
+    #[test]
+    fn events_drive_the_state_and_round_trip_through_the_codec() {
+        let mut s = state();
+        let events = vec![
+            ConversationEvent::MessageAppended(msg(1, Author::Customer, "hello")),
+            ConversationEvent::TaskMoved {
+                state: TaskState::Assigned,
+                agent_id: Some("alice".into()),
+                agent_name: Some("Alice".into()),
+            },
+            ConversationEvent::MessageAppended(msg(2, Author::Agent, "hi!")),
+            ConversationEvent::Ended {
+                at: crate::protocol::now(),
+            },
+            ConversationEvent::Completed {
+                disposition: "resolved".into(),
+                notes: "ok".into(),
+                at: crate::protocol::now(),
+            },
+        ];
+        let mut replayed = state();
+        for ev in events {
+            let bytes = crate::codec::encode(&ev).unwrap();
+            replayed.apply(crate::codec::decode(&bytes).unwrap());
+            s.apply(ev);
+        }
+        assert_eq!(s.task_state, TaskState::Completed);
+        assert_eq!(s.next_seq(), 3);
+        assert_eq!(s.task_view().preview, "hello");
+        assert_eq!(replayed.messages, s.messages);
+        assert_eq!(replayed.disposition.as_deref(), Some("resolved"));
+        assert!(replayed.ended());
+    }
+
+    #[test]
+    fn preview_is_cut_on_a_char_boundary() {
+        let long = "é".repeat(200);
+        let p = preview_of(&long);
+        assert_eq!(p.chars().count(), 141);
+        assert!(p.ends_with('…'));
+    }
+}
