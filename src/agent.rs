@@ -301,7 +301,7 @@ impl Agent {
                 return Ok(addr);
             }
         }
-        if self.broker.conversations.contains_key(conversation_id) {
+        if self.broker.conversation_exists(conversation_id) {
             Err(ApiError::NotYourTask(format!(
                 "conversation {conversation_id} is not assigned to you"
             )))
@@ -413,7 +413,7 @@ impl Agent {
             } => {
                 let conv = match self.tasks.get(task_id.as_str()) {
                     Some(t) => self.conversation(&t.view.conversation_id),
-                    None if self.broker.tasks.contains_key(task_id.as_str()) => Err(
+                    None if self.broker.task_exists(task_id.as_str()) => Err(
                         ApiError::NotYourTask(format!("task {task_id} is not yours")),
                     ),
                     None => Err(ApiError::UnknownTask(task_id)),

@@ -2,15 +2,18 @@
 //! addresses, id lookups and counters. Built once at start-up, then read-only
 //! apart from the lookup maps.
 //!
-//! The `DashMap`s are *indexes* (id → address, token → id). Each entry is
-//! written when its actor is created and removed when it goes. The two agent
-//! maps (`agents`, `agent_tokens`) change together, and only through
+//! The lookup maps are *indexes* (id → address, token → id), private to this
+//! module: each entry is written when its actor is created and removed when it
+//! goes, through the methods here, so maps that change together change in one
+//! place. The two agent maps (`agents`, `agent_tokens`) change only through
 //! [`Broker::insert_agent`], [`Broker::remove_agent`] and
 //! [`Broker::rotate_agent_token`], which take the `agents` entry first and the
 //! `agent_tokens` entry second, so a token always points at a registered agent
-//! and an agent's token is always in the token map. Looking an address up in a
-//! sharded map beats asking a registry actor, which would put every lookup from
-//! every worker thread through one mailbox.
+//! and an agent's token is always in the token map; a conversation and its
+//! task are registered and forgotten together
+//! ([`Broker::register_conversation`], [`Broker::forget_conversation`]).
+//! Looking an address up in a sharded map beats asking a registry actor, which
+//! would put every lookup from every worker thread through one mailbox.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -72,19 +75,17 @@ pub struct Broker {
     /// Key of signed attachment links (random per process: links die with it,
     /// as do the files).
     pub link_key: [u8; 32],
-    /// Agent messages handed to each provider channel and not yet answered.
-    pub outbound_pending: [AtomicUsize; 4],
 
     /// agent id → actor and token.
-    pub agents: DashMap<Id, AgentEntry>,
+    agents: DashMap<Id, AgentEntry>,
     /// agent token → agent id (bearer auth on agent HTTP calls).
-    pub agent_tokens: DashMap<String, Id>,
+    agent_tokens: DashMap<String, Id>,
     /// conversation id → actor.
-    pub conversations: DashMap<Id, Addr<Conversation>>,
+    conversations: DashMap<Id, Addr<Conversation>>,
     /// task id → conversation id.
-    pub tasks: DashMap<Id, Id>,
+    tasks: DashMap<Id, Id>,
     /// webchat token → session id.
-    pub webchat_tokens: DashMap<String, Id>,
+    webchat_tokens: DashMap<String, Id>,
     /// Supervisors connected: events are only encoded when someone listens.
     pub supervisors: AtomicUsize,
 
@@ -115,7 +116,6 @@ impl Broker {
             supervisor: parts.supervisor,
             http: parts.http,
             link_key: rand::random(),
-            outbound_pending: Default::default(),
             agents: DashMap::new(),
             agent_tokens: DashMap::new(),
             conversations: DashMap::new(),
@@ -128,6 +128,46 @@ impl Broker {
 
     pub fn conversation(&self, id: &str) -> Option<Addr<Conversation>> {
         self.conversations.get(id).map(|e| e.value().clone())
+    }
+
+    /// A conversation and its task are known by id from now on.
+    pub fn register_conversation(&self, id: Id, task_id: Id, addr: Addr<Conversation>) {
+        self.conversations.insert(id.clone(), addr);
+        self.tasks.insert(task_id, id);
+    }
+
+    /// The conversation and its task left memory: their ids answer 404.
+    pub fn forget_conversation(&self, id: &str, task_id: &str) {
+        self.conversations.remove(id);
+        self.tasks.remove(task_id);
+    }
+
+    pub fn conversation_exists(&self, id: &str) -> bool {
+        self.conversations.contains_key(id)
+    }
+
+    pub fn task_exists(&self, task_id: &str) -> bool {
+        self.tasks.contains_key(task_id)
+    }
+
+    /// The agent a token belongs to.
+    pub fn agent_by_token(&self, token: &str) -> Option<Id> {
+        self.agent_tokens.get(token).map(|e| e.value().clone())
+    }
+
+    /// A webchat session's token works from now on.
+    pub fn register_webchat_token(&self, token: String, session: Id) {
+        self.webchat_tokens.insert(token, session);
+    }
+
+    /// The session is forgotten: its token answers 401.
+    pub fn forget_webchat_token(&self, token: &str) {
+        self.webchat_tokens.remove(token);
+    }
+
+    /// The webchat session a token belongs to.
+    pub fn webchat_session(&self, token: &str) -> Option<Id> {
+        self.webchat_tokens.get(token).map(|e| e.value().clone())
     }
 
     pub fn agent(&self, id: &str) -> Option<AgentEntry> {

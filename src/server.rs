@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use crate::agent::{Agent, AgentProfile};
 use crate::broker::{prepare, Broker, BrokerParts};
 use crate::channel::messenger::MessengerApi;
-use crate::channel::provider::{ProviderApi, ProviderChannel};
+use crate::channel::provider::{OutboundBudget, ProviderApi, ProviderChannel};
 use crate::channel::sms::SmsApi;
 use crate::channel::webchat::{WebchatChannel, WebchatShards};
 use crate::channel::whatsapp::WhatsappApi;
@@ -203,6 +203,22 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     let sms = provider(config.sms_enabled());
     let whatsapp = provider(config.whatsapp_enabled());
     let messenger = provider(config.messenger_enabled());
+    // Each enabled provider's outbound queue: in flight plus waiting.
+    let outbound = config.provider_queue + config.provider_in_flight;
+    let budgets = ChannelKind::ALL.map(|kind| {
+        let enabled = match kind {
+            ChannelKind::Webchat => false,
+            ChannelKind::Sms => sms.is_some(),
+            ChannelKind::Whatsapp => whatsapp.is_some(),
+            ChannelKind::Messenger => messenger.is_some(),
+        };
+        enabled.then(|| Arc::new(OutboundBudget::new(outbound)))
+    });
+    let budget = |kind: ChannelKind| {
+        budgets[kind.index()]
+            .clone()
+            .unwrap_or_else(|| Arc::new(OutboundBudget::new(outbound)))
+    };
     let http = reqwest::Client::builder()
         .timeout(config.provider_timeout)
         .connect_timeout(config.provider_timeout)
@@ -218,6 +234,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
             sms: sms.as_ref().map(|(addr, _)| addr.clone()),
             whatsapp: whatsapp.as_ref().map(|(addr, _)| addr.clone()),
             messenger: messenger.as_ref().map(|(addr, _)| addr.clone()),
+            budgets: budgets.clone(),
         },
         supervisor: supervisor.clone(),
         http: http.clone(),
@@ -237,7 +254,12 @@ pub fn start(config: Config) -> std::io::Result<Started> {
             auth_token: config.twilio_auth_token.clone().unwrap_or_default(),
             status_callback: format!("{}/v1/channels/sms/status", config.public_base()),
         });
-        run(ProviderChannel::new(broker.clone(), api, http.clone()));
+        run(ProviderChannel::new(
+            broker.clone(),
+            api,
+            http.clone(),
+            budget(ChannelKind::Sms),
+        ));
     }
     if let Some((_, run)) = whatsapp {
         let api = ProviderApi::Whatsapp(WhatsappApi {
@@ -245,14 +267,24 @@ pub fn start(config: Config) -> std::io::Result<Started> {
             token: config.whatsapp_token.clone().unwrap_or_default(),
             phone_number_id: config.whatsapp_phone_number_id.clone().unwrap_or_default(),
         });
-        run(ProviderChannel::new(broker.clone(), api, http.clone()));
+        run(ProviderChannel::new(
+            broker.clone(),
+            api,
+            http.clone(),
+            budget(ChannelKind::Whatsapp),
+        ));
     }
     if let Some((_, run)) = messenger {
         let api = ProviderApi::Messenger(MessengerApi {
             graph_base: graph,
             page_token: config.messenger_page_token.clone().unwrap_or_default(),
         });
-        run(ProviderChannel::new(broker.clone(), api, http));
+        run(ProviderChannel::new(
+            broker.clone(),
+            api,
+            http,
+            budget(ChannelKind::Messenger),
+        ));
     }
 
     let generated_agent_tokens = seed_agents(&broker, &config)?;

@@ -113,9 +113,17 @@ pub struct Channels {
     pub sms: Option<Addr<provider::ProviderChannel>>,
     pub whatsapp: Option<Addr<provider::ProviderChannel>>,
     pub messenger: Option<Addr<provider::ProviderChannel>>,
+    /// Each provider channel's outbound queue (by `ChannelKind::index`; none
+    /// for webchat and for disabled channels).
+    pub budgets: [Option<std::sync::Arc<provider::OutboundBudget>>; 4],
 }
 
 impl Channels {
+    /// The outbound queue of a provider channel.
+    pub fn budget(&self, kind: ChannelKind) -> Option<&provider::OutboundBudget> {
+        self.budgets[kind.index()].as_deref()
+    }
+
     /// The provider channel actor of `kind`, or `channel_disabled`.
     pub fn provider(
         &self,

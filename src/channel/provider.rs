@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -39,6 +39,55 @@ use crate::conversation::{
 };
 use crate::error::ApiError;
 use crate::protocol::{AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Id};
+
+/// A provider channel's outbound queue, counted: agent messages taken for
+/// sending and not yet finished (in flight, or waiting for one of the
+/// `provider_in_flight` slots). A conversation reserves a place before it
+/// stores an agent's message, so a full queue refuses the message
+/// (`rate_limited`) instead of storing what cannot be sent soon; the channel
+/// releases the place when the send is over. One counter, owned by the
+/// channel, shared with its conversations through [`Channels`](crate::channel::Channels).
+#[derive(Debug)]
+pub struct OutboundBudget {
+    pending: AtomicUsize,
+    limit: usize,
+}
+
+impl OutboundBudget {
+    /// Room for `limit` messages at once.
+    pub fn new(limit: usize) -> Self {
+        OutboundBudget {
+            pending: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Take a place, or say how many are taken when none is free.
+    pub fn try_reserve(&self) -> Result<(), usize> {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .map(drop)
+    }
+
+    /// Take a place whatever the count (an outbound conversation's opening
+    /// message, whose capacity the agent already holds).
+    pub fn force_reserve(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A send is over (delivered, failed or given up).
+    pub fn release(&self) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
 
 /// One provider's send API.
 pub enum ProviderApi {
@@ -396,10 +445,16 @@ pub struct ProviderChannel {
     /// Statuses that arrived before the send's own answer.
     early: LruCache<String, (DeliveryStatus, Option<String>)>,
     slots: Arc<Semaphore>,
+    budget: Arc<OutboundBudget>,
 }
 
 impl ProviderChannel {
-    pub fn new(broker: Arc<Broker>, api: ProviderApi, client: reqwest::Client) -> Self {
+    pub fn new(
+        broker: Arc<Broker>,
+        api: ProviderApi,
+        client: reqwest::Client,
+        budget: Arc<OutboundBudget>,
+    ) -> Self {
         let cap =
             NonZeroUsize::new(broker.config.webhook_dedupe.max(1)).unwrap_or(NonZeroUsize::MIN);
         let slots = Arc::new(Semaphore::new(broker.config.provider_in_flight.max(1)));
@@ -413,6 +468,7 @@ impl ProviderChannel {
             sent: LruCache::new(cap),
             early: LruCache::new(NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)),
             slots,
+            budget,
         }
     }
 
@@ -590,7 +646,7 @@ impl ProviderChannel {
             }
         };
         ctx.spawn(work.into_actor(self).map(move |result, act, _| {
-            act.broker.outbound_pending[act.kind().index()].fetch_sub(1, Ordering::Relaxed);
+            act.budget.release();
             let Some(conv) = act.broker.conversation(&conversation) else {
                 return;
             };
@@ -864,5 +920,42 @@ impl Handler<OpenOutbound> for ProviderChannel {
         }
         let task_id = msg.task_id.clone();
         Ok(self.open_conversation(&to, &business, msg.into_opening(), Some(task_id), ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbound_budget_refuses_past_its_limit_and_frees_on_release() {
+        let b = OutboundBudget::new(2);
+        assert_eq!(b.try_reserve(), Ok(()));
+        assert_eq!(b.try_reserve(), Ok(()));
+        assert_eq!(b.try_reserve(), Err(2));
+        b.release();
+        assert_eq!(b.pending(), 1);
+        assert_eq!(b.try_reserve(), Ok(()));
+        // An opening message goes in whatever the count.
+        b.force_reserve();
+        assert_eq!(b.pending(), 3);
+        for _ in 0..5 {
+            b.release();
+        }
+        assert_eq!(b.pending(), 0, "never below zero");
+    }
+
+    #[test]
+    fn racing_reservations_never_overrun_the_limit() {
+        let b = Arc::new(OutboundBudget::new(100));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || (0..1000).filter(|_| b.try_reserve().is_ok()).count())
+            })
+            .collect();
+        let taken: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+        assert_eq!(taken, 100);
+        assert_eq!(b.pending(), 100);
     }
 }

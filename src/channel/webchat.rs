@@ -187,7 +187,7 @@ impl WebchatChannel {
             }
             WebchatEvent::SessionForgotten { session } => {
                 if let Some(s) = self.sessions.remove(&session) {
-                    self.broker.webchat_tokens.remove(&s.token);
+                    self.broker.forget_webchat_token(&s.token);
                 }
             }
         }
@@ -307,7 +307,8 @@ impl Handler<CreateSession> for WebchatChannel {
             },
             None,
         );
-        self.broker.webchat_tokens.insert(token.clone(), id.clone());
+        self.broker
+            .register_webchat_token(token.clone(), id.clone());
         self.watch_idle(&id, ctx);
         MessageResult(token)
     }

@@ -41,26 +41,31 @@ impl Handler<AgentSend> for Conversation {
                 )));
             }
             self.check_provider_rules()?;
-            validate_content(
+            let attachments = validate_content(
                 &self.broker,
                 self.state.channel,
                 &msg.text,
                 &msg.attachments,
-            )
+            )?;
+            // Last: a place in the provider's outbound queue, taken only
+            // for a message that will be stored.
+            self.reserve_outbound()?;
+            Ok(attachments)
         });
         let attachments = match checked {
             Ok(a) => a,
             Err(e) => return self.agent_error(&msg.from, e, msg.reference.as_deref()),
         };
-        let message = self.append(Author::Agent, msg.text, attachments, msg.client_msg_id);
+        self.append(Author::Agent, msg.text, attachments, msg.client_msg_id);
         Metrics::bump(&self.broker.metrics.messages_out);
-        let to_customer = self.message_frame(&message, None);
+        let message = self.last_message();
+        let to_customer = self.message_frame(message, None);
         let echo = match msg.reference.as_deref() {
-            Some(r) => self.message_frame(&message, Some(r)),
+            Some(r) => self.message_frame(message, Some(r)),
             None => to_customer.clone(),
         };
         self.to_agent(&msg.from, AgentFrameKind::Message, echo);
-        self.message_to_customer(message, to_customer, None);
+        self.message_to_customer(to_customer, None);
     }
 }
 
@@ -191,21 +196,27 @@ impl Handler<Resync> for Conversation {
 }
 
 impl Conversation {
+    /// Take a place in the provider channel's outbound queue for an agent's
+    /// message (nothing to take on webchat); `rate_limited` when it is full.
+    fn reserve_outbound(&self) -> Result<(), ApiError> {
+        let channel = self.state.channel;
+        let Some(budget) = self.broker.channels.budget(channel) else {
+            return Ok(());
+        };
+        // The count covers sends in flight as well as those waiting for a slot.
+        budget.try_reserve().map_err(|pending| {
+            ApiError::RateLimited(format!(
+                "{} has {pending} messages in flight or waiting for the provider; try again shortly",
+                channel.as_str()
+            ))
+        })
+    }
+
     /// Provider-channel rules an agent's free-form message must meet.
     fn check_provider_rules(&self) -> Result<(), ApiError> {
         let channel = self.state.channel;
         if channel == ChannelKind::Webchat {
             return Ok(());
-        }
-        let pending = self.broker.outbound_pending[channel.index()]
-            .load(std::sync::atomic::Ordering::Relaxed);
-        // `pending` counts sends in flight as well as those waiting for a slot.
-        let config = &self.broker.config;
-        if pending >= config.provider_queue + config.provider_in_flight {
-            return Err(ApiError::RateLimited(format!(
-                "{} has {pending} messages in flight or waiting for the provider; try again shortly",
-                channel.as_str()
-            )));
         }
         if has_messaging_window(channel) {
             let window = self.broker.config.messaging_window;

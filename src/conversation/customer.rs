@@ -191,12 +191,13 @@ impl Conversation {
                 return;
             }
         };
-        let message = self.append(msg.author, msg.text, attachments, msg.client_msg_id.clone());
+        self.append(msg.author, msg.text, attachments, msg.client_msg_id);
         Metrics::bump(&self.broker.metrics.messages_in);
+        let message = self.last_message();
         if let Some(socket) = msg.socket {
             let ack = Event::Ack {
                 conversation_id: self.state.id.clone(),
-                client_msg_id: msg.client_msg_id.as_deref().map(Cow::Borrowed),
+                client_msg_id: message.client_msg_id.as_deref().map(Cow::Borrowed),
                 message_id: Cow::Borrowed(&message.id),
                 seq: message.seq,
                 reference: event::reference(msg.reference.as_deref()),
@@ -204,12 +205,12 @@ impl Conversation {
             .frame();
             self.to_customer(CustomerEvent::Direct { socket, frame: ack });
         }
-        let frame = self.message_frame(&message, None);
+        let frame = self.message_frame(message, None);
         if self.state.task_state == TaskState::Assigned {
             if let Some(agent) = &self.agent {
                 self.to_agent(agent, AgentFrameKind::Message, frame.clone());
             }
         }
-        self.message_to_customer(message, frame, None);
+        self.message_to_customer(frame, None);
     }
 }

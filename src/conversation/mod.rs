@@ -135,6 +135,10 @@ pub struct OpenSpec {
 pub struct Conversation {
     broker: Arc<Broker>,
     channel: Recipient<ToCustomer>,
+    /// The customer's and business's addresses as ids, made once: every
+    /// message to the channel names them.
+    customer: Id,
+    business: Option<Id>,
     state: ConversationState,
     agent: Option<Addr<Agent>>,
     wrapup: Option<SpawnHandle>,
@@ -172,6 +176,8 @@ impl Conversation {
         let actor = Conversation {
             broker: broker.clone(),
             channel: spec.channel_addr,
+            customer: state.customer.address.as_str().into(),
+            business: state.business.as_deref().map(Id::from),
             state,
             agent: None,
             wrapup: None,
@@ -180,8 +186,7 @@ impl Conversation {
         // Registered before it runs: its first act queues the task, and the
         // agent who accepts must find it by id.
         let (addr, mailbox) = crate::shards::mailbox::<Conversation>();
-        broker.conversations.insert(id.clone(), addr.clone());
-        broker.tasks.insert(task_id, id.clone());
+        broker.register_conversation(id.clone(), task_id, addr.clone());
         match spec.home {
             Some(arbiter) => mailbox.run_on(&arbiter, actor),
             None => broker
@@ -218,8 +223,8 @@ impl Conversation {
 
     fn to_customer(&self, event: CustomerEvent) {
         self.channel.do_send(ToCustomer {
-            customer: self.state.customer.address.as_str().into(),
-            business: self.state.business.as_deref().map(Id::from),
+            customer: self.customer.clone(),
+            business: self.business.clone(),
             conversation_id: self.state.id.clone(),
             event,
         });
@@ -255,21 +260,21 @@ impl Conversation {
         }
     }
 
+    /// Store a new message with the next `seq`; [`Conversation::last_message`]
+    /// is it. (Moved into the state, not copied: the frames are made from the
+    /// stored message.)
     fn append(
         &mut self,
         from: Author,
         text: String,
         attachments: Vec<AttachmentMeta>,
         client_msg_id: Option<String>,
-    ) -> Message {
+    ) {
         for a in &attachments {
             self.broker.attachments.acquire(&a.id);
-        }
-        if self.state.channel == ChannelKind::Webchat {
-            let session: Id = self.state.customer.address.as_str().into();
-            for a in &attachments {
+            if self.state.channel == ChannelKind::Webchat {
                 if let Some(stored) = self.broker.attachments.get(&a.id) {
-                    stored.grant(&session);
+                    stored.grant(&self.customer);
                 }
             }
         }
@@ -288,8 +293,13 @@ impl Conversation {
             status: DeliveryStatus::Accepted,
             client_msg_id,
         };
-        self.apply(ConversationEvent::MessageAppended(message.clone()));
-        message
+        self.apply(ConversationEvent::MessageAppended(message));
+    }
+
+    /// The message [`Conversation::append`] just stored.
+    fn last_message(&self) -> &Message {
+        // `append` pushed one: the history is not empty.
+        &self.state.messages[self.state.messages.len() - 1]
     }
 
     fn message_frame(&self, message: &Message, reference: Option<&str>) -> Frame {
@@ -334,18 +344,21 @@ impl Conversation {
         .frame()
     }
 
-    /// Hand a new message to the channel: sockets show it, providers send
-    /// agent messages out (counted against the channel's outbound queue).
-    fn message_to_customer(&self, message: Message, frame: Frame, template: Option<Template>) {
-        if message.from == Author::Agent && self.state.channel != ChannelKind::Webchat {
-            self.broker.outbound_pending[self.state.channel.index()]
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// Hand the message just stored to the channel: webchat sockets show its
+    /// frame (the customer's own too, for their other tabs); providers send
+    /// an agent's message out (its place in the outbound queue was taken
+    /// before it was stored) and have nowhere to show a customer's.
+    fn message_to_customer(&self, frame: Frame, template: Option<Template>) {
+        let message = self.last_message();
+        if self.state.channel == ChannelKind::Webchat {
+            self.to_customer(CustomerEvent::Broadcast(frame));
+        } else if message.from == Author::Agent {
+            self.to_customer(CustomerEvent::Message {
+                message: Box::new(message.clone()),
+                frame,
+                template,
+            });
         }
-        self.to_customer(CustomerEvent::Message {
-            message: Box::new(message),
-            frame,
-            template,
-        });
     }
 
     /// End the chat (the agent's End Chat, or the customer leaving once
@@ -424,8 +437,8 @@ impl Conversation {
     fn schedule_eviction(&mut self, ctx: &mut Context<Self>) {
         let retention = self.broker.config.history_retention;
         ctx.run_later(retention, |act, ctx| {
-            act.broker.conversations.remove(&act.state.id);
-            act.broker.tasks.remove(&act.state.task_id);
+            act.broker
+                .forget_conversation(&act.state.id, &act.state.task_id);
             for a in act.state.messages.iter().flat_map(|m| &m.attachments) {
                 act.broker.attachments.release(&a.id);
             }
@@ -473,7 +486,12 @@ impl Actor for Conversation {
                     (Some(t), true) => format!("Template {} ({})", t.name, t.language),
                     _ => text,
                 };
-                let message = self.append(Author::Agent, text, attachments, client_msg_id);
+                if let Some(budget) = self.broker.channels.budget(self.state.channel) {
+                    // The opening message goes whatever the queue holds: the
+                    // agent already holds the conversation's capacity.
+                    budget.force_reserve();
+                }
+                self.append(Author::Agent, text, attachments, client_msg_id);
                 Metrics::bump(&self.broker.metrics.messages_out);
                 self.to_agent(
                     &agent,
@@ -485,8 +503,8 @@ impl Actor for Conversation {
                     &self.state.id,
                     &agent_name,
                 )));
-                let frame = self.message_frame(&message, None);
-                self.message_to_customer(message, frame, template);
+                let frame = self.message_frame(self.last_message(), None);
+                self.message_to_customer(frame, template);
             }
             None => {}
         }

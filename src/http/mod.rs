@@ -169,11 +169,11 @@ pub fn authenticate(req: &HttpRequest, broker: &Broker) -> Result<Principal, Api
     if same_secret(&token, &broker.admin_token) {
         return Ok(Principal::Admin);
     }
-    if let Some(agent) = broker.agent_tokens.get(&token) {
-        return Ok(Principal::Agent(agent.value().clone()));
+    if let Some(agent) = broker.agent_by_token(&token) {
+        return Ok(Principal::Agent(agent));
     }
-    if let Some(session) = broker.webchat_tokens.get(&token) {
-        return Ok(Principal::Customer(session.value().clone()));
+    if let Some(session) = broker.webchat_session(&token) {
+        return Ok(Principal::Customer(session));
     }
     Err(ApiError::Unauthorized("invalid token".into()))
 }

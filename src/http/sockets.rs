@@ -40,9 +40,7 @@ pub async fn webchat(
 ) -> Result<HttpResponse, ApiError> {
     let token = bearer(&req).ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
     let session_id = state
-        .webchat_tokens
-        .get(&token)
-        .map(|e| e.value().clone())
+        .webchat_session(&token)
         .ok_or_else(|| ApiError::Unauthorized("invalid webchat token".into()))?;
     let shard = state.channels.webchat.for_session(&session_id).clone();
     let session = CustomerSession::new(session_id, shard, &state.config);

@@ -532,9 +532,7 @@ impl Router {
                 ApiError::NotYourTask(format!("task {task_id} is not offered to you"))
             }
             Some(_) => ApiError::InvalidState(format!("task {task_id} is already accepted")),
-            None if self.state.queued.contains_key(task_id)
-                || self.broker.tasks.contains_key(task_id) =>
-            {
+            None if self.state.queued.contains_key(task_id) || self.broker.task_exists(task_id) => {
                 ApiError::InvalidState(format!(
                     "task {task_id} is not offered to you: the offer expired or was withdrawn"
                 ))
