@@ -11,8 +11,10 @@
 //!
 //! `cargo run --release -p loadtest -- --scenario loadtest/scenarios/smoke.toml`
 
+mod affinity;
 mod agent;
 mod chart;
+mod cpuwin;
 mod customer;
 mod dist;
 mod meta;
