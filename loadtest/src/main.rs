@@ -19,6 +19,7 @@ mod customer;
 mod dist;
 mod meta;
 mod net;
+mod peer;
 mod procstat;
 mod progress;
 mod relay;
@@ -314,6 +315,10 @@ pub struct Args {
     worker_report: Option<PathBuf>,
     #[arg(long, hide = true, default_value = "switchboard")]
     target_kind: String,
+    /// Internal: serve the baseline relay in this process (on
+    /// --baseline-port) until stdin closes.
+    #[arg(long, hide = true)]
+    serve_relay: bool,
 }
 
 impl Args {
@@ -981,6 +986,15 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
         Err(e) => e.exit(),
     };
     net::trace_frames(first.trace_frames);
+    if first.serve_relay {
+        return match relay::serve_main(first.baseline_port, first.capacity).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadtest: --serve-relay: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if first.worker.is_some() {
         return workers::child_main(first).await;
     }
@@ -1262,7 +1276,8 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
         if args.conversations == 0 {
             println!("Socket.IO peer skipped: it runs webchat only and this run has none");
         } else {
-            let peer = socketio::start(args.socketio_peer_dir.as_deref(), args.capacity).await?;
+            let peer =
+                socketio::start(args.socketio_peer_dir.as_deref(), args.capacity, None).await?;
             let url = format!("http://{}", peer.addr);
             println!("Socket.IO peer (node pid {}) on {url}", peer.pid);
             let peer_pid = Some(peer.pid);
