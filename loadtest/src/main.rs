@@ -5,8 +5,9 @@
 //! loop (max throughput) or open loop (Poisson arrivals, no coordinated
 //! omission); optionally the same load against a bare tokio-tungstenite relay
 //! and a Node.js Socket.IO relay for comparison. Reports throughput, latency
-//! percentiles, errors by code and the broker's RSS/CPU; checks SLOs; draws a
-//! chart; spreads its sockets over worker processes when one process would
+//! percentiles, errors by code and the broker's RSS/CPU (and, with
+//! `--thread-shares`, each broker thread's share of it); checks SLOs; draws
+//! a chart; spreads its sockets over worker processes when one process would
 //! hold too many.
 //!
 //! `cargo run --release -p loadtest -- --scenario loadtest/scenarios/smoke.toml`
@@ -290,6 +291,11 @@ pub struct Args {
     /// The broker's pid for RSS/CPU sampling [default: found by --url's port].
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Each broker thread's name and share of the broker's CPU over the
+    /// measured window (the load phase), from /proc/<pid>/task; needs the
+    /// broker's pid (a broker on this machine).
+    #[arg(long)]
+    thread_shares: bool,
 
     // --- Output
     /// Write the JSON report here.
@@ -682,6 +688,11 @@ impl Args {
         }
         self.worker_count()?;
         let target = self.target(&self.url)?;
+        check(
+            !(target.remote && self.thread_shares),
+            "--thread-shares reads the broker's threads in /proc on this machine: not for a \
+             remote broker",
+        )?;
         check(
             !(target.remote && self.provider_traffic()),
             "SMS and WhatsApp runs need the broker to reach the harness's provider sink, \
@@ -1324,6 +1335,9 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
         match kind {
             Kind::Switchboard => {
                 rep["broker"] = progress::broker_json(pid, &r.samples, 0.2);
+                if !r.threads.is_null() {
+                    rep["broker"]["thread_shares"] = r.threads.clone();
+                }
                 rep["server_stats"] = r.server_stats.clone().unwrap_or(Value::Null);
                 if let Some(sink) = &r.sink {
                     let (sms, wa) = split_sink_figures(sink);
@@ -1337,7 +1351,12 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
                 }
             }
             // The node process's RSS and CPU, sampled like the broker's.
-            Kind::SocketIo => rep["peer_process"] = progress::broker_json(pid, &r.samples, 0.2),
+            Kind::SocketIo => {
+                rep["peer_process"] = progress::broker_json(pid, &r.samples, 0.2);
+                if !r.threads.is_null() {
+                    rep["peer_process"]["thread_shares"] = r.threads.clone();
+                }
+            }
             Kind::Baseline => {}
         }
         let complete = report::complete(&r.snap, args.requested(kind), args.agents as u64);
@@ -1442,6 +1461,8 @@ pub struct TargetRun {
     wall: Duration,
     server_stats: Option<Value>,
     sink: Option<Value>,
+    /// `--thread-shares`: the sampled process's threads over the load phase.
+    threads: Value,
 }
 
 /// Runs the load against one target; `pid` is the process whose RSS and CPU
@@ -1461,7 +1482,8 @@ async fn run_target(
     let target = args.target(url)?;
     let requested = args.requested(kind);
     let label = kind.name().to_string();
-    let (mut snap, samples, sink) = if workers <= 1 {
+    let threads_of = pid.filter(|_| args.thread_shares);
+    let (mut snap, samples, sink, threads) = if workers <= 1 {
         let sink = if kind == Kind::Switchboard && args.provider_traffic() {
             Some(sink_for(args, &target).await?)
         } else {
@@ -1482,19 +1504,21 @@ async fn run_target(
             errors: ctx.stats.error_count(),
             hist: ctx.stats.take_interval(),
         });
+        let window = threads_of.map(cpuwin::ThreadWindow::begin);
         let collector = Collector::start(label, source, pid, args.progress, requested);
         local.load().await;
         let samples = collector.stop().await;
+        let threads = window.map_or(Value::Null, cpuwin::ThreadWindow::end);
         let snap = local.finish().await;
         let sink_figures = sink.map(|s| {
             let (m, problems) = s.figures();
             (json!(m), problems)
         });
-        (snap, samples, sink_figures)
+        (snap, samples, sink_figures, threads)
     } else {
         let w = workers::run_parent(args, argv, kind, url, run_id, seed, pid, workers, requested)
             .await?;
-        (w.snap, w.samples, w.sink)
+        (w.snap, w.samples, w.sink, w.threads)
     };
     let sink = sink.map(|(figures, problems)| {
         for p in &problems {
@@ -1523,6 +1547,7 @@ async fn run_target(
         wall: wall.elapsed(),
         server_stats,
         sink,
+        threads,
     })
 }
 
