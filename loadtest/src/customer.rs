@@ -126,6 +126,9 @@ impl Session<'_> {
         let plan = &self.ctx.plan;
         let mut intended = start.unwrap_or_else(now_nanos);
         for n in 1..=plan.messages {
+            if n > 1 && self.ctx.winding_down() {
+                break;
+            }
             if n > 1 {
                 intended = now_nanos() + plan.think.sample(&mut self.rng).as_nanos() as u64;
             }
@@ -149,7 +152,7 @@ impl Session<'_> {
                 ));
             }
         }
-        if !plan.hold.is_zero() {
+        if !plan.hold.is_zero() && !self.ctx.winding_down() {
             self.hold(ws).await?;
         }
         let cmid = format!("c{idx}-bye");

@@ -8,7 +8,8 @@
 //! percentiles, errors by code and the broker's RSS/CPU (and, with
 //! `--thread-shares`, each broker thread's share of it); checks SLOs; draws
 //! a chart; spreads its sockets over worker processes when one process would
-//! hold too many.
+//! hold too many. `--per-core` measures instead what a round trip costs each
+//! target on one pinned core of its own (`percore`).
 //!
 //! `cargo run --release -p loadtest -- --scenario loadtest/scenarios/smoke.toml`
 
@@ -21,6 +22,7 @@ mod dist;
 mod meta;
 mod net;
 mod peer;
+mod percore;
 mod procstat;
 mod progress;
 mod relay;
@@ -292,10 +294,42 @@ pub struct Args {
     #[arg(long)]
     broker_pid: Option<u32>,
     /// Each broker thread's name and share of the broker's CPU over the
-    /// measured window (the load phase), from /proc/<pid>/task; needs the
-    /// broker's pid (a broker on this machine).
+    /// measured window (the load phase; --per-core: the window), from
+    /// /proc/<pid>/task; needs the broker's pid (a broker on this machine).
     #[arg(long)]
     thread_shares: bool,
+
+    // --- Per-core mode
+    /// Measure what a round trip costs each target on one core: every target
+    /// (Switchboard with --workers 1, and the relays asked for) pinned to
+    /// --target-cpu, the harness to the other CPUs; closed loop, round trips
+    /// counted over --measure after --warmup. Reports round trips/s, the
+    /// target's CPU per round trip and Switchboard / relay ratios.
+    #[arg(long)]
+    per_core: bool,
+    /// Per-core: the load before the measured window, not counted.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_or_zero)]
+    warmup: Duration,
+    /// Per-core: the measured window.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    measure: Duration,
+    /// Per-core: the CPU the targets are pinned to; the harness takes every
+    /// other CPU it may use.
+    #[arg(long, default_value_t = 0)]
+    target_cpu: usize,
+    /// Per-core: start the broker from this executable (a free loopback
+    /// port, a generated admin token, --workers 1, pinned) instead of using
+    /// the one at --url.
+    #[arg(long)]
+    broker_bin: Option<PathBuf>,
+    /// Per-core: also measure the Node.js relay on the bare `ws` package
+    /// (needs node and npm).
+    #[arg(long)]
+    ws_peer: bool,
+    /// The ws peer's directory (relay.js, package.json) [default:
+    /// loadtest/peers/ws].
+    #[arg(long)]
+    ws_peer_dir: Option<PathBuf>,
 
     // --- Output
     /// Write the JSON report here.
@@ -686,7 +720,20 @@ impl Args {
         if let Some(slo) = &self.slo {
             slo::parse(slo)?;
         }
-        self.worker_count()?;
+        if self.per_core {
+            self.validate_per_core()?;
+        } else {
+            check(
+                self.broker_bin.is_none(),
+                "--broker-bin starts the broker for the per-core mode only (--per-core); \
+                 otherwise start it yourself and give --url",
+            )?;
+            check(
+                !self.ws_peer,
+                "--ws-peer runs in the per-core mode only (--per-core)",
+            )?;
+            self.worker_count()?;
+        }
         let target = self.target(&self.url)?;
         check(
             !(target.remote && self.thread_shares),
@@ -739,6 +786,62 @@ impl Args {
         }
         check(self.admin_token.len() <= 1_000, "--admin-token is too long")?;
         Ok(())
+    }
+
+    /// What the per-core mode cannot do.
+    fn validate_per_core(&self) -> Result<(), String> {
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("--per-core: {what}"))
+            }
+        };
+        check(
+            !self.open_loop(),
+            "the load is closed loop: no --rate, --sms-rate or --whatsapp-rate",
+        )?;
+        check(
+            !self.provider_traffic(),
+            "webchat only: no --sms-conversations or --whatsapp-conversations",
+        )?;
+        check(
+            !self.allow_remote,
+            "it measures processes on this machine: no --allow-remote",
+        )?;
+        check(
+            self.conversations > 0,
+            "needs --conversations (the customers at once)",
+        )?;
+        check(
+            !(self.broker_bin.is_some() && self.broker_pid.is_some()),
+            "give --broker-bin (the harness starts the broker) or --broker-pid (you did), not both",
+        )?;
+        check(
+            self.measure >= Duration::from_secs(1) && self.measure <= Duration::from_secs(3600),
+            "--measure must be 1s..=1h",
+        )?;
+        check(
+            self.warmup <= Duration::from_secs(3600),
+            "--warmup must be at most 1h",
+        )?;
+        check(self.target_cpu < 1024, "--target-cpu must be below 1024")?;
+        check(
+            self.sockets() <= SOCKETS_PER_PROCESS,
+            &format!(
+                "the harness runs in one process here: at most {SOCKETS_PER_PROCESS} sockets \
+                 (agents + conversations), this run needs {}",
+                self.sockets()
+            ),
+        )?;
+        check(
+            self.chart.is_none(),
+            "no --chart (the report is figures per target)",
+        )?;
+        check(
+            self.slo.is_none(),
+            "no --slo (the goals are the ratios in the report)",
+        )
     }
 
     fn plan(&self) -> Plan {
@@ -977,6 +1080,9 @@ fn new_run_id() -> String {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
+    // Before the runtime starts its threads, so that it sizes itself to the
+    // CPUs the per-core mode leaves to the harness.
+    percore::pin_early(&argv);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1088,7 +1194,12 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
         if multi {
             println!("=== scenario run {} ===", spec.name);
         }
-        match orchestrate(&spec.name, &args, &full).await {
+        let outcome = if args.per_core {
+            percore::run(&spec.name, &args).await
+        } else {
+            orchestrate(&spec.name, &args, &full).await
+        };
+        match outcome {
             Ok(report) => {
                 let ok = report["ok"].as_bool() == Some(true);
                 if !ok {
@@ -1357,7 +1468,7 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
                     rep["peer_process"]["thread_shares"] = r.threads.clone();
                 }
             }
-            Kind::Baseline => {}
+            Kind::Baseline | Kind::Ws => {}
         }
         let complete = report::complete(&r.snap, args.requested(kind), args.agents as u64);
         let slo_results = match (&args.slo, kind) {
@@ -1451,6 +1562,7 @@ fn run_id_for(run_id: &str, kind: Kind) -> String {
         Kind::Switchboard => run_id.to_string(),
         Kind::Baseline => format!("{run_id}b"),
         Kind::SocketIo => format!("{run_id}s"),
+        Kind::Ws => format!("{run_id}w"),
     }
 }
 
@@ -1896,6 +2008,7 @@ mod tests {
         let files = [
             ("churn", include_str!("../scenarios/churn.toml")),
             ("latency", include_str!("../scenarios/latency.toml")),
+            ("per_core", include_str!("../scenarios/per_core.toml")),
             ("ramp", include_str!("../scenarios/ramp.toml")),
             ("scale", include_str!("../scenarios/scale.toml")),
             ("smoke", include_str!("../scenarios/smoke.toml")),
@@ -1930,6 +2043,78 @@ mod tests {
         // A key that is no flag is refused with its name.
         let e = scenario::parse("agents = 2\nthink_tiem = \"1s\"\n", "t", &flags).unwrap_err();
         assert!(e.contains("\"think_tiem\""), "{e}");
+    }
+
+    #[test]
+    fn per_core_flags() {
+        let a = parse(&["--per-core", "--agents", "200", "--conversations", "1000"]);
+        assert!(a.validate().is_ok());
+        assert_eq!(
+            (a.warmup, a.measure),
+            (Duration::from_secs(10), Duration::from_secs(20))
+        );
+        assert_eq!(a.concurrency(), 1000);
+        for (extra, says) in [
+            (&["--rate", "5"][..], "closed loop"),
+            (&["--sms-conversations", "5"][..], "webchat only"),
+            (&["--measure", "500ms"][..], "--measure"),
+            (&["--chart", "x.svg"][..], "--chart"),
+            (&["--slo", "errors=0"][..], "--slo"),
+            (&["--broker-bin", "sb", "--broker-pid", "7"][..], "not both"),
+            (
+                &["--agents", "5000", "--conversations", "30000"][..],
+                "one process",
+            ),
+        ] {
+            let mut v = vec!["--per-core"];
+            v.extend_from_slice(extra);
+            let e = parse(&v).validate().unwrap_err();
+            assert!(
+                e.contains("--per-core") && e.contains(says),
+                "{extra:?}: {e}"
+            );
+        }
+        // Its own flags outside it.
+        let e = parse(&["--broker-bin", "sb"]).validate().unwrap_err();
+        assert!(e.contains("--per-core"), "{e}");
+        let e = parse(&["--ws-peer"]).validate().unwrap_err();
+        assert!(e.contains("--per-core"), "{e}");
+        // The per-core scenario, as the early pinning reads it, and a plain run.
+        let argv: Vec<String> = [
+            "loadtest",
+            "--scenario",
+            "scenarios/per_core.toml",
+            "--target-cpu",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut from_manifest = argv.clone();
+        from_manifest[2] = manifest
+            .join("scenarios/per_core.toml")
+            .display()
+            .to_string();
+        assert_eq!(percore::per_core_target_cpu(&from_manifest), Some(1));
+        let plain: Vec<String> = vec!["loadtest".into(), "--agents".into(), "3".into()];
+        assert_eq!(percore::per_core_target_cpu(&plain), None);
+        let relay: Vec<String> = vec![
+            "loadtest".into(),
+            "--serve-relay".into(),
+            "--per-core".into(),
+        ];
+        assert_eq!(percore::per_core_target_cpu(&relay), None);
+        // Thread shares read /proc here: not for a remote broker.
+        let e = parse(&[
+            "--url",
+            "http://10.0.0.1:8080",
+            "--allow-remote",
+            "--thread-shares",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("--thread-shares"), "{e}");
     }
 
     #[test]
