@@ -132,7 +132,11 @@ impl Session<'_> {
             if n > 1 {
                 intended = now_nanos() + plan.think.sample(&mut self.rng).as_nanos() as u64;
             }
-            tokio::time::sleep_until(instant_at(intended)).await;
+            // A timer rounds up to the next millisecond: none when the
+            // message is due already (no think time, closed loop).
+            if intended > now_nanos() {
+                tokio::time::sleep_until(instant_at(intended)).await;
+            }
             let cmid = format!("c{idx}-{n}");
             let text = format!("lt #{n} t={}", send_stamp(intended));
             net::send_json(
