@@ -152,10 +152,14 @@ pub fn thread_cpus(pid: u32, tid: u32) -> Option<Vec<usize>> {
 }
 
 /// The CPUs any thread of `pid` may run on, together (None: not readable).
+/// A thread that exits while this reads is passed over.
 pub fn process_cpus(pid: u32) -> Option<Vec<usize>> {
     let mut all = Vec::new();
     for tid in task_ids(pid).ok()? {
-        all.extend(thread_cpus(pid, tid)?);
+        all.extend(thread_cpus(pid, tid).unwrap_or_default());
+    }
+    if all.is_empty() {
+        return None;
     }
     all.sort_unstable();
     all.dedup();
