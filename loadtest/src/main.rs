@@ -317,6 +317,14 @@ pub struct Args {
     /// other CPU it may use.
     #[arg(long, default_value_t = 0)]
     target_cpu: usize,
+    /// Per-core: before each target, wait up to this long for other
+    /// processes to leave the CPUs (under 10% of a core each); 0: only warn.
+    #[arg(long, default_value = "0", value_parser = parse_duration_or_zero)]
+    quiet_wait: Duration,
+    /// Per-core: run a target again, up to this many times, when other
+    /// processes took more than 10% of a core during its window.
+    #[arg(long, default_value_t = 0)]
+    retry_disturbed: u32,
     /// Per-core: start the broker from this executable (a free loopback
     /// port, a generated admin token, --workers 1, pinned) instead of using
     /// the one at --url.
@@ -826,6 +834,10 @@ impl Args {
             "--warmup must be at most 1h",
         )?;
         check(self.target_cpu < 1024, "--target-cpu must be below 1024")?;
+        check(
+            self.quiet_wait <= Duration::from_secs(3600) && self.retry_disturbed <= 10,
+            "--quiet-wait must be at most 1h and --retry-disturbed at most 10",
+        )?;
         check(
             self.sockets() <= SOCKETS_PER_PROCESS,
             &format!(
@@ -2061,6 +2073,7 @@ mod tests {
             (&["--chart", "x.svg"][..], "--chart"),
             (&["--slo", "errors=0"][..], "--slo"),
             (&["--broker-bin", "sb", "--broker-pid", "7"][..], "not both"),
+            (&["--retry-disturbed", "11"][..], "--retry-disturbed"),
             (
                 &["--agents", "5000", "--conversations", "30000"][..],
                 "one process",

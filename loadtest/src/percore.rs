@@ -442,55 +442,68 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
     let mut targets = serde_json::Map::new();
     let mut skipped = serde_json::Map::new();
     for kind in kinds {
-        let started = match start(args, kind, &target_cpus, &run_id).await {
-            Ok(s) => s,
-            // Without Switchboard there is nothing to compare.
-            Err(e) if kind == Kind::Switchboard => return Err(e),
-            Err(e) => {
+        let mut attempt = 0;
+        loop {
+            wait_quiet(&allowed, args.quiet_wait).await;
+            // Each attempt names its agents and customers afresh.
+            let attempt_id = if attempt == 0 {
+                run_id.clone()
+            } else {
+                format!("{run_id}a{attempt}")
+            };
+            let started = match start(args, kind, &target_cpus, &attempt_id).await {
+                Ok(s) => s,
+                // Without Switchboard there is nothing to compare.
+                Err(e) if kind == Kind::Switchboard => return Err(e),
+                Err(e) => {
+                    eprintln!(
+                        "loadtest: WARNING: per-core: skipping the {}: {e}",
+                        label(kind)
+                    );
+                    skipped.insert(kind.name().into(), json!(e));
+                    break;
+                }
+            };
+            println!("[{}] {}", kind.name(), started.how);
+            let measured = measure(
+                args,
+                kind,
+                &started,
+                &attempt_id,
+                seed,
+                (&target_cpus, &harness),
+            )
+            .await;
+            started.proc.stop().await;
+            let mut t = measured?;
+            t["how"] = json!(started.how);
+            t["pid"] = json!(started.pid);
+            t["attempts"] = json!(attempt + 1);
+            let w = &t["window"];
+            println!(
+                "[{}] {} round trips/s, {} CPU us per round trip, target core {}%, harness {}%, others {}% / {}%",
+                kind.name(),
+                fmt(&w["round_trips_per_second"], 0),
+                fmt(&w["target_cpu_us_per_round_trip"], 1),
+                fmt(&w["target_core_percent"], 0),
+                fmt(&w["harness_core_percent"], 0),
+                fmt(&w["others_on_target_cpu_percent"], 0),
+                fmt(&w["others_on_harness_cpus_percent"], 0),
+            );
+            if w["disturbed"] == true && attempt < args.retry_disturbed {
+                attempt += 1;
                 eprintln!(
-                    "loadtest: WARNING: per-core: skipping the {}: {e}",
-                    label(kind)
+                    "loadtest: per-core: other processes disturbed the {}'s window; again \
+                     (attempt {} of {})",
+                    label(kind),
+                    attempt + 1,
+                    args.retry_disturbed + 1
                 );
-                skipped.insert(kind.name().into(), json!(e));
                 continue;
             }
-        };
-        println!("[{}] {}", kind.name(), started.how);
-        let busy: Vec<String> = other_load(&allowed)
-            .await
-            .into_iter()
-            .filter(|(_, p)| *p > DISTURBED_PERCENT)
-            .map(|(c, p)| format!("CPU {c} {p:.0}%"))
-            .collect();
-        if !busy.is_empty() {
-            eprintln!(
-                "loadtest: WARNING: per-core: other processes are busy on this machine ({}); \
-                 the figures will be disturbed: run it on a quiet machine",
-                busy.join(", ")
-            );
+            targets.insert(kind.name().into(), t);
+            break;
         }
-        let measured = measure(
-            args,
-            kind,
-            &started,
-            &run_id,
-            seed,
-            (&target_cpus, &harness),
-        )
-        .await;
-        started.proc.stop().await;
-        let mut t = measured?;
-        t["how"] = json!(started.how);
-        t["pid"] = json!(started.pid);
-        println!(
-            "[{}] {} round trips/s, {} CPU us per round trip, target core {}%, harness {}%",
-            kind.name(),
-            fmt(&t["window"]["round_trips_per_second"], 0),
-            fmt(&t["window"]["target_cpu_us_per_round_trip"], 1),
-            fmt(&t["window"]["target_core_percent"], 0),
-            fmt(&t["window"]["harness_core_percent"], 0),
-        );
-        targets.insert(kind.name().into(), t);
     }
     let targets = Value::Object(targets);
     let ratios = ratios(&targets);
@@ -681,14 +694,60 @@ fn window(a: &Mark, b: &Mark, target_cpus: &[usize], harness_cpus: &[usize]) -> 
     }
 }
 
-/// How busy the CPUs are with other work before a target's run: a second
-/// of `/proc/stat`, as a percentage of one core per CPU.
-async fn other_load(cpus: &[usize]) -> Vec<(usize, f64)> {
-    let a = procstat::cpu_times();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let b = procstat::cpu_times();
+/// Waits until other work leaves every CPU in `cpus` (nothing of this run
+/// is busy now) below [`DISTURBED_PERCENT`] of a core over 2 s, at most
+/// `limit`; warns when it gives up, or when `limit` is zero and the machine
+/// is busy.
+async fn wait_quiet(cpus: &[usize], limit: Duration) {
+    let until = Instant::now() + limit;
+    let mut waited = false;
+    loop {
+        let a = procstat::cpu_times();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let b = procstat::cpu_times();
+        let busy = busy_cpus(&a, &b, cpus, 2.0);
+        if busy.is_empty() {
+            if waited {
+                println!("per-core: the machine is quiet again");
+            }
+            return;
+        }
+        if Instant::now() >= until {
+            eprintln!(
+                "loadtest: WARNING: per-core: other processes are busy on this machine ({}){}; \
+                 the figures will be disturbed: run it on a quiet machine",
+                busy.join(", "),
+                if limit.is_zero() {
+                    String::new()
+                } else {
+                    format!(" after waiting {}s", limit.as_secs())
+                }
+            );
+            return;
+        }
+        if !waited {
+            println!(
+                "per-core: waiting (up to {}s) for other processes to leave the CPUs ({})",
+                limit.as_secs(),
+                busy.join(", ")
+            );
+            waited = true;
+        }
+    }
+}
+
+/// The CPUs of `cpus` that other work kept busy over `seconds` between two
+/// `/proc/stat` readings, as `CPU n x%`.
+fn busy_cpus(
+    a: &[procstat::CpuTime],
+    b: &[procstat::CpuTime],
+    cpus: &[usize],
+    seconds: f64,
+) -> Vec<String> {
     cpus.iter()
-        .filter_map(|&c| Some((c, cpuwin::others_percent(&a, &b, &[c], 0.0, 1.0)?)))
+        .filter_map(|&c| Some((c, cpuwin::others_percent(a, b, &[c], 0.0, seconds)?)))
+        .filter(|(_, p)| *p > DISTURBED_PERCENT)
+        .map(|(c, p)| format!("CPU {c} {p:.0}%"))
         .collect()
 }
 
@@ -839,6 +898,21 @@ mod tests {
         let idle = window(0, 1.0, 1.0);
         assert_eq!(idle.target_micros_per_round_trip(), None);
         assert_eq!(idle.to_json(1)["target_cpu_us_per_round_trip"], Value::Null);
+    }
+
+    #[test]
+    fn busy_cpus_are_named() {
+        use procstat::CpuTime;
+        let c = |cpu, busy| CpuTime {
+            cpu,
+            busy,
+            total: 0.0,
+        };
+        let a = [c(0, 10.0), c(1, 10.0)];
+        let b = [c(0, 10.1), c(1, 11.5)];
+        // Over 2 s: CPU 0 5 % busy, CPU 1 75 %.
+        assert_eq!(busy_cpus(&a, &b, &[0, 1], 2.0), ["CPU 1 75%"]);
+        assert!(busy_cpus(&a, &b, &[0], 2.0).is_empty());
     }
 
     #[test]
