@@ -126,10 +126,17 @@ impl Session<'_> {
         let plan = &self.ctx.plan;
         let mut intended = start.unwrap_or_else(now_nanos);
         for n in 1..=plan.messages {
+            if n > 1 && self.ctx.winding_down() {
+                break;
+            }
             if n > 1 {
                 intended = now_nanos() + plan.think.sample(&mut self.rng).as_nanos() as u64;
             }
-            tokio::time::sleep_until(instant_at(intended)).await;
+            // A timer rounds up to the next millisecond: none when the
+            // message is due already (no think time, closed loop).
+            if intended > now_nanos() {
+                tokio::time::sleep_until(instant_at(intended)).await;
+            }
             let cmid = format!("c{idx}-{n}");
             let text = format!("lt #{n} t={}", send_stamp(intended));
             net::send_json(
@@ -149,7 +156,7 @@ impl Session<'_> {
                 ));
             }
         }
-        if !plan.hold.is_zero() {
+        if !plan.hold.is_zero() && !self.ctx.winding_down() {
             self.hold(ws).await?;
         }
         let cmid = format!("c{idx}-bye");

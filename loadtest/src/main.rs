@@ -5,18 +5,24 @@
 //! loop (max throughput) or open loop (Poisson arrivals, no coordinated
 //! omission); optionally the same load against a bare tokio-tungstenite relay
 //! and a Node.js Socket.IO relay for comparison. Reports throughput, latency
-//! percentiles, errors by code and the broker's RSS/CPU; checks SLOs; draws a
-//! chart; spreads its sockets over worker processes when one process would
-//! hold too many.
+//! percentiles, errors by code and the broker's RSS/CPU (and, with
+//! `--thread-shares`, each broker thread's share of it); checks SLOs; draws
+//! a chart; spreads its sockets over worker processes when one process would
+//! hold too many. `--per-core` measures instead what a round trip costs each
+//! target on one pinned core of its own (`percore`).
 //!
 //! `cargo run --release -p loadtest -- --scenario loadtest/scenarios/smoke.toml`
 
+mod affinity;
 mod agent;
 mod chart;
+mod cpuwin;
 mod customer;
 mod dist;
 mod meta;
 mod net;
+mod peer;
+mod percore;
 mod procstat;
 mod progress;
 mod relay;
@@ -287,6 +293,51 @@ pub struct Args {
     /// The broker's pid for RSS/CPU sampling [default: found by --url's port].
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Each broker thread's name and share of the broker's CPU over the
+    /// measured window (the load phase; --per-core: the window), from
+    /// /proc/<pid>/task; needs the broker's pid (a broker on this machine).
+    #[arg(long)]
+    thread_shares: bool,
+
+    // --- Per-core mode
+    /// Measure what a round trip costs each target on one core: every target
+    /// (Switchboard with --workers 1, and the relays asked for) pinned to
+    /// --target-cpu, the harness to the other CPUs; closed loop, round trips
+    /// counted over --measure after --warmup. Reports round trips/s, the
+    /// target's CPU per round trip and Switchboard / relay ratios.
+    #[arg(long)]
+    per_core: bool,
+    /// Per-core: the load before the measured window, not counted.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_or_zero)]
+    warmup: Duration,
+    /// Per-core: the measured window.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    measure: Duration,
+    /// Per-core: the CPU the targets are pinned to; the harness takes every
+    /// other CPU it may use.
+    #[arg(long, default_value_t = 0)]
+    target_cpu: usize,
+    /// Per-core: before each target, wait up to this long for other
+    /// processes to leave the CPUs (under 10% of a core each); 0: only warn.
+    #[arg(long, default_value = "0", value_parser = parse_duration_or_zero)]
+    quiet_wait: Duration,
+    /// Per-core: run a target again, up to this many times, when other
+    /// processes took more than 10% of a core during its window.
+    #[arg(long, default_value_t = 0)]
+    retry_disturbed: u32,
+    /// Per-core: start the broker from this executable (a free loopback
+    /// port, a generated admin token, --workers 1, pinned) instead of using
+    /// the one at --url.
+    #[arg(long)]
+    broker_bin: Option<PathBuf>,
+    /// Per-core: also measure the Node.js relay on the bare `ws` package
+    /// (needs node and npm).
+    #[arg(long)]
+    ws_peer: bool,
+    /// The ws peer's directory (relay.js, package.json) [default:
+    /// loadtest/peers/ws].
+    #[arg(long)]
+    ws_peer_dir: Option<PathBuf>,
 
     // --- Output
     /// Write the JSON report here.
@@ -312,6 +363,10 @@ pub struct Args {
     worker_report: Option<PathBuf>,
     #[arg(long, hide = true, default_value = "switchboard")]
     target_kind: String,
+    /// Internal: serve the baseline relay in this process (on
+    /// --baseline-port) until stdin closes.
+    #[arg(long, hide = true)]
+    serve_relay: bool,
 }
 
 impl Args {
@@ -673,8 +728,26 @@ impl Args {
         if let Some(slo) = &self.slo {
             slo::parse(slo)?;
         }
-        self.worker_count()?;
+        if self.per_core {
+            self.validate_per_core()?;
+        } else {
+            check(
+                self.broker_bin.is_none(),
+                "--broker-bin starts the broker for the per-core mode only (--per-core); \
+                 otherwise start it yourself and give --url",
+            )?;
+            check(
+                !self.ws_peer,
+                "--ws-peer runs in the per-core mode only (--per-core)",
+            )?;
+            self.worker_count()?;
+        }
         let target = self.target(&self.url)?;
+        check(
+            !(target.remote && self.thread_shares),
+            "--thread-shares reads the broker's threads in /proc on this machine: not for a \
+             remote broker",
+        )?;
         check(
             !(target.remote && self.provider_traffic()),
             "SMS and WhatsApp runs need the broker to reach the harness's provider sink, \
@@ -721,6 +794,66 @@ impl Args {
         }
         check(self.admin_token.len() <= 1_000, "--admin-token is too long")?;
         Ok(())
+    }
+
+    /// What the per-core mode cannot do.
+    fn validate_per_core(&self) -> Result<(), String> {
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("--per-core: {what}"))
+            }
+        };
+        check(
+            !self.open_loop(),
+            "the load is closed loop: no --rate, --sms-rate or --whatsapp-rate",
+        )?;
+        check(
+            !self.provider_traffic(),
+            "webchat only: no --sms-conversations or --whatsapp-conversations",
+        )?;
+        check(
+            !self.allow_remote,
+            "it measures processes on this machine: no --allow-remote",
+        )?;
+        check(
+            self.conversations > 0,
+            "needs --conversations (the customers at once)",
+        )?;
+        check(
+            !(self.broker_bin.is_some() && self.broker_pid.is_some()),
+            "give --broker-bin (the harness starts the broker) or --broker-pid (you did), not both",
+        )?;
+        check(
+            self.measure >= Duration::from_secs(1) && self.measure <= Duration::from_secs(3600),
+            "--measure must be 1s..=1h",
+        )?;
+        check(
+            self.warmup <= Duration::from_secs(3600),
+            "--warmup must be at most 1h",
+        )?;
+        check(self.target_cpu < 1024, "--target-cpu must be below 1024")?;
+        check(
+            self.quiet_wait <= Duration::from_secs(3600) && self.retry_disturbed <= 10,
+            "--quiet-wait must be at most 1h and --retry-disturbed at most 10",
+        )?;
+        check(
+            self.sockets() <= SOCKETS_PER_PROCESS,
+            &format!(
+                "the harness runs in one process here: at most {SOCKETS_PER_PROCESS} sockets \
+                 (agents + conversations), this run needs {}",
+                self.sockets()
+            ),
+        )?;
+        check(
+            self.chart.is_none(),
+            "no --chart (the report is figures per target)",
+        )?;
+        check(
+            self.slo.is_none(),
+            "no --slo (the goals are the ratios in the report)",
+        )
     }
 
     fn plan(&self) -> Plan {
@@ -959,6 +1092,9 @@ fn new_run_id() -> String {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
+    // Before the runtime starts its threads, so that it sizes itself to the
+    // CPUs the per-core mode leaves to the harness.
+    percore::pin_early(&argv);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -979,6 +1115,15 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
         Err(e) => e.exit(),
     };
     net::trace_frames(first.trace_frames);
+    if first.serve_relay {
+        return match relay::serve_main(first.baseline_port, first.capacity).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadtest: --serve-relay: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if first.worker.is_some() {
         return workers::child_main(first).await;
     }
@@ -1061,7 +1206,12 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
         if multi {
             println!("=== scenario run {} ===", spec.name);
         }
-        match orchestrate(&spec.name, &args, &full).await {
+        let outcome = if args.per_core {
+            percore::run(&spec.name, &args).await
+        } else {
+            orchestrate(&spec.name, &args, &full).await
+        };
+        match outcome {
             Ok(report) => {
                 let ok = report["ok"].as_bool() == Some(true);
                 if !ok {
@@ -1260,7 +1410,8 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
         if args.conversations == 0 {
             println!("Socket.IO peer skipped: it runs webchat only and this run has none");
         } else {
-            let peer = socketio::start(args.socketio_peer_dir.as_deref(), args.capacity).await?;
+            let peer =
+                socketio::start(args.socketio_peer_dir.as_deref(), args.capacity, None).await?;
             let url = format!("http://{}", peer.addr);
             println!("Socket.IO peer (node pid {}) on {url}", peer.pid);
             let peer_pid = Some(peer.pid);
@@ -1307,6 +1458,9 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
         match kind {
             Kind::Switchboard => {
                 rep["broker"] = progress::broker_json(pid, &r.samples, 0.2);
+                if !r.threads.is_null() {
+                    rep["broker"]["thread_shares"] = r.threads.clone();
+                }
                 rep["server_stats"] = r.server_stats.clone().unwrap_or(Value::Null);
                 if let Some(sink) = &r.sink {
                     let (sms, wa) = split_sink_figures(sink);
@@ -1320,8 +1474,13 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
                 }
             }
             // The node process's RSS and CPU, sampled like the broker's.
-            Kind::SocketIo => rep["peer_process"] = progress::broker_json(pid, &r.samples, 0.2),
-            Kind::Baseline => {}
+            Kind::SocketIo => {
+                rep["peer_process"] = progress::broker_json(pid, &r.samples, 0.2);
+                if !r.threads.is_null() {
+                    rep["peer_process"]["thread_shares"] = r.threads.clone();
+                }
+            }
+            Kind::Baseline | Kind::Ws => {}
         }
         let complete = report::complete(&r.snap, args.requested(kind), args.agents as u64);
         let slo_results = match (&args.slo, kind) {
@@ -1415,6 +1574,7 @@ fn run_id_for(run_id: &str, kind: Kind) -> String {
         Kind::Switchboard => run_id.to_string(),
         Kind::Baseline => format!("{run_id}b"),
         Kind::SocketIo => format!("{run_id}s"),
+        Kind::Ws => format!("{run_id}w"),
     }
 }
 
@@ -1425,6 +1585,8 @@ pub struct TargetRun {
     wall: Duration,
     server_stats: Option<Value>,
     sink: Option<Value>,
+    /// `--thread-shares`: the sampled process's threads over the load phase.
+    threads: Value,
 }
 
 /// Runs the load against one target; `pid` is the process whose RSS and CPU
@@ -1444,7 +1606,8 @@ async fn run_target(
     let target = args.target(url)?;
     let requested = args.requested(kind);
     let label = kind.name().to_string();
-    let (mut snap, samples, sink) = if workers <= 1 {
+    let threads_of = pid.filter(|_| args.thread_shares);
+    let (mut snap, samples, sink, threads) = if workers <= 1 {
         let sink = if kind == Kind::Switchboard && args.provider_traffic() {
             Some(sink_for(args, &target).await?)
         } else {
@@ -1465,19 +1628,21 @@ async fn run_target(
             errors: ctx.stats.error_count(),
             hist: ctx.stats.take_interval(),
         });
+        let window = threads_of.map(cpuwin::ThreadWindow::begin);
         let collector = Collector::start(label, source, pid, args.progress, requested);
         local.load().await;
         let samples = collector.stop().await;
+        let threads = window.map_or(Value::Null, cpuwin::ThreadWindow::end);
         let snap = local.finish().await;
         let sink_figures = sink.map(|s| {
             let (m, problems) = s.figures();
             (json!(m), problems)
         });
-        (snap, samples, sink_figures)
+        (snap, samples, sink_figures, threads)
     } else {
         let w = workers::run_parent(args, argv, kind, url, run_id, seed, pid, workers, requested)
             .await?;
-        (w.snap, w.samples, w.sink)
+        (w.snap, w.samples, w.sink, w.threads)
     };
     let sink = sink.map(|(figures, problems)| {
         for p in &problems {
@@ -1506,6 +1671,7 @@ async fn run_target(
         wall: wall.elapsed(),
         server_stats,
         sink,
+        threads,
     })
 }
 
@@ -1854,6 +2020,7 @@ mod tests {
         let files = [
             ("churn", include_str!("../scenarios/churn.toml")),
             ("latency", include_str!("../scenarios/latency.toml")),
+            ("per_core", include_str!("../scenarios/per_core.toml")),
             ("ramp", include_str!("../scenarios/ramp.toml")),
             ("scale", include_str!("../scenarios/scale.toml")),
             ("smoke", include_str!("../scenarios/smoke.toml")),
@@ -1888,6 +2055,79 @@ mod tests {
         // A key that is no flag is refused with its name.
         let e = scenario::parse("agents = 2\nthink_tiem = \"1s\"\n", "t", &flags).unwrap_err();
         assert!(e.contains("\"think_tiem\""), "{e}");
+    }
+
+    #[test]
+    fn per_core_flags() {
+        let a = parse(&["--per-core", "--agents", "200", "--conversations", "1000"]);
+        assert!(a.validate().is_ok());
+        assert_eq!(
+            (a.warmup, a.measure),
+            (Duration::from_secs(10), Duration::from_secs(20))
+        );
+        assert_eq!(a.concurrency(), 1000);
+        for (extra, says) in [
+            (&["--rate", "5"][..], "closed loop"),
+            (&["--sms-conversations", "5"][..], "webchat only"),
+            (&["--measure", "500ms"][..], "--measure"),
+            (&["--chart", "x.svg"][..], "--chart"),
+            (&["--slo", "errors=0"][..], "--slo"),
+            (&["--broker-bin", "sb", "--broker-pid", "7"][..], "not both"),
+            (&["--retry-disturbed", "11"][..], "--retry-disturbed"),
+            (
+                &["--agents", "5000", "--conversations", "30000"][..],
+                "one process",
+            ),
+        ] {
+            let mut v = vec!["--per-core"];
+            v.extend_from_slice(extra);
+            let e = parse(&v).validate().unwrap_err();
+            assert!(
+                e.contains("--per-core") && e.contains(says),
+                "{extra:?}: {e}"
+            );
+        }
+        // Its own flags outside it.
+        let e = parse(&["--broker-bin", "sb"]).validate().unwrap_err();
+        assert!(e.contains("--per-core"), "{e}");
+        let e = parse(&["--ws-peer"]).validate().unwrap_err();
+        assert!(e.contains("--per-core"), "{e}");
+        // The per-core scenario, as the early pinning reads it, and a plain run.
+        let argv: Vec<String> = [
+            "loadtest",
+            "--scenario",
+            "scenarios/per_core.toml",
+            "--target-cpu",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut from_manifest = argv.clone();
+        from_manifest[2] = manifest
+            .join("scenarios/per_core.toml")
+            .display()
+            .to_string();
+        assert_eq!(percore::per_core_target_cpu(&from_manifest), Some(1));
+        let plain: Vec<String> = vec!["loadtest".into(), "--agents".into(), "3".into()];
+        assert_eq!(percore::per_core_target_cpu(&plain), None);
+        let relay: Vec<String> = vec![
+            "loadtest".into(),
+            "--serve-relay".into(),
+            "--per-core".into(),
+        ];
+        assert_eq!(percore::per_core_target_cpu(&relay), None);
+        // Thread shares read /proc here: not for a remote broker.
+        let e = parse(&[
+            "--url",
+            "http://10.0.0.1:8080",
+            "--allow-remote",
+            "--thread-shares",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("--thread-shares"), "{e}");
     }
 
     #[test]

@@ -145,6 +145,26 @@ pub async fn start(port: u16, capacity: u32) -> Result<Relay, String> {
     Ok(Relay { addr, task })
 }
 
+/// `--serve-relay`: the relay as a process of its own (the per-core mode
+/// pins it to the targets' core). Prints `listening <port>`, then serves
+/// until its stdin closes.
+pub async fn serve_main(port: u16, capacity: u32) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    net::raise_nofile_limit()?;
+    let relay = start(port, capacity).await?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening {}", relay.addr.port()).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    drop(relay);
+    Ok(())
+}
+
 enum Who {
     Agent(String),
     Customer,

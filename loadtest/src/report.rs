@@ -867,6 +867,9 @@ pub fn human(r: &Value) -> String {
             );
         }
     }
+    if b["thread_shares"].is_object() {
+        s.push_str(&crate::cpuwin::human(who, &b["thread_shares"]));
+    }
     match r["errors"].as_object() {
         Some(m) if !m.is_empty() => {
             let _ = writeln!(s, "errors by code:");
@@ -951,6 +954,37 @@ mod tests {
         assert!(human(&r).contains("capacity_exceeded"));
         assert_eq!(stats.take_interval().len(), 1);
         assert_eq!(stats.take_interval().len(), 0);
+    }
+
+    #[test]
+    fn thread_shares_follow_the_broker_line() {
+        let stats = Stats::new();
+        let mut r = measurements_json(&stats.snapshot(1.0, 0), 0);
+        r["broker"] = json!({
+            "pid": 42, "samples": 3,
+            "rss_kib": {"start": 1024.0, "max": 2048.0, "end": 2048.0},
+            "cpu_percent": {"mean": 150.0, "max": 190.0},
+            "thread_shares": {
+                "window_seconds": 10.0, "cpu_seconds": 15.0, "core_percent": 150.0,
+                "unattributed_cpu_seconds": 0.0,
+                "threads": [
+                    {"tid": 43, "name": "actix-rt|system", "cpu_seconds": 9.9, "share": 0.66,
+                     "core_percent": 99.0, "started_in_window": false},
+                    {"tid": 44, "name": "actix-rt|system", "cpu_seconds": 5.1, "share": 0.34,
+                     "core_percent": 51.0, "started_in_window": false},
+                ],
+            },
+        });
+        let text = human(&r);
+        let broker = text.find("broker pid 42").expect("broker line");
+        let threads = text
+            .find("broker threads over 10.0s: 15.00 CPU-s (150% of one core), 2 threads")
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(broker < threads, "{text}");
+        assert!(
+            text.contains("   66.0%   99.0       43  actix-rt|system"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! loop: Poisson arrivals at a set rate), drain, clean up, and hand back a
 //! snapshot of the measurements.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub enum Kind {
     Baseline,
     /// The Node.js Socket.IO relay (`socketio`).
     SocketIo,
+    /// The Node.js relay on the bare `ws` package (`peers/ws`).
+    Ws,
 }
 
 impl Kind {
@@ -39,12 +41,13 @@ impl Kind {
             Kind::Switchboard => "switchboard",
             Kind::Baseline => "baseline",
             Kind::SocketIo => "socketio",
+            Kind::Ws => "ws",
         }
     }
 
     /// The kind called `name` (unknown names: Switchboard).
     pub fn from_name(name: &str) -> Kind {
-        [Kind::Baseline, Kind::SocketIo]
+        [Kind::Baseline, Kind::SocketIo, Kind::Ws]
             .into_iter()
             .find(|k| k.name() == name)
             .unwrap_or(Kind::Switchboard)
@@ -101,9 +104,22 @@ pub struct Ctx {
     pub sms: Option<SmsSide>,
     pub whatsapp: Option<WhatsappSide>,
     clients: Vec<Client>,
+    /// Set by [`Ctx::wind_down`]: customers finish the conversation they are in.
+    winding_down: AtomicBool,
 }
 
 impl Ctx {
+    /// From now on, closed-loop customers send no next message: each says
+    /// `bye` after the reply it waits for, and starts no new conversation
+    /// (the per-core mode's end of the measured window).
+    pub fn wind_down(&self) {
+        self.winding_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn winding_down(&self) -> bool {
+        self.winding_down.load(Ordering::Relaxed)
+    }
+
     /// An HTTP client, one per source address, chosen by `n`.
     pub fn http(&self, n: usize) -> &Client {
         &self.clients[n % self.clients.len()]
@@ -146,6 +162,7 @@ impl Ctx {
             sms: None,
             whatsapp: None,
             clients: vec![Client::new()],
+            winding_down: AtomicBool::new(false),
         }
     }
 }
@@ -286,6 +303,7 @@ impl Local {
             sms: s.sms,
             whatsapp: s.whatsapp,
             clients,
+            winding_down: AtomicBool::new(false),
         });
 
         if ctx.kind == Kind::Switchboard {
@@ -577,7 +595,7 @@ async fn one(ctx: Arc<Ctx>, ch: Ch, idx: usize, start: Option<u64>, paced: bool)
 /// socket waits for a `--ramp` slot.
 async fn closed_worker(ctx: Arc<Ctx>, ch: Ch, idxs: Arc<Vec<usize>>, next: Arc<AtomicUsize>) {
     let mut first = true;
-    while Instant::now() < ctx.deadline {
+    while Instant::now() < ctx.deadline && !ctx.winding_down() {
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(&idx) = idxs.get(i) else {
             break;
@@ -610,7 +628,7 @@ async fn open_loop(ctx: Arc<Ctx>, ch: Ch, idxs: Vec<usize>, rate: f64, max_in_fl
         let u: f64 = rng.random::<f64>();
         let gap = -(1.0 - u).ln() / rate.max(1e-9);
         t += (gap * 1e9) as u64;
-        if t >= deadline_nanos {
+        if t >= deadline_nanos || ctx.winding_down() {
             break;
         }
         tokio::time::sleep_until(instant_at(t)).await;

@@ -5,8 +5,8 @@
 //! `msg` whose single argument is the JSON object.
 //!
 //! Here: the client side of the framing over the harness's own WebSockets
-//! (Engine.IO v4, WebSocket transport only), and starting and stopping the
-//! Node process.
+//! (Engine.IO v4, WebSocket transport only), and starting the Node process
+//! (through `peer`).
 //!
 //! - connect to `/socket.io/?EIO=4&transport=websocket&path=<harness path>&token=<token>`;
 //! - the server opens with `0{"sid":…,"pingInterval":…}`; send `40` (connect to
@@ -16,22 +16,18 @@
 //! - the server's Engine.IO ping `2` is answered with the pong `3`; Engine.IO
 //!   close `1` and Socket.IO disconnect `41` end the socket.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::Path;
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Url;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::time::timeout;
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::net::{self, Failure};
+use crate::peer;
 
 /// The one event name both sides use.
 pub const EVENT: &str = "msg";
@@ -160,147 +156,28 @@ pub async fn connect(ws: &mut WebSocketStream<TcpStream>) -> Result<(), Failure>
     }
 }
 
-/// A running peer process.
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub pid: u32,
-    child: Child,
-    /// Held open: the peer exits when it closes (the harness went away).
-    _stdin: Option<ChildStdin>,
-}
+pub use crate::peer::Peer;
 
-impl Peer {
-    /// Kills the peer and waits for it.
-    pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = timeout(Duration::from_secs(10), self.child.wait()).await;
-    }
-}
-
-/// Where the peer lives without `--socketio-peer-dir`: next to this crate's
-/// manifest when the binary was built here, else `loadtest/peers/socketio`
-/// under the current directory (the workspace root).
-pub fn default_dir() -> PathBuf {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/socketio");
-    if built.join("relay.js").is_file() {
-        built
-    } else {
-        PathBuf::from("loadtest/peers/socketio")
-    }
-}
-
-/// Whether `tool --version` runs; its version, or why not.
-async fn version(tool: &str) -> Result<String, String> {
-    let out = Command::new(tool)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| {
-            format!(
-                "the Socket.IO peer needs Node.js and npm on PATH; running `{tool} --version` failed: {e}"
-            )
-        })?;
-    if !out.status.success() {
-        return Err(format!(
-            "the Socket.IO peer needs Node.js and npm on PATH; `{tool} --version` exited with {}",
-            out.status
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Starts the peer from `dir` (its packages installed with `npm ci` first if
-/// `node_modules` is missing) on a free loopback port, each agent with
-/// `capacity` slots.
-pub async fn start(dir: Option<&Path>, capacity: u32) -> Result<Peer, String> {
-    let dir = dir.map_or_else(default_dir, Path::to_path_buf);
-    let script = dir.join("relay.js");
-    if !script.is_file() {
-        return Err(format!(
-            "Socket.IO peer: no relay.js in {} (give --socketio-peer-dir)",
-            dir.display()
-        ));
-    }
-    let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let script = dir.join("relay.js");
-    let node = version("node").await?;
-    if !dir.join("node_modules").is_dir() {
-        let npm = version("npm").await?;
-        println!(
-            "Socket.IO peer: installing its packages (npm ci in {}, npm {npm})",
-            dir.display()
-        );
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .status()
-            .await
-            .map_err(|e| format!("Socket.IO peer: npm ci: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "Socket.IO peer: `npm ci` in {} failed ({status})",
-                dir.display()
-            ));
-        }
-    }
-    // The peer holds the server end of every socket: let it inherit the
-    // raised open-files limit.
-    net::raise_nofile_limit()?;
-    let mut child = Command::new("node")
-        .arg(&script)
+/// Starts the peer from `dir` (default `loadtest/peers/socketio`; its
+/// packages installed with `npm ci` first if `node_modules` is missing) on a
+/// free loopback port, each agent with `capacity` slots, pinned to `cpus` if
+/// given.
+pub async fn start(
+    dir: Option<&Path>,
+    capacity: u32,
+    cpus: Option<&[usize]>,
+) -> Result<Peer, String> {
+    let what = "the Socket.IO peer";
+    let dir = dir.map_or_else(|| peer::default_dir("socketio"), Path::to_path_buf);
+    let (dir, node) = peer::prepare_node(&dir, what, "--socketio-peer-dir").await?;
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("relay.js"))
         .args(["--port", "0", "--capacity", &capacity.to_string()])
         .arg("--exit-with-stdin")
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("Socket.IO peer: starting node: {e}"))?;
-    let pid = child.id().unwrap_or(0);
-    let stdin = child.stdin.take();
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let port = timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(port) = line
-                .strip_prefix("listening ")
-                .and_then(|p| p.trim().parse::<u16>().ok())
-            {
-                return Some(port);
-            }
-            println!("[socketio peer] {line}");
-        }
-        None
-    })
-    .await;
-    let port = match port {
-        Ok(Some(port)) => port,
-        Ok(None) => {
-            let status = child.wait().await.map_err(|e| e.to_string())?;
-            return Err(format!(
-                "Socket.IO peer (node {node}) exited before listening ({status})"
-            ));
-        }
-        Err(_) => {
-            let _ = child.start_kill();
-            return Err(format!(
-                "Socket.IO peer (node {node}) did not say `listening <port>` within 30 s"
-            ));
-        }
-    };
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            println!("[socketio peer] {line}");
-        }
-    });
-    Ok(Peer {
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        pid,
-        child,
-        _stdin: stdin,
-    })
+        .current_dir(&dir);
+    peer::spawn_listening(cmd, "socketio peer", cpus)
+        .await
+        .map_err(|e| format!("{e} (node {node})"))
 }
 
 #[cfg(test)]

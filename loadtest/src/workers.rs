@@ -35,6 +35,8 @@ pub struct Merged {
     pub samples: Vec<Sample>,
     /// The sink's figures and problems, from worker 0.
     pub sink: Option<(Value, Vec<String>)>,
+    /// `--thread-shares`: the sampled process's threads over the load phase.
+    pub threads: Value,
 }
 
 #[derive(Default)]
@@ -180,6 +182,9 @@ pub async fn run_parent(
             }
         })
     };
+    let window = pid
+        .filter(|_| args.thread_shares)
+        .map(crate::cpuwin::ThreadWindow::begin);
     let collector = Collector::start(
         kind.name().to_string(),
         source,
@@ -206,6 +211,7 @@ pub async fn run_parent(
     // Let the last progress lines arrive before the timeline closes.
     tokio::time::sleep(crate::progress::SAMPLE_INTERVAL + Duration::from_millis(100)).await;
     let samples = collector.stop().await;
+    let threads = window.map_or(Value::Null, crate::cpuwin::ThreadWindow::end);
     send_all(&mut stdins, "STOP").await;
     drop(stdins);
     for (i, c) in children.iter_mut().enumerate() {
@@ -257,6 +263,7 @@ pub async fn run_parent(
         snap,
         samples,
         sink,
+        threads,
     })
 }
 
