@@ -95,6 +95,11 @@ impl ConversationState {
                 if m.from == Author::Customer {
                     self.last_customer_at = Some(m.created_at);
                 }
+                // Room for the first message only: many conversations wait
+                // with one, and a Vec's first push keeps room for four.
+                if self.messages.capacity() == 0 {
+                    self.messages.reserve_exact(1);
+                }
                 self.messages.push(m);
             }
             ConversationEvent::StatusChanged { seq, status } => {
@@ -263,7 +268,8 @@ pub struct Conversation {
     state: ConversationState,
     agent: Option<Addr<Agent>>,
     wrapup: Option<SpawnHandle>,
-    opening: Option<Opening>,
+    /// Boxed: taken at start, so it should not keep its room in the actor.
+    opening: Option<Box<Opening>>,
 }
 
 impl Conversation {
@@ -300,7 +306,7 @@ impl Conversation {
             state,
             agent: None,
             wrapup: None,
-            opening: Some(spec.opening),
+            opening: Some(Box::new(spec.opening)),
         };
         // Registered before it runs: its first act queues the task, and the
         // agent who accepts must find it by id.
@@ -641,7 +647,7 @@ impl Actor for Conversation {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        match self.opening.take() {
+        match self.opening.take().map(|o| *o) {
             Some(Opening::Inbound(first)) => {
                 self.publish_task_state();
                 self.accept_customer_message(first);
