@@ -19,7 +19,7 @@
 //! written, as under the dispatcher, so a client that stops reading stalls its
 //! session and the slow-consumer policy of `src/ws/mod.rs` applies unchanged.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -31,7 +31,7 @@ use actix_http::error::PayloadError;
 use actix_http::h1::{Codec, Message};
 use actix_http::{ConnectionType, Payload, Request, Response, StatusCode};
 use actix_web::dev::{Service, ServiceResponse};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::net::TcpStream;
 
@@ -54,12 +54,10 @@ where
     // for everything it captured).
     let handshake = Box::pin(handshake(app, req, framed));
     async move {
-        if let Some((io, session)) = handshake.await {
-            if let Err(e) = pump(&io, session).await {
+        if let Some(pump) = handshake.await {
+            if let Err(e) = pump.await {
                 tracing::debug!(error = %e, "WebSocket connection closed");
             }
-            // What the session still queued is dropped with it; then FIN.
-            let _ = socket2::SockRef::from(&*io).shutdown(std::net::Shutdown::Write);
         }
     }
 }
@@ -68,11 +66,7 @@ where
 /// session (101) comes back with its socket for the pump; any other answer
 /// (a refusal: bad token, not a WebSocket request…) is written whole, and the
 /// connection closed.
-async fn handshake<S>(
-    app: Rc<S>,
-    req: Request,
-    framed: Framed<TcpStream, Codec>,
-) -> Option<(Rc<TcpStream>, BoxBody)>
+async fn handshake<S>(app: Rc<S>, req: Request, framed: Framed<TcpStream, Codec>) -> Option<Pump>
 where
     S: Service<Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
 {
@@ -121,7 +115,11 @@ where
         return None;
     };
     match written {
-        Ok(()) => Some((io, body)),
+        Ok(()) => Some(Pump {
+            io,
+            session: body,
+            out: Bytes::new(),
+        }),
         Err(e) => {
             tracing::debug!(error = %e, "WebSocket handshake not sent");
             None
@@ -129,15 +127,51 @@ where
     }
 }
 
-/// The session's output, batch by batch, each written in full before the
-/// session is polled again.
-async fn pump(io: &TcpStream, mut body: BoxBody) -> io::Result<()> {
-    loop {
-        match poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await {
-            Some(Ok(frames)) => write_all(io, &frames).await?,
-            Some(Err(e)) => return Err(io::Error::other(e.to_string())),
-            None => return Ok(()),
+/// A WebSocket connection after its handshake: the session's output, batch
+/// by batch, each written in full before the session is polled again. A
+/// plain struct rather than an `async fn`, to keep the task that lives as
+/// long as the socket small (waiting for writability is `poll_write_ready`,
+/// with no waiter of its own in the future).
+struct Pump {
+    io: Rc<TcpStream>,
+    /// The session actor's output stream.
+    session: BoxBody,
+    /// What the kernel has not taken yet of the last batch.
+    out: Bytes,
+}
+
+impl Future for Pump {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            while !this.out.is_empty() {
+                ready!(this.io.poll_write_ready(cx))?;
+                match this.io.try_write(&this.out) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => this.out.advance(n),
+                    // Readiness was stale: `try_write` cleared it, wait again.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            // Written: let the batch's buffer go before waiting for the next.
+            this.out = Bytes::new();
+            match ready!(Pin::new(&mut this.session).poll_next(cx)) {
+                Some(Ok(frames)) => this.out = frames,
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e.to_string()))),
+                None => return Poll::Ready(Ok(())),
+            }
         }
+    }
+}
+
+impl Drop for Pump {
+    /// Done, failed or its worker stopping: FIN. What the session still
+    /// queued goes with it.
+    fn drop(&mut self) {
+        let _ = socket2::SockRef::from(&*self.io).shutdown(std::net::Shutdown::Write);
     }
 }
 
