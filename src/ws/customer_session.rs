@@ -47,7 +47,7 @@ impl Actor for CustomerSession {
         self.hb.start(ctx, |s| &mut s.hb);
         self.channel().do_send(CustomerConnected {
             session: self.session.clone(),
-            link: SocketLink::new(self.id, &ctx.address()),
+            link: SocketLink::new(self.id, ctx.address()),
         });
     }
 
