@@ -1,7 +1,10 @@
 //! Start-up and shutdown: builds the arbiters and actors, wires the broker's
-//! handles, binds the HTTP server.
+//! handles, binds the HTTP server: actix-server and actix-http set up as
+//! actix-web's `HttpServer` would, plus actix-http's upgrade hook, through
+//! which WebSocket connections leave the HTTP/1 dispatcher and its buffers
+//! (`http/upgrade.rs`).
 //!
-//! Threads: actix-web runs one HTTP worker per core (socket session actors
+//! Threads: one HTTP worker per core (socket session actors
 //! live on the worker that accepted them), and the workers are the shards
 //! (`shards.rs`): each runs one shard of the webchat channel with the
 //! conversations of its sessions, and a share of the agents and provider
@@ -167,8 +170,8 @@ async fn sweep_unused_attachments(broker: std::sync::Weak<Broker>) {
 }
 
 thread_local! {
-    /// Whether this thread's arbiter is a shard already: actix-web builds an
-    /// app per worker and per listening address.
+    /// Whether this thread's arbiter is a shard already: the HTTP service is
+    /// built per worker and per listening address.
     static IS_SHARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
