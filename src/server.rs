@@ -1,7 +1,10 @@
 //! Start-up and shutdown: builds the arbiters and actors, wires the broker's
-//! handles, binds the HTTP server.
+//! handles, binds the HTTP server: actix-server and actix-http set up as
+//! actix-web's `HttpServer` would, plus actix-http's upgrade hook, through
+//! which WebSocket connections leave the HTTP/1 dispatcher and its buffers
+//! (`http/upgrade.rs`).
 //!
-//! Threads: actix-web runs one HTTP worker per core (socket session actors
+//! Threads: one HTTP worker per core (socket session actors
 //! live on the worker that accepted them), and the workers are the shards
 //! (`shards.rs`): each runs one shard of the webchat channel with the
 //! conversations of its sessions, and a share of the agents and provider
@@ -14,10 +17,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use std::rc::Rc;
+
 use actix::prelude::*;
-use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpServer};
+use actix_codec::Framed;
+use actix_http::body::BoxBody;
+use actix_http::{h1, HttpService};
+use actix_service::{map_config, IntoServiceFactory};
+use actix_web::dev::{
+    fn_factory, fn_service, AppConfig, ServerHandle, ServiceFactory, ServiceRequest,
+    ServiceResponse,
+};
+use actix_web::{web, App};
 use parking_lot::Mutex;
+use tokio::net::TcpStream;
 
 use crate::agent::{Agent, AgentProfile};
 use crate::broker::{prepare, Broker, BrokerParts};
@@ -157,8 +170,8 @@ async fn sweep_unused_attachments(broker: std::sync::Weak<Broker>) {
 }
 
 thread_local! {
-    /// Whether this thread's arbiter is a shard already: actix-web builds an
-    /// app per worker and per listening address.
+    /// Whether this thread's arbiter is a shard already: the HTTP service is
+    /// built per worker and per listening address.
     static IS_SHARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -177,6 +190,72 @@ fn join_as_shard(
         mailbox.run_here(WebchatChannel::new(Arc::clone(broker)));
     }
     broker.shards.register(Arbiter::current());
+}
+
+/// Pending connections the kernel queues before `accept`. Bursts of new
+/// sockets (a shift starting, a load test ramping) queue and wait instead of
+/// failing; with `client_request_timeout` below, slow handshakes under load
+/// get a generous time too.
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr`, as actix-web's `HttpServer::bind` makes it.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG as i32)?;
+    Ok(socket.into())
+}
+
+/// The HTTP API and pages, one instance per worker (and one more per worker
+/// for WebSocket upgrades).
+fn app(
+    data: web::Data<Arc<Broker>>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new().app_data(data).configure(crate::http::routes)
+}
+
+/// What handlers see of the server (`HttpRequest::app_config`, the fallback
+/// host of `connection_info`). actix-web's own server fills in the bound
+/// address, which it alone can; no handler here reads it, and the URLs the
+/// broker gives out come from `public_url`.
+fn app_config() -> AppConfig {
+    AppConfig::default()
+}
+
+/// The HTTP service's upgrade hook: each WebSocket upgrade request, with its
+/// socket, becomes a task of its own on this worker, served by
+/// `http::upgrade` through this worker's second instance of the app.
+fn upgrades(
+    data: web::Data<Arc<Broker>>,
+) -> impl ServiceFactory<
+    (actix_http::Request, Framed<TcpStream, h1::Codec>),
+    Config = (),
+    Response = (),
+    Error = std::convert::Infallible,
+    InitError = (),
+> {
+    fn_factory(move || {
+        let app = app(data.clone());
+        async move {
+            let app = Rc::new(app.into_factory().new_service(app_config()).await?);
+            Ok(fn_service(
+                move |(req, framed): (actix_http::Request, Framed<TcpStream, h1::Codec>)| {
+                    actix_web::rt::spawn(crate::http::upgrade::serve(app.clone(), req, framed));
+                    std::future::ready(Ok(()))
+                },
+            ))
+        }
+    })
 }
 
 /// Build everything inside the current actix system and bind.
@@ -307,27 +386,62 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     }
 
     let data = web::Data::new(broker);
-    let server = HttpServer::new(move || {
-        join_as_shard(&data, &webchat_mailboxes, &next_worker);
-        App::new()
-            .app_data(data.clone())
-            .configure(crate::http::routes)
-    })
-    .workers(workers)
-    // Chat frames are small: send them at once instead of waiting to
-    // coalesce (Nagle + delayed ACK would add ~40 ms per frame).
-    .tcp_nodelay(true)
-    // Bursts of new sockets (a shift starting, a load test ramping) queue in
-    // the kernel and wait instead of failing: a deep accept backlog and a
-    // generous time for slow handshakes under load.
-    .backlog(4096)
-    .client_request_timeout(std::time::Duration::from_secs(30))
-    .shutdown_timeout(5)
-    .bind(&config.bind)
-    .map_err(|e| bind_error(&config.bind, e))?;
-    let addrs = server.addrs();
+    let mut builder = actix_web::dev::Server::build()
+        .workers(workers)
+        .shutdown_timeout(5);
+    let shutdown = builder.graceful_shutdown_signal();
+    let mut addrs = Vec::new();
+    let mut last_error = None;
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(config.bind.as_str())
+        .map_err(|e| bind_error(&config.bind, e))?;
+    for addr in resolved {
+        let listener = match listen(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                last_error = Some(e);
+                continue;
+            }
+        };
+        let local = listener.local_addr()?;
+        addrs.push(local);
+        let data = data.clone();
+        let webchat_mailboxes = webchat_mailboxes.clone();
+        let next_worker = next_worker.clone();
+        let shutdown = shutdown.clone();
+        builder = builder.listen(format!("switchboard-{local}"), listener, move || {
+            join_as_shard(&data, &webchat_mailboxes, &next_worker);
+            let shutdown = shutdown.clone();
+            HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let signal = shutdown.clone();
+                    async move { signal.notified().await }
+                })
+                .keep_alive(actix_http::KeepAlive::default())
+                .client_request_timeout(std::time::Duration::from_secs(30))
+                .client_disconnect_timeout(std::time::Duration::from_secs(1))
+                // Chat frames are small: send them at once instead of waiting
+                // to coalesce (Nagle + delayed ACK would add ~40 ms per frame).
+                .tcp_nodelay(true)
+                .local_addr(local)
+                // WebSockets leave the HTTP/1 dispatcher and its buffers at
+                // the upgrade (src/http/upgrade.rs).
+                .upgrade(upgrades(data.clone()))
+                .finish(map_config(app(data.clone()), |_| app_config()))
+                .tcp()
+        })?;
+    }
+    if addrs.is_empty() {
+        let e = last_error.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the address resolves to nothing",
+            )
+        });
+        return Err(bind_error(&config.bind, e));
+    }
+    let server = builder.run();
     Ok(Started {
-        server: server.run(),
+        server,
         addrs,
         admin_token,
         generated_agent_tokens,

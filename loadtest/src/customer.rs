@@ -3,7 +3,9 @@
 //! `re: <seq> #<n>` reply, thinks (`--think-time`), repeats `--messages` times,
 //! idles with heartbeats for `--hold`, then says `bye` and waits for
 //! `conversation.ended`. A conversation that fails or meets the deadline sends
-//! `leave` before closing.
+//! `leave` before closing. With `--queued` nobody answers: each message waits
+//! for its ack only, and after `--hold` the customer leaves (`leave`, then
+//! `conversation.ended`), so the conversation spends its life in the queue.
 //!
 //! Every message is stamped with the time it was meant to be sent (the arrival
 //! time for the first one in open loop; reply + think time for the next), so a
@@ -144,6 +146,10 @@ impl Session<'_> {
                 &json!({"type": "message", "text": text, "attachments": [], "client_msg_id": cmid}),
             )
             .await?;
+            if plan.queued {
+                self.wait(ws, "ack", |s| s.acks.contains_key(&cmid)).await?;
+                continue;
+            }
             self.wait(ws, "reply", |s| {
                 s.acks.contains_key(&cmid) && s.replies.contains_key(&n)
             })
@@ -158,6 +164,12 @@ impl Session<'_> {
         }
         if !plan.hold.is_zero() && !self.ctx.winding_down() {
             self.hold(ws).await?;
+        }
+        if plan.queued {
+            net::send_json(ws, &json!({"type": "leave"})).await?;
+            self.wait(ws, "end", |s| s.ended).await?;
+            Counters::inc(&self.ctx.stats.c.conversations_ended);
+            return Ok(());
         }
         let cmid = format!("c{idx}-bye");
         net::send_json(

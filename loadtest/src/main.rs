@@ -145,6 +145,12 @@ pub struct Args {
     /// WebSocket ping interval of idle customers during --hold.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// Webchat customers wait only for the ack of each message, not for a
+    /// reply, hold, then leave: their conversations wait in the queue. With
+    /// --agents 0 the run measures the broker's memory per queued webchat
+    /// conversation (session, socket, acknowledged message).
+    #[arg(long)]
+    queued: bool,
 
     // --- Load model
     /// Open loop: new webchat conversations per second (Poisson). Without it
@@ -381,7 +387,8 @@ impl Args {
             return;
         }
         let n = |x: usize| ((x as f64 * f).round() as usize).max(1);
-        self.agents = n(self.agents);
+        // No agents (--queued) stays none.
+        self.agents = if self.agents == 0 { 0 } else { n(self.agents) };
         self.conversations = if self.conversations == 0 {
             0
         } else {
@@ -515,8 +522,14 @@ impl Args {
     }
 
     fn concurrency(&self) -> usize {
-        self.concurrency
-            .unwrap_or_else(|| self.conversations.min(self.agents * self.capacity as usize))
+        self.concurrency.unwrap_or_else(|| {
+            if self.queued {
+                // Nobody answers: all of them wait at once.
+                self.conversations
+            } else {
+                self.conversations.min(self.agents * self.capacity as usize)
+            }
+        })
     }
 
     fn sms_concurrency(&self) -> usize {
@@ -632,8 +645,16 @@ impl Args {
             "--scale must be in (0, 100]",
         )?;
         check(
-            (1..=100_000).contains(&self.agents),
-            "--agents must be 1..=100000",
+            (1..=100_000).contains(&self.agents) || (self.queued && self.agents == 0),
+            "--agents must be 1..=100000 (0 only with --queued)",
+        )?;
+        check(
+            !(self.queued && (self.baseline_relay || self.socketio_peer)),
+            "--queued is for the broker alone: the relays have no queue",
+        )?;
+        check(
+            !(self.queued && self.provider_traffic()),
+            "--queued is for webchat customers: run it without SMS or WhatsApp conversations",
         )?;
         check(
             (1..=1_000).contains(&self.capacity),
@@ -862,6 +883,7 @@ impl Args {
             think: self.think_time,
             hold: self.hold,
             heartbeat: self.heartbeat,
+            queued: self.queued,
             accept_delay: self.accept_delay,
             reply_delay: self.reply_delay,
             handle_time: self.handle_time,
@@ -955,6 +977,7 @@ impl Args {
             "max_in_flight": self.max_in_flight,
             "think_time": self.think_time.to_string(),
             "hold_seconds": self.hold.as_secs_f64(),
+            "queued": self.queued,
             "accept_delay": self.accept_delay.to_string(),
             "reply_delay": self.reply_delay.to_string(),
             "handle_time": self.handle_time.to_string(),
@@ -1482,7 +1505,9 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
             }
             Kind::Baseline | Kind::Ws => {}
         }
-        let complete = report::complete(&r.snap, args.requested(kind), args.agents as u64);
+        // Queued conversations are left by their customers: no task completes.
+        let tasks = if args.queued { 0 } else { args.requested(kind) };
+        let complete = report::complete(&r.snap, args.requested(kind), tasks, args.agents as u64);
         let slo_results = match (&args.slo, kind) {
             (Some(s), Kind::Switchboard) => slo::evaluate(&slo::parse(s)?, &rep),
             _ => Vec::new(),
@@ -1767,6 +1792,19 @@ mod tests {
         ])
         .validate()
         .is_err());
+        // Queued customers need no agent, and all wait at once.
+        let q = parse(&["--queued", "--agents", "0", "--conversations", "300"]);
+        assert!(q.validate().is_ok());
+        assert_eq!(q.concurrency(), 300);
+        assert!(parse(&["--queued", "--agents", "0", "--baseline-relay"])
+            .validate()
+            .is_err());
+        assert!(parse(&["--queued", "--sms-conversations", "5"])
+            .validate()
+            .is_err());
+        let mut small = parse(&["--queued", "--agents", "0", "--scale", "0.1"]);
+        small.apply_scale();
+        assert_eq!(small.agents, 0);
         // Scenario flags come first; the command line's override them.
         let a = parse(&["--agents", "7", "--agents", "9"]);
         assert_eq!(a.agents, 9);
@@ -2020,6 +2058,7 @@ mod tests {
         let files = [
             ("churn", include_str!("../scenarios/churn.toml")),
             ("latency", include_str!("../scenarios/latency.toml")),
+            ("memory", include_str!("../scenarios/memory.toml")),
             ("per_core", include_str!("../scenarios/per_core.toml")),
             ("ramp", include_str!("../scenarios/ramp.toml")),
             ("scale", include_str!("../scenarios/scale.toml")),

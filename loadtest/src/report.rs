@@ -662,12 +662,13 @@ pub fn measurements_json(s: &Snapshot, requested: u64) -> Value {
     })
 }
 
-/// The run's verdict before SLOs: every conversation and task completed, every
-/// agent ready, no error.
-pub fn complete(s: &Snapshot, requested: u64, agents: u64) -> bool {
+/// The run's verdict before SLOs: every conversation completed, `tasks` tasks
+/// completed (every conversation's, or none with `--queued`), every agent
+/// ready, no error.
+pub fn complete(s: &Snapshot, requested: u64, tasks: u64, agents: u64) -> bool {
     s.counter("agents_ready") == agents
         && s.counter("conversations_completed") == requested
-        && s.counter("tasks_completed") == requested
+        && s.counter("tasks_completed") == tasks
         && s.extra_u64("open_tasks_at_end") == 0
         && s.error_total() == 0
 }

@@ -73,6 +73,9 @@ pub struct Plan {
     pub think: Dist,
     pub hold: Duration,
     pub heartbeat: Duration,
+    /// Webchat customers wait only for their acks, not for replies, and
+    /// leave after `hold`: their conversations stay queued (`--queued`).
+    pub queued: bool,
     pub accept_delay: Dist,
     pub reply_delay: Dist,
     pub handle_time: Dist,
@@ -146,6 +149,7 @@ impl Ctx {
                 think: zero,
                 hold: Duration::ZERO,
                 heartbeat: Duration::from_secs(15),
+                queued: false,
                 accept_delay: zero,
                 reply_delay: zero,
                 handle_time: zero,

@@ -44,9 +44,26 @@ struct Session {
     token: String,
     name: String,
     skills: Vec<String>,
-    open: Option<(Id, Addr<Conversation>)>,
-    last: Option<(Id, Addr<Conversation>)>,
+    /// The session's latest conversation until it is forgotten: the open
+    /// one, if any. One address for both (each clone of an actix address
+    /// is an allocation of its own).
+    latest: Option<(Id, Addr<Conversation>)>,
+    /// Whether `latest` is still open.
+    latest_open: bool,
     sockets: Vec<Socket>,
+}
+
+impl Session {
+    /// The open conversation, if any.
+    fn open(&self) -> Option<&(Id, Addr<Conversation>)> {
+        self.latest.as_ref().filter(|_| self.latest_open)
+    }
+
+    /// Sockets are one or two per customer: no room kept for more.
+    fn add_socket(&mut self, socket: Socket) {
+        self.sockets.reserve_exact(1);
+        self.sockets.push(socket);
+    }
 }
 
 /// Every change the webchat channel makes to its state.
@@ -150,8 +167,8 @@ impl WebchatChannel {
                         token,
                         name,
                         skills,
-                        open: None,
-                        last: None,
+                        latest: None,
+                        latest_open: false,
                         sockets: Vec::new(),
                     }),
                 );
@@ -161,8 +178,8 @@ impl WebchatChannel {
                 conversation,
             } => {
                 if let (Some(s), Some(addr)) = (self.sessions.get_mut(&session), addr) {
-                    s.open = Some((conversation.clone(), addr.clone()));
-                    s.last = Some((conversation, addr));
+                    s.latest = Some((conversation, addr));
+                    s.latest_open = true;
                 }
             }
             WebchatEvent::ConversationEnded {
@@ -170,8 +187,8 @@ impl WebchatChannel {
                 conversation,
             } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
-                    if s.open.as_ref().is_some_and(|(id, _)| *id == conversation) {
-                        s.open = None;
+                    if s.open().is_some_and(|(id, _)| *id == conversation) {
+                        s.latest_open = false;
                     }
                 }
             }
@@ -180,8 +197,9 @@ impl WebchatChannel {
                 conversation,
             } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
-                    if s.last.as_ref().is_some_and(|(id, _)| *id == conversation) {
-                        s.last = None;
+                    if s.latest.as_ref().is_some_and(|(id, _)| *id == conversation) {
+                        s.latest = None;
+                        s.latest_open = false;
                     }
                 }
             }
@@ -197,7 +215,7 @@ impl WebchatChannel {
     fn is_idle(&self, session: &Id) -> bool {
         self.sessions
             .get(session)
-            .is_some_and(|s| s.sockets.is_empty() && s.open.is_none() && s.last.is_none())
+            .is_some_and(|s| s.sockets.is_empty() && s.latest.is_none())
     }
 
     /// Starts the idle clock of a session that has just become idle.
@@ -326,13 +344,11 @@ impl Handler<GetSession> for WebchatChannel {
 
     fn handle(&mut self, msg: GetSession, _: &mut Context<Self>) -> Self::Result {
         let s = self.sessions.get(&msg.session)?;
-        let open = s.open.as_ref().map(|(id, _)| id.clone());
-        let last = s.last.as_ref().map(|(id, _)| id.clone());
         Some(serde_json::json!({
             "session_id": msg.session,
             "name": s.name,
-            "conversation_id": open.clone().or(last),
-            "open": open.is_some(),
+            "conversation_id": s.latest.as_ref().map(|(id, _)| id.clone()),
+            "open": s.open().is_some(),
             "connected_sockets": s.sockets.len(),
         }))
     }
@@ -360,17 +376,16 @@ impl Handler<CustomerConnected> for WebchatChannel {
         };
         let socket = msg.link.id;
         self.away.remove(&msg.session);
-        let current = s.open.clone().or_else(|| s.last.clone());
-        match current {
-            Some((_, conv)) => {
-                s.sockets.push(Socket {
+        match s.latest.as_ref().map(|(_, conv)| conv.clone()) {
+            Some(conv) => {
+                s.add_socket(Socket {
                     link: msg.link,
                     ready: false,
                 });
                 conv.do_send(SendHistory { socket });
             }
             None => {
-                s.sockets.push(Socket {
+                s.add_socket(Socket {
                     link: msg.link,
                     ready: true,
                 });
@@ -400,7 +415,7 @@ impl Handler<CustomerDisconnected> for WebchatChannel {
         let grace = self.broker.config.customer_grace;
         if let Some(s) = self.sessions.get_mut(&msg.session) {
             s.sockets.retain(|sock| sock.link.id != msg.socket);
-            if s.sockets.is_empty() && s.open.is_some() && !self.away.contains(&msg.session) {
+            if s.sockets.is_empty() && s.open().is_some() && !self.away.contains(&msg.session) {
                 self.away
                     .insert(msg.session.clone(), std::time::Instant::now() + grace, ());
                 self.away.arm(ctx, WebchatChannel::grace_ended);
@@ -416,7 +431,7 @@ impl WebchatChannel {
     fn grace_ended(&mut self, ctx: &mut Context<Self>) {
         for (session, ()) in self.away.take_expired() {
             if let Some(s) = self.sessions.get(&session) {
-                if let (true, Some((_, conv))) = (s.sockets.is_empty(), &s.open) {
+                if let (true, Some((_, conv))) = (s.sockets.is_empty(), s.open()) {
                     conv.do_send(CustomerAbandoned);
                 }
             }
@@ -441,7 +456,7 @@ impl Handler<FromCustomer> for WebchatChannel {
         let Some(s) = self.sessions.get(&msg.session) else {
             return;
         };
-        let open = s.open.clone();
+        let open = s.open().cloned();
         match msg.command {
             CustomerCommand::Message {
                 text,
@@ -504,7 +519,7 @@ impl WebchatChannel {
         let previous = self
             .sessions
             .get(session)
-            .and_then(|s| s.last.as_ref().map(|(id, _)| id.clone()));
+            .and_then(|s| s.latest.as_ref().map(|(id, _)| id.clone()));
         // Sockets see the new conversation's events live: its history starts
         // with the message they are about to be acknowledged for.
         if let Some(s) = self.sessions.get_mut(session) {
@@ -529,13 +544,13 @@ impl Handler<OpenOutbound> for WebchatChannel {
         let s = self.sessions.get(&session).ok_or_else(|| {
             ApiError::NotFound(format!("webchat session {} does not exist", msg.to))
         })?;
-        if let Some((open, _)) = &s.open {
+        if let Some((open, _)) = s.open() {
             return Err(ApiError::Conflict(format!(
                 "webchat session {} already has an open conversation ({open})",
                 msg.to
             )));
         }
-        let previous = s.last.as_ref().map(|(id, _)| id.clone());
+        let previous = s.latest.as_ref().map(|(id, _)| id.clone());
         let task_id = msg.task_id.clone();
         let opening = msg.into_opening();
         if let Some(s) = self.sessions.get_mut(&session) {
@@ -592,7 +607,7 @@ impl Handler<ToCustomer> for WebchatChannel {
                 }
             }
             CustomerEvent::Reopen(message) => {
-                let open = self.sessions.get(&session).and_then(|s| s.open.clone());
+                let open = self.sessions.get(&session).and_then(|s| s.open().cloned());
                 match open {
                     // Another message already opened the follow-up conversation.
                     Some((_, conv)) => conv.do_send(*message),

@@ -142,7 +142,8 @@ pub struct Conversation {
     state: ConversationState,
     agent: Option<Addr<Agent>>,
     wrapup: Option<SpawnHandle>,
-    opening: Option<Opening>,
+    /// Boxed: taken at start, so it should not keep its room in the actor.
+    opening: Option<Box<Opening>>,
 }
 
 impl Conversation {
@@ -181,7 +182,7 @@ impl Conversation {
             state,
             agent: None,
             wrapup: None,
-            opening: Some(spec.opening),
+            opening: Some(Box::new(spec.opening)),
         };
         // Registered before it runs: its first act queues the task, and the
         // agent who accepts must find it by id.
@@ -452,7 +453,7 @@ impl Actor for Conversation {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        match self.opening.take() {
+        match self.opening.take().map(|o| *o) {
             Some(Opening::Inbound(first)) => {
                 self.publish_task_state();
                 self.accept_customer_message(first);

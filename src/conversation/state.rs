@@ -74,6 +74,11 @@ impl ConversationState {
                 if m.from == Author::Customer {
                     self.last_customer_at = Some(m.created_at);
                 }
+                // Room for the first message only: many conversations wait
+                // with one, and a Vec's first push keeps room for four.
+                if self.messages.capacity() == 0 {
+                    self.messages.reserve_exact(1);
+                }
                 self.messages.push(m);
             }
             ConversationEvent::StatusChanged { seq, status } => {

@@ -12,6 +12,7 @@ pub mod conversations;
 pub mod ops;
 pub mod sockets;
 pub mod tasks;
+pub mod upgrade;
 pub mod webchat;
 
 use std::collections::HashMap;

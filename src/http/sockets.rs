@@ -42,8 +42,8 @@ pub async fn webchat(
     let session_id = state
         .webchat_session(&token)
         .ok_or_else(|| ApiError::Unauthorized("invalid webchat token".into()))?;
-    let shard = state.channels.webchat.for_session(&session_id).clone();
-    let session = CustomerSession::new(session_id, shard, &state.config);
+    let shards = state.channels.webchat.clone();
+    let session = CustomerSession::new(session_id, shards, &state.config);
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.config.max_frame)
         .start()

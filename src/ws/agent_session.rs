@@ -38,7 +38,7 @@ impl Actor for AgentSession {
         ctx.set_mailbox_capacity(self.backlog);
         self.hb.start(ctx, |s| &mut s.hb);
         self.agent.do_send(Connect {
-            link: SocketLink::new(self.id, &ctx.address()),
+            link: SocketLink::new(self.id, ctx.address()),
             token: Some(self.token.clone()),
         });
     }

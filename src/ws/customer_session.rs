@@ -5,7 +5,7 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 
 use crate::channel::webchat::{
-    CustomerConnected, CustomerDisconnected, FromCustomer, WebchatChannel,
+    CustomerConnected, CustomerDisconnected, FromCustomer, WebchatChannel, WebchatShards,
 };
 use crate::protocol::{error_frame, salvage_ref, CustomerCommand, Id};
 use crate::ws::{close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, SocketLink};
@@ -13,22 +13,29 @@ use crate::ws::{close_with, handle_frame, push_text, CloseSession, Heartbeat, Pu
 pub struct CustomerSession {
     id: u64,
     session: Id,
-    channel: Addr<WebchatChannel>,
+    /// The channel's shards, not a copy of the address of this session's
+    /// shard: a copy of an actix address is an allocation of its own, and
+    /// the shard is a hash away.
+    shards: WebchatShards,
     backlog: usize,
     max_frame: usize,
     hb: Heartbeat,
 }
 
 impl CustomerSession {
-    pub fn new(session: Id, channel: Addr<WebchatChannel>, config: &crate::config::Config) -> Self {
+    pub fn new(session: Id, shards: WebchatShards, config: &crate::config::Config) -> Self {
         CustomerSession {
             id: crate::ws::next_session_id(),
             session,
-            channel,
+            shards,
             backlog: config.socket_backlog,
             max_frame: config.max_frame,
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
         }
+    }
+
+    fn channel(&self) -> &Addr<WebchatChannel> {
+        self.shards.for_session(&self.session)
     }
 }
 
@@ -38,14 +45,14 @@ impl Actor for CustomerSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.backlog);
         self.hb.start(ctx, |s| &mut s.hb);
-        self.channel.do_send(CustomerConnected {
+        self.channel().do_send(CustomerConnected {
             session: self.session.clone(),
-            link: SocketLink::new(self.id, &ctx.address()),
+            link: SocketLink::new(self.id, ctx.address()),
         });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.channel.do_send(CustomerDisconnected {
+        self.channel().do_send(CustomerDisconnected {
             session: self.session.clone(),
             socket: self.id,
         });
@@ -58,7 +65,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CustomerSession {
             return;
         };
         match serde_json::from_str::<CustomerCommand>(&text) {
-            Ok(command) => self.channel.do_send(FromCustomer {
+            Ok(command) => self.channel().do_send(FromCustomer {
                 session: self.session.clone(),
                 socket: self.id,
                 command,

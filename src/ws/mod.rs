@@ -19,6 +19,7 @@ pub mod customer_session;
 pub mod supervisor_session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::dev::SendError;
@@ -63,26 +64,48 @@ pub enum LinkDown {
 #[derive(Clone)]
 pub struct SocketLink {
     pub id: u64,
-    push: Recipient<Push>,
-    close: Recipient<CloseSession>,
+    /// The session's address, shared by the link's clones: each copy of an
+    /// actix address (or recipient) is an allocation of its own, and a
+    /// webchat session keeps its link for as long as the socket is open.
+    session: Arc<dyn SessionAddr>,
+}
+
+/// What a link needs of a session actor's address.
+trait SessionAddr: Send + Sync {
+    fn push(&self, frame: Frame) -> Result<(), SendError<Push>>;
+    fn close(&self, msg: CloseSession);
+}
+
+impl<A> SessionAddr for Addr<A>
+where
+    A: Actor + Handler<Push> + Handler<CloseSession>,
+    A::Context: actix::dev::ToEnvelope<A, Push> + actix::dev::ToEnvelope<A, CloseSession>,
+{
+    fn push(&self, frame: Frame) -> Result<(), SendError<Push>> {
+        self.try_send(Push(frame))
+    }
+
+    fn close(&self, msg: CloseSession) {
+        self.do_send(msg);
+    }
 }
 
 impl SocketLink {
-    pub fn new<A>(id: u64, addr: &Addr<A>) -> Self
+    /// A link to the session at `addr` (e.g. `ctx.address()` in `started`).
+    pub fn new<A>(id: u64, addr: Addr<A>) -> Self
     where
         A: Actor + Handler<Push> + Handler<CloseSession>,
         A::Context: actix::dev::ToEnvelope<A, Push> + actix::dev::ToEnvelope<A, CloseSession>,
     {
         SocketLink {
             id,
-            push: addr.clone().recipient(),
-            close: addr.clone().recipient(),
+            session: Arc::new(addr),
         }
     }
 
     /// Queue a frame, never blocking and never growing past the backlog.
     pub fn send(&self, frame: Frame, metrics: &Metrics) -> Result<(), LinkDown> {
-        match self.push.try_send(Push(frame)) {
+        match self.session.push(frame) {
             Ok(()) => Ok(()),
             Err(SendError::Closed(_)) => Err(LinkDown::Closed),
             Err(SendError::Full(_)) => {
@@ -95,7 +118,7 @@ impl SocketLink {
 
     /// Ask the session to close (queued past the bound: it must get through).
     pub fn close(&self, code: ws::CloseCode, reason: &str) {
-        self.close.do_send(CloseSession {
+        self.session.close(CloseSession {
             code,
             reason: reason.to_owned(),
         });

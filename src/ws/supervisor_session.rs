@@ -35,7 +35,7 @@ impl Actor for SupervisorSession {
         ctx.set_mailbox_capacity(self.backlog);
         self.hb.start(ctx, |s| &mut s.hb);
         self.hub
-            .do_send(Subscribe(SocketLink::new(self.id, &ctx.address())));
+            .do_send(Subscribe(SocketLink::new(self.id, ctx.address())));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

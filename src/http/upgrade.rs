@@ -1,0 +1,220 @@
+//! WebSocket connections after the upgrade request, served without actix-http's
+//! HTTP/1 dispatcher.
+//!
+//! Why: the dispatcher gives every connection an 8 KiB read buffer and an 8 KiB
+//! write buffer and keeps both for as long as the connection lives, and a
+//! WebSocket lives as long as its customer's tab: with the reads and writes of
+//! an idle chat wandering through them, most of those 16 KiB end up resident,
+//! the largest cost of an open webchat conversation (`docs/performance.md`).
+//!
+//! How: the HTTP service hands every WebSocket upgrade request here with its
+//! socket (actix-http's upgrade hook, wired in `server.rs`). The request still
+//! goes through the same routes, auth and handlers (an instance of the app per
+//! worker), and `WsResponseBuilder` still starts the session actor; what
+//! changes is who moves the bytes. Here a connection holds no buffer while it
+//! is idle: reads go through a buffer on the stack and only the bytes read are
+//! handed on (the session's frame decoder keeps them until it has a frame);
+//! writes send each batch of frames the session produced and keep nothing once
+//! the kernel took it. The session is polled only when its last batch has been
+//! written, as under the dispatcher, so a client that stops reading stalls its
+//! session and the slow-consumer policy of `src/ws/mod.rs` applies unchanged.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+
+use actix_codec::{Encoder, Framed};
+use actix_http::body::{self, BodySize, BoxBody, MessageBody};
+use actix_http::error::PayloadError;
+use actix_http::h1::{Codec, Message};
+use actix_http::{ConnectionType, Payload, Request, Response, StatusCode};
+use actix_web::dev::{Service, ServiceResponse};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::net::TcpStream;
+
+/// Largest read from a socket at once. On the stack, only while reading.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Serve one upgrade request: run it through `app`, write the response head,
+/// then the session's frames until it ends. To be spawned as its own task.
+pub fn serve<S>(
+    app: Rc<S>,
+    req: Request,
+    framed: Framed<TcpStream, Codec>,
+) -> impl Future<Output = ()>
+where
+    S: Service<Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error> + 'static,
+{
+    // Boxed, so the task keeps only what the pump needs: the request, the
+    // dispatcher's framed socket and the handler's future are large and
+    // short-lived, the task lives as long as the socket (a future keeps room
+    // for everything it captured).
+    let handshake = Box::pin(handshake(app, req, framed));
+    async move {
+        if let Some(pump) = handshake.await {
+            if let Err(e) = pump.await {
+                tracing::debug!(error = %e, "WebSocket connection closed");
+            }
+        }
+    }
+}
+
+/// Run the request through the app and write its response head. A WebSocket
+/// session (101) comes back with its socket for the pump; any other answer
+/// (a refusal: bad token, not a WebSocket request…) is written whole, and the
+/// connection closed.
+async fn handshake<S>(app: Rc<S>, req: Request, framed: Framed<TcpStream, Codec>) -> Option<Pump>
+where
+    S: Service<Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
+{
+    let parts = framed.into_parts();
+    let io = Rc::new(parts.io);
+    let mut codec = parts.codec;
+    // Bytes the client sent right after the request head (a first frame).
+    let early = (!parts.read_buf.is_empty()).then(|| Bytes::copy_from_slice(&parts.read_buf));
+    // The dispatcher's buffers go now, not with the connection.
+    drop(parts.read_buf);
+    drop(parts.write_buf);
+
+    let reader = SocketReader {
+        io: Rc::clone(&io),
+        early,
+    };
+    let (req, _) = req.replace_payload(Payload::from(
+        Box::pin(reader) as actix_http::BoxedPayloadStream
+    ));
+    let res: Response<BoxBody> = match app.call(req).await {
+        Ok(res) => res.into(),
+        Err(e) => e.error_response().into(),
+    };
+    let (mut head, body) = res.into_parts();
+    let mut out = BytesMut::new();
+    let written = if head.status() == StatusCode::SWITCHING_PROTOCOLS {
+        match codec.encode(Message::Item((head, BodySize::Stream)), &mut out) {
+            Ok(()) => write_all(&io, &out).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        head.head_mut().set_connection_type(ConnectionType::Close);
+        let refusal = async {
+            let bytes = body::to_bytes(body)
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let size = BodySize::Sized(bytes.len() as u64);
+            codec.encode(Message::Item((head, size)), &mut out)?;
+            codec.encode(Message::Chunk(Some(bytes)), &mut out)?;
+            write_all(&io, &out).await
+        };
+        if let Err(e) = refusal.await {
+            tracing::debug!(error = %e, "upgrade refusal not sent");
+        }
+        let _ = socket2::SockRef::from(&*io).shutdown(std::net::Shutdown::Write);
+        return None;
+    };
+    match written {
+        Ok(()) => Some(Pump {
+            io,
+            session: body,
+            out: Bytes::new(),
+        }),
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket handshake not sent");
+            None
+        }
+    }
+}
+
+/// A WebSocket connection after its handshake: the session's output, batch
+/// by batch, each written in full before the session is polled again. A
+/// plain struct rather than an `async fn`, to keep the task that lives as
+/// long as the socket small (waiting for writability is `poll_write_ready`,
+/// with no waiter of its own in the future).
+struct Pump {
+    io: Rc<TcpStream>,
+    /// The session actor's output stream.
+    session: BoxBody,
+    /// What the kernel has not taken yet of the last batch.
+    out: Bytes,
+}
+
+impl Future for Pump {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            while !this.out.is_empty() {
+                ready!(this.io.poll_write_ready(cx))?;
+                match this.io.try_write(&this.out) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => this.out.advance(n),
+                    // Readiness was stale: `try_write` cleared it, wait again.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            // Written: let the batch's buffer go before waiting for the next.
+            this.out = Bytes::new();
+            match ready!(Pin::new(&mut this.session).poll_next(cx)) {
+                Some(Ok(frames)) => this.out = frames,
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e.to_string()))),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl Drop for Pump {
+    /// Done, failed or its worker stopping: FIN. What the session still
+    /// queued goes with it.
+    fn drop(&mut self) {
+        let _ = socket2::SockRef::from(&*self.io).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+async fn write_all(io: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        io.writable().await?;
+        match io.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The request's payload: what the client sends, as it arrives, each read its
+/// own exact-size chunk.
+struct SocketReader {
+    io: Rc<TcpStream>,
+    early: Option<Bytes>,
+}
+
+impl Stream for SocketReader {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(early) = this.early.take() {
+            return Poll::Ready(Some(Ok(early)));
+        }
+        loop {
+            if let Err(e) = ready!(this.io.poll_read_ready(cx)) {
+                return Poll::Ready(Some(Err(PayloadError::Io(e))));
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            match this.io.try_read(&mut chunk) {
+                Ok(0) => return Poll::Ready(None),
+                Ok(n) => return Poll::Ready(Some(Ok(Bytes::copy_from_slice(&chunk[..n])))),
+                // Readiness was stale: `try_read` cleared it, wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Some(Err(PayloadError::Io(e)))),
+            }
+        }
+    }
+}
