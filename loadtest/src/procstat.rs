@@ -94,6 +94,27 @@ pub fn parse_stat_comm(stat: &str) -> Option<&str> {
     (close > open).then(|| &stat[open + 1..close])
 }
 
+/// The pids of the kernel threads named `names` (as `comm` gives them, e.g.
+/// `ksoftirqd/0`), in that order, for those found.
+pub fn kernel_threads(names: &[String]) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<(usize, u32)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = fs::read_to_string(e.path().join("comm")).ok()?;
+            let i = names
+                .iter()
+                .position(|n| n == comm.trim_end_matches('\n'))?;
+            Some((i, pid))
+        })
+        .collect();
+    found.sort_unstable();
+    found.into_iter().map(|(_, pid)| pid).collect()
+}
+
 /// One CPU's time since boot, seconds, from `/proc/stat`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuTime {
@@ -244,6 +265,17 @@ mod tests {
         assert_eq!((old[0].cpu, old[0].busy, old[0].total), (3, 6.0, 10.0));
         assert!(parse_cpu_times("cpu0 1 2\n", 1.0).is_empty());
         assert!(!cpu_times().is_empty());
+    }
+
+    #[test]
+    fn kernel_threads_by_name() {
+        // Every Linux CPU has its softirq thread; no thread has this name.
+        let names = ["ksoftirqd/0".to_string(), "no such thread/0".to_string()];
+        let found = kernel_threads(&names);
+        assert!(found.len() <= 1);
+        if let Some(&pid) = found.first() {
+            assert!(cpu_seconds(pid).is_some());
+        }
     }
 
     #[test]
