@@ -893,7 +893,12 @@ async fn measure(
 
     let w = window(&a, &b, target_cpus, harness_cpus);
     let mut run = report::measurements_json(&snap, requested);
-    run["complete"] = json!(report::complete(&snap, requested, requested, args.agents as u64));
+    run["complete"] = json!(report::complete(
+        &snap,
+        requested,
+        requested,
+        args.agents as u64
+    ));
     let problem = if ended_early {
         Some("the load ended before the window did (see the errors)".to_string())
     } else if w.running_at_start < concurrency {

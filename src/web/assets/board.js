@@ -7,7 +7,7 @@
 'use strict';
 
 (function () {
-  const { h, $, icon, channelIcon, channelName, duration, humanize, api, ApiError, Socket, wsUrl, session } = window.SB;
+  const { h, $, icon, channelIcon, channelName, duration, humanize, api, request, Socket, wsUrl, session } = window.SB;
 
   const POLL_MS = 5000;
   /** Completed and canceled tasks stay in the table, greyed, this long. */
@@ -158,24 +158,8 @@
   /** GET /v1/tasks (every open task, oldest wait first); also reads the broker's clock from `Date`. */
   async function fetchTasks() {
     const sent = Date.now();
-    let resp;
-    try {
-      resp = await fetch('/v1/tasks', { headers: { Authorization: 'Bearer ' + B.token }, cache: 'no-store' });
-    } catch (e) {
-      throw new ApiError(0, 'network', 'The server cannot be reached.');
-    }
-    const text = await resp.text();
-    let json = null;
-    try {
-      json = text ? JSON.parse(text) : null;
-    } catch (e) {
-      json = null;
-    }
-    if (!resp.ok) {
-      const err = json && json.error ? json.error : {};
-      throw new ApiError(resp.status, err.code || 'http_' + resp.status, err.message || 'The server answered ' + resp.status + '.');
-    }
-    const date = Date.parse(resp.headers.get('Date') || '');
+    const { json, headers } = await request('GET', '/v1/tasks', B.token);
+    const date = Date.parse(headers.get('Date') || '');
     if (!Number.isNaN(date)) {
       // `Date` has whole seconds: only a clearly wrong clock is corrected.
       const offset = date - (sent + Date.now()) / 2;

@@ -152,6 +152,11 @@
 
   /** Call the HTTP API with a bearer token; JSON in and out. Throws ApiError. */
   async function api(method, path, token, body, contentType) {
+    return (await request(method, path, token, body, contentType)).json;
+  }
+
+  /** `api`, also handing back the response's headers: `{json, headers}`. */
+  async function request(method, path, token, body, contentType) {
     const headers = {};
     if (token) headers.Authorization = 'Bearer ' + token;
     let payload;
@@ -180,7 +185,7 @@
       throw new ApiError(resp.status, err.code || 'http_' + resp.status,
         err.message || ('The server answered ' + resp.status + '.'));
     }
-    return json;
+    return { json, headers: resp.headers };
   }
 
   /** Upload a File as an attachment; resolves to its metadata. */
@@ -471,7 +476,7 @@
 
   window.SB = {
     renderFileChips, icon, channelIcon, channelName, h, $, duration, clock, bytes, uid, humanize,
-    api, upload, attachmentUrl, attachmentView, isImage, upsertMessage, toast, sentence,
+    api, request, upload, attachmentUrl, attachmentView, isImage, upsertMessage, toast, sentence,
     Socket, wsUrl, store, session, enterToSend, ApiError, CHANNEL_NAMES,
   };
 })();
