@@ -10,6 +10,18 @@ fn is_offer(v: &Value) -> bool {
     v["type"] == "task.offered"
 }
 
+/// Two agents wait for one offer: the offer, the socket that got it, the other.
+async fn first_offer<'a>(a: &'a mut Ws, b: &'a mut Ws) -> (Value, &'a mut Ws, &'a mut Ws) {
+    let a_first = tokio::select! {
+        v = a.recv_where("offer", is_offer) => Ok(v),
+        v = b.recv_where("offer", is_offer) => Err(v),
+    };
+    match a_first {
+        Ok(v) => (v, a, b),
+        Err(v) => (v, b, a),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn most_free_capacity_wins() {
     let h = start();
@@ -75,17 +87,9 @@ async fn reject_reoffers_elsewhere_not_to_the_rejecter() {
     let conv = s(&ack["conversation_id"]);
 
     // Whoever gets it first rejects it.
-    let first = tokio::select! {
-        v = a.recv_where("offer", is_offer) => ("alice", v),
-        v = b.recv_where("offer", is_offer) => ("bob", v),
-    };
-    let (first_ws, second_ws) = if first.0 == "alice" {
-        (&mut a, &mut b)
-    } else {
-        (&mut b, &mut a)
-    };
-    let task_id = s(&first.1["task"]["id"]);
-    assert_eq!(first.1["task"]["conversation_id"], conv.as_str());
+    let (offer, first_ws, second_ws) = first_offer(&mut a, &mut b).await;
+    let task_id = s(&offer["task"]["id"]);
+    assert_eq!(offer["task"]["conversation_id"], conv.as_str());
     first_ws.reject(&task_id).await;
 
     // The other agent gets the same task.
@@ -128,15 +132,7 @@ async fn both_reject_and_it_comes_back_to_the_first_after_the_cooldown() {
 
     let (_s, _c, ack) = h.customer_with_message("Dana", "hi").await;
     let conv = s(&ack["conversation_id"]);
-    let (a_first, offer) = tokio::select! {
-        v = a.recv_where("offer", is_offer) => (true, v),
-        v = b.recv_where("offer", is_offer) => (false, v),
-    };
-    let (first, second) = if a_first {
-        (&mut a, &mut b)
-    } else {
-        (&mut b, &mut a)
-    };
+    let (offer, first, second) = first_offer(&mut a, &mut b).await;
     let task_id = s(&offer["task"]["id"]);
     first.reject(&task_id).await;
     let rejected_first = std::time::Instant::now();
