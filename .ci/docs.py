@@ -640,10 +640,14 @@ class FileRun:
                           + "\n".join("< " + f for f in extra))
         client.close()
         del self.clients[term]
+        self.expect_output(client, expected, "printed nothing more")
+
+    def expect_output(self, client, expected, missing):
+        """The client's next printed lines are the expected ones."""
         for n, want in expected:
             got = client.next(client.output)
             if got is None:
-                raise Failure(n, f"the client printed nothing more; expected\n    {want}")
+                raise Failure(n, f"the client {missing}; expected\n    {want}")
             why = expect(self.subst(want), got, self.bindings)
             if why:
                 raise Failure(n, why)
@@ -661,13 +665,7 @@ class FileRun:
                 raise Failure(line, f"terminal {term} already runs a client")
             script = f"source {shlex.quote(self.state)}\nexec {cmd}"
             c = self.clients[term] = Client(script, self.env())
-            for n, want in expected:
-                got = c.next(c.output)
-                if got is None:
-                    raise Failure(n, f"the client printed nothing; expected\n    {want}")
-                why = expect(self.subst(want), got, self.bindings)
-                if why:
-                    raise Failure(n, why)
+            self.expect_output(c, expected, "printed nothing")
             return
         segs = [(cmd, "\n".join(self.subst(w) for _, w in expected) if expected else None,
                  expected[0][0] if expected else line)]
