@@ -283,4 +283,24 @@ function agentIdOf(url) {
   return path.slice(AGENT_PREFIX.length).replace(/(?:\/ws)+$/, "");
 }
 
-module.exports = { AGENT_PREFIX, Relay, agentIdOf, parseArgs, str };
+/** Listen on 127.0.0.1 as the harness expects: print `listening <port>`, and
+ * (with --exit-with-stdin) exit when the harness's end of stdin closes. */
+function listen(server, opts) {
+  server.on("error", (e) => {
+    process.stderr.write(`relay.js: cannot listen on 127.0.0.1:${opts.port}: ${e.message}\n`);
+    process.exit(1);
+  });
+  // The same listen backlog as the broker's and the baseline relay's.
+  server.listen({ host: "127.0.0.1", port: opts.port, backlog: 4096 }, () => {
+    process.stdout.write(`listening ${server.address().port}\n`);
+  });
+  if (opts.exitWithStdin) {
+    // Started by the harness: go away with it, even if it could not stop us.
+    process.stdin.on("end", () => process.exit(0));
+    process.stdin.on("error", () => process.exit(0));
+    process.stdin.resume();
+  }
+  for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => process.exit(0));
+}
+
+module.exports = { AGENT_PREFIX, Relay, agentIdOf, listen, parseArgs, str };

@@ -19,7 +19,7 @@
 const http = require("node:http");
 const { Server } = require("socket.io");
 
-const { Relay, agentIdOf, parseArgs, str } = require("../relay-core.js");
+const { Relay, agentIdOf, listen, parseArgs, str } = require("../relay-core.js");
 
 const EVENT = "msg";
 const send = (socket, ev) => socket.emit(EVENT, ev);
@@ -52,21 +52,7 @@ function main() {
       else if (cust.convId !== null) relay.customerGone(cust.convId);
     });
   });
-  server.on("error", (e) => {
-    process.stderr.write(`relay.js: cannot listen on 127.0.0.1:${opts.port}: ${e.message}\n`);
-    process.exit(1);
-  });
-  // The same listen backlog as the broker's and the baseline relay's.
-  server.listen({ host: "127.0.0.1", port: opts.port, backlog: 4096 }, () => {
-    process.stdout.write(`listening ${server.address().port}\n`);
-  });
-  if (opts.exitWithStdin) {
-    // Started by the harness: go away with it, even if it could not stop us.
-    process.stdin.on("end", () => process.exit(0));
-    process.stdin.on("error", () => process.exit(0));
-    process.stdin.resume();
-  }
-  for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => process.exit(0));
+  listen(server, opts);
 }
 
 main();
