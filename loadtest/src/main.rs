@@ -19,6 +19,7 @@ mod chart;
 mod cpuwin;
 mod customer;
 mod dist;
+mod echo;
 mod meta;
 mod net;
 mod peer;
@@ -340,6 +341,10 @@ pub struct Args {
     /// (needs node and npm).
     #[arg(long)]
     ws_peer: bool,
+    /// Per-core: also measure the lean echo relay (two frames per round
+    /// trip: no routing, history or acks), driven by its own probe.
+    #[arg(long)]
+    echo_relay: bool,
     /// The ws peer's directory (relay.js, package.json) [default:
     /// loadtest/peers/ws].
     #[arg(long)]
@@ -373,6 +378,10 @@ pub struct Args {
     /// --baseline-port) until stdin closes.
     #[arg(long, hide = true)]
     serve_relay: bool,
+    /// Internal: serve the lean echo relay in this process until stdin
+    /// closes.
+    #[arg(long, hide = true)]
+    serve_echo_relay: bool,
 }
 
 impl Args {
@@ -1147,6 +1156,15 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
             }
         };
     }
+    if first.serve_echo_relay {
+        return match echo::serve_main().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadtest: --serve-echo-relay: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if first.worker.is_some() {
         return workers::child_main(first).await;
     }
@@ -1503,7 +1521,7 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
                     rep["peer_process"]["thread_shares"] = r.threads.clone();
                 }
             }
-            Kind::Baseline | Kind::Ws => {}
+            Kind::Baseline | Kind::Ws | Kind::Echo => {}
         }
         // Queued conversations are left by their customers: no task completes.
         let tasks = if args.queued { 0 } else { args.requested(kind) };
@@ -1600,6 +1618,7 @@ fn run_id_for(run_id: &str, kind: Kind) -> String {
         Kind::Baseline => format!("{run_id}b"),
         Kind::SocketIo => format!("{run_id}s"),
         Kind::Ws => format!("{run_id}w"),
+        Kind::Echo => format!("{run_id}e"),
     }
 }
 

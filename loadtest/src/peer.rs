@@ -208,6 +208,14 @@ pub async fn start_relay(capacity: u32, cpus: Option<&[usize]>) -> Result<Peer, 
     spawn_listening(cmd, "baseline relay", cpus).await
 }
 
+/// The lean echo relay ([`crate::echo`]) as a process of its own.
+pub async fn start_echo(cpus: Option<&[usize]>) -> Result<Peer, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["--serve-echo-relay", "--progress", "off"]);
+    spawn_listening(cmd, "echo relay", cpus).await
+}
+
 /// A broker started by the harness (`--broker-bin`).
 pub struct Broker {
     pub url: String,

@@ -32,7 +32,7 @@ use crate::peer::{self, Peer};
 use crate::progress::{Collector, Tick};
 use crate::report::{self, Counters};
 use crate::run::{Kind, Local};
-use crate::{affinity, procstat, scenario, socketio, Args};
+use crate::{affinity, echo, procstat, scenario, socketio, Args};
 
 /// How long after the window a target's run may take to drain (the
 /// customers' last round trip, `bye`, end, complete) before its deadline.
@@ -136,6 +136,7 @@ pub fn label(kind: Kind) -> &'static str {
         Kind::Baseline => "Rust relay (tokio-tungstenite)",
         Kind::Ws => "Node ws relay",
         Kind::SocketIo => "Node Socket.IO relay",
+        Kind::Echo => "Lean echo relay (2 frames/rt)",
     }
 }
 
@@ -236,7 +237,7 @@ impl Window {
 pub fn ratios(targets: &Value) -> Value {
     let sb = &targets[Kind::Switchboard.name()]["window"];
     let mut out = serde_json::Map::new();
-    for kind in [Kind::Baseline, Kind::Ws, Kind::SocketIo] {
+    for kind in [Kind::Echo, Kind::Baseline, Kind::Ws, Kind::SocketIo] {
         let w = &targets[kind.name()]["window"];
         if !w.is_object() || !sb.is_object() {
             continue;
@@ -268,7 +269,13 @@ pub fn goals(ratios: &Value) -> Value {
     };
     json!([
         goal(
-            "Switchboard CPU per round trip <= 2x the Rust relay's",
+            "Switchboard CPU per round trip <= 2x the lean echo relay's (2 frames per round trip)",
+            ratios["echo"]["cpu_per_round_trip"].as_f64(),
+            GOAL_CPU_VS_BASELINE,
+            true,
+        ),
+        goal(
+            "Switchboard CPU per round trip <= 2x the Rust relay's (Switchboard's own frames)",
             ratios["baseline"]["cpu_per_round_trip"].as_f64(),
             GOAL_CPU_VS_BASELINE,
             true,
@@ -315,7 +322,13 @@ pub fn human(report: &Value) -> String {
         Some(x) => format!("{x:.digits$}"),
         None => "-".into(),
     };
-    for kind in [Kind::Switchboard, Kind::Baseline, Kind::Ws, Kind::SocketIo] {
+    for kind in [
+        Kind::Switchboard,
+        Kind::Echo,
+        Kind::Baseline,
+        Kind::Ws,
+        Kind::SocketIo,
+    ] {
         let t = &report["targets"][kind.name()];
         let w = &t["window"];
         if !w.is_object() {
@@ -373,11 +386,17 @@ pub fn human(report: &Value) -> String {
             why.as_str().unwrap_or("?")
         );
     }
-    let disturbed: Vec<&str> = [Kind::Switchboard, Kind::Baseline, Kind::Ws, Kind::SocketIo]
-        .into_iter()
-        .filter(|k| report["targets"][k.name()]["window"]["disturbed"] == true)
-        .map(label)
-        .collect();
+    let disturbed: Vec<&str> = [
+        Kind::Switchboard,
+        Kind::Echo,
+        Kind::Baseline,
+        Kind::Ws,
+        Kind::SocketIo,
+    ]
+    .into_iter()
+    .filter(|k| report["targets"][k.name()]["window"]["disturbed"] == true)
+    .map(label)
+    .collect();
     if !disturbed.is_empty() {
         let _ = writeln!(
             s,
@@ -385,12 +404,18 @@ pub fn human(report: &Value) -> String {
             disturbed.join(", ")
         );
     }
-    let limited: Vec<&str> = [Kind::Switchboard, Kind::Baseline, Kind::Ws, Kind::SocketIo]
-        .into_iter()
-        .filter(|k| report["targets"][k.name()]["window"]["bound_by"] != "target")
-        .filter(|k| report["targets"][k.name()]["window"].is_object())
-        .map(label)
-        .collect();
+    let limited: Vec<&str> = [
+        Kind::Switchboard,
+        Kind::Echo,
+        Kind::Baseline,
+        Kind::Ws,
+        Kind::SocketIo,
+    ]
+    .into_iter()
+    .filter(|k| report["targets"][k.name()]["window"]["bound_by"] != "target")
+    .filter(|k| report["targets"][k.name()]["window"].is_object())
+    .map(label)
+    .collect();
     if !limited.is_empty() {
         let _ = writeln!(
             s,
@@ -473,6 +498,7 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
     let mut kinds = vec![Kind::Switchboard];
     kinds.extend(
         [
+            (Kind::Echo, args.echo_relay),
             (Kind::Baseline, args.baseline_relay),
             (Kind::Ws, args.ws_peer),
             (Kind::SocketIo, args.socketio_peer),
@@ -604,6 +630,10 @@ async fn start(args: &Args, kind: Kind, cpus: &[usize], run_id: &str) -> Result<
         proc: Proc::Peer(p),
     };
     match kind {
+        Kind::Echo => Ok(relay(
+            peer::start_echo(Some(cpus)).await?,
+            "the echo relay's own process",
+        )),
         Kind::Baseline => Ok(relay(
             peer::start_relay(args.capacity, Some(cpus)).await?,
             "the baseline relay's own process",
@@ -727,12 +757,38 @@ fn cpu_of(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|&p| procstat::cpu_seconds(p)).sum()
 }
 
-fn mark(ctx: &crate::run::Ctx, pid: u32, threads: bool, softirq: &SoftirqThreads) -> Mark {
-    let c = &ctx.stats.c;
+/// The load's own counters at one end of the window.
+struct Load {
+    round_trips: u64,
+    errors: u64,
+    running: u64,
+}
+
+impl Load {
+    fn of(ctx: &crate::run::Ctx) -> Load {
+        let c = &ctx.stats.c;
+        Load {
+            round_trips: Counters::get(&c.agent_to_customer),
+            errors: ctx.stats.error_count(),
+            running: Counters::get(&c.in_flight),
+        }
+    }
+
+    fn of_probe(p: &echo::Probe) -> Load {
+        use std::sync::atomic::Ordering::Relaxed;
+        Load {
+            round_trips: p.round_trips.load(Relaxed),
+            errors: p.errors.load(Relaxed),
+            running: p.running.load(Relaxed),
+        }
+    }
+}
+
+fn mark(load: Load, pid: u32, threads: bool, softirq: &SoftirqThreads) -> Mark {
     Mark {
-        round_trips: Counters::get(&c.agent_to_customer),
-        errors: ctx.stats.error_count(),
-        running: Counters::get(&c.in_flight),
+        round_trips: load.round_trips,
+        errors: load.errors,
+        running: load.running,
         target: Reading::take(pid, threads),
         harness: Reading::take(std::process::id(), false),
         target_softirq: cpu_of(&softirq.target),
@@ -841,6 +897,9 @@ async fn measure(
     cpus: (&[usize], &[usize]),
 ) -> Result<Value, String> {
     let (target_cpus, harness_cpus) = cpus;
+    if kind == Kind::Echo {
+        return measure_echo(args, started, cpus).await;
+    }
     let run_id = crate::run_id_for(run_id, kind);
     let mut setup = args.setup(kind, &started.url, &run_id, seed, None)?;
     setup.admin_token = started.token.clone();
@@ -872,9 +931,9 @@ async fn measure(
     });
     let softirq = SoftirqThreads::find(target_cpus, harness_cpus);
     tokio::time::sleep(args.warmup).await;
-    let a = mark(&ctx, started.pid, args.thread_shares, &softirq);
+    let a = mark(Load::of(&ctx), started.pid, args.thread_shares, &softirq);
     tokio::time::sleep(args.measure).await;
-    let b = mark(&ctx, started.pid, args.thread_shares, &softirq);
+    let b = mark(Load::of(&ctx), started.pid, args.thread_shares, &softirq);
     let ended_early = load.is_finished();
     ctx.wind_down();
     let limit = Instant::now() + DRAIN;
@@ -929,6 +988,68 @@ async fn measure(
             "{}",
             cpuwin::human(&format!("[{}] target", kind.name()), &out["thread_shares"])
         );
+    }
+    Ok(out)
+}
+
+/// Loads the lean echo relay with its own probe ([`echo::drive`]): the same
+/// conversations, agents, warm-up and window as the other targets.
+async fn measure_echo(
+    args: &Args,
+    started: &Started,
+    (target_cpus, harness_cpus): (&[usize], &[usize]),
+) -> Result<Value, String> {
+    let concurrency = args.concurrency() as u64;
+    let (probe, done) = echo::drive(&started.url, args.concurrency(), args.agents, args.ramp)?;
+    let softirq = SoftirqThreads::find(target_cpus, harness_cpus);
+    tokio::time::sleep(args.warmup).await;
+    let a = mark(
+        Load::of_probe(&probe),
+        started.pid,
+        args.thread_shares,
+        &softirq,
+    );
+    tokio::time::sleep(args.measure).await;
+    let b = mark(
+        Load::of_probe(&probe),
+        started.pid,
+        args.thread_shares,
+        &softirq,
+    );
+    let ended_early = done.is_finished();
+    probe.stop();
+    tokio::time::timeout(DRAIN, done)
+        .await
+        .map_err(|_| format!("echo: the probe did not drain in {}s", DRAIN.as_secs()))?
+        .map_err(|e| format!("echo: the probe failed: {e}"))?;
+    let w = window(&a, &b, target_cpus, harness_cpus);
+    let errors = probe.errors.load(std::sync::atomic::Ordering::Relaxed);
+    let problem = if ended_early {
+        Some("the probe ended before the window did (see the errors)".to_string())
+    } else if w.running_at_start < concurrency {
+        Some(format!(
+            "{} of {concurrency} conversations were running when the window began: lengthen --warmup or raise --ramp",
+            w.running_at_start
+        ))
+    } else if w.round_trips == 0 {
+        Some("no round trip in the window".into())
+    } else if w.target.is_none() {
+        Some(format!("pid {}'s CPU time could not be read", started.pid))
+    } else if errors > 0 {
+        Some(format!("{errors} probe errors (see the log)"))
+    } else {
+        None
+    };
+    let mut out = json!({
+        "target": Kind::Echo.name(),
+        "label": label(Kind::Echo),
+        "ok": problem.is_none(),
+        "problem": problem,
+        "window": w.to_json(harness_cpus.len()),
+        "run": {"errors_total": errors},
+    });
+    if args.thread_shares {
+        out["thread_shares"] = cpuwin::thread_shares(&a.target, &b.target).to_json();
     }
     Ok(out)
 }
@@ -1033,32 +1154,42 @@ mod tests {
         assert!(harness_cpus(&[0], 0).is_empty());
     }
 
-    fn targets(sb: &Window, baseline: Option<&Window>, ws: Option<&Window>) -> Value {
+    fn targets(
+        sb: &Window,
+        echo: Option<&Window>,
+        baseline: Option<&Window>,
+        ws: Option<&Window>,
+    ) -> Value {
         let mut t = json!({ "switchboard": { "window": sb.to_json(1) } });
-        if let Some(w) = baseline {
-            t["baseline"] = json!({ "window": w.to_json(1) });
-        }
-        if let Some(w) = ws {
-            t["ws"] = json!({ "window": w.to_json(1) });
+        for (name, w) in [("echo", echo), ("baseline", baseline), ("ws", ws)] {
+            if let Some(w) = w {
+                t[name] = json!({ "window": w.to_json(1) });
+            }
         }
         t
     }
 
     #[test]
     fn ratios_and_goals() {
-        // The outside probe's shape: Switchboard 53 µs, the Rust relay 16 µs.
+        // The outside probe's shape: Switchboard 53 µs, the bare 2-frame
+        // relay 16 µs; the relay writing Switchboard's frames 30 µs.
         let sb = window(20_000 * 20, 0.053 * 20_000.0 * 20.0, 10.0);
-        let base = window(40_000 * 20, 0.016 * 40_000.0 * 20.0, 19.0);
+        let echo = window(40_000 * 20, 0.016 * 40_000.0 * 20.0, 19.0);
+        let base = window(30_000 * 20, 0.030 * 30_000.0 * 20.0, 19.0);
         let ws = window(17_000 * 20, 0.058 * 17_000.0 * 20.0, 8.0);
-        let t = targets(&sb, Some(&base), Some(&ws));
+        let t = targets(&sb, Some(&echo), Some(&base), Some(&ws));
         let r = ratios(&t);
         assert!(close(
-            r["baseline"]["cpu_per_round_trip"].as_f64().unwrap(),
+            r["echo"]["cpu_per_round_trip"].as_f64().unwrap(),
             53.0 / 16.0
         ));
         assert!(close(
-            r["baseline"]["round_trips_per_second"].as_f64().unwrap(),
+            r["echo"]["round_trips_per_second"].as_f64().unwrap(),
             0.5
+        ));
+        assert!(close(
+            r["baseline"]["cpu_per_round_trip"].as_f64().unwrap(),
+            53.0 / 30.0
         ));
         assert!(close(
             r["ws"]["round_trips_per_second"].as_f64().unwrap(),
@@ -1066,26 +1197,37 @@ mod tests {
         ));
         assert!(r.get("socketio").is_none());
         let g = goals(&r);
-        assert_eq!(g[0]["met"], false, "3.3x is over 2x");
+        assert_eq!(g[0]["met"], false, "3.3x the echo relay is over 2x");
         assert!(close(g[0]["limit"].as_f64().unwrap(), 2.0));
-        assert_eq!(g[1]["met"], false, "1.18x is under 1.2x");
+        assert_eq!(g[1]["met"], true, "1.77x the same-frames relay is under 2x");
+        assert_eq!(g[2]["met"], false, "1.18x is under 1.2x");
         // Exactly at the limits counts as met.
         let sb2 = window(12_000 * 20, 0.032 * 12_000.0 * 20.0, 5.0);
-        let base2 = window(12_000 * 20, 0.016 * 12_000.0 * 20.0, 5.0);
+        let echo2 = window(12_000 * 20, 0.016 * 12_000.0 * 20.0, 5.0);
         let ws2 = window(10_000 * 20, 0.05 * 10_000.0 * 20.0, 5.0);
-        let g = goals(&ratios(&targets(&sb2, Some(&base2), Some(&ws2))));
+        let g = goals(&ratios(&targets(
+            &sb2,
+            Some(&echo2),
+            Some(&echo2),
+            Some(&ws2),
+        )));
         assert_eq!(
-            (g[0]["met"].clone(), g[1]["met"].clone()),
-            (json!(true), json!(true))
+            (
+                g[0]["met"].clone(),
+                g[1]["met"].clone(),
+                g[2]["met"].clone()
+            ),
+            (json!(true), json!(true), json!(true))
         );
         // A skipped target leaves its goal unmeasured.
-        let g = goals(&ratios(&targets(&sb, Some(&base), None)));
-        assert_eq!(g[1]["met"], Value::Null);
-        assert_eq!(g[1]["value"], Value::Null);
+        let g = goals(&ratios(&targets(&sb, None, Some(&base), None)));
+        assert_eq!(g[0]["met"], Value::Null);
+        assert_eq!(g[2]["met"], Value::Null);
+        assert_eq!(g[2]["value"], Value::Null);
         // A relay with no round trip gives no ratio rather than infinity.
         let dead = window(0, 1.0, 1.0);
-        let r = ratios(&targets(&sb, Some(&dead), None));
-        assert_eq!(r["baseline"]["cpu_per_round_trip"], Value::Null);
+        let r = ratios(&targets(&sb, Some(&dead), Some(&dead), None));
+        assert_eq!(r["echo"]["cpu_per_round_trip"], Value::Null);
         assert_eq!(r["baseline"]["round_trips_per_second"], Value::Null);
     }
 
@@ -1093,7 +1235,7 @@ mod tests {
     fn summary_names_figures_goals_and_skips() {
         let sb = window(400_000, 21.2, 10.0);
         let base = window(800_000, 12.8, 19.0);
-        let t = targets(&sb, Some(&base), None);
+        let t = targets(&sb, None, Some(&base), None);
         let mut report = json!({
             "config": {"target_cpu": 0, "harness_cpus": "1", "conversations": 1000, "agents": 200,
                        "capacity": 5, "warmup_seconds": 10.0, "measure_seconds": 20.0},
@@ -1117,10 +1259,14 @@ mod tests {
         );
         assert!(text.contains("Switchboard / Rust relay (tokio-tungstenite): CPU per round trip 3.31x (3.29x with the softirq threads), round trips/s 0.50x"), "{text}");
         assert!(
-            text.contains("<= 2x the Rust relay's: 3.31x, NOT MET"),
+            text.contains("<= 2x the Rust relay's (Switchboard's own frames): 3.31x, NOT MET"),
             "{text}"
         );
         assert!(text.contains("Node ws relay's: not measured"), "{text}");
+        assert!(
+            text.contains("the lean echo relay's (2 frames per round trip): not measured"),
+            "{text}"
+        );
         assert!(!text.contains("WARNING"), "{text}");
         report["targets"]["baseline"]["window"]["disturbed"] = json!(true);
         let text = human(&report);

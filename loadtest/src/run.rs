@@ -33,6 +33,8 @@ pub enum Kind {
     SocketIo,
     /// The Node.js relay on the bare `ws` package (`peers/ws`).
     Ws,
+    /// The lean two-frame echo relay (`echo`), driven by its own probe.
+    Echo,
 }
 
 impl Kind {
@@ -42,12 +44,13 @@ impl Kind {
             Kind::Baseline => "baseline",
             Kind::SocketIo => "socketio",
             Kind::Ws => "ws",
+            Kind::Echo => "echo",
         }
     }
 
     /// The kind called `name` (unknown names: Switchboard).
     pub fn from_name(name: &str) -> Kind {
-        [Kind::Baseline, Kind::SocketIo, Kind::Ws]
+        [Kind::Baseline, Kind::SocketIo, Kind::Ws, Kind::Echo]
             .into_iter()
             .find(|k| k.name() == name)
             .unwrap_or(Kind::Switchboard)
