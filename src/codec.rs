@@ -18,8 +18,20 @@ pub enum CodecError {
     Trailing(usize),
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// The largest record the codec reads back. No event comes near it (a
+/// message's text and file metadata are bounded far below); a length prefix
+/// beyond it, in a torn or corrupt record, is refused before anything is
+/// allocated rather than asking the allocator for exabytes.
+pub const MAX_RECORD: usize = 16 * 1024 * 1024;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_RECORD>,
+>;
+
+fn config() -> Config {
+    bincode::config::standard().with_limit::<MAX_RECORD>()
 }
 
 /// Encode one event to bytes.
@@ -60,5 +72,25 @@ mod tests {
             decode::<Ev>(&encode(&Ev::B(None)).unwrap()).unwrap(),
             Ev::B(None)
         );
+    }
+
+    /// Found by the `journal_records` fuzz target: a string whose length
+    /// prefix said 2^57 bytes made the decoder allocate them (and abort).
+    #[test]
+    fn a_huge_length_prefix_is_an_error_not_an_allocation() {
+        let mut bytes = vec![0x00, 0xfd];
+        bytes.extend([0x03; 8]);
+        assert!(matches!(decode::<Ev>(&bytes), Err(CodecError::Decode(_))));
+        let mut bytes = vec![0x01, 0x01, 0xfd];
+        bytes.extend([0x03; 8]);
+        assert!(matches!(decode::<Ev>(&bytes), Err(CodecError::Decode(_))));
+    }
+
+    #[test]
+    fn records_over_the_limit_are_refused_on_reading() {
+        let big = encode(&Ev::B(Some(vec![7; MAX_RECORD + 1]))).unwrap();
+        assert!(matches!(decode::<Ev>(&big), Err(CodecError::Decode(_))));
+        let fits = Ev::B(Some(vec![7; 1024]));
+        assert_eq!(decode::<Ev>(&encode(&fits).unwrap()).unwrap(), fits);
     }
 }
