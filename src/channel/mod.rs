@@ -110,9 +110,9 @@ impl OpenOutbound {
 #[derive(Clone)]
 pub struct Channels {
     pub webchat: webchat::WebchatShards,
-    pub sms: Option<Addr<provider::ProviderChannel>>,
-    pub whatsapp: Option<Addr<provider::ProviderChannel>>,
-    pub messenger: Option<Addr<provider::ProviderChannel>>,
+    pub sms: Option<provider::ProviderShards>,
+    pub whatsapp: Option<provider::ProviderShards>,
+    pub messenger: Option<provider::ProviderShards>,
     /// Each provider channel's outbound queue (by `ChannelKind::index`; none
     /// for webchat and for disabled channels).
     pub budgets: [Option<std::sync::Arc<provider::OutboundBudget>>; 4],
@@ -124,11 +124,8 @@ impl Channels {
         self.budgets[kind.index()].as_deref()
     }
 
-    /// The provider channel actor of `kind`, or `channel_disabled`.
-    pub fn provider(
-        &self,
-        kind: ChannelKind,
-    ) -> Result<&Addr<provider::ProviderChannel>, ApiError> {
+    /// The provider channel shards of `kind`, or `channel_disabled`.
+    pub fn provider(&self, kind: ChannelKind) -> Result<&provider::ProviderShards, ApiError> {
         let addr = match kind {
             ChannelKind::Webchat => None,
             ChannelKind::Sms => self.sms.as_ref(),
@@ -146,7 +143,11 @@ impl Channels {
     ) -> Result<Recipient<OpenOutbound>, ApiError> {
         match kind {
             ChannelKind::Webchat => Ok(self.webchat.for_session(to).clone().recipient()),
-            other => Ok(self.provider(other)?.clone().recipient()),
+            other => Ok(self
+                .provider(other)?
+                .for_customer(to.trim())
+                .clone()
+                .recipient()),
         }
     }
 }
