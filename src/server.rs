@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use crate::agent::{Agent, AgentProfile};
-use crate::broker::{prepare, Broker, BrokerParts};
+use crate::broker::prepare;
 use crate::channel::messenger::MessengerApi;
 use crate::channel::provider::{
     OutboundBudget, ProviderApi, ProviderChannel, ProviderShards, ProviderShared,
@@ -47,6 +47,7 @@ use crate::protocol::ChannelKind;
 use crate::router::Router;
 use crate::shards::{mailbox, Mailbox};
 use crate::supervisor::{Attach, SupervisorHub};
+use crate::wiring::{Broker, BrokerParts};
 
 /// A broker bound and running, with what a client needs to reach it.
 pub struct Started {

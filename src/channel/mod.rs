@@ -15,7 +15,6 @@ pub mod webchat;
 pub mod whatsapp;
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
 use crate::conversation::Conversation;
@@ -65,12 +64,8 @@ pub enum CustomerEvent {
     Forgotten,
 }
 
-/// A WhatsApp message template (needed to write first, outside the window).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Template {
-    pub name: String,
-    pub language: String,
-}
+/// Wire type; here too because a channel is what sends it.
+pub use crate::protocol::Template;
 
 /// An agent starts a conversation on a channel. Every channel actor handles
 /// it: it checks the address, then opens the conversation, already assigned.

@@ -45,13 +45,13 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
-use crate::broker::Broker;
 use crate::channel::{messenger, sms, whatsapp, CustomerEvent, OpenOutbound, Template, ToCustomer};
 use crate::conversation::{
     Conversation, CustomerMessage, DeliveryUpdate, OpenSpec, Opening, ReadUpTo,
 };
 use crate::error::ApiError;
 use crate::protocol::{AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Id};
+use crate::wiring::Broker;
 
 /// A provider channel's outbound queue, counted: agent messages taken for
 /// sending and not yet finished (in flight, or waiting for one of the
