@@ -18,7 +18,6 @@ use actix::prelude::*;
 use actix_web_actors::ws::CloseCode;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::Broker;
 use crate::channel::{OpenOutbound, Template};
 use crate::conversation::{
     validate_content, AgentComplete, AgentEnd, AgentSend, AgentTyping, Conversation, Resync,
@@ -30,104 +29,18 @@ use crate::protocol::{
     PerChannel, TaskState, TaskView,
 };
 use crate::router::{self, RescindReason};
+use crate::wiring::Broker;
 use crate::ws::{LinkDown, SocketLink};
+
+pub use crate::profile::{
+    valid_capacity, valid_id, valid_name, valid_token, AgentProfile, MAX_CAPACITY, MIN_TOKEN_LEN,
+};
 
 /// Close reason of a desktop socket whose agent's token was rotated
 /// (`POST /v1/agents/{id}/token`); code 1008.
 pub const TOKEN_ROTATED: &str = "token rotated";
 /// Close reason of a desktop socket whose agent was deleted; code 1000.
 pub const AGENT_DELETED: &str = "agent deleted";
-
-/// Shortest agent token accepted from the configuration file.
-pub const MIN_TOKEN_LEN: usize = 16;
-/// Largest capacity per channel.
-pub const MAX_CAPACITY: u32 = 1000;
-
-/// An agent's editable profile.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentProfile {
-    pub id: Id,
-    pub name: String,
-    pub capacity: PerChannel,
-    pub skills: Vec<String>,
-}
-
-impl AgentProfile {
-    /// A new agent's profile, checked: the rules of `POST /v1/agents` and of
-    /// `[[agents]]` in the configuration file. The name defaults to the id.
-    pub fn new(
-        id: &str,
-        name: Option<String>,
-        capacity: PerChannel,
-        skills: Vec<String>,
-    ) -> Result<AgentProfile, ApiError> {
-        valid_id(id)?;
-        let name = name.unwrap_or_else(|| id.to_owned());
-        valid_name(&name)?;
-        valid_capacity(&capacity)?;
-        Ok(AgentProfile {
-            id: id.into(),
-            name,
-            capacity,
-            skills,
-        })
-    }
-}
-
-pub fn valid_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(
-            "id must be 1-64 characters of letters, digits, '-', '_', '.', '@'".into(),
-        ))
-    }
-}
-
-pub fn valid_name(name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() || name.chars().count() > 100 {
-        Err(ApiError::BadRequest("name must be 1-100 characters".into()))
-    } else {
-        Ok(())
-    }
-}
-
-pub fn valid_capacity(c: &PerChannel) -> Result<(), ApiError> {
-    if [c.webchat, c.sms, c.whatsapp, c.messenger]
-        .iter()
-        .any(|n| *n > MAX_CAPACITY)
-    {
-        Err(ApiError::BadRequest(format!(
-            "capacity per channel must be at most {MAX_CAPACITY}"
-        )))
-    } else {
-        Ok(())
-    }
-}
-
-/// A token chosen by the operator (generated ones are 32 hex characters):
-/// long enough to resist guessing, and plain enough to go in a URL
-/// (`?token=`) as it is.
-pub fn valid_token(token: &str) -> Result<(), String> {
-    if token.chars().count() < MIN_TOKEN_LEN {
-        return Err(format!(
-            "must be at least {MIN_TOKEN_LEN} characters (this one has {})",
-            token.chars().count()
-        ));
-    }
-    if !token
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
-    {
-        return Err("use only letters, digits, '-', '_', '.' and '~' (it goes in URLs)".into());
-    }
-    Ok(())
-}
 
 struct OpenTask {
     view: TaskView,

@@ -1,19 +1,31 @@
-//! The handles every actor and HTTP route shares: configuration, actor
+//! The registry every actor and HTTP route shares: configuration, actor
 //! addresses, id lookups and counters. Built once at start-up, then read-only
 //! apart from the lookup maps.
+//!
+//! It names no actor type: [`Registry`] is generic over a [`Wiring`], which
+//! says which actor plays each part (the agents, conversations, router,
+//! supervisor hub, and the channels' handles), and `crate::wiring` is the one
+//! file that fills it in, as `wiring::Broker`. So this file depends
+//! on plain data only (configuration, ids, counters, the attachment store,
+//! placement), every actor module depends on it, and it depends on none of
+//! them: no import cycle runs through it. Generic, not boxed: each address
+//! stays a typed `Addr`, so a lookup or a send costs what it did.
 //!
 //! The lookup maps are *indexes* (id → address, token → id), private to this
 //! module: each entry is written when its actor is created and removed when it
 //! goes, through the methods here, so maps that change together change in one
 //! place. The two agent maps (`agents`, `agent_tokens`) change only through
-//! [`Broker::insert_agent`], [`Broker::remove_agent`] and
-//! [`Broker::rotate_agent_token`], which take the `agents` entry first and the
+//! [`Registry::insert_agent`], [`Registry::remove_agent`] and
+//! [`Registry::rotate_agent_token`], which take the `agents` entry first and the
 //! `agent_tokens` entry second, so a token always points at a registered agent
 //! and an agent's token is always in the token map; a conversation and its
 //! task are registered and forgotten together
-//! ([`Broker::register_conversation`], [`Broker::forget_conversation`]).
+//! ([`Registry::register_conversation`], [`Registry::forget_conversation`]).
 //! Looking an address up in a sharded map beats asking a registry actor, which
 //! would put every lookup from every worker thread through one mailbox.
+//!
+//! Handles nothing itself; defines [`Publish`], which the supervisor hub
+//! handles.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,18 +34,34 @@ use actix::prelude::*;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use crate::agent::Agent;
 use crate::attachments::AttachmentStore;
-use crate::channel::Channels;
 use crate::config::Config;
-use crate::conversation::Conversation;
 use crate::error::ApiError;
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
-use crate::protocol::Id;
-use crate::router::Router;
+use crate::protocol::{Frame, Id};
 use crate::shards::Shards;
-use crate::supervisor::SupervisorHub;
+
+/// Which actor plays each part of the registry. One implementation, in
+/// `crate::wiring`.
+pub trait Wiring: 'static {
+    /// One per agent.
+    type Agent: Actor<Context = Context<Self::Agent>>;
+    /// One per conversation.
+    type Conversation: Actor<Context = Context<Self::Conversation>>;
+    /// The router.
+    type Router: Actor<Context = Context<Self::Router>>;
+    /// Fans [`Publish`]ed events out to supervisors.
+    type Supervisor: Actor<Context = Context<Self::Supervisor>> + Handler<Publish>;
+    /// The channels' handles (shards, outbound budgets).
+    type Channels;
+}
+
+/// One event for every supervisor, encoded once; a supervisor that cannot
+/// keep up is disconnected as a slow consumer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish(pub Frame);
 
 /// Create an actor's address before the actor runs, so it can be registered
 /// (or handed to other actors) first; call the returned function to start it
@@ -54,22 +82,30 @@ where
 }
 
 /// One registered agent: its actor and its credential.
-#[derive(Clone)]
-pub struct AgentEntry {
-    pub addr: Addr<Agent>,
+pub struct AgentEntry<A: Actor> {
+    pub addr: Addr<A>,
     pub token: String,
 }
 
-pub struct Broker {
+impl<A: Actor> Clone for AgentEntry<A> {
+    fn clone(&self) -> Self {
+        AgentEntry {
+            addr: self.addr.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+pub struct Registry<W: Wiring> {
     pub config: Config,
     pub admin_token: String,
     pub ids: IdGen,
     pub metrics: Metrics,
     pub attachments: AttachmentStore,
 
-    pub router: Addr<Router>,
-    pub channels: Channels,
-    pub supervisor: Addr<SupervisorHub>,
+    pub router: Addr<W::Router>,
+    pub channels: W::Channels,
+    pub supervisor: Addr<W::Supervisor>,
     /// Pooled HTTP client for provider APIs and media (timeouts set).
     pub http: reqwest::Client,
     /// Key of signed attachment links (random per process: links die with it,
@@ -77,11 +113,11 @@ pub struct Broker {
     pub link_key: [u8; 32],
 
     /// agent id → actor and token.
-    agents: DashMap<Id, AgentEntry>,
+    agents: DashMap<Id, AgentEntry<W::Agent>>,
     /// agent token → agent id (bearer auth on agent HTTP calls).
     agent_tokens: DashMap<String, Id>,
     /// conversation id → actor.
-    conversations: DashMap<Id, Addr<Conversation>>,
+    conversations: DashMap<Id, Addr<W::Conversation>>,
     /// task id → conversation id.
     tasks: DashMap<Id, Id>,
     /// webchat token → session id.
@@ -93,19 +129,19 @@ pub struct Broker {
     pub shards: Shards,
 }
 
-/// The parts of a [`Broker`] fixed before its actors start.
-pub struct BrokerParts {
+/// The parts of a [`Registry`] fixed before its actors start.
+pub struct RegistryParts<W: Wiring> {
     pub config: Config,
     pub admin_token: String,
-    pub router: Addr<Router>,
-    pub channels: Channels,
-    pub supervisor: Addr<SupervisorHub>,
+    pub router: Addr<W::Router>,
+    pub channels: W::Channels,
+    pub supervisor: Addr<W::Supervisor>,
     pub http: reqwest::Client,
 }
 
-impl Broker {
-    pub fn new(parts: BrokerParts) -> Arc<Broker> {
-        Arc::new(Broker {
+impl<W: Wiring> Registry<W> {
+    pub fn new(parts: RegistryParts<W>) -> Arc<Self> {
+        Arc::new(Registry {
             config: parts.config,
             admin_token: parts.admin_token,
             ids: IdGen::default(),
@@ -126,12 +162,12 @@ impl Broker {
         })
     }
 
-    pub fn conversation(&self, id: &str) -> Option<Addr<Conversation>> {
+    pub fn conversation(&self, id: &str) -> Option<Addr<W::Conversation>> {
         self.conversations.get(id).map(|e| e.value().clone())
     }
 
     /// A conversation and its task are known by id from now on.
-    pub fn register_conversation(&self, id: Id, task_id: Id, addr: Addr<Conversation>) {
+    pub fn register_conversation(&self, id: Id, task_id: Id, addr: Addr<W::Conversation>) {
         self.conversations.insert(id.clone(), addr);
         self.tasks.insert(task_id, id);
     }
@@ -170,7 +206,7 @@ impl Broker {
         self.webchat_tokens.get(token).map(|e| e.value().clone())
     }
 
-    pub fn agent(&self, id: &str) -> Option<AgentEntry> {
+    pub fn agent(&self, id: &str) -> Option<AgentEntry<W::Agent>> {
         self.agents.get(id).map(|e| e.value().clone())
     }
 
@@ -181,7 +217,7 @@ impl Broker {
         &self,
         id: Id,
         token: String,
-        start: impl FnOnce() -> Addr<Agent>,
+        start: impl FnOnce() -> Addr<W::Agent>,
     ) -> Result<(), ApiError> {
         let Entry::Vacant(slot) = self.agents.entry(id.clone()) else {
             return Err(ApiError::Conflict(format!("agent {id} already exists")));
@@ -198,7 +234,7 @@ impl Broker {
     }
 
     /// Forget an agent: its id and its token stop working together.
-    pub fn remove_agent(&self, id: &str) -> Option<AgentEntry> {
+    pub fn remove_agent(&self, id: &str) -> Option<AgentEntry<W::Agent>> {
         match self.agents.entry(id.into()) {
             Entry::Occupied(slot) => {
                 self.agent_tokens.remove(&slot.get().token);
@@ -210,7 +246,11 @@ impl Broker {
 
     /// Give an agent a new token; the old one stops working at once.
     /// `not_found` for an unknown agent.
-    pub fn rotate_agent_token(&self, id: &str, token: String) -> Result<AgentEntry, ApiError> {
+    pub fn rotate_agent_token(
+        &self,
+        id: &str,
+        token: String,
+    ) -> Result<AgentEntry<W::Agent>, ApiError> {
         let Entry::Occupied(mut slot) = self.agents.entry(id.into()) else {
             return Err(ApiError::NotFound(format!("agent {id} does not exist")));
         };
@@ -230,8 +270,7 @@ impl Broker {
     /// listens.
     pub fn publish<'a>(&self, event: impl FnOnce() -> crate::protocol::Event<'a>) {
         if self.supervisors.load(Ordering::Relaxed) > 0 {
-            self.supervisor
-                .do_send(crate::supervisor::Publish(event().frame()));
+            self.supervisor.do_send(Publish(event().frame()));
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
 
-use crate::agent::{valid_token, AgentProfile};
+use crate::profile::{valid_token, AgentProfile};
 use crate::protocol::{ChannelKind, PerChannel};
 
 /// How log lines are written to stderr.

@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod profile;
 pub mod protocol;
 pub mod router;
 pub mod server;
@@ -24,6 +25,7 @@ pub mod shards;
 pub mod sim;
 pub mod supervisor;
 pub mod web;
+pub mod wiring;
 pub mod ws;
 
 pub use config::Config;

@@ -144,6 +144,13 @@ pub enum Author {
     System,
 }
 
+/// A WhatsApp message template (needed to write first, outside the window).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub name: String,
+    pub language: String,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
@@ -297,7 +304,7 @@ pub enum AgentCommand {
         client_msg_id: Option<String>,
         /// WhatsApp: a template to write first outside the messaging window.
         #[serde(default)]
-        template: Option<crate::channel::Template>,
+        template: Option<Template>,
         #[serde(default, rename = "ref")]
         reference: Option<String>,
     },

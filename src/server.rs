@@ -6,10 +6,10 @@
 //!
 //! Threads: one HTTP worker per core (socket session actors
 //! live on the worker that accepted them), and the workers are the shards
-//! (`shards.rs`): each runs one shard of the webchat channel with the
-//! conversations of its sessions, and a share of the agents and provider
-//! conversations; the router gets an arbiter of its own, so it never waits
-//! behind chat traffic, and the provider channels share another; the
+//! (`shards.rs`): each runs one shard of the webchat channel and one of each
+//! provider channel, with the conversations of their customers, and a share
+//! of the agents; the router gets an arbiter of its own, so it never waits
+//! behind chat traffic; a channel arbiter sweeps unused uploads; the
 //! supervisor hub lives on the system arbiter.
 
 use std::net::SocketAddr;
@@ -33,9 +33,11 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use crate::agent::{Agent, AgentProfile};
-use crate::broker::{prepare, Broker, BrokerParts};
+use crate::broker::prepare;
 use crate::channel::messenger::MessengerApi;
-use crate::channel::provider::{OutboundBudget, ProviderApi, ProviderChannel};
+use crate::channel::provider::{
+    OutboundBudget, ProviderApi, ProviderChannel, ProviderShards, ProviderShared,
+};
 use crate::channel::sms::SmsApi;
 use crate::channel::webchat::{WebchatChannel, WebchatShards};
 use crate::channel::whatsapp::WhatsappApi;
@@ -45,6 +47,7 @@ use crate::protocol::ChannelKind;
 use crate::router::Router;
 use crate::shards::{mailbox, Mailbox};
 use crate::supervisor::{Attach, SupervisorHub};
+use crate::wiring::{Broker, BrokerParts};
 
 /// A broker bound and running, with what a client needs to reach it.
 pub struct Started {
@@ -175,19 +178,32 @@ thread_local! {
     static IS_SHARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// The channel shards one HTTP worker runs, waiting for it to start.
+struct WorkerShards {
+    webchat: Mailbox<WebchatChannel>,
+    /// One shard of each enabled provider channel.
+    providers: Vec<(Mailbox<ProviderChannel>, ProviderChannel)>,
+}
+
 /// Run on each HTTP worker as it builds its app: the worker's arbiter becomes
-/// a home for conversations and agents, and runs one webchat channel shard.
+/// a home for conversations and agents, and runs one webchat channel shard
+/// and one shard of each provider channel.
 fn join_as_shard(
     broker: &web::Data<Arc<Broker>>,
-    webchat: &Mutex<Vec<Option<Mailbox<WebchatChannel>>>>,
+    waiting: &Mutex<Vec<Option<WorkerShards>>>,
     next: &AtomicUsize,
 ) {
     if IS_SHARD.with(|s| s.replace(true)) {
         return;
     }
     let i = next.fetch_add(1, Ordering::Relaxed);
-    if let Some(mailbox) = webchat.lock().get_mut(i).and_then(Option::take) {
-        mailbox.run_here(WebchatChannel::new(Arc::clone(broker)));
+    if let Some(shards) = waiting.lock().get_mut(i).and_then(Option::take) {
+        shards
+            .webchat
+            .run_here(WebchatChannel::new(Arc::clone(broker)));
+        for (mailbox, channel) in shards.providers {
+            mailbox.run_here(channel);
+        }
     }
     broker.shards.register(Arbiter::current());
 }
@@ -278,93 +294,115 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     // started by the worker itself on its own thread (see shards.rs).
     let (webchat, webchat_mailboxes): (Vec<_>, Vec<_>) =
         (0..workers).map(|_| mailbox::<WebchatChannel>()).unzip();
-    let provider = |enabled: bool| enabled.then(|| prepare::<ProviderChannel>(&channel_arbiter));
+    // One shard of each enabled provider channel per HTTP worker too (see
+    // channel/provider.rs), started the same way.
+    let provider = |enabled: bool| {
+        enabled.then(|| {
+            (0..workers)
+                .map(|_| mailbox::<ProviderChannel>())
+                .unzip::<_, _, Vec<_>, Vec<_>>()
+        })
+    };
     let sms = provider(config.sms_enabled());
     let whatsapp = provider(config.whatsapp_enabled());
     let messenger = provider(config.messenger_enabled());
     // Each enabled provider's outbound queue: in flight plus waiting.
     let outbound = config.provider_queue + config.provider_in_flight;
-    let budgets = ChannelKind::ALL.map(|kind| {
-        let enabled = match kind {
-            ChannelKind::Webchat => false,
-            ChannelKind::Sms => sms.is_some(),
-            ChannelKind::Whatsapp => whatsapp.is_some(),
-            ChannelKind::Messenger => messenger.is_some(),
-        };
-        enabled.then(|| Arc::new(OutboundBudget::new(outbound)))
-    });
-    let budget = |kind: ChannelKind| {
-        budgets[kind.index()]
-            .clone()
-            .unwrap_or_else(|| Arc::new(OutboundBudget::new(outbound)))
-    };
     let http = reqwest::Client::builder()
         .timeout(config.provider_timeout)
         .connect_timeout(config.provider_timeout)
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .build()
         .map_err(std::io::Error::other)?;
+    let graph = config.graph_api_base.clone();
+    // What each provider's shards share: API, in-flight permits, outbound
+    // queue, status index.
+    let shared = |api: ProviderApi| {
+        ProviderShared::new(
+            api,
+            http.clone(),
+            config.provider_in_flight,
+            Arc::new(OutboundBudget::new(outbound)),
+        )
+    };
+    let sms_shared = sms.as_ref().map(|_| {
+        shared(ProviderApi::Sms(SmsApi {
+            api_base: config.twilio_api_base.clone(),
+            account_sid: config.twilio_account_sid.clone().unwrap_or_default(),
+            auth_token: config.twilio_auth_token.clone().unwrap_or_default(),
+            status_callback: format!("{}/v1/channels/sms/status", config.public_base()),
+        }))
+    });
+    let whatsapp_shared = whatsapp.as_ref().map(|_| {
+        shared(ProviderApi::Whatsapp(WhatsappApi {
+            graph_base: graph.clone(),
+            token: config.whatsapp_token.clone().unwrap_or_default(),
+            phone_number_id: config.whatsapp_phone_number_id.clone().unwrap_or_default(),
+        }))
+    });
+    let messenger_shared = messenger.as_ref().map(|_| {
+        shared(ProviderApi::Messenger(MessengerApi {
+            graph_base: graph.clone(),
+            page_token: config.messenger_page_token.clone().unwrap_or_default(),
+        }))
+    });
+    let enabled = [
+        (ChannelKind::Sms, sms, sms_shared),
+        (ChannelKind::Whatsapp, whatsapp, whatsapp_shared),
+        (ChannelKind::Messenger, messenger, messenger_shared),
+    ];
+    let mut budgets: [Option<Arc<OutboundBudget>>; 4] = Default::default();
+    let mut channels = Channels {
+        webchat: WebchatShards::new(webchat),
+        sms: None,
+        whatsapp: None,
+        messenger: None,
+        budgets: Default::default(),
+    };
+    // Per provider: its shared part and each worker's mailbox.
+    let mut to_start: Vec<(ProviderShared, Vec<Mailbox<ProviderChannel>>)> = Vec::new();
+    for (kind, shards, shared) in enabled {
+        let (Some((addrs, mailboxes)), Some(shared)) = (shards, shared) else {
+            continue;
+        };
+        budgets[kind.index()] = Some(shared.budget.clone());
+        let handle = Some(ProviderShards::new(addrs, shared.index.clone()));
+        match kind {
+            ChannelKind::Sms => channels.sms = handle,
+            ChannelKind::Whatsapp => channels.whatsapp = handle,
+            ChannelKind::Messenger => channels.messenger = handle,
+            ChannelKind::Webchat => {}
+        }
+        to_start.push((shared, mailboxes));
+    }
+    channels.budgets = budgets;
     let broker = Broker::new(BrokerParts {
         config: config.clone(),
         admin_token: admin_token.clone(),
         router,
-        channels: Channels {
-            webchat: WebchatShards::new(webchat),
-            sms: sms.as_ref().map(|(addr, _)| addr.clone()),
-            whatsapp: whatsapp.as_ref().map(|(addr, _)| addr.clone()),
-            messenger: messenger.as_ref().map(|(addr, _)| addr.clone()),
-            budgets: budgets.clone(),
-        },
+        channels,
         supervisor: supervisor.clone(),
         http: http.clone(),
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
     run_router(Router::new(broker.clone()));
-    let webchat_mailboxes: Arc<Mutex<Vec<_>>> = Arc::new(Mutex::new(
-        webchat_mailboxes.into_iter().map(Some).collect(),
-    ));
+    let mut per_worker: Vec<WorkerShards> = webchat_mailboxes
+        .into_iter()
+        .map(|webchat| WorkerShards {
+            webchat,
+            providers: Vec::new(),
+        })
+        .collect();
+    for (shared, mailboxes) in to_start {
+        for (worker, mailbox) in per_worker.iter_mut().zip(mailboxes) {
+            let channel = ProviderChannel::new(broker.clone(), shared.clone(), workers);
+            worker.providers.push((mailbox, channel));
+        }
+    }
+    let waiting_shards: Arc<Mutex<Vec<_>>> =
+        Arc::new(Mutex::new(per_worker.into_iter().map(Some).collect()));
     let next_worker = Arc::new(AtomicUsize::new(0));
     channel_arbiter.spawn(sweep_unused_attachments(Arc::downgrade(&broker)));
-    let graph = config.graph_api_base.clone();
-    if let Some((_, run)) = sms {
-        let api = ProviderApi::Sms(SmsApi {
-            api_base: config.twilio_api_base.clone(),
-            account_sid: config.twilio_account_sid.clone().unwrap_or_default(),
-            auth_token: config.twilio_auth_token.clone().unwrap_or_default(),
-            status_callback: format!("{}/v1/channels/sms/status", config.public_base()),
-        });
-        run(ProviderChannel::new(
-            broker.clone(),
-            api,
-            http.clone(),
-            budget(ChannelKind::Sms),
-        ));
-    }
-    if let Some((_, run)) = whatsapp {
-        let api = ProviderApi::Whatsapp(WhatsappApi {
-            graph_base: graph.clone(),
-            token: config.whatsapp_token.clone().unwrap_or_default(),
-            phone_number_id: config.whatsapp_phone_number_id.clone().unwrap_or_default(),
-        });
-        run(ProviderChannel::new(
-            broker.clone(),
-            api,
-            http.clone(),
-            budget(ChannelKind::Whatsapp),
-        ));
-    }
-    if let Some((_, run)) = messenger {
-        let api = ProviderApi::Messenger(MessengerApi {
-            graph_base: graph,
-            page_token: config.messenger_page_token.clone().unwrap_or_default(),
-        });
-        run(ProviderChannel::new(
-            broker.clone(),
-            api,
-            http,
-            budget(ChannelKind::Messenger),
-        ));
-    }
 
     let generated_agent_tokens = seed_agents(&broker, &config)?;
     if config.sim_agents > 0 {
@@ -405,11 +443,11 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         let local = listener.local_addr()?;
         addrs.push(local);
         let data = data.clone();
-        let webchat_mailboxes = webchat_mailboxes.clone();
+        let waiting_shards = waiting_shards.clone();
         let next_worker = next_worker.clone();
         let shutdown = shutdown.clone();
         builder = builder.listen(format!("switchboard-{local}"), listener, move || {
-            join_as_shard(&data, &webchat_mailboxes, &next_worker);
+            join_as_shard(&data, &waiting_shards, &next_worker);
             let shutdown = shutdown.clone();
             HttpService::build()
                 .graceful_shutdown_signal(move || {

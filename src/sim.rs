@@ -23,9 +23,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::agent::{Agent, AgentProfile, Connect, FromDesk};
-use crate::broker::Broker;
 use crate::error::ApiError;
 use crate::protocol::{Activity, AgentCommand, Author, Event, PerChannel};
+use crate::wiring::Broker;
 use crate::ws::{CloseSession, Push, SocketLink};
 
 /// How simulated agents behave.

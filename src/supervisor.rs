@@ -9,8 +9,8 @@ use std::sync::Weak;
 
 use actix::prelude::*;
 
-use crate::broker::Broker;
-use crate::protocol::Frame;
+pub use crate::broker::Publish;
+use crate::wiring::Broker;
 use crate::ws::SocketLink;
 
 #[derive(Default)]
@@ -76,12 +76,6 @@ impl Handler<Unsubscribe> for SupervisorHub {
         self.count_changed();
     }
 }
-
-/// One event for every supervisor; a supervisor that cannot keep up is
-/// disconnected as a slow consumer.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Publish(pub Frame);
 
 impl Handler<Publish> for SupervisorHub {
     type Result = ();

@@ -15,7 +15,6 @@ pub mod webchat;
 pub mod whatsapp;
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
 use crate::conversation::Conversation;
@@ -65,12 +64,8 @@ pub enum CustomerEvent {
     Forgotten,
 }
 
-/// A WhatsApp message template (needed to write first, outside the window).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Template {
-    pub name: String,
-    pub language: String,
-}
+/// Wire type; here too because a channel is what sends it.
+pub use crate::protocol::Template;
 
 /// An agent starts a conversation on a channel. Every channel actor handles
 /// it: it checks the address, then opens the conversation, already assigned.
@@ -110,9 +105,9 @@ impl OpenOutbound {
 #[derive(Clone)]
 pub struct Channels {
     pub webchat: webchat::WebchatShards,
-    pub sms: Option<Addr<provider::ProviderChannel>>,
-    pub whatsapp: Option<Addr<provider::ProviderChannel>>,
-    pub messenger: Option<Addr<provider::ProviderChannel>>,
+    pub sms: Option<provider::ProviderShards>,
+    pub whatsapp: Option<provider::ProviderShards>,
+    pub messenger: Option<provider::ProviderShards>,
     /// Each provider channel's outbound queue (by `ChannelKind::index`; none
     /// for webchat and for disabled channels).
     pub budgets: [Option<std::sync::Arc<provider::OutboundBudget>>; 4],
@@ -124,11 +119,8 @@ impl Channels {
         self.budgets[kind.index()].as_deref()
     }
 
-    /// The provider channel actor of `kind`, or `channel_disabled`.
-    pub fn provider(
-        &self,
-        kind: ChannelKind,
-    ) -> Result<&Addr<provider::ProviderChannel>, ApiError> {
+    /// The provider channel shards of `kind`, or `channel_disabled`.
+    pub fn provider(&self, kind: ChannelKind) -> Result<&provider::ProviderShards, ApiError> {
         let addr = match kind {
             ChannelKind::Webchat => None,
             ChannelKind::Sms => self.sms.as_ref(),
@@ -146,7 +138,11 @@ impl Channels {
     ) -> Result<Recipient<OpenOutbound>, ApiError> {
         match kind {
             ChannelKind::Webchat => Ok(self.webchat.for_session(to).clone().recipient()),
-            other => Ok(self.provider(other)?.clone().recipient()),
+            other => Ok(self
+                .provider(other)?
+                .for_customer(to.trim())
+                .clone()
+                .recipient()),
         }
     }
 }

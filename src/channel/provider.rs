@@ -1,24 +1,35 @@
-//! The provider channel actor, one instance per configured provider (SMS,
+//! The provider channel actors, several shards per configured provider (SMS,
 //! WhatsApp, Messenger), and what the three share: webhook signature checks,
 //! media download, signed attachment links, and outbound delivery with retries.
 //!
-//! The actor owns, for its channel: which conversation is open for each
-//! (customer, business address) thread, the messaging-window clock per thread,
-//! the memory of webhook ids already applied (retries are answered but not
-//! stored twice), and which provider message id belongs to which message (for
-//! status callbacks). Provider-specific formats live in `sms.rs`,
-//! `whatsapp.rs` and `messenger.rs`.
+//! One shard per HTTP worker, not one actor per provider: every inbound
+//! message, every agent reply and its delivery report of a provider passed
+//! through one mailbox on one thread. A customer address lives in the shard
+//! it hashes to ([`ProviderShards::for_customer`]); that shard owns the
+//! customer's (customer, business address) threads and their
+//! messaging-window clock, the memory of the customer's webhook ids already
+//! applied (retries are answered but not stored twice), and the outbound
+//! delivery of the customer's conversations, which it opens on its own
+//! thread. Provider-specific formats live in `sms.rs`, `whatsapp.rs` and
+//! `messenger.rs`.
 //!
-//! Outbound isolation: every send runs as a future on this actor's arbiter,
-//! holding one of `provider_in_flight` permits while it talks to the provider.
-//! A slow or failing provider therefore fills only its own channel's permits
-//! and queue (`provider_queue`, beyond which agents get `rate_limited`); other
+//! Status callbacks carry only the provider's message id, not the customer,
+//! so they do not go through a shard at all: [`DeliveryIndex`], shared by a
+//! provider's shards, maps the id to its conversation and message, and the
+//! webhook route sends the update straight to the conversation.
+//!
+//! Outbound isolation: every send runs as a future on its shard's thread,
+//! holding one of `provider_in_flight` permits (one semaphore per provider,
+//! shared by its shards) while it talks to the provider. A slow or failing
+//! provider therefore fills only its own channel's permits and queue
+//! (`provider_queue`, beyond which agents get `rate_limited`); other
 //! channels and conversations never wait for it, and no actor blocks.
 //!
 //! Handles: [`Inbound`], [`ToCustomer`](crate::channel::ToCustomer),
 //! [`OpenOutbound`].
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,19 +37,21 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use bytes::BytesMut;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
-use crate::broker::Broker;
 use crate::channel::{messenger, sms, whatsapp, CustomerEvent, OpenOutbound, Template, ToCustomer};
 use crate::conversation::{
     Conversation, CustomerMessage, DeliveryUpdate, OpenSpec, Opening, ReadUpTo,
 };
 use crate::error::ApiError;
 use crate::protocol::{AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Id};
+use crate::wiring::Broker;
 
 /// A provider channel's outbound queue, counted: agent messages taken for
 /// sending and not yet finished (in flight, or waiting for one of the
@@ -86,6 +99,264 @@ impl OutboundBudget {
 
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// A provider's channel shards, the index its status callbacks are looked up
+/// in, and which shard holds a customer.
+#[derive(Clone)]
+pub struct ProviderShards {
+    shards: Arc<[Addr<ProviderChannel>]>,
+    index: Arc<DeliveryIndex>,
+}
+
+impl ProviderShards {
+    /// At least one shard.
+    pub fn new(shards: Vec<Addr<ProviderChannel>>, index: Arc<DeliveryIndex>) -> Self {
+        assert!(!shards.is_empty(), "a provider channel needs a shard");
+        ProviderShards {
+            shards: shards.into(),
+            index,
+        }
+    }
+
+    fn shard_of(&self, customer: &str) -> usize {
+        shard_index(customer, self.shards.len())
+    }
+
+    /// The shard that holds `customer`'s threads (a stable hash of the
+    /// address, whatever the business address: a customer's threads on every
+    /// business number or page live together).
+    pub fn for_customer(&self, customer: &str) -> &Addr<ProviderChannel> {
+        &self.shards[self.shard_of(customer)]
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    /// Apply a checked, parsed webhook: each customer's messages and read
+    /// receipts go, in order, to that customer's shard, all shards at once;
+    /// delivery statuses go through the index straight to their conversation.
+    /// Ok only once every shard holds its part: a failure answers the
+    /// provider non-2xx, it sends the whole batch again, and each shard drops
+    /// the webhook ids it already applied.
+    pub async fn submit(
+        &self,
+        broker: &Broker,
+        events: Vec<InboundEvent>,
+    ) -> Result<(), MailboxError> {
+        let mut parts: Vec<Vec<InboundEvent>> = Vec::new();
+        parts.resize_with(self.shards.len(), Vec::new);
+        for event in events {
+            let customer = match &event {
+                InboundEvent::Message(m) => &m.customer,
+                InboundEvent::ReadUpTo { customer, .. } => customer,
+                InboundEvent::Status {
+                    provider_id,
+                    status,
+                    error,
+                } => {
+                    self.index
+                        .apply_status(broker, provider_id, *status, error.clone());
+                    continue;
+                }
+            };
+            let shard = self.shard_of(customer);
+            parts[shard].push(event);
+        }
+        let sends = parts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, part)| !part.is_empty())
+            .map(|(shard, part)| self.shards[shard].send(Inbound(part)));
+        for answer in futures_util::future::join_all(sends).await {
+            answer?;
+        }
+        Ok(())
+    }
+}
+
+/// Which of `shards` shards holds `customer` (a stable hash of the address).
+fn shard_index(customer: &str, shards: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    customer.hash(&mut h);
+    (h.finish() % shards.max(1) as u64) as usize
+}
+
+/// Where a provider message id belongs, or the status that came for it
+/// before the send's own answer did.
+#[derive(Debug)]
+enum Delivery {
+    Sent {
+        conversation: Id,
+        message_id: String,
+    },
+    Early {
+        status: DeliveryStatus,
+        error: Option<String>,
+    },
+}
+
+/// A provider's message ids → (conversation, message), shared by the
+/// provider's shards, for status callbacks.
+///
+/// A concurrent map, not an actor, and not one map per shard: a callback
+/// names only the provider's message id, so without a shared index it would
+/// have to visit every shard, or go through one actor again. A `DashMap`
+/// locks one of its shards for a few instructions per lookup (no lock is held
+/// across an `.await`), so the callback route finds the conversation itself
+/// and sends it the update, passing no channel actor. The shard that sent a
+/// message records its ids when the provider answers ([`ProviderEvent::MessageSent`])
+/// and removes them when the conversation leaves memory
+/// ([`ProviderEvent::ConversationForgotten`]), so the map follows the
+/// conversations in memory. A status that comes before the send's answer
+/// waits here, in one entry with the id, and is handed over when the answer
+/// comes: the two sides meet under the entry's lock, so neither can miss the
+/// other.
+#[derive(Debug)]
+pub struct DeliveryIndex {
+    ids: DashMap<String, Delivery>,
+    /// Statuses waiting for their send's answer, and how many may.
+    early: AtomicUsize,
+    early_limit: usize,
+}
+
+/// A delivery status reported before the send's answer was in.
+pub type EarlyStatus = (DeliveryStatus, Option<String>);
+
+impl DeliveryIndex {
+    /// Room for `early_limit` statuses waiting for their send's answer.
+    pub fn new(early_limit: usize) -> Self {
+        DeliveryIndex {
+            ids: DashMap::new(),
+            early: AtomicUsize::new(0),
+            early_limit: early_limit.max(1),
+        }
+    }
+
+    /// The provider answered a send with `provider_id`: from now on its
+    /// statuses go to this message. A status that was waiting is returned.
+    fn record_sent(
+        &self,
+        provider_id: String,
+        conversation: Id,
+        message_id: String,
+    ) -> Option<EarlyStatus> {
+        let sent = Delivery::Sent {
+            conversation,
+            message_id,
+        };
+        match self.ids.entry(provider_id) {
+            Entry::Vacant(slot) => {
+                slot.insert(sent);
+                None
+            }
+            Entry::Occupied(mut slot) => match std::mem::replace(slot.get_mut(), sent) {
+                Delivery::Early { status, error } => {
+                    let _ = self
+                        .early
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                    Some((status, error))
+                }
+                Delivery::Sent { .. } => None,
+            },
+        }
+    }
+
+    /// A status callback: to the message's conversation, or kept until the
+    /// send's answer comes.
+    fn apply_status(
+        &self,
+        broker: &Broker,
+        provider_id: &str,
+        status: DeliveryStatus,
+        error: Option<String>,
+    ) {
+        let Some((conversation, message_id)) = self.status(provider_id, status, error.clone())
+        else {
+            return;
+        };
+        if let Some(conv) = broker.conversation(&conversation) {
+            conv.do_send(DeliveryUpdate {
+                message_id,
+                status,
+                error,
+            });
+        }
+    }
+
+    /// Where a status for `provider_id` goes: the (conversation, message) it
+    /// was sent as, or None when no send has been answered with that id yet
+    /// (the status then waits for it).
+    fn status(
+        &self,
+        provider_id: &str,
+        status: DeliveryStatus,
+        error: Option<String>,
+    ) -> Option<(Id, String)> {
+        let target = match self.ids.get(provider_id).as_deref() {
+            Some(Delivery::Sent {
+                conversation,
+                message_id,
+            }) => Some((conversation.clone(), message_id.clone())),
+            _ => None,
+        };
+        match target {
+            Some(target) => Some(target),
+            None => match self.ids.entry(provider_id.to_owned()) {
+                // The send's answer came in between.
+                Entry::Occupied(mut slot) => {
+                    if let Delivery::Sent {
+                        conversation,
+                        message_id,
+                    } = slot.get()
+                    {
+                        Some((conversation.clone(), message_id.clone()))
+                    } else {
+                        // The latest status wins.
+                        slot.insert(Delivery::Early { status, error });
+                        None
+                    }
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(Delivery::Early { status, error });
+                    if self.early.fetch_add(1, Ordering::Relaxed) + 1 > self.early_limit {
+                        self.drop_early();
+                    }
+                    None
+                }
+            },
+        }
+    }
+
+    /// Too many statuses for ids no send has been answered with (a provider
+    /// reporting on messages this broker did not send, or that it forgot):
+    /// drop them all. Rare, and a sweep of the map each `early_limit` such
+    /// statuses.
+    fn drop_early(&self) {
+        self.ids.retain(|_, d| matches!(d, Delivery::Sent { .. }));
+        self.early.store(0, Ordering::Relaxed);
+    }
+
+    /// A conversation left memory: its messages' ids are forgotten.
+    fn forget(&self, provider_ids: &[String]) {
+        for id in provider_ids {
+            self.ids.remove(id);
+        }
+    }
+
+    /// How many provider message ids are known (sent or waiting).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 }
 
@@ -431,53 +702,86 @@ pub enum ProviderEvent {
         conversation: Id,
         message_id: String,
     },
+    /// The conversation left memory (history retention).
+    ConversationForgotten {
+        conversation: Id,
+    },
+}
+
+/// A conversation of this shard: its thread, and the provider ids of its
+/// sent messages (in the [`DeliveryIndex`] until it leaves memory).
+struct Opened {
+    key: (String, String),
+    provider_ids: Vec<String>,
+}
+
+/// What the shards of one provider share: its API, the in-flight permits,
+/// the outbound queue's count and the status callback index.
+#[derive(Clone)]
+pub struct ProviderShared {
+    pub api: Arc<ProviderApi>,
+    pub client: reqwest::Client,
+    /// `provider_in_flight` permits for the whole provider, not per shard.
+    pub slots: Arc<Semaphore>,
+    pub budget: Arc<OutboundBudget>,
+    pub index: Arc<DeliveryIndex>,
+}
+
+/// Statuses that may wait for their send's answer, per provider.
+pub const EARLY_STATUSES: usize = 1024;
+
+impl ProviderShared {
+    pub fn new(
+        api: ProviderApi,
+        client: reqwest::Client,
+        in_flight: usize,
+        budget: Arc<OutboundBudget>,
+    ) -> Self {
+        ProviderShared {
+            api: Arc::new(api),
+            client,
+            slots: Arc::new(Semaphore::new(in_flight.max(1))),
+            budget,
+            index: Arc::new(DeliveryIndex::new(EARLY_STATUSES)),
+        }
+    }
 }
 
 pub struct ProviderChannel {
     broker: Arc<Broker>,
-    api: Arc<ProviderApi>,
-    client: reqwest::Client,
+    shared: ProviderShared,
     threads: HashMap<(String, String), Thread>,
-    /// conversation id → its thread.
-    by_conversation: HashMap<Id, (String, String)>,
+    /// conversation id → its thread and sent ids.
+    by_conversation: HashMap<Id, Opened>,
     seen: LruCache<String, ()>,
-    sent: LruCache<String, (Id, String)>,
-    /// Statuses that arrived before the send's own answer.
-    early: LruCache<String, (DeliveryStatus, Option<String>)>,
-    slots: Arc<Semaphore>,
-    budget: Arc<OutboundBudget>,
 }
 
 impl ProviderChannel {
-    pub fn new(
-        broker: Arc<Broker>,
-        api: ProviderApi,
-        client: reqwest::Client,
-        budget: Arc<OutboundBudget>,
-    ) -> Self {
-        let cap =
-            NonZeroUsize::new(broker.config.webhook_dedupe.max(1)).unwrap_or(NonZeroUsize::MIN);
-        let slots = Arc::new(Semaphore::new(broker.config.provider_in_flight.max(1)));
+    /// One of `shards` shards: each remembers its share of the
+    /// `webhook_dedupe` webhook ids (its customers' ids only).
+    pub fn new(broker: Arc<Broker>, shared: ProviderShared, shards: usize) -> Self {
+        let share = broker.config.webhook_dedupe.div_ceil(shards.max(1));
+        let cap = NonZeroUsize::new(share.max(1)).unwrap_or(NonZeroUsize::MIN);
         ProviderChannel {
             broker,
-            api: Arc::new(api),
-            client,
+            shared,
             threads: HashMap::new(),
             by_conversation: HashMap::new(),
             seen: LruCache::new(cap),
-            sent: LruCache::new(cap),
-            early: LruCache::new(NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)),
-            slots,
-            budget,
         }
     }
 
     fn kind(&self) -> ChannelKind {
-        self.api.kind()
+        self.shared.api.kind()
     }
 
     /// The one place provider channel state changes (connections aside).
-    fn apply(&mut self, event: ProviderEvent, addr: Option<Addr<Conversation>>) {
+    /// `MessageSent` hands back a status that came before the send's answer.
+    fn apply(
+        &mut self,
+        event: ProviderEvent,
+        addr: Option<Addr<Conversation>>,
+    ) -> Option<EarlyStatus> {
         match event {
             ProviderEvent::WebhookApplied { provider_id } => {
                 self.seen.put(provider_id, ());
@@ -516,11 +820,17 @@ impl ProviderChannel {
                     t.open = Some((conversation.clone(), addr.clone()));
                     t.last = Some((conversation.clone(), addr));
                 }
-                self.by_conversation.insert(conversation, key);
+                self.by_conversation.insert(
+                    conversation,
+                    Opened {
+                        key,
+                        provider_ids: Vec::new(),
+                    },
+                );
             }
             ProviderEvent::ConversationEnded { conversation } => {
-                if let Some(key) = self.by_conversation.get(&conversation) {
-                    if let Some(t) = self.threads.get_mut(key) {
+                if let Some(opened) = self.by_conversation.get(&conversation) {
+                    if let Some(t) = self.threads.get_mut(&opened.key) {
                         if t.open.as_ref().is_some_and(|(id, _)| *id == conversation) {
                             t.open = None;
                         }
@@ -532,9 +842,36 @@ impl ProviderChannel {
                 conversation,
                 message_id,
             } => {
-                self.sent.put(provider_id, (conversation, message_id));
+                // Only for a conversation still in memory: its ids leave the
+                // index with it.
+                let opened = self.by_conversation.get_mut(&conversation)?;
+                opened.provider_ids.push(provider_id.clone());
+                return self
+                    .shared
+                    .index
+                    .record_sent(provider_id, conversation, message_id);
+            }
+            ProviderEvent::ConversationForgotten { conversation } => {
+                let opened = self.by_conversation.remove(&conversation)?;
+                self.shared.index.forget(&opened.provider_ids);
+                let window = self.broker.config.messaging_window;
+                let empty = self.threads.get_mut(&opened.key).is_some_and(|t| {
+                    if t.last.as_ref().is_some_and(|(id, _)| *id == conversation) {
+                        t.last = None;
+                    }
+                    // Keep the window clock while it still matters.
+                    let window_over = t
+                        .last_inbound
+                        .and_then(|at| at.elapsed().ok())
+                        .is_none_or(|age| age > window);
+                    t.open.is_none() && t.last.is_none() && window_over
+                });
+                if empty {
+                    self.threads.remove(&opened.key);
+                }
             }
         }
+        None
     }
 
     fn open_conversation(
@@ -567,7 +904,9 @@ impl ProviderChannel {
             channel_addr: ctx.address().recipient(),
             opening,
             task_id,
-            home: None,
+            // On this shard's thread: the conversation and its channel
+            // never cross a thread to talk to each other.
+            home: Some(Arbiter::current()),
         };
         let (id, addr) = Conversation::open(&self.broker, spec);
         self.apply(
@@ -621,9 +960,9 @@ impl ProviderChannel {
         out: Outgoing,
         ctx: &mut Context<Self>,
     ) {
-        let api = self.api.clone();
-        let client = self.client.clone();
-        let slots = self.slots.clone();
+        let api = self.shared.api.clone();
+        let client = self.shared.client.clone();
+        let slots = self.shared.slots.clone();
         let retries = self.broker.config.provider_retries;
         let backoff = self.broker.config.provider_backoff;
         let work = async move {
@@ -646,7 +985,7 @@ impl ProviderChannel {
             }
         };
         ctx.spawn(work.into_actor(self).map(move |result, act, _| {
-            act.budget.release();
+            act.shared.budget.release();
             let Some(conv) = act.broker.conversation(&conversation) else {
                 return;
             };
@@ -658,15 +997,15 @@ impl ProviderChannel {
                         error: None,
                     });
                     for id in ids {
-                        act.apply(
+                        let early = act.apply(
                             ProviderEvent::MessageSent {
-                                provider_id: id.clone(),
+                                provider_id: id,
                                 conversation: conversation.clone(),
                                 message_id: message_id.clone(),
                             },
                             None,
                         );
-                        if let Some((status, error)) = act.early.pop(&id) {
+                        if let Some((status, error)) = early {
                             conv.do_send(DeliveryUpdate {
                                 message_id: message_id.clone(),
                                 status,
@@ -703,8 +1042,9 @@ impl Actor for ProviderChannel {
     }
 }
 
-/// Checked, parsed webhook events, applied in order in one step (a batch is
-/// all or nothing: it was parsed whole before this is sent).
+/// Checked, parsed webhook events of this shard's customers, applied in
+/// order in one step (the webhook was parsed whole before any part is sent;
+/// see [`ProviderShards::submit`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Inbound(pub Vec<InboundEvent>);
@@ -741,24 +1081,16 @@ impl Handler<Inbound> for ProviderChannel {
                     }
                     self.customer_message(m, ctx);
                 }
+                // Statuses go through the index (see `ProviderShards::submit`);
+                // one sent here is looked up the same way.
                 InboundEvent::Status {
                     provider_id,
                     status,
                     error,
-                } => match self.sent.get(&provider_id).cloned() {
-                    Some((conversation, message_id)) => {
-                        if let Some(conv) = self.broker.conversation(&conversation) {
-                            conv.do_send(DeliveryUpdate {
-                                message_id,
-                                status,
-                                error,
-                            });
-                        }
-                    }
-                    None => {
-                        self.early.put(provider_id, (status, error));
-                    }
-                },
+                } => self
+                    .shared
+                    .index
+                    .apply_status(&self.broker, &provider_id, status, error),
                 InboundEvent::ReadUpTo {
                     customer,
                     business,
@@ -803,14 +1135,19 @@ impl Handler<ToCustomer> for ProviderChannel {
                 };
                 self.deliver(msg.conversation_id, message.id.clone(), out, ctx);
             }
-            CustomerEvent::Ended(_) => self.apply(
-                ProviderEvent::ConversationEnded {
-                    conversation: msg.conversation_id,
-                },
-                None,
-            ),
+            CustomerEvent::Ended(_) => {
+                self.apply(
+                    ProviderEvent::ConversationEnded {
+                        conversation: msg.conversation_id,
+                    },
+                    None,
+                );
+            }
             CustomerEvent::Reopen(message) => {
-                let key = self.by_conversation.get(&msg.conversation_id).cloned();
+                let key = self
+                    .by_conversation
+                    .get(&msg.conversation_id)
+                    .map(|o| o.key.clone());
                 if let Some((customer, business)) = key {
                     let open = self
                         .threads
@@ -831,26 +1168,12 @@ impl Handler<ToCustomer> for ProviderChannel {
                 }
             }
             CustomerEvent::Forgotten => {
-                if let Some(key) = self.by_conversation.remove(&msg.conversation_id) {
-                    let window = self.broker.config.messaging_window;
-                    let empty = self.threads.get_mut(&key).is_some_and(|t| {
-                        if t.last
-                            .as_ref()
-                            .is_some_and(|(id, _)| *id == msg.conversation_id)
-                        {
-                            t.last = None;
-                        }
-                        // Keep the window clock while it still matters.
-                        let window_over = t
-                            .last_inbound
-                            .and_then(|at| at.elapsed().ok())
-                            .is_none_or(|age| age > window);
-                        t.open.is_none() && t.last.is_none() && window_over
-                    });
-                    if empty {
-                        self.threads.remove(&key);
-                    }
-                }
+                self.apply(
+                    ProviderEvent::ConversationForgotten {
+                        conversation: msg.conversation_id,
+                    },
+                    None,
+                );
             }
             // No sockets: customer-side echoes, typing, joins and histories
             // have nowhere to go on a provider channel.
@@ -943,6 +1266,60 @@ mod tests {
             b.release();
         }
         assert_eq!(b.pending(), 0, "never below zero");
+    }
+
+    #[test]
+    fn customers_spread_over_every_shard_and_stay_put() {
+        let customers: Vec<String> = (0..200).map(|i| format!("+1555000{i:04}")).collect();
+        let mut used = [0usize; 4];
+        for c in &customers {
+            let shard = shard_index(c, 4);
+            assert_eq!(shard, shard_index(c, 4), "stable");
+            used[shard] += 1;
+        }
+        assert!(used.iter().all(|&n| n > 0), "every shard used: {used:?}");
+        assert!(customers.iter().all(|c| shard_index(c, 1) == 0));
+    }
+
+    #[test]
+    fn a_status_finds_its_message_whichever_comes_first() {
+        let index = DeliveryIndex::new(8);
+        // The send's answer first: the status goes to the message.
+        assert_eq!(
+            index.record_sent("p1".into(), "c1".into(), "m1".into()),
+            None
+        );
+        assert_eq!(
+            index.status("p1", DeliveryStatus::Delivered, None),
+            Some(("c1".into(), "m1".to_owned()))
+        );
+        // The status first: it waits, the latest one wins, and the send's
+        // answer takes it.
+        assert_eq!(index.status("p2", DeliveryStatus::Delivered, None), None);
+        assert_eq!(index.status("p2", DeliveryStatus::Read, None), None);
+        assert_eq!(
+            index.record_sent("p2".into(), "c1".into(), "m2".into()),
+            Some((DeliveryStatus::Read, None))
+        );
+        assert_eq!(
+            index.status("p2", DeliveryStatus::Read, None),
+            Some(("c1".into(), "m2".to_owned()))
+        );
+        // Forgotten with the conversation.
+        index.forget(&["p1".into(), "p2".into()]);
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn statuses_for_unknown_ids_are_bounded() {
+        let index = DeliveryIndex::new(4);
+        index.record_sent("sent".into(), "c".into(), "m".into());
+        for i in 0..100 {
+            index.status(&format!("junk{i}"), DeliveryStatus::Delivered, None);
+            assert!(index.len() <= 1 + 4, "{} ids kept", index.len());
+        }
+        // What was sent is kept.
+        assert!(index.status("sent", DeliveryStatus::Read, None).is_some());
     }
 
     #[test]

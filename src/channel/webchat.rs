@@ -20,8 +20,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::Broker;
 use crate::channel::{CustomerEvent, OpenOutbound, SocketId, ToCustomer};
+use crate::wiring::Broker;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::conversation::{

@@ -51,7 +51,6 @@ use std::time::SystemTime;
 use actix::prelude::*;
 
 use crate::agent::{Agent, AgentFrameKind, ToAgent};
-use crate::broker::Broker;
 use crate::channel::{check_attachment, text_limit, CustomerEvent, Template, ToCustomer};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -61,6 +60,7 @@ use crate::protocol::{
     TaskState,
 };
 use crate::router::{BindOutbound, EnqueueTask, RescindReason, TaskClosed, TaskWrapping};
+use crate::wiring::Broker;
 
 /// Check a message's text and attachments against the limits and the channel's
 /// rules before anything is stored or sent.

@@ -2,16 +2,17 @@
 //! `/v1/channels/whatsapp/webhook`, `/v1/channels/messenger/webhook`.
 //!
 //! Each handler: channel enabled? → body within the limit → signature →
-//! parse the whole body (a batch fails whole) → download media → hand the
-//! events to the channel actor and wait until it holds them → answer 200.
-//! The provider gets its 200 only once the broker has the message.
+//! parse the whole body (a batch fails whole) → download media → hand each
+//! customer's events to that customer's channel shard and wait until every
+//! shard holds its part → answer 200. The provider gets its 200 only once the
+//! broker has every message of the batch.
 
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use crate::channel::provider::{fetch_all_media, verify_meta_signature, Inbound, InboundEvent};
+use crate::channel::provider::{fetch_all_media, verify_meta_signature, InboundEvent};
 use crate::channel::{messenger, sms, whatsapp};
 use crate::error::ApiError;
 use crate::http::{same_secret, State};
@@ -45,7 +46,7 @@ async fn submit(
     let channel = state.channels.provider(kind)?.clone();
     fetch_all_media(state, &state.http, &mut events).await;
     channel
-        .send(Inbound(events))
+        .submit(state, events)
         .await
         .map_err(ApiError::mailbox)
 }

@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::broker::Broker;
 use crate::error::ApiError;
 use crate::protocol::Id;
+use crate::wiring::Broker;
 
 /// The shared state every handler gets.
 pub type State = web::Data<Arc<Broker>>;

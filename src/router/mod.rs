@@ -50,10 +50,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::agent::Agent;
-use crate::broker::Broker;
 use crate::conversation::Conversation;
 use crate::deadlines::Deadlines;
 use crate::protocol::{ChannelKind, Id};
+use crate::wiring::Broker;
 
 pub use crate::protocol::RescindReason;
 pub use messages::{
