@@ -321,16 +321,17 @@ async fn fetch_media(
         bytes.extend_from_slice(&chunk);
     }
     let id = crate::ids::attachment_id();
-    let filename = media.filename.clone().unwrap_or_else(|| {
-        url.rsplit('/')
-            .next()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("file")
-            .split('?')
-            .next()
-            .unwrap_or("file")
-            .to_owned()
-    });
+    let filename =
+        crate::attachments::sanitize_filename(Some(&media.filename.clone().unwrap_or_else(|| {
+            url.rsplit('/')
+                .next()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("file")
+                .split('?')
+                .next()
+                .unwrap_or("file")
+                .to_owned()
+        })));
     let meta = AttachmentMeta {
         url: format!("/v1/attachments/{id}"),
         id,

@@ -12,6 +12,7 @@ use actix::prelude::*;
 
 use super::{frame_agent_joined, validate_content, Conversation, ConversationEvent};
 use crate::agent::AgentFrameKind;
+use crate::attachments::Sender;
 use crate::channel::{CustomerEvent, SocketId};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -179,6 +180,8 @@ impl Conversation {
                 self.state.channel,
                 &msg.text,
                 &msg.attachments,
+                Sender::Customer(&self.customer),
+                &|id| self.carries(id),
             )
         };
         let attachments = match content {
