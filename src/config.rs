@@ -239,6 +239,9 @@ impl Default for Config {
     }
 }
 
+/// The pre-chat context secret of [`Config::for_tests`].
+pub const TEST_CONTEXT_SECRET: &str = "test-context-secret-0123456789abcdef";
+
 impl Config {
     /// Defaults for in-process tests: an ephemeral loopback port, a known admin
     /// token, two workers.
@@ -246,6 +249,7 @@ impl Config {
         Config {
             bind: "127.0.0.1:0".into(),
             admin_token: Some("test-admin".into()),
+            webchat_context_secret: Some(TEST_CONTEXT_SECRET.into()),
             workers: 2,
             ..Config::default()
         }

@@ -9,6 +9,7 @@
 //! is that message contract plus the rule table below.
 
 pub mod messenger;
+pub mod prechat;
 pub mod provider;
 pub mod sms;
 pub mod webchat;
