@@ -165,15 +165,12 @@ impl Handler<SendHistory> for Conversation {
 }
 
 impl Conversation {
-    pub(super) fn accept_customer_message(&mut self, msg: CustomerMessage) {
-        let content = if msg.provided.is_empty()
-            && msg.attachments.is_empty()
-            && msg.author == Author::System
-        {
-            Ok(Vec::new())
-        } else if !msg.provided.is_empty() {
-            // Files a provider sent: stored (or failed) already, shown as they are.
-            Ok(msg.provided.clone())
+    pub(super) fn accept_customer_message(&mut self, mut msg: CustomerMessage) {
+        let content = if msg.socket.is_none() {
+            // From a provider, which has been answered `200` and will not
+            // send it again: stored as its channel fitted it
+            // (`channel/inbound.rs`), files stored (or failed) already.
+            Ok(std::mem::take(&mut msg.provided))
         } else {
             validate_content(
                 &self.broker,
