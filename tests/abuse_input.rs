@@ -627,3 +627,140 @@ async fn not_yours_and_does_not_exist_answer_alike() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+// ---------------------------------------------------------------------------
+// Small: URL length
+// ---------------------------------------------------------------------------
+
+/// Writes `request` on `stream` and reads one response head.
+async fn raw_exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await.expect("write request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(common::TIMEOUT, stream.read(&mut byte))
+            .await
+            .expect("response in time")
+            .expect("read response");
+        assert_eq!(
+            n,
+            1,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_kb_url_answers_414() {
+    let h = start();
+    let addr = h.base.trim_start_matches("http://").to_owned();
+    let long = format!(
+        "GET /v1/webchat/session?pad={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = raw_exchange(&mut stream, long.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 414"), "{head}");
+    // Also through an ordinary client (whose URLs stop at 64 KiB).
+    let r = h
+        .http
+        .get(h.url(&format!("/healthz?pad={}", "a".repeat(60_000))))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string().chars().take(200).collect::<String>());
+    assert_eq!(r, Ok(414));
+
+    // On a connection that already made a request, a long URL is refused
+    // by the app (up to the HTTP parser's own 64 KiB).
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let first = raw_exchange(
+        &mut stream,
+        b"GET /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(first.starts_with("HTTP/1.1 404"), "{first}");
+    let length: usize = first
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .expect("content-length");
+    {
+        use tokio::io::AsyncReadExt;
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await.expect("404 body");
+    }
+    let second = raw_exchange(
+        &mut stream,
+        format!(
+            "GET /healthz?pad={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "b".repeat(20_000)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(second.starts_with("HTTP/1.1 414"), "{second}");
+
+    // A URL under the limit is served.
+    let r = h
+        .get(&format!("/healthz?pad={}", "c".repeat(7_000)), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// The process's virtual memory size, in bytes (Linux).
+fn vm_size() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmSize")
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_do_not_reserve_their_declared_length() {
+    use tokio::io::AsyncWriteExt;
+    let h = start();
+    let sess = h.create_session("Dana", None).await;
+    let addr = h.base.trim_start_matches("http://").to_owned();
+    let declared: u64 = 24 * 1024 * 1024;
+    let before = vm_size();
+    // Ten uploads that each announce 24 MiB and send one byte (the broker
+    // runs in this process: what it reserves shows in our memory).
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /v1/attachments?filename=a.png HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {}\r\nContent-Type: image/png\r\n\
+             Content-Length: {declared}\r\n\r\nx",
+            sess.token
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        open.push(stream);
+    }
+    // Let the handlers start reading their bodies.
+    tokio::time::sleep(QUIET).await;
+    let grown = vm_size().saturating_sub(before);
+    assert!(
+        grown < 5 * declared,
+        "memory grew by {} MiB for 10 one-byte uploads",
+        grown / (1024 * 1024)
+    );
+    drop(open);
+}

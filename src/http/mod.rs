@@ -10,6 +10,7 @@ pub mod attachments;
 pub mod channels;
 pub mod conversations;
 pub mod ops;
+pub mod request_line;
 pub mod sockets;
 pub mod tasks;
 pub mod upgrade;
