@@ -2,7 +2,8 @@
 //! translate its answer. One file per resource:
 //! `agents.rs`, `conversations.rs`, `attachments.rs`, `webchat.rs`,
 //! `tasks.rs`, `sockets.rs` (WebSocket upgrades) and `ops.rs` (health, stats,
-//! metrics, dispositions). Errors are [`ApiError`]s, rendered as
+//! metrics, dispositions); `request_line.rs` limits URL length before any
+//! route runs. Errors are [`ApiError`]s, rendered as
 //! `{"error":{"code","message"}}`.
 
 pub mod agents;

@@ -13,6 +13,11 @@
 //! buffering without bound. A session actor whose client stops reading is not
 //! polled at all (actix drives it from the response stream), so the policy has
 //! to live on the sending side, here.
+//!
+//! Inbound, [`handle_frame`] is written once for the three sessions too:
+//! control frames, messages sent in fragments ([`Reassembly`], bounded by
+//! `max_frame` for the whole message: close 1009 beyond it) and text that is
+//! not UTF-8 (close 1007).
 
 pub mod agent_session;
 pub mod customer_session;
