@@ -108,7 +108,7 @@ impl Broker {
         Arc::new(Broker {
             config: parts.config,
             admin_token: parts.admin_token,
-            ids: IdGen::default(),
+            ids: IdGen,
             metrics: Metrics::default(),
             attachments: AttachmentStore::default(),
             router: parts.router,

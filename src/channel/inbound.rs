@@ -48,8 +48,7 @@ pub fn split(text: &str, limit: usize) -> (Vec<String>, usize) {
         let half = window.char_indices().nth(limit / 2).map_or(0, |(i, _)| i);
         let cut = window[half..]
             .char_indices()
-            .filter(|(_, c)| c.is_whitespace())
-            .last()
+            .rfind(|(_, c)| c.is_whitespace())
             .map_or(window_end, |(i, c)| half + i + c.len_utf8());
         parts.push(rest[..cut].to_owned());
         rest = &rest[cut..];
