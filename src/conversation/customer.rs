@@ -24,7 +24,9 @@ use crate::router::TaskClosed;
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct CustomerMessage {
-    /// The socket to acknowledge (webchat); None for provider channels.
+    /// The socket to acknowledge (webchat); None for provider channels,
+    /// whose messages are stored as their channel fitted them
+    /// (`channel/inbound.rs`), never refused.
     pub socket: Option<SocketId>,
     /// `customer`, or `system` for a provider event shown as a note.
     pub author: Author,

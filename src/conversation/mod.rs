@@ -473,6 +473,19 @@ impl Actor for Conversation {
             Some(Opening::Inbound(first)) => {
                 self.publish_task_state();
                 self.accept_customer_message(first);
+                if self.state.messages.is_empty() {
+                    // Its first message was refused (the channel checks
+                    // before opening, so only a race gets here): no agent
+                    // is ever offered an empty conversation.
+                    self.apply(ConversationEvent::TaskMoved {
+                        state: TaskState::Canceled,
+                        agent_id: None,
+                        agent_name: None,
+                    });
+                    self.to_customer(CustomerEvent::Ended(self.ended_frame()));
+                    self.schedule_eviction(ctx);
+                    return;
+                }
                 self.broker.router.do_send(EnqueueTask {
                     task: self.routable(),
                     conversation: ctx.address(),
