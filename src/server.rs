@@ -429,6 +429,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         let shutdown = shutdown.clone();
         builder = builder.listen(format!("switchboard-{local}"), listener, move || {
             join_as_shard(&data, &webchat_mailboxes, &next_worker);
+            let stop = shutdown.clone();
             let shutdown = shutdown.clone();
             let http = HttpService::build()
                 .graceful_shutdown_signal(move || {
@@ -448,11 +449,19 @@ pub fn start(config: Config) -> std::io::Result<Started> {
                 .finish(map_config(app(data.clone()), |_| app_config()));
             // As `HttpService::tcp` does, with the first request line read
             // (and a URL past the limit refused) before the dispatcher.
-            fn_service(|io: TcpStream| async move {
-                let _ = io.set_nodelay(true);
-                let peer = io.peer_addr().ok();
-                let io = request_line::screen(io, CLIENT_REQUEST_TIMEOUT).await;
-                Ok::<_, actix_http::error::DispatchError>((io, actix_http::Protocol::Http1, peer))
+            fn_service(move |io: TcpStream| {
+                let stop = stop.clone();
+                async move {
+                    let _ = io.set_nodelay(true);
+                    let peer = io.peer_addr().ok();
+                    let io =
+                        request_line::screen(io, CLIENT_REQUEST_TIMEOUT, stop.notified()).await;
+                    Ok::<_, actix_http::error::DispatchError>((
+                        io,
+                        actix_http::Protocol::Http1,
+                        peer,
+                    ))
+                }
             })
             .and_then(http)
         })?;

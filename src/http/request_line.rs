@@ -65,10 +65,25 @@ enum Line {
     TooLong,
 }
 
-/// Read a connection's first request line (see the module doc).
-pub async fn screen(io: TcpStream, timeout: Duration) -> Prefixed {
+/// Read a connection's first request line (see the module doc). `stop`
+/// is the server's graceful shutdown: a connection that has not sent its
+/// request line by then is closed, as the dispatcher closes idle ones.
+pub async fn screen(
+    io: TcpStream,
+    timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> Prefixed {
     let mut read = BytesMut::new();
-    let line = tokio::time::timeout(timeout, first_line(&io, &mut read)).await;
+    let line = tokio::select! {
+        line = tokio::time::timeout(timeout, first_line(&io, &mut read)) => line,
+        () = stop => {
+            return Prefixed {
+                prefix: Bytes::new(),
+                io,
+                done: true,
+            }
+        }
+    };
     let refusal = match line {
         Ok(Ok(Line::Ready)) | Ok(Err(_)) => None,
         Ok(Ok(Line::TooLong)) => Some(response(&too_long())),
