@@ -18,6 +18,7 @@ use actix::prelude::*;
 use actix_web_actors::ws::CloseCode;
 use serde::{Deserialize, Serialize};
 
+use crate::attachments::Sender;
 use crate::channel::{OpenOutbound, Template};
 use crate::conversation::{
     validate_content, AgentComplete, AgentEnd, AgentSend, AgentTyping, Conversation, Resync,
@@ -382,7 +383,14 @@ impl Agent {
         let attachments = if template_only {
             Ok(Vec::new())
         } else {
-            validate_content(&self.broker, req.channel, &req.text, &req.attachments)
+            validate_content(
+                &self.broker,
+                req.channel,
+                &req.text,
+                &req.attachments,
+                Sender::Agent(&self.profile.id),
+                &|_| false,
+            )
         };
         let attachments = match attachments {
             Ok(a) => a,

@@ -144,7 +144,7 @@ impl<W: Wiring> Registry<W> {
         Arc::new(Registry {
             config: parts.config,
             admin_token: parts.admin_token,
-            ids: IdGen::default(),
+            ids: IdGen,
             metrics: Metrics::default(),
             attachments: AttachmentStore::default(),
             router: parts.router,

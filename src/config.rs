@@ -93,6 +93,12 @@ pub struct Config {
     pub max_frame: usize,
     /// Frames queued for one socket before its client counts as a slow consumer.
     pub socket_backlog: usize,
+    /// Content types a webchat customer may upload: exact (`image/png`) or a
+    /// whole family (`image/*`).
+    pub webchat_upload_types: Vec<String>,
+    /// Key of the signed pre-chat context a customer's own backend gives its
+    /// widget (HMAC-SHA256); None: sessions with a context are refused.
+    pub webchat_context_secret: Option<String>,
     /// Closing codes an agent may pick in wrap-up.
     pub dispositions: Vec<String>,
     /// HTTP worker threads and conversation shards (0 = one per core).
@@ -180,6 +186,17 @@ impl Default for Config {
             max_notes: 4000,
             max_frame: 64 * 1024,
             socket_backlog: 512,
+            webchat_upload_types: [
+                "image/jpeg",
+                "image/png",
+                "image/gif",
+                "image/webp",
+                "application/pdf",
+                "text/plain",
+            ]
+            .map(String::from)
+            .to_vec(),
+            webchat_context_secret: None,
             dispositions: ["resolved", "follow_up", "escalated", "spam", "no_response"]
                 .map(String::from)
                 .to_vec(),
@@ -222,6 +239,9 @@ impl Default for Config {
     }
 }
 
+/// The pre-chat context secret of [`Config::for_tests`].
+pub const TEST_CONTEXT_SECRET: &str = "test-context-secret-0123456789abcdef";
+
 impl Config {
     /// Defaults for in-process tests: an ephemeral loopback port, a known admin
     /// token, two workers.
@@ -229,6 +249,7 @@ impl Config {
         Config {
             bind: "127.0.0.1:0".into(),
             admin_token: Some("test-admin".into()),
+            webchat_context_secret: Some(TEST_CONTEXT_SECRET.into()),
             workers: 2,
             ..Config::default()
         }
@@ -369,6 +390,26 @@ impl Config {
         }
         if self.offer_timeout.is_zero() {
             return Err(ConfigError("offer_timeout: must be more than 0".into()));
+        }
+        if let Some(secret) = &self.webchat_context_secret {
+            if secret.len() < 32 {
+                return Err(ConfigError(
+                    "webchat_context_secret: must be at least 32 characters".into(),
+                ));
+            }
+        }
+        for t in &self.webchat_upload_types {
+            let valid = t.split_once('/').is_some_and(|(family, sub)| {
+                !family.is_empty()
+                    && family != "*"
+                    && !sub.is_empty()
+                    && !t.contains([';', ' ', ','])
+            });
+            if !valid {
+                return Err(ConfigError(format!(
+                    "webchat_upload_types: {t:?} is not a content type such as \"image/png\" or \"image/*\""
+                )));
+            }
         }
         if let Some(t) = &self.admin_token {
             if t.len() < 8 {
@@ -562,6 +603,17 @@ pub struct Args {
     /// Frames queued per socket before the client is a slow consumer.
     #[arg(long, env = "SWITCHBOARD_SOCKET_BACKLOG")]
     pub socket_backlog: Option<usize>,
+    /// Content types webchat customers may upload, comma-separated (image/* for a family).
+    #[arg(long, env = "SWITCHBOARD_WEBCHAT_UPLOAD_TYPES", value_parser = parse_list)]
+    #[serde(default, deserialize_with = "de::list")]
+    pub webchat_upload_types: Option<List>,
+    /// Secret of signed webchat pre-chat contexts (HMAC-SHA256), at least 32 characters.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WEBCHAT_CONTEXT_SECRET",
+        hide_env_values = true
+    )]
+    pub webchat_context_secret: Option<String>,
     /// Comma-separated disposition codes (a list in the TOML file).
     #[arg(long, env = "SWITCHBOARD_DISPOSITIONS", value_parser = parse_list)]
     #[serde(default, deserialize_with = "de::list")]
@@ -750,6 +802,8 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "max_notes" => value(c.max_notes.to_string()),
         "max_frame" => value(show_size(c.max_frame as u64)),
         "socket_backlog" => value(c.socket_backlog.to_string()),
+        "webchat_upload_types" => value(c.webchat_upload_types.join(",")),
+        "webchat_context_secret" => Some(Shown::Note("none: a context is refused")),
         "dispositions" => value(c.dispositions.join(",")),
         "workers" => value(c.workers.to_string()),
         "heartbeat_interval" => duration(c.heartbeat_interval),
@@ -825,6 +879,9 @@ impl Args {
         if let Some(List(v)) = self.sms_from {
             cfg.sms_from = v;
         }
+        if let Some(List(v)) = self.webchat_upload_types {
+            cfg.webchat_upload_types = v;
+        }
         overlay!(self, cfg;
             bind, offer_timeout, reoffer_cooldown, disconnect_grace, customer_grace, webchat_session_idle,
             wrapup_timeout, wrapup_disposition,
@@ -837,7 +894,8 @@ impl Args {
             sim_wrapup_delay, sim_replies, sim_disposition, sim_seed;
             admin_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
-            messenger_page_token, messenger_app_secret, messenger_verify_token
+            messenger_page_token, messenger_app_secret, messenger_verify_token,
+            webchat_context_secret
         );
         if let Some(v) = max_frame {
             cfg.max_frame = v as usize;

@@ -49,6 +49,10 @@ pub enum ApiError {
     RateLimited(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    UriTooLong(String),
+    #[error("{0}")]
+    RequestTimeout(String),
 }
 
 impl ApiError {
@@ -74,6 +78,8 @@ impl ApiError {
             ApiError::OutsideMessagingWindow(_) => "outside_messaging_window",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::UriTooLong(_) => "uri_too_long",
+            ApiError::RequestTimeout(_) => "request_timeout",
         }
     }
 
@@ -98,6 +104,8 @@ impl ApiError {
             ApiError::OutsideMessagingWindow(_) => StatusCode::CONFLICT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 

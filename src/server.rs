@@ -23,7 +23,7 @@ use actix::prelude::*;
 use actix_codec::Framed;
 use actix_http::body::BoxBody;
 use actix_http::{h1, HttpService};
-use actix_service::{map_config, IntoServiceFactory};
+use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{
     fn_factory, fn_service, AppConfig, ServerHandle, ServiceFactory, ServiceRequest,
     ServiceResponse,
@@ -43,6 +43,7 @@ use crate::channel::webchat::{WebchatChannel, WebchatShards};
 use crate::channel::whatsapp::WhatsappApi;
 use crate::channel::Channels;
 use crate::config::Config;
+use crate::http::request_line::{self, Prefixed};
 use crate::protocol::ChannelKind;
 use crate::router::Router;
 use crate::shards::{mailbox, Mailbox};
@@ -214,6 +215,10 @@ fn join_as_shard(
 /// get a generous time too.
 const BACKLOG: u32 = 4096;
 
+/// How long a client may take to send a request head (the connection's
+/// first request line included, `http/request_line.rs`).
+const CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A listening socket on `addr`, as actix-web's `HttpServer::bind` makes it.
 fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -237,7 +242,21 @@ fn app(
         InitError = (),
     >,
 > {
-    App::new().app_data(data).configure(crate::http::routes)
+    use actix_web::ResponseError;
+    use futures_util::future::{ready, Either};
+    App::new()
+        .app_data(data)
+        // A connection's first request line is checked before the
+        // dispatcher (`http/request_line.rs`); later ones here.
+        .wrap_fn(|req, srv| {
+            if crate::http::request_line::uri_too_long(req.uri()) {
+                let refusal = crate::http::request_line::too_long().error_response();
+                Either::Left(ready(Ok(req.into_response(refusal))))
+            } else {
+                Either::Right(actix_service::Service::call(srv, req))
+            }
+        })
+        .configure(crate::http::routes)
 }
 
 /// What handlers see of the server (`HttpRequest::app_config`, the fallback
@@ -254,7 +273,7 @@ fn app_config() -> AppConfig {
 fn upgrades(
     data: web::Data<Arc<Broker>>,
 ) -> impl ServiceFactory<
-    (actix_http::Request, Framed<TcpStream, h1::Codec>),
+    (actix_http::Request, Framed<Prefixed, h1::Codec>),
     Config = (),
     Response = (),
     Error = std::convert::Infallible,
@@ -265,7 +284,7 @@ fn upgrades(
         async move {
             let app = Rc::new(app.into_factory().new_service(app_config()).await?);
             Ok(fn_service(
-                move |(req, framed): (actix_http::Request, Framed<TcpStream, h1::Codec>)| {
+                move |(req, framed): (actix_http::Request, Framed<Prefixed, h1::Codec>)| {
                     actix_web::rt::spawn(crate::http::upgrade::serve(app.clone(), req, framed));
                     std::future::ready(Ok(()))
                 },
@@ -448,14 +467,15 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         let shutdown = shutdown.clone();
         builder = builder.listen(format!("switchboard-{local}"), listener, move || {
             join_as_shard(&data, &waiting_shards, &next_worker);
+            let stop = shutdown.clone();
             let shutdown = shutdown.clone();
-            HttpService::build()
+            let http = HttpService::build()
                 .graceful_shutdown_signal(move || {
                     let signal = shutdown.clone();
                     async move { signal.notified().await }
                 })
                 .keep_alive(actix_http::KeepAlive::default())
-                .client_request_timeout(std::time::Duration::from_secs(30))
+                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
                 .client_disconnect_timeout(std::time::Duration::from_secs(1))
                 // Chat frames are small: send them at once instead of waiting
                 // to coalesce (Nagle + delayed ACK would add ~40 ms per frame).
@@ -464,8 +484,24 @@ pub fn start(config: Config) -> std::io::Result<Started> {
                 // WebSockets leave the HTTP/1 dispatcher and its buffers at
                 // the upgrade (src/http/upgrade.rs).
                 .upgrade(upgrades(data.clone()))
-                .finish(map_config(app(data.clone()), |_| app_config()))
-                .tcp()
+                .finish(map_config(app(data.clone()), |_| app_config()));
+            // As `HttpService::tcp` does, with the first request line read
+            // (and a URL past the limit refused) before the dispatcher.
+            fn_service(move |io: TcpStream| {
+                let stop = stop.clone();
+                async move {
+                    let _ = io.set_nodelay(true);
+                    let peer = io.peer_addr().ok();
+                    let io =
+                        request_line::screen(io, CLIENT_REQUEST_TIMEOUT, stop.notified()).await;
+                    Ok::<_, actix_http::error::DispatchError>((
+                        io,
+                        actix_http::Protocol::Http1,
+                        peer,
+                    ))
+                }
+            })
+            .and_then(http)
         })?;
     }
     if addrs.is_empty() {

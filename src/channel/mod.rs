@@ -8,7 +8,9 @@
 //! channel kind is a new actor that handles that message — the channel "trait"
 //! is that message contract plus the rule table below.
 
+pub mod inbound;
 pub mod messenger;
+pub mod prechat;
 pub mod provider;
 pub mod sms;
 pub mod webchat;

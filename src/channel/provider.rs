@@ -45,10 +45,10 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
-use crate::channel::{messenger, sms, whatsapp, CustomerEvent, OpenOutbound, Template, ToCustomer};
-use crate::conversation::{
-    Conversation, CustomerMessage, DeliveryUpdate, OpenSpec, Opening, ReadUpTo,
+use crate::channel::{
+    inbound, messenger, sms, whatsapp, CustomerEvent, OpenOutbound, Template, ToCustomer,
 };
+use crate::conversation::{Conversation, DeliveryUpdate, OpenSpec, Opening, ReadUpTo};
 use crate::error::ApiError;
 use crate::protocol::{AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Id};
 use crate::wiring::Broker;
@@ -592,16 +592,17 @@ async fn fetch_media(
         bytes.extend_from_slice(&chunk);
     }
     let id = crate::ids::attachment_id();
-    let filename = media.filename.clone().unwrap_or_else(|| {
-        url.rsplit('/')
-            .next()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("file")
-            .split('?')
-            .next()
-            .unwrap_or("file")
-            .to_owned()
-    });
+    let filename =
+        crate::attachments::sanitize_filename(Some(&media.filename.clone().unwrap_or_else(|| {
+            url.rsplit('/')
+                .next()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("file")
+                .split('?')
+                .next()
+                .unwrap_or("file")
+                .to_owned()
+        })));
     let meta = AttachmentMeta {
         url: format!("/v1/attachments/{id}"),
         id,
@@ -920,35 +921,31 @@ impl ProviderChannel {
         (id, addr)
     }
 
+    /// Store an inbound message: as one message, or as the parts and note
+    /// of `channel/inbound.rs` when its text is longer than the channel holds.
     fn customer_message(&mut self, m: InboundMessage, ctx: &mut Context<Self>) {
-        let message = CustomerMessage {
-            socket: None,
-            author: if m.system_note {
-                Author::System
-            } else {
-                Author::Customer
-            },
-            text: m.text,
-            attachments: Vec::new(),
-            provided: m.attachments,
-            client_msg_id: None,
-            reference: None,
+        let (customer, business) = (m.customer.clone(), m.business.clone());
+        let mut messages =
+            inbound::customer_messages(m, self.kind(), self.broker.config.max_text).into_iter();
+        let Some(first) = messages.next() else {
+            return;
         };
         let open = self
             .threads
-            .get(&(m.customer.clone(), m.business.clone()))
+            .get(&(customer.clone(), business.clone()))
             .and_then(|t| t.open.clone());
-        match open {
-            Some((_, conv)) => conv.do_send(message),
-            None => {
-                self.open_conversation(
-                    &m.customer,
-                    &m.business,
-                    Opening::Inbound(message),
-                    None,
-                    ctx,
-                );
+        let conv = match open {
+            Some((_, conv)) => {
+                conv.do_send(first);
+                conv
             }
+            None => {
+                self.open_conversation(&customer, &business, Opening::Inbound(first), None, ctx)
+                    .1
+            }
+        };
+        for rest in messages {
+            conv.do_send(rest);
         }
     }
 

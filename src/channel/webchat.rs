@@ -20,6 +20,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::attachments::Sender;
 use crate::channel::{CustomerEvent, OpenOutbound, SocketId, ToCustomer};
 use crate::wiring::Broker;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -510,6 +511,8 @@ impl WebchatChannel {
             ChannelKind::Webchat,
             &message.text,
             &message.attachments,
+            Sender::Customer(session),
+            &|_| false,
         ) {
             if let Some(socket) = message.socket {
                 self.send_to(session, socket, e.to_frame(message.reference.as_deref()));

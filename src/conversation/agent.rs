@@ -11,6 +11,7 @@ use actix::prelude::*;
 
 use super::{validate_content, Conversation};
 use crate::agent::{Agent, AgentFrameKind};
+use crate::attachments::Sender;
 use crate::channel::{has_messaging_window, CustomerEvent};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -46,6 +47,8 @@ impl Handler<AgentSend> for Conversation {
                 self.state.channel,
                 &msg.text,
                 &msg.attachments,
+                Sender::Agent(&msg.agent_id),
+                &|id| self.carries(id),
             )?;
             // Last: a place in the provider's outbound queue, taken only
             // for a message that will be stored.

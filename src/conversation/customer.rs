@@ -12,6 +12,7 @@ use actix::prelude::*;
 
 use super::{frame_agent_joined, validate_content, Conversation, ConversationEvent};
 use crate::agent::AgentFrameKind;
+use crate::attachments::Sender;
 use crate::channel::{CustomerEvent, SocketId};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -23,7 +24,9 @@ use crate::router::TaskClosed;
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct CustomerMessage {
-    /// The socket to acknowledge (webchat); None for provider channels.
+    /// The socket to acknowledge (webchat); None for provider channels,
+    /// whose messages are stored as their channel fitted them
+    /// (`channel/inbound.rs`), never refused.
     pub socket: Option<SocketId>,
     /// `customer`, or `system` for a provider event shown as a note.
     pub author: Author,
@@ -164,21 +167,20 @@ impl Handler<SendHistory> for Conversation {
 }
 
 impl Conversation {
-    pub(super) fn accept_customer_message(&mut self, msg: CustomerMessage) {
-        let content = if msg.provided.is_empty()
-            && msg.attachments.is_empty()
-            && msg.author == Author::System
-        {
-            Ok(Vec::new())
-        } else if !msg.provided.is_empty() {
-            // Files a provider sent: stored (or failed) already, shown as they are.
-            Ok(msg.provided.clone())
+    pub(super) fn accept_customer_message(&mut self, mut msg: CustomerMessage) {
+        let content = if msg.socket.is_none() {
+            // From a provider, which has been answered `200` and will not
+            // send it again: stored as its channel fitted it
+            // (`channel/inbound.rs`), files stored (or failed) already.
+            Ok(std::mem::take(&mut msg.provided))
         } else {
             validate_content(
                 &self.broker,
                 self.state.channel,
                 &msg.text,
                 &msg.attachments,
+                Sender::Customer(&self.customer),
+                &|id| self.carries(id),
             )
         };
         let attachments = match content {

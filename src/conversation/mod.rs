@@ -51,6 +51,7 @@ use std::time::SystemTime;
 use actix::prelude::*;
 
 use crate::agent::{Agent, AgentFrameKind, ToAgent};
+use crate::attachments::Sender;
 use crate::channel::{check_attachment, text_limit, CustomerEvent, Template, ToCustomer};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -63,12 +64,16 @@ use crate::router::{BindOutbound, EnqueueTask, RescindReason, TaskClosed, TaskWr
 use crate::wiring::Broker;
 
 /// Check a message's text and attachments against the limits and the channel's
-/// rules before anything is stored or sent.
+/// rules before anything is stored or sent. `sender` may name only files it
+/// uploaded or that `carried` says the conversation already holds (see
+/// [`AttachmentStore::resolve_for`](crate::attachments::AttachmentStore::resolve_for)).
 pub fn validate_content(
     broker: &Broker,
     channel: ChannelKind,
     text: &str,
     attachments: &[String],
+    sender: Sender<'_>,
+    carried: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<AttachmentMeta>, ApiError> {
     let max = text_limit(channel).map_or(broker.config.max_text, |l| l.min(broker.config.max_text));
     let chars = text.chars().count();
@@ -83,7 +88,9 @@ pub fn validate_content(
             "a message needs text or at least one attachment".into(),
         ));
     }
-    let files = broker.attachments.resolve(attachments)?;
+    let files = broker
+        .attachments
+        .resolve_for(attachments, sender, carried)?;
     for f in &files {
         check_attachment(
             channel,
@@ -259,6 +266,15 @@ impl Conversation {
                 self.state.id
             )))
         }
+    }
+
+    /// Whether a message of this conversation carries file `id` (anyone in
+    /// the conversation may send it again).
+    fn carries(&self, id: &str) -> bool {
+        self.state
+            .messages
+            .iter()
+            .any(|m| m.attachments.iter().any(|a| a.id == id))
     }
 
     /// Store a new message with the next `seq`; [`Conversation::last_message`]
@@ -457,6 +473,19 @@ impl Actor for Conversation {
             Some(Opening::Inbound(first)) => {
                 self.publish_task_state();
                 self.accept_customer_message(first);
+                if self.state.messages.is_empty() {
+                    // Its first message was refused (the channel checks
+                    // before opening, so only a race gets here): no agent
+                    // is ever offered an empty conversation.
+                    self.apply(ConversationEvent::TaskMoved {
+                        state: TaskState::Canceled,
+                        agent_id: None,
+                        agent_name: None,
+                    });
+                    self.to_customer(CustomerEvent::Ended(self.ended_frame()));
+                    self.schedule_eviction(ctx);
+                    return;
+                }
                 self.broker.router.do_send(EnqueueTask {
                     task: self.routable(),
                     conversation: ctx.address(),

@@ -1,5 +1,7 @@
 //! `/v1/attachments`: upload raw bytes, download with auth. Which files a
-//! channel accepts is checked when a message is sent, not here.
+//! channel accepts is checked when a message is sent; what an anonymous
+//! webchat customer may upload at all (`webchat_upload_types`) is checked
+//! here, before the body is read.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -7,6 +9,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use crate::attachments::{content_disposition, sanitize_filename, Uploader};
 use crate::channel::provider::verify_link;
 use crate::error::ApiError;
 use crate::http::{authenticate, Principal, State};
@@ -17,15 +20,32 @@ pub struct UploadQuery {
     pub filename: Option<String>,
 }
 
-fn clean_filename(name: Option<&str>) -> String {
-    let name = name.unwrap_or("file");
-    // Keep the last path component, drop control characters, cap the length.
-    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
-    if cleaned.trim().is_empty() {
-        "file".into()
+/// The type a webchat customer's upload is stored with: the declared one,
+/// without parameters, lower case, if `allowed` (exact types or `family/*`)
+/// takes it; else `attachment_not_supported` naming what is taken.
+fn customer_content_type(declared: &str, allowed: &[String]) -> Result<String, ApiError> {
+    let essence = declared
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let taken = allowed.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        match a.strip_suffix("/*") {
+            Some(family) => essence
+                .strip_prefix(family)
+                .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/')),
+            None => essence == a,
+        }
+    });
+    if taken {
+        Ok(essence)
     } else {
-        cleaned
+        Err(ApiError::AttachmentNotSupported(format!(
+            "{declared:?} is not a file type customers may upload; allowed: {}",
+            allowed.join(", ")
+        )))
     }
 }
 
@@ -49,7 +69,20 @@ pub async fn upload(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
-    let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let content_type = match &who {
+        Principal::Customer(_) => {
+            customer_content_type(&content_type, &state.config.webchat_upload_types)?
+        }
+        _ => content_type,
+    };
+    // Grown as the data arrives, never sized by what the client declares.
+    let mut bytes = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
         if (bytes.len() + chunk.len()) as u64 > limit {
@@ -60,28 +93,23 @@ pub async fn upload(
     if bytes.is_empty() {
         return Err(ApiError::BadRequest("the upload is empty".into()));
     }
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
-        .to_owned();
     let id = crate::ids::attachment_id();
     let meta = AttachmentMeta {
         url: format!("/v1/attachments/{id}"),
         id,
         content_type,
         size: bytes.len() as u64,
-        filename: clean_filename(query.filename.as_deref()),
+        filename: sanitize_filename(query.filename.as_deref()),
         error: None,
     };
     let uploader = match who {
-        Principal::Customer(session) => Some(session),
-        _ => None,
+        Principal::Customer(session) => Uploader::Customer(session),
+        Principal::Agent(agent) => Uploader::Agent(agent),
+        Principal::Admin => Uploader::Admin,
     };
     state
         .attachments
-        .insert(meta.clone(), bytes.freeze(), uploader);
+        .insert_by(meta.clone(), bytes.freeze(), uploader);
     Ok(HttpResponse::Created().json(meta))
 }
 
@@ -132,25 +160,49 @@ pub async fn download(
             )));
         }
     }
-    let disposition = format!(
-        "attachment; filename=\"{}\"",
-        file.meta.filename.replace(['"', '\\'], "_")
-    );
+    // Always a download, never rendered as a page of this origin: the type
+    // is the uploader's word, so browsers must not sniff another one, and
+    // whatever is opened anyway runs sandboxed with nothing allowed.
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, file.meta.content_type.clone()))
-        .insert_header((header::CONTENT_DISPOSITION, disposition))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            content_disposition(&file.meta.filename),
+        ))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; sandbox",
+        ))
         .body(file.bytes.clone()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::clean_filename;
+    use super::customer_content_type;
 
     #[test]
-    fn filenames_are_cleaned() {
-        assert_eq!(clean_filename(Some("../../etc/passwd")), "passwd");
-        assert_eq!(clean_filename(Some("a\\b\\c.pdf")), "c.pdf");
-        assert_eq!(clean_filename(None), "file");
-        assert_eq!(clean_filename(Some("\u{0}")), "file");
+    fn customers_upload_only_allowed_types() {
+        let allowed: Vec<String> = ["image/*", "application/pdf"].map(String::from).to_vec();
+        assert_eq!(
+            customer_content_type("Image/PNG; x=1", &allowed).as_deref(),
+            Ok("image/png")
+        );
+        assert_eq!(
+            customer_content_type("application/pdf", &allowed).as_deref(),
+            Ok("application/pdf")
+        );
+        for refused in [
+            "text/html",
+            "image/",
+            "imagex/png",
+            "application/x-msdownload",
+            "",
+        ] {
+            let e = customer_content_type(refused, &allowed).unwrap_err();
+            assert_eq!(e.code(), "attachment_not_supported", "{refused}");
+        }
+        let svg = customer_content_type("image/svg+xml", &["image/png".into()]).unwrap_err();
+        assert!(svg.to_string().contains("allowed: image/png"), "{svg}");
     }
 }

@@ -18,31 +18,31 @@ pub struct Page {
     pub limit: Option<usize>,
 }
 
+/// The one answer for a conversation the caller may not read and for one
+/// that does not exist: telling them apart would confirm which ids exist.
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("conversation {id} does not exist"))
+}
+
 /// Admin or the conversation's agent. Internal notes are in the answer, so
-/// customers are not allowed here (they read `/messages`).
+/// customers are not allowed here (they read `/messages`), whatever the id.
 pub async fn get(
     req: HttpRequest,
     state: State,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&req, &state)?;
-    let conv = state
-        .conversation(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("conversation {id} does not exist")))?;
+    if let Principal::Customer(_) = who {
+        return Err(ApiError::Unauthorized(
+            "customers read their history at /messages".into(),
+        ));
+    }
+    let conv = state.conversation(&id).ok_or_else(|| not_found(&id))?;
     let snapshot = conv.send(GetSnapshot).await.map_err(ApiError::mailbox)?;
     match who {
         Principal::Admin => {}
         Principal::Agent(me) if snapshot.agent_id.as_ref() == Some(&me) => {}
-        Principal::Agent(_) => {
-            return Err(ApiError::NotYourTask(format!(
-                "conversation {id} is not assigned to you"
-            )))
-        }
-        Principal::Customer(_) => {
-            return Err(ApiError::Unauthorized(
-                "customers read their history at /messages".into(),
-            ))
-        }
+        _ => return Err(not_found(&id)),
     }
     Ok(HttpResponse::Ok().json(snapshot))
 }
@@ -56,9 +56,7 @@ pub async fn messages(
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&req, &state)?;
-    let conv = state
-        .conversation(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("conversation {id} does not exist")))?;
+    let conv = state.conversation(&id).ok_or_else(|| not_found(&id))?;
     let snapshot = conv.send(GetSnapshot).await.map_err(ApiError::mailbox)?;
     let allowed = match &who {
         Principal::Admin => true,
@@ -68,9 +66,7 @@ pub async fn messages(
         }
     };
     if !allowed {
-        return Err(ApiError::NotYourTask(format!(
-            "conversation {id} is not yours to read"
-        )));
+        return Err(not_found(&id));
     }
     let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {

@@ -2,7 +2,8 @@
 //! translate its answer. One file per resource:
 //! `agents.rs`, `conversations.rs`, `attachments.rs`, `webchat.rs`,
 //! `tasks.rs`, `sockets.rs` (WebSocket upgrades) and `ops.rs` (health, stats,
-//! metrics, dispositions). Errors are [`ApiError`]s, rendered as
+//! metrics, dispositions); `request_line.rs` limits URL length before any
+//! route runs. Errors are [`ApiError`]s, rendered as
 //! `{"error":{"code","message"}}`.
 
 pub mod agents;
@@ -10,6 +11,7 @@ pub mod attachments;
 pub mod channels;
 pub mod conversations;
 pub mod ops;
+pub mod request_line;
 pub mod sockets;
 pub mod tasks;
 pub mod upgrade;

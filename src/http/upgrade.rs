@@ -35,6 +35,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::net::TcpStream;
 
+use crate::http::request_line::Prefixed;
+
 /// Largest read from a socket at once. On the stack, only while reading.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -43,7 +45,7 @@ const READ_CHUNK: usize = 8 * 1024;
 pub fn serve<S>(
     app: Rc<S>,
     req: Request,
-    framed: Framed<TcpStream, Codec>,
+    framed: Framed<Prefixed, Codec>,
 ) -> impl Future<Output = ()>
 where
     S: Service<Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error> + 'static,
@@ -66,15 +68,20 @@ where
 /// session (101) comes back with its socket for the pump; any other answer
 /// (a refusal: bad token, not a WebSocket request…) is written whole, and the
 /// connection closed.
-async fn handshake<S>(app: Rc<S>, req: Request, framed: Framed<TcpStream, Codec>) -> Option<Pump>
+async fn handshake<S>(app: Rc<S>, req: Request, framed: Framed<Prefixed, Codec>) -> Option<Pump>
 where
     S: Service<Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
 {
     let parts = framed.into_parts();
-    let io = Rc::new(parts.io);
+    // The socket, and what was read ahead of the dispatcher and it did
+    // not take (after what it did take: the order they arrived in).
+    let (io, unread) = parts.io.into_parts();
+    let io = Rc::new(io);
     let mut codec = parts.codec;
     // Bytes the client sent right after the request head (a first frame).
-    let early = (!parts.read_buf.is_empty()).then(|| Bytes::copy_from_slice(&parts.read_buf));
+    let mut ahead = BytesMut::from(&parts.read_buf[..]);
+    ahead.extend_from_slice(&unread);
+    let early = (!ahead.is_empty()).then(|| ahead.freeze());
     // The dispatcher's buffers go now, not with the connection.
     drop(parts.read_buf);
     drop(parts.write_buf);

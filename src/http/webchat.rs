@@ -1,11 +1,14 @@
 //! `POST /v1/webchat/sessions`: a customer opens the widget (no auth: the
-//! returned token is the customer's credential from then on).
+//! returned token is the customer's credential from then on). The browser
+//! sets no routing attributes: skills come only from a pre-chat context
+//! signed by the site's backend (`channel/prechat.rs`).
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use actix_web::HttpRequest;
 
+use crate::channel::prechat::{self, PreChat};
 use crate::channel::webchat::{CreateSession, GetSession};
 use crate::error::ApiError;
 use crate::http::{authenticate, Principal, State};
@@ -15,8 +18,40 @@ use crate::http::{authenticate, Principal, State};
 pub struct NewSession {
     #[serde(default)]
     pub name: Option<String>,
+    /// Refused whatever its value: read only to say what to do instead.
     #[serde(default)]
-    pub skills: Vec<String>,
+    pub skills: Option<serde_json::Value>,
+    /// A pre-chat context (JSON text) and its signature, both or neither.
+    #[serde(default)]
+    pub context: Option<String>,
+    #[serde(default)]
+    pub context_signature: Option<String>,
+}
+
+/// The skills (and name, if it sets one) of a session's signed context.
+fn pre_chat(state: &State, body: &NewSession) -> Result<Option<PreChat>, ApiError> {
+    if body.skills.is_some() {
+        return Err(ApiError::BadRequest(
+            "skills cannot be set by the client: have the site's backend sign a pre-chat \
+             context (context and context_signature)"
+                .into(),
+        ));
+    }
+    let (context, signature) = match (&body.context, &body.context_signature) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(s)) => (c, s),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "context and context_signature go together".into(),
+            ))
+        }
+    };
+    let Some(secret) = &state.config.webchat_context_secret else {
+        return Err(ApiError::BadRequest(
+            "this broker takes no pre-chat context (no webchat_context_secret is set)".into(),
+        ));
+    };
+    prechat::verify(secret, context, signature, crate::protocol::now()).map(Some)
 }
 
 /// `GET /v1/webchat/session` with the customer's token: is the session
@@ -45,7 +80,12 @@ pub async fn create_session(
     body: web::Json<NewSession>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let name = body.name.unwrap_or_else(|| "Guest".into());
+    let pre = pre_chat(&state, &body)?;
+    let (skills, signed_name) = match pre {
+        Some(p) => (p.skills, p.name),
+        None => (Vec::new(), None),
+    };
+    let name = signed_name.or(body.name).unwrap_or_else(|| "Guest".into());
     if name.trim().is_empty() || name.chars().count() > 100 {
         return Err(ApiError::BadRequest("name must be 1-100 characters".into()));
     }
@@ -57,7 +97,7 @@ pub async fn create_session(
         .send(CreateSession {
             id: session_id.clone(),
             name,
-            skills: body.skills,
+            skills,
         })
         .await
         .map_err(ApiError::mailbox)?;

@@ -6,7 +6,9 @@ use actix_web_actors::ws;
 
 use crate::agent::{Agent, Connect, Disconnect, FromDesk};
 use crate::protocol::{error_frame, salvage_ref, AgentCommand};
-use crate::ws::{close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, SocketLink};
+use crate::ws::{
+    close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, Reassembly, SocketLink,
+};
 
 pub struct AgentSession {
     id: u64,
@@ -14,7 +16,7 @@ pub struct AgentSession {
     /// The token this socket was opened with; the agent actor checks it again.
     token: String,
     backlog: usize,
-    max_frame: usize,
+    frames: Reassembly,
     hb: Heartbeat,
 }
 
@@ -25,7 +27,7 @@ impl AgentSession {
             agent,
             token,
             backlog: config.socket_backlog,
-            max_frame: config.max_frame,
+            frames: Reassembly::new(config.max_frame),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
         }
     }
@@ -52,7 +54,7 @@ impl Actor for AgentSession {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for AgentSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        let Some(text) = handle_frame(msg, &mut self.hb, self.max_frame, ctx) else {
+        let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
             return;
         };
         match serde_json::from_str::<AgentCommand>(&text) {

@@ -8,7 +8,9 @@ use crate::channel::webchat::{
     CustomerConnected, CustomerDisconnected, FromCustomer, WebchatChannel, WebchatShards,
 };
 use crate::protocol::{error_frame, salvage_ref, CustomerCommand, Id};
-use crate::ws::{close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, SocketLink};
+use crate::ws::{
+    close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, Reassembly, SocketLink,
+};
 
 pub struct CustomerSession {
     id: u64,
@@ -18,7 +20,7 @@ pub struct CustomerSession {
     /// the shard is a hash away.
     shards: WebchatShards,
     backlog: usize,
-    max_frame: usize,
+    frames: Reassembly,
     hb: Heartbeat,
 }
 
@@ -29,7 +31,7 @@ impl CustomerSession {
             session,
             shards,
             backlog: config.socket_backlog,
-            max_frame: config.max_frame,
+            frames: Reassembly::new(config.max_frame),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
         }
     }
@@ -61,7 +63,7 @@ impl Actor for CustomerSession {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CustomerSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        let Some(text) = handle_frame(msg, &mut self.hb, self.max_frame, ctx) else {
+        let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
             return;
         };
         match serde_json::from_str::<CustomerCommand>(&text) {

@@ -13,6 +13,11 @@
 //! buffering without bound. A session actor whose client stops reading is not
 //! polled at all (actix drives it from the response stream), so the policy has
 //! to live on the sending side, here.
+//!
+//! Inbound, [`handle_frame`] is written once for the three sessions too:
+//! control frames, messages sent in fragments ([`Reassembly`], bounded by
+//! `max_frame` for the whole message: close 1009 beyond it) and text that is
+//! not UTF-8 (close 1007).
 
 pub mod agent_session;
 pub mod customer_session;
@@ -24,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use actix::dev::SendError;
 use actix::prelude::*;
+use actix_http::ws::Item;
 use actix_web_actors::ws;
 
 use crate::metrics::Metrics;
@@ -162,31 +168,162 @@ impl Heartbeat {
     }
 }
 
-/// Shared handling of control frames and protocol errors. Returns the text of a
-/// text frame for the session to parse, or None when the frame was handled here.
+/// A message a client sends in fragments (RFC 6455 §5.4: a first frame
+/// without FIN, continuation frames, the last with FIN), put back together.
+/// The whole message is bounded by `max_frame`, as one frame is: the buffer
+/// exists only while a fragmented message is arriving and never grows past
+/// that. The codec already refuses fragments out of order (1002).
+pub struct Reassembly {
+    max: usize,
+    /// The fragments so far, and whether the message is text.
+    partial: Option<(bool, bytes::BytesMut)>,
+}
+
+/// What a fragment made of the message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not complete yet.
+    More,
+    /// A complete text message.
+    Text(bytestring::ByteString),
+    /// A complete binary message.
+    Binary,
+    /// Larger than the limit (close 1009).
+    TooLarge,
+    /// A text message that is not UTF-8 (close 1007).
+    NotUtf8,
+}
+
+impl Reassembly {
+    pub fn new(max: usize) -> Self {
+        Reassembly { max, partial: None }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Take one continuation frame.
+    pub fn push(&mut self, item: Item) -> Fragment {
+        let (first, text, data, last) = match item {
+            Item::FirstText(b) => (true, true, b, false),
+            Item::FirstBinary(b) => (true, false, b, false),
+            Item::Continue(b) => (false, false, b, false),
+            Item::Last(b) => (false, false, b, true),
+        };
+        if first {
+            self.partial = Some((text, bytes::BytesMut::new()));
+        }
+        let Some((is_text, buf)) = self.partial.as_mut() else {
+            // The codec does not let a continuation come first.
+            return Fragment::More;
+        };
+        if buf.len() + data.len() > self.max {
+            self.partial = None;
+            return Fragment::TooLarge;
+        }
+        buf.extend_from_slice(&data);
+        if !last {
+            return Fragment::More;
+        }
+        let is_text = *is_text;
+        let Some((_, whole)) = self.partial.take() else {
+            return Fragment::More;
+        };
+        if !is_text {
+            return Fragment::Binary;
+        }
+        match bytestring::ByteString::try_from(whole.freeze()) {
+            Ok(text) => Fragment::Text(text),
+            Err(_) => Fragment::NotUtf8,
+        }
+    }
+}
+
+fn binary_refused<A>(ctx: &mut ws::WebsocketContext<A>)
+where
+    A: Actor<Context = ws::WebsocketContext<A>>,
+{
+    ctx.text(crate::protocol::error_frame(
+        "bad_request",
+        "binary frames are not supported: send JSON text frames",
+        None,
+    ));
+}
+
+fn too_large<A>(max_frame: usize, ctx: &mut ws::WebsocketContext<A>)
+where
+    A: Actor<Context = ws::WebsocketContext<A>>,
+{
+    ctx.text(crate::protocol::error_frame(
+        "payload_too_large",
+        &format!("message larger than {max_frame} bytes"),
+        None,
+    ));
+    ctx.close(Some(ws::CloseReason {
+        code: ws::CloseCode::Size,
+        description: Some("payload_too_large".into()),
+    }));
+    ctx.stop();
+}
+
+fn not_utf8<A>(ctx: &mut ws::WebsocketContext<A>)
+where
+    A: Actor<Context = ws::WebsocketContext<A>>,
+{
+    ctx.close(Some(ws::CloseReason {
+        code: ws::CloseCode::Invalid,
+        description: Some("text frame is not valid UTF-8".into()),
+    }));
+    ctx.stop();
+}
+
+/// Whether a stream error is a text frame that is not UTF-8:
+/// actix-web-actors reports that as an I/O error carrying the `Utf8Error`'s
+/// text ("invalid utf-8 sequence…", "incomplete utf-8 byte sequence…").
+fn is_utf8_error(e: &ws::ProtocolError) -> bool {
+    matches!(e, ws::ProtocolError::Io(io) if io.to_string().contains("utf-8"))
+}
+
+/// Shared handling of control frames, fragments and protocol errors. Returns
+/// the text of a text message (one frame or reassembled fragments) for the
+/// session to parse, or None when the frame was handled here.
 pub fn handle_frame<A>(
     msg: Result<ws::Message, ws::ProtocolError>,
     hb: &mut Heartbeat,
-    max_frame: usize,
+    frames: &mut Reassembly,
     ctx: &mut ws::WebsocketContext<A>,
 ) -> Option<bytestring::ByteString>
 where
     A: Actor<Context = ws::WebsocketContext<A>>,
 {
     hb.last_seen = Instant::now();
+    let max_frame = frames.max();
     match msg {
         Ok(ws::Message::Text(text)) => Some(text),
+        Ok(ws::Message::Continuation(item)) => match frames.push(item) {
+            Fragment::Text(text) => Some(text),
+            Fragment::More => None,
+            Fragment::Binary => {
+                binary_refused(ctx);
+                None
+            }
+            Fragment::TooLarge => {
+                too_large(max_frame, ctx);
+                None
+            }
+            Fragment::NotUtf8 => {
+                not_utf8(ctx);
+                None
+            }
+        },
         Ok(ws::Message::Ping(p)) => {
             ctx.pong(&p);
             None
         }
         Ok(ws::Message::Pong(_)) => None,
         Ok(ws::Message::Binary(_)) => {
-            ctx.text(crate::protocol::error_frame(
-                "bad_request",
-                "binary frames are not supported: send JSON text frames",
-                None,
-            ));
+            binary_refused(ctx);
             None
         }
         Ok(ws::Message::Close(reason)) => {
@@ -194,18 +331,13 @@ where
             ctx.stop();
             None
         }
-        Ok(ws::Message::Continuation(_)) | Ok(ws::Message::Nop) => None,
+        Ok(ws::Message::Nop) => None,
         Err(ws::ProtocolError::Overflow) => {
-            ctx.text(crate::protocol::error_frame(
-                "payload_too_large",
-                &format!("frame larger than {max_frame} bytes"),
-                None,
-            ));
-            ctx.close(Some(ws::CloseReason {
-                code: ws::CloseCode::Size,
-                description: Some("payload_too_large".into()),
-            }));
-            ctx.stop();
+            too_large(max_frame, ctx);
+            None
+        }
+        Err(e) if is_utf8_error(&e) => {
+            not_utf8(ctx);
             None
         }
         Err(e) => {
@@ -236,4 +368,41 @@ where
         description: Some(msg.reason),
     }));
     ctx.stop();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn b(s: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(s)
+    }
+
+    #[test]
+    fn fragments_make_one_message() {
+        let mut r = Reassembly::new(16);
+        assert_eq!(r.push(Item::FirstText(b(b"{\"a\""))), Fragment::More);
+        assert_eq!(r.push(Item::Continue(b(b":"))), Fragment::More);
+        assert_eq!(
+            r.push(Item::Last(b(b"1}"))),
+            Fragment::Text("{\"a\":1}".into())
+        );
+        // A character split across fragments is fine once whole.
+        let e = "é".as_bytes();
+        assert_eq!(r.push(Item::FirstText(b(&e[..1]))), Fragment::More);
+        assert_eq!(r.push(Item::Last(b(&e[1..]))), Fragment::Text("é".into()));
+        assert_eq!(r.push(Item::FirstBinary(b(b"x"))), Fragment::More);
+        assert_eq!(r.push(Item::Last(b(b"y"))), Fragment::Binary);
+    }
+
+    #[test]
+    fn the_whole_message_is_bounded_and_checked() {
+        let mut r = Reassembly::new(8);
+        assert_eq!(r.push(Item::FirstText(b(b"12345"))), Fragment::More);
+        assert_eq!(r.push(Item::Continue(b(b"6789"))), Fragment::TooLarge);
+        assert!(r.partial.is_none(), "the buffer is let go");
+        assert_eq!(r.push(Item::FirstText(b(b"\xff"))), Fragment::More);
+        assert_eq!(r.push(Item::Last(b(b"a"))), Fragment::NotUtf8);
+    }
 }

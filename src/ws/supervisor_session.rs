@@ -6,13 +6,15 @@ use actix_web_actors::ws;
 
 use crate::protocol::{error_frame, salvage_ref};
 use crate::supervisor::{Subscribe, SupervisorHub, Unsubscribe};
-use crate::ws::{close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, SocketLink};
+use crate::ws::{
+    close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, Reassembly, SocketLink,
+};
 
 pub struct SupervisorSession {
     id: u64,
     hub: Addr<SupervisorHub>,
     backlog: usize,
-    max_frame: usize,
+    frames: Reassembly,
     hb: Heartbeat,
 }
 
@@ -22,7 +24,7 @@ impl SupervisorSession {
             id: crate::ws::next_session_id(),
             hub,
             backlog: config.socket_backlog,
-            max_frame: config.max_frame,
+            frames: Reassembly::new(config.max_frame),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
         }
     }
@@ -45,7 +47,7 @@ impl Actor for SupervisorSession {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SupervisorSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        if let Some(text) = handle_frame(msg, &mut self.hb, self.max_frame, ctx) {
+        if let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) {
             ctx.text(error_frame(
                 "bad_request",
                 "the supervisor stream takes no commands",

@@ -27,6 +27,14 @@ pub fn next_ref(prefix: &str) -> String {
     format!("{prefix}-{}", REFS.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
 /// A test configuration with short, test-friendly defaults.
 pub fn test_config() -> Config {
     Config::for_tests()
@@ -219,7 +227,13 @@ impl Harness {
     pub async fn create_session(&self, name: &str, skills: Option<&[&str]>) -> Session {
         let mut body = json!({ "name": name });
         if let Some(s) = skills {
-            body["skills"] = json!(s);
+            // Skills come from the site's backend, signed (the test config's secret).
+            let context = json!({"skills": s, "exp": unix_now() + 600}).to_string();
+            body["context_signature"] = json!(switchboard::channel::prechat::sign(
+                switchboard::config::TEST_CONTEXT_SECRET,
+                &context
+            ));
+            body["context"] = json!(context);
         }
         let r = self
             .request(

@@ -11,7 +11,11 @@
   const KEY = 'switchboard.webchat';
   const TYPING_SHOWN_MS = 5000;
   const TYPING_SEND_EVERY_MS = 3000;
-  const embed = new URLSearchParams(location.search).has('embed');
+  const params = new URLSearchParams(location.search);
+  const embed = params.has('embed');
+  // A pre-chat context signed by the site's backend (widget.js passes it on).
+  const context = params.get('context');
+  const contextSignature = params.get('context_signature');
 
   const C = {
     saved: null, // { token, session_id, name, ended, cleared }
@@ -57,7 +61,12 @@
     }
     $('#start').disabled = true;
     try {
-      const r = await SB.api('POST', '/v1/webchat/sessions', null, { name });
+      const body = { name };
+      if (context && contextSignature) {
+        body.context = context;
+        body.context_signature = contextSignature;
+      }
+      const r = await SB.api('POST', '/v1/webchat/sessions', null, body);
       C.saved = { token: r.token, session_id: r.session_id, name, ended: null, cleared: null };
       save();
       connect();

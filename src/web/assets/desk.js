@@ -865,7 +865,7 @@
   // ---- Outbound -------------------------------------------------------------
 
   const TO_HINTS = {
-    webchat: 'webchat session id, e.g. wc_12',
+    webchat: 'webchat session id (wc_…)',
     sms: 'phone number, e.g. +15551230000',
     whatsapp: 'WhatsApp number, e.g. 15551230000',
     messenger: 'Messenger page-scoped id',

@@ -3,7 +3,9 @@
 // It adds a floating chat button (in a shadow root, so the page's CSS and the
 // widget's never mix) that opens the broker's /chat page in a framed panel.
 // Optional attributes on the tag: data-title="Support" (button label),
-// data-color="#2d5fb8" (button colour), data-open="true" (start open).
+// data-color="#2d5fb8" (button colour), data-open="true" (start open),
+// data-context='…' and data-context-signature="…" (a pre-chat context your
+// backend signed, passed on to the broker unchanged: docs/security.md).
 (function () {
   'use strict';
   var script = document.currentScript;
@@ -15,6 +17,8 @@
   var color = script.getAttribute('data-color') || '#2d5fb8';
   if (!/^#[0-9a-fA-F]{3,8}$/.test(color)) color = '#2d5fb8';
   var startOpen = script.getAttribute('data-open') === 'true';
+  var context = script.getAttribute('data-context');
+  var contextSignature = script.getAttribute('data-context-signature');
 
   var host = document.createElement('div');
   host.setAttribute('data-switchboard-widget', '');
@@ -68,7 +72,12 @@
   function ensureFrame() {
     if (frame) return;
     frame = document.createElement('iframe');
-    frame.src = origin + '/chat?embed=1';
+    var query = new URLSearchParams({ embed: '1' });
+    if (context && contextSignature) {
+      query.set('context', context);
+      query.set('context_signature', contextSignature);
+    }
+    frame.src = origin + '/chat?' + query.toString();
     frame.title = title;
     frame.setAttribute('allow', 'clipboard-write');
     panel.appendChild(frame);
