@@ -54,6 +54,11 @@ pub struct AgentSeed {
     pub token: Option<String>,
 }
 
+/// The shortest admin token accepted when one is set by hand: long enough
+/// that guessing it is hopeless even before failed attempts are throttled
+/// (generated tokens are 32 hex digits, 128 bits).
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
 /// Everything the broker can be tuned with. Public fields so tests and embedders
 /// can build one directly.
 #[derive(Clone, Debug, PartialEq)]
@@ -228,7 +233,7 @@ impl Config {
     pub fn for_tests() -> Self {
         Config {
             bind: "127.0.0.1:0".into(),
-            admin_token: Some("test-admin".into()),
+            admin_token: Some("test-admin-0123456789abcdef0123456789".into()),
             workers: 2,
             ..Config::default()
         }
@@ -371,10 +376,13 @@ impl Config {
             return Err(ConfigError("offer_timeout: must be more than 0".into()));
         }
         if let Some(t) = &self.admin_token {
-            if t.len() < 8 {
-                return Err(ConfigError(
-                    "admin_token: must be at least 8 characters".into(),
-                ));
+            let len = t.chars().count();
+            if len < MIN_ADMIN_TOKEN {
+                return Err(ConfigError(format!(
+                    "admin_token: must be at least {MIN_ADMIN_TOKEN} characters (this one has \
+                     {len}); set a long random one (e.g. `openssl rand -hex 24`) or leave it \
+                     unset to have one generated and printed at start"
+                )));
             }
         }
         self.validate_agents()
@@ -511,7 +519,7 @@ pub struct Args {
     /// Listen address (address:port; port 0 picks a free one).
     #[arg(long, env = "SWITCHBOARD_BIND")]
     pub bind: Option<String>,
-    /// Admin bearer token, at least 8 characters.
+    /// Admin bearer token, at least 32 characters.
     #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// How long an offer waits for accept or reject.
@@ -1184,6 +1192,27 @@ mod tests {
                 format!("invalid configuration: bind: {bad:?} is not an address:port, e.g. 127.0.0.1:8080")
             );
         }
+    }
+
+    #[test]
+    fn admin_token_set_by_hand_needs_32_characters() {
+        let with = |t: &str| Config {
+            admin_token: Some(t.into()),
+            ..Config::default()
+        };
+        let err = with("admin-secret-1").validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "invalid configuration: admin_token: must be at least 32 characters \
+                 (this one has 14)"
+            ),
+            "{err}"
+        );
+        assert!(with(&"x".repeat(31)).validate().is_err());
+        assert!(with(&"x".repeat(32)).validate().is_ok());
+        // Characters, not bytes: 16 two-byte letters are 16 characters.
+        assert!(with(&"é".repeat(16)).validate().is_err());
+        assert!(Config::for_tests().validate().is_ok());
     }
 
     #[test]
