@@ -17,6 +17,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use actix::prelude::*;
 use dashmap::mapref::entry::Entry;
@@ -28,6 +29,7 @@ use crate::channel::Channels;
 use crate::config::Config;
 use crate::conversation::Conversation;
 use crate::error::ApiError;
+use crate::http::throttle::AuthThrottle;
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
 use crate::protocol::Id;
@@ -58,6 +60,22 @@ where
 pub struct AgentEntry {
     pub addr: Addr<Agent>,
     pub token: String,
+    /// When the token stops working (`agent_token_ttl`); `None`: never.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl AgentEntry {
+    pub fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|t| t <= SystemTime::now())
+    }
+}
+
+/// What an agent token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentToken {
+    Valid(Id),
+    /// The agent's current token, past its lifetime: `401 token_expired`.
+    Expired(Id),
 }
 
 pub struct Broker {
@@ -66,6 +84,8 @@ pub struct Broker {
     pub ids: IdGen,
     pub metrics: Metrics,
     pub attachments: AttachmentStore,
+    /// Failed authentications per client address.
+    pub auth_throttle: AuthThrottle,
 
     pub router: Addr<Router>,
     pub channels: Channels,
@@ -105,12 +125,14 @@ pub struct BrokerParts {
 
 impl Broker {
     pub fn new(parts: BrokerParts) -> Arc<Broker> {
+        let auth_throttle = AuthThrottle::new(parts.config.auth_failures_per_minute);
         Arc::new(Broker {
             config: parts.config,
             admin_token: parts.admin_token,
             ids: IdGen::default(),
             metrics: Metrics::default(),
             attachments: AttachmentStore::default(),
+            auth_throttle,
             router: parts.router,
             channels: parts.channels,
             supervisor: parts.supervisor,
@@ -150,9 +172,20 @@ impl Broker {
         self.tasks.contains_key(task_id)
     }
 
-    /// The agent a token belongs to.
-    pub fn agent_by_token(&self, token: &str) -> Option<Id> {
-        self.agent_tokens.get(token).map(|e| e.value().clone())
+    /// The agent a token belongs to, and whether the token is still valid.
+    pub fn agent_by_token(&self, token: &str) -> Option<AgentToken> {
+        let id = self.agent_tokens.get(token).map(|e| e.value().clone())?;
+        Some(match self.agents.get(&id) {
+            Some(entry) if entry.expired() => AgentToken::Expired(id),
+            _ => AgentToken::Valid(id),
+        })
+    }
+
+    /// When a token issued now expires.
+    fn token_expiry(&self) -> Option<SystemTime> {
+        self.config
+            .agent_token_ttl
+            .map(|ttl| SystemTime::now() + ttl)
     }
 
     /// A webchat session's token works from now on.
@@ -193,7 +226,11 @@ impl Broker {
         };
         let addr = start();
         by_token.insert(id);
-        slot.insert(AgentEntry { addr, token });
+        slot.insert(AgentEntry {
+            addr,
+            token,
+            expires_at: self.token_expiry(),
+        });
         Ok(())
     }
 
@@ -223,6 +260,7 @@ impl Broker {
         let entry = slot.get_mut();
         self.agent_tokens.remove(&entry.token);
         entry.token = token;
+        entry.expires_at = self.token_expiry();
         Ok(entry.clone())
     }
 
