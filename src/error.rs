@@ -59,6 +59,9 @@ pub enum ApiError {
     /// An agent token past its lifetime (`agent_token_ttl`).
     #[error("{0}")]
     TokenExpired(String),
+    /// The conversation holds `max_history_messages` or `max_history_bytes`.
+    #[error("{0}")]
+    HistoryFull(String),
 }
 
 impl ApiError {
@@ -86,6 +89,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::AuthThrottled { .. } => "rate_limited",
             ApiError::TokenExpired(_) => "token_expired",
+            ApiError::HistoryFull(_) => "history_full",
         }
     }
 
@@ -100,9 +104,10 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::UnknownTask(_) | ApiError::ChannelDisabled(_) => {
                 StatusCode::NOT_FOUND
             }
-            ApiError::Conflict(_) | ApiError::InvalidState(_) | ApiError::CapacityExceeded(_) => {
-                StatusCode::CONFLICT
-            }
+            ApiError::Conflict(_)
+            | ApiError::InvalidState(_)
+            | ApiError::CapacityExceeded(_)
+            | ApiError::HistoryFull(_) => StatusCode::CONFLICT,
             ApiError::AttachmentTooLarge(_) | ApiError::PayloadTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

@@ -47,6 +47,7 @@ impl Handler<AgentSend> for Conversation {
                 &msg.text,
                 &msg.attachments,
             )?;
+            self.history_room(&msg.text, &attachments)?;
             // Last: a place in the provider's outbound queue, taken only
             // for a message that will be stored.
             self.reserve_outbound()?;
