@@ -4,6 +4,12 @@
 //! `tasks.rs`, `sockets.rs` (WebSocket upgrades) and `ops.rs` (health, stats,
 //! metrics, dispositions). Errors are [`ApiError`]s, rendered as
 //! `{"error":{"code","message"}}`.
+//!
+//! Authentication lives here: a token comes in `Authorization: Bearer`, or
+//! as `?token=` on WebSocket upgrades only ([`bearer`]); a token that matches
+//! nothing counts against the caller's address (`throttle.rs`), which is
+//! refused with `429` while over the limit ([`throttle_gate`],
+//! [`auth_failed`]).
 
 pub mod agents;
 pub mod attachments;
