@@ -14,8 +14,8 @@ Only fenced blocks marked on the line just before their opening fence are run:
                                an interactive session in terminal N (see below)
 
 Every file gets its own broker (the release binary, on a free loopback port,
-admin token `admin-secret-1` unless an env block sets another), started when a
-block first needs it. Before a block runs, `localhost:8080` and `127.0.0.1:8080`
+admin token `admin-secret-0123456789abcdef0123456789` unless an env block sets
+another), started when a block first needs it. Before a block runs, `localhost:8080` and `127.0.0.1:8080`
 are rewritten to that port, `https://chat.example.com` to the broker's address
 and, in serves blocks, `cargo run --release [--]` and `./target/release/switchboard`
 to the binary. Shell blocks of one file share one shell state: a variable set
@@ -65,7 +65,7 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DEFAULT_FILES = ["README.md", "loadtest/README.md", "docs/*.md"]
-ADMIN_TOKEN = "admin-secret-1"
+ADMIN_TOKEN = "admin-secret-0123456789abcdef0123456789"
 KINDS = {"run", "broker", "env", "serves", "transcript"}
 FRAME_WAIT = 10.0  # seconds to wait for an expected frame or output line
 MARKER = re.compile(r"^\s*<!--\s*check:\s*([a-z]+)((?:\s+[a-z]+=\S+)*)\s*-->\s*$")

@@ -78,6 +78,8 @@ fn conversation(c: &mut Criterion) {
         disposition: None,
         notes: None,
         messages: (0..20).map(|_| message("earlier message")).collect(),
+        history_bytes: 20 * "earlier message".len() as u64,
+        history_full: false,
     };
     let incoming = message("Hello, my order 4411 has not arrived yet, can you check?");
     c.bench_function("conversation: append + encode once + fan out to 3", |b| {

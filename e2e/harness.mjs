@@ -67,7 +67,7 @@ async function waitHealthy(base, child, deadline) {
 /** Start target/debug/switchboard, logging to target/e2e/<name>.log; resolves to { base, admin, port, stop }. */
 export async function startBroker(env, name) {
   const port = await freePort();
-  const admin = 'e2e-admin-' + crypto.randomBytes(8).toString('hex');
+  const admin = 'e2e-admin-' + crypto.randomBytes(16).toString('hex');
   const logFile = fs.openSync(path.join(OUT, (name || 'server') + '.log'), 'w');
   const bin = path.join(TARGET, 'debug', 'switchboard');
   const child = spawn(bin, ['--bind', '127.0.0.1:' + port], {

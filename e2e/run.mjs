@@ -10,9 +10,10 @@ import {
 } from './harness.mjs';
 import { closeBrowsers, env, failureShots, finalCheck } from './story.mjs';
 import { boardContexts, boardEnv, boardFailureShots, closeBoardBrowsers } from './board-story.mjs';
+import { closeHistoryBrowsers, historyContexts, historyEnv, historyFailureShots } from './history-story.mjs';
 
-// After both stories (their steps are registered as the modules load).
-finalCheck(boardContexts);
+// After every story (their steps are registered as the modules load).
+finalCheck(() => boardContexts().concat(historyContexts()));
 
 const OFFER_TIMEOUT_MS = 5000;
 /** The whole run, build excluded, must finish within this. */
@@ -45,11 +46,15 @@ async function main() {
   const proxy2 = await startProxy(broker2.port);
   Object.assign(boardEnv, { broker: broker2, proxy: proxy2 });
   log('board story broker at ' + broker2.base + ' (board through ' + proxy2.base + ')');
+  // The long conversation's story: reconnects replay only the newest 10 messages.
+  const broker3 = await startBroker({ SWITCHBOARD_HISTORY_REPLAY: '10' }, 'server-history');
+  Object.assign(historyEnv, { broker: broker3 });
+  log('history story broker at ' + broker3.base);
 
   const watchdog = setTimeout(() => {
     log('the e2e run took longer than ' + BUDGET_MS / 1000 + 's; stopping');
     log('0 passed, 1 failed');
-    Promise.all([broker.stop(), broker2.stop()]).finally(() => process.exit(1));
+    Promise.all([broker.stop(), broker2.stop(), broker3.stop()]).finally(() => process.exit(1));
   }, BUDGET_MS);
 
   const t0 = Date.now();
@@ -58,16 +63,19 @@ async function main() {
     result = await runSteps(async (name) => {
       await failureShots(name);
       await boardFailureShots(name);
+      await historyFailureShots(name);
     });
   } finally {
     clearTimeout(watchdog);
     await closeBrowsers();
     await closeBoardBrowsers();
+    await closeHistoryBrowsers();
     await proxy.close();
     await proxy2.close();
     await site.close();
     await broker.stop();
     await broker2.stop();
+    await broker3.stop();
     removeProfiles();
   }
   log('');

@@ -40,6 +40,10 @@ pub use crate::profile::{
 /// Close reason of a desktop socket whose agent's token was rotated
 /// (`POST /v1/agents/{id}/token`); code 1008.
 pub const TOKEN_ROTATED: &str = "token rotated";
+
+/// Close reason of a desktop socket whose token reached the end of its
+/// lifetime (`agent_token_ttl`); code 1008.
+pub const TOKEN_EXPIRED: &str = "token expired";
 /// Close reason of a desktop socket whose agent was deleted; code 1000.
 pub const AGENT_DELETED: &str = "agent deleted";
 
@@ -118,6 +122,7 @@ impl Agent {
             Some(entry) if !same_secret(&entry.token, token) => {
                 Some((CloseCode::Policy, TOKEN_ROTATED))
             }
+            Some(entry) if entry.expired() => Some((CloseCode::Policy, TOKEN_EXPIRED)),
             Some(_) => None,
         }
     }
@@ -498,6 +503,21 @@ impl Handler<Connect> for Agent {
             self.apply(AgentEvent::ActivityChanged(Activity::Offline));
         }
         self.session = Some(msg.link);
+        // A token with a lifetime closes the desk when it ends: check again
+        // then (a rotation meanwhile makes that check a no-op for this desk,
+        // which was closed already, or for a newer desk with a newer token).
+        if msg.token.is_some() {
+            let expires = self
+                .broker
+                .agent(&self.profile.id)
+                .and_then(|e| e.expires_at)
+                .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok());
+            if let Some(left) = expires {
+                ctx.run_later(left + std::time::Duration::from_millis(10), |agent, ctx| {
+                    agent.close_if_stale(ctx);
+                });
+            }
+        }
         self.session_token = msg.token;
         self.broker.router.do_send(router::AgentPresence {
             id: self.profile.id.clone(),
@@ -686,6 +706,14 @@ impl Handler<TokenRotated> for Agent {
     type Result = ();
 
     fn handle(&mut self, _: TokenRotated, ctx: &mut Context<Self>) {
+        self.close_if_stale(ctx);
+    }
+}
+
+impl Agent {
+    /// Close the desktop if the token it was opened with no longer works
+    /// (rotated, expired): 1008 with the reason, then the disconnect grace.
+    fn close_if_stale(&mut self, ctx: &mut Context<Self>) {
         let stale = match (&self.session, &self.session_token) {
             (Some(link), Some(token)) => self
                 .stale_credential(token)

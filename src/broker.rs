@@ -29,6 +29,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use actix::prelude::*;
 use dashmap::mapref::entry::Entry;
@@ -37,6 +38,7 @@ use dashmap::DashMap;
 use crate::attachments::AttachmentStore;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::http::throttle::AuthThrottle;
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
 use crate::protocol::{Frame, Id};
@@ -85,6 +87,22 @@ where
 pub struct AgentEntry<A: Actor> {
     pub addr: Addr<A>,
     pub token: String,
+    /// When the token stops working (`agent_token_ttl`); `None`: never.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl<A: Actor> AgentEntry<A> {
+    pub fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|t| t <= SystemTime::now())
+    }
+}
+
+/// What an agent token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentToken {
+    Valid(Id),
+    /// The agent's current token, past its lifetime: `401 token_expired`.
+    Expired(Id),
 }
 
 impl<A: Actor> Clone for AgentEntry<A> {
@@ -92,6 +110,7 @@ impl<A: Actor> Clone for AgentEntry<A> {
         AgentEntry {
             addr: self.addr.clone(),
             token: self.token.clone(),
+            expires_at: self.expires_at,
         }
     }
 }
@@ -102,6 +121,8 @@ pub struct Registry<W: Wiring> {
     pub ids: IdGen,
     pub metrics: Metrics,
     pub attachments: AttachmentStore,
+    /// Failed authentications per client address.
+    pub auth_throttle: AuthThrottle,
 
     pub router: Addr<W::Router>,
     pub channels: W::Channels,
@@ -141,12 +162,14 @@ pub struct RegistryParts<W: Wiring> {
 
 impl<W: Wiring> Registry<W> {
     pub fn new(parts: RegistryParts<W>) -> Arc<Self> {
+        let auth_throttle = AuthThrottle::new(parts.config.auth_failures_per_minute);
         Arc::new(Registry {
             config: parts.config,
             admin_token: parts.admin_token,
             ids: IdGen,
             metrics: Metrics::default(),
             attachments: AttachmentStore::default(),
+            auth_throttle,
             router: parts.router,
             channels: parts.channels,
             supervisor: parts.supervisor,
@@ -186,9 +209,20 @@ impl<W: Wiring> Registry<W> {
         self.tasks.contains_key(task_id)
     }
 
-    /// The agent a token belongs to.
-    pub fn agent_by_token(&self, token: &str) -> Option<Id> {
-        self.agent_tokens.get(token).map(|e| e.value().clone())
+    /// The agent a token belongs to, and whether the token is still valid.
+    pub fn agent_by_token(&self, token: &str) -> Option<AgentToken> {
+        let id = self.agent_tokens.get(token).map(|e| e.value().clone())?;
+        Some(match self.agents.get(&id) {
+            Some(entry) if entry.expired() => AgentToken::Expired(id),
+            _ => AgentToken::Valid(id),
+        })
+    }
+
+    /// When a token issued now expires.
+    fn token_expiry(&self) -> Option<SystemTime> {
+        self.config
+            .agent_token_ttl
+            .map(|ttl| SystemTime::now() + ttl)
     }
 
     /// A webchat session's token works from now on.
@@ -229,7 +263,11 @@ impl<W: Wiring> Registry<W> {
         };
         let addr = start();
         by_token.insert(id);
-        slot.insert(AgentEntry { addr, token });
+        slot.insert(AgentEntry {
+            addr,
+            token,
+            expires_at: self.token_expiry(),
+        });
         Ok(())
     }
 
@@ -263,6 +301,7 @@ impl<W: Wiring> Registry<W> {
         let entry = slot.get_mut();
         self.agent_tokens.remove(&entry.token);
         entry.token = token;
+        entry.expires_at = self.token_expiry();
         Ok(entry.clone())
     }
 

@@ -54,6 +54,11 @@ pub struct AgentSeed {
     pub token: Option<String>,
 }
 
+/// The shortest admin token accepted when one is set by hand: long enough
+/// that guessing it is hopeless even before failed attempts are throttled
+/// (generated tokens are 32 hex digits, 128 bits).
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
 /// Everything the broker can be tuned with. Public fields so tests and embedders
 /// can build one directly.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +67,16 @@ pub struct Config {
     pub bind: String,
     /// Admin bearer token; generated and printed at start-up when absent.
     pub admin_token: Option<String>,
+    /// Failed authentications (a token that matches nothing) per client
+    /// address per minute before it answers `429 rate_limited`.
+    pub auth_failures_per_minute: u32,
+    /// Lifetime of an agent token from when it is issued (created, rotated,
+    /// or the start for one from the file); `None`: tokens do not expire.
+    pub agent_token_ttl: Option<Duration>,
+    /// A token that reads `/metrics` only (the admin token reads it too).
+    pub metrics_token: Option<String>,
+    /// `/metrics` without any token.
+    pub metrics_public: bool,
     /// How long an offer waits for accept/reject before it goes to the next agent.
     pub offer_timeout: Duration,
     /// How long an agent who declined a task (reject or offer timeout) is
@@ -99,6 +114,17 @@ pub struct Config {
     /// Key of the signed pre-chat context a customer's own backend gives its
     /// widget (HMAC-SHA256); None: sessions with a context are refused.
     pub webchat_context_secret: Option<String>,
+    /// Most messages one conversation holds; at the cap it takes no more
+    /// (`history_full`) and says so in a system message.
+    pub max_history_messages: usize,
+    /// Most bytes of message text and file metadata one conversation holds;
+    /// the same rule as `max_history_messages`.
+    pub max_history_bytes: u64,
+    /// Most messages a (re)connecting desk or widget is sent at once; older
+    /// ones are read page by page (`before_seq`).
+    pub history_replay: usize,
+    /// Most bytes of messages in one replay (`history`, `task.assigned`).
+    pub history_frame_bytes: u64,
     /// Closing codes an agent may pick in wrap-up.
     pub dispositions: Vec<String>,
     /// HTTP worker threads and conversation shards (0 = one per core).
@@ -173,6 +199,10 @@ impl Default for Config {
         Config {
             bind: "127.0.0.1:8080".into(),
             admin_token: None,
+            auth_failures_per_minute: 10,
+            agent_token_ttl: None,
+            metrics_token: None,
+            metrics_public: false,
             offer_timeout: Duration::from_secs(30),
             reoffer_cooldown: Duration::from_secs(30),
             disconnect_grace: Duration::from_secs(60),
@@ -197,6 +227,10 @@ impl Default for Config {
             .map(String::from)
             .to_vec(),
             webchat_context_secret: None,
+            max_history_messages: 10_000,
+            max_history_bytes: 4 * 1024 * 1024,
+            history_replay: 200,
+            history_frame_bytes: 128 * 1024,
             dispositions: ["resolved", "follow_up", "escalated", "spam", "no_response"]
                 .map(String::from)
                 .to_vec(),
@@ -248,7 +282,7 @@ impl Config {
     pub fn for_tests() -> Self {
         Config {
             bind: "127.0.0.1:0".into(),
-            admin_token: Some("test-admin".into()),
+            admin_token: Some("test-admin-0123456789abcdef0123456789".into()),
             webchat_context_secret: Some(TEST_CONTEXT_SECRET.into()),
             workers: 2,
             ..Config::default()
@@ -412,11 +446,65 @@ impl Config {
             }
         }
         if let Some(t) = &self.admin_token {
-            if t.len() < 8 {
+            let len = t.chars().count();
+            if len < MIN_ADMIN_TOKEN {
+                return Err(ConfigError(format!(
+                    "admin_token: must be at least {MIN_ADMIN_TOKEN} characters (this one has \
+                     {len}); set a long random one (e.g. `openssl rand -hex 24`) or leave it \
+                     unset to have one generated and printed at start"
+                )));
+            }
+        }
+        if let Some(t) = &self.metrics_token {
+            let len = t.chars().count();
+            if len < MIN_ADMIN_TOKEN {
+                return Err(ConfigError(format!(
+                    "metrics_token: must be at least {MIN_ADMIN_TOKEN} characters (this one has \
+                     {len})"
+                )));
+            }
+            if self.admin_token.as_deref() == Some(t.as_str()) {
                 return Err(ConfigError(
-                    "admin_token: must be at least 8 characters".into(),
+                    "metrics_token: the same as admin_token; give the scraper its own token \
+                     (or use the admin token and leave metrics_token unset)"
+                        .into(),
                 ));
             }
+        }
+        if self.auth_failures_per_minute == 0 {
+            return Err(ConfigError(
+                "auth_failures_per_minute: must be at least 1".into(),
+            ));
+        }
+        if self
+            .agent_token_ttl
+            .is_some_and(|d| d < Duration::from_secs(1))
+        {
+            return Err(ConfigError(
+                "agent_token_ttl: must be at least 1s (leave it unset for tokens that do not \
+                 expire)"
+                    .into(),
+            ));
+        }
+        if self.max_history_messages < 2 {
+            return Err(ConfigError(
+                "max_history_messages: must be at least 2".into(),
+            ));
+        }
+        let one_message = 4 * self.max_text as u64 + 1024;
+        if self.max_history_bytes < one_message {
+            return Err(ConfigError(format!(
+                "max_history_bytes: must hold at least one message of max_text characters \
+                 ({one_message} bytes)"
+            )));
+        }
+        if self.history_replay == 0 {
+            return Err(ConfigError("history_replay: must be at least 1".into()));
+        }
+        if self.history_frame_bytes < 16 * 1024 {
+            return Err(ConfigError(
+                "history_frame_bytes: must be at least 16KiB".into(),
+            ));
         }
         self.validate_agents()
     }
@@ -552,9 +640,28 @@ pub struct Args {
     /// Listen address (address:port; port 0 picks a free one).
     #[arg(long, env = "SWITCHBOARD_BIND")]
     pub bind: Option<String>,
-    /// Admin bearer token, at least 8 characters.
+    /// Admin bearer token, at least 32 characters.
     #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Failed authentications per client address per minute before 429.
+    #[arg(long, env = "SWITCHBOARD_AUTH_FAILURES_PER_MINUTE")]
+    pub auth_failures_per_minute: Option<u32>,
+    /// Lifetime of agent tokens (unset: they do not expire).
+    #[arg(long, env = "SWITCHBOARD_AGENT_TOKEN_TTL", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub agent_token_ttl: Option<Duration>,
+    /// Token that reads /metrics (the admin token does too), at least 32 characters.
+    #[arg(long, env = "SWITCHBOARD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Serve /metrics without a token.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_METRICS_PUBLIC",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub metrics_public: Option<bool>,
     /// How long an offer waits for accept or reject.
     #[arg(long, env = "SWITCHBOARD_OFFER_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
@@ -614,6 +721,20 @@ pub struct Args {
         hide_env_values = true
     )]
     pub webchat_context_secret: Option<String>,
+    /// Most messages in one conversation.
+    #[arg(long, env = "SWITCHBOARD_MAX_HISTORY_MESSAGES")]
+    pub max_history_messages: Option<usize>,
+    /// Most bytes of messages in one conversation.
+    #[arg(long, env = "SWITCHBOARD_MAX_HISTORY_BYTES", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de::size")]
+    pub max_history_bytes: Option<u64>,
+    /// Most messages replayed to a (re)connecting desk or widget.
+    #[arg(long, env = "SWITCHBOARD_HISTORY_REPLAY")]
+    pub history_replay: Option<usize>,
+    /// Most bytes of messages in one replay frame.
+    #[arg(long, env = "SWITCHBOARD_HISTORY_FRAME_BYTES", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de::size")]
+    pub history_frame_bytes: Option<u64>,
     /// Comma-separated disposition codes (a list in the TOML file).
     #[arg(long, env = "SWITCHBOARD_DISPOSITIONS", value_parser = parse_list)]
     #[serde(default, deserialize_with = "de::list")]
@@ -789,6 +910,10 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
     match id {
         "bind" => value(c.bind.clone()),
         "admin_token" => Some(Shown::Note("generated, printed at start")),
+        "auth_failures_per_minute" => value(c.auth_failures_per_minute.to_string()),
+        "agent_token_ttl" => Some(Shown::Note("none: agent tokens do not expire")),
+        "metrics_token" => Some(Shown::Note("none: the admin token reads /metrics")),
+        "metrics_public" => value(c.metrics_public.to_string()),
         "offer_timeout" => duration(c.offer_timeout),
         "reoffer_cooldown" => duration(c.reoffer_cooldown),
         "disconnect_grace" => duration(c.disconnect_grace),
@@ -804,6 +929,10 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "socket_backlog" => value(c.socket_backlog.to_string()),
         "webchat_upload_types" => value(c.webchat_upload_types.join(",")),
         "webchat_context_secret" => Some(Shown::Note("none: a context is refused")),
+        "max_history_messages" => value(c.max_history_messages.to_string()),
+        "max_history_bytes" => value(show_size(c.max_history_bytes)),
+        "history_replay" => value(c.history_replay.to_string()),
+        "history_frame_bytes" => value(show_size(c.history_frame_bytes)),
         "dispositions" => value(c.dispositions.join(",")),
         "workers" => value(c.workers.to_string()),
         "heartbeat_interval" => duration(c.heartbeat_interval),
@@ -870,6 +999,9 @@ macro_rules! overlay {
 impl Args {
     fn apply(self, cfg: &mut Config) {
         let max_frame = self.max_frame;
+        if let Some(v) = self.metrics_public {
+            cfg.metrics_public = v;
+        }
         if !self.agents.is_empty() {
             cfg.agents = self.agents;
         }
@@ -885,14 +1017,15 @@ impl Args {
         overlay!(self, cfg;
             bind, offer_timeout, reoffer_cooldown, disconnect_grace, customer_grace, webchat_session_idle,
             wrapup_timeout, wrapup_disposition,
-            history_retention,
+            history_retention, auth_failures_per_minute, max_history_messages, max_history_bytes,
+            history_replay, history_frame_bytes,
             max_upload, max_text, max_notes, socket_backlog, workers,
             heartbeat_interval, client_timeout, log_format, twilio_api_base, graph_api_base,
             messaging_window, provider_timeout, provider_retries, provider_backoff,
             provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,
             attachment_link_ttl, sim_agents, sim_capacity, sim_accept_delay, sim_reply_delay,
             sim_wrapup_delay, sim_replies, sim_disposition, sim_seed;
-            admin_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
+            admin_token, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token,
             webchat_context_secret
@@ -1242,6 +1375,27 @@ mod tests {
                 format!("invalid configuration: bind: {bad:?} is not an address:port, e.g. 127.0.0.1:8080")
             );
         }
+    }
+
+    #[test]
+    fn admin_token_set_by_hand_needs_32_characters() {
+        let with = |t: &str| Config {
+            admin_token: Some(t.into()),
+            ..Config::default()
+        };
+        let err = with("admin-secret-1").validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "invalid configuration: admin_token: must be at least 32 characters \
+                 (this one has 14)"
+            ),
+            "{err}"
+        );
+        assert!(with(&"x".repeat(31)).validate().is_err());
+        assert!(with(&"x".repeat(32)).validate().is_ok());
+        // Characters, not bytes: 16 two-byte letters are 16 characters.
+        assert!(with(&"é".repeat(16)).validate().is_err());
+        assert!(Config::for_tests().validate().is_ok());
     }
 
     #[test]

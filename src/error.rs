@@ -53,6 +53,19 @@ pub enum ApiError {
     UriTooLong(String),
     #[error("{0}")]
     RequestTimeout(String),
+    /// Too many failed authentications from this address: `429 rate_limited`
+    /// with `Retry-After` (whole seconds), whatever the token.
+    #[error(
+        "too many failed authentication attempts from this address; \
+         retry in {retry_after} s"
+    )]
+    AuthThrottled { retry_after: u64 },
+    /// An agent token past its lifetime (`agent_token_ttl`).
+    #[error("{0}")]
+    TokenExpired(String),
+    /// The conversation holds `max_history_messages` or `max_history_bytes`.
+    #[error("{0}")]
+    HistoryFull(String),
 }
 
 impl ApiError {
@@ -80,6 +93,9 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::UriTooLong(_) => "uri_too_long",
             ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::AuthThrottled { .. } => "rate_limited",
+            ApiError::TokenExpired(_) => "token_expired",
+            ApiError::HistoryFull(_) => "history_full",
         }
     }
 
@@ -89,20 +105,23 @@ impl ApiError {
             ApiError::AttachmentNotSupported(_) | ApiError::InvalidDisposition(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::TokenExpired(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::NotYourTask(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::UnknownTask(_) | ApiError::ChannelDisabled(_) => {
                 StatusCode::NOT_FOUND
             }
-            ApiError::Conflict(_) | ApiError::InvalidState(_) | ApiError::CapacityExceeded(_) => {
-                StatusCode::CONFLICT
-            }
+            ApiError::Conflict(_)
+            | ApiError::InvalidState(_)
+            | ApiError::CapacityExceeded(_)
+            | ApiError::HistoryFull(_) => StatusCode::CONFLICT,
             ApiError::AttachmentTooLarge(_) | ApiError::PayloadTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::BadSignature(_) => StatusCode::FORBIDDEN,
             ApiError::OutsideMessagingWindow(_) => StatusCode::CONFLICT,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::AuthThrottled { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -126,7 +145,14 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status()).json(serde_json::json!({
+        let mut res = HttpResponse::build(self.status());
+        if let ApiError::AuthThrottled { retry_after } = self {
+            res.insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                retry_after.to_string(),
+            ));
+        }
+        res.json(serde_json::json!({
             "error": {"code": self.code(), "message": self.to_string()}
         }))
     }
@@ -149,6 +175,15 @@ mod tests {
         assert_eq!(
             ApiError::AttachmentTooLarge(String::new()).status(),
             StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let throttled = ApiError::AuthThrottled { retry_after: 6 };
+        assert_eq!(throttled.code(), "rate_limited");
+        let res = throttled.error_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers().get("retry-after").unwrap(), "6");
+        assert_eq!(
+            ApiError::TokenExpired(String::new()).code(),
+            "token_expired"
         );
     }
 }

@@ -484,7 +484,7 @@ async fn operational_endpoints() {
         );
     }
 
-    let r = h.get("/metrics", None).await;
+    let r = h.get("/metrics", Some(&h.admin)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(
         r.text.lines().any(|l| l.starts_with("switchboard_")),

@@ -54,7 +54,7 @@ async fn stats_and_metrics_follow_a_conversation() {
     assert_eq!(stats["tasks"]["assigned"], 0, "{stats}");
     assert_eq!(stats["tasks"]["completed"], 1, "{stats}");
 
-    let r = h.get("/metrics", None).await;
+    let r = h.get("/metrics", Some(&h.admin)).await;
     assert_eq!(r.status, 200);
     for line in [
         "switchboard_agents{state=\"available\"} 1",

@@ -24,6 +24,9 @@ async fn slow_agent_is_disconnected_and_nothing_is_lost() {
     let mut cfg = test_config();
     cfg.socket_backlog = 16;
     cfg.max_text = TEXT_LEN;
+    // Room for every message this test may send (the history cap is not
+    // what it is about).
+    cfg.max_history_bytes = (MAX_MESSAGES * TEXT_LEN * 2) as u64;
     cfg.disconnect_grace = Duration::from_secs(30);
     // Keep heartbeats out of the picture: the cut-off must be for slowness.
     cfg.heartbeat_interval = Duration::from_secs(30);
@@ -111,7 +114,8 @@ async fn slow_agent_is_disconnected_and_nothing_is_lost() {
     }
     drop(a);
 
-    // Reconnect within the grace period: the resync has every message.
+    // Reconnect within the grace period: the resync has the newest messages
+    // (a bounded replay), and the pages before them the rest: every message.
     let (mut a, hello) = h.connect_agent(&alice).await;
     let tasks = hello["tasks"].as_array().expect("tasks");
     assert_eq!(tasks.len(), 1, "hello after reconnect: {}", hello["tasks"]);
@@ -119,7 +123,23 @@ async fn slow_agent_is_disconnected_and_nothing_is_lost() {
     let re = a
         .recv_where("task.assigned resync", |v| v["type"] == "task.assigned")
         .await;
-    let history = &re["history"];
+    let mut all: Vec<Value> = re["history"].as_array().expect("history").clone();
+    let mut earlier = re["history_has_earlier"] == true;
+    while earlier {
+        let before = all[0]["seq"].as_u64().expect("seq");
+        let page = h
+            .get(
+                &format!("/v1/conversations/{conv}/messages?before_seq={before}&limit=100"),
+                Some(&alice.token),
+            )
+            .await;
+        assert_eq!(page.status, 200, "page before {before}");
+        let mut got = page.body["messages"].as_array().expect("messages").clone();
+        got.extend(all);
+        all = got;
+        earlier = page.body["has_more"] == true;
+    }
+    let history = &Value::Array(all);
     assert_gap_free(history);
     let texts: Vec<String> = texts(history);
     assert_eq!(texts.len(), sent + 1, "history length");

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// An admin token the broker accepts (at least 32 characters).
+const ADMIN: &str = "admin-secret-0123456789abcdef0123456789";
+
 /// The binary, with none of this machine's `SWITCHBOARD_*` settings, log
 /// filter or colour preference leaking in.
 fn binary() -> Command {
@@ -152,6 +155,41 @@ async fn get(url: &str, token: Option<&str>) -> (u16, String) {
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap_or_default())
+}
+
+#[test]
+fn a_short_admin_token_stops_startup_saying_how_long_it_must_be() {
+    // From a flag, the environment or the file: the same check, the same words.
+    let file = scratch_file(
+        "short-admin.toml",
+        "admin_token = \"only-twenty-chars-xx\"\n",
+    );
+    let mut runs = [
+        binary()
+            .args(["--bind", "127.0.0.1:0", "--admin-token", "admin-secret-1"])
+            .output(),
+        binary()
+            .args(["--bind", "127.0.0.1:0"])
+            .env("SWITCHBOARD_ADMIN_TOKEN", "0123456789abcdef0123456789abcde")
+            .output(),
+        binary()
+            .args(["--bind", "127.0.0.1:0", "--config"])
+            .arg(&file)
+            .output(),
+    ]
+    .map(|out| out.expect("run"));
+    for (out, len) in runs.iter_mut().zip([14, 31, 20]) {
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "admin_token: must be at least 32 characters (this one has {len})"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("leave it unset"), "{err}");
+        assert!(out.stdout.is_empty(), "nothing served, nothing printed");
+    }
 }
 
 #[test]
@@ -431,7 +469,7 @@ fn start_prints_each_url_with_the_real_port_and_the_channels_on_stdout() {
 fn a_configured_channel_shows_on_with_its_webhook() {
     let mut broker = Broker::start(
         binary()
-            .args(["--bind", "127.0.0.1:0", "--admin-token", "admin-secret-1"])
+            .args(["--bind", "127.0.0.1:0", "--admin-token", ADMIN])
             .env("SWITCHBOARD_TWILIO_ACCOUNT_SID", "AC0000")
             .env("SWITCHBOARD_TWILIO_AUTH_TOKEN", "twilio-secret")
             .env("SWITCHBOARD_SMS_FROM", "+15550001111")
@@ -444,10 +482,7 @@ fn a_configured_channel_shows_on_with_its_webhook() {
     assert!(broker.stdout_value("whatsapp").starts_with("off"));
     // A token that was given is not printed.
     let stdout = broker.stop(Stream::Out);
-    assert!(
-        !stdout.iter().any(|l| l.contains("admin-secret-1")),
-        "{stdout:?}"
-    );
+    assert!(!stdout.iter().any(|l| l.contains(ADMIN)), "{stdout:?}");
 }
 
 const TWO_AGENTS: &str = r#"
@@ -468,7 +503,7 @@ fn agents_from_the_config_file_exist_and_their_tokens_open_the_desk() {
     let file = scratch_file("agents.toml", TWO_AGENTS);
     let mut broker = Broker::start(
         binary()
-            .args(["--bind", "127.0.0.1:0", "--admin-token", "admin-secret-1"])
+            .args(["--bind", "127.0.0.1:0", "--admin-token", ADMIN])
             .arg("--config")
             .arg(&file),
     );
@@ -480,7 +515,7 @@ fn agents_from_the_config_file_exist_and_their_tokens_open_the_desk() {
     assert_eq!(bob_token.len(), 32, "{bob_token}");
     let ws_base = base.replacen("http://", "ws://", 1);
     runtime().block_on(async {
-        let (status, body) = get(&format!("{base}/v1/agents"), Some("admin-secret-1")).await;
+        let (status, body) = get(&format!("{base}/v1/agents"), Some(ADMIN)).await;
         assert_eq!(status, 200, "{body}");
         let agents: Value = serde_json::from_str(&body).expect("json");
         let agents = agents.as_array().expect("array");

@@ -199,7 +199,7 @@ async fn agents_are_counted_by_what_they_can_take_now() {
     assert_eq!(sms["available"], 2, "{agents}");
     assert_eq!(sms["busy"], 0, "{agents}");
 
-    let metrics = h.get("/metrics", None).await.text;
+    let metrics = h.get("/metrics", Some(&h.admin)).await.text;
     for line in [
         "switchboard_agents{state=\"disconnected\"} 1",
         "switchboard_channel_agents{channel=\"webchat\",state=\"busy\"} 1",

@@ -1723,6 +1723,9 @@ async fn run_target(
 mod tests {
     use super::*;
 
+    /// An admin token the broker would accept (at least 32 characters).
+    const ADMIN: &str = "loadtest-token-0123456789abcdef0123456789";
+
     #[test]
     fn remote_targets_only_with_allow_remote() {
         use std::net::IpAddr;
@@ -1792,7 +1795,7 @@ mod tests {
     }
 
     fn parse(extra: &[&str]) -> Args {
-        let mut v = vec!["loadtest", "--admin-token", "x"];
+        let mut v = vec!["loadtest", "--admin-token", ADMIN];
         v.extend_from_slice(extra);
         Args::try_parse_from(v).unwrap()
     }
@@ -1891,7 +1894,7 @@ mod tests {
             &scenario_flags(),
         )
         .unwrap();
-        let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), "x".into()];
+        let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), ADMIN.into()];
         argv.extend(specs[0].args.iter().cloned());
         argv.extend(["--socketio-peer-dir".into(), "peer".into()]);
         let args = Args::try_parse_from(&argv).unwrap();
@@ -2050,7 +2053,7 @@ mod tests {
             &scenario_flags(),
         )
         .unwrap();
-        let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), "x".into()];
+        let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), ADMIN.into()];
         argv.extend(specs[0].args.iter().cloned());
         argv.extend(["--scale".into(), "0.1".into()]);
         let mut scaled = Args::try_parse_from(&argv).unwrap();
@@ -2104,7 +2107,7 @@ mod tests {
                 "{name}: kebab-case key in {keys:?}"
             );
             for spec in scenario::parse(text, name, &flags).unwrap() {
-                let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), "x".into()];
+                let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), ADMIN.into()];
                 argv.extend(spec.args.iter().cloned());
                 let args = Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{name}: {e}"));
                 args.validate().unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -533,7 +533,7 @@ async fn check_health(ctx: &Ctx) -> Result<(), String> {
 }
 
 /// The broker's admin token must be at least this long, or it does not start.
-const MIN_ADMIN_TOKEN: usize = 8;
+const MIN_ADMIN_TOKEN: usize = 32;
 
 /// What to say when the broker at `url` is not reachable or not healthy.
 fn unhealthy(url: &str, detail: &str, admin_token: &str) -> String {
@@ -662,7 +662,7 @@ mod tests {
         let m = unhealthy(
             "http://127.0.0.1:8080/",
             "io.http: GET /healthz: connection refused",
-            "loadtest-token-1",
+            "loadtest-token-0123456789abcdef0123456789",
         );
         assert!(m.contains("http://127.0.0.1:8080/"), "{m}");
         assert!(m.contains("connection refused"), "{m}");
@@ -672,7 +672,7 @@ mod tests {
         // A token the broker refuses at start is named as the likely cause.
         let short = unhealthy("http://127.0.0.1:8080/", "x", "lt");
         assert!(short.contains("has 2 characters"), "{short}");
-        assert!(short.contains("shorter than 8"), "{short}");
+        assert!(short.contains("shorter than 32"), "{short}");
         assert!(is_auth_failure("unauthorized") && is_auth_failure("http.401"));
         assert!(!is_auth_failure("io.http"));
     }

@@ -394,6 +394,7 @@ impl Handler<CustomerConnected> for WebchatChannel {
                     conversation_id: None,
                     ended: false,
                     messages: Cow::Borrowed(&[]),
+                    has_earlier: false,
                 }
                 .frame();
                 self.send_to(&msg.session, socket, empty);

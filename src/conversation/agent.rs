@@ -50,6 +50,7 @@ impl Handler<AgentSend> for Conversation {
                 Sender::Agent(&msg.agent_id),
                 &|id| self.carries(id),
             )?;
+            self.history_room(&msg.text, &attachments)?;
             // Last: a place in the provider's outbound queue, taken only
             // for a message that will be stored.
             self.reserve_outbound()?;

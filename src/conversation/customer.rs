@@ -17,7 +17,7 @@ use crate::channel::{CustomerEvent, SocketId};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::protocol::event;
-use crate::protocol::{AttachmentMeta, Author, Event, TaskState};
+use crate::protocol::{AttachmentMeta, Author, ChannelKind, Event, TaskState};
 use crate::router::TaskClosed;
 
 /// A customer message from the channel.
@@ -144,10 +144,12 @@ impl Handler<SendHistory> for Conversation {
     type Result = ();
 
     fn handle(&mut self, msg: SendHistory, _: &mut Context<Self>) {
+        let (messages, has_earlier) = self.replay();
         let frame = Event::History {
             conversation_id: Some(self.state.id.clone()),
             ended: self.state.ended(),
-            messages: Cow::Borrowed(&self.state.messages),
+            messages: Cow::Borrowed(messages),
+            has_earlier,
         }
         .frame();
         self.to_customer(CustomerEvent::History {
@@ -183,6 +185,14 @@ impl Conversation {
                 &|id| self.carries(id),
             )
         };
+        // The history cap: a webchat customer is refused (`history_full`); a
+        // provider's message is kept all the same, since the provider was
+        // answered already and refusing would lose it (the note still goes
+        // out once).
+        let content = content.and_then(|a| match self.history_room(&msg.text, &a) {
+            Err(e) if self.state.channel == ChannelKind::Webchat => Err(e),
+            _ => Ok(a),
+        });
         let attachments = match content {
             Ok(a) => a,
             Err(e) => {

@@ -178,6 +178,8 @@ impl Conversation {
             disposition: None,
             notes: None,
             messages: Vec::new(),
+            history_bytes: 0,
+            history_full: false,
         };
         broker.metrics.task_moved(None, TaskState::Queued);
         Metrics::bump(&broker.metrics.conversations_opened);
@@ -329,12 +331,69 @@ impl Conversation {
     }
 
     fn assigned_frame(&self, reference: Option<&str>) -> Frame {
+        let (history, history_has_earlier) = self.replay();
         Event::TaskAssigned {
             task: Cow::Owned(self.state.task_view()),
-            history: Cow::Borrowed(&self.state.messages),
+            history: Cow::Borrowed(history),
+            history_has_earlier,
             reference: event::reference(reference),
         }
         .frame()
+    }
+
+    /// What a (re)connecting desk or widget is sent of the history: the
+    /// newest messages, at most `history_replay` of them and
+    /// `history_frame_bytes` of their JSON (always the newest one, whatever
+    /// it weighs), and whether older ones exist. The rest is read page by
+    /// page (`GET …/messages?before_seq=`), so a long conversation never
+    /// becomes one huge frame.
+    fn replay(&self) -> (&[Message], bool) {
+        let config = &self.broker.config;
+        let tail = replay_tail(
+            &self.state.messages,
+            config.history_replay,
+            config.history_frame_bytes,
+        );
+        (tail, tail.len() < self.state.messages.len())
+    }
+
+    /// Room for one more message from the customer or the agent? At the cap,
+    /// the first refusal adds the note that says so (a `system` message both
+    /// sides see); every refusal answers `history_full`.
+    fn history_room(&mut self, text: &str, attachments: &[AttachmentMeta]) -> Result<(), ApiError> {
+        let config = &self.broker.config;
+        let count = self.state.messages.len() + 1;
+        let bytes = self.state.history_bytes + state::message_bytes(text, attachments);
+        if !self.state.history_full
+            && count <= config.max_history_messages
+            && bytes <= config.max_history_bytes
+        {
+            return Ok(());
+        }
+        let limits = format!(
+            "{} messages or {} of text",
+            config.max_history_messages,
+            bytesize::ByteSize(config.max_history_bytes)
+        );
+        if !self.state.history_full {
+            self.apply(ConversationEvent::HistoryFull);
+            let note = format!(
+                "This conversation has reached its size limit ({limits}) and takes no more \
+                 messages. End it; the customer's next message starts a new conversation."
+            );
+            self.append(Author::System, note, Vec::new(), None);
+            let frame = self.message_frame(self.last_message(), None);
+            if let Some(agent) = &self.agent {
+                if self.state.task_state == TaskState::Assigned {
+                    self.to_agent(agent, AgentFrameKind::Message, frame.clone());
+                }
+            }
+            self.message_to_customer(frame, None);
+        }
+        Err(ApiError::HistoryFull(format!(
+            "conversation {} is full ({limits}); it takes no more messages",
+            self.state.id
+        )))
     }
 
     /// `conversation.ended` as the customer gets it (no task, no `ref`).
@@ -539,6 +598,34 @@ impl Actor for Conversation {
             None => {}
         }
     }
+}
+
+/// The newest messages of `messages`: at most `max_count`, and no more than
+/// `max_bytes` of their JSON once the newest is in.
+fn replay_tail(messages: &[Message], max_count: usize, max_bytes: u64) -> &[Message] {
+    /// Counts what is written, keeps nothing.
+    struct Weigh(u64);
+    impl std::io::Write for Weigh {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut start = messages.len();
+    let mut weight = Weigh(0);
+    for m in messages.iter().rev().take(max_count) {
+        // Writing to a counter does not fail; a message that cannot be
+        // encoded could not be sent either, so it weighs nothing here.
+        let _ = serde_json::to_writer(&mut weight, m);
+        if start < messages.len() && weight.0 > max_bytes {
+            break;
+        }
+        start -= 1;
+    }
+    &messages[start..]
 }
 
 /// `agent.joined` for the customer: on assignment, and again with the history

@@ -63,11 +63,18 @@ impl Handler<GetSnapshot> for Conversation {
     }
 }
 
-/// A page of history: messages with `seq > after_seq`, at most `limit`.
+/// A page of history, in `seq` order, at most `limit` messages, and whether
+/// more lie beyond it:
+/// - without `before_seq`: the oldest messages with `seq > after_seq`; more
+///   means newer ones follow (page forward from the last `seq`);
+/// - with `before_seq`: the newest messages with
+///   `after_seq < seq < before_seq`; more means older ones precede (page back
+///   from the first `seq`).
 #[derive(Message)]
 #[rtype(result = "(Vec<Message>, bool)")]
 pub struct GetMessages {
     pub after_seq: u64,
+    pub before_seq: Option<u64>,
     pub limit: usize,
 }
 
@@ -75,12 +82,63 @@ impl Handler<GetMessages> for Conversation {
     type Result = MessageResult<GetMessages>;
 
     fn handle(&mut self, msg: GetMessages, _: &mut Context<Self>) -> Self::Result {
-        // seq n sits at index n-1: paging is a slice, not a search.
-        let start = (msg.after_seq as usize).min(self.state.messages.len());
-        let end = start
-            .saturating_add(msg.limit)
-            .min(self.state.messages.len());
-        let page = self.state.messages[start..end].to_vec();
-        MessageResult((page, end < self.state.messages.len()))
+        let (range, more) = page(
+            self.state.messages.len(),
+            msg.after_seq,
+            msg.before_seq,
+            msg.limit,
+        );
+        MessageResult((self.state.messages[range].to_vec(), more))
+    }
+}
+
+/// The indexes of a page of `len` messages (seq n sits at index n-1: paging
+/// is a slice, not a search) and whether more lie beyond it; see
+/// [`GetMessages`].
+fn page(
+    len: usize,
+    after_seq: u64,
+    before_seq: Option<u64>,
+    limit: usize,
+) -> (std::ops::Range<usize>, bool) {
+    let clamp = |seq: u64| usize::try_from(seq).unwrap_or(usize::MAX).min(len);
+    let low = clamp(after_seq);
+    match before_seq {
+        None => {
+            let end = low.saturating_add(limit).min(len);
+            (low..end, end < len)
+        }
+        Some(before) => {
+            // seq < before: indexes below before - 1.
+            let high = clamp(before.saturating_sub(1)).max(low);
+            let start = high.saturating_sub(limit).max(low);
+            (start..high, start > low)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page;
+
+    #[test]
+    fn pages_forward_and_back_without_gap_or_overlap() {
+        // Forward from the start, 10 messages by 4.
+        assert_eq!(page(10, 0, None, 4), (0..4, true));
+        assert_eq!(page(10, 4, None, 4), (4..8, true));
+        assert_eq!(page(10, 8, None, 4), (8..10, false));
+        assert_eq!(page(10, 10, None, 4), (10..10, false));
+        // Back from the end (before_seq = 11: everything), by 4.
+        assert_eq!(page(10, 0, Some(11), 4), (6..10, true));
+        assert_eq!(page(10, 0, Some(7), 4), (2..6, true));
+        assert_eq!(page(10, 0, Some(3), 4), (0..2, false));
+        assert_eq!(page(10, 0, Some(1), 4), (0..0, false));
+        assert_eq!(page(10, 0, Some(0), 4), (0..0, false));
+        // A window: after 2, before 9 (seqs 3..=8), newest 4 of them.
+        assert_eq!(page(10, 2, Some(9), 4), (4..8, true));
+        assert_eq!(page(10, 2, Some(5), 4), (2..4, false));
+        // Beyond the end, and a window that is empty.
+        assert_eq!(page(10, 0, Some(u64::MAX), 3), (7..10, true));
+        assert_eq!(page(10, 7, Some(5), 3), (7..7, false));
     }
 }

@@ -41,6 +41,24 @@ pub struct ConversationState {
     pub disposition: Option<String>,
     pub notes: Option<String>,
     pub messages: Vec<Message>,
+    /// What the messages weigh, by [`message_bytes`]: the history cap counts it.
+    #[serde(default)]
+    pub history_bytes: u64,
+    /// The history reached its cap and the note saying so was added: the
+    /// conversation takes no more messages from its customer or agent.
+    #[serde(default)]
+    pub history_full: bool,
+}
+
+/// What one message weighs against `max_history_bytes`: its text and its
+/// files' names, types and URLs (the bytes a history holds and replays;
+/// fixed-size fields are left out, the message count bounds those).
+pub fn message_bytes(text: &str, attachments: &[crate::protocol::AttachmentMeta]) -> u64 {
+    let files: usize = attachments
+        .iter()
+        .map(|a| a.id.len() + a.filename.len() + a.content_type.len() + a.url.len())
+        .sum();
+    (text.len() + files) as u64
 }
 
 /// Every change a conversation makes to its state.
@@ -64,6 +82,9 @@ pub enum ConversationEvent {
         seq: u64,
         status: DeliveryStatus,
     },
+    /// The history reached its cap (`max_history_messages`,
+    /// `max_history_bytes`); the note saying so follows as a message.
+    HistoryFull,
 }
 
 impl ConversationState {
@@ -79,6 +100,7 @@ impl ConversationState {
                 if self.messages.capacity() == 0 {
                     self.messages.reserve_exact(1);
                 }
+                self.history_bytes += message_bytes(&m.text, &m.attachments);
                 self.messages.push(m);
             }
             ConversationEvent::StatusChanged { seq, status } => {
@@ -101,6 +123,7 @@ impl ConversationState {
                     self.ended_at.get_or_insert_with(SystemTime::now);
                 }
             }
+            ConversationEvent::HistoryFull => self.history_full = true,
             ConversationEvent::Ended { at } => {
                 self.task_state = TaskState::Wrapping;
                 self.ended_at = Some(at);
@@ -199,6 +222,8 @@ mod tests {
             disposition: None,
             notes: None,
             messages: vec![],
+            history_bytes: 0,
+            history_full: false,
         }
     }
 
@@ -249,6 +274,11 @@ mod tests {
         assert_eq!(replayed.messages, s.messages);
         assert_eq!(replayed.disposition.as_deref(), Some("resolved"));
         assert!(replayed.ended());
+        assert_eq!(
+            replayed.history_bytes,
+            "hello".len() as u64 + "hi!".len() as u64
+        );
+        assert_eq!(replayed.history_bytes, s.history_bytes);
     }
 
     #[test]

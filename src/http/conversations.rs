@@ -15,6 +15,8 @@ const MAX_LIMIT: usize = 1000;
 pub struct Page {
     #[serde(default)]
     pub after_seq: u64,
+    /// Page back: the newest messages before this `seq`.
+    pub before_seq: Option<u64>,
     pub limit: Option<usize>,
 }
 
@@ -77,6 +79,7 @@ pub async fn messages(
     let (messages, has_more) = conv
         .send(GetMessages {
             after_seq: page.after_seq,
+            before_seq: page.before_seq,
             limit,
         })
         .await

@@ -5,6 +5,12 @@
 //! metrics, dispositions); `request_line.rs` limits URL length before any
 //! route runs. Errors are [`ApiError`]s, rendered as
 //! `{"error":{"code","message"}}`.
+//!
+//! Authentication lives here: a token comes in `Authorization: Bearer`, or
+//! as `?token=` on WebSocket upgrades only ([`bearer`]); a token that matches
+//! nothing counts against the caller's address (`throttle.rs`), which is
+//! refused with `429` while over the limit ([`throttle_gate`],
+//! [`auth_failed`]).
 
 pub mod agents;
 pub mod attachments;
@@ -14,6 +20,7 @@ pub mod ops;
 pub mod request_line;
 pub mod sockets;
 pub mod tasks;
+pub mod throttle;
 pub mod upgrade;
 pub mod webchat;
 
@@ -22,6 +29,7 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::broker::AgentToken;
 use crate::error::ApiError;
 use crate::protocol::Id;
 use crate::wiring::Broker;
@@ -145,18 +153,98 @@ pub enum Principal {
     Customer(Id),
 }
 
-/// The bearer token of a request: `Authorization: Bearer …`, else `?token=`.
-pub fn bearer(req: &HttpRequest) -> Option<String> {
+/// Is this a WebSocket upgrade request (`Upgrade: websocket`)?
+fn is_websocket_upgrade(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// The bearer token of a request: `Authorization: Bearer …`, else, on a
+/// WebSocket upgrade only, `?token=` (browsers cannot set headers on a
+/// WebSocket). Anywhere else `?token=` is refused rather than ignored, so a
+/// client that put its token in a URL (where proxies and browsers log it)
+/// learns to move it to the header.
+pub fn bearer(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
         let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))?;
-        return Some(token.trim().to_owned());
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "malformed Authorization header: send Authorization: Bearer <token>".into(),
+                )
+            })?;
+        return Ok(Some(token.trim().to_owned()));
     }
-    web::Query::<HashMap<String, String>>::from_query(req.query_string())
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         .ok()
-        .and_then(|q| q.get("token").cloned())
+        .and_then(|q| q.get("token").cloned());
+    match query {
+        Some(_) if !is_websocket_upgrade(req) => Err(ApiError::Unauthorized(
+            "?token= is accepted only on WebSocket upgrades: send the token in an \
+             Authorization: Bearer <token> header"
+                .into(),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// The address failed authentications are counted against.
+fn client_key(req: &HttpRequest) -> Option<throttle::ClientKey> {
+    req.peer_addr().map(|a| throttle::ClientKey::of(a.ip()))
+}
+
+/// Before a presented token is looked at: `429 rate_limited` while the
+/// caller's address is throttled (see [`throttle`]).
+pub fn throttle_gate(req: &HttpRequest, broker: &Broker) -> Result<(), ApiError> {
+    let Some(key) = client_key(req) else {
+        return Ok(());
+    };
+    broker.auth_throttle.check(key).map_err(|wait| {
+        tracing::debug!(ip = %key, route = %req.path(), "authentication refused: address throttled");
+        ApiError::AuthThrottled {
+            retry_after: wait.as_secs_f64().ceil() as u64,
+        }
+    })
+}
+
+/// A presented token matched nothing: count it against the caller's address
+/// and write the audit line (address, method and path; never the token or
+/// the query string, which may hold it). `401 unauthorized` with `message`,
+/// or `429 rate_limited` once the address is over the limit.
+pub fn auth_failed(req: &HttpRequest, broker: &Broker, message: &str) -> ApiError {
+    let Some(key) = client_key(req) else {
+        return ApiError::Unauthorized(message.into());
+    };
+    match broker.auth_throttle.failed(key) {
+        throttle::Failure::Counted => {
+            tracing::warn!(
+                ip = %key,
+                method = %req.method(),
+                route = %req.path(),
+                "authentication failed: unknown token"
+            );
+            ApiError::Unauthorized(message.into())
+        }
+        throttle::Failure::Blocked(wait) => {
+            let retry_after = wait.as_secs_f64().ceil() as u64;
+            tracing::warn!(
+                ip = %key,
+                method = %req.method(),
+                route = %req.path(),
+                retry_after_s = retry_after,
+                limit_per_minute = broker.config.auth_failures_per_minute,
+                "authentication throttled: too many failed attempts from this address"
+            );
+            ApiError::AuthThrottled { retry_after }
+        }
+    }
 }
 
 /// Compare secrets without an early exit, so timing tells nothing.
@@ -165,20 +253,33 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Who a request's token names. Throttled per address: see [`throttle`].
 pub fn authenticate(req: &HttpRequest, broker: &Broker) -> Result<Principal, ApiError> {
-    let token = bearer(req).ok_or_else(|| {
+    let token = bearer(req)?.ok_or_else(|| {
         ApiError::Unauthorized("missing credentials: send Authorization: Bearer <token>".into())
     })?;
+    throttle_gate(req, broker)?;
     if same_secret(&token, &broker.admin_token) {
         return Ok(Principal::Admin);
     }
     if let Some(agent) = broker.agent_by_token(&token) {
-        return Ok(Principal::Agent(agent));
+        return match agent {
+            AgentToken::Valid(id) => Ok(Principal::Agent(id)),
+            AgentToken::Expired(id) => Err(token_expired(&id)),
+        };
     }
     if let Some(session) = broker.webchat_session(&token) {
         return Ok(Principal::Customer(session));
     }
-    Err(ApiError::Unauthorized("invalid token".into()))
+    Err(auth_failed(req, broker, "invalid token"))
+}
+
+/// `401 token_expired` for agent `id`.
+pub fn token_expired(id: &str) -> ApiError {
+    ApiError::TokenExpired(format!(
+        "the token of agent {id} has expired: an admin gives it a new one with \
+         POST /v1/agents/{id}/token"
+    ))
 }
 
 pub fn require_admin(req: &HttpRequest, broker: &Broker) -> Result<(), ApiError> {
@@ -202,14 +303,24 @@ mod tests {
     }
 
     #[test]
-    fn bearer_from_header_or_query() {
+    fn bearer_from_header_or_query_on_upgrades_only() {
         let req = actix_web::test::TestRequest::default()
             .insert_header(("Authorization", "Bearer t1"))
             .to_http_request();
-        assert_eq!(bearer(&req).as_deref(), Some("t1"));
+        assert_eq!(bearer(&req), Ok(Some("t1".into())));
+        let req = actix_web::test::TestRequest::with_uri("/x?token=t2")
+            .insert_header(("Upgrade", "websocket"))
+            .to_http_request();
+        assert_eq!(bearer(&req), Ok(Some("t2".into())));
         let req = actix_web::test::TestRequest::with_uri("/x?token=t2").to_http_request();
-        assert_eq!(bearer(&req).as_deref(), Some("t2"));
+        let err = bearer(&req).unwrap_err();
+        assert_eq!(err.code(), "unauthorized");
+        assert!(err.to_string().contains("Authorization: Bearer"), "{err}");
         let req = actix_web::test::TestRequest::default().to_http_request();
-        assert_eq!(bearer(&req), None);
+        assert_eq!(bearer(&req), Ok(None));
+        let req = actix_web::test::TestRequest::default()
+            .insert_header(("Authorization", "Basic dTpw"))
+            .to_http_request();
+        assert!(bearer(&req).is_err());
     }
 }

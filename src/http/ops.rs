@@ -1,12 +1,13 @@
-//! Operations: `/healthz`, `/v1/stats` (admin), `/metrics` (Prometheus text)
-//! and `/v1/dispositions`.
+//! Operations: `/healthz`, `/v1/stats` (admin), `/metrics` (Prometheus text:
+//! the admin token or the metrics token, unless `metrics_public`) and
+//! `/v1/dispositions`.
 
 use std::fmt::Write;
 
 use actix_web::{HttpRequest, HttpResponse};
 
 use crate::error::ApiError;
-use crate::http::{require_admin, State};
+use crate::http::{auth_failed, bearer, require_admin, same_secret, throttle_gate, State};
 use crate::metrics::Metrics;
 use crate::protocol::{ChannelKind, TaskState};
 use crate::router::{GetStats, RouterStats};
@@ -69,8 +70,39 @@ pub async fn stats(req: HttpRequest, state: State) -> Result<HttpResponse, ApiEr
     })))
 }
 
+/// Who may read `/metrics`: anyone with `metrics_public`, else the admin
+/// token or the metrics token. Figures of load and queues tell an outsider
+/// how busy the contact center is and when an attack hurts, so they are not
+/// public by default.
+fn may_read_metrics(req: &HttpRequest, state: &State) -> Result<(), ApiError> {
+    if state.config.metrics_public {
+        return Ok(());
+    }
+    let token = bearer(req)?.ok_or_else(|| {
+        ApiError::Unauthorized(
+            "/metrics needs a token: send Authorization: Bearer <metrics token or admin token> \
+             (or set metrics_public = true)"
+                .into(),
+        )
+    })?;
+    throttle_gate(req, state)?;
+    let metrics_token = state.config.metrics_token.as_deref();
+    if same_secret(&token, &state.admin_token)
+        || metrics_token.is_some_and(|t| same_secret(&token, t))
+    {
+        return Ok(());
+    }
+    if state.agent_by_token(&token).is_some() || state.webchat_session(&token).is_some() {
+        return Err(ApiError::Unauthorized(
+            "/metrics needs the metrics token or the admin token".into(),
+        ));
+    }
+    Err(auth_failed(req, state, "invalid token"))
+}
+
 /// Prometheus text exposition format, version 0.0.4.
-pub async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
+pub async fn metrics(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
+    may_read_metrics(&req, &state)?;
     let r = router_stats(&state).await?;
     let m = &state.metrics;
     let mut out = String::with_capacity(2048);

@@ -1,10 +1,12 @@
 //! WebSocket upgrades: authenticate, then hand the socket to its session actor.
+//! A token that matches nothing counts against the caller's address like any
+//! other failed authentication (`super::throttle`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
 use crate::error::ApiError;
-use crate::http::{bearer, require_admin, same_secret, State};
+use crate::http::{auth_failed, bearer, require_admin, same_secret, throttle_gate, State};
 use crate::ws::agent_session::AgentSession;
 use crate::ws::customer_session::CustomerSession;
 use crate::ws::supervisor_session::SupervisorSession;
@@ -20,11 +22,15 @@ pub async fn agent(
     id: web::Path<String>,
     stream: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = bearer(&req).ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
+    let token = bearer(&req)?.ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
+    throttle_gate(&req, &state)?;
     let entry = state
         .agent(&id)
         .filter(|e| same_secret(&e.token, &token))
-        .ok_or_else(|| ApiError::Unauthorized("invalid agent id or token".into()))?;
+        .ok_or_else(|| auth_failed(&req, &state, "invalid agent id or token"))?;
+    if entry.expired() {
+        return Err(crate::http::token_expired(&id));
+    }
     let session = AgentSession::new(entry.addr, token, &state.config);
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.config.max_frame)
@@ -38,10 +44,11 @@ pub async fn webchat(
     state: State,
     stream: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = bearer(&req).ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
+    let token = bearer(&req)?.ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
+    throttle_gate(&req, &state)?;
     let session_id = state
         .webchat_session(&token)
-        .ok_or_else(|| ApiError::Unauthorized("invalid webchat token".into()))?;
+        .ok_or_else(|| auth_failed(&req, &state, "invalid webchat token"))?;
     let shards = state.channels.webchat.clone();
     let session = CustomerSession::new(session_id, shards, &state.config);
     ws::WsResponseBuilder::new(session, &req, stream)

@@ -78,7 +78,13 @@ pub enum Event<'a> {
     #[serde(rename = "task.assigned")]
     TaskAssigned {
         task: Cow<'a, TaskView>,
+        /// The newest messages, at most `history_replay` and
+        /// `history_frame_bytes` of them, oldest first.
         history: Cow<'a, [Message]>,
+        /// Older messages exist than `history` holds: read them with
+        /// `GET /v1/conversations/{id}/messages?before_seq=`.
+        #[serde(default)]
+        history_has_earlier: bool,
         #[serde(rename = "ref", default)]
         reference: Ref<'a>,
     },
@@ -138,7 +144,11 @@ pub enum Event<'a> {
     History {
         conversation_id: Option<Id>,
         ended: bool,
+        /// The newest messages, as in `task.assigned`.
         messages: Cow<'a, [Message]>,
+        /// Older messages exist: page back with `before_seq`.
+        #[serde(default)]
+        has_earlier: bool,
     },
     /// The broker holds the customer's message.
     #[serde(rename = "ack")]
@@ -272,6 +282,7 @@ mod tests {
             Event::TaskAssigned {
                 task: Cow::Owned(task()),
                 history: Cow::Owned(vec![message()]),
+                history_has_earlier: true,
                 reference: Some("r1".into()),
             },
             Event::MessageStatus {
@@ -322,6 +333,7 @@ mod tests {
                 conversation_id: None,
                 ended: false,
                 messages: Cow::Owned(vec![]),
+                has_earlier: false,
             },
             Event::Ack {
                 conversation_id: "cv_1".into(),

@@ -6,7 +6,7 @@
 
 (function () {
   const { h, $, icon, uid, upload, attachmentView, upsertMessage, Socket, wsUrl, store, enterToSend,
-    clock, sentence, renderFileChips } = window.SB;
+    clock, sentence, renderFileChips, loadEarlier, keepScrollPlace, onScrollToTop, firstSeq } = window.SB;
 
   const KEY = 'switchboard.webchat';
   const TYPING_SHOWN_MS = 5000;
@@ -22,6 +22,8 @@
     socket: null,
     conversationId: null,
     messages: [],
+    hasEarlier: false, // older messages than C.messages holds exist
+    loadingEarlier: false,
     notes: [], // { text, afterSeq } shown between messages
     agentName: null,
     ended: false,
@@ -121,6 +123,7 @@
 
   function resetConversation(id) {
     C.conversationId = id;
+    C.hasEarlier = false;
     C.messages = C.messages.filter((m) => m.pending && !m.failed);
     C.notes = [];
     C.agentName = null;
@@ -148,11 +151,16 @@
   const EVENTS = {
     history(msg) {
       const pending = C.messages.filter((m) => m.pending && !m.failed);
+      const replay = msg.messages || [];
+      // Earlier pages already read of the same conversation stay.
+      const first = replay.length ? replay[0].seq : Infinity;
+      const earlier = msg.conversation_id === C.conversationId
+        ? C.messages.filter((m) => !m.pending && m.seq < first) : [];
       C.conversationId = msg.conversation_id;
       C.messages = [];
       C.notes = [];
-      for (const m of msg.messages || []) upsertMessage(C.messages, m);
-      for (const m of pending) upsertMessage(C.messages, m);
+      for (const m of earlier.concat(replay, pending)) upsertMessage(C.messages, m);
+      C.hasEarlier = earlier.length ? firstSeq(C.messages) > 1 : !!msg.has_earlier;
       const id = msg.conversation_id;
       C.ended = !!id && (msg.ended === true || C.saved.ended === id);
       C.fresh = !!id && C.saved.cleared === id;
@@ -261,6 +269,15 @@
         h('span', { text: 'Write your question below. An agent will join as soon as one is free.' })));
     }
     const notes = C.fresh ? [] : C.notes.slice();
+    if (C.hasEarlier && !C.fresh) {
+      nodes.push(h('button', {
+        type: 'button',
+        class: 'earlier',
+        disabled: C.loadingEarlier,
+        text: C.loadingEarlier ? 'Loading earlier messages…' : 'Show earlier messages',
+        onclick: loadEarlierMessages,
+      }));
+    }
     for (const m of shown) {
       while (notes.length && !m.pending && notes[0].afterSeq < m.seq) {
         nodes.push(h('div', { class: 'event-note', text: notes.shift().text }));
@@ -272,11 +289,35 @@
     box.replaceChildren(...nodes);
     if (nearBottom || box.dataset.first !== '1') box.scrollTop = box.scrollHeight;
     box.dataset.first = '1';
+    // Too few to scroll, yet more exist: fetch them now, as a scroll would.
+    if (C.hasEarlier && !C.loadingEarlier && !C.fresh && box.scrollHeight <= box.clientHeight) {
+      loadEarlierMessages();
+    }
     for (const img of box.querySelectorAll('img')) {
       img.addEventListener('load', () => {
         box.scrollTop = box.scrollHeight;
       }, { once: true });
     }
+  }
+
+  /** Read the page before the oldest message shown, and show it in place. */
+  async function loadEarlierMessages() {
+    const before = firstSeq(C.messages);
+    const id = C.conversationId;
+    if (!C.hasEarlier || C.loadingEarlier || C.fresh || before === null || !id) return;
+    C.loadingEarlier = true;
+    renderMessages();
+    try {
+      const page = await loadEarlier(id, before, C.saved.token);
+      if (C.conversationId === id) {
+        for (const m of page.messages || []) upsertMessage(C.messages, m);
+        C.hasEarlier = !!page.has_more;
+      }
+    } catch (e) {
+      showComposerError('Earlier messages could not be loaded: ' + e.message);
+    }
+    C.loadingEarlier = false;
+    keepScrollPlace($('#messages'), renderMessages);
   }
 
   function messageView(m) {
@@ -422,6 +463,7 @@
     $('#file-input').addEventListener('change', onFiles);
     $('#restart').addEventListener('click', onRestart);
     $('#leave').addEventListener('click', onLeave);
+    onScrollToTop($('#messages'), loadEarlierMessages);
     document.addEventListener('visibilitychange', () => {
       if (!document.hidden && !embed) {
         C.unread = 0;

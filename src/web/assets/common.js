@@ -188,6 +188,45 @@
     return { json, headers: resp.headers };
   }
 
+  // ---- Earlier messages ------------------------------------------------------
+  // A (re)connect replays only the newest messages (`has_earlier` /
+  // `history_has_earlier` say more exist); the rest is read a page at a time,
+  // newest first, with `before_seq`, when the reader scrolls to the top.
+
+  const EARLIER_PAGE = 50;
+
+  /** The page of messages just before `beforeSeq`: `{messages, has_more}`. */
+  function loadEarlier(conversationId, beforeSeq, token) {
+    const path = '/v1/conversations/' + encodeURIComponent(conversationId) +
+      '/messages?before_seq=' + encodeURIComponent(beforeSeq) + '&limit=' + EARLIER_PAGE;
+    return api('GET', path, token);
+  }
+
+  /** Run `change` (which re-renders `box`) keeping what the reader sees in place. */
+  function keepScrollPlace(box, change) {
+    const fromBottom = box.scrollHeight - box.scrollTop;
+    change();
+    box.scrollTop = box.scrollHeight - fromBottom;
+  }
+
+  /**
+   * Call `more()` when `box` is scrolled to (near) its top, or when it does
+   * not fill its space so it cannot be scrolled at all; `more` decides
+   * whether there is anything to load.
+   */
+  function onScrollToTop(box, more) {
+    box.addEventListener('scroll', () => {
+      if (box.scrollTop < 40) more();
+    }, { passive: true });
+  }
+
+  /** The oldest delivered `seq` of a message list, or null. */
+  function firstSeq(list) {
+    let seq = null;
+    for (const m of list) if (!m.pending && m.seq !== undefined && (seq === null || m.seq < seq)) seq = m.seq;
+    return seq;
+  }
+
   /** Upload a File as an attachment; resolves to its metadata. */
   function upload(file, token) {
     const path = '/v1/attachments?filename=' + encodeURIComponent(file.name || 'file');
@@ -478,5 +517,6 @@
     renderFileChips, icon, channelIcon, channelName, h, $, duration, clock, bytes, uid, humanize,
     api, request, upload, attachmentUrl, attachmentView, isImage, upsertMessage, toast, sentence,
     Socket, wsUrl, store, session, enterToSend, ApiError, CHANNEL_NAMES,
+    loadEarlier, keepScrollPlace, onScrollToTop, firstSeq,
   };
 })();

@@ -5,7 +5,8 @@
 
 (function () {
   const { h, $, icon, channelIcon, channelName, duration, clock, uid, humanize, api, upload,
-    attachmentView, upsertMessage, toast, Socket, wsUrl, session, enterToSend, sentence, renderFileChips } = window.SB;
+    attachmentView, upsertMessage, toast, Socket, wsUrl, session, enterToSend, sentence, renderFileChips,
+    loadEarlier, keepScrollPlace, onScrollToTop, firstSeq } = window.SB;
 
   const TYPING_SHOWN_MS = 5000;
   const TYPING_SEND_EVERY_MS = 3000;
@@ -173,6 +174,8 @@
         wrap: { disposition: '', notes: '' },
         endedBy: null,
         notes: [],
+        hasEarlier: false, // older messages than t.messages holds exist
+        loadingEarlier: false,
       };
       S.tasks.set(task.id, t);
     }
@@ -277,11 +280,16 @@
     'task.assigned'(msg) {
       const t = track(msg.task);
       t.expiresAt = null;
-      // Full history: replace, keeping only local messages still unsent.
+      // The newest of the history: replace, keeping local messages still
+      // unsent and the earlier pages already read.
+      const history = msg.history || [];
+      const first = history.length ? history[0].seq : Infinity;
+      const earlier = t.messages.filter((m) => !m.pending && m.seq < first);
       const unsent = t.messages.filter((m) => m.pending && !m.failed);
       t.messages = [];
-      for (const m of msg.history || []) upsertMessage(t.messages, m);
-      for (const m of unsent) upsertMessage(t.messages, m);
+      for (const m of earlier.concat(history, unsent)) upsertMessage(t.messages, m);
+      const oldest = firstSeq(t.messages);
+      t.hasEarlier = earlier.length ? oldest > 1 : !!msg.history_has_earlier;
       const pending = msg.ref ? S.refs.get(msg.ref) : null;
       if (msg.ref) S.refs.delete(msg.ref);
       if (pending && pending.kind === 'outbound') closeOutbound();
@@ -666,6 +674,15 @@
     const box = $('#messages');
     const nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80 || box.dataset.task !== t.id;
     const nodes = t.messages.map((m) => messageView(m, t));
+    if (t.hasEarlier) {
+      nodes.unshift(h('button', {
+        type: 'button',
+        class: 'earlier',
+        disabled: t.loadingEarlier,
+        text: t.loadingEarlier ? 'Loading earlier messages…' : 'Show earlier messages',
+        onclick: () => loadEarlierOf(t),
+      }));
+    }
     for (const note of t.notes) nodes.push(h('div', { class: 'event-note ' + (note.kind || ''), text: note.text }));
     if (t.state === 'wrapping' && !t.notes.length) {
       nodes.push(h('div', { class: 'event-note ended', text: 'Chat ended' }));
@@ -673,12 +690,31 @@
     box.replaceChildren(...nodes);
     if ((scrollIfNear && nearBottom) || box.dataset.task !== t.id) box.scrollTop = box.scrollHeight;
     box.dataset.task = t.id;
+    // Too few to scroll, yet more exist: fetch them now, as a scroll would.
+    if (t.hasEarlier && !t.loadingEarlier && box.scrollHeight <= box.clientHeight) loadEarlierOf(t);
     // Images load after layout: keep the newest in view.
     for (const img of box.querySelectorAll('img')) {
       img.addEventListener('load', () => {
         if (nearBottom) box.scrollTop = box.scrollHeight;
       }, { once: true });
     }
+  }
+
+  /** Read the page before the oldest message shown, and show it in place. */
+  async function loadEarlierOf(t) {
+    const before = firstSeq(t.messages);
+    if (!t.hasEarlier || t.loadingEarlier || before === null) return;
+    t.loadingEarlier = true;
+    if (S.selected === t.id) renderMessages(false);
+    try {
+      const page = await loadEarlier(t.task.conversation_id, before, S.token);
+      for (const m of page.messages || []) upsertMessage(t.messages, m);
+      t.hasEarlier = !!page.has_more;
+    } catch (e) {
+      toast('Earlier messages could not be loaded: ' + e.message, 'error');
+    }
+    t.loadingEarlier = false;
+    if (S.selected === t.id) keepScrollPlace($('#messages'), () => renderMessages(false));
   }
 
   function messageView(m, t) {
@@ -941,6 +977,10 @@
     $('#ob-cancel').addEventListener('click', closeOutbound);
     $('#ob-channel').addEventListener('change', updateToHint);
     $('#outbound-form').addEventListener('submit', onOutbound);
+    onScrollToTop($('#messages'), () => {
+      const t = S.selected ? S.tasks.get(S.selected) : null;
+      if (t) loadEarlierOf(t);
+    });
     window.addEventListener('online', () => S.socket && S.socket.kick());
     document.addEventListener('visibilitychange', () => {
       if (!document.hidden && S.selected && S.tasks.has(S.selected)) {
