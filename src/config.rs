@@ -12,7 +12,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::agent::{valid_token, AgentProfile};
+use crate::clock::Clock;
 use crate::protocol::{ChannelKind, PerChannel};
+use crate::router::Queue;
 
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -52,6 +54,16 @@ pub struct AgentSeed {
     /// At least 16 characters; generated and printed at start when absent.
     #[serde(default)]
     pub token: Option<String>,
+}
+
+/// A provider inbound rule (`[[routes]]`): messages written to `to` (the
+/// business number, phone number id or page id) on `channel` wait in `queue`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub channel: ChannelKind,
+    pub to: String,
+    pub queue: String,
 }
 
 /// Everything the broker can be tuned with. Public fields so tests and embedders
@@ -105,6 +117,18 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Agents created at start.
     pub agents: Vec<AgentSeed>,
+    /// Queues defined at start (`default` is always there too).
+    pub queues: Vec<Queue>,
+    /// Provider inbound → queue by business address.
+    pub routes: Vec<Route>,
+    /// Points of priority a waiting task gains per minute.
+    pub aging: u32,
+    /// Offers in a row an agent may let time out before it is set
+    /// `not_responding` (0: never).
+    pub max_missed_offers: u32,
+    /// The wall clock business hours are read from: the system's, unless an
+    /// embedder or test passes a manual one (no setting reaches it).
+    pub clock: Clock,
 
     /// Externally visible base URL (Twilio signs it; provider links use it).
     /// Default: `http://<bind>`.
@@ -188,6 +212,11 @@ impl Default for Config {
             client_timeout: Duration::from_secs(60),
             log_format: LogFormat::Text,
             agents: Vec::new(),
+            queues: Vec::new(),
+            routes: Vec::new(),
+            aging: 1,
+            max_missed_offers: 3,
+            clock: Clock::system(),
             public_url: None,
             twilio_account_sid: None,
             twilio_auth_token: None,
@@ -321,6 +350,18 @@ impl Config {
             .collect()
     }
 
+    /// The queue a provider message written to `business` on `channel`
+    /// waits in: the first matching `[[routes]]` rule, else `default`.
+    pub fn route_queue(&self, channel: ChannelKind, business: &str) -> String {
+        self.routes
+            .iter()
+            .find(|r| r.channel == channel && r.to == business)
+            .map_or_else(
+                || crate::protocol::DEFAULT_QUEUE.to_owned(),
+                |r| r.queue.clone(),
+            )
+    }
+
     pub fn sms_enabled(&self) -> bool {
         self.channel_missing(ChannelKind::Sms).is_empty()
     }
@@ -377,7 +418,54 @@ impl Config {
                 ));
             }
         }
-        self.validate_agents()
+        if self.aging > 1000 {
+            return Err(ConfigError(
+                "aging: must be at most 1000 points per minute".into(),
+            ));
+        }
+        self.validate_agents()?;
+        self.validate_queues()
+    }
+
+    /// `[[queues]]` as `POST /v1/queues` would check them (ids unique,
+    /// overflow targets defined), and `[[routes]]` naming defined queues that
+    /// take the channel.
+    fn validate_queues(&self) -> Result<(), ConfigError> {
+        let ids: Vec<&str> = self.queues.iter().map(|q| q.id.as_str()).collect();
+        let exists = |id: &str| id == crate::protocol::DEFAULT_QUEUE || ids.contains(&id);
+        for (i, queue) in self.queues.iter().enumerate() {
+            if ids[..i].contains(&queue.id.as_str()) {
+                return Err(ConfigError(format!(
+                    "queues[{i}].id: {:?} is defined twice",
+                    queue.id
+                )));
+            }
+            queue
+                .clone()
+                .validate(exists)
+                .map_err(|e| ConfigError(format!("queues[{i}]: {e}")))?;
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !exists(&route.queue) {
+                return Err(ConfigError(format!(
+                    "routes[{i}].queue: {:?} is not a queue; define it in [[queues]]",
+                    route.queue
+                )));
+            }
+            let takes = self
+                .queues
+                .iter()
+                .find(|q| q.id == route.queue)
+                .is_none_or(|q| q.takes(route.channel));
+            if !takes || route.channel == ChannelKind::Webchat {
+                return Err(ConfigError(format!(
+                    "routes[{i}]: queue {:?} does not take {} (routes are for sms, whatsapp and messenger)",
+                    route.queue,
+                    route.channel.as_str()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `[[agents]]`: each one as `POST /v1/agents` would check it, ids and
@@ -690,10 +778,25 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_SIM_SEED")]
     pub sim_seed: Option<u64>,
 
+    /// Points of priority a waiting task gains per minute waited.
+    #[arg(long, env = "SWITCHBOARD_AGING")]
+    pub aging: Option<u32>,
+    /// Offers in a row an agent may let time out before it is set not_responding (0: never).
+    #[arg(long, env = "SWITCHBOARD_MAX_MISSED_OFFERS")]
+    pub max_missed_offers: Option<u32>,
+
     /// Agents created at start: `[[agents]]` tables, in the file only.
     #[arg(skip)]
     #[serde(default)]
     pub agents: Vec<AgentSeed>,
+    /// Queues: `[[queues]]` tables, in the file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub queues: Vec<Queue>,
+    /// Provider inbound rules: `[[routes]]` tables, in the file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub routes: Vec<Route>,
 }
 
 impl Args {
@@ -775,6 +878,8 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "sim_replies" => value(c.sim_replies.to_string()),
         "sim_disposition" => value(c.sim_disposition.clone()),
         "sim_seed" => value(c.sim_seed.to_string()),
+        "aging" => value(c.aging.to_string()),
+        "max_missed_offers" => value(c.max_missed_offers.to_string()),
         _ => None,
     }
 }
@@ -819,6 +924,12 @@ impl Args {
         if !self.agents.is_empty() {
             cfg.agents = self.agents;
         }
+        if !self.queues.is_empty() {
+            cfg.queues = self.queues;
+        }
+        if !self.routes.is_empty() {
+            cfg.routes = self.routes;
+        }
         if let Some(List(v)) = self.dispositions {
             cfg.dispositions = v;
         }
@@ -834,7 +945,7 @@ impl Args {
             messaging_window, provider_timeout, provider_retries, provider_backoff,
             provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,
             attachment_link_ttl, sim_agents, sim_capacity, sim_accept_delay, sim_reply_delay,
-            sim_wrapup_delay, sim_replies, sim_disposition, sim_seed;
+            sim_wrapup_delay, sim_replies, sim_disposition, sim_seed, aging, max_missed_offers;
             admin_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token
@@ -1044,7 +1155,12 @@ mod tests {
         let uncommented: Vec<&str> = text
             .lines()
             .map(|l| match l.strip_prefix("# ") {
-                Some(rest) if setting_key(rest).is_some() || rest == "[[agents]]" => rest,
+                Some(rest)
+                    if setting_key(rest).is_some()
+                        || ["[[agents]]", "[[queues]]", "[[routes]]"].contains(&rest) =>
+                {
+                    rest
+                }
                 _ => l,
             })
             .collect();
@@ -1055,6 +1171,9 @@ mod tests {
         assert_eq!(ids, ["alice", "bob"]);
         assert_eq!(cfg.agents[0].capacity.sms, 2);
         assert_eq!(cfg.agents[1].token, None);
+        assert_eq!(cfg.queues[0].id, "billing");
+        assert_eq!(cfg.route_queue(ChannelKind::Sms, "+15550100"), "billing");
+        assert_eq!(cfg.route_queue(ChannelKind::Sms, "+15550199"), "default");
     }
 
     #[test]

@@ -319,7 +319,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         http: http.clone(),
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
-    run_router(Router::new(broker.clone()));
+    run_router(Router::with_queues(broker.clone()));
     let webchat_mailboxes: Arc<Mutex<Vec<_>>> = Arc::new(Mutex::new(
         webchat_mailboxes.into_iter().map(Some).collect(),
     ));

@@ -17,6 +17,9 @@ pub struct NewSession {
     pub name: Option<String>,
     #[serde(default)]
     pub skills: Vec<String>,
+    /// The queue its conversations wait in (`default` when absent).
+    #[serde(default)]
+    pub queue: Option<String>,
 }
 
 /// `GET /v1/webchat/session` with the customer's token: is the session
@@ -49,6 +52,10 @@ pub async fn create_session(
     if name.trim().is_empty() || name.chars().count() > 100 {
         return Err(ApiError::BadRequest("name must be 1-100 characters".into()));
     }
+    if let Some(queue) = &body.queue {
+        crate::http::queues::check_entry(&state, queue, crate::protocol::ChannelKind::Webchat)
+            .await?;
+    }
     let session_id = state.ids.webchat_session();
     let token = state
         .channels
@@ -58,6 +65,7 @@ pub async fn create_session(
             id: session_id.clone(),
             name,
             skills: body.skills,
+            queue: body.queue.as_deref().map(Into::into),
         })
         .await
         .map_err(ApiError::mailbox)?;

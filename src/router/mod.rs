@@ -42,6 +42,8 @@
 mod dispatch;
 pub mod index;
 mod messages;
+pub mod queue;
+mod queues;
 mod state;
 
 use std::collections::HashMap;
@@ -53,7 +55,7 @@ use crate::agent::Agent;
 use crate::broker::Broker;
 use crate::conversation::Conversation;
 use crate::deadlines::Deadlines;
-use crate::protocol::{ChannelKind, Id};
+use crate::protocol::Id;
 
 pub use crate::protocol::RescindReason;
 pub use messages::{
@@ -61,7 +63,9 @@ pub use messages::{
     GraceExpired, ListTasks, Reject, RemoveAgent, ReserveOutbound, RouterStats, TaskClosed,
     TaskWrapping, UpsertAgent,
 };
-pub use state::{AgentCounts, Decline, RoutableTask, RouterEvent, RouterState};
+pub use queue::{Policy, Queue};
+pub use queues::{DeleteQueue, GetQueues, QueueChange, UpsertQueue};
+pub use state::{AgentCounts, Bucket, Decline, Pick, RoutableTask, RouterEvent, RouterState};
 
 /// The actor: the routing state, and the wiring around it (addresses, timers,
 /// the offer counter).
@@ -75,22 +79,38 @@ pub struct Router {
     conversations: HashMap<Id, Addr<Conversation>>,
     timers: Deadlines<Id, u64>,
     /// Tasks that only agents in their re-offer cool-down could take, and
-    /// when the first cool-down ends: dispatch again then.
-    cooldowns: Deadlines<Id, ChannelKind>,
+    /// when the first cool-down ends: route them again then.
+    cooldowns: Deadlines<Id, ()>,
+    /// Waiting tasks' overflow and maximum-wait deadlines.
+    overflows: Deadlines<Id, ()>,
+    max_waits: Deadlines<Id, ()>,
     next_offer: u64,
 }
 
 impl Router {
     pub fn new(broker: Arc<Broker>) -> Self {
         Router {
-            broker,
-            state: RouterState::default(),
+            state: RouterState::new(broker.config.aging),
             addrs: HashMap::new(),
             conversations: HashMap::new(),
             timers: Deadlines::default(),
             cooldowns: Deadlines::default(),
+            overflows: Deadlines::default(),
+            max_waits: Deadlines::default(),
             next_offer: 0,
+            broker,
         }
+    }
+
+    /// The router with the configured queues (`[[queues]]`) defined.
+    pub fn with_queues(broker: Arc<Broker>) -> Self {
+        let mut router = Router::new(broker.clone());
+        for queue in &broker.config.queues {
+            router.apply(RouterEvent::QueueUpserted {
+                queue: queue.clone(),
+            });
+        }
+        router
     }
 
     /// The one place routing state changes: [`RouterState::apply`].
