@@ -107,7 +107,13 @@ async fn queues_are_managed_over_the_admin_api() {
     .await;
     assert_eq!(q["max_wait"], "15m");
     assert_eq!(q["inactivity"]["close_after"], "10m");
-    let again = admin(&h, Method::POST, "/v1/queues", Some(json!({"id": "billing"}))).await;
+    let again = admin(
+        &h,
+        Method::POST,
+        "/v1/queues",
+        Some(json!({"id": "billing"})),
+    )
+    .await;
     assert_eq!((again.status, again.error_code()), (409, "conflict"));
 
     let patched = admin(
@@ -125,7 +131,13 @@ async fn queues_are_managed_over_the_admin_api() {
 
     for (method, path, body, status, code) in [
         (Method::GET, "/v1/queues/nope", None, 404, "not_found"),
-        (Method::PATCH, "/v1/queues/nope", Some(json!({})), 404, "not_found"),
+        (
+            Method::PATCH,
+            "/v1/queues/nope",
+            Some(json!({})),
+            404,
+            "not_found",
+        ),
         (Method::DELETE, "/v1/queues/nope", None, 404, "not_found"),
         (Method::DELETE, "/v1/queues/default", None, 409, "conflict"),
         (
@@ -158,7 +170,12 @@ async fn queues_are_managed_over_the_admin_api() {
         ),
     ] {
         let r = admin(&h, method.clone(), path, body).await;
-        assert_eq!((r.status, r.error_code()), (status, code), "{method} {path}: {}", r.text);
+        assert_eq!(
+            (r.status, r.error_code()),
+            (status, code),
+            "{method} {path}: {}",
+            r.text
+        );
     }
     // Not without the admin token.
     let r = h
@@ -188,12 +205,21 @@ async fn queues_are_managed_over_the_admin_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_carries_its_queue_priority_and_waiting_since() {
     let h = start_with(config());
-    create_queue(&h, json!({"id": "sales", "priority": 40, "channels": ["webchat"]})).await;
+    create_queue(
+        &h,
+        json!({"id": "sales", "priority": 40, "channels": ["webchat"]}),
+    )
+    .await;
     create_queue(&h, json!({"id": "texts", "channels": ["sms"]})).await;
     let r = session_in(&h, "Dana", "nope").await;
     assert_eq!((r.status, r.error_code()), (404, "not_found"), "{}", r.text);
     let r = session_in(&h, "Dana", "texts").await;
-    assert_eq!((r.status, r.error_code()), (400, "bad_request"), "{}", r.text);
+    assert_eq!(
+        (r.status, r.error_code()),
+        (400, "bad_request"),
+        "{}",
+        r.text
+    );
 
     let (_s, _c, conv) = customer_in(&h, "Dana", "sales").await;
     let tasks = open_tasks(&h, "queue=sales").await;
@@ -296,7 +322,8 @@ async fn round_robin_and_longest_idle_count_open_work_only() {
     b.offer_for(&two).await;
     let (_s3, _c3, three) = customer_in(&h, "C3", "rr").await;
     a.offer_for(&three).await;
-    b.expect_none("a second offer to bob", QUIET, is_offer).await;
+    b.expect_none("a second offer to bob", QUIET, is_offer)
+        .await;
 
     // Longest idle: an agent with no open work beats one with work, even
     // one who has had more free capacity all along.
@@ -310,7 +337,13 @@ async fn round_robin_and_longest_idle_count_open_work_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn total_capacity_caps_open_tasks_across_channels() {
     let h = start_with(config());
-    let alice = agent_with(&h, "alice", json!({"webchat": 3, "sms": 2, "total": 2}), &[]).await;
+    let alice = agent_with(
+        &h,
+        "alice",
+        json!({"webchat": 3, "sms": 2, "total": 2}),
+        &[],
+    )
+    .await;
     let view = h.agent_view("alice").await;
     assert_eq!(view["capacity"]["total"], 2);
     let mut a = h.agent_online(&alice).await;
@@ -350,14 +383,18 @@ async fn missed_offers_make_an_agent_not_responding_until_it_comes_back() {
     // Two offers lapse in a row (the only agent gets it again after the
     // re-offer cool-down).
     a.offer_for(&conv).await;
-    a.recv_where("rescind", |v| v["type"] == "task.rescinded" && v["reason"] == "timeout")
-        .await;
+    a.recv_where("rescind", |v| {
+        v["type"] == "task.rescinded" && v["reason"] == "timeout"
+    })
+    .await;
     a.offer_for(&conv).await;
     let changed = a.recv_type("activity.changed").await;
     assert_eq!(changed["activity"], "not_responding");
     assert_eq!(changed["reason"], "missed_offers");
-    h.wait_agent("alice", "not_responding", |v| v["activity"] == "not_responding")
-        .await;
+    h.wait_agent("alice", "not_responding", |v| {
+        v["activity"] == "not_responding"
+    })
+    .await;
     a.expect_none("an offer while not responding", QUIET, is_offer)
         .await;
     // The agent cannot pick not_responding itself; it sets itself available.
@@ -419,8 +456,12 @@ async fn overflow_moves_a_task_or_relaxes_its_skills() {
     let mut a = h.agent_online(&alice).await;
     let (_s1, _c1, moved) = customer_in(&h, "C1", "experts").await;
     let (_s2, _c2, relaxed) = customer_in(&h, "C2", "french").await;
-    a.expect_none("an offer before the overflow", Duration::from_millis(150), is_offer)
-        .await;
+    a.expect_none(
+        "an offer before the overflow",
+        Duration::from_millis(150),
+        is_offer,
+    )
+    .await;
     let o1 = a.offer_for(&moved).await;
     assert_eq!(o1["task"]["queue"], "general");
     assert_eq!(o1["task"]["priority"], 5);
@@ -454,7 +495,8 @@ async fn past_max_wait_the_task_is_canceled_and_the_customer_told() {
 
 /// Monday 2026-11-30 at `hh:mm` in Madrid (UTC+1 then).
 fn madrid(hh: u64, mm: u64) -> SystemTime {
-    humantime::parse_rfc3339("2026-11-30T00:00:00Z").unwrap() + Duration::from_secs(hh * 3600 + mm * 60)
+    humantime::parse_rfc3339("2026-11-30T00:00:00Z").unwrap()
+        + Duration::from_secs(hh * 3600 + mm * 60)
         - Duration::from_secs(3600)
 }
 
@@ -470,7 +512,11 @@ async fn business_hours_follow_the_queues_time_zone_on_a_manual_clock() {
                "outside": outside})
     };
     create_queue(&h, json!({"id": "waits", "business_hours": hours("wait")})).await;
-    create_queue(&h, json!({"id": "cancels", "business_hours": hours("cancel")})).await;
+    create_queue(
+        &h,
+        json!({"id": "cancels", "business_hours": hours("cancel")}),
+    )
+    .await;
 
     // 08:59: closed. One waits with the message, one is canceled with it.
     let (_s1, mut c1, waiting) = customer_in(&h, "C1", "waits").await;

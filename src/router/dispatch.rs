@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime};
 use actix::prelude::*;
 
 use super::queue::Outside;
-use super::state::{Hold, Pick, RoutableTask, RouterEvent};
+use super::state::{Hold, RoutableTask, Routed, RouterEvent};
 use super::{RescindReason, Router};
 use crate::agent::{ActivitySet, Rescind};
 use crate::conversation::{Requeued, Reserve, RouterCancel, RouterNotice};
@@ -70,50 +70,35 @@ impl Router {
         self.route_task(&task_id, ctx);
     }
 
-    /// A waiting task looks for an agent: the customer's last agent if the
-    /// queue routes to it and it is eligible now, else whoever `pick` says.
+    /// A waiting task looks for an agent ([`RouterState::route_task`]).
     pub(super) fn route_task(&mut self, task_id: &Id, ctx: &mut Context<Self>) {
         let now = SystemTime::now();
-        let Some(task) = self.state.waiting_task(task_id) else {
-            return;
-        };
-        if let Some(agent) = self.state.last_agent_for(task, now) {
-            return self.offer(task_id.clone(), agent, ctx);
-        }
-        match self
+        let cooldown = self.broker.config.reoffer_cooldown;
+        let routed = self
             .state
-            .pick(task, now, self.broker.config.reoffer_cooldown)
-        {
-            Pick::Agent(agent) => self.offer(task_id.clone(), agent, ctx),
-            Pick::CoolingDown(at) => self.cool_down(vec![(task_id.clone(), at)], now, ctx),
-            Pick::Nobody => {}
-        }
+            .route_task(task_id, now, cooldown, &mut self.next_offer);
+        self.wire(routed, now, ctx);
     }
 
     /// An agent who can take more gets the best waiting tasks across every
-    /// queue it serves, one offer at a time, until it is full or none fits.
+    /// queue it serves ([`RouterState::route_agent`]).
     pub(super) fn route_agent(&mut self, agent_id: &Id, ctx: &mut Context<Self>) {
         let now = SystemTime::now();
         let cooldown = self.broker.config.reoffer_cooldown;
-        loop {
-            let (best, cooling) = self.state.best_task_for(agent_id, now, cooldown);
-            if !cooling.is_empty() {
-                self.cool_down(cooling, now, ctx);
-            }
-            let Some(task_id) = best else {
-                return;
-            };
-            // Whoever `pick` prefers (this agent, unless someone else could
-            // take it all along); this agent if only decliners remain.
-            let to = match self
-                .state
-                .waiting_task(&task_id)
-                .map(|t| self.state.pick(t, now, cooldown))
-            {
-                Some(Pick::Agent(a)) => a,
-                _ => agent_id.clone(),
-            };
-            self.offer(task_id, to, ctx);
+        let routed = self
+            .state
+            .route_agent(agent_id, now, cooldown, &mut self.next_offer);
+        self.wire(routed, now, ctx);
+    }
+
+    /// The wiring of what routing decided: each offer's timer and its
+    /// `Reserve` to the conversation; cool-down wake-ups.
+    fn wire(&mut self, routed: Routed, now: SystemTime, ctx: &mut Context<Self>) {
+        for (task_id, agent_id, offer) in routed.offers {
+            self.offered(task_id, agent_id, offer, ctx);
+        }
+        if !routed.cooling.is_empty() {
+            self.cool_down(routed.cooling, now, ctx);
         }
     }
 
@@ -232,14 +217,8 @@ impl Router {
         self.max_waits.arm(ctx, Router::max_waits_due);
     }
 
-    fn offer(&mut self, task_id: Id, agent_id: Id, ctx: &mut Context<Self>) {
-        self.next_offer += 1;
-        let offer = self.next_offer;
-        self.apply(RouterEvent::Offered {
-            task_id: task_id.clone(),
-            agent_id: agent_id.clone(),
-            offer,
-        });
+    /// An offer was made: its timer, and the conversation told.
+    fn offered(&mut self, task_id: Id, agent_id: Id, offer: u64, ctx: &mut Context<Self>) {
         let timeout = self.broker.config.offer_timeout;
         self.timers
             .insert(task_id.clone(), Instant::now() + timeout, offer);
@@ -283,6 +262,7 @@ impl Router {
             return;
         };
         self.take_back(&task_id, RescindReason::Timeout, Some(true));
+        let mut back = vec![task_id];
         let max = self.broker.config.max_missed_offers;
         if max > 0 && self.state.missed_offers(&agent_id) >= max {
             self.apply(RouterEvent::ActivityChanged {
@@ -296,10 +276,9 @@ impl Router {
                 });
             }
             self.publish_agent(&agent_id);
-            self.withdraw_agent_tasks(&agent_id, false, ctx);
+            back.extend(self.take_back_agent(&agent_id, false));
         }
-        self.schedule_waits(&task_id, ctx);
-        self.route_task(&task_id, ctx);
+        self.route_back(back, ctx);
         self.route_agent(&agent_id, ctx);
     }
 
@@ -332,33 +311,51 @@ impl Router {
         }
     }
 
-    /// Take a held task away from its agent (who left) and route it again.
-    fn withdraw(&mut self, task_id: &Id, ctx: &mut Context<Self>) {
-        self.take_back(task_id, RescindReason::Reassigned, None);
-        self.schedule_waits(task_id, ctx);
-        self.route_task(task_id, ctx);
-    }
-
-    /// Withdraw an agent's offers (and, when `assigned_too`, its assigned tasks).
+    /// Withdraw an agent's offers (and, when `assigned_too`, its assigned
+    /// tasks) and route them again.
     pub(super) fn withdraw_agent_tasks(
         &mut self,
         agent_id: &Id,
         assigned_too: bool,
         ctx: &mut Context<Self>,
     ) {
+        let back = self.take_back_agent(agent_id, assigned_too);
+        self.route_back(back, ctx);
+    }
+
+    /// Put an agent's offers (and, when `assigned_too`, its assigned tasks)
+    /// back in the queue, without routing them yet.
+    fn take_back_agent(&mut self, agent_id: &Id, assigned_too: bool) -> Vec<Id> {
         let held: Vec<Id> = self
             .state
             .agents
             .get(agent_id)
             .map(|a| a.held.clone())
             .unwrap_or_default();
+        let mut back = Vec::new();
         for task_id in held {
             let hold = self.state.held.get(&task_id).map(|h| h.hold);
-            match hold {
-                Some(Hold::Reserved { .. }) => self.withdraw(&task_id, ctx),
-                Some(Hold::Assigned) if assigned_too => self.withdraw(&task_id, ctx),
-                _ => {}
+            let take = match hold {
+                Some(Hold::Reserved { .. }) => true,
+                Some(Hold::Assigned) => assigned_too,
+                _ => false,
+            };
+            if take {
+                self.take_back(&task_id, RescindReason::Reassigned, None);
+                back.push(task_id);
             }
+        }
+        back
+    }
+
+    /// Route tasks just put back, best first: routing each as it came back
+    /// could give a newer one the place an older one needed.
+    fn route_back(&mut self, back: Vec<Id>, ctx: &mut Context<Self>) {
+        // All back first, then routed best first: routing each as it comes
+        // back could give a newer one the place an older one needed.
+        for task_id in self.state.in_wait_order(&back) {
+            self.schedule_waits(&task_id, ctx);
+            self.route_task(&task_id, ctx);
         }
     }
 

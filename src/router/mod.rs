@@ -42,6 +42,8 @@
 mod dispatch;
 pub mod index;
 mod messages;
+#[cfg(test)]
+mod props;
 pub mod queue;
 mod queues;
 mod state;
@@ -65,7 +67,9 @@ pub use messages::{
 };
 pub use queue::{Policy, Queue};
 pub use queues::{DeleteQueue, GetQueues, QueueChange, UpsertQueue};
-pub use state::{AgentCounts, Bucket, Decline, Pick, RoutableTask, RouterEvent, RouterState};
+pub use state::{
+    AgentCounts, Bucket, Decline, Pick, RoutableTask, Routed, RouterEvent, RouterState,
+};
 
 /// The actor: the routing state, and the wiring around it (addresses, timers,
 /// the offer counter).

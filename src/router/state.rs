@@ -113,6 +113,15 @@ pub struct Bucket {
 /// then arrival order. Lower first.
 pub type WaitKey = (i64, u64);
 
+/// What routing did: offers made (task, agent, offer number), and tasks only
+/// decliners in their cool-down could take, with when the first cool-down
+/// ends.
+#[derive(Debug, Default)]
+pub struct Routed {
+    pub offers: Vec<(Id, Id, u64)>,
+    pub cooling: Vec<(Id, SystemTime)>,
+}
+
 /// Who, if anyone, should be offered a task now.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pick {
@@ -347,7 +356,7 @@ impl RouterState {
         self.queued.len()
     }
 
-    fn wait_key(&self, task: &RoutableTask) -> WaitKey {
+    pub(super) fn wait_key(&self, task: &RoutableTask) -> WaitKey {
         let since = task
             .created_at
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -669,7 +678,7 @@ impl RouterState {
 
     /// Does `agent` have what `task` needs (its queue's skills and its own,
     /// unless relaxed)?
-    fn qualifies(&self, agent: &RoutedAgent, task: &RoutableTask) -> bool {
+    pub(super) fn qualifies(&self, agent: &RoutedAgent, task: &RoutableTask) -> bool {
         task.relaxed
             || (agent.has_skills(&task.skills)
                 && self
@@ -774,6 +783,81 @@ impl RouterState {
         (best.map(|(_, id)| id.clone()), cooling)
     }
 
+    /// A task that starts waiting looks for an agent: the customer's last
+    /// agent if its queue routes to it and it is eligible now, else whoever
+    /// [`RouterState::pick`] says. Applies the offer it makes (numbered from
+    /// `next_offer`).
+    pub fn route_task(
+        &mut self,
+        task_id: &Id,
+        now: SystemTime,
+        cooldown: Duration,
+        next_offer: &mut u64,
+    ) -> Routed {
+        let mut routed = Routed::default();
+        let Some(task) = self.waiting_task(task_id) else {
+            return routed;
+        };
+        let to = match self.last_agent_for(task, now) {
+            Some(agent) => Some(agent),
+            None => match self.pick(task, now, cooldown) {
+                Pick::Agent(agent) => Some(agent),
+                Pick::CoolingDown(at) => {
+                    routed.cooling.push((task_id.clone(), at));
+                    None
+                }
+                Pick::Nobody => None,
+            },
+        };
+        if let Some(agent) = to {
+            routed
+                .offers
+                .push(self.make_offer(task_id, agent, next_offer));
+        }
+        routed
+    }
+
+    /// An agent who can take more gets the best waiting tasks across every
+    /// queue it serves, one at a time, until it is full or none fits. Each
+    /// goes to whoever `pick` prefers (this agent, unless someone else could
+    /// take it all along), or to this agent if only decliners remain.
+    pub fn route_agent(
+        &mut self,
+        agent_id: &Id,
+        now: SystemTime,
+        cooldown: Duration,
+        next_offer: &mut u64,
+    ) -> Routed {
+        let mut routed = Routed::default();
+        loop {
+            let (best, cooling) = self.best_task_for(agent_id, now, cooldown);
+            routed.cooling.extend(cooling);
+            let Some(task_id) = best else {
+                return routed;
+            };
+            let to = match self
+                .waiting_task(&task_id)
+                .map(|t| self.pick(t, now, cooldown))
+            {
+                Some(Pick::Agent(a)) => a,
+                _ => agent_id.clone(),
+            };
+            routed
+                .offers
+                .push(self.make_offer(&task_id, to, next_offer));
+        }
+    }
+
+    fn make_offer(&mut self, task_id: &Id, agent: Id, next_offer: &mut u64) -> (Id, Id, u64) {
+        *next_offer += 1;
+        self.apply(RouterEvent::Offered {
+            task_id: task_id.clone(),
+            agent_id: agent.clone(),
+            offer: *next_offer,
+        });
+        (task_id.clone(), agent, *next_offer)
+    }
+
     /// Every waiting task id, best first across all queues.
     pub fn waiting_in_order(&self) -> Vec<Id> {
         let mut all: Vec<(WaitKey, Id)> = self
@@ -783,6 +867,16 @@ impl RouterState {
             .collect();
         all.sort();
         all.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// These tasks, the waiting ones only, best first.
+    pub fn in_wait_order(&self, ids: &[Id]) -> Vec<Id> {
+        let mut keyed: Vec<((i64, u64), Id)> = ids
+            .iter()
+            .filter_map(|id| self.queued.get(id).map(|(_, k)| (*k, id.clone())))
+            .collect();
+        keyed.sort();
+        keyed.into_iter().map(|(_, id)| id).collect()
     }
 
     /// An agent's missed offers in a row.
@@ -1017,6 +1111,68 @@ mod tests {
         assert_eq!(s.pick(&t, now, COOLDOWN), Pick::Agent("bob".into()));
         t.skills = Arc::from(vec!["billing".to_owned(), "french".to_owned()]);
         assert_eq!(s.pick(&t, now, COOLDOWN), Pick::Nobody);
+    }
+
+    #[test]
+    fn effective_priority_ages_by_the_minute_then_arrival_breaks_ties() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut s = RouterState::new(1);
+        let mut low = task("low", 0);
+        low.created_at = t0;
+        // Ten points more, five minutes later: still ahead of the old one.
+        let mut high = task("high", 1);
+        high.priority = 10;
+        high.created_at = t0 + Duration::from_secs(300);
+        // Ten points more, eleven minutes later: the old one has aged past it.
+        let mut later = task("later", 2);
+        later.priority = 10;
+        later.created_at = t0 + Duration::from_secs(660);
+        // Same effective priority as `low` and same time: arrival decides.
+        let mut twin = task("twin", 3);
+        twin.created_at = t0;
+        for t in [twin.clone(), later.clone(), high.clone(), low.clone()] {
+            s.apply(RouterEvent::Enqueued { task: t });
+        }
+        let order: Vec<String> = s.waiting_in_order().iter().map(|i| i.to_string()).collect();
+        assert_eq!(order, ["high", "low", "twin", "later"]);
+
+        // Without aging, priority then arrival.
+        let mut s = RouterState::new(0);
+        for t in [twin, later, high, low] {
+            s.apply(RouterEvent::Enqueued { task: t });
+        }
+        let order: Vec<String> = s.waiting_in_order().iter().map(|i| i.to_string()).collect();
+        assert_eq!(order, ["high", "later", "low", "twin"]);
+    }
+
+    #[test]
+    fn a_total_capacity_caps_every_channel() {
+        let mut s = with_agents(&["ann"]);
+        s.apply(RouterEvent::AgentUpserted {
+            id: "ann".into(),
+            name: "Ann".into(),
+            capacity: PerChannel {
+                webchat: 3,
+                sms: 2,
+                total: Some(2),
+                ..PerChannel::default()
+            },
+            skills: vec![],
+        });
+        let mut next = 0;
+        let now = SystemTime::UNIX_EPOCH;
+        for (i, ch) in [ChannelKind::Webchat, ChannelKind::Sms, ChannelKind::Webchat]
+            .into_iter()
+            .enumerate()
+        {
+            let mut t = task(&format!("tk_{i}"), i as u64);
+            t.channel = ch;
+            s.apply(RouterEvent::Enqueued { task: t.clone() });
+            s.route_task(&t.task_id, now, COOLDOWN, &mut next);
+        }
+        assert_eq!(s.held.len(), 2);
+        assert_eq!(s.waiting_in_order(), vec![Id::from("tk_2")]);
+        assert!(!s.index.contains(ChannelKind::Webchat, &"ann".into()));
     }
 
     #[test]
