@@ -12,6 +12,9 @@
   const TYPING_SHOWN_MS = 5000;
   const TYPING_SEND_EVERY_MS = 3000;
   const embed = new URLSearchParams(location.search).has('embed');
+  // The queue this page's chats wait in (`?queue=`, set by the widget's
+  // data-queue); the broker's `default` when absent.
+  const queue = new URLSearchParams(location.search).get('queue') || null;
 
   const C = {
     saved: null, // { token, session_id, name, ended, cleared }
@@ -57,7 +60,8 @@
     }
     $('#start').disabled = true;
     try {
-      const r = await SB.api('POST', '/v1/webchat/sessions', null, { name });
+      const body = queue ? { name, queue } : { name };
+      const r = await SB.api('POST', '/v1/webchat/sessions', null, body);
       C.saved = { token: r.token, session_id: r.session_id, name, ended: null, cleared: null };
       save();
       connect();

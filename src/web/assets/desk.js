@@ -627,7 +627,7 @@
     $('#conv-name').textContent = name;
     const addr = (t.task.customer && t.task.customer.address) || '';
     $('#conv-sub').textContent = channelName(t.task.channel) + (addr && addr !== name ? ' · ' + addr : '') +
-      ' · started ' + clock(t.task.created_at);
+      (t.task.queue ? ' · queue ' + t.task.queue : '') + ' · started ' + clock(t.task.created_at);
     const pill = $('#conv-state');
     pill.className = 'pill ' + t.state;
     pill.textContent = t.state === 'wrapping' ? 'Wrap Up' : humanize(t.state);

@@ -3,7 +3,8 @@
 // It adds a floating chat button (in a shadow root, so the page's CSS and the
 // widget's never mix) that opens the broker's /chat page in a framed panel.
 // Optional attributes on the tag: data-title="Support" (button label),
-// data-color="#2d5fb8" (button colour), data-open="true" (start open).
+// data-color="#2d5fb8" (button colour), data-open="true" (start open),
+// data-queue="billing" (the queue its chats wait in; default: `default`).
 (function () {
   'use strict';
   var script = document.currentScript;
@@ -15,6 +16,7 @@
   var color = script.getAttribute('data-color') || '#2d5fb8';
   if (!/^#[0-9a-fA-F]{3,8}$/.test(color)) color = '#2d5fb8';
   var startOpen = script.getAttribute('data-open') === 'true';
+  var queue = script.getAttribute('data-queue') || '';
 
   var host = document.createElement('div');
   host.setAttribute('data-switchboard-widget', '');
@@ -68,7 +70,7 @@
   function ensureFrame() {
     if (frame) return;
     frame = document.createElement('iframe');
-    frame.src = origin + '/chat?embed=1';
+    frame.src = origin + '/chat?embed=1' + (queue ? '&queue=' + encodeURIComponent(queue) : '');
     frame.title = title;
     frame.setAttribute('allow', 'clipboard-write');
     panel.appendChild(frame);
