@@ -332,10 +332,12 @@ async fn five_thousand_tasks_in_five_queues_through_five_hundred_agents() {
     assert!(shared.ignored.load(Ordering::Relaxed) > 0);
 
     // No double assignment; every task assigned once and completed.
-    let assigned = shared.assigned.lock().unwrap();
-    assert_eq!(assigned.len(), TASKS);
-    for (task, agents) in assigned.iter() {
-        assert_eq!(agents.len(), 1, "{task} assigned to {agents:?}");
+    {
+        let assigned = shared.assigned.lock().unwrap();
+        assert_eq!(assigned.len(), TASKS);
+        for (task, agents) in assigned.iter() {
+            assert_eq!(agents.len(), 1, "{task} assigned to {agents:?}");
+        }
     }
     assert_eq!(shared.completed.load(Ordering::Relaxed), TASKS);
     assert_eq!(shared.offered.lock().unwrap().len(), TASKS);

@@ -29,15 +29,17 @@ pub struct Standing {
 }
 
 type Entry = (u64, u64, Id);
+/// An agent's sort keys, one per policy.
+type Keys = [(u64, u64); 3];
 
 #[derive(Debug, Default)]
 pub struct AgentIndex {
     sets: [[BTreeSet<Entry>; 3]; 4],
     /// Entries currently inserted per agent, to remove them exactly.
-    keys: HashMap<Id, [Option<[(u64, u64); 3]>; 4]>,
+    keys: HashMap<Id, [Option<Keys>; 4]>,
 }
 
-fn keys(free: u32, s: Standing) -> [(u64, u64); 3] {
+fn keys(free: u32, s: Standing) -> Keys {
     let mut k = [(0, 0); 3];
     k[Policy::MostFreeCapacity.index()] = (u64::from(u32::MAX - free), s.last_offer);
     k[Policy::LongestIdle.index()] = (u64::from(s.busy), s.idle_since);
