@@ -255,6 +255,14 @@
       renderAll();
     },
 
+    'activity.changed'(msg) {
+      setActivity(msg.activity);
+      if (msg.activity === 'not_responding') {
+        toast('Several chats were offered to you in a row without an answer, so you get no new ' +
+          'offers for now. Choose Available to take chats again.', 'error');
+      }
+    },
+
     'task.offered'(msg) {
       const t = track(msg.task);
       t.state = 'reserved';
@@ -471,7 +479,13 @@
   function setActivity(activity) {
     S.activity = activity;
     const input = $('#act-' + activity);
-    if (input) input.checked = true;
+    if (input) {
+      input.checked = true;
+    } else {
+      // not_responding: set by the broker, not a choice; none is selected
+      // until the agent picks one.
+      for (const i of document.querySelectorAll('#activity input')) i.checked = false;
+    }
   }
 
   function onActivity(ev) {
