@@ -440,6 +440,8 @@ impl Config {
                     queue.id
                 )));
             }
+        }
+        for (i, queue) in self.queues.iter().enumerate() {
             queue
                 .clone()
                 .validate(exists)
@@ -1410,6 +1412,67 @@ id = "bob"
             .unwrap_err()
             .to_string();
         assert!(err.contains("capacty"), "{err}");
+    }
+
+    #[test]
+    fn queues_and_routes_come_from_the_file_and_bad_ones_name_the_entry() {
+        let file = r#"
+[[queues]]
+id = "billing"
+priority = 10
+overflow = { after = "90s", to = "general" }
+max_wait = "15m"
+
+[[queues]]
+id = "general"
+
+[[routes]]
+channel = "sms"
+to = "+15550100"
+queue = "billing"
+"#;
+        let cfg = load_file("queues", file, &[]).unwrap();
+        assert_eq!(cfg.queues.len(), 2);
+        assert_eq!(cfg.queues[0].max_wait, Some(Duration::from_secs(900)));
+        assert_eq!(cfg.route_queue(ChannelKind::Sms, "+15550100"), "billing");
+        assert_eq!(
+            cfg.route_queue(ChannelKind::Whatsapp, "+15550100"),
+            "default"
+        );
+        let cases = [
+            (
+                file.replace("priority = 10", "priority = 101"),
+                "queues[0]: queue \"billing\": priority must be 0-100",
+            ),
+            (
+                file.replace("to = \"general\"", "to = \"nowhere\""),
+                "queues[0]: queue \"billing\": overflow.to: queue \"nowhere\" does not exist",
+            ),
+            (
+                file.replace("id = \"general\"", "id = \"billing\""),
+                "queues[1].id: \"billing\" is defined twice",
+            ),
+            (
+                file.replace("queue = \"billing\"", "queue = \"sales\""),
+                "routes[0].queue: \"sales\" is not a queue",
+            ),
+            (
+                file.replace("channel = \"sms\"", "channel = \"webchat\""),
+                "routes[0]: queue \"billing\" does not take webchat",
+            ),
+            (
+                file.replace("max_wait = \"15m\"", "max_wait = \"soon\""),
+                "max_wait",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = load_file("bad-queues", &text, &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+        let err = load_file("bad-aging", "aging = 5000\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("aging: must be at most 1000"), "{err}");
     }
 
     #[test]

@@ -120,10 +120,15 @@ impl Router {
     /// The router with the configured queues (`[[queues]]`) defined.
     pub fn with_queues(broker: Arc<Broker>) -> Self {
         let mut router = Router::new(broker.clone());
+        let ids: Vec<&str> = broker.config.queues.iter().map(|q| q.id.as_str()).collect();
         for queue in &broker.config.queues {
-            router.apply(RouterEvent::QueueUpserted {
-                queue: queue.clone(),
-            });
+            // Checked when the configuration loaded; again here (it fills the
+            // name in) for configurations built in code.
+            let mut queue = queue.clone();
+            match queue.validate(|id| id == queue::DEFAULT_QUEUE || ids.contains(&id)) {
+                Ok(()) => router.apply(RouterEvent::QueueUpserted { queue }),
+                Err(e) => tracing::error!("queue {} not defined: {e}", queue.id),
+            }
         }
         router
     }
