@@ -1172,6 +1172,19 @@ mod tests {
         }
         assert_eq!(s.held.len(), 2);
         assert_eq!(s.waiting_in_order(), vec![Id::from("tk_2")]);
+        // The journal keeps the total; JSON shows it only when set.
+        let ev = RouterEvent::AgentUpserted {
+            id: "ann".into(),
+            name: "Ann".into(),
+            capacity: s.agents[&Id::from("ann")].view.capacity,
+            skills: vec![],
+        };
+        let back: RouterEvent = crate::codec::decode(&crate::codec::encode(&ev).unwrap()).unwrap();
+        assert!(
+            matches!(back, RouterEvent::AgentUpserted { capacity, .. } if capacity.total == Some(2))
+        );
+        let json = serde_json::to_value(PerChannel::default()).unwrap();
+        assert!(json.get("total").is_none(), "{json}");
         assert!(!s.index.contains(ChannelKind::Webchat, &"ann".into()));
     }
 
