@@ -1,8 +1,9 @@
 //! Micro-benchmarks of per-message work on the hot path: parsing a desktop
 //! command, encoding a `message` event once for fan-out, a conversation's
 //! append and fan-out, the journal codec, the channel attachment check, the
-//! router's decision among 10,000 agents with a deep queue, and the offer
-//! timers' deadline queue.
+//! router's decision among 10,000 agents with a deep queue, the router's
+//! decision for a freed agent with 5,000 tasks waiting in 1 or 50 queues,
+//! and the offer timers' deadline queue.
 //!
 //! Run with `cargo bench`; each group takes a few seconds.
 
@@ -14,9 +15,11 @@ use switchboard::channel::check_attachment;
 use switchboard::conversation::{ConversationEvent, ConversationState};
 use switchboard::deadlines::Deadlines;
 use switchboard::protocol::{
-    frame, AgentCommand, Author, ChannelKind, Customer, DeliveryStatus, Id, Message, TaskState,
+    frame, Activity, AgentCommand, Author, ChannelKind, Customer, DeliveryStatus, Id, Message,
+    PerChannel, TaskState,
 };
-use switchboard::router::index::AgentIndex;
+use switchboard::router::index::{AgentIndex, Standing};
+use switchboard::router::{Pick, Policy, Queue, RoutableTask, RouterEvent, RouterState};
 
 fn message(text: &str) -> Message {
     Message {
@@ -77,6 +80,7 @@ fn conversation(c: &mut Criterion) {
         agent_name: Some("Alice".into()),
         disposition: None,
         notes: None,
+        cancel_reason: None,
         messages: (0..20).map(|_| message("earlier message")).collect(),
         history_bytes: 20 * "earlier message".len() as u64,
         history_full: false,
@@ -136,23 +140,27 @@ fn routing(c: &mut Criterion) {
         .map(|i| Id::from(format!("agent-{i:05}")))
         .collect();
     for (i, id) in ids.iter().enumerate() {
-        index.update(id, [Some(5), Some(3), None, None], i as u64);
+        index.update(id, [Some(5), Some(3), None, None], standing(i as u64));
     }
     let mut tick = 10_000u64;
     c.bench_function("route: pick best of 10k agents and re-key it", |b| {
         b.iter(|| {
             let best = index
-                .best(ChannelKind::Webchat, |_| true)
+                .best(ChannelKind::Webchat, Policy::MostFreeCapacity, |_| true)
                 .expect("someone is free");
             tick += 1;
             // Keep the population steady: the chosen agent rejoins at the back.
-            index.update(&best, [Some(5), Some(3), None, None], tick);
+            index.update(&best, [Some(5), Some(3), None, None], standing(tick));
             black_box(best)
         })
     });
     let declined: Vec<Id> = ids.iter().take(50).cloned().collect();
     c.bench_function("route: pick skipping 50 declined agents", |b| {
-        b.iter(|| index.best(ChannelKind::Webchat, |id| !declined.contains(id)))
+        b.iter(|| {
+            index.best(ChannelKind::Webchat, Policy::MostFreeCapacity, |id| {
+                !declined.contains(id)
+            })
+        })
     });
     // A deep queue: 10,000 tasks waiting in arrival order. One dispatch takes
     // the oldest, picks and re-keys an agent; the task rejoins at the back so
@@ -165,15 +173,165 @@ fn routing(c: &mut Criterion) {
         b.iter(|| {
             let (_, task) = queue.pop_first().expect("queue is deep");
             let best = index
-                .best(ChannelKind::Webchat, |_| true)
+                .best(ChannelKind::Webchat, Policy::MostFreeCapacity, |_| true)
                 .expect("someone is free");
             tick += 1;
-            index.update(&best, [Some(5), Some(3), None, None], tick);
+            index.update(&best, [Some(5), Some(3), None, None], standing(tick));
             next_order += 1;
             queue.insert(next_order, task);
             black_box(best)
         })
     });
+}
+
+fn standing(tick: u64) -> Standing {
+    Standing {
+        last_offer: tick,
+        idle_since: tick,
+        busy: false,
+    }
+}
+
+fn waiting_task(n: u64, queue: &str, priority: u8, created_at: SystemTime) -> RoutableTask {
+    RoutableTask {
+        task_id: Id::from(format!("tk_{n:07}")),
+        conversation_id: Id::from(format!("cv_{n:07}")),
+        channel: ChannelKind::Webchat,
+        skills: Vec::new().into(),
+        customer: Customer {
+            address: format!("wc_{n}"),
+            name: "Dana".into(),
+        },
+        queue: queue.to_owned(),
+        priority,
+        created_at,
+        entered_queue_at: created_at,
+        relaxed: false,
+        order: n,
+        enqueued_at: Instant::now(),
+        declined: Vec::new(),
+        offered_before: false,
+    }
+}
+
+/// The router's whole decision when capacity frees, with 10,000 agents all
+/// busy and 5,000 tasks waiting: in one queue (`default`, no skills), and
+/// across 50 queues (each needing its own skill, mixed priorities and
+/// policies; every agent has the skills of 5 queues). One iteration: an
+/// agent's task closes, the router finds the best waiting task across the
+/// queues that agent serves, `pick`s its agent and offers it; a new task
+/// arrives in the same queue, so 5,000 keep waiting.
+fn queue_routing(c: &mut Criterion) {
+    for queues in [1usize, 50] {
+        let mut s = RouterState::new(1);
+        let names: Vec<String> = (0..queues)
+            .map(|q| {
+                if queues == 1 {
+                    "default".to_owned()
+                } else {
+                    format!("q{q:02}")
+                }
+            })
+            .collect();
+        if queues > 1 {
+            for (q, name) in names.iter().enumerate() {
+                let mut queue = Queue::named(name);
+                queue.skills = vec![format!("s{q:02}")];
+                queue.priority = (q % 5 * 10) as u8;
+                queue.policy = Policy::ALL[q % 3];
+                s.apply(RouterEvent::QueueUpserted { queue });
+            }
+        }
+        let start = SystemTime::now();
+        let agents: Vec<Id> = (0..10_000)
+            .map(|i| Id::from(format!("agent-{i:05}")))
+            .collect();
+        let mut holds: Vec<Id> = Vec::new();
+        for (i, id) in agents.iter().enumerate() {
+            let skills = if queues > 1 {
+                (0..5)
+                    .map(|k| format!("s{:02}", (i + k * 7) % 50))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            s.apply(RouterEvent::AgentUpserted {
+                id: id.clone(),
+                name: id.to_string(),
+                capacity: PerChannel {
+                    webchat: 1,
+                    ..PerChannel::default()
+                },
+                skills,
+            });
+            s.apply(RouterEvent::PresenceChanged {
+                id: id.clone(),
+                connected: true,
+            });
+            s.apply(RouterEvent::ActivityChanged {
+                id: id.clone(),
+                activity: Activity::Available,
+            });
+            let held = Id::from(format!("held_{i:05}"));
+            s.apply(RouterEvent::AssignedDirect {
+                task_id: held.clone(),
+                agent_id: id.clone(),
+                channel: ChannelKind::Webchat,
+                customer: Customer {
+                    address: format!("c{i}"),
+                    name: "C".into(),
+                },
+                queue: "default".into(),
+                at: start,
+            });
+            holds.push(held);
+        }
+        let mut next = 0u64;
+        for t in 0..5_000u64 {
+            let q = (t as usize) % queues;
+            let created = start - Duration::from_millis(5_000 - t);
+            s.apply(RouterEvent::Enqueued {
+                task: waiting_task(next, &names[q], (q % 5 * 10) as u8, created),
+            });
+            next += 1;
+        }
+        assert_eq!(s.waiting_len(), 5_000);
+        let cooldown = Duration::from_secs(30);
+        let mut turn = 0usize;
+        let name =
+            format!("route: freed agent gets best of 5k waiting in {queues} queue(s), 10k agents");
+        c.bench_function(&name, |b| {
+            b.iter(|| {
+                let i = turn % agents.len();
+                turn += 1;
+                let agent = &agents[i];
+                s.apply(RouterEvent::Closed {
+                    task_id: holds[i].clone(),
+                    at: start,
+                });
+                let (best, _) = s.best_task_for(agent, start, cooldown);
+                let task_id = best.expect("the agent serves a queue with waiting tasks");
+                let task = s.waiting_task(&task_id).expect("waiting");
+                let queue = task.queue.clone();
+                let priority = task.priority;
+                let to = match s.pick(task, start, cooldown) {
+                    Pick::Agent(a) => a,
+                    other => panic!("nobody for {task_id}: {other:?}"),
+                };
+                s.apply(RouterEvent::Offered {
+                    task_id: task_id.clone(),
+                    agent_id: to,
+                    offer: next,
+                });
+                holds[i] = task_id;
+                s.apply(RouterEvent::Enqueued {
+                    task: waiting_task(next, &queue, priority, start),
+                });
+                next += 1;
+                black_box(&holds[i]);
+            })
+        });
+    }
 }
 
 /// The router's offer timeouts with 15,000 offers pending: one offer made
@@ -202,6 +360,7 @@ criterion_group!(
     journal,
     attachments,
     routing,
+    queue_routing,
     offer_timers
 );
 criterion_main!(benches);

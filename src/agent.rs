@@ -8,7 +8,8 @@
 //! this actor reports is the count of tasks it has been told about.
 //!
 //! Handles: [`Connect`], [`Disconnect`], [`FromDesk`], [`ToAgent`],
-//! [`Rescind`], [`UpdateProfile`], [`TokenRotated`], [`Retire`].
+//! [`Rescind`], [`ActivitySet`], [`UpdateProfile`], [`TokenRotated`],
+//! [`Retire`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -250,6 +251,17 @@ impl Agent {
         let me = self.profile.id.clone();
         match cmd {
             AgentCommand::Activity {
+                activity: Activity::NotResponding,
+                reference,
+            } => self.push_error(
+                ApiError::BadRequest(
+                    "not_responding is set by the broker; choose available, break or offline"
+                        .into(),
+                ),
+                reference.as_deref(),
+                ctx,
+            ),
+            AgentCommand::Activity {
                 activity,
                 reference,
             } => {
@@ -355,6 +367,7 @@ impl Agent {
                 attachments,
                 client_msg_id,
                 template,
+                queue,
                 reference,
             } => self.outbound(
                 OutboundRequest {
@@ -364,6 +377,7 @@ impl Agent {
                     attachments,
                     client_msg_id,
                     template,
+                    queue,
                 },
                 reference,
                 ctx,
@@ -414,6 +428,10 @@ impl Agent {
             client_msg_id: req.client_msg_id,
             reference: reference.clone(),
             template: req.template,
+            queue: req
+                .queue
+                .clone()
+                .unwrap_or_else(|| crate::protocol::DEFAULT_QUEUE.to_owned()),
         };
         let reserve = router::ReserveOutbound {
             agent_id: self.profile.id.clone(),
@@ -423,6 +441,7 @@ impl Agent {
                 name: open.to.clone(),
                 address: open.to.clone(),
             },
+            queue: req.queue,
         };
         let fut = async move {
             broker
@@ -460,6 +479,7 @@ struct OutboundRequest {
     attachments: Vec<String>,
     client_msg_id: Option<String>,
     template: Option<Template>,
+    queue: Option<String>,
 }
 
 impl Actor for Agent {
@@ -657,6 +677,29 @@ impl Handler<Rescind> for Agent {
         }
         .frame();
         self.push(f, ctx);
+    }
+}
+
+/// Router: the broker set the agent's activity (`not_responding` after
+/// missed offers); the desktop is told why.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ActivitySet {
+    pub activity: Activity,
+    pub reason: &'static str,
+}
+
+impl Handler<ActivitySet> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, msg: ActivitySet, ctx: &mut Context<Self>) {
+        self.apply(AgentEvent::ActivityChanged(msg.activity));
+        let frame = Event::ActivityChanged {
+            activity: msg.activity,
+            reason: Cow::Borrowed(msg.reason),
+        }
+        .frame();
+        self.push(frame, ctx);
     }
 }
 

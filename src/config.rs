@@ -12,7 +12,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::profile::{valid_token, AgentProfile};
+use crate::clock::Clock;
 use crate::protocol::{ChannelKind, PerChannel};
+use crate::router::Queue;
 
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -58,6 +60,15 @@ pub struct AgentSeed {
 /// that guessing it is hopeless even before failed attempts are throttled
 /// (generated tokens are 32 hex digits, 128 bits).
 pub const MIN_ADMIN_TOKEN: usize = 32;
+/// A provider inbound rule (`[[routes]]`): messages written to `to` (the
+/// business number, phone number id or page id) on `channel` wait in `queue`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub channel: ChannelKind,
+    pub to: String,
+    pub queue: String,
+}
 
 /// Everything the broker can be tuned with. Public fields so tests and embedders
 /// can build one directly.
@@ -137,6 +148,18 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Agents created at start.
     pub agents: Vec<AgentSeed>,
+    /// Queues defined at start (`default` is always there too).
+    pub queues: Vec<Queue>,
+    /// Provider inbound → queue by business address.
+    pub routes: Vec<Route>,
+    /// Points of priority a waiting task gains per minute.
+    pub aging: u32,
+    /// Offers in a row an agent may let time out before it is set
+    /// `not_responding` (0: never).
+    pub max_missed_offers: u32,
+    /// The wall clock business hours are read from: the system's, unless an
+    /// embedder or test passes a manual one (no setting reaches it).
+    pub clock: Clock,
 
     /// Externally visible base URL (Twilio signs it; provider links use it).
     /// Default: `http://<bind>`.
@@ -239,6 +262,11 @@ impl Default for Config {
             client_timeout: Duration::from_secs(60),
             log_format: LogFormat::Text,
             agents: Vec::new(),
+            queues: Vec::new(),
+            routes: Vec::new(),
+            aging: 1,
+            max_missed_offers: 3,
+            clock: Clock::system(),
             public_url: None,
             twilio_account_sid: None,
             twilio_auth_token: None,
@@ -376,6 +404,18 @@ impl Config {
             .collect()
     }
 
+    /// The queue a provider message written to `business` on `channel`
+    /// waits in: the first matching `[[routes]]` rule, else `default`.
+    pub fn route_queue(&self, channel: ChannelKind, business: &str) -> String {
+        self.routes
+            .iter()
+            .find(|r| r.channel == channel && r.to == business)
+            .map_or_else(
+                || crate::protocol::DEFAULT_QUEUE.to_owned(),
+                |r| r.queue.clone(),
+            )
+    }
+
     pub fn sms_enabled(&self) -> bool {
         self.channel_missing(ChannelKind::Sms).is_empty()
     }
@@ -506,7 +546,56 @@ impl Config {
                 "history_frame_bytes: must be at least 16KiB".into(),
             ));
         }
-        self.validate_agents()
+        if self.aging > 1000 {
+            return Err(ConfigError(
+                "aging: must be at most 1000 points per minute".into(),
+            ));
+        }
+        self.validate_agents()?;
+        self.validate_queues()
+    }
+
+    /// `[[queues]]` as `POST /v1/queues` would check them (ids unique,
+    /// overflow targets defined), and `[[routes]]` naming defined queues that
+    /// take the channel.
+    fn validate_queues(&self) -> Result<(), ConfigError> {
+        let ids: Vec<&str> = self.queues.iter().map(|q| q.id.as_str()).collect();
+        let exists = |id: &str| id == crate::protocol::DEFAULT_QUEUE || ids.contains(&id);
+        for (i, queue) in self.queues.iter().enumerate() {
+            if ids[..i].contains(&queue.id.as_str()) {
+                return Err(ConfigError(format!(
+                    "queues[{i}].id: {:?} is defined twice",
+                    queue.id
+                )));
+            }
+        }
+        for (i, queue) in self.queues.iter().enumerate() {
+            queue
+                .clone()
+                .validate(exists)
+                .map_err(|e| ConfigError(format!("queues[{i}]: {e}")))?;
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !exists(&route.queue) {
+                return Err(ConfigError(format!(
+                    "routes[{i}].queue: {:?} is not a queue; define it in [[queues]]",
+                    route.queue
+                )));
+            }
+            let takes = self
+                .queues
+                .iter()
+                .find(|q| q.id == route.queue)
+                .is_none_or(|q| q.takes(route.channel));
+            if !takes || route.channel == ChannelKind::Webchat {
+                return Err(ConfigError(format!(
+                    "routes[{i}]: queue {:?} does not take {} (routes are for sms, whatsapp and messenger)",
+                    route.queue,
+                    route.channel.as_str()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `[[agents]]`: each one as `POST /v1/agents` would check it, ids and
@@ -863,10 +952,25 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_SIM_SEED")]
     pub sim_seed: Option<u64>,
 
+    /// Points of priority a waiting task gains per minute waited.
+    #[arg(long, env = "SWITCHBOARD_AGING")]
+    pub aging: Option<u32>,
+    /// Offers in a row an agent may let time out before it is set not_responding (0: never).
+    #[arg(long, env = "SWITCHBOARD_MAX_MISSED_OFFERS")]
+    pub max_missed_offers: Option<u32>,
+
     /// Agents created at start: `[[agents]]` tables, in the file only.
     #[arg(skip)]
     #[serde(default)]
     pub agents: Vec<AgentSeed>,
+    /// Queues: `[[queues]]` tables, in the file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub queues: Vec<Queue>,
+    /// Provider inbound rules: `[[routes]]` tables, in the file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub routes: Vec<Route>,
 }
 
 impl Args {
@@ -958,6 +1062,8 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "sim_replies" => value(c.sim_replies.to_string()),
         "sim_disposition" => value(c.sim_disposition.clone()),
         "sim_seed" => value(c.sim_seed.to_string()),
+        "aging" => value(c.aging.to_string()),
+        "max_missed_offers" => value(c.max_missed_offers.to_string()),
         _ => None,
     }
 }
@@ -1005,6 +1111,12 @@ impl Args {
         if !self.agents.is_empty() {
             cfg.agents = self.agents;
         }
+        if !self.queues.is_empty() {
+            cfg.queues = self.queues;
+        }
+        if !self.routes.is_empty() {
+            cfg.routes = self.routes;
+        }
         if let Some(List(v)) = self.dispositions {
             cfg.dispositions = v;
         }
@@ -1024,7 +1136,7 @@ impl Args {
             messaging_window, provider_timeout, provider_retries, provider_backoff,
             provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,
             attachment_link_ttl, sim_agents, sim_capacity, sim_accept_delay, sim_reply_delay,
-            sim_wrapup_delay, sim_replies, sim_disposition, sim_seed;
+            sim_wrapup_delay, sim_replies, sim_disposition, sim_seed, aging, max_missed_offers;
             admin_token, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token,
@@ -1235,7 +1347,12 @@ mod tests {
         let uncommented: Vec<&str> = text
             .lines()
             .map(|l| match l.strip_prefix("# ") {
-                Some(rest) if setting_key(rest).is_some() || rest == "[[agents]]" => rest,
+                Some(rest)
+                    if setting_key(rest).is_some()
+                        || ["[[agents]]", "[[queues]]", "[[routes]]"].contains(&rest) =>
+                {
+                    rest
+                }
                 _ => l,
             })
             .collect();
@@ -1246,6 +1363,9 @@ mod tests {
         assert_eq!(ids, ["alice", "bob"]);
         assert_eq!(cfg.agents[0].capacity.sms, 2);
         assert_eq!(cfg.agents[1].token, None);
+        assert_eq!(cfg.queues[0].id, "billing");
+        assert_eq!(cfg.route_queue(ChannelKind::Sms, "+15550100"), "billing");
+        assert_eq!(cfg.route_queue(ChannelKind::Sms, "+15550199"), "default");
     }
 
     #[test]
@@ -1503,6 +1623,67 @@ id = "bob"
             .unwrap_err()
             .to_string();
         assert!(err.contains("capacty"), "{err}");
+    }
+
+    #[test]
+    fn queues_and_routes_come_from_the_file_and_bad_ones_name_the_entry() {
+        let file = r#"
+[[queues]]
+id = "billing"
+priority = 10
+overflow = { after = "90s", to = "general" }
+max_wait = "15m"
+
+[[queues]]
+id = "general"
+
+[[routes]]
+channel = "sms"
+to = "+15550100"
+queue = "billing"
+"#;
+        let cfg = load_file("queues", file, &[]).unwrap();
+        assert_eq!(cfg.queues.len(), 2);
+        assert_eq!(cfg.queues[0].max_wait, Some(Duration::from_secs(900)));
+        assert_eq!(cfg.route_queue(ChannelKind::Sms, "+15550100"), "billing");
+        assert_eq!(
+            cfg.route_queue(ChannelKind::Whatsapp, "+15550100"),
+            "default"
+        );
+        let cases = [
+            (
+                file.replace("priority = 10", "priority = 101"),
+                "queues[0]: queue \"billing\": priority must be 0-100",
+            ),
+            (
+                file.replace("to = \"general\"", "to = \"nowhere\""),
+                "queues[0]: queue \"billing\": overflow.to: queue \"nowhere\" does not exist",
+            ),
+            (
+                file.replace("id = \"general\"", "id = \"billing\""),
+                "queues[1].id: \"billing\" is defined twice",
+            ),
+            (
+                file.replace("queue = \"billing\"", "queue = \"sales\""),
+                "routes[0].queue: \"sales\" is not a queue",
+            ),
+            (
+                file.replace("channel = \"sms\"", "channel = \"webchat\""),
+                "routes[0]: queue \"billing\" does not take webchat",
+            ),
+            (
+                file.replace("max_wait = \"15m\"", "max_wait = \"soon\""),
+                "max_wait",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = load_file("bad-queues", &text, &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+        let err = load_file("bad-aging", "aging = 5000\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("aging: must be at most 1000"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod attachments;
 pub mod broker;
 pub mod channel;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod conversation;

@@ -74,6 +74,11 @@ pub fn valid_capacity(c: &PerChannel) -> Result<(), ApiError> {
         Err(ApiError::BadRequest(format!(
             "capacity per channel must be at most {MAX_CAPACITY}"
         )))
+    } else if c.total.is_some_and(|t| t > 4 * MAX_CAPACITY) {
+        Err(ApiError::BadRequest(format!(
+            "capacity.total must be at most {}",
+            4 * MAX_CAPACITY
+        )))
     } else {
         Ok(())
     }

@@ -55,13 +55,33 @@ impl ChannelKind {
 
 /// A number per channel (capacity, load). Serialized as
 /// `{"webchat":n,"sms":n,"whatsapp":n,"messenger":n}`; missing keys are 0.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// As a capacity it may also carry `total`, a cap on the open tasks across
+/// channels (never set in a load); JSON leaves it out when absent, the
+/// journal codec (not human-readable) always writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PerChannel {
     pub webchat: u32,
     pub sms: u32,
     pub whatsapp: u32,
     pub messenger: u32,
+    pub total: Option<u32>,
+}
+
+impl Serialize for PerChannel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let with_total = self.total.is_some() || !s.is_human_readable();
+        let mut st = s.serialize_struct("PerChannel", 4 + usize::from(with_total))?;
+        st.serialize_field("webchat", &self.webchat)?;
+        st.serialize_field("sms", &self.sms)?;
+        st.serialize_field("whatsapp", &self.whatsapp)?;
+        st.serialize_field("messenger", &self.messenger)?;
+        if with_total {
+            st.serialize_field("total", &self.total)?;
+        }
+        st.end()
+    }
 }
 
 impl PerChannel {
@@ -82,14 +102,22 @@ impl PerChannel {
             ChannelKind::Messenger => &mut self.messenger,
         }
     }
+
+    /// The sum over channels.
+    pub fn sum(&self) -> u32 {
+        self.webchat + self.sms + self.whatsapp + self.messenger
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Activity {
     Available,
     Break,
     Offline,
+    /// Set by the broker after `max_missed_offers` offers in a row timed out;
+    /// not eligible until the agent sets itself available again.
+    NotResponding,
 }
 
 /// Task life cycle: `queued → reserved → assigned → wrapping → completed`, or
@@ -212,10 +240,27 @@ pub struct TaskView {
     #[serde(with = "rfc3339")]
     pub created_at: SystemTime,
     pub state: TaskState,
+    /// The queue it came from, its priority there, and since when it waits.
+    pub queue: String,
+    pub priority: u8,
+    #[serde(with = "rfc3339")]
+    pub waiting_since: SystemTime,
 }
 
-/// The queue every task is in until named queues exist.
+/// The queue that always exists: every channel, no skills.
 pub const DEFAULT_QUEUE: &str = "default";
+
+/// Why the broker canceled a task that was still waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// The customer left or went away.
+    CustomerLeft,
+    /// It waited past its queue's `max_wait`.
+    MaxWait,
+    /// It arrived outside its queue's business hours, which cancel.
+    Closed,
+}
 
 /// A task as supervisors and integrations see it (`GET /v1/tasks`, the
 /// supervisor stream's `task.state`): who waits, where, how long, and who
@@ -236,6 +281,8 @@ pub struct TaskSummary {
     /// (it keeps its place, too).
     #[serde(with = "rfc3339")]
     pub waiting_since: SystemTime,
+    /// Why it was canceled (null unless `state` is `canceled`).
+    pub reason: Option<CancelReason>,
 }
 
 /// An agent as shown over HTTP and in `hello`.
@@ -305,6 +352,9 @@ pub enum AgentCommand {
         /// WhatsApp: a template to write first outside the messaging window.
         #[serde(default)]
         template: Option<Template>,
+        /// The queue the conversation counts in (`default` when absent).
+        #[serde(default)]
+        queue: Option<String>,
         #[serde(default, rename = "ref")]
         reference: Option<String>,
     },

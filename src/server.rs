@@ -404,7 +404,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         http: http.clone(),
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
-    run_router(Router::new(broker.clone()));
+    run_router(Router::with_queues(broker.clone()));
     let mut per_worker: Vec<WorkerShards> = webchat_mailboxes
         .into_iter()
         .map(|webchat| WorkerShards {

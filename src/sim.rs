@@ -229,6 +229,7 @@ pub fn start(broker: &Arc<Broker>, count: usize, behaviour: SimBehaviour) -> Res
                 sms: c,
                 whatsapp: c,
                 messenger: c,
+                total: None,
             },
             skills: Vec::new(),
         };

@@ -84,6 +84,8 @@ pub struct OpenOutbound {
     pub client_msg_id: Option<String>,
     pub reference: Option<String>,
     pub template: Option<Template>,
+    /// The queue the agent named (`default` if none).
+    pub queue: String,
 }
 
 impl OpenOutbound {
@@ -98,6 +100,7 @@ impl OpenOutbound {
             client_msg_id: self.client_msg_id,
             reference: self.reference,
             template: self.template,
+            queue: self.queue,
         }
     }
 }

@@ -900,6 +900,7 @@ impl ProviderChannel {
             },
             business: Some(business.to_owned()),
             skills: Vec::new(),
+            queue: self.broker.config.route_queue(self.kind(), business),
             previous,
             window_opened_at: window,
             channel_addr: ctx.address().recipient(),

@@ -45,6 +45,8 @@ struct Session {
     token: String,
     name: String,
     skills: Vec<String>,
+    /// The queue its conversations wait in (None: `default`).
+    queue: Option<Id>,
     /// The session's latest conversation until it is forgotten: the open
     /// one, if any. One address for both (each clone of an actix address
     /// is an allocation of its own).
@@ -75,6 +77,7 @@ pub enum WebchatEvent {
         token: String,
         name: String,
         skills: Vec<String>,
+        queue: Option<Id>,
     },
     ConversationOpened {
         session: Id,
@@ -161,6 +164,7 @@ impl WebchatChannel {
                 token,
                 name,
                 skills,
+                queue,
             } => {
                 self.sessions.insert(
                     id,
@@ -168,6 +172,7 @@ impl WebchatChannel {
                         token,
                         name,
                         skills,
+                        queue,
                         latest: None,
                         latest_open: false,
                         sockets: Vec::new(),
@@ -255,6 +260,11 @@ impl WebchatChannel {
             },
             business: None,
             skills: session.skills.clone(),
+            queue: session
+                .queue
+                .as_deref()
+                .unwrap_or(crate::protocol::DEFAULT_QUEUE)
+                .to_owned(),
             previous,
             window_opened_at: None,
             channel_addr: ctx.address().recipient(),
@@ -309,6 +319,8 @@ pub struct CreateSession {
     pub id: Id,
     pub name: String,
     pub skills: Vec<String>,
+    /// Checked by the route: a queue that exists and takes webchat.
+    pub queue: Option<Id>,
 }
 
 impl Handler<CreateSession> for WebchatChannel {
@@ -323,6 +335,7 @@ impl Handler<CreateSession> for WebchatChannel {
                 token: token.clone(),
                 name: msg.name,
                 skills: msg.skills,
+                queue: msg.queue,
             },
             None,
         );

@@ -14,7 +14,9 @@
 //! - the customer's channel (`customer.rs`): [`CustomerMessage`] from webchat
 //!   and provider channels; [`CustomerTyping`], [`CustomerLeft`],
 //!   [`CustomerAbandoned`] and [`SendHistory`] from webchat;
-//! - the router (`routing.rs`): [`Reserve`], [`Assign`], [`Requeued`];
+//! - the router (`routing.rs`): [`Reserve`], [`Assign`], [`Requeued`],
+//!   [`RouterCancel`] (past the queue's maximum wait, or closed),
+//!   [`RouterNotice`] (the closed message of a queue outside its hours);
 //! - the agent (`agent.rs`): [`AgentSend`], [`AgentTyping`], [`AgentEnd`],
 //!   [`AgentComplete`], [`Resync`];
 //! - provider channels, on delivery (`delivery.rs`): [`DeliveryUpdate`],
@@ -41,7 +43,7 @@ pub use agent::{AgentComplete, AgentEnd, AgentSend, AgentTyping, Resync};
 pub use customer::{CustomerAbandoned, CustomerLeft, CustomerMessage, CustomerTyping, SendHistory};
 pub use delivery::{DeliveryUpdate, ReadUpTo};
 pub use queries::{ConversationSnapshot, GetMessages, GetSnapshot, TaskRef};
-pub use routing::{Assign, Requeued, Reserve};
+pub use routing::{Assign, Requeued, Reserve, RouterCancel, RouterNotice};
 pub use state::{ConversationEvent, ConversationState};
 
 use std::borrow::Cow;
@@ -117,6 +119,8 @@ pub enum Opening {
         client_msg_id: Option<String>,
         reference: Option<String>,
         template: Option<Template>,
+        /// The queue it counts in.
+        queue: String,
     },
 }
 
@@ -126,6 +130,8 @@ pub struct OpenSpec {
     pub customer: Customer,
     pub business: Option<String>,
     pub skills: Vec<String>,
+    /// The queue its task waits in (`default` if it names none that exists).
+    pub queue: String,
     pub previous: Option<Id>,
     /// When the customer last wrote on this thread, if known.
     pub window_opened_at: Option<SystemTime>,
@@ -159,6 +165,10 @@ impl Conversation {
     pub fn open(broker: &Arc<Broker>, spec: OpenSpec) -> (Id, Addr<Conversation>) {
         let id = broker.ids.conversation();
         let task_id = spec.task_id.unwrap_or_else(|| broker.ids.task());
+        let queue = match &spec.opening {
+            Opening::Outbound { queue, .. } => queue.clone(),
+            Opening::Inbound(_) => spec.queue,
+        };
         let state = ConversationState {
             id: id.clone(),
             task_id: task_id.clone(),
@@ -166,7 +176,7 @@ impl Conversation {
             customer: spec.customer,
             business: spec.business,
             skills: spec.skills,
-            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
+            queue,
             priority: 0,
             previous: spec.previous,
             last_customer_at: spec.window_opened_at,
@@ -177,6 +187,7 @@ impl Conversation {
             agent_name: None,
             disposition: None,
             notes: None,
+            cancel_reason: None,
             messages: Vec::new(),
             history_bytes: 0,
             history_full: false,
@@ -559,6 +570,7 @@ impl Actor for Conversation {
                 client_msg_id,
                 reference,
                 template,
+                queue: _,
             }) => {
                 self.apply(ConversationEvent::TaskMoved {
                     state: TaskState::Assigned,

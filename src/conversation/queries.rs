@@ -7,7 +7,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::Conversation;
-use crate::protocol::{rfc3339, ChannelKind, Customer, Id, Message, TaskState};
+use crate::protocol::{rfc3339, CancelReason, ChannelKind, Customer, Id, Message, TaskState};
 
 /// `GET /v1/conversations/{id}`.
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +32,8 @@ pub struct ConversationSnapshot {
 pub struct TaskRef {
     pub id: Id,
     pub state: TaskState,
+    /// Why the broker canceled it (`max_wait`, `closed`), else null.
+    pub reason: Option<CancelReason>,
 }
 
 #[derive(Message)]
@@ -52,6 +54,7 @@ impl Handler<GetSnapshot> for Conversation {
             task: TaskRef {
                 id: s.task_id.clone(),
                 state: s.task_state,
+                reason: s.cancel_reason,
             },
             disposition: s.disposition.clone(),
             notes: s.notes.clone(),

@@ -17,7 +17,7 @@ use actix::prelude::*;
 use super::{frame_agent_joined, Conversation, ConversationEvent};
 use crate::agent::{Agent, AgentFrameKind};
 use crate::channel::CustomerEvent;
-use crate::protocol::{Event, Id, TaskState};
+use crate::protocol::{Author, CancelReason, ChannelKind, Event, Id, TaskState};
 use crate::router::{RescindReason, RoutableTask};
 
 /// Router: the task is offered to `agent_id`.
@@ -27,6 +27,9 @@ pub struct Reserve {
     pub agent_id: Id,
     pub agent: Addr<Agent>,
     pub expires_at: SystemTime,
+    /// The queue it is offered from and its priority there.
+    pub queue: String,
+    pub priority: u8,
 }
 
 impl Handler<Reserve> for Conversation {
@@ -35,6 +38,12 @@ impl Handler<Reserve> for Conversation {
     fn handle(&mut self, msg: Reserve, _: &mut Context<Self>) {
         if self.state.task_state != TaskState::Queued {
             return;
+        }
+        if self.state.queue != msg.queue || self.state.priority != msg.priority {
+            self.apply(ConversationEvent::Routed {
+                queue: msg.queue,
+                priority: msg.priority,
+            });
         }
         self.apply(ConversationEvent::TaskMoved {
             state: TaskState::Reserved,
@@ -115,7 +124,65 @@ impl Handler<Requeued> for Conversation {
     }
 }
 
+/// Router: the task is canceled while waiting (past its queue's `max_wait`,
+/// or arrived while the queue is closed and cancels). The customer gets the
+/// queue's message as a `system` message, then `conversation.ended`. The
+/// router has already stopped routing it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RouterCancel {
+    pub reason: CancelReason,
+    pub message: String,
+}
+
+impl Handler<RouterCancel> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: RouterCancel, ctx: &mut Context<Self>) {
+        if !matches!(
+            self.state.task_state,
+            TaskState::Queued | TaskState::Reserved
+        ) {
+            return;
+        }
+        if !msg.message.is_empty() {
+            self.system_message(msg.message);
+        }
+        self.apply(ConversationEvent::Canceled { reason: msg.reason });
+        self.to_customer(CustomerEvent::Ended(self.ended_frame()));
+        self.schedule_eviction(ctx);
+    }
+}
+
+/// Router: tell the customer something about the wait (the closed message of
+/// a queue outside its business hours that lets tasks wait).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RouterNotice {
+    pub message: String,
+}
+
+impl Handler<RouterNotice> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: RouterNotice, _: &mut Context<Self>) {
+        if !self.state.ended() {
+            self.system_message(msg.message);
+        }
+    }
+}
+
 impl Conversation {
+    /// Store a `system` message and show it to a webchat customer (provider
+    /// channels send agents' messages only: there it stays in the history).
+    fn system_message(&mut self, text: String) {
+        self.append(Author::System, text, Vec::new(), None);
+        if self.state.channel == ChannelKind::Webchat {
+            let frame = self.message_frame(self.last_message(), None);
+            self.to_customer(CustomerEvent::Broadcast(frame));
+        }
+    }
+
     /// What the router needs to route this conversation's task.
     pub(super) fn routable(&self) -> RoutableTask {
         RoutableTask {
@@ -127,6 +194,8 @@ impl Conversation {
             queue: self.state.queue.clone(),
             priority: self.state.priority,
             created_at: self.state.created_at,
+            entered_queue_at: self.state.created_at,
+            relaxed: false,
             order: 0,
             enqueued_at: std::time::Instant::now(),
             declined: Vec::new(),

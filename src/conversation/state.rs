@@ -13,7 +13,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
-    Author, ChannelKind, Customer, DeliveryStatus, Id, Message, TaskState, TaskSummary, TaskView,
+    Author, CancelReason, ChannelKind, Customer, DeliveryStatus, Id, Message, TaskState,
+    TaskSummary, TaskView,
 };
 
 /// The state a conversation owns: everything needed to rebuild it by replaying
@@ -40,6 +41,8 @@ pub struct ConversationState {
     pub agent_name: Option<String>,
     pub disposition: Option<String>,
     pub notes: Option<String>,
+    /// Why the broker canceled the task, if it did.
+    pub cancel_reason: Option<CancelReason>,
     pub messages: Vec<Message>,
     /// What the messages weigh, by [`message_bytes`]: the history cap counts it.
     #[serde(default)]
@@ -85,6 +88,16 @@ pub enum ConversationEvent {
     /// The history reached its cap (`max_history_messages`,
     /// `max_history_bytes`); the note saying so follows as a message.
     HistoryFull,
+    /// The router offered the task from this queue, at this priority (it
+    /// may have overflowed, or its queue changed, since it arrived).
+    Routed {
+        queue: String,
+        priority: u8,
+    },
+    /// The broker canceled the waiting task.
+    Canceled {
+        reason: CancelReason,
+    },
 }
 
 impl ConversationState {
@@ -124,6 +137,17 @@ impl ConversationState {
                 }
             }
             ConversationEvent::HistoryFull => self.history_full = true,
+            ConversationEvent::Routed { queue, priority } => {
+                self.queue = queue;
+                self.priority = priority;
+            }
+            ConversationEvent::Canceled { reason } => {
+                self.task_state = TaskState::Canceled;
+                self.agent_id = None;
+                self.agent_name = None;
+                self.cancel_reason = Some(reason);
+                self.ended_at.get_or_insert_with(SystemTime::now);
+            }
             ConversationEvent::Ended { at } => {
                 self.task_state = TaskState::Wrapping;
                 self.ended_at = Some(at);
@@ -163,6 +187,7 @@ impl ConversationState {
             agent_id: self.agent_id.clone(),
             created_at: self.created_at,
             waiting_since: self.created_at,
+            reason: self.cancel_reason,
         }
     }
 
@@ -183,6 +208,9 @@ impl ConversationState {
             preview,
             created_at: self.created_at,
             state: self.task_state,
+            queue: self.queue.clone(),
+            priority: self.priority,
+            waiting_since: self.created_at,
         }
     }
 }
@@ -221,6 +249,7 @@ mod tests {
             agent_name: None,
             disposition: None,
             notes: None,
+            cancel_reason: None,
             messages: vec![],
             history_bytes: 0,
             history_full: false,

@@ -1,9 +1,9 @@
 //! HTTP routes: thin handlers that authenticate, parse, ask an actor and
 //! translate its answer. One file per resource:
 //! `agents.rs`, `conversations.rs`, `attachments.rs`, `webchat.rs`,
-//! `tasks.rs`, `sockets.rs` (WebSocket upgrades) and `ops.rs` (health, stats,
-//! metrics, dispositions); `request_line.rs` limits URL length before any
-//! route runs. Errors are [`ApiError`]s, rendered as
+//! `tasks.rs`, `queues.rs`, `sockets.rs` (WebSocket upgrades) and `ops.rs`
+//! (health, stats, metrics, dispositions); `request_line.rs` limits URL length
+//! before any route runs. Errors are [`ApiError`]s, rendered as
 //! `{"error":{"code","message"}}`.
 //!
 //! Authentication lives here: a token comes in `Authorization: Bearer`, or
@@ -18,6 +18,7 @@ pub mod channels;
 pub mod conversations;
 pub mod ops;
 pub mod request_line;
+pub mod queues;
 pub mod sockets;
 pub mod tasks;
 pub mod throttle;
@@ -79,6 +80,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/agents/{id}/token", web::post().to(agents::rotate_token))
                 .route("/agents/{id}/ws", web::get().to(sockets::agent))
                 .route("/tasks", web::get().to(tasks::list))
+                .route("/queues", web::post().to(queues::create))
+                .route("/queues", web::get().to(queues::list))
+                .route("/queues/{id}", web::get().to(queues::get))
+                .route("/queues/{id}", web::patch().to(queues::update))
+                .route("/queues/{id}", web::delete().to(queues::delete))
                 .route("/conversations/{id}", web::get().to(conversations::get))
                 .route(
                     "/conversations/{id}/messages",

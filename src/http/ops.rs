@@ -41,6 +41,7 @@ pub async fn stats(req: HttpRequest, state: State) -> Result<HttpResponse, ApiEr
             "break": r.agents.on_break,
             "offline": r.agents.offline,
             "disconnected": r.agents.disconnected,
+            "not_responding": r.agents.not_responding,
             "by_channel": ChannelKind::ALL
                 .iter()
                 .map(|ch| (ch.as_str(), r.agents_by_channel[ch.index()]))
@@ -120,6 +121,7 @@ pub async fn metrics(req: HttpRequest, state: State) -> Result<HttpResponse, Api
             ("break", c.on_break),
             ("offline", c.offline),
             ("disconnected", c.disconnected),
+            ("not_responding", c.not_responding),
         ]
         .iter()
         .map(|(state, n)| (format!("{{{labels}state=\"{state}\"}}"), *n as f64))
@@ -127,7 +129,7 @@ pub async fn metrics(req: HttpRequest, state: State) -> Result<HttpResponse, Api
     };
     gauge(
         "agents",
-        "Agents by state: available (free capacity), busy (full), break, offline, disconnected (in grace).",
+        "Agents by state: available (free capacity), busy (full), break, offline, disconnected (in grace), not_responding.",
         "gauge",
         &by_state(&r.agents, ""),
     );

@@ -26,6 +26,9 @@ pub struct NewSession {
     pub context: Option<String>,
     #[serde(default)]
     pub context_signature: Option<String>,
+    /// The queue its conversations wait in (`default` when absent).
+    #[serde(default)]
+    pub queue: Option<String>,
 }
 
 /// The skills (and name, if it sets one) of a session's signed context.
@@ -89,6 +92,10 @@ pub async fn create_session(
     if name.trim().is_empty() || name.chars().count() > 100 {
         return Err(ApiError::BadRequest("name must be 1-100 characters".into()));
     }
+    if let Some(queue) = &body.queue {
+        crate::http::queues::check_entry(&state, queue, crate::protocol::ChannelKind::Webchat)
+            .await?;
+    }
     let session_id = state.ids.webchat_session();
     let token = state
         .channels
@@ -98,6 +105,7 @@ pub async fn create_session(
             id: session_id.clone(),
             name,
             skills,
+            queue: body.queue.as_deref().map(Into::into),
         })
         .await
         .map_err(ApiError::mailbox)?;

@@ -74,6 +74,13 @@ pub enum Event<'a> {
     },
     #[serde(rename = "task.rescinded")]
     TaskRescinded { task_id: Id, reason: RescindReason },
+    /// The broker changed the agent's activity (`not_responding` after
+    /// missed offers: `reason` is `missed_offers`).
+    #[serde(rename = "activity.changed")]
+    ActivityChanged {
+        activity: Activity,
+        reason: Cow<'a, str>,
+    },
     /// After accept (and on a reconnect's resync): the task and its history.
     #[serde(rename = "task.assigned")]
     TaskAssigned {
@@ -233,6 +240,9 @@ mod tests {
             preview: "hi".into(),
             created_at: crate::protocol::now(),
             state: TaskState::Reserved,
+            queue: "default".into(),
+            priority: 0,
+            waiting_since: crate::protocol::now(),
         }
     }
 
@@ -264,6 +274,7 @@ mod tests {
             agent_id: None,
             created_at: crate::protocol::now(),
             waiting_since: crate::protocol::now(),
+            reason: None,
         };
         vec![
             Event::Hello {
@@ -278,6 +289,10 @@ mod tests {
             Event::TaskRescinded {
                 task_id: "tk_1".into(),
                 reason: RescindReason::CustomerLeft,
+            },
+            Event::ActivityChanged {
+                activity: Activity::NotResponding,
+                reason: "missed_offers".into(),
             },
             Event::TaskAssigned {
                 task: Cow::Owned(task()),

@@ -1,94 +1,224 @@
-//! How the router moves tasks: queueing them, offering each to the agent
-//! `pick` chooses, the offer timers and the re-offer cool-downs, and taking
-//! tasks back (withdraw on timeout, disconnect or logout; close when done).
+//! How the router moves tasks: queueing them (business hours first), offering
+//! each to the agent `pick` chooses (the customer's last agent first where the
+//! queue says so), giving a freed agent the best task across the queues it
+//! serves, the offer timers, re-offer cool-downs, overflow and maximum-wait
+//! timers, and taking tasks back (withdraw on timeout, disconnect or logout;
+//! cancel past the maximum wait; close when done).
 //!
-//! A change to a task dispatches its channel, a change to an agent every
-//! channel. The timers are two deadline queues (`crate::deadlines`), each one
-//! actix timer armed for its earliest deadline rather than one timer per
-//! offer: offer timeouts, and the end of the first cool-down of a task only
-//! decliners could take, so such a task never waits on nobody while its
-//! decliner sits idle.
+//! Two ways in, so that no waiting task ever has an eligible agent that was
+//! not considered: a task that starts waiting (arrival, re-queue, overflow,
+//! cool-down end) looks for an agent ([`Router::route_task`]); an agent that
+//! can take more (available, connected, capacity freed or raised) looks for
+//! the best task ([`Router::route_agent`]). A queue edit looks again at every
+//! waiting task, best first.
+//!
+//! The timers are deadline queues (`crate::deadlines`), each one actix timer
+//! armed for its earliest deadline rather than one timer per task.
 
 use std::time::{Instant, SystemTime};
 
 use actix::prelude::*;
 
-use super::state::{Hold, Pick, RoutableTask, RouterEvent};
+use super::queue::Outside;
+use super::state::{Hold, RoutableTask, Routed, RouterEvent};
 use super::{RescindReason, Router};
-use crate::agent::Rescind;
-use crate::conversation::{Requeued, Reserve};
-use crate::protocol::{ChannelKind, Id};
+use crate::agent::{ActivitySet, Rescind};
+use crate::conversation::{Requeued, Reserve, RouterCancel, RouterNotice};
+use crate::protocol::{Activity, CancelReason, Id, DEFAULT_QUEUE};
 
 impl Router {
-    /// Queue a new task behind those already waiting (its arrival order).
-    pub(super) fn enqueue(&mut self, mut task: RoutableTask) {
+    /// A new task: into its queue (the `default` one if its queue is gone),
+    /// unless the queue is closed and cancels; then find it an agent.
+    pub(super) fn enqueue(&mut self, mut task: RoutableTask, ctx: &mut Context<Self>) {
+        let queue = match self.state.queue(&task.queue) {
+            Some(q) => q.clone(),
+            None => {
+                task.queue = DEFAULT_QUEUE.to_owned();
+                self.state
+                    .queue(DEFAULT_QUEUE)
+                    .cloned()
+                    .unwrap_or_else(super::Queue::default_queue)
+            }
+        };
+        task.priority = queue.priority;
         task.order = self.state.next_order;
-        self.apply(RouterEvent::Enqueued { task });
-    }
-
-    /// Offer as many queued tasks of `ch` as there are eligible agents, oldest
-    /// first. Tasks nobody eligible can take are skipped, not blocking newer
-    /// ones; a task only decliners in their cool-down could take is looked at
-    /// again when the first cool-down ends.
-    pub(super) fn dispatch(&mut self, ch: ChannelKind, ctx: &mut Context<Self>) {
-        let now = SystemTime::now();
-        let mut cursor = 0u64;
-        let mut cooling = Vec::new();
-        while !self.state.index.is_empty(ch) {
-            let Some((order, task)) = self.state.queues[ch.index()].range(cursor..).next() else {
-                break;
-            };
-            cursor = order + 1;
-            match self
-                .state
-                .pick(task, now, self.broker.config.reoffer_cooldown)
-            {
-                Pick::Agent(agent_id) => {
-                    let task_id = task.task_id.clone();
-                    self.offer(task_id, agent_id, ctx);
+        task.entered_queue_at = task.created_at;
+        task.relaxed = false;
+        if let Some(hours) = &queue.business_hours {
+            if !hours.is_open(self.broker.config.clock.now()) {
+                if hours.outside == Outside::Cancel {
+                    if let Some(conv) = self.conversations.remove(&task.task_id) {
+                        conv.do_send(RouterCancel {
+                            reason: CancelReason::Closed,
+                            message: hours.closed_message.clone(),
+                        });
+                    }
+                    return;
                 }
-                Pick::CoolingDown(at) => cooling.push((task.task_id.clone(), at)),
-                Pick::Nobody => {}
+                if !hours.closed_message.is_empty() {
+                    if let Some(conv) = self.conversations.get(&task.task_id) {
+                        conv.do_send(RouterNotice {
+                            message: hours.closed_message.clone(),
+                        });
+                    }
+                }
             }
         }
-        if !cooling.is_empty() {
-            let base = Instant::now();
-            for (task_id, at) in cooling {
-                let wait = at.duration_since(now).unwrap_or_default();
-                self.cooldowns.insert(task_id, base + wait, ch);
-            }
-            self.cooldowns.arm(ctx, Router::cooldowns_ended);
+        let task_id = task.task_id.clone();
+        self.apply(RouterEvent::Enqueued { task });
+        self.schedule_waits(&task_id, ctx);
+        self.route_task(&task_id, ctx);
+    }
+
+    /// A waiting task looks for an agent ([`RouterState::route_task`]).
+    pub(super) fn route_task(&mut self, task_id: &Id, ctx: &mut Context<Self>) {
+        let now = SystemTime::now();
+        let cooldown = self.broker.config.reoffer_cooldown;
+        let routed = self
+            .state
+            .route_task(task_id, now, cooldown, &mut self.next_offer);
+        self.wire(routed, now, ctx);
+    }
+
+    /// An agent who can take more gets the best waiting tasks across every
+    /// queue it serves ([`RouterState::route_agent`]).
+    pub(super) fn route_agent(&mut self, agent_id: &Id, ctx: &mut Context<Self>) {
+        let now = SystemTime::now();
+        let cooldown = self.broker.config.reoffer_cooldown;
+        let routed = self
+            .state
+            .route_agent(agent_id, now, cooldown, &mut self.next_offer);
+        self.wire(routed, now, ctx);
+    }
+
+    /// The wiring of what routing decided: each offer's timer and its
+    /// `Reserve` to the conversation; cool-down wake-ups.
+    fn wire(&mut self, routed: Routed, now: SystemTime, ctx: &mut Context<Self>) {
+        for (task_id, agent_id, offer) in routed.offers {
+            self.offered(task_id, agent_id, offer, ctx);
+        }
+        if !routed.cooling.is_empty() {
+            self.cool_down(routed.cooling, now, ctx);
         }
     }
 
-    /// A re-offer cool-down ended: those tasks' decliners may take them now.
-    fn cooldowns_ended(&mut self, ctx: &mut Context<Self>) {
-        let mut channels = [false; 4];
-        for (_, ch) in self.cooldowns.take_expired() {
-            channels[ch.index()] = true;
+    /// Look at every waiting task again, best first (after a queue edit).
+    pub(super) fn route_all(&mut self, ctx: &mut Context<Self>) {
+        for task_id in self.state.waiting_in_order() {
+            self.schedule_waits(&task_id, ctx);
+            self.route_task(&task_id, ctx);
         }
-        for ch in ChannelKind::ALL {
-            if channels[ch.index()] {
-                self.dispatch(ch, ctx);
-            }
+    }
+
+    /// Look again at these tasks when their first decliner's cool-down ends.
+    fn cool_down(
+        &mut self,
+        tasks: Vec<(Id, SystemTime)>,
+        now: SystemTime,
+        ctx: &mut Context<Self>,
+    ) {
+        let base = Instant::now();
+        for (task_id, at) in tasks {
+            let wait = at.duration_since(now).unwrap_or_default();
+            self.cooldowns.insert(task_id, base + wait, ());
         }
         self.cooldowns.arm(ctx, Router::cooldowns_ended);
     }
 
-    pub(super) fn dispatch_all(&mut self, ctx: &mut Context<Self>) {
-        for ch in ChannelKind::ALL {
-            self.dispatch(ch, ctx);
+    /// A re-offer cool-down ended: those tasks' decliners may take them now.
+    fn cooldowns_ended(&mut self, ctx: &mut Context<Self>) {
+        for (task_id, ()) in self.cooldowns.take_expired() {
+            self.route_task(&task_id, ctx);
         }
+        self.cooldowns.arm(ctx, Router::cooldowns_ended);
     }
 
-    fn offer(&mut self, task_id: Id, agent_id: Id, ctx: &mut Context<Self>) {
-        self.next_offer += 1;
-        let offer = self.next_offer;
-        self.apply(RouterEvent::Offered {
-            task_id: task_id.clone(),
-            agent_id: agent_id.clone(),
-            offer,
-        });
+    /// (Re)arm a waiting task's overflow and maximum-wait timers from its
+    /// queue's settings; a deadline already past fires at once.
+    pub(super) fn schedule_waits(&mut self, task_id: &Id, ctx: &mut Context<Self>) {
+        let Some(task) = self.state.waiting_task(task_id) else {
+            return;
+        };
+        let queue = self.state.queue(&task.queue);
+        let (now, base) = (SystemTime::now(), Instant::now());
+        let at = |t: SystemTime| base + t.duration_since(now).unwrap_or_default();
+        match queue.and_then(|q| q.overflow.as_ref()) {
+            Some(o) if !task.relaxed => {
+                self.overflows
+                    .insert(task_id.clone(), at(task.entered_queue_at + o.after), ())
+            }
+            _ => {
+                self.overflows.remove(task_id);
+            }
+        }
+        match queue.and_then(|q| q.max_wait) {
+            Some(max) => self
+                .max_waits
+                .insert(task_id.clone(), at(task.created_at + max), ()),
+            None => {
+                self.max_waits.remove(task_id);
+            }
+        }
+        self.overflows.arm(ctx, Router::overflows_due);
+        self.max_waits.arm(ctx, Router::max_waits_due);
+    }
+
+    /// Tasks that waited their queue's `overflow.after`: to the next queue,
+    /// or the same one with skills relaxed. (A task on offer then is looked
+    /// at again if it comes back.)
+    fn overflows_due(&mut self, ctx: &mut Context<Self>) {
+        for (task_id, ()) in self.overflows.take_expired() {
+            let Some(task) = self.state.waiting_task(&task_id) else {
+                continue;
+            };
+            let Some(overflow) = self
+                .state
+                .queue(&task.queue)
+                .and_then(|q| q.overflow.clone())
+            else {
+                continue;
+            };
+            let to = overflow.to.filter(|q| self.state.queue(q).is_some());
+            if to.is_none() && !overflow.relax_skills {
+                continue;
+            }
+            self.apply(RouterEvent::Overflowed {
+                task_id: task_id.clone(),
+                to,
+                at: SystemTime::now(),
+            });
+            self.schedule_waits(&task_id, ctx);
+            self.route_task(&task_id, ctx);
+        }
+        self.overflows.arm(ctx, Router::overflows_due);
+    }
+
+    /// Tasks still waiting past their queue's `max_wait`: canceled, and the
+    /// customer told the queue's message.
+    fn max_waits_due(&mut self, ctx: &mut Context<Self>) {
+        for (task_id, ()) in self.max_waits.take_expired() {
+            let Some(task) = self.state.waiting_task(&task_id) else {
+                continue;
+            };
+            let message = self
+                .state
+                .queue(&task.queue)
+                .map(|q| q.max_wait_message.clone())
+                .unwrap_or_default();
+            let conversation = self.conversation_of(&task_id);
+            self.close(task_id);
+            if let Some(conv) = conversation {
+                conv.do_send(RouterCancel {
+                    reason: CancelReason::MaxWait,
+                    message,
+                });
+            }
+        }
+        self.max_waits.arm(ctx, Router::max_waits_due);
+    }
+
+    /// An offer was made: its timer, and the conversation told.
+    fn offered(&mut self, task_id: Id, agent_id: Id, offer: u64, ctx: &mut Context<Self>) {
         let timeout = self.broker.config.offer_timeout;
         self.timers
             .insert(task_id.clone(), Instant::now() + timeout, offer);
@@ -96,11 +226,16 @@ impl Router {
         let Some(agent) = self.addrs.get(&agent_id) else {
             return;
         };
+        let Some(held) = self.state.held.get(&task_id) else {
+            return;
+        };
         if let Some(conv) = self.conversations.get(&task_id) {
             conv.do_send(Reserve {
                 agent_id: agent_id.clone(),
                 agent: agent.clone(),
                 expires_at: crate::protocol::now() + timeout,
+                queue: held.task.queue.clone(),
+                priority: held.task.priority,
             });
         }
     }
@@ -113,73 +248,114 @@ impl Router {
         self.timers.arm(ctx, Router::offers_expired);
     }
 
+    /// An offer lapsed: back to the queue, the agent counted as having missed
+    /// it; at `max_missed_offers` in a row the agent is set `not_responding`
+    /// (its other offers withdrawn) before anything is routed again.
     fn offer_expired(&mut self, task_id: Id, offer: u64, ctx: &mut Context<Self>) {
         let current = self
             .state
             .held
             .get(&task_id)
-            .is_some_and(|h| h.hold == Hold::Reserved { offer });
-        if current {
-            self.withdraw(&task_id, RescindReason::Timeout, true, ctx);
+            .filter(|h| h.hold == Hold::Reserved { offer })
+            .map(|h| h.agent.clone());
+        let Some(agent_id) = current else {
+            return;
+        };
+        self.take_back(&task_id, RescindReason::Timeout, Some(true));
+        let mut back = vec![task_id];
+        let max = self.broker.config.max_missed_offers;
+        if max > 0 && self.state.missed_offers(&agent_id) >= max {
+            self.apply(RouterEvent::ActivityChanged {
+                id: agent_id.clone(),
+                activity: Activity::NotResponding,
+            });
+            if let Some(agent) = self.addrs.get(&agent_id) {
+                agent.do_send(ActivitySet {
+                    activity: Activity::NotResponding,
+                    reason: "missed_offers",
+                });
+            }
+            self.publish_agent(&agent_id);
+            back.extend(self.take_back_agent(&agent_id, false));
         }
+        self.route_back(back, ctx);
+        self.route_agent(&agent_id, ctx);
     }
 
-    /// Take a held task away from its agent and put it back in the queue.
-    fn withdraw(
-        &mut self,
-        task_id: &Id,
-        reason: RescindReason,
-        decline: bool,
-        ctx: &mut Context<Self>,
-    ) {
+    /// Take a held task from its agent and put it back in the queue, without
+    /// routing anything yet. `decline`: None (withdrawn: the agent left),
+    /// Some(true) (its offer timed out), Some(false) (rejected).
+    pub(super) fn take_back(&mut self, task_id: &Id, reason: RescindReason, decline: Option<bool>) {
         let Some(h) = self.state.held.get(task_id) else {
             return;
         };
         let agent_id = h.agent.clone();
-        let channel = h.task.channel;
         self.timers.remove(task_id);
-        let conversation = self.conversation_of(task_id);
-        if let Some(agent) = self.addrs.get(&agent_id) {
-            agent.do_send(Rescind {
-                task_id: task_id.clone(),
-                reason,
-            });
+        // A rejecting agent has dropped the offer already.
+        if decline != Some(false) {
+            if let Some(agent) = self.addrs.get(&agent_id) {
+                agent.do_send(Rescind {
+                    task_id: task_id.clone(),
+                    reason,
+                });
+            }
         }
         self.apply(RouterEvent::Requeued {
             task_id: task_id.clone(),
-            declined_by: decline.then(|| agent_id.clone()),
+            declined_by: decline.map(|_| agent_id.clone()),
+            missed: decline == Some(true),
             at: SystemTime::now(),
         });
-        if let Some(conv) = conversation {
+        if let Some(conv) = self.conversation_of(task_id) {
             conv.do_send(Requeued { reason });
         }
-        self.dispatch(channel, ctx);
     }
 
-    /// Withdraw an agent's offers (and, when `assigned_too`, its assigned tasks).
+    /// Withdraw an agent's offers (and, when `assigned_too`, its assigned
+    /// tasks) and route them again.
     pub(super) fn withdraw_agent_tasks(
         &mut self,
         agent_id: &Id,
         assigned_too: bool,
         ctx: &mut Context<Self>,
     ) {
+        let back = self.take_back_agent(agent_id, assigned_too);
+        self.route_back(back, ctx);
+    }
+
+    /// Put an agent's offers (and, when `assigned_too`, its assigned tasks)
+    /// back in the queue, without routing them yet.
+    fn take_back_agent(&mut self, agent_id: &Id, assigned_too: bool) -> Vec<Id> {
         let held: Vec<Id> = self
             .state
             .agents
             .get(agent_id)
             .map(|a| a.held.clone())
             .unwrap_or_default();
+        let mut back = Vec::new();
         for task_id in held {
             let hold = self.state.held.get(&task_id).map(|h| h.hold);
-            match hold {
-                Some(Hold::Reserved { .. }) => {
-                    self.withdraw(&task_id, RescindReason::Reassigned, false, ctx)
-                }
-                Some(Hold::Assigned) if assigned_too => {
-                    self.withdraw(&task_id, RescindReason::Reassigned, false, ctx)
-                }
-                _ => {}
+            let take = match hold {
+                Some(Hold::Reserved { .. }) => true,
+                Some(Hold::Assigned) => assigned_too,
+                _ => false,
+            };
+            if take {
+                self.take_back(&task_id, RescindReason::Reassigned, None);
+                back.push(task_id);
             }
+        }
+        back
+    }
+
+    /// Route tasks just put back, best first: routing each as it came back
+    /// could give a newer one the place an older one needed.
+    fn route_back(&mut self, back: Vec<Id>, ctx: &mut Context<Self>) {
+        // All back first, then routed best first: routing each as it comes
+        // back could give a newer one the place an older one needed.
+        for task_id in self.state.in_wait_order(&back) {
+            self.schedule_waits(&task_id, ctx);
+            self.route_task(&task_id, ctx);
         }
     }
 
@@ -187,7 +363,12 @@ impl Router {
     pub(super) fn close(&mut self, task_id: Id) {
         self.timers.remove(&task_id);
         self.cooldowns.remove(&task_id);
+        self.overflows.remove(&task_id);
+        self.max_waits.remove(&task_id);
         self.conversations.remove(&task_id);
-        self.apply(RouterEvent::Closed { task_id });
+        self.apply(RouterEvent::Closed {
+            task_id,
+            at: SystemTime::now(),
+        });
     }
 }

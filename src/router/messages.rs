@@ -6,7 +6,7 @@
 //! offering to `dispatch.rs`.
 
 use std::borrow::Cow;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -14,10 +14,11 @@ use serde::Serialize;
 use super::state::{AgentCounts, Hold, RoutableTask, RouterEvent};
 use super::{RescindReason, Router};
 use crate::agent::{Agent, Rescind};
-use crate::conversation::{Assign, Conversation, Requeued};
+use crate::conversation::{Assign, Conversation};
 use crate::error::ApiError;
 use crate::protocol::{
     Activity, AgentView, ChannelKind, Customer, Event, Id, PerChannel, TaskState, TaskSummary,
+    DEFAULT_QUEUE,
 };
 
 /// Create or update an agent's routing profile.
@@ -44,7 +45,7 @@ impl Handler<UpsertAgent> for Router {
             skills: msg.skills,
         });
         self.publish_agent(&id);
-        self.dispatch_all(ctx);
+        self.route_agent(&id, ctx);
     }
 }
 
@@ -110,7 +111,7 @@ impl Handler<AgentPresence> for Router {
             self.withdraw_agent_tasks(&msg.id, false, ctx);
         }
         self.publish_agent(&msg.id);
-        self.dispatch_all(ctx);
+        self.route_agent(&msg.id, ctx);
     }
 }
 
@@ -134,7 +135,7 @@ impl Handler<AgentActivity> for Router {
             self.withdraw_agent_tasks(&msg.id, true, ctx);
         }
         self.publish_agent(&msg.id);
-        self.dispatch_all(ctx);
+        self.route_agent(&msg.id, ctx);
     }
 }
 
@@ -172,11 +173,9 @@ impl Handler<EnqueueTask> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: EnqueueTask, ctx: &mut Context<Self>) {
-        let ch = msg.task.channel;
         self.conversations
             .insert(msg.task.task_id.clone(), msg.conversation);
-        self.enqueue(msg.task);
-        self.dispatch(ch, ctx);
+        self.enqueue(msg.task, ctx);
     }
 }
 
@@ -230,22 +229,10 @@ impl Handler<Reject> for Router {
 
     fn handle(&mut self, msg: Reject, ctx: &mut Context<Self>) -> Self::Result {
         let task_id = self.offered_to(&msg.agent_id, &msg.task_id)?;
-        let Some(channel) = self.state.held.get(&task_id).map(|h| h.task.channel) else {
-            return Ok(());
-        };
-        self.timers.remove(&task_id);
-        let conversation = self.conversation_of(&task_id);
-        self.apply(RouterEvent::Requeued {
-            task_id,
-            declined_by: Some(msg.agent_id),
-            at: SystemTime::now(),
-        });
-        if let Some(conv) = conversation {
-            conv.do_send(Requeued {
-                reason: RescindReason::Reassigned,
-            });
-        }
-        self.dispatch(channel, ctx);
+        self.take_back(&task_id, RescindReason::Reassigned, Some(false));
+        self.schedule_waits(&task_id, ctx);
+        self.route_task(&task_id, ctx);
+        self.route_agent(&msg.agent_id, ctx);
         Ok(())
     }
 }
@@ -280,9 +267,9 @@ impl Handler<TaskClosed> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: TaskClosed, ctx: &mut Context<Self>) {
-        let mut channel = self.state.queued.get(&msg.task_id).map(|(ch, _)| *ch);
+        let mut holder = None;
         if let Some(h) = self.state.held.get(&msg.task_id) {
-            channel = Some(h.task.channel);
+            holder = Some(h.agent.clone());
             if matches!(h.hold, Hold::Reserved { .. }) {
                 if let Some(agent) = self.addrs.get(&h.agent) {
                     agent.do_send(Rescind {
@@ -293,8 +280,8 @@ impl Handler<TaskClosed> for Router {
             }
         }
         self.close(msg.task_id);
-        if let Some(ch) = channel {
-            self.dispatch(ch, ctx);
+        if let Some(agent) = holder {
+            self.route_agent(&agent, ctx);
         }
     }
 }
@@ -308,12 +295,25 @@ pub struct ReserveOutbound {
     pub task_id: Id,
     pub channel: ChannelKind,
     pub customer: Customer,
+    /// The queue it counts in (`default` when not given).
+    pub queue: Option<String>,
 }
 
 impl Handler<ReserveOutbound> for Router {
     type Result = Result<(), ApiError>;
 
     fn handle(&mut self, msg: ReserveOutbound, _: &mut Context<Self>) -> Self::Result {
+        let queue = msg.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+        let q = self
+            .state
+            .queue(&queue)
+            .ok_or_else(|| ApiError::NotFound(format!("queue {queue} does not exist")))?;
+        if !q.takes(msg.channel) {
+            return Err(ApiError::BadRequest(format!(
+                "queue {queue} does not take {} conversations",
+                msg.channel.as_str()
+            )));
+        }
         let agent =
             self.state.agents.get(&msg.agent_id).ok_or_else(|| {
                 ApiError::NotFound(format!("agent {} does not exist", msg.agent_id))
@@ -331,6 +331,8 @@ impl Handler<ReserveOutbound> for Router {
             agent_id: msg.agent_id,
             channel: msg.channel,
             customer: msg.customer,
+            queue,
+            at: crate::protocol::now(),
         });
         Ok(())
     }
@@ -386,8 +388,8 @@ impl Handler<ListTasks> for Router {
         };
         let queued = self
             .state
-            .queues
-            .iter()
+            .waiting
+            .values()
             .flat_map(|q| q.values())
             .filter(|t| wanted(t, TaskState::Queued))
             .map(|t| (t.order, t.summary(TaskState::Queued, None)));
@@ -474,13 +476,9 @@ impl Handler<GetStats> for Router {
         }
         let mut by_channel = PerChannel::default();
         let mut oldest: Option<Instant> = None;
-        for ch in ChannelKind::ALL {
-            let q = &self.state.queues[ch.index()];
-            *by_channel.get_mut(ch) = q.len() as u32;
-            // Keyed by arrival order, so the first entry waited longest.
-            if let Some(t) = q.values().next() {
-                oldest = Some(oldest.map_or(t.enqueued_at, |o| o.min(t.enqueued_at)));
-            }
+        for t in self.state.waiting.values().flat_map(|q| q.values()) {
+            *by_channel.get_mut(t.channel) += 1;
+            oldest = Some(oldest.map_or(t.enqueued_at, |o| o.min(t.enqueued_at)));
         }
         let ms = |q: f64| self.state.latency.value_at_quantile(q) as f64 / 1000.0;
         MessageResult(RouterStats {
@@ -507,7 +505,7 @@ impl Handler<GetStats> for Router {
 
 impl Router {
     /// Tell supervisors where an agent stands (`agent.state`).
-    fn publish_agent(&self, id: &Id) {
+    pub(super) fn publish_agent(&self, id: &Id) {
         if let Some(agent) = self.state.agents.get(id) {
             self.broker.publish(|| Event::AgentState {
                 agent: Cow::Borrowed(&agent.view),

@@ -1,21 +1,26 @@
-//! The router: the single owner of the queue and of every agent's routing state
-//! (activity, presence, capacity, load). It decides who gets which task; nothing
-//! else changes load, so there is no double assignment and no capacity overrun.
+//! The router: the single owner of the queues (their definitions and waiting
+//! tasks) and of every agent's routing state (activity, presence, capacity,
+//! load). It decides who gets which task; nothing else changes load, so there
+//! is no double assignment and no capacity overrun.
 //!
 //! It sees every new task, accept, reject, offer timeout and capacity change —
 //! never chat messages: once a task is assigned the conversation talks to the
 //! agent directly.
 //!
 //! Data structures, chosen for the access pattern:
-//! - per channel, an ordered index of *eligible* agents keyed by
-//!   (most free capacity, longest idle, id): the best agent is the first entry,
-//!   found in O(log n) without scanning all agents (`index.rs`);
-//! - per channel, the queue as a `BTreeMap` keyed by the task's original arrival
-//!   order, so a task re-queued after reject/timeout goes back ahead of newer ones.
+//! - per channel and routing policy, an ordered index of *eligible* agents,
+//!   so the best agent is the first entry that passes the task's filter, found
+//!   without scanning all agents (`index.rs`);
+//! - waiting tasks in buckets per (queue, channel, skills relaxed), each a
+//!   `BTreeMap` by a key that orders by effective priority (priority plus
+//!   aging) for good, then arrival, so a task re-queued after a reject or
+//!   timeout goes back ahead of newer ones, and a freed agent looks only at
+//!   the head of each bucket it serves (`state.rs`).
 //!
 //! Every state change is a [`RouterEvent`] applied by [`RouterState::apply`]
 //! (through `Router::apply`), the one place routing state changes (ready for
-//! the journal). Messages handled, by sender:
+//! the journal); queue definitions change that way too. Messages handled, by
+//! sender:
 //! - the agents: [`UpsertAgent`], [`RemoveAgent`], [`AgentPresence`],
 //!   [`AgentActivity`], [`GraceExpired`], [`Accept`], [`Reject`],
 //!   [`ReserveOutbound`], and [`TaskClosed`] when an outbound conversation
@@ -23,25 +28,35 @@
 //! - the conversations: [`EnqueueTask`], [`BindOutbound`], [`TaskWrapping`],
 //!   [`TaskClosed`];
 //! - the HTTP routes: [`GetAgents`], [`ListTasks`], [`GetStats`] (answered
-//!   with [`RouterStats`]).
+//!   with [`RouterStats`]), and the queue API's [`GetQueues`],
+//!   [`UpsertQueue`], [`DeleteQueue`] (`queues.rs`).
 //!
-//! It sends the conversations `Reserve`, `Assign` and `Requeued`, the agents
-//! `Rescind`, and supervisors `agent.state` and `agent.removed`.
+//! It sends the conversations `Reserve`, `Assign`, `Requeued`, `RouterCancel`
+//! (maximum wait, closed) and `RouterNotice` (closed message), the agents
+//! `Rescind` and `ActivitySet` (`not_responding`), and supervisors
+//! `agent.state` and `agent.removed`.
 //!
 //! Declines: an agent who rejects a task or lets its offer time out is passed
 //! over for it while anyone else eligible can take it, and is offered it again
 //! `reoffer_cooldown` after its decline if nobody has (longest-ago decline
 //! first): a task never waits forever on the one agent who once let it lapse.
+//! `max_missed_offers` timeouts in a row make the agent `not_responding`.
 //!
 //! Where things are: this file is the actor and its wiring (addresses, timers,
-//! the offer counter); `state.rs` the state, its events, `apply` and `pick`
-//! (pure, unit-tested); `dispatch.rs` offering, timers, cool-downs and taking
-//! tasks back; `messages.rs` every message with its handler; `index.rs` the
-//! eligible-agent index.
+//! the offer counter); `state.rs` the state, its events, `apply` and the
+//! routing decisions (pure, unit-tested, and property-tested in `props.rs`);
+//! `queue.rs` a queue's definition and checks; `dispatch.rs` the wiring of
+//! offers, timers, cool-downs, overflow, maximum wait and taking tasks back;
+//! `messages.rs` and `queues.rs` every message with its handler; `index.rs`
+//! the eligible-agent index.
 
 mod dispatch;
 pub mod index;
 mod messages;
+#[cfg(test)]
+mod props;
+pub mod queue;
+mod queues;
 mod state;
 
 use std::collections::HashMap;
@@ -61,7 +76,11 @@ pub use messages::{
     GraceExpired, ListTasks, Reject, RemoveAgent, ReserveOutbound, RouterStats, TaskClosed,
     TaskWrapping, UpsertAgent,
 };
-pub use state::{AgentCounts, Decline, RoutableTask, RouterEvent, RouterState};
+pub use queue::{Policy, Queue};
+pub use queues::{DeleteQueue, GetQueues, QueueChange, UpsertQueue};
+pub use state::{
+    AgentCounts, Bucket, Decline, Pick, RoutableTask, Routed, RouterEvent, RouterState,
+};
 
 /// The actor: the routing state, and the wiring around it (addresses, timers,
 /// the offer counter).
@@ -75,22 +94,43 @@ pub struct Router {
     conversations: HashMap<Id, Addr<Conversation>>,
     timers: Deadlines<Id, u64>,
     /// Tasks that only agents in their re-offer cool-down could take, and
-    /// when the first cool-down ends: dispatch again then.
-    cooldowns: Deadlines<Id, ChannelKind>,
+    /// when the first cool-down ends: route them again then.
+    cooldowns: Deadlines<Id, ()>,
+    /// Waiting tasks' overflow and maximum-wait deadlines.
+    overflows: Deadlines<Id, ()>,
+    max_waits: Deadlines<Id, ()>,
     next_offer: u64,
 }
 
 impl Router {
     pub fn new(broker: Arc<Broker>) -> Self {
         Router {
-            broker,
-            state: RouterState::default(),
+            state: RouterState::new(broker.config.aging),
             addrs: HashMap::new(),
             conversations: HashMap::new(),
             timers: Deadlines::default(),
             cooldowns: Deadlines::default(),
+            overflows: Deadlines::default(),
+            max_waits: Deadlines::default(),
             next_offer: 0,
+            broker,
         }
+    }
+
+    /// The router with the configured queues (`[[queues]]`) defined.
+    pub fn with_queues(broker: Arc<Broker>) -> Self {
+        let mut router = Router::new(broker.clone());
+        let ids: Vec<&str> = broker.config.queues.iter().map(|q| q.id.as_str()).collect();
+        for queue in &broker.config.queues {
+            // Checked when the configuration loaded; again here (it fills the
+            // name in) for configurations built in code.
+            let mut queue = queue.clone();
+            match queue.validate(|id| id == queue::DEFAULT_QUEUE || ids.contains(&id)) {
+                Ok(()) => router.apply(RouterEvent::QueueUpserted { queue }),
+                Err(e) => tracing::error!("queue {} not defined: {e}", queue.id),
+            }
+        }
+        router
     }
 
     /// The one place routing state changes: [`RouterState::apply`].

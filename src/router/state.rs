@@ -1,12 +1,22 @@
-//! What the router decides on, apart from the actor that runs it: the queue,
-//! the held tasks and every agent's routing state ([`RouterState`]), every
-//! change made to them ([`RouterEvent`]), [`RouterState::apply`], the one place
-//! they change, and the decisions read from them (who gets a task: `pick`).
+//! What the router decides on, apart from the actor that runs it: the queue
+//! definitions, the waiting and held tasks and every agent's routing state
+//! ([`RouterState`]), every change made to them ([`RouterEvent`]),
+//! [`RouterState::apply`], the one place they change, and the decisions read
+//! from them: who gets a task ([`RouterState::pick`]) and which task a freed
+//! agent gets ([`RouterState::best_task_for`]).
 //!
 //! Pure data, no actors, no clocks of its own: addresses, offer timers and
 //! cool-down wake-ups are the router's wiring (`mod.rs`, `dispatch.rs`); the
 //! time a decision is made at is an argument. So a replay of the events calls
 //! the same `apply`, and the unit tests below drive it alone.
+//!
+//! Order. Waiting tasks sit in buckets, one per (queue, channel, skills
+//! relaxed or not), each a `BTreeMap` by [`WaitKey`]. Effective priority is
+//! `priority + aging × minutes waited`; since every task ages at the same
+//! rate, comparing two tasks' effective priorities does not depend on when
+//! one compares them, so `aging × waiting_since − priority × 1 minute` is a
+//! fixed sort key (lower first; arrival order breaks ties). A task put back
+//! after a decline keeps its key, so it goes back ahead of newer tasks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,7 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::index::AgentIndex;
+use super::index::{AgentIndex, Standing};
+use super::queue::{Policy, Queue, DEFAULT_QUEUE};
 use crate::protocol::{
     Activity, AgentView, ChannelKind, Customer, Id, PerChannel, TaskState, TaskSummary,
 };
@@ -28,13 +39,19 @@ pub struct RoutableTask {
     pub task_id: Id,
     pub conversation_id: Id,
     pub channel: ChannelKind,
+    /// Skills this task needs besides its queue's.
     pub skills: Arc<[String]>,
     pub customer: Customer,
     pub queue: String,
+    /// Its queue's priority (set by the router as it enters a queue).
     pub priority: u8,
     /// When the conversation was created: the task's `waiting_since`.
     pub created_at: SystemTime,
-    /// Arrival order: position in the queue, kept across re-queues.
+    /// When it entered its current queue (overflow counts from here).
+    pub entered_queue_at: SystemTime,
+    /// Overflowed by relaxing skills: any agent on the channel may take it.
+    pub relaxed: bool,
+    /// Arrival order: breaks ties of effective priority, kept across re-queues.
     pub order: u64,
     /// For the wait and routing-latency figures only.
     #[serde(skip, default = "Instant::now")]
@@ -71,13 +88,43 @@ impl RoutableTask {
             agent_id: agent.cloned(),
             created_at: self.created_at,
             waiting_since: self.created_at,
+            reason: None,
+        }
+    }
+
+    fn bucket(&self) -> Bucket {
+        Bucket {
+            queue: self.queue.clone(),
+            channel: self.channel,
+            relaxed: self.relaxed,
         }
     }
 }
 
+/// Waiting tasks that share a queue, a channel and whether skills were relaxed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bucket {
+    pub queue: String,
+    pub channel: ChannelKind,
+    pub relaxed: bool,
+}
+
+/// A waiting task's place: `aging × waiting_since(ms) − priority × 60,000`,
+/// then arrival order. Lower first.
+pub type WaitKey = (i64, u64);
+
+/// What routing did: offers made (task, agent, offer number), and tasks only
+/// decliners in their cool-down could take, with when the first cool-down
+/// ends.
+#[derive(Debug, Default)]
+pub struct Routed {
+    pub offers: Vec<(Id, Id, u64)>,
+    pub cooling: Vec<(Id, SystemTime)>,
+}
+
 /// Who, if anyone, should be offered a task now.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Pick {
+pub enum Pick {
     Agent(Id),
     /// Only agents who declined it could take it, and the first of them may
     /// be offered it again at this time.
@@ -105,18 +152,26 @@ pub(super) struct HeldTask {
 /// router apart.
 pub(super) struct RoutedAgent {
     pub(super) view: AgentView,
-    /// Monotonic tick of the agent's last offer or of becoming available.
+    /// Tick of its last offer (or of becoming available).
+    pub(super) last_offer: u64,
+    /// Tick its open work last dropped to none (or it became available).
     pub(super) idle_since: u64,
     /// Tasks this agent holds (reserved, assigned or wrapping).
     pub(super) held: Vec<Id>,
+    /// Offers in a row that timed out.
+    pub(super) missed: u32,
 }
 
 impl RoutedAgent {
+    /// Free capacity on `ch`: its own cap there, and the `total` cap across
+    /// channels if it has one.
     pub(super) fn free(&self, ch: ChannelKind) -> u32 {
-        self.view
-            .capacity
-            .get(ch)
-            .saturating_sub(self.view.load.get(ch))
+        let cap = &self.view.capacity;
+        let own = cap.get(ch).saturating_sub(self.view.load.get(ch));
+        match cap.total {
+            Some(total) => own.min(total.saturating_sub(self.view.load.sum())),
+            None => own,
+        }
     }
 
     fn eligible(&self, ch: ChannelKind) -> bool {
@@ -125,6 +180,14 @@ impl RoutedAgent {
 
     fn has_skills(&self, skills: &[String]) -> bool {
         skills.iter().all(|s| self.view.skills.contains(s))
+    }
+
+    fn standing(&self) -> Standing {
+        Standing {
+            last_offer: self.last_offer,
+            idle_since: self.idle_since,
+            busy: !self.held.is_empty(),
+        }
     }
 }
 
@@ -148,8 +211,22 @@ pub enum RouterEvent {
         id: Id,
         activity: Activity,
     },
+    /// A queue defined or changed: its waiting tasks take its priority at once.
+    QueueUpserted {
+        queue: Queue,
+    },
+    /// A queue with no waiting task removed.
+    QueueRemoved {
+        id: String,
+    },
     Enqueued {
         task: RoutableTask,
+    },
+    /// A waiting task moved to another queue, or had its skills relaxed.
+    Overflowed {
+        task_id: Id,
+        to: Option<String>,
+        at: SystemTime,
     },
     Offered {
         task_id: Id,
@@ -163,20 +240,27 @@ pub enum RouterEvent {
     Requeued {
         task_id: Id,
         declined_by: Option<Id>,
+        /// The decline was an offer timing out (counts towards
+        /// `max_missed_offers`); a reject resets the count.
+        missed: bool,
         at: SystemTime,
     },
     Wrapping {
         task_id: Id,
     },
-    /// Completed, canceled, or dropped with its agent: no longer routed.
+    /// Completed, canceled, or dropped with its agent: no longer routed. An
+    /// agent who held it is remembered as the customer's last agent.
     Closed {
         task_id: Id,
+        at: SystemTime,
     },
     AssignedDirect {
         task_id: Id,
         agent_id: Id,
         channel: ChannelKind,
         customer: Customer,
+        queue: String,
+        at: SystemTime,
     },
     /// The outbound conversation behind a direct assignment exists.
     OutboundBound {
@@ -191,54 +275,133 @@ pub enum RouterEvent {
 pub struct RouterState {
     /// Every agent's routing state: profile, presence, activity, load.
     pub(super) agents: HashMap<Id, RoutedAgent>,
-    /// Per channel, the agents eligible there, best first (kept in step with
-    /// `agents` by `reindex`).
+    /// Per channel and policy, the agents eligible there, best first (kept in
+    /// step with `agents` by `reindex`).
     pub(super) index: AgentIndex,
-    /// Per channel, the queued tasks by arrival order.
-    pub(super) queues: [BTreeMap<u64, RoutableTask>; 4],
-    /// task id → (channel, order) while queued.
-    pub(super) queued: HashMap<Id, (ChannelKind, u64)>,
+    /// Queue definitions by id; `default` always among them.
+    pub(super) queues: HashMap<String, Queue>,
+    /// Waiting tasks by bucket, each in [`WaitKey`] order. Empty buckets go.
+    pub(super) waiting: BTreeMap<Bucket, BTreeMap<WaitKey, RoutableTask>>,
+    /// task id → where it waits.
+    pub(super) queued: HashMap<Id, (Bucket, WaitKey)>,
     /// Tasks out of the queue (offered, assigned, wrapping), by id.
     pub(super) held: HashMap<Id, HeldTask>,
     /// The arrival order the next new task gets.
     pub(super) next_order: u64,
-    /// A counter that orders "idle since" among agents.
+    /// A counter that orders offers and idleness among agents.
     tick: u64,
+    /// Points of priority a task gains per minute waited.
+    aging: i64,
+    /// (channel, customer address) → the agent who last held their task, and
+    /// when it closed.
+    pub(super) last_agents: HashMap<(ChannelKind, String), (Id, SystemTime)>,
+    /// Size of `last_agents` after its last pruning.
+    last_agents_pruned: usize,
     /// Arrival → first offer, in microseconds.
     pub(super) latency: Histogram<u64>,
 }
 
 impl Default for RouterState {
     fn default() -> Self {
-        RouterState {
-            agents: HashMap::new(),
-            index: AgentIndex::default(),
-            queues: Default::default(),
-            queued: HashMap::new(),
-            held: HashMap::new(),
-            next_order: 0,
-            tick: 0,
-            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .unwrap_or_else(|_| Histogram::new(3).expect("3 significant figures is valid")),
-        }
+        RouterState::new(1)
     }
 }
 
 impl RouterState {
+    /// An empty state with only the `default` queue; tasks gain `aging`
+    /// points of priority per minute waited.
+    pub fn new(aging: u32) -> Self {
+        let mut queues = HashMap::new();
+        queues.insert(DEFAULT_QUEUE.to_owned(), Queue::default_queue());
+        RouterState {
+            agents: HashMap::new(),
+            index: AgentIndex::default(),
+            queues,
+            waiting: BTreeMap::new(),
+            queued: HashMap::new(),
+            held: HashMap::new(),
+            next_order: 0,
+            tick: 0,
+            aging: i64::from(aging),
+            last_agents: HashMap::new(),
+            last_agents_pruned: 0,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .unwrap_or_else(|_| Histogram::new(3).expect("3 significant figures is valid")),
+        }
+    }
+
+    /// A queue's definition.
+    pub fn queue(&self, id: &str) -> Option<&Queue> {
+        self.queues.get(id)
+    }
+
+    /// Every queue, by id.
+    pub fn queue_list(&self) -> Vec<Queue> {
+        let mut all: Vec<Queue> = self.queues.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Tasks waiting in a queue.
+    pub fn waiting_in(&self, queue: &str) -> usize {
+        self.waiting
+            .iter()
+            .filter(|(b, _)| b.queue == queue)
+            .map(|(_, t)| t.len())
+            .sum()
+    }
+
+    /// How many tasks wait, in all.
+    pub fn waiting_len(&self) -> usize {
+        self.queued.len()
+    }
+
+    pub(super) fn wait_key(&self, task: &RoutableTask) -> WaitKey {
+        let since = task
+            .created_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        (
+            self.aging * since - i64::from(task.priority) * 60_000,
+            task.order,
+        )
+    }
+
+    fn insert_waiting(&mut self, task: RoutableTask) {
+        let bucket = task.bucket();
+        let key = self.wait_key(&task);
+        self.queued
+            .insert(task.task_id.clone(), (bucket.clone(), key));
+        self.waiting.entry(bucket).or_default().insert(key, task);
+    }
+
+    fn take_waiting(&mut self, task_id: &Id) -> Option<RoutableTask> {
+        let (bucket, key) = self.queued.remove(task_id)?;
+        let tasks = self.waiting.get_mut(&bucket)?;
+        let task = tasks.remove(&key);
+        if tasks.is_empty() {
+            self.waiting.remove(&bucket);
+        }
+        task
+    }
+
+    /// A waiting task, by id.
+    pub fn waiting_task(&self, task_id: &Id) -> Option<&RoutableTask> {
+        let (bucket, key) = self.queued.get(task_id)?;
+        self.waiting.get(bucket)?.get(key)
+    }
+
     fn tick(&mut self) -> u64 {
         self.tick += 1;
         self.tick
-    }
-
-    fn unindex(&mut self, id: &Id) {
-        self.index.remove(id);
     }
 
     fn reindex(&mut self, id: &Id) {
         match self.agents.get(id) {
             Some(agent) => {
                 let free = ChannelKind::ALL.map(|ch| agent.eligible(ch).then(|| agent.free(ch)));
-                self.index.update(id, free, agent.idle_since);
+                self.index.update(id, free, agent.standing());
             }
             None => self.index.remove(id),
         }
@@ -253,6 +416,25 @@ impl RouterState {
                 load.saturating_sub(1)
             };
         }
+    }
+
+    /// An agent takes a task (offer or direct assignment).
+    fn hold(&mut self, task: RoutableTask, agent_id: Id, hold: Hold) {
+        let tick = self.tick();
+        self.change_load(&agent_id, task.channel, true);
+        if let Some(agent) = self.agents.get_mut(&agent_id) {
+            agent.last_offer = tick;
+            agent.held.push(task.task_id.clone());
+        }
+        self.reindex(&agent_id);
+        self.held.insert(
+            task.task_id.clone(),
+            HeldTask {
+                task,
+                agent: agent_id,
+                hold,
+            },
+        );
     }
 
     /// The one place routing state changes.
@@ -282,15 +464,17 @@ impl RouterState {
                                 connected: false,
                                 load: PerChannel::default(),
                             },
+                            last_offer: tick,
                             idle_since: tick,
                             held: Vec::new(),
+                            missed: 0,
                         },
                     );
                 }
                 self.reindex(&id);
             }
             RouterEvent::AgentRemoved { id } => {
-                self.unindex(&id);
+                self.index.remove(&id);
                 self.agents.remove(&id);
             }
             RouterEvent::PresenceChanged { id, connected } => {
@@ -303,27 +487,63 @@ impl RouterState {
                 let tick = self.tick();
                 if let Some(agent) = self.agents.get_mut(&id) {
                     if activity == Activity::Available && agent.view.activity != activity {
+                        agent.last_offer = tick;
                         agent.idle_since = tick;
+                        agent.missed = 0;
                     }
                     agent.view.activity = activity;
                 }
                 self.reindex(&id);
             }
+            RouterEvent::QueueUpserted { queue } => {
+                let id = queue.id.clone();
+                let priority = queue.priority;
+                self.queues.insert(id.clone(), queue);
+                let moved: Vec<Id> = self
+                    .waiting
+                    .iter()
+                    .filter(|(b, _)| b.queue == id)
+                    .flat_map(|(_, tasks)| tasks.values().map(|t| t.task_id.clone()))
+                    .collect();
+                for task_id in moved {
+                    if let Some(mut task) = self.take_waiting(&task_id) {
+                        task.priority = priority;
+                        self.insert_waiting(task);
+                    }
+                }
+                for h in self.held.values_mut().filter(|h| h.task.queue == id) {
+                    h.task.priority = priority;
+                }
+            }
+            RouterEvent::QueueRemoved { id } => {
+                if id != DEFAULT_QUEUE {
+                    self.queues.remove(&id);
+                }
+            }
             RouterEvent::Enqueued { task } => {
                 self.next_order = self.next_order.max(task.order + 1);
-                self.queued
-                    .insert(task.task_id.clone(), (task.channel, task.order));
-                self.queues[task.channel.index()].insert(task.order, task);
+                self.insert_waiting(task);
+            }
+            RouterEvent::Overflowed { task_id, to, at } => {
+                if let Some(mut task) = self.take_waiting(&task_id) {
+                    match to.and_then(|q| self.queues.get(&q)) {
+                        Some(queue) => {
+                            task.queue = queue.id.clone();
+                            task.priority = queue.priority;
+                            task.relaxed = false;
+                        }
+                        None => task.relaxed = true,
+                    }
+                    task.entered_queue_at = at;
+                    self.insert_waiting(task);
+                }
             }
             RouterEvent::Offered {
                 task_id,
                 agent_id,
                 offer,
             } => {
-                let Some((ch, order)) = self.queued.remove(&task_id) else {
-                    return;
-                };
-                let Some(mut task) = self.queues[ch.index()].remove(&order) else {
+                let Some(mut task) = self.take_waiting(&task_id) else {
                     return;
                 };
                 if !task.offered_before {
@@ -331,44 +551,35 @@ impl RouterState {
                     let micros = task.enqueued_at.elapsed().as_micros() as u64;
                     let _ = self.latency.record(micros.max(1));
                 }
-                let tick = self.tick();
-                self.change_load(&agent_id, ch, true);
-                if let Some(agent) = self.agents.get_mut(&agent_id) {
-                    agent.idle_since = tick;
-                    agent.held.push(task_id.clone());
-                }
-                self.reindex(&agent_id);
-                self.held.insert(
-                    task_id,
-                    HeldTask {
-                        task,
-                        agent: agent_id,
-                        hold: Hold::Reserved { offer },
-                    },
-                );
+                self.hold(task, agent_id, Hold::Reserved { offer });
             }
             RouterEvent::Accepted { task_id } => {
                 if let Some(h) = self.held.get_mut(&task_id) {
                     h.hold = Hold::Assigned;
+                    if let Some(agent) = self.agents.get_mut(&h.agent) {
+                        agent.missed = 0;
+                    }
                 }
             }
             RouterEvent::Requeued {
                 task_id,
                 declined_by,
+                missed,
                 at,
             } => {
                 if let Some(h) = self.release(&task_id) {
                     let mut task = h.task;
                     if let Some(agent) = declined_by {
+                        if let Some(a) = self.agents.get_mut(&agent) {
+                            a.missed = if missed { a.missed + 1 } else { 0 };
+                        }
                         task.declined.retain(|d| d.agent != agent);
                         task.declined.push(Decline { agent, at });
                     }
                     // An outbound reservation whose conversation never came
                     // has nothing to route.
                     if !task.conversation_id.is_empty() {
-                        self.queued
-                            .insert(task.task_id.clone(), (task.channel, task.order));
-                        self.queues[task.channel.index()].insert(task.order, task);
+                        self.insert_waiting(task);
                     }
                 }
             }
@@ -377,46 +588,42 @@ impl RouterState {
                     h.hold = Hold::Wrapping;
                 }
             }
-            RouterEvent::Closed { task_id } => {
-                if let Some((ch, order)) = self.queued.remove(&task_id) {
-                    self.queues[ch.index()].remove(&order);
+            RouterEvent::Closed { task_id, at } => {
+                self.take_waiting(&task_id);
+                if let Some(h) = self.release(&task_id) {
+                    if !matches!(h.hold, Hold::Reserved { .. }) {
+                        self.remember_last_agent(&h, at);
+                    }
                 }
-                self.release(&task_id);
             }
             RouterEvent::AssignedDirect {
                 task_id,
                 agent_id,
                 channel,
                 customer,
+                queue,
+                at,
             } => {
                 let order = self.next_order;
                 self.next_order += 1;
-                self.change_load(&agent_id, channel, true);
-                if let Some(agent) = self.agents.get_mut(&agent_id) {
-                    agent.held.push(task_id.clone());
-                }
-                self.reindex(&agent_id);
-                self.held.insert(
-                    task_id.clone(),
-                    HeldTask {
-                        task: RoutableTask {
-                            task_id,
-                            conversation_id: Id::from(""),
-                            channel,
-                            skills: Arc::from(Vec::new()),
-                            customer,
-                            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
-                            priority: 0,
-                            created_at: SystemTime::now(),
-                            order,
-                            enqueued_at: Instant::now(),
-                            declined: Vec::new(),
-                            offered_before: true,
-                        },
-                        agent: agent_id,
-                        hold: Hold::Assigned,
-                    },
-                );
+                let priority = self.queues.get(&queue).map_or(0, |q| q.priority);
+                let task = RoutableTask {
+                    task_id,
+                    conversation_id: Id::from(""),
+                    channel,
+                    skills: Arc::from(Vec::new()),
+                    customer,
+                    queue,
+                    priority,
+                    created_at: at,
+                    entered_queue_at: at,
+                    relaxed: false,
+                    order,
+                    enqueued_at: Instant::now(),
+                    declined: Vec::new(),
+                    offered_before: true,
+                };
+                self.hold(task, agent_id, Hold::Assigned);
             }
             RouterEvent::OutboundBound {
                 task_id,
@@ -431,33 +638,71 @@ impl RouterState {
         }
     }
 
+    /// Remember who served this customer, for last-agent routing; forget
+    /// entries older than any queue's window now and then, so the map follows
+    /// recent customers, not all ever served.
+    fn remember_last_agent(&mut self, h: &HeldTask, at: SystemTime) {
+        if h.task.conversation_id.is_empty() {
+            return;
+        }
+        self.last_agents.insert(
+            (h.task.channel, h.task.customer.address.clone()),
+            (h.agent.clone(), at),
+        );
+        if self.last_agents.len() > 1024 && self.last_agents.len() > 2 * self.last_agents_pruned {
+            let window = self
+                .queues
+                .values()
+                .filter_map(|q| q.last_agent_window)
+                .max()
+                .unwrap_or_default();
+            self.last_agents.retain(|_, (_, when)| *when + window >= at);
+            self.last_agents_pruned = self.last_agents.len();
+        }
+    }
+
     /// Drop a held task and give its capacity back.
     fn release(&mut self, task_id: &Id) -> Option<HeldTask> {
         let h = self.held.remove(task_id)?;
         self.change_load(&h.agent, h.task.channel, false);
+        let tick = self.tick();
         if let Some(agent) = self.agents.get_mut(&h.agent) {
             agent.held.retain(|t| t != task_id);
+            if agent.held.is_empty() {
+                agent.idle_since = tick;
+            }
         }
         self.reindex(&h.agent);
         Some(h)
     }
 
-    /// Who gets a task at `now`: the best eligible agent in index order with
-    /// the skills who has not declined it; failing that, the eligible agent who
-    /// declined it longest ago, once `cooldown` (the `reoffer_cooldown`
-    /// setting) has passed since that decline. So a decline passes an agent
-    /// over while someone else can take the task, and never strands the task
-    /// when nobody else can.
-    pub(super) fn pick(&self, task: &RoutableTask, now: SystemTime, cooldown: Duration) -> Pick {
-        let skilled = |id: &Id| {
-            self.agents
-                .get(id)
-                .is_some_and(|a| a.has_skills(&task.skills))
-        };
-        if let Some(id) = self
-            .index
-            .best(task.channel, |id| !task.declined_by(id) && skilled(id))
-        {
+    /// Does `agent` have what `task` needs (its queue's skills and its own,
+    /// unless relaxed)?
+    pub(super) fn qualifies(&self, agent: &RoutedAgent, task: &RoutableTask) -> bool {
+        task.relaxed
+            || (agent.has_skills(&task.skills)
+                && self
+                    .queues
+                    .get(&task.queue)
+                    .is_none_or(|q| agent.has_skills(&q.skills)))
+    }
+
+    fn policy_of(&self, queue: &str) -> Policy {
+        self.queues.get(queue).map(|q| q.policy).unwrap_or_default()
+    }
+
+    /// Who gets a task at `now`: the best eligible agent under its queue's
+    /// policy with the skills who has not declined it; failing that, the
+    /// eligible agent who declined it longest ago, once `cooldown` (the
+    /// `reoffer_cooldown` setting) has passed since that decline. So a decline
+    /// passes an agent over while someone else can take the task, and never
+    /// strands the task when nobody else can.
+    pub fn pick(&self, task: &RoutableTask, now: SystemTime, cooldown: Duration) -> Pick {
+        let skilled = |id: &Id| self.agents.get(id).is_some_and(|a| self.qualifies(a, task));
+        let policy = self.policy_of(&task.queue);
+        if let Some(id) = self.index.best(task.channel, policy, |id| {
+            !task.declined_by(id) && skilled(id)
+        }) {
             return Pick::Agent(id);
         }
         let first_eligible = task
@@ -469,6 +714,174 @@ impl RouterState {
             Some(d) => Pick::CoolingDown(d.at + cooldown),
             None => Pick::Nobody,
         }
+    }
+
+    /// The customer's last agent, if the task's queue routes to it, it
+    /// served them within the queue's window and it could take the task now.
+    pub fn last_agent_for(&self, task: &RoutableTask, now: SystemTime) -> Option<Id> {
+        let window = self.queues.get(&task.queue)?.last_agent_window?;
+        let (agent_id, at) = self
+            .last_agents
+            .get(&(task.channel, task.customer.address.clone()))?;
+        let fresh = now.duration_since(*at).map_or(true, |d| d <= window);
+        let agent = self.agents.get(agent_id)?;
+        (fresh
+            && self.index.contains(task.channel, agent_id)
+            && !task.declined_by(agent_id)
+            && self.qualifies(agent, task))
+        .then(|| agent_id.clone())
+    }
+
+    /// The best waiting task across every queue `agent_id` serves that it may
+    /// be offered at `now` (effective priority, then arrival), and the tasks
+    /// it passed over because it declined them less than `cooldown` ago, with
+    /// when that ends. Looks at the head of each bucket the agent could serve,
+    /// not at every waiting task.
+    pub fn best_task_for(
+        &self,
+        agent_id: &Id,
+        now: SystemTime,
+        cooldown: Duration,
+    ) -> (Option<Id>, Vec<(Id, SystemTime)>) {
+        let mut best: Option<(WaitKey, &Id)> = None;
+        let mut cooling = Vec::new();
+        let Some(agent) = self.agents.get(agent_id) else {
+            return (None, cooling);
+        };
+        for (bucket, tasks) in &self.waiting {
+            if !self.index.contains(bucket.channel, agent_id) {
+                continue;
+            }
+            if !bucket.relaxed
+                && !self
+                    .queues
+                    .get(&bucket.queue)
+                    .is_none_or(|q| agent.has_skills(&q.skills))
+            {
+                continue;
+            }
+            if best.is_some_and(|(k, _)| tasks.keys().next().is_some_and(|first| *first > k)) {
+                continue;
+            }
+            for (key, task) in tasks {
+                if best.is_some_and(|(k, _)| *key > k) {
+                    break;
+                }
+                if !task.relaxed && !agent.has_skills(&task.skills) {
+                    continue;
+                }
+                if let Some(d) = task.declined.iter().find(|d| &d.agent == agent_id) {
+                    if d.at + cooldown > now {
+                        cooling.push((task.task_id.clone(), d.at + cooldown));
+                        continue;
+                    }
+                }
+                best = Some((*key, &task.task_id));
+                break;
+            }
+        }
+        (best.map(|(_, id)| id.clone()), cooling)
+    }
+
+    /// A task that starts waiting looks for an agent: the customer's last
+    /// agent if its queue routes to it and it is eligible now, else whoever
+    /// [`RouterState::pick`] says. Applies the offer it makes (numbered from
+    /// `next_offer`).
+    pub fn route_task(
+        &mut self,
+        task_id: &Id,
+        now: SystemTime,
+        cooldown: Duration,
+        next_offer: &mut u64,
+    ) -> Routed {
+        let mut routed = Routed::default();
+        let Some(task) = self.waiting_task(task_id) else {
+            return routed;
+        };
+        let to = match self.last_agent_for(task, now) {
+            Some(agent) => Some(agent),
+            None => match self.pick(task, now, cooldown) {
+                Pick::Agent(agent) => Some(agent),
+                Pick::CoolingDown(at) => {
+                    routed.cooling.push((task_id.clone(), at));
+                    None
+                }
+                Pick::Nobody => None,
+            },
+        };
+        if let Some(agent) = to {
+            routed
+                .offers
+                .push(self.make_offer(task_id, agent, next_offer));
+        }
+        routed
+    }
+
+    /// An agent who can take more gets the best waiting tasks across every
+    /// queue it serves, one at a time, until it is full or none fits. Each
+    /// goes to whoever `pick` prefers (this agent, unless someone else could
+    /// take it all along), or to this agent if only decliners remain.
+    pub fn route_agent(
+        &mut self,
+        agent_id: &Id,
+        now: SystemTime,
+        cooldown: Duration,
+        next_offer: &mut u64,
+    ) -> Routed {
+        let mut routed = Routed::default();
+        loop {
+            let (best, cooling) = self.best_task_for(agent_id, now, cooldown);
+            routed.cooling.extend(cooling);
+            let Some(task_id) = best else {
+                return routed;
+            };
+            let to = match self
+                .waiting_task(&task_id)
+                .map(|t| self.pick(t, now, cooldown))
+            {
+                Some(Pick::Agent(a)) => a,
+                _ => agent_id.clone(),
+            };
+            routed
+                .offers
+                .push(self.make_offer(&task_id, to, next_offer));
+        }
+    }
+
+    fn make_offer(&mut self, task_id: &Id, agent: Id, next_offer: &mut u64) -> (Id, Id, u64) {
+        *next_offer += 1;
+        self.apply(RouterEvent::Offered {
+            task_id: task_id.clone(),
+            agent_id: agent.clone(),
+            offer: *next_offer,
+        });
+        (task_id.clone(), agent, *next_offer)
+    }
+
+    /// Every waiting task id, best first across all queues.
+    pub fn waiting_in_order(&self) -> Vec<Id> {
+        let mut all: Vec<(WaitKey, Id)> = self
+            .waiting
+            .values()
+            .flat_map(|t| t.iter().map(|(k, t)| (*k, t.task_id.clone())))
+            .collect();
+        all.sort();
+        all.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// These tasks, the waiting ones only, best first.
+    pub fn in_wait_order(&self, ids: &[Id]) -> Vec<Id> {
+        let mut keyed: Vec<((i64, u64), Id)> = ids
+            .iter()
+            .filter_map(|id| self.queued.get(id).map(|(_, k)| (*k, id.clone())))
+            .collect();
+        keyed.sort();
+        keyed.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// An agent's missed offers in a row.
+    pub fn missed_offers(&self, agent_id: &Id) -> u32 {
+        self.agents.get(agent_id).map_or(0, |a| a.missed)
     }
 }
 
@@ -486,6 +899,8 @@ pub struct AgentCounts {
     pub offline: usize,
     /// Socket gone, tasks kept for the disconnect grace period.
     pub disconnected: usize,
+    /// Let `max_missed_offers` offers in a row time out; not eligible.
+    pub not_responding: usize,
 }
 
 impl AgentCounts {
@@ -493,6 +908,7 @@ impl AgentCounts {
     pub(super) fn count(&mut self, view: &AgentView, free: bool) {
         let slot = match (view.activity, view.connected) {
             (Activity::Offline, _) => &mut self.offline,
+            (Activity::NotResponding, _) => &mut self.not_responding,
             (_, false) => &mut self.disconnected,
             (Activity::Break, true) => &mut self.on_break,
             (Activity::Available, true) if free => &mut self.available,
@@ -551,6 +967,8 @@ mod tests {
             queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
             priority: 0,
             created_at: SystemTime::UNIX_EPOCH,
+            entered_queue_at: SystemTime::UNIX_EPOCH,
+            relaxed: false,
             order,
             enqueued_at: Instant::now(),
             declined: Vec::new(),
@@ -558,8 +976,8 @@ mod tests {
         }
     }
 
-    fn queued(s: &RouterState, order: u64) -> RoutableTask {
-        s.queues[ChannelKind::Webchat.index()][&order].clone()
+    fn queued(s: &RouterState, id: &str) -> RoutableTask {
+        s.waiting_task(&Id::from(id)).unwrap().clone()
     }
 
     fn load(s: &RouterState, id: &str) -> u32 {
@@ -603,17 +1021,16 @@ mod tests {
         s.apply(RouterEvent::Requeued {
             task_id: "tk_1".into(),
             declined_by: Some("ann".into()),
+            missed: true,
             at: t0,
         });
+        assert_eq!(s.missed_offers(&"ann".into()), 1);
         assert_eq!(load(&s, "ann"), 0);
         assert!(s.held.is_empty());
         assert!(s.index.contains(ChannelKind::Webchat, &"ann".into()));
         // Back ahead of the newer task, with the decline recorded.
-        let first = s.queues[ChannelKind::Webchat.index()]
-            .values()
-            .next()
-            .unwrap();
-        assert_eq!(first.task_id, Id::from("tk_1"));
+        assert_eq!(s.waiting_in_order()[0], Id::from("tk_1"));
+        let first = queued(&s, "tk_1");
         assert_eq!(
             first.declined,
             vec![Decline {
@@ -625,6 +1042,7 @@ mod tests {
 
         s.apply(RouterEvent::Closed {
             task_id: "tk_1".into(),
+            at: t0,
         });
         assert_eq!(s.queued.len(), 1);
         assert!(!s.queued.contains_key("tk_1"));
@@ -639,7 +1057,7 @@ mod tests {
             task: task("tk_1", 0),
         });
         assert_eq!(
-            s.pick(&queued(&s, 0), t0, COOLDOWN),
+            s.pick(&queued(&s, "tk_1"), t0, COOLDOWN),
             Pick::Agent("ann".into())
         );
         s.apply(RouterEvent::Offered {
@@ -650,9 +1068,10 @@ mod tests {
         s.apply(RouterEvent::Requeued {
             task_id: "tk_1".into(),
             declined_by: Some("ann".into()),
+            missed: false,
             at: t0,
         });
-        let t = queued(&s, 0);
+        let t = queued(&s, "tk_1");
         // Bob is eligible: Ann is passed over.
         let soon = t0 + Duration::from_secs(1);
         assert_eq!(s.pick(&t, soon, COOLDOWN), Pick::Agent("bob".into()));
@@ -695,6 +1114,81 @@ mod tests {
     }
 
     #[test]
+    fn effective_priority_ages_by_the_minute_then_arrival_breaks_ties() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut s = RouterState::new(1);
+        let mut low = task("low", 0);
+        low.created_at = t0;
+        // Ten points more, five minutes later: still ahead of the old one.
+        let mut high = task("high", 1);
+        high.priority = 10;
+        high.created_at = t0 + Duration::from_secs(300);
+        // Ten points more, eleven minutes later: the old one has aged past it.
+        let mut later = task("later", 2);
+        later.priority = 10;
+        later.created_at = t0 + Duration::from_secs(660);
+        // Same effective priority as `low` and same time: arrival decides.
+        let mut twin = task("twin", 3);
+        twin.created_at = t0;
+        for t in [twin.clone(), later.clone(), high.clone(), low.clone()] {
+            s.apply(RouterEvent::Enqueued { task: t });
+        }
+        let order: Vec<String> = s.waiting_in_order().iter().map(|i| i.to_string()).collect();
+        assert_eq!(order, ["high", "low", "twin", "later"]);
+
+        // Without aging, priority then arrival.
+        let mut s = RouterState::new(0);
+        for t in [twin, later, high, low] {
+            s.apply(RouterEvent::Enqueued { task: t });
+        }
+        let order: Vec<String> = s.waiting_in_order().iter().map(|i| i.to_string()).collect();
+        assert_eq!(order, ["high", "later", "low", "twin"]);
+    }
+
+    #[test]
+    fn a_total_capacity_caps_every_channel() {
+        let mut s = with_agents(&["ann"]);
+        s.apply(RouterEvent::AgentUpserted {
+            id: "ann".into(),
+            name: "Ann".into(),
+            capacity: PerChannel {
+                webchat: 3,
+                sms: 2,
+                total: Some(2),
+                ..PerChannel::default()
+            },
+            skills: vec![],
+        });
+        let mut next = 0;
+        let now = SystemTime::UNIX_EPOCH;
+        for (i, ch) in [ChannelKind::Webchat, ChannelKind::Sms, ChannelKind::Webchat]
+            .into_iter()
+            .enumerate()
+        {
+            let mut t = task(&format!("tk_{i}"), i as u64);
+            t.channel = ch;
+            s.apply(RouterEvent::Enqueued { task: t.clone() });
+            s.route_task(&t.task_id, now, COOLDOWN, &mut next);
+        }
+        assert_eq!(s.held.len(), 2);
+        assert_eq!(s.waiting_in_order(), vec![Id::from("tk_2")]);
+        // The journal keeps the total; JSON shows it only when set.
+        let ev = RouterEvent::AgentUpserted {
+            id: "ann".into(),
+            name: "Ann".into(),
+            capacity: s.agents[&Id::from("ann")].view.capacity,
+            skills: vec![],
+        };
+        let back: RouterEvent = crate::codec::decode(&crate::codec::encode(&ev).unwrap()).unwrap();
+        assert!(
+            matches!(back, RouterEvent::AgentUpserted { capacity, .. } if capacity.total == Some(2))
+        );
+        let json = serde_json::to_value(PerChannel::default()).unwrap();
+        assert!(json.get("total").is_none(), "{json}");
+        assert!(!s.index.contains(ChannelKind::Webchat, &"ann".into()));
+    }
+
+    #[test]
     fn every_agent_is_counted_once() {
         let mut counts = AgentCounts::default();
         let s = with_agents(&["ann"]);
@@ -715,6 +1209,7 @@ mod tests {
                 on_break: 1,
                 offline: 1,
                 disconnected: 1,
+                not_responding: 0,
             }
         );
     }

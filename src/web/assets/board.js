@@ -387,7 +387,8 @@
     const n = (o, k) => Number((o && o[k]) || 0);
     set('agents-available', String(n(f.all, 'available')));
     set('agents-detail', n(f.all, 'busy') + ' busy · ' + n(f.all, 'break') + ' on break · ' +
-      n(f.all, 'offline') + ' offline · ' + n(f.all, 'disconnected') + ' disconnected');
+      n(f.all, 'offline') + ' offline · ' + n(f.all, 'disconnected') + ' disconnected' +
+      (n(f.all, 'not_responding') > 0 ? ' · ' + n(f.all, 'not_responding') + ' not responding' : ''));
     const channels = CHANNELS.concat(Object.keys(f.byChannel || {}).filter((c) => !CHANNELS.includes(c)))
       .filter((c) => f.byChannel && FIGURES.some((k) => n(f.byChannel[c], k) > 0));
     const body = $('#figures');

@@ -16,6 +16,9 @@
   // A pre-chat context signed by the site's backend (widget.js passes it on).
   const context = params.get('context');
   const contextSignature = params.get('context_signature');
+  // The queue this page's chats wait in (`?queue=`, set by the widget's
+  // data-queue); the broker's `default` when absent.
+  const queue = params.get('queue') || null;
 
   const C = {
     saved: null, // { token, session_id, name, ended, cleared }
@@ -64,6 +67,7 @@
     $('#start').disabled = true;
     try {
       const body = { name };
+      if (queue) body.queue = queue;
       if (context && contextSignature) {
         body.context = context;
         body.context_signature = contextSignature;

@@ -258,6 +258,14 @@
       renderAll();
     },
 
+    'activity.changed'(msg) {
+      setActivity(msg.activity);
+      if (msg.activity === 'not_responding') {
+        toast('Several chats were offered to you in a row without an answer, so you get no new ' +
+          'offers for now. Choose Available to take chats again.', 'error');
+      }
+    },
+
     'task.offered'(msg) {
       const t = track(msg.task);
       t.state = 'reserved';
@@ -479,7 +487,13 @@
   function setActivity(activity) {
     S.activity = activity;
     const input = $('#act-' + activity);
-    if (input) input.checked = true;
+    if (input) {
+      input.checked = true;
+    } else {
+      // not_responding: set by the broker, not a choice; none is selected
+      // until the agent picks one.
+      for (const i of document.querySelectorAll('#activity input')) i.checked = false;
+    }
   }
 
   function onActivity(ev) {
@@ -635,7 +649,7 @@
     $('#conv-name').textContent = name;
     const addr = (t.task.customer && t.task.customer.address) || '';
     $('#conv-sub').textContent = channelName(t.task.channel) + (addr && addr !== name ? ' · ' + addr : '') +
-      ' · started ' + clock(t.task.created_at);
+      (t.task.queue ? ' · queue ' + t.task.queue : '') + ' · started ' + clock(t.task.created_at);
     const pill = $('#conv-state');
     pill.className = 'pill ' + t.state;
     pill.textContent = t.state === 'wrapping' ? 'Wrap Up' : humanize(t.state);

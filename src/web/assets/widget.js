@@ -6,6 +6,7 @@
 // data-color="#2d5fb8" (button colour), data-open="true" (start open),
 // data-context='…' and data-context-signature="…" (a pre-chat context your
 // backend signed, passed on to the broker unchanged: docs/security.md).
+// data-queue="billing" (the queue its chats wait in; default: `default`).
 (function () {
   'use strict';
   var script = document.currentScript;
@@ -19,6 +20,7 @@
   var startOpen = script.getAttribute('data-open') === 'true';
   var context = script.getAttribute('data-context');
   var contextSignature = script.getAttribute('data-context-signature');
+  var queue = script.getAttribute('data-queue') || '';
 
   var host = document.createElement('div');
   host.setAttribute('data-switchboard-widget', '');
@@ -77,6 +79,7 @@
       query.set('context', context);
       query.set('context_signature', contextSignature);
     }
+    if (queue) query.set('queue', queue);
     frame.src = origin + '/chat?' + query.toString();
     frame.title = title;
     frame.setAttribute('allow', 'clipboard-write');

@@ -1,0 +1,503 @@
+//! Property test of the router's state: any interleaving of arrivals,
+//! accepts, rejects, offer timeouts, wrap-ups, completions, capacity changes,
+//! disconnects, breaks, customers leaving, queue edits and time passing,
+//! driven through the same `route_task` / `route_agent` decisions and `apply`
+//! the router actor uses, keeps:
+//! - no task offered to (or held by) two agents, nor waiting and held at once;
+//! - every agent's load equal to the tasks it holds, and no offer that puts an
+//!   agent over its capacity on a channel or over its total;
+//! - no task waiting while an eligible agent who has not declined it could
+//!   take it (so nobody waits on nobody);
+//! - priority order: an agent offered a task had no better waiting task it
+//!   could take;
+//! - every task ends completed or canceled once agents work the queue.
+//!
+//! (The actor adds only wiring around these decisions: timers, addresses and
+//! messages; `tests/queues*.rs` drive it over sockets.)
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use proptest::prelude::*;
+
+use super::queue::Queue;
+use super::state::{Hold, RoutableTask, Routed, RouterEvent, RouterState};
+use crate::protocol::{Activity, ChannelKind, Customer, Id, PerChannel};
+
+const AGENTS: usize = 4;
+const QUEUES: [&str; 3] = ["default", "a", "b"];
+const CHANNELS: [ChannelKind; 2] = [ChannelKind::Webchat, ChannelKind::Sms];
+const COOLDOWN: Duration = Duration::from_secs(30);
+const MAX_MISSED: u32 = 3;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Arrive {
+        queue: usize,
+        channel: usize,
+    },
+    Accept {
+        agent: usize,
+    },
+    Reject {
+        agent: usize,
+    },
+    Timeout {
+        agent: usize,
+    },
+    End {
+        agent: usize,
+    },
+    Complete {
+        agent: usize,
+    },
+    Capacity {
+        agent: usize,
+        web: u32,
+        sms: u32,
+        total: Option<u32>,
+        skilled: bool,
+    },
+    Presence {
+        agent: usize,
+        connected: bool,
+    },
+    Activity {
+        agent: usize,
+        activity: u8,
+    },
+    EditQueue {
+        queue: usize,
+        priority: u8,
+        skill: bool,
+    },
+    Leave {
+        nth: usize,
+    },
+    Advance {
+        secs: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let agent = 0..AGENTS;
+    prop_oneof![
+        4 => (0..QUEUES.len(), 0..CHANNELS.len()).prop_map(|(queue, channel)| Op::Arrive { queue, channel }),
+        3 => agent.clone().prop_map(|agent| Op::Accept { agent }),
+        1 => agent.clone().prop_map(|agent| Op::Reject { agent }),
+        1 => agent.clone().prop_map(|agent| Op::Timeout { agent }),
+        2 => agent.clone().prop_map(|agent| Op::End { agent }),
+        2 => agent.clone().prop_map(|agent| Op::Complete { agent }),
+        1 => (agent.clone(), 0..4u32, 0..3u32, proptest::option::of(0..5u32), any::<bool>())
+            .prop_map(|(agent, web, sms, total, skilled)| Op::Capacity { agent, web, sms, total, skilled }),
+        1 => (agent.clone(), any::<bool>()).prop_map(|(agent, connected)| Op::Presence { agent, connected }),
+        1 => (agent, 0..3u8).prop_map(|(agent, activity)| Op::Activity { agent, activity }),
+        1 => (0..QUEUES.len(), 0..4u8, any::<bool>())
+            .prop_map(|(queue, priority, skill)| Op::EditQueue { queue, priority: priority * 10, skill }),
+        1 => (0..8usize).prop_map(|nth| Op::Leave { nth }),
+        1 => (0..90u64).prop_map(|secs| Op::Advance { secs }),
+    ]
+}
+
+struct Driver {
+    s: RouterState,
+    now: SystemTime,
+    next_offer: u64,
+    created: Vec<Id>,
+    closed: HashSet<Id>,
+    /// Offers made by the last step: (task, agent, the task's wait key).
+    offers: Vec<(Id, Id, (i64, u64))>,
+}
+
+fn agent_id(i: usize) -> Id {
+    Id::from(format!("ag{i}"))
+}
+
+impl Driver {
+    fn new() -> Driver {
+        let mut s = RouterState::new(1);
+        for q in &QUEUES[1..] {
+            s.apply(RouterEvent::QueueUpserted {
+                queue: Queue::named(q),
+            });
+        }
+        for i in 0..AGENTS {
+            s.apply(RouterEvent::AgentUpserted {
+                id: agent_id(i),
+                name: format!("Agent {i}"),
+                capacity: PerChannel {
+                    webchat: 2,
+                    sms: 1,
+                    ..PerChannel::default()
+                },
+                skills: vec![],
+            });
+            s.apply(RouterEvent::PresenceChanged {
+                id: agent_id(i),
+                connected: true,
+            });
+            s.apply(RouterEvent::ActivityChanged {
+                id: agent_id(i),
+                activity: Activity::Available,
+            });
+        }
+        Driver {
+            s,
+            now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            next_offer: 0,
+            created: Vec::new(),
+            closed: HashSet::new(),
+            offers: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, routed: Routed) {
+        for (task, agent, _) in routed.offers {
+            let key = self
+                .s
+                .held
+                .get(&task)
+                .map(|h| self.s.wait_key(&h.task))
+                .expect("an offered task is held");
+            self.offers.push((task, agent, key));
+        }
+    }
+
+    fn route_task(&mut self, task: &Id) {
+        let r = self
+            .s
+            .route_task(task, self.now, COOLDOWN, &mut self.next_offer);
+        self.record(r);
+    }
+
+    fn route_agent(&mut self, agent: &Id) {
+        let r = self
+            .s
+            .route_agent(agent, self.now, COOLDOWN, &mut self.next_offer);
+        self.record(r);
+    }
+
+    fn route_all(&mut self) {
+        for task in self.s.waiting_in_order() {
+            self.route_task(&task);
+        }
+    }
+
+    /// A task of `agent` held as `want` says.
+    fn held_by(&self, agent: &Id, want: impl Fn(Hold) -> bool) -> Option<Id> {
+        let a = self.s.agents.get(agent)?;
+        a.held
+            .iter()
+            .find(|t| self.s.held.get(*t).is_some_and(|h| want(h.hold)))
+            .cloned()
+    }
+
+    fn requeue(&mut self, task: &Id, decliner: Option<(&Id, bool)>) {
+        self.s.apply(RouterEvent::Requeued {
+            task_id: task.clone(),
+            declined_by: decliner.map(|(a, _)| a.clone()),
+            missed: decliner.is_some_and(|(_, missed)| missed),
+            at: self.now,
+        });
+    }
+
+    /// Withdraw an agent's offers (and assigned tasks), as the router does
+    /// when it goes away.
+    fn withdraw(&mut self, agent: &Id, assigned_too: bool) {
+        for task in self.take_back(agent, assigned_too) {
+            self.route_task(&task);
+        }
+    }
+
+    /// An agent's offers (and assigned tasks) back in the queue, best first.
+    fn take_back(&mut self, agent: &Id, assigned_too: bool) -> Vec<Id> {
+        let mut back = Vec::new();
+        while let Some(task) = self.held_by(agent, |h| {
+            matches!(h, Hold::Reserved { .. }) || (assigned_too && h == Hold::Assigned)
+        }) {
+            self.requeue(&task, None);
+            back.push(task);
+        }
+        self.s.in_wait_order(&back)
+    }
+
+    fn close(&mut self, task: &Id) {
+        self.s.apply(RouterEvent::Closed {
+            task_id: task.clone(),
+            at: self.now,
+        });
+        self.closed.insert(task.clone());
+    }
+
+    fn step(&mut self, op: Op) {
+        self.offers.clear();
+        match op {
+            Op::Arrive { queue, channel } => {
+                let n = self.created.len();
+                let id = Id::from(format!("tk{n}"));
+                let q = self.s.queue(QUEUES[queue]).expect("defined").clone();
+                self.now += Duration::from_millis(10);
+                let task = RoutableTask {
+                    task_id: id.clone(),
+                    conversation_id: Id::from(format!("cv{n}")),
+                    channel: CHANNELS[channel],
+                    skills: Arc::from(Vec::new()),
+                    customer: Customer {
+                        address: format!("c{n}"),
+                        name: "C".into(),
+                    },
+                    queue: q.id.clone(),
+                    priority: q.priority,
+                    created_at: self.now,
+                    entered_queue_at: self.now,
+                    relaxed: false,
+                    order: self.s.next_order,
+                    enqueued_at: Instant::now(),
+                    declined: Vec::new(),
+                    offered_before: false,
+                };
+                self.created.push(id.clone());
+                self.s.apply(RouterEvent::Enqueued { task });
+                self.route_task(&id);
+            }
+            Op::Accept { agent } => {
+                let a = agent_id(agent);
+                if let Some(t) = self.held_by(&a, |h| matches!(h, Hold::Reserved { .. })) {
+                    self.s.apply(RouterEvent::Accepted { task_id: t });
+                }
+            }
+            Op::Reject { agent } | Op::Timeout { agent } => {
+                let missed = matches!(op, Op::Timeout { .. });
+                let a = agent_id(agent);
+                if let Some(t) = self.held_by(&a, |h| matches!(h, Hold::Reserved { .. })) {
+                    self.requeue(&t, Some((&a, missed)));
+                    let mut back = vec![t];
+                    if missed && self.s.missed_offers(&a) >= MAX_MISSED {
+                        self.s.apply(RouterEvent::ActivityChanged {
+                            id: a.clone(),
+                            activity: Activity::NotResponding,
+                        });
+                        back.extend(self.take_back(&a, false));
+                    }
+                    for task in self.s.in_wait_order(&back) {
+                        self.route_task(&task);
+                    }
+                    self.route_agent(&a);
+                }
+            }
+            Op::End { agent } => {
+                let a = agent_id(agent);
+                if let Some(t) = self.held_by(&a, |h| h == Hold::Assigned) {
+                    self.s.apply(RouterEvent::Wrapping { task_id: t });
+                }
+            }
+            Op::Complete { agent } => {
+                let a = agent_id(agent);
+                if let Some(t) = self.held_by(&a, |h| matches!(h, Hold::Wrapping | Hold::Assigned))
+                {
+                    self.close(&t);
+                    self.route_agent(&a);
+                }
+            }
+            Op::Capacity {
+                agent,
+                web,
+                sms,
+                total,
+                skilled,
+            } => {
+                let a = agent_id(agent);
+                self.s.apply(RouterEvent::AgentUpserted {
+                    id: a.clone(),
+                    name: a.to_string(),
+                    capacity: PerChannel {
+                        webchat: web,
+                        sms,
+                        total,
+                        ..PerChannel::default()
+                    },
+                    skills: if skilled { vec!["x".into()] } else { vec![] },
+                });
+                self.route_agent(&a);
+            }
+            Op::Presence { agent, connected } => {
+                let a = agent_id(agent);
+                self.s.apply(RouterEvent::PresenceChanged {
+                    id: a.clone(),
+                    connected,
+                });
+                if connected {
+                    self.route_agent(&a);
+                } else {
+                    self.withdraw(&a, false);
+                }
+            }
+            Op::Activity { agent, activity } => {
+                let a = agent_id(agent);
+                let activity =
+                    [Activity::Available, Activity::Break, Activity::Offline][activity as usize];
+                self.s.apply(RouterEvent::ActivityChanged {
+                    id: a.clone(),
+                    activity,
+                });
+                match activity {
+                    Activity::Offline => self.withdraw(&a, true),
+                    Activity::Available => self.route_agent(&a),
+                    _ => {}
+                }
+            }
+            Op::EditQueue {
+                queue,
+                priority,
+                skill,
+            } => {
+                let mut q = self.s.queue(QUEUES[queue]).expect("defined").clone();
+                q.priority = priority;
+                if q.id != "default" {
+                    q.skills = if skill { vec!["x".into()] } else { vec![] };
+                }
+                self.s.apply(RouterEvent::QueueUpserted { queue: q });
+                self.route_all();
+            }
+            Op::Leave { nth } => {
+                let waiting = self.s.waiting_in_order();
+                if let Some(t) = waiting.get(nth % waiting.len().max(1)).cloned() {
+                    self.close(&t);
+                }
+            }
+            Op::Advance { secs } => {
+                self.now += Duration::from_secs(secs);
+                // The cool-down wake-ups: route what waits again.
+                self.route_all();
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), TestCaseError> {
+        let s = &self.s;
+        // Waiting and held are disjoint; each held task is in its agent's list.
+        for id in s.held.keys() {
+            prop_assert!(!s.queued.contains_key(id), "{id} waiting and held");
+        }
+        for (id, agent) in &s.agents {
+            for ch in ChannelKind::ALL {
+                let held = agent
+                    .held
+                    .iter()
+                    .filter(|t| {
+                        s.held
+                            .get(*t)
+                            .is_some_and(|h| h.task.channel == ch && &h.agent == id)
+                    })
+                    .count() as u32;
+                prop_assert_eq!(agent.view.load.get(ch), held, "{} load on {:?}", id, ch);
+            }
+            prop_assert_eq!(
+                agent.held.len(),
+                s.held.values().filter(|h| &h.agent == id).count()
+            );
+        }
+        // Offers made now never overrun a capacity.
+        for (task, agent, _) in &self.offers {
+            let a = &s.agents[agent];
+            let ch = s.held[task].task.channel;
+            prop_assert!(
+                a.view.load.get(ch) <= a.view.capacity.get(ch),
+                "{agent} over on {ch:?}"
+            );
+            if let Some(total) = a.view.capacity.total {
+                prop_assert!(a.view.load.sum() <= total, "{agent} over its total");
+            }
+        }
+        // Nobody waits while an eligible agent who did not decline could take it.
+        for tasks in s.waiting.values() {
+            for t in tasks.values() {
+                for (id, agent) in &s.agents {
+                    let could = s.index.contains(t.channel, id)
+                        && s.qualifies(agent, t)
+                        && !t.declined_by(id);
+                    prop_assert!(!could, "{} waits while {} could take it", t.task_id, id);
+                }
+            }
+        }
+        // Priority order: no better waiting task the offered agent could take.
+        for (task, agent, key) in &self.offers {
+            let a = &s.agents[agent];
+            for tasks in s.waiting.values() {
+                for (k, t) in tasks {
+                    let better = k < key
+                        && t.channel == s.held[task].task.channel
+                        && s.qualifies(a, t)
+                        && !t.declined_by(agent);
+                    prop_assert!(
+                        !better,
+                        "{agent} got {task} while better {} waits",
+                        t.task_id
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Everyone works the queue until it is empty.
+    fn drain(&mut self) -> Result<(), TestCaseError> {
+        for i in 0..AGENTS {
+            let a = agent_id(i);
+            self.step(Op::Capacity {
+                agent: i,
+                web: 5,
+                sms: 5,
+                total: None,
+                skilled: true,
+            });
+            self.s.apply(RouterEvent::PresenceChanged {
+                id: a.clone(),
+                connected: true,
+            });
+            self.s.apply(RouterEvent::ActivityChanged {
+                id: a.clone(),
+                activity: Activity::Available,
+            });
+        }
+        self.now += COOLDOWN * 2;
+        for _ in 0..1000 {
+            self.route_all();
+            for i in 0..AGENTS {
+                self.route_agent(&agent_id(i));
+            }
+            let held: Vec<Id> = self.s.held.keys().cloned().collect();
+            for t in held {
+                self.close(&t);
+            }
+            if self.s.queued.is_empty() && self.s.held.is_empty() {
+                break;
+            }
+        }
+        prop_assert!(
+            self.s.queued.is_empty(),
+            "still waiting: {:?}",
+            self.s.waiting_in_order()
+        );
+        prop_assert!(self.s.held.is_empty());
+        for t in &self.created {
+            prop_assert!(self.closed.contains(t), "{t} never ended");
+        }
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn routing_keeps_its_invariants(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut d = Driver::new();
+        for op in ops {
+            d.step(op);
+            d.check()?;
+        }
+        d.drain()?;
+    }
+}
