@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::profile::{valid_token, AgentProfile};
 use crate::clock::Clock;
 use crate::protocol::{ChannelKind, PerChannel};
-use crate::router::Queue;
+use crate::router::queue::Queue;
 
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]

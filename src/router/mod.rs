@@ -67,7 +67,7 @@ use actix::prelude::*;
 use crate::agent::Agent;
 use crate::conversation::Conversation;
 use crate::deadlines::Deadlines;
-use crate::protocol::{ChannelKind, Id};
+use crate::protocol::Id;
 use crate::wiring::Broker;
 
 pub use crate::protocol::RescindReason;
