@@ -186,7 +186,7 @@ impl Queue {
     /// is defined (for `overflow.to`).
     pub fn validate(&mut self, exists: impl Fn(&str) -> bool) -> Result<(), ApiError> {
         let bad = |m: String| Err(ApiError::BadRequest(format!("queue {:?}: {m}", self.id)));
-        crate::agent::valid_id(&self.id).map_err(|_| {
+        crate::profile::valid_id(&self.id).map_err(|_| {
             ApiError::BadRequest(format!(
                 "queue id {:?} must be 1-64 characters of letters, digits, '-', '_', '.', '@'",
                 self.id
