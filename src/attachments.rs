@@ -11,6 +11,11 @@
 //! with none left is dropped. A file uploaded and never sent is dropped by
 //! [`AttachmentStore::sweep_unused`] once it is older than the history
 //! retention.
+//!
+//! What a webchat session may hold at once is bounded (`uploads_per_session`
+//! files, `upload_bytes_per_session` bytes): an upload over it is refused
+//! with `rate_limited` before it is stored, and the session's share comes
+//! back as its files leave memory.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,6 +39,8 @@ pub struct StoredAttachment {
     uploaded: Instant,
     /// Messages in conversations still in memory that carry it.
     uses: AtomicUsize,
+    /// The webchat session that uploaded it, whose quota it counts against.
+    uploader: Option<Id>,
 }
 
 impl StoredAttachment {
@@ -49,21 +56,115 @@ impl StoredAttachment {
     }
 }
 
+/// What one webchat session holds in the store.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub files: usize,
+    pub bytes: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct AttachmentStore {
     files: DashMap<String, Arc<StoredAttachment>>,
+    /// Per uploading webchat session, what it holds; an entry goes with its
+    /// last file.
+    held: DashMap<Id, Held>,
+    max_files: usize,
+    max_bytes: u64,
 }
 
 impl AttachmentStore {
-    pub fn insert(&self, meta: AttachmentMeta, bytes: Bytes, uploader_session: Option<Id>) {
+    /// A store holding each webchat session to `uploads_per_session` and
+    /// `upload_bytes_per_session`.
+    pub fn new(config: &crate::config::Config) -> Self {
+        AttachmentStore {
+            max_files: config.uploads_per_session,
+            max_bytes: config.upload_bytes_per_session,
+            ..AttachmentStore::default()
+        }
+    }
+
+    /// Would `session` stay within its quota with one more file of `size`
+    /// bytes? Asked before reading an upload's body; [`AttachmentStore::insert`]
+    /// decides.
+    pub fn check_quota(&self, session: &Id, size: u64) -> Result<(), ApiError> {
+        let held = self.held.get(session).map(|h| *h).unwrap_or_default();
+        self.within(held, size)
+    }
+
+    fn within(&self, held: Held, size: u64) -> Result<(), ApiError> {
+        let over = if self.max_files > 0 && held.files >= self.max_files {
+            Some(format!(
+                "a webchat session may hold at most {} files at once",
+                self.max_files
+            ))
+        } else if self.max_bytes > 0 && held.bytes.saturating_add(size) > self.max_bytes {
+            Some(format!(
+                "a webchat session may hold at most {} bytes of files at once \
+                 ({} held)",
+                self.max_bytes, held.bytes
+            ))
+        } else {
+            None
+        };
+        match over {
+            // Files leave memory with their conversations, or unused after
+            // the history retention: no precise time to give.
+            Some(message) => Err(ApiError::RateLimitedFor {
+                message,
+                retry_after: Duration::from_secs(60),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Store a file. An upload by a webchat session counts against its quota
+    /// and is refused (`rate_limited`) over it.
+    pub fn insert(
+        &self,
+        meta: AttachmentMeta,
+        bytes: Bytes,
+        uploader_session: Option<Id>,
+    ) -> Result<(), ApiError> {
+        if let Some(session) = &uploader_session {
+            let mut held = self.held.entry(session.clone()).or_default();
+            if let Err(e) = self.within(*held, meta.size) {
+                let empty = held.files == 0;
+                drop(held);
+                if empty {
+                    self.held.remove_if(session, |_, h| h.files == 0);
+                }
+                return Err(e);
+            }
+            held.files += 1;
+            held.bytes += meta.size;
+        }
         let stored = StoredAttachment {
             meta: meta.clone(),
             bytes,
-            readers: Mutex::new(uploader_session.into_iter().collect()),
+            readers: Mutex::new(uploader_session.iter().cloned().collect()),
             uploaded: Instant::now(),
             uses: AtomicUsize::new(0),
+            uploader: uploader_session,
         };
         self.files.insert(meta.id, Arc::new(stored));
+        Ok(())
+    }
+
+    /// What `session` holds now.
+    pub fn held_by(&self, session: &Id) -> Held {
+        self.held.get(session).map(|h| *h).unwrap_or_default()
+    }
+
+    /// A file left the store: its uploader's share comes back.
+    fn gone(&self, file: &StoredAttachment) {
+        if let Some(session) = &file.uploader {
+            self.held.remove_if_mut(session, |_, h| {
+                h.files = h.files.saturating_sub(1);
+                h.bytes = h.bytes.saturating_sub(file.meta.size);
+                h.files == 0
+            });
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<StoredAttachment>> {
@@ -90,22 +191,34 @@ impl AttachmentStore {
     /// A message that carried file `id` left memory; the file goes when no
     /// message carries it any more.
     pub fn release(&self, id: &str) {
-        self.files.remove_if(id, |_, f| {
+        let removed = self.files.remove_if(id, |_, f| {
             let before = f
                 .uses
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                 .unwrap_or(0);
             before == 1
         });
+        if let Some((_, file)) = removed {
+            self.gone(&file);
+        }
     }
 
     /// Drops files that no message carries and that were uploaded more than
     /// `older_than` ago; returns how many.
     pub fn sweep_unused(&self, older_than: Duration) -> usize {
-        let before = self.files.len();
-        self.files
-            .retain(|_, f| f.uses.load(Ordering::Relaxed) > 0 || f.uploaded.elapsed() < older_than);
-        before.saturating_sub(self.files.len())
+        let mut swept = Vec::new();
+        self.files.retain(|_, f| {
+            let keep = f.uses.load(Ordering::Relaxed) > 0 || f.uploaded.elapsed() < older_than;
+            if !keep {
+                swept.push(Arc::clone(f));
+            }
+            keep
+        });
+        // Outside the files map's lock.
+        for file in &swept {
+            self.gone(file);
+        }
+        swept.len()
     }
 
     pub fn len(&self) -> usize {
@@ -135,11 +248,13 @@ mod tests {
     #[test]
     fn readers_and_resolve() {
         let store = AttachmentStore::default();
-        store.insert(
-            meta("att_1"),
-            Bytes::from_static(b"abc"),
-            Some("wc_1".into()),
-        );
+        store
+            .insert(
+                meta("att_1"),
+                Bytes::from_static(b"abc"),
+                Some("wc_1".into()),
+            )
+            .unwrap();
         let a = store.get("att_1").unwrap();
         assert!(a.readable_by("wc_1"));
         assert!(!a.readable_by("wc_2"));
@@ -155,8 +270,8 @@ mod tests {
     #[test]
     fn files_go_with_their_last_message_or_unused_after_the_retention() {
         let store = AttachmentStore::default();
-        store.insert(meta("att_1"), Bytes::from_static(b"abc"), None);
-        store.insert(meta("att_2"), Bytes::from_static(b"abc"), None);
+        store.insert(meta("att_1"), Bytes::from_static(b"abc"), None).unwrap();
+        store.insert(meta("att_2"), Bytes::from_static(b"abc"), None).unwrap();
         // Sent twice (two conversations): stays until both are forgotten.
         store.acquire("att_1");
         store.acquire("att_1");
@@ -170,12 +285,48 @@ mod tests {
         assert!(store.get("att_1").is_none());
         // Releasing what is gone or was never acquired is harmless.
         store.release("att_1");
-        store.insert(meta("att_3"), Bytes::from_static(b"abc"), None);
+        store.insert(meta("att_3"), Bytes::from_static(b"abc"), None).unwrap();
         assert_eq!(
             store.sweep_unused(Duration::from_secs(3600)),
             0,
             "too young"
         );
         assert!(store.get("att_3").is_some());
+    }
+
+    #[test]
+    fn a_session_holds_a_bounded_number_of_files_and_bytes() {
+        let config = crate::config::Config {
+            uploads_per_session: 2,
+            upload_bytes_per_session: 5,
+            ..crate::config::Config::default()
+        };
+        let store = AttachmentStore::new(&config);
+        let wc: Id = "wc_1".into();
+        store.insert(meta("att_1"), Bytes::from_static(b"abc"), Some(wc.clone())).unwrap();
+        // 3 + 3 bytes is over 5.
+        let e = store
+            .insert(meta("att_2"), Bytes::from_static(b"abc"), Some(wc.clone()))
+            .unwrap_err();
+        assert_eq!(e.code(), "rate_limited");
+        assert!(store.get("att_2").is_none(), "nothing stored when refused");
+        let mut small = meta("att_3");
+        small.size = 1;
+        store.insert(small, Bytes::from_static(b"a"), Some(wc.clone())).unwrap();
+        assert_eq!(store.held_by(&wc), Held { files: 2, bytes: 4 });
+        let mut tiny = meta("att_4");
+        tiny.size = 1;
+        let e = store.check_quota(&wc, 1).unwrap_err();
+        assert!(e.to_string().contains("at most 2 files"), "{e}");
+        assert!(store.insert(tiny, Bytes::from_static(b"a"), Some(wc.clone())).is_err());
+        // Agents and admins are not held to it.
+        store.insert(meta("att_5"), Bytes::from_static(b"abc"), None).unwrap();
+        // Sent and forgotten, or swept unused: the share comes back.
+        store.acquire("att_1");
+        store.release("att_1");
+        assert_eq!(store.held_by(&wc), Held { files: 1, bytes: 1 });
+        assert_eq!(store.sweep_unused(Duration::ZERO), 2);
+        assert_eq!(store.held_by(&wc), Held::default());
+        assert!(store.held.is_empty(), "no entry left for a session holding nothing");
     }
 }

@@ -66,6 +66,8 @@ pub struct Broker {
     pub ids: IdGen,
     pub metrics: Metrics,
     pub attachments: AttachmentStore,
+    /// Per-client limits (rates, sessions and connections per address).
+    pub limits: crate::limits::Limits,
 
     pub router: Addr<Router>,
     pub channels: Channels,
@@ -106,11 +108,12 @@ pub struct BrokerParts {
 impl Broker {
     pub fn new(parts: BrokerParts) -> Arc<Broker> {
         Arc::new(Broker {
+            attachments: AttachmentStore::new(&parts.config),
+            limits: crate::limits::Limits::new(&parts.config),
             config: parts.config,
             admin_token: parts.admin_token,
             ids: IdGen::default(),
             metrics: Metrics::default(),
-            attachments: AttachmentStore::default(),
             router: parts.router,
             channels: parts.channels,
             supervisor: parts.supervisor,

@@ -16,6 +16,7 @@ pub mod deadlines;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod router;

@@ -25,7 +25,7 @@ use actix_http::body::BoxBody;
 use actix_http::{h1, HttpService};
 use actix_service::{map_config, IntoServiceFactory};
 use actix_web::dev::{
-    fn_factory, fn_service, AppConfig, ServerHandle, ServiceFactory, ServiceRequest,
+    fn_factory, fn_service, AppConfig, Service, ServerHandle, ServiceFactory, ServiceRequest,
     ServiceResponse,
 };
 use actix_web::{web, App};
@@ -41,6 +41,8 @@ use crate::channel::webchat::{WebchatChannel, WebchatShards};
 use crate::channel::whatsapp::WhatsappApi;
 use crate::channel::Channels;
 use crate::config::Config;
+use crate::http::body::BodyDeadline;
+use crate::limits::{Connections, Refused};
 use crate::protocol::ChannelKind;
 use crate::router::Router;
 use crate::shards::{mailbox, Mailbox};
@@ -169,6 +171,20 @@ async fn sweep_unused_attachments(broker: std::sync::Weak<Broker>) {
     }
 }
 
+/// Forgets per-address rate state that is as good as fresh, so the keyed
+/// limiters hold only addresses seen lately. Ends with the broker.
+async fn sweep_limits(broker: std::sync::Weak<Broker>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        broker.limits.sweep();
+    }
+}
+
 thread_local! {
     /// Whether this thread's arbiter is a shard already: the HTTP service is
     /// built per worker and per listening address.
@@ -209,7 +225,8 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// The HTTP API and pages, one instance per worker (and one more per worker
-/// for WebSocket upgrades).
+/// for WebSocket upgrades). Every request body is read at a minimum rate
+/// (`http/body.rs`).
 fn app(
     data: web::Data<Arc<Broker>>,
 ) -> App<
@@ -221,7 +238,17 @@ fn app(
         InitError = (),
     >,
 > {
-    App::new().app_data(data).configure(crate::http::routes)
+    let deadline = BodyDeadline {
+        timeout: data.config.request_body_timeout,
+        min_rate: data.config.request_body_min_rate,
+    };
+    App::new()
+        .app_data(data)
+        .wrap_fn(move |mut req, srv| {
+            deadline.apply(&mut req);
+            srv.call(req)
+        })
+        .configure(crate::http::routes)
 }
 
 /// What handlers see of the server (`HttpRequest::app_config`, the fallback
@@ -246,16 +273,101 @@ fn upgrades(
 > {
     fn_factory(move || {
         let app = app(data.clone());
+        let connections = data.limits.connections.clone();
+        let write_timeout = data.config.socket_write_timeout;
         async move {
             let app = Rc::new(app.into_factory().new_service(app_config()).await?);
             Ok(fn_service(
                 move |(req, framed): (actix_http::Request, Framed<TcpStream, h1::Codec>)| {
-                    actix_web::rt::spawn(crate::http::upgrade::serve(app.clone(), req, framed));
+                    // Counted again before the HTTP connection's count goes
+                    // with its dispatcher: a WebSocket stays in
+                    // `max_connections` for as long as it is open.
+                    let peer = framed.io_ref().peer_addr().ok().map(|a| a.ip());
+                    let socket = crate::http::upgrade::Socket {
+                        _slot: connections.adopt(peer),
+                        write_timeout,
+                    };
+                    actix_web::rt::spawn(crate::http::upgrade::serve(
+                        app.clone(),
+                        req,
+                        framed,
+                        socket,
+                    ));
                     std::future::ready(Ok(()))
                 },
             ))
         }
     })
+}
+
+/// Every accepted connection is counted (`max_connections`,
+/// `max_connections_per_ip`) for as long as its HTTP dispatcher runs; one over
+/// a limit gets a short answer (`503 unavailable` or `429 rate_limited`) and is
+/// closed without being read.
+fn admit_connections<S>(
+    http: S,
+    connections: Arc<Connections>,
+) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = S::Error, InitError = S::InitError>
+where
+    S: ServiceFactory<TcpStream, Config = (), Response = ()>,
+{
+    actix_service::apply_fn_factory(http, move |io: TcpStream, srv: &S::Service| {
+        let peer = io.peer_addr().ok().map(|a| a.ip());
+        let admitted = match connections.admit(peer) {
+            Ok(slot) => Ok((srv.call(io), slot)),
+            Err(why) => Err((io, why)),
+        };
+        async move {
+            match admitted {
+                Ok((call, slot)) => {
+                    let served = call.await;
+                    drop(slot);
+                    served
+                }
+                Err((io, why)) => {
+                    refuse(io, why).await;
+                    Ok(())
+                }
+            }
+        }
+    })
+}
+
+/// The whole answer to a connection over a limit: a status line, a JSON
+/// error and `Connection: close`, written without waiting on a client that
+/// does not read; then a short wait for the client's request to arrive and
+/// be discarded (closing with unread bytes would reset the connection and
+/// could lose the answer).
+async fn refuse(io: TcpStream, why: Refused) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (status, code, message) = match why {
+        Refused::Full => (
+            "503 Service Unavailable",
+            "unavailable",
+            "the broker is at max_connections; try again shortly",
+        ),
+        Refused::PerIp => (
+            "429 Too Many Requests",
+            "rate_limited",
+            "too many open connections from this address (max_connections_per_ip)",
+        ),
+    };
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let linger = std::time::Duration::from_millis(200);
+    let mut io = io;
+    let _ = tokio::time::timeout(linger, async {
+        io.write_all(answer.as_bytes()).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// Build everything inside the current actix system and bind.
@@ -325,6 +437,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     ));
     let next_worker = Arc::new(AtomicUsize::new(0));
     channel_arbiter.spawn(sweep_unused_attachments(Arc::downgrade(&broker)));
+    channel_arbiter.spawn(sweep_limits(Arc::downgrade(&broker)));
     let graph = config.graph_api_base.clone();
     if let Some((_, run)) = sms {
         let api = ProviderApi::Sms(SmsApi {
@@ -408,16 +521,18 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         let webchat_mailboxes = webchat_mailboxes.clone();
         let next_worker = next_worker.clone();
         let shutdown = shutdown.clone();
+        let header_timeout = config.request_header_timeout;
         builder = builder.listen(format!("switchboard-{local}"), listener, move || {
             join_as_shard(&data, &webchat_mailboxes, &next_worker);
             let shutdown = shutdown.clone();
-            HttpService::build()
+            let http = HttpService::build()
                 .graceful_shutdown_signal(move || {
                     let signal = shutdown.clone();
                     async move { signal.notified().await }
                 })
                 .keep_alive(actix_http::KeepAlive::default())
-                .client_request_timeout(std::time::Duration::from_secs(30))
+                // Slow headers (slowloris): closed when not complete in time.
+                .client_request_timeout(header_timeout)
                 .client_disconnect_timeout(std::time::Duration::from_secs(1))
                 // Chat frames are small: send them at once instead of waiting
                 // to coalesce (Nagle + delayed ACK would add ~40 ms per frame).
@@ -427,7 +542,8 @@ pub fn start(config: Config) -> std::io::Result<Started> {
                 // the upgrade (src/http/upgrade.rs).
                 .upgrade(upgrades(data.clone()))
                 .finish(map_config(app(data.clone()), |_| app_config()))
-                .tcp()
+                .tcp();
+            admit_connections(http, data.limits.connections.clone())
         })?;
     }
     if addrs.is_empty() {
@@ -449,6 +565,25 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     })
 }
 
+/// Connections need a file each, and the broker a few more for itself.
+const SPARE_FILES: u64 = 64;
+
+/// Raise the open-files limit to its hard limit, and warn when
+/// `max_connections` would still not fit: past the limit `accept` fails with
+/// "Too many open files" and every client, `/healthz` too, waits.
+fn open_files_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + SPARE_FILES => tracing::warn!(
+            open_files_limit = limit,
+            max_connections,
+            "the open-files limit is below max_connections: raise it (ulimit -n, \
+             LimitNOFILE=) or lower max_connections"
+        ),
+        Ok(limit) => tracing::debug!(open_files_limit = limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
+}
+
 /// Run until Ctrl-C / SIGTERM. Used by `main`.
 ///
 /// Prints on stdout, once listening: the [`banner`] (URLs and channels), then
@@ -456,6 +591,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
 /// configured agent whose token was generated. Logs go to stderr.
 pub fn run(config: Config) -> std::io::Result<()> {
     let generated = config.admin_token.is_none();
+    open_files_limit(config.max_connections);
     let system = actix::System::new();
     system.block_on(async move {
         let started = start(config.clone())?;

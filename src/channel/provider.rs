@@ -339,9 +339,11 @@ async fn fetch_media(
         filename,
         error: None,
     };
+    // No uploading session: no quota to be over.
     broker
         .attachments
-        .insert(meta.clone(), bytes.freeze(), None);
+        .insert(meta.clone(), bytes.freeze(), None)
+        .map_err(|e| e.to_string())?;
     Ok(meta)
 }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::channel::provider::verify_link;
 use crate::error::ApiError;
-use crate::http::{authenticate, Principal, State};
+use crate::http::{authenticate, client_ip, Principal, State};
 use crate::protocol::AttachmentMeta;
 
 #[derive(Debug, Deserialize)]
@@ -49,9 +49,18 @@ pub async fn upload(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
+    // Anonymous customers are held to a rate per address and a quota per
+    // session, checked before the body is read (the quota again when the
+    // file is stored, with its real size).
+    if let Principal::Customer(session) = &who {
+        state.limits.upload(client_ip(&req, &state))?;
+        state
+            .attachments
+            .check_quota(session, declared.unwrap_or(0))?;
+    }
     let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
+        let chunk = chunk.map_err(ApiError::body)?;
         if (bytes.len() + chunk.len()) as u64 > limit {
             return Err(too_large(limit));
         }
@@ -81,7 +90,7 @@ pub async fn upload(
     };
     state
         .attachments
-        .insert(meta.clone(), bytes.freeze(), uploader);
+        .insert(meta.clone(), bytes.freeze(), uploader)?;
     Ok(HttpResponse::Created().json(meta))
 }
 

@@ -14,6 +14,7 @@ pub struct AgentSession {
     /// The token this socket was opened with; the agent actor checks it again.
     token: String,
     backlog: usize,
+    backlog_bytes: crate::ws::Backlog,
     max_frame: usize,
     hb: Heartbeat,
 }
@@ -25,6 +26,7 @@ impl AgentSession {
             agent,
             token,
             backlog: config.socket_backlog,
+            backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
             max_frame: config.max_frame,
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
         }
@@ -38,7 +40,7 @@ impl Actor for AgentSession {
         ctx.set_mailbox_capacity(self.backlog);
         self.hb.start(ctx, |s| &mut s.hb);
         self.agent.do_send(Connect {
-            link: SocketLink::new(self.id, ctx.address()),
+            link: SocketLink::new(self.id, ctx.address(), &self.backlog_bytes),
             token: Some(self.token.clone()),
         });
     }
@@ -73,7 +75,7 @@ impl Handler<Push> for AgentSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        push_text(msg.0, ctx);
+        push_text(msg.0, &self.backlog_bytes, ctx);
     }
 }
 

@@ -1,5 +1,7 @@
 //! A webchat customer's socket: parses JSON commands and hands them to the
-//! webchat channel actor; writes whatever the channel pushes. Nothing else.
+//! webchat channel actor; writes whatever the channel pushes. Holds the
+//! socket's command rate (`socket_messages_per_second`): a command over it is
+//! answered `rate_limited` and not passed on.
 
 use actix::prelude::*;
 use actix_web_actors::ws;
@@ -7,6 +9,7 @@ use actix_web_actors::ws;
 use crate::channel::webchat::{
     CustomerConnected, CustomerDisconnected, FromCustomer, WebchatChannel, WebchatShards,
 };
+use crate::limits::Rate;
 use crate::protocol::{error_frame, salvage_ref, CustomerCommand, Id};
 use crate::ws::{close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, SocketLink};
 
@@ -18,8 +21,11 @@ pub struct CustomerSession {
     /// the shard is a hash away.
     shards: WebchatShards,
     backlog: usize,
+    backlog_bytes: crate::ws::Backlog,
     max_frame: usize,
     hb: Heartbeat,
+    rate: Rate,
+    per_second: u32,
 }
 
 impl CustomerSession {
@@ -29,8 +35,11 @@ impl CustomerSession {
             session,
             shards,
             backlog: config.socket_backlog,
+            backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
             max_frame: config.max_frame,
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
+            rate: Rate::per_second(config.socket_messages_per_second),
+            per_second: config.socket_messages_per_second,
         }
     }
 
@@ -47,7 +56,7 @@ impl Actor for CustomerSession {
         self.hb.start(ctx, |s| &mut s.hb);
         self.channel().do_send(CustomerConnected {
             session: self.session.clone(),
-            link: SocketLink::new(self.id, ctx.address()),
+            link: SocketLink::new(self.id, ctx.address(), &self.backlog_bytes),
         });
     }
 
@@ -64,6 +73,13 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CustomerSession {
         let Some(text) = handle_frame(msg, &mut self.hb, self.max_frame, ctx) else {
             return;
         };
+        let per_second = self.per_second;
+        if let Err(e) = self.rate.check(|| {
+            format!("at most {per_second} commands per second on one socket; this one was not taken")
+        }) {
+            ctx.text(e.to_frame(salvage_ref(&text).as_deref()));
+            return;
+        }
         match serde_json::from_str::<CustomerCommand>(&text) {
             Ok(command) => self.channel().do_send(FromCustomer {
                 session: self.session.clone(),
@@ -83,7 +99,7 @@ impl Handler<Push> for CustomerSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        push_text(msg.0, ctx);
+        push_text(msg.0, &self.backlog_bytes, ctx);
     }
 }
 

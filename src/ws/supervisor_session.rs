@@ -12,6 +12,7 @@ pub struct SupervisorSession {
     id: u64,
     hub: Addr<SupervisorHub>,
     backlog: usize,
+    backlog_bytes: crate::ws::Backlog,
     max_frame: usize,
     hb: Heartbeat,
 }
@@ -22,6 +23,7 @@ impl SupervisorSession {
             id: crate::ws::next_session_id(),
             hub,
             backlog: config.socket_backlog,
+            backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
             max_frame: config.max_frame,
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
         }
@@ -35,7 +37,7 @@ impl Actor for SupervisorSession {
         ctx.set_mailbox_capacity(self.backlog);
         self.hb.start(ctx, |s| &mut s.hb);
         self.hub
-            .do_send(Subscribe(SocketLink::new(self.id, ctx.address())));
+            .do_send(Subscribe(SocketLink::new(self.id, ctx.address(), &self.backlog_bytes)));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -59,7 +61,7 @@ impl Handler<Push> for SupervisorSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        push_text(msg.0, ctx);
+        push_text(msg.0, &self.backlog_bytes, ctx);
     }
 }
 
