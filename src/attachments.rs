@@ -270,8 +270,12 @@ mod tests {
     #[test]
     fn files_go_with_their_last_message_or_unused_after_the_retention() {
         let store = AttachmentStore::default();
-        store.insert(meta("att_1"), Bytes::from_static(b"abc"), None).unwrap();
-        store.insert(meta("att_2"), Bytes::from_static(b"abc"), None).unwrap();
+        store
+            .insert(meta("att_1"), Bytes::from_static(b"abc"), None)
+            .unwrap();
+        store
+            .insert(meta("att_2"), Bytes::from_static(b"abc"), None)
+            .unwrap();
         // Sent twice (two conversations): stays until both are forgotten.
         store.acquire("att_1");
         store.acquire("att_1");
@@ -285,7 +289,9 @@ mod tests {
         assert!(store.get("att_1").is_none());
         // Releasing what is gone or was never acquired is harmless.
         store.release("att_1");
-        store.insert(meta("att_3"), Bytes::from_static(b"abc"), None).unwrap();
+        store
+            .insert(meta("att_3"), Bytes::from_static(b"abc"), None)
+            .unwrap();
         assert_eq!(
             store.sweep_unused(Duration::from_secs(3600)),
             0,
@@ -303,7 +309,9 @@ mod tests {
         };
         let store = AttachmentStore::new(&config);
         let wc: Id = "wc_1".into();
-        store.insert(meta("att_1"), Bytes::from_static(b"abc"), Some(wc.clone())).unwrap();
+        store
+            .insert(meta("att_1"), Bytes::from_static(b"abc"), Some(wc.clone()))
+            .unwrap();
         // 3 + 3 bytes is over 5.
         let e = store
             .insert(meta("att_2"), Bytes::from_static(b"abc"), Some(wc.clone()))
@@ -312,21 +320,30 @@ mod tests {
         assert!(store.get("att_2").is_none(), "nothing stored when refused");
         let mut small = meta("att_3");
         small.size = 1;
-        store.insert(small, Bytes::from_static(b"a"), Some(wc.clone())).unwrap();
+        store
+            .insert(small, Bytes::from_static(b"a"), Some(wc.clone()))
+            .unwrap();
         assert_eq!(store.held_by(&wc), Held { files: 2, bytes: 4 });
         let mut tiny = meta("att_4");
         tiny.size = 1;
         let e = store.check_quota(&wc, 1).unwrap_err();
         assert!(e.to_string().contains("at most 2 files"), "{e}");
-        assert!(store.insert(tiny, Bytes::from_static(b"a"), Some(wc.clone())).is_err());
+        assert!(store
+            .insert(tiny, Bytes::from_static(b"a"), Some(wc.clone()))
+            .is_err());
         // Agents and admins are not held to it.
-        store.insert(meta("att_5"), Bytes::from_static(b"abc"), None).unwrap();
+        store
+            .insert(meta("att_5"), Bytes::from_static(b"abc"), None)
+            .unwrap();
         // Sent and forgotten, or swept unused: the share comes back.
         store.acquire("att_1");
         store.release("att_1");
         assert_eq!(store.held_by(&wc), Held { files: 1, bytes: 1 });
         assert_eq!(store.sweep_unused(Duration::ZERO), 2);
         assert_eq!(store.held_by(&wc), Held::default());
-        assert!(store.held.is_empty(), "no entry left for a session holding nothing");
+        assert!(
+            store.held.is_empty(),
+            "no entry left for a session holding nothing"
+        );
     }
 }

@@ -927,9 +927,7 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "open_sessions_per_ip" => value(c.open_sessions_per_ip.to_string()),
         "sockets_per_session" => value(c.sockets_per_session.to_string()),
         "socket_messages_per_second" => value(c.socket_messages_per_second.to_string()),
-        "conversation_messages_per_second" => {
-            value(c.conversation_messages_per_second.to_string())
-        }
+        "conversation_messages_per_second" => value(c.conversation_messages_per_second.to_string()),
         "uploads_per_session" => value(c.uploads_per_session.to_string()),
         "upload_bytes_per_session" => value(show_size(c.upload_bytes_per_session)),
         "uploads_per_ip_per_minute" => value(c.uploads_per_ip_per_minute.to_string()),

@@ -70,7 +70,10 @@ impl PerIp {
 
     fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
         self.limiter.check_key(&ip).map_err(|not_until| {
-            too_fast(&self.what, not_until.wait_time_from(DefaultClock::default().now()))
+            too_fast(
+                &self.what,
+                not_until.wait_time_from(DefaultClock::default().now()),
+            )
         })
     }
 }
@@ -95,7 +98,10 @@ impl Rate {
     /// which limit, e.g. "at most 10 commands per second on one socket".
     pub fn check(&self, what: impl FnOnce() -> String) -> Result<(), ApiError> {
         self.limiter.check().map_err(|not_until| {
-            too_fast(&what(), not_until.wait_time_from(DefaultClock::default().now()))
+            too_fast(
+                &what(),
+                not_until.wait_time_from(DefaultClock::default().now()),
+            )
         })
     }
 }
@@ -117,7 +123,10 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedRate<K> {
 
     pub fn check(&self, key: &K, what: impl FnOnce() -> String) -> Result<(), ApiError> {
         self.limiter.check_key(key).map_err(|not_until| {
-            too_fast(&what(), not_until.wait_time_from(DefaultClock::default().now()))
+            too_fast(
+                &what(),
+                not_until.wait_time_from(DefaultClock::default().now()),
+            )
         })
     }
 
@@ -205,7 +214,10 @@ impl Limits {
                     config.uploads_per_ip_per_minute
                 ),
             ),
-            connections: Arc::new(Connections::new(config, parse_proxies(&config.trusted_proxies).unwrap_or_default())),
+            connections: Arc::new(Connections::new(
+                config,
+                parse_proxies(&config.trusted_proxies).unwrap_or_default(),
+            )),
         }
     }
 
@@ -213,7 +225,11 @@ impl Limits {
     /// the last address of `X-Forwarded-For` that is not a trusted proxy
     /// (each proxy appends the address it got the request from, so the
     /// addresses left of the last untrusted one could be made up).
-    pub fn client_ip(&self, peer: Option<SocketAddr>, forwarded_for: Option<&str>) -> Option<IpAddr> {
+    pub fn client_ip(
+        &self,
+        peer: Option<SocketAddr>,
+        forwarded_for: Option<&str>,
+    ) -> Option<IpAddr> {
         let peer = peer?.ip();
         if !self.is_trusted(peer) {
             return Some(peer);
@@ -248,9 +264,7 @@ impl Limits {
         let Some(ip) = ip else {
             return Ok(());
         };
-        if let Some(rate) = &self.sessions {
-            rate.check(ip)?;
-        }
+        // The count first: a refusal for it spends nothing of the rate.
         if !self.open_sessions.take(ip, self.max_open_sessions) {
             return Err(ApiError::RateLimitedFor {
                 message: format!(
@@ -260,6 +274,10 @@ impl Limits {
                 ),
                 retry_after: Duration::from_secs(60),
             });
+        }
+        if let Some(Err(e)) = self.sessions.as_ref().map(|rate| rate.check(ip)) {
+            self.open_sessions.give_back(ip);
+            return Err(e);
         }
         Ok(())
     }
@@ -445,7 +463,10 @@ mod tests {
         let l = limits(|c| c.trusted_proxies = vec!["10.0.0.0/8".into(), "127.0.0.1".into()]);
         let peer = |s: &str| Some(SocketAddr::new(ip(s), 1000));
         // Not a proxy: its own address, whatever it claims.
-        assert_eq!(l.client_ip(peer("203.0.113.9"), Some("1.2.3.4")), Some(ip("203.0.113.9")));
+        assert_eq!(
+            l.client_ip(peer("203.0.113.9"), Some("1.2.3.4")),
+            Some(ip("203.0.113.9"))
+        );
         // Through two trusted proxies: the first untrusted hop from the right.
         assert_eq!(
             l.client_ip(peer("127.0.0.1"), Some("6.6.6.6, 198.51.100.7, 10.1.2.3")),
@@ -474,17 +495,26 @@ mod tests {
         assert_eq!(e.code(), "rate_limited");
         assert!(e.to_string().contains("open webchat sessions"), "{e}");
         l.session_closed(a);
-        assert!(l.open_session(a).is_ok(), "a closed session frees its place");
-        // Four asked of a rate of three per minute.
+        assert!(
+            l.open_session(a).is_ok(),
+            "a closed session frees its place"
+        );
+        l.session_closed(a);
+        // A fourth of a rate of three per minute (the refusal above spent none).
         let e = l.open_session(a).unwrap_err();
         assert!(e.to_string().contains("per minute"), "{e}");
-        assert!(matches!(e, ApiError::RateLimitedFor { retry_after, .. } if retry_after > Duration::ZERO));
+        assert!(
+            matches!(e, ApiError::RateLimitedFor { retry_after, .. } if retry_after > Duration::ZERO)
+        );
         // Another address is not affected.
         assert!(l.open_session(Some(ip("192.0.2.2"))).is_ok());
+        assert_eq!(
+            l.open_sessions_of(&ip("192.0.2.1")),
+            1,
+            "the refused one is not counted"
+        );
         // Counts go back to nothing: no entry is kept for an address with none.
-        for _ in 0..2 {
-            l.session_closed(a);
-        }
+        l.session_closed(a);
         l.session_closed(Some(ip("192.0.2.2")));
         assert_eq!(l.open_sessions_of(&ip("192.0.2.1")), 0);
         assert_eq!(l.open_sessions.len(), 0);
@@ -512,7 +542,11 @@ mod tests {
         }
         let e = r.check(what).unwrap_err();
         assert_eq!(e.code(), "rate_limited");
-        assert!(e.to_string().starts_with("at most 3 commands per second; try again in"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("at most 3 commands per second; try again in"),
+            "{e}"
+        );
         let k = KeyedRate::<u32>::per_second(1);
         k.check(&1, what).unwrap();
         assert!(k.check(&1, what).is_err());

@@ -29,8 +29,9 @@ fn main() {
 /// stderr is a terminal (and `NO_COLOR` is unset), so a file or a pipe gets
 /// no escape codes; JSON is one object per line.
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "switchboard=info,actix_web=warn,actix_server=warn,actix_http=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "switchboard=info,actix_web=warn,actix_server=warn,actix_http=warn".into()
+    });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

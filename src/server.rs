@@ -25,7 +25,7 @@ use actix_http::body::BoxBody;
 use actix_http::{h1, HttpService};
 use actix_service::{map_config, IntoServiceFactory};
 use actix_web::dev::{
-    fn_factory, fn_service, AppConfig, Service, ServerHandle, ServiceFactory, ServiceRequest,
+    fn_factory, fn_service, AppConfig, ServerHandle, Service, ServiceFactory, ServiceRequest,
     ServiceResponse,
 };
 use actix_web::{web, App};

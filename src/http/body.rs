@@ -12,8 +12,8 @@
 //! WebSocket upgrades have no body (their frames are read by `upgrade.rs`,
 //! with the heartbeat as their deadline) and are left alone.
 
-use std::io;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;

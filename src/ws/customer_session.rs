@@ -75,7 +75,9 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CustomerSession {
         };
         let per_second = self.per_second;
         if let Err(e) = self.rate.check(|| {
-            format!("at most {per_second} commands per second on one socket; this one was not taken")
+            format!(
+                "at most {per_second} commands per second on one socket; this one was not taken"
+            )
         }) {
             ctx.text(e.to_frame(salvage_ref(&text).as_deref()));
             return;

@@ -36,8 +36,11 @@ impl Actor for SupervisorSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.backlog);
         self.hb.start(ctx, |s| &mut s.hb);
-        self.hub
-            .do_send(Subscribe(SocketLink::new(self.id, ctx.address(), &self.backlog_bytes)));
+        self.hub.do_send(Subscribe(SocketLink::new(
+            self.id,
+            ctx.address(),
+            &self.backlog_bytes,
+        )));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
