@@ -293,6 +293,17 @@ where
     ctx.text(frame);
 }
 
+pub fn close_with<A>(msg: CloseSession, ctx: &mut ws::WebsocketContext<A>)
+where
+    A: Actor<Context = ws::WebsocketContext<A>>,
+{
+    ctx.close(Some(ws::CloseReason {
+        code: msg.code,
+        description: Some(msg.reason),
+    }));
+    ctx.stop();
+}
+
 #[cfg(test)]
 mod tests {
     use super::Backlog;
@@ -310,15 +321,4 @@ mod tests {
         b.release(1000);
         assert_eq!(b.queued(), 0, "never below zero");
     }
-}
-
-pub fn close_with<A>(msg: CloseSession, ctx: &mut ws::WebsocketContext<A>)
-where
-    A: Actor<Context = ws::WebsocketContext<A>>,
-{
-    ctx.close(Some(ws::CloseReason {
-        code: msg.code,
-        description: Some(msg.reason),
-    }));
-    ctx.stop();
 }
