@@ -52,12 +52,20 @@ pub async fn upload(
     // Anonymous customers are held to a rate per address and a quota per
     // session, checked before the body is read (the quota again when the
     // file is stored, with its real size).
-    if let Principal::Customer(session) = &who {
-        state.limits.upload(client_ip(&req, &state))?;
-        state
-            .attachments
-            .check_quota(session, declared.unwrap_or(0))?;
-    }
+    let customer_ip = match &who {
+        Principal::Customer(session) => {
+            let ip = client_ip(&req, &state);
+            state.limits.upload(ip)?;
+            state
+                .attachments
+                .check_quota(session, declared.unwrap_or(0))?;
+            if let Some(n) = declared {
+                state.limits.upload_bytes(ip, n)?;
+            }
+            Some(ip)
+        }
+        _ => None,
+    };
     let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(ApiError::body)?;
@@ -68,6 +76,10 @@ pub async fn upload(
     }
     if bytes.is_empty() {
         return Err(ApiError::BadRequest("the upload is empty".into()));
+    }
+    // A body of undeclared length is charged once read.
+    if let (Some(ip), None) = (customer_ip, declared) {
+        state.limits.upload_bytes(ip, bytes.len() as u64)?;
     }
     let content_type = req
         .headers()
