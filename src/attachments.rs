@@ -13,10 +13,12 @@
 //! retention.
 //!
 //! What a webchat session may hold at once is bounded (`uploads_per_session`
-//! files, `upload_bytes_per_session` bytes): an upload over it is refused
-//! with `rate_limited` before it is stored, and the session's share comes
-//! back as its files leave memory.
+//! files, `upload_bytes_per_session` bytes), and so is what the sessions of
+//! one client address hold together (`upload_bytes_per_ip`): an upload over
+//! either is refused with `rate_limited` before it is stored, and the shares
+//! come back as files leave memory.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +42,15 @@ pub struct StoredAttachment {
     /// Messages in conversations still in memory that carry it.
     uses: AtomicUsize,
     /// The webchat session that uploaded it, whose quota it counts against.
-    uploader: Option<Id>,
+    uploader: Option<Uploader>,
+}
+
+/// A webchat customer's upload: the session and the client address whose
+/// quotas it counts against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploader {
+    pub session: Id,
+    pub ip: Option<IpAddr>,
 }
 
 impl StoredAttachment {
@@ -69,8 +79,11 @@ pub struct AttachmentStore {
     /// Per uploading webchat session, what it holds; an entry goes with its
     /// last file.
     held: DashMap<Id, Held>,
+    /// Per client address, the bytes its sessions hold.
+    held_by_ip: DashMap<IpAddr, u64>,
     max_files: usize,
     max_bytes: u64,
+    max_ip_bytes: u64,
 }
 
 impl AttachmentStore {
@@ -80,16 +93,32 @@ impl AttachmentStore {
         AttachmentStore {
             max_files: config.uploads_per_session,
             max_bytes: config.upload_bytes_per_session,
+            max_ip_bytes: config.upload_bytes_per_ip,
             ..AttachmentStore::default()
         }
     }
 
-    /// Would `session` stay within its quota with one more file of `size`
+    /// Would `who` stay within its quotas with one more file of `size`
     /// bytes? Asked before reading an upload's body; [`AttachmentStore::insert`]
     /// decides.
-    pub fn check_quota(&self, session: &Id, size: u64) -> Result<(), ApiError> {
-        let held = self.held.get(session).map(|h| *h).unwrap_or_default();
-        self.within(held, size)
+    pub fn check_quota(&self, who: &Uploader, size: u64) -> Result<(), ApiError> {
+        let held = self.held_by(&who.session);
+        self.within(held, size)?;
+        self.within_ip(who.ip.map_or(0, |ip| self.held_by_ip(&ip)), size)
+    }
+
+    fn within_ip(&self, held: u64, size: u64) -> Result<(), ApiError> {
+        if self.max_ip_bytes > 0 && held.saturating_add(size) > self.max_ip_bytes {
+            return Err(ApiError::RateLimitedFor {
+                message: format!(
+                    "the webchat sessions of one address may hold at most {} bytes of \
+                     files at once ({held} held)",
+                    self.max_ip_bytes
+                ),
+                retry_after: Duration::from_secs(60),
+            });
+        }
+        Ok(())
     }
 
     fn within(&self, held: Held, size: u64) -> Result<(), ApiError> {
@@ -118,37 +147,61 @@ impl AttachmentStore {
         }
     }
 
-    /// Store a file. An upload by a webchat session counts against its quota
-    /// and is refused (`rate_limited`) over it.
+    /// Store a file. An upload by a webchat customer counts against its
+    /// session's and its address's quotas and is refused (`rate_limited`)
+    /// over either.
     pub fn insert(
         &self,
         meta: AttachmentMeta,
         bytes: Bytes,
-        uploader_session: Option<Id>,
+        uploader: Option<Uploader>,
     ) -> Result<(), ApiError> {
-        if let Some(session) = &uploader_session {
-            let mut held = self.held.entry(session.clone()).or_default();
-            if let Err(e) = self.within(*held, meta.size) {
-                let empty = held.files == 0;
-                drop(held);
-                if empty {
-                    self.held.remove_if(session, |_, h| h.files == 0);
-                }
-                return Err(e);
-            }
-            held.files += 1;
-            held.bytes += meta.size;
+        if let Some(who) = &uploader {
+            self.reserve(who, meta.size)?;
         }
         let stored = StoredAttachment {
             meta: meta.clone(),
             bytes,
-            readers: Mutex::new(uploader_session.iter().cloned().collect()),
+            readers: Mutex::new(uploader.iter().map(|u| u.session.clone()).collect()),
             uploaded: Instant::now(),
             uses: AtomicUsize::new(0),
-            uploader: uploader_session,
+            uploader,
         };
         self.files.insert(meta.id, Arc::new(stored));
         Ok(())
+    }
+
+    /// Take `size` bytes and a file of `who`'s quotas, or say which is full.
+    /// The address first, then the session, each entry locked alone.
+    fn reserve(&self, who: &Uploader, size: u64) -> Result<(), ApiError> {
+        if let Some(ip) = who.ip {
+            let mut held = self.held_by_ip.entry(ip).or_insert(0);
+            if let Err(e) = self.within_ip(*held, size) {
+                drop(held);
+                self.held_by_ip.remove_if(&ip, |_, h| *h == 0);
+                return Err(e);
+            }
+            *held += size;
+        }
+        let mut held = self.held.entry(who.session.clone()).or_default();
+        if let Err(e) = self.within(*held, size) {
+            drop(held);
+            self.held.remove_if(&who.session, |_, h| h.files == 0);
+            self.give_back_ip(who.ip, size);
+            return Err(e);
+        }
+        held.files += 1;
+        held.bytes += size;
+        Ok(())
+    }
+
+    fn give_back_ip(&self, ip: Option<IpAddr>, size: u64) {
+        if let Some(ip) = ip {
+            self.held_by_ip.remove_if_mut(&ip, |_, h| {
+                *h = h.saturating_sub(size);
+                *h == 0
+            });
+        }
     }
 
     /// What `session` holds now.
@@ -156,14 +209,20 @@ impl AttachmentStore {
         self.held.get(session).map(|h| *h).unwrap_or_default()
     }
 
-    /// A file left the store: its uploader's share comes back.
+    /// Bytes the sessions of `ip` hold now.
+    pub fn held_by_ip(&self, ip: &IpAddr) -> u64 {
+        self.held_by_ip.get(ip).map_or(0, |h| *h)
+    }
+
+    /// A file left the store: its uploader's shares come back.
     fn gone(&self, file: &StoredAttachment) {
-        if let Some(session) = &file.uploader {
-            self.held.remove_if_mut(session, |_, h| {
+        if let Some(who) = &file.uploader {
+            self.held.remove_if_mut(&who.session, |_, h| {
                 h.files = h.files.saturating_sub(1);
                 h.bytes = h.bytes.saturating_sub(file.meta.size);
                 h.files == 0
             });
+            self.give_back_ip(who.ip, file.meta.size);
         }
     }
 
@@ -252,7 +311,7 @@ mod tests {
             .insert(
                 meta("att_1"),
                 Bytes::from_static(b"abc"),
-                Some("wc_1".into()),
+                Some(who("wc_1", None)),
             )
             .unwrap();
         let a = store.get("att_1").unwrap();
@@ -300,6 +359,13 @@ mod tests {
         assert!(store.get("att_3").is_some());
     }
 
+    fn who(session: &str, ip: Option<&str>) -> Uploader {
+        Uploader {
+            session: session.into(),
+            ip: ip.map(|i| i.parse().unwrap()),
+        }
+    }
+
     #[test]
     fn a_session_holds_a_bounded_number_of_files_and_bytes() {
         let config = crate::config::Config {
@@ -309,27 +375,28 @@ mod tests {
         };
         let store = AttachmentStore::new(&config);
         let wc: Id = "wc_1".into();
+        let me = who("wc_1", None);
         store
-            .insert(meta("att_1"), Bytes::from_static(b"abc"), Some(wc.clone()))
+            .insert(meta("att_1"), Bytes::from_static(b"abc"), Some(me.clone()))
             .unwrap();
         // 3 + 3 bytes is over 5.
         let e = store
-            .insert(meta("att_2"), Bytes::from_static(b"abc"), Some(wc.clone()))
+            .insert(meta("att_2"), Bytes::from_static(b"abc"), Some(me.clone()))
             .unwrap_err();
         assert_eq!(e.code(), "rate_limited");
         assert!(store.get("att_2").is_none(), "nothing stored when refused");
         let mut small = meta("att_3");
         small.size = 1;
         store
-            .insert(small, Bytes::from_static(b"a"), Some(wc.clone()))
+            .insert(small, Bytes::from_static(b"a"), Some(me.clone()))
             .unwrap();
         assert_eq!(store.held_by(&wc), Held { files: 2, bytes: 4 });
         let mut tiny = meta("att_4");
         tiny.size = 1;
-        let e = store.check_quota(&wc, 1).unwrap_err();
+        let e = store.check_quota(&me, 1).unwrap_err();
         assert!(e.to_string().contains("at most 2 files"), "{e}");
         assert!(store
-            .insert(tiny, Bytes::from_static(b"a"), Some(wc.clone()))
+            .insert(tiny, Bytes::from_static(b"a"), Some(me.clone()))
             .is_err());
         // Agents and admins are not held to it.
         store
@@ -345,5 +412,47 @@ mod tests {
             store.held.is_empty(),
             "no entry left for a session holding nothing"
         );
+    }
+
+    #[test]
+    fn the_sessions_of_one_address_hold_a_bounded_number_of_bytes() {
+        let config = crate::config::Config {
+            upload_bytes_per_ip: 5,
+            ..crate::config::Config::default()
+        };
+        let store = AttachmentStore::new(&config);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        store
+            .insert(
+                meta("att_1"),
+                Bytes::from_static(b"abc"),
+                Some(who("wc_1", Some("192.0.2.1"))),
+            )
+            .unwrap();
+        // Another session from the same address: 3 + 3 is over 5.
+        let e = store
+            .insert(
+                meta("att_2"),
+                Bytes::from_static(b"abc"),
+                Some(who("wc_2", Some("192.0.2.1"))),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("of one address"), "{e}");
+        assert!(
+            store.held.get(&Id::from("wc_2")).is_none(),
+            "the refused session holds nothing"
+        );
+        // Another address is not affected.
+        store
+            .insert(
+                meta("att_3"),
+                Bytes::from_static(b"abc"),
+                Some(who("wc_3", Some("192.0.2.2"))),
+            )
+            .unwrap();
+        assert_eq!(store.held_by_ip(&ip), 3);
+        assert_eq!(store.sweep_unused(Duration::ZERO), 2);
+        assert_eq!(store.held_by_ip(&ip), 0);
+        assert!(store.held_by_ip.is_empty());
     }
 }

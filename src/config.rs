@@ -133,8 +133,9 @@ pub struct Config {
     pub upload_bytes_per_session: u64,
     /// Customer uploads per client address per minute (0: no limit).
     pub uploads_per_ip_per_minute: u32,
-    /// Bytes customers may upload per client address per minute (0: no limit).
-    pub upload_bytes_per_ip_per_minute: u64,
+    /// Bytes of files the webchat sessions of one client address may hold at
+    /// once (0: no limit).
+    pub upload_bytes_per_ip: u64,
     /// Closing codes an agent may pick in wrap-up.
     pub dispositions: Vec<String>,
     /// HTTP worker threads and conversation shards (0 = one per core).
@@ -238,7 +239,7 @@ impl Default for Config {
             uploads_per_session: 50,
             upload_bytes_per_session: 100 * 1024 * 1024,
             uploads_per_ip_per_minute: 30,
-            upload_bytes_per_ip_per_minute: 200 * 1024 * 1024,
+            upload_bytes_per_ip: 200 * 1024 * 1024,
             dispositions: ["resolved", "follow_up", "escalated", "spam", "no_response"]
                 .map(String::from)
                 .to_vec(),
@@ -305,7 +306,7 @@ impl Config {
             socket_messages_per_second: 1_000_000,
             conversation_messages_per_second: 1_000_000,
             uploads_per_ip_per_minute: 0,
-            upload_bytes_per_ip_per_minute: 0,
+            upload_bytes_per_ip: 0,
             ..self
         }
     }
@@ -489,13 +490,11 @@ impl Config {
                 return Err(ConfigError(format!("{name}: must be more than 0")));
             }
         }
-        if self.upload_bytes_per_ip_per_minute > 0
-            && self.upload_bytes_per_ip_per_minute < self.max_upload
-        {
+        if self.upload_bytes_per_ip > 0 && self.upload_bytes_per_ip < self.max_upload {
             return Err(ConfigError(format!(
-                "upload_bytes_per_ip_per_minute: {} is less than max_upload ({}): \
+                "upload_bytes_per_ip: {} is less than max_upload ({}): \
                  no upload of the largest size could pass; raise it, or set 0 for no limit",
-                show_size(self.upload_bytes_per_ip_per_minute),
+                show_size(self.upload_bytes_per_ip),
                 show_size(self.max_upload)
             )));
         }
@@ -741,10 +740,10 @@ pub struct Args {
     /// Customer uploads per client address per minute (0: no limit).
     #[arg(long, env = "SWITCHBOARD_UPLOADS_PER_IP_PER_MINUTE")]
     pub uploads_per_ip_per_minute: Option<u32>,
-    /// Bytes customers may upload per client address per minute (0: no limit).
-    #[arg(long, env = "SWITCHBOARD_UPLOAD_BYTES_PER_IP_PER_MINUTE", value_parser = parse_size)]
+    /// Bytes of files one client address's webchat sessions may hold at once (0: no limit).
+    #[arg(long, env = "SWITCHBOARD_UPLOAD_BYTES_PER_IP", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
-    pub upload_bytes_per_ip_per_minute: Option<u64>,
+    pub upload_bytes_per_ip: Option<u64>,
     /// Comma-separated disposition codes (a list in the TOML file).
     #[arg(long, env = "SWITCHBOARD_DISPOSITIONS", value_parser = parse_list)]
     #[serde(default, deserialize_with = "de::list")]
@@ -949,7 +948,7 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "uploads_per_session" => value(c.uploads_per_session.to_string()),
         "upload_bytes_per_session" => value(show_size(c.upload_bytes_per_session)),
         "uploads_per_ip_per_minute" => value(c.uploads_per_ip_per_minute.to_string()),
-        "upload_bytes_per_ip_per_minute" => value(show_size(c.upload_bytes_per_ip_per_minute)),
+        "upload_bytes_per_ip" => value(show_size(c.upload_bytes_per_ip)),
         "dispositions" => value(c.dispositions.join(",")),
         "workers" => value(c.workers.to_string()),
         "heartbeat_interval" => duration(c.heartbeat_interval),
@@ -1037,7 +1036,7 @@ impl Args {
             request_header_timeout, request_body_timeout, request_body_min_rate,
             sessions_per_ip_per_minute, open_sessions_per_ip, sockets_per_session,
             socket_messages_per_second, conversation_messages_per_second, uploads_per_session,
-            upload_bytes_per_session, uploads_per_ip_per_minute, upload_bytes_per_ip_per_minute,
+            upload_bytes_per_session, uploads_per_ip_per_minute, upload_bytes_per_ip,
             heartbeat_interval, client_timeout, log_format, twilio_api_base, graph_api_base,
             messaging_window, provider_timeout, provider_retries, provider_backoff,
             provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,

@@ -189,8 +189,6 @@ pub struct Limits {
     open_sessions: Held,
     max_open_sessions: usize,
     uploads: Option<PerIp>,
-    /// Upload bytes per address, counted in KiB (a limiter counts in u32).
-    upload_kib: Option<PerIp>,
     pub connections: Arc<Connections>,
 }
 
@@ -214,15 +212,6 @@ impl Limits {
                 format!(
                     "at most {} uploads per minute from one address",
                     config.uploads_per_ip_per_minute
-                ),
-            ),
-            upload_kib: PerIp::new(
-                u32::try_from(config.upload_bytes_per_ip_per_minute.div_ceil(1024))
-                    .unwrap_or(u32::MAX),
-                Duration::from_secs(60),
-                format!(
-                    "at most {} bytes of uploads per minute from one address",
-                    config.upload_bytes_per_ip_per_minute
                 ),
             ),
             connections: Arc::new(Connections::new(
@@ -308,28 +297,6 @@ impl Limits {
         }
     }
 
-    /// `bytes` more uploaded by a customer from `ip`, within the per-address
-    /// byte rate (charged before the body is read when its length is
-    /// declared, after otherwise).
-    pub fn upload_bytes(&self, ip: Option<IpAddr>, bytes: u64) -> Result<(), ApiError> {
-        let (Some(rate), Some(ip)) = (&self.upload_kib, ip) else {
-            return Ok(());
-        };
-        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        let Some(kib) = NonZeroU32::new(kib) else {
-            return Ok(());
-        };
-        match rate.limiter.check_key_n(&ip, kib) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(too_fast(
-                &rate.what,
-                not_until.wait_time_from(DefaultClock::default().now()),
-            )),
-            // More than a minute's worth at once: never passes.
-            Err(_) => Err(too_fast(&rate.what, Duration::from_secs(60))),
-        }
-    }
-
     /// Open webchat sessions counted for `ip` (tests and metrics).
     pub fn open_sessions_of(&self, ip: &IpAddr) -> usize {
         self.open_sessions.get(ip)
@@ -337,10 +304,7 @@ impl Limits {
 
     /// Forget rate state that is as good as fresh; run now and then.
     pub fn sweep(&self) {
-        for rate in [&self.sessions, &self.uploads, &self.upload_kib]
-            .into_iter()
-            .flatten()
-        {
+        for rate in [&self.sessions, &self.uploads].into_iter().flatten() {
             rate.limiter.retain_recent();
             rate.limiter.shrink_to_fit();
         }
@@ -348,7 +312,7 @@ impl Limits {
 
     /// Keys held by the per-address state (bounded-memory checks).
     pub fn tracked_keys(&self) -> usize {
-        [&self.sessions, &self.uploads, &self.upload_kib]
+        [&self.sessions, &self.uploads]
             .into_iter()
             .flatten()
             .map(|r| r.limiter.len())
@@ -557,32 +521,15 @@ mod tests {
     }
 
     #[test]
-    fn upload_bytes_are_limited_per_address() {
-        let l = limits(|c| c.upload_bytes_per_ip_per_minute = 10 * 1024);
-        let a = Some(ip("192.0.2.1"));
-        l.upload_bytes(a, 6 * 1024).unwrap();
-        let e = l.upload_bytes(a, 6 * 1024).unwrap_err();
-        assert!(e.to_string().contains("bytes of uploads per minute"), "{e}");
-        l.upload_bytes(a, 4 * 1024).unwrap();
-        assert!(
-            l.upload_bytes(Some(ip("192.0.2.2")), 11 * 1024).is_err(),
-            "never fits"
-        );
-        l.upload_bytes(a, 0).unwrap();
-    }
-
-    #[test]
     fn zero_switches_a_rate_off() {
         let l = limits(|c| {
             c.sessions_per_ip_per_minute = 0;
             c.open_sessions_per_ip = 0;
             c.uploads_per_ip_per_minute = 0;
-            c.upload_bytes_per_ip_per_minute = 0;
         });
         for _ in 0..1000 {
             l.open_session(Some(ip("192.0.2.1"))).unwrap();
             l.upload(Some(ip("192.0.2.1"))).unwrap();
-            l.upload_bytes(Some(ip("192.0.2.1")), 1 << 30).unwrap();
         }
     }
 

@@ -239,7 +239,7 @@ const NO_CLIENT_LIMITS: &[(&str, &str)] = &[
     ("SWITCHBOARD_SOCKET_MESSAGES_PER_SECOND", "1000000"),
     ("SWITCHBOARD_CONVERSATION_MESSAGES_PER_SECOND", "1000000"),
     ("SWITCHBOARD_UPLOADS_PER_IP_PER_MINUTE", "0"),
-    ("SWITCHBOARD_UPLOAD_BYTES_PER_IP_PER_MINUTE", "0"),
+    ("SWITCHBOARD_UPLOAD_BYTES_PER_IP", "0"),
 ];
 
 /// Starts the broker `bin` on a free loopback port with a generated admin

@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use crate::attachments::Uploader;
 use crate::channel::provider::verify_link;
 use crate::error::ApiError;
 use crate::http::{authenticate, client_ip, Principal, State};
@@ -52,17 +53,15 @@ pub async fn upload(
     // Anonymous customers are held to a rate per address and a quota per
     // session, checked before the body is read (the quota again when the
     // file is stored, with its real size).
-    let customer_ip = match &who {
+    let uploader = match who {
         Principal::Customer(session) => {
             let ip = client_ip(&req, &state);
             state.limits.upload(ip)?;
+            let uploader = Uploader { session, ip };
             state
                 .attachments
-                .check_quota(session, declared.unwrap_or(0))?;
-            if let Some(n) = declared {
-                state.limits.upload_bytes(ip, n)?;
-            }
-            Some(ip)
+                .check_quota(&uploader, declared.unwrap_or(0))?;
+            Some(uploader)
         }
         _ => None,
     };
@@ -76,10 +75,6 @@ pub async fn upload(
     }
     if bytes.is_empty() {
         return Err(ApiError::BadRequest("the upload is empty".into()));
-    }
-    // A body of undeclared length is charged once read.
-    if let (Some(ip), None) = (customer_ip, declared) {
-        state.limits.upload_bytes(ip, bytes.len() as u64)?;
     }
     let content_type = req
         .headers()
@@ -95,10 +90,6 @@ pub async fn upload(
         size: bytes.len() as u64,
         filename: clean_filename(query.filename.as_deref()),
         error: None,
-    };
-    let uploader = match who {
-        Principal::Customer(session) => Some(session),
-        _ => None,
     };
     state
         .attachments
