@@ -1,7 +1,10 @@
 //! A webchat customer's socket: parses JSON commands and hands them to the
 //! webchat channel actor; writes whatever the channel pushes. Holds the
 //! socket's command rate (`socket_messages_per_second`): a command over it is
-//! answered `rate_limited` and not passed on.
+//! answered `rate_limited` and not passed on. A client that goes on sending
+//! regardless, [`REFUSALS_BEFORE_CLOSE`] refusals in a row, is not a widget
+//! waiting to retry but a flood, and costs a parse and an answer per frame:
+//! its socket is closed (1008 `rate_limited`).
 
 use actix::prelude::*;
 use actix_web_actors::ws;
@@ -26,7 +29,12 @@ pub struct CustomerSession {
     hb: Heartbeat,
     rate: Rate,
     per_second: u32,
+    /// Commands refused since the last one taken.
+    refused_in_a_row: u32,
 }
+
+/// Refused commands in a row after which a customer socket is closed.
+pub const REFUSALS_BEFORE_CLOSE: u32 = 200;
 
 impl CustomerSession {
     pub fn new(session: Id, shards: WebchatShards, config: &crate::config::Config) -> Self {
@@ -40,6 +48,7 @@ impl CustomerSession {
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
             rate: Rate::per_second(config.socket_messages_per_second),
             per_second: config.socket_messages_per_second,
+            refused_in_a_row: 0,
         }
     }
 
@@ -80,8 +89,19 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CustomerSession {
             )
         }) {
             ctx.text(e.to_frame(salvage_ref(&text).as_deref()));
+            self.refused_in_a_row += 1;
+            if self.refused_in_a_row >= REFUSALS_BEFORE_CLOSE {
+                close_with(
+                    CloseSession {
+                        code: ws::CloseCode::Policy,
+                        reason: "rate_limited".into(),
+                    },
+                    ctx,
+                );
+            }
             return;
         }
+        self.refused_in_a_row = 0;
         match serde_json::from_str::<CustomerCommand>(&text) {
             Ok(command) => self.channel().do_send(FromCustomer {
                 session: self.session.clone(),
