@@ -669,10 +669,27 @@ async fn a_customer_flood_is_refused_message_by_message_and_the_agent_keeps_its_
         .filter(|m| m["from"] == "customer")
         .filter_map(|m| m["client_msg_id"].as_str())
         .collect();
-    assert_eq!(stored, acks, "stored exactly what was acknowledged");
-    for id in acks.iter().skip(1) {
+    // Every acknowledged message was stored. Acks still on their way when
+    // the broker closed the socket are lost with it; those messages are
+    // stored all the same, and the history of the next connection has them.
+    for id in &acks {
+        assert!(
+            stored.contains(&id.as_str()),
+            "{id} acknowledged, not stored"
+        );
+    }
+    let (_ws, replay) = h.connect_customer(&flooder).await;
+    let replayed: Vec<&str> = replay["messages"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|m| m["from"] == "customer")
+        .filter_map(|m| m["client_msg_id"].as_str())
+        .collect();
+    assert_eq!(replayed, stored, "the next connection's history");
+    for id in stored.iter().skip(1) {
         desk.recv_where(&format!("message {id}"), |v| {
-            v["type"] == "message" && v["message"]["client_msg_id"] == id.as_str()
+            v["type"] == "message" && v["message"]["client_msg_id"] == *id
         })
         .await;
     }
