@@ -123,6 +123,8 @@ pub struct Registry<W: Wiring> {
     pub attachments: AttachmentStore,
     /// Failed authentications per client address.
     pub auth_throttle: AuthThrottle,
+    /// Per-client limits (rates, sessions and connections per address).
+    pub limits: crate::limits::Limits,
 
     pub router: Addr<W::Router>,
     pub channels: W::Channels,
@@ -164,11 +166,12 @@ impl<W: Wiring> Registry<W> {
     pub fn new(parts: RegistryParts<W>) -> Arc<Self> {
         let auth_throttle = AuthThrottle::new(parts.config.auth_failures_per_minute);
         Arc::new(Registry {
+            attachments: AttachmentStore::new(&parts.config),
+            limits: crate::limits::Limits::new(&parts.config),
             config: parts.config,
             admin_token: parts.admin_token,
             ids: IdGen,
             metrics: Metrics::default(),
-            attachments: AttachmentStore::default(),
             auth_throttle,
             router: parts.router,
             channels: parts.channels,

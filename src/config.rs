@@ -11,8 +11,8 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
 
-use crate::profile::{valid_token, AgentProfile};
 use crate::clock::Clock;
+use crate::profile::{valid_token, AgentProfile};
 use crate::protocol::{ChannelKind, PerChannel};
 use crate::router::queue::Queue;
 
@@ -136,6 +136,49 @@ pub struct Config {
     pub history_replay: usize,
     /// Most bytes of messages in one replay (`history`, `task.assigned`).
     pub history_frame_bytes: u64,
+    /// Bytes queued for one socket before its client counts as a slow consumer
+    /// (a single frame larger than this still goes to a socket with nothing
+    /// queued).
+    pub socket_backlog_bytes: u64,
+    /// A socket whose client reads nothing of a pending write for this long is
+    /// closed and its memory freed.
+    pub socket_write_timeout: Duration,
+
+    /// Addresses (IPs or CIDR ranges) of reverse proxies whose
+    /// `X-Forwarded-For` names the client; empty: the peer address is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Open connections (HTTP and WebSocket) at once; over it new connections
+    /// get `503` and a warning is logged.
+    pub max_connections: usize,
+    /// Open connections from one client address (0: no limit); over it `429`.
+    pub max_connections_per_ip: usize,
+    /// Time for a request's headers to arrive in full.
+    pub request_header_timeout: Duration,
+    /// Time for a request body's first bytes; then each `request_body_min_rate`
+    /// bytes received give one more second.
+    pub request_body_timeout: Duration,
+    /// Slowest accepted body upload, in bytes per second (see above).
+    pub request_body_min_rate: u64,
+    /// `POST /v1/webchat/sessions` per client address per minute (0: no limit).
+    pub sessions_per_ip_per_minute: u32,
+    /// Webchat sessions alive at once created from one client address (0: no limit).
+    pub open_sessions_per_ip: usize,
+    /// Sockets open at once on one webchat session (0: no limit).
+    pub sockets_per_session: usize,
+    /// Commands a customer socket may send per second (burst: as many at once).
+    pub socket_messages_per_second: u32,
+    /// Customer messages per second into one webchat conversation, all of the
+    /// customer's sockets together (burst: as many at once).
+    pub conversation_messages_per_second: u32,
+    /// Files one webchat session may hold at once (uploaded and still in memory).
+    pub uploads_per_session: usize,
+    /// Bytes of files one webchat session may hold at once.
+    pub upload_bytes_per_session: u64,
+    /// Customer uploads per client address per minute (0: no limit).
+    pub uploads_per_ip_per_minute: u32,
+    /// Bytes of files the webchat sessions of one client address may hold at
+    /// once (0: no limit).
+    pub upload_bytes_per_ip: u64,
     /// Closing codes an agent may pick in wrap-up.
     pub dispositions: Vec<String>,
     /// HTTP worker threads and conversation shards (0 = one per core).
@@ -254,6 +297,23 @@ impl Default for Config {
             max_history_bytes: 4 * 1024 * 1024,
             history_replay: 200,
             history_frame_bytes: 128 * 1024,
+            socket_backlog_bytes: 4 * 1024 * 1024,
+            socket_write_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            max_connections_per_ip: 500,
+            request_header_timeout: Duration::from_secs(10),
+            request_body_timeout: Duration::from_secs(10),
+            request_body_min_rate: 1024,
+            sessions_per_ip_per_minute: 60,
+            open_sessions_per_ip: 300,
+            sockets_per_session: 8,
+            socket_messages_per_second: 10,
+            conversation_messages_per_second: 5,
+            uploads_per_session: 50,
+            upload_bytes_per_session: 100 * 1024 * 1024,
+            uploads_per_ip_per_minute: 30,
+            upload_bytes_per_ip: 200 * 1024 * 1024,
             dispositions: ["resolved", "follow_up", "escalated", "spam", "no_response"]
                 .map(String::from)
                 .to_vec(),
@@ -306,14 +366,31 @@ pub const TEST_CONTEXT_SECRET: &str = "test-context-secret-0123456789abcdef";
 
 impl Config {
     /// Defaults for in-process tests: an ephemeral loopback port, a known admin
-    /// token, two workers.
+    /// token, two workers, and the per-client limits out of the way (every
+    /// test client is the one loopback address; the abuse tests set their own).
     pub fn for_tests() -> Self {
         Config {
             bind: "127.0.0.1:0".into(),
             admin_token: Some("test-admin-0123456789abcdef0123456789".into()),
             webchat_context_secret: Some(TEST_CONTEXT_SECRET.into()),
             workers: 2,
-            ..Config::default()
+            ..Config::default().without_client_limits()
+        }
+    }
+
+    /// The per-client limits as high as they go, for a load test that drives
+    /// thousands of customers from one address.
+    pub fn without_client_limits(self) -> Self {
+        Config {
+            max_connections_per_ip: 0,
+            sessions_per_ip_per_minute: 0,
+            open_sessions_per_ip: 0,
+            sockets_per_session: 0,
+            socket_messages_per_second: 1_000_000,
+            conversation_messages_per_second: 1_000_000,
+            uploads_per_ip_per_minute: 0,
+            upload_bytes_per_ip: 0,
+            ..self
         }
     }
 
@@ -462,6 +539,7 @@ impl Config {
         if self.socket_backlog == 0 {
             return Err(ConfigError("socket_backlog: must be at least 1".into()));
         }
+        self.validate_limits()?;
         if self.offer_timeout.is_zero() {
             return Err(ConfigError("offer_timeout: must be more than 0".into()));
         }
@@ -595,6 +673,51 @@ impl Config {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// The abuse limits (docs/security.md): the ones that cannot be switched
+    /// off are at least 1, and every trusted proxy parses.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let at_least_one = [
+            ("socket_backlog_bytes", self.socket_backlog_bytes),
+            ("max_connections", self.max_connections as u64),
+            ("request_body_min_rate", self.request_body_min_rate),
+            (
+                "socket_messages_per_second",
+                self.socket_messages_per_second.into(),
+            ),
+            (
+                "conversation_messages_per_second",
+                self.conversation_messages_per_second.into(),
+            ),
+            ("uploads_per_session", self.uploads_per_session as u64),
+            ("upload_bytes_per_session", self.upload_bytes_per_session),
+        ];
+        for (name, value) in at_least_one {
+            if value == 0 {
+                return Err(ConfigError(format!("{name}: must be at least 1")));
+            }
+        }
+        for (name, d) in [
+            ("socket_write_timeout", self.socket_write_timeout),
+            ("request_header_timeout", self.request_header_timeout),
+            ("request_body_timeout", self.request_body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError(format!("{name}: must be more than 0")));
+            }
+        }
+        if self.upload_bytes_per_ip > 0 && self.upload_bytes_per_ip < self.max_upload {
+            return Err(ConfigError(format!(
+                "upload_bytes_per_ip: {} is less than max_upload ({}): \
+                 no upload of the largest size could pass; raise it, or set 0 for no limit",
+                show_size(self.upload_bytes_per_ip),
+                show_size(self.max_upload)
+            )));
+        }
+        crate::limits::parse_proxies(&self.trusted_proxies)
+            .map_err(|e| ConfigError(format!("trusted_proxies: {e}")))?;
         Ok(())
     }
 
@@ -824,6 +947,65 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_HISTORY_FRAME_BYTES", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
     pub history_frame_bytes: Option<u64>,
+    /// Bytes queued per socket before the client is a slow consumer.
+    #[arg(long, env = "SWITCHBOARD_SOCKET_BACKLOG_BYTES", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de::size")]
+    pub socket_backlog_bytes: Option<u64>,
+    /// Close a socket whose client has read nothing of a pending write for this long.
+    #[arg(long, env = "SWITCHBOARD_SOCKET_WRITE_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub socket_write_timeout: Option<Duration>,
+    /// Comma-separated reverse proxies (IPs or CIDRs) whose X-Forwarded-For is believed.
+    #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_parser = parse_list)]
+    #[serde(default, deserialize_with = "de::list")]
+    pub trusted_proxies: Option<List>,
+    /// Open connections at once (HTTP and WebSocket).
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open connections from one client address (0: no limit).
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Time for a request's headers to arrive.
+    #[arg(long, env = "SWITCHBOARD_REQUEST_HEADER_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub request_header_timeout: Option<Duration>,
+    /// Time for a request body's first bytes (more with each request_body_min_rate bytes).
+    #[arg(long, env = "SWITCHBOARD_REQUEST_BODY_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub request_body_timeout: Option<Duration>,
+    /// Slowest accepted request body, bytes per second.
+    #[arg(long, env = "SWITCHBOARD_REQUEST_BODY_MIN_RATE", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de::size")]
+    pub request_body_min_rate: Option<u64>,
+    /// Webchat sessions created per client address per minute (0: no limit).
+    #[arg(long, env = "SWITCHBOARD_SESSIONS_PER_IP_PER_MINUTE")]
+    pub sessions_per_ip_per_minute: Option<u32>,
+    /// Webchat sessions alive at once per client address (0: no limit).
+    #[arg(long, env = "SWITCHBOARD_OPEN_SESSIONS_PER_IP")]
+    pub open_sessions_per_ip: Option<usize>,
+    /// Sockets open at once on one webchat session (0: no limit).
+    #[arg(long, env = "SWITCHBOARD_SOCKETS_PER_SESSION")]
+    pub sockets_per_session: Option<usize>,
+    /// Commands per second from one customer socket.
+    #[arg(long, env = "SWITCHBOARD_SOCKET_MESSAGES_PER_SECOND")]
+    pub socket_messages_per_second: Option<u32>,
+    /// Customer messages per second into one webchat conversation.
+    #[arg(long, env = "SWITCHBOARD_CONVERSATION_MESSAGES_PER_SECOND")]
+    pub conversation_messages_per_second: Option<u32>,
+    /// Files one webchat session may hold at once.
+    #[arg(long, env = "SWITCHBOARD_UPLOADS_PER_SESSION")]
+    pub uploads_per_session: Option<usize>,
+    /// Bytes of files one webchat session may hold at once.
+    #[arg(long, env = "SWITCHBOARD_UPLOAD_BYTES_PER_SESSION", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de::size")]
+    pub upload_bytes_per_session: Option<u64>,
+    /// Customer uploads per client address per minute (0: no limit).
+    #[arg(long, env = "SWITCHBOARD_UPLOADS_PER_IP_PER_MINUTE")]
+    pub uploads_per_ip_per_minute: Option<u32>,
+    /// Bytes of files one client address's webchat sessions may hold at once (0: no limit).
+    #[arg(long, env = "SWITCHBOARD_UPLOAD_BYTES_PER_IP", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de::size")]
+    pub upload_bytes_per_ip: Option<u64>,
     /// Comma-separated disposition codes (a list in the TOML file).
     #[arg(long, env = "SWITCHBOARD_DISPOSITIONS", value_parser = parse_list)]
     #[serde(default, deserialize_with = "de::list")]
@@ -1037,6 +1219,23 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "max_history_bytes" => value(show_size(c.max_history_bytes)),
         "history_replay" => value(c.history_replay.to_string()),
         "history_frame_bytes" => value(show_size(c.history_frame_bytes)),
+        "socket_backlog_bytes" => value(show_size(c.socket_backlog_bytes)),
+        "socket_write_timeout" => duration(c.socket_write_timeout),
+        "trusted_proxies" => Some(Shown::Note("none")),
+        "max_connections" => value(c.max_connections.to_string()),
+        "max_connections_per_ip" => value(c.max_connections_per_ip.to_string()),
+        "request_header_timeout" => duration(c.request_header_timeout),
+        "request_body_timeout" => duration(c.request_body_timeout),
+        "request_body_min_rate" => value(show_size(c.request_body_min_rate)),
+        "sessions_per_ip_per_minute" => value(c.sessions_per_ip_per_minute.to_string()),
+        "open_sessions_per_ip" => value(c.open_sessions_per_ip.to_string()),
+        "sockets_per_session" => value(c.sockets_per_session.to_string()),
+        "socket_messages_per_second" => value(c.socket_messages_per_second.to_string()),
+        "conversation_messages_per_second" => value(c.conversation_messages_per_second.to_string()),
+        "uploads_per_session" => value(c.uploads_per_session.to_string()),
+        "upload_bytes_per_session" => value(show_size(c.upload_bytes_per_session)),
+        "uploads_per_ip_per_minute" => value(c.uploads_per_ip_per_minute.to_string()),
+        "upload_bytes_per_ip" => value(show_size(c.upload_bytes_per_ip)),
         "dispositions" => value(c.dispositions.join(",")),
         "workers" => value(c.workers.to_string()),
         "heartbeat_interval" => duration(c.heartbeat_interval),
@@ -1126,12 +1325,20 @@ impl Args {
         if let Some(List(v)) = self.webchat_upload_types {
             cfg.webchat_upload_types = v;
         }
+        if let Some(List(v)) = self.trusted_proxies {
+            cfg.trusted_proxies = v;
+        }
         overlay!(self, cfg;
             bind, offer_timeout, reoffer_cooldown, disconnect_grace, customer_grace, webchat_session_idle,
             wrapup_timeout, wrapup_disposition,
             history_retention, auth_failures_per_minute, max_history_messages, max_history_bytes,
             history_replay, history_frame_bytes,
             max_upload, max_text, max_notes, socket_backlog, workers,
+            socket_backlog_bytes, socket_write_timeout, max_connections, max_connections_per_ip,
+            request_header_timeout, request_body_timeout, request_body_min_rate,
+            sessions_per_ip_per_minute, open_sessions_per_ip, sockets_per_session,
+            socket_messages_per_second, conversation_messages_per_second, uploads_per_session,
+            upload_bytes_per_session, uploads_per_ip_per_minute, upload_bytes_per_ip,
             heartbeat_interval, client_timeout, log_format, twilio_api_base, graph_api_base,
             messaging_window, provider_timeout, provider_retries, provider_backoff,
             provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,

@@ -47,12 +47,21 @@ pub enum ApiError {
     OutsideMessagingWindow(String),
     #[error("{0}")]
     RateLimited(String),
+    /// A per-client limit (docs/security.md): `rate_limited`, with how long
+    /// to wait (HTTP `Retry-After`).
+    #[error("{message}")]
+    RateLimitedFor {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// A request body slower than the minimum rate: 408, and the connection
+    /// is closed.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     UriTooLong(String),
-    #[error("{0}")]
-    RequestTimeout(String),
     /// Too many failed authentications from this address: `429 rate_limited`
     /// with `Retry-After` (whole seconds), whatever the token.
     #[error(
@@ -89,10 +98,10 @@ impl ApiError {
             ApiError::ChannelDisabled(_) => "channel_disabled",
             ApiError::BadSignature(_) => "bad_signature",
             ApiError::OutsideMessagingWindow(_) => "outside_messaging_window",
-            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::RateLimited(_) | ApiError::RateLimitedFor { .. } => "rate_limited",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::UriTooLong(_) => "uri_too_long",
-            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::AuthThrottled { .. } => "rate_limited",
             ApiError::TokenExpired(_) => "token_expired",
             ApiError::HistoryFull(_) => "history_full",
@@ -119,18 +128,30 @@ impl ApiError {
             }
             ApiError::BadSignature(_) => StatusCode::FORBIDDEN,
             ApiError::OutsideMessagingWindow(_) => StatusCode::CONFLICT,
-            ApiError::RateLimited(_) | ApiError::AuthThrottled { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::RateLimited(_)
+            | ApiError::AuthThrottled { .. }
+            | ApiError::RateLimitedFor { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
     /// The WebSocket `error` frame for this error, answering `reference`.
     pub fn to_frame(&self, reference: Option<&str>) -> Frame {
         error_frame(self.code(), &self.to_string(), reference)
+    }
+
+    /// A request body could not be read: too slow (the minimum rate of
+    /// `http::body`), or cut off.
+    pub fn body(e: actix_web::error::PayloadError) -> Self {
+        use actix_web::error::PayloadError;
+        match e {
+            PayloadError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                ApiError::RequestTimeout(e.to_string())
+            }
+            e => ApiError::BadRequest(format!("body interrupted: {e}")),
+        }
     }
 
     /// An actor the request needed has stopped (only during shutdown).
@@ -146,11 +167,26 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status());
-        if let ApiError::AuthThrottled { retry_after } = self {
-            res.insert_header((
-                actix_web::http::header::RETRY_AFTER,
-                retry_after.to_string(),
-            ));
+        match self {
+            ApiError::RateLimitedFor { retry_after, .. } => {
+                // Whole seconds, rounded up: never "0", which means now.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                res.insert_header((
+                    actix_web::http::header::RETRY_AFTER,
+                    secs.max(1).to_string(),
+                ));
+            }
+            ApiError::AuthThrottled { retry_after } => {
+                res.insert_header((
+                    actix_web::http::header::RETRY_AFTER,
+                    retry_after.to_string(),
+                ));
+            }
+            // The rest of a body too slow to read is not waited for.
+            ApiError::RequestTimeout(_) => {
+                res.force_close();
+            }
+            _ => {}
         }
         res.json(serde_json::json!({
             "error": {"code": self.code(), "message": self.to_string()}
@@ -185,5 +221,23 @@ mod tests {
             ApiError::TokenExpired(String::new()).code(),
             "token_expired"
         );
+    }
+
+    #[test]
+    fn rate_limits_say_when_to_come_back() {
+        let e = ApiError::RateLimitedFor {
+            message: "slow down".into(),
+            retry_after: std::time::Duration::from_millis(1500),
+        };
+        assert_eq!(e.code(), "rate_limited");
+        let res = e.error_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers().get("retry-after").unwrap(), "2");
+        let timeout = ApiError::body(actix_web::error::PayloadError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "too slow",
+        )));
+        assert_eq!(timeout.code(), "request_timeout");
+        assert_eq!(timeout.status(), StatusCode::REQUEST_TIMEOUT);
     }
 }

@@ -23,12 +23,15 @@ fn main() {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG`. Text is coloured only when
+/// Logs go to stderr, filtered by `RUST_LOG` (default: the broker's info,
+/// and warnings and errors of the HTTP server, among them a failing `accept`
+/// such as "Too many open files"). Text is coloured only when
 /// stderr is a terminal (and `NO_COLOR` is unset), so a file or a pipe gets
 /// no escape codes; JSON is one object per line.
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "switchboard=info,actix_web=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "switchboard=info,actix_web=warn,actix_server=warn,actix_http=warn".into()
+    });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -25,7 +25,7 @@ use actix_http::body::BoxBody;
 use actix_http::{h1, HttpService};
 use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{
-    fn_factory, fn_service, AppConfig, ServerHandle, ServiceFactory, ServiceRequest,
+    fn_factory, fn_service, AppConfig, ServerHandle, Service, ServiceFactory, ServiceRequest,
     ServiceResponse,
 };
 use actix_web::{web, App};
@@ -43,7 +43,9 @@ use crate::channel::webchat::{WebchatChannel, WebchatShards};
 use crate::channel::whatsapp::WhatsappApi;
 use crate::channel::Channels;
 use crate::config::Config;
+use crate::http::body::BodyDeadline;
 use crate::http::request_line::{self, Prefixed};
+use crate::limits::{Connections, Refused};
 use crate::protocol::ChannelKind;
 use crate::router::Router;
 use crate::shards::{mailbox, Mailbox};
@@ -173,6 +175,20 @@ async fn sweep_unused_attachments(broker: std::sync::Weak<Broker>) {
     }
 }
 
+/// Forgets per-address rate state that is as good as fresh, so the keyed
+/// limiters hold only addresses seen lately. Ends with the broker.
+async fn sweep_limits(broker: std::sync::Weak<Broker>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        broker.limits.sweep();
+    }
+}
+
 thread_local! {
     /// Whether this thread's arbiter is a shard already: the HTTP service is
     /// built per worker and per listening address.
@@ -215,10 +231,6 @@ fn join_as_shard(
 /// get a generous time too.
 const BACKLOG: u32 = 4096;
 
-/// How long a client may take to send a request head (the connection's
-/// first request line included, `http/request_line.rs`).
-const CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// A listening socket on `addr`, as actix-web's `HttpServer::bind` makes it.
 fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -230,7 +242,8 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// The HTTP API and pages, one instance per worker (and one more per worker
-/// for WebSocket upgrades).
+/// for WebSocket upgrades). Every request body is read at a minimum rate
+/// (`http/body.rs`).
 fn app(
     data: web::Data<Arc<Broker>>,
 ) -> App<
@@ -244,15 +257,21 @@ fn app(
 > {
     use actix_web::ResponseError;
     use futures_util::future::{ready, Either};
+    let deadline = BodyDeadline {
+        timeout: data.config.request_body_timeout,
+        min_rate: data.config.request_body_min_rate,
+    };
     App::new()
         .app_data(data)
         // A connection's first request line is checked before the
-        // dispatcher (`http/request_line.rs`); later ones here.
-        .wrap_fn(|req, srv| {
+        // dispatcher (`http/request_line.rs`); later ones here. Bodies are
+        // held to a minimum data rate (`http/body.rs`).
+        .wrap_fn(move |mut req, srv| {
             if crate::http::request_line::uri_too_long(req.uri()) {
                 let refusal = crate::http::request_line::too_long().error_response();
                 Either::Left(ready(Ok(req.into_response(refusal))))
             } else {
+                deadline.apply(&mut req);
                 Either::Right(actix_service::Service::call(srv, req))
             }
         })
@@ -281,16 +300,101 @@ fn upgrades(
 > {
     fn_factory(move || {
         let app = app(data.clone());
+        let connections = data.limits.connections.clone();
+        let write_timeout = data.config.socket_write_timeout;
         async move {
             let app = Rc::new(app.into_factory().new_service(app_config()).await?);
             Ok(fn_service(
                 move |(req, framed): (actix_http::Request, Framed<Prefixed, h1::Codec>)| {
-                    actix_web::rt::spawn(crate::http::upgrade::serve(app.clone(), req, framed));
+                    // Counted again before the HTTP connection's count goes
+                    // with its dispatcher: a WebSocket stays in
+                    // `max_connections` for as long as it is open.
+                    let peer = framed.io_ref().peer_addr().ok().map(|a| a.ip());
+                    let socket = crate::http::upgrade::Socket {
+                        _slot: connections.adopt(peer),
+                        write_timeout,
+                    };
+                    actix_web::rt::spawn(crate::http::upgrade::serve(
+                        app.clone(),
+                        req,
+                        framed,
+                        socket,
+                    ));
                     std::future::ready(Ok(()))
                 },
             ))
         }
     })
+}
+
+/// Every accepted connection is counted (`max_connections`,
+/// `max_connections_per_ip`) for as long as its HTTP dispatcher runs; one over
+/// a limit gets a short answer (`503 unavailable` or `429 rate_limited`) and is
+/// closed without being read.
+fn admit_connections<S>(
+    http: S,
+    connections: Arc<Connections>,
+) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = S::Error, InitError = S::InitError>
+where
+    S: ServiceFactory<TcpStream, Config = (), Response = ()>,
+{
+    actix_service::apply_fn_factory(http, move |io: TcpStream, srv: &S::Service| {
+        let peer = io.peer_addr().ok().map(|a| a.ip());
+        let admitted = match connections.admit(peer) {
+            Ok(slot) => Ok((srv.call(io), slot)),
+            Err(why) => Err((io, why)),
+        };
+        async move {
+            match admitted {
+                Ok((call, slot)) => {
+                    let served = call.await;
+                    drop(slot);
+                    served
+                }
+                Err((io, why)) => {
+                    refuse(io, why).await;
+                    Ok(())
+                }
+            }
+        }
+    })
+}
+
+/// The whole answer to a connection over a limit: a status line, a JSON
+/// error and `Connection: close`, written without waiting on a client that
+/// does not read; then a short wait for the client's request to arrive and
+/// be discarded (closing with unread bytes would reset the connection and
+/// could lose the answer).
+async fn refuse(io: TcpStream, why: Refused) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (status, code, message) = match why {
+        Refused::Full => (
+            "503 Service Unavailable",
+            "unavailable",
+            "the broker is at max_connections; try again shortly",
+        ),
+        Refused::PerIp => (
+            "429 Too Many Requests",
+            "rate_limited",
+            "too many open connections from this address (max_connections_per_ip)",
+        ),
+    };
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let linger = std::time::Duration::from_millis(200);
+    let mut io = io;
+    let _ = tokio::time::timeout(linger, async {
+        io.write_all(answer.as_bytes()).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// Build everything inside the current actix system and bind.
@@ -422,6 +526,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         Arc::new(Mutex::new(per_worker.into_iter().map(Some).collect()));
     let next_worker = Arc::new(AtomicUsize::new(0));
     channel_arbiter.spawn(sweep_unused_attachments(Arc::downgrade(&broker)));
+    channel_arbiter.spawn(sweep_limits(Arc::downgrade(&broker)));
 
     let generated_agent_tokens = seed_agents(&broker, &config)?;
     if config.sim_agents > 0 {
@@ -465,6 +570,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         let waiting_shards = waiting_shards.clone();
         let next_worker = next_worker.clone();
         let shutdown = shutdown.clone();
+        let header_timeout = config.request_header_timeout;
         builder = builder.listen(format!("switchboard-{local}"), listener, move || {
             join_as_shard(&data, &waiting_shards, &next_worker);
             let stop = shutdown.clone();
@@ -475,7 +581,8 @@ pub fn start(config: Config) -> std::io::Result<Started> {
                     async move { signal.notified().await }
                 })
                 .keep_alive(actix_http::KeepAlive::default())
-                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                // Slow headers (slowloris): closed when not complete in time.
+                .client_request_timeout(header_timeout)
                 .client_disconnect_timeout(std::time::Duration::from_secs(1))
                 // Chat frames are small: send them at once instead of waiting
                 // to coalesce (Nagle + delayed ACK would add ~40 ms per frame).
@@ -486,14 +593,14 @@ pub fn start(config: Config) -> std::io::Result<Started> {
                 .upgrade(upgrades(data.clone()))
                 .finish(map_config(app(data.clone()), |_| app_config()));
             // As `HttpService::tcp` does, with the first request line read
-            // (and a URL past the limit refused) before the dispatcher.
-            fn_service(move |io: TcpStream| {
+            // (and a URL past the limit refused) before the dispatcher, and
+            // every connection counted (`max_connections`, per address).
+            let http = fn_service(move |io: TcpStream| {
                 let stop = stop.clone();
                 async move {
                     let _ = io.set_nodelay(true);
                     let peer = io.peer_addr().ok();
-                    let io =
-                        request_line::screen(io, CLIENT_REQUEST_TIMEOUT, stop.notified()).await;
+                    let io = request_line::screen(io, header_timeout, stop.notified()).await;
                     Ok::<_, actix_http::error::DispatchError>((
                         io,
                         actix_http::Protocol::Http1,
@@ -501,7 +608,8 @@ pub fn start(config: Config) -> std::io::Result<Started> {
                     ))
                 }
             })
-            .and_then(http)
+            .and_then(http);
+            admit_connections(http, data.limits.connections.clone())
         })?;
     }
     if addrs.is_empty() {
@@ -523,6 +631,25 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     })
 }
 
+/// Connections need a file each, and the broker a few more for itself.
+const SPARE_FILES: u64 = 64;
+
+/// Raise the open-files limit to its hard limit, and warn when
+/// `max_connections` would still not fit: past the limit `accept` fails with
+/// "Too many open files" and every client, `/healthz` too, waits.
+fn open_files_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + SPARE_FILES => tracing::warn!(
+            open_files_limit = limit,
+            max_connections,
+            "the open-files limit is below max_connections: raise it (ulimit -n, \
+             LimitNOFILE=) or lower max_connections"
+        ),
+        Ok(limit) => tracing::debug!(open_files_limit = limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
+}
+
 /// Run until Ctrl-C / SIGTERM. Used by `main`.
 ///
 /// Prints on stdout, once listening: the [`banner`] (URLs and channels), then
@@ -530,6 +657,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
 /// configured agent whose token was generated. Logs go to stderr.
 pub fn run(config: Config) -> std::io::Result<()> {
     let generated = config.admin_token.is_none();
+    open_files_limit(config.max_connections);
     let system = actix::System::new();
     system.block_on(async move {
         let started = start(config.clone())?;

@@ -54,6 +54,7 @@ pub struct SimDesk {
     rng: SmallRng,
     conversations: HashMap<String, SimConversation>,
     backlog: usize,
+    backlog_bytes: crate::ws::Backlog,
 }
 
 impl SimDesk {
@@ -190,7 +191,7 @@ impl Actor for SimDesk {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.backlog);
         self.agent.do_send(Connect {
-            link: SocketLink::new(self.session_id, ctx.address()),
+            link: SocketLink::new(self.session_id, ctx.address(), &self.backlog_bytes),
             token: None,
         });
     }
@@ -200,6 +201,7 @@ impl Handler<Push> for SimDesk {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Context<Self>) {
+        self.backlog_bytes.release(msg.0.len());
         // Our own frames, encoded by the broker: they always parse.
         if let Ok(event) = Event::parse(&msg.0) {
             self.on_frame(event, ctx);
@@ -245,6 +247,7 @@ pub fn start(broker: &Arc<Broker>, count: usize, behaviour: SimBehaviour) -> Res
             rng: SmallRng::seed_from_u64(behaviour.seed.wrapping_add(i as u64)),
             conversations: HashMap::new(),
             backlog: broker.config.socket_backlog,
+            backlog_bytes: crate::ws::Backlog::new(broker.config.socket_backlog_bytes),
         };
         broker.shards.start(desk);
     }

@@ -236,6 +236,20 @@ impl Broker {
 /// How long a broker started here may take to answer `/healthz`.
 const BROKER_START_WAIT: Duration = Duration::from_secs(20);
 
+/// The broker's per-client limits, off for a load test: every simulated
+/// customer comes from the one loopback address (flags in `extra` still win).
+const NO_CLIENT_LIMITS: &[(&str, &str)] = &[
+    ("SWITCHBOARD_MAX_CONNECTIONS", "1000000"),
+    ("SWITCHBOARD_MAX_CONNECTIONS_PER_IP", "0"),
+    ("SWITCHBOARD_SESSIONS_PER_IP_PER_MINUTE", "0"),
+    ("SWITCHBOARD_OPEN_SESSIONS_PER_IP", "0"),
+    ("SWITCHBOARD_SOCKETS_PER_SESSION", "0"),
+    ("SWITCHBOARD_SOCKET_MESSAGES_PER_SECOND", "1000000"),
+    ("SWITCHBOARD_CONVERSATION_MESSAGES_PER_SECOND", "1000000"),
+    ("SWITCHBOARD_UPLOADS_PER_IP_PER_MINUTE", "0"),
+    ("SWITCHBOARD_UPLOAD_BYTES_PER_IP", "0"),
+];
+
 /// Starts the broker `bin` on a free loopback port with a generated admin
 /// token and `extra` flags, pinned to `cpus`, its output (stdout and stderr)
 /// to `log`; returns once `/healthz` answers.
@@ -258,6 +272,7 @@ pub async fn start_broker(
     cmd.arg("--bind")
         .arg(format!("127.0.0.1:{port}"))
         .args(extra)
+        .envs(NO_CLIENT_LIMITS.iter().copied())
         .env("SWITCHBOARD_ADMIN_TOKEN", &token)
         .stdin(Stdio::null())
         .stdout(out)

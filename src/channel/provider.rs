@@ -611,9 +611,16 @@ async fn fetch_media(
         filename,
         error: None,
     };
+    // No uploading session: no quota to be over.
     broker
         .attachments
-        .insert(meta.clone(), bytes.freeze(), None);
+        .insert(
+            meta.clone(),
+            bytes.freeze(),
+            crate::attachments::Uploader::Provider,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
     Ok(meta)
 }
 

@@ -10,11 +10,18 @@
 //! conversations are started on that shard's arbiter, so the channel and the
 //! conversation it feeds never cross a thread to talk to each other.
 //!
-//! Handles: [`CreateSession`], [`CustomerConnected`], [`CustomerDisconnected`],
-//! [`FromCustomer`], [`OpenOutbound`], and [`ToCustomer`] from conversations.
+//! Handles: [`CreateSession`], [`SocketsOf`], [`CustomerConnected`],
+//! [`CustomerDisconnected`], [`FromCustomer`], [`OpenOutbound`], and
+//! [`ToCustomer`] from conversations.
+//!
+//! Limits held here: `sockets_per_session` (a socket more is told
+//! `rate_limited` and closed 1008) and `conversation_messages_per_second` (a
+//! message over it is answered `rate_limited` and not stored), so one
+//! customer cannot flood its agent or crowd out the shard's other customers.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -31,6 +38,7 @@ use crate::conversation::{
 };
 use crate::deadlines::Deadlines;
 use crate::error::ApiError;
+use crate::limits::KeyedRate;
 use crate::protocol::{error_frame, ChannelKind, Customer, CustomerCommand, Event, Id};
 use crate::ws::SocketLink;
 
@@ -47,6 +55,9 @@ struct Session {
     skills: Vec<String>,
     /// The queue its conversations wait in (None: `default`).
     queue: Option<Id>,
+    /// The address that created it, counted against `open_sessions_per_ip`
+    /// until the session is forgotten.
+    client_ip: Option<IpAddr>,
     /// The session's latest conversation until it is forgotten: the open
     /// one, if any. One address for both (each clone of an actix address
     /// is an allocation of its own).
@@ -78,6 +89,7 @@ pub enum WebchatEvent {
         name: String,
         skills: Vec<String>,
         queue: Option<Id>,
+        client_ip: Option<IpAddr>,
     },
     ConversationOpened {
         session: Id,
@@ -143,15 +155,20 @@ pub struct WebchatChannel {
     /// Sessions with no socket and nothing to show: forgotten when their time
     /// (`webchat_session_idle`) is up, unless they were used again.
     idle: Deadlines<Id, ()>,
+    /// Customer messages per second into each session's conversation
+    /// (`conversation_messages_per_second`), all its sockets together; only
+    /// sessions that wrote lately hold an entry.
+    message_rate: KeyedRate<Id>,
 }
 
 impl WebchatChannel {
     pub fn new(broker: Arc<Broker>) -> Self {
         WebchatChannel {
-            broker,
             sessions: HashMap::new(),
             away: Deadlines::default(),
             idle: Deadlines::default(),
+            message_rate: KeyedRate::per_second(broker.config.conversation_messages_per_second),
+            broker,
         }
     }
 
@@ -165,6 +182,7 @@ impl WebchatChannel {
                 name,
                 skills,
                 queue,
+                client_ip,
             } => {
                 self.sessions.insert(
                     id,
@@ -173,6 +191,7 @@ impl WebchatChannel {
                         name,
                         skills,
                         queue,
+                        client_ip,
                         latest: None,
                         latest_open: false,
                         sockets: Vec::new(),
@@ -212,6 +231,7 @@ impl WebchatChannel {
             WebchatEvent::SessionForgotten { session } => {
                 if let Some(s) = self.sessions.remove(&session) {
                     self.broker.forget_webchat_token(&s.token);
+                    self.broker.limits.session_closed(s.client_ip);
                 }
             }
         }
@@ -308,6 +328,9 @@ impl Actor for WebchatChannel {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(std::time::Duration::from_secs(10), |act, _| {
+            act.message_rate.sweep();
+        });
     }
 }
 
@@ -321,6 +344,8 @@ pub struct CreateSession {
     pub skills: Vec<String>,
     /// Checked by the route: a queue that exists and takes webchat.
     pub queue: Option<Id>,
+    /// Counted against `open_sessions_per_ip` already (`Limits::open_session`).
+    pub client_ip: Option<IpAddr>,
 }
 
 impl Handler<CreateSession> for WebchatChannel {
@@ -336,6 +361,7 @@ impl Handler<CreateSession> for WebchatChannel {
                 name: msg.name,
                 skills: msg.skills,
                 queue: msg.queue,
+                client_ip: msg.client_ip,
             },
             None,
         );
@@ -376,10 +402,34 @@ pub struct CustomerConnected {
     pub link: SocketLink,
 }
 
+/// The refusal of one socket more than `sockets_per_session`.
+pub fn too_many_sockets(max: usize) -> ApiError {
+    ApiError::RateLimitedFor {
+        message: format!("at most {max} sockets on one webchat session; close one first"),
+        retry_after: std::time::Duration::from_secs(5),
+    }
+}
+
+/// The upgrade of a customer socket asks how many the session has open
+/// (None: no such session).
+#[derive(Message)]
+#[rtype(result = "Option<usize>")]
+pub struct SocketsOf {
+    pub session: Id,
+}
+
+impl Handler<SocketsOf> for WebchatChannel {
+    type Result = Option<usize>;
+
+    fn handle(&mut self, msg: SocketsOf, _: &mut Context<Self>) -> Option<usize> {
+        self.sessions.get(&msg.session).map(|s| s.sockets.len())
+    }
+}
+
 impl Handler<CustomerConnected> for WebchatChannel {
     type Result = ();
 
-    fn handle(&mut self, msg: CustomerConnected, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: CustomerConnected, ctx: &mut Context<Self>) {
         self.idle.remove(&msg.session);
         let Some(s) = self.sessions.get_mut(&msg.session) else {
             msg.link.close(
@@ -388,6 +438,17 @@ impl Handler<CustomerConnected> for WebchatChannel {
             );
             return;
         };
+        let max = self.broker.config.sockets_per_session;
+        if max > 0 && s.sockets.len() >= max {
+            // Checked at the upgrade already (`SocketsOf`); two racing
+            // upgrades can both pass there, not here.
+            let e = too_many_sockets(max);
+            let _ = msg.link.send(e.to_frame(None), &self.broker.metrics);
+            msg.link
+                .close(actix_web_actors::ws::CloseCode::Policy, "rate_limited");
+            self.watch_idle(&msg.session, ctx);
+            return;
+        }
         let socket = msg.link.id;
         self.away.remove(&msg.session);
         match s.latest.as_ref().map(|(_, conv)| conv.clone()) {
@@ -479,6 +540,16 @@ impl Handler<FromCustomer> for WebchatChannel {
                 client_msg_id,
                 reference,
             } => {
+                let per_second = self.broker.config.conversation_messages_per_second;
+                if let Err(e) = self.message_rate.check(&msg.session, || {
+                    format!(
+                        "at most {per_second} messages per second in one conversation; \
+                         this one was not taken"
+                    )
+                }) {
+                    self.send_to(&msg.session, msg.socket, e.to_frame(reference.as_deref()));
+                    return;
+                }
                 let message = CustomerMessage {
                     socket: Some(msg.socket),
                     author: crate::protocol::Author::Customer,

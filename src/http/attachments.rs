@@ -9,10 +9,10 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use crate::attachments::{content_disposition, sanitize_filename, Uploader};
+use crate::attachments::{content_disposition, sanitize_filename, Quota, Uploader};
 use crate::channel::provider::verify_link;
 use crate::error::ApiError;
-use crate::http::{authenticate, Principal, State};
+use crate::http::{authenticate, client_ip, Principal, State};
 use crate::protocol::AttachmentMeta;
 
 #[derive(Debug, Deserialize)]
@@ -81,10 +81,28 @@ pub async fn upload(
         }
         _ => content_type,
     };
+    // Anonymous customers are held to a rate per address and a quota per
+    // session, checked before the body is read (the quota again when the
+    // file is stored, with its real size).
+    let quota = match &who {
+        Principal::Customer(session) => {
+            let ip = client_ip(&req, &state);
+            state.limits.upload(ip)?;
+            let quota = Quota {
+                session: session.clone(),
+                ip,
+            };
+            state
+                .attachments
+                .check_quota(&quota, declared.unwrap_or(0))?;
+            Some(quota)
+        }
+        _ => None,
+    };
     // Grown as the data arrives, never sized by what the client declares.
     let mut bytes = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
+        let chunk = chunk.map_err(ApiError::body)?;
         if (bytes.len() + chunk.len()) as u64 > limit {
             return Err(too_large(limit));
         }
@@ -109,7 +127,7 @@ pub async fn upload(
     };
     state
         .attachments
-        .insert_by(meta.clone(), bytes.freeze(), uploader);
+        .insert(meta.clone(), bytes.freeze(), uploader, quota)?;
     Ok(HttpResponse::Created().json(meta))
 }
 

@@ -23,7 +23,7 @@ const TWIML_EMPTY: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#
 async fn read_body(mut payload: web::Payload, limit: u64) -> Result<web::Bytes, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("body interrupted: {e}")))?;
+        let chunk = chunk.map_err(ApiError::body)?;
         if (body.len() + chunk.len()) as u64 > limit {
             return Err(ApiError::PayloadTooLarge(format!(
                 "webhook body larger than {limit} bytes"

@@ -14,11 +14,12 @@
 
 pub mod agents;
 pub mod attachments;
+pub mod body;
 pub mod channels;
 pub mod conversations;
 pub mod ops;
-pub mod request_line;
 pub mod queues;
+pub mod request_line;
 pub mod sockets;
 pub mod tasks;
 pub mod throttle;
@@ -47,7 +48,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .limit(JSON_LIMIT)
         .error_handler(|err, _| {
             use actix_web::error::JsonPayloadError as E;
-            let api = match &err {
+            let api = match err {
                 E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => {
                     ApiError::PayloadTooLarge(format!("JSON body larger than {limit} bytes"))
                 }
@@ -55,6 +56,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     ApiError::BadRequest("expected Content-Type: application/json".into())
                 }
                 E::Deserialize(e) => ApiError::BadRequest(format!("invalid JSON body: {e}")),
+                E::Payload(e) => ApiError::body(e),
                 other => ApiError::BadRequest(format!("invalid JSON body: {other}")),
             };
             api.into()
@@ -139,7 +141,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     use futures_util::StreamExt;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("body interrupted: {e}")))?;
+        let chunk = chunk.map_err(ApiError::body)?;
         if body.len() + chunk.len() > JSON_LIMIT {
             return Err(ApiError::PayloadTooLarge(format!(
                 "JSON body larger than {JSON_LIMIT} bytes"
@@ -149,6 +151,16 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     }
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// The client's address as the limits see it: the peer, or through a
+/// trusted proxy its `X-Forwarded-For` (`limits::Limits::client_ip`).
+pub fn client_ip(req: &HttpRequest, broker: &Broker) -> Option<std::net::IpAddr> {
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    broker.limits.client_ip(req.peer_addr(), forwarded)
 }
 
 /// Who is calling.

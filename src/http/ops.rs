@@ -61,6 +61,10 @@ pub async fn stats(req: HttpRequest, state: State) -> Result<HttpResponse, ApiEr
             "opened": Metrics::count(&m.conversations_opened),
         },
         "slow_consumers": Metrics::count(&m.slow_consumers),
+        "connections": {
+            "open": state.limits.connections.open(),
+            "max": state.config.max_connections,
+        },
         "routing_latency_ms": {
             "p50": r.latency_p50_ms,
             "p90": r.latency_p90_ms,
@@ -221,6 +225,12 @@ pub async fn metrics(req: HttpRequest, state: State) -> Result<HttpResponse, Api
         "Sockets closed because their client stopped reading.",
         "counter",
         &[(String::new(), Metrics::count(&m.slow_consumers) as f64)],
+    );
+    gauge(
+        "connections_open",
+        "Open connections, HTTP and WebSocket (max_connections bounds them).",
+        "gauge",
+        &[(String::new(), state.limits.connections.open() as f64)],
     );
     gauge(
         "routing_latency_seconds",

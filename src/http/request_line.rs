@@ -52,6 +52,11 @@ pub struct Prefixed {
 }
 
 impl Prefixed {
+    /// The client's address.
+    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.io.peer_addr()
+    }
+
     /// The socket, and what of the prefix the dispatcher has not read.
     pub fn into_parts(self) -> (TcpStream, Bytes) {
         (self.io, self.prefix)

@@ -5,6 +5,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
+use crate::channel::webchat::{too_many_sockets, SocketsOf};
 use crate::error::ApiError;
 use crate::http::{auth_failed, bearer, require_admin, same_secret, throttle_gate, State};
 use crate::ws::agent_session::AgentSession;
@@ -49,6 +50,21 @@ pub async fn webchat(
     let session_id = state
         .webchat_session(&token)
         .ok_or_else(|| auth_failed(&req, &state, "invalid webchat token"))?;
+    let max = state.config.sockets_per_session;
+    if max > 0 {
+        let open = state
+            .channels
+            .webchat
+            .for_session(&session_id)
+            .send(SocketsOf {
+                session: session_id.clone(),
+            })
+            .await
+            .map_err(ApiError::mailbox)?;
+        if open.is_some_and(|n| n >= max) {
+            return Err(too_many_sockets(max));
+        }
+    }
     let shards = state.channels.webchat.clone();
     let session = CustomerSession::new(session_id, shards, &state.config);
     ws::WsResponseBuilder::new(session, &req, stream)

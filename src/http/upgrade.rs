@@ -18,6 +18,13 @@
 //! the kernel took it. The session is polled only when its last batch has been
 //! written, as under the dispatcher, so a client that stops reading stalls its
 //! session and the slow-consumer policy of `src/ws/mod.rs` applies unchanged.
+//!
+//! A stalled write has a deadline (`socket_write_timeout`): when the kernel
+//! has taken nothing of a pending batch for that long, the connection is
+//! closed and the session, with everything it queued, is dropped — the
+//! slow-consumer close alone cannot get through to a session that is not
+//! polled. Each connection also holds its place in `max_connections`
+//! ([`Socket`]), since it has left actix-server's own count.
 
 use std::future::Future;
 use std::io;
@@ -33,12 +40,22 @@ use actix_http::{ConnectionType, Payload, Request, Response, StatusCode};
 use actix_web::dev::{Service, ServiceResponse};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::Stream;
+use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::http::request_line::Prefixed;
 
 /// Largest read from a socket at once. On the stack, only while reading.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// What a connection keeps from the server for its life.
+pub struct Socket {
+    /// Its place in the connection count, given back when it closes.
+    pub _slot: crate::limits::ConnectionSlot,
+    /// How long a pending write may wait for the client to read.
+    pub write_timeout: Duration,
+}
 
 /// Serve one upgrade request: run it through `app`, write the response head,
 /// then the session's frames until it ends. To be spawned as its own task.
@@ -46,6 +63,7 @@ pub fn serve<S>(
     app: Rc<S>,
     req: Request,
     framed: Framed<Prefixed, Codec>,
+    socket: Socket,
 ) -> impl Future<Output = ()>
 where
     S: Service<Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error> + 'static,
@@ -54,7 +72,7 @@ where
     // dispatcher's framed socket and the handler's future are large and
     // short-lived, the task lives as long as the socket (a future keeps room
     // for everything it captured).
-    let handshake = Box::pin(handshake(app, req, framed));
+    let handshake = Box::pin(handshake(app, req, framed, socket));
     async move {
         if let Some(pump) = handshake.await {
             if let Err(e) = pump.await {
@@ -68,7 +86,12 @@ where
 /// session (101) comes back with its socket for the pump; any other answer
 /// (a refusal: bad token, not a WebSocket request…) is written whole, and the
 /// connection closed.
-async fn handshake<S>(app: Rc<S>, req: Request, framed: Framed<Prefixed, Codec>) -> Option<Pump>
+async fn handshake<S>(
+    app: Rc<S>,
+    req: Request,
+    framed: Framed<Prefixed, Codec>,
+    socket: Socket,
+) -> Option<Pump>
 where
     S: Service<Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
 {
@@ -126,6 +149,8 @@ where
             io,
             session: body,
             out: Bytes::new(),
+            stalled: None,
+            socket,
         }),
         Err(e) => {
             tracing::debug!(error = %e, "WebSocket handshake not sent");
@@ -145,6 +170,10 @@ struct Pump {
     session: BoxBody,
     /// What the kernel has not taken yet of the last batch.
     out: Bytes,
+    /// The write deadline, only while a write waits (boxed: most sockets
+    /// are idle, and a timer is large).
+    stalled: Option<Pin<Box<Sleep>>>,
+    socket: Socket,
 }
 
 impl Future for Pump {
@@ -154,10 +183,29 @@ impl Future for Pump {
         let this = self.get_mut();
         loop {
             while !this.out.is_empty() {
-                ready!(this.io.poll_write_ready(cx))?;
+                if this.io.poll_write_ready(cx)?.is_pending() {
+                    let timeout = this.socket.write_timeout;
+                    let deadline = this
+                        .stalled
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "the client read nothing for {} s (socket_write_timeout)",
+                                timeout.as_secs_f64()
+                            ),
+                        )));
+                    }
+                    return Poll::Pending;
+                }
                 match this.io.try_write(&this.out) {
                     Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Ok(n) => this.out.advance(n),
+                    Ok(n) => {
+                        this.out.advance(n);
+                        // Progress: the deadline starts again if it blocks again.
+                        this.stalled = None;
+                    }
                     // Readiness was stale: `try_write` cleared it, wait again.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Poll::Ready(Err(e)),

@@ -11,7 +11,7 @@ use actix_web::HttpRequest;
 use crate::channel::prechat::{self, PreChat};
 use crate::channel::webchat::{CreateSession, GetSession};
 use crate::error::ApiError;
-use crate::http::{authenticate, Principal, State};
+use crate::http::{authenticate, client_ip, Principal, State};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +78,11 @@ pub async fn get_session(req: HttpRequest, state: State) -> Result<HttpResponse,
         .ok_or_else(|| ApiError::Unauthorized("unknown webchat session".into()))
 }
 
+/// Anyone may call it, so it is held to the per-address limits
+/// (`sessions_per_ip_per_minute`, `open_sessions_per_ip`): a session lives
+/// until it has been unused for `webchat_session_idle`.
 pub async fn create_session(
+    req: HttpRequest,
     state: State,
     body: web::Json<NewSession>,
 ) -> Result<HttpResponse, ApiError> {
@@ -96,6 +100,8 @@ pub async fn create_session(
         crate::http::queues::check_entry(&state, queue, crate::protocol::ChannelKind::Webchat)
             .await?;
     }
+    let ip = client_ip(&req, &state);
+    state.limits.open_session(ip)?;
     let session_id = state.ids.webchat_session();
     let token = state
         .channels
@@ -106,9 +112,13 @@ pub async fn create_session(
             name,
             skills,
             queue: body.queue.as_deref().map(Into::into),
+            client_ip: ip,
         })
         .await
-        .map_err(ApiError::mailbox)?;
+        .map_err(|e| {
+            state.limits.session_closed(ip);
+            ApiError::mailbox(e)
+        })?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "session_id": session_id,
         "token": token,

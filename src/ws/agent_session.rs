@@ -17,6 +17,7 @@ pub struct AgentSession {
     token: String,
     backlog: usize,
     frames: Reassembly,
+    backlog_bytes: crate::ws::Backlog,
     hb: Heartbeat,
 }
 
@@ -28,6 +29,7 @@ impl AgentSession {
             token,
             backlog: config.socket_backlog,
             frames: Reassembly::new(config.max_frame),
+            backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
         }
     }
@@ -40,7 +42,7 @@ impl Actor for AgentSession {
         ctx.set_mailbox_capacity(self.backlog);
         self.hb.start(ctx, |s| &mut s.hb);
         self.agent.do_send(Connect {
-            link: SocketLink::new(self.id, ctx.address()),
+            link: SocketLink::new(self.id, ctx.address(), &self.backlog_bytes),
             token: Some(self.token.clone()),
         });
     }
@@ -75,7 +77,7 @@ impl Handler<Push> for AgentSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        push_text(msg.0, ctx);
+        push_text(msg.0, &self.backlog_bytes, ctx);
     }
 }
 

@@ -1,5 +1,10 @@
 //! A webchat customer's socket: parses JSON commands and hands them to the
-//! webchat channel actor; writes whatever the channel pushes. Nothing else.
+//! webchat channel actor; writes whatever the channel pushes. Holds the
+//! socket's command rate (`socket_messages_per_second`): a command over it is
+//! answered `rate_limited` and not passed on. A client that goes on sending
+//! regardless, [`REFUSALS_BEFORE_CLOSE`] refusals in a row, is not a widget
+//! waiting to retry but a flood, and costs a parse and an answer per frame:
+//! its socket is closed (1008 `rate_limited`).
 
 use actix::prelude::*;
 use actix_web_actors::ws;
@@ -7,6 +12,7 @@ use actix_web_actors::ws;
 use crate::channel::webchat::{
     CustomerConnected, CustomerDisconnected, FromCustomer, WebchatChannel, WebchatShards,
 };
+use crate::limits::Rate;
 use crate::protocol::{error_frame, salvage_ref, CustomerCommand, Id};
 use crate::ws::{
     close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, Reassembly, SocketLink,
@@ -21,8 +27,16 @@ pub struct CustomerSession {
     shards: WebchatShards,
     backlog: usize,
     frames: Reassembly,
+    backlog_bytes: crate::ws::Backlog,
     hb: Heartbeat,
+    rate: Rate,
+    per_second: u32,
+    /// Commands refused since the last one taken.
+    refused_in_a_row: u32,
 }
+
+/// Refused commands in a row after which a customer socket is closed.
+pub const REFUSALS_BEFORE_CLOSE: u32 = 200;
 
 impl CustomerSession {
     pub fn new(session: Id, shards: WebchatShards, config: &crate::config::Config) -> Self {
@@ -32,7 +46,11 @@ impl CustomerSession {
             shards,
             backlog: config.socket_backlog,
             frames: Reassembly::new(config.max_frame),
+            backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
+            rate: Rate::per_second(config.socket_messages_per_second),
+            per_second: config.socket_messages_per_second,
+            refused_in_a_row: 0,
         }
     }
 
@@ -49,7 +67,7 @@ impl Actor for CustomerSession {
         self.hb.start(ctx, |s| &mut s.hb);
         self.channel().do_send(CustomerConnected {
             session: self.session.clone(),
-            link: SocketLink::new(self.id, ctx.address()),
+            link: SocketLink::new(self.id, ctx.address(), &self.backlog_bytes),
         });
     }
 
@@ -66,6 +84,26 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CustomerSession {
         let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
             return;
         };
+        let per_second = self.per_second;
+        if let Err(e) = self.rate.check(|| {
+            format!(
+                "at most {per_second} commands per second on one socket; this one was not taken"
+            )
+        }) {
+            ctx.text(e.to_frame(salvage_ref(&text).as_deref()));
+            self.refused_in_a_row += 1;
+            if self.refused_in_a_row >= REFUSALS_BEFORE_CLOSE {
+                close_with(
+                    CloseSession {
+                        code: ws::CloseCode::Policy,
+                        reason: "rate_limited".into(),
+                    },
+                    ctx,
+                );
+            }
+            return;
+        }
+        self.refused_in_a_row = 0;
         match serde_json::from_str::<CustomerCommand>(&text) {
             Ok(command) => self.channel().do_send(FromCustomer {
                 session: self.session.clone(),
@@ -85,7 +123,7 @@ impl Handler<Push> for CustomerSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        push_text(msg.0, ctx);
+        push_text(msg.0, &self.backlog_bytes, ctx);
     }
 }
 

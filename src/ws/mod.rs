@@ -8,11 +8,15 @@
 //!
 //! Outbound frames reach a session as [`Push`] through a [`SocketLink`], which
 //! enforces the slow-consumer policy: each session's mailbox is bounded at
-//! `socket_backlog` frames; when it is full the client is not reading, so the
-//! sender closes the socket (`1008 slow_consumer`) and forgets it instead of
-//! buffering without bound. A session actor whose client stops reading is not
-//! polled at all (actix drives it from the response stream), so the policy has
-//! to live on the sending side, here.
+//! `socket_backlog` frames and its queued frames at `socket_backlog_bytes`
+//! bytes ([`Backlog`]: a count of frames alone let a socket that never read
+//! hold 512 large frames); when either is full the client is not reading, so
+//! the sender closes the socket (`1008 slow_consumer`) and forgets it instead
+//! of buffering without bound. A session actor whose client stops reading is
+//! not polled at all (actix drives it from the response stream), so the policy
+//! has to live on the sending side, here; what the session has already handed
+//! to the socket is bounded by the write deadline of `http/upgrade.rs`
+//! (`socket_write_timeout`).
 //!
 //! Inbound, [`handle_frame`] is written once for the three sessions too:
 //! control frames, messages sent in fragments ([`Reassembly`], bounded by
@@ -23,7 +27,7 @@ pub mod agent_session;
 pub mod customer_session;
 pub mod supervisor_session;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,6 +70,49 @@ pub enum LinkDown {
     Slow,
 }
 
+/// Bytes of frames queued for one session and not yet handed to its socket:
+/// added by the [`SocketLink`] that queues a frame, taken off by the session
+/// as it writes it ([`push_text`]).
+#[derive(Clone)]
+pub struct Backlog {
+    queued: Arc<AtomicUsize>,
+    budget: usize,
+}
+
+impl Backlog {
+    pub fn new(budget: u64) -> Self {
+        Backlog {
+            queued: Arc::new(AtomicUsize::new(0)),
+            budget: usize::try_from(budget).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Room for `len` more bytes? Taken if so. A frame larger than the whole
+    /// budget still goes to a socket with nothing queued, or it could never
+    /// be sent at all.
+    fn reserve(&self, len: usize) -> bool {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q == 0 || q.saturating_add(len) <= self.budget).then(|| q.saturating_add(len))
+            })
+            .is_ok()
+    }
+
+    /// `len` bytes left the queue (written, or never queued after all).
+    pub fn release(&self, len: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(len))
+            });
+    }
+
+    /// Bytes queued now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
 /// The sending side's handle on one socket session.
 #[derive(Clone)]
 pub struct SocketLink {
@@ -74,6 +121,7 @@ pub struct SocketLink {
     /// actix address (or recipient) is an allocation of its own, and a
     /// webchat session keeps its link for as long as the socket is open.
     session: Arc<dyn SessionAddr>,
+    backlog: Backlog,
 }
 
 /// What a link needs of a session actor's address.
@@ -97,8 +145,9 @@ where
 }
 
 impl SocketLink {
-    /// A link to the session at `addr` (e.g. `ctx.address()` in `started`).
-    pub fn new<A>(id: u64, addr: Addr<A>) -> Self
+    /// A link to the session at `addr` (e.g. `ctx.address()` in `started`),
+    /// whose queued bytes are counted in `backlog` (the session's own).
+    pub fn new<A>(id: u64, addr: Addr<A>, backlog: &Backlog) -> Self
     where
         A: Actor + Handler<Push> + Handler<CloseSession>,
         A::Context: actix::dev::ToEnvelope<A, Push> + actix::dev::ToEnvelope<A, CloseSession>,
@@ -106,20 +155,35 @@ impl SocketLink {
         SocketLink {
             id,
             session: Arc::new(addr),
+            backlog: backlog.clone(),
         }
     }
 
-    /// Queue a frame, never blocking and never growing past the backlog.
+    /// Queue a frame, never blocking and never growing past the backlog
+    /// (frames or bytes).
     pub fn send(&self, frame: Frame, metrics: &Metrics) -> Result<(), LinkDown> {
+        let len = frame.len();
+        if !self.backlog.reserve(len) {
+            return Err(self.slow(metrics));
+        }
         match self.session.push(frame) {
             Ok(()) => Ok(()),
-            Err(SendError::Closed(_)) => Err(LinkDown::Closed),
+            Err(SendError::Closed(_)) => {
+                self.backlog.release(len);
+                Err(LinkDown::Closed)
+            }
             Err(SendError::Full(_)) => {
-                Metrics::bump(&metrics.slow_consumers);
-                self.close(ws::CloseCode::Policy, SLOW_CONSUMER);
-                Err(LinkDown::Slow)
+                self.backlog.release(len);
+                Err(self.slow(metrics))
             }
         }
+    }
+
+    /// The client is not reading: close it as a slow consumer.
+    fn slow(&self, metrics: &Metrics) -> LinkDown {
+        Metrics::bump(&metrics.slow_consumers);
+        self.close(ws::CloseCode::Policy, SLOW_CONSUMER);
+        LinkDown::Slow
     }
 
     /// Ask the session to close (queued past the bound: it must get through).
@@ -351,11 +415,13 @@ where
     }
 }
 
-/// Shared `Push`/`CloseSession` behaviour.
-pub fn push_text<A>(frame: Frame, ctx: &mut ws::WebsocketContext<A>)
+/// Shared `Push`/`CloseSession` behaviour: the frame leaves the backlog for
+/// the socket's write buffer.
+pub fn push_text<A>(frame: Frame, backlog: &Backlog, ctx: &mut ws::WebsocketContext<A>)
 where
     A: Actor<Context = ws::WebsocketContext<A>>,
 {
+    backlog.release(frame.len());
     ctx.text(frame);
 }
 
@@ -404,5 +470,19 @@ mod tests {
         assert!(r.partial.is_none(), "the buffer is let go");
         assert_eq!(r.push(Item::FirstText(b(b"\xff"))), Fragment::More);
         assert_eq!(r.push(Item::Last(b(b"a"))), Fragment::NotUtf8);
+    }
+
+    #[test]
+    fn a_backlog_counts_bytes_and_lets_one_large_frame_through() {
+        let b = Backlog::new(100);
+        assert!(b.reserve(60));
+        assert!(b.reserve(40));
+        assert!(!b.reserve(1), "full");
+        b.release(100);
+        assert_eq!(b.queued(), 0);
+        assert!(b.reserve(500), "alone, a frame over the budget still goes");
+        assert!(!b.reserve(1));
+        b.release(1000);
+        assert_eq!(b.queued(), 0, "never below zero");
     }
 }

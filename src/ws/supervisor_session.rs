@@ -15,6 +15,7 @@ pub struct SupervisorSession {
     hub: Addr<SupervisorHub>,
     backlog: usize,
     frames: Reassembly,
+    backlog_bytes: crate::ws::Backlog,
     hb: Heartbeat,
 }
 
@@ -25,6 +26,7 @@ impl SupervisorSession {
             hub,
             backlog: config.socket_backlog,
             frames: Reassembly::new(config.max_frame),
+            backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
         }
     }
@@ -36,8 +38,11 @@ impl Actor for SupervisorSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.backlog);
         self.hb.start(ctx, |s| &mut s.hb);
-        self.hub
-            .do_send(Subscribe(SocketLink::new(self.id, ctx.address())));
+        self.hub.do_send(Subscribe(SocketLink::new(
+            self.id,
+            ctx.address(),
+            &self.backlog_bytes,
+        )));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -61,7 +66,7 @@ impl Handler<Push> for SupervisorSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        push_text(msg.0, ctx);
+        push_text(msg.0, &self.backlog_bytes, ctx);
     }
 }
 
