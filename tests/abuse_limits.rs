@@ -306,7 +306,7 @@ async fn uploads_are_held_to_a_quota_per_session_and_a_rate_per_address() {
             let r = http
                 .post(url)
                 .bearer_auth(token)
-                .header("content-type", "application/octet-stream")
+                .header("content-type", "image/png")
                 .body(vec![7u8; size])
                 .send()
                 .await
@@ -754,6 +754,7 @@ async fn a_socket_that_never_reads_is_closed_and_what_it_was_sent_is_kept() {
         socket_write_timeout: Duration::from_secs(1),
         socket_backlog_bytes: 64 * 1024,
         max_text: 16_000,
+        max_history_bytes: 64 * 1024 * 1024,
         ..config()
     });
     let alice = h.create_agent("alice", 2, &[]).await;
