@@ -8,6 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::protocol::Id;
 
+/// A hash map keyed by ids (and tokens) this process made: foldhash, seeded
+/// per map at random, instead of SipHash. Nobody outside chooses these keys
+/// (ids are sequential, tokens random), so the flooding SipHash guards
+/// against cannot be aimed at them; keys a client picks (a `client_msg_id`,
+/// a webhook's message id) stay on the standard hasher.
+pub type IdMap<K, V> = std::collections::HashMap<K, V, IdHasher>;
+
+/// The hasher of [`IdMap`] (also for `DashMap`s keyed by ids).
+pub type IdHasher = foldhash::fast::RandomState;
+
 /// Per-kind sequential id source, shared by the whole broker.
 #[derive(Debug, Default)]
 pub struct IdGen {

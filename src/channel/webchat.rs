@@ -14,15 +14,15 @@
 //! [`FromCustomer`], [`OpenOutbound`], and [`ToCustomer`] from conversations.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{CustomerEvent, OpenOutbound, SocketId, ToCustomer};
+use crate::ids::IdMap;
 use crate::wiring::Broker;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use crate::conversation::{
     validate_content, Conversation, CustomerAbandoned, CustomerLeft, CustomerMessage,
@@ -109,11 +109,14 @@ impl WebchatShards {
         }
     }
 
-    /// The shard that holds `session` (a stable hash of its id).
+    /// The shard that holds `session` (a hash of its id, the same for the
+    /// life of the process). Asked on every frame a customer sends.
     pub fn for_session(&self, session: &str) -> &Addr<WebchatChannel> {
-        let mut h = DefaultHasher::new();
-        session.hash(&mut h);
-        &self.shards[(h.finish() % self.shards.len() as u64) as usize]
+        if self.shards.len() == 1 {
+            return &self.shards[0];
+        }
+        let h = foldhash::fast::FixedState::default().hash_one(session);
+        &self.shards[(h % self.shards.len() as u64) as usize]
     }
 
     pub fn len(&self) -> usize {
@@ -132,7 +135,7 @@ pub struct WebchatChannel {
     /// removals leave tombstones that make it double now and then. With the
     /// sessions inline each doubling was a 192-byte slot per bucket (an 11 MiB
     /// RSS step at 65,536 buckets in the 11-minute churn run); boxed, 24 bytes.
-    sessions: HashMap<Id, Box<Session>>,
+    sessions: IdMap<Id, Box<Session>>,
     /// Sessions whose customer has no socket while a conversation is open:
     /// when the grace period ends, the conversation hears the customer left.
     away: Deadlines<Id, ()>,
@@ -145,7 +148,7 @@ impl WebchatChannel {
     pub fn new(broker: Arc<Broker>) -> Self {
         WebchatChannel {
             broker,
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             away: Deadlines::default(),
             idle: Deadlines::default(),
         }
