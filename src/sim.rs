@@ -200,9 +200,11 @@ impl Handler<Push> for SimDesk {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Context<Self>) {
-        // Our own frames, encoded by the broker: they always parse.
-        if let Ok(event) = Event::parse(&msg.0) {
-            self.on_frame(event, ctx);
+        for frame in msg.0 {
+            // Our own frames, encoded by the broker: they always parse.
+            if let Ok(event) = Event::parse(&frame) {
+                self.on_frame(event, ctx);
+            }
         }
     }
 }

@@ -286,6 +286,29 @@ impl WebchatChannel {
         }
     }
 
+    /// `send_to` the `ack`, then `broadcast` the message, with the two frames
+    /// for the socket that sent it in one push.
+    fn accepted(
+        &mut self,
+        session_id: &Id,
+        socket: SocketId,
+        ack: crate::protocol::Frame,
+        frame: crate::protocol::Frame,
+    ) {
+        let metrics = &self.broker.metrics;
+        if let Some(s) = self.sessions.get_mut(session_id) {
+            s.sockets.retain(|sock| {
+                let sent = match (sock.link.id == socket, sock.ready) {
+                    (true, true) => sock.link.send_two(ack.clone(), frame.clone(), metrics),
+                    (true, false) => sock.link.send(ack.clone(), metrics),
+                    (false, true) => sock.link.send(frame.clone(), metrics),
+                    (false, false) => Ok(()),
+                };
+                sent.is_ok()
+            });
+        }
+    }
+
     fn broadcast(&mut self, session_id: &Id, frame: crate::protocol::Frame) {
         let metrics = &self.broker.metrics;
         if let Some(s) = self.sessions.get_mut(session_id) {
@@ -583,6 +606,9 @@ impl Handler<ToCustomer> for WebchatChannel {
                 self.send_to(&session, socket, frame);
             }
             CustomerEvent::Direct { socket, frame } => self.send_to(&session, socket, frame),
+            CustomerEvent::Accepted { socket, ack, frame } => {
+                self.accepted(&session, socket, ack, frame)
+            }
             CustomerEvent::Broadcast(frame) | CustomerEvent::Message { frame, .. } => {
                 self.broadcast(&session, frame)
             }

@@ -32,10 +32,33 @@ use crate::protocol::Frame;
 /// Close reason sent to a client that stopped reading.
 pub const SLOW_CONSUMER: &str = "slow_consumer";
 
-/// A text frame for the client.
+/// Text frames for the client.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Push(pub Frame);
+pub struct Push(pub Frames);
+
+/// What one [`Push`] carries: two frames for one socket at the same moment
+/// (a customer's `ack` and the message it acknowledges) go as one mailbox
+/// message, one envelope and one wake-up of the session.
+pub enum Frames {
+    One(Frame),
+    Two(Frame, Frame),
+}
+
+impl IntoIterator for Frames {
+    type Item = Frame;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Frame>, 2>>;
+
+    /// The frames in the order they are to be written.
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Frames::One(frame) => [Some(frame), None],
+            Frames::Two(first, second) => [Some(first), Some(second)],
+        }
+        .into_iter()
+        .flatten()
+    }
+}
 
 /// Close the socket with this code and reason, then stop.
 #[derive(Message, Clone)]
@@ -72,7 +95,7 @@ pub struct SocketLink {
 
 /// What a link needs of a session actor's address.
 trait SessionAddr: Send + Sync {
-    fn push(&self, frame: Frame) -> Result<(), SendError<Push>>;
+    fn push(&self, frames: Frames) -> Result<(), SendError<Push>>;
     fn close(&self, msg: CloseSession);
 }
 
@@ -81,8 +104,8 @@ where
     A: Actor + Handler<Push> + Handler<CloseSession>,
     A::Context: actix::dev::ToEnvelope<A, Push> + actix::dev::ToEnvelope<A, CloseSession>,
 {
-    fn push(&self, frame: Frame) -> Result<(), SendError<Push>> {
-        self.try_send(Push(frame))
+    fn push(&self, frames: Frames) -> Result<(), SendError<Push>> {
+        self.try_send(Push(frames))
     }
 
     fn close(&self, msg: CloseSession) {
@@ -105,7 +128,16 @@ impl SocketLink {
 
     /// Queue a frame, never blocking and never growing past the backlog.
     pub fn send(&self, frame: Frame, metrics: &Metrics) -> Result<(), LinkDown> {
-        match self.session.push(frame) {
+        self.send_frames(Frames::One(frame), metrics)
+    }
+
+    /// Queue two frames, in order, as one message of the session's mailbox.
+    pub fn send_two(&self, first: Frame, second: Frame, metrics: &Metrics) -> Result<(), LinkDown> {
+        self.send_frames(Frames::Two(first, second), metrics)
+    }
+
+    fn send_frames(&self, frames: Frames, metrics: &Metrics) -> Result<(), LinkDown> {
+        match self.session.push(frames) {
             Ok(()) => Ok(()),
             Err(SendError::Closed(_)) => Err(LinkDown::Closed),
             Err(SendError::Full(_)) => {
@@ -220,11 +252,13 @@ where
 }
 
 /// Shared `Push`/`CloseSession` behaviour.
-pub fn push_text<A>(frame: Frame, ctx: &mut ws::WebsocketContext<A>)
+pub fn push_text<A>(frames: Frames, ctx: &mut ws::WebsocketContext<A>)
 where
     A: Actor<Context = ws::WebsocketContext<A>>,
 {
-    ctx.text(frame);
+    for frame in frames {
+        ctx.text(frame);
+    }
 }
 
 pub fn close_with<A>(msg: CloseSession, ctx: &mut ws::WebsocketContext<A>)
