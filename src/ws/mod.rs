@@ -8,8 +8,9 @@
 //!
 //! Outbound frames reach a session as [`Push`] through a [`SocketLink`], which
 //! enforces the slow-consumer policy: each session's mailbox is bounded at
-//! `socket_backlog` frames; when it is full the client is not reading, so the
-//! sender closes the socket (`1008 slow_consumer`) and forgets it instead of
+//! `socket_backlog` pushes (a frame, or a customer's `ack` with its
+//! message); when it is full the client is not reading, so the sender
+//! closes the socket (`1008 slow_consumer`) and forgets it instead of
 //! buffering without bound. A session actor whose client stops reading is not
 //! polled at all (actix drives it from the response stream), so the policy has
 //! to live on the sending side, here.
