@@ -12,7 +12,6 @@
 //! [`Retire`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -26,6 +25,7 @@ use crate::conversation::{
 };
 use crate::error::ApiError;
 use crate::http::same_secret;
+use crate::ids::IdMap;
 use crate::protocol::{
     ok_frame, Activity, AgentCommand, AgentView, ChannelKind, Customer, Event, Frame, Id,
     PerChannel, TaskState, TaskView,
@@ -73,8 +73,8 @@ pub struct Agent {
     /// The token the current desktop authenticated with (`None` for
     /// in-process desks): a rotation closes it.
     session_token: Option<String>,
-    tasks: HashMap<Id, OpenTask>,
-    by_conversation: HashMap<Id, Id>,
+    tasks: IdMap<Id, OpenTask>,
+    by_conversation: IdMap<Id, Id>,
     /// Running while disconnected and within the grace period.
     grace: Option<SpawnHandle>,
 }
@@ -98,8 +98,8 @@ impl Agent {
                 activity: Activity::Offline,
                 session: None,
                 session_token: None,
-                tasks: HashMap::new(),
-                by_conversation: HashMap::new(),
+                tasks: IdMap::default(),
+                by_conversation: IdMap::default(),
                 grace: None,
             };
             let addr = broker.shards.start(actor);

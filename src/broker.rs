@@ -39,7 +39,7 @@ use crate::attachments::AttachmentStore;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::throttle::AuthThrottle;
-use crate::ids::IdGen;
+use crate::ids::{IdGen, IdHasher};
 use crate::metrics::Metrics;
 use crate::protocol::{Frame, Id};
 use crate::shards::Shards;
@@ -136,13 +136,13 @@ pub struct Registry<W: Wiring> {
     pub link_key: [u8; 32],
 
     /// agent id → actor and token.
-    agents: DashMap<Id, AgentEntry<W::Agent>>,
+    agents: DashMap<Id, AgentEntry<W::Agent>, IdHasher>,
     /// agent token → agent id (bearer auth on agent HTTP calls).
     agent_tokens: DashMap<String, Id>,
     /// conversation id → actor.
-    conversations: DashMap<Id, Addr<W::Conversation>>,
+    conversations: DashMap<Id, Addr<W::Conversation>, IdHasher>,
     /// task id → conversation id.
-    tasks: DashMap<Id, Id>,
+    tasks: DashMap<Id, Id, IdHasher>,
     /// webchat token → session id.
     webchat_tokens: DashMap<String, Id>,
     /// Supervisors connected: events are only encoded when someone listens.
@@ -178,10 +178,10 @@ impl<W: Wiring> Registry<W> {
             supervisor: parts.supervisor,
             http: parts.http,
             link_key: rand::random(),
-            agents: DashMap::new(),
+            agents: DashMap::default(),
             agent_tokens: DashMap::new(),
-            conversations: DashMap::new(),
-            tasks: DashMap::new(),
+            conversations: DashMap::default(),
+            tasks: DashMap::default(),
             webchat_tokens: DashMap::new(),
             supervisors: AtomicUsize::new(0),
             shards: Shards::new(),

@@ -12,6 +12,16 @@
 
 use crate::protocol::Id;
 
+/// A hash map keyed by ids (and tokens) this process made: foldhash, seeded
+/// per map at random, instead of SipHash. Nobody outside chooses these keys
+/// (ids and tokens are random), so the flooding SipHash guards
+/// against cannot be aimed at them; keys a client picks (a `client_msg_id`,
+/// a webhook's message id) stay on the standard hasher.
+pub type IdMap<K, V> = std::collections::HashMap<K, V, IdHasher>;
+
+/// The hasher of [`IdMap`] (also for `DashMap`s keyed by ids).
+pub type IdHasher = foldhash::fast::RandomState;
+
 /// Crockford's base 32, lower case: no `i`, `l`, `o` or `u` to misread.
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 

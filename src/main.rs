@@ -8,6 +8,12 @@ use std::io::IsTerminal;
 
 use switchboard::config::{Args, Config, LogFormat};
 
+/// Per-thread heaps and size classes: a round trip allocates and frees a few
+/// dozen small blocks (frames, envelopes, queue nodes), where glibc malloc
+/// spent about 8 % of the broker's CPU (docs/performance.md, per-core figures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let config = match Config::load(Args::from_command_line()) {
         Ok(c) => c,

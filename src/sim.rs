@@ -201,10 +201,12 @@ impl Handler<Push> for SimDesk {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Context<Self>) {
-        self.backlog_bytes.release(msg.0.len());
-        // Our own frames, encoded by the broker: they always parse.
-        if let Ok(event) = Event::parse(&msg.0) {
-            self.on_frame(event, ctx);
+        self.backlog_bytes.release(msg.0.bytes());
+        for frame in msg.0 {
+            // Our own frames, encoded by the broker: they always parse.
+            if let Ok(event) = Event::parse(&frame) {
+                self.on_frame(event, ctx);
+            }
         }
     }
 }

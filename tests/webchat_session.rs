@@ -1,6 +1,7 @@
 //! A widget coming back: `GET /v1/webchat/session` says whether its token is
 //! still known and which conversation is current, and the `history` frame
-//! says whether that conversation has ended.
+//! says whether that conversation has ended. And a session open in two tabs:
+//! what each socket gets of a message sent from one of them.
 
 mod common;
 
@@ -100,4 +101,42 @@ async fn unused_sessions_are_forgotten_after_the_idle_time() {
         "closed, unused session still known: {}",
         r.text
     );
+}
+
+/// A customer's message: on the socket that sent it its `ack` and then the
+/// message, in that order; on the session's other socket the message alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_acked_on_its_socket_and_shown_on_every_socket() {
+    let h = start();
+    let s = h.create_session("Dana", None).await;
+    let (mut first, _) = h.connect_customer(&s).await;
+    first.say("opening").await;
+    let (mut second, history) = h.connect_customer(&s).await;
+    assert_eq!(history["type"], "history", "{history}");
+
+    first
+        .send(json!({"type": "message", "text": "second", "client_msg_id": "c-2", "ref": "r-2"}))
+        .await;
+    let ours = |v: &serde_json::Value| {
+        (v["type"] == "ack" && v["ref"] == "r-2")
+            || (v["type"] == "message" && v["message"]["text"] == "second")
+    };
+    let ack = first.recv_where("the ack or the message", ours).await;
+    assert_eq!(ack["type"], "ack", "the ack comes first: {ack}");
+    assert_eq!(ack["client_msg_id"], "c-2", "{ack}");
+    let shown = first.recv_where("the message", ours).await;
+    assert_eq!(shown["type"], "message", "{shown}");
+    assert_eq!(shown["message"]["id"], ack["message_id"], "{shown}");
+
+    let elsewhere = second
+        .recv_where("the message", |v| {
+            v["type"] == "message" && v["message"]["text"] == "second"
+        })
+        .await;
+    assert_eq!(elsewhere["message"]["id"], ack["message_id"], "{elsewhere}");
+    second
+        .expect_none("an ack of another socket's message", QUIET, |v| {
+            v["type"] == "ack"
+        })
+        .await;
 }

@@ -45,6 +45,15 @@ pub enum CustomerEvent {
     History { socket: SocketId, frame: Frame },
     /// A reply meant for one socket only (`ack`, `error`).
     Direct { socket: SocketId, frame: Frame },
+    /// A webchat customer's message was stored: `ack` for the socket that
+    /// sent it, then the message `frame` for every socket of the session, as
+    /// `Direct` followed by `Broadcast` would, in one message (this is on
+    /// every customer message's path).
+    Accepted {
+        socket: SocketId,
+        ack: Frame,
+        frame: Frame,
+    },
     /// A new message of the conversation (either side). Socket channels
     /// broadcast the frame; provider channels send agent messages out.
     Message {

@@ -20,7 +20,6 @@
 //! customer cannot flood its agent or crowd out the shard's other customers.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -29,8 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::attachments::Sender;
 use crate::channel::{CustomerEvent, OpenOutbound, SocketId, ToCustomer};
+use crate::ids::IdMap;
 use crate::wiring::Broker;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use crate::conversation::{
     validate_content, Conversation, CustomerAbandoned, CustomerLeft, CustomerMessage,
@@ -125,11 +125,14 @@ impl WebchatShards {
         }
     }
 
-    /// The shard that holds `session` (a stable hash of its id).
+    /// The shard that holds `session` (a hash of its id, the same for the
+    /// life of the process). Asked on every frame a customer sends.
     pub fn for_session(&self, session: &str) -> &Addr<WebchatChannel> {
-        let mut h = DefaultHasher::new();
-        session.hash(&mut h);
-        &self.shards[(h.finish() % self.shards.len() as u64) as usize]
+        if self.shards.len() == 1 {
+            return &self.shards[0];
+        }
+        let h = foldhash::fast::FixedState::default().hash_one(session);
+        &self.shards[(h % self.shards.len() as u64) as usize]
     }
 
     pub fn len(&self) -> usize {
@@ -148,7 +151,7 @@ pub struct WebchatChannel {
     /// removals leave tombstones that make it double now and then. With the
     /// sessions inline each doubling was a 192-byte slot per bucket (an 11 MiB
     /// RSS step at 65,536 buckets in the 11-minute churn run); boxed, 24 bytes.
-    sessions: HashMap<Id, Box<Session>>,
+    sessions: IdMap<Id, Box<Session>>,
     /// Sessions whose customer has no socket while a conversation is open:
     /// when the grace period ends, the conversation hears the customer left.
     away: Deadlines<Id, ()>,
@@ -164,7 +167,7 @@ pub struct WebchatChannel {
 impl WebchatChannel {
     pub fn new(broker: Arc<Broker>) -> Self {
         WebchatChannel {
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             away: Deadlines::default(),
             idle: Deadlines::default(),
             message_rate: KeyedRate::per_second(broker.config.conversation_messages_per_second),
@@ -310,6 +313,29 @@ impl WebchatChannel {
         if let Some(s) = self.sessions.get_mut(session_id) {
             s.sockets.retain(|sock| {
                 sock.link.id != socket || sock.link.send(frame.clone(), metrics).is_ok()
+            });
+        }
+    }
+
+    /// `send_to` the `ack`, then `broadcast` the message, with the two frames
+    /// for the socket that sent it in one push.
+    fn accepted(
+        &mut self,
+        session_id: &Id,
+        socket: SocketId,
+        ack: crate::protocol::Frame,
+        frame: crate::protocol::Frame,
+    ) {
+        let metrics = &self.broker.metrics;
+        if let Some(s) = self.sessions.get_mut(session_id) {
+            s.sockets.retain(|sock| {
+                let sent = match (sock.link.id == socket, sock.ready) {
+                    (true, true) => sock.link.send_two(ack.clone(), frame.clone(), metrics),
+                    (true, false) => sock.link.send(ack.clone(), metrics),
+                    (false, true) => sock.link.send(frame.clone(), metrics),
+                    (false, false) => Ok(()),
+                };
+                sent.is_ok()
             });
         }
     }
@@ -668,6 +694,9 @@ impl Handler<ToCustomer> for WebchatChannel {
                 self.send_to(&session, socket, frame);
             }
             CustomerEvent::Direct { socket, frame } => self.send_to(&session, socket, frame),
+            CustomerEvent::Accepted { socket, ack, frame } => {
+                self.accepted(&session, socket, ack, frame)
+            }
             CustomerEvent::Broadcast(frame) | CustomerEvent::Message { frame, .. } => {
                 self.broadcast(&session, frame)
             }

@@ -206,7 +206,7 @@ impl Conversation {
         self.append(msg.author, msg.text, attachments, msg.client_msg_id);
         Metrics::bump(&self.broker.metrics.messages_in);
         let message = self.last_message();
-        if let Some(socket) = msg.socket {
+        let ack = msg.socket.map(|socket| {
             let ack = Event::Ack {
                 conversation_id: self.state.id.clone(),
                 client_msg_id: message.client_msg_id.as_deref().map(Cow::Borrowed),
@@ -215,14 +215,32 @@ impl Conversation {
                 reference: event::reference(msg.reference.as_deref()),
             }
             .frame();
-            self.to_customer(CustomerEvent::Direct { socket, frame: ack });
-        }
+            (socket, ack)
+        });
         let frame = self.message_frame(message, None);
+        let for_customer = match ack {
+            // The ack and the message for the customer's sockets in one go.
+            Some((socket, ack)) if self.state.channel == ChannelKind::Webchat => {
+                self.to_customer(CustomerEvent::Accepted {
+                    socket,
+                    ack,
+                    frame: frame.clone(),
+                });
+                None
+            }
+            Some((socket, ack)) => {
+                self.to_customer(CustomerEvent::Direct { socket, frame: ack });
+                Some(frame.clone())
+            }
+            None => Some(frame.clone()),
+        };
         if self.state.task_state == TaskState::Assigned {
             if let Some(agent) = &self.agent {
-                self.to_agent(agent, AgentFrameKind::Message, frame.clone());
+                self.to_agent(agent, AgentFrameKind::Message, frame);
             }
         }
-        self.message_to_customer(frame, None);
+        if let Some(frame) = for_customer {
+            self.message_to_customer(frame, None);
+        }
     }
 }

@@ -12,7 +12,7 @@
 //! goes through the same routes, auth and handlers (an instance of the app per
 //! worker), and `WsResponseBuilder` still starts the session actor; what
 //! changes is who moves the bytes. Here a connection holds no buffer while it
-//! is idle: reads go through a buffer on the stack and only the bytes read are
+//! is idle: reads go through one buffer per worker thread and only the bytes read are
 //! handed on (the session's frame decoder keeps them until it has a frame);
 //! writes send each batch of frames the session produced and keep nothing once
 //! the kernel took it. The session is polled only when its last batch has been
@@ -26,8 +26,9 @@
 //! polled. Each connection also holds its place in `max_connections`
 //! ([`Socket`]), since it has left actix-server's own count.
 
+use std::cell::RefCell;
 use std::future::Future;
-use std::io;
+use std::io::{self, Read};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
@@ -41,12 +42,13 @@ use actix_web::dev::{Service, ServiceResponse};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::Stream;
 use std::time::Duration;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::http::request_line::Prefixed;
 
-/// Largest read from a socket at once. On the stack, only while reading.
+/// Largest read from a socket at once.
 const READ_CHUNK: usize = 8 * 1024;
 
 /// What a connection keeps from the server for its life.
@@ -55,6 +57,13 @@ pub struct Socket {
     pub _slot: crate::limits::ConnectionSlot,
     /// How long a pending write may wait for the client to read.
     pub write_timeout: Duration,
+}
+
+thread_local! {
+    /// Where every socket of this worker reads into, only while reading:
+    /// one buffer per thread, zeroed once, instead of an 8 KiB array
+    /// zeroed on the stack for every read.
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
 
 /// Serve one upgrade request: run it through `app`, write the response head,
@@ -262,11 +271,30 @@ impl Stream for SocketReader {
             if let Err(e) = ready!(this.io.poll_read_ready(cx)) {
                 return Poll::Ready(Some(Err(PayloadError::Io(e))));
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            match this.io.try_read(&mut chunk) {
-                Ok(0) => return Poll::Ready(None),
-                Ok(n) => return Poll::Ready(Some(Ok(Bytes::copy_from_slice(&chunk[..n])))),
-                // Readiness was stale: `try_read` cleared it, wait again.
+            let read = READ_BUF.with_borrow_mut(|chunk| {
+                let mut n = 0;
+                let res = this.io.try_io(Interest::READABLE, || {
+                    n = (&*socket2::SockRef::from(&*this.io)).read(&mut chunk[..])?;
+                    if n > 0 && n < chunk.len() {
+                        // A short read took all the socket had: tell tokio
+                        // so now (it forgets the readiness, as its own
+                        // reads do), rather than learn it from one more
+                        // read that fails with EAGAIN on every frame.
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
+                });
+                match res {
+                    _ if n > 0 => Ok(Some(Bytes::copy_from_slice(&chunk[..n]))),
+                    Ok(()) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            });
+            match read {
+                Ok(Some(bytes)) => return Poll::Ready(Some(Ok(bytes))),
+                Ok(None) => return Poll::Ready(None),
+                // Readiness was stale: `try_io` cleared it, wait again.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Some(Err(PayloadError::Io(e)))),
             }

@@ -8,7 +8,8 @@
 //!
 //! Outbound frames reach a session as [`Push`] through a [`SocketLink`], which
 //! enforces the slow-consumer policy: each session's mailbox is bounded at
-//! `socket_backlog` frames and its queued frames at `socket_backlog_bytes`
+//! `socket_backlog` pushes (a frame, or a customer's `ack` with its message)
+//! and its queued frames at `socket_backlog_bytes`
 //! bytes ([`Backlog`]: a count of frames alone let a socket that never read
 //! hold 512 large frames); when either is full the client is not reading, so
 //! the sender closes the socket (`1008 slow_consumer`) and forgets it instead
@@ -42,10 +43,43 @@ use crate::protocol::Frame;
 /// Close reason sent to a client that stopped reading.
 pub const SLOW_CONSUMER: &str = "slow_consumer";
 
-/// A text frame for the client.
+/// Text frames for the client.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Push(pub Frame);
+pub struct Push(pub Frames);
+
+/// What one [`Push`] carries: two frames for one socket at the same moment
+/// (a customer's `ack` and the message it acknowledges) go as one mailbox
+/// message, one envelope and one wake-up of the session.
+pub enum Frames {
+    One(Frame),
+    Two(Frame, Frame),
+}
+
+impl Frames {
+    /// Bytes of text, both frames together.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Frames::One(frame) => frame.len(),
+            Frames::Two(first, second) => first.len() + second.len(),
+        }
+    }
+}
+
+impl IntoIterator for Frames {
+    type Item = Frame;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Frame>, 2>>;
+
+    /// The frames in the order they are to be written.
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Frames::One(frame) => [Some(frame), None],
+            Frames::Two(first, second) => [Some(first), Some(second)],
+        }
+        .into_iter()
+        .flatten()
+    }
+}
 
 /// Close the socket with this code and reason, then stop.
 #[derive(Message, Clone)]
@@ -126,7 +160,7 @@ pub struct SocketLink {
 
 /// What a link needs of a session actor's address.
 trait SessionAddr: Send + Sync {
-    fn push(&self, frame: Frame) -> Result<(), SendError<Push>>;
+    fn push(&self, frames: Frames) -> Result<(), SendError<Push>>;
     fn close(&self, msg: CloseSession);
 }
 
@@ -135,8 +169,8 @@ where
     A: Actor + Handler<Push> + Handler<CloseSession>,
     A::Context: actix::dev::ToEnvelope<A, Push> + actix::dev::ToEnvelope<A, CloseSession>,
 {
-    fn push(&self, frame: Frame) -> Result<(), SendError<Push>> {
-        self.try_send(Push(frame))
+    fn push(&self, frames: Frames) -> Result<(), SendError<Push>> {
+        self.try_send(Push(frames))
     }
 
     fn close(&self, msg: CloseSession) {
@@ -162,11 +196,20 @@ impl SocketLink {
     /// Queue a frame, never blocking and never growing past the backlog
     /// (frames or bytes).
     pub fn send(&self, frame: Frame, metrics: &Metrics) -> Result<(), LinkDown> {
-        let len = frame.len();
+        self.send_frames(Frames::One(frame), metrics)
+    }
+
+    /// Queue two frames, in order, as one message of the session's mailbox.
+    pub fn send_two(&self, first: Frame, second: Frame, metrics: &Metrics) -> Result<(), LinkDown> {
+        self.send_frames(Frames::Two(first, second), metrics)
+    }
+
+    fn send_frames(&self, frames: Frames, metrics: &Metrics) -> Result<(), LinkDown> {
+        let len = frames.bytes();
         if !self.backlog.reserve(len) {
             return Err(self.slow(metrics));
         }
-        match self.session.push(frame) {
+        match self.session.push(frames) {
             Ok(()) => Ok(()),
             Err(SendError::Closed(_)) => {
                 self.backlog.release(len);
@@ -415,14 +458,16 @@ where
     }
 }
 
-/// Shared `Push`/`CloseSession` behaviour: the frame leaves the backlog for
+/// Shared `Push`/`CloseSession` behaviour: the frames leave the backlog for
 /// the socket's write buffer.
-pub fn push_text<A>(frame: Frame, backlog: &Backlog, ctx: &mut ws::WebsocketContext<A>)
+pub fn push_text<A>(frames: Frames, backlog: &Backlog, ctx: &mut ws::WebsocketContext<A>)
 where
     A: Actor<Context = ws::WebsocketContext<A>>,
 {
-    backlog.release(frame.len());
-    ctx.text(frame);
+    backlog.release(frames.bytes());
+    for frame in frames {
+        ctx.text(frame);
+    }
 }
 
 pub fn close_with<A>(msg: CloseSession, ctx: &mut ws::WebsocketContext<A>)
