@@ -47,7 +47,16 @@ async function main() {
   Object.assign(boardEnv, { broker: broker2, proxy: proxy2 });
   log('board story broker at ' + broker2.base + ' (board through ' + proxy2.base + ')');
   // The long conversation's story: reconnects replay only the newest 10 messages.
-  const broker3 = await startBroker({ SWITCHBOARD_HISTORY_REPLAY: '10' }, 'server-history');
+  // The history story writes 30 messages at once: above the per-conversation
+  // message rate (tested in tests/abuse_limits.rs), so it is raised here.
+  const broker3 = await startBroker(
+    {
+      SWITCHBOARD_HISTORY_REPLAY: '10',
+      SWITCHBOARD_CONVERSATION_MESSAGES_PER_SECOND: '1000',
+      SWITCHBOARD_SOCKET_MESSAGES_PER_SECOND: '1000',
+    },
+    'server-history',
+  );
   Object.assign(historyEnv, { broker: broker3 });
   log('history story broker at ' + broker3.base);
 
