@@ -865,6 +865,17 @@ pub struct Args {
     /// Token that reads /metrics (the admin token does too), at least 32 characters.
     #[arg(long, env = "SWITCHBOARD_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Per-client limits (sessions, uploads, sockets, message rates and
+    /// connections per address); false: all off, for a load test whose
+    /// clients share one address.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CLIENT_LIMITS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub client_limits: Option<bool>,
     /// Serve /metrics without a token.
     #[arg(
         long,
@@ -1200,6 +1211,7 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "agent_token_ttl" => Some(Shown::Note("none: agent tokens do not expire")),
         "metrics_token" => Some(Shown::Note("none: the admin token reads /metrics")),
         "metrics_public" => value(c.metrics_public.to_string()),
+        "client_limits" => value("true".to_string()),
         "offer_timeout" => duration(c.offer_timeout),
         "reoffer_cooldown" => duration(c.reoffer_cooldown),
         "disconnect_grace" => duration(c.disconnect_grace),
@@ -1304,6 +1316,10 @@ macro_rules! overlay {
 impl Args {
     fn apply(self, cfg: &mut Config) {
         let max_frame = self.max_frame;
+        // First, so that a limit this same layer sets still applies.
+        if self.client_limits == Some(false) {
+            *cfg = std::mem::take(cfg).without_client_limits();
+        }
         if let Some(v) = self.metrics_public {
             cfg.metrics_public = v;
         }
