@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use std::any::Any;
-use std::future::Future;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
