@@ -7,7 +7,8 @@ mod providers;
 
 use std::time::Duration;
 
-use common::{s, start_with, test_config, unix_now, Harness, Ws, QUIET};
+use common::{probed, s, start_with, test_config, unix_now, Harness, Vitals, Ws, QUIET};
+use futures_util::future::join_all;
 use futures_util::SinkExt;
 use providers::*;
 use serde_json::{json, Value};
@@ -19,6 +20,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 const ADMIN: &str = "abuse-input-admin-token-0123456789abcdef";
+
+/// How much the process may grow during one attack, in KiB. The tests of
+/// this file run side by side in one process, so the bound holds for all of
+/// them at once: 128 MiB is far above what they keep (a few MiB), and far
+/// below what one upload that reserved its declared 24 MiB ten times over,
+/// or replies that buffered whole 100 KB URLs by the thousand, would take.
+const RSS_BOUND_KIB: u64 = 128 * 1024;
+
+/// How many copies of a one-request attack run at once beside the probe.
+const COPIES: usize = 8;
 
 fn config() -> Config {
     let mut cfg = test_config();
@@ -107,16 +118,27 @@ async fn a_fragmented_message_over_max_frame_closes_1009() {
     let mut cfg = config();
     cfg.max_frame = 8 * 1024;
     let h = start_with(cfg);
-    let sess = h.create_session("Dana", None).await;
-    let (mut cust, _hist) = h.connect_customer(&sess).await;
+    let vitals = Vitals::before("oversized fragmented messages", RSS_BOUND_KIB);
     // Each frame is under the limit; the message is not.
-    let text = json!({"type": "message", "text": "y".repeat(12 * 1024), "client_msg_id": "big"})
-        .to_string();
-    send_fragmented(&mut cust, &text, 4 * 1024).await;
-    let err = cust.recv_type("error").await;
-    assert_eq!(err["code"], "payload_too_large", "{err}");
-    let (code, _) = cust.recv_close().await;
-    assert_eq!(code, 1009, "close code");
+    let oversized = || async {
+        let sess = h.create_session("Dana", None).await;
+        let (mut cust, _hist) = h.connect_customer(&sess).await;
+        let text =
+            json!({"type": "message", "text": "y".repeat(12 * 1024), "client_msg_id": "big"})
+                .to_string();
+        send_fragmented(&mut cust, &text, 4 * 1024).await;
+        let err = cust.recv_type("error").await;
+        assert_eq!(err["code"], "payload_too_large", "{err}");
+        let (code, _) = cust.recv_close().await;
+        assert_eq!(code, 1009, "close code");
+    };
+    probed(
+        &h,
+        "oversized fragmented messages",
+        join_all((0..COPIES).map(|_| oversized())),
+    )
+    .await;
+    vitals.check(&h).await;
 
     let alice = h.create_agent("alice", 1, &[]).await;
     let (mut agent, _hello) = h.connect_agent(&alice).await;
@@ -125,22 +147,33 @@ async fn a_fragmented_message_over_max_frame_closes_1009() {
     send_fragmented(&mut agent, &text, 3 * 1024).await;
     let (code, _) = agent.recv_close().await;
     assert_eq!(code, 1009, "agent close code");
+    vitals.assert_memory();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_text_closes_1007() {
     let h = start();
-    let sess = h.create_session("Dana", None).await;
-    let (mut cust, _hist) = h.connect_customer(&sess).await;
-    send_frame(
-        &mut cust,
-        b"{\"type\":\"message\",\"text\":\"\xff\xfe\"}",
-        Data::Text,
-        true,
+    let vitals = Vitals::before("invalid UTF-8 frames", RSS_BOUND_KIB);
+    let invalid = || async {
+        let sess = h.create_session("Dana", None).await;
+        let (mut cust, _hist) = h.connect_customer(&sess).await;
+        send_frame(
+            &mut cust,
+            b"{\"type\":\"message\",\"text\":\"\xff\xfe\"}",
+            Data::Text,
+            true,
+        )
+        .await;
+        let (code, _) = cust.recv_close().await;
+        assert_eq!(code, 1007, "one frame");
+    };
+    probed(
+        &h,
+        "invalid UTF-8 frames",
+        join_all((0..COPIES).map(|_| invalid())),
     )
     .await;
-    let (code, _) = cust.recv_close().await;
-    assert_eq!(code, 1007, "one frame");
+    vitals.check(&h).await;
 
     let alice = h.create_agent("alice", 1, &[]).await;
     let (mut agent, _hello) = h.connect_agent(&alice).await;
@@ -148,6 +181,7 @@ async fn invalid_utf8_text_closes_1007() {
     send_frame(&mut agent, b"ivity\xc3", Data::Continue, true).await;
     let (code, _) = agent.recv_close().await;
     assert_eq!(code, 1007, "fragmented");
+    vitals.assert_memory();
 }
 
 // ---------------------------------------------------------------------------
@@ -192,6 +226,7 @@ fn assert_split(stored: &[(String, String)], text: &str, parts: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_provider_texts_are_stored_in_parts_with_a_note() {
     let env = providers::start(|c| c.admin_token = Some(ADMIN.into()));
+    let vitals = Vitals::before("long provider texts", RSS_BOUND_KIB);
     let (_alice, mut ws) = env.agent("alice").await;
 
     // WhatsApp: 5,000 characters (WhatsApp allows 65,536; one message here holds 4,096).
@@ -222,6 +257,8 @@ async fn long_provider_texts_are_stored_in_parts_with_a_note() {
         .await;
     tokio::time::sleep(QUIET).await;
     assert_eq!(env.history(&conv).await.len(), 5);
+    vitals.check(&env.h).await;
+    vitals.assert_memory();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,16 +320,25 @@ async fn customers_cannot_choose_their_own_routing() {
     let h = start();
     let vip = h.create_agent("vip-desk", 1, &["vip"]).await;
     let mut vip_ws = h.agent_online(&vip).await;
+    let vitals = Vitals::before("customers choosing their routing", RSS_BOUND_KIB);
 
-    // The attack: an anonymous session asking for the VIP desk.
-    let r = new_session(&h, json!({"name": "Mallory", "skills": ["vip"]})).await;
-    assert_eq!(r.status, 400, "{}", r.text);
-    assert_eq!(r.error_code(), "bad_request");
-    let msg = s(&r.body["error"]["message"]);
-    assert!(
-        msg.contains("skills") && msg.contains("context_signature"),
-        "{msg}"
-    );
+    // The attack: anonymous sessions asking for the VIP desk.
+    let ask = || new_session(&h, json!({"name": "Mallory", "skills": ["vip"]}));
+    let refused = probed(
+        &h,
+        "customers choosing their routing",
+        join_all((0..COPIES).map(|_| ask())),
+    )
+    .await;
+    for r in refused {
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.error_code(), "bad_request");
+        let msg = s(&r.body["error"]["message"]);
+        assert!(
+            msg.contains("skills") && msg.contains("context_signature"),
+            "{msg}"
+        );
+    }
 
     // Forged, tampered, expired or half contexts are refused.
     let (ctx, _) = signed(&json!({"skills": ["vip"], "exp": unix_now() + 60}));
@@ -351,6 +397,8 @@ async fn customers_cannot_choose_their_own_routing() {
     let ack = cust.say("hello").await;
     let offer = vip_ws.offer_for(&s(&ack["conversation_id"])).await;
     assert_eq!(offer["task"]["customer"]["name"], "Vera", "{offer}");
+    vitals.check(&h).await;
+    vitals.assert_memory();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,14 +448,25 @@ fn url_encode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_uploads_follow_the_allow_list_and_are_served_safely() {
     let h = start();
+    let vitals = Vitals::before("hostile uploads", RSS_BOUND_KIB);
     let sess = h.create_session("Mallory", None).await;
-    for ct in [
+    let types = [
         "text/html",
         "image/svg+xml",
         "application/x-msdownload",
         "application/octet-stream",
-    ] {
-        let r = upload(&h, &sess.token, "x", ct).await;
+    ];
+    // Each refused type twice over, all at once.
+    let refused = probed(
+        &h,
+        "hostile uploads",
+        join_all(types.iter().chain(types.iter()).map(|ct| {
+            let (h, token) = (&h, &sess.token);
+            async move { (ct, upload(h, token, "x", ct).await) }
+        })),
+    )
+    .await;
+    for (ct, r) in refused {
         assert_eq!(
             (r.status, r.error_code()),
             (422, "attachment_not_supported"),
@@ -482,11 +541,14 @@ async fn anonymous_uploads_follow_the_allow_list_and_are_served_safely() {
             .and_then(|v| v.to_str().ok()),
         Some("nosniff")
     );
+    vitals.check(&h).await;
+    vitals.assert_memory();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attachment_id_alone_grants_nothing() {
     let h = start();
+    let vitals = Vitals::before("borrowed attachment ids", RSS_BOUND_KIB);
     let alice = h.create_agent("alice", 1, &[]).await;
     let bob = h.create_agent("bob", 1, &[]).await;
     let mut a = h.agent_online(&alice).await;
@@ -524,10 +586,18 @@ async fn an_attachment_id_alone_grants_nothing() {
     m.send(json!({"type": "message", "text": "again", "attachments": [secret], "client_msg_id": "m3", "ref": "m3"}))
         .await;
     m.expect_error("m3", "not_found").await;
-    let r = h
-        .get(&format!("/v1/attachments/{secret}"), Some(&mallory.token))
-        .await;
-    assert_eq!(r.status, 404, "{}", r.text);
+    let downloads = probed(
+        &h,
+        "borrowed attachment ids",
+        join_all((0..COPIES).map(|_| async {
+            h.get(&format!("/v1/attachments/{secret}"), Some(&mallory.token))
+                .await
+        })),
+    )
+    .await;
+    for r in downloads {
+        assert_eq!(r.status, 404, "{}", r.text);
+    }
 
     // Bob, an agent who does not hold Dana's conversation, cannot send it
     // to Mallory either.
@@ -545,6 +615,8 @@ async fn an_attachment_id_alone_grants_nothing() {
         .call(json!({"type": "send", "conversation_id": dana_conv, "text": "is this it?", "attachments": [secret], "client_msg_id": "a1"}))
         .await;
     assert_eq!(echo["type"], "message", "{echo}");
+    vitals.check(&h).await;
+    vitals.assert_memory();
 }
 
 // ---------------------------------------------------------------------------
@@ -602,6 +674,23 @@ async fn not_yours_and_does_not_exist_answer_alike() {
     let (_o, _assigned) = a.take_offer().await;
     let mallory = h.create_session("Mallory", None).await;
     let missing = "cv_0000000000000000000a";
+    let vitals = Vitals::before("probing for conversations", RSS_BOUND_KIB);
+    let probes = probed(
+        &h,
+        "probing for conversations",
+        join_all((0..COPIES).map(|i| {
+            let id = if i % 2 == 0 { conv.as_str() } else { missing };
+            let (h, token) = (&h, &mallory.token);
+            async move {
+                h.get(&format!("/v1/conversations/{id}/messages"), Some(token))
+                    .await
+            }
+        })),
+    )
+    .await;
+    for r in probes {
+        assert_eq!((r.status, r.error_code()), (404, "not_found"), "{}", r.text);
+    }
 
     for (path, token) in [
         ("", bob.token.as_str()),
@@ -626,6 +715,8 @@ async fn not_yours_and_does_not_exist_answer_alike() {
         .get(&format!("/v1/conversations/{conv}"), Some(&alice.token))
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
+    vitals.check(&h).await;
+    vitals.assert_memory();
 }
 
 // ---------------------------------------------------------------------------
@@ -657,16 +748,20 @@ async fn raw_exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_kb_url_answers_414() {
     let h = start();
+    let vitals = Vitals::before("100 KB URLs", RSS_BOUND_KIB);
     let addr = h.base.trim_start_matches("http://").to_owned();
     let long = format!(
         "GET /v1/webchat/session?pad={} HTTP/1.1\r\nHost: x\r\n\r\n",
         "a".repeat(100_000)
     );
-    let mut stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    let head = raw_exchange(&mut stream, long.as_bytes()).await;
-    assert!(head.starts_with("HTTP/1.1 414"), "{head}");
+    let long_url = || async {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let head = raw_exchange(&mut stream, long.as_bytes()).await;
+        assert!(head.starts_with("HTTP/1.1 414"), "{head}");
+    };
+    probed(&h, "100 KB URLs", join_all((0..COPIES).map(|_| long_url()))).await;
     // Also through an ordinary client (whose URLs stop at 64 KiB).
     let r = h
         .http
@@ -717,6 +812,8 @@ async fn a_100_kb_url_answers_414() {
         .get(&format!("/healthz?pad={}", "c".repeat(7_000)), None)
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
+    vitals.check(&h).await;
+    vitals.assert_memory();
 }
 
 /// The process's virtual memory size, in bytes (Linux).
@@ -737,6 +834,7 @@ async fn uploads_do_not_reserve_their_declared_length() {
     let sess = h.create_session("Dana", None).await;
     let addr = h.base.trim_start_matches("http://").to_owned();
     let declared: u64 = 24 * 1024 * 1024;
+    let vitals = Vitals::before("uploads announcing 24 MiB", RSS_BOUND_KIB);
     let before = vm_size();
     // Ten uploads that each announce 24 MiB and send one byte (the broker
     // runs in this process: what it reserves shows in our memory).
@@ -762,5 +860,8 @@ async fn uploads_do_not_reserve_their_declared_length() {
         "memory grew by {} MiB for 10 one-byte uploads",
         grown / (1024 * 1024)
     );
+    // While they hang: healthy, and a normal life cycle completes.
+    vitals.check(&h).await;
+    vitals.assert_memory();
     drop(open);
 }

@@ -26,8 +26,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The attacker's address.
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-/// How fast `/healthz` must answer while an attack runs.
-const HEALTHY: Duration = Duration::from_millis(100);
 /// How much the process may grow during one attack.
 const RSS_BOUND_KIB: u64 = 96 * 1024;
 
@@ -44,22 +42,8 @@ fn config() -> Config {
     }
 }
 
-/// Resident memory of this process (the broker runs in it), in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 fn assert_rss_bounded(before: u64, what: &str) {
-    let after = rss_kib();
-    assert!(
-        after.saturating_sub(before) < RSS_BOUND_KIB,
-        "{what}: RSS grew from {before} KiB to {after} KiB (bound: {RSS_BOUND_KIB} KiB more)"
-    );
+    assert_rss_grew_less_than(before, RSS_BOUND_KIB, what);
 }
 
 fn server_addr(h: &Harness) -> SocketAddr {
@@ -87,47 +71,6 @@ async fn attacker_tcp(addr: SocketAddr) -> TcpStream {
         .bind(SocketAddr::new(ATTACKER, 0))
         .expect("bind 127.0.0.2");
     socket.connect(addr).await.expect("connect")
-}
-
-/// `/healthz` from a fresh connection answers 200 within [`HEALTHY`].
-async fn assert_healthy(h: &Harness, during: &str) {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(TIMEOUT)
-        .build()
-        .expect("client");
-    let started = Instant::now();
-    let r = client
-        .get(h.url("/healthz"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("/healthz during {during}: {e}"));
-    let took = started.elapsed();
-    assert_eq!(r.status().as_u16(), 200, "/healthz during {during}");
-    assert!(
-        took < HEALTHY,
-        "/healthz took {took:?} during {during} (bound {HEALTHY:?})"
-    );
-}
-
-/// A normal customer's whole conversation with `desk`, from 127.0.0.1.
-async fn life_cycle(h: &Harness, desk: &mut Ws, name: &str) {
-    let session = h.create_session(name, None).await;
-    let (mut customer, _history) = h.connect_customer(&session).await;
-    let ack = customer.say("Hello, I need help with my order").await;
-    let conversation = ack["conversation_id"]
-        .as_str()
-        .expect("conversation")
-        .to_owned();
-    let (offer, _assigned) = desk.take_offer().await;
-    let task = offer["task"]["id"].as_str().expect("task id").to_owned();
-    desk.agent_send(&conversation, "Happy to help", &next_ref("a"))
-        .await;
-    customer.recv_message_text("Happy to help").await;
-    customer.say("Thanks!").await;
-    desk.recv_message_text("Thanks!").await;
-    desk.end(&conversation).await;
-    desk.complete(&task, "resolved", "").await;
 }
 
 /// Runs `attack` on `tasks` tasks until the returned flag is set.

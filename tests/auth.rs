@@ -12,6 +12,12 @@ use std::time::Duration;
 use common::*;
 use switchboard::Config;
 
+/// How much the process may grow during a token-guessing attack, in KiB.
+/// The tests of this file run side by side in one process; the per-address
+/// failure counters are a few bytes each, so 64 MiB is about leaks, not
+/// about the counters.
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+
 /// A client whose connections come from `ip` (any 127.x.y.z is this host).
 fn client_from(ip: &str) -> reqwest::Client {
     reqwest::Client::builder()
@@ -40,6 +46,34 @@ async fn get_status(
     (status, retry, resp.text().await.unwrap_or_default())
 }
 
+/// The status a WebSocket upgrade of `path` gets from `ip`.
+async fn upgrade_status_from(ip: &str, h: &Harness, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr: std::net::SocketAddr = h
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("server address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::new(ip.parse().expect("ip"), 0))
+        .expect("bind");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = [0u8; 12];
+    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut head))
+        .await
+        .expect("answer in time")
+        .expect("read status line");
+    String::from_utf8_lossy(&head[9..12])
+        .parse()
+        .expect("status code")
+}
+
 #[tokio::test]
 async fn guessing_tokens_is_throttled_per_address_even_for_the_right_token() {
     let h = start_with(Config {
@@ -47,7 +81,10 @@ async fn guessing_tokens_is_throttled_per_address_even_for_the_right_token() {
         ..test_config()
     });
     let url = h.url("/v1/agents");
-    let guesser = client_from("127.0.0.1");
+    // The guesser speaks from 127.0.0.2; the health check's customer and
+    // desk from 127.0.0.1.
+    let guesser = client_from("127.0.0.2");
+    let vitals = Vitals::before("token guessing", RSS_BOUND_KIB);
 
     // Five wrong tokens in a row: each an ordinary 401.
     for i in 0..5 {
@@ -68,11 +105,28 @@ async fn guessing_tokens_is_throttled_per_address_even_for_the_right_token() {
     let (status, _, _) = get_status(&guesser, &url, &h.admin).await;
     assert_eq!(status, 429);
     // A WebSocket upgrade from that address too.
-    let ws = format!("{}/v1/webchat/ws?token=guess-ws", h.ws_base);
-    assert_eq!(try_connect(&ws).await.err(), Some(429));
+    assert_eq!(
+        upgrade_status_from("127.0.0.2", &h, "/v1/webchat/ws?token=guess-ws").await,
+        429
+    );
+
+    // The guesser keeps at it, many guesses at once: every one is refused
+    // as throttled, and meanwhile the broker is healthy and serves others.
+    let answers = probed(
+        &h,
+        "token guessing",
+        futures_util::future::join_all((0..40).map(|i| {
+            let (guesser, url) = (&guesser, &url);
+            async move { get_status(guesser, url, &format!("burst-{i}")).await.0 }
+        })),
+    )
+    .await;
+    assert!(answers.iter().all(|&s| s == 429), "{answers:?}");
+    vitals.check(&h).await;
+    vitals.assert_memory();
 
     // Another address is not affected, and the broker stays healthy.
-    let other = client_from("127.0.0.2");
+    let other = client_from("127.0.0.3");
     let (status, _, body) = get_status(&other, &url, &h.admin).await;
     assert_eq!(status, 200, "{body}");
     let health = other.get(h.url("/healthz")).send().await.expect("healthz");

@@ -7,6 +7,13 @@ use common::*;
 use serde_json::{json, Value};
 use switchboard::Config;
 
+/// How much the process may grow while a conversation is filled and
+/// replayed, in KiB. The tests of this file run side by side in one process;
+/// what they store is well under 1 MiB, and a replay that copied the whole
+/// history per reconnect would still be small here, so the bound is about
+/// leaks and runaway buffers: 64 MiB.
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+
 /// The customer's messages page, read with the customer's own token.
 async fn page(h: &Harness, token: &str, conversation: &str, query: &str) -> Value {
     let r = h
@@ -42,6 +49,7 @@ async fn at_the_message_cap_the_conversation_refuses_more_and_says_so_to_both_si
         max_history_messages: 4,
         ..test_config()
     });
+    let vitals = Vitals::before("a conversation at its message cap", RSS_BOUND_KIB);
     let alice = h.create_agent("alice", 1, &[]).await;
     let mut desk = h.agent_online(&alice).await;
     let (session, mut chat, ack) = h.customer_with_message("Dana", "one").await;
@@ -80,6 +88,8 @@ async fn at_the_message_cap_the_conversation_refuses_more_and_says_so_to_both_si
     let all = h.messages(&conv).await;
     assert_eq!(seqs(&all["messages"]), [1, 2, 3, 4, 5]);
     assert_eq!(all["messages"][4]["from"], "system");
+    vitals.check(&h).await;
+    vitals.assert_memory();
 
     // The agent ends it; the customer's next message opens a new one.
     desk.end(&conv).await;
@@ -99,17 +109,28 @@ async fn at_the_byte_cap_the_conversation_refuses_more() {
         max_history_bytes: 1424,
         ..test_config()
     });
+    let vitals = Vitals::before("a conversation at its byte cap", RSS_BOUND_KIB);
+    // Dana's conversation has a desk, so the health check's own desk is not
+    // offered it.
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
     let (_session, mut chat, _ack) = h.customer_with_message("Dana", &"a".repeat(100)).await;
-    for i in 2..=14 {
-        let ack = customer_says(&mut chat, &"b".repeat(100)).await;
-        assert_eq!(ack["type"], "ack", "message {i}: {ack}");
-    }
-    let refused = customer_says(&mut chat, &"c".repeat(100)).await;
+    desk.take_offer().await;
+    let refused = probed(&h, "a conversation filling up", async {
+        for i in 2..=14 {
+            let ack = customer_says(&mut chat, &"b".repeat(100)).await;
+            assert_eq!(ack["type"], "ack", "message {i}: {ack}");
+        }
+        customer_says(&mut chat, &"c".repeat(100)).await
+    })
+    .await;
     assert_eq!(refused["code"], "history_full", "{refused}");
     // One short message would still have fitted, but the cap, once reached,
     // holds: a full conversation takes nothing more.
     let refused = customer_says(&mut chat, "ok?").await;
     assert_eq!(refused["code"], "history_full", "{refused}");
+    vitals.check(&h).await;
+    vitals.assert_memory();
 }
 
 #[tokio::test]
@@ -120,6 +141,7 @@ async fn reconnect_after_many_messages_replays_a_bounded_tail_and_pages_back_the
         history_frame_bytes: 16 * 1024,
         ..test_config()
     });
+    let vitals = Vitals::before("many messages, then reconnects", RSS_BOUND_KIB);
     let alice = h.create_agent("alice", 1, &[]).await;
     let mut desk = h.agent_online(&alice).await;
     let (session, mut chat, ack) = h.customer_with_message("Dana", "first").await;
@@ -127,13 +149,16 @@ async fn reconnect_after_many_messages_replays_a_bounded_tail_and_pages_back_the
     desk.take_offer().await;
     // 1,000-character messages: about 1.2 KB of JSON each, so 16 KiB holds
     // fewer than the 20 messages the count would allow.
-    for i in 2..=SENT {
-        chat.say(&format!("{i:04} {}", "x".repeat(995))).await;
-    }
+    probed(&h, "many messages", async {
+        for i in 2..=SENT {
+            chat.say(&format!("{i:04} {}", "x".repeat(995))).await;
+        }
+    })
+    .await;
     drop(chat);
 
     // The customer reconnects: one bounded `history` frame with the newest.
-    let (mut chat, history) = h.connect_customer(&session).await;
+    let (mut chat, history) = probed(&h, "a reconnect replay", h.connect_customer(&session)).await;
     let frame_len = serde_json::to_string(&history).expect("json").len();
     let tail = seqs(&history["messages"]);
     assert!(!tail.is_empty() && tail.len() < 20, "{tail:?}");
@@ -220,6 +245,8 @@ async fn reconnect_after_many_messages_replays_a_bounded_tail_and_pages_back_the
         Some(replay[0])
     );
     chat.say("still here").await;
+    vitals.check(&h).await;
+    vitals.assert_memory();
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -763,4 +764,163 @@ pub fn s(v: &Value) -> String {
     v.as_str()
         .unwrap_or_else(|| panic!("string expected, got {v}"))
         .to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Health under attack: `/healthz`, a normal life cycle, memory
+// ---------------------------------------------------------------------------
+
+/// How fast `/healthz` must answer while an attack runs.
+pub const HEALTHY: Duration = Duration::from_millis(100);
+
+/// Resident memory of this process (the broker runs in it), in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Asserts the process grew by less than `bound_kib` since `before` (a
+/// [`rss_kib`] reading).
+pub fn assert_rss_grew_less_than(before: u64, bound_kib: u64, what: &str) {
+    let after = rss_kib();
+    assert!(
+        after.saturating_sub(before) < bound_kib,
+        "{what}: RSS grew from {before} KiB to {after} KiB (bound: {bound_kib} KiB more)"
+    );
+}
+
+/// `/healthz` from a fresh connection answers 200 within [`HEALTHY`].
+pub async fn assert_healthy(h: &Harness, during: &str) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(TIMEOUT)
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let r = client
+        .get(h.url("/healthz"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("/healthz during {during}: {e}"));
+    let took = started.elapsed();
+    assert_eq!(r.status().as_u16(), 200, "/healthz during {during}");
+    assert!(
+        took < HEALTHY,
+        "/healthz took {took:?} during {during} (bound {HEALTHY:?})"
+    );
+}
+
+/// Runs `attack` while `/healthz` is probed every 50 ms (at least once),
+/// each probe held to [`HEALTHY`]; returns what the attack returns.
+pub async fn probed<T>(h: &Harness, during: &str, attack: impl Future<Output = T>) -> T {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let probes = async {
+        loop {
+            assert_healthy(h, during).await;
+            if done.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let attack = async {
+        let out = attack.await;
+        done.store(true, Ordering::Relaxed);
+        out
+    };
+    let (out, ()) = tokio::join!(attack, probes);
+    out
+}
+
+/// A normal customer's whole conversation with `desk`, from 127.0.0.1:
+/// greeting, offer taken, a reply each way, ended and wrapped up.
+pub async fn life_cycle(h: &Harness, desk: &mut Ws, name: &str) {
+    let session = h.create_session(name, None).await;
+    let (mut customer, _history) = h.connect_customer(&session).await;
+    let ack = customer.say("Hello, I need help with my order").await;
+    let conversation = ack["conversation_id"]
+        .as_str()
+        .expect("conversation")
+        .to_owned();
+    let (offer, _assigned) = desk.take_offer().await;
+    let task = offer["task"]["id"].as_str().expect("task id").to_owned();
+    desk.agent_send(&conversation, "Happy to help", &next_ref("a"))
+        .await;
+    customer.recv_message_text("Happy to help").await;
+    customer.say("Thanks!").await;
+    desk.recv_message_text("Thanks!").await;
+    desk.end(&conversation).await;
+    desk.complete(&task, "resolved", "").await;
+}
+
+/// The skill that routes [`life_cycle_on_own_desk`]'s customer to its desk.
+const CHECK_SKILL: &str = "health-check";
+
+/// A normal life cycle on a desk of its own, beside whatever desks a test
+/// has: the customer asks (with a signed context) for a skill only that
+/// desk has, and the desk takes a break once it holds the conversation, so
+/// it is offered nothing of the test's. Needs the test configuration's
+/// context secret.
+pub async fn life_cycle_on_own_desk(h: &Harness, during: &str) {
+    let id = next_ref("check-desk");
+    let agent = h.create_agent(&id, 1, &[CHECK_SKILL]).await;
+    let mut desk = h.agent_online(&agent).await;
+    let session = h.create_session("Casey", Some(&[CHECK_SKILL])).await;
+    let (mut customer, _history) = h.connect_customer(&session).await;
+    let ack = customer.say("Hello, I need help with my order").await;
+    let conversation = s(&ack["conversation_id"]);
+    let offer = desk.offer().await;
+    assert_eq!(
+        offer["task"]["conversation_id"],
+        conversation.as_str(),
+        "the check desk was offered another conversation during {during}: {offer}"
+    );
+    let task = s(&offer["task"]["id"]);
+    desk.accept(&task).await;
+    desk.set_activity("break").await;
+    desk.agent_send(&conversation, "Happy to help", &next_ref("a"))
+        .await;
+    customer.recv_message_text("Happy to help").await;
+    customer.say("Thanks!").await;
+    desk.recv_message_text("Thanks!").await;
+    desk.end(&conversation).await;
+    desk.complete(&task, "resolved", "").await;
+}
+
+/// What an attack test checks around its attack: memory read before it,
+/// then [`Vitals::check`] (healthy, a life cycle completes) and
+/// [`Vitals::assert_memory`] (growth under a stated bound).
+pub struct Vitals {
+    rss_before: u64,
+    bound_kib: u64,
+    during: String,
+}
+
+impl Vitals {
+    /// Reads the memory before `during` (the attack's name); `bound_kib` is
+    /// how much the process may grow until [`Vitals::assert_memory`].
+    pub fn before(during: &str, bound_kib: u64) -> Self {
+        Vitals {
+            rss_before: rss_kib(),
+            bound_kib,
+            during: during.to_owned(),
+        }
+    }
+
+    /// `/healthz` within [`HEALTHY`], a whole customer/agent life cycle on a
+    /// desk of its own, `/healthz` again.
+    pub async fn check(&self, h: &Harness) {
+        assert_healthy(h, &self.during).await;
+        life_cycle_on_own_desk(h, &self.during).await;
+        assert_healthy(h, &self.during).await;
+    }
+
+    /// The process grew by less than the stated bound since [`Vitals::before`].
+    pub fn assert_memory(&self) {
+        assert_rss_grew_less_than(self.rss_before, self.bound_kib, &self.during);
+    }
 }
