@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use proptest::prelude::*;
 
 use super::queue::Queue;
+use super::stats::Outcome;
 use super::state::{Hold, RoutableTask, Routed, RouterEvent, RouterState};
 use crate::protocol::{Activity, ChannelKind, Customer, Id, PerChannel};
 
@@ -226,6 +227,12 @@ impl Driver {
         self.s.apply(RouterEvent::Closed {
             task_id: task.clone(),
             at: self.now,
+            outcome: if self.s.waiting_task(task).is_some() {
+                Outcome::Abandoned
+            } else {
+                Outcome::Completed
+            },
+            clock_at: self.now,
         });
         self.closed.insert(task.clone());
     }
@@ -258,13 +265,19 @@ impl Driver {
                     offered_before: false,
                 };
                 self.created.push(id.clone());
-                self.s.apply(RouterEvent::Enqueued { task });
+                self.s.apply(RouterEvent::Enqueued {
+                    task,
+                    clock_at: self.now,
+                });
                 self.route_task(&id);
             }
             Op::Accept { agent } => {
                 let a = agent_id(agent);
                 if let Some(t) = self.held_by(&a, |h| matches!(h, Hold::Reserved { .. })) {
-                    self.s.apply(RouterEvent::Accepted { task_id: t });
+                    self.s.apply(RouterEvent::Accepted {
+                        task_id: t,
+                        clock_at: self.now,
+                    });
                 }
             }
             Op::Reject { agent } | Op::Timeout { agent } => {
@@ -289,7 +302,10 @@ impl Driver {
             Op::End { agent } => {
                 let a = agent_id(agent);
                 if let Some(t) = self.held_by(&a, |h| h == Hold::Assigned) {
-                    self.s.apply(RouterEvent::Wrapping { task_id: t });
+                    self.s.apply(RouterEvent::Wrapping {
+                        task_id: t,
+                        clock_at: self.now,
+                    });
                 }
             }
             Op::Complete { agent } => {
