@@ -11,8 +11,8 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
 
-use crate::profile::{valid_token, AgentProfile};
 use crate::clock::Clock;
+use crate::profile::{valid_token, AgentProfile};
 use crate::protocol::{ChannelKind, PerChannel};
 use crate::router::Queue;
 

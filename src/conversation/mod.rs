@@ -62,9 +62,7 @@ use crate::protocol::{
     AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Event, Frame, Id, Message,
     TaskState,
 };
-use crate::router::{
-    BindOutbound, EnqueueTask, Outcome, RescindReason, TaskClosed, TaskWrapping,
-};
+use crate::router::{BindOutbound, EnqueueTask, Outcome, RescindReason, TaskClosed, TaskWrapping};
 use crate::wiring::Broker;
 
 /// Check a message's text and attachments against the limits and the channel's

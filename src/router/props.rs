@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 use proptest::prelude::*;
 
 use super::queue::Queue;
-use super::stats::Outcome;
 use super::state::{Hold, RoutableTask, Routed, RouterEvent, RouterState};
+use super::stats::Outcome;
 use crate::protocol::{Activity, ChannelKind, Customer, Id, PerChannel};
 
 const AGENTS: usize = 4;

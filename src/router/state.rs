@@ -30,8 +30,7 @@ use super::queue::{Policy, Queue, DEFAULT_QUEUE};
 use super::stats::{Outcome, Tally};
 pub use crate::protocol::AgentCounts;
 use crate::protocol::{
-    Activity, AgentView, ChannelKind, Customer, Id, PerChannel, QueueStats, TaskState,
-    TaskSummary,
+    Activity, AgentView, ChannelKind, Customer, Id, PerChannel, QueueStats, TaskState, TaskSummary,
 };
 
 /// A task waiting for, or held by, an agent: what the router needs to route it
