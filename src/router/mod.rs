@@ -34,7 +34,8 @@
 //! It sends the conversations `Reserve`, `Assign`, `Requeued`, `RouterCancel`
 //! (maximum wait, closed) and `RouterNotice` (closed message), the agents
 //! `Rescind` and `ActivitySet` (`not_responding`), and supervisors
-//! `agent.state` and `agent.removed`.
+//! `agent.state`, `agent.removed` and `stats` (every queue's figures when
+//! they changed, at most once a second, checked by an interval timer).
 //!
 //! Declines: an agent who rejects a task or lets its offer time out is passed
 //! over for it while anyone else eligible can take it, and is offered it again
@@ -45,6 +46,7 @@
 //! Where things are: this file is the actor and its wiring (addresses, timers,
 //! the offer counter); `state.rs` the state, its events, `apply` and the
 //! routing decisions (pure, unit-tested, and property-tested in `props.rs`);
+//! `stats.rs` each queue's day, counted from those events;
 //! `queue.rs` a queue's definition and checks; `dispatch.rs` the wiring of
 //! offers, timers, cool-downs, overflow, maximum wait and taking tasks back;
 //! `messages.rs` and `queues.rs` every message with its handler; `index.rs`
