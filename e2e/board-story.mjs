@@ -150,7 +150,7 @@ function queueTile(id) {
 
 step('a tile per queue: waiting, a ticking longest wait, SLA and agents; each row names its queue', async () => {
   const tile = queueTile('default');
-  await seeText(tile.locator('.label'), /^default$/);
+  await seeText(tile.locator('.label'), /^default$/i); // shown in capitals
   await seeText(tile.locator('[data-figure="waiting"]'), /^3$/);
   // `default` has no SLA target: no figure, shown as a dash.
   await seeText(tile.locator('[data-figure="sla"]'), /^—$/);
@@ -161,7 +161,7 @@ step('a tile per queue: waiting, a ticking longest wait, SLA and agents; each ro
     const now = await tile.locator('[data-figure="longest"]').innerText();
     return now !== first && /^\d+s$/.test(now) ? now : false;
   }, 3000);
-  await seeText(row(NORA).locator('td.queue'), /^default$/);
+  await seeText(row(NORA).locator('td.task-queue'), /^default$/);
 });
 
 step('a customer arriving while the board is open appears live', async () => {

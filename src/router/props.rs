@@ -414,6 +414,17 @@ impl Driver {
                 s.held.values().filter(|h| &h.agent == id).count()
             );
         }
+        // Each queue's live figures add up to the tasks as they are.
+        let stats = s.queue_stats(self.now);
+        let sum = |f: fn(&crate::protocol::QueueStats) -> usize| stats.iter().map(f).sum::<usize>();
+        prop_assert_eq!(sum(|q| q.waiting), s.queued.len());
+        prop_assert_eq!(sum(|q| q.capacity_in_use), s.held.len());
+        let reserved = s
+            .held
+            .values()
+            .filter(|h| matches!(h.hold, Hold::Reserved { .. }))
+            .count();
+        prop_assert_eq!(sum(|q| q.offered), reserved);
         // Offers made now never overrun a capacity.
         for (task, agent, _) in &self.offers {
             let a = &s.agents[agent];
@@ -500,6 +511,17 @@ impl Driver {
         for t in &self.created {
             prop_assert!(self.closed.contains(t), "{t} never ended");
         }
+        // Every task that arrived today was counted once, and ended once.
+        let today: Vec<_> = self
+            .s
+            .queue_stats(self.now)
+            .into_iter()
+            .map(|q| q.today)
+            .collect();
+        let created: u64 = today.iter().map(|t| t.created).sum();
+        let ended: u64 = today.iter().map(|t| t.completed + t.canceled).sum();
+        prop_assert_eq!(created, self.created.len() as u64);
+        prop_assert_eq!(ended, self.created.len() as u64);
         Ok(())
     }
 }

@@ -521,7 +521,7 @@
       h('td', { class: 'customer' }, h('strong', { text: who.name }),
         who.address ? h('span', { class: 'muted address', text: who.address }) : null),
       h('td', { class: 'small-channel' }, channelIcon(t.channel)),
-      h('td', { class: 'queue', text: t.queue || '—' }),
+      h('td', { class: 'task-queue', text: t.queue || '—' }),
       h('td', {}, h('span', { class: 'pill ' + t.state, text: humanize(t.state) })),
       h('td', { class: 'agent', text: agent }),
       wait);
