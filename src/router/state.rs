@@ -1288,4 +1288,86 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn queue_figures_come_from_the_events_and_a_replay_counts_the_same() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_737_600 + 3_600);
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut billing = Queue::named("billing");
+        billing.sla = Some(super::super::queue::Sla {
+            first_response: Duration::from_secs(60),
+        });
+        let in_billing = |id: &str, order: u64| {
+            let mut t = task(id, order);
+            t.queue = "billing".into();
+            t
+        };
+        let events = vec![
+            RouterEvent::QueueUpserted { queue: billing },
+            RouterEvent::Enqueued {
+                task: in_billing("tk_1", 0),
+                clock_at: at(0),
+            },
+            RouterEvent::Enqueued {
+                task: in_billing("tk_2", 1),
+                clock_at: at(10),
+            },
+            RouterEvent::Offered {
+                task_id: "tk_1".into(),
+                agent_id: "ann".into(),
+                offer: 1,
+            },
+            RouterEvent::Accepted {
+                task_id: "tk_1".into(),
+                clock_at: at(45),
+            },
+            RouterEvent::Wrapping {
+                task_id: "tk_1".into(),
+                clock_at: at(105),
+            },
+            RouterEvent::Closed {
+                task_id: "tk_1".into(),
+                at: at(115),
+                outcome: Outcome::Completed,
+                clock_at: at(115),
+            },
+            RouterEvent::Closed {
+                task_id: "tk_2".into(),
+                at: at(100),
+                outcome: Outcome::Abandoned,
+                clock_at: at(100),
+            },
+        ];
+        let mut s = with_agents(&["ann"]);
+        let mut replayed = with_agents(&["ann"]);
+        for (i, ev) in events.into_iter().enumerate() {
+            let bytes = crate::codec::encode(&ev).unwrap();
+            replayed.apply(crate::codec::decode(&bytes).unwrap());
+            s.apply(ev);
+            if i == 3 {
+                // tk_1 on offer, tk_2 waiting since 10 s.
+                let q = s.queue_stats(at(40));
+                assert_eq!(q[0].id, "billing");
+                assert_eq!((q[0].waiting, q[0].longest_wait_ms), (1, 30_000));
+                assert_eq!((q[0].offered, q[0].capacity_in_use), (1, 1));
+                assert_eq!(q[0].agents.busy, 1);
+            }
+        }
+        let stats = s.queue_stats(at(120));
+        assert_eq!(stats, replayed.queue_stats(at(120)));
+        let today = &stats[0].today;
+        assert_eq!((today.created, today.completed), (2, 1));
+        assert_eq!((today.canceled, today.abandoned), (1, 1));
+        assert_eq!(today.avg_wait_ms, Some(45_000));
+        assert_eq!(today.avg_handle_ms, Some(60_000));
+        assert_eq!(today.avg_wrapup_ms, Some(10_000));
+        // Met once; the task abandoned after 90 s missed.
+        assert_eq!(today.sla_met_pct, Some(50.0));
+        assert_eq!(stats[0].agents.available, 1);
+        // `default` serves every channel: Ann counts there too.
+        assert_eq!(
+            (stats[1].id.as_str(), stats[1].agents.available),
+            ("default", 1)
+        );
+    }
 }
