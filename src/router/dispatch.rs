@@ -106,6 +106,10 @@ impl Router {
     /// The wiring of what routing decided: each offer's timer and its
     /// `Reserve` to the conversation; cool-down wake-ups.
     fn wire(&mut self, routed: Routed, now: SystemTime, ctx: &mut Context<Self>) {
+        // Offers were applied by the routing decision itself (`make_offer`).
+        if !routed.offers.is_empty() {
+            self.stats_dirty = true;
+        }
         for (task_id, agent_id, offer) in routed.offers {
             self.offered(task_id, agent_id, offer, ctx);
         }

@@ -111,6 +111,9 @@ pub struct Router {
     stats_dirty: bool,
     /// When the last `stats` frame went, and its figures.
     stats_sent: Option<(Instant, Vec<QueueStats>)>,
+    /// The UTC day (on the router's clock) of the last look: a new day
+    /// zeroes the `today` figures, a change supervisors are told of.
+    stats_day: u64,
 }
 
 /// At most one `stats` frame per this.
@@ -131,6 +134,7 @@ impl Router {
             next_offer: 0,
             stats_dirty: false,
             stats_sent: None,
+            stats_day: 0,
             broker,
         }
     }
@@ -167,6 +171,11 @@ impl Router {
     /// coalesced). Skipped when the figures equal the last frame's. Never
     /// waits: the frame goes to the hub with `do_send`.
     fn push_stats(&mut self) {
+        let day = stats::day_of(self.clock_now());
+        if day != self.stats_day {
+            self.stats_day = day;
+            self.stats_dirty = true;
+        }
         if !self.stats_dirty
             || self
                 .stats_sent

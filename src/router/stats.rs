@@ -91,7 +91,8 @@ pub struct Tally {
     tasks: HashMap<Id, Times>,
 }
 
-fn day_of(t: SystemTime) -> u64 {
+/// The UTC day of `t`, in days since the epoch.
+pub(super) fn day_of(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
