@@ -19,7 +19,7 @@ use switchboard::protocol::{
     PerChannel, TaskState,
 };
 use switchboard::router::index::{AgentIndex, Standing};
-use switchboard::router::{Pick, Policy, Queue, RoutableTask, RouterEvent, RouterState};
+use switchboard::router::{Outcome, Pick, Policy, Queue, RoutableTask, RouterEvent, RouterState};
 
 fn message(text: &str) -> Message {
     Message {
@@ -292,6 +292,7 @@ fn queue_routing(c: &mut Criterion) {
             let created = start - Duration::from_millis(5_000 - t);
             s.apply(RouterEvent::Enqueued {
                 task: waiting_task(next, &names[q], (q % 5 * 10) as u8, created),
+                clock_at: created,
             });
             next += 1;
         }
@@ -308,6 +309,8 @@ fn queue_routing(c: &mut Criterion) {
                 s.apply(RouterEvent::Closed {
                     task_id: holds[i].clone(),
                     at: start,
+                    outcome: Outcome::Completed,
+                    clock_at: start,
                 });
                 let (best, _) = s.best_task_for(agent, start, cooldown);
                 let task_id = best.expect("the agent serves a queue with waiting tasks");
@@ -326,6 +329,7 @@ fn queue_routing(c: &mut Criterion) {
                 holds[i] = task_id;
                 s.apply(RouterEvent::Enqueued {
                     task: waiting_task(next, &queue, priority, start),
+                    clock_at: start,
                 });
                 next += 1;
                 black_box(&holds[i]);

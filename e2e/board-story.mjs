@@ -143,6 +143,27 @@ step('board opened while three customers wait: three rows with their names and a
   await shot(b.board, 'board-queue');
 });
 
+/** The tile of queue `id`. */
+function queueTile(id) {
+  return b.board.locator('#queue-tiles [data-queue="' + id + '"]');
+}
+
+step('a tile per queue: waiting, a ticking longest wait, SLA and agents; each row names its queue', async () => {
+  const tile = queueTile('default');
+  await seeText(tile.locator('.label'), /^default$/i); // shown in capitals
+  await seeText(tile.locator('[data-figure="waiting"]'), /^3$/);
+  // `default` has no SLA target: no figure, shown as a dash.
+  await seeText(tile.locator('[data-figure="sla"]'), /^—$/);
+  await seeText(tile.locator('[data-figure="available"]'), /^0$/);
+  const first = await tile.locator('[data-figure="longest"]').innerText();
+  assert(/^\d+s$/.test(first), 'a longest wait in seconds: ' + first);
+  await until('the longest wait to tick', async () => {
+    const now = await tile.locator('[data-figure="longest"]').innerText();
+    return now !== first && /^\d+s$/.test(now) ? now : false;
+  }, 3000);
+  await seeText(row(NORA).locator('td.task-queue'), /^default$/);
+});
+
 step('a customer arriving while the board is open appears live', async () => {
   await customerWrites(ROSA, 'Do you ship to Norway?');
   // Sooner than any poll or re-snapshot could bring it: the task.state frame did.
@@ -180,6 +201,11 @@ step('agent figures per channel: free, full, on break, offline and disconnected'
   // The four chats went to Fern and Gus: the rows follow, with the agents' names.
   await until('four assigned rows', async () => (await table()).every(([, st]) => st === 'assigned') && (await rows().count()) === 4);
   for (const name of [NORA, OMAR, PRIYA, ROSA]) await seeText(row(name).locator('td.agent'), /^(Fern Alvarez|Gus Brandt)$/);
+  // The queue's tile follows from `stats` frames: nobody waits, Fern and Gus can take more.
+  await seeText(queueTile('default').locator('[data-figure="waiting"]'), /^0$/);
+  await seeText(queueTile('default').locator('[data-figure="available"]'), /^2$/);
+  await seeText(queueTile('default').locator('[data-figure="busy"]'), /^0$/);
+  await seeText(queueTile('default').locator('[data-figure="longest"]'), /^0s$/);
   // Everything since the board opened came from frames on top of one snapshot.
   equal(b.snapshots, 1, 'snapshots taken');
   await shot(b.board, 'board-agents');

@@ -458,7 +458,10 @@ impl Agent {
             match opened {
                 Ok(_) => Ok(()),
                 Err(e) => {
-                    broker.router.do_send(router::TaskClosed { task_id });
+                    broker.router.do_send(router::TaskClosed {
+                        task_id,
+                        outcome: router::Outcome::Canceled,
+                    });
                     Err(e)
                 }
             }

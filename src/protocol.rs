@@ -7,8 +7,10 @@
 //! (see [`Frame`]) so the same bytes go to every recipient.
 
 pub mod event;
+mod stats;
 
 pub use event::{Event, RescindReason};
+pub use stats::{AgentCounts, QueueStats, QueueToday};
 
 use std::sync::Arc;
 use std::time::SystemTime;

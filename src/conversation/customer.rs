@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::protocol::event;
 use crate::protocol::{AttachmentMeta, Author, ChannelKind, Event, TaskState};
-use crate::router::TaskClosed;
+use crate::router::{Outcome, TaskClosed};
 
 /// A customer message from the channel.
 #[derive(Message, Debug, Clone)]
@@ -89,6 +89,7 @@ impl Handler<CustomerLeft> for Conversation {
                 });
                 self.broker.router.do_send(TaskClosed {
                     task_id: self.state.task_id.clone(),
+                    outcome: Outcome::Abandoned,
                 });
                 self.to_customer(CustomerEvent::Ended(self.ended_frame()));
                 self.schedule_eviction(ctx);

@@ -62,7 +62,7 @@ use crate::protocol::{
     AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Event, Frame, Id, Message,
     TaskState,
 };
-use crate::router::{BindOutbound, EnqueueTask, RescindReason, TaskClosed, TaskWrapping};
+use crate::router::{BindOutbound, EnqueueTask, Outcome, RescindReason, TaskClosed, TaskWrapping};
 use crate::wiring::Broker;
 
 /// Check a message's text and attachments against the limits and the channel's
@@ -514,6 +514,7 @@ impl Conversation {
         // the desk would see itself over capacity.
         self.broker.router.do_send(TaskClosed {
             task_id: self.state.task_id.clone(),
+            outcome: Outcome::Completed,
         });
         self.schedule_eviction(ctx);
     }

@@ -72,6 +72,7 @@ pub async fn stats(req: HttpRequest, state: State) -> Result<HttpResponse, ApiEr
             "max": r.latency_max_ms,
             "count": r.latency_count,
         },
+        "queues": r.queues,
     })))
 }
 
@@ -248,7 +249,121 @@ pub async fn metrics(req: HttpRequest, state: State) -> Result<HttpResponse, Api
         "counter",
         &[(String::new(), r.latency_count as f64)],
     );
+    queue_metrics(&r, &mut gauge);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out))
+}
+
+/// Each queue's figures, labelled `queue`: live gauges, today's counts (since
+/// midnight UTC: counters that reset daily) and today's averages and SLA.
+fn queue_metrics(r: &RouterStats, gauge: &mut impl FnMut(&str, &str, &str, &[(String, f64)])) {
+    let per_queue =
+        |f: &dyn Fn(&crate::protocol::QueueStats) -> Option<f64>| -> Vec<(String, f64)> {
+            r.queues
+                .iter()
+                .filter_map(|q| f(q).map(|v| (format!("{{queue=\"{}\"}}", q.id), v)))
+                .collect()
+        };
+    gauge(
+        "queue_waiting",
+        "Tasks waiting in the queue.",
+        "gauge",
+        &per_queue(&|q| Some(q.waiting as f64)),
+    );
+    gauge(
+        "queue_longest_wait_seconds",
+        "Wait of the queue's longest-waiting task (0 when none waits).",
+        "gauge",
+        &per_queue(&|q| Some(q.longest_wait_ms as f64 / 1000.0)),
+    );
+    gauge(
+        "queue_offered",
+        "The queue's tasks on offer to an agent, awaiting an answer.",
+        "gauge",
+        &per_queue(&|q| Some(q.offered as f64)),
+    );
+    gauge(
+        "queue_capacity_in_use",
+        "The queue's tasks holding agent capacity (offered, assigned, wrap-up).",
+        "gauge",
+        &per_queue(&|q| Some(q.capacity_in_use as f64)),
+    );
+    let agents: Vec<(String, f64)> = r
+        .queues
+        .iter()
+        .flat_map(|q| {
+            let a = q.agents;
+            [
+                ("available", a.available),
+                ("busy", a.busy),
+                ("break", a.on_break),
+                ("offline", a.offline),
+                ("disconnected", a.disconnected),
+                ("not_responding", a.not_responding),
+            ]
+            .map(|(state, n)| {
+                (
+                    format!("{{queue=\"{}\",state=\"{state}\"}}", q.id),
+                    n as f64,
+                )
+            })
+        })
+        .collect();
+    gauge(
+        "queue_agents",
+        "Agents serving the queue, by state (an agent counts in every queue it serves).",
+        "gauge",
+        &agents,
+    );
+    let tasks: Vec<(String, f64)> = r
+        .queues
+        .iter()
+        .flat_map(|q| {
+            let t = &q.today;
+            [
+                ("created", t.created),
+                ("completed", t.completed),
+                ("canceled", t.canceled),
+                ("abandoned", t.abandoned),
+            ]
+            .map(|(event, n)| {
+                (
+                    format!("{{queue=\"{}\",event=\"{event}\"}}", q.id),
+                    n as f64,
+                )
+            })
+        })
+        .collect();
+    gauge(
+        "queue_tasks_today_total",
+        "The queue's tasks since midnight UTC by event: created, completed, canceled, abandoned (a subset of canceled). Resets at midnight.",
+        "counter",
+        &tasks,
+    );
+    let secs = |ms: Option<u64>| ms.map(|ms| ms as f64 / 1000.0);
+    gauge(
+        "queue_wait_seconds_avg",
+        "Average wait until accept (ASA) of the queue's tasks accepted today.",
+        "gauge",
+        &per_queue(&|q| secs(q.today.avg_wait_ms)),
+    );
+    gauge(
+        "queue_handle_seconds_avg",
+        "Average accept to end of conversation, of the queue's conversations ended today.",
+        "gauge",
+        &per_queue(&|q| secs(q.today.avg_handle_ms)),
+    );
+    gauge(
+        "queue_wrapup_seconds_avg",
+        "Average end of conversation to complete, of the queue's tasks completed today.",
+        "gauge",
+        &per_queue(&|q| secs(q.today.avg_wrapup_ms)),
+    );
+    gauge(
+        "queue_sla_met_ratio",
+        "Share (0-1) of today's tasks accepted within the queue's sla.first_response, of those accepted or abandoned after it.",
+        "gauge",
+        &per_queue(&|q| q.today.sla_met_pct.map(|p| p / 100.0)),
+    );
 }

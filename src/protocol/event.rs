@@ -14,8 +14,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    rfc3339, Activity, AgentView, ChannelKind, DeliveryStatus, Frame, Id, Message, TaskState,
-    TaskSummary, TaskView,
+    rfc3339, Activity, AgentView, ChannelKind, DeliveryStatus, Frame, Id, Message, QueueStats,
+    TaskState, TaskSummary, TaskView,
 };
 
 /// Why a task left an agent before completion (the `task.rescinded` reason).
@@ -178,6 +178,9 @@ pub enum Event<'a> {
     AgentState { agent: Cow<'a, AgentView> },
     #[serde(rename = "agent.removed")]
     AgentRemoved { agent_id: Id },
+    /// Every queue's figures, when they changed (at most once a second).
+    #[serde(rename = "stats")]
+    Stats { queues: Cow<'a, [QueueStats]> },
     /// A task was created or moved. The flat fields predate `task`.
     #[serde(rename = "task.state")]
     TaskStateChanged {
@@ -368,6 +371,26 @@ mod tests {
             },
             Event::AgentRemoved {
                 agent_id: "alice".into(),
+            },
+            Event::Stats {
+                queues: Cow::Owned(vec![crate::protocol::QueueStats {
+                    id: "billing".into(),
+                    waiting: 2,
+                    longest_wait_ms: 61_000,
+                    offered: 1,
+                    capacity_in_use: 3,
+                    agents: crate::protocol::AgentCounts {
+                        available: 1,
+                        busy: 2,
+                        ..Default::default()
+                    },
+                    today: crate::protocol::QueueToday {
+                        created: 7,
+                        sla_met_pct: Some(50.0),
+                        avg_wait_ms: Some(1_500),
+                        ..Default::default()
+                    },
+                }]),
             },
             Event::TaskStateChanged {
                 task_id: "tk_1".into(),

@@ -21,6 +21,7 @@ use actix::prelude::*;
 
 use super::queue::Outside;
 use super::state::{Hold, RoutableTask, Routed, RouterEvent};
+use super::stats::Outcome;
 use super::{RescindReason, Router};
 use crate::agent::{ActivitySet, Rescind};
 use crate::conversation::{Requeued, Reserve, RouterCancel, RouterNotice};
@@ -47,7 +48,15 @@ impl Router {
         if let Some(hours) = &queue.business_hours {
             if !hours.is_open(self.broker.config.clock.now()) {
                 if hours.outside == Outside::Cancel {
-                    if let Some(conv) = self.conversations.remove(&task.task_id) {
+                    // Counted as created and canceled in its queue.
+                    let task_id = task.task_id.clone();
+                    let conversation = self.conversations.remove(&task_id);
+                    self.apply(RouterEvent::Enqueued {
+                        task,
+                        clock_at: self.clock_now(),
+                    });
+                    self.close(task_id, Outcome::Canceled);
+                    if let Some(conv) = conversation {
                         conv.do_send(RouterCancel {
                             reason: CancelReason::Closed,
                             message: hours.closed_message.clone(),
@@ -65,7 +74,10 @@ impl Router {
             }
         }
         let task_id = task.task_id.clone();
-        self.apply(RouterEvent::Enqueued { task });
+        self.apply(RouterEvent::Enqueued {
+            task,
+            clock_at: self.clock_now(),
+        });
         self.schedule_waits(&task_id, ctx);
         self.route_task(&task_id, ctx);
     }
@@ -94,6 +106,10 @@ impl Router {
     /// The wiring of what routing decided: each offer's timer and its
     /// `Reserve` to the conversation; cool-down wake-ups.
     fn wire(&mut self, routed: Routed, now: SystemTime, ctx: &mut Context<Self>) {
+        // Offers were applied by the routing decision itself (`make_offer`).
+        if !routed.offers.is_empty() {
+            self.stats_dirty = true;
+        }
         for (task_id, agent_id, offer) in routed.offers {
             self.offered(task_id, agent_id, offer, ctx);
         }
@@ -206,7 +222,7 @@ impl Router {
                 .map(|q| q.max_wait_message.clone())
                 .unwrap_or_default();
             let conversation = self.conversation_of(&task_id);
-            self.close(task_id);
+            self.close(task_id, Outcome::Abandoned);
             if let Some(conv) = conversation {
                 conv.do_send(RouterCancel {
                     reason: CancelReason::MaxWait,
@@ -360,7 +376,7 @@ impl Router {
     }
 
     /// Stop routing a task: state first, then its wiring.
-    pub(super) fn close(&mut self, task_id: Id) {
+    pub(super) fn close(&mut self, task_id: Id, outcome: Outcome) {
         self.timers.remove(&task_id);
         self.cooldowns.remove(&task_id);
         self.overflows.remove(&task_id);
@@ -369,6 +385,8 @@ impl Router {
         self.apply(RouterEvent::Closed {
             task_id,
             at: SystemTime::now(),
+            outcome,
+            clock_at: self.clock_now(),
         });
     }
 }

@@ -12,13 +12,14 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::state::{AgentCounts, Hold, RoutableTask, RouterEvent};
+use super::stats::Outcome;
 use super::{RescindReason, Router};
 use crate::agent::{Agent, Rescind};
 use crate::conversation::{Assign, Conversation};
 use crate::error::ApiError;
 use crate::protocol::{
-    Activity, AgentView, ChannelKind, Customer, Event, Id, PerChannel, TaskState, TaskSummary,
-    DEFAULT_QUEUE,
+    Activity, AgentView, ChannelKind, Customer, Event, Id, PerChannel, QueueStats, TaskState,
+    TaskSummary, DEFAULT_QUEUE,
 };
 
 /// Create or update an agent's routing profile.
@@ -76,7 +77,7 @@ impl Handler<RemoveAgent> for Router {
             .map(|a| a.held.clone())
             .unwrap_or_default();
         for task_id in rest {
-            self.close(task_id);
+            self.close(task_id, Outcome::Dropped);
         }
         self.apply(RouterEvent::AgentRemoved { id: msg.id.clone() });
         self.addrs.remove(&msg.id);
@@ -196,6 +197,7 @@ impl Handler<Accept> for Router {
         self.timers.remove(&task_id);
         self.apply(RouterEvent::Accepted {
             task_id: task_id.clone(),
+            clock_at: self.clock_now(),
         });
         let (Some(agent), Some(addr)) = (
             self.state.agents.get(&msg.agent_id),
@@ -251,6 +253,7 @@ impl Handler<TaskWrapping> for Router {
     fn handle(&mut self, msg: TaskWrapping, _: &mut Context<Self>) {
         self.apply(RouterEvent::Wrapping {
             task_id: msg.task_id,
+            clock_at: self.clock_now(),
         });
     }
 }
@@ -261,6 +264,8 @@ impl Handler<TaskWrapping> for Router {
 #[rtype(result = "()")]
 pub struct TaskClosed {
     pub task_id: Id,
+    /// How, for the queue statistics.
+    pub outcome: Outcome,
 }
 
 impl Handler<TaskClosed> for Router {
@@ -279,7 +284,7 @@ impl Handler<TaskClosed> for Router {
                 }
             }
         }
-        self.close(msg.task_id);
+        self.close(msg.task_id, msg.outcome);
         if let Some(agent) = holder {
             self.route_agent(&agent, ctx);
         }
@@ -452,6 +457,8 @@ pub struct RouterStats {
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
     pub latency_count: u64,
+    /// Each queue's live figures and its day so far.
+    pub queues: Vec<QueueStats>,
 }
 
 #[derive(Message)]
@@ -499,6 +506,7 @@ impl Handler<GetStats> for Router {
             latency_p99_ms: ms(0.99),
             latency_max_ms: self.state.latency.max() as f64 / 1000.0,
             latency_count: self.state.latency.len(),
+            queues: self.state.queue_stats(self.clock_now()),
         })
     }
 }

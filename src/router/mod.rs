@@ -34,7 +34,8 @@
 //! It sends the conversations `Reserve`, `Assign`, `Requeued`, `RouterCancel`
 //! (maximum wait, closed) and `RouterNotice` (closed message), the agents
 //! `Rescind` and `ActivitySet` (`not_responding`), and supervisors
-//! `agent.state` and `agent.removed`.
+//! `agent.state`, `agent.removed` and `stats` (every queue's figures when
+//! they changed, at most once a second, checked by an interval timer).
 //!
 //! Declines: an agent who rejects a task or lets its offer time out is passed
 //! over for it while anyone else eligible can take it, and is offered it again
@@ -45,6 +46,7 @@
 //! Where things are: this file is the actor and its wiring (addresses, timers,
 //! the offer counter); `state.rs` the state, its events, `apply` and the
 //! routing decisions (pure, unit-tested, and property-tested in `props.rs`);
+//! `stats.rs` each queue's day, counted from those events;
 //! `queue.rs` a queue's definition and checks; `dispatch.rs` the wiring of
 //! offers, timers, cool-downs, overflow, maximum wait and taking tasks back;
 //! `messages.rs` and `queues.rs` every message with its handler; `index.rs`
@@ -58,16 +60,20 @@ mod props;
 pub mod queue;
 mod queues;
 mod state;
+mod stats;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 
 use crate::agent::Agent;
 use crate::conversation::Conversation;
 use crate::deadlines::Deadlines;
-use crate::protocol::Id;
+use crate::protocol::{Event, Id, QueueStats};
 use crate::wiring::Broker;
 
 pub use crate::protocol::RescindReason;
@@ -81,6 +87,7 @@ pub use queues::{DeleteQueue, GetQueues, QueueChange, UpsertQueue};
 pub use state::{
     AgentCounts, Bucket, Decline, Pick, RoutableTask, Routed, RouterEvent, RouterState,
 };
+pub use stats::Outcome;
 
 /// The actor: the routing state, and the wiring around it (addresses, timers,
 /// the offer counter).
@@ -100,7 +107,19 @@ pub struct Router {
     overflows: Deadlines<Id, ()>,
     max_waits: Deadlines<Id, ()>,
     next_offer: u64,
+    /// Something changed since the last `stats` frame.
+    stats_dirty: bool,
+    /// When the last `stats` frame went, and its figures.
+    stats_sent: Option<(Instant, Vec<QueueStats>)>,
+    /// The UTC day (on the router's clock) of the last look: a new day
+    /// zeroes the `today` figures, a change supervisors are told of.
+    stats_day: u64,
 }
+
+/// At most one `stats` frame per this.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+/// How often the router looks whether a `stats` frame is due.
+const STATS_CHECK: Duration = Duration::from_millis(250);
 
 impl Router {
     pub fn new(broker: Arc<Broker>) -> Self {
@@ -113,6 +132,9 @@ impl Router {
             overflows: Deadlines::default(),
             max_waits: Deadlines::default(),
             next_offer: 0,
+            stats_dirty: false,
+            stats_sent: None,
+            stats_day: 0,
             broker,
         }
     }
@@ -136,6 +158,42 @@ impl Router {
     /// The one place routing state changes: [`RouterState::apply`].
     fn apply(&mut self, event: RouterEvent) {
         self.state.apply(event);
+        self.stats_dirty = true;
+    }
+
+    /// The router's clock (`Config.clock`): what the statistics count by.
+    fn clock_now(&self) -> SystemTime {
+        self.broker.config.clock.now()
+    }
+
+    /// Push `stats` to supervisors if something changed, at most once per
+    /// [`STATS_EVERY`], with the figures of now (changes in between are
+    /// coalesced). Skipped when the figures equal the last frame's. Never
+    /// waits: the frame goes to the hub with `do_send`.
+    fn push_stats(&mut self) {
+        let day = stats::day_of(self.clock_now());
+        if day != self.stats_day {
+            self.stats_day = day;
+            self.stats_dirty = true;
+        }
+        if !self.stats_dirty
+            || self
+                .stats_sent
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < STATS_EVERY)
+            || self.broker.supervisors.load(Ordering::Relaxed) == 0
+        {
+            return;
+        }
+        self.stats_dirty = false;
+        let queues = self.state.queue_stats(self.clock_now());
+        if self.stats_sent.as_ref().is_some_and(|(_, q)| *q == queues) {
+            return;
+        }
+        self.broker.publish(|| Event::Stats {
+            queues: Cow::Borrowed(&queues),
+        });
+        self.stats_sent = Some((Instant::now(), queues));
     }
 
     fn conversation_of(&self, task_id: &Id) -> Option<Addr<Conversation>> {
@@ -150,5 +208,6 @@ impl Actor for Router {
         // The router is fed by every agent and conversation; a small bounded
         // mailbox would only make senders that use `send` wait.
         ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(STATS_CHECK, |act, _| act.push_stats());
     }
 }

@@ -23,6 +23,7 @@ use proptest::prelude::*;
 
 use super::queue::Queue;
 use super::state::{Hold, RoutableTask, Routed, RouterEvent, RouterState};
+use super::stats::Outcome;
 use crate::protocol::{Activity, ChannelKind, Customer, Id, PerChannel};
 
 const AGENTS: usize = 4;
@@ -226,6 +227,12 @@ impl Driver {
         self.s.apply(RouterEvent::Closed {
             task_id: task.clone(),
             at: self.now,
+            outcome: if self.s.waiting_task(task).is_some() {
+                Outcome::Abandoned
+            } else {
+                Outcome::Completed
+            },
+            clock_at: self.now,
         });
         self.closed.insert(task.clone());
     }
@@ -258,13 +265,19 @@ impl Driver {
                     offered_before: false,
                 };
                 self.created.push(id.clone());
-                self.s.apply(RouterEvent::Enqueued { task });
+                self.s.apply(RouterEvent::Enqueued {
+                    task,
+                    clock_at: self.now,
+                });
                 self.route_task(&id);
             }
             Op::Accept { agent } => {
                 let a = agent_id(agent);
                 if let Some(t) = self.held_by(&a, |h| matches!(h, Hold::Reserved { .. })) {
-                    self.s.apply(RouterEvent::Accepted { task_id: t });
+                    self.s.apply(RouterEvent::Accepted {
+                        task_id: t,
+                        clock_at: self.now,
+                    });
                 }
             }
             Op::Reject { agent } | Op::Timeout { agent } => {
@@ -289,7 +302,10 @@ impl Driver {
             Op::End { agent } => {
                 let a = agent_id(agent);
                 if let Some(t) = self.held_by(&a, |h| h == Hold::Assigned) {
-                    self.s.apply(RouterEvent::Wrapping { task_id: t });
+                    self.s.apply(RouterEvent::Wrapping {
+                        task_id: t,
+                        clock_at: self.now,
+                    });
                 }
             }
             Op::Complete { agent } => {
@@ -398,6 +414,17 @@ impl Driver {
                 s.held.values().filter(|h| &h.agent == id).count()
             );
         }
+        // Each queue's live figures add up to the tasks as they are.
+        let stats = s.queue_stats(self.now);
+        let sum = |f: fn(&crate::protocol::QueueStats) -> usize| stats.iter().map(f).sum::<usize>();
+        prop_assert_eq!(sum(|q| q.waiting), s.queued.len());
+        prop_assert_eq!(sum(|q| q.capacity_in_use), s.held.len());
+        let reserved = s
+            .held
+            .values()
+            .filter(|h| matches!(h.hold, Hold::Reserved { .. }))
+            .count();
+        prop_assert_eq!(sum(|q| q.offered), reserved);
         // Offers made now never overrun a capacity.
         for (task, agent, _) in &self.offers {
             let a = &s.agents[agent];
@@ -484,6 +511,17 @@ impl Driver {
         for t in &self.created {
             prop_assert!(self.closed.contains(t), "{t} never ended");
         }
+        // Every task that arrived today was counted once, and ended once.
+        let today: Vec<_> = self
+            .s
+            .queue_stats(self.now)
+            .into_iter()
+            .map(|q| q.today)
+            .collect();
+        let created: u64 = today.iter().map(|t| t.created).sum();
+        let ended: u64 = today.iter().map(|t| t.completed + t.canceled).sum();
+        prop_assert_eq!(created, self.created.len() as u64);
+        prop_assert_eq!(ended, self.created.len() as u64);
         Ok(())
     }
 }

@@ -27,8 +27,10 @@ use serde::{Deserialize, Serialize};
 
 use super::index::{AgentIndex, Standing};
 use super::queue::{Policy, Queue, DEFAULT_QUEUE};
+use super::stats::{Outcome, Tally};
+pub use crate::protocol::AgentCounts;
 use crate::protocol::{
-    Activity, AgentView, ChannelKind, Customer, Id, PerChannel, TaskState, TaskSummary,
+    Activity, AgentView, ChannelKind, Customer, Id, PerChannel, QueueStats, TaskState, TaskSummary,
 };
 
 /// A task waiting for, or held by, an agent: what the router needs to route it
@@ -221,6 +223,9 @@ pub enum RouterEvent {
     },
     Enqueued {
         task: RoutableTask,
+        /// The router clock's time (`Config.clock`), which the statistics
+        /// count by (as in every `clock_at`).
+        clock_at: SystemTime,
     },
     /// A waiting task moved to another queue, or had its skills relaxed.
     Overflowed {
@@ -235,6 +240,7 @@ pub enum RouterEvent {
     },
     Accepted {
         task_id: Id,
+        clock_at: SystemTime,
     },
     /// Offer declined (reject/timeout) or assignment withdrawn: back to the queue.
     Requeued {
@@ -245,14 +251,19 @@ pub enum RouterEvent {
         missed: bool,
         at: SystemTime,
     },
+    /// The conversation ended: wrap-up.
     Wrapping {
         task_id: Id,
+        clock_at: SystemTime,
     },
     /// Completed, canceled, or dropped with its agent: no longer routed. An
-    /// agent who held it is remembered as the customer's last agent.
+    /// agent who held it is remembered as the customer's last agent (from
+    /// `at`, the system time routing runs on).
     Closed {
         task_id: Id,
         at: SystemTime,
+        outcome: Outcome,
+        clock_at: SystemTime,
     },
     AssignedDirect {
         task_id: Id,
@@ -299,6 +310,8 @@ pub struct RouterState {
     last_agents_pruned: usize,
     /// Arrival → first offer, in microseconds.
     pub(super) latency: Histogram<u64>,
+    /// Each queue's day so far (`stats.rs`).
+    pub(super) tally: Tally,
 }
 
 impl Default for RouterState {
@@ -327,6 +340,7 @@ impl RouterState {
             last_agents_pruned: 0,
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .unwrap_or_else(|_| Histogram::new(3).expect("3 significant figures is valid")),
+            tally: Tally::default(),
         }
     }
 
@@ -520,8 +534,9 @@ impl RouterState {
                     self.queues.remove(&id);
                 }
             }
-            RouterEvent::Enqueued { task } => {
+            RouterEvent::Enqueued { task, clock_at } => {
                 self.next_order = self.next_order.max(task.order + 1);
+                self.tally.arrived(&task.task_id, &task.queue, clock_at);
                 self.insert_waiting(task);
             }
             RouterEvent::Overflowed { task_id, to, at } => {
@@ -535,6 +550,7 @@ impl RouterState {
                         None => task.relaxed = true,
                     }
                     task.entered_queue_at = at;
+                    self.tally.moved(&task.task_id, &task.queue);
                     self.insert_waiting(task);
                 }
             }
@@ -553,13 +569,17 @@ impl RouterState {
                 }
                 self.hold(task, agent_id, Hold::Reserved { offer });
             }
-            RouterEvent::Accepted { task_id } => {
-                if let Some(h) = self.held.get_mut(&task_id) {
-                    h.hold = Hold::Assigned;
-                    if let Some(agent) = self.agents.get_mut(&h.agent) {
-                        agent.missed = 0;
-                    }
+            RouterEvent::Accepted { task_id, clock_at } => {
+                let Some(h) = self.held.get_mut(&task_id) else {
+                    return;
+                };
+                h.hold = Hold::Assigned;
+                let queue = h.task.queue.clone();
+                if let Some(agent) = self.agents.get_mut(&h.agent) {
+                    agent.missed = 0;
                 }
+                let target = self.sla_target(&queue);
+                self.tally.accepted(&task_id, clock_at, target);
             }
             RouterEvent::Requeued {
                 task_id,
@@ -583,13 +603,24 @@ impl RouterState {
                     }
                 }
             }
-            RouterEvent::Wrapping { task_id } => {
+            RouterEvent::Wrapping { task_id, clock_at } => {
                 if let Some(h) = self.held.get_mut(&task_id) {
                     h.hold = Hold::Wrapping;
+                    self.tally.ended(&task_id, clock_at);
                 }
             }
-            RouterEvent::Closed { task_id, at } => {
-                self.take_waiting(&task_id);
+            RouterEvent::Closed {
+                task_id,
+                at,
+                outcome,
+                clock_at,
+            } => {
+                let queue = self
+                    .take_waiting(&task_id)
+                    .map(|t| t.queue)
+                    .or_else(|| self.held.get(&task_id).map(|h| h.task.queue.clone()));
+                let target = queue.and_then(|q| self.sla_target(&q));
+                self.tally.closed(&task_id, outcome, clock_at, target);
                 if let Some(h) = self.release(&task_id) {
                     if !matches!(h.hold, Hold::Reserved { .. }) {
                         self.remember_last_agent(&h, at);
@@ -636,6 +667,69 @@ impl RouterState {
                 }
             }
         }
+    }
+
+    fn sla_target(&self, queue: &str) -> Option<Duration> {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.sla.as_ref())
+            .map(|s| s.first_response)
+    }
+
+    /// Every queue's live figures and its day so far, at `now` on the
+    /// router's clock, by queue id.
+    pub fn queue_stats(&self, now: SystemTime) -> Vec<QueueStats> {
+        let mut all: Vec<QueueStats> = self
+            .queue_list()
+            .iter()
+            .map(|q| {
+                let takes = |ch: ChannelKind| q.channels.is_empty() || q.channels.contains(&ch);
+                let mut agents = AgentCounts::default();
+                for a in self.agents.values() {
+                    let serves = |ch: ChannelKind| takes(ch) && a.view.capacity.get(ch) > 0;
+                    if a.has_skills(&q.skills) && ChannelKind::ALL.into_iter().any(serves) {
+                        let free = ChannelKind::ALL
+                            .into_iter()
+                            .any(|ch| serves(ch) && a.free(ch) > 0);
+                        agents.count(&a.view, free);
+                    }
+                }
+                QueueStats {
+                    id: q.id.clone(),
+                    waiting: 0,
+                    longest_wait_ms: 0,
+                    offered: 0,
+                    capacity_in_use: 0,
+                    agents,
+                    today: self.tally.today(&q.id, now),
+                }
+            })
+            .collect();
+        let index: HashMap<String, usize> = all
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.id.clone(), i))
+            .collect();
+        for (bucket, tasks) in &self.waiting {
+            let Some(q) = index.get(&bucket.queue).map(|&i| &mut all[i]) else {
+                continue;
+            };
+            q.waiting += tasks.len();
+            for task in tasks.values() {
+                let arrived = self.tally.arrival(&task.task_id).unwrap_or(now);
+                let waited = now.duration_since(arrived).unwrap_or_default().as_millis() as u64;
+                q.longest_wait_ms = q.longest_wait_ms.max(waited);
+            }
+        }
+        for h in self.held.values() {
+            if let Some(q) = index.get(&h.task.queue).map(|&i| &mut all[i]) {
+                q.capacity_in_use += 1;
+                if matches!(h.hold, Hold::Reserved { .. }) {
+                    q.offered += 1;
+                }
+            }
+        }
+        all
     }
 
     /// Remember who served this customer, for last-agent routing; forget
@@ -885,39 +979,6 @@ impl RouterState {
     }
 }
 
-/// Agents by what they can do now. Every agent is in exactly one of these.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct AgentCounts {
-    /// Connected, available, with free capacity.
-    pub available: usize,
-    /// Connected and available, but full.
-    pub busy: usize,
-    /// Connected, on break.
-    #[serde(rename = "break")]
-    pub on_break: usize,
-    /// Logged out (activity `offline`).
-    pub offline: usize,
-    /// Socket gone, tasks kept for the disconnect grace period.
-    pub disconnected: usize,
-    /// Let `max_missed_offers` offers in a row time out; not eligible.
-    pub not_responding: usize,
-}
-
-impl AgentCounts {
-    /// Count `agent`, as able to take work if `free` (on the channel counted).
-    pub(super) fn count(&mut self, view: &AgentView, free: bool) {
-        let slot = match (view.activity, view.connected) {
-            (Activity::Offline, _) => &mut self.offline,
-            (Activity::NotResponding, _) => &mut self.not_responding,
-            (_, false) => &mut self.disconnected,
-            (Activity::Break, true) => &mut self.on_break,
-            (Activity::Available, true) if free => &mut self.available,
-            (Activity::Available, true) => &mut self.busy,
-        };
-        *slot += 1;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -991,9 +1052,11 @@ mod tests {
         let events = vec![
             RouterEvent::Enqueued {
                 task: task("tk_1", 0),
+                clock_at: SystemTime::UNIX_EPOCH,
             },
             RouterEvent::Enqueued {
                 task: task("tk_2", 1),
+                clock_at: SystemTime::UNIX_EPOCH,
             },
             RouterEvent::Offered {
                 task_id: "tk_1".into(),
@@ -1043,6 +1106,8 @@ mod tests {
         s.apply(RouterEvent::Closed {
             task_id: "tk_1".into(),
             at: t0,
+            outcome: Outcome::Abandoned,
+            clock_at: t0,
         });
         assert_eq!(s.queued.len(), 1);
         assert!(!s.queued.contains_key("tk_1"));
@@ -1055,6 +1120,7 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         s.apply(RouterEvent::Enqueued {
             task: task("tk_1", 0),
+            clock_at: SystemTime::UNIX_EPOCH,
         });
         assert_eq!(
             s.pick(&queued(&s, "tk_1"), t0, COOLDOWN),
@@ -1131,7 +1197,10 @@ mod tests {
         let mut twin = task("twin", 3);
         twin.created_at = t0;
         for t in [twin.clone(), later.clone(), high.clone(), low.clone()] {
-            s.apply(RouterEvent::Enqueued { task: t });
+            s.apply(RouterEvent::Enqueued {
+                task: t,
+                clock_at: SystemTime::UNIX_EPOCH,
+            });
         }
         let order: Vec<String> = s.waiting_in_order().iter().map(|i| i.to_string()).collect();
         assert_eq!(order, ["high", "low", "twin", "later"]);
@@ -1139,7 +1208,10 @@ mod tests {
         // Without aging, priority then arrival.
         let mut s = RouterState::new(0);
         for t in [twin, later, high, low] {
-            s.apply(RouterEvent::Enqueued { task: t });
+            s.apply(RouterEvent::Enqueued {
+                task: t,
+                clock_at: SystemTime::UNIX_EPOCH,
+            });
         }
         let order: Vec<String> = s.waiting_in_order().iter().map(|i| i.to_string()).collect();
         assert_eq!(order, ["high", "later", "low", "twin"]);
@@ -1167,7 +1239,10 @@ mod tests {
         {
             let mut t = task(&format!("tk_{i}"), i as u64);
             t.channel = ch;
-            s.apply(RouterEvent::Enqueued { task: t.clone() });
+            s.apply(RouterEvent::Enqueued {
+                task: t.clone(),
+                clock_at: SystemTime::UNIX_EPOCH,
+            });
             s.route_task(&t.task_id, now, COOLDOWN, &mut next);
         }
         assert_eq!(s.held.len(), 2);
@@ -1211,6 +1286,88 @@ mod tests {
                 disconnected: 1,
                 not_responding: 0,
             }
+        );
+    }
+
+    #[test]
+    fn queue_figures_come_from_the_events_and_a_replay_counts_the_same() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_737_600 + 3_600);
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut billing = Queue::named("billing");
+        billing.sla = Some(super::super::queue::Sla {
+            first_response: Duration::from_secs(60),
+        });
+        let in_billing = |id: &str, order: u64| {
+            let mut t = task(id, order);
+            t.queue = "billing".into();
+            t
+        };
+        let events = vec![
+            RouterEvent::QueueUpserted { queue: billing },
+            RouterEvent::Enqueued {
+                task: in_billing("tk_1", 0),
+                clock_at: at(0),
+            },
+            RouterEvent::Enqueued {
+                task: in_billing("tk_2", 1),
+                clock_at: at(10),
+            },
+            RouterEvent::Offered {
+                task_id: "tk_1".into(),
+                agent_id: "ann".into(),
+                offer: 1,
+            },
+            RouterEvent::Accepted {
+                task_id: "tk_1".into(),
+                clock_at: at(45),
+            },
+            RouterEvent::Wrapping {
+                task_id: "tk_1".into(),
+                clock_at: at(105),
+            },
+            RouterEvent::Closed {
+                task_id: "tk_1".into(),
+                at: at(115),
+                outcome: Outcome::Completed,
+                clock_at: at(115),
+            },
+            RouterEvent::Closed {
+                task_id: "tk_2".into(),
+                at: at(100),
+                outcome: Outcome::Abandoned,
+                clock_at: at(100),
+            },
+        ];
+        let mut s = with_agents(&["ann"]);
+        let mut replayed = with_agents(&["ann"]);
+        for (i, ev) in events.into_iter().enumerate() {
+            let bytes = crate::codec::encode(&ev).unwrap();
+            replayed.apply(crate::codec::decode(&bytes).unwrap());
+            s.apply(ev);
+            if i == 3 {
+                // tk_1 on offer, tk_2 waiting since 10 s.
+                let q = s.queue_stats(at(40));
+                assert_eq!(q[0].id, "billing");
+                assert_eq!((q[0].waiting, q[0].longest_wait_ms), (1, 30_000));
+                assert_eq!((q[0].offered, q[0].capacity_in_use), (1, 1));
+                assert_eq!(q[0].agents.busy, 1);
+            }
+        }
+        let stats = s.queue_stats(at(120));
+        assert_eq!(stats, replayed.queue_stats(at(120)));
+        let today = &stats[0].today;
+        assert_eq!((today.created, today.completed), (2, 1));
+        assert_eq!((today.canceled, today.abandoned), (1, 1));
+        assert_eq!(today.avg_wait_ms, Some(45_000));
+        assert_eq!(today.avg_handle_ms, Some(60_000));
+        assert_eq!(today.avg_wrapup_ms, Some(10_000));
+        // Met once; the task abandoned after 90 s missed.
+        assert_eq!(today.sla_met_pct, Some(50.0));
+        assert_eq!(stats[0].agents.available, 1);
+        // `default` serves every channel: Ann counts there too.
+        assert_eq!(
+            (stats[1].id.as_str(), stats[1].agents.available),
+            ("default", 1)
         );
     }
 }

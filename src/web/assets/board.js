@@ -3,7 +3,10 @@
 // takes a snapshot of the open tasks (GET /v1/tasks) and then applies the
 // task.state frames; agent.state frames keep the agent list current. Figures
 // come from GET /v1/stats and GET /v1/agents (admin bearer), polled and
-// fetched again shortly after every event.
+// fetched again shortly after every event. The per-queue tiles start from
+// /v1/stats (`queues`, fetched again on every (re)connect) and follow the
+// `stats` frames the broker pushes when they change (at most once a second);
+// each tile's longest wait ticks between them.
 'use strict';
 
 (function () {
@@ -29,6 +32,9 @@
     socket: null,
     stats: null,
     statsAt: 0,
+    /** Per-queue figures (`queues` of /v1/stats or of a `stats` frame) and when they arrived (local ms). */
+    queues: null,
+    queuesAt: 0,
     agents: new Map(),
     /** task id -> task summary (as GET /v1/tasks) plus waitingMs and finishedAt (local ms, 0 while open). */
     tasks: new Map(),
@@ -86,6 +92,8 @@
     B.buffer = null;
     B.tasks.clear();
     B.rows.clear();
+    B.queues = null;
+    renderQueues();
     B.tasksApi = null;
     B.everConnected = false;
     $('#admin-token').value = '';
@@ -135,6 +143,7 @@
       if (!B.token) return;
       B.stats = stats;
       B.statsAt = Date.now();
+      if (Array.isArray(stats.queues)) setQueues(stats.queues);
       B.agents = new Map(agents.map((a) => [a.id, a]));
       $('#updated').textContent = 'Updated ' + new Date().toLocaleTimeString();
       render();
@@ -278,8 +287,16 @@
     else if (now - B.driftSince >= DRIFT_MS && now - B.lastSnapshot >= DRIFT_MS) snapshot();
   }
 
+  function setQueues(queues) {
+    B.queues = queues;
+    B.queuesAt = Date.now();
+    renderQueues();
+  }
+
   function onEvent(msg) {
-    if (msg.type === 'agent.state' && msg.agent) {
+    if (msg.type === 'stats' && Array.isArray(msg.queues)) {
+      setQueues(msg.queues);
+    } else if (msg.type === 'agent.state' && msg.agent) {
       const old = B.agents.get(msg.agent.id);
       B.agents.set(msg.agent.id, Object.assign({}, old || {}, msg.agent));
       renderAgents();
@@ -374,6 +391,39 @@
       h('span', { class: 'pill ' + state, text: humanize(state) + ' ' + (s.tasks[state] || 0) })));
   }
 
+  /** A tile per queue: waiting, longest wait (ticking), SLA today, agents available and busy. */
+  function renderQueues() {
+    const box = $('#queue-tiles');
+    const queues = B.queues || [];
+    box.hidden = !queues.length;
+    box.replaceChildren(...queues.map((q) => {
+      const agents = q.agents || {};
+      const today = q.today || {};
+      const sla = today.sla_met_pct === null || today.sla_met_pct === undefined ? '—' : today.sla_met_pct + '%';
+      return h('div', { class: 'tile queue-tile', dataset: { queue: q.id } },
+        h('div', { class: 'label', text: q.id }),
+        h('div', { class: 'value', dataset: { figure: 'waiting' }, text: String(q.waiting) }),
+        h('div', { class: 'detail' }, 'waiting · longest ',
+          h('span', { class: 'longest', dataset: { figure: 'longest' }, text: '' })),
+        h('div', { class: 'detail' }, 'SLA ', h('span', { dataset: { figure: 'sla' }, text: sla }),
+          ' · ', h('span', { dataset: { figure: 'available' }, text: String(agents.available || 0) }), ' available · ',
+          h('span', { dataset: { figure: 'busy' }, text: String(agents.busy || 0) }), ' busy'));
+    }));
+    tickQueues();
+  }
+
+  /** Longest waits go on ticking between frames, from the figure and its age. */
+  function tickQueues() {
+    const since = Date.now() - B.queuesAt;
+    for (const q of B.queues || []) {
+      const tile = document.querySelector('#queue-tiles [data-queue="' + CSS.escape(q.id) + '"]');
+      if (!tile) continue;
+      const wait = q.waiting > 0 ? q.longest_wait_ms + since : 0;
+      tile.querySelector('.longest').textContent = duration(wait);
+      tile.classList.toggle('alert', q.waiting > 0);
+    }
+  }
+
   function tickWait() {
     const s = B.stats;
     if (!s) return;
@@ -458,7 +508,7 @@
   function rowFor(t) {
     const who = customerLabel(t);
     const agent = agentLabel(t);
-    const key = JSON.stringify([t.state, agent, who.name, who.address, t.channel, t.waitingMs, !!t.finishedAt]);
+    const key = JSON.stringify([t.state, agent, who.name, who.address, t.channel, t.queue, t.waitingMs, !!t.finishedAt]);
     const old = B.rows.get(t.id);
     if (old && old.dataset.key === key) return old;
     const wait = h('td', { class: 'num wait' });
@@ -471,6 +521,7 @@
       h('td', { class: 'customer' }, h('strong', { text: who.name }),
         who.address ? h('span', { class: 'muted address', text: who.address }) : null),
       h('td', { class: 'small-channel' }, channelIcon(t.channel)),
+      h('td', { class: 'task-queue', text: t.queue || '—' }),
       h('td', {}, h('span', { class: 'pill ' + t.state, text: humanize(t.state) })),
       h('td', { class: 'agent', text: agent }),
       wait);
@@ -497,7 +548,7 @@
       B.rows.clear();
       const text = !B.token || B.tasksApi === null ? 'Loading…'
         : B.tasksApi ? 'No open tasks.' : 'No task activity since this board opened.';
-      body.replaceChildren(h('tr', { class: 'empty-row' }, h('td', { colspan: '5', text })));
+      body.replaceChildren(h('tr', { class: 'empty-row' }, h('td', { colspan: '6', text })));
       return;
     }
     const shown = list.slice(0, MAX_ROWS);
@@ -508,7 +559,7 @@
     }
     if (list.length > shown.length) {
       rows.push(h('tr', { class: 'empty-row more-row' },
-        h('td', { colspan: '5', text: 'and ' + (list.length - shown.length) + ' more' })));
+        h('td', { colspan: '6', text: 'and ' + (list.length - shown.length) + ' more' })));
     }
     const current = body.children;
     if (current.length !== rows.length || rows.some((tr, i) => current[i] !== tr)) body.replaceChildren(...rows);
@@ -516,6 +567,7 @@
 
   function tick() {
     tickWait();
+    tickQueues();
     const now = serverNow();
     for (const el of document.querySelectorAll('#tasks td.wait[data-since]')) {
       el.textContent = duration(now - Number(el.dataset.since));
