@@ -958,22 +958,10 @@ async fn measure(
         requested,
         args.agents as u64
     ));
-    let problem = if ended_early {
-        Some("the load ended before the window did (see the errors)".to_string())
-    } else if w.running_at_start < concurrency {
-        Some(format!(
-            "{} of {concurrency} conversations were running when the window began: lengthen --warmup or raise --ramp",
-            w.running_at_start
-        ))
-    } else if w.round_trips == 0 {
-        Some("no round trip in the window".into())
-    } else if w.target.is_none() {
-        Some(format!("pid {}'s CPU time could not be read", started.pid))
-    } else if run["complete"] != true {
-        Some("not every conversation completed cleanly (see the errors)".into())
-    } else {
-        None
-    };
+    let problem = window_problem(ended_early, &w, concurrency, started.pid).or_else(|| {
+        (run["complete"] != true)
+            .then(|| "not every conversation completed cleanly (see the errors)".to_string())
+    });
     let mut out = json!({
         "target": kind.name(),
         "label": label(kind),
@@ -990,6 +978,26 @@ async fn measure(
         );
     }
     Ok(out)
+}
+
+/// What makes a target's window unusable, if anything: the load ended
+/// early, not every conversation was running, no round trip, or the
+/// target's CPU time unreadable.
+fn window_problem(ended_early: bool, w: &Window, concurrency: u64, pid: u32) -> Option<String> {
+    if ended_early {
+        Some("the load ended before the window did (see the errors)".to_string())
+    } else if w.running_at_start < concurrency {
+        Some(format!(
+            "{} of {concurrency} conversations were running when the window began: lengthen --warmup or raise --ramp",
+            w.running_at_start
+        ))
+    } else if w.round_trips == 0 {
+        Some("no round trip in the window".into())
+    } else if w.target.is_none() {
+        Some(format!("pid {pid}'s CPU time could not be read"))
+    } else {
+        None
+    }
 }
 
 /// Loads the lean echo relay with its own probe ([`echo::drive`]): the same
@@ -1024,22 +1032,8 @@ async fn measure_echo(
         .map_err(|e| format!("echo: the probe failed: {e}"))?;
     let w = window(&a, &b, target_cpus, harness_cpus);
     let errors = probe.errors.load(std::sync::atomic::Ordering::Relaxed);
-    let problem = if ended_early {
-        Some("the probe ended before the window did (see the errors)".to_string())
-    } else if w.running_at_start < concurrency {
-        Some(format!(
-            "{} of {concurrency} conversations were running when the window began: lengthen --warmup or raise --ramp",
-            w.running_at_start
-        ))
-    } else if w.round_trips == 0 {
-        Some("no round trip in the window".into())
-    } else if w.target.is_none() {
-        Some(format!("pid {}'s CPU time could not be read", started.pid))
-    } else if errors > 0 {
-        Some(format!("{errors} probe errors (see the log)"))
-    } else {
-        None
-    };
+    let problem = window_problem(ended_early, &w, concurrency, started.pid)
+        .or_else(|| (errors > 0).then(|| format!("{errors} probe errors (see the log)")));
     let mut out = json!({
         "target": Kind::Echo.name(),
         "label": label(Kind::Echo),

@@ -145,6 +145,29 @@ pub async fn start(port: u16, capacity: u32) -> Result<Relay, String> {
     Ok(Relay { addr, task })
 }
 
+/// A socket's writer: each frame queued for it, whatever else is queued at
+/// the time written with it in one flush; the socket closed when the queue
+/// ends. Shared by the relays.
+pub async fn write_batched<S>(mut sink: S, mut rx: mpsc::UnboundedReceiver<Message>)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    while let Some(m) = rx.recv().await {
+        if sink.feed(m).await.is_err() {
+            return;
+        }
+        while let Ok(m) = rx.try_recv() {
+            if sink.feed(m).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
 /// `--serve-relay`: the relay as a process of its own (the per-core mode
 /// pins it to the targets' core). Prints `listening <port>`, then serves
 /// until its stdin closes.
@@ -191,25 +214,9 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
     } else {
         Who::Customer
     };
-    let (mut sink, mut source) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.feed(m).await.is_err() {
-                return;
-            }
-            // Batch whatever else is queued before flushing.
-            while let Ok(m) = rx.try_recv() {
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut source) = ws.split();
+    let (tx, rx) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(write_batched(sink, rx));
     // The customer's conversation, once the first message opened one.
     let mut conv_id: Option<String> = None;
     match &who {

@@ -103,7 +103,7 @@ pub async fn screen(
             done: false,
         };
     };
-    if let Err(e) = write_all(&io, &answer).await {
+    if let Err(e) = crate::http::upgrade::write_all(&io, &answer).await {
         tracing::debug!(error = %e, "refusal not sent");
     }
     let _ = socket2::SockRef::from(&io).shutdown(std::net::Shutdown::Write);
@@ -175,19 +175,6 @@ fn response(e: &ApiError) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
-}
-
-async fn write_all(io: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        io.writable().await?;
-        match io.try_write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 impl AsyncRead for Prefixed {

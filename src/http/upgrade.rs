@@ -239,7 +239,9 @@ impl Drop for Pump {
     }
 }
 
-async fn write_all(io: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+/// Write all of `buf` to a socket that is not split (readiness, then
+/// `try_write`), as the request-line screen and the upgrade both need.
+pub(crate) async fn write_all(io: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         io.writable().await?;
         match io.try_write(buf) {
