@@ -44,27 +44,6 @@ async fn agent_with(h: &Harness, id: &str, skills: &[&str]) -> Agent {
     }
 }
 
-/// A customer of `queue` who has written once.
-async fn customer_in(h: &Harness, name: &str, queue: &str) -> Ws {
-    let r = h
-        .request(
-            Method::POST,
-            "/v1/webchat/sessions",
-            None,
-            Some(&json!({"name": name, "queue": queue})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "session in {queue}: {}", r.text);
-    let session = Session {
-        id: s(&r.body["session_id"]),
-        token: s(&r.body["token"]),
-        name: name.into(),
-    };
-    let (mut ws, _) = h.connect_customer(&session).await;
-    ws.say(&format!("hello from {name}")).await;
-    ws
-}
-
 /// `GET /v1/stats`'s queues by id. The router answers it after every
 /// message already in its mailbox, so it also makes sure those were counted
 /// before the test moves the clock.
@@ -116,20 +95,20 @@ async fn per_queue_stats_equal_what_a_scripted_day_produced() {
     let mut b = h.agent_online(&bob).await;
 
     // 0 s: a billing task, accepted 30 s later (within the 60 s target).
-    let _c1 = customer_in(&h, "C1", "billing").await;
+    let _c1 = customer_in(&h, "C1", "billing").await.1;
     let offer1 = a.offer().await;
     at(30);
     a.accept(&s(&offer1["task"]["id"])).await;
 
     // 30 s: a sales task, accepted 90 s later (past the target).
-    let _c2 = customer_in(&h, "C2", "sales").await;
+    let _c2 = customer_in(&h, "C2", "sales").await.1;
     let offer2 = b.offer().await;
     at(120);
     b.accept(&s(&offer2["task"]["id"])).await;
 
     // 120 s: a billing task that waits (Alice is full), 10 s later still
     // waiting, then its customer leaves: abandoned before the target.
-    let mut c3 = customer_in(&h, "C3", "billing").await;
+    let mut c3 = customer_in(&h, "C3", "billing").await.1;
     wait_queue(&h, "billing", "C3 waiting", |q| q["waiting"] == 1).await;
     at(130);
     let billing = queues(&h).await["billing"].clone();
@@ -237,8 +216,8 @@ async fn the_supervisor_stream_gets_stats_at_most_once_a_second_with_the_latest_
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Two changes well within a second.
-    let _c1 = customer_in(&h, "C1", "default").await;
-    let _c2 = customer_in(&h, "C2", "default").await;
+    let _c1 = customer_in(&h, "C1", "default").await.1;
+    let _c2 = customer_in(&h, "C2", "default").await.1;
 
     let waiting = |v: &Value| {
         v["queues"]

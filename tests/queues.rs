@@ -34,31 +34,6 @@ async fn create_queue(h: &Harness, body: Value) -> Value {
     r.body
 }
 
-async fn session_in(h: &Harness, name: &str, queue: &str) -> Resp {
-    h.request(
-        Method::POST,
-        "/v1/webchat/sessions",
-        None,
-        Some(&json!({"name": name, "queue": queue})),
-    )
-    .await
-}
-
-/// A customer of `queue` who has written once: the session, its socket and
-/// the conversation id.
-async fn customer_in(h: &Harness, name: &str, queue: &str) -> (Session, Ws, String) {
-    let r = session_in(h, name, queue).await;
-    assert_eq!(r.status, 201, "session in {queue}: {}", r.text);
-    let session = Session {
-        id: s(&r.body["session_id"]),
-        token: s(&r.body["token"]),
-        name: name.into(),
-    };
-    let (mut ws, _) = h.connect_customer(&session).await;
-    let ack = ws.say(&format!("hello from {name}")).await;
-    (session, ws, s(&ack["conversation_id"]))
-}
-
 async fn agent_with(h: &Harness, id: &str, capacity: Value, skills: &[&str]) -> Agent {
     let r = admin(
         h,

@@ -172,23 +172,11 @@ impl Window {
     /// How busy the target's core was with the target and the softirq
     /// thread serving it (% of one core).
     fn target_core_busy(&self) -> Option<f64> {
-        let t = self.target?.core_percent()?;
-        Some(
-            t + self
-                .target_softirq
-                .and_then(|s| s.core_percent())
-                .unwrap_or(0.0),
-        )
+        busy_with_softirq(self.target, self.target_softirq)
     }
 
     fn harness_core_busy(&self) -> Option<f64> {
-        let h = self.harness?.core_percent()?;
-        Some(
-            h + self
-                .harness_softirq
-                .and_then(|s| s.core_percent())
-                .unwrap_or(0.0),
-        )
+        busy_with_softirq(self.harness, self.harness_softirq)
     }
 
     /// Whether other work on the machine took a noticeable part of the
@@ -978,6 +966,12 @@ async fn measure(
         );
     }
     Ok(out)
+}
+
+/// A process's CPU over the window and its CPUs' softirq thread's, as % of
+/// one core (None: the process's was not read).
+fn busy_with_softirq(own: Option<Spent>, softirq: Option<Spent>) -> Option<f64> {
+    Some(own?.core_percent()? + softirq.and_then(|s| s.core_percent()).unwrap_or(0.0))
 }
 
 /// What makes a target's window unusable, if anything: the load ended

@@ -836,6 +836,44 @@ pub async fn probed<T>(h: &Harness, during: &str, attack: impl Future<Output = T
     out
 }
 
+/// `POST /v1/webchat/sessions` for a customer of `queue`, as it answered.
+pub async fn session_in(h: &Harness, name: &str, queue: &str) -> Resp {
+    h.request(
+        reqwest::Method::POST,
+        "/v1/webchat/sessions",
+        None,
+        Some(&json!({"name": name, "queue": queue})),
+    )
+    .await
+}
+
+/// A customer of `queue` who has written once: the session, its socket and
+/// the conversation id.
+pub async fn customer_in(h: &Harness, name: &str, queue: &str) -> (Session, Ws, String) {
+    let r = session_in(h, name, queue).await;
+    assert_eq!(r.status, 201, "session in {queue}: {}", r.text);
+    let session = Session {
+        id: s(&r.body["session_id"]),
+        token: s(&r.body["token"]),
+        name: name.into(),
+    };
+    let (mut ws, _) = h.connect_customer(&session).await;
+    let ack = ws.say(&format!("hello from {name}")).await;
+    (session, ws, s(&ack["conversation_id"]))
+}
+
+/// The rest of a normal conversation once `desk` holds `task`: a reply
+/// each way, ended and wrapped up.
+async fn reply_end_complete(desk: &mut Ws, customer: &mut Ws, conversation: &str, task: &str) {
+    desk.agent_send(conversation, "Happy to help", &next_ref("a"))
+        .await;
+    customer.recv_message_text("Happy to help").await;
+    customer.say("Thanks!").await;
+    desk.recv_message_text("Thanks!").await;
+    desk.end(conversation).await;
+    desk.complete(task, "resolved", "").await;
+}
+
 /// A normal customer's whole conversation with `desk`, from 127.0.0.1:
 /// greeting, offer taken, a reply each way, ended and wrapped up.
 pub async fn life_cycle(h: &Harness, desk: &mut Ws, name: &str) {
@@ -848,13 +886,7 @@ pub async fn life_cycle(h: &Harness, desk: &mut Ws, name: &str) {
         .to_owned();
     let (offer, _assigned) = desk.take_offer().await;
     let task = offer["task"]["id"].as_str().expect("task id").to_owned();
-    desk.agent_send(&conversation, "Happy to help", &next_ref("a"))
-        .await;
-    customer.recv_message_text("Happy to help").await;
-    customer.say("Thanks!").await;
-    desk.recv_message_text("Thanks!").await;
-    desk.end(&conversation).await;
-    desk.complete(&task, "resolved", "").await;
+    reply_end_complete(desk, &mut customer, &conversation, &task).await;
 }
 
 /// The skill that routes [`life_cycle_on_own_desk`]'s customer to its desk.
@@ -882,13 +914,7 @@ pub async fn life_cycle_on_own_desk(h: &Harness, during: &str) {
     let task = s(&offer["task"]["id"]);
     desk.accept(&task).await;
     desk.set_activity("break").await;
-    desk.agent_send(&conversation, "Happy to help", &next_ref("a"))
-        .await;
-    customer.recv_message_text("Happy to help").await;
-    customer.say("Thanks!").await;
-    desk.recv_message_text("Thanks!").await;
-    desk.end(&conversation).await;
-    desk.complete(&task, "resolved", "").await;
+    reply_end_complete(&mut desk, &mut customer, &conversation, &task).await;
 }
 
 /// What an attack test checks around its attack: memory read before it,
