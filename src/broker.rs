@@ -131,6 +131,9 @@ pub struct Registry<W: Wiring> {
     pub supervisor: Addr<W::Supervisor>,
     /// Pooled HTTP client for provider APIs and media (timeouts set).
     pub http: reqwest::Client,
+    /// Event webhook endpoints: actors [`emit`](crate::webhooks::Webhooks::emit)
+    /// their task, agent and conversation events here.
+    pub webhooks: crate::webhooks::Webhooks,
     /// Key of signed attachment links (random per process: links die with it,
     /// as do the files).
     pub link_key: [u8; 32],
@@ -160,6 +163,7 @@ pub struct RegistryParts<W: Wiring> {
     pub channels: W::Channels,
     pub supervisor: Addr<W::Supervisor>,
     pub http: reqwest::Client,
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 impl<W: Wiring> Registry<W> {
@@ -177,6 +181,7 @@ impl<W: Wiring> Registry<W> {
             channels: parts.channels,
             supervisor: parts.supervisor,
             http: parts.http,
+            webhooks: parts.webhooks,
             link_key: rand::random(),
             agents: DashMap::default(),
             agent_tokens: DashMap::new(),

@@ -70,6 +70,32 @@ pub struct Route {
     pub queue: String,
 }
 
+/// An event webhook endpoint (`[[webhooks]]`, `docs/webhooks.md`): where
+/// events are POSTed, the key they are signed with, and which types it hears
+/// (names or `prefix.*` globs; empty or absent: every type).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpoint {
+    pub url: String,
+    pub secret: String,
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// The secret stays out of logs and panics.
+impl std::fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("url", &self.url)
+            .field("secret", &"…")
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+/// The shortest webhook secret accepted: as long as the other signing keys.
+pub const MIN_WEBHOOK_SECRET: usize = 32;
+
 /// Everything the broker can be tuned with. Public fields so tests and embedders
 /// can build one directly.
 #[derive(Clone, Debug, PartialEq)]
@@ -195,6 +221,18 @@ pub struct Config {
     pub queues: Vec<Queue>,
     /// Provider inbound → queue by business address.
     pub routes: Vec<Route>,
+    /// Event webhook endpoints.
+    pub webhooks: Vec<WebhookEndpoint>,
+    /// One webhook request's deadline.
+    pub webhook_timeout: Duration,
+    /// First webhook retry delay; doubles each time, with jitter.
+    pub webhook_backoff: Duration,
+    /// How long after an event its delivery is retried before it is given up.
+    pub webhook_retry_for: Duration,
+    /// Events queued (in flight included) per webhook endpoint; more are dropped.
+    pub webhook_queue: usize,
+    /// Deliveries in flight at once per webhook endpoint (one per lane).
+    pub webhook_in_flight: usize,
     /// Points of priority a waiting task gains per minute.
     pub aging: u32,
     /// Offers in a row an agent may let time out before it is set
@@ -324,6 +362,12 @@ impl Default for Config {
             agents: Vec::new(),
             queues: Vec::new(),
             routes: Vec::new(),
+            webhooks: Vec::new(),
+            webhook_timeout: Duration::from_secs(10),
+            webhook_backoff: Duration::from_secs(1),
+            webhook_retry_for: Duration::from_secs(3600),
+            webhook_queue: 10_000,
+            webhook_in_flight: 4,
             aging: 1,
             max_missed_offers: 3,
             clock: Clock::system(),
@@ -630,7 +674,56 @@ impl Config {
             ));
         }
         self.validate_agents()?;
+        self.validate_webhooks()?;
         self.validate_queues()
+    }
+
+    /// `[[webhooks]]`: an http(s) URL with a host, a secret long enough to
+    /// sign with, event names or globs that name known types; and settings
+    /// that let a delivery happen at all.
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        if self.webhook_timeout.is_zero() {
+            return Err(ConfigError("webhook_timeout: must be more than 0".into()));
+        }
+        if self.webhook_backoff.is_zero() {
+            return Err(ConfigError("webhook_backoff: must be more than 0".into()));
+        }
+        if self.webhook_queue == 0 {
+            return Err(ConfigError("webhook_queue: must be at least 1".into()));
+        }
+        if !(1..=64).contains(&self.webhook_in_flight) {
+            return Err(ConfigError("webhook_in_flight: must be 1-64".into()));
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            let url = hook.url.as_str();
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            let host = rest
+                .map(|r| r.split(['/', '?', '#']).next().unwrap_or_default())
+                .unwrap_or_default();
+            let parses = reqwest::Url::parse(url).is_ok_and(|u| u.host_str().is_some());
+            if rest.is_none() || host.is_empty() || !parses {
+                return Err(ConfigError(format!(
+                    "webhooks[{i}].url: {url:?} is not an http:// or https:// URL with a host"
+                )));
+            }
+            if url.contains('#') {
+                return Err(ConfigError(format!(
+                    "webhooks[{i}].url: {url:?} has a #fragment, which is never sent; remove it"
+                )));
+            }
+            let len = hook.secret.chars().count();
+            if len < MIN_WEBHOOK_SECRET {
+                return Err(ConfigError(format!(
+                    "webhooks[{i}].secret: must be at least {MIN_WEBHOOK_SECRET} characters \
+                     (this one has {len}); set a long random one (e.g. `openssl rand -hex 24`)"
+                )));
+            }
+            crate::webhooks::EventFilter::parse(&hook.events)
+                .map_err(|e| ConfigError(format!("webhooks[{i}].events: {e}")))?;
+        }
+        Ok(())
     }
 
     /// `[[queues]]` as `POST /v1/queues` would check them (ids unique,
@@ -1145,6 +1238,25 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_SIM_SEED")]
     pub sim_seed: Option<u64>,
 
+    /// Deadline of one event webhook request.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub webhook_timeout: Option<Duration>,
+    /// First event webhook retry delay (doubles each retry, with jitter).
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_BACKOFF", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub webhook_backoff: Option<Duration>,
+    /// How long after an event its webhook delivery is retried.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_RETRY_FOR", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub webhook_retry_for: Option<Duration>,
+    /// Events queued per webhook endpoint before new ones are dropped.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_QUEUE")]
+    pub webhook_queue: Option<usize>,
+    /// Webhook deliveries in flight at once per endpoint.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_IN_FLIGHT")]
+    pub webhook_in_flight: Option<usize>,
+
     /// Points of priority a waiting task gains per minute waited.
     #[arg(long, env = "SWITCHBOARD_AGING")]
     pub aging: Option<u32>,
@@ -1164,6 +1276,10 @@ pub struct Args {
     #[arg(skip)]
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Event webhook endpoints: `[[webhooks]]` tables, in the file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub webhooks: Vec<WebhookEndpoint>,
 }
 
 impl Args {
@@ -1275,6 +1391,11 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "sim_seed" => value(c.sim_seed.to_string()),
         "aging" => value(c.aging.to_string()),
         "max_missed_offers" => value(c.max_missed_offers.to_string()),
+        "webhook_timeout" => duration(c.webhook_timeout),
+        "webhook_backoff" => duration(c.webhook_backoff),
+        "webhook_retry_for" => duration(c.webhook_retry_for),
+        "webhook_queue" => value(c.webhook_queue.to_string()),
+        "webhook_in_flight" => value(c.webhook_in_flight.to_string()),
         _ => None,
     }
 }
@@ -1332,6 +1453,9 @@ impl Args {
         if !self.routes.is_empty() {
             cfg.routes = self.routes;
         }
+        if !self.webhooks.is_empty() {
+            cfg.webhooks = self.webhooks;
+        }
         if let Some(List(v)) = self.dispositions {
             cfg.dispositions = v;
         }
@@ -1359,7 +1483,8 @@ impl Args {
             messaging_window, provider_timeout, provider_retries, provider_backoff,
             provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,
             attachment_link_ttl, sim_agents, sim_capacity, sim_accept_delay, sim_reply_delay,
-            sim_wrapup_delay, sim_replies, sim_disposition, sim_seed, aging, max_missed_offers;
+            sim_wrapup_delay, sim_replies, sim_disposition, sim_seed, aging, max_missed_offers,
+            webhook_timeout, webhook_backoff, webhook_retry_for, webhook_queue, webhook_in_flight;
             admin_token, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token,

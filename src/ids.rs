@@ -65,6 +65,11 @@ impl IdGen {
     pub fn webchat_session(&self) -> Id {
         random_id("wc_").into()
     }
+
+    /// A webhook event's id: the same on every attempt, new for every event.
+    pub fn webhook_event(&self) -> String {
+        random_id("evt_")
+    }
 }
 
 /// A fresh secret: 128 random bits as 32 hex characters.

@@ -27,6 +27,7 @@ pub mod shards;
 pub mod sim;
 pub mod supervisor;
 pub mod web;
+pub mod webhooks;
 pub mod wiring;
 pub mod ws;
 

@@ -50,6 +50,7 @@ use crate::protocol::ChannelKind;
 use crate::router::Router;
 use crate::shards::{mailbox, Mailbox};
 use crate::supervisor::{Attach, SupervisorHub};
+use crate::webhooks::Webhooks;
 use crate::wiring::{Broker, BrokerParts};
 
 /// A broker bound and running, with what a client needs to reach it.
@@ -499,6 +500,10 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         to_start.push((shared, mailboxes));
     }
     channels.budgets = budgets;
+    // Webhook deliveries on an arbiter of their own (only when configured):
+    // a slow receiver's requests and retries never run on an actor's thread.
+    let webhook_arbiter = (!config.webhooks.is_empty()).then(&mut arbiter);
+    let webhooks = Webhooks::start(&config, webhook_arbiter.as_ref())?;
     let broker = Broker::new(BrokerParts {
         config: config.clone(),
         admin_token: admin_token.clone(),
@@ -506,6 +511,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         channels,
         supervisor: supervisor.clone(),
         http: http.clone(),
+        webhooks,
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
     run_router(Router::with_queues(broker.clone()));

@@ -14,6 +14,8 @@ use actix::prelude::*;
 use super::{Conversation, ConversationEvent};
 use crate::agent::AgentFrameKind;
 use crate::protocol::{Author, DeliveryStatus, Event};
+use crate::webhooks::payload::StatusData;
+use crate::webhooks::EventKind;
 
 /// A provider reported a new delivery status for one of the agent's messages.
 #[derive(Message)]
@@ -81,6 +83,14 @@ impl Conversation {
         }
         let message_id = self.state.messages[(seq - 1) as usize].id.clone();
         self.apply(ConversationEvent::StatusChanged { seq, status });
+        self.hook(EventKind::MessageStatus, || StatusData {
+            conversation_id: &self.state.id,
+            task_id: &self.state.task_id,
+            message_id: &message_id,
+            seq,
+            status,
+            error: error.as_deref(),
+        });
         if let Some(agent) = &self.agent {
             let f = Event::MessageStatus {
                 conversation_id: self.state.id.clone(),

@@ -25,7 +25,9 @@
 //!
 //! It sends `ToCustomer` to its channel, `ToAgent` to its agent, and to the
 //! router `EnqueueTask` or `BindOutbound` (as it opens), `TaskWrapping` and
-//! `TaskClosed`; supervisors get `task.state` on every move of the task.
+//! `TaskClosed`; supervisors get `task.state` on every move of the task, and
+//! webhook endpoints the `task.*`, `message.*` and `conversation.ended`
+//! events (`Conversation::hook`, from `apply` and the routing handlers).
 //!
 //! This file is the actor itself: opening, the first act, and what every
 //! counterpart's handlers share — applying and publishing, frames, the sends to
@@ -43,7 +45,7 @@ pub use agent::{AgentComplete, AgentEnd, AgentSend, AgentTyping, Resync};
 pub use customer::{CustomerAbandoned, CustomerLeft, CustomerMessage, CustomerTyping, SendHistory};
 pub use delivery::{DeliveryUpdate, ReadUpTo};
 pub use queries::{ConversationSnapshot, GetMessages, GetSnapshot, TaskRef};
-pub use routing::{Assign, Requeued, Reserve, RouterCancel, RouterNotice};
+pub use routing::{Assign, RequeueCause, Requeued, Reserve, RouterCancel, RouterNotice};
 pub use state::{ConversationEvent, ConversationState};
 
 use std::borrow::Cow;
@@ -63,6 +65,8 @@ use crate::protocol::{
     TaskState,
 };
 use crate::router::{BindOutbound, EnqueueTask, Outcome, RescindReason, TaskClosed, TaskWrapping};
+use crate::webhooks::payload::{EndedData, MessageData, TaskData};
+use crate::webhooks::EventKind;
 use crate::wiring::Broker;
 
 /// Check a message's text and attachments against the limits and the channel's
@@ -219,11 +223,73 @@ impl Conversation {
 
     fn apply(&mut self, event: ConversationEvent) {
         let before = self.state.task_state;
+        let was_ended = self.state.ended();
+        let appended = matches!(event, ConversationEvent::MessageAppended(_));
         self.state.apply(event);
         let after = self.state.task_state;
         if before != after {
             self.broker.metrics.task_moved(Some(before), after);
             self.publish_task_state();
+            self.hook_task_moved(after);
+        }
+        if appended {
+            self.hook(EventKind::MessageCreated, || {
+                let state = &self.state;
+                MessageData {
+                    conversation_id: &state.id,
+                    task_id: &state.task_id,
+                    channel: state.channel,
+                    message: &state.messages[state.messages.len() - 1],
+                }
+            });
+        }
+        if !was_ended && self.state.ended() {
+            self.hook(EventKind::ConversationEnded, || EndedData {
+                conversation_id: &self.state.id,
+                task_id: &self.state.task_id,
+                channel: self.state.channel,
+                agent_id: self.state.agent_id.as_ref(),
+                ended_at: self.state.ended_at,
+            });
+        }
+    }
+
+    /// Hand a webhook event of this conversation to the endpoints that want
+    /// it (nothing is built when none does). Keyed by the conversation: its
+    /// events reach each endpoint in the order they are emitted here.
+    fn hook<D: serde::Serialize>(&self, kind: EventKind, data: impl FnOnce() -> D) {
+        self.broker.webhooks.emit(kind, &self.state.id, data);
+    }
+
+    /// A `task.*` webhook event: the task as it stands, and what `detail`
+    /// adds.
+    fn hook_task<'a>(&self, kind: EventKind, detail: impl FnOnce(&mut TaskData<'a>)) {
+        self.hook(kind, || {
+            let mut data = TaskData::new(self.state.task_summary());
+            detail(&mut data);
+            data
+        });
+    }
+
+    /// The `task.*` webhook event of a move into `state` that says all it
+    /// needs by itself. Offers and requeues are told by their handlers, which
+    /// know the offer's deadline and why the task came back.
+    fn hook_task_moved(&self, state: TaskState) {
+        let agent_id = self.state.agent_id.as_deref();
+        match state {
+            TaskState::Assigned => {
+                self.hook_task(EventKind::TaskAccepted, |d| d.agent_id = agent_id)
+            }
+            TaskState::Wrapping => {
+                self.hook_task(EventKind::TaskWrapping, |d| d.agent_id = agent_id)
+            }
+            TaskState::Completed => self.hook_task(EventKind::TaskCompleted, |d| {
+                d.agent_id = agent_id;
+                d.disposition = self.state.disposition.as_deref();
+                d.notes = self.state.notes.as_deref();
+            }),
+            TaskState::Canceled => self.hook_task(EventKind::TaskCanceled, |_| {}),
+            TaskState::Queued | TaskState::Reserved => {}
         }
     }
 
@@ -543,6 +609,7 @@ impl Actor for Conversation {
         match self.opening.take().map(|o| *o) {
             Some(Opening::Inbound(first)) => {
                 self.publish_task_state();
+                self.hook_task(EventKind::TaskCreated, |_| {});
                 self.accept_customer_message(first);
                 if self.state.messages.is_empty() {
                     // Its first message was refused (the channel checks
@@ -573,6 +640,8 @@ impl Actor for Conversation {
                 template,
                 queue: _,
             }) => {
+                // Created, then accepted by its agent at once.
+                self.hook_task(EventKind::TaskCreated, |_| {});
                 self.apply(ConversationEvent::TaskMoved {
                     state: TaskState::Assigned,
                     agent_id: Some(agent_id),

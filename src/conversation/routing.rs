@@ -19,6 +19,7 @@ use crate::agent::{Agent, AgentFrameKind};
 use crate::channel::CustomerEvent;
 use crate::protocol::{Author, CancelReason, ChannelKind, Event, Id, TaskState};
 use crate::router::{RescindReason, RoutableTask};
+use crate::webhooks::EventKind;
 
 /// Router: the task is offered to `agent_id`.
 #[derive(Message)]
@@ -49,6 +50,10 @@ impl Handler<Reserve> for Conversation {
             state: TaskState::Reserved,
             agent_id: Some(msg.agent_id),
             agent_name: None,
+        });
+        self.hook_task(EventKind::TaskOffered, |d| {
+            d.agent_id = self.state.agent_id.as_deref();
+            d.expires_at = Some(msg.expires_at);
         });
         let task = self.state.task_view();
         let offered = Event::TaskOffered {
@@ -103,23 +108,49 @@ impl Handler<Assign> for Conversation {
 #[rtype(result = "()")]
 pub struct Requeued {
     pub reason: RescindReason,
+    /// Why, as the webhook event tells it.
+    pub cause: RequeueCause,
+}
+
+/// Why a task went back to the queue: each is its own webhook event type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequeueCause {
+    /// The agent rejected the offer (`task.rejected`).
+    Rejected,
+    /// The offer timed out (`task.timeout`).
+    TimedOut,
+    /// The broker took it back: the agent went offline, away or was removed
+    /// (`task.requeued`).
+    Withdrawn,
 }
 
 impl Handler<Requeued> for Conversation {
     type Result = ();
 
-    fn handle(&mut self, _: Requeued, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Requeued, _: &mut Context<Self>) {
         if !matches!(
             self.state.task_state,
             TaskState::Reserved | TaskState::Assigned
         ) {
             return;
         }
+        let from = self.state.agent_id.clone();
         self.agent = None;
         self.apply(ConversationEvent::TaskMoved {
             state: TaskState::Queued,
             agent_id: None,
             agent_name: None,
+        });
+        let kind = match msg.cause {
+            RequeueCause::Rejected => EventKind::TaskRejected,
+            RequeueCause::TimedOut => EventKind::TaskTimeout,
+            RequeueCause::Withdrawn => EventKind::TaskRequeued,
+        };
+        self.hook_task(kind, |d| {
+            d.agent_id = from.as_deref();
+            if msg.cause == RequeueCause::Withdrawn {
+                d.reason = Some(msg.reason.as_str());
+            }
         });
     }
 }

@@ -73,6 +73,7 @@ pub async fn stats(req: HttpRequest, state: State) -> Result<HttpResponse, ApiEr
             "count": r.latency_count,
         },
         "queues": r.queues,
+        "webhooks": state.webhooks.stats(),
     })))
 }
 
@@ -250,9 +251,72 @@ pub async fn metrics(req: HttpRequest, state: State) -> Result<HttpResponse, Api
         &[(String::new(), r.latency_count as f64)],
     );
     queue_metrics(&r, &mut gauge);
+    webhook_metrics(&state.webhooks.stats(), &mut gauge);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out))
+}
+
+/// Each webhook endpoint's figures, labelled `url` (without its query, which
+/// may carry a credential of the receiver's).
+fn webhook_metrics(
+    endpoints: &[crate::webhooks::EndpointStats],
+    gauge: &mut impl FnMut(&str, &str, &str, &[(String, f64)]),
+) {
+    if endpoints.is_empty() {
+        return;
+    }
+    let now = std::time::SystemTime::now();
+    let per = |f: &dyn Fn(&crate::webhooks::EndpointStats) -> f64| -> Vec<(String, f64)> {
+        endpoints
+            .iter()
+            .map(|e| {
+                let url = e.url.split(['?', '#']).next().unwrap_or_default();
+                let url = url.replace('\\', "\\\\").replace('"', "\\\"");
+                (format!("{{url=\"{url}\"}}"), f(e))
+            })
+            .collect()
+    };
+    gauge(
+        "webhook_pending",
+        "Webhook events queued or in flight, per endpoint (bounded by webhook_queue).",
+        "gauge",
+        &per(&|e| e.pending as f64),
+    );
+    gauge(
+        "webhook_delivered_total",
+        "Webhook events the endpoint answered with a 2xx.",
+        "counter",
+        &per(&|e| e.delivered as f64),
+    );
+    gauge(
+        "webhook_failed_total",
+        "Webhook events given up after webhook_retry_for.",
+        "counter",
+        &per(&|e| e.failed as f64),
+    );
+    gauge(
+        "webhook_dropped_total",
+        "Webhook events dropped because the endpoint's queue was full.",
+        "counter",
+        &per(&|e| e.dropped as f64),
+    );
+    gauge(
+        "webhook_failed_attempts_total",
+        "Webhook delivery attempts that failed (non-2xx, timeout, connection error).",
+        "counter",
+        &per(&|e| e.failed_attempts as f64),
+    );
+    gauge(
+        "webhook_failing_seconds",
+        "How long the endpoint has failed since its last success (0: healthy).",
+        "gauge",
+        &per(&|e| {
+            e.failing_since
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or(0.0, |d| d.as_secs_f64())
+        }),
+    );
 }
 
 /// Each queue's figures, labelled `queue`: live gauges, today's counts (since

@@ -24,7 +24,7 @@ use super::state::{Hold, RoutableTask, Routed, RouterEvent};
 use super::stats::Outcome;
 use super::{RescindReason, Router};
 use crate::agent::{ActivitySet, Rescind};
-use crate::conversation::{Requeued, Reserve, RouterCancel, RouterNotice};
+use crate::conversation::{RequeueCause, Requeued, Reserve, RouterCancel, RouterNotice};
 use crate::protocol::{Activity, CancelReason, Id, DEFAULT_QUEUE};
 
 impl Router {
@@ -323,7 +323,12 @@ impl Router {
             at: SystemTime::now(),
         });
         if let Some(conv) = self.conversation_of(task_id) {
-            conv.do_send(Requeued { reason });
+            let cause = match decline {
+                Some(false) => RequeueCause::Rejected,
+                Some(true) => RequeueCause::TimedOut,
+                None => RequeueCause::Withdrawn,
+            };
+            conv.do_send(Requeued { reason, cause });
         }
     }
 

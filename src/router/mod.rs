@@ -74,6 +74,8 @@ use crate::agent::Agent;
 use crate::conversation::Conversation;
 use crate::deadlines::Deadlines;
 use crate::protocol::{Event, Id, QueueStats};
+use crate::webhooks::payload::ActivityData;
+use crate::webhooks::EventKind;
 use crate::wiring::Broker;
 
 pub use crate::protocol::RescindReason;
@@ -157,8 +159,33 @@ impl Router {
 
     /// The one place routing state changes: [`RouterState::apply`].
     fn apply(&mut self, event: RouterEvent) {
+        // An activity change is an `agent.activity` webhook event, keyed by
+        // the agent (the router applies them in order).
+        let activity_before = match &event {
+            RouterEvent::ActivityChanged { id, .. }
+                if self.broker.webhooks.wants(EventKind::AgentActivity) =>
+            {
+                self.state
+                    .agents
+                    .get(id)
+                    .map(|a| (id.clone(), a.view.activity))
+            }
+            _ => None,
+        };
         self.state.apply(event);
         self.stats_dirty = true;
+        if let Some((id, previous)) = activity_before {
+            if let Some(agent) = self.state.agents.get(&id) {
+                if agent.view.activity != previous {
+                    self.broker
+                        .webhooks
+                        .emit(EventKind::AgentActivity, &id, || ActivityData {
+                            agent: &agent.view,
+                            previous,
+                        });
+                }
+            }
+        }
     }
 
     /// The router's clock (`Config.clock`): what the statistics count by.
