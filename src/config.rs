@@ -1697,7 +1697,8 @@ mod tests {
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest)
                     if setting_key(rest).is_some()
-                        || ["[[agents]]", "[[queues]]", "[[routes]]"].contains(&rest) =>
+                        || ["[[agents]]", "[[queues]]", "[[routes]]", "[[webhooks]]"]
+                            .contains(&rest) =>
                 {
                     rest
                 }
@@ -1714,6 +1715,82 @@ mod tests {
         assert_eq!(cfg.queues[0].id, "billing");
         assert_eq!(cfg.route_queue(ChannelKind::Sms, "+15550100"), "billing");
         assert_eq!(cfg.route_queue(ChannelKind::Sms, "+15550199"), "default");
+        assert_eq!(cfg.webhooks.len(), 1);
+        assert_eq!(cfg.webhooks[0].events[0], "task.*");
+    }
+
+    #[test]
+    fn webhooks_come_from_the_file_and_bad_ones_name_the_entry_and_field() {
+        let good = r#"
+webhook_retry_for = "10m"
+
+[[webhooks]]
+url = "https://crm.example.com/hooks"
+secret = "0123456789abcdef0123456789abcdef"
+events = ["task.*", "message.created"]
+
+[[webhooks]]
+url = "http://127.0.0.1:9000/all"
+secret = "0123456789abcdef0123456789abcdef"
+"#;
+        let cfg = load_file("webhooks", good, &["--webhook-queue", "50"]).unwrap();
+        assert_eq!(cfg.webhooks.len(), 2);
+        assert!(cfg.webhooks[1].events.is_empty());
+        assert_eq!(cfg.webhook_retry_for, Duration::from_secs(600));
+        assert_eq!(cfg.webhook_queue, 50);
+        assert!(!format!("{:?}", cfg.webhooks[0]).contains("0123456789abcdef"));
+        let entry = |url: &str, secret: &str, events: &str| {
+            format!("[[webhooks]]\nurl = {url:?}\nsecret = {secret:?}\nevents = {events}\n")
+        };
+        let secret = "0123456789abcdef0123456789abcdef";
+        for (text, expected) in [
+            (
+                entry("ftp://example.com/x", secret, "[]"),
+                "webhooks[0].url: \"ftp://example.com/x\" is not an http:// or https:// URL",
+            ),
+            (
+                entry("https:///nohost", secret, "[]"),
+                "is not an http:// or https:// URL with a host",
+            ),
+            (
+                entry("https://example.com/x#frag", secret, "[]"),
+                "has a #fragment",
+            ),
+            (
+                entry("https://example.com/x", "short", "[]"),
+                "webhooks[0].secret: must be at least 32 characters (this one has 5)",
+            ),
+            (
+                entry("https://example.com/x", secret, r#"["task.done"]"#),
+                "webhooks[0].events: \"task.done\" names no event type; known types: task.created",
+            ),
+            (
+                entry("https://example.com/x", secret, r#"["task*"]"#),
+                "webhooks[0].events: \"task*\" is not an event type or a glob",
+            ),
+            (
+                "webhook_in_flight = 0".to_owned(),
+                "webhook_in_flight: must be 1-64",
+            ),
+            (
+                "webhook_queue = 0".to_owned(),
+                "webhook_queue: must be at least 1",
+            ),
+            (
+                "webhook_timeout = \"0s\"".to_owned(),
+                "webhook_timeout: must be more than 0",
+            ),
+        ] {
+            let err = load_file("bad-webhooks", &text, &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        let unknown = "[[webhooks]]\nurl = \"https://e.com\"\nsecret = \"x\"\nfilter = []\n";
+        let err = load_file("bad-webhooks", unknown, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `filter`"), "{err}");
     }
 
     #[test]
