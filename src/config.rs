@@ -1720,6 +1720,15 @@ mod tests {
     }
 
     #[test]
+    fn the_load_harness_webhook_configuration_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/loadtest/webhook-broker.toml");
+        let args = Args::try_parse_from(["switchboard", "--config", path]).unwrap();
+        let cfg = Config::load(args).unwrap();
+        assert_eq!(cfg.webhooks[0].url, "http://127.0.0.1:18095/hooks");
+        assert!(cfg.webhooks[0].events.is_empty(), "every event type");
+    }
+
+    #[test]
     fn webhooks_come_from_the_file_and_bad_ones_name_the_entry_and_field() {
         let good = r#"
 webhook_retry_for = "10m"

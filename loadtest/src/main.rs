@@ -20,6 +20,7 @@ mod cpuwin;
 mod customer;
 mod dist;
 mod echo;
+mod hooksink;
 mod meta;
 mod net;
 mod peer;
@@ -211,6 +212,22 @@ pub struct Args {
     /// Print the first N WebSocket frames sent or received to stderr (debugging).
     #[arg(long, default_value_t = 0)]
     trace_frames: usize,
+
+    // --- Event webhooks
+    /// Serve an event webhook receiver on this loopback address for the
+    /// runs against Switchboard; point the broker's `[[webhooks]]` at
+    /// http://ADDR/hooks (loadtest/scenarios/webhook-broker.toml does, for
+    /// 127.0.0.1:18095).
+    #[arg(long)]
+    webhook_sink: Option<std::net::SocketAddr>,
+    /// The status the webhook sink answers every event with: 503 plays an
+    /// endpoint that keeps failing, 200 a healthy one.
+    #[arg(long, default_value_t = 503)]
+    webhook_sink_status: u16,
+    /// The secret the webhook sink checks signatures with (the broker's
+    /// `[[webhooks]]` secret).
+    #[arg(long, default_value = "loadtest-webhook-secret-0123456789abcdef")]
+    webhook_secret: String,
 
     // --- Playing Twilio
     /// The provider sink's base URL; the broker's SWITCHBOARD_TWILIO_API_BASE.
@@ -650,6 +667,10 @@ impl Args {
     fn validate(&self) -> Result<(), String> {
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
         check(
+            self.webhook_sink.is_none_or(|a| a.ip().is_loopback()),
+            "--webhook-sink must be a loopback address (127.0.0.1:PORT)",
+        )?;
+        check(
             self.scale > 0.0 && self.scale <= 100.0,
             "--scale must be in (0, 100]",
         )?;
@@ -1040,6 +1061,28 @@ impl Args {
                 }),
         })
     }
+}
+
+/// The webhook sink, one per process, started on first use (`--webhook-sink`).
+static HOOK_SINK: OnceCell<Arc<hooksink::HookSink>> = OnceCell::const_new();
+
+/// The webhook sink, its counts starting from now, if the run has one.
+async fn hook_sink_for(args: &Args) -> Result<Option<Arc<hooksink::HookSink>>, String> {
+    let Some(addr) = args.webhook_sink else {
+        return Ok(None);
+    };
+    let sink = HOOK_SINK
+        .get_or_try_init(|| {
+            hooksink::HookSink::start(addr, args.webhook_sink_status, args.webhook_secret.clone())
+        })
+        .await?
+        .clone();
+    println!(
+        "webhook sink on http://{}/hooks, answering {}",
+        sink.addr, args.webhook_sink_status
+    );
+    sink.begin_run();
+    Ok(Some(sink))
 }
 
 /// The provider sink, one per process, started on first use.
@@ -1503,6 +1546,9 @@ async fn orchestrate(name: &str, args: &Args, argv: &[String]) -> Result<Value, 
                     rep["broker"]["thread_shares"] = r.threads.clone();
                 }
                 rep["server_stats"] = r.server_stats.clone().unwrap_or(Value::Null);
+                if let Some(hooks) = &r.webhook_sink {
+                    rep["webhook_sink"] = hooks.clone();
+                }
                 if let Some(sink) = &r.sink {
                     let (sms, wa) = split_sink_figures(sink);
                     if args.sms_conversations > 0 {
@@ -1629,6 +1675,8 @@ pub struct TargetRun {
     wall: Duration,
     server_stats: Option<Value>,
     sink: Option<Value>,
+    /// `--webhook-sink`: what the event webhook receiver got.
+    webhook_sink: Option<Value>,
     /// `--thread-shares`: the sampled process's threads over the load phase.
     threads: Value,
 }
@@ -1651,6 +1699,11 @@ async fn run_target(
     let requested = args.requested(kind);
     let label = kind.name().to_string();
     let threads_of = pid.filter(|_| args.thread_shares);
+    let hooks = if kind == Kind::Switchboard {
+        hook_sink_for(args).await?
+    } else {
+        None
+    };
     let (mut snap, samples, sink, threads) = if workers <= 1 {
         let sink = if kind == Kind::Switchboard && args.provider_traffic() {
             Some(sink_for(args, &target).await?)
@@ -1715,6 +1768,7 @@ async fn run_target(
         wall: wall.elapsed(),
         server_stats,
         sink,
+        webhook_sink: hooks.map(|h| h.figures()),
         threads,
     })
 }
@@ -2076,6 +2130,32 @@ mod tests {
     }
 
     #[test]
+    fn the_webhook_scenario_and_its_broker_configuration_agree() {
+        let flags = scenario_flags();
+        let text = include_str!("../scenarios/webhooks.toml");
+        let spec = &scenario::parse(text, "webhooks", &flags).unwrap()[0];
+        let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), ADMIN.into()];
+        argv.extend(spec.args.iter().cloned());
+        let args = Args::try_parse_from(&argv).unwrap();
+        let sink = args
+            .webhook_sink
+            .expect("the scenario serves a webhook sink");
+        let broker: toml::Table = include_str!("../webhook-broker.toml").parse().unwrap();
+        let hook = &broker["webhooks"].as_array().unwrap()[0];
+        assert_eq!(
+            hook["url"].as_str(),
+            Some(format!("http://{sink}/hooks").as_str())
+        );
+        assert_eq!(hook["secret"].as_str(), Some(args.webhook_secret.as_str()));
+        assert_eq!(args.webhook_sink_status, 503);
+        // Only loopback.
+        let e = parse(&["--webhook-sink", "10.0.0.1:18095"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("--webhook-sink"), "{e}");
+    }
+
+    #[test]
     fn every_scenario_file_parses_with_snake_case_keys() {
         let files = [
             ("churn", include_str!("../scenarios/churn.toml")),
@@ -2086,6 +2166,7 @@ mod tests {
             ("scale", include_str!("../scenarios/scale.toml")),
             ("smoke", include_str!("../scenarios/smoke.toml")),
             ("throughput", include_str!("../scenarios/throughput.toml")),
+            ("webhooks", include_str!("../scenarios/webhooks.toml")),
         ];
         let flags = scenario_flags();
         assert!(flags.iter().any(|f| f == "step-timeout"));

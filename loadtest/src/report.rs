@@ -839,6 +839,41 @@ pub fn human(r: &Value) -> String {
             f(&h["max"]),
         );
     }
+    // The broker's own routing latency (task arrival → first offer, since it
+    // started) and its event webhook endpoints, from its /v1/stats.
+    let routing = &r["server_stats"]["routing_latency_ms"];
+    if n(&routing["count"]) > 0 {
+        let _ = writeln!(
+            s,
+            "broker routing latency (ms, since start): p50 {:.2}, p90 {:.2}, p99 {:.2}, max {:.2} over {} tasks",
+            f(&routing["p50"]),
+            f(&routing["p90"]),
+            f(&routing["p99"]),
+            f(&routing["max"]),
+            n(&routing["count"]),
+        );
+    }
+    for hook in r["server_stats"]["webhooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            s,
+            "broker webhook {}: pending {}, delivered {}, failed {}, dropped {}, failed attempts {}, last error {}",
+            hook["url"].as_str().unwrap_or("?"),
+            n(&hook["pending"]),
+            n(&hook["delivered"]),
+            n(&hook["failed"]),
+            n(&hook["dropped"]),
+            n(&hook["failed_attempts"]),
+            hook["last_error"],
+        );
+    }
+    if let Some(sink) = r["webhook_sink"].as_object() {
+        let parts: Vec<String> = sink.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(s, "webhook sink: {}", parts.join(", "));
+    }
     // The broker's process, or the Socket.IO peer's node.
     let (who, b) = if r["broker"].is_object() {
         ("broker", &r["broker"])
