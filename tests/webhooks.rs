@@ -527,3 +527,107 @@ async fn an_event_is_given_up_after_retry_for_and_counted_failed() {
     tokio::time::sleep(QUIET).await;
     assert_eq!(a.hits().len(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_withdrawals_cancels_and_activity_are_told() {
+    let a = Receiver::start(OK).await;
+    let cfg = switchboard::Config {
+        webhooks: vec![endpoint(
+            &a.url,
+            SECRET_A,
+            &["task.*", "conversation.*", "agent.*"],
+        )],
+        offer_timeout: Duration::from_millis(300),
+        // Not offered again to the agent who let it lapse within the test.
+        reoffer_cooldown: Duration::from_secs(60),
+        ..test_config()
+    };
+    let h = start_with(cfg);
+    let alice = h.create_agent("alice", 2, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+
+    // An offer left to lapse.
+    let (_s1, mut c1, ack1) = h.customer_with_message("Dana", "hello one").await;
+    let cv1 = ack1["conversation_id"].as_str().unwrap().to_owned();
+    desk.offer_for(&cv1).await;
+    desk.recv_type("task.rescinded").await;
+    // An accepted task, taken back when its agent goes offline.
+    let (_s2, _c2, ack2) = h.customer_with_message("Eve", "hello two").await;
+    let cv2 = ack2["conversation_id"].as_str().unwrap().to_owned();
+    let offer2 = desk.offer_for(&cv2).await;
+    let tk2 = offer2["task"]["id"].as_str().unwrap().to_owned();
+    desk.accept(&tk2).await;
+    desk.set_activity("offline").await;
+    // The first customer gives up waiting.
+    c1.send(serde_json::json!({"type": "leave"})).await;
+    c1.recv_type("conversation.ended").await;
+
+    let expected_cv1 = [
+        "task.created",
+        "task.offered",
+        "task.timeout",
+        "task.canceled",
+        "conversation.ended",
+    ];
+    let expected_cv2 = [
+        "task.created",
+        "task.offered",
+        "task.accepted",
+        "task.requeued",
+    ];
+    let events = eventually("every event delivered", async || {
+        let events = verify(&a.hits(), SECRET_A);
+        let flows = by_conversation(&events);
+        let activity = events
+            .iter()
+            .filter(|v| v["type"] == "agent.activity")
+            .count();
+        (flows.get(&cv1).map(Vec::len) == Some(expected_cv1.len())
+            && flows.get(&cv2).map(Vec::len) == Some(expected_cv2.len())
+            && activity == 2)
+            .then_some(events)
+    })
+    .await;
+    let flows = by_conversation(&events);
+    assert_eq!(flows[&cv1], expected_cv1);
+    assert_eq!(flows[&cv2], expected_cv2);
+    let find = |cv: &str, ty: &str| {
+        events
+            .iter()
+            .find(|v| conversation_of(v) == Some(cv) && v["type"] == ty)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {ty} for {cv}"))
+    };
+    let timeout = find(&cv1, "task.timeout");
+    assert_eq!(timeout["data"]["agent_id"], "alice");
+    assert_eq!(timeout["data"]["task"]["state"], "queued");
+    let requeued = find(&cv2, "task.requeued");
+    assert_eq!(requeued["data"]["agent_id"], "alice");
+    assert_eq!(requeued["data"]["reason"], "reassigned");
+    assert_eq!(requeued["data"]["task"]["id"], tk2.as_str());
+    let canceled = find(&cv1, "task.canceled");
+    assert_eq!(canceled["data"]["task"]["state"], "canceled");
+    assert!(canceled["data"].get("agent_id").is_none(), "{canceled}");
+    // Activity in order for the agent: online, then offline.
+    let moves: Vec<(Value, Value)> = events
+        .iter()
+        .filter(|v| v["type"] == "agent.activity")
+        .map(|v| {
+            (
+                v["data"]["previous"].clone(),
+                v["data"]["agent"]["activity"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            ("offline".into(), "available".into()),
+            ("available".into(), "offline".into())
+        ]
+    );
+    // The filter kept message events out.
+    assert!(events
+        .iter()
+        .all(|v| !v["type"].as_str().unwrap().starts_with("message.")));
+}
