@@ -7,6 +7,7 @@
 //! event past `webhook_retry_for` is given up and counted.
 
 mod common;
+mod providers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -630,4 +631,55 @@ async fn timeouts_withdrawals_cancels_and_activity_are_told() {
     assert!(events
         .iter()
         .all(|v| !v["type"].as_str().unwrap().starts_with("message.")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_delivery_reports_are_told_as_message_status() {
+    use providers::mock::Api;
+    const DANA: &str = "+15551230000";
+    let a = Receiver::start(OK).await;
+    let url = a.url.clone();
+    let env = providers::start(move |c| {
+        c.webhooks = vec![endpoint(&url, SECRET_A, &["message.*"])];
+    });
+    let (_alice, mut ws) = env.agent("alice").await;
+    env.sms_in(&providers::sms_params("SM0001", DANA, "Where is my order?"))
+        .await;
+    let (_offer, _assigned, cv, task) = providers::take(&mut ws).await;
+    let mid = providers::send_ok(&mut ws, &cv, "Checking now.", &[]).await;
+    let sends = env.mock.wait_sends(Api::Twilio, 1).await;
+    let sid = sends[0]
+        .provider_id
+        .clone()
+        .expect("the mock answered a sid");
+    providers::wait_status(&mut ws, &mid, "sent").await;
+    env.sms_status(&providers::sms_status_params(&sid, DANA, "delivered", None))
+        .await;
+    providers::wait_status(&mut ws, &mid, "delivered").await;
+
+    let expected = [
+        "message.created",
+        "message.created",
+        "message.status",
+        "message.status",
+    ];
+    let events = eventually("the statuses delivered", async || {
+        let events = verify(&a.hits(), SECRET_A);
+        (by_conversation(&events).get(&cv).map(Vec::len) == Some(expected.len())).then_some(events)
+    })
+    .await;
+    assert_eq!(by_conversation(&events)[&cv], expected);
+    let statuses: Vec<&Value> = events
+        .iter()
+        .filter(|v| v["type"] == "message.status")
+        .collect();
+    for (v, status) in statuses.iter().zip(["sent", "delivered"]) {
+        assert_eq!(v["data"]["status"], status, "{v}");
+        assert_eq!(v["data"]["message_id"], mid.as_str());
+        assert_eq!(v["data"]["seq"], 2);
+        assert_eq!(v["data"]["task_id"], task.as_str());
+        assert!(v["data"]["error"].is_null());
+    }
+    assert_eq!(events[0]["data"]["channel"], "sms");
+    assert_eq!(events[0]["data"]["message"]["text"], "Where is my order?");
 }
