@@ -97,10 +97,8 @@ impl EventFilter {
     fn matching(pattern: &str) -> Result<u64, String> {
         let glob = if pattern == "*" {
             Some("")
-        } else if let Some(prefix) = pattern.strip_suffix(".*") {
-            Some(prefix)
         } else {
-            None
+            pattern.strip_suffix(".*")
         };
         let valid = |s: &str| {
             !s.is_empty()
