@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::canned::{CannedDraft, CannedLimits};
 use crate::clock::Clock;
 use crate::profile::{valid_token, AgentProfile};
 use crate::protocol::{ChannelKind, PerChannel};
@@ -115,6 +116,10 @@ pub struct Config {
     pub max_text: usize,
     /// Longest wrap-up notes, in characters.
     pub max_notes: usize,
+    /// Most canned responses in the library.
+    pub max_canned_responses: usize,
+    /// Longest canned response text (the template), in characters.
+    pub max_canned_text: usize,
     /// Largest WebSocket frame a client may send, in bytes.
     pub max_frame: usize,
     /// Frames queued for one socket before its client counts as a slow consumer.
@@ -195,6 +200,8 @@ pub struct Config {
     pub queues: Vec<Queue>,
     /// Provider inbound → queue by business address.
     pub routes: Vec<Route>,
+    /// Canned responses in the library at start.
+    pub canned_responses: Vec<CannedDraft>,
     /// Points of priority a waiting task gains per minute.
     pub aging: u32,
     /// Offers in a row an agent may let time out before it is set
@@ -280,6 +287,8 @@ impl Default for Config {
             max_upload: 25 * 1024 * 1024,
             max_text: 4096,
             max_notes: 4000,
+            max_canned_responses: 1000,
+            max_canned_text: 4096,
             max_frame: 64 * 1024,
             socket_backlog: 512,
             webchat_upload_types: [
@@ -324,6 +333,7 @@ impl Default for Config {
             agents: Vec::new(),
             queues: Vec::new(),
             routes: Vec::new(),
+            canned_responses: Vec::new(),
             aging: 1,
             max_missed_offers: 3,
             clock: Clock::system(),
@@ -630,7 +640,40 @@ impl Config {
             ));
         }
         self.validate_agents()?;
-        self.validate_queues()
+        self.validate_queues()?;
+        self.validate_canned()
+    }
+
+    /// The limits of the canned-response library.
+    pub fn canned_limits(&self) -> CannedLimits {
+        CannedLimits {
+            max_responses: self.max_canned_responses,
+            max_text: self.max_canned_text,
+        }
+    }
+
+    /// `[[canned_responses]]` as `POST /v1/canned-responses` would check
+    /// them: ids unique, queues defined, within the library's limits.
+    fn validate_canned(&self) -> Result<(), ConfigError> {
+        if self.max_canned_text == 0 {
+            return Err(ConfigError("max_canned_text: must be at least 1".into()));
+        }
+        let library = crate::canned::CannedLibrary::new(self.canned_limits());
+        for (i, draft) in self.canned_responses.iter().enumerate() {
+            if let Some(queue) = &draft.queue {
+                let known = queue == crate::protocol::DEFAULT_QUEUE
+                    || self.queues.iter().any(|q| &q.id == queue);
+                if !known {
+                    return Err(ConfigError(format!(
+                        "canned_responses[{i}].queue: {queue:?} is not a queue; define it in [[queues]]"
+                    )));
+                }
+            }
+            library
+                .create(draft.clone())
+                .map_err(|e| ConfigError(format!("canned_responses[{i}]: {e}")))?;
+        }
+        Ok(())
     }
 
     /// `[[queues]]` as `POST /v1/queues` would check them (ids unique,
@@ -926,6 +969,12 @@ pub struct Args {
     /// Longest wrap-up notes in characters.
     #[arg(long, env = "SWITCHBOARD_MAX_NOTES")]
     pub max_notes: Option<usize>,
+    /// Most canned responses in the library.
+    #[arg(long, env = "SWITCHBOARD_MAX_CANNED_RESPONSES")]
+    pub max_canned_responses: Option<usize>,
+    /// Longest canned response text (the template) in characters.
+    #[arg(long, env = "SWITCHBOARD_MAX_CANNED_TEXT")]
+    pub max_canned_text: Option<usize>,
     /// Largest WebSocket frame from a client.
     #[arg(long, env = "SWITCHBOARD_MAX_FRAME", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
@@ -1164,6 +1213,10 @@ pub struct Args {
     #[arg(skip)]
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Canned responses: `[[canned_responses]]` tables, in the file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub canned_responses: Vec<CannedDraft>,
 }
 
 impl Args {
@@ -1223,6 +1276,8 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "max_upload" => value(show_size(c.max_upload)),
         "max_text" => value(c.max_text.to_string()),
         "max_notes" => value(c.max_notes.to_string()),
+        "max_canned_responses" => value(c.max_canned_responses.to_string()),
+        "max_canned_text" => value(c.max_canned_text.to_string()),
         "max_frame" => value(show_size(c.max_frame as u64)),
         "socket_backlog" => value(c.socket_backlog.to_string()),
         "webchat_upload_types" => value(c.webchat_upload_types.join(",")),
@@ -1332,6 +1387,9 @@ impl Args {
         if !self.routes.is_empty() {
             cfg.routes = self.routes;
         }
+        if !self.canned_responses.is_empty() {
+            cfg.canned_responses = self.canned_responses;
+        }
         if let Some(List(v)) = self.dispositions {
             cfg.dispositions = v;
         }
@@ -1349,7 +1407,8 @@ impl Args {
             wrapup_timeout, wrapup_disposition,
             history_retention, auth_failures_per_minute, max_history_messages, max_history_bytes,
             history_replay, history_frame_bytes,
-            max_upload, max_text, max_notes, socket_backlog, workers,
+            max_upload, max_text, max_notes, max_canned_responses, max_canned_text,
+            socket_backlog, workers,
             socket_backlog_bytes, socket_write_timeout, max_connections, max_connections_per_ip,
             request_header_timeout, request_body_timeout, request_body_min_rate,
             sessions_per_ip_per_minute, open_sessions_per_ip, sockets_per_session,

@@ -65,6 +65,11 @@ impl IdGen {
     pub fn webchat_session(&self) -> Id {
         random_id("wc_").into()
     }
+
+    /// A canned response saved without an id of the admin's choosing.
+    pub fn canned_response(&self) -> String {
+        random_id("cr_")
+    }
 }
 
 /// A fresh secret: 128 random bits as 32 hex characters.

@@ -155,8 +155,17 @@ impl Router {
         router
     }
 
-    /// The one place routing state changes: [`RouterState::apply`].
+    /// The one place routing state changes: [`RouterState::apply`]. Queue
+    /// definitions also update the registry's copy of their names (what a
+    /// canned response's `{{queue.name}}` becomes).
     fn apply(&mut self, event: RouterEvent) {
+        match &event {
+            RouterEvent::QueueUpserted { queue } => {
+                self.broker.queue_names.set(&queue.id, &queue.name)
+            }
+            RouterEvent::QueueRemoved { id } => self.broker.queue_names.remove(id),
+            _ => {}
+        }
         self.state.apply(event);
         self.stats_dirty = true;
     }
