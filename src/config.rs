@@ -1631,7 +1631,8 @@ mod tests {
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest)
                     if setting_key(rest).is_some()
-                        || ["[[agents]]", "[[queues]]", "[[routes]]"].contains(&rest) =>
+                        || ["[[agents]]", "[[queues]]", "[[routes]]", "[[canned_responses]]"]
+                            .contains(&rest) =>
                 {
                     rest
                 }
@@ -1648,6 +1649,66 @@ mod tests {
         assert_eq!(cfg.queues[0].id, "billing");
         assert_eq!(cfg.route_queue(ChannelKind::Sms, "+15550100"), "billing");
         assert_eq!(cfg.route_queue(ChannelKind::Sms, "+15550199"), "default");
+        let canned: Vec<&str> = cfg
+            .canned_responses
+            .iter()
+            .filter_map(|c| c.id.as_deref())
+            .collect();
+        assert_eq!(canned, ["greet", "billing-hours"]);
+    }
+
+    #[test]
+    fn canned_responses_come_from_the_file_and_bad_ones_name_the_entry() {
+        let file = r#"
+max_canned_text = 60
+
+[[queues]]
+id = "billing"
+
+[[canned_responses]]
+id = "greet"
+title = "Greeting"
+text = "Hi {{customer.name|there}}, {{agent.name}} here."
+
+[[canned_responses]]
+title = "Hours"
+text = "{{queue.name}} is open 9-17."
+queue = "billing"
+"#;
+        let cfg = load_file("canned", file, &[]).unwrap();
+        assert_eq!(cfg.canned_responses.len(), 2);
+        assert_eq!(cfg.canned_responses[1].queue.as_deref(), Some("billing"));
+        assert_eq!(cfg.canned_limits().max_text, 60);
+        let cases = [
+            (
+                file.replace("{{agent.name}}", "{{agent.email}}"),
+                "canned_responses[0]: unknown placeholder {{agent.email}}",
+            ),
+            (
+                file.replace("queue = \"billing\"", "queue = \"sales\""),
+                "canned_responses[1].queue: \"sales\" is not a queue",
+            ),
+            (
+                file.replace("title = \"Hours\"", "id = \"greet\"\ntitle = \"Hours\""),
+                "canned_responses[1]: canned response greet already exists",
+            ),
+            (
+                file.replace("9-17.", &"x".repeat(60)),
+                "canned_responses[1]: text has",
+            ),
+            (
+                file.replace("max_canned_text = 60", "max_canned_responses = 1"),
+                "canned_responses[1]: the library holds 1 canned responses",
+            ),
+            (
+                file.replace("title = \"Greeting\"\n", ""),
+                "missing field `title`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = load_file("bad-canned", &text, &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
     }
 
     #[test]
