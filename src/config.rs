@@ -1631,8 +1631,13 @@ mod tests {
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest)
                     if setting_key(rest).is_some()
-                        || ["[[agents]]", "[[queues]]", "[[routes]]", "[[canned_responses]]"]
-                            .contains(&rest) =>
+                        || [
+                            "[[agents]]",
+                            "[[queues]]",
+                            "[[routes]]",
+                            "[[canned_responses]]",
+                        ]
+                        .contains(&rest) =>
                 {
                     rest
                 }
