@@ -142,12 +142,11 @@ pub async fn list(
                 }
             }
             let found = library.list(|r| usable_in(r, &context.queue));
-            serialize(
-                found
-                    .iter()
-                    .map(|r| listed(r, Some(fill(&r.text, &context.values))))
-                    .collect(),
-            )
+            let items: Vec<Listed> = found
+                .iter()
+                .map(|r| listed(r, Some(fill(&r.text, &context.values))))
+                .collect();
+            HttpResponse::Ok().json(items)
         }
         (Some(q), None) => {
             match &who {
@@ -161,7 +160,8 @@ pub async fn list(
                 _ => queue_exists(&state, &q).await?,
             }
             let found = library.list(|r| usable_in(r, &q));
-            serialize(found.iter().map(|r| listed(r, None)).collect())
+            let items: Vec<Listed> = found.iter().map(|r| listed(r, None)).collect();
+            HttpResponse::Ok().json(items)
         }
         (None, None) => {
             let found: Vec<Arc<CannedResponse>> = match &who {
@@ -171,17 +171,11 @@ pub async fn list(
                 }
                 _ => library.list(|_| true),
             };
-            serialize(found.iter().map(|r| listed(r, None)).collect())
+            let items: Vec<Listed> = found.iter().map(|r| listed(r, None)).collect();
+            HttpResponse::Ok().json(items)
         }
     };
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(body))
-}
-
-fn serialize(items: Vec<Listed<'_>>) -> String {
-    // Plain structs of strings: encoding cannot fail.
-    serde_json::to_string(&items).unwrap_or_else(|_| "[]".into())
+    Ok(body)
 }
 
 /// `POST /v1/canned-responses` (admin): `201` the response as stored.
