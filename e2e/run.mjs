@@ -11,9 +11,10 @@ import {
 import { closeBrowsers, env, failureShots, finalCheck } from './story.mjs';
 import { boardContexts, boardEnv, boardFailureShots, closeBoardBrowsers } from './board-story.mjs';
 import { closeHistoryBrowsers, historyContexts, historyEnv, historyFailureShots } from './history-story.mjs';
+import { cannedContexts, cannedEnv, cannedFailureShots, closeCannedBrowsers } from './canned-story.mjs';
 
 // After every story (their steps are registered as the modules load).
-finalCheck(() => boardContexts().concat(historyContexts()));
+finalCheck(() => boardContexts().concat(historyContexts(), cannedContexts()));
 
 const OFFER_TIMEOUT_MS = 5000;
 /** The whole run, build excluded, must finish within this. */
@@ -59,11 +60,15 @@ async function main() {
   );
   Object.assign(historyEnv, { broker: broker3 });
   log('history story broker at ' + broker3.base);
+  // The canned responses' story: queues and responses of its own.
+  const broker4 = await startBroker({}, 'server-canned');
+  Object.assign(cannedEnv, { broker: broker4 });
+  log('canned responses story broker at ' + broker4.base);
 
   const watchdog = setTimeout(() => {
     log('the e2e run took longer than ' + BUDGET_MS / 1000 + 's; stopping');
     log('0 passed, 1 failed');
-    Promise.all([broker.stop(), broker2.stop(), broker3.stop()]).finally(() => process.exit(1));
+    Promise.all([broker.stop(), broker2.stop(), broker3.stop(), broker4.stop()]).finally(() => process.exit(1));
   }, BUDGET_MS);
 
   const t0 = Date.now();
@@ -73,18 +78,21 @@ async function main() {
       await failureShots(name);
       await boardFailureShots(name);
       await historyFailureShots(name);
+      await cannedFailureShots(name);
     });
   } finally {
     clearTimeout(watchdog);
     await closeBrowsers();
     await closeBoardBrowsers();
     await closeHistoryBrowsers();
+    await closeCannedBrowsers();
     await proxy.close();
     await proxy2.close();
     await site.close();
     await broker.stop();
     await broker2.stop();
     await broker3.stop();
+    await broker4.stop();
     removeProfiles();
   }
   log('');

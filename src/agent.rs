@@ -302,14 +302,25 @@ impl Agent {
                 text,
                 attachments,
                 client_msg_id,
+                canned_id,
                 reference,
             } => match self.conversation(&conversation_id) {
+                Ok(_) if canned_id.is_some() && !text.is_empty() => self.push_error(
+                    ApiError::BadRequest(
+                        "send takes text or canned_id, not both: leave text out to send a \
+                         canned response"
+                            .into(),
+                    ),
+                    reference.as_deref(),
+                    ctx,
+                ),
                 Ok(conv) => conv.do_send(AgentSend {
                     agent_id: me,
                     from: ctx.address(),
                     text,
                     attachments,
                     client_msg_id,
+                    canned_id,
                     reference,
                 }),
                 Err(e) => self.push_error(e, reference.as_deref(), ctx),

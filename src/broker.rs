@@ -1,6 +1,7 @@
 //! The registry every actor and HTTP route shares: configuration, actor
 //! addresses, id lookups and counters. Built once at start-up, then read-only
-//! apart from the lookup maps.
+//! apart from the lookup maps and the canned-response library (which changes
+//! only by its events, see `crate::canned`).
 //!
 //! It names no actor type: [`Registry`] is generic over a [`Wiring`], which
 //! says which actor plays each part (the agents, conversations, router,
@@ -36,6 +37,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::attachments::AttachmentStore;
+use crate::canned::{CannedLibrary, QueueNames};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::throttle::AuthThrottle;
@@ -125,6 +127,10 @@ pub struct Registry<W: Wiring> {
     pub auth_throttle: AuthThrottle,
     /// Per-client limits (rates, sessions and connections per address).
     pub limits: crate::limits::Limits,
+    /// The canned responses (`crate::canned`: why they live here).
+    pub canned: CannedLibrary,
+    /// Each queue's name for `{{queue.name}}`, written by the router only.
+    pub queue_names: QueueNames,
 
     pub router: Addr<W::Router>,
     pub channels: W::Channels,
@@ -172,6 +178,8 @@ impl<W: Wiring> Registry<W> {
         Arc::new(Registry {
             attachments: AttachmentStore::new(&parts.config),
             limits: crate::limits::Limits::new(&parts.config),
+            canned: CannedLibrary::from_config(&parts.config),
+            queue_names: QueueNames::default(),
             config: parts.config,
             admin_token: parts.admin_token,
             ids: IdGen,

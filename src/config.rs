@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::canned::{CannedDraft, CannedLimits};
 use crate::clock::Clock;
 use crate::profile::{valid_token, AgentProfile};
 use crate::protocol::{ChannelKind, PerChannel};
@@ -141,6 +142,10 @@ pub struct Config {
     pub max_text: usize,
     /// Longest wrap-up notes, in characters.
     pub max_notes: usize,
+    /// Most canned responses in the library.
+    pub max_canned_responses: usize,
+    /// Longest canned response text (the template), in characters.
+    pub max_canned_text: usize,
     /// Largest WebSocket frame a client may send, in bytes.
     pub max_frame: usize,
     /// Frames queued for one socket before its client counts as a slow consumer.
@@ -233,6 +238,8 @@ pub struct Config {
     pub webhook_queue: usize,
     /// Deliveries in flight at once per webhook endpoint (one per lane).
     pub webhook_in_flight: usize,
+    /// Canned responses in the library at start.
+    pub canned_responses: Vec<CannedDraft>,
     /// Points of priority a waiting task gains per minute.
     pub aging: u32,
     /// Offers in a row an agent may let time out before it is set
@@ -318,6 +325,8 @@ impl Default for Config {
             max_upload: 25 * 1024 * 1024,
             max_text: 4096,
             max_notes: 4000,
+            max_canned_responses: 1000,
+            max_canned_text: 4096,
             max_frame: 64 * 1024,
             socket_backlog: 512,
             webchat_upload_types: [
@@ -368,6 +377,7 @@ impl Default for Config {
             webhook_retry_for: Duration::from_secs(3600),
             webhook_queue: 10_000,
             webhook_in_flight: 4,
+            canned_responses: Vec::new(),
             aging: 1,
             max_missed_offers: 3,
             clock: Clock::system(),
@@ -675,7 +685,40 @@ impl Config {
         }
         self.validate_agents()?;
         self.validate_webhooks()?;
-        self.validate_queues()
+        self.validate_queues()?;
+        self.validate_canned()
+    }
+
+    /// The limits of the canned-response library.
+    pub fn canned_limits(&self) -> CannedLimits {
+        CannedLimits {
+            max_responses: self.max_canned_responses,
+            max_text: self.max_canned_text,
+        }
+    }
+
+    /// `[[canned_responses]]` as `POST /v1/canned-responses` would check
+    /// them: ids unique, queues defined, within the library's limits.
+    fn validate_canned(&self) -> Result<(), ConfigError> {
+        if self.max_canned_text == 0 {
+            return Err(ConfigError("max_canned_text: must be at least 1".into()));
+        }
+        let library = crate::canned::CannedLibrary::new(self.canned_limits());
+        for (i, draft) in self.canned_responses.iter().enumerate() {
+            if let Some(queue) = &draft.queue {
+                let known = queue == crate::protocol::DEFAULT_QUEUE
+                    || self.queues.iter().any(|q| &q.id == queue);
+                if !known {
+                    return Err(ConfigError(format!(
+                        "canned_responses[{i}].queue: {queue:?} is not a queue; define it in [[queues]]"
+                    )));
+                }
+            }
+            library
+                .create(draft.clone())
+                .map_err(|e| ConfigError(format!("canned_responses[{i}]: {e}")))?;
+        }
+        Ok(())
     }
 
     /// `[[webhooks]]`: an http(s) URL with a host, a secret long enough to
@@ -1019,6 +1062,12 @@ pub struct Args {
     /// Longest wrap-up notes in characters.
     #[arg(long, env = "SWITCHBOARD_MAX_NOTES")]
     pub max_notes: Option<usize>,
+    /// Most canned responses in the library.
+    #[arg(long, env = "SWITCHBOARD_MAX_CANNED_RESPONSES")]
+    pub max_canned_responses: Option<usize>,
+    /// Longest canned response text (the template) in characters.
+    #[arg(long, env = "SWITCHBOARD_MAX_CANNED_TEXT")]
+    pub max_canned_text: Option<usize>,
     /// Largest WebSocket frame from a client.
     #[arg(long, env = "SWITCHBOARD_MAX_FRAME", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
@@ -1280,6 +1329,10 @@ pub struct Args {
     #[arg(skip)]
     #[serde(default)]
     pub webhooks: Vec<WebhookEndpoint>,
+    /// Canned responses: `[[canned_responses]]` tables, in the file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub canned_responses: Vec<CannedDraft>,
 }
 
 impl Args {
@@ -1339,6 +1392,8 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "max_upload" => value(show_size(c.max_upload)),
         "max_text" => value(c.max_text.to_string()),
         "max_notes" => value(c.max_notes.to_string()),
+        "max_canned_responses" => value(c.max_canned_responses.to_string()),
+        "max_canned_text" => value(c.max_canned_text.to_string()),
         "max_frame" => value(show_size(c.max_frame as u64)),
         "socket_backlog" => value(c.socket_backlog.to_string()),
         "webchat_upload_types" => value(c.webchat_upload_types.join(",")),
@@ -1456,6 +1511,9 @@ impl Args {
         if !self.webhooks.is_empty() {
             cfg.webhooks = self.webhooks;
         }
+        if !self.canned_responses.is_empty() {
+            cfg.canned_responses = self.canned_responses;
+        }
         if let Some(List(v)) = self.dispositions {
             cfg.dispositions = v;
         }
@@ -1473,7 +1531,8 @@ impl Args {
             wrapup_timeout, wrapup_disposition,
             history_retention, auth_failures_per_minute, max_history_messages, max_history_bytes,
             history_replay, history_frame_bytes,
-            max_upload, max_text, max_notes, socket_backlog, workers,
+            max_upload, max_text, max_notes, max_canned_responses, max_canned_text,
+            socket_backlog, workers,
             socket_backlog_bytes, socket_write_timeout, max_connections, max_connections_per_ip,
             request_header_timeout, request_body_timeout, request_body_min_rate,
             sessions_per_ip_per_minute, open_sessions_per_ip, sockets_per_session,
@@ -1697,8 +1756,14 @@ mod tests {
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest)
                     if setting_key(rest).is_some()
-                        || ["[[agents]]", "[[queues]]", "[[routes]]", "[[webhooks]]"]
-                            .contains(&rest) =>
+                        || [
+                            "[[agents]]",
+                            "[[queues]]",
+                            "[[routes]]",
+                            "[[webhooks]]",
+                            "[[canned_responses]]",
+                        ]
+                        .contains(&rest) =>
                 {
                     rest
                 }
@@ -1800,6 +1865,66 @@ secret = "0123456789abcdef0123456789abcdef"
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `filter`"), "{err}");
+        let canned: Vec<&str> = cfg
+            .canned_responses
+            .iter()
+            .filter_map(|c| c.id.as_deref())
+            .collect();
+        assert_eq!(canned, ["greet", "billing-hours"]);
+    }
+
+    #[test]
+    fn canned_responses_come_from_the_file_and_bad_ones_name_the_entry() {
+        let file = r#"
+max_canned_text = 60
+
+[[queues]]
+id = "billing"
+
+[[canned_responses]]
+id = "greet"
+title = "Greeting"
+text = "Hi {{customer.name|there}}, {{agent.name}} here."
+
+[[canned_responses]]
+title = "Hours"
+text = "{{queue.name}} is open 9-17."
+queue = "billing"
+"#;
+        let cfg = load_file("canned", file, &[]).unwrap();
+        assert_eq!(cfg.canned_responses.len(), 2);
+        assert_eq!(cfg.canned_responses[1].queue.as_deref(), Some("billing"));
+        assert_eq!(cfg.canned_limits().max_text, 60);
+        let cases = [
+            (
+                file.replace("{{agent.name}}", "{{agent.email}}"),
+                "canned_responses[0]: unknown placeholder {{agent.email}}",
+            ),
+            (
+                file.replace("queue = \"billing\"", "queue = \"sales\""),
+                "canned_responses[1].queue: \"sales\" is not a queue",
+            ),
+            (
+                file.replace("title = \"Hours\"", "id = \"greet\"\ntitle = \"Hours\""),
+                "canned_responses[1]: canned response greet already exists",
+            ),
+            (
+                file.replace("9-17.", &"x".repeat(60)),
+                "canned_responses[1]: text has",
+            ),
+            (
+                file.replace("max_canned_text = 60", "max_canned_responses = 1"),
+                "canned_responses[1]: the library holds 1 canned responses",
+            ),
+            (
+                file.replace("title = \"Greeting\"\n", ""),
+                "missing field `title`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = load_file("bad-canned", &text, &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
     }
 
     #[test]

@@ -70,6 +70,11 @@ impl IdGen {
     pub fn webhook_event(&self) -> String {
         random_id("evt_")
     }
+
+    /// A canned response saved without an id of the admin's choosing.
+    pub fn canned_response(&self) -> String {
+        random_id("cr_")
+    }
 }
 
 /// A fresh secret: 128 random bits as 32 hex characters.

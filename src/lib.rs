@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod attachments;
 pub mod broker;
+pub mod canned;
 pub mod channel;
 pub mod clock;
 pub mod codec;

@@ -326,6 +326,9 @@ pub enum AgentCommand {
         attachments: Vec<String>,
         #[serde(default)]
         client_msg_id: Option<String>,
+        /// A canned response to send, filled in, instead of `text`.
+        #[serde(default)]
+        canned_id: Option<String>,
         #[serde(default, rename = "ref")]
         reference: Option<String>,
     },

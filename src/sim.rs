@@ -88,6 +88,7 @@ impl SimDesk {
             text: format!("Reply {n}: thanks, let me check that for you."),
             attachments: Vec::new(),
             client_msg_id: None,
+            canned_id: None,
             reference: None,
         }];
         if last {

@@ -27,13 +27,15 @@ pub struct AgentSend {
     pub text: String,
     pub attachments: Vec<String>,
     pub client_msg_id: Option<String>,
+    /// Send this canned response, filled in, as the text (`canned.rs`).
+    pub canned_id: Option<String>,
     pub reference: Option<String>,
 }
 
 impl Handler<AgentSend> for Conversation {
     type Result = ();
 
-    fn handle(&mut self, msg: AgentSend, _: &mut Context<Self>) {
+    fn handle(&mut self, mut msg: AgentSend, _: &mut Context<Self>) {
         let checked = self.check_agent(&msg.agent_id).and_then(|_| {
             if self.state.task_state != TaskState::Assigned {
                 return Err(ApiError::InvalidState(format!(
@@ -42,6 +44,9 @@ impl Handler<AgentSend> for Conversation {
                 )));
             }
             self.check_provider_rules()?;
+            if let Some(id) = &msg.canned_id {
+                msg.text = self.canned_text(id)?;
+            }
             let attachments = validate_content(
                 &self.broker,
                 self.state.channel,

@@ -21,7 +21,9 @@
 //!   [`AgentComplete`], [`Resync`];
 //! - provider channels, on delivery (`delivery.rs`): [`DeliveryUpdate`],
 //!   [`ReadUpTo`];
-//! - HTTP routes (`queries.rs`): [`GetSnapshot`], [`GetMessages`].
+//! - HTTP routes (`queries.rs`): [`GetSnapshot`], [`GetMessages`]; and
+//!   (`canned.rs`) [`GetCannedContext`], what canned responses are filled
+//!   with there, which `AgentSend` by `canned_id` uses too.
 //!
 //! It sends `ToCustomer` to its channel, `ToAgent` to its agent, and to the
 //! router `EnqueueTask` or `BindOutbound` (as it opens), `TaskWrapping` and
@@ -35,6 +37,7 @@
 //! forgetting the conversation (both the customer and the agent can end it).
 
 mod agent;
+mod canned;
 mod customer;
 mod delivery;
 mod queries;
@@ -42,6 +45,7 @@ mod routing;
 mod state;
 
 pub use agent::{AgentComplete, AgentEnd, AgentSend, AgentTyping, Resync};
+pub use canned::{usable_in, CannedContext, GetCannedContext};
 pub use customer::{CustomerAbandoned, CustomerLeft, CustomerMessage, CustomerTyping, SendHistory};
 pub use delivery::{DeliveryUpdate, ReadUpTo};
 pub use queries::{ConversationSnapshot, GetMessages, GetSnapshot, TaskRef};

@@ -15,6 +15,7 @@
 pub mod agents;
 pub mod attachments;
 pub mod body;
+pub mod canned;
 pub mod channels;
 pub mod conversations;
 pub mod ops;
@@ -87,6 +88,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/queues/{id}", web::get().to(queues::get))
                 .route("/queues/{id}", web::patch().to(queues::update))
                 .route("/queues/{id}", web::delete().to(queues::delete))
+                .route("/canned-responses", web::post().to(canned::create))
+                .route("/canned-responses", web::get().to(canned::list))
+                .route("/canned-responses/{id}", web::patch().to(canned::update))
+                .route("/canned-responses/{id}", web::delete().to(canned::delete))
                 .route("/conversations/{id}", web::get().to(conversations::get))
                 .route(
                     "/conversations/{id}/messages",

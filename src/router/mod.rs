@@ -157,7 +157,9 @@ impl Router {
         router
     }
 
-    /// The one place routing state changes: [`RouterState::apply`].
+    /// The one place routing state changes: [`RouterState::apply`]. Queue
+    /// definitions also update the registry's copy of their names (what a
+    /// canned response's `{{queue.name}}` becomes).
     fn apply(&mut self, event: RouterEvent) {
         // An activity change is an `agent.activity` webhook event, keyed by
         // the agent (the router applies them in order).
@@ -172,6 +174,13 @@ impl Router {
             }
             _ => None,
         };
+        match &event {
+            RouterEvent::QueueUpserted { queue } => {
+                self.broker.queue_names.set(&queue.id, &queue.name)
+            }
+            RouterEvent::QueueRemoved { id } => self.broker.queue_names.remove(id),
+            _ => {}
+        }
         self.state.apply(event);
         self.stats_dirty = true;
         if let Some((id, previous)) = activity_before {

@@ -1,6 +1,7 @@
 // Switchboard agent desktop (/desk). Talks the agent protocol of
 // docs/protocol.md: one WebSocket for events and commands, HTTP with the
-// agent's bearer token for attachments and the disposition list.
+// agent's bearer token for attachments, the disposition list and the canned
+// responses.
 'use strict';
 
 (function () {
@@ -25,6 +26,10 @@
     refs: new Map(), // command ref -> { kind, ... }
     everConnected: false,
     lastTypingSent: 0,
+    // The canned-response picker: open for which conversation, the responses
+    // filled in for it, those the search shows, the highlighted one, and a
+    // counter that lets a late answer for a closed picker be dropped.
+    canned: { open: false, conv: null, items: [], shown: [], active: 0, seq: 0 },
   };
 
   // ---- Sign-in ------------------------------------------------------------
@@ -620,6 +625,7 @@
 
   function select(taskId) {
     const prev = S.selected ? S.tasks.get(S.selected) : null;
+    if (S.canned.open) closeCanned(false);
     if (prev && prev.id !== taskId) saveDraft(prev);
     S.selected = taskId;
     const t = S.tasks.get(taskId);
@@ -654,6 +660,7 @@
     pill.className = 'pill ' + t.state;
     pill.textContent = t.state === 'wrapping' ? 'Wrap Up' : humanize(t.state);
     const wrapping = t.state === 'wrapping';
+    if (wrapping && S.canned.open) closeCanned(false);
     $('#end-chat').hidden = wrapping;
     $('#end-chat').disabled = !!t.ending;
     $('#composer').hidden = wrapping;
@@ -848,6 +855,124 @@
     $('#composer-error').hidden = true;
   }
 
+  // ---- Canned responses -------------------------------------------------------
+  // `/` in an empty reply box opens a searchable list of the canned responses
+  // usable in this conversation. The broker fills their placeholders in for it
+  // (GET /v1/canned-responses?conversation_id=), so the text put into the box
+  // is exactly what a send by id would send; the agent edits it, then sends it
+  // as any reply. Keyboard: type to search, arrows to choose, Enter to insert,
+  // Escape to close (focus goes back to the reply box either way).
+
+  function onReplyKey(ev) {
+    if (ev.key !== '/' || ev.ctrlKey || ev.metaKey || ev.altKey || ev.isComposing) return;
+    if ($('#reply').value !== '') return;
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    if (!t || t.state === 'wrapping') return;
+    ev.preventDefault();
+    openCanned(t);
+  }
+
+  async function openCanned(t) {
+    const C = S.canned;
+    C.seq += 1;
+    const seq = C.seq;
+    Object.assign(C, { open: true, conv: t.task.conversation_id, items: [], shown: [], active: 0 });
+    $('#canned').hidden = false;
+    const search = $('#canned-search');
+    search.value = '';
+    renderCanned('Loading canned responses…');
+    search.focus();
+    let list;
+    try {
+      list = await api('GET', '/v1/canned-responses?conversation_id=' + encodeURIComponent(C.conv), S.token);
+    } catch (e) {
+      if (C.open && C.seq === seq) renderCanned('Canned responses could not be loaded: ' + e.message);
+      return;
+    }
+    if (!C.open || C.seq !== seq) return;
+    C.items = Array.isArray(list) ? list : [];
+    filterCanned();
+  }
+
+  /** Show the responses whose title or text holds the search words. */
+  function filterCanned() {
+    const C = S.canned;
+    const words = $('#canned-search').value.toLowerCase().split(/\s+/).filter(Boolean);
+    C.shown = C.items.filter((r) => {
+      const hay = (r.title + ' ' + (r.filled || r.text)).toLowerCase();
+      return words.every((w) => hay.includes(w));
+    });
+    C.active = 0;
+    let status;
+    if (!C.items.length) status = 'No canned responses for this conversation.';
+    else if (!C.shown.length) status = 'No canned response matches.';
+    else status = C.shown.length + (C.shown.length === 1 ? ' response' : ' responses');
+    renderCanned(status);
+  }
+
+  function renderCanned(status) {
+    const C = S.canned;
+    const list = $('#canned-list');
+    const search = $('#canned-search');
+    list.replaceChildren(...C.shown.map((r, i) => h('li', {
+      id: 'canned-opt-' + i,
+      role: 'option',
+      'aria-selected': i === C.active ? 'true' : 'false',
+      dataset: { id: r.id },
+      // Keep the focus in the search box; the click inserts.
+      onmousedown: (ev) => ev.preventDefault(),
+      onclick: () => insertCanned(i),
+    }, h('span', { class: 'canned-title', text: r.title }), h('span', { class: 'canned-text', text: r.filled || r.text }))));
+    list.hidden = C.shown.length === 0;
+    search.setAttribute('aria-expanded', String(!list.hidden));
+    if (C.shown.length) {
+      search.setAttribute('aria-activedescendant', 'canned-opt-' + C.active);
+      const active = list.children[C.active];
+      if (active) active.scrollIntoView({ block: 'nearest' });
+    } else {
+      search.removeAttribute('aria-activedescendant');
+    }
+    if (status !== undefined) $('#canned-status').textContent = status;
+  }
+
+  function onCannedKey(ev) {
+    const C = S.canned;
+    if (ev.key === 'Escape') {
+      ev.preventDefault();
+      closeCanned(true);
+    } else if (ev.key === 'ArrowDown' || ev.key === 'ArrowUp') {
+      ev.preventDefault();
+      if (!C.shown.length) return;
+      const step = ev.key === 'ArrowDown' ? 1 : -1;
+      C.active = (C.active + step + C.shown.length) % C.shown.length;
+      renderCanned();
+    } else if (ev.key === 'Enter' && !ev.isComposing) {
+      ev.preventDefault();
+      if (C.shown.length) insertCanned(C.active);
+    }
+  }
+
+  /** Put the chosen response, filled in, into the reply box for editing. */
+  function insertCanned(i) {
+    const r = S.canned.shown[i];
+    if (!r) return;
+    const box = $('#reply');
+    box.value = r.filled || r.text;
+    closeCanned(true);
+    box.setSelectionRange(box.value.length, box.value.length);
+    growReply();
+  }
+
+  function closeCanned(refocus) {
+    const C = S.canned;
+    C.seq += 1;
+    Object.assign(C, { open: false, conv: null, items: [], shown: [], active: 0 });
+    $('#canned').hidden = true;
+    $('#canned-list').replaceChildren();
+    $('#canned-status').textContent = '';
+    if (refocus) $('#reply').focus();
+  }
+
   // ---- End chat and wrap-up -------------------------------------------------
 
   function onEnd() {
@@ -981,6 +1106,13 @@
     $('#composer').addEventListener('submit', onSend);
     growReply = enterToSend($('#reply'), () => onSend(null));
     $('#reply').addEventListener('input', onReplyInput);
+    $('#reply').addEventListener('keydown', onReplyKey);
+    $('#canned-search').addEventListener('input', filterCanned);
+    $('#canned-search').addEventListener('keydown', onCannedKey);
+    // Tabbing or clicking away closes the picker.
+    $('#canned').addEventListener('focusout', (ev) => {
+      if (S.canned.open && !$('#canned').contains(ev.relatedTarget)) closeCanned(false);
+    });
     $('#disposition').addEventListener('change', () => showWrapupError(null));
     $('#attach').addEventListener('click', () => $('#file-input').click());
     $('#file-input').addEventListener('change', onFiles);
