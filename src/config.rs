@@ -1782,6 +1782,12 @@ mod tests {
         assert_eq!(cfg.route_queue(ChannelKind::Sms, "+15550199"), "default");
         assert_eq!(cfg.webhooks.len(), 1);
         assert_eq!(cfg.webhooks[0].events[0], "task.*");
+        let canned: Vec<&str> = cfg
+            .canned_responses
+            .iter()
+            .filter_map(|c| c.id.as_deref())
+            .collect();
+        assert_eq!(canned, ["greet", "billing-hours"]);
     }
 
     #[test]
@@ -1865,12 +1871,6 @@ secret = "0123456789abcdef0123456789abcdef"
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `filter`"), "{err}");
-        let canned: Vec<&str> = cfg
-            .canned_responses
-            .iter()
-            .filter_map(|c| c.id.as_deref())
-            .collect();
-        assert_eq!(canned, ["greet", "billing-hours"]);
     }
 
     #[test]
