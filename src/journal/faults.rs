@@ -1,10 +1,10 @@
 //! Injected storage faults: the writer's file writes and fsyncs go through
 //! here, so a test can make the next N of them fail the way a full or
 //! failing disk does, in-process and on any file system. Without a test
-//! arming it, this is two atomic loads per batch.
+//! arming it, this is a few atomic loads per batch.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// A handle shared between a test and the journal's writer (cheap to clone).
@@ -16,6 +16,7 @@ pub struct Faults(Arc<Counters>);
 struct Counters {
     writes: AtomicU32,
     syncs: AtomicU32,
+    stalled: AtomicBool,
 }
 
 impl Faults {
@@ -29,6 +30,12 @@ impl Faults {
     /// The next `n` fsyncs of segment data fail with EIO.
     pub fn fail_syncs(&self, n: u32) {
         self.0.syncs.store(n, Ordering::SeqCst);
+    }
+
+    /// While on, every write waits, as on a disk that stopped answering
+    /// (a hung network volume): the queue fills and appends are refused.
+    pub fn stall(&self, on: bool) {
+        self.0.stalled.store(on, Ordering::SeqCst);
     }
 
     /// Faults still armed (writes, fsyncs).
@@ -48,6 +55,9 @@ impl Faults {
 
     /// `write_all`, unless a write fault is armed.
     pub(super) fn write_all(&self, out: &mut impl io::Write, buf: &[u8]) -> io::Result<()> {
+        while self.0.stalled.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         if Self::take(&self.0.writes) {
             out.write_all(&buf[..buf.len() / 2])?;
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));

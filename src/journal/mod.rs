@@ -361,7 +361,7 @@ impl Journal {
         let frame = payload.len() + segment::FRAME_OVERHEAD;
         let shared = &self.inner.shared;
         let mut q = shared.queue.lock();
-        if q.closing {
+        if q.closing || shared.writer_done.load(Ordering::Acquire) {
             return Err(JournalError::Closed);
         }
         if let Some(reason) = &q.failing {

@@ -64,6 +64,12 @@ fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 #[test]
+fn the_handle_can_be_shared_between_threads_and_tasks() {
+    fn shared<T: Clone + Send + Sync + 'static>() {}
+    shared::<Journal>();
+}
+
+#[test]
 fn many_records_round_trip_across_segments() {
     let dir = tempfile::tempdir().unwrap();
     write_records(dir.path(), 2000);
@@ -350,6 +356,46 @@ fn a_failing_fsync_rewrites_what_it_did_not_make_durable() {
             assert_eq!(bytes, &payload(*lsn));
         }
     }
+}
+
+/// A disk that stops answering: the writer holds one batch, the queue
+/// fills up to its budget, then appends are refused (nothing waits without
+/// bound in memory); when the disk answers again everything taken is written.
+#[test]
+fn a_stalled_disk_fills_the_queue_then_appends_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = JournalConfig {
+        queue_bytes: 1000,
+        ..cfg(dir.path(), Fsync::Always)
+    };
+    let faults = c.faults.clone();
+    let (j, _) = Journal::open(c).unwrap();
+    faults.stall(true);
+    // The writer takes the first record and waits on the disk with it.
+    j.append(&[1; 100]).unwrap();
+    eventually("the writer holding the first record", || {
+        j.inner.shared.queue.lock().batch.is_empty()
+    });
+    // The queue takes 1000 bytes: nine 108-byte frames, not ten.
+    for lsn in 2..=10 {
+        assert_eq!(j.append(&[2; 100]).unwrap(), lsn);
+    }
+    let err = j.append(&[3; 100]).unwrap_err();
+    assert!(
+        matches!(&err, JournalError::Unavailable { reason } if reason.contains("queue full")),
+        "{err:?}"
+    );
+    assert_eq!((j.appended(), j.durable()), (10, 0));
+    faults.stall(false);
+    j.wait_durable_blocking(10, Duration::from_secs(5)).unwrap();
+    assert_eq!(j.append(&[4; 100]).unwrap(), 11);
+    // A record larger than the whole budget still goes when nothing waits.
+    j.wait_durable_blocking(11, Duration::from_secs(5)).unwrap();
+    eventually("an empty queue", || {
+        j.inner.shared.queue.lock().batch.is_empty()
+    });
+    assert_eq!(j.append(&[5; 5000]).unwrap(), 12);
+    j.close(CLOSE).unwrap();
 }
 
 #[test]

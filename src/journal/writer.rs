@@ -38,7 +38,7 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
 
