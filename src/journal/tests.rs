@@ -341,7 +341,7 @@ fn a_failing_fsync_rewrites_what_it_did_not_make_durable() {
         let (j, _) = Journal::open(c).unwrap();
         j.append(b"first").unwrap();
         j.wait_durable_blocking(1, Duration::from_secs(5)).unwrap();
-        faults.fail_syncs(2);
+        faults.fail_syncs(3);
         let last = append_until_refused(&j, 2..=30);
         eventually("health unavailable", || j.health().is_err());
         assert!(j.durable() < last);
