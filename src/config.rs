@@ -39,6 +39,29 @@ impl LogFormat {
     }
 }
 
+/// When journal records are fsynced (`fsync`); see [`crate::journal::Fsync`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    // Every batch of records fsynced before any is acknowledged.
+    Always,
+    // Group commit: one fsync per fsync_interval at most.
+    #[default]
+    Batch,
+    // Written to the OS only: a machine crash loses what it had not written.
+    Never,
+}
+
+impl FsyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncMode::Always => "always",
+            FsyncMode::Batch => "batch",
+            FsyncMode::Never => "never",
+        }
+    }
+}
+
 /// An agent created at start: an `[[agents]]` table of the configuration
 /// file. Checked like `POST /v1/agents`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -220,6 +243,20 @@ pub struct Config {
     pub client_timeout: Duration,
     /// Log lines as text or JSON.
     pub log_format: LogFormat,
+    /// Directory of the journal and snapshots; None: purely in memory,
+    /// nothing survives a restart.
+    pub data_dir: Option<PathBuf>,
+    /// When journal records are fsynced (and so acknowledged).
+    pub fsync: FsyncMode,
+    /// Under `fsync = "batch"`: most time between a record's write and its fsync.
+    pub fsync_interval: Duration,
+    /// Size at which the journal starts a new segment file.
+    pub journal_segment_bytes: u64,
+    /// Bytes of records waiting for the journal's writer before new ones are
+    /// refused (`unavailable`).
+    pub journal_queue_bytes: u64,
+    /// Records between two snapshots.
+    pub snapshot_every: u64,
     /// Agents created at start.
     pub agents: Vec<AgentSeed>,
     /// Queues defined at start (`default` is always there too).
@@ -368,6 +405,12 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(15),
             client_timeout: Duration::from_secs(60),
             log_format: LogFormat::Text,
+            data_dir: None,
+            fsync: FsyncMode::Batch,
+            fsync_interval: crate::journal::DEFAULT_BATCH_DELAY,
+            journal_segment_bytes: crate::journal::DEFAULT_SEGMENT_BYTES,
+            journal_queue_bytes: crate::journal::DEFAULT_QUEUE_BYTES as u64,
+            snapshot_every: 100_000,
             agents: Vec::new(),
             queues: Vec::new(),
             routes: Vec::new(),
@@ -472,6 +515,25 @@ impl Config {
         args.apply(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The journal's settings, or None without a `data_dir` (purely in
+    /// memory). The journal lives in `<data_dir>/journal/`, leaving the rest
+    /// of the data dir to other files (attachments).
+    pub fn journal(&self) -> Option<crate::journal::JournalConfig> {
+        let dir = self.data_dir.as_ref()?.join("journal");
+        Some(crate::journal::JournalConfig {
+            fsync: match self.fsync {
+                FsyncMode::Always => crate::journal::Fsync::Always,
+                FsyncMode::Batch => crate::journal::Fsync::Batch {
+                    max_delay: self.fsync_interval,
+                },
+                FsyncMode::Never => crate::journal::Fsync::Never,
+            },
+            segment_bytes: self.journal_segment_bytes,
+            queue_bytes: usize::try_from(self.journal_queue_bytes).unwrap_or(usize::MAX),
+            ..crate::journal::JournalConfig::new(dir)
+        })
     }
 
     /// The base URL providers see.
@@ -683,6 +745,7 @@ impl Config {
                 "aging: must be at most 1000 points per minute".into(),
             ));
         }
+        self.validate_journal()?;
         self.validate_agents()?;
         self.validate_webhooks()?;
         self.validate_queues()?;
@@ -765,6 +828,36 @@ impl Config {
             }
             crate::webhooks::EventFilter::parse(&hook.events)
                 .map_err(|e| ConfigError(format!("webhooks[{i}].events: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// `data_dir` a directory or one that can be created; the journal's
+    /// sizes and delays in sane ranges.
+    fn validate_journal(&self) -> Result<(), ConfigError> {
+        if let Some(dir) = &self.data_dir {
+            valid_data_dir(dir)?;
+        }
+        if self.fsync_interval.is_zero() || self.fsync_interval > Duration::from_secs(1) {
+            return Err(ConfigError(format!(
+                "fsync_interval: {} must be more than 0 and at most 1s (fsync = \"always\" \
+                 fsyncs every batch)",
+                show_duration(self.fsync_interval)
+            )));
+        }
+        for (name, value) in [
+            ("journal_segment_bytes", self.journal_segment_bytes),
+            ("journal_queue_bytes", self.journal_queue_bytes),
+        ] {
+            if value < 64 * 1024 {
+                return Err(ConfigError(format!(
+                    "{name}: {} is less than the smallest accepted, 64KiB",
+                    show_size(value)
+                )));
+            }
+        }
+        if self.snapshot_every == 0 {
+            return Err(ConfigError("snapshot_every: must be at least 1".into()));
         }
         Ok(())
     }
@@ -930,6 +1023,53 @@ fn valid_bind(bind: &str) -> Result<(), ConfigError> {
             "bind: {bind:?} is not an address:port, e.g. 127.0.0.1:8080"
         )))
     }
+}
+
+/// An existing directory, or a path whose nearest existing ancestor is a
+/// directory (the journal creates the rest at start).
+fn valid_data_dir(dir: &std::path::Path) -> Result<(), ConfigError> {
+    let shown = dir.display();
+    if dir.as_os_str().is_empty() {
+        return Err(ConfigError(
+            "data_dir: empty; leave it unset to run purely in memory".into(),
+        ));
+    }
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(ConfigError(format!(
+                "data_dir: {shown} exists and is not a directory"
+            )))
+        }
+        Err(e)
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Err(ConfigError(format!("data_dir: {shown}: {e}")))
+        }
+        Err(_) => {}
+    }
+    let mut ancestor = dir.parent();
+    while let Some(a) = ancestor {
+        let probe = if a.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            a
+        };
+        match std::fs::metadata(probe) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => {
+                return Err(ConfigError(format!(
+                    "data_dir: {shown} cannot be created: {} is not a directory",
+                    probe.display()
+                )))
+            }
+            Err(_) => ancestor = a.parent(),
+        }
+    }
+    Err(ConfigError(format!("data_dir: {shown} cannot be created")))
 }
 
 /// `["a","b"]`, as the list would be written in the file.
@@ -1178,6 +1318,28 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// Directory of the journal and snapshots (unset: purely in memory).
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When journal records are fsynced before they are acknowledged.
+    #[arg(long, env = "SWITCHBOARD_FSYNC", value_enum)]
+    pub fsync: Option<FsyncMode>,
+    /// Under fsync = batch: most time from a record's write to its fsync.
+    #[arg(long, env = "SWITCHBOARD_FSYNC_INTERVAL", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub fsync_interval: Option<Duration>,
+    /// Size at which the journal starts a new segment file.
+    #[arg(long, env = "SWITCHBOARD_JOURNAL_SEGMENT_BYTES", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de::size")]
+    pub journal_segment_bytes: Option<u64>,
+    /// Bytes of records waiting for the disk before new ones are refused.
+    #[arg(long, env = "SWITCHBOARD_JOURNAL_QUEUE_BYTES", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de::size")]
+    pub journal_queue_bytes: Option<u64>,
+    /// Journal records between two snapshots.
+    #[arg(long, env = "SWITCHBOARD_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+
     /// Externally visible base URL, e.g. https://chat.example.com.
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -1424,6 +1586,12 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "heartbeat_interval" => duration(c.heartbeat_interval),
         "client_timeout" => duration(c.client_timeout),
         "log_format" => value(c.log_format.as_str().to_owned()),
+        "data_dir" => Some(Shown::Note("none: purely in memory")),
+        "fsync" => value(c.fsync.as_str().to_owned()),
+        "fsync_interval" => duration(c.fsync_interval),
+        "journal_segment_bytes" => value(show_size(c.journal_segment_bytes)),
+        "journal_queue_bytes" => value(show_size(c.journal_queue_bytes)),
+        "snapshot_every" => value(c.snapshot_every.to_string()),
         "public_url" => Some(Shown::Note("http://<bind>")),
         "twilio_api_base" => value(c.twilio_api_base.clone()),
         "graph_api_base" => value(c.graph_api_base.clone()),
@@ -1543,8 +1711,9 @@ impl Args {
             provider_in_flight, provider_queue, webhook_dedupe, max_webhook_body,
             attachment_link_ttl, sim_agents, sim_capacity, sim_accept_delay, sim_reply_delay,
             sim_wrapup_delay, sim_replies, sim_disposition, sim_seed, aging, max_missed_offers,
-            webhook_timeout, webhook_backoff, webhook_retry_for, webhook_queue, webhook_in_flight;
-            admin_token, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
+            webhook_timeout, webhook_backoff, webhook_retry_for, webhook_queue, webhook_in_flight,
+            fsync, fsync_interval, journal_segment_bytes, journal_queue_bytes, snapshot_every;
+            admin_token, data_dir, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token,
             webchat_context_secret
@@ -2260,6 +2429,69 @@ queue = "billing"
             ["SWITCHBOARD_TWILIO_AUTH_TOKEN", "SWITCHBOARD_SMS_FROM"]
         );
         assert!(!cfg.sms_enabled());
+    }
+
+    #[test]
+    fn journal_settings_from_file_and_flag_and_what_the_journal_gets() {
+        let cfg = Config::default();
+        assert!(cfg.journal().is_none(), "no data_dir: purely in memory");
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("new").join("data");
+        let file = format!(
+            "data_dir = {:?}\nfsync = \"always\"\njournal_segment_bytes = \"8MiB\"\n\
+             journal_queue_bytes = \"1MiB\"\nsnapshot_every = 5000\n",
+            data.to_str().unwrap()
+        );
+        let cfg = load_file(
+            "journal",
+            &file,
+            &["--fsync", "batch", "--fsync-interval", "5ms"],
+        )
+        .unwrap();
+        assert_eq!(cfg.data_dir.as_deref(), Some(data.as_path()));
+        assert_eq!((cfg.fsync, cfg.snapshot_every), (FsyncMode::Batch, 5000));
+        let j = cfg.journal().unwrap();
+        assert_eq!(j.dir, data.join("journal"));
+        assert_eq!(
+            j.fsync,
+            crate::journal::Fsync::Batch {
+                max_delay: Duration::from_millis(5)
+            }
+        );
+        assert_eq!((j.segment_bytes, j.queue_bytes), (8 << 20, 1 << 20));
+        let err = Args::try_parse_from(["switchboard", "--fsync", "sometimes"]).unwrap_err();
+        assert!(err.to_string().contains("--fsync"), "{err}");
+    }
+
+    #[test]
+    fn bad_journal_settings_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let a_file = dir.path().join("file");
+        std::fs::write(&a_file, "x").unwrap();
+        let with = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let err = with(&|c| c.data_dir = Some(a_file.clone()));
+        assert!(err.contains("exists and is not a directory"), "{err}");
+        let err = with(&|c| c.data_dir = Some(a_file.join("below")));
+        assert!(err.contains("cannot be created"), "{err}");
+        assert_eq!(with(&|c| c.data_dir = Some(dir.path().join("a/b"))), "");
+        assert_eq!(with(&|c| c.data_dir = Some(dir.path().into())), "");
+        let err = with(&|c| c.fsync_interval = Duration::ZERO);
+        assert!(err.contains("fsync_interval"), "{err}");
+        let err = with(&|c| c.fsync_interval = Duration::from_secs(2));
+        assert!(err.contains("fsync_interval: 2s"), "{err}");
+        let err = with(&|c| c.journal_segment_bytes = 1000);
+        assert!(err.contains("journal_segment_bytes: 1000"), "{err}");
+        let err = with(&|c| c.journal_queue_bytes = 0);
+        assert!(err.contains("journal_queue_bytes"), "{err}");
+        let err = with(&|c| c.snapshot_every = 0);
+        assert!(err.contains("snapshot_every"), "{err}");
     }
 
     #[test]

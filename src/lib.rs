@@ -18,6 +18,7 @@ pub mod deadlines;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod journal;
 pub mod limits;
 pub mod metrics;
 pub mod profile;

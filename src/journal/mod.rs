@@ -1,0 +1,632 @@
+//! The journal: an append-only, checksummed log of opaque records in segment
+//! files, plus snapshots, in one directory. It owns the bytes on disk and
+//! nothing else: it knows no actor or event type (callers encode their
+//! events with [`crate::codec`] and hand over the bytes), and it decides
+//! when a record is durable, so a caller acknowledges a client only after
+//! [`Journal::wait_durable`] says so.
+//!
+//! - [`segment`]: the file format (segment names, header, record framing).
+//! - [`writer`]: the writer thread (group commit, fsync policy, write errors).
+//! - [`recover`]: reading a directory back at open (torn tails cut, gaps and
+//!   corruption refused).
+//! - [`snapshot`]: snapshot files and the deletion of segments they cover.
+//! - [`faults`]: injected write and fsync failures, for tests.
+//!
+//! Appending never blocks the caller: it copies the record into a bounded
+//! in-memory queue (`queue_bytes`) under a short lock and returns its Lsn;
+//! the writer takes the whole queue at once. When the queue is full or the
+//! disk is failing, `append` answers [`JournalError::Unavailable`] at once, so
+//! the caller can refuse its client's request instead of acknowledging what
+//! was not stored. `docs/operations.md` (Durability) is the operator's view.
+
+mod faults;
+mod recover;
+mod segment;
+mod snapshot;
+mod writer;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
+
+pub use faults::Faults;
+pub use segment::FORMAT_VERSION;
+
+use crate::codec::MAX_RECORD;
+use writer::{Batch, Segment, Writer};
+
+/// Position of a record: 1 for the first ever appended, gap-free after it.
+/// 0 stands for "none yet".
+pub type Lsn = u64;
+
+/// When appended records are fsynced, and so when they count as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    /// Every batch is fsynced before any record of it is durable; appends
+    /// that wait together share one fsync (group commit).
+    Always,
+    /// fsync at most once per `max_delay`: a record is durable at most
+    /// `max_delay` (plus one fsync) after it is written. Far fewer fsyncs
+    /// under load than `Always`, at a bounded cost in acknowledgement latency.
+    Batch { max_delay: Duration },
+    /// Durable once written to the OS (page cache): a crash of the process
+    /// loses nothing, a crash of the machine or its power loses what the OS
+    /// had not written yet.
+    Never,
+}
+
+/// The default `Batch` delay: 2 ms. An fsync on a data-center SSD takes
+/// about 0.1–2 ms, so waiting longer buys little batching, while 2 ms stays
+/// far below what a person notices in a chat's acknowledgement, and caps
+/// fsyncs at 500 a second whatever the load.
+pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(2);
+/// Segment size before the writer starts a new file: large enough that
+/// rotation (an fsync and a directory fsync) is rare, small enough that a
+/// snapshot frees space soon.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes of records queued for the writer before `append` answers
+/// `Unavailable`: some seconds of a busy broker's records, so a slow fsync
+/// is absorbed and only a disk that has stopped shows.
+pub const DEFAULT_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// The smallest `segment_bytes` accepted.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+
+/// Where and how the journal writes.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    /// The journal's directory (created if missing; nothing else should
+    /// write in it).
+    pub dir: PathBuf,
+    pub fsync: Fsync,
+    /// A segment is closed and a new one started when the next record would
+    /// take it past this (a record larger than it gets a segment of its own).
+    pub segment_bytes: u64,
+    /// Budget of the queue between `append` and the writer, in bytes of
+    /// framed records. A record larger than the budget is still taken when
+    /// nothing is queued.
+    pub queue_bytes: usize,
+    /// Injected storage faults (tests); the default injects none.
+    pub faults: Faults,
+}
+
+impl JournalConfig {
+    /// The defaults in `dir`: `Batch` every 2 ms, 64 MiB segments, a 16 MiB queue.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        JournalConfig {
+            dir: dir.into(),
+            fsync: Fsync::Batch {
+                max_delay: DEFAULT_BATCH_DELAY,
+            },
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// What the journal cannot do, and why. `Unavailable` is the one a caller
+/// maps to its clients' `unavailable`; the others at open stop the start.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal I/O on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("journal corrupt: {} at byte {offset}: {what}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
+    #[error(
+        "{} has journal format version {found}; this build reads versions up to \
+         {supported}: it was written by a newer Switchboard (run that version, or restore \
+         a backup made by this one)",
+        path.display()
+    )]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "journal segment missing in {}: records from Lsn {expected} are needed, but the next \
+         segment starts at Lsn {found}",
+        dir.display()
+    )]
+    MissingSegment {
+        dir: PathBuf,
+        expected: Lsn,
+        found: Lsn,
+    },
+    #[error("journal unavailable: {reason}")]
+    Unavailable { reason: String },
+    #[error("journal closed")]
+    Closed,
+    #[error("journal directory {} is in use by another process (lock held on {})", dir.display(), lock.display())]
+    Locked { dir: PathBuf, lock: PathBuf },
+    #[error("journal record of {len} bytes: must be 1 to {max} bytes")]
+    InvalidRecord { len: usize, max: usize },
+    #[error("Lsn {lsn} has not been appended (highest: {appended})")]
+    NotAppended { lsn: Lsn, appended: Lsn },
+    #[error("snapshot at Lsn {lsn}: {why}")]
+    InvalidSnapshot { lsn: Lsn, why: String },
+    #[error(
+        "journal close timed out after {timeout:?}: durable up to Lsn {durable} of {appended} \
+         appended"
+    )]
+    CloseTimeout {
+        timeout: Duration,
+        durable: Lsn,
+        appended: Lsn,
+    },
+    #[error("invalid journal configuration: {0}")]
+    Config(String),
+}
+
+impl JournalError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        JournalError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// What recovery cut off the end of the last segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutReport {
+    pub segment: PathBuf,
+    /// Where the file now ends (the first byte that was cut).
+    pub offset: u64,
+    pub bytes: u64,
+    /// Records (whole or torn) in the bytes cut, following their length
+    /// prefixes as far as they were sane.
+    pub records: u64,
+    /// Why the first cut record was bad (torn, checksum, length).
+    pub reason: String,
+    /// The Lsn of the last record kept (0: none).
+    pub last_good: Lsn,
+}
+
+/// What [`Journal::open`] read back: the newest good snapshot, and every
+/// record after it in Lsn order (gap-free, starting right after the
+/// snapshot's Lsn, or at 1).
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub snapshot: Option<(Lsn, Vec<u8>)>,
+    pub records: Vec<(Lsn, Vec<u8>)>,
+    pub cut: Option<CutReport>,
+}
+
+/// The journal handle: cheap to clone, `Send + Sync`. Dropping the last
+/// handle starts a close without waiting for it; call [`Journal::close`] to
+/// know everything queued was written.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    queue_bytes: usize,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Serializes snapshot writers; holds the newest snapshot's Lsn.
+    snapshots: Mutex<Lsn>,
+}
+
+/// What the appenders and the writer thread share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The writer waits on it for records, a close, or a deadline.
+    work: Condvar,
+    appended: AtomicU64,
+    written: AtomicU64,
+    durable: AtomicU64,
+    durable_rx: watch::Receiver<Lsn>,
+    /// Blocking waiters (close, snapshots) wait on `flushed_cv` under it.
+    flushed: Mutex<()>,
+    flushed_cv: Condvar,
+    writer_done: AtomicBool,
+}
+
+struct Queue {
+    batch: Batch,
+    next_lsn: Lsn,
+    /// Some while the writer is failing: appends are refused with it.
+    failing: Option<String>,
+    closing: bool,
+    /// A close timed out: the writer stops without writing the rest.
+    abandon: bool,
+}
+
+impl Journal {
+    /// Open (creating) the directory: read the latest good snapshot and every
+    /// record after it, cut a torn or corrupt tail of the last segment, refuse
+    /// corruption in an earlier segment, a missing segment or a newer format;
+    /// then start the writer thread.
+    pub fn open(cfg: JournalConfig) -> Result<(Journal, Recovered), JournalError> {
+        if cfg.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(JournalError::Config(format!(
+                "segment_bytes must be at least {MIN_SEGMENT_BYTES}"
+            )));
+        }
+        if cfg.queue_bytes == 0 {
+            return Err(JournalError::Config(
+                "queue_bytes must be at least 1".into(),
+            ));
+        }
+        if cfg.fsync
+            == (Fsync::Batch {
+                max_delay: Duration::ZERO,
+            })
+        {
+            return Err(JournalError::Config(
+                "the batch fsync delay must be more than 0 (use Always to fsync every batch)"
+                    .into(),
+            ));
+        }
+        let dir = cfg.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| JournalError::io(&dir, e))?;
+        let lock = lock_dir(&dir)?;
+        let opened = recover::recover(&dir)?;
+        let seg = match opened.active {
+            Some((path, first, records, len)) => Segment::reopen(path.clone(), first, records, len)
+                .map_err(|e| JournalError::io(&path, e))?,
+            None => {
+                Segment::create(&dir, opened.next_lsn).map_err(|e| JournalError::io(&dir, e))?
+            }
+        };
+        let last = opened.next_lsn - 1;
+        let newest_snapshot = opened.recovered.snapshot.as_ref().map_or(0, |(l, _)| *l);
+        let (durable_tx, durable_rx) = watch::channel(last);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                batch: Batch::default(),
+                next_lsn: opened.next_lsn,
+                failing: None,
+                closing: false,
+                abandon: false,
+            }),
+            work: Condvar::new(),
+            appended: AtomicU64::new(last),
+            written: AtomicU64::new(last),
+            durable: AtomicU64::new(last),
+            durable_rx,
+            flushed: Mutex::new(()),
+            flushed_cv: Condvar::new(),
+            writer_done: AtomicBool::new(false),
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            dir: dir.clone(),
+            fsync: cfg.fsync,
+            segment_bytes: cfg.segment_bytes,
+            faults: cfg.faults,
+            seg,
+            durable_tx,
+            _lock: lock,
+            written: last,
+            pending: Batch::default(),
+            unsynced: Batch::default(),
+            last_sync: None,
+            needs_truncate: false,
+        };
+        let done = DoneGuard(shared.clone());
+        let handle = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || {
+                let _done = done;
+                writer.run();
+            })
+            .map_err(|e| JournalError::io(&dir, e))?;
+        tracing::info!(
+            dir = %dir.display(),
+            snapshot = newest_snapshot,
+            records = opened.recovered.records.len(),
+            next_lsn = opened.next_lsn,
+            "journal opened"
+        );
+        let journal = Journal {
+            inner: Arc::new(Inner {
+                shared,
+                dir,
+                queue_bytes: cfg.queue_bytes,
+                writer: Mutex::new(Some(handle)),
+                snapshots: Mutex::new(newest_snapshot),
+            }),
+        };
+        Ok((journal, opened.recovered))
+    }
+
+    /// Append one record and return its Lsn. Never blocks on I/O: the bytes
+    /// are copied into the writer's queue. `Unavailable` when the queue's
+    /// byte budget is spent or the writer is failing; the record is then not
+    /// taken and no Lsn is used.
+    pub fn append(&self, payload: &[u8]) -> Result<Lsn, JournalError> {
+        if payload.is_empty() || payload.len() > MAX_RECORD {
+            return Err(JournalError::InvalidRecord {
+                len: payload.len(),
+                max: MAX_RECORD,
+            });
+        }
+        let crc = crc32c::crc32c(payload);
+        let frame = payload.len() + segment::FRAME_OVERHEAD;
+        let shared = &self.inner.shared;
+        let mut q = shared.queue.lock();
+        if q.closing || shared.writer_done.load(Ordering::Acquire) {
+            return Err(JournalError::Closed);
+        }
+        if let Some(reason) = &q.failing {
+            return Err(JournalError::Unavailable {
+                reason: reason.clone(),
+            });
+        }
+        let queued = q.batch.buf.len();
+        if queued > 0 && queued + frame > self.inner.queue_bytes {
+            return Err(JournalError::Unavailable {
+                reason: format!(
+                    "journal queue full ({queued} bytes waiting for the disk, budget {})",
+                    self.inner.queue_bytes
+                ),
+            });
+        }
+        segment::encode_frame(&mut q.batch.buf, payload, crc);
+        q.batch.frames.push(frame as u32);
+        let lsn = q.next_lsn;
+        q.next_lsn += 1;
+        shared.appended.store(lsn, Ordering::Release);
+        drop(q);
+        if queued == 0 {
+            shared.work.notify_one();
+        }
+        Ok(lsn)
+    }
+
+    /// The highest Lsn handed out.
+    pub fn appended(&self) -> Lsn {
+        self.inner.shared.appended.load(Ordering::Acquire)
+    }
+
+    /// The highest Lsn written to the OS (durable or not yet).
+    pub fn written(&self) -> Lsn {
+        self.inner.shared.written.load(Ordering::Acquire)
+    }
+
+    /// The highest Lsn durable under the fsync policy: every record up to it
+    /// survives a crash (`Never`: a crash of the process only).
+    pub fn durable(&self) -> Lsn {
+        self.inner.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// Resolves when `durable() >= lsn`. Holds no lock; costs one atomic
+    /// load when it already is. While the writer is failing it keeps
+    /// waiting (the record is written once the disk works again; bound the
+    /// wait with a timeout if needed); `Closed` if the journal stops first.
+    pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), JournalError> {
+        if self.durable() >= lsn {
+            return Ok(());
+        }
+        let appended = self.appended();
+        if lsn > appended {
+            return Err(JournalError::NotAppended { lsn, appended });
+        }
+        let mut rx = self.inner.shared.durable_rx.clone();
+        loop {
+            if *rx.borrow_and_update() >= lsn {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return if *rx.borrow() >= lsn {
+                    Ok(())
+                } else {
+                    Err(JournalError::Closed)
+                };
+            }
+        }
+    }
+
+    /// The durable Lsn as a watch channel, for code that cannot `.await`
+    /// (an actor can poll it, or spawn the `changed()` future). The sender
+    /// is dropped when the writer stops.
+    pub fn watch_durable(&self) -> watch::Receiver<Lsn> {
+        self.inner.shared.durable_rx.clone()
+    }
+
+    /// Block the calling thread until `durable() >= lsn`, for at most
+    /// `timeout`. For blocking threads only (shutdown, snapshots), never an
+    /// actor or executor thread.
+    pub fn wait_durable_blocking(&self, lsn: Lsn, timeout: Duration) -> Result<(), JournalError> {
+        let appended = self.appended();
+        if lsn > appended {
+            return Err(JournalError::NotAppended { lsn, appended });
+        }
+        let shared = &self.inner.shared;
+        let deadline = Instant::now() + timeout;
+        let mut guard = shared.flushed.lock();
+        loop {
+            if self.durable() >= lsn {
+                return Ok(());
+            }
+            if shared.writer_done.load(Ordering::Acquire) {
+                return Err(JournalError::Closed);
+            }
+            if shared
+                .flushed_cv
+                .wait_until(&mut guard, deadline)
+                .timed_out()
+            {
+                if self.durable() >= lsn {
+                    return Ok(());
+                }
+                drop(guard);
+                return Err(self.health().err().unwrap_or(JournalError::Unavailable {
+                    reason: format!("Lsn {lsn} not durable after {timeout:?}"),
+                }));
+            }
+        }
+    }
+
+    /// Ok while appends are accepted; `Unavailable` while the writer is
+    /// failing (with its error), `Closed` after a close.
+    pub fn health(&self) -> Result<(), JournalError> {
+        let q = self.inner.shared.queue.lock();
+        if q.closing || self.inner.shared.writer_done.load(Ordering::Acquire) {
+            return Err(JournalError::Closed);
+        }
+        match &q.failing {
+            Some(reason) => Err(JournalError::Unavailable {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Write the caller's state as of `lsn` (every record up to `lsn`
+    /// applied, none after) as a snapshot: it first waits until `lsn` is
+    /// durable (at most 30 s), then writes it atomically (tmp file, fsync,
+    /// rename, fsync dir), keeps the two newest snapshots and deletes the
+    /// segments wholly before the older of them. Blocks: call it from a
+    /// blocking thread.
+    pub fn write_snapshot(&self, lsn: Lsn, bytes: &[u8]) -> Result<(), JournalError> {
+        let invalid = |why: String| JournalError::InvalidSnapshot { lsn, why };
+        if lsn == 0 {
+            return Err(invalid("Lsn 0 is before any record".into()));
+        }
+        let appended = self.appended();
+        if lsn > appended {
+            return Err(invalid(format!("only {appended} records appended")));
+        }
+        self.wait_durable_blocking(lsn, Duration::from_secs(30))?;
+        let mut newest = self.inner.snapshots.lock();
+        if lsn < *newest {
+            return Err(invalid(format!("older than the snapshot at Lsn {newest}")));
+        }
+        let started = Instant::now();
+        let path = snapshot::write(&self.inner.dir, lsn, bytes)?;
+        *newest = lsn;
+        let removed = snapshot::prune(&self.inner.dir)?;
+        tracing::info!(
+            snapshot = %path.display(),
+            bytes = bytes.len(),
+            files_removed = removed.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "journal snapshot written"
+        );
+        Ok(())
+    }
+
+    /// Stop taking appends, write and fsync everything queued, stop the
+    /// writer; at most `timeout`. After a timeout (the disk is failing) the
+    /// writer is told to stop and what it had not written is lost: none of
+    /// it was durable, so none of it was acknowledged.
+    pub fn close(&self, timeout: Duration) -> Result<(), JournalError> {
+        let shared = &self.inner.shared;
+        shared.queue.lock().closing = true;
+        shared.work.notify_one();
+        let deadline = Instant::now() + timeout;
+        {
+            let mut guard = shared.flushed.lock();
+            while !shared.writer_done.load(Ordering::Acquire) {
+                if shared
+                    .flushed_cv
+                    .wait_until(&mut guard, deadline)
+                    .timed_out()
+                    && !shared.writer_done.load(Ordering::Acquire)
+                {
+                    drop(guard);
+                    shared.queue.lock().abandon = true;
+                    shared.work.notify_one();
+                    return Err(JournalError::CloseTimeout {
+                        timeout,
+                        durable: self.durable(),
+                        appended: self.appended(),
+                    });
+                }
+            }
+        }
+        if let Some(handle) = self.inner.writer.lock().take() {
+            let _ = handle.join();
+        }
+        let (durable, appended) = (self.durable(), self.appended());
+        if durable < appended {
+            return Err(JournalError::CloseTimeout {
+                timeout,
+                durable,
+                appended,
+            });
+        }
+        tracing::info!(durable, "journal closed");
+        Ok(())
+    }
+
+    /// The journal's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: the writer writes what is queued and stops.
+    fn drop(&mut self) {
+        self.shared.queue.lock().closing = true;
+        self.shared.work.notify_one();
+    }
+}
+
+/// Marks the writer stopped (also when it panics) and wakes blocking waiters.
+struct DoneGuard(Arc<Shared>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        let _guard = self.0.flushed.lock();
+        self.0.writer_done.store(true, Ordering::Release);
+        self.0.flushed_cv.notify_all();
+    }
+}
+
+/// fsync a directory, so a file created or renamed in it stays after a crash.
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| JournalError::io(dir, e))
+}
+
+/// Take the directory's exclusive lock (`LOCK`, flock): a second broker on
+/// the same directory is refused instead of interleaving its appends.
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| JournalError::io(&path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; no memory is shared.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(JournalError::Locked {
+                    dir: dir.to_owned(),
+                    lock: path,
+                });
+            }
+            return Err(JournalError::io(&path, err));
+        }
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests;
