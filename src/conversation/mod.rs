@@ -399,7 +399,8 @@ impl Conversation {
                     self.to_agent(agent, AgentFrameKind::Message, frame.clone());
                 }
             }
-            self.message_to_customer(frame, None);
+            // A note for both sides of the chat, not sent out by providers.
+            self.message_to_customer(frame, None, false);
         }
         Err(ApiError::HistoryFull(format!(
             "conversation {} is full ({limits}); it takes no more messages",
@@ -433,17 +434,18 @@ impl Conversation {
 
     /// Hand the message just stored to the channel: webchat sockets show its
     /// frame (the customer's own too, for their other tabs); providers send
-    /// an agent's message out (its place in the outbound queue was taken
-    /// before it was stored) and have nowhere to show a customer's.
-    fn message_to_customer(&self, frame: Frame, template: Option<Template>) {
-        let message = self.last_message();
+    /// it out when `send_out` (an agent's reply or a notice addressed to the
+    /// customer, whose place in the outbound queue was taken before it was
+    /// stored) and have nowhere to show the rest.
+    fn message_to_customer(&self, frame: Frame, template: Option<Template>, send_out: bool) {
         if self.state.channel == ChannelKind::Webchat {
             self.to_customer(CustomerEvent::Broadcast(frame));
-        } else if message.from == Author::Agent {
+        } else if send_out {
             self.to_customer(CustomerEvent::Message {
-                message: Box::new(message.clone()),
+                message: Box::new(self.last_message().clone()),
                 frame,
                 template,
+                send_out,
             });
         }
     }
@@ -606,7 +608,7 @@ impl Actor for Conversation {
                     &agent_name,
                 )));
                 let frame = self.message_frame(self.last_message(), None);
-                self.message_to_customer(frame, template);
+                self.message_to_customer(frame, template, true);
             }
             None => {}
         }
