@@ -30,6 +30,9 @@ pub struct Reserve {
     /// The queue it is offered from and its priority there.
     pub queue: String,
     pub priority: u8,
+    /// The router's number for this offer (one counter for every offer it
+    /// makes, so numbers order offers as the router made them).
+    pub offer: u64,
 }
 
 impl Handler<Reserve> for Conversation {
@@ -54,6 +57,7 @@ impl Handler<Reserve> for Conversation {
         let offered = Event::TaskOffered {
             task: Cow::Borrowed(&task),
             expires_at: msg.expires_at,
+            offer: msg.offer,
         }
         .frame();
         self.to_agent(&msg.agent, AgentFrameKind::Offered(task.clone()), offered);

@@ -71,6 +71,10 @@ pub enum Event<'a> {
         task: Cow<'a, TaskView>,
         #[serde(with = "rfc3339")]
         expires_at: SystemTime,
+        /// The router's offer number: one counter for every offer it makes,
+        /// from 1 at start, so it orders offers as the router made them
+        /// whatever order desks receive them in.
+        offer: u64,
     },
     #[serde(rename = "task.rescinded")]
     TaskRescinded { task_id: Id, reason: RescindReason },
@@ -288,6 +292,7 @@ mod tests {
             Event::TaskOffered {
                 task: Cow::Owned(task()),
                 expires_at: crate::protocol::now(),
+                offer: 1,
             },
             Event::TaskRescinded {
                 task_id: "tk_1".into(),
