@@ -21,7 +21,9 @@
 //!   [`AgentComplete`], [`Resync`];
 //! - provider channels, on delivery (`delivery.rs`): [`DeliveryUpdate`],
 //!   [`ReadUpTo`];
-//! - HTTP routes (`queries.rs`): [`GetSnapshot`], [`GetMessages`].
+//! - HTTP routes (`queries.rs`): [`GetSnapshot`], [`GetMessages`];
+//! - supervisors (`supervision.rs`): [`SupervisorComplete`] (HTTP),
+//!   [`Monitor`] and [`Unmonitor`] (their socket).
 //!
 //! It sends `ToCustomer` to its channel, `ToAgent` to its agent, and to the
 //! router `EnqueueTask` or `BindOutbound` (as it opens), `TaskWrapping` and
@@ -38,6 +40,7 @@ mod delivery;
 mod queries;
 mod routing;
 mod state;
+mod supervision;
 
 pub use agent::{AgentComplete, AgentEnd, AgentSend, AgentTyping, Resync};
 pub use customer::{CustomerAbandoned, CustomerLeft, CustomerMessage, CustomerTyping, SendHistory};
@@ -45,6 +48,7 @@ pub use delivery::{DeliveryUpdate, ReadUpTo};
 pub use queries::{ConversationSnapshot, GetMessages, GetSnapshot, TaskRef};
 pub use routing::{Assign, Requeued, Reserve, RouterCancel, RouterNotice};
 pub use state::{ConversationEvent, ConversationState};
+pub use supervision::{Monitor, SupervisorComplete, Unmonitor};
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -157,6 +161,8 @@ pub struct Conversation {
     wrapup: Option<SpawnHandle>,
     /// Boxed: taken at start, so it should not keep its room in the actor.
     opening: Option<Box<Opening>>,
+    /// Supervisor sockets streaming its messages (`supervision.rs`).
+    monitors: Vec<crate::ws::SocketLink>,
 }
 
 impl Conversation {
@@ -203,6 +209,7 @@ impl Conversation {
             agent: None,
             wrapup: None,
             opening: Some(Box::new(spec.opening)),
+            monitors: Vec::new(),
         };
         // Registered before it runs: its first act queues the task, and the
         // agent who accepts must find it by id.
@@ -324,6 +331,7 @@ impl Conversation {
             client_msg_id,
         };
         self.apply(ConversationEvent::MessageAppended(message));
+        self.show_monitors();
     }
 
     /// The message [`Conversation::append`] just stored.

@@ -82,11 +82,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/agents/{id}/token", web::post().to(agents::rotate_token))
                 .route("/agents/{id}/ws", web::get().to(sockets::agent))
                 .route("/tasks", web::get().to(tasks::list))
+                .route("/tasks/{id}/complete", web::post().to(tasks::complete))
                 .route("/queues", web::post().to(queues::create))
                 .route("/queues", web::get().to(queues::list))
                 .route("/queues/{id}", web::get().to(queues::get))
                 .route("/queues/{id}", web::patch().to(queues::update))
                 .route("/queues/{id}", web::delete().to(queues::delete))
+                .route("/conversations", web::get().to(conversations::list))
                 .route("/conversations/{id}", web::get().to(conversations::get))
                 .route(
                     "/conversations/{id}/messages",
@@ -299,6 +301,10 @@ pub fn token_expired(id: &str) -> ApiError {
          POST /v1/agents/{id}/token"
     ))
 }
+
+/// Who a supervisor action was done by, as `supervisor.action` names it: the
+/// admin token is the one supervisor identity the broker knows.
+pub const ADMIN_ACTOR: &str = "admin";
 
 pub fn require_admin(req: &HttpRequest, broker: &Broker) -> Result<(), ApiError> {
     match authenticate(req, broker)? {
