@@ -1,7 +1,8 @@
 // The supervisor's story, on a broker of its own: customers already waiting
 // when the board opens, a customer arriving while it is open, agents that are
 // free, full, on break, offline and disconnected, the board's connection
-// dropping, and a finished task leaving the table. Customers and agents here
+// dropping, a finished task leaving the table, and the supervisor's actions:
+// monitoring a conversation, completing a task, setting agents' activity. Customers and agents here
 // are plain WebSocket clients run in a blank browser page.
 import { assert, call, equal, person, seeText, shot, step, story, until } from './harness.mjs';
 import { audit } from './axe.mjs';
@@ -37,6 +38,7 @@ async function bots() {
         if (autoAccept && m.type === 'task.offered') ws.send(JSON.stringify({ type: 'accept', task_id: m.task.id }));
       };
       ws.onopen = () => resolve(true);
+      ws.onclose = (ev) => { ws.closedWith = { code: ev.code, reason: ev.reason }; };
       ws.onerror = () => reject(new Error('socket ' + key + ' failed'));
       window.socks[key] = ws;
     });
@@ -251,6 +253,57 @@ step('a finished task is greyed, then leaves the table', async () => {
   await seeText(row(PRIYA).locator('.pill'), /^Completed$/);
   await row(PRIYA).waitFor({ state: 'detached', timeout: 15000 });
   equal((await table()).length, 4, 'the other rows stay');
+});
+
+step('monitoring a conversation from the board shows its messages live, read-only', async () => {
+  const panel = b.board.locator('#monitor-panel');
+  await row(NORA).getByRole('button', { name: 'Monitor ' + NORA, exact: true }).click();
+  await panel.waitFor();
+  await seeText(b.board.locator('#monitor-who'), new RegExp('^' + NORA + '$'));
+  await seeText(panel.locator('#monitor-messages li').first(), /Hello, I need help with my invoice\./);
+  await seeText(row(NORA).locator('button[data-action="monitor"]'), /^Monitoring$/);
+  // Nora writes again: the board shows it at once, from the supervisor socket.
+  await b.bots.evaluate((k) => window.sendOn(k, { type: 'message', text: 'Are you still there?', client_msg_id: 'c2' }), NORA);
+  await seeText(panel.locator('#monitor-messages li').last(), /Are you still there\?/);
+  await audit(b.board, 'board-monitoring');
+  await shot(b.board, 'board-monitor');
+  await b.board.getByRole('button', { name: 'Stop monitoring' }).click();
+  await panel.waitFor({ state: 'hidden' });
+  await seeText(row(NORA).locator('button[data-action="monitor"]'), /^Monitor$/);
+});
+
+step('a supervisor completes a task from the board: the agent\'s desk sees it leave', async () => {
+  const task = (await call(boardEnv.broker.base, 'GET', '/v1/tasks', boardEnv.broker.admin)).body
+    .find((t) => t.customer.name === NORA);
+  assert(task && task.agent_id, 'Nora\'s task is held by an agent');
+  await row(NORA).getByRole('button', { name: 'Complete the task of ' + NORA }).click();
+  const dialog = b.board.locator('#complete-dialog');
+  await dialog.waitFor();
+  await b.board.getByLabel('Disposition').selectOption('spam');
+  await b.board.getByLabel('Notes').fill('Closed from the board');
+  await audit(b.board, 'board-complete-dialog');
+  await b.board.getByRole('button', { name: 'Complete task', exact: true }).click();
+  await dialog.waitFor({ state: 'hidden' });
+  await until('Nora\'s row completed', async () => (await row(NORA).getAttribute('data-state')) === 'completed');
+  await until(task.agent_id + ' to see the task leave', async () =>
+    (await frames(task.agent_id, 'task.completed')).some((f) => f.task_id === task.id && f.disposition === 'spam'));
+  const conv = (await call(boardEnv.broker.base, 'GET', '/v1/conversations/' + task.conversation_id, boardEnv.broker.admin)).body;
+  equal([conv.state, conv.disposition, conv.notes], ['ended', 'spam', 'Closed from the board'], 'the record');
+});
+
+step('a supervisor sets agents\' activity from the board; offline logs the agent out', async () => {
+  await b.board.getByLabel('Set the activity of Jo Marsh').selectOption('available');
+  await seeText(b.board.locator('#agents tr[data-agent="jo"] .pill'), /^Available$/);
+  await until('jo\'s desk to be told', async () =>
+    (await frames('jo', 'activity.changed')).some((f) => f.activity === 'available' && f.reason === 'supervisor'));
+  await b.board.getByLabel('Set the activity of Gus Brandt').selectOption('offline');
+  await seeText(b.board.locator('#agents tr[data-agent="gus"] .pill'), /^Offline$/);
+  await until('gus\'s desk to be closed', async () => {
+    const closed = await b.bots.evaluate(() => window.socks.gus.closedWith || null);
+    return closed && closed.reason === 'logged out by a supervisor' ? closed : false;
+  });
+  // Gus's chats went back to the queue; Jo, now available, takes them.
+  await until('jo to be offered chats', async () => (await frames('jo', 'task.offered')).length > 0);
 });
 
 /** Screenshots of the board story's pages, for a failed step. */

@@ -8,8 +8,8 @@
 //! this actor reports is the count of tasks it has been told about.
 //!
 //! Handles: [`Connect`], [`Disconnect`], [`FromDesk`], [`ToAgent`],
-//! [`Rescind`], [`ActivitySet`], [`UpdateProfile`], [`TokenRotated`],
-//! [`Retire`].
+//! [`Rescind`], [`ActivitySet`], [`SupervisorActivity`], [`UpdateProfile`],
+//! [`TokenRotated`], [`Retire`].
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -47,6 +47,8 @@ pub const TOKEN_ROTATED: &str = "token rotated";
 pub const TOKEN_EXPIRED: &str = "token expired";
 /// Close reason of a desktop socket whose agent was deleted; code 1000.
 pub const AGENT_DELETED: &str = "agent deleted";
+/// Close reason of a desk whose agent a supervisor set `offline`.
+pub const LOGGED_OUT: &str = "logged out by a supervisor";
 
 struct OpenTask {
     view: TaskView,
@@ -714,6 +716,56 @@ impl Handler<ActivitySet> for Agent {
         }
         .frame();
         self.push(frame, ctx);
+    }
+}
+
+/// `PATCH /v1/agents/{id}` with `activity`: a supervisor sets the agent's
+/// activity. The desk is told (`activity.changed`, reason `supervisor`);
+/// `offline` also logs the agent out: its desk is closed with
+/// [`LOGGED_OUT`], no disconnect grace runs, and the router takes back its
+/// offers and tasks as when an agent goes offline itself.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct SupervisorActivity {
+    pub activity: Activity,
+}
+
+impl Handler<SupervisorActivity> for Agent {
+    type Result = Result<(), ApiError>;
+
+    fn handle(&mut self, msg: SupervisorActivity, ctx: &mut Context<Self>) -> Self::Result {
+        if msg.activity == Activity::NotResponding {
+            return Err(ApiError::BadRequest(
+                "activity: not_responding is set by the broker; choose available, break or offline"
+                    .into(),
+            ));
+        }
+        self.apply(AgentEvent::ActivityChanged(msg.activity));
+        let frame = Event::ActivityChanged {
+            activity: msg.activity,
+            reason: Cow::Borrowed("supervisor"),
+        }
+        .frame();
+        self.push(frame, ctx);
+        if msg.activity == Activity::Offline {
+            if let Some(grace) = self.grace.take() {
+                ctx.cancel_future(grace);
+            }
+            if let Some(link) = self.session.take() {
+                link.close(CloseCode::Normal, LOGGED_OUT);
+                self.session_token = None;
+                self.broker.router.do_send(router::AgentPresence {
+                    id: self.profile.id.clone(),
+                    connected: false,
+                    activity: Activity::Offline,
+                });
+            }
+        }
+        self.broker.router.do_send(router::AgentActivity {
+            id: self.profile.id.clone(),
+            activity: msg.activity,
+        });
+        Ok(())
     }
 }
 

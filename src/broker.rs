@@ -217,6 +217,22 @@ impl<W: Wiring> Registry<W> {
         self.tasks.remove(task_id);
     }
 
+    /// The conversation of a task, while it is in memory.
+    pub fn conversation_of_task(&self, task_id: &str) -> Option<Addr<W::Conversation>> {
+        let id = self.tasks.get(task_id).map(|e| e.value().clone())?;
+        self.conversation(&id)
+    }
+
+    /// Every conversation in memory (open, or finished and within the
+    /// history retention), for the admin list: a copy of the addresses, no
+    /// lock held once it returns.
+    pub fn all_conversations(&self) -> Vec<Addr<W::Conversation>> {
+        self.conversations
+            .iter()
+            .map(|e| e.value().clone())
+            .collect()
+    }
+
     pub fn conversation_exists(&self, id: &str) -> bool {
         self.conversations.contains_key(id)
     }

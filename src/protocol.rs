@@ -9,7 +9,7 @@
 pub mod event;
 mod stats;
 
-pub use event::{Event, RescindReason};
+pub use event::{Event, RescindReason, SupervisorAction};
 pub use stats::{AgentCounts, QueueStats, QueueToday};
 
 use std::sync::Arc;
@@ -297,6 +297,24 @@ pub struct AgentView {
     pub activity: Activity,
     pub connected: bool,
     pub load: PerChannel,
+}
+
+/// Commands a supervisor socket takes.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SupervisorCommand {
+    /// Stream this conversation's `message` events, read-only.
+    Monitor {
+        conversation_id: String,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    /// Stop streaming it.
+    Unmonitor {
+        conversation_id: String,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
 }
 
 /// Commands an agent desktop sends over its socket.

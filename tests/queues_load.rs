@@ -2,15 +2,23 @@
 //! webchat tasks across 5 queues of mixed priorities, the agents rejecting
 //! some offers and letting others time out at random. Checks: no task
 //! assigned to two agents, no agent ever holding more than its capacity, every
-//! task completed, and the broker's stats equal to the test's own count.
+//! task completed, the broker's stats equal to the test's own count, and the
+//! order of offers within each queue.
 //!
-//! Not checked here: the order of offers. Each offer travels router → the
-//! task's conversation (on its own worker thread) → the desk, so the order in
-//! which 500 desks *see* offers is not the order the router made them, and a
-//! desk that lags past the offer timeout sees a re-offer as if it were the
-//! first. The order is checked exactly where it is decided:
-//! `src/router/props.rs` (any interleaving, against the router's state) and
-//! `tests/queues.rs` (one desk, over sockets).
+//! The order, from what desks see. Each offer travels router → the task's
+//! conversation (on its own worker thread) → the desk, so the order in which
+//! 500 desks *receive* offers is not the order the router made them; each
+//! `task.offered` carries the router's offer number, which is. With it the
+//! test replays the router's decisions: a task that was never offered is
+//! waiting (all 5,000 wait before any agent is available) and eligible for
+//! every agent (no skills, one channel, no declines yet), and with `aging`
+//! above zero a task of the same queue created in an earlier millisecond has
+//! a better place (`waiting_since`, to the millisecond, is in the payload).
+//! So no offer of a task may come before the first offer of an older task of
+//! its queue and priority ([`check_order`]). Ties within one millisecond are
+//! broken by arrival, which desks cannot see, and are not judged. The rest of
+//! the rule (declined tasks, cool-downs) is checked exactly where it is
+//! decided: `src/router/props.rs` and `tests/queues.rs`.
 //!
 //! The 5,000 tasks are all waiting before any agent is available, so the
 //! router hands out a deep, mixed queue. Customers close their socket once
@@ -20,7 +28,7 @@
 //! Self-contained: a lean WebSocket client, shared counters so a timeout says
 //! how far the run got.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +62,8 @@ struct Shared {
     offered: Mutex<HashSet<String>>,
     /// task → agents it was assigned to.
     assigned: Mutex<HashMap<String, Vec<String>>>,
+    /// Every offer desks received.
+    offers: Mutex<Vec<Offer>>,
     errors: Mutex<Vec<String>>,
 }
 
@@ -65,6 +75,99 @@ impl Shared {
             }
         }
     }
+}
+
+/// A `task.offered` as a desk received it.
+#[derive(Clone, Debug)]
+struct Offer {
+    /// The router's offer number.
+    number: u64,
+    task: String,
+    queue: String,
+    priority: u64,
+    /// `waiting_since` in milliseconds since the epoch.
+    since_ms: u128,
+    agent: String,
+}
+
+impl Offer {
+    fn read(v: &Value, agent: &str) -> Result<Offer, String> {
+        let t = &v["task"];
+        let since = t["waiting_since"].as_str().unwrap_or_default();
+        let since_ms = humantime::parse_rfc3339(since)
+            .map_err(|e| format!("waiting_since {since:?}: {e}"))?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_millis();
+        Ok(Offer {
+            number: v["offer"].as_u64().ok_or(format!("no offer number: {v}"))?,
+            task: t["id"].as_str().unwrap_or_default().to_owned(),
+            queue: t["queue"].as_str().unwrap_or_default().to_owned(),
+            priority: t["priority"].as_u64().ok_or(format!("no priority: {v}"))?,
+            since_ms,
+            agent: agent.to_owned(),
+        })
+    }
+}
+
+/// One task of a (queue, priority) line: waiting since (ms), first offer
+/// number, id.
+type Line<'a> = (u128, u64, &'a str);
+
+/// Offers that broke the order: an offer of a task of (queue, priority)
+/// made while an older task of the same (queue, priority) — created in an
+/// earlier millisecond — had not been offered to anyone yet. Meant for a
+/// run where every task waits before the first offer and any agent may take
+/// any task it has not declined.
+fn check_order(offers: &[Offer]) -> Vec<String> {
+    let mut first: HashMap<&str, &Offer> = HashMap::new();
+    for o in offers {
+        let f = first.entry(&o.task).or_insert(o);
+        if o.number < f.number {
+            *f = o;
+        }
+    }
+    // Per (queue, priority): (waiting_since, first offer number, task), oldest
+    // first, and the latest first offer among each prefix.
+    let mut lines: BTreeMap<(&str, u64), Vec<Line<'_>>> = BTreeMap::new();
+    for f in first.values() {
+        lines
+            .entry((f.queue.as_str(), f.priority))
+            .or_default()
+            .push((f.since_ms, f.number, f.task.as_str()));
+    }
+    // `latest[k]`: the latest first offer among the `k` oldest of a line.
+    let mut latest: HashMap<(&str, u64), Vec<(u64, &str)>> = HashMap::new();
+    for (key, line) in lines.iter_mut() {
+        line.sort_unstable();
+        let mut prefix = vec![(0, "")];
+        for &(_, number, task) in line.iter() {
+            let before = prefix[prefix.len() - 1];
+            prefix.push(if number > before.0 {
+                (number, task)
+            } else {
+                before
+            });
+        }
+        latest.insert(*key, prefix);
+    }
+    let mut broken = Vec::new();
+    for o in offers {
+        let key = (o.queue.as_str(), o.priority);
+        let (Some(line), Some(prefix)) = (lines.get(&key), latest.get(&key)) else {
+            continue;
+        };
+        // How many tasks of the line were created in an earlier millisecond.
+        let older = line.partition_point(|&(since, _, _)| since < o.since_ms);
+        let (number, task) = prefix[older];
+        if number > o.number {
+            broken.push(format!(
+                "offer {} of {} ({} priority {}, to {}) came before the first offer ({number}) of the older {task}",
+                o.number, o.task, o.queue, o.priority, o.agent
+            ));
+        }
+    }
+    broken
 }
 
 async fn send(ws: &mut Ws, v: Value) -> Result<(), String> {
@@ -124,6 +227,10 @@ async fn run_agent(id: String, mut ws: Ws, shared: Arc<Shared>, mut rng: Rng) {
         let task = v["task"]["id"].as_str().unwrap_or_default().to_owned();
         match v["type"].as_str().unwrap_or_default() {
             "task.offered" => {
+                match Offer::read(&v, &id) {
+                    Ok(o) => shared.offers.lock().unwrap().push(o),
+                    Err(e) => shared.fail(format!("{id}: {e}")),
+                }
                 holding.insert(task.clone());
                 if holding.len() > CAPACITY {
                     shared.fail(format!("{id} holds {holding:?}, over its capacity"));
@@ -190,12 +297,26 @@ async fn run_agent(id: String, mut ws: Ws, shared: Arc<Shared>, mut rng: Rng) {
             _ => {}
         }
     }
+    // An offer that timed out unread may still be on its way to this desk
+    // after the last task completed elsewhere: read what is left, so the
+    // order check sees every offer the router made.
+    while let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(1), recv(&mut ws)).await {
+        if v["type"] == "task.offered" {
+            match Offer::read(&v, &id) {
+                Ok(o) => shared.offers.lock().unwrap().push(o),
+                Err(e) => shared.fail(format!("{id}: {e}")),
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_tasks_in_five_queues_through_five_hundred_agents() {
     let mut cfg = Config::for_tests();
     cfg.admin_token = Some(ADMIN.into());
+    // Tasks of one queue ordered by `waiting_since`, which desks see (with no
+    // aging, by arrival at the router, which they do not): see the module doc.
+    cfg.aging = 1;
     cfg.offer_timeout = Duration::from_secs(1);
     cfg.reoffer_cooldown = Duration::from_millis(200);
     cfg.customer_grace = Duration::from_secs(3600);
@@ -342,6 +463,27 @@ async fn five_thousand_tasks_in_five_queues_through_five_hundred_agents() {
     assert_eq!(shared.completed.load(Ordering::Relaxed), TASKS);
     assert_eq!(shared.offered.lock().unwrap().len(), TASKS);
 
+    // Every offer the router made reached a desk once (numbers 1..=n, none
+    // twice), so the order check below sees each task's first offer.
+    let offers = shared.offers.lock().unwrap().clone();
+    let mut numbers: Vec<u64> = offers.iter().map(|o| o.number).collect();
+    numbers.sort_unstable();
+    let expected: Vec<u64> = (1..=offers.len() as u64).collect();
+    assert!(
+        numbers == expected,
+        "offer numbers are not 1..={}: {:?}…",
+        offers.len(),
+        &numbers[..numbers.len().min(20)]
+    );
+    // Within each queue, oldest first.
+    let broken = check_order(&offers);
+    assert!(
+        broken.is_empty(),
+        "{} offers out of order: {:#?}",
+        broken.len(),
+        &broken[..broken.len().min(10)]
+    );
+
     // The broker's counts equal the test's.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -365,4 +507,45 @@ async fn five_thousand_tasks_in_five_queues_through_five_hundred_agents() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(srv);
+}
+
+/// The order check itself: it finds an offer made while an older task of the
+/// same queue had not been offered, and nothing else.
+#[test]
+fn the_order_check_finds_an_offer_made_before_an_older_tasks_first_offer() {
+    let offer = |number, task: &str, queue: &str, since_ms| Offer {
+        number,
+        task: task.into(),
+        queue: queue.into(),
+        priority: 0,
+        since_ms,
+        agent: "ag".into(),
+    };
+    let in_order = vec![
+        offer(1, "a", "q0", 10),
+        offer(2, "x", "q1", 5),
+        offer(3, "b", "q0", 20),
+        // `a` again after a decline: a new, later offer of an older task.
+        offer(4, "a", "q0", 10),
+        // Same millisecond: arrival decides, which desks cannot see.
+        offer(5, "d", "q0", 30),
+        offer(6, "c", "q0", 30),
+    ];
+    assert!(
+        check_order(&in_order).is_empty(),
+        "{:?}",
+        check_order(&in_order)
+    );
+    let skipped = vec![
+        offer(1, "b", "q0", 20),
+        offer(2, "x", "q1", 5),
+        offer(3, "a", "q0", 10),
+    ];
+    let broken = check_order(&skipped);
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(broken[0].starts_with("offer 1 of b"), "{broken:?}");
+    // A priority change between offers is a different line, not a skip.
+    let mut moved = skipped.clone();
+    moved[2].priority = 5;
+    assert!(check_order(&moved).is_empty());
 }

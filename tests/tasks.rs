@@ -91,7 +91,7 @@ async fn open_tasks_are_listed_oldest_first_with_customer_state_and_agent() {
 async fn task_list_refuses_bad_filters_and_strangers() {
     let h = start();
     for (query, needle) in [
-        ("state=waiting", "unknown task state"),
+        ("state=sleeping", "unknown task state"),
         ("state=completed", "open tasks"),
         ("channel=fax", "unknown channel"),
     ] {

@@ -54,13 +54,19 @@ pub enum CustomerEvent {
         ack: Frame,
         frame: Frame,
     },
-    /// A new message of the conversation (either side). Socket channels
-    /// broadcast the frame; provider channels send agent messages out.
+    /// A new message of the conversation. Socket channels broadcast the
+    /// frame; provider channels send it out when `send_out` says so.
     Message {
         message: Box<Message>,
         frame: Frame,
         /// WhatsApp template that opens an outbound conversation.
         template: Option<Template>,
+        /// Addressed to the customer and given a place in the provider's
+        /// outbound queue: an agent's reply, or a system message the queue
+        /// sends the customer (maximum-wait and closed messages). Internal
+        /// notes (an inbound message split in parts, the history cap) are
+        /// not: the flag, never the text or author, decides.
+        send_out: bool,
     },
     /// A live event for every socket of the customer (`typing`,
     /// `agent.joined`).

@@ -50,7 +50,7 @@ use crate::channel::{
 };
 use crate::conversation::{Conversation, DeliveryUpdate, OpenSpec, Opening, ReadUpTo};
 use crate::error::ApiError;
-use crate::protocol::{AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Id};
+use crate::protocol::{AttachmentMeta, ChannelKind, Customer, DeliveryStatus, Id};
 use crate::wiring::Broker;
 
 /// A provider channel's outbound queue, counted: agent messages taken for
@@ -957,7 +957,8 @@ impl ProviderChannel {
         }
     }
 
-    /// Send an agent message out, with retries, off the actor's turn.
+    /// Send a message out (an agent's reply or a notice addressed to the
+    /// customer), with retries, off the actor's turn.
     fn deliver(
         &mut self,
         conversation: Id,
@@ -1120,8 +1121,11 @@ impl Handler<ToCustomer> for ProviderChannel {
     fn handle(&mut self, msg: ToCustomer, ctx: &mut Context<Self>) {
         match msg.event {
             CustomerEvent::Message {
-                message, template, ..
-            } if message.from == Author::Agent => {
+                message,
+                template,
+                send_out: true,
+                ..
+            } => {
                 let business = msg.business.map(|b| b.to_string()).unwrap_or_default();
                 let out = Outgoing {
                     to: msg.customer.to_string(),

@@ -74,7 +74,7 @@ impl Handler<AgentSend> for Conversation {
             None => to_customer.clone(),
         };
         self.to_agent(&msg.from, AgentFrameKind::Message, echo);
-        self.message_to_customer(to_customer, None);
+        self.message_to_customer(to_customer, None, true);
     }
 }
 
@@ -207,7 +207,7 @@ impl Handler<Resync> for Conversation {
 impl Conversation {
     /// Take a place in the provider channel's outbound queue for an agent's
     /// message (nothing to take on webchat); `rate_limited` when it is full.
-    fn reserve_outbound(&self) -> Result<(), ApiError> {
+    pub(super) fn reserve_outbound(&self) -> Result<(), ApiError> {
         let channel = self.state.channel;
         let Some(budget) = self.broker.channels.budget(channel) else {
             return Ok(());
@@ -222,7 +222,7 @@ impl Conversation {
     }
 
     /// Provider-channel rules an agent's free-form message must meet.
-    fn check_provider_rules(&self) -> Result<(), ApiError> {
+    pub(super) fn check_provider_rules(&self) -> Result<(), ApiError> {
         let channel = self.state.channel;
         if channel == ChannelKind::Webchat {
             return Ok(());

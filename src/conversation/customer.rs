@@ -241,7 +241,9 @@ impl Conversation {
             }
         }
         if let Some(frame) = for_customer {
-            self.message_to_customer(frame, None);
+            // The customer's own words: shown in their other tabs, never
+            // sent back to them by a provider.
+            self.message_to_customer(frame, None, false);
         }
     }
 }

@@ -43,7 +43,8 @@ impl Handler<DeliveryUpdate> for Conversation {
     }
 }
 
-/// Messenger read receipt: every agent message sent before `watermark` is read.
+/// Messenger read receipt: every message sent out (agent replies, notices to
+/// the customer) before `watermark` is read.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ReadUpTo {
@@ -58,7 +59,7 @@ impl Handler<ReadUpTo> for Conversation {
             .state
             .messages
             .iter()
-            .filter(|m| m.from == Author::Agent && m.created_at <= msg.watermark)
+            .filter(|m| m.from != Author::Customer && m.created_at <= msg.watermark)
             .filter(|m| matches!(m.status, DeliveryStatus::Sent | DeliveryStatus::Delivered))
             .map(|m| m.seq)
             .collect();
@@ -70,7 +71,7 @@ impl Handler<ReadUpTo> for Conversation {
 
 impl Conversation {
     /// Move message `seq` to `status` if that is forward, and tell the agent.
-    fn set_status(&mut self, seq: u64, status: DeliveryStatus, error: Option<String>) {
+    pub(super) fn set_status(&mut self, seq: u64, status: DeliveryStatus, error: Option<String>) {
         let Some(current) = seq
             .checked_sub(1)
             .and_then(|i| self.state.messages.get(i as usize))

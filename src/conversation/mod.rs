@@ -23,7 +23,9 @@
 //!   [`ReadUpTo`];
 //! - HTTP routes (`queries.rs`): [`GetSnapshot`], [`GetMessages`]; and
 //!   (`canned.rs`) [`GetCannedContext`], what canned responses are filled
-//!   with there, which `AgentSend` by `canned_id` uses too.
+//!   with there, which `AgentSend` by `canned_id` uses too;
+//! - supervisors (`supervision.rs`): [`SupervisorComplete`] (HTTP),
+//!   [`Monitor`] and [`Unmonitor`] (their socket).
 //!
 //! It sends `ToCustomer` to its channel, `ToAgent` to its agent, and to the
 //! router `EnqueueTask` or `BindOutbound` (as it opens), `TaskWrapping` and
@@ -43,6 +45,7 @@ mod delivery;
 mod queries;
 mod routing;
 mod state;
+mod supervision;
 
 pub use agent::{AgentComplete, AgentEnd, AgentSend, AgentTyping, Resync};
 pub use canned::{usable_in, CannedContext, GetCannedContext};
@@ -51,6 +54,7 @@ pub use delivery::{DeliveryUpdate, ReadUpTo};
 pub use queries::{ConversationSnapshot, GetMessages, GetSnapshot, TaskRef};
 pub use routing::{Assign, RequeueCause, Requeued, Reserve, RouterCancel, RouterNotice};
 pub use state::{ConversationEvent, ConversationState};
+pub use supervision::{Monitor, SupervisorComplete, Unmonitor};
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -165,6 +169,8 @@ pub struct Conversation {
     wrapup: Option<SpawnHandle>,
     /// Boxed: taken at start, so it should not keep its room in the actor.
     opening: Option<Box<Opening>>,
+    /// Supervisor sockets streaming its messages (`supervision.rs`).
+    monitors: Vec<crate::ws::SocketLink>,
 }
 
 impl Conversation {
@@ -211,6 +217,7 @@ impl Conversation {
             agent: None,
             wrapup: None,
             opening: Some(Box::new(spec.opening)),
+            monitors: Vec::new(),
         };
         // Registered before it runs: its first act queues the task, and the
         // agent who accepts must find it by id.
@@ -394,6 +401,7 @@ impl Conversation {
             client_msg_id,
         };
         self.apply(ConversationEvent::MessageAppended(message));
+        self.show_monitors();
     }
 
     /// The message [`Conversation::append`] just stored.
@@ -469,7 +477,8 @@ impl Conversation {
                     self.to_agent(agent, AgentFrameKind::Message, frame.clone());
                 }
             }
-            self.message_to_customer(frame, None);
+            // A note for both sides of the chat, not sent out by providers.
+            self.message_to_customer(frame, None, false);
         }
         Err(ApiError::HistoryFull(format!(
             "conversation {} is full ({limits}); it takes no more messages",
@@ -503,17 +512,18 @@ impl Conversation {
 
     /// Hand the message just stored to the channel: webchat sockets show its
     /// frame (the customer's own too, for their other tabs); providers send
-    /// an agent's message out (its place in the outbound queue was taken
-    /// before it was stored) and have nowhere to show a customer's.
-    fn message_to_customer(&self, frame: Frame, template: Option<Template>) {
-        let message = self.last_message();
+    /// it out when `send_out` (an agent's reply or a notice addressed to the
+    /// customer, whose place in the outbound queue was taken before it was
+    /// stored) and have nowhere to show the rest.
+    fn message_to_customer(&self, frame: Frame, template: Option<Template>, send_out: bool) {
         if self.state.channel == ChannelKind::Webchat {
             self.to_customer(CustomerEvent::Broadcast(frame));
-        } else if message.from == Author::Agent {
+        } else if send_out {
             self.to_customer(CustomerEvent::Message {
-                message: Box::new(message.clone()),
+                message: Box::new(self.last_message().clone()),
                 frame,
                 template,
+                send_out,
             });
         }
     }
@@ -679,7 +689,7 @@ impl Actor for Conversation {
                     &agent_name,
                 )));
                 let frame = self.message_frame(self.last_message(), None);
-                self.message_to_customer(frame, template);
+                self.message_to_customer(frame, template, true);
             }
             None => {}
         }

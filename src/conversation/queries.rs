@@ -17,6 +17,8 @@ pub struct ConversationSnapshot {
     pub state: &'static str,
     pub customer: Customer,
     pub agent_id: Option<Id>,
+    /// The queue its task is (or was last) in.
+    pub queue: String,
     pub task: TaskRef,
     pub disposition: Option<String>,
     pub notes: Option<String>,
@@ -51,6 +53,7 @@ impl Handler<GetSnapshot> for Conversation {
             state: if s.ended() { "ended" } else { "open" },
             customer: s.customer.clone(),
             agent_id: s.agent_id.clone(),
+            queue: s.queue.clone(),
             task: TaskRef {
                 id: s.task_id.clone(),
                 state: s.task_state,

@@ -17,7 +17,7 @@ use actix::prelude::*;
 use super::{frame_agent_joined, Conversation, ConversationEvent};
 use crate::agent::{Agent, AgentFrameKind};
 use crate::channel::CustomerEvent;
-use crate::protocol::{Author, CancelReason, ChannelKind, Event, Id, TaskState};
+use crate::protocol::{Author, CancelReason, ChannelKind, DeliveryStatus, Event, Id, TaskState};
 use crate::router::{RescindReason, RoutableTask};
 use crate::webhooks::EventKind;
 
@@ -31,6 +31,9 @@ pub struct Reserve {
     /// The queue it is offered from and its priority there.
     pub queue: String,
     pub priority: u8,
+    /// The router's number for this offer (one counter for every offer it
+    /// makes, so numbers order offers as the router made them).
+    pub offer: u64,
 }
 
 impl Handler<Reserve> for Conversation {
@@ -59,6 +62,7 @@ impl Handler<Reserve> for Conversation {
         let offered = Event::TaskOffered {
             task: Cow::Borrowed(&task),
             expires_at: msg.expires_at,
+            offer: msg.offer,
         }
         .frame();
         self.to_agent(&msg.agent, AgentFrameKind::Offered(task.clone()), offered);
@@ -204,13 +208,33 @@ impl Handler<RouterNotice> for Conversation {
 }
 
 impl Conversation {
-    /// Store a `system` message and show it to a webchat customer (provider
-    /// channels send agents' messages only: there it stays in the history).
+    /// Store a `system` message addressed to the customer (a queue's
+    /// maximum-wait or closed message) and send it: webchat shows it, and a
+    /// provider channel sends it on the same outbound path as an agent's
+    /// reply (messaging window, a place in the outbound queue, delivery
+    /// reports). One that cannot go now (outside the messaging window, or
+    /// the outbound queue full) stays in the history with status `failed`.
     fn system_message(&mut self, text: String) {
         self.append(Author::System, text, Vec::new(), None);
+        let frame = self.message_frame(self.last_message(), None);
         if self.state.channel == ChannelKind::Webchat {
-            let frame = self.message_frame(self.last_message(), None);
-            self.to_customer(CustomerEvent::Broadcast(frame));
+            self.message_to_customer(frame, None, true);
+            return;
+        }
+        match self
+            .check_provider_rules()
+            .and_then(|()| self.reserve_outbound())
+        {
+            Ok(()) => self.message_to_customer(frame, None, true),
+            Err(why) => {
+                let seq = self.last_message().seq;
+                tracing::info!(
+                    conversation = %self.state.id,
+                    %why,
+                    "a queue's message to the customer was not sent"
+                );
+                self.set_status(seq, DeliveryStatus::Failed, Some(why.to_string()));
+            }
         }
     }
 

@@ -5,11 +5,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use crate::agent::{
-    valid_capacity, valid_name, Agent, AgentProfile, Retire, TokenRotated, UpdateProfile,
+    valid_capacity, valid_name, Agent, AgentProfile, Retire, SupervisorActivity, TokenRotated,
+    UpdateProfile,
 };
 use crate::error::ApiError;
 use crate::http::{authenticate, read_json, require_admin, Principal, State};
-use crate::protocol::{Activity, AgentView, PerChannel};
+use crate::protocol::{Activity, AgentView, Event, PerChannel, SupervisorAction};
 use crate::router::GetAgents;
 
 #[derive(Debug, Deserialize)]
@@ -30,6 +31,8 @@ pub struct PatchAgent {
     pub name: Option<String>,
     pub capacity: Option<PerChannel>,
     pub skills: Option<Vec<String>>,
+    /// A supervisor sets the agent's activity (`offline` logs it out).
+    pub activity: Option<Activity>,
 }
 
 pub async fn create(
@@ -109,9 +112,16 @@ pub async fn update(
     if let Some(c) = &body.capacity {
         valid_capacity(c)?;
     }
+    if body.activity == Some(Activity::NotResponding) {
+        return Err(ApiError::BadRequest(
+            "activity: not_responding is set by the broker; choose available, break or offline"
+                .into(),
+        ));
+    }
     let entry = state
         .agent(&id)
         .ok_or_else(|| ApiError::NotFound(format!("agent {id} does not exist")))?;
+    let capacity = body.capacity;
     entry
         .addr
         .send(UpdateProfile {
@@ -121,7 +131,39 @@ pub async fn update(
         })
         .await
         .map_err(ApiError::mailbox)?;
+    if let Some(capacity) = capacity {
+        publish_action(
+            &state,
+            SupervisorAction::SetCapacity {
+                agent_id: id.as_str().into(),
+                capacity,
+            },
+        );
+    }
+    if let Some(activity) = body.activity {
+        entry
+            .addr
+            .send(SupervisorActivity { activity })
+            .await
+            .map_err(ApiError::mailbox)??;
+        publish_action(
+            &state,
+            SupervisorAction::SetActivity {
+                agent_id: id.as_str().into(),
+                activity,
+            },
+        );
+    }
     Ok(HttpResponse::Ok().json(view_of(&state, &id).await?))
+}
+
+/// Tell supervisors what the admin did.
+fn publish_action(state: &State, action: SupervisorAction) {
+    state.publish(|| Event::SupervisorAction {
+        by: crate::http::ADMIN_ACTOR.into(),
+        action,
+        at: crate::protocol::now(),
+    });
 }
 
 pub async fn delete(

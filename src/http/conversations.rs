@@ -1,12 +1,99 @@
-//! `/v1/conversations/{id}` and its `/messages` history pages.
+//! `/v1/conversations` (the admin list), `/v1/conversations/{id}` and its
+//! `/messages` history pages.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::conversation::{GetMessages, GetSnapshot};
 use crate::error::ApiError;
-use crate::http::{authenticate, Principal, State};
+use crate::http::tasks::{task_state, Paging};
+use crate::http::{authenticate, require_admin, Principal, State};
 use crate::protocol::ChannelKind;
+
+/// Snapshots asked for at once while listing: enough to keep every worker
+/// busy, few enough not to flood the conversations' mailboxes.
+const LIST_CONCURRENCY: usize = 64;
+
+/// `?state=open|ended|<task state>&queue=&channel=`, each optional.
+#[derive(Debug, Deserialize)]
+pub struct ListFilter {
+    pub state: Option<String>,
+    pub queue: Option<String>,
+    pub channel: Option<String>,
+}
+
+/// Admin: the conversations in memory (open, and finished ones within the
+/// history retention), oldest first, filtered, a page at a time.
+pub async fn list(
+    req: HttpRequest,
+    state: State,
+    filter: web::Query<ListFilter>,
+    paging: web::Query<Paging>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let filter = filter.into_inner();
+    // `open`/`ended` are the conversation's; anything else its task's.
+    let mut conv_states = Vec::new();
+    let mut task_states = Vec::new();
+    for name in filter
+        .state
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+    {
+        match name {
+            "" => {}
+            "open" | "ended" => conv_states.push(name),
+            _ => task_states.push(task_state(name).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "state: unknown state {name:?} (open, ended, or a task state: waiting, \
+                     queued, reserved, assigned, wrapping, completed, canceled)"
+                ))
+            })?),
+        }
+    }
+    let channel = match filter.channel.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(name) => Some(
+            ChannelKind::ALL
+                .into_iter()
+                .find(|c| c.as_str() == name)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "channel: unknown channel {name:?} (webchat, sms, whatsapp, messenger)"
+                    ))
+                })?,
+        ),
+    };
+    let queue = filter.queue.filter(|q| !q.is_empty());
+    // Checked before the walk, so a bad limit costs nothing.
+    paging.range(0)?;
+    let mut found: Vec<_> = futures_util::stream::iter(state.all_conversations())
+        .map(|conv| async move { conv.send(GetSnapshot).await.ok() })
+        .buffer_unordered(LIST_CONCURRENCY)
+        .filter_map(|s| async move { s })
+        .filter(|s| {
+            let keep = (conv_states.is_empty() && task_states.is_empty()
+                || conv_states.contains(&s.state)
+                || task_states.contains(&s.task.state))
+                && queue.as_ref().is_none_or(|q| *q == s.queue)
+                && channel.is_none_or(|c| c == s.channel);
+            async move { keep }
+        })
+        .collect()
+        .await;
+    found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    let total = found.len();
+    let range = paging.range(total)?;
+    let next_offset = (range.end < total).then_some(range.end);
+    found.truncate(range.end);
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "conversations": &found[range.start..],
+        "total": total,
+        "next_offset": next_offset,
+    })))
+}
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;

@@ -83,6 +83,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/agents/{id}/token", web::post().to(agents::rotate_token))
                 .route("/agents/{id}/ws", web::get().to(sockets::agent))
                 .route("/tasks", web::get().to(tasks::list))
+                .route("/tasks/{id}/complete", web::post().to(tasks::complete))
                 .route("/queues", web::post().to(queues::create))
                 .route("/queues", web::get().to(queues::list))
                 .route("/queues/{id}", web::get().to(queues::get))
@@ -92,6 +93,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/canned-responses", web::get().to(canned::list))
                 .route("/canned-responses/{id}", web::patch().to(canned::update))
                 .route("/canned-responses/{id}", web::delete().to(canned::delete))
+                .route("/conversations", web::get().to(conversations::list))
                 .route("/conversations/{id}", web::get().to(conversations::get))
                 .route(
                     "/conversations/{id}/messages",
@@ -304,6 +306,10 @@ pub fn token_expired(id: &str) -> ApiError {
          POST /v1/agents/{id}/token"
     ))
 }
+
+/// Who a supervisor action was done by, as `supervisor.action` names it: the
+/// admin token is the one supervisor identity the broker knows.
+pub const ADMIN_ACTOR: &str = "admin";
 
 pub fn require_admin(req: &HttpRequest, broker: &Broker) -> Result<(), ApiError> {
     match authenticate(req, broker)? {

@@ -80,7 +80,7 @@ pub async fn supervisor(
     stream: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
-    let session = SupervisorSession::new(state.supervisor.clone(), &state.config);
+    let session = SupervisorSession::new(state.get_ref().clone());
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.config.max_frame)
         .start()

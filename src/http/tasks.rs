@@ -1,14 +1,52 @@
 //! `/v1/tasks`: the open tasks as the router holds them, for supervisor boards
 //! and integrations (a snapshot to start from; the supervisor socket's
-//! `task.state` frames keep it current).
+//! `task.state` frames keep it current), a page at a time; and a
+//! supervisor's `POST /v1/tasks/{id}/complete`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
+use crate::conversation::{GetSnapshot, SupervisorComplete};
 use crate::error::ApiError;
-use crate::http::{require_admin, State};
-use crate::protocol::{ChannelKind, TaskState};
+use crate::http::{read_json, require_admin, State};
+use crate::protocol::{ChannelKind, Event, SupervisorAction, TaskState};
 use crate::router::ListTasks;
+
+/// A page of an admin list when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest page an admin list gives.
+pub const MAX_PAGE: usize = 1000;
+
+/// `?limit=&offset=`: which part of a list to answer.
+#[derive(Debug, Deserialize)]
+pub struct Paging {
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub offset: usize,
+}
+
+impl Paging {
+    /// The range of a list of `len` items this page covers; `bad_request`
+    /// for a limit of 0 or above [`MAX_PAGE`].
+    pub fn range(&self, len: usize) -> Result<std::ops::Range<usize>, ApiError> {
+        let limit = self.limit.unwrap_or(DEFAULT_PAGE);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_PAGE}"
+            )));
+        }
+        let start = self.offset.min(len);
+        Ok(start..start.saturating_add(limit).min(len))
+    }
+}
+
+/// The name `waiting` is taken for `queued` (what a supervisor calls it).
+pub fn task_state(name: &str) -> Option<TaskState> {
+    match name {
+        "waiting" => Some(TaskState::Queued),
+        _ => TaskState::parse(name),
+    }
+}
 
 /// `?state=queued,reserved&channel=webchat&queue=default`, each optional.
 #[derive(Debug, Deserialize)]
@@ -25,7 +63,7 @@ impl Filter {
             if name.is_empty() {
                 continue;
             }
-            match TaskState::parse(name) {
+            match task_state(name) {
                 Some(s) if s.is_open() => states.push(s),
                 Some(_) => {
                     return Err(ApiError::BadRequest(format!(
@@ -61,14 +99,61 @@ impl Filter {
     }
 }
 
-/// Admin: open tasks, longest waiting first.
+/// Admin: open tasks, longest waiting first, a page at a time.
 pub async fn list(
     req: HttpRequest,
     state: State,
     filter: web::Query<Filter>,
+    paging: web::Query<Paging>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
     let query = filter.into_inner().parse()?;
-    let tasks = state.router.send(query).await.map_err(ApiError::mailbox)?;
-    Ok(HttpResponse::Ok().json(tasks))
+    let mut tasks = state.router.send(query).await.map_err(ApiError::mailbox)?;
+    let range = paging.range(tasks.len())?;
+    tasks.truncate(range.end);
+    Ok(HttpResponse::Ok().json(&tasks[range.start..]))
+}
+
+/// `POST /v1/tasks/{id}/complete` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBody {
+    pub disposition: String,
+    #[serde(default)]
+    pub notes: String,
+}
+
+/// Admin: end the task's conversation if it is active, then complete the
+/// task with the disposition (the agent's wrap-up rules). Answers the
+/// conversation as `GET /v1/conversations/{id}` does.
+pub async fn complete(
+    req: HttpRequest,
+    state: State,
+    id: web::Path<String>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let body: CompleteBody = read_json(body).await?;
+    let conv = state
+        .conversation_of_task(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("task {id} does not exist")))?;
+    let disposition = body.disposition.clone();
+    let conversation_id = conv
+        .send(SupervisorComplete {
+            disposition: body.disposition,
+            notes: body.notes,
+        })
+        .await
+        .map_err(ApiError::mailbox)??;
+    state.publish(|| Event::SupervisorAction {
+        by: crate::http::ADMIN_ACTOR.into(),
+        action: SupervisorAction::CompleteTask {
+            task_id: id.as_str().into(),
+            conversation_id,
+            disposition,
+        },
+        at: crate::protocol::now(),
+    });
+    let snapshot = conv.send(GetSnapshot).await.map_err(ApiError::mailbox)?;
+    Ok(HttpResponse::Ok().json(snapshot))
 }

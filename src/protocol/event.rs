@@ -52,6 +52,35 @@ pub struct EndedTask<'a> {
     pub reference: Option<Cow<'a, str>>,
 }
 
+/// What a supervisor did (the `action` of `supervisor.action`), with what it
+/// acted on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action")]
+pub enum SupervisorAction {
+    /// `POST /v1/tasks/{id}/complete`.
+    #[serde(rename = "task.complete")]
+    CompleteTask {
+        task_id: Id,
+        conversation_id: Id,
+        disposition: String,
+    },
+    /// `PATCH /v1/agents/{id}` with `activity`.
+    #[serde(rename = "agent.activity")]
+    SetActivity { agent_id: Id, activity: Activity },
+    /// `PATCH /v1/agents/{id}` with `capacity`.
+    #[serde(rename = "agent.capacity")]
+    SetCapacity {
+        agent_id: Id,
+        capacity: super::PerChannel,
+    },
+    /// `monitor` on the supervisor socket.
+    #[serde(rename = "conversation.monitor")]
+    Monitor { conversation_id: Id },
+    /// `unmonitor` on the supervisor socket (or its socket closing).
+    #[serde(rename = "conversation.unmonitor")]
+    Unmonitor { conversation_id: Id },
+}
+
 /// A client's `ref`, echoed as given (`null` when the command had none).
 type Ref<'a> = Option<Cow<'a, str>>;
 
@@ -71,6 +100,10 @@ pub enum Event<'a> {
         task: Cow<'a, TaskView>,
         #[serde(with = "rfc3339")]
         expires_at: SystemTime,
+        /// The router's offer number: one counter for every offer it makes,
+        /// from 1 at start, so it orders offers as the router made them
+        /// whatever order desks receive them in.
+        offer: u64,
     },
     #[serde(rename = "task.rescinded")]
     TaskRescinded { task_id: Id, reason: RescindReason },
@@ -191,6 +224,25 @@ pub enum Event<'a> {
         agent_id: Option<Id>,
         task: TaskSummary,
     },
+    /// A supervisor acted: who (`by`), what and on what, and when.
+    #[serde(rename = "supervisor.action")]
+    SupervisorAction {
+        by: Cow<'a, str>,
+        #[serde(flatten)]
+        action: SupervisorAction,
+        #[serde(with = "rfc3339")]
+        at: SystemTime,
+    },
+    /// The answer to `monitor`: the conversation's newest messages (as a
+    /// desk's history replay); its `message` events follow.
+    #[serde(rename = "monitoring")]
+    Monitoring {
+        conversation_id: Id,
+        messages: Cow<'a, [Message]>,
+        has_earlier: bool,
+        #[serde(rename = "ref", default)]
+        reference: Ref<'a>,
+    },
 }
 
 impl Event<'_> {
@@ -288,6 +340,7 @@ mod tests {
             Event::TaskOffered {
                 task: Cow::Owned(task()),
                 expires_at: crate::protocol::now(),
+                offer: 1,
             },
             Event::TaskRescinded {
                 task_id: "tk_1".into(),
@@ -399,6 +452,44 @@ mod tests {
                 state: TaskState::Queued,
                 agent_id: None,
                 task: summary,
+            },
+            Event::SupervisorAction {
+                by: "admin".into(),
+                action: SupervisorAction::CompleteTask {
+                    task_id: "tk_1".into(),
+                    conversation_id: "cv_1".into(),
+                    disposition: "spam".into(),
+                },
+                at: crate::protocol::now(),
+            },
+            Event::SupervisorAction {
+                by: "admin".into(),
+                action: SupervisorAction::SetActivity {
+                    agent_id: "alice".into(),
+                    activity: Activity::Offline,
+                },
+                at: crate::protocol::now(),
+            },
+            Event::SupervisorAction {
+                by: "admin".into(),
+                action: SupervisorAction::SetCapacity {
+                    agent_id: "alice".into(),
+                    capacity: PerChannel::default(),
+                },
+                at: crate::protocol::now(),
+            },
+            Event::SupervisorAction {
+                by: "admin".into(),
+                action: SupervisorAction::Monitor {
+                    conversation_id: "cv_1".into(),
+                },
+                at: crate::protocol::now(),
+            },
+            Event::Monitoring {
+                conversation_id: "cv_1".into(),
+                messages: Cow::Owned(vec![message()]),
+                has_earlier: false,
+                reference: Some("m1".into()),
             },
         ]
     }

@@ -252,6 +252,7 @@ impl Router {
                 expires_at: crate::protocol::now() + timeout,
                 queue: held.task.queue.clone(),
                 priority: held.task.priority,
+                offer,
             });
         }
     }

@@ -1,33 +1,124 @@
-//! A supervisor's socket: receives the event stream from the supervisor hub.
-//! Supervisors only listen; any command gets a `bad_request` error.
+//! A supervisor's socket: receives the event stream from the supervisor hub,
+//! and takes two commands, `monitor` and `unmonitor`, which start and stop a
+//! read-only stream of one conversation's `message` events (the conversation
+//! sends them through this socket's [`SocketLink`], so the slow-consumer
+//! policy bounds them like everything else). Any other command gets a
+//! `bad_request` error.
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
 
-use crate::protocol::{error_frame, salvage_ref};
-use crate::supervisor::{Subscribe, SupervisorHub, Unsubscribe};
+use crate::conversation::{Monitor, Unmonitor};
+use crate::protocol::{
+    error_frame, ok_frame, salvage_ref, Event, Id, SupervisorAction, SupervisorCommand,
+};
+use crate::supervisor::{Subscribe, Unsubscribe};
+use crate::wiring::Broker;
 use crate::ws::{
     close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, Reassembly, SocketLink,
 };
 
+/// Conversations one supervisor socket may monitor at once.
+pub const MAX_MONITORED: usize = 32;
+
 pub struct SupervisorSession {
     id: u64,
-    hub: Addr<SupervisorHub>,
+    broker: Arc<Broker>,
     backlog: usize,
     frames: Reassembly,
     backlog_bytes: crate::ws::Backlog,
     hb: Heartbeat,
+    /// This socket's link (made at start), given to the hub and to each
+    /// monitored conversation.
+    link: Option<SocketLink>,
+    monitored: HashSet<Id>,
 }
 
 impl SupervisorSession {
-    pub fn new(hub: Addr<SupervisorHub>, config: &crate::config::Config) -> Self {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        let config = &broker.config;
         SupervisorSession {
             id: crate::ws::next_session_id(),
-            hub,
             backlog: config.socket_backlog,
             frames: Reassembly::new(config.max_frame),
             backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
+            link: None,
+            monitored: HashSet::new(),
+            broker,
+        }
+    }
+
+    fn publish(&self, action: SupervisorAction) {
+        self.broker.publish(|| Event::SupervisorAction {
+            by: crate::http::ADMIN_ACTOR.into(),
+            action,
+            at: crate::protocol::now(),
+        });
+    }
+
+    fn command(&mut self, cmd: SupervisorCommand, ctx: &mut ws::WebsocketContext<Self>) {
+        match cmd {
+            SupervisorCommand::Monitor {
+                conversation_id,
+                reference,
+            } => {
+                let Some(conv) = self.broker.conversation(&conversation_id) else {
+                    ctx.text(error_frame(
+                        "not_found",
+                        &format!("conversation {conversation_id} does not exist"),
+                        reference.as_deref(),
+                    ));
+                    return;
+                };
+                let id = Id::from(conversation_id.as_str());
+                if !self.monitored.contains(&id) && self.monitored.len() >= MAX_MONITORED {
+                    ctx.text(error_frame(
+                        "bad_request",
+                        &format!(
+                            "this socket already monitors {MAX_MONITORED} conversations; unmonitor one first"
+                        ),
+                        reference.as_deref(),
+                    ));
+                    return;
+                }
+                let Some(link) = self.link.clone() else {
+                    return;
+                };
+                // The answer (`monitoring`, then the messages) comes
+                // through the link, from the conversation.
+                conv.do_send(Monitor { link, reference });
+                self.monitored.insert(id.clone());
+                self.publish(SupervisorAction::Monitor {
+                    conversation_id: id,
+                });
+            }
+            SupervisorCommand::Unmonitor {
+                conversation_id,
+                reference,
+            } => {
+                let id = Id::from(conversation_id.as_str());
+                if !self.monitored.remove(&id) {
+                    ctx.text(error_frame(
+                        "not_found",
+                        &format!("this socket does not monitor conversation {conversation_id}"),
+                        reference.as_deref(),
+                    ));
+                    return;
+                }
+                if let Some(conv) = self.broker.conversation(&id) {
+                    conv.do_send(Unmonitor {
+                        session_id: self.id,
+                    });
+                }
+                ctx.text(ok_frame(reference.as_deref()));
+                self.publish(SupervisorAction::Unmonitor {
+                    conversation_id: id,
+                });
+            }
         }
     }
 }
@@ -38,26 +129,35 @@ impl Actor for SupervisorSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.backlog);
         self.hb.start(ctx, |s| &mut s.hb);
-        self.hub.do_send(Subscribe(SocketLink::new(
-            self.id,
-            ctx.address(),
-            &self.backlog_bytes,
-        )));
+        let link = SocketLink::new(self.id, ctx.address(), &self.backlog_bytes);
+        self.link = Some(link.clone());
+        self.broker.supervisor.do_send(Subscribe(link));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.hub.do_send(Unsubscribe(self.id));
+        self.broker.supervisor.do_send(Unsubscribe(self.id));
+        for id in self.monitored.drain() {
+            if let Some(conv) = self.broker.conversation(&id) {
+                conv.do_send(Unmonitor {
+                    session_id: self.id,
+                });
+            }
+        }
     }
 }
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SupervisorSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        if let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) {
-            ctx.text(error_frame(
+        let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
+            return;
+        };
+        match serde_json::from_str::<SupervisorCommand>(&text) {
+            Ok(cmd) => self.command(cmd, ctx),
+            Err(e) => ctx.text(error_frame(
                 "bad_request",
-                "the supervisor stream takes no commands",
+                &format!("invalid command (monitor, unmonitor): {e}"),
                 salvage_ref(&text).as_deref(),
-            ));
+            )),
         }
     }
 }

@@ -10,7 +10,7 @@
 'use strict';
 
 (function () {
-  const { h, $, icon, channelIcon, channelName, duration, humanize, api, request, Socket, wsUrl, session } = window.SB;
+  const { h, $, icon, channelIcon, channelName, duration, humanize, api, request, Socket, wsUrl, session, toast, upsertMessage } = window.SB;
 
   const POLL_MS = 5000;
   /** Completed and canceled tasks stay in the table, greyed, this long. */
@@ -52,7 +52,16 @@
     driftSince: 0,
     poller: null,
     everConnected: false,
+    /** The conversation watched read-only: {id, who, messages}, or null. */
+    monitor: null,
+    /** The task the complete dialog is for. */
+    completing: null,
+    dispositions: null,
   };
+  /** GET /v1/tasks gives a page at a time: the board asks for the largest. */
+  const TASK_PAGE = 1000;
+  /** Activities a supervisor may set (not_responding is the broker's). */
+  const ACTIVITIES = ['available', 'break', 'offline'];
 
   function showSignin(error) {
     $('#app').hidden = true;
@@ -96,6 +105,8 @@
     renderQueues();
     B.tasksApi = null;
     B.everConnected = false;
+    B.monitor = null;
+    $('#monitor-panel').hidden = true;
     $('#admin-token').value = '';
     showSignin(message);
   }
@@ -124,6 +135,8 @@
       // Frames missed while the socket was down are not replayed: start again from a snapshot.
       snapshot();
       refresh();
+      // A new socket monitors nothing: ask again.
+      if (B.monitor) B.socket.send({ type: 'monitor', conversation_id: B.monitor.id, ref: 'monitor' });
     } else if (status === 'closed' && B.everConnected) {
       banner.hidden = false;
       banner.textContent = 'Live updates lost. Reconnecting… figures still refresh every few seconds.';
@@ -164,17 +177,27 @@
     }, 150);
   }
 
-  /** GET /v1/tasks (every open task, oldest wait first); also reads the broker's clock from `Date`. */
+  /**
+   * GET /v1/tasks (every open task, oldest wait first, page after page);
+   * also reads the broker's clock from `Date`.
+   */
   async function fetchTasks() {
-    const sent = Date.now();
-    const { json, headers } = await request('GET', '/v1/tasks', B.token);
-    const date = Date.parse(headers.get('Date') || '');
-    if (!Number.isNaN(date)) {
-      // `Date` has whole seconds: only a clearly wrong clock is corrected.
-      const offset = date - (sent + Date.now()) / 2;
-      B.clockOffset = Math.abs(offset) > 2000 ? offset : 0;
+    const all = [];
+    for (let offset = 0; ; offset += TASK_PAGE) {
+      const sent = Date.now();
+      const { json, headers } = await request('GET', '/v1/tasks?limit=' + TASK_PAGE + '&offset=' + offset, B.token);
+      if (offset === 0) {
+        const date = Date.parse(headers.get('Date') || '');
+        if (!Number.isNaN(date)) {
+          // `Date` has whole seconds: only a clearly wrong clock is corrected.
+          const o = date - (sent + Date.now()) / 2;
+          B.clockOffset = Math.abs(o) > 2000 ? o : 0;
+        }
+      }
+      const page = Array.isArray(json) ? json : [];
+      all.push(...page);
+      if (page.length < TASK_PAGE) return all;
     }
-    return Array.isArray(json) ? json : [];
   }
 
   /** Replace the open tasks with the broker's list, then re-apply the frames that raced it. */
@@ -312,6 +335,116 @@
       applyFrame(msg, false);
       renderTasksSoon();
       refreshSoon();
+    } else if (msg.type === 'monitoring' && B.monitor && msg.conversation_id === B.monitor.id) {
+      B.monitor.messages = Array.isArray(msg.messages) ? msg.messages.slice() : [];
+      B.monitor.live = true;
+      renderMonitor();
+    } else if (msg.type === 'message' && B.monitor && msg.conversation_id === B.monitor.id && msg.message) {
+      upsertMessage(B.monitor.messages, msg.message);
+      renderMonitor();
+    } else if (msg.type === 'error' && msg.ref === 'monitor') {
+      toast('Cannot monitor: ' + msg.message, 'error');
+      stopMonitor(false);
+    }
+  }
+
+  // ---- Supervisor actions -----------------------------------------------------------
+
+  /** Watch a task's conversation read-only (one at a time). */
+  function startMonitor(t) {
+    if (B.monitor && B.monitor.id === t.conversation_id) return;
+    if (B.monitor) stopMonitor(true);
+    const who = customerLabel(t).name;
+    B.monitor = { id: t.conversation_id, who, messages: [], live: false };
+    if (B.socket) B.socket.send({ type: 'monitor', conversation_id: t.conversation_id, ref: 'monitor' });
+    renderMonitor();
+    renderTasks();
+    $('#monitor-panel').hidden = false;
+    $('#monitor-stop').focus();
+  }
+
+  function stopMonitor(tellBroker) {
+    if (!B.monitor) return;
+    if (tellBroker && B.socket) B.socket.send({ type: 'unmonitor', conversation_id: B.monitor.id, ref: 'unmonitor' });
+    B.monitor = null;
+    $('#monitor-panel').hidden = true;
+    renderTasks();
+  }
+
+  function renderMonitor() {
+    const m = B.monitor;
+    if (!m) return;
+    set('monitor-who', m.who);
+    const list = $('#monitor-messages');
+    if (!m.messages.length) {
+      list.replaceChildren(h('li', { class: 'muted', text: m.live ? 'No messages yet.' : 'Connecting…' }));
+      return;
+    }
+    list.replaceChildren(...m.messages.map((msg) => {
+      const who = msg.from === 'agent' ? (B.agents.get(msg.agent_id) || {}).name || msg.agent_id || 'Agent'
+        : msg.from === 'customer' ? m.who : 'System';
+      const files = (msg.attachments || []).map((a) => a.filename).filter(Boolean);
+      return h('li', { class: 'from-' + msg.from, dataset: { seq: String(msg.seq) } },
+        h('span', { class: 'who', text: who }),
+        h('span', { class: 'text', text: msg.text || '' }),
+        files.length ? h('span', { class: 'muted', text: ' [' + files.join(', ') + ']' }) : null);
+    }));
+    list.scrollTop = list.scrollHeight;
+  }
+
+  async function openComplete(t) {
+    B.completing = t;
+    set('complete-who', customerLabel(t).name + ' · ' + agentLabel(t));
+    const err = $('#complete-error');
+    err.hidden = true;
+    $('#complete-notes').value = '';
+    const select = $('#complete-disposition');
+    if (!B.dispositions) {
+      try {
+        B.dispositions = await api('GET', '/v1/dispositions');
+      } catch (e) {
+        B.dispositions = null;
+        toast('Cannot load the dispositions: ' + e.message, 'error');
+        return;
+      }
+    }
+    select.replaceChildren(...B.dispositions.map((d) => h('option', { value: d, text: humanize(d) })));
+    $('#complete-dialog').showModal();
+    select.focus();
+  }
+
+  async function onComplete(ev) {
+    ev.preventDefault();
+    const t = B.completing;
+    if (!t) return;
+    const button = $('#complete-submit');
+    button.disabled = true;
+    try {
+      await api('POST', '/v1/tasks/' + encodeURIComponent(t.id) + '/complete', B.token, {
+        disposition: $('#complete-disposition').value,
+        notes: $('#complete-notes').value,
+      });
+      $('#complete-dialog').close();
+      B.completing = null;
+      toast('Task completed.');
+    } catch (e) {
+      const err = $('#complete-error');
+      err.hidden = false;
+      err.textContent = e.message;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function setActivity(agentId, activity) {
+    try {
+      const view = await api('PATCH', '/v1/agents/' + encodeURIComponent(agentId), B.token, { activity });
+      const old = B.agents.get(agentId);
+      B.agents.set(agentId, Object.assign({}, old || {}, view));
+      renderAgents();
+    } catch (e) {
+      toast('Cannot set the activity: ' + e.message, 'error');
+      renderAgents();
     }
   }
 
@@ -460,7 +593,7 @@
     set('agents-count', rows.length ? rows.filter((a) => a.connected).length + ' of ' + rows.length + ' connected' : '');
     const body = $('#agents');
     if (!rows.length) {
-      body.replaceChildren(h('tr', { class: 'empty-row' }, h('td', { colspan: '3', text: 'No agents yet.' })));
+      body.replaceChildren(h('tr', { class: 'empty-row' }, h('td', { colspan: '4', text: 'No agents yet.' })));
       return;
     }
     body.replaceChildren(...rows.map((a) => {
@@ -475,11 +608,18 @@
         }, channelIcon(c), load + '/' + cap));
       }
       const state = agentState(a);
+      const select = h('select', {
+        class: 'activity-select',
+        'aria-label': 'Set the activity of ' + (a.name || a.id),
+        onchange: (ev) => setActivity(a.id, ev.target.value),
+      }, ACTIVITIES.includes(a.activity) ? null : h('option', { value: '', text: humanize(a.activity || 'unknown'), disabled: true, selected: true }),
+      ACTIVITIES.map((act) => h('option', { value: act, text: humanize(act), selected: a.activity === act })));
       return h('tr', { dataset: { agent: a.id } },
         h('td', {}, h('span', { class: 'dot' + (a.connected ? ' on' : ''), title: a.connected ? 'Connected' : 'Not connected' }),
           h('strong', { text: a.name || a.id }), ' ', h('span', { class: 'muted', text: a.id })),
         h('td', {}, h('span', { class: 'pill ' + state, text: humanize(state) })),
-        h('td', {}, loads));
+        h('td', {}, loads),
+        h('td', {}, select));
     }));
   }
 
@@ -508,7 +648,8 @@
   function rowFor(t) {
     const who = customerLabel(t);
     const agent = agentLabel(t);
-    const key = JSON.stringify([t.state, agent, who.name, who.address, t.channel, t.queue, t.waitingMs, !!t.finishedAt]);
+    const watched = !!B.monitor && B.monitor.id === t.conversation_id;
+    const key = JSON.stringify([t.state, agent, who.name, who.address, t.channel, t.queue, t.waitingMs, !!t.finishedAt, watched]);
     const old = B.rows.get(t.id);
     if (old && old.dataset.key === key) return old;
     const wait = h('td', { class: 'num wait' });
@@ -524,10 +665,31 @@
       h('td', { class: 'task-queue', text: t.queue || '—' }),
       h('td', {}, h('span', { class: 'pill ' + t.state, text: humanize(t.state) })),
       h('td', { class: 'agent', text: agent }),
-      wait);
+      wait,
+      h('td', {}, rowActions(t, who.name, watched)));
     tr.dataset.key = key;
     B.rows.set(t.id, tr);
     return tr;
+  }
+
+  /** A task row's buttons: complete (held by an agent), monitor (its conversation). */
+  function rowActions(t, name, watched) {
+    const box = h('div', { class: 'row-actions' });
+    if (t.finishedAt) return box;
+    if (t.conversation_id) {
+      box.appendChild(h('button', {
+        type: 'button', class: 'button small', 'data-action': 'monitor', 'aria-pressed': watched ? 'true' : 'false',
+        'aria-label': (watched ? 'Monitoring ' : 'Monitor ') + name, text: watched ? 'Monitoring' : 'Monitor',
+        onclick: () => (watched ? stopMonitor(true) : startMonitor(t)),
+      }));
+    }
+    if (t.state === 'assigned' || t.state === 'wrapping') {
+      box.appendChild(h('button', {
+        type: 'button', class: 'button small', 'data-action': 'complete',
+        'aria-label': 'Complete the task of ' + name, text: 'Complete', onclick: () => openComplete(t),
+      }));
+    }
+    return box;
   }
 
   function renderTasks() {
@@ -548,7 +710,7 @@
       B.rows.clear();
       const text = !B.token || B.tasksApi === null ? 'Loading…'
         : B.tasksApi ? 'No open tasks.' : 'No task activity since this board opened.';
-      body.replaceChildren(h('tr', { class: 'empty-row' }, h('td', { colspan: '6', text })));
+      body.replaceChildren(h('tr', { class: 'empty-row' }, h('td', { colspan: '7', text })));
       return;
     }
     const shown = list.slice(0, MAX_ROWS);
@@ -559,7 +721,7 @@
     }
     if (list.length > shown.length) {
       rows.push(h('tr', { class: 'empty-row more-row' },
-        h('td', { colspan: '6', text: 'and ' + (list.length - shown.length) + ' more' })));
+        h('td', { colspan: '7', text: 'and ' + (list.length - shown.length) + ' more' })));
     }
     const current = body.children;
     if (current.length !== rows.length || rows.some((tr, i) => current[i] !== tr)) body.replaceChildren(...rows);
@@ -580,6 +742,12 @@
     $('#top-mark').appendChild(icon('chat'));
     $('#signin-form').addEventListener('submit', onSignin);
     $('#signout').addEventListener('click', () => signOut(null));
+    $('#monitor-stop').addEventListener('click', () => stopMonitor(true));
+    $('#complete-form').addEventListener('submit', onComplete);
+    $('#complete-cancel').addEventListener('click', () => {
+      B.completing = null;
+      $('#complete-dialog').close();
+    });
     setInterval(tick, 1000);
     renderAgents();
     renderTasks();
