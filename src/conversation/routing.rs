@@ -17,7 +17,8 @@ use actix::prelude::*;
 use super::{frame_agent_joined, Conversation, ConversationEvent};
 use crate::agent::{Agent, AgentFrameKind};
 use crate::channel::CustomerEvent;
-use crate::protocol::{Author, CancelReason, ChannelKind, Event, Id, TaskState};
+use crate::protocol::{Author, CancelReason, ChannelKind, Event, Id, TaskState, Transfer};
+use crate::router::queue::Inactivity;
 use crate::router::{RescindReason, RoutableTask};
 
 /// Router: the task is offered to `agent_id`.
@@ -30,6 +31,8 @@ pub struct Reserve {
     /// The queue it is offered from and its priority there.
     pub queue: String,
     pub priority: u8,
+    /// The transfer this offer carries on (`task.offered`'s `transfer`).
+    pub transfer: Option<Transfer>,
 }
 
 impl Handler<Reserve> for Conversation {
@@ -54,6 +57,7 @@ impl Handler<Reserve> for Conversation {
         let offered = Event::TaskOffered {
             task: Cow::Borrowed(&task),
             expires_at: msg.expires_at,
+            transfer: msg.transfer.as_ref().map(Cow::Borrowed),
         }
         .frame();
         self.to_agent(&msg.agent, AgentFrameKind::Offered(task.clone()), offered);
@@ -68,12 +72,14 @@ pub struct Assign {
     pub agent_name: String,
     pub agent: Addr<Agent>,
     pub reference: Option<String>,
+    /// The task's queue's inactivity settings.
+    pub inactivity: Option<Inactivity>,
 }
 
 impl Handler<Assign> for Conversation {
     type Result = ();
 
-    fn handle(&mut self, msg: Assign, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Assign, ctx: &mut Context<Self>) {
         if self.state.task_state != TaskState::Reserved {
             // The customer left while the accept was on its way.
             let gone = self.rescinded_frame(RescindReason::CustomerLeft);
@@ -95,6 +101,8 @@ impl Handler<Assign> for Conversation {
             &self.state.id,
             &msg.agent_name,
         )));
+        self.inactivity = msg.inactivity;
+        self.arm_inactivity(ctx);
     }
 }
 
@@ -108,13 +116,14 @@ pub struct Requeued {
 impl Handler<Requeued> for Conversation {
     type Result = ();
 
-    fn handle(&mut self, _: Requeued, _: &mut Context<Self>) {
+    fn handle(&mut self, _: Requeued, ctx: &mut Context<Self>) {
         if !matches!(
             self.state.task_state,
             TaskState::Reserved | TaskState::Assigned
         ) {
             return;
         }
+        self.stop_inactivity(ctx);
         self.agent = None;
         self.apply(ConversationEvent::TaskMoved {
             state: TaskState::Queued,
@@ -200,6 +209,7 @@ impl Conversation {
             enqueued_at: std::time::Instant::now(),
             declined: Vec::new(),
             offered_before: false,
+            handoff: Default::default(),
         }
     }
 }

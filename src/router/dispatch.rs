@@ -25,6 +25,7 @@ use super::stats::Outcome;
 use super::{RescindReason, Router};
 use crate::agent::{ActivitySet, Rescind};
 use crate::conversation::{Requeued, Reserve, RouterCancel, RouterNotice};
+use crate::protocol::event::TransferFailure;
 use crate::protocol::{Activity, CancelReason, Id, DEFAULT_QUEUE};
 
 impl Router {
@@ -234,7 +235,13 @@ impl Router {
     }
 
     /// An offer was made: its timer, and the conversation told.
-    fn offered(&mut self, task_id: Id, agent_id: Id, offer: u64, ctx: &mut Context<Self>) {
+    pub(super) fn offered(
+        &mut self,
+        task_id: Id,
+        agent_id: Id,
+        offer: u64,
+        ctx: &mut Context<Self>,
+    ) {
         let timeout = self.broker.config.offer_timeout;
         self.timers
             .insert(task_id.clone(), Instant::now() + timeout, offer);
@@ -252,6 +259,12 @@ impl Router {
                 expires_at: crate::protocol::now() + timeout,
                 queue: held.task.queue.clone(),
                 priority: held.task.priority,
+                transfer: held
+                    .task
+                    .handoff
+                    .in_transfer
+                    .then(|| held.task.handoff.transfers.last().cloned())
+                    .flatten(),
             });
         }
     }
@@ -292,7 +305,7 @@ impl Router {
                 });
             }
             self.publish_agent(&agent_id);
-            back.extend(self.take_back_agent(&agent_id, false));
+            back.extend(self.take_back_agent(&agent_id, false, ctx));
         }
         self.route_back(back, ctx);
         self.route_agent(&agent_id, ctx);
@@ -335,13 +348,18 @@ impl Router {
         assigned_too: bool,
         ctx: &mut Context<Self>,
     ) {
-        let back = self.take_back_agent(agent_id, assigned_too);
+        let back = self.take_back_agent(agent_id, assigned_too, ctx);
         self.route_back(back, ctx);
     }
 
     /// Put an agent's offers (and, when `assigned_too`, its assigned tasks)
     /// back in the queue, without routing them yet.
-    fn take_back_agent(&mut self, agent_id: &Id, assigned_too: bool) -> Vec<Id> {
+    fn take_back_agent(
+        &mut self,
+        agent_id: &Id,
+        assigned_too: bool,
+        ctx: &mut Context<Self>,
+    ) -> Vec<Id> {
         let held: Vec<Id> = self
             .state
             .agents
@@ -349,6 +367,10 @@ impl Router {
             .map(|a| a.held.clone())
             .unwrap_or_default();
         let mut back = Vec::new();
+        // Warm transfers on offer to it fail: it will not answer.
+        for task_id in self.consults_to(agent_id) {
+            self.consult_failed(&task_id, TransferFailure::Unavailable, ctx);
+        }
         for task_id in held {
             let hold = self.state.held.get(&task_id).map(|h| h.hold);
             let take = match hold {
@@ -356,7 +378,12 @@ impl Router {
                 Some(Hold::Assigned) => assigned_too,
                 _ => false,
             };
+            // Its warm transfer was accepted: the target takes it instead.
+            if take && hold == Some(Hold::Assigned) && self.finish_accepted_consult(&task_id) {
+                continue;
+            }
             if take {
+                self.drop_consult(&task_id);
                 self.take_back(&task_id, RescindReason::Reassigned, None);
                 back.push(task_id);
             }

@@ -263,6 +263,7 @@ impl Driver {
                     enqueued_at: Instant::now(),
                     declined: Vec::new(),
                     offered_before: false,
+                    handoff: Default::default(),
                 };
                 self.created.push(id.clone());
                 self.s.apply(RouterEvent::Enqueued {
