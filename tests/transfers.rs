@@ -267,3 +267,253 @@ async fn transfer_errors() {
     assert_eq!(load(&h, "alice").await, 0);
     assert_eq!(load(&h, "bob").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_moves_only_when_the_target_accepts() {
+    let h = start_with(config());
+    let (mut a, mut c, conv, task) = alice_holds(&h, 1).await;
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut b = h.agent_online(&bob).await;
+
+    let v = a
+        .call(transfer(
+            &task,
+            json!({"agent": "bob"}),
+            "warm",
+            "billing question",
+        ))
+        .await;
+    assert_eq!(v["type"], "ok", "{v}");
+    let offer = b.offer_for(&conv).await;
+    assert_eq!(offer["transfer"]["mode"], "warm", "{offer}");
+    assert_eq!(offer["transfer"]["note"], "billing question");
+    assert_eq!(offer["transfer"]["from"], "alice");
+    // Both count: alice until she is released, bob from the offer.
+    assert_eq!(load(&h, "alice").await, 1);
+    assert_eq!(load(&h, "bob").await, 1);
+    // A second transfer while one is pending is refused.
+    a.call_err(
+        transfer(&task, json!({"queue": "default"}), "cold", ""),
+        "invalid_state",
+    )
+    .await;
+    // Alice keeps the conversation meanwhile; bob sees none of it live.
+    c.say("still waiting").await;
+    a.recv_message_text("still waiting").await;
+    a.agent_send(&conv, "Bringing in a colleague", "a1").await;
+    b.expect_none("a live frame before accepting", QUIET, |v| {
+        v["type"] == "message"
+    })
+    .await;
+    b.call_err(
+        json!({"type": "send", "conversation_id": conv, "text": "hi"}),
+        "not_your_task",
+    )
+    .await;
+
+    let assigned = b.accept(&task).await;
+    assert_eq!(
+        texts(&assigned["history"]),
+        vec![
+            "my order is late",
+            "still waiting",
+            "Bringing in a colleague"
+        ]
+    );
+    assert_eq!(assigned["task"]["transfers"][0]["mode"], "warm");
+    let moved = a.recv_type("task.transferred").await;
+    assert_eq!(moved["task_id"], task.as_str());
+    assert_eq!(moved["to"], json!({"agent": "bob"}));
+    let joined = c.recv_type("agent.joined").await;
+    assert_eq!(joined["agent"]["name"], "Agent bob");
+    h.wait_agent("alice", "capacity back", |v| v["load"]["webchat"] == 0)
+        .await;
+    assert_eq!(load(&h, "bob").await, 1);
+    c.say("hello bob").await;
+    b.recv_message_text("hello bob").await;
+    a.expect_none("the conversation at alice's desk", QUIET, of(&conv, &task))
+        .await;
+    a.call_err(
+        json!({"type": "send", "conversation_id": conv, "text": "hi"}),
+        "not_your_task",
+    )
+    .await;
+}
+
+/// Alice holds a task and has offered it warm to bob: (alice, bob,
+/// customer, conversation, task).
+async fn warm_pending(h: &Harness) -> (Ws, Ws, Ws, String, String) {
+    let (mut a, c, conv, task) = alice_holds(h, 1).await;
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut b = h.agent_online(&bob).await;
+    let v = a
+        .call(transfer(&task, json!({"agent": "bob"}), "warm", ""))
+        .await;
+    assert_eq!(v["type"], "ok", "{v}");
+    b.offer_for(&conv).await;
+    (a, b, c, conv, task)
+}
+
+/// The sender still holds the conversation: it can write, bob's capacity
+/// is back.
+async fn alice_keeps(h: &Harness, a: &mut Ws, c: &mut Ws, conv: &str) {
+    a.agent_send(conv, "still me", &next_ref("a")).await;
+    c.recv_message_text("still me").await;
+    h.wait_agent("bob", "capacity back", |v| v["load"]["webchat"] == 0)
+        .await;
+    assert_eq!(load(h, "alice").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_rejected_leaves_it_with_the_sender() {
+    let h = start_with(config());
+    let (mut a, mut b, mut c, conv, task) = warm_pending(&h).await;
+    b.reject(&task).await;
+    let f = a.recv_type("transfer.failed").await;
+    assert_eq!(
+        f,
+        json!({"type": "transfer.failed", "task_id": task, "reason": "rejected"})
+    );
+    alice_keeps(&h, &mut a, &mut c, &conv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_timed_out_leaves_it_with_the_sender() {
+    let mut cfg = config();
+    cfg.offer_timeout = Duration::from_millis(500);
+    let h = start_with(cfg);
+    let (mut a, mut b, mut c, conv, task) = warm_pending(&h).await;
+    let f = a.recv_type("transfer.failed").await;
+    assert_eq!(f["reason"], "timeout");
+    let r = b.recv_type("task.rescinded").await;
+    assert_eq!(r["reason"], "timeout");
+    b.call_err(json!({"type": "accept", "task_id": task}), "not_your_task")
+        .await;
+    alice_keeps(&h, &mut a, &mut c, &conv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_canceled_leaves_it_with_the_sender() {
+    let h = start_with(config());
+    let (mut a, mut b, mut c, conv, task) = warm_pending(&h).await;
+    // Only the sender cancels.
+    b.call_err(
+        json!({"type": "transfer.cancel", "task_id": task}),
+        "not_your_task",
+    )
+    .await;
+    let v = a
+        .call(json!({"type": "transfer.cancel", "task_id": task}))
+        .await;
+    assert_eq!(v["type"], "ok", "{v}");
+    let f = a.recv_type("transfer.failed").await;
+    assert_eq!(f["reason"], "canceled");
+    let r = b.recv_type("task.rescinded").await;
+    assert_eq!(r["reason"], "transfer_canceled");
+    a.call_err(
+        json!({"type": "transfer.cancel", "task_id": task}),
+        "invalid_state",
+    )
+    .await;
+    alice_keeps(&h, &mut a, &mut c, &conv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_while_a_transfer_is_pending_cancels_it_first() {
+    let h = start_with(config());
+    let (mut a, mut b, mut c, conv, task) = warm_pending(&h).await;
+    let r = next_ref("end");
+    a.send(json!({"type": "end", "conversation_id": conv, "ref": r}))
+        .await;
+    let f = a.recv_next().await;
+    assert_eq!(f["type"], "transfer.failed", "canceled first: {f}");
+    assert_eq!(f["reason"], "ended");
+    let ended = a.recv_ref(&r).await;
+    assert_eq!(ended["type"], "conversation.ended");
+    c.recv_type("conversation.ended").await;
+    let rescinded = b.recv_type("task.rescinded").await;
+    assert_eq!(rescinded["reason"], "transfer_canceled");
+    b.call_err(json!({"type": "accept", "task_id": task}), "not_your_task")
+        .await;
+    h.wait_agent("bob", "capacity back", |v| v["load"]["webchat"] == 0)
+        .await;
+    // Alice wraps it up as usual.
+    a.complete(&task, "resolved", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_to_a_queue_offers_its_best_agent_other_than_the_sender() {
+    let h = start_with(config());
+    create_queue(&h, json!({"id": "billing", "skills": ["billing"]})).await;
+    let (mut a, _c, conv, task) = alice_holds(&h, 2).await;
+    a.call_err(
+        transfer(&task, json!({"queue": "billing"}), "warm", ""),
+        "invalid_state",
+    )
+    .await;
+    let bob = h.create_agent("bob", 1, &["billing"]).await;
+    let mut b = h.agent_online(&bob).await;
+    let v = a
+        .call(transfer(
+            &task,
+            json!({"queue": "billing"}),
+            "warm",
+            "refund",
+        ))
+        .await;
+    assert_eq!(v["type"], "ok", "{v}");
+    let offer = b.offer_for(&conv).await;
+    assert_eq!(offer["transfer"]["to"], json!({"queue": "billing"}));
+    b.accept(&task).await;
+    let moved = a.recv_type("task.transferred").await;
+    assert_eq!(moved["to"], json!({"queue": "billing"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_transfers_cold_over_http() {
+    let h = start_with(config());
+    let (mut a, _c, conv, task) = alice_holds(&h, 1).await;
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut b = h.agent_online(&bob).await;
+    let path = format!("/v1/tasks/{task}/transfer");
+    let body = json!({"to": {"agent": "bob"}, "note": "escalated"});
+    let r = h.request(Method::POST, &path, None, Some(&body)).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = h
+        .request(Method::POST, &path, Some(&h.admin), Some(&body))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let moved = a.recv_type("task.transferred").await;
+    assert_eq!(moved["to"], json!({"agent": "bob"}));
+    let offer = b.offer_for(&conv).await;
+    assert_eq!(offer["transfer"]["from"], "supervisor");
+    assert_eq!(offer["transfer"]["note"], "escalated");
+    b.accept(&task).await;
+
+    for (path, body, status, code) in [
+        (
+            "/v1/tasks/tk_missing/transfer".to_owned(),
+            json!({"to": {"queue": "default"}}),
+            404,
+            "unknown_task",
+        ),
+        (
+            path.clone(),
+            json!({"to": {"queue": "nope"}}),
+            404,
+            "not_found",
+        ),
+        (
+            path.clone(),
+            json!({"to": {"planet": "mars"}}),
+            400,
+            "bad_request",
+        ),
+    ] {
+        let r = h
+            .request(Method::POST, &path, Some(&h.admin), Some(&body))
+            .await;
+        assert_eq!(r.status, status, "{path} {body}: {}", r.text);
+        assert_eq!(r.error_code(), code, "{}", r.text);
+    }
+}
