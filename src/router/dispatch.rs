@@ -169,9 +169,10 @@ impl Router {
             }
         }
         match queue.and_then(|q| q.max_wait) {
-            Some(max) => self
-                .max_waits
-                .insert(task_id.clone(), at(task.created_at + max), ()),
+            Some(max) => {
+                let since = task.handoff.requeued_at.unwrap_or(task.created_at);
+                self.max_waits.insert(task_id.clone(), at(since + max), ())
+            }
             None => {
                 self.max_waits.remove(task_id);
             }

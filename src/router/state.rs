@@ -78,6 +78,9 @@ pub struct Handoff {
     pub transfers: Vec<Transfer>,
     pub in_transfer: bool,
     pub prefer: Option<Id>,
+    /// When it last came back to a queue by a transfer or from parking:
+    /// the queue's `max_wait` counts from here, not from its creation.
+    pub requeued_at: Option<SystemTime>,
 }
 
 /// A warm transfer on offer: the task stays held by its agent while
@@ -776,6 +779,7 @@ impl RouterState {
                 task.declined.push(Decline { agent: h.agent, at });
                 task.handoff.in_transfer = true;
                 task.handoff.prefer = None;
+                task.handoff.requeued_at = Some(at);
                 let target = transfer.to.clone();
                 task.handoff.transfers.push(transfer);
                 match target {
@@ -861,6 +865,7 @@ impl RouterState {
                 if let Some(p) = self.parked.remove(&task_id) {
                     let mut task = p.task;
                     task.entered_queue_at = at;
+                    task.handoff.requeued_at = Some(at);
                     self.insert_waiting(task);
                 }
             }
