@@ -368,6 +368,7 @@ impl Router {
             .map(|a| a.held.clone())
             .unwrap_or_default();
         let mut back = Vec::new();
+        let mut freed_targets = Vec::new();
         // Warm transfers on offer to it fail: it will not answer.
         for task_id in self.consults_to(agent_id) {
             self.consult_failed(&task_id, TransferFailure::Unavailable, ctx);
@@ -384,10 +385,16 @@ impl Router {
                 continue;
             }
             if take {
-                self.drop_consult(&task_id);
+                // A warm transfer of it fails: its target's capacity comes
+                // back (routed once the tasks are back, below).
+                let freed = self.drop_consult(&task_id);
                 self.take_back(&task_id, RescindReason::Reassigned, None);
                 back.push(task_id);
+                freed_targets.extend(freed);
             }
+        }
+        for target in freed_targets {
+            self.route_agent(&target, ctx);
         }
         back
     }
