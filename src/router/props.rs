@@ -509,8 +509,14 @@ impl Driver {
                 let a = agent_id(agent);
                 if let Some(t) = self.held_by(&a, |h| matches!(h, Hold::Wrapping | Hold::Assigned))
                 {
+                    // Closing withdraws a pending warm transfer: its target
+                    // is free again too (as the router's `TaskClosed` does).
+                    let target = self.s.consults.get(&t).map(|c| c.target.clone());
                     self.close(&t);
                     self.route_agent(&a);
+                    if let Some(target) = target {
+                        self.route_agent(&target);
+                    }
                 }
             }
             Op::Capacity {
