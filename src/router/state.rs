@@ -1604,4 +1604,157 @@ mod tests {
             ("default", 1)
         );
     }
+
+    fn handoff(from: &str, to: TransferTarget, mode: crate::protocol::TransferMode) -> Transfer {
+        Transfer {
+            from: from.into(),
+            to,
+            mode,
+            note: "n".into(),
+            at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn transfers_and_parking_move_capacity_and_replay_through_the_codec() {
+        use crate::protocol::TransferMode::{Cold, Warm};
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let base = with_agents(&["ann", "bob", "cy"]);
+        let events = vec![
+            RouterEvent::Enqueued {
+                task: task("tk_1", 0),
+                clock_at: t0,
+            },
+            RouterEvent::Offered {
+                task_id: "tk_1".into(),
+                agent_id: "ann".into(),
+                offer: 1,
+            },
+            RouterEvent::Accepted {
+                task_id: "tk_1".into(),
+                clock_at: t0,
+            },
+            // Warm to bob: both hold capacity until the move.
+            RouterEvent::ConsultOffered {
+                task_id: "tk_1".into(),
+                consult: Consult {
+                    target: "bob".into(),
+                    offer: 2,
+                    accepted: false,
+                    transfer: handoff("ann", TransferTarget::Agent("bob".into()), Warm),
+                },
+            },
+            RouterEvent::ConsultAccepted {
+                task_id: "tk_1".into(),
+            },
+            RouterEvent::TransferredWarm {
+                task_id: "tk_1".into(),
+            },
+            // Cold from bob to cy: bob lets go, cy is offered it.
+            RouterEvent::TransferredCold {
+                task_id: "tk_1".into(),
+                transfer: handoff("bob", TransferTarget::Agent("cy".into()), Cold),
+                offer: Some(3),
+                at: t0,
+            },
+            RouterEvent::Accepted {
+                task_id: "tk_1".into(),
+                clock_at: t0,
+            },
+            RouterEvent::Parked {
+                task_id: "tk_1".into(),
+                until: None,
+            },
+        ];
+        let (mut s, mut replayed) = (base, with_agents(&["ann", "bob", "cy"]));
+        for (i, ev) in events.into_iter().enumerate() {
+            let bytes = crate::codec::encode(&ev).unwrap();
+            replayed.apply(crate::codec::decode(&bytes).unwrap());
+            s.apply(ev);
+            let loads: Vec<u32> = ["ann", "bob", "cy"].iter().map(|a| load(&s, a)).collect();
+            let want: &[u32] = match i {
+                0 => &[0, 0, 0],
+                1 | 2 => &[1, 0, 0],
+                3 | 4 => &[1, 1, 0],
+                5 => &[0, 1, 0],
+                6 | 7 => &[0, 0, 1],
+                _ => &[0, 0, 0],
+            };
+            assert_eq!(loads, want, "after event {i}");
+        }
+        let parked = s.parked[&Id::from("tk_1")].clone();
+        assert_eq!(parked.agent, Id::from("cy"));
+        assert_eq!(parked.task.handoff.transfers.len(), 2);
+        assert_eq!(parked.task.handoff.prefer, Some(Id::from("cy")));
+        // Bob let go cold: he counts as having declined it.
+        assert!(parked.task.declined.is_empty(), "parking starts afresh");
+        s.apply(RouterEvent::Unparked {
+            task_id: "tk_1".into(),
+            at: t0,
+        });
+        let back = queued(&s, "tk_1");
+        assert_eq!(s.preferred_agent(&back), Some(Id::from("cy")));
+        assert_eq!(back.handoff.requeued_at, Some(t0));
+        // The replay through the codec reached the same state.
+        assert_eq!(
+            replayed.parked[&Id::from("tk_1")].task.handoff.transfers,
+            parked.task.handoff.transfers
+        );
+        for a in ["ann", "bob", "cy"] {
+            assert_eq!(load(&replayed, a), 0);
+        }
+        assert!(replayed.consults.is_empty() && replayed.held.is_empty());
+    }
+
+    #[test]
+    fn a_cold_transfer_to_a_queue_keeps_its_place_and_declines_the_sender() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut s = with_agents(&["ann"]);
+        s.apply(RouterEvent::QueueUpserted {
+            queue: Queue {
+                id: "billing".into(),
+                ..Queue::default_queue()
+            },
+        });
+        s.apply(RouterEvent::Enqueued {
+            task: task("tk_1", 0),
+            clock_at: t0,
+        });
+        let mut newer = task("tk_2", 1);
+        newer.queue = "billing".into();
+        newer.created_at = t0;
+        s.apply(RouterEvent::Enqueued {
+            task: newer,
+            clock_at: t0,
+        });
+        s.apply(RouterEvent::Offered {
+            task_id: "tk_1".into(),
+            agent_id: "ann".into(),
+            offer: 1,
+        });
+        s.apply(RouterEvent::Accepted {
+            task_id: "tk_1".into(),
+            clock_at: t0,
+        });
+        s.apply(RouterEvent::TransferredCold {
+            task_id: "tk_1".into(),
+            transfer: handoff(
+                "ann",
+                TransferTarget::Queue("billing".into()),
+                crate::protocol::TransferMode::Cold,
+            ),
+            offer: None,
+            at: t0,
+        });
+        assert_eq!(load(&s, "ann"), 0);
+        let moved = queued(&s, "tk_1");
+        assert_eq!(moved.queue, "billing");
+        assert!(moved.declined_by(&"ann".into()));
+        assert!(moved.handoff.in_transfer);
+        assert_eq!(
+            s.waiting_in_order()[0],
+            Id::from("tk_1"),
+            "ahead of the newer task"
+        );
+    }
 }
