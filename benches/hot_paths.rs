@@ -84,6 +84,8 @@ fn conversation(c: &mut Criterion) {
         messages: (0..20).map(|_| message("earlier message")).collect(),
         history_bytes: 20 * "earlier message".len() as u64,
         history_full: false,
+        transfers: vec![],
+        pending_transfer: None,
     };
     let incoming = message("Hello, my order 4411 has not arrived yet, can you check?");
     c.bench_function("conversation: append + encode once + fan out to 3", |b| {
@@ -211,6 +213,7 @@ fn waiting_task(n: u64, queue: &str, priority: u8, created_at: SystemTime) -> Ro
         enqueued_at: Instant::now(),
         declined: Vec::new(),
         offered_before: false,
+        handoff: Default::default(),
     }
 }
 

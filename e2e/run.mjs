@@ -1,7 +1,7 @@
 // Runs the e2e suite: `node run.mjs` (from e2e/) or `npm test`.
 // Builds target/debug/switchboard unless E2E_SKIP_BUILD=1, starts it on free
-// loopback ports (one broker for story.mjs, one for board-story.mjs), runs both
-// stories in Debian's Chromium, saves screenshots under target/e2e/, and ends
+// loopback ports (one broker for each story: story.mjs, board-story.mjs,
+// history-story.mjs, transfer-story.mjs), runs the stories in Debian's Chromium, saves screenshots under target/e2e/, and ends
 // with the line "N passed, N failed" (exit 1 on failure).
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,13 +12,16 @@ import { closeBrowsers, env, failureShots, finalCheck } from './story.mjs';
 import { boardContexts, boardEnv, boardFailureShots, closeBoardBrowsers } from './board-story.mjs';
 import { closeHistoryBrowsers, historyContexts, historyEnv, historyFailureShots } from './history-story.mjs';
 import { cannedContexts, cannedEnv, cannedFailureShots, closeCannedBrowsers } from './canned-story.mjs';
+import {
+  closeTransferBrowsers, transferContexts, transferEnv, transferFailureShots,
+} from './transfer-story.mjs';
 
 // After every story (their steps are registered as the modules load).
-finalCheck(() => boardContexts().concat(historyContexts(), cannedContexts()));
+finalCheck(() => boardContexts().concat(historyContexts(), cannedContexts(), transferContexts()));
 
 const OFFER_TIMEOUT_MS = 5000;
 /** The whole run, build excluded, must finish within this. */
-const BUDGET_MS = 150000;
+const BUDGET_MS = 200000;
 
 async function main() {
   const started = Date.now();
@@ -64,11 +67,15 @@ async function main() {
   const broker4 = await startBroker({}, 'server-canned');
   Object.assign(cannedEnv, { broker: broker4 });
   log('canned responses story broker at ' + broker4.base);
+  // Transfers and parking: two desks and one customer.
+  const broker5 = await startBroker({}, 'server-transfer');
+  Object.assign(transferEnv, { broker: broker5 });
+  log('transfer story broker at ' + broker5.base);
 
   const watchdog = setTimeout(() => {
     log('the e2e run took longer than ' + BUDGET_MS / 1000 + 's; stopping');
     log('0 passed, 1 failed');
-    Promise.all([broker.stop(), broker2.stop(), broker3.stop(), broker4.stop()]).finally(() => process.exit(1));
+    Promise.all([broker.stop(), broker2.stop(), broker3.stop(), broker4.stop(), broker5.stop()]).finally(() => process.exit(1));
   }, BUDGET_MS);
 
   const t0 = Date.now();
@@ -79,6 +86,7 @@ async function main() {
       await boardFailureShots(name);
       await historyFailureShots(name);
       await cannedFailureShots(name);
+      await transferFailureShots(name);
     });
   } finally {
     clearTimeout(watchdog);
@@ -86,6 +94,7 @@ async function main() {
     await closeBoardBrowsers();
     await closeHistoryBrowsers();
     await closeCannedBrowsers();
+    await closeTransferBrowsers();
     await proxy.close();
     await proxy2.close();
     await site.close();
@@ -93,6 +102,7 @@ async function main() {
     await broker2.stop();
     await broker3.stop();
     await broker4.stop();
+    await broker5.stop();
     removeProfiles();
   }
   log('');

@@ -1,7 +1,8 @@
 //! One actor per agent: its profile, activity, open tasks (as the desktop sees
 //! them), its desktop socket and the disconnect-grace timer. It turns desktop
-//! commands into messages for the router (accept, reject, activity, outbound)
-//! and for conversations (send, typing, end, complete), and forwards what
+//! commands into messages for the router (accept, reject, activity, outbound,
+//! transfer, transfer.cancel, park) and for conversations (send, typing, end,
+//! complete), and forwards what
 //! conversations and the router tell it to the socket.
 //!
 //! Capacity and load are *not* decided here: the router owns them. The load
@@ -28,7 +29,7 @@ use crate::http::same_secret;
 use crate::ids::IdMap;
 use crate::protocol::{
     ok_frame, Activity, AgentCommand, AgentView, ChannelKind, Customer, Event, Frame, Id,
-    PerChannel, TaskState, TaskView,
+    PerChannel, TaskState, TaskView, TransferMode,
 };
 use crate::router::{self, RescindReason};
 use crate::wiring::Broker;
@@ -249,6 +250,27 @@ impl Agent {
         }));
     }
 
+    /// [`Agent::ask_router`], answering `ok` on success when `ok` is set.
+    fn ask_router_then<M>(
+        &mut self,
+        msg: M,
+        reference: Option<String>,
+        ok: bool,
+        ctx: &mut Context<Self>,
+    ) where
+        M: Message<Result = Result<(), ApiError>> + Send + 'static,
+        router::Router: Handler<M>,
+    {
+        let fut = self.broker.router.send(msg);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            match res.map_err(ApiError::mailbox).and_then(|r| r) {
+                Ok(()) if ok => act.push(ok_frame(reference.as_deref()), ctx),
+                Ok(()) => {}
+                Err(e) => act.push_error(e, reference.as_deref(), ctx),
+            }
+        }));
+    }
+
     fn command(&mut self, cmd: AgentCommand, ctx: &mut Context<Self>) {
         let me = self.profile.id.clone();
         match cmd {
@@ -372,6 +394,46 @@ impl Agent {
                     }),
                     Err(e) => self.push_error(e, reference.as_deref(), ctx),
                 }
+            }
+            AgentCommand::Transfer {
+                task_id,
+                to,
+                mode,
+                note,
+                reference,
+            } => {
+                let msg = router::TransferTask {
+                    by: router::TransferBy::Agent(me),
+                    task_id,
+                    to,
+                    mode,
+                    note,
+                    reference: reference.clone(),
+                };
+                // Cold: `task.transferred` carries the `ref`; warm: `ok`
+                // once the target is offered the task.
+                let warm = mode == TransferMode::Warm;
+                self.ask_router_then(msg, reference, warm, ctx);
+            }
+            AgentCommand::TransferCancel { task_id, reference } => {
+                let msg = router::CancelTransfer {
+                    agent_id: me,
+                    task_id,
+                };
+                self.ask_router_then(msg, reference, true, ctx);
+            }
+            AgentCommand::Park {
+                task_id,
+                until,
+                reference,
+            } => {
+                let msg = router::ParkTask {
+                    agent_id: me,
+                    task_id,
+                    until,
+                    reference: reference.clone(),
+                };
+                self.ask_router(msg, reference, ctx);
             }
             AgentCommand::Outbound {
                 channel,
@@ -627,6 +689,10 @@ pub enum AgentFrameKind {
     Ended,
     Completed,
     Rescinded,
+    /// The agent let go of the task (transferred, parked): dropped, and
+    /// nothing more of the conversation reaches it.
+    Transferred,
+    Parked,
     /// Errors and other replies: always delivered.
     Other,
 }
@@ -662,11 +728,12 @@ impl Handler<ToAgent> for Agent {
                     return;
                 }
             }
-            AgentFrameKind::Completed | AgentFrameKind::Rescinded => {
-                self.apply(AgentEvent::TaskDropped {
-                    task_id: msg.task_id.clone(),
-                })
-            }
+            AgentFrameKind::Completed
+            | AgentFrameKind::Rescinded
+            | AgentFrameKind::Transferred
+            | AgentFrameKind::Parked => self.apply(AgentEvent::TaskDropped {
+                task_id: msg.task_id.clone(),
+            }),
         }
         self.push(msg.frame, ctx);
     }

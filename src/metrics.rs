@@ -10,7 +10,7 @@ use crate::protocol::TaskState;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    tasks: [AtomicI64; 6],
+    tasks: [AtomicI64; TaskState::ALL.len()],
     /// Customer messages accepted.
     pub messages_in: AtomicU64,
     /// Agent messages accepted.

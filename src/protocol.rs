@@ -123,7 +123,9 @@ pub enum Activity {
 }
 
 /// Task life cycle: `queued → reserved → assigned → wrapping → completed`, or
-/// `canceled` when the customer leaves before assignment.
+/// `canceled` when the customer leaves before assignment; an assigned task
+/// may be `parked` (no agent, no capacity) until the customer writes or its
+/// time comes, then it is `queued` again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
@@ -133,16 +135,18 @@ pub enum TaskState {
     Wrapping,
     Completed,
     Canceled,
+    Parked,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 6] = [
+    pub const ALL: [TaskState; 7] = [
         TaskState::Queued,
         TaskState::Reserved,
         TaskState::Assigned,
         TaskState::Wrapping,
         TaskState::Completed,
         TaskState::Canceled,
+        TaskState::Parked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -153,6 +157,7 @@ impl TaskState {
             TaskState::Wrapping => "wrapping",
             TaskState::Completed => "completed",
             TaskState::Canceled => "canceled",
+            TaskState::Parked => "parked",
         }
     }
 
@@ -247,7 +252,44 @@ pub struct TaskView {
     pub priority: u8,
     #[serde(with = "rfc3339")]
     pub waiting_since: SystemTime,
+    /// Every transfer of this task so far, oldest first: the transfer chain,
+    /// each with its note (empty when never transferred; always written, so
+    /// the same type also encodes with the journal codec).
+    #[serde(default)]
+    pub transfers: Vec<Transfer>,
 }
+
+/// Where a task is transferred: a queue, or one agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferTarget {
+    Queue(String),
+    Agent(String),
+}
+
+/// Cold: the sender lets go at once. Warm: the sender keeps the task until
+/// the target accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferMode {
+    Cold,
+    Warm,
+}
+
+/// One transfer of a task: who handed it on, to what, how, with which note.
+/// `from` is an agent id, or `supervisor` for `POST /v1/tasks/{id}/transfer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub from: Id,
+    pub to: TransferTarget,
+    pub mode: TransferMode,
+    pub note: String,
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+}
+
+/// The longest transfer note accepted, in characters.
+pub const MAX_TRANSFER_NOTE: usize = 2000;
 
 /// The queue that always exists: every channel, no skills.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -386,6 +428,37 @@ pub enum AgentCommand {
         #[serde(default, rename = "ref")]
         reference: Option<String>,
     },
+    /// Hand the task to a queue or an agent (`mode` defaults to cold).
+    Transfer {
+        task_id: String,
+        to: TransferTarget,
+        #[serde(default = "cold")]
+        mode: TransferMode,
+        #[serde(default)]
+        note: String,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    /// Withdraw a pending warm transfer.
+    #[serde(rename = "transfer.cancel")]
+    TransferCancel {
+        task_id: String,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    /// Put the task aside, capacity freed, until the customer writes or
+    /// `until`.
+    Park {
+        task_id: String,
+        #[serde(default, with = "rfc3339::option")]
+        until: Option<SystemTime>,
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+}
+
+fn cold() -> TransferMode {
+    TransferMode::Cold
 }
 
 /// Commands a webchat customer sends over its socket.

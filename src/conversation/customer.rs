@@ -42,13 +42,21 @@ pub struct CustomerMessage {
 impl Handler<CustomerMessage> for Conversation {
     type Result = ();
 
-    fn handle(&mut self, msg: CustomerMessage, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: CustomerMessage, ctx: &mut Context<Self>) {
         if self.state.ended() {
             // Writing again after the end opens a new conversation.
             self.to_customer(CustomerEvent::Reopen(Box::new(msg)));
             return;
         }
+        let before = self.state.messages.len();
         self.accept_customer_message(msg);
+        if self.state.messages.len() > before {
+            match self.state.task_state {
+                TaskState::Assigned => self.arm_inactivity(ctx),
+                TaskState::Parked => self.unpark(),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -81,7 +89,7 @@ impl Handler<CustomerLeft> for Conversation {
 
     fn handle(&mut self, msg: CustomerLeft, ctx: &mut Context<Self>) {
         match self.state.task_state {
-            TaskState::Queued | TaskState::Reserved => {
+            TaskState::Queued | TaskState::Reserved | TaskState::Parked => {
                 self.apply(ConversationEvent::TaskMoved {
                     state: TaskState::Canceled,
                     agent_id: None,

@@ -17,6 +17,9 @@
 //! - the router (`routing.rs`): [`Reserve`], [`Assign`], [`Requeued`],
 //!   [`RouterCancel`] (past the queue's maximum wait, or closed),
 //!   [`RouterNotice`] (the closed message of a queue outside its hours);
+//!   about transfers and parking (`transfer.rs`): [`TransferredAway`],
+//!   [`ConsultOffer`], [`TransferAccept`], [`TransferNotMade`],
+//!   [`ParkedAway`], [`BackFromPark`];
 //! - the agent (`agent.rs`): [`AgentSend`], [`AgentTyping`], [`AgentEnd`],
 //!   [`AgentComplete`], [`Resync`];
 //! - provider channels, on delivery (`delivery.rs`): [`DeliveryUpdate`],
@@ -28,10 +31,17 @@
 //!   [`Monitor`] and [`Unmonitor`] (their socket).
 //!
 //! It sends `ToCustomer` to its channel, `ToAgent` to its agent, and to the
-//! router `EnqueueTask` or `BindOutbound` (as it opens), `TaskWrapping` and
-//! `TaskClosed`; supervisors get `task.state` on every move of the task, and
-//! webhook endpoints the `task.*`, `message.*` and `conversation.ended`
-//! events (`Conversation::hook`, from `apply` and the routing handlers).
+//! router `EnqueueTask` or `BindOutbound` (as it opens), `TaskWrapping`,
+//! `TaskClosed`, `TransferDone` and `UnparkTask`; supervisors get
+//! `task.state` on every move of the task, and webhook endpoints the
+//! `task.*`, `message.*` and `conversation.ended` events
+//! (`Conversation::hook`, from `apply` and the routing handlers).
+//!
+//! Inactivity: while the task is assigned and its queue has `inactivity`
+//! settings, no customer message for `warn_after` sends the customer the
+//! warning (a `system` message), and for `close_after` ends the
+//! conversation with reason `inactivity` (both counted from the customer's
+//! last message or the assignment, whichever is later).
 //!
 //! This file is the actor itself: opening, the first act, and what every
 //! counterpart's handlers share — applying and publishing, frames, the sends to
@@ -46,6 +56,7 @@ mod queries;
 mod routing;
 mod state;
 mod supervision;
+mod transfer;
 
 pub use agent::{AgentComplete, AgentEnd, AgentSend, AgentTyping, Resync};
 pub use canned::{usable_in, CannedContext, GetCannedContext};
@@ -53,8 +64,11 @@ pub use customer::{CustomerAbandoned, CustomerLeft, CustomerMessage, CustomerTyp
 pub use delivery::{DeliveryUpdate, ReadUpTo};
 pub use queries::{ConversationSnapshot, GetMessages, GetSnapshot, TaskRef};
 pub use routing::{Assign, RequeueCause, Requeued, Reserve, RouterCancel, RouterNotice};
-pub use state::{ConversationEvent, ConversationState};
+pub use state::{ConversationEvent, ConversationState, PendingTransfer};
 pub use supervision::{Monitor, SupervisorComplete, Unmonitor};
+pub use transfer::{
+    BackFromPark, ConsultOffer, ParkedAway, TransferAccept, TransferNotMade, TransferredAway,
+};
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -167,6 +181,10 @@ pub struct Conversation {
     state: ConversationState,
     agent: Option<Addr<Agent>>,
     wrapup: Option<SpawnHandle>,
+    /// The task's queue's inactivity settings (from the router on
+    /// assignment), and the running warn and close timers.
+    inactivity: Option<crate::router::queue::Inactivity>,
+    inactivity_timers: Vec<SpawnHandle>,
     /// Boxed: taken at start, so it should not keep its room in the actor.
     opening: Option<Box<Opening>>,
     /// Supervisor sockets streaming its messages (`supervision.rs`).
@@ -205,6 +223,8 @@ impl Conversation {
             messages: Vec::new(),
             history_bytes: 0,
             history_full: false,
+            transfers: Vec::new(),
+            pending_transfer: None,
         };
         broker.metrics.task_moved(None, TaskState::Queued);
         Metrics::bump(&broker.metrics.conversations_opened);
@@ -216,6 +236,8 @@ impl Conversation {
             state,
             agent: None,
             wrapup: None,
+            inactivity: None,
+            inactivity_timers: Vec::new(),
             opening: Some(Box::new(spec.opening)),
             monitors: Vec::new(),
         };
@@ -300,7 +322,8 @@ impl Conversation {
                 d.notes = self.state.notes.as_deref();
             }),
             TaskState::Canceled => self.hook_task(EventKind::TaskCanceled, |_| {}),
-            TaskState::Queued | TaskState::Reserved => {}
+            // Parking is told by `task.parked` (not a webhook type yet).
+            TaskState::Queued | TaskState::Reserved | TaskState::Parked => {}
         }
     }
 
@@ -488,9 +511,14 @@ impl Conversation {
 
     /// `conversation.ended` as the customer gets it (no task, no `ref`).
     fn ended_frame(&self) -> Frame {
+        self.ended_frame_for(None)
+    }
+
+    fn ended_frame_for(&self, reason: Option<&'static str>) -> Frame {
         Event::ConversationEnded {
             conversation_id: self.state.id.clone(),
             task: None,
+            reason: reason.map(Cow::Borrowed),
         }
         .frame()
     }
@@ -533,6 +561,23 @@ impl Conversation {
     /// wrap-up timer completes it with the default disposition if the agent
     /// does not.
     fn end(&mut self, reference: Option<&str>, ctx: &mut Context<Self>) {
+        self.end_for(reference, None, ctx);
+    }
+
+    /// [`Conversation::end`], saying why when the broker ended it
+    /// (`inactivity`). A warm transfer still pending is canceled first (the
+    /// holder gets `transfer.failed` with `ended`; the router withdraws the
+    /// offer when it hears of the end).
+    fn end_for(
+        &mut self,
+        reference: Option<&str>,
+        reason: Option<&'static str>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.state.pending_transfer.is_some() {
+            self.transfer_failed(crate::protocol::event::TransferFailure::Ended);
+        }
+        self.stop_inactivity(ctx);
         self.apply(ConversationEvent::Ended {
             at: crate::protocol::now(),
         });
@@ -547,18 +592,70 @@ impl Conversation {
                 task_id: self.state.task_id.clone(),
                 reference: event::reference(reference),
             }),
+            reason: reason.map(Cow::Borrowed),
         }
         .frame();
         if let Some(agent) = &self.agent {
             self.to_agent(agent, AgentFrameKind::Ended, agent_frame);
         }
-        self.to_customer(CustomerEvent::Ended(self.ended_frame()));
+        self.to_customer(CustomerEvent::Ended(self.ended_frame_for(reason)));
         let timeout = self.broker.config.wrapup_timeout;
         self.wrapup = Some(ctx.run_later(timeout, |act, ctx| {
             act.wrapup = None;
             let disposition = act.broker.config.wrapup_disposition.clone();
             act.complete(disposition, String::new(), None, ctx);
         }));
+    }
+
+    /// (Re)start the inactivity timers: on assignment and on every
+    /// customer message while assigned, if the task's queue has settings.
+    fn arm_inactivity(&mut self, ctx: &mut Context<Self>) {
+        self.stop_inactivity(ctx);
+        let Some(settings) = self.inactivity.clone() else {
+            return;
+        };
+        if self.state.task_state != TaskState::Assigned {
+            return;
+        }
+        if settings.warn_after < settings.close_after && !settings.warning.is_empty() {
+            let warning = settings.warning.clone();
+            self.inactivity_timers
+                .push(ctx.run_later(settings.warn_after, move |act, _| {
+                    if act.state.task_state == TaskState::Assigned {
+                        act.inactivity_warning(warning);
+                    }
+                }));
+        }
+        self.inactivity_timers
+            .push(ctx.run_later(settings.close_after, |act, ctx| {
+                act.inactivity_timers.clear();
+                if act.state.task_state == TaskState::Assigned {
+                    act.end_for(None, Some("inactivity"), ctx);
+                }
+            }));
+    }
+
+    fn stop_inactivity(&mut self, ctx: &mut Context<Self>) {
+        for timer in self.inactivity_timers.drain(..) {
+            ctx.cancel_future(timer);
+        }
+    }
+
+    /// The queue's warning to a customer who has not written for
+    /// `warn_after`: a `system` message the customer (webchat) and the
+    /// agent see.
+    fn inactivity_warning(&mut self, text: String) {
+        if self.state.history_full {
+            return;
+        }
+        self.append(Author::System, text, Vec::new(), None);
+        let frame = self.message_frame(self.last_message(), None);
+        if let Some(agent) = &self.agent {
+            self.to_agent(agent, AgentFrameKind::Message, frame.clone());
+        }
+        if self.state.channel == ChannelKind::Webchat {
+            self.to_customer(CustomerEvent::Broadcast(frame));
+        }
     }
 
     /// Record the disposition and notes, tell the agent, then free the

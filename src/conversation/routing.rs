@@ -17,7 +17,10 @@ use actix::prelude::*;
 use super::{frame_agent_joined, Conversation, ConversationEvent};
 use crate::agent::{Agent, AgentFrameKind};
 use crate::channel::CustomerEvent;
-use crate::protocol::{Author, CancelReason, ChannelKind, DeliveryStatus, Event, Id, TaskState};
+use crate::protocol::{
+    Author, CancelReason, ChannelKind, DeliveryStatus, Event, Id, TaskState, Transfer,
+};
+use crate::router::queue::Inactivity;
 use crate::router::{RescindReason, RoutableTask};
 use crate::webhooks::EventKind;
 
@@ -34,6 +37,8 @@ pub struct Reserve {
     /// The router's number for this offer (one counter for every offer it
     /// makes, so numbers order offers as the router made them).
     pub offer: u64,
+    /// The transfer this offer carries on (`task.offered`'s `transfer`).
+    pub transfer: Option<Transfer>,
 }
 
 impl Handler<Reserve> for Conversation {
@@ -63,6 +68,7 @@ impl Handler<Reserve> for Conversation {
             task: Cow::Borrowed(&task),
             expires_at: msg.expires_at,
             offer: msg.offer,
+            transfer: msg.transfer.as_ref().map(Cow::Borrowed),
         }
         .frame();
         self.to_agent(&msg.agent, AgentFrameKind::Offered(task.clone()), offered);
@@ -77,12 +83,14 @@ pub struct Assign {
     pub agent_name: String,
     pub agent: Addr<Agent>,
     pub reference: Option<String>,
+    /// The task's queue's inactivity settings.
+    pub inactivity: Option<Inactivity>,
 }
 
 impl Handler<Assign> for Conversation {
     type Result = ();
 
-    fn handle(&mut self, msg: Assign, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Assign, ctx: &mut Context<Self>) {
         if self.state.task_state != TaskState::Reserved {
             // The customer left while the accept was on its way.
             let gone = self.rescinded_frame(RescindReason::CustomerLeft);
@@ -104,6 +112,8 @@ impl Handler<Assign> for Conversation {
             &self.state.id,
             &msg.agent_name,
         )));
+        self.inactivity = msg.inactivity;
+        self.arm_inactivity(ctx);
     }
 }
 
@@ -131,7 +141,7 @@ pub enum RequeueCause {
 impl Handler<Requeued> for Conversation {
     type Result = ();
 
-    fn handle(&mut self, msg: Requeued, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Requeued, ctx: &mut Context<Self>) {
         if !matches!(
             self.state.task_state,
             TaskState::Reserved | TaskState::Assigned
@@ -139,6 +149,7 @@ impl Handler<Requeued> for Conversation {
             return;
         }
         let from = self.state.agent_id.clone();
+        self.stop_inactivity(ctx);
         self.agent = None;
         self.apply(ConversationEvent::TaskMoved {
             state: TaskState::Queued,
@@ -255,6 +266,7 @@ impl Conversation {
             enqueued_at: std::time::Instant::now(),
             declined: Vec::new(),
             offered_before: false,
+            handoff: Default::default(),
         }
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
     Author, CancelReason, ChannelKind, Customer, DeliveryStatus, Id, Message, TaskState,
-    TaskSummary, TaskView,
+    TaskSummary, TaskView, Transfer,
 };
 
 /// The state a conversation owns: everything needed to rebuild it by replaying
@@ -51,6 +51,20 @@ pub struct ConversationState {
     /// conversation takes no more messages from its customer or agent.
     #[serde(default)]
     pub history_full: bool,
+    /// The transfer chain, oldest first.
+    #[serde(default)]
+    pub transfers: Vec<Transfer>,
+    /// A warm transfer on offer to another agent while this one keeps it.
+    #[serde(default)]
+    pub pending_transfer: Option<PendingTransfer>,
+}
+
+/// A warm transfer on offer: to which agent, under which offer number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingTransfer {
+    pub target: Id,
+    pub offer: u64,
+    pub transfer: Transfer,
 }
 
 /// What one message weighs against `max_history_bytes`: its text and its
@@ -97,6 +111,16 @@ pub enum ConversationEvent {
     /// The broker canceled the waiting task.
     Canceled {
         reason: CancelReason,
+    },
+    /// The task was transferred (cold at once, warm on the target's
+    /// accept): the transfer joins the chain; the move itself follows as
+    /// `TaskMoved`.
+    Transferred {
+        transfer: Transfer,
+    },
+    /// A warm transfer is offered (`Some`) or over (`None`).
+    TransferPending {
+        pending: Option<PendingTransfer>,
     },
 }
 
@@ -148,6 +172,8 @@ impl ConversationState {
                 self.cancel_reason = Some(reason);
                 self.ended_at.get_or_insert_with(SystemTime::now);
             }
+            ConversationEvent::Transferred { transfer } => self.transfers.push(transfer),
+            ConversationEvent::TransferPending { pending } => self.pending_transfer = pending,
             ConversationEvent::Ended { at } => {
                 self.task_state = TaskState::Wrapping;
                 self.ended_at = Some(at);
@@ -211,6 +237,7 @@ impl ConversationState {
             queue: self.queue.clone(),
             priority: self.priority,
             waiting_since: self.created_at,
+            transfers: self.transfers.clone(),
         }
     }
 }
@@ -253,6 +280,8 @@ mod tests {
             messages: vec![],
             history_bytes: 0,
             history_full: false,
+            transfers: vec![],
+            pending_transfer: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! HTTP routes: thin handlers that authenticate, parse, ask an actor and
 //! translate its answer. One file per resource:
 //! `agents.rs`, `conversations.rs`, `attachments.rs`, `webchat.rs`,
-//! `tasks.rs`, `queues.rs`, `sockets.rs` (WebSocket upgrades) and `ops.rs`
+//! `tasks.rs`, `transfers.rs` (a supervisor's transfer), `queues.rs`,
+//! `sockets.rs` (WebSocket upgrades) and `ops.rs`
 //! (health, stats, metrics, dispositions); `request_line.rs` limits URL length
 //! before any route runs. Errors are [`ApiError`]s, rendered as
 //! `{"error":{"code","message"}}`.
@@ -24,6 +25,7 @@ pub mod request_line;
 pub mod sockets;
 pub mod tasks;
 pub mod throttle;
+pub mod transfers;
 pub mod upgrade;
 pub mod webchat;
 
@@ -84,6 +86,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/agents/{id}/ws", web::get().to(sockets::agent))
                 .route("/tasks", web::get().to(tasks::list))
                 .route("/tasks/{id}/complete", web::post().to(tasks::complete))
+                .route("/tasks/{id}/transfer", web::post().to(transfers::transfer))
                 .route("/queues", web::post().to(queues::create))
                 .route("/queues", web::get().to(queues::list))
                 .route("/queues/{id}", web::get().to(queues::get))

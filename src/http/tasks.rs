@@ -68,12 +68,12 @@ impl Filter {
                 Some(_) => {
                     return Err(ApiError::BadRequest(format!(
                         "state: {name} tasks are finished; this lists open tasks \
-                         (queued, reserved, assigned, wrapping)"
+                         (queued, reserved, assigned, wrapping, parked)"
                     )))
                 }
                 None => {
                     return Err(ApiError::BadRequest(format!(
-                        "state: unknown task state {name:?} (queued, reserved, assigned, wrapping)"
+                        "state: unknown task state {name:?} (queued, reserved, assigned, wrapping, parked)"
                     )))
                 }
             }

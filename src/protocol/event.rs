@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     rfc3339, Activity, AgentView, ChannelKind, DeliveryStatus, Frame, Id, Message, QueueStats,
-    TaskState, TaskSummary, TaskView,
+    TaskState, TaskSummary, TaskView, Transfer, TransferTarget,
 };
 
 /// Why a task left an agent before completion (the `task.rescinded` reason).
@@ -25,6 +25,9 @@ pub enum RescindReason {
     Timeout,
     CustomerLeft,
     Reassigned,
+    /// A warm transfer offered to this agent was withdrawn (its sender
+    /// canceled it, or the conversation ended first).
+    TransferCanceled,
 }
 
 impl RescindReason {
@@ -33,8 +36,25 @@ impl RescindReason {
             RescindReason::Timeout => "timeout",
             RescindReason::CustomerLeft => "customer_left",
             RescindReason::Reassigned => "reassigned",
+            RescindReason::TransferCanceled => "transfer_canceled",
         }
     }
+}
+
+/// Why a warm transfer failed (`transfer.failed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferFailure {
+    /// The target rejected the offer.
+    Rejected,
+    /// The target let the offer time out.
+    Timeout,
+    /// The sender canceled it (`transfer.cancel`).
+    Canceled,
+    /// The conversation ended first (`end`, or the customer left).
+    Ended,
+    /// The target went offline or disconnected.
+    Unavailable,
 }
 
 /// The agent named in `agent.joined`: customers see only the name.
@@ -104,6 +124,35 @@ pub enum Event<'a> {
         /// from 1 at start, so it orders offers as the router made them
         /// whatever order desks receive them in.
         offer: u64,
+        /// Set when the offer is a transfer: who sent it, how, the note.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transfer: Option<Cow<'a, Transfer>>,
+    },
+    /// The agent no longer holds the task: it was transferred (at once for
+    /// a cold transfer, on the target's accept for a warm one).
+    #[serde(rename = "task.transferred")]
+    TaskTransferred {
+        task_id: Id,
+        conversation_id: Id,
+        to: TransferTarget,
+        #[serde(rename = "ref", default)]
+        reference: Ref<'a>,
+    },
+    /// A warm transfer did not happen; the agent keeps the task.
+    #[serde(rename = "transfer.failed")]
+    TransferFailed {
+        task_id: Id,
+        reason: TransferFailure,
+    },
+    /// The task is parked: the agent no longer holds it.
+    #[serde(rename = "task.parked")]
+    TaskParked {
+        task_id: Id,
+        conversation_id: Id,
+        #[serde(with = "rfc3339::option", default)]
+        until: Option<SystemTime>,
+        #[serde(rename = "ref", default)]
+        reference: Ref<'a>,
     },
     #[serde(rename = "task.rescinded")]
     TaskRescinded { task_id: Id, reason: RescindReason },
@@ -169,6 +218,9 @@ pub enum Event<'a> {
         conversation_id: Id,
         #[serde(flatten)]
         task: Option<EndedTask<'a>>,
+        /// Set when the broker ended it: `inactivity`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Cow<'a, str>>,
     },
     #[serde(rename = "error")]
     Error {
@@ -298,6 +350,17 @@ mod tests {
             queue: "default".into(),
             priority: 0,
             waiting_since: crate::protocol::now(),
+            transfers: vec![transfer()],
+        }
+    }
+
+    fn transfer() -> Transfer {
+        Transfer {
+            from: "alice".into(),
+            to: TransferTarget::Queue("billing".into()),
+            mode: crate::protocol::TransferMode::Cold,
+            note: "refund".into(),
+            at: crate::protocol::now(),
         }
     }
 
@@ -341,6 +404,29 @@ mod tests {
                 task: Cow::Owned(task()),
                 expires_at: crate::protocol::now(),
                 offer: 1,
+                transfer: None,
+            },
+            Event::TaskOffered {
+                task: Cow::Owned(task()),
+                expires_at: crate::protocol::now(),
+                offer: 2,
+                transfer: Some(Cow::Owned(transfer())),
+            },
+            Event::TaskTransferred {
+                task_id: "tk_1".into(),
+                conversation_id: "cv_1".into(),
+                to: TransferTarget::Agent("bob".into()),
+                reference: Some("t1".into()),
+            },
+            Event::TransferFailed {
+                task_id: "tk_1".into(),
+                reason: TransferFailure::Timeout,
+            },
+            Event::TaskParked {
+                task_id: "tk_1".into(),
+                conversation_id: "cv_1".into(),
+                until: Some(crate::protocol::now()),
+                reference: None,
             },
             Event::TaskRescinded {
                 task_id: "tk_1".into(),
@@ -383,6 +469,7 @@ mod tests {
                     task_id: "tk_1".into(),
                     reference: Some("e1".into()),
                 }),
+                reason: None,
             },
             Event::ConversationEnded {
                 conversation_id: "cv_1".into(),
@@ -390,10 +477,20 @@ mod tests {
                     task_id: "tk_1".into(),
                     reference: None,
                 }),
+                reason: None,
             },
             Event::ConversationEnded {
                 conversation_id: "cv_1".into(),
                 task: None,
+                reason: None,
+            },
+            Event::ConversationEnded {
+                conversation_id: "cv_1".into(),
+                task: Some(EndedTask {
+                    task_id: "tk_1".into(),
+                    reference: None,
+                }),
+                reason: Some("inactivity".into()),
             },
             Event::Error {
                 code: "bad_request".into(),
@@ -536,6 +633,7 @@ mod tests {
             &Event::ConversationEnded {
                 conversation_id: "cv_1".into(),
                 task: None,
+                reason: None,
             }
             .frame(),
         )
@@ -552,6 +650,7 @@ mod tests {
                     task_id: "tk_1".into(),
                     reference: None,
                 }),
+                reason: None,
             }
             .frame(),
         )

@@ -25,6 +25,7 @@ use super::stats::Outcome;
 use super::{RescindReason, Router};
 use crate::agent::{ActivitySet, Rescind};
 use crate::conversation::{RequeueCause, Requeued, Reserve, RouterCancel, RouterNotice};
+use crate::protocol::event::TransferFailure;
 use crate::protocol::{Activity, CancelReason, Id, DEFAULT_QUEUE};
 
 impl Router {
@@ -168,9 +169,10 @@ impl Router {
             }
         }
         match queue.and_then(|q| q.max_wait) {
-            Some(max) => self
-                .max_waits
-                .insert(task_id.clone(), at(task.created_at + max), ()),
+            Some(max) => {
+                let since = task.handoff.requeued_at.unwrap_or(task.created_at);
+                self.max_waits.insert(task_id.clone(), at(since + max), ())
+            }
             None => {
                 self.max_waits.remove(task_id);
             }
@@ -234,7 +236,13 @@ impl Router {
     }
 
     /// An offer was made: its timer, and the conversation told.
-    fn offered(&mut self, task_id: Id, agent_id: Id, offer: u64, ctx: &mut Context<Self>) {
+    pub(super) fn offered(
+        &mut self,
+        task_id: Id,
+        agent_id: Id,
+        offer: u64,
+        ctx: &mut Context<Self>,
+    ) {
         let timeout = self.broker.config.offer_timeout;
         self.timers
             .insert(task_id.clone(), Instant::now() + timeout, offer);
@@ -253,6 +261,12 @@ impl Router {
                 queue: held.task.queue.clone(),
                 priority: held.task.priority,
                 offer,
+                transfer: held
+                    .task
+                    .handoff
+                    .in_transfer
+                    .then(|| held.task.handoff.transfers.last().cloned())
+                    .flatten(),
             });
         }
     }
@@ -293,7 +307,7 @@ impl Router {
                 });
             }
             self.publish_agent(&agent_id);
-            back.extend(self.take_back_agent(&agent_id, false));
+            back.extend(self.take_back_agent(&agent_id, false, ctx));
         }
         self.route_back(back, ctx);
         self.route_agent(&agent_id, ctx);
@@ -341,13 +355,18 @@ impl Router {
         assigned_too: bool,
         ctx: &mut Context<Self>,
     ) {
-        let back = self.take_back_agent(agent_id, assigned_too);
+        let back = self.take_back_agent(agent_id, assigned_too, ctx);
         self.route_back(back, ctx);
     }
 
     /// Put an agent's offers (and, when `assigned_too`, its assigned tasks)
     /// back in the queue, without routing them yet.
-    fn take_back_agent(&mut self, agent_id: &Id, assigned_too: bool) -> Vec<Id> {
+    fn take_back_agent(
+        &mut self,
+        agent_id: &Id,
+        assigned_too: bool,
+        ctx: &mut Context<Self>,
+    ) -> Vec<Id> {
         let held: Vec<Id> = self
             .state
             .agents
@@ -355,6 +374,11 @@ impl Router {
             .map(|a| a.held.clone())
             .unwrap_or_default();
         let mut back = Vec::new();
+        let mut freed_targets = Vec::new();
+        // Warm transfers on offer to it fail: it will not answer.
+        for task_id in self.consults_to(agent_id) {
+            self.consult_failed(&task_id, TransferFailure::Unavailable, ctx);
+        }
         for task_id in held {
             let hold = self.state.held.get(&task_id).map(|h| h.hold);
             let take = match hold {
@@ -362,10 +386,21 @@ impl Router {
                 Some(Hold::Assigned) => assigned_too,
                 _ => false,
             };
+            // Its warm transfer was accepted: the target takes it instead.
+            if take && hold == Some(Hold::Assigned) && self.finish_accepted_consult(&task_id) {
+                continue;
+            }
             if take {
+                // A warm transfer of it fails: its target's capacity comes
+                // back (routed once the tasks are back, below).
+                let freed = self.drop_consult(&task_id);
                 self.take_back(&task_id, RescindReason::Reassigned, None);
                 back.push(task_id);
+                freed_targets.extend(freed);
             }
+        }
+        for target in freed_targets {
+            self.route_agent(&target, ctx);
         }
         back
     }

@@ -17,6 +17,7 @@ use super::{RescindReason, Router};
 use crate::agent::{Agent, Rescind};
 use crate::conversation::{Assign, Conversation};
 use crate::error::ApiError;
+use crate::protocol::event::TransferFailure;
 use crate::protocol::{
     Activity, AgentView, ChannelKind, Customer, Event, Id, PerChannel, QueueStats, TaskState,
     TaskSummary, DEFAULT_QUEUE,
@@ -193,6 +194,10 @@ impl Handler<Accept> for Router {
     type Result = Result<(), ApiError>;
 
     fn handle(&mut self, msg: Accept, _: &mut Context<Self>) -> Self::Result {
+        if self.consulting(&msg.agent_id, &msg.task_id) {
+            let task_id = Id::from(msg.task_id.as_str());
+            return self.consult_accept(&msg.agent_id, &task_id, msg.reference);
+        }
         let task_id = self.offered_to(&msg.agent_id, &msg.task_id)?;
         self.timers.remove(&task_id);
         self.apply(RouterEvent::Accepted {
@@ -211,6 +216,7 @@ impl Handler<Accept> for Router {
                 agent_name: agent.view.name.clone(),
                 agent: addr.clone(),
                 reference: msg.reference,
+                inactivity: self.inactivity_of(&task_id),
             });
         }
         Ok(())
@@ -230,6 +236,21 @@ impl Handler<Reject> for Router {
     type Result = Result<(), ApiError>;
 
     fn handle(&mut self, msg: Reject, ctx: &mut Context<Self>) -> Self::Result {
+        if self.consulting(&msg.agent_id, &msg.task_id) {
+            let task_id = Id::from(msg.task_id.as_str());
+            if self
+                .state
+                .consults
+                .get(&task_id)
+                .is_some_and(|c| c.accepted)
+            {
+                return Err(ApiError::InvalidState(format!(
+                    "task {task_id} is already accepted"
+                )));
+            }
+            self.consult_failed(&task_id, TransferFailure::Rejected, ctx);
+            return Ok(());
+        }
         let task_id = self.offered_to(&msg.agent_id, &msg.task_id)?;
         self.take_back(&task_id, RescindReason::Reassigned, Some(false));
         self.schedule_waits(&task_id, ctx);
@@ -250,7 +271,11 @@ pub struct TaskWrapping {
 impl Handler<TaskWrapping> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: TaskWrapping, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: TaskWrapping, ctx: &mut Context<Self>) {
+        // Ending cancels a pending transfer first.
+        if let Some(target) = self.drop_consult(&msg.task_id) {
+            self.route_agent(&target, ctx);
+        }
         self.apply(RouterEvent::Wrapping {
             task_id: msg.task_id,
             clock_at: self.clock_now(),
@@ -272,6 +297,8 @@ impl Handler<TaskClosed> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: TaskClosed, ctx: &mut Context<Self>) {
+        let consulted = self.drop_consult(&msg.task_id);
+        self.parks.remove(&msg.task_id);
         let mut holder = None;
         if let Some(h) = self.state.held.get(&msg.task_id) {
             holder = Some(h.agent.clone());
@@ -285,7 +312,7 @@ impl Handler<TaskClosed> for Router {
             }
         }
         self.close(msg.task_id, msg.outcome);
-        if let Some(agent) = holder {
+        for agent in holder.into_iter().chain(consulted) {
             self.route_agent(&agent, ctx);
         }
     }
@@ -371,7 +398,7 @@ impl Handler<BindOutbound> for Router {
     }
 }
 
-/// Open tasks (queued, reserved, assigned, wrapping) that pass the filters,
+/// Open tasks (queued, reserved, assigned, wrapping, parked) that pass the filters,
 /// longest waiting first.
 #[derive(Message, Default)]
 #[rtype(result = "Vec<TaskSummary>")]
@@ -409,7 +436,18 @@ impl Handler<ListTasks> for Router {
             (bound && wanted(&h.task, state))
                 .then(|| (h.task.order, h.task.summary(state, Some(&h.agent))))
         });
-        let mut tasks: Vec<(u64, TaskSummary)> = queued.chain(held).collect();
+        let parked = self
+            .state
+            .parked
+            .values()
+            .filter(|p| wanted(&p.task, TaskState::Parked))
+            .map(|p| {
+                (
+                    p.task.order,
+                    p.task.summary(TaskState::Parked, Some(&p.agent)),
+                )
+            });
+        let mut tasks: Vec<(u64, TaskSummary)> = queued.chain(held).chain(parked).collect();
         tasks.sort_by_key(|(order, t)| (t.waiting_since, *order));
         MessageResult(tasks.into_iter().map(|(_, t)| t).collect())
     }

@@ -27,6 +27,9 @@
 //!   fails to open;
 //! - the conversations: [`EnqueueTask`], [`BindOutbound`], [`TaskWrapping`],
 //!   [`TaskClosed`];
+//! - transfers and parking (`transfers.rs`): [`TransferTask`],
+//!   [`CancelTransfer`], [`ParkTask`] from the agents (and the supervisors'
+//!   route), [`TransferDone`] and [`UnparkTask`] from the conversations;
 //! - the HTTP routes: [`GetAgents`], [`ListTasks`], [`GetStats`] (answered
 //!   with [`RouterStats`]), and the queue API's [`GetQueues`],
 //!   [`UpsertQueue`], [`DeleteQueue`] (`queues.rs`).
@@ -49,7 +52,8 @@
 //! `stats.rs` each queue's day, counted from those events;
 //! `queue.rs` a queue's definition and checks; `dispatch.rs` the wiring of
 //! offers, timers, cool-downs, overflow, maximum wait and taking tasks back;
-//! `messages.rs` and `queues.rs` every message with its handler; `index.rs`
+//! `messages.rs` and `queues.rs` every message with its handler;
+//! `transfers.rs` transfers (cold and warm) and parking; `index.rs`
 //! the eligible-agent index.
 
 mod dispatch;
@@ -61,6 +65,7 @@ pub mod queue;
 mod queues;
 mod state;
 mod stats;
+mod transfers;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -90,6 +95,9 @@ pub use state::{
     AgentCounts, Bucket, Decline, Pick, RoutableTask, Routed, RouterEvent, RouterState,
 };
 pub use stats::Outcome;
+pub use transfers::{
+    CancelTransfer, ParkTask, TransferBy, TransferDone, TransferTask, UnparkTask, SUPERVISOR,
+};
 
 /// The actor: the routing state, and the wiring around it (addresses, timers,
 /// the offer counter).
@@ -108,6 +116,10 @@ pub struct Router {
     /// Waiting tasks' overflow and maximum-wait deadlines.
     overflows: Deadlines<Id, ()>,
     max_waits: Deadlines<Id, ()>,
+    /// Warm transfers' offer timeouts (task → offer number), and parked
+    /// tasks' `until` (`transfers.rs`).
+    consult_timers: Deadlines<Id, u64>,
+    parks: Deadlines<Id, ()>,
     next_offer: u64,
     /// Something changed since the last `stats` frame.
     stats_dirty: bool,
@@ -133,6 +145,8 @@ impl Router {
             cooldowns: Deadlines::default(),
             overflows: Deadlines::default(),
             max_waits: Deadlines::default(),
+            consult_timers: Deadlines::default(),
+            parks: Deadlines::default(),
             next_offer: 0,
             stats_dirty: false,
             stats_sent: None,

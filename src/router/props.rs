@@ -1,11 +1,15 @@
 //! Property test of the router's state: any interleaving of arrivals,
 //! accepts, rejects, offer timeouts, wrap-ups, completions, capacity changes,
-//! disconnects, breaks, customers leaving, queue edits and time passing,
+//! disconnects, breaks, customers leaving, queue edits, time passing, cold
+//! and warm transfers (accepted, rejected, ended with their task), parking
+//! and returning from it,
 //! driven through the same `route_task` / `route_agent` decisions and `apply`
 //! the router actor uses, keeps:
 //! - no task offered to (or held by) two agents, nor waiting and held at once;
-//! - every agent's load equal to the tasks it holds, and no offer that puts an
-//!   agent over its capacity on a channel or over its total;
+//! - every agent's load equal to the tasks it holds plus the warm transfers
+//!   offered to it, and no offer that puts an agent over its capacity on a
+//!   channel or over its total; a parked task neither waiting nor held, a
+//!   warm transfer's task held (assigned) by someone other than its target;
 //! - no task waiting while an eligible agent who has not declined it could
 //!   take it (so nobody waits on nobody);
 //! - priority order: an agent offered a task had no better waiting task it
@@ -22,9 +26,11 @@ use std::time::{Duration, Instant, SystemTime};
 use proptest::prelude::*;
 
 use super::queue::Queue;
-use super::state::{Hold, RoutableTask, Routed, RouterEvent, RouterState};
+use super::state::{Consult, Hold, RoutableTask, Routed, RouterEvent, RouterState};
 use super::stats::Outcome;
-use crate::protocol::{Activity, ChannelKind, Customer, Id, PerChannel};
+use crate::protocol::{
+    Activity, ChannelKind, Customer, Id, PerChannel, Transfer, TransferMode, TransferTarget,
+};
 
 const AGENTS: usize = 4;
 const QUEUES: [&str; 3] = ["default", "a", "b"];
@@ -79,6 +85,30 @@ enum Op {
     Advance {
         secs: u64,
     },
+    /// Cold transfer of one of `agent`'s assigned tasks, to another agent
+    /// (offered at once if it can take it) or to a queue.
+    ColdTransfer {
+        agent: usize,
+        to_agent: Option<usize>,
+        queue: usize,
+    },
+    /// Warm transfer of one of `agent`'s assigned tasks to `target`.
+    Warm {
+        agent: usize,
+        target: usize,
+    },
+    /// `target` answers a warm transfer offered to it.
+    WarmAnswer {
+        target: usize,
+        accept: bool,
+    },
+    Park {
+        agent: usize,
+    },
+    /// The customer of a parked task writes (or its time comes).
+    Unpark {
+        nth: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -98,6 +128,12 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(queue, priority, skill)| Op::EditQueue { queue, priority: priority * 10, skill }),
         1 => (0..8usize).prop_map(|nth| Op::Leave { nth }),
         1 => (0..90u64).prop_map(|secs| Op::Advance { secs }),
+        1 => (0..AGENTS, proptest::option::of(0..AGENTS), 0..QUEUES.len())
+            .prop_map(|(agent, to_agent, queue)| Op::ColdTransfer { agent, to_agent, queue }),
+        1 => (0..AGENTS, 0..AGENTS).prop_map(|(agent, target)| Op::Warm { agent, target }),
+        1 => (0..AGENTS, any::<bool>()).prop_map(|(target, accept)| Op::WarmAnswer { target, accept }),
+        1 => (0..AGENTS).prop_map(|agent| Op::Park { agent }),
+        1 => (0..8usize).prop_map(|nth| Op::Unpark { nth }),
     ]
 }
 
@@ -109,6 +145,8 @@ struct Driver {
     closed: HashSet<Id>,
     /// Offers made by the last step: (task, agent, the task's wait key).
     offers: Vec<(Id, Id, (i64, u64))>,
+    /// Agents offered a task by a transfer in the last step, and its channel.
+    transfer_offers: Vec<(Id, ChannelKind)>,
 }
 
 fn agent_id(i: usize) -> Id {
@@ -150,6 +188,7 @@ impl Driver {
             created: Vec::new(),
             closed: HashSet::new(),
             offers: Vec::new(),
+            transfer_offers: Vec::new(),
         }
     }
 
@@ -206,8 +245,60 @@ impl Driver {
     /// Withdraw an agent's offers (and assigned tasks), as the router does
     /// when it goes away.
     fn withdraw(&mut self, agent: &Id, assigned_too: bool) {
+        // Warm transfers on offer to it fail.
+        let offered: Vec<Id> = self
+            .s
+            .consults
+            .iter()
+            .filter(|(_, c)| &c.target == agent)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in offered {
+            self.s.apply(RouterEvent::ConsultEnded { task_id: t });
+        }
+        let targets: Vec<Id> = self.s.consults.values().map(|c| c.target.clone()).collect();
         for task in self.take_back(agent, assigned_too) {
             self.route_task(&task);
+        }
+        // Targets of its taken-back tasks' transfers are free again.
+        for target in targets {
+            self.route_agent(&target);
+        }
+    }
+
+    /// One of `agent`'s assigned tasks with no transfer pending.
+    fn transferable(&self, agent: &Id) -> Option<Id> {
+        let a = self.s.agents.get(agent)?;
+        a.held
+            .iter()
+            .find(|t| {
+                self.s
+                    .held
+                    .get(*t)
+                    .is_some_and(|h| h.hold == Hold::Assigned)
+                    && !self.s.consults.contains_key(*t)
+            })
+            .cloned()
+    }
+
+    /// May `agent` be offered `task` by a transfer now (as the router
+    /// checks): eligible on the channel, with the skills.
+    fn can_take(&self, agent: &Id, task: &Id, channel: ChannelKind) -> bool {
+        self.s.index.contains(channel, agent)
+            && self
+                .s
+                .agents
+                .get(agent)
+                .is_some_and(|a| self.s.qualifies(a, &self.s.held[task].task))
+    }
+
+    fn transfer(&self, from: &Id, to: TransferTarget, mode: TransferMode) -> Transfer {
+        Transfer {
+            from: from.clone(),
+            to,
+            mode,
+            note: String::new(),
+            at: self.now,
         }
     }
 
@@ -239,6 +330,7 @@ impl Driver {
 
     fn step(&mut self, op: Op) {
         self.offers.clear();
+        self.transfer_offers.clear();
         match op {
             Op::Arrive { queue, channel } => {
                 let n = self.created.len();
@@ -263,6 +355,7 @@ impl Driver {
                     enqueued_at: Instant::now(),
                     declined: Vec::new(),
                     offered_before: false,
+                    handoff: Default::default(),
                 };
                 self.created.push(id.clone());
                 self.s.apply(RouterEvent::Enqueued {
@@ -302,18 +395,128 @@ impl Driver {
             Op::End { agent } => {
                 let a = agent_id(agent);
                 if let Some(t) = self.held_by(&a, |h| h == Hold::Assigned) {
+                    // Ending cancels a pending warm transfer first.
+                    let target = self.s.consults.get(&t).map(|c| c.target.clone());
                     self.s.apply(RouterEvent::Wrapping {
                         task_id: t,
                         clock_at: self.now,
                     });
+                    if let Some(target) = target {
+                        self.route_agent(&target);
+                    }
+                }
+            }
+            Op::ColdTransfer {
+                agent,
+                to_agent,
+                queue,
+            } => {
+                let a = agent_id(agent);
+                let Some(t) = self.transferable(&a) else {
+                    return;
+                };
+                let channel = self.s.held[&t].task.channel;
+                let target = to_agent
+                    .map(agent_id)
+                    .filter(|b| *b != a && self.can_take(b, &t, channel));
+                let to = match &target {
+                    Some(b) => TransferTarget::Agent(b.to_string()),
+                    None => TransferTarget::Queue(QUEUES[queue].to_owned()),
+                };
+                let offer = target.as_ref().map(|b| {
+                    self.transfer_offers.push((b.clone(), channel));
+                    self.next_offer += 1;
+                    self.next_offer
+                });
+                self.s.apply(RouterEvent::TransferredCold {
+                    task_id: t.clone(),
+                    transfer: self.transfer(&a, to, TransferMode::Cold),
+                    offer,
+                    at: self.now,
+                });
+                if target.is_none() {
+                    self.route_task(&t);
+                }
+                self.route_agent(&a);
+            }
+            Op::Warm { agent, target } => {
+                let (a, b) = (agent_id(agent), agent_id(target));
+                let Some(t) = self.transferable(&a) else {
+                    return;
+                };
+                let channel = self.s.held[&t].task.channel;
+                if a == b || !self.can_take(&b, &t, channel) {
+                    return;
+                }
+                self.next_offer += 1;
+                self.transfer_offers.push((b.clone(), channel));
+                let transfer =
+                    self.transfer(&a, TransferTarget::Agent(b.to_string()), TransferMode::Warm);
+                self.s.apply(RouterEvent::ConsultOffered {
+                    task_id: t,
+                    consult: Consult {
+                        target: b,
+                        offer: self.next_offer,
+                        accepted: false,
+                        transfer,
+                    },
+                });
+            }
+            Op::WarmAnswer { target, accept } => {
+                let b = agent_id(target);
+                let Some(t) = self
+                    .s
+                    .consults
+                    .iter()
+                    .find(|(_, c)| c.target == b)
+                    .map(|(t, _)| t.clone())
+                else {
+                    return;
+                };
+                if accept {
+                    let from = self.s.held[&t].agent.clone();
+                    self.s
+                        .apply(RouterEvent::ConsultAccepted { task_id: t.clone() });
+                    self.s.apply(RouterEvent::TransferredWarm { task_id: t });
+                    self.route_agent(&from);
+                } else {
+                    self.s.apply(RouterEvent::ConsultEnded { task_id: t });
+                    self.route_agent(&b);
+                }
+            }
+            Op::Park { agent } => {
+                let a = agent_id(agent);
+                if let Some(t) = self.transferable(&a) {
+                    self.s.apply(RouterEvent::Parked {
+                        task_id: t,
+                        until: None,
+                    });
+                    self.route_agent(&a);
+                }
+            }
+            Op::Unpark { nth } => {
+                let mut parked: Vec<Id> = self.s.parked.keys().cloned().collect();
+                parked.sort();
+                if let Some(t) = parked.get(nth % parked.len().max(1)).cloned() {
+                    self.s.apply(RouterEvent::Unparked {
+                        task_id: t.clone(),
+                        at: self.now,
+                    });
+                    self.route_task(&t);
                 }
             }
             Op::Complete { agent } => {
                 let a = agent_id(agent);
                 if let Some(t) = self.held_by(&a, |h| matches!(h, Hold::Wrapping | Hold::Assigned))
                 {
+                    // Closing withdraws a pending warm transfer: its target
+                    // is free again too (as the router's `TaskClosed` does).
+                    let target = self.s.consults.get(&t).map(|c| c.target.clone());
                     self.close(&t);
                     self.route_agent(&a);
+                    if let Some(target) = target {
+                        self.route_agent(&target);
+                    }
                 }
             }
             Op::Capacity {
@@ -407,11 +610,40 @@ impl Driver {
                             .is_some_and(|h| h.task.channel == ch && &h.agent == id)
                     })
                     .count() as u32;
-                prop_assert_eq!(agent.view.load.get(ch), held, "{} load on {:?}", id, ch);
+                let consulted = s
+                    .consults
+                    .iter()
+                    .filter(|(t, c)| {
+                        &c.target == id && s.held.get(*t).is_some_and(|h| h.task.channel == ch)
+                    })
+                    .count() as u32;
+                prop_assert_eq!(
+                    agent.view.load.get(ch),
+                    held + consulted,
+                    "{} load on {:?}",
+                    id,
+                    ch
+                );
             }
             prop_assert_eq!(
                 agent.held.len(),
                 s.held.values().filter(|h| &h.agent == id).count()
+            );
+        }
+        // A parked task is neither waiting nor held; a warm transfer's task
+        // is held (assigned) by someone other than its target.
+        for id in s.parked.keys() {
+            prop_assert!(
+                !s.queued.contains_key(id) && !s.held.contains_key(id),
+                "{id} parked twice over"
+            );
+        }
+        for (id, c) in &s.consults {
+            let h = s.held.get(id);
+            prop_assert!(
+                h.is_some_and(|h| h.hold == Hold::Assigned && h.agent != c.target),
+                "consult of {id} on {h:?}",
+                h = h.map(|h| (&h.agent, h.hold))
             );
         }
         // Each queue's live figures add up to the tasks as they are.
@@ -435,6 +667,20 @@ impl Driver {
             );
             if let Some(total) = a.view.capacity.total {
                 prop_assert!(a.view.load.sum() <= total, "{agent} over its total");
+            }
+        }
+        // Nor does a transfer's offer.
+        for (agent, ch) in &self.transfer_offers {
+            let a = &s.agents[agent];
+            prop_assert!(
+                a.view.load.get(*ch) <= a.view.capacity.get(*ch),
+                "{agent} over on {ch:?} by a transfer"
+            );
+            if let Some(total) = a.view.capacity.total {
+                prop_assert!(
+                    a.view.load.sum() <= total,
+                    "{agent} over its total by a transfer"
+                );
             }
         }
         // Nobody waits while an eligible agent who did not decline could take it.
@@ -494,11 +740,17 @@ impl Driver {
             for i in 0..AGENTS {
                 self.route_agent(&agent_id(i));
             }
-            let held: Vec<Id> = self.s.held.keys().cloned().collect();
+            let held: Vec<Id> = self
+                .s
+                .held
+                .keys()
+                .chain(self.s.parked.keys())
+                .cloned()
+                .collect();
             for t in held {
                 self.close(&t);
             }
-            if self.s.queued.is_empty() && self.s.held.is_empty() {
+            if self.s.queued.is_empty() && self.s.held.is_empty() && self.s.parked.is_empty() {
                 break;
             }
         }
@@ -508,6 +760,7 @@ impl Driver {
             self.s.waiting_in_order()
         );
         prop_assert!(self.s.held.is_empty());
+        prop_assert!(self.s.consults.is_empty() && self.s.parked.is_empty());
         for t in &self.created {
             prop_assert!(self.closed.contains(t), "{t} never ended");
         }

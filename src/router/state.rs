@@ -31,6 +31,7 @@ use super::stats::{Outcome, Tally};
 pub use crate::protocol::AgentCounts;
 use crate::protocol::{
     Activity, AgentView, ChannelKind, Customer, Id, PerChannel, QueueStats, TaskState, TaskSummary,
+    Transfer, TransferTarget,
 };
 
 /// A task waiting for, or held by, an agent: what the router needs to route it
@@ -63,6 +64,44 @@ pub struct RoutableTask {
     /// offered it again `reoffer_cooldown` after their decline.
     pub declined: Vec<Decline>,
     pub offered_before: bool,
+    /// Its transfers and parking (`transfers.rs`).
+    #[serde(default)]
+    pub handoff: Handoff,
+}
+
+/// What a task carries through transfers and parking: the transfer chain,
+/// whether the latest transfer is still on its way to an agent (its offers
+/// then carry it), and the agent to offer it to first (the one who parked
+/// it, under the last-agent rule).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Handoff {
+    pub transfers: Vec<Transfer>,
+    pub in_transfer: bool,
+    pub prefer: Option<Id>,
+    /// When it last came back to a queue by a transfer or from parking:
+    /// the queue's `max_wait` counts from here, not from its creation.
+    pub requeued_at: Option<SystemTime>,
+}
+
+/// A warm transfer on offer: the task stays held by its agent while
+/// `target` is offered it, with its capacity counted from the offer. Once
+/// the target accepted (`accepted`), the router waits for the conversation
+/// to make the move (or to have ended first).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Consult {
+    pub target: Id,
+    pub offer: u64,
+    pub accepted: bool,
+    pub transfer: Transfer,
+}
+
+/// A parked task: nobody holds it, no capacity counts; the customer's next
+/// message or its time (the router's `parks` timer) puts it back in its
+/// queue. `agent` parked it.
+#[derive(Clone, Debug)]
+pub struct ParkedTask {
+    pub task: RoutableTask,
+    pub agent: Id,
 }
 
 /// An agent declined a task (reject or offer timeout) at a time.
@@ -279,6 +318,48 @@ pub enum RouterEvent {
         conversation_id: Id,
         customer: Customer,
     },
+    /// A cold transfer: its agent lets go at once (and counts as having
+    /// declined it), the transfer joins the chain; the task goes to the
+    /// target queue (keeping its place by age) or, when `offer` is set, is
+    /// offered to the target agent under that offer number.
+    TransferredCold {
+        task_id: Id,
+        transfer: Transfer,
+        offer: Option<u64>,
+        at: SystemTime,
+    },
+    /// A warm transfer offered to `consult.target`: capacity counted for it
+    /// from now, the task still held by its agent.
+    ConsultOffered {
+        task_id: Id,
+        consult: Consult,
+    },
+    /// The warm transfer's target accepted; the conversation makes the move.
+    ConsultAccepted {
+        task_id: Id,
+    },
+    /// The warm transfer is over without a move (rejected, timed out,
+    /// canceled, or its task ended, was re-queued or closed): the target's
+    /// capacity is given back.
+    ConsultEnded {
+        task_id: Id,
+    },
+    /// The warm transfer happened: the target holds the task (assigned),
+    /// the first agent's capacity is given back.
+    TransferredWarm {
+        task_id: Id,
+    },
+    /// The agent parked its task: capacity given back, the task aside.
+    Parked {
+        task_id: Id,
+        until: Option<SystemTime>,
+    },
+    /// A parked task is back in its queue (the customer wrote, or its time
+    /// came), to be offered first to the agent who parked it.
+    Unparked {
+        task_id: Id,
+        at: SystemTime,
+    },
 }
 
 /// The state the router owns: everything needed to rebuild it by replaying
@@ -312,6 +393,10 @@ pub struct RouterState {
     pub(super) latency: Histogram<u64>,
     /// Each queue's day so far (`stats.rs`).
     pub(super) tally: Tally,
+    /// Warm transfers on offer, by task.
+    pub(super) consults: HashMap<Id, Consult>,
+    /// Parked tasks, by id.
+    pub(super) parked: HashMap<Id, ParkedTask>,
 }
 
 impl Default for RouterState {
@@ -341,6 +426,8 @@ impl RouterState {
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .unwrap_or_else(|_| Histogram::new(3).expect("3 significant figures is valid")),
             tally: Tally::default(),
+            consults: HashMap::new(),
+            parked: HashMap::new(),
         }
     }
 
@@ -562,6 +649,7 @@ impl RouterState {
                 let Some(mut task) = self.take_waiting(&task_id) else {
                     return;
                 };
+                task.handoff.prefer = None;
                 if !task.offered_before {
                     task.offered_before = true;
                     let micros = task.enqueued_at.elapsed().as_micros() as u64;
@@ -574,6 +662,7 @@ impl RouterState {
                     return;
                 };
                 h.hold = Hold::Assigned;
+                h.task.handoff.in_transfer = false;
                 let queue = h.task.queue.clone();
                 if let Some(agent) = self.agents.get_mut(&h.agent) {
                     agent.missed = 0;
@@ -587,6 +676,7 @@ impl RouterState {
                 missed,
                 at,
             } => {
+                self.end_consult(&task_id);
                 if let Some(h) = self.release(&task_id) {
                     let mut task = h.task;
                     if let Some(agent) = declined_by {
@@ -604,9 +694,14 @@ impl RouterState {
                 }
             }
             RouterEvent::Wrapping { task_id, clock_at } => {
+                self.end_consult(&task_id);
+                // Only an assigned task wraps up: one transferred or parked
+                // while its end was on the way is no longer its agent's.
                 if let Some(h) = self.held.get_mut(&task_id) {
-                    h.hold = Hold::Wrapping;
-                    self.tally.ended(&task_id, clock_at);
+                    if h.hold == Hold::Assigned {
+                        h.hold = Hold::Wrapping;
+                        self.tally.ended(&task_id, clock_at);
+                    }
                 }
             }
             RouterEvent::Closed {
@@ -615,9 +710,11 @@ impl RouterState {
                 outcome,
                 clock_at,
             } => {
+                self.end_consult(&task_id);
                 let queue = self
                     .take_waiting(&task_id)
                     .map(|t| t.queue)
+                    .or_else(|| self.parked.remove(&task_id).map(|p| p.task.queue))
                     .or_else(|| self.held.get(&task_id).map(|h| h.task.queue.clone()));
                 let target = queue.and_then(|q| self.sla_target(&q));
                 self.tally.closed(&task_id, outcome, clock_at, target);
@@ -653,6 +750,7 @@ impl RouterState {
                     enqueued_at: Instant::now(),
                     declined: Vec::new(),
                     offered_before: true,
+                    handoff: Default::default(),
                 };
                 self.hold(task, agent_id, Hold::Assigned);
             }
@@ -666,7 +764,128 @@ impl RouterState {
                     h.task.customer = customer;
                 }
             }
+            RouterEvent::TransferredCold {
+                task_id,
+                transfer,
+                offer,
+                at,
+            } => {
+                self.end_consult(&task_id);
+                let Some(h) = self.release(&task_id) else {
+                    return;
+                };
+                let mut task = h.task;
+                task.declined.retain(|d| d.agent != h.agent);
+                task.declined.push(Decline { agent: h.agent, at });
+                task.handoff.in_transfer = true;
+                task.handoff.prefer = None;
+                task.handoff.requeued_at = Some(at);
+                let target = transfer.to.clone();
+                task.handoff.transfers.push(transfer);
+                match target {
+                    TransferTarget::Agent(agent) => match offer {
+                        Some(offer) => self.hold(task, agent.into(), Hold::Reserved { offer }),
+                        None => self.insert_waiting(task),
+                    },
+                    TransferTarget::Queue(queue) => {
+                        if let Some(q) = self.queues.get(&queue) {
+                            task.queue = q.id.clone();
+                            task.priority = q.priority;
+                        }
+                        task.relaxed = false;
+                        task.entered_queue_at = at;
+                        self.tally.moved(&task.task_id, &task.queue);
+                        self.insert_waiting(task);
+                    }
+                }
+            }
+            RouterEvent::ConsultOffered { task_id, consult } => {
+                let Some(channel) = self.held.get(&task_id).map(|h| h.task.channel) else {
+                    return;
+                };
+                self.end_consult(&task_id);
+                let target = consult.target.clone();
+                self.change_load(&target, channel, true);
+                let tick = self.tick();
+                if let Some(agent) = self.agents.get_mut(&target) {
+                    agent.last_offer = tick;
+                }
+                self.reindex(&target);
+                self.consults.insert(task_id, consult);
+            }
+            RouterEvent::ConsultAccepted { task_id } => {
+                if let Some(c) = self.consults.get_mut(&task_id) {
+                    c.accepted = true;
+                }
+            }
+            RouterEvent::ConsultEnded { task_id } => self.end_consult(&task_id),
+            RouterEvent::TransferredWarm { task_id } => {
+                let Some(consult) = self.consults.remove(&task_id) else {
+                    return;
+                };
+                let Some(h) = self.held.get_mut(&task_id) else {
+                    return;
+                };
+                let from = std::mem::replace(&mut h.agent, consult.target.clone());
+                h.hold = Hold::Assigned;
+                h.task.handoff.transfers.push(consult.transfer);
+                let channel = h.task.channel;
+                // The target's capacity was counted from the offer.
+                self.change_load(&from, channel, false);
+                let tick = self.tick();
+                if let Some(agent) = self.agents.get_mut(&from) {
+                    agent.held.retain(|t| t != &task_id);
+                    if agent.held.is_empty() {
+                        agent.idle_since = tick;
+                    }
+                }
+                if let Some(agent) = self.agents.get_mut(&consult.target) {
+                    agent.held.push(task_id.clone());
+                    agent.missed = 0;
+                }
+                self.reindex(&from);
+                self.reindex(&consult.target);
+            }
+            RouterEvent::Parked { task_id, until: _ } => {
+                self.end_consult(&task_id);
+                if let Some(h) = self.release(&task_id) {
+                    let mut task = h.task;
+                    task.handoff.prefer = Some(h.agent.clone());
+                    task.declined.clear();
+                    self.parked.insert(
+                        task_id,
+                        ParkedTask {
+                            task,
+                            agent: h.agent,
+                        },
+                    );
+                }
+            }
+            RouterEvent::Unparked { task_id, at } => {
+                if let Some(p) = self.parked.remove(&task_id) {
+                    let mut task = p.task;
+                    task.entered_queue_at = at;
+                    task.handoff.requeued_at = Some(at);
+                    self.insert_waiting(task);
+                }
+            }
         }
+    }
+
+    /// A warm transfer's target gives its capacity back.
+    fn end_consult(&mut self, task_id: &Id) {
+        let Some(consult) = self.consults.remove(task_id) else {
+            return;
+        };
+        let channel = self
+            .held
+            .get(task_id)
+            .map(|h| h.task.channel)
+            .or_else(|| self.waiting_task(task_id).map(|t| t.channel));
+        if let Some(channel) = channel {
+            self.change_load(&consult.target, channel, false);
+        }
+        self.reindex(&consult.target);
     }
 
     fn sla_target(&self, queue: &str) -> Option<Duration> {
@@ -826,6 +1045,17 @@ impl RouterState {
         .then(|| agent_id.clone())
     }
 
+    /// The agent a task goes to first, if eligible now: the one who parked
+    /// it (the last-agent rule, whatever the queue's window).
+    pub fn preferred_agent(&self, task: &RoutableTask) -> Option<Id> {
+        let agent_id = task.handoff.prefer.as_ref()?;
+        let agent = self.agents.get(agent_id)?;
+        (self.index.contains(task.channel, agent_id)
+            && !task.declined_by(agent_id)
+            && self.qualifies(agent, task))
+        .then(|| agent_id.clone())
+    }
+
     /// The best waiting task across every queue `agent_id` serves that it may
     /// be offered at `now` (effective priority, then arrival), and the tasks
     /// it passed over because it declined them less than `cooldown` ago, with
@@ -892,7 +1122,10 @@ impl RouterState {
         let Some(task) = self.waiting_task(task_id) else {
             return routed;
         };
-        let to = match self.last_agent_for(task, now) {
+        let to = match self
+            .preferred_agent(task)
+            .or_else(|| self.last_agent_for(task, now))
+        {
             Some(agent) => Some(agent),
             None => match self.pick(task, now, cooldown) {
                 Pick::Agent(agent) => Some(agent),
@@ -1034,6 +1267,7 @@ mod tests {
             enqueued_at: Instant::now(),
             declined: Vec::new(),
             offered_before: false,
+            handoff: Default::default(),
         }
     }
 
@@ -1368,6 +1602,159 @@ mod tests {
         assert_eq!(
             (stats[1].id.as_str(), stats[1].agents.available),
             ("default", 1)
+        );
+    }
+
+    fn handoff(from: &str, to: TransferTarget, mode: crate::protocol::TransferMode) -> Transfer {
+        Transfer {
+            from: from.into(),
+            to,
+            mode,
+            note: "n".into(),
+            at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn transfers_and_parking_move_capacity_and_replay_through_the_codec() {
+        use crate::protocol::TransferMode::{Cold, Warm};
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let base = with_agents(&["ann", "bob", "cy"]);
+        let events = vec![
+            RouterEvent::Enqueued {
+                task: task("tk_1", 0),
+                clock_at: t0,
+            },
+            RouterEvent::Offered {
+                task_id: "tk_1".into(),
+                agent_id: "ann".into(),
+                offer: 1,
+            },
+            RouterEvent::Accepted {
+                task_id: "tk_1".into(),
+                clock_at: t0,
+            },
+            // Warm to bob: both hold capacity until the move.
+            RouterEvent::ConsultOffered {
+                task_id: "tk_1".into(),
+                consult: Consult {
+                    target: "bob".into(),
+                    offer: 2,
+                    accepted: false,
+                    transfer: handoff("ann", TransferTarget::Agent("bob".into()), Warm),
+                },
+            },
+            RouterEvent::ConsultAccepted {
+                task_id: "tk_1".into(),
+            },
+            RouterEvent::TransferredWarm {
+                task_id: "tk_1".into(),
+            },
+            // Cold from bob to cy: bob lets go, cy is offered it.
+            RouterEvent::TransferredCold {
+                task_id: "tk_1".into(),
+                transfer: handoff("bob", TransferTarget::Agent("cy".into()), Cold),
+                offer: Some(3),
+                at: t0,
+            },
+            RouterEvent::Accepted {
+                task_id: "tk_1".into(),
+                clock_at: t0,
+            },
+            RouterEvent::Parked {
+                task_id: "tk_1".into(),
+                until: None,
+            },
+        ];
+        let (mut s, mut replayed) = (base, with_agents(&["ann", "bob", "cy"]));
+        for (i, ev) in events.into_iter().enumerate() {
+            let bytes = crate::codec::encode(&ev).unwrap();
+            replayed.apply(crate::codec::decode(&bytes).unwrap());
+            s.apply(ev);
+            let loads: Vec<u32> = ["ann", "bob", "cy"].iter().map(|a| load(&s, a)).collect();
+            let want: &[u32] = match i {
+                0 => &[0, 0, 0],
+                1 | 2 => &[1, 0, 0],
+                3 | 4 => &[1, 1, 0],
+                5 => &[0, 1, 0],
+                6 | 7 => &[0, 0, 1],
+                _ => &[0, 0, 0],
+            };
+            assert_eq!(loads, want, "after event {i}");
+        }
+        let parked = s.parked[&Id::from("tk_1")].clone();
+        assert_eq!(parked.agent, Id::from("cy"));
+        assert_eq!(parked.task.handoff.transfers.len(), 2);
+        assert_eq!(parked.task.handoff.prefer, Some(Id::from("cy")));
+        // Bob let go cold: he counts as having declined it.
+        assert!(parked.task.declined.is_empty(), "parking starts afresh");
+        s.apply(RouterEvent::Unparked {
+            task_id: "tk_1".into(),
+            at: t0,
+        });
+        let back = queued(&s, "tk_1");
+        assert_eq!(s.preferred_agent(&back), Some(Id::from("cy")));
+        assert_eq!(back.handoff.requeued_at, Some(t0));
+        // The replay through the codec reached the same state.
+        assert_eq!(
+            replayed.parked[&Id::from("tk_1")].task.handoff.transfers,
+            parked.task.handoff.transfers
+        );
+        for a in ["ann", "bob", "cy"] {
+            assert_eq!(load(&replayed, a), 0);
+        }
+        assert!(replayed.consults.is_empty() && replayed.held.is_empty());
+    }
+
+    #[test]
+    fn a_cold_transfer_to_a_queue_keeps_its_place_and_declines_the_sender() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut s = with_agents(&["ann"]);
+        s.apply(RouterEvent::QueueUpserted {
+            queue: Queue {
+                id: "billing".into(),
+                ..Queue::default_queue()
+            },
+        });
+        s.apply(RouterEvent::Enqueued {
+            task: task("tk_1", 0),
+            clock_at: t0,
+        });
+        let mut newer = task("tk_2", 1);
+        newer.queue = "billing".into();
+        newer.created_at = t0;
+        s.apply(RouterEvent::Enqueued {
+            task: newer,
+            clock_at: t0,
+        });
+        s.apply(RouterEvent::Offered {
+            task_id: "tk_1".into(),
+            agent_id: "ann".into(),
+            offer: 1,
+        });
+        s.apply(RouterEvent::Accepted {
+            task_id: "tk_1".into(),
+            clock_at: t0,
+        });
+        s.apply(RouterEvent::TransferredCold {
+            task_id: "tk_1".into(),
+            transfer: handoff(
+                "ann",
+                TransferTarget::Queue("billing".into()),
+                crate::protocol::TransferMode::Cold,
+            ),
+            offer: None,
+            at: t0,
+        });
+        assert_eq!(load(&s, "ann"), 0);
+        let moved = queued(&s, "tk_1");
+        assert_eq!(moved.queue, "billing");
+        assert!(moved.declined_by(&"ann".into()));
+        assert!(moved.handoff.in_transfer);
+        assert_eq!(
+            s.waiting_in_order()[0],
+            Id::from("tk_1"),
+            "ahead of the newer task"
         );
     }
 }

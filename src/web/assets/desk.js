@@ -275,6 +275,7 @@
       const t = track(msg.task);
       t.state = 'reserved';
       t.expiresAt = Date.parse(msg.expires_at) || null;
+      t.offerTransfer = msg.transfer || null;
       renderQueue();
       notify('New chat from ' + customerName(t), msg.task.preview || channelName(msg.task.channel), t.id);
     },
@@ -293,6 +294,8 @@
     'task.assigned'(msg) {
       const t = track(msg.task);
       t.expiresAt = null;
+      t.offerTransfer = null;
+      t.transferPending = null;
       // The newest of the history: replace, keeping local messages still
       // unsent and the earlier pages already read.
       const history = msg.history || [];
@@ -377,7 +380,55 @@
     },
 
     ok(msg) {
+      const pending = msg.ref ? S.refs.get(msg.ref) : null;
       if (msg.ref) S.refs.delete(msg.ref);
+      if (pending && pending.kind === 'transfer') {
+        // A warm transfer is on offer: we keep the chat until they accept.
+        const t = S.tasks.get(pending.taskId);
+        if (t) t.transferPending = { to: pending.to };
+        closeDialog('#transfer-dialog');
+        renderConversation();
+      }
+    },
+
+    'task.transferred'(msg) {
+      const pending = msg.ref ? S.refs.get(msg.ref) : null;
+      if (msg.ref) S.refs.delete(msg.ref);
+      if (pending) closeDialog('#transfer-dialog');
+      const t = forget(msg.task_id);
+      if (t) toast('Chat with ' + customerName(t) + ' transferred to ' + targetName(msg.to) + '.');
+      if (!S.selected) S.selected = firstOpenTask();
+      renderAll();
+    },
+
+    'transfer.failed'(msg) {
+      const t = S.tasks.get(msg.task_id);
+      if (!t) return;
+      const to = t.transferPending ? targetName(t.transferPending.to) : 'the other agent';
+      t.transferPending = null;
+      const why = {
+        rejected: to + ' declined it',
+        timeout: to + ' did not answer in time',
+        canceled: 'you canceled it',
+        ended: 'the chat ended',
+        unavailable: to + ' went away',
+      }[msg.reason] || msg.reason;
+      toast('Transfer of the chat with ' + customerName(t) + ' did not happen: ' + why + '. It stays with you.',
+        msg.reason === 'canceled' ? undefined : 'error');
+      renderConversation();
+    },
+
+    'task.parked'(msg) {
+      const pending = msg.ref ? S.refs.get(msg.ref) : null;
+      if (msg.ref) S.refs.delete(msg.ref);
+      if (pending) closeDialog('#park-dialog');
+      const t = forget(msg.task_id);
+      if (t) {
+        toast('Chat with ' + customerName(t) + ' parked' +
+          (msg.until ? ' until ' + clock(msg.until) : ' until the customer writes') + '.');
+      }
+      if (!S.selected) S.selected = firstOpenTask();
+      renderAll();
     },
 
     error(msg) {
@@ -436,6 +487,17 @@
         case 'activity':
           toast('Activity not changed: ' + text, 'error');
           setActivity(S.activity);
+          break;
+        case 'transfer':
+          showDialogError('#tr-error', '#tr-send', text);
+          if (!$('#transfer-dialog').open) toast('Not transferred: ' + text, 'error');
+          break;
+        case 'park':
+          showDialogError('#park-error', '#park-send', text);
+          if (!$('#park-dialog').open) toast('Not parked: ' + text, 'error');
+          break;
+        case 'transfer.cancel':
+          toast('Transfer not canceled: ' + text, 'error');
           break;
         default:
           toast(text, 'error');
@@ -549,6 +611,13 @@
       stateText ? h('span', { class: 'state ' + (offer ? 'offer' : t.state), text: stateText }) : null));
     li.appendChild(h('span', { class: 'wait', dataset: { created: t.task.created_at, expires: t.expiresAt || '' } }));
     li.appendChild(h('div', { class: 'preview', text: t.task.preview || lastCustomerText(t) || ' ' }));
+    if (offer && t.offerTransfer) {
+      const tr = t.offerTransfer;
+      li.appendChild(h('div', {
+        class: 'transfer',
+        text: (tr.mode === 'warm' ? 'Warm transfer' : 'Transfer') + ' from ' + tr.from + (tr.note ? ': ' + tr.note : ''),
+      }));
+    }
     if (offer) {
       li.appendChild(h('div', { class: 'offer-actions' },
         h('button', {
@@ -661,6 +730,15 @@
     pill.textContent = t.state === 'wrapping' ? 'Wrap Up' : humanize(t.state);
     const wrapping = t.state === 'wrapping';
     if (wrapping && S.canned.open) closeCanned(false);
+    const consulting = !!t.transferPending;
+    $('#transfer-open').hidden = wrapping || consulting;
+    $('#park-open').hidden = wrapping || consulting;
+    $('#transfer-cancel').hidden = wrapping || !consulting;
+    const status = $('#transfer-status');
+    status.hidden = wrapping || !consulting;
+    status.textContent = consulting
+      ? 'Waiting for ' + targetName(t.transferPending.to) + ' to accept. The chat stays with you until then.' : '';
+    renderChain(t);
     $('#end-chat').hidden = wrapping;
     $('#end-chat').disabled = !!t.ending;
     $('#composer').hidden = wrapping;
@@ -973,6 +1051,115 @@
     if (refocus) $('#reply').focus();
   }
 
+  // ---- Transfer and park ---------------------------------------------------
+
+  /** "queue billing" / "bob", from a transfer's `to`. */
+  function targetName(to) {
+    if (!to) return '';
+    return to.queue ? 'queue ' + to.queue : to.agent;
+  }
+
+  function renderChain(t) {
+    const list = $('#transfer-chain');
+    const chain = (t.task && t.task.transfers) || [];
+    list.hidden = chain.length === 0;
+    list.replaceChildren(...chain.map((tr) => h('li', {},
+      (tr.mode === 'warm' ? 'Warm transfer' : 'Transferred') + ' by ' + tr.from + ' to ' + targetName(tr.to) +
+        ' at ' + clock(tr.at),
+      tr.note ? h('span', { class: 'note', text: ': ' + tr.note }) : null)));
+  }
+
+  function closeDialog(sel) {
+    const d = $(sel);
+    if (d.open) d.close();
+  }
+
+  function showDialogError(boxSel, buttonSel, text) {
+    const box = $(boxSel);
+    box.hidden = !text;
+    box.textContent = text || '';
+    $(buttonSel).disabled = false;
+  }
+
+  function onTransferKind() {
+    const agent = $('#tr-to-agent').checked;
+    $('#tr-target-label').textContent = agent ? 'Agent id' : 'Queue id';
+  }
+
+  function openTransfer() {
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    if (!t) return;
+    showDialogError('#tr-error', '#tr-send', null);
+    $('#tr-target').value = '';
+    $('#tr-note').value = '';
+    onTransferKind();
+    $('#transfer-dialog').showModal();
+    $('#tr-target').focus();
+  }
+
+  function onTransfer(ev) {
+    ev.preventDefault();
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    if (!t) return;
+    const target = $('#tr-target').value.trim();
+    if (!target) {
+      showDialogError('#tr-error', '#tr-send', 'Name the queue or agent to transfer to.');
+      $('#tr-target').focus();
+      return;
+    }
+    const mode = $('#tr-warm').checked ? 'warm' : 'cold';
+    const to = $('#tr-to-agent').checked ? { agent: target } : { queue: target };
+    const ref = command('transfer', {
+      type: 'transfer', task_id: t.id, to, mode, note: $('#tr-note').value.trim(),
+    }, { taskId: t.id, to });
+    if (!ref) {
+      showDialogError('#tr-error', '#tr-send', 'Not connected: try again when the connection is back.');
+      return;
+    }
+    showDialogError('#tr-error', '#tr-send', null);
+    $('#tr-send').disabled = true;
+  }
+
+  function onCancelTransfer() {
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    if (!t) return;
+    if (!command('transfer.cancel', { type: 'transfer.cancel', task_id: t.id }, { taskId: t.id })) {
+      toast('Not connected: the transfer was not canceled.', 'error');
+    }
+  }
+
+  function openPark() {
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    if (!t) return;
+    showDialogError('#park-error', '#park-send', null);
+    $('#park-until').value = '';
+    $('#park-dialog').showModal();
+    $('#park-until').focus();
+  }
+
+  function onPark(ev) {
+    ev.preventDefault();
+    const t = S.selected ? S.tasks.get(S.selected) : null;
+    if (!t) return;
+    const body = { type: 'park', task_id: t.id };
+    const local = $('#park-until').value;
+    if (local) {
+      const at = new Date(local);
+      if (Number.isNaN(at.getTime()) || at.getTime() <= Date.now()) {
+        showDialogError('#park-error', '#park-send', 'Choose a time in the future, or leave it empty.');
+        return;
+      }
+      body.until = at.toISOString();
+    }
+    saveDraft(t);
+    if (!command('park', body, { taskId: t.id })) {
+      showDialogError('#park-error', '#park-send', 'Not connected: try again when the connection is back.');
+      return;
+    }
+    showDialogError('#park-error', '#park-send', null);
+    $('#park-send').disabled = true;
+  }
+
   // ---- End chat and wrap-up -------------------------------------------------
 
   function onEnd() {
@@ -1120,6 +1307,15 @@
     $('#wrapup').addEventListener('submit', onComplete);
     $('#notes').addEventListener('input', updateCounter);
     $('#new-outbound').addEventListener('click', openOutbound);
+    $('#transfer-open').addEventListener('click', openTransfer);
+    $('#transfer-cancel').addEventListener('click', onCancelTransfer);
+    $('#tr-close').addEventListener('click', () => closeDialog('#transfer-dialog'));
+    $('#tr-to-queue').addEventListener('change', onTransferKind);
+    $('#tr-to-agent').addEventListener('change', onTransferKind);
+    $('#transfer-form').addEventListener('submit', onTransfer);
+    $('#park-open').addEventListener('click', openPark);
+    $('#park-close').addEventListener('click', () => closeDialog('#park-dialog'));
+    $('#park-form').addEventListener('submit', onPark);
     $('#ob-cancel').addEventListener('click', closeOutbound);
     $('#ob-channel').addEventListener('change', updateToHint);
     $('#outbound-form').addEventListener('submit', onOutbound);
