@@ -134,6 +134,9 @@ pub struct Registry<W: Wiring> {
     /// Key of signed attachment links (random per process: links die with it,
     /// as do the files).
     pub link_key: [u8; 32],
+    /// The journal every state change is written to (`data_dir`); `None`:
+    /// purely in memory.
+    pub journal: Option<crate::journal::Journal>,
 
     /// agent id → actor and token.
     agents: DashMap<Id, AgentEntry<W::Agent>, IdHasher>,
@@ -160,6 +163,7 @@ pub struct RegistryParts<W: Wiring> {
     pub channels: W::Channels,
     pub supervisor: Addr<W::Supervisor>,
     pub http: reqwest::Client,
+    pub journal: Option<crate::journal::Journal>,
 }
 
 impl<W: Wiring> Registry<W> {
@@ -178,6 +182,7 @@ impl<W: Wiring> Registry<W> {
             supervisor: parts.supervisor,
             http: parts.http,
             link_key: rand::random(),
+            journal: parts.journal,
             agents: DashMap::default(),
             agent_tokens: DashMap::new(),
             conversations: DashMap::default(),
@@ -272,6 +277,25 @@ impl<W: Wiring> Registry<W> {
             expires_at: self.token_expiry(),
         });
         Ok(())
+    }
+
+    /// An agent rebuilt from the journal, with the token and expiry it had.
+    pub fn restore_agent(
+        &self,
+        id: Id,
+        token: String,
+        expires_at: Option<SystemTime>,
+        addr: Addr<W::Agent>,
+    ) {
+        self.agent_tokens.insert(token.clone(), id.clone());
+        self.agents.insert(
+            id,
+            AgentEntry {
+                addr,
+                token,
+                expires_at,
+            },
+        );
     }
 
     /// Forget an agent: its id and its token stop working together.

@@ -76,6 +76,8 @@ pub struct Route {
 pub struct Config {
     /// Listen address.
     pub bind: String,
+    /// Where the journal lives; `None`: purely in memory.
+    pub data_dir: Option<std::path::PathBuf>,
     /// Admin bearer token; generated and printed at start-up when absent.
     pub admin_token: Option<String>,
     /// Failed authentications (a token that matches nothing) per client
@@ -264,6 +266,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             bind: "127.0.0.1:8080".into(),
+            data_dir: None,
             admin_token: None,
             auth_failures_per_minute: 10,
             agent_token_ttl: None,

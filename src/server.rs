@@ -76,6 +76,10 @@ fn seed_agents(broker: &Arc<Broker>, config: &Config) -> std::io::Result<Vec<(St
             seed.skills.clone(),
         )
         .map_err(invalid)?;
+        if broker.agent(&seed.id).is_some() {
+            // Restored from the journal, with the token it had.
+            continue;
+        }
         let token = Agent::create(broker, profile, seed.token.clone()).map_err(invalid)?;
         if seed.token.is_none() {
             generated.push((seed.id.clone(), token));
@@ -197,7 +201,7 @@ thread_local! {
 
 /// The channel shards one HTTP worker runs, waiting for it to start.
 struct WorkerShards {
-    webchat: Mailbox<WebchatChannel>,
+    webchat: (Mailbox<WebchatChannel>, WebchatChannel),
     /// One shard of each enabled provider channel.
     providers: Vec<(Mailbox<ProviderChannel>, ProviderChannel)>,
 }
@@ -215,9 +219,8 @@ fn join_as_shard(
     }
     let i = next.fetch_add(1, Ordering::Relaxed);
     if let Some(shards) = waiting.lock().get_mut(i).and_then(Option::take) {
-        shards
-            .webchat
-            .run_here(WebchatChannel::new(Arc::clone(broker)));
+        let (mailbox, channel) = shards.webchat;
+        mailbox.run_here(channel);
         for (mailbox, channel) in shards.providers {
             mailbox.run_here(channel);
         }
@@ -499,6 +502,10 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         to_start.push((shared, mailboxes));
     }
     channels.budgets = budgets;
+    let journal = match &config.data_dir {
+        Some(dir) => Some(open_journal(dir)?),
+        None => None,
+    };
     let broker = Broker::new(BrokerParts {
         config: config.clone(),
         admin_token: admin_token.clone(),
@@ -506,11 +513,30 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         channels,
         supervisor: supervisor.clone(),
         http: http.clone(),
+        journal: journal.as_ref().map(|(j, _)| j.clone()),
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
-    run_router(Router::with_queues(broker.clone()));
+    let mut router = Router::new(broker.clone());
+    let mut webchat_shards: Vec<WebchatChannel> = (0..workers)
+        .map(|_| WebchatChannel::new(broker.clone()))
+        .collect();
+    let replayed = match journal {
+        Some((_, recovered)) => Some(
+            crate::recovery::replay(&broker, recovered.records, &mut router, &mut webchat_shards)
+                .map_err(std::io::Error::other)?,
+        ),
+        None => {
+            router.define_configured_queues();
+            None
+        }
+    };
+    run_router(router);
+    if let Some(replayed) = replayed {
+        replayed.start(&broker);
+    }
     let mut per_worker: Vec<WorkerShards> = webchat_mailboxes
         .into_iter()
+        .zip(webchat_shards)
         .map(|webchat| WorkerShards {
             webchat,
             providers: Vec::new(),
@@ -629,6 +655,22 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         generated_agent_tokens,
         arbiters,
     })
+}
+
+/// Open the journal in `dir` (created if missing) and read it back.
+fn open_journal(
+    dir: &std::path::Path,
+) -> std::io::Result<(crate::journal::Journal, crate::journal::Recovered)> {
+    let cfg = crate::journal::JournalConfig {
+        dir: dir.to_owned(),
+        fsync: crate::journal::Fsync::Batch {
+            max_delay: std::time::Duration::from_millis(2),
+        },
+        segment_bytes: 64 << 20,
+        queue_bytes: 64 << 20,
+    };
+    crate::journal::Journal::open(cfg)
+        .map_err(|e| std::io::Error::other(format!("data dir {}: {e}", dir.display())))
 }
 
 /// Connections need a file each, and the broker a few more for itself.

@@ -50,6 +50,7 @@ use crate::channel::{
 };
 use crate::conversation::{Conversation, DeliveryUpdate, OpenSpec, Opening, ReadUpTo};
 use crate::error::ApiError;
+use crate::journal::record::{self, RecordRef};
 use crate::protocol::{AttachmentMeta, Author, ChannelKind, Customer, DeliveryStatus, Id};
 use crate::wiring::Broker;
 
@@ -786,6 +787,22 @@ impl ProviderChannel {
     /// The one place provider channel state changes (connections aside).
     /// `MessageSent` hands back a status that came before the send's answer.
     fn apply(
+        &mut self,
+        event: ProviderEvent,
+        addr: Option<Addr<Conversation>>,
+    ) -> Option<EarlyStatus> {
+        record::write(
+            self.broker.journal.as_ref(),
+            RecordRef::Provider {
+                channel: self.kind(),
+                event: &event,
+            },
+        );
+        self.replay(event, addr)
+    }
+
+    /// Apply an event without writing it (journal replay, and `apply`).
+    pub(crate) fn replay(
         &mut self,
         event: ProviderEvent,
         addr: Option<Addr<Conversation>>,

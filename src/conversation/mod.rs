@@ -36,6 +36,7 @@ mod agent;
 mod customer;
 mod delivery;
 mod queries;
+mod restore;
 mod routing;
 mod state;
 
@@ -56,6 +57,7 @@ use crate::agent::{Agent, AgentFrameKind, ToAgent};
 use crate::attachments::Sender;
 use crate::channel::{check_attachment, text_limit, CustomerEvent, Template, ToCustomer};
 use crate::error::ApiError;
+use crate::journal::record::{self, RecordRef};
 use crate::metrics::Metrics;
 use crate::protocol::event::{self, AgentName, EndedTask};
 use crate::protocol::{
@@ -192,6 +194,10 @@ impl Conversation {
             history_bytes: 0,
             history_full: false,
         };
+        record::write(
+            broker.journal.as_ref(),
+            RecordRef::ConversationOpened(&state),
+        );
         broker.metrics.task_moved(None, TaskState::Queued);
         Metrics::bump(&broker.metrics.conversations_opened);
         let actor = Conversation {
@@ -218,6 +224,13 @@ impl Conversation {
     }
 
     fn apply(&mut self, event: ConversationEvent) {
+        record::write(
+            self.broker.journal.as_ref(),
+            RecordRef::Conversation {
+                id: &self.state.id,
+                event: &event,
+            },
+        );
         let before = self.state.task_state;
         self.state.apply(event);
         let after = self.state.task_state;
@@ -474,6 +487,11 @@ impl Conversation {
         }
         self.to_customer(CustomerEvent::Ended(self.ended_frame()));
         let timeout = self.broker.config.wrapup_timeout;
+        self.start_wrapup_timer(timeout, ctx);
+    }
+
+    /// Complete with the configured disposition when `timeout` has passed.
+    fn start_wrapup_timer(&mut self, timeout: std::time::Duration, ctx: &mut Context<Self>) {
         self.wrapup = Some(ctx.run_later(timeout, |act, ctx| {
             act.wrapup = None;
             let disposition = act.broker.config.wrapup_disposition.clone();
@@ -524,7 +542,16 @@ impl Conversation {
     /// is what keeps an in-memory broker's memory flat under churn.
     fn schedule_eviction(&mut self, ctx: &mut Context<Self>) {
         let retention = self.broker.config.history_retention;
-        ctx.run_later(retention, |act, ctx| {
+        self.schedule_eviction_in(retention, ctx);
+    }
+
+    /// Forget the conversation after `delay` (what is left of its retention).
+    fn schedule_eviction_in(&mut self, delay: std::time::Duration, ctx: &mut Context<Self>) {
+        ctx.run_later(delay, |act, ctx| {
+            record::write(
+                act.broker.journal.as_ref(),
+                RecordRef::ConversationForgotten { id: &act.state.id },
+            );
             act.broker
                 .forget_conversation(&act.state.id, &act.state.task_id);
             for a in act.state.messages.iter().flat_map(|m| &m.attachments) {
@@ -608,7 +635,8 @@ impl Actor for Conversation {
                 let frame = self.message_frame(self.last_message(), None);
                 self.message_to_customer(frame, template);
             }
-            None => {}
+            // Started from the journal.
+            None => self.resume(ctx),
         }
     }
 }

@@ -59,6 +59,7 @@ mod messages;
 mod props;
 pub mod queue;
 mod queues;
+mod restore;
 mod state;
 mod stats;
 
@@ -73,6 +74,7 @@ use actix::prelude::*;
 use crate::agent::Agent;
 use crate::conversation::Conversation;
 use crate::deadlines::Deadlines;
+use crate::journal::record::{self, RecordRef};
 use crate::protocol::{Event, Id, QueueStats};
 use crate::wiring::Broker;
 
@@ -84,6 +86,7 @@ pub use messages::{
 };
 pub use queue::{Policy, Queue};
 pub use queues::{DeleteQueue, GetQueues, QueueChange, UpsertQueue};
+pub use restore::Restored;
 pub use state::{
     AgentCounts, Bucket, Decline, Pick, RoutableTask, Routed, RouterEvent, RouterState,
 };
@@ -141,7 +144,16 @@ impl Router {
 
     /// The router with the configured queues (`[[queues]]`) defined.
     pub fn with_queues(broker: Arc<Broker>) -> Self {
-        let mut router = Router::new(broker.clone());
+        let mut router = Router::new(broker);
+        router.define_configured_queues();
+        router
+    }
+
+    /// Define (or redefine) the configured queues: at start, and after a
+    /// replay, where the configuration file wins over the journal.
+    pub fn define_configured_queues(&mut self) {
+        let broker = self.broker.clone();
+        let router = self;
         let ids: Vec<&str> = broker.config.queues.iter().map(|q| q.id.as_str()).collect();
         for queue in &broker.config.queues {
             // Checked when the configuration loaded; again here (it fills the
@@ -152,11 +164,11 @@ impl Router {
                 Err(e) => tracing::error!("queue {} not defined: {e}", queue.id),
             }
         }
-        router
     }
 
     /// The one place routing state changes: [`RouterState::apply`].
     fn apply(&mut self, event: RouterEvent) {
+        record::write(self.broker.journal.as_ref(), RecordRef::Router(&event));
         self.state.apply(event);
         self.stats_dirty = true;
     }

@@ -1,0 +1,235 @@
+//! Rebuilding the broker from its journal (`data_dir`) as it starts, before
+//! it takes a connection: every record is decoded and applied, in the order
+//! written, with the same `apply` the live actor uses (the actors' `replay`
+//! entry points skip only the write), to actors that are built but not yet
+//! started; then they start and resume their timers (see each actor's
+//! `restore` module and `docs/operations.md`, "Recovery").
+//!
+//! What comes back: agents (profile, token and its expiry, activity, open
+//! tasks; all disconnected until their desktops reconnect), the router
+//! (queues, waiting tasks in their order, offers, assignments, the day's
+//! statistics, last agents), conversations (history with `seq`, task state,
+//! disposition, notes) and webchat sessions (token, name, skills, queue,
+//! latest conversation). A conversation that had left memory (history
+//! retention) stays gone.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix::prelude::*;
+
+use crate::agent::Agent;
+use crate::channel::webchat::WebchatChannel;
+use crate::channel::ToCustomer;
+use crate::codec::CodecError;
+use crate::conversation::{Conversation, ConversationState};
+use crate::ids::IdMap;
+use crate::journal::record::{self, Record};
+use crate::journal::Lsn;
+use crate::protocol::{ChannelKind, Id, TaskState};
+use crate::router::{Restored, Router};
+use crate::shards::{mailbox, Mailbox};
+use crate::wiring::Broker;
+
+/// Why the journal could not be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// A record passed its checksum but is not one this version writes: a
+    /// journal from another, incompatible build.
+    #[error("journal record {lsn} cannot be read by this version: {source}")]
+    Undecodable { lsn: Lsn, source: CodecError },
+}
+
+/// A conversation being rebuilt: its state, and the address it will run at
+/// (made at its first record, so channels can hold it before it starts).
+struct Rebuilt {
+    state: ConversationState,
+    addr: Addr<Conversation>,
+    mailbox: Mailbox<Conversation>,
+}
+
+/// An agent being rebuilt, with its credential.
+struct RebuiltAgent {
+    actor: Agent,
+    token: String,
+    expires_at: Option<SystemTime>,
+}
+
+/// What a replay built, to be started with [`Replayed::start`].
+pub struct Replayed {
+    conversations: IdMap<Id, Rebuilt>,
+    agents: IdMap<Id, RebuiltAgent>,
+    /// Records applied, and records of channels this build does not run.
+    pub applied: u64,
+    pub skipped: u64,
+}
+
+/// Apply `records` to the router and the webchat shards (built, not started;
+/// `webchat[i]` is shard `i` of `broker.channels.webchat`), building the
+/// agents and conversations they name.
+pub fn replay(
+    broker: &Arc<Broker>,
+    records: impl IntoIterator<Item = (Lsn, Vec<u8>)>,
+    router: &mut Router,
+    webchat: &mut [WebchatChannel],
+) -> Result<Replayed, RecoveryError> {
+    let mut out = Replayed {
+        conversations: IdMap::default(),
+        agents: IdMap::default(),
+        applied: 0,
+        skipped: 0,
+    };
+    for (lsn, bytes) in records {
+        let record =
+            record::read(&bytes).map_err(|source| RecoveryError::Undecodable { lsn, source })?;
+        out.applied += 1;
+        match record {
+            Record::Router(event) => router.replay(event),
+            Record::ConversationOpened(state) => {
+                let (addr, mailbox) = mailbox::<Conversation>();
+                out.conversations.insert(
+                    state.id.clone(),
+                    Rebuilt {
+                        state: *state,
+                        addr,
+                        mailbox,
+                    },
+                );
+            }
+            Record::Conversation { id, event } => {
+                if let Some(c) = out.conversations.get_mut(&id) {
+                    c.state.apply(event);
+                }
+            }
+            Record::ConversationForgotten { id } => {
+                out.conversations.remove(&id);
+            }
+            Record::AgentCreated {
+                profile,
+                token,
+                expires_at,
+            } => {
+                out.agents.insert(
+                    profile.id.clone(),
+                    RebuiltAgent {
+                        actor: Agent::restored(broker, profile),
+                        token,
+                        expires_at,
+                    },
+                );
+            }
+            Record::AgentTokenRotated {
+                id,
+                token,
+                expires_at,
+            } => {
+                if let Some(a) = out.agents.get_mut(&id) {
+                    a.token = token;
+                    a.expires_at = expires_at;
+                }
+            }
+            Record::AgentRemoved { id } => {
+                out.agents.remove(&id);
+            }
+            Record::Agent { id, event } => {
+                if let Some(a) = out.agents.get_mut(&id) {
+                    a.actor.replay(event);
+                }
+            }
+            Record::Webchat(event) => {
+                let session = event.session();
+                let shard = broker.channels.webchat.index_of(session);
+                let addr = event
+                    .conversation()
+                    .and_then(|c| out.conversations.get(c))
+                    .map(|c| c.addr.clone());
+                if let Some(channel) = webchat.get_mut(shard) {
+                    channel.replay(event, addr);
+                }
+            }
+            Record::Provider { .. } => out.skipped += 1,
+        }
+    }
+    for channel in webchat.iter_mut() {
+        channel.restored();
+    }
+    router.define_configured_queues();
+    Ok(out)
+}
+
+impl Replayed {
+    /// Start the rebuilt agents and conversations on the shards, register
+    /// them, and hand the router their addresses (its first message).
+    pub fn start(self, broker: &Arc<Broker>) {
+        let mut agents: IdMap<Id, Addr<Agent>> = IdMap::default();
+        for (id, a) in self.agents {
+            let addr = broker.shards.start(a.actor);
+            broker.restore_agent(id.clone(), a.token, a.expires_at, addr.clone());
+            agents.insert(id, addr);
+        }
+        let agent_addr = |id: &Id| agents.get(id).cloned();
+        let mut conversations = Vec::with_capacity(self.conversations.len());
+        let count = self.conversations.len();
+        for (_, c) in self.conversations {
+            let Some(channel) = channel_of(broker, &c.state) else {
+                tracing::warn!(
+                    conversation = %c.state.id,
+                    channel = c.state.channel.as_str(),
+                    "conversation of a channel not enabled now; not restored"
+                );
+                continue;
+            };
+            let holds_agent = matches!(
+                c.state.task_state,
+                TaskState::Assigned | TaskState::Wrapping
+            );
+            let agent = c
+                .state
+                .agent_id
+                .as_ref()
+                .filter(|_| holds_agent)
+                .and_then(agent_addr);
+            broker.register_conversation(
+                c.state.id.clone(),
+                c.state.task_id.clone(),
+                c.addr.clone(),
+            );
+            conversations.push((c.state.task_id.clone(), c.addr));
+            let actor = Conversation::restored(broker, c.state, channel, agent);
+            let mailbox = c.mailbox;
+            broker
+                .shards
+                .place(move |arbiter| mailbox.run_on(arbiter, actor));
+        }
+        tracing::info!(
+            agents = agents.len(),
+            conversations = count,
+            records = self.applied,
+            "state restored from the journal"
+        );
+        broker.router.do_send(Restored {
+            agents: agents.into_iter().collect(),
+            conversations,
+        });
+    }
+}
+
+/// The channel actor a conversation's customer is reached through.
+fn channel_of(broker: &Broker, state: &ConversationState) -> Option<Recipient<ToCustomer>> {
+    let customer = state.customer.address.as_str();
+    match state.channel {
+        ChannelKind::Webchat => Some(
+            broker
+                .channels
+                .webchat
+                .for_session(customer)
+                .clone()
+                .recipient(),
+        ),
+        kind => broker
+            .channels
+            .provider(kind)
+            .ok()
+            .map(|p| p.for_customer(customer).clone().recipient()),
+    }
+}

@@ -1,0 +1,76 @@
+//! Restarting on the same data dir brings the broker back as it was: the
+//! agent's token, its assigned conversation with the whole history, the
+//! customer's session and `seq` numbering, and the task still waiting in the
+//! queue, each exactly once. Real server, real sockets, stopped and started
+//! again in the test.
+
+mod common;
+
+use common::*;
+
+fn durable_config(dir: &std::path::Path) -> switchboard::config::Config {
+    let mut cfg = test_config();
+    cfg.data_dir = Some(dir.to_owned());
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_the_same_data_dir_resumes_every_conversation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = durable_config(dir.path());
+
+    // Before: Ann is being served by Alice, Bob waits (Alice is full).
+    let h = start_with(cfg.clone());
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let (ann, mut ann_ws, _) = h.customer_with_message("Ann", "hello").await;
+    let (_, assigned) = desk.take_offer().await;
+    let ann_conv = s(&assigned["task"]["conversation_id"]);
+    let ann_task = s(&assigned["task"]["id"]);
+    desk.agent_send(&ann_conv, "hi Ann", "r1").await;
+    ann_ws.recv_message_text("hi Ann").await;
+    let (bob, _bob_ws, _) = h.customer_with_message("Bob", "anyone?").await;
+    h.wait_conversation(&ann_conv, "two messages", |c| c["message_count"] == 2)
+        .await;
+    drop((desk, ann_ws, _bob_ws));
+    drop(h);
+
+    // After: the same data dir.
+    let h = start_with(cfg);
+    let (mut desk, hello) = h.connect_agent(&alice).await;
+    let tasks = hello["tasks"].as_array().expect("hello tasks");
+    assert_eq!(tasks.len(), 1, "alice's tasks after the restart: {hello}");
+    assert_eq!(tasks[0]["id"], ann_task.as_str());
+    assert_eq!(tasks[0]["state"], "assigned");
+
+    let (mut ann_ws, history) = h.connect_customer(&ann).await;
+    assert_eq!(
+        texts(&history["messages"]),
+        ["hello", "hi Ann"],
+        "{history}"
+    );
+    assert_eq!(seqs(&history["messages"]), [1, 2]);
+
+    // The conversation goes on where it was: seq 3, to the same agent.
+    let ack = ann_ws.say("still there?").await;
+    assert_eq!(ack["seq"], 3, "{ack}");
+    let m = desk.recv_message_text("still there?").await;
+    assert_eq!(m["message"]["seq"], 3);
+
+    // Bob's task waited through the restart and is offered once Alice is free.
+    desk.set_activity("available").await;
+    desk.end(&ann_conv).await;
+    desk.complete(&ann_task, "resolved", "").await;
+    let offer = desk.offer().await;
+    assert_eq!(offer["task"]["customer"]["name"], "Bob", "{offer}");
+    let (_bob_ws, bob_history) = h.connect_customer(&bob).await;
+    assert_eq!(texts(&bob_history["messages"]), ["anyone?"]);
+
+    let messages = h.messages(&ann_conv).await;
+    assert_gap_free(&messages["messages"]);
+    assert_eq!(
+        texts(&messages["messages"]),
+        ["hello", "hi Ann", "still there?"],
+        "{messages}"
+    );
+}
