@@ -193,11 +193,11 @@ mod tests {
         let ev = ConversationEvent::HistoryFull;
         assert!(matches!(
             round_trip(RecordRef::Conversation { id: &id, event: &ev }),
-            Record::Conversation { id, event: ConversationEvent::HistoryFull } if id == "c1"
+            Record::Conversation { id, event: ConversationEvent::HistoryFull } if &*id == "c1"
         ));
         assert!(matches!(
             round_trip(RecordRef::ConversationForgotten { id: &id }),
-            Record::ConversationForgotten { id } if id == "c1"
+            Record::ConversationForgotten { id } if &*id == "c1"
         ));
         let profile = AgentProfile {
             id: "alice".into(),
@@ -216,7 +216,7 @@ mod tests {
                 token,
                 expires_at,
             } => {
-                assert_eq!(p.id, "alice");
+                assert_eq!(&*p.id, "alice");
                 assert_eq!(token, "tok");
                 assert_eq!(expires_at, at);
             }
@@ -229,7 +229,7 @@ mod tests {
         ));
         assert!(matches!(
             round_trip(RecordRef::AgentRemoved { id: &alice }),
-            Record::AgentRemoved { id } if id == "alice"
+            Record::AgentRemoved { id } if &*id == "alice"
         ));
         let ev = AgentEvent::ActivityChanged(Activity::Break);
         assert!(matches!(
@@ -247,7 +247,7 @@ mod tests {
         };
         assert!(matches!(
             round_trip(RecordRef::Webchat(&ev)),
-            Record::Webchat(WebchatEvent::SessionForgotten { session }) if session == "s1"
+            Record::Webchat(WebchatEvent::SessionForgotten { session }) if &*session == "s1"
         ));
         let ev = ProviderEvent::ConversationEnded {
             conversation: "c1".into(),
