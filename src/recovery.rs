@@ -19,6 +19,7 @@ use std::time::SystemTime;
 use actix::prelude::*;
 
 use crate::agent::Agent;
+use crate::channel::provider::{shard_index, ProviderChannel, ProviderEvent};
 use crate::channel::webchat::WebchatChannel;
 use crate::channel::ToCustomer;
 use crate::codec::CodecError;
@@ -59,20 +60,35 @@ struct RebuiltAgent {
 pub struct Replayed {
     conversations: IdMap<Id, Rebuilt>,
     agents: IdMap<Id, RebuiltAgent>,
-    /// Records applied, and records of channels this build does not run.
+    /// Records applied, and records of channels not enabled now.
     pub applied: u64,
     pub skipped: u64,
 }
 
-/// Apply `records` to the router and the webchat shards (built, not started;
-/// `webchat[i]` is shard `i` of `broker.channels.webchat`), building the
+/// The actors a replay applies records to, built and not yet started.
+pub struct Channels<'a> {
+    pub router: &'a mut Router,
+    /// `webchat[i]` is shard `i` of `broker.channels.webchat`.
+    pub webchat: &'a mut [WebchatChannel],
+    /// Each enabled provider's shards, in the order of its `ProviderShards`.
+    pub providers: &'a mut [(ChannelKind, Vec<ProviderChannel>)],
+}
+
+/// Apply `records` to the router and the channels' shards, building the
 /// agents and conversations they name.
 pub fn replay(
     broker: &Arc<Broker>,
     records: impl IntoIterator<Item = (Lsn, Vec<u8>)>,
-    router: &mut Router,
-    webchat: &mut [WebchatChannel],
+    actors: Channels<'_>,
 ) -> Result<Replayed, RecoveryError> {
+    let Channels {
+        router,
+        webchat,
+        providers,
+    } = actors;
+    // A provider conversation's customer (which shard holds its thread),
+    // until the channel forgets it.
+    let mut provider_customers: IdMap<Id, String> = IdMap::default();
     let mut out = Replayed {
         conversations: IdMap::default(),
         agents: IdMap::default(),
@@ -147,7 +163,38 @@ pub fn replay(
                     channel.replay(event, addr);
                 }
             }
-            Record::Provider { .. } => out.skipped += 1,
+            Record::Provider { channel, event } => {
+                let Some((_, shards)) = providers.iter_mut().find(|(k, _)| *k == channel) else {
+                    // A channel that is not enabled now.
+                    out.skipped += 1;
+                    continue;
+                };
+                let conversation = event.conversation().cloned();
+                let customer = match event.customer() {
+                    Some(c) => c.to_owned(),
+                    None => match conversation.as_ref().and_then(|c| provider_customers.get(c)) {
+                        Some(c) => c.clone(),
+                        None => continue,
+                    },
+                };
+                match &event {
+                    ProviderEvent::ConversationOpened { conversation, .. } => {
+                        provider_customers.insert(conversation.clone(), customer.clone());
+                    }
+                    ProviderEvent::ConversationForgotten { conversation } => {
+                        provider_customers.remove(conversation);
+                    }
+                    _ => {}
+                }
+                let addr = conversation
+                    .as_ref()
+                    .and_then(|c| out.conversations.get(c))
+                    .map(|c| c.addr.clone());
+                let shard = shard_index(&customer, shards.len());
+                if let Some(channel) = shards.get_mut(shard) {
+                    channel.replay(event, addr);
+                }
+            }
         }
     }
     for channel in webchat.iter_mut() {

@@ -485,8 +485,9 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         messenger: None,
         budgets: Default::default(),
     };
-    // Per provider: its shared part and each worker's mailbox.
-    let mut to_start: Vec<(ProviderShared, Vec<Mailbox<ProviderChannel>>)> = Vec::new();
+    // Per provider: its kind, shared part and each worker's mailbox.
+    let mut to_start: Vec<(ChannelKind, ProviderShared, Vec<Mailbox<ProviderChannel>>)> =
+        Vec::new();
     for (kind, shards, shared) in enabled {
         let (Some((addrs, mailboxes)), Some(shared)) = (shards, shared) else {
             continue;
@@ -499,7 +500,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
             ChannelKind::Messenger => channels.messenger = handle,
             ChannelKind::Webchat => {}
         }
-        to_start.push((shared, mailboxes));
+        to_start.push((kind, shared, mailboxes));
     }
     channels.budgets = budgets;
     let journal = match &config.data_dir {
@@ -520,10 +521,27 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     let mut webchat_shards: Vec<WebchatChannel> = (0..workers)
         .map(|_| WebchatChannel::new(broker.clone()))
         .collect();
+    let mut provider_shards: Vec<(ChannelKind, Vec<ProviderChannel>)> = to_start
+        .iter()
+        .map(|(kind, shared, _)| {
+            let shards = (0..workers)
+                .map(|_| ProviderChannel::new(broker.clone(), shared.clone(), workers))
+                .collect();
+            (*kind, shards)
+        })
+        .collect();
     let replayed = match journal {
         Some((_, recovered)) => Some(
-            crate::recovery::replay(&broker, recovered.records, &mut router, &mut webchat_shards)
-                .map_err(std::io::Error::other)?,
+            crate::recovery::replay(
+                &broker,
+                recovered.records,
+                crate::recovery::Channels {
+                    router: &mut router,
+                    webchat: &mut webchat_shards,
+                    providers: &mut provider_shards,
+                },
+            )
+            .map_err(std::io::Error::other)?,
         ),
         None => {
             router.define_configured_queues();
@@ -542,9 +560,8 @@ pub fn start(config: Config) -> std::io::Result<Started> {
             providers: Vec::new(),
         })
         .collect();
-    for (shared, mailboxes) in to_start {
-        for (worker, mailbox) in per_worker.iter_mut().zip(mailboxes) {
-            let channel = ProviderChannel::new(broker.clone(), shared.clone(), workers);
+    for ((_, _, mailboxes), (_, channels)) in to_start.into_iter().zip(provider_shards) {
+        for ((worker, mailbox), channel) in per_worker.iter_mut().zip(mailboxes).zip(channels) {
             worker.providers.push((mailbox, channel));
         }
     }

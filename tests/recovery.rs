@@ -5,6 +5,7 @@
 //! again in the test.
 
 mod common;
+mod providers;
 
 use common::*;
 
@@ -73,4 +74,52 @@ async fn a_restart_on_the_same_data_dir_resumes_every_conversation() {
         ["hello", "hi Ann", "still there?"],
         "{messages}"
     );
+}
+
+/// An SMS thread survives too: the customer's next text joins the same
+/// conversation, a webhook id seen before the restart is still a duplicate,
+/// and the agent's reply still goes out through the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_sms_threads_and_their_dedupe() {
+    use providers::mock::Api;
+    use providers::*;
+
+    const DANA: &str = "+15551230000";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mock = providers::mock::Mock::start();
+    let mut cfg = providers::config(&mock);
+    cfg.data_dir = Some(dir.path().to_owned());
+
+    let env = Env {
+        h: start_with(cfg.clone()),
+        mock,
+    };
+    let (alice, mut desk) = env.agent("alice").await;
+    let r = env.sms_inbound(&sms_params("SM0001", DANA, "where is my order?")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (offer, _) = desk.take_offer().await;
+    let conv = s(&offer["task"]["conversation_id"]);
+    drop(desk);
+    let Env { h, mock } = env;
+    drop(h);
+
+    let env = Env {
+        h: start_with(cfg),
+        mock,
+    };
+    let (mut desk, hello) = env.h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"][0]["conversation_id"], conv.as_str(), "{hello}");
+    // The same webhook again (the provider retrying): still a duplicate.
+    let r = env.sms_inbound(&sms_params("SM0001", DANA, "where is my order?")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A new text joins the open conversation.
+    let r = env.sms_inbound(&sms_params("SM0002", DANA, "any news?")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = desk.recv_message_text("any news?").await;
+    assert_eq!(m["message"]["conversation_id"], conv.as_str());
+    assert_eq!(m["message"]["seq"], 2, "the duplicate was not stored: {m}");
+    send_ok(&mut desk, &conv, "Shipped today.", &[]).await;
+    let sends = env.mock.wait_sends(Api::Twilio, 1).await;
+    assert_eq!(sends[0].form_value("Body").as_deref(), Some("Shipped today."));
+    assert_eq!(sends[0].form_value("To").as_deref(), Some(DANA));
 }

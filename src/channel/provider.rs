@@ -183,7 +183,7 @@ impl ProviderShards {
 }
 
 /// Which of `shards` shards holds `customer` (a stable hash of the address).
-fn shard_index(customer: &str, shards: usize) -> usize {
+pub(crate) fn shard_index(customer: &str, shards: usize) -> usize {
     let mut h = DefaultHasher::new();
     customer.hash(&mut h);
     (h.finish() % shards.max(1) as u64) as usize
@@ -678,6 +678,32 @@ pub fn verify_link(key: &[u8], attachment_id: &str, expires: u64, signature: &st
     now <= expires && mac.verify_slice(&given).is_ok()
 }
 
+impl ProviderEvent {
+    /// The customer whose shard applies it, when the event names one
+    /// (the others name a conversation of a thread opened before).
+    pub fn customer(&self) -> Option<&str> {
+        match self {
+            ProviderEvent::WebhookApplied { customer, .. }
+            | ProviderEvent::CustomerWrote { customer, .. }
+            | ProviderEvent::ConversationOpened { customer, .. } => Some(customer),
+            ProviderEvent::ConversationEnded { .. }
+            | ProviderEvent::MessageSent { .. }
+            | ProviderEvent::ConversationForgotten { .. } => None,
+        }
+    }
+
+    /// The conversation it names, if any.
+    pub fn conversation(&self) -> Option<&Id> {
+        match self {
+            ProviderEvent::ConversationOpened { conversation, .. }
+            | ProviderEvent::ConversationEnded { conversation }
+            | ProviderEvent::MessageSent { conversation, .. }
+            | ProviderEvent::ConversationForgotten { conversation } => Some(conversation),
+            ProviderEvent::WebhookApplied { .. } | ProviderEvent::CustomerWrote { .. } => None,
+        }
+    }
+}
+
 /// One (customer, business address) thread on a provider channel.
 struct Thread {
     name: String,
@@ -691,6 +717,8 @@ struct Thread {
 pub enum ProviderEvent {
     WebhookApplied {
         provider_id: String,
+        /// Whose message it was: the shard that remembers the id.
+        customer: String,
     },
     CustomerWrote {
         customer: String,
@@ -808,7 +836,7 @@ impl ProviderChannel {
         addr: Option<Addr<Conversation>>,
     ) -> Option<EarlyStatus> {
         match event {
-            ProviderEvent::WebhookApplied { provider_id } => {
+            ProviderEvent::WebhookApplied { provider_id, .. } => {
                 self.seen.put(provider_id, ());
             }
             ProviderEvent::CustomerWrote {
@@ -1084,6 +1112,7 @@ impl Handler<Inbound> for ProviderChannel {
                     self.apply(
                         ProviderEvent::WebhookApplied {
                             provider_id: m.provider_id.clone(),
+                            customer: m.customer.clone(),
                         },
                         None,
                     );
