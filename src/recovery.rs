@@ -172,7 +172,10 @@ pub fn replay(
                 let conversation = event.conversation().cloned();
                 let customer = match event.customer() {
                     Some(c) => c.to_owned(),
-                    None => match conversation.as_ref().and_then(|c| provider_customers.get(c)) {
+                    None => match conversation
+                        .as_ref()
+                        .and_then(|c| provider_customers.get(c))
+                    {
                         Some(c) => c.clone(),
                         None => continue,
                     },

@@ -264,8 +264,38 @@ fn app(
         timeout: data.config.request_body_timeout,
         min_rate: data.config.request_body_min_rate,
     };
+    let journal = data.journal.clone();
     App::new()
         .app_data(data)
+        // What a request changed is durable before it is answered: the
+        // journal's end when the handler returns covers every record it
+        // caused (a webhook's `200`, a created session or agent).
+        .wrap_fn(move |req, srv| {
+            let journal = journal.clone().filter(|_| !req.method().is_safe());
+            // A journal that cannot write (a full disk) takes no new change.
+            if let Some(Err(e)) = journal.as_ref().map(crate::journal::Journal::health) {
+                let refusal = crate::ApiError::Unavailable(e.to_string()).error_response();
+                return Either::Left(ready(Ok(req.into_response(refusal))));
+            }
+            let answer = actix_service::Service::call(srv, req);
+            let answer = async move {
+                let res = answer.await?;
+                let Some(journal) = journal else {
+                    return Ok::<_, actix_web::Error>(res);
+                };
+                match journal.wait_durable(journal.appended()).await {
+                    Ok(()) => Ok(res),
+                    Err(e) => {
+                        let refusal = crate::ApiError::Unavailable(format!(
+                            "the change may not have been stored: {e}"
+                        ))
+                        .error_response();
+                        Ok(res.into_response(refusal))
+                    }
+                }
+            };
+            Either::Right(answer)
+        })
         // A connection's first request line is checked before the
         // dispatcher (`http/request_line.rs`); later ones here. Bodies are
         // held to a minimum data rate (`http/body.rs`).

@@ -95,7 +95,9 @@ async fn a_restart_keeps_sms_threads_and_their_dedupe() {
         mock,
     };
     let (alice, mut desk) = env.agent("alice").await;
-    let r = env.sms_inbound(&sms_params("SM0001", DANA, "where is my order?")).await;
+    let r = env
+        .sms_inbound(&sms_params("SM0001", DANA, "where is my order?"))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let (offer, _) = desk.take_offer().await;
     let conv = s(&offer["task"]["conversation_id"]);
@@ -108,18 +110,29 @@ async fn a_restart_keeps_sms_threads_and_their_dedupe() {
         mock,
     };
     let (mut desk, hello) = env.h.connect_agent(&alice).await;
-    assert_eq!(hello["tasks"][0]["conversation_id"], conv.as_str(), "{hello}");
+    assert_eq!(
+        hello["tasks"][0]["conversation_id"],
+        conv.as_str(),
+        "{hello}"
+    );
     // The same webhook again (the provider retrying): still a duplicate.
-    let r = env.sms_inbound(&sms_params("SM0001", DANA, "where is my order?")).await;
+    let r = env
+        .sms_inbound(&sms_params("SM0001", DANA, "where is my order?"))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     // A new text joins the open conversation.
-    let r = env.sms_inbound(&sms_params("SM0002", DANA, "any news?")).await;
+    let r = env
+        .sms_inbound(&sms_params("SM0002", DANA, "any news?"))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let m = desk.recv_message_text("any news?").await;
     assert_eq!(m["message"]["conversation_id"], conv.as_str());
     assert_eq!(m["message"]["seq"], 2, "the duplicate was not stored: {m}");
     send_ok(&mut desk, &conv, "Shipped today.", &[]).await;
     let sends = env.mock.wait_sends(Api::Twilio, 1).await;
-    assert_eq!(sends[0].form_value("Body").as_deref(), Some("Shipped today."));
+    assert_eq!(
+        sends[0].form_value("Body").as_deref(),
+        Some("Shipped today.")
+    );
     assert_eq!(sends[0].form_value("To").as_deref(), Some(DANA));
 }

@@ -79,6 +79,10 @@ pub fn validate_content(
     sender: Sender<'_>,
     carried: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<AttachmentMeta>, ApiError> {
+    if let Some(Err(e)) = broker.journal.as_ref().map(crate::journal::Journal::health) {
+        // Nothing is taken that could not be written down.
+        return Err(ApiError::Unavailable(e.to_string()));
+    }
     let max = text_limit(channel).map_or(broker.config.max_text, |l| l.min(broker.config.max_text));
     let chars = text.chars().count();
     if chars > max {

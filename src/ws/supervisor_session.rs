@@ -6,9 +6,7 @@ use actix_web_actors::ws;
 
 use crate::protocol::{error_frame, salvage_ref};
 use crate::supervisor::{Subscribe, SupervisorHub, Unsubscribe};
-use crate::ws::{
-    close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, Reassembly, SocketLink,
-};
+use crate::ws::{close_with, handle_frame, CloseSession, Heartbeat, Push, Reassembly, SocketLink};
 
 pub struct SupervisorSession {
     id: u64,
@@ -16,17 +14,24 @@ pub struct SupervisorSession {
     backlog: usize,
     frames: Reassembly,
     backlog_bytes: crate::ws::Backlog,
+    /// Frames waiting for the journal.
+    held: crate::ws::Held,
     hb: Heartbeat,
 }
 
 impl SupervisorSession {
-    pub fn new(hub: Addr<SupervisorHub>, config: &crate::config::Config) -> Self {
+    pub fn new(
+        hub: Addr<SupervisorHub>,
+        config: &crate::config::Config,
+        journal: Option<crate::journal::Journal>,
+    ) -> Self {
         SupervisorSession {
             id: crate::ws::next_session_id(),
             hub,
             backlog: config.socket_backlog,
             frames: Reassembly::new(config.max_frame),
             backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
+            held: crate::ws::Held::new(journal),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
         }
     }
@@ -42,6 +47,7 @@ impl Actor for SupervisorSession {
             self.id,
             ctx.address(),
             &self.backlog_bytes,
+            self.held.journal(),
         )));
     }
 
@@ -66,7 +72,7 @@ impl Handler<Push> for SupervisorSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        push_text(msg.0, &self.backlog_bytes, ctx);
+        crate::ws::deliver(self, msg, ctx, |s| (&mut s.held, &s.backlog_bytes));
     }
 }
 
