@@ -554,6 +554,19 @@ impl Actor for Agent {
     }
 }
 
+impl Handler<crate::ws::CloseAll> for Agent {
+    type Result = ();
+
+    /// The desktop is closed; the agent stays as it is (the journal keeps
+    /// it, and the restarted broker gives it its disconnect grace).
+    fn handle(&mut self, msg: crate::ws::CloseAll, _: &mut Context<Self>) {
+        if let Some(link) = self.session.take() {
+            link.close(msg.code, &msg.reason);
+        }
+        self.session_token = None;
+    }
+}
+
 /// A desktop socket opened for this agent.
 #[derive(Message)]
 #[rtype(result = "()")]

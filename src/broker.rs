@@ -150,6 +150,8 @@ pub struct Registry<W: Wiring> {
     webchat_tokens: DashMap<String, Id>,
     /// Supervisors connected: events are only encoded when someone listens.
     pub supervisors: AtomicUsize,
+    /// Set when shutdown begins ([`Registry::draining`]).
+    draining: std::sync::atomic::AtomicBool,
 
     /// Where conversations and agents run: the HTTP workers' arbiters.
     pub shards: Shards,
@@ -189,6 +191,7 @@ impl<W: Wiring> Registry<W> {
             tasks: DashMap::default(),
             webchat_tokens: DashMap::new(),
             supervisors: AtomicUsize::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
             shards: Shards::new(),
         })
     }
@@ -296,6 +299,20 @@ impl<W: Wiring> Registry<W> {
                 expires_at,
             },
         );
+    }
+
+    /// Every agent's actor (to tell them all something, e.g. at shutdown).
+    pub fn agent_addrs(&self) -> Vec<Addr<W::Agent>> {
+        self.agents.iter().map(|e| e.value().addr.clone()).collect()
+    }
+
+    /// Shutting down: new requests are refused (`503 unavailable`).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// Forget an agent: its id and its token stop working together.

@@ -106,6 +106,9 @@ pub struct Config {
     pub webchat_session_idle: Duration,
     /// How long a task may stay in wrap-up before it is completed automatically.
     pub wrapup_timeout: Duration,
+    /// SIGTERM/SIGINT: how long the broker has to close sockets, finish
+    /// provider sends and flush the journal before it exits.
+    pub shutdown_timeout: Duration,
     /// Disposition used when the wrap-up timeout completes a task.
     pub wrapup_disposition: String,
     /// How long a finished conversation stays readable before it is dropped
@@ -278,6 +281,7 @@ impl Default for Config {
             customer_grace: Duration::from_secs(60),
             webchat_session_idle: Duration::from_secs(30 * 60),
             wrapup_timeout: Duration::from_secs(600),
+            shutdown_timeout: Duration::from_secs(10),
             wrapup_disposition: "no_response".into(),
             history_retention: Duration::from_secs(3600),
             max_upload: 25 * 1024 * 1024,
@@ -855,6 +859,9 @@ pub struct Args {
     /// Listen address (address:port; port 0 picks a free one).
     #[arg(long, env = "SWITCHBOARD_BIND")]
     pub bind: Option<String>,
+    /// Keep a journal here and recover from it at start (none: in memory).
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Admin bearer token, at least 32 characters.
     #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -912,6 +919,10 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_WRAPUP_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub wrapup_timeout: Option<Duration>,
+    /// Time a graceful shutdown (SIGTERM, SIGINT) may take.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub shutdown_timeout: Option<Duration>,
     /// Disposition used by the wrap-up timeout.
     #[arg(long, env = "SWITCHBOARD_WRAPUP_DISPOSITION")]
     pub wrapup_disposition: Option<String>,
@@ -1209,6 +1220,10 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
     let duration = |d: Duration| value(show_duration(d));
     match id {
         "bind" => value(c.bind.clone()),
+        "data_dir" => match &c.data_dir {
+            Some(d) => value(d.display().to_string()),
+            None => Some(Shown::Note("none: purely in memory")),
+        },
         "admin_token" => Some(Shown::Note("generated, printed at start")),
         "auth_failures_per_minute" => value(c.auth_failures_per_minute.to_string()),
         "agent_token_ttl" => Some(Shown::Note("none: agent tokens do not expire")),
@@ -1222,6 +1237,7 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "webchat_session_idle" => duration(c.webchat_session_idle),
         "wrapup_timeout" => duration(c.wrapup_timeout),
         "wrapup_disposition" => value(c.wrapup_disposition.clone()),
+        "shutdown_timeout" => duration(c.shutdown_timeout),
         "history_retention" => duration(c.history_retention),
         "max_upload" => value(show_size(c.max_upload)),
         "max_text" => value(c.max_text.to_string()),
@@ -1347,9 +1363,12 @@ impl Args {
         if let Some(List(v)) = self.trusted_proxies {
             cfg.trusted_proxies = v;
         }
+        if let Some(dir) = self.data_dir {
+            cfg.data_dir = Some(dir);
+        }
         overlay!(self, cfg;
             bind, offer_timeout, reoffer_cooldown, disconnect_grace, customer_grace, webchat_session_idle,
-            wrapup_timeout, wrapup_disposition,
+            wrapup_timeout, wrapup_disposition, shutdown_timeout,
             history_retention, auth_failures_per_minute, max_history_messages, max_history_bytes,
             history_replay, history_frame_bytes,
             max_upload, max_text, max_notes, socket_backlog, workers,

@@ -26,6 +26,7 @@ pub mod recovery;
 pub mod router;
 pub mod server;
 pub mod shards;
+pub mod shutdown;
 pub mod sim;
 pub mod supervisor;
 pub mod web;

@@ -60,6 +60,8 @@ pub struct Started {
     /// Tokens generated for `[[agents]]` configured without one: (id, token).
     pub generated_agent_tokens: Vec<(String, String)>,
     pub arbiters: Vec<Arbiter>,
+    /// The registry, for the shutdown.
+    pub broker: Arc<Broker>,
 }
 
 /// Create the `[[agents]]` of the configuration, as `POST /v1/agents` does.
@@ -265,12 +267,18 @@ fn app(
         min_rate: data.config.request_body_min_rate,
     };
     let journal = data.journal.clone();
+    let registry = data.get_ref().clone();
     App::new()
         .app_data(data)
         // What a request changed is durable before it is answered: the
         // journal's end when the handler returns covers every record it
         // caused (a webhook's `200`, a created session or agent).
         .wrap_fn(move |req, srv| {
+            if registry.draining() {
+                let refusal = crate::ApiError::Unavailable(crate::shutdown::SHUTTING_DOWN.into())
+                    .error_response();
+                return Either::Left(ready(Ok(req.into_response(refusal))));
+            }
             let journal = journal.clone().filter(|_| !req.method().is_safe());
             // A journal that cannot write (a full disk) takes no new change.
             if let Some(Err(e)) = journal.as_ref().map(crate::journal::Journal::health) {
@@ -620,10 +628,13 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         tracing::info!(count = config.sim_agents, "simulated agents started");
     }
 
-    let data = web::Data::new(broker);
+    let data = web::Data::new(broker.clone());
     let mut builder = actix_web::dev::Server::build()
         .workers(workers)
-        .shutdown_timeout(5);
+        // Signals are the shutdown's (`shutdown.rs`): it closes the sockets
+        // and flushes the journal before the server stops.
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout.as_secs().max(1));
     let shutdown = builder.graceful_shutdown_signal();
     let mut addrs = Vec::new();
     let mut last_error = None;
@@ -701,6 +712,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         admin_token,
         generated_agent_tokens,
         arbiters,
+        broker,
     })
 }
 
@@ -764,6 +776,14 @@ pub fn run(config: Config) -> std::io::Result<()> {
         for (id, token) in &started.generated_agent_tokens {
             println!("agent {id} token: {token}");
         }
+        let handle = started.server.handle();
+        let broker = started.broker.clone();
+        let timeout = config.shutdown_timeout;
+        actix_web::rt::spawn(async move {
+            crate::shutdown::signalled().await;
+            crate::shutdown::drain(broker, timeout).await;
+            handle.stop(true).await;
+        });
         let result = started.server.await;
         for a in started.arbiters {
             a.stop();

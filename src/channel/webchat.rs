@@ -168,6 +168,10 @@ impl WebchatShards {
         self.shards.len()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Addr<WebchatChannel>> {
+        self.shards.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.shards.is_empty()
     }
@@ -433,6 +437,18 @@ impl Actor for WebchatChannel {
     }
 }
 
+impl Handler<crate::ws::CloseAll> for WebchatChannel {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::ws::CloseAll, _: &mut Context<Self>) {
+        for s in self.sessions.values_mut() {
+            for socket in s.sockets.drain(..) {
+                socket.link.close(msg.code, &msg.reason);
+            }
+        }
+    }
+}
+
 /// `POST /v1/webchat/sessions`, sent to the shard of the new session's id:
 /// returns its token.
 #[derive(Message)]
@@ -587,6 +603,10 @@ impl Handler<CustomerDisconnected> for WebchatChannel {
     type Result = ();
 
     fn handle(&mut self, msg: CustomerDisconnected, ctx: &mut Context<Self>) {
+        if self.broker.draining() {
+            // Closed by the shutdown, not gone: no away or idle clock.
+            return;
+        }
         let grace = self.broker.config.customer_grace;
         if let Some(s) = self.sessions.get_mut(&msg.session) {
             s.sockets.retain(|sock| sock.link.id != msg.socket);

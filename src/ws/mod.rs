@@ -93,6 +93,16 @@ pub struct CloseSession {
     pub reason: String,
 }
 
+/// The broker is shutting down: close every socket you hold with this code
+/// and reason (handled by the webchat shards, the agents and the
+/// supervisor hub, the actors that hold sockets).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct CloseAll {
+    pub code: ws::CloseCode,
+    pub reason: String,
+}
+
 /// Unique per socket within the process.
 pub fn next_session_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
