@@ -47,6 +47,9 @@ struct Rebuilt {
     state: ConversationState,
     addr: Addr<Conversation>,
     mailbox: Mailbox<Conversation>,
+    /// Waiting, but the router never recorded its arrival (the crash fell
+    /// in between): it enqueues its task again as it starts.
+    enqueue: bool,
 }
 
 /// An agent being rebuilt, with its credential.
@@ -109,6 +112,7 @@ pub fn replay(
                         state: *state,
                         addr,
                         mailbox,
+                        enqueue: false,
                     },
                 );
             }
@@ -203,6 +207,10 @@ pub fn replay(
     for channel in webchat.iter_mut() {
         channel.restored();
     }
+    for c in out.conversations.values_mut() {
+        c.enqueue = matches!(c.state.task_state, TaskState::Queued | TaskState::Reserved)
+            && !router.routes(&c.state.task_id);
+    }
     router.define_configured_queues();
     Ok(out)
 }
@@ -244,8 +252,8 @@ impl Replayed {
                 c.state.task_id.clone(),
                 c.addr.clone(),
             );
-            conversations.push((c.state.task_id.clone(), c.addr));
-            let actor = Conversation::restored(broker, c.state, channel, agent);
+            conversations.push((c.state.task_id.clone(), c.addr, c.state.task_state));
+            let actor = Conversation::restored(broker, c.state, channel, agent, c.enqueue);
             let mailbox = c.mailbox;
             broker
                 .shards

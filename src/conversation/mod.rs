@@ -163,6 +163,9 @@ pub struct Conversation {
     wrapup: Option<SpawnHandle>,
     /// Boxed: taken at start, so it should not keep its room in the actor.
     opening: Option<Box<Opening>>,
+    /// Restored from the journal waiting, unknown to the router: enqueue
+    /// the task as it starts.
+    enqueue_on_start: bool,
 }
 
 impl Conversation {
@@ -213,6 +216,7 @@ impl Conversation {
             agent: None,
             wrapup: None,
             opening: Some(Box::new(spec.opening)),
+            enqueue_on_start: false,
         };
         // Registered before it runs: its first act queues the task, and the
         // agent who accepts must find it by id.

@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
-use super::{Conversation, ConversationState};
+use super::{Conversation, ConversationEvent, ConversationState};
 use crate::agent::Agent;
 use crate::channel::ToCustomer;
 use crate::protocol::TaskState;
+use crate::router::EnqueueTask;
 use crate::wiring::Broker;
 
 impl Conversation {
@@ -24,8 +25,10 @@ impl Conversation {
         state: ConversationState,
         channel: Recipient<ToCustomer>,
         agent: Option<Addr<Agent>>,
+        enqueue: bool,
     ) -> Self {
         Conversation {
+            enqueue_on_start: enqueue,
             broker: broker.clone(),
             channel,
             customer: state.customer.address.as_str().into(),
@@ -40,6 +43,21 @@ impl Conversation {
     /// Started from the journal (it has no opening to process): count the
     /// task and start the timers its state had.
     pub(super) fn resume(&mut self, ctx: &mut Context<Self>) {
+        if std::mem::take(&mut self.enqueue_on_start) {
+            // Its arrival never reached the router's journal: arrive again
+            // (an offer the router never recorded was never answered).
+            if self.state.task_state == TaskState::Reserved {
+                self.apply(ConversationEvent::TaskMoved {
+                    state: TaskState::Queued,
+                    agent_id: None,
+                    agent_name: None,
+                });
+            }
+            self.broker.router.do_send(EnqueueTask {
+                task: self.routable(),
+                conversation: ctx.address(),
+            });
+        }
         self.broker.metrics.task_moved(None, self.state.task_state);
         let since_end = |total: Duration| {
             let ended = self.state.ended_at.unwrap_or_else(SystemTime::now);

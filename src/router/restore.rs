@@ -10,25 +10,76 @@
 
 use actix::prelude::*;
 
+use std::collections::HashMap;
+
 use super::state::Hold;
-use super::{Router, RouterEvent};
+use super::{Outcome, Router, RouterEvent};
 use crate::agent::Agent;
 use crate::conversation::Conversation;
-use crate::protocol::{Id, RescindReason};
+use crate::protocol::{Id, RescindReason, TaskState};
 
 impl Router {
     /// Apply a journaled event without writing it again (replay).
     pub(crate) fn replay(&mut self, event: RouterEvent) {
         self.state.apply(event);
     }
+
+    /// Whether the replayed state knows this task (waiting or held).
+    pub(crate) fn routes(&self, task_id: &Id) -> bool {
+        self.state.held.contains_key(task_id) || self.state.queued.contains_key(task_id)
+    }
 }
 
-/// The agents and conversations started from the journal, by id and task id.
+/// The agents and conversations started from the journal: agents by id,
+/// conversations by task id with their task's state as the conversation
+/// has it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Restored {
     pub agents: Vec<(Id, Addr<Agent>)>,
-    pub conversations: Vec<(Id, Addr<Conversation>)>,
+    pub conversations: Vec<(Id, Addr<Conversation>, TaskState)>,
+}
+
+impl Router {
+    /// A crash can fall between the router's record of a change and the
+    /// conversation's record of the same change (each writes its own, one
+    /// after the other). Make them agree again, taking the side that is
+    /// safe: a task finished in its conversation is finished here; a task
+    /// its conversation still sees waiting or offered goes back to the
+    /// queue; a task with no conversation left is closed. (A conversation
+    /// whose task the router never heard of enqueues it itself: see
+    /// `Conversation::restored`.)
+    fn reconcile(&mut self, conversations: &[(Id, Addr<Conversation>, TaskState)]) {
+        let states: HashMap<&Id, TaskState> = conversations
+            .iter()
+            .map(|(task, _, state)| (task, *state))
+            .collect();
+        let known: Vec<Id> = self
+            .state
+            .held
+            .keys()
+            .chain(self.state.queued.keys())
+            .cloned()
+            .collect();
+        for task_id in known {
+            match states.get(&task_id) {
+                None => self.close(task_id, Outcome::Canceled),
+                Some(TaskState::Completed) => self.close(task_id, Outcome::Completed),
+                Some(TaskState::Canceled) => self.close(task_id, Outcome::Canceled),
+                Some(TaskState::Queued | TaskState::Reserved) => {
+                    let assigned = self
+                        .state
+                        .held
+                        .get(&task_id)
+                        .is_some_and(|h| !matches!(h.hold, Hold::Reserved { .. }));
+                    if assigned {
+                        self.take_back(&task_id, RescindReason::Reassigned, None);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
 }
 
 impl Handler<Restored> for Router {
@@ -36,7 +87,12 @@ impl Handler<Restored> for Router {
 
     fn handle(&mut self, msg: Restored, ctx: &mut Context<Self>) {
         self.addrs.extend(msg.agents);
-        self.conversations.extend(msg.conversations);
+        self.conversations.extend(
+            msg.conversations
+                .iter()
+                .map(|(task, addr, _)| (task.clone(), addr.clone())),
+        );
+        self.reconcile(&msg.conversations);
         let connected: Vec<Id> = self
             .state
             .agents
