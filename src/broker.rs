@@ -168,9 +168,38 @@ pub struct RegistryParts<W: Wiring> {
     pub journal: Option<crate::journal::Journal>,
 }
 
+/// The key of signed attachment links: random per process, or, with a data
+/// dir, kept there (`link.key`, readable by its owner only) so links handed
+/// to providers survive a restart as the files do. Start-up only (disk).
+fn link_key(data_dir: Option<&std::path::Path>) -> [u8; 32] {
+    let Some(dir) = data_dir else {
+        return rand::random();
+    };
+    let path = dir.join("link.key");
+    if let Some(key) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+    {
+        return key;
+    }
+    let key: [u8; 32] = rand::random();
+    let written = std::fs::create_dir_all(dir).and_then(|()| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        std::io::Write::write_all(&mut options.open(&path)?, &key)
+    });
+    if let Err(e) = written {
+        tracing::warn!(error = %e, path = %path.display(), "attachment link key not kept; links die with the process");
+    }
+    key
+}
+
 impl<W: Wiring> Registry<W> {
     pub fn new(parts: RegistryParts<W>) -> Arc<Self> {
         let auth_throttle = AuthThrottle::new(parts.config.auth_failures_per_minute);
+        let link_key = link_key(parts.config.data_dir.as_deref());
         Arc::new(Registry {
             attachments: AttachmentStore::new(&parts.config),
             limits: crate::limits::Limits::new(&parts.config),
@@ -183,7 +212,7 @@ impl<W: Wiring> Registry<W> {
             channels: parts.channels,
             supervisor: parts.supervisor,
             http: parts.http,
-            link_key: rand::random(),
+            link_key,
             journal: parts.journal,
             agents: DashMap::default(),
             agent_tokens: DashMap::new(),

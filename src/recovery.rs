@@ -10,8 +10,9 @@
 //! (queues, waiting tasks in their order, offers, assignments, the day's
 //! statistics, last agents), conversations (history with `seq`, task state,
 //! disposition, notes) and webchat sessions (token, name, skills, queue,
-//! latest conversation). A conversation that had left memory (history
-//! retention) stays gone.
+//! latest conversation), provider threads, and stored files (their bytes
+//! kept in the data dir). A conversation that had left memory (history
+//! retention) stays gone, and so does a file no message held any more.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -167,6 +168,15 @@ pub fn replay(
                     channel.replay(event, addr);
                 }
             }
+            Record::AttachmentStored {
+                meta,
+                uploader,
+                quota,
+                at,
+            } => {
+                // False when the file left the store before the restart.
+                broker.attachments.restore(meta, uploader, quota, at);
+            }
             Record::Provider { channel, event } => {
                 let Some((_, shards)) = providers.iter_mut().find(|(k, _)| *k == channel) else {
                     // A channel that is not enabled now.
@@ -206,6 +216,19 @@ pub fn replay(
     }
     for channel in webchat.iter_mut() {
         channel.restored();
+    }
+    // Each message in memory holds a use of its files; a webchat customer
+    // may read what was sent in their conversations.
+    for c in out.conversations.values() {
+        let customer: Id = c.state.customer.address.as_str().into();
+        for a in c.state.messages.iter().flat_map(|m| &m.attachments) {
+            broker.attachments.acquire(&a.id);
+            if c.state.channel == ChannelKind::Webchat {
+                if let Some(stored) = broker.attachments.get(&a.id) {
+                    stored.grant(&customer);
+                }
+            }
+        }
     }
     for c in out.conversations.values_mut() {
         c.enqueue = matches!(c.state.task_state, TaskState::Queued | TaskState::Reserved)

@@ -136,3 +136,80 @@ async fn a_restart_keeps_sms_threads_and_their_dedupe() {
     );
     assert_eq!(sends[0].form_value("To").as_deref(), Some(DANA));
 }
+
+/// Files come back with the conversations that carry them: the customer's
+/// upload, sent in a message, downloads byte for byte after the restart, by
+/// the agent and by the customer; a file nobody sent is still the
+/// uploader's to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_files_sent_and_unsent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = durable_config(dir.path());
+    let h = start_with(cfg.clone());
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let (ann, mut ann_ws, _) = h.customer_with_message("Ann", "hello").await;
+    desk.take_offer().await;
+    let photo: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let upload = |name: &'static str, body: Vec<u8>| {
+        let h = &h;
+        let token = ann.token.clone();
+        async move {
+            let r = h
+                .request_raw(
+                    reqwest::Method::POST,
+                    &format!("/v1/attachments?filename={name}"),
+                    Some(&token),
+                    "image/png",
+                    body,
+                )
+                .await;
+            assert_eq!(r.status, 201, "{}", r.text);
+            s(&r.body["id"])
+        }
+    };
+    let sent = upload("photo.png", photo.clone()).await;
+    let unsent = upload("later.png", vec![7u8; 100]).await;
+    ann_ws
+        .send(serde_json::json!({"type": "message", "text": "see", "attachments": [sent], "client_msg_id": "f1"}))
+        .await;
+    ann_ws.recv_type("ack").await;
+    desk.recv_message_text("see").await;
+    drop((desk, ann_ws));
+    drop(h);
+
+    let h = start_with(cfg);
+    let fetch = |token: String, id: String| {
+        let h = &h;
+        async move {
+            let resp = h
+                .http
+                .get(h.url(&format!("/v1/attachments/{id}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("download");
+            (
+                resp.status().as_u16(),
+                resp.bytes().await.expect("body").to_vec(),
+            )
+        }
+    };
+    let (status, bytes) = fetch(alice.token.clone(), sent.clone()).await;
+    assert_eq!(status, 200);
+    assert!(bytes == photo, "the file came back changed");
+    let (status, bytes) = fetch(ann.token.clone(), sent.clone()).await;
+    assert_eq!((status, bytes.len()), (200, photo.len()));
+    let (mut ann_ws, history) = h.connect_customer(&ann).await;
+    assert_eq!(
+        history["messages"][1]["attachments"][0]["id"],
+        sent.as_str(),
+        "{history}"
+    );
+    // The unsent upload is still Ann's to send.
+    ann_ws
+        .send(serde_json::json!({"type": "message", "text": "and this", "attachments": [unsent], "client_msg_id": "f2"}))
+        .await;
+    let ack = ann_ws.recv_type("ack").await;
+    assert_eq!(ack["seq"], 3, "{ack}");
+}

@@ -612,15 +612,26 @@ async fn fetch_media(
         filename,
         error: None,
     };
+    let bytes = bytes.freeze();
+    broker
+        .attachments
+        .persist(&meta.id, &bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    let uploader = crate::attachments::Uploader::Provider;
+    record::write(
+        broker.journal.as_ref(),
+        RecordRef::AttachmentStored {
+            meta: &meta,
+            uploader: &uploader,
+            quota: None,
+            at: std::time::SystemTime::now(),
+        },
+    );
     // No uploading session: no quota to be over.
     broker
         .attachments
-        .insert(
-            meta.clone(),
-            bytes.freeze(),
-            crate::attachments::Uploader::Provider,
-            None,
-        )
+        .insert_persisted(meta.clone(), bytes, uploader, None)
         .map_err(|e| e.to_string())?;
     Ok(meta)
 }

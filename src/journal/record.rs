@@ -17,11 +17,12 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentEvent, AgentProfile};
+use crate::attachments::{Quota, Uploader};
 use crate::channel::provider::ProviderEvent;
 use crate::channel::webchat::WebchatEvent;
 use crate::conversation::{ConversationEvent, ConversationState};
 use crate::journal::Journal;
-use crate::protocol::{ChannelKind, Id};
+use crate::protocol::{AttachmentMeta, ChannelKind, Id};
 use crate::router::RouterEvent;
 
 /// One state change, as written (borrowed from the actor that makes it).
@@ -63,6 +64,13 @@ pub enum RecordRef<'a> {
         channel: ChannelKind,
         event: &'a ProviderEvent,
     },
+    /// A file was stored (its bytes written to the data dir before this).
+    AttachmentStored {
+        meta: &'a AttachmentMeta,
+        uploader: &'a Uploader,
+        quota: Option<&'a Quota>,
+        at: SystemTime,
+    },
 }
 
 /// One state change, as read back for replay.
@@ -98,6 +106,12 @@ pub enum Record {
     Provider {
         channel: ChannelKind,
         event: ProviderEvent,
+    },
+    AttachmentStored {
+        meta: AttachmentMeta,
+        uploader: Uploader,
+        quota: Option<Quota>,
+        at: SystemTime,
     },
 }
 
