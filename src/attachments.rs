@@ -176,7 +176,9 @@ impl AttachmentStore {
         let id = meta.id.clone();
         self.insert(meta, bytes, uploader, quota).inspect_err(|_| {
             if let Some(path) = self.path_of(&id) {
-                drop(tokio::task::spawn_blocking(move || std::fs::remove_file(path)));
+                drop(tokio::task::spawn_blocking(move || {
+                    std::fs::remove_file(path)
+                }));
             }
         })
     }

@@ -213,3 +213,49 @@ async fn a_restart_keeps_files_sent_and_unsent() {
     let ack = ann_ws.recv_type("ack").await;
     assert_eq!(ack["seq"], 3, "{ack}");
 }
+
+/// A reply whose provider send had no answer when the broker stopped goes
+/// out again after the restart, and its status reaches the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_send_in_flight_at_the_stop_is_sent_after_the_restart() {
+    use providers::mock::{Api, Failure};
+    use providers::*;
+
+    const DANA: &str = "+15551230000";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mock = providers::mock::Mock::start();
+    let mut cfg = providers::config(&mock);
+    cfg.data_dir = Some(dir.path().to_owned());
+    let env = Env {
+        h: start_with(cfg.clone()),
+        mock,
+    };
+    let (alice, mut desk) = env.agent("alice").await;
+    let r = env.sms_inbound(&sms_params("SM0001", DANA, "hello?")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (offer, _) = desk.take_offer().await;
+    let conv = s(&offer["task"]["conversation_id"]);
+    // Twilio hangs: the send is in flight when the broker stops.
+    env.mock.fail(
+        Api::Twilio,
+        100,
+        Failure::Slow(std::time::Duration::from_secs(30)),
+    );
+    let mid = send_ok(&mut desk, &conv, "On its way.", &[]).await;
+    env.mock.wait_sends(Api::Twilio, 1).await;
+    drop(desk);
+    let Env { h, mock } = env;
+    drop(h);
+    mock.heal(Api::Twilio);
+
+    let env = Env {
+        h: start_with(cfg),
+        mock,
+    };
+    let (mut desk, _hello) = env.h.connect_agent(&alice).await;
+    let sends = env.mock.wait_sends(Api::Twilio, 2).await;
+    assert_eq!(sends[1].form_value("Body").as_deref(), Some("On its way."));
+    assert_eq!(sends[1].form_value("To").as_deref(), Some(DANA));
+    let st = next_status(&mut desk, &mid).await;
+    assert_eq!(st["status"], "sent", "{st}");
+}

@@ -13,12 +13,42 @@ use actix::prelude::*;
 
 use super::{Conversation, ConversationEvent, ConversationState};
 use crate::agent::Agent;
+use crate::channel::CustomerEvent;
 use crate::channel::ToCustomer;
-use crate::protocol::TaskState;
+use crate::protocol::{Author, ChannelKind, DeliveryStatus, Message, TaskState};
 use crate::router::EnqueueTask;
 use crate::wiring::Broker;
 
 impl Conversation {
+    /// Provider sends that had not been answered when the broker stopped
+    /// (the reply still `accepted`) go out again, in order, through the
+    /// channel's outbound queue. At least once: a send the provider took
+    /// just before a crash, with no answer recorded, is sent twice.
+    fn resend_pending(&mut self) {
+        if self.state.channel == ChannelKind::Webchat {
+            return;
+        }
+        let pending: Vec<Message> = self
+            .state
+            .messages
+            .iter()
+            .filter(|m| m.from == Author::Agent && m.status == DeliveryStatus::Accepted)
+            .cloned()
+            .collect();
+        for message in pending {
+            if let Some(budget) = self.broker.channels.budget(self.state.channel) {
+                // Its place in the queue was taken before the restart.
+                budget.force_reserve();
+            }
+            let frame = self.message_frame(&message, None);
+            self.to_customer(CustomerEvent::Message {
+                message: Box::new(message),
+                frame,
+                template: None,
+            });
+        }
+    }
+
     /// The actor for a replayed state, not yet started.
     pub fn restored(
         broker: &Arc<Broker>,
@@ -59,6 +89,7 @@ impl Conversation {
             });
         }
         self.broker.metrics.task_moved(None, self.state.task_state);
+        self.resend_pending();
         let since_end = |total: Duration| {
             let ended = self.state.ended_at.unwrap_or_else(SystemTime::now);
             let gone = ended.elapsed().unwrap_or_default();
