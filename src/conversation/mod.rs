@@ -110,6 +110,10 @@ pub fn validate_content(
     Ok(files.iter().map(|f| f.meta.clone()).collect())
 }
 
+/// How many of a conversation's newest messages a resent `client_msg_id`
+/// is looked for in (see `Conversation::stored_as`).
+pub const RESEND_WINDOW: usize = 256;
+
 /// How a conversation starts.
 pub enum Opening {
     /// A customer wrote in: the task goes to the router.
@@ -348,6 +352,28 @@ impl Conversation {
     }
 
     /// The message [`Conversation::append`] just stored.
+    /// The message `from` (and, for an agent, that agent) already sent with
+    /// this `client_msg_id`, among the last [`RESEND_WINDOW`]: a resend
+    /// after a dropped socket, to be acknowledged again and not stored.
+    fn stored_as(
+        &self,
+        from: Author,
+        agent: Option<&str>,
+        client_msg_id: Option<&str>,
+    ) -> Option<&Message> {
+        let id = client_msg_id?;
+        self.state
+            .messages
+            .iter()
+            .rev()
+            .take(RESEND_WINDOW)
+            .find(|m| {
+                m.from == from
+                    && m.client_msg_id.as_deref() == Some(id)
+                    && (from != Author::Agent || m.agent_id.as_deref() == agent)
+            })
+    }
+
     fn last_message(&self) -> &Message {
         // `append` pushed one: the history is not empty.
         &self.state.messages[self.state.messages.len() - 1]
