@@ -27,6 +27,7 @@ use crate::conversation::{
 use crate::error::ApiError;
 use crate::http::same_secret;
 use crate::ids::IdMap;
+use crate::journal::record::{self, RecordRef};
 use crate::protocol::{
     ok_frame, Activity, AgentCommand, AgentView, ChannelKind, Customer, Event, Frame, Id,
     PerChannel, TaskState, TaskView, TransferMode,
@@ -80,6 +81,8 @@ pub struct Agent {
     by_conversation: IdMap<Id, Id>,
     /// Running while disconnected and within the grace period.
     grace: Option<SpawnHandle>,
+    /// Rebuilt from the journal: its disconnect grace starts as it starts.
+    restored: bool,
 }
 
 impl Agent {
@@ -94,17 +97,10 @@ impl Agent {
         token: Option<String>,
     ) -> Result<String, ApiError> {
         let token = token.unwrap_or_else(crate::ids::token);
+        let profile_id = profile.id.clone();
+        let recorded = profile.clone();
         broker.insert_agent(profile.id.clone(), token.clone(), || {
-            let actor = Agent {
-                broker: broker.clone(),
-                profile: profile.clone(),
-                activity: Activity::Offline,
-                session: None,
-                session_token: None,
-                tasks: IdMap::default(),
-                by_conversation: IdMap::default(),
-                grace: None,
-            };
+            let actor = Agent::new(broker, profile.clone());
             let addr = broker.shards.start(actor);
             broker.router.do_send(router::UpsertAgent {
                 id: profile.id,
@@ -115,7 +111,48 @@ impl Agent {
             });
             addr
         })?;
+        if let Some(journal) = &broker.journal {
+            let expires_at = broker.agent(&profile_id).and_then(|e| e.expires_at);
+            record::write(
+                Some(journal),
+                RecordRef::AgentCreated {
+                    profile: &recorded,
+                    token: &token,
+                    expires_at,
+                },
+            );
+        }
         Ok(token)
+    }
+
+    /// The actor for a profile, offline, not yet started.
+    fn new(broker: &Arc<Broker>, profile: AgentProfile) -> Self {
+        Agent {
+            broker: broker.clone(),
+            profile,
+            activity: Activity::Offline,
+            session: None,
+            session_token: None,
+            tasks: IdMap::default(),
+            by_conversation: IdMap::default(),
+            grace: None,
+            restored: false,
+        }
+    }
+
+    /// An agent rebuilt from the journal (its events follow through
+    /// [`Agent::replay`]), not yet started: disconnected, its disconnect
+    /// grace running from the start.
+    pub fn restored(broker: &Arc<Broker>, profile: AgentProfile) -> Self {
+        Agent {
+            restored: true,
+            ..Agent::new(broker, profile)
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &Id {
+        &self.profile.id
     }
 
     /// Whether a desktop that authenticated with `token` may stay: `None` if
@@ -131,8 +168,21 @@ impl Agent {
         }
     }
 
-    /// The one place agent state changes.
+    /// The one place agent state changes: written to the journal, then
+    /// applied.
     fn apply(&mut self, event: AgentEvent) {
+        record::write(
+            self.broker.journal.as_ref(),
+            RecordRef::Agent {
+                id: &self.profile.id,
+                event: &event,
+            },
+        );
+        self.replay(event);
+    }
+
+    /// Apply an event without writing it (journal replay, and `apply`).
+    pub(crate) fn replay(&mut self, event: AgentEvent) {
         match event {
             AgentEvent::ProfileChanged(p) => self.profile = p,
             AgentEvent::ActivityChanged(a) => self.activity = a,
@@ -207,6 +257,12 @@ impl Agent {
             connected: false,
             activity: self.activity,
         });
+        self.start_grace(ctx);
+    }
+
+    /// Disconnected: the tasks stay for `disconnect_grace`, then go back to
+    /// the queue and the agent is offline.
+    fn start_grace(&mut self, ctx: &mut Context<Self>) {
         let grace = self.broker.config.disconnect_grace;
         self.grace = Some(ctx.run_later(grace, |act, _| {
             act.grace = None;
@@ -567,6 +623,22 @@ impl Actor for Agent {
         // Conversations and the router send with do_send; the bound matters
         // only for `send` callers (HTTP), which may wait.
         ctx.set_mailbox_capacity(1024);
+        if self.restored && self.session.is_none() {
+            self.start_grace(ctx);
+        }
+    }
+}
+
+impl Handler<crate::ws::CloseAll> for Agent {
+    type Result = ();
+
+    /// The desktop is closed; the agent stays as it is (the journal keeps
+    /// it, and the restarted broker gives it its disconnect grace).
+    fn handle(&mut self, msg: crate::ws::CloseAll, _: &mut Context<Self>) {
+        if let Some(link) = self.session.take() {
+            link.close(msg.code, &msg.reason);
+        }
+        self.session_token = None;
     }
 }
 

@@ -25,6 +25,7 @@
 //! come back as files leave memory.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ use crate::error::ApiError;
 use crate::protocol::{AttachmentMeta, Id};
 
 /// Who put a file into the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Uploader {
     /// A webchat customer, by session id.
     Customer(Id),
@@ -74,7 +75,7 @@ pub struct StoredAttachment {
 
 /// A webchat customer's upload: the session and the client address whose
 /// quotas it counts against.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Quota {
     pub session: Id,
     pub ip: Option<IpAddr>,
@@ -111,6 +112,9 @@ pub struct AttachmentStore {
     max_files: usize,
     max_bytes: u64,
     max_ip_bytes: u64,
+    /// With a data dir: where each file's bytes are kept (`files/<id>`),
+    /// written before the record that stores it.
+    dir: Option<PathBuf>,
 }
 
 impl AttachmentStore {
@@ -121,8 +125,104 @@ impl AttachmentStore {
             max_files: config.uploads_per_session,
             max_bytes: config.upload_bytes_per_session,
             max_ip_bytes: config.upload_bytes_per_ip,
+            dir: config.data_dir.as_ref().map(|d| d.join("files")),
             ..AttachmentStore::default()
         }
+    }
+
+    /// Where a file's bytes are kept on disk (with a data dir).
+    fn path_of(&self, id: &str) -> Option<PathBuf> {
+        // Ids are the broker's own (`ids::attachment_id`): no separators.
+        self.dir.as_ref().map(|d| d.join(id))
+    }
+
+    /// With a data dir: write a file's bytes to disk and sync them, off the
+    /// executor, before the file is stored and recorded (so no record names
+    /// a file that is not there). Without one: nothing to do.
+    pub async fn persist(&self, id: &str, bytes: &Bytes) -> Result<(), ApiError> {
+        let (Some(dir), Some(path)) = (self.dir.clone(), self.path_of(id)) else {
+            return Ok(());
+        };
+        let bytes = bytes.clone();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            std::fs::create_dir_all(&dir)?;
+            let mut file = std::fs::File::create(&path)?;
+            file.write_all(&bytes)?;
+            file.sync_all()
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ApiError::Unavailable(format!(
+                "the file could not be stored: {e}"
+            ))),
+            Err(e) => Err(ApiError::Unavailable(format!(
+                "the file could not be stored: {e}"
+            ))),
+        }
+    }
+
+    /// Store a file whose bytes [`AttachmentStore::persist`] wrote: as
+    /// [`AttachmentStore::insert`], and if the store refuses it (a quota),
+    /// its bytes leave the disk again.
+    pub fn insert_persisted(
+        &self,
+        meta: AttachmentMeta,
+        bytes: Bytes,
+        uploader: Uploader,
+        quota: Option<Quota>,
+    ) -> Result<(), ApiError> {
+        let id = meta.id.clone();
+        self.insert(meta, bytes, uploader, quota).inspect_err(|_| {
+            if let Some(path) = self.path_of(&id) {
+                drop(tokio::task::spawn_blocking(move || {
+                    std::fs::remove_file(path)
+                }));
+            }
+        })
+    }
+
+    /// A file recorded in the journal, back in the store after a restart
+    /// with the bytes kept on disk; `false` (nothing stored) if the file
+    /// left the store before the restart. Start-up only: it reads the disk.
+    pub fn restore(
+        &self,
+        meta: AttachmentMeta,
+        uploader: Uploader,
+        quota: Option<Quota>,
+        uploaded_at: std::time::SystemTime,
+    ) -> bool {
+        let Some(bytes) = self.path_of(&meta.id).and_then(|p| std::fs::read(p).ok()) else {
+            return false;
+        };
+        if let Some(who) = &quota {
+            // Admitted before the restart: counted whatever the limit now.
+            let mut held = self.held.entry(who.session.clone()).or_default();
+            held.files += 1;
+            held.bytes += meta.size;
+            drop(held);
+            if let Some(ip) = who.ip {
+                *self.held_by_ip.entry(ip).or_insert(0) += meta.size;
+            }
+        }
+        let age = uploaded_at.elapsed().unwrap_or_default();
+        let uploaded = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let readers = match &uploader {
+            Uploader::Customer(session) => vec![session.clone()],
+            _ => Vec::new(),
+        };
+        let stored = StoredAttachment {
+            meta: meta.clone(),
+            bytes: Bytes::from(bytes),
+            uploader,
+            readers: Mutex::new(readers),
+            uploaded,
+            uses: AtomicUsize::new(0),
+            quota,
+        };
+        self.files.insert(meta.id, Arc::new(stored));
+        true
     }
 
     /// Would `who` stay within its quotas with one more file of `size`
@@ -247,8 +347,18 @@ impl AttachmentStore {
         self.held_by_ip.get(ip).map_or(0, |h| *h)
     }
 
-    /// A file left the store: its uploader's shares come back.
+    /// A file left the store: its uploader's shares come back, and its
+    /// bytes leave the disk (off the executor when there is one).
     fn gone(&self, file: &StoredAttachment) {
+        if let Some(path) = self.path_of(&file.meta.id) {
+            let unlink = move || {
+                let _ = std::fs::remove_file(path);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(unlink)),
+                Err(_) => unlink(),
+            }
+        }
         if let Some(who) = &file.quota {
             self.held.remove_if_mut(&who.session, |_, h| {
                 h.files = h.files.saturating_sub(1);

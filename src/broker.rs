@@ -143,6 +143,9 @@ pub struct Registry<W: Wiring> {
     /// Key of signed attachment links (random per process: links die with it,
     /// as do the files).
     pub link_key: [u8; 32],
+    /// The journal every state change is written to (`data_dir`); `None`:
+    /// purely in memory.
+    pub journal: Option<crate::journal::Journal>,
 
     /// agent id → actor and token.
     agents: DashMap<Id, AgentEntry<W::Agent>, IdHasher>,
@@ -156,6 +159,8 @@ pub struct Registry<W: Wiring> {
     webchat_tokens: DashMap<String, Id>,
     /// Supervisors connected: events are only encoded when someone listens.
     pub supervisors: AtomicUsize,
+    /// Set when shutdown begins ([`Registry::draining`]).
+    draining: std::sync::atomic::AtomicBool,
 
     /// Where conversations and agents run: the HTTP workers' arbiters.
     pub shards: Shards,
@@ -170,11 +175,41 @@ pub struct RegistryParts<W: Wiring> {
     pub supervisor: Addr<W::Supervisor>,
     pub http: reqwest::Client,
     pub webhooks: crate::webhooks::Webhooks,
+    pub journal: Option<crate::journal::Journal>,
+}
+
+/// The key of signed attachment links: random per process, or, with a data
+/// dir, kept there (`link.key`, readable by its owner only) so links handed
+/// to providers survive a restart as the files do. Start-up only (disk).
+fn link_key(data_dir: Option<&std::path::Path>) -> [u8; 32] {
+    let Some(dir) = data_dir else {
+        return rand::random();
+    };
+    let path = dir.join("link.key");
+    if let Some(key) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+    {
+        return key;
+    }
+    let key: [u8; 32] = rand::random();
+    let written = std::fs::create_dir_all(dir).and_then(|()| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        std::io::Write::write_all(&mut options.open(&path)?, &key)
+    });
+    if let Err(e) = written {
+        tracing::warn!(error = %e, path = %path.display(), "attachment link key not kept; links die with the process");
+    }
+    key
 }
 
 impl<W: Wiring> Registry<W> {
     pub fn new(parts: RegistryParts<W>) -> Arc<Self> {
         let auth_throttle = AuthThrottle::new(parts.config.auth_failures_per_minute);
+        let link_key = link_key(parts.config.data_dir.as_deref());
         Arc::new(Registry {
             attachments: AttachmentStore::new(&parts.config),
             limits: crate::limits::Limits::new(&parts.config),
@@ -190,13 +225,15 @@ impl<W: Wiring> Registry<W> {
             supervisor: parts.supervisor,
             http: parts.http,
             webhooks: parts.webhooks,
-            link_key: rand::random(),
+            link_key,
+            journal: parts.journal,
             agents: DashMap::default(),
             agent_tokens: DashMap::new(),
             conversations: DashMap::default(),
             tasks: DashMap::default(),
             webchat_tokens: DashMap::new(),
             supervisors: AtomicUsize::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
             shards: Shards::new(),
         })
     }
@@ -301,6 +338,39 @@ impl<W: Wiring> Registry<W> {
             expires_at: self.token_expiry(),
         });
         Ok(())
+    }
+
+    /// An agent rebuilt from the journal, with the token and expiry it had.
+    pub fn restore_agent(
+        &self,
+        id: Id,
+        token: String,
+        expires_at: Option<SystemTime>,
+        addr: Addr<W::Agent>,
+    ) {
+        self.agent_tokens.insert(token.clone(), id.clone());
+        self.agents.insert(
+            id,
+            AgentEntry {
+                addr,
+                token,
+                expires_at,
+            },
+        );
+    }
+
+    /// Every agent's actor (to tell them all something, e.g. at shutdown).
+    pub fn agent_addrs(&self) -> Vec<Addr<W::Agent>> {
+        self.agents.iter().map(|e| e.value().addr.clone()).collect()
+    }
+
+    /// Shutting down: new requests are refused (`503 unavailable`).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// Forget an agent: its id and its token stop working together.

@@ -154,6 +154,9 @@ pub struct Config {
     pub webchat_session_idle: Duration,
     /// How long a task may stay in wrap-up before it is completed automatically.
     pub wrapup_timeout: Duration,
+    /// SIGTERM/SIGINT: how long the broker has to close sockets, finish
+    /// provider sends and flush the journal before it exits.
+    pub shutdown_timeout: Duration,
     /// Disposition used when the wrap-up timeout completes a task.
     pub wrapup_disposition: String,
     /// How long a finished conversation stays readable before it is dropped
@@ -255,8 +258,6 @@ pub struct Config {
     /// Bytes of records waiting for the journal's writer before new ones are
     /// refused (`unavailable`).
     pub journal_queue_bytes: u64,
-    /// Records between two snapshots.
-    pub snapshot_every: u64,
     /// Agents created at start.
     pub agents: Vec<AgentSeed>,
     /// Queues defined at start (`default` is always there too).
@@ -357,6 +358,7 @@ impl Default for Config {
             customer_grace: Duration::from_secs(60),
             webchat_session_idle: Duration::from_secs(30 * 60),
             wrapup_timeout: Duration::from_secs(600),
+            shutdown_timeout: Duration::from_secs(10),
             wrapup_disposition: "no_response".into(),
             history_retention: Duration::from_secs(3600),
             max_upload: 25 * 1024 * 1024,
@@ -410,7 +412,6 @@ impl Default for Config {
             fsync_interval: crate::journal::DEFAULT_BATCH_DELAY,
             journal_segment_bytes: crate::journal::DEFAULT_SEGMENT_BYTES,
             journal_queue_bytes: crate::journal::DEFAULT_QUEUE_BYTES as u64,
-            snapshot_every: 100_000,
             agents: Vec::new(),
             queues: Vec::new(),
             routes: Vec::new(),
@@ -856,9 +857,6 @@ impl Config {
                 )));
             }
         }
-        if self.snapshot_every == 0 {
-            return Err(ConfigError("snapshot_every: must be at least 1".into()));
-        }
         Ok(())
     }
 
@@ -1185,6 +1183,10 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_WRAPUP_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
     pub wrapup_timeout: Option<Duration>,
+    /// Time a graceful shutdown (SIGTERM, SIGINT) may take.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub shutdown_timeout: Option<Duration>,
     /// Disposition used by the wrap-up timeout.
     #[arg(long, env = "SWITCHBOARD_WRAPUP_DISPOSITION")]
     pub wrapup_disposition: Option<String>,
@@ -1336,9 +1338,6 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_JOURNAL_QUEUE_BYTES", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
     pub journal_queue_bytes: Option<u64>,
-    /// Journal records between two snapshots.
-    #[arg(long, env = "SWITCHBOARD_SNAPSHOT_EVERY")]
-    pub snapshot_every: Option<u64>,
 
     /// Externally visible base URL, e.g. https://chat.example.com.
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
@@ -1550,6 +1549,7 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "webchat_session_idle" => duration(c.webchat_session_idle),
         "wrapup_timeout" => duration(c.wrapup_timeout),
         "wrapup_disposition" => value(c.wrapup_disposition.clone()),
+        "shutdown_timeout" => duration(c.shutdown_timeout),
         "history_retention" => duration(c.history_retention),
         "max_upload" => value(show_size(c.max_upload)),
         "max_text" => value(c.max_text.to_string()),
@@ -1591,7 +1591,6 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "fsync_interval" => duration(c.fsync_interval),
         "journal_segment_bytes" => value(show_size(c.journal_segment_bytes)),
         "journal_queue_bytes" => value(show_size(c.journal_queue_bytes)),
-        "snapshot_every" => value(c.snapshot_every.to_string()),
         "public_url" => Some(Shown::Note("http://<bind>")),
         "twilio_api_base" => value(c.twilio_api_base.clone()),
         "graph_api_base" => value(c.graph_api_base.clone()),
@@ -1696,7 +1695,7 @@ impl Args {
         }
         overlay!(self, cfg;
             bind, offer_timeout, reoffer_cooldown, disconnect_grace, customer_grace, webchat_session_idle,
-            wrapup_timeout, wrapup_disposition,
+            wrapup_timeout, wrapup_disposition, shutdown_timeout,
             history_retention, auth_failures_per_minute, max_history_messages, max_history_bytes,
             history_replay, history_frame_bytes,
             max_upload, max_text, max_notes, max_canned_responses, max_canned_text,
@@ -1712,7 +1711,7 @@ impl Args {
             attachment_link_ttl, sim_agents, sim_capacity, sim_accept_delay, sim_reply_delay,
             sim_wrapup_delay, sim_replies, sim_disposition, sim_seed, aging, max_missed_offers,
             webhook_timeout, webhook_backoff, webhook_retry_for, webhook_queue, webhook_in_flight,
-            fsync, fsync_interval, journal_segment_bytes, journal_queue_bytes, snapshot_every;
+            fsync, fsync_interval, journal_segment_bytes, journal_queue_bytes;
             admin_token, data_dir, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token,
@@ -2439,7 +2438,7 @@ queue = "billing"
         let data = dir.path().join("new").join("data");
         let file = format!(
             "data_dir = {:?}\nfsync = \"always\"\njournal_segment_bytes = \"8MiB\"\n\
-             journal_queue_bytes = \"1MiB\"\nsnapshot_every = 5000\n",
+             journal_queue_bytes = \"1MiB\"\n",
             data.to_str().unwrap()
         );
         let cfg = load_file(
@@ -2449,7 +2448,7 @@ queue = "billing"
         )
         .unwrap();
         assert_eq!(cfg.data_dir.as_deref(), Some(data.as_path()));
-        assert_eq!((cfg.fsync, cfg.snapshot_every), (FsyncMode::Batch, 5000));
+        assert_eq!(cfg.fsync, FsyncMode::Batch);
         let j = cfg.journal().unwrap();
         assert_eq!(j.dir, data.join("journal"));
         assert_eq!(
@@ -2490,8 +2489,6 @@ queue = "billing"
         assert!(err.contains("journal_segment_bytes: 1000"), "{err}");
         let err = with(&|c| c.journal_queue_bytes = 0);
         assert!(err.contains("journal_queue_bytes"), "{err}");
-        let err = with(&|c| c.snapshot_every = 0);
-        assert!(err.contains("snapshot_every"), "{err}");
     }
 
     #[test]

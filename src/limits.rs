@@ -283,6 +283,14 @@ impl Limits {
     }
 
     /// A webchat session counted by [`Limits::open_session`] is gone.
+    /// A session rebuilt from the journal counts as open again (whatever
+    /// the limit: it was admitted before the restart).
+    pub fn session_restored(&self, ip: Option<IpAddr>) {
+        if let Some(ip) = ip {
+            self.open_sessions.force(ip);
+        }
+    }
+
     pub fn session_closed(&self, ip: Option<IpAddr>) {
         if let Some(ip) = ip {
             self.open_sessions.give_back(ip);

@@ -61,6 +61,8 @@ pub struct Started {
     /// Tokens generated for `[[agents]]` configured without one: (id, token).
     pub generated_agent_tokens: Vec<(String, String)>,
     pub arbiters: Vec<Arbiter>,
+    /// The registry, for the shutdown.
+    pub broker: Arc<Broker>,
 }
 
 /// Create the `[[agents]]` of the configuration, as `POST /v1/agents` does.
@@ -77,6 +79,10 @@ fn seed_agents(broker: &Arc<Broker>, config: &Config) -> std::io::Result<Vec<(St
             seed.skills.clone(),
         )
         .map_err(invalid)?;
+        if broker.agent(&seed.id).is_some() {
+            // Restored from the journal, with the token it had.
+            continue;
+        }
         let token = Agent::create(broker, profile, seed.token.clone()).map_err(invalid)?;
         if seed.token.is_none() {
             generated.push((seed.id.clone(), token));
@@ -198,7 +204,7 @@ thread_local! {
 
 /// The channel shards one HTTP worker runs, waiting for it to start.
 struct WorkerShards {
-    webchat: Mailbox<WebchatChannel>,
+    webchat: (Mailbox<WebchatChannel>, WebchatChannel),
     /// One shard of each enabled provider channel.
     providers: Vec<(Mailbox<ProviderChannel>, ProviderChannel)>,
 }
@@ -216,9 +222,8 @@ fn join_as_shard(
     }
     let i = next.fetch_add(1, Ordering::Relaxed);
     if let Some(shards) = waiting.lock().get_mut(i).and_then(Option::take) {
-        shards
-            .webchat
-            .run_here(WebchatChannel::new(Arc::clone(broker)));
+        let (mailbox, channel) = shards.webchat;
+        mailbox.run_here(channel);
         for (mailbox, channel) in shards.providers {
             mailbox.run_here(channel);
         }
@@ -262,8 +267,44 @@ fn app(
         timeout: data.config.request_body_timeout,
         min_rate: data.config.request_body_min_rate,
     };
+    let journal = data.journal.clone();
+    let registry = data.get_ref().clone();
     App::new()
         .app_data(data)
+        // What a request changed is durable before it is answered: the
+        // journal's end when the handler returns covers every record it
+        // caused (a webhook's `200`, a created session or agent).
+        .wrap_fn(move |req, srv| {
+            if registry.draining() {
+                let refusal = crate::ApiError::Unavailable(crate::shutdown::SHUTTING_DOWN.into())
+                    .error_response();
+                return Either::Left(ready(Ok(req.into_response(refusal))));
+            }
+            let journal = journal.clone().filter(|_| !req.method().is_safe());
+            // A journal that cannot write (a full disk) takes no new change.
+            if let Some(Err(e)) = journal.as_ref().map(crate::journal::Journal::health) {
+                let refusal = crate::ApiError::Unavailable(e.to_string()).error_response();
+                return Either::Left(ready(Ok(req.into_response(refusal))));
+            }
+            let answer = actix_service::Service::call(srv, req);
+            let answer = async move {
+                let res = answer.await?;
+                let Some(journal) = journal else {
+                    return Ok::<_, actix_web::Error>(res);
+                };
+                match journal.wait_durable(journal.appended()).await {
+                    Ok(()) => Ok(res),
+                    Err(e) => {
+                        let refusal = crate::ApiError::Unavailable(format!(
+                            "the change may not have been stored: {e}"
+                        ))
+                        .error_response();
+                        Ok(res.into_response(refusal))
+                    }
+                }
+            };
+            Either::Right(answer)
+        })
         // A connection's first request line is checked before the
         // dispatcher (`http/request_line.rs`); later ones here. Bodies are
         // held to a minimum data rate (`http/body.rs`).
@@ -483,8 +524,9 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         messenger: None,
         budgets: Default::default(),
     };
-    // Per provider: its shared part and each worker's mailbox.
-    let mut to_start: Vec<(ProviderShared, Vec<Mailbox<ProviderChannel>>)> = Vec::new();
+    // Per provider: its kind, shared part and each worker's mailbox.
+    let mut to_start: Vec<(ChannelKind, ProviderShared, Vec<Mailbox<ProviderChannel>>)> =
+        Vec::new();
     for (kind, shards, shared) in enabled {
         let (Some((addrs, mailboxes)), Some(shared)) = (shards, shared) else {
             continue;
@@ -497,13 +539,14 @@ pub fn start(config: Config) -> std::io::Result<Started> {
             ChannelKind::Messenger => channels.messenger = handle,
             ChannelKind::Webchat => {}
         }
-        to_start.push((shared, mailboxes));
+        to_start.push((kind, shared, mailboxes));
     }
     channels.budgets = budgets;
     // Webhook deliveries on an arbiter of their own (only when configured):
     // a slow receiver's requests and retries never run on an actor's thread.
     let webhook_arbiter = (!config.webhooks.is_empty()).then(&mut arbiter);
     let webhooks = Webhooks::start(&config, webhook_arbiter.as_ref())?;
+    let journal = open_journal(&config)?;
     let broker = Broker::new(BrokerParts {
         config: config.clone(),
         admin_token: admin_token.clone(),
@@ -512,19 +555,54 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         supervisor: supervisor.clone(),
         http: http.clone(),
         webhooks,
+        journal: journal.as_ref().map(|(j, _)| j.clone()),
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
-    run_router(Router::with_queues(broker.clone()));
+    let mut router = Router::new(broker.clone());
+    let mut webchat_shards: Vec<WebchatChannel> = (0..workers)
+        .map(|_| WebchatChannel::new(broker.clone()))
+        .collect();
+    let mut provider_shards: Vec<(ChannelKind, Vec<ProviderChannel>)> = to_start
+        .iter()
+        .map(|(kind, shared, _)| {
+            let shards = (0..workers)
+                .map(|_| ProviderChannel::new(broker.clone(), shared.clone(), workers))
+                .collect();
+            (*kind, shards)
+        })
+        .collect();
+    let replayed = match journal {
+        Some((_, recovered)) => Some(
+            crate::recovery::replay(
+                &broker,
+                recovered.records,
+                crate::recovery::Channels {
+                    router: &mut router,
+                    webchat: &mut webchat_shards,
+                    providers: &mut provider_shards,
+                },
+            )
+            .map_err(std::io::Error::other)?,
+        ),
+        None => {
+            router.define_configured_queues();
+            None
+        }
+    };
+    run_router(router);
+    if let Some(replayed) = replayed {
+        replayed.start(&broker);
+    }
     let mut per_worker: Vec<WorkerShards> = webchat_mailboxes
         .into_iter()
+        .zip(webchat_shards)
         .map(|webchat| WorkerShards {
             webchat,
             providers: Vec::new(),
         })
         .collect();
-    for (shared, mailboxes) in to_start {
-        for (worker, mailbox) in per_worker.iter_mut().zip(mailboxes) {
-            let channel = ProviderChannel::new(broker.clone(), shared.clone(), workers);
+    for ((_, _, mailboxes), (_, channels)) in to_start.into_iter().zip(provider_shards) {
+        for ((worker, mailbox), channel) in per_worker.iter_mut().zip(mailboxes).zip(channels) {
             worker.providers.push((mailbox, channel));
         }
     }
@@ -553,10 +631,13 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         tracing::info!(count = config.sim_agents, "simulated agents started");
     }
 
-    let data = web::Data::new(broker);
+    let data = web::Data::new(broker.clone());
     let mut builder = actix_web::dev::Server::build()
         .workers(workers)
-        .shutdown_timeout(5);
+        // Signals are the shutdown's (`shutdown.rs`): it closes the sockets
+        // and flushes the journal before the server stops.
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout.as_secs().max(1));
     let shutdown = builder.graceful_shutdown_signal();
     let mut addrs = Vec::new();
     let mut last_error = None;
@@ -634,7 +715,24 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         admin_token,
         generated_agent_tokens,
         arbiters,
+        broker,
     })
+}
+
+/// Open the journal the configuration names, and read it back.
+fn open_journal(
+    config: &Config,
+) -> std::io::Result<Option<(crate::journal::Journal, crate::journal::Recovered)>> {
+    let Some(cfg) = config.journal() else {
+        return Ok(None);
+    };
+    let dir = cfg.dir.clone();
+    let (journal, recovered) = crate::journal::Journal::open(cfg)
+        .map_err(|e| std::io::Error::other(format!("data dir {}: {e}", dir.display())))?;
+    if let Some(cut) = &recovered.cut {
+        tracing::warn!(?cut, "the journal's torn tail was cut");
+    }
+    Ok(Some((journal, recovered)))
 }
 
 /// Connections need a file each, and the broker a few more for itself.
@@ -681,6 +779,14 @@ pub fn run(config: Config) -> std::io::Result<()> {
         for (id, token) in &started.generated_agent_tokens {
             println!("agent {id} token: {token}");
         }
+        let handle = started.server.handle();
+        let broker = started.broker.clone();
+        let timeout = config.shutdown_timeout;
+        actix_web::rt::spawn(async move {
+            crate::shutdown::signalled().await;
+            crate::shutdown::drain(broker, timeout).await;
+            handle.stop(true).await;
+        });
         let result = started.server.await;
         for a in started.arbiters {
             a.stop();

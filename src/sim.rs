@@ -192,7 +192,7 @@ impl Actor for SimDesk {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.backlog);
         self.agent.do_send(Connect {
-            link: SocketLink::new(self.session_id, ctx.address(), &self.backlog_bytes),
+            link: SocketLink::new(self.session_id, ctx.address(), &self.backlog_bytes, None),
             token: None,
         });
     }

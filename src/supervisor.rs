@@ -43,6 +43,16 @@ impl Actor for SupervisorHub {
 #[rtype(result = "()")]
 pub struct Attach(pub Weak<Broker>);
 
+impl Handler<crate::ws::CloseAll> for SupervisorHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::ws::CloseAll, _: &mut Context<Self>) {
+        for link in self.subscribers.drain(..) {
+            link.close(msg.code, &msg.reason);
+        }
+    }
+}
+
 impl Handler<Attach> for SupervisorHub {
     type Result = ();
 

@@ -3,29 +3,17 @@
 //! agents from the configuration file.
 mod common;
 
+use common::process::{binary, Broker, Stream};
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 /// An admin token the broker accepts (at least 32 characters).
 const ADMIN: &str = "admin-secret-0123456789abcdef0123456789";
-
-/// The binary, with none of this machine's `SWITCHBOARD_*` settings, log
-/// filter or colour preference leaking in.
-fn binary() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SWITCHBOARD_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env_remove("RUST_LOG").env_remove("NO_COLOR");
-    cmd
-}
 
 /// A file in a scratch directory of this test process.
 fn scratch_file(name: &str, text: &str) -> PathBuf {
@@ -44,99 +32,6 @@ fn fails(cmd: &mut Command) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Which stream a line came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stream {
-    Out,
-    Err,
-}
-
-/// A running broker process; killed when dropped. Keeps every line it printed.
-struct Broker {
-    child: Child,
-    lines: Receiver<(Stream, String)>,
-    seen: Vec<(Stream, String)>,
-}
-
-impl Broker {
-    fn start(cmd: &mut Command) -> Broker {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send((Stream::Out, line));
-            }
-        });
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx2.send((Stream::Err, line));
-            }
-        });
-        Broker {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Read lines until one from `stream` matches; returns it.
-    fn wait_for(&mut self, stream: Stream, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        if let Some((_, l)) = self.seen.iter().find(|(s, l)| *s == stream && pred(l)) {
-            return l.clone();
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok((s, line)) => {
-                    self.seen.push((s, line.clone()));
-                    if s == stream && pred(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!("no {what} on {stream:?}; printed so far: {:#?}", self.seen);
-    }
-
-    /// The value of the stdout line `label: value`.
-    fn stdout_value(&mut self, label: &str) -> String {
-        let prefix = format!("{label}:");
-        let line = self.wait_for(Stream::Out, &prefix, |l| l.starts_with(&prefix));
-        line[prefix.len()..].trim().to_owned()
-    }
-
-    /// Stop it and return everything printed on `stream`.
-    fn stop(mut self, stream: Stream) -> Vec<String> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // The readers end with the pipes.
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(l);
-        }
-        self.seen
-            .iter()
-            .filter(|(s, _)| *s == stream)
-            .map(|(_, l)| l.clone())
-            .collect()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

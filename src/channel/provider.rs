@@ -50,6 +50,7 @@ use crate::channel::{
 };
 use crate::conversation::{Conversation, DeliveryUpdate, OpenSpec, Opening, ReadUpTo};
 use crate::error::ApiError;
+use crate::journal::record::{self, RecordRef};
 use crate::protocol::{AttachmentMeta, ChannelKind, Customer, DeliveryStatus, Id};
 use crate::wiring::Broker;
 
@@ -182,7 +183,7 @@ impl ProviderShards {
 }
 
 /// Which of `shards` shards holds `customer` (a stable hash of the address).
-fn shard_index(customer: &str, shards: usize) -> usize {
+pub(crate) fn shard_index(customer: &str, shards: usize) -> usize {
     let mut h = DefaultHasher::new();
     customer.hash(&mut h);
     (h.finish() % shards.max(1) as u64) as usize
@@ -611,15 +612,26 @@ async fn fetch_media(
         filename,
         error: None,
     };
+    let bytes = bytes.freeze();
+    broker
+        .attachments
+        .persist(&meta.id, &bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    let uploader = crate::attachments::Uploader::Provider;
+    record::write(
+        broker.journal.as_ref(),
+        RecordRef::AttachmentStored {
+            meta: &meta,
+            uploader: &uploader,
+            quota: None,
+            at: std::time::SystemTime::now(),
+        },
+    );
     // No uploading session: no quota to be over.
     broker
         .attachments
-        .insert(
-            meta.clone(),
-            bytes.freeze(),
-            crate::attachments::Uploader::Provider,
-            None,
-        )
+        .insert_persisted(meta.clone(), bytes, uploader, None)
         .map_err(|e| e.to_string())?;
     Ok(meta)
 }
@@ -677,6 +689,32 @@ pub fn verify_link(key: &[u8], attachment_id: &str, expires: u64, signature: &st
     now <= expires && mac.verify_slice(&given).is_ok()
 }
 
+impl ProviderEvent {
+    /// The customer whose shard applies it, when the event names one
+    /// (the others name a conversation of a thread opened before).
+    pub fn customer(&self) -> Option<&str> {
+        match self {
+            ProviderEvent::WebhookApplied { customer, .. }
+            | ProviderEvent::CustomerWrote { customer, .. }
+            | ProviderEvent::ConversationOpened { customer, .. } => Some(customer),
+            ProviderEvent::ConversationEnded { .. }
+            | ProviderEvent::MessageSent { .. }
+            | ProviderEvent::ConversationForgotten { .. } => None,
+        }
+    }
+
+    /// The conversation it names, if any.
+    pub fn conversation(&self) -> Option<&Id> {
+        match self {
+            ProviderEvent::ConversationOpened { conversation, .. }
+            | ProviderEvent::ConversationEnded { conversation }
+            | ProviderEvent::MessageSent { conversation, .. }
+            | ProviderEvent::ConversationForgotten { conversation } => Some(conversation),
+            ProviderEvent::WebhookApplied { .. } | ProviderEvent::CustomerWrote { .. } => None,
+        }
+    }
+}
+
 /// One (customer, business address) thread on a provider channel.
 struct Thread {
     name: String,
@@ -690,6 +728,8 @@ struct Thread {
 pub enum ProviderEvent {
     WebhookApplied {
         provider_id: String,
+        /// Whose message it was: the shard that remembers the id.
+        customer: String,
     },
     CustomerWrote {
         customer: String,
@@ -790,8 +830,24 @@ impl ProviderChannel {
         event: ProviderEvent,
         addr: Option<Addr<Conversation>>,
     ) -> Option<EarlyStatus> {
+        record::write(
+            self.broker.journal.as_ref(),
+            RecordRef::Provider {
+                channel: self.kind(),
+                event: &event,
+            },
+        );
+        self.replay(event, addr)
+    }
+
+    /// Apply an event without writing it (journal replay, and `apply`).
+    pub(crate) fn replay(
+        &mut self,
+        event: ProviderEvent,
+        addr: Option<Addr<Conversation>>,
+    ) -> Option<EarlyStatus> {
         match event {
-            ProviderEvent::WebhookApplied { provider_id } => {
+            ProviderEvent::WebhookApplied { provider_id, .. } => {
                 self.seen.put(provider_id, ());
             }
             ProviderEvent::CustomerWrote {
@@ -1068,6 +1124,7 @@ impl Handler<Inbound> for ProviderChannel {
                     self.apply(
                         ProviderEvent::WebhookApplied {
                             provider_id: m.provider_id.clone(),
+                            customer: m.customer.clone(),
                         },
                         None,
                     );

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::attachments::Sender;
 use crate::channel::{CustomerEvent, OpenOutbound, SocketId, ToCustomer};
 use crate::ids::IdMap;
+use crate::journal::record::{self, RecordRef};
 use crate::wiring::Broker;
 use std::hash::BuildHasher;
 
@@ -110,6 +111,29 @@ pub enum WebchatEvent {
     },
 }
 
+impl WebchatEvent {
+    /// The session it changes (which shard applies it).
+    pub fn session(&self) -> &Id {
+        match self {
+            WebchatEvent::SessionCreated { id, .. } => id,
+            WebchatEvent::ConversationOpened { session, .. }
+            | WebchatEvent::ConversationEnded { session, .. }
+            | WebchatEvent::ConversationForgotten { session, .. }
+            | WebchatEvent::SessionForgotten { session } => session,
+        }
+    }
+
+    /// The conversation it names, if any.
+    pub fn conversation(&self) -> Option<&Id> {
+        match self {
+            WebchatEvent::ConversationOpened { conversation, .. }
+            | WebchatEvent::ConversationEnded { conversation, .. }
+            | WebchatEvent::ConversationForgotten { conversation, .. } => Some(conversation),
+            WebchatEvent::SessionCreated { .. } | WebchatEvent::SessionForgotten { .. } => None,
+        }
+    }
+}
+
 /// The webchat channel's shards, and which one holds a session.
 #[derive(Clone)]
 pub struct WebchatShards {
@@ -128,15 +152,24 @@ impl WebchatShards {
     /// The shard that holds `session` (a hash of its id, the same for the
     /// life of the process). Asked on every frame a customer sends.
     pub fn for_session(&self, session: &str) -> &Addr<WebchatChannel> {
+        &self.shards[self.index_of(session)]
+    }
+
+    /// Which shard (by position) holds `session`.
+    pub fn index_of(&self, session: &str) -> usize {
         if self.shards.len() == 1 {
-            return &self.shards[0];
+            return 0;
         }
         let h = foldhash::fast::FixedState::default().hash_one(session);
-        &self.shards[(h % self.shards.len() as u64) as usize]
+        (h % self.shards.len() as u64) as usize
     }
 
     pub fn len(&self) -> usize {
         self.shards.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Addr<WebchatChannel>> {
+        self.shards.iter()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -162,6 +195,8 @@ pub struct WebchatChannel {
     /// (`conversation_messages_per_second`), all its sockets together; only
     /// sessions that wrote lately hold an entry.
     message_rate: KeyedRate<Id>,
+    /// Rebuilt from the journal: the away and idle timers start as it starts.
+    restored: bool,
 }
 
 impl WebchatChannel {
@@ -172,12 +207,51 @@ impl WebchatChannel {
             idle: Deadlines::default(),
             message_rate: KeyedRate::per_second(broker.config.conversation_messages_per_second),
             broker,
+            restored: false,
         }
+    }
+
+    /// After a replay: the surviving sessions' tokens work again and count
+    /// against their address's open sessions; the timers start with the
+    /// shard ([`WebchatChannel::resume`]).
+    pub(crate) fn restored(&mut self) {
+        for (id, s) in &self.sessions {
+            self.broker
+                .register_webchat_token(s.token.clone(), id.clone());
+            self.broker.limits.session_restored(s.client_ip);
+        }
+        self.restored = true;
+    }
+
+    /// No customer has a socket after a restart: a session with an open
+    /// conversation is away (its customer has `customer_grace` to come
+    /// back), one with nothing to show is idle.
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        let now = std::time::Instant::now();
+        let grace = self.broker.config.customer_grace;
+        let idle = self.broker.config.webchat_session_idle;
+        for (id, s) in &self.sessions {
+            if s.open().is_some() {
+                self.away.insert(id.clone(), now + grace, ());
+            } else if s.latest.is_none() {
+                self.idle.insert(id.clone(), now + idle, ());
+            }
+        }
+        self.away.arm(ctx, WebchatChannel::grace_ended);
+        self.idle.arm(ctx, WebchatChannel::idle_expired);
     }
 
     /// The one place session state changes (socket lists aside: sockets are
     /// connections, not state to journal).
     fn apply(&mut self, event: WebchatEvent, addr: Option<Addr<Conversation>>) {
+        record::write(self.broker.journal.as_ref(), RecordRef::Webchat(&event));
+        self.replay(event, addr);
+    }
+
+    /// Apply an event without writing it (journal replay, and `apply`).
+    /// Replay registers the surviving sessions' tokens and open-session
+    /// counts afterwards ([`WebchatChannel::restored`]).
+    pub(crate) fn replay(&mut self, event: WebchatEvent, addr: Option<Addr<Conversation>>) {
         match event {
             WebchatEvent::SessionCreated {
                 id,
@@ -357,6 +431,21 @@ impl Actor for WebchatChannel {
         ctx.run_interval(std::time::Duration::from_secs(10), |act, _| {
             act.message_rate.sweep();
         });
+        if self.restored {
+            self.resume(ctx);
+        }
+    }
+}
+
+impl Handler<crate::ws::CloseAll> for WebchatChannel {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::ws::CloseAll, _: &mut Context<Self>) {
+        for s in self.sessions.values_mut() {
+            for socket in s.sockets.drain(..) {
+                socket.link.close(msg.code, &msg.reason);
+            }
+        }
     }
 }
 
@@ -514,6 +603,10 @@ impl Handler<CustomerDisconnected> for WebchatChannel {
     type Result = ();
 
     fn handle(&mut self, msg: CustomerDisconnected, ctx: &mut Context<Self>) {
+        if self.broker.draining() {
+            // Closed by the shutdown, not gone: no away or idle clock.
+            return;
+        }
         let grace = self.broker.config.customer_grace;
         if let Some(s) = self.sessions.get_mut(&msg.session) {
             s.sockets.retain(|sock| sock.link.id != msg.socket);

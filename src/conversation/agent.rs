@@ -36,6 +36,18 @@ impl Handler<AgentSend> for Conversation {
     type Result = ();
 
     fn handle(&mut self, mut msg: AgentSend, _: &mut Context<Self>) {
+        if self.check_agent(&msg.agent_id).is_ok() {
+            let resent = self.stored_as(
+                Author::Agent,
+                Some(&msg.agent_id),
+                msg.client_msg_id.as_deref(),
+            );
+            if let Some(stored) = resent {
+                // Stored before: echoed again to its sender only.
+                let echo = self.message_frame(stored, msg.reference.as_deref());
+                return self.to_agent(&msg.from, AgentFrameKind::Message, echo);
+            }
+        }
         let checked = self.check_agent(&msg.agent_id).and_then(|_| {
             if self.state.task_state != TaskState::Assigned {
                 return Err(ApiError::InvalidState(format!(

@@ -179,6 +179,22 @@ impl Handler<SendHistory> for Conversation {
 
 impl Conversation {
     pub(super) fn accept_customer_message(&mut self, mut msg: CustomerMessage) {
+        if let Some(socket) = msg.socket {
+            let resent = self.stored_as(Author::Customer, None, msg.client_msg_id.as_deref());
+            if let Some(stored) = resent {
+                // Stored before: acknowledged again, told to nobody else.
+                let ack = Event::Ack {
+                    conversation_id: self.state.id.clone(),
+                    client_msg_id: stored.client_msg_id.as_deref().map(Cow::Borrowed),
+                    message_id: Cow::Borrowed(&stored.id),
+                    seq: stored.seq,
+                    reference: event::reference(msg.reference.as_deref()),
+                }
+                .frame();
+                self.to_customer(CustomerEvent::Direct { socket, frame: ack });
+                return;
+            }
+        }
         let content = if msg.socket.is_none() {
             // From a provider, which has been answered `200` and will not
             // send it again: stored as its channel fitted it

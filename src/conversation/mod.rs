@@ -53,6 +53,7 @@ mod canned;
 mod customer;
 mod delivery;
 mod queries;
+mod restore;
 mod routing;
 mod state;
 mod supervision;
@@ -80,6 +81,7 @@ use crate::agent::{Agent, AgentFrameKind, ToAgent};
 use crate::attachments::Sender;
 use crate::channel::{check_attachment, text_limit, CustomerEvent, Template, ToCustomer};
 use crate::error::ApiError;
+use crate::journal::record::{self, RecordRef};
 use crate::metrics::Metrics;
 use crate::protocol::event::{self, AgentName, EndedTask};
 use crate::protocol::{
@@ -103,6 +105,10 @@ pub fn validate_content(
     sender: Sender<'_>,
     carried: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<AttachmentMeta>, ApiError> {
+    if let Some(Err(e)) = broker.journal.as_ref().map(crate::journal::Journal::health) {
+        // Nothing is taken that could not be written down.
+        return Err(ApiError::Unavailable(e.to_string()));
+    }
     let max = text_limit(channel).map_or(broker.config.max_text, |l| l.min(broker.config.max_text));
     let chars = text.chars().count();
     if chars > max {
@@ -129,6 +135,10 @@ pub fn validate_content(
     }
     Ok(files.iter().map(|f| f.meta.clone()).collect())
 }
+
+/// How many of a conversation's newest messages a resent `client_msg_id`
+/// is looked for in (see `Conversation::stored_as`).
+pub const RESEND_WINDOW: usize = 256;
 
 /// How a conversation starts.
 pub enum Opening {
@@ -189,6 +199,9 @@ pub struct Conversation {
     opening: Option<Box<Opening>>,
     /// Supervisor sockets streaming its messages (`supervision.rs`).
     monitors: Vec<crate::ws::SocketLink>,
+    /// Restored from the journal waiting, unknown to the router: enqueue
+    /// the task as it starts.
+    enqueue_on_start: bool,
 }
 
 impl Conversation {
@@ -226,6 +239,10 @@ impl Conversation {
             transfers: Vec::new(),
             pending_transfer: None,
         };
+        record::write(
+            broker.journal.as_ref(),
+            RecordRef::ConversationOpened(&state),
+        );
         broker.metrics.task_moved(None, TaskState::Queued);
         Metrics::bump(&broker.metrics.conversations_opened);
         let actor = Conversation {
@@ -240,6 +257,7 @@ impl Conversation {
             inactivity_timers: Vec::new(),
             opening: Some(Box::new(spec.opening)),
             monitors: Vec::new(),
+            enqueue_on_start: false,
         };
         // Registered before it runs: its first act queues the task, and the
         // agent who accepts must find it by id.
@@ -255,6 +273,13 @@ impl Conversation {
     }
 
     fn apply(&mut self, event: ConversationEvent) {
+        record::write(
+            self.broker.journal.as_ref(),
+            RecordRef::Conversation {
+                id: &self.state.id,
+                event: &event,
+            },
+        );
         let before = self.state.task_state;
         let was_ended = self.state.ended();
         let appended = matches!(event, ConversationEvent::MessageAppended(_));
@@ -428,6 +453,28 @@ impl Conversation {
     }
 
     /// The message [`Conversation::append`] just stored.
+    /// The message `from` (and, for an agent, that agent) already sent with
+    /// this `client_msg_id`, among the last [`RESEND_WINDOW`]: a resend
+    /// after a dropped socket, to be acknowledged again and not stored.
+    fn stored_as(
+        &self,
+        from: Author,
+        agent: Option<&str>,
+        client_msg_id: Option<&str>,
+    ) -> Option<&Message> {
+        let id = client_msg_id?;
+        self.state
+            .messages
+            .iter()
+            .rev()
+            .take(RESEND_WINDOW)
+            .find(|m| {
+                m.from == from
+                    && m.client_msg_id.as_deref() == Some(id)
+                    && (from != Author::Agent || m.agent_id.as_deref() == agent)
+            })
+    }
+
     fn last_message(&self) -> &Message {
         // `append` pushed one: the history is not empty.
         &self.state.messages[self.state.messages.len() - 1]
@@ -600,6 +647,11 @@ impl Conversation {
         }
         self.to_customer(CustomerEvent::Ended(self.ended_frame_for(reason)));
         let timeout = self.broker.config.wrapup_timeout;
+        self.start_wrapup_timer(timeout, ctx);
+    }
+
+    /// Complete with the configured disposition when `timeout` has passed.
+    fn start_wrapup_timer(&mut self, timeout: std::time::Duration, ctx: &mut Context<Self>) {
         self.wrapup = Some(ctx.run_later(timeout, |act, ctx| {
             act.wrapup = None;
             let disposition = act.broker.config.wrapup_disposition.clone();
@@ -701,7 +753,16 @@ impl Conversation {
     /// is what keeps an in-memory broker's memory flat under churn.
     fn schedule_eviction(&mut self, ctx: &mut Context<Self>) {
         let retention = self.broker.config.history_retention;
-        ctx.run_later(retention, |act, ctx| {
+        self.schedule_eviction_in(retention, ctx);
+    }
+
+    /// Forget the conversation after `delay` (what is left of its retention).
+    fn schedule_eviction_in(&mut self, delay: std::time::Duration, ctx: &mut Context<Self>) {
+        ctx.run_later(delay, |act, ctx| {
+            record::write(
+                act.broker.journal.as_ref(),
+                RecordRef::ConversationForgotten { id: &act.state.id },
+            );
             act.broker
                 .forget_conversation(&act.state.id, &act.state.task_id);
             for a in act.state.messages.iter().flat_map(|m| &m.attachments) {
@@ -788,7 +849,8 @@ impl Actor for Conversation {
                 let frame = self.message_frame(self.last_message(), None);
                 self.message_to_customer(frame, template, true);
             }
-            None => {}
+            // Started from the journal.
+            None => self.resume(ctx),
         }
     }
 }

@@ -10,7 +10,8 @@ use crate::agent::{
 };
 use crate::error::ApiError;
 use crate::http::{authenticate, read_json, require_admin, Principal, State};
-use crate::protocol::{Activity, AgentView, Event, PerChannel, SupervisorAction};
+use crate::journal::record::{self, RecordRef};
+use crate::protocol::{Activity, AgentView, Event, Id, PerChannel, SupervisorAction};
 use crate::router::GetAgents;
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +176,8 @@ pub async fn delete(
     let entry = state
         .remove_agent(&id)
         .ok_or_else(|| ApiError::NotFound(format!("agent {id} does not exist")))?;
+    let id: Id = id.as_str().into();
+    record::write(state.journal.as_ref(), RecordRef::AgentRemoved { id: &id });
     // Answer once the agent has told the router: a client's next question
     // (GET /v1/agents) then finds the agent gone. An agent actor already
     // stopped has nothing left to tell.
@@ -193,6 +196,15 @@ pub async fn rotate_token(
     require_admin(&req, &state)?;
     let token = crate::ids::token();
     let entry = state.rotate_agent_token(&id, token.clone())?;
+    let agent: Id = id.as_str().into();
+    record::write(
+        state.journal.as_ref(),
+        RecordRef::AgentTokenRotated {
+            id: &agent,
+            token: &token,
+            expires_at: entry.expires_at,
+        },
+    );
     entry.addr.do_send(TokenRotated);
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id.as_str(), "token": token })))
 }

@@ -13,6 +13,7 @@ use crate::attachments::{content_disposition, sanitize_filename, Quota, Uploader
 use crate::channel::provider::verify_link;
 use crate::error::ApiError;
 use crate::http::{authenticate, client_ip, Principal, State};
+use crate::journal::record::{self, RecordRef};
 use crate::protocol::AttachmentMeta;
 
 #[derive(Debug, Deserialize)]
@@ -125,9 +126,20 @@ pub async fn upload(
         Principal::Agent(agent) => Uploader::Agent(agent),
         Principal::Admin => Uploader::Admin,
     };
+    let bytes = bytes.freeze();
+    state.attachments.persist(&meta.id, &bytes).await?;
+    record::write(
+        state.journal.as_ref(),
+        RecordRef::AttachmentStored {
+            meta: &meta,
+            uploader: &uploader,
+            quota: quota.as_ref(),
+            at: std::time::SystemTime::now(),
+        },
+    );
     state
         .attachments
-        .insert(meta.clone(), bytes.freeze(), uploader, quota)?;
+        .insert_persisted(meta.clone(), bytes, uploader, quota)?;
     Ok(HttpResponse::Created().json(meta))
 }
 

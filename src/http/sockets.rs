@@ -32,7 +32,7 @@ pub async fn agent(
     if entry.expired() {
         return Err(crate::http::token_expired(&id));
     }
-    let session = AgentSession::new(entry.addr, token, &state.config);
+    let session = AgentSession::new(entry.addr, token, &state.config, state.journal.clone());
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.config.max_frame)
         .start()
@@ -66,7 +66,7 @@ pub async fn webchat(
         }
     }
     let shards = state.channels.webchat.clone();
-    let session = CustomerSession::new(session_id, shards, &state.config);
+    let session = CustomerSession::new(session_id, shards, &state.config, state.journal.clone());
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.config.max_frame)
         .start()

@@ -21,6 +21,7 @@
 
 mod faults;
 mod recover;
+pub mod record;
 mod segment;
 mod snapshot;
 mod writer;

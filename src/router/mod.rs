@@ -63,6 +63,7 @@ mod messages;
 mod props;
 pub mod queue;
 mod queues;
+mod restore;
 mod state;
 mod stats;
 mod transfers;
@@ -78,6 +79,7 @@ use actix::prelude::*;
 use crate::agent::Agent;
 use crate::conversation::Conversation;
 use crate::deadlines::Deadlines;
+use crate::journal::record::{self, RecordRef};
 use crate::protocol::{Event, Id, QueueStats};
 use crate::webhooks::payload::ActivityData;
 use crate::webhooks::EventKind;
@@ -91,6 +93,7 @@ pub use messages::{
 };
 pub use queue::{Policy, Queue};
 pub use queues::{DeleteQueue, GetQueues, QueueChange, UpsertQueue};
+pub use restore::Restored;
 pub use state::{
     AgentCounts, Bucket, Decline, Pick, RoutableTask, Routed, RouterEvent, RouterState,
 };
@@ -157,7 +160,16 @@ impl Router {
 
     /// The router with the configured queues (`[[queues]]`) defined.
     pub fn with_queues(broker: Arc<Broker>) -> Self {
-        let mut router = Router::new(broker.clone());
+        let mut router = Router::new(broker);
+        router.define_configured_queues();
+        router
+    }
+
+    /// Define (or redefine) the configured queues: at start, and after a
+    /// replay, where the configuration file wins over the journal.
+    pub fn define_configured_queues(&mut self) {
+        let broker = self.broker.clone();
+        let router = self;
         let ids: Vec<&str> = broker.config.queues.iter().map(|q| q.id.as_str()).collect();
         for queue in &broker.config.queues {
             // Checked when the configuration loaded; again here (it fills the
@@ -168,13 +180,13 @@ impl Router {
                 Err(e) => tracing::error!("queue {} not defined: {e}", queue.id),
             }
         }
-        router
     }
 
     /// The one place routing state changes: [`RouterState::apply`]. Queue
     /// definitions also update the registry's copy of their names (what a
     /// canned response's `{{queue.name}}` becomes).
     fn apply(&mut self, event: RouterEvent) {
+        record::write(self.broker.journal.as_ref(), RecordRef::Router(&event));
         // An activity change is an `agent.activity` webhook event, keyed by
         // the agent (the router applies them in order).
         let activity_before = match &event {

@@ -102,6 +102,9 @@ pub struct Consult {
 pub struct ParkedTask {
     pub task: RoutableTask,
     pub agent: Id,
+    /// When it comes back by itself, if it does (its timer is armed again
+    /// from this after a restart).
+    pub until: Option<SystemTime>,
 }
 
 /// An agent declined a task (reject or offer timeout) at a time.
@@ -846,7 +849,7 @@ impl RouterState {
                 self.reindex(&from);
                 self.reindex(&consult.target);
             }
-            RouterEvent::Parked { task_id, until: _ } => {
+            RouterEvent::Parked { task_id, until } => {
                 self.end_consult(&task_id);
                 if let Some(h) = self.release(&task_id) {
                     let mut task = h.task;
@@ -857,6 +860,7 @@ impl RouterState {
                         ParkedTask {
                             task,
                             agent: h.agent,
+                            until,
                         },
                     );
                 }

@@ -584,7 +584,7 @@ impl Router {
     }
 
     /// Parked tasks whose time came.
-    fn parks_due(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn parks_due(&mut self, ctx: &mut Context<Self>) {
         for (task_id, ()) in self.parks.take_expired() {
             if self.state.parked.contains_key(&task_id) {
                 if let Some(conv) = self.conversation_of(&task_id) {

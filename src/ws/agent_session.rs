@@ -6,9 +6,7 @@ use actix_web_actors::ws;
 
 use crate::agent::{Agent, Connect, Disconnect, FromDesk};
 use crate::protocol::{error_frame, salvage_ref, AgentCommand};
-use crate::ws::{
-    close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, Reassembly, SocketLink,
-};
+use crate::ws::{close_with, handle_frame, CloseSession, Heartbeat, Push, Reassembly, SocketLink};
 
 pub struct AgentSession {
     id: u64,
@@ -18,11 +16,18 @@ pub struct AgentSession {
     backlog: usize,
     frames: Reassembly,
     backlog_bytes: crate::ws::Backlog,
+    /// Frames waiting for the journal.
+    held: crate::ws::Held,
     hb: Heartbeat,
 }
 
 impl AgentSession {
-    pub fn new(agent: Addr<Agent>, token: String, config: &crate::config::Config) -> Self {
+    pub fn new(
+        agent: Addr<Agent>,
+        token: String,
+        config: &crate::config::Config,
+        journal: Option<crate::journal::Journal>,
+    ) -> Self {
         AgentSession {
             id: crate::ws::next_session_id(),
             agent,
@@ -30,6 +35,7 @@ impl AgentSession {
             backlog: config.socket_backlog,
             frames: Reassembly::new(config.max_frame),
             backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
+            held: crate::ws::Held::new(journal),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
         }
     }
@@ -42,7 +48,12 @@ impl Actor for AgentSession {
         ctx.set_mailbox_capacity(self.backlog);
         self.hb.start(ctx, |s| &mut s.hb);
         self.agent.do_send(Connect {
-            link: SocketLink::new(self.id, ctx.address(), &self.backlog_bytes),
+            link: SocketLink::new(
+                self.id,
+                ctx.address(),
+                &self.backlog_bytes,
+                self.held.journal(),
+            ),
             token: Some(self.token.clone()),
         });
     }
@@ -77,7 +88,7 @@ impl Handler<Push> for AgentSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        push_text(msg.0, &self.backlog_bytes, ctx);
+        crate::ws::deliver(self, msg, ctx, |s| (&mut s.held, &s.backlog_bytes));
     }
 }
 

@@ -14,9 +14,7 @@ use crate::channel::webchat::{
 };
 use crate::limits::Rate;
 use crate::protocol::{error_frame, salvage_ref, CustomerCommand, Id};
-use crate::ws::{
-    close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, Reassembly, SocketLink,
-};
+use crate::ws::{close_with, handle_frame, CloseSession, Heartbeat, Push, Reassembly, SocketLink};
 
 pub struct CustomerSession {
     id: u64,
@@ -28,6 +26,8 @@ pub struct CustomerSession {
     backlog: usize,
     frames: Reassembly,
     backlog_bytes: crate::ws::Backlog,
+    /// Frames waiting for the journal.
+    held: crate::ws::Held,
     hb: Heartbeat,
     rate: Rate,
     per_second: u32,
@@ -39,7 +39,12 @@ pub struct CustomerSession {
 pub const REFUSALS_BEFORE_CLOSE: u32 = 200;
 
 impl CustomerSession {
-    pub fn new(session: Id, shards: WebchatShards, config: &crate::config::Config) -> Self {
+    pub fn new(
+        session: Id,
+        shards: WebchatShards,
+        config: &crate::config::Config,
+        journal: Option<crate::journal::Journal>,
+    ) -> Self {
         CustomerSession {
             id: crate::ws::next_session_id(),
             session,
@@ -47,6 +52,7 @@ impl CustomerSession {
             backlog: config.socket_backlog,
             frames: Reassembly::new(config.max_frame),
             backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
+            held: crate::ws::Held::new(journal),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
             rate: Rate::per_second(config.socket_messages_per_second),
             per_second: config.socket_messages_per_second,
@@ -67,7 +73,12 @@ impl Actor for CustomerSession {
         self.hb.start(ctx, |s| &mut s.hb);
         self.channel().do_send(CustomerConnected {
             session: self.session.clone(),
-            link: SocketLink::new(self.id, ctx.address(), &self.backlog_bytes),
+            link: SocketLink::new(
+                self.id,
+                ctx.address(),
+                &self.backlog_bytes,
+                self.held.journal(),
+            ),
         });
     }
 
@@ -123,7 +134,7 @@ impl Handler<Push> for CustomerSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        push_text(msg.0, &self.backlog_bytes, ctx);
+        crate::ws::deliver(self, msg, ctx, |s| (&mut s.held, &s.backlog_bytes));
     }
 }
 

@@ -28,6 +28,7 @@ pub mod agent_session;
 pub mod customer_session;
 pub mod supervisor_session;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,16 +38,19 @@ use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws;
 
+use crate::journal::{Journal, Lsn};
 use crate::metrics::Metrics;
 use crate::protocol::Frame;
 
 /// Close reason sent to a client that stopped reading.
 pub const SLOW_CONSUMER: &str = "slow_consumer";
 
-/// Text frames for the client.
+/// Text frames for the client, and the journal position they wait for: the
+/// frames tell of state changes written up to that record (0: none), and
+/// go out only once it is durable ([`deliver`]).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Push(pub Frames);
+pub struct Push(pub Frames, pub Lsn);
 
 /// What one [`Push`] carries: two frames for one socket at the same moment
 /// (a customer's `ack` and the message it acknowledges) go as one mailbox
@@ -85,6 +89,16 @@ impl IntoIterator for Frames {
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct CloseSession {
+    pub code: ws::CloseCode,
+    pub reason: String,
+}
+
+/// The broker is shutting down: close every socket you hold with this code
+/// and reason (handled by the webchat shards, the agents and the
+/// supervisor hub, the actors that hold sockets).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct CloseAll {
     pub code: ws::CloseCode,
     pub reason: String,
 }
@@ -151,6 +165,9 @@ impl Backlog {
 #[derive(Clone)]
 pub struct SocketLink {
     pub id: u64,
+    /// The broker's journal, if it keeps one: each push carries how far it
+    /// had been written when the push was made.
+    journal: Option<Journal>,
     /// The session's address, shared by the link's clones: each copy of an
     /// actix address (or recipient) is an allocation of its own, and a
     /// webchat session keeps its link for as long as the socket is open.
@@ -160,7 +177,7 @@ pub struct SocketLink {
 
 /// What a link needs of a session actor's address.
 trait SessionAddr: Send + Sync {
-    fn push(&self, frames: Frames) -> Result<(), SendError<Push>>;
+    fn push(&self, frames: Frames, after: Lsn) -> Result<(), SendError<Push>>;
     fn close(&self, msg: CloseSession);
 }
 
@@ -169,8 +186,8 @@ where
     A: Actor + Handler<Push> + Handler<CloseSession>,
     A::Context: actix::dev::ToEnvelope<A, Push> + actix::dev::ToEnvelope<A, CloseSession>,
 {
-    fn push(&self, frames: Frames) -> Result<(), SendError<Push>> {
-        self.try_send(Push(frames))
+    fn push(&self, frames: Frames, after: Lsn) -> Result<(), SendError<Push>> {
+        self.try_send(Push(frames, after))
     }
 
     fn close(&self, msg: CloseSession) {
@@ -180,14 +197,16 @@ where
 
 impl SocketLink {
     /// A link to the session at `addr` (e.g. `ctx.address()` in `started`),
-    /// whose queued bytes are counted in `backlog` (the session's own).
-    pub fn new<A>(id: u64, addr: Addr<A>, backlog: &Backlog) -> Self
+    /// whose queued bytes are counted in `backlog` (the session's own), and
+    /// whose frames wait for `journal` ([`Held::journal`]).
+    pub fn new<A>(id: u64, addr: Addr<A>, backlog: &Backlog, journal: Option<&Journal>) -> Self
     where
         A: Actor + Handler<Push> + Handler<CloseSession>,
         A::Context: actix::dev::ToEnvelope<A, Push> + actix::dev::ToEnvelope<A, CloseSession>,
     {
         SocketLink {
             id,
+            journal: journal.cloned(),
             session: Arc::new(addr),
             backlog: backlog.clone(),
         }
@@ -209,7 +228,10 @@ impl SocketLink {
         if !self.backlog.reserve(len) {
             return Err(self.slow(metrics));
         }
-        match self.session.push(frames) {
+        // Every state change these frames tell of was applied, and so
+        // appended, before they were made: the journal's end now covers it.
+        let after = self.journal.as_ref().map_or(0, Journal::appended);
+        match self.session.push(frames, after) {
             Ok(()) => Ok(()),
             Err(SendError::Closed(_)) => {
                 self.backlog.release(len);
@@ -460,6 +482,97 @@ where
 
 /// Shared `Push`/`CloseSession` behaviour: the frames leave the backlog for
 /// the socket's write buffer.
+/// A session's frames that wait for the journal: what it tells the client is
+/// sent only once the state change behind it is durable (the fsync policy's
+/// meaning of it), so no client is told of something a crash could lose.
+/// Order is kept: a frame waits behind every frame held before it. Bounded
+/// by the session's [`Backlog`] (held frames are still counted there).
+pub struct Held {
+    journal: Option<Journal>,
+    frames: VecDeque<(Lsn, Frames)>,
+    waiting: bool,
+}
+
+impl Held {
+    pub fn new(journal: Option<Journal>) -> Self {
+        Held {
+            journal,
+            frames: VecDeque::new(),
+            waiting: false,
+        }
+    }
+
+    /// The journal frames wait for (`None`: purely in memory, no wait).
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+}
+
+/// Write a push's frames now if what they tell of is durable, else hold
+/// them until it is. `parts` finds the session's [`Held`] and [`Backlog`].
+pub fn deliver<A>(
+    act: &mut A,
+    msg: Push,
+    ctx: &mut ws::WebsocketContext<A>,
+    parts: fn(&mut A) -> (&mut Held, &Backlog),
+) where
+    A: Actor<Context = ws::WebsocketContext<A>>,
+{
+    let (held, backlog) = parts(act);
+    let Some(journal) = &held.journal else {
+        push_text(msg.0, backlog, ctx);
+        return;
+    };
+    if held.frames.is_empty() && msg.1 <= journal.durable() {
+        push_text(msg.0, backlog, ctx);
+        return;
+    }
+    held.frames.push_back((msg.1, msg.0));
+    release(act, ctx, parts);
+}
+
+/// Write the held frames that are durable now; wait for the next.
+fn release<A>(
+    act: &mut A,
+    ctx: &mut ws::WebsocketContext<A>,
+    parts: fn(&mut A) -> (&mut Held, &Backlog),
+) where
+    A: Actor<Context = ws::WebsocketContext<A>>,
+{
+    let (held, backlog) = parts(act);
+    let Some(journal) = held.journal.clone() else {
+        return;
+    };
+    let durable = journal.durable();
+    while held.frames.front().is_some_and(|(lsn, _)| *lsn <= durable) {
+        if let Some((_, frames)) = held.frames.pop_front() {
+            push_text(frames, backlog, ctx);
+        }
+    }
+    let Some(&(next, _)) = held.frames.front() else {
+        return;
+    };
+    if held.waiting {
+        return;
+    }
+    held.waiting = true;
+    let wait = async move { journal.wait_durable(next).await };
+    ctx.spawn(wait.into_actor(act).map(move |res, act, ctx| {
+        parts(act).0.waiting = false;
+        match res {
+            Ok(()) => release(act, ctx, parts),
+            // Closed (shutting down): what it holds was never stored.
+            Err(e) => close_with(
+                CloseSession {
+                    code: ws::CloseCode::Again,
+                    reason: format!("unavailable: {e}"),
+                },
+                ctx,
+            ),
+        }
+    }));
+}
+
 pub fn push_text<A>(frames: Frames, backlog: &Backlog, ctx: &mut ws::WebsocketContext<A>)
 where
     A: Actor<Context = ws::WebsocketContext<A>>,

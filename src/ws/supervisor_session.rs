@@ -18,7 +18,7 @@ use crate::protocol::{
 use crate::supervisor::{Subscribe, Unsubscribe};
 use crate::wiring::Broker;
 use crate::ws::{
-    close_with, handle_frame, push_text, CloseSession, Heartbeat, Push, Reassembly, SocketLink,
+    close_with, handle_frame, CloseSession, Heartbeat, Push, Reassembly, SocketLink,
 };
 
 /// Conversations one supervisor socket may monitor at once.
@@ -30,6 +30,8 @@ pub struct SupervisorSession {
     backlog: usize,
     frames: Reassembly,
     backlog_bytes: crate::ws::Backlog,
+    /// Frames waiting for the journal.
+    held: crate::ws::Held,
     hb: Heartbeat,
     /// This socket's link (made at start), given to the hub and to each
     /// monitored conversation.
@@ -45,6 +47,7 @@ impl SupervisorSession {
             backlog: config.socket_backlog,
             frames: Reassembly::new(config.max_frame),
             backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
+            held: crate::ws::Held::new(broker.journal.clone()),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
             link: None,
             monitored: HashSet::new(),
@@ -129,7 +132,12 @@ impl Actor for SupervisorSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.backlog);
         self.hb.start(ctx, |s| &mut s.hb);
-        let link = SocketLink::new(self.id, ctx.address(), &self.backlog_bytes);
+        let link = SocketLink::new(
+            self.id,
+            ctx.address(),
+            &self.backlog_bytes,
+            self.held.journal(),
+        );
         self.link = Some(link.clone());
         self.broker.supervisor.do_send(Subscribe(link));
     }
@@ -166,7 +174,7 @@ impl Handler<Push> for SupervisorSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        push_text(msg.0, &self.backlog_bytes, ctx);
+        crate::ws::deliver(self, msg, ctx, |s| (&mut s.held, &s.backlog_bytes));
     }
 }
 

@@ -2,6 +2,8 @@
 //! small WebSocket client that keeps frames it was not asked for.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::any::Any;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -51,7 +53,7 @@ pub struct Harness {
     pub admin: String,
     pub http: reqwest::Client,
     // Declared last: dropped (and so stopped) after everything else in here.
-    _srv: Box<dyn Any>,
+    _srv: Box<dyn Any + Send + Sync>,
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +110,21 @@ pub fn start_with(cfg: Config) -> Harness {
 }
 
 impl Harness {
+    /// A client of a broker running elsewhere (a child process) at `base`
+    /// (`http://host:port`).
+    pub fn external(base: &str, admin: &str) -> Harness {
+        Harness {
+            base: base.to_owned(),
+            ws_base: base.replacen("http://", "ws://", 1),
+            admin: admin.to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .build()
+                .expect("http client"),
+            _srv: Box::new(()),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         if path.starts_with("http://") || path.starts_with("https://") {
             path.to_string()
@@ -450,6 +467,48 @@ impl Ws {
                 Some(Ok(_)) => {} // ping / pong / raw frame
             }
         }
+    }
+
+    /// The next frame (kept or new) within `within`; None on timeout or
+    /// once the socket is closed (never panics: for clients of a broker
+    /// that may be killed).
+    pub async fn try_recv_within(&mut self, within: Duration) -> Option<Value> {
+        if let Some(v) = self.pending.pop_front() {
+            return Some(v);
+        }
+        let deadline = Instant::now() + within;
+        while self.closed.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            match tokio::time::timeout(deadline - now, self.inner.next()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => self.closed = Some((1006, "stream ended".into())),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    self.seen.push(t.as_str().to_string());
+                    if let Ok(v) = serde_json::from_str(t.as_str()) {
+                        return Some(v);
+                    }
+                }
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    self.closed = Some(match f {
+                        Some(f) => (u16::from(f.code), f.reason.as_str().to_string()),
+                        None => (1005, String::new()),
+                    })
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+        None
+    }
+
+    /// Send a frame; false if the socket is gone (never panics).
+    pub async fn try_send(&mut self, v: Value) -> bool {
+        matches!(
+            tokio::time::timeout(TIMEOUT, self.inner.send(Message::text(v.to_string()))).await,
+            Ok(Ok(()))
+        )
     }
 
     /// The next frame of any type.

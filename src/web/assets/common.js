@@ -329,7 +329,11 @@
   }
 
   /**
-   * A WebSocket that reconnects by itself with backoff (0.5 s doubling to 10 s).
+   * A WebSocket that reconnects by itself with backoff: the wait doubles
+   * from 0.5 s to at most 10 s, and each wait is drawn at random between
+   * half of it and all of it, so that thousands of pages cut off at once
+   * (a network blip, a broker restart) do not all come back in the same
+   * instant.
    * `url()` is asked on every attempt. Handlers: onopen, onmessage(obj),
    * onstatus('connecting'|'open'|'closed'), onfatal(event) for a close that
    * should not be retried (the `shouldRetry(event)` hook decides).
@@ -386,7 +390,8 @@
     retry() {
       this.status('closed');
       clearTimeout(this.timer);
-      this.timer = setTimeout(() => this.connect(), this.delay);
+      const wait = this.delay / 2 + Math.random() * (this.delay / 2);
+      this.timer = setTimeout(() => this.connect(), wait);
       this.delay = Math.min(this.delay * 2, 10000);
     }
 

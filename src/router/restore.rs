@@ -1,0 +1,152 @@
+//! The router rebuilt from the journal: its state is replayed before it
+//! starts ([`Router::replay`]); [`Restored`], its first message, hands it
+//! the addresses of the agents and conversations started from the same
+//! journal and resumes routing (see `docs/operations.md`, "Recovery"):
+//! every agent is disconnected until its desktop comes back; an offer that
+//! was open goes back to the queue in its original order (the agent never
+//! answered it); waiting tasks get their overflow and maximum-wait timers
+//! again; assigned tasks stay with their agents, whose disconnect grace
+//! starts with the restart.
+
+use actix::prelude::*;
+
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime};
+
+use super::state::Hold;
+use super::{Outcome, Router, RouterEvent};
+use crate::agent::Agent;
+use crate::conversation::Conversation;
+use crate::protocol::event::TransferFailure;
+use crate::protocol::{Id, RescindReason, TaskState};
+
+impl Router {
+    /// Apply a journaled event without writing it again (replay).
+    pub(crate) fn replay(&mut self, event: RouterEvent) {
+        self.state.apply(event);
+    }
+
+    /// Whether the replayed state knows this task (waiting or held).
+    pub(crate) fn routes(&self, task_id: &Id) -> bool {
+        self.state.held.contains_key(task_id) || self.state.queued.contains_key(task_id)
+    }
+}
+
+/// The agents and conversations started from the journal: agents by id,
+/// conversations by task id with their task's state as the conversation
+/// has it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Restored {
+    pub agents: Vec<(Id, Addr<Agent>)>,
+    pub conversations: Vec<(Id, Addr<Conversation>, TaskState)>,
+}
+
+impl Router {
+    /// A crash can fall between the router's record of a change and the
+    /// conversation's record of the same change (each writes its own, one
+    /// after the other). Make them agree again, taking the side that is
+    /// safe: a task finished in its conversation is finished here; a task
+    /// its conversation still sees waiting or offered goes back to the
+    /// queue; a task with no conversation left is closed. (A conversation
+    /// whose task the router never heard of enqueues it itself: see
+    /// `Conversation::restored`.)
+    fn reconcile(&mut self, conversations: &[(Id, Addr<Conversation>, TaskState)]) {
+        let states: HashMap<&Id, TaskState> = conversations
+            .iter()
+            .map(|(task, _, state)| (task, *state))
+            .collect();
+        let known: Vec<Id> = self
+            .state
+            .held
+            .keys()
+            .chain(self.state.queued.keys())
+            .cloned()
+            .collect();
+        for task_id in known {
+            match states.get(&task_id) {
+                None => self.close(task_id, Outcome::Canceled),
+                Some(TaskState::Completed) => self.close(task_id, Outcome::Completed),
+                Some(TaskState::Canceled) => self.close(task_id, Outcome::Canceled),
+                Some(TaskState::Queued | TaskState::Reserved) => {
+                    let assigned = self
+                        .state
+                        .held
+                        .get(&task_id)
+                        .is_some_and(|h| !matches!(h.hold, Hold::Reserved { .. }));
+                    if assigned {
+                        self.take_back(&task_id, RescindReason::Reassigned, None);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+impl Handler<Restored> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Restored, ctx: &mut Context<Self>) {
+        self.addrs.extend(msg.agents);
+        self.conversations.extend(
+            msg.conversations
+                .iter()
+                .map(|(task, addr, _)| (task.clone(), addr.clone())),
+        );
+        self.reconcile(&msg.conversations);
+        let connected: Vec<Id> = self
+            .state
+            .agents
+            .iter()
+            .filter(|(_, a)| a.view.connected)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in connected {
+            self.apply(RouterEvent::PresenceChanged {
+                id,
+                connected: false,
+            });
+        }
+        let offered: Vec<Id> = self
+            .state
+            .held
+            .iter()
+            .filter(|(_, h)| matches!(h.hold, Hold::Reserved { .. }))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for task_id in offered {
+            self.take_back(&task_id, RescindReason::Reassigned, None);
+        }
+        // A warm transfer's target is disconnected like everyone: it fails
+        // (the sender keeps the task, as on any failed transfer).
+        let consults: Vec<Id> = self.state.consults.keys().cloned().collect();
+        for task_id in consults {
+            self.consult_failed(&task_id, TransferFailure::Unavailable, ctx);
+        }
+        // Parked tasks with a time come back at it.
+        let now = SystemTime::now();
+        let parked: Vec<(Id, SystemTime)> = self
+            .state
+            .parked
+            .iter()
+            .filter_map(|(id, p)| p.until.map(|u| (id.clone(), u)))
+            .collect();
+        for (task_id, until) in parked {
+            let wait = until.duration_since(now).unwrap_or_default();
+            self.parks.insert(task_id, Instant::now() + wait, ());
+        }
+        self.parks.arm(ctx, Router::parks_due);
+        let waiting: Vec<Id> = self.state.queued.keys().cloned().collect();
+        for task_id in &waiting {
+            self.schedule_waits(task_id, ctx);
+        }
+        tracing::info!(
+            agents = self.state.agents.len(),
+            waiting = waiting.len(),
+            held = self.state.held.len(),
+            "router restored from the journal"
+        );
+        self.route_all(ctx);
+    }
+}

@@ -1,0 +1,261 @@
+//! Restarting on the same data dir brings the broker back as it was: the
+//! agent's token, its assigned conversation with the whole history, the
+//! customer's session and `seq` numbering, and the task still waiting in the
+//! queue, each exactly once. Real server, real sockets, stopped and started
+//! again in the test.
+
+mod common;
+mod providers;
+
+use common::*;
+
+fn durable_config(dir: &std::path::Path) -> switchboard::config::Config {
+    let mut cfg = test_config();
+    cfg.data_dir = Some(dir.to_owned());
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_the_same_data_dir_resumes_every_conversation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = durable_config(dir.path());
+
+    // Before: Ann is being served by Alice, Bob waits (Alice is full).
+    let h = start_with(cfg.clone());
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let (ann, mut ann_ws, _) = h.customer_with_message("Ann", "hello").await;
+    let (_, assigned) = desk.take_offer().await;
+    let ann_conv = s(&assigned["task"]["conversation_id"]);
+    let ann_task = s(&assigned["task"]["id"]);
+    desk.agent_send(&ann_conv, "hi Ann", "r1").await;
+    ann_ws.recv_message_text("hi Ann").await;
+    let (bob, _bob_ws, _) = h.customer_with_message("Bob", "anyone?").await;
+    h.wait_conversation(&ann_conv, "two messages", |c| c["message_count"] == 2)
+        .await;
+    drop((desk, ann_ws, _bob_ws));
+    drop(h);
+
+    // After: the same data dir.
+    let h = start_with(cfg);
+    let (mut desk, hello) = h.connect_agent(&alice).await;
+    let tasks = hello["tasks"].as_array().expect("hello tasks");
+    assert_eq!(tasks.len(), 1, "alice's tasks after the restart: {hello}");
+    assert_eq!(tasks[0]["id"], ann_task.as_str());
+    assert_eq!(tasks[0]["state"], "assigned");
+
+    let (mut ann_ws, history) = h.connect_customer(&ann).await;
+    assert_eq!(
+        texts(&history["messages"]),
+        ["hello", "hi Ann"],
+        "{history}"
+    );
+    assert_eq!(seqs(&history["messages"]), [1, 2]);
+
+    // The conversation goes on where it was: seq 3, to the same agent.
+    let ack = ann_ws.say("still there?").await;
+    assert_eq!(ack["seq"], 3, "{ack}");
+    let m = desk.recv_message_text("still there?").await;
+    assert_eq!(m["message"]["seq"], 3);
+
+    // Bob's task waited through the restart and is offered once Alice is free.
+    desk.set_activity("available").await;
+    desk.end(&ann_conv).await;
+    desk.complete(&ann_task, "resolved", "").await;
+    let offer = desk.offer().await;
+    assert_eq!(offer["task"]["customer"]["name"], "Bob", "{offer}");
+    let (_bob_ws, bob_history) = h.connect_customer(&bob).await;
+    assert_eq!(texts(&bob_history["messages"]), ["anyone?"]);
+
+    let messages = h.messages(&ann_conv).await;
+    assert_gap_free(&messages["messages"]);
+    assert_eq!(
+        texts(&messages["messages"]),
+        ["hello", "hi Ann", "still there?"],
+        "{messages}"
+    );
+}
+
+/// An SMS thread survives too: the customer's next text joins the same
+/// conversation, a webhook id seen before the restart is still a duplicate,
+/// and the agent's reply still goes out through the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_sms_threads_and_their_dedupe() {
+    use providers::mock::Api;
+    use providers::*;
+
+    const DANA: &str = "+15551230000";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mock = providers::mock::Mock::start();
+    let mut cfg = providers::config(&mock);
+    cfg.data_dir = Some(dir.path().to_owned());
+
+    let env = Env {
+        h: start_with(cfg.clone()),
+        mock,
+    };
+    let (alice, mut desk) = env.agent("alice").await;
+    let r = env
+        .sms_inbound(&sms_params("SM0001", DANA, "where is my order?"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (offer, _) = desk.take_offer().await;
+    let conv = s(&offer["task"]["conversation_id"]);
+    drop(desk);
+    let Env { h, mock } = env;
+    drop(h);
+
+    let env = Env {
+        h: start_with(cfg),
+        mock,
+    };
+    let (mut desk, hello) = env.h.connect_agent(&alice).await;
+    assert_eq!(
+        hello["tasks"][0]["conversation_id"],
+        conv.as_str(),
+        "{hello}"
+    );
+    // The same webhook again (the provider retrying): still a duplicate.
+    let r = env
+        .sms_inbound(&sms_params("SM0001", DANA, "where is my order?"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A new text joins the open conversation.
+    let r = env
+        .sms_inbound(&sms_params("SM0002", DANA, "any news?"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = desk.recv_message_text("any news?").await;
+    assert_eq!(m["message"]["conversation_id"], conv.as_str());
+    assert_eq!(m["message"]["seq"], 2, "the duplicate was not stored: {m}");
+    send_ok(&mut desk, &conv, "Shipped today.", &[]).await;
+    let sends = env.mock.wait_sends(Api::Twilio, 1).await;
+    assert_eq!(
+        sends[0].form_value("Body").as_deref(),
+        Some("Shipped today.")
+    );
+    assert_eq!(sends[0].form_value("To").as_deref(), Some(DANA));
+}
+
+/// Files come back with the conversations that carry them: the customer's
+/// upload, sent in a message, downloads byte for byte after the restart, by
+/// the agent and by the customer; a file nobody sent is still the
+/// uploader's to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_files_sent_and_unsent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = durable_config(dir.path());
+    let h = start_with(cfg.clone());
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let (ann, mut ann_ws, _) = h.customer_with_message("Ann", "hello").await;
+    desk.take_offer().await;
+    let photo: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let upload = |name: &'static str, body: Vec<u8>| {
+        let h = &h;
+        let token = ann.token.clone();
+        async move {
+            let r = h
+                .request_raw(
+                    reqwest::Method::POST,
+                    &format!("/v1/attachments?filename={name}"),
+                    Some(&token),
+                    "image/png",
+                    body,
+                )
+                .await;
+            assert_eq!(r.status, 201, "{}", r.text);
+            s(&r.body["id"])
+        }
+    };
+    let sent = upload("photo.png", photo.clone()).await;
+    let unsent = upload("later.png", vec![7u8; 100]).await;
+    ann_ws
+        .send(serde_json::json!({"type": "message", "text": "see", "attachments": [sent], "client_msg_id": "f1"}))
+        .await;
+    ann_ws.recv_type("ack").await;
+    desk.recv_message_text("see").await;
+    drop((desk, ann_ws));
+    drop(h);
+
+    let h = start_with(cfg);
+    let fetch = |token: String, id: String| {
+        let h = &h;
+        async move {
+            let resp = h
+                .http
+                .get(h.url(&format!("/v1/attachments/{id}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("download");
+            (
+                resp.status().as_u16(),
+                resp.bytes().await.expect("body").to_vec(),
+            )
+        }
+    };
+    let (status, bytes) = fetch(alice.token.clone(), sent.clone()).await;
+    assert_eq!(status, 200);
+    assert!(bytes == photo, "the file came back changed");
+    let (status, bytes) = fetch(ann.token.clone(), sent.clone()).await;
+    assert_eq!((status, bytes.len()), (200, photo.len()));
+    let (mut ann_ws, history) = h.connect_customer(&ann).await;
+    assert_eq!(
+        history["messages"][1]["attachments"][0]["id"],
+        sent.as_str(),
+        "{history}"
+    );
+    // The unsent upload is still Ann's to send.
+    ann_ws
+        .send(serde_json::json!({"type": "message", "text": "and this", "attachments": [unsent], "client_msg_id": "f2"}))
+        .await;
+    let ack = ann_ws.recv_type("ack").await;
+    assert_eq!(ack["seq"], 3, "{ack}");
+}
+
+/// A reply whose provider send had no answer when the broker stopped goes
+/// out again after the restart, and its status reaches the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_send_in_flight_at_the_stop_is_sent_after_the_restart() {
+    use providers::mock::{Api, Failure};
+    use providers::*;
+
+    const DANA: &str = "+15551230000";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mock = providers::mock::Mock::start();
+    let mut cfg = providers::config(&mock);
+    cfg.data_dir = Some(dir.path().to_owned());
+    let env = Env {
+        h: start_with(cfg.clone()),
+        mock,
+    };
+    let (alice, mut desk) = env.agent("alice").await;
+    let r = env.sms_inbound(&sms_params("SM0001", DANA, "hello?")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (offer, _) = desk.take_offer().await;
+    let conv = s(&offer["task"]["conversation_id"]);
+    // Twilio hangs: the send is in flight when the broker stops.
+    env.mock.fail(
+        Api::Twilio,
+        100,
+        Failure::Slow(std::time::Duration::from_secs(30)),
+    );
+    let mid = send_ok(&mut desk, &conv, "On its way.", &[]).await;
+    env.mock.wait_sends(Api::Twilio, 1).await;
+    drop(desk);
+    let Env { h, mock } = env;
+    drop(h);
+    mock.heal(Api::Twilio);
+
+    let env = Env {
+        h: start_with(cfg),
+        mock,
+    };
+    let (mut desk, _hello) = env.h.connect_agent(&alice).await;
+    let sends = env.mock.wait_sends(Api::Twilio, 2).await;
+    assert_eq!(sends[1].form_value("Body").as_deref(), Some("On its way."));
+    assert_eq!(sends[1].form_value("To").as_deref(), Some(DANA));
+    let st = next_status(&mut desk, &mid).await;
+    assert_eq!(st["status"], "sent", "{st}");
+}
