@@ -802,6 +802,8 @@ pub struct RunningServer {
     handle: Option<ServerHandle>,
     system: Option<actix::System>,
     thread: Option<JoinHandle<()>>,
+    /// Closed on stop, so the data dir is free for the next broker at once.
+    journal: Option<crate::journal::Journal>,
 }
 
 impl RunningServer {
@@ -830,6 +832,11 @@ impl RunningServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        if let Some(journal) = self.journal.take() {
+            if let Err(e) = journal.close(std::time::Duration::from_secs(5)) {
+                tracing::error!(error = %e, "journal not closed cleanly");
+            }
+        }
     }
 }
 
@@ -851,7 +858,14 @@ pub fn spawn(config: Config) -> std::io::Result<RunningServer> {
                 match start(config) {
                     Ok(started) => {
                         let handle = started.server.handle();
-                        let _ = tx.send(Ok((started.addrs, started.admin_token, handle, sys)));
+                        let journal = started.broker.journal.clone();
+                        let _ = tx.send(Ok((
+                            started.addrs,
+                            started.admin_token,
+                            handle,
+                            sys,
+                            journal,
+                        )));
                         let _ = started.server.await;
                         for a in started.arbiters {
                             a.stop();
@@ -863,7 +877,7 @@ pub fn spawn(config: Config) -> std::io::Result<RunningServer> {
                 }
             });
         })?;
-    let (addrs, admin_token, handle, system) = rx
+    let (addrs, admin_token, handle, system, journal) = rx
         .recv()
         .map_err(|_| std::io::Error::other("server thread died during start-up"))??;
     let addr = addrs
@@ -876,5 +890,6 @@ pub fn spawn(config: Config) -> std::io::Result<RunningServer> {
         handle: Some(handle),
         system: Some(system),
         thread: Some(thread),
+        journal,
     })
 }

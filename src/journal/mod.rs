@@ -20,8 +20,8 @@
 //! was not stored. `docs/operations.md` (Durability) is the operator's view.
 
 mod faults;
-mod recover;
 pub mod record;
+mod recover;
 mod segment;
 mod snapshot;
 mod writer;

@@ -17,9 +17,7 @@ use crate::protocol::{
 };
 use crate::supervisor::{Subscribe, Unsubscribe};
 use crate::wiring::Broker;
-use crate::ws::{
-    close_with, handle_frame, CloseSession, Heartbeat, Push, Reassembly, SocketLink,
-};
+use crate::ws::{close_with, handle_frame, CloseSession, Heartbeat, Push, Reassembly, SocketLink};
 
 /// Conversations one supervisor socket may monitor at once.
 pub const MAX_MONITORED: usize = 32;
