@@ -251,6 +251,10 @@ pub fn check(response: &CannedResponse, limits: CannedLimits) -> Result<(), ApiE
 pub struct CannedLibrary {
     state: RwLock<CannedState>,
     limits: CannedLimits,
+    /// Where each change is written before it is applied (the journal,
+    /// set once at start when the broker keeps one), under the same lock,
+    /// so the journal has the changes in the order they were applied.
+    journal: std::sync::OnceLock<Box<dyn Fn(&CannedEvent) + Send + Sync>>,
 }
 
 impl CannedLibrary {
@@ -258,6 +262,7 @@ impl CannedLibrary {
         CannedLibrary {
             state: RwLock::new(CannedState::default()),
             limits,
+            journal: std::sync::OnceLock::new(),
         }
     }
 
@@ -276,6 +281,27 @@ impl CannedLibrary {
 
     /// The one door to [`CannedState::apply`].
     fn apply(&self, event: CannedEvent) {
+        let mut state = self.state.write();
+        self.write(&event);
+        state.apply(event);
+    }
+
+    /// Write a change to the journal, if one is set.
+    fn write(&self, event: &CannedEvent) {
+        if let Some(journal) = self.journal.get() {
+            journal(event);
+        }
+    }
+
+    /// From now on every change is handed to `journal` before it is applied
+    /// (the responses of the configuration file, created before, are not:
+    /// the file brings them back).
+    pub fn journal_to(&self, journal: impl Fn(&CannedEvent) + Send + Sync + 'static) {
+        let _ = self.journal.set(Box::new(journal));
+    }
+
+    /// A change read back from the journal, applied without writing it.
+    pub fn replay(&self, event: CannedEvent) {
         self.state.write().apply(event);
     }
 
@@ -330,7 +356,9 @@ impl CannedLibrary {
                 state.responses.len()
             )));
         }
-        state.apply(CannedEvent::Saved(response.clone()));
+        let event = CannedEvent::Saved(response.clone());
+        self.write(&event);
+        state.apply(event);
         Ok(response)
     }
 
@@ -358,7 +386,9 @@ impl CannedLibrary {
             response.queue = queue;
         }
         check(&response, self.limits)?;
-        state.apply(CannedEvent::Saved(response.clone()));
+        let event = CannedEvent::Saved(response.clone());
+        self.write(&event);
+        state.apply(event);
         Ok(response)
     }
 

@@ -168,6 +168,7 @@ pub fn replay(
                     channel.replay(event, addr);
                 }
             }
+            Record::Canned(event) => broker.canned.replay(event),
             Record::AttachmentStored {
                 meta,
                 uploader,

@@ -558,6 +558,14 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         journal: journal.as_ref().map(|(j, _)| j.clone()),
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
+    if let Some(journal) = broker.journal.clone() {
+        broker.canned.journal_to(move |event| {
+            crate::journal::record::write(
+                Some(&journal),
+                crate::journal::record::RecordRef::Canned(event),
+            )
+        });
+    }
     let mut router = Router::new(broker.clone());
     let mut webchat_shards: Vec<WebchatChannel> = (0..workers)
         .map(|_| WebchatChannel::new(broker.clone()))

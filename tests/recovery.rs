@@ -277,3 +277,58 @@ async fn a_provider_send_in_flight_at_the_stop_is_sent_after_the_restart() {
         "{hello}"
     );
 }
+
+/// Canned responses saved, changed and deleted over the API come back as
+/// they were left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_canned_responses_saved_over_the_api() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = durable_config(dir.path());
+    let h = start_with(cfg.clone());
+    let admin = Some(h.admin.clone());
+    for (id, title) in [("greet", "Greeting"), ("bye", "Goodbye")] {
+        let body = serde_json::json!({"id": id, "title": title, "text": "Hi {{customer.name}}"});
+        let r = h
+            .request(
+                reqwest::Method::POST,
+                "/v1/canned-responses",
+                admin.as_deref(),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let patch = serde_json::json!({"title": "Hello"});
+    let r = h
+        .request(
+            reqwest::Method::PATCH,
+            "/v1/canned-responses/greet",
+            admin.as_deref(),
+            Some(&patch),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = h
+        .request(
+            reqwest::Method::DELETE,
+            "/v1/canned-responses/bye",
+            admin.as_deref(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    drop(h);
+
+    let h = start_with(cfg);
+    let list = h.admin_get_ok("/v1/canned-responses").await;
+    let items = list
+        .as_array()
+        .or_else(|| list["canned_responses"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    let titles: Vec<(String, String)> = items
+        .iter()
+        .map(|r| (s(&r["id"]), s(&r["title"])))
+        .collect();
+    assert_eq!(titles, [("greet".to_owned(), "Hello".to_owned())], "{list}");
+}

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentEvent, AgentProfile};
 use crate::attachments::{Quota, Uploader};
+use crate::canned::CannedEvent;
 use crate::channel::provider::ProviderEvent;
 use crate::channel::webchat::WebchatEvent;
 use crate::conversation::{ConversationEvent, ConversationState};
@@ -64,6 +65,8 @@ pub enum RecordRef<'a> {
         channel: ChannelKind,
         event: &'a ProviderEvent,
     },
+    /// The canned-response library changed.
+    Canned(&'a CannedEvent),
     /// A file was stored (its bytes written to the data dir before this).
     AttachmentStored {
         meta: &'a AttachmentMeta,
@@ -107,6 +110,7 @@ pub enum Record {
         channel: ChannelKind,
         event: ProviderEvent,
     },
+    Canned(CannedEvent),
     AttachmentStored {
         meta: AttachmentMeta,
         uploader: Uploader,
@@ -264,6 +268,11 @@ mod tests {
         assert!(matches!(
             round_trip(RecordRef::Webchat(&ev)),
             Record::Webchat(WebchatEvent::SessionForgotten { session }) if &*session == "s1"
+        ));
+        let ev = CannedEvent::Deleted { id: "greet".into() };
+        assert!(matches!(
+            round_trip(RecordRef::Canned(&ev)),
+            Record::Canned(CannedEvent::Deleted { id }) if id == "greet"
         ));
         let ev = ProviderEvent::ConversationEnded {
             conversation: "c1".into(),
