@@ -254,8 +254,11 @@ pub struct CannedLibrary {
     /// Where each change is written before it is applied (the journal,
     /// set once at start when the broker keeps one), under the same lock,
     /// so the journal has the changes in the order they were applied.
-    journal: std::sync::OnceLock<Box<dyn Fn(&CannedEvent) + Send + Sync>>,
+    journal: std::sync::OnceLock<JournalSink>,
 }
+
+/// What writes a library change to the journal.
+type JournalSink = Box<dyn Fn(&CannedEvent) + Send + Sync>;
 
 impl CannedLibrary {
     pub fn new(limits: CannedLimits) -> Self {
