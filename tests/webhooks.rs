@@ -683,3 +683,60 @@ async fn provider_delivery_reports_are_told_as_message_status() {
     assert_eq!(events[0]["data"]["channel"], "sms");
     assert_eq!(events[0]["data"]["message"]["text"], "Where is my order?");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_and_parking_are_told_with_who_let_go() {
+    let a = Receiver::start(OK).await;
+    let cfg = switchboard::Config {
+        webhooks: vec![endpoint(&a.url, SECRET_A, &["task.*"])],
+        ..test_config()
+    };
+    let h = start_with(cfg);
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut desk_a = h.agent_online(&alice).await;
+    // A cold transfer from Alice to Bob, then Bob parks it.
+    let (_s, _c, ack) = h.customer_with_message("Dana", "hello").await;
+    let cv = ack["conversation_id"].as_str().unwrap().to_owned();
+    let (offer, _) = desk_a.take_offer().await;
+    let task = offer["task"]["id"].as_str().unwrap().to_owned();
+    let mut desk_b = h.agent_online(&bob).await;
+    let moved = desk_a
+        .call(serde_json::json!({"type": "transfer", "task_id": task, "to": {"agent": "bob"}, "mode": "cold"}))
+        .await;
+    assert_eq!(moved["type"], "task.transferred", "{moved}");
+    desk_b.take_offer().await;
+    let parked = desk_b
+        .call(serde_json::json!({"type": "park", "task_id": task}))
+        .await;
+    assert_eq!(parked["type"], "task.parked", "{parked}");
+
+    let expected = [
+        "task.created",
+        "task.offered",
+        "task.accepted",
+        "task.transferred",
+        "task.offered",
+        "task.accepted",
+        "task.parked",
+    ];
+    let events = eventually("every event delivered", async || {
+        let events = verify(&a.hits(), SECRET_A);
+        (by_conversation(&events).get(&cv).map(Vec::len) == Some(expected.len())).then_some(events)
+    })
+    .await;
+    assert_eq!(by_conversation(&events)[&cv], expected);
+    let of = |ty: &str| {
+        events
+            .iter()
+            .find(|v| v["type"] == ty)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {ty}"))
+    };
+    let transferred = of("task.transferred");
+    assert_eq!(transferred["data"]["agent_id"], "alice", "{transferred}");
+    assert_eq!(transferred["data"]["reason"], "cold", "{transferred}");
+    let parked = of("task.parked");
+    assert_eq!(parked["data"]["agent_id"], "bob", "{parked}");
+    assert_eq!(parked["data"]["task"]["state"], "parked", "{parked}");
+}

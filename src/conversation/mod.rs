@@ -347,7 +347,8 @@ impl Conversation {
                 d.notes = self.state.notes.as_deref();
             }),
             TaskState::Canceled => self.hook_task(EventKind::TaskCanceled, |_| {}),
-            // Parking is told by `task.parked` (not a webhook type yet).
+            // Transfers and parking are told by their handlers
+            // (`task.transferred`, `task.parked`), which know who let go.
             TaskState::Queued | TaskState::Reserved | TaskState::Parked => {}
         }
     }

@@ -29,6 +29,7 @@ use crate::protocol::event::{self, TransferFailure};
 use crate::protocol::{Event, Frame, Id, TaskState, Transfer};
 use crate::router::queue::Inactivity;
 use crate::router::{TransferDone, UnparkTask};
+use crate::webhooks::EventKind;
 
 /// Router: a cold transfer; `from` lets go of the task now.
 #[derive(Message)]
@@ -63,6 +64,10 @@ impl Handler<TransferredAway> for Conversation {
                     state: TaskState::Queued,
                     agent_id: None,
                     agent_name: None,
+                });
+                self.hook_task(EventKind::TaskTransferred, |d| {
+                    d.agent_id = Some(&msg.from);
+                    d.reason = Some("cold");
                 });
             }
             TaskState::Wrapping => {
@@ -144,6 +149,7 @@ impl Handler<TransferAccept> for Conversation {
             reference: None,
         }
         .frame();
+        let from = self.state.agent_id.clone();
         self.let_go(AgentFrameKind::Transferred, frame, ctx);
         self.apply(ConversationEvent::Transferred {
             transfer: pending.transfer,
@@ -152,6 +158,10 @@ impl Handler<TransferAccept> for Conversation {
             state: TaskState::Assigned,
             agent_id: Some(msg.agent_id),
             agent_name: Some(msg.agent_name.clone()),
+        });
+        self.hook_task(EventKind::TaskTransferred, |d| {
+            d.agent_id = from.as_deref();
+            d.reason = Some("warm");
         });
         self.to_agent(
             &msg.agent,
@@ -226,6 +236,7 @@ impl Handler<ParkedAway> for Conversation {
                     agent_id: None,
                     agent_name: None,
                 });
+                self.hook_task(EventKind::TaskParked, |d| d.agent_id = Some(&msg.from));
             }
             TaskState::Wrapping => {
                 self.let_go(AgentFrameKind::Parked, frame, ctx);

@@ -38,6 +38,8 @@ event_kinds! {
     TaskRejected => "task.rejected",
     TaskTimeout => "task.timeout",
     TaskRequeued => "task.requeued",
+    TaskTransferred => "task.transferred",
+    TaskParked => "task.parked",
     TaskWrapping => "task.wrapping",
     TaskCompleted => "task.completed",
     TaskCanceled => "task.canceled",

@@ -24,7 +24,8 @@ pub struct TaskData<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub expires_at: Option<SystemTime>,
-    /// `task.requeued`: why the agent no longer holds it.
+    /// `task.requeued`: why the agent no longer holds it; `task.transferred`:
+    /// `cold` or `warm`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
     /// `task.completed`: the disposition and the wrap-up notes.
