@@ -208,20 +208,7 @@ impl AttachmentStore {
         }
         let age = uploaded_at.elapsed().unwrap_or_default();
         let uploaded = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        let readers = match &uploader {
-            Uploader::Customer(session) => vec![session.clone()],
-            _ => Vec::new(),
-        };
-        let stored = StoredAttachment {
-            meta: meta.clone(),
-            bytes: Bytes::from(bytes),
-            uploader,
-            readers: Mutex::new(readers),
-            uploaded,
-            uses: AtomicUsize::new(0),
-            quota,
-        };
-        self.files.insert(meta.id, Arc::new(stored));
+        self.store(meta, Bytes::from(bytes), uploader, quota, uploaded);
         true
     }
 
@@ -287,21 +274,35 @@ impl AttachmentStore {
         if let Some(who) = &quota {
             self.reserve(who, meta.size)?;
         }
+        self.store(meta, bytes, uploader, quota, Instant::now());
+        Ok(())
+    }
+
+    /// Put a file in the map: readable by its uploading customer, carried
+    /// by no message yet.
+    fn store(
+        &self,
+        meta: AttachmentMeta,
+        bytes: Bytes,
+        uploader: Uploader,
+        quota: Option<Quota>,
+        uploaded: Instant,
+    ) {
         let readers = match &uploader {
             Uploader::Customer(session) => vec![session.clone()],
             _ => Vec::new(),
         };
+        let id = meta.id.clone();
         let stored = StoredAttachment {
-            meta: meta.clone(),
+            meta,
             bytes,
             uploader,
             readers: Mutex::new(readers),
-            uploaded: Instant::now(),
+            uploaded,
             uses: AtomicUsize::new(0),
             quota,
         };
-        self.files.insert(meta.id, Arc::new(stored));
-        Ok(())
+        self.files.insert(id, Arc::new(stored));
     }
 
     /// Take `size` bytes and a file of `who`'s quotas, or say which is full.

@@ -594,6 +594,30 @@ impl Drop for DoneGuard {
 }
 
 /// fsync a directory, so a file created or renamed in it stays after a crash.
+/// The Lsn in a file name `<prefix><20 digits><suffix>` (segments,
+/// snapshots), or None for any other name.
+fn lsn_in_name(name: &str, prefix: &str, suffix: &str) -> Option<Lsn> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// Every file of `dir` whose name `parse` reads an Lsn from, unsorted.
+fn files_by_lsn(
+    dir: &Path,
+    parse: fn(&str) -> Option<Lsn>,
+) -> Result<Vec<(Lsn, PathBuf)>, JournalError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| JournalError::io(dir, e))? {
+        let entry = entry.map_err(|e| JournalError::io(dir, e))?;
+        if let Some(lsn) = entry.file_name().to_str().and_then(parse) {
+            out.push((lsn, entry.path()));
+        }
+    }
+    Ok(out)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())

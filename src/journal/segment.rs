@@ -35,21 +35,12 @@ pub fn segment_name(first: Lsn) -> String {
 
 /// The first Lsn a segment file's name says, or None for any other file.
 pub fn parse_segment_name(name: &str) -> Option<Lsn> {
-    let digits = name.strip_prefix("wal-")?.strip_suffix(".seg")?;
-    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
+    super::lsn_in_name(name, "wal-", ".seg")
 }
 
 /// Every segment file of the directory, sorted by first Lsn.
 pub fn list_segments(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, JournalError> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| JournalError::io(dir, e))? {
-        let entry = entry.map_err(|e| JournalError::io(dir, e))?;
-        if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
-            out.push((first, entry.path()));
-        }
-    }
+    let mut out = super::files_by_lsn(dir, parse_segment_name)?;
     out.sort_unstable_by_key(|(first, _)| *first);
     Ok(out)
 }

@@ -29,21 +29,12 @@ pub fn snapshot_name(lsn: Lsn) -> String {
 }
 
 pub fn parse_snapshot_name(name: &str) -> Option<Lsn> {
-    let digits = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
-    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
+    super::lsn_in_name(name, "snap-", ".snap")
 }
 
 /// Every snapshot file of the directory, newest first.
 pub fn list_snapshots(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, JournalError> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| JournalError::io(dir, e))? {
-        let entry = entry.map_err(|e| JournalError::io(dir, e))?;
-        if let Some(lsn) = entry.file_name().to_str().and_then(parse_snapshot_name) {
-            out.push((lsn, entry.path()));
-        }
-    }
+    let mut out = super::files_by_lsn(dir, parse_snapshot_name)?;
     out.sort_unstable_by_key(|(lsn, _)| std::cmp::Reverse(*lsn));
     Ok(out)
 }
