@@ -53,12 +53,20 @@ impl SupervisorSession {
         }
     }
 
+    /// Tell every supervisor, this one included. Sent to the hub whatever
+    /// its count says (`Registry::publish` skips when nobody listens): this
+    /// socket listens, and its `Subscribe`, sent before, may not have been
+    /// counted yet; the hub takes both in the order they were sent.
     fn publish(&self, action: SupervisorAction) {
-        self.broker.publish(|| Event::SupervisorAction {
+        let frame = Event::SupervisorAction {
             by: crate::http::ADMIN_ACTOR.into(),
             action,
             at: crate::protocol::now(),
-        });
+        }
+        .frame();
+        self.broker
+            .supervisor
+            .do_send(crate::broker::Publish(frame));
     }
 
     fn command(&mut self, cmd: SupervisorCommand, ctx: &mut ws::WebsocketContext<Self>) {
