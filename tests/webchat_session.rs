@@ -115,7 +115,7 @@ async fn a_message_is_acked_on_its_socket_and_shown_on_every_socket() {
     assert_eq!(history["type"], "history", "{history}");
 
     first
-        .send(json!({"type": "message", "text": "second", "client_msg_id": "c-2", "ref": "r-2"}))
+        .send(json!({"type": "message", "text": "second", "client_msg_id": "second-of-two", "ref": "r-2"}))
         .await;
     let ours = |v: &serde_json::Value| {
         (v["type"] == "ack" && v["ref"] == "r-2")
@@ -123,7 +123,7 @@ async fn a_message_is_acked_on_its_socket_and_shown_on_every_socket() {
     };
     let ack = first.recv_where("the ack or the message", ours).await;
     assert_eq!(ack["type"], "ack", "the ack comes first: {ack}");
-    assert_eq!(ack["client_msg_id"], "c-2", "{ack}");
+    assert_eq!(ack["client_msg_id"], "second-of-two", "{ack}");
     let shown = first.recv_where("the message", ours).await;
     assert_eq!(shown["type"], "message", "{shown}");
     assert_eq!(shown["message"]["id"], ack["message_id"], "{shown}");
