@@ -122,6 +122,10 @@ async fn a_blip_cutting_every_socket_at_once_loses_and_moves_nothing() {
     {
         ws.recv_close().await;
     }
+    // The cut sockets go (this process's RSS holds the clients too): what
+    // is left to grow is the broker's and the new sockets'.
+    drop(desks);
+    let customers: Vec<_> = customers.into_iter().map(|(session, _)| session).collect();
     let mut desks = Vec::new();
     for agent in &agents {
         let (desk, hello) = via.connect_agent(agent).await;
@@ -138,7 +142,7 @@ async fn a_blip_cutting_every_socket_at_once_loses_and_moves_nothing() {
         desks.push(desk);
     }
     let mut reconnected = Vec::new();
-    for (session, _) in &customers {
+    for session in &customers {
         let (ws, history) = via.connect_customer(session).await;
         assert_eq!(texts(&history["messages"]), ["hello"], "{history}");
         reconnected.push((session.clone(), ws, s(&history["conversation_id"])));
@@ -177,5 +181,5 @@ async fn a_blip_cutting_every_socket_at_once_loses_and_moves_nothing() {
         .await;
     }
     // Memory back where it was: the storm left nothing behind.
-    assert_rss_grew_less_than(rss, 64 * 1024, "after the reconnect storm");
+    assert_rss_grew_less_than(rss, 16 * 1024, "after the reconnect storm");
 }
