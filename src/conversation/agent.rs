@@ -37,11 +37,11 @@ impl Handler<AgentSend> for Conversation {
 
     fn handle(&mut self, mut msg: AgentSend, _: &mut Context<Self>) {
         if self.check_agent(&msg.agent_id).is_ok() {
-            let resent = self.stored_as(
-                Author::Agent,
-                Some(&msg.agent_id),
-                msg.client_msg_id.as_deref(),
-            );
+            let resent = msg.client_msg_id.as_deref().and_then(|id| {
+                let history = &self.state.messages;
+                self.resend
+                    .find(history, Author::Agent, Some(&msg.agent_id), id)
+            });
             if let Some(stored) = resent {
                 // Stored before: echoed again to its sender only.
                 let echo = self.message_frame(stored, msg.reference.as_deref());

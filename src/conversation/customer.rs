@@ -180,7 +180,10 @@ impl Handler<SendHistory> for Conversation {
 impl Conversation {
     pub(super) fn accept_customer_message(&mut self, mut msg: CustomerMessage) {
         if let Some(socket) = msg.socket {
-            let resent = self.stored_as(Author::Customer, None, msg.client_msg_id.as_deref());
+            let resent = msg.client_msg_id.as_deref().and_then(|id| {
+                let history = &self.state.messages;
+                self.resend.find(history, Author::Customer, None, id)
+            });
             if let Some(stored) = resent {
                 // Stored before: acknowledged again, told to nobody else.
                 let ack = Event::Ack {

@@ -53,6 +53,7 @@ mod canned;
 mod customer;
 mod delivery;
 mod queries;
+mod resend;
 mod restore;
 mod routing;
 mod state;
@@ -92,6 +93,7 @@ use crate::router::{BindOutbound, EnqueueTask, Outcome, RescindReason, TaskClose
 use crate::webhooks::payload::{EndedData, MessageData, TaskData};
 use crate::webhooks::EventKind;
 use crate::wiring::Broker;
+use resend::ResendIndex;
 
 /// Check a message's text and attachments against the limits and the channel's
 /// rules before anything is stored or sent. `sender` may name only files it
@@ -136,9 +138,7 @@ pub fn validate_content(
     Ok(files.iter().map(|f| f.meta.clone()).collect())
 }
 
-/// How many of a conversation's newest messages a resent `client_msg_id`
-/// is looked for in (see `Conversation::stored_as`).
-pub const RESEND_WINDOW: usize = 256;
+pub use resend::RESEND_WINDOW;
 
 /// How a conversation starts.
 pub enum Opening {
@@ -202,6 +202,8 @@ pub struct Conversation {
     /// Restored from the journal waiting, unknown to the router: enqueue
     /// the task as it starts.
     enqueue_on_start: bool,
+    /// Where a resent `client_msg_id` is looked up (`resend.rs`).
+    resend: ResendIndex,
 }
 
 impl Conversation {
@@ -258,6 +260,7 @@ impl Conversation {
             opening: Some(Box::new(spec.opening)),
             monitors: Vec::new(),
             enqueue_on_start: false,
+            resend: ResendIndex::default(),
         };
         // Registered before it runs: its first act queues the task, and the
         // agent who accepts must find it by id.
@@ -451,29 +454,6 @@ impl Conversation {
         };
         self.apply(ConversationEvent::MessageAppended(message));
         self.show_monitors();
-    }
-
-    /// The message [`Conversation::append`] just stored.
-    /// The message `from` (and, for an agent, that agent) already sent with
-    /// this `client_msg_id`, among the last [`RESEND_WINDOW`]: a resend
-    /// after a dropped socket, to be acknowledged again and not stored.
-    fn stored_as(
-        &self,
-        from: Author,
-        agent: Option<&str>,
-        client_msg_id: Option<&str>,
-    ) -> Option<&Message> {
-        let id = client_msg_id?;
-        self.state
-            .messages
-            .iter()
-            .rev()
-            .take(RESEND_WINDOW)
-            .find(|m| {
-                m.from == from
-                    && m.client_msg_id.as_deref() == Some(id)
-                    && (from != Author::Agent || m.agent_id.as_deref() == agent)
-            })
     }
 
     fn last_message(&self) -> &Message {

@@ -73,6 +73,7 @@ impl Conversation {
             inactivity: None,
             inactivity_timers: Vec::new(),
             monitors: Vec::new(),
+            resend: Default::default(),
         }
     }
 
