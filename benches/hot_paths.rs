@@ -7,6 +7,7 @@
 //!
 //! Run with `cargo bench`; each group takes a few seconds.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,8 +16,8 @@ use switchboard::channel::check_attachment;
 use switchboard::conversation::{ConversationEvent, ConversationState};
 use switchboard::deadlines::Deadlines;
 use switchboard::protocol::{
-    frame, Activity, AgentCommand, Author, ChannelKind, Customer, DeliveryStatus, Id, Message,
-    PerChannel, TaskState,
+    event::Event, frame, Activity, AgentCommand, Author, ChannelKind, Customer, DeliveryStatus, Id,
+    Message, PerChannel, TaskState,
 };
 use switchboard::router::index::{AgentIndex, Standing};
 use switchboard::router::{Outcome, Pick, Policy, Queue, RoutableTask, RouterEvent, RouterState};
@@ -44,11 +45,12 @@ fn frames(c: &mut Criterion) {
     let m = message("Hello, my order 4411 has not arrived yet, can you check?");
     c.bench_function("encode message event once", |b| {
         b.iter(|| {
-            frame(&serde_json::json!({
-                "type": "message",
-                "conversation_id": black_box(&m.conversation_id),
-                "message": black_box(&m),
-            }))
+            Event::Message {
+                conversation_id: black_box(&m.conversation_id).clone(),
+                message: Cow::Borrowed(black_box(&m)),
+                reference: Some(Cow::Borrowed("r9")),
+            }
+            .frame()
         })
     });
 }
