@@ -84,6 +84,14 @@ pub enum SupervisorAction {
         conversation_id: Id,
         disposition: String,
     },
+    /// `POST /v1/tasks/{id}/transfer`: a cold transfer, with its note.
+    #[serde(rename = "task.transfer")]
+    TransferTask {
+        task_id: Id,
+        conversation_id: Id,
+        to: TransferTarget,
+        note: String,
+    },
     /// `PATCH /v1/agents/{id}` with `activity`.
     #[serde(rename = "agent.activity")]
     SetActivity { agent_id: Id, activity: Activity },
@@ -99,6 +107,26 @@ pub enum SupervisorAction {
     /// `unmonitor` on the supervisor socket (or its socket closing).
     #[serde(rename = "conversation.unmonitor")]
     Unmonitor { conversation_id: Id },
+}
+
+impl SupervisorAction {
+    /// What the action is about, as the webhooks order it: the
+    /// conversation (task and monitor actions, in line with that
+    /// conversation's other events) or the agent.
+    pub fn subject(&self) -> &Id {
+        match self {
+            SupervisorAction::CompleteTask {
+                conversation_id, ..
+            }
+            | SupervisorAction::TransferTask {
+                conversation_id, ..
+            }
+            | SupervisorAction::Monitor { conversation_id }
+            | SupervisorAction::Unmonitor { conversation_id } => conversation_id,
+            SupervisorAction::SetActivity { agent_id, .. }
+            | SupervisorAction::SetCapacity { agent_id, .. } => agent_id,
+        }
+    }
 }
 
 /// A client's `ref`, echoed as given (`null` when the command had none).
@@ -556,6 +584,16 @@ mod tests {
                     task_id: "tk_1".into(),
                     conversation_id: "cv_1".into(),
                     disposition: "spam".into(),
+                },
+                at: crate::protocol::now(),
+            },
+            Event::SupervisorAction {
+                by: "admin".into(),
+                action: SupervisorAction::TransferTask {
+                    task_id: "tk_1".into(),
+                    conversation_id: "cv_1".into(),
+                    to: TransferTarget::Queue("billing".into()),
+                    note: "VIP".into(),
                 },
                 at: crate::protocol::now(),
             },
