@@ -497,6 +497,11 @@ impl Conversation {
             task: Cow::Owned(self.state.task_view()),
             history: Cow::Borrowed(history),
             history_has_earlier,
+            pending_transfer: self
+                .state
+                .pending_transfer
+                .as_ref()
+                .map(|p| Cow::Borrowed(&p.transfer)),
             reference: event::reference(reference),
         }
         .frame()

@@ -202,6 +202,11 @@ pub enum Event<'a> {
         /// `GET /v1/conversations/{id}/messages?before_seq=`.
         #[serde(default)]
         history_has_earlier: bool,
+        /// A warm transfer this agent started that its target has not
+        /// answered yet (the agent still holds the task and may cancel
+        /// it): set on a reconnect's resync, so a reloaded desk knows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending_transfer: Option<Cow<'a, Transfer>>,
         #[serde(rename = "ref", default)]
         reference: Ref<'a>,
     },
@@ -468,6 +473,13 @@ mod tests {
                 task: Cow::Owned(task()),
                 history: Cow::Owned(vec![message()]),
                 history_has_earlier: true,
+                pending_transfer: Some(Cow::Owned(Transfer {
+                    from: "alice".into(),
+                    to: TransferTarget::Agent("bob".into()),
+                    mode: crate::protocol::TransferMode::Warm,
+                    note: "consult".into(),
+                    at: crate::protocol::now(),
+                })),
                 reference: Some("r1".into()),
             },
             Event::MessageStatus {
