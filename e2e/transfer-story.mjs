@@ -112,7 +112,7 @@ step('cold transfer to Uma with a note: Tina lets go at once, Uma sees the note'
   equal(load.body.load.webchat, 0, "Tina's capacity");
 });
 
-step('warm transfer: Uma keeps the chat until Tina accepts; one is canceled first', async () => {
+step('warm transfer: Uma keeps the chat until Tina accepts; one is canceled first, after a reload', async () => {
   await transferWithKeyboard(t.uma, { to: TINA.id, mode: 'warm', note: 'Can you confirm the refund?' });
   await seeText(t.uma.locator('#transfer-status'), /Waiting for tina to accept/);
   await t.tina.locator('#queue li.task.offer', { hasText: CUSTOMER }).waitFor();
