@@ -1,8 +1,8 @@
 // Transfers and parking at the desk, on a broker of its own: two agents hand
 // one customer's chat back and forth, cold (to an agent, with a note) and
-// warm (the sender keeps it until the other accepts; one is canceled), then
-// park it until the customer writes again. The dialogs are worked with the
-// keyboard. The customer is a plain WebSocket client in a blank page.
+// warm (the sender keeps it until the other accepts; one is canceled after
+// the sender's page reloads mid-transfer), then park it until the customer
+// writes again. The dialogs are worked with the keyboard. The customer is a plain WebSocket client in a blank page.
 import { call, equal, person, seeText, shot, step, story, until } from './harness.mjs';
 import { audit } from './axe.mjs';
 
@@ -112,10 +112,17 @@ step('cold transfer to Uma with a note: Tina lets go at once, Uma sees the note'
   equal(load.body.load.webchat, 0, "Tina's capacity");
 });
 
-step('warm transfer: Uma keeps the chat until Tina accepts; one is canceled first', async () => {
+step('warm transfer: Uma keeps the chat until Tina accepts; one is canceled first, after a reload', async () => {
   await transferWithKeyboard(t.uma, { to: TINA.id, mode: 'warm', note: 'Can you confirm the refund?' });
   await seeText(t.uma.locator('#transfer-status'), /Waiting for tina to accept/);
   await t.tina.locator('#queue li.task.offer', { hasText: CUSTOMER }).waitFor();
+  // Uma's page reloads while Tina's offer is open: the desk still knows the
+  // transfer waits, and offers Cancel again.
+  await t.uma.reload();
+  await seeText(t.uma.locator('#conn'), /^Connected$/);
+  await seeText(t.uma.locator('#conv-name'), new RegExp(CUSTOMER));
+  await seeText(t.uma.locator('#transfer-status'), /Waiting for tina to accept/);
+  await t.uma.locator('#transfer-cancel').waitFor({ state: 'visible' });
   // Cancel it: Tina's offer goes, Uma keeps the chat.
   await t.uma.locator('#transfer-cancel').focus();
   await t.uma.keyboard.press('Enter');

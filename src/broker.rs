@@ -254,6 +254,11 @@ impl<W: Wiring> Registry<W> {
         self.tasks.remove(task_id);
     }
 
+    /// The id of a task's conversation, while it is in memory.
+    pub fn conversation_id_of_task(&self, task_id: &str) -> Option<Id> {
+        self.tasks.get(task_id).map(|e| e.value().clone())
+    }
+
     /// The conversation of a task, while it is in memory.
     pub fn conversation_of_task(&self, task_id: &str) -> Option<Addr<W::Conversation>> {
         let id = self.tasks.get(task_id).map(|e| e.value().clone())?;
@@ -405,6 +410,35 @@ impl<W: Wiring> Registry<W> {
         entry.token = token;
         entry.expires_at = self.token_expiry();
         Ok(entry.clone())
+    }
+
+    /// A supervisor acted: tell the supervisor stream (if anyone listens)
+    /// and the webhooks (if an endpoint wants `supervisor.action`), with who
+    /// did it.
+    pub fn supervisor_action(&self, by: &str, action: crate::protocol::SupervisorAction) {
+        let at = crate::protocol::now();
+        self.supervisor_action_to_webhooks(by, &action, at);
+        self.publish(|| crate::protocol::Event::SupervisorAction {
+            by: by.to_owned().into(),
+            action,
+            at,
+        });
+    }
+
+    /// The webhook half of [`Registry::supervisor_action`], for a sender
+    /// that tells the supervisor stream itself. Ordered with the events of
+    /// the conversation (or agent) it acted on.
+    pub fn supervisor_action_to_webhooks(
+        &self,
+        by: &str,
+        action: &crate::protocol::SupervisorAction,
+        at: SystemTime,
+    ) {
+        self.webhooks.emit(
+            crate::webhooks::EventKind::SupervisorAction,
+            action.subject(),
+            || crate::webhooks::payload::SupervisorActionData { by, action, at },
+        );
     }
 
     /// Publish a supervisor event, building and encoding it only if someone

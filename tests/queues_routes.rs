@@ -1,7 +1,7 @@
 //! Provider messages reach their queue by `[[routes]]`: the business address
 //! written to picks the queue, and the queue's messages to the customer
-//! (maximum wait, closed) go out through the provider; over real sockets
-//! against the mock provider.
+//! (maximum wait, closed, inactivity warning) go out through the provider;
+//! over real sockets against the mock provider.
 mod common;
 mod providers;
 
@@ -191,4 +191,64 @@ async fn a_whatsapp_customer_writing_while_the_queue_is_closed_is_sent_the_close
     let first = ws.offer().await;
     assert_eq!(first["task"]["conversation_id"], conv.as_str(), "{first}");
     env.mock.assert_sends_stay(Api::Whatsapp, 1, QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_customer_gone_quiet_is_sent_the_queues_inactivity_warning() {
+    let env = start(|cfg| {
+        cfg.queues = vec![queue(json!({
+            "id": "quiet",
+            "inactivity": {"warn_after": "600ms", "warning": "Are you still there?",
+                           "close_after": "1m"},
+        }))];
+        cfg.routes = vec![route(ChannelKind::Sms, SMS_FROM, "quiet")];
+    });
+    let dana = "+15551230000";
+    let (_alice, mut ws) = env.agent("alice").await;
+    env.sms_in(&sms_params("SM0001", dana, "Invoice question"))
+        .await;
+    let (_offer, _assigned, conv, _task) = take(&mut ws).await;
+
+    // The agent sees the warning; the customer is texted it, as a reply is.
+    let seen = ws
+        .recv_where("the warning", |v| {
+            v["type"] == "message" && v["message"]["text"] == "Are you still there?"
+        })
+        .await;
+    assert_eq!(seen["message"]["from"], "system", "{seen}");
+    let sends = env.mock.wait_sends(Api::Twilio, 1).await;
+    assert_eq!(sends[0].form_value("To").as_deref(), Some(dana));
+    assert_eq!(sends[0].form_value("From").as_deref(), Some(SMS_FROM));
+    assert_eq!(
+        sends[0].form_value("Body").as_deref(),
+        Some("Are you still there?")
+    );
+    let sent = system_message_with_status(&env, &conv, "Are you still there?", "sent").await;
+    assert!(sent["agent_id"].is_null(), "{sent}");
+    // Once: the next warning waits for the customer's next message.
+    env.mock.assert_sends_stay(Api::Twilio, 1, QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inactivity_warning_outside_the_whatsapp_window_is_kept_as_failed() {
+    let env = start(|cfg| {
+        // The window closes before the warning is due.
+        cfg.messaging_window = Duration::from_millis(200);
+        cfg.queues = vec![queue(json!({
+            "id": "quiet",
+            "inactivity": {"warn_after": "700ms", "warning": "Are you still there?",
+                           "close_after": "1m"},
+        }))];
+        cfg.routes = vec![route(
+            ChannelKind::Whatsapp,
+            providers::mock::PHONE_NUMBER_ID,
+            "quiet",
+        )];
+    });
+    let (_alice, mut ws) = env.agent("alice").await;
+    env.wa_in(&wa_text_webhook("wamid.1", "15551230000", "Dana", "Hola"))
+        .await;
+    let (_offer, _assigned, conv, _task) = take(&mut ws).await;
+    system_message_with_status(&env, &conv, "Are you still there?", "failed").await;
+    env.mock.assert_sends_stay(Api::Whatsapp, 0, QUIET).await;
 }

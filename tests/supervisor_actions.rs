@@ -1,8 +1,9 @@
 //! Supervisor actions over real sockets and HTTP: listing tasks and
 //! conversations by state and queue (bounded pages), completing a task,
-//! setting an agent's activity (offline logs it out) and capacity live,
-//! monitoring a conversation read-only on the supervisor socket, and the
-//! `supervisor.action` event each action publishes; errors included.
+//! transferring one, setting an agent's activity (offline logs it out) and
+//! capacity live, monitoring a conversation read-only on the supervisor
+//! socket, and the `supervisor.action` event each action publishes; errors
+//! included.
 mod common;
 
 use common::*;
@@ -411,6 +412,30 @@ async fn a_capacity_change_applies_at_once() {
     desk.offer_for(&second).await;
     let a = action(&mut sup, "agent.capacity").await;
     assert_eq!(a["capacity"]["webchat"], 2, "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_transfer_is_an_action_with_its_target_and_note() {
+    let h = start();
+    create_queue(&h, "billing").await;
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut sup = supervisor(&h).await;
+    let (mut desk, _c, conv, task) = assigned(&h, &alice, "Dana").await;
+    let r = admin(
+        &h,
+        Method::POST,
+        &format!("/v1/tasks/{task}/transfer"),
+        Some(json!({"to": {"queue": "billing"}, "note": "VIP"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    desk.recv_type("task.transferred").await;
+    let a = action(&mut sup, "task.transfer").await;
+    assert_eq!(a["task_id"], task.as_str(), "{a}");
+    assert_eq!(a["conversation_id"], conv.as_str(), "{a}");
+    assert_eq!(a["to"], json!({"queue": "billing"}), "{a}");
+    assert_eq!(a["note"], "VIP", "{a}");
+    assert!(a["at"].is_string(), "{a}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Transfers over real sockets: cold (to a queue, to an agent, falling back
 //! to the queue), warm (accept, reject, timeout, cancel, end while pending),
-//! the supervisor's cold transfer, and the errors.
+//! a desk reloaded while its warm transfer is pending, the supervisor's cold
+//! transfer, and the errors.
 mod common;
 
 use std::time::Duration;
@@ -416,6 +417,56 @@ async fn warm_canceled_leaves_it_with_the_sender() {
     )
     .await;
     alice_keeps(&h, &mut a, &mut c, &conv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desk_reloaded_mid_warm_transfer_is_told_it_is_pending_and_can_cancel() {
+    let h = start_with(config());
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut a = h.agent_online(&alice).await;
+    let (_s, mut c, ack) = h.customer_with_message("Dana", "my order is late").await;
+    let conv = s(&ack["conversation_id"]);
+    let (offer, _) = a.take_offer().await;
+    let task = s(&offer["task"]["id"]);
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut b = h.agent_online(&bob).await;
+    let v = a
+        .call(transfer(&task, json!({"agent": "bob"}), "warm", "refund?"))
+        .await;
+    assert_eq!(v["type"], "ok", "{v}");
+    b.offer_for(&conv).await;
+
+    // The page reloads: a new socket, while bob's offer is still open.
+    drop(a);
+    let (mut a, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"][0]["id"], task.as_str(), "{hello}");
+    let resync = a.recv_type("task.assigned").await;
+    assert_eq!(resync["task"]["id"], task.as_str(), "{resync}");
+    let pending = &resync["pending_transfer"];
+    assert_eq!(pending["from"], "alice", "{resync}");
+    assert_eq!(pending["to"], json!({"agent": "bob"}), "{resync}");
+    assert_eq!(pending["mode"], "warm", "{resync}");
+    assert_eq!(pending["note"], "refund?", "{resync}");
+    assert!(pending["at"].is_string(), "{resync}");
+
+    // What the reloaded desk shows, Cancel, works.
+    let v = a
+        .call(json!({"type": "transfer.cancel", "task_id": task}))
+        .await;
+    assert_eq!(v["type"], "ok", "{v}");
+    assert_eq!(a.recv_type("transfer.failed").await["reason"], "canceled");
+    assert_eq!(
+        b.recv_type("task.rescinded").await["reason"],
+        "transfer_canceled"
+    );
+    alice_keeps(&h, &mut a, &mut c, &conv).await;
+
+    // Reloaded again, nothing is pending any more.
+    drop(a);
+    let (mut a, _hello) = h.connect_agent(&alice).await;
+    let resync = a.recv_type("task.assigned").await;
+    assert_eq!(resync["task"]["id"], task.as_str(), "{resync}");
+    assert!(resync.get("pending_transfer").is_none(), "{resync}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,11 +2,16 @@
 //! agents and 600 webchat conversations, agents accepting and rejecting,
 //! replying, transferring cold (to agents and queues) and warm (some
 //! canceled), parking (some until a time), ending in the middle of
-//! transfers and dropping their sockets, while customers keep writing.
-//! Then everything is wound down and checked: no agent ever got a frame of
-//! a conversation it did not hold, no agent was ever over capacity, the
-//! router and the conversations agreed on every holder, and every task
-//! ended in a final state with all capacity given back.
+//! transfers and dropping their sockets, a supervisor force-completing
+//! tasks, while customers keep writing. Then everything is wound down and
+//! checked: no agent ever got a frame of a conversation it did not hold, no
+//! agent was ever over capacity, the router and the conversations agreed on
+//! every holder, and every task ended in a final state with all capacity
+//! given back.
+//!
+//! `FLOW_AGENTS` and `FLOW_CONVERSATIONS` change the size (the issue's full
+//! size, 300 and 3,000, takes longer than a debug test should: see
+//! `docs/performance.md`).
 
 mod common;
 
@@ -34,6 +39,17 @@ const CAPACITY: u64 = 3;
 const CHAOS: Duration = Duration::from_secs(8);
 const RUN_TIMEOUT: Duration = Duration::from_secs(50);
 
+/// A size from the environment, else its default.
+fn size(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{var}={v:?}: not a number"))
+        })
+        .unwrap_or(default)
+}
+
 #[derive(Default)]
 struct Shared {
     /// 0: chaos; 1: pause (nobody acts); 2: drain (wind everything down);
@@ -46,6 +62,7 @@ struct Shared {
     parks: AtomicUsize,
     ends_mid_transfer: AtomicUsize,
     disconnects: AtomicUsize,
+    force_completes: AtomicUsize,
     sampler_stop: AtomicBool,
 }
 
@@ -160,9 +177,16 @@ impl Desk {
                 let conv = s(&v["task"]["conversation_id"]);
                 let task = s(&v["task"]["id"]);
                 self.held.insert(conv.clone());
-                self.tasks.insert(task, conv.clone());
+                self.tasks.insert(task.clone(), conv.clone());
                 if v["task"]["state"] == "wrapping" {
+                    // Ended while this desk was away (a reconnect's
+                    // resync): wrap it up now, as `conversation.ended` does.
                     self.ended.insert(conv);
+                    send(
+                        ws,
+                        json!({"type": "complete", "task_id": task, "disposition": "resolved"}),
+                    )
+                    .await;
                 }
             }
             "message" | "typing" => {
@@ -338,6 +362,10 @@ async fn customer(url: String, shared: Arc<Shared>, seed: u64, convs: Arc<Mutex<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transfers_parks_and_ends_keep_one_holder_under_load() {
+    let agents_n = size("FLOW_AGENTS", AGENTS);
+    let conversations_n = size("FLOW_CONVERSATIONS", CONVERSATIONS);
+    // Room to open the sessions and wind down, growing with the size.
+    let run_timeout = RUN_TIMEOUT * (conversations_n.div_ceil(CONVERSATIONS)) as u32;
     let mut cfg = test_config().without_client_limits();
     cfg.offer_timeout = Duration::from_secs(2);
     cfg.reoffer_cooldown = Duration::from_millis(300);
@@ -354,7 +382,7 @@ async fn transfers_parks_and_ends_keep_one_holder_under_load() {
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
 
-    let ids: Vec<String> = (0..AGENTS).map(|i| format!("ag{i:02}")).collect();
+    let ids: Vec<String> = (0..agents_n).map(|i| format!("ag{i:03}")).collect();
     let mut desks = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let agent = h.create_agent(id, CAPACITY, &[]).await;
@@ -401,9 +429,53 @@ async fn transfers_parks_and_ends_keep_one_holder_under_load() {
         })
     };
 
+    // A supervisor completing assigned tasks now and then, whatever their
+    // agents are doing with them (a transfer pending, an end on its way).
+    let supervisor = {
+        let (http, base, admin, shared) =
+            (h.http.clone(), h.url(""), h.admin.clone(), shared.clone());
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(7);
+            while shared.phase() == 0 {
+                sleep(Duration::from_millis(200)).await;
+                let Ok(r) = http
+                    .get(format!("{base}/v1/tasks?state=assigned"))
+                    .bearer_auth(&admin)
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                let tasks: Value = r.json().await.expect("tasks json");
+                let Some(list) = tasks.as_array().filter(|l| !l.is_empty()) else {
+                    continue;
+                };
+                let task = s(&list[rng.random_range(0..list.len())]["id"]);
+                let r = http
+                    .post(format!("{base}/v1/tasks/{task}/complete"))
+                    .bearer_auth(&admin)
+                    .json(&json!({"disposition": "spam", "notes": "closed by the supervisor"}))
+                    .send()
+                    .await
+                    .expect("POST complete");
+                // It may have moved since the list: refused, never broken.
+                match r.status().as_u16() {
+                    200 => {
+                        shared.force_completes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    404 | 409 => {}
+                    other => shared.violation(format!(
+                        "force-complete of {task}: {other} {}",
+                        r.text().await.unwrap_or_default()
+                    )),
+                }
+            }
+        })
+    };
+
     let convs = Arc::new(Mutex::new(Vec::new()));
     let mut customers = Vec::new();
-    for i in 0..CONVERSATIONS {
+    for i in 0..conversations_n {
         let session = h.create_session(&format!("C{i}"), None).await;
         customers.push(tokio::spawn(customer(
             h.customer_ws_url(&session),
@@ -423,6 +495,7 @@ async fn transfers_parks_and_ends_keep_one_holder_under_load() {
     // Pause: nobody acts; once what is in flight has landed, the router and
     // every conversation agree on who holds each assigned task.
     shared.phase.store(1, Ordering::SeqCst);
+    supervisor.await.expect("supervisor");
     sleep(Duration::from_millis(1500)).await;
     let tasks = h.admin_get_ok("/v1/tasks?state=assigned").await;
     let mut checked = 0;
@@ -442,11 +515,11 @@ async fn transfers_parks_and_ends_keep_one_holder_under_load() {
 
     // Drain: every conversation is ended and wrapped up.
     shared.phase.store(2, Ordering::SeqCst);
-    let deadline = started + RUN_TIMEOUT;
-    while shared.customers_done.load(Ordering::SeqCst) < CONVERSATIONS {
+    let deadline = started + run_timeout;
+    while shared.customers_done.load(Ordering::SeqCst) < conversations_n {
         assert!(
             Instant::now() < deadline,
-            "drain: {} of {CONVERSATIONS} conversations ended; open tasks: {}",
+            "drain: {} of {conversations_n} conversations ended; open tasks: {}",
             shared.customers_done.load(Ordering::SeqCst),
             h.admin_get_ok("/v1/tasks").await
         );
@@ -468,7 +541,7 @@ async fn transfers_parks_and_ends_keep_one_holder_under_load() {
     }
 
     let convs = convs.lock().expect("lock").clone();
-    assert_eq!(convs.len(), CONVERSATIONS);
+    assert_eq!(convs.len(), conversations_n);
     for id in &convs {
         let v = h.conversation(id).await;
         let state = v["task"]["state"].as_str().unwrap_or_default().to_owned();
@@ -491,18 +564,20 @@ async fn transfers_parks_and_ends_keep_one_holder_under_load() {
     for d in desks {
         d.await.expect("desk");
     }
-    let (t, w, p, e, d) = (
+    let (t, w, p, e, d, f) = (
         shared.transfers.load(Ordering::Relaxed),
         shared.warm.load(Ordering::Relaxed),
         shared.parks.load(Ordering::Relaxed),
         shared.ends_mid_transfer.load(Ordering::Relaxed),
         shared.disconnects.load(Ordering::Relaxed),
+        shared.force_completes.load(Ordering::Relaxed),
     );
     eprintln!(
-        "cold transfers {t}, warm {w}, parks {p}, ends mid-transfer {e}, disconnects {d}, \
+        "{agents_n} agents, {conversations_n} conversations: cold transfers {t}, warm {w}, \
+         parks {p}, ends mid-transfer {e}, disconnects {d}, force-completes {f}, \
          holders checked {checked}, in {:?}",
         started.elapsed()
     );
     // The run did what it is about.
-    assert!(t > 20 && w > 20 && p > 10 && e > 0 && d > 0 && checked > 0);
+    assert!(t > 20 && w > 20 && p > 10 && e > 0 && d > 0 && f > 0 && checked > 0);
 }

@@ -4,7 +4,8 @@
 //! documented, in order per conversation, duplicates only as retries of the
 //! same id; the `events` filter; the figures of `/v1/stats` and `/metrics`
 //! through the failure and the recovery; a full queue drops and counts; an
-//! event past `webhook_retry_for` is given up and counted.
+//! event past `webhook_retry_for` is given up and counted; supervisor
+//! actions are told with who did them.
 
 mod common;
 mod providers;
@@ -739,4 +740,119 @@ async fn transfers_and_parking_are_told_with_who_let_go() {
     let parked = of("task.parked");
     assert_eq!(parked["data"]["agent_id"], "bob", "{parked}");
     assert_eq!(parked["data"]["task"]["state"], "parked", "{parked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_actions_are_told_with_who_did_them() {
+    use reqwest::Method;
+    use serde_json::json;
+    let a = Receiver::start(OK).await;
+    let cfg = switchboard::Config {
+        webhooks: vec![endpoint(&a.url, SECRET_A, &["supervisor.action"])],
+        ..test_config()
+    };
+    let h = start_with(cfg);
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut desk_a = h.agent_online(&alice).await;
+    let (_s, _c, ack) = h.customer_with_message("Dana", "hello").await;
+    let cv = s(&ack["conversation_id"]);
+    let (offer, _) = desk_a.take_offer().await;
+    let task = s(&offer["task"]["id"]);
+
+    // Monitored, force-transferred to bob, force-completed; alice's
+    // capacity and activity set; the monitoring socket closes.
+    let mut sup = Ws::connect(&format!("{}/v1/supervisor/ws?token={}", h.ws_base, h.admin)).await;
+    sup.send(json!({"type": "monitor", "conversation_id": cv}))
+        .await;
+    sup.recv_type("monitoring").await;
+    async fn admin(h: &Harness, method: Method, path: String, body: Value) {
+        let r = h.request(method, &path, Some(&h.admin), Some(&body)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+    }
+    let mut desk_b = h.agent_online(&bob).await;
+    admin(
+        &h,
+        Method::POST,
+        format!("/v1/tasks/{task}/transfer"),
+        json!({"to": {"agent": "bob"}, "note": "VIP"}),
+    )
+    .await;
+    desk_a.recv_type("task.transferred").await;
+    desk_b.offer_for(&cv).await;
+    desk_b.accept(&task).await;
+    admin(
+        &h,
+        Method::POST,
+        format!("/v1/tasks/{task}/complete"),
+        json!({"disposition": "spam"}),
+    )
+    .await;
+    desk_b.recv_type("task.completed").await;
+    admin(
+        &h,
+        Method::PATCH,
+        "/v1/agents/alice".into(),
+        json!({"capacity": {"webchat": 2}}),
+    )
+    .await;
+    admin(
+        &h,
+        Method::PATCH,
+        "/v1/agents/alice".into(),
+        json!({"activity": "break"}),
+    )
+    .await;
+    drop(sup);
+
+    let of = |events: &[Value], key: &str, id: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|v| v["data"][key] == id)
+            .map(|v| s(&v["data"]["action"]))
+            .collect()
+    };
+    let events = eventually("every action delivered", async || {
+        let events = verify(&a.hits(), SECRET_A);
+        (of(&events, "conversation_id", &cv).len() == 4
+            && of(&events, "agent_id", "alice").len() == 2)
+            .then_some(events)
+    })
+    .await;
+    // In the order they were done, per conversation and per agent.
+    assert_eq!(
+        of(&events, "conversation_id", &cv),
+        [
+            "conversation.monitor",
+            "task.transfer",
+            "task.complete",
+            "conversation.unmonitor"
+        ]
+    );
+    assert_eq!(
+        of(&events, "agent_id", "alice"),
+        ["agent.capacity", "agent.activity"]
+    );
+    for v in &events {
+        assert_eq!(v["type"], "supervisor.action", "{v}");
+        assert_eq!(v["data"]["by"], "admin", "{v}");
+        assert!(v["data"]["at"].is_string(), "{v}");
+    }
+    let find = |action: &str| {
+        events
+            .iter()
+            .find(|v| v["data"]["action"] == action)
+            .map(|v| v["data"].clone())
+            .unwrap_or_else(|| panic!("no {action}"))
+    };
+    let moved = find("task.transfer");
+    assert_eq!(moved["task_id"], task.as_str(), "{moved}");
+    assert_eq!(moved["to"], json!({"agent": "bob"}), "{moved}");
+    assert_eq!(moved["note"], "VIP", "{moved}");
+    let done = find("task.complete");
+    assert_eq!(done["task_id"], task.as_str(), "{done}");
+    assert_eq!(done["disposition"], "spam", "{done}");
+    assert_eq!(find("agent.capacity")["capacity"]["webchat"], 2);
+    assert_eq!(find("agent.activity")["activity"], "break");
+    assert_eq!(events.len(), 6, "{events:?}");
 }

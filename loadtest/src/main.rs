@@ -39,6 +39,7 @@ mod texting;
 mod twilio;
 mod whatsapp;
 mod workers;
+mod workflow;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -399,6 +400,14 @@ pub struct Args {
     /// closes.
     #[arg(long, hide = true)]
     serve_echo_relay: bool,
+    /// Run the conversation-workflow check instead of a load
+    /// (`workflow.rs`): --agents agents and --conversations webchat
+    /// conversations transferring, parking, ending and being force-completed
+    /// at random, then checked (one holder, no capacity overrun, no frame of
+    /// a conversation not held, every task final) within --duration; exits 1
+    /// on any violation.
+    #[arg(long)]
+    workflow: bool,
 }
 
 impl Args {
@@ -1210,6 +1219,31 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
     }
     if first.worker.is_some() {
         return workers::child_main(first).await;
+    }
+    if first.workflow {
+        if first.admin_token.is_empty() {
+            eprintln!("loadtest: --workflow needs --admin-token or SWITCHBOARD_ADMIN_TOKEN");
+            return ExitCode::from(2);
+        }
+        if let Err(e) = first.target(&first.url) {
+            eprintln!("loadtest: --url: {e}");
+            return ExitCode::from(2);
+        }
+        let opts = workflow::Options {
+            base: first.url.clone(),
+            admin: first.admin_token.clone(),
+            agents: first.agents,
+            conversations: first.conversations,
+            limit: first.duration,
+            seed: first.seed.unwrap_or(1),
+        };
+        return match workflow::run(opts).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadtest: --workflow failed:\n{e}");
+                ExitCode::from(1)
+            }
+        };
     }
     let specs = match &first.scenario {
         Some(path) => {

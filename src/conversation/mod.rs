@@ -39,7 +39,8 @@
 //!
 //! Inactivity: while the task is assigned and its queue has `inactivity`
 //! settings, no customer message for `warn_after` sends the customer the
-//! warning (a `system` message), and for `close_after` ends the
+//! warning (a `system` message, sent out on provider channels as the
+//! queue's other messages are), and for `close_after` ends the
 //! conversation with reason `inactivity` (both counted from the customer's
 //! last message or the assignment, whichever is later).
 //!
@@ -476,6 +477,11 @@ impl Conversation {
             task: Cow::Owned(self.state.task_view()),
             history: Cow::Borrowed(history),
             history_has_earlier,
+            pending_transfer: self
+                .state
+                .pending_transfer
+                .as_ref()
+                .map(|p| Cow::Borrowed(&p.transfer)),
             reference: event::reference(reference),
         }
         .frame()
@@ -675,8 +681,10 @@ impl Conversation {
     }
 
     /// The queue's warning to a customer who has not written for
-    /// `warn_after`: a `system` message the customer (webchat) and the
-    /// agent see.
+    /// `warn_after`: a `system` message the agent sees and the customer is
+    /// sent as the queue's other messages are (webchat shows it; a provider
+    /// channel sends it out within the messaging window and the outbound
+    /// budget, else it stays in the history as `failed`).
     fn inactivity_warning(&mut self, text: String) {
         if self.state.history_full {
             return;
@@ -686,9 +694,7 @@ impl Conversation {
         if let Some(agent) = &self.agent {
             self.to_agent(agent, AgentFrameKind::Message, frame.clone());
         }
-        if self.state.channel == ChannelKind::Webchat {
-            self.to_customer(CustomerEvent::Broadcast(frame));
-        }
+        self.system_message_out(frame);
     }
 
     /// Record the disposition and notes, tell the agent, then free the

@@ -18,7 +18,7 @@ use super::{frame_agent_joined, Conversation, ConversationEvent};
 use crate::agent::{Agent, AgentFrameKind};
 use crate::channel::CustomerEvent;
 use crate::protocol::{
-    Author, CancelReason, ChannelKind, DeliveryStatus, Event, Id, TaskState, Transfer,
+    Author, CancelReason, ChannelKind, DeliveryStatus, Event, Frame, Id, TaskState, Transfer,
 };
 use crate::router::queue::Inactivity;
 use crate::router::{RescindReason, RoutableTask};
@@ -228,6 +228,13 @@ impl Conversation {
     fn system_message(&mut self, text: String) {
         self.append(Author::System, text, Vec::new(), None);
         let frame = self.message_frame(self.last_message(), None);
+        self.system_message_out(frame);
+    }
+
+    /// Send the `system` message just stored (its `frame`) to the customer,
+    /// as [`Conversation::system_message`] says: the queue's maximum-wait,
+    /// closed and inactivity-warning messages all go this way.
+    pub(super) fn system_message_out(&mut self, frame: Frame) {
         if self.state.channel == ChannelKind::Webchat {
             self.message_to_customer(frame, None, true);
             return;

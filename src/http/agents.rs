@@ -11,7 +11,7 @@ use crate::agent::{
 use crate::error::ApiError;
 use crate::http::{authenticate, read_json, require_admin, Principal, State};
 use crate::journal::record::{self, RecordRef};
-use crate::protocol::{Activity, AgentView, Event, Id, PerChannel, SupervisorAction};
+use crate::protocol::{Activity, AgentView, Id, PerChannel, SupervisorAction};
 use crate::router::GetAgents;
 
 #[derive(Debug, Deserialize)]
@@ -158,13 +158,9 @@ pub async fn update(
     Ok(HttpResponse::Ok().json(view_of(&state, &id).await?))
 }
 
-/// Tell supervisors what the admin did.
+/// Tell supervisors and the webhooks what the admin did.
 fn publish_action(state: &State, action: SupervisorAction) {
-    state.publish(|| Event::SupervisorAction {
-        by: crate::http::ADMIN_ACTOR.into(),
-        action,
-        at: crate::protocol::now(),
-    });
+    state.supervisor_action(crate::http::ADMIN_ACTOR, action);
 }
 
 pub async fn delete(

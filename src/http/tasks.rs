@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::conversation::{GetSnapshot, SupervisorComplete};
 use crate::error::ApiError;
 use crate::http::{read_json, require_admin, State};
-use crate::protocol::{ChannelKind, Event, SupervisorAction, TaskState};
+use crate::protocol::{ChannelKind, SupervisorAction, TaskState};
 use crate::router::ListTasks;
 
 /// A page of an admin list when `limit` is not given.
@@ -145,15 +145,14 @@ pub async fn complete(
         })
         .await
         .map_err(ApiError::mailbox)??;
-    state.publish(|| Event::SupervisorAction {
-        by: crate::http::ADMIN_ACTOR.into(),
-        action: SupervisorAction::CompleteTask {
+    state.supervisor_action(
+        crate::http::ADMIN_ACTOR,
+        SupervisorAction::CompleteTask {
             task_id: id.as_str().into(),
             conversation_id,
             disposition,
         },
-        at: crate::protocol::now(),
-    });
+    );
     let snapshot = conv.send(GetSnapshot).await.map_err(ApiError::mailbox)?;
     Ok(HttpResponse::Ok().json(snapshot))
 }

@@ -84,6 +84,14 @@ pub enum SupervisorAction {
         conversation_id: Id,
         disposition: String,
     },
+    /// `POST /v1/tasks/{id}/transfer`: a cold transfer, with its note.
+    #[serde(rename = "task.transfer")]
+    TransferTask {
+        task_id: Id,
+        conversation_id: Id,
+        to: TransferTarget,
+        note: String,
+    },
     /// `PATCH /v1/agents/{id}` with `activity`.
     #[serde(rename = "agent.activity")]
     SetActivity { agent_id: Id, activity: Activity },
@@ -99,6 +107,26 @@ pub enum SupervisorAction {
     /// `unmonitor` on the supervisor socket (or its socket closing).
     #[serde(rename = "conversation.unmonitor")]
     Unmonitor { conversation_id: Id },
+}
+
+impl SupervisorAction {
+    /// What the action is about, as the webhooks order it: the
+    /// conversation (task and monitor actions, in line with that
+    /// conversation's other events) or the agent.
+    pub fn subject(&self) -> &Id {
+        match self {
+            SupervisorAction::CompleteTask {
+                conversation_id, ..
+            }
+            | SupervisorAction::TransferTask {
+                conversation_id, ..
+            }
+            | SupervisorAction::Monitor { conversation_id }
+            | SupervisorAction::Unmonitor { conversation_id } => conversation_id,
+            SupervisorAction::SetActivity { agent_id, .. }
+            | SupervisorAction::SetCapacity { agent_id, .. } => agent_id,
+        }
+    }
 }
 
 /// A client's `ref`, echoed as given (`null` when the command had none).
@@ -174,6 +202,11 @@ pub enum Event<'a> {
         /// `GET /v1/conversations/{id}/messages?before_seq=`.
         #[serde(default)]
         history_has_earlier: bool,
+        /// A warm transfer this agent started that its target has not
+        /// answered yet (the agent still holds the task and may cancel
+        /// it): set on a reconnect's resync, so a reloaded desk knows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending_transfer: Option<Cow<'a, Transfer>>,
         #[serde(rename = "ref", default)]
         reference: Ref<'a>,
     },
@@ -440,6 +473,13 @@ mod tests {
                 task: Cow::Owned(task()),
                 history: Cow::Owned(vec![message()]),
                 history_has_earlier: true,
+                pending_transfer: Some(Cow::Owned(Transfer {
+                    from: "alice".into(),
+                    to: TransferTarget::Agent("bob".into()),
+                    mode: crate::protocol::TransferMode::Warm,
+                    note: "consult".into(),
+                    at: crate::protocol::now(),
+                })),
                 reference: Some("r1".into()),
             },
             Event::MessageStatus {
@@ -556,6 +596,16 @@ mod tests {
                     task_id: "tk_1".into(),
                     conversation_id: "cv_1".into(),
                     disposition: "spam".into(),
+                },
+                at: crate::protocol::now(),
+            },
+            Event::SupervisorAction {
+                by: "admin".into(),
+                action: SupervisorAction::TransferTask {
+                    task_id: "tk_1".into(),
+                    conversation_id: "cv_1".into(),
+                    to: TransferTarget::Queue("billing".into()),
+                    note: "VIP".into(),
                 },
                 at: crate::protocol::now(),
             },

@@ -47,6 +47,7 @@ event_kinds! {
     MessageStatus => "message.status",
     AgentActivity => "agent.activity",
     ConversationEnded => "conversation.ended",
+    SupervisorAction => "supervisor.action",
 }
 
 // A filter is a u64 bit set.

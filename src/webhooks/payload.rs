@@ -7,7 +7,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::protocol::{Activity, AgentView, ChannelKind, DeliveryStatus, Id, Message, TaskSummary};
+use crate::protocol::{
+    Activity, AgentView, ChannelKind, DeliveryStatus, Id, Message, SupervisorAction, TaskSummary,
+};
 
 /// `task.*`: the task as supervisors see it (`task.state`'s `task`), and
 /// what the event adds.
@@ -87,4 +89,16 @@ pub struct EndedData<'a> {
 pub struct ActivityData<'a> {
     pub agent: &'a AgentView,
     pub previous: Activity,
+}
+
+/// `supervisor.action`: a supervisor acted (force-transfer, force-complete,
+/// an agent's activity or capacity, monitoring): who (`by`), the `action`
+/// and its fields as the supervisor stream shows them, and when.
+#[derive(Debug, Serialize)]
+pub struct SupervisorActionData<'a> {
+    pub by: &'a str,
+    #[serde(flatten)]
+    pub action: &'a SupervisorAction,
+    #[serde(with = "crate::protocol::rfc3339")]
+    pub at: SystemTime,
 }

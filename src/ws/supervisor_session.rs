@@ -53,15 +53,18 @@ impl SupervisorSession {
         }
     }
 
-    /// Tell every supervisor, this one included. Sent to the hub whatever
+    /// Tell every supervisor, this one included, and the webhooks. Sent to the hub whatever
     /// its count says (`Registry::publish` skips when nobody listens): this
     /// socket listens, and its `Subscribe`, sent before, may not have been
     /// counted yet; the hub takes both in the order they were sent.
     fn publish(&self, action: SupervisorAction) {
+        let at = crate::protocol::now();
+        self.broker
+            .supervisor_action_to_webhooks(crate::http::ADMIN_ACTOR, &action, at);
         let frame = Event::SupervisorAction {
             by: crate::http::ADMIN_ACTOR.into(),
             action,
-            at: crate::protocol::now(),
+            at,
         }
         .frame();
         self.broker
@@ -150,12 +153,20 @@ impl Actor for SupervisorSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.broker.supervisor.do_send(Unsubscribe(self.id));
+        // Each monitoring this socket held ends with it: an `unmonitor`
+        // action, so whoever counted the `monitor` sees it end.
         for id in self.monitored.drain() {
             if let Some(conv) = self.broker.conversation(&id) {
                 conv.do_send(Unmonitor {
                     session_id: self.id,
                 });
             }
+            self.broker.supervisor_action(
+                crate::http::ADMIN_ACTOR,
+                SupervisorAction::Unmonitor {
+                    conversation_id: id,
+                },
+            );
         }
     }
 }

@@ -295,7 +295,9 @@
       const t = track(msg.task);
       t.expiresAt = null;
       t.offerTransfer = null;
-      t.transferPending = null;
+      // A reconnect (a reload) says whether our warm transfer still waits
+      // for its target: then the chat shows Cancel again.
+      t.transferPending = msg.pending_transfer ? { to: msg.pending_transfer.to } : null;
       // The newest of the history: replace, keeping local messages still
       // unsent and the earlier pages already read.
       const history = msg.history || [];
