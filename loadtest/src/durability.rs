@@ -262,7 +262,7 @@ pub fn human(report: &Value) -> String {
     };
     let _ = writeln!(
         s,
-        "{:<24} {:>28} {:>7} {:>22} {:>22} {:>10} {:>20} {:>20}",
+        "{:<24} {:>28} {:>7} {:>22} {:>22} {:>10} {:>20} {:>20} {:>20}",
         "mode",
         "round trips/s [min..max]",
         "spread",
@@ -270,7 +270,8 @@ pub fn human(report: &Value) -> String {
         "c->a p99 ms [min..max]",
         "CPU us/rt",
         "rt/s vs memory",
-        "p99 vs memory"
+        "p99 vs memory",
+        "CPU/rt vs memory"
     );
     let summary = &report["summary"];
     for name in c["modes"].as_array().into_iter().flatten() {
@@ -296,7 +297,7 @@ pub fn human(report: &Value) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<24} {:>28} {:>6}% {:>22} {:>22} {:>10} {:>20} {:>20}",
+            "{:<24} {:>28} {:>6}% {:>22} {:>22} {:>10} {:>20} {:>20} {:>20}",
             label,
             range(rt, 0),
             num(&rt["spread_percent"], 0),
@@ -305,6 +306,7 @@ pub fn human(report: &Value) -> String {
             num(&m["cpu_us_per_round_trip"]["median"], 1),
             vs("round_trips_per_second"),
             vs("customer_to_agent_p99_ms"),
+            vs("cpu_us_per_round_trip"),
         );
     }
     let g = &report["goal"];
@@ -356,7 +358,7 @@ pub fn human(report: &Value) -> String {
     if unsaturated > 0 {
         let _ = writeln!(
             s,
-            "note: in {unsaturated} run(s) the broker's core was not saturated: that round trips/s is what the closed loop reached at the latency it met, not the broker's ceiling"
+            "note: in {unsaturated} run(s) the broker's core was not saturated: that round trips/s is what the closed loop reached at the latency it met (or the share of the core other processes left), not the broker's ceiling; the CPU per round trip ratio is what the round trips/s ratio comes to on a saturated core"
         );
     }
     if report["config"]["durability_dir_is_tmpfs"] == true {
@@ -687,6 +689,11 @@ mod tests {
         );
         assert!(text.contains("0.80x [0.80..0.80]"), "{text}");
         assert!(text.contains("1.25x [1.25..1.25]"), "p99 ratio: {text}");
+        // CPU per round trip: 62.5 µs against 50.
+        assert!(
+            text.contains("1.25x [1.25..1.25]   1.25x [1.25..1.25]"),
+            "CPU ratio: {text}"
+        );
         assert!(text.contains("0.80x, met"), "{text}");
         assert!(!text.contains("WARNING"), "{text}");
         assert!(!text.contains("FAILED"), "{text}");
