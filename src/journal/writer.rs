@@ -13,9 +13,8 @@
 //! meanwhile do not wake it (only an idle writer, or a queue past half its
 //! byte budget, is woken). Writing each append as it came would not make
 //! anything durable sooner, and costs a wake-up of this thread, a context
-//! switch and a `write` per burst of appends: on a broker pinned to one
-//! core, a third more CPU per message than the in-memory mode, where one
-//! round per fsync costs a few percent (`docs/performance.md`, Durability).
+//! switch and a `write` per burst of appends, on the core the actors run
+//! on (`docs/performance.md`, Durability figures).
 //!
 //! A write or fsync error (ENOSPC, EIO) does not lose or half-write
 //! anything: the records stay in memory, the segment is truncated back to
