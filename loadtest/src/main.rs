@@ -9,7 +9,9 @@
 //! `--thread-shares`, each broker thread's share of it); checks SLOs; draws
 //! a chart; spreads its sockets over worker processes when one process would
 //! hold too many. `--per-core` measures instead what a round trip costs each
-//! target on one pinned core of its own (`percore`).
+//! target on one pinned core of its own (`percore`); `--durability` what
+//! the journal costs Switchboard, each fsync policy against the in-memory
+//! mode in the same run (`durability`).
 //!
 //! `cargo run --release -p loadtest -- --scenario loadtest/scenarios/smoke.toml`
 
@@ -19,6 +21,7 @@ mod chart;
 mod cpuwin;
 mod customer;
 mod dist;
+mod durability;
 mod echo;
 mod hooksink;
 mod meta;
@@ -367,6 +370,28 @@ pub struct Args {
     /// loadtest/peers/ws].
     #[arg(long)]
     ws_peer_dir: Option<PathBuf>,
+
+    // --- Durability mode
+    /// What the journal costs: Switchboard alone, started from --broker-bin
+    /// once per --durability-modes mode (in memory; --data-dir with --fsync
+    /// batch; with --fsync always), pinned as in --per-core, the modes
+    /// interleaved over --rounds rounds; medians, spread and ratios to the
+    /// in-memory mode.
+    #[arg(long)]
+    durability: bool,
+    /// Durability: how many rounds (each runs every mode once, in a rotated
+    /// order).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Durability: the modes compared, among memory, batch, always, never
+    /// (memory is the reference and must be one).
+    #[arg(long, default_value = "memory,batch,always")]
+    durability_modes: String,
+    /// Durability: where each run's fresh data directory is made (and
+    /// removed after it) [default: the system's temp directory]. Give a
+    /// directory on the disk whose fsync you want measured, not a tmpfs.
+    #[arg(long)]
+    durability_dir: Option<PathBuf>,
 
     // --- Output
     /// Write the JSON report here.
@@ -788,13 +813,16 @@ impl Args {
         if let Some(slo) = &self.slo {
             slo::parse(slo)?;
         }
-        if self.per_core {
+        if self.durability {
+            self.validate_per_core()?;
+            self.validate_durability()?;
+        } else if self.per_core {
             self.validate_per_core()?;
         } else {
             check(
                 self.broker_bin.is_none(),
-                "--broker-bin starts the broker for the per-core mode only (--per-core); \
-                 otherwise start it yourself and give --url",
+                "--broker-bin starts the broker for the per-core and durability modes only \
+                 (--per-core, --durability); otherwise start it yourself and give --url",
             )?;
             check(
                 !self.ws_peer,
@@ -856,13 +884,43 @@ impl Args {
         Ok(())
     }
 
-    /// What the per-core mode cannot do.
-    fn validate_per_core(&self) -> Result<(), String> {
+    /// What the durability mode needs beyond the per-core mode's checks.
+    fn validate_durability(&self) -> Result<(), String> {
         let check = |ok: bool, what: &str| {
             if ok {
                 Ok(())
             } else {
-                Err(format!("--per-core: {what}"))
+                Err(format!("--durability: {what}"))
+            }
+        };
+        check(!self.per_core, "a mode of its own: not with --per-core")?;
+        check(
+            self.broker_bin.is_some(),
+            "needs --broker-bin (it starts the broker once per mode and round)",
+        )?;
+        check(
+            !(self.baseline_relay || self.echo_relay || self.ws_peer || self.socketio_peer),
+            "Switchboard only: no --baseline-relay, --echo-relay, --ws-peer or --socketio-peer",
+        )?;
+        check((1..=20).contains(&self.rounds), "--rounds must be 1..=20")?;
+        durability::parse_modes(&self.durability_modes)
+            .map_err(|e| format!("--durability: --durability-modes: {e}"))?;
+        Ok(())
+    }
+
+    /// What the per-core mode (and the durability mode, which runs like it)
+    /// cannot do.
+    fn validate_per_core(&self) -> Result<(), String> {
+        let mode = if self.durability {
+            "--durability"
+        } else {
+            "--per-core"
+        };
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{mode}: {what}"))
             }
         };
         check(
@@ -1324,7 +1382,9 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
         if multi {
             println!("=== scenario run {} ===", spec.name);
         }
-        let outcome = if args.per_core {
+        let outcome = if args.durability {
+            durability::run(&spec.name, &args).await
+        } else if args.per_core {
             percore::run(&spec.name, &args).await
         } else {
             orchestrate(&spec.name, &args, &full).await
@@ -2193,6 +2253,7 @@ mod tests {
     fn every_scenario_file_parses_with_snake_case_keys() {
         let files = [
             ("churn", include_str!("../scenarios/churn.toml")),
+            ("durability", include_str!("../scenarios/durability.toml")),
             ("latency", include_str!("../scenarios/latency.toml")),
             ("memory", include_str!("../scenarios/memory.toml")),
             ("per_core", include_str!("../scenarios/per_core.toml")),
@@ -2224,6 +2285,10 @@ mod tests {
             for spec in scenario::parse(text, name, &flags).unwrap() {
                 let mut argv = vec!["loadtest".to_string(), "--admin-token".into(), ADMIN.into()];
                 argv.extend(spec.args.iter().cloned());
+                if name == "durability" {
+                    // It starts its brokers: its command line names the binary.
+                    argv.extend(["--broker-bin".into(), "switchboard".into()]);
+                }
                 let args = Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{name}: {e}"));
                 args.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
             }
@@ -2304,6 +2369,49 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.contains("--thread-shares"), "{e}");
+    }
+
+    #[test]
+    fn durability_flags() {
+        let base = [
+            "--durability",
+            "--broker-bin",
+            "sb",
+            "--conversations",
+            "100",
+        ];
+        let a = parse(&base);
+        assert!(a.validate().is_ok(), "{:?}", a.validate());
+        assert_eq!(a.rounds, 3);
+        assert_eq!(
+            durability::parse_modes(&a.durability_modes).unwrap().len(),
+            3
+        );
+        for (extra, says) in [
+            (&["--rounds", "0"][..], "--rounds"),
+            (&["--durability-modes", "batch,always"][..], "memory"),
+            (&["--per-core"][..], "not with --per-core"),
+            (&["--baseline-relay"][..], "Switchboard only"),
+            (&["--rate", "5"][..], "closed loop"),
+        ] {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            let e = parse(&v).validate().unwrap_err();
+            assert!(
+                e.starts_with("--durability: ") && e.contains(says),
+                "{extra:?}: {e}"
+            );
+        }
+        let e = parse(&["--durability", "--conversations", "100"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("--broker-bin"), "{e}");
+        // Pinned early like the per-core mode.
+        let argv: Vec<String> = ["loadtest", "--durability", "--target-cpu", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(percore::per_core_target_cpu(&argv), Some(1));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::cpuwin::{self, per_second, ratio, Reading, Spent};
 use crate::peer::{self, Peer};
 use crate::progress::{Collector, Tick};
-use crate::report::{self, Counters};
+use crate::report::{self, Counters, Lat};
 use crate::run::{Kind, Local};
 use crate::{affinity, echo, procstat, scenario, socketio, Args};
 
@@ -100,7 +100,7 @@ pub fn per_core_target_cpu(argv: &[String]) -> Option<usize> {
         full.extend(spec.args);
         full.extend(argv[1..].iter().cloned());
         let args = Args::try_parse_from(&full).ok()?;
-        args.per_core.then_some(args.target_cpu)
+        (args.per_core || args.durability).then_some(args.target_cpu)
     })
 }
 
@@ -441,8 +441,10 @@ struct Started {
     proc: Proc,
 }
 
-/// Runs the per-core comparison; returns the report.
-pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
+/// The CPUs this process may use and those left to the harness (this
+/// process pinned to them), or why the mode cannot run: the targets' CPU
+/// not allowed, or no other CPU for the harness.
+pub fn split_cpus(args: &Args) -> Result<(Vec<usize>, Vec<usize>), String> {
     let (allowed, harness) = match EARLY.get() {
         Some(e) => (e.allowed.clone(), e.harness.clone()),
         None => {
@@ -468,6 +470,12 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
             affinity::format_cpu_list(&allowed)
         ));
     }
+    Ok((allowed, harness))
+}
+
+/// Runs the per-core comparison; returns the report.
+pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
+    let (allowed, harness) = split_cpus(args)?;
     let target_cpus = [args.target_cpu];
     let harness_list = affinity::format_cpu_list(&harness);
     let run_id = args.run_id.clone().unwrap_or_else(crate::new_run_id);
@@ -507,7 +515,7 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
             } else {
                 format!("{run_id}a{attempt}")
             };
-            let started = match start(args, kind, &target_cpus, &attempt_id).await {
+            let started = match start(args, kind, &target_cpus, &attempt_id, &[]).await {
                 Ok(s) => s,
                 // Without Switchboard there is nothing to compare.
                 Err(e) if kind == Kind::Switchboard => return Err(e),
@@ -604,8 +612,43 @@ fn fmt(v: &Value, digits: usize) -> String {
         .map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
 }
 
-/// Starts (or finds) the target `kind`, pinned to `cpus`.
-async fn start(args: &Args, kind: Kind, cpus: &[usize], run_id: &str) -> Result<Started, String> {
+/// Starts Switchboard from `--broker-bin` with `broker_args` added (its
+/// durability settings), pinned to `--target-cpu`; measures it as [`run`]
+/// does; stops it. Its part of the report, with `how` and `pid`.
+pub async fn measure_broker(
+    args: &Args,
+    broker_args: &[String],
+    run_id: &str,
+    seed: u64,
+    harness: &[usize],
+) -> Result<Value, String> {
+    let target_cpus = [args.target_cpu];
+    let started = start(args, Kind::Switchboard, &target_cpus, run_id, broker_args).await?;
+    let measured = measure(
+        args,
+        Kind::Switchboard,
+        &started,
+        run_id,
+        seed,
+        (&target_cpus, harness),
+    )
+    .await;
+    started.proc.stop().await;
+    let mut t = measured?;
+    t["how"] = json!(started.how);
+    t["pid"] = json!(started.pid);
+    Ok(t)
+}
+
+/// Starts (or finds) the target `kind`, pinned to `cpus`; a broker started
+/// here gets `broker_args` after `--workers 1`.
+async fn start(
+    args: &Args,
+    kind: Kind,
+    cpus: &[usize],
+    run_id: &str,
+    broker_args: &[String],
+) -> Result<Started, String> {
     let cpu_list = affinity::format_cpu_list(cpus);
     let relay = |p: Peer, what: &str| Started {
         url: format!("http://{}", p.addr),
@@ -637,15 +680,18 @@ async fn start(args: &Args, kind: Kind, cpus: &[usize], run_id: &str) -> Result<
         Kind::Switchboard => match &args.broker_bin {
             Some(bin) => {
                 let log = broker_log(run_id);
-                let b = peer::start_broker(bin, &["--workers", "1"], cpus, &log).await?;
+                let mut extra = vec!["--workers", "1"];
+                extra.extend(broker_args.iter().map(String::as_str));
+                let b = peer::start_broker(bin, &extra, cpus, &log).await?;
                 Ok(Started {
                     url: b.url.clone(),
                     pid: b.pid,
                     token: b.token.clone(),
                     how: format!(
-                        "switchboard pid {} on {} (--workers 1), pinned to CPU {cpu_list}; its log: {}",
+                        "switchboard pid {} on {} ({}), pinned to CPU {cpu_list}; its log: {}",
                         b.pid,
                         b.url,
+                        extra.join(" "),
                         log.display()
                     ),
                     proc: Proc::Broker(b),
@@ -821,7 +867,7 @@ fn window(a: &Mark, b: &Mark, target_cpus: &[usize], harness_cpus: &[usize]) -> 
 /// is busy now) below [`DISTURBED_PERCENT`] of a core over 2 s, at most
 /// `limit`; warns when it gives up, or when `limit` is zero and the machine
 /// is busy.
-async fn wait_quiet(cpus: &[usize], limit: Duration) {
+pub async fn wait_quiet(cpus: &[usize], limit: Duration) {
     let until = Instant::now() + limit;
     let mut waited = false;
     loop {
@@ -918,10 +964,15 @@ async fn measure(
         local
     });
     let softirq = SoftirqThreads::find(target_cpus, harness_cpus);
+    let latencies = |ctx: &crate::run::Ctx| {
+        [Lat::CustomerToAgent, Lat::AgentToCustomer].map(|l| ctx.stats.latency(l))
+    };
     tokio::time::sleep(args.warmup).await;
     let a = mark(Load::of(&ctx), started.pid, args.thread_shares, &softirq);
+    let lat_a = latencies(&ctx);
     tokio::time::sleep(args.measure).await;
     let b = mark(Load::of(&ctx), started.pid, args.thread_shares, &softirq);
+    let lat_b = latencies(&ctx);
     let ended_early = load.is_finished();
     ctx.wind_down();
     let limit = Instant::now() + DRAIN;
@@ -956,6 +1007,12 @@ async fn measure(
         "ok": problem.is_none(),
         "problem": problem,
         "window": w.to_json(harness_cpus.len()),
+        // The message latencies of the window alone (the run's, under
+        // `run`, include the ramp and the drain).
+        "window_latency_ms": {
+            "customer_to_agent": report::hist_json(&report::hist_between(&lat_a[0], &lat_b[0])),
+            "agent_to_customer": report::hist_json(&report::hist_between(&lat_a[1], &lat_b[1])),
+        },
         "run": run,
     });
     if args.thread_shares {

@@ -156,6 +156,16 @@ pub fn hist_add_raw(h: &mut Histogram<u64>, raw: &Value) {
     }
 }
 
+/// What was recorded between two copies of one histogram, `earlier` taken
+/// before `later` (empty if they do not fit: a copy of another histogram).
+pub fn hist_between(earlier: &Histogram<u64>, later: &Histogram<u64>) -> Histogram<u64> {
+    let mut h = later.clone();
+    if h.subtract(earlier).is_err() {
+        h.reset();
+    }
+    h
+}
+
 pub fn hist_json(h: &Histogram<u64>) -> Value {
     let ms = |micros: u64| micros as f64 / 1000.0;
     if h.is_empty() {
@@ -356,6 +366,12 @@ impl Stats {
 
     pub fn error_count(&self) -> u64 {
         self.lock().errors.values().sum()
+    }
+
+    /// One latency's histogram so far (a copy): two of them, taken at both
+    /// ends of a window, give the window's by subtraction ([`hist_between`]).
+    pub fn latency(&self, lat: Lat) -> Histogram<u64> {
+        self.lock().hist[lat as usize].clone()
     }
 
     /// The message-latency histogram since the last call, and a fresh one.
@@ -990,6 +1006,23 @@ mod tests {
         assert!(human(&r).contains("capacity_exceeded"));
         assert_eq!(stats.take_interval().len(), 1);
         assert_eq!(stats.take_interval().len(), 0);
+    }
+
+    #[test]
+    fn a_window_holds_what_was_recorded_in_it() {
+        let stats = Stats::new();
+        stats.record_between(Lat::CustomerToAgent, 0, 90_000_000);
+        let a = stats.latency(Lat::CustomerToAgent);
+        for ms in [1u64, 2, 3] {
+            stats.record_between(Lat::CustomerToAgent, 0, ms * 1_000_000);
+        }
+        let b = stats.latency(Lat::CustomerToAgent);
+        let w = hist_between(&a, &b);
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.max() / 1000, 3, "the 90 ms before the window is left out");
+        assert_eq!(b.len(), 4);
+        // Copies the wrong way round give nothing rather than garbage.
+        assert!(hist_between(&b, &a).is_empty());
     }
 
     #[test]

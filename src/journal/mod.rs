@@ -244,6 +244,9 @@ struct Queue {
     /// Some while the writer is failing: appends are refused with it.
     failing: Option<String>,
     closing: bool,
+    /// The writer sleeps until its next `Batch` fsync is due, and takes the
+    /// queue then: an append need not wake it.
+    sleeping_until_sync: bool,
     /// A close timed out: the writer stops without writing the rest.
     abandon: bool,
 }
@@ -294,6 +297,7 @@ impl Journal {
                 next_lsn: opened.next_lsn,
                 failing: None,
                 closing: false,
+                sleeping_until_sync: false,
                 abandon: false,
             }),
             work: Condvar::new(),
@@ -310,6 +314,7 @@ impl Journal {
             dir: dir.clone(),
             fsync: cfg.fsync,
             segment_bytes: cfg.segment_bytes,
+            queue_bytes: cfg.queue_bytes,
             faults: cfg.faults,
             seg,
             durable_tx,
@@ -384,8 +389,17 @@ impl Journal {
         let lsn = q.next_lsn;
         q.next_lsn += 1;
         shared.appended.store(lsn, Ordering::Release);
+        // Wake the writer when it waits for records; not when it sleeps
+        // until its next fsync (it takes the queue then), unless the queue
+        // just passed half its budget.
+        let half = self.inner.queue_bytes / 2;
+        let wake = if q.sleeping_until_sync {
+            queued < half && queued + frame >= half
+        } else {
+            queued == 0
+        };
         drop(q);
-        if queued == 0 {
+        if wake {
             shared.work.notify_one();
         }
         Ok(lsn)

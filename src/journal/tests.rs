@@ -545,3 +545,46 @@ fn a_record_larger_than_a_segment_gets_one_of_its_own() {
     let (_j, rec) = reopen(dir.path()).unwrap();
     assert_eq!(rec.records[1], (2, big));
 }
+
+/// Under `Batch` the writer sleeps until the next fsync is due: records
+/// appended meanwhile wait in the queue (no wake-up, no `write` per append),
+/// unless the queue passes half its budget; a close takes them at once.
+#[test]
+fn batch_appends_wait_for_the_next_fsync_round_unless_the_queue_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = JournalConfig {
+        queue_bytes: 1000,
+        ..cfg(
+            dir.path(),
+            Fsync::Batch {
+                max_delay: Duration::from_secs(30),
+            },
+        )
+    };
+    let (j, _) = Journal::open(c).unwrap();
+    // Nothing fsynced yet: the first record is written and fsynced at once.
+    j.append(&[1; 100]).unwrap();
+    j.wait_durable_blocking(1, Duration::from_secs(5)).unwrap();
+    // The next wakes the idle writer, which finds its fsync 30 s away and
+    // goes to sleep until then.
+    assert_eq!(j.append(&[2; 100]).unwrap(), 2);
+    eventually("the writer asleep until its next fsync", || {
+        j.inner.shared.queue.lock().sleeping_until_sync
+    });
+    // Three 108-byte frames in all: under half the budget, left queued.
+    for lsn in 3..=4 {
+        assert_eq!(j.append(&[2; 100]).unwrap(), lsn);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!((j.written(), j.durable()), (1, 1));
+    assert_eq!(j.inner.shared.queue.lock().batch.frames.len(), 3);
+    // The fifth frame takes the queue past 500 bytes: written, not fsynced.
+    j.append(&[3; 100]).unwrap();
+    assert_eq!(j.append(&[3; 100]).unwrap(), 6);
+    eventually("the queue written", || j.written() >= 5);
+    assert_eq!(j.durable(), 1, "the fsync is not due for 30 s");
+    j.close(CLOSE).unwrap();
+    assert_eq!(j.durable(), 6);
+    let (_j, rec) = reopen(dir.path()).unwrap();
+    assert_eq!(lsns(&rec), (1..=6).collect::<Vec<_>>());
+}

@@ -8,6 +8,14 @@
 //! blocking task: it lives as long as the journal and spends its time in
 //! `write` and `fsync`, which must never stall an executor.
 //!
+//! Under `Batch` the writer sleeps until the next fsync is due and then
+//! takes, writes and fsyncs everything queued in one round; appends made
+//! meanwhile do not wake it (only an idle writer, or a queue past half its
+//! byte budget, is woken). Writing each append as it came would not make
+//! anything durable sooner, and costs a wake-up of this thread, a context
+//! switch and a `write` per burst of appends, on the core the actors run
+//! on (`docs/performance.md`, Durability figures).
+//!
 //! A write or fsync error (ENOSPC, EIO) does not lose or half-write
 //! anything: the records stay in memory, the segment is truncated back to
 //! its last good offset (after a failed fsync, to the last fsynced one: the
@@ -125,6 +133,8 @@ pub(super) struct Writer {
     pub dir: PathBuf,
     pub fsync: Fsync,
     pub segment_bytes: u64,
+    /// The queue's byte budget (`JournalConfig::queue_bytes`).
+    pub queue_bytes: usize,
     pub faults: Faults,
     pub seg: Segment,
     pub durable_tx: watch::Sender<Lsn>,
@@ -205,14 +215,22 @@ impl Writer {
                 self.shared.work.wait_until(&mut q, at);
                 continue;
             }
-            if !q.batch.is_empty() || q.closing {
+            if q.closing {
                 break;
             }
-            match self.sync_deadline() {
+            match self.sync_deadline(!q.batch.is_empty()) {
                 Some(at) if Instant::now() >= at => break,
-                Some(at) => {
-                    self.shared.work.wait_until(&mut q, at);
+                // A queue past half its budget is written now (fsynced when
+                // due), so appends are not refused while the writer sleeps.
+                Some(_) if !q.batch.is_empty() && q.batch.buf.len() >= self.queue_bytes / 2 => {
+                    break
                 }
+                Some(at) => {
+                    q.sleeping_until_sync = true;
+                    self.shared.work.wait_until(&mut q, at);
+                    q.sleeping_until_sync = false;
+                }
+                None if !q.batch.is_empty() => break,
                 None => self.shared.work.wait(&mut q),
             }
         }
@@ -220,10 +238,12 @@ impl Writer {
         Some(q.closing)
     }
 
-    /// Under `Batch`, when the records written but not fsynced must be.
-    fn sync_deadline(&self) -> Option<Instant> {
+    /// Under `Batch`, when the records written but not fsynced, and those
+    /// queued (`queued`), are to be written and fsynced: `max_delay` after
+    /// the last fsync started, or now if it was longer ago.
+    fn sync_deadline(&self, queued: bool) -> Option<Instant> {
         match self.fsync {
-            Fsync::Batch { max_delay } if !self.unsynced.is_empty() => {
+            Fsync::Batch { max_delay } if queued || !self.unsynced.is_empty() => {
                 Some(self.last_sync.map_or_else(Instant::now, |t| t + max_delay))
             }
             _ => None,
