@@ -335,6 +335,9 @@ impl Limits {
 /// upgrade) until they close.
 pub struct Connections {
     open: AtomicUsize,
+    /// Of those, WebSockets (counted by [`Connections::adopt`]): a
+    /// graceful shutdown waits for them to have sent their close frames.
+    sockets: AtomicUsize,
     max: usize,
     per_ip: Held,
     max_per_ip: usize,
@@ -362,6 +365,7 @@ impl Connections {
     fn new(config: &Config, trusted: Vec<IpNet>) -> Connections {
         Connections {
             open: AtomicUsize::new(0),
+            sockets: AtomicUsize::new(0),
             max: config.max_connections,
             per_ip: Held::default(),
             max_per_ip: config.max_connections_per_ip,
@@ -391,6 +395,7 @@ impl Connections {
         Ok(ConnectionSlot {
             connections: Arc::clone(self),
             ip,
+            socket: false,
         })
     }
 
@@ -399,6 +404,7 @@ impl Connections {
     /// connection is never out of the count. Never refused.
     pub fn adopt(self: &Arc<Self>, peer: Option<IpAddr>) -> ConnectionSlot {
         self.open.fetch_add(1, Ordering::AcqRel);
+        self.sockets.fetch_add(1, Ordering::AcqRel);
         let ip = peer.filter(|ip| !self.trusted.iter().any(|n| n.contains(ip)));
         if let Some(ip) = ip {
             self.per_ip.force(ip);
@@ -406,12 +412,19 @@ impl Connections {
         ConnectionSlot {
             connections: Arc::clone(self),
             ip,
+            socket: true,
         }
     }
 
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// WebSockets open now (until their connection is closed, after their
+    /// last frame was written).
+    pub fn sockets(&self) -> usize {
+        self.sockets.load(Ordering::Acquire)
     }
 
     fn warn_full(&self) {
@@ -441,11 +454,16 @@ impl Connections {
 pub struct ConnectionSlot {
     connections: Arc<Connections>,
     ip: Option<IpAddr>,
+    /// A WebSocket's (from [`Connections::adopt`]).
+    socket: bool,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.connections.open.fetch_sub(1, Ordering::AcqRel);
+        if self.socket {
+            self.connections.sockets.fetch_sub(1, Ordering::AcqRel);
+        }
         if let Some(ip) = self.ip {
             self.connections.per_ip.give_back(ip);
         }
@@ -578,10 +596,12 @@ mod tests {
         let ws = c.adopt(a);
         drop(s1);
         assert_eq!(c.open(), 2);
+        assert_eq!(c.sockets(), 1, "one of them a WebSocket");
         // A trusted proxy is only held to the total.
         let _p = c.admit(Some(ip("10.0.0.1"))).unwrap();
         assert_eq!(c.admit(Some(ip("192.0.2.9"))).err(), Some(Refused::Full));
         drop(ws);
         assert_eq!(c.open(), 2);
+        assert_eq!(c.sockets(), 0);
     }
 }

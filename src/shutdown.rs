@@ -5,8 +5,9 @@
 //! 1. New requests and upgrades answer `503 unavailable` (`draining`), so a
 //!    load balancer's health check sees the node leave.
 //! 2. Every socket gets a close frame, `1001 going away` with the reason
-//!    "shutting down"; clients reconnect (to this node once it is back, or
-//!    to another) as after a network drop. Nothing about the agents or
+//!    "shutting down", and the drain waits until each has been written and
+//!    its connection closed; clients reconnect (to this node once it is
+//!    back, or to another) as after a network drop. Nothing about the agents or
 //!    customers changes: no disconnect grace, no "customer left".
 //! 3. Provider sends already queued finish (their delivery reports are
 //!    state changes too), until the queue is empty or time is up.
@@ -68,6 +69,20 @@ pub async fn drain(broker: Arc<Broker>, timeout: Duration) {
         agent.do_send(close.clone());
     }
     broker.supervisor.do_send(close);
+    // The close frames go out through each session and its connection's
+    // writer, which actix-server's own graceful stop does not wait for (a
+    // WebSocket leaves its count at the upgrade): wait until every socket
+    // has written its close and let go of its connection.
+    let sockets = &broker.limits.connections;
+    while sockets.sockets() > 0 && Instant::now() < deadline {
+        actix_web::rt::time::sleep(POLL).await;
+    }
+    if sockets.sockets() > 0 {
+        tracing::warn!(
+            open = sockets.sockets(),
+            "sockets still open at the shutdown deadline; they are cut without a close frame"
+        );
+    }
     // Provider sends in the outbound queues: let them finish.
     let pending = || {
         ChannelKind::ALL
