@@ -29,6 +29,7 @@ pub mod server;
 pub mod shards;
 pub mod shutdown;
 pub mod sim;
+pub mod snapshot;
 pub mod supervisor;
 pub mod web;
 pub mod webhooks;

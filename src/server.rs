@@ -583,6 +583,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         Some((_, recovered)) => Some(
             crate::recovery::replay(
                 &broker,
+                recovered.snapshot,
                 recovered.records,
                 crate::recovery::Channels {
                     router: &mut router,
