@@ -12,6 +12,7 @@ pub mod canned;
 pub mod channel;
 pub mod clock;
 pub mod codec;
+pub mod compactor;
 pub mod config;
 pub mod conversation;
 pub mod deadlines;

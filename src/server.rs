@@ -602,6 +602,17 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     if let Some(replayed) = replayed {
         replayed.start(&broker);
     }
+    if let Some(journal) = &broker.journal {
+        crate::compactor::start(
+            journal,
+            crate::snapshot::ReplaySettings::of(&config),
+            config.data_dir.as_ref().map(|d| d.join("files")),
+            crate::compactor::Schedule {
+                every_records: config.snapshot_every_records,
+                interval: config.snapshot_interval,
+            },
+        )?;
+    }
     let mut per_worker: Vec<WorkerShards> = webchat_mailboxes
         .into_iter()
         .zip(webchat_shards)

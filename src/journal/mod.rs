@@ -572,6 +572,100 @@ impl Journal {
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
+
+    /// The Lsn of the newest snapshot written (or read at open); 0: none.
+    pub fn snapshot_lsn(&self) -> Lsn {
+        *self.inner.snapshots.lock()
+    }
+
+    /// The newest snapshot that reads back whole, with its Lsn (an
+    /// unreadable one is skipped for the one before it, as at open).
+    /// Blocks on I/O: for blocking threads only.
+    pub fn read_snapshot(&self) -> Result<Option<(Lsn, Vec<u8>)>, JournalError> {
+        recover::newest_good_snapshot(&self.inner.dir)
+    }
+
+    /// Read the records after `after` up to `upto` back from the segment
+    /// files, in Lsn order, one segment in memory at a time, and hand each
+    /// to `each`. `upto` must be written ([`Journal::written`]): those
+    /// records are whole in the files whatever the writer does meanwhile.
+    /// Blocks on I/O: for blocking threads only (the snapshot compactor).
+    pub fn read_records(
+        &self,
+        after: Lsn,
+        upto: Lsn,
+        mut each: impl FnMut(Lsn, &[u8]) -> Result<(), String>,
+    ) -> Result<(), JournalError> {
+        let written = self.written();
+        if upto > written {
+            return Err(JournalError::NotAppended {
+                lsn: upto,
+                appended: written,
+            });
+        }
+        let dir = &self.inner.dir;
+        let segments = segment::list_segments(dir)?;
+        let mut next = after + 1;
+        let start = segments
+            .iter()
+            .rposition(|(first, _)| *first <= next)
+            .unwrap_or(0);
+        for (first, path) in segments.iter().skip(start) {
+            if next > upto {
+                break;
+            }
+            if *first > next {
+                return Err(JournalError::MissingSegment {
+                    dir: dir.clone(),
+                    expected: next,
+                    found: *first,
+                });
+            }
+            let bytes = std::fs::read(path).map_err(|e| JournalError::io(path, e))?;
+            segment::check_header(path, &bytes, *first)?;
+            let found = segment::scan(&bytes);
+            for (n, &(at, len)) in found.records.iter().enumerate() {
+                let lsn = first + n as u64;
+                if lsn < next {
+                    continue;
+                }
+                if lsn > upto {
+                    break;
+                }
+                each(lsn, &bytes[at..at + len]).map_err(|what| JournalError::Corrupt {
+                    path: path.clone(),
+                    offset: at as u64,
+                    what,
+                })?;
+                next = lsn + 1;
+            }
+        }
+        if next <= upto {
+            return Err(JournalError::MissingSegment {
+                dir: dir.clone(),
+                expected: next,
+                found: upto + 1,
+            });
+        }
+        Ok(())
+    }
+
+    /// A handle that does not keep the journal open (a background thread
+    /// holds one, so dropping the broker's handles still closes it).
+    pub fn downgrade(&self) -> WeakJournal {
+        WeakJournal(Arc::downgrade(&self.inner))
+    }
+}
+
+/// A [`Journal`] handle that does not keep it open.
+#[derive(Clone)]
+pub struct WeakJournal(std::sync::Weak<Inner>);
+
+impl WeakJournal {
+    /// The journal, while some handle still holds it.
+    pub fn upgrade(&self) -> Option<Journal> {
+        self.0.upgrade().map(|inner| Journal { inner })
+    }
 }
 
 impl Drop for Inner {
