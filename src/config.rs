@@ -2465,16 +2465,35 @@ queue = "billing"
         let data = dir.path().join("new").join("data");
         let file = format!(
             "data_dir = {:?}\nfsync = \"always\"\njournal_segment_bytes = \"8MiB\"\n\
-             journal_queue_bytes = \"1MiB\"\n",
+             journal_queue_bytes = \"1MiB\"\nsnapshot_every_records = 5000\n\
+             snapshot_interval = \"1m\"\n",
             data.to_str().unwrap()
         );
         let cfg = load_file(
             "journal",
             &file,
-            &["--fsync", "batch", "--fsync-interval", "5ms"],
+            &[
+                "--fsync",
+                "batch",
+                "--fsync-interval",
+                "5ms",
+                "--snapshot-interval",
+                "30s",
+            ],
         )
         .unwrap();
         assert_eq!(cfg.data_dir.as_deref(), Some(data.as_path()));
+        assert_eq!(cfg.snapshot_every_records, 5000);
+        assert_eq!(
+            cfg.snapshot_interval,
+            Duration::from_secs(30),
+            "the flag wins"
+        );
+        let defaults = Config::default();
+        assert_eq!(
+            (defaults.snapshot_every_records, defaults.snapshot_interval),
+            (1_000_000, Duration::from_secs(600))
+        );
         assert_eq!(cfg.fsync, FsyncMode::Batch);
         let j = cfg.journal().unwrap();
         assert_eq!(j.dir, data.join("journal"));
@@ -2512,6 +2531,10 @@ queue = "billing"
         assert!(err.contains("fsync_interval"), "{err}");
         let err = with(&|c| c.fsync_interval = Duration::from_secs(2));
         assert!(err.contains("fsync_interval: 2s"), "{err}");
+        let err = with(&|c| c.snapshot_every_records = 0);
+        assert!(err.contains("snapshot_every_records"), "{err}");
+        let err = with(&|c| c.snapshot_interval = Duration::from_millis(500));
+        assert!(err.contains("snapshot_interval: 500ms"), "{err}");
         let err = with(&|c| c.journal_segment_bytes = 1000);
         assert!(err.contains("journal_segment_bytes: 1000"), "{err}");
         let err = with(&|c| c.journal_queue_bytes = 0);

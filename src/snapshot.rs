@@ -236,3 +236,6 @@ impl BrokerState {
         Ok(state)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -985,6 +985,18 @@ impl ProviderState {
         self.threads.len()
     }
 
+    /// The webhook ids remembered, oldest first.
+    pub fn seen_ids(&self) -> Vec<&str> {
+        self.seen.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    /// The provider message ids of sends in memory, sorted.
+    pub fn sent_ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.sent.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The conversation of a thread's latest, if any.
     pub fn latest(&self, customer: &str, business: &str) -> Option<&Id> {
         self.threads

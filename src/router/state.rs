@@ -466,6 +466,28 @@ impl RouterState {
         }
     }
 
+    /// Every task routed (waiting, held, parked): id, state and the agent
+    /// holding it, unordered.
+    pub fn task_states(&self) -> Vec<(Id, TaskState, Option<Id>)> {
+        let waiting = self
+            .queued
+            .keys()
+            .map(|id| (id.clone(), TaskState::Queued, None));
+        let held = self.held.iter().map(|(id, h)| {
+            let state = match h.hold {
+                Hold::Reserved { .. } => TaskState::Reserved,
+                Hold::Assigned => TaskState::Assigned,
+                Hold::Wrapping => TaskState::Wrapping,
+            };
+            (id.clone(), state, Some(h.agent.clone()))
+        });
+        let parked = self
+            .parked
+            .iter()
+            .map(|(id, p)| (id.clone(), TaskState::Parked, Some(p.agent.clone())));
+        waiting.chain(held).chain(parked).collect()
+    }
+
     /// A queue's definition.
     pub fn queue(&self, id: &str) -> Option<&Queue> {
         self.queues.get(id)
