@@ -1,9 +1,10 @@
 //! Rebuilding the broker from its journal (`data_dir`) as it starts, before
-//! it takes a connection: every record is decoded and applied, in the order
-//! written, with the same `apply` the live actor uses (the actors' `replay`
-//! entry points skip only the write), to actors that are built but not yet
-//! started; then they start and resume their timers (see each actor's
-//! `restore` module and `docs/operations.md`, "Recovery").
+//! it takes a connection: the newest snapshot is decoded (or the empty state
+//! taken), every record after it decoded and applied, in the order written,
+//! through [`BrokerState::apply`] (each owner's own `apply`, the code the live
+//! actors and the snapshot compactor run); then the actors are built from
+//! that state, not yet started; then they start and resume their timers (see
+//! each actor's `restore` module and `docs/operations.md`, "Recovery").
 //!
 //! What comes back: agents (profile, token and its expiry, activity, open
 //! tasks; all disconnected until their desktops reconnect), the router
@@ -184,7 +185,7 @@ fn rebuild(broker: &Arc<Broker>, state: BrokerState, actors: Channels<'_>) -> Re
         };
         let parts = state.split(shards.len());
         for (shard, part) in shards.iter_mut().zip(parts) {
-            shard.restore(part.threads, part.opened, part.seen, part.sent, addr_of);
+            shard.restore(part, addr_of);
         }
     }
     for (kind, state) in &threads {

@@ -1007,7 +1007,6 @@ impl ProviderState {
     /// Split into `shards` parts by customer (as [`shard_index`] places
     /// them): threads, conversations, webhook ids (oldest first) and sent
     /// ids of each shard.
-    #[allow(clippy::type_complexity)]
     pub(crate) fn split(self, shards: usize) -> Vec<ShardPart> {
         let mut parts: Vec<ShardPart> = (0..shards.max(1)).map(|_| ShardPart::default()).collect();
         let n = parts.len();
@@ -1128,12 +1127,15 @@ impl ProviderChannel {
     /// memory any more), their conversations, webhook ids and sent ids.
     pub(crate) fn restore(
         &mut self,
-        threads: Vec<((String, String), Thread<()>)>,
-        opened: Vec<(Id, Opened)>,
-        seen: Vec<String>,
-        sent: Vec<(String, Id, String)>,
+        part: ShardPart,
         addr_of: impl Fn(&Id) -> Option<Addr<Conversation>>,
     ) {
+        let ShardPart {
+            threads,
+            opened,
+            seen,
+            sent,
+        } = part;
         let give = |c: Option<(Id, ())>| c.and_then(|(id, ())| addr_of(&id).map(|addr| (id, addr)));
         for (key, t) in threads {
             self.threads.insert(
