@@ -441,9 +441,10 @@ async fn a_restart_from_a_snapshot_gives_back_what_the_whole_journal_would() {
     };
     drop(desk);
 
-    // Snapshots are written and the first segments deleted.
+    // Snapshots are written and the first segments deleted (Ann goes on
+    // talking until a snapshot past the first segment is the older one kept).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    for i in 0.. {
         let (segments, snapshots) = journal_files(dir.path());
         if snapshots.len() == 2
             && segments.first().map(String::as_str) != Some("wal-00000000000000000001.seg")
@@ -454,7 +455,10 @@ async fn a_restart_from_a_snapshot_gives_back_what_the_whole_journal_would() {
             std::time::Instant::now() < deadline,
             "no snapshot covering the first segment: {segments:?} {snapshots:?}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let text = format!("waiting {i}");
+        ann_ws.say(&text).await;
+        expected.push(text);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
     // More after the snapshot: replayed from the journal on top of it.
@@ -473,6 +477,7 @@ async fn a_restart_from_a_snapshot_gives_back_what_the_whole_journal_would() {
     );
     assert_eq!(snapshots.len(), 2, "the two newest are kept: {snapshots:?}");
 
+    let cfg_again = cfg.clone();
     let h = start_with(cfg);
     let (mut desk, hello) = h.connect_agent(&alice).await;
     let tasks = hello["tasks"].as_array().expect("hello tasks");
@@ -500,6 +505,10 @@ async fn a_restart_from_a_snapshot_gives_back_what_the_whole_journal_would() {
     assert_eq!(bob_task["state"], "queued", "{bob_task}");
     let (_bob_ws, bob_history) = h.connect_customer(&bob).await;
     assert_eq!(texts(&bob_history["messages"]), ["anyone?"]);
+    h.wait_conversation(&ann_conv, "the new message", |c| {
+        c["message_count"] == expected.len() + 1
+    })
+    .await;
 
     let resp = h
         .http
@@ -522,4 +531,25 @@ async fn a_restart_from_a_snapshot_gives_back_what_the_whole_journal_would() {
         "a forgotten conversation stays gone: {}",
         r.text
     );
+    drop((desk, ann_ws, _bob_ws));
+    drop(h);
+
+    // The newest snapshot damaged: the start falls back to the older one and
+    // replays more, with the same result.
+    let (_, snapshots) = journal_files(dir.path());
+    let newest = dir
+        .path()
+        .join("journal")
+        .join(snapshots.last().expect("a snapshot"));
+    let mut bytes = std::fs::read(&newest).expect("read snapshot");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&newest, bytes).expect("damage snapshot");
+    let h = start_with(cfg_again);
+    expected.push("still there?".into());
+    let messages = h.messages(&ann_conv).await;
+    assert_gap_free(&messages["messages"]);
+    assert_eq!(texts(&messages["messages"]), expected);
+    let (_desk, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"][0]["id"], ann_task.as_str(), "{hello}");
 }
