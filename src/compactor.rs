@@ -76,7 +76,7 @@ pub fn compact(
             why: format!("not after the newest snapshot, at Lsn {from}"),
         });
     }
-    journal.read_records(from, target, |lsn, bytes| {
+    journal.read_records(from, target, |_, bytes| {
         state
             .apply_bytes(bytes, settings)
             .map_err(|e| e.to_string())
