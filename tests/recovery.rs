@@ -503,6 +503,15 @@ async fn a_restart_from_a_snapshot_gives_back_what_the_whole_journal_would() {
         .and_then(|t| t.iter().find(|t| t["customer"]["name"] == "Bob").cloned())
         .unwrap_or_else(|| panic!("Bob's task in {listed}"));
     assert_eq!(bob_task["state"], "queued", "{bob_task}");
+    let ann_listed = listed
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["id"] == ann_task.as_str()).cloned())
+        .unwrap_or_else(|| panic!("Ann's task in {listed}"));
+    assert_eq!(
+        ann_listed["state"], "assigned",
+        "the router agrees: {ann_listed}"
+    );
+    assert_eq!(ann_listed["agent_id"], "alice", "{ann_listed}");
     let (_bob_ws, bob_history) = h.connect_customer(&bob).await;
     assert_eq!(texts(&bob_history["messages"]), ["anyone?"]);
     h.wait_conversation(&ann_conv, "the new message", |c| {
