@@ -5,6 +5,10 @@
 //! complete), and forwards what
 //! conversations and the router tell it to the socket.
 //!
+//! Its journaled state (profile, activity, open tasks) is an [`AgentState`],
+//! changed only by [`AgentState::apply`]: the actor, recovery and snapshots
+//! share it.
+//!
 //! Capacity and load are *not* decided here: the router owns them. The load
 //! this actor reports is the count of tasks it has been told about.
 //!

@@ -25,6 +25,11 @@
 //! (`provider_queue`, beyond which agents get `rate_limited`); other
 //! channels and conversations never wait for it, and no actor blocks.
 //!
+//! State changes: [`ProviderEvent`]s through one function, `apply_event`,
+//! for the live shard (conversations reached by address) and for
+//! [`ProviderState`], the plain copy of a provider's threads that recovery
+//! and snapshots use (conversations by id).
+//!
 //! Handles: [`Inbound`], [`ToCustomer`](crate::channel::ToCustomer),
 //! [`OpenOutbound`].
 

@@ -14,6 +14,10 @@
 //! [`CustomerDisconnected`], [`FromCustomer`], [`OpenOutbound`], and
 //! [`ToCustomer`] from conversations.
 //!
+//! Session state changes through one function, `apply_event`, for the live
+//! shard (conversations reached by address) and for [`WebchatState`], the
+//! plain copy of every session that recovery and snapshots use.
+//!
 //! Limits held here: `sockets_per_session` (a socket more is told
 //! `rate_limited` and closed 1008) and `conversation_messages_per_second` (a
 //! message over it is answered `rate_limited` and not stored), so one
