@@ -934,7 +934,7 @@ fn apply_event<A: Clone>(
 
 /// One provider's threads as plain data, whatever the shard that holds
 /// them: what a snapshot keeps of the channel. Changed by the channel's own
-/// [`apply_event`]; split into the shards (by customer) at start. The
+/// `apply_event`; split into the shards (by customer) at start. The
 /// webhook ids are kept newest last, at most `webhook_dedupe` of them; the
 /// sent ids are what the [`DeliveryIndex`] held.
 #[derive(Default, Serialize, Deserialize)]
@@ -1093,7 +1093,7 @@ impl ProviderChannel {
     }
 
     /// Apply an event without writing it (`apply`): the threads change in
-    /// [`apply_event`], the webhook-id memory and the delivery index here.
+    /// `apply_event`, the webhook-id memory and the delivery index here.
     fn replay(
         &mut self,
         event: ProviderEvent,

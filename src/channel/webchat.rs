@@ -57,7 +57,7 @@ pub(crate) struct Socket {
 /// A webchat session. `A` is how its latest conversation is reached: the
 /// conversation's address in the live channel, `()` in the plain copy a
 /// snapshot holds ([`WebchatState`]), so both change through the same
-/// [`apply_event`].
+/// `apply_event`.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Session<A = Addr<Conversation>> {
     token: String,
@@ -161,7 +161,7 @@ fn apply_event<A>(
 
 /// Every webchat session as plain data, whatever the shard that holds it:
 /// what a snapshot keeps of the channel. Changed by the channel's own
-/// [`apply_event`]; split into the shards at start
+/// `apply_event`; split into the shards at start
 /// ([`WebchatChannel::restore_sessions`]).
 #[derive(Default, Serialize, Deserialize)]
 pub struct WebchatState {
