@@ -507,6 +507,10 @@ impl Journal {
         }
         self.wait_durable_blocking(lsn, Duration::from_secs(30))?;
         let mut newest = self.inner.snapshots.lock();
+        // Never after a close: the directory may be another broker's by now.
+        if self.inner.shared.queue.lock().closing {
+            return Err(JournalError::Closed);
+        }
         if lsn < *newest {
             return Err(invalid(format!("older than the snapshot at Lsn {newest}")));
         }
@@ -524,15 +528,20 @@ impl Journal {
         Ok(())
     }
 
-    /// Stop taking appends, write and fsync everything queued, stop the
-    /// writer; at most `timeout`. After a timeout (the disk is failing) the
+    /// Stop taking appends (and snapshots: one being written is waited for),
+    /// write and fsync everything queued, stop the writer; at most `timeout`. After a timeout (the disk is failing) the
     /// writer is told to stop and what it had not written is lost: none of
     /// it was durable, so none of it was acknowledged.
     pub fn close(&self, timeout: Duration) -> Result<(), JournalError> {
         let shared = &self.inner.shared;
-        shared.queue.lock().closing = true;
-        shared.work.notify_one();
         let deadline = Instant::now() + timeout;
+        {
+            // A snapshot being written finishes first (and none starts
+            // after), so nothing writes in the directory once it is closed.
+            let _snapshot = self.inner.snapshots.try_lock_until(deadline);
+            shared.queue.lock().closing = true;
+        }
+        shared.work.notify_one();
         {
             let mut guard = shared.flushed.lock();
             while !shared.writer_done.load(Ordering::Acquire) {

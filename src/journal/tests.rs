@@ -301,6 +301,12 @@ fn records_read_back_span_segments_and_stop_where_asked() {
         Some((400, b"state at 400".to_vec()))
     );
     j.close(CLOSE).unwrap();
+    // After a close nothing is written in the directory any more.
+    assert!(matches!(
+        j.write_snapshot(500, b"too late"),
+        Err(JournalError::Closed)
+    ));
+    assert_eq!(list_snapshots(dir.path()).unwrap().len(), 1);
 }
 
 #[test]
