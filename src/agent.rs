@@ -5,6 +5,10 @@
 //! complete), and forwards what
 //! conversations and the router tell it to the socket.
 //!
+//! Its journaled state (profile, activity, open tasks) is an [`AgentState`],
+//! changed only by [`AgentState::apply`]: the actor, recovery and snapshots
+//! share it.
+//!
 //! Capacity and load are *not* decided here: the router owns them. The load
 //! this actor reports is the count of tasks it has been told about.
 //!
@@ -52,11 +56,71 @@ pub const AGENT_DELETED: &str = "agent deleted";
 /// Close reason of a desk whose agent a supervisor set `offline`.
 pub const LOGGED_OUT: &str = "logged out by a supervisor";
 
-struct OpenTask {
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OpenTask {
     view: TaskView,
     /// After a reconnect, until the conversation re-sends the task with its
     /// history: live frames for it are dropped (the history will hold them).
+    #[serde(skip)]
     resyncing: bool,
+}
+
+/// What an agent actor holds that its events change, apart from the actor's
+/// wiring (socket, timers): plain data, so a snapshot can hold it and the
+/// compactor can apply events to it without an actor.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentState {
+    pub profile: AgentProfile,
+    pub activity: Activity,
+    tasks: IdMap<Id, OpenTask>,
+    by_conversation: IdMap<Id, Id>,
+}
+
+impl AgentState {
+    /// A new agent's state: offline, no task.
+    pub fn new(profile: AgentProfile) -> Self {
+        AgentState {
+            profile,
+            activity: Activity::Offline,
+            tasks: IdMap::default(),
+            by_conversation: IdMap::default(),
+        }
+    }
+
+    /// The one place an agent's state changes (the live actor's `apply`,
+    /// journal replay and the snapshot compactor all come here).
+    pub fn apply(&mut self, event: AgentEvent) {
+        match event {
+            AgentEvent::ProfileChanged(p) => self.profile = p,
+            AgentEvent::ActivityChanged(a) => self.activity = a,
+            AgentEvent::TaskTracked(view) => {
+                self.by_conversation
+                    .insert(view.conversation_id.clone(), view.id.clone());
+                self.tasks.insert(
+                    view.id.clone(),
+                    OpenTask {
+                        view,
+                        resyncing: false,
+                    },
+                );
+            }
+            AgentEvent::TaskStateChanged { task_id, state } => {
+                if let Some(t) = self.tasks.get_mut(&task_id) {
+                    t.view.state = state;
+                }
+            }
+            AgentEvent::TaskDropped { task_id } => {
+                if let Some(t) = self.tasks.remove(&task_id) {
+                    self.by_conversation.remove(&t.view.conversation_id);
+                }
+            }
+        }
+    }
+
+    /// Its open tasks' ids (for tests and checks).
+    pub fn task_ids(&self) -> impl Iterator<Item = &Id> {
+        self.tasks.keys()
+    }
 }
 
 /// Every change the agent actor makes to its state.
@@ -71,14 +135,11 @@ pub enum AgentEvent {
 
 pub struct Agent {
     broker: Arc<Broker>,
-    profile: AgentProfile,
-    activity: Activity,
+    state: AgentState,
     session: Option<SocketLink>,
     /// The token the current desktop authenticated with (`None` for
     /// in-process desks): a rotation closes it.
     session_token: Option<String>,
-    tasks: IdMap<Id, OpenTask>,
-    by_conversation: IdMap<Id, Id>,
     /// Running while disconnected and within the grace period.
     grace: Option<SpawnHandle>,
     /// Rebuilt from the journal: its disconnect grace starts as it starts.
@@ -129,36 +190,37 @@ impl Agent {
     fn new(broker: &Arc<Broker>, profile: AgentProfile) -> Self {
         Agent {
             broker: broker.clone(),
-            profile,
-            activity: Activity::Offline,
+            state: AgentState::new(profile),
             session: None,
             session_token: None,
-            tasks: IdMap::default(),
-            by_conversation: IdMap::default(),
             grace: None,
             restored: false,
         }
     }
 
-    /// An agent rebuilt from the journal (its events follow through
-    /// [`Agent::replay`]), not yet started: disconnected, its disconnect
-    /// grace running from the start.
-    pub fn restored(broker: &Arc<Broker>, profile: AgentProfile) -> Self {
+    /// An agent rebuilt from the journal (its state replayed, or read from
+    /// a snapshot), not yet started: disconnected, its disconnect grace
+    /// running from the start.
+    pub fn restored(broker: &Arc<Broker>, state: AgentState) -> Self {
         Agent {
+            broker: broker.clone(),
+            state,
+            session: None,
+            session_token: None,
+            grace: None,
             restored: true,
-            ..Agent::new(broker, profile)
         }
     }
 
     /// Its id.
     pub fn id(&self) -> &Id {
-        &self.profile.id
+        &self.state.profile.id
     }
 
     /// Whether a desktop that authenticated with `token` may stay: `None` if
     /// so, else the close code and reason to give it.
     fn stale_credential(&self, token: &str) -> Option<(CloseCode, &'static str)> {
-        match self.broker.agent(&self.profile.id) {
+        match self.broker.agent(&self.state.profile.id) {
             None => Some((CloseCode::Normal, AGENT_DELETED)),
             Some(entry) if !same_secret(&entry.token, token) => {
                 Some((CloseCode::Policy, TOKEN_ROTATED))
@@ -174,53 +236,24 @@ impl Agent {
         record::write(
             self.broker.journal.as_ref(),
             RecordRef::Agent {
-                id: &self.profile.id,
+                id: &self.state.profile.id,
                 event: &event,
             },
         );
-        self.replay(event);
-    }
-
-    /// Apply an event without writing it (journal replay, and `apply`).
-    pub(crate) fn replay(&mut self, event: AgentEvent) {
-        match event {
-            AgentEvent::ProfileChanged(p) => self.profile = p,
-            AgentEvent::ActivityChanged(a) => self.activity = a,
-            AgentEvent::TaskTracked(view) => {
-                self.by_conversation
-                    .insert(view.conversation_id.clone(), view.id.clone());
-                self.tasks.insert(
-                    view.id.clone(),
-                    OpenTask {
-                        view,
-                        resyncing: false,
-                    },
-                );
-            }
-            AgentEvent::TaskStateChanged { task_id, state } => {
-                if let Some(t) = self.tasks.get_mut(&task_id) {
-                    t.view.state = state;
-                }
-            }
-            AgentEvent::TaskDropped { task_id } => {
-                if let Some(t) = self.tasks.remove(&task_id) {
-                    self.by_conversation.remove(&t.view.conversation_id);
-                }
-            }
-        }
+        self.state.apply(event);
     }
 
     fn view(&self) -> AgentView {
         let mut load = PerChannel::default();
-        for t in self.tasks.values() {
+        for t in self.state.tasks.values() {
             *load.get_mut(t.view.channel) += 1;
         }
         AgentView {
-            id: self.profile.id.clone(),
-            name: self.profile.name.clone(),
-            capacity: self.profile.capacity,
-            skills: self.profile.skills.clone(),
-            activity: self.activity,
+            id: self.state.profile.id.clone(),
+            name: self.state.profile.name.clone(),
+            capacity: self.state.profile.capacity,
+            skills: self.state.profile.skills.clone(),
+            activity: self.state.activity,
             connected: self.session.is_some(),
             load,
         }
@@ -235,7 +268,7 @@ impl Agent {
         };
         if let Err(down) = link.send(frame, &self.broker.metrics) {
             if down == LinkDown::Slow {
-                tracing::warn!(agent = %self.profile.id, "desktop socket is a slow consumer; disconnected");
+                tracing::warn!(agent = %self.state.profile.id, "desktop socket is a slow consumer; disconnected");
             }
             let id = link.id;
             self.session_lost(id, ctx);
@@ -253,9 +286,9 @@ impl Agent {
         self.session = None;
         self.session_token = None;
         self.broker.router.do_send(router::AgentPresence {
-            id: self.profile.id.clone(),
+            id: self.state.profile.id.clone(),
             connected: false,
-            activity: self.activity,
+            activity: self.state.activity,
         });
         self.start_grace(ctx);
     }
@@ -268,14 +301,14 @@ impl Agent {
             act.grace = None;
             act.apply(AgentEvent::ActivityChanged(Activity::Offline));
             act.broker.router.do_send(router::GraceExpired {
-                id: act.profile.id.clone(),
+                id: act.state.profile.id.clone(),
             });
         }));
     }
 
     /// The conversation this agent holds, or why not.
     fn conversation(&self, conversation_id: &str) -> Result<Addr<Conversation>, ApiError> {
-        if self.by_conversation.contains_key(conversation_id) {
+        if self.state.by_conversation.contains_key(conversation_id) {
             if let Some(addr) = self.broker.conversation(conversation_id) {
                 return Ok(addr);
             }
@@ -328,7 +361,7 @@ impl Agent {
     }
 
     fn command(&mut self, cmd: AgentCommand, ctx: &mut Context<Self>) {
-        let me = self.profile.id.clone();
+        let me = self.state.profile.id.clone();
         match cmd {
             AgentCommand::Activity {
                 activity: Activity::NotResponding,
@@ -433,7 +466,7 @@ impl Agent {
                 notes,
                 reference,
             } => {
-                let conv = match self.tasks.get(task_id.as_str()) {
+                let conv = match self.state.tasks.get(task_id.as_str()) {
                     Some(t) => self.conversation(&t.view.conversation_id),
                     None if self.broker.task_exists(task_id.as_str()) => Err(
                         ApiError::NotYourTask(format!("task {task_id} is not yours")),
@@ -538,7 +571,7 @@ impl Agent {
                 req.channel,
                 &req.text,
                 &req.attachments,
-                Sender::Agent(&self.profile.id),
+                Sender::Agent(&self.state.profile.id),
                 &|_| false,
             )
         };
@@ -551,8 +584,8 @@ impl Agent {
         let open = OpenOutbound {
             to: req.to,
             task_id: task_id.clone(),
-            agent_id: self.profile.id.clone(),
-            agent_name: self.profile.name.clone(),
+            agent_id: self.state.profile.id.clone(),
+            agent_name: self.state.profile.name.clone(),
             agent: ctx.address(),
             text: req.text,
             attachments,
@@ -565,7 +598,7 @@ impl Agent {
                 .unwrap_or_else(|| crate::protocol::DEFAULT_QUEUE.to_owned()),
         };
         let reserve = router::ReserveOutbound {
-            agent_id: self.profile.id.clone(),
+            agent_id: self.state.profile.id.clone(),
             task_id: task_id.clone(),
             channel: req.channel,
             customer: Customer {
@@ -679,7 +712,7 @@ impl Handler<Connect> for Agent {
         if msg.token.is_some() {
             let expires = self
                 .broker
-                .agent(&self.profile.id)
+                .agent(&self.state.profile.id)
                 .and_then(|e| e.expires_at)
                 .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok());
             if let Some(left) = expires {
@@ -690,21 +723,21 @@ impl Handler<Connect> for Agent {
         }
         self.session_token = msg.token;
         self.broker.router.do_send(router::AgentPresence {
-            id: self.profile.id.clone(),
+            id: self.state.profile.id.clone(),
             connected: true,
-            activity: self.activity,
+            activity: self.state.activity,
         });
-        let mut tasks: Vec<TaskView> = self.tasks.values().map(|t| t.view.clone()).collect();
+        let mut tasks: Vec<TaskView> = self.state.tasks.values().map(|t| t.view.clone()).collect();
         tasks.sort_by_key(|t| t.created_at);
         let hello = Event::Hello {
             agent: Cow::Owned(self.view()),
-            activity: self.activity,
+            activity: self.state.activity,
             tasks,
         }
         .frame();
         self.push(hello, ctx);
-        let me = self.profile.id.clone();
-        for task in self.tasks.values_mut() {
+        let me = self.state.profile.id.clone();
+        for task in self.state.tasks.values_mut() {
             if matches!(task.view.state, TaskState::Assigned | TaskState::Wrapping) {
                 task.resyncing = true;
                 if let Some(conv) = self.broker.conversation(&task.view.conversation_id) {
@@ -783,7 +816,11 @@ impl Handler<ToAgent> for Agent {
     type Result = ();
 
     fn handle(&mut self, msg: ToAgent, ctx: &mut Context<Self>) {
-        let resyncing = self.tasks.get(&msg.task_id).is_some_and(|t| t.resyncing);
+        let resyncing = self
+            .state
+            .tasks
+            .get(&msg.task_id)
+            .is_some_and(|t| t.resyncing);
         match msg.kind {
             AgentFrameKind::Offered(view) | AgentFrameKind::Assigned(view) => {
                 self.apply(AgentEvent::TaskTracked(view))
@@ -894,14 +931,14 @@ impl Handler<SupervisorActivity> for Agent {
                 link.close(CloseCode::Normal, LOGGED_OUT);
                 self.session_token = None;
                 self.broker.router.do_send(router::AgentPresence {
-                    id: self.profile.id.clone(),
+                    id: self.state.profile.id.clone(),
                     connected: false,
                     activity: Activity::Offline,
                 });
             }
         }
         self.broker.router.do_send(router::AgentActivity {
-            id: self.profile.id.clone(),
+            id: self.state.profile.id.clone(),
             activity: msg.activity,
         });
         Ok(())
@@ -921,7 +958,7 @@ impl Handler<UpdateProfile> for Agent {
     type Result = ();
 
     fn handle(&mut self, msg: UpdateProfile, ctx: &mut Context<Self>) {
-        let mut profile = self.profile.clone();
+        let mut profile = self.state.profile.clone();
         if let Some(name) = msg.name {
             profile.name = name;
         }
@@ -988,7 +1025,7 @@ impl Handler<Retire> for Agent {
             link.close(CloseCode::Normal, AGENT_DELETED);
         }
         self.broker.router.do_send(router::RemoveAgent {
-            id: self.profile.id.clone(),
+            id: self.state.profile.id.clone(),
         });
         ctx.stop();
     }

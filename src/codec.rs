@@ -48,6 +48,26 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Encode a whole state (a snapshot) to bytes: the same format with no
+/// size limit.
+pub fn encode_unbounded<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(bincode::serde::encode_to_vec(
+        value,
+        bincode::config::standard(),
+    )?)
+}
+
+/// Decode a whole state (a snapshot); the whole input must be consumed. No
+/// size limit: only for bytes whose checksum was checked whole first (the
+/// journal's snapshot files), never for outside input.
+pub fn decode_unbounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

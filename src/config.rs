@@ -258,6 +258,10 @@ pub struct Config {
     /// Bytes of records waiting for the journal's writer before new ones are
     /// refused (`unavailable`).
     pub journal_queue_bytes: u64,
+    /// A snapshot is written once this many records follow the last one.
+    pub snapshot_every_records: u64,
+    /// A snapshot is written at least this often while records come in.
+    pub snapshot_interval: Duration,
     /// Agents created at start.
     pub agents: Vec<AgentSeed>,
     /// Queues defined at start (`default` is always there too).
@@ -412,6 +416,8 @@ impl Default for Config {
             fsync_interval: crate::journal::DEFAULT_BATCH_DELAY,
             journal_segment_bytes: crate::journal::DEFAULT_SEGMENT_BYTES,
             journal_queue_bytes: crate::journal::DEFAULT_QUEUE_BYTES as u64,
+            snapshot_every_records: 1_000_000,
+            snapshot_interval: Duration::from_secs(600),
             agents: Vec::new(),
             queues: Vec::new(),
             routes: Vec::new(),
@@ -844,6 +850,17 @@ impl Config {
                 "fsync_interval: {} must be more than 0 and at most 1s (fsync = \"always\" \
                  fsyncs every batch)",
                 show_duration(self.fsync_interval)
+            )));
+        }
+        if self.snapshot_every_records == 0 {
+            return Err(ConfigError(
+                "snapshot_every_records: must be at least 1".into(),
+            ));
+        }
+        if self.snapshot_interval < Duration::from_secs(1) {
+            return Err(ConfigError(format!(
+                "snapshot_interval: {} is less than the smallest accepted, 1s",
+                show_duration(self.snapshot_interval)
             )));
         }
         for (name, value) in [
@@ -1338,6 +1355,13 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_JOURNAL_QUEUE_BYTES", value_parser = parse_size)]
     #[serde(default, deserialize_with = "de::size")]
     pub journal_queue_bytes: Option<u64>,
+    /// A snapshot is written once this many records follow the last one.
+    #[arg(long, env = "SWITCHBOARD_SNAPSHOT_EVERY_RECORDS")]
+    pub snapshot_every_records: Option<u64>,
+    /// A snapshot is written at least this often while records come in.
+    #[arg(long, env = "SWITCHBOARD_SNAPSHOT_INTERVAL", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub snapshot_interval: Option<Duration>,
 
     /// Externally visible base URL, e.g. https://chat.example.com.
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
@@ -1591,6 +1615,8 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "fsync_interval" => duration(c.fsync_interval),
         "journal_segment_bytes" => value(show_size(c.journal_segment_bytes)),
         "journal_queue_bytes" => value(show_size(c.journal_queue_bytes)),
+        "snapshot_every_records" => value(c.snapshot_every_records.to_string()),
+        "snapshot_interval" => duration(c.snapshot_interval),
         "public_url" => Some(Shown::Note("http://<bind>")),
         "twilio_api_base" => value(c.twilio_api_base.clone()),
         "graph_api_base" => value(c.graph_api_base.clone()),
@@ -1711,7 +1737,8 @@ impl Args {
             attachment_link_ttl, sim_agents, sim_capacity, sim_accept_delay, sim_reply_delay,
             sim_wrapup_delay, sim_replies, sim_disposition, sim_seed, aging, max_missed_offers,
             webhook_timeout, webhook_backoff, webhook_retry_for, webhook_queue, webhook_in_flight,
-            fsync, fsync_interval, journal_segment_bytes, journal_queue_bytes;
+            fsync, fsync_interval, journal_segment_bytes, journal_queue_bytes,
+            snapshot_every_records, snapshot_interval;
             admin_token, data_dir, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token,
@@ -2438,16 +2465,35 @@ queue = "billing"
         let data = dir.path().join("new").join("data");
         let file = format!(
             "data_dir = {:?}\nfsync = \"always\"\njournal_segment_bytes = \"8MiB\"\n\
-             journal_queue_bytes = \"1MiB\"\n",
+             journal_queue_bytes = \"1MiB\"\nsnapshot_every_records = 5000\n\
+             snapshot_interval = \"1m\"\n",
             data.to_str().unwrap()
         );
         let cfg = load_file(
             "journal",
             &file,
-            &["--fsync", "batch", "--fsync-interval", "5ms"],
+            &[
+                "--fsync",
+                "batch",
+                "--fsync-interval",
+                "5ms",
+                "--snapshot-interval",
+                "30s",
+            ],
         )
         .unwrap();
         assert_eq!(cfg.data_dir.as_deref(), Some(data.as_path()));
+        assert_eq!(cfg.snapshot_every_records, 5000);
+        assert_eq!(
+            cfg.snapshot_interval,
+            Duration::from_secs(30),
+            "the flag wins"
+        );
+        let defaults = Config::default();
+        assert_eq!(
+            (defaults.snapshot_every_records, defaults.snapshot_interval),
+            (1_000_000, Duration::from_secs(600))
+        );
         assert_eq!(cfg.fsync, FsyncMode::Batch);
         let j = cfg.journal().unwrap();
         assert_eq!(j.dir, data.join("journal"));
@@ -2485,6 +2531,10 @@ queue = "billing"
         assert!(err.contains("fsync_interval"), "{err}");
         let err = with(&|c| c.fsync_interval = Duration::from_secs(2));
         assert!(err.contains("fsync_interval: 2s"), "{err}");
+        let err = with(&|c| c.snapshot_every_records = 0);
+        assert!(err.contains("snapshot_every_records"), "{err}");
+        let err = with(&|c| c.snapshot_interval = Duration::from_millis(500));
+        assert!(err.contains("snapshot_interval: 500ms"), "{err}");
         let err = with(&|c| c.journal_segment_bytes = 1000);
         assert!(err.contains("journal_segment_bytes: 1000"), "{err}");
         let err = with(&|c| c.journal_queue_bytes = 0);

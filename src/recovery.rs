@@ -1,9 +1,10 @@
 //! Rebuilding the broker from its journal (`data_dir`) as it starts, before
-//! it takes a connection: every record is decoded and applied, in the order
-//! written, with the same `apply` the live actor uses (the actors' `replay`
-//! entry points skip only the write), to actors that are built but not yet
-//! started; then they start and resume their timers (see each actor's
-//! `restore` module and `docs/operations.md`, "Recovery").
+//! it takes a connection: the newest snapshot is decoded (or the empty state
+//! taken), every record after it decoded and applied, in the order written,
+//! through [`BrokerState::apply`] (each owner's own `apply`, the code the live
+//! actors and the snapshot compactor run); then the actors are built from
+//! that state, not yet started; then they start and resume their timers (see
+//! each actor's `restore` module and `docs/operations.md`, "Recovery").
 //!
 //! What comes back: agents (profile, token and its expiry, activity, open
 //! tasks; all disconnected until their desktops reconnect), the router
@@ -20,17 +21,17 @@ use std::time::SystemTime;
 use actix::prelude::*;
 
 use crate::agent::Agent;
-use crate::channel::provider::{shard_index, ProviderChannel, ProviderEvent};
-use crate::channel::webchat::WebchatChannel;
+use crate::channel::provider::ProviderChannel;
+use crate::channel::webchat::{WebchatChannel, WebchatState};
 use crate::channel::ToCustomer;
 use crate::codec::CodecError;
 use crate::conversation::{Conversation, ConversationState};
 use crate::ids::IdMap;
-use crate::journal::record::{self, Record};
 use crate::journal::Lsn;
 use crate::protocol::{ChannelKind, Id, TaskState};
 use crate::router::{Restored, Router};
 use crate::shards::{mailbox, Mailbox};
+use crate::snapshot::{BrokerState, ReplaySettings};
 use crate::wiring::Broker;
 
 /// Why the journal could not be replayed.
@@ -40,10 +41,14 @@ pub enum RecoveryError {
     /// journal from another, incompatible build.
     #[error("journal record {lsn} cannot be read by this version: {source}")]
     Undecodable { lsn: Lsn, source: CodecError },
+    /// The snapshot passed its checksum but does not decode.
+    #[error("journal snapshot at Lsn {lsn} cannot be read by this version: {source}")]
+    Snapshot { lsn: Lsn, source: CodecError },
 }
 
 /// A conversation being rebuilt: its state, and the address it will run at
-/// (made at its first record, so channels can hold it before it starts).
+/// (made before any channel is rebuilt, so channels can hold it before it
+/// starts).
 struct Rebuilt {
     state: ConversationState,
     addr: Addr<Conversation>,
@@ -64,9 +69,9 @@ struct RebuiltAgent {
 pub struct Replayed {
     conversations: IdMap<Id, Rebuilt>,
     agents: IdMap<Id, RebuiltAgent>,
-    /// Records applied, and records of channels not enabled now.
+    /// The snapshot's Lsn (0: none) and the records applied after it.
+    pub snapshot: Lsn,
     pub applied: u64,
-    pub skipped: u64,
 }
 
 /// The actors a replay applies records to, built and not yet started.
@@ -78,145 +83,128 @@ pub struct Channels<'a> {
     pub providers: &'a mut [(ChannelKind, Vec<ProviderChannel>)],
 }
 
-/// Apply `records` to the router and the channels' shards, building the
-/// agents and conversations they name.
+/// The state the journal holds: the snapshot's (or the empty state), with
+/// every record after it applied ([`BrokerState::apply`], the code the
+/// snapshot compactor runs too).
+pub fn replay_state(
+    settings: &ReplaySettings,
+    snapshot: Option<(Lsn, Vec<u8>)>,
+    records: impl IntoIterator<Item = (Lsn, Vec<u8>)>,
+) -> Result<BrokerState, RecoveryError> {
+    let mut state = match snapshot {
+        Some((lsn, bytes)) => BrokerState::decode(&bytes, settings)
+            .map_err(|source| RecoveryError::Snapshot { lsn, source })?,
+        None => BrokerState::new(settings),
+    };
+    for (lsn, bytes) in records {
+        state
+            .apply_bytes(&bytes, settings)
+            .map_err(|source| RecoveryError::Undecodable { lsn, source })?;
+    }
+    Ok(state)
+}
+
+/// Rebuild the broker from the newest snapshot and the records after it:
+/// the state replayed ([`replay_state`]), then handed to the router and the
+/// channels' shards, and the agents and conversations built from it.
 pub fn replay(
     broker: &Arc<Broker>,
-    records: impl IntoIterator<Item = (Lsn, Vec<u8>)>,
+    snapshot: Option<(Lsn, Vec<u8>)>,
+    records: Vec<(Lsn, Vec<u8>)>,
     actors: Channels<'_>,
 ) -> Result<Replayed, RecoveryError> {
+    let base = snapshot.as_ref().map_or(0, |(lsn, _)| *lsn);
+    let applied = records.len() as u64;
+    let state = replay_state(&ReplaySettings::of(&broker.config), snapshot, records)?;
+    let mut out = rebuild(broker, state, actors);
+    out.snapshot = base;
+    out.applied = applied;
+    Ok(out)
+}
+
+/// Build the actors (not started) from a replayed state.
+fn rebuild(broker: &Arc<Broker>, state: BrokerState, actors: Channels<'_>) -> Replayed {
     let Channels {
         router,
         webchat,
         providers,
     } = actors;
-    // A provider conversation's customer (which shard holds its thread),
-    // until the channel forgets it.
-    let mut provider_customers: IdMap<Id, String> = IdMap::default();
+    let BrokerState {
+        router: routing,
+        conversations,
+        agents,
+        webchat: sessions,
+        providers: mut threads,
+        canned,
+        attachments,
+        records: _,
+    } = state;
+    router.restore_state(routing);
     let mut out = Replayed {
         conversations: IdMap::default(),
         agents: IdMap::default(),
+        snapshot: 0,
         applied: 0,
-        skipped: 0,
     };
-    for (lsn, bytes) in records {
-        let record =
-            record::read(&bytes).map_err(|source| RecoveryError::Undecodable { lsn, source })?;
-        out.applied += 1;
-        match record {
-            Record::Router(event) => router.replay(event),
-            Record::ConversationOpened(state) => {
-                let (addr, mailbox) = mailbox::<Conversation>();
-                out.conversations.insert(
-                    state.id.clone(),
-                    Rebuilt {
-                        state: *state,
-                        addr,
-                        mailbox,
-                        enqueue: false,
-                    },
-                );
-            }
-            Record::Conversation { id, event } => {
-                if let Some(c) = out.conversations.get_mut(&id) {
-                    c.state.apply(event);
-                }
-            }
-            Record::ConversationForgotten { id } => {
-                out.conversations.remove(&id);
-            }
-            Record::AgentCreated {
-                profile,
-                token,
-                expires_at,
-            } => {
-                out.agents.insert(
-                    profile.id.clone(),
-                    RebuiltAgent {
-                        actor: Agent::restored(broker, profile),
-                        token,
-                        expires_at,
-                    },
-                );
-            }
-            Record::AgentTokenRotated {
-                id,
-                token,
-                expires_at,
-            } => {
-                if let Some(a) = out.agents.get_mut(&id) {
-                    a.token = token;
-                    a.expires_at = expires_at;
-                }
-            }
-            Record::AgentRemoved { id } => {
-                out.agents.remove(&id);
-            }
-            Record::Agent { id, event } => {
-                if let Some(a) = out.agents.get_mut(&id) {
-                    a.actor.replay(event);
-                }
-            }
-            Record::Webchat(event) => {
-                let session = event.session();
-                let shard = broker.channels.webchat.index_of(session);
-                let addr = event
-                    .conversation()
-                    .and_then(|c| out.conversations.get(c))
-                    .map(|c| c.addr.clone());
-                if let Some(channel) = webchat.get_mut(shard) {
-                    channel.replay(event, addr);
-                }
-            }
-            Record::Canned(event) => broker.canned.replay(event),
-            Record::AttachmentStored {
-                meta,
-                uploader,
-                quota,
-                at,
-            } => {
-                // False when the file left the store before the restart.
-                broker.attachments.restore(meta, uploader, quota, at);
-            }
-            Record::Provider { channel, event } => {
-                let Some((_, shards)) = providers.iter_mut().find(|(k, _)| *k == channel) else {
-                    // A channel that is not enabled now.
-                    out.skipped += 1;
-                    continue;
-                };
-                let conversation = event.conversation().cloned();
-                let customer = match event.customer() {
-                    Some(c) => c.to_owned(),
-                    None => match conversation
-                        .as_ref()
-                        .and_then(|c| provider_customers.get(c))
-                    {
-                        Some(c) => c.clone(),
-                        None => continue,
-                    },
-                };
-                match &event {
-                    ProviderEvent::ConversationOpened { conversation, .. } => {
-                        provider_customers.insert(conversation.clone(), customer.clone());
-                    }
-                    ProviderEvent::ConversationForgotten { conversation } => {
-                        provider_customers.remove(conversation);
-                    }
-                    _ => {}
-                }
-                let addr = conversation
-                    .as_ref()
-                    .and_then(|c| out.conversations.get(c))
-                    .map(|c| c.addr.clone());
-                let shard = shard_index(&customer, shards.len());
-                if let Some(channel) = shards.get_mut(shard) {
-                    channel.replay(event, addr);
-                }
-            }
+    for (id, state) in conversations {
+        let (addr, mailbox) = mailbox::<Conversation>();
+        out.conversations.insert(
+            id,
+            Rebuilt {
+                state,
+                addr,
+                mailbox,
+                enqueue: false,
+            },
+        );
+    }
+    for (id, a) in agents {
+        out.agents.insert(
+            id,
+            RebuiltAgent {
+                actor: Agent::restored(broker, a.state),
+                token: a.token,
+                expires_at: a.expires_at,
+            },
+        );
+    }
+    let addr_of = |c: &Id| out.conversations.get(c).map(|c| c.addr.clone());
+    for (id, session) in sessions.into_sessions() {
+        let shard = broker.channels.webchat.index_of(&id);
+        let latest = WebchatState::latest_of(&session).and_then(addr_of);
+        if let Some(channel) = webchat.get_mut(shard) {
+            channel.restore_session(id, session, latest);
         }
     }
     for channel in webchat.iter_mut() {
         channel.restored();
+    }
+    for (kind, shards) in providers.iter_mut() {
+        let Some(state) = threads.remove(kind) else {
+            continue;
+        };
+        let parts = state.split(shards.len());
+        for (shard, part) in shards.iter_mut().zip(parts) {
+            shard.restore(part, addr_of);
+        }
+    }
+    for (kind, state) in &threads {
+        if state.threads() > 0 {
+            tracing::warn!(
+                channel = kind.as_str(),
+                threads = state.threads(),
+                "threads of a channel not enabled now; not restored"
+            );
+        }
+    }
+    for event in canned.into_values() {
+        broker.canned.replay(event);
+    }
+    for (_, f) in attachments {
+        // False when the file left the store before the restart.
+        broker
+            .attachments
+            .restore(f.meta, f.uploader, f.quota, f.at);
     }
     // Each message in memory holds a use of its files; a webchat customer
     // may read what was sent in their conversations.
@@ -236,7 +224,7 @@ pub fn replay(
             && !router.routes(&c.state.task_id);
     }
     router.define_configured_queues();
-    Ok(out)
+    out
 }
 
 impl Replayed {
@@ -286,6 +274,7 @@ impl Replayed {
         tracing::info!(
             agents = agents.len(),
             conversations = count,
+            snapshot = self.snapshot,
             records = self.applied,
             "state restored from the journal"
         );

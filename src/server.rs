@@ -583,6 +583,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         Some((_, recovered)) => Some(
             crate::recovery::replay(
                 &broker,
+                recovered.snapshot,
                 recovered.records,
                 crate::recovery::Channels {
                     router: &mut router,
@@ -600,6 +601,17 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     run_router(router);
     if let Some(replayed) = replayed {
         replayed.start(&broker);
+    }
+    if let Some(journal) = &broker.journal {
+        crate::compactor::start(
+            journal,
+            crate::snapshot::ReplaySettings::of(&config),
+            config.data_dir.as_ref().map(|d| d.join("files")),
+            crate::compactor::Schedule {
+                every_records: config.snapshot_every_records,
+                interval: config.snapshot_interval,
+            },
+        )?;
     }
     let mut per_worker: Vec<WorkerShards> = webchat_mailboxes
         .into_iter()

@@ -332,3 +332,233 @@ async fn a_restart_keeps_the_canned_responses_saved_over_the_api() {
         .collect();
     assert_eq!(titles, [("greet".to_owned(), "Hello".to_owned())], "{list}");
 }
+
+/// Segment and snapshot files of a journal directory, by name.
+fn journal_files(data: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    let mut segments = Vec::new();
+    let mut snapshots = Vec::new();
+    for entry in std::fs::read_dir(data.join("journal")).expect("journal dir") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with("wal-") && name.ends_with(".seg") {
+            segments.push(name);
+        } else if name.starts_with("snap-") && name.ends_with(".snap") {
+            snapshots.push(name);
+        }
+    }
+    segments.sort();
+    snapshots.sort();
+    (segments, snapshots)
+}
+
+/// With snapshots every 50 records and 64 KiB segments, a busy broker
+/// writes snapshots and deletes the segments they cover; a restart reads
+/// the newest snapshot and replays the records after it, and everything is
+/// back as a restart from the whole journal would give it: the agent (with
+/// its rotated token) and its assigned task, the customers' sessions, the
+/// history with gap-free `seq`, the waiting task, a sent file. A
+/// conversation that left memory (history retention) before the snapshot
+/// stays gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_a_snapshot_gives_back_what_the_whole_journal_would() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = durable_config(dir.path());
+    cfg.snapshot_every_records = 50;
+    cfg.journal_segment_bytes = 64 * 1024;
+    cfg.history_retention = std::time::Duration::from_millis(500);
+    let h = start_with(cfg.clone());
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+
+    // Carl's conversation ends, completes and leaves memory.
+    let (_carl, mut carl_ws, _) = h.customer_with_message("Carl", "quick one").await;
+    let (offer, _) = desk.take_offer().await;
+    let carl_conv = s(&offer["task"]["conversation_id"]);
+    let carl_task = s(&offer["task"]["id"]);
+    desk.agent_send(&carl_conv, "done", "c1").await;
+    carl_ws.recv_message_text("done").await;
+    desk.end(&carl_conv).await;
+    desk.complete(&carl_task, "resolved", "").await;
+    let forgotten = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while h
+        .get(&format!("/v1/conversations/{carl_conv}"), Some(&h.admin))
+        .await
+        .status
+        != 404
+    {
+        assert!(
+            std::time::Instant::now() < forgotten,
+            "Carl's conversation never left memory"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Ann talks a lot (many records, several segments); Bob waits.
+    let (ann, mut ann_ws, _) = h.customer_with_message("Ann", "hello").await;
+    let (_, assigned) = desk.take_offer().await;
+    let ann_conv = s(&assigned["task"]["conversation_id"]);
+    let ann_task = s(&assigned["task"]["id"]);
+    let padding = "x".repeat(600);
+    let mut expected = vec!["hello".to_owned()];
+    for i in 0..150 {
+        let text = format!("message {i} {padding}");
+        ann_ws.say(&text).await;
+        expected.push(text);
+    }
+    let photo: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let r = h
+        .request_raw(
+            reqwest::Method::POST,
+            "/v1/attachments?filename=photo.png",
+            Some(&ann.token),
+            "image/png",
+            photo.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let file = s(&r.body["id"]);
+    ann_ws
+        .send(serde_json::json!({"type": "message", "text": "see", "attachments": [file], "client_msg_id": "f1"}))
+        .await;
+    ann_ws.recv_type("ack").await;
+    expected.push("see".into());
+    let (bob, _bob_ws, _) = h.customer_with_message("Bob", "anyone?").await;
+    let r = h
+        .request(
+            reqwest::Method::POST,
+            "/v1/agents/alice/token",
+            Some(&h.admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let alice = Agent {
+        token: s(&r.body["token"]),
+        ..alice
+    };
+    drop(desk);
+
+    // Snapshots are written and the first segments deleted (Ann goes on
+    // talking until a snapshot past the first segment is the older one kept).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for i in 0.. {
+        let (segments, snapshots) = journal_files(dir.path());
+        if snapshots.len() == 2
+            && segments.first().map(String::as_str) != Some("wal-00000000000000000001.seg")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot covering the first segment: {segments:?} {snapshots:?}"
+        );
+        let text = format!("waiting {i}");
+        ann_ws.say(&text).await;
+        expected.push(text);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // More after the snapshot: replayed from the journal on top of it.
+    ann_ws.say("after the snapshot").await;
+    expected.push("after the snapshot".into());
+    h.wait_conversation(&ann_conv, "every message", |c| {
+        c["message_count"] == expected.len()
+    })
+    .await;
+    drop((ann_ws, _bob_ws));
+    drop(h);
+    let (segments, snapshots) = journal_files(dir.path());
+    assert!(
+        !segments.contains(&"wal-00000000000000000001.seg".to_owned()),
+        "{segments:?}"
+    );
+    assert_eq!(snapshots.len(), 2, "the two newest are kept: {snapshots:?}");
+
+    let cfg_again = cfg.clone();
+    let h = start_with(cfg);
+    let (mut desk, hello) = h.connect_agent(&alice).await;
+    let tasks = hello["tasks"].as_array().expect("hello tasks");
+    assert_eq!(tasks.len(), 1, "alice's tasks after the restart: {hello}");
+    assert_eq!(tasks[0]["id"], ann_task.as_str());
+    assert_eq!(tasks[0]["state"], "assigned");
+
+    let (mut ann_ws, history) = h.connect_customer(&ann).await;
+    let messages = h.messages(&ann_conv).await;
+    assert_gap_free(&messages["messages"]);
+    assert_eq!(texts(&messages["messages"]), expected);
+    assert!(
+        !history["messages"].as_array().expect("history").is_empty(),
+        "{history}"
+    );
+    let ack = ann_ws.say("still there?").await;
+    assert_eq!(ack["seq"], expected.len() as u64 + 1, "{ack}");
+    desk.recv_message_text("still there?").await;
+
+    let listed = h.admin_get_ok("/v1/tasks").await;
+    let bob_task = listed
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["customer"]["name"] == "Bob").cloned())
+        .unwrap_or_else(|| panic!("Bob's task in {listed}"));
+    assert_eq!(bob_task["state"], "queued", "{bob_task}");
+    let ann_listed = listed
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["id"] == ann_task.as_str()).cloned())
+        .unwrap_or_else(|| panic!("Ann's task in {listed}"));
+    assert_eq!(
+        ann_listed["state"], "assigned",
+        "the router agrees: {ann_listed}"
+    );
+    assert_eq!(ann_listed["agent_id"], "alice", "{ann_listed}");
+    let (_bob_ws, bob_history) = h.connect_customer(&bob).await;
+    assert_eq!(texts(&bob_history["messages"]), ["anyone?"]);
+    h.wait_conversation(&ann_conv, "the new message", |c| {
+        c["message_count"] == expected.len() + 1
+    })
+    .await;
+
+    let resp = h
+        .http
+        .get(h.url(&format!("/v1/attachments/{file}")))
+        .bearer_auth(&ann.token)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        resp.bytes().await.expect("body").to_vec() == photo,
+        "the file came back changed"
+    );
+
+    let r = h
+        .get(&format!("/v1/conversations/{carl_conv}"), Some(&h.admin))
+        .await;
+    assert_eq!(
+        r.status, 404,
+        "a forgotten conversation stays gone: {}",
+        r.text
+    );
+    drop((desk, ann_ws, _bob_ws));
+    drop(h);
+
+    // The newest snapshot damaged: the start falls back to the older one and
+    // replays more, with the same result.
+    let (_, snapshots) = journal_files(dir.path());
+    let newest = dir
+        .path()
+        .join("journal")
+        .join(snapshots.last().expect("a snapshot"));
+    let mut bytes = std::fs::read(&newest).expect("read snapshot");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&newest, bytes).expect("damage snapshot");
+    let h = start_with(cfg_again);
+    expected.push("still there?".into());
+    let messages = h.messages(&ann_conv).await;
+    assert_gap_free(&messages["messages"]);
+    assert_eq!(texts(&messages["messages"]), expected);
+    let (_desk, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"][0]["id"], ann_task.as_str(), "{hello}");
+}

@@ -25,6 +25,11 @@
 //! (`provider_queue`, beyond which agents get `rate_limited`); other
 //! channels and conversations never wait for it, and no actor blocks.
 //!
+//! State changes: [`ProviderEvent`]s through one function, `apply_event`,
+//! for the live shard (conversations reached by address) and for
+//! [`ProviderState`], the plain copy of a provider's threads that recovery
+//! and snapshots use (conversations by id).
+//!
 //! Handles: [`Inbound`], [`ToCustomer`](crate::channel::ToCustomer),
 //! [`OpenOutbound`].
 
@@ -715,11 +720,14 @@ impl ProviderEvent {
     }
 }
 
-/// One (customer, business address) thread on a provider channel.
-struct Thread {
+/// One (customer, business address) thread on a provider channel. `A` is
+/// how its conversations are reached: their addresses in the live channel,
+/// `()` in the plain copy a snapshot holds ([`ProviderState`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Thread<A = Addr<Conversation>> {
     name: String,
-    open: Option<(Id, Addr<Conversation>)>,
-    last: Option<(Id, Addr<Conversation>)>,
+    open: Option<(Id, A)>,
+    last: Option<(Id, A)>,
     last_inbound: Option<SystemTime>,
 }
 
@@ -758,7 +766,8 @@ pub enum ProviderEvent {
 
 /// A conversation of this shard: its thread, and the provider ids of its
 /// sent messages (in the [`DeliveryIndex`] until it leaves memory).
-struct Opened {
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Opened {
     key: (String, String),
     provider_ids: Vec<String>,
 }
@@ -793,6 +802,249 @@ impl ProviderShared {
             index: Arc::new(DeliveryIndex::new(EARLY_STATUSES)),
         }
     }
+}
+
+/// What an event did besides changing the threads: for the caller to
+/// follow in the webhook-id memory and the delivery index.
+enum Applied {
+    Nothing,
+    Seen {
+        provider_id: String,
+        customer: String,
+    },
+    Sent {
+        provider_id: String,
+        conversation: Id,
+        message_id: String,
+    },
+    /// The conversation left memory with these sent ids.
+    Forgot(Vec<String>),
+}
+
+/// The one place a provider's threads change (the live shard's `apply`
+/// and the snapshot's [`ProviderState`] both come here). `addr` is the
+/// handle of the conversation the event names, when it exists.
+fn apply_event<A: Clone>(
+    threads: &mut HashMap<(String, String), Thread<A>>,
+    by_conversation: &mut HashMap<Id, Opened>,
+    event: ProviderEvent,
+    addr: Option<A>,
+    window: Duration,
+) -> Applied {
+    match event {
+        ProviderEvent::WebhookApplied {
+            provider_id,
+            customer,
+        } => {
+            return Applied::Seen {
+                provider_id,
+                customer,
+            }
+        }
+        ProviderEvent::CustomerWrote {
+            customer,
+            business,
+            name,
+            at,
+        } => {
+            let t = threads
+                .entry((customer, business))
+                .or_insert_with(|| Thread {
+                    name: name.clone(),
+                    open: None,
+                    last: None,
+                    last_inbound: None,
+                });
+            t.name = name;
+            t.last_inbound = Some(at);
+        }
+        ProviderEvent::ConversationOpened {
+            customer,
+            business,
+            conversation,
+        } => {
+            let key = (customer, business);
+            let t = threads.entry(key.clone()).or_insert_with(|| Thread {
+                name: key.0.clone(),
+                open: None,
+                last: None,
+                last_inbound: None,
+            });
+            if let Some(addr) = addr {
+                t.open = Some((conversation.clone(), addr.clone()));
+                t.last = Some((conversation.clone(), addr));
+            }
+            by_conversation.insert(
+                conversation,
+                Opened {
+                    key,
+                    provider_ids: Vec::new(),
+                },
+            );
+        }
+        ProviderEvent::ConversationEnded { conversation } => {
+            if let Some(opened) = by_conversation.get(&conversation) {
+                if let Some(t) = threads.get_mut(&opened.key) {
+                    if t.open.as_ref().is_some_and(|(id, _)| *id == conversation) {
+                        t.open = None;
+                    }
+                }
+            }
+        }
+        ProviderEvent::MessageSent {
+            provider_id,
+            conversation,
+            message_id,
+        } => {
+            // Only for a conversation still in memory: its ids leave the
+            // index with it.
+            let Some(opened) = by_conversation.get_mut(&conversation) else {
+                return Applied::Nothing;
+            };
+            opened.provider_ids.push(provider_id.clone());
+            return Applied::Sent {
+                provider_id,
+                conversation,
+                message_id,
+            };
+        }
+        ProviderEvent::ConversationForgotten { conversation } => {
+            let Some(opened) = by_conversation.remove(&conversation) else {
+                return Applied::Nothing;
+            };
+            let empty = threads.get_mut(&opened.key).is_some_and(|t| {
+                if t.last.as_ref().is_some_and(|(id, _)| *id == conversation) {
+                    t.last = None;
+                }
+                // Keep the window clock while it still matters.
+                let window_over = t
+                    .last_inbound
+                    .and_then(|at| at.elapsed().ok())
+                    .is_none_or(|age| age > window);
+                t.open.is_none() && t.last.is_none() && window_over
+            });
+            if empty {
+                threads.remove(&opened.key);
+            }
+            return Applied::Forgot(opened.provider_ids);
+        }
+    }
+    Applied::Nothing
+}
+
+/// One provider's threads as plain data, whatever the shard that holds
+/// them: what a snapshot keeps of the channel. Changed by the channel's own
+/// `apply_event`; split into the shards (by customer) at start. The
+/// webhook ids are kept newest last, at most `webhook_dedupe` of them; the
+/// sent ids are what the [`DeliveryIndex`] held.
+#[derive(Default, Serialize, Deserialize)]
+pub struct ProviderState {
+    threads: HashMap<(String, String), Thread<()>>,
+    by_conversation: HashMap<Id, Opened>,
+    /// (webhook id, customer), oldest first.
+    seen: std::collections::VecDeque<(String, String)>,
+    /// provider message id → (conversation, message id).
+    sent: HashMap<String, (Id, String)>,
+}
+
+impl ProviderState {
+    /// Apply one event; `known` says whether the conversation it names
+    /// exists. `dedupe` bounds the webhook ids kept, `window` is the
+    /// messaging window (a thread leaves with its last conversation once its
+    /// window is over).
+    pub fn apply(&mut self, event: ProviderEvent, known: bool, dedupe: usize, window: Duration) {
+        match apply_event(
+            &mut self.threads,
+            &mut self.by_conversation,
+            event,
+            known.then_some(()),
+            window,
+        ) {
+            Applied::Nothing => {}
+            Applied::Seen {
+                provider_id,
+                customer,
+            } => {
+                self.seen.push_back((provider_id, customer));
+                while self.seen.len() > dedupe.max(1) {
+                    self.seen.pop_front();
+                }
+            }
+            Applied::Sent {
+                provider_id,
+                conversation,
+                message_id,
+            } => {
+                self.sent.insert(provider_id, (conversation, message_id));
+            }
+            Applied::Forgot(ids) => {
+                for id in ids {
+                    self.sent.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Threads kept.
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// The webhook ids remembered, oldest first.
+    pub fn seen_ids(&self) -> Vec<&str> {
+        self.seen.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    /// The provider message ids of sends in memory, sorted.
+    pub fn sent_ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.sent.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The conversation of a thread's latest, if any.
+    pub fn latest(&self, customer: &str, business: &str) -> Option<&Id> {
+        self.threads
+            .get(&(customer.to_owned(), business.to_owned()))
+            .and_then(|t| t.last.as_ref().map(|(id, ())| id))
+    }
+
+    /// Split into `shards` parts by customer (as [`shard_index`] places
+    /// them): threads, conversations, webhook ids (oldest first) and sent
+    /// ids of each shard.
+    pub(crate) fn split(self, shards: usize) -> Vec<ShardPart> {
+        let mut parts: Vec<ShardPart> = (0..shards.max(1)).map(|_| ShardPart::default()).collect();
+        let n = parts.len();
+        for (key, t) in self.threads {
+            parts[shard_index(&key.0, n)].threads.push((key, t));
+        }
+        let mut customer_of: HashMap<Id, String> = HashMap::new();
+        for (id, o) in self.by_conversation {
+            customer_of.insert(id.clone(), o.key.0.clone());
+            parts[shard_index(&o.key.0, n)].opened.push((id, o));
+        }
+        for (provider_id, customer) in self.seen {
+            parts[shard_index(&customer, n)].seen.push(provider_id);
+        }
+        for (provider_id, (conversation, message_id)) in self.sent {
+            let shard = customer_of
+                .get(&conversation)
+                .map_or(0, |c| shard_index(c, n));
+            parts[shard]
+                .sent
+                .push((provider_id, conversation, message_id));
+        }
+        parts
+    }
+}
+
+/// One shard's share of a [`ProviderState`].
+#[derive(Default)]
+pub(crate) struct ShardPart {
+    pub threads: Vec<((String, String), Thread<()>)>,
+    pub opened: Vec<(Id, Opened)>,
+    pub seen: Vec<String>,
+    pub sent: Vec<(String, Id, String)>,
 }
 
 pub struct ProviderChannel {
@@ -840,102 +1092,77 @@ impl ProviderChannel {
         self.replay(event, addr)
     }
 
-    /// Apply an event without writing it (journal replay, and `apply`).
-    pub(crate) fn replay(
+    /// Apply an event without writing it (`apply`): the threads change in
+    /// `apply_event`, the webhook-id memory and the delivery index here.
+    fn replay(
         &mut self,
         event: ProviderEvent,
         addr: Option<Addr<Conversation>>,
     ) -> Option<EarlyStatus> {
-        match event {
-            ProviderEvent::WebhookApplied { provider_id, .. } => {
+        let window = self.broker.config.messaging_window;
+        match apply_event(
+            &mut self.threads,
+            &mut self.by_conversation,
+            event,
+            addr,
+            window,
+        ) {
+            Applied::Nothing => None,
+            Applied::Seen { provider_id, .. } => {
                 self.seen.put(provider_id, ());
+                None
             }
-            ProviderEvent::CustomerWrote {
-                customer,
-                business,
-                name,
-                at,
-            } => {
-                let t = self
-                    .threads
-                    .entry((customer, business))
-                    .or_insert_with(|| Thread {
-                        name: name.clone(),
-                        open: None,
-                        last: None,
-                        last_inbound: None,
-                    });
-                t.name = name;
-                t.last_inbound = Some(at);
-            }
-            ProviderEvent::ConversationOpened {
-                customer,
-                business,
-                conversation,
-            } => {
-                let key = (customer, business);
-                let t = self.threads.entry(key.clone()).or_insert_with(|| Thread {
-                    name: key.0.clone(),
-                    open: None,
-                    last: None,
-                    last_inbound: None,
-                });
-                if let Some(addr) = addr {
-                    t.open = Some((conversation.clone(), addr.clone()));
-                    t.last = Some((conversation.clone(), addr));
-                }
-                self.by_conversation.insert(
-                    conversation,
-                    Opened {
-                        key,
-                        provider_ids: Vec::new(),
-                    },
-                );
-            }
-            ProviderEvent::ConversationEnded { conversation } => {
-                if let Some(opened) = self.by_conversation.get(&conversation) {
-                    if let Some(t) = self.threads.get_mut(&opened.key) {
-                        if t.open.as_ref().is_some_and(|(id, _)| *id == conversation) {
-                            t.open = None;
-                        }
-                    }
-                }
-            }
-            ProviderEvent::MessageSent {
+            Applied::Sent {
                 provider_id,
                 conversation,
                 message_id,
-            } => {
-                // Only for a conversation still in memory: its ids leave the
-                // index with it.
-                let opened = self.by_conversation.get_mut(&conversation)?;
-                opened.provider_ids.push(provider_id.clone());
-                return self
-                    .shared
-                    .index
-                    .record_sent(provider_id, conversation, message_id);
-            }
-            ProviderEvent::ConversationForgotten { conversation } => {
-                let opened = self.by_conversation.remove(&conversation)?;
-                self.shared.index.forget(&opened.provider_ids);
-                let window = self.broker.config.messaging_window;
-                let empty = self.threads.get_mut(&opened.key).is_some_and(|t| {
-                    if t.last.as_ref().is_some_and(|(id, _)| *id == conversation) {
-                        t.last = None;
-                    }
-                    // Keep the window clock while it still matters.
-                    let window_over = t
-                        .last_inbound
-                        .and_then(|at| at.elapsed().ok())
-                        .is_none_or(|age| age > window);
-                    t.open.is_none() && t.last.is_none() && window_over
-                });
-                if empty {
-                    self.threads.remove(&opened.key);
-                }
+            } => self
+                .shared
+                .index
+                .record_sent(provider_id, conversation, message_id),
+            Applied::Forgot(ids) => {
+                self.shared.index.forget(&ids);
+                None
             }
         }
-        None
+    }
+
+    /// Rebuild this shard from a snapshot's plain copy: its customers'
+    /// threads with their conversations' addresses (`addr_of`; None: not in
+    /// memory any more), their conversations, webhook ids and sent ids.
+    pub(crate) fn restore(
+        &mut self,
+        part: ShardPart,
+        addr_of: impl Fn(&Id) -> Option<Addr<Conversation>>,
+    ) {
+        let ShardPart {
+            threads,
+            opened,
+            seen,
+            sent,
+        } = part;
+        let give = |c: Option<(Id, ())>| c.and_then(|(id, ())| addr_of(&id).map(|addr| (id, addr)));
+        for (key, t) in threads {
+            self.threads.insert(
+                key,
+                Thread {
+                    name: t.name,
+                    open: give(t.open),
+                    last: give(t.last),
+                    last_inbound: t.last_inbound,
+                },
+            );
+        }
+        self.by_conversation.extend(opened);
+        for id in seen {
+            self.seen.put(id, ());
+        }
+        for (provider_id, conversation, message_id) in sent {
+            let _ = self
+                .shared
+                .index
+                .record_sent(provider_id, conversation, message_id);
+        }
     }
 
     fn open_conversation(

@@ -14,6 +14,10 @@
 //! [`CustomerDisconnected`], [`FromCustomer`], [`OpenOutbound`], and
 //! [`ToCustomer`] from conversations.
 //!
+//! Session state changes through one function, `apply_event`, for the live
+//! shard (conversations reached by address) and for [`WebchatState`], the
+//! plain copy of every session that recovery and snapshots use.
+//!
 //! Limits held here: `sockets_per_session` (a socket more is told
 //! `rate_limited` and closed 1008) and `conversation_messages_per_second` (a
 //! message over it is answered `rate_limited` and not stored), so one
@@ -43,14 +47,19 @@ use crate::limits::KeyedRate;
 use crate::protocol::{error_frame, ChannelKind, Customer, CustomerCommand, Event, Id};
 use crate::ws::SocketLink;
 
-struct Socket {
+pub(crate) struct Socket {
     link: SocketLink,
     /// False until its history has been sent: live events before that are
     /// already in the history.
     ready: bool,
 }
 
-struct Session {
+/// A webchat session. `A` is how its latest conversation is reached: the
+/// conversation's address in the live channel, `()` in the plain copy a
+/// snapshot holds ([`WebchatState`]), so both change through the same
+/// `apply_event`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Session<A = Addr<Conversation>> {
     token: String,
     name: String,
     skills: Vec<String>,
@@ -62,15 +71,17 @@ struct Session {
     /// The session's latest conversation until it is forgotten: the open
     /// one, if any. One address for both (each clone of an actix address
     /// is an allocation of its own).
-    latest: Option<(Id, Addr<Conversation>)>,
+    latest: Option<(Id, A)>,
     /// Whether `latest` is still open.
     latest_open: bool,
+    /// Connections, not state: never in a snapshot.
+    #[serde(skip)]
     sockets: Vec<Socket>,
 }
 
-impl Session {
+impl<A> Session<A> {
     /// The open conversation, if any.
-    fn open(&self) -> Option<&(Id, Addr<Conversation>)> {
+    fn open(&self) -> Option<&(Id, A)> {
         self.latest.as_ref().filter(|_| self.latest_open)
     }
 
@@ -78,6 +89,116 @@ impl Session {
     fn add_socket(&mut self, socket: Socket) {
         self.sockets.reserve_exact(1);
         self.sockets.push(socket);
+    }
+}
+
+/// The one place session state changes: `addr` is the handle of the
+/// conversation the event names, when that conversation exists. Returns the
+/// session a `SessionForgotten` removed (its token and address counts are
+/// the caller's to release).
+fn apply_event<A>(
+    sessions: &mut IdMap<Id, Box<Session<A>>>,
+    event: WebchatEvent,
+    addr: Option<A>,
+) -> Option<Box<Session<A>>> {
+    match event {
+        WebchatEvent::SessionCreated {
+            id,
+            token,
+            name,
+            skills,
+            queue,
+            client_ip,
+        } => {
+            sessions.insert(
+                id,
+                Box::new(Session {
+                    token,
+                    name,
+                    skills,
+                    queue,
+                    client_ip,
+                    latest: None,
+                    latest_open: false,
+                    sockets: Vec::new(),
+                }),
+            );
+        }
+        WebchatEvent::ConversationOpened {
+            session,
+            conversation,
+        } => {
+            if let (Some(s), Some(addr)) = (sessions.get_mut(&session), addr) {
+                s.latest = Some((conversation, addr));
+                s.latest_open = true;
+            }
+        }
+        WebchatEvent::ConversationEnded {
+            session,
+            conversation,
+        } => {
+            if let Some(s) = sessions.get_mut(&session) {
+                if s.open().is_some_and(|(id, _)| *id == conversation) {
+                    s.latest_open = false;
+                }
+            }
+        }
+        WebchatEvent::ConversationForgotten {
+            session,
+            conversation,
+        } => {
+            if let Some(s) = sessions.get_mut(&session) {
+                if s.latest.as_ref().is_some_and(|(id, _)| *id == conversation) {
+                    s.latest = None;
+                    s.latest_open = false;
+                }
+            }
+        }
+        WebchatEvent::SessionForgotten { session } => return sessions.remove(&session),
+    }
+    None
+}
+
+/// Every webchat session as plain data, whatever the shard that holds it:
+/// what a snapshot keeps of the channel. Changed by the channel's own
+/// `apply_event`; split into the shards at start
+/// ([`WebchatChannel::restore_sessions`]).
+#[derive(Default, Serialize, Deserialize)]
+pub struct WebchatState {
+    sessions: IdMap<Id, Box<Session<()>>>,
+}
+
+impl WebchatState {
+    /// Apply one event; `known` says whether the conversation it names
+    /// exists (a live channel would hold its address).
+    pub fn apply(&mut self, event: WebchatEvent, known: bool) {
+        apply_event(&mut self.sessions, event, known.then_some(()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Every session, to be split into the shards.
+    pub(crate) fn into_sessions(self) -> impl Iterator<Item = (Id, Session<()>)> {
+        self.sessions.into_iter().map(|(id, s)| (id, *s))
+    }
+
+    /// The id of a session's latest conversation (the one to give an
+    /// address to).
+    pub(crate) fn latest_of(session: &Session<()>) -> Option<&Id> {
+        session.latest.as_ref().map(|(c, ())| c)
+    }
+
+    /// Each session's id and the id of its latest conversation.
+    pub fn latest(&self) -> impl Iterator<Item = (&Id, Option<&Id>)> {
+        self.sessions
+            .iter()
+            .map(|(id, s)| (id, s.latest.as_ref().map(|(c, ())| c)))
     }
 }
 
@@ -248,70 +369,48 @@ impl WebchatChannel {
         self.replay(event, addr);
     }
 
-    /// Apply an event without writing it (journal replay, and `apply`).
-    /// Replay registers the surviving sessions' tokens and open-session
-    /// counts afterwards ([`WebchatChannel::restored`]).
-    pub(crate) fn replay(&mut self, event: WebchatEvent, addr: Option<Addr<Conversation>>) {
-        match event {
-            WebchatEvent::SessionCreated {
-                id,
+    /// Apply an event without writing it (`apply`).
+    fn replay(&mut self, event: WebchatEvent, addr: Option<Addr<Conversation>>) {
+        if let Some(s) = apply_event(&mut self.sessions, event, addr) {
+            self.broker.forget_webchat_token(&s.token);
+            self.broker.limits.session_closed(s.client_ip);
+        }
+    }
+
+    /// Sessions rebuilt from the journal for this shard, with the address
+    /// of their latest conversation (None: it is not in memory any more).
+    /// [`WebchatChannel::restored`] follows.
+    pub(crate) fn restore_session(
+        &mut self,
+        id: Id,
+        session: Session<()>,
+        latest: Option<Addr<Conversation>>,
+    ) {
+        let Session {
+            token,
+            name,
+            skills,
+            queue,
+            client_ip,
+            latest: conversation,
+            latest_open,
+            sockets: _,
+        } = session;
+        let latest = conversation.zip(latest).map(|((c, ()), addr)| (c, addr));
+        let latest_open = latest_open && latest.is_some();
+        self.sessions.insert(
+            id,
+            Box::new(Session {
                 token,
                 name,
                 skills,
                 queue,
                 client_ip,
-            } => {
-                self.sessions.insert(
-                    id,
-                    Box::new(Session {
-                        token,
-                        name,
-                        skills,
-                        queue,
-                        client_ip,
-                        latest: None,
-                        latest_open: false,
-                        sockets: Vec::new(),
-                    }),
-                );
-            }
-            WebchatEvent::ConversationOpened {
-                session,
-                conversation,
-            } => {
-                if let (Some(s), Some(addr)) = (self.sessions.get_mut(&session), addr) {
-                    s.latest = Some((conversation, addr));
-                    s.latest_open = true;
-                }
-            }
-            WebchatEvent::ConversationEnded {
-                session,
-                conversation,
-            } => {
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    if s.open().is_some_and(|(id, _)| *id == conversation) {
-                        s.latest_open = false;
-                    }
-                }
-            }
-            WebchatEvent::ConversationForgotten {
-                session,
-                conversation,
-            } => {
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    if s.latest.as_ref().is_some_and(|(id, _)| *id == conversation) {
-                        s.latest = None;
-                        s.latest_open = false;
-                    }
-                }
-            }
-            WebchatEvent::SessionForgotten { session } => {
-                if let Some(s) = self.sessions.remove(&session) {
-                    self.broker.forget_webchat_token(&s.token);
-                    self.broker.limits.session_closed(s.client_ip);
-                }
-            }
-        }
+                latest,
+                latest_open,
+                sockets: Vec::new(),
+            }),
+        );
     }
 
     /// True when the session has no socket and nothing to show.

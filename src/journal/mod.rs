@@ -521,6 +521,10 @@ impl Journal {
         }
         self.wait_durable_blocking(lsn, Duration::from_secs(30))?;
         let mut newest = self.inner.snapshots.lock();
+        // Never after a close: the directory may be another broker's by now.
+        if self.inner.shared.queue.lock().closing {
+            return Err(JournalError::Closed);
+        }
         if lsn < *newest {
             return Err(invalid(format!("older than the snapshot at Lsn {newest}")));
         }
@@ -538,15 +542,20 @@ impl Journal {
         Ok(())
     }
 
-    /// Stop taking appends, write and fsync everything queued, stop the
-    /// writer; at most `timeout`. After a timeout (the disk is failing) the
+    /// Stop taking appends (and snapshots: one being written is waited for),
+    /// write and fsync everything queued, stop the writer; at most `timeout`. After a timeout (the disk is failing) the
     /// writer is told to stop and what it had not written is lost: none of
     /// it was durable, so none of it was acknowledged.
     pub fn close(&self, timeout: Duration) -> Result<(), JournalError> {
         let shared = &self.inner.shared;
-        shared.queue.lock().closing = true;
-        shared.work.notify_one();
         let deadline = Instant::now() + timeout;
+        {
+            // A snapshot being written finishes first (and none starts
+            // after), so nothing writes in the directory once it is closed.
+            let _snapshot = self.inner.snapshots.try_lock_until(deadline);
+            shared.queue.lock().closing = true;
+        }
+        shared.work.notify_one();
         {
             let mut guard = shared.flushed.lock();
             while !shared.writer_done.load(Ordering::Acquire) {
@@ -585,6 +594,100 @@ impl Journal {
     /// The journal's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The Lsn of the newest snapshot written (or read at open); 0: none.
+    pub fn snapshot_lsn(&self) -> Lsn {
+        *self.inner.snapshots.lock()
+    }
+
+    /// The newest snapshot that reads back whole, with its Lsn (an
+    /// unreadable one is skipped for the one before it, as at open).
+    /// Blocks on I/O: for blocking threads only.
+    pub fn read_snapshot(&self) -> Result<Option<(Lsn, Vec<u8>)>, JournalError> {
+        recover::newest_good_snapshot(&self.inner.dir)
+    }
+
+    /// Read the records after `after` up to `upto` back from the segment
+    /// files, in Lsn order, one segment in memory at a time, and hand each
+    /// to `each`. `upto` must be written ([`Journal::written`]): those
+    /// records are whole in the files whatever the writer does meanwhile.
+    /// Blocks on I/O: for blocking threads only (the snapshot compactor).
+    pub fn read_records(
+        &self,
+        after: Lsn,
+        upto: Lsn,
+        mut each: impl FnMut(Lsn, &[u8]) -> Result<(), String>,
+    ) -> Result<(), JournalError> {
+        let written = self.written();
+        if upto > written {
+            return Err(JournalError::NotAppended {
+                lsn: upto,
+                appended: written,
+            });
+        }
+        let dir = &self.inner.dir;
+        let segments = segment::list_segments(dir)?;
+        let mut next = after + 1;
+        let start = segments
+            .iter()
+            .rposition(|(first, _)| *first <= next)
+            .unwrap_or(0);
+        for (first, path) in segments.iter().skip(start) {
+            if next > upto {
+                break;
+            }
+            if *first > next {
+                return Err(JournalError::MissingSegment {
+                    dir: dir.clone(),
+                    expected: next,
+                    found: *first,
+                });
+            }
+            let bytes = std::fs::read(path).map_err(|e| JournalError::io(path, e))?;
+            segment::check_header(path, &bytes, *first)?;
+            let found = segment::scan(&bytes);
+            for (n, &(at, len)) in found.records.iter().enumerate() {
+                let lsn = first + n as u64;
+                if lsn < next {
+                    continue;
+                }
+                if lsn > upto {
+                    break;
+                }
+                each(lsn, &bytes[at..at + len]).map_err(|what| JournalError::Corrupt {
+                    path: path.clone(),
+                    offset: at as u64,
+                    what,
+                })?;
+                next = lsn + 1;
+            }
+        }
+        if next <= upto {
+            return Err(JournalError::MissingSegment {
+                dir: dir.clone(),
+                expected: next,
+                found: upto + 1,
+            });
+        }
+        Ok(())
+    }
+
+    /// A handle that does not keep the journal open (a background thread
+    /// holds one, so dropping the broker's handles still closes it).
+    pub fn downgrade(&self) -> WeakJournal {
+        WeakJournal(Arc::downgrade(&self.inner))
+    }
+}
+
+/// A [`Journal`] handle that does not keep it open.
+#[derive(Clone)]
+pub struct WeakJournal(std::sync::Weak<Inner>);
+
+impl WeakJournal {
+    /// The journal, while some handle still holds it.
+    pub fn upgrade(&self) -> Option<Journal> {
+        self.0.upgrade().map(|inner| Journal { inner })
     }
 }
 

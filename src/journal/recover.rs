@@ -146,7 +146,7 @@ pub(super) fn recover(dir: &Path) -> Result<Opened, JournalError> {
 /// The newest snapshot that reads back whole, with its Lsn. An
 /// unreadable one is skipped with a warning: the one before it and the
 /// segments kept for it give the same state. A newer format is refused.
-fn newest_good_snapshot(dir: &Path) -> Result<Option<(Lsn, Vec<u8>)>, JournalError> {
+pub(super) fn newest_good_snapshot(dir: &Path) -> Result<Option<(Lsn, Vec<u8>)>, JournalError> {
     for (lsn, path) in snapshot::list_snapshots(dir)? {
         match snapshot::read(&path, lsn) {
             Ok(bytes) => return Ok(Some((lsn, bytes))),

@@ -260,6 +260,56 @@ fn a_snapshot_replaces_the_records_before_it_and_frees_their_segments() {
 }
 
 #[test]
+fn records_read_back_span_segments_and_stop_where_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(cfg(dir.path(), batch())).unwrap();
+    for i in 1..=600 {
+        j.append(&payload(i)).unwrap();
+    }
+    j.wait_durable_blocking(600, Duration::from_secs(5))
+        .unwrap();
+    assert!(segments(dir.path()).len() > 2, "the records span segments");
+    let mut seen = Vec::new();
+    j.read_records(150, 550, |lsn, bytes| {
+        assert_eq!(bytes, payload(lsn).as_slice(), "record {lsn}");
+        seen.push(lsn);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, (151..=550).collect::<Vec<_>>());
+    assert!(matches!(
+        j.read_records(0, 601, |_, _| Ok(())),
+        Err(JournalError::NotAppended { lsn: 601, .. })
+    ));
+    let err = j
+        .read_records(
+            0,
+            10,
+            |lsn, _| if lsn == 5 { Err("no".into()) } else { Ok(()) },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains(": no"), "{err}");
+    // Segments freed by a snapshot are not there to read from.
+    j.write_snapshot(400, b"state at 400").unwrap();
+    assert!(matches!(
+        j.read_records(0, 450, |_, _| Ok(())),
+        Err(JournalError::MissingSegment { .. })
+    ));
+    assert_eq!(j.snapshot_lsn(), 400);
+    assert_eq!(
+        j.read_snapshot().unwrap(),
+        Some((400, b"state at 400".to_vec()))
+    );
+    j.close(CLOSE).unwrap();
+    // After a close nothing is written in the directory any more.
+    assert!(matches!(
+        j.write_snapshot(500, b"too late"),
+        Err(JournalError::Closed)
+    ));
+    assert_eq!(list_snapshots(dir.path()).unwrap().len(), 1);
+}
+
+#[test]
 fn a_snapshot_of_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (j, _) = Journal::open(cfg(dir.path(), batch())).unwrap();

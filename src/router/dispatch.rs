@@ -25,6 +25,7 @@ use super::stats::Outcome;
 use super::{RescindReason, Router};
 use crate::agent::{ActivitySet, Rescind};
 use crate::conversation::{RequeueCause, Requeued, Reserve, RouterCancel, RouterNotice};
+use crate::journal::record::{self, RecordRef};
 use crate::protocol::event::TransferFailure;
 use crate::protocol::{Activity, CancelReason, Id, DEFAULT_QUEUE};
 
@@ -107,9 +108,21 @@ impl Router {
     /// The wiring of what routing decided: each offer's timer and its
     /// `Reserve` to the conversation; cool-down wake-ups.
     fn wire(&mut self, routed: Routed, now: SystemTime, ctx: &mut Context<Self>) {
-        // Offers were applied by the routing decision itself (`make_offer`).
+        // Offers were applied by the routing decision itself (`make_offer`);
+        // they are journaled here, in the order made and before anyone hears
+        // of them, as `Router::apply` does for every other change.
         if !routed.offers.is_empty() {
             self.stats_dirty = true;
+        }
+        if let Some(journal) = &self.broker.journal {
+            for (task_id, agent_id, offer) in &routed.offers {
+                let event = RouterEvent::Offered {
+                    task_id: task_id.clone(),
+                    agent_id: agent_id.clone(),
+                    offer: *offer,
+                };
+                record::write(Some(journal), RecordRef::Router(&event));
+            }
         }
         for (task_id, agent_id, offer) in routed.offers {
             self.offered(task_id, agent_id, offer, ctx);

@@ -1,5 +1,5 @@
 //! The router rebuilt from the journal: its state is replayed before it
-//! starts ([`Router::replay`]); [`Restored`], its first message, hands it
+//! starts (`crate::snapshot`, then [`Router::restore_state`]); [`Restored`], its first message, hands it
 //! the addresses of the agents and conversations started from the same
 //! journal and resumes routing (see `docs/operations.md`, "Recovery"):
 //! every agent is disconnected until its desktop comes back; an offer that
@@ -14,16 +14,21 @@ use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
 use super::state::Hold;
-use super::{Outcome, Router, RouterEvent};
+use super::{Outcome, Router, RouterEvent, RouterState};
 use crate::agent::Agent;
 use crate::conversation::Conversation;
 use crate::protocol::event::TransferFailure;
 use crate::protocol::{Id, RescindReason, TaskState};
 
 impl Router {
-    /// Apply a journaled event without writing it again (replay).
-    pub(crate) fn replay(&mut self, event: RouterEvent) {
-        self.state.apply(event);
+    /// Take the routing state rebuilt from the journal (before starting).
+    /// The queues' names are the registry's too (what `{{queue.name}}` of a
+    /// canned response becomes).
+    pub(crate) fn restore_state(&mut self, state: RouterState) {
+        for queue in state.queues.values() {
+            self.broker.queue_names.set(&queue.id, &queue.name);
+        }
+        self.state = state;
     }
 
     /// Whether the replayed state knows this task (waiting or held).

@@ -98,7 +98,7 @@ pub struct Consult {
 /// A parked task: nobody holds it, no capacity counts; the customer's next
 /// message or its time (the router's `parks` timer) puts it back in its
 /// queue. `agent` parked it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ParkedTask {
     pub task: RoutableTask,
     pub agent: Id,
@@ -146,7 +146,7 @@ impl RoutableTask {
 }
 
 /// Waiting tasks that share a queue, a channel and whether skills were relaxed.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Bucket {
     pub queue: String,
     pub channel: ChannelKind,
@@ -186,6 +186,7 @@ pub(super) enum Hold {
 }
 
 /// A task out of the queue: offered to, assigned to or wrapped up by `agent`.
+#[derive(Serialize, Deserialize)]
 pub(super) struct HeldTask {
     pub(super) task: RoutableTask,
     pub(super) agent: Id,
@@ -194,6 +195,7 @@ pub(super) struct HeldTask {
 
 /// An agent as the router sees it. Its address is wiring, kept in the
 /// router apart.
+#[derive(Serialize, Deserialize)]
 pub(super) struct RoutedAgent {
     pub(super) view: AgentView,
     /// Tick of its last offer (or of becoming available).
@@ -366,12 +368,16 @@ pub enum RouterEvent {
 }
 
 /// The state the router owns: everything needed to rebuild it by replaying
-/// its events.
+/// its events. Serializable for snapshots: the eligible-agent index is
+/// rebuilt from the agents ([`RouterState::reindex_all`]) and the latency
+/// histogram (a live figure, not replayed state) starts empty.
+#[derive(Serialize, Deserialize)]
 pub struct RouterState {
     /// Every agent's routing state: profile, presence, activity, load.
     pub(super) agents: HashMap<Id, RoutedAgent>,
     /// Per channel and policy, the agents eligible there, best first (kept in
     /// step with `agents` by `reindex`).
+    #[serde(skip)]
     pub(super) index: AgentIndex,
     /// Queue definitions by id; `default` always among them.
     pub(super) queues: HashMap<String, Queue>,
@@ -393,6 +399,7 @@ pub struct RouterState {
     /// Size of `last_agents` after its last pruning.
     last_agents_pruned: usize,
     /// Arrival → first offer, in microseconds.
+    #[serde(skip, default = "new_latency")]
     pub(super) latency: Histogram<u64>,
     /// Each queue's day so far (`stats.rs`).
     pub(super) tally: Tally,
@@ -400,6 +407,12 @@ pub struct RouterState {
     pub(super) consults: HashMap<Id, Consult>,
     /// Parked tasks, by id.
     pub(super) parked: HashMap<Id, ParkedTask>,
+}
+
+/// The latency histogram: 1 µs to an hour, 3 significant figures.
+fn new_latency() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("3 significant figures is valid"))
 }
 
 impl Default for RouterState {
@@ -426,12 +439,53 @@ impl RouterState {
             aging: i64::from(aging),
             last_agents: HashMap::new(),
             last_agents_pruned: 0,
-            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .unwrap_or_else(|_| Histogram::new(3).expect("3 significant figures is valid")),
+            latency: new_latency(),
             tally: Tally::default(),
             consults: HashMap::new(),
             parked: HashMap::new(),
         }
+    }
+
+    /// After reading the state back from a snapshot: the eligible-agent
+    /// index rebuilt from the agents (a snapshot does not hold it), and the
+    /// waiting tasks put in order again if `aging` is not the snapshot's.
+    pub fn restored(&mut self, aging: u32) {
+        let ids: Vec<Id> = self.agents.keys().cloned().collect();
+        for id in &ids {
+            self.reindex(id);
+        }
+        let aging = i64::from(aging);
+        if aging != self.aging {
+            self.aging = aging;
+            let waiting: Vec<Id> = self.queued.keys().cloned().collect();
+            for task_id in waiting {
+                if let Some(task) = self.take_waiting(&task_id) {
+                    self.insert_waiting(task);
+                }
+            }
+        }
+    }
+
+    /// Every task routed (waiting, held, parked): id, state and the agent
+    /// holding it, unordered.
+    pub fn task_states(&self) -> Vec<(Id, TaskState, Option<Id>)> {
+        let waiting = self
+            .queued
+            .keys()
+            .map(|id| (id.clone(), TaskState::Queued, None));
+        let held = self.held.iter().map(|(id, h)| {
+            let state = match h.hold {
+                Hold::Reserved { .. } => TaskState::Reserved,
+                Hold::Assigned => TaskState::Assigned,
+                Hold::Wrapping => TaskState::Wrapping,
+            };
+            (id.clone(), state, Some(h.agent.clone()))
+        });
+        let parked = self
+            .parked
+            .iter()
+            .map(|(id, p)| (id.clone(), TaskState::Parked, Some(p.agent.clone())));
+        waiting.chain(held).chain(parked).collect()
     }
 
     /// A queue's definition.

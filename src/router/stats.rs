@@ -38,7 +38,7 @@ pub enum Outcome {
 }
 
 /// One queue's counters for a day.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Day {
     created: u64,
     completed: u64,
@@ -52,7 +52,7 @@ struct Day {
 }
 
 /// A sum of durations and how many.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Mean {
     total_ms: u64,
     count: u64,
@@ -70,7 +70,7 @@ impl Mean {
 }
 
 /// What the statistics remember of a task until it closes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Times {
     /// The queue it is in now.
     queue: String,
@@ -83,7 +83,7 @@ struct Times {
 }
 
 /// Every queue's day so far, and the times of the tasks open now.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Tally {
     /// The UTC day (days since the epoch) the counters are of.
     day: u64,
