@@ -332,3 +332,37 @@ async fn a_restart_keeps_the_canned_responses_saved_over_the_api() {
         .collect();
     assert_eq!(titles, [("greet".to_owned(), "Hello".to_owned())], "{list}");
 }
+
+/// The router's offers are journaled: after a restart an assigned task is
+/// held by its agent in the router too, not waiting in its queue to be
+/// offered again to someone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assigned_task_is_not_offered_again_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = durable_config(dir.path());
+    let h = start_with(cfg.clone());
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let (_ann, ann_ws, _) = h.customer_with_message("Ann", "hello").await;
+    let (_, assigned) = desk.take_offer().await;
+    let task = s(&assigned["task"]["id"]);
+    drop((desk, ann_ws));
+    drop(h);
+
+    let h = start_with(cfg);
+    let stats = h.admin_get_ok("/v1/stats").await;
+    assert_eq!(stats["queue"]["length"], 0, "{stats}");
+    assert_eq!(stats["tasks"]["assigned"], 1, "{stats}");
+    let mut bob_desk = h.agent_online(&bob).await;
+    bob_desk
+        .expect_none(
+            "an offer of alice's task",
+            std::time::Duration::from_millis(500),
+            |v| v["type"] == "task.offered",
+        )
+        .await;
+    let (_desk, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"][0]["id"], task.as_str(), "{hello}");
+    assert_eq!(hello["tasks"][0]["state"], "assigned", "{hello}");
+}

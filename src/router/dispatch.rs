@@ -24,6 +24,7 @@ use super::state::{Hold, RoutableTask, Routed, RouterEvent};
 use super::stats::Outcome;
 use super::{RescindReason, Router};
 use crate::agent::{ActivitySet, Rescind};
+use crate::journal::record::{self, RecordRef};
 use crate::conversation::{RequeueCause, Requeued, Reserve, RouterCancel, RouterNotice};
 use crate::protocol::event::TransferFailure;
 use crate::protocol::{Activity, CancelReason, Id, DEFAULT_QUEUE};
@@ -107,9 +108,24 @@ impl Router {
     /// The wiring of what routing decided: each offer's timer and its
     /// `Reserve` to the conversation; cool-down wake-ups.
     fn wire(&mut self, routed: Routed, now: SystemTime, ctx: &mut Context<Self>) {
-        // Offers were applied by the routing decision itself (`make_offer`).
+        // Offers were applied by the routing decision itself (`make_offer`),
+        // one after the other and nothing in between: journaled here, in
+        // that order, before anything else is applied. (Without them a
+        // restart would find assigned tasks still waiting, their accepts
+        // applying to nothing, and offer them again.)
         if !routed.offers.is_empty() {
             self.stats_dirty = true;
+            let journal = self.broker.journal.as_ref();
+            for (task_id, agent_id, offer) in routed.offers.iter().filter(|_| journal.is_some()) {
+                record::write(
+                    journal,
+                    RecordRef::Router(&RouterEvent::Offered {
+                        task_id: task_id.clone(),
+                        agent_id: agent_id.clone(),
+                        offer: *offer,
+                    }),
+                );
+            }
         }
         for (task_id, agent_id, offer) in routed.offers {
             self.offered(task_id, agent_id, offer, ctx);
