@@ -182,6 +182,7 @@ mod tests {
             history_bytes: 0,
             history_full: false,
             pending_transfer: None,
+            assigned_at: None,
             transfers: Vec::new(),
         }
     }
