@@ -346,7 +346,7 @@ impl Writer {
     }
 
     fn set_failing(&self, reason: Option<String>) {
-        self.shared.queue.lock().failing = reason;
+        self.shared.set_failing(reason);
         let _guard = self.shared.flushed.lock();
         self.shared.flushed_cv.notify_all();
     }
