@@ -11,8 +11,9 @@
 //! statistics, last agents), conversations (history with `seq`, task state,
 //! disposition, notes) and webchat sessions (token, name, skills, queue,
 //! latest conversation), provider threads, and stored files (their bytes
-//! kept in the data dir). A conversation that had left memory (history
-//! retention) stays gone, and so does a file no message held any more.
+//! kept in the data dir), and webhook deliveries not yet done. A
+//! conversation that had left memory (history retention) stays gone, and
+//! so does a file no message held any more.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -64,6 +65,8 @@ struct RebuiltAgent {
 pub struct Replayed {
     conversations: IdMap<Id, Rebuilt>,
     agents: IdMap<Id, RebuiltAgent>,
+    /// Webhook deliveries queued and not done.
+    webhooks: crate::webhooks::Replay,
     /// Records applied, and records of channels not enabled now.
     pub applied: u64,
     pub skipped: u64,
@@ -96,6 +99,7 @@ pub fn replay(
     let mut out = Replayed {
         conversations: IdMap::default(),
         agents: IdMap::default(),
+        webhooks: crate::webhooks::Replay::default(),
         applied: 0,
         skipped: 0,
     };
@@ -169,6 +173,14 @@ pub fn replay(
                 }
             }
             Record::Canned(event) => broker.canned.replay(event),
+            Record::WebhookQueued {
+                url,
+                id,
+                lane,
+                body,
+                at,
+            } => out.webhooks.queued(url, id, lane, body, at),
+            Record::WebhookDone { url, id } => out.webhooks.done(url, id),
             Record::AttachmentStored {
                 meta,
                 uploader,
@@ -243,6 +255,8 @@ impl Replayed {
     /// Start the rebuilt agents and conversations on the shards, register
     /// them, and hand the router their addresses (its first message).
     pub fn start(self, broker: &Arc<Broker>) {
+        // Before any actor can emit a newer event of the same key.
+        broker.webhooks.restore(self.webhooks);
         let mut agents: IdMap<Id, Addr<Agent>> = IdMap::default();
         for (id, a) in self.agents {
             let addr = broker.shards.start(a.actor);

@@ -559,6 +559,7 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
     if let Some(journal) = broker.journal.clone() {
+        broker.webhooks.journal_to(&journal);
         broker.canned.journal_to(move |event| {
             crate::journal::record::write(
                 Some(&journal),

@@ -388,8 +388,7 @@ async fn inactivity_timers_resume_after_a_restart_without_a_second_warning() {
 /// `close_after` while the broker was down has the conversation ended as
 /// soon as it is back (with no warning right before the end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_customer_silent_past_close_after_while_the_broker_was_down_is_closed_at_the_restart()
-{
+async fn a_customer_silent_past_close_after_while_the_broker_was_down_is_closed_at_the_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cfg = durable_config(dir.path());
     let h = start_with(cfg.clone());

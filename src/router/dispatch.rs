@@ -24,8 +24,8 @@ use super::state::{Hold, RoutableTask, Routed, RouterEvent};
 use super::stats::Outcome;
 use super::{RescindReason, Router};
 use crate::agent::{ActivitySet, Rescind};
-use crate::journal::record::{self, RecordRef};
 use crate::conversation::{RequeueCause, Requeued, Reserve, RouterCancel, RouterNotice};
+use crate::journal::record::{self, RecordRef};
 use crate::protocol::event::TransferFailure;
 use crate::protocol::{Activity, CancelReason, Id, DEFAULT_QUEUE};
 

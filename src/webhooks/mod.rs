@@ -18,6 +18,13 @@
 //! and counted (`dropped`); what is queued is kept, so the receiver's gap is
 //! at the newest end, never in the middle of what it already has.
 //!
+//! With a data dir, the queues survive a restart: an event taken onto an
+//! endpoint's queue is journaled (`WebhookQueued`, its body as sent) and
+//! marked done when delivered or given up (`WebhookDone`); a start replays
+//! the ones not done ([`Replay`]) onto the queues before any actor runs,
+//! with their ids, bodies and order, so delivery is at least once across a
+//! restart (`docs/webhooks.md`).
+//!
 //! Not an actor: the state is atomics and one short lock per endpoint (its
 //! last error), never held across an `.await`.
 
@@ -30,7 +37,7 @@ pub use kinds::{EventFilter, EventKind};
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::ArbiterHandle;
@@ -40,6 +47,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, WebhookEndpoint};
+use crate::journal::record::{self, RecordRef};
+use crate::journal::Journal;
 
 /// The endpoints and what they want; [`Webhooks::none`] when none is
 /// configured.
@@ -70,6 +79,8 @@ pub struct Endpoint {
     delivered: AtomicU64,
     /// Given up after `webhook_retry_for`.
     failed: AtomicU64,
+    /// Where queued and finished deliveries are recorded (with a data dir).
+    journal: OnceLock<Journal>,
     /// Found the queue full.
     dropped: AtomicU64,
     /// Attempts that failed (each is retried or given up).
@@ -173,10 +184,11 @@ impl Webhooks {
 
     fn push<D: Serialize>(&self, kind: EventKind, key: &str, data: &D) {
         let id: Arc<str> = crate::ids::IdGen.webhook_event().into();
+        let created_at = crate::protocol::now();
         let envelope = Envelope {
             id: &id,
             kind: kind.as_str(),
-            created_at: crate::protocol::now(),
+            created_at,
             data,
         };
         let body = match serde_json::to_vec(&envelope) {
@@ -190,13 +202,74 @@ impl Webhooks {
         let lane_hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
         let at = Instant::now();
         for endpoint in self.endpoints.iter().filter(|e| e.filter.contains(kind)) {
-            endpoint.enqueue(
+            if !endpoint.reserve() {
+                continue;
+            }
+            if let Some(journal) = endpoint.journal.get() {
+                record::write(
+                    Some(journal),
+                    RecordRef::WebhookQueued {
+                        url: &endpoint.url,
+                        id: &id,
+                        lane: lane_hash,
+                        body: &body,
+                        at: created_at,
+                    },
+                );
+            }
+            endpoint.send(
                 lane_hash,
                 Delivery {
                     id: id.clone(),
                     body: body.clone(),
                     at,
                 },
+            );
+        }
+    }
+
+    /// Record every endpoint's queued and finished deliveries in `journal`
+    /// from now on.
+    pub fn journal_to(&self, journal: &Journal) {
+        for endpoint in &self.endpoints {
+            let _ = endpoint.journal.set(journal.clone());
+        }
+    }
+
+    /// Queue again the deliveries a replay found not done, in the order they
+    /// were first queued, before any new event: each to the endpoint with
+    /// its URL (one no longer configured is skipped and counted in the log),
+    /// its deadline (`webhook_retry_for`) still counted from when it
+    /// happened. Not journaled again: their records are there.
+    pub fn restore(&self, replay: Replay) {
+        let mut restored = 0usize;
+        let mut unknown = 0usize;
+        let now = SystemTime::now();
+        for pending in replay.pending.into_values() {
+            let Some(endpoint) = self.endpoints.iter().find(|e| e.url == pending.url) else {
+                unknown += 1;
+                continue;
+            };
+            if !endpoint.reserve() {
+                continue;
+            }
+            let age = now.duration_since(pending.at).unwrap_or_default();
+            let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            endpoint.send(
+                pending.lane,
+                Delivery {
+                    id: pending.id.into(),
+                    body: Bytes::from(pending.body),
+                    at,
+                },
+            );
+            restored += 1;
+        }
+        if restored + unknown > 0 {
+            tracing::info!(
+                restored,
+                unknown_endpoint = unknown,
+                "webhook events not delivered before the restart queued again"
             );
         }
     }
@@ -225,6 +298,7 @@ impl Endpoint {
             pending: AtomicUsize::new(0),
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            journal: OnceLock::new(),
             dropped: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
             health: Mutex::new(Health::default()),
@@ -232,10 +306,11 @@ impl Endpoint {
         Ok((Arc::new(endpoint), receivers))
     }
 
-    /// Onto the key's lane, if the queue has room; else dropped and counted.
-    /// The lanes' channels are unbounded: `pending` is the bound, checked
-    /// before the push, so the channel never holds more than `capacity`.
-    fn enqueue(&self, lane_hash: u64, delivery: Delivery) {
+    /// A place in the queue, if it has room; else the event is dropped and
+    /// counted. The lanes' channels are unbounded: `pending` is the bound,
+    /// taken before the push ([`Endpoint::send`]), so the channel never
+    /// holds more than `capacity`.
+    fn reserve(&self) -> bool {
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -243,12 +318,25 @@ impl Endpoint {
             if dropped % 1000 == 1 {
                 tracing::warn!(url = %self.url, dropped, "webhook queue full: event dropped");
             }
-            return;
+            return false;
         }
+        true
+    }
+
+    /// Onto the key's lane, in the place [`Endpoint::reserve`] took.
+    fn send(&self, lane_hash: u64, delivery: Delivery) {
         let lane = &self.lanes[(lane_hash % self.lanes.len() as u64) as usize];
         if lane.send(delivery).is_err() {
             // The delivery arbiter is gone (shutting down).
             self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The delivery is over (delivered or given up): not to be sent again
+    /// after a restart.
+    fn finished(&self, id: &str) {
+        if let Some(journal) = self.journal.get() {
+            record::write(Some(journal), RecordRef::WebhookDone { url: &self.url, id });
         }
     }
 
@@ -284,6 +372,59 @@ impl Endpoint {
             last_error_at: health.last_error_at,
             failing_since: health.failing_since,
         }
+    }
+}
+
+/// The deliveries a replay of the journal found queued and not done, in
+/// the order they were queued ([`Webhooks::restore`]).
+#[derive(Default)]
+pub struct Replay {
+    /// By the order they were queued in; only those not done.
+    pending: std::collections::BTreeMap<u64, Pending>,
+    queued: u64,
+    /// (url, event id) → its key in `pending`.
+    index: std::collections::HashMap<(String, String), u64>,
+}
+
+struct Pending {
+    url: String,
+    id: String,
+    lane: u64,
+    body: Vec<u8>,
+    at: SystemTime,
+}
+
+impl Replay {
+    /// A `WebhookQueued` record.
+    pub fn queued(&mut self, url: String, id: String, lane: u64, body: Vec<u8>, at: SystemTime) {
+        self.queued += 1;
+        self.index.insert((url.clone(), id.clone()), self.queued);
+        self.pending.insert(
+            self.queued,
+            Pending {
+                url,
+                id,
+                lane,
+                body,
+                at,
+            },
+        );
+    }
+
+    /// A `WebhookDone` record.
+    pub fn done(&mut self, url: String, id: String) {
+        if let Some(n) = self.index.remove(&(url, id)) {
+            self.pending.remove(&n);
+        }
+    }
+
+    /// Deliveries not done.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
     }
 }
 
