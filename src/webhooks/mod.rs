@@ -47,8 +47,6 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, WebhookEndpoint};
-use crate::journal::record::{self, RecordRef};
-use crate::journal::Journal;
 
 /// The endpoints and what they want; [`Webhooks::none`] when none is
 /// configured.
@@ -58,6 +56,25 @@ pub struct Webhooks {
     /// Every type at least one endpoint wants.
     wanted: EventFilter,
 }
+
+/// What the queues journal ([`Webhooks::journal_to`]); a replay hands the
+/// same back to a [`Replay`].
+#[derive(Clone, Copy, Debug)]
+pub enum JournalEntry<'a> {
+    /// An event taken onto the queue of the endpoint at `url`, in `lane`
+    /// (its key's hash), with its body as sent and when it happened.
+    Queued {
+        url: &'a str,
+        id: &'a str,
+        lane: u64,
+        body: &'a [u8],
+        at: SystemTime,
+    },
+    /// Delivered to that endpoint, or given up.
+    Done { url: &'a str, id: &'a str },
+}
+
+type Sink = Arc<dyn Fn(JournalEntry<'_>) + Send + Sync>;
 
 /// One event on its way to one endpoint.
 struct Delivery {
@@ -80,7 +97,7 @@ pub struct Endpoint {
     /// Given up after `webhook_retry_for`.
     failed: AtomicU64,
     /// Where queued and finished deliveries are recorded (with a data dir).
-    journal: OnceLock<Journal>,
+    journal: OnceLock<Sink>,
     /// Found the queue full.
     dropped: AtomicU64,
     /// Attempts that failed (each is retried or given up).
@@ -206,16 +223,13 @@ impl Webhooks {
                 continue;
             }
             if let Some(journal) = endpoint.journal.get() {
-                record::write(
-                    Some(journal),
-                    RecordRef::WebhookQueued {
-                        url: &endpoint.url,
-                        id: &id,
-                        lane: lane_hash,
-                        body: &body,
-                        at: created_at,
-                    },
-                );
+                journal(JournalEntry::Queued {
+                    url: &endpoint.url,
+                    id: &id,
+                    lane: lane_hash,
+                    body: &body,
+                    at: created_at,
+                });
             }
             endpoint.send(
                 lane_hash,
@@ -228,11 +242,13 @@ impl Webhooks {
         }
     }
 
-    /// Record every endpoint's queued and finished deliveries in `journal`
-    /// from now on.
-    pub fn journal_to(&self, journal: &Journal) {
+    /// Hand every endpoint's queued and finished deliveries to `sink` (the
+    /// journal, with a data dir) from now on. It is called on the emitting
+    /// actor's thread and on the delivery arbiter's, and must not block.
+    pub fn journal_to(&self, sink: impl Fn(JournalEntry<'_>) + Send + Sync + 'static) {
+        let sink: Sink = Arc::new(sink);
         for endpoint in &self.endpoints {
-            let _ = endpoint.journal.set(journal.clone());
+            let _ = endpoint.journal.set(sink.clone());
         }
     }
 
@@ -336,7 +352,7 @@ impl Endpoint {
     /// after a restart.
     fn finished(&self, id: &str) {
         if let Some(journal) = self.journal.get() {
-            record::write(Some(journal), RecordRef::WebhookDone { url: &self.url, id });
+            journal(JournalEntry::Done { url: &self.url, id });
         }
     }
 
