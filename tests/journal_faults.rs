@@ -392,6 +392,7 @@ async fn writes_failing_are_refused_with_unavailable_and_the_broker_recovers_by_
         l.contains("journal write failed; appends refused until it works again")
             && l.contains("File too large")
     });
+    wait_health(&h, 503).await;
     let health = h.get("/healthz", None).await;
     assert_eq!((health.status, health.error_code()), (503, "unavailable"));
     assert!(health.text.contains("File too large"), "{}", health.text);
@@ -438,7 +439,7 @@ async fn writes_failing_are_refused_with_unavailable_and_the_broker_recovers_by_
     broker.wait_for(Stream::Err, "the recovery's log line", |l| {
         l.contains("journal writes work again")
     });
-    assert_eq!(h.get("/healthz", None).await.status, 200);
+    wait_health(&h, 200).await;
     let carl = waiting.await.expect("the waiting request");
     assert_eq!(carl.status, 201, "{}", carl.text);
     let ack = ws.say_with_id("after", "after").await;

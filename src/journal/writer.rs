@@ -174,6 +174,8 @@ impl Writer {
                 Err(e) => {
                     let delay = retry.map_or(RETRY_MIN, |(_, d)| (d * 2).min(RETRY_MAX));
                     let reason = format!("journal write failed: {e}");
+                    // Refusing before saying so: the log line means it.
+                    self.set_failing(Some(reason));
                     if retry.is_none() {
                         tracing::error!(
                             segment = %self.seg.path.display(),
@@ -182,7 +184,6 @@ impl Writer {
                              again (retrying)"
                         );
                     }
-                    self.set_failing(Some(reason));
                     retry = Some((Instant::now() + delay, delay));
                 }
             }
