@@ -88,6 +88,7 @@ fn conversation(c: &mut Criterion) {
         history_full: false,
         transfers: vec![],
         pending_transfer: None,
+        assigned_at: None,
     };
     let incoming = message("Hello, my order 4411 has not arrived yet, can you check?");
     c.bench_function("conversation: append + encode once + fan out to 3", |b| {

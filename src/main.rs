@@ -23,9 +23,23 @@ fn main() {
         }
     };
     init_logs(config.log_format);
+    ignore_file_size_signal();
     if let Err(e) = switchboard::server::run(config) {
         eprintln!("switchboard: {e}");
         std::process::exit(1);
+    }
+}
+
+/// A write past the file size limit (`ulimit -f`, RLIMIT_FSIZE) kills the
+/// process with SIGXFSZ by default. Ignored, the write fails with `EFBIG`
+/// instead, which the journal treats like a full disk: it refuses new
+/// changes with `unavailable` and retries until the limit allows the write.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: sets the disposition of one signal to "ignore" before any
+    // other thread of the broker starts; no handler code is installed.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 
@@ -33,14 +47,20 @@ fn main() {
 /// and warnings and errors of the HTTP server, among them a failing `accept`
 /// such as "Too many open files"). Text is coloured only when
 /// stderr is a terminal (and `NO_COLOR` is unset), so a file or a pipe gets
-/// no escape codes; JSON is one object per line.
+/// no escape codes; JSON is one object per line. A line stderr does not
+/// take (a full disk) is lost without a word.
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         "switchboard=info,actix_web=warn,actix_server=warn,actix_http=warn".into()
     });
+    // A log line that cannot be written (stderr a file on a full disk) is
+    // dropped: the default reports it with `eprintln!`, which panics when
+    // stderr fails, and would kill the thread that logged, the journal's
+    // writer among them, just as the disk fills.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => {
             let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());

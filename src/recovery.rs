@@ -12,8 +12,9 @@
 //! statistics, last agents), conversations (history with `seq`, task state,
 //! disposition, notes) and webchat sessions (token, name, skills, queue,
 //! latest conversation), provider threads, and stored files (their bytes
-//! kept in the data dir). A conversation that had left memory (history
-//! retention) stays gone, and so does a file no message held any more.
+//! kept in the data dir), and webhook deliveries not yet done. A
+//! conversation that had left memory (history retention) stays gone, and
+//! so does a file no message held any more.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -72,6 +73,8 @@ pub struct Replayed {
     /// The snapshot's Lsn (0: none) and the records applied after it.
     pub snapshot: Lsn,
     pub applied: u64,
+    /// Webhook deliveries queued and not done.
+    webhooks: crate::webhooks::Replay,
 }
 
 /// The actors a replay applies records to, built and not yet started.
@@ -137,6 +140,7 @@ fn rebuild(broker: &Arc<Broker>, state: BrokerState, actors: Channels<'_>) -> Re
         providers: mut threads,
         canned,
         attachments,
+        webhooks,
         records: _,
     } = state;
     router.restore_state(routing);
@@ -145,6 +149,7 @@ fn rebuild(broker: &Arc<Broker>, state: BrokerState, actors: Channels<'_>) -> Re
         agents: IdMap::default(),
         snapshot: 0,
         applied: 0,
+        webhooks,
     };
     for (id, state) in conversations {
         let (addr, mailbox) = mailbox::<Conversation>();
@@ -231,6 +236,8 @@ impl Replayed {
     /// Start the rebuilt agents and conversations on the shards, register
     /// them, and hand the router their addresses (its first message).
     pub fn start(self, broker: &Arc<Broker>) {
+        // Before any actor can emit a newer event of the same key.
+        broker.webhooks.restore(self.webhooks);
         let mut agents: IdMap<Id, Addr<Agent>> = IdMap::default();
         for (id, a) in self.agents {
             let addr = broker.shards.start(a.actor);

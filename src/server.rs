@@ -559,6 +559,28 @@ pub fn start(config: Config) -> std::io::Result<Started> {
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
     if let Some(journal) = broker.journal.clone() {
+        let webhook_journal = journal.clone();
+        broker.webhooks.journal_to(move |entry| {
+            use crate::journal::record::RecordRef;
+            use crate::webhooks::JournalEntry;
+            let record = match entry {
+                JournalEntry::Queued {
+                    url,
+                    id,
+                    lane,
+                    body,
+                    at,
+                } => RecordRef::WebhookQueued {
+                    url,
+                    id,
+                    lane,
+                    body,
+                    at,
+                },
+                JournalEntry::Done { url, id } => RecordRef::WebhookDone { url, id },
+            };
+            crate::journal::record::write(Some(&webhook_journal), record);
+        });
         broker.canned.journal_to(move |event| {
             crate::journal::record::write(
                 Some(&journal),

@@ -94,6 +94,8 @@ pub struct BrokerState {
     pub canned: BTreeMap<String, CannedEvent>,
     /// Stored files by id.
     pub attachments: BTreeMap<String, StoredFile>,
+    /// Webhook deliveries queued and not yet done (or given up).
+    pub webhooks: crate::webhooks::Replay,
     /// Records applied to reach this state (since Lsn 1).
     pub records: u64,
 }
@@ -109,6 +111,7 @@ impl BrokerState {
             providers: BTreeMap::new(),
             canned: BTreeMap::new(),
             attachments: BTreeMap::new(),
+            webhooks: crate::webhooks::Replay::default(),
             records: 0,
         }
     }
@@ -185,6 +188,14 @@ impl BrokerState {
                 };
                 self.canned.insert(id, event);
             }
+            Record::WebhookQueued {
+                url,
+                id,
+                lane,
+                body,
+                at,
+            } => self.webhooks.queued(url, id, lane, body, at),
+            Record::WebhookDone { url, id } => self.webhooks.done(url, id),
             Record::AttachmentStored {
                 meta,
                 uploader,

@@ -562,3 +562,129 @@ async fn a_restart_from_a_snapshot_gives_back_what_the_whole_journal_would() {
     let (_desk, hello) = h.connect_agent(&alice).await;
     assert_eq!(hello["tasks"][0]["id"], ann_task.as_str(), "{hello}");
 }
+
+/// A queue with inactivity settings, created over the API (so journaled).
+async fn quiet_queue(h: &Harness, warn_after: &str, close_after: &str) {
+    let r = h
+        .request(
+            reqwest::Method::POST,
+            "/v1/queues",
+            Some(&h.admin),
+            Some(&serde_json::json!({"id": "quiet", "inactivity":
+                {"warn_after": warn_after, "warning": "Are you still there?", "close_after": close_after}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
+/// An assigned task's inactivity timers resume after a restart: the
+/// conversation still ends for inactivity, and a warning given before the
+/// stop is not given again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactivity_timers_resume_after_a_restart_without_a_second_warning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = durable_config(dir.path());
+    let h = start_with(cfg.clone());
+    quiet_queue(&h, "300ms", "1500ms").await;
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let (dana, mut dana_ws, conv) = customer_in(&h, "Dana", "quiet").await;
+    let (offer, _) = desk.take_offer().await;
+    let task = s(&offer["task"]["id"]);
+    dana_ws.recv_message_text("Are you still there?").await;
+    drop((desk, dana_ws));
+    drop(h);
+
+    let h = start_with(cfg);
+    let (mut desk, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"][0]["id"], task.as_str(), "{hello}");
+    let (mut dana_ws, _) = h.connect_customer(&dana).await;
+    let ended = dana_ws.recv_type("conversation.ended").await;
+    assert_eq!(ended["reason"], "inactivity", "{ended}");
+    let ended = desk.recv_type("conversation.ended").await;
+    assert_eq!(ended["reason"], "inactivity", "{ended}");
+    assert_eq!(ended["task_id"], task.as_str());
+    let messages = h.messages(&conv).await;
+    assert_eq!(
+        texts(&messages["messages"]),
+        ["hello from Dana", "Are you still there?"],
+        "one warning only: {messages}"
+    );
+    desk.complete(&task, "resolved", "").await;
+}
+
+/// The inactivity clock counts from before the stop (the customer's last
+/// message or the assignment), not from the restart: a customer silent past
+/// `close_after` while the broker was down has the conversation ended as
+/// soon as it is back (with no warning right before the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_silent_past_close_after_while_the_broker_was_down_is_closed_at_the_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = durable_config(dir.path());
+    let h = start_with(cfg.clone());
+    quiet_queue(&h, "1s", "2s").await;
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let (_dana, dana_ws, conv) = customer_in(&h, "Dana", "quiet").await;
+    desk.take_offer().await;
+    let assigned = std::time::Instant::now();
+    drop((desk, dana_ws));
+    drop(h);
+    // Down past `close_after`, counted from the assignment.
+    tokio::time::sleep(std::time::Duration::from_millis(2200).saturating_sub(assigned.elapsed()))
+        .await;
+
+    let h = start_with(cfg);
+    let restarted = std::time::Instant::now();
+    let v = h
+        .wait_conversation(&conv, "the end for inactivity", |c| {
+            c["task"]["state"] == "wrapping"
+        })
+        .await;
+    // Counted from the restart it would take the whole 2 s.
+    assert!(
+        restarted.elapsed() < std::time::Duration::from_millis(1500),
+        "ended {:?} after the restart: {v}",
+        restarted.elapsed()
+    );
+    let messages = h.messages(&conv).await;
+    assert_eq!(
+        texts(&messages["messages"]),
+        ["hello from Dana"],
+        "{messages}"
+    );
+}
+
+/// The router's offers are journaled: after a restart an assigned task is
+/// held by its agent in the router too, not waiting in its queue to be
+/// offered again to someone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assigned_task_is_not_offered_again_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = durable_config(dir.path());
+    let h = start_with(cfg.clone());
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let (_ann, ann_ws, _) = h.customer_with_message("Ann", "hello").await;
+    let (_, assigned) = desk.take_offer().await;
+    let task = s(&assigned["task"]["id"]);
+    drop((desk, ann_ws));
+    drop(h);
+
+    let h = start_with(cfg);
+    let stats = h.admin_get_ok("/v1/stats").await;
+    assert_eq!(stats["queue"]["length"], 0, "{stats}");
+    assert_eq!(stats["tasks"]["assigned"], 1, "{stats}");
+    let mut bob_desk = h.agent_online(&bob).await;
+    bob_desk
+        .expect_none(
+            "an offer of alice's task",
+            std::time::Duration::from_millis(500),
+            |v| v["type"] == "task.offered",
+        )
+        .await;
+    let (_desk, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"][0]["id"], task.as_str(), "{hello}");
+    assert_eq!(hello["tasks"][0]["state"], "assigned", "{hello}");
+}

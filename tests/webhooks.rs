@@ -856,3 +856,84 @@ async fn supervisor_actions_are_told_with_who_did_them() {
     assert_eq!(find("agent.activity")["activity"], "break");
     assert_eq!(events.len(), 6, "{events:?}");
 }
+
+/// Events not yet delivered when the broker stops are journaled and
+/// delivered after the restart (at least once, with their ids and bodies),
+/// in order: the receiver fails through a whole conversation, the broker
+/// stops, and starts again on the same data dir with the receiver up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_not_delivered_before_a_restart_are_delivered_after_it() {
+    let a = Receiver::start(FAIL).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = switchboard::Config {
+        data_dir: Some(dir.path().to_owned()),
+        webhooks: vec![endpoint(&a.url, SECRET_A, &[])],
+        webhook_timeout: Duration::from_millis(300),
+        webhook_backoff: Duration::from_millis(50),
+        webhook_in_flight: 2,
+        ..test_config()
+    };
+    let h = start_with(cfg.clone());
+    let alice = h.create_agent("alice", 2, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let (_s, mut c, ack) = h.customer_with_message("Dana", "hello one").await;
+    let cv = s(&ack["conversation_id"]);
+    let offer = desk.offer_for(&cv).await;
+    let tk = s(&offer["task"]["id"]);
+    desk.accept(&tk).await;
+    desk.agent_send(&cv, "reply one", "r1").await;
+    c.recv_message_text("reply one").await;
+    desk.end(&cv).await;
+    desk.complete(&tk, "resolved", "").await;
+    let stats = eventually("attempts failing", async || {
+        let s = endpoint_stats(&h, 0).await;
+        (s["failed_attempts"].as_u64() >= Some(2)).then_some(s)
+    })
+    .await;
+    assert_eq!(stats["delivered"], 0, "{stats}");
+    let pending = stats["pending"].as_u64().expect("pending");
+    assert!(pending >= 8, "{stats}");
+    drop((desk, c));
+    drop(h);
+    let tried_before: Vec<Value> = a.hits().iter().map(Hit::json).collect();
+    let before = a.hits().len();
+
+    a.recover(0);
+    let h = start_with(cfg);
+    let events = eventually("every pending event delivered", async || {
+        let after = a.hits()[before..].to_vec();
+        let events = verify(&after, SECRET_A);
+        let flows = by_conversation(&events);
+        (flows.get(&cv).map(Vec::len) == Some(8)).then_some(events)
+    })
+    .await;
+    let flows = by_conversation(&events);
+    assert_eq!(
+        flows[&cv],
+        [
+            "task.created",
+            "message.created",
+            "task.offered",
+            "task.accepted",
+            "message.created",
+            "task.wrapping",
+            "conversation.ended",
+            "task.completed",
+        ],
+        "in order, each once"
+    );
+    // The events tried before the stop come again with the same id and body.
+    for old in &tried_before {
+        let again = events
+            .iter()
+            .find(|v| v["id"] == old["id"])
+            .unwrap_or_else(|| panic!("{} not delivered after the restart", old["id"]));
+        assert_eq!(again, old);
+    }
+    let stats = eventually("the queue empty", async || {
+        let s = endpoint_stats(&h, 0).await;
+        (s["pending"] == 0).then_some(s)
+    })
+    .await;
+    assert!(stats["delivered"].as_u64() >= Some(8), "{stats}");
+}

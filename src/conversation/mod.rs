@@ -66,6 +66,7 @@ pub use canned::{usable_in, CannedContext, GetCannedContext};
 pub use customer::{CustomerAbandoned, CustomerLeft, CustomerMessage, CustomerTyping, SendHistory};
 pub use delivery::{DeliveryUpdate, ReadUpTo};
 pub use queries::{ConversationSnapshot, GetMessages, GetSnapshot, TaskRef};
+pub use restore::ResumeInactivity;
 pub use routing::{Assign, RequeueCause, Requeued, Reserve, RouterCancel, RouterNotice};
 pub use state::{ConversationEvent, ConversationState, PendingTransfer};
 pub use supervision::{Monitor, SupervisorComplete, Unmonitor};
@@ -75,7 +76,7 @@ pub use transfer::{
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
@@ -241,6 +242,7 @@ impl Conversation {
             history_full: false,
             transfers: Vec::new(),
             pending_transfer: None,
+            assigned_at: None,
         };
         record::write(
             broker.journal.as_ref(),
@@ -649,6 +651,13 @@ impl Conversation {
     /// (Re)start the inactivity timers: on assignment and on every
     /// customer message while assigned, if the task's queue has settings.
     fn arm_inactivity(&mut self, ctx: &mut Context<Self>) {
+        self.arm_inactivity_after(Duration::ZERO, false, ctx);
+    }
+
+    /// Start the inactivity timers as if `elapsed` of the clock had already
+    /// run (after a restart): without the warning if it was already given or
+    /// the end is due too; what is due fires at once.
+    fn arm_inactivity_after(&mut self, elapsed: Duration, warned: bool, ctx: &mut Context<Self>) {
         self.stop_inactivity(ctx);
         let Some(settings) = self.inactivity.clone() else {
             return;
@@ -656,22 +665,29 @@ impl Conversation {
         if self.state.task_state != TaskState::Assigned {
             return;
         }
-        if settings.warn_after < settings.close_after && !settings.warning.is_empty() {
+        // Past `close_after` already (a restart after a long stop): the end
+        // alone, a warning just before it would tell nothing.
+        let warn = settings.warn_after < settings.close_after
+            && !settings.warning.is_empty()
+            && !warned
+            && elapsed < settings.close_after;
+        if warn {
             let warning = settings.warning.clone();
+            let wait = settings.warn_after.saturating_sub(elapsed);
             self.inactivity_timers
-                .push(ctx.run_later(settings.warn_after, move |act, _| {
+                .push(ctx.run_later(wait, move |act, _| {
                     if act.state.task_state == TaskState::Assigned {
                         act.inactivity_warning(warning);
                     }
                 }));
         }
-        self.inactivity_timers
-            .push(ctx.run_later(settings.close_after, |act, ctx| {
-                act.inactivity_timers.clear();
-                if act.state.task_state == TaskState::Assigned {
-                    act.end_for(None, Some("inactivity"), ctx);
-                }
-            }));
+        let wait = settings.close_after.saturating_sub(elapsed);
+        self.inactivity_timers.push(ctx.run_later(wait, |act, ctx| {
+            act.inactivity_timers.clear();
+            if act.state.task_state == TaskState::Assigned {
+                act.end_for(None, Some("inactivity"), ctx);
+            }
+        }));
     }
 
     fn stop_inactivity(&mut self, ctx: &mut Context<Self>) {

@@ -1,7 +1,9 @@
 //! A conversation rebuilt from the journal: its state is the replayed
 //! [`ConversationState`]; once started it resumes what its timers did
 //! (the wrap-up timeout of a task in wrap-up, the history retention of a
-//! finished one), each counted from when it began, not from the restart.
+//! finished one; for an assigned task, the inactivity timers of its queue
+//! once the router sends [`ResumeInactivity`]), each counted from when it
+//! began, not from the restart.
 //! Everything else comes back the way it does after a network drop: the
 //! agent's desktop gets the task with its history on reconnect, the
 //! customer the history.
@@ -16,6 +18,7 @@ use crate::agent::Agent;
 use crate::channel::CustomerEvent;
 use crate::channel::ToCustomer;
 use crate::protocol::{Author, ChannelKind, DeliveryStatus, Message, TaskState};
+use crate::router::queue::Inactivity;
 use crate::router::EnqueueTask;
 use crate::wiring::Broker;
 
@@ -68,8 +71,7 @@ impl Conversation {
             agent,
             wrapup: None,
             opening: None,
-            // Inactivity settings come with the next assignment; an
-            // assignment restored from the journal runs without them.
+            // The router knows the queue's settings: `ResumeInactivity`.
             inactivity: None,
             inactivity_timers: Vec::new(),
             monitors: Vec::new(),
@@ -113,5 +115,42 @@ impl Conversation {
             }
             _ => {}
         }
+    }
+}
+
+/// Router, after a restart: the assigned task's queue has inactivity
+/// settings. The timers start again from the customer's last message or the
+/// assignment, whichever is later (not from the restart): what had run of
+/// them before the stop counts, a warning due meanwhile is given at once,
+/// one already given is not repeated, and a conversation silent past
+/// `close_after` ends at once (with no warning just before).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResumeInactivity {
+    pub inactivity: Inactivity,
+}
+
+impl Handler<ResumeInactivity> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: ResumeInactivity, ctx: &mut Context<Self>) {
+        if self.state.task_state != TaskState::Assigned {
+            return;
+        }
+        let since = [self.state.last_customer_at, self.state.assigned_at]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(self.state.created_at);
+        let elapsed = since.elapsed().unwrap_or_default();
+        let warned = self
+            .state
+            .messages
+            .iter()
+            .rev()
+            .take_while(|m| m.created_at >= since)
+            .any(|m| m.from == Author::System && m.text == msg.inactivity.warning);
+        self.inactivity = Some(msg.inactivity);
+        self.arm_inactivity_after(elapsed, warned, ctx);
     }
 }

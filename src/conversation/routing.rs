@@ -102,6 +102,9 @@ impl Handler<Assign> for Conversation {
             agent_id: Some(msg.agent_id),
             agent_name: Some(msg.agent_name.clone()),
         });
+        self.apply(ConversationEvent::AssignedAt {
+            at: crate::protocol::now(),
+        });
         self.to_agent(
             &msg.agent,
             AgentFrameKind::Assigned(self.state.task_view()),

@@ -57,6 +57,11 @@ pub struct ConversationState {
     /// A warm transfer on offer to another agent while this one keeps it.
     #[serde(default)]
     pub pending_transfer: Option<PendingTransfer>,
+    /// When the task was last assigned (an accept, or a warm transfer's):
+    /// the inactivity clock counts from it or the customer's last message,
+    /// whichever is later, also after a restart.
+    #[serde(default)]
+    pub assigned_at: Option<SystemTime>,
 }
 
 /// A warm transfer on offer: to which agent, under which offer number.
@@ -122,6 +127,11 @@ pub enum ConversationEvent {
     TransferPending {
         pending: Option<PendingTransfer>,
     },
+    /// The task was assigned at `at` (after its `TaskMoved` to assigned):
+    /// where the inactivity clock starts, kept so a restart counts from it.
+    AssignedAt {
+        at: SystemTime,
+    },
 }
 
 impl ConversationState {
@@ -174,6 +184,7 @@ impl ConversationState {
             }
             ConversationEvent::Transferred { transfer } => self.transfers.push(transfer),
             ConversationEvent::TransferPending { pending } => self.pending_transfer = pending,
+            ConversationEvent::AssignedAt { at } => self.assigned_at = Some(at),
             ConversationEvent::Ended { at } => {
                 self.task_state = TaskState::Wrapping;
                 self.ended_at = Some(at);
@@ -282,6 +293,7 @@ mod tests {
             history_full: false,
             transfers: vec![],
             pending_transfer: None,
+            assigned_at: None,
         }
     }
 
@@ -303,6 +315,7 @@ mod tests {
     #[test]
     fn events_drive_the_state_and_round_trip_through_the_codec() {
         let mut s = state();
+        let assigned_at = crate::protocol::now();
         let events = vec![
             ConversationEvent::MessageAppended(msg(1, Author::Customer, "hello")),
             ConversationEvent::TaskMoved {
@@ -310,6 +323,7 @@ mod tests {
                 agent_id: Some("alice".into()),
                 agent_name: Some("Alice".into()),
             },
+            ConversationEvent::AssignedAt { at: assigned_at },
             ConversationEvent::MessageAppended(msg(2, Author::Agent, "hi!")),
             ConversationEvent::Ended {
                 at: crate::protocol::now(),
@@ -337,6 +351,7 @@ mod tests {
             "hello".len() as u64 + "hi!".len() as u64
         );
         assert_eq!(replayed.history_bytes, s.history_bytes);
+        assert_eq!(replayed.assigned_at, Some(assigned_at));
     }
 
     #[test]

@@ -159,6 +159,9 @@ impl Handler<TransferAccept> for Conversation {
             agent_id: Some(msg.agent_id),
             agent_name: Some(msg.agent_name.clone()),
         });
+        self.apply(ConversationEvent::AssignedAt {
+            at: crate::protocol::now(),
+        });
         self.hook_task(EventKind::TaskTransferred, |d| {
             d.agent_id = from.as_deref();
             d.reason = Some("warm");

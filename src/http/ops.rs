@@ -1,4 +1,4 @@
-//! Operations: `/healthz`, `/v1/stats` (admin), `/metrics` (Prometheus text:
+//! Operations: `/healthz` (503 while the journal cannot write), `/v1/stats` (admin), `/metrics` (Prometheus text:
 //! the admin token or the metrics token, unless `metrics_public`) and
 //! `/v1/dispositions`.
 
@@ -12,8 +12,14 @@ use crate::metrics::Metrics;
 use crate::protocol::{ChannelKind, TaskState};
 use crate::router::{GetStats, RouterStats};
 
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+/// `200 {"status":"ok"}`; `503 unavailable` while the journal cannot write
+/// (a full or failing disk: the broker takes no change, so a load balancer
+/// should send elsewhere), with the journal's error.
+pub async fn healthz(state: State) -> Result<HttpResponse, ApiError> {
+    if let Some(Err(e)) = state.journal.as_ref().map(crate::journal::Journal::health) {
+        return Err(ApiError::Unavailable(e.to_string()));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"})))
 }
 
 pub async fn dispositions(state: State) -> HttpResponse {

@@ -232,6 +232,11 @@ struct Shared {
     written: AtomicU64,
     durable: AtomicU64,
     durable_rx: watch::Receiver<Lsn>,
+    /// True while appends are accepted (not failing, not closing, writer
+    /// running): what [`Journal::health`] reads on every request without
+    /// the queue's lock. Written under that lock whenever `failing` or
+    /// `closing` change, and when the writer stops.
+    accepting: AtomicBool,
     /// Blocking waiters (close, snapshots) wait on `flushed_cv` under it.
     flushed: Mutex<()>,
     flushed_cv: Condvar,
@@ -249,6 +254,23 @@ struct Queue {
     sleeping_until_sync: bool,
     /// A close timed out: the writer stops without writing the rest.
     abandon: bool,
+}
+
+impl Shared {
+    /// No append is taken from now on.
+    fn set_closing(&self) {
+        let mut q = self.queue.lock();
+        q.closing = true;
+        self.accepting.store(false, Ordering::Release);
+    }
+
+    /// The writer is failing (`Some(why)`) or works again (`None`).
+    fn set_failing(&self, reason: Option<String>) {
+        let mut q = self.queue.lock();
+        let accepting = reason.is_none() && !q.closing && !self.writer_done.load(Ordering::Acquire);
+        q.failing = reason;
+        self.accepting.store(accepting, Ordering::Release);
+    }
 }
 
 impl Journal {
@@ -305,6 +327,7 @@ impl Journal {
             written: AtomicU64::new(last),
             durable: AtomicU64::new(last),
             durable_rx,
+            accepting: AtomicBool::new(true),
             flushed: Mutex::new(()),
             flushed_cv: Condvar::new(),
             writer_done: AtomicBool::new(false),
@@ -490,16 +513,23 @@ impl Journal {
     }
 
     /// Ok while appends are accepted; `Unavailable` while the writer is
-    /// failing (with its error), `Closed` after a close.
+    /// failing (with its error), `Closed` after a close. Called for every
+    /// message and changing request: while appends are accepted it is one
+    /// atomic load; only a refusal takes the lock, to say why.
     pub fn health(&self) -> Result<(), JournalError> {
-        let q = self.inner.shared.queue.lock();
-        if q.closing || self.inner.shared.writer_done.load(Ordering::Acquire) {
+        let shared = &self.inner.shared;
+        if shared.accepting.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let q = shared.queue.lock();
+        if q.closing || shared.writer_done.load(Ordering::Acquire) {
             return Err(JournalError::Closed);
         }
         match &q.failing {
             Some(reason) => Err(JournalError::Unavailable {
                 reason: reason.clone(),
             }),
+            // Accepting again since the load above.
             None => Ok(()),
         }
     }
@@ -553,7 +583,7 @@ impl Journal {
             // A snapshot being written finishes first (and none starts
             // after), so nothing writes in the directory once it is closed.
             let _snapshot = self.inner.snapshots.try_lock_until(deadline);
-            shared.queue.lock().closing = true;
+            shared.set_closing();
         }
         shared.work.notify_one();
         {
@@ -694,7 +724,7 @@ impl WeakJournal {
 impl Drop for Inner {
     /// The last handle is gone: the writer writes what is queued and stops.
     fn drop(&mut self) {
-        self.shared.queue.lock().closing = true;
+        self.shared.set_closing();
         self.shared.work.notify_one();
     }
 }
@@ -704,6 +734,7 @@ struct DoneGuard(Arc<Shared>);
 
 impl Drop for DoneGuard {
     fn drop(&mut self) {
+        self.0.accepting.store(false, Ordering::Release);
         let _guard = self.0.flushed.lock();
         self.0.writer_done.store(true, Ordering::Release);
         self.0.flushed_cv.notify_all();

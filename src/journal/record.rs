@@ -74,6 +74,21 @@ pub enum RecordRef<'a> {
         quota: Option<&'a Quota>,
         at: SystemTime,
     },
+    /// A webhook event queued for the endpoint at `url`: delivered again
+    /// after a restart unless its `WebhookDone` follows. `lane` orders it
+    /// with the other events of its key; `at` is when it happened.
+    WebhookQueued {
+        url: &'a str,
+        id: &'a str,
+        lane: u64,
+        body: &'a [u8],
+        at: SystemTime,
+    },
+    /// The event was delivered to the endpoint at `url`, or given up.
+    WebhookDone {
+        url: &'a str,
+        id: &'a str,
+    },
 }
 
 /// One state change, as read back for replay.
@@ -116,6 +131,17 @@ pub enum Record {
         uploader: Uploader,
         quota: Option<Quota>,
         at: SystemTime,
+    },
+    WebhookQueued {
+        url: String,
+        id: String,
+        lane: u64,
+        body: Vec<u8>,
+        at: SystemTime,
+    },
+    WebhookDone {
+        url: String,
+        id: String,
     },
 }
 
@@ -182,6 +208,7 @@ mod tests {
             history_bytes: 0,
             history_full: false,
             pending_transfer: None,
+            assigned_at: None,
             transfers: Vec::new(),
         }
     }
@@ -286,6 +313,33 @@ mod tests {
                 channel: ChannelKind::Sms,
                 event: ProviderEvent::ConversationEnded { .. }
             }
+        ));
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7);
+        match round_trip(RecordRef::WebhookQueued {
+            url: "http://hooks",
+            id: "evt_1",
+            lane: 42,
+            body: b"{}",
+            at,
+        }) {
+            Record::WebhookQueued {
+                url,
+                id,
+                lane,
+                body,
+                at: back,
+            } => {
+                assert_eq!(
+                    (url.as_str(), id.as_str(), lane),
+                    ("http://hooks", "evt_1", 42)
+                );
+                assert_eq!((body.as_slice(), back), (&b"{}"[..], at));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            round_trip(RecordRef::WebhookDone { url: "http://hooks", id: "evt_1" }),
+            Record::WebhookDone { url, id } if url == "http://hooks" && id == "evt_1"
         ));
     }
 }

@@ -638,3 +638,27 @@ fn batch_appends_wait_for_the_next_fsync_round_unless_the_queue_fills() {
     let (_j, rec) = reopen(dir.path()).unwrap();
     assert_eq!(lsns(&rec), (1..=6).collect::<Vec<_>>());
 }
+
+/// `health` (one atomic load while appends are taken) still says why they
+/// are refused while the writer fails, is Ok again once it works, and is
+/// `Closed` after a close.
+#[test]
+fn health_says_why_appends_are_refused_and_when_they_are_taken_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path(), Fsync::Always);
+    let faults = c.faults.clone();
+    let (j, _) = Journal::open(c).unwrap();
+    assert!(j.health().is_ok());
+    faults.fail_writes(1);
+    j.append(&payload(1)).unwrap();
+    eventually("health unavailable", || j.health().is_err());
+    let err = j.health().unwrap_err();
+    assert!(
+        matches!(&err, JournalError::Unavailable { reason } if reason.contains("No space left")),
+        "{err:?}"
+    );
+    eventually("recovery", || j.health().is_ok());
+    j.wait_durable_blocking(1, Duration::from_secs(5)).unwrap();
+    j.close(CLOSE).unwrap();
+    assert!(matches!(j.health(), Err(JournalError::Closed)));
+}

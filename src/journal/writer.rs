@@ -184,6 +184,8 @@ impl Writer {
                 Err(e) => {
                     let delay = retry.map_or(RETRY_MIN, |(_, d)| (d * 2).min(RETRY_MAX));
                     let reason = format!("journal write failed: {e}");
+                    // Refusing before saying so: the log line means it.
+                    self.set_failing(Some(reason));
                     if retry.is_none() {
                         tracing::error!(
                             segment = %self.seg.path.display(),
@@ -192,7 +194,6 @@ impl Writer {
                              again (retrying)"
                         );
                     }
-                    self.set_failing(Some(reason));
                     retry = Some((Instant::now() + delay, delay));
                 }
             }
@@ -366,7 +367,7 @@ impl Writer {
     }
 
     fn set_failing(&self, reason: Option<String>) {
-        self.shared.queue.lock().failing = reason;
+        self.shared.set_failing(reason);
         let _guard = self.shared.flushed.lock();
         self.shared.flushed_cv.notify_all();
     }

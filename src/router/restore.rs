@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use super::state::Hold;
 use super::{Outcome, Router, RouterEvent, RouterState};
 use crate::agent::Agent;
-use crate::conversation::Conversation;
+use crate::conversation::{Conversation, ResumeInactivity};
 use crate::protocol::event::TransferFailure;
 use crate::protocol::{Id, RescindReason, TaskState};
 
@@ -142,6 +142,18 @@ impl Handler<Restored> for Router {
             self.parks.insert(task_id, Instant::now() + wait, ());
         }
         self.parks.arm(ctx, Router::parks_due);
+        // Assigned tasks of queues with inactivity settings: their timers
+        // resume, counted from before the stop.
+        for (task_id, conversation) in &self.conversations {
+            let assigned = self
+                .state
+                .held
+                .get(task_id)
+                .is_some_and(|h| matches!(h.hold, Hold::Assigned));
+            if let Some(inactivity) = self.inactivity_of(task_id).filter(|_| assigned) {
+                conversation.do_send(ResumeInactivity { inactivity });
+            }
+        }
         let waiting: Vec<Id> = self.state.queued.keys().cloned().collect();
         for task_id in &waiting {
             self.schedule_waits(task_id, ctx);

@@ -59,6 +59,7 @@ fn conversation(id: &str, task: &str, channel: ChannelKind, customer: &str) -> C
         history_full: false,
         pending_transfer: None,
         transfers: Vec::new(),
+        assigned_at: None,
     }
 }
 
@@ -276,9 +277,26 @@ fn records() -> Vec<Vec<u8>> {
     put(RecordRef::Canned(&CannedEvent::Deleted {
         id: "bye".into(),
     }));
+    for id in ["evt_1", "evt_2", "evt_3"] {
+        put(RecordRef::WebhookQueued {
+            url: "http://hooks",
+            id,
+            lane: 7,
+            body: b"{}",
+            at: at(9),
+        });
+    }
+    put(RecordRef::WebhookDone {
+        url: "http://hooks",
+        id: "evt_2",
+    });
     put(RecordRef::Conversation {
         id: &"c3".into(),
         event: &ConversationEvent::MessageAppended(message("c3", 2, "still here")),
+    });
+    put(RecordRef::WebhookDone {
+        url: "http://hooks",
+        id: "evt_1",
     });
     out
 }
@@ -342,9 +360,10 @@ fn fingerprint(s: &BrokerState) -> String {
         .unwrap_or_default();
     format!(
         "conversations {conversations:?}\nagents {agents:?}\nsessions {sessions:?}\n\
-         tasks {tasks:?} waiting {}\nsms {sms}\ncanned {:?}\nrecords {}",
+         tasks {tasks:?} waiting {}\nsms {sms}\ncanned {:?}\nwebhooks {:?}\nrecords {}",
         router.waiting_len(),
         s.canned.keys().collect::<Vec<_>>(),
+        s.webhooks.pending_ids().collect::<Vec<_>>(),
         s.records
     )
 }
@@ -372,6 +391,10 @@ fn a_snapshot_at_any_lsn_then_the_rest_gives_the_whole_journals_state() {
         "a forgotten conversation: {expected}"
     );
     assert!(expected.contains("t1 Assigned"), "{expected}");
+    assert!(
+        expected.contains(r#"webhooks [("http://hooks", "evt_3")]"#),
+        "deliveries not done: {expected}"
+    );
     assert!(
         expected.contains("sms 1 Some(\"c4\") [\"SMout\"]"),
         "{expected}"

@@ -41,6 +41,7 @@ pub(super) async fn run_lane(
 ) {
     while let Some(delivery) = lane.recv().await {
         deliver(&endpoint, &client, policy, &delivery).await;
+        endpoint.finished(&delivery.id);
         endpoint
             .pending
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);

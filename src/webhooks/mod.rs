@@ -18,6 +18,13 @@
 //! and counted (`dropped`); what is queued is kept, so the receiver's gap is
 //! at the newest end, never in the middle of what it already has.
 //!
+//! With a data dir, the queues survive a restart: an event taken onto an
+//! endpoint's queue is journaled (`WebhookQueued`, its body as sent) and
+//! marked done when delivered or given up (`WebhookDone`); a start replays
+//! the ones not done ([`Replay`]) onto the queues before any actor runs,
+//! with their ids, bodies and order, so delivery is at least once across a
+//! restart (`docs/webhooks.md`).
+//!
 //! Not an actor: the state is atomics and one short lock per endpoint (its
 //! last error), never held across an `.await`.
 
@@ -30,7 +37,7 @@ pub use kinds::{EventFilter, EventKind};
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::ArbiterHandle;
@@ -49,6 +56,25 @@ pub struct Webhooks {
     /// Every type at least one endpoint wants.
     wanted: EventFilter,
 }
+
+/// What the queues journal ([`Webhooks::journal_to`]); a replay hands the
+/// same back to a [`Replay`].
+#[derive(Clone, Copy, Debug)]
+pub enum JournalEntry<'a> {
+    /// An event taken onto the queue of the endpoint at `url`, in `lane`
+    /// (its key's hash), with its body as sent and when it happened.
+    Queued {
+        url: &'a str,
+        id: &'a str,
+        lane: u64,
+        body: &'a [u8],
+        at: SystemTime,
+    },
+    /// Delivered to that endpoint, or given up.
+    Done { url: &'a str, id: &'a str },
+}
+
+type Sink = Arc<dyn Fn(JournalEntry<'_>) + Send + Sync>;
 
 /// One event on its way to one endpoint.
 struct Delivery {
@@ -70,6 +96,8 @@ pub struct Endpoint {
     delivered: AtomicU64,
     /// Given up after `webhook_retry_for`.
     failed: AtomicU64,
+    /// Where queued and finished deliveries are recorded (with a data dir).
+    journal: OnceLock<Sink>,
     /// Found the queue full.
     dropped: AtomicU64,
     /// Attempts that failed (each is retried or given up).
@@ -173,10 +201,11 @@ impl Webhooks {
 
     fn push<D: Serialize>(&self, kind: EventKind, key: &str, data: &D) {
         let id: Arc<str> = crate::ids::IdGen.webhook_event().into();
+        let created_at = crate::protocol::now();
         let envelope = Envelope {
             id: &id,
             kind: kind.as_str(),
-            created_at: crate::protocol::now(),
+            created_at,
             data,
         };
         let body = match serde_json::to_vec(&envelope) {
@@ -190,13 +219,73 @@ impl Webhooks {
         let lane_hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
         let at = Instant::now();
         for endpoint in self.endpoints.iter().filter(|e| e.filter.contains(kind)) {
-            endpoint.enqueue(
+            if !endpoint.reserve() {
+                continue;
+            }
+            if let Some(journal) = endpoint.journal.get() {
+                journal(JournalEntry::Queued {
+                    url: &endpoint.url,
+                    id: &id,
+                    lane: lane_hash,
+                    body: &body,
+                    at: created_at,
+                });
+            }
+            endpoint.send(
                 lane_hash,
                 Delivery {
                     id: id.clone(),
                     body: body.clone(),
                     at,
                 },
+            );
+        }
+    }
+
+    /// Hand every endpoint's queued and finished deliveries to `sink` (the
+    /// journal, with a data dir) from now on. It is called on the emitting
+    /// actor's thread and on the delivery arbiter's, and must not block.
+    pub fn journal_to(&self, sink: impl Fn(JournalEntry<'_>) + Send + Sync + 'static) {
+        let sink: Sink = Arc::new(sink);
+        for endpoint in &self.endpoints {
+            let _ = endpoint.journal.set(sink.clone());
+        }
+    }
+
+    /// Queue again the deliveries a replay found not done, in the order they
+    /// were first queued, before any new event: each to the endpoint with
+    /// its URL (one no longer configured is skipped and counted in the log),
+    /// its deadline (`webhook_retry_for`) still counted from when it
+    /// happened. Not journaled again: their records are there.
+    pub fn restore(&self, replay: Replay) {
+        let mut restored = 0usize;
+        let mut unknown = 0usize;
+        let now = SystemTime::now();
+        for pending in replay.pending.into_values() {
+            let Some(endpoint) = self.endpoints.iter().find(|e| e.url == pending.url) else {
+                unknown += 1;
+                continue;
+            };
+            if !endpoint.reserve() {
+                continue;
+            }
+            let age = now.duration_since(pending.at).unwrap_or_default();
+            let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            endpoint.send(
+                pending.lane,
+                Delivery {
+                    id: pending.id.into(),
+                    body: Bytes::from(pending.body),
+                    at,
+                },
+            );
+            restored += 1;
+        }
+        if restored + unknown > 0 {
+            tracing::info!(
+                restored,
+                unknown_endpoint = unknown,
+                "webhook events not delivered before the restart queued again"
             );
         }
     }
@@ -225,6 +314,7 @@ impl Endpoint {
             pending: AtomicUsize::new(0),
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            journal: OnceLock::new(),
             dropped: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
             health: Mutex::new(Health::default()),
@@ -232,10 +322,11 @@ impl Endpoint {
         Ok((Arc::new(endpoint), receivers))
     }
 
-    /// Onto the key's lane, if the queue has room; else dropped and counted.
-    /// The lanes' channels are unbounded: `pending` is the bound, checked
-    /// before the push, so the channel never holds more than `capacity`.
-    fn enqueue(&self, lane_hash: u64, delivery: Delivery) {
+    /// A place in the queue, if it has room; else the event is dropped and
+    /// counted. The lanes' channels are unbounded: `pending` is the bound,
+    /// taken before the push ([`Endpoint::send`]), so the channel never
+    /// holds more than `capacity`.
+    fn reserve(&self) -> bool {
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -243,12 +334,25 @@ impl Endpoint {
             if dropped % 1000 == 1 {
                 tracing::warn!(url = %self.url, dropped, "webhook queue full: event dropped");
             }
-            return;
+            return false;
         }
+        true
+    }
+
+    /// Onto the key's lane, in the place [`Endpoint::reserve`] took.
+    fn send(&self, lane_hash: u64, delivery: Delivery) {
         let lane = &self.lanes[(lane_hash % self.lanes.len() as u64) as usize];
         if lane.send(delivery).is_err() {
             // The delivery arbiter is gone (shutting down).
             self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The delivery is over (delivered or given up): not to be sent again
+    /// after a restart.
+    fn finished(&self, id: &str) {
+        if let Some(journal) = self.journal.get() {
+            journal(JournalEntry::Done { url: &self.url, id });
         }
     }
 
@@ -284,6 +388,68 @@ impl Endpoint {
             last_error_at: health.last_error_at,
             failing_since: health.failing_since,
         }
+    }
+}
+
+/// The deliveries a replay of the journal found queued and not done, in
+/// the order they were queued ([`Webhooks::restore`]).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Replay {
+    /// By the order they were queued in; only those not done.
+    pending: std::collections::BTreeMap<u64, Pending>,
+    queued: u64,
+    /// (url, event id) → its key in `pending`.
+    index: std::collections::HashMap<(String, String), u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Pending {
+    url: String,
+    id: String,
+    lane: u64,
+    body: Vec<u8>,
+    at: SystemTime,
+}
+
+impl Replay {
+    /// A `WebhookQueued` record.
+    pub fn queued(&mut self, url: String, id: String, lane: u64, body: Vec<u8>, at: SystemTime) {
+        self.queued += 1;
+        self.index.insert((url.clone(), id.clone()), self.queued);
+        self.pending.insert(
+            self.queued,
+            Pending {
+                url,
+                id,
+                lane,
+                body,
+                at,
+            },
+        );
+    }
+
+    /// A `WebhookDone` record.
+    pub fn done(&mut self, url: String, id: String) {
+        if let Some(n) = self.index.remove(&(url, id)) {
+            self.pending.remove(&n);
+        }
+    }
+
+    /// The endpoint and event id of each delivery not done, in the order
+    /// they were queued.
+    pub fn pending_ids(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pending
+            .values()
+            .map(|p| (p.url.as_str(), p.id.as_str()))
+    }
+
+    /// Deliveries not done.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
     }
 }
 

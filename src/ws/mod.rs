@@ -175,6 +175,12 @@ pub struct SocketLink {
     backlog: Backlog,
 }
 
+/// An `error` frame: the answer to a command that was refused, so changed
+/// nothing (`Event` writes its `type` first).
+fn is_error_frame(frame: &Frame) -> bool {
+    frame.starts_with(r#"{"type":"error""#)
+}
+
 /// What a link needs of a session actor's address.
 trait SessionAddr: Send + Sync {
     fn push(&self, frames: Frames, after: Lsn) -> Result<(), SendError<Push>>;
@@ -230,7 +236,14 @@ impl SocketLink {
         }
         // Every state change these frames tell of was applied, and so
         // appended, before they were made: the journal's end now covers it.
-        let after = self.journal.as_ref().map_or(0, Journal::appended);
+        // A refusal tells of none: it waits only behind the frames held
+        // before it, never for others' records (while the disk fails, the
+        // error saying so must not wait for the disk).
+        let after = match (&self.journal, &frames) {
+            (None, _) => 0,
+            (Some(_), Frames::One(frame)) if is_error_frame(frame) => 0,
+            (Some(journal), _) => journal.appended(),
+        };
         match self.session.push(frames, after) {
             Ok(()) => Ok(()),
             Err(SendError::Closed(_)) => {
@@ -598,6 +611,17 @@ where
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn error_frames_are_told_apart_from_the_rest() {
+        let error = crate::protocol::error_frame("unavailable", "disk full", Some("r1"));
+        assert!(is_error_frame(&error), "{error}");
+        assert!(!is_error_frame(&crate::protocol::ok_frame(Some("r1"))));
+        let message = crate::protocol::error_frame("x", "y", None);
+        assert!(is_error_frame(&message));
+        let text: Frame = r#"{"type":"message","message":{"text":"{\"type\":\"error\""}}"#.into();
+        assert!(!is_error_frame(&text));
+    }
 
     fn b(s: &[u8]) -> Bytes {
         Bytes::copy_from_slice(s)

@@ -1,0 +1,585 @@
+//! Journal faults with the real binary as a child process on a data dir:
+//! a torn tail and flipped bits in the last segment are cut and logged
+//! (nothing after the cut applied, everything before it there); damage in an
+//! earlier segment or a missing segment stops the start with an error naming
+//! the file and a non-zero exit, changing nothing; a disk that refuses writes
+//! (a file size limit set on the running process) makes customers, agents and
+//! HTTP clients get `unavailable` instead of an acknowledgement, and the
+//! broker takes traffic again by itself once the writes work.
+//!
+//! Each test finds the journal record of a message by its text (bincode keeps
+//! strings as they are), so it knows which messages a cut must keep.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::process::{binary, Broker, Stream};
+use common::*;
+
+/// An admin token the broker accepts (at least 32 characters).
+const ADMIN: &str = "journal-faults-admin-0123456789abcdef";
+/// Segment header and record frame header, as `docs/operations.md` gives them.
+const HEADER_LEN: usize = 24;
+const FRAME_OVERHEAD: usize = 8;
+
+fn command(dir: &Path) -> Command {
+    let mut cmd = binary();
+    cmd.args(["--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN)
+        .env("SWITCHBOARD_CLIENT_LIMITS", "false")
+        .env("SWITCHBOARD_JOURNAL_SEGMENT_BYTES", "64KiB")
+        .env("SWITCHBOARD_SHUTDOWN_TIMEOUT", "5s");
+    cmd
+}
+
+/// The broker on `dir`, listening on a free port.
+fn broker_on(dir: &Path) -> (Broker, Harness) {
+    let mut broker = Broker::start(&mut command(dir));
+    let api = broker.stdout_value("api");
+    let base = api.trim_end_matches("/v1").to_owned();
+    (broker, Harness::external(&base, ADMIN))
+}
+
+/// Start the broker on `dir` expecting it to refuse: its exit code and
+/// what it printed on stderr.
+fn refused_start(dir: &Path) -> (Option<i32>, String) {
+    let out = command(dir).output().expect("run the broker");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn kill_9(mut broker: Broker) {
+    broker.child.kill().expect("kill -9");
+    broker.child.wait().expect("wait");
+}
+
+fn journal_dir(dir: &Path) -> PathBuf {
+    dir.join("journal")
+}
+
+/// The segment files, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(journal_dir(dir))
+        .expect("journal dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The first Lsn a segment's name says.
+fn first_lsn(segment: &Path) -> u64 {
+    let name = segment.file_name().and_then(|n| n.to_str()).expect("name");
+    name["wal-".len()..name.len() - ".seg".len()]
+        .parse()
+        .expect("Lsn in the name")
+}
+
+/// Every record of a segment: (offset of its frame, payload length).
+fn frames(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = HEADER_LEN;
+    while at + FRAME_OVERHEAD <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        assert!(
+            at + FRAME_OVERHEAD + len <= bytes.len(),
+            "torn record at {at} before any damage"
+        );
+        out.push((at, len));
+        at += FRAME_OVERHEAD + len;
+    }
+    assert_eq!(at, bytes.len(), "segment does not end with a whole record");
+    out
+}
+
+/// The frame (offset, payload length) of the first record whose payload
+/// holds `marker`.
+fn record_of(bytes: &[u8], marker: &str) -> Option<(usize, usize)> {
+    frames(bytes).into_iter().find(|&(at, len)| {
+        bytes[at + FRAME_OVERHEAD..at + FRAME_OVERHEAD + len]
+            .windows(marker.len())
+            .any(|w| w == marker.as_bytes())
+    })
+}
+
+/// Message `k`'s text: a unique marker, padded to `size` characters.
+fn text(k: usize, size: usize) -> String {
+    let marker = marker(k);
+    format!("{marker}{}", "x".repeat(size - marker.len()))
+}
+
+fn marker(k: usize) -> String {
+    format!("msg-{k:03}-")
+}
+
+/// Wait until the newest segment stops growing (every record the traffic
+/// caused is written); at most 5 s.
+fn settle(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let size = || {
+        segments(dir)
+            .iter()
+            .map(|p| std::fs::metadata(p).expect("segment").len())
+            .sum::<u64>()
+    };
+    let mut last = size();
+    loop {
+        std::thread::sleep(Duration::from_millis(150));
+        let now = size();
+        if now == last || Instant::now() > deadline {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// A conversation with an agent: the customer sends `n` messages of `size`
+/// characters, each acknowledged, the agent reads each. Returns the customer's
+/// session and the conversation id.
+async fn conversation(h: &Harness, n: usize, size: usize) -> (Agent, Session, String) {
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let session = h.create_session("Ann", None).await;
+    let (mut ws, _) = h.connect_customer(&session).await;
+    let mut conv = String::new();
+    for k in 0..n {
+        let ack = ws.say_with_id(&text(k, size), &format!("m{k}")).await;
+        assert_eq!(ack["seq"], k as u64 + 1, "{ack}");
+        conv = s(&ack["conversation_id"]);
+        if k == 0 {
+            // The first message comes with the task.
+            desk.take_offer().await;
+        } else {
+            desk.recv_message_text(&text(k, size)).await;
+        }
+    }
+    (alice, session, conv)
+}
+
+/// After a restart: the conversation holds exactly messages `0..kept`, and
+/// it goes on (the next message gets the next `seq`, the agent still holds
+/// the task and gets it).
+async fn assert_kept(
+    h: &Harness,
+    alice: &Agent,
+    session: &Session,
+    conv: &str,
+    kept: usize,
+    size: usize,
+) {
+    let messages = h.messages(conv).await;
+    let expected: Vec<String> = (0..kept).map(|k| text(k, size)).collect();
+    let got = texts(&messages["messages"]);
+    assert_eq!(
+        got.iter().map(|t| &t[..8]).collect::<Vec<_>>(),
+        expected.iter().map(|t| &t[..8]).collect::<Vec<_>>(),
+        "messages after the restart"
+    );
+    assert_eq!(got, expected);
+    assert_gap_free(&messages["messages"]);
+    let (mut desk, hello) = h.connect_agent(alice).await;
+    assert_eq!(hello["tasks"][0]["conversation_id"], conv, "{hello}");
+    let (mut ws, history) = h.connect_customer(session).await;
+    let last_seq = seqs(&history["messages"]).last().copied().unwrap_or(0);
+    assert_eq!(last_seq, kept as u64, "the customer's history");
+    let ack = ws.say("after the restart").await;
+    assert_eq!(ack["seq"], kept as u64 + 1, "{ack}");
+    desk.recv_message_text("after the restart").await;
+}
+
+/// The log line of the cut; asserts it names the segment, offset and count.
+fn assert_cut_logged(broker: &mut Broker, segment: &Path, offset: usize, records: usize) {
+    let line = broker.wait_for(Stream::Err, "the cut's log line", |l| {
+        l.contains("journal: cut a torn or corrupt tail of the last segment")
+    });
+    for part in [
+        format!("segment={}", segment.display()),
+        format!("offset={offset} "),
+        format!("records={records} "),
+    ] {
+        assert!(line.contains(&part), "{part:?} not in {line:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_and_logged_and_everything_before_it_is_there() {
+    const SIZE: usize = 300;
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, h) = broker_on(dir.path());
+    let (alice, session, conv) = conversation(&h, 8, SIZE).await;
+    settle(dir.path());
+    kill_9(broker);
+
+    // Cut in the middle of message 5's record, as a crash during its write
+    // leaves it: messages 5.. are gone, 0..5 are whole.
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let bytes = std::fs::read(&segment).expect("read");
+    let (at, len) = record_of(&bytes, &marker(5)).expect("message 5's record");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open");
+    file.set_len((at + FRAME_OVERHEAD + len / 2) as u64)
+        .expect("truncate");
+    drop(file);
+
+    let (mut broker, h) = broker_on(dir.path());
+    assert_cut_logged(&mut broker, &segment, at, 1);
+    assert_kept(&h, &alice, &session, &conv, 5, SIZE).await;
+    kill_9(broker);
+    // The torn bytes are gone: the records written since follow the last
+    // good one (`frames` reads the file through to its end).
+    let bytes = std::fs::read(&segment).expect("read");
+    let after: Vec<usize> = frames(&bytes).iter().map(|(o, _)| *o).collect();
+    assert!(after.contains(&at), "a record starts where the cut was");
+    println!("torn tail: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_bits_in_the_last_segment_cut_from_the_bad_record() {
+    const SIZE: usize = 300;
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, h) = broker_on(dir.path());
+    let (alice, session, conv) = conversation(&h, 8, SIZE).await;
+    settle(dir.path());
+    kill_9(broker);
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let pristine = std::fs::read(&segment).expect("read");
+
+    // In the last record: that record alone is cut.
+    let all = frames(&pristine);
+    let &(last, last_len) = all.last().expect("records");
+    let mut bytes = pristine.clone();
+    bytes[last + FRAME_OVERHEAD + last_len / 2] ^= 0x04;
+    std::fs::write(&segment, &bytes).expect("write");
+    let kept = (0..8)
+        .take_while(|&k| record_of(&pristine, &marker(k)).is_some_and(|(at, _)| at < last))
+        .count();
+    let (mut broker, h) = broker_on(dir.path());
+    assert_cut_logged(&mut broker, &segment, last, 1);
+    assert_kept(&h, &alice, &session, &conv, kept, SIZE).await;
+    drop(broker);
+
+    // In an earlier record (message 3's): that record and every one after
+    // it are cut, though they are whole; the log line counts them.
+    let bytes = std::fs::read(&segment).expect("read");
+    let (at, len) = record_of(&bytes, &marker(3)).expect("message 3's record");
+    let after = frames(&bytes).iter().filter(|(o, _)| *o >= at).count();
+    assert!(after > 1, "records after message 3: {after}");
+    let mut flipped = bytes.clone();
+    flipped[at + FRAME_OVERHEAD + len / 2] ^= 0x20;
+    std::fs::write(&segment, &flipped).expect("write");
+    let (mut broker, h) = broker_on(dir.path());
+    assert_cut_logged(&mut broker, &segment, at, after);
+    assert_kept(&h, &alice, &session, &conv, 3, SIZE).await;
+    println!("flipped bits in the last segment: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_in_an_earlier_segment_or_a_missing_segment_refuses_the_start() {
+    // Records of about 3 KB in 64 KiB segments: 3 segments or more.
+    const SIZE: usize = 3000;
+    const N: usize = 50;
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, h) = broker_on(dir.path());
+    let (alice, session, conv) = conversation(&h, N, SIZE).await;
+    settle(dir.path());
+    kill_9(broker);
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3, "segments: {segs:?}");
+
+    // A flipped bit in a record of the first segment.
+    let first = &segs[0];
+    let pristine = std::fs::read(first).expect("read");
+    let (at, len) = record_of(&pristine, &marker(2)).expect("message 2's record");
+    let mut bytes = pristine.clone();
+    bytes[at + FRAME_OVERHEAD + len / 2] ^= 0x01;
+    std::fs::write(first, &bytes).expect("write");
+    let (code, stderr) = refused_start(dir.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    let expected = format!(
+        "journal corrupt: {} at byte {at}: record checksum mismatch (not the last segment",
+        first.display()
+    );
+    assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
+    assert_eq!(std::fs::read(first).expect("read"), bytes, "nothing cut");
+    std::fs::write(first, &pristine).expect("restore");
+
+    // A middle segment missing.
+    let middle = &segs[1];
+    let kept_aside = dir.path().join("kept-aside.seg");
+    std::fs::rename(middle, &kept_aside).expect("move aside");
+    let (code, stderr) = refused_start(dir.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    let expected = format!(
+        "journal segment missing in {}: records from Lsn {} are needed, but the next segment \
+         starts at Lsn {}",
+        journal_dir(dir.path()).display(),
+        first_lsn(middle),
+        first_lsn(&segs[2])
+    );
+    assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
+    assert_eq!(
+        segments(dir.path()).len(),
+        segs.len() - 1,
+        "nothing removed"
+    );
+    std::fs::rename(&kept_aside, middle).expect("put back");
+
+    // The refusals changed nothing: with the files back, every message is.
+    let (_broker, h) = broker_on(dir.path());
+    assert_kept(&h, &alice, &session, &conv, N, SIZE).await;
+    println!(
+        "earlier segment damaged, segment missing: {:?}",
+        started.elapsed()
+    );
+}
+
+/// Set the running broker's file size limit (soft; the hard one stays).
+fn file_size_limit(broker: &Broker, limit: &str) {
+    let status = Command::new("prlimit")
+        .arg("--pid")
+        .arg(broker.child.id().to_string())
+        .arg(format!("--fsize={limit}:"))
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit --fsize={limit}:");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_failing_are_refused_with_unavailable_and_the_broker_recovers_by_itself() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut broker, h) = broker_on(dir.path());
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let (session, mut ws, _) = h.customer_with_message("Ann", "hello").await;
+    let (_, assigned) = desk.take_offer().await;
+    let conv = s(&assigned["task"]["conversation_id"]);
+    settle(dir.path());
+
+    // The disk is full: no file may grow past its size (the journal's
+    // writes fail with EFBIG, the broker ignoring SIGXFSZ).
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let size = std::fs::metadata(&segment).expect("segment").len();
+    file_size_limit(&broker, &size.to_string());
+
+    // Taken before the failure shows: a new session's record. Its request
+    // waits, unanswered, for the disk.
+    let waiting = {
+        let h = Harness::external(&h.base, ADMIN);
+        tokio::spawn(async move {
+            h.request(
+                reqwest::Method::POST,
+                "/v1/webchat/sessions",
+                None,
+                Some(&serde_json::json!({"name": "Carl"})),
+            )
+            .await
+        })
+    };
+    broker.wait_for(Stream::Err, "the write failure's log line", |l| {
+        l.contains("journal write failed; appends refused until it works again")
+            && l.contains("File too large")
+    });
+    wait_health(&h, 503).await;
+    let health = h.get("/healthz", None).await;
+    assert_eq!((health.status, health.error_code()), (503, "unavailable"));
+    assert!(health.text.contains("File too large"), "{}", health.text);
+    // Refused while it fails: the customer, the agent, an HTTP request.
+    ws.send(serde_json::json!({"type": "message", "text": "refused", "client_msg_id": "refused", "ref": "refused"}))
+        .await;
+    let error = ws.expect_error("refused", "unavailable").await;
+    assert!(
+        s(&error["message"]).contains("journal write failed"),
+        "{error}"
+    );
+    let error = desk
+        .call_err(
+            serde_json::json!({"type": "send", "conversation_id": conv, "text": "no", "client_msg_id": "no"}),
+            "unavailable",
+        )
+        .await;
+    assert!(
+        s(&error["message"]).contains("journal write failed"),
+        "{error}"
+    );
+    let resp = h
+        .request(
+            reqwest::Method::POST,
+            "/v1/webchat/sessions",
+            None,
+            Some(&serde_json::json!({"name": "Bob"})),
+        )
+        .await;
+    assert_eq!(
+        (resp.status, resp.error_code()),
+        (503, "unavailable"),
+        "{}",
+        resp.text
+    );
+    assert!(
+        !waiting.is_finished(),
+        "a request answered before its record was written"
+    );
+
+    // Space returns: the waiting request is answered, new messages are
+    // taken; nothing refused was stored.
+    file_size_limit(&broker, "unlimited");
+    broker.wait_for(Stream::Err, "the recovery's log line", |l| {
+        l.contains("journal writes work again")
+    });
+    wait_health(&h, 200).await;
+    let carl = waiting.await.expect("the waiting request");
+    assert_eq!(carl.status, 201, "{}", carl.text);
+    let ack = ws.say_with_id("after", "after").await;
+    assert_eq!(ack["seq"], 2);
+    desk.recv_message_text("after").await;
+    desk.agent_send(&conv, "welcome back", "r1").await;
+    kill_9(broker);
+
+    let (_broker, h) = broker_on(dir.path());
+    let messages = h.messages(&conv).await;
+    assert_eq!(
+        texts(&messages["messages"]),
+        ["hello", "after", "welcome back"]
+    );
+    assert_gap_free(&messages["messages"]);
+    let (_ws, history) = h.connect_customer(&session).await;
+    assert_eq!(seqs(&history["messages"]), [1, 2, 3]);
+    // The session whose creation waited for the disk is kept: its token
+    // connects.
+    let carl = Session {
+        id: s(&carl.body["session_id"]),
+        token: s(&carl.body["token"]),
+        name: "Carl".into(),
+    };
+    let (mut carl_ws, _) = h.connect_customer(&carl).await;
+    carl_ws.say("hello from Carl").await;
+    println!("failing writes: {:?}", started.elapsed());
+}
+
+/// The broker with stdout and stderr written to files in `logs` (as under
+/// a service manager writing to the same disk); killed when dropped.
+struct LoggingToFiles {
+    child: std::process::Child,
+    stderr: PathBuf,
+}
+
+impl Drop for LoggingToFiles {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn broker_logging_to_files(dir: &Path, logs: &Path) -> (LoggingToFiles, Harness) {
+    let stdout = logs.join("stdout.log");
+    let stderr = logs.join("stderr.log");
+    let child = command(dir)
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("spawn");
+    let broker = LoggingToFiles { child, stderr };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+        if let Some(line) = out
+            .lines()
+            .find(|l| l.starts_with("api:") && out.contains('\n'))
+        {
+            let base = line["api:".len()..]
+                .trim()
+                .trim_end_matches("/v1")
+                .to_owned();
+            return (broker, Harness::external(&base, ADMIN));
+        }
+        assert!(Instant::now() < deadline, "no api line in {out:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Poll `/healthz` until it answers `status`.
+async fn wait_health(h: &Harness, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if h.get("/healthz", None).await.status == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_that_also_holds_the_log_file_is_survived() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = tempfile::tempdir().expect("log dir");
+    let (broker, h) = broker_logging_to_files(dir.path(), logs.path());
+    h.create_session("Ann", None).await;
+    settle(dir.path());
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let size = std::fs::metadata(&segment).expect("segment").len();
+    let status = Command::new("prlimit")
+        .arg("--pid")
+        .arg(broker.child.id().to_string())
+        .arg(format!("--fsize={size}:"))
+        .status()
+        .expect("run prlimit");
+    assert!(status.success());
+
+    // The first change waits; the journal's error cannot be logged (the
+    // log file is past the limit too), and the broker goes on.
+    let waiting = {
+        let h = Harness::external(&h.base, ADMIN);
+        tokio::spawn(async move {
+            h.request(
+                reqwest::Method::POST,
+                "/v1/webchat/sessions",
+                None,
+                Some(&serde_json::json!({"name": "Bob"})),
+            )
+            .await
+        })
+    };
+    wait_health(&h, 503).await;
+    let refused = h
+        .request(
+            reqwest::Method::POST,
+            "/v1/webchat/sessions",
+            None,
+            Some(&serde_json::json!({"name": "Carl"})),
+        )
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+
+    let status = Command::new("prlimit")
+        .arg("--pid")
+        .arg(broker.child.id().to_string())
+        .arg("--fsize=unlimited:")
+        .status()
+        .expect("run prlimit");
+    assert!(status.success());
+    wait_health(&h, 200).await;
+    let bob = waiting.await.expect("the waiting request");
+    assert_eq!(bob.status, 201, "{}", bob.text);
+    h.create_session("Dan", None).await;
+    let log = std::fs::read_to_string(&broker.stderr).expect("log");
+    assert!(log.contains("journal writes work again"), "{log}");
+    println!("full disk holding the log: {:?}", started.elapsed());
+}
