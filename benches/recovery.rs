@@ -119,6 +119,7 @@ fn conversation_records(out: &mut Vec<Vec<u8>>, i: u64, assign: bool, messages: 
         history_full: false,
         pending_transfer: None,
         transfers: Vec::new(),
+        assigned_at: None,
     })));
     out.push(encode(RecordRef::Webchat(
         &WebchatEvent::ConversationOpened {
