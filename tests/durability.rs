@@ -140,9 +140,9 @@ async fn customer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_load_loses_no_acknowledged_message_and_duplicates_none() {
-    const AGENTS: usize = 10;
-    const CUSTOMERS: usize = 100;
-    const MESSAGES: usize = 20;
+    const AGENTS: usize = 100;
+    const CUSTOMERS: usize = 1_000;
+    const MESSAGES: usize = 6;
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut broker, h) = broker_on(dir.path());
     let mut agents = Vec::new();

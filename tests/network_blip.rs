@@ -79,8 +79,8 @@ async fn proxy(upstream: SocketAddr) -> Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blip_cutting_every_socket_at_once_loses_and_moves_nothing() {
-    const AGENTS: usize = 40;
-    const CUSTOMERS: usize = 400;
+    const AGENTS: usize = 200;
+    const CUSTOMERS: usize = 2_000;
     let h = start();
     let upstream: SocketAddr = h.base.trim_start_matches("http://").parse().expect("addr");
     let proxy = proxy(upstream).await;
@@ -180,6 +180,9 @@ async fn a_blip_cutting_every_socket_at_once_loses_and_moves_nothing() {
         })
         .await;
     }
-    // Memory back where it was: the storm left nothing behind.
-    assert_rss_grew_less_than(rss, 16 * 1024, "after the reconnect storm");
+    // Memory back where it was: the storm left nothing behind (within an
+    // eighth of what the process held before it: allocator slack for 4,400
+    // sockets reopened at once; replaying whole histories to everyone, or
+    // keeping the cut sessions, would be far more).
+    assert_rss_grew_less_than(rss, (rss / 8).max(16 * 1024), "after the reconnect storm");
 }
