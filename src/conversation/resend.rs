@@ -4,13 +4,13 @@
 //!
 //! The window is the conversation's newest [`RESEND_WINDOW`] messages. An
 //! index of fingerprints (author, agent, `client_msg_id` hashed to 64 bits)
-//! and positions keeps the lookup from comparing strings with every message
-//! of the window: it catches up with the history lazily, so a conversation
+//! and positions makes the lookup one hash instead of a comparison with
+//! every message of the window: it catches up with the history lazily, so a conversation
 //! rebuilt from the journal needs nothing but its messages, and a hit is
 //! checked against the message itself, so a fingerprint collision cannot
 //! answer with another message.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use crate::protocol::{Author, Message};
@@ -19,11 +19,14 @@ use crate::protocol::{Author, Message};
 /// is looked for in.
 pub const RESEND_WINDOW: usize = 256;
 
-/// Fingerprints of the window's messages that carry a `client_msg_id`,
-/// oldest first, with their positions in the history.
+/// Fingerprints of the window's messages that carry a `client_msg_id`:
+/// in the order they were appended (to forget them as they leave the
+/// window), and by fingerprint (the newest position of each), so a lookup
+/// costs one hash, not a scan of the window.
 #[derive(Debug, Default)]
 pub struct ResendIndex {
     recent: VecDeque<(u64, u32)>,
+    newest: HashMap<u64, u32, FixedState>,
     /// The history's length the index has seen.
     seen: usize,
 }
@@ -42,6 +45,21 @@ impl ResendIndex {
         self.catch_up(history);
         let wanted = fingerprint(from, agent, client_msg_id);
         let oldest = history.len().saturating_sub(RESEND_WINDOW);
+        let is_it = |m: &&Message| {
+            m.from == from
+                && m.client_msg_id.as_deref() == Some(client_msg_id)
+                && (from != Author::Agent || m.agent_id.as_deref() == agent)
+        };
+        let newest = self.newest.get(&wanted).map(|at| *at as usize)?;
+        if let Some(m) = history
+            .get(newest)
+            .filter(|_| newest >= oldest)
+            .filter(is_it)
+        {
+            return Some(m);
+        }
+        // Another message has the same fingerprint (a 64-bit collision):
+        // look through the window's messages with it.
         self.recent
             .iter()
             .rev()
@@ -49,11 +67,7 @@ impl ResendIndex {
             .map(|(_, at)| *at as usize)
             .filter(|at| *at >= oldest)
             .filter_map(|at| history.get(at))
-            .find(|m| {
-                m.from == from
-                    && m.client_msg_id.as_deref() == Some(client_msg_id)
-                    && (from != Author::Agent || m.agent_id.as_deref() == agent)
-            })
+            .find(is_it)
     }
 
     /// Index the messages appended since the last call, and forget those
@@ -66,26 +80,32 @@ impl ResendIndex {
                     Author::Agent => m.agent_id.as_deref(),
                     _ => None,
                 };
-                self.recent
-                    .push_back((fingerprint(m.from, agent, id), at as u32));
+                let print = fingerprint(m.from, agent, id);
+                self.recent.push_back((print, at as u32));
+                self.newest.insert(print, at as u32);
             }
         }
         self.seen = history.len();
         let oldest = history.len().saturating_sub(RESEND_WINDOW);
-        while self
-            .recent
-            .front()
-            .is_some_and(|(_, at)| (*at as usize) < oldest)
-        {
+        while let Some(&(print, at)) = self.recent.front() {
+            if (at as usize) >= oldest {
+                break;
+            }
             self.recent.pop_front();
+            if self.newest.get(&print) == Some(&at) {
+                self.newest.remove(&print);
+            }
         }
     }
 }
 
+/// Fingerprints are already hashes: the map keyed by them needs no seed of
+/// its own (and a fixed one is fine: they are compared within one process,
+/// and every hit is checked against the message).
+type FixedState = foldhash::fast::FixedState;
+
 fn fingerprint(from: Author, agent: Option<&str>, client_msg_id: &str) -> u64 {
-    // A fixed seed: fingerprints are compared within one process only, and
-    // every hit is checked against the message.
-    let mut h = foldhash::fast::FixedState::with_seed(0x5b_d1_e9_95).build_hasher();
+    let mut h = FixedState::with_seed(0x5b_d1_e9_95).build_hasher();
     std::mem::discriminant(&from).hash(&mut h);
     agent.hash(&mut h);
     client_msg_id.hash(&mut h);
