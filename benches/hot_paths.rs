@@ -40,7 +40,7 @@ fn message(text: &str) -> Message {
 fn frames(c: &mut Criterion) {
     let send = r#"{"type":"send","conversation_id":"cv_1f","text":"Thanks, I can help with that order.","client_msg_id":"x-17","ref":"r9"}"#;
     c.bench_function("parse agent send command", |b| {
-        b.iter(|| serde_json::from_str::<AgentCommand>(black_box(send)).expect("valid"))
+        b.iter(|| AgentCommand::parse(black_box(send)).expect("valid"))
     });
     let m = message("Hello, my order 4411 has not arrived yet, can you check?");
     c.bench_function("encode message event once", |b| {

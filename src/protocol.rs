@@ -12,6 +12,7 @@ mod stats;
 pub use event::{Event, RescindReason, SupervisorAction};
 pub use stats::{AgentCounts, QueueStats, QueueToday};
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -485,6 +486,73 @@ pub enum CustomerCommand {
     },
 }
 
+impl AgentCommand {
+    /// Parse a desk's command. The one sent per chat message, `send`, is read
+    /// straight into its fields; serde's internally tagged enums first buffer
+    /// every field into a tree of their own to find `type`, which cost more
+    /// than the rest of the command's handling. Anything else, or a `send`
+    /// that does not read that way, goes through the enum, whose errors are
+    /// the ones documented.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Send<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: Cow<'a, str>,
+            conversation_id: String,
+            #[serde(default)]
+            text: String,
+            #[serde(default)]
+            attachments: Vec<String>,
+            #[serde(default)]
+            client_msg_id: Option<String>,
+            #[serde(default)]
+            canned_id: Option<String>,
+            #[serde(default, rename = "ref")]
+            reference: Option<String>,
+        }
+        match serde_json::from_str::<Send>(text) {
+            Ok(s) if s.kind == "send" => Ok(AgentCommand::Send {
+                conversation_id: s.conversation_id,
+                text: s.text,
+                attachments: s.attachments,
+                client_msg_id: s.client_msg_id,
+                canned_id: s.canned_id,
+                reference: s.reference,
+            }),
+            _ => serde_json::from_str(text),
+        }
+    }
+}
+
+impl CustomerCommand {
+    /// Parse a widget's command; `message` is read straight into its fields
+    /// (see [`AgentCommand::parse`]).
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Message<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: Cow<'a, str>,
+            #[serde(default)]
+            text: String,
+            #[serde(default)]
+            attachments: Vec<String>,
+            #[serde(default)]
+            client_msg_id: Option<String>,
+            #[serde(default, rename = "ref")]
+            reference: Option<String>,
+        }
+        match serde_json::from_str::<Message>(text) {
+            Ok(m) if m.kind == "message" => Ok(CustomerCommand::Message {
+                text: m.text,
+                attachments: m.attachments,
+                client_msg_id: m.client_msg_id,
+                reference: m.reference,
+            }),
+            _ => serde_json::from_str(text),
+        }
+    }
+}
+
 /// Pull the client's `ref` out of a frame that failed typed parsing, so even a
 /// rejected command's error carries it.
 pub fn salvage_ref(text: &str) -> Option<String> {
@@ -497,15 +565,25 @@ pub type Frame = ByteString;
 
 /// Encode any serializable event once.
 pub fn frame<T: Serialize>(value: &T) -> Frame {
+    // Room for a `message` event at once: growing the buffer 128 → 256 → 512
+    // as the encoder goes was a realloc chain per frame.
+    let mut out = Vec::with_capacity(FRAME_CAPACITY);
     // Serializing our own plain structs cannot fail (no maps with non-string
     // keys, no failing Serialize impls); fall back to an error frame regardless.
-    match serde_json::to_string(value) {
+    let encoded = serde_json::to_writer(&mut out, value)
+        .map_err(|e| e.to_string())
+        .and_then(|()| String::from_utf8(out).map_err(|e| e.to_string()));
+    match encoded {
         Ok(s) => ByteString::from(s),
         Err(e) => ByteString::from(format!(
             r#"{{"type":"error","code":"internal","message":"encode failed: {e}","ref":null}}"#
         )),
     }
 }
+
+/// The buffer a frame is encoded into starts this large: a chat `message`
+/// event with a short text fits.
+const FRAME_CAPACITY: usize = 512;
 
 /// Build a `{"type":"error",...}` frame.
 pub fn error_frame(code: &str, message: &str, reference: Option<&str>) -> Frame {
@@ -541,7 +619,61 @@ pub mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(*t))
+        let mut buf = [0u8; MILLIS_LEN];
+        match format_millis(*t, &mut buf) {
+            Some(text) => s.serialize_str(text),
+            None => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+        }
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`
+    const MILLIS_LEN: usize = 24;
+
+    /// A time as `YYYY-MM-DDTHH:MM:SS.mmmZ`, written without the formatting
+    /// machinery: every message event carries one, and `collect_str` with
+    /// humantime's `Display` cost more than the rest of the event's fields.
+    /// None outside 1970..=9999 (those go through humantime).
+    pub(super) fn format_millis(t: SystemTime, buf: &mut [u8; MILLIS_LEN]) -> Option<&str> {
+        let since = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+        let secs = since.as_secs();
+        let days = secs / 86_400;
+        if days >= 2_932_897 {
+            return None; // 10000-01-01 and after
+        }
+        let (year, month, day) = civil_from_days(days);
+        let rem = secs % 86_400;
+        let fields = [
+            (0, 4, u64::from(year)),
+            (5, 2, u64::from(month)),
+            (8, 2, u64::from(day)),
+            (11, 2, rem / 3_600),
+            (14, 2, rem / 60 % 60),
+            (17, 2, rem % 60),
+            (20, 3, u64::from(since.subsec_millis())),
+        ];
+        *buf = *b"0000-00-00T00:00:00.000Z";
+        for (at, width, mut value) in fields {
+            for i in (at..at + width).rev() {
+                buf[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        std::str::from_utf8(buf).ok()
+    }
+
+    /// The proleptic Gregorian date of a day count since 1970-01-01
+    /// (days ≥ 0), by eras of 400 years.
+    fn civil_from_days(days: u64) -> (u32, u32, u32) {
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = (yoe + era * 400) as u32 + u32::from(month <= 2);
+        (year, month, day)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
@@ -557,7 +689,7 @@ pub mod rfc3339 {
 
         pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
             match t {
-                Some(t) => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+                Some(t) => super::serialize(t, s),
                 None => s.serialize_none(),
             }
         }
@@ -601,6 +733,87 @@ mod tests {
         let p: PerChannel = serde_json::from_str(r#"{"sms":2}"#).unwrap();
         assert_eq!(p.get(ChannelKind::Sms), 2);
         assert_eq!(p.get(ChannelKind::Webchat), 0);
+    }
+
+    #[test]
+    fn the_fast_parse_reads_what_the_enum_reads_and_fails_as_it_fails() {
+        let agent = [
+            r#"{"type":"send","conversation_id":"cv_1","text":"hi","ref":"r1"}"#,
+            r#"{"conversation_id":"cv_1","client_msg_id":"c1","type":"send","attachments":["f_1"]}"#,
+            r#"{"type":"send","conversation_id":"cv_1","canned_id":"greet","extra":1}"#,
+            r#"{"type":"s\u0065nd","conversation_id":"cv_1","text":"esc\"aped"}"#,
+            r#"{"type":"send","text":"no conversation"}"#,
+            r#"{"type":"send","conversation_id":7}"#,
+            r#"{"type":"send","conversation_id":"cv_1","text":"a","text":"b"}"#,
+            r#"{"type":"accept","task_id":"t_1"}"#,
+            r#"{"type":"dance"}"#,
+            r#"{"conversation_id":"cv_1"}"#,
+            r#"not json"#,
+        ];
+        for text in agent {
+            let fast = AgentCommand::parse(text).map(|c| format!("{c:?}"));
+            let slow = serde_json::from_str::<AgentCommand>(text).map(|c| format!("{c:?}"));
+            assert_eq!(
+                fast.map_err(|e| e.to_string()),
+                slow.map_err(|e| e.to_string()),
+                "{text}"
+            );
+        }
+        let customer = [
+            r#"{"type":"message","text":"hi","client_msg_id":"c1","ref":"r"}"#,
+            r#"{"text":"type last","type":"message"}"#,
+            r#"{"type":"message","attachments":"f_1"}"#,
+            r#"{"type":"typing"}"#,
+            r#"{"type":"leave","ref":"x"}"#,
+            r#"{"type":"shout"}"#,
+            r#"[]"#,
+        ];
+        for text in customer {
+            let fast = CustomerCommand::parse(text).map(|c| format!("{c:?}"));
+            let slow = serde_json::from_str::<CustomerCommand>(text).map(|c| format!("{c:?}"));
+            assert_eq!(
+                fast.map_err(|e| e.to_string()),
+                slow.map_err(|e| e.to_string()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn times_are_written_as_humantime_writes_them() {
+        use std::time::Duration;
+        let mut buf = [0u8; 24];
+        let mut check = |ms: u64| {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            let ours = rfc3339::format_millis(t, &mut buf).map(str::to_owned);
+            assert_eq!(
+                ours.as_deref(),
+                Some(humantime::format_rfc3339_millis(t).to_string().as_str()),
+                "{ms} ms"
+            );
+        };
+        // Epoch, leap days, century and 400-year rules, ends of years, the
+        // last millisecond of 9999.
+        for ms in [
+            0,
+            1,
+            86_399_999,
+            951_782_400_000,   // 2000-02-29
+            951_868_799_999,   // 2000-02-29T23:59:59.999
+            4_107_542_400_000, // 2100-03-01
+            1_700_000_000_123,
+            253_402_300_799_999,
+        ] {
+            check(ms);
+        }
+        // A spread of times from 1970 to 9999.
+        let mut ms: u64 = 12_345;
+        while ms < 253_402_300_799_999 {
+            check(ms);
+            ms = ms * 3 / 2 + 86_399_997;
+        }
+        let after = SystemTime::UNIX_EPOCH + Duration::from_millis(253_402_300_800_000);
+        assert_eq!(rfc3339::format_millis(after, &mut buf), None);
     }
 
     #[test]

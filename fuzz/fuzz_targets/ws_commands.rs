@@ -1,5 +1,5 @@
 //! Any text frame a desk or a customer socket can send: the command parsers
-//! and the `ref` salvage used to answer a frame that does not parse.
+//! (each against its tagged enum) and the `ref` salvage used to answer a frame that does not parse.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,7 +9,19 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = serde_json::from_str::<AgentCommand>(text);
-    let _ = serde_json::from_str::<CustomerCommand>(text);
+    // The sockets' parsers (a fast path for `send` and `message`), which
+    // must read and refuse exactly what the tagged enums do.
+    let agent = AgentCommand::parse(text).map(|c| format!("{c:?}"));
+    let enum_agent = serde_json::from_str::<AgentCommand>(text).map(|c| format!("{c:?}"));
+    assert_eq!(
+        agent.map_err(|e| e.to_string()),
+        enum_agent.map_err(|e| e.to_string())
+    );
+    let customer = CustomerCommand::parse(text).map(|c| format!("{c:?}"));
+    let enum_customer = serde_json::from_str::<CustomerCommand>(text).map(|c| format!("{c:?}"));
+    assert_eq!(
+        customer.map_err(|e| e.to_string()),
+        enum_customer.map_err(|e| e.to_string())
+    );
     let _ = salvage_ref(text);
 });

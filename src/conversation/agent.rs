@@ -15,7 +15,7 @@ use crate::attachments::Sender;
 use crate::channel::{has_messaging_window, CustomerEvent};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::protocol::{Author, ChannelKind, Id, TaskState};
+use crate::protocol::{Author, ChannelKind, Event, Id, TaskState};
 use crate::router::RescindReason;
 
 /// An agent's reply.
@@ -80,11 +80,8 @@ impl Handler<AgentSend> for Conversation {
         self.append(Author::Agent, msg.text, attachments, msg.client_msg_id);
         Metrics::bump(&self.broker.metrics.messages_out);
         let message = self.last_message();
-        let to_customer = self.message_frame(message, None);
-        let echo = match msg.reference.as_deref() {
-            Some(r) => self.message_frame(message, Some(r)),
-            None => to_customer.clone(),
-        };
+        let (to_customer, echo) =
+            Event::message_frames(&self.state.id, message, msg.reference.as_deref());
         self.to_agent(&msg.from, AgentFrameKind::Message, echo);
         self.message_to_customer(to_customer, None, true);
     }

@@ -61,6 +61,10 @@ impl Conversation {
         agent: Option<Addr<Agent>>,
         enqueue: bool,
     ) -> Self {
+        // Counted now, while the journal is replayed, not when the actor
+        // starts on its worker: `/v1/stats` right after the start sees every
+        // restored task.
+        broker.metrics.task_moved(None, state.task_state);
         Conversation {
             enqueue_on_start: enqueue,
             broker: broker.clone(),
@@ -79,8 +83,8 @@ impl Conversation {
         }
     }
 
-    /// Started from the journal (it has no opening to process): count the
-    /// task and start the timers its state had.
+    /// Started from the journal (it has no opening to process): start the
+    /// timers its state had (the task was counted when it was restored).
     pub(super) fn resume(&mut self, ctx: &mut Context<Self>) {
         if std::mem::take(&mut self.enqueue_on_start) {
             // Its arrival never reached the router's journal: arrive again
@@ -97,7 +101,6 @@ impl Conversation {
                 conversation: ctx.address(),
             });
         }
-        self.broker.metrics.task_moved(None, self.state.task_state);
         self.resend_pending();
         let since_end = |total: Duration| {
             let ended = self.state.ended_at.unwrap_or_else(SystemTime::now);

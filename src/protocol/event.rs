@@ -336,6 +336,44 @@ impl Event<'_> {
         super::frame(self)
     }
 
+    /// A `message` event twice: as everyone gets it (`ref` null) and as the
+    /// sender gets it, with its command's `ref`. Encoded once: the `ref` is
+    /// written in place of the `null` that ends the first.
+    pub fn message_frames(
+        conversation_id: &Id,
+        message: &Message,
+        reference: Option<&str>,
+    ) -> (Frame, Frame) {
+        let plain = Event::Message {
+            conversation_id: conversation_id.clone(),
+            message: Cow::Borrowed(message),
+            reference: None,
+        }
+        .frame();
+        let Some(r) = reference else {
+            return (plain.clone(), plain);
+        };
+        const TAIL: &str = r#""ref":null}"#;
+        let spliced = plain.strip_suffix(TAIL).and_then(|head| {
+            let r = serde_json::to_string(r).ok()?;
+            let mut s = String::with_capacity(head.len() + r.len() + 8);
+            s.push_str(head);
+            s.push_str(r#""ref":"#);
+            s.push_str(&r);
+            s.push('}');
+            Some(Frame::from(s))
+        });
+        let with_ref = spliced.unwrap_or_else(|| {
+            Event::Message {
+                conversation_id: conversation_id.clone(),
+                message: Cow::Borrowed(message),
+                reference: Some(Cow::Borrowed(r)),
+            }
+            .frame()
+        });
+        (plain, with_ref)
+    }
+
     /// Decode a frame the broker wrote.
     pub fn parse(text: &str) -> Result<Event<'static>, serde_json::Error> {
         serde_json::from_str(text)
@@ -352,6 +390,25 @@ mod tests {
     use super::*;
     use crate::protocol::{Author, Customer, PerChannel};
     use serde_json::{json, Value};
+
+    #[test]
+    fn a_message_with_ref_is_the_message_encoded_with_it() {
+        let m = message();
+        let id: Id = "cv_1".into();
+        for r in [None, Some("r-1"), Some("quote \" back \\ slash \n é")] {
+            let (plain, with_ref) = Event::message_frames(&id, &m, r);
+            let full = |reference: Option<&str>| {
+                Event::Message {
+                    conversation_id: id.clone(),
+                    message: Cow::Borrowed(&m),
+                    reference: reference.map(Cow::Borrowed),
+                }
+                .frame()
+            };
+            assert_eq!(plain, full(None));
+            assert_eq!(with_ref, full(r), "{r:?}");
+        }
+    }
 
     fn message() -> Message {
         Message {

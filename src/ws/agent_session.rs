@@ -70,7 +70,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for AgentSession {
         let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
             return;
         };
-        match serde_json::from_str::<AgentCommand>(&text) {
+        match AgentCommand::parse(&text) {
             Ok(command) => self.agent.do_send(FromDesk {
                 session_id: self.id,
                 command,

@@ -115,7 +115,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CustomerSession {
             return;
         }
         self.refused_in_a_row = 0;
-        match serde_json::from_str::<CustomerCommand>(&text) {
+        match CustomerCommand::parse(&text) {
             Ok(command) => self.channel().do_send(FromCustomer {
                 session: self.session.clone(),
                 socket: self.id,
