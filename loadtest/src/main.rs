@@ -42,7 +42,8 @@ mod texting;
 mod twilio;
 mod whatsapp;
 mod workers;
-mod workflow;
+
+use loadtest::workflow;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -1294,6 +1295,7 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
             conversations: first.conversations,
             limit: first.duration,
             seed: first.seed.unwrap_or(1),
+            chaos: workflow::CHAOS,
         };
         return match workflow::run(opts).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -16,9 +16,9 @@
 //! - the run did what it is about (transfers both kinds, parks, ends
 //!   mid-transfer, disconnects, force-completes all happened).
 //!
-//! `tests/transfers_concurrency.rs` is the same scenario at a tenth of the
-//! size in the debug test suite; this one runs in release mode in CI's load
-//! smoke. The broker it runs against needs short offers
+//! `tests/transfers_concurrency.rs` runs this same code at a tenth of the
+//! size in the debug test suite (the library target); `--workflow` runs it
+//! in release mode in CI's load smoke. The broker it runs against needs short offers
 //! (`--offer-timeout 2s --reoffer-cooldown 300ms`) and no per-client limits
 //! (`--client-limits false`), as `.ci/run` starts it.
 
@@ -41,8 +41,8 @@ type Raw = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Each agent's webchat capacity.
 const CAPACITY: u64 = 3;
-/// How long everyone acts once every customer is connected.
-const CHAOS: Duration = Duration::from_secs(10);
+/// How long everyone acts once every customer is connected, at full size.
+pub const CHAOS: Duration = Duration::from_secs(10);
 /// How long the pause lets what is in flight land before the holder check.
 const PAUSE: Duration = Duration::from_millis(1500);
 
@@ -55,6 +55,8 @@ pub struct Options {
     /// Setup, chaos and drain together must end within this.
     pub limit: Duration,
     pub seed: u64,
+    /// How long everyone acts once every customer is connected.
+    pub chaos: Duration,
 }
 
 #[derive(Default)]
@@ -608,7 +610,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         })
     };
 
-    sleep(CHAOS).await;
+    sleep(opts.chaos).await;
 
     // Pause: nobody acts; once what is in flight has landed, the router and
     // every conversation agree on who holds each assigned task.
