@@ -62,33 +62,22 @@ fn frames(c: &mut Criterion) {
 fn conversation(c: &mut Criterion) {
     let now = SystemTime::now();
     let mut state = ConversationState {
-        id: "cv_1f".into(),
-        task_id: "tk_1f".into(),
-        channel: ChannelKind::Webchat,
-        customer: Customer {
-            address: "wc_1f".into(),
-            name: "Dana".into(),
-        },
-        business: None,
-        skills: vec![],
-        queue: "default".into(),
-        priority: 0,
-        previous: None,
-        last_customer_at: None,
-        created_at: now,
-        ended_at: None,
         task_state: TaskState::Assigned,
         agent_id: Some("alice".into()),
         agent_name: Some("Alice".into()),
-        disposition: None,
-        notes: None,
-        cancel_reason: None,
         messages: (0..20).map(|_| message("earlier message")).collect(),
         history_bytes: 20 * "earlier message".len() as u64,
-        history_full: false,
-        transfers: vec![],
-        pending_transfer: None,
-        assigned_at: None,
+        ..ConversationState::new(
+            "cv_1f".into(),
+            "tk_1f".into(),
+            ChannelKind::Webchat,
+            Customer {
+                address: "wc_1f".into(),
+                name: "Dana".into(),
+            },
+            "default".into(),
+            now,
+        )
     };
     let incoming = message("Hello, my order 4411 has not arrived yet, can you check?");
     c.bench_function("conversation: append + encode once + fan out to 3", |b| {

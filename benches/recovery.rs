@@ -95,32 +95,16 @@ fn conversation_records(out: &mut Vec<Vec<u8>>, i: u64, assign: bool, messages: 
         queue: None,
         client_ip: None,
     })));
-    out.push(encode(RecordRef::ConversationOpened(&ConversationState {
-        id: conv.clone(),
-        task_id: task.clone(),
-        channel: ChannelKind::Webchat,
-        customer: customer.clone(),
-        business: None,
-        skills: vec![],
-        queue: "default".into(),
-        priority: 0,
-        previous: None,
-        last_customer_at: None,
-        created_at: at(i),
-        ended_at: None,
-        task_state: TaskState::Queued,
-        agent_id: None,
-        agent_name: None,
-        disposition: None,
-        notes: None,
-        cancel_reason: None,
-        messages: Vec::new(),
-        history_bytes: 0,
-        history_full: false,
-        pending_transfer: None,
-        transfers: Vec::new(),
-        assigned_at: None,
-    })));
+    out.push(encode(RecordRef::ConversationOpened(
+        &ConversationState::new(
+            conv.clone(),
+            task.clone(),
+            ChannelKind::Webchat,
+            customer.clone(),
+            "default".into(),
+            at(i),
+        ),
+    )));
     out.push(encode(RecordRef::Webchat(
         &WebchatEvent::ConversationOpened {
             session: session.clone(),

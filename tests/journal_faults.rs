@@ -163,6 +163,22 @@ async fn conversation(h: &Harness, n: usize, size: usize) -> (Agent, Session, St
     (alice, session, conv)
 }
 
+/// The journal of `conversation(n, size)` as a crash leaves it: the broker
+/// on a fresh data dir, the conversation, every record written, then
+/// `kill -9`. Returns the data dir, the agent, the customer's session and
+/// the conversation id.
+async fn crashed_after_conversation(
+    n: usize,
+    size: usize,
+) -> (tempfile::TempDir, Agent, Session, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, h) = broker_on(dir.path());
+    let (alice, session, conv) = conversation(&h, n, size).await;
+    settle(dir.path());
+    kill_9(broker);
+    (dir, alice, session, conv)
+}
+
 /// After a restart: the conversation holds exactly messages `0..kept`, and
 /// it goes on (the next message gets the next `seq`, the agent still holds
 /// the task and gets it).
@@ -212,11 +228,7 @@ fn assert_cut_logged(broker: &mut Broker, segment: &Path, offset: usize, records
 async fn a_torn_tail_is_cut_and_logged_and_everything_before_it_is_there() {
     const SIZE: usize = 300;
     let started = Instant::now();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, h) = broker_on(dir.path());
-    let (alice, session, conv) = conversation(&h, 8, SIZE).await;
-    settle(dir.path());
-    kill_9(broker);
+    let (dir, alice, session, conv) = crashed_after_conversation(8, SIZE).await;
 
     // Cut in the middle of message 5's record, as a crash during its write
     // leaves it: messages 5.. are gone, 0..5 are whole.
@@ -247,11 +259,7 @@ async fn a_torn_tail_is_cut_and_logged_and_everything_before_it_is_there() {
 async fn flipped_bits_in_the_last_segment_cut_from_the_bad_record() {
     const SIZE: usize = 300;
     let started = Instant::now();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, h) = broker_on(dir.path());
-    let (alice, session, conv) = conversation(&h, 8, SIZE).await;
-    settle(dir.path());
-    kill_9(broker);
+    let (dir, alice, session, conv) = crashed_after_conversation(8, SIZE).await;
     let segment = segments(dir.path()).pop().expect("a segment");
     let pristine = std::fs::read(&segment).expect("read");
 
@@ -290,11 +298,7 @@ async fn damage_in_an_earlier_segment_or_a_missing_segment_refuses_the_start() {
     const SIZE: usize = 3000;
     const N: usize = 50;
     let started = Instant::now();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, h) = broker_on(dir.path());
-    let (alice, session, conv) = conversation(&h, N, SIZE).await;
-    settle(dir.path());
-    kill_9(broker);
+    let (dir, alice, session, conv) = crashed_after_conversation(N, SIZE).await;
     let segs = segments(dir.path());
     assert!(segs.len() >= 3, "segments: {segs:?}");
 
@@ -346,10 +350,10 @@ async fn damage_in_an_earlier_segment_or_a_missing_segment_refuses_the_start() {
 }
 
 /// Set the running broker's file size limit (soft; the hard one stays).
-fn file_size_limit(broker: &Broker, limit: &str) {
+fn file_size_limit(broker: &std::process::Child, limit: &str) {
     let status = Command::new("prlimit")
         .arg("--pid")
-        .arg(broker.child.id().to_string())
+        .arg(broker.id().to_string())
         .arg(format!("--fsize={limit}:"))
         .status()
         .expect("run prlimit");
@@ -372,7 +376,7 @@ async fn writes_failing_are_refused_with_unavailable_and_the_broker_recovers_by_
     // writes fail with EFBIG, the broker ignoring SIGXFSZ).
     let segment = segments(dir.path()).pop().expect("a segment");
     let size = std::fs::metadata(&segment).expect("segment").len();
-    file_size_limit(&broker, &size.to_string());
+    file_size_limit(&broker.child, &size.to_string());
 
     // Taken before the failure shows: a new session's record. Its request
     // waits, unanswered, for the disk.
@@ -435,7 +439,7 @@ async fn writes_failing_are_refused_with_unavailable_and_the_broker_recovers_by_
 
     // Space returns: the waiting request is answered, new messages are
     // taken; nothing refused was stored.
-    file_size_limit(&broker, "unlimited");
+    file_size_limit(&broker.child, "unlimited");
     broker.wait_for(Stream::Err, "the recovery's log line", |l| {
         l.contains("journal writes work again")
     });
@@ -535,13 +539,7 @@ async fn a_full_disk_that_also_holds_the_log_file_is_survived() {
     settle(dir.path());
     let segment = segments(dir.path()).pop().expect("a segment");
     let size = std::fs::metadata(&segment).expect("segment").len();
-    let status = Command::new("prlimit")
-        .arg("--pid")
-        .arg(broker.child.id().to_string())
-        .arg(format!("--fsize={size}:"))
-        .status()
-        .expect("run prlimit");
-    assert!(status.success());
+    file_size_limit(&broker.child, &size.to_string());
 
     // The first change waits; the journal's error cannot be logged (the
     // log file is past the limit too), and the broker goes on.

@@ -84,31 +84,9 @@ async fn a_restart_keeps_sms_threads_and_their_dedupe() {
     use providers::mock::Api;
     use providers::*;
 
-    const DANA: &str = "+15551230000";
     let dir = tempfile::tempdir().expect("temp dir");
-    let mock = providers::mock::Mock::start();
-    let mut cfg = providers::config(&mock);
-    cfg.data_dir = Some(dir.path().to_owned());
-
-    let env = Env {
-        h: start_with(cfg.clone()),
-        mock,
-    };
-    let (alice, mut desk) = env.agent("alice").await;
-    let r = env
-        .sms_inbound(&sms_params("SM0001", DANA, "where is my order?"))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let (offer, _) = desk.take_offer().await;
-    let conv = s(&offer["task"]["conversation_id"]);
-    drop(desk);
-    let Env { h, mock } = env;
-    drop(h);
-
-    let env = Env {
-        h: start_with(cfg),
-        mock,
-    };
+    let thread = SmsThread::start(dir.path(), "where is my order?").await;
+    let (env, alice, conv) = thread.restart(|_| {});
     let (mut desk, hello) = env.h.connect_agent(&alice).await;
     assert_eq!(
         hello["tasks"][0]["conversation_id"],
@@ -135,6 +113,71 @@ async fn a_restart_keeps_sms_threads_and_their_dedupe() {
         Some("Shipped today.")
     );
     assert_eq!(sends[0].form_value("To").as_deref(), Some(DANA));
+}
+
+/// The customer of the SMS restart tests.
+const DANA: &str = "+15551230000";
+
+/// An SMS conversation before a restart: the broker with the mock provider
+/// on a data dir, `alice` online with the offer of Dana's first text
+/// (`SM0001`) taken.
+struct SmsThread {
+    env: providers::Env,
+    cfg: switchboard::config::Config,
+    alice: Agent,
+    desk: Ws,
+    conv: String,
+}
+
+impl SmsThread {
+    async fn start(dir: &std::path::Path, text: &str) -> SmsThread {
+        let mock = providers::mock::Mock::start();
+        let mut cfg = providers::config(&mock);
+        cfg.data_dir = Some(dir.to_owned());
+        let env = providers::Env {
+            h: start_with(cfg.clone()),
+            mock,
+        };
+        let (alice, mut desk) = env.agent("alice").await;
+        let r = env
+            .sms_inbound(&providers::sms_params("SM0001", DANA, text))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let (offer, _) = desk.take_offer().await;
+        let conv = s(&offer["task"]["conversation_id"]);
+        SmsThread {
+            env,
+            cfg,
+            alice,
+            desk,
+            conv,
+        }
+    }
+
+    /// Stop the broker (the desk first) and start it again on the same data
+    /// dir and mock provider, `while_down` done to the provider in between.
+    /// Gives the new broker, the agent and the conversation.
+    fn restart(
+        self,
+        while_down: impl FnOnce(&providers::mock::Mock),
+    ) -> (providers::Env, Agent, String) {
+        let SmsThread {
+            env,
+            cfg,
+            alice,
+            desk,
+            conv,
+        } = self;
+        drop(desk);
+        let providers::Env { h, mock } = env;
+        drop(h);
+        while_down(&mock);
+        let env = providers::Env {
+            h: start_with(cfg),
+            mock,
+        };
+        (env, alice, conv)
+    }
 }
 
 /// Files come back with the conversations that carry them: the customer's
@@ -221,37 +264,17 @@ async fn a_provider_send_in_flight_at_the_stop_is_sent_after_the_restart() {
     use providers::mock::{Api, Failure};
     use providers::*;
 
-    const DANA: &str = "+15551230000";
     let dir = tempfile::tempdir().expect("temp dir");
-    let mock = providers::mock::Mock::start();
-    let mut cfg = providers::config(&mock);
-    cfg.data_dir = Some(dir.path().to_owned());
-    let env = Env {
-        h: start_with(cfg.clone()),
-        mock,
-    };
-    let (alice, mut desk) = env.agent("alice").await;
-    let r = env.sms_inbound(&sms_params("SM0001", DANA, "hello?")).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let (offer, _) = desk.take_offer().await;
-    let conv = s(&offer["task"]["conversation_id"]);
+    let mut thread = SmsThread::start(dir.path(), "hello?").await;
     // Twilio hangs: the send is in flight when the broker stops.
-    env.mock.fail(
+    thread.env.mock.fail(
         Api::Twilio,
         100,
         Failure::Slow(std::time::Duration::from_secs(30)),
     );
-    let mid = send_ok(&mut desk, &conv, "On its way.", &[]).await;
-    env.mock.wait_sends(Api::Twilio, 1).await;
-    drop(desk);
-    let Env { h, mock } = env;
-    drop(h);
-    mock.heal(Api::Twilio);
-
-    let env = Env {
-        h: start_with(cfg),
-        mock,
-    };
+    let mid = send_ok(&mut thread.desk, &thread.conv, "On its way.", &[]).await;
+    thread.env.mock.wait_sends(Api::Twilio, 1).await;
+    let (env, alice, conv) = thread.restart(|mock| mock.heal(Api::Twilio));
     let sends = env.mock.wait_sends(Api::Twilio, 2).await;
     assert_eq!(sends[1].form_value("Body").as_deref(), Some("On its way."));
     assert_eq!(sends[1].form_value("To").as_deref(), Some(DANA));

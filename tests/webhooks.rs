@@ -153,6 +153,37 @@ fn endpoint(url: &str, secret: &str, events: &[&str]) -> WebhookEndpoint {
     }
 }
 
+/// A receiver answering `mode` at first, and a broker on `cfg` with one
+/// endpoint there for `events` (every event when empty), signed with
+/// [`SECRET_A`]. Also gives that configuration, to start again with.
+async fn start_hooked(
+    mode: u8,
+    events: &[&str],
+    cfg: switchboard::Config,
+) -> (Receiver, Harness, switchboard::Config) {
+    let a = Receiver::start(mode).await;
+    let cfg = switchboard::Config {
+        webhooks: vec![endpoint(&a.url, SECRET_A, events)],
+        ..cfg
+    };
+    let h = start_with(cfg.clone());
+    (a, h, cfg)
+}
+
+/// Alice holding Dana's task, and Bob created but not online yet, on `h`:
+/// where the transfer tests start. Gives Bob, Alice's desk, the
+/// conversation and the task.
+async fn alice_holds_a_task(h: &Harness) -> (Agent, Ws, String, String) {
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut desk_a = h.agent_online(&alice).await;
+    let (_s, _c, ack) = h.customer_with_message("Dana", "hello").await;
+    let cv = s(&ack["conversation_id"]);
+    let (offer, _) = desk_a.take_offer().await;
+    let task = s(&offer["task"]["id"]);
+    (bob, desk_a, cv, task)
+}
+
 /// Poll until `pred` holds, or fail saying `what`.
 async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -436,15 +467,13 @@ async fn every_event_arrives_signed_in_order_through_failure_slowness_and_recove
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_the_newest_events_and_counts_them() {
-    let a = Receiver::start(FAIL).await;
     let cfg = switchboard::Config {
-        webhooks: vec![endpoint(&a.url, SECRET_A, &["task.*", "message.*"])],
         webhook_queue: 3,
         webhook_in_flight: 1,
         webhook_backoff: Duration::from_millis(50),
         ..test_config()
     };
-    let h = start_with(cfg);
+    let (a, h, _) = start_hooked(FAIL, &["task.*", "message.*"], cfg).await;
     // No agent: the conversation waits, and its customer keeps writing.
     let (_s, mut ws, ack) = h.customer_with_message("Dana", "message 1").await;
     let cv = ack["conversation_id"].as_str().unwrap().to_owned();
@@ -500,18 +529,12 @@ async fn a_full_queue_drops_the_newest_events_and_counts_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_is_given_up_after_retry_for_and_counted_failed() {
-    let a = Receiver::start(FAIL).await;
     let cfg = switchboard::Config {
-        webhooks: vec![endpoint(
-            &a.url,
-            SECRET_A,
-            &["task.created", "message.created"],
-        )],
         webhook_backoff: Duration::from_millis(50),
         webhook_retry_for: Duration::from_millis(400),
         ..test_config()
     };
-    let h = start_with(cfg);
+    let (a, h, _) = start_hooked(FAIL, &["task.created", "message.created"], cfg).await;
     h.customer_with_message("Dana", "hello").await;
     let s = eventually("both events given up", async || {
         let s = endpoint_stats(&h, 0).await;
@@ -532,19 +555,13 @@ async fn an_event_is_given_up_after_retry_for_and_counted_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_withdrawals_cancels_and_activity_are_told() {
-    let a = Receiver::start(OK).await;
     let cfg = switchboard::Config {
-        webhooks: vec![endpoint(
-            &a.url,
-            SECRET_A,
-            &["task.*", "conversation.*", "agent.*"],
-        )],
         offer_timeout: Duration::from_millis(300),
         // Not offered again to the agent who let it lapse within the test.
         reoffer_cooldown: Duration::from_secs(60),
         ..test_config()
     };
-    let h = start_with(cfg);
+    let (a, h, _) = start_hooked(OK, &["task.*", "conversation.*", "agent.*"], cfg).await;
     let alice = h.create_agent("alice", 2, &[]).await;
     let mut desk = h.agent_online(&alice).await;
 
@@ -687,20 +704,9 @@ async fn provider_delivery_reports_are_told_as_message_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_and_parking_are_told_with_who_let_go() {
-    let a = Receiver::start(OK).await;
-    let cfg = switchboard::Config {
-        webhooks: vec![endpoint(&a.url, SECRET_A, &["task.*"])],
-        ..test_config()
-    };
-    let h = start_with(cfg);
-    let alice = h.create_agent("alice", 1, &[]).await;
-    let bob = h.create_agent("bob", 1, &[]).await;
-    let mut desk_a = h.agent_online(&alice).await;
+    let (a, h, _) = start_hooked(OK, &["task.*"], test_config()).await;
     // A cold transfer from Alice to Bob, then Bob parks it.
-    let (_s, _c, ack) = h.customer_with_message("Dana", "hello").await;
-    let cv = ack["conversation_id"].as_str().unwrap().to_owned();
-    let (offer, _) = desk_a.take_offer().await;
-    let task = offer["task"]["id"].as_str().unwrap().to_owned();
+    let (bob, mut desk_a, cv, task) = alice_holds_a_task(&h).await;
     let mut desk_b = h.agent_online(&bob).await;
     let moved = desk_a
         .call(serde_json::json!({"type": "transfer", "task_id": task, "to": {"agent": "bob"}, "mode": "cold"}))
@@ -746,19 +752,8 @@ async fn transfers_and_parking_are_told_with_who_let_go() {
 async fn supervisor_actions_are_told_with_who_did_them() {
     use reqwest::Method;
     use serde_json::json;
-    let a = Receiver::start(OK).await;
-    let cfg = switchboard::Config {
-        webhooks: vec![endpoint(&a.url, SECRET_A, &["supervisor.action"])],
-        ..test_config()
-    };
-    let h = start_with(cfg);
-    let alice = h.create_agent("alice", 1, &[]).await;
-    let bob = h.create_agent("bob", 1, &[]).await;
-    let mut desk_a = h.agent_online(&alice).await;
-    let (_s, _c, ack) = h.customer_with_message("Dana", "hello").await;
-    let cv = s(&ack["conversation_id"]);
-    let (offer, _) = desk_a.take_offer().await;
-    let task = s(&offer["task"]["id"]);
+    let (a, h, _) = start_hooked(OK, &["supervisor.action"], test_config()).await;
+    let (bob, mut desk_a, cv, task) = alice_holds_a_task(&h).await;
 
     // Monitored, force-transferred to bob, force-completed; alice's
     // capacity and activity set; the monitoring socket closes.
@@ -863,17 +858,15 @@ async fn supervisor_actions_are_told_with_who_did_them() {
 /// stops, and starts again on the same data dir with the receiver up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_not_delivered_before_a_restart_are_delivered_after_it() {
-    let a = Receiver::start(FAIL).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let cfg = switchboard::Config {
         data_dir: Some(dir.path().to_owned()),
-        webhooks: vec![endpoint(&a.url, SECRET_A, &[])],
         webhook_timeout: Duration::from_millis(300),
         webhook_backoff: Duration::from_millis(50),
         webhook_in_flight: 2,
         ..test_config()
     };
-    let h = start_with(cfg.clone());
+    let (a, h, cfg) = start_hooked(FAIL, &[], cfg).await;
     let alice = h.create_agent("alice", 2, &[]).await;
     let mut desk = h.agent_online(&alice).await;
     let (_s, mut c, ack) = h.customer_with_message("Dana", "hello one").await;

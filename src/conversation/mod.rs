@@ -219,30 +219,18 @@ impl Conversation {
             Opening::Inbound(_) => spec.queue,
         };
         let state = ConversationState {
-            id: id.clone(),
-            task_id: task_id.clone(),
-            channel: spec.channel,
-            customer: spec.customer,
             business: spec.business,
             skills: spec.skills,
-            queue,
-            priority: 0,
             previous: spec.previous,
             last_customer_at: spec.window_opened_at,
-            created_at: crate::protocol::now(),
-            ended_at: None,
-            task_state: TaskState::Queued,
-            agent_id: None,
-            agent_name: None,
-            disposition: None,
-            notes: None,
-            cancel_reason: None,
-            messages: Vec::new(),
-            history_bytes: 0,
-            history_full: false,
-            transfers: Vec::new(),
-            pending_transfer: None,
-            assigned_at: None,
+            ..ConversationState::new(
+                id.clone(),
+                task_id.clone(),
+                spec.channel,
+                spec.customer,
+                queue,
+                crate::protocol::now(),
+            )
         };
         record::write(
             broker.journal.as_ref(),

@@ -135,6 +135,46 @@ pub enum ConversationEvent {
 }
 
 impl ConversationState {
+    /// A conversation as it opens: its task queued in `queue` at priority 0,
+    /// nothing written, assigned or transferred yet. The one place that
+    /// lists every field; whoever opens one (the actor, tests, benches) sets
+    /// what it knows more with struct update syntax.
+    pub fn new(
+        id: Id,
+        task_id: Id,
+        channel: ChannelKind,
+        customer: Customer,
+        queue: String,
+        created_at: SystemTime,
+    ) -> Self {
+        ConversationState {
+            id,
+            task_id,
+            channel,
+            customer,
+            business: None,
+            skills: Vec::new(),
+            queue,
+            priority: 0,
+            previous: None,
+            last_customer_at: None,
+            created_at,
+            ended_at: None,
+            task_state: TaskState::Queued,
+            agent_id: None,
+            agent_name: None,
+            disposition: None,
+            notes: None,
+            cancel_reason: None,
+            messages: Vec::new(),
+            history_bytes: 0,
+            history_full: false,
+            transfers: Vec::new(),
+            pending_transfer: None,
+            assigned_at: None,
+        }
+    }
+
     /// The one place conversation state changes.
     pub fn apply(&mut self, event: ConversationEvent) {
         match event {
@@ -266,35 +306,17 @@ mod tests {
     use super::*;
 
     fn state() -> ConversationState {
-        ConversationState {
-            id: "cv_1".into(),
-            task_id: "tk_1".into(),
-            channel: ChannelKind::Webchat,
-            customer: Customer {
+        ConversationState::new(
+            "cv_1".into(),
+            "tk_1".into(),
+            ChannelKind::Webchat,
+            Customer {
                 address: "wc_1".into(),
                 name: "Dana".into(),
             },
-            business: None,
-            skills: vec![],
-            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
-            priority: 0,
-            previous: None,
-            last_customer_at: None,
-            created_at: crate::protocol::now(),
-            ended_at: None,
-            task_state: TaskState::Queued,
-            agent_id: None,
-            agent_name: None,
-            disposition: None,
-            notes: None,
-            cancel_reason: None,
-            messages: vec![],
-            history_bytes: 0,
-            history_full: false,
-            transfers: vec![],
-            pending_transfer: None,
-            assigned_at: None,
-        }
+            crate::protocol::DEFAULT_QUEUE.to_owned(),
+            crate::protocol::now(),
+        )
     }
 
     fn msg(seq: u64, from: Author, text: &str) -> Message {

@@ -69,7 +69,8 @@ pub async fn list(req: HttpRequest, state: State) -> Result<HttpResponse, ApiErr
     Ok(HttpResponse::Ok().json(views))
 }
 
-async fn view_of(state: &State, id: &str) -> Result<AgentView, ApiError> {
+/// Agent `id` as the router sees it; `not_found` if there is none.
+pub async fn view_of(state: &State, id: &str) -> Result<AgentView, ApiError> {
     state
         .router
         .send(GetAgents {

@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::canned::{fill, CannedDraft, CannedPatch, CannedResponse};
 use crate::conversation::{usable_in, GetCannedContext};
 use crate::error::ApiError;
+use crate::http::agents::view_of;
+use crate::http::queues::queue_of;
 use crate::http::{authenticate, read_json, require_admin, Principal, State};
 use crate::protocol::{AgentView, Id};
-use crate::router::{GetAgents, GetQueues, Queue};
+use crate::router::{GetQueues, Queue};
 
 /// A response as listed: the stored fields and, when listed for a
 /// conversation, the text filled in for it (null otherwise).
@@ -45,16 +47,7 @@ async fn queues(state: &State) -> Result<Vec<Queue>, ApiError> {
 
 /// `not_found` unless queue `id` exists.
 async fn queue_exists(state: &State, id: &str) -> Result<(), ApiError> {
-    let found = state
-        .router
-        .send(GetQueues {
-            id: Some(id.to_owned()),
-        })
-        .await
-        .map_err(ApiError::mailbox)?;
-    if found.is_empty() {
-        return Err(ApiError::NotFound(format!("queue {id} does not exist")));
-    }
+    queue_of(state, id).await?;
     Ok(())
 }
 
@@ -69,16 +62,7 @@ fn serves(agent: &AgentView, queue: &Queue) -> bool {
 
 /// The ids of the queues agent `id` serves.
 async fn queues_of(state: &State, id: &Id) -> Result<Vec<String>, ApiError> {
-    let agent = state
-        .router
-        .send(GetAgents {
-            id: Some(id.clone()),
-        })
-        .await
-        .map_err(ApiError::mailbox)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::NotFound(format!("agent {id} does not exist")))?;
+    let agent = view_of(state, id).await?;
     Ok(queues(state)
         .await?
         .into_iter()

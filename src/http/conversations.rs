@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::conversation::{GetMessages, GetSnapshot};
 use crate::error::ApiError;
-use crate::http::tasks::{task_state, Paging};
+use crate::http::tasks::{channel_filter, task_state, Paging};
 use crate::http::{authenticate, require_admin, Principal, State};
 use crate::protocol::ChannelKind;
 
@@ -53,19 +53,7 @@ pub async fn list(
             })?),
         }
     }
-    let channel = match filter.channel.as_deref().filter(|c| !c.is_empty()) {
-        None => None,
-        Some(name) => Some(
-            ChannelKind::ALL
-                .into_iter()
-                .find(|c| c.as_str() == name)
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "channel: unknown channel {name:?} (webchat, sms, whatsapp, messenger)"
-                    ))
-                })?,
-        ),
-    };
+    let channel = channel_filter(filter.channel.as_deref())?;
     let queue = filter.queue.filter(|q| !q.is_empty());
     // Checked before the walk, so a bad limit costs nothing.
     paging.range(0)?;

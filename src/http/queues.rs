@@ -38,17 +38,21 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
-    let queue = state
+    Ok(HttpResponse::Ok().json(queue_of(&state, &id).await?))
+}
+
+/// Queue `id` as the router has it; `not_found` if there is none.
+pub async fn queue_of(state: &State, id: &str) -> Result<Queue, ApiError> {
+    state
         .router
         .send(GetQueues {
-            id: Some(id.to_string()),
+            id: Some(id.to_owned()),
         })
         .await
         .map_err(ApiError::mailbox)?
         .into_iter()
         .next()
-        .ok_or_else(|| ApiError::NotFound(format!("queue {id} does not exist")))?;
-    Ok(HttpResponse::Ok().json(queue))
+        .ok_or_else(|| ApiError::NotFound(format!("queue {id} does not exist")))
 }
 
 pub async fn update(

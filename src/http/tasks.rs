@@ -48,6 +48,23 @@ pub fn task_state(name: &str) -> Option<TaskState> {
     }
 }
 
+/// A list's `?channel=` filter: any channel when absent or empty, else the
+/// one named; `bad_request` for a name that is not a channel.
+pub fn channel_filter(name: Option<&str>) -> Result<Option<ChannelKind>, ApiError> {
+    let Some(name) = name.filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    ChannelKind::ALL
+        .into_iter()
+        .find(|c| c.as_str() == name)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "channel: unknown channel {name:?} (webchat, sms, whatsapp, messenger)"
+            ))
+        })
+}
+
 /// `?state=queued,reserved&channel=webchat&queue=default`, each optional.
 #[derive(Debug, Deserialize)]
 pub struct Filter {
@@ -78,19 +95,7 @@ impl Filter {
                 }
             }
         }
-        let channel = match self.channel.as_deref().filter(|c| !c.is_empty()) {
-            None => None,
-            Some(name) => Some(
-                ChannelKind::ALL
-                    .into_iter()
-                    .find(|c| c.as_str() == name)
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "channel: unknown channel {name:?} (webchat, sms, whatsapp, messenger)"
-                        ))
-                    })?,
-            ),
-        };
+        let channel = channel_filter(self.channel.as_deref())?;
         Ok(ListTasks {
             states,
             channel,

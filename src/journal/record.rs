@@ -174,7 +174,7 @@ pub fn read(bytes: &[u8]) -> Result<Record, crate::codec::CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Activity, Customer, PerChannel, TaskState};
+    use crate::protocol::{Activity, Customer, PerChannel};
 
     fn round_trip(record: RecordRef<'_>) -> Record {
         let bytes = crate::codec::encode(&record).expect("encode");
@@ -183,33 +183,19 @@ mod tests {
 
     fn state() -> ConversationState {
         ConversationState {
-            id: "c1".into(),
-            task_id: "t1".into(),
-            channel: ChannelKind::Webchat,
-            customer: Customer {
-                address: "web-1".into(),
-                name: "Ann".into(),
-            },
-            business: None,
             skills: vec!["fr".into()],
-            queue: "default".into(),
             priority: 3,
-            previous: None,
-            last_customer_at: None,
-            created_at: SystemTime::UNIX_EPOCH,
-            ended_at: None,
-            task_state: TaskState::Queued,
-            agent_id: None,
-            agent_name: None,
-            disposition: None,
-            notes: None,
-            cancel_reason: None,
-            messages: Vec::new(),
-            history_bytes: 0,
-            history_full: false,
-            pending_transfer: None,
-            assigned_at: None,
-            transfers: Vec::new(),
+            ..ConversationState::new(
+                "c1".into(),
+                "t1".into(),
+                ChannelKind::Webchat,
+                Customer {
+                    address: "web-1".into(),
+                    name: "Ann".into(),
+                },
+                "default".into(),
+                SystemTime::UNIX_EPOCH,
+            )
         }
     }
 

@@ -20,12 +20,11 @@ use std::time::{Instant, SystemTime};
 use actix::prelude::*;
 
 use super::queue::Outside;
-use super::state::{Hold, RoutableTask, Routed, RouterEvent};
+use super::state::{Hold, RoutableTask, Routed, RouterEvent, RouterState};
 use super::stats::Outcome;
 use super::{RescindReason, Router};
 use crate::agent::{ActivitySet, Rescind};
 use crate::conversation::{RequeueCause, Requeued, Reserve, RouterCancel, RouterNotice};
-use crate::journal::record::{self, RecordRef};
 use crate::protocol::event::TransferFailure;
 use crate::protocol::{Activity, CancelReason, Id, DEFAULT_QUEUE};
 
@@ -88,47 +87,56 @@ impl Router {
     pub(super) fn route_task(&mut self, task_id: &Id, ctx: &mut Context<Self>) {
         let now = SystemTime::now();
         let cooldown = self.broker.config.reoffer_cooldown;
-        let routed = self
-            .state
-            .route_task(task_id, now, cooldown, &mut self.next_offer);
-        self.wire(routed, now, ctx);
+        self.route(now, ctx, |state, offer| {
+            state.route_task(task_id, now, cooldown, offer)
+        });
     }
 
     /// An agent who can take more gets the best waiting tasks across every
-    /// queue it serves ([`RouterState::route_agent`]).
+    /// queue it serves ([`RouterState::route_agent`]), one at a time.
     pub(super) fn route_agent(&mut self, agent_id: &Id, ctx: &mut Context<Self>) {
         let now = SystemTime::now();
         let cooldown = self.broker.config.reoffer_cooldown;
-        let routed = self
-            .state
-            .route_agent(agent_id, now, cooldown, &mut self.next_offer);
-        self.wire(routed, now, ctx);
+        self.route(now, ctx, |state, offer| {
+            state.route_agent(agent_id, now, cooldown, offer)
+        });
     }
 
-    /// The wiring of what routing decided: each offer's timer and its
-    /// `Reserve` to the conversation; cool-down wake-ups.
-    fn wire(&mut self, routed: Routed, now: SystemTime, ctx: &mut Context<Self>) {
-        // Offers were applied by the routing decision itself (`make_offer`);
-        // they are journaled here, in the order made and before anyone hears
-        // of them, as `Router::apply` does for every other change.
-        if !routed.offers.is_empty() {
-            self.stats_dirty = true;
-        }
-        if let Some(journal) = &self.broker.journal {
-            for (task_id, agent_id, offer) in &routed.offers {
-                let event = RouterEvent::Offered {
-                    task_id: task_id.clone(),
-                    agent_id: agent_id.clone(),
-                    offer: *offer,
-                };
-                record::write(Some(journal), RecordRef::Router(&event));
+    /// Make routing decisions until one offers nothing, each offer applied
+    /// (and so journaled) through [`Router::apply`] before the next decision
+    /// looks at the state, in the order made; then the wiring of what they
+    /// decided: each offer's timer and its `Reserve` to the conversation,
+    /// cool-down wake-ups. Nobody hears of an offer before all are applied.
+    fn route(
+        &mut self,
+        now: SystemTime,
+        ctx: &mut Context<Self>,
+        decide: impl Fn(&RouterState, u64) -> Routed,
+    ) {
+        let mut offers = Vec::new();
+        let mut cooling = Vec::new();
+        loop {
+            let routed = decide(&self.state, self.next_offer + 1);
+            cooling.extend(routed.cooling);
+            let Some(event) = routed.offer else {
+                break;
+            };
+            self.next_offer += 1;
+            if let RouterEvent::Offered {
+                task_id,
+                agent_id,
+                offer,
+            } = &event
+            {
+                offers.push((task_id.clone(), agent_id.clone(), *offer));
             }
+            self.apply(event);
         }
-        for (task_id, agent_id, offer) in routed.offers {
+        for (task_id, agent_id, offer) in offers {
             self.offered(task_id, agent_id, offer, ctx);
         }
-        if !routed.cooling.is_empty() {
-            self.cool_down(routed.cooling, now, ctx);
+        if !cooling.is_empty() {
+            self.cool_down(cooling, now, ctx);
         }
     }
 

@@ -18,9 +18,10 @@
 //!   the head of each bucket it serves (`state.rs`).
 //!
 //! Every state change is a [`RouterEvent`] applied by [`RouterState::apply`]
-//! (through `Router::apply`), the one place routing state changes (ready for
-//! the journal); queue definitions change that way too. Messages handled, by
-//! sender:
+//! through `Router::apply`, the one place routing state changes and is
+//! journaled; queue definitions change that way too, and so do offers, which
+//! the routing decisions return as events rather than apply. Messages
+//! handled, by sender:
 //! - the agents: [`UpsertAgent`], [`RemoveAgent`], [`AgentPresence`],
 //!   [`AgentActivity`], [`GraceExpired`], [`Accept`], [`Reject`],
 //!   [`ReserveOutbound`], and [`TaskClosed`] when an outbound conversation

@@ -192,8 +192,19 @@ impl Driver {
         }
     }
 
-    fn record(&mut self, routed: Routed) {
-        for (task, agent, _) in routed.offers {
+    /// Routing decisions until one offers nothing, each offer applied before
+    /// the next decision, as the router does.
+    fn route(&mut self, decide: impl Fn(&RouterState, u64) -> Routed) {
+        while let Some(event) = decide(&self.s, self.next_offer + 1).offer {
+            self.next_offer += 1;
+            let RouterEvent::Offered {
+                task_id, agent_id, ..
+            } = &event
+            else {
+                panic!("a routing decision offers: {event:?}");
+            };
+            let (task, agent) = (task_id.clone(), agent_id.clone());
+            self.s.apply(event);
             let key = self
                 .s
                 .held
@@ -205,17 +216,13 @@ impl Driver {
     }
 
     fn route_task(&mut self, task: &Id) {
-        let r = self
-            .s
-            .route_task(task, self.now, COOLDOWN, &mut self.next_offer);
-        self.record(r);
+        let now = self.now;
+        self.route(|s, offer| s.route_task(task, now, COOLDOWN, offer));
     }
 
     fn route_agent(&mut self, agent: &Id) {
-        let r = self
-            .s
-            .route_agent(agent, self.now, COOLDOWN, &mut self.next_offer);
-        self.record(r);
+        let now = self.now;
+        self.route(|s, offer| s.route_agent(agent, now, COOLDOWN, offer));
     }
 
     fn route_all(&mut self) {

@@ -157,12 +157,13 @@ pub struct Bucket {
 /// then arrival order. Lower first.
 pub type WaitKey = (i64, u64);
 
-/// What routing did: offers made (task, agent, offer number), and tasks only
-/// decliners in their cool-down could take, with when the first cool-down
-/// ends.
+/// What one routing decision makes: the offer, if any, as the
+/// [`RouterEvent::Offered`] the caller applies (and so journals) before
+/// deciding again, and the tasks only decliners in their cool-down could
+/// take, with when the first cool-down ends. The decision changes nothing.
 #[derive(Debug, Default)]
 pub struct Routed {
-    pub offers: Vec<(Id, Id, u64)>,
+    pub offer: Option<RouterEvent>,
     pub cooling: Vec<(Id, SystemTime)>,
 }
 
@@ -1167,14 +1168,13 @@ impl RouterState {
 
     /// A task that starts waiting looks for an agent: the customer's last
     /// agent if its queue routes to it and it is eligible now, else whoever
-    /// [`RouterState::pick`] says. Applies the offer it makes (numbered from
-    /// `next_offer`).
+    /// [`RouterState::pick`] says. The offer, if any, is numbered `offer`.
     pub fn route_task(
-        &mut self,
+        &self,
         task_id: &Id,
         now: SystemTime,
         cooldown: Duration,
-        next_offer: &mut u64,
+        offer: u64,
     ) -> Routed {
         let mut routed = Routed::default();
         let Some(task) = self.waiting_task(task_id) else {
@@ -1194,32 +1194,28 @@ impl RouterState {
                 Pick::Nobody => None,
             },
         };
-        if let Some(agent) = to {
-            routed
-                .offers
-                .push(self.make_offer(task_id, agent, next_offer));
-        }
+        routed.offer = to.map(|agent_id| RouterEvent::Offered {
+            task_id: task_id.clone(),
+            agent_id,
+            offer,
+        });
         routed
     }
 
-    /// An agent who can take more gets the best waiting tasks across every
-    /// queue it serves, one at a time, until it is full or none fits. Each
-    /// goes to whoever `pick` prefers (this agent, unless someone else could
-    /// take it all along), or to this agent if only decliners remain.
+    /// An agent who can take more gets the best waiting task across every
+    /// queue it serves, numbered `offer`. It goes to whoever `pick` prefers
+    /// (this agent, unless someone else could take it all along), or to this
+    /// agent if only decliners remain. Asked again once that offer is
+    /// applied, until it makes none: the agent is full or no task fits.
     pub fn route_agent(
-        &mut self,
+        &self,
         agent_id: &Id,
         now: SystemTime,
         cooldown: Duration,
-        next_offer: &mut u64,
+        offer: u64,
     ) -> Routed {
-        let mut routed = Routed::default();
-        loop {
-            let (best, cooling) = self.best_task_for(agent_id, now, cooldown);
-            routed.cooling.extend(cooling);
-            let Some(task_id) = best else {
-                return routed;
-            };
+        let (best, cooling) = self.best_task_for(agent_id, now, cooldown);
+        let offer = best.map(|task_id| {
             let to = match self
                 .waiting_task(&task_id)
                 .map(|t| self.pick(t, now, cooldown))
@@ -1227,20 +1223,13 @@ impl RouterState {
                 Some(Pick::Agent(a)) => a,
                 _ => agent_id.clone(),
             };
-            routed
-                .offers
-                .push(self.make_offer(&task_id, to, next_offer));
-        }
-    }
-
-    fn make_offer(&mut self, task_id: &Id, agent: Id, next_offer: &mut u64) -> (Id, Id, u64) {
-        *next_offer += 1;
-        self.apply(RouterEvent::Offered {
-            task_id: task_id.clone(),
-            agent_id: agent.clone(),
-            offer: *next_offer,
+            RouterEvent::Offered {
+                task_id,
+                agent_id: to,
+                offer,
+            }
         });
-        (task_id.clone(), agent, *next_offer)
+        Routed { offer, cooling }
     }
 
     /// Every waiting task id, best first across all queues.
@@ -1523,7 +1512,6 @@ mod tests {
             },
             skills: vec![],
         });
-        let mut next = 0;
         let now = SystemTime::UNIX_EPOCH;
         for (i, ch) in [ChannelKind::Webchat, ChannelKind::Sms, ChannelKind::Webchat]
             .into_iter()
@@ -1535,7 +1523,9 @@ mod tests {
                 task: t.clone(),
                 clock_at: SystemTime::UNIX_EPOCH,
             });
-            s.route_task(&t.task_id, now, COOLDOWN, &mut next);
+            if let Some(offer) = s.route_task(&t.task_id, now, COOLDOWN, i as u64 + 1).offer {
+                s.apply(offer);
+            }
         }
         assert_eq!(s.held.len(), 2);
         assert_eq!(s.waiting_in_order(), vec![Id::from("tk_2")]);

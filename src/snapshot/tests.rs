@@ -32,35 +32,17 @@ fn at(secs: u64) -> SystemTime {
 }
 
 fn conversation(id: &str, task: &str, channel: ChannelKind, customer: &str) -> ConversationState {
-    ConversationState {
-        id: id.into(),
-        task_id: task.into(),
+    ConversationState::new(
+        id.into(),
+        task.into(),
         channel,
-        customer: Customer {
+        Customer {
             address: customer.into(),
             name: customer.into(),
         },
-        business: None,
-        skills: vec![],
-        queue: "default".into(),
-        priority: 0,
-        previous: None,
-        last_customer_at: None,
-        created_at: at(0),
-        ended_at: None,
-        task_state: TaskState::Queued,
-        agent_id: None,
-        agent_name: None,
-        disposition: None,
-        notes: None,
-        cancel_reason: None,
-        messages: Vec::new(),
-        history_bytes: 0,
-        history_full: false,
-        pending_transfer: None,
-        transfers: Vec::new(),
-        assigned_at: None,
-    }
+        "default".into(),
+        at(0),
+    )
 }
 
 fn message(conversation: &str, seq: u64, text: &str) -> Message {
