@@ -1,0 +1,411 @@
+//! Partition leases and fenced appends against a real `nats-server`
+//! (`tests/common/nats.rs` starts one per test): fair split, failover of a
+//! dropped node, rebalancing to a late joiner without two owners, a paused
+//! owner fenced out, and a NATS restart. Leases last 2 s here.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::Operation;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use switchboard::cluster::{
+    Cluster, ClusterSettings, FenceError, LeaseKeeper, LossCause, OwnershipChange, Partition,
+    PARTITIONS,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use common::nats::NatsServer;
+
+const TTL: Duration = Duration::from_secs(2);
+
+/// Long enough for any step of these tests on a loaded machine; every wait
+/// ends as soon as its condition holds.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct Node {
+    cluster: Cluster,
+    keeper: LeaseKeeper,
+    changes: mpsc::Receiver<OwnershipChange>,
+}
+
+fn settings(url: &str, id: &str) -> ClusterSettings {
+    let mut s = ClusterSettings::new(url, id);
+    s.lease_ttl = TTL;
+    s
+}
+
+async fn node(url: &str, id: &str) -> Node {
+    let cluster = Cluster::connect(settings(url, id)).await.expect("connect");
+    let (keeper, changes) = LeaseKeeper::start(&cluster);
+    Node {
+        cluster,
+        keeper,
+        changes,
+    }
+}
+
+/// Poll `cond` every 50 ms until it holds; fail with `what` after `limit`.
+async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Each node's count if together they hold every partition once.
+fn split(nodes: &[&Node]) -> Option<Vec<usize>> {
+    let sets: Vec<BTreeSet<Partition>> = nodes.iter().map(|n| n.keeper.owned()).collect();
+    let all: BTreeSet<Partition> = sets.iter().flatten().copied().collect();
+    let total: usize = sets.iter().map(BTreeSet::len).sum();
+    (all.len() == usize::from(PARTITIONS) && total == all.len())
+        .then(|| sets.iter().map(BTreeSet::len).collect())
+}
+
+/// The lease bucket as it stands: partition key → owner.
+async fn lease_owners(cluster: &Cluster) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for p in Partition::all() {
+        if let Some(e) = cluster
+            .leases()
+            .entry(p.index().to_string())
+            .await
+            .expect("read lease")
+        {
+            if e.operation == Operation::Put {
+                out.insert(
+                    p.index().to_string(),
+                    String::from_utf8_lossy(&e.value).into_owned(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// What the bucket says agrees with what each keeper believes.
+async fn assert_bucket_agrees(cluster: &Cluster, nodes: &[&Node]) {
+    let owners = lease_owners(cluster).await;
+    assert_eq!(owners.len(), usize::from(PARTITIONS), "{owners:?}");
+    for n in nodes {
+        for p in n.keeper.owned() {
+            assert_eq!(
+                owners.get(&p.index().to_string()).map(String::as_str),
+                Some(n.keeper.node_id()),
+                "{p}"
+            );
+        }
+    }
+}
+
+/// Every change to the lease bucket seen by a watch: (key, operation,
+/// value, revision).
+type Seen = Arc<Mutex<Vec<(String, Operation, String, u64)>>>;
+
+async fn watch_leases(cluster: &Cluster) -> Seen {
+    let seen: Seen = Arc::default();
+    let mut watch = cluster.leases().watch_all().await.expect("watch");
+    let out = seen.clone();
+    tokio::spawn(async move {
+        while let Some(entry) = watch.next().await {
+            let Ok(e) = entry else { break };
+            out.lock().push((
+                e.key,
+                e.operation,
+                String::from_utf8_lossy(&e.value).into_owned(),
+                e.revision,
+            ));
+        }
+    });
+    seen
+}
+
+/// No key went from one owner straight to another: every handover passed
+/// through a delete (valid where no lease expired).
+fn assert_no_two_owners(seen: &Seen) {
+    let mut last: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for (key, op, value, revision) in seen.lock().iter() {
+        let now = (*op == Operation::Put).then(|| value.clone());
+        if let (Some(Some(before)), Some(after)) = (last.get(key), &now) {
+            assert_eq!(
+                before, after,
+                "partition {key} passed from {before} to {after} (revision {revision}) without a release"
+            );
+        }
+        last.insert(key.clone(), now);
+    }
+}
+
+fn drain(changes: &mut mpsc::Receiver<OwnershipChange>) -> Vec<OwnershipChange> {
+    let mut out = Vec::new();
+    while let Ok(c) = changes.try_recv() {
+        out.push(c);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_keepers_split_the_partitions_fairly() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let (a, b, c) = (
+        node(&url, "a").await,
+        node(&url, "b").await,
+        node(&url, "c").await,
+    );
+    wait_until("64 partitions split 22/21/21", PATIENCE, || {
+        split(&[&a, &b, &c]) == Some(vec![22, 21, 21])
+    })
+    .await;
+    assert_bucket_agrees(&a.cluster, &[&a, &b, &c]).await;
+    // Each keeper told its owner of exactly what it holds.
+    let mut c = c;
+    let acquired: BTreeSet<Partition> = drain(&mut c.changes)
+        .into_iter()
+        .filter_map(|ch| match ch {
+            OwnershipChange::Acquired(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert!(c.keeper.owned().is_subset(&acquired));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_keepers_partitions_are_taken_over_within_a_lease() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let (a, b, c) = (
+        node(&url, "a").await,
+        node(&url, "b").await,
+        node(&url, "c").await,
+    );
+    wait_until("64 partitions split 22/21/21", PATIENCE, || {
+        split(&[&a, &b, &c]) == Some(vec![22, 21, 21])
+    })
+    .await;
+    let orphans = c.keeper.owned();
+    // Gone without a word, as a crash: its leases and membership expire.
+    let dropped = Instant::now();
+    drop(c);
+    let renew = settings(&url, "x").renew_every();
+    // The lease lapses within the TTL of its last renewal; the survivors'
+    // next round (one renewal interval) takes it; a second interval and
+    // a second of slack for the server's expiry timer and a loaded machine.
+    let bound = TTL + renew * 2 + Duration::from_secs(1);
+    wait_until("the survivors hold all 64 partitions, 32/32", bound, || {
+        split(&[&a, &b]) == Some(vec![32, 32])
+    })
+    .await;
+    let took = dropped.elapsed();
+    let mine: BTreeSet<Partition> = a.keeper.owned().union(&b.keeper.owned()).copied().collect();
+    assert!(orphans.is_subset(&mine));
+    assert_bucket_agrees(&a.cluster, &[&a, &b]).await;
+    eprintln!("failover of 21 partitions: {took:?} (TTL {TTL:?}, renewal every {renew:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_its_share_with_never_two_owners() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let a = node(&url, "a").await;
+    let seen = watch_leases(&a.cluster).await;
+    let b = node(&url, "b").await;
+    wait_until("64 partitions split 32/32", PATIENCE, || {
+        split(&[&a, &b]) == Some(vec![32, 32])
+    })
+    .await;
+    let mut c = node(&url, "c").await;
+    wait_until("64 partitions rebalanced to 22/21/21", PATIENCE, || {
+        split(&[&a, &b, &c]) == Some(vec![22, 21, 21])
+    })
+    .await;
+    assert_bucket_agrees(&a.cluster, &[&a, &b, &c]).await;
+    // The watch has seen the last of it (each key's latest revision).
+    let latest: BTreeMap<String, u64> = {
+        let mut m = BTreeMap::new();
+        for p in Partition::all() {
+            let e = a
+                .cluster
+                .leases()
+                .entry(p.index().to_string())
+                .await
+                .expect("read");
+            m.insert(p.index().to_string(), e.map_or(0, |e| e.revision));
+        }
+        m
+    };
+    wait_until("the watch caught up", PATIENCE, || {
+        let seen = seen.lock();
+        latest
+            .iter()
+            .all(|(k, rev)| seen.iter().any(|(key, _, _, r)| key == k && r >= rev))
+    })
+    .await;
+    assert_no_two_owners(&seen);
+    let gave_back = seen
+        .lock()
+        .iter()
+        .filter(|(_, op, _, _)| *op == Operation::Delete)
+        .count();
+    assert!(
+        gave_back >= 21,
+        "only {gave_back} releases for c's 21 partitions"
+    );
+    let changes = drain(&mut c.changes);
+    assert!(changes
+        .iter()
+        .all(|ch| matches!(ch, OwnershipChange::Acquired(_))));
+    assert_eq!(changes.len(), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_is_refused_its_renewal_and_fenced_off() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let mut a = node(&url, "a").await;
+    let b = node(&url, "b").await;
+    wait_until("64 partitions split 32/32", PATIENCE, || {
+        split(&[&a, &b]) == Some(vec![32, 32])
+    })
+    .await;
+    let p = *a.keeper.owned().iter().next().expect("a holds some");
+    let log_a = a.cluster.event_log();
+    let mut writer_a = a.keeper.writer(&log_a, p).await.expect("a's writer");
+    let first = writer_a
+        .append(Bytes::from_static(b"a-1"))
+        .await
+        .expect("a owns p");
+    drain(&mut a.changes);
+
+    a.keeper.pause();
+    wait_until("b takes a's partitions after the TTL", PATIENCE, || {
+        b.keeper.owned().len() == usize::from(PARTITIONS)
+    })
+    .await;
+    let log_b = b.cluster.event_log();
+    let mut writer_b = b.keeper.writer(&log_b, p).await.expect("b's writer");
+    assert_eq!(writer_b.last_sequence(), first);
+    let second = writer_b
+        .append_event(&("b", 2u32))
+        .await
+        .expect("b owns p now");
+    assert!(a.keeper.holds(p), "a, paused, still believes it holds p");
+
+    a.keeper.resume();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let change = tokio::time::timeout_at(deadline, a.changes.recv())
+            .await
+            .expect("a is told it lost p")
+            .expect("a's keeper runs");
+        if change == OwnershipChange::Lost(p, LossCause::Refused) {
+            break;
+        }
+    }
+    assert!(!a.keeper.holds(p));
+    match writer_a.append(Bytes::from_static(b"a-2")).await {
+        Err(FenceError::Fenced {
+            partition,
+            expected,
+        }) => {
+            assert_eq!(partition, p);
+            assert_eq!(expected, first);
+        }
+        other => panic!("a stale owner's write must be fenced off, got {other:?}"),
+    }
+    // The partition holds exactly a's first event and b's.
+    let events = log_b.read(p, 1, 100).await.expect("read back");
+    assert_eq!(
+        events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [first, second]
+    );
+    assert_eq!(events[0].payload, Bytes::from_static(b"a-1"));
+    assert_eq!(
+        events[1].decode::<(String, u32)>().expect("decode"),
+        ("b".to_owned(), 2)
+    );
+    // b's writer goes on; a gets its share back by rebalancing.
+    writer_b
+        .append(Bytes::from_static(b"b-3"))
+        .await
+        .expect("b still owns p");
+    wait_until("64 partitions split 32/32 again", PATIENCE, || {
+        split(&[&a, &b]) == Some(vec![32, 32])
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_and_watches_resume_after_a_nats_restart() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    let a = node(&url, "a").await;
+    let b = node(&url, "b").await;
+    let seen = watch_leases(&a.cluster).await;
+    wait_until("64 partitions split 32/32", PATIENCE, || {
+        split(&[&a, &b]) == Some(vec![32, 32])
+    })
+    .await;
+    let p = *a.keeper.owned().iter().next().expect("a holds some");
+    let log = a.cluster.event_log();
+    let mut writer = a.keeper.writer(&log, p).await.expect("writer");
+    let first = writer
+        .append(Bytes::from_static(b"before"))
+        .await
+        .expect("append");
+    let before = seen.lock().iter().map(|s| s.3).max().unwrap_or(0);
+
+    tokio::task::block_in_place(|| nats.restart());
+
+    // Renewals go on at the revisions held (or the leases are taken back):
+    // all 64 held again, the bucket agreeing, and written since the restart.
+    wait_until(
+        "64 partitions split 32/32 after the restart",
+        PATIENCE,
+        || split(&[&a, &b]) == Some(vec![32, 32]),
+    )
+    .await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let owned: BTreeSet<String> = a
+            .keeper
+            .owned()
+            .union(&b.keeper.owned())
+            .map(|p| p.index().to_string())
+            .collect();
+        let mut renewed = 0;
+        for key in &owned {
+            if let Ok(Some(e)) = a.cluster.leases().entry(key.clone()).await {
+                renewed += usize::from(e.revision > before);
+            }
+        }
+        if renewed == usize::from(PARTITIONS) && split(&[&a, &b]) == Some(vec![32, 32]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leases not renewed after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_bucket_agrees(&a.cluster, &[&a, &b]).await;
+    // The watch opened before the restart goes on delivering.
+    wait_until("the watch delivers after the restart", PATIENCE, || {
+        seen.lock().iter().filter(|s| s.3 > before).count() >= usize::from(PARTITIONS)
+    })
+    .await;
+    // The owner's writer goes on where it was.
+    if a.keeper.holds(p) {
+        let second = writer
+            .append(Bytes::from_static(b"after"))
+            .await
+            .expect("append after the restart");
+        assert!(second > first);
+    }
+}
