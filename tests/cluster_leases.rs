@@ -210,6 +210,47 @@ async fn a_dropped_keepers_partitions_are_taken_over_within_a_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_keeper_hands_its_partitions_over_without_waiting_for_the_ttl() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let (a, b, mut c) = (
+        node(&url, "a").await,
+        node(&url, "b").await,
+        node(&url, "c").await,
+    );
+    wait_until("64 partitions split 22/21/21", PATIENCE, || {
+        split(&[&a, &b, &c]) == Some(vec![22, 21, 21])
+    })
+    .await;
+    let held = c.keeper.owned();
+    drain(&mut c.changes);
+    let stopping = Instant::now();
+    c.keeper.stop().await.expect("stop");
+    let released: BTreeSet<Partition> = drain(&mut c.changes)
+        .into_iter()
+        .map(|ch| match ch {
+            OwnershipChange::Released(p) => p,
+            other => panic!("a stopping keeper only releases, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(released, held);
+    // Its membership is gone at once too, so the survivors' shares grow in
+    // their next round rather than after the TTL.
+    wait_until(
+        "the survivors hold all 64 partitions, 32/32",
+        PATIENCE,
+        || split(&[&a, &b]) == Some(vec![32, 32]),
+    )
+    .await;
+    let took = stopping.elapsed();
+    assert!(
+        took < TTL,
+        "the handover took {took:?}: as long as an expiry"
+    );
+    assert_bucket_agrees(&a.cluster, &[&a, &b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_gets_its_share_with_never_two_owners() {
     let nats = NatsServer::start();
     let url = nats.url();
@@ -345,8 +386,8 @@ async fn a_paused_owner_is_refused_its_renewal_and_fenced_off() {
 async fn leases_and_watches_resume_after_a_nats_restart() {
     let mut nats = NatsServer::start();
     let url = nats.url();
-    let a = node(&url, "a").await;
-    let b = node(&url, "b").await;
+    let mut a = node(&url, "a").await;
+    let mut b = node(&url, "b").await;
     let seen = watch_leases(&a.cluster).await;
     wait_until("64 partitions split 32/32", PATIENCE, || {
         split(&[&a, &b]) == Some(vec![32, 32])
@@ -360,8 +401,12 @@ async fn leases_and_watches_resume_after_a_nats_restart() {
         .await
         .expect("append");
     let before = seen.lock().iter().map(|s| s.3).max().unwrap_or(0);
+    drain(&mut a.changes);
+    drain(&mut b.changes);
 
+    let down = Instant::now();
     tokio::task::block_in_place(|| nats.restart());
+    let restarted = down.elapsed();
 
     // Renewals go on at the revisions held (or the leases are taken back):
     // all 64 held again, the bucket agreeing, and written since the restart.
@@ -395,6 +440,15 @@ async fn leases_and_watches_resume_after_a_nats_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_bucket_agrees(&a.cluster, &[&a, &b]).await;
+    let changes: Vec<_> = drain(&mut a.changes)
+        .into_iter()
+        .chain(drain(&mut b.changes))
+        .collect();
+    eprintln!(
+        "nats-server restarted in {restarted:?}; leases renewed again {:?} after it went down; \
+         ownership changes meanwhile: {changes:?}",
+        down.elapsed()
+    );
     // The watch opened before the restart goes on delivering.
     wait_until("the watch delivers after the restart", PATIENCE, || {
         seen.lock().iter().filter(|s| s.3 > before).count() >= usize::from(PARTITIONS)

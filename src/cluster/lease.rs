@@ -332,11 +332,11 @@ impl Round {
         let Some(live) = self.live_nodes().await else {
             return;
         };
-        let seen = self.read_leases().await;
         let share = fair_share(&self.node_id, &live);
         if self.held.len() > share {
             self.release_surplus(self.held.len() - share).await;
         } else if self.held.len() < share {
+            let seen = self.read_leases().await;
             self.acquire(share - self.held.len(), &seen).await;
         }
     }
@@ -549,7 +549,10 @@ impl Round {
         for p in all {
             self.release(p).await;
         }
-        if let Err(e) = self.nodes.purge(&self.node_id).await {
+        // A stream purge of the node's subject, not a KV delete: that would
+        // leave a marker, and the node would count as live until it expired.
+        let subject = format!("{}{}", self.nodes.prefix, self.node_id);
+        if let Err(e) = self.nodes.stream.purge().filter(subject).await {
             tracing::warn!(node = %self.node_id, error = %e, "cluster: leaving the membership failed");
         }
     }

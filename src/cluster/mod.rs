@@ -179,16 +179,16 @@ pub struct Cluster {
 impl Cluster {
     /// Connect and create (or open) the buckets and the stream.
     ///
-    /// The client reconnects for ever, with a delay growing by 100 ms per
-    /// attempt up to a quarter of the lease TTL, so a NATS restart is
-    /// noticed well within one lease.
+    /// The first connection must succeed (a node that cannot reach NATS at
+    /// start says so at once); after that the client reconnects for ever,
+    /// with a delay growing by 100 ms per attempt up to a quarter of the
+    /// lease TTL, so a NATS restart is noticed well within one lease.
     pub async fn connect(settings: ClusterSettings) -> Result<Cluster, ClusterError> {
         settings.check()?;
         let max_delay = settings.renew_every();
         let client = async_nats::ConnectOptions::new()
             .name(format!("switchboard {}", settings.node_id))
             .max_reconnects(None)
-            .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .reconnect_delay_callback(move |attempts| {
                 (Duration::from_millis(100) * attempts as u32).min(max_delay)

@@ -18,16 +18,17 @@ pub struct NatsServer {
 /// Where `nats-server` is: `$NATS_SERVER` if set, else on `PATH`, else
 /// Debian's `/usr/sbin`.
 fn find_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join("nats-server"))
-        .find(|candidate| candidate.is_file());
-    on_path.unwrap_or_else(|| {
+    let chosen = std::env::var_os("NATS_SERVER").map(PathBuf::from);
+    let found = match chosen {
+        Some(path) => Some(path).filter(|p| p.is_file()),
+        None => std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file()),
+    };
+    found.unwrap_or_else(|| {
         panic!(
             "nats-server not found (on PATH, in /usr/sbin, or $NATS_SERVER): the cluster tests \
              need a real one. Install it with `apt-get install -y nats-server` (Debian, 2.9 or \
