@@ -336,7 +336,10 @@ async fn a_paused_owner_is_refused_its_renewal_and_fenced_off() {
         .append_event(&("b", 2u32))
         .await
         .expect("b owns p now");
-    assert!(a.keeper.holds(p), "a, paused, still believes it holds p");
+    // Paused, a's keeper has renewed nothing: by its own clock the lease
+    // has lapsed, so its owner would not act for p even before the keeper
+    // wakes.
+    assert!(!a.keeper.holds(p), "a's lease on p lapsed by its clock");
 
     a.keeper.resume();
     let deadline = Instant::now() + PATIENCE;
@@ -462,4 +465,48 @@ async fn leases_and_watches_resume_after_a_nats_restart() {
             .expect("append after the restart");
         assert!(second > first);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_let_go_when_nats_is_away_longer_than_a_lease_and_take_over_again() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    let mut a = node(&url, "a").await;
+    let mut b = node(&url, "b").await;
+    wait_until("64 partitions split 32/32", PATIENCE, || {
+        split(&[&a, &b]) == Some(vec![32, 32])
+    })
+    .await;
+    let held_a = a.keeper.owned();
+    drain(&mut a.changes);
+    drain(&mut b.changes);
+
+    tokio::task::block_in_place(|| nats.stop());
+    // No renewal can be confirmed: by their own clocks the leases lapse,
+    // and the keepers stop owning them rather than act on a stale lease.
+    wait_until("both keepers let every lease lapse", PATIENCE, || {
+        a.keeper.owned().is_empty() && b.keeper.owned().is_empty()
+    })
+    .await;
+    // And the keeper tells its owner so, once per lease.
+    let deadline = Instant::now() + PATIENCE;
+    let mut lapsed = BTreeSet::new();
+    while lapsed != held_a {
+        match tokio::time::timeout_at(deadline, a.changes.recv()).await {
+            Ok(Some(OwnershipChange::Lost(p, LossCause::Lapsed))) => {
+                assert!(lapsed.insert(p), "{p} reported lapsed twice");
+            }
+            Ok(other) => panic!("only lapses while NATS is away, got {other:?}"),
+            Err(_) => panic!("a reported {lapsed:?} lapsed of {held_a:?}"),
+        }
+    }
+
+    tokio::task::block_in_place(|| nats.spawn());
+    wait_until(
+        "64 partitions split 32/32 once NATS is back",
+        PATIENCE,
+        || split(&[&a, &b]) == Some(vec![32, 32]),
+    )
+    .await;
+    assert_bucket_agrees(&a.cluster, &[&a, &b]).await;
 }

@@ -25,9 +25,13 @@
 //! A renewal that is refused means the partition is gone (another node has
 //! it, or it expired): the keeper reports `Lost` and stops renewing; a
 //! renewal it cannot get an answer for is retried until the lease would have
-//! lapsed by this node's own clock, then reported `Lost` too. The owner must
-//! stop acting for a partition when told; should it be late, the fence
-//! ([`super::fence`]) refuses its writes.
+//! lapsed by this node's own clock (seven eighths of the TTL after the last
+//! confirmed renewal was sent), then reported `Lost` too; every call to NATS
+//! is bounded by one renewal interval, so a NATS outage cannot stall the
+//! keeper past its leases. The owner must stop acting for a partition when
+//! told, and asks [`LeaseKeeper::holds`] (which checks the clock itself)
+//! before acting; should it still be late, the fence ([`super::fence`])
+//! refuses its writes.
 //!
 //! The keeper reads the buckets by polling, not through KV watches: an
 //! expired key produces no watch event at all, and a watch is not needed for
@@ -43,7 +47,7 @@ use futures_util::stream::{self, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{timeout, Instant, MissedTickBehavior};
 
 use super::fence::{EventLog, FenceError, PartitionWriter};
 use super::Cluster;
@@ -135,8 +139,7 @@ pub enum LeaseError {
 struct Held {
     revision: u64,
     /// When the lease lapses by this node's clock: the last confirmed
-    /// renewal's *sending* time plus the TTL (the server counts from when it
-    /// stored the write, later, so this errs on the safe side).
+    /// renewal's *sending* time plus [`Round::valid_for`].
     lapses_at: Instant,
 }
 
@@ -152,7 +155,7 @@ enum Command {
 /// expire after the TTL. [`LeaseKeeper::stop`] releases them first.
 pub struct LeaseKeeper {
     node_id: String,
-    owned: Arc<Mutex<BTreeMap<Partition, u64>>>,
+    owned: Arc<Mutex<BTreeMap<Partition, Instant>>>,
     commands: mpsc::Sender<Command>,
     paused: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -181,7 +184,8 @@ impl LeaseKeeper {
             value: Bytes::from(node_id.clone().into_bytes()),
             nodes: cluster.nodes().clone(),
             leases: cluster.leases().clone(),
-            ttl: cluster.settings().lease_ttl,
+            valid_for: cluster.settings().lease_ttl * 7 / 8,
+            call_limit: cluster.settings().renew_every(),
             held: BTreeMap::new(),
             owned: owned.clone(),
             changes: changes_tx,
@@ -204,14 +208,28 @@ impl LeaseKeeper {
         &self.node_id
     }
 
-    /// The partitions this keeper holds a lease on right now.
+    /// The partitions this keeper holds a lease on right now: those it has
+    /// not lost, released or let lapse, and whose last confirmed renewal is
+    /// recent enough by this node's clock (checked here, on every call, so
+    /// a keeper task that has stalled does not make its owner act on stale
+    /// leases).
     pub fn owned(&self) -> BTreeSet<Partition> {
-        self.owned.lock().keys().copied().collect()
+        let now = Instant::now();
+        self.owned
+            .lock()
+            .iter()
+            .filter(|(_, lapses_at)| now < **lapses_at)
+            .map(|(p, _)| *p)
+            .collect()
     }
 
-    /// Whether this keeper holds `p`'s lease right now.
+    /// Whether this keeper holds `p`'s lease right now (as
+    /// [`LeaseKeeper::owned`]). An owner asks before it acts for `p`.
     pub fn holds(&self, p: Partition) -> bool {
-        self.owned.lock().contains_key(&p)
+        self.owned
+            .lock()
+            .get(&p)
+            .is_some_and(|lapses_at| Instant::now() < *lapses_at)
     }
 
     /// A writer for partition `p`, which this keeper must hold; a write it
@@ -271,11 +289,23 @@ struct Round {
     value: Bytes,
     nodes: kv::Store,
     leases: kv::Store,
-    ttl: Duration,
+    /// How long after sending a confirmed renewal this node goes on
+    /// believing it holds the lease: seven eighths of the TTL, so it lets go
+    /// before the server can expire the key (which counts from when it
+    /// stored the write, later than the sending), with room for clocks that
+    /// run at slightly different rates.
+    valid_for: Duration,
+    /// How long any one call to NATS may take before the round goes on
+    /// without its answer: one renewal interval, so a round cannot hang
+    /// while NATS is away and leases lapse unnoticed.
+    call_limit: Duration,
     held: BTreeMap<Partition, Held>,
-    owned: Arc<Mutex<BTreeMap<Partition, u64>>>,
+    owned: Arc<Mutex<BTreeMap<Partition, Instant>>>,
     changes: mpsc::Sender<OwnershipChange>,
 }
+
+/// A renewal's answer, or none in time.
+type Renewal = Result<Result<u64, kv::UpdateError>, tokio::time::error::Elapsed>;
 
 /// A partition's lease as last read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -325,10 +355,11 @@ impl Round {
 
     /// One renewal round: membership, renewals, then the share.
     async fn round(&mut self) {
-        if let Err(e) = self.nodes.put(&self.node_id, self.value.clone()).await {
-            tracing::warn!(node = %self.node_id, error = %e, "cluster: membership heartbeat failed");
-        }
-        self.renew().await;
+        // Renewals first (a keeper waking from a pause learns at once
+        // whether its leases were taken), then anything lapsed meanwhile.
+        let ((), renewals) = tokio::join!(self.heartbeat(), self.renewals());
+        self.apply_renewals(renewals).await;
+        self.let_lapsed_go().await;
         let Some(live) = self.live_nodes().await else {
             return;
         };
@@ -341,52 +372,93 @@ impl Round {
         }
     }
 
+    /// Rewrite this node's membership key.
+    async fn heartbeat(&self) {
+        match timeout(
+            self.call_limit,
+            self.nodes.put(&self.node_id, self.value.clone()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(node = %self.node_id, error = %e, "cluster: membership heartbeat failed")
+            }
+            Err(_) => {
+                tracing::warn!(node = %self.node_id, "cluster: membership heartbeat timed out")
+            }
+        }
+    }
+
     /// Renew every held lease at its revision, all at once.
-    async fn renew(&mut self) {
+    async fn renewals(&self) -> Vec<(Partition, Instant, Renewal)> {
         let held: Vec<(Partition, Held)> = self.held.iter().map(|(p, h)| (*p, *h)).collect();
         let leases = &self.leases;
         let value = &self.value;
-        let results: Vec<_> = stream::iter(held)
+        let limit = self.call_limit;
+        stream::iter(held)
             .map(|(p, h)| async move {
                 let sent = Instant::now();
-                let r = leases.update(p.key(), value.clone(), h.revision).await;
+                let r = timeout(limit, leases.update(p.key(), value.clone(), h.revision)).await;
                 (p, sent, r)
             })
             .buffer_unordered(16)
             .collect()
-            .await;
+            .await
+    }
+
+    async fn apply_renewals(&mut self, results: Vec<(Partition, Instant, Renewal)>) {
         for (p, sent, result) in results {
             match result {
-                Ok(revision) => {
+                Ok(Ok(revision)) => {
                     self.held.insert(
                         p,
                         Held {
                             revision,
-                            lapses_at: sent + self.ttl,
+                            lapses_at: sent + self.valid_for,
                         },
                     );
                 }
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                     self.lose(p, LossCause::Refused).await;
                 }
-                Err(e) => {
-                    let lapsed = self
-                        .held
-                        .get(&p)
-                        .is_some_and(|h| Instant::now() >= h.lapses_at);
-                    tracing::warn!(node = %self.node_id, %p, error = %e, lapsed, "cluster: lease renewal failed");
-                    if lapsed {
-                        self.lose(p, LossCause::Lapsed).await;
-                    }
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %self.node_id, %p, error = %e, "cluster: lease renewal failed");
+                }
+                Err(_) => {
+                    tracing::warn!(node = %self.node_id, %p, "cluster: lease renewal timed out");
                 }
             }
         }
         self.publish_owned();
     }
 
+    /// Stop owning every lease that has lapsed by this node's clock.
+    async fn let_lapsed_go(&mut self) {
+        let now = Instant::now();
+        let lapsed: Vec<Partition> = self
+            .held
+            .iter()
+            .filter(|(_, h)| now >= h.lapses_at)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in lapsed {
+            self.lose(p, LossCause::Lapsed).await;
+        }
+    }
+
     /// The ids of the nodes whose membership key has not expired, this
-    /// node's own always among them; `None` if the bucket could not be read.
+    /// node's own always among them; `None` if the bucket could not be read
+    /// in time.
     async fn live_nodes(&self) -> Option<Vec<String>> {
+        let live = timeout(self.call_limit, self.read_live_nodes()).await;
+        if live.is_err() {
+            tracing::warn!(node = %self.node_id, "cluster: reading the live nodes timed out");
+        }
+        live.ok().flatten()
+    }
+
+    async fn read_live_nodes(&self) -> Option<Vec<String>> {
         let prefix = format!("$KV.{}.", self.nodes.name);
         let info = match self
             .nodes
@@ -419,18 +491,21 @@ impl Round {
     /// Every partition's lease as it stands.
     async fn read_leases(&self) -> BTreeMap<Partition, Seen> {
         let leases = &self.leases;
+        let limit = self.call_limit;
         stream::iter(Partition::all())
             .map(|p| async move {
-                let seen = match leases.entry(p.key()).await {
-                    Ok(None) => Seen::Free,
-                    Ok(Some(e)) if matches!(e.operation, Operation::Delete | Operation::Purge) => {
+                let seen = match timeout(limit, leases.entry(p.key())).await {
+                    Ok(Ok(None)) => Seen::Free,
+                    Ok(Ok(Some(e)))
+                        if matches!(e.operation, Operation::Delete | Operation::Purge) =>
+                    {
                         Seen::Free
                     }
-                    Ok(Some(e)) => Seen::Held {
+                    Ok(Ok(Some(e))) => Seen::Held {
                         owner: String::from_utf8_lossy(&e.value).into_owned(),
                         revision: e.revision,
                     },
-                    Err(_) => Seen::Unknown,
+                    Ok(Err(_)) | Err(_) => Seen::Unknown,
                 };
                 (p, seen)
             })
@@ -486,20 +561,30 @@ impl Round {
             }
             let sent = Instant::now();
             let result = match seen.get(&p) {
-                Some(Seen::Free) => self
-                    .leases
-                    .create(p.key(), self.value.clone())
-                    .await
-                    .map_err(|e| {
+                // A create that timed out may have been stored: the key then
+                // names this node, and a later round takes it back.
+                Some(Seen::Free) => timeout(
+                    self.call_limit,
+                    self.leases.create(p.key(), self.value.clone()),
+                )
+                .await
+                .map_err(|_| Some("timed out".to_owned()))
+                .and_then(|r| {
+                    r.map_err(|e| {
                         (e.kind() != CreateErrorKind::AlreadyExists).then_some(e.to_string())
-                    }),
-                Some(Seen::Held { owner, revision }) if *owner == self.node_id => self
-                    .leases
-                    .update(p.key(), self.value.clone(), *revision)
-                    .await
-                    .map_err(|e| {
+                    })
+                }),
+                Some(Seen::Held { owner, revision }) if *owner == self.node_id => timeout(
+                    self.call_limit,
+                    self.leases.update(p.key(), self.value.clone(), *revision),
+                )
+                .await
+                .map_err(|_| Some("timed out".to_owned()))
+                .and_then(|r| {
+                    r.map_err(|e| {
                         (e.kind() != UpdateErrorKind::WrongLastRevision).then_some(e.to_string())
-                    }),
+                    })
+                }),
                 _ => continue,
             };
             match result {
@@ -508,7 +593,7 @@ impl Round {
                         p,
                         Held {
                             revision,
-                            lapses_at: sent + self.ttl,
+                            lapses_at: sent + self.valid_for,
                         },
                     );
                     self.publish_owned();
@@ -558,7 +643,7 @@ impl Round {
     }
 
     fn publish_owned(&self) {
-        *self.owned.lock() = self.held.iter().map(|(p, h)| (*p, h.revision)).collect();
+        *self.owned.lock() = self.held.iter().map(|(p, h)| (*p, h.lapses_at)).collect();
     }
 
     async fn tell(&self, change: OwnershipChange) {

@@ -62,7 +62,9 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    /// Start it again after [`NatsServer::stop`], on the same port with the
+    /// same store.
+    pub fn spawn(&mut self) {
         let child = Command::new(&self.binary)
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
