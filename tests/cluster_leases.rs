@@ -14,8 +14,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use switchboard::cluster::{
-    Cluster, ClusterSettings, FenceError, LeaseKeeper, LossCause, OwnershipChange, Partition,
-    PARTITIONS,
+    Cluster, ClusterError, ClusterSettings, FenceError, LeaseKeeper, LossCause, OwnershipChange,
+    Partition, PARTITIONS,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -509,4 +509,42 @@ async fn owners_let_go_when_nats_is_away_longer_than_a_lease_and_take_over_again
     )
     .await;
     assert_bucket_agrees(&a.cluster, &[&a, &b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_must_agree_on_the_lease_ttl_and_name_themselves_plainly() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let first = Cluster::connect(settings(&url, "a"))
+        .await
+        .expect("connect");
+    assert_eq!(first.settings().lease_ttl, TTL);
+    let mut other = settings(&url, "b");
+    other.lease_ttl = TTL * 2;
+    match Cluster::connect(other).await {
+        Err(ClusterError::TtlDiffers { found, want, .. }) => {
+            assert_eq!((found, want), (TTL, TTL * 2));
+        }
+        Err(e) => panic!("expected TtlDiffers, got {e}"),
+        Ok(_) => panic!("a node with another TTL must not join"),
+    }
+    for bad in ["", "a.b", "a b", "ä", &"n".repeat(65)] {
+        assert!(
+            matches!(
+                Cluster::connect(settings(&url, bad)).await,
+                Err(ClusterError::Setting(_))
+            ),
+            "node id {bad:?}"
+        );
+    }
+    // Nothing listening: the first connection fails at once, saying where.
+    let closed = format!("nats://127.0.0.1:{}", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    });
+    match Cluster::connect(settings(&closed, "c")).await {
+        Err(e @ ClusterError::Connect { .. }) => assert!(e.to_string().contains(&closed), "{e}"),
+        Err(e) => panic!("expected a connect error, got {e}"),
+        Ok(_) => panic!("connected to nothing"),
+    }
 }
