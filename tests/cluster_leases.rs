@@ -331,7 +331,10 @@ async fn a_paused_owner_is_refused_its_renewal_and_fenced_off() {
     .await;
     let log_b = b.cluster.event_log();
     let mut writer_b = b.keeper.writer(&log_b, p).await.expect("b's writer");
-    assert_eq!(writer_b.last_sequence(), first);
+    assert!(
+        writer_b.last_sequence() > first,
+        "b's claim follows a's event"
+    );
     let second = writer_b
         .append_event(&("b", 2u32))
         .await
@@ -547,4 +550,69 @@ async fn nodes_must_agree_on_the_lease_ttl_and_name_themselves_plainly() {
         Err(e) => panic!("expected a connect error, got {e}"),
         Ok(_) => panic!("connected to nothing"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owners_claim_fences_the_old_one_out_before_any_event() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let old = Cluster::connect(settings(&url, "old"))
+        .await
+        .expect("connect");
+    let new = Cluster::connect(settings(&url, "new"))
+        .await
+        .expect("connect");
+    let p = switchboard::cluster::partition_of("cv_0123456789abcdef01234567");
+    let mut stale = old.event_log().writer(p, None).await.expect("old writer");
+    let e1 = stale
+        .append(Bytes::from_static(b"old-1"))
+        .await
+        .expect("append");
+    // The new owner only opens its writer: that claim alone shuts the old
+    // one out.
+    let mut owner = new.event_log().writer(p, None).await.expect("new writer");
+    assert!(matches!(
+        stale.append(Bytes::from_static(b"old-2")).await,
+        Err(FenceError::Fenced { expected, .. }) if expected == e1
+    ));
+    assert!(matches!(
+        stale.append(Bytes::from_static(b"old-3")).await,
+        Err(FenceError::Closed(_))
+    ));
+    let e2 = owner
+        .append(Bytes::from_static(b"new-1"))
+        .await
+        .expect("append");
+    // The latest claim wins, even between two writers of one node.
+    let mut again = new.event_log().writer(p, None).await.expect("writer");
+    let mut retry = new.event_log().writer(p, None).await.expect("writer");
+    assert!(
+        matches!(
+            again.append(Bytes::from_static(b"x")).await,
+            Err(FenceError::Fenced { .. })
+        ),
+        "the earlier writer is fenced off by the later claim"
+    );
+    let e3 = retry
+        .append(Bytes::from_static(b"new-2"))
+        .await
+        .expect("append");
+    let log = old.event_log();
+    let events = log.read(p, 1, 100).await.expect("read");
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.sequence, e.payload.clone()))
+            .collect::<Vec<_>>(),
+        [
+            (e1, Bytes::from_static(b"old-1")),
+            (e2, Bytes::from_static(b"new-1")),
+            (e3, Bytes::from_static(b"new-2")),
+        ]
+    );
+    // Reading from a later sequence, and a limited number.
+    assert_eq!(log.read(p, e1 + 1, 100).await.expect("read").len(), 2);
+    assert_eq!(log.read(p, 1, 1).await.expect("read").len(), 1);
+    let other = Partition::new((p.index() + 1) % PARTITIONS).expect("partition");
+    assert!(log.read(other, 1, 100).await.expect("read").is_empty());
 }

@@ -10,6 +10,12 @@
 //! if the stale owner has not yet noticed that its lease is gone. The lease
 //! says who should write; the fence makes sure nobody else does.
 //!
+//! That alone would let a stale owner write for as long as the new owner has
+//! not written anything, so a new owner's writer first writes a **claim**
+//! (an empty marker naming it, at the last sequence it read): from then on
+//! only the new owner's writes are accepted. See [`EventLog::writer`] for
+//! the order a new owner follows (claim, then rebuild, then serve).
+//!
 //! Every write also carries a `Nats-Msg-Id` made of the node, the partition,
 //! the expected sequence and a checksum of the bytes. Retrying an append
 //! whose answer was lost (a NATS restart) is then safe: if the first try was
@@ -31,6 +37,14 @@ use super::lease::Partition;
 use super::ClusterSettings;
 use crate::codec::{self, CodecError};
 
+/// The header that marks a claim: a new owner's first write, naming it.
+pub const CLAIM_HEADER: &str = "Switchboard-Claim";
+
+/// How often opening a writer reads and claims before giving up: each retry
+/// means another writer got a write in between, which a stale owner can do a
+/// few times at most before its keeper notices.
+const CLAIM_ATTEMPTS: usize = 8;
+
 /// An append or a read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
@@ -41,6 +55,9 @@ pub enum FenceError {
     /// The writer was fenced before; it refuses every later append.
     #[error("{0}: this writer was fenced off")]
     Closed(Partition),
+    /// Other writers kept writing while this one tried to claim.
+    #[error("{0}: could not claim it, other writers keep writing")]
+    Contended(Partition),
     #[error("{partition}: append: {source}")]
     Append {
         partition: Partition,
@@ -97,8 +114,18 @@ impl EventLog {
         }
     }
 
-    /// A writer for `p`, starting from the subject's last sequence as the
-    /// stream has it now. Only the lease holder should open one (see
+    /// A writer for `p`, which first **claims** the partition: it reads the
+    /// subject's last sequence and writes a claim marker (no payload, the
+    /// [`CLAIM_HEADER`] naming this node) expecting that sequence. From then
+    /// on every earlier owner's write is refused, whether or not this node
+    /// has written an event yet. A write by an earlier owner that slips in
+    /// between the read and the claim is simply in the log before the claim
+    /// (the claim is retried after it), so a new owner rebuilds the
+    /// partition with [`EventLog::read`] *after* opening its writer, up to
+    /// [`PartitionWriter::last_sequence`], and nothing an earlier owner had
+    /// acknowledged is missed.
+    ///
+    /// Only the lease holder should open one (see
     /// [`super::LeaseKeeper::writer`], which also drops the lease when the
     /// writer is fenced); `on_fenced` is told when a write is refused.
     pub async fn writer(
@@ -107,29 +134,44 @@ impl EventLog {
         on_fenced: Option<OnFenced>,
     ) -> Result<PartitionWriter, FenceError> {
         let subject = self.settings.partition_subject(p);
-        let last = match self.stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => m.sequence,
-            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => 0,
-            Err(e) => {
-                return Err(FenceError::Read {
-                    partition: p,
-                    source: e.into(),
-                })
-            }
-        };
-        Ok(PartitionWriter {
+        let mut writer = PartitionWriter {
             jetstream: self.jetstream.clone(),
             subject,
             partition: p,
             node_id: self.settings.node_id.clone(),
-            last,
+            last: 0,
             fenced: false,
             on_fenced,
-        })
+        };
+        for _ in 0..CLAIM_ATTEMPTS {
+            writer.last = match self
+                .stream
+                .get_last_raw_message_by_subject(&writer.subject)
+                .await
+            {
+                Ok(m) => m.sequence,
+                Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => 0,
+                Err(e) => {
+                    return Err(FenceError::Read {
+                        partition: p,
+                        source: e.into(),
+                    })
+                }
+            };
+            match writer.send(Bytes::new(), true).await {
+                Ok(sequence) => {
+                    writer.last = sequence;
+                    return Ok(writer);
+                }
+                Err(FenceError::Fenced { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(FenceError::Contended(p))
     }
 
     /// Up to `max` of `p`'s events with a sequence of `from` or more, in
-    /// order; fewer means the end was reached. Read one by one with direct
+    /// order (claim markers left out); fewer means the end was reached. Read one by one with direct
     /// gets: no consumer is created, so any node may read at any time.
     pub async fn read(
         &self,
@@ -146,6 +188,7 @@ impl EventLog {
                 .direct_get_next_for_subject(subject.as_str(), Some(next))
                 .await
             {
+                Ok(m) if m.headers.get(CLAIM_HEADER).is_some() => next = m.sequence + 1,
                 Ok(m) => {
                     next = m.sequence + 1;
                     out.push(StoredEvent {
@@ -201,6 +244,25 @@ impl PartitionWriter {
         if self.fenced {
             return Err(FenceError::Closed(self.partition));
         }
+        match self.send(payload, false).await {
+            Ok(sequence) => {
+                self.last = sequence;
+                Ok(sequence)
+            }
+            Err(e @ FenceError::Fenced { .. }) => {
+                self.fenced = true;
+                if let Some(tell) = &self.on_fenced {
+                    tell(self.partition);
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Publish at the expected sequence `self.last`: an event, or the
+    /// claim marker.
+    async fn send(&self, payload: Bytes, claim: bool) -> Result<u64, FenceError> {
         let expected = self.last;
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -208,13 +270,20 @@ impl PartitionWriter {
             HeaderValue::from(expected),
         );
         let id = format!(
-            "{}.{}.{}.{:08x}",
+            "{}.{}.{}.{}",
             self.node_id,
             self.partition.index(),
             expected,
-            crc32c::crc32c(&payload)
+            if claim {
+                "claim".to_owned()
+            } else {
+                format!("{:08x}", crc32c::crc32c(&payload))
+            }
         );
         headers.insert(NATS_MESSAGE_ID, id.as_str());
+        if claim {
+            headers.insert(CLAIM_HEADER, self.node_id.as_str());
+        }
         let partition = self.partition;
         let append_err = |source: async_nats::Error| FenceError::Append { partition, source };
         let ack = self
@@ -224,20 +293,11 @@ impl PartitionWriter {
             .map_err(|e| append_err(e.into()))?
             .await;
         match ack {
-            Ok(ack) => {
-                self.last = ack.sequence;
-                Ok(ack.sequence)
-            }
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                self.fenced = true;
-                if let Some(tell) = &self.on_fenced {
-                    tell(partition);
-                }
-                Err(FenceError::Fenced {
-                    partition,
-                    expected,
-                })
-            }
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(FenceError::Fenced {
+                partition,
+                expected,
+            }),
             Err(e) => Err(append_err(e.into())),
         }
     }

@@ -123,7 +123,7 @@ pub enum LossCause {
     Fenced,
 }
 
-/// The keeper could not start.
+/// A call on a keeper failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("keeper of node {0} has stopped")]

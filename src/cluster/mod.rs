@@ -33,8 +33,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
-pub use fence::{EventLog, FenceError, PartitionWriter, StoredEvent};
-pub use lease::{partition_of, LeaseKeeper, LossCause, OwnershipChange, Partition, PARTITIONS};
+pub use fence::{EventLog, FenceError, PartitionWriter, StoredEvent, CLAIM_HEADER};
+pub use lease::{
+    partition_of, LeaseError, LeaseKeeper, LossCause, OwnershipChange, Partition, PARTITIONS,
+};
 
 /// How a node joins the cluster. Every node of one cluster must use the same
 /// `prefix`, `lease_ttl` and `replicas`; [`Cluster::connect`] refuses to
