@@ -615,4 +615,24 @@ async fn a_new_owners_claim_fences_the_old_one_out_before_any_event() {
     assert_eq!(log.read(p, 1, 1).await.expect("read").len(), 1);
     let other = Partition::new((p.index() + 1) % PARTITIONS).expect("partition");
     assert!(log.read(other, 1, 100).await.expect("read").is_empty());
+
+    // What a retried append relies on: the server answers a message id it
+    // has stored with that message's sequence, before it checks the
+    // expected last sequence (which the first try has moved on).
+    let subject = old.settings().partition_subject(other);
+    let publish = || async {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        headers.insert("Nats-Msg-Id", "retried");
+        old.jetstream()
+            .publish_with_headers(subject.clone(), headers, Bytes::from_static(b"r"))
+            .await
+            .expect("publish")
+            .await
+    };
+    let first = publish().await.expect("first try");
+    let second = publish().await.expect("a retry is not fenced");
+    assert!(second.duplicate);
+    assert_eq!(second.sequence, first.sequence);
+    assert_eq!(log.read(other, 1, 100).await.expect("read").len(), 1);
 }
