@@ -17,9 +17,11 @@
 //!   the key only after that delete, so a handover has no moment with two
 //!   owners.
 //!
-//! A keeper runs as one tokio task per node. Every `lease_ttl / 4` it
-//! rewrites its membership key, renews its leases, reads the lease bucket
-//! and the live nodes, and moves towards its fair share: it gives back
+//! A keeper runs as one tokio task per node, spawned on the runtime it is
+//! started from (on an actix arbiter, that arbiter's; it only awaits, never
+//! blocks). Every `lease_ttl / 4` it rewrites its membership key, renews its
+//! leases, reads who is live (and, when short of its share, the lease
+//! bucket), and moves towards its fair share: it gives back
 //! surplus partitions when nodes joined and takes free ones when nodes left.
 //! It tells its owner what changed through a channel ([`OwnershipChange`]).
 //! A renewal that is refused means the partition is gone (another node has
@@ -232,9 +234,10 @@ impl LeaseKeeper {
             .is_some_and(|lapses_at| Instant::now() < *lapses_at)
     }
 
-    /// A writer for partition `p`, which this keeper must hold; a write it
-    /// finds fenced off makes this keeper drop `p` (reported `Lost` with
-    /// [`LossCause::Fenced`]).
+    /// A writer for partition `p`, which this keeper must hold; opening it
+    /// claims the partition in the events stream (see
+    /// [`EventLog::writer`]), and a write it finds fenced off makes this
+    /// keeper drop `p` (reported `Lost` with [`LossCause::Fenced`]).
     pub async fn writer(
         &self,
         log: &EventLog,
