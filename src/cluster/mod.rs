@@ -6,7 +6,7 @@
 //! - [`Cluster`]: connect (with reconnection), then create or open what the
 //!   design needs, with the settings below;
 //! - [`lease`]: which partition a conversation belongs to, and the
-//!   [`LeaseKeeper`](lease::LeaseKeeper) that holds a node's fair share of
+//!   [`LeaseKeeper`] that holds a node's fair share of
 //!   the partitions by lease;
 //! - [`fence`]: the owner's fenced appends to a partition's events, and
 //!   reading them back.
