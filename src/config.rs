@@ -1652,7 +1652,7 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
 /// up to two minutes).
 fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     match d.as_secs() {

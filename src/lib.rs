@@ -11,6 +11,7 @@ pub mod broker;
 pub mod canned;
 pub mod channel;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 pub mod compactor;
 pub mod config;

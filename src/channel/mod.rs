@@ -281,9 +281,9 @@ fn describe(channel: ChannelKind, upload_limit: u64) -> String {
 }
 
 fn human_size(bytes: u64) -> String {
-    if bytes % MB == 0 {
+    if bytes.is_multiple_of(MB) {
         format!("{} MB", bytes / MB)
-    } else if bytes % (1024 * 1024) == 0 {
+    } else if bytes.is_multiple_of(1024 * 1024) {
         format!("{} MiB", bytes / (1024 * 1024))
     } else {
         format!("{bytes} bytes")

@@ -2,6 +2,7 @@
 //! small WebSocket client that keeps frames it was not asked for.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod process;
 
 use std::any::Any;

@@ -1,0 +1,304 @@
+//! Fenced appends to a partition's events, and reading them back.
+//!
+//! Each partition's events go to the events stream on the subject
+//! `<prefix>.p.<n>`. The owner writes through a [`PartitionWriter`], which
+//! sends every event with `Nats-Expected-Last-Subject-Sequence` set to the
+//! last sequence it saw on that subject (read when the writer opens, then
+//! each of its own acknowledged writes). The server stores the event only if
+//! that is still the subject's last sequence; so once a new owner has
+//! written, a stale owner's write is refused ([`FenceError::Fenced`]), even
+//! if the stale owner has not yet noticed that its lease is gone. The lease
+//! says who should write; the fence makes sure nobody else does.
+//!
+//! That alone would let a stale owner write for as long as the new owner has
+//! not written anything, so a new owner's writer first writes a **claim**
+//! (an empty marker naming it, at the last sequence it read): from then on
+//! only the new owner's writes are accepted. See [`EventLog::writer`] for
+//! the order a new owner follows (claim, then rebuild, then serve).
+//!
+//! Every write also carries a `Nats-Msg-Id` made of the node, the partition,
+//! the expected sequence and a checksum of the bytes. Retrying an append
+//! whose answer was lost (a NATS restart) is then safe: if the first try was
+//! stored, the server answers with its sequence instead of storing it twice.
+//!
+//! A new owner rebuilds a partition's state with [`EventLog::read`], from the
+//! first sequence it has not applied.
+
+use async_nats::header::{
+    HeaderMap, HeaderValue, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID,
+};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::lease::Partition;
+use super::ClusterSettings;
+use crate::codec::{self, CodecError};
+
+/// The header that marks a claim: a new owner's first write, naming it.
+pub const CLAIM_HEADER: &str = "Switchboard-Claim";
+
+/// How often opening a writer reads and claims before giving up: each retry
+/// means another writer got a write in between, which a stale owner can do a
+/// few times at most before its keeper notices.
+const CLAIM_ATTEMPTS: usize = 8;
+
+/// An append or a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// Another writer has written to the partition since this writer's last
+    /// write: this node is not (or no longer) its owner and must drop it.
+    #[error("{partition}: fenced off (expected last sequence {expected}); another node owns it")]
+    Fenced { partition: Partition, expected: u64 },
+    /// The writer was fenced before; it refuses every later append.
+    #[error("{0}: this writer was fenced off")]
+    Closed(Partition),
+    /// Other writers kept writing while this one tried to claim.
+    #[error("{0}: could not claim it, other writers keep writing")]
+    Contended(Partition),
+    #[error("{partition}: append: {source}")]
+    Append {
+        partition: Partition,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("{partition}: read: {source}")]
+    Read {
+        partition: Partition,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// One stored event of a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Its sequence in the events stream (increasing within a partition,
+    /// with gaps: the stream is shared by all partitions).
+    pub sequence: u64,
+    pub payload: Bytes,
+}
+
+impl StoredEvent {
+    /// Decode the payload with the journal's codec.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, CodecError> {
+        codec::decode(&self.payload)
+    }
+}
+
+/// The partitions' events: writers for owners, reading for anyone.
+#[derive(Clone)]
+pub struct EventLog {
+    jetstream: jetstream::Context,
+    stream: stream::Stream,
+    settings: ClusterSettings,
+}
+
+/// Called with the partition when a writer finds itself fenced off.
+pub type OnFenced = Box<dyn Fn(Partition) + Send + Sync>;
+
+impl EventLog {
+    pub(super) fn new(
+        jetstream: jetstream::Context,
+        stream: stream::Stream,
+        settings: ClusterSettings,
+    ) -> EventLog {
+        EventLog {
+            jetstream,
+            stream,
+            settings,
+        }
+    }
+
+    /// A writer for `p`, which first **claims** the partition: it reads the
+    /// subject's last sequence and writes a claim marker (no payload, the
+    /// [`CLAIM_HEADER`] naming this node) expecting that sequence. From then
+    /// on every earlier owner's write is refused, whether or not this node
+    /// has written an event yet. A write by an earlier owner that slips in
+    /// between the read and the claim is simply in the log before the claim
+    /// (the claim is retried after it), so a new owner rebuilds the
+    /// partition with [`EventLog::read`] *after* opening its writer, up to
+    /// [`PartitionWriter::last_sequence`], and nothing an earlier owner had
+    /// acknowledged is missed.
+    ///
+    /// Only the lease holder should open one (see
+    /// [`super::LeaseKeeper::writer`], which also drops the lease when the
+    /// writer is fenced); `on_fenced` is told when a write is refused.
+    pub async fn writer(
+        &self,
+        p: Partition,
+        on_fenced: Option<OnFenced>,
+    ) -> Result<PartitionWriter, FenceError> {
+        let subject = self.settings.partition_subject(p);
+        let mut writer = PartitionWriter {
+            jetstream: self.jetstream.clone(),
+            subject,
+            partition: p,
+            node_id: self.settings.node_id.clone(),
+            last: 0,
+            fenced: false,
+            on_fenced,
+        };
+        for _ in 0..CLAIM_ATTEMPTS {
+            writer.last = match self
+                .stream
+                .get_last_raw_message_by_subject(&writer.subject)
+                .await
+            {
+                Ok(m) => m.sequence,
+                Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => 0,
+                Err(e) => {
+                    return Err(FenceError::Read {
+                        partition: p,
+                        source: e.into(),
+                    })
+                }
+            };
+            match writer.send(Bytes::new(), true).await {
+                Ok(sequence) => {
+                    writer.last = sequence;
+                    return Ok(writer);
+                }
+                Err(FenceError::Fenced { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(FenceError::Contended(p))
+    }
+
+    /// Up to `max` of `p`'s events with a sequence of `from` or more, in
+    /// order (claim markers left out); fewer means the end was reached. Read one by one with direct
+    /// gets: no consumer is created, so any node may read at any time.
+    pub async fn read(
+        &self,
+        p: Partition,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, FenceError> {
+        let subject = self.settings.partition_subject(p);
+        let mut out = Vec::new();
+        let mut next = from.max(1);
+        while out.len() < max {
+            match self
+                .stream
+                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .await
+            {
+                Ok(m) if m.headers.get(CLAIM_HEADER).is_some() => next = m.sequence + 1,
+                Ok(m) => {
+                    next = m.sequence + 1;
+                    out.push(StoredEvent {
+                        sequence: m.sequence,
+                        payload: m.payload,
+                    });
+                }
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
+                Err(e) => {
+                    return Err(FenceError::Read {
+                        partition: p,
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The owner's writer for one partition. Not shared: one owner, one writer.
+pub struct PartitionWriter {
+    jetstream: jetstream::Context,
+    subject: String,
+    partition: Partition,
+    node_id: String,
+    last: u64,
+    fenced: bool,
+    on_fenced: Option<OnFenced>,
+}
+
+impl PartitionWriter {
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    /// The sequence of the partition's last event as this writer knows it.
+    pub fn last_sequence(&self) -> u64 {
+        self.last
+    }
+
+    /// Encode `event` with the journal's codec and append it.
+    pub async fn append_event<T: Serialize>(&mut self, event: &T) -> Result<u64, FenceError> {
+        let bytes = codec::encode(event)?;
+        self.append(Bytes::from(bytes)).await
+    }
+
+    /// Append `payload`, fenced: stored only if nobody else wrote to the
+    /// partition since this writer's last write. Returns its sequence. After
+    /// another error (no answer) the writer's position is unchanged, so
+    /// calling again with the same bytes is safe (deduplicated by id).
+    pub async fn append(&mut self, payload: Bytes) -> Result<u64, FenceError> {
+        if self.fenced {
+            return Err(FenceError::Closed(self.partition));
+        }
+        match self.send(payload, false).await {
+            Ok(sequence) => {
+                self.last = sequence;
+                Ok(sequence)
+            }
+            Err(e @ FenceError::Fenced { .. }) => {
+                self.fenced = true;
+                if let Some(tell) = &self.on_fenced {
+                    tell(self.partition);
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Publish at the expected sequence `self.last`: an event, or the
+    /// claim marker.
+    async fn send(&self, payload: Bytes, claim: bool) -> Result<u64, FenceError> {
+        let expected = self.last;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            HeaderValue::from(expected),
+        );
+        let id = format!(
+            "{}.{}.{}.{}",
+            self.node_id,
+            self.partition.index(),
+            expected,
+            if claim {
+                "claim".to_owned()
+            } else {
+                format!("{:08x}", crc32c::crc32c(&payload))
+            }
+        );
+        headers.insert(NATS_MESSAGE_ID, id.as_str());
+        if claim {
+            headers.insert(CLAIM_HEADER, self.node_id.as_str());
+        }
+        let partition = self.partition;
+        let append_err = |source: async_nats::Error| FenceError::Append { partition, source };
+        let ack = self
+            .jetstream
+            .publish_with_headers(self.subject.clone(), headers, payload)
+            .await
+            .map_err(|e| append_err(e.into()))?
+            .await;
+        match ack {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(FenceError::Fenced {
+                partition,
+                expected,
+            }),
+            Err(e) => Err(append_err(e.into())),
+        }
+    }
+}

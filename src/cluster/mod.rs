@@ -1,0 +1,338 @@
+//! Cluster mode's foundation on NATS: the connection to a NATS server with
+//! JetStream, and the buckets and stream several Switchboard nodes share.
+//!
+//! This is the groundwork only: the broker does not run clustered yet (no
+//! flag turns it on). What is here, and tested against a real `nats-server`:
+//! - [`Cluster`]: connect (with reconnection), then create or open what the
+//!   design needs, with the settings below;
+//! - [`lease`]: which partition a conversation belongs to, and the
+//!   [`LeaseKeeper`] that holds a node's fair share of
+//!   the partitions by lease;
+//! - [`fence`]: the owner's fenced appends to a partition's events, and
+//!   reading them back.
+//!
+//! What lives in NATS, for a cluster named by its `prefix` (`switchboard` by
+//! default); `docs/cluster.md` explains each setting:
+//!
+//! | name | kind | holds | settings |
+//! |---|---|---|---|
+//! | `<prefix>-nodes` | KV bucket | one key per live node, rewritten every renewal | history 1, max age = lease TTL |
+//! | `<prefix>-leases` | KV bucket | one key per partition (`0` … `63`), value = the owner's node id | history 1, max age = lease TTL |
+//! | `<prefix>-events` | stream | each partition's events on `<prefix>.p.<n>` | file storage, limits retention, no age limit, direct get |
+//!
+//! A KV bucket's max age is what makes a lease expire: an entry not
+//! rewritten within the TTL is removed by the server, so a node that dies or
+//! stalls loses its leases and its membership without anyone deleting them.
+//! Replicas are 1 by default (one `nats-server`); a NATS cluster of three
+//! would use 3, so a lease or an event survives a NATS node's loss.
+
+pub mod fence;
+pub mod lease;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+pub use fence::{EventLog, FenceError, PartitionWriter, StoredEvent, CLAIM_HEADER};
+pub use lease::{
+    partition_of, LeaseError, LeaseKeeper, LossCause, OwnershipChange, Partition, PARTITIONS,
+};
+
+/// How a node joins the cluster. Every node of one cluster must use the same
+/// `prefix`, `lease_ttl` and `replicas`; [`Cluster::connect`] refuses to
+/// start against buckets made with another TTL.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// The NATS server(s), e.g. `nats://127.0.0.1:4222` (comma-separated for
+    /// several).
+    pub url: String,
+    /// This node's id: letters, digits, `-` and `_`, at most 64; unique
+    /// among the live nodes (a node that restarts with the same id takes
+    /// back the leases still naming it).
+    pub node_id: String,
+    /// Names of the buckets and stream, and the subjects' first token.
+    pub prefix: String,
+    /// How long a lease (and a node's membership) lasts without renewal.
+    /// A dead node's partitions are served again within this plus one
+    /// renewal interval.
+    pub lease_ttl: Duration,
+    /// JetStream replicas of the buckets and the stream.
+    pub replicas: usize,
+}
+
+impl ClusterSettings {
+    /// The defaults for everything but where NATS is and who this node is:
+    /// prefix `switchboard`, a 10 s lease, one replica.
+    pub fn new(url: impl Into<String>, node_id: impl Into<String>) -> ClusterSettings {
+        ClusterSettings {
+            url: url.into(),
+            node_id: node_id.into(),
+            prefix: "switchboard".to_owned(),
+            lease_ttl: Duration::from_secs(10),
+            replicas: 1,
+        }
+    }
+
+    /// How often a node renews its leases and its membership: a quarter of
+    /// the TTL, so three renewals in a row may fail (a NATS restart, a slow
+    /// disk) before a lease lapses.
+    pub fn renew_every(&self) -> Duration {
+        self.lease_ttl / 4
+    }
+
+    /// The membership bucket's name.
+    pub fn nodes_bucket(&self) -> String {
+        format!("{}-nodes", self.prefix)
+    }
+
+    /// The lease bucket's name.
+    pub fn leases_bucket(&self) -> String {
+        format!("{}-leases", self.prefix)
+    }
+
+    /// The events stream's name.
+    pub fn events_stream(&self) -> String {
+        format!("{}-events", self.prefix)
+    }
+
+    /// The subject partition `p`'s events are written on.
+    pub fn partition_subject(&self, p: Partition) -> String {
+        format!("{}.p.{}", self.prefix, p.index())
+    }
+
+    fn check(&self) -> Result<(), ClusterError> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !name_ok(&self.node_id) {
+            return Err(ClusterError::Setting(format!(
+                "node id {:?}: 1 to 64 letters, digits, '-' or '_'",
+                self.node_id
+            )));
+        }
+        if !name_ok(&self.prefix) {
+            return Err(ClusterError::Setting(format!(
+                "prefix {:?}: 1 to 64 letters, digits, '-' or '_'",
+                self.prefix
+            )));
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(ClusterError::Setting(format!(
+                "lease TTL {:?}: at least 1s (the server expires entries with a coarse timer)",
+                self.lease_ttl
+            )));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(ClusterError::Setting(format!(
+                "replicas {}: 1 to 5",
+                self.replicas
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Joining the cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster setting: {0}")]
+    Setting(String),
+    #[error("connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("bucket {bucket}: {source}")]
+    Bucket {
+        bucket: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("bucket {bucket} expires entries after {found:?}, this node's lease TTL is {want:?}: every node must use the same TTL")]
+    TtlDiffers {
+        bucket: String,
+        found: Duration,
+        want: Duration,
+    },
+    #[error("stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// A node's connection to the cluster: the NATS client, JetStream, and the
+/// buckets and stream every node shares. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    settings: ClusterSettings,
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    nodes: kv::Store,
+    leases: kv::Store,
+    events: stream::Stream,
+}
+
+impl Cluster {
+    /// Connect and create (or open) the buckets and the stream.
+    ///
+    /// The first connection must succeed (a node that cannot reach NATS at
+    /// start says so at once); after that the client reconnects for ever,
+    /// with a delay growing by 100 ms per attempt up to a quarter of the
+    /// lease TTL, so a NATS restart is noticed well within one lease.
+    pub async fn connect(settings: ClusterSettings) -> Result<Cluster, ClusterError> {
+        settings.check()?;
+        let max_delay = settings.renew_every();
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("switchboard {}", settings.node_id))
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .reconnect_delay_callback(move |attempts| {
+                (Duration::from_millis(100) * attempts as u32).min(max_delay)
+            })
+            .connect(settings.url.as_str())
+            .await
+            .map_err(|source| ClusterError::Connect {
+                url: settings.url.clone(),
+                source,
+            })?;
+        let jetstream = jetstream::new(client.clone());
+        let nodes =
+            open_bucket(&jetstream, &settings, settings.nodes_bucket(), "live nodes").await?;
+        let leases = open_bucket(
+            &jetstream,
+            &settings,
+            settings.leases_bucket(),
+            "partition leases",
+        )
+        .await?;
+        let name = settings.events_stream();
+        let events = jetstream
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                description: Some("Switchboard partitions' events".to_owned()),
+                subjects: vec![format!("{}.p.*", settings.prefix)],
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Limits,
+                num_replicas: settings.replicas,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Stream {
+                stream: name,
+                source: e.into(),
+            })?;
+        Ok(Cluster {
+            settings,
+            client,
+            jetstream,
+            nodes,
+            leases,
+            events,
+        })
+    }
+
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    /// The NATS client (for the next steps' request-reply between nodes).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// The membership bucket: one key per live node.
+    pub fn nodes(&self) -> &kv::Store {
+        &self.nodes
+    }
+
+    /// The lease bucket: one key per held partition, naming its owner.
+    pub fn leases(&self) -> &kv::Store {
+        &self.leases
+    }
+
+    /// The partitions' events.
+    pub fn event_log(&self) -> EventLog {
+        EventLog::new(
+            self.jetstream.clone(),
+            self.events.clone(),
+            self.settings.clone(),
+        )
+    }
+}
+
+/// Open the bucket if it exists (refusing one whose TTL differs), else
+/// create it. Two nodes creating it at once both succeed: the server
+/// accepts an identical configuration.
+async fn open_bucket(
+    js: &jetstream::Context,
+    settings: &ClusterSettings,
+    bucket: String,
+    what: &str,
+) -> Result<kv::Store, ClusterError> {
+    let err = |source: async_nats::Error| ClusterError::Bucket {
+        bucket: bucket.clone(),
+        source,
+    };
+    match js.get_stream(format!("KV_{bucket}")).await {
+        Ok(mut existing) => {
+            let found = existing
+                .info()
+                .await
+                .map_err(|e| err(e.into()))?
+                .config
+                .max_age;
+            if found != settings.lease_ttl {
+                return Err(ClusterError::TtlDiffers {
+                    bucket,
+                    found,
+                    want: settings.lease_ttl,
+                });
+            }
+            js.get_key_value(bucket.clone())
+                .await
+                .map_err(|e| err(e.into()))
+        }
+        Err(e) if !is_not_found(&e) => Err(err(e.into())),
+        Err(_) => {
+            // The bucket's stream made here rather than with
+            // `create_key_value`, which first asks for the account's info in
+            // a form nats-server 2.9 does not send. The same settings as
+            // async-nats gives a KV bucket (so `get_key_value` opens it).
+            js.get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                description: Some(format!("Switchboard {what}")),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age: settings.lease_ttl,
+                storage: stream::StorageType::File,
+                num_replicas: settings.replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(e.into()))?;
+            js.get_key_value(bucket.clone())
+                .await
+                .map_err(|e| err(e.into()))
+        }
+    }
+}
+
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
