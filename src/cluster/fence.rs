@@ -19,7 +19,10 @@
 //! Every write also carries a `Nats-Msg-Id` made of the node, the partition,
 //! the expected sequence and a checksum of the bytes. Retrying an append
 //! whose answer was lost (a NATS restart) is then safe: if the first try was
-//! stored, the server answers with its sequence instead of storing it twice.
+//! stored, the retry is answered with its sequence instead of storing it
+//! twice — by the server as a duplicate id (2.9), or, where the server
+//! refuses it on the expected sequence first (2.10 and later), by the writer
+//! finding its own id right after the sequence it expected.
 //!
 //! A new owner rebuilds a partition's state with [`EventLog::read`], from the
 //! first sequence it has not applied.
@@ -136,6 +139,7 @@ impl EventLog {
         let subject = self.settings.partition_subject(p);
         let mut writer = PartitionWriter {
             jetstream: self.jetstream.clone(),
+            stream: self.stream.clone(),
             subject,
             partition: p,
             node_id: self.settings.node_id.clone(),
@@ -212,6 +216,8 @@ impl EventLog {
 /// The owner's writer for one partition. Not shared: one owner, one writer.
 pub struct PartitionWriter {
     jetstream: jetstream::Context,
+    /// To look for an earlier try of a refused write.
+    stream: stream::Stream,
     subject: String,
     partition: Partition,
     node_id: String,
@@ -269,17 +275,7 @@ impl PartitionWriter {
             NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             HeaderValue::from(expected),
         );
-        let id = format!(
-            "{}.{}.{}.{}",
-            self.node_id,
-            self.partition.index(),
-            expected,
-            if claim {
-                "claim".to_owned()
-            } else {
-                format!("{:08x}", crc32c::crc32c(&payload))
-            }
-        );
+        let id = self.message_id(&payload, claim);
         headers.insert(NATS_MESSAGE_ID, id.as_str());
         if claim {
             headers.insert(CLAIM_HEADER, self.node_id.as_str());
@@ -294,11 +290,48 @@ impl PartitionWriter {
             .await;
         match ack {
             Ok(ack) => Ok(ack.sequence),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(FenceError::Fenced {
-                partition,
-                expected,
-            }),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                // Refused: either another writer moved the partition on, or
+                // this is a retry whose first try was stored (its answer
+                // lost). Older servers (2.9) answer such a retry as a
+                // duplicate of the id; newer ones (2.10 and later) check the
+                // expected sequence first. So look at what follows the
+                // expected sequence: this very write, by its id, is stored.
+                match self
+                    .stream
+                    .direct_get_next_for_subject(self.subject.as_str(), Some(expected + 1))
+                    .await
+                {
+                    Ok(m)
+                        if m.headers.get(NATS_MESSAGE_ID).map(|v| v.as_str())
+                            == Some(id.as_str()) =>
+                    {
+                        Ok(m.sequence)
+                    }
+                    _ => Err(FenceError::Fenced {
+                        partition,
+                        expected,
+                    }),
+                }
+            }
             Err(e) => Err(append_err(e.into())),
         }
+    }
+
+    /// The `Nats-Msg-Id` of this writer's next append of `payload` (or of
+    /// its claim): node, partition, the expected sequence and a checksum of
+    /// the bytes, so a retry of the same append carries the same id.
+    pub fn message_id(&self, payload: &[u8], claim: bool) -> String {
+        format!(
+            "{}.{}.{}.{}",
+            self.node_id,
+            self.partition.index(),
+            self.last,
+            if claim {
+                "claim".to_owned()
+            } else {
+                format!("{:08x}", crc32c::crc32c(payload))
+            }
+        )
     }
 }

