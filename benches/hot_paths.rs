@@ -42,6 +42,11 @@ fn frames(c: &mut Criterion) {
     c.bench_function("parse agent send command", |b| {
         b.iter(|| AgentCommand::parse(black_box(send)).expect("valid"))
     });
+    // The baseline of the line above, same run: serde's internally tagged
+    // enum, which buffers every field before it reads `type`.
+    c.bench_function("parse agent send command (tagged enum)", |b| {
+        b.iter(|| serde_json::from_str::<AgentCommand>(black_box(send)).expect("valid"))
+    });
     let m = message("Hello, my order 4411 has not arrived yet, can you check?");
     c.bench_function("encode message event once", |b| {
         b.iter(|| {
@@ -51,6 +56,25 @@ fn frames(c: &mut Criterion) {
                 reference: Some(Cow::Borrowed("r9")),
             }
             .frame()
+        })
+    });
+    // An agent's send: the frame for the customer and the echo with the
+    // command's `ref`, encoded once; against encoding both.
+    let id: Id = m.conversation_id.clone();
+    c.bench_function("agent send: message and echo frames", |b| {
+        b.iter(|| Event::message_frames(black_box(&id), black_box(&m), Some("r9")))
+    });
+    c.bench_function("agent send: message and echo frames (encoded twice)", |b| {
+        b.iter(|| {
+            let frame = |reference: Option<&str>| {
+                Event::Message {
+                    conversation_id: black_box(&id).clone(),
+                    message: Cow::Borrowed(black_box(&m)),
+                    reference: reference.map(Cow::Borrowed),
+                }
+                .frame()
+            };
+            (frame(None), frame(Some("r9")))
         })
     });
 }

@@ -336,9 +336,9 @@ impl Event<'_> {
         super::frame(self)
     }
 
-    /// A `message` event twice: as everyone gets it (`ref` null) and as the
-    /// sender gets it, with its command's `ref`. Encoded once: the `ref` is
-    /// written in place of the `null` that ends the first.
+    /// A `message` event twice: as everyone gets it (no `ref`) and as the
+    /// sender gets it, with its command's `ref`. Encoded once: the `ref`,
+    /// the event's last field, is written onto the end of the first.
     pub fn message_frames(
         conversation_id: &Id,
         message: &Message,
@@ -353,16 +353,7 @@ impl Event<'_> {
         let Some(r) = reference else {
             return (plain.clone(), plain);
         };
-        const TAIL: &str = r#""ref":null}"#;
-        let spliced = plain.strip_suffix(TAIL).and_then(|head| {
-            let r = serde_json::to_string(r).ok()?;
-            let mut s = String::with_capacity(head.len() + r.len() + 8);
-            s.push_str(head);
-            s.push_str(r#""ref":"#);
-            s.push_str(&r);
-            s.push('}');
-            Some(Frame::from(s))
-        });
+        let spliced = splice_ref(&plain, r).map(Frame::from);
         let with_ref = spliced.unwrap_or_else(|| {
             Event::Message {
                 conversation_id: conversation_id.clone(),
@@ -378,6 +369,19 @@ impl Event<'_> {
     pub fn parse(text: &str) -> Result<Event<'static>, serde_json::Error> {
         serde_json::from_str(text)
     }
+}
+
+/// A `message` event's frame without a `ref`, with `r` added as its last
+/// field (where serde writes it); None if the frame is not an object.
+fn splice_ref(plain: &str, r: &str) -> Option<String> {
+    let head = plain.strip_suffix('}')?;
+    let r = serde_json::to_string(r).ok()?;
+    let mut s = String::with_capacity(head.len() + r.len() + 8);
+    s.push_str(head);
+    s.push_str(r#","ref":"#);
+    s.push_str(&r);
+    s.push('}');
+    Some(s)
 }
 
 /// A borrowed `ref` from a command's optional one.
@@ -407,6 +411,10 @@ mod tests {
             };
             assert_eq!(plain, full(None));
             assert_eq!(with_ref, full(r), "{r:?}");
+            // By the splice, not by encoding it again.
+            if let Some(r) = r {
+                assert_eq!(splice_ref(&plain, r).as_deref(), Some(&*full(Some(r))));
+            }
         }
     }
 
