@@ -59,6 +59,20 @@ async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Nodes "a", "b" and "c", once they have split the 64 partitions 22/21/21.
+async fn three_nodes(url: &str) -> (Node, Node, Node) {
+    let (a, b, c) = (
+        node(url, "a").await,
+        node(url, "b").await,
+        node(url, "c").await,
+    );
+    wait_until("64 partitions split 22/21/21", PATIENCE, || {
+        split(&[&a, &b, &c]) == Some(vec![22, 21, 21])
+    })
+    .await;
+    (a, b, c)
+}
+
 /// Each node's count if together they hold every partition once.
 fn split(nodes: &[&Node]) -> Option<Vec<usize>> {
     let sets: Vec<BTreeSet<Partition>> = nodes.iter().map(|n| n.keeper.owned()).collect();
@@ -154,15 +168,7 @@ fn drain(changes: &mut mpsc::Receiver<OwnershipChange>) -> Vec<OwnershipChange> 
 async fn three_keepers_split_the_partitions_fairly() {
     let nats = NatsServer::start();
     let url = nats.url();
-    let (a, b, c) = (
-        node(&url, "a").await,
-        node(&url, "b").await,
-        node(&url, "c").await,
-    );
-    wait_until("64 partitions split 22/21/21", PATIENCE, || {
-        split(&[&a, &b, &c]) == Some(vec![22, 21, 21])
-    })
-    .await;
+    let (a, b, c) = three_nodes(&url).await;
     assert_bucket_agrees(&a.cluster, &[&a, &b, &c]).await;
     // Each keeper told its owner of exactly what it holds.
     let mut c = c;
@@ -180,15 +186,7 @@ async fn three_keepers_split_the_partitions_fairly() {
 async fn a_dropped_keepers_partitions_are_taken_over_within_a_lease() {
     let nats = NatsServer::start();
     let url = nats.url();
-    let (a, b, c) = (
-        node(&url, "a").await,
-        node(&url, "b").await,
-        node(&url, "c").await,
-    );
-    wait_until("64 partitions split 22/21/21", PATIENCE, || {
-        split(&[&a, &b, &c]) == Some(vec![22, 21, 21])
-    })
-    .await;
+    let (a, b, c) = three_nodes(&url).await;
     let orphans = c.keeper.owned();
     // Gone without a word, as a crash: its leases and membership expire.
     let dropped = Instant::now();
@@ -213,15 +211,7 @@ async fn a_dropped_keepers_partitions_are_taken_over_within_a_lease() {
 async fn a_stopped_keeper_hands_its_partitions_over_without_waiting_for_the_ttl() {
     let nats = NatsServer::start();
     let url = nats.url();
-    let (a, b, mut c) = (
-        node(&url, "a").await,
-        node(&url, "b").await,
-        node(&url, "c").await,
-    );
-    wait_until("64 partitions split 22/21/21", PATIENCE, || {
-        split(&[&a, &b, &c]) == Some(vec![22, 21, 21])
-    })
-    .await;
+    let (a, b, mut c) = three_nodes(&url).await;
     let held = c.keeper.owned();
     drain(&mut c.changes);
     let stopping = Instant::now();
