@@ -349,6 +349,30 @@ async fn damage_in_an_earlier_segment_or_a_missing_segment_refuses_the_start() {
     );
 }
 
+/// The disk is full from now on: no file of the broker may grow past the
+/// size of the journal's newest segment.
+fn fill_the_disk(dir: &Path, broker: &std::process::Child) {
+    let segment = segments(dir).pop().expect("a segment");
+    let size = std::fs::metadata(&segment).expect("segment").len();
+    file_size_limit(broker, &size.to_string());
+}
+
+/// `POST /v1/webchat/sessions` for `name` on a task of its own: with the
+/// disk full its answer waits for the journal.
+fn open_session_in_background(h: &Harness, name: &str) -> tokio::task::JoinHandle<Resp> {
+    let h = Harness::external(&h.base, ADMIN);
+    let body = serde_json::json!({ "name": name });
+    tokio::spawn(async move {
+        h.request(
+            reqwest::Method::POST,
+            "/v1/webchat/sessions",
+            None,
+            Some(&body),
+        )
+        .await
+    })
+}
+
 /// Set the running broker's file size limit (soft; the hard one stays).
 fn file_size_limit(broker: &std::process::Child, limit: &str) {
     let status = Command::new("prlimit")
@@ -374,24 +398,11 @@ async fn writes_failing_are_refused_with_unavailable_and_the_broker_recovers_by_
 
     // The disk is full: no file may grow past its size (the journal's
     // writes fail with EFBIG, the broker ignoring SIGXFSZ).
-    let segment = segments(dir.path()).pop().expect("a segment");
-    let size = std::fs::metadata(&segment).expect("segment").len();
-    file_size_limit(&broker.child, &size.to_string());
+    fill_the_disk(dir.path(), &broker.child);
 
     // Taken before the failure shows: a new session's record. Its request
     // waits, unanswered, for the disk.
-    let waiting = {
-        let h = Harness::external(&h.base, ADMIN);
-        tokio::spawn(async move {
-            h.request(
-                reqwest::Method::POST,
-                "/v1/webchat/sessions",
-                None,
-                Some(&serde_json::json!({"name": "Carl"})),
-            )
-            .await
-        })
-    };
+    let waiting = open_session_in_background(&h, "Carl");
     broker.wait_for(Stream::Err, "the write failure's log line", |l| {
         l.contains("journal write failed; appends refused until it works again")
             && l.contains("File too large")
@@ -537,24 +548,11 @@ async fn a_full_disk_that_also_holds_the_log_file_is_survived() {
     let (broker, h) = broker_logging_to_files(dir.path(), logs.path());
     h.create_session("Ann", None).await;
     settle(dir.path());
-    let segment = segments(dir.path()).pop().expect("a segment");
-    let size = std::fs::metadata(&segment).expect("segment").len();
-    file_size_limit(&broker.child, &size.to_string());
+    fill_the_disk(dir.path(), &broker.child);
 
     // The first change waits; the journal's error cannot be logged (the
     // log file is past the limit too), and the broker goes on.
-    let waiting = {
-        let h = Harness::external(&h.base, ADMIN);
-        tokio::spawn(async move {
-            h.request(
-                reqwest::Method::POST,
-                "/v1/webchat/sessions",
-                None,
-                Some(&serde_json::json!({"name": "Bob"})),
-            )
-            .await
-        })
-    };
+    let waiting = open_session_in_background(&h, "Bob");
     wait_health(&h, 503).await;
     let refused = h
         .request(
