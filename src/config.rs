@@ -262,6 +262,17 @@ pub struct Config {
     pub snapshot_every_records: u64,
     /// A snapshot is written at least this often while records come in.
     pub snapshot_interval: Duration,
+    /// Cluster mode: the NATS server(s) the nodes share (`docs/cluster.md`);
+    /// None: a single node.
+    pub cluster: Option<String>,
+    /// This node's id in the cluster (required with `cluster`).
+    pub node_id: Option<String>,
+    /// How long the active node's lease lasts without renewal.
+    pub cluster_lease_ttl: Duration,
+    /// JetStream replicas of the cluster's buckets and stream.
+    pub cluster_replicas: usize,
+    /// Names of the cluster's buckets and stream, and its subjects' first token.
+    pub cluster_prefix: String,
     /// Agents created at start.
     pub agents: Vec<AgentSeed>,
     /// Queues defined at start (`default` is always there too).
@@ -418,6 +429,11 @@ impl Default for Config {
             journal_queue_bytes: crate::journal::DEFAULT_QUEUE_BYTES as u64,
             snapshot_every_records: 1_000_000,
             snapshot_interval: Duration::from_secs(600),
+            cluster: None,
+            node_id: None,
+            cluster_lease_ttl: Duration::from_secs(10),
+            cluster_replicas: 1,
+            cluster_prefix: "switchboard".into(),
             agents: Vec::new(),
             queues: Vec::new(),
             routes: Vec::new(),
@@ -522,6 +538,18 @@ impl Config {
         args.apply(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Cluster mode's settings, or None for a single node (no `cluster`).
+    pub fn cluster(&self) -> Option<crate::cluster::ClusterSettings> {
+        let url = self.cluster.as_ref()?;
+        Some(crate::cluster::ClusterSettings {
+            url: url.clone(),
+            node_id: self.node_id.clone().unwrap_or_default(),
+            prefix: self.cluster_prefix.clone(),
+            lease_ttl: self.cluster_lease_ttl,
+            replicas: self.cluster_replicas,
+        })
     }
 
     /// The journal's settings, or None without a `data_dir` (purely in
@@ -753,6 +781,7 @@ impl Config {
             ));
         }
         self.validate_journal()?;
+        self.validate_cluster()?;
         self.validate_agents()?;
         self.validate_webhooks()?;
         self.validate_queues()?;
@@ -837,6 +866,45 @@ impl Config {
                 .map_err(|e| ConfigError(format!("webhooks[{i}].events: {e}")))?;
         }
         Ok(())
+    }
+
+    /// With `cluster`: a `node_id` and a `data_dir` (the node's copy of the
+    /// journal), and settings `ClusterSettings` accepts. Without it, none of
+    /// the other cluster settings may be set to something that would be
+    /// silently ignored (`node_id`).
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let Some(settings) = self.cluster() else {
+            if self.node_id.is_some() {
+                return Err(ConfigError(
+                    "node_id: set, but cluster is not: a node id means nothing to a single node \
+                     (set cluster = \"nats://…\" too, or remove node_id)"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        };
+        if settings.url.trim().is_empty() {
+            return Err(ConfigError(
+                "cluster: empty; set the NATS URL (e.g. nats://127.0.0.1:4222) or leave it unset \
+                 for a single node"
+                    .into(),
+            ));
+        }
+        if self.node_id.is_none() {
+            return Err(ConfigError(
+                "node_id: required in cluster mode (e.g. --node-id node-1), unique among the nodes"
+                    .into(),
+            ));
+        }
+        if self.data_dir.is_none() {
+            return Err(ConfigError(
+                "data_dir: required in cluster mode: each node keeps its copy of the journal there"
+                    .into(),
+            ));
+        }
+        settings
+            .check()
+            .map_err(|e| ConfigError(e.to_string()))
     }
 
     /// `data_dir` a directory or one that can be created; the journal's
@@ -1363,6 +1431,23 @@ pub struct Args {
     #[serde(default, deserialize_with = "de::duration")]
     pub snapshot_interval: Option<Duration>,
 
+    /// Cluster mode: the NATS server(s), e.g. nats://127.0.0.1:4222 (comma-separated for several).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER")]
+    pub cluster: Option<String>,
+    /// This node's id in the cluster: 1 to 64 letters, digits, '-' or '_', unique among the nodes.
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// How long the active node's lease lasts without renewal (the same on every node).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_LEASE_TTL", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de::duration")]
+    pub cluster_lease_ttl: Option<Duration>,
+    /// JetStream replicas of the cluster's buckets and stream (1 to 5).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_REPLICAS")]
+    pub cluster_replicas: Option<usize>,
+    /// Names of the cluster's buckets and stream (the same on every node).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_PREFIX")]
+    pub cluster_prefix: Option<String>,
+
     /// Externally visible base URL, e.g. https://chat.example.com.
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -1617,6 +1702,11 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "journal_queue_bytes" => value(show_size(c.journal_queue_bytes)),
         "snapshot_every_records" => value(c.snapshot_every_records.to_string()),
         "snapshot_interval" => duration(c.snapshot_interval),
+        "cluster" => Some(Shown::Note("none: a single node")),
+        "node_id" => Some(Shown::Note("none; required with --cluster")),
+        "cluster_lease_ttl" => duration(c.cluster_lease_ttl),
+        "cluster_replicas" => value(c.cluster_replicas.to_string()),
+        "cluster_prefix" => value(c.cluster_prefix.clone()),
         "public_url" => Some(Shown::Note("http://<bind>")),
         "twilio_api_base" => value(c.twilio_api_base.clone()),
         "graph_api_base" => value(c.graph_api_base.clone()),
@@ -1738,8 +1828,9 @@ impl Args {
             sim_wrapup_delay, sim_replies, sim_disposition, sim_seed, aging, max_missed_offers,
             webhook_timeout, webhook_backoff, webhook_retry_for, webhook_queue, webhook_in_flight,
             fsync, fsync_interval, journal_segment_bytes, journal_queue_bytes,
-            snapshot_every_records, snapshot_interval;
-            admin_token, data_dir, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
+            snapshot_every_records, snapshot_interval, cluster_lease_ttl, cluster_replicas,
+            cluster_prefix;
+            admin_token, data_dir, cluster, node_id, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token,
             webchat_context_secret
@@ -2539,6 +2630,65 @@ queue = "billing"
         assert!(err.contains("journal_segment_bytes: 1000"), "{err}");
         let err = with(&|c| c.journal_queue_bytes = 0);
         assert!(err.contains("journal_queue_bytes"), "{err}");
+    }
+
+    #[test]
+    fn cluster_settings_from_file_env_and_flags() {
+        assert!(Config::default().cluster().is_none(), "a single node by default");
+        let dir = tempfile::tempdir().unwrap();
+        let file = format!(
+            "data_dir = {:?}\ncluster = \"nats://127.0.0.1:4222\"\nnode_id = \"node-1\"\n\
+             cluster_lease_ttl = \"4s\"\n",
+            dir.path().to_str().unwrap()
+        );
+        let cfg = load_file(
+            "cluster",
+            &file,
+            &["--node-id", "node-2", "--cluster-replicas", "3"],
+        )
+        .unwrap();
+        let c = cfg.cluster().expect("cluster mode");
+        assert_eq!(c.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.node_id, "node-2", "the flag wins");
+        assert_eq!(c.lease_ttl, Duration::from_secs(4));
+        assert_eq!(c.replicas, 3);
+        assert_eq!(c.prefix, "switchboard");
+    }
+
+    #[test]
+    fn bad_cluster_settings_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_path_buf();
+        let with = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config {
+                cluster: Some("nats://127.0.0.1:4222".into()),
+                node_id: Some("node-1".into()),
+                data_dir: Some(data.clone()),
+                ..Config::default()
+            };
+            f(&mut c);
+            c.validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(with(&|_| {}), "");
+        let err = with(&|c| c.node_id = None);
+        assert!(err.contains("node_id: required in cluster mode"), "{err}");
+        let err = with(&|c| c.data_dir = None);
+        assert!(err.contains("data_dir: required in cluster mode"), "{err}");
+        let err = with(&|c| c.node_id = Some("node 1".into()));
+        assert!(err.contains("node_id \"node 1\""), "{err}");
+        let err = with(&|c| c.cluster_lease_ttl = Duration::from_millis(500));
+        assert!(err.contains("cluster_lease_ttl"), "{err}");
+        let err = with(&|c| c.cluster_replicas = 7);
+        assert!(err.contains("cluster_replicas 7"), "{err}");
+        let err = with(&|c| c.cluster_prefix = "a.b".into());
+        assert!(err.contains("cluster_prefix \"a.b\""), "{err}");
+        let err = with(&|c| c.cluster = Some(" ".into()));
+        assert!(err.contains("cluster: empty"), "{err}");
+        let err = with(&|c| c.cluster = None);
+        assert!(err.contains("node_id: set, but cluster is not"), "{err}");
     }
 
     #[test]

@@ -100,7 +100,9 @@ impl ClusterSettings {
         format!("{}.p.{}", self.prefix, p.index())
     }
 
-    fn check(&self) -> Result<(), ClusterError> {
+    /// The checks [`Cluster::connect`] makes first: the node id and prefix
+    /// are names NATS accepts, the TTL and replicas in range.
+    pub fn check(&self) -> Result<(), ClusterError> {
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64
@@ -109,25 +111,25 @@ impl ClusterSettings {
         };
         if !name_ok(&self.node_id) {
             return Err(ClusterError::Setting(format!(
-                "node id {:?}: 1 to 64 letters, digits, '-' or '_'",
+                "node_id {:?}: 1 to 64 letters, digits, '-' or '_'",
                 self.node_id
             )));
         }
         if !name_ok(&self.prefix) {
             return Err(ClusterError::Setting(format!(
-                "prefix {:?}: 1 to 64 letters, digits, '-' or '_'",
+                "cluster_prefix {:?}: 1 to 64 letters, digits, '-' or '_'",
                 self.prefix
             )));
         }
         if self.lease_ttl < Duration::from_secs(1) {
             return Err(ClusterError::Setting(format!(
-                "lease TTL {:?}: at least 1s (the server expires entries with a coarse timer)",
+                "cluster_lease_ttl {:?}: at least 1s (the server expires entries with a coarse timer)",
                 self.lease_ttl
             )));
         }
         if !(1..=5).contains(&self.replicas) {
             return Err(ClusterError::Setting(format!(
-                "replicas {}: 1 to 5",
+                "cluster_replicas {}: 1 to 5",
                 self.replicas
             )));
         }
