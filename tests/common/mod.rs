@@ -2,6 +2,8 @@
 //! small WebSocket client that keeps frames it was not asked for.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod load;
 pub mod nats;
 pub mod process;
 

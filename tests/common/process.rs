@@ -82,6 +82,58 @@ impl Broker {
         panic!("no {what} on {stream:?}; printed so far: {:#?}", self.seen);
     }
 
+    /// Take in every line printed so far, without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
+    /// The first line printed so far on `stream` that matches, without
+    /// waiting for more.
+    pub fn printed(&mut self, stream: Stream, pred: impl Fn(&str) -> bool) -> Option<String> {
+        self.drain();
+        self.seen
+            .iter()
+            .find(|(s, l)| *s == stream && pred(l))
+            .map(|(_, l)| l.clone())
+    }
+
+    /// The value of the stdout line `label: value` if it was printed
+    /// already, without waiting for it.
+    pub fn printed_value(&mut self, label: &str) -> Option<String> {
+        let prefix = format!("{label}:");
+        self.printed(Stream::Out, |l| l.starts_with(&prefix))
+            .map(|line| line[prefix.len()..].trim().to_owned())
+    }
+
+    /// Send it `signal` (`libc::SIGTERM`, `SIGKILL`, `SIGSTOP`, …).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on this process's own child; no memory involved.
+        let done = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(done, 0, "signal {signal} to the broker");
+    }
+
+    /// Wait for it to exit; its exit code (None when a signal ended it).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The value of the stdout line `label: value`.
     pub fn stdout_value(&mut self, label: &str) -> String {
         let prefix = format!("{label}:");

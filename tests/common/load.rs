@@ -1,0 +1,293 @@
+//! A load of desks and webchat customers against a broker that is going to
+//! die (a `kill -9`, a failover), and the checks made once a broker serves
+//! the same data again: every acknowledged message stored exactly once at
+//! its `seq`, no conversation held by two desks, life cycles that go on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+use super::{assert_gap_free, s, try_connect, Agent, Harness, Session, Ws};
+
+/// What a client was told was stored: by conversation, `client_msg_id` →
+/// `seq`.
+pub type Acked = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// One customer's run: its session, its conversation (once an ack named
+/// it) and every ack it got, in order.
+pub type CustomerRun = (Session, Option<String>, Vec<(String, u64)>);
+
+/// How long a customer waits for an ack before it takes the broker for
+/// gone, and a desk waits for anything before it stops.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// One customer: opens a conversation and sends `n` messages, each after
+/// the previous one's ack, recording every ack; stops at the first failure
+/// (the broker died, or answered nothing within [`PATIENCE`]).
+pub async fn customer(h: &Harness, i: usize, n: usize, count: &AtomicUsize) -> CustomerRun {
+    let session = h.create_session(&format!("c{i}"), None).await;
+    let mut acks = Vec::new();
+    let mut conv = None;
+    let Ok(mut ws) = try_connect(&h.customer_ws_url(&session)).await else {
+        return (session, conv, acks);
+    };
+    for k in 0..n {
+        let id = format!("c{i}-{k}");
+        let sent = ws
+            .try_send(json!({"type": "message", "text": format!("m{k}"), "client_msg_id": id}))
+            .await;
+        if !sent {
+            break;
+        }
+        let deadline = Instant::now() + PATIENCE;
+        let ack = loop {
+            match ws
+                .try_recv_within(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Some(v) if v["type"] == "ack" => break Some(v),
+                Some(_) => continue,
+                None => break None,
+            }
+        };
+        let Some(ack) = ack else { break };
+        conv = ack["conversation_id"].as_str().map(str::to_owned).or(conv);
+        acks.push((id, ack["seq"].as_u64().expect("ack seq")));
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+    (session, conv, acks)
+}
+
+/// A desk that accepts whatever it is offered until its socket closes or
+/// nothing comes for [`PATIENCE`]; how many it accepted.
+pub async fn accepting_desk(mut desk: Ws) -> usize {
+    let mut accepted = 0usize;
+    while let Some(v) = desk.try_recv_within(PATIENCE).await {
+        if v["type"] == "task.offered" {
+            let task = v["task"]["id"].clone();
+            if !desk
+                .try_send(json!({"type": "accept", "task_id": task}))
+                .await
+            {
+                break;
+            }
+            accepted += 1;
+        }
+    }
+    accepted
+}
+
+/// Desks accepting everything and customers each sending `messages`
+/// messages, all running as tasks against one broker.
+pub struct Load {
+    pub agents: Vec<Agent>,
+    /// Each agent's webchat capacity.
+    pub capacity: u64,
+    /// Messages acknowledged so far, by every customer together.
+    pub acked: Arc<AtomicUsize>,
+    pub customers: usize,
+    pub messages: usize,
+    desks: Vec<JoinHandle<usize>>,
+    runs: Vec<JoinHandle<CustomerRun>>,
+}
+
+/// What a [`Load`] left: every customer's session and conversation, and
+/// every ack.
+pub struct Outcome {
+    pub sessions: Vec<(Session, Option<String>)>,
+    pub acked: Acked,
+}
+
+impl Outcome {
+    /// How many messages were acknowledged.
+    pub fn total(&self) -> usize {
+        self.acked.values().map(BTreeMap::len).sum()
+    }
+}
+
+impl Load {
+    /// Create `agents` agents of `capacity` (named `a0`, `a1`, …), bring
+    /// their desks online, then start `customers` customers.
+    pub async fn start(
+        h: &Harness,
+        agents: usize,
+        capacity: u64,
+        customers: usize,
+        messages: usize,
+    ) -> Load {
+        let mut created = Vec::new();
+        for a in 0..agents {
+            created.push(h.create_agent(&format!("a{a}"), capacity, &[]).await);
+        }
+        let mut desks = Vec::new();
+        for agent in &created {
+            desks.push(tokio::spawn(accepting_desk(h.agent_online(agent).await)));
+        }
+        let acked = Arc::new(AtomicUsize::new(0));
+        let mut runs = Vec::new();
+        for i in 0..customers {
+            let (base, admin, count) = (h.base.clone(), h.admin.clone(), acked.clone());
+            runs.push(tokio::spawn(async move {
+                customer(&Harness::external(&base, &admin), i, messages, &count).await
+            }));
+        }
+        Load {
+            agents: created,
+            capacity,
+            acked,
+            customers,
+            messages,
+            desks,
+            runs,
+        }
+    }
+
+    /// Messages acknowledged so far.
+    pub fn acked_now(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Wait until `n` messages are acknowledged (or `within` passed, or every
+    /// customer is done); how many are.
+    pub async fn wait_acked(&self, n: usize, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        while self.acked_now() < n
+            && Instant::now() < deadline
+            && self.runs.iter().any(|r| !r.is_finished())
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.acked_now()
+    }
+
+    /// Wait for every customer and desk to stop; what they were told.
+    pub async fn finish(self) -> Outcome {
+        let mut sessions = Vec::new();
+        let mut acked: Acked = BTreeMap::new();
+        for run in self.runs {
+            let (session, conv, acks) = run.await.expect("customer task");
+            if let Some(conv) = &conv {
+                acked.entry(conv.clone()).or_default().extend(acks);
+            }
+            sessions.push((session, conv));
+        }
+        for desk in self.desks {
+            let _ = desk.await;
+        }
+        Outcome { sessions, acked }
+    }
+}
+
+/// Every acknowledged message is stored exactly once, at the `seq` its ack
+/// gave; each conversation's `seq`s run 1..n without gaps; no
+/// `client_msg_id` is stored twice.
+pub async fn assert_acked_stored_once(h: &Harness, acked: &Acked) {
+    for (conv, acks) in acked {
+        let messages = h.messages(conv).await;
+        let list = messages["messages"].as_array().expect("messages");
+        assert_gap_free(&messages["messages"]);
+        let mut seen = BTreeSet::new();
+        for m in list {
+            let id = m["client_msg_id"].as_str().unwrap_or_default().to_owned();
+            assert!(seen.insert(id.clone()), "{conv}: {id} stored twice");
+        }
+        for (id, seq) in acks {
+            let stored: Vec<&Value> = list
+                .iter()
+                .filter(|m| m["client_msg_id"] == id.as_str())
+                .collect();
+            assert_eq!(
+                stored.len(),
+                1,
+                "{conv}: acknowledged {id} not stored exactly once"
+            );
+            assert_eq!(stored[0]["seq"].as_u64(), Some(*seq), "{conv}: {id} moved");
+        }
+    }
+}
+
+/// The desks, reconnected: each agent's socket, and which agent holds which
+/// conversation (conversation → (agent index, task)). Asserts that no agent
+/// holds more than its capacity and no conversation is held twice.
+pub async fn reconnect_desks(
+    h: &Harness,
+    agents: &[Agent],
+    capacity: u64,
+) -> (Vec<Ws>, BTreeMap<String, (usize, Value)>) {
+    let mut desks = Vec::new();
+    let mut held: BTreeMap<String, (usize, Value)> = BTreeMap::new();
+    for (a, agent) in agents.iter().enumerate() {
+        let (desk, hello) = h.connect_agent(agent).await;
+        let tasks = hello["tasks"].as_array().cloned().unwrap_or_default();
+        assert!(
+            tasks.len() as u64 <= capacity,
+            "{} holds {} tasks: {hello}",
+            agent.id,
+            tasks.len()
+        );
+        for task in tasks {
+            let conv = s(&task["conversation_id"]);
+            if let Some((other, _)) = held.insert(conv.clone(), (a, task)) {
+                panic!(
+                    "{conv} is held by both {} and {}",
+                    agents[other].id, agent.id
+                );
+            }
+        }
+        desks.push(desk);
+    }
+    (desks, held)
+}
+
+/// After the broker came back (restarted, or another node took over):
+/// everything acknowledged is stored once; every desk reconnects with no
+/// conversation held twice; every customer reconnects with the same token
+/// and finds its conversation; and `life_cycles` conversations held by a
+/// desk go on to the end: a message each way, end, wrap-up with a
+/// disposition, completed.
+pub async fn assert_recovered(
+    h: &Harness,
+    load: &Outcome,
+    agents: &[Agent],
+    capacity: u64,
+    life_cycles: usize,
+) {
+    assert_acked_stored_once(h, &load.acked).await;
+    let (mut desks, held) = reconnect_desks(h, agents, capacity).await;
+    let mut done = 0;
+    for (i, (session, conv)) in load.sessions.iter().enumerate() {
+        let (mut ws, history) = h.connect_customer(session).await;
+        let Some(conv) = conv else { continue };
+        assert_eq!(history["conversation_id"], conv.as_str(), "{history}");
+        let Some((a, task)) = held.get(conv) else {
+            continue;
+        };
+        if done == life_cycles || task["state"] != "assigned" {
+            continue;
+        }
+        let stored = load.acked.get(conv).map_or(0, BTreeMap::len) as u64;
+        let text = format!("after the failover {i}");
+        let ack = ws.say(&text).await;
+        assert!(
+            ack["seq"].as_u64() > Some(stored),
+            "{conv}: the new message's {ack} is not after the {stored} acknowledged"
+        );
+        let desk = &mut desks[*a];
+        desk.recv_message_text(&text).await;
+        desk.agent_send(conv, &format!("reply {i}"), &format!("r{i}"))
+            .await;
+        ws.recv_message_text(&format!("reply {i}")).await;
+        desk.end(conv).await;
+        desk.complete(&s(&task["id"]), "resolved", "after the failover")
+            .await;
+        done += 1;
+    }
+    assert_eq!(
+        done, life_cycles,
+        "fewer conversations than wanted were assigned to go on"
+    );
+}
