@@ -1,0 +1,386 @@
+//! Cluster mode's failover, with real processes: three (or two) nodes of the
+//! real binary on one real nats-server, a 2 s lease TTL, desks and webchat
+//! customers against the active node. The active node is killed, paused,
+//! stopped cleanly, or loses NATS; a standby takes over, clients reconnect
+//! to it with the same tokens, and everything that was acknowledged is
+//! there exactly once.
+//!
+//! The tests run one at a time (each starts its own nats-server and nodes;
+//! together they would fight for the CPU and blur the times they print).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::Operation;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use common::cluster::{assert_active, wait_replicated, TestCluster, PREFIX, TTL};
+use common::load::{assert_recovered, customer, Load, Outcome};
+use futures_util::StreamExt;
+
+/// One test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The header naming the node that wrote a record to `<prefix>.core`.
+const NODE_HEADER: &str = "Switchboard-Node";
+
+/// Every message on `<prefix>.core`, in order, claim markers included.
+async fn core_messages(cluster: &TestCluster) -> Vec<StreamMessage> {
+    let stream = async_nats::jetstream::new(cluster.nats_client().await)
+        .get_stream(format!("{PREFIX}-events"))
+        .await
+        .expect("the events stream");
+    let subject = format!("{PREFIX}.core");
+    let mut out = Vec::new();
+    let mut next = 1;
+    loop {
+        match stream
+            .direct_get_next_for_subject(subject.as_str(), Some(next))
+            .await
+        {
+            Ok(m) => {
+                next = m.sequence + 1;
+                out.push(m);
+            }
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return out,
+            Err(e) => panic!("reading {subject}: {e}"),
+        }
+    }
+}
+
+fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {
+    m.headers.get(name).map(|v| v.as_str())
+}
+
+/// After `node` claimed `<prefix>.core`, nobody else wrote there: the last
+/// claim is `node`'s, and every record after it carries `node`'s header.
+/// Returns how many records `node` wrote after its claim.
+async fn assert_only_writer_since_its_claim(cluster: &TestCluster, node: &str) -> usize {
+    let messages = core_messages(cluster).await;
+    let claim = messages
+        .iter()
+        .rposition(|m| header(m, fence_claim_header()).is_some())
+        .expect("a claim marker on the core subject");
+    assert_eq!(
+        header(&messages[claim], fence_claim_header()),
+        Some(node),
+        "the last claim is {node}'s"
+    );
+    for m in &messages[claim + 1..] {
+        assert_eq!(
+            header(m, NODE_HEADER),
+            Some(node),
+            "record at sequence {} written after {node}'s claim by another node",
+            m.sequence
+        );
+    }
+    messages.len() - claim - 1
+}
+
+fn fence_claim_header() -> &'static str {
+    switchboard::cluster::CLAIM_HEADER
+}
+
+/// The node other than `a` and `b` among three.
+fn third(a: usize, b: usize) -> usize {
+    (0..3).find(|i| *i != a && *i != b).expect("three nodes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_the_active_under_load_a_standby_takes_over_with_everything_acknowledged() {
+    const AGENTS: usize = 30;
+    const CAPACITY: u64 = 5;
+    const CUSTOMERS: usize = 300;
+    const MESSAGES: usize = 6;
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(3);
+    assert_active(&active.h, "node-0").await;
+    let load = Load::start(&active.h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
+    load.wait_acked(CUSTOMERS * MESSAGES / 3, Duration::from_secs(20))
+        .await;
+    cluster.assert_standby(1);
+    cluster.assert_standby(2);
+
+    let killed = Instant::now();
+    cluster.process(0).signal(libc::SIGKILL);
+    assert_eq!(cluster.process(0).wait_exit(Duration::from_secs(5)), None);
+    let new = cluster.wait_active(&[0], Duration::from_secs(20));
+    let took = killed.elapsed();
+    let agents = load.agents.clone();
+    let outcome = load.finish().await;
+    println!(
+        "kill -9 with {} messages acknowledged in {} conversations: node-{} active {} ms later \
+         (TTL {} ms, renewal every {} ms)",
+        outcome.total(),
+        outcome.acked.len(),
+        new.index,
+        took.as_millis(),
+        TTL.as_millis(),
+        (TTL / 4).as_millis()
+    );
+    assert!(outcome.total() > 0, "the kill came before any ack");
+    let id = cluster.nodes[new.index].id.clone();
+    assert_active(&new.h, &id).await;
+    cluster.assert_standby(third(0, new.index));
+
+    assert_recovered(&new.h, &outcome, &agents, CAPACITY, 10).await;
+    assert_only_writer_since_its_claim(&cluster, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_paused_past_its_lease_is_fenced_and_exits_75_when_it_wakes() {
+    const AGENTS: usize = 10;
+    const CAPACITY: u64 = 5;
+    const CUSTOMERS: usize = 60;
+    const MESSAGES: usize = 20;
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(2);
+    let load = Load::start(&active.h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
+    load.wait_acked(CUSTOMERS * MESSAGES / 3, Duration::from_secs(20))
+        .await;
+
+    let paused = Instant::now();
+    cluster.process(0).signal(libc::SIGSTOP);
+    let new = cluster.wait_active(&[0], Duration::from_secs(20));
+    let took = paused.elapsed();
+    assert_eq!(new.index, 1);
+    // The old active wakes with clients still waiting on it: whatever it
+    // tries to write now is refused, and it stops.
+    cluster.process(0).signal(libc::SIGCONT);
+    let woke = Instant::now();
+    assert_eq!(
+        cluster.process(0).wait_exit(Duration::from_secs(10)),
+        Some(75),
+        "the paused node exits with 75: {:#?}",
+        cluster.process(0).seen
+    );
+    let stopped = woke.elapsed();
+    let agents = load.agents.clone();
+    let outcome = load.finish().await;
+    println!(
+        "SIGSTOP with {} messages acknowledged: node-1 active {} ms later; the old active \
+         exited 75 {} ms after SIGCONT",
+        outcome.total(),
+        took.as_millis(),
+        stopped.as_millis()
+    );
+    assert_active(&new.h, "node-1").await;
+    assert_recovered(&new.h, &outcome, &agents, CAPACITY, 5).await;
+    let written = assert_only_writer_since_its_claim(&cluster, "node-1").await;
+    assert!(written > 0, "node-1 wrote the life cycles after its claim");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_shorter_than_the_lease_pauses_acks_and_changes_nothing() {
+    const AGENTS: usize = 10;
+    const CAPACITY: u64 = 6;
+    const CUSTOMERS: usize = 60;
+    const MESSAGES: usize = 12;
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(2);
+    let load = Load::start(&active.h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
+    load.wait_acked(CUSTOMERS * MESSAGES / 3, Duration::from_secs(20))
+        .await;
+
+    let down = Instant::now();
+    cluster.nats.restart();
+    let was_down = down.elapsed();
+    let at_restart = load.acked_now();
+    let resumed = load
+        .wait_acked(at_restart + 1, Duration::from_secs(20))
+        .await;
+    let paused = down.elapsed();
+    let agents = load.agents.clone();
+    let outcome = load.finish().await;
+    println!(
+        "nats-server down for {} ms: acks went on {} ms after it went down ({} acknowledged \
+         then, {} in all)",
+        was_down.as_millis(),
+        paused.as_millis(),
+        at_restart,
+        outcome.total()
+    );
+    assert!(resumed > at_restart, "acks resumed after the restart");
+    assert_eq!(
+        outcome.total(),
+        CUSTOMERS * MESSAGES,
+        "every message of every customer was acknowledged"
+    );
+    // No failover: the same node is active, the other still a standby.
+    assert!(cluster.process(0).running());
+    assert_active(&active.h, "node-0").await;
+    cluster.assert_standby(1);
+    wait_replicated(&active.h).await;
+    assert_recovered(&active.h, &outcome, &agents, CAPACITY, 5).await;
+    assert_only_writer_since_its_claim(&cluster, "node-0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_away_longer_than_the_lease_stops_the_active_and_a_node_takes_over_when_it_is_back() {
+    const AGENTS: usize = 10;
+    const CAPACITY: u64 = 5;
+    const CUSTOMERS: usize = 60;
+    const MESSAGES: usize = 12;
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(2);
+    let load = Load::start(&active.h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
+    load.wait_acked(CUSTOMERS * MESSAGES / 3, Duration::from_secs(20))
+        .await;
+
+    let down = Instant::now();
+    cluster.nats.stop();
+    assert_eq!(
+        cluster.process(0).wait_exit(Duration::from_secs(15)),
+        Some(75),
+        "the active exits with 75 once its lease lapsed: {:#?}",
+        cluster.process(0).seen
+    );
+    let exited = down.elapsed();
+    let agents = load.agents.clone();
+    let outcome = load.finish().await;
+    assert!(outcome.total() > 0);
+    assert!(
+        outcome.total() < CUSTOMERS * MESSAGES,
+        "NATS went away before the run was over"
+    );
+
+    // NATS comes back; the old active is restarted (as a supervisor would)
+    // and comes back as a standby; one of the two becomes active.
+    cluster.nats.spawn();
+    let back = Instant::now();
+    cluster.start_node(0);
+    let new = cluster.wait_active(&[], Duration::from_secs(30));
+    println!(
+        "NATS away: the active exited 75 {} ms after NATS went down; with NATS back, node-{} \
+         active {} ms later; {} messages acknowledged before",
+        exited.as_millis(),
+        new.index,
+        back.elapsed().as_millis(),
+        outcome.total()
+    );
+    let id = cluster.nodes[new.index].id.clone();
+    assert_active(&new.h, &id).await;
+    cluster.assert_standby(1 - new.index);
+    assert_recovered(&new.h, &outcome, &agents, CAPACITY, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_active_releases_the_lease_and_a_standby_takes_over_at_once() {
+    const AGENTS: usize = 10;
+    const CAPACITY: u64 = 5;
+    const CUSTOMERS: usize = 60;
+    const MESSAGES: usize = 12;
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(3);
+    let mut lease = cluster.leases().await.watch("core").await.expect("watch");
+    let load = Load::start(&active.h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
+    load.wait_acked(CUSTOMERS * MESSAGES / 3, Duration::from_secs(20))
+        .await;
+
+    let stopped = Instant::now();
+    cluster.process(0).signal(libc::SIGTERM);
+    // The lease is deleted by its holder, not left to expire: the watch
+    // sees the delete before another node's claim on it.
+    let mut released = None;
+    let taken = loop {
+        let entry = tokio::time::timeout(Duration::from_secs(10), lease.next())
+            .await
+            .expect("the lease changed hands within 10 s")
+            .expect("the watch goes on")
+            .expect("a lease entry");
+        match entry.operation {
+            Operation::Delete | Operation::Purge => released = Some(stopped.elapsed()),
+            Operation::Put if entry.value.as_ref() != b"node-0" => {
+                break (
+                    String::from_utf8_lossy(&entry.value).into_owned(),
+                    stopped.elapsed(),
+                )
+            }
+            Operation::Put => {}
+        }
+    };
+    let released = released
+        .unwrap_or_else(|| panic!("{} took the lease without node-0 releasing it", taken.0));
+    assert_eq!(
+        cluster.process(0).wait_exit(Duration::from_secs(10)),
+        Some(0)
+    );
+    let new = cluster.wait_active(&[0], Duration::from_secs(20));
+    let up = stopped.elapsed();
+    assert_eq!(cluster.nodes[new.index].id, taken.0);
+    let agents = load.agents.clone();
+    let outcome = load.finish().await;
+    println!(
+        "SIGTERM: lease released after {} ms, taken by {} after {} ms, which was serving after \
+         {} ms (renewal every {} ms)",
+        released.as_millis(),
+        taken.0,
+        taken.1.as_millis(),
+        up.as_millis(),
+        (TTL / 4).as_millis()
+    );
+    assert_active(&new.h, &taken.0).await;
+    cluster.assert_standby(third(0, new.index));
+    assert_recovered(&new.h, &outcome, &agents, CAPACITY, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_restarted_under_an_active_comes_back_as_a_standby_and_takes_over_later() {
+    const AGENTS: usize = 5;
+    const CAPACITY: u64 = 5;
+    const CUSTOMERS: usize = 20;
+    const MESSAGES: usize = 3;
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(2);
+    // Records from before the standby's restart…
+    let load = Load::start(&active.h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
+    let agents = load.agents.clone();
+    let before = load.finish().await;
+    assert_eq!(before.total(), CUSTOMERS * MESSAGES);
+
+    cluster.assert_standby(1);
+    cluster.process(1).signal(libc::SIGKILL);
+    cluster.process(1).wait_exit(Duration::from_secs(5));
+    cluster.start_node(1);
+    // …and after it.
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    let mut after = Outcome {
+        sessions: Vec::new(),
+        acked: BTreeMap::new(),
+    };
+    for i in CUSTOMERS..CUSTOMERS + 10 {
+        let (session, conv, acks) = customer(&active.h, i, MESSAGES, &count).await;
+        let conv = conv.expect("acknowledged");
+        after.acked.entry(conv.clone()).or_default().extend(acks);
+        after.sessions.push((session, Some(conv)));
+    }
+    assert_eq!(after.total(), 10 * MESSAGES);
+    wait_replicated(&active.h).await;
+    cluster.assert_standby(1);
+    assert_active(&active.h, "node-0").await;
+    assert!(
+        cluster.nodes[1]
+            .dir
+            .path()
+            .join("journal.previous")
+            .is_dir(),
+        "the restarted standby moved its journal aside"
+    );
+
+    // The restarted standby takes over, with everything from before and
+    // after its restart.
+    cluster.process(0).signal(libc::SIGTERM);
+    assert_eq!(
+        cluster.process(0).wait_exit(Duration::from_secs(10)),
+        Some(0)
+    );
+    let new = cluster.wait_active(&[0], Duration::from_secs(20));
+    assert_eq!(new.index, 1);
+    assert_active(&new.h, "node-1").await;
+    let mut all = before;
+    all.sessions.extend(after.sessions);
+    all.acked.extend(after.acked);
+    assert_recovered(&new.h, &all, &agents, CAPACITY, 3).await;
+}

@@ -1,0 +1,198 @@
+//! A cluster of real `switchboard` processes on one real `nats-server`:
+//! nodes started with `--cluster`, each on its own data dir, and a way to
+//! find which one is active (the one that printed its `api` line).
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use serde_json::Value;
+
+use super::nats::NatsServer;
+use super::process::{binary, Broker};
+use super::Harness;
+
+/// The admin token every node accepts (at least 32 characters).
+pub const ADMIN: &str = "cluster-failover-admin-0123456789abcdef";
+
+/// The lease TTL the test clusters run with; a renewal every quarter of it.
+pub const TTL: Duration = Duration::from_secs(2);
+
+/// The names the nodes use (the default prefix).
+pub const PREFIX: &str = "switchboard";
+
+/// One node: its id, its data dir (kept across restarts), its process.
+pub struct Node {
+    pub id: String,
+    pub dir: tempfile::TempDir,
+    pub process: Option<Broker>,
+}
+
+/// The active node, found by its `api` line.
+pub struct Active {
+    /// Its index in [`TestCluster::nodes`].
+    pub index: usize,
+    /// A client of it.
+    pub h: Harness,
+}
+
+/// `n` nodes (`node-0`, `node-1`, …) on one nats-server; every process is
+/// killed when this is dropped.
+pub struct TestCluster {
+    pub nodes: Vec<Node>,
+    // Declared last: stopped after the nodes.
+    pub nats: NatsServer,
+}
+
+impl TestCluster {
+    /// A nats-server and `n` nodes' data dirs; no node started yet.
+    pub fn new(n: usize) -> TestCluster {
+        TestCluster {
+            nodes: (0..n)
+                .map(|i| Node {
+                    id: format!("node-{i}"),
+                    dir: tempfile::tempdir().expect("temp dir"),
+                    process: None,
+                })
+                .collect(),
+            nats: NatsServer::start(),
+        }
+    }
+
+    /// Start node 0 and wait until it is active (the first node against an
+    /// empty NATS takes the lease at once), then the others as standbys.
+    pub fn start(n: usize) -> (TestCluster, Active) {
+        let mut cluster = TestCluster::new(n);
+        cluster.start_node(0);
+        let active = cluster.wait_active(&[], Duration::from_secs(20));
+        assert_eq!(active.index, 0, "the first node is the active one");
+        for i in 1..n {
+            cluster.start_node(i);
+        }
+        (cluster, active)
+    }
+
+    /// Start node `i` (again: its previous process must have exited).
+    pub fn start_node(&mut self, i: usize) {
+        let url = self.nats.url();
+        let node = &mut self.nodes[i];
+        if let Some(old) = node.process.as_mut() {
+            assert!(!old.running(), "{} is still running", node.id);
+        }
+        node.process = Some(Broker::start(
+            binary()
+                .args(["--cluster", &url, "--node-id", &node.id, "--data-dir"])
+                .arg(node.dir.path())
+                .args(["--bind", "127.0.0.1:0", "--cluster-lease-ttl"])
+                .arg(format!("{}ms", TTL.as_millis()))
+                .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN)
+                .env("SWITCHBOARD_CLIENT_LIMITS", "false")
+                .env("SWITCHBOARD_SHUTDOWN_TIMEOUT", "5s"),
+        ));
+    }
+
+    /// Node `i`'s process.
+    pub fn process(&mut self, i: usize) -> &mut Broker {
+        self.nodes[i].process.as_mut().expect("node started")
+    }
+
+    /// Wait until a running node other than those in `except` has printed
+    /// its `api` line: the active one.
+    pub fn wait_active(&mut self, except: &[usize], within: Duration) -> Active {
+        let deadline = Instant::now() + within;
+        loop {
+            for (i, node) in self.nodes.iter_mut().enumerate() {
+                if except.contains(&i) {
+                    continue;
+                }
+                let Some(process) = node.process.as_mut() else {
+                    continue;
+                };
+                if let Some(api) = process.printed_value("api") {
+                    let base = api.trim_end_matches("/v1").to_owned();
+                    return Active {
+                        index: i,
+                        h: Harness::external(&base, ADMIN),
+                    };
+                }
+            }
+            if Instant::now() > deadline {
+                let printed: Vec<_> = self
+                    .nodes
+                    .iter_mut()
+                    .filter_map(|n| n.process.as_mut().map(|p| (n.id.clone(), p.seen.clone())))
+                    .collect();
+                panic!("no node became active within {within:?}: {printed:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Node `i` is running and has not become active (printed no `api`
+    /// line, so it listens on nothing).
+    pub fn assert_standby(&mut self, i: usize) {
+        let id = self.nodes[i].id.clone();
+        let process = self.process(i);
+        assert!(process.running(), "{id} exited: {:#?}", process.seen);
+        assert_eq!(
+            process.printed_value("api"),
+            None,
+            "{id} became active: {:#?}",
+            process.seen
+        );
+        assert!(
+            process
+                .printed(super::process::Stream::Out, |_| true)
+                .is_none(),
+            "a standby prints nothing on stdout: {:#?}",
+            process.seen
+        );
+    }
+
+    /// A client of the cluster's NATS.
+    pub async fn nats_client(&self) -> async_nats::Client {
+        async_nats::connect(self.nats.url())
+            .await
+            .expect("connect to nats-server")
+    }
+
+    /// The `core` lease bucket.
+    pub async fn leases(&self) -> jetstream::kv::Store {
+        jetstream::new(self.nats_client().await)
+            .get_key_value(format!("{PREFIX}-leases"))
+            .await
+            .expect("the leases bucket")
+    }
+}
+
+/// `GET /v1/cluster` on a node: asserts it answers as the active node
+/// `node_id` with the cluster's TTL; the answer.
+pub async fn assert_active(h: &Harness, node_id: &str) -> Value {
+    let v = h.admin_get_ok("/v1/cluster").await;
+    assert_eq!(v["node_id"], node_id, "{v}");
+    assert_eq!(v["role"], "active", "{v}");
+    assert_eq!(
+        v["lease_ttl_ms"].as_u64(),
+        Some(TTL.as_millis() as u64),
+        "{v}"
+    );
+    let (appended, replicated) = (v["appended_lsn"].as_u64(), v["replicated_lsn"].as_u64());
+    assert!(
+        appended.is_some() && replicated.is_some() && replicated <= appended,
+        "appended_lsn and replicated_lsn: {v}"
+    );
+    v
+}
+
+/// Wait until the active node says every record it appended is replicated
+/// (nothing in flight); that LSN.
+pub async fn wait_replicated(h: &Harness) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = h.admin_get_ok("/v1/cluster").await;
+        if v["appended_lsn"] == v["replicated_lsn"] {
+            return v["replicated_lsn"].as_u64().expect("replicated_lsn");
+        }
+        assert!(Instant::now() < deadline, "still replicating: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
