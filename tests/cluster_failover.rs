@@ -347,14 +347,16 @@ async fn a_standby_restarted_under_an_active_comes_back_as_a_standby_and_takes_o
     // …and after it.
     let count = std::sync::atomic::AtomicUsize::new(0);
     let mut after = Outcome {
-        sessions: Vec::new(),
+        customers: Vec::new(),
         acked: BTreeMap::new(),
+        messages: MESSAGES,
     };
     for i in CUSTOMERS..CUSTOMERS + 10 {
         let (session, conv, acks) = customer(&active.h, i, MESSAGES, &count).await;
         let conv = conv.expect("acknowledged");
+        let n = acks.len();
         after.acked.entry(conv.clone()).or_default().extend(acks);
-        after.sessions.push((session, Some(conv)));
+        after.customers.push((session, Some(conv), n));
     }
     assert_eq!(after.total(), 10 * MESSAGES);
     wait_replicated(&active.h).await;
@@ -380,7 +382,7 @@ async fn a_standby_restarted_under_an_active_comes_back_as_a_standby_and_takes_o
     assert_eq!(new.index, 1);
     assert_active(&new.h, "node-1").await;
     let mut all = before;
-    all.sessions.extend(after.sessions);
+    all.customers.extend(after.customers);
     all.acked.extend(after.acked);
     assert_recovered(&new.h, &all, &agents, CAPACITY, 3).await;
 }

@@ -95,11 +95,13 @@ pub struct Load {
     runs: Vec<JoinHandle<CustomerRun>>,
 }
 
-/// What a [`Load`] left: every customer's session and conversation, and
-/// every ack.
+/// What a [`Load`] left: every customer's session, conversation and number
+/// of acks, and every ack.
 pub struct Outcome {
-    pub sessions: Vec<(Session, Option<String>)>,
+    pub customers: Vec<(Session, Option<String>, usize)>,
     pub acked: Acked,
+    /// How many messages each customer meant to send.
+    pub messages: usize,
 }
 
 impl Outcome {
@@ -166,19 +168,24 @@ impl Load {
 
     /// Wait for every customer and desk to stop; what they were told.
     pub async fn finish(self) -> Outcome {
-        let mut sessions = Vec::new();
+        let mut customers = Vec::new();
         let mut acked: Acked = BTreeMap::new();
         for run in self.runs {
             let (session, conv, acks) = run.await.expect("customer task");
+            let n = acks.len();
             if let Some(conv) = &conv {
                 acked.entry(conv.clone()).or_default().extend(acks);
             }
-            sessions.push((session, conv));
+            customers.push((session, conv, n));
         }
         for desk in self.desks {
             let _ = desk.await;
         }
-        Outcome { sessions, acked }
+        Outcome {
+            customers,
+            acked,
+            messages: self.messages,
+        }
     }
 }
 
@@ -245,10 +252,12 @@ pub async fn reconnect_desks(
 
 /// After the broker came back (restarted, or another node took over):
 /// everything acknowledged is stored once; every desk reconnects with no
-/// conversation held twice; every customer reconnects with the same token
-/// and finds its conversation; and `life_cycles` conversations held by a
-/// desk go on to the end: a message each way, end, wrap-up with a
-/// disposition, completed.
+/// conversation held twice; every customer reconnects with the same token,
+/// finds its conversation, and sends again the message whose ack it was
+/// waiting for (the same `client_msg_id`: stored once, whether it had been
+/// stored before or not); and `life_cycles` conversations held by a desk go
+/// on to the end: a message each way, end, wrap-up with a disposition,
+/// completed.
 pub async fn assert_recovered(
     h: &Harness,
     load: &Outcome,
@@ -258,36 +267,50 @@ pub async fn assert_recovered(
 ) {
     assert_acked_stored_once(h, &load.acked).await;
     let (mut desks, held) = reconnect_desks(h, agents, capacity).await;
+    let mut acked = load.acked.clone();
     let mut done = 0;
-    for (i, (session, conv)) in load.sessions.iter().enumerate() {
+    for (i, (session, conv, sent)) in load.customers.iter().enumerate() {
         let (mut ws, history) = h.connect_customer(session).await;
-        let Some(conv) = conv else { continue };
-        assert_eq!(history["conversation_id"], conv.as_str(), "{history}");
-        let Some((a, task)) = held.get(conv) else {
+        if let Some(conv) = conv {
+            assert_eq!(history["conversation_id"], conv.as_str(), "{history}");
+        }
+        if *sent == load.messages {
+            continue;
+        }
+        let id = format!("c{i}-{sent}");
+        let ack = ws.say_with_id(&format!("m{sent}"), &id).await;
+        let resent_in = s(&ack["conversation_id"]);
+        if let Some(conv) = conv {
+            assert_eq!(&resent_in, conv, "{id} resent into another conversation");
+        }
+        let seq = ack["seq"].as_u64().expect("ack seq");
+        acked.entry(resent_in.clone()).or_default().insert(id, seq);
+        let Some((a, task)) = held.get(&resent_in) else {
             continue;
         };
         if done == life_cycles || task["state"] != "assigned" {
             continue;
         }
-        let stored = load.acked.get(conv).map_or(0, BTreeMap::len) as u64;
         let text = format!("after the failover {i}");
         let ack = ws.say(&text).await;
-        assert!(
-            ack["seq"].as_u64() > Some(stored),
-            "{conv}: the new message's {ack} is not after the {stored} acknowledged"
-        );
+        assert_eq!(ack["seq"].as_u64(), Some(seq + 1), "{ack}");
         let desk = &mut desks[*a];
         desk.recv_message_text(&text).await;
-        desk.agent_send(conv, &format!("reply {i}"), &format!("r{i}"))
+        desk.agent_send(&resent_in, &format!("reply {i}"), &format!("r{i}"))
             .await;
         ws.recv_message_text(&format!("reply {i}")).await;
-        desk.end(conv).await;
+        desk.end(&resent_in).await;
         desk.complete(&s(&task["id"]), "resolved", "after the failover")
             .await;
+        let completed = h.conversation(&resent_in).await;
+        assert_eq!(completed["task"]["state"], "completed", "{completed}");
+        assert_eq!(completed["disposition"], "resolved", "{completed}");
         done += 1;
     }
     assert_eq!(
         done, life_cycles,
         "fewer conversations than wanted were assigned to go on"
     );
+    // The resent messages too are stored once each.
+    assert_acked_stored_once(h, &acked).await;
 }
