@@ -79,6 +79,33 @@ async fn assert_only_writer_since_its_claim(cluster: &TestCluster, node: &str) -
     messages.len() - claim - 1
 }
 
+/// Follow the `core` lease until a node other than `from` holds it: that
+/// node, how long after `since` it took the lease, and how long after
+/// `since` `from` released it, if it did (a delete, not an expiry: an
+/// expiry shows in no watch).
+async fn next_holder(
+    watch: &mut async_nats::jetstream::kv::Watch,
+    from: &str,
+    since: Instant,
+) -> (String, Duration, Option<Duration>) {
+    let mut released = None;
+    loop {
+        let entry = tokio::time::timeout(Duration::from_secs(20), watch.next())
+            .await
+            .expect("the lease changed hands within 20 s")
+            .expect("the watch goes on")
+            .expect("a lease entry");
+        match entry.operation {
+            Operation::Delete | Operation::Purge => released = Some(since.elapsed()),
+            Operation::Put if entry.value.as_ref() != from.as_bytes() => {
+                let holder = String::from_utf8_lossy(&entry.value).into_owned();
+                return (holder, since.elapsed(), released);
+            }
+            Operation::Put => {}
+        }
+    }
+}
+
 fn fence_claim_header() -> &'static str {
     switchboard::cluster::CLAIM_HEADER
 }
@@ -103,19 +130,22 @@ async fn kill_9_the_active_under_load_a_standby_takes_over_with_everything_ackno
     cluster.assert_standby(1);
     cluster.assert_standby(2);
 
+    let mut lease = cluster.leases().await.watch("core").await.expect("watch");
     let killed = Instant::now();
     cluster.process(0).signal(libc::SIGKILL);
     assert_eq!(cluster.process(0).wait_exit(Duration::from_secs(5)), None);
+    let (holder, taken, _) = next_holder(&mut lease, "node-0", killed).await;
     let new = cluster.wait_active(&[0], Duration::from_secs(20));
     let took = killed.elapsed();
+    assert_eq!(cluster.nodes[new.index].id, holder);
     let agents = load.agents.clone();
     let outcome = load.finish().await;
     println!(
-        "kill -9 with {} messages acknowledged in {} conversations: node-{} active {} ms later \
-         (TTL {} ms, renewal every {} ms)",
+        "kill -9 with {} messages acknowledged in {} conversations: {holder} took the lease \
+         {} ms later and served {} ms later (TTL {} ms, renewal every {} ms)",
         outcome.total(),
         outcome.acked.len(),
-        new.index,
+        taken.as_millis(),
         took.as_millis(),
         TTL.as_millis(),
         (TTL / 4).as_millis()
@@ -141,8 +171,11 @@ async fn an_active_paused_past_its_lease_is_fenced_and_exits_75_when_it_wakes() 
     load.wait_acked(CUSTOMERS * MESSAGES / 3, Duration::from_secs(20))
         .await;
 
+    let mut lease = cluster.leases().await.watch("core").await.expect("watch");
     let paused = Instant::now();
     cluster.process(0).signal(libc::SIGSTOP);
+    let (holder, taken, released) = next_holder(&mut lease, "node-0", paused).await;
+    assert_eq!((holder.as_str(), released), ("node-1", None));
     let new = cluster.wait_active(&[0], Duration::from_secs(20));
     let took = paused.elapsed();
     assert_eq!(new.index, 1);
@@ -160,9 +193,10 @@ async fn an_active_paused_past_its_lease_is_fenced_and_exits_75_when_it_wakes() 
     let agents = load.agents.clone();
     let outcome = load.finish().await;
     println!(
-        "SIGSTOP with {} messages acknowledged: node-1 active {} ms later; the old active \
-         exited 75 {} ms after SIGCONT",
+        "SIGSTOP with {} messages acknowledged: node-1 took the lease {} ms later and served \
+         {} ms later; the old active exited 75 {} ms after SIGCONT",
         outcome.total(),
+        taken.as_millis(),
         took.as_millis(),
         stopped.as_millis()
     );
@@ -264,6 +298,7 @@ async fn nats_away_longer_than_the_lease_stops_the_active_and_a_node_takes_over_
     assert_active(&new.h, &id).await;
     cluster.assert_standby(1 - new.index);
     assert_recovered(&new.h, &outcome, &agents, CAPACITY, 5).await;
+    assert_only_writer_since_its_claim(&cluster, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,26 +318,10 @@ async fn sigterm_on_the_active_releases_the_lease_and_a_standby_takes_over_at_on
     cluster.process(0).signal(libc::SIGTERM);
     // The lease is deleted by its holder, not left to expire: the watch
     // sees the delete before another node's claim on it.
-    let mut released = None;
-    let taken = loop {
-        let entry = tokio::time::timeout(Duration::from_secs(10), lease.next())
-            .await
-            .expect("the lease changed hands within 10 s")
-            .expect("the watch goes on")
-            .expect("a lease entry");
-        match entry.operation {
-            Operation::Delete | Operation::Purge => released = Some(stopped.elapsed()),
-            Operation::Put if entry.value.as_ref() != b"node-0" => {
-                break (
-                    String::from_utf8_lossy(&entry.value).into_owned(),
-                    stopped.elapsed(),
-                )
-            }
-            Operation::Put => {}
-        }
-    };
-    let released = released
-        .unwrap_or_else(|| panic!("{} took the lease without node-0 releasing it", taken.0));
+    let (holder, taken, released) = next_holder(&mut lease, "node-0", stopped).await;
+    let released =
+        released.unwrap_or_else(|| panic!("{holder} took the lease without node-0 releasing it"));
+    let taken = (holder, taken);
     assert_eq!(
         cluster.process(0).wait_exit(Duration::from_secs(10)),
         Some(0)
@@ -324,6 +343,7 @@ async fn sigterm_on_the_active_releases_the_lease_and_a_standby_takes_over_at_on
     assert_active(&new.h, &taken.0).await;
     cluster.assert_standby(third(0, new.index));
     assert_recovered(&new.h, &outcome, &agents, CAPACITY, 5).await;
+    assert_only_writer_since_its_claim(&cluster, &taken.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
