@@ -145,7 +145,7 @@ while true; do
             continue
         fi
         if [ -n "$pid" ] && grep -q '^api:' "$work/node-$i.out" 2>/dev/null; then
-            now="node-$i $(sed -n 's/^api: *//p' "$work/node-$i.out" | head -n 1)"
+            now="node-$i $(sed -n 's|^api: *\(.*\)/v1$|\1|p' "$work/node-$i.out" | head -n 1) (pid $pid)"
         fi
     done
     if [ "$now" != "$active" ]; then
