@@ -26,17 +26,23 @@
 //! Replicas are 1 by default (one `nats-server`); a NATS cluster of three
 //! would use 3, so a lease or an event survives a NATS node's loss.
 
+pub mod core_lease;
 pub mod fence;
+pub mod files;
 pub mod lease;
+pub mod standby;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
+pub use core_lease::{CoreLease, CORE_KEY};
 pub use fence::{EventLog, FenceError, PartitionWriter, StoredEvent, CLAIM_HEADER};
+pub use files::{Files, FilesError};
 pub use lease::{
     partition_of, LeaseError, LeaseKeeper, LossCause, OwnershipChange, Partition, PARTITIONS,
 };
+pub use standby::{core_subject, FollowError, Follower, LSN_HEADER, NODE_HEADER};
 
 /// How a node joins the cluster. Every node of one cluster must use the same
 /// `prefix`, `lease_ttl` and `replicas`; [`Cluster::connect`] refuses to
@@ -218,7 +224,10 @@ impl Cluster {
             .get_or_create_stream(stream::Config {
                 name: name.clone(),
                 description: Some("Switchboard partitions' events".to_owned()),
-                subjects: vec![format!("{}.p.*", settings.prefix)],
+                subjects: vec![
+                    format!("{}.p.*", settings.prefix),
+                    standby::core_subject(&settings),
+                ],
                 storage: stream::StorageType::File,
                 retention: stream::RetentionPolicy::Limits,
                 num_replicas: settings.replicas,
