@@ -441,6 +441,16 @@ async fn refuse(io: TcpStream, why: Refused) {
 
 /// Build everything inside the current actix system and bind.
 pub fn start(config: Config) -> std::io::Result<Started> {
+    start_with(config, None)
+}
+
+/// [`start`], with the stored files' bytes also kept in `files` from the
+/// first upload on (cluster mode: `cluster::Files`, so a node that takes
+/// over has them).
+pub fn start_with(
+    config: Config,
+    files: Option<Arc<dyn crate::attachments::FileReplica>>,
+) -> std::io::Result<Started> {
     let workers = config.effective_workers();
     let admin_token = config.admin_token.clone().unwrap_or_else(crate::ids::token);
     let mut arbiters: Vec<Arbiter> = Vec::new();
@@ -558,6 +568,9 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         journal: journal.as_ref().map(|(j, _)| j.clone()),
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
+    if let Some(files) = files {
+        broker.attachments.set_replica(files);
+    }
     if let Some(journal) = broker.journal.clone() {
         let webhook_journal = journal.clone();
         broker.webhooks.journal_to(move |entry| {
@@ -820,10 +833,12 @@ pub fn run(config: Config) -> std::io::Result<()> {
             },
             _ => None,
         };
-        let started = start(config.clone())?;
+        let files = promoted.as_ref().map(|p| p.files());
+        let started = start_with(config.clone(), files)?;
         let active = match (promoted, &started.broker.journal) {
             (Some(promoted), Some(journal)) => {
-                let active = crate::cluster::node::Active::start(promoted, journal);
+                let active = crate::cluster::node::Active::start(promoted, journal)
+                    .map_err(std::io::Error::other)?;
                 let _ = started.broker.cluster.set(active.status());
                 Some(active)
             }
@@ -880,9 +895,12 @@ pub fn run(config: Config) -> std::io::Result<()> {
 /// active node) and the process exits with `EXIT_LOST` for its supervisor
 /// to restart it as a standby.
 async fn fail_stop(broker: Arc<Broker>, why: &str, timeout: std::time::Duration) {
-    tracing::error!(reason = why, "no longer the active node: refusing every change and stopping");
+    tracing::error!(
+        reason = why,
+        "no longer the active node: refusing every change and stopping"
+    );
     if let Some(journal) = &broker.journal {
-        journal.fail(format!("this node is no longer the active one ({why})"));
+        journal.fail(&format!("this node is no longer the active one ({why})"));
     }
     crate::shutdown::drain(broker, timeout).await;
     std::process::exit(crate::cluster::node::EXIT_LOST)

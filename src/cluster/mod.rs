@@ -28,22 +28,29 @@
 //! Replicas are 1 by default (one `nats-server`); a NATS cluster of three
 //! would use 3, so a lease or an event survives a NATS node's loss.
 
+pub mod core_lease;
 pub mod fence;
+pub mod files;
 pub mod lease;
+pub mod node;
 pub mod replicate;
+pub mod standby;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
+pub use core_lease::{CoreLease, CORE_KEY};
 pub use fence::{
     EventLog, FenceError, FencedWriter, Log, PartitionWriter, StoredEvent, CLAIM_HEADER,
     LSN_HEADER, NODE_HEADER,
 };
+pub use files::{Files, FilesError};
 pub use lease::{
     partition_of, LeaseError, LeaseKeeper, LossCause, OwnershipChange, Partition, PARTITIONS,
 };
 pub use replicate::{ReplicationError, ReplicationStatus, Replicator, ReplicatorHandle};
+pub use standby::{FollowError, Follower};
 
 /// How a node joins the cluster. Every node of one cluster must use the same
 /// `prefix`, `lease_ttl` and `replicas`; [`Cluster::connect`] refuses to
@@ -333,6 +340,39 @@ async fn open_bucket(
                 .map_err(|e| err(e.into()))
         }
     }
+}
+
+/// Create (or open) a KV bucket whose entries never expire (`<prefix>-shared`:
+/// what every node must agree on, such as the attachment link key).
+pub(crate) async fn open_lasting_bucket(
+    js: &jetstream::Context,
+    settings: &ClusterSettings,
+    bucket: String,
+    what: &str,
+) -> Result<kv::Store, ClusterError> {
+    let err = |source: async_nats::Error| ClusterError::Bucket {
+        bucket: bucket.clone(),
+        source,
+    };
+    // Made as a stream, for the reason `open_bucket` gives.
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(format!("Switchboard {what}")),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err(e.into()))?;
+    js.get_key_value(bucket.clone())
+        .await
+        .map_err(|e| err(e.into()))
 }
 
 /// Create (or open) the events stream; one made before the core's subject

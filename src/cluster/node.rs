@@ -21,10 +21,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::core_lease::CoreLease;
-use crate::cluster::replicate::{Replicator, ReplicatorHandle};
-use crate::cluster::standby::{FollowError, Follower};
-use crate::cluster::{Cluster, ClusterError, ClusterSettings, FenceError, LeaseError};
+use crate::cluster::{
+    Cluster, ClusterError, ClusterSettings, CoreLease, FenceError, FencedWriter, Files,
+    FollowError, Follower, LeaseError, ReplicationError, Replicator, ReplicatorHandle,
+};
 use crate::journal::{Journal, JournalConfig};
 
 /// The exit status of an active node that lost its lease or was fenced
@@ -44,6 +44,8 @@ pub enum NodeError {
     Claim(#[from] FenceError),
     #[error("the cluster's attachment link key: {0}")]
     LinkKey(String),
+    #[error("replicating the journal: {0}")]
+    Replication(#[from] ReplicationError),
 }
 
 /// A standby that now holds the lease and has claimed the journal's subject,
@@ -51,7 +53,8 @@ pub enum NodeError {
 pub struct Promoted {
     cluster: Cluster,
     lease: CoreLease,
-    writer: crate::cluster::CoreWriter,
+    writer: FencedWriter,
+    files: Files,
     /// The last record copied from the previous active node (0: none).
     pub copied: crate::journal::Lsn,
 }
@@ -59,42 +62,87 @@ pub struct Promoted {
 /// Follow the active node until this one holds the `core` lease; then claim
 /// the journal's subject and copy what is left. Resolves only then (or on
 /// an error): a standby waits here for as long as another node is active.
-pub async fn standby(settings: ClusterSettings, journal: JournalConfig) -> Result<Promoted, NodeError> {
+pub async fn standby(
+    settings: ClusterSettings,
+    journal: JournalConfig,
+) -> Result<Promoted, NodeError> {
     let node_id = settings.node_id.clone();
     let cluster = Cluster::connect(settings).await?;
     share_link_key(&cluster, &journal.dir).await?;
-    let follower = Follower::start(&cluster, journal).await?;
+    // The copy is durable once on the local disk: it is the replica, and
+    // nothing it holds is acknowledged by this node.
+    let follower = Follower::start(
+        &cluster,
+        JournalConfig {
+            replicated: false,
+            ..journal
+        },
+    )
+    .await?;
     tracing::info!(node_id, "standby: following the active node's journal");
-    let lease = CoreLease::acquire(&cluster).await?;
-    tracing::info!(node_id, copied = follower.copied(), "the core lease is this node's: taking over");
+    // A follower that stops (a gap, a bad checksum: never skipped) makes
+    // this node unfit to take over: it stops instead of waiting.
+    let lease = tokio::select! {
+        lease = CoreLease::acquire(&cluster) => lease?,
+        why = follower.failed() => return Err(NodeError::Follow(FollowError::Task(why))),
+    };
+    tracing::info!(
+        node_id,
+        copied = follower.copied(),
+        "the core lease is this node's: taking over"
+    );
+    let files = Files::open(&cluster).await?;
+    tracing::debug!("files opened; claiming the journal's subject");
     let writer = cluster.event_log().core_writer().await?;
+    tracing::debug!(
+        claim = writer.last_sequence(),
+        "claimed; copying what is left"
+    );
     let copied = follower.finish(writer.last_sequence()).await?;
-    tracing::info!(node_id, copied, "every record of the previous active node is in the local journal");
+    tracing::info!(
+        node_id,
+        copied,
+        "every record of the previous active node is in the local journal"
+    );
     Ok(Promoted {
         cluster,
         lease,
         writer,
+        files,
         copied,
     })
+}
+
+impl Promoted {
+    /// Where the active node keeps the stored files' bytes.
+    pub fn files(&self) -> Arc<dyn crate::attachments::FileReplica> {
+        Arc::new(self.files.clone())
+    }
 }
 
 /// What `GET /v1/cluster` shows about this node.
 pub struct NodeStatus {
     pub node_id: String,
     pub lease_ttl: Duration,
-    replicator: ReplicatorHandle,
-    journal: Journal,
+    replicator: Arc<ReplicatorHandle>,
 }
 
 impl NodeStatus {
-    /// `{"node_id", "role", "lease_ttl_ms", "appended_lsn", "replicated_lsn"}`.
+    /// `{"node_id", "role", "lease_ttl_ms", "appended_lsn",
+    /// "replicated_lsn", "durable_lsn", "unreplicated_bytes",
+    /// "stream_sequence", "retrying"}`.
     pub fn to_json(&self) -> serde_json::Value {
+        let r = self.replicator.status();
         serde_json::json!({
             "node_id": self.node_id,
             "role": "active",
             "lease_ttl_ms": self.lease_ttl.as_millis() as u64,
-            "appended_lsn": self.journal.appended(),
-            "replicated_lsn": self.replicator.replicated(),
+            "appended_lsn": r.appended,
+            "replicated_lsn": r.replicated,
+            "durable_lsn": r.durable,
+            "unreplicated_bytes": r.unreplicated_bytes,
+            "stream_sequence": r.stream_sequence,
+            "retrying": r.retrying,
         })
     }
 }
@@ -102,27 +150,26 @@ impl NodeStatus {
 /// A started active node: its lease and the replicator shipping its journal.
 pub struct Active {
     lease: CoreLease,
-    replicator: ReplicatorHandle,
+    replicator: Arc<ReplicatorHandle>,
     status: Arc<NodeStatus>,
 }
 
 impl Active {
     /// Start replicating `journal` (the one the server opened, in
     /// replicated mode) through the claimed writer.
-    pub fn start(promoted: Promoted, journal: &Journal) -> Active {
+    pub fn start(promoted: Promoted, journal: &Journal) -> Result<Active, NodeError> {
         let settings = promoted.cluster.settings().clone();
-        let replicator = Replicator::start(journal.clone(), promoted.writer);
+        let replicator = Arc::new(Replicator::start(journal, promoted.writer)?);
         let status = Arc::new(NodeStatus {
             node_id: settings.node_id.clone(),
             lease_ttl: settings.lease_ttl,
             replicator: replicator.clone(),
-            journal: journal.clone(),
         });
-        Active {
+        Ok(Active {
             lease: promoted.lease,
             replicator,
             status,
-        }
+        })
     }
 
     pub fn status(&self) -> Arc<NodeStatus> {
@@ -134,8 +181,11 @@ impl Active {
     /// was fenced (another node claimed the journal).
     pub async fn lost(&self) -> String {
         tokio::select! {
-            cause = self.lease.lost() => format!("the core lease was lost: {cause}"),
-            why = self.replicator.stopped() => format!("replication stopped: {why}"),
+            cause = self.lease.lost() => format!("the core lease was lost ({cause:?})"),
+            ended = self.replicator.stopped() => match ended {
+                Err(e) => format!("replication stopped: {e}"),
+                Ok(()) => "replication ended: the journal was closed".to_owned(),
+            },
         }
     }
 
@@ -143,8 +193,17 @@ impl Active {
     /// what is left (within `timeout`), then release the lease so a standby
     /// takes over at once rather than after the TTL.
     pub async fn stop(self, timeout: Duration) {
-        if let Err(e) = self.replicator.finish(timeout).await {
-            tracing::warn!(error = %e, "records left unreplicated at the stop; no client was told they were stored");
+        match tokio::time::timeout(timeout, self.replicator.stopped()).await {
+            Ok(Ok(())) => tracing::info!("journal replicated to its end"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "replication stopped before the journal's end")
+            }
+            Err(_) => {
+                self.replicator.abort();
+                tracing::warn!(
+                    "records left unreplicated at the stop deadline; no client was told they were stored"
+                );
+            }
         }
         self.lease.release().await;
     }
@@ -156,24 +215,16 @@ impl Active {
 /// `<prefix>-shared` bucket (no expiry); every node writes it to
 /// `<data_dir>/link.key`, where the registry reads it at start.
 async fn share_link_key(cluster: &Cluster, journal_dir: &std::path::Path) -> Result<(), NodeError> {
-    use async_nats::jetstream::kv;
     let settings = cluster.settings();
     let bucket = format!("{}-shared", settings.prefix);
     let err = |e: &dyn std::fmt::Display| NodeError::LinkKey(format!("bucket {bucket}: {e}"));
-    let store = match cluster.jetstream().get_key_value(&bucket).await {
-        Ok(store) => store,
-        Err(_) => cluster
-            .jetstream()
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                history: 1,
-                num_replicas: settings.replicas,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| err(&e))?,
-    };
+    let store = crate::cluster::open_lasting_bucket(
+        cluster.jetstream(),
+        settings,
+        bucket.clone(),
+        "settings every node shares",
+    )
+    .await?;
     let fresh: [u8; 32] = rand::random();
     // Create if absent; whoever loses the race reads the winner's key.
     if let Err(e) = store.create("link-key", fresh.to_vec().into()).await {
