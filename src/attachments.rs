@@ -27,15 +27,41 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 
 use crate::error::ApiError;
 use crate::protocol::{AttachmentMeta, Id};
+
+/// A second home for stored files' bytes besides the data dir: in cluster
+/// mode the NATS files bucket (`crate::cluster::Files`), so a standby that
+/// takes over has them. Set once with [`AttachmentStore::set_replica`]; a
+/// store without one (a single node, tests) works as before.
+pub trait FileReplica: Send + Sync {
+    /// Keep file `id`'s bytes; an upload is refused if this fails.
+    fn put(&self, id: &str, bytes: Bytes) -> BoxFuture<'static, Result<(), String>>;
+    /// The file left the store: drop its bytes.
+    fn delete(&self, id: &str) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// The store's replica, if one is set.
+#[derive(Default)]
+struct Replica(OnceLock<Arc<dyn FileReplica>>);
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Replica(set)"
+        } else {
+            "Replica(none)"
+        })
+    }
+}
 
 /// Who put a file into the store.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -115,6 +141,9 @@ pub struct AttachmentStore {
     /// With a data dir: where each file's bytes are kept (`files/<id>`),
     /// written before the record that stores it.
     dir: Option<PathBuf>,
+    /// Cluster mode: where each file's bytes are also put, before the
+    /// record that stores it, and deleted from when it leaves the store.
+    replica: Replica,
 }
 
 impl AttachmentStore {
@@ -130,6 +159,33 @@ impl AttachmentStore {
         }
     }
 
+    /// Also keep every file's bytes in `replica` (cluster mode): put before
+    /// the file is stored and recorded, deleted when it leaves the store.
+    /// Set once, before the store takes uploads; a second call is ignored
+    /// (returns false).
+    pub fn set_replica(&self, replica: Arc<dyn FileReplica>) -> bool {
+        self.replica.0.set(replica).is_ok()
+    }
+
+    /// The file left the store: drop its bytes from the replica, if any,
+    /// in the background (a failure leaves an unused copy there, logged).
+    fn unreplicate(&self, id: &str) {
+        let Some(replica) = self.replica.0.get() else {
+            return;
+        };
+        let (delete, id) = (replica.delete(id), id.to_owned());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(async move {
+                if let Err(e) = delete.await {
+                    tracing::warn!(file = %id, error = %e, "deleting a file's replicated copy failed");
+                }
+            })),
+            Err(_) => {
+                tracing::warn!(file = %id, "no runtime to delete a file's replicated copy");
+            }
+        }
+    }
+
     /// Where a file's bytes are kept on disk (with a data dir).
     fn path_of(&self, id: &str) -> Option<PathBuf> {
         // Ids are the broker's own (`ids::attachment_id`): no separators.
@@ -139,7 +195,29 @@ impl AttachmentStore {
     /// With a data dir: write a file's bytes to disk and sync them, off the
     /// executor, before the file is stored and recorded (so no record names
     /// a file that is not there). Without one: nothing to do.
+    ///
+    /// With a replica (cluster mode), the bytes are put there too, after
+    /// the local write; if that fails the file is refused (`unavailable`)
+    /// and its local copy removed.
     pub async fn persist(&self, id: &str, bytes: &Bytes) -> Result<(), ApiError> {
+        self.persist_locally(id, bytes).await?;
+        let Some(replica) = self.replica.0.get() else {
+            return Ok(());
+        };
+        if let Err(e) = replica.put(id, bytes.clone()).await {
+            if let Some(path) = self.path_of(id) {
+                drop(tokio::task::spawn_blocking(move || {
+                    std::fs::remove_file(path)
+                }));
+            }
+            return Err(ApiError::Unavailable(format!(
+                "the file could not be replicated: {e}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn persist_locally(&self, id: &str, bytes: &Bytes) -> Result<(), ApiError> {
         let (Some(dir), Some(path)) = (self.dir.clone(), self.path_of(id)) else {
             return Ok(());
         };
@@ -180,6 +258,7 @@ impl AttachmentStore {
                     std::fs::remove_file(path)
                 }));
             }
+            self.unreplicate(&id);
         })
     }
 
@@ -351,6 +430,7 @@ impl AttachmentStore {
     /// A file left the store: its uploader's shares come back, and its
     /// bytes leave the disk (off the executor when there is one).
     fn gone(&self, file: &StoredAttachment) {
+        self.unreplicate(&file.meta.id);
         if let Some(path) = self.path_of(&file.meta.id) {
             let unlink = move || {
                 let _ = std::fs::remove_file(path);

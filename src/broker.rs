@@ -164,6 +164,9 @@ pub struct Registry<W: Wiring> {
 
     /// Where conversations and agents run: the HTTP workers' arbiters.
     pub shards: Shards,
+    /// In cluster mode, this (active) node's figures for `GET /v1/cluster`;
+    /// set once it replicates.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::node::NodeStatus>>,
 }
 
 /// The parts of a [`Registry`] fixed before its actors start.
@@ -235,6 +238,7 @@ impl<W: Wiring> Registry<W> {
             supervisors: AtomicUsize::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
             shards: Shards::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 

@@ -567,6 +567,8 @@ impl Config {
             },
             segment_bytes: self.journal_segment_bytes,
             queue_bytes: usize::try_from(self.journal_queue_bytes).unwrap_or(usize::MAX),
+            // Cluster mode: durable once in NATS too (`cluster::replicate`).
+            replicated: self.cluster.is_some(),
             ..crate::journal::JournalConfig::new(dir)
         })
     }
@@ -902,9 +904,7 @@ impl Config {
                     .into(),
             ));
         }
-        settings
-            .check()
-            .map_err(|e| ConfigError(e.to_string()))
+        settings.check().map_err(|e| ConfigError(e.to_string()))
     }
 
     /// `data_dir` a directory or one that can be created; the journal's
@@ -2634,7 +2634,10 @@ queue = "billing"
 
     #[test]
     fn cluster_settings_from_file_env_and_flags() {
-        assert!(Config::default().cluster().is_none(), "a single node by default");
+        assert!(
+            Config::default().cluster().is_none(),
+            "a single node by default"
+        );
         let dir = tempfile::tempdir().unwrap();
         let file = format!(
             "data_dir = {:?}\ncluster = \"nats://127.0.0.1:4222\"\nnode_id = \"node-1\"\n\

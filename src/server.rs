@@ -441,6 +441,16 @@ async fn refuse(io: TcpStream, why: Refused) {
 
 /// Build everything inside the current actix system and bind.
 pub fn start(config: Config) -> std::io::Result<Started> {
+    start_with(config, None)
+}
+
+/// [`start`], with the stored files' bytes also kept in `files` from the
+/// first upload on (cluster mode: `cluster::Files`, so a node that takes
+/// over has them).
+pub fn start_with(
+    config: Config,
+    files: Option<Arc<dyn crate::attachments::FileReplica>>,
+) -> std::io::Result<Started> {
     let workers = config.effective_workers();
     let admin_token = config.admin_token.clone().unwrap_or_else(crate::ids::token);
     let mut arbiters: Vec<Arbiter> = Vec::new();
@@ -558,6 +568,9 @@ pub fn start(config: Config) -> std::io::Result<Started> {
         journal: journal.as_ref().map(|(j, _)| j.clone()),
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
+    if let Some(files) = files {
+        broker.attachments.set_replica(files);
+    }
     if let Some(journal) = broker.journal.clone() {
         let webhook_journal = journal.clone();
         broker.webhooks.journal_to(move |entry| {
@@ -806,7 +819,31 @@ pub fn run(config: Config) -> std::io::Result<()> {
     open_files_limit(config.max_connections);
     let system = actix::System::new();
     system.block_on(async move {
-        let started = start(config.clone())?;
+        // Cluster mode: a standby until this node holds the core lease
+        // (`cluster::node`); it listens only once it is the active node.
+        let promoted = match (config.cluster(), config.journal()) {
+            (Some(settings), Some(journal)) => tokio::select! {
+                promoted = crate::cluster::node::standby(settings, journal) => {
+                    Some(promoted.map_err(std::io::Error::other)?)
+                }
+                () = crate::shutdown::signalled() => {
+                    tracing::info!("stopped while a standby");
+                    return Ok(());
+                }
+            },
+            _ => None,
+        };
+        let files = promoted.as_ref().map(|p| p.files());
+        let started = start_with(config.clone(), files)?;
+        let active = match (promoted, &started.broker.journal) {
+            (Some(promoted), Some(journal)) => {
+                let active = crate::cluster::node::Active::start(promoted, journal)
+                    .map_err(std::io::Error::other)?;
+                let _ = started.broker.cluster.set(active.status());
+                Some(active)
+            }
+            _ => None,
+        };
         for addr in &started.addrs {
             tracing::info!("switchboard listening on http://{addr}");
         }
@@ -825,8 +862,23 @@ pub fn run(config: Config) -> std::io::Result<()> {
         let broker = started.broker.clone();
         let timeout = config.shutdown_timeout;
         actix_web::rt::spawn(async move {
-            crate::shutdown::signalled().await;
+            let lost = match &active {
+                Some(active) => tokio::select! {
+                    () = crate::shutdown::signalled() => None,
+                    why = active.lost() => Some(why),
+                },
+                None => {
+                    crate::shutdown::signalled().await;
+                    None
+                }
+            };
+            if let Some(why) = lost {
+                return fail_stop(broker, &why, timeout).await;
+            }
             crate::shutdown::drain(broker, timeout).await;
+            if let Some(active) = active {
+                active.stop(timeout).await;
+            }
             handle.stop(true).await;
         });
         let result = started.server.await;
@@ -835,6 +887,23 @@ pub fn run(config: Config) -> std::io::Result<()> {
         }
         result
     })
+}
+
+/// An active node that may no longer act as one (`cluster::node`): from
+/// now on the journal refuses every change, so nothing more is
+/// acknowledged; the sockets are closed (their clients reconnect to the new
+/// active node) and the process exits with `EXIT_LOST` for its supervisor
+/// to restart it as a standby.
+async fn fail_stop(broker: Arc<Broker>, why: &str, timeout: std::time::Duration) {
+    tracing::error!(
+        reason = why,
+        "no longer the active node: refusing every change and stopping"
+    );
+    if let Some(journal) = &broker.journal {
+        journal.fail(&format!("this node is no longer the active one ({why})"));
+    }
+    crate::shutdown::drain(broker, timeout).await;
+    std::process::exit(crate::cluster::node::EXIT_LOST)
 }
 
 /// A broker running on its own thread, for tests and embedding.

@@ -1,7 +1,10 @@
-//! Fenced appends to a partition's events, and reading them back.
+//! Fenced appends to a partition's events (or to the core's journal
+//! records), and reading them back.
 //!
 //! Each partition's events go to the events stream on the subject
-//! `<prefix>.p.<n>`. The owner writes through a [`PartitionWriter`], which
+//! `<prefix>.p.<n>`; the active node's journal records go to `<prefix>.core`
+//! ([`EventLog::core_writer`], see `cluster::replicate`). The owner of
+//! either writes through a [`FencedWriter`], which
 //! sends every event with `Nats-Expected-Last-Subject-Sequence` set to the
 //! last sequence it saw on that subject (read when the writer opens, then
 //! each of its own acknowledged writes). The server stores the event only if
@@ -42,6 +45,34 @@ use crate::codec::{self, CodecError};
 
 /// The header that marks a claim: a new owner's first write, naming it.
 pub const CLAIM_HEADER: &str = "Switchboard-Claim";
+/// On `<prefix>.core`: the first journal record's Lsn in the message (decimal).
+pub const LSN_HEADER: &str = "Switchboard-Lsn";
+/// On `<prefix>.core`: the id of the node that wrote the message.
+pub const NODE_HEADER: &str = "Switchboard-Node";
+
+/// What a fenced writer writes to: one partition's events, or the core's
+/// journal records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Log {
+    Partition(Partition),
+    Core,
+}
+
+impl std::fmt::Display for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Log::Partition(p) => p.fmt(f),
+            Log::Core => f.write_str("core"),
+        }
+    }
+}
+
+/// So a partition's errors still compare with the partition.
+impl PartialEq<Partition> for Log {
+    fn eq(&self, p: &Partition) -> bool {
+        *self == Log::Partition(*p)
+    }
+}
 
 /// How often opening a writer reads and claims before giving up: each retry
 /// means another writer got a write in between, which a stale owner can do a
@@ -51,25 +82,28 @@ const CLAIM_ATTEMPTS: usize = 8;
 /// An append or a read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
-    /// Another writer has written to the partition since this writer's last
+    /// Another writer has written to the log since this writer's last
     /// write: this node is not (or no longer) its owner and must drop it.
     #[error("{partition}: fenced off (expected last sequence {expected}); another node owns it")]
-    Fenced { partition: Partition, expected: u64 },
+    Fenced { partition: Log, expected: u64 },
     /// The writer was fenced before; it refuses every later append.
     #[error("{0}: this writer was fenced off")]
-    Closed(Partition),
+    Closed(Log),
     /// Other writers kept writing while this one tried to claim.
     #[error("{0}: could not claim it, other writers keep writing")]
-    Contended(Partition),
+    Contended(Log),
+    /// No answer, or an error that says nothing about the fence (NATS
+    /// away): the writer's position is unchanged, the same append may be
+    /// retried.
     #[error("{partition}: append: {source}")]
     Append {
-        partition: Partition,
+        partition: Log,
         #[source]
         source: async_nats::Error,
     },
     #[error("{partition}: read: {source}")]
     Read {
-        partition: Partition,
+        partition: Log,
         #[source]
         source: async_nats::Error,
     },
@@ -136,12 +170,32 @@ impl EventLog {
         p: Partition,
         on_fenced: Option<OnFenced>,
     ) -> Result<PartitionWriter, FenceError> {
-        let subject = self.settings.partition_subject(p);
-        let mut writer = PartitionWriter {
+        self.open_writer(Log::Partition(p), on_fenced).await
+    }
+
+    /// The writer of the core's journal records on `<prefix>.core`, claimed
+    /// like a partition's ([`EventLog::writer`]): only the holder of the
+    /// `core` lease should open one, and from then on an earlier active
+    /// node's writes are refused. It sends the records with
+    /// [`FencedWriter::append_records`].
+    pub async fn core_writer(&self) -> Result<FencedWriter, FenceError> {
+        self.open_writer(Log::Core, None).await
+    }
+
+    async fn open_writer(
+        &self,
+        log: Log,
+        on_fenced: Option<OnFenced>,
+    ) -> Result<FencedWriter, FenceError> {
+        let subject = match log {
+            Log::Partition(p) => self.settings.partition_subject(p),
+            Log::Core => self.settings.core_subject(),
+        };
+        let mut writer = FencedWriter {
             jetstream: self.jetstream.clone(),
             stream: self.stream.clone(),
             subject,
-            partition: p,
+            log,
             node_id: self.settings.node_id.clone(),
             last: 0,
             fenced: false,
@@ -157,12 +211,12 @@ impl EventLog {
                 Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => 0,
                 Err(e) => {
                     return Err(FenceError::Read {
-                        partition: p,
+                        partition: log,
                         source: e.into(),
                     })
                 }
             };
-            match writer.send(Bytes::new(), true).await {
+            match writer.send(Bytes::new(), Kind::Claim).await {
                 Ok(sequence) => {
                     writer.last = sequence;
                     return Ok(writer);
@@ -171,7 +225,7 @@ impl EventLog {
                 Err(e) => return Err(e),
             }
         }
-        Err(FenceError::Contended(p))
+        Err(FenceError::Contended(log))
     }
 
     /// Up to `max` of `p`'s events with a sequence of `from` or more, in
@@ -203,7 +257,7 @@ impl EventLog {
                 Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
                 Err(e) => {
                     return Err(FenceError::Read {
-                        partition: p,
+                        partition: Log::Partition(p),
                         source: e.into(),
                     })
                 }
@@ -213,22 +267,51 @@ impl EventLog {
     }
 }
 
-/// The owner's writer for one partition. Not shared: one owner, one writer.
-pub struct PartitionWriter {
+/// The owner's writer for one partition, or for the core's records. Not
+/// shared: one owner, one writer.
+pub struct FencedWriter {
     jetstream: jetstream::Context,
     /// To look for an earlier try of a refused write.
     stream: stream::Stream,
     subject: String,
-    partition: Partition,
+    log: Log,
     node_id: String,
     last: u64,
     fenced: bool,
     on_fenced: Option<OnFenced>,
 }
 
-impl PartitionWriter {
-    pub fn partition(&self) -> Partition {
-        self.partition
+/// A partition's writer (the name it had before the core got one too).
+pub type PartitionWriter = FencedWriter;
+
+/// What [`FencedWriter::send`] writes.
+#[derive(Clone, Copy)]
+enum Kind {
+    Claim,
+    Event,
+    /// Journal records from this Lsn on (`<prefix>.core`).
+    Records(u64),
+}
+
+impl FencedWriter {
+    /// What this writer writes to.
+    pub fn log(&self) -> Log {
+        self.log
+    }
+
+    /// The subject it writes on.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The node id it writes as.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The NATS client it writes with (for the server's `max_payload`).
+    pub fn client(&self) -> async_nats::Client {
+        self.jetstream.client()
     }
 
     /// The sequence of the partition's last event as this writer knows it.
@@ -247,18 +330,31 @@ impl PartitionWriter {
     /// another error (no answer) the writer's position is unchanged, so
     /// calling again with the same bytes is safe (deduplicated by id).
     pub async fn append(&mut self, payload: Bytes) -> Result<u64, FenceError> {
+        self.append_kind(payload, Kind::Event).await
+    }
+
+    /// Append journal records (`<prefix>.core`): `payload` holds records
+    /// framed like the journal's segments, the first of them with Lsn
+    /// `first`; the message carries the headers [`LSN_HEADER`] (`first`)
+    /// and [`NODE_HEADER`] (this node). Fenced and safe to retry with the
+    /// same arguments, like [`FencedWriter::append`].
+    pub async fn append_records(&mut self, first: u64, payload: Bytes) -> Result<u64, FenceError> {
+        self.append_kind(payload, Kind::Records(first)).await
+    }
+
+    async fn append_kind(&mut self, payload: Bytes, kind: Kind) -> Result<u64, FenceError> {
         if self.fenced {
-            return Err(FenceError::Closed(self.partition));
+            return Err(FenceError::Closed(self.log));
         }
-        match self.send(payload, false).await {
+        match self.send(payload, kind).await {
             Ok(sequence) => {
                 self.last = sequence;
                 Ok(sequence)
             }
             Err(e @ FenceError::Fenced { .. }) => {
                 self.fenced = true;
-                if let Some(tell) = &self.on_fenced {
-                    tell(self.partition);
+                if let (Some(tell), Log::Partition(p)) = (&self.on_fenced, self.log) {
+                    tell(p);
                 }
                 Err(e)
             }
@@ -266,21 +362,48 @@ impl PartitionWriter {
         }
     }
 
-    /// Publish at the expected sequence `self.last`: an event, or the
-    /// claim marker.
-    async fn send(&self, payload: Bytes, claim: bool) -> Result<u64, FenceError> {
-        let expected = self.last;
+    /// The headers of a message of `kind` with `payload`, sent at the
+    /// expected sequence `expected`, and its message id.
+    fn headers(&self, expected: u64, payload: &[u8], kind: Kind) -> (HeaderMap, String) {
         let mut headers = HeaderMap::new();
         headers.insert(
             NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             HeaderValue::from(expected),
         );
-        let id = self.message_id(&payload, claim);
+        let id = self.id_at(expected, payload, matches!(kind, Kind::Claim));
         headers.insert(NATS_MESSAGE_ID, id.as_str());
-        if claim {
-            headers.insert(CLAIM_HEADER, self.node_id.as_str());
+        match kind {
+            Kind::Claim => headers.insert(CLAIM_HEADER, self.node_id.as_str()),
+            Kind::Event => {}
+            Kind::Records(first) => {
+                headers.insert(LSN_HEADER, HeaderValue::from(first));
+                headers.insert(NODE_HEADER, self.node_id.as_str());
+            }
         }
-        let partition = self.partition;
+        (headers, id)
+    }
+
+    /// The most bytes the headers of a records message from this writer
+    /// take on the wire (every number at its longest): what a message's
+    /// payload must leave of the server's `max_payload`.
+    pub fn records_header_room(&self) -> usize {
+        let (headers, _) = self.headers(u64::MAX, b"", Kind::Records(u64::MAX));
+        // "NATS/1.0\r\n", each "name: value\r\n", then "\r\n".
+        let mut len = "NATS/1.0\r\n\r\n".len();
+        for (name, values) in headers.iter() {
+            for value in values {
+                len += AsRef::<str>::as_ref(name).len() + 2 + value.as_str().len() + 2;
+            }
+        }
+        len
+    }
+
+    /// Publish at the expected sequence `self.last`: an event, journal
+    /// records, or the claim marker.
+    async fn send(&self, payload: Bytes, kind: Kind) -> Result<u64, FenceError> {
+        let expected = self.last;
+        let (headers, id) = self.headers(expected, &payload, kind);
+        let partition = self.log;
         let append_err = |source: async_nats::Error| FenceError::Append { partition, source };
         let ack = self
             .jetstream
@@ -308,6 +431,11 @@ impl PartitionWriter {
                     {
                         Ok(m.sequence)
                     }
+                    // The lookup itself failed (NATS away again): not known
+                    // to be fenced, so retried like any unanswered append.
+                    Err(e) if !matches!(e.kind(), DirectGetErrorKind::NotFound) => {
+                        Err(append_err(e.into()))
+                    }
                     _ => Err(FenceError::Fenced {
                         partition,
                         expected,
@@ -322,11 +450,18 @@ impl PartitionWriter {
     /// its claim): node, partition, the expected sequence and a checksum of
     /// the bytes, so a retry of the same append carries the same id.
     pub fn message_id(&self, payload: &[u8], claim: bool) -> String {
+        self.id_at(self.last, payload, claim)
+    }
+
+    fn id_at(&self, expected: u64, payload: &[u8], claim: bool) -> String {
         format!(
             "{}.{}.{}.{}",
             self.node_id,
-            self.partition.index(),
-            self.last,
+            match self.log {
+                Log::Partition(p) => p.index().to_string(),
+                Log::Core => "core".to_owned(),
+            },
+            expected,
             if claim {
                 "claim".to_owned()
             } else {

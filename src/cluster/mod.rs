@@ -8,8 +8,10 @@
 //! - [`lease`]: which partition a conversation belongs to, and the
 //!   [`LeaseKeeper`] that holds a node's fair share of
 //!   the partitions by lease;
-//! - [`fence`]: the owner's fenced appends to a partition's events, and
-//!   reading them back.
+//! - [`fence`]: the owner's fenced appends to a partition's events (or to
+//!   the core's journal records), and reading them back;
+//! - [`replicate`]: the active node's [`Replicator`], which ships every
+//!   journal record to `<prefix>.core` and marks it replicated once stored.
 //!
 //! What lives in NATS, for a cluster named by its `prefix` (`switchboard` by
 //! default); `docs/cluster.md` explains each setting:
@@ -18,7 +20,7 @@
 //! |---|---|---|---|
 //! | `<prefix>-nodes` | KV bucket | one key per live node, rewritten every renewal | history 1, max age = lease TTL |
 //! | `<prefix>-leases` | KV bucket | one key per partition (`0` … `63`), value = the owner's node id | history 1, max age = lease TTL |
-//! | `<prefix>-events` | stream | each partition's events on `<prefix>.p.<n>` | file storage, limits retention, no age limit, direct get |
+//! | `<prefix>-events` | stream | each partition's events on `<prefix>.p.<n>`; the active node's journal records on `<prefix>.core` | file storage, limits retention, no age limit, direct get |
 //!
 //! A KV bucket's max age is what makes a lease expire: an entry not
 //! rewritten within the TTL is removed by the server, so a node that dies or
@@ -26,17 +28,29 @@
 //! Replicas are 1 by default (one `nats-server`); a NATS cluster of three
 //! would use 3, so a lease or an event survives a NATS node's loss.
 
+pub mod core_lease;
 pub mod fence;
+pub mod files;
 pub mod lease;
+pub mod node;
+pub mod replicate;
+pub mod standby;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
-pub use fence::{EventLog, FenceError, PartitionWriter, StoredEvent, CLAIM_HEADER};
+pub use core_lease::{CoreLease, CORE_KEY};
+pub use fence::{
+    EventLog, FenceError, FencedWriter, Log, PartitionWriter, StoredEvent, CLAIM_HEADER,
+    LSN_HEADER, NODE_HEADER,
+};
+pub use files::{Files, FilesError};
 pub use lease::{
     partition_of, LeaseError, LeaseKeeper, LossCause, OwnershipChange, Partition, PARTITIONS,
 };
+pub use replicate::{ReplicationError, ReplicationStatus, Replicator, ReplicatorHandle};
+pub use standby::{FollowError, Follower};
 
 /// How a node joins the cluster. Every node of one cluster must use the same
 /// `prefix`, `lease_ttl` and `replicas`; [`Cluster::connect`] refuses to
@@ -98,6 +112,16 @@ impl ClusterSettings {
     /// The subject partition `p`'s events are written on.
     pub fn partition_subject(&self, p: Partition) -> String {
         format!("{}.p.{}", self.prefix, p.index())
+    }
+
+    /// The subject the active node's journal records are written on.
+    pub fn core_subject(&self) -> String {
+        format!("{}.core", self.prefix)
+    }
+
+    /// Every subject of the events stream.
+    pub fn events_subjects(&self) -> Vec<String> {
+        vec![format!("{}.p.*", self.prefix), self.core_subject()]
     }
 
     /// The checks [`Cluster::connect`] makes first: the node id and prefix
@@ -213,23 +237,7 @@ impl Cluster {
             "partition leases",
         )
         .await?;
-        let name = settings.events_stream();
-        let events = jetstream
-            .get_or_create_stream(stream::Config {
-                name: name.clone(),
-                description: Some("Switchboard partitions' events".to_owned()),
-                subjects: vec![format!("{}.p.*", settings.prefix)],
-                storage: stream::StorageType::File,
-                retention: stream::RetentionPolicy::Limits,
-                num_replicas: settings.replicas,
-                allow_direct: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Stream {
-                stream: name,
-                source: e.into(),
-            })?;
+        let events = open_events(&jetstream, &settings).await?;
         Ok(Cluster {
             settings,
             client,
@@ -332,6 +340,84 @@ async fn open_bucket(
                 .map_err(|e| err(e.into()))
         }
     }
+}
+
+/// Create (or open) a KV bucket whose entries never expire (`<prefix>-shared`:
+/// what every node must agree on, such as the attachment link key).
+pub(crate) async fn open_lasting_bucket(
+    js: &jetstream::Context,
+    settings: &ClusterSettings,
+    bucket: String,
+    what: &str,
+) -> Result<kv::Store, ClusterError> {
+    let err = |source: async_nats::Error| ClusterError::Bucket {
+        bucket: bucket.clone(),
+        source,
+    };
+    // Made as a stream, for the reason `open_bucket` gives.
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(format!("Switchboard {what}")),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err(e.into()))?;
+    js.get_key_value(bucket.clone())
+        .await
+        .map_err(|e| err(e.into()))
+}
+
+/// Create (or open) the events stream; one made before the core's subject
+/// existed is updated to take it too (its other settings kept).
+async fn open_events(
+    js: &jetstream::Context,
+    settings: &ClusterSettings,
+) -> Result<stream::Stream, ClusterError> {
+    let name = settings.events_stream();
+    let err = |source: async_nats::Error| ClusterError::Stream {
+        stream: name.clone(),
+        source,
+    };
+    let mut events = js
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            description: Some("Switchboard's events: partitions and the core".to_owned()),
+            subjects: settings.events_subjects(),
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            num_replicas: settings.replicas,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(e.into()))?;
+    let config = events
+        .info()
+        .await
+        .map_err(|e| err(e.into()))?
+        .config
+        .clone();
+    let missing: Vec<String> = settings
+        .events_subjects()
+        .into_iter()
+        .filter(|s| !config.subjects.contains(s))
+        .collect();
+    if missing.is_empty() {
+        return Ok(events);
+    }
+    tracing::info!(stream = %name, ?missing, "adding subjects to the events stream");
+    let mut config = config;
+    config.subjects.extend(missing);
+    js.update_stream(config).await.map_err(|e| err(e.into()))?;
+    js.get_stream(name.clone()).await.map_err(|e| err(e.into()))
 }
 
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {

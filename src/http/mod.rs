@@ -76,6 +76,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1")
                 .route("/stats", web::get().to(ops::stats))
+                .route("/cluster", web::get().to(ops::cluster))
                 .route("/dispositions", web::get().to(ops::dispositions))
                 .route("/agents", web::post().to(agents::create))
                 .route("/agents", web::get().to(agents::list))

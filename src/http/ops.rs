@@ -22,6 +22,18 @@ pub async fn healthz(state: State) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"})))
 }
 
+/// `GET /v1/cluster` (admin): this node's place in the cluster. A single
+/// node answers `{"role":"single"}`; an active node its id, lease TTL and
+/// how far its journal is replicated (`docs/cluster.md`). Standbys do not
+/// listen, so every answer comes from the active node.
+pub async fn cluster(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    Ok(HttpResponse::Ok().json(match state.cluster.get() {
+        Some(status) => status.to_json(),
+        None => serde_json::json!({"node_id": null, "role": "single"}),
+    }))
+}
+
 pub async fn dispositions(state: State) -> HttpResponse {
     HttpResponse::Ok().json(&state.config.dispositions)
 }

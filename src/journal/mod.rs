@@ -11,6 +11,8 @@
 //!   corruption refused).
 //! - [`snapshot`]: snapshot files and the deletion of segments they cover.
 //! - [`faults`]: injected write and fsync failures, for tests.
+//! - [`replication`]: the gate of a replicated journal (cluster mode): the
+//!   feed of written batches a replicator ships, and what it marks stored.
 //!
 //! Appending never blocks the caller: it copies the record into a bounded
 //! in-memory queue (`queue_bytes`) under a short lock and returns its Lsn;
@@ -18,17 +20,24 @@
 //! disk is failing, `append` answers [`JournalError::Unavailable`] at once, so
 //! the caller can refuse its client's request instead of acknowledging what
 //! was not stored. `docs/operations.md` (Durability) is the operator's view.
+//!
+//! A replicated journal (`JournalConfig::replicated`, cluster mode) counts a
+//! record durable only once it is also marked replicated; the bytes waiting
+//! for the replica count against the same `queue_bytes` budget, so a replica
+//! that falls behind makes `append` answer `Unavailable` like a slow disk.
+//! [`Journal::fail`] makes any journal refuse everything for good.
 
 mod faults;
 pub mod record;
 mod recover;
+mod replication;
 mod segment;
 mod snapshot;
 mod writer;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +45,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
 pub use faults::Faults;
+pub use replication::{FeedBatch, ReplicationFeed, ReplicationFigures};
 pub use segment::FORMAT_VERSION;
 
 use crate::codec::MAX_RECORD;
@@ -93,6 +103,13 @@ pub struct JournalConfig {
     pub queue_bytes: usize,
     /// Injected storage faults (tests); the default injects none.
     pub faults: Faults,
+    /// Replicated (cluster mode): a record is durable only once written
+    /// under the fsync policy **and** marked replicated
+    /// ([`Journal::mark_replicated`]); every written batch is handed to the
+    /// feed a replicator takes ([`Journal::replication_feed`]), and the
+    /// bytes not yet replicated count against `queue_bytes`. The records
+    /// found at open count as replicated. Default false.
+    pub replicated: bool,
 }
 
 impl JournalConfig {
@@ -106,6 +123,7 @@ impl JournalConfig {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             faults: Faults::default(),
+            replicated: false,
         }
     }
 }
@@ -230,8 +248,30 @@ struct Shared {
     work: Condvar,
     appended: AtomicU64,
     written: AtomicU64,
+    /// Written under the fsync policy (what `durable` is without
+    /// replication).
+    synced: AtomicU64,
+    /// Marked replicated (replicated journals).
+    replicated: AtomicU64,
+    /// `synced`, or the lower of `synced` and `replicated`; only grows.
     durable: AtomicU64,
     durable_rx: watch::Receiver<Lsn>,
+    /// Taken (dropped) once nothing more can become durable: the writer
+    /// stopped (and, replicated, everything written was replicated or the
+    /// close gave up), or the journal failed. Its lock orders `durable`'s
+    /// updates.
+    durable_tx: Mutex<Option<watch::Sender<Lsn>>>,
+    /// `durable_tx` is gone.
+    finished: AtomicBool,
+    /// [`Journal::fail`] was called.
+    failed: AtomicBool,
+    replicated_mode: bool,
+    feed: Mutex<replication::Feed>,
+    /// Wakes the replicator waiting on the feed.
+    feed_notify: tokio::sync::Notify,
+    feed_taken: AtomicBool,
+    /// Bytes handed to the feed and not yet marked replicated.
+    unreplicated: AtomicUsize,
     /// True while appends are accepted (not failing, not closing, writer
     /// running): what [`Journal::health`] reads on every request without
     /// the queue's lock. Written under that lock whenever `failing` or
@@ -248,6 +288,8 @@ struct Queue {
     next_lsn: Lsn,
     /// Some while the writer is failing: appends are refused with it.
     failing: Option<String>,
+    /// Some once the journal failed for good ([`Journal::fail`]).
+    failed: Option<String>,
     closing: bool,
     /// The writer sleeps until its next `Batch` fsync is due, and takes the
     /// queue then: an append need not wake it.
@@ -267,9 +309,94 @@ impl Shared {
     /// The writer is failing (`Some(why)`) or works again (`None`).
     fn set_failing(&self, reason: Option<String>) {
         let mut q = self.queue.lock();
-        let accepting = reason.is_none() && !q.closing && !self.writer_done.load(Ordering::Acquire);
+        let accepting = reason.is_none()
+            && q.failed.is_none()
+            && !q.closing
+            && !self.writer_done.load(Ordering::Acquire);
         q.failing = reason;
         self.accepting.store(accepting, Ordering::Release);
+    }
+
+    /// Recompute `durable` from `synced` (and `replicated`) and publish it
+    /// if it grew; nothing grows once finished.
+    fn advance(&self) {
+        let synced = self.synced.load(Ordering::Acquire);
+        let target = if self.replicated_mode {
+            synced.min(self.replicated.load(Ordering::Acquire))
+        } else {
+            synced
+        };
+        {
+            let tx = self.durable_tx.lock();
+            let Some(tx) = tx.as_ref() else { return };
+            if target <= self.durable.load(Ordering::Acquire) {
+                return;
+            }
+            self.durable.store(target, Ordering::Release);
+            tx.send_replace(target);
+        }
+        let _guard = self.flushed.lock();
+        self.flushed_cv.notify_all();
+    }
+
+    /// Nothing more becomes durable: drop the sender (async waiters wake),
+    /// wake blocking waiters and the replicator.
+    fn finish(&self) {
+        {
+            let mut tx = self.durable_tx.lock();
+            tx.take();
+            self.finished.store(true, Ordering::Release);
+        }
+        {
+            let _guard = self.flushed.lock();
+            self.flushed_cv.notify_all();
+        }
+        self.feed_notify.notify_one();
+    }
+
+    /// Finish once the writer has stopped and, replicated, everything it
+    /// wrote was replicated (or the journal failed).
+    fn finish_if_done(&self) {
+        if !self.writer_done.load(Ordering::Acquire) || self.finished.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.replicated_mode
+            || self.failed.load(Ordering::Acquire)
+            || self.replicated.load(Ordering::Acquire) >= self.written.load(Ordering::Acquire)
+        {
+            self.finish();
+        }
+    }
+
+    /// Refuse everything from now on, and let nothing more become durable.
+    fn fail(&self, reason: &str) {
+        {
+            let mut q = self.queue.lock();
+            if q.failed.is_some() {
+                return;
+            }
+            q.failed = Some(reason.to_owned());
+            self.accepting.store(false, Ordering::Release);
+        }
+        self.failed.store(true, Ordering::Release);
+        self.finish();
+        tracing::error!(
+            reason,
+            durable = self.durable.load(Ordering::Acquire),
+            appended = self.appended.load(Ordering::Acquire),
+            "journal failed for good: appends refused, nothing more becomes durable"
+        );
+    }
+
+    /// The refusal of a failed journal, if it failed.
+    fn failed_error(&self) -> Option<JournalError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let q = self.queue.lock();
+        q.failed.as_ref().map(|reason| JournalError::Unavailable {
+            reason: reason.clone(),
+        })
     }
 }
 
@@ -318,6 +445,7 @@ impl Journal {
                 batch: Batch::default(),
                 next_lsn: opened.next_lsn,
                 failing: None,
+                failed: None,
                 closing: false,
                 sleeping_until_sync: false,
                 abandon: false,
@@ -325,8 +453,18 @@ impl Journal {
             work: Condvar::new(),
             appended: AtomicU64::new(last),
             written: AtomicU64::new(last),
+            synced: AtomicU64::new(last),
+            replicated: AtomicU64::new(last),
             durable: AtomicU64::new(last),
             durable_rx,
+            durable_tx: Mutex::new(Some(durable_tx)),
+            finished: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            replicated_mode: cfg.replicated,
+            feed: Mutex::new(replication::Feed::new(last)),
+            feed_notify: tokio::sync::Notify::new(),
+            feed_taken: AtomicBool::new(false),
+            unreplicated: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
             flushed: Mutex::new(()),
             flushed_cv: Condvar::new(),
@@ -340,7 +478,6 @@ impl Journal {
             queue_bytes: cfg.queue_bytes,
             faults: cfg.faults,
             seg,
-            durable_tx,
             _lock: lock,
             written: last,
             pending: Batch::default(),
@@ -390,6 +527,11 @@ impl Journal {
         let frame = payload.len() + segment::FRAME_OVERHEAD;
         let shared = &self.inner.shared;
         let mut q = shared.queue.lock();
+        if let Some(reason) = &q.failed {
+            return Err(JournalError::Unavailable {
+                reason: reason.clone(),
+            });
+        }
         if q.closing || shared.writer_done.load(Ordering::Acquire) {
             return Err(JournalError::Closed);
         }
@@ -399,12 +541,22 @@ impl Journal {
             });
         }
         let queued = q.batch.buf.len();
-        if queued > 0 && queued + frame > self.inner.queue_bytes {
+        // Always 0 without replication.
+        let unreplicated = shared.unreplicated.load(Ordering::Acquire);
+        let waiting = queued + unreplicated;
+        if waiting > 0 && waiting + frame > self.inner.queue_bytes {
+            let budget = self.inner.queue_bytes;
             return Err(JournalError::Unavailable {
-                reason: format!(
-                    "journal queue full ({queued} bytes waiting for the disk, budget {})",
-                    self.inner.queue_bytes
-                ),
+                reason: if shared.replicated_mode {
+                    format!(
+                        "journal queue full ({queued} bytes waiting for the disk, \
+                         {unreplicated} written and waiting for replication, budget {budget})"
+                    )
+                } else {
+                    format!(
+                        "journal queue full ({queued} bytes waiting for the disk, budget {budget})"
+                    )
+                },
             });
         }
         segment::encode_frame(&mut q.batch.buf, payload, crc);
@@ -439,7 +591,8 @@ impl Journal {
     }
 
     /// The highest Lsn durable under the fsync policy: every record up to it
-    /// survives a crash (`Never`: a crash of the process only).
+    /// survives a crash (`Never`: a crash of the process only). Replicated:
+    /// also marked replicated.
     pub fn durable(&self) -> Lsn {
         self.inner.shared.durable.load(Ordering::Acquire)
     }
@@ -447,7 +600,9 @@ impl Journal {
     /// Resolves when `durable() >= lsn`. Holds no lock; costs one atomic
     /// load when it already is. While the writer is failing it keeps
     /// waiting (the record is written once the disk works again; bound the
-    /// wait with a timeout if needed); `Closed` if the journal stops first.
+    /// wait with a timeout if needed), and so while a replicated journal's
+    /// replica is away; `Closed` if the journal stops first, `Unavailable`
+    /// (with the reason) if it failed ([`Journal::fail`]).
     pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), JournalError> {
         if self.durable() >= lsn {
             return Ok(());
@@ -465,7 +620,11 @@ impl Journal {
                 return if *rx.borrow() >= lsn {
                     Ok(())
                 } else {
-                    Err(JournalError::Closed)
+                    Err(self
+                        .inner
+                        .shared
+                        .failed_error()
+                        .unwrap_or(JournalError::Closed))
                 };
             }
         }
@@ -473,7 +632,9 @@ impl Journal {
 
     /// The durable Lsn as a watch channel, for code that cannot `.await`
     /// (an actor can poll it, or spawn the `changed()` future). The sender
-    /// is dropped when the writer stops.
+    /// is dropped when nothing more can become durable: the writer stopped
+    /// (replicated: and what it wrote was replicated, or the close gave
+    /// up), or the journal failed.
     pub fn watch_durable(&self) -> watch::Receiver<Lsn> {
         self.inner.shared.durable_rx.clone()
     }
@@ -493,8 +654,9 @@ impl Journal {
             if self.durable() >= lsn {
                 return Ok(());
             }
-            if shared.writer_done.load(Ordering::Acquire) {
-                return Err(JournalError::Closed);
+            if shared.finished.load(Ordering::Acquire) {
+                drop(guard);
+                return Err(shared.failed_error().unwrap_or(JournalError::Closed));
             }
             if shared
                 .flushed_cv
@@ -513,7 +675,8 @@ impl Journal {
     }
 
     /// Ok while appends are accepted; `Unavailable` while the writer is
-    /// failing (with its error), `Closed` after a close. Called for every
+    /// failing (with its error) or after [`Journal::fail`] (with its
+    /// reason), `Closed` after a close. Called for every
     /// message and changing request: while appends are accepted it is one
     /// atomic load; only a refusal takes the lock, to say why.
     pub fn health(&self) -> Result<(), JournalError> {
@@ -522,6 +685,11 @@ impl Journal {
             return Ok(());
         }
         let q = shared.queue.lock();
+        if let Some(reason) = &q.failed {
+            return Err(JournalError::Unavailable {
+                reason: reason.clone(),
+            });
+        }
         if q.closing || shared.writer_done.load(Ordering::Acquire) {
             return Err(JournalError::Closed);
         }
@@ -573,9 +741,11 @@ impl Journal {
     }
 
     /// Stop taking appends (and snapshots: one being written is waited for),
-    /// write and fsync everything queued, stop the writer; at most `timeout`. After a timeout (the disk is failing) the
-    /// writer is told to stop and what it had not written is lost: none of
-    /// it was durable, so none of it was acknowledged.
+    /// write and fsync everything queued, stop the writer, and (replicated)
+    /// wait until all of it is replicated; at most `timeout`. After a
+    /// timeout (the disk is failing, the replica away) the writer is told
+    /// to stop and what was not durable is lost: none of it was
+    /// acknowledged. A failed journal answers its `Unavailable`.
     pub fn close(&self, timeout: Duration) -> Result<(), JournalError> {
         let shared = &self.inner.shared;
         let deadline = Instant::now() + timeout;
@@ -598,6 +768,7 @@ impl Journal {
                     drop(guard);
                     shared.queue.lock().abandon = true;
                     shared.work.notify_one();
+                    shared.finish();
                     return Err(JournalError::CloseTimeout {
                         timeout,
                         durable: self.durable(),
@@ -609,6 +780,20 @@ impl Journal {
         if let Some(handle) = self.inner.writer.lock().take() {
             let _ = handle.join();
         }
+        if shared.replicated_mode {
+            let mut guard = shared.flushed.lock();
+            while self.durable() < self.appended()
+                && !shared.finished.load(Ordering::Acquire)
+                && !shared
+                    .flushed_cv
+                    .wait_until(&mut guard, deadline)
+                    .timed_out()
+            {}
+        }
+        shared.finish();
+        if let Some(failed) = shared.failed_error() {
+            return Err(failed);
+        }
         let (durable, appended) = (self.durable(), self.appended());
         if durable < appended {
             return Err(JournalError::CloseTimeout {
@@ -619,6 +804,16 @@ impl Journal {
         }
         tracing::info!(durable, "journal closed");
         Ok(())
+    }
+
+    /// Make the journal unhealthy for good: every `append` and `health()`
+    /// answers `Unavailable` with `reason`, nothing more becomes durable
+    /// (waiters get the same error), and the writer only writes out what
+    /// was queued. For a node that must stop acknowledging at once (its
+    /// replicated write was fenced off: another node is active). The first
+    /// reason stays.
+    pub fn fail(&self, reason: &str) {
+        self.inner.shared.fail(reason);
     }
 
     /// The journal's directory.
@@ -735,9 +930,13 @@ struct DoneGuard(Arc<Shared>);
 impl Drop for DoneGuard {
     fn drop(&mut self) {
         self.0.accepting.store(false, Ordering::Release);
-        let _guard = self.0.flushed.lock();
-        self.0.writer_done.store(true, Ordering::Release);
-        self.0.flushed_cv.notify_all();
+        {
+            let _guard = self.0.flushed.lock();
+            self.0.writer_done.store(true, Ordering::Release);
+            self.0.flushed_cv.notify_all();
+        }
+        self.0.feed_notify.notify_one();
+        self.0.finish_if_done();
     }
 }
 

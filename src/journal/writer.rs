@@ -22,6 +22,11 @@
 //! kernel may have dropped the pages it could not write, so they are written
 //! again), `health()` turns `Unavailable` so no new append is accepted, and
 //! the writer retries with a backoff from 100 ms to 1 s until it works.
+//!
+//! A replicated journal's writer hands every chunk it writes to the
+//! replication feed right after the `write` (before its fsync: the two run
+//! side by side), once per record even when a failed fsync makes it write
+//! records again.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -29,8 +34,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::sync::watch;
 
 use super::segment::{encode_header, segment_name};
 use super::{sync_dir, Faults, Fsync, Lsn, Shared};
@@ -137,7 +140,6 @@ pub(super) struct Writer {
     pub queue_bytes: usize,
     pub faults: Faults,
     pub seg: Segment,
-    pub durable_tx: watch::Sender<Lsn>,
     /// Held for the writer's life: the directory's exclusive lock.
     pub _lock: File,
     /// Highest Lsn written to the file (not necessarily fsynced).
@@ -297,6 +299,12 @@ impl Writer {
                 self.needs_truncate = true;
                 return Err(e);
             }
+            // Replicated: hand what was just written to the replicator.
+            self.shared.ship(
+                self.written + 1,
+                &self.pending.frames[..n],
+                &self.pending.buf[..bytes],
+            );
             self.seg.len += bytes as u64;
             self.seg.records += n as u64;
             self.written += n as u64;
@@ -359,11 +367,11 @@ impl Writer {
         Ok(())
     }
 
+    /// Records up to `lsn` are written under the fsync policy: durable now,
+    /// or (replicated) once also replicated.
     fn publish(&self, lsn: Lsn) {
-        self.shared.durable.store(lsn, Ordering::Release);
-        self.durable_tx.send_replace(lsn);
-        let _guard = self.shared.flushed.lock();
-        self.shared.flushed_cv.notify_all();
+        self.shared.synced.store(lsn, Ordering::Release);
+        self.shared.advance();
     }
 
     fn set_failing(&self, reason: Option<String>) {

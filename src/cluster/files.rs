@@ -1,0 +1,159 @@
+//! Uploaded files in NATS: the JetStream object store bucket
+//! `<prefix>-files`, one object per stored attachment, named by its id.
+//!
+//! In cluster mode the active node puts a file's bytes here (after writing
+//! them to its own `<data_dir>/files/<id>`) before the journal record that
+//! stores the file is written, and deletes the object when the file leaves
+//! the store; both through the attachment store's hook
+//! ([`crate::attachments::FileReplica`], implemented here). A standby's
+//! follower ([`super::standby`]) fetches each file a replicated
+//! `AttachmentStored` record names and writes it to its own
+//! `<data_dir>/files/<id>`, so a promoted node serves it.
+//!
+//! The bucket has the cluster's replicas, file storage, and no age limit.
+
+use std::time::Duration;
+
+use async_nats::jetstream::object_store::{self, DeleteErrorKind, GetErrorKind, ObjectStore};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio::io::AsyncReadExt;
+
+use super::{Cluster, ClusterError};
+
+/// How long one put, get or delete may take: files are up to a few MiB, so
+/// far longer than a lease call, but bounded so a NATS outage fails an
+/// upload (`unavailable`) instead of hanging it.
+pub const FILE_CALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// A call on the files bucket failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("file {id}: {what}: {source}")]
+    Nats {
+        id: String,
+        what: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("file {id}: {what} timed out after {limit:?}")]
+    TimedOut {
+        id: String,
+        what: &'static str,
+        limit: Duration,
+    },
+}
+
+/// The files bucket. Cheap to clone.
+#[derive(Clone)]
+pub struct Files {
+    store: ObjectStore,
+    bucket: String,
+}
+
+impl Files {
+    /// Open the bucket `<prefix>-files`, creating it if missing (two nodes
+    /// creating it at once both succeed: the server accepts an identical
+    /// configuration).
+    pub async fn open(cluster: &Cluster) -> Result<Files, ClusterError> {
+        let settings = cluster.settings();
+        let bucket = format!("{}-files", settings.prefix);
+        let js = cluster.jetstream();
+        let err = |source: async_nats::Error| ClusterError::Bucket {
+            bucket: bucket.clone(),
+            source,
+        };
+        let store = match js.get_object_store(&bucket).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: bucket.clone(),
+                    description: Some("Switchboard uploaded files".to_owned()),
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    num_replicas: settings.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| err(e.into()))?,
+        };
+        Ok(Files { store, bucket })
+    }
+
+    /// The bucket's name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Store `bytes` as file `id` (replacing one of that id).
+    pub async fn put(&self, id: &str, bytes: &[u8]) -> Result<(), FilesError> {
+        let mut reader = bytes;
+        bounded(id, "put", self.store.put(id, &mut reader))
+            .await
+            .map(drop)
+    }
+
+    /// File `id`'s bytes; `None` if there is no such file (never stored, or
+    /// deleted).
+    pub async fn get(&self, id: &str) -> Result<Option<Bytes>, FilesError> {
+        let read = async {
+            let mut object = match self.store.get(id).await {
+                Ok(object) => object,
+                Err(e) if e.kind() == GetErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(async_nats::Error::from(e)),
+            };
+            let mut bytes = Vec::with_capacity(object.info().size);
+            object.read_to_end(&mut bytes).await?;
+            Ok(Some(Bytes::from(bytes)))
+        };
+        bounded(id, "get", read).await
+    }
+
+    /// Delete file `id`; deleting one that is not there is no error.
+    pub async fn delete(&self, id: &str) -> Result<(), FilesError> {
+        let delete = async {
+            match self.store.delete(id).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == DeleteErrorKind::NotFound => Ok(()),
+                Err(e) => Err(async_nats::Error::from(e)),
+            }
+        };
+        bounded(id, "delete", delete).await
+    }
+}
+
+/// Run one call on the bucket within [`FILE_CALL_LIMIT`].
+async fn bounded<T, E: Into<async_nats::Error>>(
+    id: &str,
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, FilesError> {
+    match tokio::time::timeout(FILE_CALL_LIMIT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(FilesError::Nats {
+            id: id.to_owned(),
+            what,
+            source: e.into(),
+        }),
+        Err(_) => Err(FilesError::TimedOut {
+            id: id.to_owned(),
+            what,
+            limit: FILE_CALL_LIMIT,
+        }),
+    }
+}
+
+impl crate::attachments::FileReplica for Files {
+    fn put(&self, id: &str, bytes: Bytes) -> BoxFuture<'static, Result<(), String>> {
+        let (files, id) = (self.clone(), id.to_owned());
+        Box::pin(async move {
+            Files::put(&files, &id, &bytes)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn delete(&self, id: &str) -> BoxFuture<'static, Result<(), String>> {
+        let (files, id) = (self.clone(), id.to_owned());
+        Box::pin(async move { Files::delete(&files, &id).await.map_err(|e| e.to_string()) })
+    }
+}

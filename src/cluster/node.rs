@@ -1,0 +1,258 @@
+//! A node's life in cluster mode (`docs/cluster.md`): a **standby** follows
+//! the active node's journal until it holds the `core` lease, then it is
+//! **active**, replicating its own journal, until it stops or loses the lease.
+//!
+//! - [`standby`]: connect, follow `<prefix>.core` into the local journal,
+//!   wait for the lease, claim the subject (from then on the old active's
+//!   writes are refused), copy everything before the claim. What it returns,
+//!   [`Promoted`], is what the server needs to start as the active node: it
+//!   then opens the local journal and replays it as after any restart.
+//! - [`Active`]: the lease and the replicator of a started active node;
+//!   [`Active::lost`] resolves when the node must stop (lease lost or a
+//!   replicated write fenced), [`Active::stop`] hands over cleanly.
+//! - [`NodeStatus`]: what `GET /v1/cluster` shows.
+//!
+//! An active node that loses its lease never acts as the active again: the
+//! server makes the journal refuse every change, closes the sockets and
+//! exits with [`EXIT_LOST`], so a supervisor restarts it as a standby
+//! (fail-stop: simpler and safer than stepping down in place, where state
+//! decided alone could linger in memory).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::{
+    Cluster, ClusterError, ClusterSettings, CoreLease, FenceError, FencedWriter, Files,
+    FollowError, Follower, LeaseError, ReplicationError, Replicator, ReplicatorHandle,
+};
+use crate::journal::{Journal, JournalConfig};
+
+/// The exit status of an active node that lost its lease or was fenced
+/// (EX_TEMPFAIL: restart it, it comes back as a standby).
+pub const EXIT_LOST: i32 = 75;
+
+/// Becoming the active node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("following the active node's journal: {0}")]
+    Follow(#[from] FollowError),
+    #[error("the core lease: {0}")]
+    Lease(#[from] LeaseError),
+    #[error("claiming the journal's subject: {0}")]
+    Claim(#[from] FenceError),
+    #[error("the cluster's attachment link key: {0}")]
+    LinkKey(String),
+    #[error("replicating the journal: {0}")]
+    Replication(#[from] ReplicationError),
+}
+
+/// A standby that now holds the lease and has claimed the journal's subject,
+/// with every record before its claim in its local journal (closed).
+pub struct Promoted {
+    cluster: Cluster,
+    lease: CoreLease,
+    writer: FencedWriter,
+    files: Files,
+    /// The last record copied from the previous active node (0: none).
+    pub copied: crate::journal::Lsn,
+}
+
+/// Follow the active node until this one holds the `core` lease; then claim
+/// the journal's subject and copy what is left. Resolves only then (or on
+/// an error): a standby waits here for as long as another node is active.
+pub async fn standby(
+    settings: ClusterSettings,
+    journal: JournalConfig,
+) -> Result<Promoted, NodeError> {
+    let node_id = settings.node_id.clone();
+    let cluster = Cluster::connect(settings).await?;
+    share_link_key(&cluster, &journal.dir).await?;
+    // The copy is durable once on the local disk: it is the replica, and
+    // nothing it holds is acknowledged by this node.
+    let follower = Follower::start(
+        &cluster,
+        JournalConfig {
+            replicated: false,
+            ..journal
+        },
+    )
+    .await?;
+    tracing::info!(node_id, "standby: following the active node's journal");
+    // A follower that stops (a gap, a bad checksum: never skipped) makes
+    // this node unfit to take over: it stops instead of waiting.
+    let lease = tokio::select! {
+        lease = CoreLease::acquire(&cluster) => lease?,
+        why = follower.failed() => return Err(NodeError::Follow(FollowError::Task(why))),
+    };
+    tracing::info!(
+        node_id,
+        copied = follower.copied(),
+        "the core lease is this node's: taking over"
+    );
+    let files = Files::open(&cluster).await?;
+    tracing::debug!("files opened; claiming the journal's subject");
+    let writer = cluster.event_log().core_writer().await?;
+    tracing::debug!(
+        claim = writer.last_sequence(),
+        "claimed; copying what is left"
+    );
+    let copied = follower.finish(writer.last_sequence()).await?;
+    tracing::info!(
+        node_id,
+        copied,
+        "every record of the previous active node is in the local journal"
+    );
+    Ok(Promoted {
+        cluster,
+        lease,
+        writer,
+        files,
+        copied,
+    })
+}
+
+impl Promoted {
+    /// Where the active node keeps the stored files' bytes.
+    pub fn files(&self) -> Arc<dyn crate::attachments::FileReplica> {
+        Arc::new(self.files.clone())
+    }
+}
+
+/// What `GET /v1/cluster` shows about this node.
+pub struct NodeStatus {
+    pub node_id: String,
+    pub lease_ttl: Duration,
+    replicator: Arc<ReplicatorHandle>,
+}
+
+impl NodeStatus {
+    /// `{"node_id", "role", "lease_ttl_ms", "appended_lsn",
+    /// "replicated_lsn", "durable_lsn", "unreplicated_bytes",
+    /// "stream_sequence", "retrying"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let r = self.replicator.status();
+        serde_json::json!({
+            "node_id": self.node_id,
+            "role": "active",
+            "lease_ttl_ms": self.lease_ttl.as_millis() as u64,
+            "appended_lsn": r.appended,
+            "replicated_lsn": r.replicated,
+            "durable_lsn": r.durable,
+            "unreplicated_bytes": r.unreplicated_bytes,
+            "stream_sequence": r.stream_sequence,
+            "retrying": r.retrying,
+        })
+    }
+}
+
+/// A started active node: its lease and the replicator shipping its journal.
+pub struct Active {
+    lease: CoreLease,
+    replicator: Arc<ReplicatorHandle>,
+    status: Arc<NodeStatus>,
+}
+
+impl Active {
+    /// Start replicating `journal` (the one the server opened, in
+    /// replicated mode) through the claimed writer.
+    pub fn start(promoted: Promoted, journal: &Journal) -> Result<Active, NodeError> {
+        let settings = promoted.cluster.settings().clone();
+        let replicator = Arc::new(Replicator::start(journal, promoted.writer)?);
+        let status = Arc::new(NodeStatus {
+            node_id: settings.node_id.clone(),
+            lease_ttl: settings.lease_ttl,
+            replicator: replicator.clone(),
+        });
+        Ok(Active {
+            lease: promoted.lease,
+            replicator,
+            status,
+        })
+    }
+
+    pub fn status(&self) -> Arc<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// Resolves, with the reason, when this node may no longer act as the
+    /// active one: its lease was refused or lapsed, or a replicated write
+    /// was fenced (another node claimed the journal).
+    pub async fn lost(&self) -> String {
+        tokio::select! {
+            cause = self.lease.lost() => format!("the core lease was lost ({cause:?})"),
+            ended = self.replicator.stopped() => match ended {
+                Err(e) => format!("replication stopped: {e}"),
+                Ok(()) => "replication ended: the journal was closed".to_owned(),
+            },
+        }
+    }
+
+    /// A clean stop, after the server drained and closed the journal: ship
+    /// what is left (within `timeout`), then release the lease so a standby
+    /// takes over at once rather than after the TTL.
+    pub async fn stop(self, timeout: Duration) {
+        match tokio::time::timeout(timeout, self.replicator.stopped()).await {
+            Ok(Ok(())) => tracing::info!("journal replicated to its end"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "replication stopped before the journal's end")
+            }
+            Err(_) => {
+                self.replicator.abort();
+                tracing::warn!(
+                    "records left unreplicated at the stop deadline; no client was told they were stored"
+                );
+            }
+        }
+        self.lease.release().await;
+    }
+}
+
+/// The key of signed attachment links must be the same on every node, or a
+/// link handed to a provider (or a customer) before a failover would be
+/// refused after it. The first node to start makes one and stores it in the
+/// `<prefix>-shared` bucket (no expiry); every node writes it to
+/// `<data_dir>/link.key`, where the registry reads it at start.
+async fn share_link_key(cluster: &Cluster, journal_dir: &std::path::Path) -> Result<(), NodeError> {
+    let settings = cluster.settings();
+    let bucket = format!("{}-shared", settings.prefix);
+    let err = |e: &dyn std::fmt::Display| NodeError::LinkKey(format!("bucket {bucket}: {e}"));
+    let store = crate::cluster::open_lasting_bucket(
+        cluster.jetstream(),
+        settings,
+        bucket.clone(),
+        "settings every node shares",
+    )
+    .await?;
+    let fresh: [u8; 32] = rand::random();
+    // Create if absent; whoever loses the race reads the winner's key.
+    if let Err(e) = store.create("link-key", fresh.to_vec().into()).await {
+        tracing::debug!(error = %e, "link key already in the cluster");
+    }
+    let key = store
+        .get("link-key")
+        .await
+        .map_err(|e| err(&e))?
+        .ok_or_else(|| err(&"no link-key after creating it"))?;
+    if key.len() != 32 {
+        return Err(err(&format!("link-key holds {} bytes, not 32", key.len())));
+    }
+    let data_dir = journal_dir
+        .parent()
+        .ok_or_else(|| err(&"the journal has no parent directory"))?;
+    write_private(&data_dir.join("link.key"), &key)
+        .map_err(|e| NodeError::LinkKey(format!("{}: {e}", data_dir.join("link.key").display())))
+}
+
+/// Write `bytes` to `path`, readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(path)?, bytes)
+}
