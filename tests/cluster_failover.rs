@@ -364,6 +364,7 @@ async fn a_standby_restarted_under_an_active_comes_back_as_a_standby_and_takes_o
     cluster.process(1).signal(libc::SIGKILL);
     cluster.process(1).wait_exit(Duration::from_secs(5));
     cluster.start_node(1);
+    cluster.wait_following(1);
     // …and after it.
     let count = std::sync::atomic::AtomicUsize::new(0);
     let mut after = Outcome {
@@ -382,13 +383,13 @@ async fn a_standby_restarted_under_an_active_comes_back_as_a_standby_and_takes_o
     wait_replicated(&active.h).await;
     cluster.assert_standby(1);
     assert_active(&active.h, "node-0").await;
+    let data_dir = cluster.nodes[1].dir.path().to_owned();
     assert!(
-        cluster.nodes[1]
-            .dir
-            .path()
-            .join("journal.previous")
-            .is_dir(),
-        "the restarted standby moved its journal aside"
+        data_dir.join("journal.previous").is_dir(),
+        "the restarted standby moved its journal aside: {:?}, {:#?}",
+        std::fs::read_dir(&data_dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>()),
+        cluster.process(1).seen
     );
 
     // The restarted standby takes over, with everything from before and

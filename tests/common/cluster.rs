@@ -148,6 +148,15 @@ impl TestCluster {
         );
     }
 
+    /// Wait until node `i` logs that it follows the active node's journal
+    /// (a standby that has moved its old journal aside and started copying).
+    pub fn wait_following(&mut self, i: usize) {
+        self.process(i)
+            .wait_for(super::process::Stream::Err, "the standby's start", |l| {
+                l.contains("following the active node's journal")
+            });
+    }
+
     /// A client of the cluster's NATS.
     pub async fn nats_client(&self) -> async_nats::Client {
         async_nats::connect(self.nats.url())
