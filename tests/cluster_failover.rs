@@ -17,7 +17,7 @@ use async_nats::jetstream::kv::Operation;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use common::cluster::{assert_active, wait_replicated, TestCluster, PREFIX, TTL};
-use common::load::{assert_recovered, customer, Load, Outcome};
+use common::load::{assert_recovered, customer, Customer, Load, Outcome};
 use futures_util::StreamExt;
 
 /// One test at a time.
@@ -132,6 +132,7 @@ async fn kill_9_the_active_under_load_a_standby_takes_over_with_everything_ackno
 
     let mut lease = cluster.leases().await.watch("core").await.expect("watch");
     let killed = Instant::now();
+    load.broker_gone();
     cluster.process(0).signal(libc::SIGKILL);
     assert_eq!(cluster.process(0).wait_exit(Duration::from_secs(5)), None);
     let (holder, taken, _) = next_holder(&mut lease, "node-0", killed).await;
@@ -173,6 +174,7 @@ async fn an_active_paused_past_its_lease_is_fenced_and_exits_75_when_it_wakes() 
 
     let mut lease = cluster.leases().await.watch("core").await.expect("watch");
     let paused = Instant::now();
+    load.broker_gone();
     cluster.process(0).signal(libc::SIGSTOP);
     let (holder, taken, released) = next_holder(&mut lease, "node-0", paused).await;
     assert_eq!((holder.as_str(), released), ("node-1", None));
@@ -264,6 +266,7 @@ async fn nats_away_longer_than_the_lease_stops_the_active_and_a_node_takes_over_
         .await;
 
     let down = Instant::now();
+    load.broker_gone();
     cluster.nats.stop();
     assert_eq!(
         cluster.process(0).wait_exit(Duration::from_secs(15)),
@@ -315,6 +318,7 @@ async fn sigterm_on_the_active_releases_the_lease_and_a_standby_takes_over_at_on
         .await;
 
     let stopped = Instant::now();
+    load.broker_gone();
     cluster.process(0).signal(libc::SIGTERM);
     // The lease is deleted by its holder, not left to expire: the watch
     // sees the delete before another node's claim on it.
@@ -367,17 +371,24 @@ async fn a_standby_restarted_under_an_active_comes_back_as_a_standby_and_takes_o
     cluster.wait_following(1);
     // …and after it.
     let count = std::sync::atomic::AtomicUsize::new(0);
+    let no_failure = std::sync::atomic::AtomicBool::new(false);
     let mut after = Outcome {
         customers: Vec::new(),
         acked: BTreeMap::new(),
         messages: MESSAGES,
     };
     for i in CUSTOMERS..CUSTOMERS + 10 {
-        let (session, conv, acks) = customer(&active.h, i, MESSAGES, &count).await;
+        let (session, conv, acks) = customer(&active.h, i, MESSAGES, &count, &no_failure)
+            .await
+            .expect("a session");
         let conv = conv.expect("acknowledged");
-        let n = acks.len();
-        after.acked.entry(conv.clone()).or_default().extend(acks);
-        after.customers.push((session, Some(conv), n));
+        after.customers.push(Customer {
+            index: i,
+            session,
+            conv: Some(conv.clone()),
+            acked: acks.len(),
+        });
+        after.acked.entry(conv).or_default().extend(acks);
     }
     assert_eq!(after.total(), 10 * MESSAGES);
     wait_replicated(&active.h).await;

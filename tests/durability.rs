@@ -80,6 +80,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_message_and_duplicates_none() {
     // messages are acknowledged.
     load.wait_acked(CUSTOMERS * MESSAGES / 3, Duration::from_secs(20))
         .await;
+    load.broker_gone();
     broker.signal(libc::SIGKILL);
     let _ = broker.wait_exit(Duration::from_secs(5));
     drop(broker);

@@ -4,14 +4,14 @@
 //! its `seq`, no conversation held by two desks, life cycles that go on.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use super::{assert_gap_free, s, try_connect, Agent, Harness, Session, Ws};
+use super::{assert_gap_free, s, Agent, Harness, Session, Ws};
 
 /// What a client was told was stored: by conversation, `client_msg_id` →
 /// `seq`.
@@ -27,13 +27,50 @@ const PATIENCE: Duration = Duration::from_secs(5);
 
 /// One customer: opens a conversation and sends `n` messages, each after
 /// the previous one's ack, recording every ack; stops at the first failure
-/// (the broker died, or answered nothing within [`PATIENCE`]).
-pub async fn customer(h: &Harness, i: usize, n: usize, count: &AtomicUsize) -> CustomerRun {
-    let session = h.create_session(&format!("c{i}"), None).await;
+/// (the broker died, or answered nothing within [`PATIENCE`]). Before the
+/// test has marked the broker `gone`, a failure to create the session or to
+/// connect is a failure of the test; after, it ends the customer (None when
+/// it got no session).
+pub async fn customer(
+    h: &Harness,
+    i: usize,
+    n: usize,
+    count: &AtomicUsize,
+    gone: &AtomicBool,
+) -> Option<CustomerRun> {
+    let fail = |what: String| {
+        assert!(gone.load(Ordering::SeqCst), "customer c{i}: {what}");
+    };
+    let created = h
+        .http
+        .post(h.url("/v1/webchat/sessions"))
+        .json(&json!({ "name": format!("c{i}") }))
+        .send()
+        .await;
+    let body: Value = match created {
+        Ok(r) if r.status() == 201 => r.json().await.unwrap_or(Value::Null),
+        Ok(r) => {
+            fail(format!("creating the session: {}", r.status()));
+            return None;
+        }
+        Err(e) => {
+            fail(format!("creating the session: {e}"));
+            return None;
+        }
+    };
+    let session = Session {
+        id: s(&body["session_id"]),
+        token: s(&body["token"]),
+        name: format!("c{i}"),
+    };
     let mut acks = Vec::new();
     let mut conv = None;
-    let Ok(mut ws) = try_connect(&h.customer_ws_url(&session)).await else {
-        return (session, conv, acks);
+    let mut ws = match connect(&h.customer_ws_url(&session)).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            fail(format!("connecting: {e}"));
+            return Some((session, conv, acks));
+        }
     };
     for k in 0..n {
         let id = format!("c{i}-{k}");
@@ -59,7 +96,23 @@ pub async fn customer(h: &Harness, i: usize, n: usize, count: &AtomicUsize) -> C
         acks.push((id, ack["seq"].as_u64().expect("ack seq")));
         count.fetch_add(1, Ordering::Relaxed);
     }
-    (session, conv, acks)
+    Some((session, conv, acks))
+}
+
+/// A WebSocket handshake within [`PATIENCE`]; any failure (refused, reset,
+/// no answer from a paused process) is an error, not a panic.
+async fn connect(url: &str) -> Result<Ws, String> {
+    let handshake = tokio_tungstenite::connect_async(url);
+    match tokio::time::timeout(PATIENCE, handshake).await {
+        Ok(Ok((inner, _))) => Ok(Ws {
+            inner,
+            pending: Default::default(),
+            closed: None,
+            seen: Vec::new(),
+        }),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no handshake within {PATIENCE:?}")),
+    }
 }
 
 /// A desk that accepts whatever it is offered until its socket closes or
@@ -89,16 +142,28 @@ pub struct Load {
     pub capacity: u64,
     /// Messages acknowledged so far, by every customer together.
     pub acked: Arc<AtomicUsize>,
+    /// Set by [`Load::broker_gone`]: failures are expected from then on.
+    gone: Arc<AtomicBool>,
     pub customers: usize,
     pub messages: usize,
     desks: Vec<JoinHandle<usize>>,
-    runs: Vec<JoinHandle<CustomerRun>>,
+    runs: Vec<JoinHandle<Option<CustomerRun>>>,
 }
 
-/// What a [`Load`] left: every customer's session, conversation and number
-/// of acks, and every ack.
+/// A customer as a [`Load`] left it.
+pub struct Customer {
+    /// Its number: its messages' `client_msg_id`s are `c<index>-<k>`.
+    pub index: usize,
+    pub session: Session,
+    /// Its conversation, once an ack named it.
+    pub conv: Option<String>,
+    /// How many of its messages were acknowledged (the first ones).
+    pub acked: usize,
+}
+
+/// What a [`Load`] left: every customer that got a session, and every ack.
 pub struct Outcome {
-    pub customers: Vec<(Session, Option<String>, usize)>,
+    pub customers: Vec<Customer>,
     pub acked: Acked,
     /// How many messages each customer meant to send.
     pub messages: usize,
@@ -130,22 +195,32 @@ impl Load {
             desks.push(tokio::spawn(accepting_desk(h.agent_online(agent).await)));
         }
         let acked = Arc::new(AtomicUsize::new(0));
+        let gone = Arc::new(AtomicBool::new(false));
         let mut runs = Vec::new();
         for i in 0..customers {
-            let (base, admin, count) = (h.base.clone(), h.admin.clone(), acked.clone());
+            let (base, admin) = (h.base.clone(), h.admin.clone());
+            let (count, gone) = (acked.clone(), gone.clone());
             runs.push(tokio::spawn(async move {
-                customer(&Harness::external(&base, &admin), i, messages, &count).await
+                let h = Harness::external(&base, &admin);
+                customer(&h, i, messages, &count, &gone).await
             }));
         }
         Load {
             agents: created,
             capacity,
             acked,
+            gone,
             customers,
             messages,
             desks,
             runs,
         }
+    }
+
+    /// The broker is about to be killed, paused or cut off: from now on a
+    /// customer that cannot create its session or connect just stops.
+    pub fn broker_gone(&self) {
+        self.gone.store(true, Ordering::SeqCst);
     }
 
     /// Messages acknowledged so far.
@@ -170,13 +245,19 @@ impl Load {
     pub async fn finish(self) -> Outcome {
         let mut customers = Vec::new();
         let mut acked: Acked = BTreeMap::new();
-        for run in self.runs {
-            let (session, conv, acks) = run.await.expect("customer task");
-            let n = acks.len();
-            if let Some(conv) = &conv {
-                acked.entry(conv.clone()).or_default().extend(acks);
+        for (index, run) in self.runs.into_iter().enumerate() {
+            let Some((session, conv, acks)) = run.await.expect("customer task") else {
+                continue;
+            };
+            customers.push(Customer {
+                index,
+                session,
+                conv: conv.clone(),
+                acked: acks.len(),
+            });
+            if let Some(conv) = conv {
+                acked.entry(conv).or_default().extend(acks);
             }
-            customers.push((session, conv, n));
         }
         for desk in self.desks {
             let _ = desk.await;
@@ -269,8 +350,9 @@ pub async fn assert_recovered(
     let (mut desks, held) = reconnect_desks(h, agents, capacity).await;
     let mut acked = load.acked.clone();
     let mut done = 0;
-    for (i, (session, conv, sent)) in load.customers.iter().enumerate() {
-        let (mut ws, history) = h.connect_customer(session).await;
+    for customer in &load.customers {
+        let (i, conv, sent) = (customer.index, &customer.conv, &customer.acked);
+        let (mut ws, history) = h.connect_customer(&customer.session).await;
         if let Some(conv) = conv {
             assert_eq!(history["conversation_id"], conv.as_str(), "{history}");
         }
