@@ -94,10 +94,19 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Something else on one of the ports would be joined or fought with, not used.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in "$nats_port" $(seq "$base_port" $((base_port + nodes - 1))); do
+    if listening "$port"; then
+        echo "cluster.sh: 127.0.0.1:$port is in use; choose other ports (NATS_PORT, CLUSTER_BASE_PORT)" >&2
+        exit 1
+    fi
+done
+
 "$nats" -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" >"$work/nats.log" 2>&1 &
 nats_pid=$!
 for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; then break; fi
+    if listening "$nats_port"; then break; fi
     if ! kill -0 "$nats_pid" 2>/dev/null; then
         echo "cluster.sh: nats-server did not start (port $nats_port taken?):" >&2
         cat "$work/nats.log" >&2
@@ -118,12 +127,22 @@ start_node() {
     pids[i]=$!
 }
 
-# The first node takes the lease at once; the others follow it as standbys.
-start_node 0
-for i in $(seq 1 $((nodes - 1))); do start_node "$i"; done
 for i in $(seq 0 $((nodes - 1))); do
     echo "node-$i: http://127.0.0.1:$((base_port + i)) once active; data $work/node-$i, log $work/node-$i.log"
 done
+# The first node takes the lease at once; the others then follow it as
+# standbys.
+start_node 0
+for _ in $(seq 300); do
+    if grep -q '^api:' "$work/node-0.out" 2>/dev/null; then break; fi
+    if ! kill -0 "${pids[0]}" 2>/dev/null; then
+        echo "cluster.sh: node-0 did not start:" >&2
+        tail -n 20 "$work/node-0.log" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+for i in $(seq 1 $((nodes - 1))); do start_node "$i"; done
 if $generated_token; then echo "admin token: $SWITCHBOARD_ADMIN_TOKEN"; fi
 echo "Ctrl-C stops everything"
 
