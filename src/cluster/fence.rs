@@ -191,8 +191,15 @@ impl EventLog {
             Log::Partition(p) => self.settings.partition_subject(p),
             Log::Core => self.settings.core_subject(),
         };
+        // An append's acknowledgement is awaited for one renewal interval at
+        // most, like every call to NATS here: one sent just as the server
+        // went down is never answered, and the client's default (5 s) would
+        // hold every acknowledgement that long after a blip of milliseconds.
+        // The retry carries the same message id, so it is stored once.
+        let mut jetstream = self.jetstream.clone();
+        jetstream.set_timeout(self.settings.renew_every());
         let mut writer = FencedWriter {
-            jetstream: self.jetstream.clone(),
+            jetstream,
             stream: self.stream.clone(),
             subject,
             log,
