@@ -238,7 +238,11 @@ async fn a_nats_restart_shorter_than_the_lease_pauses_acks_and_changes_nothing()
         at_restart,
         outcome.total()
     );
-    assert!(resumed > at_restart, "acks resumed after the restart");
+    assert!(
+        resumed > at_restart,
+        "acks resumed after the restart; the active node printed:\n{}",
+        cluster.last_lines(0, 40)
+    );
     assert_eq!(
         outcome.total(),
         CUSTOMERS * MESSAGES,

@@ -148,6 +148,18 @@ impl TestCluster {
         );
     }
 
+    /// The last `n` lines node `i` printed, for failure messages.
+    pub fn last_lines(&mut self, i: usize, n: usize) -> String {
+        let process = self.process(i);
+        process.drain();
+        let skip = process.seen.len().saturating_sub(n);
+        process.seen[skip..]
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Wait until node `i` logs that it follows the active node's journal
     /// (a standby that has moved its old journal aside and started copying).
     pub fn wait_following(&mut self, i: usize) {
