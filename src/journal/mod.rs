@@ -99,7 +99,9 @@ pub struct JournalConfig {
     pub segment_bytes: u64,
     /// Budget of the queue between `append` and the writer, in bytes of
     /// framed records. A record larger than the budget is still taken when
-    /// nothing is queued.
+    /// nothing is queued. Replicated, the bytes written and not yet marked
+    /// replicated count too: a replica that falls behind refuses appends
+    /// like a slow disk.
     pub queue_bytes: usize,
     /// Injected storage faults (tests); the default injects none.
     pub faults: Faults,
