@@ -5,7 +5,7 @@
 //! is away and resumes after, with nothing lost or doubled; another node's
 //! claim fences the replicator off and fails the journal; a record too large
 //! for a message fails it loudly; an events stream made before the core
-//! subject existed is given it.
+//! subject existed is given it; an aborted replicator fails the journal.
 
 mod common;
 
@@ -412,4 +412,28 @@ async fn an_events_stream_without_the_core_subject_is_given_it() {
     );
     close(journal).await.expect("close");
     assert_eq!(stopped(&handle).await, Ok(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_replicator_fails_the_journal() {
+    let nats = NatsServer::start();
+    let cluster = Cluster::connect(settings(&nats.url(), "node-a"))
+        .await
+        .expect("connect");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(dir.path());
+    let handle = start_replicator(&cluster, &journal).await;
+    journal.append(b"one").unwrap();
+    durable(&journal, 1).await;
+    handle.abort();
+    match stopped(&handle).await {
+        Err(ReplicationError::Other(why)) => assert!(why.contains("unexpectedly"), "{why}"),
+        other => panic!("an aborted replicator reports it, got {other:?}"),
+    }
+    // Without a replicator nothing could become durable: refused at once.
+    assert!(matches!(
+        journal.append(b"two"),
+        Err(JournalError::Unavailable { .. })
+    ));
+    assert_eq!(journal.durable(), 1);
 }
