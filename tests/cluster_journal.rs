@@ -2,7 +2,8 @@
 //! (`tests/common/nats.rs` starts one per test): records reach
 //! `<prefix>.core` in order, framed, with their headers, split at the
 //! server's `max_payload`; durability waits for JetStream, stalls while NATS
-//! is away and resumes after, with nothing lost or doubled; another node's
+//! is away (appends refused once the waiting records spend the queue
+//! budget) and resumes after, with nothing lost or doubled; another node's
 //! claim fences the replicator off and fails the journal; a record too large
 //! for a message fails it loudly; an events stream made before the core
 //! subject existed is given it; an aborted replicator fails the journal.
@@ -245,7 +246,13 @@ async fn durability_waits_for_jetstream_stalls_while_nats_is_away_and_resumes() 
         .await
         .expect("connect");
     let dir = tempfile::tempdir().unwrap();
-    let journal = open_journal(dir.path());
+    let (journal, _) = Journal::open(JournalConfig {
+        replicated: true,
+        // About 100 of these records.
+        queue_bytes: 16 * 1024,
+        ..JournalConfig::new(dir.path())
+    })
+    .expect("open the journal");
     let handle = start_replicator(&cluster, &journal).await;
     for i in 1..=10 {
         journal.append(&record(i, 300)).unwrap();
@@ -275,20 +282,44 @@ async fn durability_waits_for_jetstream_stalls_while_nats_is_away_and_resumes() 
     );
     let status = handle.status();
     assert_eq!((status.replicated, status.lag), (10, 10), "{status:?}");
+    // The records waiting for JetStream spend the queue budget: appends
+    // are refused, as with a stalled disk. (Each append is written before
+    // the next, so only the replica's lag counts.)
+    let mut last = 20;
+    loop {
+        match journal.append(&record(last + 1, 300)) {
+            Ok(lsn) => {
+                last = lsn;
+                wait_until("written locally", || journal.written() == lsn).await;
+            }
+            Err(JournalError::Unavailable { reason }) => {
+                assert!(reason.contains("waiting for replication"), "{reason}");
+                break;
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+        }
+        assert!(last < 1000, "the budget never refused an append");
+    }
+    let waiting = handle.status().unreplicated_bytes;
+    assert!(
+        waiting > 16 * 1024 - 400,
+        "refused with {waiting} bytes waiting"
+    );
 
     nats.spawn();
-    durable(&journal, 20).await;
-    for i in 21..=30 {
-        journal.append(&record(i, 300)).unwrap();
+    durable(&journal, last).await;
+    for i in last + 1..=last + 10 {
+        assert_eq!(journal.append(&record(i, 300)).unwrap(), i);
     }
-    durable(&journal, 30).await;
+    last += 10;
+    durable(&journal, last).await;
     wait_until("the retry reported over", || {
         handle.status().retrying.is_none()
     })
     .await;
 
     let got = records(&core_messages(&cluster).await, "node-a");
-    let want: Vec<(Lsn, Vec<u8>)> = (1..=30).map(|i| (i, record(i, 300))).collect();
+    let want: Vec<(Lsn, Vec<u8>)> = (1..=last).map(|i| (i, record(i, 300))).collect();
     assert!(
         got == want,
         "nothing missing or doubled: {:?}",
