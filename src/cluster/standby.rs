@@ -269,6 +269,13 @@ impl Follower {
         })
     }
 
+    /// The local journal the records are copied into (for its compactor:
+    /// a standby keeps snapshots as it follows, so taking over replays
+    /// only the records after the newest).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     /// The Lsn of the last record copied into the local journal (0: none).
     pub fn copied(&self) -> Lsn {
         self.progress.copied.load(Ordering::Acquire)
