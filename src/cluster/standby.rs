@@ -563,7 +563,7 @@ impl Copier {
                     // The record was not taken: no Lsn used; try again once
                     // the writer has caught up (or the disk works again).
                     waited += 1;
-                    if waited % 1000 == 0 {
+                    if waited.is_multiple_of(1000) {
                         tracing::warn!(%reason, "cluster: the standby's journal does not take records");
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
