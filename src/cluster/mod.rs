@@ -10,6 +10,10 @@
 //!   the partitions by lease;
 //! - [`fence`]: the owner's fenced appends to a partition's events, and
 //!   reading them back.
+//! - [`core_lease`]: the `core` lease naming the active node ([`CoreLease`]).
+//! - [`standby`]: a standby's [`Follower`], copying the active node's
+//!   replicated journal (`<prefix>.core`) into its own.
+//! - [`files`]: uploaded files in the `<prefix>-files` object store.
 //!
 //! What lives in NATS, for a cluster named by its `prefix` (`switchboard` by
 //! default); `docs/cluster.md` explains each setting:
@@ -18,7 +22,8 @@
 //! |---|---|---|---|
 //! | `<prefix>-nodes` | KV bucket | one key per live node, rewritten every renewal | history 1, max age = lease TTL |
 //! | `<prefix>-leases` | KV bucket | one key per partition (`0` … `63`), value = the owner's node id | history 1, max age = lease TTL |
-//! | `<prefix>-events` | stream | each partition's events on `<prefix>.p.<n>` | file storage, limits retention, no age limit, direct get |
+//! | `<prefix>-events` | stream | each partition's events on `<prefix>.p.<n>`; the active node's journal on `<prefix>.core` | file storage, limits retention, no age limit, direct get |
+//! | `<prefix>-files` | object store | uploaded files' bytes, by id | no age limit |
 //!
 //! A KV bucket's max age is what makes a lease expire: an entry not
 //! rewritten within the TTL is removed by the server, so a node that dies or
