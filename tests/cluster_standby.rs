@@ -755,3 +755,28 @@ async fn a_standby_goes_on_following_across_a_nats_restart() {
     assert_eq!(follower.finish(upto).await.expect("finish"), 15);
     assert!(recover(&data.path().join("journal")) == numbered(1, &all));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_refuses_an_events_stream_without_the_core_subject() {
+    // The stream as an older Switchboard made it: partitions only.
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "switchboard-events".to_owned(),
+            subjects: vec!["switchboard.p.*".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("create the old stream");
+    let cluster = connect(&nats.url(), "standby").await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let err = match Follower::start(&cluster, journal_config(data.path())).await {
+        Ok(_) => panic!("a follower started on a stream without switchboard.core"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&err, FollowError::NotInStream { subject, .. } if subject == "switchboard.core"),
+        "{err}"
+    );
+}

@@ -86,6 +86,14 @@ pub enum FollowError {
         #[source]
         source: std::io::Error,
     },
+    /// The events stream was made without the core subject (by an older
+    /// Switchboard): nothing can be replicated through it.
+    #[error("stream {stream} does not take {subject} (its subjects: {subjects})")]
+    NotInStream {
+        stream: String,
+        subject: String,
+        subjects: String,
+    },
     #[error("the local journal: {0}")]
     Journal(#[from] JournalError),
     #[error("the fresh local journal at {} recovered {records} records", dir.display())]
@@ -178,6 +186,21 @@ pub fn decode_batch(payload: &[u8]) -> Result<Vec<&[u8]>, BatchError> {
     Ok(records)
 }
 
+/// Whether NATS subject `filter` (tokens `*`: any one, `>`: the rest)
+/// takes `subject`.
+fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for f in filter.split('.') {
+        match (f, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
 /// What the follower's task and its handle share.
 struct Progress {
     /// The Lsn of the last record appended to the local journal.
@@ -228,6 +251,17 @@ impl Follower {
                 subject: subject.clone(),
                 source: e.into(),
             })?;
+        let subjects = &events.cached_info().config.subjects;
+        if !subjects
+            .iter()
+            .any(|filter| subject_matches(filter, &subject))
+        {
+            return Err(FollowError::NotInStream {
+                stream: stream_name,
+                subject,
+                subjects: subjects.join(", "),
+            });
+        }
         let files_dir = journal
             .dir
             .parent()
@@ -669,6 +703,19 @@ mod tests {
         buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
         buf.extend_from_slice(&crc32c::crc32c(record).to_le_bytes());
         buf.extend_from_slice(record);
+    }
+
+    #[test]
+    fn subjects_match_as_nats_matches_them() {
+        assert!(subject_matches("sb.core", "sb.core"));
+        assert!(subject_matches("sb.*", "sb.core"));
+        assert!(subject_matches("sb.>", "sb.core"));
+        assert!(subject_matches(">", "sb.core"));
+        assert!(!subject_matches("sb.p.*", "sb.core"));
+        assert!(!subject_matches("sb", "sb.core"));
+        assert!(!subject_matches("sb.core.x", "sb.core"));
+        assert!(!subject_matches("sb.core.>", "sb.core"));
+        assert!(!subject_matches("other.core", "sb.core"));
     }
 
     #[test]
