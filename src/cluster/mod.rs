@@ -11,7 +11,12 @@
 //! - [`fence`]: the owner's fenced appends to a partition's events (or to
 //!   the core's journal records), and reading them back;
 //! - [`replicate`]: the active node's [`Replicator`], which ships every
-//!   journal record to `<prefix>.core` and marks it replicated once stored.
+//!   journal record to `<prefix>.core` and marks it replicated once stored;
+//! - [`core_lease`]: the `core` lease naming the active node ([`CoreLease`]);
+//! - [`standby`]: a standby's [`Follower`], copying the active node's
+//!   replicated journal (`<prefix>.core`) into its own;
+//! - [`files`]: uploaded files in the `<prefix>-files` object store;
+//! - [`node`]: a node's life: standby, then active, fail-stop.
 //!
 //! What lives in NATS, for a cluster named by its `prefix` (`switchboard` by
 //! default); `docs/cluster.md` explains each setting:
@@ -21,6 +26,7 @@
 //! | `<prefix>-nodes` | KV bucket | one key per live node, rewritten every renewal | history 1, max age = lease TTL |
 //! | `<prefix>-leases` | KV bucket | one key per partition (`0` … `63`), value = the owner's node id | history 1, max age = lease TTL |
 //! | `<prefix>-events` | stream | each partition's events on `<prefix>.p.<n>`; the active node's journal records on `<prefix>.core` | file storage, limits retention, no age limit, direct get |
+//! | `<prefix>-files` | object store | uploaded files' bytes, by id | no age limit |
 //!
 //! A KV bucket's max age is what makes a lease expire: an entry not
 //! rewritten within the TTL is removed by the server, so a node that dies or
