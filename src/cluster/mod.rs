@@ -1,8 +1,12 @@
-//! Cluster mode's foundation on NATS: the connection to a NATS server with
-//! JetStream, and the buckets and stream several Switchboard nodes share.
+//! Cluster mode on NATS (`docs/cluster.md`): the connection to a NATS server
+//! with JetStream, and the buckets and stream several Switchboard nodes
+//! share.
 //!
-//! This is the groundwork only: the broker does not run clustered yet (no
-//! flag turns it on). What is here, and tested against a real `nats-server`:
+//! Today's form: one active node, whose journal is replicated to NATS, and
+//! hot standbys that copy it and take over (`node`). The partitions and
+//! their leases are the ground for spreading conversations over the nodes;
+//! the broker does not use them yet. What is here, tested against a real
+//! `nats-server`:
 //! - [`Cluster`]: connect (with reconnection), then create or open what the
 //!   design needs, with the settings below;
 //! - [`lease`]: which partition a conversation belongs to, and the
