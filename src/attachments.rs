@@ -18,6 +18,13 @@
 //! Names of stored files are cleaned once, on the way in
 //! ([`sanitize_filename`]), and sent back with [`content_disposition`].
 //!
+//! With a data dir, each file's bytes are also kept in `<data_dir>/files/<id>`,
+//! written and synced before the journal record that stores the file. In
+//! cluster mode the server also sets a [`FileReplica`] (the NATS files
+//! bucket): a file's bytes are put there before its record too (an upload
+//! the replica refuses is refused `unavailable`), and deleted from it when
+//! the file leaves the store, so a standby that takes over has every file.
+//!
 //! What a webchat session may hold at once is bounded (`uploads_per_session`
 //! files, `upload_bytes_per_session` bytes), and so is what the sessions of
 //! one client address hold together (`upload_bytes_per_ip`): an upload over
@@ -743,6 +750,66 @@ mod tests {
             content_disposition("ré\"s.png"),
             "attachment; filename=\"r__s.png\"; filename*=UTF-8''r%C3%A9%22s.png"
         );
+    }
+
+    /// A replica that records what it is asked, and refuses puts of ids
+    /// starting with `bad`.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl FileReplica for Recorder {
+        fn put(&self, id: &str, bytes: Bytes) -> BoxFuture<'static, Result<(), String>> {
+            self.calls.lock().push(format!("put {id} {}", bytes.len()));
+            let refused = id.starts_with("bad");
+            Box::pin(async move {
+                if refused {
+                    Err("the bucket is away".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+
+        fn delete(&self, id: &str) -> BoxFuture<'static, Result<(), String>> {
+            self.calls.lock().push(format!("delete {id}"));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_gets_every_file_before_it_is_stored_and_loses_it_after() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let store = AttachmentStore {
+            dir: Some(data.path().join("files")),
+            ..AttachmentStore::default()
+        };
+        let replica = Arc::new(Recorder::default());
+        assert!(store.set_replica(replica.clone()));
+        let bytes = Bytes::from_static(b"abc");
+        store.persist("att_1", &bytes).await.expect("persist");
+        assert!(data.path().join("files/att_1").exists());
+        // The replica refuses: so is the upload, and the local copy goes.
+        let err = store.persist("bad_1", &bytes).await.expect_err("refused");
+        assert!(matches!(&err, ApiError::Unavailable(m) if m.contains("the bucket is away")));
+        store
+            .insert_persisted(meta("att_1"), bytes, Uploader::Admin, None)
+            .expect("insert");
+        store.acquire("att_1");
+        store.release("att_1");
+        // The deletes run in the background.
+        for _ in 0..100 {
+            if replica.calls.lock().len() == 3 && !data.path().join("files/bad_1").exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            *replica.calls.lock(),
+            ["put att_1 3", "put bad_1 3", "delete att_1"]
+        );
+        assert!(!data.path().join("files/bad_1").exists());
     }
 
     #[test]

@@ -904,6 +904,13 @@ impl Config {
                     .into(),
             ));
         }
+        if self.admin_token.is_none() {
+            return Err(ConfigError(
+                "admin_token: required in cluster mode: every node must accept the same one (a \
+                 generated token would change at every failover)"
+                    .into(),
+            ));
+        }
         settings.check().map_err(|e| ConfigError(e.to_string()))
     }
 
@@ -2641,6 +2648,7 @@ queue = "billing"
         let dir = tempfile::tempdir().unwrap();
         let file = format!(
             "data_dir = {:?}\ncluster = \"nats://127.0.0.1:4222\"\nnode_id = \"node-1\"\n\
+             admin_token = \"cluster-admin-token-0123456789abcdef\"\n\
              cluster_lease_ttl = \"4s\"\n",
             dir.path().to_str().unwrap()
         );
@@ -2667,6 +2675,7 @@ queue = "billing"
                 cluster: Some("nats://127.0.0.1:4222".into()),
                 node_id: Some("node-1".into()),
                 data_dir: Some(data.clone()),
+                admin_token: Some("cluster-admin-token-0123456789abcdef".into()),
                 ..Config::default()
             };
             f(&mut c);
@@ -2680,6 +2689,11 @@ queue = "billing"
         assert!(err.contains("node_id: required in cluster mode"), "{err}");
         let err = with(&|c| c.data_dir = None);
         assert!(err.contains("data_dir: required in cluster mode"), "{err}");
+        let err = with(&|c| c.admin_token = None);
+        assert!(
+            err.contains("admin_token: required in cluster mode"),
+            "{err}"
+        );
         let err = with(&|c| c.node_id = Some("node 1".into()));
         assert!(err.contains("node_id \"node 1\""), "{err}");
         let err = with(&|c| c.cluster_lease_ttl = Duration::from_millis(500));

@@ -823,7 +823,18 @@ pub fn run(config: Config) -> std::io::Result<()> {
         // (`cluster::node`); it listens only once it is the active node.
         let promoted = match (config.cluster(), config.journal()) {
             (Some(settings), Some(journal)) => tokio::select! {
-                promoted = crate::cluster::node::standby(settings, journal) => {
+                promoted = crate::cluster::node::standby(
+                    settings,
+                    journal,
+                    crate::cluster::node::Compaction {
+                        settings: crate::snapshot::ReplaySettings::of(&config),
+                        files: config.data_dir.as_ref().map(|d| d.join("files")),
+                        schedule: crate::compactor::Schedule {
+                            every_records: config.snapshot_every_records,
+                            interval: config.snapshot_interval,
+                        },
+                    },
+                ) => {
                     Some(promoted.map_err(std::io::Error::other)?)
                 }
                 () = crate::shutdown::signalled() => {

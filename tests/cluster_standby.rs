@@ -701,3 +701,82 @@ async fn a_standby_writes_each_replicated_file_into_its_data_dir() {
     assert!(!data.path().join("files/att_gone").exists());
     assert!(recover(&data.path().join("journal")) == numbered(1, &all));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_goes_on_following_across_a_nats_restart() {
+    let mut nats = NatsServer::start();
+    let cluster = connect(&nats.url(), "standby").await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut all = records(1, 10);
+    publish_batch(&cluster, 1, &all).await;
+    let follower = Follower::start(&cluster, journal_config(data.path()))
+        .await
+        .expect("start");
+    wait_until("the first records copied", PATIENCE, || {
+        follower.copied() == 10
+    })
+    .await;
+    let down = Instant::now();
+    tokio::task::block_in_place(|| nats.restart());
+    // The client reconnects; the next writes go through.
+    let later = records(11, 5);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert(LSN_HEADER, "11");
+        let mut payload = Vec::new();
+        for r in &later {
+            payload.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            payload.extend_from_slice(&crc32c::crc32c(r).to_le_bytes());
+            payload.extend_from_slice(r);
+        }
+        let sent = cluster
+            .jetstream()
+            .publish_with_headers(core_subject(cluster.settings()), headers, payload.into())
+            .await;
+        if let Ok(ack) = sent {
+            if ack.await.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no write after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    all.extend(later);
+    wait_until("the records after the restart copied", PATIENCE * 3, || {
+        follower.copied() == 15
+    })
+    .await;
+    eprintln!(
+        "following resumed {:?} after nats-server went down",
+        down.elapsed()
+    );
+    let upto = claim(&cluster).await;
+    assert_eq!(follower.finish(upto).await.expect("finish"), 15);
+    assert!(recover(&data.path().join("journal")) == numbered(1, &all));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_refuses_an_events_stream_without_the_core_subject() {
+    // The stream as an older Switchboard made it: partitions only.
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "switchboard-events".to_owned(),
+            subjects: vec!["switchboard.p.*".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("create the old stream");
+    let cluster = connect(&nats.url(), "standby").await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let err = match Follower::start(&cluster, journal_config(data.path())).await {
+        Ok(_) => panic!("a follower started on a stream without switchboard.core"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&err, FollowError::NotInStream { subject, .. } if subject == "switchboard.core"),
+        "{err}"
+    );
+}

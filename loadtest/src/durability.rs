@@ -4,7 +4,10 @@
 //! Each mode is a broker started from `--broker-bin` with `--workers 1`:
 //! `memory` (no data directory), `batch` (`--data-dir <fresh dir> --fsync
 //! batch`: group commit), `always` (`--fsync always`) and, when asked for,
-//! `never` (page cache only). They run as the per-core mode runs Switchboard
+//! `never` (page cache only) and `cluster` (`batch` as the active node of a
+//! cluster: every record also stored in NATS before it counts as durable;
+//! the harness starts one `nats-server -js`, pinned to its own CPUs like a
+//! server on another machine, and gives each run a cluster of its own). They run as the per-core mode runs Switchboard
 //! ([`percore::measure_broker`]): the broker pinned to `--target-cpu`, the
 //! harness to the other CPUs, a closed loop of `--conversations` customers,
 //! `--warmup` then a window of `--measure`.
@@ -36,6 +39,7 @@ pub enum Mode {
     Batch,
     Always,
     Never,
+    Cluster,
 }
 
 impl Mode {
@@ -45,19 +49,52 @@ impl Mode {
             Mode::Batch => "batch",
             Mode::Always => "always",
             Mode::Never => "never",
+            Mode::Cluster => "cluster",
         }
     }
 
     fn from_name(name: &str) -> Option<Mode> {
-        [Mode::Memory, Mode::Batch, Mode::Always, Mode::Never]
-            .into_iter()
-            .find(|m| m.name() == name)
+        [
+            Mode::Memory,
+            Mode::Batch,
+            Mode::Always,
+            Mode::Never,
+            Mode::Cluster,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
     }
 
-    /// The broker's flags for this mode, with `data_dir` its data directory.
-    pub fn broker_args(self, data_dir: &Path) -> Vec<String> {
+    /// The broker's flags for this mode, with `data_dir` its data directory
+    /// and (`cluster`) `nats` the NATS server's URL.
+    pub fn broker_args(self, data_dir: &Path, nats: Option<&str>) -> Vec<String> {
         match self {
             Mode::Memory => Vec::new(),
+            Mode::Cluster => {
+                // A cluster of its own per run (prefix from the data dir's
+                // name), so no run sees another's journal.
+                let name = data_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let prefix: String = name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .take(64)
+                    .collect();
+                vec![
+                    "--data-dir".into(),
+                    data_dir.display().to_string(),
+                    "--fsync".into(),
+                    "batch".into(),
+                    "--cluster".into(),
+                    nats.unwrap_or("nats://127.0.0.1:4222").into(),
+                    "--node-id".into(),
+                    "loadtest".into(),
+                    "--cluster-prefix".into(),
+                    prefix,
+                ]
+            }
             _ => vec![
                 "--data-dir".into(),
                 data_dir.display().to_string(),
@@ -73,6 +110,7 @@ impl Mode {
             Mode::Batch => "fsync = \"batch\"",
             Mode::Always => "fsync = \"always\"",
             Mode::Never => "fsync = \"never\"",
+            Mode::Cluster => "cluster (batch + NATS)",
         }
     }
 }
@@ -82,8 +120,9 @@ impl Mode {
 pub fn parse_modes(list: &str) -> Result<Vec<Mode>, String> {
     let mut modes = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let mode = Mode::from_name(name)
-            .ok_or_else(|| format!("{name:?} is not a mode (memory, batch, always, never)"))?;
+        let mode = Mode::from_name(name).ok_or_else(|| {
+            format!("{name:?} is not a mode (memory, batch, always, never, cluster)")
+        })?;
         if modes.contains(&mode) {
             return Err(format!("{name} is given twice"));
         }
@@ -428,6 +467,18 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
     }
     let run_id = args.run_id.clone().unwrap_or_else(crate::new_run_id);
     let seed = args.seed.unwrap_or(1);
+    let nats = if modes.contains(&Mode::Cluster) {
+        Some(
+            Nats::start(
+                args,
+                &root.join(format!("loadtest-{run_id}-nats")),
+                &harness,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     println!(
         "durability run {run_id}: the broker pinned to CPU {}, this harness to CPU {harness_list}; \
          {} conversations at once ({} agents x {}); {} rounds of {} ({}s warm-up, {}s measured \
@@ -450,7 +501,8 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
                 percore::wait_quiet(&allowed, args.quiet_wait).await;
                 let id = format!("{run_id}-{}-r{}a{attempt}", mode.name(), round + 1);
                 let data_dir = root.join(format!("loadtest-{id}"));
-                let broker_args = mode.broker_args(&data_dir);
+                let broker_args =
+                    mode.broker_args(&data_dir, nats.as_ref().map(|n| n.url.as_str()));
                 let measured =
                     percore::measure_broker(args, &broker_args, &id, seed, &harness).await;
                 let journal_bytes = (mode != Mode::Memory).then(|| bytes_under(&data_dir));
@@ -504,6 +556,9 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
             }
         }
     }
+    if let Some(nats) = nats {
+        nats.stop().await;
+    }
     let summary = summarize(&modes, &runs);
     let goal = goal(&summary);
     let ok = runs.iter().all(|r| r["figures"]["ok"] == true);
@@ -539,6 +594,79 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
     Ok(report)
 }
 
+/// The NATS server (with JetStream) the `cluster` mode's brokers share:
+/// started from `--nats-server` (default: `nats-server` on the `PATH`, else
+/// `/usr/sbin/nats-server`), on a free loopback port, its store in `dir`
+/// (removed at the end), pinned to the harness's CPUs.
+struct Nats {
+    child: tokio::process::Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl Nats {
+    async fn start(args: &Args, dir: &Path, cpus: &[usize]) -> Result<Nats, String> {
+        let bin = match &args.nats_server {
+            Some(bin) => bin.clone(),
+            None => ["/usr/sbin/nats-server", "/usr/local/bin/nats-server"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+                .unwrap_or_else(|| PathBuf::from("nats-server")),
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("finding a free loopback port: {e}"))?
+            .port();
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        affinity::pin_command(&mut cmd, cpus)?;
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "--durability-modes cluster needs nats-server (apt-get install nats-server, or                  --nats-server PATH): {}: {e}",
+                bin.display()
+            )
+        })?;
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if tokio::time::Instant::now() >= until {
+                return Err(format!(
+                    "nats-server on port {port} did not listen within 10 s"
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        println!(
+            "durability: nats-server {} on 127.0.0.1:{port}, pinned to the harness's CPUs",
+            bin.display()
+        );
+        Ok(Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            dir: dir.to_owned(),
+        })
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!(
+                "loadtest: WARNING: --durability: cannot remove {}: {e}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
 fn fmt(v: &Value, digits: usize) -> String {
     v.as_f64()
         .map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
@@ -571,10 +699,33 @@ mod tests {
             .unwrap_err()
             .contains("\"sometimes\""));
         let dir = Path::new("/data/x");
-        assert!(Mode::Memory.broker_args(dir).is_empty());
+        assert!(Mode::Memory.broker_args(dir, None).is_empty());
         assert_eq!(
-            Mode::Always.broker_args(dir),
+            Mode::Always.broker_args(dir, None),
             ["--data-dir", "/data/x", "--fsync", "always"]
+        );
+        let cluster = Mode::Cluster.broker_args(
+            Path::new("/tmp/loadtest-r1.cluster"),
+            Some("nats://127.0.0.1:5000"),
+        );
+        assert_eq!(
+            cluster,
+            [
+                "--data-dir",
+                "/tmp/loadtest-r1.cluster",
+                "--fsync",
+                "batch",
+                "--cluster",
+                "nats://127.0.0.1:5000",
+                "--node-id",
+                "loadtest",
+                "--cluster-prefix",
+                "loadtest-r1-cluster"
+            ]
+        );
+        assert_eq!(
+            parse_modes("memory,cluster").unwrap(),
+            [Mode::Memory, Mode::Cluster]
         );
     }
 

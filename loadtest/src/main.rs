@@ -384,8 +384,8 @@ pub struct Args {
     /// order).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// Durability: the modes compared, among memory, batch, always, never
-    /// (memory is the reference and must be one).
+    /// Durability: the modes compared, among memory, batch, always, never,
+    /// cluster (memory is the reference and must be one).
     #[arg(long, default_value = "memory,batch,always")]
     durability_modes: String,
     /// Durability: where each run's fresh data directory is made (and
@@ -393,6 +393,10 @@ pub struct Args {
     /// directory on the disk whose fsync you want measured, not a tmpfs.
     #[arg(long)]
     durability_dir: Option<PathBuf>,
+    /// Durability, mode `cluster`: the nats-server binary [default:
+    /// /usr/sbin/nats-server, /usr/local/bin/nats-server, else on the PATH].
+    #[arg(long)]
+    nats_server: Option<PathBuf>,
 
     // --- Output
     /// Write the JSON report here.

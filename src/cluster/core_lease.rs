@@ -110,7 +110,9 @@ impl CoreLease {
     /// task on the current tokio runtime). Waits as long as it takes: NATS
     /// being unreachable only delays it (each try is bounded by one renewal
     /// interval). A key naming this node, left by an earlier run with the
-    /// same id, is waited out like anyone else's (see the module doc).
+    /// same id, is waited out like anyone else's (see the module doc); so is
+    /// one written by a `create` of this very call whose answer was lost (it
+    /// is never renewed, and expires after the TTL).
     pub async fn acquire(cluster: &Cluster) -> Result<CoreLease, LeaseError> {
         let settings = cluster.settings();
         let node_id = settings.node_id.clone();
@@ -153,7 +155,7 @@ impl CoreLease {
                     if holder.is_some() && holder != last_holder {
                         let holder = holder.as_deref().unwrap_or_default();
                         if holder == node_id {
-                            tracing::info!(node = %node_id, "cluster: the core lease still names this node (an earlier run): waiting for it to expire");
+                            tracing::info!(node = %node_id, "cluster: the core lease still names this node (an earlier run, or a try whose answer was lost): waiting for it to expire");
                         } else {
                             tracing::info!(node = %node_id, active = %holder, "cluster: standing by; the core lease is held");
                         }

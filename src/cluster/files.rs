@@ -14,7 +14,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::object_store::{self, DeleteErrorKind, GetErrorKind, ObjectStore};
+use async_nats::jetstream::object_store::{
+    self, DeleteErrorKind, GetErrorKind, InfoErrorKind, ObjectStore,
+};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::io::AsyncReadExt;
@@ -25,6 +27,10 @@ use super::{Cluster, ClusterError};
 /// far longer than a lease call, but bounded so a NATS outage fails an
 /// upload (`unavailable`) instead of hanging it.
 pub const FILE_CALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a read of a file may go without a chunk before the bucket is
+/// asked whether the file was deleted meanwhile.
+const STALLED_READ: Duration = Duration::from_secs(2);
 
 /// A call on the files bucket failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +99,7 @@ impl Files {
     }
 
     /// File `id`'s bytes; `None` if there is no such file (never stored, or
-    /// deleted).
+    /// deleted, also while it was being read).
     pub async fn get(&self, id: &str) -> Result<Option<Bytes>, FilesError> {
         let read = async {
             let mut object = match self.store.get(id).await {
@@ -102,7 +108,23 @@ impl Files {
                 Err(e) => return Err(async_nats::Error::from(e)),
             };
             let mut bytes = Vec::with_capacity(object.info().size);
-            object.read_to_end(&mut bytes).await?;
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                // A file deleted while it is read stops delivering chunks
+                // without an error: a read that stalls asks whether it is
+                // still there.
+                match tokio::time::timeout(STALLED_READ, object.read(&mut chunk)).await {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(n)) => bytes.extend_from_slice(&chunk[..n]),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => match self.store.info(id).await {
+                        Ok(info) if !info.deleted => {}
+                        Ok(_) => return Ok(None),
+                        Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    },
+                }
+            }
             Ok(Some(Bytes::from(bytes)))
         };
         bounded(id, "get", read).await

@@ -1,8 +1,12 @@
-//! Cluster mode's foundation on NATS: the connection to a NATS server with
-//! JetStream, and the buckets and stream several Switchboard nodes share.
+//! Cluster mode on NATS (`docs/cluster.md`): the connection to a NATS server
+//! with JetStream, and the buckets and stream several Switchboard nodes
+//! share.
 //!
-//! This is the groundwork only: the broker does not run clustered yet (no
-//! flag turns it on). What is here, and tested against a real `nats-server`:
+//! Today's form: one active node, whose journal is replicated to NATS, and
+//! hot standbys that copy it and take over (`node`). The partitions and
+//! their leases are the ground for spreading conversations over the nodes;
+//! the broker does not use them yet. What is here, tested against a real
+//! `nats-server`:
 //! - [`Cluster`]: connect (with reconnection), then create or open what the
 //!   design needs, with the settings below;
 //! - [`lease`]: which partition a conversation belongs to, and the
@@ -11,7 +15,12 @@
 //! - [`fence`]: the owner's fenced appends to a partition's events (or to
 //!   the core's journal records), and reading them back;
 //! - [`replicate`]: the active node's [`Replicator`], which ships every
-//!   journal record to `<prefix>.core` and marks it replicated once stored.
+//!   journal record to `<prefix>.core` and marks it replicated once stored;
+//! - [`core_lease`]: the `core` lease naming the active node ([`CoreLease`]);
+//! - [`standby`]: a standby's [`Follower`], copying the active node's
+//!   replicated journal (`<prefix>.core`) into its own;
+//! - [`files`]: uploaded files in the `<prefix>-files` object store;
+//! - [`node`]: a node's life: standby, then active, fail-stop.
 //!
 //! What lives in NATS, for a cluster named by its `prefix` (`switchboard` by
 //! default); `docs/cluster.md` explains each setting:
@@ -21,6 +30,7 @@
 //! | `<prefix>-nodes` | KV bucket | one key per live node, rewritten every renewal | history 1, max age = lease TTL |
 //! | `<prefix>-leases` | KV bucket | one key per partition (`0` … `63`), value = the owner's node id | history 1, max age = lease TTL |
 //! | `<prefix>-events` | stream | each partition's events on `<prefix>.p.<n>`; the active node's journal records on `<prefix>.core` | file storage, limits retention, no age limit, direct get |
+//! | `<prefix>-files` | object store | uploaded files' bytes, by id | no age limit |
 //!
 //! A KV bucket's max age is what makes a lease expire: an entry not
 //! rewritten within the TTL is removed by the server, so a node that dies or

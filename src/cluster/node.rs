@@ -48,6 +48,15 @@ pub enum NodeError {
     Replication(#[from] ReplicationError),
 }
 
+/// How a standby keeps snapshots of the journal it copies (the same
+/// schedule as the active node's compactor), so that taking over replays
+/// the newest snapshot and the records after it, not the whole history.
+pub struct Compaction {
+    pub settings: crate::snapshot::ReplaySettings,
+    pub files: Option<std::path::PathBuf>,
+    pub schedule: crate::compactor::Schedule,
+}
+
 /// A standby that now holds the lease and has claimed the journal's subject,
 /// with every record before its claim in its local journal (closed).
 pub struct Promoted {
@@ -65,6 +74,7 @@ pub struct Promoted {
 pub async fn standby(
     settings: ClusterSettings,
     journal: JournalConfig,
+    compaction: Compaction,
 ) -> Result<Promoted, NodeError> {
     let node_id = settings.node_id.clone();
     let cluster = Cluster::connect(settings).await?;
@@ -79,6 +89,13 @@ pub async fn standby(
         },
     )
     .await?;
+    crate::compactor::start(
+        follower.journal(),
+        compaction.settings,
+        compaction.files,
+        compaction.schedule,
+    )
+    .map_err(|e| NodeError::Follow(FollowError::Task(format!("the compactor: {e}"))))?;
     tracing::info!(node_id, "standby: following the active node's journal");
     // A follower that stops (a gap, a bad checksum: never skipped) makes
     // this node unfit to take over: it stops instead of waiting.

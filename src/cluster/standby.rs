@@ -47,6 +47,7 @@ use async_nats::jetstream::stream::{self, DirectGetErrorKind};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
 
 use super::files::{Files, FilesError};
 use super::{Cluster, ClusterError, CLAIM_HEADER, LSN_HEADER};
@@ -59,6 +60,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Wait between two attempts to (re)create the consumer or fetch a file
 /// while NATS is away.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
+/// How often the follower checks that the consumer still delivers what the
+/// stream holds.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// Why a follower stopped (or could not start).
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,14 @@ pub enum FollowError {
         to: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// The events stream was made without the core subject (by an older
+    /// Switchboard): nothing can be replicated through it.
+    #[error("stream {stream} does not take {subject} (its subjects: {subjects})")]
+    NotInStream {
+        stream: String,
+        subject: String,
+        subjects: String,
     },
     #[error("the local journal: {0}")]
     Journal(#[from] JournalError),
@@ -164,6 +176,21 @@ pub fn decode_batch(payload: &[u8]) -> Result<Vec<&[u8]>, BatchError> {
     Ok(records)
 }
 
+/// Whether NATS subject `filter` (tokens `*`: any one, `>`: the rest)
+/// takes `subject`.
+fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for f in filter.split('.') {
+        match (f, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
 /// What the follower's task and its handle share.
 struct Progress {
     /// The Lsn of the last record appended to the local journal.
@@ -214,6 +241,17 @@ impl Follower {
                 subject: subject.clone(),
                 source: e.into(),
             })?;
+        let subjects = &events.cached_info().config.subjects;
+        if !subjects
+            .iter()
+            .any(|filter| subject_matches(filter, &subject))
+        {
+            return Err(FollowError::NotInStream {
+                stream: stream_name,
+                subject,
+                subjects: subjects.join(", "),
+            });
+        }
         let files_dir = journal
             .dir
             .parent()
@@ -267,6 +305,13 @@ impl Follower {
             stop,
             task: Some(task),
         })
+    }
+
+    /// The local journal the records are copied into (for its compactor:
+    /// a standby keeps snapshots as it follows, so taking over replays
+    /// only the records after the newest).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// The Lsn of the last record copied into the local journal (0: none).
@@ -434,45 +479,63 @@ impl Copier {
                 Err(e) => Err(e.into()),
             };
             match messages {
-                Ok(mut messages) => loop {
-                    let next = tokio::select! {
-                        biased;
-                        changed = stop.changed() => {
-                            if changed.is_err() || *stop.borrow() {
-                                return Ok(());
+                Ok(mut messages) => {
+                    let mut check = tokio::time::interval(STALL_CHECK);
+                    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    // A message known to be there, not yet delivered.
+                    let mut waiting_for: Option<u64> = None;
+                    loop {
+                        let next = tokio::select! {
+                            biased;
+                            changed = stop.changed() => {
+                                if changed.is_err() || *stop.borrow() {
+                                    return Ok(());
+                                }
+                                continue;
                             }
-                            continue;
+                            next = messages.next() => next,
+                            _ = check.tick() => {
+                                // A consumer that lost its server (a NATS
+                                // restart) notices only after missing two idle
+                                // heartbeats; a message that stays undelivered
+                                // for a whole check means a new one is needed.
+                                if waiting_for.is_some_and(|seq| seq > self.seen) {
+                                    tracing::warn!(seen = self.seen, "cluster: following the core subject: delivery stalled; resubscribing");
+                                    break;
+                                }
+                                waiting_for = self.next_after(self.seen).await;
+                                continue;
+                            }
+                        };
+                        let message = match next {
+                            Some(Ok(m)) => m,
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "cluster: following the core subject: reading failed; resubscribing");
+                                break;
+                            }
+                            None => {
+                                tracing::warn!("cluster: following the core subject: the consumer ended; resubscribing");
+                                break;
+                            }
+                        };
+                        let sequence = message
+                            .info()
+                            .map_err(|e| FollowError::Unreadable {
+                                sequence: self.seen + 1,
+                                what: format!("no stream sequence: {e}"),
+                            })?
+                            .stream_sequence;
+                        if sequence <= self.seen {
+                            continue; // delivered again after a resubscription
                         }
-                        next = messages.next() => next,
-                    };
-                    let message = match next {
-                        Some(Ok(m)) => m,
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "cluster: following the core subject: reading failed; resubscribing");
-                            break;
+                        if limit.borrow().is_some_and(|l| sequence >= l) {
+                            return Ok(());
                         }
-                        None => {
-                            tracing::warn!("cluster: following the core subject: the consumer ended; resubscribing");
-                            break;
-                        }
-                    };
-                    let sequence = message
-                        .info()
-                        .map_err(|e| FollowError::Unreadable {
-                            sequence: self.seen + 1,
-                            what: format!("no stream sequence: {e}"),
-                        })?
-                        .stream_sequence;
-                    if sequence <= self.seen {
-                        continue; // delivered again after a resubscription
+                        self.copy(sequence, &message.message).await?;
+                        self.seen = sequence;
+                        self.progress.seen.send_replace(sequence);
                     }
-                    if limit.borrow().is_some_and(|l| sequence >= l) {
-                        return Ok(());
-                    }
-                    self.copy(sequence, &message.message).await?;
-                    self.seen = sequence;
-                    self.progress.seen.send_replace(sequence);
-                },
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster: following the core subject: subscribing failed; retrying");
                 }
@@ -485,6 +548,21 @@ impl Copier {
                 }
                 () = tokio::time::sleep(RETRY_EVERY) => {}
             }
+        }
+    }
+
+    /// The sequence of the first core message after `seen`, if there is
+    /// one (and the server answers within the check interval).
+    async fn next_after(&self, seen: u64) -> Option<u64> {
+        let next = tokio::time::timeout(
+            STALL_CHECK,
+            self.events
+                .direct_get_next_for_subject(self.subject.as_str(), Some(seen + 1)),
+        )
+        .await;
+        match next {
+            Ok(Ok(m)) => Some(m.sequence),
+            _ => None,
         }
     }
 
@@ -622,6 +700,19 @@ mod tests {
         buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
         buf.extend_from_slice(&crc32c::crc32c(record).to_le_bytes());
         buf.extend_from_slice(record);
+    }
+
+    #[test]
+    fn subjects_match_as_nats_matches_them() {
+        assert!(subject_matches("sb.core", "sb.core"));
+        assert!(subject_matches("sb.*", "sb.core"));
+        assert!(subject_matches("sb.>", "sb.core"));
+        assert!(subject_matches(">", "sb.core"));
+        assert!(!subject_matches("sb.p.*", "sb.core"));
+        assert!(!subject_matches("sb", "sb.core"));
+        assert!(!subject_matches("sb.core.x", "sb.core"));
+        assert!(!subject_matches("sb.core.>", "sb.core"));
+        assert!(!subject_matches("other.core", "sb.core"));
     }
 
     #[test]

@@ -99,7 +99,9 @@ pub struct JournalConfig {
     pub segment_bytes: u64,
     /// Budget of the queue between `append` and the writer, in bytes of
     /// framed records. A record larger than the budget is still taken when
-    /// nothing is queued.
+    /// nothing is queued. Replicated, the bytes written and not yet marked
+    /// replicated count too: a replica that falls behind refuses appends
+    /// like a slow disk.
     pub queue_bytes: usize,
     /// Injected storage faults (tests); the default injects none.
     pub faults: Faults,
@@ -320,15 +322,17 @@ impl Shared {
     /// Recompute `durable` from `synced` (and `replicated`) and publish it
     /// if it grew; nothing grows once finished.
     fn advance(&self) {
-        let synced = self.synced.load(Ordering::Acquire);
-        let target = if self.replicated_mode {
-            synced.min(self.replicated.load(Ordering::Acquire))
-        } else {
-            synced
-        };
         {
+            // Read under the lock: of two threads that each stored one
+            // watermark before taking it, the second sees both.
             let tx = self.durable_tx.lock();
             let Some(tx) = tx.as_ref() else { return };
+            let synced = self.synced.load(Ordering::Acquire);
+            let target = if self.replicated_mode {
+                synced.min(self.replicated.load(Ordering::Acquire))
+            } else {
+                synced
+            };
             if target <= self.durable.load(Ordering::Acquire) {
                 return;
             }
@@ -357,13 +361,18 @@ impl Shared {
     /// Finish once the writer has stopped and, replicated, everything it
     /// wrote was replicated (or the journal failed).
     fn finish_if_done(&self) {
-        if !self.writer_done.load(Ordering::Acquire) || self.finished.load(Ordering::Acquire) {
-            return;
-        }
-        if !self.replicated_mode
-            || self.failed.load(Ordering::Acquire)
-            || self.replicated.load(Ordering::Acquire) >= self.written.load(Ordering::Acquire)
-        {
+        let done = {
+            // Under the lock, as in `advance`: the writer stopping and the
+            // last mark cannot both miss each other.
+            let tx = self.durable_tx.lock();
+            tx.is_some()
+                && self.writer_done.load(Ordering::Acquire)
+                && (!self.replicated_mode
+                    || self.failed.load(Ordering::Acquire)
+                    || self.replicated.load(Ordering::Acquire)
+                        >= self.written.load(Ordering::Acquire))
+        };
+        if done {
             self.finish();
         }
     }

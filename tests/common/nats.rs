@@ -16,6 +16,8 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     binary: PathBuf,
+    /// A configuration file (`-c`), for settings without a flag.
+    config: Option<PathBuf>,
 }
 
 /// Where `nats-server` is: `$NATS_SERVER` if set, else on `PATH`, else
@@ -124,6 +126,25 @@ impl NatsServer {
             port: free_port(),
             store: tempfile::tempdir().expect("temp dir"),
             binary: find_binary(),
+            config: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Start one whose clients may publish at most `bytes` per message
+    /// (headers included): the server's `max_payload`, which has no flag,
+    /// set in a configuration file beside the store.
+    pub fn start_with_max_payload(bytes: usize) -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir");
+        let config = store.path().join("nats-server.conf");
+        std::fs::write(&config, format!("max_payload: {bytes}\n")).expect("write the config");
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store,
+            binary: find_binary(),
+            config: Some(config),
         };
         server.spawn();
         server
@@ -136,7 +157,11 @@ impl NatsServer {
     /// Start it again after [`NatsServer::stop`], on the same port with the
     /// same store.
     pub fn spawn(&mut self) {
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")

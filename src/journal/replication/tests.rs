@@ -162,7 +162,7 @@ fn records_appended_before_the_replicator_attaches_are_in_the_feed() {
     let batches = drain(&feed, 6, 30);
     assert_eq!(joined(&batches), framed(6, 30));
     j.mark_replicated(30).unwrap();
-    assert_eq!(j.durable(), 30);
+    eventually("durable once fsynced too", || j.durable() == 30);
     j.close(CLOSE).unwrap();
 }
 
@@ -240,6 +240,10 @@ async fn a_failed_journal_refuses_everything_and_stops_durability() {
         );
     }
     j.mark_replicated(2).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), j.wait_durable(2))
+        .await
+        .expect("fsynced")
+        .unwrap();
     feed.fail("fenced off: another node is active");
     let unavailable = |r: Result<_, JournalError>| match r {
         Err(JournalError::Unavailable { reason }) => reason.contains("another node is active"),
