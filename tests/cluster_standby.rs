@@ -732,7 +732,7 @@ async fn a_standby_goes_on_following_across_a_nats_restart() {
         }
         let sent = cluster
             .jetstream()
-            .publish_with_headers(core_subject(cluster.settings()), headers, payload.into())
+            .publish_with_headers(cluster.settings().core_subject(), headers, payload.into())
             .await;
         if let Ok(ack) = sent {
             if ack.await.is_ok() {
