@@ -19,12 +19,10 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use common::cluster::{assert_active, wait_replicated, TestCluster, PREFIX, TTL};
 use common::load::{assert_recovered, customer, Customer, Load, Outcome};
 use futures_util::StreamExt;
+use switchboard::cluster::{CLAIM_HEADER, NODE_HEADER};
 
 /// One test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The header naming the node that wrote a record to `<prefix>.core`.
-const NODE_HEADER: &str = "Switchboard-Node";
 
 /// Every message on `<prefix>.core`, in order, claim markers included.
 async fn core_messages(cluster: &TestCluster) -> Vec<StreamMessage> {
@@ -61,10 +59,10 @@ async fn assert_only_writer_since_its_claim(cluster: &TestCluster, node: &str) -
     let messages = core_messages(cluster).await;
     let claim = messages
         .iter()
-        .rposition(|m| header(m, fence_claim_header()).is_some())
+        .rposition(|m| header(m, CLAIM_HEADER).is_some())
         .expect("a claim marker on the core subject");
     assert_eq!(
-        header(&messages[claim], fence_claim_header()),
+        header(&messages[claim], CLAIM_HEADER),
         Some(node),
         "the last claim is {node}'s"
     );
@@ -104,10 +102,6 @@ async fn next_holder(
             Operation::Put => {}
         }
     }
-}
-
-fn fence_claim_header() -> &'static str {
-    switchboard::cluster::CLAIM_HEADER
 }
 
 /// The node other than `a` and `b` among three.
