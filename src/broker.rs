@@ -166,7 +166,14 @@ pub struct Registry<W: Wiring> {
     pub shards: Shards,
     /// In cluster mode, this (active) node's figures for `GET /v1/cluster`;
     /// set once it replicates.
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::node::NodeStatus>>,
+    pub cluster: std::sync::OnceLock<Arc<dyn ClusterView>>,
+}
+
+/// What `GET /v1/cluster` shows about this node (`cluster::node::NodeStatus`
+/// in cluster mode): a trait, so the registry names nothing of the
+/// cluster's, which reaches the journal's records and so the actors.
+pub trait ClusterView: Send + Sync {
+    fn to_json(&self) -> serde_json::Value;
 }
 
 /// The parts of a [`Registry`] fixed before its actors start.

@@ -850,7 +850,10 @@ pub fn run(config: Config) -> std::io::Result<()> {
             (Some(promoted), Some(journal)) => {
                 let active = crate::cluster::node::Active::start(promoted, journal)
                     .map_err(std::io::Error::other)?;
-                let _ = started.broker.cluster.set(active.status());
+                let _ = started
+                    .broker
+                    .cluster
+                    .set(active.status() as Arc<dyn crate::broker::ClusterView>);
                 Some(active)
             }
             _ => None,

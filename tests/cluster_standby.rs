@@ -758,18 +758,21 @@ async fn a_standby_goes_on_following_across_a_nats_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_refuses_an_events_stream_without_the_core_subject() {
-    // The stream as an older Switchboard made it: partitions only.
+    // `Cluster::connect` gives an older stream the core subject; one changed
+    // by hand afterwards (partitions only) is refused, not followed blindly.
     let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    async_nats::jetstream::new(client)
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "switchboard-events".to_owned(),
-            subjects: vec!["switchboard.p.*".to_owned()],
-            ..Default::default()
-        })
-        .await
-        .expect("create the old stream");
     let cluster = connect(&nats.url(), "standby").await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_stream("switchboard-events")
+        .await
+        .expect("the events stream");
+    let mut config = stream.info().await.expect("stream info").config.clone();
+    config.subjects = vec!["switchboard.p.*".to_owned()];
+    js.update_stream(config)
+        .await
+        .expect("take the core subject away");
     let data = tempfile::tempdir().expect("temp dir");
     let err = match Follower::start(&cluster, journal_config(data.path())).await {
         Ok(_) => panic!("a follower started on a stream without switchboard.core"),

@@ -144,11 +144,11 @@ pub struct NodeStatus {
     replicator: Arc<ReplicatorHandle>,
 }
 
-impl NodeStatus {
+impl crate::broker::ClusterView for NodeStatus {
     /// `{"node_id", "role", "lease_ttl_ms", "appended_lsn",
     /// "replicated_lsn", "durable_lsn", "unreplicated_bytes",
     /// "stream_sequence", "retrying"}`.
-    pub fn to_json(&self) -> serde_json::Value {
+    fn to_json(&self) -> serde_json::Value {
         let r = self.replicator.status();
         serde_json::json!({
             "node_id": self.node_id,
