@@ -300,16 +300,12 @@ async fn open_bucket(
     bucket: String,
     what: &str,
 ) -> Result<kv::Store, ClusterError> {
-    let err = |source: async_nats::Error| ClusterError::Bucket {
-        bucket: bucket.clone(),
-        source,
-    };
     match js.get_stream(format!("KV_{bucket}")).await {
         Ok(mut existing) => {
             let found = existing
                 .info()
                 .await
-                .map_err(|e| err(e.into()))?
+                .map_err(|e| bucket_error(&bucket, e.into()))?
                 .config
                 .max_age;
             if found != settings.lease_ttl {
@@ -321,34 +317,10 @@ async fn open_bucket(
             }
             js.get_key_value(bucket.clone())
                 .await
-                .map_err(|e| err(e.into()))
+                .map_err(|e| bucket_error(&bucket, e.into()))
         }
-        Err(e) if !is_not_found(&e) => Err(err(e.into())),
-        Err(_) => {
-            // The bucket's stream made here rather than with
-            // `create_key_value`, which first asks for the account's info in
-            // a form nats-server 2.9 does not send. The same settings as
-            // async-nats gives a KV bucket (so `get_key_value` opens it).
-            js.get_or_create_stream(stream::Config {
-                name: format!("KV_{bucket}"),
-                description: Some(format!("Switchboard {what}")),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                max_age: settings.lease_ttl,
-                storage: stream::StorageType::File,
-                num_replicas: settings.replicas,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: stream::DiscardPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| err(e.into()))?;
-            js.get_key_value(bucket.clone())
-                .await
-                .map_err(|e| err(e.into()))
-        }
+        Err(e) if !is_not_found(&e) => Err(bucket_error(&bucket, e.into())),
+        Err(_) => create_bucket(js, settings, bucket, what, settings.lease_ttl).await,
     }
 }
 
@@ -360,16 +332,28 @@ pub(crate) async fn open_lasting_bucket(
     bucket: String,
     what: &str,
 ) -> Result<kv::Store, ClusterError> {
-    let err = |source: async_nats::Error| ClusterError::Bucket {
-        bucket: bucket.clone(),
-        source,
-    };
-    // Made as a stream, for the reason `open_bucket` gives.
+    create_bucket(js, settings, bucket, what, Duration::ZERO).await
+}
+
+/// Create a KV bucket (or open it, made the same way), its entries expiring
+/// after `max_age` (zero: never).
+async fn create_bucket(
+    js: &jetstream::Context,
+    settings: &ClusterSettings,
+    bucket: String,
+    what: &str,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    // The bucket's stream made here rather than with `create_key_value`,
+    // which first asks for the account's info in a form nats-server 2.9
+    // does not send. The same settings as async-nats gives a KV bucket (so
+    // `get_key_value` opens it).
     js.get_or_create_stream(stream::Config {
         name: format!("KV_{bucket}"),
         description: Some(format!("Switchboard {what}")),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
+        max_age,
         storage: stream::StorageType::File,
         num_replicas: settings.replicas,
         allow_rollup: true,
@@ -379,10 +363,17 @@ pub(crate) async fn open_lasting_bucket(
         ..Default::default()
     })
     .await
-    .map_err(|e| err(e.into()))?;
+    .map_err(|e| bucket_error(&bucket, e.into()))?;
     js.get_key_value(bucket.clone())
         .await
-        .map_err(|e| err(e.into()))
+        .map_err(|e| bucket_error(&bucket, e.into()))
+}
+
+fn bucket_error(bucket: &str, source: async_nats::Error) -> ClusterError {
+    ClusterError::Bucket {
+        bucket: bucket.to_owned(),
+        source,
+    }
 }
 
 /// Create (or open) the events stream; one made before the core's subject
