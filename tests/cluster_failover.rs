@@ -416,3 +416,73 @@ async fn a_standby_restarted_under_an_active_comes_back_as_a_standby_and_takes_o
     all.acked.extend(after.acked);
     assert_recovered(&new.h, &all, &agents, CAPACITY, 3).await;
 }
+
+/// Waits until `GET /v1/cluster` on the active node lists exactly `ids`
+/// (by node id) and `check` holds for its answer; the answer.
+async fn wait_roster(
+    h: &common::Harness,
+    ids: &[&str],
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + TTL * 4;
+    loop {
+        let v = h.admin_get_ok("/v1/cluster").await;
+        let listed: Vec<&str> = v["nodes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n["node_id"].as_str()).collect())
+            .unwrap_or_default();
+        if listed == ids && check(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_node_lists_every_node_and_how_far_each_standby_has_copied() {
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(3);
+    for i in 0..5 {
+        active.h.create_agent(&format!("roster-{i}"), 2, &[]).await;
+    }
+    let durable = wait_replicated(&active.h).await;
+    assert!(
+        durable >= 5,
+        "five agents, five records at least: {durable}"
+    );
+    // Every node has its line; the standbys have copied everything.
+    let v = wait_roster(
+        &active.h,
+        &["node-0", "node-1", "node-2"],
+        "every node listed, the standbys caught up",
+        |v| {
+            let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+            nodes.iter().all(|n| match n["role"].as_str() {
+                Some("active") => n["durable_lsn"].as_u64() >= Some(durable),
+                Some("standby") => n["copied_lsn"].as_u64() >= Some(durable),
+                _ => false,
+            })
+        },
+    )
+    .await;
+    let roles: Vec<&str> = v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["active", "standby", "standby"], "{v}");
+
+    // A standby that dies drops out of the list once its line expires.
+    cluster.process(2).signal(libc::SIGKILL);
+    cluster.process(2).wait_exit(Duration::from_secs(5));
+    wait_roster(
+        &active.h,
+        &["node-0", "node-1"],
+        "the dead standby dropped out within the TTL",
+        |_| true,
+    )
+    .await;
+}

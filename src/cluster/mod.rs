@@ -31,6 +31,8 @@
 //! | `<prefix>-leases` | KV bucket | one key per partition (`0` … `63`), value = the owner's node id | history 1, max age = lease TTL |
 //! | `<prefix>-events` | stream | each partition's events on `<prefix>.p.<n>`; the active node's journal records on `<prefix>.core` | file storage, limits retention, no age limit, direct get |
 //! | `<prefix>-files` | object store | uploaded files' bytes, by id | no age limit |
+//! | `<prefix>-status` | KV bucket | one key per live node: its role and progress (`node`'s roster) | history 1, max age = lease TTL |
+//! | `<prefix>-shared` | KV bucket | what every node must agree on (the attachment link key) | history 1, no age limit |
 //!
 //! A KV bucket's max age is what makes a lease expire: an entry not
 //! rewritten within the TTL is removed by the server, so a node that dies or
@@ -102,6 +104,11 @@ impl ClusterSettings {
     /// disk) before a lease lapses.
     pub fn renew_every(&self) -> Duration {
         self.lease_ttl / 4
+    }
+
+    /// The bucket where every node says what it is doing (role, progress).
+    pub fn status_bucket(&self) -> String {
+        format!("{}-status", self.prefix)
     }
 
     /// The membership bucket's name.
@@ -294,7 +301,7 @@ impl Cluster {
 /// Open the bucket if it exists (refusing one whose TTL differs), else
 /// create it. Two nodes creating it at once both succeed: the server
 /// accepts an identical configuration.
-async fn open_bucket(
+pub(crate) async fn open_bucket(
     js: &jetstream::Context,
     settings: &ClusterSettings,
     bucket: String,

@@ -10,7 +10,13 @@
 //! - [`Active`]: the lease and the replicator of a started active node;
 //!   [`Active::lost`] resolves when the node must stop (lease lost or a
 //!   replicated write fenced), [`Active::stop`] hands over cleanly.
-//! - [`NodeStatus`]: what `GET /v1/cluster` shows.
+//! - [`NodeStatus`]: what `GET /v1/cluster` shows, every node's line in the
+//!   roster among it.
+//! - The roster: each node rewrites its line in the `<prefix>-status` bucket
+//!   every renewal interval (a standby the Lsn it has copied, the active node
+//!   the Lsn that is durable); the bucket's max age is the lease TTL, so a
+//!   node gone for longer drops out. Standbys listen on nothing, so this is
+//!   how an operator sees them.
 //!
 //! An active node that loses its lease never acts as the active again: the
 //! server makes the journal refuse every change, closes the sockets and
@@ -64,6 +70,7 @@ pub struct Promoted {
     lease: CoreLease,
     writer: FencedWriter,
     files: Files,
+    roster: Roster,
     /// The last record copied from the previous active node (0: none).
     pub copied: crate::journal::Lsn,
 }
@@ -99,10 +106,25 @@ pub async fn standby(
     tracing::info!(node_id, "standby: following the active node's journal");
     // A follower that stops (a gap, a bad checksum: never skipped) makes
     // this node unfit to take over: it stops instead of waiting.
-    let lease = tokio::select! {
-        lease = CoreLease::acquire(&cluster) => lease?,
-        why = follower.failed() => return Err(NodeError::Follow(FollowError::Task(why))),
+    let roster = Roster::open(&cluster).await?;
+    let mut tick = tokio::time::interval(cluster.settings().renew_every());
+    let mut acquire = Box::pin(CoreLease::acquire(&cluster));
+    let lease = loop {
+        tokio::select! {
+            lease = &mut acquire => break lease?,
+            why = follower.failed() => return Err(NodeError::Follow(FollowError::Task(why))),
+            _ = tick.tick() => {
+                roster
+                    .announce(serde_json::json!({
+                        "node_id": node_id,
+                        "role": "standby",
+                        "copied_lsn": follower.copied(),
+                    }))
+                    .await;
+            }
+        }
     };
+    drop(acquire);
     tracing::info!(
         node_id,
         copied = follower.copied(),
@@ -126,6 +148,7 @@ pub async fn standby(
         lease,
         writer,
         files,
+        roster,
         copied,
     })
 }
@@ -142,15 +165,19 @@ pub struct NodeStatus {
     pub node_id: String,
     pub lease_ttl: Duration,
     replicator: Arc<ReplicatorHandle>,
+    /// Every node's line in the roster, as last read (renewal interval).
+    nodes: parking_lot::Mutex<Vec<serde_json::Value>>,
 }
 
 impl crate::broker::ClusterView for NodeStatus {
     /// `{"node_id", "role", "lease_ttl_ms", "appended_lsn",
     /// "replicated_lsn", "durable_lsn", "unreplicated_bytes",
-    /// "stream_sequence", "retrying"}`.
+    /// "stream_sequence", "retrying", "nodes"}`.
     fn to_json(&self) -> serde_json::Value {
         let r = self.replicator.status();
+        let nodes = self.nodes.lock().clone();
         serde_json::json!({
+            "nodes": nodes,
             "node_id": self.node_id,
             "role": "active",
             "lease_ttl_ms": self.lease_ttl.as_millis() as u64,
@@ -169,6 +196,7 @@ pub struct Active {
     lease: CoreLease,
     replicator: Arc<ReplicatorHandle>,
     status: Arc<NodeStatus>,
+    roster: tokio::task::JoinHandle<()>,
 }
 
 impl Active {
@@ -181,11 +209,18 @@ impl Active {
             node_id: settings.node_id.clone(),
             lease_ttl: settings.lease_ttl,
             replicator: replicator.clone(),
+            nodes: parking_lot::Mutex::new(Vec::new()),
         });
+        let roster = tokio::spawn(keep_roster(
+            promoted.roster,
+            Arc::downgrade(&status),
+            settings.renew_every(),
+        ));
         Ok(Active {
             lease: promoted.lease,
             replicator,
             status,
+            roster,
         })
     }
 
@@ -210,6 +245,7 @@ impl Active {
     /// what is left (within `timeout`), then release the lease so a standby
     /// takes over at once rather than after the TTL.
     pub async fn stop(self, timeout: Duration) {
+        self.roster.abort();
         match tokio::time::timeout(timeout, self.replicator.stopped()).await {
             Ok(Ok(())) => tracing::info!("journal replicated to its end"),
             Ok(Err(e)) => {
@@ -272,4 +308,94 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     std::io::Write::write_all(&mut options.open(path)?, bytes)
+}
+
+/// The `<prefix>-status` bucket: one line per node (see the module doc).
+struct Roster {
+    store: async_nats::jetstream::kv::Store,
+    node_id: String,
+    /// Every call bounded by it: the roster never holds a node up.
+    every: Duration,
+}
+
+impl Roster {
+    async fn open(cluster: &Cluster) -> Result<Roster, NodeError> {
+        let settings = cluster.settings();
+        let store = crate::cluster::open_bucket(
+            cluster.jetstream(),
+            settings,
+            settings.status_bucket(),
+            "nodes' status",
+        )
+        .await?;
+        Ok(Roster {
+            store,
+            node_id: settings.node_id.clone(),
+            every: settings.renew_every(),
+        })
+    }
+
+    /// Rewrite this node's line (best effort: a failed write only leaves
+    /// the line to expire).
+    async fn announce(&self, line: serde_json::Value) {
+        let put = self
+            .store
+            .put(self.node_id.as_str(), line.to_string().into());
+        match tokio::time::timeout(self.every, put).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "cluster: the node's status not written"),
+            Err(_) => tracing::debug!("cluster: the node's status not written in time"),
+        }
+    }
+
+    /// Every node's line, by node id (best effort: `None` when NATS did
+    /// not answer in time).
+    async fn read(&self) -> Option<Vec<serde_json::Value>> {
+        use futures_util::StreamExt;
+        let read = async {
+            let mut keys: Vec<String> = self
+                .store
+                .keys()
+                .await
+                .ok()?
+                .filter_map(|k| async { k.ok() })
+                .collect()
+                .await;
+            keys.sort();
+            let mut lines = Vec::with_capacity(keys.len());
+            for key in keys {
+                if let Ok(Some(bytes)) = self.store.get(&key).await {
+                    if let Ok(line) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        lines.push(line);
+                    }
+                }
+            }
+            Some(lines)
+        };
+        tokio::time::timeout(self.every, read).await.ok().flatten()
+    }
+}
+
+/// The active node's side of the roster: its own line (the durable Lsn),
+/// and everyone's read back for `GET /v1/cluster`, each renewal interval,
+/// for as long as the node runs.
+async fn keep_roster(roster: Roster, status: std::sync::Weak<NodeStatus>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let Some(status) = status.upgrade() else {
+            return;
+        };
+        let durable = status.replicator.status().durable;
+        roster
+            .announce(serde_json::json!({
+                "node_id": roster.node_id,
+                "role": "active",
+                "durable_lsn": durable,
+            }))
+            .await;
+        if let Some(lines) = roster.read().await {
+            *status.nodes.lock() = lines;
+        }
+    }
 }
