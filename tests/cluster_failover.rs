@@ -486,3 +486,47 @@ async fn the_active_node_lists_every_node_and_how_far_each_standby_has_copied() 
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_uploaded_before_a_failover_is_served_by_the_new_active_node() {
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(2);
+    let alice = active.h.create_agent("alice", 2, &[]).await;
+    let bytes: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let r = active
+        .h
+        .request_raw(
+            reqwest::Method::POST,
+            "/v1/attachments?filename=invoice.pdf",
+            Some(&alice.token),
+            "application/pdf",
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().expect("an attachment id").to_owned();
+    wait_replicated(&active.h).await;
+
+    cluster.process(0).signal(libc::SIGKILL);
+    cluster.process(0).wait_exit(Duration::from_secs(5));
+    let new = cluster.wait_active(&[0], Duration::from_secs(20));
+    assert_active(&new.h, "node-1").await;
+    let got = new
+        .h
+        .http
+        .get(new.h.url(&format!("/v1/attachments/{id}")))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(
+        got.status().as_u16(),
+        200,
+        "the file is served after the failover"
+    );
+    assert_eq!(
+        got.bytes().await.expect("the bytes").to_vec(),
+        bytes,
+        "the same bytes"
+    );
+}
