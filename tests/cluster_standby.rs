@@ -319,6 +319,10 @@ fn journal_config(data: &Path) -> JournalConfig {
     JournalConfig::new(data.join("journal"))
 }
 
+fn replay() -> switchboard::snapshot::ReplaySettings {
+    switchboard::snapshot::ReplaySettings::of(&switchboard::config::Config::default())
+}
+
 /// What `Journal::open` recovers from `dir`, as (Lsn, bytes).
 fn recover(dir: &Path) -> Vec<(Lsn, Vec<u8>)> {
     let (journal, recovered) = Journal::open(JournalConfig::new(dir)).expect("open");
@@ -354,7 +358,7 @@ async fn a_standby_copies_every_record_with_its_lsn_and_recovers_exactly_them() 
         .await
         .expect("append");
 
-    let follower = Follower::start(&cluster, journal_config(data.path()))
+    let follower = Follower::start(&cluster, journal_config(data.path()), &replay())
         .await
         .expect("start");
     wait_until("the first 41 records copied", PATIENCE, || {
@@ -407,7 +411,7 @@ async fn finish_at_a_claim_copies_everything_before_it_and_nothing_after() {
     publish_batch(&cluster, 11, &before[10..]).await;
     let upto = claim(&cluster).await;
     publish_batch(&cluster, 26, &records(26, 5)).await;
-    let follower = Follower::start(&cluster, journal_config(data.path()))
+    let follower = Follower::start(&cluster, journal_config(data.path()), &replay())
         .await
         .expect("start");
     assert_eq!(follower.finish(upto).await.expect("finish"), 25);
@@ -418,7 +422,7 @@ async fn finish_at_a_claim_copies_everything_before_it_and_nothing_after() {
     let cluster = connect(&nats.url(), "standby").await;
     let data = tempfile::tempdir().expect("temp dir");
     let upto = claim(&cluster).await;
-    let follower = Follower::start(&cluster, journal_config(data.path()))
+    let follower = Follower::start(&cluster, journal_config(data.path()), &replay())
         .await
         .expect("start");
     assert_eq!(follower.finish(upto).await.expect("finish"), 0);
@@ -438,7 +442,7 @@ async fn stopped_by(
     let data = tempfile::tempdir().expect("temp dir");
     let good = records(1, 2);
     publish_batch(&cluster, 1, &good).await;
-    let follower = Follower::start(&cluster, journal_config(data.path()))
+    let follower = Follower::start(&cluster, journal_config(data.path()), &replay())
         .await
         .expect("start");
     bad(&cluster).await;
@@ -558,7 +562,7 @@ async fn an_existing_journal_is_moved_aside_and_an_older_one_replaced() {
 
     let replicated = records(100, 3);
     publish_batch(&cluster, 1, &replicated).await;
-    let follower = Follower::start(&cluster, journal_config(data.path()))
+    let follower = Follower::start(&cluster, journal_config(data.path()), &replay())
         .await
         .expect("start");
     let upto = claim(&cluster).await;
@@ -680,7 +684,7 @@ async fn a_standby_writes_each_replicated_file_into_its_data_dir() {
     all.push(attachment_record("att_a", picture.len() as u64));
     all.push(attachment_record("att_gone", 5));
     publish_batch(&cluster, 1, &all).await;
-    let follower = Follower::start(&cluster, journal_config(data.path()))
+    let follower = Follower::start(&cluster, journal_config(data.path()), &replay())
         .await
         .expect("start");
     // A file stored while it follows.
@@ -709,7 +713,7 @@ async fn a_standby_goes_on_following_across_a_nats_restart() {
     let data = tempfile::tempdir().expect("temp dir");
     let mut all = records(1, 10);
     publish_batch(&cluster, 1, &all).await;
-    let follower = Follower::start(&cluster, journal_config(data.path()))
+    let follower = Follower::start(&cluster, journal_config(data.path()), &replay())
         .await
         .expect("start");
     wait_until("the first records copied", PATIENCE, || {
@@ -774,7 +778,7 @@ async fn a_follower_refuses_an_events_stream_without_the_core_subject() {
         .await
         .expect("take the core subject away");
     let data = tempfile::tempdir().expect("temp dir");
-    let err = match Follower::start(&cluster, journal_config(data.path())).await {
+    let err = match Follower::start(&cluster, journal_config(data.path()), &replay()).await {
         Ok(_) => panic!("a follower started on a stream without switchboard.core"),
         Err(e) => e,
     };

@@ -50,11 +50,14 @@ pub enum FilesError {
     },
 }
 
-/// The files bucket. Cheap to clone.
+/// The files bucket (or another object store bucket used the same way:
+/// [`super::snapshots`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Files {
     store: ObjectStore,
     bucket: String,
+    /// How long one call may take.
+    limit: Duration,
 }
 
 impl Files {
@@ -62,8 +65,24 @@ impl Files {
     /// creating it at once both succeed: the server accepts an identical
     /// configuration).
     pub async fn open(cluster: &Cluster) -> Result<Files, ClusterError> {
+        let bucket = format!("{}-files", cluster.settings().prefix);
+        Files::open_bucket(
+            cluster,
+            bucket,
+            "Switchboard uploaded files",
+            FILE_CALL_LIMIT,
+        )
+        .await
+    }
+
+    /// Open (or create) object store `bucket`, each call bounded by `limit`.
+    pub(super) async fn open_bucket(
+        cluster: &Cluster,
+        bucket: String,
+        description: &str,
+        limit: Duration,
+    ) -> Result<Files, ClusterError> {
         let settings = cluster.settings();
-        let bucket = format!("{}-files", settings.prefix);
         let js = cluster.jetstream();
         let err = |source: async_nats::Error| ClusterError::Bucket {
             bucket: bucket.clone(),
@@ -74,7 +93,7 @@ impl Files {
             Err(_) => js
                 .create_object_store(object_store::Config {
                     bucket: bucket.clone(),
-                    description: Some("Switchboard uploaded files".to_owned()),
+                    description: Some(description.to_owned()),
                     storage: async_nats::jetstream::stream::StorageType::File,
                     num_replicas: settings.replicas,
                     ..Default::default()
@@ -82,7 +101,11 @@ impl Files {
                 .await
                 .map_err(|e| err(e.into()))?,
         };
-        Ok(Files { store, bucket })
+        Ok(Files {
+            store,
+            bucket,
+            limit,
+        })
     }
 
     /// The bucket's name.
@@ -93,7 +116,7 @@ impl Files {
     /// Store `bytes` as file `id` (replacing one of that id).
     pub async fn put(&self, id: &str, bytes: &[u8]) -> Result<(), FilesError> {
         let mut reader = bytes;
-        bounded(id, "put", self.store.put(id, &mut reader))
+        bounded(id, "put", self.limit, self.store.put(id, &mut reader))
             .await
             .map(drop)
     }
@@ -127,7 +150,18 @@ impl Files {
             }
             Ok(Some(Bytes::from(bytes)))
         };
-        bounded(id, "get", read).await
+        bounded(id, "get", self.limit, read).await
+    }
+
+    /// The names of the objects in the bucket (deleted ones left out).
+    pub async fn names(&self) -> Result<Vec<String>, FilesError> {
+        use futures_util::TryStreamExt;
+        let list = async {
+            let list = self.store.list().await?;
+            let infos: Vec<object_store::ObjectInfo> = list.try_collect().await?;
+            Ok::<_, async_nats::Error>(infos.into_iter().map(|i| i.name).collect())
+        };
+        bounded(&self.bucket, "list", self.limit, list).await
     }
 
     /// Delete file `id`; deleting one that is not there is no error.
@@ -139,17 +173,18 @@ impl Files {
                 Err(e) => Err(async_nats::Error::from(e)),
             }
         };
-        bounded(id, "delete", delete).await
+        bounded(id, "delete", self.limit, delete).await
     }
 }
 
-/// Run one call on the bucket within [`FILE_CALL_LIMIT`].
+/// Run one call on the bucket within `limit`.
 async fn bounded<T, E: Into<async_nats::Error>>(
     id: &str,
     what: &'static str,
+    limit: Duration,
     call: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, FilesError> {
-    match tokio::time::timeout(FILE_CALL_LIMIT, call).await {
+    match tokio::time::timeout(limit, call).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(FilesError::Nats {
             id: id.to_owned(),
@@ -159,7 +194,7 @@ async fn bounded<T, E: Into<async_nats::Error>>(
         Err(_) => Err(FilesError::TimedOut {
             id: id.to_owned(),
             what,
-            limit: FILE_CALL_LIMIT,
+            limit,
         }),
     }
 }

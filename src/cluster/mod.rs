@@ -20,6 +20,8 @@
 //! - [`standby`]: a standby's [`Follower`], copying the active node's
 //!   replicated journal (`<prefix>.core`) into its own;
 //! - [`files`]: uploaded files in the `<prefix>-files` object store;
+//! - [`snapshots`]: the journal's snapshots in `<prefix>-snapshots`, a fresh
+//!   standby seeded from them, and `<prefix>.core` trimmed behind them;
 //! - [`node`]: a node's life: standby, then active, fail-stop.
 //!
 //! What lives in NATS, for a cluster named by its `prefix` (`switchboard` by
@@ -31,6 +33,7 @@
 //! | `<prefix>-leases` | KV bucket | one key per partition (`0` … `63`), value = the owner's node id | history 1, max age = lease TTL |
 //! | `<prefix>-events` | stream | each partition's events on `<prefix>.p.<n>`; the active node's journal records on `<prefix>.core` | file storage, limits retention, no age limit, direct get |
 //! | `<prefix>-files` | object store | uploaded files' bytes, by id | no age limit |
+//! | `<prefix>-snapshots` | object store | the active node's two newest journal snapshots, `snap-<Lsn>` | no age limit |
 //! | `<prefix>-status` | KV bucket | one key per live node: its role and progress (`node`'s roster) | history 1, max age = lease TTL |
 //! | `<prefix>-shared` | KV bucket | what every node must agree on (the attachment link key) | history 1, no age limit |
 //!
@@ -46,6 +49,7 @@ pub mod files;
 pub mod lease;
 pub mod node;
 pub mod replicate;
+pub mod snapshots;
 pub mod standby;
 
 use std::time::Duration;
@@ -62,6 +66,7 @@ pub use lease::{
     partition_of, LeaseError, LeaseKeeper, LossCause, OwnershipChange, Partition, PARTITIONS,
 };
 pub use replicate::{ReplicationError, ReplicationStatus, Replicator, ReplicatorHandle};
+pub use snapshots::{CoreSubject, SeedError, Snapshots, SnapshotsError};
 pub use standby::{FollowError, Follower};
 
 /// How a node joins the cluster. Every node of one cluster must use the same
@@ -104,6 +109,11 @@ impl ClusterSettings {
     /// disk) before a lease lapses.
     pub fn renew_every(&self) -> Duration {
         self.lease_ttl / 4
+    }
+
+    /// The object store of the journal's snapshots (`snapshots`).
+    pub fn snapshots_bucket(&self) -> String {
+        format!("{}-snapshots", self.prefix)
     }
 
     /// The bucket where every node says what it is doing (role, progress).
@@ -289,6 +299,11 @@ impl Cluster {
     }
 
     /// The partitions' events.
+    /// The events stream (`<prefix>-events`).
+    pub fn events(&self) -> &stream::Stream {
+        &self.events
+    }
+
     pub fn event_log(&self) -> EventLog {
         EventLog::new(
             self.jetstream.clone(),

@@ -28,8 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::{
-    Cluster, ClusterError, ClusterSettings, CoreLease, FenceError, FencedWriter, Files,
-    FollowError, Follower, LeaseError, ReplicationError, Replicator, ReplicatorHandle,
+    Cluster, ClusterError, ClusterSettings, CoreLease, CoreSubject, FenceError, FencedWriter,
+    Files, FollowError, Follower, LeaseError, ReplicationError, Replicator, ReplicatorHandle,
+    Snapshots,
 };
 use crate::journal::{Journal, JournalConfig};
 
@@ -70,6 +71,7 @@ pub struct Promoted {
     lease: CoreLease,
     writer: FencedWriter,
     files: Files,
+    snapshots: Snapshots,
     roster: Roster,
     /// The last record copied from the previous active node (0: none).
     pub copied: crate::journal::Lsn,
@@ -88,31 +90,29 @@ pub async fn standby(
     share_link_key(&cluster, &journal.dir).await?;
     // The copy is durable once on the local disk: it is the replica, and
     // nothing it holds is acknowledged by this node.
-    let follower = Follower::start(
-        &cluster,
-        JournalConfig {
-            replicated: false,
-            ..journal
-        },
-    )
-    .await?;
-    crate::compactor::start(
-        follower.journal(),
-        compaction.settings,
-        compaction.files,
-        compaction.schedule,
-    )
-    .map_err(|e| NodeError::Follow(FollowError::Task(format!("the compactor: {e}"))))?;
+    let journal = JournalConfig {
+        replicated: false,
+        ..journal
+    };
+    let mut follower = follow(&cluster, &journal, &compaction).await?;
     tracing::info!(node_id, "standby: following the active node's journal");
     // A follower that stops (a gap, a bad checksum: never skipped) makes
-    // this node unfit to take over: it stops instead of waiting.
+    // this node unfit to take over: it stops instead of waiting. One left
+    // behind by the trimming starts again from the newest snapshot.
     let roster = Roster::open(&cluster).await?;
     let mut tick = tokio::time::interval(cluster.settings().renew_every());
     let mut acquire = Box::pin(CoreLease::acquire(&cluster));
     let lease = loop {
         tokio::select! {
             lease = &mut acquire => break lease?,
-            why = follower.failed() => return Err(NodeError::Follow(FollowError::Task(why))),
+            why = follower.failed() => {
+                if !follower.fell_behind() {
+                    return Err(NodeError::Follow(FollowError::Task(why)));
+                }
+                tracing::warn!(node_id, %why, "standby: starting again from the newest snapshot");
+                follower.close().await?;
+                follower = follow(&cluster, &journal, &compaction).await?;
+            }
             _ = tick.tick() => {
                 roster
                     .announce(serde_json::json!({
@@ -131,6 +131,7 @@ pub async fn standby(
         "the core lease is this node's: taking over"
     );
     let files = Files::open(&cluster).await?;
+    let snapshots = Snapshots::open(&cluster).await?;
     tracing::debug!("files opened; claiming the journal's subject");
     let writer = cluster.event_log().core_writer().await?;
     tracing::debug!(
@@ -148,9 +149,28 @@ pub async fn standby(
         lease,
         writer,
         files,
+        snapshots,
         roster,
         copied,
     })
+}
+
+/// Start a follower on a fresh local journal (seeded from the newest
+/// snapshot, if any) and the compactor keeping snapshots of it.
+async fn follow(
+    cluster: &Cluster,
+    journal: &JournalConfig,
+    compaction: &Compaction,
+) -> Result<Follower, NodeError> {
+    let follower = Follower::start(cluster, journal.clone(), &compaction.settings).await?;
+    crate::compactor::start(
+        follower.journal(),
+        compaction.settings,
+        compaction.files.clone(),
+        compaction.schedule.clone(),
+    )
+    .map_err(|e| NodeError::Follow(FollowError::Task(format!("the compactor: {e}"))))?;
+    Ok(follower)
 }
 
 impl Promoted {
@@ -167,6 +187,19 @@ pub struct NodeStatus {
     replicator: Arc<ReplicatorHandle>,
     /// Every node's line in the roster, as last read (renewal interval).
     nodes: parking_lot::Mutex<Vec<serde_json::Value>>,
+}
+
+impl NodeStatus {
+    /// The Lsn each standby in the roster has copied: the core subject is
+    /// not trimmed past the lowest.
+    fn standbys_copied(&self) -> Vec<crate::journal::Lsn> {
+        self.nodes
+            .lock()
+            .iter()
+            .filter(|n| n["role"] == "standby")
+            .filter_map(|n| n["copied_lsn"].as_u64())
+            .collect()
+    }
 }
 
 impl crate::broker::ClusterView for NodeStatus {
@@ -191,12 +224,28 @@ impl crate::broker::ClusterView for NodeStatus {
     }
 }
 
-/// A started active node: its lease and the replicator shipping its journal.
+/// A started active node: its lease, the replicator shipping its journal,
+/// and its upkeep (the roster; snapshots uploaded and the core subject
+/// trimmed, [`crate::cluster::snapshots`]).
 pub struct Active {
     lease: CoreLease,
     replicator: Arc<ReplicatorHandle>,
     status: Arc<NodeStatus>,
-    roster: tokio::task::JoinHandle<()>,
+    /// The roster, and the snapshots and trimming.
+    upkeep: Upkeep,
+}
+
+/// The active node's background tasks, aborted when it goes: a node that
+/// lost its lease stops its upkeep at once (nothing in NATS is its business
+/// any more).
+struct Upkeep(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Upkeep {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl Active {
@@ -216,11 +265,23 @@ impl Active {
             Arc::downgrade(&status),
             settings.renew_every(),
         ));
+        let core = CoreSubject::new(promoted.cluster.events().clone(), settings.core_subject());
+        let weak = Arc::downgrade(&status);
+        let trimmer = tokio::spawn(crate::cluster::snapshots::keep_trimmed(
+            journal.downgrade(),
+            promoted.snapshots,
+            core,
+            move || {
+                weak.upgrade()
+                    .map_or_else(Vec::new, |s| s.standbys_copied())
+            },
+            settings.renew_every(),
+        ));
         Ok(Active {
             lease: promoted.lease,
             replicator,
             status,
-            roster,
+            upkeep: Upkeep(vec![roster, trimmer]),
         })
     }
 
@@ -245,7 +306,7 @@ impl Active {
     /// what is left (within `timeout`), then release the lease so a standby
     /// takes over at once rather than after the TTL.
     pub async fn stop(self, timeout: Duration) {
-        self.roster.abort();
+        drop(self.upkeep);
         match tokio::time::timeout(timeout, self.replicator.stopped()).await {
             Ok(Ok(())) => tracing::info!("journal replicated to its end"),
             Ok(Err(e)) => {

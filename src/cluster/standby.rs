@@ -26,10 +26,15 @@
 //! store, is not there to fetch and is left out, as it would be on the
 //! active after a restart).
 //!
-//! The local journal starts empty: an existing `<data_dir>/journal` is moved
+//! The local journal starts fresh: an existing `<data_dir>/journal` is moved
 //! aside to `<data_dir>/journal.previous` first (replacing an older one), so
 //! a node that used to be active never replays records of its own that were
-//! not replicated.
+//! not replicated. It starts from the newest snapshot the active node
+//! uploaded ([`super::snapshots::seed`]) when there is one: the snapshot is
+//! written into the fresh journal, the files it names are fetched, and
+//! copying starts at the core message holding the record after it (the
+//! records of that message up to the snapshot are skipped, being in it).
+//! Without a snapshot (a young cluster) it copies from Lsn 1.
 //!
 //! Taking over: the new active node opens the fenced writer on the core
 //! subject, which writes its claim; then [`Follower::finish`] with the
@@ -50,10 +55,12 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::files::{Files, FilesError};
+use super::snapshots::{self, CoreSubject, SeedError, Snapshots};
 use super::{Cluster, ClusterError, CLAIM_HEADER, LSN_HEADER};
 use crate::codec::{CodecError, MAX_RECORD};
 use crate::journal::record::{self, Record};
 use crate::journal::{Journal, JournalConfig, JournalError, Lsn};
+use crate::snapshot::{BrokerState, ReplaySettings};
 
 /// How long [`Follower::finish`] waits for the local journal to flush.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -88,6 +95,16 @@ pub enum FollowError {
     Journal(#[from] JournalError),
     #[error("the fresh local journal at {} recovered {records} records", dir.display())]
     NotEmpty { dir: PathBuf, records: usize },
+    #[error("seeding the local journal: {0}")]
+    Seed(#[from] SeedError),
+    #[error("the fresh local journal at {} opened at snapshot {found:?}, not at the seed's {seeded:?}", dir.display())]
+    Seeded {
+        dir: PathBuf,
+        seeded: Option<Lsn>,
+        found: Option<Lsn>,
+    },
+    #[error("the snapshot at Lsn {lsn} does not decode: {why}")]
+    SeedState { lsn: Lsn, why: String },
     #[error("{subject}: {source}")]
     Nats {
         subject: String,
@@ -105,6 +122,11 @@ pub enum FollowError {
         expected: Lsn,
         found: Lsn,
     },
+    /// The records this follower needs next were trimmed from the subject
+    /// (it was away, so out of the roster, while the active node wrote two
+    /// snapshots): it must start again from a snapshot.
+    #[error("the core subject was trimmed past this standby: it needs Lsn {expected} next, the subject starts at Lsn {first}")]
+    Behind { expected: Lsn, first: Lsn },
     #[error("message {sequence} on the core subject: the record at Lsn {lsn} fails its checksum")]
     BadCrc { sequence: u64, lsn: Lsn },
     #[error("the record at Lsn {lsn} was appended to the local journal as Lsn {local}")]
@@ -200,6 +222,8 @@ struct Progress {
     seen: watch::Sender<u64>,
     /// Set when the task stops on an error.
     failed: watch::Sender<Option<String>>,
+    /// Set when that error is [`FollowError::Behind`].
+    behind: std::sync::atomic::AtomicBool,
 }
 
 /// Copies the core subject into the local journal; see the module doc.
@@ -228,10 +252,19 @@ impl Follower {
     /// open a fresh journal there, and start copying the core subject into
     /// it from the first message, in a task on the current runtime. Files
     /// go to `files/` beside the journal directory (`<data_dir>/files`).
-    pub async fn start(cluster: &Cluster, journal: JournalConfig) -> Result<Follower, FollowError> {
+    ///
+    /// The journal is seeded from the newest usable snapshot in the
+    /// cluster's bucket, if any (see the module doc); `replay` decodes it,
+    /// for the files it names.
+    pub async fn start(
+        cluster: &Cluster,
+        journal: JournalConfig,
+        replay: &ReplaySettings,
+    ) -> Result<Follower, FollowError> {
         let settings = cluster.settings();
         let subject = settings.core_subject();
         let files = Files::open(cluster).await?;
+        let snapshots = Snapshots::open(cluster).await?;
         let stream_name = settings.events_stream();
         let events = cluster
             .jetstream()
@@ -256,23 +289,61 @@ impl Follower {
             .dir
             .parent()
             .map_or_else(|| PathBuf::from("files"), |d| d.join("files"));
+        let core = CoreSubject::new(events.clone(), subject.clone());
+        let seed = snapshots::seed(&snapshots, &core).await?;
+        let (seeded, from_sequence) = seed.as_ref().map_or((0, 1), |s| (s.lsn, s.from_sequence));
         let dir = journal.dir.clone();
-        let (journal, recovered) = tokio::task::spawn_blocking(move || {
+        let replay = *replay;
+        let (journal, recovered, seed_files) = tokio::task::spawn_blocking(move || {
             move_aside(&journal.dir)?;
-            Journal::open(journal).map_err(FollowError::from)
+            let mut seed_files = Vec::new();
+            if let Some(seed) = seed {
+                let state = BrokerState::decode(&seed.payload, &replay).map_err(|e| {
+                    FollowError::SeedState {
+                        lsn: seed.lsn,
+                        why: e.to_string(),
+                    }
+                })?;
+                seed_files = state.attachments.into_keys().collect();
+                std::fs::create_dir_all(&journal.dir).map_err(|source| FollowError::File {
+                    path: journal.dir.clone(),
+                    source,
+                })?;
+                crate::journal::snapshot::write(&journal.dir, seed.lsn, &seed.payload)?;
+            }
+            let (journal, recovered) = Journal::open(journal)?;
+            Ok::<_, FollowError>((journal, recovered, seed_files))
         })
         .await
         .map_err(|e| FollowError::Task(e.to_string()))??;
-        if !recovered.records.is_empty() || recovered.snapshot.is_some() {
+        if !recovered.records.is_empty() {
             return Err(FollowError::NotEmpty {
                 dir,
                 records: recovered.records.len(),
             });
         }
+        let found = recovered.snapshot.as_ref().map(|(lsn, _)| *lsn);
+        let want = (seeded > 0).then_some(seeded);
+        if found != want {
+            return Err(FollowError::Seeded {
+                dir,
+                seeded: want,
+                found,
+            });
+        }
+        if seeded > 0 {
+            tracing::info!(
+                snapshot = seeded,
+                from_sequence,
+                files = seed_files.len(),
+                "cluster: the standby's journal starts from the active node's snapshot"
+            );
+        }
         let progress = Arc::new(Progress {
-            copied: AtomicU64::new(0),
-            seen: watch::channel(0).0,
+            copied: AtomicU64::new(seeded),
+            seen: watch::channel(from_sequence - 1).0,
             failed: watch::channel(None).0,
+            behind: std::sync::atomic::AtomicBool::new(false),
         });
         let (limit, limit_rx) = watch::channel(None);
         let (stop, stop_rx) = watch::channel(false);
@@ -280,17 +351,25 @@ impl Follower {
             journal: journal.clone(),
             files,
             files_dir,
+            core,
             events: events.clone(),
             subject: subject.clone(),
-            next_lsn: 1,
-            seen: 0,
+            next_lsn: seeded + 1,
+            seeded,
+            seed_files,
+            seen: from_sequence - 1,
             progress: progress.clone(),
         };
         let shared = progress.clone();
         let task = tokio::spawn(async move {
             let result = copier.run(stop_rx, limit_rx).await;
             if let Err(e) = &result {
-                tracing::error!(error = %e, "cluster: the standby stopped following the active node's journal");
+                if matches!(e, FollowError::Behind { .. }) {
+                    shared.behind.store(true, Ordering::Release);
+                    tracing::warn!(error = %e, "cluster: the standby fell behind the trimmed journal");
+                } else {
+                    tracing::error!(error = %e, "cluster: the standby stopped following the active node's journal");
+                }
                 shared.failed.send_replace(Some(e.to_string()));
             }
             result
@@ -337,6 +416,28 @@ impl Follower {
                 return "the follower is gone".to_owned();
             }
         }
+    }
+
+    /// Whether the follower stopped because the records it needs were
+    /// trimmed ([`FollowError::Behind`]): [`Follower::close`] it and start a
+    /// new one, which seeds from the newest snapshot.
+    pub fn fell_behind(&self) -> bool {
+        self.progress.behind.load(Ordering::Acquire)
+    }
+
+    /// Stop copying and close the local journal (flushed), for a follower
+    /// that is given up.
+    pub async fn close(mut self) -> Result<(), FollowError> {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            // Its error is already known (`failed`); only the stop matters.
+            let _ = task.await;
+        }
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || journal.close(CLOSE_TIMEOUT))
+            .await
+            .map_err(|e| FollowError::Task(e.to_string()))??;
+        Ok(())
     }
 
     /// Copy every core message with a stream sequence below
@@ -444,10 +545,17 @@ struct Copier {
     journal: Journal,
     files: Files,
     files_dir: PathBuf,
+    core: CoreSubject,
     events: stream::Stream,
     subject: String,
     /// The Lsn the next record must have.
     next_lsn: Lsn,
+    /// The snapshot the journal was seeded from (0: none): records up to it
+    /// are in it, and skipped in the first message.
+    seeded: Lsn,
+    /// The files the seed snapshot names, fetched before anything is
+    /// copied.
+    seed_files: Vec<String>,
     /// The stream sequence of the last message handled.
     seen: u64,
     progress: Arc<Progress>,
@@ -459,6 +567,9 @@ impl Copier {
         mut stop: watch::Receiver<bool>,
         limit: watch::Receiver<Option<u64>>,
     ) -> Result<(), FollowError> {
+        for id in std::mem::take(&mut self.seed_files) {
+            self.copy_file(self.seen, &id).await?;
+        }
         loop {
             let messages = self
                 .events
@@ -588,7 +699,24 @@ impl Copier {
             .trim()
             .parse()
             .map_err(|e| unreadable(format!("{LSN_HEADER}: {e}")))?;
-        if first != self.next_lsn {
+        // The first message after a seed may start before it: its records
+        // up to the seed are in the snapshot. Anywhere else, a message must
+        // start exactly at the next Lsn.
+        let after_seed =
+            self.seeded > 0 && self.next_lsn == self.seeded + 1 && first <= self.next_lsn;
+        if first > self.next_lsn {
+            // Missing records: trimmed away (this follower was left
+            // behind), or a real gap.
+            if let Ok(Some(start)) = self.core.next_records(1).await {
+                if start.first_lsn > self.next_lsn {
+                    return Err(FollowError::Behind {
+                        expected: self.next_lsn,
+                        first: start.first_lsn,
+                    });
+                }
+            }
+        }
+        if first != self.next_lsn && !after_seed {
             return Err(FollowError::Gap {
                 sequence,
                 expected: self.next_lsn,
@@ -604,6 +732,9 @@ impl Copier {
         })?;
         for (i, bytes) in records.into_iter().enumerate() {
             let lsn = first + i as u64;
+            if lsn <= self.seeded {
+                continue;
+            }
             let record =
                 record::read(bytes).map_err(|source| FollowError::Record { lsn, source })?;
             if let Record::AttachmentStored { meta, .. } = &record {

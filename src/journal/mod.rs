@@ -32,7 +32,7 @@ pub mod record;
 mod recover;
 mod replication;
 mod segment;
-mod snapshot;
+pub(crate) mod snapshot;
 mod writer;
 
 use std::fs::{File, OpenOptions};

@@ -39,21 +39,29 @@ pub fn list_snapshots(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, JournalError> {
     Ok(out)
 }
 
+/// The snapshot file's bytes for `payload` at `lsn`: the header, then the
+/// payload (what [`write`] puts on disk, and what a cluster's active node
+/// uploads).
+pub fn encode(lsn: Lsn, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&SNAPSHOT_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
 /// Write `bytes` as the snapshot at `lsn`: tmp file, fsync, rename, fsync
 /// the directory.
 pub fn write(dir: &Path, lsn: Lsn, bytes: &[u8]) -> Result<PathBuf, JournalError> {
     let path = dir.join(snapshot_name(lsn));
     let tmp = dir.join(format!("{}.tmp", snapshot_name(lsn)));
-    let mut header = [0u8; HEADER_LEN];
-    header[..8].copy_from_slice(&SNAPSHOT_MAGIC);
-    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header[12..20].copy_from_slice(&lsn.to_le_bytes());
-    header[20..28].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-    header[28..32].copy_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+    let file = encode(lsn, bytes);
     let result = (|| {
         let mut f = File::create(&tmp)?;
-        f.write_all(&header)?;
-        f.write_all(bytes)?;
+        f.write_all(&file)?;
         f.sync_all()
     })();
     if let Err(e) = result {
@@ -68,6 +76,13 @@ pub fn write(dir: &Path, lsn: Lsn, bytes: &[u8]) -> Result<PathBuf, JournalError
 /// Read and check one snapshot file.
 pub fn read(path: &Path, named: Lsn) -> Result<Vec<u8>, JournalError> {
     let bytes = std::fs::read(path).map_err(|e| JournalError::io(path, e))?;
+    decode(bytes, named, path)
+}
+
+/// Check a snapshot file's bytes (`path`: where they come from, for the
+/// errors) and return its payload: the magic bytes, a format this build
+/// reads, the Lsn it is `named` by, the length and the checksum.
+pub fn decode(bytes: Vec<u8>, named: Lsn, path: &Path) -> Result<Vec<u8>, JournalError> {
     let corrupt = |what: String| JournalError::Corrupt {
         path: path.to_owned(),
         offset: 0,

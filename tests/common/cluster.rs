@@ -73,6 +73,11 @@ impl TestCluster {
 
     /// Start node `i` (again: its previous process must have exited).
     pub fn start_node(&mut self, i: usize) {
+        self.start_node_with(i, &[]);
+    }
+
+    /// Start node `i` with more environment variables (settings).
+    pub fn start_node_with(&mut self, i: usize, env: &[(&str, &str)]) {
         let url = self.nats.url();
         let node = &mut self.nodes[i];
         if let Some(old) = node.process.as_mut() {
@@ -86,7 +91,8 @@ impl TestCluster {
                 .arg(format!("{}ms", TTL.as_millis()))
                 .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN)
                 .env("SWITCHBOARD_CLIENT_LIMITS", "false")
-                .env("SWITCHBOARD_SHUTDOWN_TIMEOUT", "5s"),
+                .env("SWITCHBOARD_SHUTDOWN_TIMEOUT", "5s")
+                .envs(env.iter().copied()),
         ));
     }
 

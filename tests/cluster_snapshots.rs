@@ -1,0 +1,259 @@
+//! Cluster mode's snapshots in NATS, with real processes on a real
+//! nats-server: the active node uploads its journal's snapshots to
+//! `<prefix>-snapshots`, keeps two, and trims `<prefix>.core` behind the
+//! older one; a standby started afterwards seeds its journal from the
+//! newest snapshot (the records it would need from Lsn 1 are gone), copies
+//! the rest, fetches the files the snapshot names, and takes over with
+//! everything acknowledged.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use common::cluster::{assert_active, wait_replicated, TestCluster, PREFIX};
+use common::load::{assert_recovered, Load};
+use common::process::Stream;
+use common::Harness;
+use futures_util::TryStreamExt;
+use switchboard::cluster::{CLAIM_HEADER, LSN_HEADER};
+
+/// One test at a time (each starts its own nats-server and nodes).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A snapshot every 40 records (and at least every second).
+const SNAPSHOT_OFTEN: [(&str, &str); 2] = [
+    ("SWITCHBOARD_SNAPSHOT_EVERY_RECORDS", "40"),
+    ("SWITCHBOARD_SNAPSHOT_INTERVAL", "1s"),
+];
+
+/// The first core message holding records: (stream sequence, first Lsn).
+async fn first_core_records(cluster: &TestCluster) -> Option<(u64, u64)> {
+    let stream = async_nats::jetstream::new(cluster.nats_client().await)
+        .get_stream(format!("{PREFIX}-events"))
+        .await
+        .expect("the events stream");
+    let subject = format!("{PREFIX}.core");
+    let mut at = 1;
+    loop {
+        match stream
+            .direct_get_next_for_subject(subject.as_str(), Some(at))
+            .await
+        {
+            Ok(m) if m.headers.get(CLAIM_HEADER).is_some() => at = m.sequence + 1,
+            Ok(m) => {
+                let lsn = m
+                    .headers
+                    .get(LSN_HEADER)
+                    .and_then(|v| v.as_str().parse().ok())
+                    .expect("an Lsn header");
+                return Some((m.sequence, lsn));
+            }
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return None,
+            Err(e) => panic!("reading {subject}: {e}"),
+        }
+    }
+}
+
+/// The Lsns of the snapshots in `<prefix>-snapshots`, oldest first.
+async fn snapshots_in_bucket(cluster: &TestCluster) -> Vec<u64> {
+    let js = async_nats::jetstream::new(cluster.nats_client().await);
+    let Ok(store) = js.get_object_store(format!("{PREFIX}-snapshots")).await else {
+        return Vec::new();
+    };
+    let infos: Vec<_> = store
+        .list()
+        .await
+        .expect("list")
+        .try_collect()
+        .await
+        .expect("list");
+    let mut lsns: Vec<u64> = infos
+        .iter()
+        .map(|i| {
+            i.name
+                .strip_prefix("snap-")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not a snapshot's name: {}", i.name))
+        })
+        .collect();
+    lsns.sort_unstable();
+    lsns
+}
+
+/// Wait until the active node's roster shows `node` as a standby that has
+/// copied at least `lsn`.
+async fn wait_copied(h: &Harness, node: &str, lsn: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = h.admin_get_ok("/v1/cluster").await;
+        let copied = v["nodes"].as_array().and_then(|nodes| {
+            nodes
+                .iter()
+                .find(|n| n["node_id"] == node && n["role"] == "standby")
+                .and_then(|n| n["copied_lsn"].as_u64())
+        });
+        if copied >= Some(lsn) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} has not copied Lsn {lsn}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_started_after_the_core_subject_was_trimmed_seeds_from_the_newest_snapshot_and_takes_over(
+) {
+    const AGENTS: usize = 4;
+    const CAPACITY: u64 = 5;
+    const CUSTOMERS: usize = 20;
+    const MESSAGES: usize = 15;
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(2);
+    cluster.start_node_with(0, &SNAPSHOT_OFTEN);
+    let active = cluster.wait_active(&[], Duration::from_secs(20));
+
+    // A file first: its record is trimmed away long before the standby
+    // starts, so only the snapshot names it.
+    let owner = active.h.create_agent("owner", 1, &[]).await;
+    let bytes: Vec<u8> = (0..30_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let r = active
+        .h
+        .request_raw(
+            reqwest::Method::POST,
+            "/v1/attachments?filename=terms.pdf",
+            Some(&owner.token),
+            "application/pdf",
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let file = r.body["id"].as_str().expect("an attachment id").to_owned();
+
+    let load = Load::start(&active.h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
+    let agents = load.agents.clone();
+    let outcome = load.finish().await;
+    assert_eq!(
+        outcome.total(),
+        CUSTOMERS * MESSAGES,
+        "every message acknowledged"
+    );
+    let durable = wait_replicated(&active.h).await;
+
+    // Two snapshots in the bucket, the subject trimmed behind the older.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (snapshots, first) = loop {
+        let snapshots = snapshots_in_bucket(&cluster).await;
+        assert!(snapshots.len() <= 2, "two snapshots kept: {snapshots:?}");
+        let first = first_core_records(&cluster).await.expect("core records");
+        if snapshots.len() == 2 && first.1 > 1 {
+            break (snapshots, first);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no trimming: snapshots {snapshots:?}, the first core message {first:?} \
+             ({durable} records durable)\n{}",
+            cluster.last_lines(0, 20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        first.1 <= snapshots[0] + 1,
+        "the subject keeps every record after the older snapshot ({snapshots:?}): it starts at Lsn {}",
+        first.1
+    );
+    println!(
+        "{durable} records durable; snapshots in the bucket at {snapshots:?}; the core subject starts at Lsn {} (stream sequence {})",
+        first.1, first.0
+    );
+
+    // A fresh standby: it cannot start from Lsn 1 any more.
+    cluster.start_node_with(1, &SNAPSHOT_OFTEN);
+    let seeded =
+        cluster
+            .process(1)
+            .wait_for(Stream::Err, "the standby seeded from a snapshot", |l| {
+                l.contains("starts from the active node's snapshot")
+            });
+    println!("{seeded}");
+    let more = active.h.create_agent("late", 1, &[]).await;
+    let durable = wait_replicated(&active.h).await;
+    wait_copied(&active.h, "node-1", durable).await;
+
+    cluster.process(0).signal(libc::SIGKILL);
+    cluster.process(0).wait_exit(Duration::from_secs(5));
+    let new = cluster.wait_active(&[0], Duration::from_secs(20));
+    assert_active(&new.h, "node-1").await;
+    assert_recovered(&new.h, &outcome, &agents, CAPACITY, 3).await;
+    // The agent created after the seed, and the file only the snapshot
+    // names, are there.
+    let r = new.h.admin_get(&format!("/v1/agents/{}", more.id)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let got = new
+        .h
+        .http
+        .get(new.h.url(&format!("/v1/attachments/{file}")))
+        .bearer_auth(&owner.token)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(got.status().as_u16(), 200, "the file is served");
+    assert_eq!(got.bytes().await.expect("bytes").to_vec(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_paused_while_the_core_subject_was_trimmed_past_it_starts_again_from_a_snapshot()
+{
+    const AGENTS: usize = 4;
+    const CAPACITY: u64 = 5;
+    const CUSTOMERS: usize = 20;
+    const MESSAGES: usize = 15;
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(2);
+    cluster.start_node_with(0, &SNAPSHOT_OFTEN);
+    let active = cluster.wait_active(&[], Duration::from_secs(20));
+    cluster.start_node_with(1, &SNAPSHOT_OFTEN);
+    cluster.wait_following(1);
+    active.h.create_agent("early", 1, &[]).await;
+    let durable = wait_replicated(&active.h).await;
+    wait_copied(&active.h, "node-1", durable).await;
+
+    // Paused: its roster line expires, and the subject is trimmed past it.
+    // NATS restarts meanwhile, so what was pushed to its consumer before
+    // is all it finds when it wakes: it must subscribe again, from where
+    // the records are gone.
+    cluster.process(1).signal(libc::SIGSTOP);
+    cluster.nats.restart();
+    let load = Load::start(&active.h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
+    let agents = load.agents.clone();
+    let outcome = load.finish().await;
+    assert_eq!(outcome.total(), CUSTOMERS * MESSAGES);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first_core_records(&cluster).await.map(|(_, lsn)| lsn) <= Some(durable + 1) {
+        assert!(
+            Instant::now() < deadline,
+            "the subject was not trimmed past the paused standby (at Lsn {durable})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Woken, it finds its next records gone, and starts again.
+    cluster.process(1).signal(libc::SIGCONT);
+    cluster
+        .process(1)
+        .wait_for(Stream::Err, "the standby starting again", |l| {
+            l.contains("starting again from the newest snapshot")
+        });
+    cluster.assert_standby(1);
+    let durable = wait_replicated(&active.h).await;
+    wait_copied(&active.h, "node-1", durable).await;
+
+    cluster.process(0).signal(libc::SIGKILL);
+    cluster.process(0).wait_exit(Duration::from_secs(5));
+    let new = cluster.wait_active(&[0], Duration::from_secs(20));
+    assert_active(&new.h, "node-1").await;
+    assert_recovered(&new.h, &outcome, &agents, CAPACITY, 3).await;
+}
