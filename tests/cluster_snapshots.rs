@@ -4,16 +4,17 @@
 //! older one; a standby started afterwards seeds its journal from the
 //! newest snapshot (the records it would need from Lsn 1 are gone), copies
 //! the rest, fetches the files the snapshot names, and takes over with
-//! everything acknowledged.
+//! everything acknowledged. And a node that ran alone carries its state
+//! into a new cluster instead of losing it.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use common::cluster::{assert_active, wait_replicated, TestCluster, PREFIX};
-use common::load::{assert_recovered, Load};
-use common::process::Stream;
+use common::cluster::{assert_active, wait_replicated, TestCluster, ADMIN, PREFIX};
+use common::load::{assert_acked_stored_once, assert_recovered, Load};
+use common::process::{binary, Broker, Stream};
 use common::Harness;
 use futures_util::TryStreamExt;
 use switchboard::cluster::{CLAIM_HEADER, LSN_HEADER};
@@ -119,19 +120,7 @@ async fn a_standby_started_after_the_core_subject_was_trimmed_seeds_from_the_new
     // A file first: its record is trimmed away long before the standby
     // starts, so only the snapshot names it.
     let owner = active.h.create_agent("owner", 1, &[]).await;
-    let bytes: Vec<u8> = (0..30_000u32).map(|i| (i * 13 % 251) as u8).collect();
-    let r = active
-        .h
-        .request_raw(
-            reqwest::Method::POST,
-            "/v1/attachments?filename=terms.pdf",
-            Some(&owner.token),
-            "application/pdf",
-            bytes.clone(),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let file = r.body["id"].as_str().expect("an attachment id").to_owned();
+    let (file, bytes) = upload(&active.h, &owner.token).await;
 
     let load = Load::start(&active.h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
     let agents = load.agents.clone();
@@ -192,16 +181,7 @@ async fn a_standby_started_after_the_core_subject_was_trimmed_seeds_from_the_new
     // names, are there.
     let r = new.h.admin_get(&format!("/v1/agents/{}", more.id)).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let got = new
-        .h
-        .http
-        .get(new.h.url(&format!("/v1/attachments/{file}")))
-        .bearer_auth(&owner.token)
-        .send()
-        .await
-        .expect("download");
-    assert_eq!(got.status().as_u16(), 200, "the file is served");
-    assert_eq!(got.bytes().await.expect("bytes").to_vec(), bytes);
+    assert_served(&new.h, &owner.token, &file, &bytes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,4 +236,104 @@ async fn a_standby_paused_while_the_core_subject_was_trimmed_past_it_starts_agai
     let new = cluster.wait_active(&[0], Duration::from_secs(20));
     assert_active(&new.h, "node-1").await;
     assert_recovered(&new.h, &outcome, &agents, CAPACITY, 3).await;
+}
+
+/// Upload a 30 kB file as `token`'s; its id and bytes.
+async fn upload(h: &Harness, token: &str) -> (String, Vec<u8>) {
+    let bytes: Vec<u8> = (0..30_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let r = h
+        .request_raw(
+            reqwest::Method::POST,
+            "/v1/attachments?filename=terms.pdf",
+            Some(token),
+            "application/pdf",
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().expect("an attachment id").to_owned();
+    (id, bytes)
+}
+
+/// File `id` as `token` downloads it: the same `bytes`.
+async fn assert_served(h: &Harness, token: &str, id: &str, bytes: &[u8]) {
+    let got = h
+        .http
+        .get(h.url(&format!("/v1/attachments/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(got.status().as_u16(), 200, "file {id} is served");
+    assert_eq!(
+        got.bytes().await.expect("bytes").to_vec(),
+        bytes,
+        "file {id}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_ran_alone_carries_its_state_into_a_new_cluster() {
+    const AGENTS: usize = 3;
+    const CAPACITY: u64 = 5;
+    const CUSTOMERS: usize = 10;
+    const MESSAGES: usize = 6;
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(2);
+
+    // node-0's data dir, used by a single node first.
+    let mut alone = Broker::start(
+        binary()
+            .arg("--data-dir")
+            .arg(cluster.nodes[0].dir.path())
+            .args(["--bind", "127.0.0.1:0"])
+            .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN)
+            .env("SWITCHBOARD_CLIENT_LIMITS", "false"),
+    );
+    let api = alone.stdout_value("api");
+    let h = Harness::external(api.trim_end_matches("/v1"), ADMIN);
+    let owner = h.create_agent("owner", 1, &[]).await;
+    let (file, bytes) = upload(&h, &owner.token).await;
+    let load = Load::start(&h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
+    let agents = load.agents.clone();
+    let outcome = load.finish().await;
+    assert_eq!(outcome.total(), CUSTOMERS * MESSAGES);
+    alone.signal(libc::SIGTERM);
+    assert_eq!(alone.wait_exit(Duration::from_secs(15)), Some(0));
+
+    // The same data dir, now in cluster mode against an empty NATS: it
+    // becomes the active node with everything it had.
+    cluster.start_node(0);
+    let active = cluster.wait_active(&[], Duration::from_secs(20));
+    cluster
+        .process(0)
+        .wait_for(Stream::Err, "the journal carried over", |l| {
+            l.contains("carrying this node's journal into it")
+        });
+    assert_active(&active.h, "node-0").await;
+    assert_served(&active.h, &owner.token, &file, &bytes).await;
+    assert_recovered(&active.h, &outcome, &agents, CAPACITY, 2).await;
+    assert_eq!(
+        snapshots_in_bucket(&cluster).await.len(),
+        1,
+        "its snapshot uploaded"
+    );
+
+    // A standby starts from that snapshot, and takes over with all of it.
+    cluster.start_node(1);
+    cluster
+        .process(1)
+        .wait_for(Stream::Err, "the standby seeded from a snapshot", |l| {
+            l.contains("starts from the active node's snapshot")
+        });
+    let durable = wait_replicated(&active.h).await;
+    wait_copied(&active.h, "node-1", durable).await;
+    cluster.process(0).signal(libc::SIGKILL);
+    cluster.process(0).wait_exit(Duration::from_secs(5));
+    let new = cluster.wait_active(&[0], Duration::from_secs(20));
+    assert_active(&new.h, "node-1").await;
+    assert_acked_stored_once(&new.h, &outcome.acked).await;
+    assert_served(&new.h, &owner.token, &file, &bytes).await;
+    let r = new.h.admin_get(&format!("/v1/agents/{}", owner.id)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
 }

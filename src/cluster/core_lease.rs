@@ -186,6 +186,31 @@ impl CoreLease {
         }
     }
 
+    /// One try: the lease if it is free now (kept as by [`CoreLease::acquire`]),
+    /// `None` if another node holds it or NATS did not answer within one
+    /// renewal interval.
+    pub async fn try_acquire(cluster: &Cluster) -> Option<CoreLease> {
+        let settings = cluster.settings();
+        let node_id = settings.node_id.clone();
+        let value = Bytes::from(node_id.clone().into_bytes());
+        let sent = Instant::now();
+        let create = cluster.leases().create(CORE_KEY, value.clone());
+        match timeout(settings.renew_every(), create).await {
+            Ok(Ok(revision)) => {
+                tracing::info!(node = %node_id, revision, "cluster: core lease acquired: this node is the active one");
+                let lapses_at = sent + settings.lease_ttl * 7 / 8;
+                Some(CoreLease::hold(
+                    cluster, node_id, value, revision, lapses_at,
+                ))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(node = %node_id, error = %e, "cluster: the core lease was not free");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Start holding at `revision`, renewing in a task.
     fn hold(
         cluster: &Cluster,

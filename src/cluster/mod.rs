@@ -22,7 +22,8 @@
 //! - [`files`]: uploaded files in the `<prefix>-files` object store;
 //! - [`snapshots`]: the journal's snapshots in `<prefix>-snapshots`, a fresh
 //!   standby seeded from them, and `<prefix>.core` trimmed behind them;
-//! - [`node`]: a node's life: standby, then active, fail-stop.
+//! - [`node`]: a node's life: standby, then active, fail-stop;
+//! - [`carry_over`]: a single node's journal carried into a new cluster.
 //!
 //! What lives in NATS, for a cluster named by its `prefix` (`switchboard` by
 //! default); `docs/cluster.md` explains each setting:
@@ -43,6 +44,7 @@
 //! Replicas are 1 by default (one `nats-server`); a NATS cluster of three
 //! would use 3, so a lease or an event survives a NATS node's loss.
 
+pub mod carry_over;
 pub mod core_lease;
 pub mod fence;
 pub mod files;

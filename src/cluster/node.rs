@@ -53,6 +53,8 @@ pub enum NodeError {
     LinkKey(String),
     #[error("replicating the journal: {0}")]
     Replication(#[from] ReplicationError),
+    #[error("carrying this node's journal into the cluster: {0}")]
+    CarryOver(String),
 }
 
 /// How a standby keeps snapshots of the journal it copies (the same
@@ -87,13 +89,30 @@ pub async fn standby(
 ) -> Result<Promoted, NodeError> {
     let node_id = settings.node_id.clone();
     let cluster = Cluster::connect(settings).await?;
-    share_link_key(&cluster, &journal.dir).await?;
     // The copy is durable once on the local disk: it is the replica, and
     // nothing it holds is acknowledged by this node.
     let journal = JournalConfig {
         replicated: false,
         ..journal
     };
+    if let Some(carried) =
+        crate::cluster::carry_over::try_carry_over(&cluster, &journal, &compaction).await?
+    {
+        share_link_key(&cluster, &journal.dir, carried.link_key).await?;
+        let files = Files::open(&cluster).await?;
+        let snapshots = Snapshots::open(&cluster).await?;
+        let roster = Roster::open(&cluster).await?;
+        return Ok(Promoted {
+            cluster,
+            lease: carried.lease,
+            writer: carried.writer,
+            files,
+            snapshots,
+            roster,
+            copied: carried.last,
+        });
+    }
+    share_link_key(&cluster, &journal.dir, None).await?;
     let mut follower = follow(&cluster, &journal, &compaction).await?;
     tracing::info!(node_id, "standby: following the active node's journal");
     // A follower that stops (a gap, a bad checksum: never skipped) makes
@@ -328,7 +347,14 @@ impl Active {
 /// refused after it. The first node to start makes one and stores it in the
 /// `<prefix>-shared` bucket (no expiry); every node writes it to
 /// `<data_dir>/link.key`, where the registry reads it at start.
-async fn share_link_key(cluster: &Cluster, journal_dir: &std::path::Path) -> Result<(), NodeError> {
+///
+/// A node carrying its own state into a new cluster offers its own key
+/// (`candidate`), so links it handed out before stay valid.
+async fn share_link_key(
+    cluster: &Cluster,
+    journal_dir: &std::path::Path,
+    candidate: Option<Vec<u8>>,
+) -> Result<(), NodeError> {
     let settings = cluster.settings();
     let bucket = format!("{}-shared", settings.prefix);
     let err = |e: &dyn std::fmt::Display| NodeError::LinkKey(format!("bucket {bucket}: {e}"));
@@ -339,9 +365,9 @@ async fn share_link_key(cluster: &Cluster, journal_dir: &std::path::Path) -> Res
         "settings every node shares",
     )
     .await?;
-    let fresh: [u8; 32] = rand::random();
+    let fresh = candidate.unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
     // Create if absent; whoever loses the race reads the winner's key.
-    if let Err(e) = store.create("link-key", fresh.to_vec().into()).await {
+    if let Err(e) = store.create("link-key", fresh.into()).await {
         tracing::debug!(error = %e, "link key already in the cluster");
     }
     let key = store

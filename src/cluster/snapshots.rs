@@ -311,10 +311,16 @@ pub async fn seed(snapshots: &Snapshots, core: &CoreSubject) -> Result<Option<Se
                 }))
             }
             None => {
-                // An empty subject after a snapshot: nothing was trimmed
-                // past it only if the snapshot is where the records end.
+                // No records at all yet: a cluster carried over from a
+                // single node (`carry_over`), whose active node has written
+                // nothing since its snapshot. The first record to come
+                // must be the one after it.
                 if core.next_records(1).await?.is_none() {
-                    return Err(SeedError::NoRecords { snapshot: lsn });
+                    return Ok(Some(Seed {
+                        lsn,
+                        payload,
+                        from_sequence: 1,
+                    }));
                 }
                 tracing::warn!(
                     snapshot = lsn,
@@ -339,8 +345,6 @@ pub enum SeedError {
     Snapshots(#[from] SnapshotsError),
     #[error("the core subject starts at Lsn {first_lsn} and no snapshot in the bucket covers the records before it")]
     Trimmed { first_lsn: Lsn },
-    #[error("there is a snapshot at Lsn {snapshot} but the core subject holds no records at all")]
-    NoRecords { snapshot: Lsn },
 }
 
 /// The active node's upkeep, every `every` for as long as the journal
