@@ -60,6 +60,10 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Cluster mode: this node is a standby, which serves nothing
+    /// (`docs/cluster.md`); clients belong on the active node.
+    #[error("{0}")]
+    Standby(String),
     #[error("{0}")]
     UriTooLong(String),
     /// Too many failed authentications from this address: `429 rate_limited`
@@ -101,6 +105,7 @@ impl ApiError {
             ApiError::RateLimited(_) | ApiError::RateLimitedFor { .. } => "rate_limited",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Standby(_) => "standby",
             ApiError::UriTooLong(_) => "uri_too_long",
             ApiError::AuthThrottled { .. } => "rate_limited",
             ApiError::TokenExpired(_) => "token_expired",
@@ -132,7 +137,7 @@ impl ApiError {
             | ApiError::AuthThrottled { .. }
             | ApiError::RateLimitedFor { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Standby(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
         }
     }

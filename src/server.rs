@@ -95,7 +95,7 @@ fn seed_agents(broker: &Arc<Broker>, config: &Config) -> std::io::Result<Vec<(St
 }
 
 /// `bind` failed: say which address and which setting.
-fn bind_error(bind: &str, e: std::io::Error) -> std::io::Error {
+pub(crate) fn bind_error(bind: &str, e: std::io::Error) -> std::io::Error {
     let mut why = e.to_string();
     if let Some(code) = e.raw_os_error() {
         // "Address already in use (os error 98)": the number says nothing more.
@@ -238,7 +238,7 @@ fn join_as_shard(
 const BACKLOG: u32 = 4096;
 
 /// A listening socket on `addr`, as actix-web's `HttpServer::bind` makes it.
-fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -822,26 +822,38 @@ pub fn run(config: Config) -> std::io::Result<()> {
         // Cluster mode: a standby until this node holds the core lease
         // (`cluster::node`); it listens only once it is the active node.
         let promoted = match (config.cluster(), config.journal()) {
-            (Some(settings), Some(journal)) => tokio::select! {
-                promoted = crate::cluster::node::standby(
-                    settings,
-                    journal,
-                    crate::cluster::node::Compaction {
-                        settings: crate::snapshot::ReplaySettings::of(&config),
-                        files: config.data_dir.as_ref().map(|d| d.join("files")),
-                        schedule: crate::compactor::Schedule {
-                            every_records: config.snapshot_every_records,
-                            interval: config.snapshot_interval,
+            (Some(settings), Some(journal)) => {
+                // While a standby it answers only `503 standby`
+                // (`http/standby.rs`), on the address it will serve on.
+                let view = Arc::new(crate::cluster::node::StandbyView::new(&settings.node_id));
+                let http = crate::http::standby::start(&config, view.clone())?;
+                for addr in &http.addrs {
+                    tracing::info!("standby listening on http://{addr} (503 standby until active)");
+                    println!("standby: http://{addr}");
+                }
+                let promoted = tokio::select! {
+                    promoted = crate::cluster::node::standby(
+                        settings,
+                        journal,
+                        crate::cluster::node::Compaction {
+                            settings: crate::snapshot::ReplaySettings::of(&config),
+                            files: config.data_dir.as_ref().map(|d| d.join("files")),
+                            schedule: crate::compactor::Schedule {
+                                every_records: config.snapshot_every_records,
+                                interval: config.snapshot_interval,
+                            },
                         },
-                    },
-                ) => {
-                    Some(promoted.map_err(std::io::Error::other)?)
-                }
-                () = crate::shutdown::signalled() => {
-                    tracing::info!("stopped while a standby");
-                    return Ok(());
-                }
-            },
+                        view,
+                    ) => promoted,
+                    () = crate::shutdown::signalled() => {
+                        tracing::info!("stopped while a standby");
+                        http.stop().await;
+                        return Ok(());
+                    }
+                };
+                http.stop().await;
+                Some(promoted.map_err(std::io::Error::other)?)
+            }
             _ => None,
         };
         let files = promoted.as_ref().map(|p| p.files());

@@ -482,6 +482,41 @@ async fn the_active_node_lists_every_node_and_how_far_each_standby_has_copied() 
         .collect();
     assert_eq!(roles, ["active", "standby", "standby"], "{v}");
 
+    // A standby answers on its own address: 503 `standby` to everything,
+    // with its progress and the active node beside the error on /healthz.
+    let standby = cluster.standby_url(1);
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{standby}/healthz"))
+        .send()
+        .await
+        .expect("the standby answers");
+    assert_eq!(r.status().as_u16(), 503);
+    let health: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(health["error"]["code"], "standby", "{health}");
+    assert_eq!(health["standby"]["node_id"], "node-1", "{health}");
+    assert_eq!(health["standby"]["role"], "standby", "{health}");
+    assert_eq!(health["standby"]["active_node"], "node-0", "{health}");
+    assert!(
+        health["standby"]["copied_lsn"].as_u64() >= Some(durable),
+        "{health}"
+    );
+    let r = http
+        .get(format!("{standby}/v1/cluster"))
+        .bearer_auth(common::cluster::ADMIN)
+        .send()
+        .await
+        .expect("the standby answers");
+    assert_eq!(r.status().as_u16(), 503);
+    let refused: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(refused["error"]["code"], "standby", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("node-0 is the active node")),
+        "{refused}"
+    );
+
     // A standby that dies drops out of the list once its line expires.
     cluster.process(2).signal(libc::SIGKILL);
     cluster.process(2).wait_exit(Duration::from_secs(5));
@@ -497,7 +532,18 @@ async fn the_active_node_lists_every_node_and_how_far_each_standby_has_copied() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_uploaded_before_a_failover_is_served_by_the_new_active_node() {
     let _serial = SERIAL.lock().await;
-    let (mut cluster, active) = TestCluster::start(2);
+    // node-1 on a port of its own, as in production: it answers there as a
+    // standby, and serves there once active.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut cluster = TestCluster::new(2);
+    cluster.nodes[1].bind = format!("127.0.0.1:{port}");
+    cluster.start_node(0);
+    let active = cluster.wait_active(&[], Duration::from_secs(20));
+    cluster.start_node(1);
+    assert_eq!(cluster.standby_url(1), format!("http://127.0.0.1:{port}"));
     let alice = active.h.create_agent("alice", 2, &[]).await;
     let bytes: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let r = active
@@ -517,6 +563,11 @@ async fn a_file_uploaded_before_a_failover_is_served_by_the_new_active_node() {
     cluster.process(0).signal(libc::SIGKILL);
     cluster.process(0).wait_exit(Duration::from_secs(5));
     let new = cluster.wait_active(&[0], Duration::from_secs(20));
+    assert_eq!(
+        new.h.base,
+        format!("http://127.0.0.1:{port}"),
+        "the same address"
+    );
     assert_active(&new.h, "node-1").await;
     let got = new
         .h
@@ -536,4 +587,75 @@ async fn a_file_uploaded_before_a_failover_is_served_by_the_new_active_node() {
         bytes,
         "the same bytes"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_of_three_killed_under_load_loses_nothing_acknowledged() {
+    const AGENTS: usize = 10;
+    const CAPACITY: u64 = 6;
+    const CUSTOMERS: usize = 60;
+    const MESSAGES: usize = 40;
+    let _serial = SERIAL.lock().await;
+    // Three NATS servers, every stream and bucket with three replicas, and
+    // the default lease TTL: the production setting (docs/cluster.md).
+    let servers = common::nats::NatsServer::cluster(3).await;
+    let mut cluster = TestCluster::on_nats(2, servers);
+    cluster.ttl = Duration::from_secs(10);
+    let replicas = [("SWITCHBOARD_CLUSTER_REPLICAS", "3")];
+    cluster.start_node_with(0, &replicas);
+    let active = cluster.wait_active(&[], Duration::from_secs(30));
+    cluster.start_node_with(1, &replicas);
+    cluster.wait_following(1);
+    let load = Load::start(&active.h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
+    load.wait_acked(CUSTOMERS * 4, Duration::from_secs(20))
+        .await;
+
+    // The first server (every node's first URL) crashes. A stream or
+    // bucket it led has no leader until JetStream elects another (seconds):
+    // acknowledgements wait meanwhile, and if it led the lease bucket for
+    // longer than the lease allows, the active node fail-stops and the
+    // standby takes over. Either way nothing acknowledged is lost.
+    load.broker_gone();
+    let killed = Instant::now();
+    let at_kill = load.acked_now();
+    cluster.nats.kill();
+    let agents = load.agents.clone();
+    let outcome = load.finish().await;
+    let finished = killed.elapsed();
+    // A whole TTL after the kill, the lease was either renewed through it
+    // or lost.
+    tokio::time::sleep(cluster.ttl.saturating_sub(killed.elapsed())).await;
+    let still_active =
+        cluster.process(0).running() && active.h.admin_get("/v1/cluster").await.status == 200;
+    let new = if still_active {
+        active
+    } else {
+        assert_eq!(
+            cluster.process(0).wait_exit(Duration::from_secs(15)),
+            Some(75),
+            "the active node fail-stops: {}",
+            cluster.last_lines(0, 20)
+        );
+        cluster.wait_active(&[0], Duration::from_secs(60))
+    };
+    println!(
+        "a NATS server of three killed with {at_kill} messages acknowledged: the customers \
+         were done {} ms later with {} acknowledged; node-{} active {} ms after the kill ({})",
+        finished.as_millis(),
+        outcome.total(),
+        new.index,
+        killed.elapsed().as_millis(),
+        if still_active {
+            "rode it out"
+        } else {
+            "the lease lapsed while its bucket had no leader: failed over"
+        }
+    );
+    let id = cluster.nodes[new.index].id.clone();
+    let v = new.h.admin_get_ok("/v1/cluster").await;
+    assert_eq!(v["node_id"], id.as_str(), "{v}");
+    assert_eq!(v["role"], "active", "{v}");
+    assert!(outcome.total() >= at_kill);
+    assert_recovered(&new.h, &outcome, &agents, CAPACITY, 5).await;
+    assert_only_writer_since_its_claim(&cluster, &id).await;
 }

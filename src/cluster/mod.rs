@@ -106,6 +106,30 @@ impl ClusterSettings {
         }
     }
 
+    /// The NATS servers of `url`, comma-separated (the client tries them in
+    /// turn, and learns the rest of a NATS cluster from the one it reaches).
+    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, ClusterError> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>().map_err(|e| {
+                    ClusterError::Setting(format!("cluster: {u:?} is not a NATS URL: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|servers| {
+                if servers.is_empty() {
+                    Err(ClusterError::Setting(
+                        "cluster: no NATS server given".into(),
+                    ))
+                } else {
+                    Ok(servers)
+                }
+            })
+    }
+
     /// How often a node renews its leases and its membership: a quarter of
     /// the TTL, so three renewals in a row may fail (a NATS restart, a slow
     /// disk) before a lease lapses.
@@ -174,6 +198,7 @@ impl ClusterSettings {
                 self.prefix
             )));
         }
+        self.servers()?;
         if self.lease_ttl < Duration::from_secs(1) {
             return Err(ClusterError::Setting(format!(
                 "cluster_lease_ttl {:?}: at least 1s (the server expires entries with a coarse timer)",
@@ -250,7 +275,7 @@ impl Cluster {
             .reconnect_delay_callback(move |attempts| {
                 (Duration::from_millis(100) * attempts as u32).min(max_delay)
             })
-            .connect(settings.url.as_str())
+            .connect(settings.servers()?)
             .await
             .map_err(|source| ClusterError::Connect {
                 url: settings.url.clone(),
@@ -448,4 +473,26 @@ async fn open_events(
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
         if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_setting_takes_several_servers_comma_separated() {
+        let mut settings = ClusterSettings::new(
+            "nats://10.0.0.1:4222, nats://10.0.0.2:4222,nats://10.0.0.3",
+            "node-1",
+        );
+        let servers = settings.servers().expect("three servers");
+        assert_eq!(servers.len(), 3);
+        assert_eq!(servers[1].port(), 4222);
+        assert!(settings.check().is_ok());
+        settings.url = "nats://10.0.0.1:4222,nats://10.0.0.2:port".into();
+        let err = settings.check().expect_err("a bad URL").to_string();
+        assert!(err.contains("nats://10.0.0.2:port"), "{err}");
+        settings.url = " , ".into();
+        assert!(settings.check().is_err(), "no server");
+    }
 }

@@ -15,7 +15,7 @@
 //! - The roster: each node rewrites its line in the `<prefix>-status` bucket
 //!   every renewal interval (a standby the Lsn it has copied, the active node
 //!   the Lsn that is durable); the bucket's max age is the lease TTL, so a
-//!   node gone for longer drops out. Standbys listen on nothing, so this is
+//!   node gone for longer drops out. Standbys only refuse requests, so this is
 //!   how an operator sees them.
 //!
 //! An active node that loses its lease never acts as the active again: the
@@ -66,6 +66,52 @@ pub struct Compaction {
     pub schedule: crate::compactor::Schedule,
 }
 
+/// What a standby shows of itself while it follows (its HTTP answers, in
+/// `http/standby.rs`): its id, how far it has copied the journal, and which
+/// node is active (from the roster). Updated each renewal interval.
+pub struct StandbyView {
+    pub node_id: String,
+    copied: std::sync::atomic::AtomicU64,
+    active: parking_lot::Mutex<Option<String>>,
+}
+
+impl StandbyView {
+    pub fn new(node_id: &str) -> StandbyView {
+        StandbyView {
+            node_id: node_id.to_owned(),
+            copied: std::sync::atomic::AtomicU64::new(0),
+            active: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The active node's id, as the roster last said (`None`: none seen).
+    pub fn active(&self) -> Option<String> {
+        self.active.lock().clone()
+    }
+
+    /// `{"node_id", "role": "standby", "copied_lsn", "active_node"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "node_id": self.node_id,
+            "role": "standby",
+            "copied_lsn": self.copied.load(std::sync::atomic::Ordering::Relaxed),
+            "active_node": self.active(),
+        })
+    }
+
+    fn update(&self, copied: crate::journal::Lsn, roster: Option<&[serde_json::Value]>) {
+        self.copied
+            .store(copied, std::sync::atomic::Ordering::Relaxed);
+        if let Some(lines) = roster {
+            *self.active.lock() = lines
+                .iter()
+                .find(|l| l["role"] == "active")
+                .and_then(|l| l["node_id"].as_str())
+                .map(str::to_owned);
+        }
+    }
+}
+
 /// A standby that now holds the lease and has claimed the journal's subject,
 /// with every record before its claim in its local journal (closed).
 pub struct Promoted {
@@ -82,10 +128,13 @@ pub struct Promoted {
 /// Follow the active node until this one holds the `core` lease; then claim
 /// the journal's subject and copy what is left. Resolves only then (or on
 /// an error): a standby waits here for as long as another node is active.
+///
+/// `view` is kept up to date for the standby's HTTP answers.
 pub async fn standby(
     settings: ClusterSettings,
     journal: JournalConfig,
     compaction: Compaction,
+    view: Arc<StandbyView>,
 ) -> Result<Promoted, NodeError> {
     let node_id = settings.node_id.clone();
     let cluster = Cluster::connect(settings).await?;
@@ -140,6 +189,8 @@ pub async fn standby(
                         "copied_lsn": follower.copied(),
                     }))
                     .await;
+                let lines = roster.read().await;
+                view.update(follower.copied(), lines.as_deref());
             }
         }
     };

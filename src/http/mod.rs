@@ -23,6 +23,7 @@ pub mod ops;
 pub mod queues;
 pub mod request_line;
 pub mod sockets;
+pub mod standby;
 pub mod tasks;
 pub mod throttle;
 pub mod transfers;

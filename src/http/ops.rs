@@ -24,8 +24,9 @@ pub async fn healthz(state: State) -> Result<HttpResponse, ApiError> {
 
 /// `GET /v1/cluster` (admin): this node's place in the cluster. A single
 /// node answers `{"role":"single"}`; an active node its id, lease TTL and
-/// how far its journal is replicated (`docs/cluster.md`). Standbys do not
-/// listen, so every answer comes from the active node.
+/// how far its journal is replicated (`docs/cluster.md`). Standbys answer
+/// `503 standby` (`http/standby.rs`), so every answer comes from the active
+/// node.
 pub async fn cluster(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
     Ok(HttpResponse::Ok().json(match state.cluster.get() {

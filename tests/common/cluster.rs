@@ -24,6 +24,8 @@ pub const PREFIX: &str = "switchboard";
 pub struct Node {
     pub id: String,
     pub dir: tempfile::TempDir,
+    /// Its `--bind` (`127.0.0.1:0` unless a test sets a port).
+    pub bind: String,
     pub process: Option<Broker>,
 }
 
@@ -41,21 +43,56 @@ pub struct TestCluster {
     pub nodes: Vec<Node>,
     // Declared last: stopped after the nodes.
     pub nats: NatsServer,
+    /// The other servers of a NATS cluster ([`TestCluster::on_nats`]).
+    pub more_nats: Vec<NatsServer>,
+    /// The lease TTL nodes are started with ([`TTL`] unless a test sets it).
+    pub ttl: Duration,
 }
 
 impl TestCluster {
     /// A nats-server and `n` nodes' data dirs; no node started yet.
     pub fn new(n: usize) -> TestCluster {
+        TestCluster::new_on(n, NatsServer::start())
+    }
+
+    /// `n` nodes' data dirs on the given NATS servers (a NATS cluster); no
+    /// node started yet. The nodes are given every server's URL.
+    pub fn on_nats(n: usize, mut servers: Vec<NatsServer>) -> TestCluster {
+        assert!(!servers.is_empty(), "at least one NATS server");
+        let nats = servers.remove(0);
+        let mut cluster = TestCluster::new_on(n, nats);
+        cluster.more_nats = servers;
+        cluster
+    }
+
+    fn new_on(n: usize, nats: NatsServer) -> TestCluster {
         TestCluster {
             nodes: (0..n)
                 .map(|i| Node {
                     id: format!("node-{i}"),
                     dir: tempfile::tempdir().expect("temp dir"),
+                    bind: "127.0.0.1:0".to_owned(),
                     process: None,
                 })
                 .collect(),
-            nats: NatsServer::start(),
+            nats,
+            more_nats: Vec::new(),
+            ttl: TTL,
         }
+    }
+
+    /// The URL of every NATS server that is up, comma-separated (what
+    /// `--cluster` takes).
+    pub fn nats_urls(&self) -> String {
+        self.nats_url_list().join(",")
+    }
+
+    fn nats_url_list(&self) -> Vec<String> {
+        std::iter::once(&self.nats)
+            .chain(&self.more_nats)
+            .filter(|s| s.is_up())
+            .map(NatsServer::url)
+            .collect()
     }
 
     /// Start node 0 and wait until it is active (the first node against an
@@ -78,7 +115,8 @@ impl TestCluster {
 
     /// Start node `i` with more environment variables (settings).
     pub fn start_node_with(&mut self, i: usize, env: &[(&str, &str)]) {
-        let url = self.nats.url();
+        let url = self.nats_urls();
+        let ttl = self.ttl;
         let node = &mut self.nodes[i];
         if let Some(old) = node.process.as_mut() {
             assert!(!old.running(), "{} is still running", node.id);
@@ -87,8 +125,8 @@ impl TestCluster {
             binary()
                 .args(["--cluster", &url, "--node-id", &node.id, "--data-dir"])
                 .arg(node.dir.path())
-                .args(["--bind", "127.0.0.1:0", "--cluster-lease-ttl"])
-                .arg(format!("{}ms", TTL.as_millis()))
+                .args(["--bind", &node.bind, "--cluster-lease-ttl"])
+                .arg(format!("{}ms", ttl.as_millis()))
                 .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN)
                 .env("SWITCHBOARD_CLIENT_LIMITS", "false")
                 .env("SWITCHBOARD_SHUTDOWN_TIMEOUT", "5s")
@@ -134,7 +172,7 @@ impl TestCluster {
     }
 
     /// Node `i` is running and has not become active (printed no `api`
-    /// line, so it listens on nothing).
+    /// line, so it answers only `503 standby`).
     pub fn assert_standby(&mut self, i: usize) {
         let id = self.nodes[i].id.clone();
         let process = self.process(i);
@@ -147,11 +185,16 @@ impl TestCluster {
         );
         assert!(
             process
-                .printed(super::process::Stream::Out, |_| true)
+                .printed(super::process::Stream::Out, |l| !l.starts_with("standby:"))
                 .is_none(),
-            "a standby prints nothing on stdout: {:#?}",
+            "a standby prints only its `standby:` line on stdout: {:#?}",
             process.seen
         );
+    }
+
+    /// The base URL node `i` printed as a standby (`standby: http://…`).
+    pub fn standby_url(&mut self, i: usize) -> String {
+        self.process(i).stdout_value("standby")
     }
 
     /// The last `n` lines node `i` printed, for failure messages.
@@ -177,7 +220,7 @@ impl TestCluster {
 
     /// A client of the cluster's NATS.
     pub async fn nats_client(&self) -> async_nats::Client {
-        async_nats::connect(self.nats.url())
+        async_nats::connect(self.nats_url_list().as_slice())
             .await
             .expect("connect to nats-server")
     }

@@ -18,6 +18,8 @@ pub struct NatsServer {
     binary: PathBuf,
     /// A configuration file (`-c`), for settings without a flag.
     config: Option<PathBuf>,
+    /// More arguments (a NATS cluster's name and routes).
+    args: Vec<String>,
 }
 
 /// Where `nats-server` is: `$NATS_SERVER` if set, else on `PATH`, else
@@ -127,9 +129,87 @@ impl NatsServer {
             store: tempfile::tempdir().expect("temp dir"),
             binary: find_binary(),
             config: None,
+            args: Vec::new(),
         };
         server.spawn();
         server
+    }
+
+    /// A NATS cluster of `n` servers on loopback, routed to each other,
+    /// JetStream on each (so streams and buckets may have up to `n`
+    /// replicas); waits until JetStream answers through each server.
+    pub async fn cluster(n: usize) -> Vec<NatsServer> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers: Vec<NatsServer> = (0..n)
+            .map(|i| NatsServer {
+                child: None,
+                port: free_port(),
+                store: tempfile::tempdir().expect("temp dir"),
+                binary: find_binary(),
+                config: None,
+                args: vec![
+                    "-n".into(),
+                    format!("nats-{i}"),
+                    "--cluster_name".into(),
+                    "switchboard-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                    "--routes".into(),
+                    route_list.clone(),
+                ],
+            })
+            .collect();
+        for server in &mut servers {
+            server.spawn();
+        }
+        // The JetStream meta group elects its leader once the routes are up:
+        // until then, creating a stream is refused.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for server in &servers {
+            let js = loop {
+                if let Ok(client) = async_nats::connect(server.url()).await {
+                    break async_nats::jetstream::new(client);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} refuses clients",
+                    server.url()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            // A stream with every server as a replica can be made: the meta
+            // group has its leader and every server takes part.
+            let check = async_nats::jetstream::stream::Config {
+                name: "ready-check".into(),
+                subjects: vec!["ready.check".into()],
+                num_replicas: n,
+                storage: async_nats::jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            };
+            loop {
+                match js.get_or_create_stream(check.clone()).await {
+                    Ok(_) => break,
+                    Err(e) => assert!(
+                        Instant::now() < deadline,
+                        "JetStream not ready on {} within 30 s: {e}",
+                        server.url()
+                    ),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let client = async_nats::connect(servers[0].url())
+            .await
+            .expect("connect");
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream("ready-check")
+            .await;
+        servers
     }
 
     /// Start one whose clients may publish at most `bytes` per message
@@ -145,9 +225,15 @@ impl NatsServer {
             store,
             binary: find_binary(),
             config: Some(config),
+            args: Vec::new(),
         };
         server.spawn();
         server
+    }
+
+    /// Whether it was started and not stopped or killed since.
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn url(&self) -> String {
@@ -166,6 +252,7 @@ impl NatsServer {
             .arg(self.port.to_string())
             .arg("-sd")
             .arg(self.store.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -205,6 +292,14 @@ impl NatsServer {
                     _ => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
+        }
+    }
+
+    /// Kill it (SIGKILL: a crash) and wait for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
