@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv::Operation;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use common::cluster::{assert_active, wait_replicated, TestCluster, PREFIX, TTL};
+use common::cluster::{
+    assert_active, assert_served, upload, wait_replicated, TestCluster, PREFIX, TTL,
+};
 use common::load::{assert_recovered, customer, Customer, Load, Outcome};
 use futures_util::StreamExt;
 use switchboard::cluster::{CLAIM_HEADER, NODE_HEADER};
@@ -545,19 +547,7 @@ async fn a_file_uploaded_before_a_failover_is_served_by_the_new_active_node() {
     cluster.start_node(1);
     assert_eq!(cluster.standby_url(1), format!("http://127.0.0.1:{port}"));
     let alice = active.h.create_agent("alice", 2, &[]).await;
-    let bytes: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let r = active
-        .h
-        .request_raw(
-            reqwest::Method::POST,
-            "/v1/attachments?filename=invoice.pdf",
-            Some(&alice.token),
-            "application/pdf",
-            bytes.clone(),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let id = r.body["id"].as_str().expect("an attachment id").to_owned();
+    let (id, bytes) = upload(&active.h, &alice.token).await;
     wait_replicated(&active.h).await;
 
     cluster.process(0).signal(libc::SIGKILL);
@@ -569,24 +559,7 @@ async fn a_file_uploaded_before_a_failover_is_served_by_the_new_active_node() {
         "the same address"
     );
     assert_active(&new.h, "node-1").await;
-    let got = new
-        .h
-        .http
-        .get(new.h.url(&format!("/v1/attachments/{id}")))
-        .bearer_auth(&alice.token)
-        .send()
-        .await
-        .expect("download");
-    assert_eq!(
-        got.status().as_u16(),
-        200,
-        "the file is served after the failover"
-    );
-    assert_eq!(
-        got.bytes().await.expect("the bytes").to_vec(),
-        bytes,
-        "the same bytes"
-    );
+    assert_served(&new.h, &alice.token, &id, &bytes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

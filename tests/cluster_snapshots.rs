@@ -12,7 +12,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use common::cluster::{assert_active, wait_replicated, TestCluster, ADMIN, PREFIX};
+use common::cluster::{
+    assert_active, assert_served, upload, wait_replicated, TestCluster, ADMIN, PREFIX,
+};
 use common::load::{assert_acked_stored_once, assert_recovered, Load};
 use common::process::{binary, Broker, Stream};
 use common::Harness;
@@ -236,40 +238,6 @@ async fn a_standby_paused_while_the_core_subject_was_trimmed_past_it_starts_agai
     let new = cluster.wait_active(&[0], Duration::from_secs(20));
     assert_active(&new.h, "node-1").await;
     assert_recovered(&new.h, &outcome, &agents, CAPACITY, 3).await;
-}
-
-/// Upload a 30 kB file as `token`'s; its id and bytes.
-async fn upload(h: &Harness, token: &str) -> (String, Vec<u8>) {
-    let bytes: Vec<u8> = (0..30_000u32).map(|i| (i * 13 % 251) as u8).collect();
-    let r = h
-        .request_raw(
-            reqwest::Method::POST,
-            "/v1/attachments?filename=terms.pdf",
-            Some(token),
-            "application/pdf",
-            bytes.clone(),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let id = r.body["id"].as_str().expect("an attachment id").to_owned();
-    (id, bytes)
-}
-
-/// File `id` as `token` downloads it: the same `bytes`.
-async fn assert_served(h: &Harness, token: &str, id: &str, bytes: &[u8]) {
-    let got = h
-        .http
-        .get(h.url(&format!("/v1/attachments/{id}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("download");
-    assert_eq!(got.status().as_u16(), 200, "file {id} is served");
-    assert_eq!(
-        got.bytes().await.expect("bytes").to_vec(),
-        bytes,
-        "file {id}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,3 +266,37 @@ pub async fn wait_replicated(h: &Harness) -> u64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Upload a 30 kB file (a PDF) as `token`'s; its id and bytes.
+pub async fn upload(h: &Harness, token: &str) -> (String, Vec<u8>) {
+    let bytes: Vec<u8> = (0..30_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let r = h
+        .request_raw(
+            reqwest::Method::POST,
+            "/v1/attachments?filename=terms.pdf",
+            Some(token),
+            "application/pdf",
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().expect("an attachment id").to_owned();
+    (id, bytes)
+}
+
+/// File `id` as `token` downloads it: the same `bytes`.
+pub async fn assert_served(h: &Harness, token: &str, id: &str, bytes: &[u8]) {
+    let got = h
+        .http
+        .get(h.url(&format!("/v1/attachments/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(got.status().as_u16(), 200, "file {id} is served");
+    assert_eq!(
+        got.bytes().await.expect("bytes").to_vec(),
+        bytes,
+        "file {id}"
+    );
+}
