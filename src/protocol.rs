@@ -7,6 +7,7 @@
 //! (see [`Frame`]) so the same bytes go to every recipient.
 
 pub mod event;
+mod hot_json;
 mod stats;
 
 pub use event::{Event, RescindReason, SupervisorAction};
@@ -627,7 +628,7 @@ pub mod rfc3339 {
     }
 
     /// `YYYY-MM-DDTHH:MM:SS.mmmZ`
-    const MILLIS_LEN: usize = 24;
+    pub(super) const MILLIS_LEN: usize = 24;
 
     /// A time as `YYYY-MM-DDTHH:MM:SS.mmmZ`, written without the formatting
     /// machinery: every message event carries one, and `collect_str` with

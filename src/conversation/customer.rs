@@ -16,7 +16,6 @@ use crate::attachments::Sender;
 use crate::channel::{CustomerEvent, SocketId};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::protocol::event;
 use crate::protocol::{AttachmentMeta, Author, ChannelKind, Event, TaskState};
 use crate::router::{Outcome, TaskClosed};
 
@@ -186,14 +185,13 @@ impl Conversation {
             });
             if let Some(stored) = resent {
                 // Stored before: acknowledged again, told to nobody else.
-                let ack = Event::Ack {
-                    conversation_id: self.state.id.clone(),
-                    client_msg_id: stored.client_msg_id.as_deref().map(Cow::Borrowed),
-                    message_id: Cow::Borrowed(&stored.id),
-                    seq: stored.seq,
-                    reference: event::reference(msg.reference.as_deref()),
-                }
-                .frame();
+                let ack = Event::ack_frame(
+                    &self.state.id,
+                    stored.client_msg_id.as_deref(),
+                    &stored.id,
+                    stored.seq,
+                    msg.reference.as_deref(),
+                );
                 self.to_customer(CustomerEvent::Direct { socket, frame: ack });
                 return;
             }
@@ -235,14 +233,13 @@ impl Conversation {
         Metrics::bump(&self.broker.metrics.messages_in);
         let message = self.last_message();
         let ack = msg.socket.map(|socket| {
-            let ack = Event::Ack {
-                conversation_id: self.state.id.clone(),
-                client_msg_id: message.client_msg_id.as_deref().map(Cow::Borrowed),
-                message_id: Cow::Borrowed(&message.id),
-                seq: message.seq,
-                reference: event::reference(msg.reference.as_deref()),
-            }
-            .frame();
+            let ack = Event::ack_frame(
+                &self.state.id,
+                message.client_msg_id.as_deref(),
+                &message.id,
+                message.seq,
+                msg.reference.as_deref(),
+            );
             (socket, ack)
         });
         let frame = self.message_frame(message, None);

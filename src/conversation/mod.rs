@@ -453,12 +453,7 @@ impl Conversation {
     }
 
     fn message_frame(&self, message: &Message, reference: Option<&str>) -> Frame {
-        Event::Message {
-            conversation_id: self.state.id.clone(),
-            message: Cow::Borrowed(message),
-            reference: event::reference(reference),
-        }
-        .frame()
+        Event::message_frame(&self.state.id, message, reference)
     }
 
     fn assigned_frame(&self, reference: Option<&str>) -> Frame {

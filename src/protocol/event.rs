@@ -1,8 +1,10 @@
 //! Every frame the broker sends to a client: one enum, tagged on `type`, one
 //! variant per event of `docs/protocol.md`. Actors build an [`Event`] and
 //! encode it once with [`Event::frame`]; the in-process simulated agents read
-//! the same enum back. Nothing else writes an outbound frame by hand, so the
-//! wire has one source.
+//! the same enum back. The two events of every chat message are written by
+//! hand for speed, `message` and `ack` ([`Event::message_frame`],
+//! [`Event::ack_frame`], `hot_json.rs`), and tested byte for byte against
+//! this enum's encoding, so the wire still has one source.
 //!
 //! Large parts (a message, the history, a task) are borrowed where the sender
 //! has them, so building an event copies no text; decoding yields owned
@@ -344,12 +346,7 @@ impl Event<'_> {
         message: &Message,
         reference: Option<&str>,
     ) -> (Frame, Frame) {
-        let plain = Event::Message {
-            conversation_id: conversation_id.clone(),
-            message: Cow::Borrowed(message),
-            reference: None,
-        }
-        .frame();
+        let plain = Event::message_frame(conversation_id, message, None);
         let Some(r) = reference else {
             return (plain.clone(), plain);
         };
@@ -363,6 +360,42 @@ impl Event<'_> {
             .frame()
         });
         (plain, with_ref)
+    }
+
+    /// A `message` event, as [`Event::frame`] encodes it but written by
+    /// hand (`hot_json.rs`: the event of every chat message).
+    pub fn message_frame(
+        conversation_id: &Id,
+        message: &Message,
+        reference: Option<&str>,
+    ) -> Frame {
+        match super::hot_json::message_event(conversation_id, message, reference) {
+            Some(json) => Frame::from(json),
+            None => Event::Message {
+                conversation_id: conversation_id.clone(),
+                message: Cow::Borrowed(message),
+                reference: reference.map(Cow::Borrowed),
+            }
+            .frame(),
+        }
+    }
+
+    /// An `ack` event, as [`Event::frame`] encodes it but written by hand
+    /// (`hot_json.rs`: one for every customer message).
+    pub fn ack_frame(
+        conversation_id: &Id,
+        client_msg_id: Option<&str>,
+        message_id: &str,
+        seq: u64,
+        reference: Option<&str>,
+    ) -> Frame {
+        Frame::from(super::hot_json::ack_event(
+            conversation_id,
+            client_msg_id,
+            message_id,
+            seq,
+            reference,
+        ))
     }
 
     /// Decode a frame the broker wrote.
