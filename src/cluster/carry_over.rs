@@ -39,22 +39,25 @@ pub struct Carried {
     pub link_key: Option<Vec<u8>>,
 }
 
-/// The journal's last Lsn (0: it holds nothing), with a snapshot of
-/// everything up to it in its directory: the journal is opened, compacted
-/// if needed, and closed again.
-fn compact_whole(journal: &JournalConfig, compaction: &Compaction) -> Result<Lsn, NodeError> {
+/// A snapshot of the whole journal, as `(its Lsn, its payload)`: the journal
+/// is opened, compacted up to its last record if needed, read back and
+/// closed again. `None`: the journal holds nothing.
+fn compact_whole(
+    journal: &JournalConfig,
+    compaction: &Compaction,
+) -> Result<Option<(Lsn, Vec<u8>)>, NodeError> {
     if !journal.dir.is_dir() {
-        return Ok(0);
+        return Ok(None);
     }
     let (opened, recovered) = Journal::open(JournalConfig {
         replicated: false,
         ..journal.clone()
     })
     .map_err(FollowError::from)?;
-    let result = (|| -> Result<Lsn, NodeError> {
+    let result = (|| -> Result<Option<(Lsn, Vec<u8>)>, NodeError> {
         let last = opened.appended();
         if recovered.snapshot.is_none() && recovered.records.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         drop(recovered);
         if opened.snapshot_lsn() < last {
@@ -66,12 +69,21 @@ fn compact_whole(journal: &JournalConfig, compaction: &Compaction) -> Result<Lsn
             )
             .map_err(|e| carry(format!("a snapshot of the journal: {e}")))?;
         }
-        Ok(last)
+        let (lsn, payload) = opened
+            .read_snapshot()
+            .map_err(FollowError::from)?
+            .ok_or_else(|| carry("no snapshot after compacting".to_owned()))?;
+        if lsn != last {
+            return Err(carry(format!(
+                "the snapshot is at Lsn {lsn}, the journal ends at {last}"
+            )));
+        }
+        Ok(Some((lsn, payload)))
     })();
     let closed = opened.close(std::time::Duration::from_secs(30));
-    let last = result?;
+    let snapshot = result?;
     closed.map_err(FollowError::from)?;
-    Ok(last)
+    Ok(snapshot)
 }
 
 /// Carry this node's journal into the cluster if it can (see the module
@@ -83,20 +95,13 @@ pub async fn try_carry_over(
 ) -> Result<Option<Carried>, NodeError> {
     // Local work first: a snapshot of the whole journal (harmless if the
     // journal is not carried over: it is moved aside then).
-    let (config, settings) = (
-        journal.clone(),
-        Compaction {
-            settings: compaction.settings,
-            files: compaction.files.clone(),
-            schedule: compaction.schedule.clone(),
-        },
-    );
-    let last = tokio::task::spawn_blocking(move || compact_whole(&config, &settings))
+    let (config, settings) = (journal.clone(), compaction.clone());
+    let snapshot = tokio::task::spawn_blocking(move || compact_whole(&config, &settings))
         .await
         .map_err(|e| carry(e.to_string()))??;
-    if last == 0 {
+    let Some((lsn, payload)) = snapshot else {
         return Ok(None);
-    }
+    };
     let snapshots = Snapshots::open(cluster).await?;
     let core = CoreSubject::new(cluster.events().clone(), cluster.settings().core_subject());
     let empty = |what: &str| {
@@ -125,25 +130,6 @@ pub async fn try_carry_over(
         journal = %journal.dir.display(),
         "cluster: the cluster is empty: carrying this node's journal into it"
     );
-    // The snapshot at `last`, read back as the journal keeps it.
-    let config = journal.clone();
-    let (lsn, payload) = tokio::task::spawn_blocking(move || {
-        let (opened, _) = Journal::open(JournalConfig {
-            replicated: false,
-            ..config
-        })?;
-        let snapshot = opened.read_snapshot();
-        opened.close(std::time::Duration::from_secs(30))?;
-        Ok::<_, FollowError>(snapshot?)
-    })
-    .await
-    .map_err(|e| carry(e.to_string()))??
-    .ok_or_else(|| carry("no snapshot after compacting".to_owned()))?;
-    if lsn != last {
-        return Err(carry(format!(
-            "the snapshot is at Lsn {lsn}, the journal ends at {last}"
-        )));
-    }
     let state = BrokerState::decode(&payload, &compaction.settings)
         .map_err(|e| carry(format!("the snapshot at Lsn {lsn}: {e}")))?;
     let files = Files::open(cluster).await?;
@@ -174,7 +160,7 @@ pub async fn try_carry_over(
     Ok(Some(Carried {
         lease,
         writer,
-        last,
+        last: lsn,
         link_key,
     }))
 }

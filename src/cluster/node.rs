@@ -60,6 +60,7 @@ pub enum NodeError {
 /// How a standby keeps snapshots of the journal it copies (the same
 /// schedule as the active node's compactor), so that taking over replays
 /// the newest snapshot and the records after it, not the whole history.
+#[derive(Clone)]
 pub struct Compaction {
     pub settings: crate::snapshot::ReplaySettings,
     pub files: Option<std::path::PathBuf>,
