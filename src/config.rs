@@ -240,6 +240,10 @@ pub struct Config {
     pub dispositions: Vec<String>,
     /// HTTP worker threads and conversation shards (0 = one per core).
     pub workers: usize,
+    /// Let the kernel back the heap with transparent huge pages. Off by
+    /// default: the broker's heap is many small objects touched sparsely,
+    /// and a huge page zeroes 2 MiB on its first touch (`main.rs`).
+    pub transparent_huge_pages: bool,
     /// Ping interval on every socket.
     pub heartbeat_interval: Duration,
     /// A socket silent (no frame, no pong) for this long is closed.
@@ -419,6 +423,7 @@ impl Default for Config {
                 .map(String::from)
                 .to_vec(),
             workers: 0,
+            transparent_huge_pages: false,
             heartbeat_interval: Duration::from_secs(15),
             client_timeout: Duration::from_secs(60),
             log_format: LogFormat::Text,
@@ -1400,6 +1405,15 @@ pub struct Args {
     /// Worker threads (0 = one per core).
     #[arg(long, env = "SWITCHBOARD_WORKERS")]
     pub workers: Option<usize>,
+    /// Let the kernel back the heap with transparent huge pages.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TRANSPARENT_HUGE_PAGES",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub transparent_huge_pages: Option<bool>,
     /// Socket ping interval.
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de::duration")]
@@ -1699,6 +1713,7 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "upload_bytes_per_ip" => value(show_size(c.upload_bytes_per_ip)),
         "dispositions" => value(c.dispositions.join(",")),
         "workers" => value(c.workers.to_string()),
+        "transparent_huge_pages" => value(c.transparent_huge_pages.to_string()),
         "heartbeat_interval" => duration(c.heartbeat_interval),
         "client_timeout" => duration(c.client_timeout),
         "log_format" => value(c.log_format.as_str().to_owned()),
@@ -1788,6 +1803,9 @@ impl Args {
         }
         if let Some(v) = self.metrics_public {
             cfg.metrics_public = v;
+        }
+        if let Some(v) = self.transparent_huge_pages {
+            cfg.transparent_huge_pages = v;
         }
         if !self.agents.is_empty() {
             cfg.agents = self.agents;

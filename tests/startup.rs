@@ -467,3 +467,39 @@ fn bad_agents_in_the_config_file_stop_startup_naming_them() {
         "{err}"
     );
 }
+
+/// `THP_enabled` of a running process (Linux: 0 once the process turned
+/// transparent huge pages off for itself).
+#[cfg(target_os = "linux")]
+fn thp_enabled(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_owned())
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn transparent_huge_pages_are_off_unless_asked_for() {
+    if thp_enabled(std::process::id()).is_none() {
+        eprintln!("this kernel does not show THP_enabled; nothing to check");
+        return;
+    }
+    for (args, expected) in [
+        (&["--bind", "127.0.0.1:0"][..], "0"),
+        (
+            &["--bind", "127.0.0.1:0", "--transparent-huge-pages"][..],
+            "1",
+        ),
+    ] {
+        let mut broker = Broker::start(binary().args(args).env("SWITCHBOARD_ADMIN_TOKEN", ADMIN));
+        broker.wait_for(Stream::Out, "the listening address", |l| {
+            l.contains("http://127.0.0.1:")
+        });
+        let seen = thp_enabled(broker.child.id());
+        let _ = broker.child.kill();
+        let _ = broker.child.wait();
+        assert_eq!(seen.as_deref(), Some(expected), "{args:?}");
+    }
+}

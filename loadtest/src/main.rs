@@ -380,8 +380,9 @@ pub struct Args {
     /// in-memory mode.
     #[arg(long)]
     durability: bool,
-    /// Durability: how many rounds (each runs every mode once, in a rotated
-    /// order).
+    /// Durability and per-core: how many rounds (each runs every mode, or
+    /// every target, once, in a rotated order); the figures are each one's
+    /// median over the rounds.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// Durability: the modes compared, among memory, batch, always, never,

@@ -239,10 +239,26 @@ pub fn ratios(targets: &Value) -> Value {
                     w["target_with_softirq_thread_us_per_round_trip"].as_f64(),
                 ),
                 "round_trips_per_second": ratio(sb["round_trips_per_second"].as_f64(), w["round_trips_per_second"].as_f64()),
+                "rounds_cpu_per_round_trip": per_round(
+                    &targets[Kind::Switchboard.name()]["rounds_cpu_us_per_round_trip"],
+                    &targets[kind.name()]["rounds_cpu_us_per_round_trip"],
+                ),
             }),
         );
     }
     Value::Object(out)
+}
+
+/// Switchboard / the other target, round by round (the two measured in the
+/// same round, minutes apart at most).
+fn per_round(sb: &Value, other: &Value) -> Value {
+    let (Some(sb), Some(other)) = (sb.as_array(), other.as_array()) else {
+        return json!([]);
+    };
+    sb.iter()
+        .zip(other)
+        .map(|(a, b)| json!(ratio(a.as_f64(), b.as_f64())))
+        .collect()
 }
 
 /// The goals, evaluated on the ratios (`met` null: a target missing).
@@ -353,6 +369,17 @@ pub fn human(report: &Value) -> String {
             num(&r["cpu_with_softirq_thread_per_round_trip"], 2),
             num(&r["round_trips_per_second"], 2),
         );
+        if let Some(each) = r["rounds_cpu_per_round_trip"]
+            .as_array()
+            .filter(|e| e.len() > 1)
+        {
+            let each: Vec<String> = each.iter().map(|v| format!("{}x", num(v, 2))).collect();
+            let _ = writeln!(
+                s,
+                "  CPU per round trip, round by round: {} (the line above: median of each target's rounds)",
+                each.join(", ")
+            );
+        }
     }
     for g in report["goals"].as_array().into_iter().flatten() {
         let _ = writeln!(
@@ -503,21 +530,34 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
         .filter(|(_, on)| *on)
         .map(|(k, _)| k),
     );
-    let mut targets = serde_json::Map::new();
+    let rounds = args.rounds.max(1) as usize;
+    // Each target's measurements, round by round.
+    let mut runs: std::collections::BTreeMap<&'static str, Vec<Value>> = Default::default();
     let mut skipped = serde_json::Map::new();
-    for kind in kinds {
-        let mut attempt = 0;
-        loop {
-            wait_quiet(&allowed, args.quiet_wait).await;
-            // Each attempt names its agents and customers afresh.
-            let attempt_id = if attempt == 0 {
-                run_id.clone()
-            } else {
-                format!("{run_id}a{attempt}")
-            };
-            let started = match start(args, kind, &target_cpus, &attempt_id, &[]).await {
-                Ok(s) => s,
-                // Without Switchboard there is nothing to compare.
+    for round in 0..rounds {
+        if rounds > 1 {
+            println!("-- round {} of {rounds}", round + 1);
+        }
+        // Rotated each round, so no target always runs first (on a machine
+        // whose speed drifts, that target would take the drift alone).
+        let mut order = kinds.clone();
+        order.rotate_left(round % kinds.len());
+        for kind in order {
+            if skipped.contains_key(kind.name()) {
+                continue;
+            }
+            let measured = measure_target(
+                args,
+                kind,
+                &allowed,
+                (&target_cpus, &harness),
+                &run_id,
+                round,
+                seed,
+            )
+            .await;
+            match measured {
+                Ok(t) => runs.entry(kind.name()).or_default().push(t),
                 Err(e) if kind == Kind::Switchboard => return Err(e),
                 Err(e) => {
                     eprintln!(
@@ -525,51 +565,15 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
                         label(kind)
                     );
                     skipped.insert(kind.name().into(), json!(e));
-                    break;
                 }
-            };
-            println!("[{}] {}", kind.name(), started.how);
-            let measured = measure(
-                args,
-                kind,
-                &started,
-                &attempt_id,
-                seed,
-                (&target_cpus, &harness),
-            )
-            .await;
-            started.proc.stop().await;
-            let mut t = measured?;
-            t["how"] = json!(started.how);
-            t["pid"] = json!(started.pid);
-            t["attempts"] = json!(attempt + 1);
-            let w = &t["window"];
-            println!(
-                "[{}] {} round trips/s, {} CPU us per round trip, target core {}%, harness {}%, others {}% / {}%",
-                kind.name(),
-                fmt(&w["round_trips_per_second"], 0),
-                fmt(&w["target_cpu_us_per_round_trip"], 1),
-                fmt(&w["target_core_percent"], 0),
-                fmt(&w["harness_core_percent"], 0),
-                fmt(&w["others_on_target_cpu_percent"], 0),
-                fmt(&w["others_on_harness_cpus_percent"], 0),
-            );
-            if w["disturbed"] == true && attempt < args.retry_disturbed {
-                attempt += 1;
-                eprintln!(
-                    "loadtest: per-core: other processes disturbed the {}'s window; again \
-                     (attempt {} of {})",
-                    label(kind),
-                    attempt + 1,
-                    args.retry_disturbed + 1
-                );
-                continue;
             }
-            targets.insert(kind.name().into(), t);
-            break;
         }
     }
-    let targets = Value::Object(targets);
+    let targets = Value::Object(
+        runs.into_iter()
+            .map(|(kind, runs)| (kind.to_string(), median_run(runs)))
+            .collect(),
+    );
     let ratios = ratios(&targets);
     let goals = goals(&ratios);
     let ok = targets
@@ -593,6 +597,7 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
             "harness_cpus": harness_list,
             "cpus_allowed": affinity::format_cpu_list(&allowed),
             "ramp_per_second": args.ramp,
+            "rounds": rounds,
         },
         "targets": targets,
         "skipped": skipped,
@@ -605,6 +610,91 @@ pub async fn run(name: &str, args: &Args) -> Result<Value, String> {
     });
     print!("{}", human(&report));
     Ok(report)
+}
+
+/// One target measured once (again, up to `--retry-disturbed` times, when
+/// other processes disturbed its window). Err: it could not be started.
+async fn measure_target(
+    args: &Args,
+    kind: Kind,
+    allowed: &[usize],
+    (target_cpus, harness): (&[usize], &[usize]),
+    run_id: &str,
+    round: usize,
+    seed: u64,
+) -> Result<Value, String> {
+    let mut attempt = 0;
+    loop {
+        wait_quiet(allowed, args.quiet_wait).await;
+        // Each round and attempt names its agents and customers afresh.
+        let attempt_id = match (round, attempt) {
+            (0, 0) => run_id.to_owned(),
+            (0, a) => format!("{run_id}a{a}"),
+            (r, 0) => format!("{run_id}r{r}"),
+            (r, a) => format!("{run_id}r{r}a{a}"),
+        };
+        let started = start(args, kind, target_cpus, &attempt_id, &[]).await?;
+        println!("[{}] {}", kind.name(), started.how);
+        let measured = measure(
+            args,
+            kind,
+            &started,
+            &attempt_id,
+            seed,
+            (target_cpus, harness),
+        )
+        .await;
+        started.proc.stop().await;
+        let mut t = measured?;
+        t["how"] = json!(started.how);
+        t["pid"] = json!(started.pid);
+        t["attempts"] = json!(attempt + 1);
+        let w = &t["window"];
+        println!(
+            "[{}] {} round trips/s, {} CPU us per round trip, target core {}%, harness {}%, others {}% / {}%",
+            kind.name(),
+            fmt(&w["round_trips_per_second"], 0),
+            fmt(&w["target_cpu_us_per_round_trip"], 1),
+            fmt(&w["target_core_percent"], 0),
+            fmt(&w["harness_core_percent"], 0),
+            fmt(&w["others_on_target_cpu_percent"], 0),
+            fmt(&w["others_on_harness_cpus_percent"], 0),
+        );
+        if w["disturbed"] == true && attempt < args.retry_disturbed {
+            attempt += 1;
+            eprintln!(
+                "loadtest: per-core: other processes disturbed the {}'s window; again \
+                 (attempt {} of {})",
+                label(kind),
+                attempt + 1,
+                args.retry_disturbed + 1
+            );
+            continue;
+        }
+        return Ok(t);
+    }
+}
+
+/// A target's measurement of median CPU per round trip over the rounds
+/// (the lower middle one of an even count), with every round's figure beside
+/// it (`rounds_cpu_us_per_round_trip`, in round order).
+pub fn median_run(runs: Vec<Value>) -> Value {
+    let cpu = |t: &Value| t["window"]["target_cpu_us_per_round_trip"].as_f64();
+    let each: Vec<Value> = runs.iter().map(|t| json!(cpu(t))).collect();
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|a, b| {
+        let (a, b) = (cpu(&runs[*a]), cpu(&runs[*b]));
+        a.unwrap_or(f64::INFINITY)
+            .total_cmp(&b.unwrap_or(f64::INFINITY))
+    });
+    let pick = order.get(runs.len().saturating_sub(1) / 2).copied();
+    let mut chosen = pick
+        .and_then(|i| runs.into_iter().nth(i))
+        .unwrap_or(Value::Null);
+    if chosen.is_object() {
+        chosen["rounds_cpu_us_per_round_trip"] = Value::Array(each);
+    }
+    chosen
 }
 
 fn fmt(v: &Value, digits: usize) -> String {
@@ -1329,5 +1419,58 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("+softirq"), "{text}");
+    }
+
+    #[test]
+    fn rounds_give_each_target_its_median_round_and_ratios_round_by_round() {
+        let run = |us: f64| json!({"ok": true, "window": {"target_cpu_us_per_round_trip": us}});
+        // Rounds in order: 40, 30, 34 µs; the median is the third round.
+        let sb = median_run(vec![run(40.0), run(30.0), run(34.0)]);
+        assert_eq!(sb["window"]["target_cpu_us_per_round_trip"], json!(34.0));
+        assert_eq!(
+            sb["rounds_cpu_us_per_round_trip"],
+            json!([40.0, 30.0, 34.0]),
+            "every round, in round order"
+        );
+        let echo = median_run(vec![run(20.0), run(15.0), run(16.0)]);
+        assert_eq!(echo["window"]["target_cpu_us_per_round_trip"], json!(16.0));
+        // Two rounds: the lower one; one round: itself; none: nothing.
+        let two = median_run(vec![run(12.0), run(10.0)]);
+        assert_eq!(two["window"]["target_cpu_us_per_round_trip"], json!(10.0));
+        assert_eq!(
+            median_run(vec![run(7.0)])["rounds_cpu_us_per_round_trip"],
+            json!([7.0])
+        );
+        assert_eq!(median_run(Vec::new()), Value::Null);
+
+        let t = json!({"switchboard": sb, "echo": echo});
+        let r = ratios(&t);
+        assert!(close(
+            r["echo"]["cpu_per_round_trip"].as_f64().unwrap(),
+            34.0 / 16.0
+        ));
+        let each: Vec<f64> = r["echo"]["rounds_cpu_per_round_trip"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(each.len(), 3);
+        for (got, want) in each.iter().zip([2.0, 2.0, 34.0 / 16.0]) {
+            assert!(close(*got, want), "{each:?}");
+        }
+        let report = json!({
+            "config": {"target_cpu": 0, "harness_cpus": "1", "conversations": 1000, "agents": 200,
+                       "capacity": 5, "warmup_seconds": 10.0, "measure_seconds": 20.0, "rounds": 3},
+            "targets": t,
+            "skipped": {},
+            "ratios": r,
+            "goals": goals(&r),
+        });
+        let text = human(&report);
+        assert!(
+            text.contains("CPU per round trip, round by round: 2.00x, 2.00x, 2.12x"),
+            "{text}"
+        );
     }
 }
