@@ -144,6 +144,11 @@ pub struct Agent {
     grace: Option<SpawnHandle>,
     /// Rebuilt from the journal: its disconnect grace starts as it starts.
     restored: bool,
+    /// Its own address, made once and shared by the commands it hands to
+    /// conversations (the reply-to of each): every copy of an actix address
+    /// takes two allocations and an atomic count, a shared one an atomic
+    /// increment. Dropped with the actor.
+    address: Option<Arc<Addr<Agent>>>,
 }
 
 impl Agent {
@@ -195,6 +200,7 @@ impl Agent {
             session_token: None,
             grace: None,
             restored: false,
+            address: None,
         }
     }
 
@@ -209,7 +215,15 @@ impl Agent {
             session_token: None,
             grace: None,
             restored: true,
+            address: None,
         }
+    }
+
+    /// Its own address, shared (see the field).
+    fn own_address(&mut self, ctx: &Context<Self>) -> Arc<Addr<Agent>> {
+        self.address
+            .get_or_insert_with(|| Arc::new(ctx.address()))
+            .clone()
     }
 
     /// Its id.
@@ -429,7 +443,7 @@ impl Agent {
                 ),
                 Ok(conv) => conv.do_send(AgentSend {
                     agent_id: me,
-                    from: ctx.address(),
+                    from: self.own_address(ctx),
                     text,
                     attachments,
                     client_msg_id,
@@ -444,7 +458,7 @@ impl Agent {
             } => match self.conversation(&conversation_id) {
                 Ok(conv) => conv.do_send(AgentTyping {
                     agent_id: me,
-                    from: ctx.address(),
+                    from: self.own_address(ctx),
                     reference,
                 }),
                 Err(e) => self.push_error(e, reference.as_deref(), ctx),
@@ -455,7 +469,7 @@ impl Agent {
             } => match self.conversation(&conversation_id) {
                 Ok(conv) => conv.do_send(AgentEnd {
                     agent_id: me,
-                    from: ctx.address(),
+                    from: self.own_address(ctx),
                     reference,
                 }),
                 Err(e) => self.push_error(e, reference.as_deref(), ctx),
@@ -476,7 +490,7 @@ impl Agent {
                 match conv {
                     Ok(conv) => conv.do_send(AgentComplete {
                         agent_id: me,
-                        from: ctx.address(),
+                        from: self.own_address(ctx),
                         disposition,
                         notes,
                         reference,

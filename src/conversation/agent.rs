@@ -23,7 +23,8 @@ use crate::router::RescindReason;
 #[rtype(result = "()")]
 pub struct AgentSend {
     pub agent_id: Id,
-    pub from: Addr<Agent>,
+    /// The agent's own address, shared (`Agent::own_address`).
+    pub from: std::sync::Arc<Addr<Agent>>,
     pub text: String,
     pub attachments: Vec<String>,
     pub client_msg_id: Option<String>,
@@ -91,7 +92,8 @@ impl Handler<AgentSend> for Conversation {
 #[rtype(result = "()")]
 pub struct AgentTyping {
     pub agent_id: Id,
-    pub from: Addr<Agent>,
+    /// The agent's own address, shared (`Agent::own_address`).
+    pub from: std::sync::Arc<Addr<Agent>>,
     pub reference: Option<String>,
 }
 
@@ -114,7 +116,8 @@ impl Handler<AgentTyping> for Conversation {
 #[rtype(result = "()")]
 pub struct AgentEnd {
     pub agent_id: Id,
-    pub from: Addr<Agent>,
+    /// The agent's own address, shared (`Agent::own_address`).
+    pub from: std::sync::Arc<Addr<Agent>>,
     pub reference: Option<String>,
 }
 
@@ -144,7 +147,8 @@ impl Handler<AgentEnd> for Conversation {
 #[rtype(result = "()")]
 pub struct AgentComplete {
     pub agent_id: Id,
-    pub from: Addr<Agent>,
+    /// The agent's own address, shared (`Agent::own_address`).
+    pub from: std::sync::Arc<Addr<Agent>>,
     pub disposition: String,
     pub notes: String,
     pub reference: Option<String>,
