@@ -982,7 +982,28 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 
 /// Take the directory's exclusive lock (`LOCK`, flock): a second broker on
 /// the same directory is refused instead of interleaving its appends.
-fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+/// The journal directory's exclusive lock, released when this is dropped
+/// (the writer's end). Released explicitly (`LOCK_UN`), not only by closing
+/// the descriptor: a `flock` belongs to the open file, which a process
+/// forked meanwhile shares until it `exec`s (a test process starting a
+/// server, say), so closing this copy alone could leave the directory locked
+/// for a moment after the journal closed.
+pub(crate) struct DirLock(File);
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a descriptor this value owns; no memory is shared.
+            unsafe {
+                libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
+            }
+        }
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<DirLock, JournalError> {
     let path = dir.join("LOCK");
     let file = OpenOptions::new()
         .create(true)
@@ -1006,7 +1027,7 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
             return Err(JournalError::io(&path, err));
         }
     }
-    Ok(file)
+    Ok(DirLock(file))
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ pub(super) struct Writer {
     pub faults: Faults,
     pub seg: Segment,
     /// Held for the writer's life: the directory's exclusive lock.
-    pub _lock: File,
+    pub _lock: super::DirLock,
     /// Highest Lsn written to the file (not necessarily fsynced).
     pub written: Lsn,
     /// Taken from the queue, not yet written.
