@@ -185,13 +185,7 @@ impl Conversation {
             });
             if let Some(stored) = resent {
                 // Stored before: acknowledged again, told to nobody else.
-                let ack = Event::ack_frame(
-                    &self.state.id,
-                    stored.client_msg_id.as_deref(),
-                    &stored.id,
-                    stored.seq,
-                    msg.reference.as_deref(),
-                );
+                let ack = Event::ack_frame(&self.state.id, stored, msg.reference.as_deref());
                 self.to_customer(CustomerEvent::Direct { socket, frame: ack });
                 return;
             }
@@ -233,13 +227,7 @@ impl Conversation {
         Metrics::bump(&self.broker.metrics.messages_in);
         let message = self.last_message();
         let ack = msg.socket.map(|socket| {
-            let ack = Event::ack_frame(
-                &self.state.id,
-                message.client_msg_id.as_deref(),
-                &message.id,
-                message.seq,
-                msg.reference.as_deref(),
-            );
+            let ack = Event::ack_frame(&self.state.id, message, msg.reference.as_deref());
             (socket, ack)
         });
         let frame = self.message_frame(message, None);

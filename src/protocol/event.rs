@@ -380,20 +380,14 @@ impl Event<'_> {
         }
     }
 
-    /// An `ack` event, as [`Event::frame`] encodes it but written by hand
-    /// (`hot_json.rs`: one for every customer message).
-    pub fn ack_frame(
-        conversation_id: &Id,
-        client_msg_id: Option<&str>,
-        message_id: &str,
-        seq: u64,
-        reference: Option<&str>,
-    ) -> Frame {
+    /// The `ack` of a stored `message`, as [`Event::frame`] encodes it but
+    /// written by hand (`hot_json.rs`: one for every customer message).
+    pub fn ack_frame(conversation_id: &Id, message: &Message, reference: Option<&str>) -> Frame {
         Frame::from(super::hot_json::ack_event(
             conversation_id,
-            client_msg_id,
-            message_id,
-            seq,
+            message.client_msg_id.as_deref(),
+            &message.id,
+            message.seq,
             reference,
         ))
     }
