@@ -1,7 +1,8 @@
 //! Transfers over real sockets: cold (to a queue, to an agent, falling back
 //! to the queue), warm (accept, reject, timeout, cancel, end while pending),
-//! a desk reloaded while its warm transfer is pending, the supervisor's cold
-//! transfer, and the errors.
+//! a desk reloaded while its warm transfer is pending, the sender going
+//! offline while it is (the freed target takes the best waiting task), the
+//! supervisor's cold transfer, and the errors.
 mod common;
 
 use std::time::Duration;
@@ -567,4 +568,43 @@ async fn a_supervisor_transfers_cold_over_http() {
         assert_eq!(r.status, status, "{path} {body}: {}", r.text);
         assert_eq!(r.error_code(), code, "{}", r.text);
     }
+}
+
+/// The sender goes offline while its warm transfer is on offer: its task
+/// goes back to the queue, and the target's slot, free again, goes to the
+/// best waiting task (a more urgent queue's), not to the task taken back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_going_offline_mid_warm_transfer_frees_the_target_for_the_best_task() {
+    let mut cfg = config();
+    cfg.aging = 0;
+    let h = start_with(cfg);
+    create_queue(&h, json!({"id": "vip", "priority": 50})).await;
+    let (mut a, mut b, _c, _conv, task) = warm_pending(&h).await;
+    // A VIP customer writes meanwhile; bob's one slot is the transfer's.
+    let (_s, _v, vip) = customer_in(&h, "Vic", "vip").await;
+    b.expect_none("an offer while full", QUIET, |v| {
+        v["type"] == "task.offered"
+    })
+    .await;
+
+    let v = a
+        .call(json!({"type": "activity", "activity": "offline"}))
+        .await;
+    assert_eq!(v["type"], "ok", "{v}");
+    let r = a.recv_type("task.rescinded").await;
+    assert_eq!(r["task_id"], task.as_str(), "{r}");
+    let r = b.recv_type("task.rescinded").await;
+    assert_eq!(r["reason"], "transfer_canceled", "{r}");
+    let offer = b
+        .recv_where("an offer", |v| v["type"] == "task.offered")
+        .await;
+    assert_eq!(offer["task"]["conversation_id"], vip.as_str(), "{offer}");
+    // Alice's task waits for the next free agent.
+    let r = h
+        .request(Method::GET, "/v1/tasks?state=queued", Some(&h.admin), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let waiting = r.body.as_array().cloned().unwrap_or_default();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0]["id"], task.as_str(), "{waiting:?}");
 }

@@ -264,12 +264,16 @@ impl Driver {
             self.s.apply(RouterEvent::ConsultEnded { task_id: t });
         }
         let targets: Vec<Id> = self.s.consults.values().map(|c| c.target.clone()).collect();
-        for task in self.take_back(agent, assigned_too) {
-            self.route_task(&task);
-        }
-        // Targets of its taken-back tasks' transfers are free again.
+        let back = self.take_back(agent, assigned_too);
+        // Targets of its taken-back tasks' transfers are free again: they
+        // take the best waiting task before the taken-back ones are routed
+        // (as the router's `take_back_agent` does), else a taken-back task
+        // could fill a slot a better waiting task should have had.
         for target in targets {
             self.route_agent(&target);
+        }
+        for task in back {
+            self.route_task(&task);
         }
     }
 
@@ -797,5 +801,102 @@ proptest! {
             d.check()?;
         }
         d.drain()?;
+    }
+}
+
+/// Found by the property test: an agent going offline takes back a task
+/// whose warm transfer was on offer to ag0; ag0's freed slot must go to the
+/// best waiting task (tk8, its queue just raised in priority), not to the
+/// taken-back tk2 of a lower queue.
+#[test]
+fn a_freed_transfer_target_takes_the_best_waiting_task_first() {
+    use Op::*;
+    let ops = [
+        Arrive {
+            queue: 0,
+            channel: 0,
+        },
+        Arrive {
+            queue: 0,
+            channel: 0,
+        },
+        Accept { agent: 0 },
+        End { agent: 0 },
+        Complete { agent: 0 },
+        Arrive {
+            queue: 1,
+            channel: 0,
+        },
+        Accept { agent: 0 },
+        Activity {
+            agent: 1,
+            activity: 1,
+        },
+        Arrive {
+            queue: 0,
+            channel: 0,
+        },
+        Activity {
+            agent: 3,
+            activity: 2,
+        },
+        Accept { agent: 2 },
+        Arrive {
+            queue: 0,
+            channel: 1,
+        },
+        Arrive {
+            queue: 0,
+            channel: 1,
+        },
+        Arrive {
+            queue: 1,
+            channel: 0,
+        },
+        Arrive {
+            queue: 0,
+            channel: 1,
+        },
+        Warm {
+            agent: 2,
+            target: 0,
+        },
+        Arrive {
+            queue: 0,
+            channel: 0,
+        },
+        Arrive {
+            queue: 0,
+            channel: 0,
+        },
+        Arrive {
+            queue: 0,
+            channel: 0,
+        },
+        EditQueue {
+            queue: 0,
+            priority: 10,
+            skill: false,
+        },
+        Activity {
+            agent: 2,
+            activity: 2,
+        },
+    ];
+    let mut d = Driver::new();
+    for op in ops {
+        d.step(op);
+        if let Err(e) = d.check() {
+            panic!("{e}");
+        }
+    }
+    let tk8 = Id::from("tk8");
+    assert_eq!(
+        d.s.held.get(&tk8).map(|h| h.agent.clone()),
+        Some(agent_id(0)),
+        "ag0's freed slot goes to tk8"
+    );
+    if let Err(e) = d.drain() {
+        panic!("{e}");
     }
 }
