@@ -128,7 +128,7 @@ start_node() {
 }
 
 for i in $(seq 0 $((nodes - 1))); do
-    echo "node-$i: http://127.0.0.1:$((base_port + i)) once active; data $work/node-$i, log $work/node-$i.log"
+    echo "node-$i: http://127.0.0.1:$((base_port + i)) (a standby relays to the active node); data $work/node-$i, log $work/node-$i.log"
 done
 # The first node takes the lease at once; the others then follow it as
 # standbys.

@@ -277,6 +277,9 @@ pub struct Config {
     pub cluster_replicas: usize,
     /// Names of the cluster's buckets and stream, and its subjects' first token.
     pub cluster_prefix: String,
+    /// A standby relays the clients it accepts to the active node
+    /// (`cluster::relay`); false: it refuses them (`503 standby`).
+    pub cluster_relay: bool,
     /// Agents created at start.
     pub agents: Vec<AgentSeed>,
     /// Queues defined at start (`default` is always there too).
@@ -439,6 +442,7 @@ impl Default for Config {
             cluster_lease_ttl: Duration::from_secs(10),
             cluster_replicas: 1,
             cluster_prefix: "switchboard".into(),
+            cluster_relay: true,
             agents: Vec::new(),
             queues: Vec::new(),
             routes: Vec::new(),
@@ -1468,6 +1472,15 @@ pub struct Args {
     /// Names of the cluster's buckets and stream (the same on every node).
     #[arg(long, env = "SWITCHBOARD_CLUSTER_PREFIX")]
     pub cluster_prefix: Option<String>,
+    /// A standby relays the clients it accepts to the active node (false: it refuses them, 503 standby).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CLUSTER_RELAY",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub cluster_relay: Option<bool>,
 
     /// Externally visible base URL, e.g. https://chat.example.com.
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
@@ -1729,6 +1742,7 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "cluster_lease_ttl" => duration(c.cluster_lease_ttl),
         "cluster_replicas" => value(c.cluster_replicas.to_string()),
         "cluster_prefix" => value(c.cluster_prefix.clone()),
+        "cluster_relay" => value(c.cluster_relay.to_string()),
         "public_url" => Some(Shown::Note("http://<bind>")),
         "twilio_api_base" => value(c.twilio_api_base.clone()),
         "graph_api_base" => value(c.graph_api_base.clone()),
@@ -1854,7 +1868,7 @@ impl Args {
             webhook_timeout, webhook_backoff, webhook_retry_for, webhook_queue, webhook_in_flight,
             fsync, fsync_interval, journal_segment_bytes, journal_queue_bytes,
             snapshot_every_records, snapshot_interval, cluster_lease_ttl, cluster_replicas,
-            cluster_prefix;
+            cluster_prefix, cluster_relay;
             admin_token, data_dir, cluster, node_id, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token,

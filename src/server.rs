@@ -344,8 +344,14 @@ fn upgrades(
         let app = app(data.clone());
         let connections = data.limits.connections.clone();
         let write_timeout = data.config.socket_write_timeout;
+        let cluster = data.config.cluster();
         async move {
             let app = Rc::new(app.into_factory().new_service(app_config()).await?);
+            // Cluster mode: this worker also serves what standbys relay
+            // (`cluster::relay::host`), through the same app.
+            if let Some(settings) = cluster {
+                crate::cluster::relay::host::start(app.clone(), settings, write_timeout);
+            }
             Ok(fn_service(
                 move |(req, framed): (actix_http::Request, Framed<Prefixed, h1::Codec>)| {
                     // Counted again before the HTTP connection's count goes
@@ -823,12 +829,21 @@ pub fn run(config: Config) -> std::io::Result<()> {
         // (`cluster::node`); it listens only once it is the active node.
         let promoted = match (config.cluster(), config.journal()) {
             (Some(settings), Some(journal)) => {
-                // While a standby it answers only `503 standby`
-                // (`http/standby.rs`), on the address it will serve on.
+                // While a standby it relays clients to the active node, or
+                // answers `503 standby` (`http/standby.rs`), on the address
+                // it will serve on.
                 let view = Arc::new(crate::cluster::node::StandbyView::new(&settings.node_id));
                 let http = crate::http::standby::start(&config, view.clone())?;
                 for addr in &http.addrs {
-                    tracing::info!("standby listening on http://{addr} (503 standby until active)");
+                    if config.cluster_relay {
+                        tracing::info!(
+                            "standby listening on http://{addr} (relaying to the active node)"
+                        );
+                    } else {
+                        tracing::info!(
+                            "standby listening on http://{addr} (503 standby until active)"
+                        );
+                    }
                     println!("standby: http://{addr}");
                 }
                 let promoted = tokio::select! {

@@ -484,8 +484,8 @@ async fn the_active_node_lists_every_node_and_how_far_each_standby_has_copied() 
         .collect();
     assert_eq!(roles, ["active", "standby", "standby"], "{v}");
 
-    // A standby answers on its own address: 503 `standby` to everything,
-    // with its progress and the active node beside the error on /healthz.
+    // A standby answers on its own address. By default it relays to the
+    // active node (`tests/cluster_relay.rs`): healthy, with its progress.
     let standby = cluster.standby_url(1);
     let http = reqwest::Client::new();
     let r = http
@@ -493,9 +493,9 @@ async fn the_active_node_lists_every_node_and_how_far_each_standby_has_copied() 
         .send()
         .await
         .expect("the standby answers");
-    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.status().as_u16(), 200);
     let health: serde_json::Value = r.json().await.expect("json");
-    assert_eq!(health["error"]["code"], "standby", "{health}");
+    assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["standby"]["node_id"], "node-1", "{health}");
     assert_eq!(health["standby"]["role"], "standby", "{health}");
     assert_eq!(health["standby"]["active_node"], "node-0", "{health}");
@@ -503,6 +503,30 @@ async fn the_active_node_lists_every_node_and_how_far_each_standby_has_copied() 
         health["standby"]["copied_lsn"].as_u64() >= Some(durable),
         "{health}"
     );
+    // With `cluster_relay = false`, `503 standby` to everything, with its
+    // progress and the active node beside the error on /healthz.
+    cluster.process(1).signal(libc::SIGKILL);
+    cluster.process(1).wait_exit(Duration::from_secs(5));
+    cluster.start_node_with(1, &[("SWITCHBOARD_CLUSTER_RELAY", "false")]);
+    let standby = cluster.standby_url(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let r = http
+            .get(format!("{standby}/healthz"))
+            .send()
+            .await
+            .expect("the standby answers");
+        assert_eq!(r.status().as_u16(), 503);
+        let health: serde_json::Value = r.json().await.expect("json");
+        if health["standby"]["active_node"] == "node-0" {
+            break health;
+        }
+        assert!(Instant::now() < deadline, "{health}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(health["error"]["code"], "standby", "{health}");
+    assert_eq!(health["standby"]["node_id"], "node-1", "{health}");
+    assert_eq!(health["standby"]["role"], "standby", "{health}");
     let r = http
         .get(format!("{standby}/v1/cluster"))
         .bearer_auth(common::cluster::ADMIN)

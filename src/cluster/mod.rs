@@ -23,7 +23,11 @@
 //! - [`snapshots`]: the journal's snapshots in `<prefix>-snapshots`, a fresh
 //!   standby seeded from them, and `<prefix>.core` trimmed behind them;
 //! - [`node`]: a node's life: standby, then active, fail-stop;
-//! - [`carry_over`]: a single node's journal carried into a new cluster.
+//! - [`carry_over`]: a single node's journal carried into a new cluster;
+//! - [`relay`]: every node takes clients: a standby relays HTTP requests and
+//!   WebSockets to the active node over core NATS
+//!   (`<prefix>.relay.open`, `<prefix>.relay.to.<endpoint>`; nothing
+//!   stored).
 //!
 //! What lives in NATS, for a cluster named by its `prefix` (`switchboard` by
 //! default); `docs/cluster.md` explains each setting:
@@ -50,6 +54,7 @@ pub mod fence;
 pub mod files;
 pub mod lease;
 pub mod node;
+pub mod relay;
 pub mod replicate;
 pub mod snapshots;
 pub mod standby;

@@ -1,0 +1,867 @@
+//! Every node an edge: a standby relays the HTTP requests and WebSocket
+//! connections it accepts to the active node over NATS (`docs/cluster.md`,
+//! "Every node takes clients").
+//!
+//! A relayed connection is a byte stream each way between an **edge** (the
+//! standby's worker that holds the client's socket, [`edge`]) and a **host**
+//! (a worker of the active node, [`host`]), which runs the request through
+//! the same app as its own sockets: same routes, tokens, limits and session
+//! actors. The edge knows nothing of the protocol: it forwards the request
+//! head, then the bytes the client sends (a body, or a WebSocket's frames),
+//! and writes back the response head and the bytes the host's app answers.
+//!
+//! What this module owns, shared by both sides:
+//! - the wire format ([`Frame`]: a tag, the connection's id, its sequence
+//!   number and the payload, one NATS message each);
+//! - an [`Endpoint`] per worker thread: its NATS connection, the subject it
+//!   reads (`<prefix>.relay.to.<endpoint id>`), the connections it serves
+//!   and one writer task, so a connection's frames go out in the order they
+//!   were numbered;
+//! - flow control: each side may have at most [`WINDOW`] bytes of data in
+//!   flight on a connection until the other side credits them back as it
+//!   consumes them, so a client that stops reading stalls its session on
+//!   the host as a stalled socket would, and nothing piles up in NATS or in
+//!   memory;
+//! - loss detection: every frame of a connection carries the next sequence
+//!   number; a gap (NATS core messages lost across a NATS reconnect) closes
+//!   the connection rather than corrupting its stream. Its client
+//!   reconnects, and the protocol's acks and resends cover what was in
+//!   flight;
+//! - liveness: every endpoint pings the endpoints it has connections with
+//!   every [`Timing::heartbeat`]; a peer silent for [`Timing::silence`] (a
+//!   node killed or paused) has all its connections closed.
+
+pub mod edge;
+pub mod host;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+
+use super::ClusterSettings;
+
+/// Bytes of data one side may send on a connection before the other
+/// credits them back.
+pub const WINDOW: u64 = 64 * 1024;
+
+/// The largest data frame: a larger chunk is split.
+pub const CHUNK: usize = 16 * 1024;
+
+/// How long an edge waits for an active node to take a new connection.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a relayed connection could not be opened or went down.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot reach NATS: {0}")]
+    Nats(String),
+    #[error("no active node is taking connections now; retry shortly")]
+    NoActive,
+    #[error("the active node refused the connection: {0}")]
+    Refused(String),
+    #[error("malformed relay frame: {0}")]
+    Malformed(String),
+    #[error("relayed connection closed: {0}")]
+    Closed(String),
+}
+
+/// How often endpoints ping their peers, and how long a silent peer is
+/// trusted.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub silence: Duration,
+}
+
+impl Timing {
+    /// From the cluster's lease TTL: a ping every tenth of it, a peer given
+    /// up after half of it (5 s with the default 10 s TTL), so a dead active
+    /// node's relayed clients are told well before a standby takes over.
+    pub fn of(settings: &ClusterSettings) -> Timing {
+        Timing {
+            heartbeat: (settings.lease_ttl / 10).max(Duration::from_millis(100)),
+            silence: (settings.lease_ttl / 2).max(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// The subject a new connection is opened on (the active node's hosts
+/// answer it, one of them per request).
+pub fn open_subject(prefix: &str) -> String {
+    format!("{prefix}.relay.open")
+}
+
+/// The subject an endpoint reads.
+pub fn endpoint_subject(prefix: &str, endpoint: u64) -> String {
+    format!("{prefix}.relay.to.{endpoint:016x}")
+}
+
+/// An edge's request to open a connection on the active node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Open {
+    /// The edge's endpoint, where the host sends this connection's frames.
+    pub edge: u64,
+    /// The connection's id, unique within the edge's endpoint.
+    pub conn: u64,
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The client's address as the edge saw it.
+    pub peer: Option<String>,
+}
+
+/// The host's answer to [`Open`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Opened {
+    /// Taken: the host's endpoint, where the edge sends this connection's
+    /// frames, and the connection's id there.
+    Host {
+        endpoint: u64,
+        conn: u64,
+    },
+    Refused(String),
+}
+
+/// The response head, host to edge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Head {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body's length when known (the edge sends it as Content-Length).
+    pub length: Option<u64>,
+}
+
+/// One relay message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    /// Host to edge: the response head (once, first).
+    Head(Head),
+    /// Bytes of the request (edge to host) or of the response (host to edge).
+    Data(Bytes),
+    /// No more data this way.
+    End,
+    /// The receiver consumed this many more data bytes.
+    Credit(u32),
+    /// The connection is gone (the client left, a timeout, a gap).
+    Close(String),
+    /// The sender is alive (connection 0, no sequence).
+    Ping,
+}
+
+impl Frame {
+    fn tag(&self) -> u8 {
+        match self {
+            Frame::Head(_) => 1,
+            Frame::Data(_) => 2,
+            Frame::End => 3,
+            Frame::Credit(_) => 4,
+            Frame::Close(_) => 5,
+            Frame::Ping => 6,
+        }
+    }
+}
+
+/// Who a frame is from and for: the sender's endpoint, the connection's id
+/// at the receiver (`to`) and at the sender (`from_conn`), and its number.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Address {
+    pub from: u64,
+    pub to: u64,
+    pub from_conn: u64,
+    pub seq: u32,
+}
+
+/// A frame as sent: `[tag: u8][from: u64][to: u64][from_conn: u64][seq:
+/// u32][payload]`, little-endian.
+pub fn encode(at: Address, frame: &Frame) -> Result<Bytes, RelayError> {
+    let payload: Bytes = match frame {
+        Frame::Head(head) => crate::codec::encode(head)
+            .map_err(|e| RelayError::Malformed(e.to_string()))?
+            .into(),
+        Frame::Data(bytes) => bytes.clone(),
+        Frame::Credit(n) => Bytes::copy_from_slice(&n.to_le_bytes()),
+        Frame::Close(why) => Bytes::copy_from_slice(why.as_bytes()),
+        Frame::End | Frame::Ping => Bytes::new(),
+    };
+    let mut out = BytesMut::with_capacity(HEADER + payload.len());
+    out.put_u8(frame.tag());
+    out.put_u64_le(at.from);
+    out.put_u64_le(at.to);
+    out.put_u64_le(at.from_conn);
+    out.put_u32_le(at.seq);
+    out.extend_from_slice(&payload);
+    Ok(out.freeze())
+}
+
+const HEADER: usize = 1 + 8 + 8 + 8 + 4;
+
+/// A received frame and its address.
+pub fn decode(mut bytes: Bytes) -> Result<(Address, Frame), RelayError> {
+    if bytes.len() < HEADER {
+        return Err(RelayError::Malformed(format!(
+            "{} bytes, shorter than a header",
+            bytes.len()
+        )));
+    }
+    let head = bytes.split_to(HEADER);
+    let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or_default());
+    let tag = head[0];
+    let at = Address {
+        from: word(1),
+        to: word(9),
+        from_conn: word(17),
+        seq: u32::from_le_bytes(head[25..29].try_into().unwrap_or_default()),
+    };
+    let frame = match tag {
+        1 => Frame::Head(
+            crate::codec::decode(&bytes).map_err(|e| RelayError::Malformed(e.to_string()))?,
+        ),
+        2 => Frame::Data(bytes),
+        3 => Frame::End,
+        4 => Frame::Credit(u32::from_le_bytes(bytes[..].try_into().map_err(|_| {
+            RelayError::Malformed(format!("credit of {} bytes", bytes.len()))
+        })?)),
+        5 => Frame::Close(String::from_utf8_lossy(&bytes).into_owned()),
+        6 => Frame::Ping,
+        other => return Err(RelayError::Malformed(format!("unknown tag {other}"))),
+    };
+    Ok((at, frame))
+}
+
+/// The most bytes of frames the writer packs into one NATS message (well
+/// under NATS's default `max_payload` of 1 MiB).
+pub const BATCH: usize = 256 * 1024;
+
+/// Frames queued for each peer endpoint, packed as `[length: u32
+/// LE][frame]…`: one NATS message per peer and writer turn, instead of one
+/// per frame, is what makes the relay cheap under load (NATS's cost, on
+/// both nodes and in the server, is per message).
+#[derive(Default)]
+struct Batches {
+    /// Per peer, in the order each was first seen.
+    peers: Vec<(u64, BytesMut)>,
+    size: usize,
+}
+
+/// One NATS message carrying `frames`, as the writer packs them.
+pub fn batch<'a>(frames: impl IntoIterator<Item = &'a Bytes>) -> Bytes {
+    let mut batches = Batches::default();
+    for frame in frames {
+        batches.add(0, frame);
+    }
+    batches
+        .take()
+        .pop()
+        .map(|(_, batch)| batch)
+        .unwrap_or_default()
+}
+
+impl Batches {
+    fn add(&mut self, to: u64, frame: &[u8]) {
+        let at = match self.peers.iter().position(|(p, _)| *p == to) {
+            Some(at) => at,
+            None => {
+                self.peers.push((to, BytesMut::new()));
+                self.peers.len() - 1
+            }
+        };
+        let batch = &mut self.peers[at].1;
+        batch.put_u32_le(frame.len() as u32);
+        batch.extend_from_slice(frame);
+        self.size += 4 + frame.len();
+    }
+
+    fn take(&mut self) -> Vec<(u64, Bytes)> {
+        self.size = 0;
+        self.peers
+            .drain(..)
+            .map(|(to, batch)| (to, batch.freeze()))
+            .collect()
+    }
+}
+
+/// The frames of one NATS message, in order; a malformed length ends it.
+pub fn unbatch(mut message: Bytes) -> impl Iterator<Item = Result<Bytes, RelayError>> {
+    std::iter::from_fn(move || {
+        if message.is_empty() {
+            return None;
+        }
+        if message.len() < 4 {
+            message.clear();
+            return Some(Err(RelayError::Malformed("a torn length".into())));
+        }
+        let len = u32::from_le_bytes([message[0], message[1], message[2], message[3]]) as usize;
+        let left = message.len() - 4;
+        if left < len {
+            message.clear();
+            return Some(Err(RelayError::Malformed(format!(
+                "a frame of {len} bytes in {left} left"
+            ))));
+        }
+        let _ = message.split_to(4);
+        Some(Ok(message.split_to(len)))
+    })
+}
+
+/// What a connection's reader gets: everything but credits and pings,
+/// which the endpoint handles itself.
+pub type Inbound = Frame;
+
+/// One relayed connection as its endpoint keeps it.
+pub struct ConnState {
+    pub id: u64,
+    /// Its id at the other side (0 until known).
+    remote: Cell<u64>,
+    /// The other side's endpoint (0 until the host answered the open).
+    peer: Cell<u64>,
+    /// The next sequence number to send, and to receive.
+    send_seq: Cell<u32>,
+    recv_seq: Cell<u32>,
+    /// Data bytes sent and not yet credited back.
+    in_flight: Cell<u64>,
+    /// Data bytes received and not yet credited back.
+    unacked: Cell<u64>,
+    credit: Notify,
+    tx: mpsc::UnboundedSender<Inbound>,
+    closed: Cell<bool>,
+}
+
+impl ConnState {
+    pub fn peer(&self) -> u64 {
+        self.peer.get()
+    }
+
+    pub fn remote(&self) -> u64 {
+        self.remote.get()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+}
+
+/// A relay endpoint: one per worker thread that relays (an edge) or hosts
+/// relayed connections (the active node).
+pub struct Endpoint {
+    pub id: u64,
+    pub client: async_nats::Client,
+    pub prefix: String,
+    timing: Timing,
+    conns: RefCell<HashMap<u64, Rc<ConnState>>>,
+    /// When each peer endpoint was last heard from.
+    heard: RefCell<HashMap<u64, Instant>>,
+    next_conn: Cell<u64>,
+    out: mpsc::UnboundedSender<(u64, Bytes)>,
+}
+
+/// Connect to NATS for relaying, as the cluster's own connection does
+/// (reconnecting for ever).
+pub async fn connect(
+    settings: &ClusterSettings,
+    role: &str,
+) -> Result<async_nats::Client, RelayError> {
+    let servers = settings
+        .servers()
+        .map_err(|e| RelayError::Nats(e.to_string()))?;
+    let max_delay = settings.renew_every();
+    async_nats::ConnectOptions::new()
+        .name(format!("switchboard {} relay {role}", settings.node_id))
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(move |attempts| {
+            (Duration::from_millis(100) * attempts as u32).min(max_delay)
+        })
+        .connect(servers)
+        .await
+        .map_err(|e| RelayError::Nats(e.to_string()))
+}
+
+impl Endpoint {
+    /// Start an endpoint on this thread: its subject's reader, its writer
+    /// and its heartbeat, as local tasks that end with the client.
+    pub async fn start(
+        client: async_nats::Client,
+        prefix: String,
+        timing: Timing,
+    ) -> Result<Rc<Endpoint>, RelayError> {
+        let id = loop {
+            let id: u64 = rand::random();
+            if id != 0 {
+                break id;
+            }
+        };
+        let mut inbox = client
+            .subscribe(endpoint_subject(&prefix, id))
+            .await
+            .map_err(|e| RelayError::Nats(e.to_string()))?;
+        let (out, mut queue) = mpsc::unbounded_channel::<(u64, Bytes)>();
+        let endpoint = Rc::new(Endpoint {
+            id,
+            client: client.clone(),
+            prefix: prefix.clone(),
+            timing,
+            conns: RefCell::new(HashMap::new()),
+            heard: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(1),
+            out,
+        });
+        // The writer: one publisher, so frames leave in the order numbered;
+        // what queued meanwhile for one peer goes in one NATS message.
+        let writer_client = client.clone();
+        let writer_prefix = prefix.clone();
+        actix_web::rt::spawn(async move {
+            let mut batches = Batches::default();
+            while let Some((to, bytes)) = queue.recv().await {
+                batches.add(to, &bytes);
+                while batches.size < BATCH {
+                    match queue.try_recv() {
+                        Ok((to, bytes)) => batches.add(to, &bytes),
+                        Err(_) => break,
+                    }
+                }
+                for (to, batch) in batches.take() {
+                    let subject = endpoint_subject(&writer_prefix, to);
+                    if let Err(e) = writer_client.publish(subject, batch).await {
+                        tracing::debug!(error = %e, "relay frames not published");
+                    }
+                }
+            }
+        });
+        let reader = Rc::downgrade(&endpoint);
+        actix_web::rt::spawn(async move {
+            while let Some(message) = inbox.next().await {
+                let Some(endpoint) = reader.upgrade() else {
+                    break;
+                };
+                for frame in unbatch(message.payload) {
+                    match frame {
+                        Ok(frame) => endpoint.receive(frame),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "relay: a message dropped");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let beat = Rc::downgrade(&endpoint);
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(timing.heartbeat);
+            loop {
+                tick.tick().await;
+                let Some(endpoint) = beat.upgrade() else {
+                    break;
+                };
+                endpoint.heartbeat();
+            }
+        });
+        Ok(endpoint)
+    }
+
+    /// A new connection of this endpoint's, and a reader of its inbound
+    /// frames. Its other side is set by [`Endpoint::bind`].
+    pub fn register(&self) -> (Rc<ConnState>, mpsc::UnboundedReceiver<Inbound>) {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Rc::new(ConnState {
+            id,
+            remote: Cell::new(0),
+            peer: Cell::new(0),
+            send_seq: Cell::new(0),
+            recv_seq: Cell::new(0),
+            in_flight: Cell::new(0),
+            unacked: Cell::new(0),
+            credit: Notify::new(),
+            tx,
+            closed: Cell::new(false),
+        });
+        self.conns.borrow_mut().insert(id, state.clone());
+        (state, rx)
+    }
+
+    /// The connection's other side: endpoint `peer`, where it is `remote`.
+    pub fn bind(&self, conn: &ConnState, peer: u64, remote: u64) {
+        conn.peer.set(peer);
+        conn.remote.set(remote);
+        self.heard
+            .borrow_mut()
+            .entry(peer)
+            .or_insert_with(Instant::now);
+    }
+
+    /// Forget a connection; the other side is told with `Close` unless it
+    /// ended cleanly (`why` = None). Its local reader gets `Close` too (after
+    /// whatever it has not read), so a side still waiting wakes.
+    pub fn release(&self, conn: &ConnState, why: Option<&str>) {
+        if conn.closed.replace(true) {
+            return;
+        }
+        let _ = conn
+            .tx
+            .send(Frame::Close(why.unwrap_or("closed").to_owned()));
+        if let Some(why) = why {
+            self.send(conn, &Frame::Close(why.to_owned()));
+        }
+        self.conns.borrow_mut().remove(&conn.id);
+        conn.credit.notify_waiters();
+    }
+
+    /// Queue a frame of `conn` for its peer, numbered; nothing once the
+    /// connection is released.
+    pub fn post(&self, conn: &ConnState, frame: &Frame) {
+        if !conn.closed.get() {
+            self.send(conn, frame);
+        }
+    }
+
+    fn send(&self, conn: &ConnState, frame: &Frame) {
+        let peer = conn.peer.get();
+        if peer == 0 {
+            return;
+        }
+        let seq = conn.send_seq.get();
+        conn.send_seq.set(seq.wrapping_add(1));
+        let at = Address {
+            from: self.id,
+            to: conn.remote.get(),
+            from_conn: conn.id,
+            seq,
+        };
+        match encode(at, frame) {
+            Ok(bytes) => {
+                let _ = self.out.send((peer, bytes));
+            }
+            Err(e) => tracing::warn!(error = %e, "relay frame not encoded"),
+        }
+    }
+
+    /// Send data on `conn`, in chunks, each once the window has room.
+    /// Fails when the connection closes, or when the peer credits nothing
+    /// back for `stall` (a client that stopped reading).
+    pub async fn send_data(
+        &self,
+        conn: &ConnState,
+        mut data: Bytes,
+        stall: Duration,
+    ) -> Result<(), RelayError> {
+        while !data.is_empty() {
+            let n = data.len().min(CHUNK);
+            loop {
+                if conn.closed.get() {
+                    return Err(RelayError::Closed("closed".into()));
+                }
+                if conn.in_flight.get() + n as u64 <= WINDOW {
+                    break;
+                }
+                let credited = conn.credit.notified();
+                if tokio::time::timeout(stall, credited).await.is_err() {
+                    return Err(RelayError::Closed(format!(
+                        "the client read nothing for {} s",
+                        stall.as_secs_f64()
+                    )));
+                }
+            }
+            conn.in_flight.set(conn.in_flight.get() + n as u64);
+            self.post(conn, &Frame::Data(data.split_to(n)));
+        }
+        Ok(())
+    }
+
+    /// The reader of `conn` consumed `n` data bytes: credit them back once
+    /// half a window has gathered.
+    pub fn consumed(&self, conn: &ConnState, n: usize) {
+        let unacked = conn.unacked.get() + n as u64;
+        if unacked >= WINDOW / 2 {
+            conn.unacked.set(0);
+            self.post(conn, &Frame::Credit(unacked as u32));
+        } else {
+            conn.unacked.set(unacked);
+        }
+    }
+
+    fn receive(&self, payload: Bytes) {
+        let (at, frame) = match decode(payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay: a frame dropped");
+                return;
+            }
+        };
+        let (from, seq) = (at.from, at.seq);
+        self.heard.borrow_mut().insert(from, Instant::now());
+        if frame == Frame::Ping {
+            return;
+        }
+        let state = self.conns.borrow().get(&at.to).cloned();
+        // An edge's connection learns its host from the open's answer, but
+        // the host's first frames may come before it (another subscription):
+        // the first frame binds it just the same.
+        if let Some(state) = state.as_ref().filter(|s| s.peer.get() == 0) {
+            self.bind(state, from, at.from_conn);
+        }
+        let Some(state) = state.filter(|s| s.peer.get() == from && s.remote.get() == at.from_conn)
+        else {
+            // Not (or no longer) ours: tell the sender to stop.
+            if !matches!(frame, Frame::Close(_)) {
+                let gone = ConnState::detached(at.from_conn, from);
+                self.send(&gone, &Frame::Close("no such connection".into()));
+            }
+            return;
+        };
+        if seq != state.recv_seq.get() {
+            let why = format!(
+                "relay frame {seq} arrived where {} was due: frames were lost",
+                state.recv_seq.get()
+            );
+            tracing::warn!(conn = state.id, "{why}");
+            self.release(&state, Some(&why));
+            return;
+        }
+        state.recv_seq.set(seq.wrapping_add(1));
+        match frame {
+            Frame::Credit(n) => {
+                state
+                    .in_flight
+                    .set(state.in_flight.get().saturating_sub(u64::from(n)));
+                state.credit.notify_waiters();
+            }
+            Frame::Close(why) => {
+                // Told by the other side: nothing to tell it back.
+                if !state.closed.replace(true) {
+                    let _ = state.tx.send(Frame::Close(why));
+                    self.conns.borrow_mut().remove(&state.id);
+                    state.credit.notify_waiters();
+                }
+            }
+            other => {
+                let _ = state.tx.send(other);
+            }
+        }
+    }
+
+    /// Ping every peer we have connections with; close those of a peer
+    /// silent for too long.
+    fn heartbeat(&self) {
+        let now = Instant::now();
+        let mut peers: Vec<u64> = self
+            .conns
+            .borrow()
+            .values()
+            .map(|c| c.peer.get())
+            .filter(|p| *p != 0)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        let mut silent = Vec::new();
+        {
+            let mut heard = self.heard.borrow_mut();
+            heard.retain(|p, _| peers.binary_search(p).is_ok());
+            for peer in &peers {
+                let last = *heard.entry(*peer).or_insert(now);
+                if now.duration_since(last) > self.timing.silence {
+                    silent.push(*peer);
+                }
+            }
+        }
+        for peer in &peers {
+            let at = Address {
+                from: self.id,
+                to: 0,
+                from_conn: 0,
+                seq: 0,
+            };
+            if let Ok(bytes) = encode(at, &Frame::Ping) {
+                let _ = self.out.send((*peer, bytes));
+            }
+        }
+        if silent.is_empty() {
+            return;
+        }
+        let gone: Vec<Rc<ConnState>> = self
+            .conns
+            .borrow()
+            .values()
+            .filter(|c| silent.contains(&c.peer.get()))
+            .cloned()
+            .collect();
+        for conn in gone {
+            let why = format!(
+                "the other node was silent for over {} s",
+                self.timing.silence.as_secs_f64()
+            );
+            self.release(&conn, Some(&why));
+        }
+        for peer in silent {
+            self.heard.borrow_mut().remove(&peer);
+        }
+    }
+
+    /// How many connections this endpoint holds.
+    pub fn connections(&self) -> usize {
+        self.conns.borrow().len()
+    }
+}
+
+impl ConnState {
+    /// A connection we do not hold, to answer its sender (at its id
+    /// `remote` there).
+    fn detached(remote: u64, peer: u64) -> ConnState {
+        let (tx, _) = mpsc::unbounded_channel();
+        ConnState {
+            id: 0,
+            remote: Cell::new(remote),
+            peer: Cell::new(peer),
+            send_seq: Cell::new(u32::MAX),
+            recv_seq: Cell::new(0),
+            in_flight: Cell::new(0),
+            unacked: Cell::new(0),
+            credit: Notify::new(),
+            tx,
+            closed: Cell::new(true),
+        }
+    }
+}
+
+/// Headers that describe one hop's connection, not the request: never
+/// relayed.
+pub fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let head = Head {
+            status: 101,
+            headers: vec![("upgrade".into(), b"websocket".to_vec())],
+            length: None,
+        };
+        for frame in [
+            Frame::Head(head),
+            Frame::Data(Bytes::from_static(b"\x81\x05hello")),
+            Frame::Data(Bytes::new()),
+            Frame::End,
+            Frame::Credit(32 * 1024),
+            Frame::Close("the client left".into()),
+            Frame::Ping,
+        ] {
+            let at = Address {
+                from: 7,
+                to: 42,
+                from_conn: 3,
+                seq: 9,
+            };
+            let bytes = encode(at, &frame).expect("encodes");
+            assert_eq!(decode(bytes).expect("decodes"), (at, frame));
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_refused() {
+        assert!(matches!(
+            decode(Bytes::from_static(b"short")),
+            Err(RelayError::Malformed(_))
+        ));
+        let at = Address {
+            from: 1,
+            to: 1,
+            from_conn: 1,
+            seq: 0,
+        };
+        let mut bad = encode(at, &Frame::End).expect("encodes").to_vec();
+        bad[0] = 99;
+        assert!(matches!(decode(bad.into()), Err(RelayError::Malformed(_))));
+        let mut credit = encode(at, &Frame::Credit(5)).expect("encodes").to_vec();
+        credit.pop();
+        assert!(matches!(
+            decode(credit.into()),
+            Err(RelayError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn frames_for_one_peer_travel_in_one_message_in_order() {
+        let mut batches = Batches::default();
+        let at = |seq| Address {
+            from: 1,
+            to: 2,
+            from_conn: 3,
+            seq,
+        };
+        let frames: Vec<Bytes> = (0..5)
+            .map(|i| encode(at(i), &Frame::Data(Bytes::from(vec![i as u8; i as usize]))))
+            .collect::<Result<_, _>>()
+            .expect("encodes");
+        for (i, f) in frames.iter().enumerate() {
+            batches.add(if i == 2 { 9 } else { 7 }, f);
+        }
+        let taken = batches.take();
+        assert_eq!(taken.len(), 2, "one message per peer");
+        assert_eq!(taken[0].0, 7);
+        let back: Vec<Bytes> = unbatch(taken[0].1.clone())
+            .collect::<Result<_, _>>()
+            .expect("unbatches");
+        assert_eq!(
+            back,
+            vec![
+                frames[0].clone(),
+                frames[1].clone(),
+                frames[3].clone(),
+                frames[4].clone()
+            ]
+        );
+        let other: Vec<Bytes> = unbatch(taken[1].1.clone())
+            .collect::<Result<_, _>>()
+            .expect("unbatches");
+        assert_eq!(other, vec![frames[2].clone()]);
+        assert_eq!(batches.size, 0);
+        assert!(batches.take().is_empty());
+    }
+
+    #[test]
+    fn a_torn_batch_yields_what_is_whole_then_an_error() {
+        let mut batches = Batches::default();
+        batches.add(1, b"first");
+        batches.add(1, b"second");
+        let (_, whole) = batches.take().remove(0);
+        let torn = whole.slice(..whole.len() - 2);
+        let got: Vec<_> = unbatch(torn).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[0].as_ref().expect("whole"),
+            &Bytes::from_static(b"first")
+        );
+        assert!(matches!(got[1], Err(RelayError::Malformed(_))));
+        assert!(matches!(
+            unbatch(Bytes::from_static(b"\x01")).next(),
+            Some(Err(RelayError::Malformed(_)))
+        ));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay() {
+        assert!(hop_by_hop("connection") && hop_by_hop("transfer-encoding"));
+        assert!(!hop_by_hop("upgrade") && !hop_by_hop("authorization"));
+    }
+}

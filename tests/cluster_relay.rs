@@ -1,0 +1,542 @@
+//! Every node takes clients (`cluster::relay`): standbys relay HTTP requests
+//! and WebSocket connections to the active node over NATS. Real processes:
+//! three nodes of the real binary on one real nats-server, a 2 s lease TTL;
+//! clients spread over the nodes as a load balancer would spread them.
+//!
+//! The tests run one at a time (each starts its own nats-server and nodes).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{assert_served, upload, wait_replicated, TestCluster, ADMIN};
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// One test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A client of node `i` while it is a standby (its relay), once it knows
+/// the active node (its `/healthz` says `200`).
+async fn edge(cluster: &mut TestCluster, i: usize) -> Harness {
+    let h = Harness::external(&cluster.standby_url(i), ADMIN);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = h.get("/healthz", None).await;
+        if r.status == 200 {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-{i} never relaying: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A socket to `url`, retried while the answer is `503` (a takeover under
+/// way), as clients do.
+async fn connect_retrying(url: &str) -> Ws {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match try_connect(url).await {
+            Ok(ws) => return ws,
+            Err(503) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("connect {url}: HTTP {status}"),
+        }
+    }
+}
+
+/// What every node answers for a conversation's messages: the same.
+async fn history(h: &Harness, conversation: &str) -> Value {
+    h.messages(conversation).await["messages"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_every_node_share_one_broker_through_a_whole_life_cycle() {
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(3);
+    let (b, c) = (edge(&mut cluster, 1).await, edge(&mut cluster, 2).await);
+    let a = &active.h;
+
+    // A standby relaying is healthy for a load balancer, and says what it is.
+    let health = b.get("/healthz", None).await;
+    assert_eq!(health.status, 200, "{}", health.text);
+    assert_eq!(health.body["standby"]["role"], "standby", "{}", health.text);
+    assert_eq!(
+        health.body["standby"]["active_node"], "node-0",
+        "{}",
+        health.text
+    );
+
+    // An admin call through a standby is the active node's answer.
+    let via_edge = b.admin_get_ok("/v1/cluster").await;
+    assert_eq!(via_edge["node_id"], "node-0", "{via_edge}");
+    assert_eq!(via_edge["role"], "active", "{via_edge}");
+    // Refusals come back as the active node made them.
+    let r = b.get("/v1/cluster", Some("not-the-admin-token")).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = b.get("/v1/conversations/cv_nope", Some(ADMIN)).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+
+    // Alice is created through node-1 and works through node-2; bob works
+    // on the active node itself.
+    let alice = b.create_agent("alice", 2, &[]).await;
+    let bob = a.create_agent("bob", 2, &[]).await;
+    let mut desk_a = c.agent_online(&alice).await;
+    let mut desk_b = a.agent_online(&bob).await;
+
+    // A customer writes through node-1.
+    let (session, mut customer, ack) = b.customer_with_message("Dana", "my order is late").await;
+    let conv = s(&ack["conversation_id"]);
+    let (offer, alice_took_it) = take_offer_of(&mut desk_a, &mut desk_b, &conv).await;
+    let task = s(&offer["task"]["id"]);
+    let (mut holder_desk, mut other_desk, other) = if alice_took_it {
+        (desk_a, desk_b, "bob")
+    } else {
+        (desk_b, desk_a, "alice")
+    };
+    customer.recv_type("agent.joined").await;
+    holder_desk
+        .agent_send(&conv, "Sorry to hear that", "r1")
+        .await;
+    customer.recv_message_text("Sorry to hear that").await;
+    customer.say("order 1234").await;
+    holder_desk.recv_message_text("order 1234").await;
+
+    // A cold transfer to the agent on the other node.
+    let v = holder_desk
+        .call(json!({"type": "transfer", "task_id": task, "to": {"agent": other}, "mode": "cold", "note": ""}))
+        .await;
+    assert_eq!(v["type"], "task.transferred", "{v}");
+    let offer = other_desk.offer_for(&conv).await;
+    let assigned = other_desk.accept(&s(&offer["task"]["id"])).await;
+    assert_eq!(
+        texts(&assigned["history"]),
+        vec!["my order is late", "Sorry to hear that", "order 1234"]
+    );
+    other_desk.agent_send(&conv, "It ships today", "r2").await;
+    customer.recv_message_text("It ships today").await;
+
+    // The customer comes back through node-2: the same history, same seqs,
+    // whichever node answers.
+    drop(customer);
+    let (mut again, hello) = c.connect_customer(&session).await;
+    assert_eq!(hello["type"], "history", "{hello}");
+    assert_eq!(
+        texts(&hello["messages"]),
+        vec![
+            "my order is late",
+            "Sorry to hear that",
+            "order 1234",
+            "It ships today"
+        ]
+    );
+    again.say("thanks").await;
+    other_desk.recv_message_text("thanks").await;
+    let want = history(a, &conv).await;
+    assert_eq!(
+        texts(&want),
+        vec![
+            "my order is late",
+            "Sorry to hear that",
+            "order 1234",
+            "It ships today",
+            "thanks"
+        ]
+    );
+    assert_gap_free(&want);
+    assert_eq!(history(&b, &conv).await, want);
+    assert_eq!(history(&c, &conv).await, want);
+
+    // End, wrap-up, complete: capacity back, seen from every node.
+    other_desk.end(&conv).await;
+    again.recv_type("conversation.ended").await;
+    other_desk
+        .complete(&s(&offer["task"]["id"]), "resolved", "")
+        .await;
+    for h in [a, &b, &c] {
+        h.wait_agent(other, "capacity back", |v| v["load"]["webchat"] == 0)
+            .await;
+    }
+
+    // Files go up through one node and come down through another, through
+    // the relay's flow control (the body is larger than its window).
+    let (id, bytes) = upload(&b, &alice.token).await;
+    assert_served(&c, &alice.token, &id, &bytes).await;
+    assert_served(a, &alice.token, &id, &bytes).await;
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let r = c
+        .request_raw(
+            reqwest::Method::POST,
+            "/v1/attachments?filename=big.pdf",
+            Some(&alice.token),
+            "application/pdf",
+            big.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_served(&b, &alice.token, &s(&r.body["id"]), &big).await;
+    wait_replicated(a).await;
+    drop(holder_desk);
+}
+
+/// The offer of `conv` at whichever desk gets it, accepted: the offer, and
+/// whether desk `a` took it.
+async fn take_offer_of(a: &mut Ws, b: &mut Ws, conv: &str) -> (Value, bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for (first, desk) in [(true, &mut *a), (false, &mut *b)] {
+            if let Some(v) = desk.try_recv_within(Duration::from_millis(50)).await {
+                if v["type"] == "task.offered" && v["task"]["conversation_id"] == conv {
+                    desk.accept(&s(&v["task"]["id"])).await;
+                    return (v, first);
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no offer of {conv}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_killed_takes_its_clients_off_the_active_node_and_they_come_back_elsewhere() {
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(3);
+    let (b, c) = (edge(&mut cluster, 1).await, edge(&mut cluster, 2).await);
+    let a = &active.h;
+    let alice = a.create_agent("alice", 1, &[]).await;
+    let desk = b.agent_online(&alice).await;
+    a.wait_agent("alice", "online through node-1", |v| v["connected"] == true)
+        .await;
+
+    // node-1 dies: nothing tells the active node but its silence.
+    cluster.process(1).signal(libc::SIGKILL);
+    cluster.process(1).wait_exit(Duration::from_secs(5));
+    let t = Instant::now();
+    a.wait_agent("alice", "gone with node-1", |v| v["connected"] == false)
+        .await;
+    let took = t.elapsed();
+    eprintln!("relay: a dead edge's desk was dropped after {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the relay's silence (TTL/2) plus a heartbeat, not more: {took:?}"
+    );
+    drop(desk);
+
+    // Alice reconnects through node-2, and works.
+    let mut desk = c.agent_online(&alice).await;
+    let (_session, mut customer, ack) = a.customer_with_message("Eve", "hello?").await;
+    let conv = s(&ack["conversation_id"]);
+    let offer = desk.offer_for(&conv).await;
+    desk.accept(&s(&offer["task"]["id"])).await;
+    desk.agent_send(&conv, "Hi Eve", "r1").await;
+    customer.recv_message_text("Hi Eve").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_active_node_dies_relayed_clients_are_closed_and_find_everything_on_the_new_one() {
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(3);
+    let (b, c) = (edge(&mut cluster, 1).await, edge(&mut cluster, 2).await);
+    let a = &active.h;
+    let alice = a.create_agent("alice", 1, &[]).await;
+    let mut desk = c.agent_online(&alice).await;
+    let (session, mut customer, ack) = b.customer_with_message("Dana", "first").await;
+    let conv = s(&ack["conversation_id"]);
+    let offer = desk.offer_for(&conv).await;
+    let task = s(&offer["task"]["id"]);
+    desk.accept(&task).await;
+    desk.agent_send(&conv, "hello Dana", "r1").await;
+    customer.recv_message_text("hello Dana").await;
+    for text in ["second", "third"] {
+        customer.say(text).await;
+        desk.recv_message_text(text).await;
+    }
+    wait_replicated(a).await;
+
+    cluster.process(0).signal(libc::SIGKILL);
+    cluster.process(0).wait_exit(Duration::from_secs(5));
+    // Until a standby takes over, a standby relays to nobody: `503
+    // unavailable`, the client to retry.
+    let r = b.get("/v1/cluster", Some(ADMIN)).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.error_code(), "unavailable", "{}", r.text);
+    assert!(r.text.contains("no active node"), "{}", r.text);
+    // The relayed sockets close: their active node is gone.
+    let t = Instant::now();
+    let (code, _) = customer.recv_close_within(Duration::from_secs(10)).await;
+    assert_eq!(code, 1006, "closed without a close frame: the node died");
+    desk.recv_close_within(Duration::from_secs(10)).await;
+    eprintln!(
+        "relay: relayed sockets closed {:?} after the kill",
+        t.elapsed()
+    );
+
+    let new = cluster.wait_active(&[0], Duration::from_secs(20));
+    let standby = if new.index == 1 { 2 } else { 1 };
+    let other = edge(&mut cluster, standby).await;
+    // Both come back, one through the remaining standby, one on the new
+    // active node: everything acknowledged is there, in order, once.
+    let mut customer = connect_retrying(&other.customer_ws_url(&session)).await;
+    let history = customer.recv_next().await;
+    assert_eq!(history["type"], "history", "{history}");
+    assert_eq!(
+        texts(&history["messages"]),
+        vec!["first", "hello Dana", "second", "third"]
+    );
+    assert_gap_free(&history["messages"]);
+    let (mut desk, hello) = new.h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"][0]["id"], task.as_str(), "{hello}");
+    desk.recv_type("task.assigned").await;
+    desk.agent_send(&conv, "still here", "r2").await;
+    customer.recv_message_text("still here").await;
+    customer.say("great").await;
+    desk.recv_message_text("great").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desk_that_stops_reading_through_an_edge_is_a_slow_consumer_and_nothing_is_lost() {
+    const TEXT_LEN: usize = 20_000;
+    let _serial = SERIAL.lock().await;
+    let env = [
+        ("SWITCHBOARD_SOCKET_BACKLOG", "16"),
+        ("SWITCHBOARD_MAX_TEXT", "20000"),
+        ("SWITCHBOARD_MAX_HISTORY_BYTES", "64MiB"),
+        ("SWITCHBOARD_HEARTBEAT_INTERVAL", "30s"),
+        ("SWITCHBOARD_CLIENT_TIMEOUT", "120s"),
+        ("SWITCHBOARD_DISCONNECT_GRACE", "30s"),
+    ];
+    let mut cluster = TestCluster::new(2);
+    cluster.start_node_with(0, &env);
+    let active = cluster.wait_active(&[], Duration::from_secs(20));
+    cluster.start_node_with(1, &env);
+    let b = edge(&mut cluster, 1).await;
+    let a = &active.h;
+    let alice = a.create_agent("alice", 1, &[]).await;
+    let mut desk = b.agent_online(&alice).await;
+    let (_session, mut customer, ack) = a.customer_with_message("Dana", "start").await;
+    let conv = s(&ack["conversation_id"]);
+    let offer = desk.offer_for(&conv).await;
+    desk.accept(&s(&offer["task"]["id"])).await;
+
+    // Alice stops reading; Dana writes a lot, every message acknowledged.
+    // The relay's window stops the credits, the session's queue fills, and
+    // the active node cuts her off as it would on its own socket.
+    let mut sent = 0usize;
+    let mut cut = false;
+    while sent < 1500 && !cut {
+        let head = format!("msg-{sent:05}-");
+        let text = format!("{head}{}", "x".repeat(TEXT_LEN - head.len()));
+        let ack = customer.say(&text).await;
+        assert_eq!(ack["seq"], (sent + 2) as u64, "{ack}");
+        sent += 1;
+        if sent.is_multiple_of(10) {
+            cut = a.agent_view("alice").await["connected"] == false;
+        }
+    }
+    assert!(cut, "alice never cut off after {sent} messages");
+    eprintln!("relay: slow consumer cut off after {sent} messages");
+    // She reads again: what was queued, then the slow consumer's close.
+    let (code, reason) = desk.recv_close_within(Duration::from_secs(20)).await;
+    assert_eq!((code, reason.as_str()), (1008, "slow_consumer"));
+    // Nothing acknowledged is lost: the resync has the newest messages, the
+    // pages before them (through the edge too) the rest.
+    let mut desk = b.agent_online(&alice).await;
+    let resync = desk.recv_type("task.assigned").await;
+    let mut all: Vec<Value> = resync["history"].as_array().expect("history").clone();
+    let mut earlier = resync["history_has_earlier"] == true;
+    while earlier {
+        let before = all[0]["seq"].as_u64().expect("seq");
+        let page = b
+            .get(
+                &format!("/v1/conversations/{conv}/messages?before_seq={before}&limit=100"),
+                Some(&alice.token),
+            )
+            .await;
+        assert_eq!(page.status, 200, "page before {before}: {}", page.text);
+        let mut got = page.body["messages"].as_array().expect("messages").clone();
+        got.extend(all);
+        all = got;
+        earlier = page.body["has_more"] == true;
+    }
+    let history = Value::Array(all);
+    assert_gap_free(&history);
+    assert_eq!(
+        texts(&history).len(),
+        sent + 1,
+        "every acknowledged message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_drops_or_keeps_relayed_sockets_but_loses_and_repeats_nothing() {
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(2);
+    let b = edge(&mut cluster, 1).await;
+    let a = &active.h;
+    let alice = a.create_agent("alice", 1, &[]).await;
+    let mut desk = a.agent_online(&alice).await;
+    let (session, mut customer, ack) = b.customer_with_message("Dana", "before").await;
+    let conv = s(&ack["conversation_id"]);
+    let offer = desk.offer_for(&conv).await;
+    desk.accept(&s(&offer["task"]["id"])).await;
+
+    cluster.nats.restart();
+
+    // The customer writes on. If frames were lost in the restart, the
+    // relay closed the socket (never a corrupt stream): she reconnects
+    // through the same node and sends again with the same id, as the
+    // widget does. Either way the message is stored once.
+    let sent = customer
+        .try_send(json!({"type": "message", "text": "after", "client_msg_id": "after-1"}))
+        .await;
+    let acked = if sent {
+        customer
+            .try_recv_within(Duration::from_secs(5))
+            .await
+            .filter(|v| v["type"] == "ack")
+    } else {
+        None
+    };
+    let reconnected = acked.is_none();
+    if reconnected {
+        let mut again = connect_retrying(&b.customer_ws_url(&session)).await;
+        again.recv_type("history").await;
+        let ack = again.say_with_id("after", "after-1").await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        customer = again;
+    }
+    eprintln!(
+        "relay: after a NATS restart the customer's socket was {}",
+        if reconnected {
+            "closed and reopened"
+        } else {
+            "kept"
+        }
+    );
+    desk.recv_message_text("after").await;
+    desk.agent_send(&conv, "got it", "r1").await;
+    customer.recv_message_text("got it").await;
+    let history = b.messages(&conv).await["messages"].clone();
+    assert_eq!(texts(&history), vec!["before", "after", "got it"]);
+    assert_gap_free(&history);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_through_an_edge() {
+    let _serial = SERIAL.lock().await;
+    let env = [
+        ("SWITCHBOARD_CLIENT_LIMITS", "true"),
+        ("SWITCHBOARD_MAX_CONNECTIONS_PER_IP", "4"),
+        ("SWITCHBOARD_MAX_UPLOAD", "100KiB"),
+    ];
+    let mut cluster = TestCluster::new(2);
+    cluster.start_node_with(0, &env);
+    let active = cluster.wait_active(&[], Duration::from_secs(20));
+    cluster.start_node_with(1, &env);
+    let b = edge(&mut cluster, 1).await;
+    let alice = active.h.create_agent("alice", 1, &[]).await;
+
+    // A file over max_upload: refused by the active node, as on its own
+    // sockets, while the edge is still sending it.
+    let r = b
+        .request_raw(
+            reqwest::Method::POST,
+            "/v1/attachments?filename=big.pdf",
+            Some(&alice.token),
+            "application/pdf",
+            vec![7u8; 300 * 1024],
+        )
+        .await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert_eq!(r.error_code(), "attachment_too_large", "{}", r.text);
+
+    // max_connections_per_ip counts a standby's relayed sockets: the edge
+    // refuses the fifth from one address itself.
+    let mut open = Vec::new();
+    for i in 0..4 {
+        let agent = active.h.create_agent(&format!("desk-{i}"), 1, &[]).await;
+        open.push(b.connect_agent(&agent).await.0);
+    }
+    match try_connect(&b.agent_ws_url(&alice)).await {
+        Err(status) => assert_eq!(status, 429),
+        Ok(_) => panic!("a fifth socket from one address was relayed"),
+    }
+    // One closes; a new one is taken again.
+    drop(open.pop());
+    active
+        .h
+        .wait_agent("desk-3", "its socket closed", |v| v["connected"] == false)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match try_connect(&b.agent_ws_url(&alice)).await {
+            Ok(_) => break,
+            Err(429) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("HTTP {status}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_out_of_sequence_closes_the_relayed_socket_and_garbage_is_ignored() {
+    use switchboard::cluster::relay::{batch, decode, encode, unbatch, Frame};
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(2);
+    let b = edge(&mut cluster, 1).await;
+    let nats = cluster.nats_client().await;
+    // Watch the frames the active node sends to the edge.
+    let mut sniff = nats
+        .subscribe(format!("{}.relay.to.>", common::cluster::PREFIX))
+        .await
+        .expect("subscribe");
+    let alice = active.h.create_agent("alice", 1, &[]).await;
+    let mut desk = b.agent_online(&alice).await;
+    // A frame of the desk's connection, host to edge.
+    let (subject, at) = loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), sniff.next())
+            .await
+            .expect("a relayed frame")
+            .expect("subscribed");
+        let data = unbatch(m.payload.clone())
+            .map(|f| decode(f.expect("a whole frame")).expect("a well-formed frame"))
+            .find(|(at, frame)| matches!(frame, Frame::Data(_)) && at.to != 0);
+        if let Some((at, _)) = data {
+            break (m.subject.to_string(), at);
+        }
+    };
+    // Garbage on the edge's subject is dropped; the socket lives on.
+    nats.publish(subject.clone(), "not a frame".into())
+        .await
+        .expect("publish");
+    nats.flush().await.expect("flush");
+    let v = desk
+        .call(json!({"type": "activity", "activity": "break"}))
+        .await;
+    assert_eq!(v["type"], "ok", "{v}");
+    // A frame numbered past the next one means frames were lost: the edge
+    // closes the socket rather than write a stream with a hole in it.
+    let mut forged = at;
+    forged.seq = at.seq.wrapping_add(1000);
+    let bytes = encode(forged, &Frame::Data("\u{81}\u{1}x".into())).expect("encodes");
+    nats.publish(subject, batch([&bytes]))
+        .await
+        .expect("publish");
+    nats.flush().await.expect("flush");
+    let (code, _) = desk.recv_close_within(Duration::from_secs(5)).await;
+    assert_eq!(code, 1006, "closed, no close frame");
+    active
+        .h
+        .wait_agent("alice", "her relayed socket gone", |v| {
+            v["connected"] == false
+        })
+        .await;
+    // She reconnects through the same node.
+    b.agent_online(&alice).await;
+}
