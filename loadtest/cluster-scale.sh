@@ -21,7 +21,10 @@
 # Needs nats-server (2.9 or newer). Settings: BIN (./target/release), CONVS,
 # AGENTS, RATE (new conversations/s per harness run, 300), HOLD (90s),
 # SCALE (multiplies CONVS, AGENTS and RATE), NATS_PORT (14322), BASE_PORT
-# (18811: nodes on BASE_PORT, +1, +2).
+# (18811: nodes on BASE_PORT, +1, +2), SINGLE (1: run the single node too;
+# 0: the cluster only), VIA (standbys: the second and third harness runs
+# through the standbys; active: all three against the active node, to tell
+# the relay's cost from the cluster's).
 set -euo pipefail
 BIN=${BIN:-./target/release}
 SCALE=${SCALE:-1}
@@ -58,12 +61,14 @@ summary() { # label
 }
 
 # 1. A single node.
-"$BIN/switchboard" --bind "127.0.0.1:$BASE_PORT" >"$OUT/single.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$BASE_PORT/healthz" >/dev/null && break; sleep 0.1; done
-harness "http://127.0.0.1:$BASE_PORT" single || true
-summary single
-stop_all
+if [ "${SINGLE:-1}" = 1 ]; then
+  "$BIN/switchboard" --bind "127.0.0.1:$BASE_PORT" >"$OUT/single.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$BASE_PORT/healthz" >/dev/null && break; sleep 0.1; done
+  harness "http://127.0.0.1:$BASE_PORT" single || true
+  summary single
+  stop_all
+fi
 
 # 2. A cluster of three.
 "$NATS_SERVER" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$OUT/nats" >"$OUT/nats.log" 2>&1 &
@@ -83,11 +88,20 @@ for i in 1 2; do
 done
 runs=()
 for i in 0 1 2; do
-  harness "http://127.0.0.1:$((BASE_PORT + i))" "node$i" &
+  port=$((BASE_PORT + i))
+  [ "${VIA:-standbys}" = active ] && port=$BASE_PORT
+  harness "http://127.0.0.1:$port" "node$i" &
   runs+=("$!")
 done
 peak=0
+rss_peak=(0 0 0)
 while kill -0 "${runs[@]}" 2>/dev/null; do
+  for i in 0 1 2; do
+    pid=$(pgrep -f -- "--node-id node-$i" | head -1 || true)
+    [ -n "$pid" ] || continue
+    rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+    [ "${rss:-0}" -gt "${rss_peak[$i]}" ] && rss_peak[$i]=$rss
+  done
   open=0
   for i in 1 2; do
     pid=$(pgrep -f -- "--node-id node-$i" | head -1 || true)
@@ -101,3 +115,4 @@ done
 wait "${runs[@]}" || true
 for i in 0 1 2; do summary "node$i"; done
 echo "== open files of the three nodes together at the peak: $peak"
+echo "== peak RSS (KiB, sampled every 2 s): node-0 ${rss_peak[0]}, node-1 ${rss_peak[1]}, node-2 ${rss_peak[2]}"

@@ -36,6 +36,17 @@ async fn edge(cluster: &mut TestCluster, i: usize) -> Harness {
     }
 }
 
+/// Two nodes started with the settings `env`: the cluster, its active
+/// node, and a client of the other (relaying) one.
+async fn active_and_edge(env: &[(&str, &str)]) -> (TestCluster, common::cluster::Active, Harness) {
+    let mut cluster = TestCluster::new(2);
+    cluster.start_node_with(0, env);
+    let active = cluster.wait_active(&[], Duration::from_secs(20));
+    cluster.start_node_with(1, env);
+    let edge = edge(&mut cluster, 1).await;
+    (cluster, active, edge)
+}
+
 /// A socket to `url`, retried while the answer is `503` (a takeover under
 /// way), as clients do.
 async fn connect_retrying(url: &str) -> Ws {
@@ -310,11 +321,7 @@ async fn a_desk_that_stops_reading_through_an_edge_is_a_slow_consumer_and_nothin
         ("SWITCHBOARD_CLIENT_TIMEOUT", "120s"),
         ("SWITCHBOARD_DISCONNECT_GRACE", "30s"),
     ];
-    let mut cluster = TestCluster::new(2);
-    cluster.start_node_with(0, &env);
-    let active = cluster.wait_active(&[], Duration::from_secs(20));
-    cluster.start_node_with(1, &env);
-    let b = edge(&mut cluster, 1).await;
+    let (_cluster, active, b) = active_and_edge(&env).await;
     let a = &active.h;
     let alice = a.create_agent("alice", 1, &[]).await;
     let mut desk = b.agent_online(&alice).await;
@@ -434,11 +441,7 @@ async fn limits_hold_through_an_edge() {
         ("SWITCHBOARD_MAX_CONNECTIONS_PER_IP", "4"),
         ("SWITCHBOARD_MAX_UPLOAD", "100KiB"),
     ];
-    let mut cluster = TestCluster::new(2);
-    cluster.start_node_with(0, &env);
-    let active = cluster.wait_active(&[], Duration::from_secs(20));
-    cluster.start_node_with(1, &env);
-    let b = edge(&mut cluster, 1).await;
+    let (_cluster, active, b) = active_and_edge(&env).await;
     let alice = active.h.create_agent("alice", 1, &[]).await;
 
     // A file over max_upload: refused by the active node, as on its own

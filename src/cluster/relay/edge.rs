@@ -25,11 +25,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
 
 use super::{
-    connect, hop_by_hop, open_subject, ConnState, Endpoint, Frame, Head, Opened, RelayError,
-    Timing, OPEN_TIMEOUT,
+    connect, hop_by_hop, open_subject, Endpoint, Frame, Head, Opened, Reader, RelayError, Timing,
+    OPEN_TIMEOUT,
 };
 use crate::cluster::ClusterSettings;
 use crate::error::ApiError;
@@ -104,10 +103,7 @@ pub async fn relay(
     let (conn, rx) = endpoint.register();
     // From here the connection is released however this ends.
     let mut down = Down {
-        endpoint: endpoint.clone(),
-        conn: conn.clone(),
-        rx,
-        ended: false,
+        reader: Reader::new(endpoint.clone(), conn.clone(), rx),
         _slot: slot,
     };
     let open = super::Open {
@@ -170,14 +166,7 @@ pub async fn relay(
         }
     });
     // Down: the head, then the body as a stream.
-    let head = loop {
-        match down.rx.recv().await {
-            Some(Frame::Head(head)) => break head,
-            Some(Frame::Close(why)) => return Err(RelayError::Closed(why).into()),
-            None => return Err(RelayError::Closed("the relay stopped".into()).into()),
-            Some(_) => {}
-        }
-    };
+    let head = down.reader.head().await?;
     respond(head, down)
 }
 
@@ -236,14 +225,10 @@ fn respond(head: Head, down: Down) -> Result<HttpResponse, ApiError> {
     })
 }
 
-/// The response body, from the host's frames; credits them back as the
-/// client's connection takes them, and releases the connection when
-/// dropped.
+/// The response body, from the host's frames; releases the connection
+/// when dropped (telling the host, unless it ended cleanly).
 struct Down {
-    endpoint: Rc<Endpoint>,
-    conn: Rc<ConnState>,
-    rx: mpsc::UnboundedReceiver<Frame>,
-    ended: bool,
+    reader: Reader,
     _slot: ConnectionSlot,
 }
 
@@ -251,36 +236,16 @@ impl Stream for Down {
     type Item = Result<Bytes, actix_web::Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        loop {
-            return match this.rx.poll_recv(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Frame::Data(bytes))) => {
-                    this.endpoint.consumed(&this.conn, bytes.len());
-                    Poll::Ready(Some(Ok(bytes)))
-                }
-                Poll::Ready(Some(Frame::End)) => {
-                    this.ended = true;
-                    Poll::Ready(None)
-                }
-                Poll::Ready(Some(Frame::Close(why))) => {
-                    Poll::Ready(Some(Err(actix_web::error::ErrorServiceUnavailable(why))))
-                }
-                Poll::Ready(None) => Poll::Ready(Some(Err(
-                    actix_web::error::ErrorServiceUnavailable("the relay stopped"),
-                ))),
-                Poll::Ready(Some(_)) => continue,
-            };
-        }
+        self.get_mut()
+            .reader
+            .poll_data(cx)
+            .map(|next| next.map(|data| data.map_err(actix_web::error::ErrorServiceUnavailable)))
     }
 }
 
 impl Drop for Down {
     fn drop(&mut self) {
-        let why = (!self.ended).then_some("the client's connection closed");
-        self.endpoint.release(&self.conn, why);
+        let why = (!self.reader.ended_cleanly()).then_some("the client's connection closed");
+        self.reader.endpoint().release(self.reader.conn(), why);
     }
 }

@@ -29,7 +29,8 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::{
-    connect, hop_by_hop, open_subject, ConnState, Endpoint, Frame, Head, Open, Opened, Timing,
+    connect, hop_by_hop, open_subject, ConnState, Endpoint, Frame, Head, Open, Opened, Reader,
+    Timing,
 };
 use crate::cluster::ClusterSettings;
 
@@ -140,12 +141,7 @@ async fn serve<S>(
 ) where
     S: Service<Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
 {
-    let up = Up {
-        endpoint: endpoint.clone(),
-        conn: conn.clone(),
-        rx,
-        ended: false,
-    };
+    let up = Up(Reader::new(endpoint.clone(), conn.clone(), rx));
     let req = match request(&open, up) {
         Ok(req) => req,
         Err(why) => {
@@ -204,48 +200,21 @@ async fn serve<S>(
 
 /// The request's payload: the bytes the edge sends, credited back as the
 /// app reads them.
-struct Up {
-    endpoint: Rc<Endpoint>,
-    conn: Rc<ConnState>,
-    rx: mpsc::UnboundedReceiver<Frame>,
-    ended: bool,
-}
+struct Up(Reader);
 
 impl Stream for Up {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        loop {
-            return match this.rx.poll_recv(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Frame::Data(bytes))) => {
-                    this.endpoint.consumed(&this.conn, bytes.len());
-                    Poll::Ready(Some(Ok(bytes)))
-                }
-                Poll::Ready(Some(Frame::End)) => {
-                    this.ended = true;
-                    Poll::Ready(None)
-                }
-                Poll::Ready(Some(Frame::Close(why))) => {
-                    this.ended = true;
-                    Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+        self.get_mut().0.poll_data(cx).map(|next| {
+            next.map(|data| {
+                data.map_err(|why| {
+                    PayloadError::Io(std::io::Error::new(
                         std::io::ErrorKind::ConnectionReset,
                         why,
-                    )))))
-                }
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionReset,
-                        "the relay stopped",
-                    )))))
-                }
-                Poll::Ready(Some(_)) => continue,
-            };
-        }
+                    ))
+                })
+            })
+        })
     }
 }

@@ -37,6 +37,7 @@ pub mod host;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -313,6 +314,92 @@ pub fn unbatch(mut message: Bytes) -> impl Iterator<Item = Result<Bytes, RelayEr
 /// What a connection's reader gets: everything but credits and pings,
 /// which the endpoint handles itself.
 pub type Inbound = Frame;
+
+/// One side's reading of a connection: the response head (at the edge),
+/// then data, credited back as it is taken, then the end or why it closed.
+pub struct Reader {
+    endpoint: Rc<Endpoint>,
+    conn: Rc<ConnState>,
+    rx: mpsc::UnboundedReceiver<Inbound>,
+    /// `End` came: the other side finished cleanly.
+    ended: bool,
+    /// Nothing more will come.
+    done: bool,
+}
+
+impl Reader {
+    pub fn new(
+        endpoint: Rc<Endpoint>,
+        conn: Rc<ConnState>,
+        rx: mpsc::UnboundedReceiver<Inbound>,
+    ) -> Reader {
+        Reader {
+            endpoint,
+            conn,
+            rx,
+            ended: false,
+            done: false,
+        }
+    }
+
+    pub fn endpoint(&self) -> &Rc<Endpoint> {
+        &self.endpoint
+    }
+
+    pub fn conn(&self) -> &Rc<ConnState> {
+        &self.conn
+    }
+
+    /// Whether the other side sent `End`.
+    pub fn ended_cleanly(&self) -> bool {
+        self.ended
+    }
+
+    /// The response head (the edge's first frame from the host).
+    pub async fn head(&mut self) -> Result<Head, RelayError> {
+        loop {
+            match self.rx.recv().await {
+                Some(Frame::Head(head)) => return Ok(head),
+                Some(Frame::Close(why)) => return Err(RelayError::Closed(why)),
+                None => return Err(RelayError::Closed("the relay stopped".into())),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The next data: `None` at a clean end, an error when the connection
+    /// closed before it.
+    pub fn poll_data(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Bytes, String>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            return match self.rx.poll_recv(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Frame::Data(bytes))) => {
+                    self.endpoint.consumed(&self.conn, bytes.len());
+                    Poll::Ready(Some(Ok(bytes)))
+                }
+                Poll::Ready(Some(Frame::End)) => {
+                    (self.ended, self.done) = (true, true);
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Frame::Close(why))) => {
+                    self.done = true;
+                    Poll::Ready(Some(Err(why)))
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    Poll::Ready(Some(Err("the relay stopped".into())))
+                }
+                Poll::Ready(Some(_)) => continue,
+            };
+        }
+    }
+}
 
 /// One relayed connection as its endpoint keeps it.
 pub struct ConnState {
