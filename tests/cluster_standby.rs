@@ -3,7 +3,8 @@
 //! holder, failover on a crash, handover on release, a stalled holder,
 //! a NATS restart), the follower copying the core subject into a local
 //! journal (same Lsns and bytes; gaps and bad checksums stop it; `finish` at
-//! a claim; the old journal moved aside), and uploaded files in NATS.
+//! a claim; the old journal moved aside), uploaded files in NATS, and the
+//! active node's snapshot upload when its newest snapshot is unreadable.
 //! Leases last 2 s here unless a test says otherwise.
 
 mod common;
@@ -786,4 +787,79 @@ async fn a_follower_refuses_an_events_stream_without_the_core_subject() {
         matches!(&err, FollowError::NotInStream { subject, .. } if subject == "switchboard.core"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------- snapshots
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_newest_snapshot_is_replaced_by_the_one_before_it_once() {
+    use switchboard::cluster::snapshots::trim_round;
+    use switchboard::cluster::{CoreSubject, Snapshots};
+    let nats = NatsServer::start();
+    let cluster = connect(&nats.url(), "active").await;
+    let snapshots = Snapshots::open(&cluster).await.expect("the bucket");
+    let core = CoreSubject::new(cluster.events().clone(), cluster.settings().core_subject());
+    let data = tempfile::tempdir().expect("temp dir");
+    let (journal, _) = Journal::open(journal_config(data.path())).expect("open");
+    for r in records(1, 6) {
+        journal.append(&r).expect("append");
+    }
+    let writer = journal.clone();
+    tokio::task::spawn_blocking(move || {
+        writer.write_snapshot(3, b"state at 3").expect("snapshot 3");
+        writer.write_snapshot(6, b"state at 6").expect("snapshot 6");
+    })
+    .await
+    .expect("written");
+    // The newest snapshot's last byte goes bad on the disk.
+    let newest = data
+        .path()
+        .join("journal")
+        .join(format!("snap-{:020}.snap", 6));
+    let mut bytes = std::fs::read(&newest).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&newest, bytes).expect("write");
+
+    let mut uploaded = None;
+    let round = trim_round(&journal, &snapshots, &core, &[], &mut uploaded)
+        .await
+        .expect("a round");
+    assert_eq!(
+        round.map(|t| t.uploaded),
+        Some(3),
+        "the newest readable one"
+    );
+    assert_eq!(snapshots.list().await.expect("list"), vec![3]);
+    assert_eq!(
+        snapshots.get(3).await.expect("get"),
+        Some(b"state at 3".to_vec())
+    );
+    assert_eq!(uploaded, Some(6), "the unreadable newest counts as done");
+    // Later rounds upload nothing until a newer snapshot is written.
+    for _ in 0..3 {
+        let round = trim_round(&journal, &snapshots, &core, &[], &mut uploaded)
+            .await
+            .expect("a round");
+        assert!(
+            round.is_none(),
+            "uploaded again: {:?}",
+            round.map(|t| t.uploaded)
+        );
+    }
+    let writer = journal.clone();
+    tokio::task::spawn_blocking(move || {
+        for r in records(7, 2) {
+            writer.append(&r).expect("append");
+        }
+        writer.write_snapshot(8, b"state at 8").expect("snapshot 8");
+    })
+    .await
+    .expect("written");
+    let round = trim_round(&journal, &snapshots, &core, &[], &mut uploaded)
+        .await
+        .expect("a round");
+    assert_eq!(round.map(|t| t.uploaded), Some(8));
+    assert_eq!(snapshots.list().await.expect("list"), vec![8, 3]);
+    journal.close(Duration::from_secs(10)).expect("close");
 }

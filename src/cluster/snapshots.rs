@@ -423,8 +423,19 @@ pub async fn trim_round(
     let Some((lsn, payload)) = read else {
         return Ok(None);
     };
+    if lsn < newest_local {
+        tracing::warn!(
+            newest = newest_local,
+            uploading = lsn,
+            "the newest local snapshot cannot be read back: uploading the newest one that can \
+             (once; the next upload waits for a newer snapshot)"
+        );
+    }
     snapshots.put(lsn, &payload).await?;
-    *uploaded = Some(lsn);
+    // The newest local snapshot counts as done even when it could not be
+    // read back: the next round waits for a newer one rather than upload
+    // the same older one again, round after round.
+    *uploaded = Some(lsn.max(newest_local));
     let kept = snapshots.list().await?;
     for old in kept.iter().skip(KEEP) {
         snapshots.delete(*old).await?;
