@@ -543,3 +543,38 @@ async fn a_frame_out_of_sequence_closes_the_relayed_socket_and_garbage_is_ignore
     // She reconnects through the same node.
     b.agent_online(&alice).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when_it_wakes() {
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(2);
+    let b = edge(&mut cluster, 1).await;
+    let a = &active.h;
+    let alice = a.create_agent("alice", 1, &[]).await;
+    let mut desk = b.agent_online(&alice).await;
+
+    // Paused for three times the relay's silence (TTL/2): the active node
+    // gives its desk up, as for a dead node.
+    cluster.process(1).signal(libc::SIGSTOP);
+    a.wait_agent("alice", "given up while node-1 is paused", |v| {
+        v["connected"] == false
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.process(1).signal(libc::SIGCONT);
+
+    // Awake, it does not carry on with the connection the active node
+    // dropped: the desk's socket closes, and a new one works.
+    let (code, _) = desk.recv_close_within(Duration::from_secs(10)).await;
+    assert_eq!(code, 1006, "closed without a close frame");
+    let mut desk = connect_retrying(&b.agent_ws_url(&alice)).await;
+    let hello = desk.recv_next().await;
+    assert_eq!(hello["type"], "hello", "{hello}");
+    desk.set_activity("available").await;
+    let (_session, mut customer, ack) = a.customer_with_message("Eve", "hi").await;
+    let conv = s(&ack["conversation_id"]);
+    let offer = desk.offer_for(&conv).await;
+    desk.accept(&s(&offer["task"]["id"])).await;
+    desk.agent_send(&conv, "hello Eve", "r1").await;
+    customer.recv_message_text("hello Eve").await;
+}
