@@ -359,7 +359,7 @@ fn upgrades(
                     // `max_connections` for as long as it is open.
                     let peer = framed.io_ref().peer_addr().ok().map(|a| a.ip());
                     let socket = crate::http::upgrade::Socket {
-                        _slot: connections.adopt(peer),
+                        _slot: Some(connections.adopt(peer)),
                         write_timeout,
                     };
                     actix_web::rt::spawn(crate::http::upgrade::serve(

@@ -21,8 +21,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::dev::ServerHandle;
+use std::rc::Rc;
+
+use actix_codec::Framed;
+use actix_http::{h1, HttpService};
+use actix_service::map_config;
+use actix_web::dev::{fn_factory, fn_service, AppConfig, ServerHandle};
 use actix_web::{web, App, HttpResponse, HttpServer};
+use tokio::net::TcpStream;
 
 use crate::cluster::node::StandbyView;
 use crate::cluster::relay::edge::Edge;
@@ -94,34 +100,86 @@ pub fn start(config: &Config, view: Arc<StandbyView>) -> std::io::Result<Standby
         1
     };
     let relaying = web::Data::new(Relaying(relay.is_some()));
+    let Some((settings, stall)) = relay else {
+        return refusing(config, data, relaying);
+    };
+    // Relaying: served as the broker's own server serves (`server.rs`),
+    // WebSockets leaving the HTTP/1 dispatcher and its buffers at the
+    // upgrade, with one edge per worker (its NATS connection made at its
+    // first request) for both.
     let connections = crate::limits::Limits::new(config).connections;
+    let header_timeout = config.request_header_timeout;
+    let mut builder = actix_web::dev::Server::build()
+        .workers(workers)
+        .max_concurrent_connections(config.max_connections.div_ceil(workers).max(1))
+        .disable_signals();
+    let mut addrs = Vec::new();
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(config.bind.as_str())
+        .map_err(|e| crate::server::bind_error(&config.bind, e))?;
+    for addr in resolved {
+        let listener =
+            crate::server::listen(addr).map_err(|e| crate::server::bind_error(&config.bind, e))?;
+        let local = listener.local_addr()?;
+        addrs.push(local);
+        let (data, relaying, settings, connections) = (
+            data.clone(),
+            relaying.clone(),
+            settings.clone(),
+            connections.clone(),
+        );
+        builder = builder.listen(format!("standby-{local}"), listener, move || {
+            let edge = Rc::new(Edge::new(settings.clone(), connections.clone(), stall));
+            let app = App::new()
+                .app_data(data.clone())
+                .app_data(relaying.clone())
+                .app_data(web::Data::new(edge.clone()))
+                .route("/healthz", web::get().to(healthz))
+                .default_service(web::to(crate::cluster::relay::edge::relay));
+            let upgrades = fn_service(
+                move |(req, framed): (actix_http::Request, Framed<TcpStream, h1::Codec>)| {
+                    actix_web::rt::spawn(crate::cluster::relay::edge::serve_upgrade(
+                        edge.clone(),
+                        req,
+                        framed,
+                    ));
+                    std::future::ready(Ok::<_, std::convert::Infallible>(()))
+                },
+            );
+            HttpService::build()
+                .keep_alive(actix_http::KeepAlive::default())
+                .client_request_timeout(header_timeout)
+                // Relayed frames are small: send them at once (Nagle and
+                // the client's delayed ACK would cost 40 ms a frame).
+                .tcp_nodelay(true)
+                .local_addr(local)
+                .upgrade(fn_factory(move || {
+                    let upgrades = upgrades.clone();
+                    async move { Ok::<_, ()>(upgrades) }
+                }))
+                .finish(map_config(app, |_| AppConfig::default()))
+                .tcp()
+        })?;
+    }
+    let server = builder.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Ok(StandbyServer { addrs, handle })
+}
+
+/// Without the relay: one worker that refuses everything but `/healthz`.
+fn refusing(
+    config: &Config,
+    data: web::Data<Arc<StandbyView>>,
+    relaying: web::Data<Relaying>,
+) -> std::io::Result<StandbyServer> {
     let mut server = HttpServer::new(move || {
-        let app = App::new()
+        App::new()
             .app_data(data.clone())
             .app_data(relaying.clone())
-            .route("/healthz", web::get().to(healthz));
-        match &relay {
-            // One edge per worker, its NATS connection made at its first
-            // request.
-            Some((settings, stall)) => app
-                .app_data(web::Data::new(std::rc::Rc::new(Edge::new(
-                    settings.clone(),
-                    connections.clone(),
-                    *stall,
-                ))))
-                .default_service(web::to(crate::cluster::relay::edge::relay)),
-            None => app.default_service(web::to(anything)),
-        }
+            .route("/healthz", web::get().to(healthz))
+            .default_service(web::to(anything))
     })
-    .workers(workers)
-    .max_connections(config.max_connections.div_ceil(workers).max(1))
-    // Relayed frames are small: send them at once, as the broker's own
-    // server does (Nagle + the client's delayed ACK cost 40 ms a frame).
-    .on_connect(|conn, _| {
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            let _ = tcp.set_nodelay(true);
-        }
-    })
+    .workers(1)
     .disable_signals();
     let mut addrs = Vec::new();
     let resolved = std::net::ToSocketAddrs::to_socket_addrs(config.bind.as_str())

@@ -53,8 +53,9 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// What a connection keeps from the server for its life.
 pub struct Socket {
-    /// Its place in the connection count, given back when it closes.
-    pub _slot: crate::limits::ConnectionSlot,
+    /// Its place in the connection count, given back when it closes (a
+    /// relayed WebSocket's is its relay's).
+    pub _slot: Option<crate::limits::ConnectionSlot>,
     /// How long a pending write may wait for the client to read.
     pub write_timeout: Duration,
 }
@@ -109,7 +110,7 @@ where
     // not take (after what it did take: the order they arrived in).
     let (io, unread) = parts.io.into_parts();
     let io = Rc::new(io);
-    let mut codec = parts.codec;
+    let codec = parts.codec;
     // Bytes the client sent right after the request head (a first frame).
     let mut ahead = BytesMut::from(&parts.read_buf[..]);
     ahead.extend_from_slice(&unread);
@@ -118,10 +119,7 @@ where
     drop(parts.read_buf);
     drop(parts.write_buf);
 
-    let reader = SocketReader {
-        io: Rc::clone(&io),
-        early,
-    };
+    let reader = SocketReader::new(Rc::clone(&io), early);
     let (req, _) = req.replace_payload(Payload::from(
         Box::pin(reader) as actix_http::BoxedPayloadStream
     ));
@@ -129,6 +127,18 @@ where
         Ok(res) => res.into(),
         Err(e) => e.error_response().into(),
     };
+    respond(io, codec, res, socket).await
+}
+
+/// Write the answer to an upgrade request: a `101`'s head, then the pump
+/// for its body (the session's frames); any other answer whole, and the
+/// connection closed (`None`).
+pub(crate) async fn respond(
+    io: Rc<TcpStream>,
+    mut codec: Codec,
+    res: Response<BoxBody>,
+    socket: Socket,
+) -> Option<Pump> {
     let (mut head, body) = res.into_parts();
     let mut out = BytesMut::new();
     let written = if head.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -175,7 +185,7 @@ where
 /// plain struct rather than an `async fn`, to keep the task that lives as
 /// long as the socket small (waiting for writability is `poll_write_ready`,
 /// with no waiter of its own in the future).
-struct Pump {
+pub(crate) struct Pump {
     io: Rc<TcpStream>,
     /// The session actor's output stream.
     session: BoxBody,
@@ -298,9 +308,16 @@ pub(crate) async fn write_all(io: &TcpStream, mut buf: &[u8]) -> io::Result<()> 
 
 /// The request's payload: what the client sends, as it arrives, each read its
 /// own exact-size chunk.
-struct SocketReader {
+pub(crate) struct SocketReader {
     io: Rc<TcpStream>,
     early: Option<Bytes>,
+}
+
+impl SocketReader {
+    /// What `io` receives, after `early` (bytes read with the request head).
+    pub(crate) fn new(io: Rc<TcpStream>, early: Option<Bytes>) -> SocketReader {
+        SocketReader { io, early }
+    }
 }
 
 impl Stream for SocketReader {

@@ -14,17 +14,25 @@
 //! client to retry. A connection already relayed ends when the active node
 //! ends it, goes silent, or frames are lost; its client reconnects.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
+use actix_codec::Framed;
+use actix_http::body::BoxBody;
+use actix_http::h1::Codec;
+use actix_http::{Request, RequestHead, Response};
 use actix_web::body::SizedStream;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use tokio::net::TcpStream;
 
 use super::{
     connect, hop_by_hop, open_subject, Endpoint, Frame, Head, Opened, Reader, RelayError, Timing,
@@ -32,6 +40,7 @@ use super::{
 };
 use crate::cluster::ClusterSettings;
 use crate::error::ApiError;
+use crate::http::upgrade::{Pump, Socket, SocketReader};
 use crate::limits::{ConnectionSlot, Connections, Refused};
 
 /// A worker's relay to the active node, connected at its first request.
@@ -80,17 +89,91 @@ impl From<RelayError> for ApiError {
     }
 }
 
-/// Relay one request to the active node and answer what it answers.
+/// Relay one request to the active node and answer what it answers (plain
+/// HTTP; WebSocket upgrades come through [`serve_upgrade`]).
 pub async fn relay(
     req: HttpRequest,
     payload: web::Payload,
     edge: web::Data<Rc<Edge>>,
 ) -> Result<HttpResponse, ApiError> {
+    let (head, down) = open(
+        &edge,
+        req.head(),
+        req.peer_addr(),
+        payload.map(|chunk| chunk.map_err(|e| e.to_string())),
+    )
+    .await?;
+    respond(head, down)
+}
+
+/// A WebSocket upgrade request with its socket, taken from the HTTP/1
+/// dispatcher as the broker's own server takes them (`http::upgrade`): no
+/// buffer is held while the socket is idle. Relayed, then pumped until
+/// either side ends. To be spawned as its own task.
+pub fn serve_upgrade(
+    edge: Rc<Edge>,
+    req: Request,
+    framed: Framed<TcpStream, Codec>,
+) -> impl Future<Output = ()> {
+    // Boxed, so the task keeps only the pump once the handshake is done:
+    // the open (a NATS request) is large and short-lived, the task lives
+    // as long as the socket.
+    let handshake = Box::pin(handshake(edge, req, framed));
+    async move {
+        if let Some(pump) = handshake.await {
+            if let Err(e) = pump.await {
+                tracing::debug!(error = %e, "relayed WebSocket closed");
+            }
+        }
+    }
+}
+
+/// Relay the upgrade request and write the answer: the pump of a `101`.
+async fn handshake(edge: Rc<Edge>, req: Request, framed: Framed<TcpStream, Codec>) -> Option<Pump> {
+    let parts = framed.into_parts();
+    let io = Rc::new(parts.io);
+    let codec = parts.codec;
+    // Bytes the client sent right after the request head (a first frame).
+    let early = (!parts.read_buf.is_empty()).then(|| parts.read_buf.freeze());
+    drop(parts.write_buf);
+    let reader = SocketReader::new(io.clone(), early);
+    let peer = io.peer_addr().ok();
+    let res: Response<BoxBody> = match open(
+        &edge,
+        req.head(),
+        peer,
+        reader.map(|chunk| chunk.map_err(|e| e.to_string())),
+    )
+    .await
+    .and_then(|(head, down)| respond(head, down))
+    {
+        Ok(res) => res.into(),
+        Err(e) => e.error_response().into(),
+    };
+    let socket = Socket {
+        _slot: None,
+        write_timeout: edge.stall,
+    };
+    crate::http::upgrade::respond(io, codec, res, socket).await
+}
+
+/// Open a relayed connection for a request: counted, opened on the active
+/// node, the client's bytes (`payload`) streaming up from now on; the
+/// response head and the body to come.
+async fn open<P>(
+    edge: &Edge,
+    req: &RequestHead,
+    peer: Option<SocketAddr>,
+    payload: P,
+) -> Result<(Head, Down), ApiError>
+where
+    P: Stream<Item = Result<Bytes, String>> + Unpin + 'static,
+{
     // Counted as the active node counts its own: a request in flight, or a
     // WebSocket for as long as it is open.
     let slot = edge
         .connections
-        .admit(req.peer_addr().map(|a| a.ip()))
+        .admit(peer.map(|a| a.ip()))
         .map_err(|why| match why {
             Refused::Full => {
                 ApiError::Unavailable("this node is at max_connections; try again shortly".into())
@@ -109,18 +192,18 @@ pub async fn relay(
     let open = super::Open {
         edge: endpoint.id,
         conn: conn.id,
-        method: req.method().as_str().to_owned(),
+        method: req.method.as_str().to_owned(),
         uri: req
-            .uri()
+            .uri
             .path_and_query()
-            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
+            .map_or_else(|| req.uri.path().to_owned(), |p| p.as_str().to_owned()),
         headers: req
-            .headers()
+            .headers
             .iter()
             .filter(|(name, _)| name.as_str() != "transfer-encoding")
             .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
             .collect(),
-        peer: req.peer_addr().map(|a| a.to_string()),
+        peer: peer.map(|a| a.to_string()),
     };
     let body: Bytes = crate::codec::encode(&open)
         .map_err(|e| RelayError::Malformed(e.to_string()))?
@@ -161,13 +244,10 @@ pub async fn relay(
                 }
             }
         }
-        if !up_conn.is_closed() {
-            up_endpoint.post(&up_conn, &Frame::End);
-        }
+        up_endpoint.post(&up_conn, &Frame::End);
     });
-    // Down: the head, then the body as a stream.
     let head = down.reader.head().await?;
-    respond(head, down)
+    Ok((head, down))
 }
 
 /// Ask the active node's hosts to take a connection. Nobody answering is
