@@ -142,6 +142,20 @@ impl ClusterSettings {
         self.lease_ttl / 4
     }
 
+    /// How every NATS connection of this node is made (`what` names it in
+    /// the server's view): reconnecting for ever, with a delay growing by
+    /// 100 ms per attempt up to the renewal interval.
+    pub fn connect_options(&self, what: &str) -> async_nats::ConnectOptions {
+        let max_delay = self.renew_every();
+        async_nats::ConnectOptions::new()
+            .name(format!("switchboard {}{what}", self.node_id))
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .reconnect_delay_callback(move |attempts| {
+                (Duration::from_millis(100) * attempts as u32).min(max_delay)
+            })
+    }
+
     /// The object store of the journal's snapshots (`snapshots`).
     pub fn snapshots_bucket(&self) -> String {
         format!("{}-snapshots", self.prefix)
@@ -272,14 +286,8 @@ impl Cluster {
     /// lease TTL, so a NATS restart is noticed well within one lease.
     pub async fn connect(settings: ClusterSettings) -> Result<Cluster, ClusterError> {
         settings.check()?;
-        let max_delay = settings.renew_every();
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("switchboard {}", settings.node_id))
-            .max_reconnects(None)
-            .connection_timeout(Duration::from_secs(5))
-            .reconnect_delay_callback(move |attempts| {
-                (Duration::from_millis(100) * attempts as u32).min(max_delay)
-            })
+        let client = settings
+            .connect_options("")
             .connect(settings.servers()?)
             .await
             .map_err(|source| ClusterError::Connect {

@@ -114,11 +114,7 @@ pub fn start(config: &Config, view: Arc<StandbyView>) -> std::io::Result<Standby
         .max_concurrent_connections(config.max_connections.div_ceil(workers).max(1))
         .disable_signals();
     let mut addrs = Vec::new();
-    let resolved = std::net::ToSocketAddrs::to_socket_addrs(config.bind.as_str())
-        .map_err(|e| crate::server::bind_error(&config.bind, e))?;
-    for addr in resolved {
-        let listener =
-            crate::server::listen(addr).map_err(|e| crate::server::bind_error(&config.bind, e))?;
+    for listener in listeners(config)? {
         let local = listener.local_addr()?;
         addrs.push(local);
         let (data, relaying, settings, connections) = (
@@ -166,6 +162,15 @@ pub fn start(config: &Config, view: Arc<StandbyView>) -> std::io::Result<Standby
     Ok(StandbyServer { addrs, handle })
 }
 
+/// A listening socket on every address `config.bind` resolves to.
+fn listeners(config: &Config) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let bind_error = |e| crate::server::bind_error(&config.bind, e);
+    std::net::ToSocketAddrs::to_socket_addrs(config.bind.as_str())
+        .map_err(bind_error)?
+        .map(|addr| crate::server::listen(addr).map_err(bind_error))
+        .collect()
+}
+
 /// Without the relay: one worker that refuses everything but `/healthz`.
 fn refusing(
     config: &Config,
@@ -182,11 +187,7 @@ fn refusing(
     .workers(1)
     .disable_signals();
     let mut addrs = Vec::new();
-    let resolved = std::net::ToSocketAddrs::to_socket_addrs(config.bind.as_str())
-        .map_err(|e| crate::server::bind_error(&config.bind, e))?;
-    for addr in resolved {
-        let listener =
-            crate::server::listen(addr).map_err(|e| crate::server::bind_error(&config.bind, e))?;
+    for listener in listeners(config)? {
         addrs.push(listener.local_addr()?);
         server = server.listen(listener)?;
     }

@@ -457,14 +457,8 @@ pub async fn connect(
     let servers = settings
         .servers()
         .map_err(|e| RelayError::Nats(e.to_string()))?;
-    let max_delay = settings.renew_every();
-    async_nats::ConnectOptions::new()
-        .name(format!("switchboard {} relay {role}", settings.node_id))
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
-        .reconnect_delay_callback(move |attempts| {
-            (Duration::from_millis(100) * attempts as u32).min(max_delay)
-        })
+    settings
+        .connect_options(&format!(" relay {role}"))
         .connect(servers)
         .await
         .map_err(|e| RelayError::Nats(e.to_string()))
@@ -588,17 +582,23 @@ impl Endpoint {
     /// ended cleanly (`why` = None). Its local reader gets `Close` too (after
     /// whatever it has not read), so a side still waiting wakes.
     pub fn release(&self, conn: &ConnState, why: Option<&str>) {
+        if self.forget(conn, why.unwrap_or("closed")) {
+            if let Some(why) = why {
+                self.send(conn, &Frame::Close(why.to_owned()));
+            }
+        }
+    }
+
+    /// Drop a connection here, once: its reader gets `Close(why)`, a
+    /// sender waiting for credit wakes. Whether it was still open.
+    fn forget(&self, conn: &ConnState, why: &str) -> bool {
         if conn.closed.replace(true) {
-            return;
+            return false;
         }
-        let _ = conn
-            .tx
-            .send(Frame::Close(why.unwrap_or("closed").to_owned()));
-        if let Some(why) = why {
-            self.send(conn, &Frame::Close(why.to_owned()));
-        }
+        let _ = conn.tx.send(Frame::Close(why.to_owned()));
         self.conns.borrow_mut().remove(&conn.id);
         conn.credit.notify_waiters();
+        true
     }
 
     /// Queue a frame of `conn` for its peer, numbered; nothing once the
@@ -703,6 +703,13 @@ impl Endpoint {
             }
             return;
         };
+        if let Frame::Close(why) = frame {
+            // Told by the other side, in turn or not (an answer for a
+            // connection it does not hold is not numbered): nothing to
+            // tell it back.
+            self.forget(&state, &why);
+            return;
+        }
         if seq != state.recv_seq.get() {
             let why = format!(
                 "relay frame {seq} arrived where {} was due: frames were lost",
@@ -719,14 +726,6 @@ impl Endpoint {
                     .in_flight
                     .set(state.in_flight.get().saturating_sub(u64::from(n)));
                 state.credit.notify_waiters();
-            }
-            Frame::Close(why) => {
-                // Told by the other side: nothing to tell it back.
-                if !state.closed.replace(true) {
-                    let _ = state.tx.send(Frame::Close(why));
-                    self.conns.borrow_mut().remove(&state.id);
-                    state.credit.notify_waiters();
-                }
             }
             other => {
                 let _ = state.tx.send(other);
@@ -806,7 +805,7 @@ impl ConnState {
             id: 0,
             remote: Cell::new(remote),
             peer: Cell::new(peer),
-            send_seq: Cell::new(u32::MAX),
+            send_seq: Cell::new(0),
             recv_seq: Cell::new(0),
             in_flight: Cell::new(0),
             unacked: Cell::new(0),
