@@ -578,3 +578,130 @@ async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when
     desk.agent_send(&conv, "hello Eve", "r1").await;
     customer.recv_message_text("hello Eve").await;
 }
+
+/// Two relay endpoints of this process on a real nats-server: a peer that
+/// sends past the flow-control window is cut off, and an endpoint queues at
+/// most its outbox for NATS (a data frame that does not fit closes its
+/// connection; what was queued before it goes through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue() {
+    use bytes::Bytes;
+    use switchboard::cluster::relay::{Endpoint, Frame, Timing, QUEUE_FULL, WINDOW};
+    let _serial = SERIAL.lock().await;
+    let nats = common::nats::NatsServer::start();
+    let url = nats.url();
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let timing = Timing {
+                heartbeat: Duration::from_secs(1),
+                silence: Duration::from_secs(60),
+            };
+            let outbox = 100 * 1024;
+            let client = || async { async_nats::connect(url.as_str()).await.expect("NATS") };
+            let a = Endpoint::start(client().await, "bounds".into(), timing, outbox)
+                .await
+                .expect("endpoint a");
+            let b = Endpoint::start(client().await, "bounds".into(), timing, outbox)
+                .await
+                .expect("endpoint b");
+            let pair = || {
+                let (on_a, from_b) = a.register();
+                let (on_b, from_a) = b.register();
+                a.bind(&on_a, b.id, on_b.id);
+                b.bind(&on_b, a.id, on_a.id);
+                (on_a, from_b, on_b, from_a)
+            };
+            let chunk = || Frame::Data(Bytes::from(vec![b'x'; 16 * 1024]));
+
+            // Past the window: five 16 KiB frames nobody reads on b, where
+            // the window is 64 KiB. b delivers the four that fit, then
+            // closes the connection, and a hears of it.
+            let (on_a, _from_b, on_b, mut from_a) = pair();
+            for _ in 0..5 {
+                a.post(&on_a, &chunk());
+            }
+            let mut delivered = 0u64;
+            let why = loop {
+                match tokio::time::timeout(Duration::from_secs(5), from_a.recv())
+                    .await
+                    .expect("b's frames")
+                    .expect("open")
+                {
+                    Frame::Data(data) => delivered += data.len() as u64,
+                    Frame::Close(why) => break why,
+                    other => panic!("unexpected {other:?}"),
+                }
+            };
+            assert_eq!(delivered, WINDOW, "what fits in the window is delivered");
+            assert!(why.contains("past the flow-control window"), "{why}");
+            assert!(on_b.is_closed());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !on_a.is_closed() {
+                assert!(Instant::now() < deadline, "a never told of the close");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+
+            // The outbox: two connections queue 3 x 16 KiB each (96 KiB and
+            // headers, within 100 KiB) in one turn of this thread, before the
+            // writer takes any. A third connection's first 16 KiB does not
+            // fit: that connection closes, the others' data goes through.
+            let (one_a, _r, _one_b, mut one_rx) = pair();
+            let (two_a, _r2, _two_b, mut two_rx) = pair();
+            let (three_a, mut three_local, _three_b, mut three_rx) = pair();
+            for _ in 0..3 {
+                a.post(&one_a, &chunk());
+                a.post(&two_a, &chunk());
+            }
+            assert!(a.queued() <= outbox, "queued {}", a.queued());
+            let refused = a
+                .send_data(
+                    &three_a,
+                    Bytes::from(vec![b'y'; 16 * 1024]),
+                    Duration::from_secs(5),
+                )
+                .await;
+            assert!(
+                matches!(&refused, Err(e) if e.to_string().contains(QUEUE_FULL)),
+                "{refused:?}"
+            );
+            assert!(three_a.is_closed());
+            assert_eq!(
+                three_local.recv().await,
+                Some(Frame::Close(QUEUE_FULL.into())),
+                "its own reader is told"
+            );
+            assert_eq!(
+                tokio::time::timeout(Duration::from_secs(5), three_rx.recv())
+                    .await
+                    .expect("the close reaches b"),
+                Some(Frame::Close(QUEUE_FULL.into())),
+                "the other side is told, and got none of its data"
+            );
+            for rx in [&mut one_rx, &mut two_rx] {
+                for _ in 0..3 {
+                    let frame = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                        .await
+                        .expect("queued data goes through")
+                        .expect("open");
+                    assert!(matches!(frame, Frame::Data(d) if d.len() == 16 * 1024));
+                }
+            }
+            // Once the writer has taken them, the queue has room again.
+            assert_eq!(a.queued(), 0);
+            let (four_a, _r4, _four_b, mut four_rx) = pair();
+            a.send_data(
+                &four_a,
+                Bytes::from(vec![b'z'; 16 * 1024]),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("room again");
+            let frame = tokio::time::timeout(Duration::from_secs(5), four_rx.recv())
+                .await
+                .expect("delivered")
+                .expect("open");
+            assert!(matches!(frame, Frame::Data(d) if d.len() == 16 * 1024));
+        })
+        .await;
+}

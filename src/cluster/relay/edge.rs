@@ -71,7 +71,13 @@ impl Edge {
         self.endpoint
             .get_or_try_init(|| async {
                 let client = connect(&self.settings, "edge").await?;
-                Endpoint::start(client, self.settings.prefix.clone(), self.timing).await
+                Endpoint::start(
+                    client,
+                    self.settings.prefix.clone(),
+                    self.timing,
+                    super::OUTBOX,
+                )
+                .await
             })
             .await
             .cloned()

@@ -60,7 +60,8 @@ where
                     .queue_subscribe(open_subject(&prefix), format!("{prefix}-relay-hosts"))
                     .await
                     .map_err(|e| super::RelayError::Nats(e.to_string()))?;
-                let endpoint = Endpoint::start(client, prefix.clone(), timing).await?;
+                let endpoint =
+                    Endpoint::start(client, prefix.clone(), timing, super::OUTBOX).await?;
                 Ok::<_, super::RelayError>((endpoint, opens))
             };
             match started.await {

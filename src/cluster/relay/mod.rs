@@ -27,6 +27,14 @@
 //!   the connection rather than corrupting its stream. Its client
 //!   reconnects, and the protocol's acks and resends cover what was in
 //!   flight;
+//! - bounds: a peer that sends past the window is cut off (the connection
+//!   closes), an endpoint queues at most [`OUTBOX`] bytes of frames for
+//!   NATS (a data frame that does not fit closes its connection, the
+//!   newest data losing, never a frame already queued), and the NATS
+//!   connection itself holds at most [`CLIENT_CAPACITY`] messages going out
+//!   and [`INBOX_CAPACITY`] coming in (beyond that NATS drops them, which
+//!   the sequence numbers turn into closed connections, never a corrupt
+//!   stream);
 //! - liveness: every endpoint pings the endpoints it has connections with
 //!   every [`Timing::heartbeat`]; a peer silent for [`Timing::silence`] (a
 //!   node killed or paused) has all its connections closed.
@@ -53,6 +61,20 @@ pub const WINDOW: u64 = 64 * 1024;
 
 /// The largest data frame: a larger chunk is split.
 pub const CHUNK: usize = 16 * 1024;
+
+/// The most bytes of frames an endpoint queues for its writer (what NATS
+/// has not taken yet). Flow control already bounds each connection to
+/// [`WINDOW`] bytes of data in flight; this bounds them all together, for
+/// when NATS is slow or away and thousands of connections are sending.
+pub const OUTBOX: usize = 32 * 1024 * 1024;
+
+/// The relay's NATS connections hold at most this many messages (each at
+/// most [`BATCH`] bytes) waiting to be written to NATS…
+pub const CLIENT_CAPACITY: usize = 128;
+
+/// …and at most this many received and not yet read by the endpoint; NATS
+/// drops what comes beyond it (a slow consumer, in NATS's terms).
+pub const INBOX_CAPACITY: usize = 1024;
 
 /// How long an edge waits for an active node to take a new connection.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -311,6 +333,10 @@ pub fn unbatch(mut message: Bytes) -> impl Iterator<Item = Result<Bytes, RelayEr
     })
 }
 
+/// Why a connection closed when its data did not fit in the endpoint's
+/// queue.
+pub const QUEUE_FULL: &str = "the relay's queue to NATS is full";
+
 /// What a connection's reader gets: everything but credits and pings,
 /// which the endpoint handles itself.
 pub type Inbound = Frame;
@@ -415,6 +441,9 @@ pub struct ConnState {
     in_flight: Cell<u64>,
     /// Data bytes received and not yet credited back.
     unacked: Cell<u64>,
+    /// Data bytes received and not yet taken by the reader: never more than
+    /// the window, or the other side ignored its credits.
+    buffered: Cell<u64>,
     credit: Notify,
     tx: mpsc::UnboundedSender<Inbound>,
     closed: Cell<bool>,
@@ -446,6 +475,9 @@ pub struct Endpoint {
     heard: RefCell<HashMap<u64, Instant>>,
     next_conn: Cell<u64>,
     out: mpsc::UnboundedSender<(u64, Bytes)>,
+    /// Bytes in `out`, bounded by `outbox` for data frames.
+    queued: Rc<Cell<usize>>,
+    outbox: usize,
 }
 
 /// Connect to NATS for relaying, as the cluster's own connection does
@@ -459,6 +491,8 @@ pub async fn connect(
         .map_err(|e| RelayError::Nats(e.to_string()))?;
     settings
         .connect_options(&format!(" relay {role}"))
+        .client_capacity(CLIENT_CAPACITY)
+        .subscription_capacity(INBOX_CAPACITY)
         .connect(servers)
         .await
         .map_err(|e| RelayError::Nats(e.to_string()))
@@ -466,11 +500,13 @@ pub async fn connect(
 
 impl Endpoint {
     /// Start an endpoint on this thread: its subject's reader, its writer
-    /// and its heartbeat, as local tasks that end with the client.
+    /// and its heartbeat, as local tasks that end with the client. It
+    /// queues at most `outbox` bytes of data frames ([`OUTBOX`]).
     pub async fn start(
         client: async_nats::Client,
         prefix: String,
         timing: Timing,
+        outbox: usize,
     ) -> Result<Rc<Endpoint>, RelayError> {
         let id = loop {
             let id: u64 = rand::random();
@@ -483,6 +519,7 @@ impl Endpoint {
             .await
             .map_err(|e| RelayError::Nats(e.to_string()))?;
         let (out, mut queue) = mpsc::unbounded_channel::<(u64, Bytes)>();
+        let queued = Rc::new(Cell::new(0usize));
         let endpoint = Rc::new(Endpoint {
             id,
             client: client.clone(),
@@ -492,6 +529,8 @@ impl Endpoint {
             heard: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
             out,
+            queued: queued.clone(),
+            outbox,
         });
         // The writer: one publisher, so frames leave in the order numbered;
         // what queued meanwhile for one peer goes in one NATS message.
@@ -500,10 +539,14 @@ impl Endpoint {
         actix_web::rt::spawn(async move {
             let mut batches = Batches::default();
             while let Some((to, bytes)) = queue.recv().await {
+                queued.set(queued.get().saturating_sub(bytes.len()));
                 batches.add(to, &bytes);
                 while batches.size < BATCH {
                     match queue.try_recv() {
-                        Ok((to, bytes)) => batches.add(to, &bytes),
+                        Ok((to, bytes)) => {
+                            queued.set(queued.get().saturating_sub(bytes.len()));
+                            batches.add(to, &bytes);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -560,6 +603,7 @@ impl Endpoint {
             recv_seq: Cell::new(0),
             in_flight: Cell::new(0),
             unacked: Cell::new(0),
+            buffered: Cell::new(0),
             credit: Notify::new(),
             tx,
             closed: Cell::new(false),
@@ -602,10 +646,37 @@ impl Endpoint {
     }
 
     /// Queue a frame of `conn` for its peer, numbered; nothing once the
-    /// connection is released.
+    /// connection is released. A data frame that does not fit in the
+    /// endpoint's queue ([`OUTBOX`]) closes the connection instead.
     pub fn post(&self, conn: &ConnState, frame: &Frame) {
-        if !conn.closed.get() {
-            self.send(conn, frame);
+        if conn.closed.get() {
+            return;
+        }
+        if let Frame::Data(data) = frame {
+            if self.queued.get() + HEADER + data.len() > self.outbox {
+                tracing::warn!(
+                    conn = conn.id,
+                    queued = self.queued.get(),
+                    "relay: the queue to NATS is full; closing the connection"
+                );
+                self.release(conn, Some(QUEUE_FULL));
+                return;
+            }
+        }
+        self.send(conn, frame);
+    }
+
+    /// Bytes of frames queued for NATS now.
+    pub fn queued(&self) -> usize {
+        self.queued.get()
+    }
+
+    /// Queue a frame whatever the queue holds: control frames (credits,
+    /// closes, pings) are a few bytes each, at most a few per connection.
+    fn enqueue(&self, peer: u64, bytes: Bytes) {
+        self.queued.set(self.queued.get() + bytes.len());
+        if self.out.send((peer, bytes)).is_err() {
+            self.queued.set(0);
         }
     }
 
@@ -623,9 +694,7 @@ impl Endpoint {
             seq,
         };
         match encode(at, frame) {
-            Ok(bytes) => {
-                let _ = self.out.send((peer, bytes));
-            }
+            Ok(bytes) => self.enqueue(peer, bytes),
             Err(e) => tracing::warn!(error = %e, "relay frame not encoded"),
         }
     }
@@ -658,6 +727,9 @@ impl Endpoint {
             }
             conn.in_flight.set(conn.in_flight.get() + n as u64);
             self.post(conn, &Frame::Data(data.split_to(n)));
+            if conn.closed.get() {
+                return Err(RelayError::Closed(QUEUE_FULL.into()));
+            }
         }
         Ok(())
     }
@@ -665,6 +737,8 @@ impl Endpoint {
     /// The reader of `conn` consumed `n` data bytes: credit them back once
     /// half a window has gathered.
     pub fn consumed(&self, conn: &ConnState, n: usize) {
+        conn.buffered
+            .set(conn.buffered.get().saturating_sub(n as u64));
         let unacked = conn.unacked.get() + n as u64;
         if unacked >= WINDOW / 2 {
             conn.unacked.set(0);
@@ -727,7 +801,18 @@ impl Endpoint {
                     .set(state.in_flight.get().saturating_sub(u64::from(n)));
                 state.credit.notify_waiters();
             }
+            Frame::Data(data) if state.buffered.get() + data.len() as u64 > WINDOW => {
+                let why = format!(
+                    "the other side sent {} bytes past the flow-control window",
+                    state.buffered.get() + data.len() as u64 - WINDOW
+                );
+                tracing::warn!(conn = state.id, "relay: {why}");
+                self.release(&state, Some(&why));
+            }
             other => {
+                if let Frame::Data(data) = &other {
+                    state.buffered.set(state.buffered.get() + data.len() as u64);
+                }
                 let _ = state.tx.send(other);
             }
         }
@@ -765,7 +850,7 @@ impl Endpoint {
                 seq: 0,
             };
             if let Ok(bytes) = encode(at, &Frame::Ping) {
-                let _ = self.out.send((*peer, bytes));
+                self.enqueue(*peer, bytes);
             }
         }
         if silent.is_empty() {
@@ -809,6 +894,7 @@ impl ConnState {
             recv_seq: Cell::new(0),
             in_flight: Cell::new(0),
             unacked: Cell::new(0),
+            buffered: Cell::new(0),
             credit: Notify::new(),
             tx,
             closed: Cell::new(true),
