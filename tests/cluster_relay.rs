@@ -586,7 +586,7 @@ async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue() {
     use bytes::Bytes;
-    use switchboard::cluster::relay::{Endpoint, Frame, Timing, QUEUE_FULL, WINDOW};
+    use switchboard::cluster::relay::{ConnState, Endpoint, Frame, Timing, QUEUE_FULL, WINDOW};
     let _serial = SERIAL.lock().await;
     let nats = common::nats::NatsServer::start();
     let url = nats.url();
@@ -606,28 +606,29 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
                 .await
                 .expect("endpoint b");
             let pair = || {
-                let (on_a, from_b) = a.register();
-                let (on_b, from_a) = b.register();
+                let on_a = a.register();
+                let on_b = b.register();
                 a.bind(&on_a, b.id, on_b.id);
                 b.bind(&on_b, a.id, on_a.id);
-                (on_a, from_b, on_b, from_a)
+                (on_a, on_b)
+            };
+            let next = |conn| async move {
+                tokio::time::timeout(Duration::from_secs(5), ConnState::next_frame(conn))
+                    .await
+                    .expect("a frame in time")
             };
             let chunk = || Frame::Data(Bytes::from(vec![b'x'; 16 * 1024]));
 
             // Past the window: five 16 KiB frames nobody reads on b, where
             // the window is 64 KiB. b delivers the four that fit, then
             // closes the connection, and a hears of it.
-            let (on_a, _from_b, on_b, mut from_a) = pair();
+            let (on_a, on_b) = pair();
             for _ in 0..5 {
                 a.post(&on_a, &chunk());
             }
             let mut delivered = 0u64;
             let why = loop {
-                match tokio::time::timeout(Duration::from_secs(5), from_a.recv())
-                    .await
-                    .expect("b's frames")
-                    .expect("open")
-                {
+                match next(&on_b).await {
                     Frame::Data(data) => delivered += data.len() as u64,
                     Frame::Close(why) => break why,
                     other => panic!("unexpected {other:?}"),
@@ -646,9 +647,9 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
             // headers, within 100 KiB) in one turn of this thread, before the
             // writer takes any. A third connection's first 16 KiB does not
             // fit: that connection closes, the others' data goes through.
-            let (one_a, _r, _one_b, mut one_rx) = pair();
-            let (two_a, _r2, _two_b, mut two_rx) = pair();
-            let (three_a, mut three_local, _three_b, mut three_rx) = pair();
+            let (one_a, one_b) = pair();
+            let (two_a, two_b) = pair();
+            let (three_a, three_b) = pair();
             for _ in 0..3 {
                 a.post(&one_a, &chunk());
                 a.post(&two_a, &chunk());
@@ -667,29 +668,24 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
             );
             assert!(three_a.is_closed());
             assert_eq!(
-                three_local.recv().await,
-                Some(Frame::Close(QUEUE_FULL.into())),
+                next(&three_a).await,
+                Frame::Close(QUEUE_FULL.into()),
                 "its own reader is told"
             );
             assert_eq!(
-                tokio::time::timeout(Duration::from_secs(5), three_rx.recv())
-                    .await
-                    .expect("the close reaches b"),
-                Some(Frame::Close(QUEUE_FULL.into())),
+                next(&three_b).await,
+                Frame::Close(QUEUE_FULL.into()),
                 "the other side is told, and got none of its data"
             );
-            for rx in [&mut one_rx, &mut two_rx] {
+            for conn in [&one_b, &two_b] {
                 for _ in 0..3 {
-                    let frame = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                        .await
-                        .expect("queued data goes through")
-                        .expect("open");
+                    let frame = next(conn).await;
                     assert!(matches!(frame, Frame::Data(d) if d.len() == 16 * 1024));
                 }
             }
             // Once the writer has taken them, the queue has room again.
             assert_eq!(a.queued(), 0);
-            let (four_a, _r4, _four_b, mut four_rx) = pair();
+            let (four_a, four_b) = pair();
             a.send_data(
                 &four_a,
                 Bytes::from(vec![b'z'; 16 * 1024]),
@@ -697,10 +693,7 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
             )
             .await
             .expect("room again");
-            let frame = tokio::time::timeout(Duration::from_secs(5), four_rx.recv())
-                .await
-                .expect("delivered")
-                .expect("open");
+            let frame = next(&four_b).await;
             assert!(matches!(frame, Frame::Data(d) if d.len() == 16 * 1024));
         })
         .await;

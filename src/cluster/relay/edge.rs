@@ -189,10 +189,10 @@ where
             ),
         })?;
     let endpoint = edge.endpoint().await?;
-    let (conn, rx) = endpoint.register();
+    let conn = endpoint.register();
     // From here the connection is released however this ends.
     let mut down = Down {
-        reader: Reader::new(endpoint.clone(), conn.clone(), rx),
+        reader: Reader::new(endpoint.clone(), conn.clone()),
         _slot: slot,
     };
     let open = super::Open {

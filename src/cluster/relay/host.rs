@@ -26,7 +26,6 @@ use actix_http::{Method, Payload, Request, Response, Uri, Version};
 use actix_web::dev::{Service, ServiceResponse};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
 
 use super::{
     connect, hop_by_hop, open_subject, ConnState, Endpoint, Frame, Head, Open, Opened, Reader,
@@ -83,13 +82,12 @@ where
             };
             let answer = match crate::codec::decode::<Open>(&message.payload) {
                 Ok(open) => {
-                    let (conn, rx) = endpoint.register();
+                    let conn = endpoint.register();
                     endpoint.bind(&conn, open.edge, open.conn);
                     actix_web::rt::spawn(serve(
                         app.clone(),
                         endpoint.clone(),
                         conn.clone(),
-                        rx,
                         open,
                         write_timeout,
                     ));
@@ -136,44 +134,19 @@ async fn serve<S>(
     app: Rc<S>,
     endpoint: Rc<Endpoint>,
     conn: Rc<ConnState>,
-    rx: mpsc::UnboundedReceiver<Frame>,
     open: Open,
     write_timeout: Duration,
 ) where
     S: Service<Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
 {
-    let up = Up(Reader::new(endpoint.clone(), conn.clone(), rx));
-    let req = match request(&open, up) {
-        Ok(req) => req,
-        Err(why) => {
-            endpoint.release(&conn, Some(&format!("malformed request: {why}")));
-            return;
-        }
+    // Boxed, so the task keeps only what the body's loop needs for as long
+    // as the connection lives (a relayed WebSocket, for hours): the open
+    // request, the app's future and the response head are large and done
+    // with once the head is sent (a future keeps room for all it held).
+    let answered = Box::pin(answer(app, &endpoint, &conn, open)).await;
+    let Some(mut body) = answered else {
+        return;
     };
-    let res: Response<BoxBody> = match app.call(req).await {
-        Ok(res) => res.into(),
-        Err(e) => e.error_response().into(),
-    };
-    let (head, mut body) = res.into_parts();
-    let length = match body.size() {
-        BodySize::None => Some(0),
-        BodySize::Sized(n) => Some(n),
-        BodySize::Stream => None,
-    };
-    let headers = head
-        .headers()
-        .iter()
-        .filter(|(name, _)| !hop_by_hop(name.as_str()))
-        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-        .collect();
-    endpoint.post(
-        &conn,
-        &Frame::Head(Head {
-            status: head.status().as_u16(),
-            headers,
-            length,
-        }),
-    );
     loop {
         let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await;
         match next {
@@ -197,6 +170,53 @@ async fn serve<S>(
         endpoint.post(&conn, &Frame::End);
         endpoint.release(&conn, None);
     }
+}
+
+/// Run the relayed request through the app and send the response head:
+/// the response body, to be sent, or `None` when the connection is gone.
+async fn answer<S>(
+    app: Rc<S>,
+    endpoint: &Rc<Endpoint>,
+    conn: &Rc<ConnState>,
+    open: Open,
+) -> Option<BoxBody>
+where
+    S: Service<Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
+{
+    let up = Up(Reader::new(endpoint.clone(), conn.clone()));
+    let req = match request(&open, up) {
+        Ok(req) => req,
+        Err(why) => {
+            endpoint.release(conn, Some(&format!("malformed request: {why}")));
+            return None;
+        }
+    };
+    drop(open);
+    let res: Response<BoxBody> = match app.call(req).await {
+        Ok(res) => res.into(),
+        Err(e) => e.error_response().into(),
+    };
+    let (head, body) = res.into_parts();
+    let length = match body.size() {
+        BodySize::None => Some(0),
+        BodySize::Sized(n) => Some(n),
+        BodySize::Stream => None,
+    };
+    let headers = head
+        .headers()
+        .iter()
+        .filter(|(name, _)| !hop_by_hop(name.as_str()))
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect();
+    endpoint.post(
+        conn,
+        &Frame::Head(Head {
+            status: head.status().as_u16(),
+            headers,
+            length,
+        }),
+    );
+    Some(body)
 }
 
 /// The request's payload: the bytes the edge sends, credited back as the

@@ -43,9 +43,9 @@ pub mod edge;
 pub mod host;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -341,12 +341,52 @@ pub const QUEUE_FULL: &str = "the relay's queue to NATS is full";
 /// which the endpoint handles itself.
 pub type Inbound = Frame;
 
+/// A connection's received frames, for its one reader on the endpoint's
+/// thread: a queue and the reader's waker. It allocates nothing until a
+/// frame comes and keeps room for [`IDLE_INBOX`] frames once drained, where
+/// a tokio channel allocates a block of 32 slots (about 2 KiB with its
+/// shared state) for every connection up front: a relayed WebSocket is
+/// mostly idle.
+#[derive(Default)]
+struct Inbox {
+    frames: RefCell<VecDeque<Inbound>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Inbox {
+    fn push(&self, frame: Inbound) {
+        self.frames.borrow_mut().push_back(frame);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    fn poll_next(&self, cx: &mut std::task::Context<'_>) -> Poll<Inbound> {
+        let mut frames = self.frames.borrow_mut();
+        if let Some(frame) = frames.pop_front() {
+            if frames.is_empty() && frames.capacity() > IDLE_INBOX {
+                // A burst is over: an idle connection keeps no room for it.
+                frames.shrink_to(IDLE_INBOX);
+            }
+            return Poll::Ready(frame);
+        }
+        let mut waker = self.waker.borrow_mut();
+        match waker.as_ref() {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// Frames an empty inbox keeps room for.
+const IDLE_INBOX: usize = 4;
+
 /// One side's reading of a connection: the response head (at the edge),
 /// then data, credited back as it is taken, then the end or why it closed.
 pub struct Reader {
     endpoint: Rc<Endpoint>,
     conn: Rc<ConnState>,
-    rx: mpsc::UnboundedReceiver<Inbound>,
     /// `End` came: the other side finished cleanly.
     ended: bool,
     /// Nothing more will come.
@@ -354,15 +394,10 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(
-        endpoint: Rc<Endpoint>,
-        conn: Rc<ConnState>,
-        rx: mpsc::UnboundedReceiver<Inbound>,
-    ) -> Reader {
+    pub fn new(endpoint: Rc<Endpoint>, conn: Rc<ConnState>) -> Reader {
         Reader {
             endpoint,
             conn,
-            rx,
             ended: false,
             done: false,
         }
@@ -384,11 +419,10 @@ impl Reader {
     /// The response head (the edge's first frame from the host).
     pub async fn head(&mut self) -> Result<Head, RelayError> {
         loop {
-            match self.rx.recv().await {
-                Some(Frame::Head(head)) => return Ok(head),
-                Some(Frame::Close(why)) => return Err(RelayError::Closed(why)),
-                None => return Err(RelayError::Closed("the relay stopped".into())),
-                Some(_) => {}
+            match self.conn.next_frame().await {
+                Frame::Head(head) => return Ok(head),
+                Frame::Close(why) => return Err(RelayError::Closed(why)),
+                _ => {}
             }
         }
     }
@@ -403,25 +437,21 @@ impl Reader {
             return Poll::Ready(None);
         }
         loop {
-            return match self.rx.poll_recv(cx) {
+            return match self.conn.inbox.poll_next(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Frame::Data(bytes))) => {
+                Poll::Ready(Frame::Data(bytes)) => {
                     self.endpoint.consumed(&self.conn, bytes.len());
                     Poll::Ready(Some(Ok(bytes)))
                 }
-                Poll::Ready(Some(Frame::End)) => {
+                Poll::Ready(Frame::End) => {
                     (self.ended, self.done) = (true, true);
                     Poll::Ready(None)
                 }
-                Poll::Ready(Some(Frame::Close(why))) => {
+                Poll::Ready(Frame::Close(why)) => {
                     self.done = true;
                     Poll::Ready(Some(Err(why)))
                 }
-                Poll::Ready(None) => {
-                    self.done = true;
-                    Poll::Ready(Some(Err("the relay stopped".into())))
-                }
-                Poll::Ready(Some(_)) => continue,
+                Poll::Ready(_) => continue,
             };
         }
     }
@@ -445,7 +475,7 @@ pub struct ConnState {
     /// the window, or the other side ignored its credits.
     buffered: Cell<u64>,
     credit: Notify,
-    tx: mpsc::UnboundedSender<Inbound>,
+    inbox: Inbox,
     closed: Cell<bool>,
 }
 
@@ -460,6 +490,12 @@ impl ConnState {
 
     pub fn is_closed(&self) -> bool {
         self.closed.get()
+    }
+
+    /// The next frame received on this connection (after its release, a
+    /// `Close` saying why). For its one reader, on the endpoint's thread.
+    pub async fn next_frame(&self) -> Inbound {
+        std::future::poll_fn(|cx| self.inbox.poll_next(cx)).await
     }
 }
 
@@ -589,12 +625,12 @@ impl Endpoint {
         Ok(endpoint)
     }
 
-    /// A new connection of this endpoint's, and a reader of its inbound
-    /// frames. Its other side is set by [`Endpoint::bind`].
-    pub fn register(&self) -> (Rc<ConnState>, mpsc::UnboundedReceiver<Inbound>) {
+    /// A new connection of this endpoint's; its frames are read with
+    /// [`ConnState::next_frame`] or a [`Reader`]. Its other side is set by
+    /// [`Endpoint::bind`].
+    pub fn register(&self) -> Rc<ConnState> {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
-        let (tx, rx) = mpsc::unbounded_channel();
         let state = Rc::new(ConnState {
             id,
             remote: Cell::new(0),
@@ -605,11 +641,11 @@ impl Endpoint {
             unacked: Cell::new(0),
             buffered: Cell::new(0),
             credit: Notify::new(),
-            tx,
+            inbox: Inbox::default(),
             closed: Cell::new(false),
         });
         self.conns.borrow_mut().insert(id, state.clone());
-        (state, rx)
+        state
     }
 
     /// The connection's other side: endpoint `peer`, where it is `remote`.
@@ -639,7 +675,7 @@ impl Endpoint {
         if conn.closed.replace(true) {
             return false;
         }
-        let _ = conn.tx.send(Frame::Close(why.to_owned()));
+        conn.inbox.push(Frame::Close(why.to_owned()));
         self.conns.borrow_mut().remove(&conn.id);
         conn.credit.notify_waiters();
         true
@@ -813,7 +849,7 @@ impl Endpoint {
                 if let Frame::Data(data) = &other {
                     state.buffered.set(state.buffered.get() + data.len() as u64);
                 }
-                let _ = state.tx.send(other);
+                state.inbox.push(other);
             }
         }
     }
@@ -885,7 +921,6 @@ impl ConnState {
     /// A connection we do not hold, to answer its sender (at its id
     /// `remote` there).
     fn detached(remote: u64, peer: u64) -> ConnState {
-        let (tx, _) = mpsc::unbounded_channel();
         ConnState {
             id: 0,
             remote: Cell::new(remote),
@@ -896,7 +931,7 @@ impl ConnState {
             unacked: Cell::new(0),
             buffered: Cell::new(0),
             credit: Notify::new(),
-            tx,
+            inbox: Inbox::default(),
             closed: Cell::new(true),
         }
     }
@@ -1029,6 +1064,43 @@ mod tests {
             unbatch(Bytes::from_static(b"\x01")).next(),
             Some(Err(RelayError::Malformed(_)))
         ));
+    }
+
+    #[test]
+    fn an_inbox_wakes_its_reader_in_order_and_keeps_no_room_once_drained() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use std::task::{Context, Wake};
+
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let inbox = Inbox::default();
+        assert_eq!(inbox.frames.borrow().capacity(), 0, "nothing allocated");
+        assert!(inbox.poll_next(&mut cx).is_pending());
+        inbox.push(Frame::End);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the waiting reader woke");
+        inbox.push(Frame::Close("x".into()));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "no waker left to wake");
+        assert_eq!(inbox.poll_next(&mut cx), Poll::Ready(Frame::End));
+        assert_eq!(
+            inbox.poll_next(&mut cx),
+            Poll::Ready(Frame::Close("x".into()))
+        );
+        for _ in 0..100 {
+            inbox.push(Frame::Data(Bytes::from_static(b"burst")));
+        }
+        for _ in 0..100 {
+            assert!(inbox.poll_next(&mut cx).is_ready());
+        }
+        assert!(inbox.frames.borrow().capacity() <= IDLE_INBOX + 1);
+        assert!(inbox.poll_next(&mut cx).is_pending());
     }
 
     #[test]
