@@ -280,6 +280,12 @@ pub struct Config {
     /// A standby relays the clients it accepts to the active node
     /// (`cluster::relay`); false: it refuses them (`503 standby`).
     pub cluster_relay: bool,
+    /// TLS to NATS: CA certificate(s) to trust (PEM); requires TLS.
+    pub cluster_tls_ca: Option<PathBuf>,
+    /// TLS to NATS: this node's client certificate and key (PEM), for a
+    /// NATS that verifies clients; both or neither.
+    pub cluster_tls_cert: Option<PathBuf>,
+    pub cluster_tls_key: Option<PathBuf>,
     /// Agents created at start.
     pub agents: Vec<AgentSeed>,
     /// Queues defined at start (`default` is always there too).
@@ -443,6 +449,9 @@ impl Default for Config {
             cluster_replicas: 1,
             cluster_prefix: "switchboard".into(),
             cluster_relay: true,
+            cluster_tls_ca: None,
+            cluster_tls_cert: None,
+            cluster_tls_key: None,
             agents: Vec::new(),
             queues: Vec::new(),
             routes: Vec::new(),
@@ -558,6 +567,9 @@ impl Config {
             prefix: self.cluster_prefix.clone(),
             lease_ttl: self.cluster_lease_ttl,
             replicas: self.cluster_replicas,
+            tls_ca: self.cluster_tls_ca.clone(),
+            tls_cert: self.cluster_tls_cert.clone(),
+            tls_key: self.cluster_tls_key.clone(),
         })
     }
 
@@ -1481,6 +1493,15 @@ pub struct Args {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub cluster_relay: Option<bool>,
+    /// TLS to NATS: CA certificate(s) to trust, a PEM file (for a NATS whose certificate no system root signs); requires TLS.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
+    /// TLS to NATS: this node's client certificate, a PEM file (with --cluster-tls-key; for a NATS that verifies clients).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_TLS_CERT")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// TLS to NATS: the private key of --cluster-tls-cert, a PEM file.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_TLS_KEY")]
+    pub cluster_tls_key: Option<PathBuf>,
 
     /// Externally visible base URL, e.g. https://chat.example.com.
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
@@ -1743,6 +1764,9 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "cluster_replicas" => value(c.cluster_replicas.to_string()),
         "cluster_prefix" => value(c.cluster_prefix.clone()),
         "cluster_relay" => value(c.cluster_relay.to_string()),
+        "cluster_tls_ca" => Some(Shown::Note("none: the system's roots, for tls:// URLs")),
+        "cluster_tls_cert" => Some(Shown::Note("none: no client certificate")),
+        "cluster_tls_key" => Some(Shown::Note("none")),
         "public_url" => Some(Shown::Note("http://<bind>")),
         "twilio_api_base" => value(c.twilio_api_base.clone()),
         "graph_api_base" => value(c.graph_api_base.clone()),
@@ -1869,7 +1893,7 @@ impl Args {
             fsync, fsync_interval, journal_segment_bytes, journal_queue_bytes,
             snapshot_every_records, snapshot_interval, cluster_lease_ttl, cluster_replicas,
             cluster_prefix, cluster_relay;
-            admin_token, data_dir, cluster, node_id, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
+            admin_token, data_dir, cluster, node_id, cluster_tls_ca, cluster_tls_cert, cluster_tls_key, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token,
             webchat_context_secret

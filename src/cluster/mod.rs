@@ -59,6 +59,7 @@ pub mod replicate;
 pub mod snapshots;
 pub mod standby;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
@@ -79,7 +80,7 @@ pub use standby::{FollowError, Follower};
 /// How a node joins the cluster. Every node of one cluster must use the same
 /// `prefix`, `lease_ttl` and `replicas`; [`Cluster::connect`] refuses to
 /// start against buckets made with another TTL.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClusterSettings {
     /// The NATS server(s), e.g. `nats://127.0.0.1:4222` (comma-separated for
     /// several).
@@ -96,6 +97,75 @@ pub struct ClusterSettings {
     pub lease_ttl: Duration,
     /// JetStream replicas of the buckets and the stream.
     pub replicas: usize,
+    /// TLS to NATS: the CA certificate(s) to trust (PEM), for a NATS whose
+    /// certificate no system root signs; setting it requires TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// TLS to NATS: this node's certificate and private key (PEM), for a
+    /// NATS that verifies its clients (mutual TLS); both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Shows the URLs without their credentials.
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("url", &self.shown_url())
+            .field("node_id", &self.node_id)
+            .field("prefix", &self.prefix)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("replicas", &self.replicas)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
+}
+
+/// How a node proves itself to NATS, taken from the URLs as NATS clients
+/// do: `nats://user:password@host` (user and password) or
+/// `nats://token@host` (a token), percent-encoded where needed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    None,
+    UserPassword { user: String, password: String },
+    Token(String),
+}
+
+/// Never shows a password or a token.
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::UserPassword { user, .. } => write!(f, "UserPassword({user:?}, …)"),
+            NatsAuth::Token(_) => f.write_str("Token(…)"),
+        }
+    }
+}
+
+/// `url` (one or several, comma-separated) with any credentials replaced
+/// by `***`: what logs and errors show.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|part| {
+            let start = part.find("://").map_or(0, |i| i + 3);
+            let authority_end = part[start..]
+                .find(['/', '?', '#'])
+                .map_or(part.len(), |i| start + i);
+            match part[start..authority_end].rfind('@') {
+                Some(at) => format!("{}***{}", &part[..start], &part[start + at..]),
+                None => part.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decoded(field: &str, what: &str) -> Result<String, ClusterError> {
+    percent_encoding::percent_decode_str(field)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ClusterError::Setting(format!("cluster: the URL's {what} is not UTF-8")))
 }
 
 impl ClusterSettings {
@@ -108,7 +178,37 @@ impl ClusterSettings {
             prefix: "switchboard".to_owned(),
             lease_ttl: Duration::from_secs(10),
             replicas: 1,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
+    }
+
+    /// The credentials the URLs carry ([`NatsAuth`]): the same on every
+    /// URL that has any (a node has one identity), none if no URL has.
+    pub fn auth(&self) -> Result<NatsAuth, ClusterError> {
+        let mut found: Option<NatsAuth> = None;
+        for server in self.servers()? {
+            let this = match (server.username(), server.password()) {
+                (None, _) => continue,
+                (Some(user), Some(password)) => NatsAuth::UserPassword {
+                    user: decoded(user, "user")?,
+                    password: decoded(password, "password")?,
+                },
+                (Some(token), None) => NatsAuth::Token(decoded(token, "token")?),
+            };
+            match &found {
+                Some(earlier) if *earlier != this => {
+                    return Err(ClusterError::Setting(
+                        "cluster: the URLs carry different credentials; give the same on every \
+                         URL that has any (a node connects to each server as one identity)"
+                            .into(),
+                    ))
+                }
+                _ => found = Some(this),
+            }
+        }
+        Ok(found.unwrap_or(NatsAuth::None))
     }
 
     /// The NATS servers of `url`, comma-separated (the client tries them in
@@ -120,7 +220,10 @@ impl ClusterSettings {
             .filter(|u| !u.is_empty())
             .map(|u| {
                 u.parse::<async_nats::ServerAddr>().map_err(|e| {
-                    ClusterError::Setting(format!("cluster: {u:?} is not a NATS URL: {e}"))
+                    ClusterError::Setting(format!(
+                        "cluster: {:?} is not a NATS URL: {e}",
+                        redact_url(u)
+                    ))
                 })
             })
             .collect::<Result<Vec<_>, _>>()
@@ -147,13 +250,35 @@ impl ClusterSettings {
     /// 100 ms per attempt up to the renewal interval.
     pub fn connect_options(&self, what: &str) -> async_nats::ConnectOptions {
         let max_delay = self.renew_every();
-        async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new()
             .name(format!("switchboard {}{what}", self.node_id))
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
             .reconnect_delay_callback(move |attempts| {
                 (Duration::from_millis(100) * attempts as u32).min(max_delay)
-            })
+            });
+        // Checked at start (`check`): an error here cannot happen.
+        match self.auth() {
+            Ok(NatsAuth::UserPassword { user, password }) => {
+                options = options.user_and_password(user, password);
+            }
+            Ok(NatsAuth::Token(token)) => options = options.token(token),
+            Ok(NatsAuth::None) | Err(_) => {}
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        options
+    }
+
+    /// The URLs as logs and errors may show them (no credentials).
+    pub fn shown_url(&self) -> String {
+        redact_url(&self.url)
     }
 
     /// The object store of the journal's snapshots (`snapshots`).
@@ -230,6 +355,34 @@ impl ClusterSettings {
                 self.replicas
             )));
         }
+        self.auth()?;
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ClusterError::Setting(
+                "cluster_tls_cert and cluster_tls_key: both or neither (a client certificate \
+                 needs its private key)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The TLS files can be read ([`Cluster::connect`] checks, so a node
+    /// with a wrong path says which at start).
+    pub fn check_files(&self) -> Result<(), ClusterError> {
+        for (name, path) in [
+            ("cluster_tls_ca", &self.tls_ca),
+            ("cluster_tls_cert", &self.tls_cert),
+            ("cluster_tls_key", &self.tls_key),
+        ] {
+            if let Some(path) = path {
+                if let Err(e) = std::fs::File::open(path) {
+                    return Err(ClusterError::Setting(format!(
+                        "{name}: {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -286,12 +439,13 @@ impl Cluster {
     /// lease TTL, so a NATS restart is noticed well within one lease.
     pub async fn connect(settings: ClusterSettings) -> Result<Cluster, ClusterError> {
         settings.check()?;
+        settings.check_files()?;
         let client = settings
             .connect_options("")
             .connect(settings.servers()?)
             .await
             .map_err(|source| ClusterError::Connect {
-                url: settings.url.clone(),
+                url: settings.shown_url(),
                 source,
             })?;
         let jetstream = jetstream::new(client.clone());
@@ -507,5 +661,74 @@ mod tests {
         assert!(err.contains("nats://10.0.0.2:port"), "{err}");
         settings.url = " , ".into();
         assert!(settings.check().is_err(), "no server");
+    }
+
+    #[test]
+    fn credentials_come_from_the_urls_decoded_and_the_same_on_each() {
+        let auth = |url: &str| ClusterSettings::new(url, "node-1").auth();
+        assert_eq!(auth("nats://10.0.0.1:4222").unwrap(), NatsAuth::None);
+        assert_eq!(
+            auth("nats://sb:p%40ss%3Aw%2Frd@10.0.0.1:4222").unwrap(),
+            NatsAuth::UserPassword {
+                user: "sb".into(),
+                password: "p@ss:w/rd".into()
+            }
+        );
+        assert_eq!(
+            auth("tls://t0ken@10.0.0.1").unwrap(),
+            NatsAuth::Token("t0ken".into())
+        );
+        // The same on every URL, or on some only (those without take them).
+        assert_eq!(
+            auth("nats://a:b@10.0.0.1,nats://10.0.0.2,nats://a:b@10.0.0.3").unwrap(),
+            NatsAuth::UserPassword {
+                user: "a".into(),
+                password: "b".into()
+            }
+        );
+        let err = auth("nats://a:b@10.0.0.1,nats://a:c@10.0.0.2")
+            .expect_err("two identities")
+            .to_string();
+        assert!(err.contains("different credentials"), "{err}");
+        assert!(
+            ClusterSettings::new("nats://a:b@10.0.0.1,nats://a:c@10.0.0.2", "n")
+                .check()
+                .is_err()
+        );
+        let shown = format!("{:?}", auth("nats://u:hunter2@h").unwrap());
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_credentials() {
+        assert_eq!(
+            redact_url("nats://u:p@10.0.0.1:4222, tls://tok@h2,nats://h3:4222"),
+            "nats://***@10.0.0.1:4222, tls://***@h2,nats://h3:4222"
+        );
+        assert_eq!(redact_url("u:p@h:4222"), "***@h:4222");
+        assert_eq!(redact_url("nats://h/path@x"), "nats://h/path@x");
+        let settings = ClusterSettings::new("nats://u:hunter2@h:4222", "node-1");
+        assert_eq!(settings.shown_url(), "nats://***@h:4222");
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        let err = ClusterSettings::new("nats://u:hunter2@h:port", "n")
+            .check()
+            .expect_err("a bad port")
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key() {
+        let mut settings = ClusterSettings::new("tls://h:4222", "node-1");
+        settings.tls_cert = Some("node.pem".into());
+        let err = settings.check().expect_err("no key").to_string();
+        assert!(err.contains("cluster_tls_key"), "{err}");
+        settings.tls_key = Some("node-key.pem".into());
+        assert!(settings.check().is_ok());
+        let err = settings
+            .check_files()
+            .expect_err("no such file")
+            .to_string();
+        assert!(err.contains("cluster_tls_cert: node.pem"), "{err}");
     }
 }

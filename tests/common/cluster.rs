@@ -47,6 +47,9 @@ pub struct TestCluster {
     pub more_nats: Vec<NatsServer>,
     /// The lease TTL nodes are started with ([`TTL`] unless a test sets it).
     pub ttl: Duration,
+    /// What nodes are given as `--cluster` instead of the servers' plain
+    /// URLs (credentials, `tls://`), when a test sets it.
+    pub cluster_url: Option<String>,
 }
 
 impl TestCluster {
@@ -65,7 +68,8 @@ impl TestCluster {
         cluster
     }
 
-    fn new_on(n: usize, nats: NatsServer) -> TestCluster {
+    /// `n` nodes' data dirs on the given NATS server; no node started yet.
+    pub fn new_on(n: usize, nats: NatsServer) -> TestCluster {
         TestCluster {
             nodes: (0..n)
                 .map(|i| Node {
@@ -78,6 +82,7 @@ impl TestCluster {
             nats,
             more_nats: Vec::new(),
             ttl: TTL,
+            cluster_url: None,
         }
     }
 
@@ -115,7 +120,7 @@ impl TestCluster {
 
     /// Start node `i` with more environment variables (settings).
     pub fn start_node_with(&mut self, i: usize, env: &[(&str, &str)]) {
-        let url = self.nats_urls();
+        let url = self.cluster_url.clone().unwrap_or_else(|| self.nats_urls());
         let ttl = self.ttl;
         let node = &mut self.nodes[i];
         if let Some(old) = node.process.as_mut() {

@@ -216,9 +216,15 @@ impl NatsServer {
     /// (headers included): the server's `max_payload`, which has no flag,
     /// set in a configuration file beside the store.
     pub fn start_with_max_payload(bytes: usize) -> NatsServer {
+        NatsServer::start_with_config(&format!("max_payload: {bytes}\n"))
+    }
+
+    /// Start one with this configuration file's text (settings without a
+    /// flag: authorization, TLS), written beside the store.
+    pub fn start_with_config(text: &str) -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir");
         let config = store.path().join("nats-server.conf");
-        std::fs::write(&config, format!("max_payload: {bytes}\n")).expect("write the config");
+        std::fs::write(&config, text).expect("write the config");
         let mut server = NatsServer {
             child: None,
             port: free_port(),

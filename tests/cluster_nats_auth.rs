@@ -1,0 +1,172 @@
+//! A cluster on a NATS that admits only its own: nodes prove themselves with
+//! the credentials in their `--cluster` URL (user and password, or a token)
+//! or with a client certificate over TLS. Real processes on a real
+//! nats-server: the nodes that may, run (the active node, and a standby
+//! relaying to it through its own NATS connections); a node that may not
+//! stops at start, saying why, and never shows the credentials it was given.
+//!
+//! The tests run one at a time (each starts its own nats-server and nodes).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::cluster::{TestCluster, ADMIN};
+use common::nats::NatsServer;
+use common::process::Stream;
+use common::*;
+
+/// One test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Node `i` as a standby, once its relay knows the active node, and a call
+/// through it (which the relay's own NATS connections carry).
+async fn relays(cluster: &mut TestCluster, i: usize) {
+    let h = Harness::external(&cluster.standby_url(i), ADMIN);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if h.get("/healthz", None).await.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-{i} never relaying");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = h.get("/v1/agents", Some(ADMIN)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// Node `i` exits at start with an error; what it printed on stderr.
+fn refused(cluster: &mut TestCluster, i: usize) -> String {
+    let code = cluster.process(i).wait_exit(Duration::from_secs(20));
+    assert_ne!(code, Some(0), "node-{i} must not start");
+    let broker = cluster.nodes[i].process.take().expect("started");
+    broker.stop(Stream::Err).join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_the_urls_credentials_run_and_others_are_refused_without_leaking_them() {
+    let _serial = SERIAL.lock().await;
+    // A password with characters a URL must percent-encode.
+    let password = "s3cret@pass:w/rd";
+    let nats = NatsServer::start_with_config(&format!(
+        "authorization {{ user: \"switchboard\", password: \"{password}\" }}\n"
+    ));
+    let plain = nats.url();
+    let with = |userinfo: &str| plain.replacen("nats://", &format!("nats://{userinfo}@"), 1);
+    let mut cluster = TestCluster::new_on(4, nats);
+
+    cluster.cluster_url = Some(with("switchboard:s3cret%40pass%3Aw%2Frd"));
+    cluster.start_node(0);
+    let active = cluster.wait_active(&[], Duration::from_secs(20));
+    let r = active.h.get("/v1/cluster", Some(ADMIN)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    cluster.start_node(1);
+    relays(&mut cluster, 1).await;
+
+    // No credentials: refused by NATS, and the node says so.
+    cluster.cluster_url = Some(plain.clone());
+    cluster.start_node(2);
+    let said = refused(&mut cluster, 2);
+    assert!(
+        said.to_lowercase().contains("authorization"),
+        "names the cause: {said}"
+    );
+    // The wrong password: refused, and shown nowhere.
+    cluster.cluster_url = Some(with("switchboard:not-the-password-9f2c"));
+    cluster.start_node(3);
+    let said = refused(&mut cluster, 3);
+    assert!(
+        said.contains("connect to NATS at nats://***@127.0.0.1:"),
+        "{said}"
+    );
+    assert!(!said.contains("not-the-password-9f2c"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_url_admits_a_node() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start_with_config("authorization { token: \"t0ken-for-nodes\" }\n");
+    let url = nats.url().replacen("nats://", "nats://t0ken-for-nodes@", 1);
+    let mut cluster = TestCluster::new_on(2, nats);
+    cluster.cluster_url = Some(url);
+    cluster.start_node(0);
+    cluster.wait_active(&[], Duration::from_secs(20));
+    cluster.start_node(1);
+    relays(&mut cluster, 1).await;
+}
+
+/// A CA, the server's certificate for 127.0.0.1 and a client certificate,
+/// as PEM files in `dir`.
+fn certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "switchboard test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    let leaf = |names: Vec<String>, file: &str| {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &ca_cert, &ca_key)
+            .expect("signed");
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{file}-key.pem")), key.serialize_pem()).expect("write");
+    };
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
+    leaf(vec!["127.0.0.1".into(), "localhost".into()], "server");
+    leaf(vec!["node".into()], "node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_nodes_with_a_client_certificate_run_and_others_are_refused() {
+    let _serial = SERIAL.lock().await;
+    let certs = tempfile::tempdir().expect("temp dir");
+    certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let nats = NatsServer::start_with_config(&format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        file("server.pem"),
+        file("server-key.pem"),
+        file("ca.pem"),
+    ));
+    let mut cluster = TestCluster::new_on(3, nats);
+    cluster.cluster_url = Some(cluster.nats.url().replacen("nats://", "tls://", 1));
+    let (ca, cert, key) = (file("ca.pem"), file("node.pem"), file("node-key.pem"));
+    let with_certificate = [
+        ("SWITCHBOARD_CLUSTER_TLS_CA", ca.as_str()),
+        ("SWITCHBOARD_CLUSTER_TLS_CERT", cert.as_str()),
+        ("SWITCHBOARD_CLUSTER_TLS_KEY", key.as_str()),
+    ];
+    cluster.start_node_with(0, &with_certificate);
+    let active = cluster.wait_active(&[], Duration::from_secs(20));
+    let r = active.h.get("/v1/cluster", Some(ADMIN)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    cluster.start_node_with(1, &with_certificate);
+    relays(&mut cluster, 1).await;
+
+    // Trusting the server, but with no certificate of its own: refused.
+    cluster.start_node_with(2, &[("SWITCHBOARD_CLUSTER_TLS_CA", ca.as_str())]);
+    let said = refused(&mut cluster, 2);
+    assert!(
+        said.contains("connect to NATS at tls://127.0.0.1:"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_file_that_cannot_be_read_stops_the_node_naming_the_setting() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::new(1);
+    cluster.start_node_with(
+        0,
+        &[("SWITCHBOARD_CLUSTER_TLS_CA", "/nonexistent/nats-ca.pem")],
+    );
+    let said = refused(&mut cluster, 0);
+    assert!(
+        said.contains("cluster_tls_ca: /nonexistent/nats-ca.pem"),
+        "{said}"
+    );
+}
