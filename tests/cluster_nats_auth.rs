@@ -170,3 +170,31 @@ async fn a_tls_file_that_cannot_be_read_stops_the_node_naming_the_setting() {
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_its_nkey_runs_and_one_with_another_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let node = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let nats = NatsServer::start_with_config(&format!(
+        "authorization {{ users: [ {{ nkey: \"{}\" }} ] }}\n",
+        node.public_key()
+    ));
+    let seeds = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, pair: &nkeys::KeyPair| {
+        let path = seeds.path().join(name);
+        std::fs::write(&path, format!("{}\n", pair.seed().expect("a seed"))).expect("write");
+        path.display().to_string()
+    };
+    let (ours, theirs) = (write("node.nk", &node), write("stranger.nk", &stranger));
+    let mut cluster = TestCluster::new_on(3, nats);
+    cluster.start_node_with(0, &[("SWITCHBOARD_CLUSTER_NKEY", ours.as_str())]);
+    cluster.wait_active(&[], Duration::from_secs(20));
+    cluster.start_node_with(1, &[("SWITCHBOARD_CLUSTER_NKEY", ours.as_str())]);
+    relays(&mut cluster, 1).await;
+
+    cluster.start_node_with(2, &[("SWITCHBOARD_CLUSTER_NKEY", theirs.as_str())]);
+    let said = refused(&mut cluster, 2);
+    assert!(said.to_lowercase().contains("authorization"), "{said}");
+    assert!(!said.contains(&stranger.seed().expect("a seed")), "{said}");
+}

@@ -104,6 +104,9 @@ pub struct ClusterSettings {
     /// NATS that verifies its clients (mutual TLS); both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// A file holding this node's NKey seed (`SU…`), for a NATS that knows
+    /// the nodes by their NKeys; instead of credentials in the URL.
+    pub nkey: Option<PathBuf>,
 }
 
 /// Shows the URLs without their credentials.
@@ -118,6 +121,7 @@ impl std::fmt::Debug for ClusterSettings {
             .field("tls_ca", &self.tls_ca)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
+            .field("nkey", &self.nkey)
             .finish()
     }
 }
@@ -181,6 +185,7 @@ impl ClusterSettings {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            nkey: None,
         }
     }
 
@@ -265,6 +270,11 @@ impl ClusterSettings {
             Ok(NatsAuth::Token(token)) => options = options.token(token),
             Ok(NatsAuth::None) | Err(_) => {}
         }
+        // Read when a connection is made (at start, once per worker);
+        // `check_files` said at start why it could not be.
+        if let Ok(Some(seed)) = self.nkey_seed() {
+            options = options.nkey(seed);
+        }
         if let Some(ca) = &self.tls_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
@@ -274,6 +284,25 @@ impl ClusterSettings {
                 .require_tls(true);
         }
         options
+    }
+
+    /// The NKey seed in the `nkey` file, if set: one line, `SU` and 56
+    /// more characters.
+    pub fn nkey_seed(&self) -> Result<Option<String>, ClusterError> {
+        let Some(path) = &self.nkey else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ClusterError::Setting(format!("cluster_nkey: {}: {e}", path.display())))?;
+        let seed = text.trim();
+        if seed.len() != 58 || !seed.starts_with("SU") {
+            return Err(ClusterError::Setting(format!(
+                "cluster_nkey: {}: not a user NKey seed (one line, SU and 56 more characters, \
+                 as `nk -gen user` writes it)",
+                path.display()
+            )));
+        }
+        Ok(Some(seed.to_owned()))
     }
 
     /// The URLs as logs and errors may show them (no credentials).
@@ -355,7 +384,13 @@ impl ClusterSettings {
                 self.replicas
             )));
         }
-        self.auth()?;
+        if self.auth()? != NatsAuth::None && self.nkey.is_some() {
+            return Err(ClusterError::Setting(
+                "cluster_nkey: set, and the cluster URL carries credentials too; a node proves \
+                 itself one way (remove one)"
+                    .into(),
+            ));
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ClusterError::Setting(
                 "cluster_tls_cert and cluster_tls_key: both or neither (a client certificate \
@@ -369,6 +404,7 @@ impl ClusterSettings {
     /// The TLS files can be read ([`Cluster::connect`] checks, so a node
     /// with a wrong path says which at start).
     pub fn check_files(&self) -> Result<(), ClusterError> {
+        self.nkey_seed()?;
         for (name, path) in [
             ("cluster_tls_ca", &self.tls_ca),
             ("cluster_tls_cert", &self.tls_cert),
@@ -715,6 +751,28 @@ mod tests {
             .expect_err("a bad port")
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn an_nkey_comes_from_its_file_and_not_beside_url_credentials() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("node.nk");
+        let seed = format!("SU{}", "A".repeat(56));
+        std::fs::write(&path, format!("{seed}\n")).expect("write");
+        let mut settings = ClusterSettings::new("nats://h:4222", "node-1");
+        settings.nkey = Some(path.clone());
+        assert!(settings.check().is_ok());
+        assert_eq!(settings.nkey_seed().expect("read"), Some(seed));
+        std::fs::write(&path, "not a seed").expect("write");
+        let err = settings.check_files().expect_err("no seed").to_string();
+        assert!(err.contains("not a user NKey seed"), "{err}");
+        assert!(
+            !err.contains("not a seed"),
+            "the file's text is not shown: {err}"
+        );
+        settings.url = "nats://u:p@h:4222".into();
+        let err = settings.check().expect_err("two ways").to_string();
+        assert!(err.contains("cluster_nkey"), "{err}");
     }
 
     #[test]
