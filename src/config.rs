@@ -289,6 +289,8 @@ pub struct Config {
     /// A file holding this node's NKey seed, for a NATS that knows the
     /// nodes by their NKeys.
     pub cluster_nkey: Option<PathBuf>,
+    /// A NATS credentials file (`.creds`), for a NATS in operator mode.
+    pub cluster_credentials: Option<PathBuf>,
     /// Agents created at start.
     pub agents: Vec<AgentSeed>,
     /// Queues defined at start (`default` is always there too).
@@ -456,6 +458,7 @@ impl Default for Config {
             cluster_tls_cert: None,
             cluster_tls_key: None,
             cluster_nkey: None,
+            cluster_credentials: None,
             agents: Vec::new(),
             queues: Vec::new(),
             routes: Vec::new(),
@@ -575,6 +578,7 @@ impl Config {
             tls_cert: self.cluster_tls_cert.clone(),
             tls_key: self.cluster_tls_key.clone(),
             nkey: self.cluster_nkey.clone(),
+            credentials: self.cluster_credentials.clone(),
         })
     }
 
@@ -1510,6 +1514,9 @@ pub struct Args {
     /// A file holding this node's NKey seed (SU…), for a NATS that knows the nodes by their NKeys.
     #[arg(long, env = "SWITCHBOARD_CLUSTER_NKEY")]
     pub cluster_nkey: Option<PathBuf>,
+    /// A NATS credentials file (.creds: a user JWT and its seed), for a NATS in operator mode.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_CREDENTIALS")]
+    pub cluster_credentials: Option<PathBuf>,
 
     /// Externally visible base URL, e.g. https://chat.example.com.
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
@@ -1776,6 +1783,7 @@ fn shown_default(c: &Config, id: &str) -> Option<Shown> {
         "cluster_tls_cert" => Some(Shown::Note("none: no client certificate")),
         "cluster_tls_key" => Some(Shown::Note("none")),
         "cluster_nkey" => Some(Shown::Note("none")),
+        "cluster_credentials" => Some(Shown::Note("none")),
         "public_url" => Some(Shown::Note("http://<bind>")),
         "twilio_api_base" => value(c.twilio_api_base.clone()),
         "graph_api_base" => value(c.graph_api_base.clone()),
@@ -1902,7 +1910,7 @@ impl Args {
             fsync, fsync_interval, journal_segment_bytes, journal_queue_bytes,
             snapshot_every_records, snapshot_interval, cluster_lease_ttl, cluster_replicas,
             cluster_prefix, cluster_relay;
-            admin_token, data_dir, cluster, node_id, cluster_tls_ca, cluster_tls_cert, cluster_tls_key, cluster_nkey, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
+            admin_token, data_dir, cluster, node_id, cluster_tls_ca, cluster_tls_cert, cluster_tls_key, cluster_nkey, cluster_credentials, agent_token_ttl, metrics_token, public_url, twilio_account_sid, twilio_auth_token, whatsapp_token,
             whatsapp_app_secret, whatsapp_verify_token, whatsapp_phone_number_id,
             messenger_page_token, messenger_app_secret, messenger_verify_token,
             webchat_context_secret

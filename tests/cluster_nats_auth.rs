@@ -198,3 +198,89 @@ async fn a_node_with_its_nkey_runs_and_one_with_another_is_refused() {
     assert!(said.to_lowercase().contains("authorization"), "{said}");
     assert!(!said.contains(&stranger.seed().expect("a seed")), "{said}");
 }
+
+/// A JWT of NATS's decentralised authentication: `claims` (with `iss`,
+/// `sub` and `iat` added) signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, mut claims: serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    claims["iss"] = issuer.public_key().into();
+    claims["sub"] = subject.into();
+    claims["iat"] = 1_700_000_000u64.into();
+    // An id for the claims; the server does not check how it was made.
+    claims["jti"] = format!("{:x}", id_of(subject)).into();
+    let head = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signed = format!("{head}.{body}");
+    let signature = issuer.sign(signed.as_bytes()).expect("signed");
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+fn id_of(subject: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    subject.hash(&mut h);
+    h.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_its_credentials_file_runs_on_a_nats_in_operator_mode() {
+    use serde_json::json;
+    let _serial = SERIAL.lock().await;
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let system = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        json!({"name": "test", "nats": {"type": "operator", "version": 2}}),
+    );
+    let unlimited = json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+    });
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        json!({"name": "switchboard", "nats": {"limits": unlimited, "default_permissions": {"pub": {}, "sub": {}}, "type": "account", "version": 2}}),
+    );
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        json!({"name": "SYS", "nats": {"limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1}, "default_permissions": {"pub": {}, "sub": {}}, "type": "account", "version": 2}}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        json!({"name": "node", "nats": {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}}),
+    );
+    let nats = NatsServer::start_with_config(&format!(
+        "operator: \"{operator_jwt}\"\nsystem_account: \"{}\"\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{account_jwt}\"\n  {}: \"{system_jwt}\"\n}}\n",
+        system.public_key(),
+        account.public_key(),
+        system.public_key(),
+    ));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("node.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().expect("a seed")
+        ),
+    )
+    .expect("write");
+    let creds = creds.display().to_string();
+    let mut cluster = TestCluster::new_on(3, nats);
+    cluster.start_node_with(0, &[("SWITCHBOARD_CLUSTER_CREDENTIALS", creds.as_str())]);
+    cluster.wait_active(&[], Duration::from_secs(20));
+    cluster.start_node_with(1, &[("SWITCHBOARD_CLUSTER_CREDENTIALS", creds.as_str())]);
+    relays(&mut cluster, 1).await;
+    // No credentials: refused.
+    cluster.start_node(2);
+    let said = refused(&mut cluster, 2);
+    assert!(said.to_lowercase().contains("authorization"), "{said}");
+}

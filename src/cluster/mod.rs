@@ -107,6 +107,10 @@ pub struct ClusterSettings {
     /// A file holding this node's NKey seed (`SU…`), for a NATS that knows
     /// the nodes by their NKeys; instead of credentials in the URL.
     pub nkey: Option<PathBuf>,
+    /// A NATS credentials file (`.creds`: a user JWT and its NKey seed),
+    /// for a NATS in operator mode (decentralised authentication, as
+    /// managed NATS services use).
+    pub credentials: Option<PathBuf>,
 }
 
 /// Shows the URLs without their credentials.
@@ -122,6 +126,7 @@ impl std::fmt::Debug for ClusterSettings {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("nkey", &self.nkey)
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
@@ -186,6 +191,7 @@ impl ClusterSettings {
             tls_cert: None,
             tls_key: None,
             nkey: None,
+            credentials: None,
         }
     }
 
@@ -271,9 +277,14 @@ impl ClusterSettings {
             Ok(NatsAuth::None) | Err(_) => {}
         }
         // Read when a connection is made (at start, once per worker);
-        // `check_files` said at start why it could not be.
+        // `check_credentials` said at start why it could not be.
         if let Ok(Some(seed)) = self.nkey_seed() {
             options = options.nkey(seed);
+        }
+        if let Ok(Some(text)) = self.credentials_text() {
+            if let Ok(with) = options.clone().credentials(&text) {
+                options = with;
+            }
         }
         if let Some(ca) = &self.tls_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
@@ -303,6 +314,26 @@ impl ClusterSettings {
             )));
         }
         Ok(Some(seed.to_owned()))
+    }
+
+    /// The text of the `credentials` file, if set, once it parses as one.
+    pub fn credentials_text(&self) -> Result<Option<String>, ClusterError> {
+        let Some(path) = &self.credentials else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ClusterError::Setting(format!("cluster_credentials: {}: {e}", path.display()))
+        })?;
+        async_nats::ConnectOptions::new()
+            .credentials(&text)
+            .map_err(|e| {
+                ClusterError::Setting(format!(
+                    "cluster_credentials: {}: not a NATS credentials file (a user JWT and \
+                     its NKey seed, as `nsc generate creds` writes it): {e}",
+                    path.display()
+                ))
+            })?;
+        Ok(Some(text))
     }
 
     /// The URLs as logs and errors may show them (no credentials).
@@ -384,13 +415,7 @@ impl ClusterSettings {
                 self.replicas
             )));
         }
-        if self.auth()? != NatsAuth::None && self.nkey.is_some() {
-            return Err(ClusterError::Setting(
-                "cluster_nkey: set, and the cluster URL carries credentials too; a node proves \
-                 itself one way (remove one)"
-                    .into(),
-            ));
-        }
+        self.auth()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ClusterError::Setting(
                 "cluster_tls_cert and cluster_tls_key: both or neither (a client certificate \
@@ -401,10 +426,24 @@ impl ClusterSettings {
         Ok(())
     }
 
-    /// The TLS files can be read ([`Cluster::connect`] checks, so a node
-    /// with a wrong path says which at start).
-    pub fn check_files(&self) -> Result<(), ClusterError> {
+    /// How the node proves itself to NATS is one way, and its files can be
+    /// read ([`Cluster::connect`] checks, so a node with a wrong path says
+    /// which at start).
+    pub fn check_credentials(&self) -> Result<(), ClusterError> {
+        let ways = [
+            self.auth()? != NatsAuth::None,
+            self.nkey.is_some(),
+            self.credentials.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err(ClusterError::Setting(
+                "cluster: credentials in the URL, cluster_nkey and cluster_credentials: a node \
+                 proves itself to NATS one way; set only one"
+                    .into(),
+            ));
+        }
         self.nkey_seed()?;
+        self.credentials_text()?;
         for (name, path) in [
             ("cluster_tls_ca", &self.tls_ca),
             ("cluster_tls_cert", &self.tls_cert),
@@ -475,7 +514,7 @@ impl Cluster {
     /// lease TTL, so a NATS restart is noticed well within one lease.
     pub async fn connect(settings: ClusterSettings) -> Result<Cluster, ClusterError> {
         settings.check()?;
-        settings.check_files()?;
+        settings.check_credentials()?;
         let client = settings
             .connect_options("")
             .connect(settings.servers()?)
@@ -764,15 +803,42 @@ mod tests {
         assert!(settings.check().is_ok());
         assert_eq!(settings.nkey_seed().expect("read"), Some(seed));
         std::fs::write(&path, "not a seed").expect("write");
-        let err = settings.check_files().expect_err("no seed").to_string();
+        let err = settings
+            .check_credentials()
+            .expect_err("no seed")
+            .to_string();
         assert!(err.contains("not a user NKey seed"), "{err}");
         assert!(
             !err.contains("not a seed"),
             "the file's text is not shown: {err}"
         );
         settings.url = "nats://u:p@h:4222".into();
-        let err = settings.check().expect_err("two ways").to_string();
-        assert!(err.contains("cluster_nkey"), "{err}");
+        let err = settings
+            .check_credentials()
+            .expect_err("two ways")
+            .to_string();
+        assert!(err.contains("one way"), "{err}");
+    }
+
+    #[test]
+    fn a_credentials_file_must_be_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("node.creds");
+        std::fs::write(&path, "no JWT in here").expect("write");
+        let mut settings = ClusterSettings::new("nats://h:4222", "node-1");
+        settings.credentials = Some(path);
+        assert!(settings.check().is_ok());
+        let err = settings
+            .check_credentials()
+            .expect_err("not creds")
+            .to_string();
+        assert!(err.contains("not a NATS credentials file"), "{err}");
+        settings.nkey = Some("node.nk".into());
+        let err = settings
+            .check_credentials()
+            .expect_err("two ways")
+            .to_string();
+        assert!(err.contains("one way"), "{err}");
     }
 
     #[test]
@@ -784,7 +850,7 @@ mod tests {
         settings.tls_key = Some("node-key.pem".into());
         assert!(settings.check().is_ok());
         let err = settings
-            .check_files()
+            .check_credentials()
             .expect_err("no such file")
             .to_string();
         assert!(err.contains("cluster_tls_cert: node.pem"), "{err}");
