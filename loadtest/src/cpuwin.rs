@@ -16,6 +16,8 @@ pub struct Reading {
     pub at: Instant,
     /// The whole process's CPU seconds (None: not readable).
     pub process: Option<f64>,
+    /// The part of them in the kernel (stime).
+    pub process_system: Option<f64>,
     /// Each live thread's (empty when not asked for).
     pub threads: Vec<ThreadCpu>,
 }
@@ -23,9 +25,11 @@ pub struct Reading {
 impl Reading {
     /// Reads `pid` now; its threads too when `threads`.
     pub fn take(pid: u32, threads: bool) -> Reading {
+        let times = procstat::cpu_and_system_seconds(pid);
         Reading {
             at: Instant::now(),
-            process: procstat::cpu_seconds(pid),
+            process: times.map(|t| t.0),
+            process_system: times.map(|t| t.1),
             threads: if threads {
                 procstat::threads(pid)
             } else {
@@ -40,13 +44,20 @@ impl Reading {
 pub struct Spent {
     pub wall_seconds: f64,
     pub cpu_seconds: f64,
+    /// The part of `cpu_seconds` in the kernel, where it was read apart.
+    pub system_seconds: Option<f64>,
 }
 
 impl Spent {
     /// Between `a` and `b` (None when either could not read the process).
     pub fn between(a: &Reading, b: &Reading) -> Option<Spent> {
         let wall = b.at.saturating_duration_since(a.at).as_secs_f64();
-        Some(Spent::of(wall, a.process?, b.process?))
+        let mut spent = Spent::of(wall, a.process?, b.process?);
+        spent.system_seconds = a
+            .process_system
+            .zip(b.process_system)
+            .map(|(x, y)| (y - x).clamp(0.0, spent.cpu_seconds));
+        Some(spent)
     }
 
     /// From wall seconds and the CPU seconds at both ends. CPU time never
@@ -56,12 +67,19 @@ impl Spent {
         Spent {
             wall_seconds,
             cpu_seconds: (cpu_end - cpu_start).max(0.0),
+            system_seconds: None,
         }
     }
 
     /// CPU microseconds per unit of work done in the window (None: none done).
     pub fn micros_per(&self, units: u64) -> Option<f64> {
         (units > 0).then(|| self.cpu_seconds * 1e6 / units as f64)
+    }
+
+    /// Kernel CPU microseconds per unit of work (None: not read apart, or
+    /// none done).
+    pub fn system_micros_per(&self, units: u64) -> Option<f64> {
+        (units > 0).then(|| self.system_seconds.map(|s| s * 1e6 / units as f64))?
     }
 
     /// CPU used as a percentage of one core (100: one core busy all the window).
@@ -324,6 +342,29 @@ mod tests {
         assert_eq!(Spent::of(1.0, 5.0, 3.0).cpu_seconds, 0.0);
         assert!(close(per_second(380_000, 20.0).unwrap(), 19_000.0));
         assert_eq!(per_second(5, 0.0), None);
+    }
+
+    #[test]
+    fn the_kernel_part_is_read_apart() {
+        let at = Instant::now();
+        let reading = |secs: u64, cpu: f64, system: Option<f64>| Reading {
+            at: at + std::time::Duration::from_secs(secs),
+            process: Some(cpu),
+            process_system: system,
+            threads: Vec::new(),
+        };
+        let s = Spent::between(
+            &reading(0, 100.0, Some(40.0)),
+            &reading(20, 119.0, Some(52.0)),
+        )
+        .expect("both read");
+        assert!(close(s.cpu_seconds, 19.0));
+        assert!(close(s.system_seconds.unwrap(), 12.0));
+        // 12 kernel CPU-s over 400,000 round trips: 30 µs each.
+        assert!(close(s.system_micros_per(400_000).unwrap(), 30.0));
+        assert_eq!(s.system_micros_per(0), None);
+        let unknown = Spent::between(&reading(0, 1.0, None), &reading(1, 2.0, Some(1.0)));
+        assert_eq!(unknown.unwrap().system_micros_per(10), None);
     }
 
     #[test]

@@ -195,6 +195,9 @@ impl Window {
         let softirq_us = self
             .target_softirq
             .and_then(|s| s.micros_per(self.round_trips));
+        let system_us = self
+            .target
+            .and_then(|s| s.system_micros_per(self.round_trips));
         json!({
             "seconds": self.wall_seconds,
             "round_trips": self.round_trips,
@@ -203,6 +206,11 @@ impl Window {
             "errors": self.errors,
             "target_cpu_seconds": self.target.map(|s| s.cpu_seconds),
             "target_cpu_us_per_round_trip": self.target_micros_per_round_trip(),
+            "target_system_us_per_round_trip": system_us,
+            "target_user_us_per_round_trip": self
+                .target_micros_per_round_trip()
+                .zip(system_us)
+                .map(|(all, system)| all - system),
             "target_core_percent": t_pct,
             "harness_cpu_seconds": self.harness.map(|s| s.cpu_seconds),
             "harness_cpu_us_per_round_trip": self.harness.and_then(|s| s.micros_per(self.round_trips)),
@@ -234,6 +242,8 @@ pub fn ratios(targets: &Value) -> Value {
             kind.name().to_string(),
             json!({
                 "cpu_per_round_trip": ratio(sb["target_cpu_us_per_round_trip"].as_f64(), w["target_cpu_us_per_round_trip"].as_f64()),
+                "system_cpu_per_round_trip": ratio(sb["target_system_us_per_round_trip"].as_f64(), w["target_system_us_per_round_trip"].as_f64()),
+                "user_cpu_per_round_trip": ratio(sb["target_user_us_per_round_trip"].as_f64(), w["target_user_us_per_round_trip"].as_f64()),
                 "cpu_with_softirq_thread_per_round_trip": ratio(
                     sb["target_with_softirq_thread_us_per_round_trip"].as_f64(),
                     w["target_with_softirq_thread_us_per_round_trip"].as_f64(),
@@ -311,10 +321,11 @@ pub fn human(report: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<32} {:>13} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
+        "{:<32} {:>13} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
         "target",
         "round trips/s",
         "CPU us/rt",
+        "kernel",
         "+softirq",
         "target %",
         "harness %",
@@ -340,10 +351,11 @@ pub fn human(report: &Value) -> String {
         }
         let _ = writeln!(
             s,
-            "{:<32} {:>13} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}{}",
+            "{:<32} {:>13} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}{}",
             label(kind),
             num(&w["round_trips_per_second"], 0),
             num(&w["target_cpu_us_per_round_trip"], 1),
+            num(&w["target_system_us_per_round_trip"], 1),
             num(&w["target_softirq_thread_us_per_round_trip"], 1),
             num(&w["target_core_percent"], 0),
             num(&w["harness_core_percent"], 0),
@@ -363,9 +375,11 @@ pub fn human(report: &Value) -> String {
     for (kind, r) in report["ratios"].as_object().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "Switchboard / {}: CPU per round trip {}x ({}x with the softirq threads), round trips/s {}x",
+            "Switchboard / {}: CPU per round trip {}x (kernel {}x, user {}x; {}x with the softirq threads), round trips/s {}x",
             label(Kind::from_name(kind)),
             num(&r["cpu_per_round_trip"], 2),
+            num(&r["system_cpu_per_round_trip"], 2),
+            num(&r["user_cpu_per_round_trip"], 2),
             num(&r["cpu_with_softirq_thread_per_round_trip"], 2),
             num(&r["round_trips_per_second"], 2),
         );
@@ -1207,7 +1221,11 @@ mod tests {
             round_trips,
             errors: 0,
             running_at_start: 1000,
-            target: Some(Spent::of(20.0, 0.0, target_cpu)),
+            // Half of it in the kernel.
+            target: Some(Spent {
+                system_seconds: Some(target_cpu / 2.0),
+                ..Spent::of(20.0, 0.0, target_cpu)
+            }),
             harness: Some(Spent::of(20.0, 0.0, harness_cpu)),
             target_softirq: Some(Spent::of(20.0, 0.0, 0.2)),
             harness_softirq: None,
@@ -1388,11 +1406,11 @@ mod tests {
         );
         assert!(
             text.contains(
-                "Switchboard                              20000       53.0       0.5       106         50         1    target       0"
+                "Switchboard                              20000       53.0      26.5       0.5       106         50         1    target       0"
             ),
             "{text}"
         );
-        assert!(text.contains("Switchboard / Rust relay (tokio-tungstenite): CPU per round trip 3.31x (3.29x with the softirq threads), round trips/s 0.50x"), "{text}");
+        assert!(text.contains("Switchboard / Rust relay (tokio-tungstenite): CPU per round trip 3.31x (kernel 3.31x, user 3.31x; 3.29x with the softirq threads), round trips/s 0.50x"), "{text}");
         assert!(
             text.contains("<= 2x the Rust relay's (Switchboard's own frames): 3.31x, NOT MET"),
             "{text}"

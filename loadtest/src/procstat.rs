@@ -157,12 +157,26 @@ pub fn parse_cpu_times(text: &str, ticks: f64) -> Vec<CpuTime> {
 /// utime + stime in ticks from a `/proc/<pid>/stat` line. The command name
 /// (field 2) may hold spaces and parentheses, so fields count from the last `)`.
 pub fn parse_stat_cpu(stat: &str) -> Option<f64> {
+    parse_stat_times(stat).map(|(user, system)| user + system)
+}
+
+/// utime and stime apart, in ticks: the time in the process's own code and
+/// in the kernel on its behalf (system calls, the network stack they run).
+pub fn parse_stat_times(stat: &str) -> Option<(f64, f64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); utime is field 14, stime 15.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
+}
+
+/// User + system CPU seconds of process `pid`, and the system part.
+pub fn cpu_and_system_seconds(pid: u32) -> Option<(f64, f64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (user, system) = parse_stat_times(&stat)?;
+    let ticks = clock_ticks();
+    Some(((user + system) / ticks, system / ticks))
 }
 
 /// The pid of the process with a listening TCP socket on `port` (IPv4 or
@@ -225,6 +239,7 @@ mod tests {
     fn stat_fields_after_the_command_name() {
         let line = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 125 0 0 20 0 9 0 100 1000 200";
         assert_eq!(parse_stat_cpu(line), Some(375.0));
+        assert_eq!(parse_stat_times(line), Some((250.0, 125.0)), "utime, stime");
         assert_eq!(parse_stat_cpu("garbage"), None);
     }
 
