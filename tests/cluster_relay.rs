@@ -545,6 +545,94 @@ async fn a_frame_out_of_sequence_closes_the_relayed_socket_and_garbage_is_ignore
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_closes() {
+    use switchboard::cluster::relay::{batch, decode, encode, unbatch, Address, Frame};
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, active) = TestCluster::start(2);
+    let b = edge(&mut cluster, 1).await;
+    let nats = cluster.nats_client().await;
+    let mut sniff = nats
+        .subscribe(format!("{}.relay.>", common::cluster::PREFIX))
+        .await
+        .expect("subscribe");
+    let alice = active.h.create_agent("alice", 1, &[]).await;
+    let mut desk = b.agent_online(&alice).await;
+    let frames = |m: &async_nats::Message| -> Vec<(Address, Frame)> {
+        unbatch(m.payload.clone())
+            .filter_map(|f| f.ok().and_then(|f| decode(f).ok()))
+            .collect()
+    };
+    // A frame of the desk's connection, host to edge: who is who.
+    let (edge_subject, at) = loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), sniff.next())
+            .await
+            .expect("a relayed frame")
+            .expect("subscribed");
+        let data = frames(&m)
+            .into_iter()
+            .find(|(at, frame)| matches!(frame, Frame::Data(_)) && at.to != 0);
+        if let Some((at, _)) = data {
+            break (m.subject.to_string(), at);
+        }
+    };
+    let host_subject = format!("{}.relay.to.{:016x}", common::cluster::PREFIX, at.from);
+    // The host's NATS connection "came back": the edge is asked what it
+    // sent, and answers for the desk's connection; the host, which got it
+    // all, keeps the connection.
+    let resync = encode(
+        Address {
+            from: at.from,
+            to: 0,
+            from_conn: 0,
+            seq: 0,
+        },
+        &Frame::Resync,
+    )
+    .expect("encodes");
+    nats.publish(edge_subject.clone(), batch([&resync]))
+        .await
+        .expect("publish");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, sniff.next())
+            .await
+            .expect("the edge's Sent for the desk's connection")
+            .expect("subscribed");
+        if m.subject.as_str() == host_subject
+            && frames(&m)
+                .iter()
+                .any(|(a, f)| matches!(f, Frame::Sent(_)) && a.to == at.from_conn)
+        {
+            break;
+        }
+    }
+    let v = desk
+        .call(json!({"type": "activity", "activity": "break"}))
+        .await;
+    assert_eq!(v["type"], "ok", "nothing was lost, nothing closed: {v}");
+    // The host says it sent more than the edge got: frames were lost, and
+    // the edge closes the socket rather than leave it waiting for them.
+    let sent = encode(
+        Address { seq: 0, ..at },
+        &Frame::Sent(at.seq.wrapping_add(1000)),
+    )
+    .expect("encodes");
+    nats.publish(edge_subject, batch([&sent]))
+        .await
+        .expect("publish");
+    let (code, _) = desk.recv_close_within(Duration::from_secs(5)).await;
+    assert_eq!(code, 1006, "closed, no close frame");
+    active
+        .h
+        .wait_agent("alice", "her relayed socket gone", |v| {
+            v["connected"] == false
+        })
+        .await;
+    b.agent_online(&alice).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when_it_wakes() {
     let _serial = SERIAL.lock().await;
     let (mut cluster, active) = TestCluster::start(2);
@@ -599,10 +687,10 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
             };
             let outbox = 100 * 1024;
             let client = || async { async_nats::connect(url.as_str()).await.expect("NATS") };
-            let a = Endpoint::start(client().await, "bounds".into(), timing, outbox)
+            let a = Endpoint::start(client().await, None, "bounds".into(), timing, outbox)
                 .await
                 .expect("endpoint a");
-            let b = Endpoint::start(client().await, "bounds".into(), timing, outbox)
+            let b = Endpoint::start(client().await, None, "bounds".into(), timing, outbox)
                 .await
                 .expect("endpoint b");
             let pair = || {

@@ -70,9 +70,10 @@ impl Edge {
     async fn endpoint(&self) -> Result<Rc<Endpoint>, RelayError> {
         self.endpoint
             .get_or_try_init(|| async {
-                let client = connect(&self.settings, "edge").await?;
+                let connection = connect(&self.settings, "edge").await?;
                 Endpoint::start(
-                    client,
+                    connection.client,
+                    Some(connection.lost),
                     self.settings.prefix.clone(),
                     self.timing,
                     super::OUTBOX,

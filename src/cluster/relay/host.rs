@@ -54,13 +54,20 @@ where
         let mut delay = Duration::from_millis(100);
         let (endpoint, mut opens) = loop {
             let started = async {
-                let client = connect(&settings, "host").await?;
-                let opens = client
+                let connection = connect(&settings, "host").await?;
+                let opens = connection
+                    .client
                     .queue_subscribe(open_subject(&prefix), format!("{prefix}-relay-hosts"))
                     .await
                     .map_err(|e| super::RelayError::Nats(e.to_string()))?;
-                let endpoint =
-                    Endpoint::start(client, prefix.clone(), timing, super::OUTBOX).await?;
+                let endpoint = Endpoint::start(
+                    connection.client,
+                    Some(connection.lost),
+                    prefix.clone(),
+                    timing,
+                    super::OUTBOX,
+                )
+                .await?;
                 Ok::<_, super::RelayError>((endpoint, opens))
             };
             match started.await {

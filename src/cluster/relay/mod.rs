@@ -26,7 +26,11 @@
 //!   number; a gap (NATS core messages lost across a NATS reconnect) closes
 //!   the connection rather than corrupting its stream. Its client
 //!   reconnects, and the protocol's acks and resends cover what was in
-//!   flight;
+//!   flight. A lost *last* frame leaves no gap to see, so whenever an
+//!   endpoint's NATS connection comes back (or NATS dropped messages for
+//!   it) the two sides of each connection tell each other how many frames
+//!   they sent ([`Frame::Sent`], asked for with [`Frame::Resync`]), and a
+//!   side that got fewer closes the connection;
 //! - bounds: a peer that sends past the window is cut off (the connection
 //!   closes), an endpoint queues at most [`OUTBOX`] bytes of frames for
 //!   NATS (a data frame that does not fit closes its connection, the
@@ -176,6 +180,14 @@ pub enum Frame {
     Close(String),
     /// The sender is alive (connection 0, no sequence).
     Ping,
+    /// The sender has sent this connection's frames up to (not including)
+    /// this number: the receiver, having got fewer, lost some (not
+    /// numbered itself; sent after the sender's NATS connection came back,
+    /// or when asked with [`Frame::Resync`]).
+    Sent(u32),
+    /// Connection 0: "my NATS connection came back (or dropped messages):
+    /// tell me with `Sent` what you have sent on each of our connections".
+    Resync,
 }
 
 impl Frame {
@@ -187,6 +199,8 @@ impl Frame {
             Frame::Credit(_) => 4,
             Frame::Close(_) => 5,
             Frame::Ping => 6,
+            Frame::Sent(_) => 7,
+            Frame::Resync => 8,
         }
     }
 }
@@ -209,9 +223,9 @@ pub fn encode(at: Address, frame: &Frame) -> Result<Bytes, RelayError> {
             .map_err(|e| RelayError::Malformed(e.to_string()))?
             .into(),
         Frame::Data(bytes) => bytes.clone(),
-        Frame::Credit(n) => Bytes::copy_from_slice(&n.to_le_bytes()),
+        Frame::Credit(n) | Frame::Sent(n) => Bytes::copy_from_slice(&n.to_le_bytes()),
         Frame::Close(why) => Bytes::copy_from_slice(why.as_bytes()),
-        Frame::End | Frame::Ping => Bytes::new(),
+        Frame::End | Frame::Ping | Frame::Resync => Bytes::new(),
     };
     let mut out = BytesMut::with_capacity(HEADER + payload.len());
     out.put_u8(frame.tag());
@@ -253,6 +267,10 @@ pub fn decode(mut bytes: Bytes) -> Result<(Address, Frame), RelayError> {
         })?)),
         5 => Frame::Close(String::from_utf8_lossy(&bytes).into_owned()),
         6 => Frame::Ping,
+        7 => Frame::Sent(u32::from_le_bytes(bytes[..].try_into().map_err(|_| {
+            RelayError::Malformed(format!("sent count of {} bytes", bytes.len()))
+        })?)),
+        8 => Frame::Resync,
         other => return Err(RelayError::Malformed(format!("unknown tag {other}"))),
     };
     Ok((at, frame))
@@ -516,30 +534,48 @@ pub struct Endpoint {
     outbox: usize,
 }
 
+/// A relay's NATS connection, and word of each time frames may have been
+/// lost on it (for [`Endpoint::start`]).
+pub struct Connection {
+    pub client: async_nats::Client,
+    pub lost: mpsc::UnboundedReceiver<()>,
+}
+
 /// Connect to NATS for relaying, as the cluster's own connection does
-/// (reconnecting for ever).
-pub async fn connect(
-    settings: &ClusterSettings,
-    role: &str,
-) -> Result<async_nats::Client, RelayError> {
+/// (reconnecting for ever). `lost` hears of every (re)connection and of
+/// every message NATS dropped for this client (a slow consumer).
+pub async fn connect(settings: &ClusterSettings, role: &str) -> Result<Connection, RelayError> {
     let servers = settings
         .servers()
         .map_err(|e| RelayError::Nats(e.to_string()))?;
-    settings
+    let (tell, lost) = mpsc::unbounded_channel();
+    let client = settings
         .connect_options(&format!(" relay {role}"))
         .client_capacity(CLIENT_CAPACITY)
         .subscription_capacity(INBOX_CAPACITY)
+        .event_callback(move |event| {
+            if matches!(
+                event,
+                async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
+            ) {
+                let _ = tell.send(());
+            }
+            std::future::ready(())
+        })
         .connect(servers)
         .await
-        .map_err(|e| RelayError::Nats(e.to_string()))
+        .map_err(|e| RelayError::Nats(e.to_string()))?;
+    Ok(Connection { client, lost })
 }
 
 impl Endpoint {
     /// Start an endpoint on this thread: its subject's reader, its writer
     /// and its heartbeat, as local tasks that end with the client. It
-    /// queues at most `outbox` bytes of data frames ([`OUTBOX`]).
+    /// queues at most `outbox` bytes of data frames ([`OUTBOX`]). Each word
+    /// on `lost` ([`Connection::lost`]) makes it [`Endpoint::resync`].
     pub async fn start(
         client: async_nats::Client,
+        lost: Option<mpsc::UnboundedReceiver<()>>,
         prefix: String,
         timing: Timing,
         outbox: usize,
@@ -611,6 +647,17 @@ impl Endpoint {
                 }
             }
         });
+        if let Some(mut lost) = lost {
+            let checker = Rc::downgrade(&endpoint);
+            actix_web::rt::spawn(async move {
+                while lost.recv().await.is_some() {
+                    let Some(endpoint) = checker.upgrade() else {
+                        break;
+                    };
+                    endpoint.resync();
+                }
+            });
+        }
         let beat = Rc::downgrade(&endpoint);
         actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(timing.heartbeat);
@@ -797,6 +844,10 @@ impl Endpoint {
         if frame == Frame::Ping {
             return;
         }
+        if frame == Frame::Resync {
+            self.report_sent(from);
+            return;
+        }
         let state = self.conns.borrow().get(&at.to).cloned();
         // An edge's connection learns its host from the open's answer, but
         // the host's first frames may come before it (another subscription):
@@ -813,6 +864,19 @@ impl Endpoint {
             }
             return;
         };
+        if let Frame::Sent(sent) = frame {
+            // Everything sent before this came before it on the same path:
+            // what has not come was lost.
+            if sent != state.recv_seq.get() {
+                let why = format!(
+                    "relay frames up to {sent} were sent and {} came: frames were lost",
+                    state.recv_seq.get()
+                );
+                tracing::warn!(conn = state.id, "{why}");
+                self.release(&state, Some(&why));
+            }
+            return;
+        }
         if let Frame::Close(why) = frame {
             // Told by the other side, in turn or not (an answer for a
             // connection it does not hold is not numbered): nothing to
@@ -911,6 +975,59 @@ impl Endpoint {
         }
     }
 
+    /// Tell `peer` what this endpoint has sent on each connection with it
+    /// ([`Frame::Sent`]), so it finds what it lost.
+    fn report_sent(&self, peer: u64) {
+        let conns: Vec<Rc<ConnState>> = self
+            .conns
+            .borrow()
+            .values()
+            .filter(|c| c.peer.get() == peer)
+            .cloned()
+            .collect();
+        for conn in conns {
+            let at = Address {
+                from: self.id,
+                to: conn.remote.get(),
+                from_conn: conn.id,
+                seq: 0,
+            };
+            if let Ok(bytes) = encode(at, &Frame::Sent(conn.send_seq.get())) {
+                self.enqueue(peer, bytes);
+            }
+        }
+    }
+
+    /// This endpoint's NATS connection came back, or NATS dropped messages
+    /// for it: frames may have been lost either way on any connection,
+    /// and a lost last frame would leave its connection waiting for good.
+    /// Each side tells the other what it sent; a side that got less closes
+    /// the connection (its client reconnects and resends, as after any
+    /// drop).
+    pub fn resync(&self) {
+        let mut peers: Vec<u64> = self
+            .conns
+            .borrow()
+            .values()
+            .map(|c| c.peer.get())
+            .filter(|p| *p != 0)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        for peer in peers {
+            self.report_sent(peer);
+            let at = Address {
+                from: self.id,
+                to: 0,
+                from_conn: 0,
+                seq: 0,
+            };
+            if let Ok(bytes) = encode(at, &Frame::Resync) {
+                self.enqueue(peer, bytes);
+            }
+        }
+    }
+
     /// How many connections this endpoint holds.
     pub fn connections(&self) -> usize {
         self.conns.borrow().len()
@@ -972,6 +1089,8 @@ mod tests {
             Frame::Credit(32 * 1024),
             Frame::Close("the client left".into()),
             Frame::Ping,
+            Frame::Sent(77),
+            Frame::Resync,
         ] {
             let at = Address {
                 from: 7,
