@@ -13,6 +13,7 @@ use common::cluster::{assert_served, upload, wait_replicated, TestCluster, ADMIN
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use switchboard::cluster::relay::{decode, unbatch, Address, Frame};
 
 /// One test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -34,6 +35,58 @@ async fn edge(cluster: &mut TestCluster, i: usize) -> Harness {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A new customer, Eve, writes `first` through `h`; `desk` is offered her
+/// chat, takes it and answers `reply`, which reaches her.
+async fn serves_a_new_chat(h: &Harness, desk: &mut Ws, first: &str, reply: &str) {
+    let (_session, mut customer, ack) = h.customer_with_message("Eve", first).await;
+    let conv = s(&ack["conversation_id"]);
+    let offer = desk.offer_for(&conv).await;
+    desk.accept(&s(&offer["task"]["id"])).await;
+    desk.agent_send(&conv, reply, "r1").await;
+    customer.recv_message_text(reply).await;
+}
+
+/// The relay's frames in a message on a `relay.to.*` subject, each whole
+/// and well formed (nothing for the other relay subjects).
+fn frames_of(m: &async_nats::Message) -> Vec<(Address, Frame)> {
+    if !m.subject.contains(".relay.to.") {
+        return Vec::new();
+    }
+    unbatch(m.payload.clone())
+        .map(|f| decode(f.expect("a whole frame")).expect("a well-formed frame"))
+        .collect()
+}
+
+/// The first data frame of a connection that `sniff` sees: the subject it
+/// went to (its receiver's endpoint) and its address.
+async fn a_data_frame(sniff: &mut async_nats::Subscriber) -> (String, Address) {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), sniff.next())
+            .await
+            .expect("a relayed frame")
+            .expect("subscribed");
+        let data = frames_of(&m)
+            .into_iter()
+            .find(|(at, frame)| matches!(frame, Frame::Data(_)) && at.to != 0);
+        if let Some((at, _)) = data {
+            return (m.subject.to_string(), at);
+        }
+    }
+}
+
+/// The relay closed `desk` (no close frame); the active node (`active`)
+/// sees its agent gone, and she comes back through `edge`.
+async fn closed_by_the_relay(mut desk: Ws, active: &Harness, edge: &Harness, agent: &Agent) {
+    let (code, _) = desk.recv_close_within(Duration::from_secs(5)).await;
+    assert_eq!(code, 1006, "closed, no close frame");
+    active
+        .wait_agent(&agent.id, "her relayed socket gone", |v| {
+            v["connected"] == false
+        })
+        .await;
+    edge.agent_online(agent).await;
 }
 
 /// Two nodes started with the settings `env`: the cluster, its active
@@ -240,12 +293,7 @@ async fn an_edge_killed_takes_its_clients_off_the_active_node_and_they_come_back
 
     // Alice reconnects through node-2, and works.
     let mut desk = c.agent_online(&alice).await;
-    let (_session, mut customer, ack) = a.customer_with_message("Eve", "hello?").await;
-    let conv = s(&ack["conversation_id"]);
-    let offer = desk.offer_for(&conv).await;
-    desk.accept(&s(&offer["task"]["id"])).await;
-    desk.agent_send(&conv, "Hi Eve", "r1").await;
-    customer.recv_message_text("Hi Eve").await;
+    serves_a_new_chat(a, &mut desk, "hello?", "Hi Eve").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,7 +537,7 @@ async fn limits_hold_through_an_edge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_out_of_sequence_closes_the_relayed_socket_and_garbage_is_ignored() {
-    use switchboard::cluster::relay::{batch, decode, encode, unbatch, Frame};
+    use switchboard::cluster::relay::{batch, encode};
     let _serial = SERIAL.lock().await;
     let (mut cluster, active) = TestCluster::start(2);
     let b = edge(&mut cluster, 1).await;
@@ -502,18 +550,7 @@ async fn a_frame_out_of_sequence_closes_the_relayed_socket_and_garbage_is_ignore
     let alice = active.h.create_agent("alice", 1, &[]).await;
     let mut desk = b.agent_online(&alice).await;
     // A frame of the desk's connection, host to edge.
-    let (subject, at) = loop {
-        let m = tokio::time::timeout(Duration::from_secs(5), sniff.next())
-            .await
-            .expect("a relayed frame")
-            .expect("subscribed");
-        let data = unbatch(m.payload.clone())
-            .map(|f| decode(f.expect("a whole frame")).expect("a well-formed frame"))
-            .find(|(at, frame)| matches!(frame, Frame::Data(_)) && at.to != 0);
-        if let Some((at, _)) = data {
-            break (m.subject.to_string(), at);
-        }
-    };
+    let (subject, at) = a_data_frame(&mut sniff).await;
     // Garbage on the edge's subject is dropped; the socket lives on.
     nats.publish(subject.clone(), "not a frame".into())
         .await
@@ -532,21 +569,12 @@ async fn a_frame_out_of_sequence_closes_the_relayed_socket_and_garbage_is_ignore
         .await
         .expect("publish");
     nats.flush().await.expect("flush");
-    let (code, _) = desk.recv_close_within(Duration::from_secs(5)).await;
-    assert_eq!(code, 1006, "closed, no close frame");
-    active
-        .h
-        .wait_agent("alice", "her relayed socket gone", |v| {
-            v["connected"] == false
-        })
-        .await;
-    // She reconnects through the same node.
-    b.agent_online(&alice).await;
+    closed_by_the_relay(desk, &active.h, &b, &alice).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_closes() {
-    use switchboard::cluster::relay::{batch, decode, encode, unbatch, Address, Frame};
+    use switchboard::cluster::relay::{batch, encode};
     let _serial = SERIAL.lock().await;
     let (mut cluster, active) = TestCluster::start(2);
     let b = edge(&mut cluster, 1).await;
@@ -557,24 +585,8 @@ async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_clo
         .expect("subscribe");
     let alice = active.h.create_agent("alice", 1, &[]).await;
     let mut desk = b.agent_online(&alice).await;
-    let frames = |m: &async_nats::Message| -> Vec<(Address, Frame)> {
-        unbatch(m.payload.clone())
-            .filter_map(|f| f.ok().and_then(|f| decode(f).ok()))
-            .collect()
-    };
     // A frame of the desk's connection, host to edge: who is who.
-    let (edge_subject, at) = loop {
-        let m = tokio::time::timeout(Duration::from_secs(5), sniff.next())
-            .await
-            .expect("a relayed frame")
-            .expect("subscribed");
-        let data = frames(&m)
-            .into_iter()
-            .find(|(at, frame)| matches!(frame, Frame::Data(_)) && at.to != 0);
-        if let Some((at, _)) = data {
-            break (m.subject.to_string(), at);
-        }
-    };
+    let (edge_subject, at) = a_data_frame(&mut sniff).await;
     let host_subject = format!("{}.relay.to.{:016x}", common::cluster::PREFIX, at.from);
     // The host's NATS connection "came back": the edge is asked what it
     // sent, and answers for the desk's connection; the host, which got it
@@ -600,7 +612,7 @@ async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_clo
             .expect("the edge's Sent for the desk's connection")
             .expect("subscribed");
         if m.subject.as_str() == host_subject
-            && frames(&m)
+            && frames_of(&m)
                 .iter()
                 .any(|(a, f)| matches!(f, Frame::Sent(_)) && a.to == at.from_conn)
         {
@@ -621,15 +633,7 @@ async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_clo
     nats.publish(edge_subject, batch([&sent]))
         .await
         .expect("publish");
-    let (code, _) = desk.recv_close_within(Duration::from_secs(5)).await;
-    assert_eq!(code, 1006, "closed, no close frame");
-    active
-        .h
-        .wait_agent("alice", "her relayed socket gone", |v| {
-            v["connected"] == false
-        })
-        .await;
-    b.agent_online(&alice).await;
+    closed_by_the_relay(desk, &active.h, &b, &alice).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,12 +663,7 @@ async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when
     let hello = desk.recv_next().await;
     assert_eq!(hello["type"], "hello", "{hello}");
     desk.set_activity("available").await;
-    let (_session, mut customer, ack) = a.customer_with_message("Eve", "hi").await;
-    let conv = s(&ack["conversation_id"]);
-    let offer = desk.offer_for(&conv).await;
-    desk.accept(&s(&offer["task"]["id"])).await;
-    desk.agent_send(&conv, "hello Eve", "r1").await;
-    customer.recv_message_text("hello Eve").await;
+    serves_a_new_chat(a, &mut desk, "hi", "hello Eve").await;
 }
 
 /// Two relay endpoints of this process on a real nats-server: a peer that

@@ -258,8 +258,11 @@ impl ClusterSettings {
 
     /// How every NATS connection of this node is made (`what` names it in
     /// the server's view): reconnecting for ever, with a delay growing by
-    /// 100 ms per attempt up to the renewal interval.
-    pub fn connect_options(&self, what: &str) -> async_nats::ConnectOptions {
+    /// 100 ms per attempt up to the renewal interval; proving itself the one
+    /// way set (credentials in the URL, an NKey or a credentials file, whose
+    /// files are read here, at start, once per connection), over TLS as set.
+    /// Refused when more than one way is set or a file cannot be used.
+    pub fn connect_options(&self, what: &str) -> Result<async_nats::ConnectOptions, ClusterError> {
         let max_delay = self.renew_every();
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("switchboard {}{what}", self.node_id))
@@ -268,22 +271,52 @@ impl ClusterSettings {
             .reconnect_delay_callback(move |attempts| {
                 (Duration::from_millis(100) * attempts as u32).min(max_delay)
             });
-        // Checked at start (`check`): an error here cannot happen.
-        match self.auth() {
-            Ok(NatsAuth::UserPassword { user, password }) => {
+        let auth = self.auth()?;
+        let ways = [
+            auth != NatsAuth::None,
+            self.nkey.is_some(),
+            self.credentials.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err(ClusterError::Setting(
+                "cluster: credentials in the URL, cluster_nkey and cluster_credentials: a node \
+                 proves itself to NATS one way; set only one"
+                    .into(),
+            ));
+        }
+        match auth {
+            NatsAuth::UserPassword { user, password } => {
                 options = options.user_and_password(user, password);
             }
-            Ok(NatsAuth::Token(token)) => options = options.token(token),
-            Ok(NatsAuth::None) | Err(_) => {}
+            NatsAuth::Token(token) => options = options.token(token),
+            NatsAuth::None => {}
         }
-        // Read when a connection is made (at start, once per worker);
-        // `check_credentials` said at start why it could not be.
-        if let Ok(Some(seed)) = self.nkey_seed() {
+        if let Some(seed) = self.nkey_seed()? {
             options = options.nkey(seed);
         }
-        if let Ok(Some(text)) = self.credentials_text() {
-            if let Ok(with) = options.clone().credentials(&text) {
-                options = with;
+        if let Some(path) = &self.credentials {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ClusterError::Setting(format!("cluster_credentials: {}: {e}", path.display()))
+            })?;
+            options = options.credentials(&text).map_err(|e| {
+                ClusterError::Setting(format!(
+                    "cluster_credentials: {}: not a NATS credentials file (a user JWT and \
+                     its NKey seed, as `nsc generate creds` writes it): {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        // async-nats reads the TLS files when it connects: say which one
+        // is wrong before that.
+        for (name, path) in [
+            ("cluster_tls_ca", &self.tls_ca),
+            ("cluster_tls_cert", &self.tls_cert),
+            ("cluster_tls_key", &self.tls_key),
+        ] {
+            if let Some(path) = path {
+                std::fs::File::open(path).map_err(|e| {
+                    ClusterError::Setting(format!("{name}: {}: {e}", path.display()))
+                })?;
             }
         }
         if let Some(ca) = &self.tls_ca {
@@ -294,7 +327,7 @@ impl ClusterSettings {
                 .add_client_certificate(cert.clone(), key.clone())
                 .require_tls(true);
         }
-        options
+        Ok(options)
     }
 
     /// The NKey seed in the `nkey` file, if set: one line, `SU` and 56
@@ -314,26 +347,6 @@ impl ClusterSettings {
             )));
         }
         Ok(Some(seed.to_owned()))
-    }
-
-    /// The text of the `credentials` file, if set, once it parses as one.
-    pub fn credentials_text(&self) -> Result<Option<String>, ClusterError> {
-        let Some(path) = &self.credentials else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ClusterError::Setting(format!("cluster_credentials: {}: {e}", path.display()))
-        })?;
-        async_nats::ConnectOptions::new()
-            .credentials(&text)
-            .map_err(|e| {
-                ClusterError::Setting(format!(
-                    "cluster_credentials: {}: not a NATS credentials file (a user JWT and \
-                     its NKey seed, as `nsc generate creds` writes it): {e}",
-                    path.display()
-                ))
-            })?;
-        Ok(Some(text))
     }
 
     /// The URLs as logs and errors may show them (no credentials).
@@ -425,41 +438,6 @@ impl ClusterSettings {
         }
         Ok(())
     }
-
-    /// How the node proves itself to NATS is one way, and its files can be
-    /// read ([`Cluster::connect`] checks, so a node with a wrong path says
-    /// which at start).
-    pub fn check_credentials(&self) -> Result<(), ClusterError> {
-        let ways = [
-            self.auth()? != NatsAuth::None,
-            self.nkey.is_some(),
-            self.credentials.is_some(),
-        ];
-        if ways.iter().filter(|w| **w).count() > 1 {
-            return Err(ClusterError::Setting(
-                "cluster: credentials in the URL, cluster_nkey and cluster_credentials: a node \
-                 proves itself to NATS one way; set only one"
-                    .into(),
-            ));
-        }
-        self.nkey_seed()?;
-        self.credentials_text()?;
-        for (name, path) in [
-            ("cluster_tls_ca", &self.tls_ca),
-            ("cluster_tls_cert", &self.tls_cert),
-            ("cluster_tls_key", &self.tls_key),
-        ] {
-            if let Some(path) = path {
-                if let Err(e) = std::fs::File::open(path) {
-                    return Err(ClusterError::Setting(format!(
-                        "{name}: {}: {e}",
-                        path.display()
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Joining the cluster failed.
@@ -514,9 +492,8 @@ impl Cluster {
     /// lease TTL, so a NATS restart is noticed well within one lease.
     pub async fn connect(settings: ClusterSettings) -> Result<Cluster, ClusterError> {
         settings.check()?;
-        settings.check_credentials()?;
         let client = settings
-            .connect_options("")
+            .connect_options("")?
             .connect(settings.servers()?)
             .await
             .map_err(|source| ClusterError::Connect {
@@ -804,7 +781,8 @@ mod tests {
         assert_eq!(settings.nkey_seed().expect("read"), Some(seed));
         std::fs::write(&path, "not a seed").expect("write");
         let err = settings
-            .check_credentials()
+            .connect_options("")
+            .map(drop)
             .expect_err("no seed")
             .to_string();
         assert!(err.contains("not a user NKey seed"), "{err}");
@@ -814,7 +792,8 @@ mod tests {
         );
         settings.url = "nats://u:p@h:4222".into();
         let err = settings
-            .check_credentials()
+            .connect_options("")
+            .map(drop)
             .expect_err("two ways")
             .to_string();
         assert!(err.contains("one way"), "{err}");
@@ -829,13 +808,15 @@ mod tests {
         settings.credentials = Some(path);
         assert!(settings.check().is_ok());
         let err = settings
-            .check_credentials()
+            .connect_options("")
+            .map(drop)
             .expect_err("not creds")
             .to_string();
         assert!(err.contains("not a NATS credentials file"), "{err}");
         settings.nkey = Some("node.nk".into());
         let err = settings
-            .check_credentials()
+            .connect_options("")
+            .map(drop)
             .expect_err("two ways")
             .to_string();
         assert!(err.contains("one way"), "{err}");
@@ -850,7 +831,8 @@ mod tests {
         settings.tls_key = Some("node-key.pem".into());
         assert!(settings.check().is_ok());
         let err = settings
-            .check_credentials()
+            .connect_options("")
+            .map(drop)
             .expect_err("no such file")
             .to_string();
         assert!(err.contains("cluster_tls_cert: node.pem"), "{err}");

@@ -551,6 +551,7 @@ pub async fn connect(settings: &ClusterSettings, role: &str) -> Result<Connectio
     let (tell, lost) = mpsc::unbounded_channel();
     let client = settings
         .connect_options(&format!(" relay {role}"))
+        .map_err(|e| RelayError::Nats(e.to_string()))?
         .client_capacity(CLIENT_CAPACITY)
         .subscription_capacity(INBOX_CAPACITY)
         .event_callback(move |event| {
@@ -868,12 +869,13 @@ impl Endpoint {
             // Everything sent before this came before it on the same path:
             // what has not come was lost.
             if sent != state.recv_seq.get() {
-                let why = format!(
-                    "relay frames up to {sent} were sent and {} came: frames were lost",
-                    state.recv_seq.get()
+                self.lost(
+                    &state,
+                    format!(
+                        "relay frames up to {sent} were sent and {} came",
+                        state.recv_seq.get()
+                    ),
                 );
-                tracing::warn!(conn = state.id, "{why}");
-                self.release(&state, Some(&why));
             }
             return;
         }
@@ -885,12 +887,13 @@ impl Endpoint {
             return;
         }
         if seq != state.recv_seq.get() {
-            let why = format!(
-                "relay frame {seq} arrived where {} was due: frames were lost",
-                state.recv_seq.get()
+            self.lost(
+                &state,
+                format!(
+                    "relay frame {seq} arrived where {} was due",
+                    state.recv_seq.get()
+                ),
             );
-            tracing::warn!(conn = state.id, "{why}");
-            self.release(&state, Some(&why));
             return;
         }
         state.recv_seq.set(seq.wrapping_add(1));
@@ -922,15 +925,7 @@ impl Endpoint {
     /// silent for too long.
     fn heartbeat(&self) {
         let now = Instant::now();
-        let mut peers: Vec<u64> = self
-            .conns
-            .borrow()
-            .values()
-            .map(|c| c.peer.get())
-            .filter(|p| *p != 0)
-            .collect();
-        peers.sort_unstable();
-        peers.dedup();
+        let peers = self.peers();
         let mut silent = Vec::new();
         {
             let mut heard = self.heard.borrow_mut();
@@ -943,15 +938,7 @@ impl Endpoint {
             }
         }
         for peer in &peers {
-            let at = Address {
-                from: self.id,
-                to: 0,
-                from_conn: 0,
-                seq: 0,
-            };
-            if let Ok(bytes) = encode(at, &Frame::Ping) {
-                self.enqueue(*peer, bytes);
-            }
+            self.to_endpoint(*peer, &Frame::Ping);
         }
         if silent.is_empty() {
             return;
@@ -998,13 +985,16 @@ impl Endpoint {
         }
     }
 
-    /// This endpoint's NATS connection came back, or NATS dropped messages
-    /// for it: frames may have been lost either way on any connection,
-    /// and a lost last frame would leave its connection waiting for good.
-    /// Each side tells the other what it sent; a side that got less closes
-    /// the connection (its client reconnects and resends, as after any
-    /// drop).
-    pub fn resync(&self) {
+    /// Frames of `conn` were lost (`what` says how it shows): close it, so
+    /// its client reconnects rather than read a stream with a hole in it.
+    fn lost(&self, conn: &ConnState, what: String) {
+        let why = format!("{what}: frames were lost");
+        tracing::warn!(conn = conn.id, "{why}");
+        self.release(conn, Some(&why));
+    }
+
+    /// The peer endpoints this one has connections with, each once.
+    fn peers(&self) -> Vec<u64> {
         let mut peers: Vec<u64> = self
             .conns
             .borrow()
@@ -1014,17 +1004,33 @@ impl Endpoint {
             .collect();
         peers.sort_unstable();
         peers.dedup();
-        for peer in peers {
+        peers
+    }
+
+    /// A frame for endpoint `peer` itself, of no connection and not
+    /// numbered ([`Frame::Ping`], [`Frame::Resync`]).
+    fn to_endpoint(&self, peer: u64, frame: &Frame) {
+        let at = Address {
+            from: self.id,
+            to: 0,
+            from_conn: 0,
+            seq: 0,
+        };
+        if let Ok(bytes) = encode(at, frame) {
+            self.enqueue(peer, bytes);
+        }
+    }
+
+    /// This endpoint's NATS connection came back, or NATS dropped messages
+    /// for it: frames may have been lost either way on any connection,
+    /// and a lost last frame would leave its connection waiting for good.
+    /// Each side tells the other what it sent; a side that got less closes
+    /// the connection (its client reconnects and resends, as after any
+    /// drop).
+    pub fn resync(&self) {
+        for peer in self.peers() {
             self.report_sent(peer);
-            let at = Address {
-                from: self.id,
-                to: 0,
-                from_conn: 0,
-                seq: 0,
-            };
-            if let Ok(bytes) = encode(at, &Frame::Resync) {
-                self.enqueue(peer, bytes);
-            }
+            self.to_endpoint(peer, &Frame::Resync);
         }
     }
 
