@@ -692,6 +692,11 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
             let b = Endpoint::start(client().await, None, "bounds".into(), timing, outbox)
                 .await
                 .expect("endpoint b");
+            // Each endpoint's subscription is in place at the server before
+            // the other publishes to it (a flush is a round trip).
+            for endpoint in [&a, &b] {
+                endpoint.client.flush().await.expect("flushed");
+            }
             let pair = || {
                 let on_a = a.register();
                 let on_b = b.register();
