@@ -693,9 +693,20 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
                 .await
                 .expect("endpoint b");
             // Each endpoint's subscription is in place at the server before
-            // the other publishes to it (a flush is a round trip).
+            // the other publishes to it: a message the client sends itself
+            // comes back only once the server has read what it sent before.
             for endpoint in [&a, &b] {
-                endpoint.client.flush().await.expect("flushed");
+                let probe = format!("bounds.probe.{}", endpoint.id);
+                let mut echo = endpoint.client.subscribe(probe.clone()).await.expect("sub");
+                endpoint
+                    .client
+                    .publish(probe, "".into())
+                    .await
+                    .expect("publish");
+                tokio::time::timeout(Duration::from_secs(5), echo.next())
+                    .await
+                    .expect("the probe back")
+                    .expect("subscribed");
             }
             let pair = || {
                 let on_a = a.register();
