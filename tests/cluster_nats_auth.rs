@@ -4,6 +4,8 @@
 //! nats-server: the nodes that may, run (the active node, and a standby
 //! relaying to it through its own NATS connections); a node that may not
 //! stops at start, saying why, and never shows the credentials it was given.
+//! And a NATS user allowed only the subjects `docs/cluster.md` lists runs a
+//! whole cluster without a permission violation.
 //!
 //! The tests run one at a time (each starts its own nats-server and nodes).
 
@@ -283,4 +285,158 @@ async fn a_node_with_its_credentials_file_runs_on_a_nats_in_operator_mode() {
     cluster.start_node(2);
     let said = refused(&mut cluster, 2);
     assert!(said.to_lowercase().contains("authorization"), "{said}");
+}
+
+/// The subjects `docs/cluster.md` lists for the nodes' NATS user, as a
+/// NATS permission list (default prefix and bucket names).
+const NODE_SUBJECTS: &str = r#"[
+    "switchboard.>", "$JS.API.>", "_INBOX.>",
+    "$KV.switchboard-leases.>", "$KV.switchboard-status.>",
+    "$KV.switchboard-nodes.>", "$KV.switchboard-shared.>",
+    "$O.switchboard-files.>", "$O.switchboard-snapshots.>"
+]"#;
+
+/// A snapshot every 40 records (and at least every second), so the active
+/// node uploads snapshots and trims the core subject behind them.
+const SNAPSHOT_OFTEN: [(&str, &str); 2] = [
+    ("SWITCHBOARD_SNAPSHOT_EVERY_RECORDS", "40"),
+    ("SWITCHBOARD_SNAPSHOT_INTERVAL", "1s"),
+];
+
+/// How many snapshots `<prefix>-snapshots` holds, read as the unrestricted
+/// `test` user.
+async fn snapshots_uploaded(nats: &str) -> usize {
+    use futures_util::TryStreamExt;
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("test".into(), "test-only-3b8d".into())
+            .connect(nats)
+            .await
+            .expect("connect as test");
+    let js = async_nats::jetstream::new(client);
+    let Ok(store) = js.get_object_store("switchboard-snapshots").await else {
+        return 0;
+    };
+    let names: Vec<_> = store
+        .list()
+        .await
+        .expect("list")
+        .try_collect()
+        .await
+        .expect("list");
+    names.len()
+}
+
+/// The permission violations nats-server logged.
+fn violations(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Violation"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The NATS user `docs/cluster.md` describes: allowed the listed subjects
+/// and nothing else. With it the nodes do all a cluster does (buckets, the
+/// stream, files, snapshots and trimming, a standby seeded from a snapshot
+/// and following, the relay, a takeover), and nats-server logs no
+/// permission violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_allowed_only_the_documented_subjects_do_everything_a_cluster_does() {
+    use common::cluster::{assert_active, assert_served, upload, wait_replicated};
+    use common::load::{assert_recovered, Load};
+    let _serial = SERIAL.lock().await;
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("nats.log");
+    let nats = NatsServer::start_with_config(&format!(
+        "log_file: \"{}\"\n\
+         authorization {{\n  users: [\n    \
+           {{ user: \"switchboard\", password: \"n0des-only-7c1e\", permissions: {{ \
+              publish: {NODE_SUBJECTS}, subscribe: {NODE_SUBJECTS} }} }}\n    \
+           {{ user: \"test\", password: \"test-only-3b8d\" }}\n  ]\n}}\n",
+        log.display()
+    ));
+    let plain = nats.url();
+    let mut cluster = TestCluster::new_on(2, nats);
+    cluster.cluster_url = Some(plain.replacen("nats://", "nats://switchboard:n0des-only-7c1e@", 1));
+
+    // The active node: its buckets, stream, lease and status; a file in the
+    // files store; records replicated, snapshots uploaded and the core
+    // subject trimmed behind them.
+    cluster.start_node_with(0, &SNAPSHOT_OFTEN);
+    let active = cluster.wait_active(&[], Duration::from_secs(20));
+    let owner = active.h.create_agent("owner", 1, &[]).await;
+    let (file, bytes) = upload(&active.h, &owner.token).await;
+    let load = Load::start(&active.h, 3, 4, 10, 12).await;
+    let agents = load.agents.clone();
+    let outcome = load.finish().await;
+    assert_eq!(outcome.total(), 10 * 12, "every message acknowledged");
+    wait_replicated(&active.h).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while snapshots_uploaded(&plain).await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshots uploaded\n{}",
+            cluster.last_lines(0, 20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A standby: it seeds from a snapshot, follows the journal, and relays
+    // a client's call through its own connections.
+    cluster.start_node_with(1, &SNAPSHOT_OFTEN);
+    cluster
+        .process(1)
+        .wait_for(Stream::Err, "the standby seeded from a snapshot", |l| {
+            l.contains("starts from the active node's snapshot")
+        });
+    relays(&mut cluster, 1).await;
+    let durable = wait_replicated(&active.h).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = active.h.admin_get_ok("/v1/cluster").await;
+        let copied = v["nodes"].as_array().and_then(|nodes| {
+            nodes
+                .iter()
+                .find(|n| n["node_id"] == "node-1")
+                .and_then(|n| n["copied_lsn"].as_u64())
+        });
+        if copied >= Some(durable) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-1 never caught up: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The active node dies: the standby claims the subject, takes the lease
+    // and serves everything, the file included.
+    cluster.process(0).signal(libc::SIGKILL);
+    cluster.process(0).wait_exit(Duration::from_secs(5));
+    let new = cluster.wait_active(&[0], Duration::from_secs(20));
+    assert_active(&new.h, "node-1").await;
+    assert_recovered(&new.h, &outcome, &agents, 4, 2).await;
+    assert_served(&new.h, &owner.token, &file, &bytes).await;
+
+    // Not one subject outside the list was needed.
+    let seen = violations(&log);
+    assert!(seen.is_empty(), "permission violations: {seen:#?}");
+
+    // And the check can see one: a publish outside the list is logged.
+    let node_user = async_nats::ConnectOptions::with_user_and_password(
+        "switchboard".into(),
+        "n0des-only-7c1e".into(),
+    )
+    .connect(plain.as_str())
+    .await
+    .expect("connect as the nodes' user");
+    node_user
+        .publish("elsewhere.test", "x".into())
+        .await
+        .expect("publish");
+    node_user.flush().await.expect("flush");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while violations(&log).is_empty() {
+        assert!(Instant::now() < deadline, "the violation was not logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
