@@ -186,9 +186,22 @@ impl Load {
         customers: usize,
         messages: usize,
     ) -> Load {
+        Load::start_named(h, "a", agents, capacity, customers, messages).await
+    }
+
+    /// As [`Load::start`], the agents named `<prefix>0`, `<prefix>1`, …
+    /// (several loads against one broker).
+    pub async fn start_named(
+        h: &Harness,
+        prefix: &str,
+        agents: usize,
+        capacity: u64,
+        customers: usize,
+        messages: usize,
+    ) -> Load {
         let mut created = Vec::new();
         for a in 0..agents {
-            created.push(h.create_agent(&format!("a{a}"), capacity, &[]).await);
+            created.push(h.create_agent(&format!("{prefix}{a}"), capacity, &[]).await);
         }
         let mut desks = Vec::new();
         for agent in &created {
