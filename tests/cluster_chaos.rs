@@ -25,7 +25,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::cluster::{assert_active, wait_replicated, Active, TestCluster, ADMIN, TTL};
+use common::cluster::{
+    assert_active, wait_copied, wait_replicated, Active, TestCluster, ADMIN, TTL,
+};
 use common::load::{assert_acked_stored_once, assert_recovered, reconnect_desks, Load};
 use common::{Agent, Harness};
 
@@ -99,29 +101,10 @@ async fn heal(cluster: &mut TestCluster, active: &Active) {
         }
     }
     let durable = wait_replicated(&active.h).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = active.h.admin_get_ok("/v1/cluster").await;
-        let behind: Vec<_> = v["nodes"]
-            .as_array()
-            .map(|nodes| {
-                nodes
-                    .iter()
-                    .filter(|n| n["role"] == "standby")
-                    .filter(|n| n["copied_lsn"].as_u64() < Some(durable))
-                    .map(|n| n["node_id"].clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let listed = v["nodes"].as_array().map_or(0, Vec::len);
-        if behind.is_empty() && listed == cluster.nodes.len() {
-            return;
+    for i in 0..cluster.nodes.len() {
+        if i != active.index {
+            wait_copied(&active.h, &cluster.nodes[i].id, durable).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "standbys {behind:?} never copied Lsn {durable}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -306,24 +306,12 @@ const SNAPSHOT_OFTEN: [(&str, &str); 2] = [
 /// How many snapshots `<prefix>-snapshots` holds, read as the unrestricted
 /// `test` user.
 async fn snapshots_uploaded(nats: &str) -> usize {
-    use futures_util::TryStreamExt;
     let client =
         async_nats::ConnectOptions::with_user_and_password("test".into(), "test-only-3b8d".into())
             .connect(nats)
             .await
             .expect("connect as test");
-    let js = async_nats::jetstream::new(client);
-    let Ok(store) = js.get_object_store("switchboard-snapshots").await else {
-        return 0;
-    };
-    let names: Vec<_> = store
-        .list()
-        .await
-        .expect("list")
-        .try_collect()
-        .await
-        .expect("list");
-    names.len()
+    common::cluster::snapshots_in(client).await.len()
 }
 
 /// The permission violations nats-server logged.
@@ -343,7 +331,7 @@ fn violations(log: &Path) -> Vec<String> {
 /// permission violation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_allowed_only_the_documented_subjects_do_everything_a_cluster_does() {
-    use common::cluster::{assert_active, assert_served, upload, wait_replicated};
+    use common::cluster::{assert_active, assert_served, upload, wait_copied, wait_replicated};
     use common::load::{assert_recovered, Load};
     let _serial = SERIAL.lock().await;
     let logs = tempfile::tempdir().expect("temp dir");
@@ -392,21 +380,7 @@ async fn nodes_allowed_only_the_documented_subjects_do_everything_a_cluster_does
         });
     relays(&mut cluster, 1).await;
     let durable = wait_replicated(&active.h).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = active.h.admin_get_ok("/v1/cluster").await;
-        let copied = v["nodes"].as_array().and_then(|nodes| {
-            nodes
-                .iter()
-                .find(|n| n["node_id"] == "node-1")
-                .and_then(|n| n["copied_lsn"].as_u64())
-        });
-        if copied >= Some(durable) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node-1 never caught up: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_copied(&active.h, "node-1", durable).await;
 
     // The active node dies: the standby claims the subject, takes the lease
     // and serves everything, the file included.

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use common::cluster::{
-    assert_active, assert_served, upload, wait_replicated, TestCluster, ADMIN, PREFIX,
+    assert_active, assert_served, snapshots_in, upload, wait_copied, wait_replicated, TestCluster,
+    ADMIN, PREFIX,
 };
 use common::load::{assert_acked_stored_once, assert_recovered, Load};
 use common::process::{binary, Broker, Stream};
 use common::Harness;
-use futures_util::TryStreamExt;
 use switchboard::cluster::{CLAIM_HEADER, LSN_HEADER};
 
 /// One test at a time (each starts its own nats-server and nodes).
@@ -60,51 +60,7 @@ async fn first_core_records(cluster: &TestCluster) -> Option<(u64, u64)> {
 
 /// The Lsns of the snapshots in `<prefix>-snapshots`, oldest first.
 async fn snapshots_in_bucket(cluster: &TestCluster) -> Vec<u64> {
-    let js = async_nats::jetstream::new(cluster.nats_client().await);
-    let Ok(store) = js.get_object_store(format!("{PREFIX}-snapshots")).await else {
-        return Vec::new();
-    };
-    let infos: Vec<_> = store
-        .list()
-        .await
-        .expect("list")
-        .try_collect()
-        .await
-        .expect("list");
-    let mut lsns: Vec<u64> = infos
-        .iter()
-        .map(|i| {
-            i.name
-                .strip_prefix("snap-")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("not a snapshot's name: {}", i.name))
-        })
-        .collect();
-    lsns.sort_unstable();
-    lsns
-}
-
-/// Wait until the active node's roster shows `node` as a standby that has
-/// copied at least `lsn`.
-async fn wait_copied(h: &Harness, node: &str, lsn: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = h.admin_get_ok("/v1/cluster").await;
-        let copied = v["nodes"].as_array().and_then(|nodes| {
-            nodes
-                .iter()
-                .find(|n| n["node_id"] == node && n["role"] == "standby")
-                .and_then(|n| n["copied_lsn"].as_u64())
-        });
-        if copied >= Some(lsn) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{node} has not copied Lsn {lsn}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    snapshots_in(cluster.nats_client().await).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -305,3 +305,54 @@ pub async fn assert_served(h: &Harness, token: &str, id: &str, bytes: &[u8]) {
         "file {id}"
     );
 }
+
+/// The Lsns of the snapshots in `<prefix>-snapshots`, oldest first, read
+/// through `client` (none when the store does not exist yet).
+pub async fn snapshots_in(client: async_nats::Client) -> Vec<u64> {
+    use futures_util::TryStreamExt;
+    let js = jetstream::new(client);
+    let Ok(store) = js.get_object_store(format!("{PREFIX}-snapshots")).await else {
+        return Vec::new();
+    };
+    let infos: Vec<_> = store
+        .list()
+        .await
+        .expect("list")
+        .try_collect()
+        .await
+        .expect("list");
+    let mut lsns: Vec<u64> = infos
+        .iter()
+        .map(|i| {
+            i.name
+                .strip_prefix("snap-")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not a snapshot's name: {}", i.name))
+        })
+        .collect();
+    lsns.sort_unstable();
+    lsns
+}
+
+/// Wait until the active node's roster (at `h`) shows `node` as a standby
+/// that has copied at least `lsn`.
+pub async fn wait_copied(h: &Harness, node: &str, lsn: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = h.admin_get_ok("/v1/cluster").await;
+        let copied = v["nodes"].as_array().and_then(|nodes| {
+            nodes
+                .iter()
+                .find(|n| n["node_id"] == node && n["role"] == "standby")
+                .and_then(|n| n["copied_lsn"].as_u64())
+        });
+        if copied >= Some(lsn) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} has not copied Lsn {lsn}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
