@@ -666,6 +666,47 @@ async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when
     serves_a_new_chat(a, &mut desk, "hi", "hello Eve").await;
 }
 
+/// Two relay endpoints of `prefix` in this thread (a `LocalSet`), each on
+/// its own NATS connection, each one's subscription confirmed at the server
+/// before either publishes: a message the client sends itself comes back
+/// only once the server has read what it sent before.
+async fn two_endpoints(
+    url: &str,
+    prefix: &str,
+    outbox: usize,
+) -> (
+    std::rc::Rc<switchboard::cluster::relay::Endpoint>,
+    std::rc::Rc<switchboard::cluster::relay::Endpoint>,
+) {
+    use switchboard::cluster::relay::{Endpoint, Timing};
+    let timing = Timing {
+        heartbeat: Duration::from_secs(1),
+        silence: Duration::from_secs(60),
+    };
+    let mut started = Vec::new();
+    for _ in 0..2 {
+        let client = async_nats::connect(url).await.expect("NATS");
+        let endpoint = Endpoint::start(client, None, prefix.into(), timing, outbox)
+            .await
+            .expect("an endpoint");
+        let probe = format!("{prefix}.probe.{}", endpoint.id);
+        let mut echo = endpoint.client.subscribe(probe.clone()).await.expect("sub");
+        endpoint
+            .client
+            .publish(probe, "".into())
+            .await
+            .expect("publish");
+        tokio::time::timeout(Duration::from_secs(5), echo.next())
+            .await
+            .expect("the probe back")
+            .expect("subscribed");
+        started.push(endpoint);
+    }
+    let b = started.pop().expect("two");
+    let a = started.pop().expect("two");
+    (a, b)
+}
+
 /// Two relay endpoints of this process on a real nats-server: a peer that
 /// sends past the flow-control window is cut off, and an endpoint queues at
 /// most its outbox for NATS (a data frame that does not fit closes its
@@ -673,41 +714,15 @@ async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue() {
     use bytes::Bytes;
-    use switchboard::cluster::relay::{ConnState, Endpoint, Frame, Timing, QUEUE_FULL, WINDOW};
+    use switchboard::cluster::relay::{ConnState, Frame, QUEUE_FULL, WINDOW};
     let _serial = SERIAL.lock().await;
     let nats = common::nats::NatsServer::start();
     let url = nats.url();
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async move {
-            let timing = Timing {
-                heartbeat: Duration::from_secs(1),
-                silence: Duration::from_secs(60),
-            };
             let outbox = 100 * 1024;
-            let client = || async { async_nats::connect(url.as_str()).await.expect("NATS") };
-            let a = Endpoint::start(client().await, None, "bounds".into(), timing, outbox)
-                .await
-                .expect("endpoint a");
-            let b = Endpoint::start(client().await, None, "bounds".into(), timing, outbox)
-                .await
-                .expect("endpoint b");
-            // Each endpoint's subscription is in place at the server before
-            // the other publishes to it: a message the client sends itself
-            // comes back only once the server has read what it sent before.
-            for endpoint in [&a, &b] {
-                let probe = format!("bounds.probe.{}", endpoint.id);
-                let mut echo = endpoint.client.subscribe(probe.clone()).await.expect("sub");
-                endpoint
-                    .client
-                    .publish(probe, "".into())
-                    .await
-                    .expect("publish");
-                tokio::time::timeout(Duration::from_secs(5), echo.next())
-                    .await
-                    .expect("the probe back")
-                    .expect("subscribed");
-            }
+            let (a, b) = two_endpoints(&url, "bounds", outbox).await;
             let pair = || {
                 let on_a = a.register();
                 let on_b = b.register();
@@ -798,6 +813,38 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
             .expect("room again");
             let frame = next(&four_b).await;
             assert!(matches!(frame, Frame::Data(d) if d.len() == 16 * 1024));
+        })
+        .await;
+}
+
+/// A frame for a connection the other side no longer holds (it ended there
+/// cleanly, telling nobody, and what it sent last was lost) is answered
+/// with a close, and that close ends the connection here: it does not
+/// wait for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_for_a_connection_the_peer_no_longer_holds_closes_it_here() {
+    use bytes::Bytes;
+    use switchboard::cluster::relay::{ConnState, Frame};
+    let _serial = SERIAL.lock().await;
+    let nats = common::nats::NatsServer::start();
+    let url = nats.url();
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let (a, b) = two_endpoints(&url, "gone", 1024 * 1024).await;
+            let on_a = a.register();
+            let on_b = b.register();
+            a.bind(&on_a, b.id, on_b.id);
+            b.bind(&on_b, a.id, on_a.id);
+            // b is done with it: released cleanly, so a is told nothing.
+            b.release(&on_b, None);
+            // a still holds it and sends on it (say the resync's count).
+            a.post(&on_a, &Frame::Data(Bytes::from_static(b"late")));
+            let frame = tokio::time::timeout(Duration::from_secs(5), ConnState::next_frame(&on_a))
+                .await
+                .expect("told within 5 s");
+            assert_eq!(frame, Frame::Close("no such connection".into()));
+            assert!(on_a.is_closed());
         })
         .await;
 }

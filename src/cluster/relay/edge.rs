@@ -241,7 +241,11 @@ where
         while let Some(chunk) = payload.next().await {
             match chunk {
                 Ok(bytes) => {
-                    if up_endpoint.send_data(&up_conn, bytes, stall).await.is_err() {
+                    // Closed already, or the active node took nothing for
+                    // `stall`: the connection ends both ways (a no-op when
+                    // closed).
+                    if let Err(e) = up_endpoint.send_data(&up_conn, bytes, stall).await {
+                        up_endpoint.release(&up_conn, Some(&e.to_string()));
                         return;
                     }
                 }

@@ -30,7 +30,9 @@
 //!   endpoint's NATS connection comes back (or NATS dropped messages for
 //!   it) the two sides of each connection tell each other how many frames
 //!   they sent ([`Frame::Sent`], asked for with [`Frame::Resync`]), and a
-//!   side that got fewer closes the connection;
+//!   side that got fewer closes the connection. A frame for a connection
+//!   the other side no longer holds (it ended there, and its last frames
+//!   were lost) is answered with a `Close` that ends it here too;
 //! - bounds: a peer that sends past the window is cut off (the connection
 //!   closes), an endpoint queues at most [`OUTBOX`] bytes of frames for
 //!   NATS (a data frame that does not fit closes its connection, the
@@ -652,6 +654,9 @@ impl Endpoint {
             let checker = Rc::downgrade(&endpoint);
             actix_web::rt::spawn(async move {
                 while lost.recv().await.is_some() {
+                    // A burst of drops (NATS reports each dropped message)
+                    // or reconnections makes one resync, not one each.
+                    while lost.try_recv().is_ok() {}
                     let Some(endpoint) = checker.upgrade() else {
                         break;
                     };
@@ -856,7 +861,12 @@ impl Endpoint {
         if let Some(state) = state.as_ref().filter(|s| s.peer.get() == 0) {
             self.bind(state, from, at.from_conn);
         }
-        let Some(state) = state.filter(|s| s.peer.get() == from && s.remote.get() == at.from_conn)
+        // A close from a peer that no longer holds the connection comes from
+        // no connection of its own (`from_conn` 0, [`ConnState::detached`]):
+        // it is for ours all the same.
+        let detached_close = at.from_conn == 0 && matches!(frame, Frame::Close(_));
+        let Some(state) = state
+            .filter(|s| s.peer.get() == from && (s.remote.get() == at.from_conn || detached_close))
         else {
             // Not (or no longer) ours: tell the sender to stop.
             if !matches!(frame, Frame::Close(_)) {
