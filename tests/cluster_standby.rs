@@ -65,6 +65,20 @@ async fn core_holder(cluster: &Cluster) -> Option<(String, u64)> {
         .map(|e| (String::from_utf8_lossy(&e.value).into_owned(), e.revision))
 }
 
+/// Poll the async `cond` every 20 ms until it holds; fail with `what`
+/// after `limit`.
+async fn wait_until_async<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 // ---------------------------------------------------------------- the lease
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,6 +221,44 @@ async fn a_renewal_refused_is_reported_and_a_fenced_holder_stops_renewing() {
     let (_, revision) = core_holder(&a).await.expect("the key stays");
     tokio::time::sleep(a.settings().renew_every() * 3).await;
     assert_eq!(core_holder(&a).await.map(|h| h.1), Some(revision));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_applied_whose_answer_was_lost_does_not_lose_the_lease() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let a = connect(&url, "a").await;
+    let lease = CoreLease::acquire(&a).await.expect("a acquires");
+    // What a renewal timed out here but applied by NATS leaves: the key
+    // still names a, one revision on from what a holds.
+    let (_, held) = core_holder(&a).await.expect("held");
+    let applied = a
+        .leases()
+        .update(CORE_KEY, Bytes::from_static(b"a"), held)
+        .await
+        .expect("update");
+    // The next renewals go on from there: the lease is kept.
+    let every = a.settings().renew_every();
+    wait_until_async("renewals after the lost answer", PATIENCE, || async {
+        core_holder(&a).await.is_some_and(|(_, r)| r > applied + 1)
+    })
+    .await;
+    assert!(lease.holds());
+    assert!(
+        tokio::time::timeout(every, lease.lost()).await.is_err(),
+        "not lost"
+    );
+    assert_eq!(core_holder(&a).await.map(|h| h.0).as_deref(), Some("a"));
+
+    // And a release right after another such renewal still hands over at
+    // once.
+    let (_, now) = core_holder(&a).await.expect("held");
+    a.leases()
+        .update(CORE_KEY, Bytes::from_static(b"a"), now)
+        .await
+        .expect("update");
+    lease.release().await;
+    assert_eq!(core_holder(&a).await, None, "released");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,10 @@
 //!   renewal task stops, [`CoreLease::lost`] resolves with the cause, and
 //!   nothing is renewed again, even if NATS would still accept it. A renewal
 //!   without an answer is tried again at the next interval, so three may
-//!   fail in a row (a NATS restart) before the lease lapses.
+//!   fail in a row (a NATS restart) before the lease lapses. One that was
+//!   applied although its answer was lost shows as a refusal of the next
+//!   (the key moved on); a key that still names this node at a later
+//!   revision is that renewal, and is adopted, not taken for a loss.
 //! - **release**: KV delete at the held revision ([`CoreLease::release`], on
 //!   a clean stop): a waiting standby sees the delete and takes over at
 //!   once instead of after the TTL.
@@ -325,13 +328,23 @@ impl CoreLease {
             }
         }
         *self.state.lapses_at.lock() = None;
-        let revision = self.state.revision.load(Ordering::Acquire);
-        match timeout(
-            self.call_limit,
-            self.leases.delete_expect_revision(CORE_KEY, Some(revision)),
-        )
-        .await
-        {
+        let mut revision = self.state.revision.load(Ordering::Acquire);
+        let mut refused = self.delete_at(revision).await;
+        if matches!(refused, Ok(Err(_))) {
+            // A last renewal whose answer was lost moved the key on: still
+            // this node's at a later revision, it is deleted at that one.
+            let entry = timeout(self.call_limit, self.leases.entry(CORE_KEY)).await;
+            if let Ok(Ok(Some(e))) = entry {
+                if e.operation == Operation::Put
+                    && e.value == self.node_id.as_bytes()
+                    && e.revision > revision
+                {
+                    revision = e.revision;
+                    refused = self.delete_at(revision).await;
+                }
+            }
+        }
+        match refused {
             Ok(Ok(())) => {
                 tracing::info!(node = %self.node_id, "cluster: core lease released");
             }
@@ -342,6 +355,20 @@ impl CoreLease {
                 tracing::warn!(node = %self.node_id, "cluster: releasing the core lease timed out; it expires after the TTL");
             }
         }
+    }
+}
+
+impl CoreLease {
+    /// Delete the key if it is still at `revision`.
+    async fn delete_at(
+        &self,
+        revision: u64,
+    ) -> Result<Result<(), kv::DeleteError>, tokio::time::error::Elapsed> {
+        timeout(
+            self.call_limit,
+            self.leases.delete_expect_revision(CORE_KEY, Some(revision)),
+        )
+        .await
     }
 }
 
@@ -398,6 +425,20 @@ impl Renewer {
         }
     }
 
+    /// The key's revision if it is later than `held` and still names this
+    /// node: only this node writes its own id there, so it is a renewal of
+    /// its own whose answer was lost.
+    async fn written_since(&self, held: u64) -> Option<u64> {
+        match timeout(self.every, self.leases.entry(CORE_KEY)).await {
+            Ok(Ok(Some(e)))
+                if e.operation == Operation::Put && e.value == self.value && e.revision > held =>
+            {
+                Some(e.revision)
+            }
+            _ => None,
+        }
+    }
+
     /// One renewal at the held revision; false once the lease is lost.
     async fn renew(&self) -> bool {
         let revision = self.state.revision.load(Ordering::Acquire);
@@ -418,8 +459,20 @@ impl Renewer {
                 }
             }
             Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                self.state.lose(LossCause::Refused);
-                return false;
+                // A renewal whose answer was lost (timed out here, applied
+                // there) moved the key on: still this node's, at a later
+                // revision. Adopted, without extending the lease (when it
+                // was applied is not known); the next renewal extends it.
+                match self.written_since(revision).await {
+                    Some(newer) => {
+                        tracing::info!(node = %self.state.node_id, revision = newer, "cluster: a core lease renewal whose answer was lost had been applied");
+                        self.state.revision.store(newer, Ordering::Release);
+                    }
+                    None => {
+                        self.state.lose(LossCause::Refused);
+                        return false;
+                    }
+                }
             }
             Ok(Err(e)) => {
                 tracing::warn!(node = %self.state.node_id, error = %e, "cluster: core lease renewal failed");

@@ -55,6 +55,8 @@ pub enum NodeError {
     Replication(#[from] ReplicationError),
     #[error("carrying this node's journal into the cluster: {0}")]
     CarryOver(String),
+    #[error("the core lease lapsed before this node could claim the journal")]
+    Lapsed,
 }
 
 /// How a standby keeps snapshots of the journal it copies (the same
@@ -170,41 +172,63 @@ pub async fn standby(
     // behind by the trimming starts again from the newest snapshot.
     let roster = Roster::open(&cluster).await?;
     let mut tick = tokio::time::interval(cluster.settings().renew_every());
-    let mut acquire = Box::pin(CoreLease::acquire(&cluster));
-    let lease = loop {
-        tokio::select! {
-            lease = &mut acquire => break lease?,
-            why = follower.failed() => {
-                if !follower.fell_behind() {
-                    return Err(NodeError::Follow(FollowError::Task(why)));
+    let (lease, files, snapshots, writer) = loop {
+        let mut acquire = Box::pin(CoreLease::acquire(&cluster));
+        let lease = loop {
+            tokio::select! {
+                lease = &mut acquire => break lease?,
+                why = follower.failed() => {
+                    if !follower.fell_behind() {
+                        return Err(NodeError::Follow(FollowError::Task(why)));
+                    }
+                    tracing::warn!(node_id, %why, "standby: starting again from the newest snapshot");
+                    follower.close().await?;
+                    follower = follow(&cluster, &journal, &compaction).await?;
                 }
-                tracing::warn!(node_id, %why, "standby: starting again from the newest snapshot");
-                follower.close().await?;
-                follower = follow(&cluster, &journal, &compaction).await?;
+                _ = tick.tick() => {
+                    roster
+                        .announce(serde_json::json!({
+                            "node_id": node_id,
+                            "role": "standby",
+                            "copied_lsn": follower.copied(),
+                        }))
+                        .await;
+                    let lines = roster.read().await;
+                    view.update(follower.copied(), lines.as_deref());
+                }
             }
-            _ = tick.tick() => {
-                roster
-                    .announce(serde_json::json!({
-                        "node_id": node_id,
-                        "role": "standby",
-                        "copied_lsn": follower.copied(),
-                    }))
-                    .await;
-                let lines = roster.read().await;
-                view.update(follower.copied(), lines.as_deref());
+        };
+        drop(acquire);
+        tracing::info!(
+            node_id,
+            copied = follower.copied(),
+            "the core lease is this node's: taking over"
+        );
+        // What taking over needs of NATS, then the claim, which fences out
+        // whoever writes the subject: only while the lease is this node's
+        // by its own clock (an answer that came late, while the follower
+        // was starting again or NATS was slow, may give a lease that has
+        // lapsed already, and another node may be active by now). NATS
+        // failing here (a JetStream leader being elected) gives the lease
+        // back and waits again, as a standby, rather than stop.
+        let taking_over = async {
+            let files = Files::open(&cluster).await?;
+            let snapshots = Snapshots::open(&cluster).await?;
+            if !lease.holds() {
+                return Err(NodeError::Lapsed);
+            }
+            tracing::debug!("files opened; claiming the journal's subject");
+            let writer = cluster.event_log().core_writer().await?;
+            Ok::<_, NodeError>((files, snapshots, writer))
+        };
+        match taking_over.await {
+            Ok((files, snapshots, writer)) => break (lease, files, snapshots, writer),
+            Err(e) => {
+                tracing::warn!(node_id, error = %e, "standby: could not take over; the core lease given back, waiting again");
+                lease.release().await;
             }
         }
     };
-    drop(acquire);
-    tracing::info!(
-        node_id,
-        copied = follower.copied(),
-        "the core lease is this node's: taking over"
-    );
-    let files = Files::open(&cluster).await?;
-    let snapshots = Snapshots::open(&cluster).await?;
-    tracing::debug!("files opened; claiming the journal's subject");
-    let writer = cluster.event_log().core_writer().await?;
     tracing::debug!(
         claim = writer.last_sequence(),
         "claimed; copying what is left"
@@ -256,20 +280,23 @@ pub struct NodeStatus {
     pub node_id: String,
     pub lease_ttl: Duration,
     replicator: Arc<ReplicatorHandle>,
-    /// Every node's line in the roster, as last read (renewal interval).
-    nodes: parking_lot::Mutex<Vec<serde_json::Value>>,
+    /// Every node's line in the roster, as last read (renewal interval);
+    /// None until the first read.
+    nodes: parking_lot::Mutex<Option<Vec<serde_json::Value>>>,
 }
 
 impl NodeStatus {
     /// The Lsn each standby in the roster has copied: the core subject is
-    /// not trimmed past the lowest.
-    fn standbys_copied(&self) -> Vec<crate::journal::Lsn> {
-        self.nodes
-            .lock()
-            .iter()
-            .filter(|n| n["role"] == "standby")
-            .filter_map(|n| n["copied_lsn"].as_u64())
-            .collect()
+    /// not trimmed past the lowest. None until the roster has been read
+    /// (nothing is trimmed before the standbys are known).
+    fn standbys_copied(&self) -> Option<Vec<crate::journal::Lsn>> {
+        self.nodes.lock().as_ref().map(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| n["role"] == "standby")
+                .filter_map(|n| n["copied_lsn"].as_u64())
+                .collect()
+        })
     }
 }
 
@@ -279,7 +306,7 @@ impl crate::broker::ClusterView for NodeStatus {
     /// "stream_sequence", "retrying", "nodes"}`.
     fn to_json(&self) -> serde_json::Value {
         let r = self.replicator.status();
-        let nodes = self.nodes.lock().clone();
+        let nodes = self.nodes.lock().clone().unwrap_or_default();
         serde_json::json!({
             "nodes": nodes,
             "node_id": self.node_id,
@@ -329,7 +356,7 @@ impl Active {
             node_id: settings.node_id.clone(),
             lease_ttl: settings.lease_ttl,
             replicator: replicator.clone(),
-            nodes: parking_lot::Mutex::new(Vec::new()),
+            nodes: parking_lot::Mutex::new(None),
         });
         let roster = tokio::spawn(keep_roster(
             promoted.roster,
@@ -342,10 +369,7 @@ impl Active {
             journal.downgrade(),
             promoted.snapshots,
             core,
-            move || {
-                weak.upgrade()
-                    .map_or_else(Vec::new, |s| s.standbys_copied())
-            },
+            move || weak.upgrade().and_then(|s| s.standbys_copied()),
             settings.renew_every(),
         ));
         Ok(Active {
@@ -534,7 +558,7 @@ async fn keep_roster(roster: Roster, status: std::sync::Weak<NodeStatus>, every:
             }))
             .await;
         if let Some(lines) = roster.read().await {
-            *status.nodes.lock() = lines;
+            *status.nodes.lock() = Some(lines);
         }
     }
 }

@@ -351,13 +351,14 @@ pub enum SeedError {
 /// lives: upload a snapshot newer than the newest in the bucket, keep the
 /// [`KEEP`] newest, and purge the core messages wholly before the older
 /// one, never past a record a standby has not copied (`standbys` gives
-/// their copied Lsns, from the roster). A failed round is logged and tried
-/// again at the next; the stream only grows meanwhile.
+/// their copied Lsns, from the roster; no round runs before it knows
+/// them). A failed round is logged and tried again at the next; the stream
+/// only grows meanwhile.
 pub async fn keep_trimmed(
     journal: WeakJournal,
     snapshots: Snapshots,
     core: CoreSubject,
-    standbys: impl Fn() -> Vec<Lsn>,
+    standbys: impl Fn() -> Option<Vec<Lsn>>,
     every: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -368,7 +369,10 @@ pub async fn keep_trimmed(
         let Some(journal) = journal.upgrade() else {
             return;
         };
-        match trim_round(&journal, &snapshots, &core, &standbys(), &mut uploaded).await {
+        let Some(standbys) = standbys() else {
+            continue;
+        };
+        match trim_round(&journal, &snapshots, &core, &standbys, &mut uploaded).await {
             Ok(Some(trim)) => tracing::info!(
                 snapshot = trim.uploaded,
                 kept_from = trim.bound,
@@ -393,7 +397,9 @@ pub struct Trimmed {
 }
 
 /// One round of [`keep_trimmed`]: nothing to do unless the journal has a
-/// snapshot newer than the last one uploaded.
+/// snapshot newer than the last one done with (`uploaded`: uploaded, and
+/// the subject trimmed behind it; a round that fails after the upload
+/// leaves it to the next, which trims without uploading again).
 pub async fn trim_round(
     journal: &Journal,
     snapshots: &Snapshots,
@@ -405,17 +411,55 @@ pub async fn trim_round(
     if newest_local == 0 {
         return Ok(None);
     }
-    let in_bucket = match *uploaded {
-        Some(last) if last >= newest_local => return Ok(None),
-        Some(_) => None,
-        None => Some(snapshots.list().await?),
-    };
-    if let Some(newest) = in_bucket.as_ref().and_then(|l| l.first()) {
-        if *newest >= newest_local {
-            *uploaded = Some(*newest);
-            return Ok(None);
-        }
+    if uploaded.is_some_and(|last| last >= newest_local) {
+        return Ok(None);
     }
+    let in_bucket = snapshots.list().await?.first().copied();
+    let (lsn, done) = match in_bucket {
+        // There already (an earlier round's upload whose trimming failed,
+        // or the previous active node's): only the trimming is left.
+        Some(newest) if newest >= newest_local => (newest, newest),
+        // The newest local snapshot counts as done even when it could not
+        // be read back and an older one went up: the next round waits for
+        // a newer one rather than upload the same older one again.
+        _ => match upload_newest(journal, snapshots, newest_local).await? {
+            Some(lsn) => (lsn, lsn.max(newest_local)),
+            None => return Ok(None),
+        },
+    };
+    let kept = snapshots.list().await?;
+    for old in kept.iter().skip(KEEP) {
+        snapshots.delete(*old).await?;
+    }
+    // The older snapshot kept, or the only one: with one, nothing goes yet.
+    let Some(&older) = kept.get(KEEP - 1) else {
+        *uploaded = Some(done);
+        return Ok(Some(Trimmed {
+            uploaded: lsn,
+            bound: 0,
+            purged: 0,
+        }));
+    };
+    let bound = standbys.iter().copied().fold(older, Lsn::min);
+    let purged = match core.message_holding(bound + 1).await? {
+        Some(m) => core.purge_before(m.sequence).await?,
+        None => 0,
+    };
+    *uploaded = Some(done);
+    Ok(Some(Trimmed {
+        uploaded: lsn,
+        bound,
+        purged,
+    }))
+}
+
+/// Upload the newest local snapshot that reads back (the newest, unless it
+/// cannot be read); its Lsn, or None without one.
+async fn upload_newest(
+    journal: &Journal,
+    snapshots: &Snapshots,
+    newest_local: Lsn,
+) -> Result<Option<Lsn>, SnapshotsError> {
     let reader = journal.clone();
     let read = tokio::task::spawn_blocking(move || reader.read_snapshot())
         .await
@@ -432,32 +476,7 @@ pub async fn trim_round(
         );
     }
     snapshots.put(lsn, &payload).await?;
-    // The newest local snapshot counts as done even when it could not be
-    // read back: the next round waits for a newer one rather than upload
-    // the same older one again, round after round.
-    *uploaded = Some(lsn.max(newest_local));
-    let kept = snapshots.list().await?;
-    for old in kept.iter().skip(KEEP) {
-        snapshots.delete(*old).await?;
-    }
-    // The older snapshot kept, or the only one: with one, nothing goes yet.
-    let Some(&older) = kept.get(KEEP - 1) else {
-        return Ok(Some(Trimmed {
-            uploaded: lsn,
-            bound: 0,
-            purged: 0,
-        }));
-    };
-    let bound = standbys.iter().copied().fold(older, Lsn::min);
-    let purged = match core.message_holding(bound + 1).await? {
-        Some(m) => core.purge_before(m.sequence).await?,
-        None => 0,
-    };
-    Ok(Some(Trimmed {
-        uploaded: lsn,
-        bound,
-        purged,
-    }))
+    Ok(Some(lsn))
 }
 
 #[cfg(test)]

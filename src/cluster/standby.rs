@@ -164,6 +164,12 @@ pub enum BatchError {
     Crc { index: usize },
 }
 
+/// How often, and how far apart, a follower asks where the core subject
+/// starts when a message skips records and NATS does not answer: up to
+/// 20 × 250 ms, then the skip is taken for a gap.
+const LOOKUP_TRIES: u32 = 20;
+const LOOKUP_PAUSE: Duration = Duration::from_millis(250);
+
 /// The records of one message's payload, in order, each checked against its
 /// CRC-32C.
 pub fn decode_batch(payload: &[u8]) -> Result<Vec<&[u8]>, BatchError> {
@@ -706,8 +712,22 @@ impl Copier {
             self.seeded > 0 && self.next_lsn == self.seeded + 1 && first <= self.next_lsn;
         if first > self.next_lsn {
             // Missing records: trimmed away (this follower was left
-            // behind), or a real gap.
-            if let Ok(Some(start)) = self.core.next_records(1).await {
+            // behind), or a real gap. Which one is asked of NATS, again for
+            // a while if it does not answer (a blip must not make a
+            // follower that can start again from a snapshot stop for good).
+            let mut tries = 0;
+            let start = loop {
+                match self.core.next_records(1).await {
+                    Ok(start) => break start,
+                    Err(e) if tries < LOOKUP_TRIES => {
+                        tries += 1;
+                        tracing::warn!(error = %e, "cluster: following the core subject: where it starts is unknown; asking again");
+                        tokio::time::sleep(LOOKUP_PAUSE).await;
+                    }
+                    Err(_) => break None,
+                }
+            };
+            if let Some(start) = start {
                 if start.first_lsn > self.next_lsn {
                     return Err(FollowError::Behind {
                         expected: self.next_lsn,
