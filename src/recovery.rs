@@ -107,8 +107,35 @@ pub fn replay_state(
     Ok(state)
 }
 
+/// The journal's state replayed, before any actor exists: the long part of
+/// a start (decoding the snapshot and applying every record after it), so
+/// it can run off the thread that keeps the node's other work going (in
+/// cluster mode, the renewal of its lease).
+pub struct Prepared {
+    state: BrokerState,
+    /// The snapshot's Lsn (0: none) and the records applied after it.
+    snapshot: Lsn,
+    applied: u64,
+}
+
+/// Replay the newest snapshot and the records after it ([`replay_state`]).
+pub fn prepare(
+    settings: &ReplaySettings,
+    snapshot: Option<(Lsn, Vec<u8>)>,
+    records: Vec<(Lsn, Vec<u8>)>,
+) -> Result<Prepared, RecoveryError> {
+    let base = snapshot.as_ref().map_or(0, |(lsn, _)| *lsn);
+    let applied = records.len() as u64;
+    let state = replay_state(settings, snapshot, records)?;
+    Ok(Prepared {
+        state,
+        snapshot: base,
+        applied,
+    })
+}
+
 /// Rebuild the broker from the newest snapshot and the records after it:
-/// the state replayed ([`replay_state`]), then handed to the router and the
+/// the state replayed ([`prepare`]), then handed to the router and the
 /// channels' shards, and the agents and conversations built from it.
 pub fn replay(
     broker: &Arc<Broker>,
@@ -116,13 +143,21 @@ pub fn replay(
     records: Vec<(Lsn, Vec<u8>)>,
     actors: Channels<'_>,
 ) -> Result<Replayed, RecoveryError> {
-    let base = snapshot.as_ref().map_or(0, |(lsn, _)| *lsn);
-    let applied = records.len() as u64;
-    let state = replay_state(&ReplaySettings::of(&broker.config), snapshot, records)?;
-    let mut out = rebuild(broker, state, actors);
-    out.snapshot = base;
-    out.applied = applied;
-    Ok(out)
+    let prepared = prepare(&ReplaySettings::of(&broker.config), snapshot, records)?;
+    Ok(rebuild_prepared(broker, prepared, actors))
+}
+
+/// Hand a replayed state ([`prepare`]) to the router and the channels'
+/// shards, and build the agents and conversations from it.
+pub fn rebuild_prepared(
+    broker: &Arc<Broker>,
+    prepared: Prepared,
+    actors: Channels<'_>,
+) -> Replayed {
+    let mut out = rebuild(broker, prepared.state, actors);
+    out.snapshot = prepared.snapshot;
+    out.applied = prepared.applied;
+    out
 }
 
 /// Build the actors (not started) from a replayed state.

@@ -457,6 +457,41 @@ pub fn start_with(
     config: Config,
     files: Option<Arc<dyn crate::attachments::FileReplica>>,
 ) -> std::io::Result<Started> {
+    let opened = open_and_replay(&config)?;
+    start_opened(config, files, opened)
+}
+
+/// The journal opened and its state replayed ([`open_and_replay`]): the
+/// part of a start that reads the disk and may take seconds.
+pub struct Opened {
+    journal: crate::journal::Journal,
+    prepared: crate::recovery::Prepared,
+}
+
+/// Open the journal the configuration names (None without one), read it
+/// back and replay its state. Blocking, and long with a long journal: `run`
+/// calls it on a blocking thread, so the system's thread goes on with its
+/// other work meanwhile (in cluster mode, renewing the lease the node has
+/// just taken over).
+pub fn open_and_replay(config: &Config) -> std::io::Result<Option<Opened>> {
+    let Some((journal, recovered)) = open_journal(config)? else {
+        return Ok(None);
+    };
+    let prepared = crate::recovery::prepare(
+        &crate::snapshot::ReplaySettings::of(config),
+        recovered.snapshot,
+        recovered.records,
+    )
+    .map_err(std::io::Error::other)?;
+    Ok(Some(Opened { journal, prepared }))
+}
+
+/// [`start_with`], the journal opened and replayed already.
+pub fn start_opened(
+    config: Config,
+    files: Option<Arc<dyn crate::attachments::FileReplica>>,
+    opened: Option<Opened>,
+) -> std::io::Result<Started> {
     let workers = config.effective_workers();
     let admin_token = config.admin_token.clone().unwrap_or_else(crate::ids::token);
     let mut arbiters: Vec<Arbiter> = Vec::new();
@@ -562,7 +597,10 @@ pub fn start_with(
     // a slow receiver's requests and retries never run on an actor's thread.
     let webhook_arbiter = (!config.webhooks.is_empty()).then(&mut arbiter);
     let webhooks = Webhooks::start(&config, webhook_arbiter.as_ref())?;
-    let journal = open_journal(&config)?;
+    let (journal, prepared) = match opened {
+        Some(Opened { journal, prepared }) => (Some(journal), Some(prepared)),
+        None => (None, None),
+    };
     let broker = Broker::new(BrokerParts {
         config: config.clone(),
         admin_token: admin_token.clone(),
@@ -571,7 +609,7 @@ pub fn start_with(
         supervisor: supervisor.clone(),
         http: http.clone(),
         webhooks,
-        journal: journal.as_ref().map(|(j, _)| j.clone()),
+        journal,
     });
     supervisor.do_send(Attach(Arc::downgrade(&broker)));
     if let Some(files) = files {
@@ -620,20 +658,16 @@ pub fn start_with(
             (*kind, shards)
         })
         .collect();
-    let replayed = match journal {
-        Some((_, recovered)) => Some(
-            crate::recovery::replay(
-                &broker,
-                recovered.snapshot,
-                recovered.records,
-                crate::recovery::Channels {
-                    router: &mut router,
-                    webchat: &mut webchat_shards,
-                    providers: &mut provider_shards,
-                },
-            )
-            .map_err(std::io::Error::other)?,
-        ),
+    let replayed = match prepared {
+        Some(prepared) => Some(crate::recovery::rebuild_prepared(
+            &broker,
+            prepared,
+            crate::recovery::Channels {
+                router: &mut router,
+                webchat: &mut webchat_shards,
+                providers: &mut provider_shards,
+            },
+        )),
         None => {
             router.define_configured_queues();
             None
@@ -872,7 +906,16 @@ pub fn run(config: Config) -> std::io::Result<()> {
             _ => None,
         };
         let files = promoted.as_ref().map(|p| p.files());
-        let started = start_with(config.clone(), files)?;
+        // Reading the journal back and replaying it may take seconds: on a
+        // blocking thread, while this one goes on (a node that has just
+        // taken over must keep renewing its lease meanwhile).
+        let opened = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || open_and_replay(&config))
+                .await
+                .map_err(std::io::Error::other)??
+        };
+        let started = start_opened(config.clone(), files, opened)?;
         let active = match (promoted, &started.broker.journal) {
             (Some(promoted), Some(journal)) => {
                 let active = crate::cluster::node::Active::start(promoted, journal)
