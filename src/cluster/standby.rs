@@ -164,6 +164,9 @@ pub enum BatchError {
     Crc { index: usize },
 }
 
+/// How long a follower waits for its local journal to take a record.
+const APPEND_PATIENCE: Duration = Duration::from_secs(30);
+
 /// How often, and how far apart, a follower asks where the core subject
 /// starts when a message skips records and NATS does not answer: up to
 /// 20 × 250 ms, then the skip is taken for a gap.
@@ -772,13 +775,19 @@ impl Copier {
         Ok(())
     }
 
-    /// Append to the local journal, waiting while its queue is full.
+    /// Append to the local journal, waiting while its queue is full, for at
+    /// most [`APPEND_PATIENCE`]: a journal that takes nothing for that long
+    /// (a full or failing disk) makes this node unfit to take over, and the
+    /// follower stops rather than keep the node in the race for the lease
+    /// (won, it would claim the subject and then wait for ever to copy the
+    /// rest, holding the lease).
     async fn append(&self, bytes: &[u8]) -> Result<Lsn, FollowError> {
+        let since = tokio::time::Instant::now();
         let mut waited = 0u32;
         loop {
             match self.journal.append(bytes) {
                 Ok(lsn) => return Ok(lsn),
-                Err(JournalError::Unavailable { reason }) => {
+                Err(JournalError::Unavailable { reason }) if since.elapsed() < APPEND_PATIENCE => {
                     // The record was not taken: no Lsn used; try again once
                     // the writer has caught up (or the disk works again).
                     waited += 1;
