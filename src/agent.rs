@@ -670,8 +670,32 @@ impl Actor for Agent {
         // Conversations and the router send with do_send; the bound matters
         // only for `send` callers (HTTP), which may wait.
         ctx.set_mailbox_capacity(1024);
+        if self.restored {
+            self.drop_stale_offers();
+        }
         if self.restored && self.session.is_none() {
             self.start_grace(ctx);
+        }
+    }
+}
+
+impl Agent {
+    /// Restored from the journal: the router takes back every offer at a
+    /// restart (its `Restored`), so an offer this agent still holds is stale.
+    /// It can be (a crash, or a failover, between the router's record that
+    /// an offer ended and this agent's): without this the desk would be
+    /// shown, on every reconnect, an offer of a task the router has since
+    /// given to someone else.
+    fn drop_stale_offers(&mut self) {
+        let offers: Vec<Id> = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.view.state == TaskState::Reserved)
+            .map(|t| t.view.id.clone())
+            .collect();
+        for task_id in offers {
+            self.apply(AgentEvent::TaskDropped { task_id });
         }
     }
 }

@@ -233,7 +233,30 @@ pub async fn standby(
         claim = writer.last_sequence(),
         "claimed; copying what is left"
     );
-    let copied = follower.finish(writer.last_sequence()).await?;
+    let mut copied = follower.finish(writer.last_sequence()).await?;
+    // Every record up to the claim is copied now, so the cluster's newest
+    // snapshot is at or before the last one. One beyond it means records
+    // this node never saw: it started following from Lsn 1 while another
+    // node was carrying its journal into the cluster (the snapshot went up
+    // after this node looked), and that node died before writing a record.
+    // Start again from that snapshot rather than take over without it.
+    let newest = snapshots
+        .list()
+        .await
+        .map_err(|e| NodeError::Follow(FollowError::Task(format!("the snapshots: {e}"))))?
+        .first()
+        .copied()
+        .unwrap_or(0);
+    if newest > copied {
+        tracing::warn!(
+            node_id,
+            copied,
+            snapshot = newest,
+            "standby: the cluster's newest snapshot is beyond what this node copied; starting again from it"
+        );
+        let again = follow(&cluster, &journal, &compaction).await?;
+        copied = again.finish(writer.last_sequence()).await?;
+    }
     tracing::info!(
         node_id,
         copied,

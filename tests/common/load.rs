@@ -332,9 +332,9 @@ pub async fn reconnect_desks(
         );
         for task in tasks {
             let conv = s(&task["conversation_id"]);
-            if let Some((other, _)) = held.insert(conv.clone(), (a, task)) {
+            if let Some((other, before)) = held.insert(conv.clone(), (a, task.clone())) {
                 panic!(
-                    "{conv} is held by both {} and {}",
+                    "{conv} is held by both {} ({before}) and {} ({task})",
                     agents[other].id, agent.id
                 );
             }
