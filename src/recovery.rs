@@ -134,34 +134,15 @@ pub fn prepare(
     })
 }
 
-/// Rebuild the broker from the newest snapshot and the records after it:
-/// the state replayed ([`prepare`]), then handed to the router and the
-/// channels' shards, and the agents and conversations built from it.
-pub fn replay(
-    broker: &Arc<Broker>,
-    snapshot: Option<(Lsn, Vec<u8>)>,
-    records: Vec<(Lsn, Vec<u8>)>,
-    actors: Channels<'_>,
-) -> Result<Replayed, RecoveryError> {
-    let prepared = prepare(&ReplaySettings::of(&broker.config), snapshot, records)?;
-    Ok(rebuild_prepared(broker, prepared, actors))
-}
-
-/// Hand a replayed state ([`prepare`]) to the router and the channels'
-/// shards, and build the agents and conversations from it.
-pub fn rebuild_prepared(
-    broker: &Arc<Broker>,
-    prepared: Prepared,
-    actors: Channels<'_>,
-) -> Replayed {
-    let mut out = rebuild(broker, prepared.state, actors);
-    out.snapshot = prepared.snapshot;
-    out.applied = prepared.applied;
-    out
-}
-
-/// Build the actors (not started) from a replayed state.
-fn rebuild(broker: &Arc<Broker>, state: BrokerState, actors: Channels<'_>) -> Replayed {
+/// Rebuild the broker from a replayed state ([`prepare`]): handed to the
+/// router and the channels' shards, and the agents and conversations built
+/// from it (not started: [`Replayed::start`]).
+pub fn rebuild(broker: &Arc<Broker>, prepared: Prepared, actors: Channels<'_>) -> Replayed {
+    let Prepared {
+        state,
+        snapshot,
+        applied,
+    } = prepared;
     let Channels {
         router,
         webchat,
@@ -182,8 +163,8 @@ fn rebuild(broker: &Arc<Broker>, state: BrokerState, actors: Channels<'_>) -> Re
     let mut out = Replayed {
         conversations: IdMap::default(),
         agents: IdMap::default(),
-        snapshot: 0,
-        applied: 0,
+        snapshot,
+        applied,
         webhooks,
     };
     for (id, state) in conversations {

@@ -659,7 +659,7 @@ pub fn start_opened(
         })
         .collect();
     let replayed = match prepared {
-        Some(prepared) => Some(crate::recovery::rebuild_prepared(
+        Some(prepared) => Some(crate::recovery::rebuild(
             &broker,
             prepared,
             crate::recovery::Channels {

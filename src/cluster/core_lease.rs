@@ -328,20 +328,14 @@ impl CoreLease {
             }
         }
         *self.state.lapses_at.lock() = None;
-        let mut revision = self.state.revision.load(Ordering::Acquire);
+        let revision = self.state.revision.load(Ordering::Acquire);
         let mut refused = self.delete_at(revision).await;
         if matches!(refused, Ok(Err(_))) {
             // A last renewal whose answer was lost moved the key on: still
             // this node's at a later revision, it is deleted at that one.
-            let entry = timeout(self.call_limit, self.leases.entry(CORE_KEY)).await;
-            if let Ok(Ok(Some(e))) = entry {
-                if e.operation == Operation::Put
-                    && e.value == self.node_id.as_bytes()
-                    && e.revision > revision
-                {
-                    revision = e.revision;
-                    refused = self.delete_at(revision).await;
-                }
+            let own = self.node_id.as_bytes();
+            if let Some(later) = written_since(&self.leases, own, revision, self.call_limit).await {
+                refused = self.delete_at(later).await;
             }
         }
         match refused {
@@ -356,9 +350,7 @@ impl CoreLease {
             }
         }
     }
-}
 
-impl CoreLease {
     /// Delete the key if it is still at `revision`.
     async fn delete_at(
         &self,
@@ -369,6 +361,19 @@ impl CoreLease {
             self.leases.delete_expect_revision(CORE_KEY, Some(revision)),
         )
         .await
+    }
+}
+
+/// The key's revision if it is later than `held` and the key still names
+/// this node (`own`, its id): only this node writes its own id there, so
+/// that is a renewal of its own whose answer was lost. None otherwise, or
+/// without an answer within `limit`.
+async fn written_since(leases: &kv::Store, own: &[u8], held: u64, limit: Duration) -> Option<u64> {
+    match timeout(limit, leases.entry(CORE_KEY)).await {
+        Ok(Ok(Some(e))) if e.operation == Operation::Put && e.value == own && e.revision > held => {
+            Some(e.revision)
+        }
+        _ => None,
     }
 }
 
@@ -425,20 +430,6 @@ impl Renewer {
         }
     }
 
-    /// The key's revision if it is later than `held` and still names this
-    /// node: only this node writes its own id there, so it is a renewal of
-    /// its own whose answer was lost.
-    async fn written_since(&self, held: u64) -> Option<u64> {
-        match timeout(self.every, self.leases.entry(CORE_KEY)).await {
-            Ok(Ok(Some(e)))
-                if e.operation == Operation::Put && e.value == self.value && e.revision > held =>
-            {
-                Some(e.revision)
-            }
-            _ => None,
-        }
-    }
-
     /// One renewal at the held revision; false once the lease is lost.
     async fn renew(&self) -> bool {
         let revision = self.state.revision.load(Ordering::Acquire);
@@ -463,7 +454,7 @@ impl Renewer {
                 // there) moved the key on: still this node's, at a later
                 // revision. Adopted, without extending the lease (when it
                 // was applied is not known); the next renewal extends it.
-                match self.written_since(revision).await {
+                match written_since(&self.leases, &self.value, revision, self.every).await {
                     Some(newer) => {
                         tracing::info!(node = %self.state.node_id, revision = newer, "cluster: a core lease renewal whose answer was lost had been applied");
                         self.state.revision.store(newer, Ordering::Release);

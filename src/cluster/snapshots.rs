@@ -414,8 +414,8 @@ pub async fn trim_round(
     if uploaded.is_some_and(|last| last >= newest_local) {
         return Ok(None);
     }
-    let in_bucket = snapshots.list().await?.first().copied();
-    let (lsn, done) = match in_bucket {
+    let mut kept = snapshots.list().await?;
+    let (lsn, done) = match kept.first().copied() {
         // There already (an earlier round's upload whose trimming failed,
         // or the previous active node's): only the trimming is left.
         Some(newest) if newest >= newest_local => (newest, newest),
@@ -427,7 +427,13 @@ pub async fn trim_round(
             None => return Ok(None),
         },
     };
-    let kept = snapshots.list().await?;
+    // What the bucket holds now, newest first: what it held, and the
+    // upload (an older snapshot, when the newest local one is unreadable,
+    // may have been there already).
+    if !kept.contains(&lsn) {
+        kept.push(lsn);
+        kept.sort_unstable_by(|a, b| b.cmp(a));
+    }
     for old in kept.iter().skip(KEEP) {
         snapshots.delete(*old).await?;
     }
