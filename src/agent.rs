@@ -680,6 +680,35 @@ impl Actor for Agent {
 }
 
 impl Agent {
+    /// Restored from the journal, before it starts: the tasks that the
+    /// conversations' own states say this agent holds (assigned or in
+    /// wrap-up). The conversation records an assignment, and the state a
+    /// task moves to, before the agent does: a crash between the two left
+    /// the agent without a task the router and the conversation give it,
+    /// so its desk never showed it, the agent could neither answer nor end
+    /// it and the customer waited for ever. Each one missing, or in another
+    /// state, is tracked again (a journaled `TaskTracked`). A task the
+    /// agent holds that its conversation has since given to someone else
+    /// is the reverse case, settled when the desk reconnects (`Resync`).
+    pub fn take_held(&mut self, held: Vec<TaskView>) {
+        for view in held {
+            let tracked = self
+                .state
+                .tasks
+                .get(&view.id)
+                .is_some_and(|t| t.view.state == view.state);
+            if !tracked {
+                tracing::info!(
+                    agent = %self.state.profile.id,
+                    task = %view.id,
+                    state = ?view.state,
+                    "a task the agent's own records missed is back on its desk"
+                );
+                self.apply(AgentEvent::TaskTracked(view));
+            }
+        }
+    }
+
     /// Restored from the journal: the router takes back every offer at a
     /// restart (its `Restored`), so an offer this agent still holds is stale.
     /// It can be (a crash, or a failover, between the router's record that

@@ -254,8 +254,25 @@ impl Replayed {
     pub fn start(self, broker: &Arc<Broker>) {
         // Before any actor can emit a newer event of the same key.
         broker.webhooks.restore(self.webhooks);
+        // What each conversation says its agent holds: a crash between a
+        // conversation's record of an assignment (or of its end) and the
+        // agent's own leaves the agent without it.
+        let mut held: IdMap<Id, Vec<crate::protocol::TaskView>> = IdMap::default();
+        for c in self.conversations.values() {
+            if let Some(agent) = c.state.agent_id.as_ref().filter(|_| {
+                matches!(
+                    c.state.task_state,
+                    TaskState::Assigned | TaskState::Wrapping
+                )
+            }) {
+                held.entry(agent.clone())
+                    .or_default()
+                    .push(c.state.task_view());
+            }
+        }
         let mut agents: IdMap<Id, Addr<Agent>> = IdMap::default();
-        for (id, a) in self.agents {
+        for (id, mut a) in self.agents {
+            a.actor.take_held(held.remove(&id).unwrap_or_default());
             let addr = broker.shards.start(a.actor);
             broker.restore_agent(id.clone(), a.token, a.expires_at, addr.clone());
             agents.insert(id, addr);

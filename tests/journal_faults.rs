@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 use common::process::{binary, Broker, Stream};
 use common::*;
+use switchboard::agent::AgentEvent;
+use switchboard::conversation::ConversationEvent;
+use switchboard::journal::record::{self, Record};
+use switchboard::protocol::TaskState;
 
 /// An admin token the broker accepts (at least 32 characters).
 const ADMIN: &str = "journal-faults-admin-0123456789abcdef";
@@ -253,6 +257,96 @@ async fn a_torn_tail_is_cut_and_logged_and_everything_before_it_is_there() {
     let after: Vec<usize> = frames(&bytes).iter().map(|(o, _)| *o).collect();
     assert!(after.contains(&at), "a record starts where the cut was");
     println!("torn tail: {:?}", started.elapsed());
+}
+
+/// The journal payloads of a segment, decoded, with their frames' offsets.
+fn records(bytes: &[u8]) -> Vec<(usize, Record)> {
+    frames(bytes)
+        .into_iter()
+        .map(|(at, len)| {
+            let payload = &bytes[at + FRAME_OVERHEAD..at + FRAME_OVERHEAD + len];
+            (
+                at,
+                record::read(payload).expect("a record the broker reads"),
+            )
+        })
+        .collect()
+}
+
+/// A crash between a conversation's record that its task was assigned and
+/// the agent's own record of it: the router and the conversation give the
+/// task to the agent, the agent's state lacks it. Before, the desk never
+/// showed the task, the agent could neither answer nor end it, and the
+/// customer waited for ever with the agent's capacity taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_the_agents_record_lost_is_back_on_its_desk_after_a_crash() {
+    let (dir, alice, session, conv) = crashed_after_conversation(1, 40).await;
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let bytes = std::fs::read(&segment).expect("read");
+    let all = records(&bytes);
+    let is_assigned = |r: &Record| {
+        matches!(
+            r,
+            Record::Conversation {
+                event: ConversationEvent::TaskMoved {
+                    state: TaskState::Assigned,
+                    ..
+                },
+                ..
+            }
+        )
+    };
+    let is_tracked = |r: &Record| {
+        matches!(r, Record::Agent {
+            event: AgentEvent::TaskTracked(view),
+            ..
+        } if view.state == TaskState::Assigned)
+    };
+    let conversation_at = all
+        .iter()
+        .position(|(_, r)| is_assigned(r))
+        .expect("the conversation's record of the assignment");
+    let agent_at = all
+        .iter()
+        .position(|(_, r)| is_tracked(r))
+        .expect("the agent's record of the assignment");
+    assert!(
+        conversation_at < agent_at,
+        "the conversation records it first"
+    );
+    // The crash: the agent's record and everything after it never written.
+    let cut = all[agent_at].0;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open");
+    file.set_len(cut as u64).expect("truncate");
+    drop(file);
+
+    let (broker, h) = broker_on(dir.path());
+    let (mut desk, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"].as_array().map(Vec::len), Some(1), "{hello}");
+    assert_eq!(hello["tasks"][0]["conversation_id"], conv, "{hello}");
+    assert_eq!(hello["tasks"][0]["state"], "assigned", "{hello}");
+    let task = s(&hello["tasks"][0]["id"]);
+    // The whole history comes with it, and the conversation goes on.
+    let assigned = desk
+        .recv_where("the task again, with its history", |v| {
+            v["type"] == "task.assigned" && v["task"]["conversation_id"] == conv.as_str()
+        })
+        .await;
+    assert_eq!(texts(&assigned["history"]), vec![text(0, 40)], "{assigned}");
+    let (mut ws, _) = h.connect_customer(&session).await;
+    desk.agent_send(&conv, "Back after the crash", "a-1").await;
+    ws.recv_message_text("Back after the crash").await;
+    desk.end(&conv).await;
+    desk.complete(&task, "resolved", "").await;
+    // Its capacity (1) is free again: the next customer's task is offered.
+    let next = h.create_session("Ben", None).await;
+    let (mut ws2, _) = h.connect_customer(&next).await;
+    ws2.say("Anyone there?").await;
+    desk.take_offer().await;
+    kill_9(broker);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
