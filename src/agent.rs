@@ -680,17 +680,36 @@ impl Actor for Agent {
 }
 
 impl Agent {
-    /// Restored from the journal, before it starts: the tasks that the
+    /// Restored from the journal, before it starts: make its tasks what the
     /// conversations' own states say this agent holds (assigned or in
-    /// wrap-up). The conversation records an assignment, and the state a
-    /// task moves to, before the agent does: a crash between the two left
-    /// the agent without a task the router and the conversation give it,
-    /// so its desk never showed it, the agent could neither answer nor end
-    /// it and the customer waited for ever. Each one missing, or in another
-    /// state, is tracked again (a journaled `TaskTracked`). A task the
-    /// agent holds that its conversation has since given to someone else
-    /// is the reverse case, settled when the desk reconnects (`Resync`).
-    pub fn take_held(&mut self, held: Vec<TaskView>) {
+    /// wrap-up). Each actor records its side of a change after the other
+    /// (the conversation an assignment, or the state a task moves to,
+    /// before the agent; an end before the agent drops the task), so a
+    /// crash between the two left the agent out of step:
+    /// - without a task the router and the conversation give it: its desk
+    ///   never showed it, the agent could neither answer nor end it, and
+    ///   the customer waited for ever. Tracked again (`TaskTracked`, also
+    ///   for a task it shows in another state).
+    /// - with a task its conversation has since finished or given to
+    ///   someone else: shown in `hello`, counted in its load. Dropped
+    ///   (`TaskDropped`).
+    pub fn settle_tasks(&mut self, held: Vec<TaskView>) {
+        let stale: Vec<Id> = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| matches!(t.view.state, TaskState::Assigned | TaskState::Wrapping))
+            .filter(|t| !held.iter().any(|h| h.id == t.view.id))
+            .map(|t| t.view.id.clone())
+            .collect();
+        for task_id in stale {
+            tracing::info!(
+                agent = %self.state.profile.id,
+                task = %task_id,
+                "a task the agent's records kept after its conversation let it go is dropped"
+            );
+            self.apply(AgentEvent::TaskDropped { task_id });
+        }
         for view in held {
             let tracked = self
                 .state
@@ -702,7 +721,7 @@ impl Agent {
                     agent = %self.state.profile.id,
                     task = %view.id,
                     state = ?view.state,
-                    "a task the agent's own records missed is back on its desk"
+                    "a task the agent's records missed is back on its desk"
                 );
                 self.apply(AgentEvent::TaskTracked(view));
             }

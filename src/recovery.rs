@@ -255,8 +255,8 @@ impl Replayed {
         // Before any actor can emit a newer event of the same key.
         broker.webhooks.restore(self.webhooks);
         // What each conversation says its agent holds: a crash between a
-        // conversation's record of an assignment (or of its end) and the
-        // agent's own leaves the agent without it.
+        // conversation's record of a change and the agent's own leaves the
+        // agent out of step (`Agent::settle_tasks`).
         let mut held: IdMap<Id, Vec<crate::protocol::TaskView>> = IdMap::default();
         for c in self.conversations.values() {
             if let Some(agent) = c.state.agent_id.as_ref().filter(|_| {
@@ -272,7 +272,7 @@ impl Replayed {
         }
         let mut agents: IdMap<Id, Addr<Agent>> = IdMap::default();
         for (id, mut a) in self.agents {
-            a.actor.take_held(held.remove(&id).unwrap_or_default());
+            a.actor.settle_tasks(held.remove(&id).unwrap_or_default());
             let addr = broker.shards.start(a.actor);
             broker.restore_agent(id.clone(), a.token, a.expires_at, addr.clone());
             agents.insert(id, addr);

@@ -5,7 +5,9 @@
 //! the file and a non-zero exit, changing nothing; a disk that refuses writes
 //! (a file size limit set on the running process) makes customers, agents and
 //! HTTP clients get `unavailable` instead of an acknowledgement, and the
-//! broker takes traffic again by itself once the writes work.
+//! broker takes traffic again by itself once the writes work; a crash
+//! between a conversation's record of a change and its agent's leaves the
+//! agent in step with the conversation after the restart.
 //!
 //! Each test finds the journal record of a message by its text (bincode keeps
 //! strings as they are), so it knows which messages a cut must keep.
@@ -273,6 +275,16 @@ fn records(bytes: &[u8]) -> Vec<(usize, Record)> {
         .collect()
 }
 
+/// The segment as a crash leaves it when it falls just before the record
+/// at `offset`.
+fn cut_at(segment: &Path, offset: usize) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment)
+        .expect("open");
+    file.set_len(offset as u64).expect("truncate");
+}
+
 /// A crash between a conversation's record that its task was assigned and
 /// the agent's own record of it: the router and the conversation give the
 /// task to the agent, the agent's state lacks it. Before, the desk never
@@ -315,13 +327,7 @@ async fn an_assignment_the_agents_record_lost_is_back_on_its_desk_after_a_crash(
         "the conversation records it first"
     );
     // The crash: the agent's record and everything after it never written.
-    let cut = all[agent_at].0;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .expect("open");
-    file.set_len(cut as u64).expect("truncate");
-    drop(file);
+    cut_at(&segment, all[agent_at].0);
 
     let (broker, h) = broker_on(dir.path());
     let (mut desk, hello) = h.connect_agent(&alice).await;
@@ -345,6 +351,65 @@ async fn an_assignment_the_agents_record_lost_is_back_on_its_desk_after_a_crash(
     let next = h.create_session("Ben", None).await;
     let (mut ws2, _) = h.connect_customer(&next).await;
     ws2.say("Anyone there?").await;
+    desk.take_offer().await;
+    kill_9(broker);
+}
+
+/// The reverse: a crash between a conversation's record that its task was
+/// completed and the agent's record that it let the task go. Before, the
+/// agent kept the task: in its `hello`, and in its load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_the_agents_record_lost_leaves_no_task_on_its_desk_after_a_crash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, h) = broker_on(dir.path());
+    let (alice, _session, conv) = conversation(&h, 1, 40).await;
+    let (mut desk, hello) = h.connect_agent(&alice).await;
+    let task = s(&hello["tasks"][0]["id"]);
+    desk.end(&conv).await;
+    desk.complete(&task, "resolved", "").await;
+    settle(dir.path());
+    kill_9(broker);
+
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let all = records(&std::fs::read(&segment).expect("read"));
+    let completed_at = all
+        .iter()
+        .position(|(_, r)| {
+            matches!(
+                r,
+                Record::Conversation {
+                    event: ConversationEvent::Completed { .. },
+                    ..
+                }
+            )
+        })
+        .expect("the conversation's record of the completion");
+    let dropped_at = all
+        .iter()
+        .position(|(_, r)| {
+            matches!(r, Record::Agent {
+                event: AgentEvent::TaskDropped { task_id },
+                ..
+            } if &**task_id == task.as_str())
+        })
+        .expect("the agent's record that it let the task go");
+    assert!(
+        completed_at < dropped_at,
+        "the conversation records it first"
+    );
+    cut_at(&segment, all[dropped_at].0);
+
+    let (broker, h) = broker_on(dir.path());
+    let (mut desk, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"], serde_json::json!([]), "{hello}");
+    assert_eq!(hello["agent"]["load"]["webchat"], 0, "{hello}");
+    // The conversation is over, as the customer's and the API's view say.
+    let state = h.conversation(&conv).await;
+    assert_eq!(state["task"]["state"], "completed", "{state}");
+    // And the agent takes the next customer.
+    let next = h.create_session("Ben", None).await;
+    let (mut ws, _) = h.connect_customer(&next).await;
+    ws.say("Anyone there?").await;
     desk.take_offer().await;
     kill_9(broker);
 }
