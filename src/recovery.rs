@@ -139,10 +139,21 @@ pub fn prepare(
 /// from it (not started: [`Replayed::start`]).
 pub fn rebuild(broker: &Arc<Broker>, prepared: Prepared, actors: Channels<'_>) -> Replayed {
     let Prepared {
-        state,
+        mut state,
         snapshot,
         applied,
     } = prepared;
+    for id in state.unreachable_conversations() {
+        tracing::warn!(
+            conversation = %id,
+            "a conversation opened just before the stop, which its channel never recorded, is dropped: its customer was never answered and writes again"
+        );
+        crate::journal::record::write(
+            broker.journal.as_ref(),
+            crate::journal::record::RecordRef::ConversationForgotten { id: &id },
+        );
+        state.forget_conversation(&id);
+    }
     let Channels {
         router,
         webchat,

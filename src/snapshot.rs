@@ -35,7 +35,7 @@ use crate::config::Config;
 use crate::conversation::ConversationState;
 use crate::ids::IdMap;
 use crate::journal::record::Record;
-use crate::protocol::{AttachmentMeta, ChannelKind, Id};
+use crate::protocol::{AttachmentMeta, ChannelKind, Id, TaskState};
 use crate::router::RouterState;
 
 /// The settings replay depends on (the rest of the configuration is read
@@ -116,6 +116,33 @@ impl BrokerState {
         }
     }
 
+    /// A conversation leaves the state (`ConversationForgotten`).
+    pub fn forget_conversation(&mut self, id: &Id) {
+        self.conversations.remove(id);
+    }
+
+    /// Conversations a crash left out of reach: a channel opens a
+    /// conversation (the conversation's first record) and names it in its
+    /// own state right after (the channel's record); a crash between the
+    /// two leaves a conversation no session or thread leads to, waiting,
+    /// with no message (its first message is written after both). Its
+    /// customer was never answered and writes again, into a conversation
+    /// of its own; restored, this one would be an empty task offered to an
+    /// agent, its replies going nowhere.
+    pub fn unreachable_conversations(&self) -> Vec<Id> {
+        let webchat: std::collections::HashSet<&Id> =
+            self.webchat.latest().filter_map(|(_, c)| c).collect();
+        self.conversations
+            .values()
+            .filter(|c| c.task_state == TaskState::Queued && c.messages.is_empty())
+            .filter(|c| match c.channel {
+                ChannelKind::Webchat => !webchat.contains(&c.id),
+                kind => !self.providers.get(&kind).is_some_and(|p| p.names(&c.id)),
+            })
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
     /// Apply one journal record to the part it names.
     pub fn apply(&mut self, record: Record, settings: &ReplaySettings) {
         self.records += 1;
@@ -129,9 +156,7 @@ impl BrokerState {
                     c.apply(event);
                 }
             }
-            Record::ConversationForgotten { id } => {
-                self.conversations.remove(&id);
-            }
+            Record::ConversationForgotten { id } => self.forget_conversation(&id),
             Record::AgentCreated {
                 profile,
                 token,

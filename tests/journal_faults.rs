@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use common::process::{binary, Broker, Stream};
 use common::*;
 use switchboard::agent::AgentEvent;
+use switchboard::channel::webchat::WebchatEvent;
 use switchboard::conversation::ConversationEvent;
 use switchboard::journal::record::{self, Record};
 use switchboard::protocol::TaskState;
@@ -411,6 +412,51 @@ async fn a_completion_the_agents_record_lost_leaves_no_task_on_its_desk_after_a_
     let (mut ws, _) = h.connect_customer(&next).await;
     ws.say("Anyone there?").await;
     desk.take_offer().await;
+    kill_9(broker);
+}
+
+/// A crash between a conversation's first record (opened) and its channel's
+/// record naming it for the customer's session: nothing leads to the
+/// conversation, and nothing else of it was written. Before, it came back as
+/// an empty task offered to an agent ahead of the customer's own, its
+/// replies going nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_its_channel_never_named_before_a_crash_is_not_offered_after_it() {
+    let (dir, alice, session, conv) = crashed_after_conversation(1, 40).await;
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let all = records(&std::fs::read(&segment).expect("read"));
+    let opened_at = all
+        .iter()
+        .position(|(_, r)| matches!(r, Record::ConversationOpened(c) if *c.id == *conv))
+        .expect("the conversation's record of its opening");
+    assert!(
+        matches!(
+            &all[opened_at + 1].1,
+            Record::Webchat(WebchatEvent::ConversationOpened { conversation, .. })
+                if **conversation == *conv
+        ),
+        "the channel's record naming it comes next: {:?}",
+        all[opened_at + 1].1
+    );
+    cut_at(&segment, all[opened_at + 1].0);
+
+    let (broker, h) = broker_on(dir.path());
+    let r = h.admin_get(&format!("/v1/conversations/{conv}")).await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    let (mut desk, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"], serde_json::json!([]), "{hello}");
+    // The customer never got an ack and sends again: a conversation of its
+    // own, the one task the agent is offered.
+    let (mut ws, history) = h.connect_customer(&session).await;
+    assert!(history["conversation_id"].is_null(), "{history}");
+    let ack = ws.say_with_id(&text(0, 40), "m0").await;
+    assert_eq!(ack["seq"], 1, "{ack}");
+    let again = s(&ack["conversation_id"]);
+    assert_ne!(again, conv);
+    let (offer, _) = desk.take_offer().await;
+    assert_eq!(offer["task"]["conversation_id"], again.as_str(), "{offer}");
+    desk.agent_send(&again, "Hello Ann", "a-1").await;
+    ws.recv_message_text("Hello Ann").await;
     kill_9(broker);
 }
 

@@ -990,6 +990,12 @@ impl ProviderState {
         self.threads.len()
     }
 
+    /// Whether a thread names this conversation (its channel recorded that
+    /// it opened it).
+    pub fn names(&self, conversation: &Id) -> bool {
+        self.by_conversation.contains_key(conversation)
+    }
+
     /// The webhook ids remembered, oldest first.
     pub fn seen_ids(&self) -> Vec<&str> {
         self.seen.iter().map(|(id, _)| id.as_str()).collect()

@@ -449,3 +449,70 @@ fn files_whose_bytes_are_gone_leave_the_state() {
     state.drop_missing_files(dir.path());
     assert_eq!(state.attachments.keys().collect::<Vec<_>>(), ["kept"]);
 }
+
+#[test]
+fn only_waiting_empty_conversations_no_channel_names_are_unreachable() {
+    let s = settings();
+    let mut state = BrokerState::new(&s);
+    let opened = |id: &str, channel, customer: &str| {
+        Record::ConversationOpened(Box::new(conversation(id, id, channel, customer)))
+    };
+    state.apply(
+        Record::Webchat(WebchatEvent::SessionCreated {
+            id: "s1".into(),
+            token: "t".into(),
+            name: "Ann".into(),
+            skills: vec![],
+            queue: None,
+            client_ip: None,
+        }),
+        &s,
+    );
+    // Webchat: "named" is the session's, "lost" never named, "talked" never
+    // named but with a message (something after the lost record survived:
+    // not the crash this is about).
+    for id in ["named", "lost", "talked"] {
+        state.apply(opened(id, ChannelKind::Webchat, "s1"), &s);
+    }
+    state.webchat.apply(
+        WebchatEvent::ConversationOpened {
+            session: "s1".into(),
+            conversation: "named".into(),
+        },
+        true,
+    );
+    state.apply(
+        Record::Conversation {
+            id: "talked".into(),
+            event: ConversationEvent::MessageAppended(message("talked", 1, "hi")),
+        },
+        &s,
+    );
+    // SMS: "thread" its thread names, "orphan" no thread does.
+    for id in ["thread", "orphan"] {
+        state.apply(opened(id, ChannelKind::Sms, "+1555"), &s);
+    }
+    state.apply(
+        Record::Provider {
+            channel: ChannelKind::Sms,
+            event: ProviderEvent::ConversationOpened {
+                customer: "+1555".into(),
+                business: "+1000".into(),
+                conversation: "thread".into(),
+            },
+        },
+        &s,
+    );
+    let mut unreachable = state.unreachable_conversations();
+    unreachable.sort();
+    assert_eq!(unreachable, [Id::from("lost"), Id::from("orphan")]);
+    for id in &unreachable {
+        state.forget_conversation(id);
+    }
+    let mut left: Vec<&Id> = state.conversations.keys().collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [&Id::from("named"), &Id::from("talked"), &Id::from("thread")]
+    );
+}
