@@ -30,7 +30,7 @@ use crate::conversation::{Conversation, ConversationState};
 use crate::ids::IdMap;
 use crate::journal::Lsn;
 use crate::protocol::{ChannelKind, Id, TaskState};
-use crate::router::{Restored, Router};
+use crate::router::{Restored, RestoredTask, Router};
 use crate::shards::{mailbox, Mailbox};
 use crate::snapshot::{BrokerState, ReplaySettings};
 use crate::wiring::Broker;
@@ -315,7 +315,12 @@ impl Replayed {
                 c.state.task_id.clone(),
                 c.addr.clone(),
             );
-            conversations.push((c.state.task_id.clone(), c.addr, c.state.task_state));
+            conversations.push(RestoredTask {
+                task_id: c.state.task_id.clone(),
+                addr: c.addr,
+                state: c.state.task_state,
+                agent: c.state.agent_id.clone().filter(|_| holds_agent),
+            });
             let actor = Conversation::restored(broker, c.state, channel, agent, c.enqueue);
             let mailbox = c.mailbox;
             broker

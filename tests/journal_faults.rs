@@ -25,6 +25,7 @@ use switchboard::channel::webchat::WebchatEvent;
 use switchboard::conversation::ConversationEvent;
 use switchboard::journal::record::{self, Record};
 use switchboard::protocol::TaskState;
+use switchboard::router::RouterEvent;
 
 /// An admin token the broker accepts (at least 32 characters).
 const ADMIN: &str = "journal-faults-admin-0123456789abcdef";
@@ -457,6 +458,75 @@ async fn a_conversation_its_channel_never_named_before_a_crash_is_not_offered_af
     assert_eq!(offer["task"]["conversation_id"], again.as_str(), "{offer}");
     desk.agent_send(&again, "Hello Ann", "a-1").await;
     ws.recv_message_text("Hello Ann").await;
+    kill_9(broker);
+}
+
+/// A crash in a warm transfer between the conversation's record of the
+/// move (the target, bob, holds it) and the router's (it takes the task
+/// from alice's load to bob's). Before, the router failed the transfer at
+/// the restart: bob's desk was told it was canceled while the conversation
+/// stayed his, alice's desk had lost it too, and nobody could answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_transfer_the_routers_record_lost_stands_after_a_crash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, h) = broker_on(dir.path());
+    let (alice, session, conv) = conversation(&h, 1, 40).await;
+    let (mut a, hello) = h.connect_agent(&alice).await;
+    let task = s(&hello["tasks"][0]["id"]);
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut b = h.agent_online(&bob).await;
+    let v = a
+        .call(serde_json::json!({
+            "type": "transfer", "task_id": task, "to": {"agent": "bob"},
+            "mode": "warm", "note": "",
+        }))
+        .await;
+    assert_eq!(v["type"], "ok", "{v}");
+    b.offer_for(&conv).await;
+    b.accept(&task).await;
+    h.wait_agent("alice", "capacity back", |v| v["load"]["webchat"] == 0)
+        .await;
+    settle(dir.path());
+    kill_9(broker);
+
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let all = records(&std::fs::read(&segment).expect("read"));
+    let moved_at = all
+        .iter()
+        .rposition(|(_, r)| {
+            matches!(r, Record::Conversation {
+                event: ConversationEvent::TaskMoved {
+                    state: TaskState::Assigned,
+                    agent_id: Some(agent),
+                    ..
+                },
+                ..
+            } if &**agent == "bob")
+        })
+        .expect("the conversation's record of the move to bob");
+    let routed_at = all
+        .iter()
+        .position(|(_, r)| matches!(r, Record::Router(RouterEvent::TransferredWarm { .. })))
+        .expect("the router's record of the move");
+    assert!(moved_at < routed_at, "the conversation records it first");
+    cut_at(&segment, all[routed_at].0);
+
+    let (broker, h) = broker_on(dir.path());
+    let (mut b, hello) = h.connect_agent(&bob).await;
+    assert_eq!(hello["tasks"][0]["id"], task.as_str(), "{hello}");
+    let (_a, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"], serde_json::json!([]), "{hello}");
+    h.wait_agent("bob", "holding it", |v| v["load"]["webchat"] == 1)
+        .await;
+    h.wait_agent("alice", "free", |v| v["load"]["webchat"] == 0)
+        .await;
+    b.expect_none("a rescind of the task", Duration::from_millis(300), |v| {
+        v["type"] == "task.rescinded"
+    })
+    .await;
+    let (mut ws, _) = h.connect_customer(&session).await;
+    b.agent_send(&conv, "Bob here", "b-1").await;
+    ws.recv_message_text("Bob here").await;
     kill_9(broker);
 }
 

@@ -94,7 +94,7 @@ pub use messages::{
 };
 pub use queue::{Policy, Queue};
 pub use queues::{DeleteQueue, GetQueues, QueueChange, UpsertQueue};
-pub use restore::Restored;
+pub use restore::{Restored, RestoredTask};
 pub use state::{
     AgentCounts, Bucket, Decline, Pick, RoutableTask, Routed, RouterEvent, RouterState,
 };

@@ -6,7 +6,8 @@
 //! was open goes back to the queue in its original order (the agent never
 //! answered it); waiting tasks get their overflow and maximum-wait timers
 //! again; assigned tasks stay with their agents, whose disconnect grace
-//! starts with the restart.
+//! starts with the restart; a warm transfer pending fails, unless its
+//! conversation had made the move.
 
 use actix::prelude::*;
 
@@ -38,13 +39,21 @@ impl Router {
 }
 
 /// The agents and conversations started from the journal: agents by id,
-/// conversations by task id with their task's state as the conversation
-/// has it.
+/// conversations by task id with their task as the conversation has it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Restored {
     pub agents: Vec<(Id, Addr<Agent>)>,
-    pub conversations: Vec<(Id, Addr<Conversation>, TaskState)>,
+    pub conversations: Vec<RestoredTask>,
+}
+
+/// A restored conversation's task, as the conversation's own state has it.
+pub struct RestoredTask {
+    pub task_id: Id,
+    pub addr: Addr<Conversation>,
+    pub state: TaskState,
+    /// The agent holding it (assigned or in wrap-up).
+    pub agent: Option<Id>,
 }
 
 impl Router {
@@ -56,10 +65,10 @@ impl Router {
     /// queue; a task with no conversation left is closed. (A conversation
     /// whose task the router never heard of enqueues it itself: see
     /// `Conversation::restored`.)
-    fn reconcile(&mut self, conversations: &[(Id, Addr<Conversation>, TaskState)]) {
+    fn reconcile(&mut self, conversations: &[RestoredTask]) {
         let states: HashMap<&Id, TaskState> = conversations
             .iter()
-            .map(|(task, _, state)| (task, *state))
+            .map(|t| (&t.task_id, t.state))
             .collect();
         let known: Vec<Id> = self
             .state
@@ -97,7 +106,7 @@ impl Handler<Restored> for Router {
         self.conversations.extend(
             msg.conversations
                 .iter()
-                .map(|(task, addr, _)| (task.clone(), addr.clone())),
+                .map(|t| (t.task_id.clone(), t.addr.clone())),
         );
         self.reconcile(&msg.conversations);
         let connected: Vec<Id> = self
@@ -124,10 +133,29 @@ impl Handler<Restored> for Router {
             self.take_back(&task_id, RescindReason::Reassigned, None);
         }
         // A warm transfer's target is disconnected like everyone: it fails
-        // (the sender keeps the task, as on any failed transfer).
-        let consults: Vec<Id> = self.state.consults.keys().cloned().collect();
-        for task_id in consults {
-            self.consult_failed(&task_id, TransferFailure::Unavailable, ctx);
+        // (the sender keeps the task, as on any failed transfer). Unless
+        // the conversation had made the move already: the router's record
+        // of it follows the conversation's, and a crash between the two
+        // left the target holding the task in the conversation and the
+        // sender holding it here. The move stands.
+        let holders: HashMap<&Id, &Id> = msg
+            .conversations
+            .iter()
+            .filter_map(|t| t.agent.as_ref().map(|a| (&t.task_id, a)))
+            .collect();
+        let consults: Vec<(Id, bool)> = self
+            .state
+            .consults
+            .iter()
+            .map(|(task_id, c)| {
+                let made = c.accepted && holders.get(task_id) == Some(&&c.target);
+                (task_id.clone(), made)
+            })
+            .collect();
+        for (task_id, made) in consults {
+            if !(made && self.finish_accepted_consult(&task_id)) {
+                self.consult_failed(&task_id, TransferFailure::Unavailable, ctx);
+            }
         }
         // Parked tasks with a time come back at it.
         let now = SystemTime::now();
