@@ -46,7 +46,14 @@ fn command(dir: &Path) -> Command {
 
 /// The broker on `dir`, listening on a free port.
 fn broker_on(dir: &Path) -> (Broker, Harness) {
-    let mut broker = Broker::start(&mut command(dir));
+    broker_with(dir, &[])
+}
+
+/// The same with these settings (environment variables) added.
+fn broker_with(dir: &Path, env: &[(&str, &str)]) -> (Broker, Harness) {
+    let mut cmd = command(dir);
+    cmd.envs(env.iter().copied());
+    let mut broker = Broker::start(&mut cmd);
     let api = broker.stdout_value("api");
     let base = api.trim_end_matches("/v1").to_owned();
     (broker, Harness::external(&base, ADMIN))
@@ -527,6 +534,186 @@ async fn a_warm_transfer_the_routers_record_lost_stands_after_a_crash() {
     let (mut ws, _) = h.connect_customer(&session).await;
     b.agent_send(&conv, "Bob here", "b-1").await;
     ws.recv_message_text("Bob here").await;
+    kill_9(broker);
+}
+
+/// Alice's conversation (one message, accepted), her desk's command on it,
+/// and the journal as a crash leaves it just before the first record of
+/// the conversation's own state that `conversation_side` matches, which
+/// must come after the router's record that `router_side` matches. Returns
+/// the data dir, the agent, the customer's session and the conversation.
+async fn crashed_between_router_and_conversation(
+    command: impl Fn(&str) -> serde_json::Value,
+    answer: &str,
+    router_side: impl Fn(&RouterEvent) -> bool,
+    conversation_side: impl Fn(&ConversationEvent) -> bool,
+) -> (tempfile::TempDir, Agent, Session, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, h) = broker_on(dir.path());
+    let (alice, session, conv) = conversation(&h, 1, 40).await;
+    let (mut a, hello) = h.connect_agent(&alice).await;
+    let task = s(&hello["tasks"][0]["id"]);
+    let v = a.call(command(&task)).await;
+    assert_eq!(v["type"], answer, "{v}");
+    h.wait_agent("alice", "capacity back", |v| v["load"]["webchat"] == 0)
+        .await;
+    settle(dir.path());
+    kill_9(broker);
+    cut_between(dir.path(), router_side, conversation_side);
+    (dir, alice, session, conv)
+}
+
+/// Cut the journal just before the last record of a conversation's state
+/// that `conversation_side` matches, after the router's last record that
+/// `router_side` matches.
+fn cut_between(
+    dir: &Path,
+    router_side: impl Fn(&RouterEvent) -> bool,
+    conversation_side: impl Fn(&ConversationEvent) -> bool,
+) {
+    let segment = segments(dir).pop().expect("a segment");
+    let all = records(&std::fs::read(&segment).expect("read"));
+    let routed_at = all
+        .iter()
+        .rposition(|(_, r)| matches!(r, Record::Router(e) if router_side(e)))
+        .expect("the router's record");
+    let followed_at = all
+        .iter()
+        .rposition(
+            |(_, r)| matches!(r, Record::Conversation { event, .. } if conversation_side(event)),
+        )
+        .expect("the conversation's record");
+    assert!(routed_at < followed_at, "the router records it first");
+    cut_at(&segment, all[followed_at].0);
+}
+
+/// A crash in a cold transfer to a queue between the router's record (alice
+/// lets go, the task waits in the queue) and the conversation's. Before,
+/// the conversation came back still alice's while the router offered the
+/// task to others: an agent's accept was refused, alice's desk showed a
+/// task she no longer held, with her capacity free for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_transfer_the_conversations_record_lost_is_made_after_a_crash() {
+    let (dir, alice, session, conv) = crashed_between_router_and_conversation(
+        |task| {
+            serde_json::json!({
+                "type": "transfer", "task_id": task, "to": {"queue": "default"},
+                "mode": "cold", "note": "billing",
+            })
+        },
+        "task.transferred",
+        |e| matches!(e, RouterEvent::TransferredCold { .. }),
+        |e| matches!(e, ConversationEvent::Transferred { .. }),
+    )
+    .await;
+    let (broker, h) = broker_on(dir.path());
+    let state = h
+        .wait_conversation(&conv, "the move made again", |v| {
+            v["task"]["state"] == "queued"
+        })
+        .await;
+    assert_eq!(state["agent_id"], serde_json::Value::Null, "{state}");
+    let (_a, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"], serde_json::json!([]), "{hello}");
+    // Bob is offered it with its transfer, and it is his.
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut b = h.agent_online(&bob).await;
+    let offer = b.offer_for(&conv).await;
+    let task = s(&offer["task"]["id"]);
+    let assigned = b.accept(&task).await;
+    assert_eq!(
+        assigned["task"]["transfers"][0]["note"], "billing",
+        "{assigned}"
+    );
+    let (mut ws, _) = h.connect_customer(&session).await;
+    b.agent_send(&conv, "Bob from billing", "b-1").await;
+    ws.recv_message_text("Bob from billing").await;
+    kill_9(broker);
+}
+
+/// A crash while parking, between the router's record (parked, alice's
+/// capacity free) and the conversation's. Before, the conversation came
+/// back alice's, assigned, while the router held it parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parking_the_conversations_record_lost_is_made_after_a_crash() {
+    let (dir, alice, session, conv) = crashed_between_router_and_conversation(
+        |task| serde_json::json!({"type": "park", "task_id": task}),
+        "task.parked",
+        |e| matches!(e, RouterEvent::Parked { .. }),
+        |e| {
+            matches!(
+                e,
+                ConversationEvent::TaskMoved {
+                    state: TaskState::Parked,
+                    ..
+                }
+            )
+        },
+    )
+    .await;
+    let (broker, h) = broker_on(dir.path());
+    h.wait_conversation(&conv, "parked again", |v| v["task"]["state"] == "parked")
+        .await;
+    let (mut a, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"], serde_json::json!([]), "{hello}");
+    // The customer writes: it comes back to alice.
+    let (mut ws, _) = h.connect_customer(&session).await;
+    ws.say("here is the receipt").await;
+    let offer = a.offer_for(&conv).await;
+    a.accept(&s(&offer["task"]["id"])).await;
+    a.agent_send(&conv, "Thanks, got it", "a-1").await;
+    ws.recv_message_text("Thanks, got it").await;
+    kill_9(broker);
+}
+
+/// A crash as an agent's disconnect grace runs out, between the router's
+/// record that it withdrew her task (back to the queue) and the
+/// conversation's. Before, the conversation came back hers while the router
+/// offered the task to others, whose accepts it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_the_conversations_record_lost_is_made_after_a_crash() {
+    let grace = [("SWITCHBOARD_DISCONNECT_GRACE", "1s")];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, h) = broker_with(dir.path(), &grace);
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let session = h.create_session("Ann", None).await;
+    let (mut ws, _) = h.connect_customer(&session).await;
+    let conv = s(&ws.say("hello?").await["conversation_id"]);
+    desk.take_offer().await;
+    drop(desk);
+    h.wait_conversation(&conv, "withdrawn after the grace", |v| {
+        v["task"]["state"] == "queued"
+    })
+    .await;
+    settle(dir.path());
+    kill_9(broker);
+    cut_between(
+        dir.path(),
+        |e| matches!(e, RouterEvent::Requeued { .. }),
+        |e| {
+            matches!(
+                e,
+                ConversationEvent::TaskMoved {
+                    state: TaskState::Queued,
+                    ..
+                }
+            )
+        },
+    );
+
+    let (broker, h) = broker_with(dir.path(), &grace);
+    h.wait_conversation(&conv, "withdrawn again", |v| v["task"]["state"] == "queued")
+        .await;
+    let bob = h.create_agent("bob", 1, &[]).await;
+    let mut b = h.agent_online(&bob).await;
+    let offer = b.offer_for(&conv).await;
+    b.accept(&s(&offer["task"]["id"])).await;
+    let (mut ws, _) = h.connect_customer(&session).await;
+    b.agent_send(&conv, "Bob here", "b-1").await;
+    ws.recv_message_text("Bob here").await;
+    let (_a, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"], serde_json::json!([]), "{hello}");
     kill_9(broker);
 }
 

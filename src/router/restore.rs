@@ -16,10 +16,12 @@ use std::time::{Instant, SystemTime};
 
 use super::state::Hold;
 use super::{Outcome, Router, RouterEvent, RouterState};
-use crate::agent::Agent;
-use crate::conversation::{Conversation, ResumeInactivity};
+use crate::agent::{Agent, Rescind};
+use crate::conversation::{
+    Conversation, ParkedAway, RequeueCause, Requeued, ResumeInactivity, TransferredAway,
+};
 use crate::protocol::event::TransferFailure;
-use crate::protocol::{Id, RescindReason, TaskState};
+use crate::protocol::{Id, RescindReason, TaskState, TransferMode};
 
 impl Router {
     /// Take the routing state rebuilt from the journal (before starting).
@@ -95,6 +97,76 @@ impl Router {
                 Some(_) => {}
             }
         }
+        for t in conversations {
+            self.redrive(t);
+        }
+    }
+
+    /// The router records a move of an assigned task (a cold transfer,
+    /// parking, a withdrawal) before the conversation does: a crash
+    /// between the two left the conversation giving the task to an agent
+    /// the router had let go of (and that agent's desk showing it, its
+    /// capacity free for another task). The conversation is told again
+    /// what it missed, as the router told it then.
+    fn redrive(&self, t: &RestoredTask) {
+        let Some(agent) = t.agent.as_ref() else {
+            return;
+        };
+        let held = self.state.held.get(&t.task_id);
+        if held.is_some_and(|h| h.agent == *agent && !matches!(h.hold, Hold::Reserved { .. })) {
+            return;
+        }
+        if let Some(parked) = self.state.parked.get(&t.task_id) {
+            if parked.agent == *agent {
+                tracing::info!(
+                    task = %t.task_id,
+                    agent = %agent,
+                    "a parking its conversation had not recorded before the stop is made again"
+                );
+                t.addr.do_send(ParkedAway {
+                    from: agent.clone(),
+                    until: parked.until,
+                    reference: None,
+                });
+            }
+            return;
+        }
+        let Some(task) = held
+            .map(|h| &h.task)
+            .or_else(|| self.state.waiting_task(&t.task_id))
+        else {
+            return;
+        };
+        let cold = task
+            .handoff
+            .transfers
+            .last()
+            .filter(|tr| tr.from == *agent && tr.mode == TransferMode::Cold);
+        if let Some(transfer) = cold {
+            t.addr.do_send(TransferredAway {
+                from: agent.clone(),
+                transfer: transfer.clone(),
+                reference: None,
+            });
+        } else if t.state == TaskState::Assigned {
+            t.addr.do_send(Requeued {
+                reason: RescindReason::Reassigned,
+                cause: RequeueCause::Withdrawn,
+            });
+            if let Some(addr) = self.addrs.get(agent) {
+                addr.do_send(Rescind {
+                    task_id: t.task_id.clone(),
+                    reason: RescindReason::Reassigned,
+                });
+            }
+        } else {
+            return;
+        }
+        tracing::info!(
+            task = %t.task_id,
+            agent = %agent,
+            "a move of the task its conversation had not recorded before the stop is made again"
+        );
     }
 }
 
