@@ -116,6 +116,15 @@ impl Router {
         if held.is_some_and(|h| h.agent == *agent && !matches!(h.hold, Hold::Reserved { .. })) {
             return;
         }
+        // A warm transfer to this agent: settled with the consults.
+        if self
+            .state
+            .consults
+            .get(&t.task_id)
+            .is_some_and(|c| c.target == *agent)
+        {
+            return;
+        }
         if let Some(parked) = self.state.parked.get(&t.task_id) {
             if parked.agent == *agent {
                 tracing::info!(
@@ -131,10 +140,8 @@ impl Router {
             }
             return;
         }
-        let Some(task) = held
-            .map(|h| &h.task)
-            .or_else(|| self.state.waiting_task(&t.task_id))
-        else {
+        let waiting = self.state.waiting_task(&t.task_id);
+        let Some(task) = held.map(|h| &h.task).or(waiting) else {
             return;
         };
         let cold = task
@@ -148,7 +155,7 @@ impl Router {
                 transfer: transfer.clone(),
                 reference: None,
             });
-        } else if t.state == TaskState::Assigned {
+        } else if t.state == TaskState::Assigned && waiting.is_some() {
             t.addr.do_send(Requeued {
                 reason: RescindReason::Reassigned,
                 cause: RequeueCause::Withdrawn,
