@@ -1,7 +1,8 @@
 //! One cluster through a run of faults in a row: three nodes of the real
 //! binary on one real nats-server (a 2 s lease TTL), each round a fresh
 //! load of desks and webchat customers (through the active node, or relayed
-//! through a standby), then a fault: the active node killed, paused past
+//! through a standby; the desks park one task in four and send one in four
+//! back to the queue, so faults fall amid those moves too), then a fault: the active node killed, paused past
 //! its lease, stopped cleanly; a standby killed; a standby restarted just
 //! as the active node is killed; nats-server restarted, alone or as the
 //! active node is killed; the active node killed and then the one that took
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{
     assert_active, wait_copied, wait_replicated, Active, TestCluster, ADMIN, TTL,
 };
-use common::load::{assert_acked_stored_once, assert_recovered, reconnect_desks, Load};
+use common::load::{assert_acked_stored_once, assert_recovered, reconnect_desks, Desks, Load};
 use common::{Agent, Harness};
 
 /// One test at a time.
@@ -115,6 +116,7 @@ async fn a_cluster_rides_out_a_run_of_faults_and_loses_nothing_acknowledged() {
     heal(&mut cluster, &active).await;
     let mut acked_in_all = BTreeMap::new();
     let mut agents_of_all: Vec<Agent> = Vec::new();
+    let mut moved_in_all = 0;
     let repeat: usize = std::env::var("CHAOS_REPEAT")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -130,6 +132,7 @@ async fn a_cluster_rides_out_a_run_of_faults_and_loses_nothing_acknowledged() {
         let load = Load::start_named(
             &clients,
             &format!("r{round}a"),
+            Desks::Move,
             AGENTS,
             CAPACITY,
             CUSTOMERS,
@@ -220,10 +223,12 @@ async fn a_cluster_rides_out_a_run_of_faults_and_loses_nothing_acknowledged() {
         let agents = load.agents.clone();
         let outcome = load.finish().await;
         let id = cluster.nodes[active.index].id.clone();
+        moved_in_all += outcome.moved;
         println!(
-            "round {round}, {fault:?}: {} messages acknowledged; {id} active, serving {} ms \
-             after the fault (TTL {} ms)",
+            "round {round}, {fault:?}: {} messages acknowledged, {} tasks parked or \
+             transferred; {id} active, serving {} ms after the fault (TTL {} ms)",
             outcome.total(),
+            outcome.moved,
             served.as_millis(),
             TTL.as_millis()
         );
@@ -244,4 +249,5 @@ async fn a_cluster_rides_out_a_run_of_faults_and_loses_nothing_acknowledged() {
     // no agent over capacity, no conversation held twice.
     assert_acked_stored_once(&active.h, &acked_in_all).await;
     reconnect_desks(&active.h, &agents_of_all, CAPACITY).await;
+    assert!(moved_in_all > 0, "the desks parked or transferred nothing");
 }

@@ -383,6 +383,7 @@ async fn a_standby_restarted_under_an_active_comes_back_as_a_standby_and_takes_o
         customers: Vec::new(),
         acked: BTreeMap::new(),
         messages: MESSAGES,
+        moved: 0,
     };
     for i in CUSTOMERS..CUSTOMERS + 10 {
         let (session, conv, acks) = customer(&active.h, i, MESSAGES, &count, &no_failure)

@@ -115,23 +115,54 @@ async fn connect(url: &str) -> Result<Ws, String> {
     }
 }
 
+/// What a load's desks do with the tasks they accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Desks {
+    /// Keep every one.
+    Keep,
+    /// Of every four accepted, park one (its customer's next message brings
+    /// it back) and send one back to the `default` queue (a cold transfer):
+    /// a fault then also falls in the middle of those moves, each recorded
+    /// by the router first and by the conversation second.
+    Move,
+}
+
 /// A desk that accepts whatever it is offered until its socket closes or
-/// nothing comes for [`PATIENCE`]; how many it accepted.
-pub async fn accepting_desk(mut desk: Ws) -> usize {
-    let mut accepted = 0usize;
+/// nothing comes for [`PATIENCE`]; how many it accepted, and how many of
+/// them it parked or transferred (the broker's answers counted).
+pub async fn accepting_desk(mut desk: Ws, desks: Desks) -> (usize, usize) {
+    let (mut accepted, mut moved) = (0usize, 0usize);
     while let Some(v) = desk.try_recv_within(PATIENCE).await {
-        if v["type"] == "task.offered" {
-            let task = v["task"]["id"].clone();
-            if !desk
-                .try_send(json!({"type": "accept", "task_id": task}))
-                .await
-            {
-                break;
-            }
+        if (v["type"] == "task.parked" || v["type"] == "task.transferred")
+            && v["ref"].as_str().is_some_and(|r| r.starts_with("move-"))
+        {
+            moved += 1;
+        }
+        let command = if v["type"] == "task.offered" {
             accepted += 1;
+            json!({"type": "accept", "task_id": v["task"]["id"], "ref": format!("accept-{accepted}")})
+        } else if desks == Desks::Move
+            && v["type"] == "task.assigned"
+            && v["ref"].as_str().is_some_and(|r| r.starts_with("accept-"))
+        {
+            let task = &v["task"]["id"];
+            let r = format!("move-{accepted}");
+            match accepted % 4 {
+                1 => json!({"type": "park", "task_id": task, "ref": r}),
+                2 => json!({
+                    "type": "transfer", "task_id": task, "to": {"queue": "default"},
+                    "mode": "cold", "note": "back to the queue", "ref": r,
+                }),
+                _ => continue,
+            }
+        } else {
+            continue;
+        };
+        if !desk.try_send(command).await {
+            break;
         }
     }
-    accepted
+    (accepted, moved)
 }
 
 /// Desks accepting everything and customers each sending `messages`
@@ -146,7 +177,7 @@ pub struct Load {
     gone: Arc<AtomicBool>,
     pub customers: usize,
     pub messages: usize,
-    desks: Vec<JoinHandle<usize>>,
+    desks: Vec<JoinHandle<(usize, usize)>>,
     runs: Vec<JoinHandle<Option<CustomerRun>>>,
 }
 
@@ -167,6 +198,8 @@ pub struct Outcome {
     pub acked: Acked,
     /// How many messages each customer meant to send.
     pub messages: usize,
+    /// Tasks the desks parked or transferred ([`Desks::Move`]).
+    pub moved: usize,
 }
 
 impl Outcome {
@@ -186,14 +219,15 @@ impl Load {
         customers: usize,
         messages: usize,
     ) -> Load {
-        Load::start_named(h, "a", agents, capacity, customers, messages).await
+        Load::start_named(h, "a", Desks::Keep, agents, capacity, customers, messages).await
     }
 
     /// As [`Load::start`], the agents named `<prefix>0`, `<prefix>1`, …
-    /// (several loads against one broker).
+    /// (several loads against one broker), their desks doing `desks`.
     pub async fn start_named(
         h: &Harness,
         prefix: &str,
+        desks_do: Desks,
         agents: usize,
         capacity: u64,
         customers: usize,
@@ -205,7 +239,10 @@ impl Load {
         }
         let mut desks = Vec::new();
         for agent in &created {
-            desks.push(tokio::spawn(accepting_desk(h.agent_online(agent).await)));
+            desks.push(tokio::spawn(accepting_desk(
+                h.agent_online(agent).await,
+                desks_do,
+            )));
         }
         let acked = Arc::new(AtomicUsize::new(0));
         let gone = Arc::new(AtomicBool::new(false));
@@ -272,10 +309,12 @@ impl Load {
                 acked.entry(conv).or_default().extend(acks);
             }
         }
+        let mut moved = 0;
         for desk in self.desks {
-            let _ = desk.await;
+            moved += desk.await.map(|(_, m)| m).unwrap_or(0);
         }
         Outcome {
+            moved,
             customers,
             acked,
             messages: self.messages,
