@@ -143,16 +143,19 @@ pub fn rebuild(broker: &Arc<Broker>, prepared: Prepared, actors: Channels<'_>) -
         snapshot,
         applied,
     } = prepared;
-    for id in state.unreachable_conversations() {
-        tracing::warn!(
-            conversation = %id,
-            "a conversation opened just before the stop, which its channel never recorded, is dropped: its customer was never answered and writes again"
-        );
-        crate::journal::record::write(
-            broker.journal.as_ref(),
-            crate::journal::record::RecordRef::ConversationForgotten { id: &id },
-        );
-        state.forget_conversation(&id);
+    // Conversations a crash left before they started are dropped, each
+    // with its records journaled and applied as replay applies them.
+    let settings = crate::snapshot::ReplaySettings::of(&broker.config);
+    for record in state.unstarted_conversations() {
+        if let crate::journal::record::Record::ConversationForgotten { id } = &record {
+            tracing::warn!(
+                conversation = %id,
+                "a conversation opened just before the stop and never started is dropped: \
+                 its customer or agent was never answered and sends again"
+            );
+        }
+        crate::journal::record::write(broker.journal.as_ref(), record.as_written());
+        state.apply(record, &settings);
     }
     let Channels {
         router,

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::agent::AgentState;
 use crate::attachments::{Quota, Uploader};
 use crate::canned::CannedEvent;
-use crate::channel::provider::ProviderState;
-use crate::channel::webchat::WebchatState;
+use crate::channel::provider::{ProviderEvent, ProviderState};
+use crate::channel::webchat::{WebchatEvent, WebchatState};
 use crate::codec::CodecError;
 use crate::config::Config;
 use crate::conversation::ConversationState;
@@ -121,26 +121,63 @@ impl BrokerState {
         self.conversations.remove(id);
     }
 
-    /// Conversations a crash left out of reach: a channel opens a
-    /// conversation (the conversation's first record) and names it in its
-    /// own state right after (the channel's record); a crash between the
-    /// two leaves a conversation no session or thread leads to, waiting,
-    /// with no message (its first message is written after both). Its
-    /// customer was never answered and writes again, into a conversation
-    /// of its own; restored, this one would be an empty task offered to an
-    /// agent, its replies going nowhere.
-    pub fn unreachable_conversations(&self) -> Vec<Id> {
+    /// Conversations a crash left before they started, and the records
+    /// that drop each one (its channel's, then its own
+    /// `ConversationForgotten`), to be journaled and applied. A channel
+    /// opens a conversation (its first record, waiting, empty), names it
+    /// under the customer's session or thread (the channel's record), and
+    /// the conversation's first act writes the rest (the customer's
+    /// message, or the agent's for an outbound one). A crash between those
+    /// leaves, waiting and empty:
+    /// - a conversation no session or thread leads to. Its customer was
+    ///   never answered and writes again, into a conversation of its own;
+    ///   restored, this one would be an empty task offered to an agent,
+    ///   its replies going nowhere.
+    /// - an outbound conversation the router holds for the agent who
+    ///   started it, never started. Restored, it would go back to the
+    ///   queue as an empty task, and the open conversation it leaves on the
+    ///   session or thread would refuse the agent's retry (`conflict`).
+    ///   Its channel lets it go too.
+    pub fn unstarted_conversations(&self) -> Vec<Record> {
         let webchat: std::collections::HashSet<&Id> =
             self.webchat.latest().filter_map(|(_, c)| c).collect();
-        self.conversations
-            .values()
-            .filter(|c| c.task_state == TaskState::Queued && c.messages.is_empty())
-            .filter(|c| match c.channel {
-                ChannelKind::Webchat => !webchat.contains(&c.id),
-                kind => !self.providers.get(&kind).is_some_and(|p| p.names(&c.id)),
-            })
-            .map(|c| c.id.clone())
-            .collect()
+        let mut out = Vec::new();
+        for c in self.conversations.values() {
+            if c.task_state != TaskState::Queued || !c.messages.is_empty() {
+                continue;
+            }
+            let named = match c.channel {
+                ChannelKind::Webchat => webchat.contains(&c.id),
+                kind => self.providers.get(&kind).is_some_and(|p| p.names(&c.id)),
+            };
+            if named && !self.router.holds(&c.task_id) {
+                continue;
+            }
+            if named {
+                match c.channel {
+                    ChannelKind::Webchat => {
+                        out.push(Record::Webchat(WebchatEvent::ConversationForgotten {
+                            session: c.customer.address.as_str().into(),
+                            conversation: c.id.clone(),
+                        }))
+                    }
+                    channel => {
+                        for event in [
+                            ProviderEvent::ConversationEnded {
+                                conversation: c.id.clone(),
+                            },
+                            ProviderEvent::ConversationForgotten {
+                                conversation: c.id.clone(),
+                            },
+                        ] {
+                            out.push(Record::Provider { channel, event });
+                        }
+                    }
+                }
+            }
+            out.push(Record::ConversationForgotten { id: c.id.clone() });
+        }
+        out
     }
 
     /// Apply one journal record to the part it names.

@@ -717,6 +717,67 @@ async fn a_withdrawal_the_conversations_record_lost_is_made_after_a_crash() {
     kill_9(broker);
 }
 
+/// A crash as an agent starts an outbound conversation, after the channel
+/// named it under the customer's session and before the conversation's
+/// first act (assigned to the agent, the agent's message). Before, it came
+/// back as an empty task in the queue, and the session's open conversation
+/// refused the agent's retry with `conflict`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_conversation_a_crash_left_unstarted_lets_the_agent_start_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, h) = broker_on(dir.path());
+    let alice = h.create_agent("alice", 1, &[]).await;
+    let mut desk = h.agent_online(&alice).await;
+    let session = h.create_session("Frank", None).await;
+    let outbound = serde_json::json!({
+        "type": "outbound", "channel": "webchat", "to": session.id, "text": "Your order shipped",
+    });
+    let assigned = desk.call(outbound.clone()).await;
+    assert_eq!(assigned["type"], "task.assigned", "{assigned}");
+    let conv = s(&assigned["task"]["conversation_id"]);
+    settle(dir.path());
+    kill_9(broker);
+
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let all = records(&std::fs::read(&segment).expect("read"));
+    let named_at = all
+        .iter()
+        .position(|(_, r)| {
+            matches!(r, Record::Webchat(WebchatEvent::ConversationOpened { conversation, .. })
+                if **conversation == *conv)
+        })
+        .expect("the channel's record naming it");
+    assert!(
+        matches!(&all[named_at - 1].1, Record::ConversationOpened(c) if *c.id == *conv),
+        "the conversation's opening comes just before"
+    );
+    assert!(
+        all[named_at + 1..]
+            .iter()
+            .any(|(_, r)| matches!(r, Record::Conversation { id, .. } if **id == *conv)),
+        "the conversation's own records come after"
+    );
+    cut_at(&segment, all[named_at + 1].0);
+
+    let (broker, h) = broker_on(dir.path());
+    let r = h.admin_get(&format!("/v1/conversations/{conv}")).await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    let (mut desk, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"], serde_json::json!([]), "{hello}");
+    desk.set_activity("available").await;
+    // The agent never got an answer, and starts it again.
+    let again = desk.call(outbound).await;
+    assert_eq!(again["type"], "task.assigned", "{again}");
+    let conv = s(&again["task"]["conversation_id"]);
+    let (mut ws, history) = h.connect_customer(&session).await;
+    assert_eq!(history["conversation_id"], conv.as_str(), "{history}");
+    assert_eq!(texts(&history["messages"]), vec!["Your order shipped"]);
+    let ack = ws.say("thanks").await;
+    assert_eq!(ack["conversation_id"], conv.as_str(), "{ack}");
+    desk.recv_message_text("thanks").await;
+    kill_9(broker);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_bits_in_the_last_segment_cut_from_the_bad_record() {
     const SIZE: usize = 300;

@@ -451,41 +451,65 @@ fn files_whose_bytes_are_gone_leave_the_state() {
 }
 
 #[test]
-fn only_waiting_empty_conversations_no_channel_names_are_unreachable() {
+fn only_conversations_a_crash_left_unstarted_are_dropped() {
     let s = settings();
     let mut state = BrokerState::new(&s);
     let opened = |id: &str, channel, customer: &str| {
         Record::ConversationOpened(Box::new(conversation(id, id, channel, customer)))
     };
-    state.apply(
-        Record::Webchat(WebchatEvent::SessionCreated {
-            id: "s1".into(),
-            token: "t".into(),
-            name: "Ann".into(),
-            skills: vec![],
-            queue: None,
-            client_ip: None,
-        }),
-        &s,
-    );
-    // Webchat: "named" is the session's, "lost" never named, "talked" never
-    // named but with a message (something after the lost record survived:
-    // not the crash this is about).
-    for id in ["named", "lost", "talked"] {
-        state.apply(opened(id, ChannelKind::Webchat, "s1"), &s);
+    for session in ["s1", "s2"] {
+        state.apply(
+            Record::Webchat(WebchatEvent::SessionCreated {
+                id: session.into(),
+                token: "t".into(),
+                name: "Ann".into(),
+                skills: vec![],
+                queue: None,
+                client_ip: None,
+            }),
+            &s,
+        );
     }
-    state.webchat.apply(
-        WebchatEvent::ConversationOpened {
-            session: "s1".into(),
-            conversation: "named".into(),
-        },
-        true,
-    );
+    // Webchat: "named" is s1's, "lost" never named, "talked" never named
+    // but with a message (something after the lost record survived: not
+    // the crash this is about), "outbound" s2's and held by the router for
+    // the agent who started it.
+    for (id, session) in [
+        ("named", "s1"),
+        ("lost", "s1"),
+        ("talked", "s1"),
+        ("outbound", "s2"),
+    ] {
+        state.apply(opened(id, ChannelKind::Webchat, session), &s);
+    }
+    for (session, conversation) in [("s1", "named"), ("s2", "outbound")] {
+        state.apply(
+            Record::Webchat(WebchatEvent::ConversationOpened {
+                session: session.into(),
+                conversation: conversation.into(),
+            }),
+            &s,
+        );
+    }
     state.apply(
         Record::Conversation {
             id: "talked".into(),
             event: ConversationEvent::MessageAppended(message("talked", 1, "hi")),
         },
+        &s,
+    );
+    state.apply(
+        Record::Router(RouterEvent::AssignedDirect {
+            task_id: "outbound".into(),
+            agent_id: "alice".into(),
+            channel: ChannelKind::Webchat,
+            customer: Customer {
+                address: "s2".into(),
+                name: "Ann".into(),
+            },
+            queue: "default".into(),
+            at: at(1),
+        }),
         &s,
     );
     // SMS: "thread" its thread names, "orphan" no thread does.
@@ -503,11 +527,18 @@ fn only_waiting_empty_conversations_no_channel_names_are_unreachable() {
         },
         &s,
     );
-    let mut unreachable = state.unreachable_conversations();
-    unreachable.sort();
-    assert_eq!(unreachable, [Id::from("lost"), Id::from("orphan")]);
-    for id in &unreachable {
-        state.forget_conversation(id);
+    let drops = state.unstarted_conversations();
+    let mut forgotten: Vec<String> = drops
+        .iter()
+        .filter_map(|r| match r {
+            Record::ConversationForgotten { id } => Some(id.to_string()),
+            _ => None,
+        })
+        .collect();
+    forgotten.sort();
+    assert_eq!(forgotten, ["lost", "orphan", "outbound"]);
+    for record in drops {
+        state.apply(record, &s);
     }
     let mut left: Vec<&Id> = state.conversations.keys().collect();
     left.sort();
@@ -515,4 +546,14 @@ fn only_waiting_empty_conversations_no_channel_names_are_unreachable() {
         left,
         [&Id::from("named"), &Id::from("talked"), &Id::from("thread")]
     );
+    // The outbound one's session no longer leads to it; s1 still leads to
+    // its conversation.
+    let latest: std::collections::BTreeMap<String, Option<String>> = state
+        .webchat
+        .latest()
+        .map(|(s, c)| (s.to_string(), c.map(|c| c.to_string())))
+        .collect();
+    assert_eq!(latest["s1"].as_deref(), Some("named"));
+    assert_eq!(latest["s2"], None);
+    assert!(state.unstarted_conversations().is_empty(), "all dropped");
 }
