@@ -778,6 +778,89 @@ async fn an_outbound_conversation_a_crash_left_unstarted_lets_the_agent_start_ag
     kill_9(broker);
 }
 
+/// Append one record to a segment, framed as the journal frames it
+/// (length, CRC-32C of the payload, payload: `docs/operations.md`).
+fn append_record(segment: &Path, record: switchboard::journal::record::RecordRef<'_>) {
+    use std::io::Write;
+    let payload = switchboard::codec::encode(&record).expect("encode");
+    let mut frame = Vec::with_capacity(FRAME_OVERHEAD + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(segment)
+        .expect("open")
+        .write_all(&frame)
+        .expect("append");
+}
+
+/// The router took a task from its agent (its disconnect grace ran out) as
+/// the chat ended: the conversation in wrap-up, the router with the task
+/// waiting again. The journal is made so: the chat ended, the router's
+/// record of the wrap-up replaced by its record of the withdrawal. Before,
+/// the router offered the task to agent after agent, each offer going
+/// nowhere (the conversation routes only a waiting task) and counted as
+/// missed, until the wrap-up ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_withdrawn_as_its_chat_ended_is_completed_not_offered_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, h) = broker_on(dir.path());
+    let (alice, _session, conv) = conversation(&h, 1, 40).await;
+    let (mut desk, hello) = h.connect_agent(&alice).await;
+    let task = s(&hello["tasks"][0]["id"]);
+    desk.end(&conv).await;
+    settle(dir.path());
+    kill_9(broker);
+
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let all = records(&std::fs::read(&segment).expect("read"));
+    let ended_at = all
+        .iter()
+        .position(|(_, r)| {
+            matches!(
+                r,
+                Record::Conversation {
+                    event: ConversationEvent::Ended { .. },
+                    ..
+                }
+            )
+        })
+        .expect("the conversation's record of the end (wrap-up begins)");
+    let wrapping_at = all
+        .iter()
+        .position(|(_, r)| matches!(r, Record::Router(RouterEvent::Wrapping { .. })))
+        .expect("the router's record of the wrap-up");
+    assert!(ended_at < wrapping_at, "the conversation records it first");
+    cut_at(&segment, all[wrapping_at].0);
+    append_record(
+        &segment,
+        switchboard::journal::record::RecordRef::Router(&RouterEvent::Requeued {
+            task_id: task.as_str().into(),
+            declined_by: None,
+            missed: false,
+            at: std::time::SystemTime::now(),
+        }),
+    );
+
+    let (broker, h) = broker_on(dir.path());
+    let done = h
+        .wait_conversation(&conv, "completed", |v| v["task"]["state"] == "completed")
+        .await;
+    assert_eq!(done["disposition"], "no_response", "{done}");
+    let (mut desk, hello) = h.connect_agent(&alice).await;
+    assert_eq!(hello["tasks"], serde_json::json!([]), "{hello}");
+    desk.expect_none(
+        "an offer of the finished task",
+        Duration::from_millis(500),
+        |v| v["type"] == "task.offered",
+    )
+    .await;
+    h.wait_agent("alice", "free", |v| v["load"]["webchat"] == 0)
+        .await;
+    kill_9(broker);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_bits_in_the_last_segment_cut_from_the_bad_record() {
     const SIZE: usize = 300;

@@ -145,6 +145,17 @@ impl Handler<Requeued> for Conversation {
     type Result = ();
 
     fn handle(&mut self, msg: Requeued, ctx: &mut Context<Self>) {
+        if self.state.task_state == TaskState::Wrapping && msg.cause == RequeueCause::Withdrawn {
+            // The router took the task from its agent (gone past its grace,
+            // or removed) as the chat ended, and has it waiting again. Its
+            // wrap-up has nobody to do it: completed now with the default
+            // disposition, as when a transfer or a park crosses an end, and
+            // the router closes it. (Left waiting, it would be offered to
+            // agent after agent, each offer going nowhere and counted as
+            // missed.)
+            self.complete_ended(ctx);
+            return;
+        }
         if !matches!(
             self.state.task_state,
             TaskState::Reserved | TaskState::Assigned

@@ -281,7 +281,7 @@ impl Conversation {
 
     /// The conversation had ended when its agent let go of it: complete it
     /// now with the default disposition (its wrap-up has nobody to do it).
-    fn complete_ended(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn complete_ended(&mut self, ctx: &mut Context<Self>) {
         let disposition = self.broker.config.wrapup_disposition.clone();
         self.complete(disposition, String::new(), None, ctx);
     }

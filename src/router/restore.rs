@@ -155,16 +155,20 @@ impl Router {
                 transfer: transfer.clone(),
                 reference: None,
             });
-        } else if t.state == TaskState::Assigned && waiting.is_some() {
+        } else if waiting.is_some() {
+            // Withdrawn from its agent: an assigned task goes back to the
+            // queue, one in wrap-up is completed (the conversation decides).
             t.addr.do_send(Requeued {
                 reason: RescindReason::Reassigned,
                 cause: RequeueCause::Withdrawn,
             });
-            if let Some(addr) = self.addrs.get(agent) {
-                addr.do_send(Rescind {
-                    task_id: t.task_id.clone(),
-                    reason: RescindReason::Reassigned,
-                });
+            if t.state == TaskState::Assigned {
+                if let Some(addr) = self.addrs.get(agent) {
+                    addr.do_send(Rescind {
+                        task_id: t.task_id.clone(),
+                        reason: RescindReason::Reassigned,
+                    });
+                }
             }
         } else {
             return;
