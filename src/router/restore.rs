@@ -7,7 +7,9 @@
 //! answered it); waiting tasks get their overflow and maximum-wait timers
 //! again; assigned tasks stay with their agents, whose disconnect grace
 //! starts with the restart; a warm transfer pending fails, unless its
-//! conversation had made the move.
+//! conversation had made the move; a move of a task (a cold transfer, a
+//! parking, a withdrawal) its conversation had not recorded is sent to it
+//! again (`redrive`).
 
 use actix::prelude::*;
 
