@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::load::{assert_recovered, Load};
+use common::load::{assert_recovered, Desks, Load};
 use common::process::{binary, Broker};
 use common::*;
 
@@ -74,12 +74,19 @@ async fn kill_9_mid_load_loses_no_acknowledged_message_and_duplicates_none() {
     const MESSAGES: usize = 6;
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut broker, h) = broker_on(dir.path());
-    // Agents accept whatever they are offered, until the broker dies.
-    let load = Load::start(&h, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
+    // Agents accept whatever they are offered, until the broker dies, and
+    // park or send back to the queue one task in four each: the kill also
+    // falls amid those moves (each recorded by the router, then by the
+    // conversation).
+    let load = Load::start_named(&h, "a", Desks::Move, AGENTS, CAPACITY, CUSTOMERS, MESSAGES).await;
     // Kill it while the customers are writing: once a third of the
     // messages are acknowledged.
     load.wait_acked(CUSTOMERS * MESSAGES / 3, Duration::from_secs(20))
         .await;
+    assert!(
+        load.wait_moved(Duration::from_secs(10)).await,
+        "the desks parked or transferred nothing"
+    );
     load.broker_gone();
     broker.signal(libc::SIGKILL);
     let _ = broker.wait_exit(Duration::from_secs(5));
@@ -92,8 +99,10 @@ async fn kill_9_mid_load_loses_no_acknowledged_message_and_duplicates_none() {
         "the kill came before any message was acknowledged"
     );
     println!(
-        "{total} messages acknowledged in {} conversations before the kill",
-        outcome.acked.len()
+        "{total} messages acknowledged in {} conversations, {} tasks parked or transferred \
+         before the kill",
+        outcome.acked.len(),
+        outcome.moved
     );
 
     // Everything acknowledged is there once; everyone comes back: no agent

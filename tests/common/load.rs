@@ -128,15 +128,15 @@ pub enum Desks {
 }
 
 /// A desk that accepts whatever it is offered until its socket closes or
-/// nothing comes for [`PATIENCE`]; how many it accepted, and how many of
-/// them it parked or transferred (the broker's answers counted).
-pub async fn accepting_desk(mut desk: Ws, desks: Desks) -> (usize, usize) {
-    let (mut accepted, mut moved) = (0usize, 0usize);
+/// nothing comes for [`PATIENCE`]; how many it accepted. Each task it parked
+/// or transferred (the broker's answer) is counted in `moved`.
+pub async fn accepting_desk(mut desk: Ws, desks: Desks, moved: Arc<AtomicUsize>) -> usize {
+    let mut accepted = 0usize;
     while let Some(v) = desk.try_recv_within(PATIENCE).await {
         if (v["type"] == "task.parked" || v["type"] == "task.transferred")
             && v["ref"].as_str().is_some_and(|r| r.starts_with("move-"))
         {
-            moved += 1;
+            moved.fetch_add(1, Ordering::Relaxed);
         }
         let command = if v["type"] == "task.offered" {
             accepted += 1;
@@ -162,7 +162,7 @@ pub async fn accepting_desk(mut desk: Ws, desks: Desks) -> (usize, usize) {
             break;
         }
     }
-    (accepted, moved)
+    accepted
 }
 
 /// Desks accepting everything and customers each sending `messages`
@@ -177,7 +177,9 @@ pub struct Load {
     gone: Arc<AtomicBool>,
     pub customers: usize,
     pub messages: usize,
-    desks: Vec<JoinHandle<(usize, usize)>>,
+    desks: Vec<JoinHandle<usize>>,
+    /// Tasks the desks parked or transferred so far.
+    moved: Arc<AtomicUsize>,
     runs: Vec<JoinHandle<Option<CustomerRun>>>,
 }
 
@@ -238,10 +240,12 @@ impl Load {
             created.push(h.create_agent(&format!("{prefix}{a}"), capacity, &[]).await);
         }
         let mut desks = Vec::new();
+        let moved = Arc::new(AtomicUsize::new(0));
         for agent in &created {
             desks.push(tokio::spawn(accepting_desk(
                 h.agent_online(agent).await,
                 desks_do,
+                moved.clone(),
             )));
         }
         let acked = Arc::new(AtomicUsize::new(0));
@@ -263,6 +267,7 @@ impl Load {
             customers,
             messages,
             desks,
+            moved,
             runs,
         }
     }
@@ -271,6 +276,16 @@ impl Load {
     /// customer that cannot create its session or connect just stops.
     pub fn broker_gone(&self) {
         self.gone.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait until the desks have parked or transferred a task (or `within`
+    /// passed); whether they have.
+    pub async fn wait_moved(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.moved.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.moved.load(Ordering::Relaxed) > 0
     }
 
     /// Messages acknowledged so far.
@@ -309,12 +324,11 @@ impl Load {
                 acked.entry(conv).or_default().extend(acks);
             }
         }
-        let mut moved = 0;
         for desk in self.desks {
-            moved += desk.await.map(|(_, m)| m).unwrap_or(0);
+            let _ = desk.await;
         }
         Outcome {
-            moved,
+            moved: self.moved.load(Ordering::Relaxed),
             customers,
             acked,
             messages: self.messages,
