@@ -178,6 +178,46 @@ async fn conversation(h: &Harness, n: usize, size: usize) -> (Agent, Session, St
     (alice, session, conv)
 }
 
+/// A broker on a fresh data dir, and a conversation of one message held
+/// by alice, her desk connected.
+struct Held {
+    dir: tempfile::TempDir,
+    broker: Broker,
+    h: Harness,
+    alice: Agent,
+    session: Session,
+    conv: String,
+    desk: Ws,
+    task: String,
+}
+
+async fn held_conversation() -> Held {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, h) = broker_on(dir.path());
+    let (alice, session, conv) = conversation(&h, 1, 40).await;
+    let (desk, hello) = h.connect_agent(&alice).await;
+    let task = s(&hello["tasks"][0]["id"]);
+    Held {
+        dir,
+        broker,
+        h,
+        alice,
+        session,
+        conv,
+        desk,
+        task,
+    }
+}
+
+/// A new customer writes, and `desk` is offered the task and takes it (the
+/// agent's capacity is free).
+async fn next_customer_is_offered(h: &Harness, desk: &mut Ws) {
+    let next = h.create_session("Ben", None).await;
+    let (mut ws, _) = h.connect_customer(&next).await;
+    ws.say("Anyone there?").await;
+    desk.take_offer().await;
+}
+
 /// The journal of `conversation(n, size)` as a crash leaves it: the broker
 /// on a fresh data dir, the conversation, every record written, then
 /// `kill -9`. Returns the data dir, the agent, the customer's session and
@@ -294,6 +334,27 @@ fn cut_at(segment: &Path, offset: usize) {
     file.set_len(offset as u64).expect("truncate");
 }
 
+/// The newest segment and its records.
+fn newest_records(dir: &Path) -> (PathBuf, Vec<(usize, Record)>) {
+    let segment = segments(dir).pop().expect("a segment");
+    let all = records(&std::fs::read(&segment).expect("read"));
+    (segment, all)
+}
+
+/// The index in `all` of the first record `pred` matches (`what` it is).
+fn first_of(all: &[(usize, Record)], what: &str, pred: impl Fn(&Record) -> bool) -> usize {
+    all.iter()
+        .position(|(_, r)| pred(r))
+        .unwrap_or_else(|| panic!("no record: {what}"))
+}
+
+/// The index in `all` of the last record `pred` matches (`what` it is).
+fn last_of(all: &[(usize, Record)], what: &str, pred: impl Fn(&Record) -> bool) -> usize {
+    all.iter()
+        .rposition(|(_, r)| pred(r))
+        .unwrap_or_else(|| panic!("no record: {what}"))
+}
+
 /// A crash between a conversation's record that its task was assigned and
 /// the agent's own record of it: the router and the conversation give the
 /// task to the agent, the agent's state lacks it. Before, the desk never
@@ -302,9 +363,7 @@ fn cut_at(segment: &Path, offset: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assignment_the_agents_record_lost_is_back_on_its_desk_after_a_crash() {
     let (dir, alice, session, conv) = crashed_after_conversation(1, 40).await;
-    let segment = segments(dir.path()).pop().expect("a segment");
-    let bytes = std::fs::read(&segment).expect("read");
-    let all = records(&bytes);
+    let (segment, all) = newest_records(dir.path());
     let is_assigned = |r: &Record| {
         matches!(
             r,
@@ -323,14 +382,12 @@ async fn an_assignment_the_agents_record_lost_is_back_on_its_desk_after_a_crash(
             ..
         } if view.state == TaskState::Assigned)
     };
-    let conversation_at = all
-        .iter()
-        .position(|(_, r)| is_assigned(r))
-        .expect("the conversation's record of the assignment");
-    let agent_at = all
-        .iter()
-        .position(|(_, r)| is_tracked(r))
-        .expect("the agent's record of the assignment");
+    let conversation_at = first_of(&all, "the conversation's record of the assignment", |r| {
+        is_assigned(r)
+    });
+    let agent_at = first_of(&all, "the agent's record of the assignment", |r| {
+        is_tracked(r)
+    });
     assert!(
         conversation_at < agent_at,
         "the conversation records it first"
@@ -357,10 +414,7 @@ async fn an_assignment_the_agents_record_lost_is_back_on_its_desk_after_a_crash(
     desk.end(&conv).await;
     desk.complete(&task, "resolved", "").await;
     // Its capacity (1) is free again: the next customer's task is offered.
-    let next = h.create_session("Ben", None).await;
-    let (mut ws2, _) = h.connect_customer(&next).await;
-    ws2.say("Anyone there?").await;
-    desk.take_offer().await;
+    next_customer_is_offered(&h, &mut desk).await;
     kill_9(broker);
 }
 
@@ -369,39 +423,36 @@ async fn an_assignment_the_agents_record_lost_is_back_on_its_desk_after_a_crash(
 /// agent kept the task: in its `hello`, and in its load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_the_agents_record_lost_leaves_no_task_on_its_desk_after_a_crash() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, h) = broker_on(dir.path());
-    let (alice, _session, conv) = conversation(&h, 1, 40).await;
-    let (mut desk, hello) = h.connect_agent(&alice).await;
-    let task = s(&hello["tasks"][0]["id"]);
+    let Held {
+        dir,
+        broker,
+        alice,
+        conv,
+        mut desk,
+        task,
+        ..
+    } = held_conversation().await;
     desk.end(&conv).await;
     desk.complete(&task, "resolved", "").await;
     settle(dir.path());
     kill_9(broker);
 
-    let segment = segments(dir.path()).pop().expect("a segment");
-    let all = records(&std::fs::read(&segment).expect("read"));
-    let completed_at = all
-        .iter()
-        .position(|(_, r)| {
-            matches!(
-                r,
-                Record::Conversation {
-                    event: ConversationEvent::Completed { .. },
-                    ..
-                }
-            )
-        })
-        .expect("the conversation's record of the completion");
-    let dropped_at = all
-        .iter()
-        .position(|(_, r)| {
-            matches!(r, Record::Agent {
+    let (segment, all) = newest_records(dir.path());
+    let completed_at = first_of(&all, "the conversation's record of the completion", |r| {
+        matches!(
+            r,
+            Record::Conversation {
+                event: ConversationEvent::Completed { .. },
+                ..
+            }
+        )
+    });
+    let dropped_at = first_of(&all, "the agent's record that it let the task go", |r| {
+        matches!(r, Record::Agent {
                 event: AgentEvent::TaskDropped { task_id },
                 ..
             } if &**task_id == task.as_str())
-        })
-        .expect("the agent's record that it let the task go");
+    });
     assert!(
         completed_at < dropped_at,
         "the conversation records it first"
@@ -416,10 +467,7 @@ async fn a_completion_the_agents_record_lost_leaves_no_task_on_its_desk_after_a_
     let state = h.conversation(&conv).await;
     assert_eq!(state["task"]["state"], "completed", "{state}");
     // And the agent takes the next customer.
-    let next = h.create_session("Ben", None).await;
-    let (mut ws, _) = h.connect_customer(&next).await;
-    ws.say("Anyone there?").await;
-    desk.take_offer().await;
+    next_customer_is_offered(&h, &mut desk).await;
     kill_9(broker);
 }
 
@@ -431,12 +479,12 @@ async fn a_completion_the_agents_record_lost_leaves_no_task_on_its_desk_after_a_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_its_channel_never_named_before_a_crash_is_not_offered_after_it() {
     let (dir, alice, session, conv) = crashed_after_conversation(1, 40).await;
-    let segment = segments(dir.path()).pop().expect("a segment");
-    let all = records(&std::fs::read(&segment).expect("read"));
-    let opened_at = all
-        .iter()
-        .position(|(_, r)| matches!(r, Record::ConversationOpened(c) if *c.id == *conv))
-        .expect("the conversation's record of its opening");
+    let (segment, all) = newest_records(dir.path());
+    let opened_at = first_of(
+        &all,
+        "the conversation's record of its opening",
+        |r| matches!(r, Record::ConversationOpened(c) if *c.id == *conv),
+    );
     assert!(
         matches!(
             &all[opened_at + 1].1,
@@ -475,11 +523,16 @@ async fn a_conversation_its_channel_never_named_before_a_crash_is_not_offered_af
 /// stayed his, alice's desk had lost it too, and nobody could answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_transfer_the_routers_record_lost_stands_after_a_crash() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, h) = broker_on(dir.path());
-    let (alice, session, conv) = conversation(&h, 1, 40).await;
-    let (mut a, hello) = h.connect_agent(&alice).await;
-    let task = s(&hello["tasks"][0]["id"]);
+    let Held {
+        dir,
+        broker,
+        h,
+        alice,
+        session,
+        conv,
+        desk: mut a,
+        task,
+    } = held_conversation().await;
     let bob = h.create_agent("bob", 1, &[]).await;
     let mut b = h.agent_online(&bob).await;
     let v = a
@@ -496,12 +549,9 @@ async fn a_warm_transfer_the_routers_record_lost_stands_after_a_crash() {
     settle(dir.path());
     kill_9(broker);
 
-    let segment = segments(dir.path()).pop().expect("a segment");
-    let all = records(&std::fs::read(&segment).expect("read"));
-    let moved_at = all
-        .iter()
-        .rposition(|(_, r)| {
-            matches!(r, Record::Conversation {
+    let (segment, all) = newest_records(dir.path());
+    let moved_at = last_of(&all, "the conversation's record of the move to bob", |r| {
+        matches!(r, Record::Conversation {
                 event: ConversationEvent::TaskMoved {
                     state: TaskState::Assigned,
                     agent_id: Some(agent),
@@ -509,12 +559,10 @@ async fn a_warm_transfer_the_routers_record_lost_stands_after_a_crash() {
                 },
                 ..
             } if &**agent == "bob")
-        })
-        .expect("the conversation's record of the move to bob");
-    let routed_at = all
-        .iter()
-        .position(|(_, r)| matches!(r, Record::Router(RouterEvent::TransferredWarm { .. })))
-        .expect("the router's record of the move");
+    });
+    let routed_at = first_of(&all, "the router's record of the move", |r| {
+        matches!(r, Record::Router(RouterEvent::TransferredWarm { .. }))
+    });
     assert!(moved_at < routed_at, "the conversation records it first");
     cut_at(&segment, all[routed_at].0);
 
@@ -548,11 +596,16 @@ async fn crashed_between_router_and_conversation(
     router_side: impl Fn(&RouterEvent) -> bool,
     conversation_side: impl Fn(&ConversationEvent) -> bool,
 ) -> (tempfile::TempDir, Agent, Session, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, h) = broker_on(dir.path());
-    let (alice, session, conv) = conversation(&h, 1, 40).await;
-    let (mut a, hello) = h.connect_agent(&alice).await;
-    let task = s(&hello["tasks"][0]["id"]);
+    let Held {
+        dir,
+        broker,
+        h,
+        alice,
+        session,
+        conv,
+        desk: mut a,
+        task,
+    } = held_conversation().await;
     let v = a.call(command(&task)).await;
     assert_eq!(v["type"], answer, "{v}");
     h.wait_agent("alice", "capacity back", |v| v["load"]["webchat"] == 0)
@@ -571,18 +624,17 @@ fn cut_between(
     router_side: impl Fn(&RouterEvent) -> bool,
     conversation_side: impl Fn(&ConversationEvent) -> bool,
 ) {
-    let segment = segments(dir).pop().expect("a segment");
-    let all = records(&std::fs::read(&segment).expect("read"));
-    let routed_at = all
-        .iter()
-        .rposition(|(_, r)| matches!(r, Record::Router(e) if router_side(e)))
-        .expect("the router's record");
-    let followed_at = all
-        .iter()
-        .rposition(
-            |(_, r)| matches!(r, Record::Conversation { event, .. } if conversation_side(event)),
-        )
-        .expect("the conversation's record");
+    let (segment, all) = newest_records(dir);
+    let routed_at = last_of(
+        &all,
+        "the router's record",
+        |r| matches!(r, Record::Router(e) if router_side(e)),
+    );
+    let followed_at = last_of(
+        &all,
+        "the conversation's record",
+        |r| matches!(r, Record::Conversation { event, .. } if conversation_side(event)),
+    );
     assert!(routed_at < followed_at, "the router records it first");
     cut_at(&segment, all[followed_at].0);
 }
@@ -738,15 +790,11 @@ async fn an_outbound_conversation_a_crash_left_unstarted_lets_the_agent_start_ag
     settle(dir.path());
     kill_9(broker);
 
-    let segment = segments(dir.path()).pop().expect("a segment");
-    let all = records(&std::fs::read(&segment).expect("read"));
-    let named_at = all
-        .iter()
-        .position(|(_, r)| {
-            matches!(r, Record::Webchat(WebchatEvent::ConversationOpened { conversation, .. })
+    let (segment, all) = newest_records(dir.path());
+    let named_at = first_of(&all, "the channel's record naming it", |r| {
+        matches!(r, Record::Webchat(WebchatEvent::ConversationOpened { conversation, .. })
                 if **conversation == *conv)
-        })
-        .expect("the channel's record naming it");
+    });
     assert!(
         matches!(&all[named_at - 1].1, Record::ConversationOpened(c) if *c.id == *conv),
         "the conversation's opening comes just before"
@@ -804,20 +852,24 @@ fn append_record(segment: &Path, record: switchboard::journal::record::RecordRef
 /// missed, until the wrap-up ran out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_withdrawn_as_its_chat_ended_is_completed_not_offered_again() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (broker, h) = broker_on(dir.path());
-    let (alice, _session, conv) = conversation(&h, 1, 40).await;
-    let (mut desk, hello) = h.connect_agent(&alice).await;
-    let task = s(&hello["tasks"][0]["id"]);
+    let Held {
+        dir,
+        broker,
+        alice,
+        conv,
+        mut desk,
+        task,
+        ..
+    } = held_conversation().await;
     desk.end(&conv).await;
     settle(dir.path());
     kill_9(broker);
 
-    let segment = segments(dir.path()).pop().expect("a segment");
-    let all = records(&std::fs::read(&segment).expect("read"));
-    let ended_at = all
-        .iter()
-        .position(|(_, r)| {
+    let (segment, all) = newest_records(dir.path());
+    let ended_at = first_of(
+        &all,
+        "the conversation's record of the end (wrap-up begins)",
+        |r| {
             matches!(
                 r,
                 Record::Conversation {
@@ -825,12 +877,11 @@ async fn a_task_withdrawn_as_its_chat_ended_is_completed_not_offered_again() {
                     ..
                 }
             )
-        })
-        .expect("the conversation's record of the end (wrap-up begins)");
-    let wrapping_at = all
-        .iter()
-        .position(|(_, r)| matches!(r, Record::Router(RouterEvent::Wrapping { .. })))
-        .expect("the router's record of the wrap-up");
+        },
+    );
+    let wrapping_at = first_of(&all, "the router's record of the wrap-up", |r| {
+        matches!(r, Record::Router(RouterEvent::Wrapping { .. }))
+    });
     assert!(ended_at < wrapping_at, "the conversation records it first");
     cut_at(&segment, all[wrapping_at].0);
     append_record(
