@@ -154,7 +154,7 @@ pub fn rebuild(broker: &Arc<Broker>, prepared: Prepared, actors: Channels<'_>) -
                  its customer or agent was never answered and sends again"
             );
         }
-        crate::journal::record::write(broker.journal.as_ref(), record.as_written());
+        crate::journal::record::write_record(broker.journal.as_ref(), &record);
         state.apply(record, &settings);
     }
     let Channels {
@@ -273,12 +273,7 @@ impl Replayed {
         // agent out of step (`Agent::settle_tasks`).
         let mut held: IdMap<Id, Vec<crate::protocol::TaskView>> = IdMap::default();
         for c in self.conversations.values() {
-            if let Some(agent) = c.state.agent_id.as_ref().filter(|_| {
-                matches!(
-                    c.state.task_state,
-                    TaskState::Assigned | TaskState::Wrapping
-                )
-            }) {
+            if let Some(agent) = c.state.holder() {
                 held.entry(agent.clone())
                     .or_default()
                     .push(c.state.task_view());
@@ -303,16 +298,8 @@ impl Replayed {
                 );
                 continue;
             };
-            let holds_agent = matches!(
-                c.state.task_state,
-                TaskState::Assigned | TaskState::Wrapping
-            );
-            let agent = c
-                .state
-                .agent_id
-                .as_ref()
-                .filter(|_| holds_agent)
-                .and_then(agent_addr);
+            let holder = c.state.holder().cloned();
+            let agent = holder.as_ref().and_then(agent_addr);
             broker.register_conversation(
                 c.state.id.clone(),
                 c.state.task_id.clone(),
@@ -322,7 +309,7 @@ impl Replayed {
                 task_id: c.state.task_id.clone(),
                 addr: c.addr,
                 state: c.state.task_state,
-                agent: c.state.agent_id.clone().filter(|_| holds_agent),
+                agent: holder,
             });
             let actor = Conversation::restored(broker, c.state, channel, agent, c.enqueue);
             let mailbox = c.mailbox;

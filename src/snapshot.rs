@@ -116,11 +116,6 @@ impl BrokerState {
         }
     }
 
-    /// A conversation leaves the state (`ConversationForgotten`).
-    pub fn forget_conversation(&mut self, id: &Id) {
-        self.conversations.remove(id);
-    }
-
     /// Conversations a crash left before they started, and the records
     /// that drop each one (its channel's, then its own
     /// `ConversationForgotten`), to be journaled and applied. A channel
@@ -150,10 +145,10 @@ impl BrokerState {
                 ChannelKind::Webchat => webchat.contains(&c.id),
                 kind => self.providers.get(&kind).is_some_and(|p| p.names(&c.id)),
             };
-            if named && !self.router.holds(&c.task_id) {
-                continue;
-            }
             if named {
+                if !self.router.holds(&c.task_id) {
+                    continue;
+                }
                 match c.channel {
                     ChannelKind::Webchat => {
                         out.push(Record::Webchat(WebchatEvent::ConversationForgotten {
@@ -193,7 +188,9 @@ impl BrokerState {
                     c.apply(event);
                 }
             }
-            Record::ConversationForgotten { id } => self.forget_conversation(&id),
+            Record::ConversationForgotten { id } => {
+                self.conversations.remove(&id);
+            }
             Record::AgentCreated {
                 profile,
                 token,

@@ -386,12 +386,7 @@ impl Conversation {
 
     /// Is `agent_id` the agent holding this conversation?
     fn check_agent(&self, agent_id: &Id) -> Result<(), ApiError> {
-        let holds = self.state.agent_id.as_ref() == Some(agent_id)
-            && matches!(
-                self.state.task_state,
-                TaskState::Assigned | TaskState::Wrapping
-            );
-        if holds {
+        if self.state.holder() == Some(agent_id) {
             Ok(())
         } else {
             Err(ApiError::NotYourTask(format!(

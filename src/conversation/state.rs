@@ -268,6 +268,13 @@ impl ConversationState {
         }
     }
 
+    /// The agent holding the task (assigned, or in wrap-up), if any.
+    pub fn holder(&self) -> Option<&Id> {
+        self.agent_id
+            .as_ref()
+            .filter(|_| matches!(self.task_state, TaskState::Assigned | TaskState::Wrapping))
+    }
+
     pub fn task_view(&self) -> TaskView {
         let preview = self
             .messages

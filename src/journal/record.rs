@@ -7,7 +7,7 @@
 //! they are about to apply, so journaling encodes but never clones; replay
 //! decodes the owned [`Record`]. The two enums must list the same variants
 //! in the same order with the same field types (a borrowed `&T` encodes as
-//! `T`): the unit tests below check each variant's round trip.
+//! `T`): the unit tests below check each variant's round trip, both ways.
 //!
 //! The encoding is the journal codec's (`crate::codec`). A record is
 //! self-contained: it needs nothing but the records before it.
@@ -91,8 +91,10 @@ pub enum RecordRef<'a> {
     },
 }
 
-/// One state change, as read back for replay.
-#[derive(Debug, Deserialize)]
+/// One state change, as read back for replay. It encodes as its
+/// [`RecordRef`] does, so a record made from state rather than by an actor
+/// (recovery's amendments) is written as it is: [`write_record`].
+#[derive(Debug, Serialize, Deserialize)]
 pub enum Record {
     Router(RouterEvent),
     ConversationOpened(Box<ConversationState>),
@@ -145,70 +147,6 @@ pub enum Record {
     },
 }
 
-impl Record {
-    /// The same record as it is written: what a record made from state
-    /// rather than by an actor (recovery's amendments) is journaled as.
-    pub fn as_written(&self) -> RecordRef<'_> {
-        match self {
-            Record::Router(event) => RecordRef::Router(event),
-            Record::ConversationOpened(state) => RecordRef::ConversationOpened(state),
-            Record::Conversation { id, event } => RecordRef::Conversation { id, event },
-            Record::ConversationForgotten { id } => RecordRef::ConversationForgotten { id },
-            Record::AgentCreated {
-                profile,
-                token,
-                expires_at,
-            } => RecordRef::AgentCreated {
-                profile,
-                token,
-                expires_at: *expires_at,
-            },
-            Record::AgentTokenRotated {
-                id,
-                token,
-                expires_at,
-            } => RecordRef::AgentTokenRotated {
-                id,
-                token,
-                expires_at: *expires_at,
-            },
-            Record::AgentRemoved { id } => RecordRef::AgentRemoved { id },
-            Record::Agent { id, event } => RecordRef::Agent { id, event },
-            Record::Webchat(event) => RecordRef::Webchat(event),
-            Record::Provider { channel, event } => RecordRef::Provider {
-                channel: *channel,
-                event,
-            },
-            Record::Canned(event) => RecordRef::Canned(event),
-            Record::AttachmentStored {
-                meta,
-                uploader,
-                quota,
-                at,
-            } => RecordRef::AttachmentStored {
-                meta,
-                uploader,
-                quota: quota.as_ref(),
-                at: *at,
-            },
-            Record::WebhookQueued {
-                url,
-                id,
-                lane,
-                body,
-                at,
-            } => RecordRef::WebhookQueued {
-                url,
-                id,
-                lane: *lane,
-                body,
-                at: *at,
-            },
-            Record::WebhookDone { url, id } => RecordRef::WebhookDone { url, id },
-        }
-    }
-}
-
 /// Append `record` to the journal, if the broker keeps one. Never blocks
 /// (the journal's writer thread does the I/O). An append the journal
 /// refuses is logged and counted: the state change has happened in memory,
@@ -217,10 +155,19 @@ impl Record {
 /// written; the entry points refuse new work with `unavailable` while the
 /// journal is unhealthy.
 pub fn write(journal: Option<&Journal>, record: RecordRef<'_>) {
+    append(journal, &record);
+}
+
+/// Append an owned `record`, as [`write`] does.
+pub fn write_record(journal: Option<&Journal>, record: &Record) {
+    append(journal, record);
+}
+
+fn append<T: Serialize>(journal: Option<&Journal>, record: &T) {
     let Some(journal) = journal else {
         return;
     };
-    match crate::codec::encode(&record) {
+    match crate::codec::encode(record) {
         Ok(bytes) => {
             if let Err(e) = journal.append(&bytes) {
                 tracing::error!(error = %e, "journal append refused; the change is in memory only");
@@ -240,12 +187,13 @@ mod tests {
     use super::*;
     use crate::protocol::{Activity, Customer, PerChannel};
 
-    /// Written, read back, and written again from what was read
-    /// (`Record::as_written`): the same bytes both times.
+    /// Written, read back, and written again from what was read (the
+    /// owned `Record`, as `write_record` writes it): the same bytes both
+    /// times.
     fn round_trip(record: RecordRef<'_>) -> Record {
         let bytes = crate::codec::encode(&record).expect("encode");
         let back = read(&bytes).expect("decode");
-        let again = crate::codec::encode(&back.as_written()).expect("encode again");
+        let again = crate::codec::encode(&back).expect("encode again");
         assert_eq!(again, bytes, "{back:?} written again");
         back
     }

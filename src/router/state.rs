@@ -545,12 +545,12 @@ impl RouterState {
         task
     }
 
-    /// A waiting task, by id.
     /// Whether the router holds this task (offered, assigned, wrapping).
     pub fn holds(&self, task_id: &Id) -> bool {
         self.held.contains_key(task_id)
     }
 
+    /// A waiting task, by id.
     pub fn waiting_task(&self, task_id: &Id) -> Option<&RoutableTask> {
         let (bucket, key) = self.queued.get(task_id)?;
         self.waiting.get(bucket)?.get(key)
