@@ -111,3 +111,79 @@ async fn kill_9_mid_load_loses_no_acknowledged_message_and_duplicates_none() {
     let (_broker, h) = broker_on(dir.path());
     assert_recovered(&h, &outcome, &agents, CAPACITY, 10).await;
 }
+
+/// The conversation workflow (`loadtest/src/workflow.rs`: offers accepted,
+/// rejected and run out, transfers cold and warm, parks, ends, breaks,
+/// desks and customers away around their graces, leaves, outbound chats, a
+/// supervisor's force-completes) with the broker killed (`kill -9`) three
+/// times along the way, each time started again on the same data dir and
+/// address.
+/// Every client reconnects as after a network drop and customers resend
+/// what had no `ack`; then the workflow's checks: the router and every
+/// conversation agree on each holder, no agent over capacity or sent a
+/// frame of a conversation it does not hold, every acknowledged message
+/// stored once at its `seq`, every task completed or canceled in the end
+/// with all capacity given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_workflow_survives_kill_9s_along_the_way() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_owned();
+    let start = move |bind: &str| {
+        let mut broker = Broker::start(
+            binary()
+                .args(["--bind", bind, "--data-dir"])
+                .arg(&data)
+                .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN)
+                .env("SWITCHBOARD_CLIENT_LIMITS", "false")
+                .env("SWITCHBOARD_OFFER_TIMEOUT", "2s")
+                .env("SWITCHBOARD_REOFFER_COOLDOWN", "300ms")
+                .env("SWITCHBOARD_DISCONNECT_GRACE", "1s")
+                .env("SWITCHBOARD_CUSTOMER_GRACE", "1s"),
+        );
+        let api = broker.stdout_value("api");
+        (broker, api.trim_end_matches("/v1").to_owned())
+    };
+    let (broker, base) = start("127.0.0.1:0");
+    let addr = base.trim_start_matches("http://").to_owned();
+    let broker = std::sync::Arc::new(std::sync::Mutex::new(Some(broker)));
+    let start = std::sync::Arc::new(start);
+    let fault: loadtest::workflow::Fault = {
+        let broker = broker.clone();
+        Box::new(move || {
+            let (broker, start, addr) = (broker.clone(), start.clone(), addr.clone());
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut slot = broker.lock().expect("broker");
+                    if let Some(mut old) = slot.take() {
+                        old.signal(libc::SIGKILL);
+                        old.wait_exit(Duration::from_secs(10));
+                    }
+                    *slot = Some(start(&addr).0);
+                })
+                .await
+                .expect("restart");
+            })
+        })
+    };
+    let outcome = loadtest::workflow::run(loadtest::workflow::Options {
+        base: base.clone(),
+        customer_base: None,
+        admin: ADMIN.to_owned(),
+        agents: 60,
+        conversations: 600,
+        limit: Duration::from_secs(90),
+        // `FLOW_SEED` for a soak by hand.
+        seed: std::env::var("FLOW_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3),
+        chaos: Duration::from_secs(8),
+        fault: Some((fault, 3)),
+    })
+    .await;
+    if let Err(failures) = outcome {
+        panic!("the workflow across kill -9s failed:\n{failures}");
+    }
+    let restarted = broker.lock().expect("broker").take();
+    assert!(restarted.is_some(), "the fault never ran");
+}

@@ -1,9 +1,10 @@
 //! Transfers, parking and ends under concurrency over real sockets: 60
-//! agents and 600 webchat conversations, agents accepting and rejecting,
-//! replying, transferring cold (to agents and queues) and warm (some
-//! canceled), parking (some until a time), ending in the middle of
-//! transfers and dropping their sockets, a supervisor force-completing
-//! tasks, while customers keep writing. Then everything is wound down and
+//! agents and 600 webchat conversations, agents accepting, rejecting and
+//! letting offers run out, replying, transferring cold (to agents and
+//! queues) and warm (some canceled), parking (some until a time), ending in
+//! the middle of transfers, taking breaks and dropping their sockets (some
+//! for about their disconnect grace), a supervisor force-completing tasks,
+//! while customers keep writing, leave, or go away for about their grace. Then everything is wound down and
 //! checked: no agent ever got a frame of a conversation it did not hold, no
 //! agent was ever over capacity, the router and the conversations agreed on
 //! every holder, and every task ended in a final state with all capacity
@@ -11,7 +12,7 @@
 //!
 //! The scenario is the load harness's (`loadtest/src/workflow.rs`, which
 //! `loadtest --workflow` runs at the full size, 300 agents and 3,000
-//! conversations, in release mode in CI); here it runs at a tenth of that
+//! conversations, in release mode in CI); here it runs at a fifth of that
 //! against a broker this test starts. `FLOW_AGENTS` and
 //! `FLOW_CONVERSATIONS` change the size.
 
@@ -45,9 +46,12 @@ async fn transfers_parks_and_ends_keep_one_holder_under_load() {
     let mut cfg = test_config().without_client_limits();
     cfg.offer_timeout = Duration::from_secs(2);
     cfg.reoffer_cooldown = Duration::from_millis(300);
+    cfg.disconnect_grace = workflow::GRACE;
+    cfg.customer_grace = workflow::GRACE;
     let h = start_with(cfg);
     let outcome = workflow::run(Options {
         base: h.url(""),
+        customer_base: None,
         admin: h.admin.clone(),
         agents,
         conversations,
@@ -55,6 +59,7 @@ async fn transfers_parks_and_ends_keep_one_holder_under_load() {
         limit: RUN_TIMEOUT * conversations.div_ceil(CONVERSATIONS) as u32,
         seed: 1,
         chaos: CHAOS,
+        fault: None,
     })
     .await;
     if let Err(failures) = outcome {

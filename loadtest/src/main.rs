@@ -439,6 +439,13 @@ pub struct Args {
     /// on any violation.
     #[arg(long)]
     workflow: bool,
+    /// With --workflow and --broker-bin (which then starts the broker with
+    /// the short offers and graces the workflow needs, on a fresh data dir
+    /// under the system's temp dir): kill it (`kill -9`) this many times
+    /// during the chaos, each time starting it again on the same address
+    /// and data dir.
+    #[arg(long, default_value_t = 0)]
+    kills: usize,
 }
 
 impl Args {
@@ -1238,6 +1245,142 @@ fn new_run_id() -> String {
     format!("{secs:x}-{:x}", std::process::id())
 }
 
+/// The flags the workflow needs of a broker it starts itself.
+const WORKFLOW_BROKER_FLAGS: &[&str] = &[
+    "--offer-timeout",
+    "2s",
+    "--reoffer-cooldown",
+    "300ms",
+    "--disconnect-grace",
+    "1s",
+    "--customer-grace",
+    "1s",
+];
+
+/// Run it against a broker of its own (`bin`, on a fresh data dir under the
+/// system's temp dir, on a free loopback port), killed `kills` times during
+/// the chaos and started again each time on the same port, token and data
+/// dir. `options` makes the run's options from the broker's URL, its admin
+/// token and the fault.
+async fn workflow_with_own_broker(
+    bin: &std::path::Path,
+    kills: usize,
+    options: impl FnOnce(String, String, Option<(workflow::Fault, usize)>) -> workflow::Options,
+) -> Result<(), String> {
+    let root = std::env::temp_dir().join(format!("switchboard-workflow-{}", new_run_id()));
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+    let log = root.join("broker.log");
+    let data_arg = data.display().to_string();
+    let mut flags: Vec<String> = WORKFLOW_BROKER_FLAGS
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    flags.extend(["--data-dir".into(), data_arg]);
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let first = peer::start_broker(bin, &args, &[], &log).await?;
+    let (url, token) = (first.url.clone(), first.token.clone());
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("the broker's URL {url} has no port"))?;
+    let broker = std::sync::Arc::new(tokio::sync::Mutex::new(Some(first)));
+    let fault: Option<(workflow::Fault, usize)> = (kills > 0).then(|| {
+        let (broker, bin, token, log) =
+            (broker.clone(), bin.to_owned(), token.clone(), log.clone());
+        let fault: workflow::Fault = Box::new(move || {
+            let (broker, bin, token, log, flags) = (
+                broker.clone(),
+                bin.clone(),
+                token.clone(),
+                log.clone(),
+                flags.clone(),
+            );
+            Box::pin(async move {
+                let mut slot = broker.lock().await;
+                if let Some(mut old) = slot.take() {
+                    old.kill().await;
+                }
+                let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+                match peer::start_broker_on(&bin, port, &token, &args, &[], &log).await {
+                    Ok(again) => *slot = Some(again),
+                    // Reported by the clients, which then find no broker.
+                    Err(e) => eprintln!("loadtest: --workflow: restarting the broker: {e}"),
+                }
+            })
+        });
+        (fault, kills)
+    });
+    let outcome = workflow::run(options(url, token, fault)).await;
+    if let Some(last) = broker.lock().await.take() {
+        last.stop().await;
+    }
+    if outcome.is_ok() {
+        let _ = std::fs::remove_dir_all(&root);
+    } else {
+        eprintln!(
+            "loadtest: --workflow: the broker's log and data dir are kept in {}",
+            root.display()
+        );
+    }
+    outcome
+}
+
+/// `--workflow`: against the broker at --url, or one of its own
+/// (`--broker-bin`, killed `--kills` times along the way).
+async fn workflow_main(args: &Args) -> ExitCode {
+    let outcome = match &args.broker_bin {
+        Some(bin) => {
+            workflow_with_own_broker(bin, args.kills, |base, admin, fault| workflow::Options {
+                base,
+                customer_base: None,
+                admin,
+                agents: args.agents,
+                conversations: args.conversations,
+                limit: args.duration,
+                seed: args.seed.unwrap_or(1),
+                chaos: workflow::CHAOS,
+                fault,
+            })
+            .await
+        }
+        None => {
+            if args.admin_token.is_empty() {
+                eprintln!("loadtest: --workflow needs --admin-token or SWITCHBOARD_ADMIN_TOKEN");
+                return ExitCode::from(2);
+            }
+            if args.kills > 0 {
+                eprintln!("loadtest: --kills needs --broker-bin (the harness restarts the broker)");
+                return ExitCode::from(2);
+            }
+            if let Err(e) = args.target(&args.url) {
+                eprintln!("loadtest: --url: {e}");
+                return ExitCode::from(2);
+            }
+            workflow::run(workflow::Options {
+                base: args.url.clone(),
+                customer_base: None,
+                admin: args.admin_token.clone(),
+                agents: args.agents,
+                conversations: args.conversations,
+                limit: args.duration,
+                seed: args.seed.unwrap_or(1),
+                chaos: workflow::CHAOS,
+                fault: None,
+            })
+            .await
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadtest: --workflow failed:\n{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     // Before the runtime starts its threads, so that it sizes itself to the
@@ -1285,30 +1428,7 @@ async fn real_main(argv: Vec<String>) -> ExitCode {
         return workers::child_main(first).await;
     }
     if first.workflow {
-        if first.admin_token.is_empty() {
-            eprintln!("loadtest: --workflow needs --admin-token or SWITCHBOARD_ADMIN_TOKEN");
-            return ExitCode::from(2);
-        }
-        if let Err(e) = first.target(&first.url) {
-            eprintln!("loadtest: --url: {e}");
-            return ExitCode::from(2);
-        }
-        let opts = workflow::Options {
-            base: first.url.clone(),
-            admin: first.admin_token.clone(),
-            agents: first.agents,
-            conversations: first.conversations,
-            limit: first.duration,
-            seed: first.seed.unwrap_or(1),
-            chaos: workflow::CHAOS,
-        };
-        return match workflow::run(opts).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("loadtest: --workflow failed:\n{e}");
-                ExitCode::from(1)
-            }
-        };
+        return workflow_main(&first).await;
     }
     let specs = match &first.scenario {
         Some(path) => {

@@ -228,6 +228,12 @@ pub struct Broker {
 impl Broker {
     /// Kills the broker (it keeps nothing on disk) and waits for it.
     pub async fn stop(mut self) {
+        self.kill().await;
+    }
+
+    /// `kill -9` (what `Child::start_kill` sends on Unix), and wait for it
+    /// to be gone.
+    pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = timeout(Duration::from_secs(10), self.child.wait()).await;
     }
@@ -264,7 +270,28 @@ pub async fn start_broker(
         .map_err(|e| format!("finding a free loopback port: {e}"))?
         .port();
     let token = new_token()?;
-    let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    start_broker_on(bin, port, &token, extra, cpus, log).await
+}
+
+/// Starts the broker `bin` on loopback `port` with admin `token` and `extra`
+/// flags, pinned to `cpus` (none: not pinned), its output appended to
+/// `log`; returns once `/healthz` answers. Started again on the same port,
+/// token and data dir after a kill, it is the same broker to its clients.
+pub async fn start_broker_on(
+    bin: &Path,
+    port: u16,
+    token: &str,
+    extra: &[&str],
+    cpus: &[usize],
+    log: &Path,
+) -> Result<Broker, String> {
+    let token = token.to_owned();
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out
         .try_clone()
         .map_err(|e| format!("{}: {e}", log.display()))?;
@@ -278,7 +305,9 @@ pub async fn start_broker(
         .stdout(out)
         .stderr(err)
         .kill_on_drop(true);
-    affinity::pin_command(&mut cmd, cpus)?;
+    if !cpus.is_empty() {
+        affinity::pin_command(&mut cmd, cpus)?;
+    }
     net::raise_nofile_limit()?;
     let mut child = cmd
         .spawn()

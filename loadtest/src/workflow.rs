@@ -1,10 +1,14 @@
 //! `--workflow`: the conversation workflow under concurrency, at the issue's
 //! size (300 agents, 3,000 webchat conversations by default), against a
-//! running broker. Agents accept and reject, reply, transfer cold (to agents
-//! and queues) and warm (some canceled), park (some until a time), end in
-//! the middle of transfers and drop their sockets; a supervisor
-//! force-completes tasks; customers keep writing. Then everything is wound
-//! down and checked, each check a hard failure (exit code 1):
+//! running broker. Agents accept, reject and let offers run out (answering
+//! some after they did), reply, transfer cold (to agents and queues) and
+//! warm (some canceled), park (some until a time), end in the middle of
+//! transfers, take breaks, drop their sockets and come back within their
+//! disconnect grace or around its end (their tasks then withdrawn as they
+//! return); a supervisor force-completes tasks; customers keep writing,
+//! leave, and drop their sockets for about their grace (a waiting task
+//! canceled as they return). Then everything is wound down and checked, each
+//! check a hard failure (exit code 1):
 //!
 //! - no agent ever got a frame (`message`, `typing`) of a conversation it
 //!   did not hold;
@@ -13,16 +17,26 @@
 //!   (`GET /v1/conversations/{id}`) agree on the one holder of each
 //!   assigned task;
 //! - every task ends `completed` or `canceled`, all capacity given back;
+//! - every customer message the broker acknowledged is in its
+//!   conversation's history exactly once, at the acknowledged `seq`;
 //! - the run did what it is about (transfers both kinds, parks, ends
-//!   mid-transfer, disconnects, force-completes all happened).
+//!   mid-transfer, disconnects, withdrawals after the grace, offers run
+//!   out and answered late, breaks, customers leaving and coming back,
+//!   outbound chats started and refused, force-completes all happened).
 //!
-//! `tests/transfers_concurrency.rs` runs this same code at a tenth of the
-//! size in the debug test suite (the library target); `--workflow` runs it
-//! in release mode in CI's load smoke. The broker it runs against needs short offers
-//! (`--offer-timeout 2s --reoffer-cooldown 300ms`) and no per-client limits
-//! (`--client-limits false`), as `.ci/run` starts it.
+//! `tests/transfers_concurrency.rs` runs this same code at a fifth of the
+//! size in the debug test suite (the library target), `tests/durability.rs`
+//! with `kill -9`s of the broker along the way ([`Options::fault`]) and
+//! `tests/cluster_workflow.rs` through a cluster whose active node is
+//! killed; `--workflow` runs it in release mode in CI's load smoke, with and
+//! without kills. The broker it runs against needs short offers
+//! and graces (`--offer-timeout 2s --reoffer-cooldown 300ms
+//! --disconnect-grace 1s --customer-grace 1s`: [`GRACE`]) and no per-client
+//! limits (`--client-limits false`), as `.ci/run` starts it.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -43,12 +57,24 @@ type Raw = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const CAPACITY: u64 = 3;
 /// How long everyone acts once every customer is connected, at full size.
 pub const CHAOS: Duration = Duration::from_secs(10);
-/// How long the pause lets what is in flight land before the holder check.
-const PAUSE: Duration = Duration::from_millis(1500);
+/// How long the pause lets what is in flight land before the holder check:
+/// longer than [`GRACE`], so a desk that left just before the pause has had
+/// its tasks withdrawn by then.
+const PAUSE: Duration = Duration::from_millis(1800);
+/// The broker's `disconnect_grace` and `customer_grace`, as the run expects
+/// them: desks and customers stay away around this long.
+pub const GRACE: Duration = Duration::from_secs(1);
+/// The broker's `offer_timeout`, as the run expects it: a late answer comes
+/// after this.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What one run is asked for.
 pub struct Options {
+    /// Where the desks connect and the admin calls go.
     pub base: String,
+    /// Where the customers connect, when not `base` (another node of a
+    /// cluster).
+    pub customer_base: Option<String>,
     pub admin: String,
     pub agents: usize,
     pub conversations: usize,
@@ -57,7 +83,19 @@ pub struct Options {
     pub seed: u64,
     /// How long everyone acts once every customer is connected.
     pub chaos: Duration,
+    /// Faults during the chaos, `kills` of them spread evenly over it: the
+    /// broker killed and started again on the same address and data dir
+    /// (what `tests/durability.rs` passes). Every client then reconnects as
+    /// after a network drop, and customers resend what was not
+    /// acknowledged, with the same `client_msg_id`; the checks are the same.
+    pub fault: Option<(Fault, usize)>,
 }
+
+/// Kills the broker and brings it back, resolving once it serves again.
+pub type Fault = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// How long clients keep trying to reconnect while the broker is restarted.
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Shared {
@@ -72,17 +110,60 @@ struct Shared {
     ends_mid_transfer: AtomicUsize,
     disconnects: AtomicUsize,
     force_completes: AtomicUsize,
+    /// Desks away for about their grace, and tasks they found withdrawn
+    /// when they came back.
+    long_disconnects: AtomicUsize,
+    withdrawn: AtomicUsize,
+    /// Offers let run out, and the answers sent after they had.
+    ignored_offers: AtomicUsize,
+    late_answers: AtomicUsize,
+    breaks: AtomicUsize,
+    not_responding: AtomicUsize,
+    /// Customers who left, who dropped their socket for about their grace,
+    /// and who found their conversation ended when they came back.
+    leaves: AtomicUsize,
+    customer_aways: AtomicUsize,
+    ended_while_away: AtomicUsize,
+    /// Every customer message the broker acknowledged: (conversation,
+    /// message id, seq), checked against the stored histories at the end.
+    acked: Mutex<Vec<(String, String, u64)>>,
+    /// Every customer's webchat session, and those whose customer is done,
+    /// for agents' outbound conversations.
+    sessions: Mutex<Vec<String>>,
+    done_sessions: Mutex<Vec<String>>,
+    /// Outbound conversations asked for, and started.
+    outbound: AtomicUsize,
+    outbound_started: AtomicUsize,
+    outbound_conflict: AtomicUsize,
     sampler_stop: AtomicBool,
+    /// The broker is being restarted (the fault): from just before the kill
+    /// until a while after it serves again, a refused connection or a
+    /// closed socket is expected, and clients retry.
+    restarting: AtomicBool,
+    /// `503` answers to a (re)connect outside the faults, retried.
+    unavailable: AtomicUsize,
+    /// When the run began.
+    started: std::sync::OnceLock<Instant>,
 }
 
 impl Shared {
+    fn restarting(&self) -> bool {
+        self.restarting.load(Ordering::SeqCst)
+    }
+
     fn phase(&self) -> usize {
         self.phase.load(Ordering::SeqCst)
     }
 
+    /// A failed check, with when it happened (since the run began), to
+    /// set beside the faults' times in the summary.
     fn violation(&self, what: String) {
+        let at = self
+            .started
+            .get()
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
         if let Ok(mut v) = self.violations.lock() {
-            v.push(what);
+            v.push(format!("[{at:.2}s] {what}"));
         }
     }
 }
@@ -146,6 +227,37 @@ async fn connect(url: &str) -> Result<Raw, String> {
     Ok(ws)
 }
 
+/// Connect and read the first frame (`hello`, `history`); while the broker
+/// is being restarted, again and again until it answers. A `503` is retried
+/// at any time, as the docs ask of clients (a cluster's node relaying to an
+/// active node that is busy or changing), and counted.
+async fn connect_first(url: &str, shared: &Shared) -> Result<(Raw, Value), String> {
+    let until = Instant::now() + RECONNECT_FOR;
+    loop {
+        let outcome = match connect(url).await {
+            Ok(mut ws) => match next_json(&mut ws).await {
+                Some(first) => return Ok((ws, first)),
+                None => Err(format!("{url}: closed before its first frame")),
+            },
+            Err(e) => Err(e),
+        };
+        let unavailable = outcome
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.contains("503 Service Unavailable"));
+        if Instant::now() >= until {
+            return outcome;
+        }
+        if !shared.restarting() {
+            if !unavailable {
+                return outcome;
+            }
+            shared.unavailable.fetch_add(1, Ordering::Relaxed);
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn send(ws: &mut Raw, v: Value) {
     // A socket the broker closed (a replaced desk) makes this fail; the
     // loop notices on its next read.
@@ -176,42 +288,75 @@ struct Desk {
     tasks: HashMap<String, String>,
     /// Tasks with a warm transfer of ours pending.
     warm: HashSet<String>,
+    /// Offers let run out, to be accepted anyway once this time has come.
+    late: Vec<(Instant, String)>,
+    /// On a break until then.
+    break_until: Option<Instant>,
+    /// `not_responding`: say `available` again at the next tick.
+    wake: bool,
+    /// One desk in ten takes no offers during the chaos (on a break all
+    /// along): it starts outbound conversations and ends them.
+    outbound_desk: bool,
     shared: Arc<Shared>,
 }
 
 impl Desk {
     /// (Re)connect; None (and a violation) if the broker refuses.
-    async fn open(&mut self) -> Option<Raw> {
-        let mut ws = match connect(&self.url).await {
-            Ok(ws) => ws,
+    /// `after_grace`: back from a long absence, counting the tasks gone.
+    async fn open_counting(&mut self, after_grace: Option<&AtomicUsize>) -> Option<Raw> {
+        let (mut ws, hello) = match connect_first(&self.url, &self.shared).await {
+            Ok(first) => first,
             Err(e) => {
                 self.shared.violation(format!("{}: {e}", self.id));
                 return None;
             }
         };
-        let hello = next_json(&mut ws).await.unwrap_or_default();
         if hello["type"] != "hello" {
             self.shared
                 .violation(format!("{}: first frame not hello: {hello}", self.id));
             return None;
         }
         // A reconnect: what the broker says we hold is what we hold.
-        self.held.clear();
+        let before = std::mem::take(&mut self.held);
         self.tasks.clear();
         self.ended.clear();
         self.warm.clear();
+        self.late.clear();
+        self.break_until = None;
+        self.wake = false;
         for t in hello["tasks"].as_array().into_iter().flatten() {
             if t["state"] == "assigned" || t["state"] == "wrapping" {
                 self.held.insert(s(&t["conversation_id"]));
                 self.tasks.insert(s(&t["id"]), s(&t["conversation_id"]));
             }
         }
-        send(
-            &mut ws,
-            json!({"type": "activity", "activity": "available"}),
-        )
-        .await;
+        if let Some(gone) = after_grace {
+            // Back after about the grace: what is gone was withdrawn (or
+            // completed meanwhile by the supervisor).
+            let n = before.difference(&self.held).count();
+            gone.fetch_add(n, Ordering::Relaxed);
+        }
+        // Back with room (an offline agent takes no offers, and an
+        // outbound takes capacity whatever the activity): start one first.
+        if self.shared.phase() == 0 && self.held.len() < CAPACITY as usize {
+            self.outbound(&mut ws, 1.0).await;
+        }
+        if self.outbound_desk && self.shared.phase() == 0 {
+            self.break_until = Some(Instant::now() + Duration::from_secs(3600));
+            send(&mut ws, json!({"type": "activity", "activity": "break"})).await;
+        } else {
+            send(
+                &mut ws,
+                json!({"type": "activity", "activity": "available"}),
+            )
+            .await;
+        }
         Some(ws)
+    }
+
+    /// (Re)connect; None (and a violation) if the broker refuses.
+    async fn open(&mut self) -> Option<Raw> {
+        self.open_counting(None).await
     }
 
     fn task_of(&self, conv: &str) -> Option<String> {
@@ -240,14 +385,33 @@ impl Desk {
                 if phase == 1 {
                     return;
                 }
-                let accept = phase == 2 || self.rng.random_bool(0.85);
-                let ty = if accept { "accept" } else { "reject" };
-                send(ws, json!({"type": ty, "task_id": task})).await;
-                if !accept {
-                    self.tasks.remove(&task);
+                let roll = if phase == 2 {
+                    0
+                } else {
+                    self.rng.random_range(0..100)
+                };
+                match roll {
+                    0..80 => send(ws, json!({"type": "accept", "task_id": task})).await,
+                    80..92 => {
+                        send(ws, json!({"type": "reject", "task_id": task})).await;
+                        self.tasks.remove(&task);
+                    }
+                    _ => {
+                        // Let it run out; answer half of them after it has
+                        // (refused, or taken if it came back to this desk).
+                        self.shared.ignored_offers.fetch_add(1, Ordering::Relaxed);
+                        if self.rng.random_bool(0.5) {
+                            let ms = self.rng.random_range(0..500);
+                            let at = Instant::now() + OFFER_TIMEOUT + Duration::from_millis(ms);
+                            self.late.push((at, task));
+                        }
+                    }
                 }
             }
             "task.assigned" => {
+                if v["ref"] == "outbound" {
+                    self.shared.outbound_started.fetch_add(1, Ordering::Relaxed);
+                }
                 let conv = s(&v["task"]["conversation_id"]);
                 let task = s(&v["task"]["id"]);
                 self.held.insert(conv.clone());
@@ -286,9 +450,29 @@ impl Desk {
             }
             "task.completed" | "task.transferred" | "task.parked" | "task.rescinded" => {
                 self.let_go(&s(&v["task_id"]));
+                if ty == "task.completed" && phase == 0 && self.rng.random_bool(0.3) {
+                    self.outbound(ws, 0.75).await;
+                }
             }
             "transfer.failed" => {
                 self.warm.remove(&s(&v["task_id"]));
+            }
+            "error" if v["ref"] == "outbound" => {
+                // The customer has an open conversation, or this desk no
+                // free capacity: refused, nothing else.
+                let code = v["code"].as_str().unwrap_or_default();
+                if code == "conflict" {
+                    self.shared
+                        .outbound_conflict
+                        .fetch_add(1, Ordering::Relaxed);
+                } else if code != "capacity_exceeded" {
+                    self.shared
+                        .violation(format!("{}: outbound refused: {v}", self.id));
+                }
+            }
+            "activity.changed" if v["activity"] == "not_responding" => {
+                self.shared.not_responding.fetch_add(1, Ordering::Relaxed);
+                self.wake = true;
             }
             _ => {}
         }
@@ -364,6 +548,76 @@ impl Desk {
         }
     }
 
+    /// An outbound conversation to some customer: one who is done (a new
+    /// conversation) with odds `to_done`, else any (one still writing:
+    /// `conflict`). Asked
+    /// right as a task completes, it races the router's next offer for the
+    /// slot that freed (`capacity_exceeded` when the offer wins).
+    async fn outbound(&mut self, ws: &mut Raw, to_done: f64) {
+        let from = if self.rng.random_bool(to_done) {
+            &self.shared.done_sessions
+        } else {
+            &self.shared.sessions
+        };
+        let to = from.lock().ok().and_then(|all| {
+            (!all.is_empty()).then(|| all[self.rng.random_range(0..all.len())].clone())
+        });
+        if let Some(to) = to {
+            self.shared.outbound.fetch_add(1, Ordering::Relaxed);
+            let text = "We have news about your request";
+            send(
+                ws,
+                json!({"type": "outbound", "channel": "webchat", "to": to, "text": text, "ref": "outbound"}),
+            )
+            .await;
+        }
+    }
+
+    /// Late answers, breaks and their ends, and the drain's work.
+    async fn on_tick(&mut self, ws: &mut Raw, phase: usize) {
+        let now = Instant::now();
+        if phase != 1 {
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.late.drain(..).partition(|(at, _)| *at <= now);
+            self.late = later;
+            for (_, task) in due {
+                self.shared.late_answers.fetch_add(1, Ordering::Relaxed);
+                send(ws, json!({"type": "accept", "task_id": task})).await;
+            }
+        }
+        let break_over = self
+            .break_until
+            .is_some_and(|until| until <= now || phase == 2);
+        if self.wake || break_over {
+            self.wake = false;
+            self.break_until = None;
+            send(ws, json!({"type": "activity", "activity": "available"})).await;
+        } else if phase == 0
+            && !self.outbound_desk
+            && self.break_until.is_none()
+            && self.rng.random_bool(0.01)
+        {
+            self.shared.breaks.fetch_add(1, Ordering::Relaxed);
+            let ms = self.rng.random_range(200..600);
+            self.break_until = Some(now + Duration::from_millis(ms));
+            send(ws, json!({"type": "activity", "activity": "break"})).await;
+        }
+        if self.outbound_desk && phase == 0 {
+            if self.tasks.len() < CAPACITY as usize && self.rng.random_bool(0.5) {
+                self.outbound(ws, 0.9).await;
+            }
+            let open: Vec<String> = self.held.difference(&self.ended).cloned().collect();
+            for conv in open {
+                if self.rng.random_bool(0.25) {
+                    send(ws, json!({"type": "end", "conversation_id": conv})).await;
+                }
+            }
+        }
+        if phase == 2 {
+            self.wind_down(ws).await;
+        }
+    }
+
     /// End everything held that has not ended (the drain).
     async fn wind_down(&mut self, ws: &mut Raw) {
         let open: Vec<String> = self.held.difference(&self.ended).cloned().collect();
@@ -400,8 +654,21 @@ impl Desk {
                             Some(again) => ws = again,
                             None => return,
                         }
-                    } else if phase == 2 {
-                        self.wind_down(&mut ws).await;
+                    } else if phase == 0 && self.rng.random_bool(0.012) {
+                        // Away for about the grace: back just before its
+                        // end, or after it (the tasks withdrawn, maybe just
+                        // as the desk returns).
+                        self.shared.long_disconnects.fetch_add(1, Ordering::Relaxed);
+                        let _ = ws.close(None).await;
+                        let ms = self.rng.random_range(0..800);
+                        sleep(GRACE - Duration::from_millis(300) + Duration::from_millis(ms)).await;
+                        let shared = self.shared.clone();
+                        match self.open_counting(Some(&shared.withdrawn)).await {
+                            Some(again) => ws = again,
+                            None => return,
+                        }
+                    } else {
+                        self.on_tick(&mut ws, phase).await;
                     }
                 }
             }
@@ -435,48 +702,233 @@ fn rfc3339(at: SystemTime) -> String {
     )
 }
 
-/// One customer: writes now and then until its conversation ends.
-async fn customer(url: String, shared: Arc<Shared>, seed: u64, convs: Arc<Mutex<Vec<String>>>) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut ws = match connect(&url).await {
-        Ok(ws) => ws,
+/// One customer's socket and what it is waiting for.
+struct Customer {
+    url: String,
+    shared: Arc<Shared>,
+    rng: StdRng,
+    ws: Raw,
+    sent: u32,
+    /// Messages sent and not acknowledged yet (by `client_msg_id`): sent
+    /// again after a reconnect, and stored once whatever became of the
+    /// first try.
+    pending: Vec<(String, Value)>,
+    conv: Option<String>,
+    convs: Arc<Mutex<Vec<String>>>,
+    /// After `leave` the customer only waits for the end: a message now
+    /// would open a new conversation.
+    left: bool,
+}
+
+impl Customer {
+    async fn say(&mut self, text: &str) {
+        self.sent += 1;
+        let id = format!("m{}", self.sent);
+        let v = json!({"type": "message", "text": text, "client_msg_id": id});
+        self.pending.push((id, v.clone()));
+        send(&mut self.ws, v).await;
+    }
+
+    fn acked(&mut self, v: &Value) {
+        let id = s(&v["conversation_id"]);
+        if let Ok(mut acked) = self.shared.acked.lock() {
+            acked.push((
+                id.clone(),
+                s(&v["message_id"]),
+                v["seq"].as_u64().unwrap_or(0),
+            ));
+        }
+        self.pending
+            .retain(|(m, _)| v["client_msg_id"] != m.as_str());
+        if self.conv.is_none() {
+            if let Ok(mut c) = self.convs.lock() {
+                c.push(id.clone());
+            }
+            self.conv = Some(id);
+        }
+    }
+
+    /// Back on a new socket: `Ok(true)` when the conversation ended
+    /// meanwhile; else what was not acknowledged (or the `leave`) goes again.
+    async fn reconnect(&mut self) -> Result<bool, String> {
+        let (ws, history) = connect_first(&self.url, &self.shared).await?;
+        self.ws = ws;
+        if history["type"] != "history" {
+            return Err(format!("a customer back got {history} first"));
+        }
+        if history["ended"] == true {
+            if self.conv.is_some() && history["conversation_id"] != json!(self.conv) {
+                return Err(format!(
+                    "a customer of {:?} came back to another conversation: {history}",
+                    self.conv
+                ));
+            }
+            return Ok(true);
+        }
+        for (_, v) in self.pending.clone() {
+            send(&mut self.ws, v).await;
+        }
+        if self.left {
+            send(&mut self.ws, json!({"type": "leave"})).await;
+        }
+        Ok(false)
+    }
+
+    /// Writes until the conversation ends; true once it has.
+    async fn run(&mut self) -> bool {
+        self.say("hello").await;
+        loop {
+            let wait = Duration::from_millis(self.rng.random_range(400..1200));
+            tokio::select! {
+                frame = next_json(&mut self.ws) => match frame {
+                    Some(v) if v["type"] == "ack" => self.acked(&v),
+                    Some(v) if v["type"] == "conversation.ended" => return true,
+                    Some(_) => {}
+                    None if self.shared.restarting() => match self.reconnect().await {
+                        Ok(true) => return true,
+                        Ok(false) => {}
+                        Err(e) => {
+                            self.shared.violation(format!("customer back after the restart: {e}"));
+                            return false;
+                        }
+                    },
+                    None => {
+                        self.shared.violation("a customer socket closed before its conversation ended".into());
+                        return false;
+                    }
+                },
+                _ = sleep(wait) => {
+                    let phase = self.shared.phase();
+                    if phase == 3 {
+                        return false;
+                    }
+                    if self.left {
+                        continue;
+                    }
+                    if phase != 0 || self.conv.is_none() {
+                        if phase == 2 && self.conv.is_some() {
+                            self.say("any news?").await;
+                        }
+                        continue;
+                    }
+                    match self.rng.random_range(0..100) {
+                        0..3 => {
+                            // Leave: a waiting task is canceled, an assigned
+                            // one ends; either way `conversation.ended` comes.
+                            self.shared.leaves.fetch_add(1, Ordering::Relaxed);
+                            self.left = true;
+                            send(&mut self.ws, json!({"type": "leave"})).await;
+                        }
+                        3..5 => {
+                            // Away for about the grace: a task still waiting
+                            // when it runs out is canceled, maybe just as the
+                            // customer returns.
+                            self.shared.customer_aways.fetch_add(1, Ordering::Relaxed);
+                            let _ = self.ws.close(None).await;
+                            let ms = self.rng.random_range(0..800);
+                            sleep(GRACE - Duration::from_millis(300) + Duration::from_millis(ms)).await;
+                            match self.reconnect().await {
+                                Ok(true) => {
+                                    self.shared.ended_while_away.fetch_add(1, Ordering::Relaxed);
+                                    return true;
+                                }
+                                Ok(false) => {}
+                                Err(e) => {
+                                    self.shared.violation(format!("customer back: {e}"));
+                                    return false;
+                                }
+                            }
+                        }
+                        _ => self.say("any news?").await,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One customer: writes now and then until its conversation ends; now and
+/// then leaves, or drops its socket for about its grace and comes back.
+async fn customer(
+    url: String,
+    session: String,
+    shared: Arc<Shared>,
+    seed: u64,
+    convs: Arc<Mutex<Vec<String>>>,
+) {
+    let ws = match connect_first(&url, &shared).await {
+        Ok((ws, _history)) => ws,
         Err(e) => {
             shared.violation(format!("customer: {e}"));
             return;
         }
     };
-    let _history = next_json(&mut ws).await;
-    send(&mut ws, json!({"type": "message", "text": "hello"})).await;
-    let mut conv = None;
-    loop {
-        let wait = Duration::from_millis(rng.random_range(400..1200));
-        tokio::select! {
-            frame = next_json(&mut ws) => match frame {
-                Some(v) if v["type"] == "ack" && conv.is_none() => {
-                    let id = s(&v["conversation_id"]);
-                    if let Ok(mut c) = convs.lock() {
-                        c.push(id.clone());
-                    }
-                    conv = Some(id);
+    let mut c = Customer {
+        url,
+        shared: shared.clone(),
+        rng: StdRng::seed_from_u64(seed),
+        ws,
+        sent: 0,
+        pending: Vec::new(),
+        conv: None,
+        convs,
+        left: false,
+    };
+    if !c.run().await {
+        return;
+    }
+    if let Ok(mut done) = shared.done_sessions.lock() {
+        done.push(session);
+    }
+    shared.customers_done.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Every acknowledged customer message is in its conversation's stored
+/// history exactly once, at the `seq` its `ack` gave, and each history's
+/// `seq` runs 1, 2, 3… without a gap.
+async fn acked_stored_once(
+    api: &Api,
+    acked: &[(String, String, u64)],
+    failures: &mut Vec<String>,
+) -> Result<(), String> {
+    let mut by_conv: HashMap<&str, HashMap<&str, u64>> = HashMap::new();
+    for (conv, id, seq) in acked {
+        by_conv.entry(conv).or_default().insert(id, *seq);
+    }
+    for (conv, acks) in by_conv {
+        let mut stored: HashMap<String, (u64, usize)> = HashMap::new();
+        let mut after = 0u64;
+        loop {
+            let page = api
+                .get_ok(&format!(
+                    "/v1/conversations/{conv}/messages?after_seq={after}&limit=1000"
+                ))
+                .await?;
+            for m in page["messages"].as_array().into_iter().flatten() {
+                let seq = m["seq"].as_u64().unwrap_or(0);
+                if seq != after + 1 {
+                    failures.push(format!("{conv}: seq {seq} follows {after}"));
                 }
-                Some(v) if v["type"] == "conversation.ended" => break,
-                Some(_) => {}
-                None => {
-                    shared.violation("a customer socket closed before its conversation ended".into());
-                    return;
-                }
-            },
-            _ = sleep(wait) => {
-                if shared.phase() == 3 {
-                    return;
-                }
-                if shared.phase() != 1 && conv.is_some() {
-                    send(&mut ws, json!({"type": "message", "text": "any news?"})).await;
-                }
+                after = seq;
+                stored.entry(s(&m["id"])).or_insert((seq, 0)).1 += 1;
+            }
+            if page["has_more"] != true {
+                break;
+            }
+        }
+        for (id, seq) in acks {
+            match stored.get(id) {
+                Some((at, 1)) if at == &seq => {}
+                Some((at, n)) => failures.push(format!(
+                    "{conv}: acknowledged message {id} (seq {seq}) stored {n} times, at seq {at}"
+                )),
+                None => failures.push(format!(
+                    "{conv}: acknowledged message {id} (seq {seq}) not stored"
+                )),
             }
         }
     }
-    shared.customers_done.fetch_add(1, Ordering::SeqCst);
+    Ok(())
 }
 
 /// Run it; `Err` lists what failed.
@@ -500,6 +952,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         (status, v) => return Err(format!("create queue second: {status} {v}")),
     }
     let shared = Arc::new(Shared::default());
+    let _ = shared.started.set(started);
 
     let ids: Vec<String> = (0..opts.agents)
         .map(|i| format!("wf{run}-{i:03}"))
@@ -520,6 +973,10 @@ pub async fn run(opts: Options) -> Result<(), String> {
             ended: HashSet::new(),
             tasks: HashMap::new(),
             warm: HashSet::new(),
+            late: Vec::new(),
+            break_until: None,
+            wake: false,
+            outbound_desk: i % 10 == 9,
             shared: shared.clone(),
         };
         desks.push(tokio::spawn(desk.run()));
@@ -541,6 +998,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                             }
                         }
                     }
+                    Err(_) if shared.restarting() => {}
                     Err(e) => shared.violation(e),
                 }
                 sleep(Duration::from_millis(100)).await;
@@ -550,9 +1008,13 @@ pub async fn run(opts: Options) -> Result<(), String> {
 
     let convs = Arc::new(Mutex::new(Vec::new()));
     let mut customers = Vec::new();
+    let customer_ws = match &opts.customer_base {
+        Some(base) => base.trim_end_matches('/').replacen("http", "ws", 1),
+        None => api.ws_base(),
+    };
     for i in 0..opts.conversations {
         let name = format!("C{i}");
-        let token = match api
+        let (token, session) = match api
             .call(
                 Method::POST,
                 "/v1/webchat/sessions",
@@ -560,11 +1022,17 @@ pub async fn run(opts: Options) -> Result<(), String> {
             )
             .await?
         {
-            (201, v) => s(&v["token"]),
+            (201, v) => {
+                if let Ok(mut sessions) = shared.sessions.lock() {
+                    sessions.push(s(&v["session_id"]));
+                }
+                (s(&v["token"]), s(&v["session_id"]))
+            }
             (status, v) => return Err(format!("create session {name}: {status} {v}")),
         };
         customers.push(tokio::spawn(customer(
-            format!("{}/v1/webchat/ws?token={token}", api.ws_base()),
+            format!("{customer_ws}/v1/webchat/ws?token={token}"),
+            session,
             shared.clone(),
             opts.seed + 100_000 + i as u64,
             convs.clone(),
@@ -601,16 +1069,43 @@ pub async fn run(opts: Options) -> Result<(), String> {
                     }
                     // It moved since the list: refused, never broken.
                     Ok((404 | 409, _)) => {}
+                    // A cluster's node between two active ones.
+                    Ok((503, _)) if shared.restarting() => {}
                     Ok((status, v)) => {
                         shared.violation(format!("force-complete of {task}: {status} {v}"))
                     }
+                    Err(_) if shared.restarting() => {}
                     Err(e) => shared.violation(e),
                 }
             }
         })
     };
 
+    // The faults, spread over the chaos.
+    let fault = opts.fault.map(|(fault, kills)| {
+        let shared = shared.clone();
+        let every = opts.chaos / (kills as u32 + 1);
+        tokio::spawn(async move {
+            let mut back = Vec::new();
+            for _ in 0..kills {
+                sleep(every).await;
+                shared.restarting.store(true, Ordering::SeqCst);
+                let down = Instant::now();
+                fault().await;
+                back.push((down - started, down.elapsed()));
+            }
+            // Clients that noticed late are still reconnecting.
+            sleep(Duration::from_secs(2)).await;
+            shared.restarting.store(false, Ordering::SeqCst);
+            back
+        })
+    });
+
     sleep(opts.chaos).await;
+    let restarts = match fault {
+        Some(task) => task.await.map_err(|e| format!("the faults: {e}"))?,
+        None => Vec::new(),
+    };
 
     // Pause: nobody acts; once what is in flight has landed, the router and
     // every conversation agree on who holds each assigned task.
@@ -695,6 +1190,16 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 failures.push(format!("capacity not given back: {a}"));
             }
         }
+        let acked = shared.acked.lock().map(|a| a.clone()).unwrap_or_default();
+        let mut lost = Vec::new();
+        acked_stored_once(&api, &acked, &mut lost).await?;
+        if !lost.is_empty() {
+            failures.push(format!(
+                "{} acknowledged messages not stored once at their seq, first: {:?}",
+                lost.len(),
+                &lost[..lost.len().min(5)]
+            ));
+        }
     }
     // Leave the broker as it was found.
     for id in &ids {
@@ -703,24 +1208,57 @@ pub async fn run(opts: Options) -> Result<(), String> {
             .await;
     }
 
+    let n = |c: &AtomicUsize| c.load(Ordering::Relaxed);
     let (t, w, p, e, d, f) = (
-        shared.transfers.load(Ordering::Relaxed),
-        shared.warm.load(Ordering::Relaxed),
-        shared.parks.load(Ordering::Relaxed),
-        shared.ends_mid_transfer.load(Ordering::Relaxed),
-        shared.disconnects.load(Ordering::Relaxed),
-        shared.force_completes.load(Ordering::Relaxed),
+        n(&shared.transfers),
+        n(&shared.warm),
+        n(&shared.parks),
+        n(&shared.ends_mid_transfer),
+        n(&shared.disconnects),
+        n(&shared.force_completes),
+    );
+    let (ld, wd, io, la, br, nr) = (
+        n(&shared.long_disconnects),
+        n(&shared.withdrawn),
+        n(&shared.ignored_offers),
+        n(&shared.late_answers),
+        n(&shared.breaks),
+        n(&shared.not_responding),
+    );
+    let (lv, ca, ea, ob, os, oc) = (
+        n(&shared.leaves),
+        n(&shared.customer_aways),
+        n(&shared.ended_while_away),
+        n(&shared.outbound),
+        n(&shared.outbound_started),
+        n(&shared.outbound_conflict),
     );
     println!(
         "workflow: {} agents, {} conversations: cold transfers {t}, warm {w}, parks {p}, \
-         ends mid-transfer {e}, disconnects {d}, force-completes {f}, holders checked {checked}; \
-         setup {:.1}s, total {:.1}s",
+         ends mid-transfer {e}, disconnects {d} (about the grace {ld}, tasks gone on return {wd}), \
+         offers let run out {io} (answered late {la}), not_responding {nr}, breaks {br}, \
+         customers leaving {lv}, away about the grace {ca} (ended meanwhile {ea}), \
+         outbound {ob} (started {os}, refused as the customer had a conversation open {oc}), force-completes {f}, \
+         holders checked {checked}, 503 to a connect outside the faults {}{}; setup {:.1}s, total {:.1}s",
         opts.agents,
         opts.conversations,
+        n(&shared.unavailable),
+        if restarts.is_empty() {
+            String::new()
+        } else {
+            let secs: Vec<String> = restarts
+                .iter()
+                .map(|(at, took)| format!("at {:.2}s, back in {:.2}s", at.as_secs_f64(), took.as_secs_f64()))
+                .collect();
+            format!(", broker killed {} times ({})", restarts.len(), secs.join("; "))
+        },
         setup.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    if !(t > 20 && w > 20 && p > 10 && e > 0 && d > 0 && f > 0 && checked > 0) {
+    let did_it_all = t > 20 && w > 20 && p > 10 && e > 0 && d > 0 && f > 0 && checked > 0;
+    let and_the_rest =
+        ld > 0 && wd > 0 && io > 0 && la > 0 && br > 0 && lv > 0 && ca > 0 && os > 0 && os < ob;
+    if !(did_it_all && and_the_rest) {
         failures.push("the run did not do what it is about (see the counts)".into());
     }
     let violations = shared
