@@ -5,7 +5,8 @@
 //! warm (some canceled), park (some until a time), end in the middle of
 //! transfers, take breaks, drop their sockets and come back within their
 //! disconnect grace or around its end (their tasks then withdrawn as they
-//! return); a supervisor force-completes tasks; customers keep writing,
+//! return); a supervisor force-completes tasks, transfers them and sets
+//! agents offline; customers keep writing,
 //! leave, and drop their sockets for about their grace (a waiting task
 //! canceled as they return). Then everything is wound down and checked, each
 //! check a hard failure (exit code 1):
@@ -110,6 +111,8 @@ struct Shared {
     ends_mid_transfer: AtomicUsize,
     disconnects: AtomicUsize,
     force_completes: AtomicUsize,
+    supervisor_transfers: AtomicUsize,
+    set_offline: AtomicUsize,
     /// Desks away for about their grace, and tasks they found withdrawn
     /// when they came back.
     long_disconnects: AtomicUsize,
@@ -1040,10 +1043,12 @@ pub async fn run(opts: Options) -> Result<(), String> {
     }
     let setup = started.elapsed();
 
-    // A supervisor completing assigned tasks now and then, whatever their
-    // agents are doing with them (a transfer pending, an end on its way).
+    // A supervisor completing and transferring assigned tasks now and then,
+    // whatever their agents are doing with them (a transfer pending, an end
+    // on its way), and setting agents offline (their desks closed, their
+    // assigned tasks back in the queue; the desks come back).
     let supervisor = {
-        let (api, shared) = (api.clone(), shared.clone());
+        let (api, shared, ids) = (api.clone(), shared.clone(), ids.clone());
         let mut rng = StdRng::seed_from_u64(opts.seed + 7);
         tokio::spawn(async move {
             while shared.phase() == 0 {
@@ -1055,25 +1060,46 @@ pub async fn run(opts: Options) -> Result<(), String> {
                     continue;
                 };
                 let task = s(&list[rng.random_range(0..list.len())]["id"]);
-                let body = json!({"disposition": "spam", "notes": "closed by the supervisor"});
-                match api
-                    .call(
+                let agent = ids[rng.random_range(0..ids.len())].clone();
+                let (what, method, path, body, counter) = match rng.random_range(0..100) {
+                    0..50 => (
+                        "force-complete",
                         Method::POST,
-                        &format!("/v1/tasks/{task}/complete"),
-                        Some(body),
-                    )
-                    .await
-                {
+                        format!("/v1/tasks/{task}/complete"),
+                        json!({"disposition": "spam", "notes": "closed by the supervisor"}),
+                        &shared.force_completes,
+                    ),
+                    50..85 => {
+                        let to = match rng.random_range(0..3) {
+                            0 => json!({"queue": "default"}),
+                            1 => json!({"queue": "second"}),
+                            _ => json!({"agent": agent}),
+                        };
+                        (
+                            "supervisor transfer",
+                            Method::POST,
+                            format!("/v1/tasks/{task}/transfer"),
+                            json!({"to": to, "note": "escalated"}),
+                            &shared.supervisor_transfers,
+                        )
+                    }
+                    _ => (
+                        "set offline",
+                        Method::PATCH,
+                        format!("/v1/agents/{agent}"),
+                        json!({"activity": "offline"}),
+                        &shared.set_offline,
+                    ),
+                };
+                match api.call(method, &path, Some(body)).await {
                     Ok((200, _)) => {
-                        shared.force_completes.fetch_add(1, Ordering::Relaxed);
+                        counter.fetch_add(1, Ordering::Relaxed);
                     }
                     // It moved since the list: refused, never broken.
                     Ok((404 | 409, _)) => {}
                     // A cluster's node between two active ones.
                     Ok((503, _)) if shared.restarting() => {}
-                    Ok((status, v)) => {
-                        shared.violation(format!("force-complete of {task}: {status} {v}"))
-                    }
+                    Ok((status, v)) => shared.violation(format!("{what} {path}: {status} {v}")),
                     Err(_) if shared.restarting() => {}
                     Err(e) => shared.violation(e),
                 }
@@ -1225,6 +1251,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         n(&shared.breaks),
         n(&shared.not_responding),
     );
+    let (st, so) = (n(&shared.supervisor_transfers), n(&shared.set_offline));
     let (lv, ca, ea, ob, os, oc) = (
         n(&shared.leaves),
         n(&shared.customer_aways),
@@ -1238,7 +1265,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
          ends mid-transfer {e}, disconnects {d} (about the grace {ld}, tasks gone on return {wd}), \
          offers let run out {io} (answered late {la}), not_responding {nr}, breaks {br}, \
          customers leaving {lv}, away about the grace {ca} (ended meanwhile {ea}), \
-         outbound {ob} (started {os}, refused as the customer had a conversation open {oc}), force-completes {f}, \
+         outbound {ob} (started {os}, refused as the customer had a conversation open {oc}), force-completes {f}, supervisor transfers {st}, set offline {so}, \
          holders checked {checked}, 503 to a connect outside the faults {}{}; setup {:.1}s, total {:.1}s",
         opts.agents,
         opts.conversations,
@@ -1258,7 +1285,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let did_it_all = t > 20 && w > 20 && p > 10 && e > 0 && d > 0 && f > 0 && checked > 0;
     let and_the_rest =
         ld > 0 && wd > 0 && io > 0 && la > 0 && br > 0 && lv > 0 && ca > 0 && os > 0 && os < ob;
-    if !(did_it_all && and_the_rest) {
+    let and_the_supervisor = st > 0 && so > 0;
+    if !(did_it_all && and_the_rest && and_the_supervisor) {
         failures.push("the run did not do what it is about (see the counts)".into());
     }
     let violations = shared
