@@ -72,10 +72,7 @@ async fn the_workflow_through_a_cluster_rides_out_failovers() {
         agents: 40,
         conversations: 400,
         limit: Duration::from_secs(120),
-        seed: std::env::var("FLOW_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5),
+        seed: workflow::seed_from_env(5),
         chaos: Duration::from_secs(8),
         fault: Some((fault, 2)),
     })

@@ -172,11 +172,7 @@ async fn the_workflow_survives_kill_9s_along_the_way() {
         agents: 60,
         conversations: 600,
         limit: Duration::from_secs(90),
-        // `FLOW_SEED` for a soak by hand.
-        seed: std::env::var("FLOW_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3),
+        seed: loadtest::workflow::seed_from_env(3),
         chaos: Duration::from_secs(8),
         fault: Some((fault, 3)),
     })

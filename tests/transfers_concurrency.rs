@@ -13,8 +13,8 @@
 //! The scenario is the load harness's (`loadtest/src/workflow.rs`, which
 //! `loadtest --workflow` runs at the full size, 300 agents and 3,000
 //! conversations, in release mode in CI); here it runs at a fifth of that
-//! against a broker this test starts. `FLOW_AGENTS` and
-//! `FLOW_CONVERSATIONS` change the size.
+//! against a broker this test starts. `FLOW_SEED`, `FLOW_AGENTS` and
+//! `FLOW_CONVERSATIONS` change the seed and the size.
 
 mod common;
 
@@ -57,7 +57,7 @@ async fn transfers_parks_and_ends_keep_one_holder_under_load() {
         conversations,
         // Room to open the sessions and wind down, growing with the size.
         limit: RUN_TIMEOUT * conversations.div_ceil(CONVERSATIONS) as u32,
-        seed: 1,
+        seed: workflow::seed_from_env(1),
         chaos: CHAOS,
         fault: None,
     })

@@ -92,6 +92,15 @@ pub struct Options {
     pub fault: Option<(Fault, usize)>,
 }
 
+/// The run's seed: `FLOW_SEED` from the environment (a soak by hand tries
+/// one seed after another), else `default`.
+pub fn seed_from_env(default: u64) -> u64 {
+    std::env::var("FLOW_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Kills the broker and brings it back, resolving once it serves again.
 pub type Fault = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -105,28 +114,7 @@ struct Shared {
     phase: AtomicUsize,
     violations: Mutex<Vec<String>>,
     customers_done: AtomicUsize,
-    transfers: AtomicUsize,
-    warm: AtomicUsize,
-    parks: AtomicUsize,
-    ends_mid_transfer: AtomicUsize,
-    disconnects: AtomicUsize,
-    force_completes: AtomicUsize,
-    supervisor_transfers: AtomicUsize,
-    set_offline: AtomicUsize,
-    /// Desks away for about their grace, and tasks they found withdrawn
-    /// when they came back.
-    long_disconnects: AtomicUsize,
-    withdrawn: AtomicUsize,
-    /// Offers let run out, and the answers sent after they had.
-    ignored_offers: AtomicUsize,
-    late_answers: AtomicUsize,
-    breaks: AtomicUsize,
-    not_responding: AtomicUsize,
-    /// Customers who left, who dropped their socket for about their grace,
-    /// and who found their conversation ended when they came back.
-    leaves: AtomicUsize,
-    customer_aways: AtomicUsize,
-    ended_while_away: AtomicUsize,
+    counts: Counts,
     /// Every customer message the broker acknowledged: (conversation,
     /// message id, seq), checked against the stored histories at the end.
     acked: Mutex<Vec<(String, String, u64)>>,
@@ -134,19 +122,120 @@ struct Shared {
     /// for agents' outbound conversations.
     sessions: Mutex<Vec<String>>,
     done_sessions: Mutex<Vec<String>>,
-    /// Outbound conversations asked for, and started.
-    outbound: AtomicUsize,
-    outbound_started: AtomicUsize,
-    outbound_conflict: AtomicUsize,
     sampler_stop: AtomicBool,
     /// The broker is being restarted (the fault): from just before the kill
     /// until a while after it serves again, a refused connection or a
     /// closed socket is expected, and clients retry.
     restarting: AtomicBool,
-    /// `503` answers to a (re)connect outside the faults, retried.
-    unavailable: AtomicUsize,
     /// When the run began.
     started: std::sync::OnceLock<Instant>,
+}
+
+/// What the run did, counted as it goes: the summary line, and the proof
+/// that it did what it is about.
+#[derive(Default)]
+struct Counts {
+    transfers: AtomicUsize,
+    warm: AtomicUsize,
+    parks: AtomicUsize,
+    ends_mid_transfer: AtomicUsize,
+    disconnects: AtomicUsize,
+    /// Desks away for about their grace, and tasks they found gone (withdrawn,
+    /// or completed meanwhile by the supervisor) when they came back.
+    long_disconnects: AtomicUsize,
+    withdrawn: AtomicUsize,
+    /// Offers let run out, and the answers sent after they had.
+    ignored_offers: AtomicUsize,
+    late_answers: AtomicUsize,
+    not_responding: AtomicUsize,
+    breaks: AtomicUsize,
+    /// Customers who left, who dropped their socket for about their grace,
+    /// and who found their conversation ended when they came back.
+    leaves: AtomicUsize,
+    customer_aways: AtomicUsize,
+    ended_while_away: AtomicUsize,
+    /// Outbound conversations asked for, started, and refused because the
+    /// customer had one open.
+    outbound: AtomicUsize,
+    outbound_started: AtomicUsize,
+    outbound_conflict: AtomicUsize,
+    force_completes: AtomicUsize,
+    supervisor_transfers: AtomicUsize,
+    set_offline: AtomicUsize,
+    /// `503` answers to a (re)connect outside the faults, retried.
+    unavailable: AtomicUsize,
+}
+
+impl Counts {
+    /// Each count with its name in the summary and how many the run must
+    /// have made (0: none required).
+    fn table(&self) -> [(&'static str, &AtomicUsize, usize); 21] {
+        [
+            ("cold transfers", &self.transfers, 21),
+            ("warm", &self.warm, 21),
+            ("parks", &self.parks, 11),
+            ("ends mid-transfer", &self.ends_mid_transfer, 1),
+            ("disconnects", &self.disconnects, 1),
+            ("away about the grace", &self.long_disconnects, 1),
+            ("tasks gone on return", &self.withdrawn, 1),
+            ("offers let run out", &self.ignored_offers, 1),
+            ("answered late", &self.late_answers, 1),
+            ("not_responding", &self.not_responding, 0),
+            ("breaks", &self.breaks, 1),
+            ("customers leaving", &self.leaves, 1),
+            ("customers away about the grace", &self.customer_aways, 1),
+            (
+                "their conversation ended meanwhile",
+                &self.ended_while_away,
+                0,
+            ),
+            ("outbound", &self.outbound, 1),
+            ("started", &self.outbound_started, 1),
+            (
+                "refused as the customer had a conversation open",
+                &self.outbound_conflict,
+                0,
+            ),
+            ("force-completes", &self.force_completes, 1),
+            ("supervisor transfers", &self.supervisor_transfers, 1),
+            ("set offline", &self.set_offline, 1),
+            ("503 to a connect outside the faults", &self.unavailable, 0),
+        ]
+    }
+
+    fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .table()
+            .iter()
+            .map(|(name, count, _)| format!("{name} {}", count.load(Ordering::Relaxed)))
+            .collect();
+        parts.join(", ")
+    }
+
+    /// What the run did too little of (empty: it did what it is about).
+    fn shortfall(&self) -> Vec<String> {
+        let mut short: Vec<String> = self
+            .table()
+            .iter()
+            .filter(|(_, count, need)| count.load(Ordering::Relaxed) < *need)
+            .map(|(name, count, need)| {
+                format!(
+                    "{name}: {} (at least {need})",
+                    count.load(Ordering::Relaxed)
+                )
+            })
+            .collect();
+        let (asked, started) = (
+            self.outbound.load(Ordering::Relaxed),
+            self.outbound_started.load(Ordering::Relaxed),
+        );
+        if started >= asked {
+            short.push(format!(
+                "no outbound chat was refused ({started} of {asked} started)"
+            ));
+        }
+        short
+    }
 }
 
 impl Shared {
@@ -255,7 +344,7 @@ async fn connect_first(url: &str, shared: &Shared) -> Result<(Raw, Value), Strin
             if !unavailable {
                 return outcome;
             }
-            shared.unavailable.fetch_add(1, Ordering::Relaxed);
+            shared.counts.unavailable.fetch_add(1, Ordering::Relaxed);
         }
         sleep(Duration::from_millis(100)).await;
     }
@@ -402,7 +491,10 @@ impl Desk {
                     _ => {
                         // Let it run out; answer half of them after it has
                         // (refused, or taken if it came back to this desk).
-                        self.shared.ignored_offers.fetch_add(1, Ordering::Relaxed);
+                        self.shared
+                            .counts
+                            .ignored_offers
+                            .fetch_add(1, Ordering::Relaxed);
                         if self.rng.random_bool(0.5) {
                             let ms = self.rng.random_range(0..500);
                             let at = Instant::now() + OFFER_TIMEOUT + Duration::from_millis(ms);
@@ -413,7 +505,10 @@ impl Desk {
             }
             "task.assigned" => {
                 if v["ref"] == "outbound" {
-                    self.shared.outbound_started.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .counts
+                        .outbound_started
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 let conv = s(&v["task"]["conversation_id"]);
                 let task = s(&v["task"]["id"]);
@@ -466,6 +561,7 @@ impl Desk {
                 let code = v["code"].as_str().unwrap_or_default();
                 if code == "conflict" {
                     self.shared
+                        .counts
                         .outbound_conflict
                         .fetch_add(1, Ordering::Relaxed);
                 } else if code != "capacity_exceeded" {
@@ -474,7 +570,10 @@ impl Desk {
                 }
             }
             "activity.changed" if v["activity"] == "not_responding" => {
-                self.shared.not_responding.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .counts
+                    .not_responding
+                    .fetch_add(1, Ordering::Relaxed);
                 self.wake = true;
             }
             _ => {}
@@ -501,7 +600,7 @@ impl Desk {
                 .await;
             }
             35..45 => {
-                shared.transfers.fetch_add(1, Ordering::Relaxed);
+                shared.counts.transfers.fetch_add(1, Ordering::Relaxed);
                 send(
                     ws,
                     json!({"type": "transfer", "task_id": task, "to": {"agent": other}, "mode": "cold", "note": "over to you"}),
@@ -509,7 +608,7 @@ impl Desk {
                 .await;
             }
             45..50 => {
-                shared.transfers.fetch_add(1, Ordering::Relaxed);
+                shared.counts.transfers.fetch_add(1, Ordering::Relaxed);
                 let queue = if self.rng.random_bool(0.5) {
                     "default"
                 } else {
@@ -522,7 +621,7 @@ impl Desk {
                 .await;
             }
             50..62 => {
-                shared.warm.fetch_add(1, Ordering::Relaxed);
+                shared.counts.warm.fetch_add(1, Ordering::Relaxed);
                 self.warm.insert(task.clone());
                 send(
                     ws,
@@ -534,7 +633,7 @@ impl Desk {
                 }
             }
             62..67 => {
-                shared.parks.fetch_add(1, Ordering::Relaxed);
+                shared.counts.parks.fetch_add(1, Ordering::Relaxed);
                 let until = self.rng.random_bool(0.5).then(|| {
                     let ms = self.rng.random_range(300..800);
                     rfc3339(SystemTime::now() + Duration::from_millis(ms))
@@ -543,7 +642,10 @@ impl Desk {
             }
             67..77 => {
                 if self.warm.contains(&task) {
-                    shared.ends_mid_transfer.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counts
+                        .ends_mid_transfer
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 send(ws, json!({"type": "end", "conversation_id": conv})).await;
             }
@@ -566,7 +668,7 @@ impl Desk {
             (!all.is_empty()).then(|| all[self.rng.random_range(0..all.len())].clone())
         });
         if let Some(to) = to {
-            self.shared.outbound.fetch_add(1, Ordering::Relaxed);
+            self.shared.counts.outbound.fetch_add(1, Ordering::Relaxed);
             let text = "We have news about your request";
             send(
                 ws,
@@ -584,7 +686,10 @@ impl Desk {
                 self.late.drain(..).partition(|(at, _)| *at <= now);
             self.late = later;
             for (_, task) in due {
-                self.shared.late_answers.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .counts
+                    .late_answers
+                    .fetch_add(1, Ordering::Relaxed);
                 send(ws, json!({"type": "accept", "task_id": task})).await;
             }
         }
@@ -600,7 +705,7 @@ impl Desk {
             && self.break_until.is_none()
             && self.rng.random_bool(0.01)
         {
-            self.shared.breaks.fetch_add(1, Ordering::Relaxed);
+            self.shared.counts.breaks.fetch_add(1, Ordering::Relaxed);
             let ms = self.rng.random_range(200..600);
             self.break_until = Some(now + Duration::from_millis(ms));
             send(ws, json!({"type": "activity", "activity": "break"})).await;
@@ -650,7 +755,7 @@ impl Desk {
                 _ = tick.tick() => {
                     if phase == 0 && self.rng.random_bool(0.02) {
                         // Drop the socket and come back within the grace.
-                        self.shared.disconnects.fetch_add(1, Ordering::Relaxed);
+                        self.shared.counts.disconnects.fetch_add(1, Ordering::Relaxed);
                         let _ = ws.close(None).await;
                         sleep(Duration::from_millis(self.rng.random_range(50..300))).await;
                         match self.open().await {
@@ -661,12 +766,12 @@ impl Desk {
                         // Away for about the grace: back just before its
                         // end, or after it (the tasks withdrawn, maybe just
                         // as the desk returns).
-                        self.shared.long_disconnects.fetch_add(1, Ordering::Relaxed);
+                        self.shared.counts.long_disconnects.fetch_add(1, Ordering::Relaxed);
                         let _ = ws.close(None).await;
                         let ms = self.rng.random_range(0..800);
                         sleep(GRACE - Duration::from_millis(300) + Duration::from_millis(ms)).await;
                         let shared = self.shared.clone();
-                        match self.open_counting(Some(&shared.withdrawn)).await {
+                        match self.open_counting(Some(&shared.counts.withdrawn)).await {
                             Some(again) => ws = again,
                             None => return,
                         }
@@ -818,7 +923,7 @@ impl Customer {
                         0..3 => {
                             // Leave: a waiting task is canceled, an assigned
                             // one ends; either way `conversation.ended` comes.
-                            self.shared.leaves.fetch_add(1, Ordering::Relaxed);
+                            self.shared.counts.leaves.fetch_add(1, Ordering::Relaxed);
                             self.left = true;
                             send(&mut self.ws, json!({"type": "leave"})).await;
                         }
@@ -826,13 +931,13 @@ impl Customer {
                             // Away for about the grace: a task still waiting
                             // when it runs out is canceled, maybe just as the
                             // customer returns.
-                            self.shared.customer_aways.fetch_add(1, Ordering::Relaxed);
+                            self.shared.counts.customer_aways.fetch_add(1, Ordering::Relaxed);
                             let _ = self.ws.close(None).await;
                             let ms = self.rng.random_range(0..800);
                             sleep(GRACE - Duration::from_millis(300) + Duration::from_millis(ms)).await;
                             match self.reconnect().await {
                                 Ok(true) => {
-                                    self.shared.ended_while_away.fetch_add(1, Ordering::Relaxed);
+                                    self.shared.counts.ended_while_away.fetch_add(1, Ordering::Relaxed);
                                     return true;
                                 }
                                 Ok(false) => {}
@@ -1067,7 +1172,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                         Method::POST,
                         format!("/v1/tasks/{task}/complete"),
                         json!({"disposition": "spam", "notes": "closed by the supervisor"}),
-                        &shared.force_completes,
+                        &shared.counts.force_completes,
                     ),
                     50..85 => {
                         let to = match rng.random_range(0..3) {
@@ -1080,7 +1185,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                             Method::POST,
                             format!("/v1/tasks/{task}/transfer"),
                             json!({"to": to, "note": "escalated"}),
-                            &shared.supervisor_transfers,
+                            &shared.counts.supervisor_transfers,
                         )
                     }
                     _ => (
@@ -1088,7 +1193,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                         Method::PATCH,
                         format!("/v1/agents/{agent}"),
                         json!({"activity": "offline"}),
-                        &shared.set_offline,
+                        &shared.counts.set_offline,
                     ),
                 };
                 match api.call(method, &path, Some(body)).await {
@@ -1234,60 +1339,43 @@ pub async fn run(opts: Options) -> Result<(), String> {
             .await;
     }
 
-    let n = |c: &AtomicUsize| c.load(Ordering::Relaxed);
-    let (t, w, p, e, d, f) = (
-        n(&shared.transfers),
-        n(&shared.warm),
-        n(&shared.parks),
-        n(&shared.ends_mid_transfer),
-        n(&shared.disconnects),
-        n(&shared.force_completes),
-    );
-    let (ld, wd, io, la, br, nr) = (
-        n(&shared.long_disconnects),
-        n(&shared.withdrawn),
-        n(&shared.ignored_offers),
-        n(&shared.late_answers),
-        n(&shared.breaks),
-        n(&shared.not_responding),
-    );
-    let (st, so) = (n(&shared.supervisor_transfers), n(&shared.set_offline));
-    let (lv, ca, ea, ob, os, oc) = (
-        n(&shared.leaves),
-        n(&shared.customer_aways),
-        n(&shared.ended_while_away),
-        n(&shared.outbound),
-        n(&shared.outbound_started),
-        n(&shared.outbound_conflict),
-    );
+    let faults = if restarts.is_empty() {
+        String::new()
+    } else {
+        let secs: Vec<String> = restarts
+            .iter()
+            .map(|(at, took)| {
+                format!(
+                    "at {:.2}s, back in {:.2}s",
+                    at.as_secs_f64(),
+                    took.as_secs_f64()
+                )
+            })
+            .collect();
+        format!(
+            ", broker killed {} times ({})",
+            restarts.len(),
+            secs.join("; ")
+        )
+    };
     println!(
-        "workflow: {} agents, {} conversations: cold transfers {t}, warm {w}, parks {p}, \
-         ends mid-transfer {e}, disconnects {d} (about the grace {ld}, tasks gone on return {wd}), \
-         offers let run out {io} (answered late {la}), not_responding {nr}, breaks {br}, \
-         customers leaving {lv}, away about the grace {ca} (ended meanwhile {ea}), \
-         outbound {ob} (started {os}, refused as the customer had a conversation open {oc}), force-completes {f}, supervisor transfers {st}, set offline {so}, \
-         holders checked {checked}, 503 to a connect outside the faults {}{}; setup {:.1}s, total {:.1}s",
+        "workflow: {} agents, {} conversations: {}, holders checked {checked}{faults}; \
+         setup {:.1}s, total {:.1}s",
         opts.agents,
         opts.conversations,
-        n(&shared.unavailable),
-        if restarts.is_empty() {
-            String::new()
-        } else {
-            let secs: Vec<String> = restarts
-                .iter()
-                .map(|(at, took)| format!("at {:.2}s, back in {:.2}s", at.as_secs_f64(), took.as_secs_f64()))
-                .collect();
-            format!(", broker killed {} times ({})", restarts.len(), secs.join("; "))
-        },
+        shared.counts.summary(),
         setup.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    let did_it_all = t > 20 && w > 20 && p > 10 && e > 0 && d > 0 && f > 0 && checked > 0;
-    let and_the_rest =
-        ld > 0 && wd > 0 && io > 0 && la > 0 && br > 0 && lv > 0 && ca > 0 && os > 0 && os < ob;
-    let and_the_supervisor = st > 0 && so > 0;
-    if !(did_it_all && and_the_rest && and_the_supervisor) {
-        failures.push("the run did not do what it is about (see the counts)".into());
+    let mut short = shared.counts.shortfall();
+    if checked == 0 {
+        short.push("no holder checked".into());
+    }
+    if !short.is_empty() {
+        failures.push(format!(
+            "the run did not do what it is about: {}",
+            short.join("; ")
+        ));
     }
     let violations = shared
         .violations

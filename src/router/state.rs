@@ -1210,8 +1210,11 @@ impl RouterState {
     /// An agent who can take more gets the best waiting task across every
     /// queue it serves, numbered `offer`. It goes to whoever `pick` prefers
     /// (this agent, unless someone else could take it all along), or to this
-    /// agent if only decliners remain. Asked again once that offer is
-    /// applied, until it makes none: the agent is full or no task fits.
+    /// agent if only decliners remain, or if the one `pick` prefers has a
+    /// better task of its own waiting (freed in the same step as this agent,
+    /// and not asked yet): nobody is offered a task while a better one it
+    /// could take waits. Asked again once that offer is applied, until it
+    /// makes none: the agent is full or no task fits.
     pub fn route_agent(
         &self,
         agent_id: &Id,
@@ -1225,7 +1228,12 @@ impl RouterState {
                 .waiting_task(&task_id)
                 .map(|t| self.pick(t, now, cooldown))
             {
-                Some(Pick::Agent(a)) => a,
+                Some(Pick::Agent(a))
+                    if a == *agent_id
+                        || self.best_task_for(&a, now, cooldown).0.as_ref() == Some(&task_id) =>
+                {
+                    a
+                }
                 _ => agent_id.clone(),
             };
             RouterEvent::Offered {
@@ -1397,6 +1405,58 @@ mod tests {
         });
         assert_eq!(s.queued.len(), 1);
         assert!(!s.queued.contains_key("tk_1"));
+    }
+
+    #[test]
+    fn an_agent_freed_with_another_gets_its_best_task_not_the_others() {
+        // Ann (idle longest, skilled) and Bob free up in the same step, with
+        // a skilled task waiting ahead of a plain one. Routing for Bob first
+        // finds the plain task; the policy would prefer Ann for it, but Ann
+        // has a better task of her own waiting: Bob takes the plain one.
+        let mut s = RouterState::default();
+        for (id, skills) in [("ann", vec!["x".to_owned()]), ("bob", vec![])] {
+            s.apply(RouterEvent::AgentUpserted {
+                id: id.into(),
+                name: id.to_uppercase(),
+                capacity: PerChannel {
+                    webchat: 1,
+                    ..PerChannel::default()
+                },
+                skills,
+            });
+            s.apply(RouterEvent::PresenceChanged {
+                id: id.into(),
+                connected: true,
+            });
+            s.apply(RouterEvent::ActivityChanged {
+                id: id.into(),
+                activity: Activity::Available,
+            });
+        }
+        let mut skilled = task("tk_1", 0);
+        skilled.skills = Arc::from(vec!["x".to_owned()]);
+        for t in [skilled, task("tk_2", 1)] {
+            s.apply(RouterEvent::Enqueued {
+                task: t,
+                clock_at: SystemTime::UNIX_EPOCH,
+            });
+        }
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        // The policy alone prefers Ann for the plain task.
+        assert_eq!(
+            s.pick(&queued(&s, "tk_2"), now, COOLDOWN),
+            Pick::Agent("ann".into())
+        );
+        let offered = |r: Routed| match r.offer {
+            Some(RouterEvent::Offered {
+                task_id, agent_id, ..
+            }) => (task_id, agent_id),
+            other => panic!("no offer: {other:?}"),
+        };
+        let bobs = s.route_agent(&"bob".into(), now, COOLDOWN, 1);
+        assert_eq!(offered(bobs), (Id::from("tk_2"), Id::from("bob")));
+        let anns = s.route_agent(&"ann".into(), now, COOLDOWN, 2);
+        assert_eq!(offered(anns), (Id::from("tk_1"), Id::from("ann")));
     }
 
     #[test]
