@@ -1279,12 +1279,7 @@ async fn workflow_with_own_broker(
     flags.extend(["--data-dir".into(), data_arg]);
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let first = peer::start_broker(bin, &args, &[], &log).await?;
-    let (url, token) = (first.url.clone(), first.token.clone());
-    let port: u16 = url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| format!("the broker's URL {url} has no port"))?;
+    let (url, token, port) = (first.url.clone(), first.token.clone(), first.port);
     let broker = std::sync::Arc::new(tokio::sync::Mutex::new(Some(first)));
     let fault: Option<(workflow::Fault, usize)> = (kills > 0).then(|| {
         let (broker, bin, token, log) =
@@ -1330,21 +1325,19 @@ async fn workflow_with_own_broker(
 /// `--workflow`: against the broker at --url, or one of its own
 /// (`--broker-bin`, killed `--kills` times along the way).
 async fn workflow_main(args: &Args) -> ExitCode {
+    let options = |base, admin, fault| workflow::Options {
+        base,
+        customer_base: None,
+        admin,
+        agents: args.agents,
+        conversations: args.conversations,
+        limit: args.duration,
+        seed: args.seed.unwrap_or(1),
+        chaos: workflow::CHAOS,
+        fault,
+    };
     let outcome = match &args.broker_bin {
-        Some(bin) => {
-            workflow_with_own_broker(bin, args.kills, |base, admin, fault| workflow::Options {
-                base,
-                customer_base: None,
-                admin,
-                agents: args.agents,
-                conversations: args.conversations,
-                limit: args.duration,
-                seed: args.seed.unwrap_or(1),
-                chaos: workflow::CHAOS,
-                fault,
-            })
-            .await
-        }
+        Some(bin) => workflow_with_own_broker(bin, args.kills, options).await,
         None => {
             if args.admin_token.is_empty() {
                 eprintln!("loadtest: --workflow needs --admin-token or SWITCHBOARD_ADMIN_TOKEN");
@@ -1358,18 +1351,7 @@ async fn workflow_main(args: &Args) -> ExitCode {
                 eprintln!("loadtest: --url: {e}");
                 return ExitCode::from(2);
             }
-            workflow::run(workflow::Options {
-                base: args.url.clone(),
-                customer_base: None,
-                admin: args.admin_token.clone(),
-                agents: args.agents,
-                conversations: args.conversations,
-                limit: args.duration,
-                seed: args.seed.unwrap_or(1),
-                chaos: workflow::CHAOS,
-                fault: None,
-            })
-            .await
+            workflow::run(options(args.url.clone(), args.admin_token.clone(), None)).await
         }
     };
     match outcome {

@@ -219,6 +219,8 @@ pub async fn start_echo(cpus: Option<&[usize]>) -> Result<Peer, String> {
 /// A broker started by the harness (`--broker-bin`).
 pub struct Broker {
     pub url: String,
+    /// The loopback port of `url`.
+    pub port: u16,
     pub pid: u32,
     /// The admin token it was given (generated).
     pub token: String,
@@ -226,7 +228,7 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Kills the broker (it keeps nothing on disk) and waits for it.
+    /// Kills the broker and waits for it.
     pub async fn stop(mut self) {
         self.kill().await;
     }
@@ -345,6 +347,7 @@ pub async fn start_broker_on(
     }
     Ok(Broker {
         url,
+        port,
         pid,
         token,
         child,

@@ -104,6 +104,13 @@ pub fn seed_from_env(default: u64) -> u64 {
 /// Kills the broker and brings it back, resolving once it serves again.
 pub type Fault = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// How long a desk or customer going away around the end of its grace
+/// stays away: 0.7 to 1.5 s with [`GRACE`] at 1 s, so it comes back just
+/// before the grace ends, or as or after it ends.
+fn about_the_grace(rng: &mut StdRng) -> Duration {
+    GRACE - Duration::from_millis(300) + Duration::from_millis(rng.random_range(0..800))
+}
+
 /// How long clients keep trying to reconnect while the broker is restarted.
 const RECONNECT_FOR: Duration = Duration::from_secs(30);
 
@@ -308,8 +315,13 @@ impl Api {
     }
 
     fn ws_base(&self) -> String {
-        self.base.replacen("http", "ws", 1)
+        ws_base(&self.base)
     }
+}
+
+/// The WebSocket base of an HTTP base URL.
+fn ws_base(base: &str) -> String {
+    base.trim_end_matches('/').replacen("http", "ws", 1)
 }
 
 async fn connect(url: &str) -> Result<Raw, String> {
@@ -395,7 +407,7 @@ struct Desk {
 impl Desk {
     /// (Re)connect; None (and a violation) if the broker refuses.
     /// `after_grace`: back from a long absence, counting the tasks gone.
-    async fn open_counting(&mut self, after_grace: Option<&AtomicUsize>) -> Option<Raw> {
+    async fn open(&mut self, after_grace: bool) -> Option<Raw> {
         let (mut ws, hello) = match connect_first(&self.url, &self.shared).await {
             Ok(first) => first,
             Err(e) => {
@@ -422,11 +434,11 @@ impl Desk {
                 self.tasks.insert(s(&t["id"]), s(&t["conversation_id"]));
             }
         }
-        if let Some(gone) = after_grace {
+        if after_grace {
             // Back after about the grace: what is gone was withdrawn (or
             // completed meanwhile by the supervisor).
             let n = before.difference(&self.held).count();
-            gone.fetch_add(n, Ordering::Relaxed);
+            self.shared.counts.withdrawn.fetch_add(n, Ordering::Relaxed);
         }
         // Back with room (an offline agent takes no offers, and an
         // outbound takes capacity whatever the activity): start one first.
@@ -444,11 +456,6 @@ impl Desk {
             .await;
         }
         Some(ws)
-    }
-
-    /// (Re)connect; None (and a violation) if the broker refuses.
-    async fn open(&mut self) -> Option<Raw> {
-        self.open_counting(None).await
     }
 
     fn task_of(&self, conv: &str) -> Option<String> {
@@ -735,7 +742,7 @@ impl Desk {
     }
 
     async fn run(mut self) {
-        let Some(mut ws) = self.open().await else {
+        let Some(mut ws) = self.open(false).await else {
             return;
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -747,7 +754,7 @@ impl Desk {
             tokio::select! {
                 frame = next_json(&mut ws) => match frame {
                     Some(v) => self.on_frame(&mut ws, v).await,
-                    None => match self.open().await {
+                    None => match self.open(false).await {
                         Some(again) => ws = again,
                         None => return,
                     },
@@ -758,7 +765,7 @@ impl Desk {
                         self.shared.counts.disconnects.fetch_add(1, Ordering::Relaxed);
                         let _ = ws.close(None).await;
                         sleep(Duration::from_millis(self.rng.random_range(50..300))).await;
-                        match self.open().await {
+                        match self.open(false).await {
                             Some(again) => ws = again,
                             None => return,
                         }
@@ -768,10 +775,8 @@ impl Desk {
                         // as the desk returns).
                         self.shared.counts.long_disconnects.fetch_add(1, Ordering::Relaxed);
                         let _ = ws.close(None).await;
-                        let ms = self.rng.random_range(0..800);
-                        sleep(GRACE - Duration::from_millis(300) + Duration::from_millis(ms)).await;
-                        let shared = self.shared.clone();
-                        match self.open_counting(Some(&shared.counts.withdrawn)).await {
+                        sleep(about_the_grace(&mut self.rng)).await;
+                        match self.open(true).await {
                             Some(again) => ws = again,
                             None => return,
                         }
@@ -933,8 +938,7 @@ impl Customer {
                             // customer returns.
                             self.shared.counts.customer_aways.fetch_add(1, Ordering::Relaxed);
                             let _ = self.ws.close(None).await;
-                            let ms = self.rng.random_range(0..800);
-                            sleep(GRACE - Duration::from_millis(300) + Duration::from_millis(ms)).await;
+                            sleep(about_the_grace(&mut self.rng)).await;
                             match self.reconnect().await {
                                 Ok(true) => {
                                     self.shared.counts.ended_while_away.fetch_add(1, Ordering::Relaxed);
@@ -1117,7 +1121,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let convs = Arc::new(Mutex::new(Vec::new()));
     let mut customers = Vec::new();
     let customer_ws = match &opts.customer_base {
-        Some(base) => base.trim_end_matches('/').replacen("http", "ws", 1),
+        Some(base) => ws_base(base),
         None => api.ws_base(),
     };
     for i in 0..opts.conversations {
