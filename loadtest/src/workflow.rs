@@ -1168,8 +1168,15 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 let Some(list) = tasks.as_array().filter(|l| !l.is_empty()) else {
                     continue;
                 };
-                let task = s(&list[rng.random_range(0..list.len())]["id"]);
-                let agent = ids[rng.random_range(0..ids.len())].clone();
+                let listed = &list[rng.random_range(0..list.len())];
+                let task = s(&listed["id"]);
+                // Another agent than the one holding it as listed.
+                let mut at = rng.random_range(0..ids.len());
+                if listed["agent_id"].as_str() == Some(ids[at].as_str()) {
+                    at = (at + 1) % ids.len();
+                }
+                let agent = ids[at].clone();
+                let moved_to_agent = format!("is already {agent}'s");
                 let (what, method, path, body, counter) = match rng.random_range(0..100) {
                     0..50 => (
                         "force-complete",
@@ -1206,6 +1213,9 @@ pub async fn run(opts: Options) -> Result<(), String> {
                     }
                     // It moved since the list: refused, never broken.
                     Ok((404 | 409, _)) => {}
+                    // It moved to that very agent since the list: a
+                    // transfer to its own holder is refused as such.
+                    Ok((400, v)) if v.to_string().contains(&moved_to_agent) => {}
                     // A cluster's node between two active ones.
                     Ok((503, _)) if shared.restarting() => {}
                     Ok((status, v)) => shared.violation(format!("{what} {path}: {status} {v}")),

@@ -27,7 +27,12 @@
 //! - [`relay`]: every node takes clients: a standby relays HTTP requests and
 //!   WebSockets to the active node over core NATS
 //!   (`<prefix>.relay.open`, `<prefix>.relay.to.<endpoint>`; nothing
-//!   stored).
+//!   stored);
+//! - [`bus`]: typed messages from node to node (`<prefix>.bus.<node>`), in
+//!   order, with every loss, restart and silence told: the message plane of
+//!   the partitioned form (not used by the broker yet);
+//! - [`packing`]: many small frames in one NATS message, for the relay and
+//!   the bus.
 //!
 //! What lives in NATS, for a cluster named by its `prefix` (`switchboard` by
 //! default); `docs/cluster.md` explains each setting:
@@ -48,12 +53,14 @@
 //! Replicas are 1 by default (one `nats-server`); a NATS cluster of three
 //! would use 3, so a lease or an event survives a NATS node's loss.
 
+pub mod bus;
 pub mod carry_over;
 pub mod core_lease;
 pub mod fence;
 pub mod files;
 pub mod lease;
 pub mod node;
+pub mod packing;
 pub mod relay;
 pub mod replicate;
 pub mod snapshots;
@@ -64,6 +71,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
+pub use bus::{Bus, BusError, BusOptions, Delivery, Responder};
 pub use core_lease::{CoreLease, CORE_KEY};
 pub use fence::{
     EventLog, FenceError, FencedWriter, Log, PartitionWriter, StoredEvent, CLAIM_HEADER,
@@ -330,6 +338,40 @@ impl ClusterSettings {
         Ok(options)
     }
 
+    /// A NATS connection of this node's own (`what` names it), holding at
+    /// most `client_capacity` messages going out and `subscription_capacity`
+    /// received per subscription; the receiver hears of every
+    /// (re)connection and of every message NATS dropped for it (a slow
+    /// consumer): the moments core NATS messages may have been lost.
+    pub async fn connect_watched(
+        &self,
+        what: &str,
+        client_capacity: usize,
+        subscription_capacity: usize,
+    ) -> Result<(async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<()>), ClusterError> {
+        let (tell, lost) = tokio::sync::mpsc::unbounded_channel();
+        let client = self
+            .connect_options(what)?
+            .client_capacity(client_capacity)
+            .subscription_capacity(subscription_capacity)
+            .event_callback(move |event| {
+                if matches!(
+                    event,
+                    async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
+                ) {
+                    let _ = tell.send(());
+                }
+                std::future::ready(())
+            })
+            .connect(self.servers()?)
+            .await
+            .map_err(|source| ClusterError::Connect {
+                url: self.shown_url(),
+                source,
+            })?;
+        Ok((client, lost))
+    }
+
     /// The NKey seed in the `nkey` file, if set: one line, `SU` and 56
     /// more characters.
     pub fn nkey_seed(&self) -> Result<Option<String>, ClusterError> {
@@ -397,12 +439,7 @@ impl ClusterSettings {
     /// The checks [`Cluster::connect`] makes first: the node id and prefix
     /// are names NATS accepts, the TTL and replicas in range.
     pub fn check(&self) -> Result<(), ClusterError> {
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        };
+        let name_ok = valid_node_id;
         if !name_ok(&self.node_id) {
             return Err(ClusterError::Setting(format!(
                 "node_id {:?}: 1 to 64 letters, digits, '-' or '_'",
@@ -438,6 +475,15 @@ impl ClusterSettings {
         }
         Ok(())
     }
+}
+
+/// A node id (or a prefix): 1 to 64 letters, digits, `-` or `_`, so it is
+/// one token of a NATS subject and a KV key.
+pub fn valid_node_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Joining the cluster failed.

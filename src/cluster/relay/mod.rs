@@ -278,80 +278,8 @@ pub fn decode(mut bytes: Bytes) -> Result<(Address, Frame), RelayError> {
     Ok((at, frame))
 }
 
-/// The most bytes of frames the writer packs into one NATS message (well
-/// under NATS's default `max_payload` of 1 MiB).
-pub const BATCH: usize = 256 * 1024;
-
-/// Frames queued for each peer endpoint, packed as `[length: u32
-/// LE][frame]…`: one NATS message per peer and writer turn, instead of one
-/// per frame, is what makes the relay cheap under load (NATS's cost, on
-/// both nodes and in the server, is per message).
-#[derive(Default)]
-struct Batches {
-    /// Per peer, in the order each was first seen.
-    peers: Vec<(u64, BytesMut)>,
-    size: usize,
-}
-
-/// One NATS message carrying `frames`, as the writer packs them.
-pub fn batch<'a>(frames: impl IntoIterator<Item = &'a Bytes>) -> Bytes {
-    let mut batches = Batches::default();
-    for frame in frames {
-        batches.add(0, frame);
-    }
-    batches
-        .take()
-        .pop()
-        .map(|(_, batch)| batch)
-        .unwrap_or_default()
-}
-
-impl Batches {
-    fn add(&mut self, to: u64, frame: &[u8]) {
-        let at = match self.peers.iter().position(|(p, _)| *p == to) {
-            Some(at) => at,
-            None => {
-                self.peers.push((to, BytesMut::new()));
-                self.peers.len() - 1
-            }
-        };
-        let batch = &mut self.peers[at].1;
-        batch.put_u32_le(frame.len() as u32);
-        batch.extend_from_slice(frame);
-        self.size += 4 + frame.len();
-    }
-
-    fn take(&mut self) -> Vec<(u64, Bytes)> {
-        self.size = 0;
-        self.peers
-            .drain(..)
-            .map(|(to, batch)| (to, batch.freeze()))
-            .collect()
-    }
-}
-
-/// The frames of one NATS message, in order; a malformed length ends it.
-pub fn unbatch(mut message: Bytes) -> impl Iterator<Item = Result<Bytes, RelayError>> {
-    std::iter::from_fn(move || {
-        if message.is_empty() {
-            return None;
-        }
-        if message.len() < 4 {
-            message.clear();
-            return Some(Err(RelayError::Malformed("a torn length".into())));
-        }
-        let len = u32::from_le_bytes([message[0], message[1], message[2], message[3]]) as usize;
-        let left = message.len() - 4;
-        if left < len {
-            message.clear();
-            return Some(Err(RelayError::Malformed(format!(
-                "a frame of {len} bytes in {left} left"
-            ))));
-        }
-        let _ = message.split_to(4);
-        Some(Ok(message.split_to(len)))
-    })
-}
+use super::packing::Batches;
+pub use super::packing::{batch, unbatch, BATCH};
 
 /// Why a connection closed when its data did not fit in the endpoint's
 /// queue.
@@ -547,25 +475,8 @@ pub struct Connection {
 /// (reconnecting for ever). `lost` hears of every (re)connection and of
 /// every message NATS dropped for this client (a slow consumer).
 pub async fn connect(settings: &ClusterSettings, role: &str) -> Result<Connection, RelayError> {
-    let servers = settings
-        .servers()
-        .map_err(|e| RelayError::Nats(e.to_string()))?;
-    let (tell, lost) = mpsc::unbounded_channel();
-    let client = settings
-        .connect_options(&format!(" relay {role}"))
-        .map_err(|e| RelayError::Nats(e.to_string()))?
-        .client_capacity(CLIENT_CAPACITY)
-        .subscription_capacity(INBOX_CAPACITY)
-        .event_callback(move |event| {
-            if matches!(
-                event,
-                async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
-            ) {
-                let _ = tell.send(());
-            }
-            std::future::ready(())
-        })
-        .connect(servers)
+    let (client, lost) = settings
+        .connect_watched(&format!(" relay {role}"), CLIENT_CAPACITY, INBOX_CAPACITY)
         .await
         .map_err(|e| RelayError::Nats(e.to_string()))?;
     Ok(Connection { client, lost })
@@ -616,7 +527,7 @@ impl Endpoint {
             while let Some((to, bytes)) = queue.recv().await {
                 queued.set(queued.get().saturating_sub(bytes.len()));
                 batches.add(to, &bytes);
-                while batches.size < BATCH {
+                while batches.size() < BATCH {
                     match queue.try_recv() {
                         Ok((to, bytes)) => {
                             queued.set(queued.get().saturating_sub(bytes.len()));
@@ -1139,65 +1050,6 @@ mod tests {
         assert!(matches!(
             decode(credit.into()),
             Err(RelayError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn frames_for_one_peer_travel_in_one_message_in_order() {
-        let mut batches = Batches::default();
-        let at = |seq| Address {
-            from: 1,
-            to: 2,
-            from_conn: 3,
-            seq,
-        };
-        let frames: Vec<Bytes> = (0..5)
-            .map(|i| encode(at(i), &Frame::Data(Bytes::from(vec![i as u8; i as usize]))))
-            .collect::<Result<_, _>>()
-            .expect("encodes");
-        for (i, f) in frames.iter().enumerate() {
-            batches.add(if i == 2 { 9 } else { 7 }, f);
-        }
-        let taken = batches.take();
-        assert_eq!(taken.len(), 2, "one message per peer");
-        assert_eq!(taken[0].0, 7);
-        let back: Vec<Bytes> = unbatch(taken[0].1.clone())
-            .collect::<Result<_, _>>()
-            .expect("unbatches");
-        assert_eq!(
-            back,
-            vec![
-                frames[0].clone(),
-                frames[1].clone(),
-                frames[3].clone(),
-                frames[4].clone()
-            ]
-        );
-        let other: Vec<Bytes> = unbatch(taken[1].1.clone())
-            .collect::<Result<_, _>>()
-            .expect("unbatches");
-        assert_eq!(other, vec![frames[2].clone()]);
-        assert_eq!(batches.size, 0);
-        assert!(batches.take().is_empty());
-    }
-
-    #[test]
-    fn a_torn_batch_yields_what_is_whole_then_an_error() {
-        let mut batches = Batches::default();
-        batches.add(1, b"first");
-        batches.add(1, b"second");
-        let (_, whole) = batches.take().remove(0);
-        let torn = whole.slice(..whole.len() - 2);
-        let got: Vec<_> = unbatch(torn).collect();
-        assert_eq!(got.len(), 2);
-        assert_eq!(
-            got[0].as_ref().expect("whole"),
-            &Bytes::from_static(b"first")
-        );
-        assert!(matches!(got[1], Err(RelayError::Malformed(_))));
-        assert!(matches!(
-            unbatch(Bytes::from_static(b"\x01")).next(),
-            Some(Err(RelayError::Malformed(_)))
         ));
     }
 

@@ -1,0 +1,466 @@
+//! The bus between nodes (`switchboard::cluster::bus`) against a real
+//! `nats-server` (`tests/common/nats.rs` starts one per test): order and
+//! batching, requests and their failures, a peer's restart and silence told
+//! to the other side, a NATS restart where every message either arrives or
+//! is counted lost, a full queue, and what does not decode.
+
+mod common;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use switchboard::cluster::bus::{Loss, OUTBOX};
+use switchboard::cluster::relay::Timing;
+use switchboard::cluster::{Bus, BusError, BusOptions, ClusterSettings, Delivery};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use common::nats::NatsServer;
+
+/// Long enough for any step on a loaded machine; every wait ends as soon as
+/// what it waits for comes.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum Msg {
+    Count(u64),
+    Ask(String),
+    Answer(String),
+    Blob(Vec<u8>),
+}
+
+/// What another build might send: a type this one does not read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum Foreign {
+    A,
+    B,
+    C,
+    D,
+    E,
+    F(String),
+}
+
+fn options(outbox: usize) -> BusOptions {
+    BusOptions {
+        outbox,
+        deliveries: 1024,
+        timing: Timing {
+            heartbeat: Duration::from_millis(100),
+            silence: Duration::from_millis(800),
+        },
+    }
+}
+
+async fn start<M>(
+    nats: &NatsServer,
+    node: &str,
+    outbox: usize,
+) -> (Bus<M>, mpsc::Receiver<Delivery<M>>)
+where
+    M: Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    Bus::start(&ClusterSettings::new(nats.url(), node), options(outbox))
+        .await
+        .expect("bus starts")
+}
+
+/// The next delivery, within [`PATIENCE`].
+async fn next<M>(rx: &mut mpsc::Receiver<Delivery<M>>) -> Delivery<M> {
+    tokio::time::timeout(PATIENCE, rx.recv())
+        .await
+        .expect("a delivery within the patience")
+        .expect("the bus runs")
+}
+
+#[tokio::test]
+async fn messages_arrive_in_order_both_ways_and_many_travel_in_few_nats_messages() {
+    let nats = NatsServer::start();
+    let (a, mut a_rx) = start::<Msg>(&nats, "a", OUTBOX).await;
+    let (b, mut b_rx) = start::<Msg>(&nats, "b", OUTBOX).await;
+    // Count the NATS messages carrying a's frames to b.
+    let watcher = async_nats::connect(nats.url()).await.expect("connect");
+    let mut sniff = watcher
+        .subscribe("switchboard.bus.b")
+        .await
+        .expect("subscribe");
+    watcher.flush().await.expect("flush");
+
+    const N: u64 = 20_000;
+    let back = tokio::spawn(async move {
+        for i in 0..1_000 {
+            b.send("a", &Msg::Count(i)).expect("b sends");
+        }
+        b
+    });
+    for i in 0..N {
+        a.send("b", &Msg::Count(i)).expect("a sends");
+    }
+    for i in 0..N {
+        match next(&mut b_rx).await {
+            Delivery::Message { from, body } => {
+                assert_eq!(from, "a");
+                assert_eq!(body, Msg::Count(i), "in the order sent");
+            }
+            other => panic!("b got {other:?} at {i}"),
+        }
+    }
+    let _b = back.await.expect("b's sender");
+    for i in 0..1_000 {
+        match next(&mut a_rx).await {
+            Delivery::Message { from, body } => {
+                assert_eq!((from.as_str(), body), ("b", Msg::Count(i)));
+            }
+            other => panic!("a got {other:?} at {i}"),
+        }
+    }
+    // Stopped, they ping no more: what the sniffer got is all there was.
+    a.stop();
+    _b.stop();
+    let mut nats_messages = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), sniff.next()).await {
+        nats_messages += 1;
+    }
+    assert!(
+        nats_messages < N / 10,
+        "{N} messages took {nats_messages} NATS messages"
+    );
+    assert_eq!(a.queued(), 0);
+}
+
+#[tokio::test]
+async fn a_request_is_answered_and_a_dropped_or_unanswerable_one_fails_at_once() {
+    let nats = NatsServer::start();
+    let (a, _a_rx) = start::<Msg>(&nats, "a", OUTBOX).await;
+    let (_b, mut b_rx) = start::<Msg>(&nats, "b", OUTBOX).await;
+    let answering = tokio::spawn(async move {
+        while let Some(delivery) = b_rx.recv().await {
+            if let Delivery::Request {
+                from,
+                body: Msg::Ask(text),
+                responder,
+            } = delivery
+            {
+                assert_eq!(from, "a");
+                if text == "drop" {
+                    drop(responder);
+                } else {
+                    responder
+                        .respond(&Msg::Answer(text.to_uppercase()))
+                        .expect("answered");
+                }
+            }
+        }
+    });
+    let asked = a
+        .request("b", &Msg::Ask("hello".into()), PATIENCE)
+        .await
+        .expect("an answer");
+    assert_eq!(asked, Msg::Answer("HELLO".into()));
+
+    let started = Instant::now();
+    let dropped = a.request("b", &Msg::Ask("drop".into()), PATIENCE).await;
+    assert!(
+        matches!(dropped, Err(BusError::NotAnswered { ref peer, .. }) if peer == "b"),
+        "{dropped:?}"
+    );
+    assert!(
+        started.elapsed() < PATIENCE / 4,
+        "at once, not at the deadline"
+    );
+
+    let within = Duration::from_millis(300);
+    let nobody = a.request("nobody", &Msg::Ask("?".into()), within).await;
+    assert_eq!(
+        nobody,
+        Err(BusError::Timeout {
+            peer: "nobody".into(),
+            after: within
+        })
+    );
+    assert_eq!(
+        a.send("not a node", &Msg::Count(1)),
+        Err(BusError::BadNode("not a node".into()))
+    );
+    answering.abort();
+}
+
+#[tokio::test]
+async fn a_restart_is_told_to_the_peer_and_fails_what_waited_on_it() {
+    let nats = NatsServer::start();
+    let (a, mut a_rx) = start::<Msg>(&nats, "a", OUTBOX).await;
+    let (b, mut b_rx) = start::<Msg>(&nats, "b", OUTBOX).await;
+    b.send("a", &Msg::Count(0)).expect("sends");
+    assert!(matches!(next(&mut a_rx).await, Delivery::Message { .. }));
+
+    // A request b holds unanswered when it crashes.
+    let waiting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.request("b", &Msg::Ask("x".into()), PATIENCE).await })
+    };
+    let Delivery::Request { responder, .. } = next(&mut b_rx).await else {
+        panic!("b gets the request");
+    };
+    b.stop();
+    let (b2, mut b2_rx) = start::<Msg>(&nats, "b", OUTBOX).await;
+    // a pings b (it sent to b); the new b pings back what it heard from.
+    match next(&mut a_rx).await {
+        Delivery::Restarted { from } => assert_eq!(from, "b"),
+        other => panic!("a got {other:?}"),
+    }
+    assert_eq!(
+        waiting.await.expect("the request's task"),
+        Err(BusError::PeerRestarted { peer: "b".into() })
+    );
+    // The old responder's late drop goes nowhere.
+    drop(responder);
+    // To the new b, a is a first contact: the request a sent the old b is
+    // counted lost (over-told, never under-told), then what follows.
+    a.send("b", &Msg::Count(7)).expect("sends");
+    match next(&mut b2_rx).await {
+        Delivery::Lost { from, loss } => assert_eq!((from.as_str(), loss), ("a", Loss::Missing(1))),
+        other => panic!("the new b got {other:?}"),
+    }
+    match next(&mut b2_rx).await {
+        Delivery::Message { from, body } => {
+            assert_eq!((from.as_str(), body), ("a", Msg::Count(7)))
+        }
+        other => panic!("the new b got {other:?}"),
+    }
+    b2.send("a", &Msg::Count(1)).expect("sends");
+    match next(&mut a_rx).await {
+        Delivery::Message { body, .. } => assert_eq!(body, Msg::Count(1)),
+        other => panic!("a got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_told_once_and_fails_what_waited_on_it() {
+    let nats = NatsServer::start();
+    let (a, mut a_rx) = start::<Msg>(&nats, "a", OUTBOX).await;
+    let (b, mut b_rx) = start::<Msg>(&nats, "b", OUTBOX).await;
+    // a cannot hear from b before b has its request.
+    let asked = Instant::now();
+    let waiting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.request("b", &Msg::Ask("x".into()), PATIENCE).await })
+    };
+    let responder = match next(&mut b_rx).await {
+        Delivery::Request { responder, .. } => responder,
+        other => panic!("b got {other:?}"),
+    };
+    b.stop();
+    match next(&mut a_rx).await {
+        Delivery::Silent { from } => assert_eq!(from, "b"),
+        other => panic!("a got {other:?}"),
+    }
+    let after = asked.elapsed();
+    assert!(
+        after >= Duration::from_millis(800),
+        "told after the silence ({after:?})"
+    );
+    assert_eq!(
+        waiting.await.expect("the request's task"),
+        Err(BusError::PeerSilent { peer: "b".into() })
+    );
+    drop(responder);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), a_rx.recv())
+            .await
+            .is_err(),
+        "told once"
+    );
+    assert_eq!(b.send("a", &Msg::Count(1)), Err(BusError::Stopped));
+}
+
+/// Every message `rx` gets from `from` until `total` are accounted for
+/// (taken or counted lost): the numbers taken, in order, and how many were
+/// lost.
+async fn account(
+    rx: &mut mpsc::Receiver<Delivery<Msg>>,
+    from: &str,
+    total: u64,
+) -> (Vec<u64>, u64) {
+    let mut taken = Vec::new();
+    let mut lost = 0;
+    while (taken.len() as u64) + lost < total {
+        match next(rx).await {
+            Delivery::Message {
+                from: f,
+                body: Msg::Count(i),
+            } if f == from => taken.push(i),
+            Delivery::Message { .. } => {}
+            // NATS away for longer than the silence.
+            Delivery::Silent { .. } => {}
+            Delivery::Lost {
+                from: f,
+                loss: Loss::Missing(n),
+            } if f == from => lost += n,
+            other => panic!("got {other:?}"),
+        }
+    }
+    (taken, lost)
+}
+
+#[tokio::test]
+async fn across_a_nats_restart_every_message_arrives_or_is_counted_lost() {
+    let mut nats = NatsServer::start();
+    let (a, _a_rx) = start::<Msg>(&nats, "a", OUTBOX).await;
+    let (_b, mut b_rx) = start::<Msg>(&nats, "b", OUTBOX).await;
+    const N: u64 = 3_000;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                a.send("b", &Msg::Count(i)).expect("queued");
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.spawn();
+    sender.await.expect("sent");
+    let (taken, lost) = account(&mut b_rx, "a", N).await;
+    assert!(
+        taken.windows(2).all(|w| w[0] < w[1]),
+        "in order, none twice"
+    );
+    assert_eq!(taken.len() as u64 + lost, N);
+    assert!(
+        taken.len() as u64 > N / 2,
+        "most arrive: {} of {N}",
+        taken.len()
+    );
+    eprintln!(
+        "across the NATS restart: {} arrived, {lost} counted lost",
+        taken.len()
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_and_keeps_what_it_took() {
+    let mut nats = NatsServer::start();
+    let (a, _a_rx) = start::<Msg>(&nats, "a", 256 * 1024).await;
+    let (_b, mut b_rx) = start::<Msg>(&nats, "b", OUTBOX).await;
+    nats.stop();
+    let blob = Msg::Blob(vec![7; 8 * 1024]);
+    let mut accepted = 0u64;
+    let refused = loop {
+        match a.send("b", &blob) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 100_000, "never refused");
+        if accepted.is_multiple_of(16) {
+            // Let the writer fill NATS's client buffer first.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    assert!(matches!(refused, BusError::Full { .. }), "{refused:?}");
+    assert!(a.queued() > 200 * 1024);
+    nats.spawn();
+    // What was taken goes out once NATS is back: each arrives or is
+    // counted lost (b's subscription may come back after a's first
+    // messages), never dropped unsaid.
+    let mut taken = 0;
+    let mut lost = 0;
+    while taken + lost < accepted {
+        match next(&mut b_rx).await {
+            Delivery::Message { body, .. } => {
+                assert_eq!(body, blob);
+                taken += 1;
+            }
+            Delivery::Lost {
+                loss: Loss::Missing(n),
+                ..
+            } => lost += n,
+            Delivery::Silent { .. } => {}
+            other => panic!("b got {other:?}"),
+        }
+    }
+    assert_eq!(taken + lost, accepted);
+    let deadline = Instant::now() + PATIENCE;
+    while a.queued() > 0 {
+        assert!(Instant::now() < deadline, "the queue drains");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.send("b", &blob).expect("room again");
+}
+
+#[tokio::test]
+async fn what_does_not_decode_is_told_as_lost_and_a_foreign_request_refused_at_once() {
+    let nats = NatsServer::start();
+    let (a, _a_rx) = start::<Msg>(&nats, "a", OUTBOX).await;
+    let (_b, mut b_rx) = start::<Msg>(&nats, "b", OUTBOX).await;
+    let (c, _c_rx) = start::<Foreign>(&nats, "c", OUTBOX).await;
+
+    // Not a bus message at all: no sender to tell, dropped with a warning.
+    let raw = async_nats::connect(nats.url()).await.expect("connect");
+    for garbage in [
+        &b""[..],
+        b"\x01",
+        b"\xff\xff\xff\xff",
+        b"\x05\x00\x00\x00\x09abcd",
+    ] {
+        raw.publish("switchboard.bus.b", garbage.to_vec().into())
+            .await
+            .expect("publish");
+    }
+    raw.flush().await.expect("flush");
+
+    // A type b does not read.
+    c.send("b", &Foreign::F("from a newer build".into()))
+        .expect("sends");
+    match next(&mut b_rx).await {
+        Delivery::Lost {
+            from,
+            loss: Loss::Undecodable(_),
+        } => assert_eq!(from, "c"),
+        other => panic!("b got {other:?}"),
+    }
+    let started = Instant::now();
+    let refused = c.request("b", &Foreign::F("?".into()), PATIENCE).await;
+    assert!(
+        matches!(refused, Err(BusError::NotAnswered { ref peer, .. }) if peer == "b"),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() < PATIENCE / 4, "at once");
+    match next(&mut b_rx).await {
+        Delivery::Lost {
+            loss: Loss::Undecodable(_),
+            ..
+        } => {}
+        other => panic!("b got {other:?}"),
+    }
+
+    // b still reads what it knows.
+    a.send("b", &Msg::Count(1)).expect("sends");
+    match next(&mut b_rx).await {
+        Delivery::Message { from, body } => assert_eq!((from.as_str(), body), ("a", Msg::Count(1))),
+        other => panic!("b got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_may_send_to_itself_and_is_never_silent_to_itself() {
+    let nats = NatsServer::start();
+    let (a, mut a_rx) = start::<Msg>(&nats, "a", OUTBOX).await;
+    for i in 0..3 {
+        a.send("a", &Msg::Count(i)).expect("sends");
+    }
+    for i in 0..3 {
+        match next(&mut a_rx).await {
+            Delivery::Message { from, body } => {
+                assert_eq!((from.as_str(), body), ("a", Msg::Count(i)))
+            }
+            other => panic!("a got {other:?}"),
+        }
+    }
+    // Past the silence, nothing: a node does not ping itself, nor miss
+    // itself.
+    assert!(tokio::time::timeout(Duration::from_secs(2), a_rx.recv())
+        .await
+        .is_err());
+}
