@@ -273,41 +273,50 @@ async fn a_silent_peer_is_told_once_and_fails_what_waited_on_it() {
     assert_eq!(b.send("a", &Msg::Count(1)), Err(BusError::Stopped));
 }
 
-/// Every message `rx` gets from `from` until `total` are accounted for
-/// (taken or counted lost): the numbers taken, in order, and how many were
-/// lost.
+/// What `rx` got from `from` until `total` numbered frames are accounted
+/// for (taken or counted lost): the counts taken, in order, how many
+/// requests were taken (each answered), and how many frames were lost.
 async fn account(
     rx: &mut mpsc::Receiver<Delivery<Msg>>,
     from: &str,
     total: u64,
-) -> (Vec<u64>, u64) {
+) -> (Vec<u64>, u64, u64) {
     let mut taken = Vec::new();
+    let mut requests = 0;
     let mut lost = 0;
-    while (taken.len() as u64) + lost < total {
+    while (taken.len() as u64) + requests + lost < total {
         match next(rx).await {
             Delivery::Message {
                 from: f,
                 body: Msg::Count(i),
             } if f == from => taken.push(i),
-            Delivery::Message { .. } => {}
-            // NATS away for longer than the silence.
-            Delivery::Silent { .. } => {}
+            Delivery::Request {
+                from: f,
+                body: Msg::Ask(text),
+                responder,
+            } if f == from => {
+                requests += 1;
+                let _ = responder.respond(&Msg::Answer(text));
+            }
             Delivery::Lost {
                 from: f,
                 loss: Loss::Missing(n),
             } if f == from => lost += n,
+            // NATS away for longer than the silence.
+            Delivery::Silent { .. } => {}
             other => panic!("got {other:?}"),
         }
     }
-    (taken, lost)
+    (taken, requests, lost)
 }
 
 #[tokio::test]
-async fn across_a_nats_restart_every_message_arrives_or_is_counted_lost() {
+async fn across_a_nats_restart_every_message_arrives_or_is_counted_lost_and_no_request_hangs() {
     let mut nats = NatsServer::start();
     let (a, _a_rx) = start::<Msg>(&nats, "a", OUTBOX).await;
     let (_b, mut b_rx) = start::<Msg>(&nats, "b", OUTBOX).await;
     const N: u64 = 3_000;
+    const R: u64 = 150;
     let sender = {
         let a = a.clone();
         tokio::spawn(async move {
@@ -317,25 +326,69 @@ async fn across_a_nats_restart_every_message_arrives_or_is_counted_lost() {
             }
         })
     };
+    // Requests in the same stream, each with the whole patience: one lost
+    // on its way must fail when b reports the gap, not at its deadline.
+    let asking = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut asked = Vec::new();
+            for i in 0..R {
+                let a = a.clone();
+                asked.push(tokio::spawn(async move {
+                    let started = Instant::now();
+                    let outcome = a.request("b", &Msg::Ask(i.to_string()), PATIENCE).await;
+                    (outcome, started.elapsed())
+                }));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut outcomes = Vec::new();
+            for one in asked {
+                outcomes.push(one.await.expect("a request's task"));
+            }
+            outcomes
+        })
+    };
     tokio::time::sleep(Duration::from_millis(400)).await;
     nats.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
     nats.spawn();
     sender.await.expect("sent");
-    let (taken, lost) = account(&mut b_rx, "a", N).await;
+    let (taken, requests, lost) = account(&mut b_rx, "a", N + R).await;
     assert!(
         taken.windows(2).all(|w| w[0] < w[1]),
         "in order, none twice"
     );
-    assert_eq!(taken.len() as u64 + lost, N);
     assert!(
         taken.len() as u64 > N / 2,
         "most arrive: {} of {N}",
         taken.len()
     );
+    let outcomes = asking.await.expect("the requests");
+    let mut answered = 0;
+    let mut failed = Vec::new();
+    for (outcome, took) in outcomes {
+        assert!(
+            took < PATIENCE / 2,
+            "a request hung for {took:?}: {outcome:?}"
+        );
+        match outcome {
+            Ok(Msg::Answer(_)) => answered += 1,
+            Ok(other) => panic!("answered {other:?}"),
+            Err(
+                e @ (BusError::RequestLost { .. }
+                | BusError::AnswerLost { .. }
+                | BusError::PeerSilent { .. }),
+            ) => failed.push(e),
+            Err(e) => panic!("a request failed with {e:?}"),
+        }
+    }
+    assert_eq!(answered + failed.len() as u64, R);
     eprintln!(
-        "across the NATS restart: {} arrived, {lost} counted lost",
-        taken.len()
+        "across the NATS restart: {} of {N} messages and {requests} of {R} requests arrived, \
+         {lost} counted lost; {answered} requests answered, {} failed at once (first: {:?})",
+        taken.len(),
+        failed.len(),
+        failed.first()
     );
 }
 

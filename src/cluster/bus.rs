@@ -26,7 +26,9 @@
 //!   waits for the peer's [`Responder::respond`] within a deadline. A
 //!   responder dropped unanswered answers [`BusError::NotAnswered`] at once;
 //!   a peer that restarts, goes silent or whose messages were lost fails the
-//!   requests waiting on it at once, rather than at their deadline.
+//!   requests waiting on it at once, rather than at their deadline, and so
+//!   does a request lost on its way: a receiver that finds a gap tells the
+//!   sender which numbers never arrived ([`BusError::RequestLost`]).
 //! - **Bounds.** At most [`BusOptions::outbox`] bytes of messages wait for
 //!   NATS; past it [`Bus::send`] refuses with [`BusError::Full`] and the
 //!   sender decides (nothing queued is dropped). A consumer that does not
@@ -98,6 +100,8 @@ pub enum BusError {
     PeerSilent { peer: String },
     #[error("messages from {peer} were lost; the answer may be among them")]
     AnswerLost { peer: String },
+    #[error("the request never reached {peer} (lost on the way)")]
+    RequestLost { peer: String },
     #[error("{peer} did not answer: {why}")]
     NotAnswered { peer: String, why: String },
     #[error("the bus is stopped")]
@@ -173,6 +177,9 @@ enum Kind {
     /// `seq` = how many numbered frames the sender has sent to the
     /// receiver; `corr` = 1 asks for a ping back.
     Ping = 5,
+    /// "Your frames numbered `seq` up to (not including) `corr` never
+    /// reached me": the receiver fails the requests among them at once.
+    Gap = 6,
 }
 
 impl Kind {
@@ -183,12 +190,13 @@ impl Kind {
             3 => Kind::Reply,
             4 => Kind::NoReply,
             5 => Kind::Ping,
+            6 => Kind::Gap,
             _ => return None,
         })
     }
 
     fn numbered(self) -> bool {
-        self != Kind::Ping
+        !matches!(self, Kind::Ping | Kind::Gap)
     }
 }
 
@@ -367,19 +375,29 @@ impl Peers {
     }
 }
 
-/// A frame queued for the writer, not yet numbered.
+/// A frame queued for the writer, not yet numbered (a gap's first missing
+/// number rides in `gap_from`).
 struct Out {
     to: Arc<str>,
     kind: Kind,
     corr: u64,
     body: Bytes,
+    gap_from: u64,
 }
 
 type Answer = Result<Bytes, BusError>;
 
-/// Requests waiting for an answer: by correlation id, the peer asked and
-/// where its answer goes.
-type Pending = Arc<Mutex<HashMap<u64, (Arc<str>, oneshot::Sender<Answer>)>>>;
+/// A request waiting for its answer.
+struct Waiting {
+    peer: Arc<str>,
+    /// Its number in this node's frames to `peer`, once the writer has
+    /// numbered it.
+    seq: Option<u64>,
+    tell: oneshot::Sender<Answer>,
+}
+
+/// Requests waiting for an answer, by correlation id.
+type Pending = Arc<Mutex<HashMap<u64, Waiting>>>;
 
 /// What the bus's handles share with its tasks.
 struct Shared {
@@ -422,6 +440,7 @@ impl Shared {
                 kind,
                 corr,
                 body,
+                gap_from: 0,
             })
             .map_err(|_| {
                 self.queued.fetch_sub(len, Ordering::Relaxed);
@@ -504,6 +523,7 @@ where
             heard: heard.clone(),
             sent: HashMap::new(),
             expect: expect_tx,
+            pending: pending.clone(),
             idle: options.timing.silence * 10,
         };
         let reader = Reader {
@@ -567,8 +587,8 @@ where
             task.abort();
         }
         let waiting: Vec<_> = self.shared.pending.lock().drain().collect();
-        for (_, (_, tell)) in waiting {
-            let _ = tell.send(Err(BusError::Stopped));
+        for (_, waiting) in waiting {
+            let _ = waiting.tell.send(Err(BusError::Stopped));
         }
     }
 
@@ -593,10 +613,14 @@ where
         let body = encode(message)?;
         let corr = self.shared.next_corr.fetch_add(1, Ordering::Relaxed);
         let (tell, answer) = oneshot::channel();
-        self.shared
-            .pending
-            .lock()
-            .insert(corr, (Arc::from(to), tell));
+        self.shared.pending.lock().insert(
+            corr,
+            Waiting {
+                peer: Arc::from(to),
+                seq: None,
+                tell,
+            },
+        );
         if let Err(e) = self.shared.enqueue(to, Kind::Request, corr, body) {
             self.shared.pending.lock().remove(&corr);
             return Err(e);
@@ -688,6 +712,8 @@ struct Writer {
     sent: HashMap<Arc<str>, (u64, Instant)>,
     /// Tells the reader of each peer newly sent to.
     expect: mpsc::UnboundedSender<Arc<str>>,
+    /// To number the requests waiting for an answer.
+    pending: Pending,
     /// Peers neither sent to nor heard from for this long are pinged no
     /// more (their numbers are kept: a peer's numbering never restarts
     /// within an incarnation).
@@ -744,13 +770,20 @@ impl Writer {
             let _ = self.expect.send(out.to.clone());
             (0, now)
         });
-        let seq = if out.kind.numbered() {
-            entry.1 = now;
-            entry.0 += 1;
-            entry.0 - 1
-        } else {
-            entry.0
+        let seq = match out.kind {
+            Kind::Ping => entry.0,
+            Kind::Gap => out.gap_from,
+            _ => {
+                entry.1 = now;
+                entry.0 += 1;
+                entry.0 - 1
+            }
         };
+        if out.kind == Kind::Request {
+            if let Some(waiting) = self.pending.lock().get_mut(&out.corr) {
+                waiting.seq = Some(seq);
+            }
+        }
         let frame = Frame {
             kind: out.kind,
             seq,
@@ -788,6 +821,7 @@ impl Writer {
                     kind: Kind::Ping,
                     corr: u64::from(ask),
                     body: Bytes::new(),
+                    gap_from: 0,
                 },
             );
         }
@@ -884,13 +918,36 @@ where
                     return self.lost(&from, Loss::Undecodable(why)).await;
                 }
             };
+            if frame.kind == Kind::Gap {
+                // What this node sent `from` that never arrived there.
+                let (first, end) = (frame.seq, frame.corr);
+                self.fail_where(
+                    &from,
+                    |seq| seq.is_some_and(|seq| (first..end).contains(&seq)),
+                    |peer| BusError::RequestLost { peer },
+                );
+                continue;
+            }
+            // A gap ends where this frame's number (or ping's count) is.
+            let end = frame.seq;
             for step in self.peers.on_frame(&from, incarnation, frame, now) {
                 let alive = match step {
                     Step::Restarted => {
                         self.fail_pending(&from, |peer| BusError::PeerRestarted { peer });
                         self.tell(Delivery::Restarted { from: from.clone() }).await
                     }
-                    Step::Lost(n) => self.lost(&from, Loss::Missing(n)).await,
+                    Step::Lost(n) => {
+                        // Tell the sender too: its requests among them
+                        // fail at once.
+                        let _ = self.queue.send(Out {
+                            to: from_arc.clone(),
+                            kind: Kind::Gap,
+                            corr: end,
+                            body: Bytes::new(),
+                            gap_from: end.saturating_sub(n),
+                        });
+                        self.lost(&from, Loss::Missing(n)).await
+                    }
                     Step::PingBack => {
                         self.control(&from_arc, Kind::Ping, 0, Bytes::new());
                         true
@@ -909,7 +966,7 @@ where
         match frame.kind {
             Kind::Reply | Kind::NoReply => {
                 let waiting = self.pending.lock().remove(&frame.corr);
-                if let Some((_, tell)) = waiting {
+                if let Some(Waiting { tell, .. }) = waiting {
                     let answer = if frame.kind == Kind::Reply {
                         Ok(frame.body)
                     } else {
@@ -961,7 +1018,7 @@ where
                 };
                 self.tell(delivery).await
             }
-            Kind::Ping => true,
+            Kind::Ping | Kind::Gap => true,
         }
     }
 
@@ -984,6 +1041,7 @@ where
             kind,
             corr,
             body,
+            gap_from: 0,
         });
         if sent.is_err() {
             self.queued.fetch_sub(len, Ordering::Relaxed);
@@ -996,16 +1054,27 @@ where
 
     /// Fail at once every request waiting on `peer`.
     fn fail_pending(&self, peer: &str, error: impl Fn(String) -> BusError) {
+        self.fail_where(peer, |_| true, error);
+    }
+
+    /// Fail at once the requests waiting on `peer` whose number `lost`
+    /// says never reached it.
+    fn fail_where(
+        &self,
+        peer: &str,
+        lost: impl Fn(Option<u64>) -> bool,
+        error: impl Fn(String) -> BusError,
+    ) {
         let failed: Vec<oneshot::Sender<Answer>> = {
             let mut pending = self.pending.lock();
             let corrs: Vec<u64> = pending
                 .iter()
-                .filter(|(_, (to, _))| **to == *peer)
+                .filter(|(_, w)| *w.peer == *peer && lost(w.seq))
                 .map(|(corr, _)| *corr)
                 .collect();
             corrs
                 .into_iter()
-                .filter_map(|corr| pending.remove(&corr).map(|(_, tell)| tell))
+                .filter_map(|corr| pending.remove(&corr).map(|w| w.tell))
                 .collect()
         };
         for tell in failed {
@@ -1034,6 +1103,97 @@ mod tests {
             corr: u64::from(ask),
             body: Bytes::new(),
         }
+    }
+
+    /// One NATS message from `node` carrying `frames`.
+    fn message(node: &str, incarnation: u64, frames: &[Frame]) -> Bytes {
+        let mut batches = Batches::<()>::default();
+        for f in frames {
+            batches.add_opened((), &f.encode(), |b| put_header(b, node, incarnation));
+        }
+        batches.take().remove(0).1
+    }
+
+    #[tokio::test]
+    async fn a_gap_is_reported_back_and_fails_only_the_requests_it_swallowed() {
+        let (queue, mut out) = mpsc::unbounded_channel();
+        let (deliver, mut deliveries) = mpsc::channel(16);
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let mut reader = Reader::<u64> {
+            node: Arc::from("me"),
+            incarnation: 1,
+            queue,
+            queued: Arc::new(AtomicUsize::new(0)),
+            pending: pending.clone(),
+            heard: Arc::new(Mutex::new(HashMap::new())),
+            peers: Peers::default(),
+            deliver,
+            shared: std::sync::Weak::new(),
+            timing: Timing {
+                heartbeat: Duration::from_millis(100),
+                silence: Duration::from_secs(1),
+            },
+        };
+        let mut waiting = Vec::new();
+        for (corr, seq) in [(1, Some(3)), (2, Some(9)), (3, None)] {
+            let (tell, answer) = oneshot::channel();
+            pending.lock().insert(
+                corr,
+                Waiting {
+                    peer: Arc::from("z"),
+                    seq,
+                    tell,
+                },
+            );
+            waiting.push(answer);
+        }
+        // z says our frames 2..5 never reached it: the request numbered 3
+        // fails at once; 9 and the one not yet numbered wait on.
+        let gap = Frame {
+            kind: Kind::Gap,
+            seq: 2,
+            corr: 5,
+            body: Bytes::new(),
+        };
+        let mut ready = None;
+        assert!(reader.receive(message("z", 7, &[gap]), &mut ready).await);
+        let mut waiting = waiting.into_iter();
+        assert_eq!(
+            waiting.next().expect("first").await.expect("told"),
+            Err(BusError::RequestLost { peer: "z".into() })
+        );
+        assert_eq!(pending.lock().len(), 2);
+
+        // A first contact from y at number 4: four lost, told to the
+        // consumer and reported back to y as its frames 0..4.
+        let body = Bytes::from(crate::codec::encode(&5u64).expect("encodes"));
+        let fourth = Frame {
+            kind: Kind::Message,
+            seq: 4,
+            corr: 0,
+            body,
+        };
+        assert!(reader.receive(message("y", 8, &[fourth]), &mut ready).await);
+        assert!(matches!(
+            deliveries.recv().await,
+            Some(Delivery::Lost { ref from, loss: Loss::Missing(4) }) if from == "y"
+        ));
+        assert!(matches!(
+            deliveries.recv().await,
+            Some(Delivery::Message { ref from, body: 5 }) if from == "y"
+        ));
+        let mut queued = Vec::new();
+        while let Ok(o) = out.try_recv() {
+            queued.push((o.to.to_string(), o.kind, o.gap_from, o.corr));
+        }
+        assert!(
+            queued.contains(&("y".into(), Kind::Gap, 0, 4)),
+            "{queued:?}"
+        );
+        assert!(
+            queued.contains(&("y".into(), Kind::Ping, 0, 0)),
+            "a first contact pings back"
+        );
     }
 
     #[test]
