@@ -53,7 +53,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::packing::{unbatch, Batches, BATCH};
+use super::packing::{put, unbatch, Batches, BATCH};
 use super::relay::Timing;
 use super::{valid_node_id, ClusterSettings};
 
@@ -245,7 +245,7 @@ fn put_header(batch: &mut BytesMut, node: &str, incarnation: u64) {
     header.put_u8(VERSION);
     header.put_u64_le(incarnation);
     header.extend_from_slice(node.as_bytes());
-    Batches::<Arc<str>>::put(batch, &header);
+    put(batch, &header);
 }
 
 fn read_header(mut bytes: Bytes) -> Result<(String, u64), String> {
@@ -399,14 +399,37 @@ struct Waiting {
 /// Requests waiting for an answer, by correlation id.
 type Pending = Arc<Mutex<HashMap<u64, Waiting>>>;
 
+/// The writer's queue, with the bytes of bodies in it: bounded by `limit`
+/// for messages, requests and replies; pings, gaps and refusals always go
+/// (small, and owed).
+#[derive(Clone)]
+struct Outbox {
+    queue: mpsc::UnboundedSender<Out>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl Outbox {
+    fn push(&self, out: Out) -> Result<(), BusError> {
+        let len = out.body.len();
+        if matches!(out.kind, Kind::Message | Kind::Request | Kind::Reply) {
+            let queued = self.queued.load(Ordering::Relaxed);
+            if queued + len > self.limit {
+                return Err(BusError::Full { queued });
+            }
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.queue.send(out).map_err(|_| {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            BusError::Stopped
+        })
+    }
+}
+
 /// What the bus's handles share with its tasks.
 struct Shared {
     node: Arc<str>,
-    queue: mpsc::UnboundedSender<Out>,
-    /// Bytes of bodies in `queue` (bounded by `outbox` for messages and
-    /// requests).
-    queued: Arc<AtomicUsize>,
-    outbox: usize,
+    outbox: Outbox,
     pending: Pending,
     next_corr: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -421,31 +444,18 @@ impl Drop for Shared {
 }
 
 impl Shared {
-    /// Queue a frame; bounded unless `control` (pings, answers' refusals).
+    /// Queue a frame for node `to`.
     fn enqueue(&self, to: &str, kind: Kind, corr: u64, body: Bytes) -> Result<(), BusError> {
         if !valid_node_id(to) {
             return Err(BusError::BadNode(to.to_owned()));
         }
-        let len = body.len();
-        if matches!(kind, Kind::Message | Kind::Request | Kind::Reply) {
-            let queued = self.queued.load(Ordering::Relaxed);
-            if queued + len > self.outbox {
-                return Err(BusError::Full { queued });
-            }
-        }
-        self.queued.fetch_add(len, Ordering::Relaxed);
-        self.queue
-            .send(Out {
-                to: Arc::from(to),
-                kind,
-                corr,
-                body,
-                gap_from: 0,
-            })
-            .map_err(|_| {
-                self.queued.fetch_sub(len, Ordering::Relaxed);
-                BusError::Stopped
-            })
+        self.outbox.push(Out {
+            to: Arc::from(to),
+            kind,
+            corr,
+            body,
+            gap_from: 0,
+        })
     }
 }
 
@@ -505,11 +515,14 @@ where
         let queued = Arc::new(AtomicUsize::new(0));
         let pending = Arc::new(Mutex::new(HashMap::new()));
         let heard = Arc::new(Mutex::new(HashMap::new()));
+        let outbox = Outbox {
+            queue,
+            queued: queued.clone(),
+            limit: options.outbox,
+        };
         let shared = Arc::new(Shared {
             node: node.clone(),
-            queue: queue.clone(),
-            queued: queued.clone(),
-            outbox: options.outbox,
+            outbox: outbox.clone(),
             pending: pending.clone(),
             next_corr: AtomicU64::new(1),
             tasks: Mutex::new(Vec::new()),
@@ -519,7 +532,7 @@ where
             prefix: settings.prefix.clone(),
             node: node.clone(),
             incarnation,
-            queued: queued.clone(),
+            queued,
             heard: heard.clone(),
             sent: HashMap::new(),
             expect: expect_tx,
@@ -529,8 +542,7 @@ where
         let reader = Reader {
             node: node.clone(),
             incarnation,
-            queue,
-            queued: queued.clone(),
+            outbox,
             pending,
             heard,
             peers: Peers::default(),
@@ -599,7 +611,7 @@ where
 
     /// Bytes waiting for NATS now.
     pub fn queued(&self) -> usize {
-        self.shared.queued.load(Ordering::Relaxed)
+        self.shared.outbox.queued.load(Ordering::Relaxed)
     }
 
     /// Send `message` to node `to`; it arrives after everything sent to
@@ -662,6 +674,17 @@ impl<M> std::fmt::Debug for Responder<M> {
     }
 }
 
+impl<M> Responder<M> {
+    fn refuse(&self, why: &str) {
+        let _ = self.shared.enqueue(
+            &self.to,
+            Kind::NoReply,
+            self.corr,
+            Bytes::copy_from_slice(why.as_bytes()),
+        );
+    }
+}
+
 impl<M: Serialize> Responder<M> {
     /// Answer the request. A full queue answers the requester with
     /// [`BusError::NotAnswered`] instead, and says so here.
@@ -674,26 +697,12 @@ impl<M: Serialize> Responder<M> {
         }
         sent
     }
-
-    fn refuse(&self, why: &str) {
-        let _ = self.shared.enqueue(
-            &self.to,
-            Kind::NoReply,
-            self.corr,
-            Bytes::copy_from_slice(why.as_bytes()),
-        );
-    }
 }
 
 impl<M> Drop for Responder<M> {
     fn drop(&mut self) {
         if !self.answered {
-            let _ = self.shared.enqueue(
-                &self.to,
-                Kind::NoReply,
-                self.corr,
-                Bytes::from_static(b"the request was dropped without an answer"),
-            );
+            self.refuse("the request was dropped without an answer");
         }
     }
 }
@@ -832,9 +841,8 @@ impl Writer {
 struct Reader<M> {
     node: Arc<str>,
     incarnation: u64,
-    /// To queue pings back and refusals.
-    queue: mpsc::UnboundedSender<Out>,
-    queued: Arc<AtomicUsize>,
+    /// To queue pings back, gaps and refusals.
+    outbox: Outbox,
     pending: Pending,
     heard: Arc<Mutex<HashMap<Arc<str>, Instant>>>,
     peers: Peers,
@@ -939,7 +947,7 @@ where
                     Step::Lost(n) => {
                         // Tell the sender too: its requests among them
                         // fail at once.
-                        let _ = self.queue.send(Out {
+                        let _ = self.outbox.push(Out {
                             to: from_arc.clone(),
                             kind: Kind::Gap,
                             corr: end,
@@ -1031,21 +1039,15 @@ where
         .await
     }
 
-    /// Queue a ping or a refusal for the writer (unbounded: small, and
-    /// owed).
+    /// Queue a ping or a refusal for the writer.
     fn control(&self, to: &Arc<str>, kind: Kind, corr: u64, body: Bytes) {
-        self.queued.fetch_add(body.len(), Ordering::Relaxed);
-        let len = body.len();
-        let sent = self.queue.send(Out {
+        let _ = self.outbox.push(Out {
             to: to.clone(),
             kind,
             corr,
             body,
             gap_from: 0,
         });
-        if sent.is_err() {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-        }
     }
 
     async fn tell(&self, delivery: Delivery<M>) -> bool {
@@ -1122,8 +1124,11 @@ mod tests {
         let mut reader = Reader::<u64> {
             node: Arc::from("me"),
             incarnation: 1,
-            queue,
-            queued: Arc::new(AtomicUsize::new(0)),
+            outbox: Outbox {
+                queue,
+                queued: Arc::new(AtomicUsize::new(0)),
+                limit: OUTBOX,
+            },
             pending: pending.clone(),
             heard: Arc::new(Mutex::new(HashMap::new())),
             peers: Peers::default(),

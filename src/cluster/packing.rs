@@ -38,7 +38,7 @@ impl<K: PartialEq> Batches<K> {
     }
 
     /// Add a frame for `to`; a batch new to `to` first gets the frames
-    /// `open` writes (with [`Batches::put`]).
+    /// `open` writes (with [`put`]).
     pub fn add_opened(&mut self, to: K, frame: &[u8], open: impl FnOnce(&mut BytesMut)) {
         let at = match self.peers.iter().position(|(p, _)| *p == to) {
             Some(at) => at,
@@ -50,15 +50,8 @@ impl<K: PartialEq> Batches<K> {
                 self.peers.len() - 1
             }
         };
-        let batch = &mut self.peers[at].1;
-        Self::put(batch, frame);
+        put(&mut self.peers[at].1, frame);
         self.size += 4 + frame.len();
-    }
-
-    /// Write one frame, length first, into a batch.
-    pub fn put(batch: &mut BytesMut, frame: &[u8]) {
-        batch.put_u32_le(frame.len() as u32);
-        batch.extend_from_slice(frame);
     }
 
     /// Bytes queued over all peers.
@@ -74,6 +67,12 @@ impl<K: PartialEq> Batches<K> {
             .map(|(to, batch)| (to, batch.freeze()))
             .collect()
     }
+}
+
+/// Write one frame, length first, into a batch.
+pub fn put(batch: &mut BytesMut, frame: &[u8]) {
+    batch.put_u32_le(frame.len() as u32);
+    batch.extend_from_slice(frame);
 }
 
 /// One NATS message carrying `frames`, as a writer packs them.
@@ -152,7 +151,7 @@ mod tests {
     #[test]
     fn a_peer_s_batch_opens_once_with_its_own_frame() {
         let mut batches = Batches::default();
-        let open = |b: &mut BytesMut| Batches::<&str>::put(b, b"header");
+        let open = |b: &mut BytesMut| put(b, b"header");
         batches.add_opened("a", b"one", open);
         batches.add_opened("b", b"other", open);
         batches.add_opened("a", b"two", open);
