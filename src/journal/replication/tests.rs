@@ -178,7 +178,18 @@ fn records_written_again_after_a_failed_fsync_are_handed_over_once() {
     let feed = j.replication_feed().unwrap();
     faults.fail_syncs(2);
     for i in 1..=10 {
-        j.append(&payload(i)).unwrap();
+        // A failed fsync refuses appends until its retry succeeds; a client
+        // tries again, and so does this test.
+        let mut taken = None;
+        eventually("an append taken", || match j.append(&payload(i)) {
+            Ok(lsn) => {
+                taken = Some(lsn);
+                true
+            }
+            Err(JournalError::Unavailable { .. }) => false,
+            Err(e) => panic!("append {i}: {e}"),
+        });
+        assert_eq!(taken, Some(i));
     }
     eventually("the faults to be used", || faults.armed() == (0, 0));
     let batches = drain(&feed, 1, 10);
