@@ -307,20 +307,35 @@ pub async fn assert_served(h: &Harness, token: &str, id: &str, bytes: &[u8]) {
 }
 
 /// The Lsns of the snapshots in `<prefix>-snapshots`, oldest first, read
-/// through `client` (none when the store does not exist yet).
+/// through `client` (none when the store does not exist yet). A listing is
+/// an ordered consumer that reads until it is told nothing is pending: one
+/// that has not ended within 5 s (the store changed under it) is made again,
+/// for at most 30 s, so a test never waits on it for ever.
 pub async fn snapshots_in(client: async_nats::Client) -> Vec<u64> {
     use futures_util::TryStreamExt;
     let js = jetstream::new(client);
-    let Ok(store) = js.get_object_store(format!("{PREFIX}-snapshots")).await else {
-        return Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let infos: Vec<jetstream::object_store::ObjectInfo> = loop {
+        let listing = async {
+            let Ok(store) = js.get_object_store(format!("{PREFIX}-snapshots")).await else {
+                return Vec::new();
+            };
+            store
+                .list()
+                .await
+                .expect("list")
+                .try_collect()
+                .await
+                .expect("list")
+        };
+        match tokio::time::timeout(Duration::from_secs(5), listing).await {
+            Ok(infos) => break infos,
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "listing the snapshots never ended within 30 s"
+            ),
+        }
     };
-    let infos: Vec<_> = store
-        .list()
-        .await
-        .expect("list")
-        .try_collect()
-        .await
-        .expect("list");
     let mut lsns: Vec<u64> = infos
         .iter()
         .map(|i| {
