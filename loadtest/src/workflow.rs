@@ -169,7 +169,8 @@ struct Counts {
     force_completes: AtomicUsize,
     supervisor_transfers: AtomicUsize,
     set_offline: AtomicUsize,
-    /// `503` answers to a (re)connect outside the faults, retried.
+    /// `503` answers outside the faults (a (re)connect, the sampler's list,
+    /// a supervisor's move), retried.
     unavailable: AtomicUsize,
 }
 
@@ -206,7 +207,7 @@ impl Counts {
             ("force-completes", &self.force_completes, 1),
             ("supervisor transfers", &self.supervisor_transfers, 1),
             ("set offline", &self.set_offline, 1),
-            ("503 to a connect outside the faults", &self.unavailable, 0),
+            ("503s outside the faults", &self.unavailable, 0),
         ]
     }
 
@@ -401,10 +402,23 @@ struct Desk {
     /// One desk in ten takes no offers during the chaos (on a break all
     /// along): it starts outbound conversations and ends them.
     outbound_desk: bool,
+    /// The last frames this desk read (type, task, conversation, ref),
+    /// named in a violation of its own.
+    trail: std::collections::VecDeque<String>,
     shared: Arc<Shared>,
 }
 
+/// Frames a desk's trail keeps.
+const TRAIL: usize = 40;
+
 impl Desk {
+    fn note(&mut self, what: String) {
+        if self.trail.len() == TRAIL {
+            self.trail.pop_front();
+        }
+        self.trail.push_back(what);
+    }
+
     /// (Re)connect; None (and a violation) if the broker refuses.
     /// `after_grace`: back from a long absence, counting the tasks gone.
     async fn open(&mut self, after_grace: bool) -> Option<Raw> {
@@ -420,6 +434,20 @@ impl Desk {
                 .violation(format!("{}: first frame not hello: {hello}", self.id));
             return None;
         }
+        let listed: Vec<String> = hello["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                format!(
+                    "{}/{}/{}",
+                    s(&t["id"]),
+                    s(&t["conversation_id"]),
+                    s(&t["state"])
+                )
+            })
+            .collect();
+        self.note(format!("hello {listed:?}"));
         // A reconnect: what the broker says we hold is what we hold.
         let before = std::mem::take(&mut self.held);
         self.tasks.clear();
@@ -476,6 +504,18 @@ impl Desk {
     async fn on_frame(&mut self, ws: &mut Raw, v: Value) {
         let phase = self.shared.phase();
         let ty = v["type"].as_str().unwrap_or_default();
+        self.note(format!(
+            "{ty} task={} conv={} ref={}",
+            v["task"]["id"]
+                .as_str()
+                .or(v["task_id"].as_str())
+                .unwrap_or("-"),
+            v["task"]["conversation_id"]
+                .as_str()
+                .or(v["conversation_id"].as_str())
+                .unwrap_or("-"),
+            v["ref"].as_str().unwrap_or("-"),
+        ));
         match ty {
             "task.offered" => {
                 let task = s(&v["task"]["id"]);
@@ -535,8 +575,8 @@ impl Desk {
                 let conv = s(&v["conversation_id"]);
                 if !self.held.contains(&conv) {
                     self.shared.violation(format!(
-                        "{} got a {ty} of {conv}, which it does not hold: {v}",
-                        self.id
+                        "{} got a {ty} of {conv}, which it does not hold: {v}; what it read last: {:#?}",
+                        self.id, self.trail
                     ));
                     return;
                 }
@@ -1089,6 +1129,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
             break_until: None,
             wake: false,
             outbound_desk: i % 10 == 9,
+            trail: Default::default(),
             shared: shared.clone(),
         };
         desks.push(tokio::spawn(desk.run()));
@@ -1111,6 +1152,11 @@ pub async fn run(opts: Options) -> Result<(), String> {
                         }
                     }
                     Err(_) if shared.restarting() => {}
+                    // A cluster's standby relaying to an active node that
+                    // is busy or just took over: retried, as clients do.
+                    Err(e) if e.contains(": 503 ") => {
+                        shared.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) => shared.violation(e),
                 }
                 sleep(Duration::from_millis(100)).await;
@@ -1216,8 +1262,14 @@ pub async fn run(opts: Options) -> Result<(), String> {
                     // It moved to that very agent since the list: a
                     // transfer to its own holder is refused as such.
                     Ok((400, v)) if v.to_string().contains(&moved_to_agent) => {}
-                    // A cluster's node between two active ones.
-                    Ok((503, _)) if shared.restarting() => {}
+                    // A cluster's node between two active ones, or
+                    // relaying to one that is busy or just took over:
+                    // another move next time, as a supervisor would.
+                    Ok((503, _)) => {
+                        if !shared.restarting() {
+                            shared.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     Ok((status, v)) => shared.violation(format!("{what} {path}: {status} {v}")),
                     Err(_) if shared.restarting() => {}
                     Err(e) => shared.violation(e),
