@@ -867,7 +867,11 @@ pub fn run(config: Config) -> std::io::Result<()> {
                 // answers `503 standby` (`http/standby.rs`), on the address
                 // it will serve on.
                 let view = Arc::new(crate::cluster::node::StandbyView::new(&settings.node_id));
-                let http = crate::http::standby::start(&config, view.clone())?;
+                // The bus between nodes, for as long as the node runs: as a
+                // standby it carries its customers' sockets to the active
+                // node; once active, the sockets standbys hold for it.
+                let node_bus = crate::cluster::node_bus::NodeBus::start(settings.clone());
+                let http = crate::http::standby::start(&config, view.clone(), node_bus.clone())?;
                 for addr in &http.addrs {
                     if config.cluster_relay {
                         tracing::info!(
@@ -901,10 +905,11 @@ pub fn run(config: Config) -> std::io::Result<()> {
                     }
                 };
                 http.stop().await;
-                Some(promoted.map_err(std::io::Error::other)?)
+                Some((promoted.map_err(std::io::Error::other)?, node_bus))
             }
             _ => None,
         };
+        let (promoted, node_bus) = promoted.unzip();
         let files = promoted.as_ref().map(|p| p.files());
         // Reading the journal back and replaying it may take seconds: on a
         // blocking thread, while this one goes on (a node that has just
@@ -916,6 +921,9 @@ pub fn run(config: Config) -> std::io::Result<()> {
                 .map_err(std::io::Error::other)??
         };
         let started = start_opened(config.clone(), files, opened)?;
+        if let Some(node_bus) = &node_bus {
+            node_bus.serve(started.broker.clone());
+        }
         let active = match (promoted, &started.broker.journal) {
             (Some(promoted), Some(journal)) => {
                 let active = crate::cluster::node::Active::start(promoted, journal)

@@ -205,7 +205,10 @@ async fn a_restart_is_told_to_the_peer_and_fails_what_waited_on_it() {
     let (b2, mut b2_rx) = start::<Msg>(&nats, "b", OUTBOX).await;
     // a pings b (it sent to b); the new b pings back what it heard from.
     match next(&mut a_rx).await {
-        Delivery::Restarted { from } => assert_eq!(from, "b"),
+        Delivery::Restarted { from, incarnation } => {
+            assert_eq!(from, "b");
+            assert_eq!(a.incarnation("b"), Some(incarnation), "the new one");
+        }
         other => panic!("a got {other:?}"),
     }
     assert_eq!(

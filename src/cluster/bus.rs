@@ -141,6 +141,8 @@ pub enum Delivery<M> {
     /// is gone.
     Restarted {
         from: String,
+        /// The new incarnation ([`Bus::incarnation`] says it from now on).
+        incarnation: u64,
     },
     /// Nothing heard from `from` for [`Timing::silence`].
     Silent {
@@ -399,6 +401,9 @@ struct Waiting {
 /// Requests waiting for an answer, by correlation id.
 type Pending = Arc<Mutex<HashMap<u64, Waiting>>>;
 
+/// Each peer's incarnation as last heard, by node id.
+type Incarnations = Arc<Mutex<HashMap<Arc<str>, u64>>>;
+
 /// The writer's queue, with the bytes of bodies in it: bounded by `limit`
 /// for messages, requests and replies; pings, gaps and refusals always go
 /// (small, and owed).
@@ -431,6 +436,8 @@ struct Shared {
     node: Arc<str>,
     outbox: Outbox,
     pending: Pending,
+    /// Each peer's incarnation, as last heard.
+    incarnations: Incarnations,
     next_corr: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -515,6 +522,7 @@ where
         let queued = Arc::new(AtomicUsize::new(0));
         let pending = Arc::new(Mutex::new(HashMap::new()));
         let heard = Arc::new(Mutex::new(HashMap::new()));
+        let incarnations: Incarnations = Arc::new(Mutex::new(HashMap::new()));
         let outbox = Outbox {
             queue,
             queued: queued.clone(),
@@ -524,6 +532,7 @@ where
             node: node.clone(),
             outbox: outbox.clone(),
             pending: pending.clone(),
+            incarnations: incarnations.clone(),
             next_corr: AtomicU64::new(1),
             tasks: Mutex::new(Vec::new()),
         });
@@ -545,6 +554,7 @@ where
             outbox,
             pending,
             heard,
+            incarnations,
             peers: Peers::default(),
             deliver,
             shared: Arc::downgrade(&shared),
@@ -612,6 +622,12 @@ where
     /// Bytes waiting for NATS now.
     pub fn queued(&self) -> usize {
         self.shared.outbox.queued.load(Ordering::Relaxed)
+    }
+
+    /// `peer`'s incarnation as last heard (`None`: never heard from). What
+    /// a [`Delivery::Restarted`] names from then on.
+    pub fn incarnation(&self, peer: &str) -> Option<u64> {
+        self.shared.incarnations.lock().get(peer).copied()
     }
 
     /// Send `message` to node `to`; it arrives after everything sent to
@@ -844,6 +860,7 @@ struct Reader<M> {
     /// To queue pings back, gaps and refusals.
     outbox: Outbox,
     pending: Pending,
+    incarnations: Incarnations,
     heard: Arc<Mutex<HashMap<Arc<str>, Instant>>>,
     peers: Peers,
     deliver: mpsc::Sender<Delivery<M>>,
@@ -918,6 +935,11 @@ where
             }
         } else {
             self.heard.lock().insert(from_arc.clone(), now);
+            // Before any frame of it is handled: whoever an answer in it
+            // wakes sees the incarnation that answered.
+            self.incarnations
+                .lock()
+                .insert(from_arc.clone(), incarnation);
         }
         for frame in frames {
             let frame = match frame.map_err(|e| e.to_string()).and_then(Frame::decode) {
@@ -942,7 +964,11 @@ where
                 let alive = match step {
                     Step::Restarted => {
                         self.fail_pending(&from, |peer| BusError::PeerRestarted { peer });
-                        self.tell(Delivery::Restarted { from: from.clone() }).await
+                        self.tell(Delivery::Restarted {
+                            from: from.clone(),
+                            incarnation,
+                        })
+                        .await
                     }
                     Step::Lost(n) => {
                         // Tell the sender too: its requests among them
@@ -1131,6 +1157,7 @@ mod tests {
             },
             pending: pending.clone(),
             heard: Arc::new(Mutex::new(HashMap::new())),
+            incarnations: Arc::new(Mutex::new(HashMap::new())),
             peers: Peers::default(),
             deliver,
             shared: std::sync::Weak::new(),

@@ -30,7 +30,10 @@
 //!   stored);
 //! - [`bus`]: typed messages from node to node (`<prefix>.bus.<node>`), in
 //!   order, with every loss, restart and silence told: the message plane of
-//!   the partitioned form (not used by the broker yet);
+//!   the partitioned form;
+//! - [`node_bus`]: what the running broker sends on it: a webchat
+//!   customer's socket held by a standby (the edge) and its stand-in on the
+//!   active node ([`remote_customer`]), which runs the conversation;
 //! - [`packing`]: many small frames in one NATS message, for the relay and
 //!   the bus.
 //!
@@ -60,8 +63,10 @@ pub mod fence;
 pub mod files;
 pub mod lease;
 pub mod node;
+pub mod node_bus;
 pub mod packing;
 pub mod relay;
+pub mod remote_customer;
 pub mod replicate;
 pub mod snapshots;
 pub mod standby;

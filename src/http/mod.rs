@@ -233,11 +233,21 @@ fn client_key(req: &HttpRequest) -> Option<throttle::ClientKey> {
 /// Before a presented token is looked at: `429 rate_limited` while the
 /// caller's address is throttled (see [`throttle`]).
 pub fn throttle_gate(req: &HttpRequest, broker: &Broker) -> Result<(), ApiError> {
-    let Some(key) = client_key(req) else {
+    throttle_gate_of(client_key(req), req.path(), broker)
+}
+
+/// [`throttle_gate`] for a caller known by its address alone (a socket
+/// another node holds, `cluster::node_bus`).
+pub fn throttle_gate_of(
+    key: Option<throttle::ClientKey>,
+    route: &str,
+    broker: &Broker,
+) -> Result<(), ApiError> {
+    let Some(key) = key else {
         return Ok(());
     };
     broker.auth_throttle.check(key).map_err(|wait| {
-        tracing::debug!(ip = %key, route = %req.path(), "authentication refused: address throttled");
+        tracing::debug!(ip = %key, route = %route, "authentication refused: address throttled");
         ApiError::AuthThrottled {
             retry_after: wait.as_secs_f64().ceil() as u64,
         }
@@ -249,15 +259,32 @@ pub fn throttle_gate(req: &HttpRequest, broker: &Broker) -> Result<(), ApiError>
 /// the query string, which may hold it). `401 unauthorized` with `message`,
 /// or `429 rate_limited` once the address is over the limit.
 pub fn auth_failed(req: &HttpRequest, broker: &Broker, message: &str) -> ApiError {
-    let Some(key) = client_key(req) else {
+    auth_failed_of(
+        client_key(req),
+        req.method().as_str(),
+        req.path(),
+        broker,
+        message,
+    )
+}
+
+/// [`auth_failed`] for a caller known by its address alone.
+pub fn auth_failed_of(
+    key: Option<throttle::ClientKey>,
+    method: &str,
+    route: &str,
+    broker: &Broker,
+    message: &str,
+) -> ApiError {
+    let Some(key) = key else {
         return ApiError::Unauthorized(message.into());
     };
     match broker.auth_throttle.failed(key) {
         throttle::Failure::Counted => {
             tracing::warn!(
                 ip = %key,
-                method = %req.method(),
-                route = %req.path(),
+                method = %method,
+                route = %route,
                 "authentication failed: unknown token"
             );
             ApiError::Unauthorized(message.into())
@@ -266,8 +293,8 @@ pub fn auth_failed(req: &HttpRequest, broker: &Broker, message: &str) -> ApiErro
             let retry_after = wait.as_secs_f64().ceil() as u64;
             tracing::warn!(
                 ip = %key,
-                method = %req.method(),
-                route = %req.path(),
+                method = %method,
+                route = %route,
                 retry_after_s = retry_after,
                 limit_per_minute = broker.config.auth_failures_per_minute,
                 "authentication throttled: too many failed attempts from this address"

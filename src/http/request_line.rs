@@ -57,6 +57,16 @@ impl Prefixed {
         self.io.peer_addr()
     }
 
+    /// A socket with nothing read ahead (a server that does not screen
+    /// first lines: a standby's).
+    pub fn plain(io: TcpStream) -> Prefixed {
+        Prefixed {
+            prefix: Bytes::new(),
+            io,
+            done: false,
+        }
+    }
+
     /// The socket, and what of the prefix the dispatcher has not read.
     pub fn into_parts(self) -> (TcpStream, Bytes) {
         (self.io, self.prefix)

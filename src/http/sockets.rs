@@ -7,7 +7,15 @@ use actix_web_actors::ws;
 
 use crate::channel::webchat::{too_many_sockets, SocketsOf};
 use crate::error::ApiError;
-use crate::http::{auth_failed, bearer, require_admin, same_secret, throttle_gate, State};
+use std::net::IpAddr;
+
+use crate::http::throttle::ClientKey;
+use crate::http::{
+    auth_failed, auth_failed_of, bearer, require_admin, same_secret, throttle_gate,
+    throttle_gate_of, State,
+};
+use crate::protocol::Id;
+use crate::wiring::Broker;
 use crate::ws::agent_session::AgentSession;
 use crate::ws::customer_session::CustomerSession;
 use crate::ws::supervisor_session::SupervisorSession;
@@ -46,13 +54,34 @@ pub async fn webchat(
     stream: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let token = bearer(&req)?.ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
-    throttle_gate(&req, &state)?;
-    let session_id = state
-        .webchat_session(&token)
-        .ok_or_else(|| auth_failed(&req, &state, "invalid webchat token"))?;
-    let max = state.config.sockets_per_session;
+    let client = req.peer_addr().map(|a| a.ip());
+    let session_id = admit_webchat(&state, &token, client).await?;
+    let shards = state.channels.webchat.clone();
+    let session = CustomerSession::new(session_id, shards, &state.config, state.journal.clone());
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(state.config.max_frame)
+        .start()
+        .map_err(upgrade_failed)
+}
+
+/// Whether a customer from `client` may open one more socket with webchat
+/// `token`: its session, or the refusal (throttled address, unknown token,
+/// `sockets_per_session` reached). For this node's own sockets and for
+/// those another node holds (`cluster::node_bus`) alike.
+pub async fn admit_webchat(
+    broker: &Broker,
+    token: &str,
+    client: Option<IpAddr>,
+) -> Result<Id, ApiError> {
+    const ROUTE: &str = "/v1/webchat/ws";
+    let key = client.map(ClientKey::of);
+    throttle_gate_of(key, ROUTE, broker)?;
+    let session_id = broker
+        .webchat_session(token)
+        .ok_or_else(|| auth_failed_of(key, "GET", ROUTE, broker, "invalid webchat token"))?;
+    let max = broker.config.sockets_per_session;
     if max > 0 {
-        let open = state
+        let open = broker
             .channels
             .webchat
             .for_session(&session_id)
@@ -65,12 +94,7 @@ pub async fn webchat(
             return Err(too_many_sockets(max));
         }
     }
-    let shards = state.channels.webchat.clone();
-    let session = CustomerSession::new(session_id, shards, &state.config, state.journal.clone());
-    ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(state.config.max_frame)
-        .start()
-        .map_err(upgrade_failed)
+    Ok(session_id)
 }
 
 /// `GET /v1/supervisor/ws` (admin).

@@ -13,8 +13,14 @@
 //!   clients to the active node only, and anything else `503 standby`,
 //!   naming the active node.
 //!
+//! A webchat customer's socket (`GET /v1/webchat/ws`) is not relayed: it
+//! ends here (`ws/edge_customer_session.rs`), and its commands and frames
+//! cross the bus between nodes to the active node, which runs the
+//! conversation (`cluster::node_bus`).
+//!
 //! It checks no token itself: a relayed request is checked by the active
-//! node, a refused one needs none. When the node becomes active this server
+//! node, a customer's socket is admitted by it over the bus, a refused
+//! request needs none. When the node becomes active this server
 //! stops (closing what it relays: the active node they went to is gone),
 //! and the broker binds the same address.
 
@@ -25,15 +31,18 @@ use std::rc::Rc;
 
 use actix_codec::Framed;
 use actix_http::{h1, HttpService};
-use actix_service::map_config;
+use actix_service::{map_config, IntoServiceFactory, ServiceFactory as _};
 use actix_web::dev::{fn_factory, fn_service, AppConfig, ServerHandle};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use tokio::net::TcpStream;
 
 use crate::cluster::node::StandbyView;
+use crate::cluster::node_bus::{EdgeError, NodeBus};
 use crate::cluster::relay::edge::Edge;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::http::request_line::Prefixed;
+use crate::ws::edge_customer_session::EdgeCustomerSession;
 
 /// The standby's server.
 pub struct StandbyServer {
@@ -85,10 +94,56 @@ async fn anything(view: web::Data<Arc<StandbyView>>) -> Result<HttpResponse, Api
 /// Whether this standby relays (`cluster_relay`).
 struct Relaying(bool);
 
+/// What a customer's socket that ends here needs.
+struct Customers {
+    node: Arc<NodeBus>,
+    view: Arc<StandbyView>,
+    config: Config,
+}
+
+/// The path of a webchat customer's socket.
+const WEBCHAT_WS: &str = "/v1/webchat/ws";
+
+/// `GET /v1/webchat/ws?token=…` on a standby: admitted by the active node
+/// over the bus (the same checks and answers as its own upgrades), then
+/// served here ([`EdgeCustomerSession`]).
+async fn webchat(
+    req: HttpRequest,
+    stream: web::Payload,
+    customers: web::Data<Customers>,
+) -> Result<HttpResponse, ApiError> {
+    let token = crate::http::bearer(&req)?
+        .ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
+    let owner = customers
+        .view
+        .active()
+        .ok_or_else(|| refusal(&customers.view))?;
+    let client = req.peer_addr().map(|a| a.ip());
+    match customers.node.admit(&owner, &token, client).await {
+        Ok(()) => {}
+        Err(EdgeError::Refused(refusal)) => return Ok(refusal.response()),
+        Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+    }
+    let session = EdgeCustomerSession::new(owner, token, customers.node.clone(), &customers.config);
+    actix_web_actors::ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(customers.config.max_frame)
+        .start()
+        .map_err(|e| ApiError::BadRequest(format!("WebSocket upgrade failed: {e}")))
+}
+
 /// Listen on `config.bind` (every address it resolves to), in the current
 /// actix system: with as many workers as the broker would have when
 /// relaying, one when only refusing.
-pub fn start(config: &Config, view: Arc<StandbyView>) -> std::io::Result<StandbyServer> {
+pub fn start(
+    config: &Config,
+    view: Arc<StandbyView>,
+    node: Arc<NodeBus>,
+) -> std::io::Result<StandbyServer> {
+    let customers = web::Data::new(Customers {
+        node,
+        view: view.clone(),
+        config: config.clone(),
+    });
     let data = web::Data::new(view);
     let relay = config
         .cluster()
@@ -117,11 +172,12 @@ pub fn start(config: &Config, view: Arc<StandbyView>) -> std::io::Result<Standby
     for listener in listeners(config)? {
         let local = listener.local_addr()?;
         addrs.push(local);
-        let (data, relaying, settings, connections) = (
+        let (data, relaying, settings, connections, customers) = (
             data.clone(),
             relaying.clone(),
             settings.clone(),
             connections.clone(),
+            customers.clone(),
         );
         builder = builder.listen(format!("standby-{local}"), listener, move || {
             let edge = Rc::new(Edge::new(settings.clone(), connections.clone(), stall));
@@ -131,16 +187,50 @@ pub fn start(config: &Config, view: Arc<StandbyView>) -> std::io::Result<Standby
                 .app_data(web::Data::new(edge.clone()))
                 .route("/healthz", web::get().to(healthz))
                 .default_service(web::to(crate::cluster::relay::edge::relay));
-            let upgrades = fn_service(
-                move |(req, framed): (actix_http::Request, Framed<TcpStream, h1::Codec>)| {
-                    actix_web::rt::spawn(crate::cluster::relay::edge::serve_upgrade(
-                        edge.clone(),
-                        req,
-                        framed,
-                    ));
-                    std::future::ready(Ok::<_, std::convert::Infallible>(()))
-                },
-            );
+            // WebSocket upgrades: a customer's socket ends here, served as
+            // the broker serves its own (`http::upgrade`); any other is
+            // relayed.
+            let (customers, connections) = (customers.clone(), connections.clone());
+            let upgrades = fn_factory(move || {
+                let (edge, customers, connections) =
+                    (edge.clone(), customers.clone(), connections.clone());
+                async move {
+                    let sockets = App::new()
+                        .app_data(customers)
+                        .route(WEBCHAT_WS, web::get().to(webchat))
+                        .into_factory()
+                        .new_service(AppConfig::default())
+                        .await?;
+                    let sockets = Rc::new(sockets);
+                    Ok::<_, ()>(fn_service(
+                        move |(req, framed): (
+                            actix_http::Request,
+                            Framed<TcpStream, h1::Codec>,
+                        )| {
+                            if req.path() == WEBCHAT_WS {
+                                let peer = framed.io_ref().peer_addr().ok().map(|a| a.ip());
+                                let socket = crate::http::upgrade::Socket {
+                                    _slot: Some(connections.adopt(peer)),
+                                    write_timeout: stall,
+                                };
+                                actix_web::rt::spawn(crate::http::upgrade::serve(
+                                    sockets.clone(),
+                                    req,
+                                    framed.into_map_io(Prefixed::plain),
+                                    socket,
+                                ));
+                            } else {
+                                actix_web::rt::spawn(crate::cluster::relay::edge::serve_upgrade(
+                                    edge.clone(),
+                                    req,
+                                    framed,
+                                ));
+                            }
+                            std::future::ready(Ok::<_, std::convert::Infallible>(()))
+                        },
+                    ))
+                }
+            });
             HttpService::build()
                 .keep_alive(actix_http::KeepAlive::default())
                 .client_request_timeout(header_timeout)
@@ -148,10 +238,7 @@ pub fn start(config: &Config, view: Arc<StandbyView>) -> std::io::Result<Standby
                 // the client's delayed ACK would cost 40 ms a frame).
                 .tcp_nodelay(true)
                 .local_addr(local)
-                .upgrade(fn_factory(move || {
-                    let upgrades = upgrades.clone();
-                    async move { Ok::<_, ()>(upgrades) }
-                }))
+                .upgrade(upgrades)
                 .finish(map_config(app, |_| AppConfig::default()))
                 .tcp()
         })?;

@@ -1,10 +1,10 @@
 //! A webchat customer's socket: parses JSON commands and hands them to the
 //! webchat channel actor; writes whatever the channel pushes. Holds the
-//! socket's command rate (`socket_messages_per_second`): a command over it is
-//! answered `rate_limited` and not passed on. A client that goes on sending
-//! regardless, [`REFUSALS_BEFORE_CLOSE`] refusals in a row, is not a widget
-//! waiting to retry but a flood, and costs a parse and an answer per frame:
-//! its socket is closed (1008 `rate_limited`).
+//! socket's command rate (`socket_messages_per_second`, [`Screen`]): a
+//! command over it is answered `rate_limited` and not passed on. A client
+//! that goes on sending regardless, [`REFUSALS_BEFORE_CLOSE`] refusals in a
+//! row, is not a widget waiting to retry but a flood, and costs a parse and
+//! an answer per frame: its socket is closed (1008 `rate_limited`).
 
 use actix::prelude::*;
 use actix_web_actors::ws;
@@ -13,7 +13,7 @@ use crate::channel::webchat::{
     CustomerConnected, CustomerDisconnected, FromCustomer, WebchatChannel, WebchatShards,
 };
 use crate::limits::Rate;
-use crate::protocol::{error_frame, salvage_ref, CustomerCommand, Id};
+use crate::protocol::{error_frame, salvage_ref, CustomerCommand, Frame, Id};
 use crate::ws::{close_with, handle_frame, CloseSession, Heartbeat, Push, Reassembly, SocketLink};
 
 pub struct CustomerSession {
@@ -29,14 +29,75 @@ pub struct CustomerSession {
     /// Frames waiting for the journal.
     held: crate::ws::Held,
     hb: Heartbeat,
+    screen: Screen,
+}
+
+/// Refused commands in a row after which a customer socket is closed.
+pub const REFUSALS_BEFORE_CLOSE: u32 = 200;
+
+/// A customer socket's command rate (`socket_messages_per_second`), held
+/// where the socket is: here, or on the node that holds the socket of a
+/// conversation run by another (`ws/edge_customer_session.rs`).
+pub struct Screen {
     rate: Rate,
     per_second: u32,
     /// Commands refused since the last one taken.
     refused_in_a_row: u32,
 }
 
-/// Refused commands in a row after which a customer socket is closed.
-pub const REFUSALS_BEFORE_CLOSE: u32 = 200;
+/// A command the screen did not let through: the frame that answers it,
+/// and whether the socket is to be closed ([`flooded`]) after it.
+pub struct Refused {
+    pub answer: Frame,
+    pub close: bool,
+}
+
+impl Screen {
+    pub fn new(config: &crate::config::Config) -> Screen {
+        Screen {
+            rate: Rate::per_second(config.socket_messages_per_second),
+            per_second: config.socket_messages_per_second,
+            refused_in_a_row: 0,
+        }
+    }
+
+    /// Let the command `text` through, or refuse it.
+    pub fn check(&mut self, text: &str) -> Result<(), Refused> {
+        let per_second = self.per_second;
+        if let Err(e) = self.rate.check(|| {
+            format!(
+                "at most {per_second} commands per second on one socket; this one was not taken"
+            )
+        }) {
+            self.refused_in_a_row += 1;
+            return Err(Refused {
+                answer: e.to_frame(salvage_ref(text).as_deref()),
+                close: self.refused_in_a_row >= REFUSALS_BEFORE_CLOSE,
+            });
+        }
+        self.refused_in_a_row = 0;
+        Ok(())
+    }
+}
+
+/// The close that ends a socket whose client went on flooding.
+pub fn flooded() -> CloseSession {
+    CloseSession {
+        code: ws::CloseCode::Policy,
+        reason: "rate_limited".into(),
+    }
+}
+
+/// A customer's command, or the `bad_request` frame that answers it.
+pub fn parse_command(text: &str) -> Result<CustomerCommand, Frame> {
+    CustomerCommand::parse(text).map_err(|e| {
+        error_frame(
+            "bad_request",
+            &format!("invalid command: {e}"),
+            salvage_ref(text).as_deref(),
+        )
+    })
+}
 
 impl CustomerSession {
     pub fn new(
@@ -54,9 +115,7 @@ impl CustomerSession {
             backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
             held: crate::ws::Held::new(journal),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
-            rate: Rate::per_second(config.socket_messages_per_second),
-            per_second: config.socket_messages_per_second,
-            refused_in_a_row: 0,
+            screen: Screen::new(config),
         }
     }
 
@@ -95,37 +154,20 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CustomerSession {
         let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
             return;
         };
-        let per_second = self.per_second;
-        if let Err(e) = self.rate.check(|| {
-            format!(
-                "at most {per_second} commands per second on one socket; this one was not taken"
-            )
-        }) {
-            ctx.text(e.to_frame(salvage_ref(&text).as_deref()));
-            self.refused_in_a_row += 1;
-            if self.refused_in_a_row >= REFUSALS_BEFORE_CLOSE {
-                close_with(
-                    CloseSession {
-                        code: ws::CloseCode::Policy,
-                        reason: "rate_limited".into(),
-                    },
-                    ctx,
-                );
+        if let Err(refused) = self.screen.check(&text) {
+            ctx.text(refused.answer);
+            if refused.close {
+                close_with(flooded(), ctx);
             }
             return;
         }
-        self.refused_in_a_row = 0;
-        match CustomerCommand::parse(&text) {
+        match parse_command(&text) {
             Ok(command) => self.channel().do_send(FromCustomer {
                 session: self.session.clone(),
                 socket: self.id,
                 command,
             }),
-            Err(e) => ctx.text(error_frame(
-                "bad_request",
-                &format!("invalid command: {e}"),
-                salvage_ref(&text).as_deref(),
-            )),
+            Err(answer) => ctx.text(answer),
         }
     }
 }

@@ -26,6 +26,7 @@
 
 pub mod agent_session;
 pub mod customer_session;
+pub mod edge_customer_session;
 pub mod supervisor_session;
 
 use std::collections::VecDeque;
@@ -120,7 +121,7 @@ pub enum LinkDown {
 
 /// Bytes of frames queued for one session and not yet handed to its socket:
 /// added by the [`SocketLink`] that queues a frame, taken off by the session
-/// as it writes it ([`push_text`]).
+/// as it writes it ([`deliver`]).
 #[derive(Clone)]
 pub struct Backlog {
     queued: Arc<AtomicUsize>,
@@ -521,6 +522,26 @@ impl Held {
     }
 }
 
+/// Where a session's frames go once what they tell of is durable: a
+/// socket session writes them to its WebSocket; a stand-in for a socket
+/// held by another node ([`crate::cluster::remote_customer`]) puts them on
+/// the bus. `parts` finds the session's [`Held`] and [`Backlog`].
+pub struct Outlet<A: Actor> {
+    pub parts: fn(&mut A) -> (&mut Held, &Backlog),
+    /// Hand durable frames on (they have left the backlog already).
+    pub write: fn(&mut A, Frames, &mut A::Context),
+    /// The journal closed under held frames: they were never stored.
+    pub close: fn(&mut A, CloseSession, &mut A::Context),
+}
+
+impl<A: Actor> Clone for Outlet<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A: Actor> Copy for Outlet<A> {}
+
 /// Write a push's frames now if what they tell of is durable, else hold
 /// them until it is. `parts` finds the session's [`Held`] and [`Backlog`].
 pub fn deliver<A>(
@@ -531,37 +552,63 @@ pub fn deliver<A>(
 ) where
     A: Actor<Context = ws::WebsocketContext<A>>,
 {
-    let (held, backlog) = parts(act);
-    let Some(journal) = &held.journal else {
-        push_text(msg.0, backlog, ctx);
-        return;
+    let outlet = Outlet {
+        parts,
+        write: |_, frames, ctx: &mut ws::WebsocketContext<A>| {
+            for frame in frames {
+                ctx.text(frame);
+            }
+        },
+        close: |_, msg, ctx| close_with(msg, ctx),
     };
-    if held.frames.is_empty() && msg.1 <= journal.durable() {
-        push_text(msg.0, backlog, ctx);
+    deliver_to(act, msg, ctx, outlet);
+}
+
+/// [`deliver`] through any [`Outlet`].
+pub fn deliver_to<A>(act: &mut A, msg: Push, ctx: &mut A::Context, outlet: Outlet<A>)
+where
+    A: Actor,
+    A::Context: AsyncContext<A>,
+{
+    let (held, _) = (outlet.parts)(act);
+    let durable = match &held.journal {
+        None => true,
+        Some(journal) => held.frames.is_empty() && msg.1 <= journal.durable(),
+    };
+    if durable {
+        write_out(act, msg.0, ctx, outlet);
         return;
     }
     held.frames.push_back((msg.1, msg.0));
-    release(act, ctx, parts);
+    release(act, ctx, outlet);
+}
+
+/// The frames leave the backlog and go out.
+fn write_out<A: Actor>(act: &mut A, frames: Frames, ctx: &mut A::Context, outlet: Outlet<A>) {
+    (outlet.parts)(act).1.release(frames.bytes());
+    (outlet.write)(act, frames, ctx);
 }
 
 /// Write the held frames that are durable now; wait for the next.
-fn release<A>(
-    act: &mut A,
-    ctx: &mut ws::WebsocketContext<A>,
-    parts: fn(&mut A) -> (&mut Held, &Backlog),
-) where
-    A: Actor<Context = ws::WebsocketContext<A>>,
+fn release<A>(act: &mut A, ctx: &mut A::Context, outlet: Outlet<A>)
+where
+    A: Actor,
+    A::Context: AsyncContext<A>,
 {
-    let (held, backlog) = parts(act);
-    let Some(journal) = held.journal.clone() else {
+    let Some(journal) = (outlet.parts)(act).0.journal.clone() else {
         return;
     };
     let durable = journal.durable();
-    while held.frames.front().is_some_and(|(lsn, _)| *lsn <= durable) {
+    loop {
+        let held = (outlet.parts)(act).0;
+        if held.frames.front().is_none_or(|(lsn, _)| *lsn > durable) {
+            break;
+        }
         if let Some((_, frames)) = held.frames.pop_front() {
-            push_text(frames, backlog, ctx);
+            write_out(act, frames, ctx, outlet);
         }
     }
+    let held = (outlet.parts)(act).0;
     let Some(&(next, _)) = held.frames.front() else {
         return;
     };
@@ -571,11 +618,12 @@ fn release<A>(
     held.waiting = true;
     let wait = async move { journal.wait_durable(next).await };
     ctx.spawn(wait.into_actor(act).map(move |res, act, ctx| {
-        parts(act).0.waiting = false;
+        (outlet.parts)(act).0.waiting = false;
         match res {
-            Ok(()) => release(act, ctx, parts),
+            Ok(()) => release(act, ctx, outlet),
             // Closed (shutting down): what it holds was never stored.
-            Err(e) => close_with(
+            Err(e) => (outlet.close)(
+                act,
                 CloseSession {
                     code: ws::CloseCode::Again,
                     reason: format!("unavailable: {e}"),
@@ -584,16 +632,6 @@ fn release<A>(
             ),
         }
     }));
-}
-
-pub fn push_text<A>(frames: Frames, backlog: &Backlog, ctx: &mut ws::WebsocketContext<A>)
-where
-    A: Actor<Context = ws::WebsocketContext<A>>,
-{
-    backlog.release(frames.bytes());
-    for frame in frames {
-        ctx.text(frame);
-    }
 }
 
 pub fn close_with<A>(msg: CloseSession, ctx: &mut ws::WebsocketContext<A>)

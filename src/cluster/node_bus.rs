@@ -1,0 +1,527 @@
+//! This node's end of the bus ([`super::bus`]) as the running broker uses
+//! it: what crosses between a webchat customer's socket held by one node
+//! (the **edge**: a standby that took the client) and the node that runs
+//! its conversation (the **owner**: the active node; in the partitioned
+//! form, its partition's owner).
+//!
+//! Owns the bus handle, the sockets this node holds for conversations run
+//! elsewhere (socket id → the owner and the socket's link,
+//! `ws/edge_customer_session.rs`), the stand-ins it runs for sockets held
+//! elsewhere ((edge, socket id) → [`RemoteCustomer`]) and the task that
+//! hands every delivery to them.
+//!
+//! Handles the [`NodeMessage`]s (each names its direction) and a peer's
+//! loss, restart or silence: every socket between this node and that peer
+//! ends, on both sides. The edge closes its client's socket with 1012 (the
+//! client reconnects and resynchronises, as after a network drop: its
+//! unacknowledged messages are sent again, its history comes back); the
+//! owner stops the stand-in, so the conversation counts the customer gone
+//! and its grace starts. A message the bus cannot take (its queue to NATS
+//! full) ends its socket the same way, so nothing is dropped unseen.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web_actors::ws::CloseCode;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::bus::{Bus, BusError, BusOptions, Delivery};
+use super::remote_customer::{EdgeCommand, EdgeGone, RemoteCustomer};
+use super::ClusterSettings;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::protocol::Frame;
+use crate::wiring::Broker;
+use crate::ws::{Frames, LinkDown, SocketLink};
+
+/// How long an edge waits for the owner to admit a socket.
+pub const ADMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The close an edge's client gets when its conversation's node restarted,
+/// went silent or lost messages of this socket: reconnect.
+pub const OWNER_LOST: &str = "the node running this conversation was cut off: reconnect";
+
+/// What crosses the bus between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeMessage {
+    /// Edge → owner, a request: may a client at `client` open a webchat
+    /// socket with `token`? Answered [`NodeMessage::Admitted`] or
+    /// [`NodeMessage::Refused`], as the owner answers its own upgrades.
+    Admit {
+        token: String,
+        client: Option<IpAddr>,
+    },
+    Admitted,
+    Refused(Refusal),
+    /// Edge → owner: socket `socket` is open with `token`: attach it to its
+    /// session (the token is checked again: it may have gone since).
+    Open {
+        socket: u64,
+        token: String,
+    },
+    /// Edge → owner: a text message the customer sent, screened at the edge
+    /// (whole, UTF-8, within `max_frame` and the socket's command rate).
+    Command {
+        socket: u64,
+        text: String,
+    },
+    /// Edge → owner: the socket closed.
+    Gone {
+        socket: u64,
+    },
+    /// Owner → edge: frames for the socket, in order.
+    Frames {
+        socket: u64,
+        frames: Vec<String>,
+    },
+    /// Owner → edge: close the socket.
+    Close {
+        socket: u64,
+        code: u16,
+        reason: String,
+    },
+}
+
+/// An owner's refusal of a socket: the HTTP answer the edge gives its
+/// client, the same the owner gives its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    /// The JSON error body.
+    pub body: String,
+}
+
+impl Refusal {
+    pub fn of(e: &ApiError) -> Refusal {
+        use actix_web::ResponseError;
+        let answer = e.error_response();
+        Refusal {
+            status: answer.status().as_u16(),
+            retry_after: answer
+                .headers()
+                .get(actix_web::http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}})
+                .to_string(),
+        }
+    }
+
+    /// The HTTP answer.
+    pub fn response(&self) -> actix_web::HttpResponse {
+        let status = actix_web::http::StatusCode::from_u16(self.status)
+            .unwrap_or(actix_web::http::StatusCode::SERVICE_UNAVAILABLE);
+        let mut answer = actix_web::HttpResponse::build(status);
+        if let Some(after) = &self.retry_after {
+            answer.insert_header((actix_web::http::header::RETRY_AFTER, after.as_str()));
+        }
+        answer
+            .content_type("application/json")
+            .body(self.body.clone())
+    }
+}
+
+/// Why an edge could not open a socket through the owner.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("the node running conversations refused: {}", .0.body)]
+    Refused(Refusal),
+    #[error("the node running conversations cannot be reached yet")]
+    NotStarted,
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("the node running conversations answered {0:?} to an admission")]
+    Unexpected(Box<NodeMessage>),
+}
+
+/// A socket this node holds for a conversation run elsewhere.
+struct EdgeSocket {
+    owner: Arc<str>,
+    /// The owner's incarnation when the socket was admitted.
+    incarnation: Option<u64>,
+    link: SocketLink,
+}
+
+/// A stand-in run here, and the edge's incarnation that opened it.
+struct StandIn {
+    addr: Addr<RemoteCustomer>,
+    incarnation: Option<u64>,
+}
+
+/// This node's bus and what it carries for the broker; shared by its
+/// workers.
+pub struct NodeBus {
+    bus: OnceLock<Bus<NodeMessage>>,
+    /// Sockets held here, by socket id.
+    held: Mutex<HashMap<u64, EdgeSocket>>,
+    /// Stand-ins run here for sockets other nodes hold.
+    stand_ins: Mutex<HashMap<(Arc<str>, u64), StandIn>>,
+    /// What this node serves as an owner, once it is active.
+    owner: OnceLock<Arc<Broker>>,
+    /// The edge's own count of slow consumers (its sockets' links).
+    metrics: Metrics,
+}
+
+impl NodeBus {
+    /// This node's bus, connecting in the background (and again, every
+    /// second, until NATS takes it): an edge asking before then is told
+    /// [`EdgeError::NotStarted`]. To be called on the node's main runtime,
+    /// which runs the bus's tasks and the delivery task.
+    pub fn start(settings: ClusterSettings) -> Arc<NodeBus> {
+        let node = Arc::new(NodeBus {
+            bus: OnceLock::new(),
+            held: Mutex::new(HashMap::new()),
+            stand_ins: Mutex::new(HashMap::new()),
+            owner: OnceLock::new(),
+            metrics: Metrics::default(),
+        });
+        let this = node.clone();
+        actix_web::rt::spawn(async move {
+            let options = BusOptions::of(&settings);
+            let deliveries = loop {
+                match Bus::start(&settings, options).await {
+                    Ok((bus, deliveries)) => {
+                        let _ = this.bus.set(bus);
+                        break deliveries;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the bus between nodes is not up yet; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            this.run(deliveries).await;
+        });
+        node
+    }
+
+    /// From now on this node runs conversations: it admits and serves the
+    /// sockets edges hold for them.
+    pub fn serve(&self, broker: Arc<Broker>) {
+        let _ = self.owner.set(broker);
+    }
+
+    fn bus(&self) -> Result<&Bus<NodeMessage>, EdgeError> {
+        self.bus.get().ok_or(EdgeError::NotStarted)
+    }
+
+    /// Edge: ask `owner` whether a client at `client` may open a webchat
+    /// socket with `token`.
+    pub async fn admit(
+        &self,
+        owner: &str,
+        token: &str,
+        client: Option<IpAddr>,
+    ) -> Result<(), EdgeError> {
+        let ask = NodeMessage::Admit {
+            token: token.to_owned(),
+            client,
+        };
+        match self.bus()?.request(owner, &ask, ADMIT_TIMEOUT).await? {
+            NodeMessage::Admitted => Ok(()),
+            NodeMessage::Refused(refusal) => Err(EdgeError::Refused(refusal)),
+            other => Err(EdgeError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Edge: socket `socket` (its session's `link`) is open for `owner`'s
+    /// conversation with `token`; tell the owner.
+    pub fn attach(
+        &self,
+        socket: u64,
+        owner: &str,
+        token: &str,
+        link: SocketLink,
+    ) -> Result<(), EdgeError> {
+        let bus = self.bus()?;
+        let owner: Arc<str> = Arc::from(owner);
+        self.held.lock().insert(
+            socket,
+            EdgeSocket {
+                owner: owner.clone(),
+                incarnation: bus.incarnation(&owner),
+                link,
+            },
+        );
+        let open = NodeMessage::Open {
+            socket,
+            token: token.to_owned(),
+        };
+        bus.send(&owner, &open)?;
+        Ok(())
+    }
+
+    /// Edge: the customer sent `text` on `socket`.
+    pub fn command(&self, socket: u64, owner: &str, text: String) -> Result<(), EdgeError> {
+        self.bus()?
+            .send(owner, &NodeMessage::Command { socket, text })?;
+        Ok(())
+    }
+
+    /// Edge: `socket` closed; the owner is told, unless it ended the
+    /// socket itself (or was lost).
+    pub fn detach(&self, socket: u64) {
+        let Some(held) = self.held.lock().remove(&socket) else {
+            return;
+        };
+        if let Ok(bus) = self.bus() {
+            let _ = bus.send(&held.owner, &NodeMessage::Gone { socket });
+        }
+    }
+
+    /// Owner: frames for the socket `socket` held by `edge`.
+    pub fn frames(&self, edge: &str, socket: u64, frames: Frames) -> Result<(), EdgeError> {
+        let frames = frames.into_iter().map(String::from).collect();
+        self.bus()?
+            .send(edge, &NodeMessage::Frames { socket, frames })?;
+        Ok(())
+    }
+
+    /// Owner: close the socket `socket` held by `edge`, and forget its
+    /// stand-in.
+    pub fn close(&self, edge: &Arc<str>, socket: u64, code: CloseCode, reason: &str) {
+        self.stand_ins.lock().remove(&(edge.clone(), socket));
+        if let Ok(bus) = self.bus() {
+            let _ = bus.send(
+                edge,
+                &NodeMessage::Close {
+                    socket,
+                    code: u16::from(code),
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// Owner: the stand-in for (`edge`, `socket`) stopped.
+    pub fn forget(&self, edge: &Arc<str>, socket: u64) {
+        self.stand_ins.lock().remove(&(edge.clone(), socket));
+    }
+
+    /// Sockets held here for conversations run elsewhere, and stand-ins run
+    /// here for sockets held elsewhere.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.held.lock().len(), self.stand_ins.lock().len())
+    }
+
+    /// Hand every delivery to its socket or stand-in, until the bus stops.
+    async fn run(self: Arc<Self>, mut deliveries: mpsc::Receiver<Delivery<NodeMessage>>) {
+        while let Some(delivery) = deliveries.recv().await {
+            match delivery {
+                Delivery::Request {
+                    from: _,
+                    body: NodeMessage::Admit { token, client },
+                    responder,
+                } => {
+                    let Some(broker) = self.owner.get().cloned() else {
+                        let refusal = ApiError::Unavailable(
+                            "this node runs no conversations (not the active node)".into(),
+                        );
+                        let _ = responder.respond(&NodeMessage::Refused(Refusal::of(&refusal)));
+                        continue;
+                    };
+                    actix_web::rt::spawn(async move {
+                        let answer = match crate::http::sockets::admit_webchat(
+                            &broker, &token, client,
+                        )
+                        .await
+                        {
+                            Ok(_) => NodeMessage::Admitted,
+                            Err(e) => NodeMessage::Refused(Refusal::of(&e)),
+                        };
+                        let _ = responder.respond(&answer);
+                    });
+                }
+                Delivery::Request { from, body, .. } => {
+                    // Dropping the responder answers "not answered".
+                    tracing::warn!(peer = %from, request = ?body, "not a request this node answers");
+                }
+                Delivery::Message { from, body } => self.message(Arc::from(from.as_str()), body),
+                Delivery::Lost { from, loss } => {
+                    tracing::warn!(peer = %from, loss = ?loss, "messages between nodes lost: ending the sockets they carried");
+                    self.sever(&from, None);
+                }
+                Delivery::Restarted { from, incarnation } => {
+                    // Sockets opened with the new incarnation (admitted
+                    // while this delivery waited) stay.
+                    tracing::info!(peer = %from, "a node restarted: ending the sockets shared with it");
+                    self.sever(&from, Some(incarnation));
+                }
+                Delivery::Silent { from } => {
+                    tracing::warn!(peer = %from, "a node went silent: ending the sockets shared with it");
+                    self.sever(&from, None);
+                }
+            }
+        }
+    }
+
+    fn message(self: &Arc<Self>, from: Arc<str>, body: NodeMessage) {
+        match body {
+            NodeMessage::Open { socket, token } => self.open(from, socket, &token),
+            NodeMessage::Command { socket, text } => {
+                let stand_in = self
+                    .stand_ins
+                    .lock()
+                    .get(&(from.clone(), socket))
+                    .map(|s| s.addr.clone());
+                match stand_in {
+                    Some(stand_in) => stand_in.do_send(EdgeCommand(text)),
+                    None => self.close(&from, socket, CloseCode::Abnormal, "no such socket here"),
+                }
+            }
+            NodeMessage::Gone { socket } => {
+                if let Some(stand_in) = self.stand_ins.lock().remove(&(from, socket)) {
+                    stand_in.addr.do_send(EdgeGone);
+                }
+            }
+            NodeMessage::Frames { socket, frames } => {
+                let link = self.held.lock().get(&socket).map(|h| h.link.clone());
+                let Some(link) = link else {
+                    // Closed here meanwhile: the owner was told (Gone).
+                    return;
+                };
+                for frame in frames {
+                    match link.send(Frame::from(frame), &self.metrics) {
+                        Ok(()) => {}
+                        // The session's stop tells the owner (`detach`).
+                        Err(LinkDown::Closed | LinkDown::Slow) => break,
+                    }
+                }
+            }
+            NodeMessage::Close {
+                socket,
+                code,
+                reason,
+            } => {
+                if let Some(held) = self.held.lock().remove(&socket) {
+                    held.link.close(CloseCode::from(code), &reason);
+                }
+            }
+            NodeMessage::Admit { .. } | NodeMessage::Admitted | NodeMessage::Refused(_) => {
+                tracing::warn!(peer = %from, "an admission outside a request: ignored");
+            }
+        }
+    }
+
+    /// Owner: attach the socket `socket` that `edge` holds to its session.
+    fn open(self: &Arc<Self>, edge: Arc<str>, socket: u64, token: &str) {
+        let Some(broker) = self.owner.get() else {
+            return self.close(
+                &edge,
+                socket,
+                CloseCode::Again,
+                "unavailable: this node runs no conversations",
+            );
+        };
+        let Some(session) = broker.webchat_session(token) else {
+            return self.close(&edge, socket, CloseCode::Policy, "invalid webchat token");
+        };
+        let incarnation = self.bus.get().and_then(|bus| bus.incarnation(&edge));
+        let addr = RemoteCustomer::new(edge.clone(), socket, session, broker, self.clone()).start();
+        self.stand_ins
+            .lock()
+            .insert((edge, socket), StandIn { addr, incarnation });
+    }
+
+    /// End every socket shared with `peer`, but those opened with its
+    /// incarnation `keep`.
+    fn sever(&self, peer: &str, keep: Option<u64>) {
+        let ends = |p: &str, incarnation: Option<u64>| {
+            p == peer && (keep.is_none() || incarnation != keep)
+        };
+        let held: Vec<EdgeSocket> = {
+            let mut held = self.held.lock();
+            let ids: Vec<u64> = held
+                .iter()
+                .filter(|(_, h)| ends(&h.owner, h.incarnation))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| held.remove(&id)).collect()
+        };
+        for socket in held {
+            socket.link.close(CloseCode::Restart, OWNER_LOST);
+        }
+        let stand_ins: Vec<StandIn> = {
+            let mut stand_ins = self.stand_ins.lock();
+            let keys: Vec<(Arc<str>, u64)> = stand_ins
+                .iter()
+                .filter(|((edge, _), s)| ends(edge, s.incarnation))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| stand_ins.remove(&k))
+                .collect()
+        };
+        for stand_in in stand_ins {
+            stand_in.addr.do_send(EdgeGone);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_crosses_the_codec_unchanged() {
+        let messages = [
+            NodeMessage::Admit {
+                token: "tok".into(),
+                client: Some("10.0.0.7".parse().expect("ip")),
+            },
+            NodeMessage::Admitted,
+            NodeMessage::Refused(Refusal::of(&ApiError::Unauthorized("nope".into()))),
+            NodeMessage::Open {
+                socket: 7,
+                token: "tok".into(),
+            },
+            NodeMessage::Command {
+                socket: 7,
+                text: r#"{"type":"message","text":"héllo"}"#.into(),
+            },
+            NodeMessage::Gone { socket: 7 },
+            NodeMessage::Frames {
+                socket: 7,
+                frames: vec!["{}".into(), "[]".into()],
+            },
+            NodeMessage::Close {
+                socket: 7,
+                code: 1012,
+                reason: OWNER_LOST.into(),
+            },
+        ];
+        for message in messages {
+            let bytes = crate::codec::encode(&message).expect("encodes");
+            let back: NodeMessage = crate::codec::decode(&bytes).expect("decodes");
+            assert_eq!(back, message);
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_answered_as_the_owner_answers_it() {
+        let throttled = Refusal::of(&ApiError::AuthThrottled { retry_after: 42 });
+        let answer = throttled.response();
+        assert_eq!(answer.status().as_u16(), 429);
+        assert_eq!(
+            answer
+                .headers()
+                .get(actix_web::http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("42")
+        );
+        let body: serde_json::Value = serde_json::from_str(&throttled.body).expect("json");
+        assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+
+        let unknown = Refusal::of(&ApiError::Unauthorized("invalid webchat token".into()));
+        assert_eq!(unknown.response().status().as_u16(), 401);
+        assert!(unknown.retry_after.is_none());
+        let body: serde_json::Value = serde_json::from_str(&unknown.body).expect("json");
+        assert_eq!(body["error"]["message"], "invalid webchat token", "{body}");
+    }
+}

@@ -1,0 +1,127 @@
+//! A webchat customer's socket on a node that does not run its
+//! conversation (cluster mode: a standby, whose conversations the active
+//! node runs). Thin, like every session here: what the client sends is
+//! screened where the socket is (fragments, `max_frame`, UTF-8, the
+//! socket's command rate, [`Screen`]) and goes to the conversation's node
+//! as text over the bus (`cluster::node_bus`), where its stand-in parses
+//! it; what comes back is written out. The client sees the same socket as
+//! on the node that runs its conversation.
+//!
+//! Handles `Push` (frames from the owner, through its [`SocketLink`] held
+//! by the node's bus, bounded as every session's: `socket_backlog` pushes,
+//! `socket_backlog_bytes` bytes, past either closed `1008
+//! slow_consumer`) and `CloseSession` (the owner closed it, or was lost:
+//! 1012, reconnect).
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+
+use crate::cluster::node_bus::NodeBus;
+use crate::ws::customer_session::{flooded, Screen};
+use crate::ws::{
+    close_with, handle_frame, Backlog, CloseSession, Heartbeat, Held, Push, Reassembly, SocketLink,
+};
+
+pub struct EdgeCustomerSession {
+    id: u64,
+    /// The node that runs the conversation.
+    owner: String,
+    /// The webchat token the socket was opened with (the owner checks it
+    /// again when the socket attaches).
+    token: String,
+    node: Arc<NodeBus>,
+    mailbox: usize,
+    frames: Reassembly,
+    backlog: Backlog,
+    /// Nothing waits for a journal here: the owner sends only what is
+    /// durable.
+    held: Held,
+    hb: Heartbeat,
+    screen: Screen,
+}
+
+impl EdgeCustomerSession {
+    pub fn new(
+        owner: String,
+        token: String,
+        node: Arc<NodeBus>,
+        config: &crate::config::Config,
+    ) -> EdgeCustomerSession {
+        EdgeCustomerSession {
+            id: crate::ws::next_session_id(),
+            owner,
+            token,
+            node,
+            mailbox: config.socket_backlog,
+            frames: Reassembly::new(config.max_frame),
+            backlog: Backlog::new(config.socket_backlog_bytes),
+            held: Held::new(None),
+            hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
+            screen: Screen::new(config),
+        }
+    }
+
+    /// The bus did not take what this socket sends: its client reconnects.
+    fn unavailable(e: impl std::fmt::Display, ctx: &mut ws::WebsocketContext<Self>) {
+        close_with(
+            CloseSession {
+                code: ws::CloseCode::Again,
+                reason: format!("unavailable: {e}"),
+            },
+            ctx,
+        );
+    }
+}
+
+impl Actor for EdgeCustomerSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox);
+        self.hb.start(ctx, |s| &mut s.hb);
+        let link = SocketLink::new(self.id, ctx.address(), &self.backlog, None);
+        if let Err(e) = self.node.attach(self.id, &self.owner, &self.token, link) {
+            Self::unavailable(e, ctx);
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.node.detach(self.id);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for EdgeCustomerSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
+            return;
+        };
+        if let Err(refused) = self.screen.check(&text) {
+            ctx.text(refused.answer);
+            if refused.close {
+                close_with(flooded(), ctx);
+            }
+            return;
+        }
+        if let Err(e) = self.node.command(self.id, &self.owner, text.to_string()) {
+            Self::unavailable(e, ctx);
+        }
+    }
+}
+
+impl Handler<Push> for EdgeCustomerSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        crate::ws::deliver(self, msg, ctx, |s| (&mut s.held, &s.backlog));
+    }
+}
+
+impl Handler<CloseSession> for EdgeCustomerSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        close_with(msg, ctx);
+    }
+}
