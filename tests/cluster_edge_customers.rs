@@ -236,3 +236,69 @@ async fn when_the_active_node_dies_the_standby_tells_its_customers_to_reconnect(
     assert_eq!(code, 1012, "service restart: reconnect ({reason})");
     assert!(reason.contains("reconnect"), "{reason}");
 }
+
+/// Every message of `conv`, read forward in pages through `h`.
+async fn all_messages(h: &Harness, conv: &str) -> serde_json::Value {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = h
+            .admin_get_ok(&format!(
+                "/v1/conversations/{conv}/messages?after_seq={after}&limit=1000"
+            ))
+            .await;
+        let got = page["messages"].as_array().cloned().unwrap_or_default();
+        if let Some(last) = got.last() {
+            after = last["seq"].as_u64().expect("seq");
+        }
+        all.extend(got);
+        if page["has_more"] != true {
+            return serde_json::Value::Array(all);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_that_stops_reading_on_a_standby_is_cut_off_there_and_nothing_is_lost() {
+    const TEXT_LEN: usize = 20_000;
+    let _serial = SERIAL.lock().await;
+    let env = [
+        ("SWITCHBOARD_SOCKET_BACKLOG", "16"),
+        ("SWITCHBOARD_SOCKET_BACKLOG_BYTES", "256KiB"),
+        ("SWITCHBOARD_MAX_TEXT", "20000"),
+        ("SWITCHBOARD_MAX_HISTORY_BYTES", "64MiB"),
+        ("SWITCHBOARD_HEARTBEAT_INTERVAL", "30s"),
+        ("SWITCHBOARD_CLIENT_TIMEOUT", "120s"),
+    ];
+    let (_cluster, active, b) = active_and_edge(&env).await;
+    let a = &active.h;
+    let alice = a.create_agent("alice", 1, &[]).await;
+    let mut desk = a.agent_online(&alice).await;
+    let (session, mut customer, ack) = b.customer_with_message("Dana", "start").await;
+    let conv = s(&ack["conversation_id"]);
+    let offer = desk.offer_for(&conv).await;
+    desk.accept(&s(&offer["task"]["id"])).await;
+    customer.recv_type("agent.joined").await;
+
+    // Dana stops reading; Alice writes a lot, every message taken. The
+    // socket's queue on the standby fills and the standby cuts her off.
+    let mut sent = 0usize;
+    while sent < 1200 {
+        let head = format!("msg-{sent:05}-");
+        let text = format!("{head}{}", "x".repeat(TEXT_LEN - head.len()));
+        desk.agent_send(&conv, &text, &format!("a{sent}")).await;
+        sent += 1;
+    }
+    // She reads again: what was queued, then the slow consumer's close.
+    let (code, reason) = customer.recv_close_within(Duration::from_secs(30)).await;
+    assert_eq!((code, reason.as_str()), (1008, "slow_consumer"));
+    // Nothing is lost: she comes back (through the standby) to the whole
+    // conversation, in order, without gaps.
+    let (mut again, history) = b.connect_customer(&session).await;
+    assert_eq!(history["type"], "history", "{history}");
+    let stored = all_messages(&b, &conv).await;
+    assert_gap_free(&stored);
+    assert_eq!(texts(&stored).len(), sent + 1, "every message");
+    desk.agent_send(&conv, "still there?", "last").await;
+    again.recv_message_text("still there?").await;
+}

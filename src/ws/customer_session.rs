@@ -78,6 +78,22 @@ impl Screen {
         self.refused_in_a_row = 0;
         Ok(())
     }
+
+    /// [`Screen::check`] on a socket: a refused command is answered on it,
+    /// and a flood closes it. Whether `text` may go on.
+    pub fn pass<A>(&mut self, text: &str, ctx: &mut ws::WebsocketContext<A>) -> bool
+    where
+        A: Actor<Context = ws::WebsocketContext<A>>,
+    {
+        let Err(refused) = self.check(text) else {
+            return true;
+        };
+        ctx.text(refused.answer);
+        if refused.close {
+            close_with(flooded(), ctx);
+        }
+        false
+    }
 }
 
 /// The close that ends a socket whose client went on flooding.
@@ -154,11 +170,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CustomerSession {
         let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
             return;
         };
-        if let Err(refused) = self.screen.check(&text) {
-            ctx.text(refused.answer);
-            if refused.close {
-                close_with(flooded(), ctx);
-            }
+        if !self.screen.pass(&text, ctx) {
             return;
         }
         match parse_command(&text) {

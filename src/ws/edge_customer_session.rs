@@ -19,7 +19,7 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 
 use crate::cluster::node_bus::NodeBus;
-use crate::ws::customer_session::{flooded, Screen};
+use crate::ws::customer_session::Screen;
 use crate::ws::{
     close_with, handle_frame, Backlog, CloseSession, Heartbeat, Held, Push, Reassembly, SocketLink,
 };
@@ -97,11 +97,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for EdgeCustomerSessi
         let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
             return;
         };
-        if let Err(refused) = self.screen.check(&text) {
-            ctx.text(refused.answer);
-            if refused.close {
-                close_with(flooded(), ctx);
-            }
+        if !self.screen.pass(&text, ctx) {
             return;
         }
         if let Err(e) = self.node.command(self.id, &self.owner, text.to_string()) {
