@@ -858,6 +858,9 @@ fn rfc3339(at: SystemTime) -> String {
 /// One customer's socket and what it is waiting for.
 struct Customer {
     url: String,
+    /// The broker as the admin: to look up what became of its
+    /// conversation.
+    api: Api,
     shared: Arc<Shared>,
     rng: StdRng,
     ws: Raw,
@@ -910,11 +913,32 @@ impl Customer {
             return Err(format!("a customer back got {history} first"));
         }
         if history["ended"] == true {
-            if self.conv.is_some() && history["conversation_id"] != json!(self.conv) {
-                return Err(format!(
-                    "a customer of {:?} came back to another conversation: {history}",
-                    self.conv
-                ));
+            if let Some(own) = self
+                .conv
+                .clone()
+                .filter(|c| history["conversation_id"] != c.as_str())
+            {
+                // Its own ended while it was away, and an agent then
+                // started an outbound conversation to its session (and
+                // ended it): the session's newest is what it sees. Only
+                // with its own ended.
+                let path = format!("/v1/conversations/{own}");
+                let until = Instant::now() + RECONNECT_FOR;
+                let state = loop {
+                    match self.api.get_ok(&path).await {
+                        // Between two active nodes, or just after.
+                        Err(e) if e.contains(": 503 ") && Instant::now() < until => {
+                            sleep(Duration::from_millis(100)).await;
+                        }
+                        other => break other?,
+                    }
+                };
+                if state["state"] != "ended" {
+                    return Err(format!(
+                        "a customer of {own} ({}) came back to another conversation: {history}",
+                        state["state"]
+                    ));
+                }
             }
             return Ok(true);
         }
@@ -1003,6 +1027,7 @@ impl Customer {
 /// then leaves, or drops its socket for about its grace and comes back.
 async fn customer(
     url: String,
+    api: Api,
     session: String,
     shared: Arc<Shared>,
     seed: u64,
@@ -1017,6 +1042,7 @@ async fn customer(
     };
     let mut c = Customer {
         url,
+        api,
         shared: shared.clone(),
         rng: StdRng::seed_from_u64(seed),
         ws,
@@ -1190,6 +1216,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         };
         customers.push(tokio::spawn(customer(
             format!("{customer_ws}/v1/webchat/ws?token={token}"),
+            api.clone(),
             session,
             shared.clone(),
             opts.seed + 100_000 + i as u64,
