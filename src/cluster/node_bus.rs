@@ -423,10 +423,20 @@ impl NodeBus {
             return self.close(&edge, socket, CloseCode::Policy, "invalid webchat token");
         };
         let incarnation = self.bus.get().and_then(|bus| bus.incarnation(&edge));
-        let addr = RemoteCustomer::new(edge.clone(), socket, session, broker, self.clone()).start();
+        // On a worker's arbiter, round robin, as sockets land on the
+        // workers that accept them (not all on this node's main thread);
+        // known here before it runs, so its stop always finds it.
+        let (addr, run) = broker.shards.prepare::<RemoteCustomer>();
         self.stand_ins
             .lock()
-            .insert((edge, socket), StandIn { addr, incarnation });
+            .insert((edge.clone(), socket), StandIn { addr, incarnation });
+        run(RemoteCustomer::new(
+            edge,
+            socket,
+            session,
+            broker,
+            self.clone(),
+        ));
     }
 
     /// End every socket shared with `peer`, but those opened with its

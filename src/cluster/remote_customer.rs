@@ -10,6 +10,9 @@
 //! [`EdgeCommand`] (a command the customer sent, screened by the edge) and
 //! [`EdgeGone`] (the edge's socket closed, or the edge was lost).
 //!
+//! Started on a worker's arbiter, round robin (`Shards`), as socket
+//! sessions land on the workers that accept them.
+//!
 //! Bounded as a socket session is: its mailbox at `socket_backlog` pushes
 //! and its queued bytes at `socket_backlog_bytes` (what waits for the
 //! journal); past either, the channel closes it as a slow consumer. Once
