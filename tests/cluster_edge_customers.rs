@@ -17,40 +17,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use common::cluster::{TestCluster, ADMIN, PREFIX};
+use common::cluster::{active_and_edge, PREFIX};
 use common::*;
 
 /// One test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A client of node `i` while it is a standby, once it knows the active
-/// node (its `/healthz` says `200`).
-async fn edge(cluster: &mut TestCluster, i: usize) -> Harness {
-    let h = Harness::external(&cluster.standby_url(i), ADMIN);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = h.get("/healthz", None).await;
-        if r.status == 200 {
-            return h;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node-{i} never relaying: {}",
-            r.text
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// An active node-0 and a standby node-1, both with `env`.
-async fn active_and_edge(env: &[(&str, &str)]) -> (TestCluster, common::cluster::Active, Harness) {
-    let mut cluster = TestCluster::new(2);
-    cluster.start_node_with(0, env);
-    let active = cluster.wait_active(&[], Duration::from_secs(20));
-    cluster.start_node_with(1, env);
-    let edge = edge(&mut cluster, 1).await;
-    (cluster, active, edge)
-}
 
 /// How many NATS messages arrive on `subject` within `within`.
 async fn count(sub: &mut async_nats::Subscriber, within: Duration) -> usize {

@@ -9,7 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{assert_served, upload, wait_replicated, TestCluster, ADMIN};
+use common::cluster::{
+    active_and_edge, assert_served, edge, upload, wait_replicated, TestCluster, ADMIN,
+};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -17,25 +19,6 @@ use switchboard::cluster::relay::{decode, unbatch, Address, Frame};
 
 /// One test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A client of node `i` while it is a standby (its relay), once it knows
-/// the active node (its `/healthz` says `200`).
-async fn edge(cluster: &mut TestCluster, i: usize) -> Harness {
-    let h = Harness::external(&cluster.standby_url(i), ADMIN);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = h.get("/healthz", None).await;
-        if r.status == 200 {
-            return h;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node-{i} never relaying: {}",
-            r.text
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A new customer, Eve, writes `first` through `h`; `desk` is offered her
 /// chat, takes it and answers `reply`, which reaches her.
@@ -87,17 +70,6 @@ async fn closed_by_the_relay(mut desk: Ws, active: &Harness, edge: &Harness, age
         })
         .await;
     edge.agent_online(agent).await;
-}
-
-/// Two nodes started with the settings `env`: the cluster, its active
-/// node, and a client of the other (relaying) one.
-async fn active_and_edge(env: &[(&str, &str)]) -> (TestCluster, common::cluster::Active, Harness) {
-    let mut cluster = TestCluster::new(2);
-    cluster.start_node_with(0, env);
-    let active = cluster.wait_active(&[], Duration::from_secs(20));
-    cluster.start_node_with(1, env);
-    let edge = edge(&mut cluster, 1).await;
-    (cluster, active, edge)
 }
 
 /// A socket to `url`, retried while the answer is `503` (a takeover under

@@ -371,3 +371,34 @@ pub async fn wait_copied(h: &Harness, node: &str, lsn: u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A client of node `i` while it is a standby, once it knows the active
+/// node (its `/healthz` says `200`): what it relays, and the customers'
+/// sockets it holds.
+pub async fn edge(cluster: &mut TestCluster, i: usize) -> Harness {
+    let h = Harness::external(&cluster.standby_url(i), ADMIN);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = h.get("/healthz", None).await;
+        if r.status == 200 {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-{i} never relaying: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An active node-0 and a standby node-1, both with `env`, and a client of
+/// the standby.
+pub async fn active_and_edge(env: &[(&str, &str)]) -> (TestCluster, Active, Harness) {
+    let mut cluster = TestCluster::new(2);
+    cluster.start_node_with(0, env);
+    let active = cluster.wait_active(&[], Duration::from_secs(20));
+    cluster.start_node_with(1, env);
+    let edge = edge(&mut cluster, 1).await;
+    (cluster, active, edge)
+}
