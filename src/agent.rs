@@ -876,7 +876,11 @@ pub enum AgentFrameKind {
     Offered(TaskView),
     Assigned(TaskView),
     Resync(TaskView),
+    /// A customer's message or typing, or a note for both sides: only to
+    /// an agent that holds the task.
     Message,
+    /// The agent's own message, echoed: the answer to its desk's command.
+    Echo,
     Ended,
     Completed,
     Rescinded,
@@ -912,8 +916,15 @@ impl Handler<ToAgent> for Agent {
                 self.apply(AgentEvent::TaskTracked(view))
             }
             AgentFrameKind::Resync(view) => self.apply(AgentEvent::TaskTracked(view)),
-            AgentFrameKind::Message if resyncing => return,
-            AgentFrameKind::Message | AgentFrameKind::Other => {}
+            AgentFrameKind::Message | AgentFrameKind::Echo if resyncing => return,
+            // Of a task this agent no longer holds: the router took it back
+            // (past the disconnect grace, set offline) and told this agent
+            // first, while the conversation, not told yet, still sent here.
+            // Its desk does not hold the conversation, so it is not told;
+            // the message is stored, and whoever takes the task next gets
+            // it in the history.
+            AgentFrameKind::Message if !self.state.tasks.contains_key(&msg.task_id) => return,
+            AgentFrameKind::Message | AgentFrameKind::Echo | AgentFrameKind::Other => {}
             AgentFrameKind::Ended => {
                 self.apply(AgentEvent::TaskStateChanged {
                     task_id: msg.task_id.clone(),

@@ -46,7 +46,7 @@ impl Handler<AgentSend> for Conversation {
             if let Some(stored) = resent {
                 // Stored before: echoed again to its sender only.
                 let echo = self.message_frame(stored, msg.reference.as_deref());
-                return self.to_agent(&msg.from, AgentFrameKind::Message, echo);
+                return self.to_agent(&msg.from, AgentFrameKind::Echo, echo);
             }
         }
         let checked = self.check_agent(&msg.agent_id).and_then(|_| {
@@ -83,7 +83,7 @@ impl Handler<AgentSend> for Conversation {
         let message = self.last_message();
         let (to_customer, echo) =
             Event::message_frames(&self.state.id, message, msg.reference.as_deref());
-        self.to_agent(&msg.from, AgentFrameKind::Message, echo);
+        self.to_agent(&msg.from, AgentFrameKind::Echo, echo);
         self.message_to_customer(to_customer, None, true);
     }
 }
