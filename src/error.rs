@@ -143,6 +143,11 @@ impl ApiError {
     }
 
     /// The WebSocket `error` frame for this error, answering `reference`.
+    /// The JSON body of its HTTP answer.
+    pub fn json_body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}})
+    }
+
     pub fn to_frame(&self, reference: Option<&str>) -> Frame {
         error_frame(self.code(), &self.to_string(), reference)
     }
@@ -193,9 +198,7 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        res.json(serde_json::json!({
-            "error": {"code": self.code(), "message": self.to_string()}
-        }))
+        res.json(self.json_body())
     }
 }
 

@@ -37,7 +37,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::protocol::Frame;
 use crate::wiring::Broker;
-use crate::ws::{Frames, LinkDown, SocketLink};
+use crate::ws::{Frames, SocketLink};
 
 /// How long an edge waits for the owner to admit a socket.
 pub const ADMIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,8 +108,7 @@ impl Refusal {
                 .get(actix_web::http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
-            body: serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}})
-                .to_string(),
+            body: e.json_body().to_string(),
         }
     }
 
@@ -283,10 +282,9 @@ impl NodeBus {
         Ok(())
     }
 
-    /// Owner: close the socket `socket` held by `edge`, and forget its
-    /// stand-in.
-    pub fn close(&self, edge: &Arc<str>, socket: u64, code: CloseCode, reason: &str) {
-        self.stand_ins.lock().remove(&(edge.clone(), socket));
+    /// Owner: tell `edge` to close its socket `socket` (a stand-in that
+    /// stops forgets itself: [`NodeBus::forget`]).
+    pub fn close(&self, edge: &str, socket: u64, code: CloseCode, reason: &str) {
         if let Ok(bus) = self.bus() {
             let _ = bus.send(
                 edge,
@@ -302,12 +300,6 @@ impl NodeBus {
     /// Owner: the stand-in for (`edge`, `socket`) stopped.
     pub fn forget(&self, edge: &Arc<str>, socket: u64) {
         self.stand_ins.lock().remove(&(edge.clone(), socket));
-    }
-
-    /// Sockets held here for conversations run elsewhere, and stand-ins run
-    /// here for sockets held elsewhere.
-    pub fn counts(&self) -> (usize, usize) {
-        (self.held.lock().len(), self.stand_ins.lock().len())
     }
 
     /// Hand every delivery to its socket or stand-in, until the bus stops.
@@ -372,7 +364,7 @@ impl NodeBus {
                     .map(|s| s.addr.clone());
                 match stand_in {
                     Some(stand_in) => stand_in.do_send(EdgeCommand(text)),
-                    None => self.close(&from, socket, CloseCode::Abnormal, "no such socket here"),
+                    None => self.close(&from, socket, CloseCode::Error, "no such socket here"),
                 }
             }
             NodeMessage::Gone { socket } => {
@@ -387,10 +379,10 @@ impl NodeBus {
                     return;
                 };
                 for frame in frames {
-                    match link.send(Frame::from(frame), &self.metrics) {
-                        Ok(()) => {}
-                        // The session's stop tells the owner (`detach`).
-                        Err(LinkDown::Closed | LinkDown::Slow) => break,
+                    // Closed or slow: the session's stop tells the owner
+                    // (`detach`).
+                    if link.send(Frame::from(frame), &self.metrics).is_err() {
+                        break;
                     }
                 }
             }
@@ -445,29 +437,21 @@ impl NodeBus {
         let ends = |p: &str, incarnation: Option<u64>| {
             p == peer && (keep.is_none() || incarnation != keep)
         };
-        let held: Vec<EdgeSocket> = {
-            let mut held = self.held.lock();
-            let ids: Vec<u64> = held
-                .iter()
-                .filter(|(_, h)| ends(&h.owner, h.incarnation))
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter().filter_map(|id| held.remove(&id)).collect()
-        };
+        let held: Vec<EdgeSocket> = self
+            .held
+            .lock()
+            .extract_if(|_, h| ends(&h.owner, h.incarnation))
+            .map(|(_, h)| h)
+            .collect();
         for socket in held {
             socket.link.close(CloseCode::Restart, OWNER_LOST);
         }
-        let stand_ins: Vec<StandIn> = {
-            let mut stand_ins = self.stand_ins.lock();
-            let keys: Vec<(Arc<str>, u64)> = stand_ins
-                .iter()
-                .filter(|((edge, _), s)| ends(edge, s.incarnation))
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| stand_ins.remove(&k))
-                .collect()
-        };
+        let stand_ins: Vec<StandIn> = self
+            .stand_ins
+            .lock()
+            .extract_if(|(edge, _), s| ends(edge, s.incarnation))
+            .map(|(_, s)| s)
+            .collect();
         for stand_in in stand_ins {
             stand_in.addr.do_send(EdgeGone);
         }

@@ -20,7 +20,8 @@ use crate::ws::agent_session::AgentSession;
 use crate::ws::customer_session::CustomerSession;
 use crate::ws::supervisor_session::SupervisorSession;
 
-fn upgrade_failed(e: actix_web::Error) -> ApiError {
+/// A WebSocket handshake the codec refused.
+pub(crate) fn upgrade_failed(e: actix_web::Error) -> ApiError {
     ApiError::BadRequest(format!("WebSocket upgrade failed: {e}"))
 }
 

@@ -128,7 +128,7 @@ async fn webchat(
     actix_web_actors::ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(customers.config.max_frame)
         .start()
-        .map_err(|e| ApiError::BadRequest(format!("WebSocket upgrade failed: {e}")))
+        .map_err(crate::http::sockets::upgrade_failed)
 }
 
 /// Listen on `config.bind` (every address it resolves to), in the current
