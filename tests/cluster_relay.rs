@@ -1,7 +1,10 @@
 //! Every node takes clients (`cluster::relay`): standbys relay HTTP requests
-//! and WebSocket connections to the active node over NATS. Real processes:
-//! three nodes of the real binary on one real nats-server, a 2 s lease TTL;
-//! clients spread over the nodes as a load balancer would spread them.
+//! and supervisors' WebSocket connections to the active node over NATS
+//! (customers' and desks' sockets end at the standby and cross the bus:
+//! `cluster_edge_sockets.rs`; they are here where a test's clients are
+//! spread over the nodes). Real processes: three nodes of the real binary
+//! on one real nats-server, a 2 s lease TTL; clients spread over the nodes
+//! as a load balancer would spread them.
 //!
 //! The tests run one at a time (each starts its own nats-server and nodes).
 
@@ -59,17 +62,26 @@ async fn a_data_frame(sniff: &mut async_nats::Subscriber) -> (String, Address) {
     }
 }
 
-/// The relay closed `desk` (no close frame); the active node (`active`)
-/// sees its agent gone, and she comes back through `edge`.
-async fn closed_by_the_relay(mut desk: Ws, active: &Harness, edge: &Harness, agent: &Agent) {
-    let (code, _) = desk.recv_close_within(Duration::from_secs(5)).await;
-    assert_eq!(code, 1006, "closed, no close frame");
-    active
-        .wait_agent(&agent.id, "her relayed socket gone", |v| {
-            v["connected"] == false
-        })
+/// A supervisor's socket through `h` (relayed by a standby).
+async fn supervisor(h: &Harness) -> Ws {
+    Ws::connect(&format!("{}/v1/supervisor/ws?token={ADMIN}", h.ws_base)).await
+}
+
+/// A command on a supervisor's socket, and its answer: the socket works
+/// both ways.
+async fn probe(sup: &mut Ws, r: &str) {
+    sup.send(json!({"type": "monitor", "conversation_id": "cv_nope", "ref": r}))
         .await;
-    edge.agent_online(agent).await;
+    sup.expect_error(r, "not_found").await;
+}
+
+/// The relay closed `sup` (no close frame); a new one through `edge`
+/// works.
+async fn closed_by_the_relay(mut sup: Ws, edge: &Harness) {
+    let (code, _) = sup.recv_close_within(Duration::from_secs(5)).await;
+    assert_eq!(code, 1006, "closed, no close frame");
+    let mut again = supervisor(edge).await;
+    probe(&mut again, "again").await;
 }
 
 /// A socket to `url`, retried while the answer is `503` (a takeover under
@@ -297,13 +309,14 @@ async fn when_the_active_node_dies_relayed_clients_are_closed_and_find_everythin
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.error_code(), "unavailable", "{}", r.text);
     assert!(r.text.contains("no active node"), "{}", r.text);
-    // The sockets through node-1 close: their active node is gone. The
-    // customer's ends on node-1, which tells her to reconnect (1012); the
-    // desk's was relayed, and closes without a close frame.
+    // The sockets through the standbys close: their active node is gone.
+    // They end on the standbys, which tell their clients to reconnect
+    // (1012).
     let t = Instant::now();
-    let (code, reason) = customer.recv_close_within(Duration::from_secs(10)).await;
-    assert_eq!(code, 1012, "service restart: reconnect ({reason})");
-    desk.recv_close_within(Duration::from_secs(10)).await;
+    for client in [&mut customer, &mut desk] {
+        let (code, reason) = client.recv_close_within(Duration::from_secs(10)).await;
+        assert_eq!(code, 1012, "service restart: reconnect ({reason})");
+    }
     eprintln!(
         "relay: relayed sockets closed {:?} after the kill",
         t.elapsed()
@@ -332,7 +345,7 @@ async fn when_the_active_node_dies_relayed_clients_are_closed_and_find_everythin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_desk_that_stops_reading_through_an_edge_is_a_slow_consumer_and_nothing_is_lost() {
+async fn a_supervisor_that_stops_reading_through_an_edge_is_a_slow_consumer_and_nothing_is_lost() {
     const TEXT_LEN: usize = 20_000;
     let _serial = SERIAL.lock().await;
     let env = [
@@ -345,16 +358,19 @@ async fn a_desk_that_stops_reading_through_an_edge_is_a_slow_consumer_and_nothin
     ];
     let (_cluster, active, b) = active_and_edge(&env).await;
     let a = &active.h;
-    let alice = a.create_agent("alice", 1, &[]).await;
-    let mut desk = b.agent_online(&alice).await;
+    // No agent (whose desk, not read here, would be a slow consumer too):
+    // the chat waits in the queue, and its customer writes on.
     let (_session, mut customer, ack) = a.customer_with_message("Dana", "start").await;
     let conv = s(&ack["conversation_id"]);
-    let offer = desk.offer_for(&conv).await;
-    desk.accept(&s(&offer["task"]["id"])).await;
+    // A supervisor monitors the chat through node-1, then stops reading.
+    let mut sup = supervisor(&b).await;
+    sup.send(json!({"type": "monitor", "conversation_id": conv, "ref": "m1"}))
+        .await;
+    sup.recv_type("monitoring").await;
 
-    // Alice stops reading; Dana writes a lot, every message acknowledged.
-    // The relay's window stops the credits, the session's queue fills, and
-    // the active node cuts her off as it would on its own socket.
+    // Dana writes a lot, every message acknowledged. The relay's window
+    // stops the credits, the session's queue on the active node fills, and
+    // the active node cuts the supervisor off as on its own socket.
     let mut sent = 0usize;
     let mut cut = false;
     while sent < 1500 && !cut {
@@ -364,35 +380,17 @@ async fn a_desk_that_stops_reading_through_an_edge_is_a_slow_consumer_and_nothin
         assert_eq!(ack["seq"], (sent + 2) as u64, "{ack}");
         sent += 1;
         if sent.is_multiple_of(10) {
-            cut = a.agent_view("alice").await["connected"] == false;
+            let dropped = a.admin_get_ok("/v1/stats").await;
+            cut = dropped["slow_consumers"].as_u64().unwrap_or(0) > 0;
         }
     }
-    assert!(cut, "alice never cut off after {sent} messages");
+    assert!(cut, "the supervisor never cut off after {sent} messages");
     eprintln!("relay: slow consumer cut off after {sent} messages");
-    // She reads again: what was queued, then the slow consumer's close.
-    let (code, reason) = desk.recv_close_within(Duration::from_secs(20)).await;
+    // It reads again: what was queued, then the slow consumer's close.
+    let (code, reason) = sup.recv_close_within(Duration::from_secs(20)).await;
     assert_eq!((code, reason.as_str()), (1008, "slow_consumer"));
-    // Nothing acknowledged is lost: the resync has the newest messages, the
-    // pages before them (through the edge too) the rest.
-    let mut desk = b.agent_online(&alice).await;
-    let resync = desk.recv_type("task.assigned").await;
-    let mut all: Vec<Value> = resync["history"].as_array().expect("history").clone();
-    let mut earlier = resync["history_has_earlier"] == true;
-    while earlier {
-        let before = all[0]["seq"].as_u64().expect("seq");
-        let page = b
-            .get(
-                &format!("/v1/conversations/{conv}/messages?before_seq={before}&limit=100"),
-                Some(&alice.token),
-            )
-            .await;
-        assert_eq!(page.status, 200, "page before {before}: {}", page.text);
-        let mut got = page.body["messages"].as_array().expect("messages").clone();
-        got.extend(all);
-        all = got;
-        earlier = page.body["has_more"] == true;
-    }
-    let history = Value::Array(all);
+    // Nothing acknowledged is lost.
+    let history = b.all_messages(&conv).await;
     assert_gap_free(&history);
     assert_eq!(
         texts(&history).len(),
@@ -513,7 +511,7 @@ async fn limits_hold_through_an_edge() {
 async fn a_frame_out_of_sequence_closes_the_relayed_socket_and_garbage_is_ignored() {
     use switchboard::cluster::relay::{batch, encode};
     let _serial = SERIAL.lock().await;
-    let (mut cluster, active) = TestCluster::start(2);
+    let (mut cluster, _active) = TestCluster::start(2);
     let b = edge(&mut cluster, 1).await;
     let nats = cluster.nats_client().await;
     // Watch the frames the active node sends to the edge.
@@ -521,19 +519,16 @@ async fn a_frame_out_of_sequence_closes_the_relayed_socket_and_garbage_is_ignore
         .subscribe(format!("{}.relay.to.>", common::cluster::PREFIX))
         .await
         .expect("subscribe");
-    let alice = active.h.create_agent("alice", 1, &[]).await;
-    let mut desk = b.agent_online(&alice).await;
-    // A frame of the desk's connection, host to edge.
+    let mut sup = supervisor(&b).await;
+    probe(&mut sup, "p1").await;
+    // A frame of the supervisor's connection, host to edge.
     let (subject, at) = a_data_frame(&mut sniff).await;
     // Garbage on the edge's subject is dropped; the socket lives on.
     nats.publish(subject.clone(), "not a frame".into())
         .await
         .expect("publish");
     nats.flush().await.expect("flush");
-    let v = desk
-        .call(json!({"type": "activity", "activity": "break"}))
-        .await;
-    assert_eq!(v["type"], "ok", "{v}");
+    probe(&mut sup, "p2").await;
     // A frame numbered past the next one means frames were lost: the edge
     // closes the socket rather than write a stream with a hole in it.
     let mut forged = at;
@@ -543,23 +538,23 @@ async fn a_frame_out_of_sequence_closes_the_relayed_socket_and_garbage_is_ignore
         .await
         .expect("publish");
     nats.flush().await.expect("flush");
-    closed_by_the_relay(desk, &active.h, &b, &alice).await;
+    closed_by_the_relay(sup, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_closes() {
     use switchboard::cluster::relay::{batch, encode};
     let _serial = SERIAL.lock().await;
-    let (mut cluster, active) = TestCluster::start(2);
+    let (mut cluster, _active) = TestCluster::start(2);
     let b = edge(&mut cluster, 1).await;
     let nats = cluster.nats_client().await;
     let mut sniff = nats
         .subscribe(format!("{}.relay.>", common::cluster::PREFIX))
         .await
         .expect("subscribe");
-    let alice = active.h.create_agent("alice", 1, &[]).await;
-    let mut desk = b.agent_online(&alice).await;
-    // A frame of the desk's connection, host to edge: who is who.
+    let mut sup = supervisor(&b).await;
+    probe(&mut sup, "p1").await;
+    // A frame of the supervisor's connection, host to edge: who is who.
     let (edge_subject, at) = a_data_frame(&mut sniff).await;
     let host_subject = format!("{}.relay.to.{:016x}", common::cluster::PREFIX, at.from);
     // The host's NATS connection "came back": the edge is asked what it
@@ -583,7 +578,7 @@ async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_clo
         let left = deadline.saturating_duration_since(Instant::now());
         let m = tokio::time::timeout(left, sniff.next())
             .await
-            .expect("the edge's Sent for the desk's connection")
+            .expect("the edge's Sent for the supervisor's connection")
             .expect("subscribed");
         if m.subject.as_str() == host_subject
             && frames_of(&m)
@@ -593,10 +588,8 @@ async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_clo
             break;
         }
     }
-    let v = desk
-        .call(json!({"type": "activity", "activity": "break"}))
-        .await;
-    assert_eq!(v["type"], "ok", "nothing was lost, nothing closed: {v}");
+    // Nothing was lost, nothing closed.
+    probe(&mut sup, "p2").await;
     // The host says it sent more than the edge got: frames were lost, and
     // the edge closes the socket rather than leave it waiting for them.
     let sent = encode(
@@ -607,7 +600,7 @@ async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_clo
     nats.publish(edge_subject, batch([&sent]))
         .await
         .expect("publish");
-    closed_by_the_relay(desk, &active.h, &b, &alice).await;
+    closed_by_the_relay(sup, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -618,9 +611,11 @@ async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when
     let a = &active.h;
     let alice = a.create_agent("alice", 1, &[]).await;
     let mut desk = b.agent_online(&alice).await;
+    let mut sup = supervisor(&b).await;
+    probe(&mut sup, "p1").await;
 
-    // Paused for three times the relay's silence (TTL/2): the active node
-    // gives its desk up, as for a dead node.
+    // Paused for three times the silence (TTL/2) of the relay and of the
+    // bus: the active node gives its desk up, as for a dead node.
     cluster.process(1).signal(libc::SIGSTOP);
     a.wait_agent("alice", "given up while node-1 is paused", |v| {
         v["connected"] == false
@@ -629,10 +624,16 @@ async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.process(1).signal(libc::SIGCONT);
 
-    // Awake, it does not carry on with the connection the active node
-    // dropped: the desk's socket closes, and a new one works.
-    let (code, _) = desk.recv_close_within(Duration::from_secs(10)).await;
+    // Awake, it does not carry on with the sockets the active node
+    // dropped. The supervisor's, relayed, closes without a close frame; the
+    // desk's, ended here, is told to reconnect (whichever node saw the
+    // silence first tells the other). New ones work.
+    let (code, _) = sup.recv_close_within(Duration::from_secs(10)).await;
     assert_eq!(code, 1006, "closed without a close frame");
+    let (code, reason) = desk.recv_close_within(Duration::from_secs(10)).await;
+    assert_eq!(code, 1012, "reconnect: {reason}");
+    let mut sup = supervisor(&b).await;
+    probe(&mut sup, "p2").await;
     let mut desk = connect_retrying(&b.agent_ws_url(&alice)).await;
     let hello = desk.recv_next().await;
     assert_eq!(hello["type"], "hello", "{hello}");

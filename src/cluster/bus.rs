@@ -438,6 +438,8 @@ struct Shared {
     pending: Pending,
     /// Each peer's incarnation, as last heard.
     incarnations: Incarnations,
+    /// This bus's own.
+    incarnation: u64,
     next_corr: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -533,6 +535,7 @@ where
             outbox: outbox.clone(),
             pending: pending.clone(),
             incarnations: incarnations.clone(),
+            incarnation,
             next_corr: AtomicU64::new(1),
             tasks: Mutex::new(Vec::new()),
         });
@@ -622,6 +625,11 @@ where
     /// Bytes waiting for NATS now.
     pub fn queued(&self) -> usize {
         self.shared.outbox.queued.load(Ordering::Relaxed)
+    }
+
+    /// This bus's incarnation, as its peers hear it.
+    pub fn own_incarnation(&self) -> u64 {
+        self.shared.incarnation
     }
 
     /// `peer`'s incarnation as last heard (`None`: never heard from). What

@@ -32,8 +32,9 @@
 //!   order, with every loss, restart and silence told: the message plane of
 //!   the partitioned form;
 //! - [`node_bus`]: what the running broker sends on it: a webchat
-//!   customer's socket held by a standby (the edge) and its stand-in on the
-//!   active node ([`remote_customer`]), which runs the conversation;
+//!   customer's socket or a desk held by a standby (the edge) and its
+//!   stand-in on the active node ([`remote_socket`]), which runs the
+//!   conversations and the agents;
 //! - [`packing`]: many small frames in one NATS message, for the relay and
 //!   the bus.
 //!
@@ -66,7 +67,7 @@ pub mod node;
 pub mod node_bus;
 pub mod packing;
 pub mod relay;
-pub mod remote_customer;
+pub mod remote_socket;
 pub mod replicate;
 pub mod snapshots;
 pub mod standby;

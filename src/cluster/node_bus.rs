@@ -1,21 +1,25 @@
 //! This node's end of the bus ([`super::bus`]) as the running broker uses
-//! it: what crosses between a webchat customer's socket held by one node
-//! (the **edge**: a standby that took the client) and the node that runs
-//! its conversation (the **owner**: the active node; in the partitioned
-//! form, its partition's owner).
+//! it: what crosses between a client's socket held by one node (the
+//! **edge**: a standby that took the client) and the node that runs what
+//! the socket talks to (the **owner**: the active node; in the partitioned
+//! form, the conversation's partition's owner). Two kinds of socket take
+//! this path ([`Door`]): a webchat customer's and an agent's desk.
 //!
-//! Owns the bus handle, the sockets this node holds for conversations run
-//! elsewhere (socket id → the owner and the socket's link,
-//! `ws/edge_customer_session.rs`), the stand-ins it runs for sockets held
-//! elsewhere ((edge, socket id) → [`RemoteCustomer`]) and the task that
-//! hands every delivery to them.
+//! Owns the bus handle, the sockets this node holds for an owner elsewhere
+//! (socket id → the owner and the socket's link, `ws/edge_session.rs`),
+//! the stand-ins it runs for sockets held elsewhere ((edge, socket id) →
+//! [`RemoteSocket`]) and the task that hands every delivery to them.
 //!
 //! Handles the [`NodeMessage`]s (each names its direction) and a peer's
 //! loss, restart or silence: every socket between this node and that peer
-//! ends, on both sides. The edge closes its client's socket with 1012 (the
-//! client reconnects and resynchronises, as after a network drop: its
-//! unacknowledged messages are sent again, its history comes back); the
-//! owner stops the stand-in, so the conversation counts the customer gone
+//! ends, on both sides. After a loss or a silence the peer may still be
+//! running (paused, or cut off for a while): it is told which sockets
+//! ended ([`NodeMessage::Severed`]), so that it ends them too when it hears
+//! it, rather than keep a socket whose other half is gone. The edge closes its client's socket with 1012 (the
+//! client reconnects and resynchronises, as after a network drop: a
+//! customer's unacknowledged messages are sent again and its history comes
+//! back, a desk's `hello` lists its tasks); the owner stops the stand-in,
+//! so the conversation counts the customer gone, or the agent its desk,
 //! and its grace starts. A message the bus cannot take (its queue to NATS
 //! full) ends its socket the same way, so nothing is dropped unseen.
 
@@ -31,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::bus::{Bus, BusError, BusOptions, Delivery};
-use super::remote_customer::{EdgeCommand, EdgeGone, RemoteCustomer};
+use super::remote_socket::{EdgeCommand, EdgeGone, RemoteSocket, Target};
 use super::ClusterSettings;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -49,23 +53,24 @@ pub const OWNER_LOST: &str = "the node running this conversation was cut off: re
 /// What crosses the bus between nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NodeMessage {
-    /// Edge → owner, a request: may a client at `client` open a webchat
-    /// socket with `token`? Answered [`NodeMessage::Admitted`] or
+    /// Edge → owner, a request: may a client at `client` open a socket at
+    /// `door`? Answered [`NodeMessage::Admitted`] or
     /// [`NodeMessage::Refused`], as the owner answers its own upgrades.
     Admit {
-        token: String,
+        door: Door,
         client: Option<IpAddr>,
     },
     Admitted,
     Refused(Refusal),
-    /// Edge → owner: socket `socket` is open with `token`: attach it to its
-    /// session (the token is checked again: it may have gone since).
+    /// Edge → owner: socket `socket` is open at `door`: attach it to what
+    /// it talks to (the token is checked again: it may have gone since).
     Open {
         socket: u64,
-        token: String,
+        door: Door,
     },
-    /// Edge → owner: a text message the customer sent, screened at the edge
-    /// (whole, UTF-8, within `max_frame` and the socket's command rate).
+    /// Edge → owner: a text message the client sent, screened at the edge
+    /// (whole, UTF-8, within `max_frame`, and for a customer within the
+    /// socket's command rate).
     Command {
         socket: u64,
         text: String,
@@ -85,6 +90,37 @@ pub enum NodeMessage {
         code: u16,
         reason: String,
     },
+    /// Either way, after the sender lost touch with the receiver (lost
+    /// messages, or silence) and ended the sockets they shared: those the
+    /// sender held as the edge (`held`: the receiver stops their
+    /// stand-ins) and those it served as the owner (`served`: the receiver
+    /// closes them, 1012). Only for the receiver's `incarnation`: a
+    /// restarted node's socket ids start again.
+    Severed {
+        incarnation: u64,
+        held: Vec<u64>,
+        served: Vec<u64>,
+    },
+}
+
+/// Which socket a client opens, and with what credential: what the owner
+/// admits and attaches.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Door {
+    /// `GET /v1/webchat/ws?token=…`: a customer, to the webchat channel.
+    Webchat { token: String },
+    /// `GET /v1/agents/{agent}/ws?token=…`: an agent's desk, to its agent.
+    Desk { agent: String, token: String },
+}
+
+/// Without the token: a door may be logged.
+impl std::fmt::Debug for Door {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Door::Webchat { .. } => f.write_str("Webchat"),
+            Door::Desk { agent, .. } => f.debug_struct("Desk").field("agent", agent).finish(),
+        }
+    }
 }
 
 /// An owner's refusal of a socket: the HTTP answer the edge gives its
@@ -149,7 +185,7 @@ struct EdgeSocket {
 
 /// A stand-in run here, and the edge's incarnation that opened it.
 struct StandIn {
-    addr: Addr<RemoteCustomer>,
+    addr: Addr<RemoteSocket>,
     incarnation: Option<u64>,
 }
 
@@ -210,16 +246,16 @@ impl NodeBus {
         self.bus.get().ok_or(EdgeError::NotStarted)
     }
 
-    /// Edge: ask `owner` whether a client at `client` may open a webchat
-    /// socket with `token`.
+    /// Edge: ask `owner` whether a client at `client` may open a socket at
+    /// `door`.
     pub async fn admit(
         &self,
         owner: &str,
-        token: &str,
+        door: &Door,
         client: Option<IpAddr>,
     ) -> Result<(), EdgeError> {
         let ask = NodeMessage::Admit {
-            token: token.to_owned(),
+            door: door.clone(),
             client,
         };
         match self.bus()?.request(owner, &ask, ADMIT_TIMEOUT).await? {
@@ -229,13 +265,13 @@ impl NodeBus {
         }
     }
 
-    /// Edge: socket `socket` (its session's `link`) is open for `owner`'s
-    /// conversation with `token`; tell the owner.
+    /// Edge: socket `socket` (its session's `link`) is open at `door` of
+    /// `owner`; tell the owner.
     pub fn attach(
         &self,
         socket: u64,
         owner: &str,
-        token: &str,
+        door: Door,
         link: SocketLink,
     ) -> Result<(), EdgeError> {
         let bus = self.bus()?;
@@ -248,15 +284,11 @@ impl NodeBus {
                 link,
             },
         );
-        let open = NodeMessage::Open {
-            socket,
-            token: token.to_owned(),
-        };
-        bus.send(&owner, &open)?;
+        bus.send(&owner, &NodeMessage::Open { socket, door })?;
         Ok(())
     }
 
-    /// Edge: the customer sent `text` on `socket`.
+    /// Edge: the client sent `text` on `socket`.
     pub fn command(&self, socket: u64, owner: &str, text: String) -> Result<(), EdgeError> {
         self.bus()?
             .send(owner, &NodeMessage::Command { socket, text })?;
@@ -308,7 +340,7 @@ impl NodeBus {
             match delivery {
                 Delivery::Request {
                     from: _,
-                    body: NodeMessage::Admit { token, client },
+                    body: NodeMessage::Admit { door, client },
                     responder,
                 } => {
                     let Some(broker) = self.owner.get().cloned() else {
@@ -319,12 +351,19 @@ impl NodeBus {
                         continue;
                     };
                     actix_web::rt::spawn(async move {
-                        let answer = match crate::http::sockets::admit_webchat(
-                            &broker, &token, client,
-                        )
-                        .await
-                        {
-                            Ok(_) => NodeMessage::Admitted,
+                        let admitted = match &door {
+                            Door::Webchat { token } => {
+                                crate::http::sockets::admit_webchat(&broker, token, client)
+                                    .await
+                                    .map(drop)
+                            }
+                            Door::Desk { agent, token } => {
+                                crate::http::sockets::admit_desk(&broker, agent, token, client)
+                                    .map(drop)
+                            }
+                        };
+                        let answer = match admitted {
+                            Ok(()) => NodeMessage::Admitted,
                             Err(e) => NodeMessage::Refused(Refusal::of(&e)),
                         };
                         let _ = responder.respond(&answer);
@@ -355,7 +394,7 @@ impl NodeBus {
 
     fn message(self: &Arc<Self>, from: Arc<str>, body: NodeMessage) {
         match body {
-            NodeMessage::Open { socket, token } => self.open(from, socket, &token),
+            NodeMessage::Open { socket, door } => self.open(from, socket, door),
             NodeMessage::Command { socket, text } => {
                 let stand_in = self
                     .stand_ins
@@ -379,9 +418,13 @@ impl NodeBus {
                     return;
                 };
                 for frame in frames {
-                    // Closed or slow: the session's stop tells the owner
-                    // (`detach`).
+                    // Closed, or slow and told to close: the owner is told
+                    // now (`detach`), not when the session stops (a session
+                    // whose client does not read is not run until its
+                    // write deadline), so it sends nothing more and counts
+                    // the client gone.
                     if link.send(Frame::from(frame), &self.metrics).is_err() {
+                        self.detach(socket);
                         break;
                     }
                 }
@@ -395,14 +438,47 @@ impl NodeBus {
                     held.link.close(CloseCode::from(code), &reason);
                 }
             }
+            NodeMessage::Severed {
+                incarnation,
+                held,
+                served,
+            } => {
+                if self.bus.get().map(Bus::own_incarnation) != Some(incarnation) {
+                    return; // meant for an earlier run of this node
+                }
+                let stand_ins: Vec<StandIn> = {
+                    let mut stand_ins = self.stand_ins.lock();
+                    held.into_iter()
+                        .filter_map(|socket| stand_ins.remove(&(from.clone(), socket)))
+                        .collect()
+                };
+                for stand_in in stand_ins {
+                    stand_in.addr.do_send(EdgeGone);
+                }
+                let sockets: Vec<EdgeSocket> = {
+                    let mut held = self.held.lock();
+                    served
+                        .into_iter()
+                        .filter_map(|socket| {
+                            let ours = held.get(&socket).is_some_and(|h| *h.owner == *from);
+                            ours.then(|| held.remove(&socket)).flatten()
+                        })
+                        .collect()
+                };
+                for socket in sockets {
+                    socket.link.close(CloseCode::Restart, OWNER_LOST);
+                }
+            }
             NodeMessage::Admit { .. } | NodeMessage::Admitted | NodeMessage::Refused(_) => {
                 tracing::warn!(peer = %from, "an admission outside a request: ignored");
             }
         }
     }
 
-    /// Owner: attach the socket `socket` that `edge` holds to its session.
-    fn open(self: &Arc<Self>, edge: Arc<str>, socket: u64, token: &str) {
+    /// Owner: attach the socket `socket` that `edge` holds to what its
+    /// door leads to: a customer's session, or an agent (which checks the
+    /// token again itself, as for its own desks).
+    fn open(self: &Arc<Self>, edge: Arc<str>, socket: u64, door: Door) {
         let Some(broker) = self.owner.get() else {
             return self.close(
                 &edge,
@@ -411,49 +487,93 @@ impl NodeBus {
                 "unavailable: this node runs no conversations",
             );
         };
-        let Some(session) = broker.webchat_session(token) else {
-            return self.close(&edge, socket, CloseCode::Policy, "invalid webchat token");
+        let target = match door {
+            Door::Webchat { token } => match broker.webchat_session(&token) {
+                Some(session) => Target::Customer {
+                    session,
+                    shards: broker.channels.webchat.clone(),
+                },
+                None => {
+                    return self.close(&edge, socket, CloseCode::Policy, "invalid webchat token")
+                }
+            },
+            Door::Desk { agent, token } => match broker.agent(&agent) {
+                Some(entry) => Target::Desk {
+                    agent: entry.addr,
+                    token,
+                },
+                None => {
+                    return self.close(
+                        &edge,
+                        socket,
+                        CloseCode::Policy,
+                        "invalid agent id or token",
+                    )
+                }
+            },
         };
         let incarnation = self.bus.get().and_then(|bus| bus.incarnation(&edge));
         // On a worker's arbiter, round robin, as sockets land on the
         // workers that accept them (not all on this node's main thread);
         // known here before it runs, so its stop always finds it.
-        let (addr, run) = broker.shards.prepare::<RemoteCustomer>();
+        let (addr, run) = broker.shards.prepare::<RemoteSocket>();
         self.stand_ins
             .lock()
             .insert((edge.clone(), socket), StandIn { addr, incarnation });
-        run(RemoteCustomer::new(
+        run(RemoteSocket::new(
             edge,
             socket,
-            session,
+            target,
             broker,
             self.clone(),
         ));
     }
 
     /// End every socket shared with `peer`, but those opened with its
-    /// incarnation `keep`.
+    /// incarnation `keep` (a restart: the new incarnation knows nothing of
+    /// the others). Without one (a loss, a silence), `peer` may still run
+    /// them: it is told ([`NodeMessage::Severed`]).
     fn sever(&self, peer: &str, keep: Option<u64>) {
         let ends = |p: &str, incarnation: Option<u64>| {
             p == peer && (keep.is_none() || incarnation != keep)
         };
-        let held: Vec<EdgeSocket> = self
+        // What to tell `peer`, by the incarnation of it each socket knew.
+        let mut told: HashMap<u64, (Vec<u64>, Vec<u64>)> = HashMap::new();
+        let held: Vec<(u64, EdgeSocket)> = self
             .held
             .lock()
             .extract_if(|_, h| ends(&h.owner, h.incarnation))
-            .map(|(_, h)| h)
             .collect();
-        for socket in held {
-            socket.link.close(CloseCode::Restart, OWNER_LOST);
+        for (socket, held) in held {
+            if let Some(incarnation) = held.incarnation {
+                told.entry(incarnation).or_default().0.push(socket);
+            }
+            held.link.close(CloseCode::Restart, OWNER_LOST);
         }
-        let stand_ins: Vec<StandIn> = self
+        let stand_ins: Vec<(u64, StandIn)> = self
             .stand_ins
             .lock()
             .extract_if(|(edge, _), s| ends(edge, s.incarnation))
-            .map(|(_, s)| s)
+            .map(|((_, socket), s)| (socket, s))
             .collect();
-        for stand_in in stand_ins {
+        for (socket, stand_in) in stand_ins {
+            if let Some(incarnation) = stand_in.incarnation {
+                told.entry(incarnation).or_default().1.push(socket);
+            }
             stand_in.addr.do_send(EdgeGone);
+        }
+        let Some(bus) = self.bus.get().filter(|_| keep.is_none()) else {
+            return;
+        };
+        for (incarnation, (held, served)) in told {
+            let severed = NodeMessage::Severed {
+                incarnation,
+                held,
+                served,
+            };
+            if let Err(e) = bus.send(peer, &severed) {
+                tracing::debug!(peer, error = %e, "could not tell a peer of the sockets ended");
+            }
         }
     }
 }
@@ -466,14 +586,32 @@ mod tests {
     fn every_message_crosses_the_codec_unchanged() {
         let messages = [
             NodeMessage::Admit {
-                token: "tok".into(),
+                door: Door::Webchat {
+                    token: "tok".into(),
+                },
                 client: Some("10.0.0.7".parse().expect("ip")),
+            },
+            NodeMessage::Admit {
+                door: Door::Desk {
+                    agent: "alice".into(),
+                    token: "desk-token".into(),
+                },
+                client: None,
             },
             NodeMessage::Admitted,
             NodeMessage::Refused(Refusal::of(&ApiError::Unauthorized("nope".into()))),
             NodeMessage::Open {
                 socket: 7,
-                token: "tok".into(),
+                door: Door::Webchat {
+                    token: "tok".into(),
+                },
+            },
+            NodeMessage::Open {
+                socket: 8,
+                door: Door::Desk {
+                    agent: "alice".into(),
+                    token: "desk-token".into(),
+                },
             },
             NodeMessage::Command {
                 socket: 7,
@@ -488,6 +626,11 @@ mod tests {
                 socket: 7,
                 code: 1012,
                 reason: OWNER_LOST.into(),
+            },
+            NodeMessage::Severed {
+                incarnation: u64::MAX - 3,
+                held: vec![1, 2],
+                served: vec![],
             },
         ];
         for message in messages {

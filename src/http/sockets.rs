@@ -2,6 +2,7 @@
 //! A token that matches nothing counts against the caller's address like any
 //! other failed authentication (`super::throttle`).
 
+use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
@@ -9,11 +10,9 @@ use crate::channel::webchat::{too_many_sockets, SocketsOf};
 use crate::error::ApiError;
 use std::net::IpAddr;
 
+use crate::agent::Agent;
 use crate::http::throttle::ClientKey;
-use crate::http::{
-    auth_failed, auth_failed_of, bearer, require_admin, same_secret, throttle_gate,
-    throttle_gate_of, State,
-};
+use crate::http::{auth_failed_of, bearer, require_admin, same_secret, throttle_gate_of, State};
 use crate::protocol::Id;
 use crate::wiring::Broker;
 use crate::ws::agent_session::AgentSession;
@@ -33,19 +32,36 @@ pub async fn agent(
     stream: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let token = bearer(&req)?.ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
-    throttle_gate(&req, &state)?;
-    let entry = state
-        .agent(&id)
-        .filter(|e| same_secret(&e.token, &token))
-        .ok_or_else(|| auth_failed(&req, &state, "invalid agent id or token"))?;
-    if entry.expired() {
-        return Err(crate::http::token_expired(&id));
-    }
-    let session = AgentSession::new(entry.addr, token, &state.config, state.journal.clone());
+    let client = req.peer_addr().map(|a| a.ip());
+    let agent = admit_desk(&state, &id, &token, client)?;
+    let session = AgentSession::new(agent, token, &state.config, state.journal.clone());
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.config.max_frame)
         .start()
         .map_err(upgrade_failed)
+}
+
+/// Whether a desk from `client` may open agent `id`'s socket with `token`:
+/// the agent's actor, or the refusal (throttled address, unknown agent or
+/// wrong token, expired token). For this node's own sockets and for those
+/// another node holds (`cluster::node_bus`) alike.
+pub fn admit_desk(
+    broker: &Broker,
+    id: &str,
+    token: &str,
+    client: Option<IpAddr>,
+) -> Result<Addr<Agent>, ApiError> {
+    let route = format!("/v1/agents/{id}/ws");
+    let key = client.map(ClientKey::of);
+    throttle_gate_of(key, &route, broker)?;
+    let entry = broker
+        .agent(id)
+        .filter(|e| same_secret(&e.token, token))
+        .ok_or_else(|| auth_failed_of(key, "GET", &route, broker, "invalid agent id or token"))?;
+    if entry.expired() {
+        return Err(crate::http::token_expired(id));
+    }
+    Ok(entry.addr)
 }
 
 /// `GET /v1/webchat/ws?token=…`

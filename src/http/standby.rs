@@ -13,13 +13,14 @@
 //!   clients to the active node only, and anything else `503 standby`,
 //!   naming the active node.
 //!
-//! A webchat customer's socket (`GET /v1/webchat/ws`) is not relayed: it
-//! ends here (`ws/edge_customer_session.rs`), and its commands and frames
-//! cross the bus between nodes to the active node, which runs the
-//! conversation (`cluster::node_bus`).
+//! A webchat customer's socket (`GET /v1/webchat/ws`) and an agent's desk
+//! (`GET /v1/agents/{id}/ws`) are not relayed: they end here
+//! (`ws/edge_session.rs`), and their commands and frames cross the bus
+//! between nodes to the active node, which runs the conversations and the
+//! agents (`cluster::node_bus`). A supervisor's socket is relayed.
 //!
 //! It checks no token itself: a relayed request is checked by the active
-//! node, a customer's socket is admitted by it over the bus, a refused
+//! node, a socket that ends here is admitted by it over the bus, a refused
 //! request needs none. When the node becomes active this server
 //! stops (closing what it relays: the active node they went to is gone),
 //! and the broker binds the same address.
@@ -37,12 +38,12 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use tokio::net::TcpStream;
 
 use crate::cluster::node::StandbyView;
-use crate::cluster::node_bus::{EdgeError, NodeBus};
+use crate::cluster::node_bus::{Door, EdgeError, NodeBus};
 use crate::cluster::relay::edge::Edge;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::request_line::Prefixed;
-use crate::ws::edge_customer_session::EdgeCustomerSession;
+use crate::ws::edge_session::EdgeSession;
 
 /// The standby's server.
 pub struct StandbyServer {
@@ -94,8 +95,8 @@ async fn anything(view: web::Data<Arc<StandbyView>>) -> Result<HttpResponse, Api
 /// Whether this standby relays (`cluster_relay`).
 struct Relaying(bool);
 
-/// What a customer's socket that ends here needs.
-struct Customers {
+/// What a socket that ends here needs.
+struct Sockets {
     node: Arc<NodeBus>,
     view: Arc<StandbyView>,
     config: Config,
@@ -104,31 +105,88 @@ struct Customers {
 /// The path of a webchat customer's socket.
 const WEBCHAT_WS: &str = "/v1/webchat/ws";
 
-/// `GET /v1/webchat/ws?token=…` on a standby: admitted by the active node
-/// over the bus (the same checks and answers as its own upgrades), then
-/// served here ([`EdgeCustomerSession`]).
+/// The route of an agent's desk.
+const DESK_WS: &str = "/v1/agents/{id}/ws";
+
+/// Whether a WebSocket upgrade to `path` ends here (a customer's or a
+/// desk's); any other is relayed.
+fn ends_here(path: &str) -> bool {
+    path == WEBCHAT_WS
+        || path
+            .strip_prefix("/v1/agents/")
+            .and_then(|rest| rest.strip_suffix("/ws"))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// `GET /v1/webchat/ws?token=…` on a standby.
 async fn webchat(
     req: HttpRequest,
     stream: web::Payload,
-    customers: web::Data<Customers>,
+    sockets: web::Data<Sockets>,
 ) -> Result<HttpResponse, ApiError> {
     let token = crate::http::bearer(&req)?
         .ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
-    let owner = customers
+    open(req, stream, &sockets, Door::Webchat { token }).await
+}
+
+/// `GET /v1/agents/{id}/ws?token=…` on a standby.
+async fn desk(
+    req: HttpRequest,
+    id: web::Path<String>,
+    stream: web::Payload,
+    sockets: web::Data<Sockets>,
+) -> Result<HttpResponse, ApiError> {
+    let token = crate::http::bearer(&req)?
+        .ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
+    let door = Door::Desk {
+        agent: id.into_inner(),
+        token,
+    };
+    open(req, stream, &sockets, door).await
+}
+
+/// A socket at `door`: admitted by the active node over the bus (the same
+/// checks and answers as its own upgrades), then served here
+/// ([`EdgeSession`]).
+async fn open(
+    req: HttpRequest,
+    stream: web::Payload,
+    sockets: &Sockets,
+    door: Door,
+) -> Result<HttpResponse, ApiError> {
+    let owner = sockets
         .view
         .active()
-        .ok_or_else(|| refusal(&customers.view))?;
+        .ok_or_else(|| refusal(&sockets.view))?;
     let client = req.peer_addr().map(|a| a.ip());
-    match customers.node.admit(&owner, &token, client).await {
+    match sockets.node.admit(&owner, &door, client).await {
         Ok(()) => {}
         Err(EdgeError::Refused(refusal)) => return Ok(refusal.response()),
         Err(e) => return Err(ApiError::Unavailable(e.to_string())),
     }
-    let session = EdgeCustomerSession::new(owner, token, customers.node.clone(), &customers.config);
+    let session = EdgeSession::new(owner, door, sockets.node.clone(), &sockets.config);
     actix_web_actors::ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(customers.config.max_frame)
+        .frame_size(sockets.config.max_frame)
         .start()
         .map_err(crate::http::sockets::upgrade_failed)
+}
+
+/// Answer a socket over this node's connection limits, as the relay
+/// answers one, and close it.
+async fn over_limits(
+    framed: Framed<TcpStream, h1::Codec>,
+    why: crate::limits::Refused,
+    write_timeout: std::time::Duration,
+) {
+    use actix_web::ResponseError;
+    let parts = framed.into_parts();
+    let answer = crate::cluster::relay::edge::refused(why).error_response();
+    let socket = crate::http::upgrade::Socket {
+        _slot: None,
+        write_timeout,
+    };
+    let _ =
+        crate::http::upgrade::respond(Rc::new(parts.io), parts.codec, answer.into(), socket).await;
 }
 
 /// Listen on `config.bind` (every address it resolves to), in the current
@@ -139,7 +197,7 @@ pub fn start(
     view: Arc<StandbyView>,
     node: Arc<NodeBus>,
 ) -> std::io::Result<StandbyServer> {
-    let customers = web::Data::new(Customers {
+    let sockets = web::Data::new(Sockets {
         node,
         view: view.clone(),
         config: config.clone(),
@@ -172,12 +230,12 @@ pub fn start(
     for listener in listeners(config)? {
         let local = listener.local_addr()?;
         addrs.push(local);
-        let (data, relaying, settings, connections, customers) = (
+        let (data, relaying, settings, connections, sockets) = (
             data.clone(),
             relaying.clone(),
             settings.clone(),
             connections.clone(),
-            customers.clone(),
+            sockets.clone(),
         );
         builder = builder.listen(format!("standby-{local}"), listener, move || {
             let edge = Rc::new(Edge::new(settings.clone(), connections.clone(), stall));
@@ -187,17 +245,18 @@ pub fn start(
                 .app_data(web::Data::new(edge.clone()))
                 .route("/healthz", web::get().to(healthz))
                 .default_service(web::to(crate::cluster::relay::edge::relay));
-            // WebSocket upgrades: a customer's socket ends here, served as
-            // the broker serves its own (`http::upgrade`); any other is
-            // relayed.
-            let (customers, connections) = (customers.clone(), connections.clone());
+            // WebSocket upgrades: a customer's socket and a desk end here,
+            // served as the broker serves its own (`http::upgrade`); any
+            // other is relayed.
+            let (sockets, connections) = (sockets.clone(), connections.clone());
             let upgrades = fn_factory(move || {
-                let (edge, customers, connections) =
-                    (edge.clone(), customers.clone(), connections.clone());
+                let (edge, sockets, connections) =
+                    (edge.clone(), sockets.clone(), connections.clone());
                 async move {
                     let sockets = App::new()
-                        .app_data(customers)
+                        .app_data(sockets)
                         .route(WEBCHAT_WS, web::get().to(webchat))
+                        .route(DESK_WS, web::get().to(desk))
                         .into_factory()
                         .new_service(AppConfig::default())
                         .await?;
@@ -207,18 +266,27 @@ pub fn start(
                             actix_http::Request,
                             Framed<TcpStream, h1::Codec>,
                         )| {
-                            if req.path() == WEBCHAT_WS {
+                            if ends_here(req.path()) {
+                                // Counted as a relayed socket is, for as
+                                // long as it is open.
                                 let peer = framed.io_ref().peer_addr().ok().map(|a| a.ip());
-                                let socket = crate::http::upgrade::Socket {
-                                    _slot: Some(connections.adopt(peer)),
-                                    write_timeout: stall,
-                                };
-                                actix_web::rt::spawn(crate::http::upgrade::serve(
-                                    sockets.clone(),
-                                    req,
-                                    framed.into_map_io(Prefixed::plain),
-                                    socket,
-                                ));
+                                match connections.admit(peer) {
+                                    Ok(slot) => {
+                                        let socket = crate::http::upgrade::Socket {
+                                            _slot: Some(slot),
+                                            write_timeout: stall,
+                                        };
+                                        actix_web::rt::spawn(crate::http::upgrade::serve(
+                                            sockets.clone(),
+                                            req,
+                                            framed.into_map_io(Prefixed::plain),
+                                            socket,
+                                        ));
+                                    }
+                                    Err(why) => {
+                                        actix_web::rt::spawn(over_limits(framed, why, stall));
+                                    }
+                                }
                             } else {
                                 actix_web::rt::spawn(crate::cluster::relay::edge::serve_upgrade(
                                     edge.clone(),
@@ -282,4 +350,21 @@ fn refusing(
     let handle = server.handle();
     actix_web::rt::spawn(server);
     Ok(StandbyServer { addrs, handle })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_here;
+
+    #[test]
+    fn customers_and_desks_end_here_and_the_rest_is_relayed() {
+        assert!(ends_here("/v1/webchat/ws"));
+        assert!(ends_here("/v1/agents/alice/ws"));
+        assert!(ends_here("/v1/agents/ag_01HX/ws"));
+        assert!(!ends_here("/v1/agents//ws"));
+        assert!(!ends_here("/v1/agents/a/b/ws"));
+        assert!(!ends_here("/v1/agents/alice"));
+        assert!(!ends_here("/v1/supervisor/ws"));
+        assert!(!ends_here("/v1/webchat/ws/"));
+    }
 }

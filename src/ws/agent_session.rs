@@ -5,7 +5,7 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 
 use crate::agent::{Agent, Connect, Disconnect, FromDesk};
-use crate::protocol::{error_frame, salvage_ref, AgentCommand};
+use crate::protocol::{error_frame, salvage_ref, AgentCommand, Frame};
 use crate::ws::{close_with, handle_frame, CloseSession, Heartbeat, Push, Reassembly, SocketLink};
 
 pub struct AgentSession {
@@ -41,6 +41,17 @@ impl AgentSession {
     }
 }
 
+/// A desk's command, or the `bad_request` frame that answers it.
+pub fn parse_command(text: &str) -> Result<AgentCommand, Frame> {
+    AgentCommand::parse(text).map_err(|e| {
+        error_frame(
+            "bad_request",
+            &format!("invalid command: {e}"),
+            salvage_ref(text).as_deref(),
+        )
+    })
+}
+
 impl Actor for AgentSession {
     type Context = ws::WebsocketContext<Self>;
 
@@ -70,16 +81,12 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for AgentSession {
         let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
             return;
         };
-        match AgentCommand::parse(&text) {
+        match parse_command(&text) {
             Ok(command) => self.agent.do_send(FromDesk {
                 session_id: self.id,
                 command,
             }),
-            Err(e) => ctx.text(error_frame(
-                "bad_request",
-                &format!("invalid command: {e}"),
-                salvage_ref(&text).as_deref(),
-            )),
+            Err(answer) => ctx.text(answer),
         }
     }
 }

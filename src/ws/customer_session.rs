@@ -37,7 +37,7 @@ pub const REFUSALS_BEFORE_CLOSE: u32 = 200;
 
 /// A customer socket's command rate (`socket_messages_per_second`), held
 /// where the socket is: here, or on the node that holds the socket of a
-/// conversation run by another (`ws/edge_customer_session.rs`).
+/// conversation run by another (`ws/edge_session.rs`).
 pub struct Screen {
     rate: Rate,
     per_second: u32,

@@ -5,6 +5,9 @@
 //! - `agent_session.rs`: an agent desktop, talking to its `Agent` actor.
 //! - `customer_session.rs`: a webchat customer, talking to the webchat channel.
 //! - `supervisor_session.rs`: a supervisor, fed by the supervisor hub.
+//! - `edge_session.rs`: cluster mode, a customer's socket or a desk on a
+//!   node that does not run what it talks to; its text and frames cross
+//!   the bus (`cluster::node_bus`).
 //!
 //! Outbound frames reach a session as [`Push`] through a [`SocketLink`], which
 //! enforces the slow-consumer policy: each session's mailbox is bounded at
@@ -26,7 +29,7 @@
 
 pub mod agent_session;
 pub mod customer_session;
-pub mod edge_customer_session;
+pub mod edge_session;
 pub mod supervisor_session;
 
 use std::collections::VecDeque;
@@ -524,7 +527,7 @@ impl Held {
 
 /// Where a session's frames go once what they tell of is durable: a
 /// socket session writes them to its WebSocket; a stand-in for a socket
-/// held by another node ([`crate::cluster::remote_customer`]) puts them on
+/// held by another node ([`crate::cluster::remote_socket`]) puts them on
 /// the bus. `parts` finds the session's [`Held`] and [`Backlog`].
 pub struct Outlet<A: Actor> {
     pub parts: fn(&mut A) -> (&mut Held, &Backlog),

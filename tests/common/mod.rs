@@ -286,6 +286,27 @@ impl Harness {
         .await
     }
 
+    /// Every message of a conversation, read forward in pages of 1,000.
+    pub async fn all_messages(&self, conversation_id: &str) -> Value {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .admin_get_ok(&format!(
+                    "/v1/conversations/{conversation_id}/messages?after_seq={after}&limit=1000"
+                ))
+                .await;
+            let got = page["messages"].as_array().cloned().unwrap_or_default();
+            if let Some(last) = got.last() {
+                after = last["seq"].as_u64().expect("seq");
+            }
+            all.extend(got);
+            if page["has_more"] != true {
+                return Value::Array(all);
+            }
+        }
+    }
+
     /// Polls the conversation until `pred` holds.
     pub async fn wait_conversation(
         &self,

@@ -135,6 +135,19 @@ pub fn serve_upgrade(
     }
 }
 
+/// The answer to a connection over this node's limits (`max_connections`,
+/// `max_connections_per_ip`), relayed or not.
+pub fn refused(why: Refused) -> ApiError {
+    match why {
+        Refused::Full => {
+            ApiError::Unavailable("this node is at max_connections; try again shortly".into())
+        }
+        Refused::PerIp => ApiError::RateLimited(
+            "too many open connections from this address (max_connections_per_ip)".into(),
+        ),
+    }
+}
+
 /// Relay the upgrade request and write the answer: the pump of a `101`.
 async fn handshake(edge: Rc<Edge>, req: Request, framed: Framed<TcpStream, Codec>) -> Option<Pump> {
     let parts = framed.into_parts();
@@ -181,14 +194,7 @@ where
     let slot = edge
         .connections
         .admit(peer.map(|a| a.ip()))
-        .map_err(|why| match why {
-            Refused::Full => {
-                ApiError::Unavailable("this node is at max_connections; try again shortly".into())
-            }
-            Refused::PerIp => ApiError::RateLimited(
-                "too many open connections from this address (max_connections_per_ip)".into(),
-            ),
-        })?;
+        .map_err(refused)?;
     let endpoint = edge.endpoint().await?;
     let conn = endpoint.register();
     // From here the connection is released however this ends.

@@ -1,11 +1,12 @@
-//! A webchat customer's socket on a node that does not run its
-//! conversation (cluster mode: a standby, whose conversations the active
-//! node runs). Thin, like every session here: what the client sends is
-//! screened where the socket is (fragments, `max_frame`, UTF-8, the
-//! socket's command rate, [`Screen`]) and goes to the conversation's node
-//! as text over the bus (`cluster::node_bus`), where its stand-in parses
-//! it; what comes back is written out. The client sees the same socket as
-//! on the node that runs its conversation.
+//! A client's socket on a node that does not run what it talks to
+//! (cluster mode: a standby, whose conversations and agents the active
+//! node runs): a webchat customer's, or an agent's desk. Thin, like every
+//! session here: what the client sends is screened where the socket is
+//! (fragments, `max_frame`, UTF-8, and a customer socket's command rate,
+//! [`Screen`]) and goes to the owner as text over the bus
+//! (`cluster::node_bus`), where its stand-in (`cluster::remote_socket`)
+//! parses it; what comes back is written out. The client sees the same
+//! socket as on the node that runs its conversations.
 //!
 //! Handles `Push` (frames from the owner, through its [`SocketLink`] held
 //! by the node's bus, bounded as every session's: `socket_backlog` pushes,
@@ -18,19 +19,19 @@ use std::sync::Arc;
 use actix::prelude::*;
 use actix_web_actors::ws;
 
-use crate::cluster::node_bus::NodeBus;
+use crate::cluster::node_bus::{Door, NodeBus};
 use crate::ws::customer_session::Screen;
 use crate::ws::{
     close_with, handle_frame, Backlog, CloseSession, Heartbeat, Held, Push, Reassembly, SocketLink,
 };
 
-pub struct EdgeCustomerSession {
+pub struct EdgeSession {
     id: u64,
-    /// The node that runs the conversation.
+    /// The node that runs what the socket talks to.
     owner: String,
-    /// The webchat token the socket was opened with (the owner checks it
-    /// again when the socket attaches).
-    token: String,
+    /// Which socket, and its credential (the owner checks it again when
+    /// the socket attaches). Taken when it does.
+    door: Option<Door>,
     node: Arc<NodeBus>,
     mailbox: usize,
     frames: Reassembly,
@@ -39,27 +40,30 @@ pub struct EdgeCustomerSession {
     /// durable.
     held: Held,
     hb: Heartbeat,
-    screen: Screen,
+    /// A customer socket's command rate; a desk's commands have none, as
+    /// on the owner.
+    screen: Option<Screen>,
 }
 
-impl EdgeCustomerSession {
+impl EdgeSession {
     pub fn new(
         owner: String,
-        token: String,
+        door: Door,
         node: Arc<NodeBus>,
         config: &crate::config::Config,
-    ) -> EdgeCustomerSession {
-        EdgeCustomerSession {
+    ) -> EdgeSession {
+        let screen = matches!(door, Door::Webchat { .. }).then(|| Screen::new(config));
+        EdgeSession {
             id: crate::ws::next_session_id(),
             owner,
-            token,
+            door: Some(door),
             node,
             mailbox: config.socket_backlog,
             frames: Reassembly::new(config.max_frame),
             backlog: Backlog::new(config.socket_backlog_bytes),
             held: Held::new(None),
             hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
-            screen: Screen::new(config),
+            screen,
         }
     }
 
@@ -75,14 +79,17 @@ impl EdgeCustomerSession {
     }
 }
 
-impl Actor for EdgeCustomerSession {
+impl Actor for EdgeSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox);
         self.hb.start(ctx, |s| &mut s.hb);
         let link = SocketLink::new(self.id, ctx.address(), &self.backlog, None);
-        if let Err(e) = self.node.attach(self.id, &self.owner, &self.token, link) {
+        let Some(door) = self.door.take() else {
+            return;
+        };
+        if let Err(e) = self.node.attach(self.id, &self.owner, door, link) {
             Self::unavailable(e, ctx);
         }
     }
@@ -92,13 +99,15 @@ impl Actor for EdgeCustomerSession {
     }
 }
 
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for EdgeCustomerSession {
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for EdgeSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
             return;
         };
-        if !self.screen.pass(&text, ctx) {
-            return;
+        if let Some(screen) = &mut self.screen {
+            if !screen.pass(&text, ctx) {
+                return;
+            }
         }
         if let Err(e) = self.node.command(self.id, &self.owner, text.to_string()) {
             Self::unavailable(e, ctx);
@@ -106,7 +115,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for EdgeCustomerSessi
     }
 }
 
-impl Handler<Push> for EdgeCustomerSession {
+impl Handler<Push> for EdgeSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
@@ -114,7 +123,7 @@ impl Handler<Push> for EdgeCustomerSession {
     }
 }
 
-impl Handler<CloseSession> for EdgeCustomerSession {
+impl Handler<CloseSession> for EdgeSession {
     type Result = ();
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
