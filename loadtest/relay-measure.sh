@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What relaying costs (docs/cluster.md, "Every node takes clients"): a
+# What a standby's clients cost (docs/cluster.md: "Customers' and desks'
+# sockets end at the node that took them", "Every node takes clients"): a
 # cluster of two nodes on one nats-server, the active node pinned to CPU 0
 # with one worker, the standby, nats-server and the harness on CPU 1. The
 # same closed loop runs ROUNDS times against the active node directly and

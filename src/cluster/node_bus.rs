@@ -79,10 +79,11 @@ pub enum NodeMessage {
     Gone {
         socket: u64,
     },
-    /// Owner → edge: frames for the socket, in order.
+    /// Owner → edge: frames for the socket, in order (each encoded as it
+    /// is, decoded into a frame of its own).
     Frames {
         socket: u64,
-        frames: Vec<String>,
+        frames: Vec<Frame>,
     },
     /// Owner → edge: close the socket.
     Close {
@@ -308,7 +309,7 @@ impl NodeBus {
 
     /// Owner: frames for the socket `socket` held by `edge`.
     pub fn frames(&self, edge: &str, socket: u64, frames: Frames) -> Result<(), EdgeError> {
-        let frames = frames.into_iter().map(String::from).collect();
+        let frames = frames.into_iter().collect();
         self.bus()?
             .send(edge, &NodeMessage::Frames { socket, frames })?;
         Ok(())
@@ -423,7 +424,7 @@ impl NodeBus {
                     // whose client does not read is not run until its
                     // write deadline), so it sends nothing more and counts
                     // the client gone.
-                    if link.send(Frame::from(frame), &self.metrics).is_err() {
+                    if link.send(frame, &self.metrics).is_err() {
                         self.detach(socket);
                         break;
                     }
