@@ -211,11 +211,13 @@ struct WorkerShards {
 
 /// Run on each HTTP worker as it builds its app: the worker's arbiter becomes
 /// a home for conversations and agents, and runs one webchat channel shard
-/// and one shard of each provider channel.
+/// and one shard of each provider channel; in cluster mode, its own
+/// endpoint on the bus between nodes.
 fn join_as_shard(
     broker: &web::Data<Arc<Broker>>,
     waiting: &Mutex<Vec<Option<WorkerShards>>>,
     next: &AtomicUsize,
+    node_bus: Option<&Arc<crate::cluster::node_bus::NodeBus>>,
 ) {
     if IS_SHARD.with(|s| s.replace(true)) {
         return;
@@ -229,6 +231,9 @@ fn join_as_shard(
         }
     }
     broker.shards.register(Arbiter::current());
+    if let Some(node_bus) = node_bus {
+        node_bus.on_this_worker(Some(broker.get_ref().clone()));
+    }
 }
 
 /// Pending connections the kernel queues before `accept`. Bursts of new
@@ -458,7 +463,7 @@ pub fn start_with(
     files: Option<Arc<dyn crate::attachments::FileReplica>>,
 ) -> std::io::Result<Started> {
     let opened = open_and_replay(&config)?;
-    start_opened(config, files, opened)
+    start_opened(config, files, opened, None)
 }
 
 /// The journal opened and its state replayed ([`open_and_replay`]): the
@@ -486,11 +491,15 @@ pub fn open_and_replay(config: &Config) -> std::io::Result<Option<Opened>> {
     Ok(Some(Opened { journal, prepared }))
 }
 
-/// [`start_with`], the journal opened and replayed already.
+/// [`start_with`], the journal opened and replayed already. In cluster
+/// mode, `node_bus` is the node's own endpoint on the bus: each worker
+/// starts one of its own, which runs the stand-ins of the sockets other
+/// nodes hold (`cluster::node_bus`).
 pub fn start_opened(
     config: Config,
     files: Option<Arc<dyn crate::attachments::FileReplica>>,
     opened: Option<Opened>,
+    node_bus: Option<Arc<crate::cluster::node_bus::NodeBus>>,
 ) -> std::io::Result<Started> {
     let workers = config.effective_workers();
     let admin_token = config.admin_token.clone().unwrap_or_else(crate::ids::token);
@@ -753,8 +762,9 @@ pub fn start_opened(
         let next_worker = next_worker.clone();
         let shutdown = shutdown.clone();
         let header_timeout = config.request_header_timeout;
+        let node_bus = node_bus.clone();
         builder = builder.listen(format!("switchboard-{local}"), listener, move || {
-            join_as_shard(&data, &waiting_shards, &next_worker);
+            join_as_shard(&data, &waiting_shards, &next_worker, node_bus.as_ref());
             let stop = shutdown.clone();
             let shutdown = shutdown.clone();
             let http = HttpService::build()
@@ -920,7 +930,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
                 .await
                 .map_err(std::io::Error::other)??
         };
-        let started = start_opened(config.clone(), files, opened)?;
+        let started = start_opened(config.clone(), files, opened, node_bus.clone())?;
         if let Some(node_bus) = &node_bus {
             node_bus.serve(started.broker.clone());
         }

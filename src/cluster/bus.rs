@@ -57,6 +57,16 @@ use super::packing::{put, unbatch, Batches, BATCH};
 use super::relay::Timing;
 use super::{valid_node_id, ClusterSettings};
 
+/// A bus endpoint's id: a node's id, or a node's id and one of its
+/// endpoints' (`node-1~2`: each worker of a node has its own endpoint,
+/// `cluster::node_bus`).
+pub fn valid_endpoint(id: &str) -> bool {
+    match id.split_once('~') {
+        Some((node, endpoint)) => valid_node_id(node) && valid_node_id(endpoint),
+        None => valid_node_id(id),
+    }
+}
+
 /// Bytes of messages a node queues for NATS, over all peers, by default.
 pub const OUTBOX: usize = 16 * 1024 * 1024;
 
@@ -260,7 +270,7 @@ fn read_header(mut bytes: Bytes) -> Result<(String, u64), String> {
     }
     let incarnation = bytes.get_u64_le();
     let node = String::from_utf8(bytes.to_vec()).map_err(|_| "a node id not in UTF-8")?;
-    if !valid_node_id(&node) {
+    if !valid_endpoint(&node) {
         return Err(format!("not a node id: {node:?}"));
     }
     Ok((node, incarnation))
@@ -455,7 +465,7 @@ impl Drop for Shared {
 impl Shared {
     /// Queue a frame for node `to`.
     fn enqueue(&self, to: &str, kind: Kind, corr: u64, body: Bytes) -> Result<(), BusError> {
-        if !valid_node_id(to) {
+        if !valid_endpoint(to) {
             return Err(BusError::BadNode(to.to_owned()));
         }
         self.outbox.push(Out {
@@ -501,7 +511,7 @@ where
         options: BusOptions,
     ) -> Result<(Bus<M>, mpsc::Receiver<Delivery<M>>), BusError> {
         let node: Arc<str> = Arc::from(settings.node_id.as_str());
-        if !valid_node_id(&node) {
+        if !valid_endpoint(&node) {
             return Err(BusError::BadNode(node.to_string()));
         }
         let (client, lost) = settings
@@ -1339,6 +1349,18 @@ mod tests {
             peers.on_frame("a", 2, ping(1, false), now),
             Vec::<Step>::new()
         );
+    }
+
+    #[test]
+    fn an_endpoint_is_a_node_or_a_node_and_one_of_its_workers() {
+        assert!(valid_endpoint("node-1"));
+        assert!(valid_endpoint("node-1~0"));
+        assert!(valid_endpoint("node_1~12"));
+        assert!(!valid_endpoint("node-1~"));
+        assert!(!valid_endpoint("~0"));
+        assert!(!valid_endpoint("node-1~0~1"));
+        assert!(!valid_endpoint("node.1~0"));
+        assert!(!valid_endpoint(""));
     }
 
     #[test]

@@ -5,10 +5,21 @@
 //! form, the conversation's partition's owner). Two kinds of socket take
 //! this path ([`Door`]): a webchat customer's and an agent's desk.
 //!
-//! Owns the bus handle, the sockets this node holds for an owner elsewhere
-//! (socket id → the owner and the socket's link, `ws/edge_session.rs`),
-//! the stand-ins it runs for sockets held elsewhere ((edge, socket id) →
-//! [`RemoteSocket`]) and the task that hands every delivery to them.
+//! **Endpoints.** A node has one endpoint on the bus of its own (named by
+//! the node's id: the one other nodes know, which admits sockets) and one
+//! per worker (`<node>~<n>`), started on the worker's thread: an edge's
+//! socket, accepted on a worker, talks through that worker's endpoint, and
+//! the owner's admission names the endpoint of one of its workers
+//! (round robin), where the socket's stand-in then runs. So a message
+//! between a socket and its stand-in is read, handled and answered on one
+//! thread of each node, as a relayed one is (`cluster::relay`), not passed
+//! between a node-wide bus and the workers.
+//!
+//! Each endpoint ([`NodeBus`]) owns its bus handle, the sockets it holds
+//! for an owner elsewhere (socket id → the owner's endpoint and the
+//! socket's link, `ws/edge_session.rs`), the stand-ins it runs for sockets
+//! held elsewhere ((edge's endpoint, socket id) → [`RemoteSocket`]) and the
+//! task that hands every delivery to them.
 //!
 //! Handles the [`NodeMessage`]s (each names its direction) and a peer's
 //! loss, restart or silence: every socket between this node and that peer
@@ -25,6 +36,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -60,7 +72,10 @@ pub enum NodeMessage {
         door: Door,
         client: Option<IpAddr>,
     },
-    Admitted,
+    /// Admitted: the socket is to be opened at the owner's `endpoint`.
+    Admitted {
+        endpoint: String,
+    },
     Refused(Refusal),
     /// Edge → owner: socket `socket` is open at `door`: attach it to what
     /// it talks to (the token is checked again: it may have gone since).
@@ -190,10 +205,16 @@ struct StandIn {
     incarnation: Option<u64>,
 }
 
-/// This node's bus and what it carries for the broker; shared by its
-/// workers.
+/// One endpoint of this node on the bus, and what it carries for the
+/// broker.
 pub struct NodeBus {
+    settings: ClusterSettings,
     bus: OnceLock<Bus<NodeMessage>>,
+    /// Told when the bus is up.
+    up: tokio::sync::Notify,
+    /// Whether this is a worker's endpoint: its stand-ins run on its own
+    /// thread (the node's own endpoint puts them on the workers).
+    on_worker: bool,
     /// Sockets held here, by socket id.
     held: Mutex<HashMap<u64, EdgeSocket>>,
     /// Stand-ins run here for sockets other nodes hold.
@@ -202,6 +223,11 @@ pub struct NodeBus {
     owner: OnceLock<Arc<Broker>>,
     /// The edge's own count of slow consumers (its sockets' links).
     metrics: Metrics,
+    /// The node's own endpoint: its workers' endpoints that run stand-ins,
+    /// up, for admissions to name one; and how many endpoints it started.
+    serving: Mutex<Vec<String>>,
+    next_serving: AtomicUsize,
+    started: AtomicUsize,
 }
 
 impl NodeBus {
@@ -210,18 +236,57 @@ impl NodeBus {
     /// [`EdgeError::NotStarted`]. To be called on the node's main runtime,
     /// which runs the bus's tasks and the delivery task.
     pub fn start(settings: ClusterSettings) -> Arc<NodeBus> {
+        NodeBus::start_endpoint(settings, false, |_| {})
+    }
+
+    /// An endpoint of this node (`self`: the node's own) for the worker
+    /// whose thread this is: the edge's sockets accepted here talk
+    /// through it; with `owner`, it runs the stand-ins of the sockets
+    /// admitted to it, and the node's admissions name it once it is up.
+    pub fn on_this_worker(self: &Arc<Self>, owner: Option<Arc<Broker>>) -> Arc<NodeBus> {
+        let n = self.started.fetch_add(1, Ordering::Relaxed);
+        let settings = ClusterSettings {
+            node_id: format!("{}~{n}", self.settings.node_id),
+            ..self.settings.clone()
+        };
+        let node = Arc::downgrade(self);
+        let serves = owner.is_some();
+        let endpoint = NodeBus::start_endpoint(settings, true, move |endpoint| {
+            if let Some(node) = node.upgrade().filter(|_| serves) {
+                node.serving.lock().push(endpoint.settings.node_id.clone());
+            }
+        });
+        if let Some(owner) = owner {
+            endpoint.serve(owner);
+        }
+        endpoint
+    }
+
+    /// Connect in the background, on this thread's runtime (and again,
+    /// every second, until NATS takes it); `up` once it is.
+    fn start_endpoint(
+        settings: ClusterSettings,
+        on_worker: bool,
+        up: impl FnOnce(&Arc<NodeBus>) + 'static,
+    ) -> Arc<NodeBus> {
         let node = Arc::new(NodeBus {
+            settings,
             bus: OnceLock::new(),
+            up: tokio::sync::Notify::new(),
+            on_worker,
             held: Mutex::new(HashMap::new()),
             stand_ins: Mutex::new(HashMap::new()),
             owner: OnceLock::new(),
             metrics: Metrics::default(),
+            serving: Mutex::new(Vec::new()),
+            next_serving: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
         });
         let this = node.clone();
         actix_web::rt::spawn(async move {
-            let options = BusOptions::of(&settings);
+            let options = BusOptions::of(&this.settings);
             let deliveries = loop {
-                match Bus::start(&settings, options).await {
+                match Bus::start(&this.settings, options).await {
                     Ok((bus, deliveries)) => {
                         let _ = this.bus.set(bus);
                         break deliveries;
@@ -232,9 +297,22 @@ impl NodeBus {
                     }
                 }
             };
+            this.up.notify_waiters();
+            up(&this);
             this.run(deliveries).await;
         });
         node
+    }
+
+    /// The endpoint an admitted socket is to open at: one of this node's
+    /// workers' (round robin), or this one while none is up.
+    fn pick_endpoint(&self) -> String {
+        let serving = self.serving.lock();
+        if serving.is_empty() {
+            return self.settings.node_id.clone();
+        }
+        let n = self.next_serving.fetch_add(1, Ordering::Relaxed);
+        serving[n % serving.len()].clone()
     }
 
     /// From now on this node runs conversations: it admits and serves the
@@ -248,19 +326,30 @@ impl NodeBus {
     }
 
     /// Edge: ask `owner` whether a client at `client` may open a socket at
-    /// `door`.
+    /// `door`; the owner's endpoint to open it at. Waits for this
+    /// endpoint's bus a moment if it is not up yet (a worker just started).
     pub async fn admit(
         &self,
         owner: &str,
         door: &Door,
         client: Option<IpAddr>,
-    ) -> Result<(), EdgeError> {
+    ) -> Result<String, EdgeError> {
         let ask = NodeMessage::Admit {
             door: door.clone(),
             client,
         };
+        let _ = tokio::time::timeout(ADMIT_TIMEOUT, async {
+            loop {
+                let up = self.up.notified();
+                if self.bus.get().is_some() {
+                    return;
+                }
+                up.await;
+            }
+        })
+        .await;
         match self.bus()?.request(owner, &ask, ADMIT_TIMEOUT).await? {
-            NodeMessage::Admitted => Ok(()),
+            NodeMessage::Admitted { endpoint } => Ok(endpoint),
             NodeMessage::Refused(refusal) => Err(EdgeError::Refused(refusal)),
             other => Err(EdgeError::Unexpected(Box::new(other))),
         }
@@ -351,6 +440,7 @@ impl NodeBus {
                         let _ = responder.respond(&NodeMessage::Refused(Refusal::of(&refusal)));
                         continue;
                     };
+                    let endpoint = self.pick_endpoint();
                     actix_web::rt::spawn(async move {
                         let admitted = match &door {
                             Door::Webchat { token } => {
@@ -364,7 +454,7 @@ impl NodeBus {
                             }
                         };
                         let answer = match admitted {
-                            Ok(()) => NodeMessage::Admitted,
+                            Ok(()) => NodeMessage::Admitted { endpoint },
                             Err(e) => NodeMessage::Refused(Refusal::of(&e)),
                         };
                         let _ = responder.respond(&answer);
@@ -470,7 +560,7 @@ impl NodeBus {
                     socket.link.close(CloseCode::Restart, OWNER_LOST);
                 }
             }
-            NodeMessage::Admit { .. } | NodeMessage::Admitted | NodeMessage::Refused(_) => {
+            NodeMessage::Admit { .. } | NodeMessage::Admitted { .. } | NodeMessage::Refused(_) => {
                 tracing::warn!(peer = %from, "an admission outside a request: ignored");
             }
         }
@@ -514,20 +604,24 @@ impl NodeBus {
             },
         };
         let incarnation = self.bus.get().and_then(|bus| bus.incarnation(&edge));
-        // On a worker's arbiter, round robin, as sockets land on the
-        // workers that accept them (not all on this node's main thread);
-        // known here before it runs, so its stop always finds it.
-        let (addr, run) = broker.shards.prepare::<RemoteSocket>();
-        self.stand_ins
-            .lock()
-            .insert((edge.clone(), socket), StandIn { addr, incarnation });
-        run(RemoteSocket::new(
-            edge,
-            socket,
-            target,
-            broker,
-            self.clone(),
-        ));
+        let stand_in = RemoteSocket::new(edge.clone(), socket, target, broker, self.clone());
+        // A worker's endpoint runs it here, on its own thread; the node's
+        // own puts it on a worker's arbiter, round robin. Known here
+        // before it runs, so its stop always finds it.
+        if self.on_worker {
+            let context = Context::new();
+            let addr = context.address();
+            self.stand_ins
+                .lock()
+                .insert((edge, socket), StandIn { addr, incarnation });
+            context.run(stand_in);
+        } else {
+            let (addr, run) = broker.shards.prepare::<RemoteSocket>();
+            self.stand_ins
+                .lock()
+                .insert((edge, socket), StandIn { addr, incarnation });
+            run(stand_in);
+        }
     }
 
     /// End every socket shared with `peer`, but those opened with its
@@ -599,7 +693,9 @@ mod tests {
                 },
                 client: None,
             },
-            NodeMessage::Admitted,
+            NodeMessage::Admitted {
+                endpoint: "node-0~1".into(),
+            },
             NodeMessage::Refused(Refusal::of(&ApiError::Unauthorized("nope".into()))),
             NodeMessage::Open {
                 socket: 7,

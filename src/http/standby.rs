@@ -96,7 +96,10 @@ async fn anything(view: web::Data<Arc<StandbyView>>) -> Result<HttpResponse, Api
 struct Relaying(bool);
 
 /// What a socket that ends here needs.
+#[derive(Clone)]
 struct Sockets {
+    /// This worker's endpoint on the bus (the node's own, until the
+    /// worker has made its own).
     node: Arc<NodeBus>,
     view: Arc<StandbyView>,
     config: Config,
@@ -159,12 +162,12 @@ async fn open(
         .active()
         .ok_or_else(|| refusal(&sockets.view))?;
     let client = req.peer_addr().map(|a| a.ip());
-    match sockets.node.admit(&owner, &door, client).await {
-        Ok(()) => {}
+    let endpoint = match sockets.node.admit(&owner, &door, client).await {
+        Ok(endpoint) => endpoint,
         Err(EdgeError::Refused(refusal)) => return Ok(refusal.response()),
         Err(e) => return Err(ApiError::Unavailable(e.to_string())),
-    }
-    let session = EdgeSession::new(owner, door, sockets.node.clone(), &sockets.config);
+    };
+    let session = EdgeSession::new(endpoint, door, sockets.node.clone(), &sockets.config);
     actix_web_actors::ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(sockets.config.max_frame)
         .start()
@@ -197,11 +200,11 @@ pub fn start(
     view: Arc<StandbyView>,
     node: Arc<NodeBus>,
 ) -> std::io::Result<StandbyServer> {
-    let sockets = web::Data::new(Sockets {
+    let sockets = Sockets {
         node,
         view: view.clone(),
         config: config.clone(),
-    });
+    };
     let data = web::Data::new(view);
     let relay = config
         .cluster()
@@ -250,8 +253,12 @@ pub fn start(
             // other is relayed.
             let (sockets, connections) = (sockets.clone(), connections.clone());
             let upgrades = fn_factory(move || {
-                let (edge, sockets, connections) =
-                    (edge.clone(), sockets.clone(), connections.clone());
+                let (edge, connections) = (edge.clone(), connections.clone());
+                // On this worker's thread: its own endpoint on the bus.
+                let sockets = web::Data::new(Sockets {
+                    node: sockets.node.on_this_worker(None),
+                    ..sockets.clone()
+                });
                 async move {
                     let sockets = App::new()
                         .app_data(sockets)
