@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use common::cluster::{active_and_edge, PREFIX};
+use common::cluster::{active_and_edge, bulky, PREFIX, SLOW_READER};
 use common::*;
 
 /// One test at a time.
@@ -389,17 +389,8 @@ async fn a_standby_killed_starts_its_desks_grace_on_the_active_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_that_stops_reading_on_a_standby_is_cut_off_there_and_nothing_is_lost() {
-    const TEXT_LEN: usize = 20_000;
     let _serial = SERIAL.lock().await;
-    let env = [
-        ("SWITCHBOARD_SOCKET_BACKLOG", "16"),
-        ("SWITCHBOARD_SOCKET_BACKLOG_BYTES", "256KiB"),
-        ("SWITCHBOARD_MAX_TEXT", "20000"),
-        ("SWITCHBOARD_MAX_HISTORY_BYTES", "64MiB"),
-        ("SWITCHBOARD_HEARTBEAT_INTERVAL", "30s"),
-        ("SWITCHBOARD_CLIENT_TIMEOUT", "120s"),
-    ];
-    let (_cluster, active, b) = active_and_edge(&env).await;
+    let (_cluster, active, b) = active_and_edge(&SLOW_READER).await;
     let a = &active.h;
     let alice = a.create_agent("alice", 1, &[]).await;
     let mut desk = a.agent_online(&alice).await;
@@ -413,8 +404,7 @@ async fn a_customer_that_stops_reading_on_a_standby_is_cut_off_there_and_nothing
     // socket's queue on the standby fills and the standby cuts her off.
     let mut sent = 0usize;
     while sent < 1200 {
-        let head = format!("msg-{sent:05}-");
-        let text = format!("{head}{}", "x".repeat(TEXT_LEN - head.len()));
+        let text = bulky(sent);
         desk.agent_send(&conv, &text, &format!("a{sent}")).await;
         sent += 1;
     }
@@ -434,18 +424,8 @@ async fn a_customer_that_stops_reading_on_a_standby_is_cut_off_there_and_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_desk_that_stops_reading_on_a_standby_is_cut_off_there_and_nothing_is_lost() {
-    const TEXT_LEN: usize = 20_000;
     let _serial = SERIAL.lock().await;
-    let env = [
-        ("SWITCHBOARD_SOCKET_BACKLOG", "16"),
-        ("SWITCHBOARD_SOCKET_BACKLOG_BYTES", "256KiB"),
-        ("SWITCHBOARD_MAX_TEXT", "20000"),
-        ("SWITCHBOARD_MAX_HISTORY_BYTES", "64MiB"),
-        ("SWITCHBOARD_HEARTBEAT_INTERVAL", "30s"),
-        ("SWITCHBOARD_CLIENT_TIMEOUT", "120s"),
-        ("SWITCHBOARD_DISCONNECT_GRACE", "30s"),
-    ];
-    let (_cluster, active, b) = active_and_edge(&env).await;
+    let (_cluster, active, b) = active_and_edge(&SLOW_READER).await;
     let a = &active.h;
     let alice = a.create_agent("alice", 1, &[]).await;
     let mut desk = b.agent_online(&alice).await;
@@ -461,8 +441,7 @@ async fn a_desk_that_stops_reading_on_a_standby_is_cut_off_there_and_nothing_is_
     let mut sent = 0usize;
     let mut cut = false;
     while sent < 1500 && !cut {
-        let head = format!("msg-{sent:05}-");
-        let text = format!("{head}{}", "x".repeat(TEXT_LEN - head.len()));
+        let text = bulky(sent);
         let ack = customer.say(&text).await;
         assert_eq!(ack["seq"], (sent + 2) as u64, "{ack}");
         sent += 1;

@@ -13,7 +13,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    active_and_edge, assert_served, edge, upload, wait_replicated, TestCluster, ADMIN,
+    active_and_edge, assert_served, bulky, edge, upload, wait_replicated, TestCluster, ADMIN,
+    SLOW_READER,
 };
 use common::*;
 use futures_util::StreamExt;
@@ -346,17 +347,8 @@ async fn when_the_active_node_dies_relayed_clients_are_closed_and_find_everythin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supervisor_that_stops_reading_through_an_edge_is_a_slow_consumer_and_nothing_is_lost() {
-    const TEXT_LEN: usize = 20_000;
     let _serial = SERIAL.lock().await;
-    let env = [
-        ("SWITCHBOARD_SOCKET_BACKLOG", "16"),
-        ("SWITCHBOARD_MAX_TEXT", "20000"),
-        ("SWITCHBOARD_MAX_HISTORY_BYTES", "64MiB"),
-        ("SWITCHBOARD_HEARTBEAT_INTERVAL", "30s"),
-        ("SWITCHBOARD_CLIENT_TIMEOUT", "120s"),
-        ("SWITCHBOARD_DISCONNECT_GRACE", "30s"),
-    ];
-    let (_cluster, active, b) = active_and_edge(&env).await;
+    let (_cluster, active, b) = active_and_edge(&SLOW_READER).await;
     let a = &active.h;
     // No agent (whose desk, not read here, would be a slow consumer too):
     // the chat waits in the queue, and its customer writes on.
@@ -374,8 +366,7 @@ async fn a_supervisor_that_stops_reading_through_an_edge_is_a_slow_consumer_and_
     let mut sent = 0usize;
     let mut cut = false;
     while sent < 1500 && !cut {
-        let head = format!("msg-{sent:05}-");
-        let text = format!("{head}{}", "x".repeat(TEXT_LEN - head.len()));
+        let text = bulky(sent);
         let ack = customer.say(&text).await;
         assert_eq!(ack["seq"], (sent + 2) as u64, "{ack}");
         sent += 1;

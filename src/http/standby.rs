@@ -98,8 +98,8 @@ struct Relaying(bool);
 /// What a socket that ends here needs.
 #[derive(Clone)]
 struct Sockets {
-    /// This worker's endpoint on the bus (the node's own, until the
-    /// worker has made its own).
+    /// This worker's endpoint on the bus (made on the worker's thread from
+    /// the node's own, which the listener's copy holds).
     node: Arc<NodeBus>,
     view: Arc<StandbyView>,
     config: Config,

@@ -27,7 +27,8 @@ use crate::ws::{
 
 pub struct EdgeSession {
     id: u64,
-    /// The node that runs what the socket talks to.
+    /// The owner's endpoint on the bus (one of its workers') that runs
+    /// the socket's stand-in.
     owner: String,
     /// Which socket, and its credential (the owner checks it again when
     /// the socket attaches). Taken when it does.

@@ -402,3 +402,22 @@ pub async fn active_and_edge(env: &[(&str, &str)]) -> (TestCluster, Active, Harn
     let edge = edge(&mut cluster, 1).await;
     (cluster, active, edge)
 }
+
+/// The settings of a test whose client stops reading: small queues (16
+/// pushes, 256 KiB), messages of up to 20,000 bytes ([`bulky`]), long
+/// histories, and heartbeats too slow to end the socket first.
+pub const SLOW_READER: [(&str, &str); 7] = [
+    ("SWITCHBOARD_SOCKET_BACKLOG", "16"),
+    ("SWITCHBOARD_SOCKET_BACKLOG_BYTES", "256KiB"),
+    ("SWITCHBOARD_MAX_TEXT", "20000"),
+    ("SWITCHBOARD_MAX_HISTORY_BYTES", "64MiB"),
+    ("SWITCHBOARD_HEARTBEAT_INTERVAL", "30s"),
+    ("SWITCHBOARD_CLIENT_TIMEOUT", "120s"),
+    ("SWITCHBOARD_DISCONNECT_GRACE", "30s"),
+];
+
+/// Message `i` of a flood: 20,000 bytes, starting with its number.
+pub fn bulky(i: usize) -> String {
+    let head = format!("msg-{i:05}-");
+    format!("{head}{}", "x".repeat(20_000 - head.len()))
+}
