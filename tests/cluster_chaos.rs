@@ -12,7 +12,9 @@
 //!
 //! After each round everything its clients were told is stored is there
 //! exactly once on whichever node is active, the clients come back with
-//! their tokens and a conversation goes on to the end; after the last, so
+//! their tokens and a conversation goes on to the end (with the desk that
+//! holds it, or, when its assignment was not copied before the fault, with
+//! the desk it is offered to again); after the last, so
 //! is everything acknowledged in every round, and no agent of any round
 //! holds more than its capacity or a conversation another holds.
 //!

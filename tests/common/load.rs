@@ -364,6 +364,24 @@ pub async fn assert_acked_stored_once(h: &Harness, acked: &Acked) {
     }
 }
 
+/// The offer of `conv` at any of `desks` within `within`: the desk's index
+/// and the offer (other frames are kept).
+async fn offer_of(desks: &mut [Ws], conv: &str, within: Duration) -> Option<(usize, Value)> {
+    let deadline = Instant::now() + within;
+    let offered = |v: &Value| v["type"] == "task.offered" && v["task"]["conversation_id"] == conv;
+    while Instant::now() < deadline {
+        for (a, desk) in desks.iter_mut().enumerate() {
+            if let Some(v) = desk
+                .try_recv_where_within(Duration::from_millis(10), offered)
+                .await
+            {
+                return Some((a, v));
+            }
+        }
+    }
+    None
+}
+
 /// The desks, reconnected: each agent's socket, and which agent holds which
 /// conversation (conversation → (agent index, task)). Asserts that no agent
 /// holds more than its capacity and no conversation is held twice.
@@ -402,9 +420,12 @@ pub async fn reconnect_desks(
 /// conversation held twice; every customer reconnects with the same token,
 /// finds its conversation, and sends again the message whose ack it was
 /// waiting for (the same `client_msg_id`: stored once, whether it had been
-/// stored before or not); and `life_cycles` conversations held by a desk go
-/// on to the end: a message each way, end, wrap-up with a disposition,
-/// completed.
+/// stored before or not); and `life_cycles` conversations go on to the end
+/// with a desk: a message each way, end, wrap-up with a disposition,
+/// completed. A conversation a desk holds goes on with it; one no desk
+/// holds (its assignment was not copied before the fault, so its task is
+/// back in the queue) is offered again to the desks, now available, and
+/// goes on with the desk that takes it.
 pub async fn assert_recovered(
     h: &Harness,
     load: &Outcome,
@@ -414,6 +435,9 @@ pub async fn assert_recovered(
 ) {
     assert_acked_stored_once(h, &load.acked).await;
     let (mut desks, held) = reconnect_desks(h, agents, capacity).await;
+    for desk in &mut desks {
+        desk.set_activity("available").await;
+    }
     let mut acked = load.acked.clone();
     let mut done = 0;
     for customer in &load.customers {
@@ -440,16 +464,24 @@ pub async fn assert_recovered(
             last = Some((resent_in, seq));
         }
         let Some((conv, seq)) = last else { continue };
-        let Some((a, task)) = held.get(&conv) else {
-            continue;
-        };
-        if done == life_cycles || task["state"] != "assigned" {
+        if done == life_cycles {
             continue;
         }
+        let (a, task) = match held.get(&conv) {
+            Some((a, task)) if task["state"] == "assigned" => (*a, task.clone()),
+            Some(_) => continue,
+            None => match offer_of(&mut desks, &conv, Duration::from_millis(500)).await {
+                Some((a, offer)) => {
+                    let assigned = desks[a].accept(&s(&offer["task"]["id"])).await;
+                    (a, assigned["task"].clone())
+                }
+                None => continue,
+            },
+        };
         let text = format!("after the failover {i}");
         let ack = ws.say(&text).await;
         assert_eq!(ack["seq"].as_u64(), Some(seq + 1), "{ack}");
-        let desk = &mut desks[*a];
+        let desk = &mut desks[a];
         desk.recv_message_text(&text).await;
         desk.agent_send(&conv, &format!("reply {i}"), &format!("r{i}"))
             .await;
@@ -462,9 +494,13 @@ pub async fn assert_recovered(
         assert_eq!(completed["disposition"], "resolved", "{completed}");
         done += 1;
     }
+    let states: Vec<String> = held
+        .iter()
+        .map(|(conv, (a, task))| format!("{conv}: {} {}", agents[*a].id, task["state"]))
+        .collect();
     assert_eq!(
         done, life_cycles,
-        "fewer conversations than wanted were assigned to go on"
+        "fewer conversations than wanted were assigned to go on; the desks hold {states:?}"
     );
     // The resent messages too are stored once each.
     assert_acked_stored_once(h, &acked).await;

@@ -564,6 +564,25 @@ impl Ws {
         }
     }
 
+    /// [`Ws::recv_where_within`], or None when nothing matches in time.
+    pub async fn try_recv_where_within(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        if let Some(i) = self.pending.iter().position(&pred) {
+            return self.pending.remove(i);
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            match self.read_frame(deadline).await {
+                Some(v) if pred(&v) => return Some(v),
+                Some(v) => self.pending.push_back(v),
+                None => return None,
+            }
+        }
+    }
+
     /// First frame with the given `type`.
     pub async fn recv_type(&mut self, ty: &str) -> Value {
         self.recv_where(&format!("a `{ty}` frame"), |v| v["type"] == ty)
