@@ -608,20 +608,17 @@ impl NodeBus {
         // A worker's endpoint runs it here, on its own thread; the node's
         // own puts it on a worker's arbiter, round robin. Known here
         // before it runs, so its stop always finds it.
-        if self.on_worker {
+        let (addr, run): (_, Box<dyn FnOnce(RemoteSocket) + '_>) = if self.on_worker {
             let context = Context::new();
-            let addr = context.address();
-            self.stand_ins
-                .lock()
-                .insert((edge, socket), StandIn { addr, incarnation });
-            context.run(stand_in);
+            (context.address(), Box::new(|a| drop(context.run(a))))
         } else {
             let (addr, run) = broker.shards.prepare::<RemoteSocket>();
-            self.stand_ins
-                .lock()
-                .insert((edge, socket), StandIn { addr, incarnation });
-            run(stand_in);
-        }
+            (addr, Box::new(run))
+        };
+        self.stand_ins
+            .lock()
+            .insert((edge, socket), StandIn { addr, incarnation });
+        run(stand_in);
     }
 
     /// End every socket shared with `peer`, but those opened with its
