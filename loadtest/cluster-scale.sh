@@ -7,12 +7,13 @@
 #   1. single: one node alone, one harness run of CONVS webchat
 #      conversations held open (HOLD) with AGENTS agents;
 #   2. cluster: three nodes (the first active, the other two standbys
-#      relaying to it), three harness runs of the same size at once, one
-#      per node, so 3 × (CONVS + AGENTS) client sockets are open together.
+#      serving their clients' sockets and carrying them to it over NATS),
+#      three harness runs of the same size at once, one per node, so
+#      3 × (CONVS + AGENTS) client sockets are open together.
 #
 # Each run prints its harness summary (conversations, messages/s,
-# customer→agent p99, errors); the sum of the open sockets is checked
-# against /v1/metrics' view on the active node at the peak.
+# customer→agent latency, errors); then the open files of the three nodes
+# together at the peak (from /proc, every 2 s) and each node's peak RSS.
 #
 #   cargo build --release -p switchboard -p loadtest --bins
 #   loadtest/cluster-scale.sh                 # CONVS=14000 AGENTS=100 by default
@@ -24,7 +25,7 @@
 # (18811: nodes on BASE_PORT, +1, +2), SINGLE (1: run the single node too;
 # 0: the cluster only), VIA (standbys: the second and third harness runs
 # through the standbys; active: all three against the active node, to tell
-# the relay's cost from the cluster's).
+# the cost of the standbys' sockets from the cluster's).
 set -euo pipefail
 BIN=${BIN:-./target/release}
 SCALE=${SCALE:-1}

@@ -1,8 +1,8 @@
-//! A webchat customer's socket and an agent's desk on a standby end there:
-//! the standby screens what the client sends and carries it over the bus
-//! between nodes to the active node, which runs the conversation and the
-//! agent through a stand-in for the socket (`cluster::node_bus`,
-//! `cluster::remote_socket`). Real processes on a real nats-server: the
+//! A webchat customer's socket, an agent's desk and a supervisor's socket
+//! on a standby end there: the standby screens what the client sends and
+//! carries it over the bus between nodes to the active node, which runs
+//! the conversation, the agent or the supervisor's stream through a
+//! stand-in for the socket (`cluster::node_bus`, `cluster::remote_socket`). Real processes on a real nats-server: the
 //! sockets are not relayed, bad input gets the answers the active node
 //! gives its own sockets, the sockets' limits hold at the edge, and a node
 //! lost on either side ends the socket on the other (the customer's or the
@@ -42,6 +42,22 @@ async fn count(sub: &mut async_nats::Subscriber, within: Duration) -> usize {
         n += 1;
     }
     n
+}
+
+/// A supervisor's socket through `h` with `token`.
+fn supervisor_url(h: &Harness, token: &str) -> String {
+    format!("{}/v1/supervisor/ws?token={token}", h.ws_base)
+}
+
+/// A supervisor's socket through `h`, its stand-in on the active node
+/// subscribed to the hub once this returns (a command answered by the
+/// stand-in, which subscribes as it starts).
+async fn supervisor(h: &Harness) -> Ws {
+    let mut sup = Ws::connect(&supervisor_url(h, &h.admin)).await;
+    sup.send(json!({"type": "monitor", "conversation_id": "cv_nope", "ref": "probe"}))
+        .await;
+    sup.expect_error("probe", "not_found").await;
+    sup
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,9 +237,10 @@ async fn when_the_active_node_dies_the_standby_tells_its_clients_to_reconnect() 
     let alice = b.create_agent("alice", 1, &[]).await;
     let mut desk = b.agent_online(&alice).await;
     let (_session, mut customer, _) = b.customer_with_message("Dana", "hello").await;
+    let mut sup = supervisor(&b).await;
     cluster.process(0).signal(libc::SIGKILL);
     cluster.process(0).wait_exit(Duration::from_secs(5));
-    for client in [&mut customer, &mut desk] {
+    for client in [&mut customer, &mut desk, &mut sup] {
         let (code, reason) = client.recv_close_within(Duration::from_secs(10)).await;
         assert_eq!(code, 1012, "service restart: reconnect ({reason})");
         assert!(reason.contains("reconnect"), "{reason}");
@@ -475,6 +492,187 @@ async fn a_desk_that_stops_reading_on_a_standby_is_cut_off_there_and_nothing_is_
         earlier = page.body["has_more"] == true;
     }
     let history = Value::Array(all);
+    assert_gap_free(&history);
+    assert_eq!(
+        texts(&history).len(),
+        sent + 1,
+        "every acknowledged message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_on_the_standby_follows_and_monitors_over_the_bus() {
+    let _serial = SERIAL.lock().await;
+    let (cluster, active, b) = active_and_edge(&[]).await;
+    let a = &active.h;
+    let nats = cluster.nats_client().await;
+    let mut opens = nats
+        .subscribe(format!("{PREFIX}.relay.open"))
+        .await
+        .expect("subscribe");
+    nats.flush().await.expect("flush");
+
+    let mut sup = supervisor(&b).await;
+    // The hub's stream: a task from its creation on.
+    let alice = a.create_agent("alice", 1, &[]).await;
+    let mut desk = a.agent_online(&alice).await;
+    let (_session, mut customer, ack) = a.customer_with_message("Dana", "my order").await;
+    let conv = s(&ack["conversation_id"]);
+    let created = sup
+        .recv_where("task created", |v| {
+            v["type"] == "task.state" && v["state"] == "queued"
+        })
+        .await;
+    assert_eq!(created["conversation_id"], conv.as_str(), "{created}");
+    let offer = desk.offer_for(&conv).await;
+    desk.accept(&s(&offer["task"]["id"])).await;
+    sup.recv_where("task assigned", |v| {
+        v["type"] == "task.state" && v["state"] == "assigned"
+    })
+    .await;
+
+    // Monitoring: the conversation's messages from now on, and the
+    // supervisor's own action told to every supervisor, this one too.
+    sup.send(json!({"type": "monitor", "conversation_id": conv, "ref": "m1"}))
+        .await;
+    let monitoring = sup.recv_type("monitoring").await;
+    assert_eq!(monitoring["conversation_id"], conv.as_str(), "{monitoring}");
+    let action = sup
+        .recv_where("the monitor action", |v| v["type"] == "supervisor.action")
+        .await;
+    assert_eq!(
+        (action["action"].as_str(), action["by"].as_str()),
+        (Some("conversation.monitor"), Some("admin")),
+        "{action}"
+    );
+    customer.say("order 1234").await;
+    let seen = sup
+        .recv_where("the customer's message", |v| {
+            v["type"] == "message" && v["message"]["text"] == "order 1234"
+        })
+        .await;
+    assert_eq!(seen["conversation_id"], conv.as_str(), "{seen}");
+    desk.agent_send(&conv, "Looking into it", "r1").await;
+    sup.recv_where("the agent's message", |v| {
+        v["type"] == "message" && v["message"]["text"] == "Looking into it"
+    })
+    .await;
+    sup.send(json!({"type": "unmonitor", "conversation_id": conv, "ref": "u1"}))
+        .await;
+    let ok = sup.recv_ref("u1").await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    sup.recv_where("the unmonitor action", |v| {
+        v["type"] == "supervisor.action" && v["action"] == "conversation.unmonitor"
+    })
+    .await;
+    // Not monitored any more: the next message does not reach it.
+    customer.say("still there?").await;
+    desk.recv_message_text("still there?").await;
+    assert!(
+        sup.try_recv_where_within(Duration::from_millis(300), |v| v["type"] == "message")
+            .await
+            .is_none(),
+        "a message after unmonitor"
+    );
+
+    // Bad input: the answers a supervisor's own socket gets.
+    sup.send_text("{not json".into()).await;
+    let v = sup.recv_type("error").await;
+    assert_eq!(v["code"], "bad_request", "{v}");
+    sup.send(json!({"type": "fly", "ref": "r-fly"})).await;
+    sup.expect_error("r-fly", "bad_request").await;
+    sup.send(json!({"type": "unmonitor", "conversation_id": conv, "ref": "u2"}))
+        .await;
+    sup.expect_error("u2", "not_found").await;
+    // Only the admin token opens one, on either node.
+    for h in [a, &b] {
+        assert_eq!(
+            try_connect(&supervisor_url(h, "not-the-admin-token"))
+                .await
+                .err(),
+            Some(401)
+        );
+        assert_eq!(
+            try_connect(&supervisor_url(h, &alice.token)).await.err(),
+            Some(401)
+        );
+        let bare = format!("{}/v1/supervisor/ws", h.ws_base);
+        assert_eq!(try_connect(&bare).await.err(), Some(401));
+    }
+    assert_eq!(
+        count(&mut opens, Duration::from_millis(300)).await,
+        0,
+        "a supervisor's socket was relayed"
+    );
+    // An upgrade request to a path where no socket is served: relayed, and
+    // answered as the active node answers it.
+    let nowhere = |h: &Harness| format!("{}/v1/nowhere/ws?token={}", h.ws_base, h.admin);
+    assert_eq!(try_connect(&nowhere(a)).await.err(), Some(404));
+    assert_eq!(try_connect(&nowhere(&b)).await.err(), Some(404));
+    assert_eq!(count(&mut opens, Duration::from_millis(300)).await, 1);
+    // A socket closed while it monitors: on the active node its
+    // monitoring ends with it (an `unmonitor` action, as for a socket of
+    // its own).
+    sup.send(json!({"type": "monitor", "conversation_id": conv, "ref": "m2"}))
+        .await;
+    sup.recv_type("monitoring").await;
+    let mut watcher = supervisor(a).await;
+    drop(sup);
+    let ended = watcher
+        .recv_where("the closed socket's unmonitor", |v| {
+            v["type"] == "supervisor.action" && v["action"] == "conversation.unmonitor"
+        })
+        .await;
+    assert_eq!(ended["conversation_id"], conv.as_str(), "{ended}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_that_stops_reading_on_a_standby_is_cut_off_there_and_nothing_is_lost() {
+    let _serial = SERIAL.lock().await;
+    let (_cluster, active, b) = active_and_edge(&SLOW_READER).await;
+    let a = &active.h;
+    // No agent (whose desk, not read here, would be a slow consumer too):
+    // the chat waits in the queue, and its customer writes on.
+    let (_session, mut customer, ack) = a.customer_with_message("Dana", "start").await;
+    let conv = s(&ack["conversation_id"]);
+    // A supervisor on the active node watches the actions; another, on
+    // the standby, monitors the chat, then stops reading.
+    let mut watcher = supervisor(a).await;
+    let mut sup = supervisor(&b).await;
+    sup.send(json!({"type": "monitor", "conversation_id": conv, "ref": "m1"}))
+        .await;
+    sup.recv_type("monitoring").await;
+
+    // Dana writes a lot, every message acknowledged. The socket's queue on
+    // the standby fills and the standby cuts it off, as the active node
+    // would on its own socket; on the active node its monitoring ends at
+    // once (an `unmonitor` action).
+    let unmonitored = |v: &Value| {
+        v["type"] == "supervisor.action"
+            && v["action"] == "conversation.unmonitor"
+            && v["conversation_id"] == conv.as_str()
+    };
+    let mut sent = 0usize;
+    let mut cut = false;
+    while sent < 1500 && !cut {
+        let text = bulky(sent);
+        let ack = customer.say(&text).await;
+        assert_eq!(ack["seq"], (sent + 2) as u64, "{ack}");
+        sent += 1;
+        if sent.is_multiple_of(10) {
+            cut = watcher
+                .try_recv_where_within(Duration::from_millis(5), unmonitored)
+                .await
+                .is_some();
+        }
+    }
+    assert!(cut, "the supervisor never cut off after {sent} messages");
+    eprintln!("edge: a slow supervisor cut off after {sent} messages");
+    // It reads again: what was queued, then the slow consumer's close.
+    let (code, reason) = sup.recv_close_within(Duration::from_secs(20)).await;
+    assert_eq!((code, reason.as_str()), (1008, "slow_consumer"));
+    // Nothing acknowledged is lost.
+    let history = b.all_messages(&conv).await;
     assert_gap_free(&history);
     assert_eq!(
         texts(&history).len(),

@@ -1,8 +1,8 @@
 //! Every node takes clients (`cluster::relay`): standbys relay HTTP requests
-//! and supervisors' WebSocket connections to the active node over NATS
-//! (customers' and desks' sockets end at the standby and cross the bus:
-//! `cluster_edge_sockets.rs`; they are here where a test's clients are
-//! spread over the nodes). Real processes: three nodes of the real binary
+//! to the active node over NATS (sockets end at the standby and cross the
+//! bus: `cluster_edge_sockets.rs`; they are here where a test's clients are
+//! spread over the nodes), and the relay's own rules, between two of its
+//! endpoints. Real processes: three nodes of the real binary
 //! on one real nats-server, a 2 s lease TTL; clients spread over the nodes
 //! as a load balancer would spread them.
 //!
@@ -13,8 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    active_and_edge, assert_served, bulky, edge, upload, wait_replicated, TestCluster, ADMIN,
-    SLOW_READER,
+    active_and_edge, assert_served, edge, upload, wait_replicated, TestCluster, ADMIN,
 };
 use common::*;
 use futures_util::StreamExt;
@@ -46,43 +45,14 @@ fn frames_of(m: &async_nats::Message) -> Vec<(Address, Frame)> {
         .collect()
 }
 
-/// The first data frame of a connection that `sniff` sees: the subject it
-/// went to (its receiver's endpoint) and its address.
-async fn a_data_frame(sniff: &mut async_nats::Subscriber) -> (String, Address) {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(5), sniff.next())
-            .await
-            .expect("a relayed frame")
-            .expect("subscribed");
-        let data = frames_of(&m)
-            .into_iter()
-            .find(|(at, frame)| matches!(frame, Frame::Data(_)) && at.to != 0);
-        if let Some((at, _)) = data {
-            return (m.subject.to_string(), at);
-        }
-    }
-}
-
-/// A supervisor's socket through `h` (relayed by a standby).
+/// A supervisor's socket through `h`; it works both ways once a command
+/// is answered.
 async fn supervisor(h: &Harness) -> Ws {
-    Ws::connect(&format!("{}/v1/supervisor/ws?token={ADMIN}", h.ws_base)).await
-}
-
-/// A command on a supervisor's socket, and its answer: the socket works
-/// both ways.
-async fn probe(sup: &mut Ws, r: &str) {
-    sup.send(json!({"type": "monitor", "conversation_id": "cv_nope", "ref": r}))
+    let mut sup = Ws::connect(&format!("{}/v1/supervisor/ws?token={ADMIN}", h.ws_base)).await;
+    sup.send(json!({"type": "monitor", "conversation_id": "cv_nope", "ref": "probe"}))
         .await;
-    sup.expect_error(r, "not_found").await;
-}
-
-/// The relay closed `sup` (no close frame); a new one through `edge`
-/// works.
-async fn closed_by_the_relay(mut sup: Ws, edge: &Harness) {
-    let (code, _) = sup.recv_close_within(Duration::from_secs(5)).await;
-    assert_eq!(code, 1006, "closed, no close frame");
-    let mut again = supervisor(edge).await;
-    probe(&mut again, "again").await;
+    sup.expect_error("probe", "not_found").await;
+    sup
 }
 
 /// A socket to `url`, retried while the answer is `503` (a takeover under
@@ -346,51 +316,6 @@ async fn when_the_active_node_dies_relayed_clients_are_closed_and_find_everythin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_supervisor_that_stops_reading_through_an_edge_is_a_slow_consumer_and_nothing_is_lost() {
-    let _serial = SERIAL.lock().await;
-    let (_cluster, active, b) = active_and_edge(&SLOW_READER).await;
-    let a = &active.h;
-    // No agent (whose desk, not read here, would be a slow consumer too):
-    // the chat waits in the queue, and its customer writes on.
-    let (_session, mut customer, ack) = a.customer_with_message("Dana", "start").await;
-    let conv = s(&ack["conversation_id"]);
-    // A supervisor monitors the chat through node-1, then stops reading.
-    let mut sup = supervisor(&b).await;
-    sup.send(json!({"type": "monitor", "conversation_id": conv, "ref": "m1"}))
-        .await;
-    sup.recv_type("monitoring").await;
-
-    // Dana writes a lot, every message acknowledged. The relay's window
-    // stops the credits, the session's queue on the active node fills, and
-    // the active node cuts the supervisor off as on its own socket.
-    let mut sent = 0usize;
-    let mut cut = false;
-    while sent < 1500 && !cut {
-        let text = bulky(sent);
-        let ack = customer.say(&text).await;
-        assert_eq!(ack["seq"], (sent + 2) as u64, "{ack}");
-        sent += 1;
-        if sent.is_multiple_of(10) {
-            let dropped = a.admin_get_ok("/v1/stats").await;
-            cut = dropped["slow_consumers"].as_u64().unwrap_or(0) > 0;
-        }
-    }
-    assert!(cut, "the supervisor never cut off after {sent} messages");
-    eprintln!("relay: slow consumer cut off after {sent} messages");
-    // It reads again: what was queued, then the slow consumer's close.
-    let (code, reason) = sup.recv_close_within(Duration::from_secs(20)).await;
-    assert_eq!((code, reason.as_str()), (1008, "slow_consumer"));
-    // Nothing acknowledged is lost.
-    let history = b.all_messages(&conv).await;
-    assert_gap_free(&history);
-    assert_eq!(
-        texts(&history).len(),
-        sent + 1,
-        "every acknowledged message"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_drops_or_keeps_relayed_sockets_but_loses_and_repeats_nothing() {
     let _serial = SERIAL.lock().await;
     let (mut cluster, active) = TestCluster::start(2);
@@ -499,102 +424,6 @@ async fn limits_hold_through_an_edge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frame_out_of_sequence_closes_the_relayed_socket_and_garbage_is_ignored() {
-    use switchboard::cluster::relay::{batch, encode};
-    let _serial = SERIAL.lock().await;
-    let (mut cluster, _active) = TestCluster::start(2);
-    let b = edge(&mut cluster, 1).await;
-    let nats = cluster.nats_client().await;
-    // Watch the frames the active node sends to the edge.
-    let mut sniff = nats
-        .subscribe(format!("{}.relay.to.>", common::cluster::PREFIX))
-        .await
-        .expect("subscribe");
-    let mut sup = supervisor(&b).await;
-    probe(&mut sup, "p1").await;
-    // A frame of the supervisor's connection, host to edge.
-    let (subject, at) = a_data_frame(&mut sniff).await;
-    // Garbage on the edge's subject is dropped; the socket lives on.
-    nats.publish(subject.clone(), "not a frame".into())
-        .await
-        .expect("publish");
-    nats.flush().await.expect("flush");
-    probe(&mut sup, "p2").await;
-    // A frame numbered past the next one means frames were lost: the edge
-    // closes the socket rather than write a stream with a hole in it.
-    let mut forged = at;
-    forged.seq = at.seq.wrapping_add(1000);
-    let bytes = encode(forged, &Frame::Data("\u{81}\u{1}x".into())).expect("encodes");
-    nats.publish(subject, batch([&bytes]))
-        .await
-        .expect("publish");
-    nats.flush().await.expect("flush");
-    closed_by_the_relay(sup, &b).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_closes() {
-    use switchboard::cluster::relay::{batch, encode};
-    let _serial = SERIAL.lock().await;
-    let (mut cluster, _active) = TestCluster::start(2);
-    let b = edge(&mut cluster, 1).await;
-    let nats = cluster.nats_client().await;
-    let mut sniff = nats
-        .subscribe(format!("{}.relay.>", common::cluster::PREFIX))
-        .await
-        .expect("subscribe");
-    let mut sup = supervisor(&b).await;
-    probe(&mut sup, "p1").await;
-    // A frame of the supervisor's connection, host to edge: who is who.
-    let (edge_subject, at) = a_data_frame(&mut sniff).await;
-    let host_subject = format!("{}.relay.to.{:016x}", common::cluster::PREFIX, at.from);
-    // The host's NATS connection "came back": the edge is asked what it
-    // sent, and answers for the desk's connection; the host, which got it
-    // all, keeps the connection.
-    let resync = encode(
-        Address {
-            from: at.from,
-            to: 0,
-            from_conn: 0,
-            seq: 0,
-        },
-        &Frame::Resync,
-    )
-    .expect("encodes");
-    nats.publish(edge_subject.clone(), batch([&resync]))
-        .await
-        .expect("publish");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = tokio::time::timeout(left, sniff.next())
-            .await
-            .expect("the edge's Sent for the supervisor's connection")
-            .expect("subscribed");
-        if m.subject.as_str() == host_subject
-            && frames_of(&m)
-                .iter()
-                .any(|(a, f)| matches!(f, Frame::Sent(_)) && a.to == at.from_conn)
-        {
-            break;
-        }
-    }
-    // Nothing was lost, nothing closed.
-    probe(&mut sup, "p2").await;
-    // The host says it sent more than the edge got: frames were lost, and
-    // the edge closes the socket rather than leave it waiting for them.
-    let sent = encode(
-        Address { seq: 0, ..at },
-        &Frame::Sent(at.seq.wrapping_add(1000)),
-    )
-    .expect("encodes");
-    nats.publish(edge_subject, batch([&sent]))
-        .await
-        .expect("publish");
-    closed_by_the_relay(sup, &b).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when_it_wakes() {
     let _serial = SERIAL.lock().await;
     let (mut cluster, active) = TestCluster::start(2);
@@ -603,7 +432,6 @@ async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when
     let alice = a.create_agent("alice", 1, &[]).await;
     let mut desk = b.agent_online(&alice).await;
     let mut sup = supervisor(&b).await;
-    probe(&mut sup, "p1").await;
 
     // Paused for three times the silence (TTL/2) of the relay and of the
     // bus: the active node gives its desk up, as for a dead node.
@@ -616,15 +444,14 @@ async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when
     cluster.process(1).signal(libc::SIGCONT);
 
     // Awake, it does not carry on with the sockets the active node
-    // dropped. The supervisor's, relayed, closes without a close frame; the
-    // desk's, ended here, is told to reconnect (whichever node saw the
-    // silence first tells the other). New ones work.
-    let (code, _) = sup.recv_close_within(Duration::from_secs(10)).await;
-    assert_eq!(code, 1006, "closed without a close frame");
-    let (code, reason) = desk.recv_close_within(Duration::from_secs(10)).await;
-    assert_eq!(code, 1012, "reconnect: {reason}");
-    let mut sup = supervisor(&b).await;
-    probe(&mut sup, "p2").await;
+    // dropped: the desk and the supervisor are told to reconnect
+    // (whichever node saw the silence first tells the other). New ones
+    // work.
+    for client in [&mut desk, &mut sup] {
+        let (code, reason) = client.recv_close_within(Duration::from_secs(10)).await;
+        assert_eq!(code, 1012, "reconnect: {reason}");
+    }
+    supervisor(&b).await;
     let mut desk = connect_retrying(&b.agent_ws_url(&alice)).await;
     let hello = desk.recv_next().await;
     assert_eq!(hello["type"], "hello", "{hello}");
@@ -811,6 +638,188 @@ async fn a_frame_for_a_connection_the_peer_no_longer_holds_closes_it_here() {
                 .expect("told within 5 s");
             assert_eq!(frame, Frame::Close("no such connection".into()));
             assert!(on_a.is_closed());
+        })
+        .await;
+}
+
+/// The subject relay endpoint `id` of `prefix` reads.
+fn subject_of(prefix: &str, id: u64) -> String {
+    format!("{prefix}.relay.to.{id:016x}")
+}
+
+/// A frame of connection `conn` in time, or the test fails.
+async fn next_frame(conn: &switchboard::cluster::relay::ConnState) -> Frame {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        switchboard::cluster::relay::ConnState::next_frame(conn),
+    )
+    .await
+    .expect("a frame in time")
+}
+
+/// Until `conn` is closed (told by the other side), at most 5 s.
+async fn closed(conn: &switchboard::cluster::relay::ConnState, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !conn.is_closed() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A frame numbered past the next one means frames were lost: the
+/// receiving endpoint closes the connection rather than hand on a stream
+/// with a hole in it, and tells the other side. What is not a relay frame
+/// at all is dropped, and the connection lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_out_of_sequence_closes_its_connection_and_garbage_is_ignored() {
+    use bytes::Bytes;
+    use switchboard::cluster::relay::{batch, encode};
+    let _serial = SERIAL.lock().await;
+    let nats = common::nats::NatsServer::start();
+    let url = nats.url();
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let prefix = "sequence";
+            let (a, b) = two_endpoints(&url, prefix, 1024 * 1024).await;
+            let on_a = a.register();
+            let on_b = b.register();
+            a.bind(&on_a, b.id, on_b.id);
+            b.bind(&on_b, a.id, on_a.id);
+            a.post(&on_a, &Frame::Data(Bytes::from_static(b"one")));
+            assert_eq!(
+                next_frame(&on_b).await,
+                Frame::Data(Bytes::from_static(b"one"))
+            );
+
+            // Garbage on b's subject is dropped; the connection lives on.
+            let raw = async_nats::connect(&url).await.expect("NATS");
+            raw.publish(subject_of(prefix, b.id), "not a frame".into())
+                .await
+                .expect("publish");
+            raw.flush().await.expect("flush");
+            a.post(&on_a, &Frame::Data(Bytes::from_static(b"two")));
+            assert_eq!(
+                next_frame(&on_b).await,
+                Frame::Data(Bytes::from_static(b"two"))
+            );
+
+            // A frame of the connection numbered past the next one (2).
+            let forged = Address {
+                from: a.id,
+                to: on_b.id,
+                from_conn: on_a.id,
+                seq: 1000,
+            };
+            let bytes = encode(forged, &Frame::Data(Bytes::from_static(b"x"))).expect("encodes");
+            raw.publish(subject_of(prefix, b.id), batch([&bytes]))
+                .await
+                .expect("publish");
+            raw.flush().await.expect("flush");
+            match next_frame(&on_b).await {
+                Frame::Close(why) => {
+                    assert!(
+                        why.contains("relay frame 1000 arrived where 2 was due"),
+                        "{why}"
+                    )
+                }
+                other => panic!("on b: {other:?}"),
+            }
+            assert!(on_b.is_closed());
+            closed(&on_a, "a never told of the close").await;
+        })
+        .await;
+}
+
+/// After an endpoint's NATS connection comes back (frames may have been
+/// lost either way), each side of every connection between the two
+/// endpoints says what it sent on it (`Sent`, asked for with `Resync`): a
+/// side that got all of it keeps the connection, a side that got less
+/// closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_closes() {
+    use bytes::Bytes;
+    use switchboard::cluster::relay::{batch, encode};
+    let _serial = SERIAL.lock().await;
+    let nats = common::nats::NatsServer::start();
+    let url = nats.url();
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let prefix = "resync";
+            let (a, b) = two_endpoints(&url, prefix, 1024 * 1024).await;
+            let raw = async_nats::connect(&url).await.expect("NATS");
+            let mut to_a = raw
+                .subscribe(subject_of(prefix, a.id))
+                .await
+                .expect("subscribe");
+            raw.flush().await.expect("flush");
+            let on_a = a.register();
+            let on_b = b.register();
+            a.bind(&on_a, b.id, on_b.id);
+            b.bind(&on_b, a.id, on_a.id);
+            a.post(&on_a, &Frame::Data(Bytes::from_static(b"up")));
+            assert_eq!(
+                next_frame(&on_b).await,
+                Frame::Data(Bytes::from_static(b"up"))
+            );
+            b.post(&on_b, &Frame::Data(Bytes::from_static(b"down")));
+            assert_eq!(
+                next_frame(&on_a).await,
+                Frame::Data(Bytes::from_static(b"down"))
+            );
+
+            // b's NATS connection "came back": it tells a what it sent on
+            // their connection (one frame), and asks a to do the same.
+            b.resync();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let m = tokio::time::timeout(left, to_a.next())
+                    .await
+                    .expect("b's Sent for the connection")
+                    .expect("subscribed");
+                let sent = frames_of(&m)
+                    .into_iter()
+                    .find(|(at, f)| matches!(f, Frame::Sent(_)) && at.to == on_a.id);
+                if let Some((_, frame)) = sent {
+                    assert_eq!(frame, Frame::Sent(1), "b sent one frame");
+                    break;
+                }
+            }
+            // Nothing was lost, nothing closed: both ways still work.
+            a.post(&on_a, &Frame::Data(Bytes::from_static(b"up again")));
+            assert_eq!(
+                next_frame(&on_b).await,
+                Frame::Data(Bytes::from_static(b"up again"))
+            );
+            b.post(&on_b, &Frame::Data(Bytes::from_static(b"down again")));
+            assert_eq!(
+                next_frame(&on_a).await,
+                Frame::Data(Bytes::from_static(b"down again"))
+            );
+            assert!(!on_a.is_closed() && !on_b.is_closed());
+
+            // b says it sent more than a got: frames were lost, and a
+            // closes the connection rather than leave it waiting for them.
+            let sent = encode(
+                Address {
+                    from: b.id,
+                    to: on_a.id,
+                    from_conn: on_b.id,
+                    seq: 0,
+                },
+                &Frame::Sent(1000),
+            )
+            .expect("encodes");
+            raw.publish(subject_of(prefix, a.id), batch([&sent]))
+                .await
+                .expect("publish");
+            match next_frame(&on_a).await {
+                Frame::Close(why) => assert!(why.contains("frames were lost"), "{why}"),
+                other => panic!("on a: {other:?}"),
+            }
+            closed(&on_b, "b never told of the close").await;
         })
         .await;
 }

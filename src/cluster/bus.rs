@@ -12,10 +12,13 @@
 //! - **No silent loss.** Core NATS may drop messages (across a reconnection,
 //!   or for a slow consumer). A gap in a peer's numbers, a peer's ping
 //!   saying it sent more than arrived (a lost *last* message leaves no gap),
-//!   or a frame that does not decode is told to the consumer as
+//!   or a message that does not decode is told to the consumer as
 //!   [`Delivery::Lost`], in order, before what comes after: what it holds of
 //!   its exchange with that peer must be made whole again (the journal is
-//!   the truth; the bus only carries).
+//!   the truth; the bus only carries). A request that does not decode is
+//!   refused at once, and nothing is lost. Numbers start at 0 for each
+//!   incarnation: what a first contact counts lost may have been meant for
+//!   an earlier incarnation of this node, and fails no request of its own.
 //! - **Incarnations.** Every start of a bus picks a random incarnation. A
 //!   peer that comes back with a new one has lost what was sent to the old
 //!   one: [`Delivery::Restarted`]. Peers ping each other, so each side
@@ -294,10 +297,30 @@ struct PeerIn {
 enum Step {
     Restarted,
     Lost(u64),
+    /// Frames numbered before the first one heard from this incarnation of
+    /// the peer: counted lost, though they may have been meant for an
+    /// earlier incarnation of this node (over-told, never under-told). No
+    /// request of this node's is failed for them: what it sent before the
+    /// peer was first heard from may be answered by what comes next (a
+    /// restarted node's first request, answered by a peer whose numbers
+    /// run on from the earlier incarnation), and one whose answer was among
+    /// them runs to its deadline.
+    BeforeFirstContact(u64),
     /// A numbered frame, to handle.
     Take(Frame),
     /// The peer asked for a ping.
     PingBack,
+}
+
+impl Step {
+    /// `n` frames that never came, before a first contact or not.
+    fn missing(n: u64, first_contact: bool) -> Step {
+        if first_contact {
+            Step::BeforeFirstContact(n)
+        } else {
+            Step::Lost(n)
+        }
+    }
 }
 
 /// The receiving side's bookkeeping of its peers: pure, so its rules are
@@ -310,9 +333,11 @@ struct Peers {
 impl Peers {
     fn on_frame(&mut self, from: &str, incarnation: u64, frame: Frame, now: Instant) -> Vec<Step> {
         let mut steps = Vec::new();
+        let mut first = false;
         let peer = match self.peers.get_mut(from) {
             Some(peer) if peer.incarnation == incarnation => peer,
             known => {
+                first = true;
                 if known.is_some_and(|peer| peer.incarnation != UNHEARD) {
                     steps.push(Step::Restarted);
                 }
@@ -345,13 +370,13 @@ impl Peers {
                 return steps;
             }
             if frame.seq > peer.expected {
-                steps.push(Step::Lost(frame.seq - peer.expected));
+                steps.push(Step::missing(frame.seq - peer.expected, first));
             }
             peer.expected = frame.seq + 1;
             steps.push(Step::Take(frame));
         } else {
             if frame.seq > peer.expected {
-                steps.push(Step::Lost(frame.seq - peer.expected));
+                steps.push(Step::missing(frame.seq - peer.expected, first));
                 peer.expected = frame.seq;
             }
             if frame.corr == 1 && !steps.contains(&Step::PingBack) {
@@ -988,7 +1013,7 @@ where
                         })
                         .await
                     }
-                    Step::Lost(n) => {
+                    Step::Lost(n) | Step::BeforeFirstContact(n) => {
                         // Tell the sender too: its requests among them
                         // fail at once.
                         let _ = self.outbox.push(Out {
@@ -998,7 +1023,15 @@ where
                             body: Bytes::new(),
                             gap_from: end.saturating_sub(n),
                         });
-                        self.lost(&from, Loss::Missing(n)).await
+                        if matches!(step, Step::Lost(_)) {
+                            self.lost(&from, Loss::Missing(n)).await
+                        } else {
+                            self.tell(Delivery::Lost {
+                                from: from.clone(),
+                                loss: Loss::Missing(n),
+                            })
+                            .await
+                        }
                     }
                     Step::PingBack => {
                         self.control(&from_arc, Kind::Ping, 0, Bytes::new());
@@ -1034,16 +1067,22 @@ where
             Kind::Message | Kind::Request => {
                 let body: M = match crate::codec::decode(&frame.body) {
                     Ok(body) => body,
+                    Err(e) if frame.kind == Kind::Request => {
+                        // A request of a kind this build does not know (a
+                        // newer peer's, while builds are mixed): refused at
+                        // once rather than at its deadline. Nothing was
+                        // lost: it arrived in order, and its answer tells
+                        // the requester what became of it.
+                        tracing::debug!(peer = %from, error = %e, "bus: a request that does not decode refused");
+                        self.control(
+                            from_arc,
+                            Kind::NoReply,
+                            frame.corr,
+                            Bytes::from(format!("the request does not decode: {e}")),
+                        );
+                        return true;
+                    }
                     Err(e) => {
-                        if frame.kind == Kind::Request {
-                            // Answer it at once rather than at the deadline.
-                            self.control(
-                                from_arc,
-                                Kind::NoReply,
-                                frame.corr,
-                                Bytes::from(format!("the request does not decode: {e}")),
-                            );
-                        }
                         return self.lost(from, Loss::Undecodable(e.to_string())).await;
                     }
                 };
@@ -1286,7 +1325,7 @@ mod tests {
             peers.on_frame("a", 1, frame(Kind::Message, 5), now),
             vec![
                 Step::PingBack,
-                Step::Lost(5),
+                Step::BeforeFirstContact(5),
                 Step::Take(frame(Kind::Message, 5))
             ]
         );
@@ -1322,7 +1361,7 @@ mod tests {
         // A first ping sets where the numbers start.
         assert_eq!(
             peers.on_frame("b", 9, ping(40, true), now),
-            vec![Step::PingBack, Step::Lost(40)],
+            vec![Step::PingBack, Step::BeforeFirstContact(40)],
             "a first contact pings back once, and counts what it never got"
         );
         assert_eq!(

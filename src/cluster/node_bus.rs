@@ -2,8 +2,9 @@
 //! it: what crosses between a client's socket held by one node (the
 //! **edge**: a standby that took the client) and the node that runs what
 //! the socket talks to (the **owner**: the active node; in the partitioned
-//! form, the conversation's partition's owner). Two kinds of socket take
-//! this path ([`Door`]): a webchat customer's and an agent's desk.
+//! form, the conversation's partition's owner). Every kind of socket takes
+//! this path ([`Door`]): a webchat customer's, an agent's desk and a
+//! supervisor's.
 //!
 //! **Endpoints.** A node has one endpoint on the bus of its own (named by
 //! the node's id: the one other nodes know, which admits sockets) and one
@@ -26,10 +27,11 @@
 //! ends, on both sides. After a loss or a silence the peer may still be
 //! running (paused, or cut off for a while): it is told which sockets
 //! ended ([`NodeMessage::Severed`]), so that it ends them too when it hears
-//! it, rather than keep a socket whose other half is gone. The edge closes its client's socket with 1012 (the
-//! client reconnects and resynchronises, as after a network drop: a
-//! customer's unacknowledged messages are sent again and its history comes
-//! back, a desk's `hello` lists its tasks); the owner stops the stand-in,
+//! it, rather than keep a socket whose other half is gone. The edge closes
+//! its client's socket with 1012 (the client reconnects and resynchronises,
+//! as after a network drop: a customer's unacknowledged messages are sent
+//! again and its history comes back, a desk's `hello` lists its tasks, a
+//! supervisor monitors again); the owner stops the stand-in,
 //! so the conversation counts the customer gone, or the agent its desk,
 //! and its grace starts. A message the bus cannot take (its queue to NATS
 //! full) ends its socket the same way, so nothing is dropped unseen.
@@ -53,6 +55,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::protocol::Frame;
 use crate::wiring::Broker;
+use crate::ws::supervisor_session::Supervision;
 use crate::ws::{Frames, SocketLink};
 
 /// How long an edge waits for the owner to admit a socket.
@@ -127,6 +130,8 @@ pub enum Door {
     Webchat { token: String },
     /// `GET /v1/agents/{agent}/ws?token=…`: an agent's desk, to its agent.
     Desk { agent: String, token: String },
+    /// `GET /v1/supervisor/ws` with the admin token: a supervisor's socket.
+    Supervisor { token: String },
 }
 
 /// Without the token: a door may be logged.
@@ -135,6 +140,7 @@ impl std::fmt::Debug for Door {
         match self {
             Door::Webchat { .. } => f.write_str("Webchat"),
             Door::Desk { agent, .. } => f.debug_struct("Desk").field("agent", agent).finish(),
+            Door::Supervisor { .. } => f.write_str("Supervisor"),
         }
     }
 }
@@ -452,6 +458,9 @@ impl NodeBus {
                                 crate::http::sockets::admit_desk(&broker, agent, token, client)
                                     .map(drop)
                             }
+                            Door::Supervisor { token } => {
+                                crate::http::sockets::admit_supervisor(&broker, token, client)
+                            }
                         };
                         let answer = match admitted {
                             Ok(()) => NodeMessage::Admitted { endpoint },
@@ -602,6 +611,12 @@ impl NodeBus {
                     )
                 }
             },
+            Door::Supervisor { token } => {
+                if !crate::http::same_secret(&token, &broker.admin_token) {
+                    return self.close(&edge, socket, CloseCode::Policy, "invalid token");
+                }
+                Target::Supervisor(Supervision::new(broker.clone()))
+            }
         };
         let incarnation = self.bus.get().and_then(|bus| bus.incarnation(&edge));
         let stand_in = RemoteSocket::new(edge.clone(), socket, target, broker, self.clone());
@@ -705,6 +720,12 @@ mod tests {
                 door: Door::Desk {
                     agent: "alice".into(),
                     token: "desk-token".into(),
+                },
+            },
+            NodeMessage::Open {
+                socket: 9,
+                door: Door::Supervisor {
+                    token: "admin-token".into(),
                 },
             },
             NodeMessage::Command {

@@ -1,16 +1,18 @@
 //! A stand-in, on the node that runs what a socket talks to (the owner),
 //! for a client's socket another node holds (the edge,
-//! `ws/edge_session.rs`): a webchat customer's, or an agent's desk. To the
-//! webchat channel, or to the agent, it is a socket session like any other
-//! (`CustomerConnected` / `Connect` with its [`SocketLink`], then
-//! `FromCustomer` / `FromDesk`, and `CustomerDisconnected` / `Disconnect`
-//! when it stops); what they push to it goes on the bus to the edge once
-//! what it tells of is durable, as a session here writes to its socket
-//! once durable ([`crate::ws::Held`]).
+//! `ws/edge_session.rs`): a webchat customer's, an agent's desk or a
+//! supervisor's. To the webchat channel, or to the agent, it is a socket
+//! session like any other (`CustomerConnected` / `Connect` with its
+//! [`SocketLink`], then `FromCustomer` / `FromDesk`, and
+//! `CustomerDisconnected` / `Disconnect` when it stops); for a supervisor
+//! it does what the supervisor's own session does ([`Supervision`]: the
+//! hub's stream, monitoring). What they push to it goes on the bus to the
+//! edge once what it tells of is durable, as a session here writes to its
+//! socket once durable ([`crate::ws::Held`]).
 //!
 //! Handles `Push` and `CloseSession` (through its link), [`EdgeCommand`] (a
-//! command the client sent, screened by the edge; parsed here as the
-//! socket's own session parses it) and [`EdgeGone`] (the edge's socket
+//! command the client sent, screened by the edge; parsed and answered here
+//! as the socket's own session does it) and [`EdgeGone`] (the edge's socket
 //! closed, or the edge was lost).
 //!
 //! Started on a worker's arbiter, round robin (`Shards`), as socket
@@ -34,6 +36,7 @@ use crate::channel::webchat::{
 };
 use crate::protocol::Id;
 use crate::wiring::Broker;
+use crate::ws::supervisor_session::Supervision;
 use crate::ws::{agent_session, customer_session};
 use crate::ws::{Backlog, CloseSession, Frames, Held, Outlet, Push, SocketLink};
 
@@ -54,6 +57,8 @@ pub enum Target {
     /// An agent, with the token the desk opened its socket with (the agent
     /// checks it, as for a desk of its own node).
     Desk { agent: Addr<Agent>, token: String },
+    /// A supervisor's socket: what it does, as its own session does it.
+    Supervisor(Supervision),
 }
 
 pub struct RemoteSocket {
@@ -129,7 +134,7 @@ impl Actor for RemoteSocket {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox);
         let link = SocketLink::new(self.id, ctx.address(), &self.backlog, self.held.journal());
-        match &self.target {
+        match &mut self.target {
             Target::Customer { session, shards } => {
                 shards.for_session(session).do_send(CustomerConnected {
                     session: session.clone(),
@@ -140,12 +145,13 @@ impl Actor for RemoteSocket {
                 link,
                 token: Some(token.clone()),
             }),
+            Target::Supervisor(supervision) => supervision.start(link),
         }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.node.forget(&self.edge, self.socket);
-        match &self.target {
+        match &mut self.target {
             Target::Customer { session, shards } => {
                 shards.for_session(session).do_send(CustomerDisconnected {
                     session: session.clone(),
@@ -155,6 +161,7 @@ impl Actor for RemoteSocket {
             Target::Desk { agent, .. } => agent.do_send(Disconnect {
                 session_id: self.id,
             }),
+            Target::Supervisor(supervision) => supervision.stop(),
         }
     }
 }
@@ -179,7 +186,7 @@ impl Handler<EdgeCommand> for RemoteSocket {
     type Result = ();
 
     fn handle(&mut self, msg: EdgeCommand, ctx: &mut Self::Context) {
-        let refused = match &self.target {
+        let at_once = match &mut self.target {
             Target::Customer { session, shards } => match customer_session::parse_command(&msg.0) {
                 Ok(command) => {
                     shards.for_session(session).do_send(FromCustomer {
@@ -201,8 +208,9 @@ impl Handler<EdgeCommand> for RemoteSocket {
                 }
                 Err(answer) => Some(answer),
             },
+            Target::Supervisor(supervision) => supervision.command(&msg.0),
         };
-        if let Some(answer) = refused {
+        if let Some(answer) = at_once {
             self.send_to_edge(Frames::One(answer), ctx);
         }
     }

@@ -310,25 +310,46 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `401 unauthorized`: a request that presented no token.
+pub fn missing_credentials() -> ApiError {
+    ApiError::Unauthorized("missing credentials: send Authorization: Bearer <token>".into())
+}
+
 /// Who a request's token names. Throttled per address: see [`throttle`].
 pub fn authenticate(req: &HttpRequest, broker: &Broker) -> Result<Principal, ApiError> {
-    let token = bearer(req)?.ok_or_else(|| {
-        ApiError::Unauthorized("missing credentials: send Authorization: Bearer <token>".into())
-    })?;
-    throttle_gate(req, broker)?;
-    if same_secret(&token, &broker.admin_token) {
+    let token = bearer(req)?.ok_or_else(missing_credentials)?;
+    authenticate_of(
+        &token,
+        client_key(req),
+        req.method().as_str(),
+        req.path(),
+        broker,
+    )
+}
+
+/// [`authenticate`] for a token presented by a caller known by its address
+/// alone (a socket another node holds, `cluster::node_bus`).
+pub fn authenticate_of(
+    token: &str,
+    key: Option<throttle::ClientKey>,
+    method: &str,
+    route: &str,
+    broker: &Broker,
+) -> Result<Principal, ApiError> {
+    throttle_gate_of(key, route, broker)?;
+    if same_secret(token, &broker.admin_token) {
         return Ok(Principal::Admin);
     }
-    if let Some(agent) = broker.agent_by_token(&token) {
+    if let Some(agent) = broker.agent_by_token(token) {
         return match agent {
             AgentToken::Valid(id) => Ok(Principal::Agent(id)),
             AgentToken::Expired(id) => Err(token_expired(&id)),
         };
     }
-    if let Some(session) = broker.webchat_session(&token) {
+    if let Some(session) = broker.webchat_session(token) {
         return Ok(Principal::Customer(session));
     }
-    Err(auth_failed(req, broker, "invalid token"))
+    Err(auth_failed_of(key, method, route, broker, "invalid token"))
 }
 
 /// `401 token_expired` for agent `id`.
@@ -344,7 +365,12 @@ pub fn token_expired(id: &str) -> ApiError {
 pub const ADMIN_ACTOR: &str = "admin";
 
 pub fn require_admin(req: &HttpRequest, broker: &Broker) -> Result<(), ApiError> {
-    match authenticate(req, broker)? {
+    admin_only(authenticate(req, broker)?)
+}
+
+/// Ok for the admin; `401 unauthorized` for anyone else.
+pub fn admin_only(principal: Principal) -> Result<(), ApiError> {
+    match principal {
         Principal::Admin => Ok(()),
         _ => Err(ApiError::Unauthorized(
             "this endpoint needs the admin token".into(),

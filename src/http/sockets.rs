@@ -12,7 +12,10 @@ use std::net::IpAddr;
 
 use crate::agent::Agent;
 use crate::http::throttle::ClientKey;
-use crate::http::{auth_failed_of, bearer, require_admin, same_secret, throttle_gate_of, State};
+use crate::http::{
+    admin_only, auth_failed_of, authenticate_of, bearer, missing_credentials, same_secret,
+    throttle_gate_of, State,
+};
 use crate::protocol::Id;
 use crate::wiring::Broker;
 use crate::ws::agent_session::AgentSession;
@@ -120,10 +123,30 @@ pub async fn supervisor(
     state: State,
     stream: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &state)?;
+    let token = bearer(&req)?.ok_or_else(missing_credentials)?;
+    admit_supervisor(&state, &token, req.peer_addr().map(|a| a.ip()))?;
     let session = SupervisorSession::new(state.get_ref().clone());
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.config.max_frame)
         .start()
         .map_err(upgrade_failed)
+}
+
+/// Whether a supervisor from `client` may open a socket with `token`: only
+/// the admin token opens one (throttled address, unknown token, another
+/// kind of token are refused). For this node's own sockets and for those
+/// another node holds (`cluster::node_bus`) alike.
+pub fn admit_supervisor(
+    broker: &Broker,
+    token: &str,
+    client: Option<IpAddr>,
+) -> Result<(), ApiError> {
+    let key = client.map(ClientKey::of);
+    admin_only(authenticate_of(
+        token,
+        key,
+        "GET",
+        "/v1/supervisor/ws",
+        broker,
+    )?)
 }

@@ -2,9 +2,9 @@
 //!
 //! A standby listens on the node's `bind` address while it follows the
 //! active node, so clients, load balancers and operators can use it:
-//! - with `cluster_relay` (the default) it relays every request and
-//!   WebSocket connection to the active node (`cluster::relay::edge`), and
-//!   its `GET /healthz` answers `200` with its view
+//! - with `cluster_relay` (the default) it relays every HTTP request to
+//!   the active node (`cluster::relay::edge`) and serves sockets (below),
+//!   and its `GET /healthz` answers `200` with its view
 //!   (`{"status":"ok","standby":{"node_id","role":"standby","copied_lsn",
 //!   "active_node"}}`) while an active node is known, `503 standby` while
 //!   none is;
@@ -13,17 +13,19 @@
 //!   clients to the active node only, and anything else `503 standby`,
 //!   naming the active node.
 //!
-//! A webchat customer's socket (`GET /v1/webchat/ws`) and an agent's desk
-//! (`GET /v1/agents/{id}/ws`) are not relayed: they end here
-//! (`ws/edge_session.rs`), and their commands and frames cross the bus
-//! between nodes to the active node, which runs the conversations and the
-//! agents (`cluster::node_bus`). A supervisor's socket is relayed.
+//! Sockets are not relayed: a webchat customer's (`GET /v1/webchat/ws`),
+//! an agent's desk (`GET /v1/agents/{id}/ws`) and a supervisor's (`GET
+//! /v1/supervisor/ws`) end here (`ws/edge_session.rs`), and their commands
+//! and frames cross the bus between nodes to the active node, which runs
+//! the conversations, the agents and the supervisors' streams
+//! (`cluster::node_bus`). An upgrade request to any other path is relayed
+//! like any request, and answered as the active node answers it.
 //!
 //! It checks no token itself: a relayed request is checked by the active
 //! node, a socket that ends here is admitted by it over the bus, a refused
-//! request needs none. When the node becomes active this server
-//! stops (closing what it relays: the active node they went to is gone),
-//! and the broker binds the same address.
+//! request needs none. When the node becomes active this server stops
+//! (closing what it serves: the active node they went to is gone), and the
+//! broker binds the same address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,10 +113,15 @@ const WEBCHAT_WS: &str = "/v1/webchat/ws";
 /// The route of an agent's desk.
 const DESK_WS: &str = "/v1/agents/{id}/ws";
 
-/// Whether a WebSocket upgrade to `path` ends here (a customer's or a
-/// desk's); any other is relayed.
+/// The path of a supervisor's socket.
+const SUPERVISOR_WS: &str = "/v1/supervisor/ws";
+
+/// Whether a WebSocket upgrade to `path` ends here (a customer's, a desk's
+/// or a supervisor's: every socket the broker serves); any other is
+/// relayed.
 fn ends_here(path: &str) -> bool {
     path == WEBCHAT_WS
+        || path == SUPERVISOR_WS
         || path
             .strip_prefix("/v1/agents/")
             .and_then(|rest| rest.strip_suffix("/ws"))
@@ -146,6 +153,16 @@ async fn desk(
         token,
     };
     open(req, stream, &sockets, door).await
+}
+
+/// `GET /v1/supervisor/ws` (the admin token) on a standby.
+async fn supervisor(
+    req: HttpRequest,
+    stream: web::Payload,
+    sockets: web::Data<Sockets>,
+) -> Result<HttpResponse, ApiError> {
+    let token = crate::http::bearer(&req)?.ok_or_else(crate::http::missing_credentials)?;
+    open(req, stream, &sockets, Door::Supervisor { token }).await
 }
 
 /// A socket at `door`: admitted by the active node over the bus (the same
@@ -248,9 +265,9 @@ pub fn start(
                 .app_data(web::Data::new(edge.clone()))
                 .route("/healthz", web::get().to(healthz))
                 .default_service(web::to(crate::cluster::relay::edge::relay));
-            // WebSocket upgrades: a customer's socket and a desk end here,
-            // served as the broker serves its own (`http::upgrade`); any
-            // other is relayed.
+            // WebSocket upgrades: every socket ends here, served as the
+            // broker serves its own (`http::upgrade`); an upgrade request
+            // to another path is relayed.
             let (sockets, connections) = (sockets.clone(), connections.clone());
             let upgrades = fn_factory(move || {
                 let (edge, connections) = (edge.clone(), connections.clone());
@@ -264,6 +281,7 @@ pub fn start(
                         .app_data(sockets)
                         .route(WEBCHAT_WS, web::get().to(webchat))
                         .route(DESK_WS, web::get().to(desk))
+                        .route(SUPERVISOR_WS, web::get().to(supervisor))
                         .into_factory()
                         .new_service(AppConfig::default())
                         .await?;
@@ -364,14 +382,16 @@ mod tests {
     use super::ends_here;
 
     #[test]
-    fn customers_and_desks_end_here_and_the_rest_is_relayed() {
+    fn every_socket_ends_here_and_the_rest_is_relayed() {
         assert!(ends_here("/v1/webchat/ws"));
         assert!(ends_here("/v1/agents/alice/ws"));
         assert!(ends_here("/v1/agents/ag_01HX/ws"));
         assert!(!ends_here("/v1/agents//ws"));
         assert!(!ends_here("/v1/agents/a/b/ws"));
         assert!(!ends_here("/v1/agents/alice"));
-        assert!(!ends_here("/v1/supervisor/ws"));
+        assert!(ends_here("/v1/supervisor/ws"));
+        assert!(!ends_here("/v1/supervisor/ws/x"));
         assert!(!ends_here("/v1/webchat/ws/"));
+        assert!(!ends_here("/v1/stats"));
     }
 }

@@ -4,6 +4,10 @@
 //! sends them through this socket's [`SocketLink`], so the slow-consumer
 //! policy bounds them like everything else). Any other command gets a
 //! `bad_request` error.
+//!
+//! What the socket does is [`Supervision`], apart from the session, so
+//! that a supervisor's socket held by another node of a cluster (its
+//! stand-in here, `cluster::remote_socket`) does the same.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use actix_web_actors::ws;
 
 use crate::conversation::{Monitor, Unmonitor};
 use crate::protocol::{
-    error_frame, ok_frame, salvage_ref, Event, Id, SupervisorAction, SupervisorCommand,
+    error_frame, ok_frame, salvage_ref, Event, Frame, Id, SupervisorAction, SupervisorCommand,
 };
 use crate::supervisor::{Subscribe, Unsubscribe};
 use crate::wiring::Broker;
@@ -22,41 +26,77 @@ use crate::ws::{close_with, handle_frame, CloseSession, Heartbeat, Push, Reassem
 /// Conversations one supervisor socket may monitor at once.
 pub const MAX_MONITORED: usize = 32;
 
-pub struct SupervisorSession {
-    id: u64,
+/// What one supervisor's socket does, wherever the socket is held: it
+/// follows the hub's stream (from [`Supervision::start`]), monitors
+/// conversations at its client's command, and at [`Supervision::stop`]
+/// ends each monitoring. Run by the socket's session on the node that
+/// runs the conversations, or by the socket's stand-in there when another
+/// node holds the socket (`cluster::remote_socket`).
+pub struct Supervision {
     broker: Arc<Broker>,
-    backlog: usize,
-    frames: Reassembly,
-    backlog_bytes: crate::ws::Backlog,
-    /// Frames waiting for the journal.
-    held: crate::ws::Held,
-    hb: Heartbeat,
-    /// This socket's link (made at start), given to the hub and to each
+    /// The socket's link (given at start), handed to the hub and to each
     /// monitored conversation.
     link: Option<SocketLink>,
     monitored: HashSet<Id>,
 }
 
-impl SupervisorSession {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        let config = &broker.config;
-        SupervisorSession {
-            id: crate::ws::next_session_id(),
-            backlog: config.socket_backlog,
-            frames: Reassembly::new(config.max_frame),
-            backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
-            held: crate::ws::Held::new(broker.journal.clone()),
-            hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
+impl Supervision {
+    pub fn new(broker: Arc<Broker>) -> Supervision {
+        Supervision {
+            broker,
             link: None,
             monitored: HashSet::new(),
-            broker,
         }
     }
 
-    /// Tell every supervisor, this one included, and the webhooks. Sent to the hub whatever
-    /// its count says (`Registry::publish` skips when nobody listens): this
-    /// socket listens, and its `Subscribe`, sent before, may not have been
-    /// counted yet; the hub takes both in the order they were sent.
+    /// Follow the hub's stream through `link`.
+    pub fn start(&mut self, link: SocketLink) {
+        self.broker.supervisor.do_send(Subscribe(link.clone()));
+        self.link = Some(link);
+    }
+
+    /// The socket closed: leave the hub, and end each monitoring with an
+    /// `unmonitor` action, so whoever counted the `monitor` sees it end.
+    pub fn stop(&mut self) {
+        let Some(link) = self.link.take() else {
+            return;
+        };
+        self.broker.supervisor.do_send(Unsubscribe(link.id));
+        for id in self.monitored.drain() {
+            if let Some(conv) = self.broker.conversation(&id) {
+                conv.do_send(Unmonitor {
+                    session_id: link.id,
+                });
+            }
+            self.broker.supervisor_action(
+                crate::http::ADMIN_ACTOR,
+                SupervisorAction::Unmonitor {
+                    conversation_id: id,
+                },
+            );
+        }
+    }
+
+    /// The client's text: a command, carried out. What to answer at once,
+    /// if anything (a refusal, an `ok`), to be written straight to the
+    /// socket; a monitoring's answer (`monitoring`, then the messages)
+    /// comes through the link, from the conversation.
+    pub fn command(&mut self, text: &str) -> Option<Frame> {
+        match serde_json::from_str::<SupervisorCommand>(text) {
+            Ok(cmd) => self.run(cmd),
+            Err(e) => Some(error_frame(
+                "bad_request",
+                &format!("invalid command (monitor, unmonitor): {e}"),
+                salvage_ref(text).as_deref(),
+            )),
+        }
+    }
+
+    /// Tell every supervisor, this one included, and the webhooks. Sent to
+    /// the hub whatever its count says (`Registry::publish` skips when
+    /// nobody listens): this socket listens, and its `Subscribe`, sent
+    /// before, may not have been counted yet; the hub takes both in the
+    /// order they were sent.
     fn publish(&self, action: SupervisorAction) {
         let at = crate::protocol::now();
         self.broker
@@ -72,41 +112,36 @@ impl SupervisorSession {
             .do_send(crate::broker::Publish(frame));
     }
 
-    fn command(&mut self, cmd: SupervisorCommand, ctx: &mut ws::WebsocketContext<Self>) {
+    fn run(&mut self, cmd: SupervisorCommand) -> Option<Frame> {
+        let link = self.link.clone()?;
         match cmd {
             SupervisorCommand::Monitor {
                 conversation_id,
                 reference,
             } => {
                 let Some(conv) = self.broker.conversation(&conversation_id) else {
-                    ctx.text(error_frame(
+                    return Some(error_frame(
                         "not_found",
                         &format!("conversation {conversation_id} does not exist"),
                         reference.as_deref(),
                     ));
-                    return;
                 };
                 let id = Id::from(conversation_id.as_str());
                 if !self.monitored.contains(&id) && self.monitored.len() >= MAX_MONITORED {
-                    ctx.text(error_frame(
+                    return Some(error_frame(
                         "bad_request",
                         &format!(
                             "this socket already monitors {MAX_MONITORED} conversations; unmonitor one first"
                         ),
                         reference.as_deref(),
                     ));
-                    return;
                 }
-                let Some(link) = self.link.clone() else {
-                    return;
-                };
-                // The answer (`monitoring`, then the messages) comes
-                // through the link, from the conversation.
                 conv.do_send(Monitor { link, reference });
                 self.monitored.insert(id.clone());
                 self.publish(SupervisorAction::Monitor {
                     conversation_id: id,
                 });
+                None
             }
             SupervisorCommand::Unmonitor {
                 conversation_id,
@@ -114,23 +149,48 @@ impl SupervisorSession {
             } => {
                 let id = Id::from(conversation_id.as_str());
                 if !self.monitored.remove(&id) {
-                    ctx.text(error_frame(
+                    return Some(error_frame(
                         "not_found",
                         &format!("this socket does not monitor conversation {conversation_id}"),
                         reference.as_deref(),
                     ));
-                    return;
                 }
                 if let Some(conv) = self.broker.conversation(&id) {
                     conv.do_send(Unmonitor {
-                        session_id: self.id,
+                        session_id: link.id,
                     });
                 }
-                ctx.text(ok_frame(reference.as_deref()));
                 self.publish(SupervisorAction::Unmonitor {
                     conversation_id: id,
                 });
+                Some(ok_frame(reference.as_deref()))
             }
+        }
+    }
+}
+
+pub struct SupervisorSession {
+    id: u64,
+    backlog: usize,
+    frames: Reassembly,
+    backlog_bytes: crate::ws::Backlog,
+    /// Frames waiting for the journal.
+    held: crate::ws::Held,
+    hb: Heartbeat,
+    supervision: Supervision,
+}
+
+impl SupervisorSession {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        let config = &broker.config;
+        SupervisorSession {
+            id: crate::ws::next_session_id(),
+            backlog: config.socket_backlog,
+            frames: Reassembly::new(config.max_frame),
+            backlog_bytes: crate::ws::Backlog::new(config.socket_backlog_bytes),
+            held: crate::ws::Held::new(broker.journal.clone()),
+            hb: Heartbeat::new(config.heartbeat_interval, config.client_timeout),
+            supervision: Supervision::new(broker),
         }
     }
 }
@@ -147,27 +207,11 @@ impl Actor for SupervisorSession {
             &self.backlog_bytes,
             self.held.journal(),
         );
-        self.link = Some(link.clone());
-        self.broker.supervisor.do_send(Subscribe(link));
+        self.supervision.start(link);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.broker.supervisor.do_send(Unsubscribe(self.id));
-        // Each monitoring this socket held ends with it: an `unmonitor`
-        // action, so whoever counted the `monitor` sees it end.
-        for id in self.monitored.drain() {
-            if let Some(conv) = self.broker.conversation(&id) {
-                conv.do_send(Unmonitor {
-                    session_id: self.id,
-                });
-            }
-            self.broker.supervisor_action(
-                crate::http::ADMIN_ACTOR,
-                SupervisorAction::Unmonitor {
-                    conversation_id: id,
-                },
-            );
-        }
+        self.supervision.stop();
     }
 }
 
@@ -176,13 +220,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SupervisorSession
         let Some(text) = handle_frame(msg, &mut self.hb, &mut self.frames, ctx) else {
             return;
         };
-        match serde_json::from_str::<SupervisorCommand>(&text) {
-            Ok(cmd) => self.command(cmd, ctx),
-            Err(e) => ctx.text(error_frame(
-                "bad_request",
-                &format!("invalid command (monitor, unmonitor): {e}"),
-                salvage_ref(&text).as_deref(),
-            )),
+        if let Some(answer) = self.supervision.command(&text) {
+            ctx.text(answer);
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The edge of a relayed connection: a standby's worker that took a
-//! client's request (plain HTTP or a WebSocket upgrade) hands it to the
-//! active node and streams both ways until either side ends.
+//! client's HTTP request hands it to the active node and streams both ways
+//! until either side ends. An upgrade request comes through
+//! [`serve_upgrade`] (the standby serves its sockets itself: one to
+//! another path is relayed, and answered as the active node answers it).
 //!
 //! The request is opened on `<prefix>.relay.open` (one of the active
 //! node's hosts answers); then the request's bytes go up as they arrive

@@ -6,11 +6,10 @@
 //! being the bytes the edge sends, and the response goes back to the edge
 //! as a head and bytes.
 //!
-//! A WebSocket relayed here is an ordinary session on this worker: its
-//! conversation opens on this worker's shard, the slow-consumer policy
-//! applies unchanged (a client that stops reading stops the credits, the
-//! session's output waits, its queue fills), and a stalled write is closed
-//! after `socket_write_timeout` as on a socket.
+//! A response whose client stops reading stops the credits: the response
+//! waits, and a stalled write is closed after `socket_write_timeout` as on
+//! a socket. (An upgraded exchange would be an ordinary session on this
+//! worker; sockets no longer take the relay: `cluster::node_bus`.)
 
 use std::cell::Cell;
 use std::pin::Pin;

@@ -1,14 +1,17 @@
-//! Every node an edge: a standby relays the HTTP requests and WebSocket
-//! connections it accepts to the active node over NATS (`docs/cluster.md`,
-//! "Every node takes clients").
+//! Every node an edge: a standby relays the HTTP requests it accepts to the
+//! active node over NATS (`docs/cluster.md`, "Every node takes clients").
+//! Its sockets do not take this path: they end at the standby and cross
+//! the bus (`cluster::node_bus`). The relay streams any HTTP exchange both
+//! ways for as long as it lasts, an upgraded one too (it carried the
+//! sockets until they moved to the bus).
 //!
 //! A relayed connection is a byte stream each way between an **edge** (the
 //! standby's worker that holds the client's socket, [`edge`]) and a **host**
 //! (a worker of the active node, [`host`]), which runs the request through
-//! the same app as its own sockets: same routes, tokens, limits and session
-//! actors. The edge knows nothing of the protocol: it forwards the request
-//! head, then the bytes the client sends (a body, or a WebSocket's frames),
-//! and writes back the response head and the bytes the host's app answers.
+//! the same app as its own clients: same routes, tokens and limits. The
+//! edge knows nothing of the protocol: it forwards the request head, then
+//! the bytes the client sends (a body), and writes back the response head
+//! and the bytes the host's app answers.
 //!
 //! What this module owns, shared by both sides:
 //! - the wire format ([`Frame`]: a tag, the connection's id, its sequence
@@ -19,14 +22,13 @@
 //!   were numbered;
 //! - flow control: each side may have at most [`WINDOW`] bytes of data in
 //!   flight on a connection until the other side credits them back as it
-//!   consumes them, so a client that stops reading stalls its session on
+//!   consumes them, so a client that stops reading stalls its response on
 //!   the host as a stalled socket would, and nothing piles up in NATS or in
 //!   memory;
 //! - loss detection: every frame of a connection carries the next sequence
 //!   number; a gap (NATS core messages lost across a NATS reconnect) closes
-//!   the connection rather than corrupting its stream. Its client
-//!   reconnects, and the protocol's acks and resends cover what was in
-//!   flight. A lost *last* frame leaves no gap to see, so whenever an
+//!   the connection rather than corrupting its stream; its client tries
+//!   again. A lost *last* frame leaves no gap to see, so whenever an
 //!   endpoint's NATS connection comes back (or NATS dropped messages for
 //!   it) the two sides of each connection tell each other how many frames
 //!   they sent ([`Frame::Sent`], asked for with [`Frame::Resync`]), and a
