@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use common::cluster::{active_and_edge, bulky, PREFIX, SLOW_READER};
+use common::cluster::{active_and_edge, bulky, flood_ten, PREFIX, SLOW_READER};
 use common::*;
 
 /// One test at a time.
@@ -458,13 +458,8 @@ async fn a_desk_that_stops_reading_on_a_standby_is_cut_off_there_and_nothing_is_
     let mut sent = 0usize;
     let mut cut = false;
     while sent < 1500 && !cut {
-        let text = bulky(sent);
-        let ack = customer.say(&text).await;
-        assert_eq!(ack["seq"], (sent + 2) as u64, "{ack}");
-        sent += 1;
-        if sent.is_multiple_of(10) {
-            cut = a.agent_view("alice").await["connected"] == false;
-        }
+        sent = flood_ten(&mut customer, sent).await;
+        cut = a.agent_view("alice").await["connected"] == false;
     }
     assert!(cut, "alice never cut off after {sent} messages");
     eprintln!("edge: a slow desk cut off after {sent} messages");
@@ -655,16 +650,11 @@ async fn a_supervisor_that_stops_reading_on_a_standby_is_cut_off_there_and_nothi
     let mut sent = 0usize;
     let mut cut = false;
     while sent < 1500 && !cut {
-        let text = bulky(sent);
-        let ack = customer.say(&text).await;
-        assert_eq!(ack["seq"], (sent + 2) as u64, "{ack}");
-        sent += 1;
-        if sent.is_multiple_of(10) {
-            cut = watcher
-                .try_recv_where_within(Duration::from_millis(5), unmonitored)
-                .await
-                .is_some();
-        }
+        sent = flood_ten(&mut customer, sent).await;
+        cut = watcher
+            .try_recv_where_within(Duration::from_millis(5), unmonitored)
+            .await
+            .is_some();
     }
     assert!(cut, "the supervisor never cut off after {sent} messages");
     eprintln!("edge: a slow supervisor cut off after {sent} messages");

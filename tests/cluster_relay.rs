@@ -18,7 +18,8 @@ use common::cluster::{
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use switchboard::cluster::relay::{decode, unbatch, Address, Frame};
+use std::rc::Rc;
+use switchboard::cluster::relay::{decode, unbatch, Address, ConnState, Endpoint, Frame};
 
 /// One test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -463,15 +464,8 @@ async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when
 /// its own NATS connection, each one's subscription confirmed at the server
 /// before either publishes: a message the client sends itself comes back
 /// only once the server has read what it sent before.
-async fn two_endpoints(
-    url: &str,
-    prefix: &str,
-    outbox: usize,
-) -> (
-    std::rc::Rc<switchboard::cluster::relay::Endpoint>,
-    std::rc::Rc<switchboard::cluster::relay::Endpoint>,
-) {
-    use switchboard::cluster::relay::{Endpoint, Timing};
+async fn two_endpoints(url: &str, prefix: &str, outbox: usize) -> (Rc<Endpoint>, Rc<Endpoint>) {
+    use switchboard::cluster::relay::Timing;
     let timing = Timing {
         heartbeat: Duration::from_secs(1),
         silence: Duration::from_secs(60),
@@ -500,6 +494,36 @@ async fn two_endpoints(
     (a, b)
 }
 
+/// The subject relay endpoint `id` of `prefix` reads.
+fn subject_of(prefix: &str, id: u64) -> String {
+    format!("{prefix}.relay.to.{id:016x}")
+}
+
+/// A frame of connection `conn` in time, or the test fails.
+async fn next_frame(conn: &ConnState) -> Frame {
+    tokio::time::timeout(Duration::from_secs(5), ConnState::next_frame(conn))
+        .await
+        .expect("a frame in time")
+}
+
+/// Until `conn` is closed (told by the other side), at most 5 s.
+async fn closed(conn: &ConnState, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !conn.is_closed() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A connection between endpoints `a` and `b`: its state on each.
+fn pair(a: &Endpoint, b: &Endpoint) -> (Rc<ConnState>, Rc<ConnState>) {
+    let on_a = a.register();
+    let on_b = b.register();
+    a.bind(&on_a, b.id, on_b.id);
+    b.bind(&on_b, a.id, on_a.id);
+    (on_a, on_b)
+}
+
 /// Two relay endpoints of this process on a real nats-server: a peer that
 /// sends past the flow-control window is cut off, and an endpoint queues at
 /// most its outbox for NATS (a data frame that does not fit closes its
@@ -507,7 +531,7 @@ async fn two_endpoints(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue() {
     use bytes::Bytes;
-    use switchboard::cluster::relay::{ConnState, Frame, QUEUE_FULL, WINDOW};
+    use switchboard::cluster::relay::{QUEUE_FULL, WINDOW};
     let _serial = SERIAL.lock().await;
     let nats = common::nats::NatsServer::start();
     let url = nats.url();
@@ -516,30 +540,18 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
         .run_until(async move {
             let outbox = 100 * 1024;
             let (a, b) = two_endpoints(&url, "bounds", outbox).await;
-            let pair = || {
-                let on_a = a.register();
-                let on_b = b.register();
-                a.bind(&on_a, b.id, on_b.id);
-                b.bind(&on_b, a.id, on_a.id);
-                (on_a, on_b)
-            };
-            let next = |conn| async move {
-                tokio::time::timeout(Duration::from_secs(5), ConnState::next_frame(conn))
-                    .await
-                    .expect("a frame in time")
-            };
             let chunk = || Frame::Data(Bytes::from(vec![b'x'; 16 * 1024]));
 
             // Past the window: five 16 KiB frames nobody reads on b, where
             // the window is 64 KiB. b delivers the four that fit, then
             // closes the connection, and a hears of it.
-            let (on_a, on_b) = pair();
+            let (on_a, on_b) = pair(&a, &b);
             for _ in 0..5 {
                 a.post(&on_a, &chunk());
             }
             let mut delivered = 0u64;
             let why = loop {
-                match next(&on_b).await {
+                match next_frame(&on_b).await {
                     Frame::Data(data) => delivered += data.len() as u64,
                     Frame::Close(why) => break why,
                     other => panic!("unexpected {other:?}"),
@@ -548,19 +560,15 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
             assert_eq!(delivered, WINDOW, "what fits in the window is delivered");
             assert!(why.contains("past the flow-control window"), "{why}");
             assert!(on_b.is_closed());
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !on_a.is_closed() {
-                assert!(Instant::now() < deadline, "a never told of the close");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            closed(&on_a, "a never told of the close").await;
 
             // The outbox: two connections queue 3 x 16 KiB each (96 KiB and
             // headers, within 100 KiB) in one turn of this thread, before the
             // writer takes any. A third connection's first 16 KiB does not
             // fit: that connection closes, the others' data goes through.
-            let (one_a, one_b) = pair();
-            let (two_a, two_b) = pair();
-            let (three_a, three_b) = pair();
+            let (one_a, one_b) = pair(&a, &b);
+            let (two_a, two_b) = pair(&a, &b);
+            let (three_a, three_b) = pair(&a, &b);
             for _ in 0..3 {
                 a.post(&one_a, &chunk());
                 a.post(&two_a, &chunk());
@@ -579,24 +587,24 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
             );
             assert!(three_a.is_closed());
             assert_eq!(
-                next(&three_a).await,
+                next_frame(&three_a).await,
                 Frame::Close(QUEUE_FULL.into()),
                 "its own reader is told"
             );
             assert_eq!(
-                next(&three_b).await,
+                next_frame(&three_b).await,
                 Frame::Close(QUEUE_FULL.into()),
                 "the other side is told, and got none of its data"
             );
             for conn in [&one_b, &two_b] {
                 for _ in 0..3 {
-                    let frame = next(conn).await;
+                    let frame = next_frame(conn).await;
                     assert!(matches!(frame, Frame::Data(d) if d.len() == 16 * 1024));
                 }
             }
             // Once the writer has taken them, the queue has room again.
             assert_eq!(a.queued(), 0);
-            let (four_a, four_b) = pair();
+            let (four_a, four_b) = pair(&a, &b);
             a.send_data(
                 &four_a,
                 Bytes::from(vec![b'z'; 16 * 1024]),
@@ -604,7 +612,7 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
             )
             .await
             .expect("room again");
-            let frame = next(&four_b).await;
+            let frame = next_frame(&four_b).await;
             assert!(matches!(frame, Frame::Data(d) if d.len() == 16 * 1024));
         })
         .await;
@@ -617,7 +625,6 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_for_a_connection_the_peer_no_longer_holds_closes_it_here() {
     use bytes::Bytes;
-    use switchboard::cluster::relay::{ConnState, Frame};
     let _serial = SERIAL.lock().await;
     let nats = common::nats::NatsServer::start();
     let url = nats.url();
@@ -625,45 +632,18 @@ async fn a_frame_for_a_connection_the_peer_no_longer_holds_closes_it_here() {
     local
         .run_until(async move {
             let (a, b) = two_endpoints(&url, "gone", 1024 * 1024).await;
-            let on_a = a.register();
-            let on_b = b.register();
-            a.bind(&on_a, b.id, on_b.id);
-            b.bind(&on_b, a.id, on_a.id);
+            let (on_a, on_b) = pair(&a, &b);
             // b is done with it: released cleanly, so a is told nothing.
             b.release(&on_b, None);
             // a still holds it and sends on it (say the resync's count).
             a.post(&on_a, &Frame::Data(Bytes::from_static(b"late")));
-            let frame = tokio::time::timeout(Duration::from_secs(5), ConnState::next_frame(&on_a))
-                .await
-                .expect("told within 5 s");
-            assert_eq!(frame, Frame::Close("no such connection".into()));
+            assert_eq!(
+                next_frame(&on_a).await,
+                Frame::Close("no such connection".into())
+            );
             assert!(on_a.is_closed());
         })
         .await;
-}
-
-/// The subject relay endpoint `id` of `prefix` reads.
-fn subject_of(prefix: &str, id: u64) -> String {
-    format!("{prefix}.relay.to.{id:016x}")
-}
-
-/// A frame of connection `conn` in time, or the test fails.
-async fn next_frame(conn: &switchboard::cluster::relay::ConnState) -> Frame {
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        switchboard::cluster::relay::ConnState::next_frame(conn),
-    )
-    .await
-    .expect("a frame in time")
-}
-
-/// Until `conn` is closed (told by the other side), at most 5 s.
-async fn closed(conn: &switchboard::cluster::relay::ConnState, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !conn.is_closed() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// A frame numbered past the next one means frames were lost: the
@@ -682,10 +662,7 @@ async fn a_frame_out_of_sequence_closes_its_connection_and_garbage_is_ignored() 
         .run_until(async move {
             let prefix = "sequence";
             let (a, b) = two_endpoints(&url, prefix, 1024 * 1024).await;
-            let on_a = a.register();
-            let on_b = b.register();
-            a.bind(&on_a, b.id, on_b.id);
-            b.bind(&on_b, a.id, on_a.id);
+            let (on_a, on_b) = pair(&a, &b);
             a.post(&on_a, &Frame::Data(Bytes::from_static(b"one")));
             assert_eq!(
                 next_frame(&on_b).await,
@@ -754,10 +731,7 @@ async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_clo
                 .await
                 .expect("subscribe");
             raw.flush().await.expect("flush");
-            let on_a = a.register();
-            let on_b = b.register();
-            a.bind(&on_a, b.id, on_b.id);
-            b.bind(&on_b, a.id, on_a.id);
+            let (on_a, on_b) = pair(&a, &b);
             a.post(&on_a, &Frame::Data(Bytes::from_static(b"up")));
             assert_eq!(
                 next_frame(&on_b).await,

@@ -36,7 +36,7 @@
 //! and its grace starts. A message the bus cannot take (its queue to NATS
 //! full) ends its socket the same way, so nothing is dropped unseen.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -121,6 +121,10 @@ pub enum NodeMessage {
         served: Vec<u64>,
     },
 }
+
+/// A socket ended here: its id, and the incarnation of the peer it was
+/// opened with.
+type Ended = (u64, Option<u64>);
 
 /// Which socket a client opens, and with what credential: what the owner
 /// admits and attaches.
@@ -546,28 +550,14 @@ impl NodeBus {
                 if self.bus.get().map(Bus::own_incarnation) != Some(incarnation) {
                     return; // meant for an earlier run of this node
                 }
-                let stand_ins: Vec<StandIn> = {
-                    let mut stand_ins = self.stand_ins.lock();
-                    held.into_iter()
-                        .filter_map(|socket| stand_ins.remove(&(from.clone(), socket)))
-                        .collect()
-                };
-                for stand_in in stand_ins {
-                    stand_in.addr.do_send(EdgeGone);
-                }
-                let sockets: Vec<EdgeSocket> = {
-                    let mut held = self.held.lock();
-                    served
-                        .into_iter()
-                        .filter_map(|socket| {
-                            let ours = held.get(&socket).is_some_and(|h| *h.owner == *from);
-                            ours.then(|| held.remove(&socket)).flatten()
-                        })
-                        .collect()
-                };
-                for socket in sockets {
-                    socket.link.close(CloseCode::Restart, OWNER_LOST);
-                }
+                // What it held, its stand-ins serve here; what it served,
+                // sockets here hold.
+                let (held, served): (HashSet<u64>, HashSet<u64>) =
+                    (held.into_iter().collect(), served.into_iter().collect());
+                self.end_where(
+                    |socket, h| served.contains(&socket) && *h.owner == *from,
+                    |edge, socket, _| *edge == *from && held.contains(&socket),
+                );
             }
             NodeMessage::Admit { .. } | NodeMessage::Admitted { .. } | NodeMessage::Refused(_) => {
                 tracing::warn!(peer = %from, "an admission outside a request: ignored");
@@ -636,6 +626,42 @@ impl NodeBus {
         run(stand_in);
     }
 
+    /// End the sockets held here that `held` picks (their clients told to
+    /// reconnect, 1012) and the stand-ins run here that `served` picks
+    /// (stopped; their edge not told): the ids of what ended, each with
+    /// the incarnation of the peer it was opened with.
+    fn end_where(
+        &self,
+        mut held: impl FnMut(u64, &EdgeSocket) -> bool,
+        mut served: impl FnMut(&str, u64, &StandIn) -> bool,
+    ) -> (Vec<Ended>, Vec<Ended>) {
+        let sockets: Vec<(u64, EdgeSocket)> = self
+            .held
+            .lock()
+            .extract_if(|socket, h| held(*socket, h))
+            .collect();
+        let held = sockets
+            .into_iter()
+            .map(|(socket, h)| {
+                h.link.close(CloseCode::Restart, OWNER_LOST);
+                (socket, h.incarnation)
+            })
+            .collect();
+        let stand_ins: Vec<((Arc<str>, u64), StandIn)> = self
+            .stand_ins
+            .lock()
+            .extract_if(|(edge, socket), s| served(edge, *socket, s))
+            .collect();
+        let served = stand_ins
+            .into_iter()
+            .map(|((_, socket), s)| {
+                s.addr.do_send(EdgeGone);
+                (socket, s.incarnation)
+            })
+            .collect();
+        (held, served)
+    }
+
     /// End every socket shared with `peer`, but those opened with its
     /// incarnation `keep` (a restart: the new incarnation knows nothing of
     /// the others). Without one (a loss, a silence), `peer` may still run
@@ -644,30 +670,21 @@ impl NodeBus {
         let ends = |p: &str, incarnation: Option<u64>| {
             p == peer && (keep.is_none() || incarnation != keep)
         };
+        let (held, served) = self.end_where(
+            |_, h| ends(&h.owner, h.incarnation),
+            |edge, _, s| ends(edge, s.incarnation),
+        );
         // What to tell `peer`, by the incarnation of it each socket knew.
         let mut told: HashMap<u64, (Vec<u64>, Vec<u64>)> = HashMap::new();
-        let held: Vec<(u64, EdgeSocket)> = self
-            .held
-            .lock()
-            .extract_if(|_, h| ends(&h.owner, h.incarnation))
-            .collect();
-        for (socket, held) in held {
-            if let Some(incarnation) = held.incarnation {
+        for (socket, incarnation) in held {
+            if let Some(incarnation) = incarnation {
                 told.entry(incarnation).or_default().0.push(socket);
             }
-            held.link.close(CloseCode::Restart, OWNER_LOST);
         }
-        let stand_ins: Vec<(u64, StandIn)> = self
-            .stand_ins
-            .lock()
-            .extract_if(|(edge, _), s| ends(edge, s.incarnation))
-            .map(|((_, socket), s)| (socket, s))
-            .collect();
-        for (socket, stand_in) in stand_ins {
-            if let Some(incarnation) = stand_in.incarnation {
+        for (socket, incarnation) in served {
+            if let Some(incarnation) = incarnation {
                 told.entry(incarnation).or_default().1.push(socket);
             }
-            stand_in.addr.do_send(EdgeGone);
         }
         let Some(bus) = self.bus.get().filter(|_| keep.is_none()) else {
             return;

@@ -27,8 +27,9 @@
 //! (closing what it serves: the active node they went to is gone), and the
 //! broker binds the same address.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use std::rc::Rc;
 
@@ -191,6 +192,30 @@ async fn open(
         .map_err(crate::http::sockets::upgrade_failed)
 }
 
+thread_local! {
+    /// This worker's endpoint on the bus, and the node's own it was made
+    /// from.
+    static WORKER_ENDPOINT: RefCell<Option<(Weak<NodeBus>, Arc<NodeBus>)>> =
+        const { RefCell::new(None) };
+}
+
+/// The endpoint of the worker whose thread this is, made once: the
+/// server's factories run once per worker and per listening address (a
+/// name that resolves to two addresses would start two).
+fn worker_endpoint(node: &Arc<NodeBus>) -> Arc<NodeBus> {
+    WORKER_ENDPOINT.with(|made| {
+        let mut made = made.borrow_mut();
+        if let Some((of, endpoint)) = made.as_ref() {
+            if Weak::ptr_eq(of, &Arc::downgrade(node)) {
+                return endpoint.clone();
+            }
+        }
+        let endpoint = node.on_this_worker(None);
+        *made = Some((Arc::downgrade(node), endpoint.clone()));
+        endpoint
+    })
+}
+
 /// Answer a socket over this node's connection limits, as the relay
 /// answers one, and close it.
 async fn over_limits(
@@ -273,7 +298,7 @@ pub fn start(
                 let (edge, connections) = (edge.clone(), connections.clone());
                 // On this worker's thread: its own endpoint on the bus.
                 let sockets = web::Data::new(Sockets {
-                    node: sockets.node.on_this_worker(None),
+                    node: worker_endpoint(&sockets.node),
                     ..sockets.clone()
                 });
                 async move {
@@ -379,7 +404,21 @@ fn refusing(
 
 #[cfg(test)]
 mod tests {
-    use super::ends_here;
+    use super::{ends_here, worker_endpoint};
+    use crate::cluster::node_bus::NodeBus;
+    use crate::cluster::ClusterSettings;
+    use std::sync::Arc;
+
+    #[actix_web::test]
+    async fn a_worker_makes_one_endpoint_however_many_addresses_it_listens_on() {
+        // No NATS here: the endpoints try in the background, for ever.
+        let node = NodeBus::start(ClusterSettings::new("nats://127.0.0.1:1", "node-1"));
+        let first = worker_endpoint(&node);
+        assert!(Arc::ptr_eq(&first, &worker_endpoint(&node)));
+        // Another node's own (a later server of this process): another.
+        let other = NodeBus::start(ClusterSettings::new("nats://127.0.0.1:1", "node-2"));
+        assert!(!Arc::ptr_eq(&first, &worker_endpoint(&other)));
+    }
 
     #[test]
     fn every_socket_ends_here_and_the_rest_is_relayed() {

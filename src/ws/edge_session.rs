@@ -1,6 +1,7 @@
 //! A client's socket on a node that does not run what it talks to
-//! (cluster mode: a standby, whose conversations and agents the active
-//! node runs): a webchat customer's, or an agent's desk. Thin, like every
+//! (cluster mode: a standby, whose conversations, agents and supervisor
+//! hub the active node runs): a webchat customer's, an agent's desk or a
+//! supervisor's. Thin, like every
 //! session here: what the client sends is screened where the socket is
 //! (fragments, `max_frame`, UTF-8, and a customer socket's command rate,
 //! [`Screen`]) and goes to the owner as text over the bus
@@ -41,8 +42,8 @@ pub struct EdgeSession {
     /// durable.
     held: Held,
     hb: Heartbeat,
-    /// A customer socket's command rate; a desk's commands have none, as
-    /// on the owner.
+    /// A customer socket's command rate; a desk's and a supervisor's
+    /// commands have none, as on the owner.
     screen: Option<Screen>,
 }
 

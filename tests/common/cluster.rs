@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::nats::NatsServer;
 use super::process::{binary, Broker};
-use super::Harness;
+use super::{Harness, Ws};
 
 /// The admin token every node accepts (at least 32 characters).
 pub const ADMIN: &str = "cluster-failover-admin-0123456789abcdef";
@@ -420,4 +420,15 @@ pub const SLOW_READER: [(&str, &str); 7] = [
 pub fn bulky(i: usize) -> String {
     let head = format!("msg-{i:05}-");
     format!("{head}{}", "x".repeat(20_000 - head.len()))
+}
+
+/// A flood's next ten messages from `customer`, who had written one
+/// before it: each `bulky`, each acknowledged in turn (message `i` at seq
+/// `i + 2`). How many the flood has sent now, `sent` before.
+pub async fn flood_ten(customer: &mut Ws, sent: usize) -> usize {
+    for i in sent..sent + 10 {
+        let ack = customer.say(&bulky(i)).await;
+        assert_eq!(ack["seq"], (i + 2) as u64, "{ack}");
+    }
+    sent + 10
 }
