@@ -128,6 +128,48 @@ async fn messages_arrive_in_order_both_ways_and_many_travel_in_few_nats_messages
     assert_eq!(a.queued(), 0);
 }
 
+/// A message, a request or an answer longer than NATS takes in one
+/// message (1 MiB by default) leaves in pieces and arrives whole, in its
+/// place among the others.
+#[tokio::test]
+async fn what_is_longer_than_a_nats_message_arrives_whole_in_order() {
+    let nats = NatsServer::start();
+    let (a, mut a_rx) = start::<Msg>(&nats, "a", 64 * 1024 * 1024).await;
+    let (b, mut b_rx) = start::<Msg>(&nats, "b", 64 * 1024 * 1024).await;
+    let long: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    a.send("b", &Msg::Count(1)).expect("sends");
+    a.send("b", &Msg::Blob(long.clone())).expect("sends");
+    a.send("b", &Msg::Count(2)).expect("sends");
+    for want in [Msg::Count(1), Msg::Blob(long.clone()), Msg::Count(2)] {
+        match next(&mut b_rx).await {
+            Delivery::Message { from, body } => {
+                assert_eq!(from, "a");
+                assert!(body == want, "out of order or torn");
+            }
+            other => panic!("b got {other:?}"),
+        }
+    }
+    // A long request, and a long answer.
+    let answering = tokio::spawn(async move {
+        if let Delivery::Request {
+            body: Msg::Ask(text),
+            responder,
+            ..
+        } = next(&mut a_rx).await
+        {
+            responder
+                .respond(&Msg::Answer(text.to_uppercase()))
+                .expect("answered");
+        }
+    });
+    let question = "x".repeat(2 * 1024 * 1024);
+    assert_eq!(
+        b.request("a", &Msg::Ask(question.clone()), PATIENCE).await,
+        Ok(Msg::Answer(question.to_uppercase()))
+    );
+    answering.await.expect("answered");
+}
+
 #[tokio::test]
 async fn a_request_is_answered_and_a_dropped_or_unanswerable_one_fails_at_once() {
     let nats = NatsServer::start();

@@ -670,3 +670,37 @@ async fn a_supervisor_that_stops_reading_on_a_standby_is_cut_off_there_and_nothi
         "every acknowledged message"
     );
 }
+
+/// A frame longer than NATS takes in one message (1 MiB by default): a
+/// customer's history on reconnecting, 200 messages of 4,000 two-byte
+/// characters, where `history_frame_bytes` lets a replay hold 4 MiB. It
+/// crosses the bus in pieces and arrives whole; the other sockets between
+/// the two nodes carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_longer_than_a_nats_message_reaches_a_customer_on_the_standby() {
+    let _serial = SERIAL.lock().await;
+    let (_cluster, active, b) = active_and_edge(&[
+        ("SWITCHBOARD_CLIENT_LIMITS", "false"),
+        ("SWITCHBOARD_HISTORY_FRAME_BYTES", "4MiB"),
+    ])
+    .await;
+    let a = &active.h;
+    let (_, mut other, _) = b.customer_with_message("Eve", "hello").await;
+    let session = a.create_session("Dana", None).await;
+    let (mut customer, _) = a.connect_customer(&session).await;
+    let long = "é".repeat(4000);
+    let texts_sent: Vec<String> = (0..200).map(|i| format!("{i:03}{long}")).collect();
+    for text in &texts_sent {
+        customer.say(text).await;
+    }
+    drop(customer);
+
+    let (_again, history) = b.connect_customer(&session).await;
+    let size = serde_json::to_string(&history).expect("json").len();
+    assert!(size > 1024 * 1024, "the history frame is {size} bytes");
+    assert_eq!(texts(&history["messages"]), texts_sent);
+    assert_gap_free(&history["messages"]);
+    // Nothing between the nodes was cut.
+    let ack = other.say("still here").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+}

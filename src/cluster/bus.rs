@@ -37,6 +37,10 @@
 //!   sender decides (nothing queued is dropped). A consumer that does not
 //!   read its deliveries (at most [`BusOptions::deliveries`] queued) stops
 //!   the reader, and NATS then drops for this node, which shows as `Lost`.
+//! - **Any length.** A message longer than [`PART`] leaves in pieces
+//!   ([`Kind::Part`]), numbered like any frame; the reader puts them
+//!   together and hands on the whole, in its place. NATS takes at most
+//!   `max_payload` (1 MiB by default) a message.
 //!
 //! Nothing is stored: the bus is the partitioned form's message plane, not
 //! its log. Node ids must be unique among live nodes (two processes with one
@@ -195,7 +199,26 @@ enum Kind {
     /// "Your frames numbered `seq` up to (not including) `corr` never
     /// reached me": the receiver fails the requests among them at once.
     Gap = 6,
+    /// A piece of a message, request or reply too long for one frame
+    /// (over [`PART`] bytes): `corr` is the whole one's; the body is
+    /// `[offset: u64][kind: u8][total: u64]` and the piece. Numbered like
+    /// any frame, in order, so the receiver puts the pieces together as
+    /// they come and handles the whole once its last piece is in.
+    Part = 7,
 }
+
+/// The most of a body one frame carries. NATS takes at most `max_payload`
+/// bytes a message (1 MiB by default) and the writer packs frames into
+/// messages of at most [`BATCH`]: a longer body leaves in pieces
+/// ([`Kind::Part`]).
+const PART: usize = 128 * 1024;
+
+/// The most a body put together from pieces may hold: what the codec
+/// decodes at most, and some room.
+const MAX_WHOLE: u64 = 32 * 1024 * 1024;
+
+/// A piece's header: where it starts, the whole's kind and length.
+const PART_HEADER: usize = 8 + 1 + 8;
 
 impl Kind {
     fn of(tag: u8) -> Option<Kind> {
@@ -206,6 +229,7 @@ impl Kind {
             4 => Kind::NoReply,
             5 => Kind::Ping,
             6 => Kind::Gap,
+            7 => Kind::Part,
             _ => return None,
         })
     }
@@ -597,6 +621,7 @@ where
             deliver,
             shared: Arc::downgrade(&shared),
             timing: options.timing,
+            parts: HashMap::new(),
         };
         // The server has the subscription once this node's own probe (a
         // sender header and no frame) comes back through it: what peers
@@ -833,6 +858,15 @@ impl Writer {
 
     fn pack(&mut self, batches: &mut Batches<Arc<str>>, out: Out) {
         self.queued.fetch_sub(out.body.len(), Ordering::Relaxed);
+        if out.kind.numbered() && out.body.len() > PART {
+            self.pack_in_parts(batches, out);
+        } else {
+            self.number(batches, out);
+        }
+    }
+
+    /// Number `out` (if its kind is) and add it to its peer's batch.
+    fn number(&mut self, batches: &mut Batches<Arc<str>>, out: Out) {
         let now = Instant::now();
         let entry = self.sent.entry(out.to.clone()).or_insert_with(|| {
             let _ = self.expect.send(out.to.clone());
@@ -861,6 +895,31 @@ impl Writer {
         .encode();
         let (node, incarnation) = (&self.node, self.incarnation);
         batches.add_opened(out.to, &frame, |b| put_header(b, node, incarnation));
+    }
+
+    /// A body over [`PART`] bytes, in pieces of at most that many, each a
+    /// numbered frame of its own ([`Kind::Part`]). A request waits on its
+    /// last piece's number (a gap that takes any piece away makes the
+    /// receiver refuse the request, see [`Assembly`]).
+    fn pack_in_parts(&mut self, batches: &mut Batches<Arc<str>>, out: Out) {
+        for piece in pieces(out.kind, &out.body) {
+            self.number(
+                batches,
+                Out {
+                    to: out.to.clone(),
+                    kind: Kind::Part,
+                    corr: out.corr,
+                    body: piece,
+                    gap_from: 0,
+                },
+            );
+        }
+        if out.kind == Kind::Request {
+            let last = self.sent.get(&out.to).map(|(n, _)| n - 1);
+            if let Some(waiting) = self.pending.lock().get_mut(&out.corr) {
+                waiting.seq = last;
+            }
+        }
     }
 
     /// Ping every peer sent to or heard from lately: it learns how many
@@ -911,6 +970,53 @@ struct Reader<M> {
     /// do).
     shared: std::sync::Weak<Shared>,
     timing: Timing,
+    /// Each peer's long body being put together from its pieces.
+    parts: HashMap<Arc<str>, Assembly>,
+}
+
+/// A long body's pieces so far ([`Kind::Part`]), from one peer.
+struct Assembly {
+    kind: Kind,
+    corr: u64,
+    total: u64,
+    body: BytesMut,
+}
+
+/// The bodies of the pieces ([`Kind::Part`]) a `kind` frame's long `body`
+/// leaves in, in order: each at most [`PART`] bytes of it, after a header
+/// saying where it starts, the whole's kind and length.
+fn pieces(kind: Kind, body: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    let total = body.len();
+    (0..total).step_by(PART).map(move |offset| {
+        let end = (offset + PART).min(total);
+        let mut piece = BytesMut::with_capacity(PART_HEADER + end - offset);
+        piece.put_u64_le(offset as u64);
+        piece.put_u8(kind as u8);
+        piece.put_u64_le(total as u64);
+        piece.extend_from_slice(&body[offset..end]);
+        piece.freeze()
+    })
+}
+
+/// What a piece says: where it starts, the whole's kind and length, and
+/// its bytes.
+fn read_part(mut body: Bytes) -> Result<(u64, Kind, u64, Bytes), String> {
+    if body.len() < PART_HEADER {
+        return Err(format!("a piece of {} bytes", body.len()));
+    }
+    let offset = body.get_u64_le();
+    let tag = body.get_u8();
+    let kind = Kind::of(tag)
+        .filter(|k| matches!(k, Kind::Message | Kind::Request | Kind::Reply))
+        .ok_or_else(|| format!("a piece of a frame of kind {tag}"))?;
+    let total = body.get_u64_le();
+    if total > MAX_WHOLE || offset + body.len() as u64 > total {
+        return Err(format!(
+            "a piece at {offset} of {} bytes, of {total}",
+            body.len()
+        ));
+    }
+    Ok((offset, kind, total, body))
 }
 
 impl<M> Reader<M>
@@ -941,6 +1047,7 @@ where
                         if *peer == *self.node {
                             continue; // its frames to itself may just stop
                         }
+                        self.parts.remove(peer.as_str());
                         self.fail_pending(&peer, |peer| BusError::PeerSilent { peer });
                         if self.deliver.send(Delivery::Silent { from: peer }).await.is_err() {
                             return;
@@ -1006,6 +1113,7 @@ where
             for step in self.peers.on_frame(&from, incarnation, frame, now) {
                 let alive = match step {
                     Step::Restarted => {
+                        self.parts.remove(from.as_str());
                         self.fail_pending(&from, |peer| BusError::PeerRestarted { peer });
                         self.tell(Delivery::Restarted {
                             from: from.clone(),
@@ -1026,6 +1134,7 @@ where
                         if matches!(step, Step::Lost(_)) {
                             self.lost(&from, Loss::Missing(n)).await
                         } else {
+                            self.parts.remove(from.as_str());
                             self.tell(Delivery::Lost {
                                 from: from.clone(),
                                 loss: Loss::Missing(n),
@@ -1036,6 +1145,13 @@ where
                     Step::PingBack => {
                         self.control(&from_arc, Kind::Ping, 0, Bytes::new());
                         true
+                    }
+                    Step::Take(frame) if frame.kind == Kind::Part => {
+                        match self.assemble(&from_arc, frame) {
+                            Ok(Some(whole)) => self.take(&from, &from_arc, whole).await,
+                            Ok(None) => true,
+                            Err(why) => self.lost(&from, Loss::Undecodable(why)).await,
+                        }
                     }
                     Step::Take(frame) => self.take(&from, &from_arc, frame).await,
                 };
@@ -1109,11 +1225,74 @@ where
                 };
                 self.tell(delivery).await
             }
-            Kind::Ping | Kind::Gap => true,
+            // Pieces are put together before (`assemble`).
+            Kind::Ping | Kind::Gap | Kind::Part => true,
+        }
+    }
+
+    /// A piece of a long body from `from`: the whole frame once its last
+    /// piece is in. A piece that does not follow the one before (pieces
+    /// were lost, and the gap told) drops what was put together; a request
+    /// among what is dropped is refused at once (`NoReply`), so that its
+    /// sender does not wait for its deadline.
+    fn assemble(&mut self, from: &Arc<str>, frame: Frame) -> Result<Option<Frame>, String> {
+        let (offset, kind, total, piece) = read_part(frame.body)?;
+        if offset == 0 {
+            if let Some(old) = self.parts.remove(from) {
+                self.refuse_incomplete(from, old.kind, old.corr);
+            }
+            self.parts.insert(
+                from.clone(),
+                Assembly {
+                    kind,
+                    corr: frame.corr,
+                    total,
+                    body: BytesMut::with_capacity(total.min(4 * PART as u64) as usize),
+                },
+            );
+        }
+        let follows = |a: &Assembly| {
+            a.kind == kind
+                && a.corr == frame.corr
+                && a.total == total
+                && a.body.len() as u64 == offset
+        };
+        let Some(assembly) = self.parts.get_mut(from).filter(|a| follows(a)) else {
+            // Its start was lost.
+            if let Some(old) = self.parts.remove(from) {
+                self.refuse_incomplete(from, old.kind, old.corr);
+            }
+            if offset + piece.len() as u64 == total {
+                self.refuse_incomplete(from, kind, frame.corr);
+            }
+            return Ok(None);
+        };
+        assembly.body.extend_from_slice(&piece);
+        if (assembly.body.len() as u64) < total {
+            return Ok(None);
+        }
+        Ok(self.parts.remove(from).map(|whole| Frame {
+            kind: whole.kind,
+            seq: frame.seq,
+            corr: whole.corr,
+            body: whole.body.freeze(),
+        }))
+    }
+
+    /// A long request whose pieces did not all come: refused at once.
+    fn refuse_incomplete(&self, to: &Arc<str>, kind: Kind, corr: u64) {
+        if kind == Kind::Request {
+            self.control(
+                to,
+                Kind::NoReply,
+                corr,
+                Bytes::from_static(b"pieces of the request were lost"),
+            );
         }
     }
 
     async fn lost(&mut self, from: &str, loss: Loss) -> bool {
+        self.parts.remove(from);
         self.fail_pending(from, |peer| BusError::AnswerLost { peer });
         self.tell(Delivery::Lost {
             from: from.to_owned(),
@@ -1199,12 +1378,19 @@ mod tests {
         batches.take().remove(0).1
     }
 
-    #[tokio::test]
-    async fn a_gap_is_reported_back_and_fails_only_the_requests_it_swallowed() {
-        let (queue, mut out) = mpsc::unbounded_channel();
-        let (deliver, mut deliveries) = mpsc::channel(16);
+    /// A reader of node "me" with no NATS: what it queues for the writer,
+    /// what it delivers, and the requests waiting.
+    #[allow(clippy::type_complexity)]
+    fn reader<M>() -> (
+        Reader<M>,
+        mpsc::UnboundedReceiver<Out>,
+        mpsc::Receiver<Delivery<M>>,
+        Pending,
+    ) {
+        let (queue, out) = mpsc::unbounded_channel();
+        let (deliver, deliveries) = mpsc::channel(16);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let mut reader = Reader::<u64> {
+        let reader = Reader::<M> {
             node: Arc::from("me"),
             incarnation: 1,
             outbox: Outbox {
@@ -1222,7 +1408,107 @@ mod tests {
                 heartbeat: Duration::from_millis(100),
                 silence: Duration::from_secs(1),
             },
+            parts: HashMap::new(),
         };
+        (reader, out, deliveries, pending)
+    }
+
+    #[tokio::test]
+    async fn a_long_body_is_put_together_from_its_pieces_and_dropped_when_one_is_lost() {
+        let (mut reader, mut out, mut deliveries, _) = reader::<String>();
+        let long = "é".repeat(200_000);
+        let body = encode(&long).expect("encodes");
+        let numbered = |kind, corr, first: u64| {
+            pieces(kind, &body)
+                .enumerate()
+                .map(|(i, piece)| Frame {
+                    kind: Kind::Part,
+                    seq: first + i as u64,
+                    corr,
+                    body: piece,
+                })
+                .collect::<Vec<_>>()
+        };
+        let message_parts = numbered(Kind::Message, 0, 0);
+        assert_eq!(message_parts.len(), body.len().div_ceil(PART));
+        assert!(message_parts.len() >= 3, "{}", message_parts.len());
+        let mut ready = None;
+        for part in &message_parts {
+            assert!(
+                reader
+                    .receive(message("z", 7, std::slice::from_ref(part)), &mut ready)
+                    .await
+            );
+        }
+        match deliveries.try_recv() {
+            Ok(Delivery::Message { from, body }) => assert!(from == "z" && body == long),
+            other => panic!("{other:?}"),
+        }
+
+        // A request whose second piece never comes: the gap is told, the
+        // request refused at once, nothing delivered of it.
+        let n = message_parts.len() as u64;
+        let request_parts = numbered(Kind::Request, 77, n);
+        for (i, part) in request_parts.iter().enumerate() {
+            if i != 1 {
+                assert!(
+                    reader
+                        .receive(message("z", 7, std::slice::from_ref(part)), &mut ready)
+                        .await
+                );
+            }
+        }
+        assert!(matches!(
+            deliveries.try_recv(),
+            Ok(Delivery::Lost {
+                loss: Loss::Missing(1),
+                ..
+            })
+        ));
+        assert!(deliveries.try_recv().is_err(), "nothing more delivered");
+        let mut refused = false;
+        while let Ok(queued) = out.try_recv() {
+            refused |= queued.kind == Kind::NoReply && queued.corr == 77;
+        }
+        assert!(refused, "the request refused");
+
+        // What follows is whole again.
+        let again = numbered(Kind::Message, 0, n + request_parts.len() as u64);
+        for part in &again {
+            assert!(
+                reader
+                    .receive(message("z", 7, std::slice::from_ref(part)), &mut ready)
+                    .await
+            );
+        }
+        assert!(
+            matches!(deliveries.try_recv(), Ok(Delivery::Message { body, .. }) if body == long)
+        );
+
+        // A piece that says more than it holds does not decode.
+        let mut bad = BytesMut::new();
+        bad.put_u64_le(0);
+        bad.put_u8(Kind::Message as u8);
+        bad.put_u64_le(MAX_WHOLE + 1);
+        let bad = Frame {
+            kind: Kind::Part,
+            seq: n + request_parts.len() as u64 + again.len() as u64,
+            corr: 0,
+            body: bad.freeze(),
+        };
+        assert!(reader.receive(message("z", 7, &[bad]), &mut ready).await);
+        assert!(matches!(
+            deliveries.try_recv(),
+            Ok(Delivery::Lost {
+                loss: Loss::Undecodable(_),
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_gap_is_reported_back_and_fails_only_the_requests_it_swallowed() {
+        let (mut reader, mut out, mut deliveries, pending) = reader::<u64>();
         let mut waiting = Vec::new();
         for (corr, seq) in [(1, Some(3)), (2, Some(9)), (3, None)] {
             let (tell, answer) = oneshot::channel();

@@ -16,9 +16,12 @@ pub const BATCH: usize = 256 * 1024;
 #[error("torn batch: {0}")]
 pub struct Torn(pub String);
 
-/// Frames queued for each peer, in the order each peer was first seen.
+/// Frames queued for each peer, in the order each peer was first seen: a
+/// message per peer, or more when one would pass [`BATCH`].
 pub struct Batches<K> {
-    peers: Vec<(K, BytesMut)>,
+    /// Each message: its peer, its bytes, and whether it holds a frame yet
+    /// (beyond what opened it).
+    peers: Vec<(K, BytesMut, bool)>,
     size: usize,
 }
 
@@ -38,19 +41,26 @@ impl<K: PartialEq> Batches<K> {
     }
 
     /// Add a frame for `to`; a batch new to `to` first gets the frames
-    /// `open` writes (with [`put`]).
+    /// `open` writes (with [`put`]). A frame that would take `to`'s latest
+    /// batch past [`BATCH`] starts another (a frame longer than that goes
+    /// alone).
     pub fn add_opened(&mut self, to: K, frame: &[u8], open: impl FnOnce(&mut BytesMut)) {
-        let at = match self.peers.iter().position(|(p, _)| *p == to) {
-            Some(at) => at,
-            None => {
+        let latest = self.peers.iter().rposition(|(p, _, _)| *p == to);
+        let at = match latest {
+            Some(at) if !self.peers[at].2 || self.peers[at].1.len() + 4 + frame.len() <= BATCH => {
+                at
+            }
+            _ => {
                 let mut batch = BytesMut::new();
                 open(&mut batch);
                 self.size += batch.len();
-                self.peers.push((to, batch));
+                self.peers.push((to, batch, false));
                 self.peers.len() - 1
             }
         };
-        put(&mut self.peers[at].1, frame);
+        let (_, batch, holds) = &mut self.peers[at];
+        put(batch, frame);
+        *holds = true;
         self.size += 4 + frame.len();
     }
 
@@ -59,12 +69,12 @@ impl<K: PartialEq> Batches<K> {
         self.size
     }
 
-    /// Each peer's message, in the order the peers were first seen.
+    /// The messages, each peer's in the order its frames were added.
     pub fn take(&mut self) -> Vec<(K, Bytes)> {
         self.size = 0;
         self.peers
             .drain(..)
-            .map(|(to, batch)| (to, batch.freeze()))
+            .map(|(to, batch, _)| (to, batch.freeze()))
             .collect()
     }
 }
@@ -168,6 +178,32 @@ mod tests {
             frames_of(&taken[1].1),
             vec![Bytes::from_static(b"header"), Bytes::from_static(b"other")]
         );
+    }
+
+    #[test]
+    fn a_peer_s_frames_past_a_batch_go_in_more_messages_each_opened_in_order() {
+        let mut batches = Batches::default();
+        let open = |b: &mut BytesMut| put(b, b"header");
+        let big = |i: u8| Bytes::from(vec![i; BATCH / 3]);
+        for i in 0..5 {
+            batches.add_opened("a", &big(i), open);
+        }
+        batches.add_opened("b", b"small", open);
+        // One longer than a batch goes alone.
+        let huge = Bytes::from(vec![9; BATCH * 2]);
+        batches.add_opened("a", &huge, open);
+        let taken = batches.take();
+        let to: Vec<&str> = taken.iter().map(|(to, _)| *to).collect();
+        assert_eq!(to, vec!["a", "a", "a", "b", "a"]);
+        let header = Bytes::from_static(b"header");
+        let frames: Vec<Vec<Bytes>> = taken.iter().map(|(_, m)| frames_of(m)).collect();
+        assert_eq!(frames[0], vec![header.clone(), big(0), big(1)]);
+        assert_eq!(frames[1], vec![header.clone(), big(2), big(3)]);
+        assert_eq!(frames[2], vec![header.clone(), big(4)]);
+        assert_eq!(frames[4], vec![header, huge]);
+        for (_, message) in &taken[..4] {
+            assert!(message.len() <= BATCH, "{}", message.len());
+        }
     }
 
     #[test]
