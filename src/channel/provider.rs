@@ -456,8 +456,9 @@ pub async fn classify(
     }
 }
 
-/// A message, delivery status or read marker from a provider webhook.
-#[derive(Debug, Clone)]
+/// A message, delivery status or read marker from a provider webhook
+/// (serde: a cluster's standby hands what it parsed to the active node).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum InboundEvent {
     Message(InboundMessage),
     Status {
@@ -473,7 +474,7 @@ pub enum InboundEvent {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InboundMessage {
     pub provider_id: String,
     pub customer: String,
@@ -490,14 +491,14 @@ pub struct InboundMessage {
 }
 
 /// Where an inbound file can be downloaded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MediaRef {
     pub source: MediaSource,
     pub content_type: Option<String>,
     pub filename: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MediaSource {
     /// A URL, with optional HTTP Basic credentials (Twilio).
     Url {

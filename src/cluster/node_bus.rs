@@ -4,7 +4,8 @@
 //! the socket talks to (the **owner**: the active node; in the partitioned
 //! form, the conversation's partition's owner). Every kind of socket takes
 //! this path ([`Door`]): a webchat customer's, an agent's desk and a
-//! supervisor's.
+//! supervisor's; and so do providers' webhooks, checked at the edge, their
+//! events taken by the owner ([`NodeMessage::Inbound`]).
 //!
 //! **Endpoints.** A node has one endpoint on the bus of its own (named by
 //! the node's id: the one other nodes know, which admits sockets) and one
@@ -51,9 +52,10 @@ use tokio::sync::mpsc;
 use super::bus::{Bus, BusError, BusOptions, Delivery};
 use super::remote_socket::{EdgeCommand, EdgeGone, RemoteSocket, Target};
 use super::ClusterSettings;
+use crate::channel::provider::InboundEvent;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::protocol::Frame;
+use crate::protocol::{ChannelKind, Frame};
 use crate::wiring::Broker;
 use crate::ws::supervisor_session::Supervision;
 use crate::ws::{Frames, SocketLink};
@@ -120,7 +122,23 @@ pub enum NodeMessage {
         held: Vec<u64>,
         served: Vec<u64>,
     },
+    /// Edge → owner, a request: a provider's webhook that arrived at the
+    /// edge, its signature checked and its body parsed there: its events,
+    /// for the owner to download the media of and hand to the channel.
+    /// Answered [`NodeMessage::Taken`] once the channel holds every one,
+    /// or [`NodeMessage::Refused`], as the owner answers its own webhooks.
+    Inbound {
+        kind: ChannelKind,
+        events: Vec<InboundEvent>,
+    },
+    /// The webhook's events are held: the provider gets its 200.
+    Taken,
 }
+
+/// How long an edge waits for the owner to take a webhook's events (their
+/// media downloaded meanwhile); a provider that gets no answer sends the
+/// webhook again, and its message ids make that harmless.
+const INBOUND_PATIENCE: Duration = Duration::from_secs(25);
 
 /// A socket ended here: its id, and the incarnation of the peer it was
 /// opened with.
@@ -348,6 +366,42 @@ impl NodeBus {
             door: door.clone(),
             client,
         };
+        match self
+            .bus_up()
+            .await?
+            .request(owner, &ask, ADMIT_TIMEOUT)
+            .await?
+        {
+            NodeMessage::Admitted { endpoint } => Ok(endpoint),
+            NodeMessage::Refused(refusal) => Err(EdgeError::Refused(refusal)),
+            other => Err(EdgeError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Edge: hand a provider webhook's events (checked and parsed here) to
+    /// `owner`, and wait until its channel holds them.
+    pub async fn inbound(
+        &self,
+        owner: &str,
+        kind: ChannelKind,
+        events: Vec<InboundEvent>,
+    ) -> Result<(), EdgeError> {
+        let hand = NodeMessage::Inbound { kind, events };
+        match self
+            .bus_up()
+            .await?
+            .request(owner, &hand, INBOUND_PATIENCE)
+            .await?
+        {
+            NodeMessage::Taken => Ok(()),
+            NodeMessage::Refused(refusal) => Err(EdgeError::Refused(refusal)),
+            other => Err(EdgeError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// This endpoint's bus, waiting for it a moment if it is not up yet (a
+    /// worker just started).
+    async fn bus_up(&self) -> Result<&Bus<NodeMessage>, EdgeError> {
         let _ = tokio::time::timeout(ADMIT_TIMEOUT, async {
             loop {
                 let up = self.up.notified();
@@ -358,11 +412,7 @@ impl NodeBus {
             }
         })
         .await;
-        match self.bus()?.request(owner, &ask, ADMIT_TIMEOUT).await? {
-            NodeMessage::Admitted { endpoint } => Ok(endpoint),
-            NodeMessage::Refused(refusal) => Err(EdgeError::Refused(refusal)),
-            other => Err(EdgeError::Unexpected(Box::new(other))),
-        }
+        self.bus()
     }
 
     /// Edge: socket `socket` (its session's `link`) is open at `door` of
@@ -473,6 +523,27 @@ impl NodeBus {
                         let _ = responder.respond(&answer);
                     });
                 }
+                Delivery::Request {
+                    from: _,
+                    body: NodeMessage::Inbound { kind, events },
+                    responder,
+                } => {
+                    let Some(broker) = self.owner.get().cloned() else {
+                        let refusal = ApiError::Unavailable(
+                            "this node runs no conversations (not the active node)".into(),
+                        );
+                        let _ = responder.respond(&NodeMessage::Refused(Refusal::of(&refusal)));
+                        continue;
+                    };
+                    actix_web::rt::spawn(async move {
+                        let answer = match crate::http::channels::take(&broker, kind, events).await
+                        {
+                            Ok(()) => NodeMessage::Taken,
+                            Err(e) => NodeMessage::Refused(Refusal::of(&e)),
+                        };
+                        let _ = responder.respond(&answer);
+                    });
+                }
                 Delivery::Request { from, body, .. } => {
                     // Dropping the responder answers "not answered".
                     tracing::warn!(peer = %from, request = ?body, "not a request this node answers");
@@ -559,8 +630,12 @@ impl NodeBus {
                     |edge, socket, _| *edge == *from && held.contains(&socket),
                 );
             }
-            NodeMessage::Admit { .. } | NodeMessage::Admitted { .. } | NodeMessage::Refused(_) => {
-                tracing::warn!(peer = %from, "an admission outside a request: ignored");
+            NodeMessage::Admit { .. }
+            | NodeMessage::Admitted { .. }
+            | NodeMessage::Refused(_)
+            | NodeMessage::Inbound { .. }
+            | NodeMessage::Taken => {
+                tracing::warn!(peer = %from, "a request or an answer outside a request: ignored");
             }
         }
     }
@@ -764,6 +839,39 @@ mod tests {
                 held: vec![1, 2],
                 served: vec![],
             },
+            NodeMessage::Inbound {
+                kind: ChannelKind::Whatsapp,
+                events: vec![
+                    InboundEvent::Message(crate::channel::provider::InboundMessage {
+                        provider_id: "wamid.1".into(),
+                        customer: "15557770002".into(),
+                        customer_name: Some("Dana".into()),
+                        business: "1555000".into(),
+                        text: "hola".into(),
+                        media: vec![crate::channel::provider::MediaRef {
+                            source: crate::channel::provider::MediaSource::GraphMedia {
+                                id: "m1".into(),
+                                token: "t".into(),
+                            },
+                            content_type: Some("image/jpeg".into()),
+                            filename: None,
+                        }],
+                        attachments: vec![],
+                        system_note: false,
+                    }),
+                    InboundEvent::Status {
+                        provider_id: "wamid.0".into(),
+                        status: crate::protocol::DeliveryStatus::Read,
+                        error: None,
+                    },
+                    InboundEvent::ReadUpTo {
+                        customer: "c".into(),
+                        business: "b".into(),
+                        watermark: std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+                    },
+                ],
+            },
+            NodeMessage::Taken,
         ];
         for message in messages {
             let bytes = crate::codec::encode(&message).expect("encodes");

@@ -6,6 +6,12 @@
 //! customer's events to that customer's channel shard and wait until every
 //! shard holds its part → answer 200. The provider gets its 200 only once the
 //! broker has every message of the batch.
+//!
+//! The checks up to the parse need only the configuration ([`Webhook`]), so
+//! a cluster's standby makes them where the webhook arrived and hands the
+//! events to the active node over the bus (`http::standby`,
+//! `cluster::node_bus`), which downloads the media and takes them
+//! ([`take`]) as for its own webhooks.
 
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -13,10 +19,12 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::channel::provider::{fetch_all_media, verify_meta_signature, InboundEvent};
-use crate::channel::{messenger, sms, whatsapp};
+use crate::channel::{disabled, messenger, sms, whatsapp};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::{same_secret, State};
 use crate::protocol::ChannelKind;
+use crate::wiring::Broker;
 
 const TWIML_EMPTY: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#;
 
@@ -38,42 +46,138 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn submit(
-    state: &State,
+/// A provider's webhook, checked and parsed: its events, and how the
+/// provider is answered once the broker holds them.
+pub struct Webhook {
+    pub kind: ChannelKind,
+    pub events: Vec<InboundEvent>,
+}
+
+impl Webhook {
+    /// The answer the provider expects: TwiML for Twilio, JSON for Meta.
+    pub fn answer(kind: ChannelKind) -> HttpResponse {
+        match kind {
+            ChannelKind::Sms => HttpResponse::Ok()
+                .content_type("text/xml; charset=utf-8")
+                .body(TWIML_EMPTY),
+            _ => HttpResponse::Ok().json(serde_json::json!({"status": "received"})),
+        }
+    }
+
+    /// `POST /v1/channels/sms/inbound`, checked: an incoming text.
+    pub async fn sms_inbound(
+        config: &Config,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<Webhook, ApiError> {
+        let params = twilio_params(config, req, payload, "/v1/channels/sms/inbound").await?;
+        let event = sms::parse_inbound(
+            &params,
+            config.twilio_account_sid.as_deref().unwrap_or_default(),
+            config.twilio_auth_token.as_deref().unwrap_or_default(),
+        )?;
+        Ok(Webhook {
+            kind: ChannelKind::Sms,
+            events: vec![event],
+        })
+    }
+
+    /// `POST /v1/channels/sms/status`, checked: a delivery report (none
+    /// for a status the broker does not track).
+    pub async fn sms_status(
+        config: &Config,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<Webhook, ApiError> {
+        let params = twilio_params(config, req, payload, "/v1/channels/sms/status").await?;
+        Ok(Webhook {
+            kind: ChannelKind::Sms,
+            events: sms::parse_status(&params)?.into_iter().collect(),
+        })
+    }
+
+    /// `POST /v1/channels/whatsapp/webhook`, checked.
+    pub async fn whatsapp(
+        config: &Config,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<Webhook, ApiError> {
+        let kind = ChannelKind::Whatsapp;
+        let body = meta_body(config, req, payload, kind, &config.whatsapp_app_secret).await?;
+        let token = config.whatsapp_token.as_deref().unwrap_or_default();
+        Ok(Webhook {
+            kind,
+            events: whatsapp::parse(&body, token)?,
+        })
+    }
+
+    /// `POST /v1/channels/messenger/webhook`, checked.
+    pub async fn messenger(
+        config: &Config,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<Webhook, ApiError> {
+        let kind = ChannelKind::Messenger;
+        let body = meta_body(config, req, payload, kind, &config.messenger_app_secret).await?;
+        Ok(Webhook {
+            kind,
+            events: messenger::parse(&body)?,
+        })
+    }
+}
+
+/// `404 channel_disabled` unless `kind` is configured.
+fn enabled(config: &Config, kind: ChannelKind) -> Result<(), ApiError> {
+    let on = match kind {
+        ChannelKind::Sms => config.sms_enabled(),
+        ChannelKind::Whatsapp => config.whatsapp_enabled(),
+        ChannelKind::Messenger => config.messenger_enabled(),
+        ChannelKind::Webchat => false,
+    };
+    if on {
+        Ok(())
+    } else {
+        Err(disabled(kind))
+    }
+}
+
+/// Hand a webhook's events to their channel: their media downloaded, every
+/// customer's part held by its shard. On the node that runs the channels,
+/// for its own webhooks and for those a standby took.
+pub async fn take(
+    broker: &Broker,
     kind: ChannelKind,
     mut events: Vec<InboundEvent>,
 ) -> Result<(), ApiError> {
-    let channel = state.channels.provider(kind)?.clone();
-    fetch_all_media(state, &state.http, &mut events).await;
+    let channel = broker.channels.provider(kind)?.clone();
+    fetch_all_media(broker, &broker.http, &mut events).await;
     channel
-        .submit(state, events)
+        .submit(broker, events)
         .await
         .map_err(ApiError::mailbox)
 }
 
-fn twiml() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/xml; charset=utf-8")
-        .body(TWIML_EMPTY)
+/// Take a webhook here and answer the provider.
+async fn taken(state: &State, webhook: Webhook) -> Result<HttpResponse, ApiError> {
+    if !webhook.events.is_empty() {
+        take(state, webhook.kind, webhook.events).await?;
+    }
+    Ok(Webhook::answer(webhook.kind))
 }
 
 /// Twilio posts form parameters, signed over the public URL it called.
 async fn twilio_params(
+    config: &Config,
     req: &HttpRequest,
-    state: &State,
     payload: web::Payload,
     path: &str,
 ) -> Result<Vec<(String, String)>, ApiError> {
-    state.channels.provider(ChannelKind::Sms)?;
-    let body = read_body(payload, state.config.max_webhook_body).await?;
+    enabled(config, ChannelKind::Sms)?;
+    let body = read_body(payload, config.max_webhook_body).await?;
     let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid form body: {e}")))?;
-    let url = format!("{}{path}", state.config.public_base());
-    let token = state
-        .config
-        .twilio_auth_token
-        .as_deref()
-        .unwrap_or_default();
+    let url = format!("{}{path}", config.public_base());
+    let token = config.twilio_auth_token.as_deref().unwrap_or_default();
     if !sms::verify(&url, &params, token, header(req, "X-Twilio-Signature")) {
         return Err(ApiError::BadSignature(
             "X-Twilio-Signature is missing or does not match".into(),
@@ -88,22 +192,8 @@ pub async fn sms_inbound(
     state: State,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let params = twilio_params(&req, &state, payload, "/v1/channels/sms/inbound").await?;
-    let event = sms::parse_inbound(
-        &params,
-        state
-            .config
-            .twilio_account_sid
-            .as_deref()
-            .unwrap_or_default(),
-        state
-            .config
-            .twilio_auth_token
-            .as_deref()
-            .unwrap_or_default(),
-    )?;
-    submit(&state, ChannelKind::Sms, vec![event]).await?;
-    Ok(twiml())
+    let webhook = Webhook::sms_inbound(&state.config, &req, payload).await?;
+    taken(&state, webhook).await
 }
 
 /// `POST /v1/channels/sms/status`
@@ -112,11 +202,8 @@ pub async fn sms_status(
     state: State,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let params = twilio_params(&req, &state, payload, "/v1/channels/sms/status").await?;
-    if let Some(event) = sms::parse_status(&params)? {
-        submit(&state, ChannelKind::Sms, vec![event]).await?;
-    }
-    Ok(twiml())
+    let webhook = Webhook::sms_status(&state.config, &req, payload).await?;
+    taken(&state, webhook).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,7 +216,19 @@ pub struct Handshake {
     challenge: Option<String>,
 }
 
-fn handshake(expected: Option<&str>, q: &Handshake) -> Result<HttpResponse, ApiError> {
+/// Meta's subscription check (`GET` on a webhook's URL): the challenge back
+/// when the verify token matches. Needs only the configuration.
+pub fn handshake(
+    config: &Config,
+    kind: ChannelKind,
+    q: &Handshake,
+) -> Result<HttpResponse, ApiError> {
+    enabled(config, kind)?;
+    let expected = match kind {
+        ChannelKind::Whatsapp => config.whatsapp_verify_token.as_deref(),
+        ChannelKind::Messenger => config.messenger_verify_token.as_deref(),
+        _ => None,
+    };
     let ok = q.mode.as_deref() == Some("subscribe")
         && matches!((expected, q.verify_token.as_deref()), (Some(e), Some(g)) if same_secret(e, g));
     if !ok {
@@ -144,16 +243,16 @@ fn handshake(expected: Option<&str>, q: &Handshake) -> Result<HttpResponse, ApiE
 
 /// Meta posts JSON signed with the app secret.
 async fn meta_body(
+    config: &Config,
     req: &HttpRequest,
-    state: &State,
     payload: web::Payload,
     kind: ChannelKind,
-    secret: Option<&str>,
+    secret: &Option<String>,
 ) -> Result<serde_json::Value, ApiError> {
-    state.channels.provider(kind)?;
-    let body = read_body(payload, state.config.max_webhook_body).await?;
+    enabled(config, kind)?;
+    let body = read_body(payload, config.max_webhook_body).await?;
     if !verify_meta_signature(
-        secret.unwrap_or_default(),
+        secret.as_deref().unwrap_or_default(),
         &body,
         header(req, "X-Hub-Signature-256"),
     ) {
@@ -165,17 +264,12 @@ async fn meta_body(
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-fn received() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "received"}))
-}
-
 /// `GET /v1/channels/whatsapp/webhook`
 pub async fn whatsapp_verify(
     state: State,
     q: web::Query<Handshake>,
 ) -> Result<HttpResponse, ApiError> {
-    state.channels.provider(ChannelKind::Whatsapp)?;
-    handshake(state.config.whatsapp_verify_token.as_deref(), &q)
+    handshake(&state.config, ChannelKind::Whatsapp, &q)
 }
 
 /// `POST /v1/channels/whatsapp/webhook`
@@ -184,19 +278,8 @@ pub async fn whatsapp_webhook(
     state: State,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let secret = state.config.whatsapp_app_secret.clone();
-    let body = meta_body(
-        &req,
-        &state,
-        payload,
-        ChannelKind::Whatsapp,
-        secret.as_deref(),
-    )
-    .await?;
-    let token = state.config.whatsapp_token.clone().unwrap_or_default();
-    let events = whatsapp::parse(&body, &token)?;
-    submit(&state, ChannelKind::Whatsapp, events).await?;
-    Ok(received())
+    let webhook = Webhook::whatsapp(&state.config, &req, payload).await?;
+    taken(&state, webhook).await
 }
 
 /// `GET /v1/channels/messenger/webhook`
@@ -204,8 +287,7 @@ pub async fn messenger_verify(
     state: State,
     q: web::Query<Handshake>,
 ) -> Result<HttpResponse, ApiError> {
-    state.channels.provider(ChannelKind::Messenger)?;
-    handshake(state.config.messenger_verify_token.as_deref(), &q)
+    handshake(&state.config, ChannelKind::Messenger, &q)
 }
 
 /// `POST /v1/channels/messenger/webhook`
@@ -214,16 +296,6 @@ pub async fn messenger_webhook(
     state: State,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let secret = state.config.messenger_app_secret.clone();
-    let body = meta_body(
-        &req,
-        &state,
-        payload,
-        ChannelKind::Messenger,
-        secret.as_deref(),
-    )
-    .await?;
-    let events = messenger::parse(&body)?;
-    submit(&state, ChannelKind::Messenger, events).await?;
-    Ok(received())
+    let webhook = Webhook::messenger(&state.config, &req, payload).await?;
+    taken(&state, webhook).await
 }

