@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use common::cluster::{active_and_edge, bulky, flood_ten, PREFIX, SLOW_READER};
+use common::cluster::{active_and_edge, bulky, flood_ten, relay_opens, PREFIX, SLOW_READER};
 use common::*;
 
 /// One test at a time.
@@ -68,11 +68,7 @@ async fn a_customer_socket_ends_at_the_standby_and_its_chat_crosses_the_bus() {
     let alice = a.create_agent("alice", 1, &[]).await;
     let mut desk = a.agent_online(&alice).await;
 
-    let nats = cluster.nats_client().await;
-    let mut opens = nats
-        .subscribe(format!("{PREFIX}.relay.open"))
-        .await
-        .expect("subscribe");
+    let (nats, mut opens) = relay_opens(&cluster).await;
     let mut bus = nats
         .subscribe(format!("{PREFIX}.bus.*"))
         .await
@@ -256,12 +252,7 @@ async fn a_desk_on_the_standby_works_a_whole_chat_over_the_bus() {
     // not.
     let alice = b.create_agent("alice", 1, &[]).await;
     let session = b.create_session("Dana", None).await;
-    let nats = cluster.nats_client().await;
-    let mut opens = nats
-        .subscribe(format!("{PREFIX}.relay.open"))
-        .await
-        .expect("subscribe");
-    nats.flush().await.expect("flush");
+    let (_nats, mut opens) = relay_opens(&cluster).await;
 
     let (mut desk, hello) = b.connect_agent(&alice).await;
     assert_eq!(hello["agent"]["id"], "alice", "{hello}");
@@ -500,12 +491,7 @@ async fn a_supervisor_on_the_standby_follows_and_monitors_over_the_bus() {
     let _serial = SERIAL.lock().await;
     let (cluster, active, b) = active_and_edge(&[]).await;
     let a = &active.h;
-    let nats = cluster.nats_client().await;
-    let mut opens = nats
-        .subscribe(format!("{PREFIX}.relay.open"))
-        .await
-        .expect("subscribe");
-    nats.flush().await.expect("flush");
+    let (_nats, mut opens) = relay_opens(&cluster).await;
 
     let mut sup = supervisor(&b).await;
     // The hub's stream: a task from its creation on.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use common::cluster::{active_and_edge, edge, TestCluster, PREFIX};
+use common::cluster::{active_and_edge, edge, relay_opens, TestCluster};
 use common::*;
 use providers::mock::{self, MediaAuth, Mock};
 use providers::{
@@ -106,12 +106,7 @@ async fn a_webhook_at_the_standby_is_checked_there_and_taken_by_the_active_node(
     let a = &active.h;
     let alice = a.create_agent("alice", 4, &[]).await;
     let mut desk = a.agent_online(&alice).await;
-    let nats = cluster.nats_client().await;
-    let mut opens = nats
-        .subscribe(format!("{PREFIX}.relay.open"))
-        .await
-        .expect("subscribe");
-    nats.flush().await.expect("flush");
+    let (_nats, mut opens) = relay_opens(&cluster).await;
 
     // An MMS through the standby: 200 with Twilio's empty TwiML once the
     // active node holds it, its picture downloaded there.
@@ -215,6 +210,18 @@ async fn a_webhook_at_the_standby_is_checked_there_and_taken_by_the_active_node(
     // Nothing of it was relayed (every other call here went to node-0).
     let relayed = tokio::time::timeout(Duration::from_millis(300), opens.next()).await;
     assert!(relayed.is_err(), "a webhook was relayed");
+
+    // What is no webhook gets the same answer on either node: another
+    // path under /v1/channels (relayed), a webhook's path with the wrong
+    // method.
+    for (method, path) in [
+        (reqwest::Method::POST, "/v1/channels/nowhere"),
+        (reqwest::Method::GET, SMS_INBOUND),
+    ] {
+        let on = |h: &Harness| h.http.request(method.clone(), h.url(path)).send();
+        let (on_a, on_b) = (on(a).await.expect("a"), on(&b).await.expect("b"));
+        assert_eq!(on_a.status(), on_b.status(), "{method} {path}");
+    }
 }
 
 /// The active node refuses what the standby checked: the provider gets the

@@ -484,69 +484,52 @@ impl NodeBus {
         self.stand_ins.lock().remove(&(edge.clone(), socket));
     }
 
+    /// The broker this node runs, to answer a request with; on a node that
+    /// runs none (a standby), the refusal to answer instead.
+    fn serving(&self) -> Result<Arc<Broker>, NodeMessage> {
+        self.owner.get().cloned().ok_or_else(|| {
+            let refusal = ApiError::Unavailable(
+                "this node runs no conversations (not the active node)".into(),
+            );
+            NodeMessage::Refused(Refusal::of(&refusal))
+        })
+    }
+
     /// Hand every delivery to its socket or stand-in, until the bus stops.
     async fn run(self: Arc<Self>, mut deliveries: mpsc::Receiver<Delivery<NodeMessage>>) {
         while let Some(delivery) = deliveries.recv().await {
             match delivery {
                 Delivery::Request {
-                    from: _,
-                    body: NodeMessage::Admit { door, client },
+                    from,
+                    body,
                     responder,
                 } => {
-                    let Some(broker) = self.owner.get().cloned() else {
-                        let refusal = ApiError::Unavailable(
-                            "this node runs no conversations (not the active node)".into(),
-                        );
-                        let _ = responder.respond(&NodeMessage::Refused(Refusal::of(&refusal)));
-                        continue;
+                    let broker = match self.serving() {
+                        Ok(broker) => broker,
+                        Err(refusal) => {
+                            let _ = responder.respond(&refusal);
+                            continue;
+                        }
                     };
-                    let endpoint = self.pick_endpoint();
-                    actix_web::rt::spawn(async move {
-                        let admitted = match &door {
-                            Door::Webchat { token } => {
-                                crate::http::sockets::admit_webchat(&broker, token, client)
-                                    .await
-                                    .map(drop)
-                            }
-                            Door::Desk { agent, token } => {
-                                crate::http::sockets::admit_desk(&broker, agent, token, client)
-                                    .map(drop)
-                            }
-                            Door::Supervisor { token } => {
-                                crate::http::sockets::admit_supervisor(&broker, token, client)
-                            }
-                        };
-                        let answer = match admitted {
-                            Ok(()) => NodeMessage::Admitted { endpoint },
-                            Err(e) => NodeMessage::Refused(Refusal::of(&e)),
-                        };
-                        let _ = responder.respond(&answer);
-                    });
-                }
-                Delivery::Request {
-                    from: _,
-                    body: NodeMessage::Inbound { kind, events },
-                    responder,
-                } => {
-                    let Some(broker) = self.owner.get().cloned() else {
-                        let refusal = ApiError::Unavailable(
-                            "this node runs no conversations (not the active node)".into(),
-                        );
-                        let _ = responder.respond(&NodeMessage::Refused(Refusal::of(&refusal)));
-                        continue;
-                    };
-                    actix_web::rt::spawn(async move {
-                        let answer = match crate::http::channels::take(&broker, kind, events).await
-                        {
-                            Ok(()) => NodeMessage::Taken,
-                            Err(e) => NodeMessage::Refused(Refusal::of(&e)),
-                        };
-                        let _ = responder.respond(&answer);
-                    });
-                }
-                Delivery::Request { from, body, .. } => {
-                    // Dropping the responder answers "not answered".
-                    tracing::warn!(peer = %from, request = ?body, "not a request this node answers");
+                    match body {
+                        NodeMessage::Admit { door, client } => {
+                            let endpoint = self.pick_endpoint();
+                            actix_web::rt::spawn(async move {
+                                let answer = admit(&broker, door, client, endpoint).await;
+                                let _ = responder.respond(&answer);
+                            });
+                        }
+                        NodeMessage::Inbound { kind, events } => {
+                            actix_web::rt::spawn(async move {
+                                let answer = inbound(&broker, kind, events).await;
+                                let _ = responder.respond(&answer);
+                            });
+                        }
+                        // Dropping the responder answers "not answered".
+                        body => tracing::warn!(
+                            peer = %from, request = ?body, "not a request this node answers"
+                        ),
+                    }
                 }
                 Delivery::Message { from, body } => self.message(Arc::from(from.as_str()), body),
                 Delivery::Lost { from, loss } => {
@@ -774,6 +757,37 @@ impl NodeBus {
                 tracing::debug!(peer, error = %e, "could not tell a peer of the sockets ended");
             }
         }
+    }
+}
+
+/// Owner: the answer to an admission, with the checks made for this node's
+/// own sockets; admitted, the socket opens at `endpoint`.
+async fn admit(
+    broker: &Broker,
+    door: Door,
+    client: Option<IpAddr>,
+    endpoint: String,
+) -> NodeMessage {
+    let admitted = match &door {
+        Door::Webchat { token } => crate::http::sockets::admit_webchat(broker, token, client)
+            .await
+            .map(drop),
+        Door::Desk { agent, token } => {
+            crate::http::sockets::admit_desk(broker, agent, token, client).map(drop)
+        }
+        Door::Supervisor { token } => crate::http::sockets::admit_supervisor(broker, token, client),
+    };
+    match admitted {
+        Ok(()) => NodeMessage::Admitted { endpoint },
+        Err(e) => NodeMessage::Refused(Refusal::of(&e)),
+    }
+}
+
+/// Owner: a webhook's events taken as this node's own webhooks' are.
+async fn inbound(broker: &Broker, kind: ChannelKind, events: Vec<InboundEvent>) -> NodeMessage {
+    match crate::http::channels::take(broker, kind, events).await {
+        Ok(()) => NodeMessage::Taken,
+        Err(e) => NodeMessage::Refused(Refusal::of(&e)),
     }
 }
 

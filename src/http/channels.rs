@@ -46,6 +46,19 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The providers' webhooks: where each is posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `POST /v1/channels/sms/inbound`
+    SmsInbound,
+    /// `POST /v1/channels/sms/status`
+    SmsStatus,
+    /// `POST /v1/channels/whatsapp/webhook`
+    Whatsapp,
+    /// `POST /v1/channels/messenger/webhook`
+    Messenger,
+}
+
 /// A provider's webhook, checked and parsed: its events, and how the
 /// provider is answered once the broker holds them.
 pub struct Webhook {
@@ -64,8 +77,23 @@ impl Webhook {
         }
     }
 
+    /// The webhook posted to `hook`, checked and parsed.
+    pub async fn check(
+        hook: Hook,
+        config: &Config,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<Webhook, ApiError> {
+        match hook {
+            Hook::SmsInbound => Webhook::sms_inbound(config, req, payload).await,
+            Hook::SmsStatus => Webhook::sms_status(config, req, payload).await,
+            Hook::Whatsapp => Webhook::whatsapp(config, req, payload).await,
+            Hook::Messenger => Webhook::messenger(config, req, payload).await,
+        }
+    }
+
     /// `POST /v1/channels/sms/inbound`, checked: an incoming text.
-    pub async fn sms_inbound(
+    async fn sms_inbound(
         config: &Config,
         req: &HttpRequest,
         payload: web::Payload,
@@ -84,7 +112,7 @@ impl Webhook {
 
     /// `POST /v1/channels/sms/status`, checked: a delivery report (none
     /// for a status the broker does not track).
-    pub async fn sms_status(
+    async fn sms_status(
         config: &Config,
         req: &HttpRequest,
         payload: web::Payload,
@@ -97,7 +125,7 @@ impl Webhook {
     }
 
     /// `POST /v1/channels/whatsapp/webhook`, checked.
-    pub async fn whatsapp(
+    async fn whatsapp(
         config: &Config,
         req: &HttpRequest,
         payload: web::Payload,
@@ -112,7 +140,7 @@ impl Webhook {
     }
 
     /// `POST /v1/channels/messenger/webhook`, checked.
-    pub async fn messenger(
+    async fn messenger(
         config: &Config,
         req: &HttpRequest,
         payload: web::Payload,
@@ -186,26 +214,6 @@ async fn twilio_params(
     Ok(params)
 }
 
-/// `POST /v1/channels/sms/inbound`
-pub async fn sms_inbound(
-    req: HttpRequest,
-    state: State,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let webhook = Webhook::sms_inbound(&state.config, &req, payload).await?;
-    taken(&state, webhook).await
-}
-
-/// `POST /v1/channels/sms/status`
-pub async fn sms_status(
-    req: HttpRequest,
-    state: State,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let webhook = Webhook::sms_status(&state.config, &req, payload).await?;
-    taken(&state, webhook).await
-}
-
 #[derive(Debug, Deserialize)]
 pub struct Handshake {
     #[serde(rename = "hub.mode")]
@@ -264,38 +272,39 @@ async fn meta_body(
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-/// `GET /v1/channels/whatsapp/webhook`
-pub async fn whatsapp_verify(
-    state: State,
-    q: web::Query<Handshake>,
-) -> Result<HttpResponse, ApiError> {
-    handshake(&state.config, ChannelKind::Whatsapp, &q)
+/// The webhooks' routes under `/v1/channels`, each `POST` to `post` and
+/// each of Meta's subscription checks to `get`: the broker's and a
+/// standby's.
+pub fn routes(
+    scope: &mut web::ServiceConfig,
+    post: impl Fn(Hook) -> actix_web::Route,
+    get: impl Fn(ChannelKind) -> actix_web::Route,
+) {
+    scope
+        .route("/sms/inbound", post(Hook::SmsInbound))
+        .route("/sms/status", post(Hook::SmsStatus))
+        .route("/whatsapp/webhook", get(ChannelKind::Whatsapp))
+        .route("/whatsapp/webhook", post(Hook::Whatsapp))
+        .route("/messenger/webhook", get(ChannelKind::Messenger))
+        .route("/messenger/webhook", post(Hook::Messenger));
 }
 
-/// `POST /v1/channels/whatsapp/webhook`
-pub async fn whatsapp_webhook(
+/// `POST` to a provider's webhook (`hook`): checked and taken here.
+pub async fn receive(
+    hook: Hook,
     req: HttpRequest,
     state: State,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let webhook = Webhook::whatsapp(&state.config, &req, payload).await?;
+    let webhook = Webhook::check(hook, &state.config, &req, payload).await?;
     taken(&state, webhook).await
 }
 
-/// `GET /v1/channels/messenger/webhook`
-pub async fn messenger_verify(
+/// `GET` on Meta's webhooks (`kind`): the subscription check.
+pub async fn verify(
+    kind: ChannelKind,
     state: State,
     q: web::Query<Handshake>,
 ) -> Result<HttpResponse, ApiError> {
-    handshake(&state.config, ChannelKind::Messenger, &q)
-}
-
-/// `POST /v1/channels/messenger/webhook`
-pub async fn messenger_webhook(
-    req: HttpRequest,
-    state: State,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let webhook = Webhook::messenger(&state.config, &req, payload).await?;
-    taken(&state, webhook).await
+    handshake(&state.config, kind, &q)
 }

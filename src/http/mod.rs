@@ -110,27 +110,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/webchat/session", web::get().to(webchat::get_session))
                 .route("/webchat/ws", web::get().to(sockets::webchat))
                 .route("/supervisor/ws", web::get().to(sockets::supervisor))
-                .route(
-                    "/channels/sms/inbound",
-                    web::post().to(channels::sms_inbound),
-                )
-                .route("/channels/sms/status", web::post().to(channels::sms_status))
-                .route(
-                    "/channels/whatsapp/webhook",
-                    web::get().to(channels::whatsapp_verify),
-                )
-                .route(
-                    "/channels/whatsapp/webhook",
-                    web::post().to(channels::whatsapp_webhook),
-                )
-                .route(
-                    "/channels/messenger/webhook",
-                    web::get().to(channels::messenger_verify),
-                )
-                .route(
-                    "/channels/messenger/webhook",
-                    web::post().to(channels::messenger_webhook),
-                ),
+                .service(web::scope("/channels").configure(|scope| {
+                    channels::routes(
+                        scope,
+                        |hook| {
+                            web::post().to(move |req, state, payload| {
+                                channels::receive(hook, req, state, payload)
+                            })
+                        },
+                        |kind| web::get().to(move |state, q| channels::verify(kind, state, q)),
+                    )
+                })),
         )
         .configure(crate::web::routes)
         .default_service(web::to(not_found));

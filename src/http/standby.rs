@@ -50,7 +50,7 @@ use crate::cluster::relay::edge::Edge;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::body::BodyDeadline;
-use crate::http::channels::{Handshake, Webhook};
+use crate::http::channels::{Handshake, Hook, Webhook};
 use crate::http::request_line::Prefixed;
 use crate::protocol::ChannelKind;
 use crate::ws::edge_session::EdgeSession;
@@ -205,10 +205,12 @@ async fn open(
 /// bus, which downloads their media and takes them as its own webhooks'
 /// (`http::channels::take`); the provider gets the active node's answer.
 async fn webhook(
-    edge: &EdgeNode,
-    checked: Result<Webhook, ApiError>,
+    hook: Hook,
+    req: HttpRequest,
+    payload: web::Payload,
+    edge: web::Data<EdgeNode>,
 ) -> Result<HttpResponse, ApiError> {
-    let webhook = checked?;
+    let webhook = Webhook::check(hook, &edge.config, &req, payload).await?;
     if webhook.events.is_empty() {
         return Ok(Webhook::answer(webhook.kind));
     }
@@ -224,65 +226,14 @@ async fn webhook(
     }
 }
 
-/// `POST /v1/channels/sms/inbound` on a standby.
-async fn sms_inbound(
-    req: HttpRequest,
-    payload: web::Payload,
-    edge: web::Data<EdgeNode>,
-) -> Result<HttpResponse, ApiError> {
-    webhook(
-        &edge,
-        Webhook::sms_inbound(&edge.config, &req, payload).await,
-    )
-    .await
-}
-
-/// `POST /v1/channels/sms/status` on a standby.
-async fn sms_status(
-    req: HttpRequest,
-    payload: web::Payload,
-    edge: web::Data<EdgeNode>,
-) -> Result<HttpResponse, ApiError> {
-    webhook(
-        &edge,
-        Webhook::sms_status(&edge.config, &req, payload).await,
-    )
-    .await
-}
-
-/// `POST /v1/channels/whatsapp/webhook` on a standby.
-async fn whatsapp(
-    req: HttpRequest,
-    payload: web::Payload,
-    edge: web::Data<EdgeNode>,
-) -> Result<HttpResponse, ApiError> {
-    webhook(&edge, Webhook::whatsapp(&edge.config, &req, payload).await).await
-}
-
-/// `POST /v1/channels/messenger/webhook` on a standby.
-async fn messenger(
-    req: HttpRequest,
-    payload: web::Payload,
-    edge: web::Data<EdgeNode>,
-) -> Result<HttpResponse, ApiError> {
-    webhook(&edge, Webhook::messenger(&edge.config, &req, payload).await).await
-}
-
-/// `GET /v1/channels/whatsapp/webhook` on a standby: Meta's subscription
-/// check, from this node's configuration.
-async fn whatsapp_verify(
+/// `GET` on Meta's webhooks on a standby: the subscription check, from
+/// this node's configuration.
+async fn verify(
+    kind: ChannelKind,
     q: web::Query<Handshake>,
     edge: web::Data<EdgeNode>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::http::channels::handshake(&edge.config, ChannelKind::Whatsapp, &q)
-}
-
-/// `GET /v1/channels/messenger/webhook` on a standby.
-async fn messenger_verify(
-    q: web::Query<Handshake>,
-    edge: web::Data<EdgeNode>,
-) -> Result<HttpResponse, ApiError> {
-    crate::http::channels::handshake(&edge.config, ChannelKind::Messenger, &q)
+    crate::http::channels::handshake(&edge.config, kind, &q)
 }
 
 thread_local! {
@@ -395,12 +346,16 @@ pub fn start(
                     deadline.apply(&mut req);
                     actix_service::Service::call(srv, req)
                 })
-                .route("/sms/inbound", web::post().to(sms_inbound))
-                .route("/sms/status", web::post().to(sms_status))
-                .route("/whatsapp/webhook", web::get().to(whatsapp_verify))
-                .route("/whatsapp/webhook", web::post().to(whatsapp))
-                .route("/messenger/webhook", web::get().to(messenger_verify))
-                .route("/messenger/webhook", web::post().to(messenger))
+                .configure(|scope| {
+                    crate::http::channels::routes(
+                        scope,
+                        |hook| {
+                            web::post()
+                                .to(move |req, payload, edge| webhook(hook, req, payload, edge))
+                        },
+                        |kind| web::get().to(move |q, edge| verify(kind, q, edge)),
+                    )
+                })
                 .default_service(web::to(crate::cluster::relay::edge::relay));
             let app = App::new()
                 .app_data(data.clone())

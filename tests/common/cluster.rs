@@ -416,6 +416,19 @@ pub const SLOW_READER: [(&str, &str); 7] = [
     ("SWITCHBOARD_DISCONNECT_GRACE", "30s"),
 ];
 
+/// What is opened on the relay from now on (each relayed request), on a
+/// connection of `cluster`'s own: the connection, for more subscriptions,
+/// and the opens.
+pub async fn relay_opens(cluster: &TestCluster) -> (async_nats::Client, async_nats::Subscriber) {
+    let nats = cluster.nats_client().await;
+    let opens = nats
+        .subscribe(format!("{PREFIX}.relay.open"))
+        .await
+        .expect("subscribe");
+    nats.flush().await.expect("flush");
+    (nats, opens)
+}
+
 /// Message `i` of a flood: 20,000 bytes, starting with its number.
 pub fn bulky(i: usize) -> String {
     let head = format!("msg-{i:05}-");
