@@ -1132,15 +1132,9 @@ where
                             gap_from: end.saturating_sub(n),
                         });
                         if matches!(step, Step::Lost(_)) {
-                            self.lost(&from, Loss::Missing(n)).await
-                        } else {
-                            self.parts.remove(from.as_str());
-                            self.tell(Delivery::Lost {
-                                from: from.clone(),
-                                loss: Loss::Missing(n),
-                            })
-                            .await
+                            self.fail_pending(&from, |peer| BusError::AnswerLost { peer });
                         }
+                        self.told_lost(&from, Loss::Missing(n)).await
                     }
                     Step::PingBack => {
                         self.control(&from_arc, Kind::Ping, 0, Bytes::new());
@@ -1292,8 +1286,15 @@ where
     }
 
     async fn lost(&mut self, from: &str, loss: Loss) -> bool {
-        self.parts.remove(from);
         self.fail_pending(from, |peer| BusError::AnswerLost { peer });
+        self.told_lost(from, loss).await
+    }
+
+    /// Tell the consumer what was lost from `from` (what was put together
+    /// of its pieces goes with it); the requests waiting on it are left to
+    /// the caller.
+    async fn told_lost(&mut self, from: &str, loss: Loss) -> bool {
+        self.parts.remove(from);
         self.tell(Delivery::Lost {
             from: from.to_owned(),
             loss,
