@@ -144,11 +144,6 @@ pub struct Agent {
     grace: Option<SpawnHandle>,
     /// Rebuilt from the journal: its disconnect grace starts as it starts.
     restored: bool,
-    /// Its own address, made once and shared by the commands it hands to
-    /// conversations (the reply-to of each): every copy of an actix address
-    /// takes two allocations and an atomic count, a shared one an atomic
-    /// increment. Dropped with the actor.
-    address: Option<Arc<Addr<Agent>>>,
 }
 
 impl Agent {
@@ -200,7 +195,6 @@ impl Agent {
             session_token: None,
             grace: None,
             restored: false,
-            address: None,
         }
     }
 
@@ -215,15 +209,7 @@ impl Agent {
             session_token: None,
             grace: None,
             restored: true,
-            address: None,
         }
-    }
-
-    /// Its own address, shared (see the field).
-    fn own_address(&mut self, ctx: &Context<Self>) -> Arc<Addr<Agent>> {
-        self.address
-            .get_or_insert_with(|| Arc::new(ctx.address()))
-            .clone()
     }
 
     /// Its id.
@@ -443,7 +429,6 @@ impl Agent {
                 ),
                 Ok(conv) => conv.do_send(AgentSend {
                     agent_id: me,
-                    from: self.own_address(ctx),
                     text,
                     attachments,
                     client_msg_id,
@@ -458,7 +443,6 @@ impl Agent {
             } => match self.conversation(&conversation_id) {
                 Ok(conv) => conv.do_send(AgentTyping {
                     agent_id: me,
-                    from: self.own_address(ctx),
                     reference,
                 }),
                 Err(e) => self.push_error(e, reference.as_deref(), ctx),
@@ -469,7 +453,6 @@ impl Agent {
             } => match self.conversation(&conversation_id) {
                 Ok(conv) => conv.do_send(AgentEnd {
                     agent_id: me,
-                    from: self.own_address(ctx),
                     reference,
                 }),
                 Err(e) => self.push_error(e, reference.as_deref(), ctx),
@@ -490,7 +473,6 @@ impl Agent {
                 match conv {
                     Ok(conv) => conv.do_send(AgentComplete {
                         agent_id: me,
-                        from: self.own_address(ctx),
                         disposition,
                         notes,
                         reference,
@@ -600,7 +582,6 @@ impl Agent {
             task_id: task_id.clone(),
             agent_id: self.state.profile.id.clone(),
             agent_name: self.state.profile.name.clone(),
-            agent: ctx.address(),
             text: req.text,
             attachments,
             client_msg_id: req.client_msg_id,
@@ -829,7 +810,6 @@ impl Handler<Connect> for Agent {
                 if let Some(conv) = self.broker.conversation(&task.view.conversation_id) {
                     conv.do_send(Resync {
                         agent_id: me.clone(),
-                        agent: ctx.address(),
                     });
                 }
             }
@@ -872,6 +852,7 @@ impl Handler<FromDesk> for Agent {
 }
 
 /// What a frame from a conversation means for the agent's task list.
+#[derive(Debug, Serialize, Deserialize)]
 pub enum AgentFrameKind {
     Offered(TaskView),
     Assigned(TaskView),
@@ -893,7 +874,7 @@ pub enum AgentFrameKind {
 }
 
 /// A frame from one of the agent's conversations.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct ToAgent {
     pub conversation_id: Id,
@@ -1187,6 +1168,29 @@ mod tests {
             priority: 0,
             waiting_since: now,
             transfers: Vec::new(),
+        }
+    }
+
+    /// A conversation's frames to an agent can cross from the node that
+    /// runs the conversation to the agent's: the frame's bytes as encoded
+    /// once, and what it means for the task list.
+    #[test]
+    fn a_frame_to_an_agent_crosses_between_nodes() {
+        let kinds = [
+            AgentFrameKind::Offered(crate::protocol::samples::task_view()),
+            AgentFrameKind::Assigned(view("tk_1", "cv_1")),
+            AgentFrameKind::Resync(view("tk_1", "cv_1")),
+            AgentFrameKind::Message,
+            AgentFrameKind::Echo,
+            AgentFrameKind::Ended,
+            AgentFrameKind::Completed,
+            AgentFrameKind::Rescinded,
+            AgentFrameKind::Transferred,
+            AgentFrameKind::Parked,
+            AgentFrameKind::Other,
+        ];
+        for kind in kinds {
+            crate::codec::assert_crosses(&frame("tk_1", kind, "é \"quoted\" 🙂"));
         }
     }
 

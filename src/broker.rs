@@ -329,6 +329,12 @@ impl<W: Wiring> Registry<W> {
         self.agents.get(id).map(|e| e.value().clone())
     }
 
+    /// The actor of agent `id`: how a conversation finds the agent a
+    /// message names (messages between actors carry ids, not addresses).
+    pub fn agent_addr(&self, id: &str) -> Option<Addr<W::Agent>> {
+        self.agents.get(id).map(|e| e.value().addr.clone())
+    }
+
     /// Register a new agent under its id and token. `start` runs only when
     /// both are free, and returns the agent's actor. `conflict` if the id (or
     /// the token) is taken.

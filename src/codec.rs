@@ -68,6 +68,18 @@ pub fn decode_unbounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecErr
     Ok(value)
 }
 
+/// For tests of types that cross between nodes: `value` encodes, decodes,
+/// and encodes again to the same bytes (so no field is lost or garbled on
+/// the way, as a serde attribute made for JSON can do to this format).
+#[cfg(test)]
+pub(crate) fn assert_crosses<T: Serialize + DeserializeOwned>(value: &T) {
+    let name = std::any::type_name::<T>();
+    let bytes = encode(value).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let back: T = decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let again = encode(&back).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(again, bytes, "{name} changed on the way");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +124,23 @@ mod tests {
         assert!(matches!(decode::<Ev>(&big), Err(CodecError::Decode(_))));
         let fits = Ev::B(Some(vec![7; 1024]));
         assert_eq!(decode::<Ev>(&encode(&fits).unwrap()).unwrap(), fits);
+    }
+
+    /// A field left out of the JSON when empty, as the wire types do, is
+    /// left out here too, and the reader takes the next field's bytes for
+    /// it: `assert_crosses` tells.
+    #[test]
+    #[should_panic(expected = "JsonOnly")]
+    fn a_field_written_only_when_set_does_not_cross() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct JsonOnly {
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            reference: Option<String>,
+            text: String,
+        }
+        assert_crosses(&JsonOnly {
+            reference: None,
+            text: "hi".into(),
+        });
     }
 }

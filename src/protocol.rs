@@ -8,6 +8,8 @@
 
 pub mod event;
 mod hot_json;
+#[cfg(test)]
+pub(crate) mod samples;
 mod stats;
 
 pub use event::{Event, RescindReason, SupervisorAction};

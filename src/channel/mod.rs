@@ -18,7 +18,6 @@ pub mod whatsapp;
 
 use actix::prelude::*;
 
-use crate::agent::Agent;
 use crate::conversation::Conversation;
 use crate::error::ApiError;
 use crate::protocol::{AttachmentMeta, ChannelKind, Frame, Id, Message};
@@ -93,7 +92,6 @@ pub struct OpenOutbound {
     pub task_id: Id,
     pub agent_id: Id,
     pub agent_name: String,
-    pub agent: Addr<Agent>,
     pub text: String,
     pub attachments: Vec<AttachmentMeta>,
     pub client_msg_id: Option<String>,
@@ -109,7 +107,6 @@ impl OpenOutbound {
         crate::conversation::Opening::Outbound {
             agent_id: self.agent_id,
             agent_name: self.agent_name,
-            agent: self.agent,
             text: self.text,
             attachments: self.attachments,
             client_msg_id: self.client_msg_id,

@@ -8,9 +8,10 @@
 //! that finds the task gone answers `task.rescinded`.
 
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::{validate_content, Conversation};
-use crate::agent::{Agent, AgentFrameKind};
+use crate::agent::AgentFrameKind;
 use crate::attachments::Sender;
 use crate::channel::{has_messaging_window, CustomerEvent};
 use crate::error::ApiError;
@@ -19,12 +20,10 @@ use crate::protocol::{Author, ChannelKind, Event, Id, TaskState};
 use crate::router::RescindReason;
 
 /// An agent's reply.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct AgentSend {
     pub agent_id: Id,
-    /// The agent's own address, shared (`Agent::own_address`).
-    pub from: std::sync::Arc<Addr<Agent>>,
     pub text: String,
     pub attachments: Vec<String>,
     pub client_msg_id: Option<String>,
@@ -46,7 +45,7 @@ impl Handler<AgentSend> for Conversation {
             if let Some(stored) = resent {
                 // Stored before: echoed again to its sender only.
                 let echo = self.message_frame(stored, msg.reference.as_deref());
-                return self.to_agent(&msg.from, AgentFrameKind::Echo, echo);
+                return self.to_agent_named(&msg.agent_id, AgentFrameKind::Echo, echo);
             }
         }
         let checked = self.check_agent(&msg.agent_id).and_then(|_| {
@@ -76,24 +75,22 @@ impl Handler<AgentSend> for Conversation {
         });
         let attachments = match checked {
             Ok(a) => a,
-            Err(e) => return self.agent_error(&msg.from, e, msg.reference.as_deref()),
+            Err(e) => return self.agent_error(&msg.agent_id, e, msg.reference.as_deref()),
         };
         self.append(Author::Agent, msg.text, attachments, msg.client_msg_id);
         Metrics::bump(&self.broker.metrics.messages_out);
         let message = self.last_message();
         let (to_customer, echo) =
             Event::message_frames(&self.state.id, message, msg.reference.as_deref());
-        self.to_agent(&msg.from, AgentFrameKind::Echo, echo);
+        self.to_agent_named(&msg.agent_id, AgentFrameKind::Echo, echo);
         self.message_to_customer(to_customer, None, true);
     }
 }
 
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct AgentTyping {
     pub agent_id: Id,
-    /// The agent's own address, shared (`Agent::own_address`).
-    pub from: std::sync::Arc<Addr<Agent>>,
     pub reference: Option<String>,
 }
 
@@ -106,18 +103,16 @@ impl Handler<AgentTyping> for Conversation {
                 self.to_customer(CustomerEvent::Broadcast(self.typing_frame()));
             }
             Ok(()) => {}
-            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
+            Err(e) => self.agent_error(&msg.agent_id, e, msg.reference.as_deref()),
         }
     }
 }
 
 /// End Chat: the task goes to wrap-up, capacity still held.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct AgentEnd {
     pub agent_id: Id,
-    /// The agent's own address, shared (`Agent::own_address`).
-    pub from: std::sync::Arc<Addr<Agent>>,
     pub reference: Option<String>,
 }
 
@@ -137,18 +132,16 @@ impl Handler<AgentEnd> for Conversation {
         });
         match checked {
             Ok(()) => self.end(msg.reference.as_deref(), ctx),
-            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
+            Err(e) => self.agent_error(&msg.agent_id, e, msg.reference.as_deref()),
         }
     }
 }
 
 /// Complete: disposition and notes, then capacity is freed.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct AgentComplete {
     pub agent_id: Id,
-    /// The agent's own address, shared (`Agent::own_address`).
-    pub from: std::sync::Arc<Addr<Agent>>,
     pub disposition: String,
     pub notes: String,
     pub reference: Option<String>,
@@ -185,17 +178,16 @@ impl Handler<AgentComplete> for Conversation {
         });
         match checked {
             Ok(()) => self.complete(msg.disposition, msg.notes, msg.reference.as_deref(), ctx),
-            Err(e) => self.agent_error(&msg.from, e, msg.reference.as_deref()),
+            Err(e) => self.agent_error(&msg.agent_id, e, msg.reference.as_deref()),
         }
     }
 }
 
 /// The agent reconnected: send its task again with the full history.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct Resync {
     pub agent_id: Id,
-    pub agent: Addr<Agent>,
 }
 
 impl Handler<Resync> for Conversation {
@@ -203,16 +195,18 @@ impl Handler<Resync> for Conversation {
 
     fn handle(&mut self, msg: Resync, _: &mut Context<Self>) {
         if self.check_agent(&msg.agent_id).is_ok() {
-            self.agent = Some(msg.agent.clone());
-            self.to_agent(
-                &msg.agent,
-                AgentFrameKind::Resync(self.state.task_view()),
-                self.assigned_frame(None),
-            );
+            self.agent = self.agent_named(&msg.agent_id);
+            if let Some(agent) = &self.agent {
+                self.to_agent(
+                    agent,
+                    AgentFrameKind::Resync(self.state.task_view()),
+                    self.assigned_frame(None),
+                );
+            }
         } else {
             // Lost the task meanwhile (re-queued): tell the desktop.
             let gone = self.rescinded_frame(RescindReason::Reassigned);
-            self.to_agent(&msg.agent, AgentFrameKind::Rescinded, gone);
+            self.to_agent_named(&msg.agent_id, AgentFrameKind::Rescinded, gone);
         }
     }
 }
@@ -256,5 +250,45 @@ impl Conversation {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::assert_crosses;
+
+    /// What an agent asks of a conversation can cross between nodes (the
+    /// desk's agent and the conversation on different ones): the agent is
+    /// named by its id, and the answer goes to the agent of that id.
+    #[test]
+    fn an_agents_commands_cross_between_nodes() {
+        for (canned_id, client_msg_id) in [(None, None), (Some("greeting"), Some("c-1"))] {
+            assert_crosses(&AgentSend {
+                agent_id: "alice".into(),
+                text: "Hello «there»".into(),
+                attachments: vec!["f_1".into(), "f_2".into()],
+                client_msg_id: client_msg_id.map(Into::into),
+                canned_id: canned_id.map(Into::into),
+                reference: Some("r-1".into()),
+            });
+        }
+        assert_crosses(&AgentTyping {
+            agent_id: "alice".into(),
+            reference: None,
+        });
+        assert_crosses(&AgentEnd {
+            agent_id: "alice".into(),
+            reference: Some("r-2".into()),
+        });
+        assert_crosses(&AgentComplete {
+            agent_id: "alice".into(),
+            disposition: "resolved".into(),
+            notes: "refund issued\nnext: call back".into(),
+            reference: None,
+        });
+        assert_crosses(&Resync {
+            agent_id: "alice".into(),
+        });
     }
 }

@@ -6,6 +6,7 @@
 //! webchat shard only, since only webchat has sockets, typing and a Leave
 //! button. Answers go back through the channel as `ToCustomer`.
 
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 use actix::prelude::*;
@@ -20,7 +21,7 @@ use crate::protocol::{AttachmentMeta, Author, ChannelKind, Event, TaskState};
 use crate::router::{Outcome, TaskClosed};
 
 /// A customer message from the channel.
-#[derive(Message, Debug, Clone)]
+#[derive(Message, Debug, Clone, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct CustomerMessage {
     /// The socket to acknowledge (webchat); None for provider channels,
@@ -59,7 +60,7 @@ impl Handler<CustomerMessage> for Conversation {
     }
 }
 
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct CustomerTyping;
 
@@ -76,7 +77,7 @@ impl Handler<CustomerTyping> for Conversation {
 }
 
 /// The customer leaves: cancel before assignment, end after.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct CustomerLeft {
     pub socket: Option<SocketId>,
@@ -118,7 +119,7 @@ impl Handler<CustomerLeft> for Conversation {
 /// The customer's last socket has been gone for the customer grace period:
 /// a task still waiting for an agent is canceled (an assigned conversation is
 /// left to its agent).
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct CustomerAbandoned;
 
@@ -142,7 +143,7 @@ impl Handler<CustomerAbandoned> for Conversation {
 }
 
 /// A customer socket connected: send it the history.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct SendHistory {
     pub socket: SocketId,
@@ -257,5 +258,48 @@ impl Conversation {
             // sent back to them by a provider.
             self.message_to_customer(frame, None, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::assert_crosses;
+
+    /// What a customer's socket or a provider's webhook hands a
+    /// conversation can cross from the node that took it to the one that
+    /// runs the conversation.
+    #[test]
+    fn a_customers_messages_cross_between_nodes() {
+        let picture = AttachmentMeta {
+            id: "f_1".into(),
+            content_type: "image/png".into(),
+            size: 2048,
+            filename: "receipt.png".into(),
+            url: "https://example.com/f_1".into(),
+            error: None,
+        };
+        let unfetched = AttachmentMeta {
+            error: Some("the provider answered 404".into()),
+            ..picture.clone()
+        };
+        for (socket, author) in [(None, Author::Customer), (Some(42), Author::System)] {
+            assert_crosses(&CustomerMessage {
+                socket,
+                author,
+                text: "my order 🙂".into(),
+                attachments: vec!["f_9".into()],
+                provided: vec![picture.clone(), unfetched.clone()],
+                client_msg_id: Some("c-7".into()),
+                reference: None,
+            });
+        }
+        assert_crosses(&CustomerTyping);
+        assert_crosses(&CustomerLeft {
+            socket: Some(3),
+            reference: Some("r-1".into()),
+        });
+        assert_crosses(&CustomerAbandoned);
+        assert_crosses(&SendHistory { socket: 3 });
     }
 }

@@ -6,6 +6,7 @@
 //! `failed` is final), since providers' callbacks arrive in any order; each
 //! change reaches the agent as `message.status`.
 
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::time::SystemTime;
 
@@ -18,7 +19,7 @@ use crate::webhooks::payload::StatusData;
 use crate::webhooks::EventKind;
 
 /// A provider reported a new delivery status for one of the agent's messages.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct DeliveryUpdate {
     pub message_id: String,
@@ -45,7 +46,7 @@ impl Handler<DeliveryUpdate> for Conversation {
 
 /// Messenger read receipt: every message sent out (agent replies, notices to
 /// the customer) before `watermark` is read.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct ReadUpTo {
     pub watermark: SystemTime,
@@ -127,6 +128,22 @@ fn status_rank(s: DeliveryStatus) -> u8 {
 mod tests {
     use super::*;
     use DeliveryStatus::*;
+
+    /// A provider's delivery reports can cross from the node that took the
+    /// callback to the one that runs the conversation.
+    #[test]
+    fn delivery_reports_cross_between_nodes() {
+        for (status, error) in [(Delivered, None), (Failed, Some("30003 unreachable"))] {
+            crate::codec::assert_crosses(&DeliveryUpdate {
+                message_id: "SM123".into(),
+                status,
+                error: error.map(Into::into),
+            });
+        }
+        crate::codec::assert_crosses(&ReadUpTo {
+            watermark: crate::protocol::now(),
+        });
+    }
 
     #[test]
     fn statuses_only_move_forward_and_failed_is_final() {

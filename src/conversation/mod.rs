@@ -151,7 +151,6 @@ pub enum Opening {
     Outbound {
         agent_id: Id,
         agent_name: String,
-        agent: Addr<Agent>,
         text: String,
         attachments: Vec<AttachmentMeta>,
         client_msg_id: Option<String>,
@@ -380,8 +379,32 @@ impl Conversation {
         });
     }
 
-    fn agent_error(&self, agent: &Addr<Agent>, err: ApiError, reference: Option<&str>) {
-        self.to_agent(agent, AgentFrameKind::Other, err.to_frame(reference));
+    /// The actor of agent `id`, found by its id: messages between actors
+    /// name agents by id (so they can cross between nodes), and the registry
+    /// is where an id becomes an address. `None`: the agent was removed.
+    fn agent_named(&self, id: &str) -> Option<Addr<Agent>> {
+        self.broker.agent_addr(id)
+    }
+
+    /// A frame to agent `id` (the sender of a command, the agent offered the
+    /// task): found by its id, and dropped with the agent if it was removed.
+    /// The holder's address is kept from its assignment, so its echoes cost
+    /// no lookup (and no copy of an address: two allocations each).
+    fn to_agent_named(&self, id: &str, kind: AgentFrameKind, frame: Frame) {
+        match &self.agent {
+            Some(holder) if self.state.holder().is_some_and(|h| &**h == id) => {
+                self.to_agent(holder, kind, frame)
+            }
+            _ => {
+                if let Some(agent) = self.agent_named(id) {
+                    self.to_agent(&agent, kind, frame);
+                }
+            }
+        }
+    }
+
+    fn agent_error(&self, agent_id: &str, err: ApiError, reference: Option<&str>) {
+        self.to_agent_named(agent_id, AgentFrameKind::Other, err.to_frame(reference));
     }
 
     /// Is `agent_id` the agent holding this conversation?
@@ -779,13 +802,11 @@ impl Actor for Conversation {
                 }
                 self.broker.router.do_send(EnqueueTask {
                     task: self.routable(),
-                    conversation: ctx.address(),
                 });
             }
             Some(Opening::Outbound {
                 agent_id,
                 agent_name,
-                agent,
                 text,
                 attachments,
                 client_msg_id,
@@ -797,13 +818,12 @@ impl Actor for Conversation {
                 self.hook_task(EventKind::TaskCreated, |_| {});
                 self.apply(ConversationEvent::TaskMoved {
                     state: TaskState::Assigned,
-                    agent_id: Some(agent_id),
+                    agent_id: Some(agent_id.clone()),
                     agent_name: Some(agent_name.clone()),
                 });
                 self.broker.router.do_send(BindOutbound {
                     task_id: self.state.task_id.clone(),
                     conversation_id: self.state.id.clone(),
-                    conversation: ctx.address(),
                     customer: self.state.customer.clone(),
                 });
                 let text = match (&template, text.is_empty()) {
@@ -817,12 +837,14 @@ impl Actor for Conversation {
                 }
                 self.append(Author::Agent, text, attachments, client_msg_id);
                 Metrics::bump(&self.broker.metrics.messages_out);
-                self.to_agent(
-                    &agent,
-                    AgentFrameKind::Assigned(self.state.task_view()),
-                    self.assigned_frame(reference.as_deref()),
-                );
-                self.agent = Some(agent);
+                self.agent = self.agent_named(&agent_id);
+                if let Some(agent) = &self.agent {
+                    self.to_agent(
+                        agent,
+                        AgentFrameKind::Assigned(self.state.task_view()),
+                        self.assigned_frame(reference.as_deref()),
+                    );
+                }
                 self.to_customer(CustomerEvent::Broadcast(frame_agent_joined(
                     &self.state.id,
                     &agent_name,

@@ -98,7 +98,6 @@ impl Conversation {
             }
             self.broker.router.do_send(EnqueueTask {
                 task: self.routable(),
-                conversation: ctx.address(),
             });
         }
         self.resend_pending();

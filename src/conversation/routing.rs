@@ -8,6 +8,7 @@
 //! To the router: the [`RoutableTask`] an inbound conversation enqueues as its
 //! first act.
 
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -15,7 +16,7 @@ use std::time::SystemTime;
 use actix::prelude::*;
 
 use super::{frame_agent_joined, Conversation, ConversationEvent};
-use crate::agent::{Agent, AgentFrameKind};
+use crate::agent::AgentFrameKind;
 use crate::channel::CustomerEvent;
 use crate::protocol::{
     Author, CancelReason, ChannelKind, DeliveryStatus, Event, Frame, Id, TaskState, Transfer,
@@ -25,11 +26,10 @@ use crate::router::{RescindReason, RoutableTask};
 use crate::webhooks::EventKind;
 
 /// Router: the task is offered to `agent_id`.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct Reserve {
     pub agent_id: Id,
-    pub agent: Addr<Agent>,
     pub expires_at: SystemTime,
     /// The queue it is offered from and its priority there.
     pub queue: String,
@@ -56,7 +56,7 @@ impl Handler<Reserve> for Conversation {
         }
         self.apply(ConversationEvent::TaskMoved {
             state: TaskState::Reserved,
-            agent_id: Some(msg.agent_id),
+            agent_id: Some(msg.agent_id.clone()),
             agent_name: None,
         });
         self.hook_task(EventKind::TaskOffered, |d| {
@@ -71,17 +71,20 @@ impl Handler<Reserve> for Conversation {
             transfer: msg.transfer.as_ref().map(Cow::Borrowed),
         }
         .frame();
-        self.to_agent(&msg.agent, AgentFrameKind::Offered(task.clone()), offered);
+        self.to_agent_named(
+            &msg.agent_id,
+            AgentFrameKind::Offered(task.clone()),
+            offered,
+        );
     }
 }
 
 /// Router: the agent accepted; from now on this conversation talks to it directly.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct Assign {
     pub agent_id: Id,
     pub agent_name: String,
-    pub agent: Addr<Agent>,
     pub reference: Option<String>,
     /// The task's queue's inactivity settings.
     pub inactivity: Option<Inactivity>,
@@ -94,23 +97,25 @@ impl Handler<Assign> for Conversation {
         if self.state.task_state != TaskState::Reserved {
             // The customer left while the accept was on its way.
             let gone = self.rescinded_frame(RescindReason::CustomerLeft);
-            self.to_agent(&msg.agent, AgentFrameKind::Rescinded, gone);
+            self.to_agent_named(&msg.agent_id, AgentFrameKind::Rescinded, gone);
             return;
         }
         self.apply(ConversationEvent::TaskMoved {
             state: TaskState::Assigned,
-            agent_id: Some(msg.agent_id),
+            agent_id: Some(msg.agent_id.clone()),
             agent_name: Some(msg.agent_name.clone()),
         });
         self.apply(ConversationEvent::AssignedAt {
             at: crate::protocol::now(),
         });
-        self.to_agent(
-            &msg.agent,
-            AgentFrameKind::Assigned(self.state.task_view()),
-            self.assigned_frame(msg.reference.as_deref()),
-        );
-        self.agent = Some(msg.agent);
+        self.agent = self.agent_named(&msg.agent_id);
+        if let Some(agent) = &self.agent {
+            self.to_agent(
+                agent,
+                AgentFrameKind::Assigned(self.state.task_view()),
+                self.assigned_frame(msg.reference.as_deref()),
+            );
+        }
         self.to_customer(CustomerEvent::Broadcast(frame_agent_joined(
             &self.state.id,
             &msg.agent_name,
@@ -121,7 +126,7 @@ impl Handler<Assign> for Conversation {
 }
 
 /// Router: the task is back in the queue (reject, timeout, or its agent left).
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct Requeued {
     pub reason: RescindReason,
@@ -130,7 +135,7 @@ pub struct Requeued {
 }
 
 /// Why a task went back to the queue: each is its own webhook event type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequeueCause {
     /// The agent rejected the offer (`task.rejected`).
     Rejected,
@@ -188,7 +193,7 @@ impl Handler<Requeued> for Conversation {
 /// or arrived while the queue is closed and cancels). The customer gets the
 /// queue's message as a `system` message, then `conversation.ended`. The
 /// router has already stopped routing it.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct RouterCancel {
     pub reason: CancelReason,
@@ -216,7 +221,7 @@ impl Handler<RouterCancel> for Conversation {
 
 /// Router: tell the customer something about the wait (the closed message of
 /// a queue outside its business hours that lets tasks wait).
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct RouterNotice {
     pub message: String,
@@ -289,5 +294,60 @@ impl Conversation {
             offered_before: false,
             handoff: Default::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::codec::assert_crosses;
+    use crate::protocol::samples;
+
+    /// What the router tells a conversation can cross between nodes (the
+    /// partitioned form runs them on different ones): ids, no addresses.
+    #[test]
+    fn the_routers_moves_cross_between_nodes() {
+        for transfer in [None, Some(samples::transfer())] {
+            assert_crosses(&Reserve {
+                agent_id: "alice".into(),
+                expires_at: crate::protocol::now(),
+                queue: "billing".into(),
+                priority: 3,
+                offer: 7,
+                transfer,
+            });
+        }
+        let inactivity = Inactivity {
+            warn_after: Duration::from_millis(90_500),
+            warning: "Still there?".into(),
+            close_after: Duration::from_secs(300),
+        };
+        for (inactivity, reference) in [(None, None), (Some(inactivity), Some("r-1".into()))] {
+            assert_crosses(&Assign {
+                agent_id: "alice".into(),
+                agent_name: "Alice Ö".into(),
+                reference,
+                inactivity,
+            });
+        }
+        for cause in [
+            RequeueCause::Rejected,
+            RequeueCause::TimedOut,
+            RequeueCause::Withdrawn,
+        ] {
+            assert_crosses(&Requeued {
+                reason: RescindReason::Timeout,
+                cause,
+            });
+        }
+        assert_crosses(&RouterCancel {
+            reason: CancelReason::MaxWait,
+            message: "waited too long".into(),
+        });
+        assert_crosses(&RouterNotice {
+            message: "moved to billing".into(),
+        });
     }
 }

@@ -16,6 +16,7 @@
 //! once with the default disposition and the agent told it no longer holds
 //! it (the router let go of it already).
 
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::time::SystemTime;
 
@@ -23,7 +24,7 @@ use actix::prelude::*;
 
 use super::state::PendingTransfer;
 use super::{frame_agent_joined, Conversation, ConversationEvent};
-use crate::agent::{Agent, AgentFrameKind};
+use crate::agent::AgentFrameKind;
 use crate::channel::CustomerEvent;
 use crate::protocol::event::{self, TransferFailure};
 use crate::protocol::{Event, Frame, Id, TaskState, Transfer};
@@ -32,7 +33,7 @@ use crate::router::{TransferDone, UnparkTask};
 use crate::webhooks::EventKind;
 
 /// Router: a cold transfer; `from` lets go of the task now.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct TransferredAway {
     pub from: Id,
@@ -80,11 +81,10 @@ impl Handler<TransferredAway> for Conversation {
 }
 
 /// Router: a warm transfer offered to `agent_id`; the holder keeps the task.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct ConsultOffer {
     pub agent_id: Id,
-    pub agent: Addr<Agent>,
     pub expires_at: SystemTime,
     pub offer: u64,
     pub transfer: Transfer,
@@ -100,7 +100,7 @@ impl Handler<ConsultOffer> for Conversation {
         }
         self.apply(ConversationEvent::TransferPending {
             pending: Some(PendingTransfer {
-                target: msg.agent_id,
+                target: msg.agent_id.clone(),
                 offer: msg.offer,
                 transfer: msg.transfer.clone(),
             }),
@@ -114,19 +114,18 @@ impl Handler<ConsultOffer> for Conversation {
             transfer: Some(Cow::Borrowed(&msg.transfer)),
         }
         .frame();
-        self.to_agent(&msg.agent, AgentFrameKind::Offered(task.clone()), frame);
+        self.to_agent_named(&msg.agent_id, AgentFrameKind::Offered(task.clone()), frame);
     }
 }
 
 /// Router: the warm transfer's target accepted. The move is made here, if
 /// the transfer is still pending (the conversation may have ended first).
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct TransferAccept {
     pub offer: u64,
     pub agent_id: Id,
     pub agent_name: String,
-    pub agent: Addr<Agent>,
     pub reference: Option<String>,
     pub inactivity: Option<Inactivity>,
 }
@@ -156,7 +155,7 @@ impl Handler<TransferAccept> for Conversation {
         });
         self.apply(ConversationEvent::TaskMoved {
             state: TaskState::Assigned,
-            agent_id: Some(msg.agent_id),
+            agent_id: Some(msg.agent_id.clone()),
             agent_name: Some(msg.agent_name.clone()),
         });
         self.apply(ConversationEvent::AssignedAt {
@@ -166,12 +165,14 @@ impl Handler<TransferAccept> for Conversation {
             d.agent_id = from.as_deref();
             d.reason = Some("warm");
         });
-        self.to_agent(
-            &msg.agent,
-            AgentFrameKind::Assigned(self.state.task_view()),
-            self.assigned_frame(msg.reference.as_deref()),
-        );
-        self.agent = Some(msg.agent);
+        self.agent = self.agent_named(&msg.agent_id);
+        if let Some(agent) = &self.agent {
+            self.to_agent(
+                agent,
+                AgentFrameKind::Assigned(self.state.task_view()),
+                self.assigned_frame(msg.reference.as_deref()),
+            );
+        }
         self.to_customer(CustomerEvent::Broadcast(frame_agent_joined(
             &self.state.id,
             &msg.agent_name,
@@ -186,7 +187,7 @@ impl Handler<TransferAccept> for Conversation {
 }
 
 /// Router: the warm transfer did not happen; the holder keeps the task.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct TransferNotMade {
     pub offer: u64,
@@ -209,7 +210,7 @@ impl Handler<TransferNotMade> for Conversation {
 }
 
 /// Router: the holder parked the task.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct ParkedAway {
     pub from: Id,
@@ -251,7 +252,7 @@ impl Handler<ParkedAway> for Conversation {
 }
 
 /// Router: a parked task's `until` came; it is back in its queue.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct BackFromPark;
 
@@ -309,5 +310,52 @@ impl Conversation {
         self.broker.router.do_send(UnparkTask {
             task_id: self.state.task_id.clone(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::assert_crosses;
+    use crate::protocol::samples;
+
+    /// A transfer's messages between the router and a conversation can
+    /// cross between nodes: ids, no addresses.
+    #[test]
+    fn a_transfers_messages_cross_between_nodes() {
+        for reference in [None, Some("r-2".to_owned())] {
+            assert_crosses(&TransferredAway {
+                from: "alice".into(),
+                transfer: samples::transfer(),
+                reference: reference.clone(),
+            });
+            assert_crosses(&ParkedAway {
+                from: "alice".into(),
+                until: Some(crate::protocol::now()),
+                reference,
+            });
+        }
+        assert_crosses(&ConsultOffer {
+            agent_id: "bob".into(),
+            expires_at: crate::protocol::now(),
+            offer: 9,
+            transfer: samples::transfer(),
+        });
+        assert_crosses(&TransferAccept {
+            offer: 9,
+            agent_id: "bob".into(),
+            agent_name: "Bob".into(),
+            reference: Some("r-3".into()),
+            inactivity: None,
+        });
+        for reason in [
+            TransferFailure::Rejected,
+            TransferFailure::Timeout,
+            TransferFailure::Canceled,
+            TransferFailure::Ended,
+        ] {
+            assert_crosses(&TransferNotMade { offer: 9, reason });
+        }
+        assert_crosses(&BackFromPark);
     }
 }

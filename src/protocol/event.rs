@@ -419,6 +419,7 @@ pub fn reference(r: Option<&str>) -> Ref<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::samples::{task_view as task, transfer};
     use crate::protocol::{Author, Customer, PerChannel};
     use serde_json::{json, Value};
 
@@ -457,35 +458,6 @@ mod tests {
             created_at: crate::protocol::now(),
             status: DeliveryStatus::Accepted,
             client_msg_id: None,
-        }
-    }
-
-    fn task() -> TaskView {
-        TaskView {
-            id: "tk_1".into(),
-            conversation_id: "cv_1".into(),
-            channel: ChannelKind::Webchat,
-            customer: Customer {
-                address: "wc_1".into(),
-                name: "Dana".into(),
-            },
-            preview: "hi".into(),
-            created_at: crate::protocol::now(),
-            state: TaskState::Reserved,
-            queue: "default".into(),
-            priority: 0,
-            waiting_since: crate::protocol::now(),
-            transfers: vec![transfer()],
-        }
-    }
-
-    fn transfer() -> Transfer {
-        Transfer {
-            from: "alice".into(),
-            to: TransferTarget::Queue("billing".into()),
-            mode: crate::protocol::TransferMode::Cold,
-            note: "refund".into(),
-            at: crate::protocol::now(),
         }
     }
 

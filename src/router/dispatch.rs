@@ -268,16 +268,15 @@ impl Router {
         self.timers
             .insert(task_id.clone(), Instant::now() + timeout, offer);
         self.timers.arm(ctx, Router::offers_expired);
-        let Some(agent) = self.addrs.get(&agent_id) else {
+        if !self.addrs.contains_key(&agent_id) {
             return;
-        };
+        }
         let Some(held) = self.state.held.get(&task_id) else {
             return;
         };
         if let Some(conv) = self.conversations.get(&task_id) {
             conv.do_send(Reserve {
                 agent_id: agent_id.clone(),
-                agent: agent.clone(),
                 expires_at: crate::protocol::now() + timeout,
                 queue: held.task.queue.clone(),
                 priority: held.task.priority,

@@ -5,17 +5,17 @@
 //! open tasks, stats). Handlers change state only through `apply` and leave
 //! offering to `dispatch.rs`.
 
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde::Serialize;
 
 use super::state::{AgentCounts, Hold, RoutableTask, RouterEvent};
 use super::stats::Outcome;
 use super::{RescindReason, Router};
 use crate::agent::{Agent, Rescind};
-use crate::conversation::{Assign, Conversation};
+use crate::conversation::Assign;
 use crate::error::ApiError;
 use crate::protocol::event::TransferFailure;
 use crate::protocol::{
@@ -164,19 +164,17 @@ impl Handler<GraceExpired> for Router {
 }
 
 /// A new task waits for an agent.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct EnqueueTask {
     pub task: RoutableTask,
-    pub conversation: Addr<Conversation>,
 }
 
 impl Handler<EnqueueTask> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: EnqueueTask, ctx: &mut Context<Self>) {
-        self.conversations
-            .insert(msg.task.task_id.clone(), msg.conversation);
+        self.locate(&msg.task.task_id, &msg.task.conversation_id);
         self.enqueue(msg.task, ctx);
     }
 }
@@ -204,9 +202,9 @@ impl Handler<Accept> for Router {
             task_id: task_id.clone(),
             clock_at: self.clock_now(),
         });
-        let (Some(agent), Some(addr)) = (
+        let (Some(agent), true) = (
             self.state.agents.get(&msg.agent_id),
-            self.addrs.get(&msg.agent_id),
+            self.addrs.contains_key(&msg.agent_id),
         ) else {
             return Err(ApiError::UnknownTask(msg.task_id));
         };
@@ -214,7 +212,6 @@ impl Handler<Accept> for Router {
             conv.do_send(Assign {
                 agent_id: msg.agent_id.clone(),
                 agent_name: agent.view.name.clone(),
-                agent: addr.clone(),
                 reference: msg.reference,
                 inactivity: self.inactivity_of(&task_id),
             });
@@ -262,7 +259,7 @@ impl Handler<Reject> for Router {
 
 /// The conversation ended: the task is in wrap-up (capacity still held) and is
 /// no longer re-queued if its agent goes away.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct TaskWrapping {
     pub task_id: Id,
@@ -285,7 +282,7 @@ impl Handler<TaskWrapping> for Router {
 
 /// The task is completed or canceled: stop routing it and free its capacity.
 /// A pending offer is rescinded with `customer_left`.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct TaskClosed {
     pub task_id: Id,
@@ -372,12 +369,11 @@ impl Handler<ReserveOutbound> for Router {
 
 /// The outbound conversation exists: attach it to the reservation so it can be
 /// re-queued like any task if its agent goes away.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct BindOutbound {
     pub task_id: Id,
     pub conversation_id: Id,
-    pub conversation: Addr<Conversation>,
     /// As the channel knows them (a returning customer's name).
     pub customer: Customer,
 }
@@ -387,8 +383,7 @@ impl Handler<BindOutbound> for Router {
 
     fn handle(&mut self, msg: BindOutbound, _: &mut Context<Self>) {
         if self.state.held.contains_key(&msg.task_id) {
-            self.conversations
-                .insert(msg.task_id.clone(), msg.conversation);
+            self.locate(&msg.task_id, &msg.conversation_id);
             self.apply(RouterEvent::OutboundBound {
                 task_id: msg.task_id,
                 conversation_id: msg.conversation_id,
@@ -582,6 +577,54 @@ impl Router {
                 ))
             }
             None => ApiError::UnknownTask(task_id.to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::codec::assert_crosses;
+    use crate::router::state::Decline;
+
+    /// What a conversation tells the router can cross between nodes (the
+    /// partitioned form runs them on different ones): the router finds the
+    /// conversation by the id it names.
+    #[test]
+    fn a_conversations_news_crosses_between_nodes() {
+        let mut task = RoutableTask::sample("tk_1", 4);
+        assert_crosses(&EnqueueTask { task: task.clone() });
+        task.skills = vec!["french".to_owned(), "billing".to_owned()].into();
+        task.declined = vec![Decline {
+            agent: "alice".into(),
+            at: SystemTime::UNIX_EPOCH,
+        }];
+        task.handoff.transfers = vec![crate::protocol::samples::transfer()];
+        task.handoff.in_transfer = true;
+        task.handoff.prefer = Some("bob".into());
+        task.handoff.requeued_at = Some(SystemTime::UNIX_EPOCH);
+        task.relaxed = true;
+        assert_crosses(&EnqueueTask { task });
+        assert_crosses(&BindOutbound {
+            task_id: "tk_2".into(),
+            conversation_id: "cv_2".into(),
+            customer: crate::protocol::samples::customer(),
+        });
+        assert_crosses(&TaskWrapping {
+            task_id: "tk_1".into(),
+        });
+        for outcome in [
+            Outcome::Completed,
+            Outcome::Abandoned,
+            Outcome::Canceled,
+            Outcome::Dropped,
+        ] {
+            assert_crosses(&TaskClosed {
+                task_id: "tk_1".into(),
+                outcome,
+            });
         }
     }
 }

@@ -262,6 +262,16 @@ impl Router {
     fn conversation_of(&self, task_id: &Id) -> Option<Addr<Conversation>> {
         self.conversations.get(task_id).cloned()
     }
+
+    /// Find a task's conversation by its id, once, as the task arrives:
+    /// messages between actors carry ids, and the registry is where an id
+    /// becomes an address. (A conversation registers before its first act,
+    /// so it is found unless it has already left memory.)
+    fn locate(&mut self, task_id: &Id, conversation_id: &str) {
+        if let Some(addr) = self.broker.conversation(conversation_id) {
+            self.conversations.insert(task_id.clone(), addr);
+        }
+    }
 }
 
 impl Actor for Router {

@@ -69,6 +69,30 @@ pub struct RoutableTask {
     pub handoff: Handoff,
 }
 
+#[cfg(test)]
+impl RoutableTask {
+    /// A webchat task in the default queue, for tests.
+    pub(crate) fn sample(id: &str, order: u64) -> Self {
+        RoutableTask {
+            task_id: id.into(),
+            conversation_id: format!("cv_{id}").as_str().into(),
+            channel: ChannelKind::Webchat,
+            skills: Arc::from(Vec::new()),
+            customer: crate::protocol::samples::customer(),
+            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
+            priority: 0,
+            created_at: SystemTime::UNIX_EPOCH,
+            entered_queue_at: SystemTime::UNIX_EPOCH,
+            relaxed: false,
+            order,
+            enqueued_at: Instant::now(),
+            declined: Vec::new(),
+            offered_before: false,
+            handoff: Default::default(),
+        }
+    }
+}
+
 /// What a task carries through transfers and parking: the transfer chain,
 /// whether the latest transfer is still on its way to an agent (its offers
 /// then carry it), and the agent to offer it to first (the one who parked
@@ -1309,26 +1333,7 @@ mod tests {
     }
 
     fn task(id: &str, order: u64) -> RoutableTask {
-        RoutableTask {
-            task_id: id.into(),
-            conversation_id: format!("cv_{id}").as_str().into(),
-            channel: ChannelKind::Webchat,
-            skills: Arc::from(Vec::new()),
-            customer: Customer {
-                address: "wc_1".into(),
-                name: "Dana".into(),
-            },
-            queue: crate::protocol::DEFAULT_QUEUE.to_owned(),
-            priority: 0,
-            created_at: SystemTime::UNIX_EPOCH,
-            entered_queue_at: SystemTime::UNIX_EPOCH,
-            relaxed: false,
-            order,
-            enqueued_at: Instant::now(),
-            declined: Vec::new(),
-            offered_before: false,
-            handoff: Default::default(),
-        }
+        RoutableTask::sample(id, order)
     }
 
     fn queued(s: &RouterState, id: &str) -> RoutableTask {

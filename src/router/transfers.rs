@@ -20,6 +20,7 @@
 //! counts the target's from its offer and the sender's until the move; a
 //! parked task counts for nobody.
 
+use serde::{Deserialize, Serialize};
 use std::time::{Instant, SystemTime};
 
 use actix::prelude::*;
@@ -131,7 +132,7 @@ impl Handler<CancelTransfer> for Router {
 }
 
 /// Conversation: the warm transfer's target holds the conversation now.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct TransferDone {
     pub task_id: Id,
@@ -210,7 +211,7 @@ impl Handler<ParkTask> for Router {
 
 /// Conversation: the customer wrote to a parked conversation (which has
 /// moved its task to `queued`): back to the queue.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct UnparkTask {
     pub task_id: Id,
@@ -419,11 +420,10 @@ impl Router {
         self.consult_timers
             .insert(task_id.clone(), Instant::now() + timeout, offer);
         self.consult_timers.arm(ctx, Router::consults_expired);
-        if let (Some(conv), Some(agent)) = (self.conversation_of(&task_id), self.addrs.get(&target))
-        {
+        let conv = self.conversation_of(&task_id);
+        if let (Some(conv), true) = (conv, self.addrs.contains_key(&target)) {
             conv.do_send(ConsultOffer {
                 agent_id: target.clone(),
-                agent: agent.clone(),
                 expires_at: crate::protocol::now() + timeout,
                 offer,
                 transfer,
@@ -459,14 +459,13 @@ impl Router {
             .get(agent_id)
             .map(|a| a.view.name.clone())
             .unwrap_or_default();
-        if let (Some(conv), Some(agent)) = (self.conversation_of(task_id), self.addrs.get(agent_id))
-        {
+        let conv = self.conversation_of(task_id);
+        if let (Some(conv), true) = (conv, self.addrs.contains_key(agent_id)) {
             let inactivity = self.inactivity_of(task_id);
             conv.do_send(TransferAccept {
                 offer,
                 agent_id: agent_id.clone(),
                 agent_name: name,
-                agent: agent.clone(),
                 reference,
                 inactivity,
             });
@@ -615,5 +614,23 @@ impl Router {
     pub(super) fn inactivity_of(&self, task_id: &Id) -> Option<super::queue::Inactivity> {
         let queue = &self.state.held.get(task_id)?.task.queue;
         self.state.queue(queue)?.inactivity.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a conversation tells the router of a transfer can cross
+    /// between nodes.
+    #[test]
+    fn a_transfers_news_crosses_between_nodes() {
+        crate::codec::assert_crosses(&TransferDone {
+            task_id: "tk_1".into(),
+            offer: 12,
+        });
+        crate::codec::assert_crosses(&UnparkTask {
+            task_id: "tk_1".into(),
+        });
     }
 }

@@ -1,0 +1,37 @@
+//! Sample values of the wire types, for unit tests across the crate.
+
+use super::{ChannelKind, Customer, TaskState, TaskView, Transfer, TransferMode, TransferTarget};
+
+pub fn customer() -> Customer {
+    Customer {
+        address: "wc_1".into(),
+        name: "Dana".into(),
+    }
+}
+
+/// A task shown to agents, transferred once.
+pub fn task_view() -> TaskView {
+    TaskView {
+        id: "tk_1".into(),
+        conversation_id: "cv_1".into(),
+        channel: ChannelKind::Webchat,
+        customer: customer(),
+        preview: "hi".into(),
+        created_at: super::now(),
+        state: TaskState::Reserved,
+        queue: "default".into(),
+        priority: 0,
+        waiting_since: super::now(),
+        transfers: vec![transfer()],
+    }
+}
+
+pub fn transfer() -> Transfer {
+    Transfer {
+        from: "alice".into(),
+        to: TransferTarget::Queue("billing".into()),
+        mode: TransferMode::Cold,
+        note: "refund".into(),
+        at: super::now(),
+    }
+}
