@@ -113,7 +113,7 @@ impl CannedState {
 }
 
 /// The values placeholders are filled with, for one conversation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FillValues {
     /// `None` when the customer has no name of its own.
     pub customer_name: Option<String>,

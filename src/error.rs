@@ -9,7 +9,7 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::protocol::{error_frame, Frame};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
@@ -229,6 +229,48 @@ mod tests {
             ApiError::TokenExpired(String::new()).code(),
             "token_expired"
         );
+    }
+
+    /// A refusal made on the node that runs a conversation crosses to the
+    /// node that answers the client, every kind of it.
+    #[test]
+    fn every_error_crosses_between_nodes() {
+        let text = || "why".to_owned();
+        let all = [
+            ApiError::BadRequest(text()),
+            ApiError::Unauthorized(text()),
+            ApiError::Forbidden(text()),
+            ApiError::NotFound(text()),
+            ApiError::Conflict(text()),
+            ApiError::UnknownTask(text()),
+            ApiError::NotYourTask(text()),
+            ApiError::CapacityExceeded(text()),
+            ApiError::InvalidDisposition(text()),
+            ApiError::TextTooLong(text()),
+            ApiError::AttachmentNotSupported(text()),
+            ApiError::AttachmentTooLarge(text()),
+            ApiError::PayloadTooLarge(text()),
+            ApiError::InvalidState(text()),
+            ApiError::ChannelDisabled(text()),
+            ApiError::BadSignature(text()),
+            ApiError::OutsideMessagingWindow(text()),
+            ApiError::RateLimited(text()),
+            ApiError::RateLimitedFor {
+                message: text(),
+                retry_after: std::time::Duration::from_millis(1500),
+            },
+            ApiError::RequestTimeout(text()),
+            ApiError::Unavailable(text()),
+            ApiError::Standby(text()),
+            ApiError::UriTooLong(text()),
+            ApiError::AuthThrottled { retry_after: 6 },
+            ApiError::TokenExpired(text()),
+            ApiError::HistoryFull(text()),
+        ];
+        for e in all {
+            let bytes = crate::codec::encode(&e).expect("encode");
+            assert_eq!(crate::codec::decode::<ApiError>(&bytes).expect("decode"), e);
+        }
     }
 
     #[test]

@@ -688,11 +688,20 @@ pub mod rfc3339 {
     pub mod option {
         use std::time::SystemTime;
 
-        use serde::{Deserialize, Deserializer, Serializer};
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+        /// Written as an option (`serialize_some`), which JSON writes as the
+        /// bare string and a format without field types (the codec between
+        /// nodes) needs to read it back.
         pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+            struct At<'a>(&'a SystemTime);
+            impl Serialize for At<'_> {
+                fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    super::serialize(self.0, s)
+                }
+            }
             match t {
-                Some(t) => super::serialize(t, s),
+                Some(t) => s.serialize_some(&At(t)),
                 None => s.serialize_none(),
             }
         }
@@ -710,6 +719,34 @@ pub mod rfc3339 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An optional time is the bare string (or null) in JSON, and reads
+    /// back from the codec between nodes, which needs to be told it is an
+    /// option.
+    #[test]
+    fn an_optional_time_is_a_string_in_json_and_crosses_the_codec() {
+        #[derive(Serialize, Deserialize)]
+        struct Stamp {
+            #[serde(with = "rfc3339::option")]
+            at: Option<SystemTime>,
+            after: u8,
+        }
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_417_600_123);
+        let json = serde_json::to_value(Stamp {
+            at: Some(at),
+            after: 1,
+        })
+        .expect("json");
+        assert_eq!(json["at"], "2025-11-29T12:00:00.123Z");
+        let none = serde_json::to_value(Stamp { at: None, after: 1 }).expect("json");
+        assert!(none["at"].is_null());
+        for at in [Some(at), None] {
+            crate::codec::assert_crosses(&Stamp { at, after: 7 });
+            let bytes = crate::codec::encode(&Stamp { at, after: 7 }).expect("encode");
+            let back: Stamp = crate::codec::decode(&bytes).expect("decode");
+            assert_eq!((back.at, back.after), (at, 7));
+        }
+    }
 
     #[test]
     fn agent_command_parses_with_ref() {

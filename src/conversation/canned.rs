@@ -9,6 +9,7 @@
 //! any overflow).
 
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::Conversation;
 use crate::canned::{fill, not_found, CannedResponse, FillValues};
@@ -17,7 +18,7 @@ use crate::protocol::Id;
 
 /// What canned responses are filled with in this conversation, and who may
 /// use them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CannedContext {
     /// The agent holding the conversation (null while it waits).
     pub agent_id: Option<Id>,
@@ -27,7 +28,7 @@ pub struct CannedContext {
 }
 
 /// `GET /v1/canned-responses?conversation_id=`.
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "CannedContext")]
 pub struct GetCannedContext;
 
@@ -71,5 +72,28 @@ impl Conversation {
             )));
         }
         Ok(fill(&response.text, &self.canned_values()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the canned-responses route reads of a conversation can cross
+    /// from the node that runs it.
+    #[test]
+    fn a_conversations_canned_context_crosses_between_nodes() {
+        crate::codec::assert_crosses(&GetCannedContext);
+        for (agent_id, customer_name) in [(None, None), (Some("alice"), Some("Dana"))] {
+            crate::codec::assert_crosses(&CannedContext {
+                agent_id: agent_id.map(Into::into),
+                queue: "billing".into(),
+                values: FillValues {
+                    customer_name: customer_name.map(Into::into),
+                    agent_name: "Alice".into(),
+                    queue_name: "Billing".into(),
+                },
+            });
+        }
     }
 }

@@ -65,7 +65,7 @@ pub use agent::{AgentComplete, AgentEnd, AgentSend, AgentTyping, Resync};
 pub use canned::{usable_in, CannedContext, GetCannedContext};
 pub use customer::{CustomerAbandoned, CustomerLeft, CustomerMessage, CustomerTyping, SendHistory};
 pub use delivery::{DeliveryUpdate, ReadUpTo};
-pub use queries::{ConversationSnapshot, GetMessages, GetSnapshot, TaskRef};
+pub use queries::{ConversationSnapshot, ConversationStatus, GetMessages, GetSnapshot, TaskRef};
 pub use restore::ResumeInactivity;
 pub use routing::{Assign, RequeueCause, Requeued, Reserve, RouterCancel, RouterNotice};
 pub use state::{ConversationEvent, ConversationState, PendingTransfer};

@@ -4,17 +4,17 @@
 use std::time::SystemTime;
 
 use actix::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Conversation;
 use crate::protocol::{rfc3339, CancelReason, ChannelKind, Customer, Id, Message, TaskState};
 
 /// `GET /v1/conversations/{id}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConversationSnapshot {
     pub id: Id,
     pub channel: ChannelKind,
-    pub state: &'static str,
+    pub state: ConversationStatus,
     pub customer: Customer,
     pub agent_id: Option<Id>,
     /// The queue its task is (or was last) in.
@@ -30,7 +30,26 @@ pub struct ConversationSnapshot {
     pub message_count: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Whether a conversation is still open: its `state` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationStatus {
+    Open,
+    Ended,
+}
+
+impl ConversationStatus {
+    /// From its name on the wire (`open`, `ended`).
+    pub fn named(name: &str) -> Option<Self> {
+        match name {
+            "open" => Some(ConversationStatus::Open),
+            "ended" => Some(ConversationStatus::Ended),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRef {
     pub id: Id,
     pub state: TaskState,
@@ -38,7 +57,7 @@ pub struct TaskRef {
     pub reason: Option<CancelReason>,
 }
 
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "ConversationSnapshot")]
 pub struct GetSnapshot;
 
@@ -50,7 +69,11 @@ impl Handler<GetSnapshot> for Conversation {
         MessageResult(ConversationSnapshot {
             id: s.id.clone(),
             channel: s.channel,
-            state: if s.ended() { "ended" } else { "open" },
+            state: if s.ended() {
+                ConversationStatus::Ended
+            } else {
+                ConversationStatus::Open
+            },
             customer: s.customer.clone(),
             agent_id: s.agent_id.clone(),
             queue: s.queue.clone(),
@@ -76,7 +99,7 @@ impl Handler<GetSnapshot> for Conversation {
 /// - with `before_seq`: the newest messages with
 ///   `after_seq < seq < before_seq`; more means older ones precede (page back
 ///   from the first `seq`).
-#[derive(Message)]
+#[derive(Message, Debug, Serialize, Deserialize)]
 #[rtype(result = "(Vec<Message>, bool)")]
 pub struct GetMessages {
     pub after_seq: u64,
@@ -125,7 +148,9 @@ fn page(
 
 #[cfg(test)]
 mod tests {
-    use super::page;
+    use super::*;
+    use crate::codec::assert_crosses;
+    use crate::protocol::samples;
 
     #[test]
     fn pages_forward_and_back_without_gap_or_overlap() {
@@ -146,5 +171,60 @@ mod tests {
         // Beyond the end, and a window that is empty.
         assert_eq!(page(10, 0, Some(u64::MAX), 3), (7..10, true));
         assert_eq!(page(10, 7, Some(5), 3), (7..7, false));
+    }
+
+    fn snapshot(state: ConversationStatus) -> ConversationSnapshot {
+        ConversationSnapshot {
+            id: "cv_1".into(),
+            channel: ChannelKind::Sms,
+            state,
+            customer: samples::customer(),
+            agent_id: Some("alice".into()),
+            queue: "billing".into(),
+            task: TaskRef {
+                id: "tk_1".into(),
+                state: TaskState::Canceled,
+                reason: Some(CancelReason::MaxWait),
+            },
+            disposition: None,
+            notes: Some("called back".into()),
+            previous_conversation_id: Some("cv_0".into()),
+            created_at: crate::protocol::now(),
+            ended_at: (state == ConversationStatus::Ended).then(crate::protocol::now),
+            message_count: 3,
+        }
+    }
+
+    /// What HTTP routes read of a conversation can cross from the node
+    /// that runs it to the node that took the request.
+    #[test]
+    fn the_routes_reads_cross_between_nodes() {
+        assert_crosses(&GetSnapshot);
+        for state in [ConversationStatus::Open, ConversationStatus::Ended] {
+            assert_crosses(&snapshot(state));
+        }
+        assert_crosses(&GetMessages {
+            after_seq: 4,
+            before_seq: Some(9),
+            limit: 50,
+        });
+        let mut from_agent = samples::message();
+        from_agent.from = crate::protocol::Author::Agent;
+        from_agent.agent_id = Some("alice".into());
+        from_agent.client_msg_id = Some("c-1".into());
+        assert_crosses(&(vec![samples::message(), from_agent], true));
+    }
+
+    #[test]
+    fn a_conversations_state_is_named_on_the_wire_as_before() {
+        for (state, name) in [
+            (ConversationStatus::Open, "open"),
+            (ConversationStatus::Ended, "ended"),
+        ] {
+            let json = serde_json::to_value(snapshot(state)).expect("json");
+            assert_eq!(json["state"], name);
+            assert_eq!(ConversationStatus::named(name), Some(state));
+        }
+        assert_eq!(ConversationStatus::named("closed"), None);
     }
 }

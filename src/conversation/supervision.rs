@@ -20,7 +20,7 @@ use crate::protocol::{event, Event, Id, TaskState};
 use crate::ws::SocketLink;
 
 /// Admin: complete the task, ending the conversation first if it is active.
-#[derive(Message)]
+#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<Id, ApiError>")]
 pub struct SupervisorComplete {
     pub disposition: String,
@@ -120,5 +120,27 @@ impl Conversation {
         let metrics = &self.broker.metrics;
         self.monitors
             .retain(|m| m.send(frame.clone(), metrics).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A supervisor's completion can cross to the node that runs the
+    /// conversation, and its answer, the task's id or the refusal, back.
+    #[test]
+    fn a_supervisors_completion_crosses_between_nodes() {
+        crate::codec::assert_crosses(&SupervisorComplete {
+            disposition: "resolved".into(),
+            notes: "closed by the supervisor".into(),
+        });
+        let answers: [Result<Id, ApiError>; 2] = [
+            Ok("tk_1".into()),
+            Err(ApiError::InvalidDisposition("unknown code".into())),
+        ];
+        for answer in answers {
+            crate::codec::assert_crosses(&answer);
+        }
     }
 }

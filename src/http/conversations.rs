@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use crate::conversation::{GetMessages, GetSnapshot};
+use crate::conversation::{ConversationStatus, GetMessages, GetSnapshot};
 use crate::error::ApiError;
 use crate::http::tasks::{channel_filter, task_state, Paging};
 use crate::http::{authenticate, require_admin, Principal, State};
@@ -42,9 +42,9 @@ pub async fn list(
         .flat_map(|s| s.split(','))
         .map(str::trim)
     {
-        match name {
-            "" => {}
-            "open" | "ended" => conv_states.push(name),
+        match (name, ConversationStatus::named(name)) {
+            ("", _) => {}
+            (_, Some(status)) => conv_states.push(status),
             _ => task_states.push(task_state(name).ok_or_else(|| {
                 ApiError::BadRequest(format!(
                     "state: unknown state {name:?} (open, ended, or a task state: waiting, \

@@ -419,8 +419,8 @@ pub fn reference(r: Option<&str>) -> Ref<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::samples::{task_view as task, transfer};
-    use crate::protocol::{Author, Customer, PerChannel};
+    use crate::protocol::samples::{message, task_view as task, transfer};
+    use crate::protocol::{Customer, PerChannel};
     use serde_json::{json, Value};
 
     #[test]
@@ -443,21 +443,6 @@ mod tests {
             if let Some(r) = r {
                 assert_eq!(splice_ref(&plain, r).as_deref(), Some(&*full(Some(r))));
             }
-        }
-    }
-
-    fn message() -> Message {
-        Message {
-            id: "m_1".into(),
-            conversation_id: "cv_1".into(),
-            seq: 1,
-            from: Author::Customer,
-            agent_id: None,
-            text: "hi".into(),
-            attachments: vec![],
-            created_at: crate::protocol::now(),
-            status: DeliveryStatus::Accepted,
-            client_msg_id: None,
         }
     }
 

@@ -1,6 +1,9 @@
 //! Sample values of the wire types, for unit tests across the crate.
 
-use super::{ChannelKind, Customer, TaskState, TaskView, Transfer, TransferMode, TransferTarget};
+use super::{
+    Author, ChannelKind, Customer, DeliveryStatus, Message, TaskState, TaskView, Transfer,
+    TransferMode, TransferTarget,
+};
 
 pub fn customer() -> Customer {
     Customer {
@@ -33,5 +36,21 @@ pub fn transfer() -> Transfer {
         mode: TransferMode::Cold,
         note: "refund".into(),
         at: super::now(),
+    }
+}
+
+/// A customer's first message.
+pub fn message() -> Message {
+    Message {
+        id: "m_1".into(),
+        conversation_id: "cv_1".into(),
+        seq: 1,
+        from: Author::Customer,
+        agent_id: None,
+        text: "hi".into(),
+        attachments: vec![],
+        created_at: super::now(),
+        status: DeliveryStatus::Accepted,
+        client_msg_id: None,
     }
 }
