@@ -1,5 +1,6 @@
-//! The bus: typed messages from node to node over core NATS, for the actors
-//! of the partitioned form of cluster mode (`docs/cluster.md`, "The bus").
+//! The bus: typed messages from node to node over core NATS: the sockets
+//! and webhooks a standby holds for the active node (`node_bus`;
+//! `docs/cluster.md`, "The bus").
 //!
 //! Each node reads one subject, `<prefix>.bus.<node id>`, and sends to a
 //! peer by its node id. A message is any serde type `M` (the codec's
@@ -42,8 +43,7 @@
 //!   together and hands on the whole, in its place. NATS takes at most
 //!   `max_payload` (1 MiB by default) a message.
 //!
-//! Nothing is stored: the bus is the partitioned form's message plane, not
-//! its log. Node ids must be unique among live nodes (two processes with one
+//! Nothing is stored: the bus is a message plane, not a log. Node ids must be unique among live nodes (two processes with one
 //! id would read each other's messages).
 
 use std::collections::HashMap;

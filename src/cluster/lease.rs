@@ -1,5 +1,8 @@
 //! Partitions and their leases: which partition a conversation belongs to,
-//! and the [`LeaseKeeper`] that holds a node's fair share of them.
+//! and the [`LeaseKeeper`] that holds a node's fair share of them. Laid for
+//! spreading conversations over nodes, which the broker does not do
+//! (`ARCHITECTURE.md`, "Why conversations are not spread over nodes"):
+//! tested against a real NATS, not started by the broker.
 //!
 //! Conversations hash into [`PARTITIONS`] partitions; each partition is owned
 //! by at most one node at a time through a lease: a key in the lease bucket

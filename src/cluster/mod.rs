@@ -2,11 +2,12 @@
 //! with JetStream, and the buckets and stream several Switchboard nodes
 //! share.
 //!
-//! Today's form: one active node, whose journal is replicated to NATS, and
-//! hot standbys that copy it and take over (`node`). The partitions and
-//! their leases are the ground for spreading conversations over the nodes;
-//! the broker does not use them yet. What is here, tested against a real
-//! `nats-server`:
+//! One active node, whose journal is replicated to NATS, and hot standbys
+//! that copy it, take clients as edges and take over (`node`). The
+//! partitions and their leases were laid for spreading conversations over
+//! the nodes, which measurement showed not worth it (`ARCHITECTURE.md`,
+//! "Why conversations are not spread over nodes"): tested, not used by the
+//! broker. What is here, tested against a real `nats-server`:
 //! - [`Cluster`]: connect (with reconnection), then create or open what the
 //!   design needs, with the settings below;
 //! - [`lease`]: which partition a conversation belongs to, and the
@@ -29,8 +30,7 @@
 //!   (`<prefix>.relay.open`, `<prefix>.relay.to.<endpoint>`; nothing
 //!   stored);
 //! - [`bus`]: typed messages from node to node (`<prefix>.bus.<node>`), in
-//!   order, with every loss, restart and silence told: the message plane of
-//!   the partitioned form;
+//!   order, with every loss, restart and silence told;
 //! - [`node_bus`]: what the running broker sends on it: a webchat
 //!   customer's socket or a desk held by a standby (the edge) and its
 //!   stand-in on the active node ([`remote_socket`]), which runs the

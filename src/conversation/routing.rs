@@ -305,8 +305,9 @@ mod tests {
     use crate::codec::assert_crosses;
     use crate::protocol::samples;
 
-    /// What the router tells a conversation can cross between nodes (the
-    /// partitioned form runs them on different ones): ids, no addresses.
+    /// What the router tells a conversation can cross between nodes (a
+    /// partitioned cluster would run them on different ones): ids, no
+    /// addresses.
     #[test]
     fn the_routers_moves_cross_between_nodes() {
         for transfer in [None, Some(samples::transfer())] {

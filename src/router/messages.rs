@@ -589,9 +589,9 @@ mod tests {
     use crate::codec::assert_crosses;
     use crate::router::state::Decline;
 
-    /// What a conversation tells the router can cross between nodes (the
-    /// partitioned form runs them on different ones): the router finds the
-    /// conversation by the id it names.
+    /// What a conversation tells the router can cross between nodes (a
+    /// partitioned cluster would run them on different ones): the router
+    /// finds the conversation by the id it names.
     #[test]
     fn a_conversations_news_crosses_between_nodes() {
         let mut task = RoutableTask::sample("tk_1", 4);
