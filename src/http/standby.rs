@@ -2,9 +2,9 @@
 //!
 //! A standby listens on the node's `bind` address while it follows the
 //! active node, so clients, load balancers and operators can use it:
-//! - with `cluster_relay` (the default) it relays every HTTP request to
-//!   the active node (`cluster::relay::edge`) and serves sockets (below),
-//!   and its `GET /healthz` answers `200` with its view
+//! - with `cluster_relay` (the default) it serves sockets and providers'
+//!   webhooks itself (below), relays every other HTTP request to the
+//!   active node (`cluster::relay::edge`), and its `GET /healthz` answers `200` with its view
 //!   (`{"status":"ok","standby":{"node_id","role":"standby","copied_lsn",
 //!   "active_node"}}`) while an active node is known, `503 standby` while
 //!   none is;
