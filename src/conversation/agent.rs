@@ -195,14 +195,11 @@ impl Handler<Resync> for Conversation {
 
     fn handle(&mut self, msg: Resync, _: &mut Context<Self>) {
         if self.check_agent(&msg.agent_id).is_ok() {
-            self.agent = self.agent_named(&msg.agent_id);
-            if let Some(agent) = &self.agent {
-                self.to_agent(
-                    agent,
-                    AgentFrameKind::Resync(self.state.task_view()),
-                    self.assigned_frame(None),
-                );
-            }
+            self.held_by(
+                &msg.agent_id,
+                AgentFrameKind::Resync(self.state.task_view()),
+                self.assigned_frame(None),
+            );
         } else {
             // Lost the task meanwhile (re-queued): tell the desktop.
             let gone = self.rescinded_frame(RescindReason::Reassigned);

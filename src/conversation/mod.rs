@@ -403,6 +403,16 @@ impl Conversation {
         }
     }
 
+    /// The conversation is agent `id`'s now (assigned to it, moved to it,
+    /// its desk back): its actor, found by id, is kept for the frames that
+    /// follow, and gets `frame` first.
+    fn held_by(&mut self, id: &str, kind: AgentFrameKind, frame: Frame) {
+        self.agent = self.agent_named(id);
+        if let Some(agent) = &self.agent {
+            self.to_agent(agent, kind, frame);
+        }
+    }
+
     fn agent_error(&self, agent_id: &str, err: ApiError, reference: Option<&str>) {
         self.to_agent_named(agent_id, AgentFrameKind::Other, err.to_frame(reference));
     }
@@ -837,14 +847,11 @@ impl Actor for Conversation {
                 }
                 self.append(Author::Agent, text, attachments, client_msg_id);
                 Metrics::bump(&self.broker.metrics.messages_out);
-                self.agent = self.agent_named(&agent_id);
-                if let Some(agent) = &self.agent {
-                    self.to_agent(
-                        agent,
-                        AgentFrameKind::Assigned(self.state.task_view()),
-                        self.assigned_frame(reference.as_deref()),
-                    );
-                }
+                self.held_by(
+                    &agent_id,
+                    AgentFrameKind::Assigned(self.state.task_view()),
+                    self.assigned_frame(reference.as_deref()),
+                );
                 self.to_customer(CustomerEvent::Broadcast(frame_agent_joined(
                     &self.state.id,
                     &agent_name,

@@ -108,14 +108,11 @@ impl Handler<Assign> for Conversation {
         self.apply(ConversationEvent::AssignedAt {
             at: crate::protocol::now(),
         });
-        self.agent = self.agent_named(&msg.agent_id);
-        if let Some(agent) = &self.agent {
-            self.to_agent(
-                agent,
-                AgentFrameKind::Assigned(self.state.task_view()),
-                self.assigned_frame(msg.reference.as_deref()),
-            );
-        }
+        self.held_by(
+            &msg.agent_id,
+            AgentFrameKind::Assigned(self.state.task_view()),
+            self.assigned_frame(msg.reference.as_deref()),
+        );
         self.to_customer(CustomerEvent::Broadcast(frame_agent_joined(
             &self.state.id,
             &msg.agent_name,

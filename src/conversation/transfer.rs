@@ -165,14 +165,11 @@ impl Handler<TransferAccept> for Conversation {
             d.agent_id = from.as_deref();
             d.reason = Some("warm");
         });
-        self.agent = self.agent_named(&msg.agent_id);
-        if let Some(agent) = &self.agent {
-            self.to_agent(
-                agent,
-                AgentFrameKind::Assigned(self.state.task_view()),
-                self.assigned_frame(msg.reference.as_deref()),
-            );
-        }
+        self.held_by(
+            &msg.agent_id,
+            AgentFrameKind::Assigned(self.state.task_view()),
+            self.assigned_frame(msg.reference.as_deref()),
+        );
         self.to_customer(CustomerEvent::Broadcast(frame_agent_joined(
             &self.state.id,
             &msg.agent_name,
