@@ -4,10 +4,10 @@
 //! active node, so clients, load balancers and operators can use it:
 //! - with `cluster_relay` (the default) it serves sockets and providers'
 //!   webhooks itself (below), relays every other HTTP request to the
-//!   active node (`cluster::relay::edge`), and its `GET /healthz` answers `200` with its view
-//!   (`{"status":"ok","standby":{"node_id","role":"standby","copied_lsn",
-//!   "active_node"}}`) while an active node is known, `503 standby` while
-//!   none is;
+//!   active node (`cluster::relay::edge`), and its `GET /healthz` answers
+//!   `200` with its view (`{"status":"ok","standby":{"node_id",
+//!   "role":"standby","copied_lsn","active_node"}}`) while an active node
+//!   is known, `503 standby` while none is;
 //! - without it, `GET /healthz` answers `503` with code `standby` and the
 //!   same view beside the error, so a load balancer's health check sends
 //!   clients to the active node only, and anything else `503 standby`,

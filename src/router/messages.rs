@@ -202,10 +202,8 @@ impl Handler<Accept> for Router {
             task_id: task_id.clone(),
             clock_at: self.clock_now(),
         });
-        let (Some(agent), true) = (
-            self.state.agents.get(&msg.agent_id),
-            self.addrs.contains_key(&msg.agent_id),
-        ) else {
+        let known = self.addrs.contains_key(&msg.agent_id);
+        let Some(agent) = self.state.agents.get(&msg.agent_id).filter(|_| known) else {
             return Err(ApiError::UnknownTask(msg.task_id));
         };
         if let Some(conv) = self.conversations.get(&task_id) {

@@ -420,8 +420,8 @@ impl Router {
         self.consult_timers
             .insert(task_id.clone(), Instant::now() + timeout, offer);
         self.consult_timers.arm(ctx, Router::consults_expired);
-        let conv = self.conversation_of(&task_id);
-        if let (Some(conv), true) = (conv, self.addrs.contains_key(&target)) {
+        let known = self.addrs.contains_key(&target);
+        if let Some(conv) = self.conversation_of(&task_id).filter(|_| known) {
             conv.do_send(ConsultOffer {
                 agent_id: target.clone(),
                 expires_at: crate::protocol::now() + timeout,
@@ -459,8 +459,8 @@ impl Router {
             .get(agent_id)
             .map(|a| a.view.name.clone())
             .unwrap_or_default();
-        let conv = self.conversation_of(task_id);
-        if let (Some(conv), true) = (conv, self.addrs.contains_key(agent_id)) {
+        let known = self.addrs.contains_key(agent_id);
+        if let Some(conv) = self.conversation_of(task_id).filter(|_| known) {
             let inactivity = self.inactivity_of(task_id);
             conv.do_send(TransferAccept {
                 offer,
