@@ -460,6 +460,20 @@ async fn an_edge_paused_past_the_silence_loses_its_clients_and_serves_again_when
     serves_a_new_chat(a, &mut desk, "hi", "hello Eve").await;
 }
 
+/// A nats-server of its own, and a `LocalSet` (a relay endpoint runs on
+/// one), where `test` runs with the server's URL; one such test at a time.
+async fn on_local_nats<F, Fut>(test: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _serial = SERIAL.lock().await;
+    let nats = common::nats::NatsServer::start();
+    tokio::task::LocalSet::new()
+        .run_until(test(nats.url()))
+        .await;
+}
+
 /// Two relay endpoints of `prefix` in this thread (a `LocalSet`), each on
 /// its own NATS connection, each one's subscription confirmed at the server
 /// before either publishes: a message the client sends itself comes back
@@ -532,90 +546,85 @@ fn pair(a: &Endpoint, b: &Endpoint) -> (Rc<ConnState>, Rc<ConnState>) {
 async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue() {
     use bytes::Bytes;
     use switchboard::cluster::relay::{QUEUE_FULL, WINDOW};
-    let _serial = SERIAL.lock().await;
-    let nats = common::nats::NatsServer::start();
-    let url = nats.url();
-    let local = tokio::task::LocalSet::new();
-    local
-        .run_until(async move {
-            let outbox = 100 * 1024;
-            let (a, b) = two_endpoints(&url, "bounds", outbox).await;
-            let chunk = || Frame::Data(Bytes::from(vec![b'x'; 16 * 1024]));
+    on_local_nats(|url| async move {
+        let outbox = 100 * 1024;
+        let (a, b) = two_endpoints(&url, "bounds", outbox).await;
+        let chunk = || Frame::Data(Bytes::from(vec![b'x'; 16 * 1024]));
 
-            // Past the window: five 16 KiB frames nobody reads on b, where
-            // the window is 64 KiB. b delivers the four that fit, then
-            // closes the connection, and a hears of it.
-            let (on_a, on_b) = pair(&a, &b);
-            for _ in 0..5 {
-                a.post(&on_a, &chunk());
+        // Past the window: five 16 KiB frames nobody reads on b, where
+        // the window is 64 KiB. b delivers the four that fit, then
+        // closes the connection, and a hears of it.
+        let (on_a, on_b) = pair(&a, &b);
+        for _ in 0..5 {
+            a.post(&on_a, &chunk());
+        }
+        let mut delivered = 0u64;
+        let why = loop {
+            match next_frame(&on_b).await {
+                Frame::Data(data) => delivered += data.len() as u64,
+                Frame::Close(why) => break why,
+                other => panic!("unexpected {other:?}"),
             }
-            let mut delivered = 0u64;
-            let why = loop {
-                match next_frame(&on_b).await {
-                    Frame::Data(data) => delivered += data.len() as u64,
-                    Frame::Close(why) => break why,
-                    other => panic!("unexpected {other:?}"),
-                }
-            };
-            assert_eq!(delivered, WINDOW, "what fits in the window is delivered");
-            assert!(why.contains("past the flow-control window"), "{why}");
-            assert!(on_b.is_closed());
-            closed(&on_a, "a never told of the close").await;
+        };
+        assert_eq!(delivered, WINDOW, "what fits in the window is delivered");
+        assert!(why.contains("past the flow-control window"), "{why}");
+        assert!(on_b.is_closed());
+        closed(&on_a, "a never told of the close").await;
 
-            // The outbox: two connections queue 3 x 16 KiB each (96 KiB and
-            // headers, within 100 KiB) in one turn of this thread, before the
-            // writer takes any. A third connection's first 16 KiB does not
-            // fit: that connection closes, the others' data goes through.
-            let (one_a, one_b) = pair(&a, &b);
-            let (two_a, two_b) = pair(&a, &b);
-            let (three_a, three_b) = pair(&a, &b);
-            for _ in 0..3 {
-                a.post(&one_a, &chunk());
-                a.post(&two_a, &chunk());
-            }
-            assert!(a.queued() <= outbox, "queued {}", a.queued());
-            let refused = a
-                .send_data(
-                    &three_a,
-                    Bytes::from(vec![b'y'; 16 * 1024]),
-                    Duration::from_secs(5),
-                )
-                .await;
-            assert!(
-                matches!(&refused, Err(e) if e.to_string().contains(QUEUE_FULL)),
-                "{refused:?}"
-            );
-            assert!(three_a.is_closed());
-            assert_eq!(
-                next_frame(&three_a).await,
-                Frame::Close(QUEUE_FULL.into()),
-                "its own reader is told"
-            );
-            assert_eq!(
-                next_frame(&three_b).await,
-                Frame::Close(QUEUE_FULL.into()),
-                "the other side is told, and got none of its data"
-            );
-            for conn in [&one_b, &two_b] {
-                for _ in 0..3 {
-                    let frame = next_frame(conn).await;
-                    assert!(matches!(frame, Frame::Data(d) if d.len() == 16 * 1024));
-                }
-            }
-            // Once the writer has taken them, the queue has room again.
-            assert_eq!(a.queued(), 0);
-            let (four_a, four_b) = pair(&a, &b);
-            a.send_data(
-                &four_a,
-                Bytes::from(vec![b'z'; 16 * 1024]),
+        // The outbox: two connections queue 3 x 16 KiB each (96 KiB and
+        // headers, within 100 KiB) in one turn of this thread, before the
+        // writer takes any. A third connection's first 16 KiB does not
+        // fit: that connection closes, the others' data goes through.
+        let (one_a, one_b) = pair(&a, &b);
+        let (two_a, two_b) = pair(&a, &b);
+        let (three_a, three_b) = pair(&a, &b);
+        for _ in 0..3 {
+            a.post(&one_a, &chunk());
+            a.post(&two_a, &chunk());
+        }
+        assert!(a.queued() <= outbox, "queued {}", a.queued());
+        let refused = a
+            .send_data(
+                &three_a,
+                Bytes::from(vec![b'y'; 16 * 1024]),
                 Duration::from_secs(5),
             )
-            .await
-            .expect("room again");
-            let frame = next_frame(&four_b).await;
-            assert!(matches!(frame, Frame::Data(d) if d.len() == 16 * 1024));
-        })
-        .await;
+            .await;
+        assert!(
+            matches!(&refused, Err(e) if e.to_string().contains(QUEUE_FULL)),
+            "{refused:?}"
+        );
+        assert!(three_a.is_closed());
+        assert_eq!(
+            next_frame(&three_a).await,
+            Frame::Close(QUEUE_FULL.into()),
+            "its own reader is told"
+        );
+        assert_eq!(
+            next_frame(&three_b).await,
+            Frame::Close(QUEUE_FULL.into()),
+            "the other side is told, and got none of its data"
+        );
+        for conn in [&one_b, &two_b] {
+            for _ in 0..3 {
+                let frame = next_frame(conn).await;
+                assert!(matches!(frame, Frame::Data(d) if d.len() == 16 * 1024));
+            }
+        }
+        // Once the writer has taken them, the queue has room again.
+        assert_eq!(a.queued(), 0);
+        let (four_a, four_b) = pair(&a, &b);
+        a.send_data(
+            &four_a,
+            Bytes::from(vec![b'z'; 16 * 1024]),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("room again");
+        let frame = next_frame(&four_b).await;
+        assert!(matches!(frame, Frame::Data(d) if d.len() == 16 * 1024));
+    })
+    .await;
 }
 
 /// A frame for a connection the other side no longer holds (it ended there
@@ -625,25 +634,20 @@ async fn a_relay_endpoint_cuts_off_a_peer_past_its_window_and_bounds_its_queue()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_for_a_connection_the_peer_no_longer_holds_closes_it_here() {
     use bytes::Bytes;
-    let _serial = SERIAL.lock().await;
-    let nats = common::nats::NatsServer::start();
-    let url = nats.url();
-    let local = tokio::task::LocalSet::new();
-    local
-        .run_until(async move {
-            let (a, b) = two_endpoints(&url, "gone", 1024 * 1024).await;
-            let (on_a, on_b) = pair(&a, &b);
-            // b is done with it: released cleanly, so a is told nothing.
-            b.release(&on_b, None);
-            // a still holds it and sends on it (say the resync's count).
-            a.post(&on_a, &Frame::Data(Bytes::from_static(b"late")));
-            assert_eq!(
-                next_frame(&on_a).await,
-                Frame::Close("no such connection".into())
-            );
-            assert!(on_a.is_closed());
-        })
-        .await;
+    on_local_nats(|url| async move {
+        let (a, b) = two_endpoints(&url, "gone", 1024 * 1024).await;
+        let (on_a, on_b) = pair(&a, &b);
+        // b is done with it: released cleanly, so a is told nothing.
+        b.release(&on_b, None);
+        // a still holds it and sends on it (say the resync's count).
+        a.post(&on_a, &Frame::Data(Bytes::from_static(b"late")));
+        assert_eq!(
+            next_frame(&on_a).await,
+            Frame::Close("no such connection".into())
+        );
+        assert!(on_a.is_closed());
+    })
+    .await;
 }
 
 /// A frame numbered past the next one means frames were lost: the
@@ -654,58 +658,53 @@ async fn a_frame_for_a_connection_the_peer_no_longer_holds_closes_it_here() {
 async fn a_frame_out_of_sequence_closes_its_connection_and_garbage_is_ignored() {
     use bytes::Bytes;
     use switchboard::cluster::relay::{batch, encode};
-    let _serial = SERIAL.lock().await;
-    let nats = common::nats::NatsServer::start();
-    let url = nats.url();
-    let local = tokio::task::LocalSet::new();
-    local
-        .run_until(async move {
-            let prefix = "sequence";
-            let (a, b) = two_endpoints(&url, prefix, 1024 * 1024).await;
-            let (on_a, on_b) = pair(&a, &b);
-            a.post(&on_a, &Frame::Data(Bytes::from_static(b"one")));
-            assert_eq!(
-                next_frame(&on_b).await,
-                Frame::Data(Bytes::from_static(b"one"))
-            );
+    on_local_nats(|url| async move {
+        let prefix = "sequence";
+        let (a, b) = two_endpoints(&url, prefix, 1024 * 1024).await;
+        let (on_a, on_b) = pair(&a, &b);
+        a.post(&on_a, &Frame::Data(Bytes::from_static(b"one")));
+        assert_eq!(
+            next_frame(&on_b).await,
+            Frame::Data(Bytes::from_static(b"one"))
+        );
 
-            // Garbage on b's subject is dropped; the connection lives on.
-            let raw = async_nats::connect(&url).await.expect("NATS");
-            raw.publish(subject_of(prefix, b.id), "not a frame".into())
-                .await
-                .expect("publish");
-            raw.flush().await.expect("flush");
-            a.post(&on_a, &Frame::Data(Bytes::from_static(b"two")));
-            assert_eq!(
-                next_frame(&on_b).await,
-                Frame::Data(Bytes::from_static(b"two"))
-            );
+        // Garbage on b's subject is dropped; the connection lives on.
+        let raw = async_nats::connect(&url).await.expect("NATS");
+        raw.publish(subject_of(prefix, b.id), "not a frame".into())
+            .await
+            .expect("publish");
+        raw.flush().await.expect("flush");
+        a.post(&on_a, &Frame::Data(Bytes::from_static(b"two")));
+        assert_eq!(
+            next_frame(&on_b).await,
+            Frame::Data(Bytes::from_static(b"two"))
+        );
 
-            // A frame of the connection numbered past the next one (2).
-            let forged = Address {
-                from: a.id,
-                to: on_b.id,
-                from_conn: on_a.id,
-                seq: 1000,
-            };
-            let bytes = encode(forged, &Frame::Data(Bytes::from_static(b"x"))).expect("encodes");
-            raw.publish(subject_of(prefix, b.id), batch([&bytes]))
-                .await
-                .expect("publish");
-            raw.flush().await.expect("flush");
-            match next_frame(&on_b).await {
-                Frame::Close(why) => {
-                    assert!(
-                        why.contains("relay frame 1000 arrived where 2 was due"),
-                        "{why}"
-                    )
-                }
-                other => panic!("on b: {other:?}"),
+        // A frame of the connection numbered past the next one (2).
+        let forged = Address {
+            from: a.id,
+            to: on_b.id,
+            from_conn: on_a.id,
+            seq: 1000,
+        };
+        let bytes = encode(forged, &Frame::Data(Bytes::from_static(b"x"))).expect("encodes");
+        raw.publish(subject_of(prefix, b.id), batch([&bytes]))
+            .await
+            .expect("publish");
+        raw.flush().await.expect("flush");
+        match next_frame(&on_b).await {
+            Frame::Close(why) => {
+                assert!(
+                    why.contains("relay frame 1000 arrived where 2 was due"),
+                    "{why}"
+                )
             }
-            assert!(on_b.is_closed());
-            closed(&on_a, "a never told of the close").await;
-        })
-        .await;
+            other => panic!("on b: {other:?}"),
+        }
+        assert!(on_b.is_closed());
+        closed(&on_a, "a never told of the close").await;
+    })
+    .await;
 }
 
 /// After an endpoint's NATS connection comes back (frames may have been
@@ -717,83 +716,78 @@ async fn a_frame_out_of_sequence_closes_its_connection_and_garbage_is_ignored() 
 async fn after_a_resync_each_side_says_what_it_sent_and_a_side_that_got_less_closes() {
     use bytes::Bytes;
     use switchboard::cluster::relay::{batch, encode};
-    let _serial = SERIAL.lock().await;
-    let nats = common::nats::NatsServer::start();
-    let url = nats.url();
-    let local = tokio::task::LocalSet::new();
-    local
-        .run_until(async move {
-            let prefix = "resync";
-            let (a, b) = two_endpoints(&url, prefix, 1024 * 1024).await;
-            let raw = async_nats::connect(&url).await.expect("NATS");
-            let mut to_a = raw
-                .subscribe(subject_of(prefix, a.id))
-                .await
-                .expect("subscribe");
-            raw.flush().await.expect("flush");
-            let (on_a, on_b) = pair(&a, &b);
-            a.post(&on_a, &Frame::Data(Bytes::from_static(b"up")));
-            assert_eq!(
-                next_frame(&on_b).await,
-                Frame::Data(Bytes::from_static(b"up"))
-            );
-            b.post(&on_b, &Frame::Data(Bytes::from_static(b"down")));
-            assert_eq!(
-                next_frame(&on_a).await,
-                Frame::Data(Bytes::from_static(b"down"))
-            );
+    on_local_nats(|url| async move {
+        let prefix = "resync";
+        let (a, b) = two_endpoints(&url, prefix, 1024 * 1024).await;
+        let raw = async_nats::connect(&url).await.expect("NATS");
+        let mut to_a = raw
+            .subscribe(subject_of(prefix, a.id))
+            .await
+            .expect("subscribe");
+        raw.flush().await.expect("flush");
+        let (on_a, on_b) = pair(&a, &b);
+        a.post(&on_a, &Frame::Data(Bytes::from_static(b"up")));
+        assert_eq!(
+            next_frame(&on_b).await,
+            Frame::Data(Bytes::from_static(b"up"))
+        );
+        b.post(&on_b, &Frame::Data(Bytes::from_static(b"down")));
+        assert_eq!(
+            next_frame(&on_a).await,
+            Frame::Data(Bytes::from_static(b"down"))
+        );
 
-            // b's NATS connection "came back": it tells a what it sent on
-            // their connection (one frame), and asks a to do the same.
-            b.resync();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let m = tokio::time::timeout(left, to_a.next())
-                    .await
-                    .expect("b's Sent for the connection")
-                    .expect("subscribed");
-                let sent = frames_of(&m)
-                    .into_iter()
-                    .find(|(at, f)| matches!(f, Frame::Sent(_)) && at.to == on_a.id);
-                if let Some((_, frame)) = sent {
-                    assert_eq!(frame, Frame::Sent(1), "b sent one frame");
-                    break;
-                }
-            }
-            // Nothing was lost, nothing closed: both ways still work.
-            a.post(&on_a, &Frame::Data(Bytes::from_static(b"up again")));
-            assert_eq!(
-                next_frame(&on_b).await,
-                Frame::Data(Bytes::from_static(b"up again"))
-            );
-            b.post(&on_b, &Frame::Data(Bytes::from_static(b"down again")));
-            assert_eq!(
-                next_frame(&on_a).await,
-                Frame::Data(Bytes::from_static(b"down again"))
-            );
-            assert!(!on_a.is_closed() && !on_b.is_closed());
-
-            // b says it sent more than a got: frames were lost, and a
-            // closes the connection rather than leave it waiting for them.
-            let sent = encode(
-                Address {
-                    from: b.id,
-                    to: on_a.id,
-                    from_conn: on_b.id,
-                    seq: 0,
-                },
-                &Frame::Sent(1000),
-            )
-            .expect("encodes");
-            raw.publish(subject_of(prefix, a.id), batch([&sent]))
+        // b's NATS connection "came back": it tells a what it sent on
+        // their connection (one frame), and asks a to do the same.
+        b.resync();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let m = tokio::time::timeout(left, to_a.next())
                 .await
-                .expect("publish");
-            match next_frame(&on_a).await {
-                Frame::Close(why) => assert!(why.contains("frames were lost"), "{why}"),
-                other => panic!("on a: {other:?}"),
+                .expect("b's Sent for the connection")
+                .expect("subscribed");
+            let sent = frames_of(&m)
+                .into_iter()
+                .find(|(at, f)| matches!(f, Frame::Sent(_)) && at.to == on_a.id);
+            if let Some((_, frame)) = sent {
+                assert_eq!(frame, Frame::Sent(1), "b sent one frame");
+                break;
             }
-            closed(&on_b, "b never told of the close").await;
-        })
-        .await;
+        }
+        // Nothing was lost, nothing closed: both ways still work.
+        a.post(&on_a, &Frame::Data(Bytes::from_static(b"up again")));
+        assert_eq!(
+            next_frame(&on_b).await,
+            Frame::Data(Bytes::from_static(b"up again"))
+        );
+        b.post(&on_b, &Frame::Data(Bytes::from_static(b"down again")));
+        assert_eq!(
+            next_frame(&on_a).await,
+            Frame::Data(Bytes::from_static(b"down again"))
+        );
+        assert!(!on_a.is_closed() && !on_b.is_closed());
+
+        // b says it sent more than a got: frames were lost, and a
+        // closes the connection rather than leave it waiting for them.
+        let sent = encode(
+            Address {
+                from: b.id,
+                to: on_a.id,
+                from_conn: on_b.id,
+                seq: 0,
+            },
+            &Frame::Sent(1000),
+        )
+        .expect("encodes");
+        raw.publish(subject_of(prefix, a.id), batch([&sent]))
+            .await
+            .expect("publish");
+        match next_frame(&on_a).await {
+            Frame::Close(why) => assert!(why.contains("frames were lost"), "{why}"),
+            other => panic!("on a: {other:?}"),
+        }
+        closed(&on_b, "b never told of the close").await;
+    })
+    .await;
 }
